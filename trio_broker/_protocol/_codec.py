@@ -1,0 +1,156 @@
+"""The one converter between wire bytes and message classes.
+
+Decoding a request is strict where the contract is strict (types of fields are never coerced:
+``"client_id": 7`` is an error, not ``"7"``) and lenient where old clients need it (unknown extra
+fields are ignored). Every way a payload can be wrong ends as one :class:`ProtocolError` whose
+message says what and where, such as ``invalid value for type, expected str @ $.client_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import cattrs
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from .._errors import BrokerError, ErrorCode, ProtocolError
+from . import _messages as m
+
+converter = make_converter()
+
+# Wire names of the operations: stable strings of the contract, never derived from class names.
+OPERATIONS: dict[str, type] = {
+    "CLUSTER_QUERY": m.ClusterQuery,
+    "CREATE_QUEUE": m.CreateQueue,
+    "APPEND": m.Append,
+    "READ": m.Read,
+}
+OPERATION_NAMES: dict[type, str] = {cls: name for name, cls in OPERATIONS.items()}
+
+MAX_ID_LENGTH = 128
+
+
+def _strict_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _strict_int(value: Any, _type: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(Any, lambda value, _type: value)
+
+# Integers the broker stores exactly: the union of the signed and unsigned 64-bit ranges, which
+# is what orjson (and most JSON readers in other languages) round-trip without loss.
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
+
+
+def _int_in_range(text: str) -> int:
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise ProtocolError(
+            f"integer {text[:40]} is outside the range the broker stores exactly "
+            f"({INT_MIN} to {INT_MAX})"
+        )
+    return value
+
+
+def loads_object(payload: bytes) -> dict[str, Any]:
+    """Parse a frame payload that must hold one JSON object.
+
+    orjson silently turns integers beyond 64 bits into floats; a payload with a long run of
+    digits is therefore parsed a second time, exactly, to refuse such integers instead of
+    changing them.
+    """
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
+    if _LONG_DIGITS.search(payload):
+        json.loads(payload, parse_int=_int_in_range)
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"payload must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _json_type(value: Any) -> str:
+    return {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "; ".join(cattrs.transform_error(exc))
+    return str(exc)
+
+
+def decode_request(payload: bytes) -> m.Request:
+    """Bytes of one frame to a request message, or :class:`ProtocolError`."""
+    obj = loads_object(payload)
+    return request_from_dict(obj)
+
+
+def request_from_dict(obj: dict[str, Any]) -> m.Request:
+    op = obj.get("operation")
+    if op is None:
+        raise ProtocolError('missing field "operation"')
+    if not isinstance(op, str):
+        raise ProtocolError(f'"operation" must be a string, got {_json_type(op)}')
+    cls = OPERATIONS.get(op)
+    if cls is None:
+        raise ProtocolError(f"unknown operation {op[:64]!r}", code=ErrorCode.UNKNOWN_OPERATION)
+    try:
+        return converter.structure(obj, cls)
+    except Exception as exc:
+        raise ProtocolError(f"invalid {op} request: {_describe(exc)}") from None
+
+
+def encode_request(request: m.Request) -> bytes:
+    body = converter.unstructure(request)
+    body = {k: v for k, v in body.items() if v is not None or k == "data"}
+    body["operation"] = OPERATION_NAMES[type(request)]
+    return orjson.dumps(body)
+
+
+def response_to_dict(response: m.Response) -> dict[str, Any]:
+    if isinstance(response, m.NoMessages):
+        return {"status": "success", "message": "no_messages"}
+    body = converter.unstructure(response)
+    if isinstance(response, m.ClusterTopology):
+        body = {k: v for k, v in body.items() if v is not None}
+    return {"status": "success", **body}
+
+
+def encode_response(response: m.Response | BrokerError) -> bytes:
+    if isinstance(response, BrokerError):
+        return orjson.dumps(response.to_wire())
+    return orjson.dumps(response_to_dict(response))
+
+
+def dumps_value(value: Any) -> bytes:
+    """A JSON value as the bytes the broker stores."""
+    return orjson.dumps(value)
+
+
+def stored_value(raw: bytes) -> orjson.Fragment:
+    """Stored JSON bytes, embedded as they are in a response."""
+    return orjson.Fragment(raw)

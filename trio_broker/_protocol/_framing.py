@@ -1,0 +1,75 @@
+"""Length-prefixed framing, sans-IO.
+
+Every message in both directions is one frame: a 4-byte big-endian unsigned length N, then N
+bytes of payload (UTF-8 JSON holding one object). :class:`FrameDecoder` turns a byte stream into
+frames and knows nothing of sockets.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .._errors import ErrorCode, ProtocolError
+
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+DEFAULT_MAX_FRAME = 1024 * 1024
+
+
+class FrameTooLarge(ProtocolError):
+    """A length prefix beyond the maximum: the stream cannot be resynchronised."""
+
+    def __init__(self, length: int, maximum: int) -> None:
+        super().__init__(
+            f"frame of {length} bytes is larger than the maximum of {maximum} bytes",
+            code=ErrorCode.TOO_LARGE,
+        )
+        self.length = length
+        self.maximum = maximum
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields whole frame payloads.
+
+    Buffers at most one frame of ``max_frame`` bytes plus whatever the last ``feed`` brought.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame <= 0:
+            raise ValueError("max_frame must be positive")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and self._pos > len(self._buf) // 2:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        """The next whole payload, or None if more bytes are needed.
+
+        Raises :class:`FrameTooLarge` when the next length prefix exceeds ``max_frame``.
+        """
+        avail = len(self._buf) - self._pos
+        if avail < HEADER_SIZE:
+            return None
+        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        if length > self.max_frame:
+            raise FrameTooLarge(length, self.max_frame)
+        end = self._pos + HEADER_SIZE + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[self._pos + HEADER_SIZE : end])
+        self._pos = end
+        return payload
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames (a partial frame at end of stream)."""
+        return len(self._buf) - self._pos
