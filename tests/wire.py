@@ -1,0 +1,66 @@
+"""Raw wire access for tests: frames exactly as an old client (or a hostile one) sends them."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+import trio
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def request(obj: Any) -> bytes:
+    return frame(orjson.dumps(obj))
+
+
+class RawConnection:
+    """One TCP connection speaking length-prefixed JSON, with no help from trio_broker."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buf = b""
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send(self, *objs: Any) -> None:
+        await self.stream.send_all(b"".join(request(o) for o in objs))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next response, or None if the broker closed the connection."""
+        while True:
+            if len(self._buf) >= 4:
+                (n,) = struct.unpack(">I", self._buf[:4])
+                if len(self._buf) >= 4 + n:
+                    payload, self._buf = self._buf[4 : 4 + n], self._buf[4 + n :]
+                    return orjson.loads(payload)
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self._buf += data
+
+    async def call(self, obj: Any) -> dict[str, Any]:
+        await self.send(obj)
+        response = await self.receive()
+        assert response is not None, "broker closed the connection"
+        return response
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def call(port: int, obj: Any) -> dict[str, Any]:
+    """One request on its own connection, the way clients of the original design work."""
+    conn = await RawConnection.open(port)
+    try:
+        return await conn.call(obj)
+    finally:
+        await conn.aclose()

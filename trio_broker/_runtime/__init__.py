@@ -1,0 +1,18 @@
+"""The trio shell: broker lifetimes, connections, group commit."""
+
+from ._broker import Broker, BrokerStatistics, IdentityMismatch, open_broker, serve_broker
+from ._config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from ._log import configure_logging
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Broker",
+    "BrokerConfig",
+    "BrokerStatistics",
+    "IdentityMismatch",
+    "configure_logging",
+    "open_broker",
+    "serve_broker",
+]

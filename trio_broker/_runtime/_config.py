@@ -1,0 +1,82 @@
+"""A broker's configuration: one frozen object, validated when built."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+from .._ids import BROKER_ID_RE, CLUSTER_ID_RE
+from .._protocol import DEFAULT_MAX_FRAME
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9001
+DEFAULT_DATA_DIR = "trio-broker-data"
+
+
+def _check_optional_id(pattern):
+    def check(instance, attribute, value):
+        if value is not None and not pattern.fullmatch(value):
+            raise ValueError(f"{attribute.name} must look like {pattern.pattern}, got {value!r}")
+
+    return check
+
+
+def _positive(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _port(instance, attribute, value):
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be between 0 and 65535, got {value!r}")
+
+
+def _parse_seed(seed: str | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(seed, tuple):
+        return seed
+    host, sep, port = seed.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a seed must look like HOST:PORT, got {seed!r}")
+    return host, int(port)
+
+
+@attrs.frozen(kw_only=True)
+class BrokerConfig:
+    """Everything a broker needs to start. Only ``data_dir`` has no sensible default elsewhere.
+
+    ``port=0`` asks the operating system for a free port (tests use it); the broker reports the
+    port it got as :attr:`Broker.port`.
+    """
+
+    data_dir: Path = attrs.field(converter=lambda p: Path(os.fspath(p)))
+    host: str = DEFAULT_HOST
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
+    advertise_host: str | None = None
+    """Host name announced to clients in CLUSTER_QUERY; defaults to ``host``."""
+    broker_id: str | None = attrs.field(default=None, validator=_check_optional_id(BROKER_ID_RE))
+    cluster_id: str | None = attrs.field(default=None, validator=_check_optional_id(CLUSTER_ID_RE))
+    seeds: tuple[tuple[str, int], ...] = attrs.field(
+        default=(), converter=lambda seeds: tuple(_parse_seed(s) for s in seeds)
+    )
+    max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)
+    """Largest frame accepted or sent, in bytes (length prefix excluded)."""
+    max_connections: int = attrs.field(default=10_000, validator=_positive)
+    max_in_flight: int = attrs.field(default=256, validator=_positive)
+    """Requests one connection may have pipelined before the broker stops reading from it."""
+    max_batch: int = attrs.field(default=1024, validator=_positive)
+    """Commands committed together in one transaction (group commit)."""
+    max_pending: int = attrs.field(default=8192, validator=_positive)
+    """Commands waiting for a commit across all connections before requests wait to be read."""
+    shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
+    """Seconds in-flight requests get to finish when the broker shuts down."""
+
+    @property
+    def announced_host(self) -> str:
+        return self.advertise_host or self.host
+
+    @property
+    def max_data_bytes(self) -> int:
+        """Largest stored value: a READ response must still fit in one frame."""
+        return max(self.max_frame - 256, 1)

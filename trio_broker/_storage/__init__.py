@@ -1,0 +1,16 @@
+"""apsw storage: the only package that touches SQLite."""
+
+from ._schema import SCHEMA_VERSION, SchemaTooNew
+from ._store import DB_FILE, DataDirInUse, Identity, Store
+from ._worker import StorageWorker, open_storage_worker
+
+__all__ = [
+    "DB_FILE",
+    "SCHEMA_VERSION",
+    "DataDirInUse",
+    "Identity",
+    "SchemaTooNew",
+    "StorageWorker",
+    "Store",
+    "open_storage_worker",
+]

@@ -1,0 +1,60 @@
+"""The SQLite schema, versioned by ``PRAGMA user_version``.
+
+Table and column names follow the design's read flow (``client_positions.read_position``,
+``queue_data.sequence_num``) so that a reader of the diagrams finds them where expected. An
+upgrade is a function from version N to N+1, run in the same transaction that bumps the version.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+SCHEMA_VERSION = 1
+
+_V1 = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value ANY NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE queues (
+    queue_id TEXT PRIMARY KEY,
+    length   INTEGER NOT NULL DEFAULT 0
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE queue_data (
+    queue_id     TEXT    NOT NULL,
+    sequence_num INTEGER NOT NULL,
+    data         BLOB    NOT NULL,
+    PRIMARY KEY (queue_id, sequence_num)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE client_positions (
+    client_id     TEXT    NOT NULL,
+    queue_id      TEXT    NOT NULL,
+    read_position INTEGER NOT NULL,
+    PRIMARY KEY (client_id, queue_id)
+) STRICT, WITHOUT ROWID;
+"""
+
+# UPGRADES[n] takes a database at version n to version n + 1.
+UPGRADES: dict[int, str] = {0: _V1}
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+def upgrade(db: apsw.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
+    with db:
+        (found,) = db.execute("PRAGMA user_version").fetchone()
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database schema version {found} is newer than this trio_broker "
+                f"understands ({SCHEMA_VERSION}); upgrade trio_broker"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            db.execute(UPGRADES[version])
+            db.execute(f"PRAGMA user_version = {version + 1}")
+    return found

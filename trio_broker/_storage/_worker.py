@@ -1,0 +1,70 @@
+"""One dedicated thread owns the SQLite connection; trio tasks hand it work and wait.
+
+A call cannot be abandoned halfway: if the waiting task is cancelled while its job runs, the
+cancellation is delivered when the job has finished, so the caller never walks away from a
+transaction whose outcome it does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import outcome
+import trio
+
+T = TypeVar("T")
+
+_STOP = object()
+
+
+class StorageWorker:
+    def __init__(self, name: str = "trio-broker-storage") -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            fn, args, deliver = job
+            result = outcome.capture(fn, *args)
+            try:
+                self._token.run_sync_soon(deliver, result)
+            except trio.RunFinishedError:  # pragma: no cover - the trio run ended under us
+                return
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the storage thread and return its result."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        task = trio.lowlevel.current_task()
+
+        def deliver(result: outcome.Outcome) -> None:
+            trio.lowlevel.reschedule(task, result)
+
+        self._jobs.put((fn, args, deliver))
+        # Abort.FAILED: the job is already queued or running; we wait for its outcome.
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    def stop(self) -> None:
+        self._jobs.put(_STOP)
+
+    async def wait_stopped(self) -> None:
+        await trio.to_thread.run_sync(self._thread.join)
+
+
+@contextlib.asynccontextmanager
+async def open_storage_worker() -> AsyncIterator[StorageWorker]:
+    worker = StorageWorker()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        with trio.CancelScope(shield=True):
+            await worker.wait_stopped()
