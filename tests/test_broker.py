@@ -391,9 +391,11 @@ async def test_shutdown_answers_requests_in_flight(tmp_path):
     while (r := await conn.receive()) is not None:
         answered.append(r)
     await conn.aclose()
-    # Every request the broker read was answered; those it did not read got no answer.
-    assert answered, "requests in flight at shutdown must be answered"
-    assert answered == [{"status": "success", "sequence_num": i + 1} for i in range(len(answered))]
+    # Every request the broker read was answered: applied ones with success, in order, then
+    # possibly some refused as UNAVAILABLE (read after shutdown began, and not applied).
+    applied = [r for r in answered if r["status"] == "success"]
+    assert applied == [{"status": "success", "sequence_num": i + 1} for i in range(len(applied))]
+    assert all(r["code"] == "UNAVAILABLE" for r in answered[len(applied) :])
     async with open_broker(config) as broker:
         r = await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": 0})
-        assert r["sequence_num"] == len(answered) + 1
+        assert r["sequence_num"] == len(applied) + 1
