@@ -1,4 +1,4 @@
-"""``python -m trio_broker``: run a broker node, or talk to brokers as a client."""
+"""``python -m trio_broker``: run a broker node, talk to brokers as a client, or benchmark."""
 
 from __future__ import annotations
 
@@ -129,9 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trio_broker", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_node_parser(subparsers)
+    from ._bench import add_bench_parser
     from ._cli_client import add_client_parser
 
     add_client_parser(subparsers)
+    add_bench_parser(subparsers)
     return parser
 
 
@@ -143,4 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._cli_client import run_client
 
         return run_client(args)
+    if args.command == "bench":
+        from ._bench import run_bench
+
+        return run_bench(args)
     raise AssertionError(args.command)  # pragma: no cover
