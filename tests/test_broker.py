@@ -192,7 +192,7 @@ async def assert_still_serving(broker, queue_id: str, expected_length: int) -> N
         (
             b'{"operation": "READ", "queue_name": "Q-X", "client_id": 7}',
             "BAD_REQUEST",
-            "expected str @ $.client_id",
+            "expected a string, got int @ $.client_id",
         ),
         (
             b'{"operation": "READ", "queue_name": "Q-X", "client_id": ""}',

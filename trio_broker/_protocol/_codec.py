@@ -27,6 +27,11 @@ OPERATIONS: dict[str, type] = {
     "CREATE_QUEUE": m.CreateQueue,
     "APPEND": m.Append,
     "READ": m.Read,
+    # Broker-to-broker and operator operations (docs/protocol.md, "Between brokers").
+    "PEER_HELLO": m.PeerHello,
+    "JOIN_CLUSTER": m.JoinCluster,
+    "DATA_SYNC_REQUEST": m.DataSyncRequest,
+    "REMOVE_MEMBER": m.RemoveMember,
 }
 OPERATION_NAMES: dict[type, str] = {cls: name for name, cls in OPERATIONS.items()}
 
@@ -80,7 +85,10 @@ def loads_object(payload: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
     if _LONG_DIGITS.search(payload):
-        json.loads(payload, parse_int=_int_in_range)
+        try:
+            json.loads(payload, parse_int=_int_in_range)
+        except RecursionError:
+            raise ProtocolError("payload nests deeper than the broker accepts") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"payload must be a JSON object, got {_json_type(obj)}")
     return obj
@@ -97,9 +105,19 @@ def _json_type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    # Our strict hooks say precisely what is wrong; cattrs' default drops their text.
+    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, cattrs.BaseValidationError):
+        if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith(
+            ("expected", "longer than")
+        ):
+            return f"invalid value: {exc.args[0]}"
+    return cattrs.v.format_exception(exc, type_)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        return "; ".join(cattrs.transform_error(exc))
+        return "; ".join(cattrs.transform_error(exc, format_exception=_format_exception))
     return str(exc)
 
 
@@ -134,6 +152,8 @@ def encode_request(request: m.Request) -> bytes:
 def response_to_dict(response: m.Response) -> dict[str, Any]:
     if isinstance(response, m.NoMessages):
         return {"status": "success", "message": "no_messages"}
+    if isinstance(response, m.Done):
+        return {"status": "success"}
     body = converter.unstructure(response)
     if isinstance(response, m.ClusterTopology):
         body = {k: v for k, v in body.items() if v is not None}

@@ -1,0 +1,350 @@
+"""SQLite storage: same semantics as the in-memory reference, durable, locked, versioned."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import apsw
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trio_broker._core import (
+    AppendMessage,
+    CommandRejected,
+    CreateQueue,
+    MessageAppended,
+    MessageRead,
+    QueueCreated,
+    QueueState,
+    ReadNext,
+)
+from trio_broker._storage import (
+    DB_FILE,
+    SCHEMA_VERSION,
+    DataDirInUse,
+    Identity,
+    SchemaTooNew,
+    StorageWorker,
+    Store,
+    open_storage_worker,
+)
+
+QUEUES = ["Q-AAAAA00001", "Q-AAAAA00002", "Q-BBBBB00003"]
+CLIENTS = ["C-AAAAA", "C-BBBBB", "C-CCCCC"]
+
+_queue_ids = st.sampled_from(QUEUES)
+_commands = st.one_of(
+    st.builds(CreateQueue, queue_id=_queue_ids),
+    st.builds(
+        AppendMessage,
+        queue_id=_queue_ids,
+        data=st.binary(max_size=12) | st.sampled_from([b"1", b"1.5", b"true", b'"7"', b"null"]),
+    ),
+    st.builds(ReadNext, client_id=st.sampled_from(CLIENTS), queue_id=_queue_ids),
+)
+# A step is either a batch of commands for one Store.apply call, or "reopen the store".
+_steps = st.lists(
+    st.one_of(st.lists(_commands, min_size=0, max_size=8), st.just("reopen")),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _assert_store_matches(store: Store, model: QueueState) -> None:
+    assert store.queue_lengths() == {q: len(msgs) for q, msgs in model.messages.items()}
+    for queue_id in QUEUES:
+        assert store.messages(queue_id) == model.messages.get(queue_id, [])
+    assert store.positions() == model.positions
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=_steps)
+def test_store_agrees_with_reference_state_machine(tmp_path_factory, steps):
+    # tmp_path_factory is session-scoped: make a fresh directory for every example.
+    data_dir = tmp_path_factory.mktemp("model")
+    model = QueueState()
+    store = Store(data_dir)
+    try:
+        for step in steps:
+            if step == "reopen":
+                store.close()
+                store = Store(data_dir)
+                _assert_store_matches(store, model)
+                continue
+            expected = [model.apply(c) for c in step]
+            got = store.apply(step)
+            assert got == expected
+            for result in got:
+                if isinstance(result, MessageRead) and result.data is not None:
+                    assert type(result.data) is bytes
+        _assert_store_matches(store, model)
+        store.close()
+        store = Store(data_dir)
+        _assert_store_matches(store, model)
+        # After reopening, the sequence numbers and positions carry on where they were.
+        more = [AppendMessage(q, b"after") for q in model.messages] + [
+            ReadNext(c, q) for c in CLIENTS for q in model.messages
+        ]
+        assert store.apply(more) == model.apply_all(more)
+    finally:
+        store.close()
+
+
+def test_a_rejected_command_changes_nothing_while_the_others_apply(tmp_path):
+    store = Store(tmp_path)
+    try:
+        q, missing = QUEUES[0], QUEUES[1]
+        results = store.apply(
+            [
+                CreateQueue(q),
+                AppendMessage(missing, b"lost"),
+                AppendMessage(q, b"a"),
+                CreateQueue(q),
+                ReadNext(CLIENTS[0], missing),
+                AppendMessage(q, b"b"),
+                ReadNext(CLIENTS[0], q),
+            ]
+        )
+        assert results[0] == QueueCreated(q)
+        assert isinstance(results[1], CommandRejected)
+        assert results[1].code == "QUEUE_NOT_FOUND"
+        assert results[2] == MessageAppended(1)
+        assert isinstance(results[3], CommandRejected)
+        assert results[3].code == "QUEUE_EXISTS"
+        assert isinstance(results[4], CommandRejected)
+        assert results[4].code == "QUEUE_NOT_FOUND"
+        assert results[5] == MessageAppended(2)
+        assert results[6] == MessageRead(1, b"a")
+        # The duplicate CreateQueue did not reset the queue; nothing exists for the missing one.
+        assert store.queue_lengths() == {q: 2}
+        assert store.messages(q) == [b"a", b"b"]
+        assert store.messages(missing) == []
+        assert store.positions() == {(CLIENTS[0], q): 1}
+        (rows,) = store._db.execute(
+            "SELECT count(*) FROM queue_data WHERE queue_id = ?", (missing,)
+        ).fetchone()
+        assert rows == 0
+    finally:
+        store.close()
+    # And all of it was committed.
+    store = Store(tmp_path)
+    try:
+        assert store.messages(q) == [b"a", b"b"]
+        assert store.positions() == {(CLIENTS[0], q): 1}
+    finally:
+        store.close()
+
+
+def test_a_batch_that_fails_is_rolled_back_whole(tmp_path):
+    store = Store(tmp_path)
+    try:
+        store.apply([CreateQueue(QUEUES[0])])
+        with pytest.raises(TypeError):
+            store.apply([AppendMessage(QUEUES[0], b"x"), CreateQueue(QUEUES[1]), "not a command"])
+        assert store.queue_lengths() == {QUEUES[0]: 0}
+        assert store.messages(QUEUES[0]) == []
+        assert store.apply([AppendMessage(QUEUES[0], b"y")]) == [MessageAppended(1)]
+    finally:
+        store.close()
+
+
+def test_identity_is_created_once_and_kept(tmp_path):
+    store = Store(tmp_path)
+    try:
+        assert store.identity() is None
+        first = store.init_identity("B-AAAAA", "G-XYZ78")
+        assert first == Identity("B-AAAAA", "G-XYZ78")
+        again = store.init_identity("B-ZZZZZ", "G-QQQQQ")
+        assert again == first
+        assert store.identity() == first
+    finally:
+        store.close()
+    store = Store(tmp_path)
+    try:
+        assert store.identity() == first
+        assert store.init_identity("B-YYYYY", "G-YYYYY") == first
+    finally:
+        store.close()
+
+
+def test_data_dir_lock(tmp_path):
+    first = Store(tmp_path)
+    try:
+        with pytest.raises(DataDirInUse) as info:
+            Store(tmp_path)
+        assert f"pid {os.getpid()}" in str(info.value)
+        assert str(tmp_path) in str(info.value)
+        # A refused attempt does not release the holder's lock.
+        with pytest.raises(DataDirInUse):
+            Store(tmp_path)
+        first.apply([CreateQueue(QUEUES[0])])
+    finally:
+        first.close()
+    second = Store(tmp_path)
+    try:
+        assert second.queue_lengths() == {QUEUES[0]: 0}
+        with pytest.raises(DataDirInUse):
+            Store(tmp_path)
+    finally:
+        second.close()
+
+
+def test_schema_too_new_is_refused(tmp_path):
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    for _ in range(2):
+        # Refused every time: the failed open released the directory lock.
+        with pytest.raises(SchemaTooNew) as info:
+            Store(tmp_path)
+        assert str(SCHEMA_VERSION + 1) in str(info.value)
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == []
+    finally:
+        db.close()
+
+
+def test_fresh_database_gets_current_schema_version(tmp_path):
+    store = Store(tmp_path)
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        store.close()
+    store = Store(tmp_path)
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        store.close()
+
+
+def test_connection_is_wal_with_synchronous_full(tmp_path):
+    store = Store(tmp_path)
+    try:
+        (mode,) = store._db.execute("PRAGMA journal_mode").fetchone()
+        assert mode.lower() == "wal"
+        (sync,) = store._db.execute("PRAGMA synchronous").fetchone()
+        assert sync == 2  # FULL
+        store.apply([CreateQueue(QUEUES[0])])
+        assert (tmp_path / (DB_FILE + "-wal")).exists()
+    finally:
+        store.close()
+
+
+# -- the storage thread ---------------------------------------------------------------------------
+
+
+async def test_worker_runs_everything_on_one_thread():
+    trio_thread = threading.get_ident()
+    async with open_storage_worker() as worker:
+        assert isinstance(worker, StorageWorker)
+        idents = {await worker.run(threading.get_ident) for _ in range(20)}
+        assert len(idents) == 1
+        assert trio_thread not in idents
+        # Concurrent callers share that same thread too.
+        seen = []
+
+        async def call():
+            seen.append(await worker.run(threading.get_ident))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(call)
+        assert set(seen) == idents
+        assert await worker.run(lambda a, b: a + b, 2, 3) == 5
+
+
+async def test_worker_propagates_exceptions():
+    class Boom(Exception):
+        pass
+
+    boom = Boom("storage failed")
+
+    def fail():
+        raise boom
+
+    async with open_storage_worker() as worker:
+        with pytest.raises(Boom) as info:
+            await worker.run(fail)
+        assert info.value is boom
+        # The thread survives a failing job.
+        assert await worker.run(lambda: "still alive") == "still alive"
+
+
+async def test_cancelled_caller_waits_for_its_job():
+    started = threading.Event()
+    release = threading.Event()
+    effects = []
+    observed = []
+
+    def job():
+        started.set()
+        release.wait(10)
+        effects.append("committed")
+        return "result"
+
+    async with open_storage_worker() as worker:
+        scope = trio.CancelScope()
+        finished = trio.Event()
+
+        async def caller():
+            with scope:
+                try:
+                    observed.append(await worker.run(job))
+                finally:
+                    # What the caller sees when run returns or raises.
+                    observed.append(list(effects))
+                    finished.set()
+                await trio.lowlevel.checkpoint()
+                observed.append("not cancelled?")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            await trio.to_thread.run_sync(started.wait)
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            # Cancelled, but still waiting: the job has not finished.
+            assert not finished.is_set()
+            assert observed == []
+            release.set()
+        assert effects == ["committed"]
+        assert observed[-1] == ["committed"]
+        assert "not cancelled?" not in observed
+        assert scope.cancelled_caught
+
+
+async def test_caller_cancelled_before_submitting_runs_nothing():
+    calls = []
+    async with open_storage_worker() as worker:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await worker.run(calls.append, "should not run")
+        assert scope.cancelled_caught
+        # Jobs run in order on one thread: once a later job ran, an earlier one would have too.
+        await worker.run(calls.append, "later")
+        assert calls == ["later"]
+
+
+async def test_store_through_worker(tmp_path):
+    async with open_storage_worker() as worker:
+        store = await worker.run(Store, tmp_path)
+        try:
+            results = await worker.run(
+                store.apply, [CreateQueue(QUEUES[0]), AppendMessage(QUEUES[0], b"42")]
+            )
+            assert results == [QueueCreated(QUEUES[0]), MessageAppended(1)]
+            assert await worker.run(store.apply, [ReadNext(CLIENTS[0], QUEUES[0])]) == [
+                MessageRead(1, b"42")
+            ]
+        finally:
+            await worker.run(store.close)
