@@ -38,7 +38,56 @@ class Read:
     client_id: str
 
 
-Request = ClusterQuery | CreateQueue | Append | Read
+# -- broker-to-broker and operator requests (request/response, on the same port) --------------
+
+
+@attrs.frozen
+class PeerHello:
+    """Opens a peer stream: after a success answer, the connection carries one-way consensus
+    messages from ``broker_id`` to ``to``, and no further answers."""
+
+    cluster_id: str
+    broker_id: str
+    to: str | None = None
+
+
+@attrs.frozen
+class JoinCluster:
+    """A new broker asks to become a member (diagram 4). Any member forwards it to the leader."""
+
+    broker_id: str
+    host: str
+    port: int
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class DataSyncRequest:
+    """A replica fetches one chunk of a snapshot the leader offered it in a DATA_SYNC."""
+
+    snapshot_id: str
+    offset: int
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class RemoveMember:
+    """Operator command: take a broker out of the membership, through the log."""
+
+    broker_id: str
+    cluster_id: str | None = None
+
+
+Request = (
+    ClusterQuery
+    | CreateQueue
+    | Append
+    | Read
+    | PeerHello
+    | JoinCluster
+    | DataSyncRequest
+    | RemoveMember
+)
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -86,4 +135,31 @@ class NoMessages:
     pass
 
 
-Response = ClusterTopology | QueueCreated | Appended | Message | NoMessages
+@attrs.frozen
+class Done:
+    """``{"status": "success"}`` and nothing else."""
+
+
+@attrs.frozen
+class Joined:
+    cluster_id: str
+    cluster_version: int
+    leader_id: str
+    brokers: list[BrokerInfo]
+
+
+@attrs.frozen
+class SnapshotChunk:
+    snapshot_id: str
+    offset: int
+    size: int
+    """Size of the whole snapshot file, in bytes."""
+    data: str
+    """The chunk, base64."""
+    sha256: str
+    """Of the chunk's bytes; the DATA_SYNC message carries the whole file's."""
+
+
+Response = (
+    ClusterTopology | QueueCreated | Appended | Message | NoMessages | Done | Joined | SnapshotChunk
+)
