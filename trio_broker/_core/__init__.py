@@ -6,6 +6,7 @@ and the simulator (``trio_broker.testing``) execute those effects.
 
 from ._commands import (
     AppendMessage,
+    BrokerAddressSet,
     Command,
     CommandRejected,
     CreateQueue,
@@ -14,11 +15,13 @@ from ._commands import (
     QueueCreated,
     ReadNext,
     Result,
+    SetBrokerAddress,
 )
 from ._queues import QueueState
 
 __all__ = [
     "AppendMessage",
+    "BrokerAddressSet",
     "Command",
     "CommandRejected",
     "CreateQueue",
@@ -28,4 +31,5 @@ __all__ = [
     "QueueState",
     "ReadNext",
     "Result",
+    "SetBrokerAddress",
 ]

@@ -40,7 +40,20 @@ class ReadNext:
     queue_id: str
 
 
-Command = CreateQueue | AppendMessage | ReadNext
+@attrs.frozen
+class SetBrokerAddress:
+    """Record where a member listens, so that every broker can answer CLUSTER_QUERY.
+
+    Membership (who votes) is the consensus core's configuration; the address book is ordinary
+    replicated state, written through the log before a broker is added.
+    """
+
+    broker_id: str
+    host: str
+    port: int
+
+
+Command = CreateQueue | AppendMessage | ReadNext | SetBrokerAddress
 
 
 @attrs.frozen
@@ -69,7 +82,12 @@ class CommandRejected:
     message: str
 
 
-Result = QueueCreated | MessageAppended | MessageRead | CommandRejected
+@attrs.frozen
+class BrokerAddressSet:
+    broker_id: str
+
+
+Result = QueueCreated | MessageAppended | MessageRead | BrokerAddressSet | CommandRejected
 
 
 def queue_not_found(queue_id: str) -> CommandRejected:

@@ -10,6 +10,7 @@ import attrs
 
 from ._commands import (
     AppendMessage,
+    BrokerAddressSet,
     Command,
     CommandRejected,
     CreateQueue,
@@ -18,6 +19,7 @@ from ._commands import (
     QueueCreated,
     ReadNext,
     Result,
+    SetBrokerAddress,
     queue_exists,
     queue_not_found,
 )
@@ -33,6 +35,8 @@ class QueueState:
 
     messages: dict[str, list[bytes]] = attrs.field(factory=dict)
     positions: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    brokers: dict[str, tuple[str, int]] = attrs.field(factory=dict)
+    """The address book: broker id -> (host, port)."""
 
     def apply(self, command: Command) -> Result:
         if isinstance(command, CreateQueue):
@@ -56,6 +60,9 @@ class QueueState:
                 return MessageRead(None, None)
             self.positions[key] = position + 1
             return MessageRead(position + 1, queue[position])
+        if isinstance(command, SetBrokerAddress):
+            self.brokers[command.broker_id] = (command.host, command.port)
+            return BrokerAddressSet(command.broker_id)
         raise TypeError(f"not a command: {command!r}")
 
     def apply_all(self, commands: list[Command]) -> list[Result]:

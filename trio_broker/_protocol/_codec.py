@@ -107,11 +107,15 @@ def _json_type(value: Any) -> str:
 
 def _format_exception(exc: BaseException, type_: Any) -> str:
     # Our strict hooks say precisely what is wrong; cattrs' default drops their text.
-    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, cattrs.BaseValidationError):
-        if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith(
-            ("expected", "longer than")
-        ):
-            return f"invalid value: {exc.args[0]}"
+    own = (
+        isinstance(exc, TypeError | ValueError)
+        and not isinstance(exc, cattrs.BaseValidationError)
+        and exc.args
+        and isinstance(exc.args[0], str)
+        and exc.args[0].startswith(("expected", "longer than"))
+    )
+    if own:
+        return f"invalid value: {exc.args[0]}"
     return cattrs.v.format_exception(exc, type_)
 
 

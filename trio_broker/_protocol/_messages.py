@@ -49,6 +49,9 @@ class PeerHello:
     cluster_id: str
     broker_id: str
     to: str | None = None
+    host: str | None = None
+    """Where the sender listens, so the receiver can answer before the address book has it."""
+    port: int | None = None
 
 
 @attrs.frozen

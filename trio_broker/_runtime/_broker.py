@@ -7,6 +7,7 @@ requests ``shutdown_grace`` seconds to be answered, then cancels what is left.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import logging
@@ -16,9 +17,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
 from .. import _core
+from .._core._raft_messages import ChangeAction, Config, ConfigChange, ConfigEntry
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_broker_id, new_cluster_id, new_queue_id
 from .._protocol import (
@@ -28,118 +31,87 @@ from .._protocol import (
     ClusterQuery,
     ClusterTopology,
     CreateQueue,
+    DataSyncRequest,
+    Done,
     FrameDecoder,
     FrameTooLarge,
+    JoinCluster,
+    Joined,
     Message,
     NoMessages,
+    PeerHello,
     QueueCreated,
     Read,
+    RemoveMember,
     Request,
     Response,
+    SnapshotChunk,
     decode_request,
     dumps_value,
     encode_frame,
     encode_response,
+    loads_object,
     stored_value,
 )
+from .._protocol._peer import message_from_obj
 from .._storage import Identity, StorageWorker, Store, open_storage_worker
+from .._storage._store import RaftState
 from ._config import BrokerConfig
+from ._driver import Pending, RaftDriver, make_node
 from ._log import log_event, logger
+from ._snapshot_fetch import request_response
 
 _RECEIVE_SIZE = 64 * 1024
+PEER_FRAME_FACTOR = 80
+"""A peer stream's frames may carry a batch of entries, each up to a client frame in size."""
 _LINGER_SECONDS = 1.0
-
-
-class _Pending:
-    """A command's result, filled in by the committer once it is durable."""
-
-    __slots__ = ("_event", "result")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self.result: _core.Result | BrokerError | None = None
-
-    def set(self, result: _core.Result | BrokerError) -> None:
-        self.result = result
-        self._event.set()
-
-    async def wait(self) -> _core.Result | BrokerError:
-        await self._event.wait()
-        assert self.result is not None
-        return self.result
 
 
 @attrs.frozen
 class BrokerStatistics:
     connections: int
-    commands_committed: int
-    batches_committed: int
-    pending_commands: int
-
-
-class _Committer:
-    """Group commit: whatever commands queued up while one transaction ran go in the next one."""
-
-    def __init__(self, worker: StorageWorker, store: Store, config: BrokerConfig) -> None:
-        self._worker = worker
-        self._store = store
-        self._max_batch = config.max_batch
-        self._send, self._receive = trio.open_memory_channel[tuple[_core.Command, _Pending]](
-            config.max_pending
-        )
-        self.commands = 0
-        self.batches = 0
-
-    @property
-    def pending(self) -> int:
-        return self._send.statistics().current_buffer_used
-
-    async def submit(self, command: _core.Command) -> _Pending:
-        """Queue a command; waits (back-pressure) while ``max_pending`` commands are queued."""
-        pending = _Pending()
-        await self._send.send((command, pending))
-        return pending
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for first in self._receive:
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            commands = [command for command, _ in batch]
-            try:
-                results: list[Any] = await self._worker.run(self._store.apply, commands)
-            except Exception as exc:
-                log_event(logging.ERROR, "storage.commit_failed", error=repr(exc), size=len(batch))
-                failure = BrokerError(ErrorCode.INTERNAL, f"storage failure: {exc}")
-                results = [failure] * len(batch)
-            else:
-                self.commands += len(batch)
-                self.batches += 1
-            for (_, pending), result in zip(batch, results, strict=True):
-                pending.set(result)
+    role: str
+    term: int
+    commit_index: int
+    applied_index: int
+    pending_proposals: int
+    elections_won: int
+    transactions: int
+    """Durable SQLite transactions (fsyncs) so far."""
+    entries_applied: int
 
 
 class Broker:
     """A running broker. Built by :func:`open_broker`; serve it with the context manager."""
 
     def __init__(
-        self, config: BrokerConfig, identity: Identity, store: Store, worker: StorageWorker
+        self,
+        config: BrokerConfig,
+        identity: Identity,
+        store: Store,
+        worker: StorageWorker,
+        state: RaftState,
     ) -> None:
         self.config = config
         self.broker_id = identity.broker_id
         self.cluster_id = identity.cluster_id
         self.host = config.host
         self.port = config.port
-        self.cluster_version = 1
         self._store = store
         self._worker = worker
-        self._committer = _Committer(worker, store, config)
         self._rng = random.SystemRandom()
         self._queue_ids: set[str] = set()
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.driver = RaftDriver(
+            self.broker_id,
+            config,
+            store,
+            worker,
+            make_node(self.broker_id, state, config),
+            self.addresses,
+            self._on_applied,
+        )
+        self.driver.config_cluster_id = self.cluster_id
         self._connections = 0
         self._readers: set[trio.CancelScope] = set()
         self._closing = False
@@ -147,23 +119,65 @@ class Broker:
         self._idle = trio.Event()
         self._idle.set()
 
+    @property
+    def node(self) -> Any:
+        """The consensus core (read-only use: tests and introspection)."""
+        return self.driver.node
+
+    @property
+    def is_leader(self) -> bool:
+        return self.driver.node.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.driver.node.leader_id
+
+    def _on_applied(self, entry: Any, result: Any) -> None:
+        """Keep in-memory views of replicated state current as entries are applied."""
+        payload = entry.payload
+        if isinstance(payload, _core.SetBrokerAddress):
+            self.addresses[payload.broker_id] = (payload.host, payload.port)
+        elif isinstance(payload, _core.CreateQueue):
+            self._queue_ids.add(payload.queue_id)
+        elif isinstance(payload, tuple):  # an installed snapshot: reload everything
+            self.addresses.clear()
+            self.addresses.update(self._store.broker_addresses())
+            self._queue_ids.update(self._store.queue_lengths())
+
+    async def wait_leader(self) -> str:
+        """Wait until this broker knows a leader of its cluster; returns the leader's id."""
+        while self.driver.node.leader_id is None:
+            await self.driver.wait_changed()
+        return self.driver.node.leader_id
+
     # -- requests -------------------------------------------------------------------------------
 
     def topology(self) -> ClusterTopology:
-        me = BrokerInfo(
-            broker_id=self.broker_id,
-            host=self.config.announced_host,
-            port=self.port,
-            role="leader",
-            status="active",
-        )
+        node = self.driver.node
+        brokers = []
+        for member_id, view in node.member_statuses().items():
+            if member_id == self.broker_id:
+                address = (self.config.announced_host, self.port)
+            else:
+                address = self.addresses.get(member_id)
+            if address is None:
+                continue  # its address is not replicated here yet
+            brokers.append(
+                BrokerInfo(
+                    broker_id=member_id,
+                    host=address[0],
+                    port=address[1],
+                    role="leader" if view.role == "leader" else "replica",
+                    status=view.status,
+                )
+            )
         return ClusterTopology(
             cluster_id=self.cluster_id,
-            cluster_version=self.cluster_version,
-            self_role="leader",
-            brokers=[me],
+            cluster_version=node.cluster_version,
+            self_role="leader" if node.is_leader else "replica",
+            brokers=brokers,
             self_id=self.broker_id,
-            leader_id=self.broker_id,
+            leader_id=node.leader_id,
         )
 
     def _new_queue_id(self) -> str:
@@ -173,16 +187,19 @@ class Broker:
                 self._queue_ids.add(queue_id)
                 return queue_id
 
-    async def handle(self, request: Request) -> Response | BrokerError | _Pending:
+    def _wrong_cluster(self, cluster_id: str | None) -> BrokerError | None:
+        if cluster_id is not None and cluster_id != self.cluster_id:
+            return BrokerError(
+                ErrorCode.WRONG_CLUSTER,
+                f"this broker belongs to cluster {self.cluster_id}, not {cluster_id}",
+                cluster_id=self.cluster_id,
+            )
+        return None
+
+    async def handle(self, request: Request) -> Response | BrokerError | Pending:
         """Decide a request: an answer now, or a pending commit whose result is the answer."""
         if isinstance(request, ClusterQuery):
-            if request.cluster_id is not None and request.cluster_id != self.cluster_id:
-                return BrokerError(
-                    ErrorCode.WRONG_CLUSTER,
-                    f"this broker belongs to cluster {self.cluster_id}, not {request.cluster_id}",
-                    cluster_id=self.cluster_id,
-                )
-            return self.topology()
+            return self._wrong_cluster(request.cluster_id) or self.topology()
         if self._closing:
             return BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down")
         if isinstance(request, Append):
@@ -193,28 +210,137 @@ class Broker:
                     f"data of {len(data)} bytes is larger than the maximum of "
                     f"{self.config.max_data_bytes} bytes",
                 )
-            return await self._committer.submit(_core.AppendMessage(request.queue_name, data))
+            return await self._propose(_core.AppendMessage(request.queue_name, data))
         if isinstance(request, Read):
             if not request.client_id:
                 return ProtocolError("client_id must not be empty")
-            return await self._committer.submit(
-                _core.ReadNext(request.client_id, request.queue_name)
-            )
+            return await self._propose(_core.ReadNext(request.client_id, request.queue_name))
         if isinstance(request, CreateQueue):
-            return await self._committer.submit(_core.CreateQueue(self._new_queue_id()))
+            if not self.driver.node.is_leader:
+                return self.driver.not_leader_error()
+            return await self._propose(_core.CreateQueue(self._new_queue_id()))
+        if isinstance(request, JoinCluster):
+            return self._wrong_cluster(request.cluster_id) or await self._join(request)
+        if isinstance(request, RemoveMember):
+            return self._wrong_cluster(request.cluster_id) or await self._remove(request)
+        if isinstance(request, DataSyncRequest):
+            return self._wrong_cluster(request.cluster_id) or await self._snapshot_chunk(request)
         raise AssertionError(f"unhandled request {request!r}")  # pragma: no cover
 
+    async def _propose(self, command: _core.Command) -> Pending | BrokerError:
+        if not self.driver.node.is_leader:
+            return self.driver.not_leader_error()
+        return await self.driver.propose(command)
+
     async def submit(self, command: _core.Command) -> _core.Result | BrokerError:
-        """Commit one command and wait until it is durable; for embedding and tests."""
-        pending = await self._committer.submit(command)
-        return await pending.wait()
+        """Commit one command and wait until it is applied; for embedding and tests."""
+        pending = await self._propose(command)
+        return pending if isinstance(pending, BrokerError) else await pending.wait()
+
+    async def _join(self, request: JoinCluster) -> Response | BrokerError:
+        """Diagram 4 on the leader: record the address, add a learner, answer with the view.
+
+        The learner then receives the log (or a DATA_SYNC snapshot) like any replica, and the
+        leader promotes it to voter once it has caught up.
+        """
+        if not self.driver.node.is_leader:
+            return await self._forward_to_leader(request)
+        node = self.driver.node
+        if request.broker_id in node.config.members:
+            result = await self.submit(
+                _core.SetBrokerAddress(request.broker_id, request.host, request.port)
+            )
+            if isinstance(result, BrokerError):
+                return result
+        else:
+            result = await self.submit(
+                _core.SetBrokerAddress(request.broker_id, request.host, request.port)
+            )
+            if isinstance(result, BrokerError):
+                return result
+            result = await self.driver.change_membership(
+                ConfigChange(ChangeAction.ADD_LEARNER, request.broker_id)
+            )
+            if isinstance(result, BrokerError):
+                return result
+            log_event(
+                logging.INFO,
+                "membership.learner_added",
+                broker=request.broker_id,
+                host=request.host,
+                port=request.port,
+                cluster_version=node.cluster_version,
+            )
+        topology = self.topology()
+        return Joined(
+            cluster_id=self.cluster_id,
+            cluster_version=topology.cluster_version,
+            leader_id=self.broker_id,
+            brokers=topology.brokers,
+        )
+
+    async def _remove(self, request: RemoveMember) -> Response | BrokerError:
+        if not self.driver.node.is_leader:
+            return await self._forward_to_leader(request)
+        if request.broker_id not in self.driver.node.config.members:
+            return BrokerError(
+                ErrorCode.BAD_REQUEST, f"{request.broker_id} is not a member of {self.cluster_id}"
+            )
+        result = await self.driver.change_membership(
+            ConfigChange(ChangeAction.REMOVE, request.broker_id)
+        )
+        if isinstance(result, BrokerError):
+            return result
+        log_event(
+            logging.INFO,
+            "membership.removed",
+            broker=request.broker_id,
+            cluster_version=self.driver.node.cluster_version,
+        )
+        return Done()
+
+    async def _forward_to_leader(self, request: Request) -> Response | BrokerError:
+        """Membership requests may reach any member; it passes them on to the leader."""
+        error = self.driver.not_leader_error()
+        host, port = error.details.get("leader_host"), error.details.get("leader_port")
+        if host is None or port is None:
+            return error
+        try:
+            with trio.fail_after(self.config.failure_timeout * 4):
+                stream = await trio.open_tcp_stream(host, port)
+                async with stream:
+                    answer = await request_response(stream, FrameDecoder(), request)
+        except (OSError, ConnectionError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            return BrokerError(ErrorCode.UNAVAILABLE, f"could not reach the leader: {exc}")
+        return _Forwarded(answer)
+
+    async def _snapshot_chunk(self, request: DataSyncRequest) -> Response | BrokerError:
+        found = await trio.to_thread.run_sync(
+            self.driver.read_snapshot_chunk, request.snapshot_id, request.offset
+        )
+        if found is None:
+            return BrokerError(ErrorCode.BAD_REQUEST, f"no snapshot {request.snapshot_id!r}")
+        chunk, size, digest = found
+        return SnapshotChunk(
+            snapshot_id=request.snapshot_id,
+            offset=request.offset,
+            size=size,
+            data=base64.b64encode(chunk).decode(),
+            sha256=digest,
+        )
 
     def statistics(self) -> BrokerStatistics:
+        node = self.driver.node
         return BrokerStatistics(
             connections=self._connections,
-            commands_committed=self._committer.commands,
-            batches_committed=self._committer.batches,
-            pending_commands=self._committer.pending,
+            role=node.role.value,
+            term=node.term,
+            commit_index=node.commit,
+            applied_index=node.applied,
+            pending_proposals=self.driver.pending,
+            elections_won=self.driver.elections_won,
+            transactions=self.driver.transactions,
+            entries_applied=self.driver.entries_applied,
         )
 
     # -- connections ----------------------------------------------------------------------------
@@ -314,12 +440,73 @@ class Broker:
                     )
                     send.send_nowait(exc)
                     continue
+                if isinstance(request, PeerHello):
+                    refusal = self._wrong_cluster(request.cluster_id)
+                    if refusal is None and request.to not in (None, self.broker_id):
+                        refusal = BrokerError(
+                            ErrorCode.BAD_REQUEST,
+                            f"this is broker {self.broker_id}, not {request.to}",
+                        )
+                    if refusal is not None:
+                        log_event(
+                            logging.WARNING,
+                            "peer.refused",
+                            peer=peer,
+                            broker=request.broker_id,
+                            reason=refusal.message,
+                        )
+                        send.send_nowait(refusal)
+                        return False
+                    if request.host is not None and request.port is not None:
+                        self.driver.hinted_addresses[request.broker_id] = (
+                            request.host,
+                            request.port,
+                        )
+                    send.send_nowait(Done())
+                    return await self._read_peer_stream(stream, decoder, peer, request.broker_id)
                 try:
                     answer = await self.handle(request)
                 except BaseException:
                     slots.release()
                     raise
                 send.send_nowait(answer)
+
+    async def _read_peer_stream(
+        self, stream: trio.SocketStream, decoder: FrameDecoder, peer: str, sender: str
+    ) -> bool:
+        """After PEER_HELLO: one-way consensus messages from ``sender``, never answered."""
+        decoder.max_frame = self.config.max_frame * PEER_FRAME_FACTOR
+        while True:
+            while True:
+                try:
+                    payload = decoder.next_frame()
+                    if payload is None:
+                        break
+                    message = message_from_obj(loads_object(payload))
+                except ProtocolError as exc:
+                    log_event(
+                        logging.WARNING,
+                        "peer.bad_message",
+                        peer=peer,
+                        broker=sender,
+                        reason=exc.message,
+                    )
+                    return False
+                if message.src != sender or message.dst != self.broker_id:
+                    log_event(
+                        logging.WARNING,
+                        "peer.misaddressed",
+                        peer=peer,
+                        broker=sender,
+                        src=message.src,
+                        dst=message.dst,
+                    )
+                    continue
+                self.driver.step(message)
+            data = await stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                return True
+            decoder.feed(data)
 
     async def _write_responses(
         self,
@@ -342,8 +529,10 @@ class Broker:
                     slots.release()
 
     async def _answer(self, item: Any) -> bytes:
-        if isinstance(item, _Pending):
+        if isinstance(item, Pending):
             item = _response_for(await item.wait())
+        if isinstance(item, _Forwarded):
+            return encode_frame(orjson.dumps(item.body))
         return encode_frame(encode_response(item))
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -373,9 +562,18 @@ class Broker:
         connections.cancel_scope.cancel()
 
 
-def _response_for(result: _core.Result | BrokerError) -> Response | BrokerError:
+@attrs.frozen
+class _Forwarded:
+    """The leader's answer to a request this broker forwarded, passed on unchanged."""
+
+    body: dict[str, Any]
+
+
+def _response_for(result: _core.Result | BrokerError | None) -> Response | BrokerError:
     if isinstance(result, BrokerError):
         return result
+    if result is None or isinstance(result, _core.BrokerAddressSet):
+        return Done()
     if isinstance(result, _core.MessageAppended):
         return Appended(result.sequence_num)
     if isinstance(result, _core.MessageRead):
@@ -412,12 +610,11 @@ class IdentityMismatch(Exception):
     """The data directory belongs to another broker or cluster than the configuration says."""
 
 
-def _load_identity(store: Store, config: BrokerConfig) -> Identity:
-    found = store.identity()
-    if found is None:
-        return store.init_identity(
-            config.broker_id or new_broker_id(), config.cluster_id or new_cluster_id()
-        )
+class JoinFailed(Exception):
+    """A new broker could not join the cluster its seeds belong to."""
+
+
+def _check_identity(found: Identity, config: BrokerConfig) -> None:
     for name, wanted, stored in (
         ("broker id", config.broker_id, found.broker_id),
         ("cluster id", config.cluster_id, found.cluster_id),
@@ -427,26 +624,153 @@ def _load_identity(store: Store, config: BrokerConfig) -> Identity:
                 f"data directory {config.data_dir} holds {name} {stored}, "
                 f"but {wanted} was asked for"
             )
-    return found
+
+
+async def _ask_seeds(config: BrokerConfig, request: Request) -> dict[str, Any]:
+    """Send one request to the seeds in turn, following NOT_LEADER hints; the first answer
+    that is not a NOT_LEADER or a connection failure wins. Retries with backoff until the
+    caller's deadline."""
+    backoff = 0.1
+    while True:
+        targets = list(config.seeds)
+        tried: set[tuple[str, int]] = set()
+        while targets:
+            target = targets.pop(0)
+            if target in tried:
+                continue
+            tried.add(target)
+            try:
+                with trio.fail_after(max(2.0, config.failure_timeout * 2)):
+                    stream = await trio.open_tcp_stream(*target)
+                    async with stream:
+                        answer = await request_response(stream, FrameDecoder(), request)
+            except (
+                OSError,
+                ConnectionError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                ProtocolError,
+            ) as exc:
+                log_event(
+                    logging.INFO,
+                    "join.seed_unreachable",
+                    seed=f"{target[0]}:{target[1]}",
+                    error=type(exc).__name__,
+                )
+                continue
+            if answer.get("code") in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE):
+                host, port = answer.get("leader_host"), answer.get("leader_port")
+                if isinstance(host, str) and isinstance(port, int):
+                    targets.insert(0, (host, port))
+                continue
+            return answer
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, 2.0)
+
+
+async def _prepare(
+    worker: StorageWorker, store: Store, config: BrokerConfig
+) -> tuple[Identity, bool]:
+    """The broker's identity, and whether it must still join its cluster.
+
+    A brand-new broker without seeds founds a cluster of one voter. A brand-new broker with
+    seeds asks them which cluster they form, and joins it. A broker that has an identity but
+    never received a configuration was interrupted while joining, and joins again.
+    """
+    found = await worker.run(store.identity)
+    state = await worker.run(store.raft_state)
+    if found is not None:
+        _check_identity(found, config)
+        configured = state.snapshot_config is not None or any(
+            isinstance(e.payload, ConfigEntry) for e in state.entries
+        )
+        if configured:
+            return found, False
+        if not config.seeds:
+            raise JoinFailed(
+                f"broker {found.broker_id} was joining cluster {found.cluster_id} and never "
+                "completed; start it again with --seed HOST:PORT of a member"
+            )
+        return found, True
+    if not config.seeds:
+        identity = await worker.run(
+            store.init_identity,
+            config.broker_id or new_broker_id(),
+            config.cluster_id or new_cluster_id(),
+        )
+        await worker.run(store.bootstrap, Config(voters=frozenset([identity.broker_id])))
+        return identity, False
+    answer = await _ask_seeds(config, ClusterQuery(cluster_id=config.cluster_id))
+    if answer.get("status") != "success" or not isinstance(answer.get("cluster_id"), str):
+        raise JoinFailed(f"seeds refused to describe their cluster: {answer.get('message')}")
+    identity = await worker.run(
+        store.init_identity, config.broker_id or new_broker_id(), answer["cluster_id"]
+    )
+    return identity, True
+
+
+async def _join(broker: Broker) -> None:
+    config = broker.config
+    request = JoinCluster(
+        broker_id=broker.broker_id,
+        host=config.announced_host,
+        port=broker.port,
+        cluster_id=broker.cluster_id,
+    )
+    while True:
+        answer = await _ask_seeds(config, request)
+        if answer.get("status") == "success":
+            for member in answer.get("brokers") or []:
+                with contextlib.suppress(KeyError, TypeError):
+                    broker.driver.hinted_addresses[member["broker_id"]] = (
+                        member["host"],
+                        member["port"],
+                    )
+            log_event(
+                logging.INFO,
+                "join.accepted",
+                cluster_id=broker.cluster_id,
+                leader=answer.get("leader_id"),
+                cluster_version=answer.get("cluster_version"),
+            )
+            return
+        if answer.get("code") in (ErrorCode.WRONG_CLUSTER, ErrorCode.BAD_REQUEST):
+            raise JoinFailed(
+                f"cluster {broker.cluster_id} refused the join: {answer.get('message')}"
+            )
+        log_event(logging.WARNING, "join.retry", reason=answer.get("message"))
+        await trio.sleep(config.failure_timeout)
 
 
 @contextlib.asynccontextmanager
 async def open_broker(config: BrokerConfig) -> AsyncIterator[Broker]:
     """Start a broker and serve it for the body of the ``async with``.
 
+    A broker with no seeds and an empty data directory founds a new single-voter cluster, and
+    ``open_broker`` returns once it leads it. With seeds, it joins their cluster as a learner
+    (and becomes a voter once caught up); a restarted broker rejoins from its data directory.
+
     Raises :class:`~trio_broker._storage.DataDirInUse` if another broker holds the data
-    directory, and :class:`IdentityMismatch` if the directory belongs to another identity.
+    directory, :class:`IdentityMismatch` if the directory belongs to another identity, and
+    :class:`JoinFailed` if the seeds' cluster refuses this broker.
     """
     async with open_storage_worker() as worker:
         store = await worker.run(Store, config.data_dir)
         try:
-            identity = await worker.run(_load_identity, store, config)
-            broker = Broker(config, identity, store, worker)
-            broker._queue_ids.update(await worker.run(store.queue_lengths))
             listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-            broker.port = listeners[0].socket.getsockname()[1]
+            try:
+                identity, joining = await _prepare(worker, store, config)
+            except BaseException:
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                raise
+            state = await worker.run(store.raft_state)
+            broker = Broker(config, identity, store, worker, state)
+            broker.port = broker.driver._port = listeners[0].socket.getsockname()[1]
+            broker.addresses.update(await worker.run(store.broker_addresses))
+            broker._queue_ids.update(await worker.run(store.queue_lengths))
             async with trio.open_nursery() as services:
-                await services.start(broker._committer.run)
+                await services.start(broker.driver.run)
                 async with trio.open_nursery() as connections:
                     await connections.start(
                         functools.partial(broker._serve_listeners, listeners, connections)
@@ -461,6 +785,11 @@ async def open_broker(config: BrokerConfig) -> AsyncIterator[Broker]:
                         data_dir=config.data_dir,
                     )
                     try:
+                        if joining:
+                            await _join(broker)
+                        elif broker.node.config.voters == {broker.broker_id}:
+                            with trio.fail_after(config.failure_timeout * 10):
+                                await broker.driver.wait_leading()
                         yield broker
                     finally:
                         with trio.CancelScope(shield=True):

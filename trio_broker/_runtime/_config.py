@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -71,10 +72,40 @@ class BrokerConfig:
     """Commands waiting for a commit across all connections before requests wait to be read."""
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     """Seconds in-flight requests get to finish when the broker shuts down."""
+    heartbeat_interval: float = attrs.field(default=0.2, validator=_positive)
+    """Seconds between the leader's HEARTBEATs (the design's diagrams use 5)."""
+    failure_timeout: float = attrs.field(default=1.5, validator=_positive)
+    """Seconds of silence after which a member is ``inactive``, a replica starts an election
+    (randomised up to twice this, lower broker ids first) and a leader that has not heard from
+    a majority steps down (the design's diagrams use 15)."""
+    compact_threshold: int = attrs.field(default=20_000, validator=_positive)
+    """Applied log entries beyond ``compact_keep`` that trigger a compaction."""
+    compact_keep: int = attrs.field(default=1_000, validator=_positive)
+    """Applied entries kept in the log after a compaction, for replicas slightly behind."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.failure_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"failure_timeout ({self.failure_timeout}) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval})"
+            )
 
     @property
     def announced_host(self) -> str:
         return self.advertise_host or self.host
+
+    @property
+    def tick_seconds(self) -> float:
+        """The consensus core counts time in ticks of half a heartbeat interval."""
+        return self.heartbeat_interval / 2
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        return 2
+
+    @property
+    def election_ticks(self) -> int:
+        return max(self.heartbeat_ticks + 1, math.ceil(self.failure_timeout / self.tick_seconds))
 
     @property
     def max_data_bytes(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE meta (
@@ -37,8 +37,24 @@ CREATE TABLE client_positions (
 ) STRICT, WITHOUT ROWID;
 """
 
+# Version 2: the replicated log and the address book. The consensus state (term, vote, commit,
+# applied index, snapshot point) lives in `meta`, written in the same transactions as the log.
+_V2 = """
+CREATE TABLE raft_log (
+    log_index INTEGER PRIMARY KEY,
+    term      INTEGER NOT NULL,
+    payload   BLOB    NOT NULL
+) STRICT;
+
+CREATE TABLE brokers (
+    broker_id TEXT    PRIMARY KEY,
+    host      TEXT    NOT NULL,
+    port      INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"""
+
 # UPGRADES[n] takes a database at version n to version n + 1.
-UPGRADES: dict[int, str] = {0: _V1}
+UPGRADES: dict[int, str] = {0: _V1, 1: _V2}
 
 
 class SchemaTooNew(Exception):

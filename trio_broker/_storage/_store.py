@@ -16,9 +16,11 @@ from typing import Any
 
 import apsw
 import attrs
+import orjson
 
 from .._core import (
     AppendMessage,
+    BrokerAddressSet,
     Command,
     CreateQueue,
     MessageAppended,
@@ -26,9 +28,14 @@ from .._core import (
     QueueCreated,
     ReadNext,
     Result,
+    SetBrokerAddress,
 )
 from .._core._commands import queue_exists, queue_not_found
+from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
+from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import upgrade
+
+_STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers")
 
 DB_FILE = "broker.sqlite3"
 LOCK_FILE = "LOCK"
@@ -176,6 +183,14 @@ class Store:
                 (command.client_id, command.queue_id, position),
             )
             return MessageRead(position, data)
+        if isinstance(command, SetBrokerAddress):
+            db.execute(
+                "INSERT INTO brokers (broker_id, host, port) VALUES (?, ?, ?)"
+                " ON CONFLICT (broker_id) DO UPDATE SET host = excluded.host,"
+                " port = excluded.port",
+                (command.broker_id, command.host, command.port),
+            )
+            return BrokerAddressSet(command.broker_id)
         if isinstance(command, CreateQueue):
             try:
                 db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))
@@ -205,3 +220,168 @@ class Store:
                 "SELECT client_id, queue_id, read_position FROM client_positions"
             )
         }
+
+    def broker_addresses(self) -> dict[str, tuple[str, int]]:
+        return {
+            broker_id: (host, port)
+            for broker_id, host, port in self._db.execute(
+                "SELECT broker_id, host, port FROM brokers"
+            )
+        }
+
+    # -- the replicated log ---------------------------------------------------------------------
+
+    def _set_meta(self, items: dict[str, Any]) -> None:
+        """Upsert metadata; a None value removes the key."""
+        self._db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(k, v) for k, v in items.items() if v is not None],
+        )
+        self._db.executemany(
+            "DELETE FROM meta WHERE key = ?", [(k,) for k, v in items.items() if v is None]
+        )
+
+    def raft_state(self) -> RaftState:
+        """Everything the consensus core is rebuilt from after a restart."""
+        get = self.get_meta
+        config_json = get("snapshot_config")
+        config = None if config_json is None else _config_from_json(config_json)
+        hard_state = HardState(
+            term=get("raft_term", 0), voted_for=get("raft_voted_for"), commit=get("raft_commit", 0)
+        )
+        snapshot_index = get("snapshot_index", 0)
+        entries = [
+            Entry(term, index, decode_payload(payload))
+            for index, term, payload in self._db.execute(
+                "SELECT log_index, term, payload FROM raft_log WHERE log_index > ?"
+                " ORDER BY log_index",
+                (snapshot_index,),
+            )
+        ]
+        return RaftState(
+            hard_state=hard_state,
+            snapshot_index=snapshot_index,
+            snapshot_term=get("snapshot_term", 0),
+            snapshot_config=config,
+            entries=entries,
+            applied=get("applied_index", snapshot_index),
+        )
+
+    def bootstrap(self, config: Config) -> None:
+        """Record the first configuration of a brand-new cluster (before any entry)."""
+        with self._db:
+            self._set_meta({"snapshot_config": _config_to_json(config)})
+
+    def save(
+        self,
+        *,
+        hard_state: HardState | None = None,
+        truncate_from: int | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: tuple[SnapshotMeta, str] | None = None,
+        committed: Sequence[Entry] = (),
+    ) -> list[Result | None]:
+        """Persist one Ready in ONE durable transaction, then apply what it commits.
+
+        Order inside the transaction: install ``snapshot`` (meta, path of the snapshot database
+        file), truncate the log from ``truncate_from``, append ``entries``, store
+        ``hard_state``, apply ``committed`` entries and record the applied index. Returns one
+        result per committed entry (None for the core's own entries: no-ops, config changes).
+        """
+        db = self._db
+        if snapshot is not None:
+            db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
+        try:
+            with db:
+                if snapshot is not None:
+                    self._install_snapshot(snapshot[0])
+                if truncate_from is not None:
+                    db.execute("DELETE FROM raft_log WHERE log_index >= ?", (truncate_from,))
+                if entries:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO raft_log (log_index, term, payload)"
+                        " VALUES (?, ?, ?)",
+                        [(e.index, e.term, encode_payload(e.payload)) for e in entries],
+                    )
+                if hard_state is not None:
+                    self._set_meta(
+                        {
+                            "raft_term": hard_state.term,
+                            "raft_voted_for": hard_state.voted_for,
+                            "raft_commit": hard_state.commit,
+                        }
+                    )
+                results: list[Result | None] = []
+                for entry in committed:
+                    payload = entry.payload
+                    if isinstance(payload, Command):
+                        results.append(self._apply_one(payload))
+                    else:
+                        results.append(None)
+                if committed:
+                    self._set_meta({"applied_index": committed[-1].index})
+                return results
+        finally:
+            if snapshot is not None:
+                db.execute("DETACH DATABASE incoming")
+
+    def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        db = self._db
+        for table in _STATE_TABLES:
+            db.execute(f"DELETE FROM main.{table}")
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM incoming.{table}")
+        db.execute("DELETE FROM raft_log")
+        self._set_meta(
+            {
+                "snapshot_index": meta.index,
+                "snapshot_term": meta.term,
+                "snapshot_config": _config_to_json(meta.config),
+                "applied_index": meta.index,
+            }
+        )
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        """Drop log entries up to ``meta.index`` (applied): the tables now stand in for them."""
+        with self._db:
+            self._db.execute("DELETE FROM raft_log WHERE log_index <= ?", (meta.index,))
+            self._set_meta(
+                {
+                    "snapshot_index": meta.index,
+                    "snapshot_term": meta.term,
+                    "snapshot_config": _config_to_json(meta.config),
+                }
+            )
+
+    def log_size(self) -> int:
+        (n,) = self._db.execute("SELECT count(*) FROM raft_log").fetchone()
+        return n
+
+    def write_snapshot(self, path: str) -> int:
+        """Write a consistent copy of the database to ``path``; returns its applied index.
+
+        Runs on the storage thread between transactions, so the copy is exactly the state at
+        the applied index it reports.
+        """
+        applied = self.get_meta("applied_index", self.get_meta("snapshot_index", 0))
+        self._db.execute("VACUUM INTO ?", (path,))
+        return applied
+
+
+@attrs.frozen
+class RaftState:
+    hard_state: HardState
+    snapshot_index: int
+    snapshot_term: int
+    snapshot_config: Config | None
+    """None for a broker that has never been part of a cluster configuration."""
+    entries: list[Entry]
+    applied: int
+
+
+def _config_to_json(config: Config) -> str:
+    return orjson.dumps(config_to_obj(config)).decode()
+
+
+def _config_from_json(text: str) -> Config:
+    return config_from_obj(orjson.loads(text))

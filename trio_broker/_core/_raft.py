@@ -1,0 +1,951 @@
+"""The consensus core: a sans-IO Raft state machine in the spirit of etcd raft's RawNode.
+
+The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
+
+- ``tick()`` once per tick of its clock (time only exists as ticks here);
+- ``step(message)`` for every message received from another broker;
+- ``propose(command)`` / ``propose_config_change(change)`` on the leader;
+- ``ready()`` / ``advance()``: take what must be persisted, sent and applied, do it, then
+  acknowledge. Only one Ready is outstanding at a time; ticks and steps may continue while the
+  runtime is persisting it, and their effects go into the next Ready.
+
+Protocol summary (see docs/replication.md): terms, one persisted vote per term, the election
+restriction, pre-vote, check-quorum, log matching with a term-skipping hint, commit of
+current-term entries only, a no-op entry per new leader, single-server membership changes that
+take effect when appended, learners, and compaction with snapshot install (DATA_SYNC).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from typing import Any
+
+import attrs
+
+from ._raft_log import RaftLog, RaftLogError  # noqa: F401 (re-exported)
+from ._raft_messages import (
+    ChangeAction,
+    ClusterUpdate,
+    ClusterUpdateResponse,
+    Config,
+    ConfigChange,
+    ConfigEntry,
+    DataSync,
+    DenyReason,
+    ElectionRequest,
+    ElectionResponse,
+    Entry,
+    HardState,
+    Heartbeat,
+    HeartbeatResponse,
+    MemberView,
+    Message,
+    NoOp,
+    PromoteToLeader,
+    Replicate,
+    ReplicateResponse,
+    SnapshotMeta,
+)
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class RaftError(Exception):
+    """A request the core refuses; the state machine is unchanged."""
+
+
+class NotLeader(RaftError):
+    """Proposals go to the leader; ``leader_id`` is the leader this broker knows of, if any."""
+
+    def __init__(self, leader_id: Any) -> None:
+        super().__init__(f"not the leader (leader is {leader_id!r})")
+        self.leader_id = leader_id
+
+
+class ConfigChangeRefused(RaftError):
+    """A membership change that would break the one-change-at-a-time rule, or is meaningless."""
+
+
+class UsageError(RaftError):
+    """The driver misused the API (e.g. called ready() twice without advance())."""
+
+
+# -- effects -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ready:
+    """Everything the runtime must do for the core, in this order.
+
+    1. Send ``messages`` whenever convenient, even before step 2 completes. These are only the
+       leader's own appends, heartbeats and announcements: a leader may overlap its fsync with
+       replication because it counts itself towards a quorum only after ``advance()``.
+    2. Persist, in ONE atomic transaction: ``snapshot`` (replace the state machine and the whole
+       log), then delete log entries with index >= ``truncate_from``, append ``entries``, store
+       ``hard_state``.
+    3. **Persist before you send**: only once step 2 is durable, send ``persisted_messages``
+       (votes, vote requests, vote replies, replica acknowledgements). They promise what step 2
+       wrote; sending them earlier lets a crash turn a promise into a lie (a second vote in a
+       term, an acknowledged entry that vanished).
+    4. Apply ``committed_entries`` to the state machine in order (after step 2).
+    5. For each peer in ``snapshots_to_send``, call :meth:`RaftNode.make_data_sync` with the
+       state machine at some applied index and send the result.
+    6. Call :meth:`RaftNode.advance`.
+    """
+
+    hard_state: HardState | None
+    truncate_from: int | None
+    entries: tuple[Entry, ...]
+    snapshot: DataSync | None
+    messages: tuple[Message, ...]
+    persisted_messages: tuple[Message, ...]
+    committed_entries: tuple[Entry, ...]
+    snapshots_to_send: tuple[Any, ...]
+
+    @property
+    def must_sync(self) -> bool:
+        """Whether step 2 has anything to write."""
+        return bool(
+            self.hard_state is not None
+            or self.entries
+            or self.truncate_from is not None
+            or self.snapshot is not None
+        )
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class ProgressState(enum.Enum):
+    PROBE = "probe"
+    """One Replicate in flight until we learn where the logs match."""
+    REPLICATE = "replicate"
+    """Logs match; stream entries optimistically."""
+    SNAPSHOT = "snapshot"
+    """The entries it needs are compacted: waiting for a DATA_SYNC to land."""
+
+
+@attrs.define
+class Progress:
+    """The leader's knowledge of one member's log and liveness."""
+
+    match: int = 0
+    next: int = 1
+    state: ProgressState = ProgressState.PROBE
+    paused: bool = False
+    recent_active: bool = True
+    last_heard: int = 0
+    snapshot_sent_at: int = 0
+    acked_since_heartbeat: bool = False
+
+
+def _voting_rank(node_id: Any, voters: frozenset) -> int:
+    ordered = sorted(voters)
+    return ordered.index(node_id) if node_id in voters else len(ordered)
+
+
+class RaftNode:
+    """One broker's consensus state machine. Deterministic given its inputs and ``rng``.
+
+    Build it from what storage holds: the persisted ``hard_state``, the ``snapshot`` metadata
+    (index 0, term 0 and the bootstrap config for a fresh cluster; an empty config for a broker
+    that will join) and the durable ``entries`` after it. ``applied`` is the last index already
+    reflected in the state machine (defaults to the snapshot index).
+    """
+
+    def __init__(
+        self,
+        node_id: Any,
+        *,
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        entries: list[Entry] | tuple[Entry, ...] = (),
+        rng: random.Random,
+        applied: int | None = None,
+        election_ticks: int = 10,
+        heartbeat_ticks: int = 2,
+        failure_timeout_ticks: int | None = None,
+        max_batch: int = 64,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+    ) -> None:
+        if heartbeat_ticks >= election_ticks:
+            raise UsageError("heartbeat_ticks must be smaller than election_ticks")
+        self.id = node_id
+        self.rng = rng
+        self.election_ticks = election_ticks
+        self.heartbeat_ticks = heartbeat_ticks
+        self.failure_timeout_ticks = failure_timeout_ticks or election_ticks
+        self.max_batch = max_batch
+        self.pre_vote = pre_vote
+        self.check_quorum = check_quorum
+
+        self.log = RaftLog(snapshot.index, snapshot.term, list(entries))
+        self._snapshot_config = snapshot.config
+        self.term = hard_state.term
+        self.voted_for = hard_state.voted_for
+        self.commit = min(max(hard_state.commit, snapshot.index), self.log.last_index)
+        self.applied = snapshot.index if applied is None else max(applied, snapshot.index)
+        self._persisted_hs = hard_state
+        self.config = self._config_at(self.log.last_index)
+
+        self.role = Role.FOLLOWER
+        self.leader_id: Any = None
+        self.now = 0
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self._reset_randomized_timeout()
+        self.votes: dict[Any, bool] = {}
+        self.progress: dict[Any, Progress] = {}
+        self._term_start_index = 0
+        self._statuses: dict[Any, str] = {}
+        self._announced: tuple[MemberView, ...] = ()
+
+        self._msgs: list[Message] = []
+        self._persisted_msgs: list[Message] = []
+        self._snapshot_to_install: DataSync | None = None
+        self._snapshots_to_send: list[Any] = []
+        self._inflight: Ready | None = None
+
+    # -- public queries ------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for, self.commit)
+
+    @property
+    def cluster_version(self) -> int:
+        return self.config.version
+
+    def member_statuses(self) -> dict[Any, MemberView]:
+        """The CLUSTER_QUERY view: role and active/inactive per configured member.
+
+        On the leader, status comes from its own failure detector (last tick it heard from each
+        member, against ``failure_timeout_ticks``); elsewhere from the last CLUSTER_UPDATE.
+        Status is informational: it never changes the quorum.
+        """
+        views = {}
+        for m in sorted(self.config.members):
+            if m == self.leader_id:
+                role = "leader"
+            elif m in self.config.voters:
+                role = "replica"
+            else:
+                role = "learner"
+            if self.is_leader:
+                status = self._status_of(m)
+            else:
+                status = self._statuses.get(m, "active")
+            views[m] = MemberView(m, role, status)
+        return views
+
+    def caught_up(self, node_id: Any) -> bool:
+        """Whether a learner holds everything committed, so promoting it will not stall commits."""
+        pr = self.progress.get(node_id)
+        return self.is_leader and pr is not None and pr.match >= self.commit
+
+    # -- driving the node ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self.now += 1
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self._promotable() and self.election_elapsed >= self.randomized_timeout:
+                self._campaign()
+
+    def propose(self, command: Any) -> tuple[int, int]:
+        """Append ``command`` to the log; returns (term, index) to match it when applied.
+
+        The command is committed only if the entry applied at ``index`` has this ``term``.
+        Raises :class:`NotLeader` on any other broker.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        entry = Entry(self.term, self.log.last_index + 1, command)
+        self.log.append([entry])
+        self._broadcast_append()
+        return entry.term, entry.index
+
+    def propose_config_change(self, change: ConfigChange) -> tuple[int, int]:
+        """Propose one single-server membership change.
+
+        Refused while an earlier change is uncommitted, and until this leader has committed an
+        entry of its own term (the fix from the Raft thesis errata for single-server changes).
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._config_index() > self.commit:
+            raise ConfigChangeRefused("a membership change is already in progress")
+        if self.commit < self._term_start_index:
+            raise ConfigChangeRefused("leader has not committed an entry of its term yet")
+        c = self.config
+        n = change.node_id
+        if change.action is ChangeAction.ADD_LEARNER:
+            if n in c.members:
+                raise ConfigChangeRefused(f"{n!r} is already a member")
+            new = Config(c.voters, c.learners | {n}, c.version + 1)
+        elif change.action is ChangeAction.PROMOTE:
+            if n not in c.learners:
+                raise ConfigChangeRefused(f"{n!r} is not a learner")
+            new = Config(c.voters | {n}, c.learners - {n}, c.version + 1)
+        elif change.action is ChangeAction.REMOVE:
+            if n not in c.members:
+                raise ConfigChangeRefused(f"{n!r} is not a member")
+            if c.voters == {n}:
+                raise ConfigChangeRefused("cannot remove the last voter")
+            new = Config(c.voters - {n}, c.learners - {n}, c.version + 1)
+        else:  # pragma: no cover
+            raise ConfigChangeRefused(f"unknown change {change!r}")
+        entry = Entry(self.term, self.log.last_index + 1, ConfigEntry(new, change))
+        self.log.append([entry])
+        self._set_config(new)
+        self._broadcast_append()
+        return entry.term, entry.index
+
+    def compact(self, index: int) -> None:
+        """Drop log entries up to ``index``: the runtime's state machine now stands in for them.
+
+        ``index`` must be applied and durable. Replicas that need older entries get DATA_SYNC.
+        """
+        if index > self.applied:
+            raise UsageError(f"compact({index}) beyond applied index {self.applied}")
+        config = self._config_at(index)
+        self.log.compact(index)
+        self._snapshot_config = config
+
+    def make_data_sync(self, peer: Any, index: int, data: Any) -> DataSync:
+        """Build the DATA_SYNC for ``peer`` from the state machine ``data`` at applied ``index``."""
+        term = self.log.term(index)
+        if term is None or index > self.applied:
+            raise UsageError(f"no snapshot possible at {index}")
+        meta = SnapshotMeta(index, term, self._config_at(index))
+        return DataSync(
+            src=self.id,
+            dst=peer,
+            term=self.term,
+            cluster_version=self.cluster_version,
+            snapshot=meta,
+            data=data,
+        )
+
+    def has_ready(self) -> bool:
+        """Whether :meth:`ready` has work (always False while a Ready is outstanding)."""
+        if self._inflight is not None:
+            return False
+        return bool(
+            self.hard_state != self._persisted_hs
+            or self.log.has_unstable()
+            or self._snapshot_to_install is not None
+            or self._msgs
+            or self._persisted_msgs
+            or self._snapshots_to_send
+            or self.applied < self.commit
+        )
+
+    def ready(self) -> Ready:
+        """Take the pending effects. Call :meth:`advance` once they are done."""
+        if self._inflight is not None:
+            raise UsageError("ready() called again before advance()")
+        hs = self.hard_state
+        trunc, entries = self.log.take_unstable()
+        committed: list[Entry] = []
+        if self.applied < self.commit:
+            committed = self.log.slice(self.applied + 1, self.commit + 1)
+            self.applied = self.commit
+        rd = Ready(
+            hard_state=hs if hs != self._persisted_hs else None,
+            truncate_from=trunc,
+            entries=tuple(entries),
+            snapshot=self._snapshot_to_install,
+            messages=tuple(self._msgs),
+            persisted_messages=tuple(self._persisted_msgs),
+            committed_entries=tuple(committed),
+            snapshots_to_send=tuple(self._snapshots_to_send),
+        )
+        self._msgs, self._persisted_msgs, self._snapshots_to_send = [], [], []
+        self._snapshot_to_install = None
+        self._inflight = rd
+        return rd
+
+    def advance(self) -> None:
+        """The outstanding Ready is durable, sent and applied."""
+        rd = self._inflight
+        if rd is None:
+            raise UsageError("advance() without an outstanding ready()")
+        self._inflight = None
+        if rd.hard_state is not None:
+            self._persisted_hs = rd.hard_state
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if self.role is Role.LEADER and self._maybe_commit():
+            self._broadcast_append(empty_ok=True)
+
+    # -- step ----------------------------------------------------------------------------------
+
+    def step(self, m: Message) -> None:
+        """Handle one message from another broker. Stale or misdirected input is dropped."""
+        if m.dst != self.id or m.src == self.id:
+            return
+        if m.term > self.term:
+            if isinstance(m, ElectionRequest):
+                if self._in_lease():
+                    # A live leader exists: a disruptive (re)joining broker gets no vote and
+                    # does not bump our term (thesis 4.2.3).
+                    self._deny(m, DenyReason.LEADER_ALIVE, self.term)
+                    return
+                if not m.pre_vote:
+                    self._become_follower(m.term, None)
+            elif isinstance(m, ElectionResponse) and m.pre_vote and m.granted:
+                pass  # the future term of a pre-vote; nobody has adopted it yet
+            elif isinstance(m, Replicate | Heartbeat | DataSync | ClusterUpdate):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, None)
+        elif m.term < self.term:
+            if isinstance(m, Replicate | Heartbeat | DataSync | ClusterUpdate):
+                # A deposed leader learns the new term from this reply and steps down.
+                self._send(self._reply(HeartbeatResponse, m))
+            elif isinstance(m, ElectionRequest) and m.pre_vote:
+                self._deny(m, DenyReason.STALE_TERM, self.term)
+            return
+
+        if isinstance(m, ElectionRequest):
+            self._handle_election_request(m)
+        elif isinstance(m, ElectionResponse):
+            self._handle_election_response(m)
+        elif isinstance(m, Replicate):
+            self._follow(m.src)
+            self._handle_replicate(m)
+        elif isinstance(m, Heartbeat):
+            self._follow(m.src)
+            self.commit = max(self.commit, min(m.commit, self.log.last_index))
+            self._send(self._reply(HeartbeatResponse, m))
+        elif isinstance(m, DataSync):
+            self._follow(m.src)
+            self._handle_data_sync(m)
+        elif isinstance(m, ClusterUpdate):
+            self._follow(m.src)
+            self._statuses = {v.node_id: v.status for v in m.members}
+            self._send(self._reply(ClusterUpdateResponse, m))
+        elif (
+            isinstance(m, ReplicateResponse | HeartbeatResponse | ClusterUpdateResponse)
+            and self.role is Role.LEADER
+        ):
+            self._handle_leader_response(m)
+
+    # -- elections -----------------------------------------------------------------------------
+
+    def _promotable(self) -> bool:
+        """Only configured voters campaign; learners and removed brokers never do."""
+        return self.id in self.config.voters
+
+    def _in_lease(self) -> bool:
+        return (
+            self.check_quorum
+            and self.leader_id is not None
+            and self.election_elapsed < self.election_ticks
+        )
+
+    def _reset_randomized_timeout(self) -> None:
+        # Randomized in [E, 1.5E), shifted by up to E/2 by rank among the voters: the lowest
+        # broker id usually times out first (the design's "lowest id triggers"), but that is a
+        # preference to avoid split votes, never part of the safety argument.
+        e = self.election_ticks
+        n = max(1, len(self.config.voters))
+        rank = _voting_rank(self.id, self.config.voters)
+        self.randomized_timeout = e + (e * rank) // (2 * n) + self.rng.randrange(e // 2 + 1)
+
+    def _campaign(self) -> None:
+        """Election timeout: pre-vote first (if enabled), so a broker that cannot win never
+        bumps the term and so never disrupts a healthy leader (thesis 9.6)."""
+        if self.pre_vote:
+            self.role = Role.PRE_CANDIDATE
+            self.leader_id = None
+            self.votes = {self.id: True}
+            self.election_elapsed = 0
+            self._reset_randomized_timeout()
+        else:
+            self._become_candidate()
+        if self._tally() == "won":
+            self._after_win()
+        else:
+            self._request_votes()
+
+    def _request_votes(self) -> None:
+        pre = self.role is Role.PRE_CANDIDATE
+        for v in sorted(self.config.voters):
+            if v == self.id:
+                continue
+            # Sent after persistence: a real request relies on our durable term and self-vote.
+            self._persisted_msgs.append(
+                ElectionRequest(
+                    src=self.id,
+                    dst=v,
+                    term=self.term + 1 if pre else self.term,
+                    cluster_version=self.cluster_version,
+                    pre_vote=pre,
+                    last_log_index=self.log.last_index,
+                    last_log_term=self.log.last_term,
+                )
+            )
+
+    def _become_candidate(self) -> None:
+        self.role = Role.CANDIDATE
+        self.term += 1
+        self.voted_for = self.id
+        self.leader_id = None
+        self.votes = {self.id: True}
+        self.election_elapsed = 0
+        self._reset_randomized_timeout()
+
+    def _tally(self) -> str:
+        q = self.config.quorum()
+        granted = sum(1 for v, g in self.votes.items() if g and v in self.config.voters)
+        denied = sum(1 for v, g in self.votes.items() if not g and v in self.config.voters)
+        if granted >= q:
+            return "won"
+        if denied >= q:
+            return "lost"
+        return "pending"
+
+    def _after_win(self) -> None:
+        if self.role is Role.PRE_CANDIDATE:
+            self._become_candidate()
+            if self._tally() == "won":
+                self._become_leader()
+            else:
+                self._request_votes()
+        else:
+            self._become_leader()
+
+    def _log_ok_for(self, m: ElectionRequest) -> bool:
+        return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+
+    def _handle_election_request(self, m: ElectionRequest) -> None:
+        can_vote = (
+            self.voted_for == m.src
+            or (self.voted_for is None and self.leader_id is None)
+            or (m.pre_vote and m.term > self.term)
+        )
+        if not can_vote:
+            self._deny(m, DenyReason.ALREADY_VOTED, self.term)
+            return
+        if not self._log_ok_for(m):
+            self._deny(m, DenyReason.LOG_BEHIND, self.term)
+            return
+        if not m.pre_vote:
+            self.voted_for = m.src
+            self.election_elapsed = 0
+        self._persisted_msgs.append(
+            ElectionResponse(
+                src=self.id,
+                dst=m.src,
+                term=m.term,
+                cluster_version=self.cluster_version,
+                pre_vote=m.pre_vote,
+                granted=True,
+            )
+        )
+
+    def _deny(self, m: ElectionRequest, reason: DenyReason, term: int) -> None:
+        self._persisted_msgs.append(
+            ElectionResponse(
+                src=self.id,
+                dst=m.src,
+                term=term,
+                cluster_version=self.cluster_version,
+                pre_vote=m.pre_vote,
+                granted=False,
+                reason=reason,
+            )
+        )
+
+    def _handle_election_response(self, m: ElectionResponse) -> None:
+        if m.pre_vote:
+            if self.role is not Role.PRE_CANDIDATE or m.term not in (self.term, self.term + 1):
+                return
+        elif self.role is not Role.CANDIDATE:
+            return
+        self.votes.setdefault(m.src, m.granted)
+        result = self._tally()
+        if result == "won":
+            self._after_win()
+        elif result == "lost":
+            self._become_follower(self.term, None)
+
+    # -- roles ---------------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: Any) -> None:
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+        self.role = Role.FOLLOWER
+        self.leader_id = leader
+        self.election_elapsed = 0
+        self.votes = {}
+        self.progress = {}
+        self._reset_randomized_timeout()
+
+    def _follow(self, leader: Any) -> None:
+        """A message from the leader of our term: follow it and restart the election timer."""
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, leader)
+        self.leader_id = leader
+        self.election_elapsed = 0
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.progress = {}
+        for m in self.config.members | {self.id}:
+            self.progress[m] = Progress(match=0, next=self.log.last_index + 1, last_heard=self.now)
+        noop = Entry(self.term, self.log.last_index + 1, NoOp())
+        self._term_start_index = noop.index
+        self.log.append([noop])
+        self._statuses = {}
+        self._announced = ()
+        self._broadcast_append(promote=True)
+
+    # -- leader --------------------------------------------------------------------------------
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.election_ticks:
+            self.election_elapsed = 0
+            if self.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, None)
+                return
+        if self.heartbeat_elapsed >= self.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._prune_removed()
+            self._broadcast_heartbeat()
+            self._maybe_announce()
+
+    def _quorum_active(self) -> bool:
+        """Check-quorum: did a majority of the configured voters answer in the last timeout?"""
+        active = 0
+        for v in self.config.voters:
+            pr = self.progress.get(v)
+            if v == self.id or (pr is not None and pr.recent_active):
+                active += 1
+        for v, pr in self.progress.items():
+            if v != self.id:
+                pr.recent_active = False
+        return active >= self.config.quorum()
+
+    def _status_of(self, member: Any) -> str:
+        if member == self.id:
+            return "active"
+        pr = self.progress.get(member)
+        if pr is None or self.now - pr.last_heard > self.failure_timeout_ticks:
+            return "inactive"
+        return "active"
+
+    def _maybe_announce(self) -> None:
+        """CLUSTER_UPDATE to every member when the role/status view changed."""
+        view = tuple(self.member_statuses().values())
+        if view == self._announced:
+            return
+        self._announced = view
+        for m in sorted(self.config.members):
+            if m != self.id:
+                self._send(
+                    ClusterUpdate(
+                        src=self.id,
+                        dst=m,
+                        term=self.term,
+                        cluster_version=self.cluster_version,
+                        members=view,
+                    )
+                )
+
+    def _broadcast_heartbeat(self) -> None:
+        for m in sorted(self.progress):
+            if m == self.id:
+                continue
+            pr = self.progress[m]
+            self._send(
+                Heartbeat(
+                    src=self.id,
+                    dst=m,
+                    term=self.term,
+                    cluster_version=self.cluster_version,
+                    commit=min(pr.match, self.commit),
+                )
+            )
+
+    def _broadcast_append(self, promote: bool = False, empty_ok: bool = False) -> None:
+        """Send new entries to every member; with ``empty_ok``, also spread a new commit."""
+        for m in sorted(self.progress):
+            if m != self.id:
+                self._send_append(m, promote=promote, probe_empty=empty_ok)
+
+    def _send_append(self, peer: Any, promote: bool = False, probe_empty: bool = False) -> None:
+        pr = self.progress[peer]
+        if pr.state is ProgressState.SNAPSHOT or (pr.paused and not promote):
+            return
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        if prev_term is None or prev < self.log.snapshot_index:
+            # The entries this member needs are compacted: ship the state machine instead.
+            pr.state = ProgressState.SNAPSHOT
+            pr.snapshot_sent_at = self.now
+            self._snapshots_to_send.append(peer)
+            return
+        hi = min(self.log.last_index, prev + self.max_batch)
+        entries = tuple(self.log.slice(prev + 1, hi + 1))
+        if not entries and not probe_empty and not promote and pr.state is ProgressState.REPLICATE:
+            return
+        cls = PromoteToLeader if promote else Replicate
+        self._send(
+            cls(
+                src=self.id,
+                dst=peer,
+                term=self.term,
+                cluster_version=self.cluster_version,
+                prev_log_index=prev,
+                prev_log_term=prev_term,
+                entries=entries,
+                leader_commit=self.commit,
+            )
+        )
+        if pr.state is ProgressState.REPLICATE:
+            pr.next = hi + 1
+        else:
+            pr.paused = True
+
+    def _handle_leader_response(
+        self, m: ReplicateResponse | HeartbeatResponse | ClusterUpdateResponse
+    ) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.last_heard = self.now
+        if isinstance(m, HeartbeatResponse):
+            if pr.state is ProgressState.SNAPSHOT:
+                if self.now - pr.snapshot_sent_at >= self.election_ticks:
+                    pr.state, pr.paused, pr.next = ProgressState.PROBE, False, pr.match + 1
+                    self._send_append(m.src)
+            elif pr.match < self.log.last_index and (
+                pr.state is ProgressState.PROBE or not pr.acked_since_heartbeat
+            ):
+                # Nothing acknowledged for a heartbeat interval: something was lost, so probe
+                # again from the last known match.
+                pr.state, pr.paused, pr.next = ProgressState.PROBE, False, pr.match + 1
+                self._send_append(m.src, probe_empty=True)
+            pr.acked_since_heartbeat = False
+            return
+        if isinstance(m, ClusterUpdateResponse):
+            return
+        if pr.state is ProgressState.SNAPSHOT and not m.success:
+            return
+        if m.success:
+            pr.acked_since_heartbeat = True
+            if m.match_index > pr.match:
+                pr.match = m.match_index
+            pr.next = max(pr.next, pr.match + 1)
+            was_replicating = pr.state is ProgressState.REPLICATE
+            pr.state, pr.paused = ProgressState.REPLICATE, False
+            if self._maybe_commit():
+                self._broadcast_append(empty_ok=True)
+            elif pr.next <= self.log.last_index or not was_replicating:
+                # Leaving probe: also tells the member the commit index it may now apply.
+                self._send_append(m.src, probe_empty=not was_replicating)
+            return
+        if pr.state is ProgressState.REPLICATE:
+            if m.rejected_index <= pr.match:
+                return  # stale
+        elif m.rejected_index != pr.next - 1:
+            return  # stale answer to an older probe
+        if m.hint_term > 0:
+            nxt = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
+        else:
+            nxt = m.hint_index
+        pr.next = max(min(nxt, m.rejected_index - 1) + 1, pr.match + 1, 1)
+        pr.state, pr.paused = ProgressState.PROBE, False
+        self._send_append(m.src, probe_empty=True)
+
+    def _quorum_size(self) -> int:
+        return self.config.quorum()
+
+    def _maybe_commit(self) -> bool:
+        """Commit the highest index a quorum of configured voters holds durably.
+
+        Only an entry of the current term is committed by counting (paper 5.4.2, Figure 8);
+        earlier entries commit with it. The leader counts itself only for entries it has
+        persisted (advance()).
+        """
+        voters = self.config.voters
+        if not voters:
+            return False
+        matches = []
+        for v in voters:
+            if v == self.id:
+                matches.append(self.log.persisted_index)
+            else:
+                pr = self.progress.get(v)
+                matches.append(pr.match if pr is not None else 0)
+        matches.sort(reverse=True)
+        q = self._quorum_size()
+        if q > len(matches):
+            return False
+        index = matches[q - 1]
+        if index > self.commit and self._can_commit_by_counting(index):
+            self.commit = index
+            self._after_commit()
+            return True
+        return False
+
+    def _can_commit_by_counting(self, index: int) -> bool:
+        return self.log.term(index) == self.term
+
+    def _prune_removed(self) -> None:
+        """Stop replicating to removed members once they hold their removal (or are gone)."""
+        if self._config_index() > self.commit:
+            return
+        for m in list(self.progress):
+            if m == self.id or m in self.config.members:
+                continue
+            pr = self.progress[m]
+            if pr.match >= self._config_index() or self._status_of(m) == "inactive":
+                del self.progress[m]
+
+    def _after_commit(self) -> None:
+        if self._config_index() > self.commit:
+            return
+        self._prune_removed()
+        # A leader removed from the membership steps down once its removal is committed.
+        if self.id not in self.config.voters:
+            self._broadcast_append(empty_ok=True)
+            self._become_follower(self.term, None)
+
+    # -- follower ------------------------------------------------------------------------------
+
+    def _handle_replicate(self, m: Replicate) -> None:
+        if m.prev_log_index < self.commit:
+            # Our committed prefix is in every later leader's log (leader completeness), so
+            # only the part after our commit needs checking.
+            if m.prev_log_index + len(m.entries) <= self.commit:
+                self._ack(m, self.commit)
+                return
+            m = attrs.evolve(
+                m,
+                prev_log_index=self.commit,
+                prev_log_term=self.log.term(self.commit),
+                entries=tuple(e for e in m.entries if e.index > self.commit),
+            )
+        if self.log.match_term(m.prev_log_index, m.prev_log_term):
+            last = self.log.maybe_append(m.prev_log_index, m.entries, self.commit)
+            if self.log.truncate_from is not None or any(
+                isinstance(e.payload, ConfigEntry) for e in m.entries
+            ):
+                self._set_config(self._config_at(self.log.last_index))
+            self.commit = max(self.commit, min(m.leader_commit, last))
+            self._ack(m, last)
+        else:
+            hint_index = min(m.prev_log_index, self.log.last_index)
+            hint_index = self.log.find_conflict_by_term(hint_index, m.prev_log_term)
+            self._persisted_msgs.append(
+                ReplicateResponse(
+                    src=self.id,
+                    dst=m.src,
+                    term=self.term,
+                    cluster_version=self.cluster_version,
+                    success=False,
+                    rejected_index=m.prev_log_index,
+                    hint_index=hint_index,
+                    hint_term=self.log.term(hint_index) or 0,
+                )
+            )
+
+    def _ack(self, m: Replicate | DataSync, match: int) -> None:
+        # Sent only after the entries up to ``match`` are durable: persisted_messages.
+        self._persisted_msgs.append(
+            ReplicateResponse(
+                src=self.id,
+                dst=m.src,
+                term=self.term,
+                cluster_version=self.cluster_version,
+                success=True,
+                match_index=match,
+            )
+        )
+
+    def _handle_data_sync(self, m: DataSync) -> None:
+        meta = m.snapshot
+        if meta.index <= self.commit:
+            self._ack(m, self.commit)
+            return
+        if self.log.match_term(meta.index, meta.term):
+            # We already hold that prefix: just learn it is committed.
+            self.commit = meta.index
+            self._ack(m, meta.index)
+            return
+        self.log.restore(meta.index, meta.term)
+        self._snapshot_config = meta.config
+        self._set_config(meta.config)
+        self.commit = meta.index
+        self.applied = meta.index
+        self._snapshot_to_install = m
+        self._ack(m, meta.index)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _config_index(self) -> int:
+        for e in reversed(self.log.entries):
+            if isinstance(e.payload, ConfigEntry):
+                return e.index
+        return self.log.snapshot_index
+
+    def _config_at(self, index: int) -> Config:
+        """The configuration in force at ``index``: the latest config entry at or before it."""
+        for e in reversed(self.log.entries):
+            if e.index <= index and isinstance(e.payload, ConfigEntry):
+                return e.payload.config
+        return self._snapshot_config
+
+    def _set_config(self, config: Config) -> None:
+        """A configuration takes effect as soon as it is in the log (thesis 4.1)."""
+        self.config = config
+        if self.role is Role.LEADER:
+            for m in config.members:
+                if m not in self.progress:
+                    self.progress[m] = Progress(
+                        match=0, next=self.log.last_index, last_heard=self.now
+                    )
+            # A removed member keeps receiving the log until its removal commits, so that it
+            # learns it was removed and stops campaigning (see _after_commit).
+            if self._maybe_commit():
+                self._broadcast_append(empty_ok=True)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _send(self, m: Message) -> None:
+        self._msgs.append(m)
+
+    def _reply(self, cls: type, m: Message) -> Message:
+        return cls(src=self.id, dst=m.src, term=self.term, cluster_version=self.cluster_version)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RaftNode {self.id!r} {self.role.value} term={self.term} "
+            f"commit={self.commit} last={self.log.last_index}>"
+        )

@@ -1,0 +1,460 @@
+"""The elector and replicator: one task that drives the consensus core.
+
+The core decides; this task executes its Ready effects in the order the core prescribes:
+send the leader's appends at once, persist (and apply what is committed) in one durable SQLite
+transaction on the storage thread, and only then send the messages that promise what was
+persisted (votes, acknowledgements). Proposals and peer messages are stepped into the core by
+the tasks that receive them, while a transaction runs; their effects form the next Ready, so
+everything that arrived during one fsync shares the next one (group commit).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import random
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .. import _core
+from .._core import _raft as raft
+from .._core._raft_messages import (
+    ChangeAction,
+    Config,
+    ConfigChange,
+    DataSync,
+    Entry,
+    Message,
+    SnapshotMeta,
+)
+from .._errors import BrokerError, ErrorCode
+from .._storage import StorageWorker, Store
+from ._config import BrokerConfig
+from ._log import log_event
+from ._peers import PeerFleet
+
+SNAPSHOT_CHUNK = 256 * 1024
+SNAPSHOTS_KEPT = 2
+
+
+class Pending:
+    """A proposal's outcome, filled in once its entry is applied (or known not to be)."""
+
+    __slots__ = ("_event", "result")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.result: Any = None
+
+    def set(self, result: Any) -> None:
+        if not self._event.is_set():
+            self.result = result
+            self._event.set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        return self.result
+
+
+def _not_applied(reason: str) -> BrokerError:
+    return BrokerError(ErrorCode.NOT_LEADER, f"not applied: {reason}; retry on the leader")
+
+
+def _outcome_unknown(reason: str) -> BrokerError:
+    return BrokerError(
+        ErrorCode.UNAVAILABLE,
+        f"outcome unknown: {reason}; the request may or may not have been applied",
+        outcome="unknown",
+    )
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        broker_id: str,
+        config: BrokerConfig,
+        store: Store,
+        worker: StorageWorker,
+        node: raft.RaftNode,
+        addresses: dict[str, tuple[str, int]],
+        on_applied: Callable[[Entry, Any], None],
+    ) -> None:
+        self.broker_id = broker_id
+        self.config = config
+        self.node = node
+        self.addresses = addresses
+        self.peers: PeerFleet | None = None
+        self.hinted_addresses: dict[str, tuple[str, int]] = {}
+        self._store = store
+        self._worker = worker
+        self._on_applied = on_applied
+        self._waiters: dict[int, tuple[int, Pending]] = {}
+        self._capacity = trio.Semaphore(config.max_pending)
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._snapshot_dir = Path(config.data_dir) / "snapshots"
+        self._snapshots: dict[str, tuple[Path, int, str]] = {}
+        self._fetching: set[str] = set()
+        self._last_role: str | None = None
+        self._changed = trio.Event()
+        self._changing_membership = False
+        self.elections_won = 0
+        self.transactions = 0
+        self.entries_applied = 0
+
+    # -- inputs (called from other tasks; never block) ------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def step(self, message: Message) -> None:
+        if isinstance(message, DataSync) and isinstance(message.data, dict):
+            self._start_snapshot_fetch(message)
+            return
+        self.node.step(message)
+        self.wake()
+
+    async def propose(self, payload: Any) -> Pending | BrokerError:
+        """Propose on the leader; the Pending resolves with the applied result."""
+        await self._capacity.acquire()
+        try:
+            term, index = self.node.propose(payload)
+        except raft.NotLeader:
+            self._capacity.release()
+            return self.not_leader_error()
+        pending = Pending()
+        self._waiters[index] = (term, pending)
+        self.wake()
+        return pending
+
+    async def change_membership(self, change: ConfigChange) -> Any:
+        """Propose one membership change and wait until it is applied."""
+        try:
+            term, index = self.node.propose_config_change(change)
+        except raft.NotLeader:
+            return self.not_leader_error()
+        except raft.RaftError as exc:
+            return BrokerError(ErrorCode.UNAVAILABLE, f"membership change refused: {exc}")
+        await self._capacity.acquire()
+        pending = Pending()
+        self._waiters[index] = (term, pending)
+        self.wake()
+        return await pending.wait()
+
+    def address_of(self, broker_id: str) -> tuple[str, int] | None:
+        """The replicated address book first; else what the broker told us itself."""
+        return self.addresses.get(broker_id) or self.hinted_addresses.get(broker_id)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiters)
+
+    async def wait_changed(self) -> None:
+        """Wait until the core has handled one more Ready (its state may have changed)."""
+        await self._changed.wait()
+
+    async def wait_leading(self) -> None:
+        while not self.node.is_leader:
+            await self.wait_changed()
+
+    def not_leader_error(self) -> BrokerError:
+        leader = self.node.leader_id
+        details: dict[str, Any] = {}
+        if leader is not None:
+            details["leader_id"] = leader
+            address = self.address_of(leader)
+            if address is not None:
+                details["leader_host"], details["leader_port"] = address
+        where = f"the leader is {leader}" if leader else "no leader is known yet"
+        return BrokerError(
+            ErrorCode.NOT_LEADER, f"broker {self.broker_id} is not the leader; {where}", **details
+        )
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        tick = self.config.tick_seconds
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.peers = PeerFleet(
+                self.broker_id,
+                self.config_cluster_id,
+                nursery,
+                self.address_of,
+                (self.config.announced_host, self._port),
+            )
+            task_status.started()
+            if self.node.config.voters == {self.broker_id}:
+                # The only voter needs nobody's vote: campaign now rather than after an
+                # election timeout (the core still runs a full, persisted election).
+                for _ in range(2 * self.config.election_ticks + 2):
+                    if self.node.role is not raft.Role.FOLLOWER:
+                        break
+                    self.node.tick()
+            next_tick = trio.current_time() + tick
+            while True:
+                self._wake = trio.Event()
+                now = trio.current_time()
+                if now >= next_tick:
+                    behind = int((now - next_tick) // tick) + 1
+                    # After a long stall, do not replay every missed tick at once.
+                    for _ in range(min(behind, 3)):
+                        self.node.tick()
+                    next_tick += behind * tick
+                if self.node.has_ready():
+                    await self._handle_ready(self.node.ready())
+                    self._after_advance()
+                    continue
+                with trio.move_on_at(next_tick):
+                    await self._wake.wait()
+
+    config_cluster_id = ""
+
+    async def _handle_ready(self, rd: raft.Ready) -> None:
+        assert self.peers is not None
+        for m in rd.messages:
+            self.peers.send(m)
+        snapshot = None
+        if rd.snapshot is not None:
+            snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
+        results: list[Any] = []
+        if rd.must_sync or rd.committed_entries:
+            results = await self._worker.run(
+                functools.partial(
+                    self._store.save,
+                    hard_state=rd.hard_state,
+                    truncate_from=rd.truncate_from,
+                    entries=rd.entries,
+                    snapshot=snapshot,
+                    committed=rd.committed_entries,
+                )
+            )
+            self.transactions += 1
+            self.entries_applied += len(rd.committed_entries)
+        for m in rd.persisted_messages:
+            self.peers.send(m)
+        if rd.truncate_from is not None:
+            for index in [i for i in self._waiters if i >= rd.truncate_from]:
+                self._resolve(index, _not_applied("leadership changed before it was committed"))
+        if snapshot is not None:
+            meta = snapshot[0]
+            for index in [i for i in self._waiters if i <= meta.index]:
+                self._resolve(index, _outcome_unknown("replaced by a snapshot from the leader"))
+            self._on_applied(Entry(meta.term, meta.index, snapshot), None)
+            log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
+        for entry, result in zip(rd.committed_entries, results, strict=True):
+            self._on_applied(entry, result)
+            waiter = self._waiters.get(entry.index)
+            if waiter is not None:
+                term, _ = waiter
+                if term == entry.term:
+                    self._resolve(entry.index, result)
+                else:
+                    self._resolve(entry.index, _not_applied("another leader's entry won"))
+        for peer in rd.snapshots_to_send:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._offer_snapshot, peer)
+        self.node.advance()
+
+    def _resolve(self, index: int, result: Any) -> None:
+        _, pending = self._waiters.pop(index)
+        pending.set(result)
+        self._capacity.release()
+
+    def _after_advance(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        role = self.node.role.value
+        if role != self._last_role:
+            log_event(
+                logging.INFO,
+                "role.changed",
+                broker_id=self.broker_id,
+                role=role,
+                term=self.node.term,
+                leader=self.node.leader_id,
+            )
+            if self.node.is_leader:
+                self.elections_won += 1
+            self._last_role = role
+        if self.node.is_leader:
+            self._leader_housekeeping()
+        self._maybe_compact()
+
+    # -- leader housekeeping ---------------------------------------------------------------------
+
+    def _leader_housekeeping(self) -> None:
+        assert self._nursery is not None
+        me = (self.config.announced_host, self._port)
+        if self.addresses.get(self.broker_id) != me and not self._changing_membership:
+            self._changing_membership = True
+            self._nursery.start_soon(self._register_self, me)
+            return
+        if self._changing_membership:
+            return
+        for learner in sorted(self.node.config.learners):
+            if self.node.caught_up(learner):
+                self._changing_membership = True
+                self._nursery.start_soon(self._promote, learner)
+                return
+
+    _port = 0
+
+    async def _register_self(self, address: tuple[str, int]) -> None:
+        try:
+            pending = await self.propose(_core.SetBrokerAddress(self.broker_id, *address))
+            if isinstance(pending, Pending):
+                await pending.wait()
+        finally:
+            self._changing_membership = False
+            self.wake()
+
+    async def _promote(self, learner: str) -> None:
+        try:
+            result = await self.change_membership(ConfigChange(ChangeAction.PROMOTE, learner))
+            if isinstance(result, BrokerError):
+                log_event(
+                    logging.WARNING,
+                    "membership.promote_failed",
+                    broker=learner,
+                    reason=result.message,
+                )
+            else:
+                log_event(
+                    logging.INFO,
+                    "membership.promoted",
+                    broker=learner,
+                    cluster_version=self.node.cluster_version,
+                )
+        finally:
+            self._changing_membership = False
+            self.wake()
+
+    # -- compaction and snapshots -----------------------------------------------------------------
+
+    def _maybe_compact(self) -> None:
+        log = self.node.log
+        keep = self.config.compact_keep
+        if self.node.applied - log.snapshot_index < self.config.compact_threshold + keep:
+            return
+        index = self.node.applied - keep
+        term = log.term(index)
+        if term is None:
+            return
+        config = self.node._config_at(index)
+        self.node.compact(index)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._compact_storage, SnapshotMeta(index, term, config))
+
+    async def _compact_storage(self, meta: SnapshotMeta) -> None:
+        await self._worker.run(self._store.compact, meta)
+        log_event(logging.INFO, "log.compacted", upto=meta.index, term=meta.term)
+
+    async def _offer_snapshot(self, peer: str) -> None:
+        """Write a snapshot of the state machine and offer it to ``peer`` in a DATA_SYNC."""
+        self._snapshot_dir.mkdir(exist_ok=True)
+        snapshot_id = secrets.token_hex(8)
+        path = self._snapshot_dir / f"{snapshot_id}.sqlite3"
+        index = await self._worker.run(self._store.write_snapshot, str(path))
+        digest = await trio.to_thread.run_sync(_sha256_file, path)
+        size = path.stat().st_size
+        self._snapshots[snapshot_id] = (path, size, digest)
+        while len(self._snapshots) > SNAPSHOTS_KEPT:
+            old = next(iter(self._snapshots))
+            old_path, _, _ = self._snapshots.pop(old)
+            old_path.unlink(missing_ok=True)
+        try:
+            message = self.node.make_data_sync(
+                peer, index, {"snapshot_id": snapshot_id, "size": size, "sha256": digest}
+            )
+        except raft.RaftError as exc:
+            log_event(logging.WARNING, "snapshot.not_offered", peer=peer, reason=str(exc))
+            return
+        assert self.peers is not None
+        self.peers.send(message)
+        log_event(logging.INFO, "snapshot.offered", peer=peer, index=index, size=size)
+
+    def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
+        entry = self._snapshots.get(snapshot_id)
+        if entry is None:
+            return None
+        path, size, _ = entry
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read(SNAPSHOT_CHUNK)
+        return chunk, size, hashlib.sha256(chunk).hexdigest()
+
+    def _start_snapshot_fetch(self, message: DataSync) -> None:
+        snapshot_id = message.data.get("snapshot_id") if isinstance(message.data, dict) else None
+        if not isinstance(snapshot_id, str) or snapshot_id in self._fetching:
+            return
+        self._fetching.add(snapshot_id)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._fetch_snapshot, message, snapshot_id)
+
+    async def _fetch_snapshot(self, message: DataSync, snapshot_id: str) -> None:
+        from ._snapshot_fetch import fetch_snapshot
+
+        try:
+            address = self.address_of(message.src)
+            if address is None:
+                log_event(logging.WARNING, "snapshot.no_address", leader=message.src)
+                return
+            self._snapshot_dir.mkdir(exist_ok=True)
+            path = self._snapshot_dir / f"incoming-{snapshot_id}.sqlite3"
+            ok = await fetch_snapshot(address, self.config_cluster_id, message.data, path)
+            if ok:
+                log_event(
+                    logging.INFO,
+                    "snapshot.received",
+                    leader=message.src,
+                    index=message.snapshot.index,
+                    size=path.stat().st_size,
+                )
+                self.node.step(
+                    DataSync(
+                        src=message.src,
+                        dst=message.dst,
+                        term=message.term,
+                        cluster_version=message.cluster_version,
+                        snapshot=message.snapshot,
+                        data=str(path),
+                    )
+                )
+                self.wake()
+        finally:
+            self._fetching.discard(snapshot_id)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_node(
+    broker_id: str, state: Any, config: BrokerConfig, rng: random.Random | None = None
+) -> raft.RaftNode:
+    snapshot_config = state.snapshot_config or Config(voters=frozenset())
+    return raft.RaftNode(
+        broker_id,
+        hard_state=state.hard_state,
+        snapshot=SnapshotMeta(state.snapshot_index, state.snapshot_term, snapshot_config),
+        entries=state.entries,
+        applied=state.applied,
+        rng=rng or random.Random(int.from_bytes(os.urandom(8))),
+        election_ticks=config.election_ticks,
+        heartbeat_ticks=config.heartbeat_ticks,
+        failure_timeout_ticks=config.election_ticks,
+    )
+
+
+__all__ = ["Pending", "RaftDriver", "make_node"]

@@ -1,0 +1,167 @@
+"""The replicator fan-out: one persistent, pipelined connection to each peer.
+
+Consensus messages are one-way: a broker sends to a peer over its own outbound connection, and
+the peer answers over *its* outbound connection. Each link has a bounded outbox; when it is full
+(the peer is slow or unreachable) messages are dropped and counted, which the consensus protocol
+tolerates (the leader retransmits from its progress tracking; elections retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .._core._raft_messages import Message
+from .._protocol import FrameDecoder, PeerHello, encode_frame, encode_request, loads_object
+from .._protocol._peer import encode_message
+from ._log import log_event
+
+Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
+
+_LINK_ERRORS = (
+    OSError,
+    ConnectionError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+)
+
+OUTBOX_SIZE = 1024
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 1.0
+
+
+async def tcp_connect(host: str, port: int) -> trio.abc.Stream:
+    return await trio.open_tcp_stream(host, port)
+
+
+class _Link:
+    def __init__(self, fleet: PeerFleet, peer_id: str) -> None:
+        self.fleet = fleet
+        self.peer_id = peer_id
+        self.send_channel, self.receive_channel = trio.open_memory_channel[Message](OUTBOX_SIZE)
+        self.cancel_scope = trio.CancelScope()
+        self.dropped = 0
+        self.connected = False
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN
+        with self.cancel_scope:
+            while True:
+                address = self.fleet.address_of(self.peer_id)
+                if address is None:
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                failed = None
+                try:
+                    await self._connect_and_stream(*address)
+                except* _LINK_ERRORS as group:
+                    failed = group.exceptions[0]
+                if self.connected:
+                    log_event(
+                        logging.WARNING, "peer.lost", peer=self.peer_id, error=type(failed).__name__
+                    )
+                    backoff = BACKOFF_MIN
+                self.connected = False
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _connect_and_stream(self, host: str, port: int) -> None:
+        stream = await self.fleet.connect(host, port)
+        async with stream:
+            hello = PeerHello(
+                cluster_id=self.fleet.cluster_id,
+                broker_id=self.fleet.self_id,
+                to=self.peer_id,
+                host=self.fleet.self_address[0],
+                port=self.fleet.self_address[1],
+            )
+            await stream.send_all(encode_frame(encode_request(hello)))
+            decoder = FrameDecoder()
+            with trio.fail_after(5):
+                while (payload := decoder.next_frame()) is None:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        raise ConnectionError("peer closed during handshake")
+                    decoder.feed(data)
+            answer = loads_object(payload)
+            if answer.get("status") != "success":
+                log_event(
+                    logging.ERROR, "peer.refused", peer=self.peer_id, reason=answer.get("message")
+                )
+                raise ConnectionError(f"peer refused: {answer.get('message')}")
+            if not self.connected:
+                log_event(logging.INFO, "peer.connected", peer=self.peer_id, host=host, port=port)
+            self.connected = True
+            async with trio.open_nursery() as nursery:
+                # The peer never writes on this stream after the handshake; reading tells us
+                # promptly when it goes away.
+                nursery.start_soon(self._watch_close, stream, nursery.cancel_scope)
+                while True:
+                    first = await self.receive_channel.receive()
+                    frames = [encode_frame(encode_message(first))]
+                    while len(frames) < 256:
+                        try:
+                            m = self.receive_channel.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        frames.append(encode_frame(encode_message(m)))
+                    await stream.send_all(b"".join(frames))
+
+    async def _watch_close(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await stream.receive_some(4096):
+                pass
+        raise ConnectionError("peer closed the stream")
+
+
+class PeerFleet:
+    """Links to every peer the consensus core sends to, created on first use."""
+
+    def __init__(
+        self,
+        self_id: str,
+        cluster_id: str,
+        nursery: trio.Nursery,
+        address_of: Callable[[str], tuple[str, int] | None],
+        self_address: tuple[str, int],
+        connect: Connect = tcp_connect,
+    ) -> None:
+        self.self_id = self_id
+        self.self_address = self_address
+        self.cluster_id = cluster_id
+        self.address_of = address_of
+        self.connect = connect
+        self._nursery = nursery
+        self._links: dict[str, _Link] = {}
+
+    def send(self, message: Message) -> None:
+        peer = message.dst
+        link = self._links.get(peer)
+        if link is None:
+            link = self._links[peer] = _Link(self, peer)
+            self._nursery.start_soon(link.run)
+        try:
+            link.send_channel.send_nowait(message)
+        except trio.WouldBlock:
+            link.dropped += 1
+            if math.log2(link.dropped).is_integer():
+                log_event(logging.WARNING, "peer.outbox_full", peer=peer, dropped=link.dropped)
+
+    def forget(self, keep: set[str] | frozenset[str]) -> None:
+        """Close links to brokers that are no longer members."""
+        for peer in list(self._links):
+            if peer not in keep:
+                self._links.pop(peer).cancel_scope.cancel()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            peer: {"connected": link.connected, "dropped": link.dropped}
+            for peer, link in self._links.items()
+        }
