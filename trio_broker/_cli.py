@@ -9,6 +9,7 @@ import resource
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -18,6 +19,7 @@ from ._runtime import (
     DEFAULT_PORT,
     BrokerConfig,
     IdentityMismatch,
+    JoinFailed,
     configure_logging,
     open_broker,
 )
@@ -56,6 +58,31 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=BrokerConfig.__attrs_attrs__.max_connections.default,
         help="connections served at once (%(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=BrokerConfig.__attrs_attrs__.heartbeat_interval.default,
+        help="seconds between the leader's heartbeats (%(default)s)",
+    )
+    p.add_argument(
+        "--failure-timeout",
+        type=float,
+        default=BrokerConfig.__attrs_attrs__.failure_timeout.default,
+        help="seconds of silence before a member is shown inactive and an election starts "
+        "(%(default)s)",
+    )
+    p.add_argument(
+        "--compact-threshold",
+        type=int,
+        default=BrokerConfig.__attrs_attrs__.compact_threshold.default,
+        help="applied log entries that trigger a compaction (%(default)s)",
+    )
+    p.add_argument(
+        "--compact-keep",
+        type=int,
+        default=BrokerConfig.__attrs_attrs__.compact_keep.default,
+        help="applied entries kept in the log after a compaction (%(default)s)",
     )
     p.add_argument(
         "--log-level",
@@ -102,25 +129,124 @@ def run_node(args: argparse.Namespace) -> int:
             seeds=args.seed,
             max_frame=args.max_frame,
             max_connections=args.max_connections,
+            heartbeat_interval=args.heartbeat_interval,
+            failure_timeout=args.failure_timeout,
+            compact_threshold=args.compact_threshold,
+            compact_keep=args.compact_keep,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if config.seeds:
-        log_event(
-            logging.WARNING,
-            "broker.seeds_ignored",
-            seeds=args.seed,
-            reason="this version serves single-node clusters only",
-        )
     _raise_fd_limit()
     try:
         trio.run(_run_node, config)
-    except (DataDirInUse, IdentityMismatch, SchemaTooNew) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        leaf = _leaf(exc, (DataDirInUse, IdentityMismatch, SchemaTooNew, JoinFailed, OSError))
+        if leaf is None:
+            raise
+        if isinstance(leaf, OSError):
+            print(f"error: cannot listen on {config.host}:{config.port}: {leaf}", file=sys.stderr)
+        else:
+            print(f"error: {leaf}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+    return 0
+
+
+def _leaf(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of one of ``kinds`` in ``exc`` or the groups nested in it."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _leaf(inner, kinds)) is not None:
+                return found
+    return None
+
+
+def _add_cluster_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "cluster",
+        help="start a local cluster of broker processes, for trying things out",
+        description="Start NODES broker processes on 127.0.0.1, the first founding the "
+        "cluster and the others joining it; Ctrl-C stops them all.",
+    )
+    p.add_argument("--nodes", type=int, default=3, help="(%(default)s)")
+    p.add_argument("--base-port", type=int, default=9001, help="first port (%(default)s)")
+    p.add_argument(
+        "--data-dir",
+        default="trio-broker-cluster",
+        help="one sub-folder per broker in here (./%(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(%(default)s)",
+    )
+
+
+async def _run_cluster(args: argparse.Namespace) -> None:
+    import subprocess
+
+    base = Path(args.data_dir)
+    processes = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            for i in range(args.nodes):
+                port = args.base_port + i
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "trio_broker",
+                    "node",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(base / f"node-{i + 1}"),
+                    "--log-level",
+                    args.log_level,
+                ]
+                if i > 0:
+                    cmd += ["--seed", f"127.0.0.1:{args.base_port}"]
+                process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+                processes.append(process)
+                assert process.stdout is not None
+                line = b""
+                with trio.fail_after(30):
+                    while not line.endswith(b"\n"):
+                        chunk = await process.stdout.receive_some(1)
+                        if not chunk:
+                            raise RuntimeError(f"broker {i + 1} exited: see its log above")
+                        line += chunk
+                print(line.decode().strip(), flush=True)
+            seeds = ",".join(f"127.0.0.1:{args.base_port + i}" for i in range(args.nodes))
+            print(
+                f"cluster of {args.nodes} brokers running; seeds {seeds}; Ctrl-C stops it",
+                flush=True,
+            )
+            async for _ in signals:
+                break
+        finally:
+            with trio.CancelScope(shield=True):
+                for process in processes:
+                    if process.returncode is None:
+                        process.terminate()
+                for process in processes:
+                    with trio.move_on_after(10):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    try:
+        trio.run(_run_cluster, args)
+    except BaseException as exc:
+        leaf = _leaf(exc, (RuntimeError, OSError, trio.TooSlowError))
+        if leaf is None:
+            raise
+        print(f"error: {leaf}", file=sys.stderr)
         return 1
     return 0
 
@@ -129,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trio_broker", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_node_parser(subparsers)
+    _add_cluster_parser(subparsers)
     from ._bench import add_bench_parser
     from ._cli_client import add_client_parser
 
@@ -145,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._cli_client import run_client
 
         return run_client(args)
+    if args.command == "cluster":
+        return run_cluster(args)
     if args.command == "bench":
         from ._bench import run_bench
 

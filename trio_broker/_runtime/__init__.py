@@ -1,6 +1,13 @@
 """The trio shell: broker lifetimes, connections, group commit."""
 
-from ._broker import Broker, BrokerStatistics, IdentityMismatch, open_broker, serve_broker
+from ._broker import (
+    Broker,
+    BrokerStatistics,
+    IdentityMismatch,
+    JoinFailed,
+    open_broker,
+    serve_broker,
+)
 from ._config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from ._log import configure_logging
 
@@ -12,6 +19,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerStatistics",
     "IdentityMismatch",
+    "JoinFailed",
     "configure_logging",
     "open_broker",
     "serve_broker",
