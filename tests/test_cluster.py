@@ -1,0 +1,242 @@
+"""Replicated clusters of real brokers in one process (diagrams 1, 2, 4, 5, 6)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
+from trio_broker.testing import open_local_cluster
+
+from .wire import RawConnection, call
+
+DEADLINE = 15
+
+
+async def create_queue(port: int) -> str:
+    r = await call(port, {"operation": "CREATE_QUEUE"})
+    assert r["status"] == "success", r
+    return r["queue_id"]
+
+
+async def append(port: int, queue_id: str, data) -> int:
+    r = await call(port, {"operation": "APPEND", "queue_name": queue_id, "data": data})
+    assert r["status"] == "success", r
+    return r["sequence_num"]
+
+
+async def stored_messages(broker, queue_id: str) -> list[bytes]:
+    return await broker._worker.run(broker._store.messages, queue_id)
+
+
+async def wait_applied(broker, index: int) -> None:
+    while broker.node.applied < index:
+        await broker.driver.wait_changed()
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            yield cluster
+
+
+async def test_three_brokers_agree_on_the_topology(cluster):
+    """Diagram 1: any broker answers CLUSTER_QUERY with the same members and leader."""
+    leader = await cluster.wait_for_leader()
+    views = [await call(b.port, {"operation": "CLUSTER_QUERY"}) for b in cluster.brokers.values()]
+    for view in views:
+        assert view["status"] == "success"
+        assert view["cluster_id"] == leader.cluster_id
+        assert view["leader_id"] == leader.broker_id
+        assert view["cluster_version"] == views[0]["cluster_version"]
+        assert sorted(b["broker_id"] for b in view["brokers"]) == sorted(
+            b.broker_id for b in cluster.brokers.values()
+        )
+        roles = {b["broker_id"]: b["role"] for b in view["brokers"]}
+        assert roles.pop(leader.broker_id) == "leader"
+        assert set(roles.values()) == {"replica"}
+        assert {b["status"] for b in view["brokers"]} == {"active"}
+        assert {b["port"] for b in view["brokers"]} == {b.port for b in cluster.brokers.values()}
+    assert sorted(v["self_role"] for v in views) == ["leader", "replica", "replica"]
+
+
+async def test_replicas_refuse_client_operations_with_a_leader_hint(cluster):
+    leader = await cluster.wait_for_leader()
+    replica = next(b for b in cluster.brokers.values() if b is not leader)
+    for request in (
+        {"operation": "CREATE_QUEUE"},
+        {"operation": "APPEND", "queue_name": "Q-XXXXXYYYYY", "data": 1},
+        {"operation": "READ", "queue_name": "Q-XXXXXYYYYY", "client_id": "C-1"},
+    ):
+        r = await call(replica.port, request)
+        assert r["status"] == "error"
+        assert r["code"] == "NOT_LEADER"
+        assert (r["leader_id"], r["leader_host"], r["leader_port"]) == (
+            leader.broker_id,
+            "127.0.0.1",
+            leader.port,
+        )
+
+
+async def test_acknowledged_writes_are_on_a_majority(cluster):
+    """Diagram 2: the leader answers only after a majority holds the entry durably."""
+    leader = await cluster.wait_for_leader()
+    queue_id = await create_queue(leader.port)
+    for i in range(20):
+        assert await append(leader.port, queue_id, {"n": i}) == i + 1
+    expected = [b'{"n":%d}' % i for i in range(20)]
+    holders = 0
+    for broker in cluster.brokers.values():
+        if await stored_messages(broker, queue_id) == expected:
+            holders += 1
+    assert holders >= 2
+    with trio.fail_after(DEADLINE):  # and, given time, on every replica
+        for broker in cluster.brokers.values():
+            await wait_applied(broker, leader.node.commit)
+            assert await stored_messages(broker, queue_id) == expected
+
+
+async def test_read_positions_survive_failover(cluster):
+    """Diagram 3: positions are moved through the log, so the next leader knows them."""
+    leader = await cluster.wait_for_leader()
+    queue_id = await create_queue(leader.port)
+    for i in range(5):
+        await append(leader.port, queue_id, i)
+    read = {"operation": "READ", "queue_name": queue_id, "client_id": "C-READR"}
+    assert (await call(leader.port, read))["data"] == 0
+    assert (await call(leader.port, read))["data"] == 1
+    await cluster.stop(cluster.name_of(leader))
+    with trio.fail_after(DEADLINE):
+        new_leader = await cluster.wait_for_leader()
+    assert new_leader is not leader
+    r = await call(new_leader.port, read)
+    assert (r["sequence_num"], r["data"]) == (3, 2)
+    assert await append(new_leader.port, queue_id, 5) == 6
+
+
+async def test_leader_failure_elects_a_replica_that_holds_every_committed_entry(cluster):
+    """Diagram 5: after the leader goes, a replica wins and nothing committed is lost."""
+    leader = await cluster.wait_for_leader()
+    old_name = cluster.name_of(leader)
+    queue_id = await create_queue(leader.port)
+    acknowledged = [await append(leader.port, queue_id, i) for i in range(50)]
+    old_term = leader.node.term
+    await cluster.stop(old_name)
+    with trio.fail_after(DEADLINE):
+        new_leader = await cluster.wait_for_leader()
+    assert new_leader.node.term > old_term
+    assert await stored_messages(new_leader, queue_id) == [b"%d" % i for i in range(50)]
+    assert acknowledged == list(range(1, 51))
+    assert await append(new_leader.port, queue_id, "after") == 51
+    # The old leader comes back as a replica and catches up.
+    with trio.fail_after(DEADLINE):
+        restarted = await cluster.start(old_name)
+        await wait_applied(restarted, new_leader.node.commit)
+    assert not restarted.is_leader
+    assert len(await stored_messages(restarted, queue_id)) == 51
+
+
+async def test_a_minority_cannot_commit_and_its_leader_steps_down(cluster):
+    """Quorum over the configured voters: one of three brokers alone serves nothing."""
+    leader = await cluster.wait_for_leader()
+    queue_id = await create_queue(leader.port)
+    for name in [n for n, b in cluster.brokers.items() if b is not leader]:
+        await cluster.stop(name)
+    with trio.fail_after(DEADLINE):
+        while leader.is_leader:  # check-quorum: no majority heard for a failure timeout
+            await leader.driver.wait_changed()
+    r = await call(leader.port, {"operation": "APPEND", "queue_name": queue_id, "data": 1})
+    assert r["status"] == "error"
+    assert r["code"] == "NOT_LEADER"
+    assert await stored_messages(leader, queue_id) == []
+
+
+async def test_inactive_members_are_shown_and_still_counted(cluster):
+    """Diagram 6: a silent member is marked inactive; the quorum does not shrink."""
+    leader = await cluster.wait_for_leader()
+    victim = next(n for n, b in cluster.brokers.items() if b is not leader)
+    victim_id = cluster.brokers[victim].broker_id
+    await cluster.stop(victim)
+    with trio.fail_after(DEADLINE):
+        while True:
+            view = await call(leader.port, {"operation": "CLUSTER_QUERY"})
+            status = {b["broker_id"]: b["status"] for b in view["brokers"]}
+            if status[victim_id] == "inactive":
+                break
+            await trio.sleep(0.05)
+    assert len(leader.node.config.voters) == 3
+    queue_id = await create_queue(leader.port)  # 2 of 3 is still a majority
+    assert await append(leader.port, queue_id, "ok") == 1
+    await cluster.start(victim)
+    with trio.fail_after(DEADLINE):
+        while True:
+            view = await call(leader.port, {"operation": "CLUSTER_QUERY"})
+            if all(b["status"] == "active" for b in view["brokers"]):
+                break
+            await trio.sleep(0.05)
+
+
+async def test_lagging_replica_catches_up_by_snapshot_after_compaction(tmp_path):
+    """A replica that missed entries the leader compacted away receives a DATA_SYNC."""
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+            leader = await cluster.wait_for_leader()
+            lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
+            await cluster.stop(lagging)
+            queue_id = await create_queue(leader.port)
+            conn = await RawConnection.open(leader.port)
+            await conn.send(
+                *[{"operation": "APPEND", "queue_name": queue_id, "data": i} for i in range(300)]
+            )
+            for i in range(300):
+                assert (await conn.receive())["sequence_num"] == i + 1
+            await conn.aclose()
+            while leader.node.log.snapshot_index == 0:
+                await leader.driver.wait_changed()
+            restarted = await cluster.start(lagging)
+            await wait_applied(restarted, leader.node.commit)
+            assert restarted.node.log.snapshot_index > 0
+            assert await stored_messages(restarted, queue_id) == [b"%d" % i for i in range(300)]
+            # Its state is complete: it can lead, and it knows the read positions too.
+            await cluster.stop(cluster.name_of(leader))
+            new_leader = await cluster.wait_for_leader()
+            assert await append(new_leader.port, queue_id, "next") == 301
+
+
+async def test_remove_member_through_the_log(cluster):
+    leader = await cluster.wait_for_leader()
+    victim = next(b for b in cluster.brokers.values() if b is not leader)
+    version = leader.node.cluster_version
+    # Sent to a replica: forwarded to the leader.
+    other = next(b for b in cluster.brokers.values() if b not in (leader, victim))
+    r = await call(other.port, {"operation": "REMOVE_MEMBER", "broker_id": victim.broker_id})
+    assert r == {"status": "success"}
+    assert victim.broker_id not in leader.node.config.members
+    assert leader.node.cluster_version == version + 1
+    view = await call(leader.port, {"operation": "CLUSTER_QUERY"})
+    assert victim.broker_id not in {b["broker_id"] for b in view["brokers"]}
+    r = await call(leader.port, {"operation": "REMOVE_MEMBER", "broker_id": "B-NOONE"})
+    assert r["code"] == "BAD_REQUEST"
+
+
+async def test_a_broker_of_another_cluster_is_refused(cluster, tmp_path):
+    leader = await cluster.wait_for_leader()
+    seeds = [f"127.0.0.1:{leader.port}"]
+    config = BrokerConfig(data_dir=tmp_path / "intruder", port=0, seeds=seeds, cluster_id="G-OTHER")
+    with pytest.raises(JoinFailed, match="not G-OTHER"):
+        async with open_broker(config):
+            pass
+    for request in (
+        {
+            "operation": "JOIN_CLUSTER",
+            "broker_id": "B-INTRU",
+            "host": "127.0.0.1",
+            "port": 1,
+            "cluster_id": "G-OTHER",
+        },
+        {"operation": "PEER_HELLO", "broker_id": "B-INTRU", "cluster_id": "G-OTHER"},
+    ):
+        r = await call(leader.port, request)
+        assert r["code"] == "WRONG_CLUSTER"
+    assert "B-INTRU" not in leader.node.config.members
