@@ -110,6 +110,7 @@ class Broker:
             make_node(self.broker_id, state, config),
             self.addresses,
             self._on_applied,
+            self._queue_ids.update,
         )
         self.driver.config_cluster_id = self.cluster_id
         self._connections = 0
@@ -139,10 +140,6 @@ class Broker:
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
             self._queue_ids.add(payload.queue_id)
-        elif isinstance(payload, tuple):  # an installed snapshot: reload everything
-            self.addresses.clear()
-            self.addresses.update(self._store.broker_addresses())
-            self._queue_ids.update(self._store.queue_lengths())
 
     async def wait_leader(self) -> str:
         """Wait until this broker knows a leader of its cluster; returns the leader's id."""

@@ -84,6 +84,7 @@ class RaftDriver:
         node: raft.RaftNode,
         addresses: dict[str, tuple[str, int]],
         on_applied: Callable[[Entry, Any], None],
+        on_snapshot: Callable[[set[str]], None],
     ) -> None:
         self.broker_id = broker_id
         self.config = config
@@ -94,11 +95,16 @@ class RaftDriver:
         self._store = store
         self._worker = worker
         self._on_applied = on_applied
+        self._on_snapshot = on_snapshot
         self._waiters: dict[int, tuple[int, Pending]] = {}
         self._capacity = trio.Semaphore(config.max_pending)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._snapshot_dir = Path(config.data_dir) / "snapshots"
+        # Snapshots are offered and fetched by one broker run; leftovers are stale.
+        if self._snapshot_dir.is_dir():
+            for stale in self._snapshot_dir.glob("*.sqlite3"):
+                stale.unlink(missing_ok=True)
         self._snapshots: dict[str, tuple[Path, int, str]] = {}
         self._fetching: set[str] = set()
         self._last_role: str | None = None
@@ -246,7 +252,12 @@ class RaftDriver:
             meta = snapshot[0]
             for index in [i for i in self._waiters if i <= meta.index]:
                 self._resolve(index, _outcome_unknown("replaced by a snapshot from the leader"))
-            self._on_applied(Entry(meta.term, meta.index, snapshot), None)
+            # The installed state replaces everything the in-memory views were built from.
+            addresses, queues = await self._worker.run(self._read_views)
+            self.addresses.clear()
+            self.addresses.update(addresses)
+            self._on_snapshot(queues)
+            await trio.Path(snapshot[1]).unlink(missing_ok=True)
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
         for entry, result in zip(rd.committed_entries, results, strict=True):
             self._on_applied(entry, result)
@@ -261,6 +272,9 @@ class RaftDriver:
             assert self._nursery is not None
             self._nursery.start_soon(self._offer_snapshot, peer)
         self.node.advance()
+
+    def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str]]:
+        return self._store.broker_addresses(), set(self._store.queue_lengths())
 
     def _resolve(self, index: int, result: Any) -> None:
         _, pending = self._waiters.pop(index)
