@@ -91,12 +91,13 @@ class Broker:
         store: Store,
         worker: StorageWorker,
         state: RaftState,
+        port: int,
     ) -> None:
         self.config = config
         self.broker_id = identity.broker_id
         self.cluster_id = identity.cluster_id
         self.host = config.host
-        self.port = config.port
+        self.port = port
         self._store = store
         self._worker = worker
         self._rng = random.SystemRandom()
@@ -104,6 +105,8 @@ class Broker:
         self.addresses: dict[str, tuple[str, int]] = {}
         self.driver = RaftDriver(
             self.broker_id,
+            self.cluster_id,
+            (config.announced_host, port),
             config,
             store,
             worker,
@@ -112,7 +115,6 @@ class Broker:
             self._on_applied,
             self._queue_ids.update,
         )
-        self.driver.config_cluster_id = self.cluster_id
         self._connections = 0
         self._readers: set[trio.CancelScope] = set()
         self._closing = False
@@ -762,8 +764,8 @@ async def open_broker(config: BrokerConfig) -> AsyncIterator[Broker]:
                     await trio.aclose_forcefully(listener)
                 raise
             state = await worker.run(store.raft_state)
-            broker = Broker(config, identity, store, worker, state)
-            broker.port = broker.driver._port = listeners[0].socket.getsockname()[1]
+            port = listeners[0].socket.getsockname()[1]
+            broker = Broker(config, identity, store, worker, state, port)
             broker.addresses.update(await worker.run(store.broker_addresses))
             broker._queue_ids.update(await worker.run(store.queue_lengths))
             async with trio.open_nursery() as services:

@@ -36,10 +36,12 @@ from .._core._raft_messages import (
 from .._errors import BrokerError, ErrorCode
 from .._storage import StorageWorker, Store
 from ._config import BrokerConfig
-from ._log import log_event
+from ._log import log_event, logger
 from ._peers import PeerFleet
 
 SNAPSHOT_CHUNK = 256 * 1024
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 SNAPSHOTS_KEPT = 2
 
 
@@ -78,6 +80,8 @@ class RaftDriver:
     def __init__(
         self,
         broker_id: str,
+        cluster_id: str,
+        self_address: tuple[str, int],
         config: BrokerConfig,
         store: Store,
         worker: StorageWorker,
@@ -87,6 +91,8 @@ class RaftDriver:
         on_snapshot: Callable[[set[str]], None],
     ) -> None:
         self.broker_id = broker_id
+        self.cluster_id = cluster_id
+        self.self_address = self_address
         self.config = config
         self.node = node
         self.addresses = addresses
@@ -110,6 +116,7 @@ class RaftDriver:
         self._last_role: str | None = None
         self._changed = trio.Event()
         self._changing_membership = False
+        self._linked_version = -1
         self.elections_won = 0
         self.transactions = 0
         self.entries_applied = 0
@@ -185,42 +192,64 @@ class RaftDriver:
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        tick = self.config.tick_seconds
+        """Drive the core; on a crash, rebuild it from disk (bounded restarts), as after a
+        process crash, so a bug or a failed fsync costs in-flight requests, not the broker."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.peers = PeerFleet(
-                self.broker_id,
-                self.config_cluster_id,
-                nursery,
-                self.address_of,
-                (self.config.announced_host, self._port),
+                self.broker_id, self.cluster_id, nursery, self.address_of, self.self_address
             )
             task_status.started()
-            if self.node.config.voters == {self.broker_id}:
-                # The only voter needs nobody's vote: campaign now rather than after an
-                # election timeout (the core still runs a full, persisted election).
-                for _ in range(2 * self.config.election_ticks + 2):
-                    if self.node.role is not raft.Role.FOLLOWER:
-                        break
-                    self.node.tick()
-            next_tick = trio.current_time() + tick
+            crashes: list[float] = []
             while True:
-                self._wake = trio.Event()
-                now = trio.current_time()
-                if now >= next_tick:
-                    behind = int((now - next_tick) // tick) + 1
-                    # After a long stall, do not replay every missed tick at once.
-                    for _ in range(min(behind, 3)):
-                        self.node.tick()
-                    next_tick += behind * tick
-                if self.node.has_ready():
-                    await self._handle_ready(self.node.ready())
-                    self._after_advance()
-                    continue
-                with trio.move_on_at(next_tick):
-                    await self._wake.wait()
+                try:
+                    await self._drive()
+                except Exception as exc:
+                    now = trio.current_time()
+                    crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
+                    logger.exception(
+                        "driver.crashed broker_id=%s restarts_in_window=%d",
+                        self.broker_id,
+                        len(crashes),
+                    )
+                    if len(crashes) > MAX_RESTARTS:
+                        raise
+                    await self._recover(exc)
 
-    config_cluster_id = ""
+    async def _recover(self, exc: Exception) -> None:
+        for index in list(self._waiters):
+            self._resolve(index, _outcome_unknown(f"internal failure: {exc!r}"))
+        state = await self._worker.run(self._store.raft_state)
+        self.node = make_node(self.broker_id, state, self.config)
+        log_event(
+            logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
+        )
+
+    async def _drive(self) -> None:
+        tick = self.config.tick_seconds
+        if self.node.config.voters == {self.broker_id}:
+            # The only voter needs nobody's vote: campaign now rather than after an
+            # election timeout (the core still runs a full, persisted election).
+            for _ in range(2 * self.config.election_ticks + 2):
+                if self.node.role is not raft.Role.FOLLOWER:
+                    break
+                self.node.tick()
+        next_tick = trio.current_time() + tick
+        while True:
+            self._wake = trio.Event()
+            now = trio.current_time()
+            if now >= next_tick:
+                behind = int((now - next_tick) // tick) + 1
+                # After a long stall, do not replay every missed tick at once.
+                for _ in range(min(behind, 3)):
+                    self.node.tick()
+                next_tick += behind * tick
+            if self.node.has_ready():
+                await self._handle_ready(self.node.ready())
+                self._after_advance()
+                continue
+            with trio.move_on_at(next_tick):
+                await self._wake.wait()
 
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
@@ -284,6 +313,10 @@ class RaftDriver:
     def _after_advance(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        if self.node.cluster_version != self._linked_version:
+            assert self.peers is not None
+            self.peers.ensure(self.node.config.members - {self.broker_id})
+            self._linked_version = self.node.cluster_version
         role = self.node.role.value
         if role != self._last_role:
             log_event(
@@ -305,7 +338,7 @@ class RaftDriver:
 
     def _leader_housekeeping(self) -> None:
         assert self._nursery is not None
-        me = (self.config.announced_host, self._port)
+        me = self.self_address
         if self.addresses.get(self.broker_id) != me and not self._changing_membership:
             self._changing_membership = True
             self._nursery.start_soon(self._register_self, me)
@@ -317,8 +350,6 @@ class RaftDriver:
                 self._changing_membership = True
                 self._nursery.start_soon(self._promote, learner)
                 return
-
-    _port = 0
 
     async def _register_self(self, address: tuple[str, int]) -> None:
         try:
@@ -422,7 +453,7 @@ class RaftDriver:
                 return
             self._snapshot_dir.mkdir(exist_ok=True)
             path = self._snapshot_dir / f"incoming-{snapshot_id}.sqlite3"
-            ok = await fetch_snapshot(address, self.config_cluster_id, message.data, path)
+            ok = await fetch_snapshot(address, self.cluster_id, message.data, path)
             if ok:
                 log_event(
                     logging.INFO,

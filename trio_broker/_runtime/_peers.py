@@ -32,6 +32,8 @@ _LINK_ERRORS = (
 )
 
 OUTBOX_SIZE = 1024
+OUTBOX_BYTES = 64 * 1024 * 1024
+"""Approximate bytes of entry data queued for one peer before messages are dropped."""
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 
@@ -47,6 +49,7 @@ class _Link:
         self.send_channel, self.receive_channel = trio.open_memory_channel[Message](OUTBOX_SIZE)
         self.cancel_scope = trio.CancelScope()
         self.dropped = 0
+        self.queued_bytes = 0
         self.connected = False
 
     async def run(self) -> None:
@@ -71,6 +74,15 @@ class _Link:
                 self.connected = False
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _discard_queued(self) -> None:
+        while True:
+            try:
+                self.receive_channel.receive_nowait()
+            except trio.WouldBlock:
+                break
+            self.dropped += 1
+        self.queued_bytes = 0
 
     async def _connect_and_stream(self, host: str, port: int) -> None:
         stream = await self.fleet.connect(host, port)
@@ -104,21 +116,25 @@ class _Link:
                 # promptly when it goes away.
                 nursery.start_soon(self._watch_close, stream, nursery.cancel_scope)
                 while True:
-                    first = await self.receive_channel.receive()
-                    frames = [encode_frame(encode_message(first))]
-                    while len(frames) < 256:
+                    batch = [await self.receive_channel.receive()]
+                    while len(batch) < 256:
                         try:
-                            m = self.receive_channel.receive_nowait()
+                            batch.append(self.receive_channel.receive_nowait())
                         except trio.WouldBlock:
                             break
-                        frames.append(encode_frame(encode_message(m)))
-                    await stream.send_all(b"".join(frames))
+                    self.queued_bytes -= sum(_approximate_size(m) for m in batch)
+                    await stream.send_all(b"".join(encode_frame(encode_message(m)) for m in batch))
 
     async def _watch_close(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while await stream.receive_some(4096):
                 pass
         raise ConnectionError("peer closed the stream")
+
+
+def _approximate_size(message: Message) -> int:
+    entries = getattr(message, "entries", ())
+    return 256 + sum(len(getattr(e.payload, "data", b"")) + 64 for e in entries)
 
 
 class PeerFleet:
@@ -141,18 +157,38 @@ class PeerFleet:
         self._nursery = nursery
         self._links: dict[str, _Link] = {}
 
-    def send(self, message: Message) -> None:
-        peer = message.dst
+    def ensure(self, peers: set[str] | frozenset[str]) -> None:
+        """Keep a link open to exactly these peers, so that a message (a vote request after
+        a leader failure, say) finds its link already connected."""
+        for peer in peers:
+            self._link(peer)
+        self.forget(peers)
+
+    def _link(self, peer: str) -> _Link:
         link = self._links.get(peer)
         if link is None:
             link = self._links[peer] = _Link(self, peer)
             self._nursery.start_soon(link.run)
-        try:
-            link.send_channel.send_nowait(message)
-        except trio.WouldBlock:
-            link.dropped += 1
-            if math.log2(link.dropped).is_integer():
-                log_event(logging.WARNING, "peer.outbox_full", peer=peer, dropped=link.dropped)
+        return link
+
+    def send(self, message: Message) -> None:
+        """Queue a message for its peer, or drop it: while the link is down (the protocol
+        retransmits what matters once it is back, so queueing would only replay stale
+        messages) and when the outbox is full."""
+        peer = message.dst
+        link = self._link(peer)
+        size = _approximate_size(message)
+        if link.connected and link.queued_bytes + size <= OUTBOX_BYTES:
+            try:
+                link.send_channel.send_nowait(message)
+            except trio.WouldBlock:
+                pass
+            else:
+                link.queued_bytes += size
+                return
+        link.dropped += 1
+        if link.connected and math.log2(link.dropped).is_integer():
+            log_event(logging.WARNING, "peer.outbox_full", peer=peer, dropped=link.dropped)
 
     def forget(self, keep: set[str] | frozenset[str]) -> None:
         """Close links to brokers that are no longer members."""
