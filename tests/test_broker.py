@@ -399,3 +399,28 @@ async def test_shutdown_answers_requests_in_flight(tmp_path):
     async with open_broker(config) as broker:
         r = await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": 0})
         assert r["sequence_num"] == len(applied) + 1
+
+
+async def test_a_failed_commit_costs_the_request_not_the_broker(broker):
+    """A storage failure mid-transaction: the request's outcome is unknown, the broker
+    rebuilds its consensus state from disk and goes on serving."""
+    queue_id = await create_queue(broker.port)
+    store = broker.driver._store
+    real_save = store.save
+    failures = []
+
+    def failing_save(**kwargs):
+        if kwargs.get("entries") and not failures:
+            failures.append(kwargs)
+            raise OSError("disk on fire")
+        return real_save(**kwargs)
+
+    store.save = failing_save
+    r = await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": "lost"})
+    assert r["status"] == "error"
+    assert r["code"] == "UNAVAILABLE"
+    assert r["outcome"] == "unknown"
+    assert failures
+    with trio.fail_after(10):
+        await broker.driver.wait_leading()
+    await assert_still_serving(broker, queue_id, 0)
