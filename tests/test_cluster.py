@@ -240,3 +240,51 @@ async def test_a_broker_of_another_cluster_is_refused(cluster, tmp_path):
         r = await call(leader.port, request)
         assert r["code"] == "WRONG_CLUSTER"
     assert "B-INTRU" not in leader.node.config.members
+
+
+async def test_a_replica_restarted_on_another_port_is_found_again(cluster):
+    leader = await cluster.wait_for_leader()
+    name = next(n for n, b in cluster.brokers.items() if b is not leader)
+    broker_id = cluster.brokers[name].broker_id
+    await cluster.stop(name)
+    cluster.ports[name] = 0  # the operating system picks another port
+    restarted = await cluster.start(name)
+    queue_id = await create_queue(leader.port)
+    with trio.fail_after(DEADLINE):
+        while True:
+            view = await call(leader.port, {"operation": "CLUSTER_QUERY"})
+            ports = {b["broker_id"]: b["port"] for b in view["brokers"]}
+            if ports[broker_id] == restarted.port and restarted.node.applied >= leader.node.commit:
+                break
+            await trio.sleep(0.05)
+    assert await stored_messages(restarted, queue_id) == []
+    assert queue_id in restarted._queue_ids
+
+
+async def test_the_log_stays_bounded_under_steady_appends(tmp_path):
+    """Compaction: applied entries are dropped from the log; the tables are the snapshot."""
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(
+            tmp_path, 3, compact_threshold=100, compact_keep=10
+        ) as cluster:
+            leader = await cluster.wait_for_leader()
+            queue_id = await create_queue(leader.port)
+            conn = await RawConnection.open(leader.port)
+            sizes = []
+            for _ in range(5):
+                await conn.send(
+                    *[
+                        {"operation": "APPEND", "queue_name": queue_id, "data": i}
+                        for i in range(200)
+                    ]
+                )
+                for _ in range(200):
+                    assert (await conn.receive())["status"] == "success"
+                for broker in cluster.brokers.values():
+                    await wait_applied(broker, leader.node.commit)
+                    sizes.append(await broker._worker.run(broker._store.log_size))
+            await conn.aclose()
+            # Never more than threshold + keep + one batch of entries, on any broker.
+            assert max(sizes) <= 100 + 10 + 250, sizes
+            for broker in cluster.brokers.values():
+                assert len(await stored_messages(broker, queue_id)) == 1000

@@ -158,7 +158,7 @@ class Broker:
             if member_id == self.broker_id:
                 address = (self.config.announced_host, self.port)
             else:
-                address = self.addresses.get(member_id)
+                address = self.driver.address_of(member_id)
             if address is None:
                 continue  # its address is not replicated here yet
             brokers.append(
@@ -457,10 +457,7 @@ class Broker:
                         send.send_nowait(refusal)
                         return False
                     if request.host is not None and request.port is not None:
-                        self.driver.hinted_addresses[request.broker_id] = (
-                            request.host,
-                            request.port,
-                        )
+                        self.driver.note_address(request.broker_id, (request.host, request.port))
                     send.send_nowait(Done())
                     return await self._read_peer_stream(stream, decoder, peer, request.broker_id)
                 try:

@@ -98,6 +98,7 @@ class RaftDriver:
         self.addresses = addresses
         self.peers: PeerFleet | None = None
         self.hinted_addresses: dict[str, tuple[str, int]] = {}
+        self._address_updates: set[str] = set()
         self._store = store
         self._worker = worker
         self._on_applied = on_applied
@@ -161,8 +162,30 @@ class RaftDriver:
         return await pending.wait()
 
     def address_of(self, broker_id: str) -> tuple[str, int] | None:
-        """The replicated address book first; else what the broker told us itself."""
-        return self.addresses.get(broker_id) or self.hinted_addresses.get(broker_id)
+        """Where a broker listens: what it last told us itself, else the address book."""
+        return self.hinted_addresses.get(broker_id) or self.addresses.get(broker_id)
+
+    def note_address(self, broker_id: str, address: tuple[str, int]) -> None:
+        """A broker told us where it listens (PEER_HELLO). The leader also corrects the
+        replicated address book when it is stale (a broker restarted on another port)."""
+        self.hinted_addresses[broker_id] = address
+        if (
+            self.node.is_leader
+            and broker_id in self.node.config.members
+            and self.addresses.get(broker_id) != address
+            and broker_id not in self._address_updates
+            and self._nursery is not None
+        ):
+            self._address_updates.add(broker_id)
+            self._nursery.start_soon(self._update_address, broker_id, address)
+
+    async def _update_address(self, broker_id: str, address: tuple[str, int]) -> None:
+        try:
+            pending = await self.propose(_core.SetBrokerAddress(broker_id, *address))
+            if isinstance(pending, Pending):
+                await pending.wait()
+        finally:
+            self._address_updates.discard(broker_id)
 
     @property
     def pending(self) -> int:
@@ -337,12 +360,9 @@ class RaftDriver:
     # -- leader housekeeping ---------------------------------------------------------------------
 
     def _leader_housekeeping(self) -> None:
+        """Keep our own address in the book; promote one caught-up learner at a time."""
         assert self._nursery is not None
-        me = self.self_address
-        if self.addresses.get(self.broker_id) != me and not self._changing_membership:
-            self._changing_membership = True
-            self._nursery.start_soon(self._register_self, me)
-            return
+        self.note_address(self.broker_id, self.self_address)
         if self._changing_membership:
             return
         for learner in sorted(self.node.config.learners):
@@ -350,15 +370,6 @@ class RaftDriver:
                 self._changing_membership = True
                 self._nursery.start_soon(self._promote, learner)
                 return
-
-    async def _register_self(self, address: tuple[str, int]) -> None:
-        try:
-            pending = await self.propose(_core.SetBrokerAddress(self.broker_id, *address))
-            if isinstance(pending, Pending):
-                await pending.wait()
-        finally:
-            self._changing_membership = False
-            self.wake()
 
     async def _promote(self, learner: str) -> None:
         try:
