@@ -30,8 +30,7 @@ from ._runtime import (
     serve_broker,
 )
 from ._storage import DataDirInUse
-
-# (client re-exports are added when trio_broker.client lands)
+from .client import Client, ClientStatistics, Topology, connect
 
 __version__ = "0.1.0"
 
@@ -40,6 +39,8 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "BrokerStatistics",
+    "Client",
+    "ClientStatistics",
     "DataDirInUse",
     "ErrorCode",
     "IdentityMismatch",
@@ -47,6 +48,8 @@ __all__ = [
     "OutcomeUnknownError",
     "ProtocolError",
     "QueueNotFoundError",
+    "Topology",
+    "connect",
     "open_broker",
     "serve_broker",
 ]

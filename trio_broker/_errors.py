@@ -78,4 +78,6 @@ def error_from_wire(response: dict[str, Any]) -> BrokerError:
     code = str(response.get("code") or ErrorCode.INTERNAL)
     message = str(response.get("message", "unspecified error"))
     cls = _BY_CODE.get(code, BrokerError)
+    if details.get("outcome") == "unknown":
+        cls = OutcomeUnknownError
     return cls(code, message, **details)

@@ -21,7 +21,10 @@ caller's own deadline; the library has no timeouts of its own (wrap calls in
 :func:`trio.fail_after` or :func:`trio.move_on_after`). A request that may have reached a broker is
 never sent again, except ``CLUSTER_QUERY``, which changes nothing: an ``APPEND``, ``READ`` or
 ``CREATE_QUEUE`` whose connection is lost after it was written raises
-:class:`~trio_broker._errors.OutcomeUnknownError`.
+:class:`~trio_broker._errors.OutcomeUnknownError`, and so does a broker's ``UNAVAILABLE`` error
+marked ``"outcome": "unknown"``. Errors that say the request was not applied (``NOT_LEADER``, other
+``UNAVAILABLE`` errors) are retried; every other error is raised as the exception
+:func:`~trio_broker._errors.error_from_wire` builds.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from ._protocol import (
     Message,
     QueueCreated,
     Read,
+    RemoveMember,
     converter,
     encode_frame,
     encode_request,
@@ -80,8 +84,9 @@ DEFAULT_MAX_IN_FLIGHT = 256
 """Requests one connection may have written (or queued to write) and not yet answered."""
 
 _ATTEMPT_TIMEOUT = 5.0
-"""Bound on one discovery attempt (connect + CLUSTER_QUERY) to one broker, so that one silent
-broker does not stop the client from asking the next. Operations themselves have no timeout."""
+"""Bound on opening one connection, and on one discovery attempt (connect + CLUSTER_QUERY), so
+that one unreachable or silent broker does not stop the client from trying the others. Nothing
+has been sent when either gives up. Operations themselves have no timeout but the caller's."""
 _BACKOFF_BASE = 0.02
 _BACKOFF_MAX = 1.0
 _RECEIVE_SIZE = 65536
@@ -426,13 +431,7 @@ class Client:
                     return await self._query(address)
                 except (_NotSent, _Lost):
                     attempt = await self._backoff(attempt)
-        cid = cluster_id or self._default_cluster()
-        if cid not in self._clusters:
-            await self._discover_more()
-            if cid not in self._clusters:
-                raise BrokerError(
-                    ErrorCode.WRONG_CLUSTER, f"none of the seed brokers is in cluster {cid}"
-                )
+        cid = await self._known_cluster(cluster_id)
         attempt = 0
         while True:
             topology = await self._refresh(cid, seen=None)
@@ -442,16 +441,7 @@ class Client:
 
     async def create_queue(self, cluster_id: str | None = None) -> str:
         """Create a queue in ``cluster_id`` (default: the first cluster discovered)."""
-        if cluster_id is None:
-            cid = self._default_cluster()
-        else:
-            cid = cluster_id
-            if cid not in self._clusters:
-                await self._discover_more()
-                if cid not in self._clusters:
-                    raise BrokerError(
-                        ErrorCode.WRONG_CLUSTER, f"none of the seed brokers is in cluster {cid}"
-                    )
+        cid = await self._known_cluster(cluster_id)
         response = await self._leader_call(cid, CreateQueue(client_id=self.client_id))
         return _structure(response, QueueCreated).queue_id
 
@@ -463,7 +453,7 @@ class Client:
         :exc:`TypeError` or :exc:`ValueError` before anything is sent.
         """
         _check_queue_id(queue_id)
-        _refuse_non_finite(data)
+        _check_json_value(data)
         cid = await self._cluster_of(queue_id)
         request = Append(queue_name=queue_id, data=data, client_id=self.client_id)
         response = await self._leader_call(cid, request)
@@ -478,11 +468,28 @@ class Client:
             return None
         return _structure(response, Message)
 
+    async def remove_member(self, broker_id: str, cluster_id: str | None = None) -> None:
+        """Operator command: take ``broker_id`` out of the cluster's membership (through the
+        log; the leader answers once the change is committed)."""
+        cid = await self._known_cluster(cluster_id)
+        await self._leader_call(cid, RemoveMember(broker_id=broker_id, cluster_id=cid))
+
     # -- routing ---------------------------------------------------------------------------------
 
     def _default_cluster(self) -> str:
         self._check_open()
         return next(iter(self._clusters))
+
+    async def _known_cluster(self, cluster_id: str | None) -> str:
+        if cluster_id is None:
+            return self._default_cluster()
+        if cluster_id not in self._clusters:
+            await self._discover_more()
+            if cluster_id not in self._clusters:
+                raise BrokerError(
+                    ErrorCode.WRONG_CLUSTER, f"none of the seed brokers is in cluster {cluster_id}"
+                )
+        return cluster_id
 
     async def _cluster_of(self, queue_id: str) -> str:
         cid = cluster_of_queue(queue_id)
@@ -522,6 +529,7 @@ class Client:
                         ErrorCode.UNAVAILABLE,
                         f"connection to {_fmt(address)} lost after the {_wire_name(request)} "
                         f"request was sent; it may or may not have been applied ({exc.reason})",
+                        outcome="unknown",
                         operation=_wire_name(request),
                         broker=_fmt(address),
                     ) from None
@@ -529,9 +537,16 @@ class Client:
                     if response.get("status") != "error":
                         return response
                     error = error_from_wire(response)
-                    if not isinstance(error, NotLeaderError):
+                    if isinstance(error, NotLeaderError):
+                        self._leader_failed(cid, seen, self._hinted_leader(cluster, error))
+                    elif error.code != ErrorCode.UNAVAILABLE or isinstance(
+                        error, OutcomeUnknownError
+                    ):
                         raise error
-                    self._leader_failed(cid, seen, self._hinted_leader(cluster, error))
+                    else:
+                        # Refused without being applied (shutting down, no quorum): the leader
+                        # may be moving; ask the cluster again.
+                        self._leader_failed(cid, seen, None)
             attempt = await self._backoff(attempt)
 
     def _leader_failed(self, cid: str, seen: int, new_leader: Address | None) -> None:
@@ -598,13 +613,14 @@ class Client:
     async def _refresh(self, cid: str, *, seen: int | None) -> Topology | None:
         """Ask the cluster's members (then the seeds) for its topology until one names a leader.
 
-        With ``seen``, skip the work if someone else refreshed since generation ``seen``.
+        With ``seen``, skip the work if the cluster changed since generation ``seen`` (so that
+        many tasks failing at once cause one refresh, not one each).
         Returns the freshest topology obtained (possibly without a leader), or None.
         """
         cluster = self._clusters[cid]
         async with cluster.lock:
-            if seen is not None and cluster.generation != seen and cluster.leader is not None:
-                return cluster.topology
+            if seen is not None and cluster.generation != seen:
+                return cluster.topology  # someone refreshed (or learnt a leader) meanwhile
             self._counters.topology_refreshes += 1
             members = list(cluster.topology.brokers)
             members.sort(key=lambda b: b.role != "leader")
@@ -658,7 +674,10 @@ class Client:
     # -- the wire --------------------------------------------------------------------------------
 
     def _frame(self, request: Any) -> bytes:
-        payload = encode_request(request)
+        try:
+            payload = encode_request(request)
+        except TypeError as exc:  # orjson.JSONEncodeError
+            raise TypeError(f"data is not a JSON value the broker can store: {exc}") from None
         if len(payload) > self._max_frame:
             raise BrokerError(
                 ErrorCode.TOO_LARGE,
@@ -686,10 +705,14 @@ class Client:
             connection = self._connections.get(address)
             if connection is not None and not connection.closed:
                 return connection
-            try:
-                stream = await trio.open_tcp_stream(*address)
-            except OSError as exc:
-                raise _NotSent(f"cannot connect to {_fmt(address)}: {_os_reason(exc)}") from None
+            stream = None
+            with trio.move_on_after(_ATTEMPT_TIMEOUT):
+                try:
+                    stream = await trio.open_tcp_stream(*address)
+                except OSError as exc:
+                    raise _NotSent(_os_reason(exc)) from None
+            if stream is None:
+                raise _NotSent(f"no connection within {_ATTEMPT_TIMEOUT:g} s")
             try:
                 connection = _Connection(
                     address,
@@ -735,7 +758,8 @@ async def connect(
 ) -> AsyncIterator[Client]:
     """Discover the clusters the seeds belong to and yield a :class:`Client`.
 
-    ``seeds`` are ``"HOST:PORT"`` strings or ``(host, port)`` tuples. Each seed is asked in turn
+    ``seeds`` are ``"HOST:PORT"`` strings or ``(host, port)`` tuples (a single string is one
+    seed). Each seed is asked in turn
     (once, a few seconds at most each) for its cluster's topology; seeds of several clusters give
     a client that routes each queue to its own cluster's leader. If no seed answers,
     :class:`BrokerUnreachableError` is raised at once: a seed list that reaches nothing is
@@ -745,6 +769,8 @@ async def connect(
     start at the first message). ``max_frame`` bounds the frames sent and accepted;
     ``max_in_flight`` bounds the pipelined requests per connection.
     """
+    if isinstance(seeds, str):
+        seeds = [seeds]
     addresses = [parse_address(seed) for seed in seeds]
     if not addresses:
         raise ValueError("connect() needs at least one seed broker")
@@ -811,15 +837,26 @@ def _check_queue_id(queue_id: Any) -> None:
         raise TypeError(f"a queue id is a string, got {type(queue_id).__name__}")
 
 
-def _refuse_non_finite(value: Any) -> None:
-    """NaN and infinities have no JSON spelling (the encoder would write null): refuse them."""
+def _check_json_value(value: Any) -> None:
+    """Refuse what has no exact JSON form, rather than let the encoder change it.
+
+    The shared converter would turn a set into a list and an integer key into a string, and
+    orjson writes NaN as null: none of these would come back from a READ as they went in.
+    """
     stack = [value]
     while stack:
         item = stack.pop()
+        if item is None or isinstance(item, str | int):
+            continue  # bool is an int; the encoder refuses integers beyond 64 bits
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise ValueError(f"{item!r} is not a JSON value")
         elif isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise TypeError(f"JSON object keys are strings, got {type(key).__name__}")
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
+        else:
+            raise TypeError(f"{type(item).__name__} is not a JSON value")

@@ -1,0 +1,293 @@
+"""``python -m trio_broker client``: talk to brokers from the command line.
+
+Exit status: 0 on success, 1 when a broker refuses the request (``error: CODE: message`` on
+stderr) or no answer comes within ``--timeout``, 2 when no broker can be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import trio
+
+from ._errors import BrokerError
+from ._protocol import dumps_value
+from .client import BrokerUnreachableError, Client, Topology, connect, parse_address
+
+DEFAULT_SEED = "127.0.0.1:9001"
+DEFAULT_TIMEOUT = 10.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 2
+
+
+def _seed(text: str) -> str:
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every client command takes, before or after the command name.
+
+    On the command sub-parsers they default to SUPPRESS, so that an option given before the
+    command name is not overwritten by the default of the same option after it.
+    """
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--seed",
+        action="append",
+        type=_seed,
+        default=default(None),
+        metavar="HOST:PORT",
+        help=f"a broker to ask for the cluster's topology (repeatable; default {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=default(None),
+        metavar="ID",
+        help="client id (C-XXXXX) owning the read positions; reuse it to continue reading "
+        "where the last command stopped (default: a new id, so reads start at message 1)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print results as JSON",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=default(DEFAULT_TIMEOUT),
+        metavar="SECONDS",
+        help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``client`` sub-command on an argparse subparsers object."""
+    client = subparsers.add_parser(
+        "client",
+        help="talk to brokers: status, create-queue, append, read, remove-member",
+        description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
+        "broker refuses the request or time runs out, 2 when no broker can be reached.",
+    )
+    _common_options(client, defaults=True)
+    commands = client.add_subparsers(dest="client_command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, defaults=False)
+
+    commands.add_parser(
+        "status",
+        parents=[common],
+        help="show the brokers of the cluster(s), their roles and status",
+    )
+    create = commands.add_parser("create-queue", parents=[common], help="create a queue")
+    create.add_argument(
+        "--cluster", metavar="G-XXXXX", help="cluster to create it in (default: the first one)"
+    )
+    append = commands.add_parser(
+        "append",
+        parents=[common],
+        help="append one message",
+        description="Append DATA to QUEUE. DATA is parsed as JSON (7, 1.5, true, null, "
+        "'\"7\"', '{\"a\": [1]}'); text that is not JSON is sent as a string.",
+    )
+    append.add_argument("queue", metavar="QUEUE")
+    append.add_argument("data", metavar="DATA")
+    read = commands.add_parser(
+        "read",
+        parents=[common],
+        help="read the next message(s) for this client id",
+    )
+    remove = commands.add_parser(
+        "remove-member",
+        parents=[common],
+        help="take a broker out of the cluster's membership",
+    )
+    remove.add_argument("broker_id", metavar="BROKER_ID")
+    remove.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    read.add_argument("queue", metavar="QUEUE")
+    read.add_argument(
+        "--count",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="read up to N messages (default 1); stops early when none are left",
+    )
+
+
+def parse_data(text: str) -> Any:
+    """Command-line DATA: JSON if it parses as JSON (NaN and Infinity do not), else a string."""
+
+    def reject(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=reject)
+    except ValueError:
+        return text
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """Run one client command; returns the exit status."""
+    try:
+        return trio.run(_run, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace) -> int:
+    seeds = args.seed or [DEFAULT_SEED]
+    try:
+        with trio.fail_after(args.timeout):
+            async with connect(seeds, client_id=args.client_id) as client:
+                return await _COMMANDS[args.client_command](client, args)
+    except BrokerUnreachableError as exc:
+        for address, reason in exc.errors:
+            host, port = address
+            _err(f"cannot connect to {host}:{port}: {reason}")
+        _err("is a broker running there? (use --seed HOST:PORT to name one)")
+        return EXIT_UNREACHABLE
+    except BrokerError as exc:
+        _err(f"{exc.code}: {exc.message}")
+        return EXIT_ERROR
+    except trio.TooSlowError:
+        _err(f"TIMEOUT: no answer within {args.timeout:g} s")
+        return EXIT_ERROR
+    except (TypeError, ValueError) as exc:
+        # Data the client refuses to send (an integer beyond 64 bits, for instance).
+        _err(str(exc))
+        return EXIT_ERROR
+
+
+def _err(text: str) -> None:
+    print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _json(value: Any) -> str:
+    return dumps_value(value).decode()
+
+
+async def _status(client: Client, args: argparse.Namespace) -> int:
+    topologies = [await client.cluster_query(cluster_id=cid) for cid in client.clusters]
+    if args.json:
+        _out(_json({"clusters": [_topology_json(t) for t in topologies]}))
+    else:
+        _out("\n\n".join(format_topology(t) for t in topologies))
+    return EXIT_OK
+
+
+def _topology_json(topology: Topology) -> dict[str, Any]:
+    return {
+        "cluster_id": topology.cluster_id,
+        "cluster_version": topology.cluster_version,
+        "leader": topology.leader.broker_id if topology.leader else None,
+        "brokers": [
+            {
+                "broker_id": b.broker_id,
+                "host": b.host,
+                "port": b.port,
+                "role": b.role,
+                "status": b.status,
+            }
+            for b in topology.brokers
+        ],
+    }
+
+
+def format_topology(topology: Topology) -> str:
+    """A cluster as a heading and an aligned table of its brokers."""
+    leader = topology.leader.broker_id if topology.leader else "none (election in progress?)"
+    heading = f"cluster {topology.cluster_id}  version {topology.cluster_version}  leader {leader}"
+    rows = [("BROKER", "ADDRESS", "ROLE", "STATUS")]
+    rows += [(b.broker_id, f"{b.host}:{b.port}", b.role, b.status) for b in topology.brokers]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join([heading, *lines])
+
+
+async def _create_queue(client: Client, args: argparse.Namespace) -> int:
+    queue_id = await client.create_queue(args.cluster)
+    _out(_json({"queue_id": queue_id}) if args.json else queue_id)
+    return EXIT_OK
+
+
+async def _append(client: Client, args: argparse.Namespace) -> int:
+    sequence_num = await client.append(args.queue, parse_data(args.data))
+    if args.json:
+        _out(_json({"queue_id": args.queue, "sequence_num": sequence_num}))
+    else:
+        _out(str(sequence_num))
+    return EXIT_OK
+
+
+async def _read(client: Client, args: argparse.Namespace) -> int:
+    messages = []
+    for _ in range(args.count):
+        message = await client.read(args.queue)
+        if message is None:
+            break
+        messages.append(message)
+        if not args.json:
+            _out(f"{message.sequence_num}\t{_json(message.data)}")
+    if args.json:
+        _out(_json([{"sequence_num": m.sequence_num, "data": m.data} for m in messages]))
+    elif len(messages) < args.count:
+        print("(no more messages)", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+async def _remove_member(client: Client, args: argparse.Namespace) -> int:
+    await client.remove_member(args.broker_id, cluster_id=args.cluster)
+    if args.json:
+        _out(_json({"removed": args.broker_id}))
+    else:
+        _out(f"removed {args.broker_id}")
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "status": _status,
+    "remove-member": _remove_member,
+    "create-queue": _create_queue,
+    "append": _append,
+    "read": _read,
+}
