@@ -13,7 +13,9 @@ import functools
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -54,11 +56,12 @@ from .._protocol import (
     stored_value,
 )
 from .._protocol._peer import message_from_obj
-from .._storage import Identity, StorageWorker, Store, open_storage_worker
+from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from ._config import BrokerConfig
 from ._driver import Pending, RaftDriver, make_node
 from ._log import log_event, logger
+from ._network import TCP, Network
 from ._snapshot_fetch import request_response
 
 _RECEIVE_SIZE = 64 * 1024
@@ -92,12 +95,14 @@ class Broker:
         worker: StorageWorker,
         state: RaftState,
         port: int,
+        network: Network = TCP,
     ) -> None:
         self.config = config
         self.broker_id = identity.broker_id
         self.cluster_id = identity.cluster_id
         self.host = config.host
         self.port = port
+        self.network = network
         self._store = store
         self._worker = worker
         self._rng = random.SystemRandom()
@@ -108,6 +113,7 @@ class Broker:
             self.cluster_id,
             (config.announced_host, port),
             config,
+            network,
             store,
             worker,
             make_node(self.broker_id, state, config),
@@ -306,7 +312,7 @@ class Broker:
             return error
         try:
             with trio.fail_after(self.config.failure_timeout * 4):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self.network.connect(host, port)
                 async with stream:
                     answer = await request_response(stream, FrameDecoder(), request)
         except (OSError, ConnectionError, trio.TooSlowError, trio.BrokenResourceError) as exc:
@@ -344,7 +350,7 @@ class Broker:
 
     # -- connections ----------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)
         if self._closing or self._connections >= self.config.max_connections:
             reason = "shutting down" if self._closing else "too many connections"
@@ -370,7 +376,7 @@ class Broker:
             if self._connections == 0:
                 self._idle.set()
 
-    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
         # Answers leave in request order. A request is read only once it has a slot among
         # max_in_flight, so a command is never submitted without a place for its answer.
         slots = trio.Semaphore(self.config.max_in_flight)
@@ -390,7 +396,7 @@ class Broker:
 
     async def _read_requests(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         peer: str,
         send: trio.MemorySendChannel[Any],
         slots: trio.Semaphore,
@@ -468,7 +474,7 @@ class Broker:
                 send.send_nowait(answer)
 
     async def _read_peer_stream(
-        self, stream: trio.SocketStream, decoder: FrameDecoder, peer: str, sender: str
+        self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
     ) -> bool:
         """After PEER_HELLO: one-way consensus messages from ``sender``, never answered."""
         decoder.max_frame = self.config.max_frame * PEER_FRAME_FACTOR
@@ -506,7 +512,7 @@ class Broker:
 
     async def _write_responses(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         receive: trio.MemoryReceiveChannel[Any],
         slots: trio.Semaphore,
     ) -> None:
@@ -584,7 +590,7 @@ def _response_for(result: _core.Result | BrokerError | None) -> Response | Broke
     raise AssertionError(f"unhandled result {result!r}")  # pragma: no cover
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+async def _linger(stream: trio.abc.Stream) -> None:
     """Close our side first and drain theirs, so the kernel does not reset the connection
     (which would discard answers the peer has not read yet) because of unread requests."""
     with trio.move_on_after(_LINGER_SECONDS):
@@ -594,9 +600,12 @@ async def _linger(stream: trio.SocketStream) -> None:
                 pass
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return getattr(stream, "peer_name", "unknown")
     try:
-        host, port, *_ = stream.socket.getpeername()
+        host, port, *_ = sock.getpeername()
     except OSError:
         return "unknown"
     return f"{host}:{port}"
@@ -622,7 +631,7 @@ def _check_identity(found: Identity, config: BrokerConfig) -> None:
             )
 
 
-async def _ask_seeds(config: BrokerConfig, request: Request) -> dict[str, Any]:
+async def _ask_seeds(config: BrokerConfig, network: Network, request: Request) -> dict[str, Any]:
     """Send one request to the seeds in turn, following NOT_LEADER hints; the first answer
     that is not a NOT_LEADER or a connection failure wins. Retries with backoff until the
     caller's deadline."""
@@ -637,7 +646,7 @@ async def _ask_seeds(config: BrokerConfig, request: Request) -> dict[str, Any]:
             tried.add(target)
             try:
                 with trio.fail_after(max(2.0, config.failure_timeout * 2)):
-                    stream = await trio.open_tcp_stream(*target)
+                    stream = await network.connect(*target)
                     async with stream:
                         answer = await request_response(stream, FrameDecoder(), request)
             except (
@@ -665,7 +674,7 @@ async def _ask_seeds(config: BrokerConfig, request: Request) -> dict[str, Any]:
 
 
 async def _prepare(
-    worker: StorageWorker, store: Store, config: BrokerConfig
+    worker: StorageWorker, store: Store, config: BrokerConfig, network: Network
 ) -> tuple[Identity, bool]:
     """The broker's identity, and whether it must still join its cluster.
 
@@ -696,7 +705,7 @@ async def _prepare(
         )
         await worker.run(store.bootstrap, Config(voters=frozenset([identity.broker_id])))
         return identity, False
-    answer = await _ask_seeds(config, ClusterQuery(cluster_id=config.cluster_id))
+    answer = await _ask_seeds(config, network, ClusterQuery(cluster_id=config.cluster_id))
     if answer.get("status") != "success" or not isinstance(answer.get("cluster_id"), str):
         raise JoinFailed(f"seeds refused to describe their cluster: {answer.get('message')}")
     identity = await worker.run(
@@ -714,7 +723,7 @@ async def _join(broker: Broker) -> None:
         cluster_id=broker.cluster_id,
     )
     while True:
-        answer = await _ask_seeds(config, request)
+        answer = await _ask_seeds(config, broker.network, request)
         if answer.get("status") == "success":
             for member in answer.get("brokers") or []:
                 with contextlib.suppress(KeyError, TypeError):
@@ -739,7 +748,12 @@ async def _join(broker: Broker) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_broker(config: BrokerConfig) -> AsyncIterator[Broker]:
+async def open_broker(
+    config: BrokerConfig,
+    *,
+    network: Network = TCP,
+    storage: Callable[[Path], AbstractAsyncContextManager[tuple[Any, Any]]] = (open_sqlite_storage),
+) -> AsyncIterator[Broker]:
     """Start a broker and serve it for the body of the ``async with``.
 
     A broker with no seeds and an empty data directory founds a new single-voter cluster, and
@@ -749,53 +763,50 @@ async def open_broker(config: BrokerConfig) -> AsyncIterator[Broker]:
     Raises :class:`~trio_broker._storage.DataDirInUse` if another broker holds the data
     directory, :class:`IdentityMismatch` if the directory belongs to another identity, and
     :class:`JoinFailed` if the seeds' cluster refuses this broker.
+
+    ``network`` and ``storage`` are seams for ``trio_broker.testing``: an in-memory network
+    and storage run the same broker under a mock clock.
     """
-    async with open_storage_worker() as worker:
-        store = await worker.run(Store, config.data_dir)
+    async with storage(config.data_dir) as (worker, store):
+        listeners, port = await network.listen(config.host, config.port)
         try:
-            listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-            try:
-                identity, joining = await _prepare(worker, store, config)
-            except BaseException:
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
-                raise
-            state = await worker.run(store.raft_state)
-            port = listeners[0].socket.getsockname()[1]
-            broker = Broker(config, identity, store, worker, state, port)
-            broker.addresses.update(await worker.run(store.broker_addresses))
-            broker._queue_ids.update(await worker.run(store.queue_lengths))
-            async with trio.open_nursery() as services:
-                await services.start(broker.driver.run)
-                async with trio.open_nursery() as connections:
-                    await connections.start(
-                        functools.partial(broker._serve_listeners, listeners, connections)
-                    )
-                    log_event(
-                        logging.INFO,
-                        "broker.started",
-                        broker_id=broker.broker_id,
-                        cluster_id=broker.cluster_id,
-                        host=config.host,
-                        port=broker.port,
-                        data_dir=config.data_dir,
-                    )
-                    try:
-                        if joining:
-                            await _join(broker)
-                        elif broker.node.config.voters == {broker.broker_id}:
-                            with trio.fail_after(config.failure_timeout * 10):
-                                await broker.driver.wait_leading()
-                        yield broker
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
-                            await broker._shutdown(connections)
-                services.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await worker.run(store.close)
-            log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)
+            identity, joining = await _prepare(worker, store, config, network)
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
+        state = await worker.run(store.raft_state)
+        broker = Broker(config, identity, store, worker, state, port, network)
+        broker.addresses.update(await worker.run(store.broker_addresses))
+        broker._queue_ids.update(await worker.run(store.queue_lengths))
+        async with trio.open_nursery() as services:
+            await services.start(broker.driver.run)
+            async with trio.open_nursery() as connections:
+                await connections.start(
+                    functools.partial(broker._serve_listeners, listeners, connections)
+                )
+                log_event(
+                    logging.INFO,
+                    "broker.started",
+                    broker_id=broker.broker_id,
+                    cluster_id=broker.cluster_id,
+                    host=config.host,
+                    port=broker.port,
+                    data_dir=config.data_dir,
+                )
+                try:
+                    if joining:
+                        await _join(broker)
+                    elif broker.node.config.voters == {broker.broker_id}:
+                        with trio.fail_after(config.failure_timeout * 10):
+                            await broker.driver.wait_leading()
+                    yield broker
+                finally:
+                    with trio.CancelScope(shield=True):
+                        log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
+                        await broker._shutdown(connections)
+            services.cancel_scope.cancel()
+    log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)
 
 
 async def serve_broker(

@@ -37,6 +37,7 @@ from .._errors import BrokerError, ErrorCode
 from .._storage import StorageWorker, Store
 from ._config import BrokerConfig
 from ._log import log_event, logger
+from ._network import Network
 from ._peers import PeerFleet
 
 SNAPSHOT_CHUNK = 256 * 1024
@@ -83,6 +84,7 @@ class RaftDriver:
         cluster_id: str,
         self_address: tuple[str, int],
         config: BrokerConfig,
+        network: Network,
         store: Store,
         worker: StorageWorker,
         node: raft.RaftNode,
@@ -94,6 +96,7 @@ class RaftDriver:
         self.cluster_id = cluster_id
         self.self_address = self_address
         self.config = config
+        self.network = network
         self.node = node
         self.addresses = addresses
         self.peers: PeerFleet | None = None
@@ -220,7 +223,12 @@ class RaftDriver:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.peers = PeerFleet(
-                self.broker_id, self.cluster_id, nursery, self.address_of, self.self_address
+                self.broker_id,
+                self.cluster_id,
+                nursery,
+                self.address_of,
+                self.self_address,
+                self.network.connect,
             )
             task_status.started()
             crashes: list[float] = []
@@ -464,7 +472,7 @@ class RaftDriver:
                 return
             self._snapshot_dir.mkdir(exist_ok=True)
             path = self._snapshot_dir / f"incoming-{snapshot_id}.sqlite3"
-            ok = await fetch_snapshot(address, self.cluster_id, message.data, path)
+            ok = await fetch_snapshot(self.network, address, self.cluster_id, message.data, path)
             if ok:
                 log_event(
                     logging.INFO,

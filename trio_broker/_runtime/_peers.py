@@ -38,10 +38,6 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 
 
-async def tcp_connect(host: str, port: int) -> trio.abc.Stream:
-    return await trio.open_tcp_stream(host, port)
-
-
 class _Link:
     def __init__(self, fleet: PeerFleet, peer_id: str) -> None:
         self.fleet = fleet
@@ -147,7 +143,7 @@ class PeerFleet:
         nursery: trio.Nursery,
         address_of: Callable[[str], tuple[str, int] | None],
         self_address: tuple[str, int],
-        connect: Connect = tcp_connect,
+        connect: Connect,
     ) -> None:
         self.self_id = self_id
         self.self_address = self_address

@@ -18,6 +18,7 @@ from .._protocol import (
     loads_object,
 )
 from ._log import log_event
+from ._network import Network
 
 CHUNK_DEADLINE = 10.0
 MAX_SNAPSHOT = 1 << 40
@@ -36,7 +37,11 @@ async def request_response(
 
 
 async def fetch_snapshot(
-    address: tuple[str, int], cluster_id: str, offer: dict[str, Any], path: Path
+    network: Network,
+    address: tuple[str, int],
+    cluster_id: str,
+    offer: dict[str, Any],
+    path: Path,
 ) -> bool:
     """Download the offered snapshot to ``path``; True once its size and checksum match."""
     snapshot_id, size, digest = offer.get("snapshot_id"), offer.get("size"), offer.get("sha256")
@@ -45,7 +50,7 @@ async def fetch_snapshot(
         return False
     whole = hashlib.sha256()
     try:
-        stream = await trio.open_tcp_stream(*address)
+        stream = await network.connect(*address)
         async with stream:
             decoder = FrameDecoder(4 * 1024 * 1024)
             async with await trio.open_file(path, "wb") as out:

@@ -2,7 +2,7 @@
 
 from ._schema import SCHEMA_VERSION, SchemaTooNew
 from ._store import DB_FILE, DataDirInUse, Identity, Store
-from ._worker import StorageWorker, open_storage_worker
+from ._worker import StorageWorker, open_sqlite_storage, open_storage_worker
 
 __all__ = [
     "DB_FILE",
@@ -12,5 +12,6 @@ __all__ = [
     "SchemaTooNew",
     "StorageWorker",
     "Store",
+    "open_sqlite_storage",
     "open_storage_worker",
 ]

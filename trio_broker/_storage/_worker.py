@@ -68,3 +68,17 @@ async def open_storage_worker() -> AsyncIterator[StorageWorker]:
         worker.stop()
         with trio.CancelScope(shield=True):
             await worker.wait_stopped()
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite_storage(data_dir: Any) -> AsyncIterator[tuple[StorageWorker, Any]]:
+    """The storage thread and the broker's SQLite store on it; closed on the way out."""
+    from ._store import Store
+
+    async with open_storage_worker() as worker:
+        store = await worker.run(Store, data_dir)
+        try:
+            yield worker, store
+        finally:
+            with trio.CancelScope(shield=True):
+                await worker.run(store.close)
