@@ -288,10 +288,19 @@ class Store:
         file), truncate the log from ``truncate_from``, append ``entries``, store
         ``hard_state``, apply ``committed`` entries and record the applied index. Returns one
         result per committed entry (None for the core's own entries: no-ops, config changes).
+
+        A transaction that only applies committed entries is not fsynced: those entries are
+        already durable in the log (on a majority), applying them is deterministic, and the
+        applied index moves in the same transaction, so a crash that loses it only means they
+        are applied again, with the same results, on restart. The next fsynced commit makes it
+        durable too, since the WAL is synced in order.
         """
         db = self._db
+        durable = bool(hard_state or entries or truncate_from is not None or snapshot)
         if snapshot is not None:
             db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
+        if not durable:
+            db.execute("PRAGMA synchronous = OFF")
         try:
             with db:
                 if snapshot is not None:
@@ -323,6 +332,8 @@ class Store:
                     self._set_meta({"applied_index": committed[-1].index})
                 return results
         finally:
+            if not durable:
+                db.execute("PRAGMA synchronous = FULL")
             if snapshot is not None:
                 db.execute("DETACH DATABASE incoming")
 
