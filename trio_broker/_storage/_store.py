@@ -242,6 +242,9 @@ class Store:
             "DELETE FROM meta WHERE key = ?", [(k,) for k, v in items.items() if v is None]
         )
 
+    def _durable_term_vote(self) -> tuple[int, Any]:
+        return (self.get_meta("raft_term", 0), self.get_meta("raft_voted_for"))
+
     def raft_state(self) -> RaftState:
         """Everything the consensus core is rebuilt from after a restart."""
         get = self.get_meta
@@ -289,14 +292,18 @@ class Store:
         ``hard_state``, apply ``committed`` entries and record the applied index. Returns one
         result per committed entry (None for the core's own entries: no-ops, config changes).
 
-        A transaction that only applies committed entries is not fsynced: those entries are
+        A transaction that only applies committed entries (and perhaps moves the commit index,
+        which a restarted broker relearns from its leader) is not fsynced: those entries are
         already durable in the log (on a majority), applying them is deterministic, and the
         applied index moves in the same transaction, so a crash that loses it only means they
         are applied again, with the same results, on restart. The next fsynced commit makes it
         durable too, since the WAL is synced in order.
         """
         db = self._db
-        durable = bool(hard_state or entries or truncate_from is not None or snapshot)
+        term_vote = None if hard_state is None else (hard_state.term, hard_state.voted_for)
+        durable = bool(entries or truncate_from is not None or snapshot) or (
+            term_vote is not None and term_vote != self._durable_term_vote()
+        )
         if snapshot is not None:
             db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
         if not durable:
