@@ -66,10 +66,8 @@ class BrokerConfig:
     max_connections: int = attrs.field(default=10_000, validator=_positive)
     max_in_flight: int = attrs.field(default=256, validator=_positive)
     """Requests one connection may have pipelined before the broker stops reading from it."""
-    max_batch: int = attrs.field(default=1024, validator=_positive)
-    """Commands committed together in one transaction (group commit)."""
     max_pending: int = attrs.field(default=8192, validator=_positive)
-    """Commands waiting for a commit across all connections before requests wait to be read."""
+    """Proposals waiting to be applied, across all connections, before requests wait."""
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     """Seconds in-flight requests get to finish when the broker shuts down."""
     heartbeat_interval: float = attrs.field(default=0.2, validator=_positive)
