@@ -288,3 +288,17 @@ async def test_the_log_stays_bounded_under_steady_appends(tmp_path):
             assert max(sizes) <= 100 + 10 + 250, sizes
             for broker in cluster.brokers.values():
                 assert len(await stored_messages(broker, queue_id)) == 1000
+
+
+async def test_advertised_address_is_what_clients_and_peers_are_told(tmp_path):
+    """A broker behind a port mapping announces the mapped port, not the one it binds."""
+    config = BrokerConfig(
+        data_dir=tmp_path / "b", port=0, advertise_host="localhost", advertise_port=7777
+    )
+    async with open_broker(config) as broker:
+        view = await call(broker.port, {"operation": "CLUSTER_QUERY"})
+        assert [(b["host"], b["port"]) for b in view["brokers"]] == [("localhost", 7777)]
+        with trio.fail_after(DEADLINE):  # written through the log once it leads
+            while broker.broker_id not in broker.addresses:
+                await broker.driver.wait_changed()
+        assert broker.addresses[broker.broker_id] == ("localhost", 7777)

@@ -36,7 +36,10 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (%(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
-    p.add_argument("--advertise-host", help="host announced to clients (default: --host)")
+    p.add_argument("--advertise-host", help="host announced to clients and peers (default: --host)")
+    p.add_argument(
+        "--advertise-port", type=int, help="port announced to clients and peers (default: --port)"
+    )
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data directory (./%(default)s)")
     p.add_argument("--broker-id", help="B-XXXXX; generated and stored on first start if absent")
     p.add_argument("--cluster-id", help="G-XXXXX; generated and stored on first start if absent")
@@ -123,6 +126,7 @@ def run_node(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             advertise_host=args.advertise_host,
+            advertise_port=args.advertise_port,
             data_dir=args.data_dir,
             broker_id=args.broker_id,
             cluster_id=args.cluster_id,

@@ -111,7 +111,7 @@ class Broker:
         self.driver = RaftDriver(
             self.broker_id,
             self.cluster_id,
-            (config.announced_host, port),
+            (config.announced_host, config.advertise_port or port),
             config,
             network,
             store,
@@ -162,7 +162,7 @@ class Broker:
         brokers = []
         for member_id, view in node.member_statuses().items():
             if member_id == self.broker_id:
-                address = (self.config.announced_host, self.port)
+                address = self.driver.self_address
             else:
                 address = self.driver.address_of(member_id)
             if address is None:
@@ -716,11 +716,9 @@ async def _prepare(
 
 async def _join(broker: Broker) -> None:
     config = broker.config
+    host, port = broker.driver.self_address
     request = JoinCluster(
-        broker_id=broker.broker_id,
-        host=config.announced_host,
-        port=broker.port,
-        cluster_id=broker.cluster_id,
+        broker_id=broker.broker_id, host=host, port=port, cluster_id=broker.cluster_id
     )
     while True:
         answer = await _ask_seeds(config, broker.network, request)

@@ -55,7 +55,13 @@ class BrokerConfig:
     host: str = DEFAULT_HOST
     port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
     advertise_host: str | None = None
-    """Host name announced to clients in CLUSTER_QUERY; defaults to ``host``."""
+    """Host name announced to clients and peers (CLUSTER_QUERY, JOIN_CLUSTER, PEER_HELLO);
+    defaults to ``host``."""
+    advertise_port: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_port)
+    )
+    """Port announced likewise; defaults to the port the broker listens on (a proxy or a
+    port mapping in front of the broker needs its own port announced)."""
     broker_id: str | None = attrs.field(default=None, validator=_check_optional_id(BROKER_ID_RE))
     cluster_id: str | None = attrs.field(default=None, validator=_check_optional_id(CLUSTER_ID_RE))
     seeds: tuple[tuple[str, int], ...] = attrs.field(
