@@ -93,6 +93,12 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="(%(default)s)",
     )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="one line per event, as text or as a JSON object (%(default)s)",
+    )
 
 
 def _raise_fd_limit() -> None:
@@ -120,7 +126,7 @@ async def _run_node(config: BrokerConfig) -> None:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         config = BrokerConfig(
             host=args.host,

@@ -1,8 +1,14 @@
-"""Operator logs: one line per event, ``event key=value ...``, via the stdlib logging module."""
+"""Operator logs: one line per event, via the stdlib ``trio_broker`` logger.
+
+Text lines read ``2026-11-27T05:00:00 INFO trio_broker role.changed broker_id=B-… role=leader``;
+with JSON output each line is one object: ``{"ts": …, "level": …, "event": …, <fields>}``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 
 logger = logging.getLogger("trio_broker")
@@ -17,15 +23,37 @@ def _fmt(value: Any) -> str:
 
 def log_event(level: int, event: str, **fields: Any) -> None:
     if logger.isEnabledFor(level):
-        parts = [event, *(f"{k}={_fmt(v)}" for k, v in fields.items())]
-        logger.log(level, " ".join(parts))
+        text = " ".join([event, *(f"{k}={_fmt(v)}" for k, v in fields.items())])
+        logger.log(level, text, extra={"event": event, "fields": fields})
 
 
-def configure_logging(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None)
+        body: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        if event is None:  # a plain logging call (an exception report, say)
+            body["event"] = record.getMessage()
+        else:
+            body["event"] = event
+            body.update({k: v for k, v in record.fields.items() if k not in body})
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
     root = logging.getLogger("trio_broker")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
