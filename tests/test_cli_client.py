@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import argparse
 import socket
 import sys
@@ -307,3 +308,29 @@ async def test_remove_member_through_a_replica(tmp_path, cli):
             )
             assert status == 1
             assert "BAD_REQUEST" in err and "not a member" in err
+
+
+async def test_health_reports_a_broker_that_follows_a_leader(tmp_path, cli):
+    with trio.fail_after(30):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.wait_for_leader()
+            replica = next(b for b in cluster.brokers.values() if b is not leader)
+            seed = f"127.0.0.1:{replica.port}"
+            status, out, err = await cli("--seed", seed, "health")
+            assert status == 0, err
+            assert out.strip() == (
+                f"ok: {replica.broker_id} is replica in {replica.cluster_id}, "
+                f"leader {leader.broker_id}"
+            )
+            # Alone, the replica soon knows no leader: unhealthy.
+            for name in [n for n, b in cluster.brokers.items() if b is not replica]:
+                await cluster.stop(name)
+            while replica.leader_id is not None:
+                await replica.driver.wait_changed()
+            status, out, err = await cli("--seed", seed, "--json", "health")
+            assert status == 1
+            report = json.loads(out)
+            assert report["healthy"] is False
+            assert report["broker_id"] == replica.broker_id
+    status, out, err = await cli("--seed", seed, "health")
+    assert status == 2

@@ -97,7 +97,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``client`` sub-command on an argparse subparsers object."""
     client = subparsers.add_parser(
         "client",
-        help="talk to brokers: status, create-queue, append, read, remove-member",
+        help="talk to brokers: status, health, create-queue, append, read, remove-member",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no broker can be reached.",
     )
@@ -129,6 +129,12 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "read",
         parents=[common],
         help="read the next message(s) for this client id",
+    )
+    commands.add_parser(
+        "health",
+        parents=[common],
+        help="exit 0 if the (first) seed broker answers and follows a leader, 1 if it knows "
+        "no leader, 2 if it cannot be reached",
     )
     remove = commands.add_parser(
         "remove-member",
@@ -212,6 +218,32 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _health(client: Client, args: argparse.Namespace) -> int:
+    """For supervisors: 0 when the (first) seed broker answers and follows a leader."""
+    seed = (args.seed or [DEFAULT_SEED])[0]
+    topology = await client.cluster_query(seed)
+    me = next((b for b in topology.brokers if b.broker_id == topology.self_id), None)
+    healthy = topology.leader is not None
+    report = {
+        "healthy": healthy,
+        "broker_id": topology.self_id,
+        "role": topology.self_role,
+        "status": None if me is None else me.status,
+        "cluster_id": topology.cluster_id,
+        "leader_id": None if topology.leader is None else topology.leader.broker_id,
+    }
+    if args.json:
+        _out(_json(report))
+    elif healthy:
+        _out(
+            f"ok: {report['broker_id']} is {report['role']} in {report['cluster_id']}, "
+            f"leader {report['leader_id']}"
+        )
+    else:
+        _err(f"{report['broker_id']} in {report['cluster_id']} knows no leader")
+    return EXIT_OK if healthy else EXIT_ERROR
+
+
 def _topology_json(topology: Topology) -> dict[str, Any]:
     return {
         "cluster_id": topology.cluster_id,
@@ -286,6 +318,7 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "status": _status,
+    "health": _health,
     "remove-member": _remove_member,
     "create-queue": _create_queue,
     "append": _append,
