@@ -94,6 +94,11 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         help="(%(default)s)",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port at /metrics (default: off)",
+    )
+    p.add_argument(
         "--log-format",
         default="text",
         choices=["text", "json"],
@@ -133,6 +138,7 @@ def run_node(args: argparse.Namespace) -> int:
             port=args.port,
             advertise_host=args.advertise_host,
             advertise_port=args.advertise_port,
+            metrics_port=args.metrics_port,
             data_dir=args.data_dir,
             broker_id=args.broker_id,
             cluster_id=args.cluster_id,

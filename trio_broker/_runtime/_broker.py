@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -55,12 +56,14 @@ from .._protocol import (
     loads_object,
     stored_value,
 )
+from .._protocol._codec import OPERATION_NAMES
 from .._protocol._peer import message_from_obj
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from ._config import BrokerConfig
 from ._driver import Pending, RaftDriver, make_node
 from ._log import log_event, logger
+from ._metrics import BrokerMetrics, serve_metrics
 from ._network import TCP, Network
 from ._snapshot_fetch import request_response
 
@@ -121,6 +124,9 @@ class Broker:
             self._on_applied,
             self._queue_ids.update,
         )
+        self.metrics = BrokerMetrics(self)
+        self.driver.on_transaction = self.metrics.transactions
+        self.metrics_port: int | None = None
         self._connections = 0
         self._readers: set[trio.CancelScope] = set()
         self._closing = False
@@ -428,11 +434,12 @@ class Broker:
                         reason=exc.message,
                     )
                     await slots.acquire()
-                    send.send_nowait(exc)
+                    send.send_nowait(("INVALID", time.perf_counter(), exc))
                     return False
                 if payload is None:
                     break
                 await slots.acquire()
+                started = time.perf_counter()
                 try:
                     request = decode_request(payload)
                 except ProtocolError as exc:
@@ -443,7 +450,7 @@ class Broker:
                         code=exc.code,
                         reason=exc.message,
                     )
-                    send.send_nowait(exc)
+                    send.send_nowait(("INVALID", started, exc))
                     continue
                 if isinstance(request, PeerHello):
                     refusal = self._wrong_cluster(request.cluster_id)
@@ -460,18 +467,18 @@ class Broker:
                             broker=request.broker_id,
                             reason=refusal.message,
                         )
-                        send.send_nowait(refusal)
+                        send.send_nowait(("PEER_HELLO", started, refusal))
                         return False
                     if request.host is not None and request.port is not None:
                         self.driver.note_address(request.broker_id, (request.host, request.port))
-                    send.send_nowait(Done())
+                    send.send_nowait(("PEER_HELLO", started, Done()))
                     return await self._read_peer_stream(stream, decoder, peer, request.broker_id)
                 try:
                     answer = await self.handle(request)
                 except BaseException:
                     slots.release()
                     raise
-                send.send_nowait(answer)
+                send.send_nowait((OPERATION_NAMES[type(request)], started, answer))
 
     async def _read_peer_stream(
         self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
@@ -530,9 +537,11 @@ class Broker:
                 for _ in out:
                     slots.release()
 
-    async def _answer(self, item: Any) -> bytes:
+    async def _answer(self, entry: tuple[str, float, Any]) -> bytes:
+        operation, started, item = entry
         if isinstance(item, Pending):
             item = _response_for(await item.wait())
+        self.metrics.observe(operation, item, time.perf_counter() - started)
         if isinstance(item, _Forwarded):
             return encode_frame(orjson.dumps(item.body))
         return encode_frame(encode_response(item))
@@ -779,6 +788,10 @@ async def open_broker(
         broker._queue_ids.update(await worker.run(store.queue_lengths))
         async with trio.open_nursery() as services:
             await services.start(broker.driver.run)
+            if config.metrics_port is not None:
+                broker.metrics_port = await services.start(
+                    serve_metrics, broker, config.host, config.metrics_port
+                )
             async with trio.open_nursery() as connections:
                 await connections.start(
                     functools.partial(broker._serve_listeners, listeners, connections)

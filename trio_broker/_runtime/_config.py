@@ -67,6 +67,8 @@ class BrokerConfig:
     seeds: tuple[tuple[str, int], ...] = attrs.field(
         default=(), converter=lambda seeds: tuple(_parse_seed(s) for s in seeds)
     )
+    metrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
+    """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0: any free port)."""
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)
     """Largest frame accepted or sent, in bytes (length prefix excluded)."""
     max_connections: int = attrs.field(default=10_000, validator=_positive)

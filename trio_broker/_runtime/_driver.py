@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ class RaftDriver:
         self._changing_membership = False
         self._linked_version = -1
         self.elections_won = 0
+        self.on_transaction: Any = None
+        """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
         self.entries_applied = 0
 
@@ -291,6 +294,7 @@ class RaftDriver:
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
         results: list[Any] = []
         if rd.must_sync or rd.committed_entries:
+            started = time.perf_counter()
             results = await self._worker.run(
                 functools.partial(
                     self._store.save,
@@ -302,6 +306,9 @@ class RaftDriver:
                 )
             )
             self.transactions += 1
+            if self.on_transaction is not None:
+                durable = "true" if rd.entries or rd.snapshot or rd.truncate_from else "false"
+                self.on_transaction.labels(durable).observe(time.perf_counter() - started)
             self.entries_applied += len(rd.committed_entries)
         for m in rd.persisted_messages:
             self.peers.send(m)

@@ -213,6 +213,21 @@ class Store:
             )
         ]
 
+    def queue_stats(self, limit: int) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
+        """The ``limit`` longest queues, and the ``limit`` largest client lags (messages of
+        a queue a client has not read), for metrics."""
+        queues = self._db.execute(
+            "SELECT queue_id, length FROM queues ORDER BY length DESC, queue_id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        lags = self._db.execute(
+            "SELECT p.client_id, p.queue_id, q.length - p.read_position AS lag"
+            " FROM client_positions AS p JOIN queues AS q USING (queue_id)"
+            " ORDER BY lag DESC, p.client_id, p.queue_id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [tuple(r) for r in queues], [tuple(r) for r in lags]
+
     def positions(self) -> dict[tuple[str, str], int]:
         return {
             (client_id, queue_id): position

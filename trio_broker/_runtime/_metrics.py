@@ -1,0 +1,214 @@
+"""Prometheus metrics of one broker, served over HTTP by a small trio server.
+
+Each broker has its own registry (several brokers may share a process). Counters and histograms
+are updated as requests are answered and transactions commit; the consensus state, the peers and
+the queues are read when a scrape arrives. Queue and per-client series are capped at
+``MAX_QUEUE_SERIES`` each, the largest lags first, so a broker with millions of consumers does
+not answer with millions of lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ._log import log_event
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+MAX_QUEUE_SERIES = 1000
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_MAX_REQUEST_HEAD = 8192
+_HTTP_DEADLINE = 10.0
+
+
+class BrokerMetrics:
+    def __init__(self, broker: Broker) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "trio_broker_requests",
+            "Requests answered, by operation and status",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "trio_broker_rejected_requests",
+            "Requests answered with an error, by error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "trio_broker_request_seconds",
+            "Time from reading a request to having its answer, by operation",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.transactions = Histogram(
+            "trio_broker_storage_transaction_seconds",
+            "SQLite transactions of the consensus driver; durable ones include the fsync",
+            ["durable"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queues: list[tuple[str, int]] = []
+        self.client_lags: list[tuple[str, str, int]] = []
+        self.registry.register(_StateCollector(broker, self))
+
+    def observe(self, operation: str, response: Any, seconds: float) -> None:
+        code = getattr(response, "code", None)
+        self.requests.labels(operation, "error" if code else "success").inc()
+        if code:
+            self.rejected.labels(str(code)).inc()
+        self.latency.labels(operation).observe(seconds)
+
+
+class _StateCollector(Collector):
+    def __init__(self, broker: Broker, metrics: BrokerMetrics) -> None:
+        self.broker = broker
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        # Registration would otherwise call collect() before the broker is fully built.
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        broker = self.broker
+        node = broker.node
+        labels = ["broker_id", "cluster_id"]
+        ids = [broker.broker_id, broker.cluster_id]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(f"trio_broker_{name}", doc, labels=labels)
+            g.add_metric(ids, value)
+            return g
+
+        role = GaugeMetricFamily(
+            "trio_broker_role", "1 for this broker's current role", labels=[*labels, "role"]
+        )
+        for name in ("leader", "follower", "candidate", "pre_candidate"):
+            role.add_metric([*ids, name], 1.0 if node.role.value == name else 0.0)
+        yield role
+        yield gauge("term", "Current consensus term", node.term)
+        yield gauge("commit_index", "Highest log index known committed", node.commit)
+        yield gauge("applied_index", "Highest log index applied to the queues", node.applied)
+        yield gauge("cluster_version", "Membership configuration version", node.cluster_version)
+        yield gauge(
+            "log_entries", "Entries kept in the log", node.log.last_index - node.log.snapshot_index
+        )
+        yield gauge("connections", "Open client and peer connections", broker._connections)
+        yield gauge("pending_proposals", "Proposals waiting to be applied", broker.driver.pending)
+        members = GaugeMetricFamily(
+            "trio_broker_members", "Configured members by status", labels=[*labels, "status"]
+        )
+        statuses = [v.status for v in node.member_statuses().values()]
+        for status in ("active", "inactive"):
+            members.add_metric([*ids, status], statuses.count(status))
+        yield members
+        elections = CounterMetricFamily(
+            "trio_broker_elections_won", "Elections this broker won", labels=labels
+        )
+        elections.add_metric(ids, broker.driver.elections_won)
+        yield elections
+        lag = GaugeMetricFamily(
+            "trio_broker_replication_lag_entries",
+            "Leader only: log entries a member does not have yet",
+            labels=[*labels, "peer"],
+        )
+        dropped = CounterMetricFamily(
+            "trio_broker_peer_dropped_messages",
+            "Messages for a peer dropped while it was unreachable or its outbox full",
+            labels=[*labels, "peer"],
+        )
+        if node.is_leader:
+            for peer, progress in sorted(node.progress.items()):
+                if peer != broker.broker_id:
+                    lag.add_metric([*ids, peer], max(0, node.log.last_index - progress.match))
+        peers = broker.driver.peers
+        if peers is not None:
+            for peer, stats in sorted(peers.statistics().items()):
+                dropped.add_metric([*ids, peer], stats["dropped"])
+        yield lag
+        yield dropped
+        queue_length = GaugeMetricFamily(
+            "trio_broker_queue_length", "Messages in a queue", labels=[*labels, "queue_id"]
+        )
+        for queue_id, length in self.metrics.queues:
+            queue_length.add_metric([*ids, queue_id], length)
+        yield queue_length
+        client_lag = GaugeMetricFamily(
+            "trio_broker_client_lag_messages",
+            "Messages of a queue a client has not read yet",
+            labels=[*labels, "queue_id", "client_id"],
+        )
+        for client_id, queue_id, behind in self.metrics.client_lags:
+            client_lag.add_metric([*ids, queue_id, client_id], behind)
+        yield client_lag
+
+
+async def _refresh_queue_stats(broker: Broker) -> None:
+    queues, lags = await broker._worker.run(broker._store.queue_stats, MAX_QUEUE_SERIES)
+    broker.metrics.queues = queues
+    broker.metrics.client_lags = lags
+
+
+async def _handle_http(broker: Broker, stream: trio.abc.Stream) -> None:
+    async with stream:
+        head = b""
+        with trio.move_on_after(_HTTP_DEADLINE):
+            while b"\r\n\r\n" not in head and len(head) < _MAX_REQUEST_HEAD:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                head += data
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if (
+                len(request_line) >= 2
+                and request_line[0] == "GET"
+                and (request_line[1] == "/metrics" or request_line[1].startswith("/metrics?"))
+            ):
+                await _refresh_queue_stats(broker)
+                body = generate_latest(broker.metrics.registry)
+                status, content_type = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+            else:
+                body = b"not found; metrics are at /metrics\n"
+                status, content_type = "404 Not Found", "text/plain; charset=utf-8"
+            header = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            await stream.send_all(header + body)
+
+
+async def serve_metrics(
+    broker: Broker, host: str, port: int, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """Serve ``GET /metrics`` on ``host:port``; ``task_status.started`` gets the port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log_event(logging.INFO, "metrics.listening", host=host, port=bound)
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await _handle_http(broker, stream)
+
+    await trio.serve_listeners(handler, listeners, task_status=_Forward(task_status, bound))
+
+
+class _Forward:
+    """serve_listeners reports its listeners; callers of serve_metrics want the port."""
+
+    def __init__(self, task_status: trio.TaskStatus[int], port: int) -> None:
+        self._task_status = task_status
+        self._port = port
+
+    def started(self, _value: Any = None) -> None:
+        self._task_status.started(self._port)
