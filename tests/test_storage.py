@@ -22,6 +22,13 @@ from trio_broker._core import (
     QueueState,
     ReadNext,
 )
+from trio_broker._core._commands import (
+    Ack,
+    AppendBatch,
+    ReadBatch,
+    Seek,
+    SetBrokerAddress,
+)
 from trio_broker._storage import (
     DB_FILE,
     SCHEMA_VERSION,
@@ -37,14 +44,44 @@ QUEUES = ["Q-AAAAA00001", "Q-AAAAA00002", "Q-BBBBB00003"]
 CLIENTS = ["C-AAAAA", "C-BBBBB", "C-CCCCC"]
 
 _queue_ids = st.sampled_from(QUEUES)
+_clients = st.sampled_from(CLIENTS)
+_data = st.binary(max_size=12) | st.sampled_from([b"1", b"1.5", b"true", b'"7"', b"null"])
+# Few producers and small sequence numbers, so duplicates, gaps and stale retries all occur.
+_producer = st.one_of(
+    st.tuples(st.none(), st.none()),
+    st.tuples(st.sampled_from(["P-1", "P-2"]), st.integers(min_value=0, max_value=12)),
+)
 _commands = st.one_of(
     st.builds(CreateQueue, queue_id=_queue_ids),
+    st.builds(lambda q, d, p: AppendMessage(q, d, p[0], p[1]), _queue_ids, _data, _producer),
     st.builds(
-        AppendMessage,
-        queue_id=_queue_ids,
-        data=st.binary(max_size=12) | st.sampled_from([b"1", b"1.5", b"true", b'"7"', b"null"]),
+        lambda q, d, p: AppendBatch(q, tuple(d), p[0], p[1]),
+        _queue_ids,
+        st.lists(_data, min_size=1, max_size=4),
+        _producer,
     ),
-    st.builds(ReadNext, client_id=st.sampled_from(CLIENTS), queue_id=_queue_ids),
+    st.builds(ReadNext, client_id=_clients, queue_id=_queue_ids),
+    st.builds(
+        ReadBatch,
+        client_id=_clients,
+        queue_id=_queue_ids,
+        max_messages=st.integers(min_value=1, max_value=5),
+        peek=st.booleans(),
+        max_bytes=st.integers(min_value=0, max_value=30),
+    ),
+    st.builds(Ack, client_id=_clients, queue_id=_queue_ids, sequence_num=st.integers(-1, 12)),
+    st.builds(
+        Seek,
+        client_id=_clients,
+        queue_id=_queue_ids,
+        next_sequence_num=st.none() | st.integers(0, 12),
+    ),
+    st.builds(
+        SetBrokerAddress,
+        broker_id=st.sampled_from(["B-AAAAA", "B-BBBBB"]),
+        host=st.sampled_from(["127.0.0.1", "localhost"]),
+        port=st.integers(1, 3),
+    ),
 )
 # A step is either a batch of commands for one Store.apply call, or "reopen the store".
 _steps = st.lists(
@@ -59,6 +96,7 @@ def _assert_store_matches(store: Store, model: QueueState) -> None:
     for queue_id in QUEUES:
         assert store.messages(queue_id) == model.messages.get(queue_id, [])
     assert store.positions() == model.positions
+    assert store.broker_addresses() == model.brokers
 
 
 @settings(
@@ -348,3 +386,36 @@ async def test_store_through_worker(tmp_path):
             ]
         finally:
             await worker.run(store.close)
+
+
+def test_producer_states_are_bounded_and_evicted_alike(tmp_path, monkeypatch):
+    """The least recently used producer is forgotten first, by both implementations."""
+    import trio_broker._core._queues as queues_module
+    import trio_broker._storage._store as store_module
+
+    monkeypatch.setattr(queues_module, "MAX_PRODUCERS", 2)
+    monkeypatch.setattr(store_module, "MAX_PRODUCERS", 2)
+    q = QUEUES[0]
+    commands = [
+        CreateQueue(q),
+        AppendMessage(q, b"1", "P-A", 1),
+        AppendMessage(q, b"2", "P-B", 1),
+        AppendMessage(q, b"3", "P-A", 2),  # P-A used more recently than P-B
+        AppendMessage(q, b"4", "P-C", 1),  # evicts P-B
+        AppendMessage(q, b"5", "P-A", 2),  # a retry: the original result, nothing added
+        AppendMessage(q, b"6", "P-B", 1),  # P-B was forgotten: a fresh start; evicts P-A
+        AppendMessage(q, b"7", "P-C", 9),  # a gap: refused
+        AppendMessage(q, b"8", "P-A", 7),  # P-A was forgotten: any number starts afresh
+    ]
+    model = QueueState()
+    expected = model.apply_all(commands)
+    store = Store(tmp_path)
+    try:
+        assert store.apply(commands) == expected
+    finally:
+        store.close()
+    seqs = [getattr(r, "sequence_num", None) for r in expected[1:]]
+    assert seqs == [1, 2, 3, 4, 3, 5, None, 6]
+    assert expected[5].duplicate is True
+    assert expected[7].code == "OUT_OF_ORDER_SEQUENCE"
+    assert sorted(model.producers) == [("P-A", q), ("P-B", q)]

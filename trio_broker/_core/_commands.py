@@ -21,11 +21,27 @@ class CreateQueue:
 class AppendMessage:
     """Append one message. Replicated as ``REPLICATE`` type ``APPEND_MESSAGE``.
 
-    ``data`` is the value's JSON text, exactly as it will be handed back to readers.
+    ``data`` is the value's JSON text, exactly as it will be handed back to readers. With a
+    ``producer_id``, ``producer_seq`` makes the append idempotent (see :class:`ProducerState`).
     """
 
     queue_id: str
     data: bytes
+    producer_id: str | None = None
+    producer_seq: int | None = None
+
+
+@attrs.frozen
+class AppendBatch:
+    """Append several messages atomically, at consecutive sequence numbers.
+
+    Replicated as ``REPLICATE`` type ``APPEND_BATCH``.
+    """
+
+    queue_id: str
+    data: tuple[bytes, ...]
+    producer_id: str | None = None
+    producer_seq: int | None = None
 
 
 @attrs.frozen
@@ -41,6 +57,43 @@ class ReadNext:
 
 
 @attrs.frozen
+class ReadBatch:
+    """Return up to ``max_messages`` messages after a client's position; unless ``peek``,
+    move the position past them (``peek`` is the first half of at-least-once consumption,
+    :class:`Ack` the second). Replicated as ``REPLICATE`` type ``READ_BATCH``."""
+
+    client_id: str
+    queue_id: str
+    max_messages: int
+    peek: bool = False
+    max_bytes: int = 1 << 62
+    """Stop before the data would exceed this (but return at least one message), so that the
+    answer fits in a frame; decided here, so every broker moves the position alike."""
+
+
+@attrs.frozen
+class Ack:
+    """Move a client's position forward to ``sequence_num`` (never backward).
+
+    Replicated as ``REPLICATE`` type ``ACK``.
+    """
+
+    client_id: str
+    queue_id: str
+    sequence_num: int
+
+
+@attrs.frozen
+class Seek:
+    """Set a client's position so that its next read returns ``next_sequence_num`` (1 for
+    the start, the queue's length + 1 or None for its end). Replicated as type ``SEEK``."""
+
+    client_id: str
+    queue_id: str
+    next_sequence_num: int | None
+
+
+@attrs.frozen
 class SetBrokerAddress:
     """Record where a member listens, so that every broker can answer CLUSTER_QUERY.
 
@@ -53,7 +106,9 @@ class SetBrokerAddress:
     port: int
 
 
-Command = CreateQueue | AppendMessage | ReadNext | SetBrokerAddress
+Command = (
+    CreateQueue | AppendMessage | AppendBatch | ReadNext | ReadBatch | Ack | Seek | SetBrokerAddress
+)
 
 
 @attrs.frozen
@@ -64,6 +119,15 @@ class QueueCreated:
 @attrs.frozen
 class MessageAppended:
     sequence_num: int
+    duplicate: bool = False
+    """An idempotent producer's retry: this is the first attempt's result, nothing was added."""
+
+
+@attrs.frozen
+class BatchAppended:
+    first_sequence_num: int
+    count: int
+    duplicate: bool = False
 
 
 @attrs.frozen
@@ -72,6 +136,18 @@ class MessageRead:
 
     sequence_num: int | None
     data: bytes | None
+
+
+@attrs.frozen
+class MessagesRead:
+    messages: tuple[tuple[int, bytes], ...]
+    """(sequence_num, data) pairs, in order; empty when the client has read everything."""
+
+
+@attrs.frozen
+class PositionSet:
+    next_sequence_num: int
+    """The message the client's next read returns."""
 
 
 @attrs.frozen
@@ -87,7 +163,16 @@ class BrokerAddressSet:
     broker_id: str
 
 
-Result = QueueCreated | MessageAppended | MessageRead | BrokerAddressSet | CommandRejected
+Result = (
+    QueueCreated
+    | MessageAppended
+    | BatchAppended
+    | MessageRead
+    | MessagesRead
+    | PositionSet
+    | BrokerAddressSet
+    | CommandRejected
+)
 
 
 def queue_not_found(queue_id: str) -> CommandRejected:
@@ -96,3 +181,67 @@ def queue_not_found(queue_id: str) -> CommandRejected:
 
 def queue_exists(queue_id: str) -> CommandRejected:
     return CommandRejected("QUEUE_EXISTS", f"queue {queue_id!r} already exists")
+
+
+def bad_request(message: str) -> CommandRejected:
+    return CommandRejected("BAD_REQUEST", message)
+
+
+PRODUCER_WINDOW = 8
+"""Results an idempotent producer can still ask about again (as Kafka's in-flight limit)."""
+
+MAX_PRODUCERS = 100_000
+"""Producer states kept; the least recently used is forgotten beyond this."""
+
+
+@attrs.frozen
+class ProducerState:
+    """What deduplicates an idempotent producer's appends to one queue.
+
+    A producer numbers its appends 1, 2, 3... (any start). An append numbered ``last + 1`` is
+    applied; one numbered within the last ``PRODUCER_WINDOW`` is a retry and gets the original
+    result back, marked duplicate; an older number is refused (``SEQUENCE_TOO_OLD``: it was
+    applied long ago), a gap is refused (``OUT_OF_ORDER_SEQUENCE``) and changes nothing.
+    """
+
+    last_seq: int
+    recent: tuple[tuple[int, int, int], ...]
+    """(producer_seq, first_sequence_num, count) of the latest appends, oldest first."""
+    last_used: int
+
+
+def check_producer(state: ProducerState | None, producer_seq: int, batch: bool) -> Result | None:
+    """The result of a producer's append decided by dedup alone, or None to apply it."""
+    if state is None or producer_seq == state.last_seq + 1:
+        return None
+    if producer_seq > state.last_seq + 1:
+        return CommandRejected(
+            "OUT_OF_ORDER_SEQUENCE",
+            f"producer sequence {producer_seq} skips ahead: expected {state.last_seq + 1}",
+        )
+    for seq, first, count in state.recent:
+        if seq == producer_seq:
+            if batch:
+                return BatchAppended(first, count, duplicate=True)
+            return MessageAppended(first, duplicate=True)
+    return CommandRejected(
+        "SEQUENCE_TOO_OLD",
+        f"producer sequence {producer_seq} was applied long ago (last is {state.last_seq})",
+    )
+
+
+def next_producer_state(
+    state: ProducerState | None, producer_seq: int, first: int, count: int, clock: int
+) -> ProducerState:
+    recent = (() if state is None else state.recent) + ((producer_seq, first, count),)
+    return ProducerState(producer_seq, recent[-PRODUCER_WINDOW:], clock)
+
+
+def take_within(sizes: list[int], max_bytes: int) -> int:
+    """How many of the leading messages fit in ``max_bytes`` (at least one, if any)."""
+    total = 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total > max_bytes and i > 0:
+            return i
+    return len(sizes)

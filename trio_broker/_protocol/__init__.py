@@ -14,7 +14,9 @@ from ._codec import (
 )
 from ._framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 from ._messages import (
+    AckRequest,
     Append,
+    AppendBatch,
     Appended,
     BrokerInfo,
     ClusterQuery,
@@ -24,6 +26,7 @@ from ._messages import (
     Done,
     JoinCluster,
     Joined,
+    ListQueues,
     Message,
     NoMessages,
     PeerHello,
@@ -32,6 +35,7 @@ from ._messages import (
     RemoveMember,
     Request,
     Response,
+    SeekRequest,
     SnapshotChunk,
 )
 
@@ -39,7 +43,9 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "OPERATIONS",
+    "AckRequest",
     "Append",
+    "AppendBatch",
     "Appended",
     "BrokerInfo",
     "ClusterQuery",
@@ -51,6 +57,7 @@ __all__ = [
     "FrameTooLarge",
     "JoinCluster",
     "Joined",
+    "ListQueues",
     "Message",
     "NoMessages",
     "PeerHello",
@@ -59,6 +66,7 @@ __all__ = [
     "RemoveMember",
     "Request",
     "Response",
+    "SeekRequest",
     "SnapshotChunk",
     "converter",
     "decode_request",

@@ -27,6 +27,11 @@ OPERATIONS: dict[str, type] = {
     "CREATE_QUEUE": m.CreateQueue,
     "APPEND": m.Append,
     "READ": m.Read,
+    # Additions to the original contract (docs/protocol.md).
+    "APPEND_BATCH": m.AppendBatch,
+    "ACK": m.AckRequest,
+    "SEEK": m.SeekRequest,
+    "LIST_QUEUES": m.ListQueues,
     # Broker-to-broker and operator operations (docs/protocol.md, "Between brokers").
     "PEER_HELLO": m.PeerHello,
     "JOIN_CLUSTER": m.JoinCluster,
@@ -55,6 +60,15 @@ def _strict_int(value: Any, _type: Any) -> int:
 converter.register_structure_hook(str, _strict_str)
 converter.register_structure_hook(int, _strict_int)
 converter.register_structure_hook(Any, lambda value, _type: value)
+
+
+def _strict_list(value: Any, _type: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+converter.register_structure_hook_func(lambda t: t == list[Any], _strict_list)
 
 # Integers the broker stores exactly: the union of the signed and unsigned 64-bit ranges, which
 # is what orjson (and most JSON readers in other languages) round-trip without loss.
@@ -161,6 +175,8 @@ def response_to_dict(response: m.Response) -> dict[str, Any]:
     body = converter.unstructure(response)
     if isinstance(response, m.ClusterTopology):
         body = {k: v for k, v in body.items() if v is not None}
+    elif isinstance(response, m.Appended | m.BatchAppended) and not response.duplicate:
+        del body["duplicate"]  # the original contract's exact shape
     return {"status": "success", **body}
 
 

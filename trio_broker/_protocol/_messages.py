@@ -30,12 +30,61 @@ class Append:
     data: Any
     """Any JSON value (already checked by the codec); stored and returned unchanged."""
     client_id: str | None = None
+    producer_id: str | None = None
+    """Addition: with ``producer_seq``, makes the append idempotent (docs/protocol.md)."""
+    producer_seq: int | None = None
+
+
+@attrs.frozen
+class AppendBatch:
+    """Addition: several values appended atomically at consecutive sequence numbers."""
+
+    queue_name: str
+    values: list[Any]
+    client_id: str | None = None
+    producer_id: str | None = None
+    producer_seq: int | None = None
 
 
 @attrs.frozen
 class Read:
     queue_name: str
     client_id: str
+    max_messages: int | None = None
+    """Addition: answer with a ``messages`` list of up to this many messages."""
+    mode: str | None = None
+    """Addition: ``"move"`` (the default: reading moves the position) or ``"peek"``."""
+    wait_ms: int | None = None
+    """Addition: when nothing is there to read, wait up to this long for a message."""
+
+
+@attrs.frozen
+class AckRequest:
+    """Addition: move a client's position forward to ``sequence_num`` (after a peek)."""
+
+    queue_name: str
+    client_id: str
+    sequence_num: int
+
+
+@attrs.frozen
+class SeekRequest:
+    """Addition: set where a client's next read starts: ``next_sequence_num``, or ``to``
+    ``"start"`` / ``"end"``."""
+
+    queue_name: str
+    client_id: str
+    next_sequence_num: int | None = None
+    to: str | None = None
+
+
+@attrs.frozen
+class ListQueues:
+    """Addition: the queues with their lengths and each client's lag, in pages."""
+
+    max_queues: int | None = None
+    after: str | None = None
+    client_id: str | None = None
 
 
 # -- broker-to-broker and operator requests (request/response, on the same port) --------------
@@ -85,7 +134,11 @@ Request = (
     ClusterQuery
     | CreateQueue
     | Append
+    | AppendBatch
     | Read
+    | AckRequest
+    | SeekRequest
+    | ListQueues
     | PeerHello
     | JoinCluster
     | DataSyncRequest
@@ -125,6 +178,43 @@ class QueueCreated:
 @attrs.frozen
 class Appended:
     sequence_num: int
+    duplicate: bool = False
+
+
+@attrs.frozen
+class BatchAppended:
+    sequence_nums: list[int]
+    duplicate: bool = False
+
+
+@attrs.frozen
+class MessageBatch:
+    messages: list[Message]
+
+
+@attrs.frozen
+class Position:
+    next_sequence_num: int
+
+
+@attrs.frozen
+class ClientLag:
+    client_id: str
+    next_sequence_num: int
+    lag: int
+
+
+@attrs.frozen
+class QueueInfo:
+    queue_id: str
+    length: int
+    clients: list[ClientLag]
+
+
+@attrs.frozen
+class QueueList:
+    queues: list[QueueInfo]
+    next_after: str | None
 
 
 @attrs.frozen
@@ -164,5 +254,16 @@ class SnapshotChunk:
 
 
 Response = (
-    ClusterTopology | QueueCreated | Appended | Message | NoMessages | Done | Joined | SnapshotChunk
+    ClusterTopology
+    | QueueCreated
+    | Appended
+    | BatchAppended
+    | Message
+    | MessageBatch
+    | NoMessages
+    | Position
+    | QueueList
+    | Done
+    | Joined
+    | SnapshotChunk
 )

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from .. import _core
+from .._core import _commands as cmd
 from .._core import _raft_messages as rm
 from .._errors import ProtocolError
 
@@ -40,12 +41,49 @@ def config_from_obj(obj: dict[str, Any]) -> rm.Config:
     )
 
 
+def _producer_fields(payload: Any) -> dict[str, Any]:
+    if payload.producer_id is None:
+        return {}
+    return {"producer_id": payload.producer_id, "producer_seq": payload.producer_seq}
+
+
 def payload_to_obj(payload: Any) -> dict[str, Any]:
     if isinstance(payload, _core.AppendMessage):
         return {
             "type": "APPEND_MESSAGE",
             "queue_id": payload.queue_id,
             "data": orjson.Fragment(payload.data),
+            **_producer_fields(payload),
+        }
+    if isinstance(payload, cmd.AppendBatch):
+        return {
+            "type": "APPEND_BATCH",
+            "queue_id": payload.queue_id,
+            "data": [orjson.Fragment(d) for d in payload.data],
+            **_producer_fields(payload),
+        }
+    if isinstance(payload, cmd.ReadBatch):
+        return {
+            "type": "READ_BATCH",
+            "queue_id": payload.queue_id,
+            "client_id": payload.client_id,
+            "max_messages": payload.max_messages,
+            "peek": payload.peek,
+            "max_bytes": payload.max_bytes,
+        }
+    if isinstance(payload, cmd.Ack):
+        return {
+            "type": "ACK",
+            "queue_id": payload.queue_id,
+            "client_id": payload.client_id,
+            "sequence_num": payload.sequence_num,
+        }
+    if isinstance(payload, cmd.Seek):
+        return {
+            "type": "SEEK",
+            "queue_id": payload.queue_id,
+            "client_id": payload.client_id,
+            "next_sequence_num": payload.next_sequence_num,
         }
     if isinstance(payload, _core.ReadNext):
         return {
@@ -82,7 +120,33 @@ def payload_from_obj(obj: Any) -> Any:
     kind = obj.get("type")
     try:
         if kind == "APPEND_MESSAGE":
-            return _core.AppendMessage(_str(obj["queue_id"]), orjson.dumps(obj["data"]))
+            return _core.AppendMessage(
+                _str(obj["queue_id"]), orjson.dumps(obj["data"]), *_producer_from(obj)
+            )
+        if kind == "APPEND_BATCH":
+            data = obj["data"]
+            if not isinstance(data, list):
+                raise TypeError("data must be a list")
+            return cmd.AppendBatch(
+                _str(obj["queue_id"]), tuple(orjson.dumps(d) for d in data), *_producer_from(obj)
+            )
+        if kind == "READ_BATCH":
+            return cmd.ReadBatch(
+                _str(obj["client_id"]),
+                _str(obj["queue_id"]),
+                _int(obj["max_messages"]),
+                _bool(obj["peek"]),
+                _int(obj["max_bytes"]),
+            )
+        if kind == "ACK":
+            return cmd.Ack(_str(obj["client_id"]), _str(obj["queue_id"]), _int(obj["sequence_num"]))
+        if kind == "SEEK":
+            target = obj["next_sequence_num"]
+            return cmd.Seek(
+                _str(obj["client_id"]),
+                _str(obj["queue_id"]),
+                None if target is None else _int(target),
+            )
         if kind == "UPDATE_POSITION":
             return _core.ReadNext(_str(obj["client_id"]), _str(obj["queue_id"]))
         if kind == "CREATE_QUEUE":
@@ -104,6 +168,12 @@ def payload_from_obj(obj: Any) -> Any:
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed {kind} log entry: {exc!r}") from None
     raise ProtocolError(f"unknown log entry type {kind!r}")
+
+
+def _producer_from(obj: dict[str, Any]) -> tuple[str | None, int | None]:
+    if obj.get("producer_id") is None:
+        return None, None
+    return _str(obj["producer_id"]), _int(obj["producer_seq"])
 
 
 def encode_payload(payload: Any) -> bytes:

@@ -24,12 +24,14 @@ import orjson
 import trio
 
 from .. import _core
+from .._core._commands import AppendBatch as AppendBatchCommand
 from .._core._raft_messages import ChangeAction, Config, ConfigChange, ConfigEntry
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_broker_id, new_cluster_id, new_queue_id
 from .._protocol import (
+    AckRequest,
     Append,
-    Appended,
+    AppendBatch,
     BrokerInfo,
     ClusterQuery,
     ClusterTopology,
@@ -40,21 +42,18 @@ from .._protocol import (
     FrameTooLarge,
     JoinCluster,
     Joined,
-    Message,
-    NoMessages,
+    ListQueues,
     PeerHello,
-    QueueCreated,
     Read,
     RemoveMember,
     Request,
     Response,
+    SeekRequest,
     SnapshotChunk,
     decode_request,
-    dumps_value,
     encode_frame,
     encode_response,
     loads_object,
-    stored_value,
 )
 from .._protocol._codec import OPERATION_NAMES
 from .._protocol._peer import message_from_obj
@@ -65,6 +64,17 @@ from ._driver import Pending, RaftDriver, make_node
 from ._log import log_event, logger
 from ._metrics import BrokerMetrics, serve_metrics
 from ._network import TCP, Network
+from ._operations import (
+    DEFAULT_LIST_QUEUES,
+    MAX_LIST_QUEUES,
+    MAX_LISTED_CLIENTS,
+    append_command,
+    is_empty_read,
+    position_command,
+    queue_list,
+    read_command,
+    response_for,
+)
 from ._snapshot_fetch import request_response
 
 _RECEIVE_SIZE = 64 * 1024
@@ -110,6 +120,8 @@ class Broker:
         self._worker = worker
         self._rng = random.SystemRandom()
         self._queue_ids: set[str] = set()
+        self._appended: dict[str, trio.Event] = {}
+        """Long-polling readers wait on these, one per queue, set when it grows."""
         self.addresses: dict[str, tuple[str, int]] = {}
         self.driver = RaftDriver(
             self.broker_id,
@@ -154,6 +166,10 @@ class Broker:
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
             self._queue_ids.add(payload.queue_id)
+        if isinstance(payload, _core.AppendMessage | AppendBatchCommand):
+            event = self._appended.pop(payload.queue_id, None)
+            if event is not None:
+                event.set()
 
     async def wait_leader(self) -> str:
         """Wait until this broker knows a leader of its cluster; returns the leader's id."""
@@ -213,19 +229,27 @@ class Broker:
             return self._wrong_cluster(request.cluster_id) or self.topology()
         if self._closing:
             return BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down")
-        if isinstance(request, Append):
-            data = dumps_value(request.data)
-            if len(data) > self.config.max_data_bytes:
-                return BrokerError(
-                    ErrorCode.TOO_LARGE,
-                    f"data of {len(data)} bytes is larger than the maximum of "
-                    f"{self.config.max_data_bytes} bytes",
-                )
-            return await self._propose(_core.AppendMessage(request.queue_name, data))
+        if isinstance(request, Append | AppendBatch):
+            command = append_command(request, self.config)
+            if isinstance(command, BrokerError):
+                return command
+            return await self._propose(command)
         if isinstance(request, Read):
-            if not request.client_id:
-                return ProtocolError("client_id must not be empty")
-            return await self._propose(_core.ReadNext(request.client_id, request.queue_name))
+            command = read_command(request, self.config)
+            if isinstance(command, BrokerError):
+                return command
+            pending = await self._propose(command)
+            if request.wait_ms and isinstance(pending, Pending):
+                deadline = trio.current_time() + request.wait_ms / 1000
+                return _LongPoll(self, command, pending, deadline)
+            return pending
+        if isinstance(request, AckRequest | SeekRequest):
+            command = position_command(request)
+            if isinstance(command, BrokerError):
+                return command
+            return await self._propose(command)
+        if isinstance(request, ListQueues):
+            return await self._list_queues(request)
         if isinstance(request, CreateQueue):
             if not self.driver.node.is_leader:
                 return self.driver.not_leader_error()
@@ -237,6 +261,25 @@ class Broker:
         if isinstance(request, DataSyncRequest):
             return self._wrong_cluster(request.cluster_id) or await self._snapshot_chunk(request)
         raise AssertionError(f"unhandled request {request!r}")  # pragma: no cover
+
+    async def _list_queues(self, request: ListQueues) -> Response | BrokerError:
+        """Served by the leader from its applied state (it may trail the log by an instant)."""
+        if not self.driver.node.is_leader:
+            return self.driver.not_leader_error()
+        limit = DEFAULT_LIST_QUEUES if request.max_queues is None else request.max_queues
+        if not 1 <= limit <= MAX_LIST_QUEUES:
+            return ProtocolError(f"max_queues must be between 1 and {MAX_LIST_QUEUES}")
+        rows = await self._worker.run(
+            self._store.list_queues, request.after, limit, MAX_LISTED_CLIENTS
+        )
+        return queue_list(rows, limit)
+
+    async def wait_appended(self, queue_id: str) -> None:
+        """Wait until a message is appended to ``queue_id`` (applied on this broker)."""
+        event = self._appended.get(queue_id)
+        if event is None:
+            event = self._appended[queue_id] = trio.Event()
+        await event.wait()
 
     async def _propose(self, command: _core.Command) -> Pending | BrokerError:
         if not self.driver.node.is_leader:
@@ -539,8 +582,8 @@ class Broker:
 
     async def _answer(self, entry: tuple[str, float, Any]) -> bytes:
         operation, started, item = entry
-        if isinstance(item, Pending):
-            item = _response_for(await item.wait())
+        if isinstance(item, Pending | _LongPoll):
+            item = response_for(await item.wait())
         self.metrics.observe(operation, item, time.perf_counter() - started)
         if isinstance(item, _Forwarded):
             return encode_frame(orjson.dumps(item.body))
@@ -573,30 +616,38 @@ class Broker:
         connections.cancel_scope.cancel()
 
 
+class _LongPoll:
+    """A READ with ``wait_ms``: when nothing was there, wait for an append and read again.
+
+    Waited on by the connection's writer, in request order, so later pipelined requests are
+    proposed meanwhile but answered after it (docs/protocol.md: use a connection of its own).
+    """
+
+    def __init__(
+        self, broker: Broker, command: _core.Command, first: Pending, deadline: float
+    ) -> None:
+        self.broker = broker
+        self.command = command
+        self.first = first
+        self.deadline = deadline
+
+    async def wait(self) -> Any:
+        result = await self.first.wait()
+        while is_empty_read(result) and trio.current_time() < self.deadline:
+            with trio.move_on_at(self.deadline):
+                await self.broker.wait_appended(self.command.queue_id)
+            pending = await self.broker._propose(self.command)
+            if isinstance(pending, BrokerError):
+                return pending
+            result = await pending.wait()
+        return result
+
+
 @attrs.frozen
 class _Forwarded:
     """The leader's answer to a request this broker forwarded, passed on unchanged."""
 
     body: dict[str, Any]
-
-
-def _response_for(result: _core.Result | BrokerError | None) -> Response | BrokerError:
-    if isinstance(result, BrokerError):
-        return result
-    if result is None or isinstance(result, _core.BrokerAddressSet):
-        return Done()
-    if isinstance(result, _core.MessageAppended):
-        return Appended(result.sequence_num)
-    if isinstance(result, _core.MessageRead):
-        if result.sequence_num is None:
-            return NoMessages()
-        assert result.data is not None
-        return Message(result.sequence_num, stored_value(result.data))
-    if isinstance(result, _core.QueueCreated):
-        return QueueCreated(result.queue_id)
-    if isinstance(result, _core.CommandRejected):
-        return BrokerError(result.code, result.message)
-    raise AssertionError(f"unhandled result {result!r}")  # pragma: no cover
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

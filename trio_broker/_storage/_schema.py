@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE meta (
@@ -53,8 +53,22 @@ CREATE TABLE brokers (
 ) STRICT, WITHOUT ROWID;
 """
 
+# Version 3: idempotent producers' dedup state (replicated, bounded, least recently used out).
+_V3 = """
+CREATE TABLE producers (
+    producer_id TEXT    NOT NULL,
+    queue_id    TEXT    NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    recent      TEXT    NOT NULL,
+    last_used   INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, queue_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX producers_by_use ON producers (last_used);
+"""
+
 # UPGRADES[n] takes a database at version n to version n + 1.
-UPGRADES: dict[int, str] = {0: _V1, 1: _V2}
+UPGRADES: dict[int, str] = {0: _V1, 1: _V2, 2: _V3}
 
 
 class SchemaTooNew(Exception):

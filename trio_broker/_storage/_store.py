@@ -18,24 +18,38 @@ import apsw
 import attrs
 import orjson
 
-from .._core import (
+from .._core._commands import (
+    MAX_PRODUCERS,
+    Ack,
+    AppendBatch,
     AppendMessage,
+    BatchAppended,
     BrokerAddressSet,
     Command,
     CreateQueue,
     MessageAppended,
     MessageRead,
+    MessagesRead,
+    PositionSet,
+    ProducerState,
     QueueCreated,
+    ReadBatch,
     ReadNext,
     Result,
+    Seek,
     SetBrokerAddress,
+    bad_request,
+    check_producer,
+    next_producer_state,
+    queue_exists,
+    queue_not_found,
+    take_within,
 )
-from .._core._commands import queue_exists, queue_not_found
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import upgrade
 
-_STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers")
+_STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers")
 
 DB_FILE = "broker.sqlite3"
 LOCK_FILE = "LOCK"
@@ -146,43 +160,14 @@ class Store:
             return [self._apply_one(c) for c in commands]
 
     def _apply_one(self, command: Command) -> Result:
+        """The SQL twin of :meth:`QueueState.apply` (the reference semantics)."""
         db = self._db
-        if isinstance(command, AppendMessage):
-            row = db.execute(
-                "UPDATE queues SET length = length + 1 WHERE queue_id = ? RETURNING length",
-                (command.queue_id,),
-            ).fetchone()
-            if row is None:
-                return queue_not_found(command.queue_id)
-            db.execute(
-                "INSERT INTO queue_data (queue_id, sequence_num, data) VALUES (?, ?, ?)",
-                (command.queue_id, row[0], command.data),
-            )
-            return MessageAppended(row[0])
-        if isinstance(command, ReadNext):
-            row = db.execute(
-                "SELECT q.length, coalesce(p.read_position, 0) FROM queues AS q"
-                " LEFT JOIN client_positions AS p ON p.queue_id = q.queue_id AND p.client_id = ?"
-                " WHERE q.queue_id = ?",
-                (command.client_id, command.queue_id),
-            ).fetchone()
-            if row is None:
-                return queue_not_found(command.queue_id)
-            length, position = row
-            if position >= length:
-                return MessageRead(None, None)
-            position += 1
-            (data,) = db.execute(
-                "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
-                (command.queue_id, position),
-            ).fetchone()
-            db.execute(
-                "INSERT INTO client_positions (client_id, queue_id, read_position)"
-                " VALUES (?, ?, ?) ON CONFLICT (client_id, queue_id)"
-                " DO UPDATE SET read_position = excluded.read_position",
-                (command.client_id, command.queue_id, position),
-            )
-            return MessageRead(position, data)
+        if isinstance(command, CreateQueue):
+            try:
+                db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))
+            except apsw.ConstraintError:
+                return queue_exists(command.queue_id)
+            return QueueCreated(command.queue_id)
         if isinstance(command, SetBrokerAddress):
             db.execute(
                 "INSERT INTO brokers (broker_id, host, port) VALUES (?, ?, ?)"
@@ -191,13 +176,120 @@ class Store:
                 (command.broker_id, command.host, command.port),
             )
             return BrokerAddressSet(command.broker_id)
-        if isinstance(command, CreateQueue):
-            try:
-                db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))
-            except apsw.ConstraintError:
-                return queue_exists(command.queue_id)
-            return QueueCreated(command.queue_id)
-        raise TypeError(f"not a command: {command!r}")
+        if isinstance(command, AppendMessage | AppendBatch):
+            return self._append(command)
+        if not isinstance(command, ReadNext | ReadBatch | Ack | Seek):
+            raise TypeError(f"not a command: {command!r}")
+        row = db.execute(
+            "SELECT q.length, coalesce(p.read_position, 0) FROM queues AS q"
+            " LEFT JOIN client_positions AS p ON p.queue_id = q.queue_id AND p.client_id = ?"
+            " WHERE q.queue_id = ?",
+            (command.client_id, command.queue_id),
+        ).fetchone()
+        if row is None:
+            return queue_not_found(command.queue_id)
+        length, position = row
+        if isinstance(command, ReadNext):
+            if position >= length:
+                return MessageRead(None, None)
+            (data,) = db.execute(
+                "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
+                (command.queue_id, position + 1),
+            ).fetchone()
+            self._set_position(command.client_id, command.queue_id, position + 1)
+            return MessageRead(position + 1, data)
+        if isinstance(command, ReadBatch):
+            end = min(length, position + command.max_messages)
+            read = tuple(
+                (seq, data)
+                for seq, data in db.execute(
+                    "SELECT sequence_num, data FROM queue_data WHERE queue_id = ?"
+                    " AND sequence_num > ? AND sequence_num <= ? ORDER BY sequence_num",
+                    (command.queue_id, position, end),
+                )
+            )
+            read = read[: take_within([len(d) for _, d in read], command.max_bytes)]
+            if read and not command.peek:
+                self._set_position(command.client_id, command.queue_id, read[-1][0])
+            return MessagesRead(read)
+        if isinstance(command, Ack):
+            if not 0 <= command.sequence_num <= length:
+                return bad_request(
+                    f"cannot acknowledge message {command.sequence_num}: the queue has {length}"
+                )
+            if command.sequence_num > position:
+                self._set_position(command.client_id, command.queue_id, command.sequence_num)
+            return PositionSet(max(position, command.sequence_num) + 1)
+        # A Seek, the only command left.
+        target = length + 1 if command.next_sequence_num is None else command.next_sequence_num
+        if not 1 <= target <= length + 1:
+            return bad_request(
+                f"cannot seek to message {target}: the queue has {length} "
+                f"(seek to 1 for the start, {length + 1} for the end)"
+            )
+        self._set_position(command.client_id, command.queue_id, target - 1)
+        return PositionSet(target)
+
+    def _set_position(self, client_id: str, queue_id: str, position: int) -> None:
+        self._db.execute(
+            "INSERT INTO client_positions (client_id, queue_id, read_position)"
+            " VALUES (?, ?, ?) ON CONFLICT (client_id, queue_id)"
+            " DO UPDATE SET read_position = excluded.read_position",
+            (client_id, queue_id, position),
+        )
+
+    def _append(self, command: AppendMessage | AppendBatch) -> Result:
+        db = self._db
+        batch = isinstance(command, AppendBatch)
+        data = command.data if batch else (command.data,)
+        if (
+            db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)).fetchone()
+            is None
+        ):
+            return queue_not_found(command.queue_id)
+        producer = None
+        if command.producer_id is not None and command.producer_seq is not None:
+            producer = (command.producer_id, command.queue_id)
+            state = self._producer_state(*producer)
+            decided = check_producer(state, command.producer_seq, batch)
+            if decided is not None:
+                return decided
+        (length,) = db.execute(
+            "UPDATE queues SET length = length + ? WHERE queue_id = ? RETURNING length",
+            (len(data), command.queue_id),
+        ).fetchone()
+        first = length - len(data) + 1
+        db.executemany(
+            "INSERT INTO queue_data (queue_id, sequence_num, data) VALUES (?, ?, ?)",
+            [(command.queue_id, first + i, value) for i, value in enumerate(data)],
+        )
+        if producer is not None:
+            (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM producers").fetchone()
+            new = next_producer_state(state, command.producer_seq, first, len(data), clock + 1)
+            db.execute(
+                "INSERT INTO producers (producer_id, queue_id, last_seq, recent, last_used)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (producer_id, queue_id) DO UPDATE SET"
+                " last_seq = excluded.last_seq, recent = excluded.recent,"
+                " last_used = excluded.last_used",
+                (*producer, new.last_seq, orjson.dumps(new.recent).decode(), new.last_used),
+            )
+            db.execute(
+                "DELETE FROM producers WHERE last_used <= (SELECT last_used FROM producers"
+                " ORDER BY last_used DESC LIMIT 1 OFFSET ?)",
+                (MAX_PRODUCERS,),
+            )
+        return BatchAppended(first, len(data)) if batch else MessageAppended(first)
+
+    def _producer_state(self, producer_id: str, queue_id: str) -> ProducerState | None:
+        row = self._db.execute(
+            "SELECT last_seq, recent, last_used FROM producers"
+            " WHERE producer_id = ? AND queue_id = ?",
+            (producer_id, queue_id),
+        ).fetchone()
+        if row is None:
+            return None
+        last_seq, recent, last_used = row
+        return ProducerState(last_seq, tuple(tuple(r) for r in orjson.loads(recent)), last_used)
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -227,6 +319,28 @@ class Store:
             (limit,),
         ).fetchall()
         return [tuple(r) for r in queues], [tuple(r) for r in lags]
+
+    def list_queues(
+        self, after: str | None, max_queues: int, max_clients: int
+    ) -> list[tuple[str, int, list[tuple[str, int]]]]:
+        """A page of queues after ``after`` (by id): id, length, (client, position) pairs of
+        the clients furthest behind."""
+        page = self._db.execute(
+            "SELECT queue_id, length FROM queues WHERE queue_id > ? ORDER BY queue_id LIMIT ?",
+            (after or "", max_queues),
+        ).fetchall()
+        return [
+            (
+                queue_id,
+                length,
+                self._db.execute(
+                    "SELECT client_id, read_position FROM client_positions WHERE queue_id = ?"
+                    " ORDER BY read_position, client_id LIMIT ?",
+                    (queue_id, max_clients),
+                ).fetchall(),
+            )
+            for queue_id, length in page
+        ]
 
     def positions(self) -> dict[tuple[str, str], int]:
         return {

@@ -1,0 +1,144 @@
+"""Client requests to queue commands, and command results to answers.
+
+The checks here are those that need the broker's configuration (sizes, limits); the codec has
+already checked types. Every refusal is an answer that changed nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _core
+from .._core import _commands as cmd
+from .._errors import BrokerError, ErrorCode
+from .._protocol import _messages as m
+from .._protocol import dumps_value, stored_value
+from ._config import BrokerConfig
+
+MAX_BATCH_VALUES = 1000
+MAX_READ_MESSAGES = 1000
+MAX_WAIT_MS = 60_000
+MAX_LIST_QUEUES = 1000
+DEFAULT_LIST_QUEUES = 100
+MAX_LISTED_CLIENTS = 1000
+_PER_MESSAGE_OVERHEAD = 64
+"""Bytes a message adds to a batch answer besides its data (sequence number, punctuation)."""
+
+
+def _bad(message: str) -> BrokerError:
+    return BrokerError(ErrorCode.BAD_REQUEST, message)
+
+
+def _producer(request: m.Append | m.AppendBatch) -> tuple[str | None, int | None] | BrokerError:
+    pid, seq = request.producer_id, request.producer_seq
+    if (pid is None) != (seq is None):
+        return _bad("producer_id and producer_seq go together")
+    if pid is not None and (not pid or seq < 0):  # type: ignore[operator]
+        return _bad("producer_id must be non-empty and producer_seq at least 0")
+    return pid, seq
+
+
+def _too_large(size: int, limit: int, what: str) -> BrokerError:
+    return BrokerError(
+        ErrorCode.TOO_LARGE, f"{what} of {size} bytes is larger than the maximum of {limit} bytes"
+    )
+
+
+def append_command(
+    request: m.Append | m.AppendBatch, config: BrokerConfig
+) -> cmd.AppendMessage | cmd.AppendBatch | BrokerError:
+    producer = _producer(request)
+    if isinstance(producer, BrokerError):
+        return producer
+    if isinstance(request, m.Append):
+        data = dumps_value(request.data)
+        if len(data) > config.max_data_bytes:
+            return _too_large(len(data), config.max_data_bytes, "data")
+        return cmd.AppendMessage(request.queue_name, data, *producer)
+    if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
+        return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
+    data = tuple(dumps_value(v) for v in request.values)
+    total = sum(len(d) for d in data)
+    if total > config.max_data_bytes:
+        return _too_large(total, config.max_data_bytes, "the values' data")
+    return cmd.AppendBatch(request.queue_name, data, *producer)
+
+
+def read_command(request: m.Read, config: BrokerConfig) -> _core.Command | BrokerError:
+    if not request.client_id:
+        return _bad("client_id must not be empty")
+    if request.wait_ms is not None and not 0 <= request.wait_ms <= MAX_WAIT_MS:
+        return _bad(f"wait_ms must be between 0 and {MAX_WAIT_MS}")
+    if request.mode not in (None, "move", "peek"):
+        return _bad(f'mode must be "move" or "peek", not {request.mode!r}')
+    if request.max_messages is None and request.mode is None:
+        return cmd.ReadNext(request.client_id, request.queue_name)
+    count = 1 if request.max_messages is None else request.max_messages
+    if not 1 <= count <= MAX_READ_MESSAGES:
+        return _bad(f"max_messages must be between 1 and {MAX_READ_MESSAGES}")
+    return cmd.ReadBatch(
+        request.client_id,
+        request.queue_name,
+        count,
+        peek=request.mode == "peek",
+        # The answer must fit in one frame, whatever the messages' sizes.
+        max_bytes=config.max_data_bytes - count * _PER_MESSAGE_OVERHEAD,
+    )
+
+
+def position_command(request: m.AckRequest | m.SeekRequest) -> _core.Command | BrokerError:
+    if not request.client_id:
+        return _bad("client_id must not be empty")
+    if isinstance(request, m.AckRequest):
+        return cmd.Ack(request.client_id, request.queue_name, request.sequence_num)
+    if (request.next_sequence_num is None) == (request.to is None):
+        return _bad('SEEK takes either next_sequence_num or to ("start" or "end")')
+    if request.to is not None and request.to not in ("start", "end"):
+        return _bad(f'to must be "start" or "end", not {request.to!r}')
+    target = {None: request.next_sequence_num, "start": 1, "end": None}[request.to]
+    return cmd.Seek(request.client_id, request.queue_name, target)
+
+
+def is_empty_read(result: Any) -> bool:
+    return (isinstance(result, cmd.MessageRead) and result.sequence_num is None) or (
+        isinstance(result, cmd.MessagesRead) and not result.messages
+    )
+
+
+def response_for(result: Any) -> m.Response | BrokerError:
+    """The answer to a client for the result of its command."""
+    if isinstance(result, BrokerError):
+        return result
+    if result is None or isinstance(result, cmd.BrokerAddressSet):
+        return m.Done()
+    if isinstance(result, cmd.MessageAppended):
+        return m.Appended(result.sequence_num, result.duplicate)
+    if isinstance(result, cmd.BatchAppended):
+        first = result.first_sequence_num
+        return m.BatchAppended(list(range(first, first + result.count)), result.duplicate)
+    if isinstance(result, cmd.MessageRead):
+        if result.sequence_num is None:
+            return m.NoMessages()
+        assert result.data is not None
+        return m.Message(result.sequence_num, stored_value(result.data))
+    if isinstance(result, cmd.MessagesRead):
+        return m.MessageBatch([m.Message(seq, stored_value(d)) for seq, d in result.messages])
+    if isinstance(result, cmd.PositionSet):
+        return m.Position(result.next_sequence_num)
+    if isinstance(result, cmd.QueueCreated):
+        return m.QueueCreated(result.queue_id)
+    if isinstance(result, cmd.CommandRejected):
+        return BrokerError(result.code, result.message)
+    raise AssertionError(f"unhandled result {result!r}")  # pragma: no cover
+
+
+def queue_list(rows: list[tuple[str, int, list[tuple[str, int]]]], max_queues: int) -> m.QueueList:
+    queues = [
+        m.QueueInfo(
+            queue_id,
+            length,
+            [m.ClientLag(client, position + 1, length - position) for client, position in rows_],
+        )
+        for queue_id, length, rows_ in rows
+    ]
+    return m.QueueList(queues, queues[-1].queue_id if len(queues) == max_queues else None)
