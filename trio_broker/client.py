@@ -51,7 +51,9 @@ from ._errors import (
 from ._ids import cluster_of_queue, new_client_id
 from ._protocol import (
     DEFAULT_MAX_FRAME,
+    AckRequest,
     Append,
+    AppendBatch,
     Appended,
     BrokerInfo,
     ClusterQuery,
@@ -59,15 +61,19 @@ from ._protocol import (
     CreateQueue,
     FrameDecoder,
     FrameTooLarge,
+    ListQueues,
     Message,
     QueueCreated,
     Read,
     RemoveMember,
+    SeekRequest,
     converter,
     encode_frame,
     encode_request,
     loads_object,
 )
+from ._protocol._codec import OPERATION_NAMES
+from ._protocol._messages import BatchAppended, MessageBatch, Position, QueueList
 
 __all__ = [
     "BrokerInfo",
@@ -468,6 +474,126 @@ class Client:
             return None
         return _structure(response, Message)
 
+    # -- additions to the original contract (docs/protocol.md) -----------------------------------
+
+    async def append_batch(self, queue_id: str, values: Sequence[Any]) -> list[int]:
+        """Append several values atomically; returns their (consecutive) sequence numbers."""
+        return await self._append_batch(queue_id, values, None, None)
+
+    async def _append_batch(
+        self, queue_id: str, values: Sequence[Any], producer_id: str | None, seq: int | None
+    ) -> list[int]:
+        _check_queue_id(queue_id)
+        for value in values:
+            _check_json_value(value)
+        cid = await self._cluster_of(queue_id)
+        request = AppendBatch(
+            queue_name=queue_id,
+            values=list(values),
+            client_id=self.client_id,
+            producer_id=producer_id,
+            producer_seq=seq,
+        )
+        response = await self._leader_call(cid, request)
+        return _structure(response, BatchAppended).sequence_nums
+
+    async def _append_as(self, queue_id: str, data: Any, producer_id: str, seq: int) -> int:
+        _check_queue_id(queue_id)
+        _check_json_value(data)
+        cid = await self._cluster_of(queue_id)
+        request = Append(
+            queue_name=queue_id,
+            data=data,
+            client_id=self.client_id,
+            producer_id=producer_id,
+            producer_seq=seq,
+        )
+        return _structure(await self._leader_call(cid, request), Appended).sequence_num
+
+    def producer(self, producer_id: str | None = None, *, next_seq: int = 1) -> Producer:
+        """An idempotent producer: its appends are never stored twice, even when it retries
+        after a lost answer or a leader failover. ``producer_id`` defaults to a new random
+        one; reusing an id across restarts needs ``next_seq`` to continue its numbering."""
+        return Producer(
+            self, producer_id or "P-" + new_client_id()[2:] + new_client_id()[2:], next_seq
+        )
+
+    async def read_batch(
+        self,
+        queue_id: str,
+        max_messages: int = 100,
+        *,
+        peek: bool = False,
+        wait_ms: int | None = None,
+    ) -> list[Message]:
+        """Up to ``max_messages`` messages after this client's position (fewer if they would
+        not fit in one frame). Moves the position past them, unless ``peek``. With
+        ``wait_ms``, waits that long for a message when there is none yet."""
+        _check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        request = Read(
+            queue_name=queue_id,
+            client_id=self.client_id,
+            max_messages=max_messages,
+            mode="peek" if peek else "move",
+            wait_ms=wait_ms,
+        )
+        return _structure(await self._leader_call(cid, request), MessageBatch).messages
+
+    async def ack(self, queue_id: str, sequence_num: int) -> int:
+        """Acknowledge every message up to ``sequence_num``; returns the next one to read."""
+        _check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        request = AckRequest(
+            queue_name=queue_id, client_id=self.client_id, sequence_num=sequence_num
+        )
+        return _structure(await self._leader_call(cid, request), Position).next_sequence_num
+
+    async def seek(
+        self, queue_id: str, next_sequence_num: int | None = None, *, to: str | None = None
+    ) -> int:
+        """Make the next read return ``next_sequence_num``, or start from ``to="start"`` or
+        ``to="end"``; returns the next sequence number."""
+        _check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        request = SeekRequest(
+            queue_name=queue_id,
+            client_id=self.client_id,
+            next_sequence_num=next_sequence_num,
+            to=to,
+        )
+        return _structure(await self._leader_call(cid, request), Position).next_sequence_num
+
+    async def consume(
+        self,
+        queue_id: str,
+        *,
+        max_messages: int = 100,
+        wait_ms: int = 1000,
+        ack: bool = False,
+    ) -> AsyncIterator[Message]:
+        """Every message of the queue from this client's position on, as they arrive.
+
+        With ``ack=False`` (at most once), reading moves the position. With ``ack=True`` (at
+        least once), a batch is acknowledged only when the loop asks for the message after
+        it, so messages whose processing was interrupted are delivered again.
+        """
+        while True:
+            batch = await self.read_batch(queue_id, max_messages, peek=ack, wait_ms=wait_ms)
+            for message in batch:
+                yield message
+            if ack and batch:
+                await self.ack(queue_id, batch[-1].sequence_num)
+
+    async def list_queues(
+        self, cluster_id: str | None = None, *, max_queues: int = 100, after: str | None = None
+    ) -> QueueList:
+        """One page of the cluster's queues, with lengths and per-client lag; pass the
+        page's ``next_after`` as ``after`` for the next page (None after the last)."""
+        cid = await self._known_cluster(cluster_id)
+        request = ListQueues(max_queues=max_queues, after=after, client_id=self.client_id)
+        return _structure(await self._leader_call(cid, request), QueueList)
+
     async def remove_member(self, broker_id: str, cluster_id: str | None = None) -> None:
         """Operator command: take ``broker_id`` out of the cluster's membership (through the
         log; the leader answers once the change is committed)."""
@@ -816,9 +942,50 @@ def _structure(response: dict[str, Any], cls: type) -> Any:
 
 
 def _wire_name(request: Any) -> str:
-    return {CreateQueue: "CREATE_QUEUE", Append: "APPEND", Read: "READ"}.get(
-        type(request), type(request).__name__
-    )
+    return OPERATION_NAMES.get(type(request), type(request).__name__)
+
+
+class Producer:
+    """Idempotent appends (see :meth:`Client.producer`).
+
+    Each append carries this producer's id and its next sequence number for the queue; when
+    the outcome of an append is unknown (a lost answer, a failover), it is sent again with the
+    same number, and the cluster answers with the first attempt's result instead of storing it
+    twice. Appends of one producer to one queue go one at a time, in order.
+    """
+
+    def __init__(self, client: Client, producer_id: str, next_seq: int) -> None:
+        self.client = client
+        self.producer_id = producer_id
+        self._first_seq = next_seq
+        self._next: dict[str, int] = {}
+        self._locks: dict[str, trio.Lock] = {}
+
+    async def append(self, queue_id: str, data: Any) -> int:
+        return await self._send(
+            queue_id, lambda seq: self.client._append_as(queue_id, data, self.producer_id, seq)
+        )
+
+    async def append_batch(self, queue_id: str, values: Sequence[Any]) -> list[int]:
+        return await self._send(
+            queue_id, lambda seq: self.client._append_batch(queue_id, values, self.producer_id, seq)
+        )
+
+    async def _send(self, queue_id: str, attempt: Any) -> Any:
+        lock = self._locks.setdefault(queue_id, trio.Lock())
+        async with lock:
+            seq = self._next.get(queue_id, self._first_seq)
+            backoff = 0.02
+            while True:
+                try:
+                    result = await attempt(seq)
+                except OutcomeUnknownError:
+                    # Safe to send again: the cluster recognises this (producer, seq).
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                self._next[queue_id] = seq + 1
+                return result
 
 
 def _os_reason(exc: OSError) -> str:

@@ -1,0 +1,88 @@
+"""The trio client's additions: batches, idempotent producers, consumption, seek, listing."""
+
+from __future__ import annotations
+
+import trio
+
+from trio_broker.client import connect
+from trio_broker.testing import open_local_cluster
+
+
+async def test_batches_seek_and_listing(broker):
+    async with connect([f"127.0.0.1:{broker.port}"], client_id="C-BATCH") as client:
+        q = await client.create_queue()
+        assert await client.append_batch(q, [1, "two", None]) == [1, 2, 3]
+        got = await client.read_batch(q, 2)
+        assert [(m.sequence_num, m.data) for m in got] == [(1, 1), (2, "two")]
+        assert await client.seek(q, to="start") == 1
+        assert [m.data for m in await client.read_batch(q, 10)] == [1, "two", None]
+        assert await client.read_batch(q, 10) == []
+        page = await client.list_queues()
+        (info,) = [i for i in page.queues if i.queue_id == q]
+        assert info.length == 3
+        assert [(c.client_id, c.next_sequence_num, c.lag) for c in info.clients] == [
+            ("C-BATCH", 4, 0)
+        ]
+
+
+async def test_consume_with_acknowledgement_redelivers_what_was_not_processed(broker):
+    seeds = [f"127.0.0.1:{broker.port}"]
+    async with connect(seeds, client_id="C-WORKR") as client:
+        q = await client.create_queue()
+        await client.append_batch(q, list(range(6)))
+        processed = []
+        async for message in client.consume(q, max_messages=4, wait_ms=0, ack=True):
+            if message.sequence_num == 3:
+                break  # the worker dies while handling message 3
+            processed.append(message.data)
+        assert processed == [0, 1]
+    async with connect(seeds, client_id="C-WORKR") as client:
+        again = []
+        with trio.move_on_after(2):
+            async for message in client.consume(q, max_messages=4, wait_ms=100, ack=True):
+                again.append(message.data)
+                if message.data == 5:
+                    break
+        assert again == [0, 1, 2, 3, 4, 5]  # the unacknowledged batch comes back whole
+
+
+async def test_consume_at_most_once_moves_on(broker):
+    async with connect([f"127.0.0.1:{broker.port}"], client_id="C-ONCE1") as client:
+        q = await client.create_queue()
+        await client.append_batch(q, ["a", "b", "c"])
+        first = None
+        async for message in client.consume(q, max_messages=2, wait_ms=0):
+            first = message
+            break
+        assert first is not None and first.data == "a"
+        # "b" came in the same batch and its position moved too: at most once.
+        assert [m.data for m in await client.read_batch(q, 10)] == ["c"]
+
+
+async def test_idempotent_producer_across_failover_stores_each_value_once(tmp_path):
+    with trio.fail_after(60):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            seeds = [f"127.0.0.1:{b.port}" for b in cluster.brokers.values()]
+            async with connect(seeds) as client:
+                q = await client.create_queue()
+                producer = client.producer()
+                sent = []
+                under_way = trio.Event()
+
+                async def produce():
+                    for i in range(300):
+                        await producer.append(q, i)
+                        sent.append(i)
+                        if i == 50:
+                            under_way.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(produce)
+                    await under_way.wait()
+                    leader = await cluster.wait_for_leader()
+                    await cluster.stop(cluster.name_of(leader))
+                assert sent == list(range(300))
+                stored = []
+                while batch := await client.read_batch(q, 1000):
+                    stored += [m.data for m in batch]
+                assert stored == list(range(300))
