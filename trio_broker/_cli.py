@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from ._node_options import SettingsError, add_arguments, resolve
 from ._runtime import (
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
@@ -34,76 +35,7 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run one broker. With no arguments: a single-node cluster on "
         f"{DEFAULT_HOST}:{DEFAULT_PORT} storing its data in ./{DEFAULT_DATA_DIR}.",
     )
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (%(default)s)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
-    p.add_argument("--advertise-host", help="host announced to clients and peers (default: --host)")
-    p.add_argument(
-        "--advertise-port", type=int, help="port announced to clients and peers (default: --port)"
-    )
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data directory (./%(default)s)")
-    p.add_argument("--broker-id", help="B-XXXXX; generated and stored on first start if absent")
-    p.add_argument("--cluster-id", help="G-XXXXX; generated and stored on first start if absent")
-    p.add_argument(
-        "--seed",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="a member of the cluster to join (repeatable)",
-    )
-    p.add_argument(
-        "--max-frame",
-        type=int,
-        default=BrokerConfig.__attrs_attrs__.max_frame.default,
-        help="largest frame accepted, in bytes (%(default)s)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=BrokerConfig.__attrs_attrs__.max_connections.default,
-        help="connections served at once (%(default)s)",
-    )
-    p.add_argument(
-        "--heartbeat-interval",
-        type=float,
-        default=BrokerConfig.__attrs_attrs__.heartbeat_interval.default,
-        help="seconds between the leader's heartbeats (%(default)s)",
-    )
-    p.add_argument(
-        "--failure-timeout",
-        type=float,
-        default=BrokerConfig.__attrs_attrs__.failure_timeout.default,
-        help="seconds of silence before a member is shown inactive and an election starts "
-        "(%(default)s)",
-    )
-    p.add_argument(
-        "--compact-threshold",
-        type=int,
-        default=BrokerConfig.__attrs_attrs__.compact_threshold.default,
-        help="applied log entries that trigger a compaction (%(default)s)",
-    )
-    p.add_argument(
-        "--compact-keep",
-        type=int,
-        default=BrokerConfig.__attrs_attrs__.compact_keep.default,
-        help="applied entries kept in the log after a compaction (%(default)s)",
-    )
-    p.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="(%(default)s)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        help="serve Prometheus metrics on this port at /metrics (default: off)",
-    )
-    p.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="one line per event, as text or as a JSON object (%(default)s)",
-    )
+    add_arguments(p)
 
 
 def _raise_fd_limit() -> None:
@@ -131,28 +63,18 @@ async def _run_node(config: BrokerConfig) -> None:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level, args.log_format)
     try:
-        config = BrokerConfig(
-            host=args.host,
-            port=args.port,
-            advertise_host=args.advertise_host,
-            advertise_port=args.advertise_port,
-            metrics_port=args.metrics_port,
-            data_dir=args.data_dir,
-            broker_id=args.broker_id,
-            cluster_id=args.cluster_id,
-            seeds=args.seed,
-            max_frame=args.max_frame,
-            max_connections=args.max_connections,
-            heartbeat_interval=args.heartbeat_interval,
-            failure_timeout=args.failure_timeout,
-            compact_threshold=args.compact_threshold,
-            compact_keep=args.compact_keep,
-        )
-    except ValueError as exc:
+        config, node_only, sources = resolve(args)
+    except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(node_only["log_level"], node_only["log_format"])
+    settings = {k: getattr(config, k, node_only.get(k)) for k in sources}
+    log_event(
+        logging.INFO,
+        "broker.settings",
+        **{k: f"{v}({sources[k]})" if sources[k] != "default" else v for k, v in settings.items()},
+    )
     _raise_fd_limit()
     try:
         trio.run(_run_node, config)

@@ -1,0 +1,200 @@
+"""The node's settings: one table gives the flags, the TOML keys and the environment variables.
+
+Each setting is taken from, in order of precedence: its command-line flag, its environment
+variable (``TRIO_BROKER_`` + the key in upper case), the ``--config`` TOML file (the key, with
+``-`` or ``_``), and the default. Every value is validated the same way whatever its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+
+ENV_PREFIX = "TRIO_BROKER_"
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in attrs.fields(BrokerConfig) if f.default is not attrs.NOTHING}
+
+
+def _seeds(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [s.strip() for s in value.split(",") if s.strip()]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return value
+    raise ValueError("expected HOST:PORT strings")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+@attrs.frozen
+class Option:
+    key: str
+    """The BrokerConfig field (or a node-only setting), also the TOML key."""
+    parse: Callable[[Any], Any]
+    help: str
+    default: Any = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + ("seed" if self.key == "seeds" else self.key.replace("_", "-"))
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+_D = _defaults()
+OPTIONS = [
+    Option("host", _str, "address to listen on", DEFAULT_HOST),
+    Option("port", _int, "port to listen on", DEFAULT_PORT),
+    Option("advertise_host", _str, "host announced to clients and peers (default: host)"),
+    Option("advertise_port", _int, "port announced to clients and peers (default: port)"),
+    Option("data_dir", _str, "data directory", DEFAULT_DATA_DIR),
+    Option("broker_id", _str, "B-XXXXX; generated and stored on first start if absent"),
+    Option("cluster_id", _str, "G-XXXXX; generated and stored on first start if absent"),
+    Option(
+        "seeds",
+        _seeds,
+        "a member of the cluster to join (repeatable; comma-separated in the environment)",
+        (),
+        metavar="HOST:PORT",
+    ),
+    Option("max_frame", _int, "largest frame accepted, in bytes", _D["max_frame"]),
+    Option("max_connections", _int, "connections served at once", _D["max_connections"]),
+    Option(
+        "heartbeat_interval",
+        _float,
+        "seconds between the leader's heartbeats",
+        _D["heartbeat_interval"],
+    ),
+    Option(
+        "failure_timeout",
+        _float,
+        "seconds of silence before a member is shown inactive and an election starts",
+        _D["failure_timeout"],
+    ),
+    Option(
+        "compact_threshold",
+        _int,
+        "applied log entries that trigger a compaction",
+        _D["compact_threshold"],
+    ),
+    Option(
+        "compact_keep",
+        _int,
+        "applied entries kept in the log after a compaction",
+        _D["compact_keep"],
+    ),
+    Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
+    Option("log_level", _str, "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option(
+        "log_format",
+        _str,
+        "one line per event, as text or as a JSON object",
+        "text",
+        choices=("text", "json"),
+    ),
+]
+NODE_ONLY = {"log_level", "log_format"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file of settings (keys as the flags' names); {ENV_PREFIX}<NAME> environment "
+        "variables override it, flags override both",
+    )
+    for option in OPTIONS:
+        shown = "" if option.default in (None, ()) else f" ({option.default})"
+        kwargs: dict[str, Any] = {
+            "dest": option.key,
+            "default": None,
+            "help": f"{option.help}{shown} [{option.env}]",
+        }
+        if option.key == "seeds":
+            kwargs["action"] = "append"
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+        if option.choices:
+            kwargs["choices"] = option.choices
+        parser.add_argument(option.flag, **kwargs)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def resolve(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> tuple[BrokerConfig, dict[str, Any], dict[str, str]]:
+    """The broker configuration, the node-only settings, and where each value came from."""
+    environ = os.environ if environ is None else environ
+    from_file: dict[str, Any] = {}
+    if args.config:
+        try:
+            data = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {args.config}: {exc}") from None
+        known = {o.key for o in OPTIONS} | {"seed"}
+        for raw_key, value in data.items():
+            key = raw_key.replace("-", "_")
+            key = "seeds" if key == "seed" else key
+            if key not in known:
+                raise SettingsError(f"{args.config}: unknown setting {raw_key!r}")
+            from_file[key] = value
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        for source, raw in (
+            ("flag", getattr(args, option.key, None)),
+            ("env", environ.get(option.env)),
+            ("file", from_file.get(option.key)),
+        ):
+            if raw is not None:
+                try:
+                    value = option.parse(raw)
+                except (TypeError, ValueError) as exc:
+                    where = {"flag": option.flag, "env": option.env, "file": args.config}[source]
+                    raise SettingsError(f"{option.key} from {where}: {exc}") from None
+                if option.choices and value not in option.choices:
+                    raise SettingsError(
+                        f"{option.key} must be one of {', '.join(option.choices)}, not {value!r}"
+                    )
+                values[option.key], sources[option.key] = value, source
+                break
+        else:
+            values[option.key], sources[option.key] = option.default, "default"
+    node_only = {k: values.pop(k) for k in NODE_ONLY}
+    try:
+        config = BrokerConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(str(exc)) from None
+    return config, node_only, sources
