@@ -1,8 +1,9 @@
 """Load generator: ``python -m trio_broker bench`` (and ``nox -s bench``).
 
-Starts a broker process on 127.0.0.1 (or targets ``--seed``), drives the standard workloads over
-raw pipelined connections, and prints each figure with its ratio to the project's target. Every
-workload is bounded in time and in count and stops by itself.
+Starts a local cluster of broker processes on 127.0.0.1 (three by default; or targets
+``--seed``), drives the standard workloads over raw pipelined connections, prints live progress,
+and ends with each figure and its ratio to the project's target. Every workload is bounded in
+time and in count and stops by itself.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -40,6 +42,8 @@ class Figure:
 
     @property
     def ratio(self) -> float:
+        if self.value != self.value:  # NaN: not measured
+            return 0.0
         if self.value == 0:
             return 0.0 if self.higher_is_better else float("inf")
         return self.value / self.target if self.higher_is_better else self.target / self.value
@@ -79,24 +83,46 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@attrs.define
+class _Progress:
+    """Counts shown once a second while a workload runs."""
+
+    name: str
+    ok: int = 0
+    errors: int = 0
+    items: int = 0
+
+    async def show(self) -> None:
+        last, start = 0, time.perf_counter()
+        while True:
+            await trio.sleep(1)
+            rate = self.items - last
+            last = self.items
+            print(
+                f"  {self.name}: {time.perf_counter() - start:4.0f} s  {rate:>8,}/s  "
+                f"{self.errors} errors",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 async def _pipelined(
     host: str,
     port: int,
-    queue: str,
-    op: dict[str, Any],
+    request: dict[str, Any],
     connections: int,
     window: int,
     seconds: float,
     limit: int,
-) -> tuple[int, int, list[float]]:
-    """Each connection keeps `window` requests in flight; returns (ok, errors, latencies)."""
-    ok = errors = 0
+    progress: _Progress,
+    items_of: Any = None,
+) -> list[float]:
+    """Each connection keeps ``window`` requests in flight; returns the latencies."""
     latencies: list[float] = []
     deadline = trio.current_time() + seconds
     per_conn = max(1, limit // connections)
 
     async def run_one() -> None:
-        nonlocal ok, errors
         conn = await _Conn.open(host, port)
         sent: list[float] = []
         done = 0
@@ -105,33 +131,35 @@ async def _pipelined(
                 burst = min(window - (len(sent) - done), per_conn - len(sent))
                 if burst > 0:
                     now = time.perf_counter()
-                    await conn.send([op] * burst)
+                    await conn.send([request] * burst)
                     sent.extend([now] * burst)
                 answer = await conn.receive()
                 latencies.append(time.perf_counter() - sent[done])
                 done += 1
                 if answer.get("status") == "success":
-                    ok += 1
+                    progress.ok += 1
+                    progress.items += items_of(answer) if items_of else 1
                 else:
-                    errors += 1
+                    progress.errors += 1
             while done < len(sent):  # drain what is still in flight
-                answer = await conn.receive()
+                await conn.receive()
                 done += 1
-                ok += answer.get("status") == "success"
         finally:
             await conn.stream.aclose()
 
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
             nursery.start_soon(run_one)
-    return ok, errors, latencies
+    return latencies
 
 
-@contextlib.asynccontextmanager
-async def _local_broker(data_dir: Path) -> AsyncIterator[tuple[str, int, trio.Process]]:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+async def _start_node(data_dir: Path, port: int, seed: int | None) -> trio.Process:
     cmd = [
         sys.executable,
         "-m",
@@ -144,24 +172,61 @@ async def _local_broker(data_dir: Path) -> AsyncIterator[tuple[str, int, trio.Pr
         "--log-level",
         "WARNING",
     ]
+    if seed is not None:
+        cmd += ["--seed", f"127.0.0.1:{seed}"]
     process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    with trio.fail_after(30):
+        line = b""
+        while b"\n" not in line:
+            chunk = await process.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError("a broker exited before it was ready")
+            line += chunk
+    return process
+
+
+@contextlib.asynccontextmanager
+async def _local_cluster(base: Path, nodes: int) -> AsyncIterator[list[tuple[int, trio.Process]]]:
+    members: list[tuple[int, trio.Process]] = []
     try:
-        assert process.stdout is not None
-        with trio.fail_after(30):
-            line = b""
-            while b"\n" not in line:
-                chunk = await process.stdout.receive_some(4096)
-                if not chunk:
-                    raise RuntimeError("broker exited before it was ready")
-                line += chunk
-        yield "127.0.0.1", port, process
+        for i in range(nodes):
+            port = _free_port()
+            seed = members[0][0] if members else None
+            members.append((port, await _start_node(base / f"node-{i}", port, seed)))
+        yield members
     finally:
-        process.terminate()
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        with trio.CancelScope(shield=True):
+            for _, process in members:
+                if process.returncode is None:
+                    process.terminate()
+            for _, process in members:
+                with trio.move_on_after(10):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+
+async def _topology(ports: list[int]) -> dict[str, Any] | None:
+    for port in ports:
+        with contextlib.suppress(OSError, ConnectionError, trio.TooSlowError):
+            with trio.fail_after(2):
+                conn = await _Conn.open("127.0.0.1", port)
+                async with conn.stream:
+                    return await conn.call({"operation": "CLUSTER_QUERY"})
+    return None
+
+
+async def _wait_for_leader(ports: list[int], voters: int) -> int:
+    """The leader's port, once every voter has joined."""
+    with trio.fail_after(60):
+        while True:
+            view = await _topology(ports)
+            if view and view.get("leader_id") and len(view["brokers"]) >= voters:
+                leader = next(b for b in view["brokers"] if b["broker_id"] == view["leader_id"])
+                return leader["port"]
+            await trio.sleep(0.1)
 
 
 def _rss_mb(pid: int) -> float:
@@ -175,97 +240,185 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+
+async def _measure(
+    name: str, coro_fn: Any, *args: Any, items_of: Any = None
+) -> tuple[_Progress, list[float], float]:
+    progress = _Progress(name)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(progress.show)
+        start = time.perf_counter()
+        latencies = await coro_fn(*args, progress, items_of)
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    print(
+        f"  {name}: {progress.items:,} in {elapsed:.1f} s, {progress.errors} errors",
+        file=sys.stderr,
+        flush=True,
+    )
+    return progress, latencies, elapsed
+
+
 async def _run(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     async with contextlib.AsyncExitStack() as stack:
-        process = None
+        members: list[tuple[int, trio.Process]] = []
         if args.seed:
             host, _, port_text = args.seed.rpartition(":")
             port = int(port_text)
         else:
-            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            host, port, process = await stack.enter_async_context(_local_broker(data_dir))
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            members = await stack.enter_async_context(_local_cluster(base, args.nodes))
+            host = "127.0.0.1"
+            port = await _wait_for_leader([p for p, _ in members], args.nodes)
+        cpu_before = {p.pid: _cpu_seconds(p.pid) for _, p in members}
         conn = await _Conn.open(host, port)
         queue = (await conn.call({"operation": "CREATE_QUEUE"}))["queue_id"]
         append = {"operation": "APPEND", "queue_name": queue, "data": PAYLOAD}
         secs = args.seconds
+        started = time.perf_counter()
 
-        def report(name: str, ok: int, errors: int, lat: list[float], elapsed: float) -> None:
-            print(f"  {name}: {ok} ok, {errors} errors in {elapsed:.1f} s", file=sys.stderr)
-
-        # 1. pipelined appends
-        start = time.perf_counter()
-        ok, err, lat = await _pipelined(host, port, queue, append, 8, 128, secs, 2_000_000)
-        elapsed = time.perf_counter() - start
-        report("pipelined appends", ok, err, lat, elapsed)
+        p, lat, t = await _measure(
+            "pipelined appends", _pipelined, host, port, append, 8, 128, secs, 5_000_000
+        )
+        name = "pipelined appends (8 conns x 128 in flight)"
         figures += [
-            Figure("pipelined appends (8 conns x 128)", "appends/s", ok / elapsed, 75_000),
-            Figure(
-                "pipelined appends (8 conns x 128)",
-                "p99 ms",
-                _percentile(lat, 0.99) * 1e3,
-                25,
-                higher_is_better=False,
-            ),
+            Figure(name, "appends/s", p.items / t, 75_000),
+            Figure(name, "p99 ms", _percentile(lat, 0.99) * 1e3, 25, higher_is_better=False),
         ]
-        # 2. 100 connections, one request in flight each
-        start = time.perf_counter()
-        ok, err, lat = await _pipelined(host, port, queue, append, 100, 1, secs, 1_000_000)
-        elapsed = time.perf_counter() - start
-        report("100 connections", ok, err, lat, elapsed)
-        figures.append(Figure("100 conns x 1 in flight", "appends/s", ok / elapsed, 15_000))
-        # 3. one client, one append at a time
-        start = time.perf_counter()
-        ok, err, lat = await _pipelined(host, port, queue, append, 1, 1, secs, 200_000)
-        elapsed = time.perf_counter() - start
-        report("sequential appends", ok, err, lat, elapsed)
+        batch = {"operation": "APPEND_BATCH", "queue_name": queue, "values": [PAYLOAD] * 100}
+        p, lat, t = await _measure(
+            "batch appends",
+            _pipelined,
+            host,
+            port,
+            batch,
+            4,
+            8,
+            secs,
+            1_000_000,
+            items_of=lambda a: len(a["sequence_nums"]),
+        )
+        figures.append(Figure("batch appends (100 per request)", "appends/s", p.items / t, 75_000))
+        p, lat, t = await _measure(
+            "100 connections", _pipelined, host, port, append, 100, 1, secs, 5_000_000
+        )
+        figures.append(Figure("100 conns x 1 in flight", "appends/s", p.items / t, 15_000))
+        p, lat, t = await _measure(
+            "sequential appends", _pipelined, host, port, append, 1, 1, secs, 1_000_000
+        )
+        name = "1 client, 1 append at a time"
         figures += [
             Figure(
-                "1 client, 1 at a time",
+                name,
                 "p50 ms",
-                statistics.median(lat) * 1e3,
+                statistics.median(lat) * 1e3 if lat else float("nan"),
                 1,
                 higher_is_better=False,
             ),
-            Figure(
-                "1 client, 1 at a time",
-                "p99 ms",
-                _percentile(lat, 0.99) * 1e3,
-                2.5,
-                higher_is_better=False,
-            ),
+            Figure(name, "p99 ms", _percentile(lat, 0.99) * 1e3, 2.5, higher_is_better=False),
         ]
-        # 4. single-message reads with position tracking, 8 clients pipelined
-        start = time.perf_counter()
-        total_ok = 0
-        async with trio.open_nursery() as nursery:
-            results: list[int] = []
 
-            async def reader(i: int) -> None:
-                read = {"operation": "READ", "queue_name": queue, "client_id": f"C-BEN{i:02d}"}
-                ok, _, _ = await _pipelined(host, port, queue, read, 1, 64, secs, 1_000_000)
-                results.append(ok)
+        async def readers(*pargs: Any) -> list[float]:
+            *_, progress, items_of = pargs
+            lat: list[float] = []
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    read = {"operation": "READ", "queue_name": queue, "client_id": f"C-R{i:04d}"}
+                    nursery.start_soon(
+                        _pipelined, host, port, read, 1, 64, secs, 5_000_000, progress, items_of
+                    )
+            return lat
 
-            for i in range(8):
-                nursery.start_soon(reader, i)
-        total_ok = sum(results)
-        elapsed = time.perf_counter() - start
-        print(f"  reads: {total_ok} ok in {elapsed:.1f} s", file=sys.stderr)
+        p, _, t = await _measure(
+            "single-message reads",
+            readers,
+            items_of=lambda a: 1 if "sequence_num" in a else 0,
+        )
+        figures.append(Figure("single-message READs (8 clients)", "reads/s", p.items / t, 20_000))
+        batch_read = {
+            "operation": "READ",
+            "queue_name": queue,
+            "client_id": "C-BATCH",
+            "max_messages": 1000,
+        }
+        p, _, t = await _measure(
+            "batched reads",
+            _pipelined,
+            host,
+            port,
+            batch_read,
+            1,
+            4,
+            secs,
+            1_000_000,
+            items_of=lambda a: len(a.get("messages", [])),
+        )
         figures.append(
-            Figure("single-message READs (8 clients)", "reads/s", total_ok / elapsed, 20_000)
+            Figure("batched READs (1000 per request)", "messages/s", p.items / t, 200_000)
         )
         await conn.stream.aclose()
-        if process is not None:
+        if members:
+            total = time.perf_counter() - started
+            rss = max(_rss_mb(p.pid) for _, p in members)
+            cpu = sum(_cpu_seconds(p.pid) - cpu_before[p.pid] for _, p in members)
+            figures.append(
+                Figure("all of the above", "max broker RSS MB", rss, 200, higher_is_better=False)
+            )
             figures.append(
                 Figure(
-                    "broker peak memory",
-                    "RSS MB",
-                    _rss_mb(process.pid),
-                    200,
+                    "all of the above",
+                    "broker CPU s per wall s",
+                    cpu / total,
+                    float(os.cpu_count() or 1),
                     higher_is_better=False,
                 )
             )
+            figures.append(await _failover(members, queue, args.nodes))
     return figures
+
+
+async def _failover(members: list[tuple[int, trio.Process]], queue: str, nodes: int) -> Figure:
+    """SIGKILL the leader; time until the next acknowledged append."""
+    ports = [p for p, _ in members]
+    leader_port = await _wait_for_leader(ports, nodes)
+    leader = next(proc for port, proc in members if port == leader_port)
+    others = [p for p in ports if p != leader_port]
+    append = {"operation": "APPEND", "queue_name": queue, "data": "after failover"}
+    killed = time.perf_counter()
+    leader.send_signal(signal.SIGKILL)
+    with trio.fail_after(60):
+        while True:
+            view = await _topology(others)
+            if view and view.get("leader_id"):
+                target = next(
+                    (b["port"] for b in view["brokers"] if b["broker_id"] == view["leader_id"]),
+                    None,
+                )
+                if target in others:
+                    with contextlib.suppress(OSError, ConnectionError):
+                        conn = await _Conn.open("127.0.0.1", target)
+                        async with conn.stream:
+                            if (await conn.call(append)).get("status") == "success":
+                                break
+            await trio.sleep(0.01)
+    seconds = time.perf_counter() - killed
+    print(
+        f"  failover: next acknowledged append {seconds:.2f} s after SIGKILL",
+        file=sys.stderr,
+        flush=True,
+    )
+    return Figure(
+        "failover (SIGKILL of the leader)", "s to next ack", seconds, 3.0, higher_is_better=False
+    )
 
 
 def _table(figures: list[Figure]) -> str:
@@ -280,8 +433,11 @@ def _table(figures: list[Figure]) -> str:
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help="run the standard benchmarks against a local broker")
-    p.add_argument("--seed", metavar="HOST:PORT", help="target a running broker instead")
+    p = subparsers.add_parser("bench", help="run the standard benchmarks against a local cluster")
+    p.add_argument("--seed", metavar="HOST:PORT", help="target a running cluster's leader instead")
+    p.add_argument(
+        "--nodes", type=int, default=3, help="brokers in the local cluster (%(default)s)"
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="per workload (%(default)s)")
     p.add_argument("--output", help="also write the figures as JSON to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -292,6 +448,8 @@ def run_bench(args: argparse.Namespace) -> int:
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
+        "nodes": None if args.seed else args.nodes,
+        "seconds_per_workload": args.seconds,
         "figures": [attrs.asdict(f) | {"ratio": f.ratio} for f in figures],
     }
     print(json.dumps(doc, indent=2) if args.json else _table(figures))
