@@ -93,6 +93,13 @@ class NodeProcess:
         self.cluster_id: str | None = None
         self.host: str | None = None
         self.reported_data_dir: str | None = None
+        self.extra_args: list[str] = []
+        """The ``extra_args`` :meth:`Nodes.start` was given (flags beyond host/port/data-dir)."""
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT``, as other nodes' ``--seed`` takes it."""
+        return f"{self.host or HOST}:{self.port}"
 
     # -- state and output -----------------------------------------------------------------------
 
@@ -266,6 +273,7 @@ class Nodes:
             chosen = port if port is not None else free_port()
             args = ["--host", HOST, "--port", str(chosen), "--data-dir", str(data_dir), *extra_args]
             node = await self.spawn(args, port=chosen, data_dir=data_dir)
+            node.extra_args = list(extra_args)
             if not wait_ready:
                 return node
             try:
@@ -287,6 +295,42 @@ class Nodes:
         return await self.start(
             node.data_dir, port=node.port if same_port else None, extra_args=extra_args
         )
+
+    async def start_member(
+        self,
+        data_dir: Path | str,
+        *,
+        seeds: Sequence[NodeProcess | str] = (),
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        within: float = READY_TIMEOUT,
+    ) -> NodeProcess:
+        """Start a node that joins the cluster of ``seeds`` (nodes or ``HOST:PORT`` strings).
+
+        With no seeds it founds a cluster of its own, like :meth:`start`. A joining node prints
+        its ready line once the leader accepted it as a learner.
+        """
+        seed_args: list[str] = []
+        for seed in seeds:
+            seed_args += ["--seed", seed.address if isinstance(seed, NodeProcess) else seed]
+        return await self.start(
+            data_dir, port=port, extra_args=[*extra_args, *seed_args], within=within
+        )
+
+    async def restart_same(
+        self, node: NodeProcess, *, keep_seeds: bool = False, extra_args: Sequence[str] = ()
+    ) -> NodeProcess:
+        """Like :meth:`restart`, with the flags ``node`` was started with (without its
+        ``--seed`` flags unless ``keep_seeds``: a broker that joined rejoins from its data dir),
+        then ``extra_args``."""
+        flags: list[str] = []
+        previous = iter(node.extra_args)
+        for flag in previous:
+            if flag == "--seed" and not keep_seeds:
+                next(previous, None)
+                continue
+            flags.append(flag)
+        return await self.restart(node, extra_args=[*flags, *extra_args])
 
     async def run(self, args: Sequence[str], *, within: float = EXIT_TIMEOUT) -> NodeProcess:
         """Run ``python -m trio_broker node ARGS`` to completion (for commands that must fail)."""

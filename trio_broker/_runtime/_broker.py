@@ -415,9 +415,9 @@ class Broker:
         try:
             async with stream:
                 await self._serve_connection(stream, peer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer went away; nothing of ours is lost
-        except Exception:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away (perhaps mid-answer); nothing of ours is lost
+        except* Exception:
             # A bug in serving one connection must not take the broker down with it.
             logger.exception("connection.crashed peer=%s", peer)
         finally:

@@ -118,7 +118,7 @@ class RaftDriver:
                 stale.unlink(missing_ok=True)
         self._snapshots: dict[str, tuple[Path, int, str]] = {}
         self._fetching: set[str] = set()
-        self._last_role: str | None = None
+        self._last_role: tuple[str, int, str | None] | None = None
         self._changed = trio.Event()
         self._changing_membership = False
         self._linked_version = -1
@@ -138,6 +138,7 @@ class RaftDriver:
             self._start_snapshot_fetch(message)
             return
         self.node.step(message)
+        self._note_role()
         self.wake()
 
     async def propose(self, payload: Any) -> Pending | BrokerError:
@@ -278,6 +279,7 @@ class RaftDriver:
                 for _ in range(min(behind, 3)):
                     self.node.tick()
                 next_tick += behind * tick
+                self._note_role()
             if self.node.has_ready():
                 await self._handle_ready(self.node.ready())
                 self._after_advance()
@@ -312,9 +314,10 @@ class RaftDriver:
             self.entries_applied += len(rd.committed_entries)
         for m in rd.persisted_messages:
             self.peers.send(m)
-        if rd.truncate_from is not None:
-            for index in [i for i in self._waiters if i >= rd.truncate_from]:
-                self._resolve(index, _not_applied("leadership changed before it was committed"))
+        # A proposal whose entry was truncated here is NOT known to have failed: another
+        # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate
+        # is known only once this broker applies that index: the same term means applied,
+        # another term means not applied.
         if snapshot is not None:
             meta = snapshot[0]
             for index in [i for i in self._waiters if i <= meta.index]:
@@ -334,7 +337,7 @@ class RaftDriver:
                 if term == entry.term:
                     self._resolve(entry.index, result)
                 else:
-                    self._resolve(entry.index, _not_applied("another leader's entry won"))
+                    self._resolve(entry.index, _not_applied("another leader's entry was committed"))
         for peer in rd.snapshots_to_send:
             assert self._nursery is not None
             self._nursery.start_soon(self._offer_snapshot, peer)
@@ -355,22 +358,31 @@ class RaftDriver:
             assert self.peers is not None
             self.peers.ensure(self.node.config.members - {self.broker_id})
             self._linked_version = self.node.cluster_version
-        role = self.node.role.value
-        if role != self._last_role:
-            log_event(
-                logging.INFO,
-                "role.changed",
-                broker_id=self.broker_id,
-                role=role,
-                term=self.node.term,
-                leader=self.node.leader_id,
-            )
-            if self.node.is_leader:
-                self.elections_won += 1
-            self._last_role = role
+        self._note_role()
         if self.node.is_leader:
             self._leader_housekeeping()
         self._maybe_compact()
+
+    def _note_role(self) -> None:
+        """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
+        depose a leader (check-quorum) without producing anything to persist."""
+        node = self.node
+        state = (node.role.value, node.term, node.leader_id)
+        if state == self._last_role:
+            return
+        log_event(
+            logging.INFO,
+            "role.changed",
+            broker_id=self.broker_id,
+            role=state[0],
+            term=state[1],
+            leader=state[2],
+        )
+        if node.is_leader and (self._last_role is None or self._last_role[0] != "leader"):
+            self.elections_won += 1
+        self._last_role = state
+        self._changed.set()
+        self._changed = trio.Event()
 
     # -- leader housekeeping ---------------------------------------------------------------------
 
