@@ -1,6 +1,9 @@
-"""nox sessions: `nox -s tests` (the default suite), `lint`, and the long-running suites."""
+"""nox sessions: `tests` (the default suite, as CI runs it) and `lint` by default; `sim`,
+`fault` and `bench` are the long runs: the simulator swarm, the chaos suite, the benchmarks."""
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -25,7 +28,24 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def sim(session: nox.Session) -> None:
+    """A swarm of simulator seeds across all cores: `nox -s sim -- --seeds 10000`."""
+    session.install("-e", ".")
+    args = session.posargs or ["--seeds", "1000"]
+    if "--jobs" not in args:
+        args = [*args, "--jobs", str(os.cpu_count() or 1)]
+    session.run("python", "-m", "trio_broker.testing.sim", *args)
+
+
+@nox.session(python=PYTHON)
+def fault(session: nox.Session) -> None:
+    """The real-process chaos suite: brokers killed, paused and partitioned under load."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "tests/chaos", "--chaos", "-v", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Throughput and latency of a local broker; prints figures and writes them to a file."""
+    """Throughput and latency of a local 3-broker cluster; prints figures, writes a file."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks", *session.posargs)
