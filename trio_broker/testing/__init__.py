@@ -1,10 +1,22 @@
-"""Public test helpers, like ``trio.testing``: local clusters of real brokers and the simulator."""
+"""Public test helpers, like ``trio.testing``.
 
+- :func:`open_local_cluster`: several real brokers on 127.0.0.1 in one trio program.
+- :func:`open_mock_cluster`: the same broker tasks over :class:`MemoryNetwork` and
+  :class:`MemoryStore`, for partition and crash scenarios under a mock clock.
+- :class:`FaultProxy` and :class:`History`: the chaos suite's fault-injecting TCP proxy and its
+  Jepsen-style history checker.
+- ``python -m trio_broker.testing.sim``: the deterministic simulator of the consensus core.
+"""
+
+from ._history import History
 from ._local_cluster import LocalCluster, open_local_cluster
 from ._memory import InlineWorker, MemoryNetwork, MemoryStore, open_memory_storage
 from ._mock_cluster import MockCluster, open_mock_cluster
+from ._proxy import FaultProxy
 
 __all__ = [
+    "FaultProxy",
+    "History",
     "InlineWorker",
     "LocalCluster",
     "MemoryNetwork",
