@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ._raft_log import RaftLog, RaftLogError  # noqa: F401 (re-exported)
+from ._raft_log import RaftLog, RaftLogError
 from ._raft_messages import (
     ChangeAction,
     ClusterUpdate,
@@ -47,6 +47,19 @@ from ._raft_messages import (
     ReplicateResponse,
     SnapshotMeta,
 )
+
+__all__ = [
+    "ConfigChangeRefused",
+    "NotLeader",
+    "Progress",
+    "ProgressState",
+    "RaftError",
+    "RaftLogError",
+    "RaftNode",
+    "Ready",
+    "Role",
+    "UsageError",
+]
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -78,9 +91,10 @@ class UsageError(RaftError):
 class Ready:
     """Everything the runtime must do for the core, in this order.
 
-    1. Send ``messages`` whenever convenient, even before step 2 completes. These are only the
-       leader's own appends, heartbeats and announcements: a leader may overlap its fsync with
-       replication because it counts itself towards a quorum only after ``advance()``.
+    1. Send ``messages`` whenever convenient, even before step 2 completes. These are the
+       leader's appends, heartbeats and announcements, and replies that promise nothing
+       durable (heartbeat acks): a leader may overlap its fsync with replication because it
+       counts itself towards a quorum only after ``advance()``.
     2. Persist, in ONE atomic transaction: ``snapshot`` (replace the state machine and the whole
        log), then delete log entries with index >= ``truncate_from``, append ``entries``, store
        ``hard_state``.
@@ -115,6 +129,8 @@ class Ready:
 
 
 class Role(enum.Enum):
+    """A broker's role; only LEADER accepts proposals. PRE_CANDIDATE has not bumped its term."""
+
     FOLLOWER = "follower"
     PRE_CANDIDATE = "pre_candidate"
     CANDIDATE = "candidate"
@@ -122,6 +138,8 @@ class Role(enum.Enum):
 
 
 class ProgressState(enum.Enum):
+    """How the leader feeds one member (etcd's probe/replicate/snapshot flow control)."""
+
     PROBE = "probe"
     """One Replicate in flight until we learn where the logs match."""
     REPLICATE = "replicate"
@@ -141,7 +159,8 @@ class Progress:
     recent_active: bool = True
     last_heard: int = 0
     snapshot_sent_at: int = 0
-    acked_since_heartbeat: bool = False
+    last_progress: int = 0
+    """Tick of the last sign that replication to it moves (an ack, a rejection, a fresh send)."""
 
 
 def _voting_rank(node_id: Any, voters: frozenset) -> int:
@@ -182,6 +201,8 @@ class RaftNode:
         self.heartbeat_ticks = heartbeat_ticks
         self.failure_timeout_ticks = failure_timeout_ticks or election_ticks
         self.max_batch = max_batch
+        # Without any ack for this long, the leader assumes a loss and probes again.
+        self._resend_ticks = max(2 * heartbeat_ticks, election_ticks // 2)
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
 
@@ -189,7 +210,13 @@ class RaftNode:
         self._snapshot_config = snapshot.config
         self.term = hard_state.term
         self.voted_for = hard_state.voted_for
-        self.commit = min(max(hard_state.commit, snapshot.index), self.log.last_index)
+        if hard_state.commit > self.log.last_index:
+            # Storage lost entries it had acknowledged as durable: refuse to run on it.
+            raise RaftLogError(
+                f"durable commit {hard_state.commit} beyond the durable log "
+                f"({self.log.last_index}): storage lost acknowledged entries"
+            )
+        self.commit = max(hard_state.commit, snapshot.index)
         self.applied = snapshot.index if applied is None else max(applied, snapshot.index)
         self._persisted_hs = hard_state
         self.config = self._config_at(self.log.last_index)
@@ -217,14 +244,17 @@ class RaftNode:
 
     @property
     def is_leader(self) -> bool:
+        """Whether proposals are accepted here (CREATE_QUEUE/APPEND/READ are served here)."""
         return self.role is Role.LEADER
 
     @property
     def hard_state(self) -> HardState:
+        """The current (possibly not yet durable) hard state."""
         return HardState(self.term, self.voted_for, self.commit)
 
     @property
     def cluster_version(self) -> int:
+        """The design's ``cluster_version``: the version of the config in force here."""
         return self.config.version
 
     def member_statuses(self) -> dict[Any, MemberView]:
@@ -315,16 +345,19 @@ class RaftNode:
         self._broadcast_append()
         return entry.term, entry.index
 
-    def compact(self, index: int) -> None:
+    def compact(self, index: int) -> SnapshotMeta:
         """Drop log entries up to ``index``: the runtime's state machine now stands in for them.
 
-        ``index`` must be applied and durable. Replicas that need older entries get DATA_SYNC.
+        ``index`` must be applied and durable. Returns the snapshot metadata to store with the
+        state machine (and to delete the log up to). Replicas that need older entries get
+        DATA_SYNC.
         """
         if index > self.applied:
             raise UsageError(f"compact({index}) beyond applied index {self.applied}")
         config = self._config_at(index)
         self.log.compact(index)
         self._snapshot_config = config
+        return SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, config)
 
     def make_data_sync(self, peer: Any, index: int, data: Any) -> DataSync:
         """Build the DATA_SYNC for ``peer`` from the state machine ``data`` at applied ``index``."""
@@ -345,8 +378,11 @@ class RaftNode:
         """Whether :meth:`ready` has work (always False while a Ready is outstanding)."""
         if self._inflight is not None:
             return False
+        hs = self._persisted_hs
         return bool(
-            self.hard_state != self._persisted_hs
+            self.term != hs.term
+            or self.voted_for != hs.voted_for
+            or self.commit != hs.commit
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs
@@ -727,8 +763,11 @@ class RaftNode:
             )
         )
         if pr.state is ProgressState.REPLICATE:
+            if prev <= pr.match:
+                pr.last_progress = self.now  # nothing was outstanding: start the clock
             pr.next = hi + 1
         else:
+            pr.last_progress = self.now
             pr.paused = True
 
     def _handle_leader_response(
@@ -740,25 +779,23 @@ class RaftNode:
         pr.recent_active = True
         pr.last_heard = self.now
         if isinstance(m, HeartbeatResponse):
+            stalled = self.now - pr.last_progress >= self._resend_ticks
             if pr.state is ProgressState.SNAPSHOT:
                 if self.now - pr.snapshot_sent_at >= self.election_ticks:
                     pr.state, pr.paused, pr.next = ProgressState.PROBE, False, pr.match + 1
                     self._send_append(m.src)
-            elif pr.match < self.log.last_index and (
-                pr.state is ProgressState.PROBE or not pr.acked_since_heartbeat
-            ):
-                # Nothing acknowledged for a heartbeat interval: something was lost, so probe
-                # again from the last known match.
+            elif stalled and (pr.paused or pr.match < self.log.last_index):
+                # Nothing moved for a while although entries are outstanding: something was
+                # lost (a lost rejection or the tail of the stream). Probe from the match.
                 pr.state, pr.paused, pr.next = ProgressState.PROBE, False, pr.match + 1
                 self._send_append(m.src, probe_empty=True)
-            pr.acked_since_heartbeat = False
             return
         if isinstance(m, ClusterUpdateResponse):
             return
         if pr.state is ProgressState.SNAPSHOT and not m.success:
             return
+        pr.last_progress = self.now
         if m.success:
-            pr.acked_since_heartbeat = True
             if m.match_index > pr.match:
                 pr.match = m.match_index
             pr.next = max(pr.next, pr.match + 1)
@@ -910,17 +947,15 @@ class RaftNode:
     # -- configuration -------------------------------------------------------------------------
 
     def _config_index(self) -> int:
-        for e in reversed(self.log.entries):
-            if isinstance(e.payload, ConfigEntry):
-                return e.index
-        return self.log.snapshot_index
+        found = self.log.last_config_index()
+        return self.log.snapshot_index if found is None else found
 
     def _config_at(self, index: int) -> Config:
         """The configuration in force at ``index``: the latest config entry at or before it."""
-        for e in reversed(self.log.entries):
-            if e.index <= index and isinstance(e.payload, ConfigEntry):
-                return e.payload.config
-        return self._snapshot_config
+        found = self.log.last_config_index(index)
+        if found is None:
+            return self._snapshot_config
+        return self.log.entry(found).payload.config
 
     def _set_config(self, config: Config) -> None:
         """A configuration takes effect as soon as it is in the log (thesis 4.1)."""

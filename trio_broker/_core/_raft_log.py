@@ -6,7 +6,9 @@ whose term is still known so that log matching works right after a compaction.
 
 from __future__ import annotations
 
-from ._raft_messages import Entry
+from bisect import bisect_right
+
+from ._raft_messages import ConfigEntry, Entry
 
 
 class RaftLogError(Exception):
@@ -25,10 +27,13 @@ class RaftLog:
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
         self.entries: list[Entry] = []
+        self.config_indexes: list[int] = []
+        """Indexes of the configuration entries in ``entries``, ascending: the config in force
+        is found by bisection instead of a scan of the whole log."""
         for i, e in enumerate(entries):
             if e.index != snapshot_index + 1 + i:
                 raise RaftLogError(f"entries are not contiguous after {snapshot_index}: {e}")
-            self.entries.append(e)
+            self._push(e)
         self.unstable_from = self.last_index + 1
         self.persisted_index = self.last_index
         self.truncate_from: int | None = None
@@ -84,11 +89,23 @@ class RaftLog:
 
     # -- changes -------------------------------------------------------------------------
 
+    def _push(self, e: Entry) -> None:
+        self.entries.append(e)
+        if isinstance(e.payload, ConfigEntry):
+            self.config_indexes.append(e.index)
+
     def append(self, entries: list[Entry]) -> None:
         for e in entries:
             if e.index != self.last_index + 1:
                 raise RaftLogError(f"append of {e.index} after {self.last_index}")
-            self.entries.append(e)
+            self._push(e)
+
+    def last_config_index(self, at_or_before: int | None = None) -> int | None:
+        """The index of the latest configuration entry (at or before ``at_or_before``)."""
+        if at_or_before is None:
+            return self.config_indexes[-1] if self.config_indexes else None
+        i = bisect_right(self.config_indexes, at_or_before)
+        return self.config_indexes[i - 1] if i else None
 
     def maybe_append(self, prev_index: int, entries: tuple[Entry, ...], commit: int) -> int:
         """Append after a verified prev entry; truncate only at the first real conflict.
@@ -113,6 +130,7 @@ class RaftLog:
     def truncate(self, index: int) -> None:
         """Drop entries with index >= ``index``; storage deletes them on the next Ready."""
         del self.entries[index - self.snapshot_index - 1 :]
+        del self.config_indexes[bisect_right(self.config_indexes, index - 1) :]
         self.unstable_from = min(self.unstable_from, index)
         self.persisted_index = min(self.persisted_index, index - 1)
         self.truncate_from = index if self.truncate_from is None else min(self.truncate_from, index)
@@ -126,11 +144,13 @@ class RaftLog:
         term = self.term(index)
         assert term is not None
         del self.entries[: index - self.snapshot_index]
+        del self.config_indexes[: bisect_right(self.config_indexes, index)]
         self.snapshot_index, self.snapshot_term = index, term
 
     def restore(self, index: int, term: int) -> None:
         """Replace the whole log by a snapshot ending at (index, term)."""
         self.entries = []
+        self.config_indexes = []
         self.snapshot_index, self.snapshot_term = index, term
         self.unstable_from = index + 1
         self.persisted_index = index
