@@ -84,9 +84,9 @@ class BrokerConfig:
     """Seconds of silence after which a member is ``inactive``, a replica starts an election
     (randomised up to twice this, lower broker ids first) and a leader that has not heard from
     a majority steps down (the design's diagrams use 15)."""
-    compact_threshold: int = attrs.field(default=20_000, validator=_positive)
+    compact_threshold: int = attrs.field(default=5_000, validator=_positive)
     """Applied log entries beyond ``compact_keep`` that trigger a compaction."""
-    compact_keep: int = attrs.field(default=1_000, validator=_positive)
+    compact_keep: int = attrs.field(default=500, validator=_positive)
     """Applied entries kept in the log after a compaction, for replicas slightly behind."""
 
     def __attrs_post_init__(self) -> None:
