@@ -1,0 +1,132 @@
+"""The deterministic simulator: a swarm of seeds, replay, mutants, and found-bug regressions."""
+
+import subprocess
+import sys
+
+import pytest
+
+from trio_broker.testing.sim import (
+    Simulation,
+    SimulationFailure,
+    run_seed,
+    run_swarm,
+)
+
+DEFAULT_SEEDS = 200
+JOBS = 2
+
+
+def describe(results):
+    return "\n".join(f"{r.error}\n  replay: {r.replay_command()}" for r in results if not r.ok)
+
+
+def test_swarm_of_seeds_finds_no_violation():
+    """Safety under faults, then liveness after healing, on DEFAULT_SEEDS seeds."""
+    results = run_swarm(range(DEFAULT_SEEDS), jobs=JOBS)
+    assert len(results) == DEFAULT_SEEDS
+    assert all(r.ok for r in results), describe(results)
+    # The swarm must actually exercise the system, not idle through it.
+    total = {k: sum(r.stats[k] for r in results) for k in results[0].stats}
+    assert total["crashes"] > 100 and total["partitions"] > 100
+    assert total["snapshots_installed"] > 10
+    assert total["appends"] > 1000 and total["reads"] > 1000
+    assert total["elections"] > DEFAULT_SEEDS
+
+
+def test_same_seed_same_trace_hash():
+    """Replay: one seed determines the whole run, bit for bit."""
+    a, b = run_seed(7), run_seed(7)
+    assert a.trace_hash == b.trace_hash and a.stats == b.stats
+    assert run_seed(8).trace_hash != a.trace_hash
+
+
+def test_cli_replays_a_seed_and_prints_parameters():
+    out = subprocess.run(
+        [sys.executable, "-m", "trio_broker.testing.sim", "--seed", "7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "fault parameters:" in out and "loss =" in out
+    assert f"trace hash: {run_seed(7).trace_hash}" in out
+
+
+@pytest.mark.parametrize(
+    "mutant",
+    ["minority_commit", "forget_vote", "no_election_restriction"],
+)
+def test_simulator_catches_mutant_within_default_seed_count(mutant):
+    """A simulator that cannot tell a broken core from a correct one is not testing it."""
+    results = run_swarm(range(DEFAULT_SEEDS), mutant=mutant, jobs=JOBS, stop_on_failure=True)
+    failures = [r for r in results if not r.ok]
+    assert failures, f"mutant {mutant} survived {DEFAULT_SEEDS} seeds"
+    assert f"--mutant {mutant}" in failures[0].replay_command()
+
+
+def test_simulator_catches_acknowledgements_sent_before_persistence():
+    """The disk model matters: acks that leave before their fsync break the cluster when the
+    replica crashes (seed 41 of the default swarm; scanning all seeds for this mutant costs
+    too much for the default run, so only the known seed is replayed here)."""
+    r = run_seed(41, mutant="send_before_persist")
+    assert not r.ok
+    assert run_seed(41).ok
+
+
+def test_failure_message_carries_the_replay_command():
+    r = run_seed(126, mutant="forget_vote")
+    assert not r.ok and "election safety" in r.error
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 126 --mutant forget_vote"
+
+
+# -- the read checker itself ---------------------------------------------------------------
+
+
+def read_checker():
+    sim = Simulation(0, safety_steps=0, liveness_steps=0)
+    client = sim.clients[0]
+    sim.checker.created.add("Q")
+    sim.checker.appended_data |= {b"a", b"b", b"c"}
+    return sim.checker, client
+
+
+def read(checker, client, seq, data):
+    from trio_broker._core._commands import MessageRead
+
+    checker.on_result(client, ("read", "Q", None), MessageRead(seq, data))
+
+
+def test_read_checker_allows_a_gap_only_after_a_read_of_unknown_outcome():
+    checker, client = read_checker()
+    read(checker, client, 1, b"a")
+    with pytest.raises(SimulationFailure, match="gap"):
+        read(checker, client, 3, b"c")
+    checker, client = read_checker()
+    read(checker, client, 1, b"a")
+    client.op = ("read", "Q", None)
+    checker.on_unknown(client)  # timed out: it may have moved the position
+    read(checker, client, 3, b"c")
+    with pytest.raises(SimulationFailure, match="repeat"):
+        read(checker, client, 3, b"c")
+
+
+def test_read_checker_flags_data_never_appended():
+    checker, client = read_checker()
+    with pytest.raises(SimulationFailure, match="no client ever appended"):
+        read(checker, client, 1, b"zzz")
+
+
+# -- regressions: bugs the simulator found (seeds kept) -------------------------------------
+
+
+def test_regression_stale_client_retry_timer_is_cleared_with_its_operation():
+    """Found by the swarm (seed 108, before the fault parameters gained membership churn): a
+    NOT_LEADER retry timer outlived its operation's deadline and re-sent the *next* read, so
+    one read was applied twice and the checker (rightly) flagged a gap. A bug in the
+    simulator's client, not in the core; the timer now dies with the operation."""
+    sim = Simulation(0, safety_steps=0, liveness_steps=0)
+    client = sim.clients[0]
+    client.op = ("read", "Q", None)
+    client.deadline = sim.now
+    client.resend_at = sim.now + 1
+    sim._clients_step()
+    assert client.op is None and client.resend_at is None

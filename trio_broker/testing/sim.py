@@ -1,0 +1,957 @@
+"""A deterministic simulator for the consensus core, in the style of TigerBeetle's VOPR.
+
+One seed (``random.Random(seed)``) derives every fault parameter and every random choice. One
+plain loop (no trio) drives 3 or 5 :class:`~trio_broker._core._raft.RaftNode` objects, each
+applying committed entries to its own :class:`~trio_broker._core.QueueState`, through:
+
+- a simulated network: loss, duplication, reordering (random delays), symmetric and one-way
+  partitions, isolating the leader, flapping links;
+- simulated disks: a Ready is durable only when its write completes (slow disks complete it
+  after a delay); a crash loses the write in progress; an optional crash right after a sync;
+- node crashes and restarts from their durable state; clocks that tick at different rates;
+- clients: create queue, append, read, with deadlines, NOT_LEADER redirects and retries.
+
+Invariants are checked on every step (see :class:`Checker`). A safety phase (faults on) is
+followed by a liveness phase (faults healed): a leader must emerge and every client must finish
+operations within a bounded number of steps.
+
+Usage::
+
+    python -m trio_broker.testing.sim --seed 42            # replay one run exactly
+    python -m trio_broker.testing.sim --seeds 1000 --jobs 4 # a swarm of seeds
+    python -m trio_broker.testing.sim --seeds 200 --mutant forget_vote
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import heapq
+import multiprocessing
+import random
+import sys
+import time
+import traceback
+from typing import Any
+
+import attrs
+
+from .._core._commands import (
+    AppendMessage,
+    CommandRejected,
+    CreateQueue,
+    MessageAppended,
+    MessageRead,
+    QueueCreated,
+    ReadNext,
+)
+from .._core._queues import QueueState
+from .._core._raft import ConfigChangeRefused, NotLeader, RaftNode, Role
+from .._core._raft_messages import ChangeAction, Config, ConfigChange, Entry, SnapshotMeta
+from ._sim_cluster import MemoryStorage, apply_entry
+from ._sim_mutants import MUTANTS
+
+TICK_STEPS = 10
+"""Simulation steps per tick of a clock running at rate 1.0."""
+
+DEFAULT_SAFETY_STEPS = 2500
+DEFAULT_LIVENESS_STEPS = 2500
+
+
+class SimulationFailure(Exception):
+    """An invariant was violated (or the core raised): the seed replays it."""
+
+
+# -- parameters ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FaultParams:
+    """Everything a run varies, all drawn from the seed (swarm testing: each seed enables a
+    different mix of faults at different intensities)."""
+
+    node_count: int
+    election_ticks: int
+    heartbeat_ticks: int
+    clock_rates: tuple[float, ...]
+    loss: float
+    duplicate: float
+    delay_min: int
+    delay_max: int
+    partition_rate: float
+    partition_steps: tuple[int, int]
+    one_way: float
+    flap_rate: float
+    crash_rate: float
+    crash_after_sync: float
+    crash_after_vote: float
+    restart_steps: tuple[int, int]
+    disk_delays: tuple[int, ...]
+    compact_every: int
+    churn_rate: float
+    clients: int
+    client_timeout: int
+    client_think: int
+    safety_steps: int
+    liveness_steps: int
+
+    @classmethod
+    def derive(cls, rng: random.Random, safety_steps: int, liveness_steps: int) -> FaultParams:
+        n = rng.choice([3, 3, 5])
+        election = rng.choice([8, 10, 12])
+        delay_min = rng.randint(1, 3)
+        delay_max = delay_min + rng.choice([2, 8, 20, 40])
+        disk_delays = tuple(rng.choice([0, 0, 0, 5, 25]) for _ in range(n + 1))
+        # A client deadline shorter than the worst round trip would make every operation's
+        # outcome unknown: real clients size deadlines to their network, so do these.
+        round_trip = 4 * delay_max + 3 * max(disk_delays) + 3 * TICK_STEPS
+        return cls(
+            node_count=n,
+            election_ticks=election,
+            heartbeat_ticks=rng.choice([1, 2, 3]),
+            clock_rates=tuple(round(rng.uniform(0.75, 1.25), 3) for _ in range(n + 1)),
+            loss=rng.choice([0.0, 0.01, 0.05, 0.15]),
+            duplicate=rng.choice([0.0, 0.0, 0.02, 0.1]),
+            delay_min=delay_min,
+            delay_max=delay_max,
+            partition_rate=rng.choice([0.0, 0.002, 0.01, 0.03]),
+            partition_steps=(rng.randint(20, 100), rng.randint(150, 600)),
+            one_way=rng.choice([0.0, 0.3]),
+            flap_rate=rng.choice([0.0, 0.0, 0.003]),
+            crash_rate=rng.choice([0.0, 0.001, 0.004, 0.01]),
+            crash_after_sync=rng.choice([0.0, 0.0, 0.002, 0.01]),
+            crash_after_vote=rng.choice([0.0, 0.1, 0.3]),
+            restart_steps=(rng.randint(1, 20), rng.randint(30, 400)),
+            disk_delays=disk_delays,
+            compact_every=rng.choice([8, 30, 100]),
+            churn_rate=rng.choice([0.0, 0.0, 0.005, 0.02]),
+            clients=rng.randint(1, 4),
+            client_timeout=max(rng.choice([100, 300, 600]), round_trip),
+            client_think=rng.choice([1, 10, 40]),
+            safety_steps=safety_steps,
+            liveness_steps=liveness_steps,
+        )
+
+    def describe(self) -> str:
+        return "\n".join(f"  {k} = {v}" for k, v in attrs.asdict(self).items())
+
+
+# -- client traffic --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ClientRequest:
+    src: str
+    dst: Any
+    req_id: int
+    command: Any
+
+
+@attrs.frozen
+class ClientResponse:
+    """``kind``: "ok" (with ``result``), "not_leader" (with ``leader_id``) or "dropped" (the
+    proposal's index was committed with another entry: definitely not applied)."""
+
+    src: Any
+    dst: str
+    req_id: int
+    kind: str
+    result: Any = None
+    leader_id: Any = None
+
+
+QUEUES = ("Q-SIM0A", "Q-SIM0B")
+
+
+@attrs.define
+class SimClient:
+    """A client with one operation outstanding at a time, retried until its deadline."""
+
+    id: str
+    to_create: list[str]
+    counter: int = 0
+    req_id: int = 0
+    op: tuple | None = None
+    target: Any = None
+    deadline: int = 0
+    sent_at: int = 0
+    next_at: int = 0
+    resend_at: int | None = None
+    leader_hint: Any = None
+    last_read: dict[str, int] = attrs.field(factory=dict)
+    skippable: dict[str, int] = attrs.field(factory=dict)
+    read_floor: int = 0
+    ok_after_heal: int = 0
+
+
+# -- the simulation ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SimResult:
+    """The outcome of one seed: enough to report it and to replay it."""
+
+    seed: int
+    ok: bool
+    error: str | None
+    steps: int
+    trace_hash: str
+    stats: dict[str, int]
+    params: FaultParams
+    mutant: str | None
+
+    def replay_command(self) -> str:
+        cmd = f"python -m trio_broker.testing.sim --seed {self.seed}"
+        if self.mutant:
+            cmd += f" --mutant {self.mutant}"
+        if self.params.safety_steps != DEFAULT_SAFETY_STEPS:
+            cmd += f" --safety-steps {self.params.safety_steps}"
+        if self.params.liveness_steps != DEFAULT_LIVENESS_STEPS:
+            cmd += f" --liveness-steps {self.params.liveness_steps}"
+        return cmd
+
+
+class Simulation:
+    """One run: a cluster, a network, disks, clients and the invariant checker, from a seed."""
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        mutant: str | None = None,
+        safety_steps: int = DEFAULT_SAFETY_STEPS,
+        liveness_steps: int = DEFAULT_LIVENESS_STEPS,
+        log: Any = None,
+    ) -> None:
+        self.seed = seed
+        self.mutant = mutant
+        self.node_cls: type[RaftNode] = MUTANTS[mutant] if mutant else RaftNode
+        self.rng = random.Random(seed)
+        self.p = FaultParams.derive(self.rng, safety_steps, liveness_steps)
+        self.log = log
+        voters = list(range(1, self.p.node_count + 1))
+        config = Config(voters)
+        self.storage = {i: MemoryStorage(snapshot=SnapshotMeta(0, 0, config)) for i in voters}
+        self.ids = voters
+        if self.p.churn_rate:
+            # A spare broker that knows no configuration: the operator adds it as a learner,
+            # promotes it, removes another voter, and so on (single-server changes).
+            self.ids = [*voters, self.p.node_count + 1]
+            self.storage[self.p.node_count + 1] = MemoryStorage()
+        self.nodes: dict[int, RaftNode | None] = {}
+        self.apps: dict[int, QueueState] = {}
+        self.app_index: dict[int, int] = {}
+        self.disk: dict[int, tuple[int, Any] | None] = {i: None for i in self.ids}
+        self.clock_acc = {i: self.rng.uniform(0, TICK_STEPS) for i in self.ids}
+        self.restart_at: dict[int, int] = {}
+        self.net: list[tuple[int, int, Any]] = []
+        self.seq = 0
+        self.blocked: set[tuple[Any, Any]] = set()
+        self.partition_until = 0
+        self.flap: tuple[Any, Any, int, int] | None = None
+        self.now = 0
+        self.faults_on = True
+        self.heal_step = 0
+        self.quiescing = False
+        self.dirty: set[int] = set()
+        self.pending: dict[tuple[int, int], tuple[int, str, int]] = {}
+        self.trace = hashlib.blake2b(digest_size=12)
+        self.stats = dict.fromkeys(
+            (
+                "delivered",
+                "dropped",
+                "crashes",
+                "partitions",
+                "snapshots_installed",
+                "client_ok",
+                "client_unknown",
+                "client_redirects",
+                "reads",
+                "appends",
+                "config_changes",
+            ),
+            0,
+        )
+        self.checker = Checker(self)
+        self.clients = [
+            SimClient(f"C-{c}", to_create=list(QUEUES) if c == 0 else [])
+            for c in range(self.p.clients)
+        ]
+        for i in self.ids:
+            self._start(i)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def _start(self, i: int) -> None:
+        st = self.storage[i]
+        self.nodes[i] = self.node_cls(
+            i,
+            hard_state=st.hard_state,
+            snapshot=st.snapshot,
+            entries=list(st.entries),
+            rng=random.Random(self.rng.getrandbits(64)),
+            election_ticks=self.p.election_ticks,
+            heartbeat_ticks=self.p.heartbeat_ticks,
+        )
+        self.apps[i] = copy.deepcopy(st.snapshot_data)
+        self.app_index[i] = st.snapshot.index
+        self.checker.on_start(i)
+        self.dirty.add(i)
+        self._trace(f"start {i}")
+
+    def crash(self, i: int, quick: bool = False) -> None:
+        """Power loss: volatile state and the disk write in progress are gone."""
+        if self.nodes.get(i) is None:
+            return
+        self.nodes[i] = None
+        self.disk[i] = None  # the write in progress is lost
+        for key in [k for k in self.pending if k[0] == i]:
+            del self.pending[key]
+        lo, hi = self.p.restart_steps
+        self.restart_at[i] = self.now + self.rng.randint(1, lo if quick else hi)
+        self.stats["crashes"] += 1
+        self._trace(f"crash {i}")
+
+    def live(self) -> list[int]:
+        """Brokers that are up (not crashed)."""
+        return [i for i in self.ids if self.nodes[i] is not None]
+
+    # -- network -------------------------------------------------------------------------------
+
+    def _is_blocked(self, src: Any, dst: Any) -> bool:
+        if (src, dst) in self.blocked:
+            return True
+        if self.flap is not None:
+            a, b, until, period = self.flap
+            if self.now < until and {src, dst} == {a, b} and (self.now // period) % 2 == 0:
+                return True
+        return False
+
+    def post(self, m: Any, client: bool = False) -> None:
+        """Put a message on the wire: maybe lost, maybe duplicated, always randomly delayed."""
+        if self.faults_on and self.rng.random() < self.p.loss:
+            self.stats["dropped"] += 1
+            return
+        copies = 1
+        if not client and self.faults_on and self.rng.random() < self.p.duplicate:
+            copies = 2  # TCP never duplicates a client request; broker traffic may be replayed
+        for _ in range(copies):
+            delay = self.rng.randint(self.p.delay_min, self.p.delay_max)
+            self.seq += 1
+            heapq.heappush(self.net, (self.now + delay, self.seq, m))
+
+    def _deliver_due(self) -> None:
+        while self.net and self.net[0][0] <= self.now:
+            _, _, m = heapq.heappop(self.net)
+            if isinstance(m, ClientResponse):
+                self._client_response(m)
+                continue
+            node = self.nodes.get(m.dst)
+            blocked = not isinstance(m, ClientRequest) and self._is_blocked(m.src, m.dst)
+            if node is None or blocked:
+                self.stats["dropped"] += 1
+                continue
+            self.stats["delivered"] += 1
+            if isinstance(m, ClientRequest):
+                self.dirty.add(m.dst)
+                self._serve(m.dst, node, m)
+                continue
+            self._trace(f"{type(m).__name__} {m.src}>{m.dst} t{m.term}")
+            self.dirty.add(m.dst)
+            node.step(m)
+            self.checker.after_step(m.dst)
+
+    # -- disks ---------------------------------------------------------------------------------
+
+    def _drive(self, i: int) -> None:
+        for _ in range(64):
+            node = self.nodes[i]
+            if node is None or self.disk[i] is not None or not node.has_ready():
+                return
+            rd = node.ready()
+            for m in rd.messages:
+                self.post(m)
+            delay = self.rng.randint(0, slow) if (slow := self.p.disk_delays[i - 1]) else 0
+            if delay:
+                self.disk[i] = (self.now + delay, rd)
+                return
+            self._complete(i, rd)
+
+    def _complete(self, i: int, rd: Any) -> None:
+        node = self.nodes[i]
+        assert node is not None
+        self.storage[i].persist(rd)
+        for m in rd.persisted_messages:
+            self.post(m)
+        if rd.snapshot is not None:
+            self.apps[i] = copy.deepcopy(rd.snapshot.data)
+            self.app_index[i] = rd.snapshot.snapshot.index
+            self.checker.on_snapshot(i, rd.snapshot.snapshot.index, self.apps[i])
+            self.stats["snapshots_installed"] += 1
+        for e in rd.committed_entries:
+            self._apply(i, e)
+        if node.is_leader:
+            for peer in rd.snapshots_to_send:
+                data = copy.deepcopy(self.apps[i])
+                self.post(node.make_data_sync(peer, self.app_index[i], data))
+        node.advance()
+        self.checker.after_step(i)
+        applied = self.app_index[i]
+        if (
+            applied - node.log.snapshot_index >= self.p.compact_every
+            and applied <= node.log.persisted_index
+            and applied <= node.applied
+        ):
+            meta = node.compact(applied)
+            self.storage[i].compact(meta, self.apps[i])
+            self.checker.on_snapshot(i, applied, self.apps[i])
+        if self.faults_on:
+            # Crash at the worst moments: right after a sync, and (VOPR/buggify style) right
+            # after a vote became durable, coming back quickly while the election still runs.
+            voted = rd.hard_state is not None and rd.hard_state.voted_for not in (None, i)
+            if voted and self.rng.random() < self.p.crash_after_vote:
+                self.crash(i, quick=True)
+            elif self.rng.random() < self.p.crash_after_sync:
+                self.crash(i)
+
+    def _complete_disks(self) -> None:
+        for i in self.ids:
+            job = self.disk[i]
+            if job is not None and job[0] <= self.now:
+                self.disk[i] = None
+                self.dirty.add(i)
+                self._complete(i, job[1])
+
+    def _apply(self, i: int, e: Entry) -> None:
+        if e.index != self.app_index[i] + 1:
+            raise SimulationFailure(f"node {i} applied {e.index} after {self.app_index[i]}")
+        result = apply_entry(self.apps[i], e)
+        self.app_index[i] = e.index
+        self.checker.on_apply(i, e, result)
+        self._trace(f"apply {i} {e.index} t{e.term}")
+        waiting = self.pending.pop((i, e.index), None)
+        if waiting is not None:
+            term, client, req_id = waiting
+            if term == e.term:
+                self.post(ClientResponse(i, client, req_id, "ok", result), client=True)
+            else:
+                self.post(ClientResponse(i, client, req_id, "dropped"), client=True)
+
+    # -- the broker side of client traffic -----------------------------------------------------
+
+    def _serve(self, i: int, node: RaftNode, m: ClientRequest) -> None:
+        try:
+            term, index = node.propose(m.command)
+        except NotLeader as exc:
+            self.post(ClientResponse(i, m.src, m.req_id, "not_leader", None, exc.leader_id), True)
+            return
+        self.pending[(i, index)] = (term, m.src, m.req_id)
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _clients_step(self) -> None:
+        for c in self.clients:
+            if c.op is not None:
+                if self.now >= c.deadline:
+                    self.checker.on_unknown(c)
+                    self.stats["client_unknown"] += 1
+                    c.op, c.resend_at = None, None
+                    c.next_at = self.now + self.p.client_think
+                elif c.resend_at is not None and self.now >= c.resend_at:
+                    c.resend_at = None
+                    self._send_op(c)
+                continue
+            if self.now < c.next_at or self.quiescing:
+                continue
+            c.counter += 1
+            if c.to_create:
+                c.op = ("create", c.to_create[0], None)
+            else:
+                known = [q for q in QUEUES if q in self.checker.created]
+                if not known:
+                    c.next_at = self.now + 10
+                    continue
+                q = self.rng.choice(known)
+                if self.rng.random() < 0.55:
+                    c.op = ("append", q, f"{c.id}:{c.counter}".encode())
+                    self.checker.on_append_sent(c.op[2])
+                else:
+                    c.op = ("read", q, None)
+                    c.read_floor = self.checker.max_acked.get(q, 0)
+            c.deadline = self.now + self.p.client_timeout
+            c.sent_at = self.now
+            self._send_op(c)
+
+    def _send_op(self, c: SimClient) -> None:
+        kind, q, data = c.op
+        if kind == "create":
+            command: Any = CreateQueue(q)
+        elif kind == "append":
+            command = AppendMessage(q, data)
+        else:
+            command = ReadNext(c.id, q)
+        c.req_id += 1
+        if c.leader_hint is None or self.rng.random() < 0.1:
+            c.target = self.rng.choice(self.ids)
+        else:
+            c.target = c.leader_hint
+        self.post(ClientRequest(c.id, c.target, c.req_id, command), client=True)
+
+    def _client_response(self, r: ClientResponse) -> None:
+        c = next(c for c in self.clients if c.id == r.dst)
+        if c.op is None or r.req_id != c.req_id:
+            return  # a late answer to a request already given up on
+        self._trace(f"client {c.id} {r.kind}")
+        if r.kind == "not_leader":
+            self.stats["client_redirects"] += 1
+            c.leader_hint = r.leader_id
+            c.resend_at = self.now + (1 if r.leader_id is not None else 20)
+            return
+        if r.kind == "dropped":
+            c.leader_hint = None
+            c.resend_at = self.now + 5
+            return
+        c.leader_hint = r.src
+        self.checker.on_result(c, c.op, r.result)
+        self.stats["client_ok"] += 1
+        if self.now >= self.heal_step and not self.faults_on:
+            c.ok_after_heal += 1
+        c.op, c.resend_at = None, None
+        c.next_at = self.now + self.p.client_think
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _inject_faults(self) -> None:
+        rng, p = self.rng, self.p
+        if rng.random() < p.crash_rate and self.live():
+            self.crash(rng.choice(self.live()))
+        if self.now >= self.partition_until and self.blocked:
+            self.blocked.clear()
+            self._trace("heal")
+        if self.now >= self.partition_until and rng.random() < p.partition_rate:
+            self._partition()
+        if self.flap is None and rng.random() < p.flap_rate:
+            a, b = rng.sample(self.ids, 2)
+            self.flap = (a, b, self.now + rng.randint(50, 400), rng.randint(3, 30))
+        elif self.flap is not None and self.now >= self.flap[2]:
+            self.flap = None
+
+    def _operate(self) -> None:
+        """The operator: one membership change at a time, on whoever is leader."""
+        if not self.p.churn_rate or self.rng.random() >= self.p.churn_rate:
+            return
+        leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
+        if not leaders:
+            return
+        leader = leaders[0]
+        c = leader.config
+        outsiders = [i for i in self.ids if i not in c.members]
+        if c.learners:
+            learner = min(c.learners)
+            if not leader.caught_up(learner):
+                return
+            change = ConfigChange(ChangeAction.PROMOTE, learner)
+        elif outsiders and len(c.voters) <= self.p.node_count:
+            change = ConfigChange(ChangeAction.ADD_LEARNER, outsiders[0])
+        elif len(c.voters) > self.p.node_count:
+            change = ConfigChange(ChangeAction.REMOVE, self.rng.choice(sorted(c.voters)))
+        else:
+            return
+        try:
+            leader.propose_config_change(change)
+        except ConfigChangeRefused:
+            return
+        self.dirty.add(leader.id)
+        self.stats["config_changes"] += 1
+        self._trace(f"config change {change.action.value} {change.node_id} at {leader.id}")
+
+    def _partition(self) -> None:
+        rng = self.rng
+        self.blocked.clear()
+        leaders = [i for i in self.live() if self.nodes[i].role is Role.LEADER]
+        mode = rng.choice(["isolate_leader", "split", "isolate_one"])
+        if mode == "isolate_leader" and leaders:
+            side = {leaders[0]}
+        elif mode == "isolate_one" or len(self.ids) == 3:
+            side = {rng.choice(self.ids)}
+        else:
+            side = set(rng.sample(self.ids, rng.randint(1, len(self.ids) // 2)))
+        one_way = rng.random() < self.p.one_way
+        for a in side:
+            for b in self.ids:
+                if b not in side:
+                    self.blocked.add((b, a))
+                    if not one_way:
+                        self.blocked.add((a, b))
+        lo, hi = self.p.partition_steps
+        self.partition_until = self.now + rng.randint(lo, hi)
+        self.stats["partitions"] += 1
+        self._trace(f"partition {sorted(side)} one_way={one_way}")
+
+    def _heal_all(self) -> None:
+        self.faults_on = False
+        self.heal_step = self.now
+        self.blocked.clear()
+        self.flap = None
+        for i in self.ids:
+            if self.nodes[i] is None:
+                self._start(i)
+        self._trace("heal all")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _trace(self, event: str) -> None:
+        self.trace.update(f"{self.now} {event}\n".encode())
+        if self.log is not None:
+            self.log(f"{self.now:6d} {event}")
+
+    def step(self) -> None:
+        """One unit of simulated time: faults, clocks, deliveries, disks, clients, Readys."""
+        self.now += 1
+        if self.faults_on:
+            self._inject_faults()
+            self._operate()
+            for i, at in list(self.restart_at.items()):
+                if at <= self.now and self.nodes[i] is None:
+                    del self.restart_at[i]
+                    self._start(i)
+        for i in self.ids:
+            node = self.nodes[i]
+            if node is None:
+                continue
+            self.clock_acc[i] += self.p.clock_rates[i - 1]
+            while self.clock_acc[i] >= TICK_STEPS:
+                self.clock_acc[i] -= TICK_STEPS
+                node.tick()
+                self.dirty.add(i)
+                self.checker.after_step(i)
+        self._deliver_due()
+        self._complete_disks()
+        self._clients_step()
+        for i in sorted(self.dirty):
+            self._drive(i)
+        self.dirty.clear()
+
+    def converged(self) -> bool:
+        """Liveness goal: every client succeeded twice after healing, then (no new operations)
+        every operation finished and every broker applied everything the leader holds."""
+        if not self.quiescing:
+            self.quiescing = all(c.ok_after_heal >= 2 for c in self.clients)
+            return False
+        if any(c.op is not None for c in self.clients):
+            return False
+        leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
+        if len(leaders) != 1:
+            return False
+        leader = leaders[0]
+        if leader.commit != leader.log.last_index:
+            return False
+        members = leader.config.members
+        return all(self.app_index[i] == leader.commit for i in self.live() if i in members)
+
+    def run(self) -> SimResult:
+        """The safety phase, then the liveness phase; never raises, reports in the result."""
+        error = None
+        try:
+            for _ in range(self.p.safety_steps):
+                self.step()
+            self._heal_all()
+            for _ in range(self.p.liveness_steps):
+                self.step()
+                if self.converged():
+                    break
+            else:
+                raise SimulationFailure(self._liveness_report())
+            self.checker.final_check()
+        except SimulationFailure as exc:
+            error = f"step {self.now}: {exc}"
+        except Exception:
+            error = f"step {self.now}: core raised\n{traceback.format_exc()}"
+        self.stats["steps"] = self.now
+        self.stats["max_term"] = max(self.checker.leader_of_term, default=0)
+        self.stats["elections"] = len(self.checker.leader_of_term)
+        self.stats["committed"] = max(self.checker.committed, default=0)
+        return SimResult(
+            seed=self.seed,
+            ok=error is None,
+            error=error,
+            steps=self.now,
+            trace_hash=self.trace.hexdigest(),
+            stats=dict(self.stats),
+            params=self.p,
+            mutant=self.mutant,
+        )
+
+    def _liveness_report(self) -> str:
+        lines = [f"liveness: no convergence {self.p.liveness_steps} steps after healing"]
+        for i in self.ids:
+            lines.append(f"  {self.nodes[i]!r} applied={self.app_index[i]}")
+        for c in self.clients:
+            lines.append(f"  {c.id} op={c.op} ok_after_heal={c.ok_after_heal}")
+        return "\n".join(lines)
+
+
+# -- invariants ----------------------------------------------------------------------------------
+
+
+class Checker:
+    """The invariants, checked as the run goes (a violation raises SimulationFailure)."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.leader_of_term: dict[int, int] = {}
+        self.committed: dict[int, tuple[int, Any]] = {}
+        self.checked_commit: dict[int, int] = {}
+        self.leader_checked: dict[int, int] = {}
+        self.applied_at: dict[int, tuple[int, Any, str]] = {}
+        self.snapshot_digest: dict[int, str] = {}
+        self.created: set[str] = set()
+        self.appended_data: set[bytes] = set()
+        self.acked: dict[tuple[str, int], bytes] = {}
+        self.read_seen: dict[tuple[str, int], bytes] = {}
+        self.max_acked: dict[str, int] = {}
+
+    def fail(self, message: str) -> None:
+        raise SimulationFailure(message)
+
+    # -- consensus ---------------------------------------------------------------------------
+
+    def on_start(self, i: int) -> None:
+        self.checked_commit[i] = 0
+
+    def after_step(self, i: int) -> None:
+        node = self.sim.nodes[i]
+        if node is None:
+            return
+        if node.role is Role.LEADER:
+            first = self.leader_of_term.setdefault(node.term, i)
+            if first != i:
+                self.fail(f"election safety: nodes {first} and {i} both lead term {node.term}")
+            if self.leader_checked.get(i) != node.term:
+                self.leader_checked[i] = node.term
+                self._check_leader_completeness(i, node)
+        start = max(self.checked_commit[i], node.log.snapshot_index)
+        if node.commit > start:
+            for index in range(start + 1, node.commit + 1):
+                e = node.log.entry(index)
+                prev = self.committed.setdefault(index, (e.term, e.payload))
+                if prev != (e.term, e.payload):
+                    self.fail(
+                        f"committed entry {index} changed: node {i} has {e}, "
+                        f"earlier committed {prev}"
+                    )
+            self.checked_commit[i] = node.commit
+
+    def _check_leader_completeness(self, i: int, node: RaftNode) -> None:
+        for index in range(node.log.first_index, max(self.committed, default=0) + 1):
+            if index not in self.committed:
+                continue
+            term = self.committed[index][0]
+            if node.log.term(index) != term:
+                self.fail(
+                    f"leader completeness: node {i} leads term {node.term} without "
+                    f"committed entry {index} (term {term})"
+                )
+
+    def on_apply(self, i: int, e: Entry, result: Any) -> None:
+        record = (e.term, e.payload, repr(result))
+        prev = self.applied_at.setdefault(e.index, record)
+        if prev != record:
+            self.fail(f"state machine safety: node {i} applied {record} at {e.index}, not {prev}")
+
+    def on_snapshot(self, i: int, index: int, app: QueueState) -> None:
+        digest = hashlib.blake2b(repr(app).encode(), digest_size=12).hexdigest()
+        prev = self.snapshot_digest.setdefault(index, digest)
+        if prev != digest:
+            self.fail(f"node {i}: state at {index} differs from another node's at {index}")
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def on_append_sent(self, data: bytes) -> None:
+        self.appended_data.add(data)
+
+    def on_unknown(self, c: SimClient) -> None:
+        kind, q, _ = c.op
+        if kind == "read":
+            # A read applied but not answered moved this client's position.
+            c.skippable[q] = c.skippable.get(q, 0) + 1
+
+    def on_result(self, c: SimClient, op: tuple, result: Any) -> None:
+        kind, q, data = op
+        if kind == "create":
+            if not isinstance(result, QueueCreated) and not (
+                isinstance(result, CommandRejected) and result.code == "QUEUE_EXISTS"
+            ):
+                self.fail(f"create {q}: unexpected {result!r}")
+            self.created.add(q)
+            if q in c.to_create:
+                c.to_create.remove(q)
+            return
+        if isinstance(result, CommandRejected):
+            if result.code == "QUEUE_NOT_FOUND" and q in self.created:
+                self.fail(f"{c.id}: {q} not found after its creation was acknowledged")
+            return
+        if kind == "append":
+            self.sim.stats["appends"] += 1
+            if not isinstance(result, MessageAppended):
+                self.fail(f"append: unexpected {result!r}")
+            key = (q, result.sequence_num)
+            if self.acked.setdefault(key, data) != data:
+                self.fail(f"two acknowledged appends at {key}: {self.acked[key]!r}, {data!r}")
+            if self.read_seen.get(key, data) != data:
+                self.fail(f"acknowledged {data!r} at {key} but {self.read_seen[key]!r} was read")
+            self.max_acked[q] = max(self.max_acked.get(q, 0), result.sequence_num)
+            return
+        self.sim.stats["reads"] += 1
+        if not isinstance(result, MessageRead):
+            self.fail(f"read: unexpected {result!r}")
+        last = c.last_read.get(q, 0)
+        skippable = c.skippable.get(q, 0)
+        if result.sequence_num is None:
+            if c.read_floor > last + skippable:
+                self.fail(
+                    f"{c.id} read nothing in {q} at position <= {last + skippable} although "
+                    f"message {c.read_floor} was acknowledged before the read"
+                )
+            return
+        seq = result.sequence_num
+        if seq <= last:
+            self.fail(f"{c.id} read {q} #{seq} after #{last}: repeat or out of order")
+        gap = seq - last - 1
+        if gap > skippable:
+            self.fail(
+                f"{c.id} read {q} #{seq} after #{last}: gap of {gap} with only {skippable} "
+                "reads of unknown outcome"
+            )
+        c.skippable[q] = skippable - gap
+        c.last_read[q] = seq
+        if result.data not in self.appended_data:
+            self.fail(f"{c.id} read {result.data!r} that no client ever appended")
+        key = (q, seq)
+        if self.acked.get(key, result.data) != result.data:
+            self.fail(f"read {result.data!r} at {key}, acknowledged {self.acked[key]!r}")
+        if self.read_seen.setdefault(key, result.data) != result.data:
+            self.fail(f"two different messages read at {key}")
+
+    def final_check(self) -> None:
+        """After convergence: every node holds every acknowledged append at its number."""
+        sim = self.sim
+        leader = next(sim.nodes[i] for i in sim.live() if sim.nodes[i].is_leader)
+        members = [i for i in sim.live() if i in leader.config.members]
+        states = {i: repr(sim.apps[i]) for i in members}
+        if len(set(states.values())) != 1:
+            self.fail("converged members disagree on the queues")
+        for (q, seq), data in self.acked.items():
+            for i in members:
+                queue = sim.apps[i].messages.get(q, [])
+                if len(queue) < seq or queue[seq - 1] != data:
+                    self.fail(f"acknowledged append {q} #{seq} = {data!r} missing on node {i}")
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def run_seed(
+    seed: int,
+    mutant: str | None = None,
+    safety_steps: int = DEFAULT_SAFETY_STEPS,
+    liveness_steps: int = DEFAULT_LIVENESS_STEPS,
+) -> SimResult:
+    """Run one seed; the same arguments always give the same result and trace hash."""
+    return Simulation(
+        seed, mutant=mutant, safety_steps=safety_steps, liveness_steps=liveness_steps
+    ).run()
+
+
+def _run_args(args: tuple) -> SimResult:
+    return run_seed(*args)
+
+
+def run_swarm(
+    seeds: range | list[int],
+    *,
+    mutant: str | None = None,
+    jobs: int = 1,
+    safety_steps: int = DEFAULT_SAFETY_STEPS,
+    liveness_steps: int = DEFAULT_LIVENESS_STEPS,
+    stop_on_failure: bool = False,
+) -> list[SimResult]:
+    """Run many seeds, across ``jobs`` processes."""
+    work = [(s, mutant, safety_steps, liveness_steps) for s in seeds]
+    results = []
+    if jobs <= 1:
+        for w in work:
+            r = _run_args(w)
+            results.append(r)
+            if stop_on_failure and not r.ok:
+                break
+        return results
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        for r in pool.imap_unordered(_run_args, work, chunksize=4):
+            results.append(r)
+            if stop_on_failure and not r.ok:
+                pool.terminate()
+                break
+    return sorted(results, key=lambda r: r.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trio_broker.testing.sim", description=__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--seed", type=int, help="replay one seed, printing its parameters")
+    group.add_argument("--seeds", type=int, help="run this many seeds (a swarm)")
+    parser.add_argument("--first", type=int, default=0, help="first seed of the swarm")
+    parser.add_argument("--jobs", type=int, default=multiprocessing.cpu_count())
+    parser.add_argument("--mutant", choices=sorted(MUTANTS), help="run a deliberately broken core")
+    parser.add_argument("--safety-steps", type=int, default=DEFAULT_SAFETY_STEPS)
+    parser.add_argument("--liveness-steps", type=int, default=DEFAULT_LIVENESS_STEPS)
+    parser.add_argument("--trace", action="store_true", help="print every event of --seed")
+    args = parser.parse_args(argv)
+
+    if args.seed is not None:
+        sim = Simulation(
+            args.seed,
+            mutant=args.mutant,
+            safety_steps=args.safety_steps,
+            liveness_steps=args.liveness_steps,
+            log=print if args.trace else None,
+        )
+        print(f"seed {args.seed}" + (f" (mutant {args.mutant})" if args.mutant else ""))
+        print("fault parameters:")
+        print(sim.p.describe())
+        r = sim.run()
+        print("summary: " + ", ".join(f"{k}={v}" for k, v in r.stats.items()))
+        print(f"trace hash: {r.trace_hash}")
+        if r.ok:
+            print("ok")
+            return 0
+        print(f"FAILED: {r.error}")
+        print(f"replay: {r.replay_command()}")
+        return 1
+
+    start = time.perf_counter()
+    results = run_swarm(
+        range(args.first, args.first + args.seeds),
+        mutant=args.mutant,
+        jobs=args.jobs,
+        safety_steps=args.safety_steps,
+        liveness_steps=args.liveness_steps,
+    )
+    elapsed = time.perf_counter() - start
+    steps = sum(r.steps for r in results)
+    failures = [r for r in results if not r.ok]
+    for r in failures:
+        first_line = (r.error or "").splitlines()[0]
+        print(f"seed {r.seed} FAILED: {first_line}")
+        print(f"  replay: {r.replay_command()}")
+    print(
+        f"{len(results)} seeds, {len(failures)} failed, {elapsed:.1f}s, "
+        f"{len(results) / elapsed:.1f} seeds/s, {steps / elapsed:,.0f} steps/s "
+        f"({args.jobs} jobs)"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
