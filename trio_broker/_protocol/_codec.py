@@ -187,8 +187,12 @@ def encode_response(response: m.Response | BrokerError) -> bytes:
 
 
 def dumps_value(value: Any) -> bytes:
-    """A JSON value as the bytes the broker stores."""
-    return orjson.dumps(value)
+    """A JSON value as the bytes the broker stores (and keeps in its in-memory log).
+
+    orjson hands back bytes that keep its whole 4 KiB working buffer allocated; copied to an
+    object of the exact size, a 100-byte value costs 135 bytes of memory instead of 4 KiB.
+    """
+    return memoryview(orjson.dumps(value)).tobytes()
 
 
 def stored_value(raw: bytes) -> orjson.Fragment:

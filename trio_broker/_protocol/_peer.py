@@ -21,6 +21,7 @@ from .. import _core
 from .._core import _commands as cmd
 from .._core import _raft_messages as rm
 from .._errors import ProtocolError
+from ._codec import dumps_value
 
 # -- log entry payloads ---------------------------------------------------------------------------
 
@@ -121,14 +122,14 @@ def payload_from_obj(obj: Any) -> Any:
     try:
         if kind == "APPEND_MESSAGE":
             return _core.AppendMessage(
-                _str(obj["queue_id"]), orjson.dumps(obj["data"]), *_producer_from(obj)
+                _str(obj["queue_id"]), dumps_value(obj["data"]), *_producer_from(obj)
             )
         if kind == "APPEND_BATCH":
             data = obj["data"]
             if not isinstance(data, list):
                 raise TypeError("data must be a list")
             return cmd.AppendBatch(
-                _str(obj["queue_id"]), tuple(orjson.dumps(d) for d in data), *_producer_from(obj)
+                _str(obj["queue_id"]), tuple(dumps_value(d) for d in data), *_producer_from(obj)
             )
         if kind == "READ_BATCH":
             return cmd.ReadBatch(
