@@ -239,6 +239,7 @@ class RaftNode:
         self._snapshot_to_install: DataSync | None = None
         self._snapshots_to_send: list[Any] = []
         self._inflight: Ready | None = None
+        self._append_pending = False
 
     # -- public queries ------------------------------------------------------------------------
 
@@ -306,7 +307,9 @@ class RaftNode:
             raise NotLeader(self.leader_id)
         entry = Entry(self.term, self.log.last_index + 1, command)
         self.log.append([entry])
-        self._broadcast_append()
+        # Replicated when the next Ready is taken: every proposal made meanwhile (while the
+        # runtime persists the previous Ready, typically) travels in the same REPLICATE.
+        self._append_pending = True
         return entry.term, entry.index
 
     def propose_config_change(self, change: ConfigChange) -> tuple[int, int]:
@@ -380,7 +383,8 @@ class RaftNode:
             return False
         hs = self._persisted_hs
         return bool(
-            self.term != hs.term
+            self._append_pending
+            or self.term != hs.term
             or self.voted_for != hs.voted_for
             or self.commit != hs.commit
             or self.log.has_unstable()
@@ -395,6 +399,10 @@ class RaftNode:
         """Take the pending effects. Call :meth:`advance` once they are done."""
         if self._inflight is not None:
             raise UsageError("ready() called again before advance()")
+        if self._append_pending:
+            self._append_pending = False
+            if self.role is Role.LEADER:
+                self._broadcast_append()
         hs = self.hard_state
         trunc, entries = self.log.take_unstable()
         committed: list[Entry] = []
