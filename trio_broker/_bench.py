@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import attrs
 import orjson
 import trio
 
+from ._processes import start_node, stop_nodes
 from ._protocol import FrameDecoder, encode_frame
 
 PAYLOAD = "x" * 100
@@ -159,33 +159,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _start_node(data_dir: Path, port: int, seed: int | None) -> trio.Process:
-    cmd = [
-        sys.executable,
-        "-m",
-        "trio_broker",
-        "node",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--log-level",
-        "WARNING",
-    ]
-    if seed is not None:
-        cmd += ["--seed", f"127.0.0.1:{seed}"]
-    process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    with trio.fail_after(30):
-        line = b""
-        while b"\n" not in line:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                raise RuntimeError("a broker exited before it was ready")
-            line += chunk
-    return process
-
-
 @contextlib.asynccontextmanager
 async def _local_cluster(base: Path, nodes: int) -> AsyncIterator[list[tuple[int, trio.Process]]]:
     members: list[tuple[int, trio.Process]] = []
@@ -193,19 +166,11 @@ async def _local_cluster(base: Path, nodes: int) -> AsyncIterator[list[tuple[int
         for i in range(nodes):
             port = _free_port()
             seed = members[0][0] if members else None
-            members.append((port, await _start_node(base / f"node-{i}", port, seed)))
+            process, _ = await start_node(base / f"node-{i}", port, seed=seed)
+            members.append((port, process))
         yield members
     finally:
-        with trio.CancelScope(shield=True):
-            for _, process in members:
-                if process.returncode is None:
-                    process.terminate()
-            for _, process in members:
-                with trio.move_on_after(10):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+        await stop_nodes([process for _, process in members])
 
 
 async def _topology(ports: list[int]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 from ._node_options import SettingsError, add_arguments, resolve
+from ._processes import start_node, stop_nodes
 from ._runtime import (
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
@@ -124,39 +125,19 @@ def _add_cluster_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 async def _run_cluster(args: argparse.Namespace) -> None:
-    import subprocess
-
     base = Path(args.data_dir)
     processes = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for i in range(args.nodes):
-                port = args.base_port + i
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "trio_broker",
-                    "node",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(base / f"node-{i + 1}"),
-                    "--log-level",
-                    args.log_level,
-                ]
-                if i > 0:
-                    cmd += ["--seed", f"127.0.0.1:{args.base_port}"]
-                process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+                process, ready = await start_node(
+                    base / f"node-{i + 1}",
+                    args.base_port + i,
+                    seed=args.base_port if i else None,
+                    log_level=args.log_level,
+                )
                 processes.append(process)
-                assert process.stdout is not None
-                line = b""
-                with trio.fail_after(30):
-                    while not line.endswith(b"\n"):
-                        chunk = await process.stdout.receive_some(1)
-                        if not chunk:
-                            raise RuntimeError(f"broker {i + 1} exited: see its log above")
-                        line += chunk
-                print(line.decode().strip(), flush=True)
+                print(ready, flush=True)
             seeds = ",".join(f"127.0.0.1:{args.base_port + i}" for i in range(args.nodes))
             print(
                 f"cluster of {args.nodes} brokers running; seeds {seeds}; Ctrl-C stops it",
@@ -165,16 +146,7 @@ async def _run_cluster(args: argparse.Namespace) -> None:
             async for _ in signals:
                 break
         finally:
-            with trio.CancelScope(shield=True):
-                for process in processes:
-                    if process.returncode is None:
-                        process.terminate()
-                for process in processes:
-                    with trio.move_on_after(10):
-                        await process.wait()
-                    if process.returncode is None:
-                        process.kill()
-                        await process.wait()
+            await stop_nodes(processes)
 
 
 def run_cluster(args: argparse.Namespace) -> int:

@@ -300,18 +300,14 @@ class Broker:
         if not self.driver.node.is_leader:
             return await self._forward_to_leader(request)
         node = self.driver.node
-        if request.broker_id in node.config.members:
-            result = await self.submit(
-                _core.SetBrokerAddress(request.broker_id, request.host, request.port)
-            )
-            if isinstance(result, BrokerError):
-                return result
-        else:
-            result = await self.submit(
-                _core.SetBrokerAddress(request.broker_id, request.host, request.port)
-            )
-            if isinstance(result, BrokerError):
-                return result
+        # The address first, so that every member can reach the broker once it is a member;
+        # a broker that is already a member (rejoining after a restart) only updates it.
+        result = await self.submit(
+            _core.SetBrokerAddress(request.broker_id, request.host, request.port)
+        )
+        if isinstance(result, BrokerError):
+            return result
+        if request.broker_id not in node.config.members:
             result = await self.driver.change_membership(
                 ConfigChange(ChangeAction.ADD_LEARNER, request.broker_id)
             )
