@@ -1,7 +1,7 @@
 """The trio shell of one broker: one nursery of supervised tasks around the storage worker.
 
-Lifetimes shape the nurseries: the storage worker outlives the services (the committer), which
-outlive the connections. Shutdown stops accepting, stops reading new requests, gives in-flight
+Lifetimes shape the nurseries: the storage worker outlives the services (the consensus driver
+and its peer links, the metrics server), which outlive the connections. Shutdown stops accepting, stops reading new requests, gives in-flight
 requests ``shutdown_grace`` seconds to be answered, then cancels what is left.
 """
 
