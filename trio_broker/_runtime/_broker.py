@@ -1,8 +1,9 @@
 """The trio shell of one broker: one nursery of supervised tasks around the storage worker.
 
 Lifetimes shape the nurseries: the storage worker outlives the services (the consensus driver
-and its peer links, the metrics server), which outlive the connections. Shutdown stops accepting, stops reading new requests, gives in-flight
-requests ``shutdown_grace`` seconds to be answered, then cancels what is left.
+and its peer links, the metrics server), which outlive the connections. Shutdown stops
+accepting, stops reading new requests, gives in-flight requests ``shutdown_grace`` seconds to
+be answered, then cancels what is left.
 """
 
 from __future__ import annotations
