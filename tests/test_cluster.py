@@ -302,3 +302,20 @@ async def test_advertised_address_is_what_clients_and_peers_are_told(tmp_path):
             while broker.broker_id not in broker.addresses:
                 await broker.driver.wait_changed()
         assert broker.addresses[broker.broker_id] == ("localhost", 7777)
+
+
+async def test_serve_broker_in_a_nursery_and_wait_leader(tmp_path):
+    """The service form: nursery.start(serve_broker, config) hands back the running broker."""
+    from trio_broker import serve_broker
+
+    async with trio.open_nursery() as nursery:
+        broker = await nursery.start(serve_broker, BrokerConfig(data_dir=tmp_path, port=0))
+        with trio.fail_after(DEADLINE):
+            assert await broker.wait_leader() == broker.broker_id
+        q = await create_queue(broker.port)
+        assert await append(broker.port, q, "served") == 1
+        nursery.cancel_scope.cancel()
+    async with open_broker(BrokerConfig(data_dir=tmp_path, port=0)) as again:
+        assert (await call(again.port, {"operation": "READ", "queue_name": q, "client_id": "C-1"}))[
+            "data"
+        ] == "served"
