@@ -334,3 +334,21 @@ async def test_health_reports_a_broker_that_follows_a_leader(tmp_path, cli):
             assert report["broker_id"] == replica.broker_id
     status, out, err = await cli("--seed", seed, "health")
     assert status == 2
+
+
+async def test_queues_lists_lengths_and_client_lag(real_broker, cli):
+    seed = f"127.0.0.1:{real_broker.port}"
+    status, q, _ = await cli("--seed", seed, "create-queue")
+    q = q.strip()
+    for value in ("1", "2", "3"):
+        await cli("--seed", seed, "append", q, value)
+    await cli("--seed", seed, "--client-id", "C-LAGGY", "read", q)
+    status, out, err = await cli("--seed", seed, "queues")
+    assert (status, err) == (0, "")
+    lines = [line.split() for line in out.strip().splitlines()]
+    assert lines[0] == ["QUEUE", "LENGTH", "CLIENT", "NEXT", "LAG"]
+    assert [q, "3"] in lines
+    assert ["C-LAGGY", "2", "2"] in lines
+    status, out, _ = await cli("--seed", seed, "--json", "queues")
+    (entry,) = [e for e in json.loads(out)["queues"] if e["queue_id"] == q]
+    assert entry["clients"] == [{"client_id": "C-LAGGY", "next_sequence_num": 2, "lag": 2}]

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from ._errors import BrokerError
-from ._protocol import dumps_value
+from ._protocol import converter, dumps_value
 from .client import BrokerUnreachableError, Client, Topology, connect, parse_address
 
 DEFAULT_SEED = "127.0.0.1:9001"
@@ -97,7 +97,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``client`` sub-command on an argparse subparsers object."""
     client = subparsers.add_parser(
         "client",
-        help="talk to brokers: status, health, create-queue, append, read, remove-member",
+        help="talk to brokers: status, health, queues, create-queue, append, read, remove-member",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no broker can be reached.",
     )
@@ -130,6 +130,12 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="read the next message(s) for this client id",
     )
+    queues = commands.add_parser(
+        "queues",
+        parents=[common],
+        help="list the queues with their lengths and each client's lag",
+    )
+    queues.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
     commands.add_parser(
         "health",
         parents=[common],
@@ -316,8 +322,38 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _queues(client: Client, args: argparse.Namespace) -> int:
+    """Every queue of the cluster, a page at a time, with each client's lag."""
+    queues = []
+    after = None
+    for _ in range(MAX_QUEUE_PAGES):
+        page = await client.list_queues(args.cluster, after=after, max_queues=1000)
+        queues += page.queues
+        after = page.next_after
+        if after is None:
+            break
+    if args.json:
+        _out(_json({"queues": [converter.unstructure(q) for q in queues]}))
+        return EXIT_OK
+    rows = [("QUEUE", "LENGTH", "CLIENT", "NEXT", "LAG")]
+    for q in queues:
+        rows.append((q.queue_id, str(q.length), "", "", ""))
+        rows += [("", "", c.client_id, str(c.next_sequence_num), str(c.lag)) for c in q.clients]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    _out(
+        "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        )
+    )
+    return EXIT_OK
+
+
+MAX_QUEUE_PAGES = 100
+"""The CLI lists at most 100,000 queues (100 pages)."""
+
 _COMMANDS = {
     "status": _status,
+    "queues": _queues,
     "health": _health,
     "remove-member": _remove_member,
     "create-queue": _create_queue,
