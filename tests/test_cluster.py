@@ -319,3 +319,37 @@ async def test_serve_broker_in_a_nursery_and_wait_leader(tmp_path):
         assert (await call(again.port, {"operation": "READ", "queue_name": q, "client_id": "C-1"}))[
             "data"
         ] == "served"
+
+
+async def test_a_broken_snapshot_transfer_is_refused_and_retried(tmp_path):
+    """Chunks are checked: a corrupted one is refused, nothing is installed, and the leader
+    offers the snapshot again until a transfer arrives intact."""
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+            leader = await cluster.wait_for_leader()
+            lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
+            await cluster.stop(lagging)
+            queue_id = await create_queue(leader.port)
+            conn = await RawConnection.open(leader.port)
+            await conn.send(
+                *[{"operation": "APPEND", "queue_name": queue_id, "data": i} for i in range(200)]
+            )
+            for _ in range(200):
+                assert (await conn.receive())["status"] == "success"
+            await conn.aclose()
+            served = leader.driver.read_snapshot_chunk
+            corrupted = []
+
+            def corrupt_first(snapshot_id, offset):
+                chunk, size, digest = served(snapshot_id, offset)
+                if not corrupted:
+                    corrupted.append(snapshot_id)
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]  # the digest no longer fits
+                return chunk, size, digest
+
+            leader.driver.read_snapshot_chunk = corrupt_first
+            restarted = await cluster.start(lagging)
+            await wait_applied(restarted, leader.node.commit)
+            assert corrupted, "the first transfer was not the corrupted one"
+            assert restarted.node.log.snapshot_index > 0
+            assert await stored_messages(restarted, queue_id) == [b"%d" % i for i in range(200)]
