@@ -474,8 +474,10 @@ class RaftDriver:
         return chunk, size, hashlib.sha256(chunk).hexdigest()
 
     def _start_snapshot_fetch(self, message: DataSync) -> None:
+        """Fetch one offered snapshot at a time: offers repeated while a large transfer is
+        under way (the leader retries after an election timeout) are ignored, not stacked."""
         snapshot_id = message.data.get("snapshot_id") if isinstance(message.data, dict) else None
-        if not isinstance(snapshot_id, str) or snapshot_id in self._fetching:
+        if not isinstance(snapshot_id, str) or self._fetching:
             return
         self._fetching.add(snapshot_id)
         assert self._nursery is not None
