@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .._core._raft_messages import Message
+from .._errors import ProtocolError
 from .._protocol import FrameDecoder, PeerHello, encode_frame, encode_request, loads_object
 from .._protocol._peer import encode_message
 from ._log import log_event
@@ -29,6 +30,7 @@ _LINK_ERRORS = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
     trio.TooSlowError,
+    ProtocolError,
 )
 
 OUTBOX_SIZE = 1024
@@ -68,6 +70,7 @@ class _Link:
                     )
                     backoff = BACKOFF_MIN
                 self.connected = False
+                self._discard_queued()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -110,7 +113,7 @@ class _Link:
             async with trio.open_nursery() as nursery:
                 # The peer never writes on this stream after the handshake; reading tells us
                 # promptly when it goes away.
-                nursery.start_soon(self._watch_close, stream, nursery.cancel_scope)
+                nursery.start_soon(self._watch_close, stream)
                 while True:
                     batch = [await self.receive_channel.receive()]
                     while len(batch) < 256:
@@ -121,7 +124,7 @@ class _Link:
                     self.queued_bytes -= sum(_approximate_size(m) for m in batch)
                     await stream.send_all(b"".join(encode_frame(encode_message(m)) for m in batch))
 
-    async def _watch_close(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    async def _watch_close(self, stream: trio.abc.Stream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while await stream.receive_some(4096):
                 pass
@@ -129,8 +132,11 @@ class _Link:
 
 
 def _approximate_size(message: Message) -> int:
-    entries = getattr(message, "entries", ())
-    return 256 + sum(len(getattr(e.payload, "data", b"")) + 64 for e in entries)
+    size = 256
+    for entry in getattr(message, "entries", ()):
+        data = getattr(entry.payload, "data", b"")
+        size += 64 + (len(data) if isinstance(data, bytes) else sum(len(d) + 8 for d in data))
+    return size
 
 
 class PeerFleet:
