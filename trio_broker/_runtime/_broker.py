@@ -94,7 +94,7 @@ class BrokerStatistics:
     pending_proposals: int
     elections_won: int
     transactions: int
-    """Durable SQLite transactions (fsyncs) so far."""
+    """SQLite transactions of the consensus driver (those that only apply are not fsynced)."""
     entries_applied: int
 
 
