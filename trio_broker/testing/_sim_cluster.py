@@ -19,12 +19,20 @@ from typing import Any
 
 import attrs
 
-from .._core._commands import AppendMessage, CreateQueue, ReadNext
+from .._core._commands import (
+    Ack,
+    AppendBatch,
+    AppendMessage,
+    CreateQueue,
+    ReadBatch,
+    ReadNext,
+    Seek,
+)
 from .._core._queues import QueueState
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Entry, HardState, Message, SnapshotMeta
 
-COMMANDS = (CreateQueue, AppendMessage, ReadNext)
+COMMANDS = (CreateQueue, AppendMessage, AppendBatch, ReadNext, ReadBatch, Ack, Seek)
 
 
 @attrs.define

@@ -9,7 +9,9 @@ applying committed entries to its own :class:`~trio_broker._core.QueueState`, th
 - simulated disks: a Ready is durable only when its write completes (slow disks complete it
   after a delay); a crash loses the write in progress; an optional crash right after a sync;
 - node crashes and restarts from their durable state; clocks that tick at different rates;
-- clients: create queue, append, read, with deadlines, NOT_LEADER redirects and retries.
+- clients: create queue, append (plain, idempotent producer, atomic batch), read (ReadNext,
+  ReadBatch) and at-least-once consume (peek, then Ack), with deadlines, NOT_LEADER redirects
+  and retries.
 
 Invariants are checked on every step (see :class:`Checker`). A safety phase (faults on) is
 followed by a liveness phase (faults healed): a leader must emerge and every client must finish
@@ -28,6 +30,7 @@ import argparse
 import copy
 import hashlib
 import heapq
+import itertools
 import multiprocessing
 import random
 import sys
@@ -38,12 +41,18 @@ from typing import Any
 import attrs
 
 from .._core._commands import (
+    Ack,
+    AppendBatch,
     AppendMessage,
+    BatchAppended,
     CommandRejected,
     CreateQueue,
     MessageAppended,
     MessageRead,
+    MessagesRead,
+    PositionSet,
     QueueCreated,
+    ReadBatch,
     ReadNext,
 )
 from .._core._queues import QueueState
@@ -166,7 +175,14 @@ QUEUES = ("Q-SIM0A", "Q-SIM0B")
 
 @attrs.define
 class SimClient:
-    """A client with one operation outstanding at a time, retried until its deadline."""
+    """A client with one operation outstanding at a time, retried until its deadline.
+
+    Operations are ``(kind, queue, arg)``: ``("create", q, None)``, ``("append", q, value)``,
+    ``("pappend", q, (value, producer_seq))`` (idempotent producer ``id``), ``("batch", q,
+    (values, producer_seq or None))``, ``("read", q, None)`` (ReadNext), ``("rbatch", q, n)``
+    (ReadBatch of up to n, moving), and, as the at-least-once consumer :attr:`consumer`,
+    ``("peek", q, n)`` then ``("ack", q, sequence_num)``.
+    """
 
     id: str
     to_create: list[str]
@@ -183,6 +199,35 @@ class SimClient:
     skippable: dict[str, int] = attrs.field(factory=dict)
     read_floor: int = 0
     ok_after_heal: int = 0
+    producer_seq: dict[str, int] = attrs.field(factory=dict)
+    """The last producer_seq used per queue (the producer id is the client id)."""
+    acked_at_least: dict[str, int] = attrs.field(factory=dict)
+    """The consumer's position per queue as last answered (positions never move back)."""
+    unknown_acks: dict[str, list[int]] = attrs.field(factory=dict)
+    """The consumer's Acks of unknown outcome: each may still be applied, at any time."""
+    to_ack: tuple[str, int] | None = None
+    """The consumer's next operation: acknowledge what it peeked."""
+
+    def ack_bounds(self, q: str) -> tuple[int, int]:
+        """[lo, hi]: where the consumer's acknowledged position in ``q`` can be."""
+        lo = self.acked_at_least.get(q, 0)
+        return lo, max([lo, *self.unknown_acks.get(q, ())])
+
+    def ack_known(self, q: str, position: int) -> None:
+        self.acked_at_least[q] = position
+        self.unknown_acks[q] = [s for s in self.unknown_acks.get(q, ()) if s > position]
+
+    @property
+    def consumer(self) -> str:
+        """The client id of this client's at-least-once consumer (its own position)."""
+        return f"{self.id}/a"
+
+    @property
+    def op_is_idempotent(self) -> bool:
+        """An idempotent producer's append: re-issued (same seq) past its deadline."""
+        return self.op is not None and (
+            self.op[0] == "pappend" or (self.op[0] == "batch" and self.op[2][1] is not None)
+        )
 
 
 # -- the simulation ------------------------------------------------------------------------------
@@ -269,6 +314,13 @@ class Simulation:
                 "client_redirects",
                 "reads",
                 "appends",
+                "producer_appends",
+                "producer_reissued",
+                "duplicates",
+                "batch_appends",
+                "batch_reads",
+                "peeks",
+                "acks",
                 "config_changes",
             ),
             0,
@@ -453,7 +505,15 @@ class Simulation:
     def _clients_step(self) -> None:
         for c in self.clients:
             if c.op is not None:
-                if self.now >= c.deadline:
+                if self.now >= c.deadline and c.op_is_idempotent:
+                    # An idempotent producer does not give up on an append of unknown outcome:
+                    # it re-issues it with the same producer_seq (applied at most once).
+                    self.stats["client_unknown"] += 1
+                    self.stats["producer_reissued"] += 1
+                    c.deadline = self.now + self.p.client_timeout
+                    c.resend_at = None
+                    self._send_op(c)
+                elif self.now >= c.deadline:
                     self.checker.on_unknown(c)
                     self.stats["client_unknown"] += 1
                     c.op, c.resend_at = None, None
@@ -467,21 +527,49 @@ class Simulation:
             c.counter += 1
             if c.to_create:
                 c.op = ("create", c.to_create[0], None)
+            elif c.to_ack is not None:
+                c.op = ("ack", *c.to_ack)
+                c.to_ack = None
             else:
                 known = [q for q in QUEUES if q in self.checker.created]
                 if not known:
                     c.next_at = self.now + 10
                     continue
                 q = self.rng.choice(known)
-                if self.rng.random() < 0.55:
-                    c.op = ("append", q, f"{c.id}:{c.counter}".encode())
-                    self.checker.on_append_sent(c.op[2])
-                else:
-                    c.op = ("read", q, None)
-                    c.read_floor = self.checker.max_acked.get(q, 0)
+                c.op = self._new_op(c, q)
             c.deadline = self.now + self.p.client_timeout
             c.sent_at = self.now
             self._send_op(c)
+
+    def _new_op(self, c: SimClient, q: str) -> tuple:
+        """Draw the next operation on ``q``: appends (plain, idempotent, batches) and reads
+        (ReadNext, ReadBatch, at-least-once peek)."""
+        rng = self.rng
+        value = f"{c.id}:{c.counter}".encode()
+        if rng.random() < 0.55:
+            kind = rng.random()
+            if kind < 0.4:
+                self.checker.on_append_sent(value)
+                return ("append", q, value)
+            producer = kind < 0.7 or rng.random() < 0.5
+            seq = None
+            if producer:
+                seq = c.producer_seq.get(q, 0) + 1
+                c.producer_seq[q] = seq
+            if kind < 0.7:
+                self.checker.on_append_sent(value, producer=True)
+                return ("pappend", q, (value, seq))
+            values = tuple(b"%s.%d" % (value, k) for k in range(rng.randint(2, 3)))
+            for v in values:
+                self.checker.on_append_sent(v, producer=producer)
+            return ("batch", q, (values, seq))
+        c.read_floor = self.checker.max_acked.get(q, 0)
+        kind = rng.random()
+        if kind < 0.5:
+            return ("read", q, None)
+        if kind < 0.75:
+            return ("rbatch", q, rng.randint(1, 3))
+        return ("peek", q, 2)
 
     def _send_op(self, c: SimClient) -> None:
         kind, q, data = c.op
@@ -489,6 +577,17 @@ class Simulation:
             command: Any = CreateQueue(q)
         elif kind == "append":
             command = AppendMessage(q, data)
+        elif kind == "pappend":
+            command = AppendMessage(q, data[0], c.id, data[1])
+        elif kind == "batch":
+            values, seq = data
+            command = AppendBatch(q, values, None if seq is None else c.id, seq)
+        elif kind == "rbatch":
+            command = ReadBatch(c.id, q, data)
+        elif kind == "peek":
+            command = ReadBatch(c.consumer, q, data, peek=True)
+        elif kind == "ack":
+            command = Ack(c.consumer, q, data)
         else:
             command = ReadNext(c.id, q)
         c.req_id += 1
@@ -513,7 +612,7 @@ class Simulation:
             c.resend_at = self.now + 5
             return
         c.leader_hint = r.src
-        self.checker.on_result(c, c.op, r.result)
+        self.checker.on_result(c, c.op, r.result, r.src)
         self.stats["client_ok"] += 1
         if self.now >= self.heal_step and not self.faults_on:
             c.ok_after_heal += 1
@@ -708,6 +807,7 @@ class Checker:
         self.snapshot_digest: dict[int, str] = {}
         self.created: set[str] = set()
         self.appended_data: set[bytes] = set()
+        self.producer_data: set[bytes] = set()
         self.acked: dict[tuple[str, int], bytes] = {}
         self.read_seen: dict[tuple[str, int], bytes] = {}
         self.max_acked: dict[str, int] = {}
@@ -768,16 +868,24 @@ class Checker:
 
     # -- clients -----------------------------------------------------------------------------
 
-    def on_append_sent(self, data: bytes) -> None:
+    def on_append_sent(self, data: bytes, producer: bool = False) -> None:
         self.appended_data.add(data)
+        if producer:
+            self.producer_data.add(data)
 
     def on_unknown(self, c: SimClient) -> None:
-        kind, q, _ = c.op
+        kind, q, arg = c.op
         if kind == "read":
             # A read applied but not answered moved this client's position.
             c.skippable[q] = c.skippable.get(q, 0) + 1
+        elif kind == "rbatch":
+            # ... by up to ``max_messages``.
+            c.skippable[q] = c.skippable.get(q, 0) + arg
+        elif kind == "ack":
+            # An Ack applied but not answered (or applied later) moves the position to ``arg``.
+            c.unknown_acks.setdefault(q, []).append(arg)
 
-    def on_result(self, c: SimClient, op: tuple, result: Any) -> None:
+    def on_result(self, c: SimClient, op: tuple, result: Any, src: Any = None) -> None:
         kind, q, data = op
         if kind == "create":
             if not isinstance(result, QueueCreated) and not (
@@ -789,33 +897,127 @@ class Checker:
                 c.to_create.remove(q)
             return
         if isinstance(result, CommandRejected):
-            if result.code == "QUEUE_NOT_FOUND" and q in self.created:
+            if result.code == "QUEUE_NOT_FOUND" and q not in self.created:
+                return
+            if result.code in ("OUT_OF_ORDER_SEQUENCE", "SEQUENCE_TOO_OLD"):
+                self.fail(f"{c.id}: idempotent {op!r} answered {result.code}: {result.message}")
+            if result.code == "QUEUE_NOT_FOUND":
                 self.fail(f"{c.id}: {q} not found after its creation was acknowledged")
-            return
-        if kind == "append":
-            self.sim.stats["appends"] += 1
-            if not isinstance(result, MessageAppended):
-                self.fail(f"append: unexpected {result!r}")
-            key = (q, result.sequence_num)
-            if self.acked.setdefault(key, data) != data:
-                self.fail(f"two acknowledged appends at {key}: {self.acked[key]!r}, {data!r}")
-            if self.read_seen.get(key, data) != data:
-                self.fail(f"acknowledged {data!r} at {key} but {self.read_seen[key]!r} was read")
-            self.max_acked[q] = max(self.max_acked.get(q, 0), result.sequence_num)
+            self.fail(f"{c.id}: {op!r} unexpectedly rejected: {result!r}")
+        if kind in ("append", "pappend", "batch"):
+            self._on_append_result(c, kind, q, data, result, src)
             return
         self.sim.stats["reads"] += 1
-        if not isinstance(result, MessageRead):
-            self.fail(f"read: unexpected {result!r}")
+        if kind == "ack":
+            self._on_ack_result(c, q, data, result)
+        elif kind == "peek":
+            self._on_peek_result(c, q, data, result)
+        elif kind == "rbatch":
+            self.sim.stats["batch_reads"] += 1
+            if not isinstance(result, MessagesRead) or len(result.messages) > data:
+                self.fail(f"read batch of {data}: unexpected {result!r}")
+            self._check_consecutive(c.id, q, result.messages)
+            if not result.messages:
+                self._check_nothing_read(c, q)
+            for seq, value in result.messages:
+                self._check_read(c, q, seq, value)
+            if result.messages and len(result.messages) < data:
+                # Fewer than asked: the position reached the end of the queue, which held at
+                # least every message acknowledged before the read was sent.
+                last = result.messages[-1][0]
+                if c.read_floor > last:
+                    self.fail(
+                        f"{c.id} read batch of {q} stopped at #{last} although message "
+                        f"{c.read_floor} was acknowledged before the read"
+                    )
+        else:
+            if not isinstance(result, MessageRead):
+                self.fail(f"read: unexpected {result!r}")
+            if result.sequence_num is None:
+                self._check_nothing_read(c, q)
+            else:
+                self._check_read(c, q, result.sequence_num, result.data)
+
+    def _on_append_result(
+        self, c: SimClient, kind: str, q: str, data: Any, result: Any, src: Any
+    ) -> None:
+        stats = self.sim.stats
+        stats["appends"] += 1
+        if kind == "append":
+            values, pseq = (data,), None
+        elif kind == "pappend":
+            values, pseq = (data[0],), data[1]
+        else:
+            values, pseq = data
+        if kind == "batch":
+            stats["batch_appends"] += 1
+            if not isinstance(result, BatchAppended) or result.count != len(values):
+                self.fail(f"append batch of {len(values)}: unexpected {result!r}")
+            first = result.first_sequence_num
+        else:
+            if not isinstance(result, MessageAppended):
+                self.fail(f"append: unexpected {result!r}")
+            first = result.sequence_num
+        if pseq is not None:
+            stats["producer_appends"] += 1
+        if result.duplicate:
+            stats["duplicates"] += 1
+            if pseq is None:
+                self.fail(f"{c.id}: append without a producer answered duplicate: {result!r}")
+        for k, value in enumerate(values):
+            self._acknowledge(q, first + k, value)
+        if pseq is not None and src in self.sim.apps:
+            # The answering broker stores each value once, where the answer says (it may have
+            # restarted from an older snapshot since: then it does not hold the append yet).
+            queue = self.sim.apps[src].messages.get(q, [])
+            for k, value in enumerate(values):
+                if queue.count(value) > 1:
+                    self.fail(
+                        f"producer {c.id} seq {pseq}: {value!r} stored {queue.count(value)} "
+                        f"times in {q} (answer {result!r})"
+                    )
+                if len(queue) >= first + k and queue[first + k - 1] != value:
+                    self.fail(
+                        f"producer {c.id} seq {pseq}: answered {result!r} but #{first + k} of "
+                        f"{q} is {queue[first + k - 1]!r}, not {value!r}"
+                    )
+
+    def _acknowledge(self, q: str, seq: int, data: bytes) -> None:
+        key = (q, seq)
+        if self.acked.setdefault(key, data) != data:
+            self.fail(f"two acknowledged appends at {key}: {self.acked[key]!r}, {data!r}")
+        if self.read_seen.get(key, data) != data:
+            self.fail(f"acknowledged {data!r} at {key} but {self.read_seen[key]!r} was read")
+        self.max_acked[q] = max(self.max_acked.get(q, 0), seq)
+
+    def _check_consecutive(self, who: str, q: str, messages: tuple) -> None:
+        for (a, _), (b, _) in itertools.pairwise(messages):
+            if b != a + 1:
+                self.fail(f"{who} got a batch of {q} with #{b} after #{a}: {messages!r}")
+
+    def _check_nothing_read(self, c: SimClient, q: str) -> None:
         last = c.last_read.get(q, 0)
         skippable = c.skippable.get(q, 0)
-        if result.sequence_num is None:
-            if c.read_floor > last + skippable:
-                self.fail(
-                    f"{c.id} read nothing in {q} at position <= {last + skippable} although "
-                    f"message {c.read_floor} was acknowledged before the read"
-                )
-            return
-        seq = result.sequence_num
+        if c.read_floor > last + skippable:
+            self.fail(
+                f"{c.id} read nothing in {q} at position <= {last + skippable} although "
+                f"message {c.read_floor} was acknowledged before the read"
+            )
+
+    def _check_data(self, who: str, q: str, seq: int, data: bytes) -> None:
+        """Read (or peeked) data was appended, and agrees with what #seq is known to hold."""
+        if data not in self.appended_data:
+            self.fail(f"{who} read {data!r} that no client ever appended")
+        key = (q, seq)
+        if self.acked.get(key, data) != data:
+            self.fail(f"read {data!r} at {key}, acknowledged {self.acked[key]!r}")
+        if self.read_seen.setdefault(key, data) != data:
+            self.fail(f"two different messages read at {key}")
+
+    def _check_read(self, c: SimClient, q: str, seq: int, data: bytes) -> None:
+        """One message moved to by ``c``: after its last, skipping only what it may have read."""
+        last = c.last_read.get(q, 0)
+        skippable = c.skippable.get(q, 0)
         if seq <= last:
             self.fail(f"{c.id} read {q} #{seq} after #{last}: repeat or out of order")
         gap = seq - last - 1
@@ -826,16 +1028,57 @@ class Checker:
             )
         c.skippable[q] = skippable - gap
         c.last_read[q] = seq
-        if result.data not in self.appended_data:
-            self.fail(f"{c.id} read {result.data!r} that no client ever appended")
-        key = (q, seq)
-        if self.acked.get(key, result.data) != result.data:
-            self.fail(f"read {result.data!r} at {key}, acknowledged {self.acked[key]!r}")
-        if self.read_seen.setdefault(key, result.data) != result.data:
-            self.fail(f"two different messages read at {key}")
+        self._check_data(c.id, q, seq, data)
+
+    def _on_peek_result(self, c: SimClient, q: str, n: int, result: Any) -> None:
+        self.sim.stats["peeks"] += 1
+        if not isinstance(result, MessagesRead) or len(result.messages) > n:
+            self.fail(f"peek of {n}: unexpected {result!r}")
+        messages = result.messages
+        lo, hi = c.ack_bounds(q)
+        if not messages:
+            # Nothing after the position: the queue ended there, and it held at least every
+            # message acknowledged before the peek was sent.
+            if c.read_floor > hi:
+                self.fail(
+                    f"{c.consumer} peeked nothing in {q} at position <= {hi} although message "
+                    f"{c.read_floor} was acknowledged before the peek"
+                )
+            return
+        self._check_consecutive(c.consumer, q, messages)
+        first, last = messages[0][0], messages[-1][0]
+        if not lo < first <= hi + 1:
+            self.fail(
+                f"{c.consumer} peeked {q} from #{first}, but its acknowledged position is "
+                f"within [{lo}, {hi}]"
+            )
+        c.ack_known(q, first - 1)
+        for seq, value in messages:
+            self._check_data(c.consumer, q, seq, value)
+        if len(messages) < n and c.read_floor > last:
+            self.fail(
+                f"{c.consumer} peek of {q} stopped at #{last} although message "
+                f"{c.read_floor} was acknowledged before the peek"
+            )
+        c.to_ack = (q, last)
+
+    def _on_ack_result(self, c: SimClient, q: str, seq: int, result: Any) -> None:
+        self.sim.stats["acks"] += 1
+        lo, hi = c.ack_bounds(q)
+        if not isinstance(result, PositionSet):
+            self.fail(f"ack: unexpected {result!r}")
+        position = result.next_sequence_num - 1
+        if not max(lo, seq) <= position <= max(hi, seq):
+            self.fail(
+                f"{c.consumer} acked {q} #{seq} with its position within [{lo}, {hi}], "
+                f"answered position {position}"
+            )
+        c.ack_known(q, position)
 
     def final_check(self) -> None:
-        """After convergence: every node holds every acknowledged append at its number."""
+        """After convergence: every node holds every acknowledged append at its number, each
+        idempotent producer's value exactly once, and every client's positions where its
+        answers put them."""
         sim = self.sim
         leader = next(sim.nodes[i] for i in sim.live() if sim.nodes[i].is_leader)
         members = [i for i in sim.live() if i in leader.config.members]
@@ -847,6 +1090,34 @@ class Checker:
                 queue = sim.apps[i].messages.get(q, [])
                 if len(queue) < seq or queue[seq - 1] != data:
                     self.fail(f"acknowledged append {q} #{seq} = {data!r} missing on node {i}")
+        # Every idempotent append was retried until answered, so each value is there once.
+        for i in members:
+            counts: dict[bytes, int] = {}
+            for queue in sim.apps[i].messages.values():
+                for value in queue:
+                    counts[value] = counts.get(value, 0) + 1
+            for value in self.producer_data:
+                if counts.get(value, 0) != 1:
+                    self.fail(
+                        f"idempotent producer's {value!r} stored {counts.get(value, 0)} times "
+                        f"on node {i}"
+                    )
+        app = sim.apps[members[0]]
+        for c in sim.clients:
+            for q in QUEUES:
+                last = c.last_read.get(q, 0)
+                high = last + c.skippable.get(q, 0)
+                if not last <= app.position(c.id, q) <= high:
+                    self.fail(
+                        f"{c.id}'s position in {q} is {app.position(c.id, q)}, not within "
+                        f"[{last}, {high}]"
+                    )
+                lo, hi = c.ack_bounds(q)
+                if not lo <= app.position(c.consumer, q) <= hi:
+                    self.fail(
+                        f"{c.consumer}'s position in {q} is {app.position(c.consumer, q)}, "
+                        f"not within [{lo}, {hi}]"
+                    )
 
 
 # -- command line --------------------------------------------------------------------------------
