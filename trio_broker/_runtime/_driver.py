@@ -233,6 +233,7 @@ class RaftDriver:
                 self.address_of,
                 self.self_address,
                 self.network.connect,
+                dead_after=max(1.0, 2 * self.config.failure_timeout),
             )
             task_status.started()
             crashes: list[float] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -84,7 +85,9 @@ class _Link:
         self.queued_bytes = 0
 
     async def _connect_and_stream(self, host: str, port: int) -> None:
-        stream = await self.fleet.connect(host, port)
+        with trio.fail_after(self.fleet.dead_after):
+            stream = await self.fleet.connect(host, port)
+        _fail_when_unacknowledged(stream, self.fleet.dead_after)
         async with stream:
             hello = PeerHello(
                 cluster_id=self.fleet.cluster_id,
@@ -131,6 +134,24 @@ class _Link:
         raise ConnectionError("peer closed the stream")
 
 
+def _fail_when_unacknowledged(stream: trio.abc.Stream, seconds: float) -> None:
+    """Make a silently partitioned link fail instead of waiting on TCP's retransmissions.
+
+    The peer never writes on this stream, so a partition that drops packets without a reset
+    would leave it "connected" while the kernel backs off its resends for minutes. With
+    TCP_USER_TIMEOUT, data unacknowledged for ``seconds`` breaks the connection, and the link
+    reconnects (once the partition heals) within its backoff.
+    """
+    sock = getattr(stream, "socket", None)
+    if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds / 3)))
+
+
 def _approximate_size(message: Message) -> int:
     size = 256
     for entry in getattr(message, "entries", ()):
@@ -150,9 +171,12 @@ class PeerFleet:
         address_of: Callable[[str], tuple[str, int] | None],
         self_address: tuple[str, int],
         connect: Connect,
+        dead_after: float = 3.0,
     ) -> None:
         self.self_id = self_id
         self.self_address = self_address
+        self.dead_after = dead_after
+        """Seconds without acknowledgement (or to connect) before a link is declared broken."""
         self.cluster_id = cluster_id
         self.address_of = address_of
         self.connect = connect
