@@ -419,3 +419,32 @@ def test_producer_states_are_bounded_and_evicted_alike(tmp_path, monkeypatch):
     assert expected[5].duplicate is True
     assert expected[7].code == "OUT_OF_ORDER_SEQUENCE"
     assert sorted(model.producers) == [("P-A", q), ("P-B", q)]
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path):
+    """Schema upgrades by user_version: a database of the first release keeps its data."""
+    import apsw
+
+    from trio_broker._storage._schema import _V1
+
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    with db:
+        db.execute(_V1)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("INSERT INTO meta VALUES ('broker_id', 'B-OLDV1'), ('cluster_id', 'G-OLDV1')")
+        db.execute("INSERT INTO queues VALUES ('Q-OLDV1AAAAA', 1)")
+        db.execute("INSERT INTO queue_data VALUES ('Q-OLDV1AAAAA', 1, ?)", (b'"kept"',))
+        db.execute("INSERT INTO client_positions VALUES ('C-OLD', 'Q-OLDV1AAAAA', 1)")
+    db.close()
+    store = Store(tmp_path)
+    try:
+        (version,) = store._db.execute("PRAGMA user_version").fetchone()
+        assert version == SCHEMA_VERSION
+        assert store.identity() == Identity("B-OLDV1", "G-OLDV1")
+        assert store.messages("Q-OLDV1AAAAA") == [b'"kept"']
+        assert store.positions() == {("C-OLD", "Q-OLDV1AAAAA"): 1}
+        # The tables of later versions exist and work.
+        assert store.apply([AppendMessage("Q-OLDV1AAAAA", b"1", "P-1", 1)]) == [MessageAppended(2)]
+        assert store.log_size() == 0
+    finally:
+        store.close()
