@@ -30,7 +30,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import trio
 
@@ -357,3 +357,17 @@ async def open_nodes(base_dir: Path | str) -> AsyncIterator[Nodes]:
         if nodes.processes:
             # Captured by pytest and shown only when the test failed.
             print(nodes.report())
+
+
+def value_for(i: int) -> Any:
+    """The i-th value a writer appends (0-based): unique, and of every JSON type in turn."""
+    kind = i % 5
+    if kind == 0:
+        return i
+    if kind == 1:
+        return f"m{i}"
+    if kind == 2:
+        return i + 0.5
+    if kind == 3:
+        return [i, True, None]
+    return {"i": i}

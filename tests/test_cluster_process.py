@@ -32,7 +32,7 @@ import orjson
 import pytest
 import trio
 
-from .processes import NodeProcess, Nodes, open_nodes
+from .processes import NodeProcess, Nodes, open_nodes, value_for
 from .wire import RawConnection
 
 HEARTBEAT = 0.05
@@ -51,20 +51,6 @@ async def nodes(tmp_path: Path):
 
 
 # -- values ------------------------------------------------------------------------------------
-
-
-def value_for(i: int) -> Any:
-    """The i-th value a writer appends: unique, and of every JSON type in turn."""
-    kind = i % 5
-    if kind == 0:
-        return i
-    if kind == 1:
-        return f"m{i}"
-    if kind == 2:
-        return i + 0.5
-    if kind == 3:
-        return [i, True, None]
-    return {"i": i}
 
 
 def key(value: Any) -> bytes:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import trio
 
-from .processes import NodeProcess, Nodes, free_port, open_nodes
+from .processes import NodeProcess, Nodes, free_port, open_nodes, value_for
 from .wire import RawConnection, call
 
 READER = "C-RDR01"
@@ -25,20 +25,6 @@ async def nodes(tmp_path: Path):
 def same(a: Any, b: Any) -> bool:
     """Equal as JSON, types included (1 is not 1.0, "7" is not 7)."""
     return orjson.dumps(a) == orjson.dumps(b)
-
-
-def value_for(i: int) -> Any:
-    """The i-th appended value (0-based): unique, and of every JSON type in turn."""
-    kind = i % 5
-    if kind == 0:
-        return i
-    if kind == 1:
-        return f"m{i}"
-    if kind == 2:
-        return i + 0.5
-    if kind == 3:
-        return [i, True, None]
-    return {"i": i}
 
 
 async def create_queue(port: int) -> str:
