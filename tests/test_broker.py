@@ -162,9 +162,39 @@ async def test_pipelined_requests_are_answered_in_order(broker):
         else:
             assert r["code"] == "UNKNOWN_OPERATION"
     await conn.aclose()
-    # Group commit: far fewer durable transactions than applied entries.
+    # Group commit: far fewer durable transactions than applied commands; and proposal
+    # batching: commands that arrived together share log entries.
     stats = broker.statistics()
-    assert stats.transactions * 4 < stats.entries_applied
+    assert stats.commands_applied >= appended + read
+    assert stats.transactions * 4 < stats.commands_applied
+    assert stats.entries_applied * 2 < stats.commands_applied
+
+
+async def test_grouped_proposals_answer_each_request_with_its_own_result(broker):
+    """Pipelined requests share log entries (proposal batching), yet a refused one in a group
+    gets its own error while its neighbours are applied."""
+    queue_id = await create_queue(broker.port)
+    conn = await RawConnection.open(broker.port)
+    requests = []
+    for i in range(300):
+        queue = queue_id if i % 4 else "Q-NOPE0NOPE0"
+        requests.append({"operation": "APPEND", "queue_name": queue, "data": i})
+    before = broker.statistics()
+    await conn.send(*requests)
+    expected_seq = 0
+    for i in range(300):
+        r = await conn.receive()
+        if i % 4:
+            expected_seq += 1
+            assert r == {"status": "success", "sequence_num": expected_seq}
+        else:
+            assert r["code"] == "QUEUE_NOT_FOUND"
+    await conn.aclose()
+    after = broker.statistics()
+    assert after.commands_applied - before.commands_applied == 300
+    assert after.entries_applied - before.entries_applied < 300 // 2
+    stored = await broker._worker.run(broker._store.messages, queue_id)
+    assert stored == [b"%d" % i for i in range(300) if i % 4]
 
 
 # -- bad input: each gets the error envelope, and the broker goes on serving ------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from trio_broker._core._commands import data_size
 from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker.testing import open_local_cluster
 
@@ -180,7 +181,9 @@ async def test_inactive_members_are_shown_and_still_counted(cluster):
 async def test_lagging_replica_catches_up_by_snapshot_after_compaction(tmp_path):
     """A replica that missed entries the leader compacted away receives a DATA_SYNC."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+        async with open_local_cluster(
+            tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
+        ) as cluster:
             leader = await cluster.wait_for_leader()
             lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
             await cluster.stop(lagging)
@@ -262,31 +265,55 @@ async def test_a_replica_restarted_on_another_port_is_found_again(cluster):
 
 
 async def test_the_log_stays_bounded_under_steady_appends(tmp_path):
-    """Compaction: applied entries are dropped from the log; the tables are the snapshot."""
+    """Compaction by entry count: applied entries are dropped from the log; the tables are
+    the snapshot. Appends go one at a time, so that each has an entry of its own."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(
-            tmp_path, 3, compact_threshold=100, compact_keep=10
-        ) as cluster:
+        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
             leader = await cluster.wait_for_leader()
             queue_id = await create_queue(leader.port)
             conn = await RawConnection.open(leader.port)
             sizes = []
             for _ in range(5):
-                await conn.send(
-                    *[
-                        {"operation": "APPEND", "queue_name": queue_id, "data": i}
-                        for i in range(200)
-                    ]
-                )
-                for _ in range(200):
+                for i in range(40):
+                    await conn.send({"operation": "APPEND", "queue_name": queue_id, "data": i})
                     assert (await conn.receive())["status"] == "success"
                 for broker in cluster.brokers.values():
                     await wait_applied(broker, leader.node.commit)
                     sizes.append(await broker._worker.run(broker._store.log_size))
             await conn.aclose()
-            # Never more than threshold + keep + one batch of entries, on any broker.
-            assert max(sizes) <= 100 + 10 + 250, sizes
+            # Never more than threshold + keep + one round of entries, on any broker.
+            assert max(sizes) <= 50 + 5 + 40 + 5, sizes
             for broker in cluster.brokers.values():
+                assert broker.node.log.snapshot_index > 0
+                assert len(await stored_messages(broker, queue_id)) == 200
+
+
+async def test_the_log_stays_bounded_in_bytes_under_pipelined_appends(tmp_path):
+    """Compaction by size: pipelined appends share large grouped entries, few of them; the
+    message bytes held in the log still trigger compactions and stay bounded."""
+    budget = 4_000
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(tmp_path, 3, compact_bytes=budget) as cluster:
+            leader = await cluster.wait_for_leader()
+            queue_id = await create_queue(leader.port)
+            conn = await RawConnection.open(leader.port)
+            held = []
+            value = "v" * 100
+            for _ in range(5):
+                burst = [{"operation": "APPEND", "queue_name": queue_id, "data": value}] * 200
+                await conn.send(*burst)
+                for _ in burst:
+                    assert (await conn.receive())["status"] == "success"
+                for broker in cluster.brokers.values():
+                    await wait_applied(broker, leader.node.commit)
+                    log = broker.node.log
+                    entries = log.slice(log.snapshot_index + 1, log.last_index + 1)
+                    held.append(sum(data_size(e.payload) for e in entries))
+            await conn.aclose()
+            # One burst is 200 x 102 bytes; never more than the budget and one burst is held.
+            assert max(held) <= budget + 200 * (102 + 64), held
+            for broker in cluster.brokers.values():
+                assert broker.node.log.snapshot_index > 0
                 assert len(await stored_messages(broker, queue_id)) == 1000
 
 
@@ -325,7 +352,9 @@ async def test_a_broken_snapshot_transfer_is_refused_and_retried(tmp_path):
     """Chunks are checked: a corrupted one is refused, nothing is installed, and the leader
     offers the snapshot again until a transfer arrives intact."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+        async with open_local_cluster(
+            tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
+        ) as cluster:
             leader = await cluster.wait_for_leader()
             lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
             await cluster.stop(lagging)

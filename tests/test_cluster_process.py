@@ -952,7 +952,8 @@ async def test_whole_cluster_sigkill_under_load_and_restart(nodes: Nodes, tmp_pa
 
 
 async def test_replica_catches_up_by_snapshot_after_compaction(nodes: Nodes, tmp_path):
-    compaction = ("--compact-threshold", "200", "--compact-keep", "20", "--log-level", "INFO")
+    compaction = ("--compact-threshold", "200", "--compact-keep", "20")
+    compaction += ("--compact-bytes", "20000", "--log-level", "INFO")
     with trio.fail_after(60):
         started = await start_cluster(nodes, tmp_path, extra_args=compaction)
         leader, replica, other = started

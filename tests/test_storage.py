@@ -25,6 +25,7 @@ from trio_broker._core import (
 from trio_broker._core._commands import (
     Ack,
     AppendBatch,
+    CommandGroup,
     ReadBatch,
     Seek,
     SetBrokerAddress,
@@ -82,6 +83,10 @@ _commands = st.one_of(
         host=st.sampled_from(["127.0.0.1", "localhost"]),
         port=st.integers(1, 3),
     ),
+)
+# The leader groups concurrent proposals into one entry: a group applies like its commands.
+_commands = _commands | st.builds(
+    lambda cs: CommandGroup(tuple(cs)), st.lists(_commands, min_size=1, max_size=4)
 )
 # A step is either a batch of commands for one Store.apply call, or "reopen the store".
 _steps = st.lists(

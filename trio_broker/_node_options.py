@@ -112,6 +112,12 @@ OPTIONS = [
         "applied entries kept in the log after a compaction",
         _D["compact_keep"],
     ),
+    Option(
+        "compact_bytes",
+        _int,
+        "message bytes in applied log entries that also trigger a compaction",
+        _D["compact_bytes"],
+    ),
     Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
     Option("log_level", _str, "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Option(

@@ -18,8 +18,10 @@ from ._commands import (
     BatchAppended,
     BrokerAddressSet,
     Command,
+    CommandGroup,
     CommandRejected,
     CreateQueue,
+    GroupApplied,
     MessageAppended,
     MessageRead,
     MessagesRead,
@@ -57,6 +59,8 @@ class QueueState:
     producer_clock: int = 0
 
     def apply(self, command: Command) -> Result:
+        if isinstance(command, CommandGroup):
+            return GroupApplied(tuple(self.apply(c) for c in command.commands))
         if isinstance(command, CreateQueue):
             if command.queue_id in self.messages:
                 return queue_exists(command.queue_id)

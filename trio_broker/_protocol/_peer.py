@@ -101,6 +101,8 @@ def payload_to_obj(payload: Any) -> dict[str, Any]:
             "host": payload.host,
             "port": payload.port,
         }
+    if isinstance(payload, cmd.CommandGroup):
+        return {"type": "COMMAND_GROUP", "commands": [payload_to_obj(c) for c in payload.commands]}
     if isinstance(payload, rm.NoOp):
         return {"type": "NOOP"}
     if isinstance(payload, rm.ConfigEntry):
@@ -156,6 +158,14 @@ def payload_from_obj(obj: Any) -> Any:
             return _core.SetBrokerAddress(
                 _str(obj["broker_id"]), _str(obj["host"]), _int(obj["port"])
             )
+        if kind == "COMMAND_GROUP":
+            commands = obj["commands"]
+            if not isinstance(commands, list) or not commands:
+                raise TypeError("commands must be a non-empty list")
+            decoded = tuple(payload_from_obj(c) for c in commands)
+            if not all(isinstance(c, cmd.SingleCommand) for c in decoded):
+                raise TypeError("a command group holds queue commands only")
+            return cmd.CommandGroup(decoded)
         if kind == "NOOP":
             return rm.NoOp()
         if kind == "CLUSTER_CONFIG":

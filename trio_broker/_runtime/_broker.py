@@ -96,6 +96,8 @@ class BrokerStatistics:
     transactions: int
     """SQLite transactions of the consensus driver (those that only apply are not fsynced)."""
     entries_applied: int
+    commands_applied: int
+    """Queue commands applied: an entry holds one, or a group of many (proposal batching)."""
 
 
 class Broker:
@@ -160,9 +162,8 @@ class Broker:
     def leader_id(self) -> str | None:
         return self.driver.node.leader_id
 
-    def _on_applied(self, entry: Any, result: Any) -> None:
-        """Keep in-memory views of replicated state current as entries are applied."""
-        payload = entry.payload
+    def _on_applied(self, payload: Any, result: Any) -> None:
+        """Keep in-memory views of replicated state current as commands are applied."""
         if isinstance(payload, _core.SetBrokerAddress):
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
@@ -392,6 +393,7 @@ class Broker:
             elections_won=self.driver.elections_won,
             transactions=self.driver.transactions,
             entries_applied=self.driver.entries_applied,
+            commands_applied=self.driver.commands_applied,
         )
 
     # -- connections ----------------------------------------------------------------------------

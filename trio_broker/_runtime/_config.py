@@ -88,6 +88,9 @@ class BrokerConfig:
     """Applied log entries beyond ``compact_keep`` that trigger a compaction."""
     compact_keep: int = attrs.field(default=500, validator=_positive)
     """Applied entries kept in the log after a compaction, for replicas slightly behind."""
+    compact_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    """Message bytes in applied log entries that also trigger a compaction (the log is held
+    in memory: this bounds it when entries are large); then at most a quarter of it is kept."""
 
     def __attrs_post_init__(self) -> None:
         if self.failure_timeout < 2 * self.heartbeat_interval:

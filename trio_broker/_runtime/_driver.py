@@ -25,12 +25,12 @@ import trio
 
 from .. import _core
 from .._core import _raft as raft
+from .._core._commands import Command, CommandGroup, GroupApplied, data_size
 from .._core._raft_messages import (
     ChangeAction,
     Config,
     ConfigChange,
     DataSync,
-    Entry,
     Message,
     SnapshotMeta,
 )
@@ -45,6 +45,8 @@ SNAPSHOT_CHUNK = 256 * 1024
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 SNAPSHOTS_KEPT = 2
+MAX_GROUP = 1024
+"""Commands in one proposal group (one log entry)."""
 
 
 class Pending:
@@ -90,7 +92,7 @@ class RaftDriver:
         worker: StorageWorker,
         node: raft.RaftNode,
         addresses: dict[str, tuple[str, int]],
-        on_applied: Callable[[Entry, Any], None],
+        on_applied: Callable[[Any, Any], None],
         on_snapshot: Callable[[set[str]], None],
     ) -> None:
         self.broker_id = broker_id
@@ -107,7 +109,9 @@ class RaftDriver:
         self._worker = worker
         self._on_applied = on_applied
         self._on_snapshot = on_snapshot
-        self._waiters: dict[int, tuple[int, Pending]] = {}
+        self._waiters: dict[int, tuple[int, list[Pending]]] = {}
+        """Log index -> (term proposed in, the proposals of that entry, in group order)."""
+        self._proposals: list[tuple[Any, Pending]] = []
         self._capacity = trio.Semaphore(config.max_pending)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -127,6 +131,9 @@ class RaftDriver:
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
         self.entries_applied = 0
+        self.commands_applied = 0
+        self._applied_bytes = 0
+        """Message bytes in applied entries since the last compaction (approximate)."""
 
     # -- inputs (called from other tasks; never block) ------------------------------------------
 
@@ -142,17 +149,45 @@ class RaftDriver:
         self.wake()
 
     async def propose(self, payload: Any) -> Pending | BrokerError:
-        """Propose on the leader; the Pending resolves with the applied result."""
+        """Propose on the leader; the Pending resolves with the applied result.
+
+        Queue commands wait in a short list until the driver takes its next Ready: all that
+        arrived meanwhile (while the previous transaction ran) become one log entry, a
+        :class:`~trio_broker._core._commands.CommandGroup` (proposal batching).
+        """
         await self._capacity.acquire()
-        try:
-            term, index = self.node.propose(payload)
-        except raft.NotLeader:
+        if not self.node.is_leader:
             self._capacity.release()
             return self.not_leader_error()
         pending = Pending()
-        self._waiters[index] = (term, pending)
+        self._proposals.append((payload, pending))
         self.wake()
         return pending
+
+    def _flush_proposals(self) -> None:
+        """Turn the proposals waiting since the last Ready into log entries: as many groups as
+        the bounds allow (MAX_GROUP commands, about a frame of data each)."""
+        proposals, self._proposals = self._proposals, []
+        start = 0
+        while start < len(proposals):
+            end, size = start, 0
+            while end < len(proposals) and end - start < MAX_GROUP:
+                size += 64 + data_size(proposals[end][0])
+                if end > start and size > self.config.max_frame:
+                    break
+                end += 1
+            chunk = proposals[start:end]
+            start = end
+            payload = chunk[0][0] if len(chunk) == 1 else CommandGroup(tuple(c for c, _ in chunk))
+            try:
+                term, index = self.node.propose(payload)
+            except raft.NotLeader:
+                error = self.not_leader_error()
+                for _, pending in chunk:
+                    pending.set(error)
+                    self._capacity.release()
+                continue
+            self._waiters[index] = (term, [pending for _, pending in chunk])
 
     async def change_membership(self, change: ConfigChange) -> Any:
         """Propose one membership change and wait until it is applied."""
@@ -164,7 +199,7 @@ class RaftDriver:
             return BrokerError(ErrorCode.UNAVAILABLE, f"membership change refused: {exc}")
         await self._capacity.acquire()
         pending = Pending()
-        self._waiters[index] = (term, pending)
+        self._waiters[index] = (term, [pending])
         self.wake()
         return await pending.wait()
 
@@ -196,7 +231,8 @@ class RaftDriver:
 
     @property
     def pending(self) -> int:
-        return len(self._waiters)
+        """Proposals not yet answered."""
+        return len(self._proposals) + sum(len(p) for _, p in self._waiters.values())
 
     async def wait_changed(self) -> None:
         """Wait until the core has handled one more Ready (its state may have changed)."""
@@ -253,6 +289,7 @@ class RaftDriver:
                     await self._recover(exc)
 
     async def _recover(self, exc: Exception) -> None:
+        self._flush_unproposed(_outcome_unknown(f"internal failure: {exc!r}"))
         for index in list(self._waiters):
             self._resolve(index, _outcome_unknown(f"internal failure: {exc!r}"))
         state = await self._worker.run(self._store.raft_state)
@@ -281,6 +318,8 @@ class RaftDriver:
                     self.node.tick()
                 next_tick += behind * tick
                 self._note_role()
+            if self._proposals:
+                self._flush_proposals()
             if self.node.has_ready():
                 await self._handle_ready(self.node.ready())
                 self._after_advance()
@@ -313,6 +352,7 @@ class RaftDriver:
                 durable = "true" if rd.entries or rd.snapshot or rd.truncate_from else "false"
                 self.on_transaction.labels(durable).observe(time.perf_counter() - started)
             self.entries_applied += len(rd.committed_entries)
+            self._applied_bytes += sum(data_size(e.payload) for e in rd.committed_entries)
         for m in rd.persisted_messages:
             self.peers.send(m)
         # A proposal whose entry was truncated here is NOT known to have failed: another
@@ -329,9 +369,16 @@ class RaftDriver:
             self.addresses.update(addresses)
             self._on_snapshot(queues)
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
+            self._applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
         for entry, result in zip(rd.committed_entries, results, strict=True):
-            self._on_applied(entry, result)
+            if isinstance(entry.payload, CommandGroup):
+                for command, one in zip(entry.payload.commands, result.results, strict=True):
+                    self._on_applied(command, one)
+                self.commands_applied += len(entry.payload.commands)
+            else:
+                self._on_applied(entry.payload, result)
+                self.commands_applied += isinstance(entry.payload, Command)
             waiter = self._waiters.get(entry.index)
             if waiter is not None:
                 term, _ = waiter
@@ -348,9 +395,23 @@ class RaftDriver:
         return self._store.broker_addresses(), set(self._store.queue_lengths())
 
     def _resolve(self, index: int, result: Any) -> None:
-        _, pending = self._waiters.pop(index)
-        pending.set(result)
-        self._capacity.release()
+        """Answer the proposals of entry ``index``: each with its own result when the entry
+        was applied as a group, each with the same error when it was not applied."""
+        _, pendings = self._waiters.pop(index)
+        if isinstance(result, GroupApplied):
+            for pending, one in zip(pendings, result.results, strict=True):
+                pending.set(one)
+        else:
+            for pending in pendings:
+                pending.set(result)
+        for _ in pendings:
+            self._capacity.release()
+
+    def _flush_unproposed(self, error: BrokerError) -> None:
+        proposals, self._proposals = self._proposals, []
+        for _, pending in proposals:
+            pending.set(error)
+            self._capacity.release()
 
     def _after_advance(self) -> None:
         self._changed.set()
@@ -423,16 +484,30 @@ class RaftDriver:
     # -- compaction and snapshots -----------------------------------------------------------------
 
     def _maybe_compact(self) -> None:
+        """Compact when the applied log passes ``compact_threshold`` entries beyond those kept,
+        or ``compact_bytes`` of message data (the log is held in memory)."""
         log = self.node.log
+        applied = self.node.applied
         keep = self.config.compact_keep
-        if self.node.applied - log.snapshot_index < self.config.compact_threshold + keep:
+        over_bytes = self._applied_bytes >= self.config.compact_bytes
+        if not over_bytes and applied - log.snapshot_index < self.config.compact_threshold + keep:
             return
-        index = self.node.applied - keep
-        term = log.term(index)
+        index = applied - keep
+        if over_bytes:
+            # Keep fewer entries when they are large: at most a quarter of the byte budget.
+            index, kept = applied, 0
+            while index > log.snapshot_index and applied - index < keep:
+                size = data_size(log.entry(index).payload)
+                if kept + size > self.config.compact_bytes // 4:
+                    break
+                kept += size
+                index -= 1
+        term = log.term(index) if index > log.snapshot_index else None
         if term is None:
             return
         config = self.node._config_at(index)
         self.node.compact(index)
+        self._applied_bytes = sum(data_size(e.payload) for e in log.slice(index + 1, applied + 1))
         assert self._nursery is not None
         self._nursery.start_soon(self._compact_storage, SnapshotMeta(index, term, config))
 

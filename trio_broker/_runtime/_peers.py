@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from .._core._commands import data_size
 from .._core._raft_messages import Message
 from .._errors import ProtocolError
 from .._protocol import FrameDecoder, PeerHello, encode_frame, encode_request, loads_object
@@ -155,8 +156,7 @@ def _fail_when_unacknowledged(stream: trio.abc.Stream, seconds: float) -> None:
 def _approximate_size(message: Message) -> int:
     size = 256
     for entry in getattr(message, "entries", ()):
-        data = getattr(entry.payload, "data", b"")
-        size += 64 + (len(data) if isinstance(data, bytes) else sum(len(d) + 8 for d in data))
+        size += 64 + data_size(entry.payload)
     return size
 
 

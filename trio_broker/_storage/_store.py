@@ -26,7 +26,9 @@ from .._core._commands import (
     BatchAppended,
     BrokerAddressSet,
     Command,
+    CommandGroup,
     CreateQueue,
+    GroupApplied,
     MessageAppended,
     MessageRead,
     MessagesRead,
@@ -162,6 +164,8 @@ class Store:
     def _apply_one(self, command: Command) -> Result:
         """The SQL twin of :meth:`QueueState.apply` (the reference semantics)."""
         db = self._db
+        if isinstance(command, CommandGroup):
+            return GroupApplied(tuple(self._apply_one(c) for c in command.commands))
         if isinstance(command, CreateQueue):
             try:
                 db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))

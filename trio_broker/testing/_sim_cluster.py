@@ -23,6 +23,7 @@ from .._core._commands import (
     Ack,
     AppendBatch,
     AppendMessage,
+    CommandGroup,
     CreateQueue,
     ReadBatch,
     ReadNext,
@@ -32,7 +33,7 @@ from .._core._queues import QueueState
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Entry, HardState, Message, SnapshotMeta
 
-COMMANDS = (CreateQueue, AppendMessage, AppendBatch, ReadNext, ReadBatch, Ack, Seek)
+COMMANDS = (CreateQueue, AppendMessage, AppendBatch, ReadNext, ReadBatch, Ack, Seek, CommandGroup)
 
 
 @attrs.define

@@ -45,8 +45,10 @@ from .._core._commands import (
     AppendBatch,
     AppendMessage,
     BatchAppended,
+    CommandGroup,
     CommandRejected,
     CreateQueue,
+    GroupApplied,
     MessageAppended,
     MessageRead,
     MessagesRead,
@@ -104,6 +106,8 @@ class FaultParams:
     client_think: int
     safety_steps: int
     liveness_steps: int
+    linger: int
+    """Steps a leader waits, after a request arrives, for more to group with it."""
 
     @classmethod
     def derive(cls, rng: random.Random, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -140,6 +144,7 @@ class FaultParams:
             client_think=rng.choice([1, 10, 40]),
             safety_steps=safety_steps,
             liveness_steps=liveness_steps,
+            linger=rng.choice([0, 0, 5, 20]),
         )
 
     def describe(self) -> str:
@@ -300,7 +305,11 @@ class Simulation:
         self.heal_step = 0
         self.quiescing = False
         self.dirty: set[int] = set()
-        self.pending: dict[tuple[int, int], tuple[int, str, int]] = {}
+        self.pending: dict[tuple[int, int], tuple[int, list[tuple[str, int]]]] = {}
+        """(node, log index) -> (term proposed in, the (client, request) of each command)."""
+        self.proposals: dict[int, tuple[int, list[ClientRequest]]] = {}
+        """Requests a leader received since its last Ready (with the step the first arrived):
+        proposed as one group, as the runtime's driver does (proposal batching)."""
         self.trace = hashlib.blake2b(digest_size=12)
         self.stats = dict.fromkeys(
             (
@@ -309,6 +318,7 @@ class Simulation:
                 "crashes",
                 "partitions",
                 "snapshots_installed",
+                "groups",
                 "client_ok",
                 "client_unknown",
                 "client_redirects",
@@ -360,6 +370,7 @@ class Simulation:
         self.disk[i] = None  # the write in progress is lost
         for key in [k for k in self.pending if k[0] == i]:
             del self.pending[key]
+        self.proposals.pop(i, None)
         lo, hi = self.p.restart_steps
         self.restart_at[i] = self.now + self.rng.randint(1, lo if quick else hi)
         self.stats["crashes"] += 1
@@ -417,6 +428,9 @@ class Simulation:
     # -- disks ---------------------------------------------------------------------------------
 
     def _drive(self, i: int) -> None:
+        if self.disk[i] is None:
+            # Requests that arrived while the disk was busy share one entry, as in the runtime.
+            self._propose_group(i)
         for _ in range(64):
             node = self.nodes[i]
             if node is None or self.disk[i] is not None or not node.has_ready():
@@ -484,21 +498,43 @@ class Simulation:
         self._trace(f"apply {i} {e.index} t{e.term}")
         waiting = self.pending.pop((i, e.index), None)
         if waiting is not None:
-            term, client, req_id = waiting
-            if term == e.term:
-                self.post(ClientResponse(i, client, req_id, "ok", result), client=True)
-            else:
-                self.post(ClientResponse(i, client, req_id, "dropped"), client=True)
+            term, requests = waiting
+            if term != e.term:  # another leader's entry took this index
+                for client, req_id in requests:
+                    self.post(ClientResponse(i, client, req_id, "dropped"), client=True)
+                return
+            results = result.results if isinstance(result, GroupApplied) else [result]
+            for (client, req_id), one in zip(requests, results, strict=True):
+                self.post(ClientResponse(i, client, req_id, "ok", one), client=True)
 
     # -- the broker side of client traffic -----------------------------------------------------
 
     def _serve(self, i: int, node: RaftNode, m: ClientRequest) -> None:
-        try:
-            term, index = node.propose(m.command)
-        except NotLeader as exc:
-            self.post(ClientResponse(i, m.src, m.req_id, "not_leader", None, exc.leader_id), True)
+        if not node.is_leader:
+            self.post(ClientResponse(i, m.src, m.req_id, "not_leader", None, node.leader_id), True)
             return
-        self.pending[(i, index)] = (term, m.src, m.req_id)
+        self.proposals.setdefault(i, (self.now, []))[1].append(m)
+
+    def _propose_group(self, i: int) -> None:
+        waiting = self.proposals.get(i)
+        node = self.nodes.get(i)
+        if waiting is None or node is None or self.now < waiting[0] + self.p.linger:
+            return
+        del self.proposals[i]
+        requests = waiting[1]
+        if len(requests) == 1:
+            payload = requests[0].command
+        else:
+            payload = CommandGroup(tuple(m.command for m in requests))
+        try:
+            term, index = node.propose(payload)
+        except NotLeader as exc:
+            for m in requests:
+                response = ClientResponse(i, m.src, m.req_id, "not_leader", None, exc.leader_id)
+                self.post(response, True)
+            return
+        self.stats["groups"] += len(requests) > 1
+        self.pending[(i, index)] = (term, [(m.src, m.req_id) for m in requests])
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -728,6 +764,7 @@ class Simulation:
         self._deliver_due()
         self._complete_disks()
         self._clients_step()
+        self.dirty.update(self.proposals)
         for i in sorted(self.dirty):
             self._drive(i)
         self.dirty.clear()
