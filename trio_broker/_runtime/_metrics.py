@@ -33,6 +33,7 @@ _HTTP_DEADLINE = 10.0
 class BrokerMetrics:
     def __init__(self, broker: Broker) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._series: dict[tuple[str, Any], tuple[Any, Any, Any]] = {}
         self.requests = Counter(
             "trio_broker_requests",
             "Requests answered, by operation and status",
@@ -65,10 +66,21 @@ class BrokerMetrics:
 
     def observe(self, operation: str, response: Any, seconds: float) -> None:
         code = getattr(response, "code", None)
-        self.requests.labels(operation, "error" if code else "success").inc()
-        if code:
-            self.rejected.labels(str(code)).inc()
-        self.latency.labels(operation).observe(seconds)
+        key = (operation, code)
+        series = self._series.get(key)
+        if series is None:
+            # Operations and error codes are closed sets (unknown operations are INVALID), so
+            # this cache is bounded; it saves three label lookups per request.
+            series = self._series[key] = (
+                self.requests.labels(operation, "error" if code else "success"),
+                self.rejected.labels(str(code)) if code else None,
+                self.latency.labels(operation),
+            )
+        requests, rejected, latency = series
+        requests.inc()
+        if rejected is not None:
+            rejected.inc()
+        latency.observe(seconds)
 
 
 class _StateCollector(Collector):
