@@ -94,12 +94,14 @@ class LocalCluster:
 async def open_local_cluster(
     base_dir: Path, size: int = 3, **overrides: Any
 ) -> AsyncIterator[LocalCluster]:
-    """Start ``size`` brokers named ``b1``..``bN``: b1 founds the cluster, the rest join."""
+    """Start ``size`` brokers named ``b1``..``bN``: b1 founds the cluster, the rest join.
+    With ``size=0``, start none: the caller starts brokers by name (say, from restored data)."""
     async with trio.open_nursery() as nursery:
         cluster = LocalCluster(nursery, base_dir, **overrides)
         for i in range(1, size + 1):
             await cluster.start(f"b{i}")
-        await cluster.wait_for_voters(size)
+        if size:
+            await cluster.wait_for_voters(size)
         try:
             yield cluster
         finally:
