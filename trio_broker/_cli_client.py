@@ -216,7 +216,9 @@ def _json(value: Any) -> str:
 
 
 async def _status(client: Client, args: argparse.Namespace) -> int:
-    topologies = [await client.cluster_query(cluster_id=cid) for cid in client.clusters]
+    topologies = [
+        await client.cluster_query(cluster_id=cid, details=True) for cid in client.clusters
+    ]
     if args.json:
         _out(_json({"clusters": [_topology_json(t) for t in topologies]}))
     else:
@@ -262,6 +264,8 @@ def _topology_json(topology: Topology) -> dict[str, Any]:
                 "port": b.port,
                 "role": b.role,
                 "status": b.status,
+                "membership": b.membership,
+                "lag": b.lag,
             }
             for b in topology.brokers
         ],
@@ -272,8 +276,18 @@ def format_topology(topology: Topology) -> str:
     """A cluster as a heading and an aligned table of its brokers."""
     leader = topology.leader.broker_id if topology.leader else "none (election in progress?)"
     heading = f"cluster {topology.cluster_id}  version {topology.cluster_version}  leader {leader}"
-    rows = [("BROKER", "ADDRESS", "ROLE", "STATUS")]
-    rows += [(b.broker_id, f"{b.host}:{b.port}", b.role, b.status) for b in topology.brokers]
+    rows = [("BROKER", "ADDRESS", "ROLE", "STATUS", "MEMBERSHIP", "LAG")]
+    rows += [
+        (
+            b.broker_id,
+            f"{b.host}:{b.port}",
+            b.role,
+            b.status,
+            b.membership or "-",
+            "-" if b.lag is None else str(b.lag),
+        )
+        for b in topology.brokers
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

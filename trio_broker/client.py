@@ -29,6 +29,7 @@ marked ``"outcome": "unknown"``. Errors that say the request was not applied (``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections import deque
@@ -422,19 +423,25 @@ class Client:
         )
 
     async def cluster_query(
-        self, seed: str | tuple[str, int] | None = None, *, cluster_id: str | None = None
+        self,
+        seed: str | tuple[str, int] | None = None,
+        *,
+        cluster_id: str | None = None,
+        details: bool = False,
     ) -> Topology:
         """Ask for a cluster's topology, and remember the answer for routing.
 
         With ``seed``, ask that broker; otherwise ask the members of ``cluster_id`` (default: the
-        first cluster discovered), leader first. Retries until it gets an answer.
+        first cluster discovered), leader first. Retries until it gets an answer. With
+        ``details``, each broker also carries its ``membership`` and, when the leader answered
+        (it is asked last, once known), its ``lag``.
         """
         if seed is not None:
             address = parse_address(seed)
             attempt = 0
             while True:
                 try:
-                    return await self._query(address)
+                    return await self._query(address, details)
                 except (_NotSent, _Lost):
                     attempt = await self._backoff(attempt)
         cid = await self._known_cluster(cluster_id)
@@ -442,6 +449,10 @@ class Client:
         while True:
             topology = await self._refresh(cid, seen=None)
             if topology is not None:
+                if details and topology.leader is not None:
+                    leader = (topology.leader.host, topology.leader.port)
+                    with contextlib.suppress(_NotSent, _Lost, BrokerError):
+                        return await self._query(leader, details=True)
                 return topology
             attempt = await self._backoff(attempt)
 
@@ -764,8 +775,8 @@ class Client:
                     return found
             return found
 
-    async def _query(self, address: Address) -> Topology:
-        frame = self._frame(ClusterQuery(client_id=self.client_id))
+    async def _query(self, address: Address, details: bool = False) -> Topology:
+        frame = self._frame(ClusterQuery(client_id=self.client_id, details=details or None))
         response = await self._exchange(address, frame)
         if response.get("status") == "error":
             raise error_from_wire(response)

@@ -57,7 +57,14 @@ def _strict_int(value: Any, _type: Any) -> int:
     return value
 
 
+def _strict_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
 converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(bool, _strict_bool)
 converter.register_structure_hook(int, _strict_int)
 converter.register_structure_hook(Any, lambda value, _type: value)
 
@@ -175,6 +182,7 @@ def response_to_dict(response: m.Response) -> dict[str, Any]:
     body = converter.unstructure(response)
     if isinstance(response, m.ClusterTopology):
         body = {k: v for k, v in body.items() if v is not None}
+        body["brokers"] = [{k: v for k, v in b.items() if v is not None} for b in body["brokers"]]
     elif isinstance(response, m.Appended | m.BatchAppended) and not response.duplicate:
         del body["duplicate"]  # the original contract's exact shape
     return {"status": "success", **body}

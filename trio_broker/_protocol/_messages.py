@@ -17,6 +17,8 @@ import attrs
 class ClusterQuery:
     client_id: str | None = None
     cluster_id: str | None = None
+    details: bool | None = None
+    """Addition: also report each member's ``membership`` and (from the leader) ``lag``."""
 
 
 @attrs.frozen
@@ -158,6 +160,10 @@ class BrokerInfo:
     """``"leader"`` or ``"replica"``."""
     status: str
     """``"active"`` or ``"inactive"``."""
+    membership: str | None = None
+    """Addition, with ``details``: ``"voter"`` or ``"learner"`` (still catching up)."""
+    lag: int | None = None
+    """Addition, with ``details``, from the leader only: log entries this member lacks."""
 
 
 @attrs.frozen

@@ -181,9 +181,10 @@ class Broker:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def topology(self) -> ClusterTopology:
+    def topology(self, details: bool = False) -> ClusterTopology:
         node = self.driver.node
         brokers = []
+        last = node.log.last_index
         for member_id, view in node.member_statuses().items():
             if member_id == self.broker_id:
                 address = self.driver.self_address
@@ -198,6 +199,10 @@ class Broker:
                     port=address[1],
                     role="leader" if view.role == "leader" else "replica",
                     status=view.status,
+                    membership=(
+                        ("learner" if view.role == "learner" else "voter") if details else None
+                    ),
+                    lag=self._lag(member_id, last) if details else None,
                 )
             )
         return ClusterTopology(
@@ -208,6 +213,16 @@ class Broker:
             self_id=self.broker_id,
             leader_id=node.leader_id,
         )
+
+    def _lag(self, member_id: str, last_index: int) -> int | None:
+        """Log entries ``member_id`` lacks, as the leader knows it; None elsewhere."""
+        node = self.driver.node
+        if not node.is_leader:
+            return None
+        if member_id == self.broker_id:
+            return 0
+        progress = node.progress.get(member_id)
+        return None if progress is None else max(0, last_index - progress.match)
 
     def _new_queue_id(self) -> str:
         while True:
@@ -228,7 +243,7 @@ class Broker:
     async def handle(self, request: Request) -> Response | BrokerError | Pending:
         """Decide a request: an answer now, or a pending commit whose result is the answer."""
         if isinstance(request, ClusterQuery):
-            return self._wrong_cluster(request.cluster_id) or self.topology()
+            return self._wrong_cluster(request.cluster_id) or self.topology(bool(request.details))
         if self._closing:
             return BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down")
         if isinstance(request, Append | AppendBatch):
