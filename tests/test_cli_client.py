@@ -66,6 +66,7 @@ async def test_status_prints_an_aligned_table(real_broker, cli):
         "voter",
         "0",
     ]
+
     # Columns line up: every cell of the row starts where its header does.
     def starts(line: str) -> list[int]:
         return [i for i, c in enumerate(line) if c != " " and (i == 0 or line[i - 1] == " ")]

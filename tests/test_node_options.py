@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import attrs
 import pytest
 
 from trio_broker._node_options import SettingsError, add_arguments, resolve
@@ -71,3 +72,21 @@ def test_bad_settings_are_refused_with_a_clear_message(tmp_path, argv, environ, 
         argv = (*argv, "--config", str(path))
     with pytest.raises(SettingsError, match=message):
         resolve(parse(*argv), environ=environ)
+
+
+def test_every_config_field_is_settable_from_flags_environment_and_file(tmp_path):
+    """Each BrokerConfig setting has a flag, an environment variable and a TOML key."""
+    from trio_broker._node_options import OPTIONS
+    from trio_broker._runtime import BrokerConfig
+
+    keys = {o.key for o in OPTIONS}
+    fields = {f.name for f in attrs.fields(BrokerConfig)}
+    assert fields <= keys, fields - keys
+    config, _, _ = resolve(parse("--max-in-flight", "7", "--shutdown-grace", "2.5"), environ={})
+    assert (config.max_in_flight, config.shutdown_grace) == (7, 2.5)
+    config, _, _ = resolve(parse(), environ={"TRIO_BROKER_MAX_IN_FLIGHT": "9"})
+    assert config.max_in_flight == 9
+    path = tmp_path / "b.toml"
+    path.write_text("max_pending = 77\ncompact_bytes = 1000\n")
+    config, _, _ = resolve(parse("--config", str(path)), environ={})
+    assert (config.max_pending, config.compact_bytes) == (77, 1000)

@@ -89,6 +89,24 @@ OPTIONS = [
     Option("max_frame", _int, "largest frame accepted, in bytes", _D["max_frame"]),
     Option("max_connections", _int, "connections served at once", _D["max_connections"]),
     Option(
+        "max_in_flight",
+        _int,
+        "requests one connection may have unanswered before the broker stops reading it",
+        _D["max_in_flight"],
+    ),
+    Option(
+        "max_pending",
+        _int,
+        "proposals waiting to be applied, over all connections, before requests wait",
+        _D["max_pending"],
+    ),
+    Option(
+        "shutdown_grace",
+        _float,
+        "seconds in-flight requests get to finish when the broker stops",
+        _D["shutdown_grace"],
+    ),
+    Option(
         "heartbeat_interval",
         _float,
         "seconds between the leader's heartbeats",
