@@ -322,6 +322,21 @@ async def test_remove_member_through_a_replica(tmp_path, cli):
             assert "BAD_REQUEST" in err and "not a member" in err
 
 
+async def test_remove_member_by_address(tmp_path, cli):
+    with trio.fail_after(30):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.wait_for_leader()
+            victim = next(b for b in cluster.brokers.values() if b is not leader)
+            seed = ("--seed", f"127.0.0.1:{leader.port}")
+            status, out, err = await cli(*seed, "remove-member", f"127.0.0.1:{victim.port}")
+            assert (status, out.strip(), err) == (0, f"removed {victim.broker_id}", "")
+            assert victim.broker_id not in leader.node.config.members
+            # No member there any more: refused before anything is sent.
+            status, out, err = await cli(*seed, "remove-member", f"127.0.0.1:{victim.port}")
+            assert status == 1 and out == ""
+            assert f"no member of cluster {leader.cluster_id} at 127.0.0.1:{victim.port}" in err
+
+
 async def test_health_reports_a_broker_that_follows_a_leader(tmp_path, cli):
     with trio.fail_after(30):
         async with open_local_cluster(tmp_path, 3) as cluster:

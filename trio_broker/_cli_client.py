@@ -147,7 +147,11 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="take a broker out of the cluster's membership",
     )
-    remove.add_argument("broker_id", metavar="BROKER_ID")
+    remove.add_argument(
+        "broker_id",
+        metavar="BROKER_ID|HOST:PORT",
+        help="the broker's id, or the address status shows for it",
+    )
     remove.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
     read.add_argument("queue", metavar="QUEUE")
     read.add_argument(
@@ -328,11 +332,21 @@ async def _read(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _remove_member(client: Client, args: argparse.Namespace) -> int:
-    await client.remove_member(args.broker_id, cluster_id=args.cluster)
+    broker_id = args.broker_id
+    if ":" in broker_id:
+        # An address: the member that the cluster's topology lists there.
+        address = parse_address(broker_id)
+        topology = await client.cluster_query(cluster_id=args.cluster)
+        found = [b for b in topology.brokers if (b.host, b.port) == address]
+        if not found:
+            _err(f"no member of cluster {topology.cluster_id} at {args.broker_id}")
+            return EXIT_ERROR
+        broker_id = found[0].broker_id
+    await client.remove_member(broker_id, cluster_id=args.cluster)
     if args.json:
-        _out(_json({"removed": args.broker_id}))
+        _out(_json({"removed": broker_id}))
     else:
-        _out(f"removed {args.broker_id}")
+        _out(f"removed {broker_id}")
     return EXIT_OK
 
 

@@ -1,0 +1,148 @@
+"""docs/operations.md, followed as written: every ```sh block runs, in order, in one folder.
+
+Brokers are separate processes on 127.0.0.1 (each "machine" of the guide has its own port and
+data folder). Between blocks the test waits as a reader would ("wait until status shows it"):
+after a block starts brokers, until each of them answers and is a voter of a cluster with a
+leader. Then it checks what the guide says each block shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .wire import call
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
+BLOCK_TIMEOUT = 60
+FORM_TIMEOUT = 45
+
+
+def guide_blocks() -> list[str]:
+    return BLOCK.findall(GUIDE.read_text())
+
+
+def _details(port: int) -> dict[str, Any] | None:
+    import trio
+
+    async def ask() -> dict[str, Any]:
+        with trio.fail_after(2):
+            return await call(port, {"operation": "CLUSTER_QUERY", "details": True})
+
+    try:
+        return trio.run(ask)
+    except (OSError, trio.TooSlowError, ConnectionError):
+        return None
+
+
+def wait_voter(port: int) -> dict[str, Any]:
+    """Until the broker on ``port`` answers, knows a leader and is a voter; its answer."""
+    deadline = time.monotonic() + FORM_TIMEOUT
+    answer = None
+    while time.monotonic() < deadline:
+        answer = _details(port)
+        if answer is not None and answer.get("leader_id"):
+            me = next((b for b in answer["brokers"] if b["broker_id"] == answer["self_id"]), None)
+            if me is not None and me.get("membership") == "voter":
+                return answer
+        time.sleep(0.2)
+    raise AssertionError(f"broker on port {port} did not become a voter: {answer}")
+
+
+class Shell:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        bin_dir = folder / "bin"
+        bin_dir.mkdir()
+        # `python` in the guide is this interpreter (a wrapper, not a symlink: a virtual
+        # environment is recognised by the path the interpreter is started from).
+        wrapper = bin_dir / "python"
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        wrapper.chmod(0o755)
+        self.env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        self.groups: list[int] = []
+
+    def run(self, block: str) -> str:
+        # Each block in a process group of its own: the brokers it starts in the background
+        # stay in that group, so that the end of the test stops all of them.
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=self.folder,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.groups.append(proc.pid)
+        out, _ = proc.communicate(timeout=BLOCK_TIMEOUT)
+        text = out.decode()
+        assert proc.returncode == 0, f"block failed ({proc.returncode}):\n{block}\n---\n{text}"
+        return text
+
+    def stop_all(self) -> None:
+        for pgid in self.groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.fixture
+def shell(tmp_path):
+    sh = Shell(tmp_path)
+    try:
+        yield sh
+    finally:
+        sh.stop_all()
+
+
+def started_ports(block: str) -> list[int]:
+    return [int(p) for p in re.findall(r"trio_broker node .*?--port (\d+)", block)]
+
+
+def test_the_operations_guide_works_as_written(shell):
+    blocks = guide_blocks()
+    assert len(blocks) >= 8, "the guide lost its runnable steps"
+    for port in sorted({int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", "".join(blocks))}):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} of the guide is in use"
+    outputs = []
+    for block in blocks:
+        out = shell.run(block)
+        for port in started_ports(block):
+            wait_voter(port)
+        outputs.append((block, out))
+    seen = "\n".join(out for _, out in outputs)
+    # The checks the guide promises, by what each step prints.
+    assert re.search(r"cluster G-\w{5}\s+version \d+\s+leader B-\w{5}", seen)
+    status_tables = [o for b, o in outputs if b.strip().endswith("status")]
+    assert status_tables, "no status step"
+    assert any(len(re.findall(r"B-\w{5}\s+127\.0\.0\.1", t)) == 5 for t in status_tables)
+    assert '{"hello":"world"}' in seen
+    assert "backed up broker" in seen and "restored cluster" in seen
+    metrics = [o for b, o in outputs if "/metrics" in b]
+    assert metrics and "trio_broker_role" in metrics[0]
+    # The recovered cluster serves the backed-up queue.
+    last_queues = [o for b, o in outputs if "queues" in b and "9111" in b]
+    assert last_queues and re.search(r"Q-\w{10}\s+1", last_queues[-1]), last_queues
+
+
+def test_the_guides_settings_file_uses_real_settings():
+    """The TOML example (not run) names settings the broker knows."""
+    import tomllib
+
+    from trio_broker._node_options import OPTIONS
+
+    toml = re.search(r"^```toml\n(.*?)^```", GUIDE.read_text(), re.MULTILINE | re.DOTALL)
+    assert toml is not None
+    settings = tomllib.loads(toml.group(1))
+    assert settings and set(settings) <= {o.key for o in OPTIONS}, settings
