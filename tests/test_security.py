@@ -58,6 +58,10 @@ def secret_file(tmp_path) -> str:
     return write_secret(tmp_path / "cluster.secret")
 
 
+def client_context_from(tls: dict[str, str]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=tls["tls_ca"])
+
+
 def read_secret(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read().strip()
@@ -443,3 +447,41 @@ async def test_with_no_security_settings_nothing_changes(broker):
     r = await conn.call({"operation": "AUTH", "proof": "00"})
     assert r["code"] == "UNAUTHORIZED" and "no cluster secret" in r["message"]
     await conn.aclose()
+
+
+async def test_snapshot_transfer_and_forwarded_joins_work_with_tls_and_a_secret(
+    tmp_path, tls, secret_file
+):
+    """DATA_SYNC_REQUEST and a JOIN_CLUSTER that a replica forwards to the leader both open
+    their own connections: TLS, and the secret proved, on each."""
+    with trio.fail_after(DEADLINE * 3):
+        async with open_local_cluster(
+            tmp_path / "c",
+            3,
+            **tls,
+            cluster_secret_file=secret_file,
+            compact_threshold=50,
+            compact_keep=5,
+        ) as c:
+            leader = await c.wait_for_leader()
+            lagging = next(n for n, b in c.brokers.items() if b is not leader)
+            await c.stop(lagging)
+            async with connect(
+                f"127.0.0.1:{leader.port}", ssl_context=client_context_from(tls)
+            ) as client:
+                queue_id = await client.create_queue()
+                async with trio.open_nursery() as nursery:  # concurrent: pipelined
+                    for i in range(120):
+                        nursery.start_soon(client.append, queue_id, i)
+            while leader.node.log.snapshot_index == 0:
+                await leader.driver.wait_changed()
+            restarted = await c.start(lagging)
+            while restarted.node.applied < leader.node.commit:
+                await restarted.driver.wait_changed()
+            assert restarted.node.log.snapshot_index > 0
+            assert len(await restarted._worker.run(restarted._store.messages, queue_id)) == 120
+            # A fourth broker that only knows a replica: its join is forwarded.
+            replica = next(b for b in c.brokers.values() if b is not leader)
+            fourth = await c.start("b4", seeds=[f"127.0.0.1:{replica.port}"])
+            await c.wait_for_voters(4)
+            assert fourth.broker_id in leader.node.config.voters
