@@ -83,9 +83,10 @@ async def wait_until(predicate) -> None:
 
 
 async def test_a_tls_cluster_serves_a_tls_client_through_a_leader_change(
-    tmp_path, tls, secret_file, ca
+    tmp_path, tls, secret_file, ca, caplog
 ):
     """Peers (replication, votes, joins) and the trio client all speak TLS."""
+    caplog.set_level(logging.INFO, logger="trio_broker")
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
             tmp_path / "c", 3, **tls, cluster_secret_file=secret_file
@@ -119,6 +120,10 @@ async def test_a_tls_cluster_serves_a_tls_client_through_a_leader_change(
             finally:
                 await conn.aclose()
             assert answer is None
+            assert any(
+                "connection.tls_failed" in r.getMessage() and "peer=127.0.0.1:" in r.getMessage()
+                for r in caplog.records
+            )
 
 
 async def test_a_client_that_does_not_trust_the_certificate_cannot_connect(tmp_path, tls):

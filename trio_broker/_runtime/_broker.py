@@ -87,6 +87,7 @@ _RECEIVE_SIZE = 64 * 1024
 PEER_FRAME_FACTOR = 80
 """A peer stream's frames may carry a batch of entries, each up to a client frame in size."""
 _LINGER_SECONDS = 1.0
+TLS_HANDSHAKE_SECONDS = 10.0
 
 
 @attrs.define
@@ -477,6 +478,8 @@ class Broker:
         self._idle = trio.Event() if self._connections == 1 else self._idle
         try:
             async with stream:
+                if isinstance(stream, trio.SSLStream) and not await _tls_handshake(stream, peer):
+                    return
                 await self._serve_connection(stream, peer, _Session(plaintext=plaintext))
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (perhaps mid-answer); nothing of ours is lost
@@ -810,6 +813,23 @@ async def _linger(stream: trio.abc.Stream) -> None:
             await stream.send_eof()
             while await stream.receive_some(_RECEIVE_SIZE):
                 pass
+
+
+async def _tls_handshake(stream: trio.SSLStream[Any], peer: str) -> bool:
+    """Shake hands before reading requests, so that a client that does not speak TLS (or does
+    not trust our certificate) is logged as such, and a silent one does not hold a slot."""
+    reason = None
+    with trio.move_on_after(TLS_HANDSHAKE_SECONDS) as scope:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            reason = str(exc.__cause__ or exc)
+    if scope.cancelled_caught:
+        reason = f"no handshake within {TLS_HANDSHAKE_SECONDS:g} s"
+    if reason is not None:
+        log_event(logging.INFO, "connection.tls_failed", peer=peer, reason=reason)
+        return False
+    return True
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
