@@ -490,3 +490,29 @@ async def test_snapshot_transfer_and_forwarded_joins_work_with_tls_and_a_secret(
             fourth = await c.start("b4", seeds=[f"127.0.0.1:{replica.port}"])
             await c.wait_for_voters(4)
             assert fourth.broker_id in leader.node.config.voters
+
+
+async def test_a_client_token_does_not_open_the_privileged_requests(tmp_path, secret_file):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("sesame\n")
+    config = BrokerConfig(
+        data_dir=tmp_path / "b",
+        port=0,
+        cluster_secret_file=secret_file,
+        client_tokens_file=tokens,
+    )
+    async with open_broker(config) as broker:
+        conn = await RawConnection.open(broker.port)
+        for malformed in ({}, {"token": "sesame", "proof": "00"}, {"token": 7}):
+            answer = await conn.call({"operation": "AUTH", **malformed})
+            assert answer["code"] == "BAD_REQUEST", answer
+        assert await conn.call({"operation": "AUTH", "token": "sesame"}) == {"status": "success"}
+        assert (await conn.call({"operation": "CREATE_QUEUE"}))["status"] == "success"
+        remove = {"operation": "REMOVE_MEMBER", "broker_id": broker.broker_id}
+        assert (await conn.call(remove))["code"] == "UNAUTHORIZED"
+        # A proof without a challenge proves nothing either.
+        proof = proof_for(read_secret(secret_file), "0" * 64)
+        assert (await conn.call({"operation": "AUTH", "proof": proof}))["code"] == "UNAUTHORIZED"
+        assert (await conn.call(remove))["code"] == "UNAUTHORIZED"
+        await conn.aclose()
+        assert broker.broker_id in broker.node.config.voters
