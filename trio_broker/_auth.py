@@ -123,7 +123,7 @@ async def authenticate(
     secret: bytes | None = None,
     token: str | None = None,
     then: Any = None,
-) -> list[dict[str, Any]] | dict[str, Any]:
+) -> dict[str, Any]:
     """Authenticate a fresh connection: prove the secret (if given), present the token (if
     given), then send ``then`` (if given) in the same write as the last AUTH.
 

@@ -282,7 +282,7 @@ class Broker:
     ) -> Response | BrokerError | Pending:
         """Decide a request: an answer now, or a pending commit whose result is the answer.
 
-        Authentication is decided before, per connection (:meth:`_refuse`); ``plaintext`` says
+        Authentication is decided before, per connection (:meth:`_authorize`); ``plaintext`` says
         the request came in on the plaintext listener."""
         if isinstance(request, ClusterQuery):
             return self._wrong_cluster(request.cluster_id) or self.topology(plaintext=plaintext)
