@@ -516,3 +516,22 @@ async def test_a_client_token_does_not_open_the_privileged_requests(tmp_path, se
         assert (await conn.call(remove))["code"] == "UNAUTHORIZED"
         await conn.aclose()
         assert broker.broker_id in broker.node.config.voters
+
+
+async def test_a_broker_of_another_cluster_is_refused_and_logged(broker, caplog):
+    caplog.set_level(logging.WARNING, logger="trio_broker")
+    join = {
+        "operation": "JOIN_CLUSTER",
+        "broker_id": "B-OTHER",
+        "host": "127.0.0.1",
+        "port": 1,
+        "cluster_id": "G-OTHER",
+    }
+    assert (await call(broker.port, join))["code"] == "WRONG_CLUSTER"
+    assert any(
+        "request.wrong_cluster" in r.getMessage()
+        and "operation=JOIN_CLUSTER" in r.getMessage()
+        and "peer=127.0.0.1:" in r.getMessage()
+        for r in caplog.records
+    )
+    assert "B-OTHER" not in broker.node.config.members

@@ -627,7 +627,16 @@ class Broker:
                 return self._unauthorized(
                     peer, request, "this request needs the cluster secret (AUTH with a proof)"
                 )
-            return None
+            refusal = self._wrong_cluster(getattr(request, "cluster_id", None))
+            if refusal is not None:
+                log_event(
+                    logging.WARNING,
+                    "request.wrong_cluster",
+                    peer=peer,
+                    operation=OPERATION_NAMES[type(request)],
+                    cluster_id=getattr(request, "cluster_id", None),
+                )
+            return refusal
         if isinstance(request, ClusterQuery) or session.plaintext:
             return None
         if security.tokens is not None and not (session.client or session.member):
