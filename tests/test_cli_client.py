@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import socket
 import sys
 from functools import partial
@@ -11,6 +12,7 @@ from functools import partial
 import orjson
 import pytest
 import trio
+import trustme
 
 from trio_broker._cli_client import add_client_parser, parse_data, run_client
 from trio_broker._ids import QUEUE_ID_RE
@@ -335,6 +337,65 @@ async def test_remove_member_by_address(tmp_path, cli):
             status, out, err = await cli(*seed, "remove-member", f"127.0.0.1:{victim.port}")
             assert status == 1 and out == ""
             assert f"no member of cluster {leader.cluster_id} at 127.0.0.1:{victim.port}" in err
+
+
+async def test_remove_member_needs_the_cluster_secret_when_the_cluster_has_one(tmp_path, cli):
+    """docs/security.md: operator commands prove the secret with --cluster-secret-file."""
+    secret = tmp_path / "secret"
+    secret.write_text(secrets.token_hex(32))
+    with trio.fail_after(30):
+        async with open_local_cluster(tmp_path / "c", 3, cluster_secret_file=secret) as cluster:
+            leader = await cluster.wait_for_leader()
+            replica, victim = [b for b in cluster.brokers.values() if b is not leader]
+            seed = ["--seed", f"127.0.0.1:{replica.port}"]
+            status, out, err = await cli(*seed, "remove-member", victim.broker_id)
+            assert status == 1 and "UNAUTHORIZED" in err and out == ""
+            assert victim.broker_id in leader.node.config.members
+            wrong = tmp_path / "wrong"
+            wrong.write_text(secrets.token_hex(32))
+            status, out, err = await cli(
+                *seed, "--cluster-secret-file", str(wrong), "remove-member", victim.broker_id
+            )
+            assert status == 1 and "UNAUTHORIZED" in err and "wrong cluster secret" in err
+            status, out, err = await cli(
+                *seed, "--cluster-secret-file", str(tmp_path / "none"), "status"
+            )
+            assert status == 1 and "cannot read cluster secret file" in err
+            status, out, err = await cli(
+                *seed, "remove-member", "--cluster-secret-file", str(secret), victim.broker_id
+            )
+            assert (status, out.strip(), err) == (0, f"removed {victim.broker_id}", "")
+            assert victim.broker_id not in leader.node.config.members
+
+
+async def test_tls_and_a_token_from_the_command_line(tmp_path, cli):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {name: tmp_path / name for name in ("cert.pem", "key.pem", "ca.pem", "tokens")}
+    cert.private_key_and_cert_chain_pem.write_to_path(str(paths["cert.pem"]))
+    cert.private_key_pem.write_to_path(str(paths["key.pem"]))
+    ca.cert_pem.write_to_path(str(paths["ca.pem"]))
+    paths["tokens"].write_text("# mine\nsesame\n")
+    config = BrokerConfig(
+        data_dir=tmp_path / "b",
+        port=0,
+        tls_cert=paths["cert.pem"],
+        tls_key=paths["key.pem"],
+        client_tokens_file=paths["tokens"],
+    )
+    async with open_broker(config) as broker:
+        seed = ["--seed", f"127.0.0.1:{broker.port}", "--timeout", "5"]
+        tls = ["--tls-ca", str(paths["ca.pem"])]
+        token = ["--token-file", str(paths["tokens"])]
+        status, out, err = await cli(*seed, *tls, *token, "create-queue")
+        assert status == 0, err
+        queue_id = out.strip()
+        status, out, err = await cli(*seed, *tls, "append", queue_id, "7")
+        assert status == 1 and "UNAUTHORIZED" in err
+        status, out, err = await cli(*seed, *tls, *token, "append", queue_id, "7")
+        assert (status, out.strip()) == (0, "1")
+        status, out, err = await cli(*seed, *token, "status")  # no TLS: nothing answers
+        assert status != 0
 
 
 async def test_health_reports_a_broker_that_follows_a_leader(tmp_path, cli):

@@ -90,3 +90,46 @@ def test_every_config_field_is_settable_from_flags_environment_and_file(tmp_path
     path.write_text("max_pending = 77\ncompact_bytes = 1000\n")
     config, _, _ = resolve(parse("--config", str(path)), environ={})
     assert (config.max_pending, config.compact_bytes) == (77, 1000)
+
+
+def test_security_settings_from_flags_environment_and_file(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# clients\nt1\n")
+    path = tmp_path / "broker.toml"
+    path.write_text(f'client-tokens-file = "{tokens}"\nplaintext_port = 9500\n')
+    config, _, sources = resolve(
+        parse("--config", str(path), "--plaintext-port", "9600"),
+        environ={"TRIO_BROKER_CLUSTER_SECRET_FILE": str(secret)},
+    )
+    assert config.cluster_secret_file == secret and sources["cluster_secret_file"] == "env"
+    assert config.client_tokens_file == tokens and sources["client_tokens_file"] == "file"
+    assert config.plaintext_port == 9600 and sources["plaintext_port"] == "flag"
+    assert (config.tls_cert, config.tls_key, config.tls_ca) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "files", "message"),
+    [
+        (("--tls-cert", "{d}/cert.pem"), {"cert.pem": "x"}, "tls_cert and tls_key go together"),
+        (("--tls-key", "{d}/key.pem"), {"key.pem": "x"}, "tls_cert and tls_key go together"),
+        (("--tls-ca", "{d}/ca.pem"), {"ca.pem": "x"}, "tls_ca needs tls_cert"),
+        (
+            ("--tls-cert", "{d}/cert.pem", "--tls-key", "{d}/missing.pem"),
+            {"cert.pem": "x"},
+            "cannot load TLS certificate",
+        ),
+        (("--cluster-secret-file", "{d}/nope"), {}, "cannot read cluster secret file"),
+        (("--cluster-secret-file", "{d}/s"), {"s": "short\n"}, "at least 16"),
+        (("--client-tokens-file", "{d}/nope"), {}, "cannot read client tokens file"),
+        (("--client-tokens-file", "{d}/t"), {"t": "# none\n\n"}, "holds no token"),
+        (("--port", "9001", "--plaintext-port", "9001"), {}, "must differ from port"),
+    ],
+)
+def test_bad_security_settings_are_refused_with_a_clear_message(tmp_path, argv, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    argv = tuple(arg.format(d=tmp_path) for arg in argv)
+    with pytest.raises(SettingsError, match=message):
+        resolve(parse(*argv), environ={})

@@ -26,6 +26,7 @@ from ._runtime import (
     open_broker,
 )
 from ._runtime._log import log_event
+from ._runtime._security import SecurityConfigError
 from ._storage import DataDirInUse, SchemaTooNew
 
 
@@ -63,6 +64,17 @@ async def _run_node(config: BrokerConfig) -> None:
                 break
 
 
+_NODE_FAILURES = (
+    DataDirInUse,
+    IdentityMismatch,
+    SchemaTooNew,
+    JoinFailed,
+    SecurityConfigError,
+    OSError,
+)
+"""Failures a node reports in one line and exits 1, rather than with a traceback."""
+
+
 def run_node(args: argparse.Namespace) -> int:
     try:
         config, node_only, sources = resolve(args)
@@ -80,7 +92,7 @@ def run_node(args: argparse.Namespace) -> int:
     try:
         trio.run(_run_node, config)
     except BaseException as exc:
-        leaf = _leaf(exc, (DataDirInUse, IdentityMismatch, SchemaTooNew, JoinFailed, OSError))
+        leaf = _leaf(exc, _NODE_FAILURES)
         if leaf is None:
             raise
         if isinstance(leaf, OSError):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from typing import Any
 
 import trio
 
+from ._auth import AuthConfigError, load_secret, load_token
 from ._errors import BrokerError
 from ._protocol import converter, dumps_value
 from .client import BrokerUnreachableError, Client, Topology, connect, parse_address
@@ -83,6 +85,26 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         action="store_true",
         default=default(False),
         help="print results as JSON",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=default(None),
+        metavar="FILE",
+        help="speak TLS and check the brokers' certificates against this PEM CA bundle "
+        "(docs/security.md)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="FILE",
+        help="present the client token in this file (its first token line) on every connection",
+    )
+    parser.add_argument(
+        "--cluster-secret-file",
+        default=default(None),
+        metavar="FILE",
+        help="prove the cluster secret in this file on every connection: operator commands "
+        "such as remove-member need it when the cluster has one",
     )
     parser.add_argument(
         "--timeout",
@@ -183,11 +205,32 @@ def run_client(args: argparse.Namespace) -> int:
         return 130
 
 
+def _security(args: argparse.Namespace) -> dict[str, Any]:
+    """connect()'s security arguments from the command line; AuthConfigError if unusable."""
+    options: dict[str, Any] = {}
+    if args.tls_ca is not None:
+        try:
+            options["ssl_context"] = ssl.create_default_context(cafile=args.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise AuthConfigError(f"cannot load CA bundle {args.tls_ca}: {reason}") from None
+    if args.token_file is not None:
+        options["token"] = load_token(args.token_file)
+    if args.cluster_secret_file is not None:
+        options["cluster_secret"] = load_secret(args.cluster_secret_file)
+    return options
+
+
 async def _run(args: argparse.Namespace) -> int:
     seeds = args.seed or [DEFAULT_SEED]
     try:
+        security = _security(args)
+    except AuthConfigError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    try:
         with trio.fail_after(args.timeout):
-            async with connect(seeds, client_id=args.client_id) as client:
+            async with connect(seeds, client_id=args.client_id, **security) as client:
                 return await _COMMANDS[args.client_command](client, args)
     except BrokerUnreachableError as exc:
         for address, reason in exc.errors:

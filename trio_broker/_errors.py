@@ -25,6 +25,9 @@ class ErrorCode(enum.StrEnum):
     """The request names a cluster (or a queue of a cluster) this broker does not belong to."""
     UNAVAILABLE = "UNAVAILABLE"
     """The broker cannot serve this now (shutting down, overloaded, no quorum); retry later."""
+    UNAUTHORIZED = "UNAUTHORIZED"
+    """Addition: this connection may not send this request: no (or a wrong) client token or
+    cluster secret proof, or a broker-to-broker request on the plaintext listener."""
     INTERNAL = "INTERNAL"
     """A bug or an unexpected storage failure; the request may not have been applied."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from ._runtime._security import load_security
 
 ENV_PREFIX = "TRIO_BROKER_"
 
@@ -137,6 +138,39 @@ OPTIONS = [
         _D["compact_bytes"],
     ),
     Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
+    # Security (docs/security.md): all off by default.
+    Option(
+        "tls_cert",
+        _str,
+        "PEM certificate of this broker: with --tls-key, clients and peers talk TLS (off)",
+        metavar="FILE",
+    ),
+    Option("tls_key", _str, "PEM private key of --tls-cert", metavar="FILE"),
+    Option(
+        "tls_ca",
+        _str,
+        "PEM CA bundle that other brokers' certificates are checked against (system CAs)",
+        metavar="FILE",
+    ),
+    Option(
+        "cluster_secret_file",
+        _str,
+        "file holding the cluster secret: only brokers that hold it may join, replicate, "
+        "vote or change the membership (off)",
+        metavar="FILE",
+    ),
+    Option(
+        "client_tokens_file",
+        _str,
+        "file of client tokens, one per line: client operations need one (off)",
+        metavar="FILE",
+    ),
+    Option(
+        "plaintext_port",
+        _int,
+        "also serve client operations on this port in plain TCP without tokens, for clients "
+        "of the original design (off)",
+    ),
     Option("log_level", _str, "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Option(
         "log_format",
@@ -219,6 +253,7 @@ def resolve(
     node_only = {k: values.pop(k) for k in NODE_ONLY}
     try:
         config = BrokerConfig(**values)
+        load_security(config)  # files missing or unusable: said now, not once serving
     except (TypeError, ValueError) as exc:
         raise SettingsError(str(exc)) from None
     return config, node_only, sources

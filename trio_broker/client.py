@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._auth import authenticate
 from ._errors import (
     BrokerError,
     ErrorCode,
@@ -381,8 +383,14 @@ class Client:
         client_id: str | None,
         max_frame: int,
         max_in_flight: int,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        cluster_secret: bytes | None = None,
     ) -> None:
         self._nursery = nursery
+        self._ssl_context = ssl_context
+        self._token = token
+        self._cluster_secret = cluster_secret
         self._seeds = list(dict.fromkeys(seeds))
         self.client_id = client_id if client_id is not None else new_client_id()
         self._max_frame = max_frame
@@ -743,6 +751,8 @@ class Client:
             except (_NotSent, _Lost) as exc:
                 return exc.reason
             except BrokerError as exc:
+                if exc.code == ErrorCode.UNAUTHORIZED:
+                    raise  # a wrong token or secret: asking elsewhere will not help
                 return str(exc)
             return None
         return f"no answer within {_ATTEMPT_TIMEOUT:g} s"
@@ -844,10 +854,7 @@ class Client:
                 return connection
             stream = None
             with trio.move_on_after(_ATTEMPT_TIMEOUT):
-                try:
-                    stream = await trio.open_tcp_stream(*address)
-                except OSError as exc:
-                    raise _NotSent(_os_reason(exc)) from None
+                stream = await self._open_stream(address)
             if stream is None:
                 raise _NotSent(f"no connection within {_ATTEMPT_TIMEOUT:g} s")
             try:
@@ -864,6 +871,36 @@ class Client:
                 raise
             self._connections[address] = connection
             return connection
+
+    async def _open_stream(self, address: Address) -> trio.abc.Stream:
+        """A new connection: TCP, TLS if configured, then authentication if configured."""
+        try:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
+        except OSError as exc:
+            raise _NotSent(_os_reason(exc)) from None
+        try:
+            if self._ssl_context is not None:
+                stream = trio.SSLStream(stream, self._ssl_context, server_hostname=address[0])
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    raise _NotSent(f"TLS handshake failed: {exc.__cause__ or exc}") from None
+            if self._token is not None or self._cluster_secret is not None:
+                try:
+                    refused = await authenticate(
+                        stream,
+                        FrameDecoder(self._max_frame),
+                        secret=self._cluster_secret,
+                        token=self._token,
+                    )
+                except (trio.BrokenResourceError, OSError, ProtocolError) as exc:
+                    raise _NotSent(f"authentication failed: {exc}") from None
+                if refused:
+                    raise error_from_wire(refused)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
 
     async def _run_connection(
         self, connection: _Connection, *, task_status: trio.TaskStatus[None]
@@ -892,6 +929,9 @@ async def connect(
     client_id: str | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    cluster_secret: bytes | None = None,
 ) -> AsyncIterator[Client]:
     """Discover the clusters the seeds belong to and yield a :class:`Client`.
 
@@ -905,6 +945,14 @@ async def connect(
     ``client_id`` names this client's read positions (a new ``C-XXXXX`` if not given: reads then
     start at the first message). ``max_frame`` bounds the frames sent and accepted;
     ``max_in_flight`` bounds the pipelined requests per connection.
+
+    Security (docs/security.md): with ``ssl_context`` (for instance
+    ``ssl.create_default_context(cafile="ca.pem")``), every connection speaks TLS and checks
+    the broker's certificate against the host name or address it dials. With ``token``, every
+    new connection (the client reconnects as leaders move) presents it first; with
+    ``cluster_secret`` (bytes), every new connection proves it, which operator commands such
+    as :meth:`Client.remove_member` need when the cluster has a secret. A refused token or
+    proof raises :class:`~trio_broker._errors.BrokerError` with code ``UNAUTHORIZED``.
     """
     if isinstance(seeds, str):
         seeds = [seeds]
@@ -921,6 +969,9 @@ async def connect(
                 client_id=client_id,
                 max_frame=max_frame,
                 max_in_flight=max_in_flight,
+                ssl_context=ssl_context,
+                token=token,
+                cluster_secret=cluster_secret,
             )
             try:
                 await client._discover()

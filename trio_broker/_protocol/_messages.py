@@ -103,6 +103,9 @@ class PeerHello:
     host: str | None = None
     """Where the sender listens, so the receiver can answer before the address book has it."""
     port: int | None = None
+    plaintext_port: int | None = None
+    """Addition: the sender's plaintext client port, announced to clients of the original
+    design that ask on the receiver's plaintext listener (docs/security.md)."""
 
 
 @attrs.frozen
@@ -132,6 +135,25 @@ class RemoveMember:
     cluster_id: str | None = None
 
 
+@attrs.frozen
+class AuthChallenge:
+    """Addition: ask for a fresh nonce to prove the cluster secret with (docs/security.md)."""
+
+
+@attrs.frozen
+class Auth:
+    """Addition: authenticate this connection, as a member or operator (``proof``, an
+    HMAC-SHA256 of the last nonce under the cluster secret) or as a client (``token``)."""
+
+    proof: str | None = None
+    token: str | None = None
+
+
+PRIVILEGED_REQUESTS: tuple[type, ...] = (PeerHello, JoinCluster, DataSyncRequest, RemoveMember)
+"""Requests that only brokers (and operators) holding the cluster secret may send, when one is
+configured: they replicate, vote, change the membership or read a whole snapshot. Gating is
+membership in this tuple (docs/security.md); never served on the plaintext listener."""
+
 Request = (
     ClusterQuery
     | CreateQueue
@@ -145,6 +167,8 @@ Request = (
     | JoinCluster
     | DataSyncRequest
     | RemoveMember
+    | AuthChallenge
+    | Auth
 )
 
 
@@ -259,6 +283,12 @@ class SnapshotChunk:
     """Of the chunk's bytes; the DATA_SYNC message carries the whole file's."""
 
 
+@attrs.frozen
+class Challenge:
+    nonce: str
+    """Hex; valid for one AUTH on the connection that asked for it."""
+
+
 Response = (
     ClusterTopology
     | QueueCreated
@@ -272,4 +302,5 @@ Response = (
     | Done
     | Joined
     | SnapshotChunk
+    | Challenge
 )

@@ -25,15 +25,20 @@ import orjson
 import trio
 
 from .. import _core
+from .._auth import authenticate, new_nonce, proof_is_valid, token_is_valid
 from .._core._commands import AppendBatch as AppendBatchCommand
 from .._core._raft_messages import ChangeAction, Config, ConfigChange, ConfigEntry
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_broker_id, new_cluster_id, new_queue_id
 from .._protocol import (
+    PRIVILEGED_REQUESTS,
     AckRequest,
     Append,
     AppendBatch,
+    Auth,
+    AuthChallenge,
     BrokerInfo,
+    Challenge,
     ClusterQuery,
     ClusterTopology,
     CreateQueue,
@@ -64,7 +69,7 @@ from ._config import BrokerConfig
 from ._driver import Pending, RaftDriver, make_node
 from ._log import log_event, logger
 from ._metrics import BrokerMetrics, serve_metrics
-from ._network import TCP, Network
+from ._network import TCP, Network, TlsHandshakeFailed, TlsNetwork, transport_socket
 from ._operations import (
     DEFAULT_LIST_QUEUES,
     MAX_LIST_QUEUES,
@@ -76,12 +81,27 @@ from ._operations import (
     read_command,
     response_for,
 )
-from ._snapshot_fetch import request_response
+from ._security import Security, load_security
 
 _RECEIVE_SIZE = 64 * 1024
 PEER_FRAME_FACTOR = 80
 """A peer stream's frames may carry a batch of entries, each up to a client frame in size."""
 _LINGER_SECONDS = 1.0
+TLS_HANDSHAKE_SECONDS = 10.0
+
+
+@attrs.define
+class _Session:
+    """What one connection has proved (docs/security.md)."""
+
+    plaintext: bool = False
+    """Came in on the plaintext listener: client operations only, no authentication."""
+    nonce: str | None = None
+    """From the last AUTH_CHALLENGE; forgotten once a proof was checked against it."""
+    member: bool = False
+    """Proved the cluster secret: may send PRIVILEGED_REQUESTS (and client operations)."""
+    client: bool = False
+    """Presented a valid client token."""
 
 
 @attrs.frozen
@@ -112,6 +132,7 @@ class Broker:
         state: RaftState,
         port: int,
         network: Network = TCP,
+        security: Security | None = None,
     ) -> None:
         self.config = config
         self.broker_id = identity.broker_id
@@ -119,6 +140,11 @@ class Broker:
         self.host = config.host
         self.port = port
         self.network = network
+        self.security = security or Security()
+        self.plaintext_port: int | None = None
+        """Where the plaintext listener listens, when there is one."""
+        self.plaintext_ports: dict[str, int] = {}
+        """Other members' plaintext ports, as their PEER_HELLOs announced them."""
         self._store = store
         self._worker = worker
         self._rng = random.SystemRandom()
@@ -141,11 +167,12 @@ class Broker:
         )
         self.metrics = BrokerMetrics(self)
         self.driver.on_transaction = self.metrics.transactions
+        self.driver.secret = self.security.secret
         self.metrics_port: int | None = None
         self._connections = 0
         self._readers: set[trio.CancelScope] = set()
         self._closing = False
-        self._listening = trio.CancelScope()
+        self._listening: list[trio.CancelScope] = []
         self._idle = trio.Event()
         self._idle.set()
 
@@ -181,7 +208,11 @@ class Broker:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def topology(self, details: bool = False) -> ClusterTopology:
+    def topology(self, *, details: bool = False, plaintext: bool = False) -> ClusterTopology:
+        """The cluster as CLUSTER_QUERY shows it; with ``plaintext``, as the plaintext
+        listener shows it: each member at its plaintext port (members whose plaintext port is
+        not known here are left out), so that clients of the original design reconnect to a
+        listener they can speak to. With ``details``, each member's membership and lag."""
         node = self.driver.node
         brokers = []
         last = node.log.last_index
@@ -190,6 +221,9 @@ class Broker:
                 address = self.driver.self_address
             else:
                 address = self.driver.address_of(member_id)
+            if address is not None and plaintext:
+                port = self.plaintext_port_of(member_id)
+                address = None if port is None else (address[0], port)
             if address is None:
                 continue  # its address is not replicated here yet
             brokers.append(
@@ -224,6 +258,25 @@ class Broker:
         progress = node.progress.get(member_id)
         return None if progress is None else max(0, last_index - progress.match)
 
+    def plaintext_port_of(self, broker_id: str) -> int | None:
+        if broker_id == self.broker_id:
+            return self.plaintext_port
+        return self.plaintext_ports.get(broker_id)
+
+    def _plaintext_hint(self, error: BrokerError) -> BrokerError:
+        """A NOT_LEADER answered on the plaintext listener points at the leader's plaintext
+        listener (or at no address, when it is not known here)."""
+        if error.code != ErrorCode.NOT_LEADER or "leader_port" not in error.details:
+            return error
+        details = dict(error.details)
+        port = self.plaintext_port_of(details.get("leader_id", ""))
+        if port is None:
+            details.pop("leader_host", None)
+            details.pop("leader_port", None)
+        else:
+            details["leader_port"] = port
+        return type(error)(error.code, error.message, **details)
+
     def _new_queue_id(self) -> str:
         while True:
             queue_id = new_queue_id(self.cluster_id, self._rng)
@@ -240,10 +293,17 @@ class Broker:
             )
         return None
 
-    async def handle(self, request: Request) -> Response | BrokerError | Pending:
-        """Decide a request: an answer now, or a pending commit whose result is the answer."""
+    async def handle(
+        self, request: Request, *, plaintext: bool = False
+    ) -> Response | BrokerError | Pending:
+        """Decide a request: an answer now, or a pending commit whose result is the answer.
+
+        Authentication is decided before, per connection (:meth:`_authorize`); ``plaintext`` says
+        the request came in on the plaintext listener."""
         if isinstance(request, ClusterQuery):
-            return self._wrong_cluster(request.cluster_id) or self.topology(bool(request.details))
+            return self._wrong_cluster(request.cluster_id) or self.topology(
+                details=bool(request.details), plaintext=plaintext
+            )
         if self._closing:
             return BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down")
         if isinstance(request, Append | AppendBatch):
@@ -376,8 +436,17 @@ class Broker:
             with trio.fail_after(self.config.failure_timeout * 4):
                 stream = await self.network.connect(host, port)
                 async with stream:
-                    answer = await request_response(stream, FrameDecoder(), request)
-        except (OSError, ConnectionError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    # Proved with this broker's own secret: it checked the requester's.
+                    answer = await authenticate(
+                        stream, FrameDecoder(), secret=self.security.secret, then=request
+                    )
+        except (
+            OSError,
+            ConnectionError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            ProtocolError,
+        ) as exc:
             return BrokerError(ErrorCode.UNAVAILABLE, f"could not reach the leader: {exc}")
         return _Forwarded(answer)
 
@@ -413,7 +482,7 @@ class Broker:
 
     # -- connections ----------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def _handle_stream(self, stream: trio.abc.Stream, *, plaintext: bool = False) -> None:
         peer = _peer_name(stream)
         if self._closing or self._connections >= self.config.max_connections:
             reason = "shutting down" if self._closing else "too many connections"
@@ -428,7 +497,9 @@ class Broker:
         self._idle = trio.Event() if self._connections == 1 else self._idle
         try:
             async with stream:
-                await self._serve_connection(stream, peer)
+                if isinstance(stream, trio.SSLStream) and not await _tls_handshake(stream, peer):
+                    return
+                await self._serve_connection(stream, peer, _Session(plaintext=plaintext))
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (perhaps mid-answer); nothing of ours is lost
         except* Exception:
@@ -439,19 +510,21 @@ class Broker:
             if self._connections == 0:
                 self._idle.set()
 
-    async def _serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
+    async def _serve_connection(
+        self, stream: trio.abc.Stream, peer: str, session: _Session
+    ) -> None:
         # Answers leave in request order. A request is read only once it has a slot among
         # max_in_flight, so a command is never submitted without a place for its answer.
         slots = trio.Semaphore(self.config.max_in_flight)
         send, receive = trio.open_memory_channel[Any](self.config.max_in_flight)
         peer_closed = False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_responses, stream, receive, slots)
+            nursery.start_soon(self._write_responses, stream, receive, slots, session.plaintext)
             async with send:
                 with trio.CancelScope() as reading:
                     self._readers.add(reading)
                     try:
-                        peer_closed = await self._read_requests(stream, peer, send, slots)
+                        peer_closed = await self._read_requests(stream, peer, send, slots, session)
                     finally:
                         self._readers.discard(reading)
         if not peer_closed:
@@ -463,6 +536,7 @@ class Broker:
         peer: str,
         send: trio.MemorySendChannel[Any],
         slots: trio.Semaphore,
+        session: _Session,
     ) -> bool:
         """Read and dispatch requests; True when the peer closed, False when we stopped."""
         decoder = FrameDecoder(self.config.max_frame)
@@ -509,6 +583,13 @@ class Broker:
                     )
                     send.send_nowait(("INVALID", started, exc))
                     continue
+                operation = OPERATION_NAMES[type(request)]
+                early = self._authorize(request, session, peer)
+                if early is not None:
+                    send.send_nowait((operation, started, early))
+                    if isinstance(request, PeerHello) and isinstance(early, BrokerError):
+                        return False  # what follows would be consensus messages
+                    continue
                 if isinstance(request, PeerHello):
                     refusal = self._wrong_cluster(request.cluster_id)
                     if refusal is None and request.to not in (None, self.broker_id):
@@ -528,14 +609,91 @@ class Broker:
                         return False
                     if request.host is not None and request.port is not None:
                         self.driver.note_address(request.broker_id, (request.host, request.port))
+                    if request.plaintext_port is None:
+                        self.plaintext_ports.pop(request.broker_id, None)
+                    else:
+                        self.plaintext_ports[request.broker_id] = request.plaintext_port
                     send.send_nowait(("PEER_HELLO", started, Done()))
                     return await self._read_peer_stream(stream, decoder, peer, request.broker_id)
                 try:
-                    answer = await self.handle(request)
+                    answer = await self.handle(request, plaintext=session.plaintext)
                 except BaseException:
                     slots.release()
                     raise
-                send.send_nowait((OPERATION_NAMES[type(request)], started, answer))
+                send.send_nowait((operation, started, answer))
+
+    def _authorize(
+        self, request: Request, session: _Session, peer: str
+    ) -> Response | BrokerError | None:
+        """Answer AUTH_CHALLENGE and AUTH, and refuse what this connection may not send
+        (docs/security.md); None lets the request through to :meth:`handle`."""
+        security = self.security
+        if isinstance(request, AuthChallenge | Auth) and session.plaintext:
+            return self._unauthorized(
+                peer, request, "the plaintext listener serves client operations only"
+            )
+        if isinstance(request, AuthChallenge):
+            session.nonce = new_nonce()
+            return Challenge(nonce=session.nonce)
+        if isinstance(request, Auth):
+            return self._authenticate(request, session, peer)
+        if isinstance(request, PRIVILEGED_REQUESTS):
+            if session.plaintext:
+                return self._unauthorized(
+                    peer, request, "broker-to-broker requests are not served on this listener"
+                )
+            if security.secret is not None and not session.member:
+                return self._unauthorized(
+                    peer, request, "this request needs the cluster secret (AUTH with a proof)"
+                )
+            refusal = self._wrong_cluster(getattr(request, "cluster_id", None))
+            if refusal is not None:
+                log_event(
+                    logging.WARNING,
+                    "request.wrong_cluster",
+                    peer=peer,
+                    operation=OPERATION_NAMES[type(request)],
+                    cluster_id=getattr(request, "cluster_id", None),
+                )
+            return refusal
+        if isinstance(request, ClusterQuery) or session.plaintext:
+            return None
+        if security.tokens is not None and not (session.client or session.member):
+            return self._unauthorized(peer, request, "this broker needs a client token (AUTH)")
+        return None
+
+    def _authenticate(self, request: Auth, session: _Session, peer: str) -> Response | BrokerError:
+        if (request.proof is None) == (request.token is None):
+            return ProtocolError("AUTH carries either a proof or a token")
+        if request.proof is not None:
+            nonce, session.nonce = session.nonce, None  # one proof per nonce: no replay
+            if self.security.secret is None:
+                return self._unauthorized(
+                    peer,
+                    request,
+                    "this broker has no cluster secret (every member needs the same one)",
+                )
+            if nonce is None:
+                return self._unauthorized(peer, request, "no nonce to prove: AUTH_CHALLENGE first")
+            if not proof_is_valid(self.security.secret, nonce, request.proof):
+                return self._unauthorized(
+                    peer, request, "wrong cluster secret: the proof does not match this cluster's"
+                )
+            session.member = True
+            return Done()
+        assert request.token is not None
+        tokens = self.security.tokens
+        if tokens is not None and not token_is_valid(tokens, request.token):
+            return self._unauthorized(peer, request, "client token refused")
+        session.client = True
+        return Done()
+
+    def _unauthorized(self, peer: str, request: Request, reason: str) -> BrokerError:
+        fields = {"peer": peer, "operation": OPERATION_NAMES[type(request)]}
+        if isinstance(request, PeerHello | JoinCluster):
+            fields["broker"] = request.broker_id
+        log_event(logging.WARNING, "request.unauthorized", **fields, reason=reason)
+        return BrokerError(ErrorCode.UNAUTHORIZED, reason)
 
     async def _read_peer_stream(
         self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
@@ -579,25 +737,28 @@ class Broker:
         stream: trio.abc.Stream,
         receive: trio.MemoryReceiveChannel[Any],
         slots: trio.Semaphore,
+        plaintext: bool,
     ) -> None:
         async with receive:
             async for item in receive:
-                out = [await self._answer(item)]
+                out = [await self._answer(item, plaintext)]
                 # Whatever else is already answered goes out in the same write.
                 while len(out) < 64:
                     try:
                         nxt = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    out.append(await self._answer(nxt))
+                    out.append(await self._answer(nxt, plaintext))
                 await stream.send_all(b"".join(out))
                 for _ in out:
                     slots.release()
 
-    async def _answer(self, entry: tuple[str, float, Any]) -> bytes:
+    async def _answer(self, entry: tuple[str, float, Any], plaintext: bool) -> bytes:
         operation, started, item = entry
         if isinstance(item, Pending | _LongPoll):
             item = response_for(await item.wait())
+        if plaintext and isinstance(item, BrokerError):
+            item = self._plaintext_hint(item)
         self.metrics.observe(operation, item, time.perf_counter() - started)
         if isinstance(item, _Forwarded):
             return encode_frame(orjson.dumps(item.body))
@@ -607,14 +768,19 @@ class Broker:
 
     async def _serve_listeners(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: list[trio.abc.Listener[Any]],
         connections: trio.Nursery,
         *,
+        plaintext: bool = False,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with self._listening:
+        scope = trio.CancelScope()
+        self._listening.append(scope)
+        if self._closing:
+            scope.cancel()
+        with scope:
             await trio.serve_listeners(
-                self._handle_stream,
+                functools.partial(self._handle_stream, plaintext=plaintext),
                 listeners,
                 handler_nursery=connections,
                 task_status=task_status,
@@ -622,7 +788,8 @@ class Broker:
 
     async def _shutdown(self, connections: trio.Nursery) -> None:
         self._closing = True
-        self._listening.cancel()
+        for scope in self._listening:
+            scope.cancel()
         for scope in list(self._readers):
             scope.cancel()
         with trio.move_on_after(self.config.shutdown_grace):
@@ -667,6 +834,8 @@ class _Forwarded:
 async def _linger(stream: trio.abc.Stream) -> None:
     """Close our side first and drain theirs, so the kernel does not reset the connection
     (which would discard answers the peer has not read yet) because of unread requests."""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return  # TLS has no half-close: closing sends close_notify after the answers
     with trio.move_on_after(_LINGER_SECONDS):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_eof()
@@ -674,8 +843,25 @@ async def _linger(stream: trio.abc.Stream) -> None:
                 pass
 
 
+async def _tls_handshake(stream: trio.SSLStream[Any], peer: str) -> bool:
+    """Shake hands before reading requests, so that a client that does not speak TLS (or does
+    not trust our certificate) is logged as such, and a silent one does not hold a slot."""
+    reason = None
+    with trio.move_on_after(TLS_HANDSHAKE_SECONDS) as scope:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            reason = str(exc.__cause__ or exc)
+    if scope.cancelled_caught:
+        reason = f"no handshake within {TLS_HANDSHAKE_SECONDS:g} s"
+    if reason is not None:
+        log_event(logging.INFO, "connection.tls_failed", peer=peer, reason=reason)
+        return False
+    return True
+
+
 def _peer_name(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
+    sock = transport_socket(stream)
     if sock is None:
         return getattr(stream, "peer_name", "unknown")
     try:
@@ -705,10 +891,13 @@ def _check_identity(found: Identity, config: BrokerConfig) -> None:
             )
 
 
-async def _ask_seeds(config: BrokerConfig, network: Network, request: Request) -> dict[str, Any]:
+async def _ask_seeds(
+    config: BrokerConfig, network: Network, request: Request, secret: bytes | None
+) -> dict[str, Any]:
     """Send one request to the seeds in turn, following NOT_LEADER hints; the first answer
     that is not a NOT_LEADER or a connection failure wins. Retries with backoff until the
-    caller's deadline."""
+    caller's deadline. With a ``secret``, each connection proves it first; a refused proof is
+    an answer like any other."""
     backoff = 0.1
     while True:
         targets = list(config.seeds)
@@ -722,7 +911,17 @@ async def _ask_seeds(config: BrokerConfig, network: Network, request: Request) -
                 with trio.fail_after(max(2.0, config.failure_timeout * 2)):
                     stream = await network.connect(*target)
                     async with stream:
-                        answer = await request_response(stream, FrameDecoder(), request)
+                        answer = await authenticate(
+                            stream, FrameDecoder(), secret=secret, then=request
+                        )
+            except TlsHandshakeFailed as exc:
+                log_event(
+                    logging.WARNING,
+                    "join.seed_tls_failed",
+                    seed=f"{target[0]}:{target[1]}",
+                    reason=str(exc),
+                )
+                continue
             except (
                 OSError,
                 ConnectionError,
@@ -748,7 +947,11 @@ async def _ask_seeds(config: BrokerConfig, network: Network, request: Request) -
 
 
 async def _prepare(
-    worker: StorageWorker, store: Store, config: BrokerConfig, network: Network
+    worker: StorageWorker,
+    store: Store,
+    config: BrokerConfig,
+    network: Network,
+    secret: bytes | None = None,
 ) -> tuple[Identity, bool]:
     """The broker's identity, and whether it must still join its cluster.
 
@@ -779,13 +982,22 @@ async def _prepare(
         )
         await worker.run(store.bootstrap, Config(voters=frozenset([identity.broker_id])))
         return identity, False
-    answer = await _ask_seeds(config, network, ClusterQuery(cluster_id=config.cluster_id))
+    answer = await _ask_seeds(config, network, ClusterQuery(cluster_id=config.cluster_id), secret)
     if answer.get("status") != "success" or not isinstance(answer.get("cluster_id"), str):
-        raise JoinFailed(f"seeds refused to describe their cluster: {answer.get('message')}")
+        raise JoinFailed(
+            f"seeds refused to describe their cluster: {answer.get('code')}: "
+            f"{answer.get('message')}{_hint(answer)}"
+        )
     identity = await worker.run(
         store.init_identity, config.broker_id or new_broker_id(), answer["cluster_id"]
     )
     return identity, True
+
+
+def _hint(answer: dict[str, Any]) -> str:
+    if answer.get("code") == ErrorCode.UNAUTHORIZED:
+        return " (does --cluster-secret-file name the cluster's secret?)"
+    return ""
 
 
 async def _join(broker: Broker) -> None:
@@ -795,7 +1007,7 @@ async def _join(broker: Broker) -> None:
         broker_id=broker.broker_id, host=host, port=port, cluster_id=broker.cluster_id
     )
     while True:
-        answer = await _ask_seeds(config, broker.network, request)
+        answer = await _ask_seeds(config, broker.network, request, broker.security.secret)
         if answer.get("status") == "success":
             for member in answer.get("brokers") or []:
                 with contextlib.suppress(KeyError, TypeError):
@@ -811,9 +1023,17 @@ async def _join(broker: Broker) -> None:
                 cluster_version=answer.get("cluster_version"),
             )
             return
-        if answer.get("code") in (ErrorCode.WRONG_CLUSTER, ErrorCode.BAD_REQUEST):
+        if answer.get("code") in (
+            ErrorCode.WRONG_CLUSTER,
+            ErrorCode.BAD_REQUEST,
+            ErrorCode.UNAUTHORIZED,
+        ):
+            log_event(
+                logging.ERROR, "join.refused", code=answer.get("code"), reason=answer.get("message")
+            )
             raise JoinFailed(
-                f"cluster {broker.cluster_id} refused the join: {answer.get('message')}"
+                f"cluster {broker.cluster_id} refused the join: {answer.get('code')}: "
+                f"{answer.get('message')}{_hint(answer)}"
             )
         log_event(logging.WARNING, "join.retry", reason=answer.get("message"))
         await trio.sleep(config.failure_timeout)
@@ -839,16 +1059,30 @@ async def open_broker(
     ``network`` and ``storage`` are seams for ``trio_broker.testing``: an in-memory network
     and storage run the same broker under a mock clock.
     """
+    security = load_security(config)
+    refused: JoinFailed | None = None
+    plain_network = network
+    if security.server_context is not None:
+        assert security.client_context is not None
+        network = TlsNetwork(network, security.server_context, security.client_context)
     async with storage(config.data_dir) as (worker, store):
         listeners, port = await network.listen(config.host, config.port)
+        plaintext: list[trio.abc.Listener[Any]] = []
+        plaintext_port = None
         try:
-            identity, joining = await _prepare(worker, store, config, network)
+            if config.plaintext_port is not None:
+                plaintext, plaintext_port = await plain_network.listen(
+                    config.host, config.plaintext_port
+                )
+            identity, joining = await _prepare(worker, store, config, network, security.secret)
         except BaseException:
-            for listener in listeners:
+            for listener in listeners + plaintext:
                 await trio.aclose_forcefully(listener)
             raise
         state = await worker.run(store.raft_state)
-        broker = Broker(config, identity, store, worker, state, port, network)
+        broker = Broker(config, identity, store, worker, state, port, network, security)
+        broker.plaintext_port = plaintext_port
+        broker.driver.plaintext_port = plaintext_port
         broker.addresses.update(await worker.run(store.broker_addresses))
         broker._queue_ids.update(await worker.run(store.queue_lengths))
         async with trio.open_nursery() as services:
@@ -861,6 +1095,12 @@ async def open_broker(
                 await connections.start(
                     functools.partial(broker._serve_listeners, listeners, connections)
                 )
+                if plaintext:
+                    await connections.start(
+                        functools.partial(
+                            broker._serve_listeners, plaintext, connections, plaintext=True
+                        )
+                    )
                 log_event(
                     logging.INFO,
                     "broker.started",
@@ -869,20 +1109,35 @@ async def open_broker(
                     host=config.host,
                     port=broker.port,
                     data_dir=config.data_dir,
+                    plaintext_port=plaintext_port,
+                    **security.describe(),
                 )
+                if security.tokens is not None and security.secret is None:
+                    log_event(
+                        logging.WARNING,
+                        "broker.insecure",
+                        reason="client tokens without a cluster secret: anyone may join, "
+                        "replicate or remove members (docs/security.md)",
+                    )
                 try:
                     if joining:
-                        await _join(broker)
+                        try:
+                            await _join(broker)
+                        except JoinFailed as exc:
+                            refused = exc  # raised as itself once the broker has stopped
                     elif broker.node.config.voters == {broker.broker_id}:
                         with trio.fail_after(config.failure_timeout * 10):
                             await broker.driver.wait_leading()
-                    yield broker
+                    if refused is None:
+                        yield broker
                 finally:
                     with trio.CancelScope(shield=True):
                         log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
                         await broker._shutdown(connections)
             services.cancel_scope.cancel()
     log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)
+    if refused is not None:
+        raise refused
 
 
 async def serve_broker(

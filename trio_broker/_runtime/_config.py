@@ -34,6 +34,10 @@ def _port(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be between 0 and 65535, got {value!r}")
 
 
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(os.fspath(value))
+
+
 def _parse_seed(seed: str | tuple[str, int]) -> tuple[str, int]:
     if isinstance(seed, tuple):
         return seed
@@ -91,6 +95,24 @@ class BrokerConfig:
     compact_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
     """Message bytes in applied log entries that also trigger a compaction (the log is held
     in memory: this bounds it when entries are large); then at most a quarter of it is kept."""
+    # -- security (docs/security.md); all off by default ----------------------------------------
+    tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    """PEM certificate (chain) of this broker: with ``tls_key``, the main listener speaks TLS
+    and so do the connections this broker opens to others."""
+    tls_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_ca: Path | None = attrs.field(default=None, converter=_optional_path)
+    """PEM bundle of the CAs that other brokers' certificates are checked against (default:
+    the system's)."""
+    cluster_secret_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    """Only connections that prove this secret may send PRIVILEGED_REQUESTS (join, replicate,
+    vote, fetch snapshots, change the membership); this broker proves it when it dials."""
+    client_tokens_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    """Client operations on the main listener need an ``AUTH`` with one of these tokens."""
+    plaintext_port: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_port)
+    )
+    """A second listener, plain TCP without tokens, serving only client operations: for
+    clients of the original design (0: any free port)."""
 
     def __attrs_post_init__(self) -> None:
         if self.failure_timeout < 2 * self.heartbeat_interval:
@@ -98,6 +120,16 @@ class BrokerConfig:
                 f"failure_timeout ({self.failure_timeout}) must be at least twice "
                 f"heartbeat_interval ({self.heartbeat_interval})"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (a broker speaks TLS or not)")
+        if self.plaintext_port is not None and self.plaintext_port == self.port != 0:
+            raise ValueError(f"plaintext_port must differ from port ({self.port})")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def announced_host(self) -> str:

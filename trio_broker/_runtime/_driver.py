@@ -103,6 +103,10 @@ class RaftDriver:
         self.node = node
         self.addresses = addresses
         self.peers: PeerFleet | None = None
+        self.secret: bytes | None = None
+        """The cluster secret this broker proves when it dials a peer (docs/security.md)."""
+        self.plaintext_port: int | None = None
+        """Announced to peers in PEER_HELLO (for the plaintext listeners' topology)."""
         self.hinted_addresses: dict[str, tuple[str, int]] = {}
         self._address_updates: set[str] = set()
         self._store = store
@@ -270,6 +274,8 @@ class RaftDriver:
                 self.self_address,
                 self.network.connect,
                 dead_after=max(1.0, 2 * self.config.failure_timeout),
+                secret=self.secret,
+                plaintext_port=self.plaintext_port,
             )
             task_status.started()
             crashes: list[float] = []
@@ -569,7 +575,9 @@ class RaftDriver:
                 return
             self._snapshot_dir.mkdir(exist_ok=True)
             path = self._snapshot_dir / f"incoming-{snapshot_id}.sqlite3"
-            ok = await fetch_snapshot(self.network, address, self.cluster_id, message.data, path)
+            ok = await fetch_snapshot(
+                self.network, address, self.cluster_id, message.data, path, self.secret
+            )
             if ok:
                 log_event(
                     logging.INFO,

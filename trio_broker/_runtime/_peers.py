@@ -17,12 +17,14 @@ from typing import Any
 
 import trio
 
+from .._auth import authenticate
 from .._core._commands import data_size
 from .._core._raft_messages import Message
 from .._errors import ProtocolError
-from .._protocol import FrameDecoder, PeerHello, encode_frame, encode_request, loads_object
+from .._protocol import FrameDecoder, PeerHello, encode_frame
 from .._protocol._peer import encode_message
 from ._log import log_event
+from ._network import transport_socket
 
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
@@ -96,16 +98,12 @@ class _Link:
                 to=self.peer_id,
                 host=self.fleet.self_address[0],
                 port=self.fleet.self_address[1],
+                plaintext_port=self.fleet.plaintext_port,
             )
-            await stream.send_all(encode_frame(encode_request(hello)))
-            decoder = FrameDecoder()
             with trio.fail_after(5):
-                while (payload := decoder.next_frame()) is None:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise ConnectionError("peer closed during handshake")
-                    decoder.feed(data)
-            answer = loads_object(payload)
+                answer = await authenticate(
+                    stream, FrameDecoder(), secret=self.fleet.secret, then=hello
+                )
             if answer.get("status") != "success":
                 log_event(
                     logging.ERROR, "peer.refused", peer=self.peer_id, reason=answer.get("message")
@@ -143,7 +141,7 @@ def _fail_when_unacknowledged(stream: trio.abc.Stream, seconds: float) -> None:
     TCP_USER_TIMEOUT, data unacknowledged for ``seconds`` breaks the connection, and the link
     reconnects (once the partition heals) within its backoff.
     """
-    sock = getattr(stream, "socket", None)
+    sock = transport_socket(stream)
     if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
         return
     with contextlib.suppress(OSError):
@@ -172,6 +170,9 @@ class PeerFleet:
         self_address: tuple[str, int],
         connect: Connect,
         dead_after: float = 3.0,
+        *,
+        secret: bytes | None = None,
+        plaintext_port: int | None = None,
     ) -> None:
         self.self_id = self_id
         self.self_address = self_address
@@ -180,6 +181,9 @@ class PeerFleet:
         self.cluster_id = cluster_id
         self.address_of = address_of
         self.connect = connect
+        self.secret = secret
+        """Proved on every link before PEER_HELLO, when set (docs/security.md)."""
+        self.plaintext_port = plaintext_port
         self._nursery = nursery
         self._links: dict[str, _Link] = {}
 

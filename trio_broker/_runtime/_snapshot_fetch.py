@@ -10,6 +10,8 @@ from typing import Any
 
 import trio
 
+from .._auth import authenticate
+from .._errors import ProtocolError
 from .._protocol import (
     DataSyncRequest,
     FrameDecoder,
@@ -42,6 +44,7 @@ async def fetch_snapshot(
     cluster_id: str,
     offer: dict[str, Any],
     path: Path,
+    secret: bytes | None = None,
 ) -> bool:
     """Download the offered snapshot to ``path``; True once its size and checksum match."""
     snapshot_id, size, digest = offer.get("snapshot_id"), offer.get("size"), offer.get("sha256")
@@ -53,6 +56,10 @@ async def fetch_snapshot(
         stream = await network.connect(*address)
         async with stream:
             decoder = FrameDecoder(4 * 1024 * 1024)
+            refused = await authenticate(stream, decoder, secret=secret)
+            if refused:
+                log_event(logging.WARNING, "snapshot.fetch_refused", reason=refused.get("message"))
+                return False
             async with await trio.open_file(path, "wb") as out:
                 offset = 0
                 while offset < size:
@@ -82,6 +89,7 @@ async def fetch_snapshot(
         trio.BrokenResourceError,
         KeyError,
         ValueError,
+        ProtocolError,
     ) as exc:
         log_event(logging.WARNING, "snapshot.fetch_failed", error=repr(exc))
         return False

@@ -3,6 +3,11 @@
 Each broker runs in its own task and cancel scope, so a test can stop and restart one while the
 others go on. Stopping is a clean shutdown of that broker (its data directory is intact, as after
 a crash that lost nothing unsynced: every acknowledgement was fsynced first).
+
+Keyword arguments are :class:`BrokerConfig` fields for every broker, the security settings
+included (``tls_cert``, ``tls_key``, ``tls_ca``, ``cluster_secret_file``, ``client_tokens_file``;
+docs/security.md). ``plaintext_port=0`` gives each broker a plaintext listener on a free port,
+kept across restarts like the main port.
 """
 
 from __future__ import annotations
@@ -27,15 +32,19 @@ class LocalCluster:
         self.brokers: dict[str, Broker] = {}
         """Running brokers by name."""
         self.ports: dict[str, int] = {}
+        self.plaintext_ports: dict[str, int] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
 
     def config(self, name: str, seeds: list[str], **overrides: Any) -> BrokerConfig:
+        settings = self.overrides | overrides
+        if settings.get("plaintext_port") == 0:
+            settings["plaintext_port"] = self.plaintext_ports.get(name, 0)
         return BrokerConfig(
             data_dir=self.base_dir / name,
             port=self.ports.get(name, 0),
             seeds=seeds,
-            **(self.overrides | overrides),
+            **settings,
         )
 
     async def start(self, name: str, *, seeds: list[str] | None = None, **overrides: Any) -> Broker:
@@ -46,6 +55,8 @@ class LocalCluster:
         config = self.config(name, seeds, **overrides)
         broker = await self._nursery.start(functools.partial(self._run, name, config))
         self.ports[name] = broker.port
+        if broker.plaintext_port is not None:
+            self.plaintext_ports[name] = broker.plaintext_port
         return broker
 
     async def _run(
