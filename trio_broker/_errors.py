@@ -30,6 +30,11 @@ class ErrorCode(enum.StrEnum):
     cluster secret proof, or a broker-to-broker request on the plaintext listener."""
     INTERNAL = "INTERNAL"
     """A bug or an unexpected storage failure; the request may not have been applied."""
+    OUT_OF_ORDER_SEQUENCE = "OUT_OF_ORDER_SEQUENCE"
+    """Addition: an idempotent producer skipped a ``producer_seq``; nothing was applied."""
+    SEQUENCE_TOO_OLD = "SEQUENCE_TOO_OLD"
+    """Addition: an idempotent producer's ``producer_seq`` was applied long ago (its result
+    is no longer kept); nothing was applied."""
 
 
 class BrokerError(Exception):
