@@ -35,7 +35,10 @@ from ._messages import (
     RemoveMember,
     Request,
     Response,
+    Retention,
+    RetentionChanged,
     SeekRequest,
+    SetRetentionRequest,
     SnapshotChunk,
 )
 
@@ -66,7 +69,10 @@ __all__ = [
     "RemoveMember",
     "Request",
     "Response",
+    "Retention",
+    "RetentionChanged",
     "SeekRequest",
+    "SetRetentionRequest",
     "SnapshotChunk",
     "converter",
     "decode_request",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -88,6 +90,12 @@ class BrokerConfig:
     """Applied log entries beyond ``compact_keep`` that trigger a compaction."""
     compact_keep: int = attrs.field(default=500, validator=_positive)
     """Applied entries kept in the log after a compaction, for replicas slightly behind."""
+    retention_interval: float = attrs.field(default=1.0, validator=_positive)
+    """Seconds between the leader's retention enforcements (only while some queue has a
+    retention policy)."""
+    wall_clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)
+    """Seconds since the epoch: what the leader stamps appends and enforcements with. A seam
+    for the mock clock, whose virtual time the real clock does not follow."""
 
     def __attrs_post_init__(self) -> None:
         if self.failure_timeout < 2 * self.heartbeat_interval:

@@ -1,0 +1,241 @@
+"""Retention policies over the wire and across replicas (docs/protocol.md, "Retention").
+
+Enforcement is driven here by submitting ``ApplyRetention`` with a chosen clock, so that what
+is deleted is decided by the test, not by when the periodic task happens to run; one test
+checks the periodic task itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trio_broker._core._commands import ApplyRetention, RetentionApplied
+from trio_broker._runtime import BrokerConfig, open_broker
+from trio_broker.testing import open_local_cluster
+
+from .wire import call
+
+DEADLINE = 15
+
+
+class FakeWallClock:
+    """The leader's wall clock, in seconds since the epoch, moved by the test."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def new_queue(port: int, **extra) -> str:
+    r = await call(port, {"operation": "CREATE_QUEUE", **extra})
+    assert r["status"] == "success", r
+    return r["queue_id"]
+
+
+async def append(port: int, q: str, data) -> int:
+    r = await call(port, {"operation": "APPEND", "queue_name": q, "data": data})
+    assert r["status"] == "success", r
+    return r["sequence_num"]
+
+
+def set_retention(q: str, **retention) -> dict:
+    return {"operation": "SET_RETENTION", "queue_name": q, "retention": retention}
+
+
+async def queue_info(port: int, q: str) -> dict:
+    r = await call(port, {"operation": "LIST_QUEUES"})
+    return next(info for info in r["queues"] if info["queue_id"] == q)
+
+
+async def enforce(broker, now_ms: int) -> RetentionApplied:
+    result = await broker.submit(ApplyRetention(now_ms))
+    assert isinstance(result, RetentionApplied), result
+    return result
+
+
+@pytest.fixture
+async def clocked(tmp_path):
+    clock = FakeWallClock()
+    config = BrokerConfig(data_dir=tmp_path / "broker", port=0, wall_clock=clock)
+    async with open_broker(config) as broker:
+        yield broker, clock
+
+
+async def test_max_messages_keeps_the_newest_and_sequence_numbers(clocked):
+    broker, _ = clocked
+    q = await new_queue(broker.port)
+    for n in range(1, 6):
+        await append(broker.port, q, n)
+    r = await call(broker.port, set_retention(q, max_messages=2))
+    assert r == {
+        "status": "success",
+        "queue_id": q,
+        "retention": {"max_messages": 2, "max_age_ms": None, "delete_acknowledged": False},
+    }
+    # Setting a policy deletes nothing by itself; the next enforcement does.
+    assert (await queue_info(broker.port, q))["retained"] == 5
+    assert (await enforce(broker, 0)).trimmed == ((q, 4),)
+    # An old client reading from the start gets the first retained message, in the original
+    # READ shape; the next append carries on the numbering.
+    r = await call(broker.port, {"operation": "READ", "queue_name": q, "client_id": "C-NEW01"})
+    assert r == {"status": "success", "sequence_num": 4, "data": 4}
+    assert await append(broker.port, q, 6) == 6
+    info = await queue_info(broker.port, q)
+    assert info["length"] == 6
+    assert info["first_sequence_num"] == 4
+    assert info["retained"] == 3
+    assert info["retention"] == {
+        "max_messages": 2,
+        "max_age_ms": None,
+        "delete_acknowledged": False,
+    }
+    assert info["clients"] == [{"client_id": "C-NEW01", "next_sequence_num": 5, "lag": 2}]
+    # Seeking to the start (a deleted message) is allowed: the next read is the first retained.
+    seek = {"operation": "SEEK", "queue_name": q, "client_id": "C-NEW01", "to": "start"}
+    assert (await call(broker.port, seek))["next_sequence_num"] == 1
+    r = await call(
+        broker.port,
+        {"operation": "READ", "queue_name": q, "client_id": "C-NEW01", "max_messages": 9},
+    )
+    assert [m["sequence_num"] for m in r["messages"]] == [4, 5, 6]
+
+
+async def test_max_age_uses_the_stamps_the_leader_gave(clocked):
+    broker, clock = clocked
+    q = await new_queue(broker.port, retention={"max_age_ms": 10_000})
+    start_ms = int(clock.now * 1000)
+    for n in range(3):
+        await append(broker.port, q, n)  # appended at start_ms, start_ms + 1 s, + 2 s
+        clock.now += 1
+    # 10.5 s after the first append: only the first is older than 10 s.
+    assert (await enforce(broker, start_ms + 10_500)).trimmed == ((q, 2),)
+    assert (await enforce(broker, start_ms + 10_500)).trimmed == ()
+    assert (await enforce(broker, start_ms + 60_000)).trimmed == ((q, 4),)
+    info = await queue_info(broker.port, q)
+    assert (info["length"], info["first_sequence_num"], info["retained"]) == (3, 4, 0)
+    r = await call(broker.port, {"operation": "READ", "queue_name": q, "client_id": "C-X"})
+    assert r == {"status": "success", "message": "no_messages"}
+
+
+async def test_delete_acknowledged_waits_for_every_known_client(clocked):
+    broker, _ = clocked
+    q = await new_queue(broker.port)
+    for n in range(1, 5):
+        await append(broker.port, q, n)
+    assert (await call(broker.port, set_retention(q, delete_acknowledged=True)))["status"] == (
+        "success"
+    )
+    # No client has a position yet: the rule deletes nothing.
+    assert (await enforce(broker, 0)).trimmed == ()
+    read = {"operation": "READ", "queue_name": q, "max_messages": 3}
+    await call(broker.port, read | {"client_id": "C-FAST1"})
+    await call(broker.port, read | {"client_id": "C-SLOW1", "max_messages": 1})
+    assert (await enforce(broker, 0)).trimmed == ((q, 2),)
+    await call(broker.port, read | {"client_id": "C-SLOW1", "max_messages": 3})
+    assert (await enforce(broker, 0)).trimmed == ((q, 4),)
+    # Removing the policy keeps everything from then on.
+    assert (await call(broker.port, set_retention(q)))["retention"] == {
+        "max_messages": None,
+        "max_age_ms": None,
+        "delete_acknowledged": False,
+    }
+    await call(broker.port, read | {"client_id": "C-FAST1", "max_messages": 3})
+    await call(broker.port, read | {"client_id": "C-SLOW1", "max_messages": 3})
+    assert (await enforce(broker, 0)).trimmed == ()
+    assert (await queue_info(broker.port, q))["retention"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"retention": None},
+        {"retention": []},
+        {"retention": "max_messages=3"},
+        {"retention": {"max_mesages": 3}},
+        {"retention": {"max_messages": "3"}},
+        {"retention": {"max_messages": 3.0}},
+        {"retention": {"max_messages": True}},
+        {"retention": {"max_messages": 0}},
+        {"retention": {"max_messages": -1}},
+        {"retention": {"max_messages": 10**12 + 1}},
+        {"retention": {"max_age_ms": 0}},
+        {"retention": {"max_age_ms": 10**15}},
+        {"retention": {"max_age_ms": 1.5}},
+        {"retention": {"delete_acknowledged": 1}},
+        {"retention": {"delete_acknowledged": "true"}},
+        {"retention": {}, "queue_name": 7},
+        {"retention": {}, "queue_name": None},
+    ],
+)
+async def test_bad_retention_requests_are_refused_and_change_nothing(broker, body):
+    q = await new_queue(broker.port)
+    r = await call(broker.port, {"operation": "SET_RETENTION", "queue_name": q} | body)
+    assert r["status"] == "error" and r["code"] == "BAD_REQUEST", r
+    assert (await queue_info(broker.port, q))["retention"] is None
+    if "retention" in body and "queue_name" not in body:
+        before = {
+            q["queue_id"] for q in (await call(broker.port, {"operation": "LIST_QUEUES"}))["queues"]
+        }
+        r = await call(broker.port, {"operation": "CREATE_QUEUE", "retention": body["retention"]})
+        if body["retention"] is None:
+            assert r["status"] == "success"  # null means no policy, as an absent field
+            return
+        assert r["code"] == "BAD_REQUEST", r
+        after = {
+            q["queue_id"] for q in (await call(broker.port, {"operation": "LIST_QUEUES"}))["queues"]
+        }
+        assert after == before
+
+
+async def test_set_retention_on_a_missing_queue(broker):
+    missing = "Q-" + broker.cluster_id[2:] + "ZZZZZ"
+    r = await call(broker.port, set_retention(missing, max_messages=1))
+    assert r["code"] == "QUEUE_NOT_FOUND"
+
+
+async def test_the_leader_enforces_periodically_while_a_policy_exists(tmp_path):
+    clock = FakeWallClock()
+    config = BrokerConfig(
+        data_dir=tmp_path / "b", port=0, wall_clock=clock, retention_interval=0.01
+    )
+    async with open_broker(config) as broker:
+        q = await new_queue(broker.port, retention={"max_messages": 1})
+        for n in range(3):
+            await append(broker.port, q, n)
+        with trio.fail_after(DEADLINE):
+            while (await queue_info(broker.port, q))["first_sequence_num"] != 3:
+                await broker.driver.wait_changed()
+        assert (await queue_info(broker.port, q))["retained"] == 1
+
+
+async def test_replicas_hold_the_same_retained_messages(tmp_path):
+    """Enforcement goes through the log: every replica deletes exactly what the leader does,
+    and a restarted replica comes back with the same retained set and policy."""
+    with trio.fail_after(DEADLINE):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.wait_for_leader()
+            q = await new_queue(leader.port, retention={"max_messages": 3})
+            for n in range(10):
+                await append(leader.port, q, n)
+            await enforce(leader, 0)
+            index = leader.node.applied
+            for broker in cluster.brokers.values():
+                while broker.node.applied < index:
+                    await broker.driver.wait_changed()
+            held = [
+                (
+                    await broker._worker.run(broker._store.messages, q),
+                    (await broker._worker.run(broker._store.first_retained))[q],
+                )
+                for broker in cluster.brokers.values()
+            ]
+            assert held == [([b"7", b"8", b"9"], 8)] * 3
+            replica = next(n for n, b in cluster.brokers.items() if b is not leader)
+            await cluster.stop(replica)
+            restarted = await cluster.start(replica)
+            assert await restarted._worker.run(restarted._store.messages, q) == [b"7", b"8", b"9"]
+            assert q in restarted._retained
