@@ -619,3 +619,63 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
         assert store.log_size() == 0
     finally:
         store.close()
+
+
+def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path, monkeypatch):
+    """Schema v4 (retention): rows of v3 keep their data and get an unknown age, which the age
+    rule resolves with the first dated message after them, exactly as the reference does."""
+    import apsw
+
+    import trio_broker._core._queues as queues_module
+    import trio_broker._storage._store as store_module
+    from trio_broker._storage._schema import _V1, _V2, _V3
+
+    q = "Q-OLDV3AAAAA"
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    with db:
+        for script in (_V1, _V2, _V3):
+            db.execute(script)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("INSERT INTO meta VALUES ('broker_id', 'B-OLDV3'), ('cluster_id', 'G-OLDV3')")
+        db.execute("INSERT INTO queues VALUES (?, 5)", (q,))
+        for n in range(1, 6):
+            db.execute("INSERT INTO queue_data VALUES (?, ?, ?)", (q, n, b"%d" % n))
+        db.execute("INSERT INTO client_positions VALUES ('C-OLD', ?, 2)", (q,))
+    db.close()
+    # The same history in the reference: five appends that carry no stamp.
+    model = QueueState()
+    model.apply_all([CreateQueue(q)] + [AppendMessage(q, b"%d" % n) for n in range(1, 6)])
+    model.positions[("C-OLD", q)] = 2
+    monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 3)
+    monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 3)
+    store = Store(tmp_path)
+    try:
+        (version,) = store._db.execute("PRAGMA user_version").fetchone()
+        assert version == SCHEMA_VERSION == 4
+        assert store.identity() == Identity("B-OLDV3", "G-OLDV3")
+        _assert_store_matches(store, model)
+        assert model.stamps[q] == [None] * 5
+        commands = [
+            SetRetention(q, RetentionPolicy(max_age_ms=100)),
+            ApplyRetention(now_ms=10**6),  # unknown ages, no dated message: nothing goes
+            AppendMessage(q, b"6", appended_ms=1000),
+            AppendMessage(q, b"7", appended_ms=5000),
+            ApplyRetention(now_ms=1050),  # #6 is not too old yet: nor are #1..#5
+            ApplyRetention(now_ms=2000),  # #6 is: #1..#6 may go, three at a time
+            ApplyRetention(now_ms=2000),
+            ApplyRetention(now_ms=2000),
+            ReadNext("C-OLD", q),
+        ]
+        results = store.apply(commands)
+        assert results == model.apply_all(commands)
+        assert [r.trimmed for r in results[4:8]] == [(), ((q, 4),), ((q, 7),), ()]
+        assert results[8] == MessageRead(7, b"7")
+        _assert_store_matches(store, model)
+    finally:
+        store.close()
+    store = Store(tmp_path)
+    try:
+        _assert_store_matches(store, model)
+        assert store.apply([AppendMessage(q, b"8")]) == [MessageAppended(8)]
+    finally:
+        store.close()
