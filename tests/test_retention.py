@@ -14,7 +14,7 @@ from trio_broker._core._commands import ApplyRetention, RetentionApplied
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.testing import open_local_cluster
 
-from .wire import call
+from .wire import RawConnection, call
 
 DEADLINE = 15
 
@@ -239,3 +239,44 @@ async def test_replicas_hold_the_same_retained_messages(tmp_path):
             restarted = await cluster.start(replica)
             assert await restarted._worker.run(restarted._store.messages, q) == [b"7", b"8", b"9"]
             assert q in restarted._retained
+
+
+async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(tmp_path):
+    """A replica that catches up by DATA_SYNC gets the queue tables whole: the retained
+    messages, their stamps, the policy (so it enforces once it leads), the next number."""
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+            leader = await cluster.wait_for_leader()
+            lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
+            await cluster.stop(lagging)
+            q = await new_queue(leader.port, retention={"max_messages": 20})
+            conn = await RawConnection.open(leader.port)
+            await conn.send(
+                *[{"operation": "APPEND", "queue_name": q, "data": i} for i in range(150)]
+            )
+            for i in range(150):
+                assert (await conn.receive())["sequence_num"] == i + 1
+            await conn.aclose()
+            await enforce(leader, 0)
+            while leader.node.log.snapshot_index == 0:
+                await leader.driver.wait_changed()
+            restarted = await cluster.start(lagging)
+            while restarted.node.applied < leader.node.applied:
+                await restarted.driver.wait_changed()
+            assert restarted.node.log.snapshot_index > 0
+
+            def stamps(broker):
+                return broker._store._db.execute(
+                    "SELECT sequence_num, appended_ms FROM queue_data WHERE queue_id = ?"
+                    " ORDER BY sequence_num",
+                    (q,),
+                ).fetchall()
+
+            expected = await leader._worker.run(stamps, leader)
+            assert [seq for seq, _ in expected] == list(range(131, 151))
+            assert all(stamp is not None for _, stamp in expected)
+            assert await restarted._worker.run(stamps, restarted) == expected
+            assert q in restarted._retained
+            await cluster.stop(cluster.name_of(leader))
+            new_leader = await cluster.wait_for_leader()
+            assert await append(new_leader.port, q, "next") == 151

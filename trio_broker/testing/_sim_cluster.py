@@ -23,16 +23,28 @@ from .._core._commands import (
     Ack,
     AppendBatch,
     AppendMessage,
+    ApplyRetention,
     CreateQueue,
     ReadBatch,
     ReadNext,
     Seek,
+    SetRetention,
 )
 from .._core._queues import QueueState
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Entry, HardState, Message, SnapshotMeta
 
-COMMANDS = (CreateQueue, AppendMessage, AppendBatch, ReadNext, ReadBatch, Ack, Seek)
+COMMANDS = (
+    CreateQueue,
+    AppendMessage,
+    AppendBatch,
+    ReadNext,
+    ReadBatch,
+    Ack,
+    Seek,
+    SetRetention,
+    ApplyRetention,
+)
 
 
 @attrs.define
