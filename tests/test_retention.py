@@ -280,3 +280,43 @@ async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(tmp_path
             await cluster.stop(cluster.name_of(leader))
             new_leader = await cluster.wait_for_leader()
             assert await append(new_leader.port, q, "next") == 151
+
+
+async def test_age_retention_across_a_leader_crash_under_the_mock_clock(autojump_clock):
+    """The wall clock is virtual time here. Messages expire on the leader's schedule; after
+    the leader crashes, the new leader (which learnt the policy from the log) goes on
+    enforcing, and every broker, the crashed one once restarted, retains the same messages."""
+    from trio_broker.testing import open_mock_cluster
+
+    with trio.fail_after(600):
+        async with open_mock_cluster(3, wall_clock=trio.current_time) as cluster:
+            first = cluster.name_of(await cluster.wait_for_leader())
+
+            async def request(name: str, body: dict) -> dict:
+                answer = await cluster.call(name, body)
+                assert answer["status"] == "success", answer
+                return answer
+
+            retention = {"max_age_ms": 5_000}
+            q = (await request(first, {"operation": "CREATE_QUEUE", "retention": retention}))[
+                "queue_id"
+            ]
+            for value in "abc":
+                await request(first, {"operation": "APPEND", "queue_name": q, "data": value})
+                await trio.sleep(1)
+            await cluster.crash(first)
+            leader = await cluster.wait_for_leader()
+            second = cluster.name_of(leader)
+            for value in "de":
+                await request(second, {"operation": "APPEND", "queue_name": q, "data": value})
+            store = cluster.stores[second]
+            await cluster.wait_until(lambda: store.first_retained()[q] >= 4)
+            assert cluster.messages(second, q)[-2:] == ["d", "e"]
+            await cluster.wait_until(lambda: store.first_retained()[q] == 6)
+            assert store.queue_lengths()[q] == 5 and cluster.messages(second, q) == []
+            await cluster.start(first)
+            for name in cluster.brokers:
+                await cluster.wait_applied(name, leader.node.applied)
+                assert cluster.stores[name].first_retained()[q] == 6
+            answer = await request(second, {"operation": "APPEND", "queue_name": q, "data": "f"})
+            assert answer["sequence_num"] == 6
