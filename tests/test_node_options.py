@@ -71,3 +71,14 @@ def test_bad_settings_are_refused_with_a_clear_message(tmp_path, argv, environ, 
         argv = (*argv, "--config", str(path))
     with pytest.raises(SettingsError, match=message):
         resolve(parse(*argv), environ=environ)
+
+
+def test_retention_interval_is_a_node_setting():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config, _, sources = resolve(
+        parser.parse_args(["--data-dir", "d"]), {"TRIO_BROKER_RETENTION_INTERVAL": "0.25"}
+    )
+    assert config.retention_interval == 0.25 and sources["retention_interval"] == "env"
+    with pytest.raises(SettingsError, match="retention_interval"):
+        resolve(parser.parse_args(["--data-dir", "d", "--retention-interval", "0"]), {})

@@ -112,6 +112,12 @@ OPTIONS = [
         "applied entries kept in the log after a compaction",
         _D["compact_keep"],
     ),
+    Option(
+        "retention_interval",
+        _float,
+        "seconds between the leader's retention enforcements, while a queue has a policy",
+        _D["retention_interval"],
+    ),
     Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
     Option("log_level", _str, "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Option(
