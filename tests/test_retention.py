@@ -10,7 +10,17 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_broker._core._commands import ApplyRetention, RetentionApplied
+from trio_broker._core._commands import (
+    AppendBatch,
+    AppendMessage,
+    ApplyRetention,
+    CreateQueue,
+    RetentionApplied,
+    RetentionPolicy,
+    SetRetention,
+)
+from trio_broker._errors import ProtocolError
+from trio_broker._protocol._peer import decode_payload, encode_payload
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.testing import open_local_cluster
 
@@ -320,3 +330,43 @@ async def test_age_retention_across_a_leader_crash_under_the_mock_clock(autojump
                 assert cluster.stores[name].first_retained()[q] == 6
             answer = await request(second, {"operation": "APPEND", "queue_name": q, "data": "f"})
             assert answer["sequence_num"] == 6
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        CreateQueue("Q-AAAAABBBBB"),
+        CreateQueue("Q-AAAAABBBBB", RetentionPolicy(max_messages=3, delete_acknowledged=True)),
+        AppendMessage("Q-AAAAABBBBB", b"1", appended_ms=1_700_000_000_000),
+        AppendMessage("Q-AAAAABBBBB", b"1", "P-1", 4, appended_ms=-5),
+        AppendBatch("Q-AAAAABBBBB", (b"1", b"[2]"), appended_ms=7),
+        SetRetention("Q-AAAAABBBBB", RetentionPolicy(max_age_ms=60_000)),
+        SetRetention("Q-AAAAABBBBB", RetentionPolicy()),
+        ApplyRetention(1_700_000_000_000),
+    ],
+)
+def test_log_entries_of_retention_round_trip(command):
+    assert decode_payload(encode_payload(command)) == command
+
+
+def test_log_entries_written_before_retention_still_decode():
+    old = b'{"type": "APPEND_MESSAGE", "queue_id": "Q-AAAAABBBBB", "data": 1}'
+    assert decode_payload(old) == AppendMessage("Q-AAAAABBBBB", b"1", appended_ms=None)
+    old = b'{"type": "CREATE_QUEUE", "queue_id": "Q-AAAAABBBBB"}'
+    assert decode_payload(old) == CreateQueue("Q-AAAAABBBBB")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type": "APPLY_RETENTION"}',
+        b'{"type": "APPLY_RETENTION", "now_ms": "5"}',
+        b'{"type": "SET_RETENTION", "queue_id": "Q-A", "retention": 3}',
+        b'{"type": "SET_RETENTION", "queue_id": "Q-A", "retention": {"max_messages": 1.5}}',
+        b'{"type": "SET_RETENTION", "queue_id": "Q-A", "retention": {"delete_acknowledged": 1}}',
+        b'{"type": "APPEND_MESSAGE", "queue_id": "Q-A", "data": 1, "appended_ms": true}',
+    ],
+)
+def test_malformed_retention_log_entries_are_refused(raw):
+    with pytest.raises(ProtocolError):
+        decode_payload(raw)
