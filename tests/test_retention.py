@@ -370,3 +370,25 @@ def test_log_entries_written_before_retention_still_decode():
 def test_malformed_retention_log_entries_are_refused(raw):
     with pytest.raises(ProtocolError):
         decode_payload(raw)
+
+
+async def test_enforcements_are_proposed_only_while_a_policy_exists(autojump_clock):
+    """No queue with a policy, no ApplyRetention entries: an idle cluster's log stays still."""
+    from trio_broker.testing import open_mock_cluster
+
+    with trio.fail_after(600):
+        async with open_mock_cluster(1, wall_clock=trio.current_time) as cluster:
+            leader = await cluster.wait_for_leader()
+            name = cluster.name_of(leader)
+            q = (await cluster.call(name, {"operation": "CREATE_QUEUE"}))["queue_id"]
+            idle = leader.node.log.last_index
+            await trio.sleep(30)
+            assert leader.node.log.last_index == idle
+            await cluster.call(name, set_retention(q, max_messages=5))
+            await trio.sleep(30)
+            # The SetRetention entry, then enforcements (one per retention_interval at most).
+            assert 2 < leader.node.log.last_index - idle <= 2 + 30
+            await cluster.call(name, set_retention(q))
+            stopped = leader.node.log.last_index
+            await trio.sleep(30)
+            assert leader.node.log.last_index <= stopped + 1  # at most one already under way
