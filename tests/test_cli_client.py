@@ -434,9 +434,49 @@ async def test_queues_lists_lengths_and_client_lag(real_broker, cli):
     status, out, err = await cli("--seed", seed, "queues")
     assert (status, err) == (0, "")
     lines = [line.split() for line in out.strip().splitlines()]
-    assert lines[0] == ["QUEUE", "LENGTH", "CLIENT", "NEXT", "LAG"]
-    assert [q, "3"] in lines
+    assert lines[0] == [
+        "QUEUE",
+        "LENGTH",
+        "FIRST",
+        "RETAINED",
+        "RETENTION",
+        "CLIENT",
+        "NEXT",
+        "LAG",
+    ]
+    assert [q, "3", "1", "3", "keep-all"] in lines
     assert ["C-LAGGY", "2", "2"] in lines
     status, out, _ = await cli("--seed", seed, "--json", "queues")
     (entry,) = [e for e in json.loads(out)["queues"] if e["queue_id"] == q]
     assert entry["clients"] == [{"client_id": "C-LAGGY", "next_sequence_num": 2, "lag": 2}]
+
+
+async def test_set_retention_and_create_queue_with_a_policy(real_broker, cli):
+    seed = f"127.0.0.1:{real_broker.port}"
+    status, q, _ = await cli("--seed", seed, "create-queue", "--max-messages", "5")
+    q = q.strip()
+    assert status == 0 and QUEUE_ID_RE.fullmatch(q)
+    status, out, err = await cli(
+        "--seed", seed, "set-retention", q, "--max-age", "1.5", "--delete-acknowledged"
+    )
+    assert (status, err) == (0, "")
+    assert out.split() == [q, "max-age=1.5s,delete-acknowledged"]
+    status, out, _ = await cli("--seed", seed, "queues")
+    assert [q, "0", "1", "0", "max-age=1.5s,delete-acknowledged"] in [
+        line.split() for line in out.splitlines()
+    ]
+    status, out, _ = await cli("--seed", seed, "--json", "set-retention", q, "--keep-all")
+    assert json.loads(out) == {
+        "queue_id": q,
+        "retention": {"max_messages": None, "max_age_ms": None, "delete_acknowledged": False},
+    }
+    # Neither rules nor --keep-all (or both): refused before anything is sent.
+    status, _, err = await cli("--seed", seed, "set-retention", q)
+    assert status == 1 and "--keep-all" in err
+    status, _, err = await cli(
+        "--seed", seed, "set-retention", q, "--keep-all", "--max-messages", "2"
+    )
+    assert status == 1
+    missing = q[:-5] + ("ZZZZZ" if not q.endswith("ZZZZZ") else "YYYYY")
+    status, _, err = await cli("--seed", seed, "set-retention", missing, "--max-messages", "1")
+    assert status == 1 and "does not exist" in err

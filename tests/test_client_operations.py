@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
-from trio_broker.client import connect
+from trio_broker._core._commands import ApplyRetention
+from trio_broker._errors import BrokerError, QueueNotFoundError
+from trio_broker.client import Retention, connect
 from trio_broker.testing import open_local_cluster
 
 
@@ -86,3 +89,36 @@ async def test_idempotent_producer_across_failover_stores_each_value_once(tmp_pa
                 while batch := await client.read_batch(q, 1000):
                     stored += [m.data for m in batch]
                 assert stored == list(range(300))
+
+
+async def test_retention_policies_through_the_client(broker):
+    async with connect([f"127.0.0.1:{broker.port}"], client_id="C-RETN1") as client:
+        q = await client.create_queue(max_messages=2)
+        assert await client.append_batch(q, [1, 2, 3, 4]) == [1, 2, 3, 4]
+        await broker.submit(ApplyRetention(0))
+        assert [(m.sequence_num, m.data) for m in await client.read_batch(q, 10)] == [
+            (3, 3),
+            (4, 4),
+        ]
+        policy = await client.set_retention(q, max_age=2.5, delete_acknowledged=True)
+        assert policy == Retention(max_messages=None, max_age_ms=2500, delete_acknowledged=True)
+        (info,) = [i for i in (await client.list_queues()).queues if i.queue_id == q]
+        assert (info.length, info.first_sequence_num, info.retained) == (4, 3, 2)
+        assert info.retention == policy
+        assert await client.set_retention(q) == Retention()
+        (info,) = [i for i in (await client.list_queues()).queues if i.queue_id == q]
+        assert info.retention is None
+        # Mistakes are caught before sending; the broker refuses what it will not keep.
+        with pytest.raises(ValueError):
+            await client.set_retention(q, max_age=0)
+        with pytest.raises(ValueError):
+            await client.set_retention(q, max_messages=0)
+        with pytest.raises(TypeError):
+            await client.set_retention(q, max_messages="3")
+        with pytest.raises(TypeError):
+            await client.create_queue(max_age="1")
+        with pytest.raises(BrokerError) as refused:
+            await client.set_retention(q, max_messages=10**13)
+        assert refused.value.code == "BAD_REQUEST"
+        with pytest.raises(QueueNotFoundError):
+            await client.set_retention("Q-" + broker.cluster_id[2:] + "ZZZZZ", max_messages=1)

@@ -80,7 +80,8 @@ def test_every_config_field_is_settable_from_flags_environment_and_file(tmp_path
     from trio_broker._runtime import BrokerConfig
 
     keys = {o.key for o in OPTIONS}
-    fields = {f.name for f in attrs.fields(BrokerConfig)}
+    # wall_clock is a seam for tests (a function), not a setting.
+    fields = {f.name for f in attrs.fields(BrokerConfig)} - {"wall_clock"}
     assert fields <= keys, fields - keys
     config, _, _ = resolve(parse("--max-in-flight", "7", "--shutdown-grace", "2.5"), environ={})
     assert (config.max_in_flight, config.shutdown_grace) == (7, 2.5)
@@ -133,3 +134,14 @@ def test_bad_security_settings_are_refused_with_a_clear_message(tmp_path, argv, 
     argv = tuple(arg.format(d=tmp_path) for arg in argv)
     with pytest.raises(SettingsError, match=message):
         resolve(parse(*argv), environ={})
+
+
+def test_retention_interval_is_a_node_setting():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config, _, sources = resolve(
+        parser.parse_args(["--data-dir", "d"]), {"TRIO_BROKER_RETENTION_INTERVAL": "0.25"}
+    )
+    assert config.retention_interval == 0.25 and sources["retention_interval"] == "env"
+    with pytest.raises(SettingsError, match="retention_interval"):
+        resolve(parser.parse_args(["--data-dir", "d", "--retention-interval", "0"]), {})

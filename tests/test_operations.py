@@ -224,6 +224,10 @@ async def test_list_queues_with_lengths_and_client_lag(broker):
             {"client_id": "C-SLOW1", "next_sequence_num": 2, "lag": 2},
             {"client_id": "C-FAST1", "next_sequence_num": 4, "lag": 0},
         ],
+        # Additions: what retention has left (everything, without a policy).
+        "first_sequence_num": 1,
+        "retained": 3,
+        "retention": None,
     }
     r = await call(broker.port, {"operation": "LIST_QUEUES", "max_queues": 0})
     assert r["code"] == "BAD_REQUEST"

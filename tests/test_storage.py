@@ -25,10 +25,15 @@ from trio_broker._core import (
 from trio_broker._core._commands import (
     Ack,
     AppendBatch,
+    ApplyRetention,
     CommandGroup,
+    MessagesRead,
     ReadBatch,
+    RetentionApplied,
+    RetentionPolicy,
     Seek,
     SetBrokerAddress,
+    SetRetention,
 )
 from trio_broker._storage import (
     DB_FILE,
@@ -52,15 +57,29 @@ _producer = st.one_of(
     st.tuples(st.none(), st.none()),
     st.tuples(st.sampled_from(["P-1", "P-2"]), st.integers(min_value=0, max_value=12)),
 )
+# Stamps from leaders whose clocks disagree (and None: entries older than retention), and
+# policies including invalid ones (refused alike by both implementations).
+_stamps = st.none() | st.integers(min_value=0, max_value=40)
+_policies = st.builds(
+    RetentionPolicy,
+    max_messages=st.none() | st.integers(min_value=0, max_value=5),
+    max_age_ms=st.none() | st.integers(min_value=0, max_value=30),
+    delete_acknowledged=st.booleans(),
+)
 _commands = st.one_of(
-    st.builds(CreateQueue, queue_id=_queue_ids),
-    st.builds(lambda q, d, p: AppendMessage(q, d, p[0], p[1]), _queue_ids, _data, _producer),
+    st.builds(CreateQueue, queue_id=_queue_ids, retention=st.none() | _policies),
     st.builds(
-        lambda q, d, p: AppendBatch(q, tuple(d), p[0], p[1]),
+        lambda q, d, p, t: AppendMessage(q, d, p[0], p[1], t), _queue_ids, _data, _producer, _stamps
+    ),
+    st.builds(
+        lambda q, d, p, t: AppendBatch(q, tuple(d), p[0], p[1], t),
         _queue_ids,
         st.lists(_data, min_size=1, max_size=4),
         _producer,
+        _stamps,
     ),
+    st.builds(SetRetention, queue_id=_queue_ids, policy=_policies),
+    st.builds(ApplyRetention, now_ms=st.integers(min_value=0, max_value=60)),
     st.builds(ReadNext, client_id=_clients, queue_id=_queue_ids),
     st.builds(
         ReadBatch,
@@ -97,9 +116,19 @@ _steps = st.lists(
 
 
 def _assert_store_matches(store: Store, model: QueueState) -> None:
-    assert store.queue_lengths() == {q: len(msgs) for q, msgs in model.messages.items()}
+    assert store.queue_lengths() == {q: model.queue_length(q) for q in model.messages}
+    assert store.first_retained() == {q: model.first_retained(q) for q in model.messages}
     for queue_id in QUEUES:
         assert store.messages(queue_id) == model.messages.get(queue_id, [])
+        stamps = [
+            row[0]
+            for row in store._db.execute(
+                "SELECT appended_ms FROM queue_data WHERE queue_id = ? ORDER BY sequence_num",
+                (queue_id,),
+            )
+        ]
+        assert stamps == model.stamps.get(queue_id, [])
+    assert store.retention_policies() == model.retention
     assert store.positions() == model.positions
     assert store.broker_addresses() == model.brokers
 
@@ -110,7 +139,13 @@ def _assert_store_matches(store: Store, model: QueueState) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=_steps)
-def test_store_agrees_with_reference_state_machine(tmp_path_factory, steps):
+def test_store_agrees_with_reference_state_machine(tmp_path_factory, monkeypatch, steps):
+    import trio_broker._core._queues as queues_module
+    import trio_broker._storage._store as store_module
+
+    # A small deletion budget, so that retention's "the rest goes next time" is exercised.
+    monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 3)
+    monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 3)
     # tmp_path_factory is session-scoped: make a fresh directory for every example.
     data_dir = tmp_path_factory.mktemp("model")
     model = QueueState()
@@ -139,6 +174,142 @@ def test_store_agrees_with_reference_state_machine(tmp_path_factory, steps):
         assert store.apply(more) == model.apply_all(more)
     finally:
         store.close()
+
+
+# Retention-heavy traffic on queues that exist: appends (many undated ones first, as in a
+# database upgraded from version 3), policies, enforcement, and the readers it depends on.
+_retention_commands = st.one_of(
+    st.builds(
+        lambda q, d, t: AppendBatch(q, tuple(d), None, None, t),
+        _queue_ids,
+        st.lists(_data, min_size=1, max_size=6),
+        _stamps,
+    ),
+    st.builds(SetRetention, queue_id=_queue_ids, policy=_policies),
+    st.builds(ApplyRetention, now_ms=st.integers(min_value=0, max_value=60)),
+    st.builds(ReadNext, client_id=_clients, queue_id=_queue_ids),
+    st.builds(
+        ReadBatch,
+        client_id=_clients,
+        queue_id=_queue_ids,
+        max_messages=st.integers(min_value=1, max_value=5),
+        peek=st.booleans(),
+    ),
+    st.builds(Ack, client_id=_clients, queue_id=_queue_ids, sequence_num=st.integers(0, 20)),
+    st.builds(Seek, client_id=_clients, queue_id=_queue_ids, next_sequence_num=st.integers(1, 20)),
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    undated=st.lists(st.tuples(_queue_ids, _data), max_size=8),
+    steps=st.lists(
+        st.one_of(st.lists(_retention_commands, min_size=1, max_size=10), st.just("reopen")),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_store_agrees_with_reference_under_retention(tmp_path_factory, monkeypatch, undated, steps):
+    import trio_broker._core._queues as queues_module
+    import trio_broker._storage._store as store_module
+
+    monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 4)
+    monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 4)
+    data_dir = tmp_path_factory.mktemp("retention")
+    model = QueueState()
+    store = Store(data_dir)
+    try:
+        first = [CreateQueue(q) for q in QUEUES] + [AppendMessage(q, d) for q, d in undated]
+        assert store.apply(first) == model.apply_all(first)
+        for step in steps:
+            if step == "reopen":
+                store.close()
+                store = Store(data_dir)
+            else:
+                assert store.apply(step) == model.apply_all(step)
+            _assert_store_matches(store, model)
+    finally:
+        store.close()
+
+
+def test_retention_deletes_a_prefix_and_keeps_sequence_numbers(monkeypatch):
+    """The reference semantics, spelled out: each rule, the gap at the front, the budget."""
+    import trio_broker._core._queues as queues_module
+
+    q, other = QUEUES[0], QUEUES[1]
+    model = QueueState()
+    model.apply_all(
+        [CreateQueue(q, RetentionPolicy(max_messages=3)), CreateQueue(other)]
+        + [AppendMessage(q, b"%d" % n, appended_ms=100 + n) for n in range(1, 6)]
+        + [AppendMessage(other, b"o", appended_ms=0)]
+    )
+    assert model.apply(ApplyRetention(now_ms=10**6)) == RetentionApplied(((q, 3),))
+    assert model.messages[q] == [b"3", b"4", b"5"] and model.first_retained(q) == 3
+    assert model.messages[other] == [b"o"]  # no policy: kept, however old
+    # Sequence numbers carry on; a client that never read starts at the first retained one.
+    assert model.apply(AppendMessage(q, b"6", appended_ms=106)) == MessageAppended(6)
+    assert model.apply(ReadNext(CLIENTS[0], q)) == MessageRead(3, b"3")
+    assert model.apply(ReadBatch(CLIENTS[1], q, 2)) == MessagesRead(((3, b"3"), (4, b"4")))
+    # Age: messages appended before now_ms - max_age_ms go; the clock of a later leader that
+    # runs behind cannot make a stamp go backward.
+    model.apply(SetRetention(q, RetentionPolicy(max_age_ms=10)))
+    assert model.apply(AppendMessage(q, b"7", appended_ms=50)) == MessageAppended(7)
+    assert model.stamps[q] == [103, 104, 105, 106, 106]
+    assert model.apply(ApplyRetention(now_ms=115)) == RetentionApplied(((q, 5),))
+    # Read by all: up to the slowest client with a position (C-A at 3 -> nothing new).
+    model.apply(SetRetention(q, RetentionPolicy(delete_acknowledged=True)))
+    assert model.apply(ApplyRetention(now_ms=0)) == RetentionApplied(())
+    model.apply_all([Ack(CLIENTS[0], q, 7), Ack(CLIENTS[1], q, 6)])
+    assert model.apply(ApplyRetention(now_ms=0)) == RetentionApplied(((q, 7),))
+    # Seeking into the deleted front is allowed: the next read returns the first retained.
+    assert model.apply(Seek(CLIENTS[0], q, 1)).next_sequence_num == 1
+    assert model.apply(ReadNext(CLIENTS[0], q)) == MessageRead(7, b"7")
+    # A policy that keeps everything removes the policy.
+    model.apply(SetRetention(q, RetentionPolicy()))
+    assert model.retention == {}
+    # The budget: at most RETENTION_DELETES_PER_APPLY messages per enforcement, queues in id
+    # order; the rest goes next time.
+    monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 5)
+    model.apply(CreateQueue(QUEUES[2], RetentionPolicy(max_messages=1)))
+    model.apply(AppendBatch(QUEUES[2], (b"x",) * 10, appended_ms=0))
+    model.apply(SetRetention(other, RetentionPolicy(max_age_ms=1)))
+    assert model.apply(ApplyRetention(now_ms=5)) == RetentionApplied(((other, 2), (QUEUES[2], 5)))
+    assert model.apply(ApplyRetention(now_ms=5)) == RetentionApplied(((QUEUES[2], 10),))
+    assert model.apply(ApplyRetention(now_ms=5)) == RetentionApplied(())
+    assert model.queue_length(QUEUES[2]) == 10 and model.messages[QUEUES[2]] == [b"x"]
+
+
+def test_retention_policies_are_validated_by_both_implementations(tmp_path):
+    q = QUEUES[0]
+    bad = [
+        RetentionPolicy(max_messages=0),
+        RetentionPolicy(max_age_ms=-5),
+        RetentionPolicy(max_messages=10**13),
+    ]
+    commands = [CreateQueue(QUEUES[1], bad[0]), CreateQueue(q)] + [SetRetention(q, p) for p in bad]
+    commands.append(SetRetention(QUEUES[2], RetentionPolicy(max_messages=1)))
+    model = QueueState()
+    expected = model.apply_all(commands)
+    store = Store(tmp_path)
+    try:
+        assert store.apply(commands) == expected
+        assert store.queue_lengths() == {q: 0}
+        assert store.retention_policies() == {}
+    finally:
+        store.close()
+    codes = [getattr(r, "code", None) for r in expected]
+    assert codes == [
+        "BAD_REQUEST",
+        None,
+        "BAD_REQUEST",
+        "BAD_REQUEST",
+        "BAD_REQUEST",
+        "QUEUE_NOT_FOUND",
+    ]
 
 
 def test_a_rejected_command_changes_nothing_while_the_others_apply(tmp_path):
@@ -451,5 +622,65 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
         # The tables of later versions exist and work.
         assert store.apply([AppendMessage("Q-OLDV1AAAAA", b"1", "P-1", 1)]) == [MessageAppended(2)]
         assert store.log_size() == 0
+    finally:
+        store.close()
+
+
+def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path, monkeypatch):
+    """Schema v4 (retention): rows of v3 keep their data and get an unknown age, which the age
+    rule resolves with the first dated message after them, exactly as the reference does."""
+    import apsw
+
+    import trio_broker._core._queues as queues_module
+    import trio_broker._storage._store as store_module
+    from trio_broker._storage._schema import _V1, _V2, _V3
+
+    q = "Q-OLDV3AAAAA"
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    with db:
+        for script in (_V1, _V2, _V3):
+            db.execute(script)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("INSERT INTO meta VALUES ('broker_id', 'B-OLDV3'), ('cluster_id', 'G-OLDV3')")
+        db.execute("INSERT INTO queues VALUES (?, 5)", (q,))
+        for n in range(1, 6):
+            db.execute("INSERT INTO queue_data VALUES (?, ?, ?)", (q, n, b"%d" % n))
+        db.execute("INSERT INTO client_positions VALUES ('C-OLD', ?, 2)", (q,))
+    db.close()
+    # The same history in the reference: five appends that carry no stamp.
+    model = QueueState()
+    model.apply_all([CreateQueue(q)] + [AppendMessage(q, b"%d" % n) for n in range(1, 6)])
+    model.positions[("C-OLD", q)] = 2
+    monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 3)
+    monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 3)
+    store = Store(tmp_path)
+    try:
+        (version,) = store._db.execute("PRAGMA user_version").fetchone()
+        assert version == SCHEMA_VERSION == 4
+        assert store.identity() == Identity("B-OLDV3", "G-OLDV3")
+        _assert_store_matches(store, model)
+        assert model.stamps[q] == [None] * 5
+        commands = [
+            SetRetention(q, RetentionPolicy(max_age_ms=100)),
+            ApplyRetention(now_ms=10**6),  # unknown ages, no dated message: nothing goes
+            AppendMessage(q, b"6", appended_ms=1000),
+            AppendMessage(q, b"7", appended_ms=5000),
+            ApplyRetention(now_ms=1050),  # #6 is not too old yet: nor are #1..#5
+            ApplyRetention(now_ms=2000),  # #6 is: #1..#6 may go, three at a time
+            ApplyRetention(now_ms=2000),
+            ApplyRetention(now_ms=2000),
+            ReadNext("C-OLD", q),
+        ]
+        results = store.apply(commands)
+        assert results == model.apply_all(commands)
+        assert [r.trimmed for r in results[4:8]] == [(), ((q, 4),), ((q, 7),), ()]
+        assert results[8] == MessageRead(7, b"7")
+        _assert_store_matches(store, model)
+    finally:
+        store.close()
+    store = Store(tmp_path)
+    try:
+        _assert_store_matches(store, model)
+        assert store.apply([AppendMessage(q, b"8")]) == [MessageAppended(8)]
     finally:
         store.close()

@@ -17,7 +17,7 @@ import trio
 from ._auth import AuthConfigError, load_secret, load_token
 from ._errors import BrokerError
 from ._protocol import converter, dumps_value
-from .client import BrokerUnreachableError, Client, Topology, connect, parse_address
+from .client import BrokerUnreachableError, Client, Retention, Topology, connect, parse_address
 
 DEFAULT_SEED = "127.0.0.1:9001"
 DEFAULT_TIMEOUT = 10.0
@@ -119,7 +119,8 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``client`` sub-command on an argparse subparsers object."""
     client = subparsers.add_parser(
         "client",
-        help="talk to brokers: status, health, queues, create-queue, append, read, remove-member",
+        help="talk to brokers: status, health, queues, create-queue, set-retention, append, "
+        "read, remove-member",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no broker can be reached.",
     )
@@ -134,9 +135,41 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="show the brokers of the cluster(s), their roles and status",
     )
-    create = commands.add_parser("create-queue", parents=[common], help="create a queue")
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument(
+        "--max-messages",
+        type=_positive_int,
+        metavar="N",
+        help="retention: keep at most the N newest messages",
+    )
+    policy.add_argument(
+        "--max-age",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="retention: delete messages appended more than SECONDS ago",
+    )
+    policy.add_argument(
+        "--delete-acknowledged",
+        action="store_true",
+        help="retention: delete messages every client with a position has read past",
+    )
+    create = commands.add_parser(
+        "create-queue", parents=[common, policy], help="create a queue (with a retention policy)"
+    )
     create.add_argument(
         "--cluster", metavar="G-XXXXX", help="cluster to create it in (default: the first one)"
+    )
+    retention = commands.add_parser(
+        "set-retention",
+        parents=[common, policy],
+        help="set (or remove, with --keep-all) a queue's retention policy",
+        description="Set QUEUE's retention policy: old messages are deleted from the front "
+        "once any rule allows it; sequence numbers never change. The leader enforces "
+        "policies about once a second.",
+    )
+    retention.add_argument("queue", metavar="QUEUE")
+    retention.add_argument(
+        "--keep-all", action="store_true", help="remove the policy: keep every message"
     )
     append = commands.add_parser(
         "append",
@@ -343,9 +376,49 @@ def format_topology(topology: Topology) -> str:
     return "\n".join([heading, *lines])
 
 
+def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_messages": args.max_messages,
+        "max_age": args.max_age,
+        "delete_acknowledged": args.delete_acknowledged,
+    }
+
+
+def _describe_retention(retention: Retention | None) -> str:
+    if retention is None or retention == Retention():
+        return "keep-all"
+    rules = []
+    if retention.max_messages is not None:
+        rules.append(f"max-messages={retention.max_messages}")
+    if retention.max_age_ms is not None:
+        rules.append(f"max-age={retention.max_age_ms / 1000:g}s")
+    if retention.delete_acknowledged:
+        rules.append("delete-acknowledged")
+    return ",".join(rules)
+
+
 async def _create_queue(client: Client, args: argparse.Namespace) -> int:
-    queue_id = await client.create_queue(args.cluster)
+    queue_id = await client.create_queue(args.cluster, **_policy_args(args))
     _out(_json({"queue_id": queue_id}) if args.json else queue_id)
+    return EXIT_OK
+
+
+async def _set_retention(client: Client, args: argparse.Namespace) -> int:
+    policy = _policy_args(args)
+    given = policy != {"max_messages": None, "max_age": None, "delete_acknowledged": False}
+    if given == args.keep_all:
+        print(
+            "set-retention: give --max-messages, --max-age and/or --delete-acknowledged, "
+            "or --keep-all alone",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_ERROR
+    retention = await client.set_retention(args.queue, **policy)
+    if args.json:
+        _out(_json({"queue_id": args.queue, "retention": converter.unstructure(retention)}))
+    else:
+        _out(f"{args.queue}\t{_describe_retention(retention)}")
     return EXIT_OK
 
 
@@ -406,11 +479,17 @@ async def _queues(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _out(_json({"queues": [converter.unstructure(q) for q in queues]}))
         return EXIT_OK
-    rows = [("QUEUE", "LENGTH", "CLIENT", "NEXT", "LAG")]
+    # LENGTH is the last sequence number; FIRST and RETAINED say what retention has left.
+    rows = [("QUEUE", "LENGTH", "FIRST", "RETAINED", "RETENTION", "CLIENT", "NEXT", "LAG")]
     for q in queues:
-        rows.append((q.queue_id, str(q.length), "", "", ""))
-        rows += [("", "", c.client_id, str(c.next_sequence_num), str(c.lag)) for c in q.clients]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        first = "" if q.first_sequence_num is None else str(q.first_sequence_num)
+        retained = "" if q.retained is None else str(q.retained)
+        rows.append(
+            (q.queue_id, str(q.length), first, retained, _describe_retention(q.retention))
+            + ("",) * 3
+        )
+        rows += [("",) * 5 + (c.client_id, str(c.next_sequence_num), str(c.lag)) for c in q.clients]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     _out(
         "\n".join(
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -428,6 +507,7 @@ _COMMANDS = {
     "health": _health,
     "remove-member": _remove_member,
     "create-queue": _create_queue,
+    "set-retention": _set_retention,
     "append": _append,
     "read": _read,
 }

@@ -137,6 +137,12 @@ OPTIONS = [
         "message bytes in applied log entries that also trigger a compaction",
         _D["compact_bytes"],
     ),
+    Option(
+        "retention_interval",
+        _float,
+        "seconds between the leader's retention enforcements, while a queue has a policy",
+        _D["retention_interval"],
+    ),
     Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
     # Security (docs/security.md): all off by default.
     Option(

@@ -69,7 +69,10 @@ from ._protocol import (
     QueueCreated,
     Read,
     RemoveMember,
+    Retention,
+    RetentionChanged,
     SeekRequest,
+    SetRetentionRequest,
     converter,
     encode_frame,
     encode_request,
@@ -84,6 +87,7 @@ __all__ = [
     "Client",
     "ClientStatistics",
     "Message",
+    "Retention",
     "Topology",
     "connect",
     "parse_address",
@@ -464,11 +468,49 @@ class Client:
                 return topology
             attempt = await self._backoff(attempt)
 
-    async def create_queue(self, cluster_id: str | None = None) -> str:
-        """Create a queue in ``cluster_id`` (default: the first cluster discovered)."""
+    async def create_queue(
+        self,
+        cluster_id: str | None = None,
+        *,
+        max_messages: int | None = None,
+        max_age: float | None = None,
+        delete_acknowledged: bool = False,
+    ) -> str:
+        """Create a queue in ``cluster_id`` (default: the first cluster discovered), with a
+        retention policy if any of the keywords is given (see :meth:`set_retention`)."""
+        retention = _retention(max_messages, max_age, delete_acknowledged)
         cid = await self._known_cluster(cluster_id)
-        response = await self._leader_call(cid, CreateQueue(client_id=self.client_id))
+        request = CreateQueue(
+            client_id=self.client_id,
+            retention=None if retention == Retention() else retention,
+        )
+        response = await self._leader_call(cid, request)
         return _structure(response, QueueCreated).queue_id
+
+    async def set_retention(
+        self,
+        queue_id: str,
+        *,
+        max_messages: int | None = None,
+        max_age: float | None = None,
+        delete_acknowledged: bool = False,
+    ) -> Retention:
+        """Set the queue's retention policy; returns it as the broker recorded it.
+
+        Old messages are deleted (from the front; sequence numbers never change) once any rule
+        allows it: ``max_messages`` keeps at most that many of the newest, ``max_age`` (in
+        seconds, like every duration in trio; sent in whole milliseconds) deletes messages
+        appended longer ago, and ``delete_acknowledged`` deletes messages that every client with
+        a position on the queue has read past. With no rule at all, the queue keeps everything
+        again. The leader enforces policies about once a second.
+        """
+        _check_queue_id(queue_id)
+        retention = _retention(max_messages, max_age, delete_acknowledged)
+        cid = await self._cluster_of(queue_id)
+        request = SetRetentionRequest(
+            queue_name=queue_id, retention=retention, client_id=self.client_id
+        )
+        return _structure(await self._leader_call(cid, request), RetentionChanged).retention
 
     async def append(self, queue_id: str, data: Any) -> int:
         """Append one JSON value to a queue and return its sequence number.
@@ -1059,6 +1101,29 @@ def _os_reason(exc: OSError) -> str:
         return "connection refused"
     reasons = [getattr(e, "strerror", None) or str(e) or type(e).__name__ for e in errors]
     return "; ".join(dict.fromkeys(reasons))
+
+
+def _retention(
+    max_messages: int | None, max_age: float | None, delete_acknowledged: bool
+) -> Retention:
+    """A retention policy from the client's keywords; mistakes raise before anything is sent
+    (the broker checks the limits too)."""
+    if max_messages is not None and (
+        isinstance(max_messages, bool) or not isinstance(max_messages, int)
+    ):
+        raise TypeError(f"max_messages must be an int, not {type(max_messages).__name__}")
+    if max_messages is not None and max_messages < 1:
+        raise ValueError(f"max_messages must be at least 1, not {max_messages}")
+    if not isinstance(delete_acknowledged, bool):
+        raise TypeError("delete_acknowledged must be a bool")
+    max_age_ms = None
+    if max_age is not None:
+        if isinstance(max_age, bool) or not isinstance(max_age, int | float):
+            raise TypeError(f"max_age must be a number of seconds, not {type(max_age).__name__}")
+        if not math.isfinite(max_age) or max_age * 1000 < 1:
+            raise ValueError(f"max_age must be at least 0.001 seconds, not {max_age}")
+        max_age_ms = round(max_age * 1000)
+    return Retention(max_messages, max_age_ms, delete_acknowledged)
 
 
 def _check_queue_id(queue_id: Any) -> None:

@@ -36,6 +36,9 @@ def test_swarm_of_seeds_finds_no_violation():
     assert total["producer_reissued"] > 0 and total["duplicates"] > 0
     assert total["batch_reads"] > 200 and total["peeks"] > 200 and total["acks"] > 200
     assert total["elections"] > DEFAULT_SEEDS
+    # ... and retention: policies set, enforcements applied, messages deleted by them.
+    assert total["retention_policies"] > 100 and total["retention_runs"] > 500
+    assert total["retention_deleted"] > 200
 
 
 def test_same_seed_same_trace_hash():
@@ -70,19 +73,20 @@ def test_simulator_catches_mutant_within_default_seed_count(mutant):
 
 def test_simulator_catches_acknowledgements_sent_before_persistence():
     """The disk model matters: acks that leave before their fsync break the cluster when the
-    replica crashes (seed 169 of the default swarm; scanning all seeds for this mutant costs
-    too much for the default run, so only the known seed is replayed here)."""
-    r = run_seed(169, mutant="send_before_persist")
-    assert not r.ok
-    assert run_seed(169).ok
+    replica crashes (seed 402; scanning all seeds for this mutant costs too much for the
+    default run, so only the known seed is replayed here). Seeds 169, then 353, were pinned
+    before proposal batching and retention reshuffled every seed's schedule."""
+    r = run_seed(402, mutant="send_before_persist")
+    assert not r.ok and "leader completeness" in r.error
+    assert run_seed(402).ok
 
 
 def test_failure_message_carries_the_replay_command():
-    # Seed 198: the client workload's new operations reshuffled every seed's schedule, and the
-    # seed pinned before (126) no longer meets the mutant's window.
-    r = run_seed(198, mutant="forget_vote")
+    # Seed 3: proposal batching and retention reshuffled every seed's schedule, and the seeds
+    # pinned before (31, 198, 126) no longer meet the mutant's window.
+    r = run_seed(3, mutant="forget_vote")
     assert not r.ok and "election safety" in r.error
-    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 198 --mutant forget_vote"
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 3 --mutant forget_vote"
 
 
 # -- the read checker itself ---------------------------------------------------------------
@@ -204,6 +208,54 @@ def test_idempotent_append_of_unknown_outcome_is_reissued_with_the_same_seq():
     assert client.op == ("pappend", "Q", (b"x", 5)) and client.deadline > sim.now
     request = sim.net[-1][2]
     assert (request.command.producer_id, request.command.producer_seq) == (client.id, 5)
+
+
+def test_read_checker_allows_a_gap_only_over_a_front_deleted_by_retention():
+    from trio_broker._core._commands import MessagesRead
+
+    checker, client = read_checker()
+    read(checker, client, 1, b"a")
+    checker.trimmed["Q"] = 4  # some node applied an enforcement that deleted #1..#4
+    with pytest.raises(SimulationFailure, match="gap"):
+        read(checker, client, 7, b"c")  # #6 was never deleted
+    checker, client = read_checker()
+    read(checker, client, 1, b"a")
+    checker.trimmed["Q"] = 4
+    read(checker, client, 5, b"b")
+    # A peek that starts past the acknowledged position is allowed over the deleted front only.
+    on(checker, client, ("peek", "Q", 1), MessagesRead(((5, b"b"),)))
+    with pytest.raises(SimulationFailure, match="acknowledged position"):
+        on(checker, client, ("peek", "Q", 1), MessagesRead(((7, b"c"),)))
+
+
+def test_apply_checker_flags_replicas_that_retain_differently_and_reads_of_deleted():
+    from trio_broker._core._commands import (
+        AppendBatch,
+        ApplyRetention,
+        CreateQueue,
+        MessageRead,
+        ReadNext,
+        RetentionPolicy,
+    )
+    from trio_broker._core._raft_messages import Entry
+
+    sim = Simulation(0, safety_steps=0, liveness_steps=0)
+    a, b = sim.ids[0], sim.ids[1]
+    setup = [CreateQueue("Q", RetentionPolicy(max_messages=1)), AppendBatch("Q", (b"x", b"y"))]
+    for i in (a, b):
+        sim.apps[i].apply_all(setup)
+    enforce = Entry(1, 1, ApplyRetention(0))
+    sim.checker.on_apply(a, enforce, sim.apps[a].apply(enforce.payload))
+    assert sim.checker.trimmed == {"Q": 1}
+    # Node b deleted nothing at the same index (a broken twin): flagged.
+    sim.apps[b].retention.clear()
+    result = sim.apps[b].apply(enforce.payload)
+    with pytest.raises(SimulationFailure):
+        sim.checker.on_apply(b, enforce, result)
+    # A read that returns a message this replica had deleted is flagged.
+    read_entry = Entry(1, 2, ReadNext("C-1", "Q"))
+    with pytest.raises(SimulationFailure, match="deleted by retention"):
+        sim.checker.on_apply(a, read_entry, MessageRead(1, b"x"))
 
 
 # -- regressions: bugs the simulator found (seeds kept) -------------------------------------

@@ -15,6 +15,7 @@ from ._commands import (
     QueueCreated,
     ReadNext,
     Result,
+    RetentionPolicy,
     SetBrokerAddress,
 )
 from ._queues import QueueState
@@ -31,5 +32,6 @@ __all__ = [
     "QueueState",
     "ReadNext",
     "Result",
+    "RetentionPolicy",
     "SetBrokerAddress",
 ]

@@ -9,12 +9,54 @@ from __future__ import annotations
 
 import attrs
 
+MAX_RETAINED_MESSAGES = 10**12
+"""The largest ``max_messages`` of a retention policy."""
+MAX_RETENTION_AGE_MS = 100 * 365 * 24 * 3600 * 1000
+"""The largest ``max_age_ms`` of a retention policy: a hundred years."""
+RETENTION_DELETES_PER_APPLY = 10_000
+"""Messages one :class:`ApplyRetention` deletes at most, over all queues, so that its
+transaction stays small; what is left goes at the next one."""
+
+
+@attrs.frozen
+class RetentionPolicy:
+    """Which old messages of a queue may be deleted (docs/protocol.md, "Retention").
+
+    A message is deleted once any rule allows it: ``max_messages`` keeps at most that many of
+    the newest; ``max_age_ms`` deletes messages appended more than that long before the
+    enforcement's ``now_ms``; ``delete_acknowledged`` deletes messages every client with a
+    position on the queue has moved past (none, while the queue has no such client). Deletion
+    only ever removes a prefix: sequence numbers never change and are never reused.
+    """
+
+    max_messages: int | None = None
+    max_age_ms: int | None = None
+    delete_acknowledged: bool = False
+
+    @property
+    def keeps_everything(self) -> bool:
+        return (
+            self.max_messages is None and self.max_age_ms is None and not self.delete_acknowledged
+        )
+
+    def problem(self) -> str | None:
+        """Why this policy is not acceptable, or None."""
+        for name, value, limit in (
+            ("max_messages", self.max_messages, MAX_RETAINED_MESSAGES),
+            ("max_age_ms", self.max_age_ms, MAX_RETENTION_AGE_MS),
+        ):
+            if value is not None and not 1 <= value <= limit:
+                return f"{name} must be between 1 and {limit}, not {value}"
+        return None
+
 
 @attrs.frozen
 class CreateQueue:
     """Create an empty queue. Replicated as ``REPLICATE`` type ``CREATE_QUEUE``."""
 
     queue_id: str
+    retention: RetentionPolicy | None = None
+    """Addition: the queue's retention policy from the start (None keeps everything)."""
 
 
 @attrs.frozen
@@ -29,6 +71,10 @@ class AppendMessage:
     data: bytes
     producer_id: str | None = None
     producer_seq: int | None = None
+    appended_ms: int | None = None
+    """The proposing leader's wall clock (ms since the epoch); None in entries written before
+    retention existed. Applied as ``max(appended_ms, the queue's last stamp)``, so a queue's
+    stamps never go backward, whatever the leaders' clocks did."""
 
 
 @attrs.frozen
@@ -42,6 +88,8 @@ class AppendBatch:
     data: tuple[bytes, ...]
     producer_id: str | None = None
     producer_seq: int | None = None
+    appended_ms: int | None = None
+    """As :attr:`AppendMessage.appended_ms`; one stamp for the whole batch."""
 
 
 @attrs.frozen
@@ -106,8 +154,43 @@ class SetBrokerAddress:
     port: int
 
 
+@attrs.frozen
+class SetRetention:
+    """Set (or, with a policy that keeps everything, remove) a queue's retention policy.
+
+    Replicated as ``REPLICATE`` type ``SET_RETENTION``. Deletes nothing by itself: the next
+    :class:`ApplyRetention` does.
+    """
+
+    queue_id: str
+    policy: RetentionPolicy
+
+
+@attrs.frozen
+class ApplyRetention:
+    """Delete what the queues' retention policies allow, as of ``now_ms``.
+
+    Proposed by the leader about once a second (while some queue has a policy), with its wall
+    clock, so that every replica deletes exactly the same messages: the decision depends only
+    on the replicated state and this command. Replicated as ``REPLICATE`` type
+    ``APPLY_RETENTION``. Deletes at most :data:`RETENTION_DELETES_PER_APPLY` messages, queues
+    taken in id order.
+    """
+
+    now_ms: int
+
+
 SingleCommand = (
-    CreateQueue | AppendMessage | AppendBatch | ReadNext | ReadBatch | Ack | Seek | SetBrokerAddress
+    CreateQueue
+    | AppendMessage
+    | AppendBatch
+    | ReadNext
+    | ReadBatch
+    | Ack
+    | Seek
+    | SetBrokerAddress
+    | SetRetention
+    | ApplyRetention
 )
 
 
@@ -171,6 +254,19 @@ class PositionSet:
 
 
 @attrs.frozen
+class RetentionSet:
+    queue_id: str
+    policy: RetentionPolicy
+
+
+@attrs.frozen
+class RetentionApplied:
+    trimmed: tuple[tuple[str, int], ...]
+    """(queue id, first retained sequence number) of each queue that lost messages, in id
+    order."""
+
+
+@attrs.frozen
 class CommandRejected:
     """A command that changed nothing, with the wire error code that explains why."""
 
@@ -198,6 +294,8 @@ SingleResult = (
     | MessagesRead
     | PositionSet
     | BrokerAddressSet
+    | RetentionSet
+    | RetentionApplied
     | CommandRejected
 )
 Result = SingleResult | GroupApplied

@@ -12,9 +12,11 @@ import attrs
 
 from ._commands import (
     MAX_PRODUCERS,
+    RETENTION_DELETES_PER_APPLY,
     Ack,
     AppendBatch,
     AppendMessage,
+    ApplyRetention,
     BatchAppended,
     BrokerAddressSet,
     Command,
@@ -31,8 +33,12 @@ from ._commands import (
     ReadBatch,
     ReadNext,
     Result,
+    RetentionApplied,
+    RetentionPolicy,
+    RetentionSet,
     Seek,
     SetBrokerAddress,
+    SetRetention,
     bad_request,
     check_producer,
     next_producer_state,
@@ -47,10 +53,23 @@ class QueueState:
     """Queues, their messages, each client's read position per queue, and producer dedup.
 
     A queue's messages have sequence numbers 1, 2, 3, ...; a position is the sequence number of
-    the last message the client read (0 before the first).
+    the last message the client read (0 before the first). Retention deletes messages from the
+    front only: ``messages[q]`` holds the retained ones, the first being number
+    ``deleted[q] + 1``, and the queue's length (its last sequence number) is
+    ``deleted[q] + len(messages[q])``.
     """
 
     messages: dict[str, list[bytes]] = attrs.field(factory=dict)
+    """Queue id -> the retained messages, oldest first."""
+    deleted: dict[str, int] = attrs.field(factory=dict)
+    """Queue id -> how many messages retention deleted from its front."""
+    stamps: dict[str, list[int | None]] = attrs.field(factory=dict)
+    """Queue id -> when each retained message was appended (ms; None: unknown, appended before
+    retention existed). Never decreasing along a queue."""
+    last_stamp: dict[str, int | None] = attrs.field(factory=dict)
+    """Queue id -> the stamp of its last appended message (kept when that message is gone)."""
+    retention: dict[str, RetentionPolicy] = attrs.field(factory=dict)
+    """Queue id -> its policy; queues that keep everything are absent."""
     positions: dict[tuple[str, str], int] = attrs.field(factory=dict)
     brokers: dict[str, tuple[str, int]] = attrs.field(factory=dict)
     """The address book: broker id -> (host, port)."""
@@ -64,36 +83,58 @@ class QueueState:
         if isinstance(command, CreateQueue):
             if command.queue_id in self.messages:
                 return queue_exists(command.queue_id)
+            policy = command.retention
+            if policy is not None and (problem := policy.problem()) is not None:
+                return bad_request(problem)
             self.messages[command.queue_id] = []
+            self.deleted[command.queue_id] = 0
+            self.stamps[command.queue_id] = []
+            self.last_stamp[command.queue_id] = None
+            if policy is not None and not policy.keeps_everything:
+                self.retention[command.queue_id] = policy
             return QueueCreated(command.queue_id)
         if isinstance(command, SetBrokerAddress):
             self.brokers[command.broker_id] = (command.host, command.port)
             return BrokerAddressSet(command.broker_id)
+        if isinstance(command, ApplyRetention):
+            return self._apply_retention(command.now_ms)
         if not isinstance(command, Command):
             raise TypeError(f"not a command: {command!r}")
         queue = self.messages.get(command.queue_id)
         if queue is None:
             return queue_not_found(command.queue_id)
+        if isinstance(command, SetRetention):
+            if (problem := command.policy.problem()) is not None:
+                return bad_request(problem)
+            if command.policy.keeps_everything:
+                self.retention.pop(command.queue_id, None)
+            else:
+                self.retention[command.queue_id] = command.policy
+            return RetentionSet(command.queue_id, command.policy)
         if isinstance(command, AppendMessage | AppendBatch):
             return self._append(command, queue)
         key = (command.client_id, command.queue_id)
         position = self.positions.get(key, 0)
+        deleted = self.deleted[command.queue_id]
+        length = deleted + len(queue)
+        # A position inside the deleted front reads the first retained message next.
+        start = max(position, deleted) + 1
         if isinstance(command, ReadNext):
-            if position >= len(queue):
+            if start > length:
                 return MessageRead(None, None)
-            self.positions[key] = position + 1
-            return MessageRead(position + 1, queue[position])
+            self.positions[key] = start
+            return MessageRead(start, queue[start - deleted - 1])
         if isinstance(command, ReadBatch):
-            end = min(len(queue), position + command.max_messages)
-            read = tuple((seq, queue[seq - 1]) for seq in range(position + 1, end + 1))
+            end = min(length, start + command.max_messages - 1)
+            read = tuple((seq, queue[seq - deleted - 1]) for seq in range(start, end + 1))
             read = read[: take_within([len(d) for _, d in read], command.max_bytes)]
             if read and not command.peek:
                 self.positions[key] = read[-1][0]
             return MessagesRead(read)
         if isinstance(command, Ack):
-            if not 0 <= command.sequence_num <= len(queue):
+            if not 0 <= command.sequence_num <= length:
                 return bad_request(
-                    f"cannot acknowledge message {command.sequence_num}: the queue has {len(queue)}"
+                    f"cannot acknowledge message {command.sequence_num}: the queue has {length}"
                 )
             if command.sequence_num > position:
                 self.positions[key] = command.sequence_num
@@ -101,11 +142,11 @@ class QueueState:
         if isinstance(command, Seek):
             target = command.next_sequence_num
             if target is None:
-                target = len(queue) + 1
-            if not 1 <= target <= len(queue) + 1:
+                target = length + 1
+            if not 1 <= target <= length + 1:
                 return bad_request(
-                    f"cannot seek to message {target}: the queue has {len(queue)} "
-                    f"(seek to 1 for the start, {len(queue) + 1} for the end)"
+                    f"cannot seek to message {target}: the queue has {length} "
+                    f"(seek to 1 for the start, {length + 1} for the end)"
                 )
             self.positions[key] = target - 1
             return PositionSet(target)
@@ -114,38 +155,95 @@ class QueueState:
     def _append(self, command: AppendMessage | AppendBatch, queue: list[bytes]) -> Result:
         batch = isinstance(command, AppendBatch)
         data = command.data if batch else (command.data,)
-        if command.producer_id is None or command.producer_seq is None:
-            queue.extend(data)
-        else:
-            key = (command.producer_id, command.queue_id)
+        queue_id = command.queue_id
+        if command.producer_id is not None and command.producer_seq is not None:
+            key = (command.producer_id, queue_id)
             state = self.producers.get(key)
             decided = check_producer(state, command.producer_seq, batch)
             if decided is not None:
                 return decided
-            queue.extend(data)
+        queue.extend(data)
+        stamp = monotonic_stamp(command.appended_ms, self.last_stamp[queue_id])
+        self.stamps[queue_id].extend([stamp] * len(data))
+        self.last_stamp[queue_id] = stamp
+        first = self.deleted[queue_id] + len(queue) - len(data) + 1
+        if command.producer_id is not None and command.producer_seq is not None:
             self.producer_clock += 1
             self.producers[key] = next_producer_state(
-                state,
-                command.producer_seq,
-                len(queue) - len(data) + 1,
-                len(data),
-                self.producer_clock,
+                state, command.producer_seq, first, len(data), self.producer_clock
             )
             self.producers.move_to_end(key)
             while len(self.producers) > MAX_PRODUCERS:
                 self.producers.popitem(last=False)
-        first = len(queue) - len(data) + 1
         return BatchAppended(first, len(data)) if batch else MessageAppended(first)
+
+    def _apply_retention(self, now_ms: int) -> RetentionApplied:
+        budget = RETENTION_DELETES_PER_APPLY
+        trimmed = []
+        for queue_id, policy in sorted(self.retention.items()):
+            if budget <= 0:
+                break
+            queue, stamps = self.messages[queue_id], self.stamps[queue_id]
+            deleted = self.deleted[queue_id]
+            length = deleted + len(queue)
+            through = deleted  # delete messages up to this sequence number
+            if policy.max_messages is not None:
+                through = max(through, length - policy.max_messages)
+            if policy.max_age_ms is not None:
+                cutoff = now_ms - policy.max_age_ms
+                # Stamps never decrease along a queue, and unknown ones (None) come first: a
+                # message of unknown age goes with the first dated message after it that is
+                # too old. Looking further than the budget is pointless.
+                for i, stamp in enumerate(stamps):
+                    if stamp is None:
+                        continue
+                    if stamp >= cutoff:
+                        break
+                    through = max(through, deleted + i + 1)
+                    if i + 1 >= budget:
+                        break
+            if policy.delete_acknowledged:
+                readers = [p for (_, q), p in self.positions.items() if q == queue_id]
+                if readers:
+                    through = max(through, min(readers))
+            through = min(through, deleted + budget, length)
+            if through > deleted:
+                count = through - deleted
+                del queue[:count], stamps[:count]
+                self.deleted[queue_id] = through
+                budget -= count
+                trimmed.append((queue_id, through + 1))
+        return RetentionApplied(tuple(trimmed))
 
     def apply_all(self, commands: list[Command]) -> list[Result]:
         return [self.apply(c) for c in commands]
 
     def queue_length(self, queue_id: str) -> int | None:
+        """The queue's last sequence number (retained or not), None if there is no queue."""
         queue = self.messages.get(queue_id)
-        return None if queue is None else len(queue)
+        return None if queue is None else self.deleted[queue_id] + len(queue)
+
+    def first_retained(self, queue_id: str) -> int:
+        """The sequence number of the queue's first retained message (its length + 1 when it
+        retains none)."""
+        return self.deleted[queue_id] + 1
+
+    def message(self, queue_id: str, sequence_num: int) -> bytes | None:
+        """Message ``sequence_num`` if the queue holds it (retention may have deleted it)."""
+        queue = self.messages.get(queue_id, [])
+        index = sequence_num - self.deleted.get(queue_id, 0) - 1
+        return queue[index] if 0 <= index < len(queue) else None
 
     def position(self, client_id: str, queue_id: str) -> int:
         return self.positions.get((client_id, queue_id), 0)
+
+
+def monotonic_stamp(proposed: int | None, last: int | None) -> int | None:
+    """The stamp an append gets: the leader's, but never before the queue's last one (clocks
+    of successive leaders may disagree); an entry without a stamp inherits the last one."""
+    if proposed is None:
+        return last
+    return proposed if last is None else max(proposed, last)
 
 
 __all__ = ["CommandRejected", "QueueState"]

@@ -39,7 +39,10 @@ from ._messages import (
     RemoveMember,
     Request,
     Response,
+    Retention,
+    RetentionChanged,
     SeekRequest,
+    SetRetentionRequest,
     SnapshotChunk,
 )
 
@@ -74,7 +77,10 @@ __all__ = [
     "RemoveMember",
     "Request",
     "Response",
+    "Retention",
+    "RetentionChanged",
     "SeekRequest",
+    "SetRetentionRequest",
     "SnapshotChunk",
     "converter",
     "decode_request",

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import cattrs
+import cattrs.gen
 import orjson
 from cattrs.preconf.orjson import make_converter
 
@@ -32,6 +33,7 @@ OPERATIONS: dict[str, type] = {
     "ACK": m.AckRequest,
     "SEEK": m.SeekRequest,
     "LIST_QUEUES": m.ListQueues,
+    "SET_RETENTION": m.SetRetentionRequest,
     # Broker-to-broker and operator operations (docs/protocol.md, "Between brokers").
     "PEER_HELLO": m.PeerHello,
     "JOIN_CLUSTER": m.JoinCluster,
@@ -69,6 +71,7 @@ def _strict_bool(value: Any, _type: Any) -> bool:
 converter.register_structure_hook(str, _strict_str)
 converter.register_structure_hook(bool, _strict_bool)
 converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(bool, _strict_bool)
 converter.register_structure_hook(Any, lambda value, _type: value)
 
 
@@ -79,6 +82,19 @@ def _strict_list(value: Any, _type: Any) -> list[Any]:
 
 
 converter.register_structure_hook_func(lambda t: t == list[Any], _strict_list)
+
+_structure_retention = cattrs.gen.make_dict_structure_fn(
+    m.Retention, converter, _cattrs_forbid_extra_keys=True
+)
+
+
+def _retention(value: Any, _type: Any) -> m.Retention:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {_json_type(value)}")
+    return _structure_retention(value, _type)
+
+
+converter.register_structure_hook(m.Retention, _retention)
 
 # Integers the broker stores exactly: the union of the signed and unsigned 64-bit ranges, which
 # is what orjson (and most JSON readers in other languages) round-trip without loss.

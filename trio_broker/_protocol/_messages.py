@@ -22,8 +22,20 @@ class ClusterQuery:
 
 
 @attrs.frozen
+class Retention:
+    """Addition: a queue's retention policy (docs/protocol.md, "Retention"). All absent keeps
+    every message. Unknown keys are refused: a misspelt rule must not keep everything."""
+
+    max_messages: int | None = None
+    max_age_ms: int | None = None
+    delete_acknowledged: bool = False
+
+
+@attrs.frozen
 class CreateQueue:
     client_id: str | None = None
+    retention: Retention | None = None
+    """Addition: the new queue's retention policy."""
 
 
 @attrs.frozen
@@ -78,6 +90,15 @@ class SeekRequest:
     client_id: str
     next_sequence_num: int | None = None
     to: str | None = None
+
+
+@attrs.frozen
+class SetRetentionRequest:
+    """Addition: set (or, with every rule absent, remove) a queue's retention policy."""
+
+    queue_name: str
+    retention: Retention
+    client_id: str | None = None
 
 
 @attrs.frozen
@@ -162,6 +183,7 @@ Request = (
     | Read
     | AckRequest
     | SeekRequest
+    | SetRetentionRequest
     | ListQueues
     | PeerHello
     | JoinCluster
@@ -238,7 +260,22 @@ class ClientLag:
 class QueueInfo:
     queue_id: str
     length: int
+    """The queue's last sequence number: messages ever appended, retained or not."""
     clients: list[ClientLag]
+    first_sequence_num: int | None = None
+    """Addition: the first message still retained (``length + 1`` when none is)."""
+    retained: int | None = None
+    """Addition: how many messages the queue still holds."""
+    retention: Retention | None = None
+    """Addition: the queue's retention policy, None when it keeps everything."""
+
+
+@attrs.frozen
+class RetentionChanged:
+    """Addition: the answer to SET_RETENTION."""
+
+    queue_id: str
+    retention: Retention
 
 
 @attrs.frozen
@@ -299,6 +336,7 @@ Response = (
     | NoMessages
     | Position
     | QueueList
+    | RetentionChanged
     | Done
     | Joined
     | SnapshotChunk

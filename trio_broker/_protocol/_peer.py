@@ -43,9 +43,31 @@ def config_from_obj(obj: dict[str, Any]) -> rm.Config:
 
 
 def _producer_fields(payload: Any) -> dict[str, Any]:
-    if payload.producer_id is None:
-        return {}
-    return {"producer_id": payload.producer_id, "producer_seq": payload.producer_seq}
+    fields: dict[str, Any] = {}
+    if payload.producer_id is not None:
+        fields = {"producer_id": payload.producer_id, "producer_seq": payload.producer_seq}
+    if payload.appended_ms is not None:
+        fields["appended_ms"] = payload.appended_ms
+    return fields
+
+
+def retention_to_obj(policy: cmd.RetentionPolicy) -> dict[str, Any]:
+    return {
+        "max_messages": policy.max_messages,
+        "max_age_ms": policy.max_age_ms,
+        "delete_acknowledged": policy.delete_acknowledged,
+    }
+
+
+def retention_from_obj(obj: Any) -> cmd.RetentionPolicy:
+    if not isinstance(obj, dict):
+        raise TypeError("a retention policy must be an object")
+    max_messages, max_age_ms = obj.get("max_messages"), obj.get("max_age_ms")
+    return cmd.RetentionPolicy(
+        None if max_messages is None else _int(max_messages),
+        None if max_age_ms is None else _int(max_age_ms),
+        _bool(obj.get("delete_acknowledged", False)),
+    )
 
 
 def payload_to_obj(payload: Any) -> dict[str, Any]:
@@ -93,7 +115,21 @@ def payload_to_obj(payload: Any) -> dict[str, Any]:
             "client_id": payload.client_id,
         }
     if isinstance(payload, _core.CreateQueue):
-        return {"type": "CREATE_QUEUE", "queue_id": payload.queue_id}
+        if payload.retention is None:
+            return {"type": "CREATE_QUEUE", "queue_id": payload.queue_id}
+        return {
+            "type": "CREATE_QUEUE",
+            "queue_id": payload.queue_id,
+            "retention": retention_to_obj(payload.retention),
+        }
+    if isinstance(payload, cmd.SetRetention):
+        return {
+            "type": "SET_RETENTION",
+            "queue_id": payload.queue_id,
+            "retention": retention_to_obj(payload.policy),
+        }
+    if isinstance(payload, cmd.ApplyRetention):
+        return {"type": "APPLY_RETENTION", "now_ms": payload.now_ms}
     if isinstance(payload, _core.SetBrokerAddress):
         return {
             "type": "BROKER_ADDRESS",
@@ -153,7 +189,14 @@ def payload_from_obj(obj: Any) -> Any:
         if kind == "UPDATE_POSITION":
             return _core.ReadNext(_str(obj["client_id"]), _str(obj["queue_id"]))
         if kind == "CREATE_QUEUE":
-            return _core.CreateQueue(_str(obj["queue_id"]))
+            retention = obj.get("retention")
+            return _core.CreateQueue(
+                _str(obj["queue_id"]), None if retention is None else retention_from_obj(retention)
+            )
+        if kind == "SET_RETENTION":
+            return cmd.SetRetention(_str(obj["queue_id"]), retention_from_obj(obj["retention"]))
+        if kind == "APPLY_RETENTION":
+            return cmd.ApplyRetention(_int(obj["now_ms"]))
         if kind == "BROKER_ADDRESS":
             return _core.SetBrokerAddress(
                 _str(obj["broker_id"]), _str(obj["host"]), _int(obj["port"])
@@ -181,10 +224,13 @@ def payload_from_obj(obj: Any) -> Any:
     raise ProtocolError(f"unknown log entry type {kind!r}")
 
 
-def _producer_from(obj: dict[str, Any]) -> tuple[str | None, int | None]:
+def _producer_from(obj: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """producer_id, producer_seq and appended_ms (absent from entries older than retention)."""
+    stamp = obj.get("appended_ms")
+    stamp = None if stamp is None else _int(stamp)
     if obj.get("producer_id") is None:
-        return None, None
-    return _str(obj["producer_id"]), _int(obj["producer_seq"])
+        return None, None, stamp
+    return _str(obj["producer_id"]), _int(obj["producer_seq"]), stamp
 
 
 def encode_payload(payload: Any) -> bytes:

@@ -27,6 +27,7 @@ import trio
 from .. import _core
 from .._auth import authenticate, new_nonce, proof_is_valid, token_is_valid
 from .._core._commands import AppendBatch as AppendBatchCommand
+from .._core._commands import ApplyRetention, RetentionSet
 from .._core._raft_messages import ChangeAction, Config, ConfigChange, ConfigEntry
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_broker_id, new_cluster_id, new_queue_id
@@ -55,6 +56,7 @@ from .._protocol import (
     Request,
     Response,
     SeekRequest,
+    SetRetentionRequest,
     SnapshotChunk,
     decode_request,
     encode_frame,
@@ -80,6 +82,8 @@ from ._operations import (
     queue_list,
     read_command,
     response_for,
+    retention_command,
+    retention_policy,
 )
 from ._security import Security, load_security
 
@@ -149,6 +153,10 @@ class Broker:
         self._worker = worker
         self._rng = random.SystemRandom()
         self._queue_ids: set[str] = set()
+        self._retained: set[str] = set()
+        """Queues with a retention policy (applied here): while there is one, the leader
+        proposes an enforcement every ``retention_interval``."""
+        self._policy_added = trio.Event()
         self._appended: dict[str, trio.Event] = {}
         """Long-polling readers wait on these, one per queue, set when it grows."""
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -163,7 +171,7 @@ class Broker:
             make_node(self.broker_id, state, config),
             self.addresses,
             self._on_applied,
-            self._queue_ids.update,
+            self._on_snapshot,
         )
         self.metrics = BrokerMetrics(self)
         self.driver.on_transaction = self.metrics.transactions
@@ -195,10 +203,62 @@ class Broker:
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
             self._queue_ids.add(payload.queue_id)
+            if isinstance(result, _core.QueueCreated) and payload.retention is not None:
+                self._note_policy(payload.queue_id, payload.retention)
+        elif isinstance(result, RetentionSet):
+            self._note_policy(result.queue_id, result.policy)
         if isinstance(payload, _core.AppendMessage | AppendBatchCommand):
             event = self._appended.pop(payload.queue_id, None)
             if event is not None:
                 event.set()
+
+    def _note_policy(self, queue_id: str, policy: _core.RetentionPolicy) -> None:
+        if policy.keeps_everything:
+            self._retained.discard(queue_id)
+        else:
+            self._retained.add(queue_id)
+            self._policy_added.set()
+
+    def _on_snapshot(self, queues: set[str], retained: set[str]) -> None:
+        """An installed snapshot replaced the state the in-memory views were built from."""
+        self._queue_ids.update(queues)
+        self._retained = set(retained)
+        if retained:
+            self._policy_added.set()
+
+    def wall_clock_ms(self) -> int:
+        return int(self.config.wall_clock() * 1000)
+
+    async def enforce_retention(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """On the leader, while some queue has a retention policy: propose an enforcement
+        (``ApplyRetention`` with this broker's wall clock) every ``retention_interval``, one
+        at a time. Replicas delete when they apply it, so they all delete the same messages.
+        Failures (no quorum, a lost leadership) are only logged: the next round retries."""
+        task_status.started()
+        while True:
+            if not self._retained:
+                # Nothing to enforce: sleep until a policy appears (no idle wake-ups).
+                self._policy_added = trio.Event()
+                await self._policy_added.wait()
+            await trio.sleep(self.config.retention_interval)
+            if not self._retained or not self.driver.node.is_leader or self._closing:
+                continue
+            try:
+                result = await self.submit(ApplyRetention(self.wall_clock_ms()))
+            except Exception:
+                logger.exception("retention.crashed broker_id=%s", self.broker_id)
+                continue
+            if isinstance(result, BrokerError):
+                log_event(logging.DEBUG, "retention.not_applied", reason=result.message)
+            elif result.trimmed:
+                log_event(
+                    logging.DEBUG,
+                    "retention.applied",
+                    queues=len(result.trimmed),
+                    first_retained=",".join(f"{q}:{n}" for q, n in result.trimmed),
+                )
 
     async def wait_leader(self) -> str:
         """Wait until this broker knows a leader of its cluster; returns the leader's id."""
@@ -310,7 +370,9 @@ class Broker:
             command = append_command(request, self.config)
             if isinstance(command, BrokerError):
                 return command
-            return await self._propose(command)
+            # The leader's clock, in the replicated command: every replica then ages the
+            # message alike (docs/protocol.md, "Retention").
+            return await self._propose(attrs.evolve(command, appended_ms=self.wall_clock_ms()))
         if isinstance(request, Read):
             command = read_command(request, self.config)
             if isinstance(command, BrokerError):
@@ -325,12 +387,22 @@ class Broker:
             if isinstance(command, BrokerError):
                 return command
             return await self._propose(command)
+        if isinstance(request, SetRetentionRequest):
+            command = retention_command(request)
+            if isinstance(command, BrokerError):
+                return command
+            return await self._propose(command)
         if isinstance(request, ListQueues):
             return await self._list_queues(request)
         if isinstance(request, CreateQueue):
+            policy = None
+            if request.retention is not None:
+                policy = retention_policy(request.retention)
+                if isinstance(policy, BrokerError):
+                    return policy
             if not self.driver.node.is_leader:
                 return self.driver.not_leader_error()
-            return await self._propose(_core.CreateQueue(self._new_queue_id()))
+            return await self._propose(_core.CreateQueue(self._new_queue_id(), policy))
         if isinstance(request, JoinCluster):
             return self._wrong_cluster(request.cluster_id) or await self._join(request)
         if isinstance(request, RemoveMember):
@@ -1085,8 +1157,10 @@ async def open_broker(
         broker.driver.plaintext_port = plaintext_port
         broker.addresses.update(await worker.run(store.broker_addresses))
         broker._queue_ids.update(await worker.run(store.queue_lengths))
+        broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
         async with trio.open_nursery() as services:
             await services.start(broker.driver.run)
+            await services.start(broker.enforce_retention)
             if config.metrics_port is not None:
                 broker.metrics_port = await services.start(
                     serve_metrics, broker, config.host, config.metrics_port

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -113,6 +115,12 @@ class BrokerConfig:
     )
     """A second listener, plain TCP without tokens, serving only client operations: for
     clients of the original design (0: any free port)."""
+    retention_interval: float = attrs.field(default=1.0, validator=_positive)
+    """Seconds between the leader's retention enforcements (only while some queue has a
+    retention policy)."""
+    wall_clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)
+    """Seconds since the epoch: what the leader stamps appends and enforcements with. A seam
+    for the mock clock, whose virtual time the real clock does not follow."""
 
     def __attrs_post_init__(self) -> None:
         if self.failure_timeout < 2 * self.heartbeat_interval:

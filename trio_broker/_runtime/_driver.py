@@ -93,7 +93,7 @@ class RaftDriver:
         node: raft.RaftNode,
         addresses: dict[str, tuple[str, int]],
         on_applied: Callable[[Any, Any], None],
-        on_snapshot: Callable[[set[str]], None],
+        on_snapshot: Callable[[set[str], set[str]], None],
     ) -> None:
         self.broker_id = broker_id
         self.cluster_id = cluster_id
@@ -370,10 +370,10 @@ class RaftDriver:
             for index in [i for i in self._waiters if i <= meta.index]:
                 self._resolve(index, _outcome_unknown("replaced by a snapshot from the leader"))
             # The installed state replaces everything the in-memory views were built from.
-            addresses, queues = await self._worker.run(self._read_views)
+            addresses, queues, retained = await self._worker.run(self._read_views)
             self.addresses.clear()
             self.addresses.update(addresses)
-            self._on_snapshot(queues)
+            self._on_snapshot(queues, retained)
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
             self._applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
@@ -397,8 +397,13 @@ class RaftDriver:
             self._nursery.start_soon(self._offer_snapshot, peer)
         self.node.advance()
 
-    def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str]]:
-        return self._store.broker_addresses(), set(self._store.queue_lengths())
+    def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
+        store = self._store
+        return (
+            store.broker_addresses(),
+            set(store.queue_lengths()),
+            set(store.retention_policies()),
+        )
 
     def _resolve(self, index: int, result: Any) -> None:
         """Answer the proposals of entry ``index``: each with its own result when the entry

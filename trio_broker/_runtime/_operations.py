@@ -13,6 +13,7 @@ from .._core import _commands as cmd
 from .._errors import BrokerError, ErrorCode
 from .._protocol import _messages as m
 from .._protocol import dumps_value, stored_value
+from .._storage._store import QueueRow
 from ._config import BrokerConfig
 
 MAX_BATCH_VALUES = 1000
@@ -99,6 +100,25 @@ def position_command(request: m.AckRequest | m.SeekRequest) -> _core.Command | B
     return cmd.Seek(request.client_id, request.queue_name, target)
 
 
+def retention_policy(retention: m.Retention) -> cmd.RetentionPolicy | BrokerError:
+    policy = cmd.RetentionPolicy(
+        retention.max_messages, retention.max_age_ms, retention.delete_acknowledged
+    )
+    problem = policy.problem()
+    return policy if problem is None else _bad(problem)
+
+
+def retention_wire(policy: cmd.RetentionPolicy) -> m.Retention:
+    return m.Retention(policy.max_messages, policy.max_age_ms, policy.delete_acknowledged)
+
+
+def retention_command(request: m.SetRetentionRequest) -> cmd.SetRetention | BrokerError:
+    policy = retention_policy(request.retention)
+    if isinstance(policy, BrokerError):
+        return policy
+    return cmd.SetRetention(request.queue_name, policy)
+
+
 def is_empty_read(result: Any) -> bool:
     return (isinstance(result, cmd.MessageRead) and result.sequence_num is None) or (
         isinstance(result, cmd.MessagesRead) and not result.messages
@@ -127,18 +147,30 @@ def response_for(result: Any) -> m.Response | BrokerError:
         return m.Position(result.next_sequence_num)
     if isinstance(result, cmd.QueueCreated):
         return m.QueueCreated(result.queue_id)
+    if isinstance(result, cmd.RetentionSet):
+        return m.RetentionChanged(result.queue_id, retention_wire(result.policy))
     if isinstance(result, cmd.CommandRejected):
         return BrokerError(result.code, result.message)
     raise AssertionError(f"unhandled result {result!r}")  # pragma: no cover
 
 
-def queue_list(rows: list[tuple[str, int, list[tuple[str, int]]]], max_queues: int) -> m.QueueList:
+def queue_list(rows: list[QueueRow], max_queues: int) -> m.QueueList:
+    """LIST_QUEUES' page. A client's lag is what it has still to read: the messages after its
+    position, without those retention deleted (its next read skips them)."""
     queues = [
         m.QueueInfo(
-            queue_id,
-            length,
-            [m.ClientLag(client, position + 1, length - position) for client, position in rows_],
+            row.queue_id,
+            row.length,
+            [
+                m.ClientLag(
+                    client, position + 1, row.length - max(position, row.first_retained - 1)
+                )
+                for client, position in row.clients
+            ],
+            first_sequence_num=row.first_retained,
+            retained=row.retained,
+            retention=None if row.retention.keeps_everything else retention_wire(row.retention),
         )
-        for queue_id, length, rows_ in rows
+        for row in rows
     ]
     return m.QueueList(queues, queues[-1].queue_id if len(queues) == max_queues else None)

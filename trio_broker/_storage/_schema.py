@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE meta (
@@ -67,8 +67,30 @@ CREATE TABLE producers (
 CREATE INDEX producers_by_use ON producers (last_used);
 """
 
+# Version 4: retention (docs/protocol.md, "Retention"). `queues.length` stays the last
+# sequence number; `deleted_through` is the last one retention deleted (the first retained
+# message is the next). Each message keeps when it was appended (`appended_ms`, the proposing
+# leader's clock, never decreasing along a queue); rows from before this version have NULL, an
+# unknown age, and `undated_through` is the last of them (they come first in their queue). The
+# index serves "every client has read it" and LIST_QUEUES without scanning every position.
+_V4 = """
+ALTER TABLE queues ADD COLUMN deleted_through INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queues ADD COLUMN undated_through INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queues ADD COLUMN last_appended_ms INTEGER;
+ALTER TABLE queues ADD COLUMN max_messages INTEGER;
+ALTER TABLE queues ADD COLUMN max_age_ms INTEGER;
+ALTER TABLE queues ADD COLUMN delete_acknowledged INTEGER NOT NULL DEFAULT 0;
+UPDATE queues SET undated_through = length;
+
+ALTER TABLE queue_data ADD COLUMN appended_ms INTEGER;
+
+CREATE INDEX queues_with_retention ON queues (queue_id)
+    WHERE max_messages IS NOT NULL OR max_age_ms IS NOT NULL OR delete_acknowledged;
+CREATE INDEX client_positions_by_queue ON client_positions (queue_id, read_position);
+"""
+
 # UPGRADES[n] takes a database at version n to version n + 1.
-UPGRADES: dict[int, str] = {0: _V1, 1: _V2, 2: _V3}
+UPGRADES: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}
 
 
 class SchemaTooNew(Exception):

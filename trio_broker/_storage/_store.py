@@ -20,9 +20,11 @@ import orjson
 
 from .._core._commands import (
     MAX_PRODUCERS,
+    RETENTION_DELETES_PER_APPLY,
     Ack,
     AppendBatch,
     AppendMessage,
+    ApplyRetention,
     BatchAppended,
     BrokerAddressSet,
     Command,
@@ -38,8 +40,12 @@ from .._core._commands import (
     ReadBatch,
     ReadNext,
     Result,
+    RetentionApplied,
+    RetentionPolicy,
+    RetentionSet,
     Seek,
     SetBrokerAddress,
+    SetRetention,
     bad_request,
     check_producer,
     next_producer_state,
@@ -47,6 +53,7 @@ from .._core._commands import (
     queue_not_found,
     take_within,
 )
+from .._core._queues import monotonic_stamp
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import upgrade
@@ -167,11 +174,30 @@ class Store:
         if isinstance(command, CommandGroup):
             return GroupApplied(tuple(self._apply_one(c) for c in command.commands))
         if isinstance(command, CreateQueue):
-            try:
-                db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))
-            except apsw.ConstraintError:
+            policy = command.retention or RetentionPolicy()
+            if db.execute(
+                "SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)
+            ).fetchone():
                 return queue_exists(command.queue_id)
+            if (problem := policy.problem()) is not None:
+                return bad_request(problem)
+            db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))
+            self._set_policy(command.queue_id, policy)
             return QueueCreated(command.queue_id)
+        if isinstance(command, SetRetention):
+            if (
+                db.execute(
+                    "SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)
+                ).fetchone()
+                is None
+            ):
+                return queue_not_found(command.queue_id)
+            if (problem := command.policy.problem()) is not None:
+                return bad_request(problem)
+            self._set_policy(command.queue_id, command.policy)
+            return RetentionSet(command.queue_id, command.policy)
+        if isinstance(command, ApplyRetention):
+            return self._apply_retention(command.now_ms)
         if isinstance(command, SetBrokerAddress):
             db.execute(
                 "INSERT INTO brokers (broker_id, host, port) VALUES (?, ?, ?)"
@@ -185,31 +211,33 @@ class Store:
         if not isinstance(command, ReadNext | ReadBatch | Ack | Seek):
             raise TypeError(f"not a command: {command!r}")
         row = db.execute(
-            "SELECT q.length, coalesce(p.read_position, 0) FROM queues AS q"
+            "SELECT q.length, q.deleted_through, coalesce(p.read_position, 0) FROM queues AS q"
             " LEFT JOIN client_positions AS p ON p.queue_id = q.queue_id AND p.client_id = ?"
             " WHERE q.queue_id = ?",
             (command.client_id, command.queue_id),
         ).fetchone()
         if row is None:
             return queue_not_found(command.queue_id)
-        length, position = row
+        length, deleted, position = row
+        # A position inside the deleted front reads the first retained message next.
+        start = max(position, deleted) + 1
         if isinstance(command, ReadNext):
-            if position >= length:
+            if start > length:
                 return MessageRead(None, None)
             (data,) = db.execute(
                 "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
-                (command.queue_id, position + 1),
+                (command.queue_id, start),
             ).fetchone()
-            self._set_position(command.client_id, command.queue_id, position + 1)
-            return MessageRead(position + 1, data)
+            self._set_position(command.client_id, command.queue_id, start)
+            return MessageRead(start, data)
         if isinstance(command, ReadBatch):
-            end = min(length, position + command.max_messages)
+            end = min(length, start + command.max_messages - 1)
             read = tuple(
                 (seq, data)
                 for seq, data in db.execute(
                     "SELECT sequence_num, data FROM queue_data WHERE queue_id = ?"
-                    " AND sequence_num > ? AND sequence_num <= ? ORDER BY sequence_num",
-                    (command.queue_id, position, end),
+                    " AND sequence_num >= ? AND sequence_num <= ? ORDER BY sequence_num",
+                    (command.queue_id, start, end),
                 )
             )
             read = read[: take_within([len(d) for _, d in read], command.max_bytes)]
@@ -246,11 +274,12 @@ class Store:
         db = self._db
         batch = isinstance(command, AppendBatch)
         data = command.data if batch else (command.data,)
-        if (
-            db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)).fetchone()
-            is None
-        ):
+        row = db.execute(
+            "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (command.queue_id,)
+        ).fetchone()
+        if row is None:
             return queue_not_found(command.queue_id)
+        stamp = monotonic_stamp(command.appended_ms, row[0])
         producer = None
         if command.producer_id is not None and command.producer_seq is not None:
             producer = (command.producer_id, command.queue_id)
@@ -259,13 +288,16 @@ class Store:
             if decided is not None:
                 return decided
         (length,) = db.execute(
-            "UPDATE queues SET length = length + ? WHERE queue_id = ? RETURNING length",
-            (len(data), command.queue_id),
+            "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
+            " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
+            " WHERE queue_id = ?3 RETURNING length",
+            (len(data), stamp, command.queue_id),
         ).fetchone()
         first = length - len(data) + 1
         db.executemany(
-            "INSERT INTO queue_data (queue_id, sequence_num, data) VALUES (?, ?, ?)",
-            [(command.queue_id, first + i, value) for i, value in enumerate(data)],
+            "INSERT INTO queue_data (queue_id, sequence_num, data, appended_ms)"
+            " VALUES (?, ?, ?, ?)",
+            [(command.queue_id, first + i, value, stamp) for i, value in enumerate(data)],
         )
         if producer is not None:
             (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM producers").fetchone()
@@ -283,6 +315,61 @@ class Store:
                 (MAX_PRODUCERS,),
             )
         return BatchAppended(first, len(data)) if batch else MessageAppended(first)
+
+    def _set_policy(self, queue_id: str, policy: RetentionPolicy) -> None:
+        self._db.execute(
+            "UPDATE queues SET max_messages = ?, max_age_ms = ?, delete_acknowledged = ?"
+            " WHERE queue_id = ?",
+            (policy.max_messages, policy.max_age_ms, int(policy.delete_acknowledged), queue_id),
+        )
+
+    def _apply_retention(self, now_ms: int) -> RetentionApplied:
+        """The SQL twin of ``QueueState._apply_retention``: the same messages go."""
+        db = self._db
+        budget = RETENTION_DELETES_PER_APPLY
+        trimmed = []
+        queues = db.execute(
+            "SELECT queue_id, length, deleted_through, undated_through, max_messages,"
+            " max_age_ms, delete_acknowledged FROM queues WHERE max_messages IS NOT NULL"
+            " OR max_age_ms IS NOT NULL OR delete_acknowledged ORDER BY queue_id"
+        ).fetchall()
+        for queue_id, length, deleted, undated, max_messages, max_age_ms, by_readers in queues:
+            if budget <= 0:
+                break
+            through = deleted
+            if max_messages is not None:
+                through = max(through, length - max_messages)
+            if max_age_ms is not None:
+                # Stamps never decrease along a queue and the undated messages come first, so
+                # the too old ones are a prefix of the dated ones; an undated message goes with
+                # the first dated message after it that is too old.
+                (oldest,) = db.execute(
+                    "SELECT max(sequence_num) FROM (SELECT sequence_num, appended_ms"
+                    " FROM queue_data WHERE queue_id = ? AND sequence_num > ?"
+                    " ORDER BY sequence_num LIMIT ?) WHERE appended_ms < ?",
+                    (queue_id, max(deleted, undated), budget, now_ms - max_age_ms),
+                ).fetchone()
+                if oldest is not None:
+                    through = max(through, oldest)
+            if by_readers:
+                (slowest,) = db.execute(
+                    "SELECT min(read_position) FROM client_positions WHERE queue_id = ?",
+                    (queue_id,),
+                ).fetchone()
+                if slowest is not None:
+                    through = max(through, slowest)
+            through = min(through, deleted + budget, length)
+            if through > deleted:
+                db.execute(
+                    "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num <= ?",
+                    (queue_id, through),
+                )
+                db.execute(
+                    "UPDATE queues SET deleted_through = ? WHERE queue_id = ?", (through, queue_id)
+                )
+                budget -= through - deleted
+                trimmed.append((queue_id, through + 1))
+        return RetentionApplied(tuple(trimmed))
 
     def _producer_state(self, producer_id: str, queue_id: str) -> ProducerState | None:
         row = self._db.execute(
@@ -317,34 +404,51 @@ class Store:
             (limit,),
         ).fetchall()
         lags = self._db.execute(
-            "SELECT p.client_id, p.queue_id, q.length - p.read_position AS lag"
+            "SELECT p.client_id, p.queue_id,"
+            " q.length - max(p.read_position, q.deleted_through) AS lag"
             " FROM client_positions AS p JOIN queues AS q USING (queue_id)"
             " ORDER BY lag DESC, p.client_id, p.queue_id LIMIT ?",
             (limit,),
         ).fetchall()
         return [tuple(r) for r in queues], [tuple(r) for r in lags]
 
-    def list_queues(
-        self, after: str | None, max_queues: int, max_clients: int
-    ) -> list[tuple[str, int, list[tuple[str, int]]]]:
-        """A page of queues after ``after`` (by id): id, length, (client, position) pairs of
-        the clients furthest behind."""
+    def list_queues(self, after: str | None, max_queues: int, max_clients: int) -> list[QueueRow]:
+        """A page of queues after ``after`` (by id), each with the ``max_clients`` clients
+        furthest behind."""
         page = self._db.execute(
-            "SELECT queue_id, length FROM queues WHERE queue_id > ? ORDER BY queue_id LIMIT ?",
+            "SELECT queue_id, length, deleted_through, max_messages, max_age_ms,"
+            " delete_acknowledged FROM queues WHERE queue_id > ? ORDER BY queue_id LIMIT ?",
             (after or "", max_queues),
         ).fetchall()
         return [
-            (
+            QueueRow(
                 queue_id,
                 length,
+                deleted + 1,
+                _policy(max_messages, max_age_ms, by_readers),
                 self._db.execute(
                     "SELECT client_id, read_position FROM client_positions WHERE queue_id = ?"
                     " ORDER BY read_position, client_id LIMIT ?",
                     (queue_id, max_clients),
                 ).fetchall(),
             )
-            for queue_id, length in page
+            for queue_id, length, deleted, max_messages, max_age_ms, by_readers in page
         ]
+
+    def retention_policies(self) -> dict[str, RetentionPolicy]:
+        """The queues that have a retention policy, and their policies."""
+        return {
+            queue_id: _policy(max_messages, max_age_ms, by_readers)
+            for queue_id, max_messages, max_age_ms, by_readers in self._db.execute(
+                "SELECT queue_id, max_messages, max_age_ms, delete_acknowledged FROM queues"
+                " WHERE max_messages IS NOT NULL OR max_age_ms IS NOT NULL"
+                " OR delete_acknowledged ORDER BY queue_id"
+            )
+        }
+
+    def first_retained(self) -> dict[str, int]:
+        """Each queue's first retained sequence number (its length + 1 when it holds none)."""
+        return dict(self._db.execute("SELECT queue_id, deleted_through + 1 FROM queues"))
 
     def positions(self) -> dict[tuple[str, str], int]:
         return {
@@ -517,6 +621,28 @@ class Store:
         applied = self.get_meta("applied_index", self.get_meta("snapshot_index", 0))
         self._db.execute("VACUUM INTO ?", (path,))
         return applied
+
+
+@attrs.frozen
+class QueueRow:
+    """One queue as LIST_QUEUES shows it."""
+
+    queue_id: str
+    length: int
+    """Its last sequence number (0 before the first append), retained or not."""
+    first_retained: int
+    """The first message it still holds (``length + 1`` when it holds none)."""
+    retention: RetentionPolicy
+    clients: list[tuple[str, int]]
+    """(client id, position) of the clients furthest behind."""
+
+    @property
+    def retained(self) -> int:
+        return self.length - self.first_retained + 1
+
+
+def _policy(max_messages: int | None, max_age_ms: int | None, by_readers: int) -> RetentionPolicy:
+    return RetentionPolicy(max_messages, max_age_ms, bool(by_readers))
 
 
 @attrs.frozen

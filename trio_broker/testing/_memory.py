@@ -35,10 +35,11 @@ import attrs
 import trio
 
 from .._core import Command, QueueState
+from .._core._commands import RetentionPolicy
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._peer import decode_payload, encode_payload
 from .._storage import DataDirInUse, Identity
-from .._storage._store import RaftState
+from .._storage._store import QueueRow, RaftState
 
 T = TypeVar("T")
 
@@ -538,9 +539,11 @@ class MemoryStore:
     # -- queries -----------------------------------------------------------------------------
 
     def queue_lengths(self) -> dict[str, int]:
-        return {q: len(m) for q, m in sorted(self.state.messages.items())}
+        state = self.state
+        return {q: state.deleted[q] + len(m) for q, m in sorted(state.messages.items())}
 
     def messages(self, queue_id: str) -> list[bytes]:
+        """The retained messages, oldest first."""
         return list(self.state.messages.get(queue_id, ()))
 
     def positions(self) -> dict[tuple[str, str], int]:
@@ -548,11 +551,12 @@ class MemoryStore:
 
     def queue_stats(self, limit: int) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
         """The ``limit`` longest queues and largest client lags, ordered as ``Store`` does."""
-        lengths = {q: len(m) for q, m in self.state.messages.items()}
+        lengths = self.queue_lengths()
+        deleted = self.state.deleted
         queues = sorted(lengths.items(), key=lambda item: (-item[1], item[0]))[:limit]
         lags = sorted(
             (
-                (client_id, queue_id, lengths[queue_id] - position)
+                (client_id, queue_id, lengths[queue_id] - max(position, deleted[queue_id]))
                 for (client_id, queue_id), position in self.state.positions.items()
                 if queue_id in lengths
             ),
@@ -560,19 +564,20 @@ class MemoryStore:
         )[:limit]
         return queues, lags
 
-    def list_queues(
-        self, after: str | None, max_queues: int, max_clients: int
-    ) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    def list_queues(self, after: str | None, max_queues: int, max_clients: int) -> list[QueueRow]:
         """A page of queues after ``after`` (by id), ordered as ``Store`` does."""
-        page = sorted(q for q in self.state.messages if q > (after or ""))[:max_queues]
+        state = self.state
+        page = sorted(q for q in state.messages if q > (after or ""))[:max_queues]
         return [
-            (
+            QueueRow(
                 queue_id,
-                len(self.state.messages[queue_id]),
+                state.queue_length(queue_id) or 0,
+                state.first_retained(queue_id),
+                state.retention.get(queue_id, RetentionPolicy()),
                 sorted(
                     (
                         (client_id, position)
-                        for (client_id, q), position in self.state.positions.items()
+                        for (client_id, q), position in state.positions.items()
                         if q == queue_id
                     ),
                     key=lambda row: (row[1], row[0]),
@@ -580,6 +585,12 @@ class MemoryStore:
             )
             for queue_id in page
         ]
+
+    def retention_policies(self) -> dict[str, RetentionPolicy]:
+        return dict(sorted(self.state.retention.items()))
+
+    def first_retained(self) -> dict[str, int]:
+        return {q: self.state.first_retained(q) for q in self.state.messages}
 
     def broker_addresses(self) -> dict[str, tuple[str, int]]:
         return dict(self.state.brokers)

@@ -23,17 +23,30 @@ from .._core._commands import (
     Ack,
     AppendBatch,
     AppendMessage,
+    ApplyRetention,
     CommandGroup,
     CreateQueue,
     ReadBatch,
     ReadNext,
     Seek,
+    SetRetention,
 )
 from .._core._queues import QueueState
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Entry, HardState, Message, SnapshotMeta
 
-COMMANDS = (CreateQueue, AppendMessage, AppendBatch, ReadNext, ReadBatch, Ack, Seek, CommandGroup)
+COMMANDS = (
+    CreateQueue,
+    AppendMessage,
+    AppendBatch,
+    ReadNext,
+    ReadBatch,
+    Ack,
+    Seek,
+    SetRetention,
+    ApplyRetention,
+    CommandGroup,
+)
 
 
 @attrs.define

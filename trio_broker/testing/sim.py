@@ -11,7 +11,10 @@ applying committed entries to its own :class:`~trio_broker._core.QueueState`, th
 - node crashes and restarts from their durable state; clocks that tick at different rates;
 - clients: create queue, append (plain, idempotent producer, atomic batch), read (ReadNext,
   ReadBatch) and at-least-once consume (peek, then Ack), with deadlines, NOT_LEADER redirects
-  and retries.
+  and retries;
+- retention: an operator sets and removes queues' retention policies on the leader, every
+  leader stamps appends with its own (skewed) wall clock and periodically proposes an
+  enforcement (``ApplyRetention``) with it.
 
 Invariants are checked on every step (see :class:`Checker`). A safety phase (faults on) is
 followed by a liveness phase (faults healed): a leader must emerge and every client must finish
@@ -44,6 +47,7 @@ from .._core._commands import (
     Ack,
     AppendBatch,
     AppendMessage,
+    ApplyRetention,
     BatchAppended,
     CommandGroup,
     CommandRejected,
@@ -56,6 +60,9 @@ from .._core._commands import (
     QueueCreated,
     ReadBatch,
     ReadNext,
+    RetentionApplied,
+    RetentionPolicy,
+    SetRetention,
 )
 from .._core._queues import QueueState
 from .._core._raft import ConfigChangeRefused, NotLeader, RaftNode, Role
@@ -65,6 +72,9 @@ from ._sim_mutants import MUTANTS
 
 TICK_STEPS = 10
 """Simulation steps per tick of a clock running at rate 1.0."""
+
+MS_PER_STEP = 10
+"""Wall-clock milliseconds per simulation step (a tick at rate 1.0 is then 100 ms)."""
 
 DEFAULT_SAFETY_STEPS = 2500
 DEFAULT_LIVENESS_STEPS = 2500
@@ -108,6 +118,12 @@ class FaultParams:
     liveness_steps: int
     linger: int
     """Steps a leader waits, after a request arrives, for more to group with it."""
+    retention_rate: float = 0.0
+    """Chance per step that the operator sets (or removes) a queue's retention policy."""
+    retention_every: int = 50
+    """Steps between the leader's retention enforcements."""
+    clock_skews: tuple[int, ...] = ()
+    """Each node's wall clock minus true time, in ms: leaders stamp appends with it."""
 
     @classmethod
     def derive(cls, rng: random.Random, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -145,6 +161,10 @@ class FaultParams:
             safety_steps=safety_steps,
             liveness_steps=liveness_steps,
             linger=rng.choice([0, 0, 5, 20]),
+            # Drawn last, so that the parameters above stay what they were for each seed.
+            retention_rate=rng.choice([0.0, 0.002, 0.01]),
+            retention_every=rng.choice([20, 50, 150]),
+            clock_skews=tuple(rng.choice([0, 0, -300, 300, -3000]) for _ in range(n + 1)),
         )
 
     def describe(self) -> str:
@@ -332,6 +352,9 @@ class Simulation:
                 "peeks",
                 "acks",
                 "config_changes",
+                "retention_policies",
+                "retention_runs",
+                "retention_deleted",
             ),
             0,
         )
@@ -522,10 +545,14 @@ class Simulation:
             return
         del self.proposals[i]
         requests = waiting[1]
-        if len(requests) == 1:
-            payload = requests[0].command
-        else:
-            payload = CommandGroup(tuple(m.command for m in requests))
+        # The leader stamps appends with its wall clock when it proposes them (retention).
+        commands = [
+            attrs.evolve(m.command, appended_ms=self.wall_ms(i))
+            if isinstance(m.command, AppendMessage | AppendBatch)
+            else m.command
+            for m in requests
+        ]
+        payload = commands[0] if len(commands) == 1 else CommandGroup(tuple(commands))
         try:
             term, index = node.propose(payload)
         except NotLeader as exc:
@@ -593,11 +620,11 @@ class Simulation:
                 seq = c.producer_seq.get(q, 0) + 1
                 c.producer_seq[q] = seq
             if kind < 0.7:
-                self.checker.on_append_sent(value, producer=True)
+                self.checker.on_append_sent(value, producer=True, queue=q)
                 return ("pappend", q, (value, seq))
             values = tuple(b"%s.%d" % (value, k) for k in range(rng.randint(2, 3)))
             for v in values:
-                self.checker.on_append_sent(v, producer=producer)
+                self.checker.on_append_sent(v, producer=producer, queue=q)
             return ("batch", q, (values, seq))
         c.read_floor = self.checker.max_acked.get(q, 0)
         kind = rng.random()
@@ -701,6 +728,41 @@ class Simulation:
         self.stats["config_changes"] += 1
         self._trace(f"config change {change.action.value} {change.node_id} at {leader.id}")
 
+    def wall_ms(self, i: int) -> int:
+        """Node ``i``'s wall clock, in ms: true time plus its skew (never the same on two
+        leaders, which is why the stamps an append gets are made monotonic when applied)."""
+        skews = self.p.clock_skews
+        return self.now * MS_PER_STEP + (skews[i - 1] if i - 1 < len(skews) else 0)
+
+    def _retention(self) -> None:
+        """The operator changes a queue's retention policy now and then, and the leader
+        proposes an enforcement every ``retention_every`` steps while a policy exists."""
+        leaders = [i for i in self.live() if self.nodes[i].is_leader]
+        if not leaders:
+            return
+        i = leaders[0]
+        leader = self.nodes[i]
+        rng = self.rng
+        if self.faults_on and self.p.retention_rate and rng.random() < self.p.retention_rate:
+            known = sorted(self.checker.created)
+            if known:
+                kind = rng.random()
+                policy = RetentionPolicy(
+                    max_messages=rng.randint(2, 12) if kind < 0.5 else None,
+                    max_age_ms=rng.choice([200, 1000, 5000]) if 0.3 < kind < 0.8 else None,
+                    delete_acknowledged=rng.random() < 0.3,
+                )
+                leader.propose(SetRetention(rng.choice(known), policy))
+                self.dirty.add(i)
+                self.stats["retention_policies"] += 1
+                self._trace(f"retention {policy} at {i}")
+        # Quiescing (the end of the liveness phase) waits for the log to stop growing.
+        due = self.now % self.p.retention_every == 0
+        if due and not self.quiescing and self.apps[i].retention:
+            leader.propose(ApplyRetention(self.wall_ms(i)))
+            self.dirty.add(i)
+            self.stats["retention_runs"] += 1
+
     def _partition(self) -> None:
         rng = self.rng
         self.blocked.clear()
@@ -751,6 +813,7 @@ class Simulation:
                 if at <= self.now and self.nodes[i] is None:
                     del self.restart_at[i]
                     self._start(i)
+        self._retention()
         for i in self.ids:
             node = self.nodes[i]
             if node is None:
@@ -844,10 +907,16 @@ class Checker:
         self.snapshot_digest: dict[int, str] = {}
         self.created: set[str] = set()
         self.appended_data: set[bytes] = set()
-        self.producer_data: set[bytes] = set()
+        self.producer_data: dict[bytes, str] = {}
+        """Values of idempotent appends -> their queue."""
         self.acked: dict[tuple[str, int], bytes] = {}
         self.read_seen: dict[tuple[str, int], bytes] = {}
         self.max_acked: dict[str, int] = {}
+        self.trimmed: dict[str, int] = {}
+        """Queue -> the highest sequence number retention deleted on any node so far (the
+        same on every node at the same applied index; the checks below make sure)."""
+        self.retained_at: dict[int, str] = {}
+        """Applied index of an enforcement -> digest of the retained messages after it."""
 
     def fail(self, message: str) -> None:
         raise SimulationFailure(message)
@@ -896,6 +965,34 @@ class Checker:
         prev = self.applied_at.setdefault(e.index, record)
         if prev != record:
             self.fail(f"state machine safety: node {i} applied {record} at {e.index}, not {prev}")
+        app = self.sim.apps[i]
+        if isinstance(result, RetentionApplied):
+            for q, first in result.trimmed:
+                if app.first_retained(q) != first:
+                    self.fail(f"node {i}: enforcement says {q} starts at #{first}, it does not")
+                if first - 1 > self.trimmed.get(q, 0):
+                    self.sim.stats["retention_deleted"] += first - 1 - self.trimmed.get(q, 0)
+                    self.trimmed[q] = first - 1
+            # Every replica retains the same messages after the same enforcement.
+            retained = repr(sorted((q, app.deleted[q], m) for q, m in app.messages.items()))
+            digest = hashlib.blake2b(retained.encode(), digest_size=12).hexdigest()
+            if self.retained_at.setdefault(e.index, digest) != digest:
+                self.fail(f"node {i} retains other messages than another node after {e.index}")
+        elif isinstance(result, MessageRead | MessagesRead):
+            # A read never returns what retention deleted on this replica before it.
+            q = e.payload.queue_id
+            if isinstance(result, MessageRead):
+                read = [] if result.sequence_num is None else [result.sequence_num]
+            else:
+                read = [seq for seq, _ in result.messages]
+            for seq in read:
+                if seq < app.first_retained(q):
+                    self.fail(f"node {i} read {q} #{seq}, deleted by retention before the read")
+
+    def excused(self, q: str, last: int, seq: int) -> int:
+        """How many of the sequence numbers between ``last`` and ``seq`` (exclusive) a read
+        may skip because retention deleted them: only a front that some node has deleted."""
+        return max(0, min(seq - 1, self.trimmed.get(q, 0)) - last)
 
     def on_snapshot(self, i: int, index: int, app: QueueState) -> None:
         digest = hashlib.blake2b(repr(app).encode(), digest_size=12).hexdigest()
@@ -905,10 +1002,10 @@ class Checker:
 
     # -- clients -----------------------------------------------------------------------------
 
-    def on_append_sent(self, data: bytes, producer: bool = False) -> None:
+    def on_append_sent(self, data: bytes, producer: bool = False, queue: str = "") -> None:
         self.appended_data.add(data)
         if producer:
-            self.producer_data.add(data)
+            self.producer_data[data] = queue
 
     def on_unknown(self, c: SimClient) -> None:
         kind, q, arg = c.op
@@ -1006,17 +1103,19 @@ class Checker:
         if pseq is not None and src in self.sim.apps:
             # The answering broker stores each value once, where the answer says (it may have
             # restarted from an older snapshot since: then it does not hold the append yet).
-            queue = self.sim.apps[src].messages.get(q, [])
+            app = self.sim.apps[src]
+            queue = app.messages.get(q, [])
             for k, value in enumerate(values):
                 if queue.count(value) > 1:
                     self.fail(
                         f"producer {c.id} seq {pseq}: {value!r} stored {queue.count(value)} "
                         f"times in {q} (answer {result!r})"
                     )
-                if len(queue) >= first + k and queue[first + k - 1] != value:
+                stored = app.message(q, first + k)
+                if stored is not None and stored != value:
                     self.fail(
                         f"producer {c.id} seq {pseq}: answered {result!r} but #{first + k} of "
-                        f"{q} is {queue[first + k - 1]!r}, not {value!r}"
+                        f"{q} is {stored!r}, not {value!r}"
                     )
 
     def _acknowledge(self, q: str, seq: int, data: bytes) -> None:
@@ -1035,7 +1134,9 @@ class Checker:
     def _check_nothing_read(self, c: SimClient, q: str) -> None:
         last = c.last_read.get(q, 0)
         skippable = c.skippable.get(q, 0)
-        if c.read_floor > last + skippable:
+        # Nothing to read: the position was at the end, or everything after it was deleted
+        # (and reads of unknown outcome may have jumped over a deleted front).
+        if c.read_floor > max(last, self.trimmed.get(q, 0)) + skippable:
             self.fail(
                 f"{c.id} read nothing in {q} at position <= {last + skippable} although "
                 f"message {c.read_floor} was acknowledged before the read"
@@ -1057,11 +1158,11 @@ class Checker:
         skippable = c.skippable.get(q, 0)
         if seq <= last:
             self.fail(f"{c.id} read {q} #{seq} after #{last}: repeat or out of order")
-        gap = seq - last - 1
+        gap = seq - last - 1 - self.excused(q, last, seq)
         if gap > skippable:
             self.fail(
                 f"{c.id} read {q} #{seq} after #{last}: gap of {gap} with only {skippable} "
-                "reads of unknown outcome"
+                "reads of unknown outcome (and no deletion by retention there)"
             )
         c.skippable[q] = skippable - gap
         c.last_read[q] = seq
@@ -1074,9 +1175,9 @@ class Checker:
         messages = result.messages
         lo, hi = c.ack_bounds(q)
         if not messages:
-            # Nothing after the position: the queue ended there, and it held at least every
-            # message acknowledged before the peek was sent.
-            if c.read_floor > hi:
+            # Nothing after the position: the queue ended there (or retention deleted all
+            # that followed), and it held at least every message acknowledged before the peek.
+            if c.read_floor > max(hi, self.trimmed.get(q, 0)):
                 self.fail(
                     f"{c.consumer} peeked nothing in {q} at position <= {hi} although message "
                     f"{c.read_floor} was acknowledged before the peek"
@@ -1084,12 +1185,14 @@ class Checker:
             return
         self._check_consecutive(c.consumer, q, messages)
         first, last = messages[0][0], messages[-1][0]
-        if not lo < first <= hi + 1:
+        if not lo < first <= hi + 1 + self.excused(q, hi, first):
             self.fail(
                 f"{c.consumer} peeked {q} from #{first}, but its acknowledged position is "
                 f"within [{lo}, {hi}]"
             )
-        c.ack_known(q, first - 1)
+        if first <= hi + 1:
+            c.ack_known(q, first - 1)
+        # Otherwise retention deleted what followed the position, which stays as unknown.
         for seq, value in messages:
             self._check_data(c.consumer, q, seq, value)
         if len(messages) < n and c.read_floor > last:
@@ -1124,17 +1227,25 @@ class Checker:
             self.fail("converged members disagree on the queues")
         for (q, seq), data in self.acked.items():
             for i in members:
-                queue = sim.apps[i].messages.get(q, [])
-                if len(queue) < seq or queue[seq - 1] != data:
+                app = sim.apps[i]
+                if q in app.messages and seq < app.first_retained(q):
+                    # Deleted by retention: only ever from the front of a queue that had a
+                    # policy, as every node agrees.
+                    if seq > self.trimmed.get(q, 0):
+                        self.fail(f"{q} #{seq} is gone from node {i}, never deleted by retention")
+                    continue
+                if app.message(q, seq) != data:
                     self.fail(f"acknowledged append {q} #{seq} = {data!r} missing on node {i}")
-        # Every idempotent append was retried until answered, so each value is there once.
+        # Every idempotent append was retried until answered, so each value is there once
+        # (or, in a queue that retention trimmed, at most once).
         for i in members:
             counts: dict[bytes, int] = {}
             for queue in sim.apps[i].messages.values():
                 for value in queue:
                     counts[value] = counts.get(value, 0) + 1
-            for value in self.producer_data:
-                if counts.get(value, 0) != 1:
+            for value, q in self.producer_data.items():
+                allowed = (0, 1) if self.trimmed.get(q, 0) else (1,)
+                if counts.get(value, 0) not in allowed:
                     self.fail(
                         f"idempotent producer's {value!r} stored {counts.get(value, 0)} times "
                         f"on node {i}"
@@ -1143,7 +1254,8 @@ class Checker:
         for c in sim.clients:
             for q in QUEUES:
                 last = c.last_read.get(q, 0)
-                high = last + c.skippable.get(q, 0)
+                # Reads of unknown outcome may also have jumped over a deleted front.
+                high = max(last, self.trimmed.get(q, 0)) + c.skippable.get(q, 0)
                 if not last <= app.position(c.id, q) <= high:
                     self.fail(
                         f"{c.id}'s position in {q} is {app.position(c.id, q)}, not within "
