@@ -70,11 +70,12 @@ def test_simulator_catches_mutant_within_default_seed_count(mutant):
 
 def test_simulator_catches_acknowledgements_sent_before_persistence():
     """The disk model matters: acks that leave before their fsync break the cluster when the
-    replica crashes (seed 169 of the default swarm; scanning all seeds for this mutant costs
-    too much for the default run, so only the known seed is replayed here)."""
-    r = run_seed(169, mutant="send_before_persist")
+    replica crashes (seed 153 of the default swarm; scanning all seeds for this mutant costs
+    too much for the default run, so only the known seed is replayed here; it was 169 until
+    leadership transfers joined the operator's mix and moved that seed's schedule)."""
+    r = run_seed(153, mutant="send_before_persist")
     assert not r.ok
-    assert run_seed(169).ok
+    assert run_seed(153).ok
 
 
 def test_failure_message_carries_the_replay_command():

@@ -9,6 +9,7 @@ applying committed entries to its own :class:`~trio_broker._core.QueueState`, th
 - simulated disks: a Ready is durable only when its write completes (slow disks complete it
   after a delay); a crash loses the write in progress; an optional crash right after a sync;
 - node crashes and restarts from their durable state; clocks that tick at different rates;
+- an operator: membership changes (learner, promote, remove) and leadership transfers;
 - clients: create queue, append (plain, idempotent producer, atomic batch), read (ReadNext,
   ReadBatch) and at-least-once consume (peek, then Ack), with deadlines, NOT_LEADER redirects
   and retries.
@@ -56,7 +57,7 @@ from .._core._commands import (
     ReadNext,
 )
 from .._core._queues import QueueState
-from .._core._raft import ConfigChangeRefused, NotLeader, RaftNode, Role
+from .._core._raft import ConfigChangeRefused, NotLeader, RaftNode, Role, TransferRefused
 from .._core._raft_messages import ChangeAction, Config, ConfigChange, Entry, SnapshotMeta
 from ._sim_cluster import MemoryStorage, apply_entry
 from ._sim_mutants import MUTANTS
@@ -104,6 +105,10 @@ class FaultParams:
     client_think: int
     safety_steps: int
     liveness_steps: int
+    transfer_rate: float = 0.0
+    """Per step, the chance that the operator asks the leader to hand over its leadership.
+    Drawn from a stream of its own (see Simulation), so that adding it changed no other
+    parameter of any seed."""
 
     @classmethod
     def derive(cls, rng: random.Random, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -274,6 +279,10 @@ class Simulation:
         self.node_cls: type[RaftNode] = MUTANTS[mutant] if mutant else RaftNode
         self.rng = random.Random(seed)
         self.p = FaultParams.derive(self.rng, safety_steps, liveness_steps)
+        # The operator's transfers draw from their own stream: seeds keep their schedules
+        # when transfers are off, and the main stream is the same as before transfers existed.
+        self.op_rng = random.Random(f"operator-{seed}")
+        self.p = attrs.evolve(self.p, transfer_rate=self.op_rng.choice([0.0, 0.0, 0.003, 0.01]))
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
         config = Config(voters)
@@ -322,6 +331,7 @@ class Simulation:
                 "peeks",
                 "acks",
                 "config_changes",
+                "transfers",
             ),
             0,
         )
@@ -665,6 +675,28 @@ class Simulation:
         self.stats["config_changes"] += 1
         self._trace(f"config change {change.action.value} {change.node_id} at {leader.id}")
 
+    def _transfer(self) -> None:
+        """The operator asks the leader to hand its leadership to a voter (or a learner or
+        itself, which must be refused without any effect)."""
+        if not self.p.transfer_rate or self.op_rng.random() >= self.p.transfer_rate:
+            return
+        leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
+        if not leaders:
+            return
+        leader = leaders[0]
+        if self.op_rng.random() < 0.5:
+            target = leader.best_transfer_target()
+        else:
+            target = self.op_rng.choice(self.ids)
+        try:
+            leader.transfer_leadership(target)
+        except TransferRefused:
+            assert target == leader.id or target not in leader.config.voters, target
+            return
+        self.dirty.add(leader.id)
+        self.stats["transfers"] += 1
+        self._trace(f"transfer leadership {leader.id} -> {target}")
+
     def _partition(self) -> None:
         rng = self.rng
         self.blocked.clear()
@@ -711,6 +743,7 @@ class Simulation:
         if self.faults_on:
             self._inject_faults()
             self._operate()
+            self._transfer()
             for i, at in list(self.restart_at.items()):
                 if at <= self.now and self.nodes[i] is None:
                     del self.restart_at[i]
