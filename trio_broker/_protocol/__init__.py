@@ -14,7 +14,9 @@ from ._codec import (
 )
 from ._framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 from ._messages import (
+    ADMIN_REQUESTS,
     AckRequest,
+    AddMember,
     Append,
     AppendBatch,
     Appended,
@@ -26,7 +28,9 @@ from ._messages import (
     Done,
     JoinCluster,
     Joined,
+    LeadershipTransferred,
     ListQueues,
+    MemberAdded,
     Message,
     NoMessages,
     PeerHello,
@@ -37,13 +41,18 @@ from ._messages import (
     Response,
     SeekRequest,
     SnapshotChunk,
+    SnapshotTaken,
+    TakeSnapshot,
+    TransferLeadership,
 )
 
 __all__ = [
+    "ADMIN_REQUESTS",
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "OPERATIONS",
     "AckRequest",
+    "AddMember",
     "Append",
     "AppendBatch",
     "Appended",
@@ -57,7 +66,9 @@ __all__ = [
     "FrameTooLarge",
     "JoinCluster",
     "Joined",
+    "LeadershipTransferred",
     "ListQueues",
+    "MemberAdded",
     "Message",
     "NoMessages",
     "PeerHello",
@@ -68,6 +79,9 @@ __all__ = [
     "Response",
     "SeekRequest",
     "SnapshotChunk",
+    "SnapshotTaken",
+    "TakeSnapshot",
+    "TransferLeadership",
     "converter",
     "decode_request",
     "dumps_value",

@@ -37,6 +37,9 @@ OPERATIONS: dict[str, type] = {
     "JOIN_CLUSTER": m.JoinCluster,
     "DATA_SYNC_REQUEST": m.DataSyncRequest,
     "REMOVE_MEMBER": m.RemoveMember,
+    "TRANSFER_LEADERSHIP": m.TransferLeadership,
+    "SNAPSHOT": m.TakeSnapshot,
+    "ADD_MEMBER": m.AddMember,
 }
 OPERATION_NAMES: dict[type, str] = {cls: name for name, cls in OPERATIONS.items()}
 

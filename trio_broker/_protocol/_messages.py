@@ -130,6 +130,38 @@ class RemoveMember:
     cluster_id: str | None = None
 
 
+@attrs.frozen
+class TransferLeadership:
+    """Operator command: the leader hands its leadership to the voter ``broker_id`` (None: the
+    voter whose log is the most up to date); answered once that broker leads."""
+
+    broker_id: str | None = None
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class TakeSnapshot:
+    """Operator command: the broker that receives it compacts its own log now, up to the
+    index it has applied (any member, leader or not)."""
+
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class AddMember:
+    """Operator command: the leader asks the broker listening at ``host:port`` (started with
+    ``node --join-wait``) for its id, checks that it belongs to no cluster yet, and adds it as
+    a learner; it becomes a voter once caught up."""
+
+    host: str
+    port: int
+    cluster_id: str | None = None
+
+
+ADMIN_REQUESTS: tuple[type, ...] = (RemoveMember, TransferLeadership, TakeSnapshot, AddMember)
+"""The operator's requests (they change the membership, the leadership or the log)."""
+
+
 Request = (
     ClusterQuery
     | CreateQueue
@@ -143,6 +175,9 @@ Request = (
     | JoinCluster
     | DataSyncRequest
     | RemoveMember
+    | TransferLeadership
+    | TakeSnapshot
+    | AddMember
 )
 
 
@@ -253,6 +288,30 @@ class SnapshotChunk:
     """Of the chunk's bytes; the DATA_SYNC message carries the whole file's."""
 
 
+@attrs.frozen
+class LeadershipTransferred:
+    leader_id: str
+    """The broker that leads now."""
+    term: int
+    """The term it leads in."""
+
+
+@attrs.frozen
+class SnapshotTaken:
+    broker_id: str
+    """The broker whose log was compacted."""
+    snapshot_index: int
+    """Its log now starts after this index (the state machine stands in for the rest)."""
+    snapshot_term: int
+
+
+@attrs.frozen
+class MemberAdded:
+    broker_id: str
+    """The id of the broker that was added, as a learner."""
+    cluster_version: int
+
+
 Response = (
     ClusterTopology
     | QueueCreated
@@ -266,4 +325,7 @@ Response = (
     | Done
     | Joined
     | SnapshotChunk
+    | LeadershipTransferred
+    | SnapshotTaken
+    | MemberAdded
 )
