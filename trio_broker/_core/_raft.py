@@ -4,7 +4,8 @@ The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
 
 - ``tick()`` once per tick of its clock (time only exists as ticks here);
 - ``step(message)`` for every message received from another broker;
-- ``propose(command)`` / ``propose_config_change(change)`` on the leader;
+- ``propose(command)`` / ``propose_config_change(change)`` / ``transfer_leadership(target)``
+  on the leader;
 - ``ready()`` / ``advance()``: take what must be persisted, sent and applied, do it, then
   acknowledge. Only one Ready is outstanding at a time; ticks and steps may continue while the
   runtime is persisting it, and their effects go into the next Ready.
@@ -12,7 +13,8 @@ The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
 Protocol summary (see docs/replication.md): terms, one persisted vote per term, the election
 restriction, pre-vote, check-quorum, log matching with a term-skipping hint, commit of
 current-term entries only, a no-op entry per new leader, single-server membership changes that
-take effect when appended, learners, and compaction with snapshot install (DATA_SYNC).
+take effect when appended, learners, compaction with snapshot install (DATA_SYNC), and
+leadership transfer (``transfer_leadership``: TIMEOUT_NOW, thesis 3.10).
 """
 
 from __future__ import annotations
