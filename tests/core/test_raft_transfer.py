@@ -204,6 +204,20 @@ def test_best_transfer_target_is_the_most_caught_up_voter():
     assert cluster.node(2).best_transfer_target() is None
 
 
+def test_best_transfer_target_skips_a_silent_voter_even_if_it_is_further_ahead():
+    cluster = Cluster((1, 2, 3))
+    leader = started(cluster)
+    # 3 answers heartbeats but gets no entries; 2 gets them all, then falls silent.
+    cluster.drop_if.append(lambda m: isinstance(m, Replicate) and m.dst == 3)
+    for i in range(3):
+        cluster.propose(append(i))
+    cluster.stabilize()
+    cluster.cut |= {(1, 2), (2, 1)}
+    cluster.tick([1, 3], n=leader.failure_timeout_ticks + 1)
+    assert leader.progress[2].match > leader.progress[3].match
+    assert leader.best_transfer_target() == 3
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_transfers_under_chaos_keep_election_safety_and_state_machine_safety(seed):
     """Safety is unaffected: at most one leader per term, the same applied entries everywhere,

@@ -36,6 +36,8 @@ def test_swarm_of_seeds_finds_no_violation():
     assert total["producer_reissued"] > 0 and total["duplicates"] > 0
     assert total["batch_reads"] > 200 and total["peeks"] > 200 and total["acks"] > 200
     assert total["elections"] > DEFAULT_SEEDS
+    # ... and leadership transfers, under all of the faults.
+    assert total["transfers"] > 100
 
 
 def test_same_seed_same_trace_hash():

@@ -403,18 +403,26 @@ class RaftNode:
         self._maybe_send_timeout_now(target)
 
     def best_transfer_target(self) -> Any:
-        """The voter (not this broker) whose log matches ours furthest, None if none.
+        """The voter (not this broker) to hand the leadership to, None if there is none.
 
-        On a tie, the one heard from most recently, then the lowest id.
+        Voters heard from within the failure timeout first (a silent one cannot take over),
+        then the one whose log matches ours furthest, the most recently heard from, the lowest
+        id.
         """
         if self.role is not Role.LEADER:
             return None
         candidates = [
-            (pr.match, pr.last_heard, -_voting_rank(v, self.config.voters), v)
+            (
+                self._status_of(v) == "active",
+                pr.match,
+                pr.last_heard,
+                -_voting_rank(v, self.config.voters),
+                v,
+            )
             for v, pr in self.progress.items()
             if v != self.id and v in self.config.voters
         ]
-        return max(candidates)[3] if candidates else None
+        return max(candidates)[-1] if candidates else None
 
     def compact(self, index: int) -> SnapshotMeta:
         """Drop log entries up to ``index``: the runtime's state machine now stands in for them.
