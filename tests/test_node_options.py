@@ -71,3 +71,20 @@ def test_bad_settings_are_refused_with_a_clear_message(tmp_path, argv, environ, 
         argv = (*argv, "--config", str(path))
     with pytest.raises(SettingsError, match=message):
         resolve(parse(*argv), environ=environ)
+
+
+def test_join_wait_from_the_flag_the_environment_or_the_file(tmp_path):
+    config, _, sources = resolve(parse("--join-wait", "--cluster-id", "G-AAAAA"), environ={})
+    assert config.join_wait and sources["join_wait"] == "flag"
+    environ = {"TRIO_BROKER_JOIN_WAIT": "yes", "TRIO_BROKER_CLUSTER_ID": "G-AAAAA"}
+    config, _, sources = resolve(parse(), environ=environ)
+    assert config.join_wait and sources["join_wait"] == "env"
+    path = tmp_path / "broker.toml"
+    path.write_text('join-wait = true\ncluster-id = "G-AAAAA"\n')
+    config, _, _ = resolve(parse("--config", str(path)), environ={"TRIO_BROKER_JOIN_WAIT": "0"})
+    assert not config.join_wait
+    assert not resolve(parse(), environ={})[0].join_wait
+    with pytest.raises(SettingsError, match="join_wait"):
+        resolve(parse("--join-wait"), environ={})
+    with pytest.raises(SettingsError, match="join_wait"):
+        resolve(parse(), environ={"TRIO_BROKER_JOIN_WAIT": "maybe"})
