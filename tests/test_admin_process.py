@@ -170,3 +170,17 @@ async def test_client_commands_as_processes_transfer_add_member_snapshot(nodes: 
             assert events(n, "log.compacted"), n.describe()
         stored = await read_all_from_leader(live, queue_id, "SNAP")
         check_queue(stored, [(i + 1, i) for i in range(10)])
+
+
+async def test_sigint_on_the_leader_hands_over_too(nodes: Nodes, tmp_path):
+    """Ctrl-C (SIGINT) is the same graceful shutdown as SIGTERM."""
+    with trio.fail_after(60):
+        started = await start_cluster(nodes, tmp_path, extra_args=SLOW_ELECTIONS)
+        old = started[0]
+        old.interrupt()
+        assert await old.wait() == 0, old.describe()
+        new = await wait_new_leader(started[1:], not_id=old.broker_id)
+        (stepped_down,) = events(old, "broker.stepped_down")
+        assert stepped_down["new_leader"] == new.broker_id
+        assert led_in_terms(new) == [max(led_in_terms(old)) + 1]
+        assert events(new, "leadership.taken_over")
