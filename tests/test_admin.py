@@ -11,9 +11,11 @@ import pytest
 import trio
 
 from trio_broker._cli_client import add_client_parser, run_client
-from trio_broker._runtime import BrokerConfig, open_broker
+from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster
+
+from .wire import call
 
 DEADLINE = 30
 
@@ -85,6 +87,28 @@ async def test_transfer_leader_without_a_target_picks_a_caught_up_voter(tmp_path
             assert answer["term"] == old.node.term
             new = cluster.brokers[next(n for n, b in cluster.brokers.items() if b.is_leader)]
             assert new.broker_id == answer["leader_id"]
+
+
+async def test_transfer_leadership_sent_to_a_replica_is_forwarded_to_the_leader(tmp_path):
+    """On the wire: TRANSFER_LEADERSHIP may reach any member, like REMOVE_MEMBER."""
+    with trio.fail_after(DEADLINE):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            old = await cluster.wait_for_leader()
+            term = old.node.term
+            replica = next(b for b in cluster.brokers.values() if b is not old)
+            answer = await call(
+                replica.port,
+                {"operation": "TRANSFER_LEADERSHIP", "broker_id": replica.broker_id},
+            )
+            assert answer == {
+                "status": "success",
+                "leader_id": replica.broker_id,
+                "term": term + 1,
+            }
+            answer = await call(
+                replica.port, {"operation": "TRANSFER_LEADERSHIP", "cluster_id": "G-ZZZZZ"}
+            )
+            assert answer["code"] == "WRONG_CLUSTER"
 
 
 @pytest.mark.parametrize("who", ["leader", "stranger"])
@@ -260,6 +284,31 @@ async def test_add_member_adds_a_waiting_broker_that_becomes_a_voter(tmp_path, c
             status, out, err = await cli(*seed(leader), "add-member", f"127.0.0.1:{waiting.port}")
             assert status == 0, err
             assert len(leader.node.config.voters) == 4
+
+
+async def test_a_waiting_broker_restarted_before_it_was_added_keeps_waiting(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with open_local_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.wait_for_leader()
+            options = {"seeds": [], "join_wait": True, "cluster_id": leader.cluster_id}
+            first = await cluster.start("b4", **options)
+            broker_id = first.broker_id
+            await cluster.stop("b4", graceful=True)
+            again = await cluster.start("b4", **options)
+            assert again.broker_id == broker_id and not again.node.config.members
+            answer = await call(
+                leader.port, {"operation": "ADD_MEMBER", "host": "127.0.0.1", "port": again.port}
+            )
+            assert answer["status"] == "success" and answer["broker_id"] == broker_id, answer
+            await cluster.wait_for_voters(4)
+        # Without --join-wait (and without a seed) a broker that was never added cannot start.
+        never = tmp_path / "never"
+        waiting = BrokerConfig(data_dir=never, port=0, join_wait=True, cluster_id="G-AAAAA")
+        async with open_broker(waiting) as broker:
+            assert not broker.node.config.members
+        with pytest.raises(JoinFailed, match="never completed"):
+            async with open_broker(BrokerConfig(data_dir=never, port=0)):
+                pass
 
 
 async def test_add_member_refuses_a_broker_of_another_cluster(tmp_path, cli):

@@ -879,7 +879,8 @@ async def _prepare(
         if not config.seeds:
             raise JoinFailed(
                 f"broker {found.broker_id} was joining cluster {found.cluster_id} and never "
-                "completed; start it again with --seed HOST:PORT of a member"
+                "completed; start it again with --seed HOST:PORT of a member, or with "
+                f"--join-wait --cluster-id {found.cluster_id} to wait for 'client add-member'"
             )
         return found, True
     if config.join_wait:
