@@ -534,8 +534,8 @@ class RaftDriver:
         """Keep our own address in the book; promote one caught-up learner at a time."""
         assert self._nursery is not None
         self.note_address(self.broker_id, self.self_address)
-        if self._changing_membership:
-            return
+        if self._changing_membership or self.node.transfer_target is not None:
+            return  # (no membership change during a leadership transfer)
         for learner in sorted(self.node.config.learners):
             if self.node.caught_up(learner):
                 self._changing_membership = True
