@@ -282,6 +282,7 @@ class Simulation:
         # The operator's transfers draw from their own stream: seeds keep their schedules
         # when transfers are off, and the main stream is the same as before transfers existed.
         self.op_rng = random.Random(f"operator-{seed}")
+        self.transfers_requested: list[tuple[int, Any]] = []
         self.p = attrs.evolve(self.p, transfer_rate=self.op_rng.choice([0.0, 0.0, 0.003, 0.01]))
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
@@ -695,6 +696,7 @@ class Simulation:
             return
         self.dirty.add(leader.id)
         self.stats["transfers"] += 1
+        self.transfers_requested.append((leader.term, target))
         self._trace(f"transfer leadership {leader.id} -> {target}")
 
     def _partition(self) -> None:
@@ -804,6 +806,12 @@ class Simulation:
         self.stats["max_term"] = max(self.checker.leader_of_term, default=0)
         self.stats["elections"] = len(self.checker.leader_of_term)
         self.stats["committed"] = max(self.checker.committed, default=0)
+        # Transfers whose target led the very next term: handed over, not merely attempted.
+        self.stats["transfers_taken_over"] = sum(
+            1
+            for term, target in set(self.transfers_requested)
+            if self.checker.leader_of_term.get(term + 1) == target
+        )
         return SimResult(
             seed=self.seed,
             ok=error is None,
