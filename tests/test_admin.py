@@ -124,6 +124,15 @@ async def test_transfer_leader_refuses_a_target_that_cannot_lead(tmp_path, cli, 
             assert leader.is_leader and leader.node.term == term
 
 
+async def test_transfer_leader_of_a_single_broker_is_refused(tmp_path, cli):
+    with trio.fail_after(DEADLINE):
+        async with open_broker(BrokerConfig(data_dir=tmp_path / "alone", port=0)) as alone:
+            status, out, err = await cli(*seed(alone), "transfer-leader")
+            assert (status, out) == (1, "")
+            assert "BAD_REQUEST" in err and "no other voter" in err
+            assert alone.is_leader
+
+
 async def test_transfer_to_a_stopped_voter_is_abandoned_and_the_leader_leads_on(tmp_path, cli):
     """Thesis 3.10: without a new leader within an election timeout, the transfer is dropped
     and the leader takes requests again."""
