@@ -673,3 +673,33 @@ def test_timeout_now_and_transfer_vote_round_trip_through_the_peer_codec():
     plain = message_to_obj(attrs.evolve(vote, transfer=False))
     assert "transfer" not in plain
     assert message_from_obj(plain).transfer is False
+
+
+def test_admin_requests_decode_strictly_and_are_listed():
+    from trio_broker._protocol import (
+        ADMIN_REQUESTS,
+        AddMember,
+        RemoveMember,
+        TakeSnapshot,
+        TransferLeadership,
+    )
+
+    assert set(ADMIN_REQUESTS) == {RemoveMember, TransferLeadership, TakeSnapshot, AddMember}
+    assert decode_request(b'{"operation": "TRANSFER_LEADERSHIP"}') == TransferLeadership()
+    assert decode_request(
+        b'{"operation": "TRANSFER_LEADERSHIP", "broker_id": "B-AAAAA"}'
+    ) == TransferLeadership(broker_id="B-AAAAA")
+    assert decode_request(b'{"operation": "SNAPSHOT", "cluster_id": "G-AAAAA"}') == TakeSnapshot(
+        "G-AAAAA"
+    )
+    assert decode_request(
+        b'{"operation": "ADD_MEMBER", "host": "127.0.0.1", "port": 9004}'
+    ) == AddMember("127.0.0.1", 9004)
+    for bad in (
+        b'{"operation": "ADD_MEMBER", "host": "127.0.0.1"}',
+        b'{"operation": "ADD_MEMBER", "host": "127.0.0.1", "port": "9004"}',
+        b'{"operation": "TRANSFER_LEADERSHIP", "broker_id": 7}',
+    ):
+        with pytest.raises(ProtocolError) as info:
+            decode_request(bad)
+        assert info.value.code == ErrorCode.BAD_REQUEST
