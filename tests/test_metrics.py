@@ -85,3 +85,20 @@ async def test_leader_reports_replication_lag_per_peer(tmp_path):
             m = await scrape(replica.metrics_port)
             assert m[("trio_broker_role", (("role", "follower"),))] == 1
             assert not [k for k in m if k[0] == "trio_broker_replication_lag_entries"]
+
+
+async def test_leadership_transfers_are_counted(tmp_path):
+    with trio.fail_after(30):
+        async with open_local_cluster(tmp_path, 3, metrics_port=0) as cluster:
+            old = await cluster.wait_for_leader()
+            new_id = await old.transfer_leadership()
+            assert isinstance(new_id, str), new_id
+            new = next(b for b in cluster.brokers.values() if b.broker_id == new_id)
+            m = await scrape(old.metrics_port)
+            counted = "trio_broker_leadership_transfers_total"
+            assert m[(counted, (("outcome", "started"),))] == 1
+            assert m[(counted, (("outcome", "completed"),))] == 1
+            assert m[(counted, (("outcome", "aborted"),))] == 0
+            m = await scrape(new.metrics_port)
+            assert m[(counted, (("outcome", "received"),))] == 1
+            assert m[(counted, (("outcome", "started"),))] == 0

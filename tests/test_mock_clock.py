@@ -473,3 +473,22 @@ async def test_a_client_inside_a_partition_reaches_only_its_side(autojump_clock)
         r = await cluster.call(other[0], {"operation": "CLUSTER_QUERY"})
         assert r["status"] == "success"
         assert (await cluster.call(name, {"operation": "CLUSTER_QUERY"}, src="b9"))["self_id"]
+
+
+@within_deadline
+async def test_a_leader_stopped_gracefully_hands_over_before_any_election_timeout(
+    autojump_clock,
+):
+    """Step-down on shutdown: the next leader leads in the next term, sooner than the
+    shortest election timeout a replica could have run out (one failure timeout)."""
+    async with open_mock_cluster(3) as cluster:
+        old = await cluster.wait_for_leader()
+        old_term = old.node.term
+        # Every replica has just heard from the leader: its election timer restarts now.
+        await cluster.stabilize()
+        started = trio.current_time()
+        await cluster.stop(cluster.name_of(old), graceful=True)
+        with trio.fail_at(started + FT / 2):
+            new = await cluster.wait_for_leader()
+        assert new.node.term == old_term + 1
+        assert new.statistics().transfers_received == 1

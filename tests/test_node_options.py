@@ -145,3 +145,20 @@ def test_retention_interval_is_a_node_setting():
     assert config.retention_interval == 0.25 and sources["retention_interval"] == "env"
     with pytest.raises(SettingsError, match="retention_interval"):
         resolve(parser.parse_args(["--data-dir", "d", "--retention-interval", "0"]), {})
+
+
+def test_join_wait_from_the_flag_the_environment_or_the_file(tmp_path):
+    config, _, sources = resolve(parse("--join-wait", "--cluster-id", "G-AAAAA"), environ={})
+    assert config.join_wait and sources["join_wait"] == "flag"
+    environ = {"TRIO_BROKER_JOIN_WAIT": "yes", "TRIO_BROKER_CLUSTER_ID": "G-AAAAA"}
+    config, _, sources = resolve(parse(), environ=environ)
+    assert config.join_wait and sources["join_wait"] == "env"
+    path = tmp_path / "broker.toml"
+    path.write_text('join-wait = true\ncluster-id = "G-AAAAA"\n')
+    config, _, _ = resolve(parse("--config", str(path)), environ={"TRIO_BROKER_JOIN_WAIT": "0"})
+    assert not config.join_wait
+    assert not resolve(parse(), environ={})[0].join_wait
+    with pytest.raises(SettingsError, match="join_wait"):
+        resolve(parse("--join-wait"), environ={})
+    with pytest.raises(SettingsError, match="join_wait"):
+        resolve(parse(), environ={"TRIO_BROKER_JOIN_WAIT": "maybe"})

@@ -6,6 +6,7 @@ import itertools
 import math
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -644,3 +645,61 @@ def test_any_payload_decodes_or_raises_protocol_error(payload, data):
             assert exc.to_wire()["status"] == "error"
         else:
             assert type(request) in (ClusterQuery, CreateQueue, Append, Read)
+
+
+def test_timeout_now_and_transfer_vote_round_trip_through_the_peer_codec():
+    """Leadership transfer's messages on the wire; an old vote request (no ``transfer``
+    field) still decodes, as a request without the flag."""
+    from trio_broker._core import _raft_messages as rm
+    from trio_broker._protocol._peer import message_from_obj, message_to_obj
+
+    timeout_now = rm.TimeoutNow(src="B-AAAAA", dst="B-BBBBB", term=4, cluster_version=3)
+    obj = message_to_obj(timeout_now)
+    assert obj["operation"] == "TIMEOUT_NOW"
+    assert message_from_obj(obj) == timeout_now
+    vote = rm.ElectionRequest(
+        src="B-BBBBB",
+        dst="B-CCCCC",
+        term=5,
+        cluster_version=3,
+        pre_vote=False,
+        last_log_index=9,
+        last_log_term=4,
+        transfer=True,
+    )
+    obj = message_to_obj(vote)
+    assert obj["transfer"] is True
+    assert message_from_obj(obj) == vote
+    plain = message_to_obj(attrs.evolve(vote, transfer=False))
+    assert "transfer" not in plain
+    assert message_from_obj(plain).transfer is False
+
+
+def test_admin_requests_decode_strictly_and_are_listed():
+    from trio_broker._protocol import (
+        ADMIN_REQUESTS,
+        AddMember,
+        RemoveMember,
+        TakeSnapshot,
+        TransferLeadership,
+    )
+
+    assert set(ADMIN_REQUESTS) == {RemoveMember, TransferLeadership, TakeSnapshot, AddMember}
+    assert decode_request(b'{"operation": "TRANSFER_LEADERSHIP"}') == TransferLeadership()
+    assert decode_request(
+        b'{"operation": "TRANSFER_LEADERSHIP", "broker_id": "B-AAAAA"}'
+    ) == TransferLeadership(broker_id="B-AAAAA")
+    assert decode_request(b'{"operation": "SNAPSHOT", "cluster_id": "G-AAAAA"}') == TakeSnapshot(
+        "G-AAAAA"
+    )
+    assert decode_request(
+        b'{"operation": "ADD_MEMBER", "host": "127.0.0.1", "port": 9004}'
+    ) == AddMember("127.0.0.1", 9004)
+    for bad in (
+        b'{"operation": "ADD_MEMBER", "host": "127.0.0.1"}',
+        b'{"operation": "ADD_MEMBER", "host": "127.0.0.1", "port": "9004"}',
+        b'{"operation": "TRANSFER_LEADERSHIP", "broker_id": 7}',
+    ):
+        with pytest.raises(ProtocolError) as info:
+            decode_request(bad)
+        assert info.value.code == ErrorCode.BAD_REQUEST

@@ -120,7 +120,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     client = subparsers.add_parser(
         "client",
         help="talk to brokers: status, health, queues, create-queue, set-retention, append, "
-        "read, remove-member",
+        "read, add-member, remove-member, transfer-leader, snapshot",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no broker can be reached.",
     )
@@ -208,6 +208,39 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the broker's id, or the address status shows for it",
     )
     remove.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    add = commands.add_parser(
+        "add-member",
+        parents=[common],
+        help="add the broker at HOST:PORT, started with 'node --join-wait --cluster-id G-XXXXX'",
+        description="The leader asks the broker at HOST:PORT who it is and adds it as a "
+        "learner; it becomes a voter once it has caught up. Refused if that broker belongs to "
+        "another cluster or already has a membership of its own.",
+    )
+    add.add_argument("address", type=_seed, metavar="HOST:PORT")
+    add.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    transfer = commands.add_parser(
+        "transfer-leader",
+        parents=[common],
+        help="hand the leadership to another voter; answers once it leads",
+    )
+    transfer.add_argument(
+        "--to",
+        metavar="BROKER_ID",
+        help="the voter to hand it to (default: the one whose log is the most up to date)",
+    )
+    transfer.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    snapshot = commands.add_parser(
+        "snapshot",
+        parents=[common],
+        help="compact the log now, on every broker of the cluster or on one",
+    )
+    snapshot.add_argument(
+        "--broker",
+        type=_seed,
+        metavar="HOST:PORT",
+        help="only the broker listening there (default: every member)",
+    )
+    snapshot.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
     read.add_argument("queue", metavar="QUEUE")
     read.add_argument(
         "--count",
@@ -466,6 +499,35 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _add_member(client: Client, args: argparse.Namespace) -> int:
+    host, port = parse_address(args.address)
+    added = await client.add_member(host, port, cluster_id=args.cluster)
+    if args.json:
+        _out(_json(converter.unstructure(added)))
+    else:
+        _out(f"added {added.broker_id} as a learner (cluster version {added.cluster_version})")
+    return EXIT_OK
+
+
+async def _transfer_leader(client: Client, args: argparse.Namespace) -> int:
+    result = await client.transfer_leadership(args.to, cluster_id=args.cluster)
+    if args.json:
+        _out(_json(converter.unstructure(result)))
+    else:
+        _out(f"{result.leader_id} leads (term {result.term})")
+    return EXIT_OK
+
+
+async def _snapshot(client: Client, args: argparse.Namespace) -> int:
+    taken = await client.take_snapshot(args.broker, cluster_id=args.cluster)
+    if args.json:
+        _out(_json({"snapshots": [converter.unstructure(t) for t in taken]}))
+    else:
+        for t in taken:
+            _out(f"{t.broker_id}\tlog compacted up to {t.snapshot_index} (term {t.snapshot_term})")
+    return EXIT_OK
+
+
 async def _queues(client: Client, args: argparse.Namespace) -> int:
     """Every queue of the cluster, a page at a time, with each client's lag."""
     queues = []
@@ -506,6 +568,9 @@ _COMMANDS = {
     "queues": _queues,
     "health": _health,
     "remove-member": _remove_member,
+    "add-member": _add_member,
+    "transfer-leader": _transfer_leader,
+    "snapshot": _snapshot,
     "create-queue": _create_queue,
     "set-retention": _set_retention,
     "append": _append,

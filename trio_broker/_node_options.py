@@ -46,6 +46,23 @@ def _float(value: Any) -> float:
     return float(value)
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -86,6 +103,13 @@ OPTIONS = [
         "a member of the cluster to join (repeatable; comma-separated in the environment)",
         (),
         metavar="HOST:PORT",
+    ),
+    Option(
+        "join_wait",
+        _bool,
+        "found no cluster: wait until the leader of --cluster-id adds this broker "
+        "(client add-member HOST:PORT)",
+        False,
     ),
     Option("max_frame", _int, "largest frame accepted, in bytes", _D["max_frame"]),
     Option("max_connections", _int, "connections served at once", _D["max_connections"]),
@@ -205,6 +229,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         }
         if option.key == "seeds":
             kwargs["action"] = "append"
+        if option.parse is _bool:
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
         if option.metavar:
             kwargs["metavar"] = option.metavar
         if option.choices:

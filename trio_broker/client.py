@@ -55,6 +55,7 @@ from ._ids import cluster_of_queue, new_client_id
 from ._protocol import (
     DEFAULT_MAX_FRAME,
     AckRequest,
+    AddMember,
     Append,
     AppendBatch,
     Appended,
@@ -64,7 +65,9 @@ from ._protocol import (
     CreateQueue,
     FrameDecoder,
     FrameTooLarge,
+    LeadershipTransferred,
     ListQueues,
+    MemberAdded,
     Message,
     QueueCreated,
     Read,
@@ -73,6 +76,9 @@ from ._protocol import (
     RetentionChanged,
     SeekRequest,
     SetRetentionRequest,
+    SnapshotTaken,
+    TakeSnapshot,
+    TransferLeadership,
     converter,
     encode_frame,
     encode_request,
@@ -661,6 +667,55 @@ class Client:
         cid = await self._known_cluster(cluster_id)
         await self._leader_call(cid, RemoveMember(broker_id=broker_id, cluster_id=cid))
 
+    async def transfer_leadership(
+        self, broker_id: str | None = None, cluster_id: str | None = None
+    ) -> LeadershipTransferred:
+        """Operator command: the leader hands its leadership to the voter ``broker_id`` (None:
+        the most caught-up voter); returns the new leader and its term once it leads.
+
+        A refusal (not a voter, no other voter) or a transfer that did not complete raises
+        :class:`BrokerError` at once, without retrying.
+        """
+        cid = await self._known_cluster(cluster_id)
+        request = TransferLeadership(broker_id=broker_id, cluster_id=cid)
+        response = await self._leader_call(cid, request, retry_unavailable=False)
+        result = _structure(response, LeadershipTransferred)
+        cluster = self._clusters[cid]
+        self._leader_failed(cid, cluster.generation, None)  # ask the cluster again next time
+        return result
+
+    async def add_member(self, host: str, port: int, cluster_id: str | None = None) -> MemberAdded:
+        """Operator command: the leader adds the broker listening at ``host:port`` (started
+        with ``node --join-wait --cluster-id``) as a learner, promoted once caught up. Refused
+        if that broker belongs to another cluster or already has a membership."""
+        cid = await self._known_cluster(cluster_id)
+        request = AddMember(host=host, port=port, cluster_id=cid)
+        response = await self._leader_call(cid, request, retry_unavailable=False)
+        return _structure(response, MemberAdded)
+
+    async def take_snapshot(
+        self, broker: str | tuple[str, int] | None = None, *, cluster_id: str | None = None
+    ) -> list[SnapshotTaken]:
+        """Operator command: compact the log now, on the broker at ``broker`` or (None) on
+        every member of the cluster; returns each broker's snapshot index."""
+        if broker is not None:
+            return [await self._snapshot_at(parse_address(broker), cluster_id)]
+        topology = await self.cluster_query(cluster_id=cluster_id)
+        return [
+            await self._snapshot_at((b.host, b.port), topology.cluster_id) for b in topology.brokers
+        ]
+
+    async def _snapshot_at(self, address: Address, cluster_id: str | None) -> SnapshotTaken:
+        try:
+            response = await self._exchange(address, self._frame(TakeSnapshot(cluster_id)))
+        except (_NotSent, _Lost) as exc:
+            raise BrokerError(
+                ErrorCode.UNAVAILABLE, f"snapshot on {_fmt(address)} failed: {exc.reason}"
+            ) from None
+        if response.get("status") == "error":
+            raise error_from_wire(response)
+        return _structure(response, SnapshotTaken)
+
     # -- routing ---------------------------------------------------------------------------------
 
     def _default_cluster(self) -> str:
@@ -693,7 +748,9 @@ class Client:
                 )
         return cid
 
-    async def _leader_call(self, cid: str, request: Any) -> dict[str, Any]:
+    async def _leader_call(
+        self, cid: str, request: Any, *, retry_unavailable: bool = True
+    ) -> dict[str, Any]:
         frame = self._frame(request)
         attempt = 0
         while True:
@@ -726,8 +783,10 @@ class Client:
                     error = error_from_wire(response)
                     if isinstance(error, NotLeaderError):
                         self._leader_failed(cid, seen, self._hinted_leader(cluster, error))
-                    elif error.code != ErrorCode.UNAVAILABLE or isinstance(
-                        error, OutcomeUnknownError
+                    elif (
+                        error.code != ErrorCode.UNAVAILABLE
+                        or isinstance(error, OutcomeUnknownError)
+                        or not retry_unavailable
                     ):
                         raise error
                     else:

@@ -222,6 +222,16 @@ class ChaosCluster:
         member.proxy.cut()
         member.stopped = False
 
+    async def terminate(self, member: Member) -> int:
+        """SIGTERM: a graceful shutdown (a leader hands its leadership over first)."""
+        assert member.process is not None
+        member.process.terminate()
+        status = await member.process.wait()
+        member.proxy.pause()
+        member.proxy.cut()
+        member.stopped = False
+        return status
+
     async def restart(self, member: Member) -> None:
         assert member.process is not None and not member.process.running
         member.process = await self.nodes.restart_same(member.process)
@@ -326,6 +336,31 @@ class Nemesis:
         await trio.sleep(down)
         await self.cluster.restart(member)
         self.note(f"restarted {member}")
+
+    async def transfer_leader(self) -> None:
+        """The operator's TRANSFER_LEADERSHIP, to a random member or (None) the best voter,
+        whatever faults are in force."""
+        leader = await self.target(leader=True)
+        others = [m.broker_id for m in self.cluster.members if m is not leader]
+        to = self.rng.choice([None, *others])
+        request: dict[str, Any] = {"operation": "TRANSFER_LEADERSHIP"}
+        if to is not None:
+            request["broker_id"] = to
+        answer = await raw_call(leader.real_port, request, within=5.0)
+        self.note(f"transfer leadership from {leader} to {to or 'the best voter'}: {answer}")
+
+    async def sigterm_leader(self) -> None:
+        """A graceful restart of the leader (it steps down first), as a rolling upgrade does."""
+        leader = await self.target(leader=True)
+        if not leader.running or leader.stopped:
+            return
+        down = self.rng.uniform(0.2, 2.0)
+        self.note(f"SIGTERM leader {leader}, restart after {down:.2f} s")
+        status = await self.cluster.terminate(leader)
+        assert status == 0, leader.process.describe() if leader.process else status
+        await trio.sleep(down)
+        await self.cluster.restart(leader)
+        self.note(f"restarted {leader}")
 
     async def kill_all(self) -> None:
         """The whole cluster crashes at once (a power cut) and comes back."""
@@ -635,6 +670,10 @@ SCENARIOS = {
     ),
     "3-mixed": (3, ALL_FAULTS),
     "5-mixed": (5, [*ALL_FAULTS, "kill_two_replicas", "bridge"]),
+    "3-admin": (
+        3,
+        ["transfer_leader", "sigterm_leader", "kill_leader", "pause_replica", "isolate_leader"],
+    ),
 }
 
 

@@ -39,6 +39,8 @@ def test_swarm_of_seeds_finds_no_violation():
     # ... and retention: policies set, enforcements applied, messages deleted by them.
     assert total["retention_policies"] > 100 and total["retention_runs"] > 500
     assert total["retention_deleted"] > 200
+    # ... and leadership transfers, under all of the faults.
+    assert total["transfers"] > 100 and total["transfers_taken_over"] > 50
 
 
 def test_same_seed_same_trace_hash():

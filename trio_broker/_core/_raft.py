@@ -4,7 +4,8 @@ The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
 
 - ``tick()`` once per tick of its clock (time only exists as ticks here);
 - ``step(message)`` for every message received from another broker;
-- ``propose(command)`` / ``propose_config_change(change)`` on the leader;
+- ``propose(command)`` / ``propose_config_change(change)`` / ``transfer_leadership(target)``
+  on the leader;
 - ``ready()`` / ``advance()``: take what must be persisted, sent and applied, do it, then
   acknowledge. Only one Ready is outstanding at a time; ticks and steps may continue while the
   runtime is persisting it, and their effects go into the next Ready.
@@ -12,7 +13,8 @@ The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
 Protocol summary (see docs/replication.md): terms, one persisted vote per term, the election
 restriction, pre-vote, check-quorum, log matching with a term-skipping hint, commit of
 current-term entries only, a no-op entry per new leader, single-server membership changes that
-take effect when appended, learners, and compaction with snapshot install (DATA_SYNC).
+take effect when appended, learners, compaction with snapshot install (DATA_SYNC), and
+leadership transfer (``transfer_leadership``: TIMEOUT_NOW, thesis 3.10).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ from ._raft_messages import (
     Replicate,
     ReplicateResponse,
     SnapshotMeta,
+    TimeoutNow,
 )
 
 __all__ = [
     "ConfigChangeRefused",
+    "LeadershipTransferring",
     "NotLeader",
     "Progress",
     "ProgressState",
@@ -58,6 +62,7 @@ __all__ = [
     "RaftNode",
     "Ready",
     "Role",
+    "TransferRefused",
     "UsageError",
 ]
 
@@ -74,6 +79,21 @@ class NotLeader(RaftError):
     def __init__(self, leader_id: Any) -> None:
         super().__init__(f"not the leader (leader is {leader_id!r})")
         self.leader_id = leader_id
+
+
+class LeadershipTransferring(NotLeader):
+    """The leader is handing its leadership to ``leader_id`` and takes no proposals meanwhile.
+
+    A :class:`NotLeader`: nothing was appended, and the broker to retry on is named.
+    """
+
+    def __init__(self, leader_id: Any) -> None:
+        super().__init__(leader_id)
+        self.args = (f"leadership is being transferred to {leader_id!r}",)
+
+
+class TransferRefused(RaftError):
+    """A leadership transfer to a broker that is not another voter of the configuration."""
 
 
 class ConfigChangeRefused(RaftError):
@@ -231,6 +251,10 @@ class RaftNode:
         self.votes: dict[Any, bool] = {}
         self.progress: dict[Any, Progress] = {}
         self._term_start_index = 0
+        self.transfer_target: Any = None
+        """While a leadership transfer is in progress: the voter it goes to (etcd's
+        ``leadTransferee``)."""
+        self._transfer_elapsed = 0
         self._statuses: dict[Any, str] = {}
         self._announced: tuple[MemberView, ...] = ()
 
@@ -305,6 +329,9 @@ class RaftNode:
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            # The target must catch up with a log that stops growing (thesis 3.10).
+            raise LeadershipTransferring(self.transfer_target)
         entry = Entry(self.term, self.log.last_index + 1, command)
         self.log.append([entry])
         # Replicated when the next Ready is taken: every proposal made meanwhile (while the
@@ -320,6 +347,8 @@ class RaftNode:
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise ConfigChangeRefused("a leadership transfer is in progress")
         if self._config_index() > self.commit:
             raise ConfigChangeRefused("a membership change is already in progress")
         if self.commit < self._term_start_index:
@@ -347,6 +376,53 @@ class RaftNode:
         self._set_config(new)
         self._broadcast_append()
         return entry.term, entry.index
+
+    def transfer_leadership(self, target: Any) -> None:
+        """Hand leadership to the voter ``target`` (Raft thesis 3.10, etcd's MsgTransferLeader).
+
+        From now on proposals are refused (:class:`LeadershipTransferring`); the target is
+        brought up to date, then sent :class:`TimeoutNow`, on which it campaigns at once. The
+        transfer is abandoned (proposals accepted again) if the target has not taken over
+        within an election timeout, or if this broker stops leading. Asking again for the same
+        target keeps the transfer going; another target replaces it.
+
+        Raises :class:`NotLeader` on a non-leader and :class:`TransferRefused` if ``target`` is
+        this broker, a learner or not a member.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if target == self.id:
+            raise TransferRefused(f"{target!r} is already the leader")
+        if target not in self.config.voters:
+            what = "a learner" if target in self.config.learners else "not a member"
+            raise TransferRefused(f"{target!r} is {what}; leadership goes to voters only")
+        if self.transfer_target == target:
+            return
+        self.transfer_target = target
+        self._transfer_elapsed = 0
+        self._maybe_send_timeout_now(target)
+
+    def best_transfer_target(self) -> Any:
+        """The voter (not this broker) to hand the leadership to, None if there is none.
+
+        Voters heard from within the failure timeout first (a silent one cannot take over),
+        then the one whose log matches ours furthest, the most recently heard from, the lowest
+        id.
+        """
+        if self.role is not Role.LEADER:
+            return None
+        candidates = [
+            (
+                self._status_of(v) == "active",
+                pr.match,
+                pr.last_heard,
+                -_voting_rank(v, self.config.voters),
+                v,
+            )
+            for v, pr in self.progress.items()
+            if v != self.id and v in self.config.voters
+        ]
+        return max(candidates)[-1] if candidates else None
 
     def compact(self, index: int) -> SnapshotMeta:
         """Drop log entries up to ``index``: the runtime's state machine now stands in for them.
@@ -446,7 +522,7 @@ class RaftNode:
             return
         if m.term > self.term:
             if isinstance(m, ElectionRequest):
-                if self._in_lease():
+                if self._in_lease() and not m.transfer:
                     # A live leader exists: a disruptive (re)joining broker gets no vote and
                     # does not bump our term (thesis 4.2.3).
                     self._deny(m, DenyReason.LEADER_ALIVE, self.term)
@@ -455,7 +531,7 @@ class RaftNode:
                     self._become_follower(m.term, None)
             elif isinstance(m, ElectionResponse) and m.pre_vote and m.granted:
                 pass  # the future term of a pre-vote; nobody has adopted it yet
-            elif isinstance(m, Replicate | Heartbeat | DataSync | ClusterUpdate):
+            elif isinstance(m, Replicate | Heartbeat | DataSync | ClusterUpdate | TimeoutNow):
                 self._become_follower(m.term, m.src)
             else:
                 self._become_follower(m.term, None)
@@ -485,6 +561,15 @@ class RaftNode:
             self._follow(m.src)
             self._statuses = {v.node_id: v.status for v in m.members}
             self._send(self._reply(ClusterUpdateResponse, m))
+        elif isinstance(m, TimeoutNow):
+            if self.role is not Role.LEADER and self._promotable():
+                # The leader stopped taking proposals and saw our log match its own: campaign
+                # now, skipping pre-vote, which voters in the leader's lease would deny.
+                self._become_candidate()
+                if self._tally() == "won":
+                    self._become_leader()
+                else:
+                    self._request_votes(transfer=True)
         elif (
             isinstance(m, ReplicateResponse | HeartbeatResponse | ClusterUpdateResponse)
             and self.role is Role.LEADER
@@ -529,7 +614,7 @@ class RaftNode:
         else:
             self._request_votes()
 
-    def _request_votes(self) -> None:
+    def _request_votes(self, transfer: bool = False) -> None:
         pre = self.role is Role.PRE_CANDIDATE
         for v in sorted(self.config.voters):
             if v == self.id:
@@ -544,6 +629,7 @@ class RaftNode:
                     pre_vote=pre,
                     last_log_index=self.log.last_index,
                     last_log_term=self.log.last_term,
+                    transfer=transfer,
                 )
             )
 
@@ -642,6 +728,7 @@ class RaftNode:
         self.election_elapsed = 0
         self.votes = {}
         self.progress = {}
+        self.transfer_target = None
         self._reset_randomized_timeout()
 
     def _follow(self, leader: Any) -> None:
@@ -657,6 +744,7 @@ class RaftNode:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.progress = {}
+        self.transfer_target = None
         for m in self.config.members | {self.id}:
             self.progress[m] = Progress(match=0, next=self.log.last_index + 1, last_heard=self.now)
         noop = Entry(self.term, self.log.last_index + 1, NoOp())
@@ -671,6 +759,11 @@ class RaftNode:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.transfer_target is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.election_ticks:
+                # The target did not take over in time (down, partitioned, slow): lead on.
+                self.transfer_target = None
         if self.election_elapsed >= self.election_ticks:
             self.election_elapsed = 0
             if self.check_quorum and not self._quorum_active():
@@ -786,6 +879,8 @@ class RaftNode:
             return
         pr.recent_active = True
         pr.last_heard = self.now
+        if m.src == self.transfer_target and not isinstance(m, ReplicateResponse):
+            self._maybe_send_timeout_now(m.src)  # again, in case the first one was lost
         if isinstance(m, HeartbeatResponse):
             stalled = self.now - pr.last_progress >= self._resend_ticks
             if pr.state is ProgressState.SNAPSHOT:
@@ -809,6 +904,8 @@ class RaftNode:
             pr.next = max(pr.next, pr.match + 1)
             was_replicating = pr.state is ProgressState.REPLICATE
             pr.state, pr.paused = ProgressState.REPLICATE, False
+            if m.src == self.transfer_target:
+                self._maybe_send_timeout_now(m.src)
             if self._maybe_commit():
                 self._broadcast_append(empty_ok=True)
             elif pr.next <= self.log.last_index or not was_replicating:
@@ -827,6 +924,16 @@ class RaftNode:
         pr.next = max(min(nxt, m.rejected_index - 1) + 1, pr.match + 1, 1)
         pr.state, pr.paused = ProgressState.PROBE, False
         self._send_append(m.src, probe_empty=True)
+
+    def _maybe_send_timeout_now(self, target: Any) -> None:
+        """TimeoutNow once the target holds our whole log; else bring it up to date first."""
+        pr = self.progress.get(target)
+        if pr is None:
+            return
+        if pr.match >= self.log.last_index:
+            self._send(self._reply_to(TimeoutNow, target))
+        else:
+            self._send_append(target)
 
     def _quorum_size(self) -> int:
         return self.config.quorum()
@@ -968,6 +1075,8 @@ class RaftNode:
     def _set_config(self, config: Config) -> None:
         """A configuration takes effect as soon as it is in the log (thesis 4.1)."""
         self.config = config
+        if self.transfer_target is not None and self.transfer_target not in config.voters:
+            self.transfer_target = None
         if self.role is Role.LEADER:
             for m in config.members:
                 if m not in self.progress:
@@ -985,7 +1094,10 @@ class RaftNode:
         self._msgs.append(m)
 
     def _reply(self, cls: type, m: Message) -> Message:
-        return cls(src=self.id, dst=m.src, term=self.term, cluster_version=self.cluster_version)
+        return self._reply_to(cls, m.src)
+
+    def _reply_to(self, cls: type, dst: Any) -> Message:
+        return cls(src=self.id, dst=dst, term=self.term, cluster_version=self.cluster_version)
 
     def __repr__(self) -> str:
         return (

@@ -2,9 +2,10 @@
 
 Every class is frozen attrs data with no serialization code: the wire converter in
 ``_protocol`` maps them to the design's operation names (``ELECTION_REQUEST``, ``REPLICATE``,
-``PROMOTE_TO_LEADER``, ``HEARTBEAT``, ``CLUSTER_UPDATE``, ``DATA_SYNC_REQUEST``). Node ids are
-any hashable, totally ordered value (broker ids ``"B-XXXXX"`` in production, small ints in
-tests); the order is only used for the "lowest id times out first" preference.
+``PROMOTE_TO_LEADER``, ``HEARTBEAT``, ``CLUSTER_UPDATE``, ``DATA_SYNC_REQUEST``, and the
+addition ``TIMEOUT_NOW``). Node ids are any hashable, totally ordered value (broker ids
+``"B-XXXXX"`` in production, small ints in tests); the order is only used for the "lowest id
+times out first" preference.
 
 Every message carries ``src``, ``dst``, the sender's ``term`` and the sender's
 ``cluster_version`` (the version of the membership configuration it currently uses).
@@ -131,6 +132,10 @@ class ElectionRequest:
     pre_vote: bool
     last_log_index: int
     last_log_term: int
+    transfer: bool = False
+    """Set by a candidate that campaigns because the leader asked it to (:class:`TimeoutNow`):
+    voters then grant it despite the leader lease, which would otherwise make them deny any
+    vote while they hear from a live leader (thesis 3.10)."""
 
     @property
     def candidate_id(self) -> Any:
@@ -283,6 +288,21 @@ class ClusterUpdateResponse:
 
 
 @attrs.frozen(kw_only=True)
+class TimeoutNow:
+    """``TIMEOUT_NOW``: the leader hands its leadership to ``dst`` (thesis 3.10).
+
+    Sent only once ``dst``'s log matches the leader's, while the leader accepts no proposals;
+    the receiver starts an election at once, without pre-vote, with ``transfer`` set on its
+    vote requests.
+    """
+
+    src: Any
+    dst: Any
+    term: int
+    cluster_version: int
+
+
+@attrs.frozen(kw_only=True)
 class DataSync:
     """``DATA_SYNC``: install a snapshot on a replica the leader can no longer feed from its log.
 
@@ -309,4 +329,5 @@ Message = (
     | ClusterUpdate
     | ClusterUpdateResponse
     | DataSync
+    | TimeoutNow
 )

@@ -42,6 +42,9 @@ OPERATIONS: dict[str, type] = {
     # Authentication (docs/security.md).
     "AUTH_CHALLENGE": m.AuthChallenge,
     "AUTH": m.Auth,
+    "TRANSFER_LEADERSHIP": m.TransferLeadership,
+    "SNAPSHOT": m.TakeSnapshot,
+    "ADD_MEMBER": m.AddMember,
 }
 OPERATION_NAMES: dict[type, str] = {cls: name for name, cls in OPERATIONS.items()}
 

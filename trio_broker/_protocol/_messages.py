@@ -157,6 +157,38 @@ class RemoveMember:
 
 
 @attrs.frozen
+class TransferLeadership:
+    """Operator command: the leader hands its leadership to the voter ``broker_id`` (None: the
+    voter whose log is the most up to date); answered once that broker leads."""
+
+    broker_id: str | None = None
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class TakeSnapshot:
+    """Operator command: the broker that receives it compacts its own log now, up to the
+    index it has applied (any member, leader or not)."""
+
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class AddMember:
+    """Operator command: the leader asks the broker listening at ``host:port`` (started with
+    ``node --join-wait``) for its id, checks that it belongs to no cluster yet, and adds it as
+    a learner; it becomes a voter once caught up."""
+
+    host: str
+    port: int
+    cluster_id: str | None = None
+
+
+ADMIN_REQUESTS: tuple[type, ...] = (RemoveMember, TransferLeadership, TakeSnapshot, AddMember)
+"""The operator's requests (they change the membership, the leadership or the log)."""
+
+
+@attrs.frozen
 class AuthChallenge:
     """Addition: ask for a fresh nonce to prove the cluster secret with (docs/security.md)."""
 
@@ -170,10 +202,11 @@ class Auth:
     token: str | None = None
 
 
-PRIVILEGED_REQUESTS: tuple[type, ...] = (PeerHello, JoinCluster, DataSyncRequest, RemoveMember)
+PRIVILEGED_REQUESTS: tuple[type, ...] = (PeerHello, JoinCluster, DataSyncRequest, *ADMIN_REQUESTS)
 """Requests that only brokers (and operators) holding the cluster secret may send, when one is
-configured: they replicate, vote, change the membership or read a whole snapshot. Gating is
-membership in this tuple (docs/security.md); never served on the plaintext listener."""
+configured: they replicate, vote, change the membership or the leadership, compact the log or
+read a whole snapshot. Gating is membership in this tuple (docs/security.md); never served on
+the plaintext listener."""
 
 Request = (
     ClusterQuery
@@ -191,6 +224,9 @@ Request = (
     | RemoveMember
     | AuthChallenge
     | Auth
+    | TransferLeadership
+    | TakeSnapshot
+    | AddMember
 )
 
 
@@ -326,6 +362,30 @@ class Challenge:
     """Hex; valid for one AUTH on the connection that asked for it."""
 
 
+@attrs.frozen
+class LeadershipTransferred:
+    leader_id: str
+    """The broker that leads now."""
+    term: int
+    """The term it leads in."""
+
+
+@attrs.frozen
+class SnapshotTaken:
+    broker_id: str
+    """The broker whose log was compacted."""
+    snapshot_index: int
+    """Its log now starts after this index (the state machine stands in for the rest)."""
+    snapshot_term: int
+
+
+@attrs.frozen
+class MemberAdded:
+    broker_id: str
+    """The id of the broker that was added, as a learner."""
+    cluster_version: int
+
+
 Response = (
     ClusterTopology
     | QueueCreated
@@ -341,4 +401,7 @@ Response = (
     | Joined
     | SnapshotChunk
     | Challenge
+    | LeadershipTransferred
+    | SnapshotTaken
+    | MemberAdded
 )

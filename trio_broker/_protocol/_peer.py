@@ -292,6 +292,7 @@ PEER_OPERATIONS = (
     "CLUSTER_UPDATE",
     "CLUSTER_UPDATE_RESPONSE",
     "DATA_SYNC",
+    "TIMEOUT_NOW",
 )
 
 
@@ -308,11 +309,14 @@ def _common(m: Any, operation: str, sender_field: str = "broker_id") -> dict[str
 def message_to_obj(m: rm.Message) -> dict[str, Any]:
     """A consensus message as the JSON object of its frame."""
     if isinstance(m, rm.ElectionRequest):
-        return _common(m, "ELECTION_REQUEST", "candidate_id") | {
+        body = _common(m, "ELECTION_REQUEST", "candidate_id") | {
             "pre_vote": m.pre_vote,
             "last_log_index": m.last_log_index,
             "last_log_term": m.last_log_term,
         }
+        if m.transfer:
+            body["transfer"] = True  # absent means false: brokers without transfers agree
+        return body
     if isinstance(m, rm.ElectionResponse):
         body = _common(m, "ELECTION_RESPONSE") | {
             "pre_vote": m.pre_vote,
@@ -347,6 +351,8 @@ def message_to_obj(m: rm.Message) -> dict[str, Any]:
         }
     if isinstance(m, rm.ClusterUpdateResponse):
         return _common(m, "CLUSTER_UPDATE_RESPONSE") | {"status": "success"}
+    if isinstance(m, rm.TimeoutNow):
+        return _common(m, "TIMEOUT_NOW")
     if isinstance(m, rm.DataSync):
         return _common(m, "DATA_SYNC") | {
             "snapshot": {
@@ -376,6 +382,7 @@ def message_from_obj(obj: dict[str, Any]) -> rm.Message:
                 pre_vote=_bool(obj["pre_vote"]),
                 last_log_index=_int(obj["last_log_index"]),
                 last_log_term=_int(obj["last_log_term"]),
+                transfer=_bool(obj.get("transfer", False)),
             )
         if op == "ELECTION_RESPONSE":
             reason = obj.get("reason")
@@ -423,6 +430,8 @@ def message_from_obj(obj: dict[str, Any]) -> rm.Message:
             )
         if op == "CLUSTER_UPDATE_RESPONSE":
             return rm.ClusterUpdateResponse(**common)
+        if op == "TIMEOUT_NOW":
+            return rm.TimeoutNow(**common)
         if op == "DATA_SYNC":
             snap = obj["snapshot"]
             return rm.DataSync(

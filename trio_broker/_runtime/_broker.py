@@ -34,6 +34,7 @@ from .._ids import new_broker_id, new_cluster_id, new_queue_id
 from .._protocol import (
     PRIVILEGED_REQUESTS,
     AckRequest,
+    AddMember,
     Append,
     AppendBatch,
     Auth,
@@ -49,7 +50,9 @@ from .._protocol import (
     FrameTooLarge,
     JoinCluster,
     Joined,
+    LeadershipTransferred,
     ListQueues,
+    MemberAdded,
     PeerHello,
     Read,
     RemoveMember,
@@ -58,6 +61,9 @@ from .._protocol import (
     SeekRequest,
     SetRetentionRequest,
     SnapshotChunk,
+    SnapshotTaken,
+    TakeSnapshot,
+    TransferLeadership,
     decode_request,
     encode_frame,
     encode_response,
@@ -86,6 +92,7 @@ from ._operations import (
     retention_policy,
 )
 from ._security import Security, load_security
+from ._snapshot_fetch import request_response
 
 _RECEIVE_SIZE = 64 * 1024
 PEER_FRAME_FACTOR = 80
@@ -122,6 +129,10 @@ class BrokerStatistics:
     entries_applied: int
     commands_applied: int
     """Queue commands applied: an entry holds one, or a group of many (proposal batching)."""
+    transfers_completed: int = 0
+    """Leadership transfers this broker started as leader that ended with the target leading."""
+    transfers_received: int = 0
+    """Elections this broker won because a leader handed over to it (TIMEOUT_NOW)."""
 
 
 class Broker:
@@ -407,6 +418,12 @@ class Broker:
             return self._wrong_cluster(request.cluster_id) or await self._join(request)
         if isinstance(request, RemoveMember):
             return self._wrong_cluster(request.cluster_id) or await self._remove(request)
+        if isinstance(request, TransferLeadership):
+            return self._wrong_cluster(request.cluster_id) or await self._transfer(request)
+        if isinstance(request, TakeSnapshot):
+            return self._wrong_cluster(request.cluster_id) or await self._take_snapshot()
+        if isinstance(request, AddMember):
+            return self._wrong_cluster(request.cluster_id) or await self._add_member(request)
         if isinstance(request, DataSyncRequest):
             return self._wrong_cluster(request.cluster_id) or await self._snapshot_chunk(request)
         raise AssertionError(f"unhandled request {request!r}")  # pragma: no cover
@@ -498,6 +515,87 @@ class Broker:
         )
         return Done()
 
+    async def _transfer(self, request: TransferLeadership) -> Response | BrokerError:
+        """Hand the leadership over (thesis 3.10) and answer once the new leader leads."""
+        if not self.driver.node.is_leader:
+            return await self._forward_to_leader(request)
+        result = await self.transfer_leadership(request.broker_id)
+        if isinstance(result, BrokerError):
+            return result
+        return LeadershipTransferred(leader_id=result, term=self.driver.node.term)
+
+    async def transfer_leadership(self, target: str | None = None) -> str | BrokerError:
+        """On the leader: hand the leadership to ``target`` (None: the most caught-up voter);
+        returns the new leader's id once it leads, or the error that stopped it. Waits at most
+        two failure timeouts (the core gives up on the target after one)."""
+        with trio.move_on_after(self.config.failure_timeout * 2):
+            return await self.driver.transfer_leadership(target)
+        return BrokerError(
+            ErrorCode.UNAVAILABLE,
+            f"leadership transfer to {target or 'the most caught-up voter'} not confirmed in "
+            f"{self.config.failure_timeout * 2:g} s: the election it started is not over",
+        )
+
+    async def _take_snapshot(self) -> Response:
+        index, term = await self.driver.snapshot_now()
+        return SnapshotTaken(broker_id=self.broker_id, snapshot_index=index, snapshot_term=term)
+
+    async def _add_member(self, request: AddMember) -> Response | BrokerError:
+        """The operator's side of a join: the leader asks the broker at ``host:port`` who it
+        is, and adds it as a learner only if it is of this cluster and a member of none
+        (started with ``--join-wait --cluster-id`` and an empty data directory)."""
+        if not self.driver.node.is_leader:
+            return await self._forward_to_leader(request)
+        where = f"{request.host}:{request.port}"
+        try:
+            with trio.fail_after(self.config.failure_timeout * 4):
+                stream = await self.network.connect(request.host, request.port)
+                async with stream:
+                    answer = await request_response(
+                        stream, FrameDecoder(), ClusterQuery(cluster_id=self.cluster_id)
+                    )
+        except (
+            OSError,
+            ConnectionError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            ProtocolError,
+        ) as exc:
+            return BrokerError(ErrorCode.UNAVAILABLE, f"cannot reach a broker at {where}: {exc!r}")
+        if answer.get("code") == ErrorCode.WRONG_CLUSTER or (
+            answer.get("status") == "success" and answer.get("cluster_id") != self.cluster_id
+        ):
+            return BrokerError(
+                ErrorCode.WRONG_CLUSTER,
+                f"the broker at {where} belongs to cluster {answer.get('cluster_id')}, not "
+                f"{self.cluster_id}; a broker is a member of one cluster only (start a new one "
+                f"with --join-wait --cluster-id {self.cluster_id} and an empty data directory)",
+            )
+        broker_id = answer.get("self_id")
+        if answer.get("status") != "success" or not isinstance(broker_id, str):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST,
+                f"the broker at {where} did not say who it is: {answer.get('message')}",
+            )
+        if broker_id not in self.driver.node.config.members and answer.get("brokers"):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST,
+                f"broker {broker_id} at {where} already has a membership of its own (it founded "
+                "a cluster, or was removed from this one): only a broker started with "
+                "--join-wait and an empty data directory can be added",
+            )
+        joined = await self._join(
+            JoinCluster(
+                broker_id=broker_id,
+                host=request.host,
+                port=request.port,
+                cluster_id=self.cluster_id,
+            )
+        )
+        if isinstance(joined, BrokerError):
+            return joined
+        return MemberAdded(broker_id=broker_id, cluster_version=self.driver.node.cluster_version)
+
     async def _forward_to_leader(self, request: Request) -> Response | BrokerError:
         """Membership requests may reach any member; it passes them on to the leader."""
         error = self.driver.not_leader_error()
@@ -550,6 +648,8 @@ class Broker:
             transactions=self.driver.transactions,
             entries_applied=self.driver.entries_applied,
             commands_applied=self.driver.commands_applied,
+            transfers_completed=self.driver.transfers["completed"],
+            transfers_received=self.driver.transfers["received"],
         )
 
     # -- connections ----------------------------------------------------------------------------
@@ -858,6 +958,34 @@ class Broker:
                 task_status=task_status,
             )
 
+    async def _step_down(self) -> None:
+        """A leader that shuts down first hands its leadership to the most caught-up voter,
+        so that writes resume within a round trip instead of after a failure timeout. Bounded
+        by min(shutdown_grace, failure_timeout); meanwhile new requests are answered
+        NOT_LEADER naming that voter, and requests already proposed still commit."""
+        node = self.driver.node
+        if not node.is_leader or not node.config.voters - {self.broker_id}:
+            return
+        term = node.term
+        limit = min(self.config.shutdown_grace, self.config.failure_timeout)
+        with trio.move_on_after(limit):
+            result = await self.driver.transfer_leadership(None)
+            if isinstance(result, BrokerError):
+                log_event(logging.WARNING, "broker.step_down_failed", reason=result.message)
+            else:
+                log_event(
+                    logging.INFO,
+                    "broker.stepped_down",
+                    broker_id=self.broker_id,
+                    term=term,
+                    new_leader=result,
+                    new_term=self.driver.node.term,
+                )
+            return
+        log_event(
+            logging.WARNING, "broker.step_down_failed", reason=f"no new leader in {limit:g} s"
+        )
+
     async def _shutdown(self, connections: trio.Nursery) -> None:
         self._closing = True
         for scope in self._listening:
@@ -1027,7 +1155,8 @@ async def _prepare(
 ) -> tuple[Identity, bool]:
     """The broker's identity, and whether it must still join its cluster.
 
-    A brand-new broker without seeds founds a cluster of one voter. A brand-new broker with
+    A brand-new broker without seeds founds a cluster of one voter, unless ``join_wait``: then
+    it stores ``cluster_id`` and waits to be added (ADD_MEMBER). A brand-new broker with
     seeds asks them which cluster they form, and joins it. A broker that has an identity but
     never received a configuration was interrupted while joining, and joins again.
     """
@@ -1038,14 +1167,23 @@ async def _prepare(
         configured = state.snapshot_config is not None or any(
             isinstance(e.payload, ConfigEntry) for e in state.entries
         )
-        if configured:
-            return found, False
+        if configured or config.join_wait:
+            return found, False  # a member, or still waiting to be added
         if not config.seeds:
             raise JoinFailed(
                 f"broker {found.broker_id} was joining cluster {found.cluster_id} and never "
-                "completed; start it again with --seed HOST:PORT of a member"
+                "completed; start it again with --seed HOST:PORT of a member, or with "
+                f"--join-wait --cluster-id {found.cluster_id} to wait for 'client add-member'"
             )
         return found, True
+    if config.join_wait:
+        # No configuration at all: never campaigns, answers CLUSTER_QUERY with no members,
+        # and takes part once the leader of cluster_id replicates its log to it (ADD_MEMBER).
+        assert config.cluster_id is not None
+        identity = await worker.run(
+            store.init_identity, config.broker_id or new_broker_id(), config.cluster_id
+        )
+        return identity, False
     if not config.seeds:
         identity = await worker.run(
             store.init_identity,
@@ -1199,6 +1337,13 @@ async def open_broker(
                             await _join(broker)
                         except JoinFailed as exc:
                             refused = exc  # raised as itself once the broker has stopped
+                    elif not broker.node.config.members:
+                        log_event(
+                            logging.INFO,
+                            "broker.waiting_to_be_added",
+                            broker_id=broker.broker_id,
+                            cluster_id=broker.cluster_id,
+                        )
                     elif broker.node.config.voters == {broker.broker_id}:
                         with trio.fail_after(config.failure_timeout * 10):
                             await broker.driver.wait_leading()
@@ -1207,6 +1352,7 @@ async def open_broker(
                 finally:
                     with trio.CancelScope(shield=True):
                         log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
+                        await broker._step_down()
                         await broker._shutdown(connections)
             services.cancel_scope.cancel()
     log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)

@@ -73,6 +73,9 @@ class BrokerConfig:
     seeds: tuple[tuple[str, int], ...] = attrs.field(
         default=(), converter=lambda seeds: tuple(_parse_seed(s) for s in seeds)
     )
+    join_wait: bool = False
+    """A new broker founds no cluster of its own: it waits, with an empty membership, until
+    the leader of ``cluster_id`` (required) adds it (``client add-member HOST:PORT``)."""
     metrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
     """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0: any free port)."""
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)
@@ -123,6 +126,11 @@ class BrokerConfig:
     for the mock clock, whose virtual time the real clock does not follow."""
 
     def __attrs_post_init__(self) -> None:
+        if self.join_wait and (self.cluster_id is None or self.seeds):
+            raise ValueError(
+                "join_wait needs the cluster_id of the cluster that will add this broker, "
+                "and no seeds (with seeds, the broker asks to join by itself)"
+            )
         if self.failure_timeout < 2 * self.heartbeat_interval:
             raise ValueError(
                 f"failure_timeout ({self.failure_timeout}) must be at least twice "

@@ -33,6 +33,7 @@ from .._core._raft_messages import (
     DataSync,
     Message,
     SnapshotMeta,
+    TimeoutNow,
 )
 from .._errors import BrokerError, ErrorCode
 from .._storage import StorageWorker, Store
@@ -131,6 +132,15 @@ class RaftDriver:
         self._changing_membership = False
         self._linked_version = -1
         self.elections_won = 0
+        self.transfers: dict[str, int] = dict.fromkeys(
+            ("started", "completed", "aborted", "received"), 0
+        )
+        """Leadership transfers this broker started as leader, how they ended, and the elections
+        it won because a leader handed over to it (``received``)."""
+        self._snapshot_requests: list[Pending] = []
+        self._transfer_seen: tuple[int, str] | None = None
+        self._transfer_ending: tuple[int, str] | None = None
+        self._timeout_now_term: int | None = None
         self.on_transaction: Any = None
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
@@ -149,6 +159,15 @@ class RaftDriver:
             self._start_snapshot_fetch(message)
             return
         self.node.step(message)
+        if isinstance(message, TimeoutNow) and self.node.role is raft.Role.CANDIDATE:
+            self._timeout_now_term = self.node.term
+            log_event(
+                logging.INFO,
+                "leadership.timeout_now",
+                broker_id=self.broker_id,
+                leader=message.src,
+                term=self.node.term,
+            )
         self._note_role()
         self.wake()
 
@@ -160,6 +179,9 @@ class RaftDriver:
         :class:`~trio_broker._core._commands.CommandGroup` (proposal batching).
         """
         await self._capacity.acquire()
+        if self.node.is_leader and self.node.transfer_target is not None:
+            self._capacity.release()
+            return self.transferring_error(self.node.transfer_target)
         if not self.node.is_leader:
             self._capacity.release()
             return self.not_leader_error()
@@ -185,6 +207,12 @@ class RaftDriver:
             payload = chunk[0][0] if len(chunk) == 1 else CommandGroup(tuple(c for c, _ in chunk))
             try:
                 term, index = self.node.propose(payload)
+            except raft.LeadershipTransferring as exc:
+                error = self.transferring_error(exc.leader_id)
+                for _, pending in chunk:
+                    pending.set(error)
+                    self._capacity.release()
+                continue
             except raft.NotLeader:
                 error = self.not_leader_error()
                 for _, pending in chunk:
@@ -245,6 +273,70 @@ class RaftDriver:
     async def wait_leading(self) -> None:
         while not self.node.is_leader:
             await self.wait_changed()
+
+    def transferring_error(self, target: str) -> BrokerError:
+        """NOT_LEADER naming the broker leadership is being handed to: nothing was applied,
+        and that broker leads within a round trip or two (or this one resumes)."""
+        details: dict[str, Any] = {"leader_id": target}
+        address = self.address_of(target)
+        if address is not None:
+            details["leader_host"], details["leader_port"] = address
+        return BrokerError(
+            ErrorCode.NOT_LEADER,
+            f"broker {self.broker_id} is handing its leadership to {target}; retry there",
+            **details,
+        )
+
+    async def transfer_leadership(self, target: str | None) -> str | BrokerError:
+        """Hand this leader's leadership to the voter ``target`` (None: the most caught-up
+        voter) and wait until it leads; returns its id. The caller bounds the wait.
+
+        Errors: NOT_LEADER here, BAD_REQUEST for a target that cannot lead (this broker, a
+        learner, a stranger) or no other voter, UNAVAILABLE if the transfer was abandoned (the
+        target did not take over within an election timeout) or another broker took over.
+        """
+        node = self.node
+        if not node.is_leader:
+            return self.not_leader_error()
+        if target is None:
+            target = node.best_transfer_target()
+            if target is None:
+                return BrokerError(
+                    ErrorCode.BAD_REQUEST, "no other voter to hand the leadership to"
+                )
+        try:
+            node.transfer_leadership(target)
+        except raft.TransferRefused as exc:
+            return BrokerError(ErrorCode.BAD_REQUEST, f"cannot transfer leadership: {exc}")
+        term = node.term
+        self._note_role()
+        self.wake()
+        while True:
+            node = self.node
+            if node.leader_id == target and node.term > term:
+                return target
+            if node.is_leader and node.term == term and node.transfer_target != target:
+                return BrokerError(
+                    ErrorCode.UNAVAILABLE,
+                    f"leadership transfer to {target} abandoned: it did not take over within "
+                    "an election timeout; this broker still leads",
+                )
+            if node.term > term and node.leader_id is not None:
+                return BrokerError(
+                    ErrorCode.UNAVAILABLE,
+                    f"leadership transfer to {target} failed: {node.leader_id} leads instead",
+                    leader_id=node.leader_id,
+                )
+            await self.wait_changed()
+
+    async def snapshot_now(self) -> tuple[int, int]:
+        """Compact the log up to the applied index now (the operator's SNAPSHOT), on this
+        broker whatever its role; returns the snapshot's (index, term) once storage holds it.
+        With nothing applied since the last compaction, returns that one."""
+        pending = Pending()
+        self._snapshot_requests.append(pending)
+        self.wake()
+        return await pending.wait()
 
     def not_leader_error(self) -> BrokerError:
         leader = self.node.leader_id
@@ -324,6 +416,9 @@ class RaftDriver:
                     self.node.tick()
                 next_tick += behind * tick
                 self._note_role()
+            if self._snapshot_requests:
+                # Here no Ready is outstanding: storage has applied exactly node.applied.
+                self._compact_now()
             if self._proposals:
                 self._flush_proposals()
             if self.node.has_ready():
@@ -436,9 +531,58 @@ class RaftDriver:
             self._leader_housekeeping()
         self._maybe_compact()
 
+    def _note_transfer(self) -> None:
+        """Log and count the start and the outcome of a leadership transfer from this broker.
+
+        The core clears its transfer target when it stops leading; whether the transfer then
+        completed is known once this broker learns who leads the next term.
+        """
+        node = self.node
+        active = None if node.transfer_target is None else (node.term, node.transfer_target)
+        if active == self._transfer_seen and self._transfer_ending is None:
+            return
+        changed = active != self._transfer_seen
+        if self._transfer_seen is not None and changed:
+            self._transfer_ending = self._transfer_seen
+        self._transfer_seen = active
+        if changed and active is not None:
+            self.transfers["started"] += 1
+            log_event(
+                logging.INFO,
+                "leadership.transfer_started",
+                broker_id=self.broker_id,
+                to=active[1],
+                term=active[0],
+            )
+        ending = self._transfer_ending
+        if ending is not None:
+            term, target = ending
+            if node.term > term and node.leader_id == target:
+                outcome = "completed"
+            elif node.is_leader or node.leader_id is not None or active is not None:
+                outcome = "aborted"
+            else:
+                outcome = None  # between leaders: wait until one is known
+            if outcome is not None:
+                changed = True
+                self._transfer_ending = None
+                self.transfers[outcome] += 1
+                log_event(
+                    logging.INFO if outcome == "completed" else logging.WARNING,
+                    f"leadership.transfer_{outcome}",
+                    broker_id=self.broker_id,
+                    to=target,
+                    term=node.term,
+                    leader=node.leader_id,
+                )
+        if changed:
+            self._changed.set()
+            self._changed = trio.Event()
+
     def _note_role(self) -> None:
         """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
         depose a leader (check-quorum) without producing anything to persist."""
+        self._note_transfer()
         node = self.node
         state = (node.role.value, node.term, node.leader_id)
         if state == self._last_role:
@@ -453,6 +597,11 @@ class RaftDriver:
         )
         if node.is_leader and (self._last_role is None or self._last_role[0] != "leader"):
             self.elections_won += 1
+            if self._timeout_now_term == node.term:
+                self.transfers["received"] += 1
+                log_event(
+                    logging.INFO, "leadership.taken_over", broker_id=self.broker_id, term=node.term
+                )
         self._last_role = state
         self._changed.set()
         self._changed = trio.Event()
@@ -463,8 +612,8 @@ class RaftDriver:
         """Keep our own address in the book; promote one caught-up learner at a time."""
         assert self._nursery is not None
         self.note_address(self.broker_id, self.self_address)
-        if self._changing_membership:
-            return
+        if self._changing_membership or self.node.transfer_target is not None:
+            return  # (no membership change during a leadership transfer)
         for learner in sorted(self.node.config.learners):
             if self.node.caught_up(learner):
                 self._changing_membership = True
@@ -522,9 +671,25 @@ class RaftDriver:
         assert self._nursery is not None
         self._nursery.start_soon(self._compact_storage, SnapshotMeta(index, term, config))
 
-    async def _compact_storage(self, meta: SnapshotMeta) -> None:
+    def _compact_now(self) -> None:
+        requests, self._snapshot_requests = self._snapshot_requests, []
+        log = self.node.log
+        index = self.node.applied
+        term = log.term(index)
+        if index <= log.snapshot_index or term is None:
+            for pending in requests:
+                pending.set((log.snapshot_index, log.snapshot_term))
+            return
+        meta = SnapshotMeta(index, term, self.node._config_at(index))
+        self.node.compact(index)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._compact_storage, meta, requests)
+
+    async def _compact_storage(self, meta: SnapshotMeta, requests: Any = ()) -> None:
         await self._worker.run(self._store.compact, meta)
         log_event(logging.INFO, "log.compacted", upto=meta.index, term=meta.term)
+        for pending in requests:
+            pending.set((meta.index, meta.term))
 
     async def _offer_snapshot(self, peer: str) -> None:
         """Write a snapshot of the state machine and offer it to ``peer`` in a DATA_SYNC."""

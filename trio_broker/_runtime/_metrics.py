@@ -130,6 +130,15 @@ class _StateCollector(Collector):
         )
         elections.add_metric(ids, broker.driver.elections_won)
         yield elections
+        transfers = CounterMetricFamily(
+            "trio_broker_leadership_transfers",
+            "Leadership transfers: started, completed and aborted by this broker as leader; "
+            "received: elections it won because the leader handed over to it",
+            labels=[*labels, "outcome"],
+        )
+        for outcome, count in broker.driver.transfers.items():
+            transfers.add_metric([*ids, outcome], count)
+        yield transfers
         lag = GaugeMetricFamily(
             "trio_broker_replication_lag_entries",
             "Leader only: log entries a member does not have yet",

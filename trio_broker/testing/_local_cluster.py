@@ -1,8 +1,10 @@
 """Several real brokers in one trio program, on 127.0.0.1, for tests and experiments.
 
 Each broker runs in its own task and cancel scope, so a test can stop and restart one while the
-others go on. Stopping is a clean shutdown of that broker (its data directory is intact, as after
-a crash that lost nothing unsynced: every acknowledgement was fsynced first).
+others go on. Stopping cancels that broker (its data directory is intact, as after a crash that
+lost nothing unsynced: every acknowledgement was fsynced first); ``stop(name, graceful=True)``
+instead leaves ``open_broker`` normally, as SIGTERM does for a node: a leader hands its
+leadership over and in-flight requests are answered first.
 
 Keyword arguments are :class:`BrokerConfig` fields for every broker, the security settings
 included (``tls_cert``, ``tls_key``, ``tls_ca``, ``cluster_secret_file``, ``client_tokens_file``;
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class LocalCluster:
         self.plaintext_ports: dict[str, int] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
+        self._leave: dict[str, trio.Event] = {}
 
     def config(self, name: str, seeds: list[str], **overrides: Any) -> BrokerConfig:
         settings = self.overrides | overrides
@@ -63,19 +65,25 @@ class LocalCluster:
         self, name: str, config: BrokerConfig, *, task_status: trio.TaskStatus[Broker]
     ) -> None:
         stopped = self._stopped[name] = trio.Event()
+        leave = self._leave[name] = trio.Event()
         try:
             with trio.CancelScope() as scope:
                 self._scopes[name] = scope
                 async with open_broker(config) as broker:
                     self.brokers[name] = broker
                     task_status.started(broker)
-                    await trio.sleep(math.inf)
+                    await leave.wait()
         finally:
             self.brokers.pop(name, None)
             stopped.set()
 
-    async def stop(self, name: str) -> None:
-        self._scopes[name].cancel()
+    async def stop(self, name: str, *, graceful: bool = False) -> None:
+        """Stop broker ``name``: cancel it, or with ``graceful`` let it shut down as a node
+        does on SIGTERM (leadership handed over, in-flight requests answered)."""
+        if graceful:
+            self._leave[name].set()
+        else:
+            self._scopes[name].cancel()
         await self._stopped[name].wait()
 
     def leaders(self) -> list[Broker]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -82,6 +81,7 @@ class MockCluster:
         self.ports: dict[str, int] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
+        self._leave: dict[str, trio.Event] = {}
         self._starts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -143,6 +143,7 @@ class MockCluster:
         task_status: trio.TaskStatus[Broker],
     ) -> None:
         stopped = self._stopped[name] = trio.Event()
+        leave = self._leave[name] = trio.Event()
         self.network.revive(name)
         try:
             with trio.CancelScope() as scope:
@@ -152,14 +153,19 @@ class MockCluster:
                 ) as broker:
                     self.brokers[name] = broker
                     task_status.started(broker)
-                    await trio.sleep(math.inf)
+                    await leave.wait()
         finally:
             self.brokers.pop(name, None)
             stopped.set()
 
-    async def stop(self, name: str) -> None:
-        """Shut broker ``name`` down the way ``open_broker`` does when its scope ends."""
-        self._scopes[name].cancel()
+    async def stop(self, name: str, *, graceful: bool = False) -> None:
+        """Shut broker ``name`` down the way ``open_broker`` does when its scope is cancelled,
+        or with ``graceful`` when its body ends (as on SIGTERM): a leader hands its leadership
+        over and in-flight requests are answered first."""
+        if graceful:
+            self._leave[name].set()
+        else:
+            self._scopes[name].cancel()
         await self._stopped[name].wait()
 
     async def crash(self, name: str) -> None:

@@ -9,6 +9,7 @@ applying committed entries to its own :class:`~trio_broker._core.QueueState`, th
 - simulated disks: a Ready is durable only when its write completes (slow disks complete it
   after a delay); a crash loses the write in progress; an optional crash right after a sync;
 - node crashes and restarts from their durable state; clocks that tick at different rates;
+- an operator: membership changes (learner, promote, remove) and leadership transfers;
 - clients: create queue, append (plain, idempotent producer, atomic batch), read (ReadNext,
   ReadBatch) and at-least-once consume (peek, then Ack), with deadlines, NOT_LEADER redirects
   and retries;
@@ -65,7 +66,7 @@ from .._core._commands import (
     SetRetention,
 )
 from .._core._queues import QueueState
-from .._core._raft import ConfigChangeRefused, NotLeader, RaftNode, Role
+from .._core._raft import ConfigChangeRefused, NotLeader, RaftNode, Role, TransferRefused
 from .._core._raft_messages import ChangeAction, Config, ConfigChange, Entry, SnapshotMeta
 from ._sim_cluster import MemoryStorage, apply_entry
 from ._sim_mutants import MUTANTS
@@ -124,6 +125,10 @@ class FaultParams:
     """Steps between the leader's retention enforcements."""
     clock_skews: tuple[int, ...] = ()
     """Each node's wall clock minus true time, in ms: leaders stamp appends with it."""
+    transfer_rate: float = 0.0
+    """Per step, the chance that the operator asks the leader to hand over its leadership.
+    Drawn from a stream of its own (see Simulation), so that adding it changed no other
+    parameter of any seed."""
 
     @classmethod
     def derive(cls, rng: random.Random, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -299,6 +304,11 @@ class Simulation:
         self.node_cls: type[RaftNode] = MUTANTS[mutant] if mutant else RaftNode
         self.rng = random.Random(seed)
         self.p = FaultParams.derive(self.rng, safety_steps, liveness_steps)
+        # The operator's transfers draw from their own stream: seeds keep their schedules
+        # when transfers are off, and the main stream is the same as before transfers existed.
+        self.op_rng = random.Random(f"operator-{seed}")
+        self.transfers_requested: list[tuple[int, Any]] = []
+        self.p = attrs.evolve(self.p, transfer_rate=self.op_rng.choice([0.0, 0.0, 0.003, 0.01]))
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
         config = Config(voters)
@@ -355,6 +365,7 @@ class Simulation:
                 "retention_policies",
                 "retention_runs",
                 "retention_deleted",
+                "transfers",
             ),
             0,
         )
@@ -752,16 +763,45 @@ class Simulation:
                     max_age_ms=rng.choice([200, 1000, 5000]) if 0.3 < kind < 0.8 else None,
                     delete_acknowledged=rng.random() < 0.3,
                 )
-                leader.propose(SetRetention(rng.choice(known), policy))
+                try:
+                    leader.propose(SetRetention(rng.choice(known), policy))
+                except NotLeader:  # handing its leadership over: no new entries
+                    return
                 self.dirty.add(i)
                 self.stats["retention_policies"] += 1
                 self._trace(f"retention {policy} at {i}")
         # Quiescing (the end of the liveness phase) waits for the log to stop growing.
         due = self.now % self.p.retention_every == 0
         if due and not self.quiescing and self.apps[i].retention:
-            leader.propose(ApplyRetention(self.wall_ms(i)))
+            try:
+                leader.propose(ApplyRetention(self.wall_ms(i)))
+            except NotLeader:  # handing its leadership over: the next one will do
+                return
             self.dirty.add(i)
             self.stats["retention_runs"] += 1
+
+    def _transfer(self) -> None:
+        """The operator asks the leader to hand its leadership to a voter (or a learner or
+        itself, which must be refused without any effect)."""
+        if not self.p.transfer_rate or self.op_rng.random() >= self.p.transfer_rate:
+            return
+        leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
+        if not leaders:
+            return
+        leader = leaders[0]
+        if self.op_rng.random() < 0.5:
+            target = leader.best_transfer_target()
+        else:
+            target = self.op_rng.choice(self.ids)
+        try:
+            leader.transfer_leadership(target)
+        except TransferRefused:
+            assert target == leader.id or target not in leader.config.voters, target
+            return
+        self.dirty.add(leader.id)
+        self.stats["transfers"] += 1
+        self.transfers_requested.append((leader.term, target))
+        self._trace(f"transfer leadership {leader.id} -> {target}")
 
     def _partition(self) -> None:
         rng = self.rng
@@ -809,6 +849,7 @@ class Simulation:
         if self.faults_on:
             self._inject_faults()
             self._operate()
+            self._transfer()
             for i, at in list(self.restart_at.items()):
                 if at <= self.now and self.nodes[i] is None:
                     del self.restart_at[i]
@@ -871,6 +912,12 @@ class Simulation:
         self.stats["max_term"] = max(self.checker.leader_of_term, default=0)
         self.stats["elections"] = len(self.checker.leader_of_term)
         self.stats["committed"] = max(self.checker.committed, default=0)
+        # Transfers whose target led the very next term: handed over, not merely attempted.
+        self.stats["transfers_taken_over"] = sum(
+            1
+            for term, target in set(self.transfers_requested)
+            if self.checker.leader_of_term.get(term + 1) == target
+        )
         return SimResult(
             seed=self.seed,
             ok=error is None,
