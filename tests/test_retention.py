@@ -255,7 +255,9 @@ async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(tmp_path
     """A replica that catches up by DATA_SYNC gets the queue tables whole: the retained
     messages, their stamps, the policy (so it enforces once it leads), the next number."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+        async with open_local_cluster(
+            tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
+        ) as cluster:
             leader = await cluster.wait_for_leader()
             lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
             await cluster.stop(lagging)

@@ -65,6 +65,9 @@ NODE_FLAGS = (
     "300",
     "--compact-keep",
     "50",
+    # Requests arriving together share log entries: compact by size too.
+    "--compact-bytes",
+    "200000",
     "--log-level",
     "INFO",
 )
