@@ -106,7 +106,30 @@ def shell(tmp_path):
 
 
 def started_ports(block: str) -> list[int]:
-    return [int(p) for p in re.findall(r"trio_broker node .*?--port (\d+)", block)]
+    """Brokers the block starts that should become voters by themselves."""
+    return [
+        int(port)
+        for line in block.splitlines()
+        if "--join-wait" not in line
+        for port in re.findall(r"trio_broker node .*?--port (\d+)", line)
+    ]
+
+
+def waiting_ports(block: str) -> list[int]:
+    """Brokers the block starts with --join-wait: they only have to answer."""
+    return [
+        int(port)
+        for line in block.splitlines()
+        if "--join-wait" in line
+        for port in re.findall(r"trio_broker node .*?--port (\d+)", line)
+    ]
+
+
+def wait_answering(port: int) -> None:
+    deadline = time.monotonic() + FORM_TIMEOUT
+    while _details(port) is None:
+        assert time.monotonic() < deadline, f"broker on port {port} does not answer"
+        time.sleep(0.2)
 
 
 def test_the_operations_guide_works_as_written(shell):
@@ -120,6 +143,10 @@ def test_the_operations_guide_works_as_written(shell):
         out = shell.run(block)
         for port in started_ports(block):
             wait_voter(port)
+        for port in waiting_ports(block):
+            wait_answering(port)
+        for port in re.findall(r"add-member 127\.0\.0\.1:(\d+)", block):
+            wait_voter(int(port))
         outputs.append((block, out))
     seen = "\n".join(out for _, out in outputs)
     # The checks the guide promises, by what each step prints.
@@ -128,6 +155,8 @@ def test_the_operations_guide_works_as_written(shell):
     assert status_tables, "no status step"
     assert any(len(re.findall(r"B-\w{5}\s+127\.0\.0\.1", t)) == 5 for t in status_tables)
     assert '{"hello":"world"}' in seen
+    assert re.search(r"added B-\w{5} as a learner", seen)
+    assert re.search(r"B-\w{5} leads \(term \d+\)", seen)
     assert "backed up broker" in seen and "restored cluster" in seen
     metrics = [o for b, o in outputs if "/metrics" in b]
     assert metrics and "trio_broker_role" in metrics[0]
