@@ -74,7 +74,7 @@ from .._protocol._peer import message_from_obj
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from ._config import BrokerConfig
-from ._driver import Pending, RaftDriver, make_node
+from ._driver import Pending, RaftDriver, acquire, make_node
 from ._log import log_event, logger
 from ._metrics import BrokerMetrics, serve_metrics
 from ._network import TCP, Network, TlsHandshakeFailed, TlsNetwork, transport_socket
@@ -741,7 +741,7 @@ class Broker:
                     return False
                 if payload is None:
                     break
-                await slots.acquire()
+                await acquire(slots)
                 started = time.perf_counter()
                 try:
                     request = decode_request(payload)
@@ -927,7 +927,9 @@ class Broker:
 
     async def _answer(self, entry: tuple[str, float, Any], plaintext: bool) -> bytes:
         operation, started, item = entry
-        if isinstance(item, Pending | _LongPoll):
+        if isinstance(item, Pending) and item.done:
+            item = response_for(item.result)  # answered already: no need to yield here
+        elif isinstance(item, Pending | _LongPoll):
             item = response_for(await item.wait())
         if plaintext and isinstance(item, BrokerError):
             item = self._plaintext_hint(item)
