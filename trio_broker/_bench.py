@@ -215,17 +215,24 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _measure(
-    name: str, coro_fn: Any, *args: Any, items_of: Any = None
+    name: str, coro_fn: Any, *args: Any, items_of: Any = None, pids: tuple[int, ...] = ()
 ) -> tuple[_Progress, list[float], float]:
+    """Run one workload; print its count, errors and (for local brokers) the brokers' CPU
+    time per item, which is what bounds throughput when the cores are saturated."""
     progress = _Progress(name)
+    cpu_before = sum(_cpu_seconds(pid) for pid in pids)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(progress.show)
         start = time.perf_counter()
         latencies = await coro_fn(*args, progress, items_of)
         elapsed = time.perf_counter() - start
         nursery.cancel_scope.cancel()
+    cpu = ""
+    if pids and progress.items:
+        per_item = (sum(_cpu_seconds(pid) for pid in pids) - cpu_before) / progress.items
+        cpu = f", {per_item * 1e6:,.0f} us of broker CPU each"
     print(
-        f"  {name}: {progress.items:,} in {elapsed:.1f} s, {progress.errors} errors",
+        f"  {name}: {progress.items:,} in {elapsed:.1f} s, {progress.errors} errors{cpu}",
         file=sys.stderr,
         flush=True,
     )
@@ -245,6 +252,7 @@ async def _run(args: argparse.Namespace) -> list[Figure]:
             host = "127.0.0.1"
             port = await _wait_for_leader([p for p, _ in members], args.nodes)
         cpu_before = {p.pid: _cpu_seconds(p.pid) for _, p in members}
+        pids = tuple(p.pid for _, p in members)
         conn = await _Conn.open(host, port)
         queue = (await conn.call({"operation": "CREATE_QUEUE"}))["queue_id"]
         append = {"operation": "APPEND", "queue_name": queue, "data": PAYLOAD}
@@ -252,7 +260,7 @@ async def _run(args: argparse.Namespace) -> list[Figure]:
         started = time.perf_counter()
 
         p, lat, t = await _measure(
-            "pipelined appends", _pipelined, host, port, append, 8, 128, secs, 5_000_000
+            "pipelined appends", _pipelined, host, port, append, 8, 128, secs, 5_000_000, pids=pids
         )
         name = "pipelined appends (8 conns x 128 in flight)"
         figures += [
@@ -271,14 +279,15 @@ async def _run(args: argparse.Namespace) -> list[Figure]:
             secs,
             1_000_000,
             items_of=lambda a: len(a["sequence_nums"]),
+            pids=pids,
         )
         figures.append(Figure("batch appends (100 per request)", "appends/s", p.items / t, 75_000))
         p, lat, t = await _measure(
-            "100 connections", _pipelined, host, port, append, 100, 1, secs, 5_000_000
+            "100 connections", _pipelined, host, port, append, 100, 1, secs, 5_000_000, pids=pids
         )
         figures.append(Figure("100 conns x 1 in flight", "appends/s", p.items / t, 15_000))
         p, lat, t = await _measure(
-            "sequential appends", _pipelined, host, port, append, 1, 1, secs, 1_000_000
+            "sequential appends", _pipelined, host, port, append, 1, 1, secs, 1_000_000, pids=pids
         )
         name = "1 client, 1 append at a time"
         figures += [
@@ -307,6 +316,7 @@ async def _run(args: argparse.Namespace) -> list[Figure]:
             "single-message reads",
             readers,
             items_of=lambda a: 1 if "sequence_num" in a else 0,
+            pids=pids,
         )
         figures.append(Figure("single-message READs (8 clients)", "reads/s", p.items / t, 20_000))
         batch_read = {
@@ -326,6 +336,7 @@ async def _run(args: argparse.Namespace) -> list[Figure]:
             secs,
             1_000_000,
             items_of=lambda a: len(a.get("messages", [])),
+            pids=pids,
         )
         figures.append(
             Figure("batched READs (1000 per request)", "messages/s", p.items / t, 200_000)
