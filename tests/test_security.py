@@ -541,3 +541,67 @@ async def test_a_broker_of_another_cluster_is_refused_and_logged(broker, caplog)
         for r in caplog.records
     )
     assert "B-OTHER" not in broker.node.config.members
+
+
+# One valid example of every privileged request: a new one without an example fails below.
+PRIVILEGED_EXAMPLES = {
+    "PEER_HELLO": {"broker_id": "B-ROGUE", "cluster_id": None},
+    "JOIN_CLUSTER": {"broker_id": "B-ROGUE", "host": "127.0.0.1", "port": 1},
+    "DATA_SYNC_REQUEST": {"snapshot_id": "x", "offset": 0},
+    "REMOVE_MEMBER": {"broker_id": None},
+    "TRANSFER_LEADERSHIP": {},
+    "SNAPSHOT": {},
+    "ADD_MEMBER": {"host": "127.0.0.1", "port": 1},
+}
+
+
+async def test_every_privileged_request_needs_the_secret_and_none_is_served_in_plaintext(
+    tmp_path, secret_file
+):
+    from trio_broker._protocol._codec import OPERATION_NAMES
+    from trio_broker._protocol._messages import PRIVILEGED_REQUESTS
+
+    names = {OPERATION_NAMES[cls] for cls in PRIVILEGED_REQUESTS}
+    assert names == set(PRIVILEGED_EXAMPLES), names ^ set(PRIVILEGED_EXAMPLES)
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(
+            tmp_path / "c", 3, cluster_secret_file=secret_file, plaintext_port=0
+        ) as c:
+            leader = await c.wait_for_leader()
+            replica = next(b for b in c.brokers.values() if b is not leader)
+            term, members = leader.node.term, set(leader.node.config.members)
+            for name, fields in PRIVILEGED_EXAMPLES.items():
+                body = {"operation": name, **fields}
+                if "cluster_id" in body:
+                    body["cluster_id"] = leader.cluster_id
+                if body.get("broker_id") is None and "broker_id" in body:
+                    body["broker_id"] = replica.broker_id
+                for port in (leader.port, replica.port, leader.plaintext_port):
+                    answer = await call(port, body)
+                    assert answer.get("code") == "UNAUTHORIZED", (name, port, answer)
+            assert (leader.node.term, set(leader.node.config.members)) == (term, members)
+            assert leader.is_leader and leader.node.log.snapshot_index == 0
+
+
+async def test_add_member_refuses_a_broker_that_does_not_hold_the_secret(tmp_path, secret_file):
+    """A --join-wait broker with another secret could never replicate or vote: the leader
+    proves its secret to it first, and adds nothing when the proof is refused."""
+    with trio.fail_after(DEADLINE * 2):
+        async with open_local_cluster(tmp_path / "c", 3, cluster_secret_file=secret_file) as c:
+            leader = await c.wait_for_leader()
+            wrong = write_secret(tmp_path / "wrong.secret")
+            config = BrokerConfig(
+                data_dir=tmp_path / "new",
+                port=0,
+                cluster_id=leader.cluster_id,
+                join_wait=True,
+                cluster_secret_file=wrong,
+            )
+            async with open_broker(config) as newcomer:
+                secret = read_secret(secret_file)
+                async with connect(f"127.0.0.1:{leader.port}", cluster_secret=secret) as client:
+                    with pytest.raises(BrokerError) as info:
+                        await client.add_member("127.0.0.1", newcomer.port)
+                assert info.value.code == "UNAUTHORIZED"
+                assert "--cluster-secret-file" in info.value.message
+                assert newcomer.broker_id not in leader.node.config.members

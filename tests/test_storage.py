@@ -719,3 +719,23 @@ def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path,
         assert store.apply([AppendMessage(q, b"8")]) == [MessageAppended(8)]
     finally:
         store.close()
+
+
+def test_a_compaction_that_arrives_after_a_later_one_changes_nothing(tmp_path):
+    """Two compactions started together may reach the storage thread in either order (and a
+    leader's snapshot may be installed in between): the snapshot point never moves back, so
+    the broker still restarts from what it stored."""
+    from trio_broker._core._raft_messages import Config, Entry, HardState, NoOp, SnapshotMeta
+
+    config = Config(voters=frozenset({"B-AAAAA"}))
+    store = Store(tmp_path)
+    entries = [Entry(1, i, NoOp()) for i in range(1, 21)]
+    store.save(hard_state=HardState(1, "B-AAAAA", 20), entries=entries, committed=entries)
+    store.compact(SnapshotMeta(20, 1, config))
+    store.compact(SnapshotMeta(15, 1, config))  # the older one, late
+    assert (store.get_meta("snapshot_index"), store.log_size()) == (20, 0)
+    store.close()
+    store = Store(tmp_path)
+    state = store.raft_state()
+    assert (state.snapshot_index, state.hard_state.commit, state.entries) == (20, 20, [])
+    store.close()

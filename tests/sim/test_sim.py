@@ -84,11 +84,11 @@ def test_simulator_catches_acknowledgements_sent_before_persistence():
 
 
 def test_failure_message_carries_the_replay_command():
-    # Seed 3: proposal batching and retention reshuffled every seed's schedule, and the seeds
-    # pinned before (31, 198, 126) no longer meet the mutant's window.
-    r = run_seed(3, mutant="forget_vote")
+    # Seed 63: changes to the workload reshuffle every seed's schedule, and the seeds pinned
+    # before (3, 31, 198, 126) no longer meet the mutant's window.
+    r = run_seed(63, mutant="forget_vote")
     assert not r.ok and "election safety" in r.error
-    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 3 --mutant forget_vote"
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 63 --mutant forget_vote"
 
 
 # -- the read checker itself ---------------------------------------------------------------

@@ -92,7 +92,6 @@ from ._operations import (
     retention_policy,
 )
 from ._security import Security, load_security
-from ._snapshot_fetch import request_response
 
 _RECEIVE_SIZE = 64 * 1024
 PEER_FRAME_FACTOR = 80
@@ -257,7 +256,10 @@ class Broker:
             if not self._retained or not self.driver.node.is_leader or self._closing:
                 continue
             try:
-                result = await self.submit(ApplyRetention(self.wall_clock_ms()))
+                result: Any = BrokerError(ErrorCode.UNAVAILABLE, "no answer in time")
+                # Bounded: a lost leadership resolves the proposal, but never wait for ever.
+                with trio.move_on_after(self.config.failure_timeout * 10):
+                    result = await self.submit(ApplyRetention(self.wall_clock_ms()))
             except Exception:
                 logger.exception("retention.crashed broker_id=%s", self.broker_id)
                 continue
@@ -373,7 +375,7 @@ class Broker:
         the request came in on the plaintext listener."""
         if isinstance(request, ClusterQuery):
             return self._wrong_cluster(request.cluster_id) or self.topology(
-                details=bool(request.details), plaintext=plaintext
+                details=bool(request.details) and not plaintext, plaintext=plaintext
             )
         if self._closing:
             return BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down")
@@ -551,8 +553,13 @@ class Broker:
             with trio.fail_after(self.config.failure_timeout * 4):
                 stream = await self.network.connect(request.host, request.port)
                 async with stream:
-                    answer = await request_response(
-                        stream, FrameDecoder(), ClusterQuery(cluster_id=self.cluster_id)
+                    # With a cluster secret, the new broker must accept this broker's proof:
+                    # it holds the same secret, or it could never replicate or vote.
+                    answer = await authenticate(
+                        stream,
+                        FrameDecoder(),
+                        secret=self.security.secret,
+                        then=ClusterQuery(cluster_id=self.cluster_id),
                     )
         except (
             OSError,
@@ -561,7 +568,15 @@ class Broker:
             trio.BrokenResourceError,
             ProtocolError,
         ) as exc:
-            return BrokerError(ErrorCode.UNAVAILABLE, f"cannot reach a broker at {where}: {exc!r}")
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else repr(exc)
+            return BrokerError(ErrorCode.UNAVAILABLE, f"cannot reach a broker at {where}: {reason}")
+        if answer.get("code") == ErrorCode.UNAUTHORIZED:
+            return BrokerError(
+                ErrorCode.UNAUTHORIZED,
+                f"the broker at {where} refused this cluster's secret: start it with the same "
+                f"--cluster-secret-file (and give add-member its main port, not a plaintext "
+                f"one): {answer.get('message')}",
+            )
         if answer.get("code") == ErrorCode.WRONG_CLUSTER or (
             answer.get("status") == "success" and answer.get("cluster_id") != self.cluster_id
         ):
@@ -602,8 +617,11 @@ class Broker:
         host, port = error.details.get("leader_host"), error.details.get("leader_port")
         if host is None or port is None:
             return error
+        # The leader's own work may take a bounded time too (an ADD_MEMBER reaches the new
+        # broker first): wait for longer than that.
+        deadline = self.config.failure_timeout * (10 if isinstance(request, AddMember) else 4)
         try:
-            with trio.fail_after(self.config.failure_timeout * 4):
+            with trio.fail_after(deadline):
                 stream = await self.network.connect(host, port)
                 async with stream:
                     # Proved with this broker's own secret: it checked the requester's.
@@ -617,7 +635,15 @@ class Broker:
             trio.BrokenResourceError,
             ProtocolError,
         ) as exc:
-            return BrokerError(ErrorCode.UNAVAILABLE, f"could not reach the leader: {exc}")
+            reason = (
+                f"no answer within {deadline:g} s" if isinstance(exc, trio.TooSlowError) else exc
+            )
+            return BrokerError(
+                ErrorCode.UNAVAILABLE,
+                f"could not reach the leader: {reason}; the request may or may not have been "
+                "applied",
+                outcome="unknown",
+            )
         return _Forwarded(answer)
 
     async def _snapshot_chunk(self, request: DataSyncRequest) -> Response | BrokerError:
@@ -812,7 +838,9 @@ class Broker:
         if isinstance(request, PRIVILEGED_REQUESTS):
             if session.plaintext:
                 return self._unauthorized(
-                    peer, request, "broker-to-broker requests are not served on this listener"
+                    peer,
+                    request,
+                    "operator and broker-to-broker requests are not served on this listener",
                 )
             if security.secret is not None and not session.member:
                 return self._unauthorized(
@@ -1331,7 +1359,8 @@ async def open_broker(
                         logging.WARNING,
                         "broker.insecure",
                         reason="client tokens without a cluster secret: anyone may join, "
-                        "replicate or remove members (docs/security.md)",
+                        "replicate, vote, change the membership or the leadership, or compact "
+                        "the log (docs/security.md)",
                     )
                 try:
                     if joining:

@@ -48,6 +48,23 @@ RESTART_WINDOW = 60.0
 SNAPSHOTS_KEPT = 2
 MAX_GROUP = 1024
 """Commands in one proposal group (one log entry)."""
+COMMAND_OVERHEAD = 256
+"""More than the JSON a log payload adds to its data and its ids (field names, numbers)."""
+
+
+def _encoded_bound(command: Any) -> int:
+    """An upper bound of a command's size in a log entry. A group stays under ``max_frame`` by
+    this bound, so that a REPLICATE of the core's 64 entries stays within a peer frame."""
+    ids = sum(
+        len(value)
+        for value in (
+            getattr(command, "queue_id", None),
+            getattr(command, "client_id", None),
+            getattr(command, "producer_id", None),
+        )
+        if isinstance(value, str)
+    )
+    return COMMAND_OVERHEAD + ids + data_size(command)
 
 
 class Pending:
@@ -195,6 +212,10 @@ class RaftDriver:
         arrived meanwhile (while the previous transaction ran) become one log entry, a
         :class:`~trio_broker._core._commands.CommandGroup` (proposal batching).
         """
+        if isinstance(payload, CommandGroup):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
+            )
         await acquire(self._capacity)
         if self.node.is_leader and self.node.transfer_target is not None:
             self._capacity.release()
@@ -215,7 +236,7 @@ class RaftDriver:
         while start < len(proposals):
             end, size = start, 0
             while end < len(proposals) and end - start < MAX_GROUP:
-                size += 64 + data_size(proposals[end][0])
+                size += _encoded_bound(proposals[end][0])
                 if end > start and size > self.config.max_frame:
                     break
                 end += 1
@@ -236,19 +257,23 @@ class RaftDriver:
                     pending.set(error)
                     self._capacity.release()
                 continue
-            self._waiters[index] = (term, [pending for _, pending in chunk])
+            self._wait_for(index, term, [pending for _, pending in chunk])
 
     async def change_membership(self, change: ConfigChange) -> Any:
         """Propose one membership change and wait until it is applied."""
+        # The unit is taken before proposing: the entry must not be applied before its waiter
+        # is registered (waiting for capacity after proposing could let it be).
+        await acquire(self._capacity)
         try:
             term, index = self.node.propose_config_change(change)
         except raft.NotLeader:
+            self._capacity.release()
             return self.not_leader_error()
         except raft.RaftError as exc:
+            self._capacity.release()
             return BrokerError(ErrorCode.UNAVAILABLE, f"membership change refused: {exc}")
-        await self._capacity.acquire()
         pending = Pending()
-        self._waiters[index] = (term, [pending])
+        self._wait_for(index, term, [pending])
         self.wake()
         return await pending.wait()
 
@@ -404,14 +429,24 @@ class RaftDriver:
                     await self._recover(exc)
 
     async def _recover(self, exc: Exception) -> None:
+        # Rebuild first, answer after: a client told "outcome unknown" must not find the stale
+        # core still claiming to lead.
+        state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
+        self.node = make_node(self.broker_id, state, self.config)
+        # Entries may have been applied without their callbacks: rebuild the views from disk.
+        self.addresses.clear()
+        self.addresses.update(addresses)
+        self._on_snapshot(queues, retained)
+        self._applied_bytes = 0
         self._flush_unproposed(_outcome_unknown(f"internal failure: {exc!r}"))
         for index in list(self._waiters):
             self._resolve(index, _outcome_unknown(f"internal failure: {exc!r}"))
-        state = await self._worker.run(self._store.raft_state)
-        self.node = make_node(self.broker_id, state, self.config)
         log_event(
             logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
         )
+
+    def _read_recovery(self) -> tuple[Any, Any]:
+        return self._store.raft_state(), self._read_views()
 
     async def _drive(self) -> None:
         tick = self.config.tick_seconds
@@ -529,6 +564,14 @@ class RaftDriver:
                 pending.set(result)
         for _ in pendings:
             self._capacity.release()
+
+    def _wait_for(self, index: int, term: int, pendings: list[Pending]) -> None:
+        """Register the proposals of the entry this leader just appended at ``index``. A
+        waiter still there is from an earlier term whose entry this leader's log replaced:
+        by leader completeness that entry was never committed, so it was not applied."""
+        if index in self._waiters:
+            self._resolve(index, _not_applied("another leader's entry took its place"))
+        self._waiters[index] = (term, pendings)
 
     def _flush_unproposed(self, error: BrokerError) -> None:
         proposals, self._proposals = self._proposals, []
@@ -681,6 +724,9 @@ class RaftDriver:
                 index -= 1
         term = log.term(index) if index > log.snapshot_index else None
         if term is None:
+            if over_bytes:  # the count was stale: the log holds less than it said
+                held = log.slice(log.snapshot_index + 1, applied + 1)
+                self._applied_bytes = sum(data_size(e.payload) for e in held)
             return
         config = self.node._config_at(index)
         self.node.compact(index)
@@ -699,6 +745,7 @@ class RaftDriver:
             return
         meta = SnapshotMeta(index, term, self.node._config_at(index))
         self.node.compact(index)
+        self._applied_bytes = 0  # nothing applied is left in the log
         assert self._nursery is not None
         self._nursery.start_soon(self._compact_storage, meta, requests)
 

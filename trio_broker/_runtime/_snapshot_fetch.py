@@ -53,10 +53,12 @@ async def fetch_snapshot(
         return False
     whole = hashlib.sha256()
     try:
-        stream = await network.connect(*address)
+        with trio.fail_after(CHUNK_DEADLINE):  # connecting, TLS and AUTH are bounded too
+            stream = await network.connect(*address)
         async with stream:
             decoder = FrameDecoder(4 * 1024 * 1024)
-            refused = await authenticate(stream, decoder, secret=secret)
+            with trio.fail_after(CHUNK_DEADLINE):
+                refused = await authenticate(stream, decoder, secret=secret)
             if refused:
                 log_event(logging.WARNING, "snapshot.fetch_refused", reason=refused.get("message"))
                 return False

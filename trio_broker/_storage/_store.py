@@ -646,8 +646,14 @@ class Store:
         )
 
     def compact(self, meta: SnapshotMeta) -> None:
-        """Drop log entries up to ``meta.index`` (applied): the tables now stand in for them."""
+        """Drop log entries up to ``meta.index`` (applied): the tables now stand in for them.
+
+        A compaction that arrives after a later one (two compactions started together, or a
+        snapshot from the leader installed meanwhile) does nothing: the snapshot point never
+        moves back."""
         with self._db:
+            if meta.index <= self.get_meta("snapshot_index", 0):
+                return
             self._db.execute("DELETE FROM raft_log WHERE log_index <= ?", (meta.index,))
             self._set_meta(
                 {

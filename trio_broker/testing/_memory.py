@@ -666,6 +666,8 @@ class MemoryStore:
         return results
 
     def compact(self, meta: SnapshotMeta) -> None:
+        if meta.index <= self.meta.get("snapshot_index", 0):
+            return  # a later snapshot point is already there (as in Store.compact)
         for index in [i for i in self.log if i <= meta.index]:
             del self.log[index]
         self.meta.update(

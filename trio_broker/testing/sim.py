@@ -181,7 +181,8 @@ class FaultParams:
 
 @attrs.frozen
 class ClientRequest:
-    src: str
+    src: str | None
+    """None for the operator's (and the leader's own) commands: proposed, never answered."""
     dst: Any
     req_id: int
     command: Any
@@ -535,17 +536,23 @@ class Simulation:
             term, requests = waiting
             if term != e.term:  # another leader's entry took this index
                 for client, req_id in requests:
-                    self.post(ClientResponse(i, client, req_id, "dropped"), client=True)
+                    self._answer(i, client, req_id, "dropped")
                 return
             results = result.results if isinstance(result, GroupApplied) else [result]
             for (client, req_id), one in zip(requests, results, strict=True):
-                self.post(ClientResponse(i, client, req_id, "ok", one), client=True)
+                self._answer(i, client, req_id, "ok", one)
+
+    def _answer(self, i: int, client: str | None, req_id: int, status: str, result=None) -> None:
+        if client is not None:  # the operator's commands are not answered
+            self.post(ClientResponse(i, client, req_id, status, result), client=True)
 
     # -- the broker side of client traffic -----------------------------------------------------
 
     def _serve(self, i: int, node: RaftNode, m: ClientRequest) -> None:
         if not node.is_leader:
-            self.post(ClientResponse(i, m.src, m.req_id, "not_leader", None, node.leader_id), True)
+            if m.src is not None:
+                response = ClientResponse(i, m.src, m.req_id, "not_leader", None, node.leader_id)
+                self.post(response, True)
             return
         self.proposals.setdefault(i, (self.now, []))[1].append(m)
 
@@ -568,10 +575,17 @@ class Simulation:
             term, index = node.propose(payload)
         except NotLeader as exc:
             for m in requests:
-                response = ClientResponse(i, m.src, m.req_id, "not_leader", None, exc.leader_id)
-                self.post(response, True)
+                if m.src is not None:
+                    response = ClientResponse(i, m.src, m.req_id, "not_leader", None, exc.leader_id)
+                    self.post(response, True)
             return
         self.stats["groups"] += len(requests) > 1
+        replaced = self.pending.pop((i, index), None)
+        if replaced is not None:
+            # An earlier term's entry at this index was replaced in this leader's log: it was
+            # never committed (leader completeness), as the runtime's driver answers.
+            for client, req_id in replaced[1]:
+                self._answer(i, client, req_id, "dropped")
         self.pending[(i, index)] = (term, [(m.src, m.req_id) for m in requests])
 
     # -- clients -------------------------------------------------------------------------------
@@ -763,20 +777,18 @@ class Simulation:
                     max_age_ms=rng.choice([200, 1000, 5000]) if 0.3 < kind < 0.8 else None,
                     delete_acknowledged=rng.random() < 0.3,
                 )
-                try:
-                    leader.propose(SetRetention(rng.choice(known), policy))
-                except NotLeader:  # handing its leadership over: no new entries
-                    return
+                # Through the leader's proposal queue, as the runtime's requests: it may share
+                # a group with clients' commands.
+                self._serve(
+                    i, leader, ClientRequest(None, i, 0, SetRetention(rng.choice(known), policy))
+                )
                 self.dirty.add(i)
                 self.stats["retention_policies"] += 1
                 self._trace(f"retention {policy} at {i}")
         # Quiescing (the end of the liveness phase) waits for the log to stop growing.
         due = self.now % self.p.retention_every == 0
         if due and not self.quiescing and self.apps[i].retention:
-            try:
-                leader.propose(ApplyRetention(self.wall_ms(i)))
-            except NotLeader:  # handing its leadership over: the next one will do
-                return
+            self._serve(i, leader, ClientRequest(None, i, 0, ApplyRetention(self.wall_ms(i))))
             self.dirty.add(i)
             self.stats["retention_runs"] += 1
 
@@ -1013,9 +1025,30 @@ class Checker:
         if prev != record:
             self.fail(f"state machine safety: node {i} applied {record} at {e.index}, not {prev}")
         app = self.sim.apps[i]
+        if isinstance(result, GroupApplied):
+            # The state is checked after the whole entry: what a read or an enforcement in a
+            # group saw may have been deleted by a later enforcement in the same group.
+            commands = e.payload.commands
+            for k, (command, one) in enumerate(zip(commands, result.results, strict=True)):
+                later = any(isinstance(c, ApplyRetention) for c in commands[k + 1 :])
+                self._check_applied(i, app, e.index, command, one, final=not later)
+        else:
+            self._check_applied(i, app, e.index, e.payload, result)
+
+    def _check_applied(
+        self,
+        i: int,
+        app: QueueState,
+        index: int,
+        command: Any,
+        result: Any,
+        final: bool = True,
+    ) -> None:
+        """``final``: no enforcement follows in the entry, so the state after the entry is
+        the state right after this command as far as retention is concerned."""
         if isinstance(result, RetentionApplied):
             for q, first in result.trimmed:
-                if app.first_retained(q) != first:
+                if final and app.first_retained(q) != first:
                     self.fail(f"node {i}: enforcement says {q} starts at #{first}, it does not")
                 if first - 1 > self.trimmed.get(q, 0):
                     self.sim.stats["retention_deleted"] += first - 1 - self.trimmed.get(q, 0)
@@ -1023,11 +1056,11 @@ class Checker:
             # Every replica retains the same messages after the same enforcement.
             retained = repr(sorted((q, app.deleted[q], m) for q, m in app.messages.items()))
             digest = hashlib.blake2b(retained.encode(), digest_size=12).hexdigest()
-            if self.retained_at.setdefault(e.index, digest) != digest:
-                self.fail(f"node {i} retains other messages than another node after {e.index}")
-        elif isinstance(result, MessageRead | MessagesRead):
+            if self.retained_at.setdefault(index, digest) != digest:
+                self.fail(f"node {i} retains other messages than another node after {index}")
+        elif isinstance(result, MessageRead | MessagesRead) and final:
             # A read never returns what retention deleted on this replica before it.
-            q = e.payload.queue_id
+            q = command.queue_id
             if isinstance(result, MessageRead):
                 read = [] if result.sequence_num is None else [result.sequence_num]
             else:
