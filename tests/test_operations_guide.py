@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,15 @@ class Shell:
         wrapper = bin_dir / "python"
         wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
         wrapper.chmod(0o755)
+        if shutil.which("curl") is None:
+            # The guide reads metrics with `curl -s URL`; a machine without curl gets a stand-in.
+            fetch = (
+                "import sys, urllib.request; "
+                "print(urllib.request.urlopen(sys.argv[-1]).read().decode())"
+            )
+            stand_in = bin_dir / "curl"
+            stand_in.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c "{fetch}" "$@"\n')
+            stand_in.chmod(0o755)
         self.env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
         self.groups: list[int] = []
 
