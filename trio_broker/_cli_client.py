@@ -115,6 +115,10 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
+def _cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+
+
 def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``client`` sub-command on an argparse subparsers object."""
     client = subparsers.add_parser(
@@ -190,7 +194,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="list the queues with their lengths and each client's lag",
     )
-    queues.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    _cluster_option(queues)
     commands.add_parser(
         "health",
         parents=[common],
@@ -207,7 +211,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="BROKER_ID|HOST:PORT",
         help="the broker's id, or the address status shows for it",
     )
-    remove.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    _cluster_option(remove)
     add = commands.add_parser(
         "add-member",
         parents=[common],
@@ -217,7 +221,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "another cluster or already has a membership of its own.",
     )
     add.add_argument("address", type=_seed, metavar="HOST:PORT")
-    add.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    _cluster_option(add)
     transfer = commands.add_parser(
         "transfer-leader",
         parents=[common],
@@ -228,7 +232,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="BROKER_ID",
         help="the voter to hand it to (default: the one whose log is the most up to date)",
     )
-    transfer.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    _cluster_option(transfer)
     snapshot = commands.add_parser(
         "snapshot",
         parents=[common],
@@ -240,7 +244,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="only the broker listening there (default: every member)",
     )
-    snapshot.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+    _cluster_option(snapshot)
     read.add_argument("queue", metavar="QUEUE")
     read.add_argument(
         "--count",

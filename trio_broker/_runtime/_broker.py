@@ -549,27 +549,18 @@ class Broker:
         if not self.driver.node.is_leader:
             return await self._forward_to_leader(request)
         where = f"{request.host}:{request.port}"
+        deadline = self.config.failure_timeout * 4
         try:
-            with trio.fail_after(self.config.failure_timeout * 4):
-                stream = await self.network.connect(request.host, request.port)
-                async with stream:
-                    # With a cluster secret, the new broker must accept this broker's proof:
-                    # it holds the same secret, or it could never replicate or vote.
-                    answer = await authenticate(
-                        stream,
-                        FrameDecoder(),
-                        secret=self.security.secret,
-                        then=ClusterQuery(cluster_id=self.cluster_id),
-                    )
-        except (
-            OSError,
-            ConnectionError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            ProtocolError,
-        ) as exc:
-            reason = "timed out" if isinstance(exc, trio.TooSlowError) else repr(exc)
-            return BrokerError(ErrorCode.UNAVAILABLE, f"cannot reach a broker at {where}: {reason}")
+            # With a cluster secret, the new broker must accept this broker's proof: it holds
+            # the same secret, or it could never replicate or vote.
+            answer = await self._ask_broker(
+                request.host, request.port, ClusterQuery(cluster_id=self.cluster_id), deadline
+            )
+        except _UNREACHABLE as exc:
+            return BrokerError(
+                ErrorCode.UNAVAILABLE,
+                f"cannot reach a broker at {where}: {_unreachable_reason(exc, deadline)}",
+            )
         if answer.get("code") == ErrorCode.UNAUTHORIZED:
             return BrokerError(
                 ErrorCode.UNAUTHORIZED,
@@ -621,30 +612,28 @@ class Broker:
         # broker first): wait for longer than that.
         deadline = self.config.failure_timeout * (10 if isinstance(request, AddMember) else 4)
         try:
-            with trio.fail_after(deadline):
-                stream = await self.network.connect(host, port)
-                async with stream:
-                    # Proved with this broker's own secret: it checked the requester's.
-                    answer = await authenticate(
-                        stream, FrameDecoder(), secret=self.security.secret, then=request
-                    )
-        except (
-            OSError,
-            ConnectionError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            ProtocolError,
-        ) as exc:
-            reason = (
-                f"no answer within {deadline:g} s" if isinstance(exc, trio.TooSlowError) else exc
-            )
+            # Proved with this broker's own secret: it checked the requester's.
+            answer = await self._ask_broker(host, port, request, deadline)
+        except _UNREACHABLE as exc:
             return BrokerError(
                 ErrorCode.UNAVAILABLE,
-                f"could not reach the leader: {reason}; the request may or may not have been "
-                "applied",
+                f"could not reach the leader: {_unreachable_reason(exc, deadline)}; the request "
+                "may or may not have been applied",
                 outcome="unknown",
             )
         return _Forwarded(answer)
+
+    async def _ask_broker(
+        self, host: str, port: int, request: Request, deadline: float
+    ) -> dict[str, Any]:
+        """One request to another broker, on a connection of its own, after proving this
+        broker's cluster secret (when it has one). Raises one of ``_UNREACHABLE``."""
+        with trio.fail_after(deadline):
+            stream = await self.network.connect(host, port)
+            async with stream:
+                return await authenticate(
+                    stream, FrameDecoder(), secret=self.security.secret, then=request
+                )
 
     async def _snapshot_chunk(self, request: DataSyncRequest) -> Response | BrokerError:
         found = await trio.to_thread.run_sync(
@@ -1025,6 +1014,20 @@ class Broker:
         with trio.move_on_after(self.config.shutdown_grace):
             await self._idle.wait()
         connections.cancel_scope.cancel()
+
+
+_UNREACHABLE = (
+    OSError,
+    ConnectionError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    ProtocolError,
+)
+"""What asking another broker may raise: it was not reached, or did not answer in time."""
+
+
+def _unreachable_reason(exc: BaseException, deadline: float) -> str:
+    return f"no answer within {deadline:g} s" if isinstance(exc, trio.TooSlowError) else repr(exc)
 
 
 class _LongPoll:
