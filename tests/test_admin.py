@@ -4,13 +4,11 @@ client where there is a command for it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import trio
 
-from trio_broker._cli_client import add_client_parser, run_client
 from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster
@@ -18,25 +16,6 @@ from trio_broker.testing import open_local_cluster
 from .wire import call
 
 DEADLINE = 30
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio_broker")
-    add_client_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-@pytest.fixture
-def cli(capsys):
-    """Run one client command in a worker thread; returns (exit status, stdout, stderr)."""
-
-    async def run(*argv: str) -> tuple[int, str, str]:
-        args = build_parser().parse_args(["client", *argv])
-        status = await trio.to_thread.run_sync(run_client, args)
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def seed(broker) -> tuple[str, str]:

@@ -10,8 +10,8 @@ from trio_broker._storage import DB_FILE, Store
 from trio_broker._storage._backup import BackupError, backup, describe, restore
 from trio_broker.testing import open_local_cluster
 
-from .test_cluster import DEADLINE, append, create_queue, stored_messages, wait_applied
-from .wire import call
+from .test_cluster import DEADLINE, stored_messages, wait_applied
+from .wire import append, call, create_queue
 
 
 async def read(port: int, queue_id: str, client_id: str) -> dict:

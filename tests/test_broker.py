@@ -11,15 +11,9 @@ import trio
 from trio_broker import DataDirInUse, IdentityMismatch
 from trio_broker._runtime import BrokerConfig, open_broker
 
-from .wire import RawConnection, call, frame, request
+from .wire import RawConnection, call, create_queue, frame, request
 
 QUEUE_ID = re.compile(r"Q-[A-Z0-9]{10}")
-
-
-async def create_queue(port: int) -> str:
-    response = await call(port, {"operation": "CREATE_QUEUE", "client_id": "C-AAAAA"})
-    assert response["status"] == "success"
-    return response["queue_id"]
 
 
 # -- contract operations and response shapes -------------------------------------------------
@@ -51,14 +45,17 @@ async def test_cluster_query_for_another_cluster_is_refused(broker):
 
 
 async def test_create_queue_id_names_the_cluster(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     assert QUEUE_ID.fullmatch(queue_id)
     assert queue_id[2:7] == broker.cluster_id[2:]
-    assert queue_id != await create_queue(broker.port)
+    assert queue_id != await create_queue(broker.port, client_id="C-AAAAA")
 
 
 async def test_append_numbers_from_one_per_queue(broker):
-    q1, q2 = await create_queue(broker.port), await create_queue(broker.port)
+    q1, q2 = (
+        await create_queue(broker.port, client_id="C-AAAAA"),
+        await create_queue(broker.port, client_id="C-AAAAA"),
+    )
     for expected in (1, 2, 3):
         response = await call(broker.port, {"operation": "APPEND", "queue_name": q1, "data": 42})
         assert response == {"status": "success", "sequence_num": expected}
@@ -87,7 +84,7 @@ async def test_append_numbers_from_one_per_queue(broker):
     ],
 )
 async def test_data_comes_back_exactly_as_appended(broker, value):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": value})
     response = await call(
         broker.port, {"operation": "READ", "queue_name": queue_id, "client_id": "C-READ1"}
@@ -97,7 +94,7 @@ async def test_data_comes_back_exactly_as_appended(broker, value):
 
 
 async def test_each_client_reads_every_message_once_in_order(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     for i in range(5):
         await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": i * 10})
     for client_id in ("C-ONE01", "C-TWO02"):
@@ -114,13 +111,13 @@ async def test_each_client_reads_every_message_once_in_order(broker):
 
 
 async def test_reading_an_empty_queue_is_not_an_error(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     r = await call(broker.port, {"operation": "READ", "queue_name": queue_id, "client_id": "C-X"})
     assert r == {"status": "success", "message": "no_messages"}
 
 
 async def test_extra_fields_are_ignored(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     r = await call(
         broker.port,
         {
@@ -138,7 +135,7 @@ async def test_extra_fields_are_ignored(broker):
 
 
 async def test_pipelined_requests_are_answered_in_order(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     conn = await RawConnection.open(broker.port)
     n = 1000
     requests = []
@@ -173,7 +170,7 @@ async def test_pipelined_requests_are_answered_in_order(broker):
 async def test_grouped_proposals_answer_each_request_with_its_own_result(broker):
     """Pipelined requests share log entries (proposal batching), yet a refused one in a group
     gets its own error while its neighbours are applied."""
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     conn = await RawConnection.open(broker.port)
     requests = []
     for i in range(300):
@@ -244,7 +241,7 @@ async def assert_still_serving(broker, queue_id: str, expected_length: int) -> N
     ],
 )
 async def test_bad_request_gets_error_envelope_and_changes_nothing(broker, payload, code, fragment):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": 1})
     conn = await RawConnection.open(broker.port)
     await conn.send_raw(frame(payload))
@@ -273,7 +270,7 @@ async def test_unknown_queue_is_an_error(broker):
 async def test_oversized_data_is_refused(tmp_path):
     config = BrokerConfig(data_dir=tmp_path, port=0, max_frame=4096)
     async with open_broker(config) as broker:
-        queue_id = await create_queue(broker.port)
+        queue_id = await create_queue(broker.port, client_id="C-AAAAA")
         r = await call(
             broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 4000}
         )
@@ -284,7 +281,7 @@ async def test_oversized_data_is_refused(tmp_path):
 async def test_length_prefix_beyond_maximum_answers_then_closes(tmp_path):
     config = BrokerConfig(data_dir=tmp_path, port=0, max_frame=4096)
     async with open_broker(config) as broker:
-        queue_id = await create_queue(broker.port)
+        queue_id = await create_queue(broker.port, client_id="C-AAAAA")
         conn = await RawConnection.open(broker.port)
         await conn.send_raw(struct.pack(">I", 4097) + b"x" * 100)
         r = await conn.receive()
@@ -295,7 +292,7 @@ async def test_length_prefix_beyond_maximum_answers_then_closes(tmp_path):
 
 
 async def test_length_prefix_beyond_bytes_sent_then_close(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     conn = await RawConnection.open(broker.port)
     # Promise 100 bytes of an APPEND, send 20, then go away: nothing may be appended.
     await conn.send_raw(struct.pack(">I", 100) + request({"operation": "APPEND"})[4:24])
@@ -304,7 +301,7 @@ async def test_length_prefix_beyond_bytes_sent_then_close(broker):
 
 
 async def test_connection_closed_mid_header(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     conn = await RawConnection.open(broker.port)
     await conn.send_raw(b"\x00\x00")
     await conn.aclose()
@@ -312,7 +309,7 @@ async def test_connection_closed_mid_header(broker):
 
 
 async def test_byte_at_a_time_delivery(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     conn = await RawConnection.open(broker.port)
     data = request({"operation": "APPEND", "queue_name": queue_id, "data": [1, 2]})
     for i in range(len(data)):
@@ -322,7 +319,7 @@ async def test_byte_at_a_time_delivery(broker):
 
 
 async def test_thousands_of_idle_connections(broker):
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     idle = []
     try:
         for _ in range(2000):
@@ -364,7 +361,7 @@ async def test_restart_keeps_identity_queues_messages_and_positions(tmp_path):
     config = BrokerConfig(data_dir=tmp_path, port=0)
     async with open_broker(config) as broker:
         identity = (broker.broker_id, broker.cluster_id)
-        queue_id = await create_queue(broker.port)
+        queue_id = await create_queue(broker.port, client_id="C-AAAAA")
         for i in range(3):
             await call(broker.port, {"operation": "APPEND", "queue_name": queue_id, "data": i})
         await call(broker.port, {"operation": "READ", "queue_name": queue_id, "client_id": "C-R"})
@@ -382,7 +379,7 @@ async def test_given_ids_are_used_and_then_enforced(tmp_path):
     config = BrokerConfig(data_dir=tmp_path, port=0, broker_id="B-AAAAA", cluster_id="G-XYZ78")
     async with open_broker(config) as broker:
         assert (broker.broker_id, broker.cluster_id) == ("B-AAAAA", "G-XYZ78")
-        assert (await create_queue(broker.port)).startswith("Q-XYZ78")
+        assert (await create_queue(broker.port, client_id="C-AAAAA")).startswith("Q-XYZ78")
     with pytest.raises(IdentityMismatch, match="G-XYZ78"):
         async with open_broker(BrokerConfig(data_dir=tmp_path, port=0, cluster_id="G-OTHER")):
             pass
@@ -392,7 +389,7 @@ async def test_second_broker_on_the_same_data_dir_is_refused(broker, broker_conf
     with pytest.raises(DataDirInUse, match="in use by another broker"):
         async with open_broker(broker_config):
             pass
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     await assert_still_serving(broker, queue_id, 0)
 
 
@@ -409,7 +406,7 @@ def test_malformed_ids_in_config_are_refused(tmp_path):
 async def test_shutdown_answers_requests_in_flight(tmp_path):
     config = BrokerConfig(data_dir=tmp_path, port=0)
     async with open_broker(config) as broker:
-        queue_id = await create_queue(broker.port)
+        queue_id = await create_queue(broker.port, client_id="C-AAAAA")
         conn = await RawConnection.open(broker.port)
         n = 300
         await conn.send(
@@ -434,7 +431,7 @@ async def test_shutdown_answers_requests_in_flight(tmp_path):
 async def test_a_failed_commit_costs_the_request_not_the_broker(broker):
     """A storage failure mid-transaction: the request's outcome is unknown, the broker
     rebuilds its consensus state from disk and goes on serving."""
-    queue_id = await create_queue(broker.port)
+    queue_id = await create_queue(broker.port, client_id="C-AAAAA")
     store = broker.driver._store
     real_save = store.save
     failures = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import socket
@@ -14,39 +13,19 @@ import pytest
 import trio
 import trustme
 
-from trio_broker._cli_client import add_client_parser, parse_data, run_client
+from trio_broker._cli_client import parse_data
 from trio_broker._ids import QUEUE_ID_RE
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.client import Message, connect
 from trio_broker.testing import open_local_cluster
+
+from .conftest import build_client_parser
 
 
 @pytest.fixture
 async def real_broker(tmp_path):
     async with open_broker(BrokerConfig(data_dir=tmp_path / "cli-broker", port=0)) as broker:
         yield broker
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trio_broker")
-    add_client_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-@pytest.fixture
-def cli(capsys):
-    """Run one client command in a worker thread (it runs its own trio loop there).
-
-    Returns (exit status, stdout, stderr).
-    """
-
-    async def run(*argv: str) -> tuple[int, str, str]:
-        args = build_parser().parse_args(["client", *argv])
-        status = await trio.to_thread.run_sync(run_client, args)
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def seed(broker) -> list[str]:
@@ -233,7 +212,7 @@ async def test_timeout_bounds_the_command(cli):
 
 
 def test_bad_arguments_are_refused_by_the_parser(capsys):
-    parser = build_parser()
+    parser = build_client_parser()
     for argv in (
         ["client", "--seed", "nocolon", "status"],
         ["client", "--timeout", "0", "status"],
@@ -247,7 +226,7 @@ def test_bad_arguments_are_refused_by_the_parser(capsys):
 
 
 def test_defaults():
-    args = build_parser().parse_args(["client", "status"])
+    args = build_client_parser().parse_args(["client", "status"])
     assert args.seed is None  # run_client then uses 127.0.0.1:9001
     assert args.timeout == 10
     assert args.json is False

@@ -9,21 +9,9 @@ from trio_broker._core._commands import data_size
 from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker.testing import open_local_cluster
 
-from .wire import RawConnection, call
+from .wire import RawConnection, append, call, create_queue
 
 DEADLINE = 15
-
-
-async def create_queue(port: int) -> str:
-    r = await call(port, {"operation": "CREATE_QUEUE"})
-    assert r["status"] == "success", r
-    return r["queue_id"]
-
-
-async def append(port: int, queue_id: str, data) -> int:
-    r = await call(port, {"operation": "APPEND", "queue_name": queue_id, "data": data})
-    assert r["status"] == "success", r
-    return r["sequence_num"]
 
 
 async def stored_messages(broker, queue_id: str) -> list[bytes]:

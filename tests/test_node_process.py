@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from .processes import NodeProcess, Nodes, free_port, open_nodes, value_for
-from .wire import RawConnection, call
+from .wire import RawConnection, call, create_queue
 
 READER = "C-RDR01"
 
@@ -25,12 +25,6 @@ async def nodes(tmp_path: Path):
 def same(a: Any, b: Any) -> bool:
     """Equal as JSON, types included (1 is not 1.0, "7" is not 7)."""
     return orjson.dumps(a) == orjson.dumps(b)
-
-
-async def create_queue(port: int) -> str:
-    response = await call(port, {"operation": "CREATE_QUEUE", "client_id": "C-SETUP"})
-    assert response["status"] == "success", response
-    return response["queue_id"]
 
 
 async def read_all(port: int, queue_id: str, client_id: str, *, batch: int = 256) -> list[Any]:

@@ -9,11 +9,7 @@ import trio
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.testing import open_local_cluster
 
-from .wire import RawConnection, call
-
-
-async def new_queue(port: int) -> str:
-    return (await call(port, {"operation": "CREATE_QUEUE"}))["queue_id"]
+from .wire import RawConnection, call, create_queue
 
 
 def append(q: str, data, **extra) -> dict:
@@ -25,7 +21,7 @@ def read(q: str, client: str = "C-READ1", **extra) -> dict:
 
 
 async def test_batch_append_is_atomic_and_numbered_consecutively(broker):
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     await call(broker.port, append(q, "first"))
     r = await call(
         broker.port,
@@ -48,7 +44,7 @@ async def test_batch_append_is_atomic_and_numbered_consecutively(broker):
 )
 async def test_bad_batches_are_refused_whole(tmp_path, values, code):
     async with open_broker(BrokerConfig(data_dir=tmp_path, port=0, max_frame=4096)) as broker:
-        q = await new_queue(broker.port)
+        q = await create_queue(broker.port)
         r = await call(
             broker.port, {"operation": "APPEND_BATCH", "queue_name": q, "values": values}
         )
@@ -57,7 +53,7 @@ async def test_bad_batches_are_refused_whole(tmp_path, values, code):
 
 
 async def test_an_idempotent_producer_retry_is_not_stored_twice(broker):
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     first = await call(broker.port, append(q, "a", producer_id="P-1", producer_seq=1))
     assert first == {"status": "success", "sequence_num": 1}
     again = await call(broker.port, append(q, "a", producer_id="P-1", producer_seq=1))
@@ -92,7 +88,7 @@ async def test_idempotent_producing_survives_leader_failover(tmp_path):
     with trio.fail_after(30):
         async with open_local_cluster(tmp_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
-            q = await new_queue(leader.port)
+            q = await create_queue(leader.port)
             r = await call(leader.port, append(q, "once", producer_id="P-F", producer_seq=7))
             assert r["sequence_num"] == 1
             await cluster.stop(cluster.name_of(leader))
@@ -104,7 +100,7 @@ async def test_idempotent_producing_survives_leader_failover(tmp_path):
 
 
 async def test_batch_reads_move_the_position_past_what_they_return(broker):
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     for i in range(5):
         await call(broker.port, append(q, i))
     r = await call(broker.port, read(q, max_messages=3))
@@ -125,7 +121,7 @@ async def test_batch_reads_move_the_position_past_what_they_return(broker):
 
 async def test_batch_reads_stop_before_the_answer_outgrows_a_frame(tmp_path):
     async with open_broker(BrokerConfig(data_dir=tmp_path, port=0, max_frame=4096)) as broker:
-        q = await new_queue(broker.port)
+        q = await create_queue(broker.port)
         for i in range(10):
             await call(broker.port, append(q, str(i) * 1000))
         seen = []
@@ -140,7 +136,7 @@ async def test_batch_reads_stop_before_the_answer_outgrows_a_frame(tmp_path):
 
 async def test_at_least_once_peek_then_ack(broker):
     """A consumer that fails before acknowledging gets the same messages again."""
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     for i in range(4):
         await call(broker.port, append(q, i))
     first = await call(broker.port, read(q, "C-WORKR", max_messages=2, mode="peek"))
@@ -160,7 +156,7 @@ async def test_at_least_once_peek_then_ack(broker):
 
 
 async def test_seek_replays_or_skips(broker):
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     for i in range(3):
         await call(broker.port, append(q, i))
     seek = {"operation": "SEEK", "queue_name": q, "client_id": "C-SEEK1"}
@@ -183,7 +179,7 @@ async def test_seek_replays_or_skips(broker):
 
 
 async def test_long_poll_read_waits_for_the_next_append(broker):
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     reader = await RawConnection.open(broker.port)
     await reader.send(read(q, wait_ms=5000))
     with trio.move_on_after(0.2) as waited:
@@ -205,7 +201,7 @@ async def test_long_poll_read_waits_for_the_next_append(broker):
 
 
 async def test_list_queues_with_lengths_and_client_lag(broker):
-    queues = sorted([await new_queue(broker.port) for _ in range(3)])
+    queues = sorted([await create_queue(broker.port) for _ in range(3)])
     for i, q in enumerate(queues):
         for _ in range(i + 1):
             await call(broker.port, append(q, "x"))

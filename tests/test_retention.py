@@ -24,7 +24,7 @@ from trio_broker._protocol._peer import decode_payload, encode_payload
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.testing import open_local_cluster
 
-from .wire import RawConnection, call
+from .wire import RawConnection, append, call, create_queue
 
 DEADLINE = 15
 
@@ -37,18 +37,6 @@ class FakeWallClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def new_queue(port: int, **extra) -> str:
-    r = await call(port, {"operation": "CREATE_QUEUE", **extra})
-    assert r["status"] == "success", r
-    return r["queue_id"]
-
-
-async def append(port: int, q: str, data) -> int:
-    r = await call(port, {"operation": "APPEND", "queue_name": q, "data": data})
-    assert r["status"] == "success", r
-    return r["sequence_num"]
 
 
 def set_retention(q: str, **retention) -> dict:
@@ -76,7 +64,7 @@ async def clocked(tmp_path):
 
 async def test_max_messages_keeps_the_newest_and_sequence_numbers(clocked):
     broker, _ = clocked
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     for n in range(1, 6):
         await append(broker.port, q, n)
     r = await call(broker.port, set_retention(q, max_messages=2))
@@ -115,7 +103,7 @@ async def test_max_messages_keeps_the_newest_and_sequence_numbers(clocked):
 
 async def test_max_age_uses_the_stamps_the_leader_gave(clocked):
     broker, clock = clocked
-    q = await new_queue(broker.port, retention={"max_age_ms": 10_000})
+    q = await create_queue(broker.port, retention={"max_age_ms": 10_000})
     start_ms = int(clock.now * 1000)
     for n in range(3):
         await append(broker.port, q, n)  # appended at start_ms, start_ms + 1 s, + 2 s
@@ -132,7 +120,7 @@ async def test_max_age_uses_the_stamps_the_leader_gave(clocked):
 
 async def test_delete_acknowledged_waits_for_every_known_client(clocked):
     broker, _ = clocked
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     for n in range(1, 5):
         await append(broker.port, q, n)
     assert (await call(broker.port, set_retention(q, delete_acknowledged=True)))["status"] == (
@@ -182,7 +170,7 @@ async def test_delete_acknowledged_waits_for_every_known_client(clocked):
     ],
 )
 async def test_bad_retention_requests_are_refused_and_change_nothing(broker, body):
-    q = await new_queue(broker.port)
+    q = await create_queue(broker.port)
     r = await call(broker.port, {"operation": "SET_RETENTION", "queue_name": q} | body)
     assert r["status"] == "error" and r["code"] == "BAD_REQUEST", r
     assert (await queue_info(broker.port, q))["retention"] is None
@@ -213,7 +201,7 @@ async def test_the_leader_enforces_periodically_while_a_policy_exists(tmp_path):
         data_dir=tmp_path / "b", port=0, wall_clock=clock, retention_interval=0.01
     )
     async with open_broker(config) as broker:
-        q = await new_queue(broker.port, retention={"max_messages": 1})
+        q = await create_queue(broker.port, retention={"max_messages": 1})
         for n in range(3):
             await append(broker.port, q, n)
         with trio.fail_after(DEADLINE):
@@ -228,7 +216,7 @@ async def test_replicas_hold_the_same_retained_messages(tmp_path):
     with trio.fail_after(DEADLINE):
         async with open_local_cluster(tmp_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
-            q = await new_queue(leader.port, retention={"max_messages": 3})
+            q = await create_queue(leader.port, retention={"max_messages": 3})
             for n in range(10):
                 await append(leader.port, q, n)
             await enforce(leader, 0)
@@ -261,7 +249,7 @@ async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(tmp_path
             leader = await cluster.wait_for_leader()
             lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
             await cluster.stop(lagging)
-            q = await new_queue(leader.port, retention={"max_messages": 20})
+            q = await create_queue(leader.port, retention={"max_messages": 20})
             conn = await RawConnection.open(leader.port)
             await conn.send(
                 *[{"operation": "APPEND", "queue_name": q, "data": i} for i in range(150)]

@@ -64,3 +64,18 @@ async def call(port: int, obj: Any) -> dict[str, Any]:
         return await conn.call(obj)
     finally:
         await conn.aclose()
+
+
+async def create_queue(port: int, **fields: Any) -> str:
+    """CREATE_QUEUE on a connection of its own (extra ``fields`` go into the request); the new
+    queue's id. The answer must be a success."""
+    response = await call(port, {"operation": "CREATE_QUEUE", **fields})
+    assert response["status"] == "success", response
+    return response["queue_id"]
+
+
+async def append(port: int, queue_id: str, data: Any) -> int:
+    """APPEND on a connection of its own; the sequence number. The answer must be a success."""
+    response = await call(port, {"operation": "APPEND", "queue_name": queue_id, "data": data})
+    assert response["status"] == "success", response
+    return response["sequence_num"]
