@@ -205,7 +205,7 @@ async def test_snapshot_compacts_every_log_and_a_later_broker_installs_it(tmp_pa
                 for i in range(30):
                     await client.append(queue, i)
             for b in cluster.brokers.values():
-                while b.node.applied < leader.node.commit:
+                while b.applied_index < leader.node.commit:
                     await b.driver.wait_changed()
             status, out, err = await cli(*seed(leader), "--json", "snapshot")
             assert (status, err) == (0, ""), err
@@ -221,7 +221,7 @@ async def test_snapshot_compacts_every_log_and_a_later_broker_installs_it(tmp_pa
             # A broker that joins now can only get the data as a snapshot (DATA_SYNC).
             newcomer = await cluster.start("b4")
             await cluster.wait_for_voters(4)
-            while newcomer.node.applied < leader.node.commit:
+            while newcomer.applied_index < leader.node.commit:
                 await newcomer.driver.wait_changed()
             assert newcomer.node.log.snapshot_index >= taken[leader.broker_id]["snapshot_index"]
             messages = await newcomer._worker.run(newcomer._store.messages, queue)
@@ -233,7 +233,7 @@ async def test_snapshot_of_one_broker_only(tmp_path, cli):
         async with open_local_cluster(tmp_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             replica = next(b for b in cluster.brokers.values() if b is not leader)
-            while replica.node.applied < leader.node.commit:
+            while replica.applied_index < leader.node.commit:
                 await replica.driver.wait_changed()
             status, out, err = await cli(
                 *seed(leader), "snapshot", "--broker", f"127.0.0.1:{replica.port}"
@@ -265,7 +265,7 @@ async def test_add_member_adds_a_waiting_broker_that_becomes_a_voter(tmp_path, c
             assert (status, err) == (0, ""), err
             assert out.startswith(f"added {waiting.broker_id} as a learner")
             await cluster.wait_for_voters(4)
-            while waiting.node.applied < leader.node.commit:
+            while waiting.applied_index < leader.node.commit:
                 await waiting.driver.wait_changed()
             assert await waiting._worker.run(waiting._store.messages, queue) == [b'"before"']
             # Asking again for a member is harmless.

@@ -19,7 +19,7 @@ async def stored_messages(broker, queue_id: str) -> list[bytes]:
 
 
 async def wait_applied(broker, index: int) -> None:
-    while broker.node.applied < index:
+    while broker.applied_index < index:
         await broker.driver.wait_changed()
 
 
@@ -245,7 +245,7 @@ async def test_a_replica_restarted_on_another_port_is_found_again(cluster):
         while True:
             view = await call(leader.port, {"operation": "CLUSTER_QUERY"})
             ports = {b["broker_id"]: b["port"] for b in view["brokers"]}
-            if ports[broker_id] == restarted.port and restarted.node.applied >= leader.node.commit:
+            if ports[broker_id] == restarted.port and restarted.applied_index >= leader.node.commit:
                 break
             await trio.sleep(0.05)
     assert await stored_messages(restarted, queue_id) == []

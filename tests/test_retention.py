@@ -220,9 +220,9 @@ async def test_replicas_hold_the_same_retained_messages(tmp_path):
             for n in range(10):
                 await append(leader.port, q, n)
             await enforce(leader, 0)
-            index = leader.node.applied
+            index = leader.applied_index
             for broker in cluster.brokers.values():
-                while broker.node.applied < index:
+                while broker.applied_index < index:
                     await broker.driver.wait_changed()
             held = [
                 (
@@ -261,7 +261,7 @@ async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(tmp_path
             while leader.node.log.snapshot_index == 0:
                 await leader.driver.wait_changed()
             restarted = await cluster.start(lagging)
-            while restarted.node.applied < leader.node.applied:
+            while restarted.applied_index < leader.applied_index:
                 await restarted.driver.wait_changed()
             assert restarted.node.log.snapshot_index > 0
 
@@ -316,7 +316,7 @@ async def test_age_retention_across_a_leader_crash_under_the_mock_clock(autojump
             assert store.queue_lengths()[q] == 5 and cluster.messages(second, q) == []
             await cluster.start(first)
             for name in cluster.brokers:
-                await cluster.wait_applied(name, leader.node.applied)
+                await cluster.wait_applied(name, leader.applied_index)
                 assert cluster.stores[name].first_retained()[q] == 6
             answer = await request(second, {"operation": "APPEND", "queue_name": q, "data": "f"})
             assert answer["sequence_num"] == 6

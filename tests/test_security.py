@@ -487,7 +487,7 @@ async def test_snapshot_transfer_and_forwarded_joins_work_with_tls_and_a_secret(
             while leader.node.log.snapshot_index == 0:
                 await leader.driver.wait_changed()
             restarted = await c.start(lagging)
-            while restarted.node.applied < leader.node.commit:
+            while restarted.applied_index < leader.node.commit:
                 await restarted.driver.wait_changed()
             assert restarted.node.log.snapshot_index > 0
             assert len(await restarted._worker.run(restarted._store.messages, queue_id)) == 120

@@ -204,6 +204,11 @@ class Broker:
         return self.driver.node.is_leader
 
     @property
+    def applied_index(self) -> int:
+        """The last log index applied here, in storage and in the broker's views alike."""
+        return self.driver.applied_index
+
+    @property
     def leader_id(self) -> str | None:
         return self.driver.node.leader_id
 

@@ -179,6 +179,9 @@ class RaftDriver:
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
         self.entries_applied = 0
+        self.applied_index = node.applied
+        """The last log index whose effects are visible here: in storage and in the broker's
+        in-memory views (the core's ``applied`` moves when a Ready is taken, before that)."""
         self.commands_applied = 0
         self._applied_bytes = 0
         """Message bytes in applied entries since the last compaction (approximate)."""
@@ -433,6 +436,7 @@ class RaftDriver:
         # core still claiming to lead.
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
+        self.applied_index = self.node.applied
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
         self.addresses.update(addresses)
@@ -542,6 +546,10 @@ class RaftDriver:
         for peer in rd.snapshots_to_send:
             assert self._nursery is not None
             self._nursery.start_soon(self._offer_snapshot, peer)
+        if rd.committed_entries:
+            self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
+        if snapshot is not None:
+            self.applied_index = max(self.applied_index, snapshot[0].index)
         self.node.advance()
 
     def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:

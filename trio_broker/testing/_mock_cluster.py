@@ -282,7 +282,7 @@ class MockCluster:
             if leader.node.commit == log.last_index and all(
                 b.node.log.last_index == log.last_index
                 and b.node.log.last_term == log.last_term
-                and b.node.applied == log.last_index
+                and b.applied_index == log.last_index
                 for b in group
             ):
                 return leader
@@ -302,7 +302,7 @@ class MockCluster:
 
     async def wait_applied(self, name: str, index: int) -> None:
         """Wait until broker ``name`` has applied ``index``."""
-        while self.brokers[name].node.applied < index:
+        while self.brokers[name].applied_index < index:
             await self.brokers[name].driver.wait_changed()
 
     def messages(self, name: str, queue_id: str) -> list[Any]:
