@@ -166,23 +166,30 @@ async def test_inactive_members_are_shown_and_still_counted(cluster):
             await trio.sleep(0.05)
 
 
+async def append_with_one_replica_down(cluster, count: int):
+    """Stop a replica, then append ``count`` values 0.. pipelined to a new queue on the
+    leader; returns (leader, the stopped replica's name, queue id)."""
+    leader = await cluster.wait_for_leader()
+    lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
+    await cluster.stop(lagging)
+    queue_id = await create_queue(leader.port)
+    conn = await RawConnection.open(leader.port)
+    await conn.send(
+        *[{"operation": "APPEND", "queue_name": queue_id, "data": i} for i in range(count)]
+    )
+    for i in range(count):
+        assert (await conn.receive())["sequence_num"] == i + 1
+    await conn.aclose()
+    return leader, lagging, queue_id
+
+
 async def test_lagging_replica_catches_up_by_snapshot_after_compaction(tmp_path):
     """A replica that missed entries the leader compacted away receives a DATA_SYNC."""
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
             tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
         ) as cluster:
-            leader = await cluster.wait_for_leader()
-            lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
-            await cluster.stop(lagging)
-            queue_id = await create_queue(leader.port)
-            conn = await RawConnection.open(leader.port)
-            await conn.send(
-                *[{"operation": "APPEND", "queue_name": queue_id, "data": i} for i in range(300)]
-            )
-            for i in range(300):
-                assert (await conn.receive())["sequence_num"] == i + 1
-            await conn.aclose()
+            leader, lagging, queue_id = await append_with_one_replica_down(cluster, 300)
             while leader.node.log.snapshot_index == 0:
                 await leader.driver.wait_changed()
             restarted = await cluster.start(lagging)
@@ -343,17 +350,7 @@ async def test_a_broken_snapshot_transfer_is_refused_and_retried(tmp_path):
         async with open_local_cluster(
             tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
         ) as cluster:
-            leader = await cluster.wait_for_leader()
-            lagging = next(n for n, b in cluster.brokers.items() if b is not leader)
-            await cluster.stop(lagging)
-            queue_id = await create_queue(leader.port)
-            conn = await RawConnection.open(leader.port)
-            await conn.send(
-                *[{"operation": "APPEND", "queue_name": queue_id, "data": i} for i in range(200)]
-            )
-            for _ in range(200):
-                assert (await conn.receive())["status"] == "success"
-            await conn.aclose()
+            leader, lagging, queue_id = await append_with_one_replica_down(cluster, 200)
             served = leader.driver.read_snapshot_chunk
             corrupted = []
 
