@@ -97,3 +97,37 @@ def test_backup_and_restore_from_the_command_line(tmp_path, capsys):
     assert "restored cluster G-AAAAA" in out and "its only voter" in out
     assert main(args) == 1  # never over an existing database
     assert "already holds" in capsys.readouterr().err
+
+
+def test_restore_makes_the_copy_durable_before_giving_it_the_database_name(tmp_path, monkeypatch):
+    """A power cut after the rename must not leave a database name over unwritten pages: the
+    copy and its directory are fsynced before ``os.replace``, and the rename after."""
+    source = tmp_path / "b1"
+    store = Store(source)
+    store.init_identity("B-AAAAA", "G-AAAAA")
+    store.close()
+    backup(source, tmp_path / "backup.sqlite3")
+
+    import trio_broker._storage._backup as backup_module
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = backup_module.os.fsync, backup_module.os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", backup_module.os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(backup_module.os, "fsync", fsync)
+    monkeypatch.setattr(backup_module.os, "replace", replace)
+    target = tmp_path / "restored"
+    restore(tmp_path / "backup.sqlite3", target, "B-BBBBB")
+
+    renamed = events.index(("replace", str(target / DB_FILE)))
+    synced_before = {path for kind, path in events[:renamed] if kind == "fsync"}
+    synced_after = {path for kind, path in events[renamed:] if kind == "fsync"}
+    assert str(target / (DB_FILE + ".restoring")) in synced_before
+    assert str(target) in synced_after

@@ -1,4 +1,9 @@
-"""A replica fetches the snapshot a leader offered it, chunk by checked chunk."""
+"""A replica fetches the snapshot a leader offered it, chunk by checked chunk.
+
+The downloaded file is not fsynced: nothing durable depends on it. Installing it copies its
+tables into the broker's own database in one transaction at synchronous=FULL (``Store.save``),
+which is what survives a power cut; the file is deleted afterwards, and one left behind by a
+crash is deleted at the next start."""
 
 from __future__ import annotations
 

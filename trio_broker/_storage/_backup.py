@@ -45,6 +45,10 @@ def backup(data_dir: Path | str, output: Path | str) -> BackupInfo:
         raise BackupError(f"no broker database at {source}")
     if target.exists():
         raise BackupError(f"{target} exists; a backup never overwrites a file")
+    # Read-write so that VACUUM INTO can read a WAL database; the connection writes nothing
+    # unless it is the last one to close the database (a stopped broker), and then only the
+    # closing checkpoint, which runs at SQLite's default synchronous=FULL and syncs both
+    # files before the WAL is removed.
     db = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
     try:
         db.setbusytimeout(5000)
@@ -86,7 +90,13 @@ def restore(backup_path: Path | str, data_dir: Path | str, broker_id: str) -> Ba
     target_dir.mkdir(parents=True, exist_ok=True)
     partial = target_dir / (DB_FILE + ".restoring")
     shutil.copyfile(source, partial)
+    # The copy is fsynced before it takes the database's name, and the rename before the
+    # store opens it: otherwise a power cut could leave a database file whose pages were
+    # never written, under a name that says it is whole. (The store then commits the reset
+    # below at synchronous=FULL, and its first checkpoint syncs the database file again.)
+    _fsync_file_and_dir(partial)
     os.replace(partial, target_dir / DB_FILE)
+    _fsync_file_and_dir(target_dir / DB_FILE)
     store = Store(target_dir)  # takes the directory lock and upgrades an older schema
     try:
         _reset_as_sole_voter(store, broker_id)

@@ -110,6 +110,7 @@ class Store:
             self._db = apsw.Connection(str(self.data_dir / DB_FILE))
             self._configure()
             upgrade(self._db)
+            _sync_new_files(self.data_dir)
         except BaseException:
             self._lock.release()
             raise
@@ -679,7 +680,10 @@ class Store:
         """Write a consistent copy of the database to ``path``; returns its applied index.
 
         Runs on the storage thread between transactions, so the copy is exactly the state at
-        the applied index it reports.
+        the applied index it reports. The file is not fsynced, on purpose: nothing durable
+        depends on it. It exists to be sent to a replica (which checks its SHA-256 and copies
+        it into its own database in a fsynced transaction), it is known only in memory, and a
+        restarted broker deletes every snapshot file it finds and writes a new one.
         """
         applied = self.get_meta("applied_index", self.get_meta("snapshot_index", 0))
         self._db.execute("VACUUM INTO ?", (path,))
@@ -725,6 +729,20 @@ def _config_to_json(config: Config) -> str:
 
 def _config_from_json(text: str) -> Config:
     return config_from_obj(orjson.loads(text))
+
+
+def _sync_new_files(data_dir: Path) -> None:
+    """Make the database file and the directory entries of the data folder durable.
+
+    SQLite syncs the directory when it creates the WAL, but never for the main database
+    file; after a power cut that lost a new database file's entry while its WAL survived,
+    SQLite would open an empty database and delete that WAL. Once per start, so cheap."""
+    for path in (data_dir / DB_FILE, data_dir):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _plain_append(command: Command) -> bool:
