@@ -45,6 +45,7 @@ from trio_broker._storage import (
     Store,
     open_storage_worker,
 )
+from trio_broker.testing._memory import MemoryStore
 
 QUEUES = ["Q-AAAAA00001", "Q-AAAAA00002", "Q-BBBBB00003"]
 CLIENTS = ["C-AAAAA", "C-BBBBB", "C-CCCCC"]
@@ -132,6 +133,19 @@ def _assert_store_matches(store: Store, model: QueueState) -> None:
     assert store.retention_policies() == model.retention
     assert store.positions() == model.positions
     assert store.broker_addresses() == model.brokers
+    # The mock clock's MemoryStore answers the runtime's queries from the same state: its
+    # listings and statistics must be Store's, page by page and limit by limit.
+    memory = MemoryStore()
+    memory.state = model
+    for limit in (1, 2, 10):
+        assert memory.queue_stats(limit) == store.queue_stats(limit)
+        for after in (None, *QUEUES):
+            assert memory.list_queues(after, limit, limit) == store.list_queues(after, limit, limit)
+    assert memory.queue_lengths() == store.queue_lengths()
+    assert memory.first_retained() == store.first_retained()
+    assert memory.retention_policies() == store.retention_policies()
+    assert memory.positions() == store.positions()
+    assert memory.broker_addresses() == store.broker_addresses()
 
 
 @settings(

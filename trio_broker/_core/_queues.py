@@ -117,40 +117,17 @@ class QueueState:
         position = self.positions.get(key, 0)
         deleted = self.deleted[command.queue_id]
         length = deleted + len(queue)
-        # A position inside the deleted front reads the first retained message next.
-        start = max(position, deleted) + 1
-        if isinstance(command, ReadNext):
-            if start > length:
-                return MessageRead(None, None)
-            self.positions[key] = start
-            return MessageRead(start, queue[start - deleted - 1])
-        if isinstance(command, ReadBatch):
-            end = min(length, start + command.max_messages - 1)
+        if isinstance(command, ReadNext | ReadBatch):
+            start, end = read_range(position, deleted, length, command)
             read = tuple((seq, queue[seq - deleted - 1]) for seq in range(start, end + 1))
-            read = read[: take_within([len(d) for _, d in read], command.max_bytes)]
-            if read and not command.peek:
-                self.positions[key] = read[-1][0]
-            return MessagesRead(read)
-        if isinstance(command, Ack):
-            if not 0 <= command.sequence_num <= length:
-                return bad_request(
-                    f"cannot acknowledge message {command.sequence_num}: the queue has {length}"
-                )
-            if command.sequence_num > position:
-                self.positions[key] = command.sequence_num
-            return PositionSet(max(position, command.sequence_num) + 1)
-        if isinstance(command, Seek):
-            target = command.next_sequence_num
-            if target is None:
-                target = length + 1
-            if not 1 <= target <= length + 1:
-                return bad_request(
-                    f"cannot seek to message {target}: the queue has {length} "
-                    f"(seek to 1 for the start, {length + 1} for the end)"
-                )
-            self.positions[key] = target - 1
-            return PositionSet(target)
-        raise TypeError(f"not a command: {command!r}")  # pragma: no cover
+            result, moved_to = read_result(command, read)
+        elif isinstance(command, Ack | Seek):
+            result, moved_to = position_result(command, position, length)
+        else:
+            raise TypeError(f"not a command: {command!r}")  # pragma: no cover
+        if moved_to is not None:
+            self.positions[key] = moved_to
+        return result
 
     def _append(self, command: AppendMessage | AppendBatch, queue: list[bytes]) -> Result:
         batch = isinstance(command, AppendBatch)
@@ -186,9 +163,7 @@ class QueueState:
             queue, stamps = self.messages[queue_id], self.stamps[queue_id]
             deleted = self.deleted[queue_id]
             length = deleted + len(queue)
-            through = deleted  # delete messages up to this sequence number
-            if policy.max_messages is not None:
-                through = max(through, length - policy.max_messages)
+            too_old = None
             if policy.max_age_ms is not None:
                 cutoff = now_ms - policy.max_age_ms
                 # Stamps never decrease along a queue, and unknown ones (None) come first: a
@@ -199,14 +174,14 @@ class QueueState:
                         continue
                     if stamp >= cutoff:
                         break
-                    through = max(through, deleted + i + 1)
+                    too_old = deleted + i + 1
                     if i + 1 >= budget:
                         break
+            slowest = None
             if policy.delete_acknowledged:
                 readers = [p for (_, q), p in self.positions.items() if q == queue_id]
-                if readers:
-                    through = max(through, min(readers))
-            through = min(through, deleted + budget, length)
+                slowest = min(readers) if readers else None
+            through = retention_through(policy, deleted, length, too_old, slowest, budget)
             if through > deleted:
                 count = through - deleted
                 del queue[:count], stamps[:count]
@@ -238,6 +213,84 @@ class QueueState:
         return self.positions.get((client_id, queue_id), 0)
 
 
+# -- the queue rules, shared by QueueState and the SQLite store -----------------------------------
+# Each backend fetches the numbers (a position, the deleted front, the length, the messages in
+# a range) its own way; what to answer and where the position goes is decided here, once.
+
+
+def read_range(
+    position: int, deleted: int, length: int, command: ReadNext | ReadBatch
+) -> tuple[int, int]:
+    """The sequence numbers a read may return, ``start`` to ``end`` inclusive (empty when
+    ``start > end``): from the message after ``position``, a position inside the deleted front
+    reading the first retained message; one message for a ReadNext, at most
+    ``max_messages`` for a ReadBatch."""
+    start = max(position, deleted) + 1
+    count = 1 if isinstance(command, ReadNext) else command.max_messages
+    return start, min(length, start + count - 1)
+
+
+def read_result(
+    command: ReadNext | ReadBatch, read: tuple[tuple[int, bytes], ...]
+) -> tuple[Result, int | None]:
+    """The answer to a read given the messages in its :func:`read_range`, and the position the
+    client moves to (None: it stays)."""
+    if isinstance(command, ReadNext):
+        if not read:
+            return MessageRead(None, None), None
+        seq, data = read[0]
+        return MessageRead(seq, data), seq
+    read = read[: take_within([len(d) for _, d in read], command.max_bytes)]
+    moved_to = read[-1][0] if read and not command.peek else None
+    return MessagesRead(read), moved_to
+
+
+def position_result(command: Ack | Seek, position: int, length: int) -> tuple[Result, int | None]:
+    """The answer to an Ack or a Seek of a client at ``position`` in a queue of ``length``
+    messages, and the position it moves to (None: it stays)."""
+    if isinstance(command, Ack):
+        if not 0 <= command.sequence_num <= length:
+            return bad_request(
+                f"cannot acknowledge message {command.sequence_num}: the queue has {length}"
+            ), None
+        moved_to = command.sequence_num if command.sequence_num > position else None
+        return PositionSet(max(position, command.sequence_num) + 1), moved_to
+    target = length + 1 if command.next_sequence_num is None else command.next_sequence_num
+    if not 1 <= target <= length + 1:
+        return bad_request(
+            f"cannot seek to message {target}: the queue has {length} "
+            f"(seek to 1 for the start, {length + 1} for the end)"
+        ), None
+    return PositionSet(target), target - 1
+
+
+def retention_through(
+    policy: RetentionPolicy,
+    deleted: int,
+    length: int,
+    too_old: int | None,
+    slowest_reader: int | None,
+    budget: int,
+) -> int:
+    """The last sequence number an enforcement deletes (``deleted`` when none): what
+    ``max_messages`` leaves out, the last message ``too_old`` for ``max_age_ms`` (found by the
+    backend, at most ``budget`` messages in), what the slowest reader has read when the policy
+    deletes acknowledged messages; never more than ``budget`` messages nor past the end."""
+    through = deleted
+    if policy.max_messages is not None:
+        through = max(through, length - policy.max_messages)
+    if too_old is not None:
+        through = max(through, too_old)
+    if policy.delete_acknowledged and slowest_reader is not None:
+        through = max(through, slowest_reader)
+    return min(through, deleted + budget, length)
+
+
+def client_lag(length: int, position: int, deleted: int) -> int:
+    """How many retained messages a client at ``position`` has not read."""
+    return length - max(position, deleted)
+
+
 def monotonic_stamp(proposed: int | None, last: int | None) -> int | None:
     """The stamp an append gets: the leader's, but never before the queue's last one (clocks
     of successive leaders may disagree); an entry without a stamp inherits the last one."""
@@ -246,4 +299,13 @@ def monotonic_stamp(proposed: int | None, last: int | None) -> int | None:
     return proposed if last is None else max(proposed, last)
 
 
-__all__ = ["CommandRejected", "QueueState"]
+__all__ = [
+    "CommandRejected",
+    "QueueState",
+    "client_lag",
+    "monotonic_stamp",
+    "position_result",
+    "read_range",
+    "read_result",
+    "retention_through",
+]

@@ -32,9 +32,6 @@ from .._core._commands import (
     CreateQueue,
     GroupApplied,
     MessageAppended,
-    MessageRead,
-    MessagesRead,
-    PositionSet,
     ProducerState,
     QueueCreated,
     ReadBatch,
@@ -51,9 +48,14 @@ from .._core._commands import (
     next_producer_state,
     queue_exists,
     queue_not_found,
-    take_within,
 )
-from .._core._queues import monotonic_stamp
+from .._core._queues import (
+    monotonic_stamp,
+    position_result,
+    read_range,
+    read_result,
+    retention_through,
+)
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import upgrade
@@ -220,48 +222,21 @@ class Store:
         if row is None:
             return queue_not_found(command.queue_id)
         length, deleted, position = row
-        # A position inside the deleted front reads the first retained message next.
-        start = max(position, deleted) + 1
-        if isinstance(command, ReadNext):
-            if start > length:
-                return MessageRead(None, None)
-            (data,) = db.execute(
-                "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
-                (command.queue_id, start),
-            ).fetchone()
-            self._set_position(command.client_id, command.queue_id, start)
-            return MessageRead(start, data)
-        if isinstance(command, ReadBatch):
-            end = min(length, start + command.max_messages - 1)
+        if isinstance(command, ReadNext | ReadBatch):
+            start, end = read_range(position, deleted, length, command)
             read = tuple(
-                (seq, data)
-                for seq, data in db.execute(
+                db.execute(
                     "SELECT sequence_num, data FROM queue_data WHERE queue_id = ?"
                     " AND sequence_num >= ? AND sequence_num <= ? ORDER BY sequence_num",
                     (command.queue_id, start, end),
                 )
             )
-            read = read[: take_within([len(d) for _, d in read], command.max_bytes)]
-            if read and not command.peek:
-                self._set_position(command.client_id, command.queue_id, read[-1][0])
-            return MessagesRead(read)
-        if isinstance(command, Ack):
-            if not 0 <= command.sequence_num <= length:
-                return bad_request(
-                    f"cannot acknowledge message {command.sequence_num}: the queue has {length}"
-                )
-            if command.sequence_num > position:
-                self._set_position(command.client_id, command.queue_id, command.sequence_num)
-            return PositionSet(max(position, command.sequence_num) + 1)
-        # A Seek, the only command left.
-        target = length + 1 if command.next_sequence_num is None else command.next_sequence_num
-        if not 1 <= target <= length + 1:
-            return bad_request(
-                f"cannot seek to message {target}: the queue has {length} "
-                f"(seek to 1 for the start, {length + 1} for the end)"
-            )
-        self._set_position(command.client_id, command.queue_id, target - 1)
-        return PositionSet(target)
+            result, moved_to = read_result(command, read)
+        else:
+            result, moved_to = position_result(command, position, length)
+        if moved_to is not None:
+            self._set_position(command.client_id, command.queue_id, moved_to)
+        return result
 
     def _set_position(self, client_id: str, queue_id: str, position: int) -> None:
         self._db.execute(
@@ -386,29 +361,24 @@ class Store:
         for queue_id, length, deleted, undated, max_messages, max_age_ms, by_readers in queues:
             if budget <= 0:
                 break
-            through = deleted
-            if max_messages is not None:
-                through = max(through, length - max_messages)
+            policy = _policy(max_messages, max_age_ms, by_readers)
+            too_old = slowest = None
             if max_age_ms is not None:
                 # Stamps never decrease along a queue and the undated messages come first, so
                 # the too old ones are a prefix of the dated ones; an undated message goes with
                 # the first dated message after it that is too old.
-                (oldest,) = db.execute(
+                (too_old,) = db.execute(
                     "SELECT max(sequence_num) FROM (SELECT sequence_num, appended_ms"
                     " FROM queue_data WHERE queue_id = ? AND sequence_num > ?"
                     " ORDER BY sequence_num LIMIT ?) WHERE appended_ms < ?",
                     (queue_id, max(deleted, undated), budget, now_ms - max_age_ms),
                 ).fetchone()
-                if oldest is not None:
-                    through = max(through, oldest)
             if by_readers:
                 (slowest,) = db.execute(
                     "SELECT min(read_position) FROM client_positions WHERE queue_id = ?",
                     (queue_id,),
                 ).fetchone()
-                if slowest is not None:
-                    through = max(through, slowest)
-            through = min(through, deleted + budget, length)
+            through = retention_through(policy, deleted, length, too_old, slowest, budget)
             if through > deleted:
                 db.execute(
                     "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num <= ?",

@@ -36,6 +36,7 @@ import trio
 
 from .._core import Command, QueueState
 from .._core._commands import RetentionPolicy
+from .._core._queues import client_lag
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._peer import decode_payload, encode_payload
 from .._storage import DataDirInUse, Identity
@@ -556,7 +557,7 @@ class MemoryStore:
         queues = sorted(lengths.items(), key=lambda item: (-item[1], item[0]))[:limit]
         lags = sorted(
             (
-                (client_id, queue_id, lengths[queue_id] - max(position, deleted[queue_id]))
+                (client_id, queue_id, client_lag(lengths[queue_id], position, deleted[queue_id]))
                 for (client_id, queue_id), position in self.state.positions.items()
                 if queue_id in lengths
             ),
