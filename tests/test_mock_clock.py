@@ -21,7 +21,7 @@ from trio_broker._core._raft_messages import Config, Entry, HardState, NoOp
 from trio_broker._runtime import BrokerConfig
 from trio_broker._storage import DataDirInUse
 from trio_broker.testing import MemoryNetwork, MemoryStore, open_memory_storage, open_mock_cluster
-from trio_broker.testing._memory import StorageCrashed
+from trio_broker.testing._memory_store import StorageCrashed
 from trio_broker.testing._mock_cluster import CLIENT
 
 FT = BrokerConfig(data_dir="unused").failure_timeout

@@ -45,7 +45,7 @@ from trio_broker._storage import (
     Store,
     open_storage_worker,
 )
-from trio_broker.testing._memory import MemoryStore
+from trio_broker.testing._memory_store import MemoryStore
 
 QUEUES = ["Q-AAAAA00001", "Q-AAAAA00002", "Q-BBBBB00003"]
 CLIENTS = ["C-AAAAA", "C-BBBBB", "C-CCCCC"]

@@ -10,7 +10,8 @@
 
 from ._history import History
 from ._local_cluster import LocalCluster, open_local_cluster
-from ._memory import InlineWorker, MemoryNetwork, MemoryStore, open_memory_storage
+from ._memory_network import MemoryNetwork
+from ._memory_store import InlineWorker, MemoryStore, open_memory_storage
 from ._mock_cluster import MockCluster, open_mock_cluster
 from ._proxy import FaultProxy
 

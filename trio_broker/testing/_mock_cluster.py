@@ -34,7 +34,8 @@ import trio
 
 from .._protocol import FrameDecoder, encode_frame, loads_object
 from .._runtime import Broker, BrokerConfig, open_broker
-from ._memory import LOCALHOST, MemoryNetwork, MemoryStore, MemoryStream, open_memory_storage
+from ._memory_network import LOCALHOST, MemoryNetwork, MemoryStream
+from ._memory_store import MemoryStore, open_memory_storage
 
 POLL = 0.01
 """Virtual seconds between two looks at the cluster while waiting for a condition."""

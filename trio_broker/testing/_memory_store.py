@@ -1,0 +1,292 @@
+"""An in-memory store, to run real brokers under a mock clock (with :mod:`._memory_network`).
+
+:func:`open_memory_storage` plugs into :func:`~trio_broker._runtime.open_broker`'s ``storage=``
+seam: the disk is a dict and every storage job runs inline in the trio thread, so no worker
+thread can be mid-fsync when ``autojump_clock`` jumps (trio issue #456, STYLE.md "Traps").
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from .._core import Command, QueueState
+from .._core._commands import RetentionPolicy
+from .._core._queues import client_lag
+from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
+from .._protocol._peer import decode_payload, encode_payload
+from .._storage import DataDirInUse, Identity
+from .._storage._store import QueueRow, RaftState
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class _LogRecord:
+    term: int
+    payload: bytes
+    """As on disk: the payload's JSON, decoded again when the log is read back."""
+
+
+class StorageCrashed(Exception):
+    """A storage call from a broker incarnation that crashed (it must not write any more)."""
+
+
+class MemoryStore:
+    """The synchronous ``Store`` of one broker, in memory, backed by a :class:`QueueState`.
+
+    It implements exactly the methods the runtime calls, with the semantics of the SQLite
+    store: every call that returns has made its change durable, :meth:`save` being the
+    durability point of the consensus log (what a crash keeps). A ``MemoryStore`` outlives the
+    brokers that open it, so a crashed broker restarts from it; like a data directory, only one
+    broker may have it open at a time.
+
+    Snapshots are not supported: :meth:`write_snapshot` and installing one through
+    ``save(snapshot=...)`` raise :class:`NotImplementedError` (a snapshot is a SQLite file; the
+    runtime writes and hashes it through worker threads, which the mock clock cannot have).
+    Log compaction itself works, but the mock cluster keeps it off by default (a very large
+    ``compact_threshold``) so that no replica ever needs a snapshot.
+    """
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.meta: dict[str, Any] = {}
+        self.log: dict[int, _LogRecord] = {}
+        self.state = QueueState()
+        self.saves = 0
+        """Calls of :meth:`save` so far (durable transactions)."""
+        self._holder: InlineWorker | None = None
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore {self.name} log={len(self.log)} applied={self.applied_index}>"
+
+    # -- who holds it ------------------------------------------------------------------------
+
+    def _open(self, worker: InlineWorker) -> None:
+        if self._holder is not None:
+            raise DataDirInUse(f"memory store {self.name} is in use by another broker")
+        self._holder = worker
+
+    def close(self) -> None:
+        self._holder = None
+
+    def crash(self) -> None:
+        """The broker holding this store died: calls from it fail from now on, and the store
+        is free for the next incarnation. What :meth:`save` returned from stays."""
+        if self._holder is not None:
+            self._holder._crashed = True
+        self._holder = None
+
+    # -- identity and metadata ---------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self.meta.get(key, default)
+
+    def identity(self) -> Identity | None:
+        broker_id, cluster_id = self.meta.get("broker_id"), self.meta.get("cluster_id")
+        if broker_id is None or cluster_id is None:
+            return None
+        return Identity(broker_id, cluster_id)
+
+    def init_identity(self, broker_id: str, cluster_id: str) -> Identity:
+        found = self.identity()
+        if found is not None:
+            return found
+        self.meta.update(broker_id=broker_id, cluster_id=cluster_id, cluster_version=1)
+        return Identity(broker_id, cluster_id)
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def queue_lengths(self) -> dict[str, int]:
+        state = self.state
+        return {q: state.deleted[q] + len(m) for q, m in sorted(state.messages.items())}
+
+    def messages(self, queue_id: str) -> list[bytes]:
+        """The retained messages, oldest first."""
+        return list(self.state.messages.get(queue_id, ()))
+
+    def positions(self) -> dict[tuple[str, str], int]:
+        return dict(self.state.positions)
+
+    def queue_stats(self, limit: int) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
+        """The ``limit`` longest queues and largest client lags, ordered as ``Store`` does."""
+        lengths = self.queue_lengths()
+        deleted = self.state.deleted
+        queues = sorted(lengths.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        lags = sorted(
+            (
+                (client_id, queue_id, client_lag(lengths[queue_id], position, deleted[queue_id]))
+                for (client_id, queue_id), position in self.state.positions.items()
+                if queue_id in lengths
+            ),
+            key=lambda row: (-row[2], row[0], row[1]),
+        )[:limit]
+        return queues, lags
+
+    def list_queues(self, after: str | None, max_queues: int, max_clients: int) -> list[QueueRow]:
+        """A page of queues after ``after`` (by id), ordered as ``Store`` does."""
+        state = self.state
+        page = sorted(q for q in state.messages if q > (after or ""))[:max_queues]
+        return [
+            QueueRow(
+                queue_id,
+                state.queue_length(queue_id) or 0,
+                state.first_retained(queue_id),
+                state.retention.get(queue_id, RetentionPolicy()),
+                sorted(
+                    (
+                        (client_id, position)
+                        for (client_id, q), position in state.positions.items()
+                        if q == queue_id
+                    ),
+                    key=lambda row: (row[1], row[0]),
+                )[:max_clients],
+            )
+            for queue_id in page
+        ]
+
+    def retention_policies(self) -> dict[str, RetentionPolicy]:
+        return dict(sorted(self.state.retention.items()))
+
+    def first_retained(self) -> dict[str, int]:
+        return {q: self.state.first_retained(q) for q in self.state.messages}
+
+    def broker_addresses(self) -> dict[str, tuple[str, int]]:
+        return dict(self.state.brokers)
+
+    @property
+    def applied_index(self) -> int:
+        return self.meta.get("applied_index", self.meta.get("snapshot_index", 0))
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(
+            term=self.meta.get("raft_term", 0),
+            voted_for=self.meta.get("raft_voted_for"),
+            commit=self.meta.get("raft_commit", 0),
+        )
+
+    # -- the replicated log ------------------------------------------------------------------
+
+    def raft_state(self) -> RaftState:
+        snapshot_index = self.meta.get("snapshot_index", 0)
+        entries = [
+            Entry(record.term, index, decode_payload(record.payload))
+            for index, record in sorted(self.log.items())
+            if index > snapshot_index
+        ]
+        return RaftState(
+            hard_state=self.hard_state,
+            snapshot_index=snapshot_index,
+            snapshot_term=self.meta.get("snapshot_term", 0),
+            snapshot_config=self.meta.get("snapshot_config"),
+            entries=entries,
+            applied=self.applied_index,
+        )
+
+    def bootstrap(self, config: Config) -> None:
+        self.meta["snapshot_config"] = config
+
+    def save(
+        self,
+        *,
+        hard_state: HardState | None = None,
+        truncate_from: int | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: tuple[SnapshotMeta, str] | None = None,
+        committed: Sequence[Entry] = (),
+    ) -> list[Any]:
+        """Persist one Ready, then apply what it commits (as ``Store.save``, atomically)."""
+        if snapshot is not None:
+            raise NotImplementedError(
+                "MemoryStore cannot install snapshots (DATA_SYNC): keep compaction off under "
+                "the mock clock (a large compact_threshold), or use the SQLite store"
+            )
+        # Encode before changing anything, so a payload that cannot be stored changes nothing.
+        records = {e.index: _LogRecord(e.term, encode_payload(e.payload)) for e in entries}
+        if truncate_from is not None:
+            for index in [i for i in self.log if i >= truncate_from]:
+                del self.log[index]
+        self.log.update(records)  # INSERT OR REPLACE, like the SQLite log
+        if hard_state is not None:
+            self.meta["raft_term"] = hard_state.term
+            self.meta["raft_commit"] = hard_state.commit
+            if hard_state.voted_for is None:
+                self.meta.pop("raft_voted_for", None)
+            else:
+                self.meta["raft_voted_for"] = hard_state.voted_for
+        results: list[Any] = []
+        for entry in committed:
+            payload = entry.payload
+            results.append(self.state.apply(payload) if isinstance(payload, Command) else None)
+        if committed:
+            self.meta["applied_index"] = committed[-1].index
+        self.saves += 1
+        return results
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        if meta.index <= self.meta.get("snapshot_index", 0):
+            return  # a later snapshot point is already there (as in Store.compact)
+        for index in [i for i in self.log if i <= meta.index]:
+            del self.log[index]
+        self.meta.update(
+            snapshot_index=meta.index, snapshot_term=meta.term, snapshot_config=meta.config
+        )
+
+    def log_size(self) -> int:
+        return len(self.log)
+
+    def write_snapshot(self, path: str) -> int:
+        raise NotImplementedError(
+            "MemoryStore cannot write snapshots: keep compaction off under the mock clock "
+            "(a large compact_threshold), or use the SQLite store"
+        )
+
+
+class InlineWorker:
+    """The storage worker of the mock clock: runs each job at once, in the trio thread.
+
+    Like :class:`~trio_broker._storage.StorageWorker`, a job is either not started (the caller
+    was cancelled before it) or run to completion, and the caller yields to the scheduler in
+    between, as it would while the thread works. No time passes: the disk is instant.
+    """
+
+    def __init__(self) -> None:
+        self._crashed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._crashed:
+            # The broker that owns this worker has crashed and is being cancelled; a dead
+            # process writes nothing.
+            raise StorageCrashed(f"storage call {fn!r} after the broker crashed")
+        result = fn(*args)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return result
+
+
+def open_memory_storage(
+    store: MemoryStore,
+) -> Callable[[Path], contextlib.AbstractAsyncContextManager[tuple[InlineWorker, MemoryStore]]]:
+    """A ``storage=`` factory for ``open_broker`` that opens ``store`` (whatever data_dir the
+    broker's configuration names) with an :class:`InlineWorker`."""
+
+    @contextlib.asynccontextmanager
+    async def storage(data_dir: Path) -> AsyncIterator[tuple[InlineWorker, MemoryStore]]:
+        worker = InlineWorker()
+        store._open(worker)
+        try:
+            yield worker, store
+        finally:
+            if store._holder is worker:
+                store.close()
+
+    return storage
+
+
+__all__ = ["InlineWorker", "MemoryStore", "StorageCrashed", "open_memory_storage"]
