@@ -34,7 +34,7 @@ async def test_consume_with_acknowledgement_redelivers_what_was_not_processed(br
         q = await client.create_queue()
         await client.append_batch(q, list(range(6)))
         processed = []
-        async for message in client.consume(q, max_messages=4, wait_ms=0, ack=True):
+        async for message in client.consume(q, max_messages=4, wait=0, ack=True):
             if message.sequence_num == 3:
                 break  # the worker dies while handling message 3
             processed.append(message.data)
@@ -42,7 +42,7 @@ async def test_consume_with_acknowledgement_redelivers_what_was_not_processed(br
     async with connect(seeds, client_id="C-WORKR") as client:
         again = []
         with trio.move_on_after(2):
-            async for message in client.consume(q, max_messages=4, wait_ms=100, ack=True):
+            async for message in client.consume(q, max_messages=4, wait=0.1, ack=True):
                 again.append(message.data)
                 if message.data == 5:
                     break
@@ -54,7 +54,7 @@ async def test_consume_at_most_once_moves_on(broker):
         q = await client.create_queue()
         await client.append_batch(q, ["a", "b", "c"])
         first = None
-        async for message in client.consume(q, max_messages=2, wait_ms=0):
+        async for message in client.consume(q, max_messages=2, wait=0):
             first = message
             break
         assert first is not None and first.data == "a"
