@@ -16,7 +16,9 @@ import pytest
 import trio
 import trio.testing
 
+from trio_broker._client._connection import Connection, Counters
 from trio_broker._errors import (
+    ERROR_CLASSES,
     BrokerError,
     OutcomeUnknownError,
     QueueNotFoundError,
@@ -24,8 +26,6 @@ from trio_broker._errors import (
 from trio_broker._ids import CLIENT_ID_RE, QUEUE_ID_RE, cluster_of_queue
 from trio_broker._protocol import FrameDecoder, encode_frame
 from trio_broker._runtime import BrokerConfig, open_broker
-from trio_broker._client._connection import Connection, Counters
-from trio_broker._errors import ERROR_CLASSES
 from trio_broker.client import (
     BrokerUnreachableError,
     Message,

@@ -122,3 +122,23 @@ async def test_retention_policies_through_the_client(broker):
         assert refused.value.code == "BAD_REQUEST"
         with pytest.raises(QueueNotFoundError):
             await client.set_retention("Q-" + broker.cluster_id[2:] + "ZZZZZ", max_messages=1)
+
+
+async def test_waits_are_in_seconds_and_wait_ms_still_works_with_a_warning(broker):
+    async with connect([f"127.0.0.1:{broker.port}"]) as client:
+        q = await client.create_queue()
+        await client.append(q, "x")
+        with pytest.deprecated_call(match=r"read_batch\(wait_ms=...\) is deprecated"):
+            assert [m.data for m in await client.read_batch(q, 1, peek=True, wait_ms=0)] == ["x"]
+        with pytest.deprecated_call(match="consume"):
+            async for message in client.consume(q, wait_ms=0):
+                assert message.data == "x"
+                break
+        with trio.fail_after(10):
+            assert await client.read_batch(q, 1, wait=0.05) == []
+        with pytest.raises(TypeError, match="not both"):
+            await client.read_batch(q, wait=1, wait_ms=1000)
+        with pytest.raises(ValueError, match="non-negative"):
+            await client.read_batch(q, wait=-1)
+        with pytest.raises(TypeError, match="seconds"):
+            await client.read_batch(q, wait="1")

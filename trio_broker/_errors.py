@@ -153,6 +153,12 @@ class SequenceTooOldError(BrokerError):
     CODE = ErrorCode.SEQUENCE_TOO_OLD
 
 
+class RequestTimeoutError(TimeoutError):
+    """A call of the synchronous client (:mod:`trio_broker.sync`) did not finish within its
+    ``timeout``. The call was cancelled and the client stays usable; a write that had been
+    sent may or may not have been applied (as with :class:`OutcomeUnknownError`)."""
+
+
 ERROR_CLASSES: dict[str, type[BrokerError]] = {
     cls.CODE: cls
     for cls in (

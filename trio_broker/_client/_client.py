@@ -466,6 +466,32 @@ async def connect(
     as :meth:`Client.remove_member` need when the cluster has a secret. A refused token or
     proof raises :class:`~trio_broker.UnauthorizedError`.
     """
+    async with open_client(
+        seeds,
+        client_id=client_id,
+        max_frame=max_frame,
+        max_in_flight=max_in_flight,
+        ssl_context=ssl_context,
+        token=token,
+        cluster_secret=cluster_secret,
+        discovery_timeout=None,
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_client(
+    seeds: Iterable[str | tuple[str, int]] | str,
+    *,
+    client_id: str | None,
+    max_frame: int,
+    max_in_flight: int,
+    ssl_context: ssl.SSLContext | None,
+    token: str | None,
+    cluster_secret: bytes | None,
+    discovery_timeout: float | None,
+) -> AsyncIterator[Client]:
+    """:func:`connect`, with a bound on discovery (which raises :exc:`TimeoutError`)."""
     if isinstance(seeds, str):
         seeds = [seeds]
     addresses = [parse_address(seed) for seed in seeds]
@@ -486,7 +512,8 @@ async def connect(
                 cluster_secret=cluster_secret,
             )
             try:
-                await client._discover()
+                with anyio.fail_after(discovery_timeout):
+                    await client._discover()
                 yield client
             finally:
                 client._close()
