@@ -4,7 +4,6 @@ import argparse
 import contextlib
 import resource
 import threading
-import time
 
 import anyio
 import anyio.from_thread
@@ -106,11 +105,11 @@ class TrioThread:
 
 @pytest.fixture
 def trio_thread():
-    name = f"trio-broker-test-{threading.get_ident()}-{time.monotonic_ns()}"
     with contextlib.ExitStack() as stack:
-        portal = stack.enter_context(anyio.from_thread.start_blocking_portal("trio", name=name))
+        portal = stack.enter_context(anyio.from_thread.start_blocking_portal("trio"))
+        thread = portal.call(threading.current_thread)
         yield TrioThread(portal, stack)
-    assert not [t for t in threading.enumerate() if t.name == name], "broker thread not joined"
+    assert not thread.is_alive(), "the broker thread was not joined"
 
 
 @pytest.fixture

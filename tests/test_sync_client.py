@@ -6,6 +6,7 @@ plain functions, as a script or a WSGI app would be.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -168,3 +169,30 @@ def test_connecting_to_a_silent_broker_times_out(thread_broker):
         # Well before the client's own bound on one discovery attempt (5 s).
         assert time.monotonic() - start < 4.5
     assert new_threads(before) == []
+
+
+def test_consume_waits_for_messages_beyond_the_call_timeout(thread_broker):
+    with trio_broker.sync.connect(seed(thread_broker), timeout=1) as client:
+        queue_id = client.create_queue()
+        messages = client.consume(queue_id, wait=2)
+        # The poll waits up to 2 s on the broker for a message, which comes after 1.5 s: past
+        # the 1 s timeout, which counts beyond the wait.
+        late = threading.Timer(1.5, client.append, (queue_id, "late"), {"timeout": TIMEOUT})
+        late.start()
+        try:
+            assert next(messages) == Message(1, "late")
+        finally:
+            late.join()
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_usable_from_a_thread_that_runs_an_asyncio_loop(thread_broker, backend):
+    """As in a notebook, whose cells run in a thread with a running asyncio loop."""
+
+    async def cell() -> list[Message]:
+        with trio_broker.sync.connect(seed(thread_broker), timeout=TIMEOUT, backend=backend) as c:
+            queue_id = c.create_queue()
+            c.append(queue_id, "from a notebook")
+            return c.read_batch(queue_id)
+
+    assert asyncio.run(cell()) == [Message(1, "from a notebook")]

@@ -119,7 +119,12 @@ class Client:
     def _run_sync(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise ClientClosedError("this client is closed")
-        return self._portal.call(fn)
+        try:
+            return self._portal.call(fn)
+        except RuntimeError:
+            if self._closed:  # the portal stopped meanwhile
+                raise ClientClosedError("this client is closed") from None
+            raise
 
     @property
     def client_id(self) -> str:
@@ -251,13 +256,19 @@ class Client:
     ) -> Iterator[Message]:
         """Every message of the queue from this client's position on, as they arrive: an
         endless iterator (leave it with ``break``). Each poll waits up to ``wait`` seconds for a
-        message on the broker, and must finish within ``timeout``. ``ack`` as in
+        message on the broker, and must finish within ``timeout`` seconds more. ``ack`` as in
         :meth:`trio_broker.Client.consume`: a batch is acknowledged when the loop asks for the
         message after it. A timeout raises from the iterator; a new one continues."""
         if ack not in (True, False):
             raise TypeError("ack must be a bool")
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        _check_timeout(timeout)
+        poll_timeout = None if timeout is None else timeout + wait
         while True:
-            batch = self.read_batch(queue_id, max_messages, peek=ack, wait=wait, timeout=timeout)
+            batch = self.read_batch(
+                queue_id, max_messages, peek=ack, wait=wait, timeout=poll_timeout
+            )
             yield from batch
             if ack and batch:
                 self.ack(queue_id, batch[-1].sequence_num, timeout=timeout)
