@@ -140,7 +140,7 @@ def test_a_call_that_times_out_raises_and_leaves_the_client_usable(thread_broker
     with trio_broker.sync.connect(seed(thread_broker), timeout=0.2) as client:
         empty = client.create_queue()
         with pytest.raises(RequestTimeoutError):
-            client.read_batch(empty, peek=True, wait=5)
+            client.read_batch(empty, peek=True, wait=1)
         assert client.read_batch(queue_id, peek=True, wait=5, timeout=None) == [Message(1, "after")]
 
     with (
@@ -196,3 +196,28 @@ def test_usable_from_a_thread_that_runs_an_asyncio_loop(thread_broker, backend):
             return c.read_batch(queue_id)
 
     assert asyncio.run(cell()) == [Message(1, "from a notebook")]
+
+
+def test_leaving_the_block_ends_calls_other_threads_are_making(thread_broker):
+    before = set(threading.enumerate())
+    outcome: list[BaseException] = []
+    with trio_broker.sync.connect(seed(thread_broker), timeout=TIMEOUT) as client:
+        queue_id = client.create_queue()
+
+        def long_poll() -> None:
+            try:
+                client.read_batch(queue_id, wait=2)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        while client.statistics().requests_in_flight == 0:
+            time.sleep(0.01)
+    # The poll was cut short by the close (ending its 2 s wait would have returned []). (The
+    # broker answers that abandoned poll when its wait ends, so a longer one would hold up the
+    # broker fixture's shutdown for its grace period.)
+    poller.join(timeout=TIMEOUT)
+    assert not poller.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ClientClosedError), outcome
+    assert new_threads(before) == []

@@ -20,7 +20,9 @@ Every call takes ``timeout`` (seconds; default: the one given to :func:`connect`
 A call that does not finish in time is cancelled and raises
 :class:`~trio_broker.RequestTimeoutError`; the client stays usable. As with a lost
 connection, a write that timed out may or may not have been applied (an idempotent
-:meth:`Client.producer` can retry it safely).
+:meth:`Client.producer` can retry it safely). The broker still answers a call that timed out,
+in its turn: the protocol answers each connection's requests in order, so calls to the same
+broker wait behind it (after a timed-out ``read_batch(wait=...)``, until that wait ends).
 """
 
 from __future__ import annotations
