@@ -10,6 +10,7 @@ of the client's behaviour is covered under trio in test_client.py and test_clien
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import anyio
@@ -225,3 +226,28 @@ async def test_tls_and_tokens(trio_thread, tmp_path, tls_settings, anyio_backend
                 seed(broker.port), ssl_context=ssl.create_default_context(), token="token-a"
             ):
                 pass  # pragma: no cover
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_native_cancellation_leaves_the_connection_usable(
+    thread_broker, anyio_backend
+):
+    """asyncio code cancels with asyncio.timeout and Task.cancel, not anyio's scopes."""
+    async with connect(seed(thread_broker.port)) as client:
+        queue_id = await client.create_queue()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await client.read_batch(queue_id, peek=True, wait=0.5)
+        sent = client.statistics().requests_sent
+        task = asyncio.create_task(client.read_batch(queue_id, peek=True, wait=0.5))
+        async with asyncio.timeout(DEADLINE):
+            while client.statistics().requests_sent == sent:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(DEADLINE):
+            assert await client.append(queue_id, "after") == 1
+            assert await client.read(queue_id) == Message(1, "after")
+        stats = client.statistics()
+        assert (stats.responses_discarded, stats.requests_in_flight) == (2, 0)
