@@ -110,8 +110,10 @@ class Client:
             raise ClientClosedError("this client is closed")
         try:
             future = self._portal.start_task_soon(_within, timeout, what, call)
-        except RuntimeError:  # the portal stopped meanwhile (the client is being closed)
-            raise ClientClosedError("this client is closed") from None
+        except RuntimeError:
+            if self._closed:  # the portal stopped meanwhile (the client is being closed)
+                raise ClientClosedError("this client is closed") from None
+            raise  # say, a call from the client's own event-loop thread
         try:
             return future.result()
         except BaseException:
