@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
+import threading
 
+import anyio
+import anyio.from_thread
+import anyio.to_thread
 import pytest
 import trio
 
@@ -51,3 +56,63 @@ def cli(capsys):
         return status, out, err
 
     return run
+
+
+# -- clients on other event loops: the anyio plugin beside pytest-trio ---------------------------
+#
+# pytest-trio's trio_mode marks every async test as a trio test. Tests marked
+# ``@pytest.mark.anyio`` belong to anyio's plugin instead, which runs them once per
+# ``anyio_backend`` (trio and asyncio): take pytest-trio's mark off them after it has set it.
+# Their async fixtures are anyio's too (its hook runs them before pytest-trio sees them).
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]
+
+
+class TrioThread:
+    """A trio program of its own in a background thread, for clients on other event loops.
+
+    ``enter(cm)`` (``await aenter(cm)`` in an async test) enters an async context manager
+    (``open_broker(...)``, ``open_local_cluster(...)``) in that thread and returns its value;
+    it is exited at the fixture's end, before the thread's ``trio.run`` returns and the
+    thread is joined.
+    ``call(fn, *args)`` runs ``await fn(*args)`` there and blocks; ``await acall(fn, *args)``
+    does the same without blocking the caller's event loop (trio or asyncio).
+    """
+
+    def __init__(self, portal, stack: contextlib.ExitStack) -> None:
+        self._portal = portal
+        self._stack = stack
+
+    def enter(self, cm):
+        return self._stack.enter_context(self._portal.wrap_async_context_manager(cm))
+
+    async def aenter(self, cm):
+        """``enter`` from an async test (trio refuses blocking calls into another trio loop
+        from a thread running one, so the call is made from a worker thread)."""
+        return await anyio.to_thread.run_sync(self.enter, cm)
+
+    def call(self, fn, *args):
+        return self._portal.call(fn, *args)
+
+    async def acall(self, fn, *args):
+        return await anyio.to_thread.run_sync(self._portal.call, fn, *args)
+
+
+@pytest.fixture
+def trio_thread():
+    with contextlib.ExitStack() as stack:
+        portal = stack.enter_context(anyio.from_thread.start_blocking_portal("trio"))
+        thread = portal.call(threading.current_thread)
+        yield TrioThread(portal, stack)
+    assert not thread.is_alive(), "the broker thread was not joined"
+
+
+@pytest.fixture
+def thread_broker(trio_thread, tmp_path):
+    """A broker on 127.0.0.1 in a trio thread of its own; tests on any event loop use it."""
+    return trio_thread.enter(open_broker(BrokerConfig(data_dir=tmp_path / "thread-broker", port=0)))

@@ -34,7 +34,7 @@ async def test_consume_with_acknowledgement_redelivers_what_was_not_processed(br
         q = await client.create_queue()
         await client.append_batch(q, list(range(6)))
         processed = []
-        async for message in client.consume(q, max_messages=4, wait_ms=0, ack=True):
+        async for message in client.consume(q, max_messages=4, wait=0, ack=True):
             if message.sequence_num == 3:
                 break  # the worker dies while handling message 3
             processed.append(message.data)
@@ -42,7 +42,7 @@ async def test_consume_with_acknowledgement_redelivers_what_was_not_processed(br
     async with connect(seeds, client_id="C-WORKR") as client:
         again = []
         with trio.move_on_after(2):
-            async for message in client.consume(q, max_messages=4, wait_ms=100, ack=True):
+            async for message in client.consume(q, max_messages=4, wait=0.1, ack=True):
                 again.append(message.data)
                 if message.data == 5:
                     break
@@ -54,7 +54,7 @@ async def test_consume_at_most_once_moves_on(broker):
         q = await client.create_queue()
         await client.append_batch(q, ["a", "b", "c"])
         first = None
-        async for message in client.consume(q, max_messages=2, wait_ms=0):
+        async for message in client.consume(q, max_messages=2, wait=0):
             first = message
             break
         assert first is not None and first.data == "a"
@@ -122,3 +122,23 @@ async def test_retention_policies_through_the_client(broker):
         assert refused.value.code == "BAD_REQUEST"
         with pytest.raises(QueueNotFoundError):
             await client.set_retention("Q-" + broker.cluster_id[2:] + "ZZZZZ", max_messages=1)
+
+
+async def test_waits_are_in_seconds_and_wait_ms_still_works_with_a_warning(broker):
+    async with connect([f"127.0.0.1:{broker.port}"]) as client:
+        q = await client.create_queue()
+        await client.append(q, "x")
+        with pytest.deprecated_call(match=r"read_batch\(wait_ms=...\) is deprecated"):
+            assert [m.data for m in await client.read_batch(q, 1, peek=True, wait_ms=0)] == ["x"]
+        with pytest.deprecated_call(match="consume"):
+            async for message in client.consume(q, wait_ms=0):
+                assert message.data == "x"
+                break
+        with trio.fail_after(10):
+            assert await client.read_batch(q, 1, wait=0.05) == []
+        with pytest.raises(TypeError, match="not both"):
+            await client.read_batch(q, wait=1, wait_ms=1000)
+        with pytest.raises(ValueError, match="non-negative"):
+            await client.read_batch(q, wait=-1)
+        with pytest.raises(TypeError, match="seconds"):
+            await client.read_batch(q, wait="1")

@@ -11,6 +11,8 @@ from typing import Any
 
 
 class ErrorCode(enum.StrEnum):
+    """The stable, machine-readable ``code`` of an error envelope (docs/protocol.md)."""
+
     BAD_REQUEST = "BAD_REQUEST"
     """The request is malformed: not JSON, not an object, missing or mistyped fields."""
     UNKNOWN_OPERATION = "UNKNOWN_OPERATION"
@@ -51,41 +53,139 @@ class BrokerError(Exception):
         self.message = message
         self.details = details
 
+    CODE: ErrorCode | None = None
+    """The code a subclass stands for (None here: any code)."""
+
     def to_wire(self) -> dict[str, Any]:
+        """The error envelope for this error."""
         return {"status": "error", "message": self.message, "code": str(self.code), **self.details}
 
 
 class ProtocolError(BrokerError):
-    """A request that could not be understood (bad frame, bad JSON, bad fields)."""
+    """A request or response that could not be understood (bad frame, bad JSON, bad fields).
+
+    Raised where bytes are decoded; an error envelope received from a broker becomes the class
+    of its code instead (:class:`BadRequestError`, :class:`TooLargeError`, ...).
+    """
 
     def __init__(self, message: str, code: str = ErrorCode.BAD_REQUEST) -> None:
         super().__init__(code, message)
 
 
+class BadRequestError(BrokerError):
+    """``BAD_REQUEST``: the broker could not use the request (malformed, or a field's value
+    is out of range); nothing was applied."""
+
+    CODE = ErrorCode.BAD_REQUEST
+
+
+class UnknownOperationError(BrokerError):
+    """``UNKNOWN_OPERATION``: the broker serves no operation of that name (an older broker)."""
+
+    CODE = ErrorCode.UNKNOWN_OPERATION
+
+
+class TooLargeError(BrokerError):
+    """``TOO_LARGE``: the request or the value is larger than the broker (or this client's
+    ``max_frame``) accepts; nothing was applied."""
+
+    CODE = ErrorCode.TOO_LARGE
+
+
 class NotLeaderError(BrokerError):
-    """The broker asked is not the leader of its cluster."""
+    """``NOT_LEADER``: the broker asked is not the leader of its cluster (the client library
+    follows the hint in ``details`` and retries; you meet this only on raw connections)."""
+
+    CODE = ErrorCode.NOT_LEADER
 
 
 class QueueNotFoundError(BrokerError):
-    """The queue does not exist."""
+    """``QUEUE_NOT_FOUND``: the queue does not exist."""
+
+    CODE = ErrorCode.QUEUE_NOT_FOUND
 
 
-class OutcomeUnknownError(BrokerError):
-    """The connection was lost after a write was sent: it may or may not have been applied."""
+class WrongClusterError(BrokerError):
+    """``WRONG_CLUSTER``: the request names a cluster that the broker (or, in the client
+    library, every seed broker) does not belong to."""
+
+    CODE = ErrorCode.WRONG_CLUSTER
 
 
-_BY_CODE: dict[str, type[BrokerError]] = {
-    ErrorCode.NOT_LEADER: NotLeaderError,
-    ErrorCode.QUEUE_NOT_FOUND: QueueNotFoundError,
+class UnavailableError(BrokerError):
+    """``UNAVAILABLE``: the broker cannot serve this now (shutting down, no quorum). The
+    client library retries these itself when the request was not applied; what reaches you is
+    one of the subclasses, or a refusal of an operator command."""
+
+    CODE = ErrorCode.UNAVAILABLE
+
+
+class OutcomeUnknownError(UnavailableError):
+    """``UNAVAILABLE`` with ``"outcome": "unknown"``: the connection was lost after a write was
+    sent (or the broker lost its leadership while applying it): it may or may not have been
+    applied. An idempotent producer (:meth:`Client.producer`) retries these safely."""
+
+
+class UnauthorizedError(BrokerError):
+    """``UNAUTHORIZED``: no token, a wrong token, or a missing cluster-secret proof."""
+
+    CODE = ErrorCode.UNAUTHORIZED
+
+
+class InternalError(BrokerError):
+    """``INTERNAL``: a bug or an unexpected storage failure in the broker; the request may or
+    may not have been applied."""
+
+    CODE = ErrorCode.INTERNAL
+
+
+class OutOfOrderSequenceError(BrokerError):
+    """``OUT_OF_ORDER_SEQUENCE``: an idempotent producer skipped a ``producer_seq``; nothing was
+    applied."""
+
+    CODE = ErrorCode.OUT_OF_ORDER_SEQUENCE
+
+
+class SequenceTooOldError(BrokerError):
+    """``SEQUENCE_TOO_OLD``: an idempotent producer's ``producer_seq`` was applied long ago
+    (its result is no longer kept); nothing was applied."""
+
+    CODE = ErrorCode.SEQUENCE_TOO_OLD
+
+
+class RequestTimeoutError(TimeoutError):
+    """A call of the synchronous client (:mod:`trio_broker.sync`) did not finish within its
+    ``timeout``. The call was cancelled and the client stays usable; a write that had been
+    sent may or may not have been applied (as with :class:`OutcomeUnknownError`)."""
+
+
+ERROR_CLASSES: dict[str, type[BrokerError]] = {
+    cls.CODE: cls
+    for cls in (
+        BadRequestError,
+        UnknownOperationError,
+        TooLargeError,
+        NotLeaderError,
+        QueueNotFoundError,
+        WrongClusterError,
+        UnavailableError,
+        UnauthorizedError,
+        InternalError,
+        OutOfOrderSequenceError,
+        SequenceTooOldError,
+    )
 }
+"""The exception class of each wire error code."""
 
 
 def error_from_wire(response: dict[str, Any]) -> BrokerError:
-    """Build the exception for an error envelope received from a broker."""
+    """Build the exception for an error envelope received from a broker: the class of its code
+    (:data:`ERROR_CLASSES`), :class:`OutcomeUnknownError` when it says the outcome is unknown,
+    and plain :class:`BrokerError` for a code this library does not know."""
     details = {k: v for k, v in response.items() if k not in ("status", "message", "code")}
     code = str(response.get("code") or ErrorCode.INTERNAL)
     message = str(response.get("message", "unspecified error"))
-    cls = _BY_CODE.get(code, BrokerError)
+    cls = ERROR_CLASSES.get(code, BrokerError)
     if details.get("outcome") == "unknown":
         cls = OutcomeUnknownError
     return cls(code, message, **details)

@@ -1,0 +1,29 @@
+"""The client library, on anyio: the same code serves trio and asyncio programs.
+
+Modules: ``_common`` (addresses, public data classes, checks before sending), ``_connection``
+(one pipelined connection), ``_routing`` (leaders, topology, retries), ``_client`` (the
+operations, producers and :func:`connect`). :mod:`trio_broker.client` is the public face.
+"""
+
+from ._client import DEFAULT_MAX_IN_FLIGHT, Client, Producer, connect
+from ._common import (
+    Address,
+    BrokerUnreachableError,
+    ClientClosedError,
+    ClientStatistics,
+    Topology,
+    parse_address,
+)
+
+__all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
+    "Address",
+    "BrokerUnreachableError",
+    "Client",
+    "ClientClosedError",
+    "ClientStatistics",
+    "Producer",
+    "Topology",
+    "connect",
+    "parse_address",
+]

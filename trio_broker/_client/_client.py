@@ -1,0 +1,532 @@
+"""The client's operations (:class:`Client`), idempotent producers, and :func:`connect`."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+
+from .._errors import (
+    BrokerError,
+    ErrorCode,
+    OutcomeUnknownError,
+    UnavailableError,
+    error_from_wire,
+)
+from .._ids import new_client_id
+from .._protocol import (
+    DEFAULT_MAX_FRAME,
+    AckRequest,
+    AddMember,
+    Append,
+    AppendBatch,
+    Appended,
+    CreateQueue,
+    LeadershipTransferred,
+    ListQueues,
+    MemberAdded,
+    Message,
+    QueueCreated,
+    Read,
+    RemoveMember,
+    Retention,
+    RetentionChanged,
+    SeekRequest,
+    SetRetentionRequest,
+    SnapshotTaken,
+    TakeSnapshot,
+    TransferLeadership,
+)
+from .._protocol._messages import BatchAppended, MessageBatch, Position, QueueList
+from ._common import (
+    Address,
+    ClientStatistics,
+    Topology,
+    check_json_value,
+    check_queue_id,
+    fmt_address,
+    parse_address,
+    retention_of,
+    structure,
+    wait_in_ms,
+)
+from ._connection import Lost, NotSent
+from ._routing import Router
+
+DEFAULT_MAX_IN_FLIGHT = 256
+"""Requests one connection may have written (or queued to write) and not yet answered."""
+
+T = TypeVar("T")
+
+
+class Client(Router):
+    """A connection to one or more trio_broker clusters. Create it with :func:`connect`.
+
+    Any number of tasks may call one client at once: calls to the same broker are pipelined on
+    one connection. The client works the same under trio and under asyncio.
+    """
+
+    def __repr__(self) -> str:
+        return f"<trio_broker Client {self.client_id} clusters={list(self._clusters)}>"
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Ids of the clusters discovered so far, in discovery order (the first is the default)."""
+        return tuple(self._clusters)
+
+    def topology(self, cluster_id: str | None = None) -> Topology:
+        """The last known topology of a cluster (the default one if not given), without asking."""
+        return self._clusters[cluster_id or self._default_cluster()].topology
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of this client's counters."""
+        c = self._counters
+        live = [conn for conn in self._connections.values() if not conn.closed]
+        return ClientStatistics(
+            open_connections=len(live),
+            requests_in_flight=sum(conn.in_flight for conn in live),
+            requests_sent=c.requests_sent,
+            responses_received=c.responses_received,
+            responses_discarded=c.responses_discarded,
+            retries=c.retries,
+            topology_refreshes=c.topology_refreshes,
+            known_clusters=len(self._clusters),
+        )
+
+    async def cluster_query(
+        self,
+        seed: str | tuple[str, int] | None = None,
+        *,
+        cluster_id: str | None = None,
+        details: bool = False,
+    ) -> Topology:
+        """Ask for a cluster's topology, and remember the answer for routing.
+
+        With ``seed``, ask that broker; otherwise ask the members of ``cluster_id`` (default: the
+        first cluster discovered), leader first. Retries until it gets an answer. With
+        ``details``, each broker also carries its ``membership`` and, when the leader answered
+        (it is asked last, once known), its ``lag``.
+        """
+        if seed is not None:
+            address = parse_address(seed)
+            attempt = 0
+            while True:
+                try:
+                    return await self._query(address, details)
+                except (NotSent, Lost):
+                    attempt = await self._backoff(attempt)
+        cid = await self._known_cluster(cluster_id)
+        attempt = 0
+        while True:
+            topology = await self._refresh(cid, seen=None)
+            if topology is not None:
+                if details and topology.leader is not None:
+                    leader = (topology.leader.host, topology.leader.port)
+                    with contextlib.suppress(NotSent, Lost, BrokerError):
+                        return await self._query(leader, details=True)
+                return topology
+            attempt = await self._backoff(attempt)
+
+    async def create_queue(
+        self,
+        cluster_id: str | None = None,
+        *,
+        max_messages: int | None = None,
+        max_age: float | None = None,
+        delete_acknowledged: bool = False,
+    ) -> str:
+        """Create a queue in ``cluster_id`` (default: the first cluster discovered), with a
+        retention policy if any of the keywords is given (see :meth:`set_retention`); returns
+        the new queue's id."""
+        retention = retention_of(max_messages, max_age, delete_acknowledged)
+        cid = await self._known_cluster(cluster_id)
+        request = CreateQueue(
+            client_id=self.client_id,
+            retention=None if retention == Retention() else retention,
+        )
+        response = await self._leader_call(cid, request)
+        return structure(response, QueueCreated).queue_id
+
+    async def set_retention(
+        self,
+        queue_id: str,
+        *,
+        max_messages: int | None = None,
+        max_age: float | None = None,
+        delete_acknowledged: bool = False,
+    ) -> Retention:
+        """Set the queue's retention policy; returns it as the broker recorded it.
+
+        Old messages are deleted (from the front; sequence numbers never change) once any rule
+        allows it: ``max_messages`` keeps at most that many of the newest, ``max_age`` (in
+        seconds, like every duration here; sent in whole milliseconds) deletes messages
+        appended longer ago, and ``delete_acknowledged`` deletes messages that every client with
+        a position on the queue has read past. With no rule at all, the queue keeps everything
+        again. The leader enforces policies about once a second.
+        """
+        check_queue_id(queue_id)
+        retention = retention_of(max_messages, max_age, delete_acknowledged)
+        cid = await self._cluster_of(queue_id)
+        request = SetRetentionRequest(
+            queue_name=queue_id, retention=retention, client_id=self.client_id
+        )
+        return structure(await self._leader_call(cid, request), RetentionChanged).retention
+
+    async def append(self, queue_id: str, data: Any) -> int:
+        """Append one JSON value to a queue and return its sequence number.
+
+        ``data`` is any JSON value (dicts with string keys, lists, str, int within 64 bits,
+        finite float, bool, None); it comes back from :meth:`read` unchanged. Anything else raises
+        :exc:`TypeError` or :exc:`ValueError` before anything is sent.
+        """
+        return await self._append_as(queue_id, data, None, None)
+
+    async def read(self, queue_id: str) -> Message | None:
+        """The next message of the queue for this client id, or None if it has read them all."""
+        check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        response = await self._leader_call(cid, Read(queue_name=queue_id, client_id=self.client_id))
+        if response.get("message") == "no_messages" and "sequence_num" not in response:
+            return None
+        return structure(response, Message)
+
+    # -- additions to the original contract (docs/protocol.md) -----------------------------------
+
+    async def append_batch(self, queue_id: str, values: Sequence[Any]) -> list[int]:
+        """Append several values atomically; returns their (consecutive) sequence numbers."""
+        return await self._append_batch(queue_id, values, None, None)
+
+    async def _append_batch(
+        self, queue_id: str, values: Sequence[Any], producer_id: str | None, seq: int | None
+    ) -> list[int]:
+        check_queue_id(queue_id)
+        for value in values:
+            check_json_value(value)
+        cid = await self._cluster_of(queue_id)
+        request = AppendBatch(
+            queue_name=queue_id,
+            values=list(values),
+            client_id=self.client_id,
+            producer_id=producer_id,
+            producer_seq=seq,
+        )
+        response = await self._leader_call(cid, request)
+        return structure(response, BatchAppended).sequence_nums
+
+    async def _append_as(
+        self, queue_id: str, data: Any, producer_id: str | None, seq: int | None
+    ) -> int:
+        check_queue_id(queue_id)
+        check_json_value(data)
+        cid = await self._cluster_of(queue_id)
+        request = Append(
+            queue_name=queue_id,
+            data=data,
+            client_id=self.client_id,
+            producer_id=producer_id,
+            producer_seq=seq,
+        )
+        return structure(await self._leader_call(cid, request), Appended).sequence_num
+
+    def producer(self, producer_id: str | None = None, *, next_seq: int = 1) -> Producer:
+        """An idempotent producer: its appends are never stored twice, even when it retries
+        after a lost answer or a leader failover. ``producer_id`` defaults to a new random
+        one; reusing an id across restarts needs ``next_seq`` to continue its numbering."""
+        return Producer(
+            self, producer_id or "P-" + new_client_id()[2:] + new_client_id()[2:], next_seq
+        )
+
+    async def read_batch(
+        self,
+        queue_id: str,
+        max_messages: int = 100,
+        *,
+        peek: bool = False,
+        wait: float | None = None,
+        wait_ms: int | None = None,
+    ) -> list[Message]:
+        """Up to ``max_messages`` messages after this client's position (fewer if they would
+        not fit in one frame). Moves the position past them, unless ``peek``. With ``wait``
+        (seconds), waits that long for a message when there is none yet. (``wait_ms`` is the
+        deprecated name of ``wait``, in milliseconds.)"""
+        wire_wait = wait_in_ms(wait, wait_ms, caller="read_batch", default=None)
+        return await self._read_batch(queue_id, max_messages, peek, wire_wait)
+
+    async def _read_batch(
+        self, queue_id: str, max_messages: int, peek: bool, wire_wait: int | None
+    ) -> list[Message]:
+        check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        request = Read(
+            queue_name=queue_id,
+            client_id=self.client_id,
+            max_messages=max_messages,
+            mode="peek" if peek else "move",
+            wait_ms=wire_wait,
+        )
+        return structure(await self._leader_call(cid, request), MessageBatch).messages
+
+    async def ack(self, queue_id: str, sequence_num: int) -> int:
+        """Acknowledge every message up to ``sequence_num``; returns the next one to read."""
+        check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        request = AckRequest(
+            queue_name=queue_id, client_id=self.client_id, sequence_num=sequence_num
+        )
+        return structure(await self._leader_call(cid, request), Position).next_sequence_num
+
+    async def seek(
+        self, queue_id: str, next_sequence_num: int | None = None, *, to: str | None = None
+    ) -> int:
+        """Make the next read return ``next_sequence_num``, or start from ``to="start"`` or
+        ``to="end"``; returns the next sequence number."""
+        check_queue_id(queue_id)
+        cid = await self._cluster_of(queue_id)
+        request = SeekRequest(
+            queue_name=queue_id,
+            client_id=self.client_id,
+            next_sequence_num=next_sequence_num,
+            to=to,
+        )
+        return structure(await self._leader_call(cid, request), Position).next_sequence_num
+
+    async def consume(
+        self,
+        queue_id: str,
+        *,
+        max_messages: int = 100,
+        wait: float | None = None,
+        ack: bool = False,
+        wait_ms: int | None = None,
+    ) -> AsyncIterator[Message]:
+        """Every message of the queue from this client's position on, as they arrive; each
+        poll waits up to ``wait`` seconds (default 1) for a message. (``wait_ms`` is the
+        deprecated name of ``wait``, in milliseconds.)
+
+        With ``ack=False`` (at most once), reading moves the position. With ``ack=True`` (at
+        least once), a batch is acknowledged only when the loop asks for the message after
+        it, so messages whose processing was interrupted are delivered again.
+        """
+        check_queue_id(queue_id)
+        wire_wait = wait_in_ms(wait, wait_ms, caller="consume", default=1.0)
+        while True:
+            batch = await self._read_batch(queue_id, max_messages, ack, wire_wait)
+            for message in batch:
+                yield message
+            if ack and batch:
+                await self.ack(queue_id, batch[-1].sequence_num)
+
+    async def list_queues(
+        self, cluster_id: str | None = None, *, max_queues: int = 100, after: str | None = None
+    ) -> QueueList:
+        """One page of the cluster's queues, with lengths and per-client lag; pass the
+        page's ``next_after`` as ``after`` for the next page (None after the last)."""
+        cid = await self._known_cluster(cluster_id)
+        request = ListQueues(max_queues=max_queues, after=after, client_id=self.client_id)
+        return structure(await self._leader_call(cid, request), QueueList)
+
+    async def remove_member(self, broker_id: str, cluster_id: str | None = None) -> None:
+        """Operator command: take ``broker_id`` out of the cluster's membership (through the
+        log; the leader answers once the change is committed)."""
+        cid = await self._known_cluster(cluster_id)
+        await self._leader_call(cid, RemoveMember(broker_id=broker_id, cluster_id=cid))
+
+    async def transfer_leadership(
+        self, broker_id: str | None = None, cluster_id: str | None = None
+    ) -> LeadershipTransferred:
+        """Operator command: the leader hands its leadership to the voter ``broker_id`` (None:
+        the most caught-up voter); returns the new leader and its term once it leads.
+
+        A refusal (not a voter, no other voter) or a transfer that did not complete raises
+        :class:`BrokerError` at once, without retrying.
+        """
+        cid = await self._known_cluster(cluster_id)
+        request = TransferLeadership(broker_id=broker_id, cluster_id=cid)
+        response = await self._leader_call(cid, request, retry_unavailable=False)
+        result = structure(response, LeadershipTransferred)
+        cluster = self._clusters[cid]
+        self._leader_failed(cid, cluster.generation, None)  # ask the cluster again next time
+        return result
+
+    async def add_member(self, host: str, port: int, cluster_id: str | None = None) -> MemberAdded:
+        """Operator command: the leader adds the broker listening at ``host:port`` (started
+        with ``node --join-wait --cluster-id``) as a learner, promoted once caught up. Refused
+        if that broker belongs to another cluster or already has a membership."""
+        cid = await self._known_cluster(cluster_id)
+        request = AddMember(host=host, port=port, cluster_id=cid)
+        response = await self._leader_call(cid, request, retry_unavailable=False)
+        return structure(response, MemberAdded)
+
+    async def take_snapshot(
+        self, broker: str | tuple[str, int] | None = None, *, cluster_id: str | None = None
+    ) -> list[SnapshotTaken]:
+        """Operator command: compact the log now, on the broker at ``broker`` or (None) on
+        every member of the cluster; returns each broker's snapshot index."""
+        if broker is not None:
+            return [await self._snapshot_at(parse_address(broker), cluster_id)]
+        topology = await self.cluster_query(cluster_id=cluster_id)
+        return [
+            await self._snapshot_at((b.host, b.port), topology.cluster_id) for b in topology.brokers
+        ]
+
+    async def _snapshot_at(self, address: Address, cluster_id: str | None) -> SnapshotTaken:
+        try:
+            response = await self._exchange(address, self._frame(TakeSnapshot(cluster_id)))
+        except (NotSent, Lost) as exc:
+            raise UnavailableError(
+                ErrorCode.UNAVAILABLE, f"snapshot on {fmt_address(address)} failed: {exc.reason}"
+            ) from None
+        if response.get("status") == "error":
+            raise error_from_wire(response)
+        return structure(response, SnapshotTaken)
+
+
+class Producer:
+    """Idempotent appends (see :meth:`Client.producer`).
+
+    Each append carries this producer's id and its next sequence number for the queue; when
+    the outcome of an append is unknown (a lost answer, a failover), it is sent again with the
+    same number, and the cluster answers with the first attempt's result instead of storing it
+    twice. Appends of one producer to one queue go one at a time, in order.
+    """
+
+    def __init__(self, client: Client, producer_id: str, next_seq: int) -> None:
+        self.client = client
+        """The client this producer sends through."""
+        self.producer_id = producer_id
+        """The id the cluster recognises this producer's appends by."""
+        self._first_seq = next_seq
+        self._next: dict[str, int] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def append(self, queue_id: str, data: Any) -> int:
+        """Append one value, exactly once; returns its sequence number."""
+        return await self._send(
+            queue_id, lambda seq: self.client._append_as(queue_id, data, self.producer_id, seq)
+        )
+
+    async def append_batch(self, queue_id: str, values: Sequence[Any]) -> list[int]:
+        """Append several values atomically, exactly once; returns their sequence numbers."""
+        return await self._send(
+            queue_id, lambda seq: self.client._append_batch(queue_id, values, self.producer_id, seq)
+        )
+
+    async def _send(self, queue_id: str, attempt: Callable[[int], Awaitable[T]]) -> T:
+        lock = self._locks.setdefault(queue_id, anyio.Lock())
+        async with lock:
+            seq = self._next.get(queue_id, self._first_seq)
+            backoff = 0.02
+            while True:
+                try:
+                    result = await attempt(seq)
+                except OutcomeUnknownError:
+                    # Safe to send again: the cluster recognises this (producer, seq).
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                self._next[queue_id] = seq + 1
+                return result
+
+
+@asynccontextmanager
+async def connect(
+    seeds: Iterable[str | tuple[str, int]] | str,
+    *,
+    client_id: str | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    cluster_secret: bytes | None = None,
+) -> AsyncIterator[Client]:
+    """Discover the clusters the seeds belong to and yield a :class:`Client`.
+
+    Works under trio and under asyncio (through anyio), unchanged. ``seeds`` are
+    ``"HOST:PORT"`` strings or ``(host, port)`` tuples (a single string is one seed). Each seed
+    is asked in turn (once, a few seconds at most each) for its cluster's topology; seeds of
+    several clusters give a client that routes each queue to its own cluster's leader. If no
+    seed answers, :class:`BrokerUnreachableError` is raised at once: a seed list that reaches
+    nothing is usually a mistake. Once connected, lost leaders are waited for (until the
+    caller's deadline: :func:`anyio.fail_after`, :func:`trio.fail_after` or
+    :func:`asyncio.timeout`; the library has no timeouts of its own).
+
+    ``client_id`` names this client's read positions (a new ``C-XXXXX`` if not given: reads then
+    start at the first message). ``max_frame`` bounds the frames sent and accepted;
+    ``max_in_flight`` bounds the pipelined requests per connection.
+
+    Security (docs/security.md): with ``ssl_context`` (for instance
+    ``ssl.create_default_context(cafile="ca.pem")``), every connection speaks TLS and checks
+    the broker's certificate against the host name or address it dials. With ``token``, every
+    new connection (the client reconnects as leaders move) presents it first; with
+    ``cluster_secret`` (bytes), every new connection proves it, which operator commands such
+    as :meth:`Client.remove_member` need when the cluster has a secret. A refused token or
+    proof raises :class:`~trio_broker.UnauthorizedError`.
+    """
+    async with open_client(
+        seeds,
+        client_id=client_id,
+        max_frame=max_frame,
+        max_in_flight=max_in_flight,
+        ssl_context=ssl_context,
+        token=token,
+        cluster_secret=cluster_secret,
+        discovery_timeout=None,
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_client(
+    seeds: Iterable[str | tuple[str, int]] | str,
+    *,
+    client_id: str | None,
+    max_frame: int,
+    max_in_flight: int,
+    ssl_context: ssl.SSLContext | None,
+    token: str | None,
+    cluster_secret: bytes | None,
+    discovery_timeout: float | None,
+) -> AsyncIterator[Client]:
+    """:func:`connect`, with a bound on discovery (which raises :exc:`TimeoutError`)."""
+    if isinstance(seeds, str):
+        seeds = [seeds]
+    addresses = [parse_address(seed) for seed in seeds]
+    if not addresses:
+        raise ValueError("connect() needs at least one seed broker")
+    if max_frame <= 0 or max_in_flight <= 0:
+        raise ValueError("max_frame and max_in_flight must be positive")
+    try:
+        async with anyio.create_task_group() as tasks:
+            client = Client(
+                tasks,
+                addresses,
+                client_id=client_id,
+                max_frame=max_frame,
+                max_in_flight=max_in_flight,
+                ssl_context=ssl_context,
+                token=token,
+                cluster_secret=cluster_secret,
+            )
+            try:
+                with anyio.fail_after(discovery_timeout):
+                    await client._discover()
+                yield client
+            finally:
+                client._close()
+    except BaseExceptionGroup as group:
+        # The task group only holds connection tasks, which never raise; an exception here came
+        # from the body of the ``async with`` (or discovery) and is raised as itself, not wrapped.
+        if len(group.exceptions) != 1:
+            raise
+        exc = group.exceptions[0]
+        cause, context, suppress = exc.__cause__, exc.__context__, exc.__suppress_context__
+        try:
+            raise exc
+        finally:
+            exc.__cause__, exc.__context__ = cause, context
+            exc.__suppress_context__ = suppress
+            del exc, group

@@ -1,0 +1,413 @@
+"""The synchronous client, for scripts, notebooks and WSGI apps: no event loop needed.
+
+::
+
+    import trio_broker.sync
+
+    with trio_broker.sync.connect(["127.0.0.1:9001"], timeout=10) as client:
+        queue_id = client.create_queue()
+        client.append(queue_id, {"hello": "world"})
+        for message in client.consume(queue_id):
+            print(message.data)
+
+It is the async client (:mod:`trio_broker.client`), run on a private event loop in one thread
+of its own, which :func:`connect` starts and joins again when its ``with`` block ends (also
+when it ends with an exception). The methods have the async client's names, arguments and
+exceptions, and block. Any number of threads may share one client at once (their calls are
+pipelined on the same connections); there is no ``fork`` involved.
+
+Every call takes ``timeout`` (seconds; default: the one given to :func:`connect`, else none).
+A call that does not finish in time is cancelled and raises
+:class:`~trio_broker.RequestTimeoutError`; the client stays usable. As with a lost
+connection, a write that timed out may or may not have been applied (an idempotent
+:meth:`Client.producer` can retry it safely). The broker still answers a call that timed out,
+in its turn: the protocol answers each connection's requests in order, so calls to the same
+broker wait behind it (after a timed-out ``read_batch(wait=...)``, until that wait ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+
+from ._client import _client as _async
+from ._client._common import ClientClosedError, ClientStatistics, Topology
+from ._errors import RequestTimeoutError
+from ._protocol import (
+    DEFAULT_MAX_FRAME,
+    LeadershipTransferred,
+    MemberAdded,
+    Message,
+    Retention,
+    SnapshotTaken,
+)
+from ._protocol._messages import QueueList
+
+__all__ = ["Client", "Producer", "connect"]
+
+T = TypeVar("T")
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "the client's timeout"
+
+
+DEFAULT: Any = _Default()
+"""``timeout=DEFAULT``: the timeout given to :func:`connect`."""
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if math.isnan(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+
+
+async def _within(seconds: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """The event-loop side of a call: ``call()`` within ``seconds``."""
+    with anyio.move_on_after(seconds):
+        return await call()
+    raise RequestTimeoutError(
+        f"{what} did not complete within {seconds:g} s; it was cancelled (a write that had "
+        "been sent may or may not have been applied)"
+    )
+
+
+class Client:
+    """The blocking face of :class:`trio_broker.Client`; create it with :func:`connect`."""
+
+    def __init__(
+        self,
+        portal: anyio.from_thread.BlockingPortal,
+        client: _async.Client,
+        timeout: float | None,
+    ) -> None:
+        self._portal = portal
+        self._client = client
+        self._timeout = timeout
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<trio_broker.sync Client {self.client_id}>"
+
+    def _call(self, timeout: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        _check_timeout(timeout)
+        if self._closed:
+            raise ClientClosedError("this client is closed")
+        try:
+            future = self._portal.start_task_soon(_within, timeout, what, call)
+        except RuntimeError:
+            if self._closed:  # the portal stopped meanwhile (the client is being closed)
+                raise ClientClosedError("this client is closed") from None
+            raise  # say, a call from the client's own event-loop thread
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted here (KeyboardInterrupt): cancel it there too
+            raise
+
+    def _run_sync(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise ClientClosedError("this client is closed")
+        try:
+            return self._portal.call(fn)
+        except RuntimeError:
+            if self._closed:  # the portal stopped meanwhile
+                raise ClientClosedError("this client is closed") from None
+            raise
+
+    @property
+    def client_id(self) -> str:
+        """The id that names this client's read positions."""
+        return self._client.client_id
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Ids of the clusters discovered so far (the first is the default)."""
+        return self._run_sync(lambda: self._client.clusters)
+
+    def topology(self, cluster_id: str | None = None) -> Topology:
+        """The last known topology of a cluster, without asking."""
+        return self._run_sync(lambda: self._client.topology(cluster_id))
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the client's counters."""
+        return self._run_sync(self._client.statistics)
+
+    def cluster_query(
+        self,
+        seed: str | tuple[str, int] | None = None,
+        *,
+        cluster_id: str | None = None,
+        details: bool = False,
+        timeout: float | None = DEFAULT,
+    ) -> Topology:
+        """See :meth:`trio_broker.Client.cluster_query`."""
+        call = functools.partial(
+            self._client.cluster_query, seed, cluster_id=cluster_id, details=details
+        )
+        return self._call(timeout, "cluster_query", call)
+
+    def create_queue(
+        self,
+        cluster_id: str | None = None,
+        *,
+        max_messages: int | None = None,
+        max_age: float | None = None,
+        delete_acknowledged: bool = False,
+        timeout: float | None = DEFAULT,
+    ) -> str:
+        """See :meth:`trio_broker.Client.create_queue`."""
+        call = functools.partial(
+            self._client.create_queue,
+            cluster_id,
+            max_messages=max_messages,
+            max_age=max_age,
+            delete_acknowledged=delete_acknowledged,
+        )
+        return self._call(timeout, "create_queue", call)
+
+    def set_retention(
+        self,
+        queue_id: str,
+        *,
+        max_messages: int | None = None,
+        max_age: float | None = None,
+        delete_acknowledged: bool = False,
+        timeout: float | None = DEFAULT,
+    ) -> Retention:
+        """See :meth:`trio_broker.Client.set_retention`."""
+        call = functools.partial(
+            self._client.set_retention,
+            queue_id,
+            max_messages=max_messages,
+            max_age=max_age,
+            delete_acknowledged=delete_acknowledged,
+        )
+        return self._call(timeout, "set_retention", call)
+
+    def append(self, queue_id: str, data: Any, *, timeout: float | None = DEFAULT) -> int:
+        """See :meth:`trio_broker.Client.append`."""
+        return self._call(timeout, "append", functools.partial(self._client.append, queue_id, data))
+
+    def append_batch(
+        self, queue_id: str, values: Sequence[Any], *, timeout: float | None = DEFAULT
+    ) -> list[int]:
+        """See :meth:`trio_broker.Client.append_batch`."""
+        call = functools.partial(self._client.append_batch, queue_id, values)
+        return self._call(timeout, "append_batch", call)
+
+    def read(self, queue_id: str, *, timeout: float | None = DEFAULT) -> Message | None:
+        """See :meth:`trio_broker.Client.read`."""
+        return self._call(timeout, "read", functools.partial(self._client.read, queue_id))
+
+    def read_batch(
+        self,
+        queue_id: str,
+        max_messages: int = 100,
+        *,
+        peek: bool = False,
+        wait: float | None = None,
+        wait_ms: int | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> list[Message]:
+        """See :meth:`trio_broker.Client.read_batch`."""
+        call = functools.partial(
+            self._client.read_batch, queue_id, max_messages, peek=peek, wait=wait, wait_ms=wait_ms
+        )
+        return self._call(timeout, "read_batch", call)
+
+    def ack(self, queue_id: str, sequence_num: int, *, timeout: float | None = DEFAULT) -> int:
+        """See :meth:`trio_broker.Client.ack`."""
+        return self._call(
+            timeout, "ack", functools.partial(self._client.ack, queue_id, sequence_num)
+        )
+
+    def seek(
+        self,
+        queue_id: str,
+        next_sequence_num: int | None = None,
+        *,
+        to: str | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> int:
+        """See :meth:`trio_broker.Client.seek`."""
+        call = functools.partial(self._client.seek, queue_id, next_sequence_num, to=to)
+        return self._call(timeout, "seek", call)
+
+    def consume(
+        self,
+        queue_id: str,
+        *,
+        max_messages: int = 100,
+        wait: float = 1.0,
+        ack: bool = False,
+        timeout: float | None = DEFAULT,
+    ) -> Iterator[Message]:
+        """Every message of the queue from this client's position on, as they arrive: an
+        endless iterator (leave it with ``break``). Each poll waits up to ``wait`` seconds for a
+        message on the broker, and must finish within ``timeout`` seconds more. ``ack`` as in
+        :meth:`trio_broker.Client.consume`: a batch is acknowledged when the loop asks for the
+        message after it. A timeout raises from the iterator; a new one continues."""
+        if ack not in (True, False):
+            raise TypeError("ack must be a bool")
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        _check_timeout(timeout)
+        poll_timeout = None if timeout is None else timeout + wait
+        while True:
+            batch = self.read_batch(
+                queue_id, max_messages, peek=ack, wait=wait, timeout=poll_timeout
+            )
+            yield from batch
+            if ack and batch:
+                self.ack(queue_id, batch[-1].sequence_num, timeout=timeout)
+
+    def producer(self, producer_id: str | None = None, *, next_seq: int = 1) -> Producer:
+        """See :meth:`trio_broker.Client.producer`."""
+        return Producer(self, self._client.producer(producer_id, next_seq=next_seq))
+
+    def list_queues(
+        self,
+        cluster_id: str | None = None,
+        *,
+        max_queues: int = 100,
+        after: str | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> QueueList:
+        """See :meth:`trio_broker.Client.list_queues`."""
+        call = functools.partial(
+            self._client.list_queues, cluster_id, max_queues=max_queues, after=after
+        )
+        return self._call(timeout, "list_queues", call)
+
+    def remove_member(
+        self, broker_id: str, cluster_id: str | None = None, *, timeout: float | None = DEFAULT
+    ) -> None:
+        """See :meth:`trio_broker.Client.remove_member`."""
+        call = functools.partial(self._client.remove_member, broker_id, cluster_id)
+        return self._call(timeout, "remove_member", call)
+
+    def transfer_leadership(
+        self,
+        broker_id: str | None = None,
+        cluster_id: str | None = None,
+        *,
+        timeout: float | None = DEFAULT,
+    ) -> LeadershipTransferred:
+        """See :meth:`trio_broker.Client.transfer_leadership`."""
+        call = functools.partial(self._client.transfer_leadership, broker_id, cluster_id)
+        return self._call(timeout, "transfer_leadership", call)
+
+    def add_member(
+        self,
+        host: str,
+        port: int,
+        cluster_id: str | None = None,
+        *,
+        timeout: float | None = DEFAULT,
+    ) -> MemberAdded:
+        """See :meth:`trio_broker.Client.add_member`."""
+        call = functools.partial(self._client.add_member, host, port, cluster_id)
+        return self._call(timeout, "add_member", call)
+
+    def take_snapshot(
+        self,
+        broker: str | tuple[str, int] | None = None,
+        *,
+        cluster_id: str | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> list[SnapshotTaken]:
+        """See :meth:`trio_broker.Client.take_snapshot`."""
+        call = functools.partial(self._client.take_snapshot, broker, cluster_id=cluster_id)
+        return self._call(timeout, "take_snapshot", call)
+
+
+class Producer:
+    """The blocking face of :class:`trio_broker.Producer` (see :meth:`Client.producer`)."""
+
+    def __init__(self, client: Client, producer: _async.Producer) -> None:
+        self._client = client
+        self._producer = producer
+
+    @property
+    def producer_id(self) -> str:
+        """The id the cluster recognises this producer's appends by."""
+        return self._producer.producer_id
+
+    def append(self, queue_id: str, data: Any, *, timeout: float | None = DEFAULT) -> int:
+        """See :meth:`trio_broker.Producer.append`."""
+        call = functools.partial(self._producer.append, queue_id, data)
+        return self._client._call(timeout, "append", call)
+
+    def append_batch(
+        self, queue_id: str, values: Sequence[Any], *, timeout: float | None = DEFAULT
+    ) -> list[int]:
+        """See :meth:`trio_broker.Producer.append_batch`."""
+        call = functools.partial(self._producer.append_batch, queue_id, values)
+        return self._client._call(timeout, "append_batch", call)
+
+
+@contextmanager
+def connect(
+    seeds: Iterable[str | tuple[str, int]] | str,
+    *,
+    timeout: float | None = None,
+    client_id: str | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_in_flight: int = _async.DEFAULT_MAX_IN_FLIGHT,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    cluster_secret: bytes | None = None,
+    backend: str = "trio",
+) -> Iterator[Client]:
+    """Start the client's event-loop thread, connect as :func:`trio_broker.connect` does, and
+    yield a blocking :class:`Client`; on leaving the block, close it and join the thread.
+
+    ``timeout`` (seconds) bounds the connection (discovery) and is the default ``timeout`` of
+    every call; None waits as long as it takes. ``backend`` is the event loop run in that
+    thread (``"trio"`` or ``"asyncio"``); the other arguments are :func:`trio_broker.connect`'s.
+    """
+    _check_timeout(timeout)
+    opener = _async.open_client(
+        seeds,
+        client_id=client_id,
+        max_frame=max_frame,
+        max_in_flight=max_in_flight,
+        ssl_context=ssl_context,
+        token=token,
+        cluster_secret=cluster_secret,
+        discovery_timeout=timeout,
+    )
+    with (
+        anyio.from_thread.start_blocking_portal(backend) as portal,
+        contextlib.ExitStack() as stack,
+    ):
+        portal.call(_name_thread)
+        try:
+            async_client = stack.enter_context(portal.wrap_async_context_manager(opener))
+        except TimeoutError as exc:
+            if isinstance(exc, RequestTimeoutError):
+                raise
+            raise RequestTimeoutError(f"connect did not complete within {timeout:g} s") from None
+        client = Client(portal, async_client, timeout)
+        stack.callback(setattr, client, "_closed", True)  # first thing on the way out
+        yield client
+
+
+def _name_thread() -> None:
+    threading.current_thread().name = f"trio_broker.sync-{threading.get_ident()}"
