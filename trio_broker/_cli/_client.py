@@ -1,35 +1,37 @@
 """``python -m trio_broker client``: talk to brokers from the command line.
 
-Exit status: 0 on success, 1 when a broker refuses the request (``error: CODE: message`` on
-stderr) or no answer comes within ``--timeout``, 2 when no broker can be reached.
+Exit status (``_exit.py``): 0 on success, 1 when a broker refuses the request
+(``error: CODE: message`` on stderr) or no answer comes within ``--timeout``, 2 when no seed
+broker can be reached (every seed is tried), 64 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 from typing import Any
 
 import trio
 
-from ._auth import AuthConfigError, load_secret, load_token
-from ._errors import BrokerError
-from ._protocol import converter, dumps_value
-from .client import BrokerUnreachableError, Client, Retention, Topology, connect, parse_address
+from .._auth import AuthConfigError, load_secret, load_token
+from .._errors import BrokerError
+from .._protocol import converter, dumps_value
+from ..client import BrokerUnreachableError, Client, Retention, Topology, connect
+from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, EXIT_UNREACHABLE, EXIT_USAGE
+from ._reach import Reached, answers_cluster_query, ask_every_seed, topology_of
+from ._seeds import SEEDS_ENV, client_seeds, format_seed, parse_seed, seed_list
 
 DEFAULT_SEED = "127.0.0.1:9001"
 DEFAULT_TIMEOUT = 10.0
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_UNREACHABLE = 2
 
-
-def _seed(text: str) -> str:
+def _address(text: str) -> str:
+    """argparse ``type=`` for one HOST:PORT (or [IPv6]:PORT)."""
     try:
-        parse_address(text)
+        parse_seed(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -68,10 +70,12 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument(
         "--seed",
         action="append",
-        type=_seed,
+        type=seed_list,
         default=default(None),
-        metavar="HOST:PORT",
-        help=f"a broker to ask for the cluster's topology (repeatable; default {DEFAULT_SEED})",
+        metavar="HOST:PORT[,...]",
+        help="brokers to ask for the cluster's topology, all tried before giving up: "
+        "HOST:PORT or [IPv6]:PORT, comma-separated or repeated "
+        f"(default: ${SEEDS_ENV}, else {DEFAULT_SEED})",
     )
     parser.add_argument(
         "--client-id",
@@ -126,7 +130,9 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         help="talk to brokers: status, health, queues, create-queue, set-retention, append, "
         "read, add-member, remove-member, transfer-leader, snapshot",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
-        "broker refuses the request or time runs out, 2 when no broker can be reached.",
+        "broker refuses the request or time runs out, 2 when no seed broker can be reached "
+        "(every seed is tried), 64 for a usage error.",
+        epilog=EXIT_STATUS_HELP,
     )
     _common_options(client, defaults=True)
     commands = client.add_subparsers(dest="client_command", required=True, metavar="COMMAND")
@@ -198,8 +204,11 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     commands.add_parser(
         "health",
         parents=[common],
-        help="exit 0 if the (first) seed broker answers and follows a leader, 1 if it knows "
-        "no leader, 2 if it cannot be reached",
+        help="exit 0 if a seed broker answers and follows a leader, 1 if the broker that "
+        "answered knows no leader, 2 if no seed answers within --timeout",
+        description="Ask every seed at once and report on the first that answers: exit 0 "
+        "if it follows a leader, 1 if it knows no leader, 2 if no seed answers within "
+        "--timeout. Give one seed to check one broker.",
     )
     remove = commands.add_parser(
         "remove-member",
@@ -220,7 +229,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "learner; it becomes a voter once it has caught up. Refused if that broker belongs to "
         "another cluster or already has a membership of its own.",
     )
-    add.add_argument("address", type=_seed, metavar="HOST:PORT")
+    add.add_argument("address", type=_address, metavar="HOST:PORT")
     _cluster_option(add)
     transfer = commands.add_parser(
         "transfer-leader",
@@ -240,7 +249,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     snapshot.add_argument(
         "--broker",
-        type=_seed,
+        type=_address,
         metavar="HOST:PORT",
         help="only the broker listening there (default: every member)",
     )
@@ -292,21 +301,32 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    seeds = args.seed or [DEFAULT_SEED]
+    try:
+        seeds = client_seeds(args.seed, os.environ)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     try:
         security = _security(args)
     except AuthConfigError as exc:
         _err(str(exc))
         return EXIT_ERROR
+    deadline = trio.current_time() + args.timeout
     try:
-        with trio.fail_after(args.timeout):
-            async with connect(seeds, client_id=args.client_id, **security) as client:
+        if args.client_command == "health":
+            return await _health(seeds, security, deadline, args)
+        reached = Reached(seeds)
+        with trio.move_on_at(deadline):
+            await ask_every_seed(reached, answers_cluster_query(**security))
+        if not reached.answers:
+            return _no_answer(reached, args)
+        with trio.fail_at(deadline):
+            async with connect(
+                reached.connect_order(), client_id=args.client_id, **security
+            ) as client:
                 return await _COMMANDS[args.client_command](client, args)
     except BrokerUnreachableError as exc:
-        for address, reason in exc.errors:
-            host, port = address
-            _err(f"cannot connect to {host}:{port}: {reason}")
-        _err("is a broker running there? (use --seed HOST:PORT to name one)")
+        _unreachable(exc.errors)
         return EXIT_UNREACHABLE
     except BrokerError as exc:
         _err(f"{exc.code}: {exc.message}")
@@ -318,6 +338,30 @@ async def _run(args: argparse.Namespace) -> int:
         # Data the client refuses to send (an integer beyond 64 bits, for instance).
         _err(str(exc))
         return EXIT_ERROR
+
+
+def _no_answer(reached: Reached, args: argparse.Namespace) -> int:
+    """No seed answered: a refusal is the broker's answer (1), every seed unreachable is 2,
+    and seeds that were still silent when time ran out are a timeout (1)."""
+    if reached.refusals:
+        exc = reached.refusals[0]
+        _err(f"{exc.code}: {exc.message}")
+        return EXIT_ERROR
+    if reached.silent:
+        _err(f"TIMEOUT: no answer within {args.timeout:g} s from {_seed_names(reached.silent)}")
+        return EXIT_ERROR
+    _unreachable(list(reached.unreachable.items()))
+    return EXIT_UNREACHABLE
+
+
+def _unreachable(errors: list[tuple[tuple[str, int], str]]) -> None:
+    for address, reason in errors:
+        _err(f"cannot connect to {format_seed(address)}: {reason}")
+    _err(f"is a broker running there? (name one with --seed HOST:PORT or ${SEEDS_ENV})")
+
+
+def _seed_names(seeds: list[tuple[str, int]]) -> str:
+    return ", ".join(format_seed(s) for s in seeds)
 
 
 def _err(text: str) -> None:
@@ -343,10 +387,25 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _health(client: Client, args: argparse.Namespace) -> int:
-    """For supervisors: 0 when the (first) seed broker answers and follows a leader."""
-    seed = (args.seed or [DEFAULT_SEED])[0]
-    topology = await client.cluster_query(seed)
+async def _health(
+    seeds: list[tuple[str, int]],
+    security: dict[str, Any],
+    deadline: float,
+    args: argparse.Namespace,
+) -> int:
+    """For supervisors: 0 when a seed broker answers and follows a leader, 1 when the one
+    that answered knows no leader, 2 when none answers before the deadline."""
+    reached = Reached(seeds)
+    with trio.move_on_at(deadline):
+        await ask_every_seed(reached, topology_of(**security))
+    if not reached.answers:
+        if reached.refusals:
+            return _no_answer(reached, args)
+        _unreachable(list(reached.unreachable.items()))
+        if reached.silent:
+            _err(f"no answer within {args.timeout:g} s from {_seed_names(reached.silent)}")
+        return EXIT_UNREACHABLE
+    topology = next(iter(reached.answers.values()))
     me = next((b for b in topology.brokers if b.broker_id == topology.self_id), None)
     healthy = topology.leader is not None
     report = {
@@ -488,7 +547,7 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
     broker_id = args.broker_id
     if ":" in broker_id:
         # An address: the member that the cluster's topology lists there.
-        address = parse_address(broker_id)
+        address = parse_seed(broker_id)
         topology = await client.cluster_query(cluster_id=args.cluster)
         found = [b for b in topology.brokers if (b.host, b.port) == address]
         if not found:
@@ -504,7 +563,7 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _add_member(client: Client, args: argparse.Namespace) -> int:
-    host, port = parse_address(args.address)
+    host, port = parse_seed(args.address)
     added = await client.add_member(host, port, cluster_id=args.cluster)
     if args.json:
         _out(_json(converter.unstructure(added)))
@@ -570,7 +629,6 @@ MAX_QUEUE_PAGES = 100
 _COMMANDS = {
     "status": _status,
     "queues": _queues,
-    "health": _health,
     "remove-member": _remove_member,
     "add-member": _add_member,
     "transfer-leader": _transfer_leader,
