@@ -4,7 +4,8 @@
 long-lived client but lets one silent seed (a machine that is down without refusing
 connections) use up a command's whole ``--timeout`` before the next seed is tried. The CLI
 first asks every seed at once, within the command's deadline, then connects through the seeds
-that answered.
+that answered: the first one, and those that answer within ``SETTLE`` seconds of it (seeds of
+several clusters give a client of every cluster that answers).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import trio
 from .._errors import BrokerError
 from ..client import BrokerUnreachableError, connect
 from ._seeds import Address
+
+SETTLE = 0.5
+"""Seconds the other seeds get to answer once one has."""
 
 
 @attrs.define
@@ -38,16 +42,19 @@ class Reached:
         return [s for s in self.seeds if s not in self.answers and s not in self.unreachable]
 
     def connect_order(self) -> list[Address]:
-        """Seeds for ``connect()``: those that answered first, then the silent ones (they may
-        belong to another cluster); the unreachable ones are left out, already tried."""
-        return [*self.answers, *self.silent]
+        """Seeds for ``connect()``: those that answered, in the order they did. The others were
+        tried; the client still finds those that are members from the answers."""
+        return list(self.answers)
 
 
-async def ask_every_seed(reached: Reached, ask: Callable[[Address], Awaitable[Any]]) -> None:
+async def ask_every_seed(
+    reached: Reached, ask: Callable[[Address], Awaitable[Any]], *, settle: float = 0.0
+) -> None:
     """Run ``ask(seed)`` for every seed at once, recording the outcomes in ``reached``; return
-    at the first answer, or once every seed has failed. The caller's cancel scope bounds the
-    wait (seeds still waiting when it ends are :attr:`Reached.silent`); ``ask`` raises
-    BrokerUnreachableError for a seed it cannot reach and BrokerError for an error answer."""
+    ``settle`` seconds after the first answer, or once every seed has answered or failed.
+    The caller's cancel scope bounds the wait (seeds still waiting when it ends are
+    :attr:`Reached.silent`); ``ask`` raises BrokerUnreachableError for a seed it cannot reach
+    and BrokerError for an error answer."""
     async with trio.open_nursery() as nursery:
 
         async def one(seed: Address) -> None:
@@ -60,7 +67,8 @@ async def ask_every_seed(reached: Reached, ask: Callable[[Address], Awaitable[An
                 reached.refusals.append(exc)
             else:
                 reached.answers[seed] = value
-                nursery.cancel_scope.cancel()
+                settled = trio.current_time() + settle
+                nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, settled)
 
         for seed in reached.seeds:
             nursery.start_soon(one, seed)
