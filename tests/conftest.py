@@ -11,7 +11,7 @@ import anyio.to_thread
 import pytest
 import trio
 
-from trio_broker._cli_client import add_client_parser, run_client
+from trio_broker._cli._client import add_client_parser, run_client
 from trio_broker._runtime import BrokerConfig, open_broker
 
 

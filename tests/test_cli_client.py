@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from trio_broker._cli_client import parse_data
+from trio_broker._cli._client import parse_data
 from trio_broker._ids import QUEUE_ID_RE
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.client import Message, connect

@@ -50,3 +50,22 @@ def test_json_lines_are_one_object_each(captured):
     assert first["ts"].endswith("Z")
     assert second["event"] == "connection.crashed peer=x"
     assert "ValueError: boom" in second["exception"]
+
+
+def test_field_values_keep_their_json_types_and_read_plainly_as_text(captured):
+    fields = {"port": 9101, "ratio": 0.5, "on": True, "seeds": ["a:1", "b:2"]}
+    fields["sources"] = {"port": "flag", "seeds": "env"}
+    _attach(captured, "json")
+    log_event(logging.INFO, "broker.settings", **fields)
+    (line,) = captured.getvalue().splitlines()
+    body = json.loads(line)
+    assert {k: body[k] for k in fields} == fields
+    assert type(body["port"]) is int
+    captured.seek(0)
+    captured.truncate()
+    _attach(captured, "text")
+    log_event(logging.INFO, "broker.settings", **fields)
+    (line,) = captured.getvalue().splitlines()
+    assert line.endswith(
+        "broker.settings port=9101 ratio=0.5 on=True seeds=a:1,b:2 sources=port:flag,seeds:env"
+    )

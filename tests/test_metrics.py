@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -102,3 +104,46 @@ async def test_leadership_transfers_are_counted(tmp_path):
             m = await scrape(new.metrics_port)
             assert m[(counted, (("outcome", "received"),))] == 1
             assert m[(counted, (("outcome", "started"),))] == 0
+
+
+async def test_status_page_data_of_a_cluster(tmp_path):
+    """``/status.json`` (what the status page shows) on the leader and on a replica, and the
+    page itself, which escapes what clients chose (their ids)."""
+    with trio.fail_after(30):
+        async with open_local_cluster(tmp_path, 3, metrics_port=0) as cluster:
+            leader = await cluster.wait_for_voters(3)
+            q = (await call(leader.port, {"operation": "CREATE_QUEUE"}))["queue_id"]
+            for i in range(2):
+                await call(leader.port, {"operation": "APPEND", "queue_name": q, "data": i})
+            odd = "<b>C&1</b>"
+            await call(leader.port, {"operation": "READ", "queue_name": q, "client_id": odd})
+            status, body = await http_get(leader.metrics_port, "/status.json")
+            assert status == "HTTP/1.1 200 OK"
+            page = json.loads(body)
+            assert page["broker"]["broker_id"] == leader.broker_id
+            assert page["broker"]["role"] == "leader"
+            (group,) = page["groups"]
+            assert group["group_id"] == leader.cluster_id
+            assert (group["leader_id"], group["voters"], group["learners"]) == (
+                leader.broker_id,
+                3,
+                0,
+            )
+            members = {b["broker_id"]: b for b in page["brokers"]}
+            assert set(members) == {b.broker_id for b in cluster.brokers.values()}
+            assert all(isinstance(m["lag"], int) and m["lag"] >= 0 for m in members.values())
+            assert members[leader.broker_id]["role"] == "leader"
+            (queue,) = page["queues"]
+            assert (queue["queue_id"], queue["length"]) == (q, 2)
+            assert queue["consumers"] == [{"client_id": odd, "position": 1, "lag": 1}]
+            assert {r["operation"]: r["total"] for r in page["requests"]}["APPEND"] == 2
+
+            status, html = await http_get(leader.metrics_port, "/")
+            assert status == "HTTP/1.1 200 OK"
+            assert "&lt;b&gt;C&amp;1&lt;/b&gt;" in html.decode() and odd not in html.decode()
+
+            replica = next(b for b in cluster.brokers.values() if b is not leader)
+            page = json.loads((await http_get(replica.metrics_port, "/status.json"))[1])
+            assert page["broker"]["role"] == "replica"
+            assert page["broker"]["leader_id"] == leader.broker_id
+            assert all(b["lag"] is None for b in page["brokers"])  # only the leader knows lags

@@ -7,7 +7,7 @@ import argparse
 import attrs
 import pytest
 
-from trio_broker._node_options import SettingsError, add_arguments, resolve
+from trio_broker._cli._node_options import SettingsError, add_arguments, resolve
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -76,7 +76,7 @@ def test_bad_settings_are_refused_with_a_clear_message(tmp_path, argv, environ, 
 
 def test_every_config_field_is_settable_from_flags_environment_and_file(tmp_path):
     """Each BrokerConfig setting has a flag, an environment variable and a TOML key."""
-    from trio_broker._node_options import OPTIONS
+    from trio_broker._cli._node_options import OPTIONS
     from trio_broker._runtime import BrokerConfig
 
     keys = {o.key for o in OPTIONS}

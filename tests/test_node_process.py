@@ -341,11 +341,11 @@ async def test_second_node_on_a_data_dir_in_use_exits_1(nodes: Nodes, tmp_path):
         (["--log-level", "LOUD"], ["--log-level", "LOUD"]),
     ],
 )
-async def test_bad_flags_exit_2_with_a_message(nodes: Nodes, tmp_path, flags, expected):
+async def test_bad_flags_exit_64_with_a_message(nodes: Nodes, tmp_path, flags, expected):
     data_dir = tmp_path / "data"
     node = await nodes.run(["--port", str(free_port()), "--data-dir", str(data_dir), *flags])
     stderr = node.stderr_text()
-    assert node.returncode == 2, node.describe()
+    assert node.returncode == 64, node.describe()  # a usage error (EX_USAGE); 2 is unreachable
     assert "error" in stderr, stderr
     for word in expected:
         assert word in stderr, f"{word!r} not in {stderr!r}"

@@ -179,7 +179,7 @@ def test_the_guides_settings_file_uses_real_settings():
     """The TOML example (not run) names settings the broker knows."""
     import tomllib
 
-    from trio_broker._node_options import OPTIONS
+    from trio_broker._cli._node_options import OPTIONS
 
     toml = re.search(r"^```toml\n(.*?)^```", GUIDE.read_text(), re.MULTILINE | re.DOTALL)
     assert toml is not None

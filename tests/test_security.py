@@ -259,8 +259,14 @@ async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
         ) as c:
             leader = await c.wait_for_leader()
             name = next(n for n, b in c.brokers.items() if b is not leader)
-            # The victim must know itself a voter (only voters campaign).
-            await wait_until(lambda: len(c.brokers[name].node.config.voters) == 3)
+            # The victim must know itself a voter (only voters campaign), durably: it restarts
+            # from its disk, and a configuration takes effect in memory as soon as its entry
+            # arrives, before the entry is fsynced. Stopped in between, the victim came back a
+            # learner, never campaigned, and its links never dropped anything.
+            victim = c.brokers[name]
+            await wait_until(lambda: len(victim.node.config.voters) == 3)
+            promoted_at = leader.node.log.last_index  # holds the entry that made it a voter
+            await wait_until(lambda: victim.applied_index >= promoted_at)
             term = leader.node.term
             await c.stop(name)
             wrong = write_secret(tmp_path / "wrong.secret")

@@ -9,13 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 logger = logging.getLogger("trio_broker")
 
 
 def _fmt(value: Any) -> str:
-    text = str(value)
+    """A field's value in a text line; JSON lines keep the value itself (numbers as numbers)."""
+    if isinstance(value, Mapping):
+        text = ",".join(f"{k}:{v}" for k, v in value.items())
+    elif isinstance(value, list):
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
     if not text or any(c in text for c in ' ="\n'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text

@@ -1,5 +1,8 @@
 """Prometheus metrics of one broker, served over HTTP by a small trio server.
 
+The same server answers ``/`` with the status page and ``/status.json`` with its data
+(``_status.py``).
+
 Each broker has its own registry (several brokers may share a process). Counters and histograms
 are updated as requests are answered and transactions commit; the consensus state, the peers and
 the queues are read when a scrape arrives. Queue and per-client series are capped at
@@ -10,6 +13,7 @@ not answer with millions of lines.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -20,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ._log import log_event
+from ._status import RequestRates, read_status, render_page
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -181,7 +186,7 @@ async def _refresh_queue_stats(broker: Broker) -> None:
     broker.metrics.client_lags = lags
 
 
-async def _handle_http(broker: Broker, stream: trio.abc.Stream) -> None:
+async def _handle_http(broker: Broker, rates: RequestRates, stream: trio.abc.Stream) -> None:
     async with stream:
         head = b""
         with trio.move_on_after(_HTTP_DEADLINE):
@@ -191,20 +196,27 @@ async def _handle_http(broker: Broker, stream: trio.abc.Stream) -> None:
                     return
                 head += data
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if (
-                len(request_line) >= 2
-                and request_line[0] == "GET"
-                and (request_line[1] == "/metrics" or request_line[1].startswith("/metrics?"))
-            ):
+            method, path = request_line[:2] if len(request_line) >= 2 else ("", "")
+            path = path.split("?", 1)[0]
+            if method == "GET" and path == "/metrics":
                 await _refresh_queue_stats(broker)
                 body = generate_latest(broker.metrics.registry)
                 status, content_type = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+            elif method == "GET" and path in ("/", "/status.json"):
+                page = await read_status(broker, rates)
+                if path == "/":
+                    body = render_page(page).encode()
+                    status, content_type = "200 OK", "text/html; charset=utf-8"
+                else:
+                    body = json.dumps(page).encode()
+                    status, content_type = "200 OK", "application/json"
             else:
-                body = b"not found; metrics are at /metrics\n"
+                body = b"not found; the status page is at /, metrics are at /metrics\n"
                 status, content_type = "404 Not Found", "text/plain; charset=utf-8"
             header = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                "Connection: close\r\n\r\n"
             ).encode()
             await stream.send_all(header + body)
 
@@ -212,24 +224,18 @@ async def _handle_http(broker: Broker, stream: trio.abc.Stream) -> None:
 async def serve_metrics(
     broker: Broker, host: str, port: int, *, task_status: trio.TaskStatus[int]
 ) -> None:
-    """Serve ``GET /metrics`` on ``host:port``; ``task_status.started`` gets the port."""
+    """Serve ``GET /metrics`` and the status page (``/``, ``/status.json``) on ``host:port``;
+    ``task_status.started`` gets the port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log_event(logging.INFO, "metrics.listening", host=host, port=bound)
+    rates = RequestRates(broker)
 
     async def handler(stream: trio.abc.Stream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await _handle_http(broker, stream)
+            await _handle_http(broker, rates, stream)
 
-    await trio.serve_listeners(handler, listeners, task_status=_Forward(task_status, bound))
-
-
-class _Forward:
-    """serve_listeners reports its listeners; callers of serve_metrics want the port."""
-
-    def __init__(self, task_status: trio.TaskStatus[int], port: int) -> None:
-        self._task_status = task_status
-        self._port = port
-
-    def started(self, _value: Any = None) -> None:
-        self._task_status.started(self._port)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rates.run)
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        task_status.started(bound)

@@ -16,8 +16,9 @@ from typing import Any
 
 import attrs
 
-from ._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
-from ._runtime._security import load_security
+from .._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from .._runtime._security import load_security
+from ._seeds import parse_seeds
 
 ENV_PREFIX = "TRIO_BROKER_"
 
@@ -26,12 +27,10 @@ def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in attrs.fields(BrokerConfig) if f.default is not attrs.NOTHING}
 
 
-def _seeds(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [s.strip() for s in value.split(",") if s.strip()]
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return value
-    raise ValueError("expected HOST:PORT strings")
+def _seeds(value: Any) -> list[tuple[str, int]]:
+    if isinstance(value, str | list):
+        return parse_seeds(value)
+    raise ValueError(f"expected HOST:PORT strings, got {value!r}")
 
 
 def _int(value: Any) -> int:
@@ -100,7 +99,8 @@ OPTIONS = [
     Option(
         "seeds",
         _seeds,
-        "a member of the cluster to join (repeatable; comma-separated in the environment)",
+        "a member of the cluster to join: HOST:PORT, [IPv6]:PORT, a comma-separated list, "
+        "or repeated",
         (),
         metavar="HOST:PORT",
     ),

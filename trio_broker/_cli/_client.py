@@ -1,258 +1,31 @@
 """``python -m trio_broker client``: talk to brokers from the command line.
 
-Exit status: 0 on success, 1 when a broker refuses the request (``error: CODE: message`` on
-stderr) or no answer comes within ``--timeout``, 2 when no broker can be reached.
+Exit status (``_exit.py``): 0 on success, 1 when a broker refuses the request
+(``error: CODE: message`` on stderr) or no answer comes within ``--timeout``, 2 when no seed
+broker can be reached (every seed is tried), 64 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 from typing import Any
 
 import trio
 
-from ._auth import AuthConfigError, load_secret, load_token
-from ._errors import BrokerError
-from ._protocol import converter, dumps_value
-from .client import BrokerUnreachableError, Client, Retention, Topology, connect, parse_address
+from .._auth import AuthConfigError, load_secret, load_token
+from .._errors import BrokerError
+from .._protocol import converter, dumps_value
+from ..client import BrokerUnreachableError, Client, Retention, Topology, connect
+from ._client_args import add_client_parser
+from ._exit import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from ._reach import SETTLE, Reached, answers_cluster_query, ask_every_seed, topology_of
+from ._seeds import SEEDS_ENV, client_seeds, format_seed, parse_seed
 
-DEFAULT_SEED = "127.0.0.1:9001"
-DEFAULT_TIMEOUT = 10.0
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_UNREACHABLE = 2
-
-
-def _seed(text: str) -> str:
-    try:
-        parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
-
-
-def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """The options every client command takes, before or after the command name.
-
-    On the command sub-parsers they default to SUPPRESS, so that an option given before the
-    command name is not overwritten by the default of the same option after it.
-    """
-
-    def default(value: Any) -> Any:
-        return value if defaults else argparse.SUPPRESS
-
-    parser.add_argument(
-        "--seed",
-        action="append",
-        type=_seed,
-        default=default(None),
-        metavar="HOST:PORT",
-        help=f"a broker to ask for the cluster's topology (repeatable; default {DEFAULT_SEED})",
-    )
-    parser.add_argument(
-        "--client-id",
-        default=default(None),
-        metavar="ID",
-        help="client id (C-XXXXX) owning the read positions; reuse it to continue reading "
-        "where the last command stopped (default: a new id, so reads start at message 1)",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help="print results as JSON",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        default=default(None),
-        metavar="FILE",
-        help="speak TLS and check the brokers' certificates against this PEM CA bundle "
-        "(docs/security.md)",
-    )
-    parser.add_argument(
-        "--token-file",
-        default=default(None),
-        metavar="FILE",
-        help="present the client token in this file (its first token line) on every connection",
-    )
-    parser.add_argument(
-        "--cluster-secret-file",
-        default=default(None),
-        metavar="FILE",
-        help="prove the cluster secret in this file on every connection: operator commands "
-        "such as remove-member need it when the cluster has one",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=default(DEFAULT_TIMEOUT),
-        metavar="SECONDS",
-        help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
-    )
-
-
-def _cluster_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
-
-
-def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``client`` sub-command on an argparse subparsers object."""
-    client = subparsers.add_parser(
-        "client",
-        help="talk to brokers: status, health, queues, create-queue, set-retention, append, "
-        "read, add-member, remove-member, transfer-leader, snapshot",
-        description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
-        "broker refuses the request or time runs out, 2 when no broker can be reached.",
-    )
-    _common_options(client, defaults=True)
-    commands = client.add_subparsers(dest="client_command", required=True, metavar="COMMAND")
-
-    common = argparse.ArgumentParser(add_help=False)
-    _common_options(common, defaults=False)
-
-    commands.add_parser(
-        "status",
-        parents=[common],
-        help="show the brokers of the cluster(s), their roles and status",
-    )
-    policy = argparse.ArgumentParser(add_help=False)
-    policy.add_argument(
-        "--max-messages",
-        type=_positive_int,
-        metavar="N",
-        help="retention: keep at most the N newest messages",
-    )
-    policy.add_argument(
-        "--max-age",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="retention: delete messages appended more than SECONDS ago",
-    )
-    policy.add_argument(
-        "--delete-acknowledged",
-        action="store_true",
-        help="retention: delete messages every client with a position has read past",
-    )
-    create = commands.add_parser(
-        "create-queue", parents=[common, policy], help="create a queue (with a retention policy)"
-    )
-    create.add_argument(
-        "--cluster", metavar="G-XXXXX", help="cluster to create it in (default: the first one)"
-    )
-    retention = commands.add_parser(
-        "set-retention",
-        parents=[common, policy],
-        help="set (or remove, with --keep-all) a queue's retention policy",
-        description="Set QUEUE's retention policy: old messages are deleted from the front "
-        "once any rule allows it; sequence numbers never change. The leader enforces "
-        "policies about once a second.",
-    )
-    retention.add_argument("queue", metavar="QUEUE")
-    retention.add_argument(
-        "--keep-all", action="store_true", help="remove the policy: keep every message"
-    )
-    append = commands.add_parser(
-        "append",
-        parents=[common],
-        help="append one message",
-        description="Append DATA to QUEUE. DATA is parsed as JSON (7, 1.5, true, null, "
-        "'\"7\"', '{\"a\": [1]}'); text that is not JSON is sent as a string.",
-    )
-    append.add_argument("queue", metavar="QUEUE")
-    append.add_argument("data", metavar="DATA")
-    read = commands.add_parser(
-        "read",
-        parents=[common],
-        help="read the next message(s) for this client id",
-    )
-    queues = commands.add_parser(
-        "queues",
-        parents=[common],
-        help="list the queues with their lengths and each client's lag",
-    )
-    _cluster_option(queues)
-    commands.add_parser(
-        "health",
-        parents=[common],
-        help="exit 0 if the (first) seed broker answers and follows a leader, 1 if it knows "
-        "no leader, 2 if it cannot be reached",
-    )
-    remove = commands.add_parser(
-        "remove-member",
-        parents=[common],
-        help="take a broker out of the cluster's membership",
-    )
-    remove.add_argument(
-        "broker_id",
-        metavar="BROKER_ID|HOST:PORT",
-        help="the broker's id, or the address status shows for it",
-    )
-    _cluster_option(remove)
-    add = commands.add_parser(
-        "add-member",
-        parents=[common],
-        help="add the broker at HOST:PORT, started with 'node --join-wait --cluster-id G-XXXXX'",
-        description="The leader asks the broker at HOST:PORT who it is and adds it as a "
-        "learner; it becomes a voter once it has caught up. Refused if that broker belongs to "
-        "another cluster or already has a membership of its own.",
-    )
-    add.add_argument("address", type=_seed, metavar="HOST:PORT")
-    _cluster_option(add)
-    transfer = commands.add_parser(
-        "transfer-leader",
-        parents=[common],
-        help="hand the leadership to another voter; answers once it leads",
-    )
-    transfer.add_argument(
-        "--to",
-        metavar="BROKER_ID",
-        help="the voter to hand it to (default: the one whose log is the most up to date)",
-    )
-    _cluster_option(transfer)
-    snapshot = commands.add_parser(
-        "snapshot",
-        parents=[common],
-        help="compact the log now, on every broker of the cluster or on one",
-    )
-    snapshot.add_argument(
-        "--broker",
-        type=_seed,
-        metavar="HOST:PORT",
-        help="only the broker listening there (default: every member)",
-    )
-    _cluster_option(snapshot)
-    read.add_argument("queue", metavar="QUEUE")
-    read.add_argument(
-        "--count",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="read up to N messages (default 1); stops early when none are left",
-    )
+__all__ = ["add_client_parser", "format_topology", "parse_data", "run_client"]
 
 
 def parse_data(text: str) -> Any:
@@ -292,21 +65,32 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    seeds = args.seed or [DEFAULT_SEED]
+    try:
+        seeds = client_seeds(args.seed, os.environ)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     try:
         security = _security(args)
     except AuthConfigError as exc:
         _err(str(exc))
         return EXIT_ERROR
+    deadline = trio.current_time() + args.timeout
     try:
-        with trio.fail_after(args.timeout):
-            async with connect(seeds, client_id=args.client_id, **security) as client:
+        if args.client_command == "health":
+            return await _health(seeds, security, deadline, args)
+        reached = Reached(seeds)
+        with trio.move_on_at(deadline):
+            await ask_every_seed(reached, answers_cluster_query(**security), settle=SETTLE)
+        if not reached.answers:
+            return _no_answer(reached, args)
+        with trio.fail_at(deadline):
+            async with connect(
+                reached.connect_order(), client_id=args.client_id, **security
+            ) as client:
                 return await _COMMANDS[args.client_command](client, args)
     except BrokerUnreachableError as exc:
-        for address, reason in exc.errors:
-            host, port = address
-            _err(f"cannot connect to {host}:{port}: {reason}")
-        _err("is a broker running there? (use --seed HOST:PORT to name one)")
+        _unreachable(exc.errors)
         return EXIT_UNREACHABLE
     except BrokerError as exc:
         _err(f"{exc.code}: {exc.message}")
@@ -318,6 +102,30 @@ async def _run(args: argparse.Namespace) -> int:
         # Data the client refuses to send (an integer beyond 64 bits, for instance).
         _err(str(exc))
         return EXIT_ERROR
+
+
+def _no_answer(reached: Reached, args: argparse.Namespace) -> int:
+    """No seed answered: a refusal is the broker's answer (1), every seed unreachable is 2,
+    and seeds that were still silent when time ran out are a timeout (1)."""
+    if reached.refusals:
+        exc = reached.refusals[0]
+        _err(f"{exc.code}: {exc.message}")
+        return EXIT_ERROR
+    if reached.silent:
+        _err(f"TIMEOUT: no answer within {args.timeout:g} s from {_seed_names(reached.silent)}")
+        return EXIT_ERROR
+    _unreachable(list(reached.unreachable.items()))
+    return EXIT_UNREACHABLE
+
+
+def _unreachable(errors: list[tuple[tuple[str, int], str]]) -> None:
+    for address, reason in errors:
+        _err(f"cannot connect to {format_seed(address)}: {reason}")
+    _err(f"is a broker running there? (name one with --seed HOST:PORT or ${SEEDS_ENV})")
+
+
+def _seed_names(seeds: list[tuple[str, int]]) -> str:
+    return ", ".join(format_seed(s) for s in seeds)
 
 
 def _err(text: str) -> None:
@@ -343,10 +151,25 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _health(client: Client, args: argparse.Namespace) -> int:
-    """For supervisors: 0 when the (first) seed broker answers and follows a leader."""
-    seed = (args.seed or [DEFAULT_SEED])[0]
-    topology = await client.cluster_query(seed)
+async def _health(
+    seeds: list[tuple[str, int]],
+    security: dict[str, Any],
+    deadline: float,
+    args: argparse.Namespace,
+) -> int:
+    """For supervisors: 0 when a seed broker answers and follows a leader, 1 when the one
+    that answered knows no leader, 2 when none answers before the deadline."""
+    reached = Reached(seeds)
+    with trio.move_on_at(deadline):
+        await ask_every_seed(reached, topology_of(**security))
+    if not reached.answers:
+        if reached.refusals:
+            return _no_answer(reached, args)
+        _unreachable(list(reached.unreachable.items()))
+        if reached.silent:
+            _err(f"no answer within {args.timeout:g} s from {_seed_names(reached.silent)}")
+        return EXIT_UNREACHABLE
+    topology = next(iter(reached.answers.values()))
     me = next((b for b in topology.brokers if b.broker_id == topology.self_id), None)
     healthy = topology.leader is not None
     report = {
@@ -488,7 +311,7 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
     broker_id = args.broker_id
     if ":" in broker_id:
         # An address: the member that the cluster's topology lists there.
-        address = parse_address(broker_id)
+        address = parse_seed(broker_id)
         topology = await client.cluster_query(cluster_id=args.cluster)
         found = [b for b in topology.brokers if (b.host, b.port) == address]
         if not found:
@@ -504,7 +327,7 @@ async def _remove_member(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _add_member(client: Client, args: argparse.Namespace) -> int:
-    host, port = parse_address(args.address)
+    host, port = parse_seed(args.address)
     added = await client.add_member(host, port, cluster_id=args.cluster)
     if args.json:
         _out(_json(converter.unstructure(added)))
@@ -570,7 +393,6 @@ MAX_QUEUE_PAGES = 100
 _COMMANDS = {
     "status": _status,
     "queues": _queues,
-    "health": _health,
     "remove-member": _remove_member,
     "add-member": _add_member,
     "transfer-leader": _transfer_leader,

@@ -1,0 +1,249 @@
+"""The ``client`` command's arguments: the options every client command takes, and one
+sub-parser per command (run by ``_client.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._exit import EXIT_STATUS_HELP
+from ._seeds import SEEDS_ENV, parse_seed, seed_list
+
+DEFAULT_SEED = "127.0.0.1:9001"
+DEFAULT_TIMEOUT = 10.0
+
+
+def _address(text: str) -> str:
+    """argparse ``type=`` for one HOST:PORT (or [IPv6]:PORT)."""
+    try:
+        parse_seed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every client command takes, before or after the command name.
+
+    On the command sub-parsers they default to SUPPRESS, so that an option given before the
+    command name is not overwritten by the default of the same option after it.
+    """
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--seed",
+        action="append",
+        type=seed_list,
+        default=default(None),
+        metavar="HOST:PORT[,...]",
+        help="brokers to ask for the cluster's topology, all tried before giving up: "
+        "HOST:PORT or [IPv6]:PORT, comma-separated or repeated "
+        f"(default: ${SEEDS_ENV}, else {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=default(None),
+        metavar="ID",
+        help="client id (C-XXXXX) owning the read positions; reuse it to continue reading "
+        "where the last command stopped (default: a new id, so reads start at message 1)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print results as JSON",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=default(None),
+        metavar="FILE",
+        help="speak TLS and check the brokers' certificates against this PEM CA bundle "
+        "(docs/security.md)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="FILE",
+        help="present the client token in this file (its first token line) on every connection",
+    )
+    parser.add_argument(
+        "--cluster-secret-file",
+        default=default(None),
+        metavar="FILE",
+        help="prove the cluster secret in this file on every connection: operator commands "
+        "such as remove-member need it when the cluster has one",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=default(DEFAULT_TIMEOUT),
+        metavar="SECONDS",
+        help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", metavar="G-XXXXX", help="its cluster (default: the first)")
+
+
+def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``client`` sub-command on an argparse subparsers object."""
+    client = subparsers.add_parser(
+        "client",
+        help="talk to brokers: status, health, queues, create-queue, set-retention, append, "
+        "read, add-member, remove-member, transfer-leader, snapshot",
+        description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
+        "broker refuses the request or time runs out, 2 when no seed broker can be reached "
+        "(every seed is tried), 64 for a usage error.",
+        epilog=EXIT_STATUS_HELP,
+    )
+    _common_options(client, defaults=True)
+    commands = client.add_subparsers(dest="client_command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, defaults=False)
+
+    commands.add_parser(
+        "status",
+        parents=[common],
+        help="show the brokers of the cluster(s), their roles and status",
+    )
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument(
+        "--max-messages",
+        type=_positive_int,
+        metavar="N",
+        help="retention: keep at most the N newest messages",
+    )
+    policy.add_argument(
+        "--max-age",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="retention: delete messages appended more than SECONDS ago",
+    )
+    policy.add_argument(
+        "--delete-acknowledged",
+        action="store_true",
+        help="retention: delete messages every client with a position has read past",
+    )
+    create = commands.add_parser(
+        "create-queue", parents=[common, policy], help="create a queue (with a retention policy)"
+    )
+    create.add_argument(
+        "--cluster", metavar="G-XXXXX", help="cluster to create it in (default: the first one)"
+    )
+    retention = commands.add_parser(
+        "set-retention",
+        parents=[common, policy],
+        help="set (or remove, with --keep-all) a queue's retention policy",
+        description="Set QUEUE's retention policy: old messages are deleted from the front "
+        "once any rule allows it; sequence numbers never change. The leader enforces "
+        "policies about once a second.",
+    )
+    retention.add_argument("queue", metavar="QUEUE")
+    retention.add_argument(
+        "--keep-all", action="store_true", help="remove the policy: keep every message"
+    )
+    append = commands.add_parser(
+        "append",
+        parents=[common],
+        help="append one message",
+        description="Append DATA to QUEUE. DATA is parsed as JSON (7, 1.5, true, null, "
+        "'\"7\"', '{\"a\": [1]}'); text that is not JSON is sent as a string.",
+    )
+    append.add_argument("queue", metavar="QUEUE")
+    append.add_argument("data", metavar="DATA")
+    read = commands.add_parser(
+        "read",
+        parents=[common],
+        help="read the next message(s) for this client id",
+    )
+    queues = commands.add_parser(
+        "queues",
+        parents=[common],
+        help="list the queues with their lengths and each client's lag",
+    )
+    _cluster_option(queues)
+    commands.add_parser(
+        "health",
+        parents=[common],
+        help="exit 0 if a seed broker answers and follows a leader, 1 if the broker that "
+        "answered knows no leader, 2 if no seed answers within --timeout",
+        description="Ask every seed at once and report on the first that answers: exit 0 "
+        "if it follows a leader, 1 if it knows no leader, 2 if no seed answers within "
+        "--timeout. Give one seed to check one broker.",
+    )
+    remove = commands.add_parser(
+        "remove-member",
+        parents=[common],
+        help="take a broker out of the cluster's membership",
+    )
+    remove.add_argument(
+        "broker_id",
+        metavar="BROKER_ID|HOST:PORT",
+        help="the broker's id, or the address status shows for it",
+    )
+    _cluster_option(remove)
+    add = commands.add_parser(
+        "add-member",
+        parents=[common],
+        help="add the broker at HOST:PORT, started with 'node --join-wait --cluster-id G-XXXXX'",
+        description="The leader asks the broker at HOST:PORT who it is and adds it as a "
+        "learner; it becomes a voter once it has caught up. Refused if that broker belongs to "
+        "another cluster or already has a membership of its own.",
+    )
+    add.add_argument("address", type=_address, metavar="HOST:PORT")
+    _cluster_option(add)
+    transfer = commands.add_parser(
+        "transfer-leader",
+        parents=[common],
+        help="hand the leadership to another voter; answers once it leads",
+    )
+    transfer.add_argument(
+        "--to",
+        metavar="BROKER_ID",
+        help="the voter to hand it to (default: the one whose log is the most up to date)",
+    )
+    _cluster_option(transfer)
+    snapshot = commands.add_parser(
+        "snapshot",
+        parents=[common],
+        help="compact the log now, on every broker of the cluster or on one",
+    )
+    snapshot.add_argument(
+        "--broker",
+        type=_address,
+        metavar="HOST:PORT",
+        help="only the broker listening there (default: every member)",
+    )
+    _cluster_option(snapshot)
+    read.add_argument("queue", metavar="QUEUE")
+    read.add_argument(
+        "--count",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="read up to N messages (default 1); stops early when none are left",
+    )

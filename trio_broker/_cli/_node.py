@@ -1,0 +1,118 @@
+"""``python -m trio_broker node``: run one broker until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .._runtime import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    BrokerConfig,
+    IdentityMismatch,
+    JoinFailed,
+    configure_logging,
+    open_broker,
+)
+from .._runtime._log import log_event
+from .._runtime._security import SecurityConfigError
+from .._storage import DataDirInUse, SchemaTooNew
+from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, leaf
+from ._node_options import SettingsError, add_arguments, resolve
+from ._seeds import format_seed
+
+
+def add_node_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "node",
+        help="run one broker",
+        description="Run one broker. With no arguments: a single-node cluster on "
+        f"{DEFAULT_HOST}:{DEFAULT_PORT} storing its data in ./{DEFAULT_DATA_DIR}.",
+        epilog=EXIT_STATUS_HELP,
+    )
+    add_arguments(p)
+
+
+def _raise_fd_limit() -> None:
+    """Let the broker hold as many connections as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _run_node(config: BrokerConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_broker(config) as broker:
+            print(
+                f"trio_broker node {broker.broker_id} of cluster {broker.cluster_id} "
+                f"listening on {config.host}:{broker.port}, data in "
+                f"{config.data_dir.resolve()}",
+                flush=True,
+            )
+            async for signum in signals:
+                log_event(logging.INFO, "broker.signal", signal=signal.Signals(signum).name)
+                break
+
+
+_NODE_FAILURES = (
+    DataDirInUse,
+    IdentityMismatch,
+    SchemaTooNew,
+    JoinFailed,
+    SecurityConfigError,
+    OSError,
+)
+"""Failures a node reports in one line and exits 1, rather than with a traceback."""
+
+
+def loggable(value: Any) -> Any:
+    """A setting as a log field: numbers, booleans and strings as themselves (so JSON logs
+    keep ``"port": 9101``), paths as strings, seeds as ``HOST:PORT`` strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [format_seed(v) if isinstance(v, tuple) else loggable(v) for v in value]
+    return value
+
+
+def log_settings(config: BrokerConfig, node_only: dict[str, Any], sources: dict[str, str]) -> None:
+    """One ``broker.settings`` event: every setting's value, and where the ones that are not
+    defaults came from (``sources``: flag, env or file)."""
+    values = {k: loggable(getattr(config, k, node_only.get(k))) for k in sources}
+    given = {k: source for k, source in sources.items() if source != "default"}
+    log_event(logging.INFO, "broker.settings", **values, sources=given)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    try:
+        config, node_only, sources = resolve(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(node_only["log_level"], node_only["log_format"])
+    log_settings(config, node_only, sources)
+    _raise_fd_limit()
+    try:
+        trio.run(_run_node, config)
+    except BaseException as exc:
+        found = leaf(exc, _NODE_FAILURES)
+        if found is None:
+            raise
+        if isinstance(found, OSError):
+            print(f"error: cannot listen on {config.host}:{config.port}: {found}", file=sys.stderr)
+        else:
+            print(f"error: {found}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
