@@ -29,6 +29,7 @@ TYPED = [
     "trio_broker/client.py",
     "trio_broker/_client",
     "trio_broker/sync.py",
+    "trio_broker/_address.py",
     # The example programs, as a user's code would be checked against the public API.
     "docs/examples",
 ]

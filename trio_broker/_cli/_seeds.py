@@ -8,55 +8,17 @@ brackets (``[::1]:9001``), as in URLs, so that the port is never ambiguous.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+
+from .._address import Address, format_address, parse_address, parse_addresses
 
 SEEDS_ENV = "TRIO_BROKER_SEEDS"
 DEFAULT_SEED = ("127.0.0.1", 9001)
 
-Address = tuple[str, int]
-
-
-def parse_seed(text: str) -> Address:
-    """``"HOST:PORT"`` or ``"[IPv6]:PORT"`` to ``(host, port)``; ValueError says what is wrong."""
-    text = text.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ValueError(f"an IPv6 seed must look like [HOST]:PORT, got {text!r}")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            raise ValueError(f"a seed must look like HOST:PORT, got {text!r}")
-        if ":" in host:
-            raise ValueError(f"write an IPv6 seed in brackets, as [{host}]:{port_text}")
-    if not host:
-        raise ValueError(f"a seed needs a host, got {text!r}")
-    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise ValueError(f"a seed's port must be 1-65535, got {text!r}")
-    return host, int(port_text)
-
-
-def parse_seeds(value: str | Iterable[str]) -> list[Address]:
-    """A comma-separated list, or several of them (repeated flags, a TOML list).
-
-    Empty items are skipped; duplicates are kept once, in their first place."""
-    items = [value] if isinstance(value, str) else list(value)
-    seeds: list[Address] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"expected HOST:PORT strings, got {item!r}")
-        for part in item.split(","):
-            if part.strip():
-                seed = parse_seed(part)
-                if seed not in seeds:
-                    seeds.append(seed)
-    return seeds
-
-
-def format_seed(seed: Address) -> str:
-    host, port = seed
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# One parser for every address the project reads (trio_broker/_address.py).
+parse_seed = parse_address
+parse_seeds = parse_addresses
+format_seed = format_address
 
 
 def seed_list(text: str) -> str:

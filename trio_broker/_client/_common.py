@@ -12,14 +12,16 @@ import anyio
 import attrs
 import trio
 
+from .._address import Address as Address
+from .._address import format_address
+from .._address import parse_address as parse_address
 from .._errors import ErrorCode, ProtocolError, UnavailableError
 from .._protocol import BrokerInfo, Retention, converter
 from .._protocol._codec import OPERATION_NAMES
 
-Address = tuple[str, int]
-"""A broker's ``(host, port)``."""
-
 T = TypeVar("T")
+
+fmt_address = format_address
 
 
 @attrs.frozen
@@ -69,31 +71,6 @@ class ClientClosedError(anyio.ClosedResourceError, trio.ClosedResourceError):
     """A call on a client whose ``async with connect(...)`` block (or ``with`` block, for the
     synchronous client) has ended. It is both :class:`anyio.ClosedResourceError` and
     :class:`trio.ClosedResourceError`, so code written for either keeps catching it."""
-
-
-def parse_address(seed: str | tuple[str, int]) -> Address:
-    """``"HOST:PORT"``, ``"[IPv6]:PORT"`` or ``(host, port)`` to ``(host, port)``."""
-    if isinstance(seed, tuple):
-        host, port = seed
-    elif isinstance(seed, str):
-        host, sep, port_text = seed.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
-            raise ValueError(f"a broker address must look like HOST:PORT, got {seed!r}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        port = int(port_text)
-    else:
-        raise TypeError(f"a broker address is 'HOST:PORT' or (host, port), got {seed!r}")
-    if not isinstance(host, str) or not host:
-        raise ValueError(f"bad host in broker address {seed!r}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
-        raise ValueError(f"bad port in broker address {seed!r}")
-    return host, port
-
-
-def fmt_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def structure(response: dict[str, Any], cls: type[T]) -> T:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import attrs
 
+from .._address import parse_address
 from .._ids import BROKER_ID_RE, CLUSTER_ID_RE
 from .._protocol import DEFAULT_MAX_FRAME
 
@@ -40,15 +41,6 @@ def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else Path(os.fspath(value))
 
 
-def _parse_seed(seed: str | tuple[str, int]) -> tuple[str, int]:
-    if isinstance(seed, tuple):
-        return seed
-    host, sep, port = seed.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"a seed must look like HOST:PORT, got {seed!r}")
-    return host, int(port)
-
-
 @attrs.frozen(kw_only=True)
 class BrokerConfig:
     """Everything a broker needs to start. Only ``data_dir`` has no sensible default elsewhere.
@@ -71,7 +63,7 @@ class BrokerConfig:
     broker_id: str | None = attrs.field(default=None, validator=_check_optional_id(BROKER_ID_RE))
     cluster_id: str | None = attrs.field(default=None, validator=_check_optional_id(CLUSTER_ID_RE))
     seeds: tuple[tuple[str, int], ...] = attrs.field(
-        default=(), converter=lambda seeds: tuple(_parse_seed(s) for s in seeds)
+        default=(), converter=lambda seeds: tuple(parse_address(s) for s in seeds)
     )
     join_wait: bool = False
     """A new broker founds no cluster of its own: it waits, with an empty membership, until
