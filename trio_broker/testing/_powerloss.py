@@ -199,9 +199,10 @@ class PowerLossVFS(apsw.VFS):
             return False
         self.syncs += 1
         if self.on_sync is not None:
-            self.on_sync()
+            self.on_sync()  # it may cut the power (of this disk and others)
         if self.cut_at_sync is not None and self.syncs >= self.cut_at_sync:
             self.cut()
+        if self.dead:
             return False
         state.undo.clear()
         return True
@@ -274,4 +275,31 @@ class _PowerLossFile(apsw.VFSFile):
         super().xClose()
 
 
-__all__ = ["PowerCut", "PowerLossVFS"]
+class _SynchronousOff:
+    """An apsw connection that runs ``PRAGMA synchronous = NORMAL`` as ``OFF``."""
+
+    def __init__(self, db: apsw.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.replace(" ", "").upper() == "PRAGMASYNCHRONOUS=NORMAL":
+            sql = "PRAGMA synchronous = OFF"
+        return self._db.execute(sql, *args)
+
+    def __enter__(self) -> Any:
+        return self._db.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._db.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def synchronous_off_mutant(store: Any) -> None:
+    """Make ``store`` commit its apply-only transactions at ``synchronous = OFF`` (the bug of
+    issue 16), to show that the power-loss tests catch it."""
+    store._db = _SynchronousOff(store._db)
+
+
+__all__ = ["PowerCut", "PowerLossVFS", "synchronous_off_mutant"]
