@@ -32,7 +32,12 @@ import pytest
 from trio_broker._core._commands import AppendMessage, CreateQueue, MessageAppended
 from trio_broker._core._raft_messages import Config, Entry, HardState, NoOp, SnapshotMeta
 from trio_broker._storage._store import Store
-from trio_broker.testing._powerloss import PowerCut, PowerLossVFS, synchronous_off_mutant
+from trio_broker.testing._powerloss import (
+    SECTOR,
+    PowerCut,
+    PowerLossVFS,
+    synchronous_off_mutant,
+)
 
 BROKER = "a"
 CONFIG = Config(frozenset({BROKER}))
@@ -80,6 +85,8 @@ class Leader:
         (a new term, durable), append a no-op, commit and apply everything its log holds
         beyond the applied index."""
         store = self.store = Store(self.path, vfs=self.vfs)
+        for stale in self.path.glob("snapshot-*.sqlite3"):  # as the driver does at start
+            stale.unlink()
         if autocheckpoint is not None:
             store._db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
         state = store.raft_state()
@@ -307,3 +314,40 @@ def test_vfs_rolls_back_what_was_not_synced(tmp_path: Path) -> None:
         db.close()
     finally:
         vfs.unregister()
+
+
+def test_vfs_undo_log_writes_truncates_torn_and_images(tmp_path: Path) -> None:
+    """The undo log, byte for byte: writes over old data, writes that extend the file and
+    truncations roll back to the synced content; a crash image matches a cut; a torn cut
+    keeps a whole-sector prefix of the last write."""
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_MAIN_DB
+    for torn in (False, True):
+        vfs = PowerLossVFS(f"powerloss-bytes-{torn}", torn=torn, rng=random.Random(3))
+        live = tmp_path / f"live-{torn}"
+        live.mkdir()
+        path = str(live / "f")
+        try:
+            f = vfs.xOpen(path, [flags, 0])
+            f.xWrite(b"a" * 4096, 0)
+            f.xSync(apsw.SQLITE_SYNC_NORMAL)
+            f.xWrite(b"c" * 1000, 4096)  # extends
+            f.xTruncate(2048)  # cuts into synced data
+            f.xWrite(b"b" * 4096, 0)  # the last write: over synced data
+            assert vfs.unsynced_bytes() == 1000 + 3048 + 4096
+            vfs.crash_image(live, tmp_path / f"image-{torn}")
+            image = (tmp_path / f"image-{torn}" / "f").read_bytes()
+            vfs.cut()
+            f.xWrite(b"z" * 10, 0)  # a dead disk
+            f.xClose()
+            vfs.power_on()
+            after = Path(path).read_bytes()
+            assert len(after) == 4096
+            if not torn:
+                assert after == image == b"a" * 4096
+            else:
+                kept = after.count(b"b")
+                assert after == b"b" * kept + b"a" * (4096 - kept)
+                assert kept % SECTOR == 0 and 0 < kept < 4096
+                assert image.count(b"b") % SECTOR == 0
+        finally:
+            vfs.unregister()

@@ -221,7 +221,12 @@ class PowerLossVFS(apsw.VFS):
             return apsw.VFSFile("", name, flags)
         if self.dead and flags[0] & apsw.SQLITE_OPEN_CREATE and not os.path.exists(path):
             raise apsw.IOError("power is off")
-        return _PowerLossFile(self, self._state(path), name, flags)
+        state = self._state(path)
+        if not os.path.exists(path):
+            # A new file (perhaps under the name of one deleted behind our back): nothing of
+            # an earlier file there is left to roll back. Until synced, it rolls back to empty.
+            state.undo.clear()
+        return _PowerLossFile(self, state, name, flags)
 
     def xDelete(self, filename: str, syncdir: bool) -> None:
         if self.dead:
