@@ -48,6 +48,8 @@ IDS = ("a", "b", "c")
 ELECTION_TICKS = 10
 HEARTBEAT_TICKS = 2
 STEPS_PER_TICK = 4
+MAX_IN_FLIGHT = 2000
+"""Messages the network holds; beyond that the oldest are lost (Raft retries)."""
 
 
 class PowerLossFailure(Exception):
@@ -217,6 +219,8 @@ class PowerLossCluster:
             self.isolated = (self.rng.choice(followers), self.steps + self.rng.randrange(100, 400))
         elif self.isolated is not None and self.steps >= self.isolated[1]:
             self.isolated = None
+        while len(self.in_flight) > MAX_IN_FLIGHT:
+            self.in_flight.popleft()
         for _ in range(min(len(self.in_flight), self.rng.randrange(1, 8))):
             m = self.in_flight.popleft()
             if self.isolated is None or self.isolated[0] not in (m.src, m.dst):
