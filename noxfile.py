@@ -1,5 +1,6 @@
 """nox sessions: `tests` (the default suite, as CI runs it) and `lint` by default; `sim`,
-`fault` and `bench` are the long runs: the simulator swarm, the chaos suite, the benchmarks."""
+`fault`, `powerloss` and `bench` are the long runs: the simulator swarm, the chaos suite, the
+power-cut suites, the benchmarks."""
 
 from __future__ import annotations
 
@@ -60,6 +61,23 @@ def fault(session: nox.Session) -> None:
     """The real-process chaos suite: brokers killed, paused and partitioned under load."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "tests/chaos", "--chaos", "-v", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def powerloss(session: nox.Session) -> None:
+    """Power cuts on real SQLite stores: the long single-broker and three-broker runs (the
+    default suite runs a short version of each)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/test_power_loss.py",
+        "tests/sim/test_power_loss_cluster.py",
+        "-v",
+        *session.posargs,
+        env={"TRIO_BROKER_POWERLOSS": "1"},
+    )
 
 
 @nox.session(python=PYTHON)

@@ -195,6 +195,13 @@ class RaftNode:
     (index 0, term 0 and the bootstrap config for a fresh cluster; an empty config for a broker
     that will join) and the durable ``entries`` after it. ``applied`` is the last index already
     reflected in the state machine (defaults to the snapshot index).
+
+    ``acknowledged``, when storage records it, is where its log ended at its last durable
+    write: everything up to there may have been acknowledged to a leader. A log that now ends
+    below it lost acknowledged entries (a disk that lied about a sync), so the broker starts
+    *recovering*: it neither votes nor campaigns until its log reaches that index again,
+    learned from a leader. Its vote could otherwise elect a leader without an entry that its
+    own acknowledgement helped commit.
     """
 
     def __init__(
@@ -212,6 +219,7 @@ class RaftNode:
         max_batch: int = 64,
         pre_vote: bool = True,
         check_quorum: bool = True,
+        acknowledged: int | None = None,
     ) -> None:
         if heartbeat_ticks >= election_ticks:
             raise UsageError("heartbeat_ticks must be smaller than election_ticks")
@@ -237,6 +245,10 @@ class RaftNode:
                 f"({self.log.last_index}): storage lost acknowledged entries"
             )
         self.commit = max(hard_state.commit, snapshot.index)
+        self.recovering_until: int | None = None
+        """While recovering (see the class docstring): the log index to get back to."""
+        if acknowledged is not None and acknowledged > self.log.last_index:
+            self.recovering_until = acknowledged
         self.applied = snapshot.index if applied is None else max(applied, snapshot.index)
         self._persisted_hs = hard_state
         self.config = self._config_at(self.log.last_index)
@@ -579,8 +591,15 @@ class RaftNode:
     # -- elections -----------------------------------------------------------------------------
 
     def _promotable(self) -> bool:
-        """Only configured voters campaign; learners and removed brokers never do."""
-        return self.id in self.config.voters
+        """Only configured voters campaign; learners, removed brokers and recovering ones
+        never do."""
+        return self.id in self.config.voters and self.recovering_until is None
+
+    def _check_recovered(self) -> None:
+        """A recovering broker whose log again reaches what it had acknowledged (through a
+        leader, whose log holds everything committed) may vote again."""
+        if self.recovering_until is not None and self.log.last_index >= self.recovering_until:
+            self.recovering_until = None
 
     def _in_lease(self) -> bool:
         return (
@@ -666,6 +685,10 @@ class RaftNode:
         return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _handle_election_request(self, m: ElectionRequest) -> None:
+        if self.recovering_until is not None:
+            # Our log lost entries we acknowledged: it cannot vouch for any candidate's.
+            self._deny(m, DenyReason.LOG_BEHIND, self.term)
+            return
         can_vote = (
             self.voted_for == m.src
             or (self.voted_for is None and self.leader_id is None)
@@ -1011,6 +1034,7 @@ class RaftNode:
             ):
                 self._set_config(self._config_at(self.log.last_index))
             self.commit = max(self.commit, min(m.leader_commit, last))
+            self._check_recovered()
             self._ack(m, last)
         else:
             hint_index = min(m.prev_log_index, self.log.last_index)
@@ -1057,6 +1081,7 @@ class RaftNode:
         self.commit = meta.index
         self.applied = meta.index
         self._snapshot_to_install = m
+        self._check_recovered()
         self._ack(m, meta.index)
 
     # -- configuration -------------------------------------------------------------------------

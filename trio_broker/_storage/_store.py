@@ -104,12 +104,15 @@ class _DirLock:
 class Store:
     """A broker's database: identity, queues, messages and read positions."""
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, *, vfs: str | None = None) -> None:
+        """Open (creating if need be) the database in ``data_dir``; ``vfs`` names an SQLite
+        VFS to open it through (tests: :mod:`trio_broker.testing._powerloss`), the default
+        one if None."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _DirLock(self.data_dir)
         try:
-            self._db = apsw.Connection(str(self.data_dir / DB_FILE))
+            self._db = apsw.Connection(str(self.data_dir / DB_FILE), vfs=vfs)
             self._configure()
             upgrade(self._db)
             _sync_new_files(self.data_dir)

@@ -1,0 +1,310 @@
+"""A fault-injecting SQLite VFS that simulates power loss: only what was fsynced survives.
+
+:class:`PowerLossVFS` inherits from SQLite's default VFS and passes every operation through to
+the real files, but remembers, for each file, what was written (or truncated) since that file's
+last ``xSync``: an undo log holding the bytes each write replaced and the size before it. A
+sync forgets that file's undo log: its content is now durable. :meth:`PowerLossVFS.cut` is the
+power cut: from then on every write, sync, truncate and delete through the VFS does nothing,
+successfully (so closing the connection cannot checkpoint, delete the WAL or write anything
+else), and each file is put back to its last-synced content by replaying its undo log
+backwards. This is what a disk may legally keep after a power loss (Jepsen's LazyFS behaves
+the same way). With ``torn=True`` the cut also tears the last unsynced write of each file: a
+sector-aligned prefix of it (part of a page) survives and the rest is lost.
+
+Sync points are counted (:attr:`PowerLossVFS.syncs`) so that a test can cut the power at the
+k-th one (``cut_at_sync=k``): the k-th ``xSync`` does not happen, the power goes instead, and
+SQLite gets an I/O error.
+
+What is not modelled:
+
+- Directory entries. A created, deleted or renamed file is durable at once here, while a real
+  filesystem may lose a file's directory entry unless the directory is fsynced. SQLite syncs
+  the directory where it must (a new journal's first sync); this VFS does not test that.
+- The ``-shm`` wal-index. SQLite maps it with ``xShmMap`` (passed through to the default VFS,
+  never through ``xWrite``) and it is not a durability concern: the first connection to open a
+  database after a crash takes the exclusive DMS lock, truncates the ``-shm`` file and
+  rebuilds the index from the WAL. Close every connection before :meth:`power_on`, or a
+  surviving in-process connection would keep the old, mapped index alive.
+- Reordered or partial persistence of unsynced writes other than the torn last write: the cut
+  loses all of them (the ``torn`` variant keeps a prefix of one per file).
+- Temporary files (opened without a name or with delete-on-close): not durable anyway.
+
+Usage::
+
+    vfs = PowerLossVFS("powerloss-1", cut_at_sync=17)
+    store = Store(path, vfs=vfs.name)
+    ...                             # the 17th sync raises apsw.IOError: the power is cut
+    store.close()                   # writes nothing: the disk is dead
+    vfs.power_on()                  # files now hold exactly what was synced
+    store = Store(path, vfs=vfs.name)
+    vfs.unregister()
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import apsw
+import attrs
+
+SECTOR = 512
+"""The unit a torn write keeps: SQLite assumes sector-atomic writes (powersafe overwrite)."""
+
+
+class PowerCut(apsw.IOError):
+    """Raised by the sync at the cut point: SQLite sees an I/O error, and the caller of the
+    statement gets this (an :class:`apsw.IOError`)."""
+
+
+@attrs.define
+class _Write:
+    offset: int
+    old: bytes
+    """The bytes this write replaced (shorter than the write when it extended the file)."""
+    old_size: int
+    length: int
+
+
+@attrs.define
+class _Truncate:
+    old_size: int
+    new_size: int
+    tail: bytes
+    """The bytes the truncation removed."""
+
+
+@attrs.define
+class _FileState:
+    """One path's unsynced history, kept across the handles that open it."""
+
+    path: str
+    undo: list[_Write | _Truncate] = attrs.field(factory=list)
+    handles: int = 0
+
+
+class PowerLossVFS(apsw.VFS):
+    """The default VFS, with power cuts. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str = "powerloss",
+        *,
+        cut_at_sync: int | None = None,
+        torn: bool = False,
+        rng: random.Random | None = None,
+        real_sync: bool = False,
+    ) -> None:
+        self.name = name
+        self.real_sync = real_sync
+        """Also fsync for real. Off by default: the VFS decides what survives its own power
+        cuts, and a test machine's fsyncs only make the tests slow."""
+        self.cut_at_sync = cut_at_sync
+        """Cut the power instead of performing this sync (counted from 1), if set."""
+        self.torn = torn
+        self.rng = rng or random.Random(0)
+        self.syncs = 0
+        """Sync points reached so far (the cut one included)."""
+        self.dead = False
+        self.cuts = 0
+        self.on_sync: Callable[[], None] | None = None
+        """Called at every sync point, before the sync takes effect (and before a cut there):
+        the moment to take a :meth:`crash_image`. It must not use SQLite."""
+        self._files: dict[str, _FileState] = {}
+        super().__init__(name, "")
+
+    # -- the power -----------------------------------------------------------------------------
+
+    def cut(self) -> None:
+        """Lose power now: everything not synced is lost; the disk ignores later writes."""
+        if self.dead:
+            return
+        self.dead = True
+        self.cuts += 1
+        for state in self._files.values():
+            self._restore(state)
+
+    def power_on(self) -> None:
+        """Bring the disk back (after every connection on it was closed)."""
+        open_paths = [s.path for s in self._files.values() if s.handles]
+        if open_paths:
+            raise RuntimeError(f"power_on with files still open: {open_paths}")
+        self._files.clear()
+        self.dead = False
+        self.cut_at_sync = None
+
+    def unsynced_bytes(self) -> int:
+        """How many bytes a cut now would roll back (for tests of the VFS itself)."""
+        return sum(
+            op.length if isinstance(op, _Write) else len(op.tail)
+            for s in self._files.values()
+            for op in s.undo
+        )
+
+    def crash_image(self, source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+        """Write into the new directory ``dest`` what the directory ``source`` would hold
+        after a power cut now, leaving the live files alone (a crash image, as CrashMonkey and
+        ALICE take them). Much cheaper than re-running a workload to each cut point."""
+        source = os.path.realpath(source)
+        os.makedirs(dest)
+        for entry in os.scandir(source):
+            if entry.is_file():
+                shutil.copyfile(entry.path, os.path.join(dest, entry.name))
+        for state in self._files.values():
+            directory, name = os.path.split(state.path)
+            target = os.path.join(dest, name)
+            if directory == source and os.path.exists(target):
+                self._roll_back(state, target)
+
+    def _restore(self, state: _FileState) -> None:
+        if os.path.exists(state.path):
+            self._roll_back(state, state.path)
+        state.undo.clear()
+
+    def _roll_back(self, state: _FileState, target: str) -> None:
+        """Undo ``state``'s unsynced operations on ``target`` (the file or a copy of it)."""
+        if not state.undo:
+            return
+        keep: tuple[int, bytes] | None = None
+        last = state.undo[-1]
+        if self.torn and isinstance(last, _Write) and last.length > SECTOR:
+            sectors = self.rng.randrange(1, (last.length - 1) // SECTOR + 1)
+            with open(target, "rb") as f:
+                f.seek(last.offset)
+                keep = (last.offset, f.read(sectors * SECTOR))
+        fd = os.open(target, os.O_RDWR)
+        try:
+            for op in reversed(state.undo):
+                if isinstance(op, _Write):
+                    if op.old:
+                        os.pwrite(fd, op.old, op.offset)
+                    os.ftruncate(fd, op.old_size)
+                else:
+                    os.ftruncate(fd, op.old_size)
+                    if op.tail:
+                        os.pwrite(fd, op.tail, op.new_size)
+            if keep is not None:
+                os.pwrite(fd, keep[1], keep[0])
+        finally:
+            os.close(fd)
+
+    # -- bookkeeping called by the files ---------------------------------------------------------
+
+    def _sync_point(self, state: _FileState) -> bool:
+        """Count a sync; False when the power is (or just went) off."""
+        if self.dead:
+            return False
+        self.syncs += 1
+        if self.on_sync is not None:
+            self.on_sync()  # it may cut the power (of this disk and others)
+        if self.cut_at_sync is not None and self.syncs >= self.cut_at_sync:
+            self.cut()
+        if self.dead:
+            return False
+        state.undo.clear()
+        return True
+
+    def _state(self, path: str) -> _FileState:
+        state = self._files.get(path)
+        if state is None:
+            state = self._files[path] = _FileState(path)
+        return state
+
+    # -- the VFS -------------------------------------------------------------------------------
+
+    def xOpen(self, name: Any, flags: list[int]) -> apsw.VFSFile:
+        path = name.filename() if isinstance(name, apsw.URIFilename) else name
+        if path is None or flags[0] & apsw.SQLITE_OPEN_DELETEONCLOSE:
+            return apsw.VFSFile("", name, flags)
+        if self.dead and flags[0] & apsw.SQLITE_OPEN_CREATE and not os.path.exists(path):
+            raise apsw.IOError("power is off")
+        state = self._state(path)
+        if not os.path.exists(path):
+            # A new file (perhaps under the name of one deleted behind our back): nothing of
+            # an earlier file there is left to roll back. Until synced, it rolls back to empty.
+            state.undo.clear()
+        return _PowerLossFile(self, state, name, flags)
+
+    def xDelete(self, filename: str, syncdir: bool) -> None:
+        if self.dead:
+            return
+        super().xDelete(filename, syncdir)
+        state = self._files.get(filename)
+        if state is not None:
+            state.undo.clear()
+
+
+class _PowerLossFile(apsw.VFSFile):
+    def __init__(self, vfs: PowerLossVFS, state: _FileState, name: Any, flags: list[int]):
+        super().__init__("", name, flags)
+        self._vfs = vfs
+        self._state = state
+        # Our own descriptor, to read what a write is about to replace.
+        self._fd = os.open(state.path, os.O_RDONLY)
+        state.handles += 1
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        if self._vfs.dead:
+            return
+        size = os.fstat(self._fd).st_size
+        old = os.pread(self._fd, min(len(data), size - offset), offset) if offset < size else b""
+        self._state.undo.append(_Write(offset, old, size, len(data)))
+        super().xWrite(data, offset)
+
+    def xTruncate(self, newsize: int) -> None:
+        if self._vfs.dead:
+            return
+        size = os.fstat(self._fd).st_size
+        tail = os.pread(self._fd, size - newsize, newsize) if newsize < size else b""
+        self._state.undo.append(_Truncate(size, newsize, tail))
+        super().xTruncate(newsize)
+
+    def xSync(self, flags: int) -> None:
+        if self._vfs.dead:
+            # What the process does after the cut never reaches the disk; pretending it
+            # succeeds lets it close its connections (whose checkpoint does nothing either).
+            return
+        if not self._vfs._sync_point(self._state):
+            raise PowerCut(f"power cut at sync point {self._vfs.syncs}")
+        if self._vfs.real_sync:
+            super().xSync(flags)
+
+    def xClose(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._state.handles -= 1
+        super().xClose()
+
+
+class _SynchronousOff:
+    """An apsw connection that runs ``PRAGMA synchronous = NORMAL`` as ``OFF``."""
+
+    def __init__(self, db: apsw.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.replace(" ", "").upper() == "PRAGMASYNCHRONOUS=NORMAL":
+            sql = "PRAGMA synchronous = OFF"
+        return self._db.execute(sql, *args)
+
+    def __enter__(self) -> Any:
+        return self._db.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._db.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def synchronous_off_mutant(store: Any) -> None:
+    """Make ``store`` commit its apply-only transactions at ``synchronous = OFF`` (the bug of
+    issue 16), to show that the power-loss tests catch it."""
+    store._db = _SynchronousOff(store._db)
+
+
+__all__ = ["PowerCut", "PowerLossVFS", "synchronous_off_mutant"]
