@@ -9,6 +9,7 @@ stability at the end.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -295,6 +296,7 @@ def test_after_failures_and_heal_leadership_returns_to_balance_and_stays(size, r
     n, g, r = size
     cluster = Cluster.found(n, g, r, rng)
     assert cluster.max_led() <= cluster.share()
+    founding = copy.deepcopy(cluster.cmap.groups)
     failed = data.draw(st.lists(st.sampled_from(broker_ids(n)), unique=True, max_size=n))
     cluster.fail(failed)
     for _ in range(data.draw(st.integers(0, 6))):  # the balancer runs during the outage
@@ -305,10 +307,9 @@ def test_after_failures_and_heal_leadership_returns_to_balance_and_stays(size, r
     cluster.heal()
     rounds = cluster.run_until_quiet(max_rounds=math.ceil(g / MAX_MOVES) + 1)
     assert cluster.max_led() <= cluster.share() + 1
-    # Back to the founding leaders: failures never change preferred leaders.
-    assert cluster.leaders == {
-        gid: rec.preferred_leader for gid, rec in cluster.cmap.groups.items()
-    }
+    # Back to the founding leaders: failures never change replicas nor preferred leaders.
+    assert cluster.cmap.groups == founding
+    assert cluster.leaders == {gid: rec.preferred_leader for gid, rec in founding.items()}
     assert rounds <= math.ceil(g / MAX_MOVES) + 1
     cluster.assert_stable()
 
@@ -473,3 +474,21 @@ def test_a_move_whose_target_leaves_is_undone_and_the_source_may_lead_again():
     assert cluster.cmap.groups[g].voters == ("B-00000",) and cluster.cmap.groups[g].move is None
     assert cluster.leaders[g] == "B-00000"
     cluster.meta(UnregisterBroker("B-00001"))
+
+
+def test_a_dead_voter_of_a_draining_broker_goes_first_and_the_move_completes():
+    cluster = Cluster.found(5, 1, 3, random.Random(4))
+    ((g, rec),) = cluster.cmap.groups.items()
+    leader = cluster.leaders[g]
+    source, dead = [v for v in rec.voters if v != leader]
+    spare = next(b for b in sorted(cluster.cmap.brokers) if b not in rec.voters)
+    cluster.meta(StartReplicaMove(g, source, spare))
+    cluster.round()  # AddLearner
+    cluster.round()  # PromoteLearner: four voters
+    cluster.fail([dead])
+    cluster.meta(SetBrokerDraining(dead, True))
+    # Removing the live source would leave two live voters of three: the dead one goes first,
+    # which brings the group back to three voters and completes the move; the source stays.
+    assert cluster.round() == [RemoveReplica(g, dead)]
+    assert cluster.cmap.groups[g].move is None
+    assert cluster.cmap.groups[g].voters == tuple(sorted({leader, source, spare}))

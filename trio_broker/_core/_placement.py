@@ -427,9 +427,11 @@ def plan_moves(
 
 @attrs.frozen
 class BalancerSettings:
-    interval_ticks: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    """Ticks between two rounds; longer than a leadership transfer or a learner's catch-up
-    usually takes, so a round sees the effects of the last (at 0.1 s a tick, 10 s)."""
+    interval_ticks: int = attrs.field(default=50, validator=attrs.validators.ge(1))
+    """Ticks between two rounds: longer than a leadership transfer takes (at most an election
+    timeout), so that a round sees the effects of the last. At the default timing (a tick is
+    half a 0.2 s heartbeat interval) 5 s. A learner's catch-up may take longer: re-proposing
+    its promotion while the group's leader waits for ``caught_up`` is harmless."""
     max_moves_per_round: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     max_moving_groups: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     """Groups moving a replica at once: each move copies a group's whole state."""
