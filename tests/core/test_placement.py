@@ -247,6 +247,18 @@ def test_initial_placement_of_the_issue_example():
     assert set(led.values()) == {2}
 
 
+@pytest.mark.parametrize(("n", "g", "r"), [(6, 12, 3), (12, 64, 3), (5, 10, 2)])
+def test_a_failed_brokers_groups_fail_over_to_many_brokers(n, g, r):
+    placement = initial_placement(broker_ids(n), group_ids(g), r)
+    for b in broker_ids(n):
+        peers = {v for a in placement if b in a.voters for v in a.voters} - {b}
+        assert peers == set(broker_ids(n)) - {b}
+    cluster = Cluster.found(n, g, r, random.Random(5))
+    cluster.fail([broker_ids(n)[0]])
+    cluster.run_until_quiet(10)
+    assert cluster.max_led() <= cluster.share() + 1
+
+
 def test_initial_placement_refuses_nonsense():
     with pytest.raises(ValueError, match="placement needs"):
         initial_placement([], group_ids(1), 3)

@@ -528,7 +528,7 @@ def _address_problem(broker_id: object, host: object, port: object) -> CommandRe
         return _bad(f"broker id must look like B-XXXXX, not {broker_id!r}")
     if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_LENGTH:
         return _bad(f"host must be a non-empty string of at most {MAX_HOST_LENGTH} characters")
-    if not _is_int(port) or not 1 <= port <= 65535:  # type: ignore[operator]
+    if not _is_int(port) or not 1 <= port <= 65535:
         return _bad(f"port must be 1 to 65535, not {port!r}")
     return None
 

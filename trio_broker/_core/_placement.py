@@ -3,11 +3,13 @@
 Pure functions of the replicated :class:`~trio_broker._core._metadata.ClusterMap` and of what
 the metadata leader observes (each group's current leader); time comes in as ticks.
 
-**Initial placement** (:func:`initial_placement`). The G x R replica slots are dealt round robin
-over the N brokers (sorted by id): slot ``i * R + j`` is group ``i``'s ``j``-th replica, so a
-group's replicas are distinct and every broker holds ``floor(G*R/N)`` or ``ceil(G*R/N)`` of
-them. Preferred leaders are then chosen by :func:`balance_leaders`, whose assignment minimises
-the largest number of groups one broker leads: since each broker holds at most
+**Initial placement** (:func:`initial_placement`). Groups in id order each take the R brokers
+holding fewest replicas so far, so every broker ends with ``floor(G*R/N)`` or ``ceil(G*R/N)``
+of them (taking the least loaded never lets two counts differ by more than one); among brokers
+holding as many, those that share fewest groups with the ones already taken, so that the groups
+of a failed broker fail over to many others, not to the same two. Preferred leaders are then
+chosen by :func:`balance_leaders`, whose assignment minimises the largest number of groups one
+broker leads: since each broker holds at most
 ``ceil(G*R/N) <= R * ceil(G/N)`` replicas, giving each group ``1/R`` to each of its replicas is
 a fractional assignment with loads of at most ``ceil(G/N)``, so an integral one exists (flow
 integrality) and the optimum finds it: no broker leads more than ``ceil(G/N)`` groups.
@@ -21,7 +23,7 @@ once per interval and proposes a bounded list of moves, in this order:
    (:func:`removal_is_safe`);
 2. leadership transfers (cheap) towards each group's target leader: its preferred leader when
    that broker is alive and staying, otherwise a live voter chosen so that leadership stays
-   spread (and the current leader kept when it does not lead more than its share);
+   spread (the current leader kept unless moving it lowers the largest load);
 3. preferred-leader records, when the optimal assignment changed (replicas moved);
 4. new replica moves, only when replicas are unevenly spread, which only a broker joining or
    leaving (draining) causes: grow groups with fewer than R replicas, move replicas off
@@ -36,7 +38,6 @@ each replica move lowers the sum of the squares of the brokers' replica counts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -101,12 +102,24 @@ def initial_placement(
     if not brokers or not groups or replication_factor < 1:
         raise ValueError("placement needs brokers, groups and a replication factor of 1 or more")
     size = min(replication_factor, len(brokers))
-    voters = {
-        g: tuple(sorted(brokers[(i * size + j) % len(brokers)] for j in range(size)))
-        for i, g in enumerate(groups)
-    }
+    counts = dict.fromkeys(brokers, 0)
+    together = {(a, b): 0 for a in brokers for b in brokers}
+    voters: dict[str, tuple[str, ...]] = {}
+    for g in groups:
+        chosen: list[str] = []
+        for _ in range(size):
+            best = min(
+                (b for b in brokers if b not in chosen),
+                key=lambda b: (counts[b], sum(together[b, c] for c in chosen), b),
+            )
+            chosen.append(best)
+        for b in chosen:
+            counts[b] += 1
+            for c in chosen:
+                together[b, c] += 1
+        voters[g] = tuple(sorted(chosen))
     preferred = balance_leaders(voters, {})
-    return tuple(GroupAssignment(g, voters[g], preferred[g]) for g in groups)  # type: ignore[arg-type]
+    return tuple(GroupAssignment(g, voters[g], preferred[g]) for g in groups)
 
 
 def found_cluster(
@@ -124,8 +137,7 @@ def found_cluster(
 def balance_leaders(
     candidates: Mapping[str, Sequence[str]], current: Mapping[str, str | None]
 ) -> dict[str, str | None]:
-    """One leader per group among its candidates, minimising the largest load, changing as few
-    of ``current`` as it can.
+    """One leader per group among its candidates, minimising the largest load.
 
     Start from ``current`` (where still a candidate), give the others to their least-loaded
     candidate, then while some broker can pass a group along a path of candidates to a broker
@@ -218,37 +230,18 @@ def leader_targets(
 ) -> dict[str, str | None]:
     """The broker each group should be led by (None: no live voter may lead it).
 
-    Its preferred leader if alive and staying; otherwise, groups taken in id order, its current
-    leader if that is an eligible voter still under its share ``ceil(groups / eligible
-    brokers)``, else the eligible voter leading fewest so far (ties: lowest id).
+    Its preferred leader if alive and staying. The others (their preferred leader is down or
+    leaving) get their live, staying voters, by :func:`balance_leaders` starting from their
+    current leaders: leadership stays where it is unless moving it lowers the largest load.
+    Applied, the result is its own starting point, so the next round proposes nothing more.
     """
-    eligible = [b for b in sorted(cmap.brokers) if cmap.is_eligible(b)]
-    cands: dict[str, list[str]] = {}
+    candidates: dict[str, list[str]] = {}
     for g, rec in sorted(cmap.groups.items()):
         leaving = leaving_source(cmap, rec)
-        cands[g] = [v for v in rec.voters if v != leaving and cmap.is_eligible(v)]
-    load = dict.fromkeys(eligible, 0)
-    targets: dict[str, str | None] = {}
-    pending = []
-    for g, c in cands.items():
+        live = [v for v in rec.voters if v != leaving and cmap.is_eligible(v)]
         p = preferred.get(g)
-        if not c:
-            targets[g] = None
-        elif p in c:
-            targets[g] = p
-            load[p] += 1  # type: ignore[index]
-        else:
-            pending.append(g)
-    share = math.ceil(sum(1 for c in cands.values() if c) / len(eligible)) if eligible else 0
-    for g in pending:
-        current = observed.get(g)
-        if current in cands[g] and load[current] < share:  # type: ignore[index]
-            t = current
-        else:
-            t = min(cands[g], key=lambda b: (load[b], b))
-        targets[g] = t
-        load[t] += 1  # type: ignore[index]
-    return targets
+        candidates[g] = [p] if p in live else live
+    return balance_leaders(candidates, {g: observed.get(g) for g in candidates})
 
 
 # -- replica moves --------------------------------------------------------------------------------
@@ -259,7 +252,7 @@ def projected_replicas(rec: GroupRecord) -> tuple[str, ...]:
     replicas = set(rec.replicas)
     if rec.move is not None:
         replicas.add(rec.move.target)
-        replicas.discard(rec.move.source)  # type: ignore[arg-type]
+        replicas.discard(rec.move.source)
     return tuple(sorted(replicas))
 
 
@@ -282,7 +275,7 @@ def _removal(
 ) -> Move | None:
     """The next step towards removing ``broker_id`` from a group led by ``leader``."""
     if leader == broker_id:
-        return None if target in (None, broker_id) else TransferLeader(rec.group_id, target)  # type: ignore[arg-type]
+        return None if target in (None, broker_id) else TransferLeader(rec.group_id, target)
     if broker_id in rec.learners or removal_is_safe(cmap, rec, broker_id):
         return RemoveReplica(rec.group_id, broker_id)
     return None
@@ -309,7 +302,7 @@ def _move_step(
     # The target votes. Voters on dead brokers that are leaving go first (always safe; it also
     # completes a move stuck because one of them is dead), then the source.
     for v in rec.voters:
-        if v != t and not cmap.is_alive(v) and cmap.broker(v).draining:  # type: ignore[union-attr]
+        if v != t and not cmap.is_alive(v) and cmap.broker(v).draining:
             return _removal(cmap, rec, v, leader, target)
     if move.source is not None and move.source in replicas:
         return _removal(cmap, rec, move.source, leader, target)
@@ -466,7 +459,7 @@ def leader_counts(cmap: ClusterMap, observed: Mapping[str, str | None]) -> dict[
     counts = dict.fromkeys(sorted(cmap.brokers), 0)
     for g in cmap.groups:
         if (leader := observed.get(g)) in counts:
-            counts[leader] += 1  # type: ignore[index]
+            counts[leader] += 1
     return counts
 
 
