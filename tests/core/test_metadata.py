@@ -419,3 +419,39 @@ def test_an_old_clients_create_queue_lands_on_a_group_the_broker_leads():
     cmap.apply(RegisterBroker(B4, "10.0.0.4", 9004))
     assert group_for_query(cmap, leaders, B4) == G2  # holds none: the least-loaded group
     assert group_for_query(ClusterMap(), {}, B1) is None
+
+
+@given(
+    st.integers(1, 8).flatmap(
+        lambda n: st.tuples(st.just(n), st.integers(1, 20), st.integers(1, min(5, n)))
+    ),
+    st.data(),
+)
+def test_an_old_client_sees_the_leader_its_queue_lands_on(size, data):
+    # CLUSTER_QUERY (no cluster_id) to a broker, then CREATE_QUEUE to the leader it names, then
+    # APPEND routed by the new queue's id: all three reach the same broker.
+    n, g, r = size
+    ids = [f"B-AAA{i:02d}" for i in range(n)]
+    cmap = ClusterMap()
+    cmap.apply(found_cluster([address_of(b) for b in ids], [f"G-XYZ{i:02d}" for i in range(g)], r))
+    leaders = {
+        gid: data.draw(st.none() | st.sampled_from(rec.voters)) for gid, rec in cmap.groups.items()
+    }
+    for b in ids:
+        queried = group_for_query(cmap, leaders, b)
+        assert queried in cmap.groups
+        chosen = group_for_new_queue(cmap, leaders, b)
+        if chosen is None:
+            assert b not in leaders.values()
+            continue
+        assert queried == chosen and leaders[chosen] == b
+        placed = cmap.apply(PlaceQueue("Z" + b[-4:], chosen))
+        assert isinstance(placed, QueuePlaced)
+        assert leaders[group_of_queue(placed.queue_id)] == b
+    views = groups_view(cmap, leaders)
+    assert [v.cluster_id for v in views] == sorted(cmap.groups)
+    assert all(v.leader_id == leaders[v.cluster_id] for v in views)
+
+
+def address_of(b: str) -> BrokerAddress:
+    return BrokerAddress(b, "127.0.0.1", 9000 + int(b[-2:]))
