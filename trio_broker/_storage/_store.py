@@ -653,10 +653,10 @@ class Store:
         """Write a consistent copy of the database to ``path``; returns its applied index.
 
         Runs on the storage thread between transactions, so the copy is exactly the state at
-        the applied index it reports. The file is not fsynced, on purpose: nothing durable
-        depends on it. It exists to be sent to a replica (which checks its SHA-256 and copies
-        it into its own database in a fsynced transaction), it is known only in memory, and a
-        restarted broker deletes every snapshot file it finds and writes a new one.
+        the applied index it reports. Nothing durable depends on the file (SQLite happens to
+        sync it; nothing here relies on that): it exists to be sent to a replica (which checks
+        its SHA-256 and copies it into its own database in a fsynced transaction), it is known
+        only in memory, and a restarted broker deletes every snapshot file it finds.
         """
         applied = self.get_meta("applied_index", self.get_meta("snapshot_index", 0))
         self._db.execute("VACUUM INTO ?", (path,))
