@@ -5,6 +5,8 @@
   :class:`MemoryStore`, for partition and crash scenarios under a mock clock.
 - :class:`FaultProxy` and :class:`History`: the chaos suite's fault-injecting TCP proxy and its
   Jepsen-style history checker.
+- :class:`PowerLossVFS`: an SQLite VFS that keeps only what was fsynced when its power is
+  cut, for durability tests of anything stored through SQLite.
 - ``python -m trio_broker.testing.sim``: the deterministic simulator of the consensus core.
 """
 
@@ -13,6 +15,7 @@ from ._local_cluster import LocalCluster, open_local_cluster
 from ._memory_network import MemoryNetwork
 from ._memory_store import InlineWorker, MemoryStore, open_memory_storage
 from ._mock_cluster import MockCluster, open_mock_cluster
+from ._powerloss import PowerCut, PowerLossVFS
 from ._proxy import FaultProxy
 
 __all__ = [
@@ -23,6 +26,8 @@ __all__ = [
     "MemoryNetwork",
     "MemoryStore",
     "MockCluster",
+    "PowerCut",
+    "PowerLossVFS",
     "open_local_cluster",
     "open_memory_storage",
     "open_mock_cluster",
