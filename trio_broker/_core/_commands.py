@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import attrs
 
+from ._work_commands import WorkCommand, WorkResult
+
 MAX_RETAINED_MESSAGES = 10**12
 """The largest ``max_messages`` of a retention policy."""
 MAX_RETENTION_AGE_MS = 100 * 365 * 24 * 3600 * 1000
@@ -191,6 +193,7 @@ SingleCommand = (
     | SetBrokerAddress
     | SetRetention
     | ApplyRetention
+    | WorkCommand
 )
 
 
@@ -297,6 +300,7 @@ SingleResult = (
     | RetentionSet
     | RetentionApplied
     | CommandRejected
+    | WorkResult
 )
 Result = SingleResult | GroupApplied
 
