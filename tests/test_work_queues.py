@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import apsw
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -776,3 +777,37 @@ def test_store_agrees_with_reference_on_long_state_aware_histories(
         store.close()
     # The histories reach what they are meant to test.
     assert {"Delivered", "Acknowledged", "LeasesChanged", "LeasesExpired", "Published"} <= seen
+
+
+# -- the wire messages --------------------------------------------------------------------------
+
+
+def test_work_operations_have_their_own_names_and_classes():
+    from trio_broker._protocol import _codec
+    from trio_broker._protocol import _messages as m
+
+    assert not set(m.WORK_OPERATIONS) & set(_codec.OPERATIONS)
+    assert set(m.WORK_OPERATIONS.values()) | {m.CreateNamedQueue} == set(m.WORK_REQUESTS)
+    for cls in m.WORK_REQUESTS:
+        assert "client_id" in attrs.fields_dict(cls)
+
+
+def test_append_takes_headers_and_an_epoch_checked_for_type():
+    from trio_broker._errors import ProtocolError
+    from trio_broker._protocol._codec import request_from_dict
+
+    request = request_from_dict(
+        {
+            "operation": "APPEND",
+            "queue_name": Q,
+            "data": 1,
+            "headers": {"trace": "t-1"},
+            "producer_id": "P-1",
+            "producer_epoch": 2,
+            "producer_seq": 1,
+        }
+    )
+    assert (request.headers, request.producer_epoch) == ({"trace": "t-1"}, 2)
+    for bad in ({"trace": 1}, ["trace"], "trace"):
+        with pytest.raises(ProtocolError):
+            request_from_dict({"operation": "APPEND", "queue_name": Q, "data": 1, "headers": bad})
