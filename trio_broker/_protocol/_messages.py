@@ -156,8 +156,9 @@ class ResolveQueue:
 
 @attrs.frozen
 class GroupJoin:
-    """Create consumer group ``group`` on the queue, or check that it has these settings (an
-    absent setting takes the existing group's, or the default for a new group)."""
+    """Join consumer group ``group`` of the queue. With no setting: the group as it is
+    (created with the defaults). With any: the settings given, and the defaults of the others,
+    create the group or must equal the existing group's."""
 
     queue_name: str
     group: str
