@@ -283,6 +283,20 @@ class WorkState:
     used first; at most ``MAX_PRODUCERS``."""
     producer_clock: int = 0
 
+    def queue_id_for_name(self, name: str) -> str | None:
+        return self.names.get(name)
+
+    def next_lease_deadline(self) -> int | None:
+        """The earliest deadline of a lease (None: no lease): when an :class:`ExpireLeases`
+        is due (the leader proposes one while some lease is past it)."""
+        deadlines = [
+            p.until_ms
+            for g in self.groups.values()
+            for p in g.pending.values()
+            if p.member is not None
+        ]
+        return min(deadlines, default=None)
+
     def retained_headers(self, queue_id: str, first_retained: int) -> dict[int, Headers]:
         return {s: h for s, h in self.headers.get(queue_id, {}).items() if s >= first_retained}
 
