@@ -748,37 +748,39 @@ def _state_aware_command(rng, model: QueueState):
     return CreateQueue(rng.choice(QUEUES))
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(seed=st.integers(min_value=0, max_value=2**32))
-def test_store_agrees_with_reference_on_long_state_aware_histories(
-    tmp_path_factory, small_limits, seed
-):
-    rng = random.Random(seed)
-    data_dir = tmp_path_factory.mktemp("long")
-    model = QueueState()
-    store = Store(data_dir)
-    seen = set()
-    try:
-        first = [CreateQueue(q) for q in QUEUES] + [
-            JoinGroup(Q, "g1", GroupSettings(30, 2, DLQ, 4))
-        ]
-        assert store.apply(first) == model.apply_all(first)
-        for n in range(400):
-            command = _state_aware_command(rng, model)
-            expected = model.apply(command)
-            assert store.apply([command]) == [expected], command
-            seen.add(type(expected).__name__ + getattr(expected, "code", ""))
-            if n % 100 == 99:
-                _assert_work_matches(store, model)
-                store.close()
-                store = Store(data_dir)
-        _assert_work_matches(store, model)
-    finally:
-        store.close()
+def test_store_agrees_with_reference_on_long_state_aware_histories(tmp_path_factory, small_limits):
+    seen: set[str] = set()
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(seed=st.integers(min_value=0, max_value=2**32))
+    def run(seed):
+        rng = random.Random(seed)
+        data_dir = tmp_path_factory.mktemp("long")
+        model = QueueState()
+        store = Store(data_dir)
+        try:
+            first = [CreateQueue(q) for q in QUEUES] + [
+                JoinGroup(Q, "g1", GroupSettings(30, 2, DLQ, 4))
+            ]
+            assert store.apply(first) == model.apply_all(first)
+            for n in range(400):
+                command = _state_aware_command(rng, model)
+                expected = model.apply(command)
+                assert store.apply([command]) == [expected], command
+                seen.add(type(expected).__name__)
+                if n % 100 == 99:
+                    _assert_work_matches(store, model)
+                    store.close()
+                    store = Store(data_dir)
+            _assert_work_matches(store, model)
+        finally:
+            store.close()
+
+    run()
     # The histories reach what they are meant to test.
     assert {"Delivered", "Acknowledged", "LeasesChanged", "LeasesExpired", "Published"} <= seen
 
