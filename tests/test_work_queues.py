@@ -1,5 +1,8 @@
 """Work queues and the queue lifecycle: the reference semantics (``_core/_work.py``) spelled out,
-and the SQLite twin (``_storage/_work_sql.py``) checked against it on any history."""
+and the SQLite twin (``_storage/_work_sql.py``) checked against it on any history.
+
+Longer than ~600 lines on purpose: the scenarios, the twin's model-based tests and the group
+invariants share one set of strategies and one state comparison."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ from trio_broker._core._work_commands import (
     ReadRecords,
     Record,
 )
-from trio_broker._storage import DB_FILE, SCHEMA_VERSION, Identity, Store, _work_sql
+from trio_broker._storage import DB_FILE, SCHEMA_VERSION, Identity, Store, _work_queries, _work_sql
 
 from .test_storage import CLIENTS, QUEUES, _assert_store_matches, _policies, _single_commands
 
@@ -514,11 +517,11 @@ def _model_dump(model: QueueState) -> dict:
 
 def _assert_work_matches(store: Store, model: QueueState) -> None:
     _assert_store_matches(store, model)
-    assert _work_sql.dump(store._db) == _model_dump(model)
+    assert _work_queries.dump(store._db) == _model_dump(model)
     work = model.work
-    assert _work_sql.next_lease_deadline(store._db) == work.next_lease_deadline()
+    assert _work_queries.next_lease_deadline(store._db) == work.next_lease_deadline()
     for name in ("orders", "jobs", "missing"):
-        assert _work_sql.queue_id_for_name(store._db, name) == work.queue_id_for_name(name)
+        assert _work_queries.queue_id_for_name(store._db, name) == work.queue_id_for_name(name)
 
 
 @pytest.fixture
