@@ -314,6 +314,16 @@ def test_producer_epochs_fence_the_old_numbering(twin):
     assert partial.code == "BAD_REQUEST"
 
 
+def test_published_data_and_headers_count_towards_a_groups_bound():
+    from trio_broker._core._commands import data_size
+
+    plain = Publish(Q, (Record(b"12345"),))
+    headed = Publish(Q, (Record(b"12345", (("trace", "abc"),)), Record(b"1")))
+    assert data_size(plain) == 5 + 8
+    assert data_size(headed) == (5 + 8 + 5 + 3 + 6) + (1 + 8)
+    assert data_size(CommandGroup((headed, plain))) == data_size(headed) + data_size(plain) + 128
+
+
 def test_headers_are_stored_bounded_and_returned(twin):
     model = twin()
     model.apply(CreateQueue(Q))
