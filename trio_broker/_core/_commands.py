@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import attrs
 
+from ._work_commands import Publish, WorkCommand, WorkResult
+
 MAX_RETAINED_MESSAGES = 10**12
 """The largest ``max_messages`` of a retention policy."""
 MAX_RETENTION_AGE_MS = 100 * 365 * 24 * 3600 * 1000
@@ -191,6 +193,7 @@ SingleCommand = (
     | SetBrokerAddress
     | SetRetention
     | ApplyRetention
+    | WorkCommand
 )
 
 
@@ -297,6 +300,7 @@ SingleResult = (
     | RetentionSet
     | RetentionApplied
     | CommandRejected
+    | WorkResult
 )
 Result = SingleResult | GroupApplied
 
@@ -307,6 +311,11 @@ def data_size(payload: object) -> int:
         return len(payload.data)
     if isinstance(payload, AppendBatch):
         return sum(len(d) + 8 for d in payload.data)
+    if isinstance(payload, Publish):
+        return sum(
+            len(r.data) + 8 + sum(len(k) + len(v) + 6 for k, v in r.headers)
+            for r in payload.records
+        )
     if isinstance(payload, CommandGroup):
         return sum(data_size(c) + 64 for c in payload.commands)
     return 0

@@ -46,6 +46,8 @@ from ._commands import (
     queue_not_found,
     take_within,
 )
+from ._work import WorkState, apply_work, touch
+from ._work_commands import WORK_COMMANDS
 
 
 @attrs.define
@@ -76,6 +78,8 @@ class QueueState:
     producers: OrderedDict[tuple[str, str], ProducerState] = attrs.field(factory=OrderedDict)
     """(producer id, queue id) -> dedup state, least recently used first."""
     producer_clock: int = 0
+    work: WorkState = attrs.field(factory=WorkState)
+    """Names, consumer groups, headers, fenced producers, position activity (``_work``)."""
 
     def apply(self, command: Command) -> Result:
         if isinstance(command, CommandGroup):
@@ -98,6 +102,8 @@ class QueueState:
             return BrokerAddressSet(command.broker_id)
         if isinstance(command, ApplyRetention):
             return self._apply_retention(command.now_ms)
+        if isinstance(command, WORK_COMMANDS):
+            return apply_work(self, command)
         if not isinstance(command, Command):
             raise TypeError(f"not a command: {command!r}")
         queue = self.messages.get(command.queue_id)
@@ -114,6 +120,7 @@ class QueueState:
         if isinstance(command, AppendMessage | AppendBatch):
             return self._append(command, queue)
         key = (command.client_id, command.queue_id)
+        touch(self, *key)
         position = self.positions.get(key, 0)
         deleted = self.deleted[command.queue_id]
         length = deleted + len(queue)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE meta (
@@ -89,8 +89,89 @@ CREATE INDEX queues_with_retention ON queues (queue_id)
 CREATE INDEX client_positions_by_queue ON client_positions (queue_id, read_position);
 """
 
+# Version 5: work queues and the queue lifecycle (docs/protocol.md, "Work queues"). Message
+# headers are a column of the message (NULL: none; a JSON object of strings), so retention
+# deletes them with it. Consumer groups keep a cursor (the last message delivered to the group
+# for the first time) and their pending messages (delivered, not acknowledged): leased to
+# `member` until `until_ms`, or, with `member` NULL, waiting for a redelivery from `until_ms`
+# on. The partial indexes serve "which leases are due" and "is this queue a dead-letter queue".
+# `position_activity` records when each client position was last used, at the granularity of
+# the idle-forgetting sweeps (`work_meta.sweep_ms`; NULL `touched_ms`: used since the last
+# sweep). `fenced_producers` is the dedup state of producers that send an epoch.
+_V5 = """
+ALTER TABLE queue_data ADD COLUMN headers TEXT;
+
+CREATE TABLE queue_names (
+    name     TEXT PRIMARY KEY,
+    queue_id TEXT NOT NULL UNIQUE
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE consumer_groups (
+    queue_id          TEXT    NOT NULL,
+    group_name        TEXT    NOT NULL,
+    visibility_ms     INTEGER NOT NULL,
+    max_deliveries    INTEGER,
+    dead_letter_queue TEXT,
+    max_in_flight     INTEGER NOT NULL,
+    cursor            INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, group_name)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX consumer_groups_by_dead_letter_queue ON consumer_groups (dead_letter_queue)
+    WHERE dead_letter_queue IS NOT NULL;
+
+CREATE TABLE group_pending (
+    queue_id     TEXT    NOT NULL,
+    group_name   TEXT    NOT NULL,
+    sequence_num INTEGER NOT NULL,
+    deliveries   INTEGER NOT NULL,
+    member       TEXT,
+    until_ms     INTEGER NOT NULL,
+    last_error   TEXT,
+    PRIMARY KEY (queue_id, group_name, sequence_num)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX group_leases_by_deadline ON group_pending (until_ms) WHERE member IS NOT NULL;
+
+CREATE TABLE position_activity (
+    client_id  TEXT NOT NULL,
+    queue_id   TEXT NOT NULL,
+    touched_ms INTEGER,
+    PRIMARY KEY (client_id, queue_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX position_activity_by_stamp ON position_activity (touched_ms, client_id, queue_id);
+
+CREATE TABLE work_meta (
+    key   TEXT PRIMARY KEY,
+    value ANY NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE fenced_producers (
+    producer_id TEXT    NOT NULL,
+    queue_id    TEXT    NOT NULL,
+    epoch       INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    recent      TEXT    NOT NULL,
+    last_used   INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, queue_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX fenced_producers_by_use ON fenced_producers (last_used);
+"""
+
+WORK_TABLES = (
+    "queue_names",
+    "consumer_groups",
+    "group_pending",
+    "position_activity",
+    "work_meta",
+    "fenced_producers",
+)
+"""Replicated state of version 5: what a snapshot copies besides the older tables."""
+
 # UPGRADES[n] takes a database at version n to version n + 1.
-UPGRADES: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}
+UPGRADES: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5}
 
 
 class SchemaTooNew(Exception):

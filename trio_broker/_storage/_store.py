@@ -58,9 +58,10 @@ from .._core._queues import (
 )
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
-from ._schema import upgrade
+from ._schema import WORK_TABLES, upgrade
+from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
-_STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers")
+_STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
 
 DB_FILE = "broker.sqlite3"
 LOCK_FILE = "LOCK"
@@ -214,8 +215,11 @@ class Store:
             return BrokerAddressSet(command.broker_id)
         if isinstance(command, AppendMessage | AppendBatch):
             return self._append(command)
+        if isinstance(command, WORK_COMMANDS):
+            return apply_work(db, command)
         if not isinstance(command, ReadNext | ReadBatch | Ack | Seek):
             raise TypeError(f"not a command: {command!r}")
+        touch_position(db, command.client_id, command.queue_id)
         row = db.execute(
             "SELECT q.length, q.deleted_through, coalesce(p.read_position, 0) FROM queues AS q"
             " LEFT JOIN client_positions AS p ON p.queue_id = q.queue_id AND p.client_id = ?"

@@ -1,0 +1,590 @@
+"""The SQL twin of :mod:`trio_broker._core._work`: work queues and the queue lifecycle.
+
+Called by ``Store._apply_one`` inside its transaction, with its connection. Every decision
+that does not need SQL (validation, refusals, what a dead-lettered message carries, how many
+messages fit) is the reference's own function; the property test in
+``tests/test_work_queues.py`` checks that both give the same results and state.
+"""
+
+from __future__ import annotations
+
+import apsw
+import orjson
+
+from .._core._commands import (
+    MAX_PRODUCERS,
+    BatchAppended,
+    CommandRejected,
+    ProducerState,
+    ReadBatch,
+    RetentionPolicy,
+    bad_request,
+    check_producer,
+    next_producer_state,
+    queue_exists,
+    queue_not_found,
+)
+from .._core._queues import monotonic_stamp, read_range
+from .._core._work_commands import (
+    EXPIRIES_PER_APPLY,
+    FORGETS_PER_APPLY,
+    MAX_GROUPS_PER_QUEUE,
+    MAX_IDLE_MS,
+    MAX_IN_FLIGHT,
+    WORK_COMMANDS,
+    Acknowledged,
+    CreateNamedQueue,
+    DeleteGroup,
+    DeleteQueue,
+    Delivered,
+    Delivery,
+    ExpireLeases,
+    ForgetIdlePositions,
+    ForgetPosition,
+    GroupAck,
+    GroupDeleted,
+    GroupExtend,
+    GroupJoined,
+    GroupNack,
+    GroupRead,
+    GroupSettings,
+    Headers,
+    JoinGroup,
+    LeasesChanged,
+    LeasesExpired,
+    NamedQueue,
+    PositionForgotten,
+    PositionsForgotten,
+    Publish,
+    Published,
+    QueueDeleted,
+    ReadRecords,
+    WorkCommand,
+    WorkResult,
+)
+from .._core._work_rules import (
+    LEASE_EXPIRED,
+    command_problem,
+    dead_letter_headers,
+    dead_letter_in_use,
+    delivered_within,
+    fenced,
+    group_not_found,
+    in_use_by_leases,
+    name_problem,
+    not_delivered,
+)
+
+__all__ = ["WORK_COMMANDS", "apply_work", "touch_position"]
+
+_QUEUE_TABLES = (
+    "queues",
+    "queue_data",
+    "client_positions",
+    "producers",
+    "queue_names",
+    "consumer_groups",
+    "group_pending",
+    "position_activity",
+    "fenced_producers",
+)
+"""Every table with a ``queue_id`` column: what a deleted queue leaves nowhere."""
+
+
+def encode_headers(headers: Headers) -> str | None:
+    return orjson.dumps(dict(headers)).decode() if headers else None
+
+
+def decode_headers(text: str | None) -> Headers:
+    return () if text is None else tuple(sorted(orjson.loads(text).items()))
+
+
+def touch_position(db: apsw.Connection, client_id: str, queue_id: str) -> None:
+    """A read, ACK or SEEK used this position: mark it, once idle forgetting has started and
+    if the queue exists (writes nothing when it is marked already)."""
+    # A read-only check first: the upsert costs about 10 µs even when it writes nothing, the
+    # check a few, and idle forgetting is off unless the operator sets an idle time.
+    if db.execute("SELECT 1 FROM work_meta WHERE key = 'sweep_ms'").fetchone() is None:
+        return
+    db.execute(
+        "INSERT INTO position_activity (client_id, queue_id, touched_ms) SELECT ?1, ?2, NULL"
+        " WHERE EXISTS (SELECT 1 FROM queues WHERE queue_id = ?2)"
+        " ON CONFLICT (client_id, queue_id) DO UPDATE SET touched_ms = NULL"
+        " WHERE touched_ms IS NOT NULL",
+        (client_id, queue_id),
+    )
+
+
+def apply_work(db: apsw.Connection, command: WorkCommand) -> WorkResult | CommandRejected:
+    """The SQL twin of :func:`trio_broker._core._work.apply_work`."""
+    if isinstance(command, ExpireLeases):
+        return _expire(db, None, command.now_ms, EXPIRIES_PER_APPLY)
+    if isinstance(command, ForgetIdlePositions):
+        return _forget_idle(db, command)
+    if isinstance(command, CreateNamedQueue):
+        return _create_named(db, command)
+    if (problem := command_problem(command)) is not None:
+        return bad_request(problem)
+    queue = db.execute(
+        "SELECT length, deleted_through, last_appended_ms FROM queues WHERE queue_id = ?",
+        (command.queue_id,),
+    ).fetchone()
+    if queue is None:
+        return queue_not_found(command.queue_id)
+    if isinstance(command, DeleteQueue):
+        return _delete_queue(db, command)
+    if isinstance(command, Publish):
+        return _publish(db, command, queue[2])
+    if isinstance(command, ReadRecords):
+        return _read_records(db, command, queue[0], queue[1])
+    if isinstance(command, ForgetPosition):
+        key = (command.client_id, command.queue_id)
+        db.execute("DELETE FROM position_activity WHERE client_id = ? AND queue_id = ?", key)
+        db.execute("DELETE FROM client_positions WHERE client_id = ? AND queue_id = ?", key)
+        return PositionForgotten(db.changes() > 0)
+    if isinstance(command, JoinGroup):
+        return _join(db, command, queue[1])
+    row = db.execute(
+        "SELECT visibility_ms, max_deliveries, dead_letter_queue, max_in_flight, cursor"
+        " FROM consumer_groups WHERE queue_id = ? AND group_name = ?",
+        (command.queue_id, command.group),
+    ).fetchone()
+    if row is None:
+        return group_not_found(command.queue_id, command.group)
+    settings, cursor = GroupSettings(*row[:4]), row[4]
+    key = (command.queue_id, command.group)
+    if isinstance(command, DeleteGroup):
+        if not command.force and (leased := _leased(db, key, command.now_ms)):
+            return in_use_by_leases(
+                "GROUP_IN_USE", f"cannot delete group {command.group!r}", command.group, leased
+            )
+        for table in ("consumer_groups", "group_pending"):
+            db.execute(f"DELETE FROM {table} WHERE queue_id = ? AND group_name = ?", key)
+        return GroupDeleted(*key)
+    if isinstance(command, GroupRead):
+        return _group_read(db, command, settings, cursor, queue[0], queue[1])
+    if isinstance(command, GroupAck):
+        last = max(last for _, last in command.ranges)
+        if last > cursor:
+            return not_delivered(command.group, last, cursor)
+        done = 0
+        for first, last in command.ranges:
+            db.execute(
+                "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ?"
+                " AND sequence_num BETWEEN ? AND ?",
+                (*key, first, last),
+            )
+            done += db.changes()
+        return Acknowledged(done)
+    return _change_leases(db, command, settings)
+
+
+def _create_named(db: apsw.Connection, command: CreateNamedQueue) -> WorkResult | CommandRejected:
+    if (problem := name_problem(command.name, "queue name")) is not None:
+        return bad_request(problem)
+    row = db.execute("SELECT queue_id FROM queue_names WHERE name = ?", (command.name,)).fetchone()
+    if row is not None:
+        return NamedQueue(row[0], command.name, created=False)
+    if db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)).fetchone():
+        return queue_exists(command.queue_id)
+    policy = command.retention or RetentionPolicy()
+    assert isinstance(policy, RetentionPolicy)
+    if (problem := policy.problem()) is not None:
+        return bad_request(problem)
+    db.execute(
+        "INSERT INTO queues (queue_id, max_messages, max_age_ms, delete_acknowledged)"
+        " VALUES (?, ?, ?, ?)",
+        (command.queue_id, policy.max_messages, policy.max_age_ms, policy.delete_acknowledged),
+    )
+    db.execute(
+        "INSERT INTO queue_names (name, queue_id) VALUES (?, ?)", (command.name, command.queue_id)
+    )
+    return NamedQueue(command.queue_id, command.name, created=True)
+
+
+def _leased(db: apsw.Connection, key: tuple[str, str], now_ms: int) -> int:
+    (count,) = db.execute(
+        "SELECT count(*) FROM group_pending WHERE queue_id = ? AND group_name = ?"
+        " AND member IS NOT NULL AND until_ms > ?",
+        (*key, now_ms),
+    ).fetchone()
+    return count
+
+
+def _delete_queue(db: apsw.Connection, command: DeleteQueue) -> WorkResult | CommandRejected:
+    queue_id = command.queue_id
+    source = db.execute(
+        "SELECT queue_id, group_name FROM consumer_groups WHERE dead_letter_queue = ?"
+        " AND queue_id != ? ORDER BY queue_id, group_name LIMIT 1",
+        (queue_id, queue_id),
+    ).fetchone()
+    if source is not None:
+        return dead_letter_in_use(queue_id, tuple(source))
+    if not command.force:
+        row = db.execute(
+            "SELECT group_name, count(*) FROM group_pending WHERE queue_id = ?"
+            " AND member IS NOT NULL AND until_ms > ? GROUP BY group_name"
+            " ORDER BY group_name LIMIT 1",
+            (queue_id, command.now_ms),
+        ).fetchone()
+        if row is not None:
+            return in_use_by_leases("QUEUE_IN_USE", f"cannot delete queue {queue_id!r}", *row)
+    for table in _QUEUE_TABLES:
+        db.execute(f"DELETE FROM {table} WHERE queue_id = ?", (queue_id,))
+    return QueueDeleted(queue_id)
+
+
+def _append_rows(
+    db: apsw.Connection,
+    queue_id: str,
+    rows: list[tuple[bytes, Headers]],
+    stamp_ms: int | None,
+    last_stamp: int | None,
+) -> int:
+    """Append as ``Store._append`` does (the same stamps and undated front); the first
+    sequence number."""
+    stamp = monotonic_stamp(stamp_ms, last_stamp)
+    (length,) = db.execute(
+        "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
+        " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
+        " WHERE queue_id = ?3 RETURNING length",
+        (len(rows), stamp, queue_id),
+    ).fetchone()
+    first = length - len(rows) + 1
+    db.executemany(
+        "INSERT INTO queue_data (queue_id, sequence_num, data, appended_ms, headers)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [
+            (queue_id, first + i, data, stamp, encode_headers(headers))
+            for i, (data, headers) in enumerate(rows)
+        ],
+    )
+    return first
+
+
+def _publish(
+    db: apsw.Connection, command: Publish, last_stamp: int | None
+) -> WorkResult | CommandRejected:
+    producer = dedup = None
+    if command.producer_id is not None:
+        assert command.producer_epoch is not None and command.producer_seq is not None
+        producer = (command.producer_id, command.queue_id)
+        row = db.execute(
+            "SELECT epoch, last_seq, recent, last_used FROM fenced_producers"
+            " WHERE producer_id = ? AND queue_id = ?",
+            producer,
+        ).fetchone()
+        if row is not None and command.producer_epoch < row[0]:
+            return fenced(command.producer_id, command.producer_epoch, row[0])
+        if row is not None and command.producer_epoch == row[0]:
+            recent = tuple(tuple(r) for r in orjson.loads(row[2]))
+            dedup = ProducerState(row[1], recent, row[3])
+        decided = check_producer(dedup, command.producer_seq, batch=True)
+        if isinstance(decided, BatchAppended):
+            return Published(decided.first_sequence_num, decided.count, duplicate=True)
+        if decided is not None:
+            return decided
+    rows = [(r.data, r.headers) for r in command.records]
+    first = _append_rows(db, command.queue_id, rows, command.appended_ms, last_stamp)
+    if producer is not None:
+        assert command.producer_seq is not None
+        (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM fenced_producers").fetchone()
+        new = next_producer_state(dedup, command.producer_seq, first, len(rows), clock + 1)
+        db.execute(
+            "INSERT INTO fenced_producers (producer_id, queue_id, epoch, last_seq, recent,"
+            " last_used) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (producer_id, queue_id)"
+            " DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
+            " recent = excluded.recent, last_used = excluded.last_used",
+            (
+                *producer,
+                command.producer_epoch,
+                new.last_seq,
+                orjson.dumps(new.recent).decode(),
+                new.last_used,
+            ),
+        )
+        db.execute(
+            "DELETE FROM fenced_producers WHERE last_used <= (SELECT last_used FROM"
+            " fenced_producers ORDER BY last_used DESC LIMIT 1 OFFSET ?)",
+            (MAX_PRODUCERS,),
+        )
+    return Published(first, len(rows))
+
+
+def _read_records(
+    db: apsw.Connection, command: ReadRecords, length: int, deleted: int
+) -> WorkResult | CommandRejected:
+    if command.max_messages < 1:
+        return bad_request("max_messages must be at least 1")
+    key = (command.client_id, command.queue_id)
+    touch_position(db, *key)
+    row = db.execute(
+        "SELECT read_position FROM client_positions WHERE client_id = ? AND queue_id = ?", key
+    ).fetchone()
+    start, end = read_range(
+        0 if row is None else row[0],
+        deleted,
+        length,
+        ReadBatch(command.client_id, command.queue_id, command.max_messages),
+    )
+    candidates = [
+        (seq, data, decode_headers(headers))
+        for seq, data, headers in db.execute(
+            "SELECT sequence_num, data, headers FROM queue_data WHERE queue_id = ?"
+            " AND sequence_num BETWEEN ? AND ? ORDER BY sequence_num",
+            (command.queue_id, start, end),
+        )
+    ]
+    taken = delivered_within(candidates, command.max_bytes)
+    if taken and not command.peek:
+        db.execute(
+            "INSERT INTO client_positions (client_id, queue_id, read_position) VALUES (?, ?, ?)"
+            " ON CONFLICT (client_id, queue_id) DO UPDATE SET"
+            " read_position = excluded.read_position",
+            (*key, taken[-1][0]),
+        )
+    return Delivered(tuple(Delivery(s, d, h, 1) for s, d, h in taken))
+
+
+def _join(db: apsw.Connection, command: JoinGroup, deleted: int) -> WorkResult | CommandRejected:
+    settings = command.settings
+    dead_letter = None if settings is None else settings.dead_letter_queue
+    if (
+        dead_letter is not None
+        and db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (dead_letter,)).fetchone() is None
+    ):
+        return CommandRejected(
+            "QUEUE_NOT_FOUND", f"dead-letter queue {dead_letter!r} does not exist"
+        )
+    row = db.execute(
+        "SELECT visibility_ms, max_deliveries, dead_letter_queue, max_in_flight"
+        " FROM consumer_groups WHERE queue_id = ? AND group_name = ?",
+        (command.queue_id, command.group),
+    ).fetchone()
+    if row is not None:
+        existing = GroupSettings(*row)
+        if settings is not None and settings != existing:
+            return bad_request(
+                f"group {command.group!r} exists with other settings ({existing}); "
+                "delete it first to change them"
+            )
+        return GroupJoined(command.queue_id, command.group, existing, created=False)
+    (groups,) = db.execute(
+        "SELECT count(*) FROM consumer_groups WHERE queue_id = ?", (command.queue_id,)
+    ).fetchone()
+    if groups >= MAX_GROUPS_PER_QUEUE:
+        return CommandRejected(
+            "LIMIT_REACHED",
+            f"queue {command.queue_id!r} has {MAX_GROUPS_PER_QUEUE} groups, the most it may have",
+        )
+    settings = settings or GroupSettings()
+    db.execute(
+        "INSERT INTO consumer_groups (queue_id, group_name, visibility_ms, max_deliveries,"
+        " dead_letter_queue, max_in_flight, cursor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            command.queue_id,
+            command.group,
+            settings.visibility_ms,
+            settings.max_deliveries,
+            settings.dead_letter_queue,
+            settings.max_in_flight,
+            deleted,
+        ),
+    )
+    return GroupJoined(command.queue_id, command.group, settings, created=True)
+
+
+def _end_lease(
+    db: apsw.Connection,
+    key: tuple[str, str],
+    settings: GroupSettings,
+    seq: int,
+    deliveries: int,
+    available_ms: int,
+    error: str | None,
+    now_ms: int,
+) -> str:
+    """The twin of ``_work._end_lease``: ``"waiting"``, ``"dead"`` (moved to the dead-letter
+    queue) or ``"gone"`` (due for the dead-letter queue, but retention had deleted it)."""
+    limit = settings.max_deliveries
+    if limit is None or deliveries < limit:
+        db.execute(
+            "UPDATE group_pending SET member = NULL, until_ms = ?, last_error = ?"
+            " WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
+            (available_ms, error, *key, seq),
+        )
+        return "waiting"
+    db.execute(
+        "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
+        (*key, seq),
+    )
+    row = db.execute(
+        "SELECT data, headers FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
+        (key[0], seq),
+    ).fetchone()
+    if row is None:
+        return "gone"
+    target = settings.dead_letter_queue
+    assert target is not None
+    headers = dead_letter_headers(
+        decode_headers(row[1]), key[0], key[1], seq, deliveries, error or ""
+    )
+    (last_stamp,) = db.execute(
+        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (target,)
+    ).fetchone()
+    _append_rows(db, target, [(row[0], headers)], now_ms, last_stamp)
+    return "dead"
+
+
+def _group_settings(db: apsw.Connection, key: tuple[str, str]) -> GroupSettings:
+    row = db.execute(
+        "SELECT visibility_ms, max_deliveries, dead_letter_queue, max_in_flight"
+        " FROM consumer_groups WHERE queue_id = ? AND group_name = ?",
+        key,
+    ).fetchone()
+    return GroupSettings(*row)
+
+
+def _expire(
+    db: apsw.Connection, key: tuple[str, str] | None, now_ms: int, budget: int
+) -> LeasesExpired:
+    """End the leases due at ``now_ms``: one group's, or (``key`` None) every group's."""
+    where = "" if key is None else " AND queue_id = ? AND group_name = ?"
+    due = db.execute(
+        "SELECT queue_id, group_name, sequence_num, deliveries FROM group_pending"
+        f" WHERE member IS NOT NULL AND until_ms <= ?{where}"
+        " ORDER BY queue_id, group_name, sequence_num LIMIT ?",
+        (now_ms, *(key or ()), budget),
+    ).fetchall()
+    settings: dict[tuple[str, str], GroupSettings] = {}
+    dead = 0
+    for queue_id, group, seq, deliveries in due:
+        group_key = (queue_id, group)
+        if group_key not in settings:
+            settings[group_key] = _group_settings(db, group_key)
+        outcome = _end_lease(
+            db, group_key, settings[group_key], seq, deliveries, now_ms, LEASE_EXPIRED, now_ms
+        )
+        dead += outcome == "dead"
+    return LeasesExpired(len(due), dead)
+
+
+def _group_read(
+    db: apsw.Connection,
+    command: GroupRead,
+    settings: GroupSettings,
+    cursor: int,
+    length: int,
+    deleted: int,
+) -> WorkResult:
+    now, key = command.now_ms, (command.queue_id, command.group)
+    _expire(db, key, now, MAX_IN_FLIGHT)
+    db.execute(
+        "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ? AND sequence_num <= ?"
+        " AND member IS NULL",
+        (*key, deleted),
+    )
+    chosen = [
+        seq
+        for (seq,) in db.execute(
+            "SELECT sequence_num FROM group_pending WHERE queue_id = ? AND group_name = ?"
+            " AND member IS NULL AND until_ms <= ? ORDER BY sequence_num LIMIT ?",
+            (*key, now, command.max_messages),
+        )
+    ]
+    (in_flight,) = db.execute(
+        "SELECT count(*) FROM group_pending WHERE queue_id = ? AND group_name = ?", key
+    ).fetchone()
+    start = max(cursor, deleted) + 1
+    fresh = min(
+        length - start + 1, settings.max_in_flight - in_flight, command.max_messages - len(chosen)
+    )
+    chosen += range(start, start + max(fresh, 0))
+    candidates = []
+    for seq in chosen:
+        row = db.execute(
+            "SELECT data, headers FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
+            (command.queue_id, seq),
+        ).fetchone()
+        if row is not None:
+            candidates.append((seq, row[0], decode_headers(row[1])))
+    taken = delivered_within(candidates, command.max_bytes)
+    until = now + settings.visibility_ms
+    deliveries = []
+    for seq, data, headers in taken:
+        (count,) = db.execute(
+            "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries, member,"
+            " until_ms) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
+            " deliveries = deliveries + 1, member = excluded.member,"
+            " until_ms = excluded.until_ms RETURNING deliveries",
+            (*key, seq, command.member, until),
+        ).fetchone()
+        deliveries.append(Delivery(seq, data, headers, count))
+        in_flight += count == 1
+    if taken and taken[-1][0] > cursor:
+        db.execute(
+            "UPDATE consumer_groups SET cursor = ? WHERE queue_id = ? AND group_name = ?",
+            (taken[-1][0], *key),
+        )
+    return Delivered(tuple(deliveries), in_flight=in_flight)
+
+
+def _change_leases(
+    db: apsw.Connection, command: GroupNack | GroupExtend, settings: GroupSettings
+) -> LeasesChanged:
+    key, now = (command.queue_id, command.group), command.now_ms
+    changed, not_held, dead = [], [], []
+    for seq in command.sequence_nums:
+        row = db.execute(
+            "SELECT deliveries, member FROM group_pending WHERE queue_id = ?"
+            " AND group_name = ? AND sequence_num = ?",
+            (*key, seq),
+        ).fetchone()
+        if row is None or row[1] != command.member:
+            not_held.append(seq)
+        elif isinstance(command, GroupExtend):
+            db.execute(
+                "UPDATE group_pending SET until_ms = ? WHERE queue_id = ? AND group_name = ?"
+                " AND sequence_num = ?",
+                (now + (command.visibility_ms or settings.visibility_ms), *key, seq),
+            )
+            changed.append(seq)
+        else:
+            outcome = _end_lease(
+                db, key, settings, seq, row[0], now + command.delay_ms, command.error, now
+            )
+            if outcome == "dead":
+                dead.append(seq)
+            elif outcome == "waiting":
+                changed.append(seq)
+    return LeasesChanged(tuple(changed), tuple(not_held), tuple(dead))
+
+
+def _forget_idle(db: apsw.Connection, command: ForgetIdlePositions) -> WorkResult | CommandRejected:
+    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
+        return bad_request(f"idle_ms must be between 1 and {MAX_IDLE_MS}")
+    row = db.execute("SELECT value FROM work_meta WHERE key = 'sweep_ms'").fetchone()
+    now = command.now_ms if row is None else max(row[0], command.now_ms)
+    db.execute(
+        "INSERT INTO work_meta (key, value) VALUES ('sweep_ms', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (now,),
+    )
+    db.execute("UPDATE position_activity SET touched_ms = ? WHERE touched_ms IS NULL", (now,))
+    if row is None:
+        db.execute(
+            "INSERT OR IGNORE INTO position_activity (client_id, queue_id, touched_ms)"
+            " SELECT client_id, queue_id, ? FROM client_positions",
+            (now,),
+        )
+    idle = db.execute(
+        "SELECT client_id, queue_id FROM position_activity WHERE touched_ms <= ?"
+        " ORDER BY touched_ms, client_id, queue_id LIMIT ?",
+        (now - command.idle_ms, FORGETS_PER_APPLY),
+    ).fetchall()
+    forgotten = 0
+    for key in idle:
+        db.execute("DELETE FROM position_activity WHERE client_id = ? AND queue_id = ?", key)
+        db.execute("DELETE FROM client_positions WHERE client_id = ? AND queue_id = ?", key)
+        forgotten += db.changes()
+    return PositionsForgotten(forgotten)
