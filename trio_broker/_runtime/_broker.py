@@ -25,7 +25,7 @@ import orjson
 import trio
 
 from .. import _core
-from .._auth import authenticate, new_nonce, proof_is_valid, token_is_valid
+from .._auth import new_nonce, proof_is_valid, token_is_valid
 from .._core._commands import AppendBatch as AppendBatchCommand
 from .._core._commands import ApplyRetention, RetentionSet
 from .._core._raft_messages import ChangeAction, Config, ConfigChange, ConfigEntry
@@ -74,6 +74,7 @@ from .._protocol._peer import message_from_obj
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from ._config import BrokerConfig
+from ._dial import UNREACHABLE, ask_broker, unreachable_reason
 from ._driver import Pending, RaftDriver, acquire, make_node
 from ._log import log_event, logger
 from ._metrics import BrokerMetrics, serve_metrics
@@ -559,12 +560,12 @@ class Broker:
             # With a cluster secret, the new broker must accept this broker's proof: it holds
             # the same secret, or it could never replicate or vote.
             answer = await self._ask_broker(
-                request.host, request.port, ClusterQuery(cluster_id=self.cluster_id), deadline
+                (request.host, request.port), ClusterQuery(cluster_id=self.cluster_id), deadline
             )
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             return BrokerError(
                 ErrorCode.UNAVAILABLE,
-                f"cannot reach a broker at {where}: {_unreachable_reason(exc, deadline)}",
+                f"cannot reach a broker at {where}: {unreachable_reason(exc, deadline)}",
             )
         if answer.get("code") == ErrorCode.UNAUTHORIZED:
             return BrokerError(
@@ -618,27 +619,23 @@ class Broker:
         deadline = self.config.failure_timeout * (10 if isinstance(request, AddMember) else 4)
         try:
             # Proved with this broker's own secret: it checked the requester's.
-            answer = await self._ask_broker(host, port, request, deadline)
-        except _UNREACHABLE as exc:
+            answer = await self._ask_broker((host, port), request, deadline)
+        except UNREACHABLE as exc:
             return BrokerError(
                 ErrorCode.UNAVAILABLE,
-                f"could not reach the leader: {_unreachable_reason(exc, deadline)}; the request "
+                f"could not reach the leader: {unreachable_reason(exc, deadline)}; the request "
                 "may or may not have been applied",
                 outcome="unknown",
             )
         return _Forwarded(answer)
 
     async def _ask_broker(
-        self, host: str, port: int, request: Request, deadline: float
+        self, address: tuple[str, int], request: Request, deadline: float
     ) -> dict[str, Any]:
-        """One request to another broker, on a connection of its own, after proving this
-        broker's cluster secret (when it has one). Raises one of ``_UNREACHABLE``."""
-        with trio.fail_after(deadline):
-            stream = await self.network.connect(host, port)
-            async with stream:
-                return await authenticate(
-                    stream, FrameDecoder(), secret=self.security.secret, then=request
-                )
+        """One request to another broker, proved with this broker's cluster secret."""
+        return await ask_broker(
+            self.network, address, request, secret=self.security.secret, deadline=deadline
+        )
 
     async def _snapshot_chunk(self, request: DataSyncRequest) -> Response | BrokerError:
         found = await trio.to_thread.run_sync(
@@ -1021,20 +1018,6 @@ class Broker:
         connections.cancel_scope.cancel()
 
 
-_UNREACHABLE = (
-    OSError,
-    ConnectionError,
-    trio.TooSlowError,
-    trio.BrokenResourceError,
-    ProtocolError,
-)
-"""What asking another broker may raise: it was not reached, or did not answer in time."""
-
-
-def _unreachable_reason(exc: BaseException, deadline: float) -> str:
-    return f"no answer within {deadline:g} s" if isinstance(exc, trio.TooSlowError) else repr(exc)
-
-
 class _LongPoll:
     """A READ with ``wait_ms``: when nothing was there, wait for an append and read again.
 
@@ -1146,12 +1129,13 @@ async def _ask_seeds(
                 continue
             tried.add(target)
             try:
-                with trio.fail_after(max(2.0, config.failure_timeout * 2)):
-                    stream = await network.connect(*target)
-                    async with stream:
-                        answer = await authenticate(
-                            stream, FrameDecoder(), secret=secret, then=request
-                        )
+                answer = await ask_broker(
+                    network,
+                    target,
+                    request,
+                    secret=secret,
+                    deadline=max(2.0, config.failure_timeout * 2),
+                )
             except TlsHandshakeFailed as exc:
                 log_event(
                     logging.WARNING,
@@ -1160,13 +1144,7 @@ async def _ask_seeds(
                     reason=str(exc),
                 )
                 continue
-            except (
-                OSError,
-                ConnectionError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                ProtocolError,
-            ) as exc:
+            except UNREACHABLE as exc:
                 log_event(
                     logging.INFO,
                     "join.seed_unreachable",

@@ -20,22 +20,15 @@ import trio
 from .._auth import authenticate
 from .._core._commands import data_size
 from .._core._raft_messages import Message
-from .._errors import ProtocolError
 from .._protocol import FrameDecoder, PeerHello, encode_frame
 from .._protocol._peer import encode_message
+from ._dial import UNREACHABLE
 from ._log import log_event
 from ._network import transport_socket
 
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
-_LINK_ERRORS = (
-    OSError,
-    ConnectionError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.TooSlowError,
-    ProtocolError,
-)
+_LINK_ERRORS = (*UNREACHABLE, trio.ClosedResourceError)
 
 OUTBOX_SIZE = 1024
 OUTBOX_BYTES = 64 * 1024 * 1024

@@ -10,32 +10,13 @@ from typing import Any
 
 import trio
 
-from .._auth import authenticate
-from .._errors import ProtocolError
-from .._protocol import (
-    DataSyncRequest,
-    FrameDecoder,
-    encode_frame,
-    encode_request,
-    loads_object,
-)
+from .._protocol import DataSyncRequest
+from ._dial import UNREACHABLE, Dialed, dial
 from ._log import log_event
 from ._network import Network
 
 CHUNK_DEADLINE = 10.0
 MAX_SNAPSHOT = 1 << 40
-
-
-async def request_response(
-    stream: trio.abc.Stream, decoder: FrameDecoder, request: Any
-) -> dict[str, Any]:
-    await stream.send_all(encode_frame(encode_request(request)))
-    while (payload := decoder.next_frame()) is None:
-        data = await stream.receive_some(1 << 16)
-        if not data:
-            raise ConnectionError("connection closed before the answer")
-        decoder.feed(data)
-    return loads_object(payload)
 
 
 async def fetch_snapshot(
@@ -52,24 +33,20 @@ async def fetch_snapshot(
         log_event(logging.WARNING, "snapshot.bad_offer", offer=offer)
         return False
     whole = hashlib.sha256()
+    offset = 0
     try:
-        with trio.fail_after(CHUNK_DEADLINE):  # connecting, TLS and AUTH are bounded too
-            stream = await network.connect(*address)
-        async with stream:
-            decoder = FrameDecoder(4 * 1024 * 1024)
-            with trio.fail_after(CHUNK_DEADLINE):
-                refused = await authenticate(stream, decoder, secret=secret)
-            if refused:
-                log_event(logging.WARNING, "snapshot.fetch_refused", reason=refused.get("message"))
+        # Connecting, TLS and AUTH are bounded too, each by one chunk's deadline.
+        async with dial(
+            network, address, secret=secret, deadline=CHUNK_DEADLINE, max_frame=4 * 1024 * 1024
+        ) as dialed:
+            if not isinstance(dialed, Dialed):
+                log_event(logging.WARNING, "snapshot.fetch_refused", reason=dialed.get("message"))
                 return False
             async with await trio.open_file(path, "wb") as out:
-                offset = 0
                 while offset < size:
                     with trio.fail_after(CHUNK_DEADLINE):
-                        answer = await request_response(
-                            stream,
-                            decoder,
-                            DataSyncRequest(snapshot_id, offset, cluster_id=cluster_id),
+                        answer = await dialed.ask(
+                            DataSyncRequest(snapshot_id, offset, cluster_id=cluster_id)
                         )
                     if answer.get("status") != "success":
                         log_event(
@@ -84,15 +61,7 @@ async def fetch_snapshot(
                     whole.update(chunk)
                     offset += len(chunk)
                 await out.flush()
-    except (
-        OSError,
-        ConnectionError,
-        trio.TooSlowError,
-        trio.BrokenResourceError,
-        KeyError,
-        ValueError,
-        ProtocolError,
-    ) as exc:
+    except (*UNREACHABLE, KeyError, ValueError) as exc:
         log_event(logging.WARNING, "snapshot.fetch_failed", error=repr(exc))
         return False
     if offset != size or whole.hexdigest() != digest:
