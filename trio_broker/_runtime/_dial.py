@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from .._auth import authenticate
-from .._errors import ProtocolError
-from .._protocol import FrameDecoder, encode_frame, encode_request, loads_object
+from .._errors import BrokerError, ProtocolError, error_from_wire
+from .._protocol import FrameDecoder, decode_response, encode_frame, encode_request
 from ._network import Network
+
+T = TypeVar("T")
 
 UNREACHABLE = (
     OSError,
@@ -45,15 +47,16 @@ class Dialed:
         self.stream = stream
         self.decoder = decoder
 
-    async def ask(self, request: Any) -> dict[str, Any]:
-        """Send one request and read its answer (unbounded: the caller bounds it)."""
+    async def ask(self, request: Any, cls: type[T]) -> T | BrokerError:
+        """Send one request and read its answer, a ``cls`` or an error (unbounded: the caller
+        bounds it)."""
         await self.stream.send_all(encode_frame(encode_request(request)))
         while (payload := self.decoder.next_frame()) is None:
             data = await self.stream.receive_some(_RECEIVE_SIZE)
             if not data:
                 raise ConnectionError("connection closed before the answer")
             self.decoder.feed(data)
-        return loads_object(payload)
+        return decode_response(payload, cls)
 
 
 @contextlib.asynccontextmanager
@@ -64,11 +67,11 @@ async def dial(
     secret: bytes | None,
     deadline: float,
     max_frame: int | None = None,
-) -> AsyncIterator[Dialed | dict[str, Any]]:
+) -> AsyncIterator[Dialed | BrokerError]:
     """Connect to ``address`` and prove ``secret`` (when given), within ``deadline`` seconds.
 
-    Yields the :class:`Dialed` connection, or the broker's refusal (its error answer, as a
-    dict) when it refused the proof. Raises one of :data:`UNREACHABLE`.
+    Yields the :class:`Dialed` connection, or the broker's refusal of the proof. Raises one of
+    :data:`UNREACHABLE`.
     """
     decoder = FrameDecoder() if max_frame is None else FrameDecoder(max_frame)
     with trio.fail_after(deadline):
@@ -76,22 +79,24 @@ async def dial(
     async with stream:
         with trio.fail_after(deadline):
             refused = await authenticate(stream, decoder, secret=secret)
-        yield refused or Dialed(stream, decoder)
+        yield error_from_wire(refused) if refused else Dialed(stream, decoder)
 
 
 async def ask_broker(
     network: Network,
     address: tuple[str, int],
     request: Any,
+    cls: type[T],
     *,
     secret: bytes | None,
     deadline: float,
-) -> dict[str, Any]:
+) -> T | BrokerError:
     """One request to another broker, on a connection of its own, after proving ``secret``
-    (when given), all within ``deadline`` seconds: the answer, or the refusal of the proof.
-    Raises one of :data:`UNREACHABLE`."""
+    (when given), all within ``deadline`` seconds: the answer as a ``cls``, or an error (the
+    refusal of the proof, or of the request). Raises one of :data:`UNREACHABLE`."""
     with trio.fail_after(deadline):
         stream = await network.connect(*address)
         async with stream:
             # The request goes out in the same write as the proof (one round trip fewer).
-            return await authenticate(stream, FrameDecoder(), secret=secret, then=request)
+            answer = await authenticate(stream, FrameDecoder(), secret=secret, then=request)
+    return decode_response(answer, cls)

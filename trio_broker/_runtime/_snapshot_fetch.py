@@ -10,7 +10,8 @@ from typing import Any
 
 import trio
 
-from .._protocol import DataSyncRequest
+from .._errors import BrokerError
+from .._protocol import DataSyncRequest, SnapshotChunk
 from ._dial import UNREACHABLE, Dialed, dial
 from ._log import log_event
 from ._network import Network
@@ -40,28 +41,27 @@ async def fetch_snapshot(
             network, address, secret=secret, deadline=CHUNK_DEADLINE, max_frame=4 * 1024 * 1024
         ) as dialed:
             if not isinstance(dialed, Dialed):
-                log_event(logging.WARNING, "snapshot.fetch_refused", reason=dialed.get("message"))
+                log_event(logging.WARNING, "snapshot.fetch_refused", reason=dialed.message)
                 return False
             async with await trio.open_file(path, "wb") as out:
                 while offset < size:
                     with trio.fail_after(CHUNK_DEADLINE):
                         answer = await dialed.ask(
-                            DataSyncRequest(snapshot_id, offset, cluster_id=cluster_id)
+                            DataSyncRequest(snapshot_id, offset, cluster_id=cluster_id),
+                            SnapshotChunk,
                         )
-                    if answer.get("status") != "success":
-                        log_event(
-                            logging.WARNING, "snapshot.fetch_refused", reason=answer.get("message")
-                        )
+                    if isinstance(answer, BrokerError):
+                        log_event(logging.WARNING, "snapshot.fetch_refused", reason=answer.message)
                         return False
-                    chunk = base64.b64decode(answer["data"])
-                    if not chunk or hashlib.sha256(chunk).hexdigest() != answer["sha256"]:
+                    chunk = base64.b64decode(answer.data)
+                    if not chunk or hashlib.sha256(chunk).hexdigest() != answer.sha256:
                         log_event(logging.WARNING, "snapshot.bad_chunk", offset=offset)
                         return False
                     await out.write(chunk)
                     whole.update(chunk)
                     offset += len(chunk)
                 await out.flush()
-    except (*UNREACHABLE, KeyError, ValueError) as exc:
+    except (*UNREACHABLE, ValueError) as exc:  # ValueError: a chunk not in base64
         log_event(logging.WARNING, "snapshot.fetch_failed", error=repr(exc))
         return False
     if offset != size or whole.hexdigest() != digest:
