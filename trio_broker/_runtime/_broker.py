@@ -13,7 +13,6 @@ be answered, then cancels what is left.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import logging
@@ -29,7 +28,7 @@ import trio
 
 from .. import _core
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import ApplyRetention, RetentionSet
+from .._core._commands import RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
@@ -37,7 +36,6 @@ from .._protocol import (
     AddMember,
     Append,
     AppendBatch,
-    BrokerInfo,
     ClusterQuery,
     ClusterTopology,
     CreateQueue,
@@ -49,10 +47,8 @@ from .._protocol import (
     Read,
     RemoveMember,
     Request,
-    Response,
     SeekRequest,
     SetRetentionRequest,
-    SnapshotChunk,
     TakeSnapshot,
     TransferLeadership,
 )
@@ -64,7 +60,7 @@ from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
 from ._driver import Pending, RaftDriver, make_node
-from ._log import log_event, logger
+from ._log import log_event
 from ._membership import JoinFailed
 from ._metrics import BrokerMetrics, serve_metrics
 from ._network import TCP, Network, TlsNetwork
@@ -82,42 +78,12 @@ from ._operations import (
     wrong_cluster,
 )
 from ._peers import read_peer_stream
+from ._retention import RetentionEnforcer
 from ._security import Security, load_security
+from ._snapshot_fetch import serve_snapshot_chunk
+from ._statistics import BrokerStatistics, statistics_of
 
 T = TypeVar("T")
-
-
-@attrs.frozen
-class BrokerStatistics:
-    """What a broker reports about itself at one instant (metrics read this, nothing else)."""
-
-    connections: int
-    role: str
-    term: int
-    commit_index: int
-    applied_index: int
-    pending_proposals: int
-    elections_won: int
-    transactions: int
-    """SQLite transactions of the consensus driver (those that only apply are not fsynced)."""
-    entries_applied: int
-    commands_applied: int
-    """Queue commands applied: an entry holds one, or a group of many (proposal batching)."""
-    transfers_completed: int = 0
-    """Leadership transfers this broker started as leader that ended with the target leading."""
-    transfers_received: int = 0
-    """Elections this broker won because a leader handed over to it (TIMEOUT_NOW)."""
-    transfers_started: int = 0
-    transfers_aborted: int = 0
-    cluster_version: int = 0
-    log_entries: int = 0
-    """Entries kept in the log (after the last compaction)."""
-    members_active: int = 0
-    members_inactive: int = 0
-    replication_lag: tuple[tuple[str, int], ...] = ()
-    """Leader only: (member, log entries it does not have yet), by member id."""
-    peers_dropped: tuple[tuple[str, int], ...] = ()
-    """(peer, consensus messages dropped while it was unreachable or its outbox full)."""
 
 
 class Broker:
@@ -149,10 +115,12 @@ class Broker:
         self._worker = worker
         self._rng = random.SystemRandom()
         self._queue_ids: set[str] = set()
-        self._retained: set[str] = set()
-        """Queues with a retention policy (applied here): while there is one, the leader
-        proposes an enforcement every ``retention_interval``."""
-        self._policy_added = trio.Event()
+        self.retention = RetentionEnforcer(
+            self.broker_id,
+            config,
+            self.submit,
+            lambda: self.driver.node.is_leader and not self._closing,
+        )
         self._appended: dict[str, trio.Event] = {}
         """Long-polling readers wait on these, one per queue, set when it grows."""
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -215,64 +183,25 @@ class Broker:
         elif isinstance(payload, _core.CreateQueue):
             self._queue_ids.add(payload.queue_id)
             if isinstance(result, _core.QueueCreated) and payload.retention is not None:
-                self._note_policy(payload.queue_id, payload.retention)
+                self.retention.note_policy(payload.queue_id, payload.retention)
         elif isinstance(result, RetentionSet):
-            self._note_policy(result.queue_id, result.policy)
+            self.retention.note_policy(result.queue_id, result.policy)
         if isinstance(payload, _core.AppendMessage | AppendBatchCommand):
             event = self._appended.pop(payload.queue_id, None)
             if event is not None:
                 event.set()
 
-    def _note_policy(self, queue_id: str, policy: _core.RetentionPolicy) -> None:
-        if policy.keeps_everything:
-            self._retained.discard(queue_id)
-        else:
-            self._retained.add(queue_id)
-            self._policy_added.set()
-
     def _on_snapshot(self, queues: set[str], retained: set[str]) -> None:
         """An installed snapshot replaced the state the in-memory views were built from."""
         self._queue_ids.update(queues)
-        self._retained = set(retained)
-        if retained:
-            self._policy_added.set()
+        self.retention.replace(retained)
+
+    @property
+    def _retained(self) -> set[str]:
+        return self.retention.retained
 
     def wall_clock_ms(self) -> int:
-        return int(self.config.wall_clock() * 1000)
-
-    async def enforce_retention(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """On the leader, while some queue has a retention policy: propose an enforcement
-        (``ApplyRetention`` with this broker's wall clock) every ``retention_interval``, one
-        at a time. Replicas delete when they apply it, so they all delete the same messages.
-        Failures (no quorum, a lost leadership) are only logged: the next round retries."""
-        task_status.started()
-        while True:
-            if not self._retained:
-                # Nothing to enforce: sleep until a policy appears (no idle wake-ups).
-                self._policy_added = trio.Event()
-                await self._policy_added.wait()
-            await trio.sleep(self.config.retention_interval)
-            if not self._retained or not self.driver.node.is_leader or self._closing:
-                continue
-            try:
-                result: Any = BrokerError(ErrorCode.UNAVAILABLE, "no answer in time")
-                # Bounded: a lost leadership resolves the proposal, but never wait for ever.
-                with trio.move_on_after(self.config.failure_timeout * 10):
-                    result = await self.submit(ApplyRetention(self.wall_clock_ms()))
-            except Exception:
-                logger.exception("retention.crashed broker_id=%s", self.broker_id)
-                continue
-            if isinstance(result, BrokerError):
-                log_event(logging.DEBUG, "retention.not_applied", reason=result.message)
-            elif result.trimmed:
-                log_event(
-                    logging.DEBUG,
-                    "retention.applied",
-                    queues=len(result.trimmed),
-                    first_retained=",".join(f"{q}:{n}" for q, n in result.trimmed),
-                )
+        return self.retention.wall_clock_ms()
 
     async def wait_leader(self) -> str:
         """Wait until this broker knows a leader of its cluster; returns the leader's id."""
@@ -283,54 +212,13 @@ class Broker:
     # -- requests -------------------------------------------------------------------------------
 
     def topology(self, *, details: bool = False, plaintext: bool = False) -> ClusterTopology:
-        """The cluster as CLUSTER_QUERY shows it; with ``plaintext``, as the plaintext
-        listener shows it: each member at its plaintext port (members whose plaintext port is
-        not known here are left out), so that clients of the original design reconnect to a
-        listener they can speak to. With ``details``, each member's membership and lag."""
-        node = self.driver.node
-        brokers = []
-        last = node.log.last_index
-        for member_id, view in node.member_statuses().items():
-            if member_id == self.broker_id:
-                address = self.driver.self_address
-            else:
-                address = self.driver.address_of(member_id)
-            if address is not None and plaintext:
-                port = self.plaintext_port_of(member_id)
-                address = None if port is None else (address[0], port)
-            if address is None:
-                continue  # its address is not replicated here yet
-            brokers.append(
-                BrokerInfo(
-                    broker_id=member_id,
-                    host=address[0],
-                    port=address[1],
-                    role="leader" if view.role == "leader" else "replica",
-                    status=view.status,
-                    membership=(
-                        ("learner" if view.role == "learner" else "voter") if details else None
-                    ),
-                    lag=self._lag(member_id, last) if details else None,
-                )
-            )
-        return ClusterTopology(
-            cluster_id=self.cluster_id,
-            cluster_version=node.cluster_version,
-            self_role="leader" if node.is_leader else "replica",
-            brokers=brokers,
-            self_id=self.broker_id,
-            leader_id=node.leader_id,
+        """The cluster as CLUSTER_QUERY shows it (:func:`._membership.topology`)."""
+        return membership.topology(
+            self.driver,
+            self.cluster_id,
+            self.plaintext_port_of if plaintext else None,
+            details=details,
         )
-
-    def _lag(self, member_id: str, last_index: int) -> int | None:
-        """Log entries ``member_id`` lacks, as the leader knows it; None elsewhere."""
-        node = self.driver.node
-        if not node.is_leader:
-            return None
-        if member_id == self.broker_id:
-            return 0
-        progress = node.progress.get(member_id)
-        return None if progress is None else max(0, last_index - progress.match)
 
     def plaintext_port_of(self, broker_id: str) -> int | None:
         if broker_id == self.broker_id:
@@ -388,7 +276,9 @@ class Broker:
             TransferLeadership: self._privileged(membership.transfer),
             TakeSnapshot: self._privileged(membership.take_snapshot),
             AddMember: self._privileged(membership.add_member),
-            DataSyncRequest: self._privileged(Broker._snapshot_chunk),
+            DataSyncRequest: self._privileged(
+                lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)
+            ),
         }
 
     def _privileged(self, decide: Callable[[Broker, Any], Awaitable[Any]]) -> _Handler:
@@ -538,90 +428,9 @@ class Broker:
             self.network, address, request, cls, secret=self.security.secret, deadline=deadline
         )
 
-    async def _snapshot_chunk(self, request: DataSyncRequest) -> Response | BrokerError:
-        found = await trio.to_thread.run_sync(
-            self.driver.read_snapshot_chunk, request.snapshot_id, request.offset
-        )
-        if found is None:
-            return BrokerError(ErrorCode.BAD_REQUEST, f"no snapshot {request.snapshot_id!r}")
-        chunk, size, digest = found
-        return SnapshotChunk(
-            snapshot_id=request.snapshot_id,
-            offset=request.offset,
-            size=size,
-            data=base64.b64encode(chunk).decode(),
-            sha256=digest,
-        )
-
     def statistics(self) -> BrokerStatistics:
-        node = self.driver.node
-        transfers = self.driver.transfers
-        statuses = [view.status for view in node.member_statuses().values()]
-        lag: tuple[tuple[str, int], ...] = ()
-        if node.is_leader:
-            last = node.log.last_index
-            lag = tuple(
-                (peer, max(0, last - progress.match))
-                for peer, progress in sorted(node.progress.items())
-                if peer != self.broker_id
-            )
-        peers = self.driver.peers
-        dropped = tuple(
-            (peer, stats["dropped"])
-            for peer, stats in sorted(peers.statistics().items() if peers is not None else ())
-        )
-        return BrokerStatistics(
-            connections=self.connections.connections,
-            role=node.role.value,
-            term=node.term,
-            commit_index=node.commit,
-            applied_index=node.applied,
-            pending_proposals=self.driver.pending,
-            elections_won=self.driver.elections_won,
-            transactions=self.driver.transactions,
-            entries_applied=self.driver.entries_applied,
-            commands_applied=self.driver.commands_applied,
-            transfers_completed=transfers["completed"],
-            transfers_received=transfers["received"],
-            transfers_started=transfers["started"],
-            transfers_aborted=transfers["aborted"],
-            cluster_version=node.cluster_version,
-            log_entries=node.log.last_index - node.log.snapshot_index,
-            members_active=statuses.count("active"),
-            members_inactive=statuses.count("inactive"),
-            replication_lag=lag,
-            peers_dropped=dropped,
-        )
-
-    # -- lifetime -------------------------------------------------------------------------------
-
-    async def _step_down(self) -> None:
-        """A leader that shuts down first hands its leadership to the most caught-up voter,
-        so that writes resume within a round trip instead of after a failure timeout. Bounded
-        by min(shutdown_grace, failure_timeout); meanwhile new requests are answered
-        NOT_LEADER naming that voter, and requests already proposed still commit."""
-        node = self.driver.node
-        if not node.is_leader or not node.config.voters - {self.broker_id}:
-            return
-        term = node.term
-        limit = min(self.config.shutdown_grace, self.config.failure_timeout)
-        with trio.move_on_after(limit):
-            result = await self.driver.transfer_leadership(None)
-            if isinstance(result, BrokerError):
-                log_event(logging.WARNING, "broker.step_down_failed", reason=result.message)
-            else:
-                log_event(
-                    logging.INFO,
-                    "broker.stepped_down",
-                    broker_id=self.broker_id,
-                    term=term,
-                    new_leader=result,
-                    new_term=self.driver.node.term,
-                )
-            return
-        log_event(
-            logging.WARNING, "broker.step_down_failed", reason=f"no new leader in {limit:g} s"
-        )
+        """What this broker reports about itself now (frozen: metrics and tests read it)."""
+        return statistics_of(self.driver, self.connections.connections)
 
 
 _Handler = Callable[[Any, "Session | None"], Awaitable[Answer]]
@@ -708,7 +517,7 @@ async def open_broker(
         broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
         async with trio.open_nursery() as services:
             await services.start(broker.driver.run)
-            await services.start(broker.enforce_retention)
+            await services.start(broker.retention.run)
             if config.metrics_port is not None:
                 broker.metrics_port = await services.start(
                     serve_metrics, broker, config.host, config.metrics_port
@@ -774,7 +583,7 @@ async def open_broker(
                 finally:
                     with trio.CancelScope(shield=True):
                         log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
-                        await broker._step_down()
+                        await membership.step_down(broker.driver, config)
                         await broker.connections.shutdown(connections)
             services.cancel_scope.cancel()
     log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)

@@ -3,14 +3,16 @@
 Two sides. A starting broker finds its identity (:func:`prepare`) and, when new, asks its seeds
 to let it join (:func:`join_cluster`, the design's diagram 4). A member serves JOIN_CLUSTER,
 REMOVE_MEMBER, TRANSFER_LEADERSHIP, SNAPSHOT and ADD_MEMBER: on the leader, through the log;
-elsewhere, by forwarding them to the leader. These take what they use as arguments, or a
-:class:`Member` (the broker, seen through the few things membership reads), so nothing here
-imports the broker back.
+elsewhere, by forwarding them to the leader. It also draws the cluster as CLUSTER_QUERY shows
+it, and hands the leadership over when a leader shuts down. These take what they use as
+arguments, or a :class:`Member` (the broker, seen through the few things membership reads), so
+nothing here imports the broker back.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -21,6 +23,7 @@ from .._errors import BrokerError, ErrorCode
 from .._ids import new_broker_id, new_cluster_id
 from .._protocol import (
     AddMember,
+    BrokerInfo,
     ClusterQuery,
     ClusterTopology,
     Done,
@@ -260,6 +263,91 @@ async def forward_to_leader(member: Member, request: Request) -> Response | Brok
             "may or may not have been applied",
             outcome="unknown",
         )
+
+
+def topology(
+    driver: RaftDriver,
+    cluster_id: str,
+    plaintext_port_of: Callable[[str], int | None] | None = None,
+    *,
+    details: bool = False,
+) -> ClusterTopology:
+    """The cluster as CLUSTER_QUERY shows it. With ``plaintext_port_of``, as the plaintext
+    listener shows it: each member at its plaintext port (members whose plaintext port is
+    not known here are left out), so that clients of the original design reconnect to a
+    listener they can speak to. With ``details``, each member's membership and lag."""
+    node = driver.node
+    brokers = []
+    last = node.log.last_index
+    for member_id, view in node.member_statuses().items():
+        if member_id == driver.broker_id:
+            address = driver.self_address
+        else:
+            address = driver.address_of(member_id)
+        if address is not None and plaintext_port_of is not None:
+            port = plaintext_port_of(member_id)
+            address = None if port is None else (address[0], port)
+        if address is None:
+            continue  # its address is not replicated here yet
+        brokers.append(
+            BrokerInfo(
+                broker_id=member_id,
+                host=address[0],
+                port=address[1],
+                role="leader" if view.role == "leader" else "replica",
+                status=view.status,
+                membership=(
+                    ("learner" if view.role == "learner" else "voter") if details else None
+                ),
+                lag=_lag(driver, member_id, last) if details else None,
+            )
+        )
+    return ClusterTopology(
+        cluster_id=cluster_id,
+        cluster_version=node.cluster_version,
+        self_role="leader" if node.is_leader else "replica",
+        brokers=brokers,
+        self_id=driver.broker_id,
+        leader_id=node.leader_id,
+    )
+
+
+def _lag(driver: RaftDriver, member_id: str, last_index: int) -> int | None:
+    """Log entries ``member_id`` lacks, as the leader knows it; None elsewhere."""
+    node = driver.node
+    if not node.is_leader:
+        return None
+    if member_id == driver.broker_id:
+        return 0
+    progress = node.progress.get(member_id)
+    return None if progress is None else max(0, last_index - progress.match)
+
+
+async def step_down(driver: RaftDriver, config: BrokerConfig) -> None:
+    """A leader that shuts down first hands its leadership to the most caught-up voter,
+    so that writes resume within a round trip instead of after a failure timeout. Bounded
+    by min(shutdown_grace, failure_timeout); meanwhile new requests are answered
+    NOT_LEADER naming that voter, and requests already proposed still commit."""
+    node = driver.node
+    if not node.is_leader or not node.config.voters - {driver.broker_id}:
+        return
+    term = node.term
+    limit = min(config.shutdown_grace, config.failure_timeout)
+    with trio.move_on_after(limit):
+        result = await driver.transfer_leadership(None)
+        if isinstance(result, BrokerError):
+            log_event(logging.WARNING, "broker.step_down_failed", reason=result.message)
+        else:
+            log_event(
+                logging.INFO,
+                "broker.stepped_down",
+                broker_id=driver.broker_id,
+                term=term,
+                new_leader=result,
+                new_term=driver.node.term,
+            )
+        return
+    log_event(logging.WARNING, "broker.step_down_failed", reason=f"no new leader in {limit:g} s")
 
 
 # -- a starting broker's side: identity and joining -------------------------------------------

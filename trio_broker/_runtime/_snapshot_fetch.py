@@ -1,16 +1,18 @@
-"""A replica fetches the snapshot a leader offered it, chunk by checked chunk."""
+"""Snapshots between brokers: a leader serves the chunks of a snapshot it offered in a
+DATA_SYNC, and the replica fetches them, chunk by checked chunk."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .._errors import BrokerError
+from .._errors import BrokerError, ErrorCode
 from .._protocol import DataSyncRequest, SnapshotChunk
 from ._dial import UNREACHABLE, Dialed, dial
 from ._log import log_event
@@ -68,3 +70,21 @@ async def fetch_snapshot(
         log_event(logging.WARNING, "snapshot.checksum_mismatch", size=offset)
         return False
     return True
+
+
+async def serve_snapshot_chunk(
+    read_chunk: Callable[[str, int], tuple[bytes, int, str] | None], request: DataSyncRequest
+) -> SnapshotChunk | BrokerError:
+    """The leader's side: one chunk of a snapshot it offered (DATA_SYNC_REQUEST), read in a
+    thread by ``read_chunk(snapshot_id, offset)`` as (bytes, whole size, the bytes' sha256)."""
+    found = await trio.to_thread.run_sync(read_chunk, request.snapshot_id, request.offset)
+    if found is None:
+        return BrokerError(ErrorCode.BAD_REQUEST, f"no snapshot {request.snapshot_id!r}")
+    chunk, size, digest = found
+    return SnapshotChunk(
+        snapshot_id=request.snapshot_id,
+        offset=request.offset,
+        size=size,
+        data=base64.b64encode(chunk).decode(),
+        sha256=digest,
+    )
