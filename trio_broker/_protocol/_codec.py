@@ -162,7 +162,8 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
+    """What a structuring error says, for a person: ``invalid value ... @ $.field``."""
     if isinstance(exc, cattrs.BaseValidationError):
         return "; ".join(cattrs.transform_error(exc, format_exception=_format_exception))
     return str(exc)
@@ -186,7 +187,7 @@ def request_from_dict(obj: dict[str, Any]) -> m.Request:
     try:
         return converter.structure(obj, cls)
     except Exception as exc:
-        raise ProtocolError(f"invalid {op} request: {_describe(exc)}") from None
+        raise ProtocolError(f"invalid {op} request: {describe_error(exc)}") from None
 
 
 def encode_request(request: m.Request) -> bytes:
@@ -264,4 +265,4 @@ def decode_response(answer: bytes | dict[str, Any], cls: type[T]) -> T | BrokerE
         return converter.structure(obj, cls)
     except Exception as exc:
         name = cls.__name__
-        raise RemoteProtocolError(f"invalid {name} answer: {_describe(exc)}") from None
+        raise RemoteProtocolError(f"invalid {name} answer: {describe_error(exc)}") from None

@@ -26,7 +26,7 @@ from .._core._commands import data_size
 from .._core._raft_messages import Message
 from .._errors import BrokerError, ProtocolError
 from .._protocol import Done, FrameDecoder, PeerHello, decode_response, encode_frame, loads_object
-from .._protocol._peer import encode_message, message_from_obj
+from .._protocol._consensus import encode_message, message_from_obj
 from ._dial import UNREACHABLE
 from ._log import log_event
 from ._network import transport_socket

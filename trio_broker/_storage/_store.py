@@ -55,7 +55,7 @@ from .._core._commands import (
 )
 from .._core._queues import monotonic_stamp
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
-from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
+from .._protocol._entries import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import upgrade
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers")
