@@ -19,7 +19,7 @@ from trio_broker._core._commands import (
 )
 from trio_broker._core._raft import RaftNode
 from trio_broker._core._raft_messages import Config, HardState, SnapshotMeta
-from trio_broker._protocol._peer import encode_payload
+from trio_broker._protocol._entries import encode_payload
 from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime._driver import Pending, RaftDriver, _encoded_bound
 

@@ -651,7 +651,7 @@ def test_timeout_now_and_transfer_vote_round_trip_through_the_peer_codec():
     """Leadership transfer's messages on the wire; an old vote request (no ``transfer``
     field) still decodes, as a request without the flag."""
     from trio_broker._core import _raft_messages as rm
-    from trio_broker._protocol._peer import message_from_obj, message_to_obj
+    from trio_broker._protocol._consensus import message_from_obj, message_to_obj
 
     timeout_now = rm.TimeoutNow(src="B-AAAAA", dst="B-BBBBB", term=4, cluster_version=3)
     obj = message_to_obj(timeout_now)

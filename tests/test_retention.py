@@ -20,7 +20,7 @@ from trio_broker._core._commands import (
     SetRetention,
 )
 from trio_broker._errors import ProtocolError
-from trio_broker._protocol._peer import decode_payload, encode_payload
+from trio_broker._protocol._entries import decode_payload, encode_payload
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.testing import open_local_cluster
 

@@ -16,7 +16,7 @@ import trustme
 from trio_broker._auth import proof_for
 from trio_broker._core._raft_messages import ElectionRequest
 from trio_broker._errors import BrokerError
-from trio_broker._protocol._peer import encode_message
+from trio_broker._protocol._consensus import encode_message
 from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker._runtime._network import TCP
 from trio_broker._runtime._peers import PeerFleet

@@ -92,6 +92,17 @@ class TooLargeError(BrokerError):
     CODE = ErrorCode.TOO_LARGE
 
 
+class RemoteProtocolError(ProtocolError):
+    """Another broker sent what the protocol does not allow: a consensus message, a log entry
+    or an answer that could not be understood. The peer's fault, never ours (h11's split)."""
+
+
+class LocalProtocolError(Exception):
+    """We were about to send or store something the protocol cannot carry: a bug of ours.
+
+    Not a :class:`BrokerError`, so that no handler of a peer's bad input swallows it."""
+
+
 class NotLeaderError(BrokerError):
     """``NOT_LEADER``: the broker asked is not the leader of its cluster (the client library
     follows the hint in ``details`` and retries; you meet this only on raw connections)."""

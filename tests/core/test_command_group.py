@@ -19,7 +19,7 @@ from trio_broker._core._commands import (
     data_size,
 )
 from trio_broker._errors import ProtocolError
-from trio_broker._protocol._peer import decode_payload, encode_payload
+from trio_broker._protocol._entries import decode_payload, encode_payload
 
 Q1, Q2 = "Q-AAAAA00001", "Q-AAAAA00002"
 

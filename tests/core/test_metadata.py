@@ -47,7 +47,7 @@ from trio_broker._core._routing import (
 )
 from trio_broker._errors import ProtocolError
 from trio_broker._protocol import converter
-from trio_broker._protocol._peer import decode_payload
+from trio_broker._protocol._entries import decode_payload
 
 B1, B2, B3, B4 = "B-AAAA1", "B-AAAA2", "B-AAAA3", "B-AAAA4"
 G1, G2, G3 = "G-XYZ71", "G-XYZ72", "G-XYZ73"
@@ -310,7 +310,7 @@ def test_any_sequence_of_commands_keeps_the_map_consistent(sequence):
 # -- the wire form of the commands ----------------------------------------------------------------
 
 # The log payload names the codec will give the commands (docs/replication.md, "Several leaders
-# (design)"): one table entry each in _protocol/_peer.py.
+# (design)"): one table entry each in _protocol/_entries.py.
 WIRE_NAMES = {
     "FOUND_CLUSTER": FoundCluster,
     "REGISTER_BROKER": RegisterBroker,

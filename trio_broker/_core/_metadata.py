@@ -15,7 +15,7 @@ on the process's hash seed.
 Serialization: every class here is frozen attrs data whose fields are ``str``, ``int``,
 ``bool``, ``None``, tuples of those, or other classes of this module, so the project's one
 cattrs converter (``trio_broker._protocol.converter``) structures and unstructures them as they
-are. Making them log payloads is one table entry per command in ``_protocol/_peer.py`` (the
+are. Making them log payloads is one table entry per command in ``_protocol/_entries.py`` (the
 names are in docs/replication.md, "Several leaders (design)").
 
 Routing stays a string operation: a queue id names its group (``Q-`` + the group id without

@@ -100,8 +100,11 @@ class ConfigChangeRefused(RaftError):
     """A membership change that would break the one-change-at-a-time rule, or is meaningless."""
 
 
-class UsageError(RaftError):
-    """The driver misused the API (e.g. called ready() twice without advance())."""
+class UsageError(Exception):
+    """The driver misused the API (e.g. called ready() twice without advance()).
+
+    Not a :class:`RaftError`: those are refusals of a peer's or a client's request, which the
+    runtime answers or logs; a misuse is a bug of ours and must not be handled as one."""
 
 
 # -- effects -----------------------------------------------------------------------------------

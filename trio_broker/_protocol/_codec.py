@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import cattrs
 import cattrs.gen
 import orjson
 from cattrs.preconf.orjson import make_converter
 
-from .._errors import BrokerError, ErrorCode, ProtocolError
+from .._errors import BrokerError, ErrorCode, ProtocolError, RemoteProtocolError, error_from_wire
 from . import _messages as m
 
 converter = make_converter()
@@ -162,7 +162,8 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
+    """What a structuring error says, for a person: ``invalid value ... @ $.field``."""
     if isinstance(exc, cattrs.BaseValidationError):
         return "; ".join(cattrs.transform_error(exc, format_exception=_format_exception))
     return str(exc)
@@ -186,7 +187,7 @@ def request_from_dict(obj: dict[str, Any]) -> m.Request:
     try:
         return converter.structure(obj, cls)
     except Exception as exc:
-        raise ProtocolError(f"invalid {op} request: {_describe(exc)}") from None
+        raise ProtocolError(f"invalid {op} request: {describe_error(exc)}") from None
 
 
 def encode_request(request: m.Request) -> bytes:
@@ -228,3 +229,40 @@ def dumps_value(value: Any) -> bytes:
 def stored_value(raw: bytes) -> orjson.Fragment:
     """Stored JSON bytes, embedded as they are in a response."""
     return orjson.Fragment(raw)
+
+
+T = TypeVar("T")
+
+
+def _plain_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+# A chunk's base64 text is far longer than an identifier; it is still checked to be a string.
+converter.register_structure_hook(
+    m.SnapshotChunk,
+    cattrs.gen.make_dict_structure_fn(
+        m.SnapshotChunk, converter, data=cattrs.gen.override(struct_hook=_plain_str)
+    ),
+)
+
+
+def decode_response(answer: bytes | dict[str, Any], cls: type[T]) -> T | BrokerError:
+    """Another broker's answer (a frame's payload, or its object) as ``cls``, or its error
+    envelope as a :class:`BrokerError`. Raises :class:`RemoteProtocolError` for an answer that
+    is neither (unknown extra fields are ignored, as brokers of a later version may add some)."""
+    obj = loads_object(answer) if isinstance(answer, bytes) else answer
+    status = obj.get("status")
+    if status == "error":
+        return error_from_wire(obj)
+    if status != "success":
+        raise RemoteProtocolError(f"an answer's status must be success or error, not {status!r}")
+    if cls is m.Done:
+        return m.Done()  # type: ignore[return-value]
+    try:
+        return converter.structure(obj, cls)
+    except Exception as exc:
+        name = cls.__name__
+        raise RemoteProtocolError(f"invalid {name} answer: {describe_error(exc)}") from None

@@ -1,15 +1,10 @@
 """The trio shell: broker lifetimes, connections, group commit."""
 
-from ._broker import (
-    Broker,
-    BrokerStatistics,
-    IdentityMismatch,
-    JoinFailed,
-    open_broker,
-    serve_broker,
-)
+from ._broker import Broker, open_broker, serve_broker
 from ._config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from ._log import configure_logging
+from ._membership import IdentityMismatch, JoinFailed
+from ._statistics import BrokerStatistics
 
 __all__ = [
     "DEFAULT_DATA_DIR",

@@ -780,7 +780,7 @@ class RaftDriver:
             message = self.node.make_data_sync(
                 peer, index, {"snapshot_id": snapshot_id, "size": size, "sha256": digest}
             )
-        except raft.RaftError as exc:
+        except raft.UsageError as exc:  # the log was compacted past it meanwhile
             log_event(logging.WARNING, "snapshot.not_offered", peer=peer, reason=str(exc))
             return
         assert self.peers is not None

@@ -99,7 +99,7 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         broker = self.broker
-        node = broker.node
+        stats = broker.statistics()
         labels = ["broker_id", "cluster_id"]
         ids = [broker.broker_id, broker.cluster_id]
 
@@ -112,28 +112,25 @@ class _StateCollector(Collector):
             "trio_broker_role", "1 for this broker's current role", labels=[*labels, "role"]
         )
         for name in ("leader", "follower", "candidate", "pre_candidate"):
-            role.add_metric([*ids, name], 1.0 if node.role.value == name else 0.0)
+            role.add_metric([*ids, name], 1.0 if stats.role == name else 0.0)
         yield role
-        yield gauge("term", "Current consensus term", node.term)
-        yield gauge("commit_index", "Highest log index known committed", node.commit)
-        yield gauge("applied_index", "Highest log index applied to the queues", node.applied)
-        yield gauge("cluster_version", "Membership configuration version", node.cluster_version)
-        yield gauge(
-            "log_entries", "Entries kept in the log", node.log.last_index - node.log.snapshot_index
-        )
-        yield gauge("connections", "Open client and peer connections", broker._connections)
-        yield gauge("pending_proposals", "Proposals waiting to be applied", broker.driver.pending)
+        yield gauge("term", "Current consensus term", stats.term)
+        yield gauge("commit_index", "Highest log index known committed", stats.commit_index)
+        yield gauge("applied_index", "Highest log index applied to the queues", stats.applied_index)
+        yield gauge("cluster_version", "Membership configuration version", stats.cluster_version)
+        yield gauge("log_entries", "Entries kept in the log", stats.log_entries)
+        yield gauge("connections", "Open client and peer connections", stats.connections)
+        yield gauge("pending_proposals", "Proposals waiting to be applied", stats.pending_proposals)
         members = GaugeMetricFamily(
             "trio_broker_members", "Configured members by status", labels=[*labels, "status"]
         )
-        statuses = [v.status for v in node.member_statuses().values()]
-        for status in ("active", "inactive"):
-            members.add_metric([*ids, status], statuses.count(status))
+        members.add_metric([*ids, "active"], stats.members_active)
+        members.add_metric([*ids, "inactive"], stats.members_inactive)
         yield members
         elections = CounterMetricFamily(
             "trio_broker_elections_won", "Elections this broker won", labels=labels
         )
-        elections.add_metric(ids, broker.driver.elections_won)
+        elections.add_metric(ids, stats.elections_won)
         yield elections
         transfers = CounterMetricFamily(
             "trio_broker_leadership_transfers",
@@ -141,8 +138,10 @@ class _StateCollector(Collector):
             "received: elections it won because the leader handed over to it",
             labels=[*labels, "outcome"],
         )
-        for outcome, count in broker.driver.transfers.items():
-            transfers.add_metric([*ids, outcome], count)
+        transfers.add_metric([*ids, "started"], stats.transfers_started)
+        transfers.add_metric([*ids, "completed"], stats.transfers_completed)
+        transfers.add_metric([*ids, "aborted"], stats.transfers_aborted)
+        transfers.add_metric([*ids, "received"], stats.transfers_received)
         yield transfers
         lag = GaugeMetricFamily(
             "trio_broker_replication_lag_entries",
@@ -154,14 +153,10 @@ class _StateCollector(Collector):
             "Messages for a peer dropped while it was unreachable or its outbox full",
             labels=[*labels, "peer"],
         )
-        if node.is_leader:
-            for peer, progress in sorted(node.progress.items()):
-                if peer != broker.broker_id:
-                    lag.add_metric([*ids, peer], max(0, node.log.last_index - progress.match))
-        peers = broker.driver.peers
-        if peers is not None:
-            for peer, stats in sorted(peers.statistics().items()):
-                dropped.add_metric([*ids, peer], stats["dropped"])
+        for peer, behind in stats.replication_lag:
+            lag.add_metric([*ids, peer], behind)
+        for peer, count in stats.peers_dropped:
+            dropped.add_metric([*ids, peer], count)
         yield lag
         yield dropped
         queue_length = GaugeMetricFamily(
@@ -181,7 +176,7 @@ class _StateCollector(Collector):
 
 
 async def _refresh_queue_stats(broker: Broker) -> None:
-    queues, lags = await broker._worker.run(broker._store.queue_stats, MAX_QUEUE_SERIES)
+    queues, lags = await broker.queue_stats(MAX_QUEUE_SERIES)
     broker.metrics.queues = queues
     broker.metrics.client_lags = lags
 

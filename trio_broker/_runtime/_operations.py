@@ -12,8 +12,9 @@ from .. import _core
 from .._core import _commands as cmd
 from .._errors import BrokerError, ErrorCode
 from .._protocol import _messages as m
-from .._protocol import dumps_value, stored_value
+from .._protocol import dumps_value
 from .._storage._store import QueueRow
+from ._answer import retention_wire
 from ._config import BrokerConfig
 
 MAX_BATCH_VALUES = 1000
@@ -108,10 +109,6 @@ def retention_policy(retention: m.Retention) -> cmd.RetentionPolicy | BrokerErro
     return policy if problem is None else _bad(problem)
 
 
-def retention_wire(policy: cmd.RetentionPolicy) -> m.Retention:
-    return m.Retention(policy.max_messages, policy.max_age_ms, policy.delete_acknowledged)
-
-
 def retention_command(request: m.SetRetentionRequest) -> cmd.SetRetention | BrokerError:
     policy = retention_policy(request.retention)
     if isinstance(policy, BrokerError):
@@ -119,39 +116,21 @@ def retention_command(request: m.SetRetentionRequest) -> cmd.SetRetention | Brok
     return cmd.SetRetention(request.queue_name, policy)
 
 
+def wrong_cluster(own: str, asked: str | None) -> BrokerError | None:
+    """The refusal of a request that names another cluster than ``own``."""
+    if asked is not None and asked != own:
+        return BrokerError(
+            ErrorCode.WRONG_CLUSTER,
+            f"this broker belongs to cluster {own}, not {asked}",
+            cluster_id=own,
+        )
+    return None
+
+
 def is_empty_read(result: Any) -> bool:
     return (isinstance(result, cmd.MessageRead) and result.sequence_num is None) or (
         isinstance(result, cmd.MessagesRead) and not result.messages
     )
-
-
-def response_for(result: Any) -> m.Response | BrokerError:
-    """The answer to a client for the result of its command."""
-    if isinstance(result, BrokerError):
-        return result
-    if result is None or isinstance(result, cmd.BrokerAddressSet):
-        return m.Done()
-    if isinstance(result, cmd.MessageAppended):
-        return m.Appended(result.sequence_num, result.duplicate)
-    if isinstance(result, cmd.BatchAppended):
-        first = result.first_sequence_num
-        return m.BatchAppended(list(range(first, first + result.count)), result.duplicate)
-    if isinstance(result, cmd.MessageRead):
-        if result.sequence_num is None:
-            return m.NoMessages()
-        assert result.data is not None
-        return m.Message(result.sequence_num, stored_value(result.data))
-    if isinstance(result, cmd.MessagesRead):
-        return m.MessageBatch([m.Message(seq, stored_value(d)) for seq, d in result.messages])
-    if isinstance(result, cmd.PositionSet):
-        return m.Position(result.next_sequence_num)
-    if isinstance(result, cmd.QueueCreated):
-        return m.QueueCreated(result.queue_id)
-    if isinstance(result, cmd.RetentionSet):
-        return m.RetentionChanged(result.queue_id, retention_wire(result.policy))
-    if isinstance(result, cmd.CommandRejected):
-        return BrokerError(result.code, result.message)
-    raise AssertionError(f"unhandled result {result!r}")  # pragma: no cover
 
 
 def queue_list(rows: list[QueueRow], max_queues: int) -> m.QueueList:

@@ -1,9 +1,13 @@
-"""The replicator fan-out: one persistent, pipelined connection to each peer.
+"""Consensus messages between brokers: the outbound links to each peer, and the inbound stream.
 
 Consensus messages are one-way: a broker sends to a peer over its own outbound connection, and
-the peer answers over *its* outbound connection. Each link has a bounded outbox; when it is full
-(the peer is slow or unreachable) messages are dropped and counted, which the consensus protocol
-tolerates (the leader retransmits from its progress tracking; elections retry).
+the peer answers over *its* outbound connection. Outbound, :class:`PeerFleet` keeps one
+persistent, pipelined link per peer; inbound, a connection that opened with PEER_HELLO turns
+into a stream of consensus messages (:func:`read_peer_stream`), never answered.
+
+Each link has a bounded outbox; when it is full (the peer is slow or unreachable) messages are
+dropped and counted, which the consensus protocol tolerates (the leader retransmits from its
+progress tracking; elections retry).
 """
 
 from __future__ import annotations
@@ -20,22 +24,16 @@ import trio
 from .._auth import authenticate
 from .._core._commands import data_size
 from .._core._raft_messages import Message
-from .._errors import ProtocolError
-from .._protocol import FrameDecoder, PeerHello, encode_frame
-from .._protocol._peer import encode_message
+from .._errors import BrokerError, ProtocolError
+from .._protocol import Done, FrameDecoder, PeerHello, decode_response, encode_frame, loads_object
+from .._protocol._consensus import encode_message, message_from_obj
+from ._dial import UNREACHABLE
 from ._log import log_event
 from ._network import transport_socket
 
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
-_LINK_ERRORS = (
-    OSError,
-    ConnectionError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.TooSlowError,
-    ProtocolError,
-)
+_LINK_ERRORS = (*UNREACHABLE, trio.ClosedResourceError)
 
 OUTBOX_SIZE = 1024
 OUTBOX_BYTES = 64 * 1024 * 1024
@@ -104,11 +102,10 @@ class _Link:
                 answer = await authenticate(
                     stream, FrameDecoder(), secret=self.fleet.secret, then=hello
                 )
-            if answer.get("status") != "success":
-                log_event(
-                    logging.ERROR, "peer.refused", peer=self.peer_id, reason=answer.get("message")
-                )
-                raise ConnectionError(f"peer refused: {answer.get('message')}")
+            refusal = decode_response(answer, Done)
+            if isinstance(refusal, BrokerError):
+                log_event(logging.ERROR, "peer.refused", peer=self.peer_id, reason=refusal.message)
+                raise ConnectionError(f"peer refused: {refusal.message}")
             if not self.connected:
                 log_event(logging.INFO, "peer.connected", peer=self.peer_id, host=host, port=port)
             self.connected = True
@@ -231,3 +228,52 @@ class PeerFleet:
             peer: {"connected": link.connected, "dropped": link.dropped}
             for peer, link in self._links.items()
         }
+
+
+PEER_FRAME_FACTOR = 80
+"""A peer stream's frames may carry a batch of entries, each up to a client frame in size."""
+_RECEIVE_SIZE = 64 * 1024
+
+
+async def read_peer_stream(
+    stream: trio.abc.Stream,
+    decoder: FrameDecoder,
+    step: Callable[[Message], None],
+    *,
+    peer: str,
+    sender: str,
+    self_id: str,
+    max_frame: int,
+) -> bool:
+    """After PEER_HELLO: one-way consensus messages from ``sender`` to ``self_id``, each
+    handed to ``step``. True when the peer closed the stream, False when a bad message made
+    us stop reading (the caller closes the connection)."""
+    decoder.max_frame = max_frame * PEER_FRAME_FACTOR
+    while True:
+        while True:
+            try:
+                payload = decoder.next_frame()
+                if payload is None:
+                    break
+                message = message_from_obj(loads_object(payload))
+            except ProtocolError as exc:
+                reason = exc.message
+                log_event(
+                    logging.WARNING, "peer.bad_message", peer=peer, broker=sender, reason=reason
+                )
+                return False
+            if message.src != sender or message.dst != self_id:
+                log_event(
+                    logging.WARNING,
+                    "peer.misaddressed",
+                    peer=peer,
+                    broker=sender,
+                    src=message.src,
+                    dst=message.dst,
+                )
+                continue
+            step(message)
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if not data:
+            return True
+        decoder.feed(data)

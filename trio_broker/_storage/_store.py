@@ -57,7 +57,7 @@ from .._core._queues import (
     retention_through,
 )
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
-from .._protocol._peer import config_from_obj, config_to_obj, decode_payload, encode_payload
+from .._protocol._entries import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import WORK_TABLES, upgrade
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 

@@ -19,7 +19,7 @@ from .._core import Command, QueueState
 from .._core._commands import RetentionPolicy
 from .._core._queues import client_lag
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
-from .._protocol._peer import decode_payload, encode_payload
+from .._protocol._entries import decode_payload, encode_payload
 from .._storage import DataDirInUse, Identity
 from .._storage._store import QueueRow, RaftState
 

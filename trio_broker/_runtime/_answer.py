@@ -1,0 +1,95 @@
+"""The one type a request is answered with, and command results as client responses.
+
+A request is decided when it is read (a refusal, a value known at once, or a command proposed
+to the log) and answered in request order once its answer is known. :class:`Answer` is that
+decision: what the connection's writer awaits, whichever request it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .._core import _commands as cmd
+from .._errors import BrokerError
+from .._protocol import _messages as m
+from .._protocol import stored_value
+
+
+class Waitable(Protocol):
+    """A result known later: a committed command (the driver's ``Pending``) or a long poll."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def result(self) -> Any: ...
+
+    async def wait(self) -> Any: ...
+
+
+class Answer:
+    """A response known now, or the result of a :class:`Waitable` to turn into one."""
+
+    __slots__ = ("_later", "_now")
+
+    def __init__(
+        self, now: m.Response | BrokerError | None = None, later: Waitable | None = None
+    ) -> None:
+        assert (now is None) != (later is None)
+        self._now = now
+        self._later = later
+
+    @classmethod
+    def of(cls, outcome: BrokerError | Waitable) -> Answer:
+        """An answer from a refusal, or from a command's pending result."""
+        if isinstance(outcome, BrokerError):
+            return cls(now=outcome)
+        return cls(later=outcome)
+
+    @property
+    def now(self) -> m.Response | BrokerError | None:
+        """The response, when it was known as the request was decided."""
+        return self._now
+
+    async def response(self) -> m.Response | BrokerError:
+        """The response, once known; checkpoints only when it must wait."""
+        later = self._later
+        if later is None:
+            assert self._now is not None
+            return self._now
+        if later.done:
+            return response_for(later.result)  # answered already: no need to yield here
+        return response_for(await later.wait())
+
+
+def response_for(result: Any) -> m.Response | BrokerError:
+    """The answer to a client for the result of its command."""
+    if isinstance(result, BrokerError):
+        return result
+    if result is None or isinstance(result, cmd.BrokerAddressSet):
+        return m.Done()
+    if isinstance(result, cmd.MessageAppended):
+        return m.Appended(result.sequence_num, result.duplicate)
+    if isinstance(result, cmd.BatchAppended):
+        first = result.first_sequence_num
+        return m.BatchAppended(list(range(first, first + result.count)), result.duplicate)
+    if isinstance(result, cmd.MessageRead):
+        if result.sequence_num is None:
+            return m.NoMessages()
+        assert result.data is not None
+        return m.Message(result.sequence_num, stored_value(result.data))
+    if isinstance(result, cmd.MessagesRead):
+        return m.MessageBatch([m.Message(seq, stored_value(d)) for seq, d in result.messages])
+    if isinstance(result, cmd.PositionSet):
+        return m.Position(result.next_sequence_num)
+    if isinstance(result, cmd.QueueCreated):
+        return m.QueueCreated(result.queue_id)
+    if isinstance(result, cmd.RetentionSet):
+        return m.RetentionChanged(result.queue_id, retention_wire(result.policy))
+    if isinstance(result, cmd.CommandRejected):
+        return BrokerError(result.code, result.message)
+    raise AssertionError(f"unhandled result {result!r}")  # pragma: no cover
+
+
+def retention_wire(policy: cmd.RetentionPolicy) -> m.Retention:
+    return m.Retention(policy.max_messages, policy.max_age_ms, policy.delete_acknowledged)

@@ -1,0 +1,419 @@
+"""Connections: accept, shake hands, authenticate, read requests, write answers in order.
+
+:class:`ConnectionServer` serves the ``handle`` callable it is given, as ``trio.serve_tcp``
+serves a handler: it knows framing, sessions, authentication (docs/security.md), TLS, ordering
+and backpressure, and nothing of what a request means. ``handle`` decides a request into an
+:class:`~._answer.Answer`; the server writes each answer once it is known, in request order.
+A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then
+on it carries one-way consensus messages.
+
+Shutdown (:meth:`ConnectionServer.shutdown`) stops accepting, stops reading new requests, gives
+in-flight requests ``shutdown_grace`` seconds to be answered, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .._auth import new_nonce, proof_is_valid, token_is_valid
+from .._errors import BrokerError, ErrorCode, ProtocolError
+from .._protocol import (
+    PRIVILEGED_REQUESTS,
+    Auth,
+    AuthChallenge,
+    Challenge,
+    ClusterQuery,
+    Done,
+    FrameDecoder,
+    FrameTooLarge,
+    JoinCluster,
+    PeerHello,
+    Request,
+    Response,
+    decode_request,
+    encode_frame,
+    encode_response,
+)
+from .._protocol._codec import OPERATION_NAMES
+from ._answer import Answer
+from ._config import BrokerConfig
+from ._driver import acquire
+from ._log import log_event, logger
+from ._network import transport_socket
+from ._operations import wrong_cluster
+from ._security import Security
+
+_RECEIVE_SIZE = 64 * 1024
+_LINGER_SECONDS = 1.0
+TLS_HANDSHAKE_SECONDS = 10.0
+_MAX_WRITE_BATCH = 64
+"""Answers already known that go out in one write."""
+
+
+@attrs.define
+class Session:
+    """What one connection has proved (docs/security.md)."""
+
+    plaintext: bool = False
+    """Came in on the plaintext listener: client operations only, no authentication."""
+    nonce: str | None = None
+    """From the last AUTH_CHALLENGE; forgotten once a proof was checked against it."""
+    member: bool = False
+    """Proved the cluster secret: may send PRIVILEGED_REQUESTS (and client operations)."""
+    client: bool = False
+    """Presented a valid client token."""
+
+
+Handle = Callable[[Request, Session], Awaitable[Answer]]
+"""Decide one request (authorized already) into its answer."""
+AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
+"""Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
+ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
+"""Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
+True when the peer closed it."""
+Observe = Callable[[str, Response | BrokerError, float], None]
+"""Told each answer as it leaves: the operation, the response, the seconds it took."""
+
+
+class ConnectionServer:
+    """The connections of one broker, on one or more listeners."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        security: Security,
+        *,
+        broker_id: str,
+        cluster_id: str,
+        handle: Handle,
+        accept_peer: AcceptPeer,
+        serve_peer: ServePeer,
+        observe: Observe,
+        plaintext_hint: Callable[[BrokerError], BrokerError],
+    ) -> None:
+        self.config = config
+        self.security = security
+        self.broker_id = broker_id
+        self.cluster_id = cluster_id
+        self._handle = handle
+        self._accept_peer = accept_peer
+        self._serve_peer = serve_peer
+        self._observe = observe
+        self._plaintext_hint = plaintext_hint
+        self.connections = 0
+        self.closing = False
+        self._readers: set[trio.CancelScope] = set()
+        self._listening: list[trio.CancelScope] = []
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        listeners: list[trio.abc.Listener[Any]],
+        connections: trio.Nursery,
+        *,
+        plaintext: bool = False,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on ``listeners`` until :meth:`shutdown`; each connection runs in
+        ``connections``. ``plaintext``: the listener of clients of the original design."""
+        scope = trio.CancelScope()
+        self._listening.append(scope)
+        if self.closing:
+            scope.cancel()
+        with scope:
+            await trio.serve_listeners(
+                functools.partial(self._handle_stream, plaintext=plaintext),
+                listeners,
+                handler_nursery=connections,
+                task_status=task_status,
+            )
+
+    async def shutdown(self, connections: trio.Nursery) -> None:
+        self.closing = True
+        for scope in self._listening:
+            scope.cancel()
+        for scope in list(self._readers):
+            scope.cancel()
+        with trio.move_on_after(self.config.shutdown_grace):
+            await self._idle.wait()
+        connections.cancel_scope.cancel()
+
+    # -- one connection -------------------------------------------------------------------------
+
+    async def _handle_stream(self, stream: trio.abc.Stream, *, plaintext: bool = False) -> None:
+        peer = _peer_name(stream)
+        if self.closing or self.connections >= self.config.max_connections:
+            reason = "shutting down" if self.closing else "too many connections"
+            log_event(logging.WARNING, "connection.refused", peer=peer, reason=reason)
+            with trio.move_on_after(1):
+                error = BrokerError(ErrorCode.UNAVAILABLE, f"broker refused connection: {reason}")
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(encode_frame(encode_response(error)))
+            await trio.aclose_forcefully(stream)
+            return
+        self.connections += 1
+        self._idle = trio.Event() if self.connections == 1 else self._idle
+        try:
+            async with stream:
+                if isinstance(stream, trio.SSLStream) and not await _tls_handshake(stream, peer):
+                    return
+                await self._serve_connection(stream, peer, Session(plaintext=plaintext))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away (perhaps mid-answer); nothing of ours is lost
+        except* Exception:
+            # A bug in serving one connection must not take the broker down with it.
+            logger.exception("connection.crashed peer=%s", peer)
+        finally:
+            self.connections -= 1
+            if self.connections == 0:
+                self._idle.set()
+
+    async def _serve_connection(self, stream: trio.abc.Stream, peer: str, session: Session) -> None:
+        # Answers leave in request order. A request is read only once it has a slot among
+        # max_in_flight, so a command is never submitted without a place for its answer.
+        slots = trio.Semaphore(self.config.max_in_flight)
+        send, receive = trio.open_memory_channel[Any](self.config.max_in_flight)
+        peer_closed = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_answers, stream, receive, slots, session.plaintext)
+            async with send:
+                with trio.CancelScope() as reading:
+                    self._readers.add(reading)
+                    try:
+                        peer_closed = await self._read_requests(stream, peer, send, slots, session)
+                    finally:
+                        self._readers.discard(reading)
+        if not peer_closed:
+            await _linger(stream)
+
+    async def _read_requests(
+        self,
+        stream: trio.abc.Stream,
+        peer: str,
+        send: trio.MemorySendChannel[Any],
+        slots: trio.Semaphore,
+        session: Session,
+    ) -> bool:
+        """Read and dispatch requests; True when the peer closed, False when we stopped."""
+        decoder = FrameDecoder(self.config.max_frame)
+        while True:
+            data = await stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                if decoder.buffered:
+                    log_event(
+                        logging.INFO,
+                        "connection.truncated_frame",
+                        peer=peer,
+                        buffered=decoder.buffered,
+                    )
+                return True
+            decoder.feed(data)
+            while True:
+                try:
+                    payload = decoder.next_frame()
+                except FrameTooLarge as exc:
+                    # The stream cannot be resynchronised: answer, then close this connection.
+                    log_event(
+                        logging.WARNING,
+                        "request.rejected",
+                        peer=peer,
+                        code=exc.code,
+                        reason=exc.message,
+                    )
+                    await slots.acquire()
+                    send.send_nowait(("INVALID", time.perf_counter(), Answer(now=exc)))
+                    return False
+                if payload is None:
+                    break
+                await acquire(slots)
+                started = time.perf_counter()
+                try:
+                    request = decode_request(payload)
+                except ProtocolError as exc:
+                    log_event(
+                        logging.WARNING,
+                        "request.rejected",
+                        peer=peer,
+                        code=exc.code,
+                        reason=exc.message,
+                    )
+                    send.send_nowait(("INVALID", started, Answer(now=exc)))
+                    continue
+                operation = OPERATION_NAMES[type(request)]
+                early = self._authorize(request, session, peer)
+                if early is not None:
+                    send.send_nowait((operation, started, Answer(now=early)))
+                    if isinstance(request, PeerHello) and isinstance(early, BrokerError):
+                        return False  # what follows would be consensus messages
+                    continue
+                if isinstance(request, PeerHello):
+                    refusal = self._accept_peer(request, peer)
+                    send.send_nowait((operation, started, Answer(now=refusal or Done())))
+                    if refusal is not None:
+                        return False
+                    return await self._serve_peer(stream, decoder, peer, request.broker_id)
+                try:
+                    answer = await self._handle(request, session)
+                except BaseException:
+                    slots.release()
+                    raise
+                send.send_nowait((operation, started, answer))
+
+    async def _write_answers(
+        self,
+        stream: trio.abc.Stream,
+        receive: trio.MemoryReceiveChannel[Any],
+        slots: trio.Semaphore,
+        plaintext: bool,
+    ) -> None:
+        async with receive:
+            async for item in receive:
+                out = [await self._encode(item, plaintext)]
+                # Whatever else is already answered goes out in the same write.
+                while len(out) < _MAX_WRITE_BATCH:
+                    try:
+                        nxt = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    out.append(await self._encode(nxt, plaintext))
+                await stream.send_all(b"".join(out))
+                for _ in out:
+                    slots.release()
+
+    async def _encode(self, item: tuple[str, float, Answer], plaintext: bool) -> bytes:
+        operation, started, answer = item
+        response = answer.now
+        if response is None:
+            response = await answer.response()
+        if plaintext and isinstance(response, BrokerError):
+            response = self._plaintext_hint(response)
+        self._observe(operation, response, time.perf_counter() - started)
+        return encode_frame(encode_response(response))
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def _authorize(
+        self, request: Request, session: Session, peer: str
+    ) -> Response | BrokerError | None:
+        """Answer AUTH_CHALLENGE and AUTH, and refuse what this connection may not send
+        (docs/security.md); None lets the request through to ``handle``."""
+        security = self.security
+        if isinstance(request, AuthChallenge | Auth) and session.plaintext:
+            return self._unauthorized(
+                peer, request, "the plaintext listener serves client operations only"
+            )
+        if isinstance(request, AuthChallenge):
+            session.nonce = new_nonce()
+            return Challenge(nonce=session.nonce)
+        if isinstance(request, Auth):
+            return self._authenticate(request, session, peer)
+        if isinstance(request, PRIVILEGED_REQUESTS):
+            if session.plaintext:
+                return self._unauthorized(
+                    peer,
+                    request,
+                    "operator and broker-to-broker requests are not served on this listener",
+                )
+            if security.secret is not None and not session.member:
+                return self._unauthorized(
+                    peer, request, "this request needs the cluster secret (AUTH with a proof)"
+                )
+            refusal = wrong_cluster(self.cluster_id, getattr(request, "cluster_id", None))
+            if refusal is not None:
+                log_event(
+                    logging.WARNING,
+                    "request.wrong_cluster",
+                    peer=peer,
+                    operation=OPERATION_NAMES[type(request)],
+                    cluster_id=getattr(request, "cluster_id", None),
+                )
+            return refusal
+        if isinstance(request, ClusterQuery) or session.plaintext:
+            return None
+        if security.tokens is not None and not (session.client or session.member):
+            return self._unauthorized(peer, request, "this broker needs a client token (AUTH)")
+        return None
+
+    def _authenticate(self, request: Auth, session: Session, peer: str) -> Response | BrokerError:
+        if (request.proof is None) == (request.token is None):
+            return ProtocolError("AUTH carries either a proof or a token")
+        if request.proof is not None:
+            nonce, session.nonce = session.nonce, None  # one proof per nonce: no replay
+            if self.security.secret is None:
+                return self._unauthorized(
+                    peer,
+                    request,
+                    "this broker has no cluster secret (every member needs the same one)",
+                )
+            if nonce is None:
+                return self._unauthorized(peer, request, "no nonce to prove: AUTH_CHALLENGE first")
+            if not proof_is_valid(self.security.secret, nonce, request.proof):
+                return self._unauthorized(
+                    peer, request, "wrong cluster secret: the proof does not match this cluster's"
+                )
+            session.member = True
+            return Done()
+        assert request.token is not None
+        tokens = self.security.tokens
+        if tokens is not None and not token_is_valid(tokens, request.token):
+            return self._unauthorized(peer, request, "client token refused")
+        session.client = True
+        return Done()
+
+    def _unauthorized(self, peer: str, request: Request, reason: str) -> BrokerError:
+        fields = {"peer": peer, "operation": OPERATION_NAMES[type(request)]}
+        if isinstance(request, PeerHello | JoinCluster):
+            fields["broker"] = request.broker_id
+        log_event(logging.WARNING, "request.unauthorized", **fields, reason=reason)
+        return BrokerError(ErrorCode.UNAUTHORIZED, reason)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Close our side first and drain theirs, so the kernel does not reset the connection
+    (which would discard answers the peer has not read yet) because of unread requests."""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return  # TLS has no half-close: closing sends close_notify after the answers
+    with trio.move_on_after(_LINGER_SECONDS):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_eof()
+            while await stream.receive_some(_RECEIVE_SIZE):
+                pass
+
+
+async def _tls_handshake(stream: trio.SSLStream[Any], peer: str) -> bool:
+    """Shake hands before reading requests, so that a client that does not speak TLS (or does
+    not trust our certificate) is logged as such, and a silent one does not hold a slot."""
+    reason = None
+    with trio.move_on_after(TLS_HANDSHAKE_SECONDS) as scope:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            reason = str(exc.__cause__ or exc)
+    if scope.cancelled_caught:
+        reason = f"no handshake within {TLS_HANDSHAKE_SECONDS:g} s"
+    if reason is not None:
+        log_event(logging.INFO, "connection.tls_failed", peer=peer, reason=reason)
+        return False
+    return True
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = transport_socket(stream)
+    if sock is None:
+        return getattr(stream, "peer_name", "unknown")
+    try:
+        host, port, *_ = sock.getpeername()
+    except OSError:
+        return "unknown"
+    return f"{host}:{port}"
