@@ -41,6 +41,13 @@ def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else Path(os.fspath(value))
 
 
+def _parse_seed(seed: str | tuple[str, int]) -> tuple[str, int]:
+    try:
+        return parse_address(seed)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad seed {seed!r}: {exc}") from None
+
+
 @attrs.frozen(kw_only=True)
 class BrokerConfig:
     """Everything a broker needs to start. Only ``data_dir`` has no sensible default elsewhere.
@@ -63,7 +70,7 @@ class BrokerConfig:
     broker_id: str | None = attrs.field(default=None, validator=_check_optional_id(BROKER_ID_RE))
     cluster_id: str | None = attrs.field(default=None, validator=_check_optional_id(CLUSTER_ID_RE))
     seeds: tuple[tuple[str, int], ...] = attrs.field(
-        default=(), converter=lambda seeds: tuple(parse_address(s) for s in seeds)
+        default=(), converter=lambda seeds: tuple(_parse_seed(s) for s in seeds)
     )
     join_wait: bool = False
     """A new broker founds no cluster of its own: it waits, with an empty membership, until
