@@ -512,7 +512,9 @@ class RaftNode:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
         if self.role is Role.LEADER and self._maybe_commit():
-            self._broadcast_append(empty_ok=True)
+            # The new commit index rides on the next REPLICATE or heartbeat: no message (and
+            # no transaction on every replica) just to spread it.
+            self._broadcast_append()
 
     # -- step ----------------------------------------------------------------------------------
 
@@ -907,7 +909,9 @@ class RaftNode:
             if m.src == self.transfer_target:
                 self._maybe_send_timeout_now(m.src)
             if self._maybe_commit():
-                self._broadcast_append(empty_ok=True)
+                self._broadcast_append()  # (the commit rides on the next REPLICATE/heartbeat)
+            if m.src not in self.progress:
+                pass  # (removed from the configuration by that commit)
             elif pr.next <= self.log.last_index or not was_replicating:
                 # Leaving probe: also tells the member the commit index it may now apply.
                 self._send_append(m.src, probe_empty=not was_replicating)
