@@ -48,6 +48,10 @@ RESTART_WINDOW = 60.0
 SNAPSHOTS_KEPT = 2
 MAX_GROUP = 1024
 """Commands in one proposal group (one log entry)."""
+SHORT_ENTRIES = 8
+SHORT_COMMANDS = 256
+"""At most this many entries and commands in an apply-only transaction run on the event loop's
+thread (a few hundred µs at most); a larger one goes to the storage thread."""
 COMMAND_OVERHEAD = 256
 """More than the JSON a log payload adds to its data and its ids (field names, numbers)."""
 
@@ -179,6 +183,7 @@ class RaftDriver:
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
         self.entries_applied = 0
+        self._saved_term_vote = (node.term, node.voted_for)
         self.applied_index = node.applied
         """The last log index whose effects are visible here: in storage and in the broker's
         in-memory views (the core's ``applied`` moves when a Ready is taken, before that)."""
@@ -436,6 +441,7 @@ class RaftDriver:
         # core still claiming to lead.
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
+        self._saved_term_vote = (self.node.term, self.node.voted_for)
         self.applied_index = self.node.applied
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
@@ -494,20 +500,27 @@ class RaftDriver:
         results: list[Any] = []
         if rd.must_sync or rd.committed_entries:
             started = time.perf_counter()
-            results = await self._worker.run(
-                functools.partial(
-                    self._store.save,
-                    hard_state=rd.hard_state,
-                    truncate_from=rd.truncate_from,
-                    entries=rd.entries,
-                    snapshot=snapshot,
-                    committed=rd.committed_entries,
-                )
+            save = functools.partial(
+                self._store.save,
+                hard_state=rd.hard_state,
+                truncate_from=rd.truncate_from,
+                entries=rd.entries,
+                snapshot=snapshot,
+                committed=rd.committed_entries,
             )
+            durable = self._durable(rd)
+            if durable or not self._short(rd.committed_entries):
+                results = await self._worker.run(save)
+            else:
+                # An apply-only transaction (no fsync) of a few entries: on this thread when
+                # the storage thread is idle, so the answers leave in this loop turn.
+                results = await getattr(self._worker, "run_short", self._worker.run)(save)
+            if rd.hard_state is not None:
+                self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
             self.transactions += 1
             if self.on_transaction is not None:
-                durable = "true" if rd.entries or rd.snapshot or rd.truncate_from else "false"
-                self.on_transaction.labels(durable).observe(time.perf_counter() - started)
+                label = "true" if durable else "false"
+                self.on_transaction.labels(label).observe(time.perf_counter() - started)
             self.entries_applied += len(rd.committed_entries)
             self._applied_bytes += sum(data_size(e.payload) for e in rd.committed_entries)
         for m in rd.persisted_messages:
@@ -551,6 +564,28 @@ class RaftDriver:
         if snapshot is not None:
             self.applied_index = max(self.applied_index, snapshot[0].index)
         self.node.advance()
+
+    def _durable(self, rd: raft.Ready) -> bool:
+        """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
+        entries, a snapshot, or a new term or vote."""
+        hs = rd.hard_state
+        return bool(
+            rd.entries
+            or rd.truncate_from is not None
+            or rd.snapshot is not None
+            or (hs is not None and (hs.term, hs.voted_for) != self._saved_term_vote)
+        )
+
+    @staticmethod
+    def _short(committed: tuple[Any, ...]) -> bool:
+        """A bound on the work of a transaction run on the event loop's thread."""
+        if len(committed) > SHORT_ENTRIES:
+            return False
+        commands = 0
+        for entry in committed:
+            payload = entry.payload
+            commands += len(payload.commands) if isinstance(payload, CommandGroup) else 1
+        return commands <= SHORT_COMMANDS
 
     def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
         store = self._store
