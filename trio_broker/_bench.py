@@ -38,6 +38,15 @@ from ._processes import start_node, stop_nodes
 from ._protocol import FrameDecoder, encode_frame
 
 PAYLOAD = "x" * 100
+WORKLOADS = (
+    "pipelined",
+    "connections",
+    "sequential",
+    "batch-appends",
+    "reads",
+    "batch-reads",
+    "failover",
+)
 DRAIN_SECONDS = 10.0
 
 
@@ -316,71 +325,79 @@ async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
         def at_most(name: str, metric: str, value: float, target: float) -> Figure:
             return Figure(name, metric, value, target, higher_is_better=False)
 
-        name = "pipelined appends, 32 conns x 16"
-        w = await workload(name, request=append, connections=32, window=16, processes=processes)
-        figures += [
-            Figure(name, "appends/s", w.rate, 75_000),
-            at_most(name, "p99 ms", w.percentile_ms(0.99), 25),
-            at_most(name, "broker CPU us/append", w.broker_us_per_item(), 20),
-        ]
-        name = "100 conns x 1 in flight"
-        w = await workload(name, request=append, connections=100, window=1, processes=processes)
-        figures.append(Figure(name, "appends/s", w.rate, 15_000))
-        name = "1 client, 1 append at a time"
-        w = await workload(name, request=append, connections=1, window=1, processes=1)
-        figures += [
-            at_most(name, "p50 ms", w.percentile_ms(0.5), 1),
-            at_most(name, "p99 ms", w.percentile_ms(0.99), 2.5),
-            at_most(name, "broker CPU us/append", w.broker_us_per_item(), 300),
-        ]
-        name = "batch appends, 100 per request, 8 conns x 4"
-        batch = {"operation": "APPEND_BATCH", "queue_name": queue, "values": [PAYLOAD] * 100}
-        w = await workload(
-            name,
-            request=batch,
-            connections=8,
-            window=4,
-            processes=processes,
-            items="batch_append",
-            batch=100,
-        )
-        figures.append(Figure(name, "appends/s", w.rate, 200_000))
-        name = "single-message READs, 32 conns x 16"
+        only = set(args.only.split(",")) if args.only else set(WORKLOADS)
         read = {"operation": "READ", "queue_name": queue}
-        w = await workload(
-            name,
-            request=read,
-            connections=32,
-            window=16,
-            processes=processes,
-            items="read",
-            client_prefix="R",
-        )
-        figures += [
-            Figure(name, "reads/s", w.rate, 40_000),
-            at_most(name, "p99 ms", w.percentile_ms(0.99), 25),
-        ]
-        name = "batched READs, 1000 per request, 4 conns x 4"
-        w = await workload(
-            name,
-            request=read | {"max_messages": 1000},
-            connections=4,
-            window=4,
-            processes=processes,
-            items="batch_read",
-            client_prefix="B",
-        )
-        figures.append(Figure(name, "messages/s", w.rate, 300_000))
-        # The generator's own budget, where it matters most: the pipelined workload, whose
-        # broker cost per request is the smallest (one request in flight per connection costs
-        # a wake-up of the generator per request, as it costs one of the brokers).
-        figures.append(
-            at_most("the generators, pipelined appends", "CPU us/request", rows[0].generator_us, 5)
-        )
+        if "pipelined" in only:
+            name = "pipelined appends, 32 conns x 16"
+            w = await workload(name, request=append, connections=32, window=16, processes=processes)
+            figures += [
+                Figure(name, "appends/s", w.rate, 75_000),
+                at_most(name, "p99 ms", w.percentile_ms(0.99), 25),
+                at_most(name, "broker CPU us/append", w.broker_us_per_item(), 20),
+            ]
+            # The generator's own budget where it matters most: the workload whose broker
+            # cost per request is the smallest (a connection with one request in flight
+            # costs the generator a wake-up per request, as it costs the brokers).
+            figures.append(
+                at_most(name, "generator CPU us/request", w.generator_us_per_request(), 5)
+            )
+        if "connections" in only:
+            name = "100 conns x 1 in flight"
+            w = await workload(name, request=append, connections=100, window=1, processes=processes)
+            figures.append(Figure(name, "appends/s", w.rate, 15_000))
+        if "sequential" in only:
+            name = "1 client, 1 append at a time"
+            w = await workload(name, request=append, connections=1, window=1, processes=1)
+            figures += [
+                at_most(name, "p50 ms", w.percentile_ms(0.5), 1),
+                at_most(name, "p99 ms", w.percentile_ms(0.99), 2.5),
+                at_most(name, "broker CPU us/append", w.broker_us_per_item(), 300),
+            ]
+        if "batch-appends" in only:
+            name = "batch appends, 100 per request, 8 conns x 4"
+            batch = {"operation": "APPEND_BATCH", "queue_name": queue, "values": [PAYLOAD] * 100}
+            w = await workload(
+                name,
+                request=batch,
+                connections=8,
+                window=4,
+                processes=processes,
+                items="batch_append",
+                batch=100,
+            )
+            figures.append(Figure(name, "appends/s", w.rate, 200_000))
+        if "reads" in only:
+            name = "single-message READs, 32 conns x 16"
+            w = await workload(
+                name,
+                request=read,
+                connections=32,
+                window=16,
+                processes=processes,
+                items="read",
+                client_prefix="R",
+            )
+            figures += [
+                Figure(name, "reads/s", w.rate, 40_000),
+                at_most(name, "p99 ms", w.percentile_ms(0.99), 25),
+            ]
+        if "batch-reads" in only:
+            name = "batched READs, 1000 per request, 4 conns x 4"
+            w = await workload(
+                name,
+                request=read | {"max_messages": 1000},
+                connections=4,
+                window=4,
+                processes=processes,
+                items="batch_read",
+                client_prefix="B",
+            )
+            figures.append(Figure(name, "messages/s", w.rate, 300_000))
         if members:
             rss = max(_rss_mb(p.pid) for _, p in members)
             figures.append(at_most("all of the above", "peak broker RSS MB", rss, 200))
-            figures.append(await _failover(members, queue, args.nodes))
+            if "failover" in only:
+                figures.append(await _failover(members, queue, args.nodes))
     return figures, rows
 
 
@@ -452,6 +469,11 @@ def add_bench_parser(subparsers: Any) -> None:
         type=int,
         default=0,
         help="load generator processes per workload (default: one per core)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help=f"run only these workloads, in the usual order ({','.join(WORKLOADS)})",
     )
     p.add_argument("--output", help="also write the figures as JSON to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
