@@ -115,10 +115,14 @@ async def test_leader_failure_elects_a_replica_that_holds_every_committed_entry(
     old_name = cluster.name_of(leader)
     queue_id = await create_queue(leader.port)
     acknowledged = [await append(leader.port, queue_id, i) for i in range(50)]
-    old_term = leader.node.term
+    old_term, committed = leader.node.term, leader.node.commit
     await cluster.stop(old_name)
     with trio.fail_after(DEADLINE):
         new_leader = await cluster.wait_for_leader()
+        # A new leader learns what its predecessor committed last by committing an entry of
+        # its own term (the commit index travels with the next REPLICATE or heartbeat, which
+        # the old leader did not live to send); then it applies it.
+        await wait_applied(new_leader, committed)
     assert new_leader.node.term > old_term
     assert await stored_messages(new_leader, queue_id) == [b"%d" % i for i in range(50)]
     assert acknowledged == list(range(1, 51))
