@@ -471,6 +471,14 @@ class RaftNode:
             or self.applied < self.commit
         )
 
+    def take_messages(self) -> list[Message]:
+        """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,
+        their answers, the leader's appends: nothing that promises what is being persisted),
+        so that a runtime busy persisting the outstanding Ready can still send them on time.
+        ``persisted_messages`` stay for the Ready. Allowed while a Ready is outstanding."""
+        msgs, self._msgs = self._msgs, []
+        return msgs
+
     def ready(self) -> Ready:
         """Take the pending effects. Call :meth:`advance` once they are done."""
         if self._inflight is not None:

@@ -201,6 +201,8 @@ class RaftDriver:
             self._start_snapshot_fetch(message)
             return
         self.node.step(message)
+        if self.peers is not None:
+            self._send_loose()  # (heartbeat answers, the leader's next appends: at once)
         if isinstance(message, TimeoutNow) and self.node.role is raft.Role.CANDIDATE:
             self._timeout_now_term = self.node.term
             log_event(
@@ -459,7 +461,6 @@ class RaftDriver:
         return self._store.raft_state(), self._read_views()
 
     async def _drive(self) -> None:
-        tick = self.config.tick_seconds
         if self.node.config.voters == {self.broker_id}:
             # The only voter needs nobody's vote: campaign now rather than after an
             # election timeout (the core still runs a full, persisted election).
@@ -467,28 +468,47 @@ class RaftDriver:
                 if self.node.role is not raft.Role.FOLLOWER:
                     break
                 self.node.tick()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._clock)
+            while True:
+                self._wake = trio.Event()
+                if self._snapshot_requests:
+                    # Here no Ready is outstanding: storage has applied exactly node.applied.
+                    self._compact_now()
+                if self._proposals:
+                    self._flush_proposals()
+                if self.node.has_ready():
+                    await self._handle_ready(self.node.ready())
+                    self._after_advance()
+                    continue
+                await self._wake.wait()
+
+    async def _clock(self) -> None:
+        """The heartbeat sender, failure detector and elector: the core's clock, on its own
+        timer. Heartbeats (and whatever else a tick sends that promises nothing durable)
+        leave at once, never behind a storage transaction; what must be persisted first (a
+        campaign's term and vote) goes to the next Ready."""
+        tick = self.config.tick_seconds
         next_tick = trio.current_time() + tick
         while True:
-            self._wake = trio.Event()
-            now = trio.current_time()
-            if now >= next_tick:
-                behind = int((now - next_tick) // tick) + 1
-                # After a long stall, do not replay every missed tick at once.
-                for _ in range(min(behind, 3)):
-                    self.node.tick()
-                next_tick += behind * tick
-                self._note_role()
-            if self._snapshot_requests:
-                # Here no Ready is outstanding: storage has applied exactly node.applied.
-                self._compact_now()
-            if self._proposals:
-                self._flush_proposals()
+            await trio.sleep_until(next_tick)
+            behind = int((trio.current_time() - next_tick) // tick) + 1
+            # After a long stall, do not replay every missed tick at once.
+            for _ in range(min(behind, 3)):
+                self.node.tick()
+            next_tick += behind * tick
+            self._send_loose()
+            self._note_role()
+            if self.node.is_leader:
+                self._leader_housekeeping()
             if self.node.has_ready():
-                await self._handle_ready(self.node.ready())
-                self._after_advance()
-                continue
-            with trio.move_on_at(next_tick):
-                await self._wake.wait()
+                self.wake()
+
+    def _send_loose(self) -> None:
+        """Send the core's messages that need no Ready (see RaftNode.take_messages)."""
+        assert self.peers is not None
+        for m in self.node.take_messages():
+            self.peers.send(m)
 
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
