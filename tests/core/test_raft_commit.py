@@ -55,3 +55,34 @@ def test_replicas_learn_the_commit_from_the_next_replicate():
     for i in (2, 3):
         assert cluster.node(i).commit == first
         assert cluster.applied[i][-1].index == first
+
+
+def test_a_ready_applies_a_bounded_number_of_entries():
+    """A replica that learns of many committed entries at once applies them over several
+    Readies of at most ``max_apply`` entries (a bounded transaction each), in order, all."""
+    cluster = Cluster((1, 2, 3), max_apply=4)
+    leader = cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    cluster.isolate(3)
+    for i in range(10):
+        leader.propose(AppendMessage("q", str(i).encode()))
+        cluster.stabilize()
+    cluster.tick(n=leader.heartbeat_ticks)
+    cluster.heal()
+    lagging = cluster.node(3)
+    sizes = []
+    take = lagging.ready
+
+    def ready():
+        rd = take()
+        sizes.append(len(rd.committed_entries))
+        return rd
+
+    lagging.ready = ready
+    cluster.tick(n=4 * leader.heartbeat_ticks)
+    assert max(sizes) == 4
+    assert sum(sizes) >= 10
+    assert lagging.applied == leader.commit
+    assert [e.index for e in cluster.applied[3]] == list(range(1, leader.commit + 1))
+    assert cluster.apps[3] == cluster.apps[1]

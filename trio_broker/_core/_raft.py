@@ -210,6 +210,7 @@ class RaftNode:
         heartbeat_ticks: int = 2,
         failure_timeout_ticks: int | None = None,
         max_batch: int = 64,
+        max_apply: int = 256,
         pre_vote: bool = True,
         check_quorum: bool = True,
     ) -> None:
@@ -221,6 +222,9 @@ class RaftNode:
         self.heartbeat_ticks = heartbeat_ticks
         self.failure_timeout_ticks = failure_timeout_ticks or election_ticks
         self.max_batch = max_batch
+        self.max_apply = max_apply
+        """At most this many committed entries in one Ready: a bound on the work of the
+        runtime's transaction that applies them (a replica catching up applies in steps)."""
         # Without any ack for this long, the leader assumes a loss and probes again.
         self._resend_ticks = max(2 * heartbeat_ticks, election_ticks // 2)
         self.pre_vote = pre_vote
@@ -491,8 +495,9 @@ class RaftNode:
         trunc, entries = self.log.take_unstable()
         committed: list[Entry] = []
         if self.applied < self.commit:
-            committed = self.log.slice(self.applied + 1, self.commit + 1)
-            self.applied = self.commit
+            upto = min(self.commit, self.applied + self.max_apply)
+            committed = self.log.slice(self.applied + 1, upto + 1)
+            self.applied = upto
         rd = Ready(
             hard_state=hs if hs != self._persisted_hs else None,
             truncate_from=trunc,
