@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,10 +21,11 @@ from trio_broker._core._commands import (
     SetRetention,
 )
 from trio_broker._core._raft import RaftNode
-from trio_broker._core._raft_messages import Config, HardState, SnapshotMeta
+from trio_broker._core._raft_messages import Config, HardState, Heartbeat, SnapshotMeta
 from trio_broker._protocol._entries import encode_payload
 from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime._driver import Pending, RaftDriver, _encoded_bound
+from trio_broker.testing._sim_cluster import Cluster
 
 CAPACITY = 4
 
@@ -105,3 +109,73 @@ def test_the_group_size_bound_is_an_upper_bound_of_the_encoded_size(commands):
         assert _encoded_bound(command) >= len(encode_payload(command))
     group = CommandGroup(tuple(commands))
     assert sum(_encoded_bound(c) for c in commands) + 64 >= len(encode_payload(group))
+
+
+class _Fleet:
+    """Stands in for the peer links: records what the driver sends, and when."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, Any]] = []
+
+    def send(self, message: Any) -> None:
+        self.sent.append((trio.current_time(), message))
+
+    def ensure(self, peers: Any) -> None:
+        pass
+
+
+class _StuckWorker:
+    """A storage thread whose every job waits for ``release`` (an fsync that hangs)."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.started = 0
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        self.started += 1
+        await self.release.wait()
+        return fn(*args)
+
+
+class _Store:
+    def save(self, *, committed: Any = (), **_: Any) -> list[None]:
+        return [None for _ in committed]
+
+
+async def test_heartbeats_leave_on_time_while_a_transaction_is_stuck(tmp_path, autojump_clock):
+    """Issue 3's closing note: heartbeats left only between storage transactions, so a slow
+    fsync on the leader let its followers time out. The driver's clock sends them on its own
+    timer while a Ready's transaction is still running."""
+    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
+    node = Cluster(ids).elect("B-AAAAA")
+    worker, fleet = _StuckWorker(), _Fleet()
+    config = BrokerConfig(data_dir=tmp_path, heartbeat_interval=0.2, failure_timeout=1.5)
+    driver = RaftDriver(
+        ids[0],
+        "G-AAAAA",
+        ("127.0.0.1", 1),
+        config,
+        network=None,
+        store=_Store(),
+        worker=worker,
+        node=node,
+        addresses={},
+        on_applied=lambda payload, result: None,
+        on_snapshot=lambda queues, retained: None,
+    )
+    driver.peers = fleet
+    async with trio.open_nursery() as nursery:
+        driver._nursery = nursery
+        nursery.start_soon(driver._drive)
+        pending = await driver.propose(CreateQueue("Q-AAAAA00001"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.started == 1  # the proposal's transaction, stuck
+        stuck_at = trio.current_time()
+        await trio.sleep(0.65)
+        beats = [m for t, m in fleet.sent if t > stuck_at and isinstance(m, Heartbeat)]
+        assert worker.started == 1 and not pending.done
+        # one heartbeat every heartbeat_interval (2 ticks of the core) to each follower
+        assert {m.dst for m in beats} == {"B-BBBBB", "B-CCCCC"}
+        assert len(beats) >= 2 * 3
+        worker.release.set()
+        nursery.cancel_scope.cancel()

@@ -598,6 +598,62 @@ async def test_caller_cancelled_before_submitting_runs_nothing():
         assert calls == ["later"]
 
 
+async def test_a_short_job_runs_here_when_the_thread_is_idle_and_never_beside_a_job():
+    """run_short runs on the trio thread only when no job is queued or running on the storage
+    thread; otherwise it waits behind them there, so the connection is never used by two
+    threads at once and jobs keep their order."""
+    trio_thread = threading.get_ident()
+    started = threading.Event()
+    release = threading.Event()
+    order = []
+
+    def long_job():
+        started.set()
+        release.wait(10)
+        order.append("long")
+        return threading.get_ident()
+
+    def short_job():
+        order.append("short")
+        return threading.get_ident()
+
+    async with open_storage_worker() as worker:
+        storage_thread = await worker.run(threading.get_ident)
+        assert await worker.run_short(short_job) == trio_thread
+        assert worker.ran_here == 1
+        order.clear()
+        results = {}
+
+        async def run_long():
+            results["long"] = await worker.run(long_job)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_long)
+            await trio.to_thread.run_sync(started.wait)
+
+            async def run_short():
+                results["short"] = await worker.run_short(short_job)
+
+            nursery.start_soon(run_short)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == []  # the short job waits behind the running one
+            release.set()
+        assert order == ["long", "short"]
+        assert results == {"long": storage_thread, "short": storage_thread}
+        # Idle again: here.
+        assert await worker.run_short(short_job) == trio_thread
+
+
+async def test_a_cancelled_short_job_does_not_run():
+    calls = []
+    async with open_storage_worker() as worker:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await worker.run_short(calls.append, "should not run")
+        assert scope.cancelled_caught
+        assert calls == []
+
+
 async def test_store_through_worker(tmp_path):
     async with open_storage_worker() as worker:
         store = await worker.run(Store, tmp_path)

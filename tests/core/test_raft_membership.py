@@ -30,6 +30,8 @@ def fill(cluster, count, queue="q"):
     for i in range(count):
         cluster.propose(AppendMessage(queue, str(i).encode()))
     cluster.stabilize()
+    # the last commit index reaches the replicas with the next heartbeat
+    cluster.tick(n=cluster.leader().heartbeat_ticks)
 
 
 def test_membership_change_one_at_a_time():

@@ -220,6 +220,7 @@ class RaftNode:
         heartbeat_ticks: int = 2,
         failure_timeout_ticks: int | None = None,
         max_batch: int = 64,
+        max_apply: int = 256,
         pre_vote: bool = True,
         check_quorum: bool = True,
         acknowledged: int | None = None,
@@ -232,6 +233,9 @@ class RaftNode:
         self.heartbeat_ticks = heartbeat_ticks
         self.failure_timeout_ticks = failure_timeout_ticks or election_ticks
         self.max_batch = max_batch
+        self.max_apply = max_apply
+        """At most this many committed entries in one Ready: a bound on the work of the
+        runtime's transaction that applies them (a replica catching up applies in steps)."""
         # Without any ack for this long, the leader assumes a loss and probes again.
         self._resend_ticks = max(2 * heartbeat_ticks, election_ticks // 2)
         self.pre_vote = pre_vote
@@ -486,6 +490,14 @@ class RaftNode:
             or self.applied < self.commit
         )
 
+    def take_messages(self) -> list[Message]:
+        """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,
+        their answers, the leader's appends: nothing that promises what is being persisted),
+        so that a runtime busy persisting the outstanding Ready can still send them on time.
+        ``persisted_messages`` stay for the Ready. Allowed while a Ready is outstanding."""
+        msgs, self._msgs = self._msgs, []
+        return msgs
+
     def ready(self) -> Ready:
         """Take the pending effects. Call :meth:`advance` once they are done."""
         if self._inflight is not None:
@@ -498,8 +510,9 @@ class RaftNode:
         trunc, entries = self.log.take_unstable()
         committed: list[Entry] = []
         if self.applied < self.commit:
-            committed = self.log.slice(self.applied + 1, self.commit + 1)
-            self.applied = self.commit
+            upto = min(self.commit, self.applied + self.max_apply)
+            committed = self.log.slice(self.applied + 1, upto + 1)
+            self.applied = upto
         rd = Ready(
             hard_state=hs if hs != self._persisted_hs else None,
             truncate_from=trunc,
@@ -527,7 +540,9 @@ class RaftNode:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
         if self.role is Role.LEADER and self._maybe_commit():
-            self._broadcast_append(empty_ok=True)
+            # The new commit index rides on the next REPLICATE or heartbeat: no message (and
+            # no transaction on every replica) just to spread it.
+            self._broadcast_append()
 
     # -- step ----------------------------------------------------------------------------------
 
@@ -933,7 +948,9 @@ class RaftNode:
             if m.src == self.transfer_target:
                 self._maybe_send_timeout_now(m.src)
             if self._maybe_commit():
-                self._broadcast_append(empty_ok=True)
+                self._broadcast_append()  # (the commit rides on the next REPLICATE/heartbeat)
+            if m.src not in self.progress:
+                pass  # (removed from the configuration by that commit)
             elif pr.next <= self.log.last_index or not was_replicating:
                 # Leaving probe: also tells the member the commit index it may now apply.
                 self._send_append(m.src, probe_empty=not was_replicating)

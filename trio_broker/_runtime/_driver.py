@@ -48,6 +48,10 @@ RESTART_WINDOW = 60.0
 SNAPSHOTS_KEPT = 2
 MAX_GROUP = 1024
 """Commands in one proposal group (one log entry)."""
+SHORT_ENTRIES = 8
+SHORT_COMMANDS = 256
+"""At most this many entries and commands in an apply-only transaction run on the event loop's
+thread (a few hundred µs at most); a larger one goes to the storage thread."""
 COMMAND_OVERHEAD = 256
 """More than the JSON a log payload adds to its data and its ids (field names, numbers)."""
 
@@ -179,6 +183,7 @@ class RaftDriver:
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
         self.entries_applied = 0
+        self._saved_term_vote = (node.term, node.voted_for)
         self.applied_index = node.applied
         """The last log index whose effects are visible here: in storage and in the broker's
         in-memory views (the core's ``applied`` moves when a Ready is taken, before that)."""
@@ -196,6 +201,8 @@ class RaftDriver:
             self._start_snapshot_fetch(message)
             return
         self.node.step(message)
+        if self.peers is not None:
+            self._send_loose()  # (heartbeat answers, the leader's next appends: at once)
         if isinstance(message, TimeoutNow) and self.node.role is raft.Role.CANDIDATE:
             self._timeout_now_term = self.node.term
             log_event(
@@ -436,6 +443,7 @@ class RaftDriver:
         # core still claiming to lead.
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
+        self._saved_term_vote = (self.node.term, self.node.voted_for)
         self.applied_index = self.node.applied
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
@@ -453,7 +461,6 @@ class RaftDriver:
         return self._store.raft_state(), self._read_views()
 
     async def _drive(self) -> None:
-        tick = self.config.tick_seconds
         if self.node.config.voters == {self.broker_id}:
             # The only voter needs nobody's vote: campaign now rather than after an
             # election timeout (the core still runs a full, persisted election).
@@ -461,28 +468,47 @@ class RaftDriver:
                 if self.node.role is not raft.Role.FOLLOWER:
                     break
                 self.node.tick()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._clock)
+            while True:
+                self._wake = trio.Event()
+                if self._snapshot_requests:
+                    # Here no Ready is outstanding: storage has applied exactly node.applied.
+                    self._compact_now()
+                if self._proposals:
+                    self._flush_proposals()
+                if self.node.has_ready():
+                    await self._handle_ready(self.node.ready())
+                    self._after_advance()
+                    continue
+                await self._wake.wait()
+
+    async def _clock(self) -> None:
+        """The heartbeat sender, failure detector and elector: the core's clock, on its own
+        timer. Heartbeats (and whatever else a tick sends that promises nothing durable)
+        leave at once, never behind a storage transaction; what must be persisted first (a
+        campaign's term and vote) goes to the next Ready."""
+        tick = self.config.tick_seconds
         next_tick = trio.current_time() + tick
         while True:
-            self._wake = trio.Event()
-            now = trio.current_time()
-            if now >= next_tick:
-                behind = int((now - next_tick) // tick) + 1
-                # After a long stall, do not replay every missed tick at once.
-                for _ in range(min(behind, 3)):
-                    self.node.tick()
-                next_tick += behind * tick
-                self._note_role()
-            if self._snapshot_requests:
-                # Here no Ready is outstanding: storage has applied exactly node.applied.
-                self._compact_now()
-            if self._proposals:
-                self._flush_proposals()
+            await trio.sleep_until(next_tick)
+            behind = int((trio.current_time() - next_tick) // tick) + 1
+            # After a long stall, do not replay every missed tick at once.
+            for _ in range(min(behind, 3)):
+                self.node.tick()
+            next_tick += behind * tick
+            self._send_loose()
+            self._note_role()
+            if self.node.is_leader:
+                self._leader_housekeeping()
             if self.node.has_ready():
-                await self._handle_ready(self.node.ready())
-                self._after_advance()
-                continue
-            with trio.move_on_at(next_tick):
-                await self._wake.wait()
+                self.wake()
+
+    def _send_loose(self) -> None:
+        """Send the core's messages that need no Ready (see RaftNode.take_messages)."""
+        assert self.peers is not None
+        for m in self.node.take_messages():
+            self.peers.send(m)
 
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
@@ -494,20 +520,27 @@ class RaftDriver:
         results: list[Any] = []
         if rd.must_sync or rd.committed_entries:
             started = time.perf_counter()
-            results = await self._worker.run(
-                functools.partial(
-                    self._store.save,
-                    hard_state=rd.hard_state,
-                    truncate_from=rd.truncate_from,
-                    entries=rd.entries,
-                    snapshot=snapshot,
-                    committed=rd.committed_entries,
-                )
+            save = functools.partial(
+                self._store.save,
+                hard_state=rd.hard_state,
+                truncate_from=rd.truncate_from,
+                entries=rd.entries,
+                snapshot=snapshot,
+                committed=rd.committed_entries,
             )
+            durable = self._durable(rd)
+            if durable or not self._short(rd.committed_entries):
+                results = await self._worker.run(save)
+            else:
+                # An apply-only transaction (no fsync) of a few entries: on this thread when
+                # the storage thread is idle, so the answers leave in this loop turn.
+                results = await getattr(self._worker, "run_short", self._worker.run)(save)
+            if rd.hard_state is not None:
+                self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
             self.transactions += 1
             if self.on_transaction is not None:
-                durable = "true" if rd.entries or rd.snapshot or rd.truncate_from else "false"
-                self.on_transaction.labels(durable).observe(time.perf_counter() - started)
+                label = "true" if durable else "false"
+                self.on_transaction.labels(label).observe(time.perf_counter() - started)
             self.entries_applied += len(rd.committed_entries)
             self._applied_bytes += sum(data_size(e.payload) for e in rd.committed_entries)
         for m in rd.persisted_messages:
@@ -551,6 +584,28 @@ class RaftDriver:
         if snapshot is not None:
             self.applied_index = max(self.applied_index, snapshot[0].index)
         self.node.advance()
+
+    def _durable(self, rd: raft.Ready) -> bool:
+        """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
+        entries, a snapshot, or a new term or vote."""
+        hs = rd.hard_state
+        return bool(
+            rd.entries
+            or rd.truncate_from is not None
+            or rd.snapshot is not None
+            or (hs is not None and (hs.term, hs.voted_for) != self._saved_term_vote)
+        )
+
+    @staticmethod
+    def _short(committed: tuple[Any, ...]) -> bool:
+        """A bound on the work of a transaction run on the event loop's thread."""
+        if len(committed) > SHORT_ENTRIES:
+            return False
+        commands = 0
+        for entry in committed:
+            payload = entry.payload
+            commands += len(payload.commands) if isinstance(payload, CommandGroup) else 1
+        return commands <= SHORT_COMMANDS
 
     def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
         store = self._store

@@ -1,0 +1,213 @@
+"""The bench's load generator: one process, one thread, one epoll loop, raw frames.
+
+``python -m trio_broker bench`` starts one of these per core for each workload. It measures the
+brokers, not itself: every request is a frame encoded once before the run (4-byte length, JSON
+object: docs/protocol.md's framing), answers are classified by looking at their bytes (no JSON
+decoding on the hot path), and the loop's own CPU time is reported so the bench can print it
+next to the brokers'. Standard library and orjson only: no trio, no trio_broker imports.
+
+Input: one JSON object on stdin (see :func:`main`). Output: one JSON object on stdout with the
+counts, the latencies in microseconds, the measured window and the loop's CPU seconds. Progress
+goes to stderr once a second. Bounded: ``seconds`` of load, then at most ``drain_seconds`` to
+collect the answers still in flight; a connection the broker closes ends that connection only.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import selectors
+import socket
+import sys
+import time
+from typing import Any
+
+import orjson
+
+HEADER = 4
+RECEIVE = 1 << 18
+SUCCESS = b'"status":"success"'
+SEQUENCE = b'"sequence_num"'
+BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def frame(request: dict[str, Any]) -> bytes:
+    body = orjson.dumps(request)
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+class _Conn:
+    __slots__ = ("client", "frame", "inbox", "outbox", "rotations", "sent", "sock", "template")
+
+    def __init__(self, sock: socket.socket, template: dict[str, Any], client: str | None) -> None:
+        self.sock = sock
+        self.template = template
+        self.client = client
+        self.rotations = 0
+        self.frame = frame(self._request())
+        self.inbox = bytearray()
+        self.outbox = b""
+        self.sent: collections.deque[float] = collections.deque()
+
+    def _request(self) -> dict[str, Any]:
+        if self.client is None:
+            return self.template
+        return self.template | {"client_id": self.client}
+
+    def rotate(self) -> None:
+        """A reader that read everything starts over as a new client (its own position)."""
+        assert self.client is not None
+        self.rotations += 1
+        self.client = self.client[:3] + "".join(random.choices(BASE36, k=4))
+        self.frame = frame(self._request())
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port = spec["host"], spec["port"]
+    window = spec["window"]
+    items_mode = spec.get("items", "one")  # one | batch_append | read | batch_read
+    batch = spec.get("batch", 1)
+    template = spec["request"]
+    clients = spec.get("clients")  # one client id per connection, for reads
+    sel = selectors.DefaultSelector()
+    conns: list[_Conn] = []
+    for i in range(spec["connections"]):
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        conn = _Conn(sock, template, clients[i] if clients else None)
+        conns.append(conn)
+        sel.register(sock, selectors.EVENT_READ, conn)
+
+    ok = errors = items = 0
+    latencies: list[int] = []
+    record = latencies.append
+    start_at = spec.get("start_at", 0.0)
+    while (delay := start_at - time.time()) > 0:
+        time.sleep(min(delay, 0.5))
+    cpu0 = time.process_time()
+    start = now = time.perf_counter()
+    stop = start + spec["seconds"]
+    give_up = stop + spec.get("drain_seconds", 10.0)
+    next_report, last_items = start + 1.0, 0
+    in_flight = 0
+    stopping = False
+    closed = 0
+
+    def send(conn: _Conn, count: int) -> None:
+        nonlocal in_flight
+        conn.sent.extend([now] * count)
+        in_flight += count
+        data = conn.outbox + conn.frame * count
+        try:
+            n = conn.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        conn.outbox = data[n:]
+        if conn.outbox:
+            sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+
+    for conn in conns:
+        send(conn, window)
+    last_answer = start
+    while in_flight and closed < len(conns):
+        events = sel.select(0.2)
+        now = time.perf_counter()
+        if not stopping and now >= stop:
+            stopping = True
+        if stopping and now >= give_up:
+            break
+        for key, mask in events:
+            conn = key.data
+            if mask & selectors.EVENT_WRITE:
+                try:
+                    n = conn.sock.send(conn.outbox)
+                except BlockingIOError:
+                    n = 0
+                conn.outbox = conn.outbox[n:]
+                if not conn.outbox:
+                    sel.modify(conn.sock, selectors.EVENT_READ, conn)
+            if not mask & selectors.EVENT_READ:
+                continue
+            try:
+                data = conn.sock.recv(RECEIVE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(conn.sock)
+                conn.sock.close()
+                closed += 1
+                errors += len(conn.sent)
+                in_flight -= len(conn.sent)
+                conn.sent.clear()
+                continue
+            inbox = conn.inbox
+            inbox += data
+            pos, size, answered, rotate = 0, len(inbox), 0, False
+            while size - pos >= HEADER:
+                end = pos + HEADER + int.from_bytes(inbox[pos : pos + HEADER], "big")
+                if end > size:
+                    break
+                body, pos = pos + HEADER, end
+                answered += 1
+                record(int((now - conn.sent.popleft()) * 1e6))
+                if inbox.find(SUCCESS, body, end) < 0:
+                    errors += 1
+                    continue
+                ok += 1
+                if items_mode == "one":
+                    items += 1
+                elif items_mode == "batch_append":
+                    items += batch
+                else:
+                    got = inbox.count(SEQUENCE, body, end)
+                    items += got
+                    rotate = rotate or got == 0
+            if pos:
+                del inbox[:pos]
+            if answered:
+                in_flight -= answered
+                last_answer = now
+                if rotate and conn.client is not None:
+                    conn.rotate()
+                if not stopping:
+                    send(conn, answered)
+        if now >= next_report:
+            print(
+                f"    {now - start:4.0f} s  {items - last_items:>9,}/s  {errors} errors",
+                file=sys.stderr,
+                flush=True,
+            )
+            next_report, last_items = now + 1.0, items
+    cpu = time.process_time() - cpu0
+    for conn in conns:
+        conn.sock.close()
+    return {
+        "ok": ok,
+        "errors": errors,
+        "items": items,
+        "unanswered": in_flight,
+        "elapsed": max(last_answer - start, 1e-9),
+        "cpu": cpu,
+        "latencies_us": latencies,
+    }
+
+
+def main() -> int:
+    """Read the workload spec (JSON) on stdin; write the result (JSON) on stdout.
+
+    Spec fields: ``host``, ``port``, ``connections``, ``window`` (requests in flight on each),
+    ``seconds``, ``request`` (the request object), optionally ``clients`` (one client id per
+    connection, set on its request), ``items`` (``one``, ``batch_append`` with ``batch``,
+    ``read``, ``batch_read``: what an answer counts as), ``start_at`` (a ``time.time()`` to
+    start at, so that several generators start together) and ``drain_seconds``.
+    """
+    spec = orjson.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(orjson.dumps(run(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
