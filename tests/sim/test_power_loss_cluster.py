@@ -35,8 +35,17 @@ def test_whole_cluster_power_cuts_long(seed: int) -> None:
 
 def test_whole_cluster_power_cuts_catch_synchronous_off() -> None:
     """The runner has teeth: with the apply-only commits at synchronous=OFF (issue 16's bug)
-    a cut leaves a store malformed or loses acknowledged appends."""
+    a cut leaves a store malformed or loses acknowledged appends. Not every seed's cuts land
+    where OFF hurts (about half do, and which ones moves with the core's timing), so a few
+    seeds are run and at least three must catch it; the runs are deterministic."""
     import apsw
 
-    with pytest.raises((PowerLossFailure, apsw.CorruptError)):
-        run_seed(1, cuts=3, steps_between=250, autocheckpoint=100, on_open=synchronous_off_mutant)
+    caught = []
+    for seed in range(1, 9):
+        try:
+            run_seed(
+                seed, cuts=3, steps_between=250, autocheckpoint=100, on_open=synchronous_off_mutant
+            )
+        except (PowerLossFailure, apsw.CorruptError):
+            caught.append(seed)
+    assert len(caught) >= 3, caught
