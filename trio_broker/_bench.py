@@ -34,7 +34,7 @@ import attrs
 import orjson
 import trio
 
-from ._processes import start_node, stop_nodes
+from ._cli._processes import start_node, stop_nodes
 from ._protocol import FrameDecoder, encode_frame
 
 PAYLOAD = "x" * 100
