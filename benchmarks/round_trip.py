@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import trio
 
-from trio_broker import _bench
+from trio_broker._cli import _bench
 from trio_broker._protocol import FrameDecoder, encode_frame
 
 ECHOES = 5000

@@ -7,7 +7,7 @@ import threading
 
 import orjson
 
-from trio_broker import _loadgen
+from trio_broker._cli import _loadgen
 
 
 def _serve(listener: socket.socket, stop: threading.Event) -> None:

@@ -2,9 +2,9 @@
 
 One module per command: ``_node`` (run a broker; its settings in ``_node_options``),
 ``_client`` (talk to brokers; ``_reach`` asks every seed at once), ``_cluster`` (a supervised
-local cluster, its processes in ``_processes``) and ``_backup`` (backup and restore); the
-benchmark command lives in ``trio_broker._bench``. Seeds are parsed in ``_seeds`` and exit
-statuses are defined in ``_exit``, for every command alike.
+local cluster, its processes in ``_processes``), ``_backup`` (backup and restore) and
+``_bench`` (the benchmarks, their load generator in ``_loadgen``). Seeds are parsed in
+``_seeds`` and exit statuses are defined in ``_exit``, for every command alike.
 """
 
 from ._main import build_parser, main

@@ -33,7 +33,7 @@ def build_parser(prog: str = "trio-broker") -> argparse.ArgumentParser:
     add_node_parser(subparsers)
     add_cluster_parser(subparsers)
     add_client_parser(subparsers)
-    from .._bench import add_bench_parser
+    from ._bench import add_bench_parser
 
     add_bench_parser(subparsers)
     add_backup_parsers(subparsers)
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trio-broker") -> int
     if args.command == "cluster":
         return run_cluster(args)
     if args.command == "bench":
-        from .._bench import run_bench
+        from ._bench import run_bench
 
         return run_bench(args)
     if args.command in ("backup", "restore"):

@@ -2,7 +2,7 @@
 
 Starts a local cluster of broker processes on 127.0.0.1 (three by default; or targets
 ``--seed``), then drives each workload with independent load generators
-(:mod:`trio_broker._loadgen`: one process per core, each one epoll thread driving its
+(:mod:`trio_broker._cli._loadgen`: one process per core, each one epoll thread driving its
 connections with frames encoded before the run). For each workload it reads every broker's CPU
 time from ``/proc/<pid>/stat`` before and after, and prints the brokers' CPU per item next to
 the generators' own CPU per request, so that the table shows what the brokers cost and that the
@@ -34,8 +34,8 @@ import attrs
 import orjson
 import trio
 
-from ._cli._processes import start_node, stop_nodes
-from ._protocol import FrameDecoder, encode_frame
+from .._protocol import FrameDecoder, encode_frame
+from ._processes import start_node, stop_nodes
 
 PAYLOAD = "x" * 100
 WORKLOADS = (
@@ -234,7 +234,7 @@ async def _generate(
 
     async def one(spec: dict[str, Any]) -> None:
         done = await trio.run_process(
-            [sys.executable, "-m", "trio_broker._loadgen"],
+            [sys.executable, "-m", "trio_broker._cli._loadgen"],
             stdin=orjson.dumps(spec),
             capture_stdout=True,
             stderr=None,
