@@ -15,6 +15,13 @@ restriction, pre-vote, check-quorum, log matching with a term-skipping hint, com
 current-term entries only, a no-op entry per new leader, single-server membership changes that
 take effect when appended, learners, compaction with snapshot install (DATA_SYNC), and
 leadership transfer (``transfer_leadership``: TIMEOUT_NOW, thesis 3.10).
+
+Why one module of over a thousand lines: ``RaftNode`` is one state machine whose rules
+(elections, replication, commit, membership, transfer, snapshots) read and write the same
+fields (term, role, log, progress) and check each other's invariants; split across modules
+they would have to reach into one object's state from outside, which etcd raft's ``raft.go``
+also avoids. What is separable already lives apart: the log (``_raft_log``), the messages and
+entries (``_raft_messages``).
 """
 
 from __future__ import annotations
