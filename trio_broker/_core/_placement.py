@@ -202,11 +202,26 @@ def _reducing_path(
 
 
 def leaving_source(cmap: ClusterMap, rec: GroupRecord) -> str | None:
-    """The voter a group's move takes away: its source, unless the move is being undone (its
-    target left), when the source stays."""
-    if rec.move is None or not _stays(cmap, rec.move.target):
+    """The voter a group's move takes away: its source, unless the move is being undone
+    (:func:`is_undoing`), when the source stays."""
+    if rec.move is None or is_undoing(cmap, rec):
         return None
     return rec.move.source
+
+
+def is_undoing(cmap: ClusterMap, rec: GroupRecord) -> bool:
+    """The group's move is being undone: its target left (drains), and taking the target out
+    again is what brings the group back to brokers that stay. It is not when the target already
+    votes and its source is a voter that leaves too: undoing would keep a leaving source in
+    place of a leaving target, and its leadership may have nowhere to go (every other voter
+    leaving), so the move goes forward instead (its source is removed, the move completes) and
+    a new move takes the target's replica away like any other on a leaving broker."""
+    move = rec.move
+    if move is None or _stays(cmap, move.target):
+        return False
+    return (
+        move.target not in rec.voters or move.source not in rec.voters or _stays(cmap, move.source)
+    )
 
 
 def _stays(cmap: ClusterMap, broker_id: str) -> bool:
@@ -273,12 +288,27 @@ def removal_is_safe(cmap: ClusterMap, rec: GroupRecord, broker_id: str) -> bool:
 def _removal(
     cmap: ClusterMap, rec: GroupRecord, broker_id: str, leader: str | None, target: str | None
 ) -> Move | None:
-    """The next step towards removing ``broker_id`` from a group led by ``leader``."""
+    """The next step towards removing ``broker_id`` from a group led by ``leader``: hand its
+    leadership to ``target`` first (or, with no target, to :func:`_resting_leader`)."""
     if leader == broker_id:
-        return None if target in (None, broker_id) else TransferLeader(rec.group_id, target)
+        if target in (None, broker_id):
+            target = _resting_leader(cmap, rec, broker_id)
+        return None if target is None else TransferLeader(rec.group_id, target)
     if broker_id in rec.learners or removal_is_safe(cmap, rec, broker_id):
         return RemoveReplica(rec.group_id, broker_id)
     return None
+
+
+def _resting_leader(cmap: ClusterMap, rec: GroupRecord, broker_id: str) -> str | None:
+    """Where a leader being removed hands over when no voter that stays is alive: another live
+    voter although it leaves too, the move's target first (its replica stays longest), so that
+    the removal can go on; leadership moves again once a voter that stays is added. None while
+    the removal itself would not be safe (leadership then stays where it is)."""
+    if not removal_is_safe(cmap, rec, broker_id):
+        return None
+    first = rec.move.target if rec.move is not None else None
+    live = [v for v in rec.voters if v != broker_id and cmap.is_alive(v)]
+    return min(live, key=lambda v: (v != first, v), default=None)
 
 
 def _move_step(
@@ -289,16 +319,22 @@ def _move_step(
     assert move is not None
     t, replicas = move.target, rec.replicas
     led = leader is not None and cmap.is_alive(leader) and leader in rec.voters
-    if not _stays(cmap, t):  # the target left: undo what was done, then forget the move
-        if t not in replicas:
+    if not _stays(cmap, t):  # the target left
+        if t not in replicas:  # nothing to undo: forget the move
             return AbandonReplicaMove(rec.group_id)
-        return _removal(cmap, rec, t, leader, target) if led else None
-    if not led or not cmap.is_alive(t):
-        return None
-    if t not in replicas:
-        return AddLearner(rec.group_id, t)
-    if t in rec.learners:
-        return PromoteLearner(rec.group_id, t)
+        if not led:
+            return None
+        if is_undoing(cmap, rec):  # take the target out again, then forget the move
+            return _removal(cmap, rec, t, leader, target)
+        # Source and target both leave and both vote: finish the move (below); a new move
+        # then takes the target's replica away too.
+    else:
+        if not led or not cmap.is_alive(t):
+            return None
+        if t not in replicas:
+            return AddLearner(rec.group_id, t)
+        if t in rec.learners:
+            return PromoteLearner(rec.group_id, t)
     # The target votes. Voters on dead brokers that are leaving go first (always safe; it also
     # completes a move stuck because one of them is dead), then the source.
     for v in rec.voters:
@@ -475,6 +511,7 @@ __all__ = [
     "balance_leaders",
     "found_cluster",
     "initial_placement",
+    "is_undoing",
     "leader_counts",
     "leader_targets",
     "leaving_source",
