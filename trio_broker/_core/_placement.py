@@ -20,7 +20,14 @@ once per interval and proposes a bounded list of moves, in this order:
 1. the next step of each replica move in progress (add the target as a learner, promote it
    once caught up, move leadership off the source, remove the source): at most one change at a
    time per group, and never one that leaves a group with fewer live voters than it needs
-   (:func:`removal_is_safe`);
+   (:func:`removal_is_safe`). A move whose target left (drains) is undone (the target removed,
+   then the move abandoned) unless the target already votes and the source, a voter, leaves
+   too (:func:`is_undoing`): undoing would only put back a leaving source, whose leadership
+   may have no voter that stays to go to, so the move goes forward (the source is removed and
+   the move completes) and a new move takes the target's replica away. A leader being removed
+   with no live voter that stays hands over to another live voter although it leaves too (the
+   move's target first, :func:`_resting_leader`): leadership rests there until a voter that
+   stays is added, and then moves to it like any other;
 2. leadership transfers (cheap) towards each group's target leader: its preferred leader when
    that broker is alive and staying, otherwise a live voter chosen so that leadership stays
    spread (the current leader kept unless moving it lowers the largest load);
@@ -33,7 +40,12 @@ once per interval and proposes a bounded list of moves, in this order:
 Every step of 1-4 is deterministic, so the plan for an unchanged map is unchanged: moves that
 were applied are not proposed again and nothing flaps. It converges: transfers only go to a
 fixed target, preferred leaders only change along load-reducing paths (a finite descent), and
-each replica move lowers the sum of the squares of the brokers' replica counts.
+each replica move lowers the sum of the squares of the brokers' replica counts. A move in
+progress never waits for ever once every broker is alive: each of its states has a next step
+whose leadership hand-over has somewhere to go (the target, once it votes and stays; the source
+when undoing; a leaving voter as a last resort), and the one state that had none, a leaving
+target voting beside a leaving source and leading it, now goes forward (found by the property
+test of joins, leaves and failures in any order, kept as its explicit example).
 """
 
 from __future__ import annotations
