@@ -387,6 +387,7 @@ events = st.one_of(
     st.tuples(st.just("drain"), st.integers(0, 63)),
     st.tuples(st.just("fail"), st.integers(0, 63)),
     st.tuples(st.just("heal")),
+    st.tuples(st.just("undrain"), st.integers(0, 63)),
     st.tuples(st.just("rounds"), st.integers(1, 8)),
 )
 
@@ -413,6 +414,10 @@ def test_joins_leaves_and_failures_in_any_order_stay_safe_and_end_balanced(size,
             staying = [b for b in brokers if not cluster.cmap.brokers[b].draining]
             if len(staying) > r:  # never drain below R brokers that stay
                 cluster.meta(SetBrokerDraining(staying[event[1] % len(staying)], True))
+        elif event[0] == "undrain":  # the operator's "it stays after all"
+            leaving = [b for b in brokers if cluster.cmap.brokers[b].draining]
+            if leaving:
+                cluster.meta(SetBrokerDraining(leaving[event[1] % len(leaving)], False))
         elif event[0] == "fail":
             cluster.fail([brokers[event[1] % len(brokers)]])
         elif event[0] == "heal":
