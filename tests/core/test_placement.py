@@ -16,7 +16,7 @@ import random
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trio_broker._core._commands import CommandRejected
@@ -387,12 +387,20 @@ events = st.one_of(
     st.tuples(st.just("drain"), st.integers(0, 63)),
     st.tuples(st.just("fail"), st.integers(0, 63)),
     st.tuples(st.just("heal")),
+    st.tuples(st.just("undrain"), st.integers(0, 63)),
     st.tuples(st.just("rounds"), st.integers(1, 8)),
 )
 
 
 @settings(max_examples=100, deadline=None)
 @given(sizes, st.randoms(use_true_random=False), st.lists(events, max_size=12))
+# A move's target drains after it votes while its source drains too (both leaving): the move
+# must go forward, not wait for ever to be undone.
+@example(
+    size=(1, 1, 1),
+    rng=random.Random(0),
+    script=[("join",), ("join",), ("drain", 0), ("rounds", 4), ("drain", 0)],
+)
 def test_joins_leaves_and_failures_in_any_order_stay_safe_and_end_balanced(size, rng, script):
     n, g, r = size
     cluster = Cluster.found(n, g, r, rng)
@@ -406,6 +414,10 @@ def test_joins_leaves_and_failures_in_any_order_stay_safe_and_end_balanced(size,
             staying = [b for b in brokers if not cluster.cmap.brokers[b].draining]
             if len(staying) > r:  # never drain below R brokers that stay
                 cluster.meta(SetBrokerDraining(staying[event[1] % len(staying)], True))
+        elif event[0] == "undrain":  # the operator's "it stays after all"
+            leaving = [b for b in brokers if cluster.cmap.brokers[b].draining]
+            if leaving:
+                cluster.meta(SetBrokerDraining(leaving[event[1] % len(leaving)], False))
         elif event[0] == "fail":
             cluster.fail([brokers[event[1] % len(brokers)]])
         elif event[0] == "heal":
@@ -504,3 +516,51 @@ def test_a_dead_voter_of_a_draining_broker_goes_first_and_the_move_completes():
     assert cluster.round() == [RemoveReplica(g, dead)]
     assert cluster.cmap.groups[g].move is None
     assert cluster.cmap.groups[g].voters == tuple(sorted({leader, source, spare}))
+
+
+def _one_group_moving_off_its_founder(rounds: int) -> tuple[Cluster, str]:
+    """One group, R = 1, founded on B0; B1 and B2 join and B0 drains: after ``rounds`` rounds
+    of its move to B1 (start, add learner, promote, transfer)."""
+    cluster = Cluster.found(1, 1, 1, random.Random(6))
+    cluster.meta(RegisterBroker("B-00001", "127.0.0.1", 9001))
+    cluster.meta(RegisterBroker("B-00002", "127.0.0.1", 9002))
+    cluster.meta(SetBrokerDraining("B-00000", True))
+    for _ in range(rounds):
+        cluster.round()
+    ((g, rec),) = cluster.cmap.groups.items()
+    assert rec.voters == ("B-00000", "B-00001") and rec.move is not None
+    assert (rec.move.source, rec.move.target) == ("B-00000", "B-00001")
+    return cluster, g
+
+
+def test_a_move_whose_source_and_target_both_leave_goes_forward():
+    # The target leads and votes when it drains too: undoing would need the leaving source to
+    # lead again; the move completes instead and a new one takes the group to B2.
+    cluster, g = _one_group_moving_off_its_founder(4)
+    assert cluster.leaders[g] == "B-00001"
+    cluster.meta(SetBrokerDraining("B-00001", True))
+    assert cluster.round() == [RemoveReplica(g, "B-00000")]
+    assert cluster.cmap.groups[g].move is None
+    cluster.run_until_quiet(10)
+    assert cluster.cmap.groups[g].voters == ("B-00002",) and cluster.cmap.groups[g].move is None
+    assert cluster.leaders[g] == "B-00002"
+    cluster.meta(UnregisterBroker("B-00000"))
+    cluster.meta(UnregisterBroker("B-00001"))
+    cluster.assert_stable()
+
+
+def test_a_leader_with_no_voter_that_stays_hands_over_to_a_leaving_one_to_let_a_move_finish():
+    # The source still leads when the target drains: no voter stays, so leadership rests on the
+    # leaving target for a while (the source must go), and moves on once B2 votes.
+    cluster, g = _one_group_moving_off_its_founder(3)
+    assert cluster.leaders[g] == "B-00000"
+    cluster.meta(SetBrokerDraining("B-00001", True))
+    assert cluster.round() == [TransferLeader(g, "B-00001")]
+    assert cluster.round() == [RemoveReplica(g, "B-00000")]
+    assert cluster.round() == [StartReplicaMove(g, "B-00001", "B-00002")]
+    assert cluster.round() == [AddLearner(g, "B-00002")]
+    assert cluster.round() == [PromoteLearner(g, "B-00002")]
+    assert cluster.round() == [TransferLeader(g, "B-00002"), SetPreferredLeader(g, "B-00002")]
+    assert cluster.round() == [RemoveReplica(g, "B-00001")]
+    assert cluster.cmap.groups[g].voters == ("B-00002",) and cluster.cmap.groups[g].move is None
+    cluster.assert_stable()

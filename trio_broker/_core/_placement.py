@@ -20,7 +20,14 @@ once per interval and proposes a bounded list of moves, in this order:
 1. the next step of each replica move in progress (add the target as a learner, promote it
    once caught up, move leadership off the source, remove the source): at most one change at a
    time per group, and never one that leaves a group with fewer live voters than it needs
-   (:func:`removal_is_safe`);
+   (:func:`removal_is_safe`). A move whose target left (drains) is undone (the target removed,
+   then the move abandoned) unless the target already votes and the source, a voter, leaves
+   too (:func:`is_undoing`): undoing would only put back a leaving source, whose leadership
+   may have no voter that stays to go to, so the move goes forward (the source is removed and
+   the move completes) and a new move takes the target's replica away. A leader being removed
+   with no live voter that stays hands over to another live voter although it leaves too (the
+   move's target first, :func:`_resting_leader`): leadership rests there until a voter that
+   stays is added, and then moves to it like any other;
 2. leadership transfers (cheap) towards each group's target leader: its preferred leader when
    that broker is alive and staying, otherwise a live voter chosen so that leadership stays
    spread (the current leader kept unless moving it lowers the largest load);
@@ -33,7 +40,12 @@ once per interval and proposes a bounded list of moves, in this order:
 Every step of 1-4 is deterministic, so the plan for an unchanged map is unchanged: moves that
 were applied are not proposed again and nothing flaps. It converges: transfers only go to a
 fixed target, preferred leaders only change along load-reducing paths (a finite descent), and
-each replica move lowers the sum of the squares of the brokers' replica counts.
+each replica move lowers the sum of the squares of the brokers' replica counts. A move in
+progress never waits for ever once every broker is alive: each of its states has a next step
+whose leadership hand-over has somewhere to go (the target, once it votes and stays; the source
+when undoing; a leaving voter as a last resort), and the one state that had none, a leaving
+target voting beside a leaving source and leading it, now goes forward (found by the property
+test of joins, leaves and failures in any order, kept as its explicit example).
 """
 
 from __future__ import annotations
@@ -202,11 +214,26 @@ def _reducing_path(
 
 
 def leaving_source(cmap: ClusterMap, rec: GroupRecord) -> str | None:
-    """The voter a group's move takes away: its source, unless the move is being undone (its
-    target left), when the source stays."""
-    if rec.move is None or not _stays(cmap, rec.move.target):
+    """The voter a group's move takes away: its source, unless the move is being undone
+    (:func:`is_undoing`), when the source stays."""
+    if rec.move is None or is_undoing(cmap, rec):
         return None
     return rec.move.source
+
+
+def is_undoing(cmap: ClusterMap, rec: GroupRecord) -> bool:
+    """The group's move is being undone: its target left (drains), and taking the target out
+    again is what brings the group back to brokers that stay. It is not when the target already
+    votes and its source is a voter that leaves too: undoing would keep a leaving source in
+    place of a leaving target, and its leadership may have nowhere to go (every other voter
+    leaving), so the move goes forward instead (its source is removed, the move completes) and
+    a new move takes the target's replica away like any other on a leaving broker."""
+    move = rec.move
+    if move is None or _stays(cmap, move.target):
+        return False
+    return (
+        move.target not in rec.voters or move.source not in rec.voters or _stays(cmap, move.source)
+    )
 
 
 def _stays(cmap: ClusterMap, broker_id: str) -> bool:
@@ -273,12 +300,27 @@ def removal_is_safe(cmap: ClusterMap, rec: GroupRecord, broker_id: str) -> bool:
 def _removal(
     cmap: ClusterMap, rec: GroupRecord, broker_id: str, leader: str | None, target: str | None
 ) -> Move | None:
-    """The next step towards removing ``broker_id`` from a group led by ``leader``."""
+    """The next step towards removing ``broker_id`` from a group led by ``leader``: hand its
+    leadership to ``target`` first (or, with no target, to :func:`_resting_leader`)."""
     if leader == broker_id:
-        return None if target in (None, broker_id) else TransferLeader(rec.group_id, target)
+        if target in (None, broker_id):
+            target = _resting_leader(cmap, rec, broker_id)
+        return None if target is None else TransferLeader(rec.group_id, target)
     if broker_id in rec.learners or removal_is_safe(cmap, rec, broker_id):
         return RemoveReplica(rec.group_id, broker_id)
     return None
+
+
+def _resting_leader(cmap: ClusterMap, rec: GroupRecord, broker_id: str) -> str | None:
+    """Where a leader being removed hands over when no voter that stays is alive: another live
+    voter although it leaves too, the move's target first (its replica stays longest), so that
+    the removal can go on; leadership moves again once a voter that stays is added. None while
+    the removal itself would not be safe (leadership then stays where it is)."""
+    if not removal_is_safe(cmap, rec, broker_id):
+        return None
+    first = rec.move.target if rec.move is not None else None
+    live = [v for v in rec.voters if v != broker_id and cmap.is_alive(v)]
+    return min(live, key=lambda v: (v != first, v), default=None)
 
 
 def _move_step(
@@ -289,16 +331,22 @@ def _move_step(
     assert move is not None
     t, replicas = move.target, rec.replicas
     led = leader is not None and cmap.is_alive(leader) and leader in rec.voters
-    if not _stays(cmap, t):  # the target left: undo what was done, then forget the move
-        if t not in replicas:
+    if not _stays(cmap, t):  # the target left
+        if t not in replicas:  # nothing to undo: forget the move
             return AbandonReplicaMove(rec.group_id)
-        return _removal(cmap, rec, t, leader, target) if led else None
-    if not led or not cmap.is_alive(t):
-        return None
-    if t not in replicas:
-        return AddLearner(rec.group_id, t)
-    if t in rec.learners:
-        return PromoteLearner(rec.group_id, t)
+        if not led:
+            return None
+        if is_undoing(cmap, rec):  # take the target out again, then forget the move
+            return _removal(cmap, rec, t, leader, target)
+        # Source and target both leave and both vote: finish the move (below); a new move
+        # then takes the target's replica away too.
+    else:
+        if not led or not cmap.is_alive(t):
+            return None
+        if t not in replicas:
+            return AddLearner(rec.group_id, t)
+        if t in rec.learners:
+            return PromoteLearner(rec.group_id, t)
     # The target votes. Voters on dead brokers that are leaving go first (always safe; it also
     # completes a move stuck because one of them is dead), then the source.
     for v in rec.voters:
@@ -475,6 +523,7 @@ __all__ = [
     "balance_leaders",
     "found_cluster",
     "initial_placement",
+    "is_undoing",
     "leader_counts",
     "leader_targets",
     "leaving_source",
