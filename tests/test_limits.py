@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import socket
 import sys
 
 import pytest
@@ -196,6 +197,73 @@ async def test_connections_that_pipeline_and_never_read_share_one_budget(tmp_pat
                 await trio.sleep(0.05)
         assert server.budget.used == 0  # every byte charged was given back
     assert events(caplog, "connection.paused_for_memory")
+
+
+async def _small_window(port: int) -> RawConnection:
+    """A connection whose receive buffer is small: answers it does not read stay with the
+    broker rather than in the kernel's buffers."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    await sock.connect(("127.0.0.1", port))
+    return RawConnection(trio.SocketStream(sock))
+
+
+async def _settled(budget: BufferBudget) -> None:
+    """Until the budget's total stops moving for a moment (bounded)."""
+    with trio.move_on_after(5):
+        last = -1
+        while budget.used != last:
+            last = budget.used
+            await trio.sleep(0.1)
+
+
+async def test_answers_a_client_never_reads_count_against_the_budget(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="trio_broker")
+    budget, in_flight, hogs = 4 * 1024 * 1024, 16, 16
+    value = "r" * (256 * 1024)
+    config = BrokerConfig(
+        data_dir=tmp_path / "b", port=0, max_buffered_bytes=budget, max_in_flight=in_flight
+    )
+    async with open_broker(config) as broker:
+        server = broker.connections
+        queue_id = await create_queue(broker.port)
+        writer = await RawConnection.open(broker.port)
+        with trio.fail_after(DEADLINE):
+            for _ in range(48):
+                answer = await writer.call(
+                    {"operation": "APPEND", "queue_name": queue_id, "data": value}
+                )
+                assert answer["status"] == "success"
+        answer_size = len(request({"status": "success", "sequence_num": 48, "data": value}))
+        conns = []
+        # Each reads the 48 values (12 MB) and never reads an answer: without the budget,
+        # max_in_flight answers (4 MB) would stay buffered for each, 64 MB in all.
+        for i in range(hogs):
+            conn = await _small_window(broker.port)
+            conns.append(conn)
+            reads = [{"operation": "READ", "queue_name": queue_id, "client_id": f"c{i}"}] * 48
+            with trio.move_on_after(1):
+                await conn.send(*reads)
+            await _settled(server.budget)
+        with trio.fail_after(DEADLINE):  # a client that reads its answers is still served
+            answer = await writer.call(
+                {"operation": "READ", "queue_name": queue_id, "client_id": "polite"}
+            )
+        assert answer["data"] == value
+        paused = len(events(caplog, "connection.paused_for_memory"))
+        # Once the budget was full, every new reader stopped at its first answer.
+        assert paused >= hogs - 4, paused
+        # Over the budget by at most the answers of the connection that filled it, of one
+        # more that began before they were known, and one answer for each connection.
+        slack = 2 * in_flight * answer_size + (hogs + 1) * answer_size
+        assert server.budget.peak <= budget + slack, (server.budget.peak, budget + slack)
+        assert budget + slack < hogs * in_flight * answer_size  # the bound means something
+        for conn in [*conns, writer]:
+            await conn.aclose()
+        with trio.fail_after(DEADLINE):
+            while server.connections:  # noqa: ASYNC110 (bounded wait for the hogs to end)
+                await trio.sleep(0.05)
+        assert server.budget.used == 0
 
 
 async def test_an_account_waits_for_room_unless_it_holds_nothing():

@@ -228,9 +228,13 @@ class ConnectionServer:
         account = self.budget.account()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    self._write_answers, stream, receive, slots, session.plaintext, account
+                encoded, to_write = trio.open_memory_channel[tuple[bytes, int]](
+                    self.config.max_in_flight
                 )
+                nursery.start_soon(
+                    self._encode_answers, receive, encoded, session.plaintext, account
+                )
+                nursery.start_soon(self._write_answers, stream, to_write, slots, account)
                 async with send:
                     with trio.CancelScope() as reading:
                         self._readers.add(reading)
@@ -307,15 +311,16 @@ class ConnectionServer:
                 frame_began = None
                 await acquire(slots)
                 charged = len(payload)
-                if await account.acquire(charged):
+                if not account.fits(charged):
                     log_event(
                         logging.INFO,
                         "connection.paused_for_memory",
                         peer=peer,
-                        held=account.held - charged,
+                        held=account.held,
                         buffered=self.budget.used,
                         budget=self.budget.limit,
                     )
+                await account.acquire(charged)
                 started = time.perf_counter()
                 try:
                     request = decode_request(payload)
@@ -380,34 +385,44 @@ class ConnectionServer:
         await trio.sleep(delay)
         return True
 
-    async def _write_answers(
+    async def _encode_answers(
         self,
-        stream: trio.abc.Stream,
         receive: trio.MemoryReceiveChannel[Any],
-        slots: trio.Semaphore,
+        encoded: trio.MemorySendChannel[tuple[bytes, int]],
         plaintext: bool,
         account: Account,
     ) -> None:
-        async with receive:
+        """Encode each answer, in request order, as soon as it is known, and charge its bytes
+        to the budget: answers waiting for a client that does not read count there, so that
+        reading stops (not only when the socket's buffers are full)."""
+        async with receive, encoded:
             async for item in receive:
-                out = [await self._encode(item, plaintext)]
-                charged = item[3]
+                data = await self._encode(item, plaintext)
+                account.charge(len(data))
+                await encoded.send((data, item[3] + len(data)))
+
+    async def _write_answers(
+        self,
+        stream: trio.abc.Stream,
+        encoded: trio.MemoryReceiveChannel[tuple[bytes, int]],
+        slots: trio.Semaphore,
+        account: Account,
+    ) -> None:
+        async with encoded:
+            async for data, charged in encoded:
+                out = [data]
+                size = len(data)
                 # Whatever else is already answered goes out in the same write.
-                size = len(out[0])
                 while len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
                     try:
-                        nxt = receive.receive_nowait()
+                        data, more = encoded.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    out.append(await self._encode(nxt, plaintext))
-                    size += len(out[-1])
-                    charged += nxt[3]
-                data = b"".join(out)
-                # The answers count too while they wait to be written (an answer goes out
-                # whatever the budget: its request was admitted).
-                account.charge(len(data))
-                await stream.send_all(data)
-                account.release(charged + len(data))
+                    out.append(data)
+                    size += len(data)
+                    charged += more
+                await stream.send_all(b"".join(out))
+                account.release(charged)
                 for _ in out:
                     slots.release()
 

@@ -206,11 +206,15 @@ class Account:
         self.held += nbytes
         self.budget._changed(nbytes)
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether :meth:`acquire` would take ``nbytes`` now, without waiting."""
+        return not self.held or self.budget.used + nbytes <= self.budget.limit
+
     async def acquire(self, nbytes: int) -> bool:
         """Take ``nbytes``, waiting while the budget has no room; True if it had to wait."""
         budget = self.budget
         waited = False
-        while self.held and budget.used + nbytes > budget.limit:
+        while not self.fits(nbytes):
             if not waited:
                 budget.paused += 1
                 waited = True
