@@ -4,8 +4,9 @@
 - :class:`DescriptorReserve` and :func:`accept_loop`: when ``accept`` fails for want of
   descriptors (EMFILE, ENFILE), the waiting client is not left hanging in the backlog: one spare
   descriptor, kept open for this moment, is closed so that the connection can be accepted,
-  answered UNAVAILABLE and closed; then the spare is reopened (the classic trick of libev and
-  nginx). Retries back off, boundedly, and the burst is logged once.
+  answered UNAVAILABLE and closed; then the spare is reopened (the classic trick, as libev's
+  documentation describes it for accept). Retries back off, boundedly, and each burst is
+  logged once.
 - :class:`BufferBudget`: one budget of bytes for the requests read and not yet answered, and the
   answers not yet written, across all connections.
 """
