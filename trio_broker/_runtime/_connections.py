@@ -228,7 +228,7 @@ class ConnectionServer:
         account = self.budget.account()
         try:
             async with trio.open_nursery() as nursery:
-                encoded, to_write = trio.open_memory_channel[tuple[bytes, int]](
+                encoded, to_write = trio.open_memory_channel[tuple[bytes, int, int]](
                     self.config.max_in_flight
                 )
                 nursery.start_soon(
@@ -388,42 +388,43 @@ class ConnectionServer:
     async def _encode_answers(
         self,
         receive: trio.MemoryReceiveChannel[Any],
-        encoded: trio.MemorySendChannel[tuple[bytes, int]],
+        encoded: trio.MemorySendChannel[tuple[bytes, int, int]],
         plaintext: bool,
         account: Account,
     ) -> None:
-        """Encode each answer, in request order, as soon as it is known, and charge its bytes
-        to the budget: answers waiting for a client that does not read count there, so that
-        reading stops (not only when the socket's buffers are full)."""
+        """Encode answers, in request order, as soon as they are known, and charge their
+        bytes to the budget: answers waiting for a client that does not read count there, so
+        that reading stops (not only once the socket's buffers are full). Answers already
+        decided are encoded together, to go out in one write."""
         async with receive, encoded:
             async for item in receive:
-                data = await self._encode(item, plaintext)
-                account.charge(len(data))
-                await encoded.send((data, item[3] + len(data)))
+                out = [await self._encode(item, plaintext)]
+                charged = item[3]
+                size = len(out[0])
+                while len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
+                    try:
+                        nxt = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    out.append(await self._encode(nxt, plaintext))
+                    size += len(out[-1])
+                    charged += nxt[3]
+                account.charge(size)
+                # Never full: it holds at most one batch per request slot.
+                encoded.send_nowait((b"".join(out), charged + size, len(out)))
 
     async def _write_answers(
         self,
         stream: trio.abc.Stream,
-        encoded: trio.MemoryReceiveChannel[tuple[bytes, int]],
+        encoded: trio.MemoryReceiveChannel[tuple[bytes, int, int]],
         slots: trio.Semaphore,
         account: Account,
     ) -> None:
         async with encoded:
-            async for data, charged in encoded:
-                out = [data]
-                size = len(data)
-                # Whatever else is already answered goes out in the same write.
-                while len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
-                    try:
-                        data, more = encoded.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    out.append(data)
-                    size += len(data)
-                    charged += more
-                await stream.send_all(b"".join(out))
+            async for data, charged, count in encoded:
+                await stream.send_all(data)
                 account.release(charged)
-                for _ in out:
+                for _ in range(count):
                     slots.release()
 
     async def _encode(self, item: tuple[str, float, Answer, int], plaintext: bool) -> bytes:
