@@ -95,7 +95,7 @@ ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
 Observe = Callable[[str, Response | BrokerError, float], None]
-"""Told each answer as it leaves: the operation, the response, the seconds it took."""
+"""Told each answer as it is encoded to leave: the operation, the response, the seconds it took."""
 
 
 class ConnectionServer:
