@@ -361,6 +361,7 @@ async def test_tls_and_a_token_from_the_command_line(tmp_path, cli):
         tls_cert=paths["cert.pem"],
         tls_key=paths["key.pem"],
         client_tokens_file=paths["tokens"],
+        allow_open_peers=True,  # one broker, no peers: no cluster secret needed
     )
     async with open_broker(config) as broker:
         seed = ["--seed", f"127.0.0.1:{broker.port}", "--timeout", "5"]

@@ -207,7 +207,11 @@ async def test_tls_and_tokens(trio_thread, tmp_path, tls_settings, anyio_backend
     tokens = tmp_path / "tokens"
     tokens.write_text("token-a\n")
     config = BrokerConfig(
-        data_dir=tmp_path / "secure", port=0, client_tokens_file=tokens, **settings
+        data_dir=tmp_path / "secure",
+        port=0,
+        client_tokens_file=tokens,
+        allow_open_peers=True,  # one broker, no peers: no cluster secret needed
+        **settings,
     )
     broker = await trio_thread.aenter(open_broker(config))
     trusting = ssl.create_default_context()

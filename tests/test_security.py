@@ -403,7 +403,11 @@ async def token_broker(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# the clients of team A\ntoken-a\n\n  token-b  \n")
     config = BrokerConfig(
-        data_dir=tmp_path / "b", port=0, client_tokens_file=tokens, plaintext_port=0
+        data_dir=tmp_path / "b",
+        port=0,
+        client_tokens_file=tokens,
+        plaintext_port=0,
+        allow_open_peers=True,  # one broker, no peers: no cluster secret needed
     )
     async with open_broker(config) as broker:
         yield broker

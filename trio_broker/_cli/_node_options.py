@@ -120,6 +120,19 @@ OPTIONS = [
         _D["max_in_flight"],
     ),
     Option(
+        "frame_timeout",
+        _float,
+        "seconds a connection may stall inside a frame before it is closed",
+        _D["frame_timeout"],
+    ),
+    Option(
+        "max_buffered_bytes",
+        _int,
+        "bytes of unanswered requests and unwritten answers over all connections before "
+        "reading the connection that asks for more pauses",
+        _D["max_buffered_bytes"],
+    ),
+    Option(
         "max_pending",
         _int,
         "proposals waiting to be applied, over all connections, before requests wait",
@@ -194,6 +207,13 @@ OPTIONS = [
         _str,
         "file of client tokens, one per line: client operations need one (off)",
         metavar="FILE",
+    ),
+    Option(
+        "allow_open_peers",
+        _bool,
+        "with --client-tokens-file and no --cluster-secret-file, start anyway: anyone who can "
+        "connect may join, replicate, vote or change the membership (refused otherwise)",
+        False,
     ),
     Option(
         "plaintext_port",

@@ -82,6 +82,12 @@ class BrokerConfig:
     max_connections: int = attrs.field(default=10_000, validator=_positive)
     max_in_flight: int = attrs.field(default=256, validator=_positive)
     """Requests one connection may have pipelined before the broker stops reading from it."""
+    frame_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """Seconds a connection may stall inside a frame (part of a request sent, the rest not
+    coming) before the broker closes it; a connection idle between frames is left open."""
+    max_buffered_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_positive)
+    """Bytes of requests read and not yet answered, and of answers not yet written, over all
+    connections; a connection that would go past it stops being read until answers drain."""
     max_pending: int = attrs.field(default=8192, validator=_positive)
     """Proposals waiting to be applied, across all connections, before requests wait."""
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
@@ -112,6 +118,10 @@ class BrokerConfig:
     vote, fetch snapshots, change the membership); this broker proves it when it dials."""
     client_tokens_file: Path | None = attrs.field(default=None, converter=_optional_path)
     """Client operations on the main listener need an ``AUTH`` with one of these tokens."""
+    allow_open_peers: bool = False
+    """Accept client tokens without a cluster secret, which leaves broker-to-broker requests
+    open to anyone who can connect (docs/security.md); refused at start otherwise (by
+    :func:`~._security.load_security`, once the files are read)."""
     plaintext_port: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_port)
     )

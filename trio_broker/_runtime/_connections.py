@@ -7,6 +7,11 @@ and backpressure, and nothing of what a request means. ``handle`` decides a requ
 A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then
 on it carries one-way consensus messages.
 
+Limits (docs/reliability.md, "Resource limits"): accepting survives running out of descriptors
+(:mod:`._limits`), a frame must arrive whole within ``frame_timeout`` once begun, the bytes
+buffered for all connections share one budget (``max_buffered_bytes``), and AUTH failures are
+slowed and end the connection after a few (:class:`~._security.AuthThrottle`).
+
 Shutdown (:meth:`ConnectionServer.shutdown`) stops accepting, stops reading new requests, gives
 in-flight requests ``shutdown_grace`` seconds to be answered, then cancels what is left.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,16 +52,25 @@ from .._protocol._codec import OPERATION_NAMES
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._driver import acquire
+from ._limits import (
+    Account,
+    BufferBudget,
+    DescriptorReserve,
+    accept_loop,
+    check_descriptor_limit,
+)
 from ._log import log_event, logger
 from ._network import transport_socket
 from ._operations import wrong_cluster
-from ._security import Security
+from ._security import AuthThrottle, Security
 
 _RECEIVE_SIZE = 64 * 1024
 _LINGER_SECONDS = 1.0
 TLS_HANDSHAKE_SECONDS = 10.0
 _MAX_WRITE_BATCH = 64
-"""Answers already known that go out in one write."""
+_MAX_WRITE_BYTES = 1024 * 1024
+"""Answers already known that go out in one write: at most so many, and about so many bytes
+(each charged to the buffer budget while it is written)."""
 
 
 @attrs.define
@@ -80,7 +95,7 @@ ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
 Observe = Callable[[str, Response | BrokerError, float], None]
-"""Told each answer as it leaves: the operation, the response, the seconds it took."""
+"""Told each answer as it is encoded to leave: the operation, the response, the seconds it took."""
 
 
 class ConnectionServer:
@@ -114,6 +129,11 @@ class ConnectionServer:
         self._listening: list[trio.CancelScope] = []
         self._idle = trio.Event()
         self._idle.set()
+        self.budget = BufferBudget(config.max_buffered_bytes)
+        self.auth_throttle = AuthThrottle()
+        self._reserve: DescriptorReserve | None = None
+        self._serving = 0
+        self._limit_checked = False
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -131,13 +151,31 @@ class ConnectionServer:
         self._listening.append(scope)
         if self.closing:
             scope.cancel()
-        with scope:
-            await trio.serve_listeners(
-                functools.partial(self._handle_stream, plaintext=plaintext),
-                listeners,
-                handler_nursery=connections,
-                task_status=task_status,
-            )
+        if not self._limit_checked and any(transport_listener_socket(x) for x in listeners):
+            self._limit_checked = True  # real sockets: the host's limit applies
+            check_descriptor_limit(self.config.max_connections)
+        if self._reserve is None:
+            self._reserve = DescriptorReserve()
+        self._serving += 1
+        handler = functools.partial(self._handle_stream, plaintext=plaintext)
+        try:
+            with scope:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, handler, connections)
+                    task_status.started()
+        finally:
+            self._serving -= 1
+            if self._serving == 0 and self._reserve is not None:
+                self._reserve.close()
+                self._reserve = None
+
+    async def _accept(
+        self, listener: trio.abc.Listener[Any], handler: Any, connections: trio.Nursery
+    ) -> None:
+        assert self._reserve is not None
+        async with listener:
+            await accept_loop(listener, handler, connections, self._reserve)
 
     async def shutdown(self, connections: trio.Nursery) -> None:
         self.closing = True
@@ -182,18 +220,32 @@ class ConnectionServer:
     async def _serve_connection(self, stream: trio.abc.Stream, peer: str, session: Session) -> None:
         # Answers leave in request order. A request is read only once it has a slot among
         # max_in_flight, so a command is never submitted without a place for its answer.
+        # Bytes buffered (requests read, answers not yet written) count against one budget
+        # for all connections (config.max_buffered_bytes).
         slots = trio.Semaphore(self.config.max_in_flight)
         send, receive = trio.open_memory_channel[Any](self.config.max_in_flight)
         peer_closed = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_answers, stream, receive, slots, session.plaintext)
-            async with send:
-                with trio.CancelScope() as reading:
-                    self._readers.add(reading)
-                    try:
-                        peer_closed = await self._read_requests(stream, peer, send, slots, session)
-                    finally:
-                        self._readers.discard(reading)
+        account = self.budget.account()
+        try:
+            async with trio.open_nursery() as nursery:
+                encoded, to_write = trio.open_memory_channel[tuple[bytes, int, int]](
+                    self.config.max_in_flight
+                )
+                nursery.start_soon(
+                    self._encode_answers, receive, encoded, session.plaintext, account
+                )
+                nursery.start_soon(self._write_answers, stream, to_write, slots, account)
+                async with send:
+                    with trio.CancelScope() as reading:
+                        self._readers.add(reading)
+                        try:
+                            peer_closed = await self._read_requests(
+                                stream, peer, send, slots, session, account
+                            )
+                        finally:
+                            self._readers.discard(reading)
+        finally:
+            account.close()
         if not peer_closed:
             await _linger(stream)
 
@@ -204,11 +256,31 @@ class ConnectionServer:
         send: trio.MemorySendChannel[Any],
         slots: trio.Semaphore,
         session: Session,
+        account: Account,
     ) -> bool:
         """Read and dispatch requests; True when the peer closed, False when we stopped."""
         decoder = FrameDecoder(self.config.max_frame)
+        frame_began: float | None = None
+        """When the frame partly buffered began to wait for the rest (None: between frames)."""
+        auth_failures = 0
         while True:
-            data = await stream.receive_some(_RECEIVE_SIZE)
+            deadline = math.inf
+            if decoder.buffered:
+                if frame_began is None:
+                    frame_began = trio.current_time()
+                deadline = frame_began + self.config.frame_timeout
+            data = None
+            with trio.move_on_at(deadline):
+                data = await stream.receive_some(_RECEIVE_SIZE)
+            if data is None:
+                log_event(
+                    logging.WARNING,
+                    "connection.frame_timeout",
+                    peer=peer,
+                    buffered=decoder.buffered,
+                    seconds=self.config.frame_timeout,
+                )
+                return False
             if not data:
                 if decoder.buffered:
                     log_event(
@@ -232,11 +304,23 @@ class ConnectionServer:
                         reason=exc.message,
                     )
                     await slots.acquire()
-                    send.send_nowait(("INVALID", time.perf_counter(), Answer(now=exc)))
+                    send.send_nowait(("INVALID", time.perf_counter(), Answer(now=exc), 0))
                     return False
                 if payload is None:
                     break
+                frame_began = None
                 await acquire(slots)
+                charged = len(payload)
+                if not account.fits(charged):
+                    log_event(
+                        logging.INFO,
+                        "connection.paused_for_memory",
+                        peer=peer,
+                        held=account.held,
+                        buffered=self.budget.used,
+                        budget=self.budget.limit,
+                    )
+                await account.acquire(charged)
                 started = time.perf_counter()
                 try:
                     request = decode_request(payload)
@@ -248,18 +332,33 @@ class ConnectionServer:
                         code=exc.code,
                         reason=exc.message,
                     )
-                    send.send_nowait(("INVALID", started, Answer(now=exc)))
+                    send.send_nowait(("INVALID", started, Answer(now=exc), charged))
                     continue
                 operation = OPERATION_NAMES[type(request)]
                 early = self._authorize(request, session, peer)
+                if isinstance(request, Auth) and isinstance(early, BrokerError):
+                    auth_failures += 1
+                    if not await self._slow_auth_failure(peer, auth_failures):
+                        return False
+                    send.send_nowait((operation, started, Answer(now=early), charged))
+                    if auth_failures >= self.auth_throttle.per_connection:
+                        log_event(
+                            logging.WARNING,
+                            "connection.auth_failures",
+                            peer=peer,
+                            failures=auth_failures,
+                            action="closed",
+                        )
+                        return False
+                    continue
                 if early is not None:
-                    send.send_nowait((operation, started, Answer(now=early)))
+                    send.send_nowait((operation, started, Answer(now=early), charged))
                     if isinstance(request, PeerHello) and isinstance(early, BrokerError):
                         return False  # what follows would be consensus messages
                     continue
                 if isinstance(request, PeerHello):
                     refusal = self._accept_peer(request, peer)
-                    send.send_nowait((operation, started, Answer(now=refusal or Done())))
+                    send.send_nowait((operation, started, Answer(now=refusal or Done()), charged))
                     if refusal is not None:
                         return False
                     return await self._serve_peer(stream, decoder, peer, request.broker_id)
@@ -268,31 +367,68 @@ class ConnectionServer:
                 except BaseException:
                     slots.release()
                     raise
-                send.send_nowait((operation, started, answer))
+                send.send_nowait((operation, started, answer, charged))
 
-    async def _write_answers(
+    async def _slow_auth_failure(self, peer: str, failures: int) -> bool:
+        """Wait before answering an AUTH failure; False: close without answering."""
+        address = peer.rsplit(":", 1)[0]
+        delay = self.auth_throttle.failed(address, failures, trio.current_time())
+        if delay is None:
+            log_event(
+                logging.WARNING,
+                "connection.auth_failures",
+                peer=peer,
+                failures=self.auth_throttle.failures(address),
+                action="closed unanswered: this address has too many failures waiting",
+            )
+            return False
+        await trio.sleep(delay)
+        return True
+
+    async def _encode_answers(
         self,
-        stream: trio.abc.Stream,
         receive: trio.MemoryReceiveChannel[Any],
-        slots: trio.Semaphore,
+        encoded: trio.MemorySendChannel[tuple[bytes, int, int]],
         plaintext: bool,
+        account: Account,
     ) -> None:
-        async with receive:
+        """Encode answers, in request order, as soon as they are known, and charge their
+        bytes to the budget: answers waiting for a client that does not read count there, so
+        that reading stops (not only once the socket's buffers are full). Answers already
+        decided are encoded together, to go out in one write."""
+        async with receive, encoded:
             async for item in receive:
                 out = [await self._encode(item, plaintext)]
-                # Whatever else is already answered goes out in the same write.
-                while len(out) < _MAX_WRITE_BATCH:
+                charged = item[3]
+                size = len(out[0])
+                while len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
                     try:
                         nxt = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     out.append(await self._encode(nxt, plaintext))
-                await stream.send_all(b"".join(out))
-                for _ in out:
+                    size += len(out[-1])
+                    charged += nxt[3]
+                account.charge(size)
+                # Never full: it holds at most one batch per request slot.
+                encoded.send_nowait((b"".join(out), charged + size, len(out)))
+
+    async def _write_answers(
+        self,
+        stream: trio.abc.Stream,
+        encoded: trio.MemoryReceiveChannel[tuple[bytes, int, int]],
+        slots: trio.Semaphore,
+        account: Account,
+    ) -> None:
+        async with encoded:
+            async for data, charged, count in encoded:
+                await stream.send_all(data)
+                account.release(charged)
+                for _ in range(count):
                     slots.release()
 
-    async def _encode(self, item: tuple[str, float, Answer], plaintext: bool) -> bytes:
-        operation, started, answer = item
+    async def _encode(self, item: tuple[str, float, Answer, int], plaintext: bool) -> bytes:
+        operation, started, answer, _ = item
         response = answer.now
         if response is None:
             response = await answer.response()
@@ -406,6 +542,13 @@ async def _tls_handshake(stream: trio.SSLStream[Any], peer: str) -> bool:
         log_event(logging.INFO, "connection.tls_failed", peer=peer, reason=reason)
         return False
     return True
+
+
+def transport_listener_socket(listener: trio.abc.Listener[Any]) -> Any:
+    """The socket a listener accepts on (through TLS), or None (an in-memory listener)."""
+    while isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    return getattr(listener, "socket", None)
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

@@ -55,6 +55,13 @@ def load_security(config: BrokerConfig) -> Security:
         )
     except AuthConfigError as exc:
         raise SecurityConfigError(str(exc)) from None
+    if tokens is not None and secret is None and not config.allow_open_peers:
+        raise SecurityConfigError(
+            "client tokens without a cluster secret leave broker-to-broker requests (join, "
+            "replicate, vote, change the membership) open to anyone who can connect: give a "
+            "cluster secret file too (the same for every member), or allow open peers "
+            "explicitly (--allow-open-peers; docs/security.md)"
+        )
     server = client = None
     if config.tls_cert is not None:
         assert config.tls_key is not None  # BrokerConfig checks they go together
@@ -69,3 +76,79 @@ def load_security(config: BrokerConfig) -> Security:
             ) from None
         client = client_context(None if config.tls_ca is None else str(config.tls_ca))
     return Security(secret, tokens, server, client)
+
+
+AUTH_DELAY_FIRST = 0.1
+AUTH_DELAY_MAX = 5.0
+"""Seconds an AUTH failure's answer waits: doubling with each failure, capped."""
+AUTH_FAILURES_PER_CONNECTION = 5
+"""AUTH failures after which the broker closes the connection."""
+AUTH_ADDRESS_WINDOW = 600.0
+"""Seconds after its last failure that an address's failures are forgotten."""
+AUTH_MAX_ADDRESSES = 4096
+"""Addresses remembered; beyond, the one whose last failure is oldest is forgotten."""
+
+
+@attrs.define
+class _Guesser:
+    failures: int = 0
+    last: float = 0.0
+    not_before: float = 0.0
+    """Failures from this address are answered one at a time, no earlier than this."""
+
+
+class AuthThrottle:
+    """Slows repeated AUTH failures, per connection and per remote address (docs/security.md).
+
+    Each failure's answer waits ``first * 2**(n-1)`` seconds (capped at ``cap``), ``n`` being
+    the larger of the connection's and the address's failure counts; an address's failures are
+    answered one after another, so parallel connections gain nothing. Successes are never
+    delayed. The connection is closed after ``per_connection`` failures. Memory: at most
+    ``max_addresses`` entries.
+    """
+
+    def __init__(
+        self,
+        *,
+        first: float = AUTH_DELAY_FIRST,
+        cap: float = AUTH_DELAY_MAX,
+        per_connection: int = AUTH_FAILURES_PER_CONNECTION,
+        max_addresses: int = AUTH_MAX_ADDRESSES,
+        window: float = AUTH_ADDRESS_WINDOW,
+    ) -> None:
+        self.first = first
+        self.cap = cap
+        self.per_connection = per_connection
+        self.max_addresses = max_addresses
+        self.window = window
+        self.max_wait = 4 * cap
+        """An address whose failures queue longer than this has its next failing connection
+        closed without an answer (many connections guessing in parallel)."""
+        self._addresses: dict[str, _Guesser] = {}
+        """Insertion order is the order of last failure: the first is the oldest."""
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    def failed(self, address: str, connection_failures: int, now: float) -> float | None:
+        """Record one failure; the delay (seconds from ``now``) before answering it, or None
+        when the address already has too many failures waiting (close without answering)."""
+        entry = self._addresses.pop(address, None)
+        if entry is None or now - entry.last > self.window:
+            entry = _Guesser()
+        entry.failures += 1
+        entry.last = now
+        self._addresses[address] = entry  # now the newest
+        while len(self._addresses) > self.max_addresses:
+            del self._addresses[next(iter(self._addresses))]
+        exponent = max(entry.failures, connection_failures) - 1
+        delay = min(self.first * 2 ** min(exponent, 32), self.cap)
+        answer_at = max(now, entry.not_before) + delay
+        if answer_at - now > self.max_wait:
+            return None
+        entry.not_before = answer_at
+        return answer_at - now
+
+    def failures(self, address: str) -> int:
+        entry = self._addresses.get(address)
+        return 0 if entry is None else entry.failures
