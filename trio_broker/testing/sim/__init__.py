@@ -1,8 +1,9 @@
 """A deterministic simulator for the consensus core, in the style of TigerBeetle's VOPR.
 
-One seed (``random.Random(seed)``) derives every fault parameter and every random choice. One
-plain loop (no trio) drives 3 or 5 :class:`~trio_broker._core._raft.RaftNode` objects, each
-applying committed entries to its own :class:`~trio_broker._core.QueueState`, through:
+One seed derives every fault parameter and every random choice, through one named random
+stream per component (see :func:`~trio_broker.testing.sim._params.stream`). One plain loop
+(no trio) drives 3 or 5 :class:`~trio_broker._core._raft.RaftNode` objects, each applying
+committed entries to its own :class:`~trio_broker._core.QueueState`, through:
 
 - a simulated network: loss, duplication, reordering (random delays), symmetric and one-way
   partitions, isolating the leader, flapping links;

@@ -139,7 +139,7 @@ class ClientsMixin:
                 if not known:
                     c.next_at = self.now + 10
                     continue
-                q = self.rng.choice(known)
+                q = self.client_rng[c.id].choice(known)
                 c.op = self._new_op(c, q)
             c.deadline = self.now + self.p.client_timeout
             c.sent_at = self.now
@@ -148,7 +148,7 @@ class ClientsMixin:
     def _new_op(self, c: SimClient, q: str) -> tuple:
         """Draw the next operation on ``q``: appends (plain, idempotent, batches) and reads
         (ReadNext, ReadBatch, at-least-once peek)."""
-        rng = self.rng
+        rng = self.client_rng[c.id]
         value = f"{c.id}:{c.counter}".encode()
         if rng.random() < 0.55:
             kind = rng.random()
@@ -195,8 +195,9 @@ class ClientsMixin:
         else:
             command = ReadNext(c.id, q)
         c.req_id += 1
-        if c.leader_hint is None or self.rng.random() < 0.1:
-            c.target = self.rng.choice(self.ids)
+        rng = self.client_rng[c.id]
+        if c.leader_hint is None or rng.random() < 0.1:
+            c.target = rng.choice(self.ids)
         else:
             c.target = c.leader_hint
         self.post(ClientRequest(c.id, c.target, c.req_id, command), client=True)

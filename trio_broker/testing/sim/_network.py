@@ -25,14 +25,14 @@ class NetworkMixin:
 
     def post(self, m: Any, client: bool = False) -> None:
         """Put a message on the wire: maybe lost, maybe duplicated, always randomly delayed."""
-        if self.faults_on and self.rng.random() < self.p.loss:
+        if self.faults_on and self.net_rng.random() < self.p.loss:
             self.stats["dropped"] += 1
             return
         copies = 1
-        if not client and self.faults_on and self.rng.random() < self.p.duplicate:
+        if not client and self.faults_on and self.net_rng.random() < self.p.duplicate:
             copies = 2  # TCP never duplicates a client request; broker traffic may be replayed
         for _ in range(copies):
-            delay = self.rng.randint(self.p.delay_min, self.p.delay_max)
+            delay = self.net_rng.randint(self.p.delay_min, self.p.delay_max)
             self.seq += 1
             heapq.heappush(self.net, (self.now + delay, self.seq, m))
 
@@ -58,7 +58,7 @@ class NetworkMixin:
             self.checker.after_step(m.dst)
 
     def _inject_faults(self) -> None:
-        rng, p = self.rng, self.p
+        rng, p = self.fault_rng, self.p
         if rng.random() < p.crash_rate and self.live():
             self.crash(rng.choice(self.live()))
         if self.now >= self.partition_until and self.blocked:
@@ -73,7 +73,7 @@ class NetworkMixin:
             self.flap = None
 
     def _partition(self) -> None:
-        rng = self.rng
+        rng = self.fault_rng
         self.blocked.clear()
         leaders = [i for i in self.live() if self.nodes[i].role is Role.LEADER]
         mode = rng.choice(["isolate_leader", "split", "isolate_one"])

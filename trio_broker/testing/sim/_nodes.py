@@ -29,7 +29,7 @@ class NodesMixin:
             hard_state=st.hard_state,
             snapshot=st.snapshot,
             entries=list(st.entries),
-            rng=random.Random(self.rng.getrandbits(64)),
+            rng=random.Random(self.node_rng[i].getrandbits(64)),
             election_ticks=self.p.election_ticks,
             heartbeat_ticks=self.p.heartbeat_ticks,
         )
@@ -49,7 +49,7 @@ class NodesMixin:
             del self.pending[key]
         self.proposals.pop(i, None)
         lo, hi = self.p.restart_steps
-        self.restart_at[i] = self.now + self.rng.randint(1, lo if quick else hi)
+        self.restart_at[i] = self.now + self.restart_rng.randint(1, lo if quick else hi)
         self.stats["crashes"] += 1
         self._trace(f"crash {i}")
 
@@ -70,7 +70,7 @@ class NodesMixin:
             rd = node.ready()
             for m in rd.messages:
                 self.post(m)
-            delay = self.rng.randint(0, slow) if (slow := self.p.disk_delays[i - 1]) else 0
+            delay = self.disk_rng.randint(0, slow) if (slow := self.p.disk_delays[i - 1]) else 0
             if delay:
                 self.disk[i] = (self.now + delay, rd)
                 return
@@ -108,9 +108,9 @@ class NodesMixin:
             # Crash at the worst moments: right after a sync, and (VOPR/buggify style) right
             # after a vote became durable, coming back quickly while the election still runs.
             voted = rd.hard_state is not None and rd.hard_state.voted_for not in (None, i)
-            if voted and self.rng.random() < self.p.crash_after_vote:
+            if voted and self.crash_point_rng.random() < self.p.crash_after_vote:
                 self.crash(i, quick=True)
-            elif self.rng.random() < self.p.crash_after_sync:
+            elif self.crash_point_rng.random() < self.p.crash_after_sync:
                 self.crash(i)
 
     def _complete_disks(self) -> None:

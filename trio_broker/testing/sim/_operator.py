@@ -16,7 +16,7 @@ class OperatorMixin:
 
     def _operate(self) -> None:
         """The operator: one membership change at a time, on whoever is leader."""
-        if not self.p.churn_rate or self.rng.random() >= self.p.churn_rate:
+        if not self.p.churn_rate or self.churn_rng.random() >= self.p.churn_rate:
             return
         leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
         if not leaders:
@@ -32,7 +32,7 @@ class OperatorMixin:
         elif outsiders and len(c.voters) <= self.p.node_count:
             change = ConfigChange(ChangeAction.ADD_LEARNER, outsiders[0])
         elif len(c.voters) > self.p.node_count:
-            change = ConfigChange(ChangeAction.REMOVE, self.rng.choice(sorted(c.voters)))
+            change = ConfigChange(ChangeAction.REMOVE, self.churn_rng.choice(sorted(c.voters)))
         else:
             return
         try:
@@ -57,7 +57,7 @@ class OperatorMixin:
             return
         i = leaders[0]
         leader = self.nodes[i]
-        rng = self.rng
+        rng = self.retention_rng
         if self.faults_on and self.p.retention_rate and rng.random() < self.p.retention_rate:
             known = sorted(self.checker.created)
             if known:
@@ -85,16 +85,16 @@ class OperatorMixin:
     def _transfer(self) -> None:
         """The operator asks the leader to hand its leadership to a voter (or a learner or
         itself, which must be refused without any effect)."""
-        if not self.p.transfer_rate or self.op_rng.random() >= self.p.transfer_rate:
+        if not self.p.transfer_rate or self.transfer_rng.random() >= self.p.transfer_rate:
             return
         leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
         if not leaders:
             return
         leader = leaders[0]
-        if self.op_rng.random() < 0.5:
+        if self.transfer_rng.random() < 0.5:
             target = leader.best_transfer_target()
         else:
-            target = self.op_rng.choice(self.ids)
+            target = self.transfer_rng.choice(self.ids)
         try:
             leader.transfer_leadership(target)
         except TransferRefused:

@@ -16,6 +16,16 @@ DEFAULT_SAFETY_STEPS = 2500
 DEFAULT_LIVENESS_STEPS = 2500
 
 
+def stream(seed: int, name: str) -> random.Random:
+    """The random stream named ``name`` of seed ``seed``'s run: one per component (and one
+    per fault parameter), so that a new draw in one component shifts no other's draws.
+
+    ``random.Random`` seeds itself from a ``str`` through SHA-512: the same in every process
+    and on every platform, whatever ``PYTHONHASHSEED`` says.
+    """
+    return random.Random(f"{seed}:{name}")
+
+
 class SimulationFailure(Exception):
     """An invariant was violated (or the core raised): the seed replays it."""
 
@@ -58,50 +68,56 @@ class FaultParams:
     clock_skews: tuple[int, ...] = ()
     """Each node's wall clock minus true time, in ms: leaders stamp appends with it."""
     transfer_rate: float = 0.0
-    """Per step, the chance that the operator asks the leader to hand over its leadership.
-    Drawn from a stream of its own (see Simulation), so that adding it changed no other
-    parameter of any seed."""
+    """Per step, the chance that the operator asks the leader to hand over its leadership."""
 
     @classmethod
-    def derive(cls, rng: random.Random, safety_steps: int, liveness_steps: int) -> FaultParams:
-        n = rng.choice([3, 3, 5])
-        election = rng.choice([8, 10, 12])
-        delay_min = rng.randint(1, 3)
-        delay_max = delay_min + rng.choice([2, 8, 20, 40])
+    def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:
+        """Each parameter from a stream of its own (``params:<name>``): adding, removing or
+        redrawing one parameter changes no other parameter of any seed."""
+
+        def draw(name: str) -> random.Random:
+            return stream(seed, f"params:{name}")
+
+        n = draw("node_count").choice([3, 3, 5])
+        delay_min = draw("delay_min").randint(1, 3)
+        delay_max = delay_min + draw("delay_max").choice([2, 8, 20, 40])
+        rng = draw("disk_delays")
         disk_delays = tuple(rng.choice([0, 0, 0, 5, 25]) for _ in range(n + 1))
         # A client deadline shorter than the worst round trip would make every operation's
         # outcome unknown: real clients size deadlines to their network, so do these.
         round_trip = 4 * delay_max + 3 * max(disk_delays) + 3 * TICK_STEPS
+        rates, skews = draw("clock_rates"), draw("clock_skews")
+        partition_steps, restart_steps = draw("partition_steps"), draw("restart_steps")
         return cls(
             node_count=n,
-            election_ticks=election,
-            heartbeat_ticks=rng.choice([1, 2, 3]),
-            clock_rates=tuple(round(rng.uniform(0.75, 1.25), 3) for _ in range(n + 1)),
-            loss=rng.choice([0.0, 0.01, 0.05, 0.15]),
-            duplicate=rng.choice([0.0, 0.0, 0.02, 0.1]),
+            election_ticks=draw("election_ticks").choice([8, 10, 12]),
+            heartbeat_ticks=draw("heartbeat_ticks").choice([1, 2, 3]),
+            clock_rates=tuple(round(rates.uniform(0.75, 1.25), 3) for _ in range(n + 1)),
+            loss=draw("loss").choice([0.0, 0.01, 0.05, 0.15]),
+            duplicate=draw("duplicate").choice([0.0, 0.0, 0.02, 0.1]),
             delay_min=delay_min,
             delay_max=delay_max,
-            partition_rate=rng.choice([0.0, 0.002, 0.01, 0.03]),
-            partition_steps=(rng.randint(20, 100), rng.randint(150, 600)),
-            one_way=rng.choice([0.0, 0.3]),
-            flap_rate=rng.choice([0.0, 0.0, 0.003]),
-            crash_rate=rng.choice([0.0, 0.001, 0.004, 0.01]),
-            crash_after_sync=rng.choice([0.0, 0.0, 0.002, 0.01]),
-            crash_after_vote=rng.choice([0.0, 0.1, 0.3]),
-            restart_steps=(rng.randint(1, 20), rng.randint(30, 400)),
+            partition_rate=draw("partition_rate").choice([0.0, 0.002, 0.01, 0.03]),
+            partition_steps=(partition_steps.randint(20, 100), partition_steps.randint(150, 600)),
+            one_way=draw("one_way").choice([0.0, 0.3]),
+            flap_rate=draw("flap_rate").choice([0.0, 0.0, 0.003]),
+            crash_rate=draw("crash_rate").choice([0.0, 0.001, 0.004, 0.01]),
+            crash_after_sync=draw("crash_after_sync").choice([0.0, 0.0, 0.002, 0.01]),
+            crash_after_vote=draw("crash_after_vote").choice([0.0, 0.1, 0.3]),
+            restart_steps=(restart_steps.randint(1, 20), restart_steps.randint(30, 400)),
             disk_delays=disk_delays,
-            compact_every=rng.choice([8, 30, 100]),
-            churn_rate=rng.choice([0.0, 0.0, 0.005, 0.02]),
-            clients=rng.randint(1, 4),
-            client_timeout=max(rng.choice([100, 300, 600]), round_trip),
-            client_think=rng.choice([1, 10, 40]),
+            compact_every=draw("compact_every").choice([8, 30, 100]),
+            churn_rate=draw("churn_rate").choice([0.0, 0.0, 0.005, 0.02]),
+            clients=draw("clients").randint(1, 4),
+            client_timeout=max(draw("client_timeout").choice([100, 300, 600]), round_trip),
+            client_think=draw("client_think").choice([1, 10, 40]),
             safety_steps=safety_steps,
             liveness_steps=liveness_steps,
-            linger=rng.choice([0, 0, 5, 20]),
-            # Drawn last, so that the parameters above stay what they were for each seed.
-            retention_rate=rng.choice([0.0, 0.002, 0.01]),
-            retention_every=rng.choice([20, 50, 150]),
-            clock_skews=tuple(rng.choice([0, 0, -300, 300, -3000]) for _ in range(n + 1)),
+            linger=draw("linger").choice([0, 0, 5, 20]),
+            retention_rate=draw("retention_rate").choice([0.0, 0.002, 0.01]),
+            retention_every=draw("retention_every").choice([20, 50, 150]),
+            clock_skews=tuple(skews.choice([0, 0, -300, 300, -3000]) for _ in range(n + 1)),
+            transfer_rate=draw("transfer_rate").choice([0.0, 0.0, 0.003, 0.01]),
         )
 
     def describe(self) -> str:

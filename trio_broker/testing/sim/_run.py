@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import random
 import traceback
 from typing import Any
 
@@ -27,6 +26,7 @@ from ._params import (
     TICK_STEPS,
     FaultParams,
     SimulationFailure,
+    stream,
 )
 
 
@@ -69,13 +69,23 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
         self.seed = seed
         self.mutant = mutant
         self.node_cls: type[RaftNode] = MUTANTS[mutant] if mutant else RaftNode
-        self.rng = random.Random(seed)
-        self.p = FaultParams.derive(self.rng, safety_steps, liveness_steps)
-        # The operator's transfers draw from their own stream: seeds keep their schedules
-        # when transfers are off, and the main stream is the same as before transfers existed.
-        self.op_rng = random.Random(f"operator-{seed}")
+        self.p = FaultParams.derive(seed, safety_steps, liveness_steps)
+        # One named random stream per component (see ``stream``): a new draw in one of them
+        # shifts no other component's draws, so each seed keeps the rest of its schedule.
+        self.net_rng = stream(seed, "network")
+        """Loss, duplication and delays of every message on the wire."""
+        self.fault_rng = stream(seed, "faults")
+        """The fault schedule: crashes, partitions and flapping links."""
+        self.crash_point_rng = stream(seed, "crash-points")
+        """Crashes at the worst moments: right after a sync, right after a vote."""
+        self.restart_rng = stream(seed, "restarts")
+        """How long a crashed broker stays down."""
+        self.disk_rng = stream(seed, "disks")
+        """How long a slow disk takes to complete each write."""
+        self.churn_rng = stream(seed, "operator:membership")
+        self.retention_rng = stream(seed, "operator:retention")
+        self.transfer_rng = stream(seed, "operator:transfers")
         self.transfers_requested: list[tuple[int, Any]] = []
-        self.p = attrs.evolve(self.p, transfer_rate=self.op_rng.choice([0.0, 0.0, 0.003, 0.01]))
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
         config = Config(voters)
@@ -90,7 +100,9 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
         self.apps: dict[int, QueueState] = {}
         self.app_index: dict[int, int] = {}
         self.disk: dict[int, tuple[int, Any] | None] = {i: None for i in self.ids}
-        self.clock_acc = {i: self.rng.uniform(0, TICK_STEPS) for i in self.ids}
+        self.clock_acc = {i: stream(seed, f"clock:{i}").uniform(0, TICK_STEPS) for i in self.ids}
+        self.node_rng = {i: stream(seed, f"node:{i}") for i in self.ids}
+        """Each broker's stream: it seeds the core's own ``rng`` at every start."""
         self.restart_at: dict[int, int] = {}
         self.net: list[tuple[int, int, Any]] = []
         self.seq = 0
@@ -141,6 +153,8 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
             SimClient(f"C-{c}", to_create=list(QUEUES) if c == 0 else [])
             for c in range(self.p.clients)
         ]
+        self.client_rng = {c.id: stream(seed, f"client:{c.id}") for c in self.clients}
+        """Each client's stream: its operations, their queues, the broker it asks first."""
         for i in self.ids:
             self._start(i)
 
