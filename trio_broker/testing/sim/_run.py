@@ -55,7 +55,13 @@ class SimResult:
 
 
 class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
-    """One run: a cluster, a network, disks, clients and the invariant checker, from a seed."""
+    """One run: a cluster, a network, disks, clients and the invariant checker, from a seed.
+
+    The state lives here, in one object, as one plain loop needs it; each component's steps
+    live in its own module, as a mixin this class inherits (the mixins import nothing from
+    this module, so the dependencies run one way). Each component draws from its own named
+    random stream (the ``*_rng`` attributes, made by ``stream(seed, name)``).
+    """
 
     def __init__(
         self,
