@@ -75,21 +75,24 @@ def test_simulator_catches_mutant_within_default_seed_count(mutant):
 
 def test_simulator_catches_acknowledgements_sent_before_persistence():
     """The disk model matters: acks that leave before their fsync break the cluster when the
-    replica crashes (seed 169; scanning all seeds for this mutant costs too much for the
-    default run, so only the known seed is replayed here). Seeds 169, 353, then 402 were pinned
-    before proposal batching, retention, and the commit index riding on the next REPLICATE or
-    heartbeat reshuffled every seed's schedule."""
-    r = run_seed(169, mutant="send_before_persist")
+    replica crashes (seed 44; scanning all seeds for this mutant costs too much for the
+    default run, so only the known seed is replayed here). The seeds pinned before (169, 353,
+    402, then 169 again) were lost as proposal batching, retention, the commit index riding on
+    the next REPLICATE or heartbeat, and one random stream per component reshuffled every
+    seed's schedule."""
+    r = run_seed(44, mutant="send_before_persist")
     assert not r.ok and "leader completeness" in r.error
-    assert run_seed(169).ok
+    assert run_seed(44).ok
 
 
 def test_failure_message_carries_the_replay_command():
-    # Seed 63: changes to the workload reshuffle every seed's schedule, and the seeds pinned
-    # before (3, 31, 198, 126) no longer meet the mutant's window.
-    r = run_seed(63, mutant="forget_vote")
+    # Seed 106: changes to the workload, then one random stream per component, reshuffled
+    # every seed's schedule, and the seeds pinned before (3, 31, 198, 126, 63) no longer meet
+    # the mutant's window.
+    r = run_seed(106, mutant="forget_vote")
     assert not r.ok and "election safety" in r.error
-    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 63 --mutant forget_vote"
+    assert run_seed(106).ok
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 106 --mutant forget_vote"
 
 
 # -- the read checker itself ---------------------------------------------------------------

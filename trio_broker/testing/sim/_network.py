@@ -1,0 +1,96 @@
+"""The network and its faults: loss, duplication, random delays, symmetric and one-way
+partitions, isolating the leader, flapping links; and the crashes the fault schedule injects.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from ..._core._raft import Role
+from ._clients import ClientRequest, ClientResponse
+
+
+class NetworkMixin:
+    """The wire and the fault schedule, on the simulation's state (see :class:`Simulation`)."""
+
+    def _is_blocked(self, src: Any, dst: Any) -> bool:
+        if (src, dst) in self.blocked:
+            return True
+        if self.flap is not None:
+            a, b, until, period = self.flap
+            if self.now < until and {src, dst} == {a, b} and (self.now // period) % 2 == 0:
+                return True
+        return False
+
+    def post(self, m: Any, client: bool = False) -> None:
+        """Put a message on the wire: maybe lost, maybe duplicated, always randomly delayed."""
+        if self.faults_on and self.net_rng.random() < self.p.loss:
+            self.stats["dropped"] += 1
+            return
+        copies = 1
+        if not client and self.faults_on and self.net_rng.random() < self.p.duplicate:
+            copies = 2  # TCP never duplicates a client request; broker traffic may be replayed
+        for _ in range(copies):
+            delay = self.net_rng.randint(self.p.delay_min, self.p.delay_max)
+            self.seq += 1
+            heapq.heappush(self.net, (self.now + delay, self.seq, m))
+
+    def _deliver_due(self) -> None:
+        while self.net and self.net[0][0] <= self.now:
+            _, _, m = heapq.heappop(self.net)
+            if isinstance(m, ClientResponse):
+                self._client_response(m)
+                continue
+            node = self.nodes.get(m.dst)
+            blocked = not isinstance(m, ClientRequest) and self._is_blocked(m.src, m.dst)
+            if node is None or blocked:
+                self.stats["dropped"] += 1
+                continue
+            self.stats["delivered"] += 1
+            if isinstance(m, ClientRequest):
+                self.dirty.add(m.dst)
+                self._serve(m.dst, node, m)
+                continue
+            self._trace(f"{type(m).__name__} {m.src}>{m.dst} t{m.term}")
+            self.dirty.add(m.dst)
+            node.step(m)
+            self.checker.after_step(m.dst)
+
+    def _inject_faults(self) -> None:
+        rng, p = self.fault_rng, self.p
+        if rng.random() < p.crash_rate and self.live():
+            self.crash(rng.choice(self.live()))
+        if self.now >= self.partition_until and self.blocked:
+            self.blocked.clear()
+            self._trace("heal")
+        if self.now >= self.partition_until and rng.random() < p.partition_rate:
+            self._partition()
+        if self.flap is None and rng.random() < p.flap_rate:
+            a, b = rng.sample(self.ids, 2)
+            self.flap = (a, b, self.now + rng.randint(50, 400), rng.randint(3, 30))
+        elif self.flap is not None and self.now >= self.flap[2]:
+            self.flap = None
+
+    def _partition(self) -> None:
+        rng = self.fault_rng
+        self.blocked.clear()
+        leaders = [i for i in self.live() if self.nodes[i].role is Role.LEADER]
+        mode = rng.choice(["isolate_leader", "split", "isolate_one"])
+        if mode == "isolate_leader" and leaders:
+            side = {leaders[0]}
+        elif mode == "isolate_one" or len(self.ids) == 3:
+            side = {rng.choice(self.ids)}
+        else:
+            side = set(rng.sample(self.ids, rng.randint(1, len(self.ids) // 2)))
+        one_way = rng.random() < self.p.one_way
+        for a in side:
+            for b in self.ids:
+                if b not in side:
+                    self.blocked.add((b, a))
+                    if not one_way:
+                        self.blocked.add((a, b))
+        lo, hi = self.p.partition_steps
+        self.partition_until = self.now + rng.randint(lo, hi)
+        self.stats["partitions"] += 1
+        self._trace(f"partition {sorted(side)} one_way={one_way}")
