@@ -296,6 +296,15 @@ _STRICT: dict[type, Any] = {
 """The work-queue requests: an unknown field is refused, not ignored (docs/protocol.md)."""
 
 
+# A message without headers keeps the original contract's exact shape.
+converter.register_unstructure_hook(
+    m.Message,
+    cattrs.gen.make_dict_unstructure_fn(
+        m.Message, converter, headers=cattrs.gen.override(omit_if_default=True)
+    ),
+)
+
+
 def encode_request(request: m.Request) -> bytes:
     body = converter.unstructure(request)
     body = {k: v for k, v in body.items() if v is not None or k == "data"}
