@@ -146,3 +146,36 @@ async def test_a_fenced_producer_keeps_the_duplicate_flag(client):
     retry = client.producer("P-ORDERS", epoch=2)
     assert await retry.append(queue, "b") == 2
     assert (retry.last_duplicate, retry.duplicates) == (True, 1)
+
+
+def test_the_sync_client_shares_a_group(thread_broker):
+    import trio_broker.sync
+
+    with trio_broker.sync.connect([f"127.0.0.1:{thread_broker.port}"], timeout=10) as client:
+        queue = client.create_queue(name="sync-jobs")
+        assert client.create_queue(name="sync-jobs") == queue
+        client.append_batch(queue, ["x", "y"], headers=[{"h": "1"}, None])
+        producer = client.producer("P-SYNC", epoch=1)
+        producer.append(queue, "z")
+        producer2 = client.producer("P-SYNC", epoch=1)
+        producer2.append(queue, "z")
+        assert producer2.last_duplicate and producer2.duplicates == 1
+        got = []
+        with client.consumer_group(queue, "g", visibility_timeout=30.0, wait=0.1) as worker:
+            for message in worker:
+                got.append((message.data, message.headers, message.delivery_count))
+                if message.data == "y" and message.delivery_count == 1:
+                    assert message.nack() is True
+                else:
+                    assert message.ack() is True
+                if len(got) == 4:
+                    break
+        assert got == [
+            ("x", {"h": "1"}, 1),
+            ("y", None, 1),
+            ("y", None, 2),
+            ("z", None, 1),
+        ]  # a nacked message comes again before those never delivered
+        client.delete_group(queue, "g", force=True)
+        client.delete_queue(queue)
+        assert client.forget_position(client.create_queue(name="other")) is False

@@ -308,6 +308,29 @@ class WorkQueues(Router):
         loop: keep it small against a short visibility timeout); each poll waits up to
         ``wait`` seconds on the broker.
         """
+        yield await self._join_group(
+            queue_id,
+            group,
+            visibility_timeout=visibility_timeout,
+            max_deliveries=max_deliveries,
+            dead_letter_queue=dead_letter_queue,
+            max_in_flight=max_in_flight,
+            prefetch=prefetch,
+            wait=wait,
+        )
+
+    async def _join_group(
+        self,
+        queue_id: str,
+        group: str,
+        *,
+        visibility_timeout: float | None,
+        max_deliveries: int | None,
+        dead_letter_queue: str | None,
+        max_in_flight: int | None,
+        prefetch: int,
+        wait: float,
+    ) -> GroupConsumer:
         check_queue_id(queue_id)
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -321,7 +344,7 @@ class WorkQueues(Router):
             client_id=self.client_id,
         )
         structure(await self._queue_call(queue_id, request), GroupInfo)
-        yield GroupConsumer(
+        return GroupConsumer(
             self, queue_id, group, new_member_id(self.client_id), prefetch, round(wait * 1000)
         )
 
