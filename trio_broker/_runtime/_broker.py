@@ -353,7 +353,7 @@ class Broker:
         if publish is not None:
             if isinstance(publish, BrokerError):
                 return Answer(now=publish)
-            return await self.work._commit(
+            return await self.work.commit(
                 attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
             )
         command = append_command(request, self.config)

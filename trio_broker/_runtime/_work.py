@@ -35,6 +35,9 @@ _PER_MESSAGE_OVERHEAD = 96
 """Bytes a message adds to a group read's answer besides its data and headers."""
 MAX_ACK_SEQUENCES = 1000
 """The most ``sequence_nums`` one GROUP_ACK names (they are merged into ranges)."""
+LEASE_CHECK_INTERVAL = 0.05
+"""The leader looks up the earliest lease deadline at most this often (seconds): each group
+read wakes the sweep, and each look-up is a storage job."""
 REDELIVERY_RECHECK = 1.0
 """A long-polling GROUP_READ reads again at least this often (seconds): a NACK's delay ends
 without any command, so no wake-up says a redelivery became available."""
@@ -301,7 +304,7 @@ class WorkRoom:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def _commit(self, command: Any, convert: Callable[[Any], Any] = work_answer) -> Answer:
+    async def commit(self, command: Any, convert: Callable[[Any], Any] = work_answer) -> Answer:
         if isinstance(command, BrokerError):
             return Answer(now=command)
         pending = await self._propose(command)
@@ -319,7 +322,7 @@ class WorkRoom:
             policy = retention_policy(request.retention)
             if isinstance(policy, BrokerError):
                 return Answer(now=policy)
-        return await self._commit(work.CreateNamedQueue(new_id(), request.name, policy))
+        return await self.commit(work.CreateNamedQueue(new_id(), request.name, policy))
 
     async def resolve_queue(self, request: m.ResolveQueue) -> Answer:
         if request.name.startswith("Q-"):
@@ -375,7 +378,7 @@ class WorkRoom:
             command = work.DeleteGroup(
                 request.queue_name, request.group, request.force, self.wall_clock_ms()
             )
-        return await self._commit(command)
+        return await self.commit(command)
 
     async def _join(self, request: m.GroupJoin) -> Any:
         given = (
@@ -436,6 +439,7 @@ class WorkRoom:
         task_status.started()
         recheck = self.config.failure_timeout
         while True:
+            await trio.sleep(LEASE_CHECK_INTERVAL)
             self._leases_changed = trio.Event()
             if not self._may_sweep():
                 with trio.move_on_after(recheck):
