@@ -433,14 +433,6 @@ async def test_headers_and_fenced_producers(broker):
     assert plain["messages"] == [{"sequence_num": 4, "data": 4}]
 
 
-async def test_a_replica_of_the_one_broker_setup_is_not_needed_for_names(broker):
-    # RESOLVE_QUEUE is served from the applied state, without the log.
-    await ok(broker.port, op("CREATE_QUEUE", name="n"))
-    applied = broker.applied_index
-    await ok(broker.port, op("RESOLVE_QUEUE", name="n"))
-    assert broker.applied_index == applied
-
-
 async def test_the_group_limit_is_limit_reached(broker):
     await ok(broker.port, op("CREATE_QUEUE", name="many"))
     conn = await RawConnection.open(broker.port)
