@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
+import trio
 
 from trio_broker._runtime import BrokerConfig, open_broker
 
@@ -75,3 +79,41 @@ async def test_read_prints_the_client_id_it_generated(real_broker, cli):
 async def test_a_bad_name_is_refused(real_broker, cli, name):
     status, _, err = await cli(*seed(real_broker), "create-queue", name)
     assert status == 1 and "BAD_REQUEST" in err
+
+
+async def test_read_peek_and_tail(real_broker, cli):
+    assert (await cli(*seed(real_broker), "create-queue", "log"))[0] == 0
+    for value in ("1", "2", "3"):
+        await cli(*seed(real_broker), "append", "log", value)
+    args = [*seed(real_broker), "--client-id", "C-TAIL1"]
+    peeked = await cli(*args, "read", "log", "--peek", "--count", "2")
+    assert peeked == (0, "1\t1\n2\t2\n", "")
+    assert await cli(*args, "read", "log") == (0, "1\t1\n", "")  # the peek moved nothing
+    assert await cli(*args, "tail", "log") == (0, "2\t2\n3\t3\n", "")
+    assert await cli(*args, "tail", "log") == (0, "", "")
+
+
+async def test_tail_follow_prints_what_comes_until_interrupted(real_broker, cli):
+    await cli(*seed(real_broker), "create-queue", "live")
+    command = [sys.executable, "-m", "trio_broker", "client", *seed(real_broker)]
+    command += ["--timeout", "1", "tail", "live", "--follow"]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        with trio.fail_after(20):
+            await trio.sleep(1.5)  # past --timeout: following is not bounded by it
+            assert process.returncode is None
+            status, _, _ = await cli(*seed(real_broker), "append", "live", "7")
+            assert status == 0
+            assert process.stdout is not None
+            received = b""
+            while b"\n" not in received:
+                received += await process.stdout.receive_some(1024)
+            assert received == b"1\t7\n"
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 130
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

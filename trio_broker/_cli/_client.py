@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import ssl
 import sys
@@ -85,7 +86,9 @@ async def _run(args: argparse.Namespace) -> int:
             await ask_every_seed(reached, answers_cluster_query(**security), settle=SETTLE)
         if not reached.answers:
             return _no_answer(reached, args)
-        with trio.fail_at(deadline):
+        # tail --follow runs until interrupted: the deadline covers finding the cluster only.
+        follow = getattr(args, "follow", False)
+        with trio.fail_at(math.inf if follow else deadline):
             async with connect(
                 reached.connect_order(), client_id=args.client_id, **security
             ) as client:
@@ -345,6 +348,27 @@ async def _set_retention(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+TAIL_BATCH = 100
+"""Messages one poll of ``tail`` reads at most."""
+
+
+async def _tail(client: Client, args: argparse.Namespace) -> int:
+    """Every message from this client's position on; with --follow, then each new one as it
+    arrives (one poll of up to 1 s at a time) until interrupted."""
+    while True:
+        batch = await client.read_batch(args.queue, TAIL_BATCH, wait=1.0 if args.follow else None)
+        for message in batch:
+            if args.json:
+                _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
+            else:
+                _out(f"{message.sequence_num}\t{_json(message.data)}")
+        if not batch and not args.follow:
+            break
+    if args.client_id is None:
+        _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
+    return EXIT_OK
+
+
 STDIN_BATCH = 1000
 """Values read from standard input are appended this many at a time."""
 
@@ -375,7 +399,12 @@ async def _append(client: Client, args: argparse.Namespace) -> int:
 
 async def _read(client: Client, args: argparse.Namespace) -> int:
     messages = []
-    for _ in range(args.count):
+    if args.peek:
+        messages = await client.read_batch(args.queue, args.count, peek=True)
+        if not args.json:
+            for message in messages:
+                _out(f"{message.sequence_num}\t{_json(message.data)}")
+    while not args.peek and len(messages) < args.count:
         message = await client.read(args.queue)
         if message is None:
             break
@@ -487,6 +516,7 @@ _COMMANDS = {
     "append": _append,
     "read": _read,
     "delete-queue": _delete_queue,
+    "tail": _tail,
     "consume": _consume,
     "ack": _lease,
     "nack": _lease,

@@ -296,3 +296,18 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="read up to N messages (default 1); stops early when none are left",
     )
+    read.add_argument(
+        "--peek", action="store_true", help="leave this client's position where it is"
+    )
+    tail = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="print the queue's messages from this client's position on (--follow: and "
+        "what comes after, until interrupted)",
+    )
+    tail.add_argument("queue", metavar="QUEUE")
+    tail.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep waiting for new messages (no --timeout) until interrupted",
+    )
