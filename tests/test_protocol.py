@@ -335,7 +335,7 @@ def test_operation_must_be_a_string(op):
     assert "operation" in info.value.message
 
 
-@pytest.mark.parametrize("op", ["DELETE_QUEUE", "read", "Append", "", "JOIN_CLUSTER "])
+@pytest.mark.parametrize("op", ["PURGE_QUEUE", "read", "Append", "", "JOIN_CLUSTER "])
 def test_unknown_operation(op):
     with pytest.raises(ProtocolError) as info:
         decode_request(_req(operation=op, client_id="C-ABCDE"))

@@ -817,7 +817,11 @@ def test_work_operations_have_their_own_names_and_classes():
     from trio_broker._protocol import _codec
     from trio_broker._protocol import _messages as m
 
-    assert not set(m.WORK_OPERATIONS) & set(_codec.OPERATIONS)
+    # Registered under their own names: none replaces an operation of before.
+    for name, cls in m.WORK_OPERATIONS.items():
+        assert _codec.OPERATIONS[name] is cls
+        assert _codec.OPERATION_NAMES[cls] == name
+    assert len(set(_codec.OPERATIONS.values())) == len(_codec.OPERATIONS)
     assert set(m.WORK_OPERATIONS.values()) | {m.CreateNamedQueue} == set(m.WORK_REQUESTS)
     for cls in m.WORK_REQUESTS:
         assert "client_id" in attrs.fields_dict(cls)

@@ -37,6 +37,18 @@ class ErrorCode(enum.StrEnum):
     SEQUENCE_TOO_OLD = "SEQUENCE_TOO_OLD"
     """Addition: an idempotent producer's ``producer_seq`` was applied long ago (its result
     is no longer kept); nothing was applied."""
+    PRODUCER_FENCED = "PRODUCER_FENCED"
+    """Addition (work queues): a fenced producer's ``producer_epoch`` is lower than one that
+    has started since; nothing was applied."""
+    QUEUE_IN_USE = "QUEUE_IN_USE"
+    """Addition: DELETE_QUEUE of a dead-letter queue in use, or (without ``force``) of a queue
+    whose group holds unexpired leases; nothing was applied."""
+    GROUP_IN_USE = "GROUP_IN_USE"
+    """Addition: GROUP_DELETE (without ``force``) of a group holding unexpired leases."""
+    GROUP_NOT_FOUND = "GROUP_NOT_FOUND"
+    """Addition: the queue has no consumer group of that name."""
+    LIMIT_REACHED = "LIMIT_REACHED"
+    """Addition: a bound of the replicated state would be exceeded (64 groups per queue)."""
 
 
 class BrokerError(Exception):
@@ -164,6 +176,41 @@ class SequenceTooOldError(BrokerError):
     CODE = ErrorCode.SEQUENCE_TOO_OLD
 
 
+class ProducerFencedError(BrokerError):
+    """``PRODUCER_FENCED``: a newer instance of this fenced producer (a higher
+    ``producer_epoch``) has started; this one is superseded and nothing was applied."""
+
+    CODE = ErrorCode.PRODUCER_FENCED
+
+
+class QueueInUseError(BrokerError):
+    """``QUEUE_IN_USE``: the queue is another group's dead-letter queue, or (without
+    ``force``) one of its groups holds unexpired leases; nothing was deleted."""
+
+    CODE = ErrorCode.QUEUE_IN_USE
+
+
+class GroupInUseError(BrokerError):
+    """``GROUP_IN_USE``: the group holds unexpired leases (delete it with ``force``, or after
+    they end); nothing was deleted."""
+
+    CODE = ErrorCode.GROUP_IN_USE
+
+
+class GroupNotFoundError(BrokerError):
+    """``GROUP_NOT_FOUND``: the queue has no consumer group of that name (joining creates
+    one)."""
+
+    CODE = ErrorCode.GROUP_NOT_FOUND
+
+
+class LimitReachedError(BrokerError):
+    """``LIMIT_REACHED``: a bound of the broker's replicated state would be exceeded (such as
+    64 groups per queue); nothing was applied."""
+
+    CODE = ErrorCode.LIMIT_REACHED
+
+
 class RequestTimeoutError(TimeoutError):
     """A call of the synchronous client (:mod:`trio_broker.sync`) did not finish within its
     ``timeout``. The call was cancelled and the client stays usable; a write that had been
@@ -184,6 +231,11 @@ ERROR_CLASSES: dict[str, type[BrokerError]] = {
         InternalError,
         OutOfOrderSequenceError,
         SequenceTooOldError,
+        ProducerFencedError,
+        QueueInUseError,
+        GroupInUseError,
+        GroupNotFoundError,
+        LimitReachedError,
     )
 }
 """The exception class of each wire error code."""

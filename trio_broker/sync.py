@@ -40,6 +40,7 @@ import anyio
 import anyio.from_thread
 
 from ._client import _client as _async
+from ._client import _work
 from ._client._common import ClientClosedError, ClientStatistics, Topology
 from ._errors import RequestTimeoutError
 from ._protocol import (
@@ -52,7 +53,7 @@ from ._protocol import (
 )
 from ._protocol._messages import QueueList
 
-__all__ = ["Client", "Producer", "connect"]
+__all__ = ["Client", "GroupConsumer", "GroupMessage", "Producer", "connect"]
 
 T = TypeVar("T")
 
@@ -166,6 +167,7 @@ class Client:
         self,
         cluster_id: str | None = None,
         *,
+        name: str | None = None,
         max_messages: int | None = None,
         max_age: float | None = None,
         delete_acknowledged: bool = False,
@@ -175,6 +177,7 @@ class Client:
         call = functools.partial(
             self._client.create_queue,
             cluster_id,
+            name=name,
             max_messages=max_messages,
             max_age=max_age,
             delete_acknowledged=delete_acknowledged,
@@ -200,16 +203,88 @@ class Client:
         )
         return self._call(timeout, "set_retention", call)
 
-    def append(self, queue_id: str, data: Any, *, timeout: float | None = DEFAULT) -> int:
+    def append(
+        self,
+        queue_id: str,
+        data: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> int:
         """See :meth:`trio_broker.Client.append`."""
-        return self._call(timeout, "append", functools.partial(self._client.append, queue_id, data))
+        call = functools.partial(self._client.append, queue_id, data, headers=headers)
+        return self._call(timeout, "append", call)
 
     def append_batch(
-        self, queue_id: str, values: Sequence[Any], *, timeout: float | None = DEFAULT
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+        timeout: float | None = DEFAULT,
     ) -> list[int]:
         """See :meth:`trio_broker.Client.append_batch`."""
-        call = functools.partial(self._client.append_batch, queue_id, values)
+        call = functools.partial(self._client.append_batch, queue_id, values, headers=headers)
         return self._call(timeout, "append_batch", call)
+
+    def resolve_queue(
+        self, name: str, cluster_id: str | None = None, *, timeout: float | None = DEFAULT
+    ) -> str:
+        """See :meth:`trio_broker.Client.resolve_queue`."""
+        call = functools.partial(self._client.resolve_queue, name, cluster_id)
+        return self._call(timeout, "resolve_queue", call)
+
+    def delete_queue(
+        self, queue_id: str, *, force: bool = False, timeout: float | None = DEFAULT
+    ) -> None:
+        """See :meth:`trio_broker.Client.delete_queue`."""
+        call = functools.partial(self._client.delete_queue, queue_id, force=force)
+        return self._call(timeout, "delete_queue", call)
+
+    def forget_position(self, queue_id: str, *, timeout: float | None = DEFAULT) -> bool:
+        """See :meth:`trio_broker.Client.forget_position`."""
+        call = functools.partial(self._client.forget_position, queue_id)
+        return self._call(timeout, "forget_position", call)
+
+    def delete_group(
+        self, queue_id: str, group: str, *, force: bool = False, timeout: float | None = DEFAULT
+    ) -> None:
+        """See :meth:`trio_broker.Client.delete_group`."""
+        call = functools.partial(self._client.delete_group, queue_id, group, force=force)
+        return self._call(timeout, "delete_group", call)
+
+    @contextmanager
+    def consumer_group(
+        self,
+        queue_id: str,
+        group: str,
+        *,
+        visibility_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        dead_letter_queue: str | None = None,
+        max_in_flight: int | None = None,
+        prefetch: int = 1,
+        wait: float = 1.0,
+        timeout: float | None = DEFAULT,
+    ) -> Iterator[GroupConsumer]:
+        """See :meth:`trio_broker.Client.consumer_group`: ``with client.consumer_group(q,
+        "workers") as worker: for message in worker: ... message.ack()``. Leaving the loop
+        acknowledges nothing: what was received and not acknowledged comes again after its
+        lease runs out."""
+        call = functools.partial(
+            self._client._join_group,
+            queue_id,
+            group,
+            visibility_timeout=visibility_timeout,
+            max_deliveries=max_deliveries,
+            dead_letter_queue=dead_letter_queue,
+            max_in_flight=max_in_flight,
+            prefetch=prefetch,
+            wait=wait,
+        )
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        yield GroupConsumer(self, self._call(timeout, "consumer_group", call), timeout, wait)
 
     def read(self, queue_id: str, *, timeout: float | None = DEFAULT) -> Message | None:
         """See :meth:`trio_broker.Client.read`."""
@@ -277,9 +352,11 @@ class Client:
             if ack and batch:
                 self.ack(queue_id, batch[-1].sequence_num, timeout=timeout)
 
-    def producer(self, producer_id: str | None = None, *, next_seq: int = 1) -> Producer:
+    def producer(
+        self, producer_id: str | None = None, *, next_seq: int = 1, epoch: int | None = None
+    ) -> Producer:
         """See :meth:`trio_broker.Client.producer`."""
-        return Producer(self, self._client.producer(producer_id, next_seq=next_seq))
+        return Producer(self, self._client.producer(producer_id, next_seq=next_seq, epoch=epoch))
 
     def list_queues(
         self,
@@ -349,9 +426,26 @@ class Producer:
         """The id the cluster recognises this producer's appends by."""
         return self._producer.producer_id
 
-    def append(self, queue_id: str, data: Any, *, timeout: float | None = DEFAULT) -> int:
+    @property
+    def last_duplicate(self) -> bool:
+        """See :attr:`trio_broker.Producer.last_duplicate`."""
+        return self._producer.last_duplicate
+
+    @property
+    def duplicates(self) -> int:
+        """See :attr:`trio_broker.Producer.duplicates`."""
+        return self._producer.duplicates
+
+    def append(
+        self,
+        queue_id: str,
+        data: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> int:
         """See :meth:`trio_broker.Producer.append`."""
-        call = functools.partial(self._producer.append, queue_id, data)
+        call = functools.partial(self._producer.append, queue_id, data, headers=headers)
         return self._client._call(timeout, "append", call)
 
     def append_batch(
@@ -360,6 +454,64 @@ class Producer:
         """See :meth:`trio_broker.Producer.append_batch`."""
         call = functools.partial(self._producer.append_batch, queue_id, values)
         return self._client._call(timeout, "append_batch", call)
+
+
+class GroupConsumer:
+    """The blocking face of :class:`trio_broker.GroupConsumer`: iterate over it for the
+    group's messages (each a :class:`GroupMessage`)."""
+
+    def __init__(
+        self, client: Client, consumer: _work.GroupConsumer, timeout: float | None, wait: float
+    ) -> None:
+        self._client = client
+        self._consumer = consumer
+        self._timeout = timeout
+        self._wait = wait
+
+    @property
+    def member(self) -> str:
+        """This worker's member id."""
+        return self._consumer.member
+
+    def receive(self, max_messages: int = 1) -> list[GroupMessage]:
+        """See :meth:`trio_broker.GroupConsumer.receive`."""
+        poll = None if self._timeout is None else self._timeout + self._wait
+        call = functools.partial(self._consumer.receive, max_messages)
+        return [GroupMessage(self._client, m) for m in self._client._call(poll, "receive", call)]
+
+    def __iter__(self) -> Iterator[GroupMessage]:
+        while True:
+            yield from self.receive()
+
+
+class GroupMessage:
+    """The blocking face of :class:`trio_broker.GroupMessage`."""
+
+    def __init__(self, client: Client, message: _work.GroupMessage) -> None:
+        self._client = client
+        self._message = message
+        self.sequence_num = message.sequence_num
+        self.data = message.data
+        self.headers = message.headers
+        self.delivery_count = message.delivery_count
+
+    def ack(self, *, timeout: float | None = DEFAULT) -> bool:
+        """See :meth:`trio_broker.GroupMessage.ack`."""
+        return self._client._call(timeout, "ack", self._message.ack)
+
+    def nack(
+        self, *, delay: float = 0.0, error: str | None = None, timeout: float | None = DEFAULT
+    ) -> bool:
+        """See :meth:`trio_broker.GroupMessage.nack`."""
+        call = functools.partial(self._message.nack, delay=delay, error=error)
+        return self._client._call(timeout, "nack", call)
+
+    def extend(
+        self, visibility_timeout: float | None = None, *, timeout: float | None = DEFAULT
+    ) -> bool:
+        """See :meth:`trio_broker.GroupMessage.extend`."""
+        call = functools.partial(self._message.extend, visibility_timeout)
+        return self._client._call(timeout, "extend", call)
 
 
 @contextmanager

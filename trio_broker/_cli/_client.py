@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import ssl
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 
 from .._auth import AuthConfigError, load_secret, load_token
+from .._client._work import GroupConsumer
 from .._errors import BrokerError
 from .._protocol import converter, dumps_value
 from ..client import BrokerUnreachableError, Client, Retention, Topology, connect
@@ -84,7 +86,9 @@ async def _run(args: argparse.Namespace) -> int:
             await ask_every_seed(reached, answers_cluster_query(**security), settle=SETTLE)
         if not reached.answers:
             return _no_answer(reached, args)
-        with trio.fail_at(deadline):
+        # tail --follow runs until interrupted: the deadline covers finding the cluster only.
+        follow = getattr(args, "follow", False)
+        with trio.fail_at(math.inf if follow else deadline):
             async with connect(
                 reached.connect_order(), client_id=args.client_id, **security
             ) as client:
@@ -130,6 +134,11 @@ def _seed_names(seeds: list[tuple[str, int]]) -> str:
 
 def _err(text: str) -> None:
     print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def _note(text: str) -> None:
+    """What the user needs to go on (a generated id), on standard error: not a result."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _out(text: str) -> None:
@@ -258,8 +267,65 @@ def _describe_retention(retention: Retention | None) -> str:
 
 
 async def _create_queue(client: Client, args: argparse.Namespace) -> int:
-    queue_id = await client.create_queue(args.cluster, **_policy_args(args))
+    queue_id = await client.create_queue(args.cluster, name=args.name, **_policy_args(args))
     _out(_json({"queue_id": queue_id}) if args.json else queue_id)
+    return EXIT_OK
+
+
+async def _delete_queue(client: Client, args: argparse.Namespace) -> int:
+    await client.delete_queue(args.queue, force=args.force)
+    _out(_json({"deleted": args.queue}) if args.json else f"deleted {args.queue}")
+    return EXIT_OK
+
+
+async def _consume(client: Client, args: argparse.Namespace) -> int:
+    taken = []
+    async with client.consumer_group(
+        args.queue, args.group, prefetch=1, wait=min(args.wait, 60.0)
+    ) as worker:
+        if args.no_ack:
+            _note(f"member {worker.member} holds the leases")
+        for _ in range(args.count):
+            [*messages] = await worker.receive(1)
+            if not messages:
+                break
+            message = messages[0]
+            taken.append(message)
+            if not args.json:
+                _out(f"{message.sequence_num}\t{message.delivery_count}\t{_json(message.data)}")
+            if not args.no_ack:
+                await message.ack()
+    if args.json:
+        _out(
+            _json(
+                [
+                    {
+                        "sequence_num": m.sequence_num,
+                        "data": m.data,
+                        "headers": m.headers,
+                        "delivery_count": m.delivery_count,
+                    }
+                    for m in taken
+                ]
+            )
+        )
+    elif len(taken) < args.count:
+        print("(no more messages)", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+async def _lease(client: Client, args: argparse.Namespace) -> int:
+    member = getattr(args, "member", None) or client.client_id
+    worker = GroupConsumer(client, args.queue, args.group, member, 1, 0)
+    if args.client_command == "ack":
+        done = [seq for seq in args.sequence_nums if await worker._ack([seq])]
+    else:
+        done = [
+            seq
+            for seq in args.sequence_nums
+            if await worker._change("nack", seq, delay=args.delay, error=args.error)
+        ]
+    _out(_json({args.client_command: done}) if args.json else " ".join(map(str, done)))
     return EXIT_OK
 
 
@@ -282,18 +348,63 @@ async def _set_retention(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+TAIL_BATCH = 100
+"""Messages one poll of ``tail`` reads at most."""
+
+
+async def _tail(client: Client, args: argparse.Namespace) -> int:
+    """Every message from this client's position on; with --follow, then each new one as it
+    arrives (one poll of up to 1 s at a time) until interrupted."""
+    while True:
+        batch = await client.read_batch(args.queue, TAIL_BATCH, wait=1.0 if args.follow else None)
+        for message in batch:
+            if args.json:
+                _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
+            else:
+                _out(f"{message.sequence_num}\t{_json(message.data)}")
+        if not batch and not args.follow:
+            break
+    if args.client_id is None:
+        _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
+    return EXIT_OK
+
+
+STDIN_BATCH = 1000
+"""Values read from standard input are appended this many at a time."""
+
+
 async def _append(client: Client, args: argparse.Namespace) -> int:
-    sequence_num = await client.append(args.queue, parse_data(args.data))
-    if args.json:
-        _out(_json({"queue_id": args.queue, "sequence_num": sequence_num}))
+    if args.data != "-":
+        sequence_nums = [await client.append(args.queue, parse_data(args.data))]
     else:
-        _out(str(sequence_num))
+        sequence_nums = []
+        batch: list[Any] = []
+        for line in sys.stdin:
+            if line.strip():
+                batch.append(parse_data(line.rstrip("\n")))
+            if len(batch) == STDIN_BATCH:
+                sequence_nums += await client.append_batch(args.queue, batch)
+                batch = []
+        if batch:
+            sequence_nums += await client.append_batch(args.queue, batch)
+    if args.json and args.data != "-":
+        _out(_json({"queue_id": args.queue, "sequence_num": sequence_nums[0]}))
+    elif args.json:
+        _out(_json({"queue_id": args.queue, "sequence_nums": sequence_nums}))
+    else:
+        for sequence_num in sequence_nums:
+            _out(str(sequence_num))
     return EXIT_OK
 
 
 async def _read(client: Client, args: argparse.Namespace) -> int:
     messages = []
-    for _ in range(args.count):
+    if args.peek:
+        messages = await client.read_batch(args.queue, args.count, peek=True)
+        if not args.json:
+            for message in messages:
+                _out(f"{message.sequence_num}\t{_json(message.data)}")
+    while not args.peek and len(messages) < args.count:
         message = await client.read(args.queue)
         if message is None:
             break
@@ -304,6 +415,9 @@ async def _read(client: Client, args: argparse.Namespace) -> int:
         _out(_json([{"sequence_num": m.sequence_num, "data": m.data} for m in messages]))
     elif len(messages) < args.count:
         print("(no more messages)", file=sys.stderr, flush=True)
+    if args.client_id is None:
+        # A new id: the position it has now is kept under it, for the next command.
+        _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
     return EXIT_OK
 
 
@@ -401,4 +515,9 @@ _COMMANDS = {
     "set-retention": _set_retention,
     "append": _append,
     "read": _read,
+    "delete-queue": _delete_queue,
+    "tail": _tail,
+    "consume": _consume,
+    "ack": _lease,
+    "nack": _lease,
 }

@@ -112,8 +112,9 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``client`` sub-command on an argparse subparsers object."""
     client = subparsers.add_parser(
         "client",
-        help="talk to brokers: status, health, queues, create-queue, set-retention, append, "
-        "read, add-member, remove-member, transfer-leader, snapshot",
+        help="talk to brokers: status, health, queues, create-queue, delete-queue, "
+        "set-retention, append, read, consume, ack, nack, add-member, remove-member, "
+        "transfer-leader, snapshot",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no seed broker can be reached "
         "(every seed is tried), 64 for a usage error.",
@@ -149,8 +150,13 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         help="retention: delete messages every client with a position has read past",
     )
     create = commands.add_parser(
-        "create-queue", parents=[common, policy], help="create a queue (with a retention policy)"
+        "create-queue",
+        parents=[common, policy],
+        help="create a queue (with a retention policy), or name one: create-queue NAME",
+        description="Create a queue and print its id. With NAME, idempotent: when a queue of "
+        "that name exists, nothing changes and its id is printed.",
     )
+    create.add_argument("name", nargs="?", metavar="NAME", help="the queue's name (optional)")
     create.add_argument(
         "--cluster", metavar="G-XXXXX", help="cluster to create it in (default: the first one)"
     )
@@ -174,7 +180,50 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "'\"7\"', '{\"a\": [1]}'); text that is not JSON is sent as a string.",
     )
     append.add_argument("queue", metavar="QUEUE")
-    append.add_argument("data", metavar="DATA")
+    append.add_argument(
+        "data",
+        nargs="?",
+        default="-",
+        metavar="DATA",
+        help="the value; '-' or absent: one value per line of standard input",
+    )
+    delete = commands.add_parser(
+        "delete-queue",
+        parents=[common],
+        help="delete a queue with its messages, positions and groups",
+    )
+    delete.add_argument("queue", metavar="QUEUE", help="the queue's id or name")
+    delete.add_argument(
+        "--force", action="store_true", help="even while a group holds unexpired leases"
+    )
+    consume = commands.add_parser(
+        "consume",
+        parents=[common],
+        help="take messages from a consumer group as one worker, print and acknowledge them",
+        description="Join GROUP of QUEUE (created with the defaults if new) and take up to "
+        "--count messages, waiting up to --wait seconds for each; print each and acknowledge "
+        "it, or with --no-ack leave it leased to this worker (its member id is printed on "
+        "standard error) for a later ack or nack.",
+    )
+    consume.add_argument("queue", metavar="QUEUE", help="the queue's id or name")
+    consume.add_argument("group", metavar="GROUP")
+    consume.add_argument("--count", type=_positive_int, default=1, metavar="N")
+    consume.add_argument("--wait", type=_positive_float, default=1.0, metavar="SECONDS")
+    consume.add_argument("--no-ack", action="store_true", help="leave the messages leased")
+    for name, helptext in (
+        ("ack", "acknowledge messages of a consumer group (whoever holds their lease)"),
+        ("nack", "hand messages of a consumer group back, for a redelivery"),
+    ):
+        lease = commands.add_parser(name, parents=[common], help=helptext)
+        lease.add_argument("queue", metavar="QUEUE", help="the queue's id or name")
+        lease.add_argument("group", metavar="GROUP")
+        lease.add_argument("sequence_nums", type=_positive_int, nargs="+", metavar="SEQ")
+        if name == "nack":
+            lease.add_argument(
+                "--member", required=True, help="the member holding the leases (consume says)"
+            )
+            lease.add_argument("--delay", type=float, default=0.0, metavar="SECONDS")
+            lease.add_argument("--error", metavar="TEXT", help="kept as the last error")
     read = commands.add_parser(
         "read",
         parents=[common],
@@ -246,4 +295,19 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="read up to N messages (default 1); stops early when none are left",
+    )
+    read.add_argument(
+        "--peek", action="store_true", help="leave this client's position where it is"
+    )
+    tail = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="print the queue's messages from this client's position on (--follow: and "
+        "what comes after, until interrupted)",
+    )
+    tail.add_argument("queue", metavar="QUEUE")
+    tail.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep waiting for new messages (no --timeout) until interrupted",
     )

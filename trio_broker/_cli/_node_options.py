@@ -180,6 +180,12 @@ OPTIONS = [
         "seconds between the leader's retention enforcements, while a queue has a policy",
         _D["retention_interval"],
     ),
+    Option(
+        "forget_idle_positions",
+        _float,
+        "forget a client position no READ, ACK or SEEK has used for this many seconds (off)",
+        metavar="SECONDS",
+    ),
     Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
     # Security (docs/security.md): all off by default.
     Option(

@@ -2,7 +2,8 @@
 
 Modules: ``_common`` (addresses, public data classes, checks before sending), ``_connection``
 (one pipelined connection), ``_routing`` (leaders, topology, retries), ``_client`` (the
-operations, producers and :func:`connect`). :mod:`trio_broker.client` is the public face.
+operations, producers and :func:`connect`), ``_work`` (consumer groups and consumers).
+:mod:`trio_broker.client` is the public face.
 """
 
 from ._client import DEFAULT_MAX_IN_FLIGHT, Client, Producer, connect
@@ -14,6 +15,7 @@ from ._common import (
     Topology,
     parse_address,
 )
+from ._work import Consumer, GroupConsumer, GroupMessage
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
@@ -22,6 +24,9 @@ __all__ = [
     "Client",
     "ClientClosedError",
     "ClientStatistics",
+    "Consumer",
+    "GroupConsumer",
+    "GroupMessage",
     "Producer",
     "Topology",
     "connect",

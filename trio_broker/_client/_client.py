@@ -41,7 +41,14 @@ from .._protocol import (
     TakeSnapshot,
     TransferLeadership,
 )
-from .._protocol._messages import BatchAppended, MessageBatch, Position, QueueList
+from .._protocol._messages import (
+    BatchAppended,
+    CreateNamedQueue,
+    MessageBatch,
+    NamedQueueCreated,
+    Position,
+    QueueList,
+)
 from ._common import (
     Address,
     ClientStatistics,
@@ -55,15 +62,29 @@ from ._common import (
     wait_in_ms,
 )
 from ._connection import Lost, NotSent
-from ._routing import Router
+from ._work import Consumer, WorkQueues
 
 DEFAULT_MAX_IN_FLIGHT = 256
 """Requests one connection may have written (or queued to write) and not yet answered."""
 
 T = TypeVar("T")
+_AppendedT = TypeVar("_AppendedT", Appended, BatchAppended)
 
 
-class Client(Router):
+def _headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Headers checked before sending: string names and values, at most 16."""
+    if headers is None:
+        return None
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise TypeError("headers must be a dict of strings to strings")
+    if len(headers) > 16:
+        raise ValueError(f"a message has at most 16 headers, not {len(headers)}")
+    return headers
+
+
+class Client(WorkQueues):
     """A connection to one or more trio_broker clusters. Create it with :func:`connect`.
 
     Any number of tasks may call one client at once: calls to the same broker are pipelined on
@@ -135,19 +156,26 @@ class Client(Router):
         self,
         cluster_id: str | None = None,
         *,
+        name: str | None = None,
         max_messages: int | None = None,
         max_age: float | None = None,
         delete_acknowledged: bool = False,
     ) -> str:
         """Create a queue in ``cluster_id`` (default: the first cluster discovered), with a
         retention policy if any of the keywords is given (see :meth:`set_retention`); returns
-        the new queue's id."""
+        the new queue's id.
+
+        With ``name`` (1 to 128 characters among ``A-Z a-z 0-9 . _ : -``, not starting with
+        ``Q-``), idempotent: when a queue of that name exists, nothing changes (its retention
+        policy neither) and its id is returned, so every worker may create its queue at start.
+        """
         retention = retention_of(max_messages, max_age, delete_acknowledged)
         cid = await self._known_cluster(cluster_id)
-        request = CreateQueue(
-            client_id=self.client_id,
-            retention=None if retention == Retention() else retention,
-        )
+        policy = None if retention == Retention() else retention
+        if name is not None:
+            named = CreateNamedQueue(name=name, client_id=self.client_id, retention=policy)
+            return structure(await self._leader_call(cid, named), NamedQueueCreated).queue_id
+        request = CreateQueue(client_id=self.client_id, retention=policy)
         response = await self._leader_call(cid, request)
         return structure(response, QueueCreated).queue_id
 
@@ -176,14 +204,18 @@ class Client(Router):
         )
         return structure(await self._leader_call(cid, request), RetentionChanged).retention
 
-    async def append(self, queue_id: str, data: Any) -> int:
+    async def append(
+        self, queue_id: str, data: Any, *, headers: dict[str, str] | None = None
+    ) -> int:
         """Append one JSON value to a queue and return its sequence number.
 
         ``data`` is any JSON value (dicts with string keys, lists, str, int within 64 bits,
         finite float, bool, None); it comes back from :meth:`read` unchanged. Anything else raises
-        :exc:`TypeError` or :exc:`ValueError` before anything is sent.
+        :exc:`TypeError` or :exc:`ValueError` before anything is sent. ``headers`` (at most 16
+        string pairs) are stored with the message and come back with it.
         """
-        return await self._append_as(queue_id, data, None, None)
+        appended = await self._append_as(queue_id, data, None, None, headers=headers)
+        return appended.sequence_num
 
     async def read(self, queue_id: str) -> Message | None:
         """The next message of the queue for this client id, or None if it has read them all."""
@@ -196,16 +228,33 @@ class Client(Router):
 
     # -- additions to the original contract (docs/protocol.md) -----------------------------------
 
-    async def append_batch(self, queue_id: str, values: Sequence[Any]) -> list[int]:
-        """Append several values atomically; returns their (consecutive) sequence numbers."""
-        return await self._append_batch(queue_id, values, None, None)
+    async def append_batch(
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+    ) -> list[int]:
+        """Append several values atomically; returns their (consecutive) sequence numbers.
+        ``headers``, when given, holds one headers dict (or None) per value."""
+        appended = await self._append_batch(queue_id, values, None, None, headers=headers)
+        return appended.sequence_nums
 
     async def _append_batch(
-        self, queue_id: str, values: Sequence[Any], producer_id: str | None, seq: int | None
-    ) -> list[int]:
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        producer_id: str | None,
+        seq: int | None,
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+        epoch: int | None = None,
+    ) -> BatchAppended:
         check_queue_id(queue_id)
         for value in values:
             check_json_value(value)
+        if headers is not None and len(headers) != len(values):
+            raise ValueError("headers must hold one entry per value")
         cid = await self._cluster_of(queue_id)
         request = AppendBatch(
             queue_name=queue_id,
@@ -213,13 +262,22 @@ class Client(Router):
             client_id=self.client_id,
             producer_id=producer_id,
             producer_seq=seq,
+            headers=None if headers is None else [_headers(h) or {} for h in headers],
+            producer_epoch=epoch,
         )
         response = await self._leader_call(cid, request)
-        return structure(response, BatchAppended).sequence_nums
+        return structure(response, BatchAppended)
 
     async def _append_as(
-        self, queue_id: str, data: Any, producer_id: str | None, seq: int | None
-    ) -> int:
+        self,
+        queue_id: str,
+        data: Any,
+        producer_id: str | None,
+        seq: int | None,
+        *,
+        headers: dict[str, str] | None = None,
+        epoch: int | None = None,
+    ) -> Appended:
         check_queue_id(queue_id)
         check_json_value(data)
         cid = await self._cluster_of(queue_id)
@@ -229,15 +287,29 @@ class Client(Router):
             client_id=self.client_id,
             producer_id=producer_id,
             producer_seq=seq,
+            headers=_headers(headers),
+            producer_epoch=epoch,
         )
-        return structure(await self._leader_call(cid, request), Appended).sequence_num
+        return structure(await self._leader_call(cid, request), Appended)
 
-    def producer(self, producer_id: str | None = None, *, next_seq: int = 1) -> Producer:
+    def producer(
+        self, producer_id: str | None = None, *, next_seq: int = 1, epoch: int | None = None
+    ) -> Producer:
         """An idempotent producer: its appends are never stored twice, even when it retries
         after a lost answer or a leader failover. ``producer_id`` defaults to a new random
-        one; reusing an id across restarts needs ``next_seq`` to continue its numbering."""
+        one.
+
+        A producer that keeps its id across restarts passes an ``epoch`` that grows with
+        each start (a counter it keeps, or ``time.time_ns() // 1_000_000``): the cluster then
+        takes its appends as a new numbering (``next_seq`` can stay 1) and refuses the older
+        instance's (:class:`ProducerFencedError`), so a restart can never have its new
+        messages taken for retries of old ones. Without an epoch, reusing an id needs
+        ``next_seq`` to continue its numbering."""
         return Producer(
-            self, producer_id or "P-" + new_client_id()[2:] + new_client_id()[2:], next_seq
+            self,
+            producer_id or "P-" + new_client_id()[2:] + new_client_id()[2:],
+            next_seq,
+            epoch,
         )
 
     async def read_batch(
@@ -294,7 +366,7 @@ class Client(Router):
         )
         return structure(await self._leader_call(cid, request), Position).next_sequence_num
 
-    async def consume(
+    def consume(
         self,
         queue_id: str,
         *,
@@ -302,23 +374,22 @@ class Client(Router):
         wait: float | None = None,
         ack: bool = False,
         wait_ms: int | None = None,
-    ) -> AsyncIterator[Message]:
+    ) -> Consumer:
         """Every message of the queue from this client's position on, as they arrive; each
         poll waits up to ``wait`` seconds (default 1) for a message. (``wait_ms`` is the
         deprecated name of ``wait``, in milliseconds.)
 
         With ``ack=False`` (at most once), reading moves the position. With ``ack=True`` (at
         least once), a batch is acknowledged only when the loop asks for the message after
-        it, so messages whose processing was interrupted are delivered again.
+        it, so messages whose processing was interrupted are delivered again. Used as
+        ``async with client.consume(q, ack=True) as messages: async for message in
+        messages:``, the block's clean end (``break`` included) also acknowledges what the loop
+        received; leaving a bare ``async for`` with ``break`` does not (that message and the
+        rest of its batch come again).
         """
         check_queue_id(queue_id)
         wire_wait = wait_in_ms(wait, wait_ms, caller="consume", default=1.0)
-        while True:
-            batch = await self._read_batch(queue_id, max_messages, ack, wire_wait)
-            for message in batch:
-                yield message
-            if ack and batch:
-                await self.ack(queue_id, batch[-1].sequence_num)
+        return Consumer(self, queue_id, max_messages, wire_wait or 0, ack)
 
     async def list_queues(
         self, cluster_id: str | None = None, *, max_queues: int = 100, after: str | None = None
@@ -394,28 +465,55 @@ class Producer:
     twice. Appends of one producer to one queue go one at a time, in order.
     """
 
-    def __init__(self, client: Client, producer_id: str, next_seq: int) -> None:
+    def __init__(
+        self, client: Client, producer_id: str, next_seq: int, epoch: int | None = None
+    ) -> None:
         self.client = client
         """The client this producer sends through."""
         self.producer_id = producer_id
         """The id the cluster recognises this producer's appends by."""
+        self.epoch = epoch
+        """This instance's epoch (None: an idempotent producer without fencing)."""
+        self.last_duplicate = False
+        """True when the cluster answered the last append as a retry of one it had applied
+        already (its first result is what was returned)."""
+        self.duplicates = 0
+        """Appends the cluster answered as retries, since this producer was made."""
         self._first_seq = next_seq
         self._next: dict[str, int] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
-    async def append(self, queue_id: str, data: Any) -> int:
+    async def append(
+        self, queue_id: str, data: Any, *, headers: dict[str, str] | None = None
+    ) -> int:
         """Append one value, exactly once; returns its sequence number."""
-        return await self._send(
-            queue_id, lambda seq: self.client._append_as(queue_id, data, self.producer_id, seq)
+        appended = await self._send(
+            queue_id,
+            lambda seq: self.client._append_as(
+                queue_id, data, self.producer_id, seq, headers=headers, epoch=self.epoch
+            ),
         )
+        return appended.sequence_num
 
-    async def append_batch(self, queue_id: str, values: Sequence[Any]) -> list[int]:
+    async def append_batch(
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+    ) -> list[int]:
         """Append several values atomically, exactly once; returns their sequence numbers."""
-        return await self._send(
-            queue_id, lambda seq: self.client._append_batch(queue_id, values, self.producer_id, seq)
+        appended = await self._send(
+            queue_id,
+            lambda seq: self.client._append_batch(
+                queue_id, values, self.producer_id, seq, headers=headers, epoch=self.epoch
+            ),
         )
+        return appended.sequence_nums
 
-    async def _send(self, queue_id: str, attempt: Callable[[int], Awaitable[T]]) -> T:
+    async def _send(
+        self, queue_id: str, attempt: Callable[[int], Awaitable[_AppendedT]]
+    ) -> _AppendedT:
         lock = self._locks.setdefault(queue_id, anyio.Lock())
         async with lock:
             seq = self._next.get(queue_id, self._first_seq)
@@ -429,6 +527,8 @@ class Producer:
                     backoff = min(backoff * 2, 1.0)
                     continue
                 self._next[queue_id] = seq + 1
+                self.last_duplicate = result.duplicate
+                self.duplicates += result.duplicate
                 return result
 
 

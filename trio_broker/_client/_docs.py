@@ -16,7 +16,8 @@ DOCSTRINGS: dict[type, str] = {
     BrokerInfo: "One member of a cluster, as ``CLUSTER_QUERY`` describes it (see ``Topology``).",
     Message: (
         "One message of a queue: its ``sequence_num`` (1 for the first message appended) and "
-        "``data``, the JSON value exactly as it was appended."
+        "``data``, the JSON value exactly as it was appended, and its ``headers`` (a dict of "
+        "strings, None when it was appended without any)."
     ),
     QueueList: (
         "One page of :meth:`Client.list_queues`: ``queues`` and ``next_after``, the value "

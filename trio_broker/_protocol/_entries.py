@@ -21,6 +21,7 @@ import orjson
 
 from .._core import _commands as cmd
 from .._core import _raft_messages as rm
+from .._core import _work_commands as work
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ._codec import converter, describe_error, dumps_value
 
@@ -36,6 +37,20 @@ ENTRY_TYPES: dict[str, type] = {
     "APPLY_RETENTION": cmd.ApplyRetention,
     "BROKER_ADDRESS": cmd.SetBrokerAddress,
     "COMMAND_GROUP": cmd.CommandGroup,
+    # Work queues and the queue lifecycle (schema version 5, docs/protocol.md "Work queues").
+    "CREATE_NAMED_QUEUE": work.CreateNamedQueue,
+    "DELETE_QUEUE": work.DeleteQueue,
+    "PUBLISH": work.Publish,
+    "READ_RECORDS": work.ReadRecords,
+    "JOIN_GROUP": work.JoinGroup,
+    "DELETE_GROUP": work.DeleteGroup,
+    "GROUP_READ": work.GroupRead,
+    "GROUP_ACK": work.GroupAck,
+    "GROUP_NACK": work.GroupNack,
+    "GROUP_EXTEND": work.GroupExtend,
+    "EXPIRE_LEASES": work.ExpireLeases,
+    "FORGET_POSITION": work.ForgetPosition,
+    "FORGET_IDLE_POSITIONS": work.ForgetIdlePositions,
     "NOOP": rm.NoOp,
     "CLUSTER_CONFIG": rm.ConfigEntry,
 }
@@ -114,6 +129,79 @@ converter.register_structure_hook(
 )
 
 
+# Headers: [[name, value], ...] in the order the core keeps them (sorted by name).
+def _headers_from_obj(value: Any, _type: Any = None) -> work.Headers:
+    if not isinstance(value, list):
+        raise TypeError("headers must be a list")
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise TypeError("a header must be a [name, value] pair")
+        pairs.append((plain_str(pair[0]), plain_str(pair[1])))
+    return tuple(pairs)
+
+
+converter.register_structure_hook_func(lambda t: t == work.Headers, _headers_from_obj)
+converter.register_unstructure_hook_func(
+    lambda t: t == work.Headers, lambda headers: [list(pair) for pair in headers]
+)
+
+
+def _record_to_obj(record: work.Record) -> dict[str, Any]:
+    obj: dict[str, Any] = {"data": orjson.Fragment(record.data)}
+    if record.headers:
+        obj["headers"] = [list(pair) for pair in record.headers]
+    return obj
+
+
+def _record_from_obj(value: Any, _type: Any = None) -> work.Record:
+    obj = _object(value)
+    return work.Record(dumps_value(obj["data"]), _headers_from_obj(obj.get("headers", [])))
+
+
+converter.register_unstructure_hook(work.Record, _record_to_obj)
+converter.register_structure_hook(work.Record, _record_from_obj)
+
+
+def _ranges_from_obj(value: Any, _type: Any = None) -> tuple[tuple[int, int], ...]:
+    if not isinstance(value, list):
+        raise TypeError("ranges must be a list")
+    ranges = []
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise TypeError("a range must be a [first, last] pair")
+        ranges.append((strict_int(pair[0]), strict_int(pair[1])))
+    return tuple(ranges)
+
+
+def _ints_from_obj(value: Any, _type: Any = None) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return tuple(strict_int(v) for v in value)
+
+
+converter.register_structure_hook_func(lambda t: t == tuple[tuple[int, int], ...], _ranges_from_obj)
+converter.register_structure_hook_func(lambda t: t == tuple[int, ...], _ints_from_obj)
+converter.register_unstructure_hook_func(
+    lambda t: t == tuple[tuple[int, int], ...], lambda ranges: [list(r) for r in ranges]
+)
+converter.register_unstructure_hook_func(lambda t: t == tuple[int, ...], list)
+
+
+_structure_settings = cattrs.gen.make_dict_structure_fn(work.GroupSettings, converter)
+converter.register_structure_hook(
+    work.GroupSettings, lambda value, _type: _structure_settings(_object(value), _type)
+)
+
+
+def _loose_policy_to_obj(policy: Any) -> Any:
+    return None if policy is None else converter.unstructure(policy, cmd.RetentionPolicy)
+
+
+def _loose_policy_from_obj(value: Any, _type: Any = None) -> cmd.RetentionPolicy | None:
+    return None if value is None else converter.structure(value, cmd.RetentionPolicy)
+
+
 def config_to_obj(config: rm.Config) -> dict[str, Any]:
     return {
         "voters": sorted(config.voters),
@@ -163,14 +251,18 @@ for _name, _cls in ENTRY_TYPES.items():
         converter,
         **{
             f.name: cattrs.gen.override(
-                omit_if_default=f.name in _OMITTED_WHEN_NONE, rename=_renames.get(f.name)
+                omit_if_default=f.name in _OMITTED_WHEN_NONE,
+                rename=_renames.get(f.name),
+                unstruct_hook=_loose_policy_to_obj if f.type == (object | None) else None,
             )
             for f in attrs.fields(_cls)
         },
     )
-    _structure[_cls] = cattrs.gen.make_dict_structure_fn(
-        _cls, converter, **peer_overrides(_cls, **_renames)
-    )
+    _overrides = peer_overrides(_cls, **_renames)
+    for _field in attrs.fields(_cls):
+        if _field.type == (object | None):  # a RetentionPolicy typed loosely (``_work_commands``)
+            _overrides[_field.name] = cattrs.gen.override(struct_hook=_loose_policy_from_obj)
+    _structure[_cls] = cattrs.gen.make_dict_structure_fn(_cls, converter, **_overrides)
 
 
 # -- the hot path, by hand -----------------------------------------------------------------------

@@ -490,6 +490,9 @@ class QueueList:
 class Message:
     sequence_num: int
     data: Any
+    headers: dict[str, str] | None = None
+    """Addition (work queues): the message's headers, None when it has none (and then absent
+    from the wire, so the original READ answer is unchanged)."""
 
 
 @attrs.frozen

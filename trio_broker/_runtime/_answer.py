@@ -64,7 +64,7 @@ class Answer:
 
 def response_for(result: Any) -> m.Response | BrokerError:
     """The answer to a client for the result of its command."""
-    if isinstance(result, BrokerError):
+    if isinstance(result, BrokerError | m.Response):  # decided by the room that proposed it
         return result
     if result is None or isinstance(result, cmd.BrokerAddressSet):
         return m.Done()

@@ -9,6 +9,10 @@ Lifetimes shape the nurseries: the storage worker outlives the services (the con
 and its peer links, the metrics server), which outlive the connections. Shutdown stops
 accepting, stops reading new requests, gives in-flight requests ``shutdown_grace`` seconds to
 be answered, then cancels what is left.
+
+Longer than the house's ~600 lines: the table holds every request type of the contract, and
+each entry stays next to the handler that decides it; the work-queue requests are decided in
+:mod:`._work`, which this module only wires in.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import attrs
 import trio
 
 from .. import _core
+from .._core import _work_commands as work
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import RetentionSet
+from .._core._commands import ReadBatch as ReadBatchCommand
+from .._core._commands import RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
@@ -52,6 +58,7 @@ from .._protocol import (
     TakeSnapshot,
     TransferLeadership,
 )
+from .._protocol import _messages as m
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from . import _membership as membership
@@ -82,6 +89,7 @@ from ._retention import RetentionEnforcer
 from ._security import Security, load_security
 from ._snapshot_fetch import serve_snapshot_chunk
 from ._statistics import BrokerStatistics, statistics_of
+from ._work import Mapped, WorkRoom, appended_answer, publish_command, read_answer
 
 T = TypeVar("T")
 
@@ -120,6 +128,14 @@ class Broker:
             config,
             self.submit,
             lambda: self.driver.node.is_leader and not self._closing,
+        )
+        self.work = WorkRoom(
+            config,
+            worker,
+            store,
+            self._propose,
+            lambda: self.driver.node.is_leader and not self._closing,
+            self.wall_clock_ms,
         )
         self._appended: dict[str, trio.Event] = {}
         """Long-polling readers wait on these, one per queue, set when it grows."""
@@ -186,15 +202,25 @@ class Broker:
                 self.retention.note_policy(payload.queue_id, payload.retention)
         elif isinstance(result, RetentionSet):
             self.retention.note_policy(result.queue_id, result.policy)
-        if isinstance(payload, _core.AppendMessage | AppendBatchCommand):
+        elif isinstance(result, work.NamedQueue) and result.created:
+            self._queue_ids.add(result.queue_id)
+            if isinstance(payload.retention, RetentionPolicy):
+                self.retention.note_policy(result.queue_id, payload.retention)
+        elif isinstance(result, work.QueueDeleted):
+            self.retention.retained.discard(result.queue_id)
+        if isinstance(payload, _core.AppendMessage | AppendBatchCommand | work.Publish) or (
+            isinstance(result, work.QueueDeleted)
+        ):
             event = self._appended.pop(payload.queue_id, None)
             if event is not None:
                 event.set()
+        self.work.note_applied(payload, result)
 
     def _on_snapshot(self, queues: set[str], retained: set[str]) -> None:
         """An installed snapshot replaced the state the in-memory views were built from."""
         self._queue_ids.update(queues)
         self.retention.replace(retained)
+        self.work.names_replaced()
 
     @property
     def _retained(self) -> set[str]:
@@ -271,6 +297,11 @@ class Broker:
             SeekRequest: self._commit_position,
             SetRetentionRequest: self._set_retention,
             ListQueues: self._list_queues,
+            m.CreateNamedQueue: self._leader(
+                lambda r: self.work.create_named(r, self._new_queue_id)
+            ),
+            m.ResolveQueue: lambda r, _s: self.work.resolve_queue(r),
+            **{cls: self._leader(self.work.handle) for cls in _WORK_HANDLED},
             JoinCluster: self._privileged(membership.join),
             RemoveMember: self._privileged(membership.remove),
             TransferLeadership: self._privileged(membership.transfer),
@@ -291,6 +322,16 @@ class Broker:
 
         return handler
 
+    def _leader(self, decide: Callable[[Any], Awaitable[Answer]]) -> _Handler:
+        """A request only the leader decides (a replica answers NOT_LEADER at once)."""
+
+        async def handler(request: Any, _session: Session | None) -> Answer:
+            if not self.driver.node.is_leader:
+                return Answer(now=self.driver.not_leader_error())
+            return await decide(request)
+
+        return handler
+
     async def _cluster_query(self, request: ClusterQuery, session: Session | None) -> Answer:
         plaintext = session is not None and session.plaintext
         return Answer(
@@ -305,6 +346,16 @@ class Broker:
         return Answer.of(await self._propose(command))
 
     async def _append(self, request: Append | AppendBatch, _session: Session | None) -> Answer:
+        request = await self.work.resolved(request)
+        if isinstance(request, BrokerError):
+            return Answer(now=request)
+        publish = publish_command(request, self.config)
+        if publish is not None:
+            if isinstance(publish, BrokerError):
+                return Answer(now=publish)
+            return await self.work.commit(
+                attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
+            )
         command = append_command(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
@@ -313,23 +364,42 @@ class Broker:
         return await self._commit(attrs.evolve(command, appended_ms=self.wall_clock_ms()))
 
     async def _read(self, request: Read, _session: Session | None) -> Answer:
+        request = await self.work.resolved(request)
+        if isinstance(request, BrokerError):
+            return Answer(now=request)
         command = read_command(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
+        if isinstance(command, ReadBatchCommand):  # the messages form: with their headers
+            command = work.ReadRecords(
+                command.client_id,
+                command.queue_id,
+                command.max_messages,
+                command.peek,
+                command.max_bytes,
+            )
         pending = await self._propose(command)
-        if request.wait_ms and isinstance(pending, Pending):
+        if isinstance(pending, BrokerError):
+            return Answer(now=pending)
+        if request.wait_ms:
             deadline = trio.current_time() + request.wait_ms / 1000
-            return Answer(later=_LongPoll(self, command, pending, deadline))
-        return Answer.of(pending)
+            return Answer(later=Mapped(_LongPoll(self, command, pending, deadline), read_answer))
+        return Answer(later=Mapped(pending, read_answer))
 
     async def _commit_position(
         self, request: AckRequest | SeekRequest, _session: Session | None
     ) -> Answer:
+        request = await self.work.resolved(request)
+        if isinstance(request, BrokerError):
+            return Answer(now=request)
         return await self._commit(position_command(request))
 
     async def _set_retention(
         self, request: SetRetentionRequest, _session: Session | None
     ) -> Answer:
+        request = await self.work.resolved(request)
+        if isinstance(request, BrokerError):
+            return Answer(now=request)
         return await self._commit(retention_command(request))
 
     async def _create_queue(self, request: CreateQueue, _session: Session | None) -> Answer:
@@ -434,6 +504,21 @@ class Broker:
 
 
 _Handler = Callable[[Any, "Session | None"], Awaitable[Answer]]
+_WORK_HANDLED = (
+    m.DeleteQueueRequest,
+    m.ForgetPositionRequest,
+    m.GroupJoin,
+    m.GroupRead,
+    m.GroupAck,
+    m.GroupNack,
+    m.GroupExtend,
+    m.GroupDelete,
+)
+"""Requests the work room decides on the leader (docs/protocol.md, "Work queues")."""
+
+
+def _is_empty(result: Any) -> bool:
+    return is_empty_read(result) or (isinstance(result, work.Delivered) and not result.messages)
 
 
 class _LongPoll:
@@ -456,7 +541,7 @@ class _LongPoll:
 
     async def wait(self) -> Any:
         result = await self.first.wait()
-        while is_empty_read(result) and trio.current_time() < self.deadline:
+        while _is_empty(result) and trio.current_time() < self.deadline:
             with trio.move_on_at(self.deadline):
                 await self.broker.wait_appended(self.command.queue_id)
             pending = await self.broker._propose(self.command)
@@ -518,6 +603,8 @@ async def open_broker(
         async with trio.open_nursery() as services:
             await services.start(broker.driver.run)
             await services.start(broker.retention.run)
+            await services.start(broker.work.run_leases)
+            await services.start(broker.work.run_forget)
             if config.metrics_port is not None:
                 broker.metrics_port = await services.start(
                     serve_metrics, broker, config.host, config.metrics_port

@@ -130,6 +130,12 @@ class BrokerConfig:
     retention_interval: float = attrs.field(default=1.0, validator=_positive)
     """Seconds between the leader's retention enforcements (only while some queue has a
     retention policy)."""
+    forget_idle_positions: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
+    """Seconds after which the leader forgets a client position no READ, ACK or SEEK has used
+    (None: positions are kept until forgotten explicitly). Swept every quarter of it, at most
+    every minute (docs/protocol.md, "FORGET_POSITION")."""
     wall_clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)
     """Seconds since the epoch: what the leader stamps appends and enforcements with. A seam
     for the mock clock, whose virtual time the real clock does not follow."""

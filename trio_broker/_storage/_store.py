@@ -59,6 +59,7 @@ from .._core._queues import (
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, decode_payload, encode_payload
 from ._schema import WORK_TABLES, upgrade
+from ._work_queries import next_lease_deadline, queue_id_for_name
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
@@ -410,6 +411,12 @@ class Store:
         return ProducerState(last_seq, tuple(tuple(r) for r in orjson.loads(recent)), last_used)
 
     # -- queries --------------------------------------------------------------------------------
+
+    def queue_id_for_name(self, name: str) -> str | None:
+        return queue_id_for_name(self._db, name)
+
+    def next_lease_deadline(self) -> int | None:
+        return next_lease_deadline(self._db)
 
     def queue_lengths(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT queue_id, length FROM queues ORDER BY queue_id"))

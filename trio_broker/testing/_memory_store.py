@@ -102,6 +102,12 @@ class MemoryStore:
 
     # -- queries -----------------------------------------------------------------------------
 
+    def queue_id_for_name(self, name: str) -> str | None:
+        return self.state.work.queue_id_for_name(name)
+
+    def next_lease_deadline(self) -> int | None:
+        return self.state.work.next_lease_deadline()
+
     def queue_lengths(self) -> dict[str, int]:
         state = self.state
         return {q: state.deleted[q] + len(m) for q, m in sorted(state.messages.items())}
