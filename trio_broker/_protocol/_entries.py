@@ -7,7 +7,8 @@ embedded in that JSON as it was stored, never re-encoded by hand.
 
 Peer input is validated like client input (types are never coerced), except that identifiers
 are not held to the client's length limit: what a leader replicates was checked when proposed.
-Storage imports :func:`encode_payload` and :func:`decode_payload`.
+Storage imports :func:`payload_bytes` (an entry's payload encoded once, cached on the entry,
+the same bytes in the log and in every REPLICATE) and :func:`decode_payload`.
 """
 
 from __future__ import annotations
