@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import trio
 
 from trio_broker._core._commands import AppendMessage, CommandGroup, CreateQueue
 from trio_broker._core._raft_messages import Entry, HardState, Replicate
@@ -13,6 +14,9 @@ from trio_broker._protocol import _entries, loads_object
 from trio_broker._protocol._consensus import encode_message, message_from_obj
 from trio_broker._protocol._entries import decode_payload, encode_payload, payload_bytes
 from trio_broker._storage import Store
+from trio_broker.testing import open_local_cluster
+
+from .wire import append, create_queue
 
 GROUP = CommandGroup(
     tuple(
@@ -138,3 +142,23 @@ def test_a_payload_too_deep_to_store_is_refused_as_a_protocol_error():
     )
     with pytest.raises(RemoteProtocolError, match="malformed REPLICATE"):
         message_from_obj(loads_object(frame))
+
+
+async def test_applied_entries_do_not_keep_their_bytes_in_memory(tmp_path):
+    """The cache lives from the Ready that creates (or receives) an entry until its apply: the
+    in-memory log of every broker does not hold applied payloads twice."""
+    async with open_local_cluster(tmp_path, 3) as cluster:
+        with trio.fail_after(30):
+            leader = await cluster.wait_for_leader()
+            queue_id = await create_queue(leader.port)
+            for i in range(5):
+                assert await append(leader.port, queue_id, {"n": i}) == i + 1
+            last = leader.node.log.last_index
+            for broker in cluster.brokers.values():
+                while broker.applied_index < last:
+                    await broker.driver.wait_changed()
+        for broker in cluster.brokers.values():
+            log = broker.node.log
+            held = log.slice(log.snapshot_index + 1, broker.applied_index + 1)
+            assert len(held) >= 6
+            assert [e.index for e in held if e.encoded is not None] == []
