@@ -86,11 +86,24 @@ class ConfigEntry:
 
 @attrs.frozen
 class Entry:
-    """One log entry. ``payload`` is opaque to the core except for NoOp and ConfigEntry."""
+    """One log entry. ``payload`` is opaque to the core except for NoOp and ConfigEntry.
+
+    ``encoded`` is the payload's bytes as stored in the log and carried by REPLICATE, when
+    known: a cache, not part of the entry's value (excluded from equality and repr), filled
+    once by the codec (``_protocol._entries.payload_bytes``) so that one entry is encoded once
+    for its log write and every replica, and set from the received frame on a replica. The
+    runtime forgets it once the entry is applied, so that the in-memory log does not hold every
+    payload twice (a later send to a lagging replica encodes it again, once).
+    """
 
     term: int
     index: int
     payload: Any
+    encoded: bytes | None = attrs.field(default=None, eq=False, repr=False)
+
+    def remember_encoded(self, encoded: bytes | None) -> None:
+        """Set (or, with None, forget) the cached bytes; they never change the entry's value."""
+        object.__setattr__(self, "encoded", encoded)
 
 
 @attrs.frozen

@@ -126,6 +126,11 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
     (+58%). That is over the ~10% the converter may cost on this path, so this one message
     (and the APPEND_MESSAGE payload, :func:`._entries._append_to_obj`) stays by hand; it is
     the converter's form (same keys, same checks).
+
+    Those figures are an entry's first encoding. In the broker the driver encodes each new
+    entry's payload once, before its first REPLICATE leaves, and caches the bytes on the entry
+    (:func:`._entries.payload_bytes`); every REPLICATE carrying it, to any replica, embeds
+    them as they are.
     """
     return {
         "operation": operation,

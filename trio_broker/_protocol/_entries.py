@@ -7,7 +7,8 @@ embedded in that JSON as it was stored, never re-encoded by hand.
 
 Peer input is validated like client input (types are never coerced), except that identifiers
 are not held to the client's length limit: what a leader replicates was checked when proposed.
-Storage imports :func:`encode_payload` and :func:`decode_payload`.
+Storage imports :func:`payload_bytes` (an entry's payload encoded once, cached on the entry,
+the same bytes in the log and in every REPLICATE) and :func:`decode_payload`.
 """
 
 from __future__ import annotations
@@ -378,13 +379,44 @@ def decode_payload(raw: bytes) -> Any:
     return payload_from_obj(obj)
 
 
+def payload_bytes(entry: rm.Entry) -> bytes:
+    """An entry's payload as the bytes of the log and of REPLICATE: encoded once per entry.
+
+    The bytes are cached on the entry (:attr:`~.._core._raft_messages.Entry.encoded`), so the
+    leader's log write and the REPLICATE to every replica (and every resend) share one
+    encoding; a replica's entries carry the bytes of the frame they came in. The driver calls
+    it for a Ready's new entries before sending its messages, so the encoding happens there,
+    on the event loop; a miss elsewhere (the storage thread) computes the same bytes.
+    """
+    encoded = entry.encoded
+    if encoded is None:
+        # Copied to an object of its size: orjson's result keeps its 4 KiB buffer (dumps_value).
+        encoded = memoryview(encode_payload(entry.payload)).tobytes()
+        entry.remember_encoded(encoded)
+    return encoded
+
+
 def entry_to_obj(entry: rm.Entry) -> dict[str, Any]:
-    return {"index": entry.index, "term": entry.term, "payload": payload_to_obj(entry.payload)}
+    """An entry inside a REPLICATE: its payload embedded as its stored bytes, which are exactly
+    what :func:`payload_to_obj` would serialize there (orjson writes a nested object as it
+    writes it alone)."""
+    encoded = entry.encoded
+    if encoded is None:
+        # Not cached again: an entry already applied (its bytes forgotten) sent to a lagging
+        # replica, or one read back from the log at start.
+        encoded = encode_payload(entry.payload)
+    return {"index": entry.index, "term": entry.term, "payload": orjson.Fragment(encoded)}
 
 
 def entry_from_obj(obj: Any) -> rm.Entry:
+    """An entry of a received REPLICATE, decoded once, carrying its payload's bytes for the
+    log: the received payload written back by orjson, which for the compact JSON that brokers
+    send is the received bytes themselves (frames hold no offsets to slice them out by, and
+    one C call costs less than walking the frame in Python). Bytes that decode to what the
+    broker applies, whoever sent them: they are the very object it decoded."""
     if not isinstance(obj, dict):
         raise RemoteProtocolError("an entry must be an object")
-    return rm.Entry(
-        strict_int(obj["term"]), strict_int(obj["index"]), payload_from_obj(obj["payload"])
-    )
+    raw = obj["payload"]
+    entry = rm.Entry(strict_int(obj["term"]), strict_int(obj["index"]), payload_from_obj(raw))
+    entry.remember_encoded(memoryview(orjson.dumps(raw)).tobytes())
+    return entry

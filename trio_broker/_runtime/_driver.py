@@ -36,6 +36,7 @@ from .._core._raft_messages import (
     TimeoutNow,
 )
 from .._errors import BrokerError, ErrorCode
+from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
 from ._config import BrokerConfig
 from ._log import log_event, logger
@@ -512,6 +513,10 @@ class RaftDriver:
 
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
+        # Each new entry encoded once, here: its log write and the REPLICATE to every replica
+        # reuse these bytes (a replica's entries already carry the bytes they arrived as).
+        for entry in rd.entries:
+            payload_bytes(entry)
         for m in rd.messages:
             self.peers.send(m)
         snapshot = None
@@ -543,6 +548,9 @@ class RaftDriver:
                 self.on_transaction.labels(label).observe(time.perf_counter() - started)
             self.entries_applied += len(rd.committed_entries)
             self._applied_bytes += sum(data_size(e.payload) for e in rd.committed_entries)
+            for entry in rd.committed_entries:
+                # Stored and sent: the in-memory log need not hold the payload twice.
+                entry.remember_encoded(None)
         for m in rd.persisted_messages:
             self.peers.send(m)
         # A proposal whose entry was truncated here is NOT known to have failed: another

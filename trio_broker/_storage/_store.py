@@ -57,7 +57,7 @@ from .._core._queues import (
     retention_through,
 )
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
-from .._protocol._entries import config_from_obj, config_to_obj, decode_payload, encode_payload
+from .._protocol._entries import config_from_obj, config_to_obj, decode_payload, payload_bytes
 from ._schema import WORK_TABLES, upgrade
 from ._work_queries import next_lease_deadline, queue_id_for_name
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
@@ -597,7 +597,7 @@ class Store:
                     db.executemany(
                         "INSERT OR REPLACE INTO raft_log (log_index, term, payload)"
                         " VALUES (?, ?, ?)",
-                        [(e.index, e.term, encode_payload(e.payload)) for e in entries],
+                        [(e.index, e.term, payload_bytes(e)) for e in entries],
                     )
                 if hard_state is not None:
                     self._set_meta(

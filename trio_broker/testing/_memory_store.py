@@ -19,7 +19,7 @@ from .._core import Command, QueueState
 from .._core._commands import RetentionPolicy
 from .._core._queues import client_lag
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
-from .._protocol._entries import decode_payload, encode_payload
+from .._protocol._entries import decode_payload, payload_bytes
 from .._storage import DataDirInUse, Identity
 from .._storage._store import QueueRow, RaftState
 
@@ -214,7 +214,7 @@ class MemoryStore:
                 "the mock clock (a large compact_threshold), or use the SQLite store"
             )
         # Encode before changing anything, so a payload that cannot be stored changes nothing.
-        records = {e.index: _LogRecord(e.term, encode_payload(e.payload)) for e in entries}
+        records = {e.index: _LogRecord(e.term, payload_bytes(e)) for e in entries}
         if truncate_from is not None:
             for index in [i for i in self.log if i >= truncate_from]:
                 del self.log[index]
