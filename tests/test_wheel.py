@@ -100,35 +100,18 @@ def test_the_synchronous_client_imports_from_the_wheel(installed):
 
 def test_a_program_using_the_public_api_type_checks_against_the_wheel(installed, tmp_path):
     program = tmp_path / "program.py"
-    program.write_text(textwrap.dedent(EXAMPLE))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
-    result = run(
-        sys.executable,
-        "-m",
-        "mypy",
-        "--strict",
-        "--no-incremental",
-        "--python-executable",
-        installed / "python",
-        program,
-        cwd=tmp_path,
-        env=env,
-    )
+
+    def check(source: str) -> subprocess.CompletedProcess[str]:
+        program.write_text(source)
+        python = installed / "python"
+        mypy = (sys.executable, "-m", "mypy", "--strict", "--no-incremental")
+        return run(*mypy, "--python-executable", python, program, cwd=tmp_path, env=env)
+
+    result = check(textwrap.dedent(EXAMPLE))
     assert result.returncode == 0, result.stdout + result.stderr
     # And the check has teeth: mypy read the wheel's own signatures (without py.typed it
     # would refuse the import under --strict), so a wrong type for a public name is an error.
-    program.write_text(textwrap.dedent(EXAMPLE) + "\nx: int = trio_broker.sync.connect\n")
-    broken = run(
-        sys.executable,
-        "-m",
-        "mypy",
-        "--strict",
-        "--no-incremental",
-        "--python-executable",
-        installed / "python",
-        program,
-        cwd=tmp_path,
-        env=env,
-    )
+    broken = check(textwrap.dedent(EXAMPLE) + "\nx: int = trio_broker.sync.connect\n")
     assert broken.returncode == 1, broken.stdout
     assert "def connect(seeds:" in broken.stdout, broken.stdout
