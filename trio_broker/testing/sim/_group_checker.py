@@ -118,6 +118,18 @@ class GroupChecker:
             for c, r in zip(commands, results, strict=True)
             if isinstance(c, GroupAck) and c.queue_id == WORK_QUEUE and isinstance(r, Acknowledged)
         ]
+        for s, (d, member, until) in pending_b.items():
+            # A lease ends before its deadline (by the command's clock) only by its holder's
+            # NACK: not by an expiry, a dead-lettering or another member's read.
+            if member is None or s in left - dead:
+                continue
+            after = pending_a.get(s)
+            ended = after is None or after[1] is None or after[0] != d
+            if ended and not nacked.get(s) and (now is None or until > now):
+                self.fail(
+                    f"{where}: #{s}'s lease held by {member} until {until} ended early "
+                    f"(command clock {now}), now {after}"
+                )
         for s in left - dead:
             if not any(lo <= s <= hi for ranges in acked for lo, hi in ranges):
                 self.fail(f"{where}: #{s} left the group neither acknowledged nor dead-lettered")
