@@ -86,13 +86,13 @@ def test_simulator_catches_acknowledgements_sent_before_persistence():
 
 
 def test_failure_message_carries_the_replay_command():
-    # Seed 106: changes to the workload, then one random stream per component, reshuffled
-    # every seed's schedule, and the seeds pinned before (3, 31, 198, 126, 63) no longer meet
-    # the mutant's window.
-    r = run_seed(106, mutant="forget_vote")
+    # Seed 234: changes to the workload, then one random stream per component, reshuffled
+    # every seed's schedule, and the seeds pinned before (3, 31, 198, 126, 63, then 106, whose
+    # schedule the consumer-group workload changed) no longer meet the mutant's window.
+    r = run_seed(234, mutant="forget_vote")
     assert not r.ok and "election safety" in r.error
-    assert run_seed(106).ok
-    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 106 --mutant forget_vote"
+    assert run_seed(234).ok
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 234 --mutant forget_vote"
 
 
 # -- the read checker itself ---------------------------------------------------------------
@@ -212,7 +212,8 @@ def test_idempotent_append_of_unknown_outcome_is_reissued_with_the_same_seq():
     client.deadline = sim.now
     sim._clients_step()
     assert client.op == ("pappend", "Q", (b"x", 5)) and client.deadline > sim.now
-    request = sim.net[-1][2]
+    # (seed 0 also runs group members, which send after the clients in the same step)
+    request = next(m for _, _, m in reversed(sim.net) if getattr(m, "src", None) == client.id)
     assert (request.command.producer_id, request.command.producer_seq) == (client.id, 5)
 
 

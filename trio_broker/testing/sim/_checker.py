@@ -22,6 +22,7 @@ from ..._core._queues import QueueState
 from ..._core._raft import RaftNode, Role
 from ..._core._raft_messages import Entry
 from ._clients import QUEUES, SimClient
+from ._group_checker import GroupChecker
 from ._params import SimulationFailure
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class Checker:
         same on every node at the same applied index; the checks below make sure)."""
         self.retained_at: dict[int, str] = {}
         """Applied index of an enforcement -> digest of the retained messages after it."""
+        self.group = GroupChecker(sim)
+        """The consumer group's invariants (seeds with the group workload)."""
 
     def fail(self, message: str) -> None:
         raise SimulationFailure(message)
@@ -163,6 +166,9 @@ class Checker:
             self.producer_data[data] = queue
 
     def on_unknown(self, c: SimClient) -> None:
+        if c.id in self.sim.workers:
+            self.group.on_unknown(c)
+            return
         kind, q, arg = c.op
         if kind == "read":
             # A read applied but not answered moved this client's position.
@@ -175,6 +181,9 @@ class Checker:
             c.unknown_acks.setdefault(q, []).append(arg)
 
     def on_result(self, c: SimClient, op: tuple, result: Any, src: Any = None) -> None:
+        if c.id in self.sim.workers:
+            self.group.on_result(c, op, result, src)
+            return
         kind, q, data = op
         if kind == "create":
             if not isinstance(result, QueueCreated) and not (
@@ -382,6 +391,8 @@ class Checker:
         states = {i: repr(sim.apps[i]) for i in members}
         if len(set(states.values())) != 1:
             self.fail("converged members disagree on the queues")
+        if sim.workers:
+            self.group.final_check(members)
         for (q, seq), data in self.acked.items():
             for i in members:
                 app = sim.apps[i]

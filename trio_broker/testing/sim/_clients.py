@@ -126,10 +126,15 @@ class ClientsMixin:
                     c.resend_at = None
                     self._send_op(c)
                 continue
-            if self.now < c.next_at or self.quiescing:
+            worker = c.id in self.workers
+            if self.now < c.next_at or (self._worker_idle(c) if worker else self.quiescing):
                 continue
             c.counter += 1
-            if c.to_create:
+            if worker:
+                c.op = self._worker_op(c)
+                if c.op is None:
+                    continue
+            elif c.to_create:
                 c.op = ("create", c.to_create[0], None)
             elif c.to_ack is not None:
                 c.op = ("ack", *c.to_ack)
@@ -177,8 +182,10 @@ class ClientsMixin:
 
     def _send_op(self, c: SimClient) -> None:
         kind, q, data = c.op
-        if kind == "create":
-            command: Any = CreateQueue(q)
+        if c.id in self.workers:
+            command: Any = self._group_command(c)
+        elif kind == "create":
+            command = CreateQueue(q)
         elif kind == "append":
             command = AppendMessage(q, data)
         elif kind == "pappend":

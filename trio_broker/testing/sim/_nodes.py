@@ -14,9 +14,26 @@ import attrs
 from ..._core._commands import AppendBatch, AppendMessage, CommandGroup, GroupApplied
 from ..._core._raft import NotLeader, RaftNode
 from ..._core._raft_messages import Entry
-from .._sim_cluster import apply_entry
+from ..._core._work_commands import (
+    WORK_COMMANDS,
+    ExpireLeases,
+    GroupExtend,
+    GroupNack,
+    GroupRead,
+)
+from .._sim_cluster import COMMANDS as APPLIED
 from ._clients import ClientRequest, ClientResponse
 from ._params import SimulationFailure
+
+TIMED = (GroupRead, GroupNack, GroupExtend, ExpireLeases)
+"""Group commands stamped with the proposing leader's clock (``now_ms``)."""
+
+
+def apply_entry(app: Any, entry: Entry) -> Any:
+    """Apply a committed entry; the core's own entries (no-op, config) change no queue."""
+    if isinstance(entry.payload, (*APPLIED, *WORK_COMMANDS)):
+        return app.apply(entry.payload)
+    return None
 
 
 class NodesMixin:
@@ -124,9 +141,12 @@ class NodesMixin:
     def _apply(self, i: int, e: Entry) -> None:
         if e.index != self.app_index[i] + 1:
             raise SimulationFailure(f"node {i} applied {e.index} after {self.app_index[i]}")
+        before = self.checker.group.view(self.apps[i]) if self.workers else None
         result = apply_entry(self.apps[i], e)
         self.app_index[i] = e.index
         self.checker.on_apply(i, e, result)
+        if self.workers:
+            self.checker.group.on_entry(i, e, result, before)
         self._trace(f"apply {i} {e.index} t{e.term}")
         waiting = self.pending.pop((i, e.index), None)
         if waiting is not None:
@@ -160,10 +180,13 @@ class NodesMixin:
             return
         del self.proposals[i]
         requests = waiting[1]
-        # The leader stamps appends with its wall clock when it proposes them (retention).
+        # The leader stamps appends with its wall clock when it proposes them (retention), and
+        # the group commands whose outcome depends on time (leases expire on its clock).
         commands = [
             attrs.evolve(m.command, appended_ms=self.wall_ms(i))
             if isinstance(m.command, AppendMessage | AppendBatch)
+            else attrs.evolve(m.command, now_ms=self.wall_ms(i))
+            if isinstance(m.command, TIMED)
             else m.command
             for m in requests
         ]

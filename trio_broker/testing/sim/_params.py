@@ -69,6 +69,10 @@ class FaultParams:
     """Each node's wall clock minus true time, in ms: leaders stamp appends with it."""
     transfer_rate: float = 0.0
     """Per step, the chance that the operator asks the leader to hand over its leadership."""
+    groups: int = 0
+    """Members of a consumer group sharing a work queue (0: no group workload)."""
+    group_death: float = 0.0
+    """Per decision of a member holding leases, the chance that it dies holding them."""
 
     @classmethod
     def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -118,6 +122,8 @@ class FaultParams:
             retention_every=draw("retention_every").choice([20, 50, 150]),
             clock_skews=tuple(skews.choice([0, 0, -300, 300, -3000]) for _ in range(n + 1)),
             transfer_rate=draw("transfer_rate").choice([0.0, 0.0, 0.003, 0.01]),
+            groups=draw("groups").choice([0, 0, 2, 3]),
+            group_death=draw("group_death").choice([0.0, 0.05, 0.2]),
         )
 
     def describe(self) -> str:

@@ -28,6 +28,7 @@ from ._params import (
     SimulationFailure,
     stream,
 )
+from ._workers import DEAD_LETTERS, WORK_QUEUE, SimWorker, WorkersMixin, group_settings
 
 
 @attrs.frozen
@@ -54,7 +55,7 @@ class SimResult:
         return cmd
 
 
-class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
+class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersMixin):
     """One run: a cluster, a network, disks, clients and the invariant checker, from a seed.
 
     The state lives here, in one object, as one plain loop needs it; each component's steps
@@ -151,6 +152,15 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
                 "retention_runs",
                 "retention_deleted",
                 "transfers",
+                "group_reads",
+                "group_delivered",
+                "group_redelivered",
+                "group_acks",
+                "group_nacks",
+                "group_extends",
+                "dead_lettered",
+                "lease_expiries",
+                "worker_deaths",
             ),
             0,
         )
@@ -161,10 +171,21 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
         ]
         self.client_rng = {c.id: stream(seed, f"client:{c.id}") for c in self.clients}
         """Each client's stream: its operations, their queues, the broker it asks first."""
+        # The consumer-group workload (on some seeds): members with streams of their own.
+        self.group_settings = group_settings(stream(seed, "group:settings"))
+        workers = [
+            SimWorker(f"W-{k}", to_create=[WORK_QUEUE, DEAD_LETTERS] if k == 0 else [])
+            for k in range(self.p.groups)
+        ]
+        self.workers = {w.id: w for w in workers}
+        self.clients += workers
+        self.client_rng.update({w.id: stream(seed, f"group:{w.id}") for w in workers})
         for i in self.ids:
             self._start(i)
 
     def _heal_all(self) -> None:
+        for w in self.workers.values():
+            w.dead_until = 0  # the dead members come back (as new members)
         self.faults_on = False
         self.heal_step = self.now
         self.blocked.clear()
@@ -193,6 +214,8 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
                     del self.restart_at[i]
                     self._start(i)
         self._retention()
+        if self.workers:
+            self._expire_leases()
         for i in self.ids:
             node = self.nodes[i]
             if node is None:
@@ -213,12 +236,15 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin):
 
     def converged(self) -> bool:
         """Liveness goal: every client succeeded twice after healing, then (no new operations)
-        every operation finished and every broker applied everything the leader holds."""
+        every operation finished, the group's members finished every message, and every
+        broker applied everything the leader holds."""
         if not self.quiescing:
             self.quiescing = all(c.ok_after_heal >= 2 for c in self.clients)
             return False
         if any(c.op is not None for c in self.clients):
             return False
+        if self.workers and not self._group_drained():
+            return False  # the members keep reading until every message is done
         leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
         if len(leaders) != 1:
             return False

@@ -1,0 +1,104 @@
+"""The simulator's consumer-group workload and invariants: it runs clean on the real core,
+exercises leases, redeliveries, NACKs, deaths and dead letters, and catches broken rules."""
+
+import pytest
+
+from trio_broker._core import _work
+from trio_broker._core._work_commands import Acknowledged, Delivered, Delivery
+from trio_broker.testing.sim import Simulation, SimulationFailure, run_swarm
+from trio_broker.testing.sim._params import FaultParams
+
+MUTANT_SEEDS = 300
+
+
+def group_seeds(n):
+    return [s for s in range(1000) if FaultParams.derive(s, 1, 1).groups][:n]
+
+
+def test_group_workload_runs_clean_and_exercises_every_path():
+    results = run_swarm(group_seeds(40), jobs=2)
+    failures = [r for r in results if not r.ok]
+    assert not failures, "\n".join(f"{r.error}\n  {r.replay_command()}" for r in failures)
+    total = {k: sum(r.stats[k] for r in results) for k in results[0].stats}
+    for key in (
+        "group_delivered",
+        "group_redelivered",
+        "group_acks",
+        "group_nacks",
+        "group_extends",
+        "dead_lettered",
+        "lease_expiries",
+        "worker_deaths",
+    ):
+        assert total[key] > 0, (key, total)
+
+
+def test_seeds_without_the_group_workload_run_no_member():
+    seed = next(s for s in range(100) if not FaultParams.derive(s, 1, 1).groups)
+    sim = Simulation(seed, safety_steps=0, liveness_steps=0)
+    assert not sim.workers and all(c.id.startswith("C-") for c in sim.clients)
+
+
+def test_a_read_sent_after_an_answered_ack_must_not_deliver_the_message():
+    sim = Simulation(group_seeds(1)[0], safety_steps=0, liveness_steps=0)
+    worker = next(iter(sim.workers.values()))
+    sim.checker.appended_data.add(b"x")
+    sim.now = 5
+    sim.checker.group.on_result(worker, ("gack", "Q-SIMWQ", (1,)), Acknowledged(1), 1)
+    worker.sent_at = 6
+    delivered = Delivered((Delivery(1, b"x", (), 2),))
+    with pytest.raises(SimulationFailure, match="whose ACK was answered"):
+        sim.checker.group.on_result(worker, ("gread", "Q-SIMWQ", 1), delivered, 1)
+    # A read sent before the ACK was answered may have been applied before the ACK.
+    worker.sent_at = 5
+    sim.checker.group.on_result(worker, ("gread", "Q-SIMWQ", 1), delivered, 1)
+
+
+# -- broken rules the invariants catch (patched in this process only) -------------------------
+
+_ack, _expire, _append = _work._ack, _work._expire, _work._append_records
+
+
+def ack_rewinds(group, command):
+    """Acknowledged messages are done, but the group's cursor moves back before them."""
+    result = _ack(group, command)
+    if isinstance(result, Acknowledged) and result.acknowledged:
+        group.cursor = min(group.cursor, min(a for a, _ in command.ranges) - 1)
+    return result
+
+
+def ack_requeues(group, command):
+    """Acknowledged messages wait for a redelivery instead of being done."""
+    if max(last for _, last in command.ranges) > group.cursor:
+        return _ack(group, command)
+    done = [s for s in group.pending if any(a <= s <= b for a, b in command.ranges)]
+    for s in done:
+        group.pending[s].member, group.pending[s].until_ms = None, 0
+    return Acknowledged(len(done))
+
+
+def early_expiry(state, key, group, now, budget):
+    """Leases end half a visibility timeout early: another member can take them."""
+    return _expire(state, key, group, now + group.settings.visibility_ms // 2, budget)
+
+
+def lost_dead_letter(state, queue_id, records, now_ms):
+    """A message past max_deliveries leaves the group but never reaches the DLQ."""
+    return None if queue_id == "Q-SIMDL" else _append(state, queue_id, records, now_ms)
+
+
+@pytest.mark.parametrize(
+    ("name", "mutant", "expected"),
+    [
+        ("_ack", ack_rewinds, "cursor moved back"),
+        ("_ack", ack_requeues, "ended early"),
+        ("_expire", early_expiry, "ended early"),
+        ("_append_records", lost_dead_letter, "neither acknowledged nor dead-lettered"),
+    ],
+)
+def test_a_broken_group_rule_is_caught(monkeypatch, name, mutant, expected):
+    monkeypatch.setattr(_work, name, mutant)
+    results = run_swarm(range(MUTANT_SEEDS), jobs=1, stop_on_failure=True)
+    failures = [r for r in results if not r.ok]
+    assert failures, f"{mutant.__name__} survived {MUTANT_SEEDS} seeds"
+    assert expected in failures[0].error, failures[0].error
