@@ -11,8 +11,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import ssl
 import sys
+import threading
 from typing import Any
 
 import trio
@@ -42,12 +44,39 @@ def parse_data(text: str) -> Any:
         return text
 
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+"""Ctrl-C (SIGINT), as shells report a command it stopped."""
+
+
 def run_client(args: argparse.Namespace) -> int:
     """Run one client command; returns the exit status."""
     try:
-        return trio.run(_run, args)
-    except KeyboardInterrupt:
-        return 130
+        return trio.run(_run_interruptible, args)
+    except KeyboardInterrupt:  # off the main thread, where no signal receiver can be had
+        return EXIT_INTERRUPTED
+
+
+async def _run_interruptible(args: argparse.Namespace) -> int:
+    """:func:`_run`, stopped cleanly by SIGINT: the signal cancels the command and the exit
+    status says it was interrupted. Without a receiver, trio raises KeyboardInterrupt in
+    whichever task is at a checkpoint, and a client task's failure could then surface first
+    as a lost connection (exit status 1)."""
+    if threading.current_thread() is not threading.main_thread():
+        return await _run(args)
+    status = EXIT_INTERRUPTED
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def command() -> None:
+                nonlocal status
+                status = await _run(args)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(command)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    return status
 
 
 def _security(args: argparse.Namespace) -> dict[str, Any]:
