@@ -304,6 +304,12 @@ class RaftNode:
         return HardState(self.term, self.voted_for, self.commit)
 
     @property
+    def config_committed(self) -> bool:
+        """Whether the configuration in force here is committed (a leader refuses another
+        membership change until it is)."""
+        return self._config_index() <= self.commit
+
+    @property
     def cluster_version(self) -> int:
         """The design's ``cluster_version``: the version of the config in force here."""
         return self.config.version

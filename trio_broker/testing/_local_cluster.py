@@ -99,9 +99,13 @@ class LocalCluster:
             await trio.sleep(0.01)
 
     async def wait_for_voters(self, count: int) -> Broker:
+        """Wait until the leader's configuration has ``count`` voters and no learner, and is
+        committed: a configuration takes effect when appended, and until it is committed the
+        leader refuses the next membership change."""
         while True:
             leader = await self.wait_for_leader()
-            if len(leader.node.config.voters) == count and not leader.node.config.learners:
+            config = leader.node.config
+            if len(config.voters) == count and not config.learners and leader.node.config_committed:
                 return leader
             await trio.sleep(0.01)
 
