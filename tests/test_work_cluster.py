@@ -10,22 +10,14 @@ import trio
 
 from trio_broker.testing import open_local_cluster
 
-from .wire import call
+from .wire import ManualClock, call
 
 DEADLINE = 30
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 2_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock(2_000_000.0)
 
 
 @pytest.fixture

@@ -8,24 +8,14 @@ import trio
 
 from trio_broker._runtime import BrokerConfig, open_broker
 
-from .wire import RawConnection, append, call, create_queue
+from .wire import ManualClock, RawConnection, append, call, create_queue
 
 DEADLINE = 20
 
 
-class Clock:
-    """The leader's wall clock, moved by the test (leases run on it)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock(1_000_000.0)
 
 
 @pytest.fixture

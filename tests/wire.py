@@ -79,3 +79,14 @@ async def append(port: int, queue_id: str, data: Any) -> int:
     response = await call(port, {"operation": "APPEND", "queue_name": queue_id, "data": data})
     assert response["status"] == "success", response
     return response["sequence_num"]
+
+
+class ManualClock:
+    """A broker's wall clock (``BrokerConfig.wall_clock``) that only the test moves: leases
+    and retention run on it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
