@@ -11,14 +11,11 @@ everything that arrived during one fsync shares the next one (group commit).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import random
-import secrets
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -42,11 +39,10 @@ from ._config import BrokerConfig
 from ._log import log_event, logger
 from ._network import Network
 from ._peers import PeerFleet
+from ._snapshots import Snapshots
 
-SNAPSHOT_CHUNK = 256 * 1024
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
-SNAPSHOTS_KEPT = 2
 MAX_GROUP = 1024
 """Commands in one proposal group (one log entry)."""
 SHORT_ENTRIES = 8
@@ -159,13 +155,7 @@ class RaftDriver:
         self._capacity = trio.Semaphore(config.max_pending)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._snapshot_dir = Path(config.data_dir) / "snapshots"
-        # Snapshots are offered and fetched by one broker run; leftovers are stale.
-        if self._snapshot_dir.is_dir():
-            for stale in self._snapshot_dir.glob("*.sqlite3"):
-                stale.unlink(missing_ok=True)
-        self._snapshots: dict[str, tuple[Path, int, str]] = {}
-        self._fetching: set[str] = set()
+        self.snapshots = Snapshots(self, config, store, worker)
         self._last_role: tuple[str, int, str | None] | None = None
         self._changed = trio.Event()
         self._changing_membership = False
@@ -189,17 +179,24 @@ class RaftDriver:
         """The last log index whose effects are visible here: in storage and in the broker's
         in-memory views (the core's ``applied`` moves when a Ready is taken, before that)."""
         self.commands_applied = 0
-        self._applied_bytes = 0
-        """Message bytes in applied entries since the last compaction (approximate)."""
 
     # -- inputs (called from other tasks; never block) ------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
 
+    def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
+        """One chunk of a snapshot this broker offered (what DATA_SYNC_REQUEST serves)."""
+        return self.snapshots.read_snapshot_chunk(snapshot_id, offset)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the driver's nursery (for the tasks of its rooms)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
     def step(self, message: Message) -> None:
         if isinstance(message, DataSync) and isinstance(message.data, dict):
-            self._start_snapshot_fetch(message)
+            self.snapshots.start_fetch(message)
             return
         self.node.step(message)
         if self.peers is not None:
@@ -450,7 +447,7 @@ class RaftDriver:
         self.addresses.clear()
         self.addresses.update(addresses)
         self._on_snapshot(queues, retained)
-        self._applied_bytes = 0
+        self.snapshots.applied_bytes = 0
         self._flush_unproposed(_outcome_unknown(f"internal failure: {exc!r}"))
         for index in list(self._waiters):
             self._resolve(index, _outcome_unknown(f"internal failure: {exc!r}"))
@@ -475,7 +472,8 @@ class RaftDriver:
                 self._wake = trio.Event()
                 if self._snapshot_requests:
                     # Here no Ready is outstanding: storage has applied exactly node.applied.
-                    self._compact_now()
+                    requests, self._snapshot_requests = self._snapshot_requests, []
+                    self.snapshots.compact_now(requests)
                 if self._proposals:
                     self._flush_proposals()
                 if self.node.has_ready():
@@ -547,7 +545,7 @@ class RaftDriver:
                 label = "true" if durable else "false"
                 self.on_transaction.labels(label).observe(time.perf_counter() - started)
             self.entries_applied += len(rd.committed_entries)
-            self._applied_bytes += sum(data_size(e.payload) for e in rd.committed_entries)
+            self.snapshots.note_applied(rd.committed_entries)
             for entry in rd.committed_entries:
                 # Stored and sent: the in-memory log need not hold the payload twice.
                 entry.remember_encoded(None)
@@ -567,7 +565,7 @@ class RaftDriver:
             self.addresses.update(addresses)
             self._on_snapshot(queues, retained)
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
-            self._applied_bytes = 0
+            self.snapshots.applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
         for entry, result in zip(rd.committed_entries, results, strict=True):
             if isinstance(entry.payload, CommandGroup):
@@ -585,8 +583,7 @@ class RaftDriver:
                 else:
                     self._resolve(entry.index, _not_applied("another leader's entry was committed"))
         for peer in rd.snapshots_to_send:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._offer_snapshot, peer)
+            self.start_soon(self.snapshots.offer, peer)
         if rd.committed_entries:
             self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
         if snapshot is not None:
@@ -660,7 +657,7 @@ class RaftDriver:
         self._note_role()
         if self.node.is_leader:
             self._leader_housekeeping()
-        self._maybe_compact()
+        self.snapshots.maybe_compact()
 
     def _note_transfer(self) -> None:
         """Log and count the start and the outcome of a leadership transfer from this broker.
@@ -771,147 +768,6 @@ class RaftDriver:
         finally:
             self._changing_membership = False
             self.wake()
-
-    # -- compaction and snapshots -----------------------------------------------------------------
-
-    def _maybe_compact(self) -> None:
-        """Compact when the applied log passes ``compact_threshold`` entries beyond those kept,
-        or ``compact_bytes`` of message data (the log is held in memory)."""
-        log = self.node.log
-        applied = self.node.applied
-        keep = self.config.compact_keep
-        over_bytes = self._applied_bytes >= self.config.compact_bytes
-        if not over_bytes and applied - log.snapshot_index < self.config.compact_threshold + keep:
-            return
-        index = applied - keep
-        if over_bytes:
-            # Keep fewer entries when they are large: at most a quarter of the byte budget.
-            index, kept = applied, 0
-            while index > log.snapshot_index and applied - index < keep:
-                size = data_size(log.entry(index).payload)
-                if kept + size > self.config.compact_bytes // 4:
-                    break
-                kept += size
-                index -= 1
-        term = log.term(index) if index > log.snapshot_index else None
-        if term is None:
-            if over_bytes:  # the count was stale: the log holds less than it said
-                held = log.slice(log.snapshot_index + 1, applied + 1)
-                self._applied_bytes = sum(data_size(e.payload) for e in held)
-            return
-        config = self.node._config_at(index)
-        self.node.compact(index)
-        self._applied_bytes = sum(data_size(e.payload) for e in log.slice(index + 1, applied + 1))
-        assert self._nursery is not None
-        self._nursery.start_soon(self._compact_storage, SnapshotMeta(index, term, config))
-
-    def _compact_now(self) -> None:
-        requests, self._snapshot_requests = self._snapshot_requests, []
-        log = self.node.log
-        index = self.node.applied
-        term = log.term(index)
-        if index <= log.snapshot_index or term is None:
-            for pending in requests:
-                pending.set((log.snapshot_index, log.snapshot_term))
-            return
-        meta = SnapshotMeta(index, term, self.node._config_at(index))
-        self.node.compact(index)
-        self._applied_bytes = 0  # nothing applied is left in the log
-        assert self._nursery is not None
-        self._nursery.start_soon(self._compact_storage, meta, requests)
-
-    async def _compact_storage(self, meta: SnapshotMeta, requests: Any = ()) -> None:
-        await self._worker.run(self._store.compact, meta)
-        log_event(logging.INFO, "log.compacted", upto=meta.index, term=meta.term)
-        for pending in requests:
-            pending.set((meta.index, meta.term))
-
-    async def _offer_snapshot(self, peer: str) -> None:
-        """Write a snapshot of the state machine and offer it to ``peer`` in a DATA_SYNC."""
-        self._snapshot_dir.mkdir(exist_ok=True)
-        snapshot_id = secrets.token_hex(8)
-        path = self._snapshot_dir / f"{snapshot_id}.sqlite3"
-        index = await self._worker.run(self._store.write_snapshot, str(path))
-        digest = await trio.to_thread.run_sync(_sha256_file, path)
-        size = path.stat().st_size
-        self._snapshots[snapshot_id] = (path, size, digest)
-        while len(self._snapshots) > SNAPSHOTS_KEPT:
-            old = next(iter(self._snapshots))
-            old_path, _, _ = self._snapshots.pop(old)
-            old_path.unlink(missing_ok=True)
-        try:
-            message = self.node.make_data_sync(
-                peer, index, {"snapshot_id": snapshot_id, "size": size, "sha256": digest}
-            )
-        except raft.UsageError as exc:  # the log was compacted past it meanwhile
-            log_event(logging.WARNING, "snapshot.not_offered", peer=peer, reason=str(exc))
-            return
-        assert self.peers is not None
-        self.peers.send(message)
-        log_event(logging.INFO, "snapshot.offered", peer=peer, index=index, size=size)
-
-    def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
-        entry = self._snapshots.get(snapshot_id)
-        if entry is None:
-            return None
-        path, size, _ = entry
-        with open(path, "rb") as f:
-            f.seek(offset)
-            chunk = f.read(SNAPSHOT_CHUNK)
-        return chunk, size, hashlib.sha256(chunk).hexdigest()
-
-    def _start_snapshot_fetch(self, message: DataSync) -> None:
-        """Fetch one offered snapshot at a time: offers repeated while a large transfer is
-        under way (the leader retries after an election timeout) are ignored, not stacked."""
-        snapshot_id = message.data.get("snapshot_id") if isinstance(message.data, dict) else None
-        if not isinstance(snapshot_id, str) or self._fetching:
-            return
-        self._fetching.add(snapshot_id)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._fetch_snapshot, message, snapshot_id)
-
-    async def _fetch_snapshot(self, message: DataSync, snapshot_id: str) -> None:
-        from ._snapshot_fetch import fetch_snapshot
-
-        try:
-            address = self.address_of(message.src)
-            if address is None:
-                log_event(logging.WARNING, "snapshot.no_address", leader=message.src)
-                return
-            self._snapshot_dir.mkdir(exist_ok=True)
-            path = self._snapshot_dir / f"incoming-{snapshot_id}.sqlite3"
-            ok = await fetch_snapshot(
-                self.network, address, self.cluster_id, message.data, path, self.secret
-            )
-            if ok:
-                log_event(
-                    logging.INFO,
-                    "snapshot.received",
-                    leader=message.src,
-                    index=message.snapshot.index,
-                    size=path.stat().st_size,
-                )
-                self.node.step(
-                    DataSync(
-                        src=message.src,
-                        dst=message.dst,
-                        term=message.term,
-                        cluster_version=message.cluster_version,
-                        snapshot=message.snapshot,
-                        data=str(path),
-                    )
-                )
-                self.wake()
-        finally:
-            self._fetching.discard(snapshot_id)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_node(

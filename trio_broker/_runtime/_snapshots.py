@@ -1,0 +1,239 @@
+"""Compaction and snapshots: the driver's room for shortening the log and for moving a whole
+state machine between brokers.
+
+Compaction cuts the core's in-memory log once enough of it is applied (a count of entries or
+of message bytes), and the store's log in a storage job after it. A leader whose follower is
+behind its log writes a snapshot file and offers it in a DATA_SYNC; the follower fetches it
+chunk by checked chunk (:mod:`._snapshot_fetch`, over ``_dial.py``) and steps the core with
+the downloaded file's path, which the next Ready installs.
+
+This room reads the driver through :class:`SnapshotHost` (the core it drives is rebuilt after a
+crash, and its peer links exist only while it runs), so nothing here imports the driver back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from .._core import _raft as raft
+from .._core._commands import data_size
+from .._core._raft_messages import DataSync, Entry, SnapshotMeta
+from .._storage import StorageWorker, Store
+from ._config import BrokerConfig
+from ._log import log_event
+from ._network import Network
+from ._snapshot_fetch import fetch_snapshot
+
+SNAPSHOT_CHUNK = 256 * 1024
+SNAPSHOTS_KEPT = 2
+
+
+class Settable(Protocol):
+    """Where an operator's snapshot request is answered (the driver's ``Pending``)."""
+
+    def set(self, result: Any) -> None: ...
+
+
+class Sender(Protocol):
+    def send(self, message: Any) -> None: ...
+
+
+class SnapshotHost(Protocol):
+    """What the snapshot room reads of the driver that owns it."""
+
+    node: raft.RaftNode
+    network: Network
+    cluster_id: str
+    secret: bytes | None
+
+    @property
+    def peers(self) -> Sender | None: ...
+
+    def address_of(self, broker_id: str) -> tuple[str, int] | None: ...
+
+    def wake(self) -> None: ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+
+class Snapshots:
+    """Compaction of the log, and the snapshots this broker offers and fetches."""
+
+    def __init__(
+        self, host: SnapshotHost, config: BrokerConfig, store: Store, worker: StorageWorker
+    ) -> None:
+        self._host = host
+        self._config = config
+        self._store = store
+        self._worker = worker
+        self._dir = Path(config.data_dir) / "snapshots"
+        # Snapshots are offered and fetched by one broker run; leftovers are stale.
+        if self._dir.is_dir():
+            for stale in self._dir.glob("*.sqlite3"):
+                stale.unlink(missing_ok=True)
+        self._offered: dict[str, tuple[Path, int, str]] = {}
+        self._fetching: set[str] = set()
+        self.applied_bytes = 0
+        """Message bytes in applied entries since the last compaction (approximate)."""
+
+    def note_applied(self, committed: Sequence[Entry]) -> None:
+        self.applied_bytes += sum(data_size(e.payload) for e in committed)
+
+    # -- compaction ------------------------------------------------------------------------------
+
+    def maybe_compact(self) -> None:
+        """Compact when the applied log passes ``compact_threshold`` entries beyond those kept,
+        or ``compact_bytes`` of message data (the log is held in memory)."""
+        node = self._host.node
+        config = self._config
+        log = node.log
+        applied = node.applied
+        keep = config.compact_keep
+        over_bytes = self.applied_bytes >= config.compact_bytes
+        if not over_bytes and applied - log.snapshot_index < config.compact_threshold + keep:
+            return
+        index = applied - keep
+        if over_bytes:
+            # Keep fewer entries when they are large: at most a quarter of the byte budget.
+            index, kept = applied, 0
+            while index > log.snapshot_index and applied - index < keep:
+                size = data_size(log.entry(index).payload)
+                if kept + size > config.compact_bytes // 4:
+                    break
+                kept += size
+                index -= 1
+        term = log.term(index) if index > log.snapshot_index else None
+        if term is None:
+            if over_bytes:  # the count was stale: the log holds less than it said
+                held = log.slice(log.snapshot_index + 1, applied + 1)
+                self.applied_bytes = sum(data_size(e.payload) for e in held)
+            return
+        meta = SnapshotMeta(index, term, node._config_at(index))
+        node.compact(index)
+        self.applied_bytes = sum(data_size(e.payload) for e in log.slice(index + 1, applied + 1))
+        self._host.start_soon(self._compact_storage, meta)
+
+    def compact_now(self, requests: Sequence[Settable]) -> None:
+        """The operator's SNAPSHOT: compact up to the applied index, then answer ``requests``
+        with the snapshot's (index, term) once storage holds it. Called when no Ready is
+        outstanding (storage has applied exactly the core's ``applied``)."""
+        node = self._host.node
+        log = node.log
+        index = node.applied
+        term = log.term(index)
+        if index <= log.snapshot_index or term is None:
+            for pending in requests:
+                pending.set((log.snapshot_index, log.snapshot_term))
+            return
+        meta = SnapshotMeta(index, term, node._config_at(index))
+        node.compact(index)
+        self.applied_bytes = 0  # nothing applied is left in the log
+        self._host.start_soon(self._compact_storage, meta, requests)
+
+    async def _compact_storage(self, meta: SnapshotMeta, requests: Sequence[Settable] = ()) -> None:
+        await self._worker.run(self._store.compact, meta)
+        log_event(logging.INFO, "log.compacted", upto=meta.index, term=meta.term)
+        for pending in requests:
+            pending.set((meta.index, meta.term))
+
+    # -- the leader's side -----------------------------------------------------------------------
+
+    async def offer(self, peer: str) -> None:
+        """Write a snapshot of the state machine and offer it to ``peer`` in a DATA_SYNC."""
+        self._dir.mkdir(exist_ok=True)
+        snapshot_id = secrets.token_hex(8)
+        path = self._dir / f"{snapshot_id}.sqlite3"
+        index = await self._worker.run(self._store.write_snapshot, str(path))
+        digest = await trio.to_thread.run_sync(sha256_file, path)
+        size = path.stat().st_size
+        self._offered[snapshot_id] = (path, size, digest)
+        while len(self._offered) > SNAPSHOTS_KEPT:
+            old = next(iter(self._offered))
+            old_path, _, _ = self._offered.pop(old)
+            old_path.unlink(missing_ok=True)
+        try:
+            message = self._host.node.make_data_sync(
+                peer, index, {"snapshot_id": snapshot_id, "size": size, "sha256": digest}
+            )
+        except raft.UsageError as exc:  # the log was compacted past it meanwhile
+            log_event(logging.WARNING, "snapshot.not_offered", peer=peer, reason=str(exc))
+            return
+        peers = self._host.peers
+        assert peers is not None
+        peers.send(message)
+        log_event(logging.INFO, "snapshot.offered", peer=peer, index=index, size=size)
+
+    def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
+        """One chunk of a snapshot this broker offered: (bytes, whole size, the bytes' sha256),
+        or None for a snapshot it does not hold (run in a thread)."""
+        entry = self._offered.get(snapshot_id)
+        if entry is None:
+            return None
+        path, size, _ = entry
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read(SNAPSHOT_CHUNK)
+        return chunk, size, hashlib.sha256(chunk).hexdigest()
+
+    # -- the follower's side ---------------------------------------------------------------------
+
+    def start_fetch(self, message: DataSync) -> None:
+        """Fetch one offered snapshot at a time: offers repeated while a large transfer is
+        under way (the leader retries after an election timeout) are ignored, not stacked."""
+        snapshot_id = message.data.get("snapshot_id") if isinstance(message.data, dict) else None
+        if not isinstance(snapshot_id, str) or self._fetching:
+            return
+        self._fetching.add(snapshot_id)
+        self._host.start_soon(self._fetch, message, snapshot_id)
+
+    async def _fetch(self, message: DataSync, snapshot_id: str) -> None:
+        host = self._host
+        try:
+            address = host.address_of(message.src)
+            if address is None:
+                log_event(logging.WARNING, "snapshot.no_address", leader=message.src)
+                return
+            self._dir.mkdir(exist_ok=True)
+            path = self._dir / f"incoming-{snapshot_id}.sqlite3"
+            ok = await fetch_snapshot(
+                host.network, address, host.cluster_id, message.data, path, host.secret
+            )
+            if ok:
+                log_event(
+                    logging.INFO,
+                    "snapshot.received",
+                    leader=message.src,
+                    index=message.snapshot.index,
+                    size=path.stat().st_size,
+                )
+                host.node.step(
+                    DataSync(
+                        src=message.src,
+                        dst=message.dst,
+                        term=message.term,
+                        cluster_version=message.cluster_version,
+                        snapshot=message.snapshot,
+                        data=str(path),
+                    )
+                )
+                host.wake()
+        finally:
+            self._fetching.discard(snapshot_id)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+__all__ = ["SNAPSHOT_CHUNK", "SnapshotHost", "Snapshots", "sha256_file"]
