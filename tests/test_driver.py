@@ -20,11 +20,12 @@ from trio_broker._core._commands import (
     RetentionPolicy,
     SetRetention,
 )
+from trio_broker._core._proposals import encoded_bound as _encoded_bound
 from trio_broker._core._raft import RaftNode
 from trio_broker._core._raft_messages import Config, HardState, Heartbeat, SnapshotMeta
 from trio_broker._protocol._entries import encode_payload
 from trio_broker._runtime import BrokerConfig
-from trio_broker._runtime._driver import Pending, RaftDriver, _encoded_bound
+from trio_broker._runtime._driver import Pending, RaftDriver
 from trio_broker.testing._sim_cluster import Cluster
 
 CAPACITY = 4
@@ -66,7 +67,7 @@ async def test_a_waiter_replaced_by_a_later_leaders_entry_is_answered_not_applie
     assert all(p.done and p.result.code == "NOT_LEADER" for p in stale)
     assert "not applied" in stale[0].result.message
     assert not fresh.done
-    assert driver._waiters[9] == (7, [fresh])
+    assert driver._ledger.waiting(9) == (7, [fresh])
     assert driver._capacity.value == CAPACITY - 1  # only the fresh proposal holds a unit
 
 

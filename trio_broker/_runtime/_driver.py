@@ -22,7 +22,8 @@ import trio
 
 from .. import _core
 from .._core import _raft as raft
-from .._core._commands import Command, CommandGroup, GroupApplied, data_size
+from .._core._commands import Command, CommandGroup
+from .._core._proposals import NotApplied, Proposals
 from .._core._raft_messages import (
     ChangeAction,
     Config,
@@ -43,29 +44,10 @@ from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
-MAX_GROUP = 1024
-"""Commands in one proposal group (one log entry)."""
 SHORT_ENTRIES = 8
 SHORT_COMMANDS = 256
 """At most this many entries and commands in an apply-only transaction run on the event loop's
 thread (a few hundred µs at most); a larger one goes to the storage thread."""
-COMMAND_OVERHEAD = 256
-"""More than the JSON a log payload adds to its data and its ids (field names, numbers)."""
-
-
-def _encoded_bound(command: Any) -> int:
-    """An upper bound of a command's size in a log entry. A group stays under ``max_frame`` by
-    this bound, so that a REPLICATE of the core's 64 entries stays within a peer frame."""
-    ids = sum(
-        len(value)
-        for value in (
-            getattr(command, "queue_id", None),
-            getattr(command, "client_id", None),
-            getattr(command, "producer_id", None),
-        )
-        if isinstance(value, str)
-    )
-    return COMMAND_OVERHEAD + ids + data_size(command)
 
 
 class Pending:
@@ -149,9 +131,7 @@ class RaftDriver:
         self._worker = worker
         self._on_applied = on_applied
         self._on_snapshot = on_snapshot
-        self._waiters: dict[int, tuple[int, list[Pending]]] = {}
-        """Log index -> (term proposed in, the proposals of that entry, in group order)."""
-        self._proposals: list[tuple[Any, Pending]] = []
+        self._ledger: Proposals[Pending] = Proposals(max_bytes=config.max_frame)
         self._capacity = trio.Semaphore(config.max_pending)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -232,40 +212,15 @@ class RaftDriver:
             self._capacity.release()
             return self.not_leader_error()
         pending = Pending()
-        self._proposals.append((payload, pending))
+        self._ledger.add(payload, pending)
         self.wake()
         return pending
 
     def _flush_proposals(self) -> None:
         """Turn the proposals waiting since the last Ready into log entries: as many groups as
         the bounds allow (MAX_GROUP commands, about a frame of data each)."""
-        proposals, self._proposals = self._proposals, []
-        start = 0
-        while start < len(proposals):
-            end, size = start, 0
-            while end < len(proposals) and end - start < MAX_GROUP:
-                size += _encoded_bound(proposals[end][0])
-                if end > start and size > self.config.max_frame:
-                    break
-                end += 1
-            chunk = proposals[start:end]
-            start = end
-            payload = chunk[0][0] if len(chunk) == 1 else CommandGroup(tuple(c for c, _ in chunk))
-            try:
-                term, index = self.node.propose(payload)
-            except raft.LeadershipTransferring as exc:
-                error = self.transferring_error(exc.leader_id)
-                for _, pending in chunk:
-                    pending.set(error)
-                    self._capacity.release()
-                continue
-            except raft.NotLeader:
-                error = self.not_leader_error()
-                for _, pending in chunk:
-                    pending.set(error)
-                    self._capacity.release()
-                continue
-            self._wait_for(index, term, [pending for _, pending in chunk])
+        for pending, outcome in self._ledger.propose_queued(self.node.propose):
+            self._settle(pending, outcome)
 
     async def change_membership(self, change: ConfigChange) -> Any:
         """Propose one membership change and wait until it is applied."""
@@ -314,7 +269,7 @@ class RaftDriver:
     @property
     def pending(self) -> int:
         """Proposals not yet answered."""
-        return len(self._proposals) + sum(len(p) for _, p in self._waiters.values())
+        return len(self._ledger)
 
     async def wait_changed(self) -> None:
         """Wait until the core has handled one more Ready (its state may have changed)."""
@@ -448,9 +403,8 @@ class RaftDriver:
         self.addresses.update(addresses)
         self._on_snapshot(queues, retained)
         self.snapshots.applied_bytes = 0
-        self._flush_unproposed(_outcome_unknown(f"internal failure: {exc!r}"))
-        for index in list(self._waiters):
-            self._resolve(index, _outcome_unknown(f"internal failure: {exc!r}"))
+        for pending in self._ledger.take_all():
+            self._settle(pending, _outcome_unknown(f"internal failure: {exc!r}"))
         log_event(
             logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
         )
@@ -474,7 +428,7 @@ class RaftDriver:
                     # Here no Ready is outstanding: storage has applied exactly node.applied.
                     requests, self._snapshot_requests = self._snapshot_requests, []
                     self.snapshots.compact_now(requests)
-                if self._proposals:
+                if self._ledger.queued:
                     self._flush_proposals()
                 if self.node.has_ready():
                     await self._handle_ready(self.node.ready())
@@ -557,8 +511,8 @@ class RaftDriver:
         # another term means not applied.
         if snapshot is not None:
             meta = snapshot[0]
-            for index in [i for i in self._waiters if i <= meta.index]:
-                self._resolve(index, _outcome_unknown("replaced by a snapshot from the leader"))
+            for pending in self._ledger.take_through(meta.index):
+                self._settle(pending, _outcome_unknown("replaced by a snapshot from the leader"))
             # The installed state replaces everything the in-memory views were built from.
             addresses, queues, retained = await self._worker.run(self._read_views)
             self.addresses.clear()
@@ -575,13 +529,8 @@ class RaftDriver:
             else:
                 self._on_applied(entry.payload, result)
                 self.commands_applied += isinstance(entry.payload, Command)
-            waiter = self._waiters.get(entry.index)
-            if waiter is not None:
-                term, _ = waiter
-                if term == entry.term:
-                    self._resolve(entry.index, result)
-                else:
-                    self._resolve(entry.index, _not_applied("another leader's entry was committed"))
+            for pending, outcome in self._ledger.applied(entry.index, entry.term, result):
+                self._settle(pending, outcome)
         for peer in rd.snapshots_to_send:
             self.start_soon(self.snapshots.offer, peer)
         if rd.committed_entries:
@@ -620,32 +569,22 @@ class RaftDriver:
             set(store.retention_policies()),
         )
 
-    def _resolve(self, index: int, result: Any) -> None:
-        """Answer the proposals of entry ``index``: each with its own result when the entry
-        was applied as a group, each with the same error when it was not applied."""
-        _, pendings = self._waiters.pop(index)
-        if isinstance(result, GroupApplied):
-            for pending, one in zip(pendings, result.results, strict=True):
-                pending.set(one)
-        else:
-            for pending in pendings:
-                pending.set(result)
-        for _ in pendings:
-            self._capacity.release()
+    def _settle(self, pending: Pending, outcome: Any) -> None:
+        """Answer one proposal with the outcome the ledger gave it, and free its unit."""
+        if isinstance(outcome, NotApplied):
+            outcome = _not_applied(outcome.reason)
+        elif isinstance(outcome, raft.LeadershipTransferring):
+            outcome = self.transferring_error(outcome.leader_id)
+        elif isinstance(outcome, raft.NotLeader):
+            outcome = self.not_leader_error()
+        pending.set(outcome)
+        self._capacity.release()
 
     def _wait_for(self, index: int, term: int, pendings: list[Pending]) -> None:
-        """Register the proposals of the entry this leader just appended at ``index``. A
-        waiter still there is from an earlier term whose entry this leader's log replaced:
-        by leader completeness that entry was never committed, so it was not applied."""
-        if index in self._waiters:
-            self._resolve(index, _not_applied("another leader's entry took its place"))
-        self._waiters[index] = (term, pendings)
-
-    def _flush_unproposed(self, error: BrokerError) -> None:
-        proposals, self._proposals = self._proposals, []
-        for _, pending in proposals:
-            pending.set(error)
-            self._capacity.release()
+        """Register the proposals of the entry this leader just appended at ``index``; those
+        of an earlier term's entry it replaced are answered as not applied."""
+        for pending, outcome in self._ledger.wait_for(index, term, pendings):
+            self._settle(pending, outcome)
 
     def _after_advance(self) -> None:
         self._changed.set()

@@ -1,6 +1,6 @@
 """The brokers and their disks: start, crash and restart from durable state; a Ready durable only
 when its write completes; applying committed entries; the leader's proposal grouping and its
-answers to clients.
+answers to clients (through the driver's own proposals ledger, :mod:`trio_broker._core._proposals`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 import attrs
 
-from ..._core._commands import AppendBatch, AppendMessage, CommandGroup, GroupApplied
+from ..._core._commands import AppendBatch, AppendMessage
+from ..._core._proposals import NotApplied, Proposals
 from ..._core._raft import NotLeader, RaftNode
 from ..._core._raft_messages import Entry
 from ..._core._work_commands import (
@@ -21,6 +22,7 @@ from ..._core._work_commands import (
     GroupNack,
     GroupRead,
 )
+from ..._protocol._framing import DEFAULT_MAX_FRAME
 from .._sim_cluster import COMMANDS as APPLIED
 from ._clients import ClientRequest, ClientResponse
 from ._params import SimulationFailure
@@ -52,6 +54,7 @@ class NodesMixin:
         )
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index
+        self.ledgers[i] = Proposals(max_bytes=DEFAULT_MAX_FRAME)
         self.checker.on_start(i)
         self.dirty.add(i)
         self._trace(f"start {i}")
@@ -62,8 +65,7 @@ class NodesMixin:
             return
         self.nodes[i] = None
         self.disk[i] = None  # the write in progress is lost
-        for key in [k for k in self.pending if k[0] == i]:
-            del self.pending[key]
+        self.ledgers.pop(i, None)  # its requests are never answered: their outcome is unknown
         self.proposals.pop(i, None)
         lo, hi = self.p.restart_steps
         self.restart_at[i] = self.now + self.restart_rng.randint(1, lo if quick else hi)
@@ -104,6 +106,9 @@ class NodesMixin:
             self.app_index[i] = rd.snapshot.snapshot.index
             self.checker.on_snapshot(i, rd.snapshot.snapshot.index, self.apps[i])
             self.stats["snapshots_installed"] += 1
+            # Requests waiting on the entries the snapshot replaced: their outcome is unknown
+            # (the runtime says so; the simulated client waits until it gives up).
+            self.ledgers[i].take_through(rd.snapshot.snapshot.index)
         for e in rd.committed_entries:
             self._apply(i, e)
         if node.is_leader:
@@ -148,16 +153,11 @@ class NodesMixin:
         if self.workers:
             self.checker.group.on_entry(i, e, result, before)
         self._trace(f"apply {i} {e.index} t{e.term}")
-        waiting = self.pending.pop((i, e.index), None)
-        if waiting is not None:
-            term, requests = waiting
-            if term != e.term:  # another leader's entry took this index
-                for client, req_id in requests:
-                    self._answer(i, client, req_id, "dropped")
-                return
-            results = result.results if isinstance(result, GroupApplied) else [result]
-            for (client, req_id), one in zip(requests, results, strict=True):
-                self._answer(i, client, req_id, "ok", one)
+        for (client, req_id), outcome in self.ledgers[i].applied(e.index, e.term, result):
+            if isinstance(outcome, NotApplied):  # another leader's entry took this index
+                self._answer(i, client, req_id, "dropped")
+            else:
+                self._answer(i, client, req_id, "ok", outcome)
 
     def _answer(self, i: int, client: str | None, req_id: int, status: str, result=None) -> None:
         if client is not None:  # the operator's commands are not answered
@@ -171,39 +171,37 @@ class NodesMixin:
                 response = ClientResponse(i, m.src, m.req_id, "not_leader", None, node.leader_id)
                 self.post(response, True)
             return
-        self.proposals.setdefault(i, (self.now, []))[1].append(m)
+        self.ledgers[i].add(m.command, (m.src, m.req_id))
+        self.proposals.setdefault(i, self.now)
 
     def _propose_group(self, i: int) -> None:
-        waiting = self.proposals.get(i)
+        since = self.proposals.get(i)
         node = self.nodes.get(i)
-        if waiting is None or node is None or self.now < waiting[0] + self.p.linger:
+        if since is None or node is None or self.now < since + self.p.linger:
             return
         del self.proposals[i]
-        requests = waiting[1]
-        # The leader stamps appends with its wall clock when it proposes them (retention), and
-        # the group commands whose outcome depends on time (leases expire on its clock).
-        commands = [
-            attrs.evolve(m.command, appended_ms=self.wall_ms(i))
-            if isinstance(m.command, AppendMessage | AppendBatch)
-            else attrs.evolve(m.command, now_ms=self.wall_ms(i))
-            if isinstance(m.command, TIMED)
-            else m.command
-            for m in requests
-        ]
-        payload = commands[0] if len(commands) == 1 else CommandGroup(tuple(commands))
-        try:
-            term, index = node.propose(payload)
-        except NotLeader as exc:
-            for m in requests:
-                if m.src is not None:
-                    response = ClientResponse(i, m.src, m.req_id, "not_leader", None, exc.leader_id)
+
+        def stamp(command: Any) -> Any:
+            # The leader stamps appends with its wall clock when it proposes them (retention),
+            # and the group commands whose outcome depends on time (leases expire on its clock).
+            if isinstance(command, AppendMessage | AppendBatch):
+                return attrs.evolve(command, appended_ms=self.wall_ms(i))
+            if isinstance(command, TIMED):
+                return attrs.evolve(command, now_ms=self.wall_ms(i))
+            return command
+
+        ledger = self.ledgers[i]
+        grouped = ledger.grouped
+        settled = ledger.propose_queued(node.propose, stamp)
+        self.stats["groups"] += ledger.grouped - grouped
+        for (client, req_id), outcome in settled:
+            if isinstance(outcome, NotLeader):
+                if client is not None:
+                    response = ClientResponse(
+                        i, client, req_id, "not_leader", None, outcome.leader_id
+                    )
                     self.post(response, True)
-            return
-        self.stats["groups"] += len(requests) > 1
-        replaced = self.pending.pop((i, index), None)
-        if replaced is not None:
-            # An earlier term's entry at this index was replaced in this leader's log: it was
-            # never committed (leader completeness), as the runtime's driver answers.
-            for client, req_id in replaced[1]:
+            else:
+                # An earlier term's entry at this index was replaced in this leader's log: it
+                # was never committed (leader completeness), as the runtime's driver answers.
                 self._answer(i, client, req_id, "dropped")
-        self.pending[(i, index)] = (term, [(m.src, m.req_id) for m in requests])

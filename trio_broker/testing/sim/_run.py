@@ -10,13 +10,14 @@ from typing import Any
 
 import attrs
 
+from ..._core._proposals import Proposals
 from ..._core._queues import QueueState
 from ..._core._raft import RaftNode
 from ..._core._raft_messages import Config, SnapshotMeta
 from .._sim_cluster import MemoryStorage
 from .._sim_mutants import MUTANTS
 from ._checker import Checker
-from ._clients import QUEUES, ClientRequest, ClientsMixin, SimClient
+from ._clients import QUEUES, ClientsMixin, SimClient
 from ._network import NetworkMixin
 from ._nodes import NodesMixin
 from ._operator import OperatorMixin
@@ -121,11 +122,12 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.heal_step = 0
         self.quiescing = False
         self.dirty: set[int] = set()
-        self.pending: dict[tuple[int, int], tuple[int, list[tuple[str, int]]]] = {}
-        """(node, log index) -> (term proposed in, the (client, request) of each command)."""
-        self.proposals: dict[int, tuple[int, list[ClientRequest]]] = {}
-        """Requests a leader received since its last Ready (with the step the first arrived):
-        proposed as one group, as the runtime's driver does (proposal batching)."""
+        self.ledgers: dict[int, Proposals[tuple[str | None, int]]] = {}
+        """Each running broker's proposals ledger (the driver's): the (client, request) of each
+        command, from the moment the leader takes it until it is answered."""
+        self.proposals: dict[int, int] = {}
+        """The step the first request waiting in a leader's ledger arrived: they are proposed
+        together once ``linger`` steps passed, as the runtime's driver does (proposal batching)."""
         self.trace = hashlib.blake2b(digest_size=12)
         self.stats = dict.fromkeys(
             (

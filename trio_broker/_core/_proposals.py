@@ -1,0 +1,179 @@
+"""The leader's proposals ledger: which requests wait for which log entry.
+
+Requests a leader takes between two Readys wait in a short queue; at its next Ready they become
+log entries, as few as the bounds allow (:data:`MAX_GROUP` commands, about ``max_bytes`` of
+encoded data each): one :class:`~._commands.CommandGroup` per entry (proposal batching). Each
+entry's requests then wait on its ``(index, term)`` until that index is applied here:
+
+- the entry applied at that index has the same term: it is theirs, and each request gets its
+  own result (a group's results are in its commands' order);
+- it has another term, or this leader's log put an entry of a later term at that index before
+  it was applied: theirs was never committed (by leader completeness), so it was *not applied*;
+- the core refused the proposal (this broker no longer leads, or hands its leadership over):
+  nothing was appended, and the refusal says where to retry.
+
+Requests are opaque *tokens* here (the runtime's trio events, the simulator's client request
+ids), so the driver and the simulator share this logic and the simulator checks the code that
+ships. Pure: no I/O, no clock; the caller settles each token with the outcome it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._commands import CommandGroup, GroupApplied, data_size
+from ._raft import NotLeader
+
+T = TypeVar("T")
+
+MAX_GROUP = 1024
+"""Commands in one proposal group (one log entry)."""
+COMMAND_OVERHEAD = 256
+"""More than the JSON a log payload adds to its data and its ids (field names, numbers)."""
+
+
+def encoded_bound(command: Any) -> int:
+    """An upper bound of a command's size in a log entry. A group stays under ``max_bytes`` by
+    this bound, so that a REPLICATE of the core's 64 entries stays within a peer frame."""
+    ids = sum(
+        len(value)
+        for value in (
+            getattr(command, "queue_id", None),
+            getattr(command, "client_id", None),
+            getattr(command, "producer_id", None),
+        )
+        if isinstance(value, str)
+    )
+    return COMMAND_OVERHEAD + ids + data_size(command)
+
+
+@attrs.frozen
+class NotApplied:
+    """The outcome of a request whose entry was never committed: nothing was applied."""
+
+    reason: str
+
+
+Outcome = Any
+"""What a token is settled with: the applied result, :class:`NotApplied`, or the core's
+:class:`~._raft.NotLeader` refusal (``LeadershipTransferring`` among them)."""
+
+
+class Proposals(Generic[T]):
+    """The requests of one leader, from the moment it takes them until each is settled."""
+
+    def __init__(self, *, max_group: int = MAX_GROUP, max_bytes: int | None = None) -> None:
+        if max_group < 1:
+            raise ValueError(f"max_group must be at least 1, not {max_group}")
+        self.max_group = max_group
+        self.max_bytes = max_bytes
+        self._queued: list[tuple[Any, T]] = []
+        self._waiting: dict[int, tuple[int, list[T]]] = {}
+        """Log index -> (term proposed in, the tokens of that entry, in group order)."""
+        self.grouped = 0
+        """Entries proposed that hold more than one command."""
+
+    def __len__(self) -> int:
+        """Requests not yet settled: queued, or waiting for their entry."""
+        return len(self._queued) + sum(len(tokens) for _, tokens in self._waiting.values())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def waiting(self, index: int) -> tuple[int, list[T]] | None:
+        """The term and the tokens waiting on ``index``, if any."""
+        return self._waiting.get(index)
+
+    def add(self, command: Any, token: T) -> None:
+        """Queue one request's command until the next :meth:`propose_queued`."""
+        if isinstance(command, CommandGroup):
+            raise ValueError("groups are made by the ledger; add commands")
+        self._queued.append((command, token))
+
+    def groups(self) -> Iterator[list[tuple[Any, T]]]:
+        """Take the queued requests, cut into groups by the bounds, in arrival order."""
+        queued, self._queued = self._queued, []
+        start = 0
+        while start < len(queued):
+            end, size = start, 0
+            while end < len(queued) and end - start < self.max_group:
+                size += encoded_bound(queued[end][0])
+                if end > start and self.max_bytes is not None and size > self.max_bytes:
+                    break
+                end += 1
+            yield queued[start:end]
+            start = end
+
+    def propose_queued(
+        self,
+        propose: Callable[[Any], tuple[int, int]],
+        prepare: Callable[[Any], Any] | None = None,
+    ) -> list[tuple[T, Outcome]]:
+        """Propose the queued requests as groups with ``propose(payload) -> (term, index)`` (the
+        core's ``RaftNode.propose``), each command first passed through ``prepare`` if given.
+        Returns the tokens settled now: those of a refused group (with the core's
+        :class:`~._raft.NotLeader`) and those of an earlier term's entry that a new one
+        replaced (:class:`NotApplied`)."""
+        settled: list[tuple[T, Outcome]] = []
+        for chunk in self.groups():
+            commands = [c if prepare is None else prepare(c) for c, _ in chunk]
+            payload = commands[0] if len(commands) == 1 else CommandGroup(tuple(commands))
+            tokens = [token for _, token in chunk]
+            try:
+                term, index = propose(payload)
+            except NotLeader as exc:
+                settled.extend((token, exc) for token in tokens)
+                continue
+            self.grouped += len(tokens) > 1
+            settled.extend(self.wait_for(index, term, tokens))
+        return settled
+
+    def wait_for(self, index: int, term: int, tokens: list[T]) -> list[tuple[T, Outcome]]:
+        """Register the tokens of the entry this leader just appended at ``index`` in ``term``.
+        Tokens still waiting there are from an earlier term whose entry this leader's log
+        replaced: by leader completeness that entry was never committed. Returns them, settled
+        as not applied."""
+        replaced = self._waiting.pop(index, None)
+        self._waiting[index] = (term, tokens)
+        if replaced is None:
+            return []
+        outcome = NotApplied("another leader's entry took its place")
+        return [(token, outcome) for token in replaced[1]]
+
+    def applied(self, index: int, term: int, result: Any) -> list[tuple[T, Outcome]]:
+        """The entry at ``index`` of ``term`` was applied with ``result``: settle the tokens that
+        waited on that index (each its own result from a group's, else ``result``)."""
+        waiting = self._waiting.pop(index, None)
+        if waiting is None:
+            return []
+        proposed_in, tokens = waiting
+        if proposed_in != term:
+            outcome = NotApplied("another leader's entry was committed")
+            return [(token, outcome) for token in tokens]
+        if isinstance(result, GroupApplied):
+            return list(zip(tokens, result.results, strict=True))
+        return [(token, result) for token in tokens]
+
+    def take_through(self, index: int) -> list[T]:
+        """Remove the tokens waiting on an index up to ``index`` (a snapshot replaced those
+        entries: whether they were applied is not known here)."""
+        taken: list[T] = []
+        for at in [i for i in self._waiting if i <= index]:
+            taken.extend(self._waiting.pop(at)[1])
+        return taken
+
+    def take_all(self) -> list[T]:
+        """Remove every token, queued ones first (the outcomes of all of them are unknown)."""
+        taken = [token for _, token in self._queued]
+        self._queued = []
+        for _, tokens in self._waiting.values():
+            taken.extend(tokens)
+        self._waiting.clear()
+        return taken
+
+
+__all__ = ["MAX_GROUP", "NotApplied", "Proposals", "encoded_bound"]
