@@ -521,11 +521,15 @@ class RaftNode:
                 self._broadcast_append()
         hs = self.hard_state
         trunc, entries = self.log.take_unstable()
+        # ``applied`` moves in advance(), once the runtime applied these (etcd's Advance): a
+        # snapshot stepped in since then stands in for everything up to its index.
+        applied = self.applied
+        if self._snapshot_to_install is not None:
+            applied = max(applied, self._snapshot_to_install.snapshot.index)
         committed: list[Entry] = []
-        if self.applied < self.commit:
-            upto = min(self.commit, self.applied + self.max_apply)
-            committed = self.log.slice(self.applied + 1, upto + 1)
-            self.applied = upto
+        if applied < self.commit:
+            upto = min(self.commit, applied + self.max_apply)
+            committed = self.log.slice(applied + 1, upto + 1)
         rd = Ready(
             hard_state=hs if hs != self._persisted_hs else None,
             truncate_from=trunc,
@@ -542,11 +546,16 @@ class RaftNode:
         return rd
 
     def advance(self) -> None:
-        """The outstanding Ready is durable, sent and applied."""
+        """The outstanding Ready is durable, sent and applied: ``applied`` moves to its last
+        committed entry (or its snapshot's index)."""
         rd = self._inflight
         if rd is None:
             raise UsageError("advance() without an outstanding ready()")
         self._inflight = None
+        if rd.snapshot is not None:
+            self.applied = max(self.applied, rd.snapshot.snapshot.index)
+        if rd.committed_entries:
+            self.applied = max(self.applied, rd.committed_entries[-1].index)
         if rd.hard_state is not None:
             self._persisted_hs = rd.hard_state
         if rd.entries:
@@ -1112,8 +1121,7 @@ class RaftNode:
         self._snapshot_config = meta.config
         self._set_config(meta.config)
         self.commit = meta.index
-        self.applied = meta.index
-        self._snapshot_to_install = m
+        self._snapshot_to_install = m  # applied once the runtime installed it (advance())
         self._check_recovered()
         self._ack(m, meta.index)
 

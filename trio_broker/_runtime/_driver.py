@@ -155,9 +155,6 @@ class RaftDriver:
         self.transactions = 0
         self.entries_applied = 0
         self._saved_term_vote = (node.term, node.voted_for)
-        self.applied_index = node.applied
-        """The last log index whose effects are visible here: in storage and in the broker's
-        in-memory views (the core's ``applied`` moves when a Ready is taken, before that)."""
         self.commands_applied = 0
 
     # -- inputs (called from other tasks; never block) ------------------------------------------
@@ -265,6 +262,12 @@ class RaftDriver:
                 await pending.wait()
         finally:
             self._address_updates.discard(broker_id)
+
+    @property
+    def applied_index(self) -> int:
+        """The last log index whose effects are visible here, in storage and in the broker's
+        in-memory views: the core's ``applied``, which moves when a Ready is advanced."""
+        return self.node.applied
 
     @property
     def pending(self) -> int:
@@ -397,7 +400,6 @@ class RaftDriver:
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
         self._saved_term_vote = (self.node.term, self.node.voted_for)
-        self.applied_index = self.node.applied
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
         self.addresses.update(addresses)
@@ -533,10 +535,6 @@ class RaftDriver:
                 self._settle(pending, outcome)
         for peer in rd.snapshots_to_send:
             self.start_soon(self.snapshots.offer, peer)
-        if rd.committed_entries:
-            self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
-        if snapshot is not None:
-            self.applied_index = max(self.applied_index, snapshot[0].index)
         self.node.advance()
 
     def _durable(self, rd: raft.Ready) -> bool:

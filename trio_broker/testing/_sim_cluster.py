@@ -194,9 +194,9 @@ class Cluster:
         for e in rd.committed_entries:
             self.results[(i, e.index)] = apply_entry(self.apps[i], e)
             self.applied[i].append(e)
+        n.advance()  # (the core's applied index moves here: a snapshot is offered after)
         for peer in rd.snapshots_to_send:
             self._post([n.make_data_sync(peer, n.applied, copy.deepcopy(self.apps[i]))])
-        n.advance()
         if n.role is Role.LEADER:
             self.leaders_by_term.setdefault(n.term, set()).add(i)
         return True

@@ -111,11 +111,11 @@ class NodesMixin:
             self.ledgers[i].take_through(rd.snapshot.snapshot.index)
         for e in rd.committed_entries:
             self._apply(i, e)
+        node.advance()  # (the core's applied index moves here: a snapshot is offered after)
         if node.is_leader:
             for peer in rd.snapshots_to_send:
                 data = copy.deepcopy(self.apps[i])
                 self.post(node.make_data_sync(peer, self.app_index[i], data))
-        node.advance()
         self.checker.after_step(i)
         applied = self.app_index[i]
         if (
