@@ -37,6 +37,7 @@ from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
 from ._config import BrokerConfig
+from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
 from ._peers import PeerFleet
@@ -136,20 +137,11 @@ class RaftDriver:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.snapshots = Snapshots(self, config, store, worker)
-        self._last_role: tuple[str, int, str | None] | None = None
+        self.leadership = Leadership(self)
         self._changed = trio.Event()
         self._changing_membership = False
         self._linked_version = -1
-        self.elections_won = 0
-        self.transfers: dict[str, int] = dict.fromkeys(
-            ("started", "completed", "aborted", "received"), 0
-        )
-        """Leadership transfers this broker started as leader, how they ended, and the elections
-        it won because a leader handed over to it (``received``)."""
         self._snapshot_requests: list[Pending] = []
-        self._transfer_seen: tuple[int, str] | None = None
-        self._transfer_ending: tuple[int, str] | None = None
-        self._timeout_now_term: int | None = None
         self.on_transaction: Any = None
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
         self.transactions = 0
@@ -178,16 +170,9 @@ class RaftDriver:
         self.node.step(message)
         if self.peers is not None:
             self._send_loose()  # (heartbeat answers, the leader's next appends: at once)
-        if isinstance(message, TimeoutNow) and self.node.role is raft.Role.CANDIDATE:
-            self._timeout_now_term = self.node.term
-            log_event(
-                logging.INFO,
-                "leadership.timeout_now",
-                broker_id=self.broker_id,
-                leader=message.src,
-                term=self.node.term,
-            )
-        self._note_role()
+        if isinstance(message, TimeoutNow):
+            self.leadership.note_timeout_now(message)
+        self.leadership.note_role()
         self.wake()
 
     async def propose(self, payload: Any) -> Pending | BrokerError:
@@ -282,60 +267,16 @@ class RaftDriver:
         while not self.node.is_leader:
             await self.wait_changed()
 
+    def not_leader_error(self) -> BrokerError:
+        return self.leadership.not_leader_error()
+
     def transferring_error(self, target: str) -> BrokerError:
-        """NOT_LEADER naming the broker leadership is being handed to: nothing was applied,
-        and that broker leads within a round trip or two (or this one resumes)."""
-        details: dict[str, Any] = {"leader_id": target}
-        address = self.address_of(target)
-        if address is not None:
-            details["leader_host"], details["leader_port"] = address
-        return BrokerError(
-            ErrorCode.NOT_LEADER,
-            f"broker {self.broker_id} is handing its leadership to {target}; retry there",
-            **details,
-        )
+        return self.leadership.transferring_error(target)
 
     async def transfer_leadership(self, target: str | None) -> str | BrokerError:
-        """Hand this leader's leadership to the voter ``target`` (None: the most caught-up
-        voter) and wait until it leads; returns its id. The caller bounds the wait.
-
-        Errors: NOT_LEADER here, BAD_REQUEST for a target that cannot lead (this broker, a
-        learner, a stranger) or no other voter, UNAVAILABLE if the transfer was abandoned (the
-        target did not take over within an election timeout) or another broker took over.
-        """
-        node = self.node
-        if not node.is_leader:
-            return self.not_leader_error()
-        if target is None:
-            target = node.best_transfer_target()
-            if target is None:
-                return BrokerError(
-                    ErrorCode.BAD_REQUEST, "no other voter to hand the leadership to"
-                )
-        try:
-            node.transfer_leadership(target)
-        except raft.TransferRefused as exc:
-            return BrokerError(ErrorCode.BAD_REQUEST, f"cannot transfer leadership: {exc}")
-        term = node.term
-        self._note_role()
-        self.wake()
-        while True:
-            node = self.node
-            if node.leader_id == target and node.term > term:
-                return target
-            if node.is_leader and node.term == term and node.transfer_target != target:
-                return BrokerError(
-                    ErrorCode.UNAVAILABLE,
-                    f"leadership transfer to {target} abandoned: it did not take over within "
-                    "an election timeout; this broker still leads",
-                )
-            if node.term > term and node.leader_id is not None:
-                return BrokerError(
-                    ErrorCode.UNAVAILABLE,
-                    f"leadership transfer to {target} failed: {node.leader_id} leads instead",
-                    leader_id=node.leader_id,
-                )
-            await self.wait_changed()
+        """Hand this leader's leadership to ``target`` and wait until it leads (see
+        :meth:`Leadership.transfer <trio_broker._runtime._leadership.Leadership.transfer>`)."""
+        return await self.leadership.transfer(target)
 
     async def snapshot_now(self) -> tuple[int, int]:
         """Compact the log up to the applied index now (the operator's SNAPSHOT), on this
@@ -345,19 +286,6 @@ class RaftDriver:
         self._snapshot_requests.append(pending)
         self.wake()
         return await pending.wait()
-
-    def not_leader_error(self) -> BrokerError:
-        leader = self.node.leader_id
-        details: dict[str, Any] = {}
-        if leader is not None:
-            details["leader_id"] = leader
-            address = self.address_of(leader)
-            if address is not None:
-                details["leader_host"], details["leader_port"] = address
-        where = f"the leader is {leader}" if leader else "no leader is known yet"
-        return BrokerError(
-            ErrorCode.NOT_LEADER, f"broker {self.broker_id} is not the leader; {where}", **details
-        )
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -453,7 +381,7 @@ class RaftDriver:
                 self.node.tick()
             next_tick += behind * tick
             self._send_loose()
-            self._note_role()
+            self.leadership.note_role()
             if self.node.is_leader:
                 self._leader_housekeeping()
             if self.node.has_ready():
@@ -584,92 +512,21 @@ class RaftDriver:
         for pending, outcome in self._ledger.wait_for(index, term, pendings):
             self._settle(pending, outcome)
 
-    def _after_advance(self) -> None:
+    def signal_changed(self) -> None:
+        """Wake the tasks in :meth:`wait_changed`."""
         self._changed.set()
         self._changed = trio.Event()
+
+    def _after_advance(self) -> None:
+        self.signal_changed()
         if self.node.cluster_version != self._linked_version:
             assert self.peers is not None
             self.peers.ensure(self.node.config.members - {self.broker_id})
             self._linked_version = self.node.cluster_version
-        self._note_role()
+        self.leadership.note_role()
         if self.node.is_leader:
             self._leader_housekeeping()
         self.snapshots.maybe_compact()
-
-    def _note_transfer(self) -> None:
-        """Log and count the start and the outcome of a leadership transfer from this broker.
-
-        The core clears its transfer target when it stops leading; whether the transfer then
-        completed is known once this broker learns who leads the next term.
-        """
-        node = self.node
-        active = None if node.transfer_target is None else (node.term, node.transfer_target)
-        if active == self._transfer_seen and self._transfer_ending is None:
-            return
-        changed = active != self._transfer_seen
-        if self._transfer_seen is not None and changed:
-            self._transfer_ending = self._transfer_seen
-        self._transfer_seen = active
-        if changed and active is not None:
-            self.transfers["started"] += 1
-            log_event(
-                logging.INFO,
-                "leadership.transfer_started",
-                broker_id=self.broker_id,
-                to=active[1],
-                term=active[0],
-            )
-        ending = self._transfer_ending
-        if ending is not None:
-            term, target = ending
-            if node.term > term and node.leader_id == target:
-                outcome = "completed"
-            elif node.is_leader or node.leader_id is not None or active is not None:
-                outcome = "aborted"
-            else:
-                outcome = None  # between leaders: wait until one is known
-            if outcome is not None:
-                changed = True
-                self._transfer_ending = None
-                self.transfers[outcome] += 1
-                log_event(
-                    logging.INFO if outcome == "completed" else logging.WARNING,
-                    f"leadership.transfer_{outcome}",
-                    broker_id=self.broker_id,
-                    to=target,
-                    term=node.term,
-                    leader=node.leader_id,
-                )
-        if changed:
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def _note_role(self) -> None:
-        """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
-        depose a leader (check-quorum) without producing anything to persist."""
-        self._note_transfer()
-        node = self.node
-        state = (node.role.value, node.term, node.leader_id)
-        if state == self._last_role:
-            return
-        log_event(
-            logging.INFO,
-            "role.changed",
-            broker_id=self.broker_id,
-            role=state[0],
-            term=state[1],
-            leader=state[2],
-        )
-        if node.is_leader and (self._last_role is None or self._last_role[0] != "leader"):
-            self.elections_won += 1
-            if self._timeout_now_term == node.term:
-                self.transfers["received"] += 1
-                log_event(
-                    logging.INFO, "leadership.taken_over", broker_id=self.broker_id, term=node.term
-                )
-        self._last_role = state
-        self._changed.set()
-        self._changed = trio.Event()
 
     # -- leader housekeeping ---------------------------------------------------------------------
 

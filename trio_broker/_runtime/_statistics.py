@@ -46,7 +46,7 @@ class BrokerStatistics:
 def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
     """A broker's statistics, read from its driver (and its count of open connections)."""
     node = driver.node
-    transfers = driver.transfers
+    transfers = driver.leadership.transfers
     statuses = [view.status for view in node.member_statuses().values()]
     lag: tuple[tuple[str, int], ...] = ()
     if node.is_leader:
@@ -68,7 +68,7 @@ def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
         commit_index=node.commit,
         applied_index=node.applied,
         pending_proposals=driver.pending,
-        elections_won=driver.elections_won,
+        elections_won=driver.leadership.elections_won,
         transactions=driver.transactions,
         entries_applied=driver.entries_applied,
         commands_applied=driver.commands_applied,

@@ -1,0 +1,215 @@
+"""Who leads, as this broker sees it: the driver's room for roles and leadership transfers.
+
+Each change of role, term or leader is logged once and wakes the driver's waiters; elections
+won and leadership transfers (started, completed, aborted, received) are counted for
+statistics; a transfer asked for by the operator is started and waited for here; and the
+NOT_LEADER answers name the broker to retry on.
+
+This room reads the driver through :class:`LeadershipHost`, so nothing here imports it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from .._core import _raft as raft
+from .._core._raft_messages import TimeoutNow
+from .._errors import BrokerError, ErrorCode
+from ._log import log_event
+
+
+class LeadershipHost(Protocol):
+    """What the leadership room reads of the driver that owns it."""
+
+    broker_id: str
+    node: raft.RaftNode
+
+    def address_of(self, broker_id: str) -> tuple[str, int] | None: ...
+
+    def wake(self) -> None: ...
+
+    def signal_changed(self) -> None: ...
+
+    async def wait_changed(self) -> None: ...
+
+
+class Leadership:
+    """Roles and leadership transfers of one broker, logged and counted."""
+
+    def __init__(self, host: LeadershipHost) -> None:
+        self._host = host
+        self._last_role: tuple[str, int, str | None] | None = None
+        self.elections_won = 0
+        self.transfers: dict[str, int] = dict.fromkeys(
+            ("started", "completed", "aborted", "received"), 0
+        )
+        """Leadership transfers this broker started as leader, how they ended, and the elections
+        it won because a leader handed over to it (``received``)."""
+        self._transfer_seen: tuple[int, str] | None = None
+        self._transfer_ending: tuple[int, str] | None = None
+        self._timeout_now_term: int | None = None
+
+    def note_timeout_now(self, message: TimeoutNow) -> None:
+        """A TIMEOUT_NOW was stepped: if it made this broker campaign, an election it wins in
+        this term was handed over (counted as ``received``)."""
+        node = self._host.node
+        if node.role is raft.Role.CANDIDATE:
+            self._timeout_now_term = node.term
+            log_event(
+                logging.INFO,
+                "leadership.timeout_now",
+                broker_id=self._host.broker_id,
+                leader=message.src,
+                term=node.term,
+            )
+
+    def _note_transfer(self) -> None:
+        """Log and count the start and the outcome of a leadership transfer from this broker.
+
+        The core clears its transfer target when it stops leading; whether the transfer then
+        completed is known once this broker learns who leads the next term.
+        """
+        node = self._host.node
+        active = None if node.transfer_target is None else (node.term, node.transfer_target)
+        if active == self._transfer_seen and self._transfer_ending is None:
+            return
+        changed = active != self._transfer_seen
+        if self._transfer_seen is not None and changed:
+            self._transfer_ending = self._transfer_seen
+        self._transfer_seen = active
+        if changed and active is not None:
+            self.transfers["started"] += 1
+            log_event(
+                logging.INFO,
+                "leadership.transfer_started",
+                broker_id=self._host.broker_id,
+                to=active[1],
+                term=active[0],
+            )
+        ending = self._transfer_ending
+        if ending is not None:
+            term, target = ending
+            if node.term > term and node.leader_id == target:
+                outcome = "completed"
+            elif node.is_leader or node.leader_id is not None or active is not None:
+                outcome = "aborted"
+            else:
+                outcome = None  # between leaders: wait until one is known
+            if outcome is not None:
+                changed = True
+                self._transfer_ending = None
+                self.transfers[outcome] += 1
+                log_event(
+                    logging.INFO if outcome == "completed" else logging.WARNING,
+                    f"leadership.transfer_{outcome}",
+                    broker_id=self._host.broker_id,
+                    to=target,
+                    term=node.term,
+                    leader=node.leader_id,
+                )
+        if changed:
+            self._host.signal_changed()
+
+    def note_role(self) -> None:
+        """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
+        depose a leader (check-quorum) without producing anything to persist."""
+        self._note_transfer()
+        node = self._host.node
+        state = (node.role.value, node.term, node.leader_id)
+        if state == self._last_role:
+            return
+        log_event(
+            logging.INFO,
+            "role.changed",
+            broker_id=self._host.broker_id,
+            role=state[0],
+            term=state[1],
+            leader=state[2],
+        )
+        if node.is_leader and (self._last_role is None or self._last_role[0] != "leader"):
+            self.elections_won += 1
+            if self._timeout_now_term == node.term:
+                self.transfers["received"] += 1
+                log_event(
+                    logging.INFO,
+                    "leadership.taken_over",
+                    broker_id=self._host.broker_id,
+                    term=node.term,
+                )
+        self._last_role = state
+        self._host.signal_changed()
+
+    def transferring_error(self, target: str) -> BrokerError:
+        """NOT_LEADER naming the broker leadership is being handed to: nothing was applied,
+        and that broker leads within a round trip or two (or this one resumes)."""
+        details: dict[str, Any] = {"leader_id": target}
+        address = self._host.address_of(target)
+        if address is not None:
+            details["leader_host"], details["leader_port"] = address
+        return BrokerError(
+            ErrorCode.NOT_LEADER,
+            f"broker {self._host.broker_id} is handing its leadership to {target}; retry there",
+            **details,
+        )
+
+    async def transfer(self, target: str | None) -> str | BrokerError:
+        """Hand this leader's leadership to the voter ``target`` (None: the most caught-up
+        voter) and wait until it leads; returns its id. The caller bounds the wait.
+
+        Errors: NOT_LEADER here, BAD_REQUEST for a target that cannot lead (this broker, a
+        learner, a stranger) or no other voter, UNAVAILABLE if the transfer was abandoned (the
+        target did not take over within an election timeout) or another broker took over.
+        """
+        node = self._host.node
+        if not node.is_leader:
+            return self.not_leader_error()
+        if target is None:
+            target = node.best_transfer_target()
+            if target is None:
+                return BrokerError(
+                    ErrorCode.BAD_REQUEST, "no other voter to hand the leadership to"
+                )
+        try:
+            node.transfer_leadership(target)
+        except raft.TransferRefused as exc:
+            return BrokerError(ErrorCode.BAD_REQUEST, f"cannot transfer leadership: {exc}")
+        term = node.term
+        self.note_role()
+        self._host.wake()
+        while True:
+            node = self._host.node
+            if node.leader_id == target and node.term > term:
+                return target
+            if node.is_leader and node.term == term and node.transfer_target != target:
+                return BrokerError(
+                    ErrorCode.UNAVAILABLE,
+                    f"leadership transfer to {target} abandoned: it did not take over within "
+                    "an election timeout; this broker still leads",
+                )
+            if node.term > term and node.leader_id is not None:
+                return BrokerError(
+                    ErrorCode.UNAVAILABLE,
+                    f"leadership transfer to {target} failed: {node.leader_id} leads instead",
+                    leader_id=node.leader_id,
+                )
+            await self._host.wait_changed()
+
+    def not_leader_error(self) -> BrokerError:
+        """NOT_LEADER naming the leader this broker knows of, and where it listens."""
+        leader = self._host.node.leader_id
+        details: dict[str, Any] = {}
+        if leader is not None:
+            details["leader_id"] = leader
+            address = self._host.address_of(leader)
+            if address is not None:
+                details["leader_host"], details["leader_port"] = address
+        where = f"the leader is {leader}" if leader else "no leader is known yet"
+        return BrokerError(
+            ErrorCode.NOT_LEADER,
+            f"broker {self._host.broker_id} is not the leader; {where}",
+            **details,
+        )
+
+
+__all__ = ["Leadership", "LeadershipHost"]
