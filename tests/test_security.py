@@ -275,11 +275,9 @@ async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
             # election timer fires, it sends (pre-)vote requests, which its links drop.
             peers = set(leader.node.config.voters) - {rogue.broker_id}
             await wait_until(
-                lambda: all(
-                    rogue.driver.peers.statistics().get(p, {}).get("dropped", 0) >= 3 for p in peers
-                ),
+                lambda: all(rogue.driver.peers.statistics().dropped(p) >= 3 for p in peers),
             )
-            assert not any(s["connected"] for s in rogue.driver.peers.statistics().values())
+            assert not rogue.driver.peers.statistics().any_connected
             assert rogue.node.leader_id != leader.broker_id or not rogue.is_leader
             assert leader.is_leader and leader.node.term == term
             for broker in c.brokers.values():
@@ -347,7 +345,7 @@ async def test_consensus_frames_after_a_refused_peer_hello_are_never_stepped(tmp
                             )
                         )
                     await trio.sleep(0.05)
-                assert not any(s["connected"] for s in fleet.statistics().values())
+                assert not fleet.statistics().any_connected
                 nursery.cancel_scope.cancel()
             assert leader.is_leader
             assert {b.node.term for b in c.brokers.values()} == {term}

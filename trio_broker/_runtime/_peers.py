@@ -17,8 +17,8 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+import attrs
 import trio
 
 from .._auth import authenticate
@@ -223,11 +223,40 @@ class PeerFleet:
             if peer not in keep:
                 self._links.pop(peer).cancel_scope.cancel()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            peer: {"connected": link.connected, "dropped": link.dropped}
-            for peer, link in self._links.items()
-        }
+    def statistics(self) -> PeerFleetStatistics:
+        """The links' state now, one frozen snapshot."""
+        return PeerFleetStatistics(
+            tuple(
+                PeerLinkStatistics(peer, link.connected, link.dropped)
+                for peer, link in sorted(self._links.items())
+            )
+        )
+
+
+@attrs.frozen
+class PeerLinkStatistics:
+    """One outbound link to a peer."""
+
+    peer: str
+    connected: bool
+    dropped: int
+    """Consensus messages dropped while the peer was unreachable or the outbox full."""
+
+
+@attrs.frozen
+class PeerFleetStatistics:
+    """The outbound links of a broker at one instant (:meth:`PeerFleet.statistics`)."""
+
+    links: tuple[PeerLinkStatistics, ...]
+    """One per peer, by peer id."""
+
+    def dropped(self, peer: str) -> int:
+        """Messages dropped on the link to ``peer`` (0 without a link)."""
+        return next((link.dropped for link in self.links if link.peer == peer), 0)
+
+    @property
+    def any_connected(self) -> bool:
+        return any(link.connected for link in self.links)
 
 
 PEER_FRAME_FACTOR = 80

@@ -57,10 +57,8 @@ def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
             if peer != driver.broker_id
         )
     peers = driver.peers
-    dropped = tuple(
-        (peer, stats["dropped"])
-        for peer, stats in sorted(peers.statistics().items() if peers is not None else ())
-    )
+    links = peers.statistics().links if peers is not None else ()
+    dropped = tuple((link.peer, link.dropped) for link in links)
     return BrokerStatistics(
         connections=connections,
         role=node.role.value,
