@@ -33,7 +33,6 @@ from ._client import (
     Topology,
     connect,
 )
-from ._client._docs import document_wire_classes
 from ._errors import (
     BadRequestError,
     BrokerError,
@@ -131,5 +130,3 @@ __all__ = [
     "serve_broker",
     "sync",
 ]
-
-document_wire_classes()

@@ -401,6 +401,8 @@ Request = (
 
 @attrs.frozen
 class BrokerInfo:
+    """One member of a cluster, as ``CLUSTER_QUERY`` describes it (see ``Topology``)."""
+
     broker_id: str
     host: str
     port: int
@@ -453,6 +455,8 @@ class Position:
 
 @attrs.frozen
 class ClientLag:
+    """One reader of a queue: its next sequence number and how far behind it is."""
+
     client_id: str
     next_sequence_num: int
     lag: int
@@ -460,6 +464,8 @@ class ClientLag:
 
 @attrs.frozen
 class QueueInfo:
+    """One queue in :meth:`Client.list_queues`: its length, retention and readers."""
+
     queue_id: str
     length: int
     """The queue's last sequence number: messages ever appended, retained or not."""
@@ -482,12 +488,19 @@ class RetentionChanged:
 
 @attrs.frozen
 class QueueList:
+    """One page of :meth:`Client.list_queues`: ``queues`` and ``next_after``, the value of
+    ``after`` for the next page (None after the last)."""
+
     queues: list[QueueInfo]
     next_after: str | None
 
 
 @attrs.frozen
 class Message:
+    """One message of a queue: its ``sequence_num`` (1 for the first message appended) and
+    ``data``, the JSON value exactly as it was appended, and its ``headers`` (a dict of strings,
+    None when it was appended without any)."""
+
     sequence_num: int
     data: Any
     headers: dict[str, str] | None = None
@@ -618,6 +631,8 @@ class Challenge:
 
 @attrs.frozen
 class LeadershipTransferred:
+    """The answer to :meth:`Client.transfer_leadership`: who leads now."""
+
     leader_id: str
     """The broker that leads now."""
     term: int
@@ -626,6 +641,8 @@ class LeadershipTransferred:
 
 @attrs.frozen
 class SnapshotTaken:
+    """One broker's answer to :meth:`Client.take_snapshot`."""
+
     broker_id: str
     """The broker whose log was compacted."""
     snapshot_index: int
@@ -635,6 +652,8 @@ class SnapshotTaken:
 
 @attrs.frozen
 class MemberAdded:
+    """The answer to :meth:`Client.add_member`: the learner added."""
+
     broker_id: str
     """The id of the broker that was added, as a learner."""
     cluster_version: int
