@@ -332,7 +332,6 @@ class Client(WorkQueues):
         self, queue_id: str, max_messages: int, peek: bool, wire_wait: int | None
     ) -> list[Message]:
         check_queue_id(queue_id)
-        cid = await self._cluster_of(queue_id)
         request = Read(
             queue_name=queue_id,
             client_id=self.client_id,
@@ -340,16 +339,15 @@ class Client(WorkQueues):
             mode="peek" if peek else "move",
             wait_ms=wire_wait,
         )
-        return structure(await self._leader_call(cid, request), MessageBatch).messages
+        return (await self._ask_queue_leader(queue_id, request, MessageBatch)).messages
 
     async def ack(self, queue_id: str, sequence_num: int) -> int:
         """Acknowledge every message up to ``sequence_num``; returns the next one to read."""
         check_queue_id(queue_id)
-        cid = await self._cluster_of(queue_id)
         request = AckRequest(
             queue_name=queue_id, client_id=self.client_id, sequence_num=sequence_num
         )
-        return structure(await self._leader_call(cid, request), Position).next_sequence_num
+        return (await self._ask_queue_leader(queue_id, request, Position)).next_sequence_num
 
     async def seek(
         self, queue_id: str, next_sequence_num: int | None = None, *, to: str | None = None
@@ -357,14 +355,19 @@ class Client(WorkQueues):
         """Make the next read return ``next_sequence_num``, or start from ``to="start"`` or
         ``to="end"``; returns the next sequence number."""
         check_queue_id(queue_id)
-        cid = await self._cluster_of(queue_id)
         request = SeekRequest(
             queue_name=queue_id,
             client_id=self.client_id,
             next_sequence_num=next_sequence_num,
             to=to,
         )
-        return structure(await self._leader_call(cid, request), Position).next_sequence_num
+        return (await self._ask_queue_leader(queue_id, request, Position)).next_sequence_num
+
+    async def _ask_queue_leader(self, queue_id: str, request: Any, cls: type[T]) -> T:
+        """Send ``request`` to the leader of the cluster that holds ``queue_id``; its answer
+        as a ``cls``."""
+        cid = await self._cluster_of(queue_id)
+        return structure(await self._leader_call(cid, request), cls)
 
     def consume(
         self,

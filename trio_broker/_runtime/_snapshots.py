@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import attrs
 import trio
 
 from .._core import _raft as raft
@@ -213,16 +214,8 @@ class Snapshots:
                     index=message.snapshot.index,
                     size=path.stat().st_size,
                 )
-                host.node.step(
-                    DataSync(
-                        src=message.src,
-                        dst=message.dst,
-                        term=message.term,
-                        cluster_version=message.cluster_version,
-                        snapshot=message.snapshot,
-                        data=str(path),
-                    )
-                )
+                # The same offer, now holding the downloaded file: the next Ready installs it.
+                host.node.step(attrs.evolve(message, data=str(path)))
                 host.wake()
         finally:
             self._fetching.discard(snapshot_id)
