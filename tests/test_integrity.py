@@ -356,3 +356,21 @@ def test_data_check_and_reset(tmp_path, capsys):
     assert str(aside) in out and "--seed" in out
     # The files moved aside are the damaged ones, whole: nothing was deleted or rewritten.
     assert b"value-0012-" in (aside / DB_FILE).read_bytes()
+
+
+def test_a_damaged_backup_is_not_restored(tmp_path):
+    from trio_broker._storage._backup import BackupError, backup, restore
+
+    _store_with_values(tmp_path / "data")
+    store = Store(tmp_path / "data")
+    try:
+        store.init_identity("B-AAAAA", "G-AAAAA")
+    finally:
+        store.close()
+    backup(tmp_path / "data", tmp_path / "backup.sqlite3")
+    raw = (tmp_path / "backup.sqlite3").read_bytes()
+    assert raw.count(b"value-0005-") == 1
+    (tmp_path / "backup.sqlite3").write_bytes(raw.replace(b"value-0005-", b"value-0004-"))
+    with pytest.raises(BackupError, match=r"damaged.*seq 5"):
+        restore(tmp_path / "backup.sqlite3", tmp_path / "restored", "B-RESTO")
+    assert not (tmp_path / "restored" / DB_FILE).exists()
