@@ -24,8 +24,9 @@ from trio_broker._core._work_commands import Publish, ReadRecords, Record
 from trio_broker._errors import RemoteProtocolError
 from trio_broker._protocol._consensus import encode_message, message_from_obj
 from trio_broker._protocol._entries import encode_payload, entry_checksum, payload_bytes
+from trio_broker._runtime._driver import _snapshot_intact
 from trio_broker._storage import DB_FILE, LogDamage, StorageDamaged, Store
-from trio_broker._storage._integrity import value_checksum
+from trio_broker._storage._integrity import check_snapshot_file, value_checksum
 from trio_broker._storage._schema import SCHEMA_VERSION, UPGRADES
 
 Q = "Q-AAAAABBBBB"
@@ -265,9 +266,15 @@ def test_a_damaged_snapshot_value_is_not_installed(tmp_path):
         store.write_snapshot(str(snapshot))
     finally:
         store.close()
+    check_snapshot_file(str(snapshot))  # intact as written
     raw = snapshot.read_bytes()
     assert raw.count(b"value-0003-") == 1
     snapshot.write_bytes(raw.replace(b"value-0003-", b"value-0006-"))
+    # A replica checks the file it fetched before its core hears of it, and drops it.
+    with pytest.raises(StorageDamaged, match="seq 3"):
+        check_snapshot_file(str(snapshot))
+    assert not _snapshot_intact(str(snapshot))
+    # And the install itself checks again: nothing damaged is copied in.
     replica = Store(tmp_path / "replica")
     try:
         meta = SnapshotMeta(5, 1, Config(frozenset({"B-AAAAA"})))

@@ -883,6 +883,9 @@ class RaftDriver:
             ok = await fetch_snapshot(
                 self.network, address, self.cluster_id, message.data, path, self.secret
             )
+            if ok and not await self._worker.run(_snapshot_intact, str(path)):
+                await trio.Path(path).unlink(missing_ok=True)  # fetched again at the next offer
+                ok = False
             if ok:
                 log_event(
                     logging.INFO,
@@ -932,3 +935,16 @@ def make_node(
 
 
 __all__ = ["Pending", "RaftDriver", "make_node"]
+
+
+def _snapshot_intact(path: str) -> bool:
+    """Whether every value of a received snapshot matches its checksum (docs/reliability.md,
+    "Damaged data"); a damaged one is logged and never handed to the core."""
+    from .._storage._integrity import StorageDamaged, check_snapshot_file
+
+    try:
+        check_snapshot_file(path)
+    except StorageDamaged as exc:
+        log_event(logging.ERROR, "snapshot.damaged", path=path, error=str(exc))
+        return False
+    return True

@@ -174,6 +174,21 @@ def _checked(
     return data
 
 
+def check_snapshot_file(path: str) -> None:
+    """Check every value of a snapshot file received from the leader, before it is handed to
+    the consensus core (:class:`StorageDamaged` if one fails): a damaged snapshot is dropped
+    and fetched again, never installed."""
+    try:
+        db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    except DAMAGE_ERRORS as exc:
+        raise damage_from(exc, path, None, None) from None
+    try:
+        db.execute("ATTACH DATABASE ? AS incoming", (path,))
+        check_incoming_values(db, path)
+    finally:
+        db.close()
+
+
 def check_incoming_values(db: apsw.Connection, path: str) -> None:
     """Check every value of a snapshot attached as ``incoming`` before it is installed."""
     try:
@@ -261,8 +276,8 @@ def read_log(db: apsw.Connection, snapshot_index: int) -> list[Entry]:
 def check_on_open(db: apsw.Connection) -> None:
     """What the store checks when it opens, before any upgrade of the schema (which must not
     give damaged values fresh checksums): SQLite's ``quick_check`` (every page readable, every
-    b-tree well formed, every row of the type its table says) and the metadata's text. O(size of
-    the database): a second or so per GB, once per start."""
+    b-tree well formed, every row of the type its table says) and the metadata's text. It reads
+    the whole file: 0.25 s for 140 MB in the page cache here, once per start."""
     try:
         found = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
         found = [line for line in found if not line.startswith("*** in database")]
