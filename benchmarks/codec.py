@@ -47,10 +47,17 @@ def _converter_payload_from_obj(obj: dict[str, Any]) -> Any:
 
 def _converter_message_to_obj(m: rm.Replicate) -> dict[str, Any]:
     body = {"operation": "REPLICATE", **_consensus._unstructure[rm.Replicate](m)}
-    body["entries"] = [
-        {"index": e.index, "term": e.term, "payload": _converter_payload_to_obj(e.payload)}
-        for e in m.entries
-    ]
+    body["entries"] = []
+    for e in m.entries:
+        payload = orjson.dumps(_converter_payload_to_obj(e.payload))
+        body["entries"].append(
+            {
+                "index": e.index,
+                "term": e.term,
+                "checksum": _entries.entry_checksum(e.term, e.index, payload),
+                "payload": orjson.Fragment(payload),
+            }
+        )
     return body
 
 

@@ -156,7 +156,7 @@ def _assert_store_matches(store: Store, model: QueueState) -> None:
 @given(steps=_steps)
 def test_store_agrees_with_reference_state_machine(tmp_path_factory, monkeypatch, steps):
     import trio_broker._core._queues as queues_module
-    import trio_broker._storage._store as store_module
+    import trio_broker._storage._queue_sql as store_module
 
     # A small deletion budget, so that retention's "the rest goes next time" is exercised.
     monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 3)
@@ -230,7 +230,7 @@ _retention_commands = st.one_of(
 )
 def test_store_agrees_with_reference_under_retention(tmp_path_factory, monkeypatch, undated, steps):
     import trio_broker._core._queues as queues_module
-    import trio_broker._storage._store as store_module
+    import trio_broker._storage._queue_sql as store_module
 
     monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 4)
     monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 4)
@@ -672,7 +672,7 @@ async def test_store_through_worker(tmp_path):
 def test_producer_states_are_bounded_and_evicted_alike(tmp_path, monkeypatch):
     """The least recently used producer is forgotten first, by both implementations."""
     import trio_broker._core._queues as queues_module
-    import trio_broker._storage._store as store_module
+    import trio_broker._storage._queue_sql as store_module
 
     monkeypatch.setattr(queues_module, "MAX_PRODUCERS", 2)
     monkeypatch.setattr(store_module, "MAX_PRODUCERS", 2)
@@ -737,7 +737,7 @@ def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path,
     import apsw
 
     import trio_broker._core._queues as queues_module
-    import trio_broker._storage._store as store_module
+    import trio_broker._storage._queue_sql as store_module
     from trio_broker._storage._schema import _V1, _V2, _V3
 
     q = "Q-OLDV3AAAAA"
@@ -761,7 +761,7 @@ def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path,
     store = Store(tmp_path)
     try:
         (version,) = store._db.execute("PRAGMA user_version").fetchone()
-        assert version == SCHEMA_VERSION == 5
+        assert version == SCHEMA_VERSION == 6
         assert store.identity() == Identity("B-OLDV3", "G-OLDV3")
         _assert_store_matches(store, model)
         assert model.stamps[q] == [None] * 5

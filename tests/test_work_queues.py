@@ -541,7 +541,7 @@ def small_limits(monkeypatch):
     """Limits small enough for short histories to reach them, alike in both twins."""
     import trio_broker._core._queues as queues_module
     import trio_broker._core._work as work_module
-    import trio_broker._storage._store as store_module
+    import trio_broker._storage._queue_sql as store_module
 
     for module, name, value in [
         (work_module, "MAX_GROUPS_PER_QUEUE", 1),
@@ -655,7 +655,7 @@ def test_a_version_4_database_is_upgraded_in_place(tmp_path):
     store = Store(tmp_path)
     try:
         (version,) = store._db.execute("PRAGMA user_version").fetchone()
-        assert version == SCHEMA_VERSION == 5
+        assert version == SCHEMA_VERSION == 6
         assert store.identity() == Identity("B-OLDV4", "G-OLDV4")
         _assert_work_matches(store, model)
         commands = [

@@ -9,6 +9,7 @@ from importlib import metadata
 from ._backup import add_backup_parsers, run_backup
 from ._client import add_client_parser, run_client
 from ._cluster import add_cluster_parser, run_cluster
+from ._data import add_data_parser, run_data
 from ._exit import EXIT_STATUS_HELP, UsageParser
 from ._node import add_node_parser, run_node
 
@@ -37,6 +38,7 @@ def build_parser(prog: str = "trio-broker") -> argparse.ArgumentParser:
 
     add_bench_parser(subparsers)
     add_backup_parsers(subparsers)
+    add_data_parser(subparsers)
     return parser
 
 
@@ -54,4 +56,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trio-broker") -> int
         return run_bench(args)
     if args.command in ("backup", "restore"):
         return run_backup(args)
+    if args.command == "data":
+        return run_data(args)
     raise AssertionError(args.command)  # pragma: no cover

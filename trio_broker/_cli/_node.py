@@ -25,7 +25,7 @@ from .._runtime import (
 )
 from .._runtime._log import log_event
 from .._runtime._security import SecurityConfigError
-from .._storage import DataDirInUse, SchemaTooNew
+from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, leaf
 from ._node_options import SettingsError, add_arguments, resolve
 from ._seeds import format_seed
@@ -72,6 +72,7 @@ _NODE_FAILURES = (
     SchemaTooNew,
     JoinFailed,
     SecurityConfigError,
+    StorageDamaged,
     OSError,
 )
 """Failures a node reports in one line and exits 1, rather than with a traceback."""
@@ -110,7 +111,10 @@ def run_node(args: argparse.Namespace) -> int:
         found = leaf(exc, _NODE_FAILURES)
         if found is None:
             raise
-        if isinstance(found, OSError):
+        if isinstance(found, StorageDamaged):  # docs/reliability.md, "Damaged data"
+            log_event(logging.CRITICAL, "storage.damaged_at_start", error=str(found))
+            print(found.report(str(config.data_dir)), file=sys.stderr)
+        elif isinstance(found, OSError):
             print(f"error: cannot listen on {config.host}:{config.port}: {found}", file=sys.stderr)
         else:
             print(f"error: {found}", file=sys.stderr)

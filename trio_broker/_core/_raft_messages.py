@@ -94,16 +94,22 @@ class Entry:
     for its log write and every replica, and set from the received frame on a replica. The
     runtime forgets it once the entry is applied, so that the in-memory log does not hold every
     payload twice (a later send to a lagging replica encodes it again, once).
+
+    ``checksum`` is the CRC32C of those bytes (with the term and index), computed in the same
+    step and cached beside them: stored with the entry in the log and carried in REPLICATE.
     """
 
     term: int
     index: int
     payload: Any
     encoded: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    checksum: int | None = attrs.field(default=None, eq=False, repr=False)
 
-    def remember_encoded(self, encoded: bytes | None) -> None:
-        """Set (or, with None, forget) the cached bytes; they never change the entry's value."""
+    def remember_encoded(self, encoded: bytes | None, checksum: int | None = None) -> None:
+        """Set (or, with None, forget) the cached bytes and their checksum; they never change
+        the entry's value."""
         object.__setattr__(self, "encoded", encoded)
+        object.__setattr__(self, "checksum", checksum)
 
 
 @attrs.frozen

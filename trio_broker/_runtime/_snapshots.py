@@ -27,6 +27,7 @@ from .._core import _raft as raft
 from .._core._commands import data_size
 from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._storage import StorageWorker, Store
+from .._storage._integrity import StorageDamaged, check_snapshot_file
 from ._config import BrokerConfig
 from ._log import log_event
 from ._network import Network
@@ -206,6 +207,9 @@ class Snapshots:
             ok = await fetch_snapshot(
                 host.network, address, host.cluster_id, message.data, path, host.secret
             )
+            if ok and not await self._worker.run(_snapshot_intact, str(path)):
+                await trio.Path(path).unlink(missing_ok=True)  # fetched again at the next offer
+                ok = False
             if ok:
                 log_event(
                     logging.INFO,
@@ -219,6 +223,17 @@ class Snapshots:
                 host.wake()
         finally:
             self._fetching.discard(snapshot_id)
+
+
+def _snapshot_intact(path: str) -> bool:
+    """Whether every value of a received snapshot matches its checksum (docs/reliability.md,
+    "Damaged data"); a damaged one is logged and never handed to the core."""
+    try:
+        check_snapshot_file(path)
+    except StorageDamaged as exc:
+        log_event(logging.ERROR, "snapshot.damaged", path=path, error=str(exc))
+        return False
+    return True
 
 
 def sha256_file(path: Path) -> str:

@@ -1,7 +1,7 @@
 """apsw storage: the only package that touches SQLite."""
 
 from ._schema import SCHEMA_VERSION, SchemaTooNew
-from ._store import DB_FILE, DataDirInUse, Identity, Store
+from ._store import DB_FILE, DataDirInUse, Identity, LogDamage, StorageDamaged, Store
 from ._worker import StorageWorker, open_sqlite_storage, open_storage_worker
 
 __all__ = [
@@ -9,7 +9,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "DataDirInUse",
     "Identity",
+    "LogDamage",
     "SchemaTooNew",
+    "StorageDamaged",
     "StorageWorker",
     "Store",
     "open_sqlite_storage",

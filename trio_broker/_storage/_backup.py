@@ -21,6 +21,8 @@ import apsw
 import attrs
 
 from .._core._raft_messages import Config
+from ._files import DB_FILES
+from ._integrity import StorageDamaged
 from ._store import DB_FILE, Store, _config_from_json, _config_to_json
 
 
@@ -97,11 +99,19 @@ def restore(backup_path: Path | str, data_dir: Path | str, broker_id: str) -> Ba
     _fsync_file_and_dir(partial)
     os.replace(partial, target_dir / DB_FILE)
     _fsync_file_and_dir(target_dir / DB_FILE)
-    store = Store(target_dir)  # takes the directory lock and upgrades an older schema
     try:
-        _reset_as_sole_voter(store, broker_id)
-    finally:
-        store.close()
+        store = Store(target_dir)  # takes the directory lock and upgrades an older schema
+        try:
+            for queue_id in store.queue_lengths():  # every value against its checksum
+                store.messages(queue_id)
+            _reset_as_sole_voter(store, broker_id)
+        finally:
+            store.close()
+    except StorageDamaged as exc:
+        # The copy is this command's own file: it goes; the backup is left as it was.
+        for name in DB_FILES:
+            (target_dir / name).unlink(missing_ok=True)
+        raise BackupError(f"the backup {source} is damaged, nothing was restored: {exc}") from None
     return describe(target_dir / DB_FILE)
 
 

@@ -7,9 +7,11 @@ upgrade is a function from version N to N+1, run in the same transaction that bu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import apsw
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE meta (
@@ -170,8 +172,68 @@ WORK_TABLES = (
 )
 """Replicated state of version 5: what a snapshot copies besides the older tables."""
 
+# Version 6: checksums, and values stored beside their row (docs/reliability.md, "Damaged
+# data"; docs/performance.md, "Bytes on disk"). Every message and every log entry carries the
+# CRC32C its writer computed (``_integrity.value_checksum``, ``_entries.entry_checksum``);
+# rows of older versions get theirs here, from the bytes as they are. `queue_data` becomes a
+# rowid table with a unique index on its key: a WITHOUT ROWID table's row is an index cell,
+# which keeps at most ~1 KB of a 4 KB page (the rest goes to overflow pages of its own, 4 KB
+# each), while a rowid table keeps rows up to ~4 KB in the leaf. The value comes last in both
+# tables, so that reading the small columns (retention's stamps, the headers) never walks it.
+_V6 = """
+CREATE TABLE queue_data_v6 (
+    queue_id     TEXT    NOT NULL,
+    sequence_num INTEGER NOT NULL,
+    appended_ms  INTEGER,
+    headers      TEXT,
+    checksum     INTEGER NOT NULL,
+    data         BLOB    NOT NULL,
+    UNIQUE (queue_id, sequence_num)
+) STRICT;
+
+INSERT INTO queue_data_v6 (queue_id, sequence_num, appended_ms, headers, checksum, data)
+    SELECT queue_id, sequence_num, appended_ms, headers,
+           trio_value_checksum(queue_id, sequence_num, data, headers), data
+    FROM queue_data ORDER BY queue_id, sequence_num;
+DROP TABLE queue_data;
+ALTER TABLE queue_data_v6 RENAME TO queue_data;
+
+CREATE TABLE raft_log_v6 (
+    log_index INTEGER PRIMARY KEY,
+    term      INTEGER NOT NULL,
+    checksum  INTEGER NOT NULL,
+    payload   BLOB    NOT NULL
+) STRICT;
+
+INSERT INTO raft_log_v6 (log_index, term, checksum, payload)
+    SELECT log_index, term, trio_entry_checksum(term, log_index, payload), payload FROM raft_log;
+DROP TABLE raft_log;
+ALTER TABLE raft_log_v6 RENAME TO raft_log;
+"""
+
+
+def _v6(db: apsw.Connection) -> None:
+    from .._protocol._entries import entry_checksum
+    from ._integrity import value_checksum
+
+    db.create_scalar_function("trio_value_checksum", value_checksum, 4, deterministic=True)
+    db.create_scalar_function("trio_entry_checksum", entry_checksum, 3, deterministic=True)
+    try:
+        db.execute(_V6)
+    finally:
+        db.create_scalar_function("trio_value_checksum", None)
+        db.create_scalar_function("trio_entry_checksum", None)
+
+
 # UPGRADES[n] takes a database at version n to version n + 1.
-UPGRADES: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5}
+UPGRADES: dict[int, str | Callable[[apsw.Connection], None]] = {
+    0: _V1,
+    1: _V2,
+    2: _V3,
+    3: _V4,
+    4: _V5,
+    5: _v6,
+}
 
 
 class SchemaTooNew(Exception):
@@ -188,6 +250,10 @@ def upgrade(db: apsw.Connection) -> int:
                 f"understands ({SCHEMA_VERSION}); upgrade trio_broker"
             )
         for version in range(found, SCHEMA_VERSION):
-            db.execute(UPGRADES[version])
+            step = UPGRADES[version]
+            if callable(step):
+                step(db)
+            else:
+                db.execute(step)
             db.execute(f"PRAGMA user_version = {version + 1}")
     return found

@@ -74,6 +74,7 @@ from .._core._work_rules import (
     name_problem,
     not_delivered,
 )
+from ._integrity import insert_values, read_value, read_values
 
 __all__ = ["WORK_COMMANDS", "apply_work", "touch_position"]
 
@@ -251,14 +252,7 @@ def _append_rows(
         (len(rows), stamp, queue_id),
     ).fetchone()
     first = length - len(rows) + 1
-    db.executemany(
-        "INSERT INTO queue_data (queue_id, sequence_num, data, appended_ms, headers)"
-        " VALUES (?, ?, ?, ?, ?)",
-        [
-            (queue_id, first + i, data, stamp, encode_headers(headers))
-            for i, (data, headers) in enumerate(rows)
-        ],
-    )
+    insert_values(db, queue_id, first, [(d, stamp, encode_headers(h)) for d, h in rows])
     return first
 
 
@@ -329,11 +323,7 @@ def _read_records(
     )
     candidates = [
         (seq, data, decode_headers(headers))
-        for seq, data, headers in db.execute(
-            "SELECT sequence_num, data, headers FROM queue_data WHERE queue_id = ?"
-            " AND sequence_num BETWEEN ? AND ? ORDER BY sequence_num",
-            (command.queue_id, start, end),
-        )
+        for seq, data, headers in read_values(db, command.queue_id, start, end)
     ]
     taken = delivered_within(candidates, command.max_bytes)
     if taken and not command.peek:
@@ -418,10 +408,7 @@ def _end_lease(
         "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
         (*key, seq),
     )
-    row = db.execute(
-        "SELECT data, headers FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
-        (key[0], seq),
-    ).fetchone()
+    row = read_value(db, key[0], seq)
     if row is None:
         return "gone"
     target = settings.dead_letter_queue
@@ -502,10 +489,7 @@ def _group_read(
     chosen += range(start, start + max(fresh, 0))
     candidates = []
     for seq in chosen:
-        row = db.execute(
-            "SELECT data, headers FROM queue_data WHERE queue_id = ? AND sequence_num = ?",
-            (command.queue_id, seq),
-        ).fetchone()
+        row = read_value(db, command.queue_id, seq)
         if row is not None:
             candidates.append((seq, row[0], decode_headers(row[1])))
     taken = delivered_within(candidates, command.max_bytes)
