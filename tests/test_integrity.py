@@ -24,7 +24,7 @@ from trio_broker._core._work_commands import Publish, ReadRecords, Record
 from trio_broker._errors import RemoteProtocolError
 from trio_broker._protocol._consensus import encode_message, message_from_obj
 from trio_broker._protocol._entries import encode_payload, entry_checksum, payload_bytes
-from trio_broker._runtime._driver import _snapshot_intact
+from trio_broker._runtime._snapshots import _snapshot_intact
 from trio_broker._storage import DB_FILE, LogDamage, StorageDamaged, Store
 from trio_broker._storage._integrity import check_snapshot_file, value_checksum
 from trio_broker._storage._schema import SCHEMA_VERSION, UPGRADES
