@@ -41,12 +41,20 @@ class FillableStore(MemoryStore):
         super().__init__(name)
         self.fails: Callable[[dict[str, Any]], bool] | None = None
         self.failed_saves = 0
+        self.compaction_fails = False
+        self.failed_compactions = 0
 
     def save(self, **kwargs: Any) -> list[Any]:
         if self.fails is not None and self.fails(kwargs):
             self.failed_saves += 1
             raise apsw.FullError("database or disk is full")
         return super().save(**kwargs)
+
+    def compact(self, meta: Any) -> None:
+        if self.compaction_fails:
+            self.failed_compactions += 1
+            raise apsw.FullError("database or disk is full")
+        super().compact(meta)
 
 
 class Space:
@@ -410,3 +418,33 @@ async def test_a_vote_that_cannot_be_persisted_is_not_given(tmp_path, autojump_c
             assert (persisted.term, persisted.voted_for) == (node.term, node.voted_for), name
         answer = await append(cluster, cluster.name_of(new), queue_id, "after")
         assert answer["status"] == "success", answer
+
+
+async def test_a_compaction_that_fails_is_retried_and_the_broker_stays_up(tmp_path, autojump_clock):
+    """Compaction runs in a task of its own: failing there for lack of space used to end the
+    driver, and the broker. It is retried (the broker is ``full`` meanwhile) until it works."""
+    space = Space()
+    async with open_fillable_cluster(1, tmp_path, space, compact_threshold=4, compact_keep=1) as (
+        cluster,
+        stores,
+    ):
+        store, broker = stores["b1"], cluster.brokers["b1"]
+        queue_id = await create_queue(cluster, "b1")
+        store.compaction_fails = True
+        acked = []
+        for i in range(12):
+            answer = await append(cluster, "b1", queue_id, i)
+            if answer["status"] == "success":
+                acked.append(i)
+            else:
+                assert_disk_full(answer, unknown=False)
+        assert store.failed_compactions >= 1
+        await trio.sleep(30)
+        assert cluster.brokers.get("b1") is broker and broker.is_leader
+        assert broker.statistics().disk_state == "full"
+        assert store.get_meta("snapshot_index", 0) == 0
+        store.compaction_fails = False
+        await cluster.wait_until(lambda: broker.statistics().disk_state == "ok")
+        assert store.get_meta("snapshot_index", 0) > 0
+        assert (await append(cluster, "b1", queue_id, "last"))["status"] == "success"
+        assert values(store, queue_id) == [*acked, "last"]

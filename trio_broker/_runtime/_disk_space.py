@@ -25,9 +25,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -36,6 +36,8 @@ from .._core._work_commands import CreateNamedQueue, Publish
 from .._errors import BrokerError, ErrorCode
 from .._storage._worker import is_disk_full
 from ._log import log_event
+
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 DEFAULT_RESERVE = 64 * MIB
@@ -101,7 +103,8 @@ class DiskSpace:
         self.reserve_bytes = 0 if min_free_mb is None else int(min_free_mb * MIB)
         self.write_failures = 0
         """Transactions that failed for lack of space (each retry that failed counts)."""
-        self._failed = False
+        self._failing: set[object] = set()
+        """The jobs whose last attempt failed for lack of space (see :meth:`retrying`)."""
         self._failed_free: int | None = None
         self._failed_at = 0.0
         self._since = 0.0
@@ -112,7 +115,37 @@ class DiskSpace:
     @property
     def stuck(self) -> bool:
         """A write failed for lack of space and has not succeeded since."""
-        return self._failed
+        return bool(self._failing)
+
+    async def retrying(
+        self, job: Callable[[], Awaitable[T]], on_failure: Callable[[], None] | None = None
+    ) -> T:
+        """``await job()``, again and again while it fails for lack of space (each failure
+        must have changed nothing: a transaction that rolled back), calling ``on_failure``
+        after each failure; meanwhile the broker is ``full``. Polls as :meth:`wait_retry`;
+        cancellable."""
+        token = object()
+        try:
+            while True:
+                try:
+                    return await job()
+                except Exception as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    self.write_failures += 1
+                    self._failing.add(token)
+                    self.measure()
+                    self._failed_free = self.free_bytes
+                    self._failed_at = trio.current_time()
+                    self._update()
+                    if on_failure is not None:
+                        on_failure()
+                await self.wait_retry()
+        finally:
+            if token in self._failing:
+                self._failing.discard(token)
+                self.measure()
+                self._update()
 
     def refusal(self, command: Any) -> BrokerError | None:
         """The answer to a proposal of ``command`` in this state, or None to go ahead."""
@@ -156,24 +189,6 @@ class DiskSpace:
             "free_bytes": self.free_bytes,
             "min_free_bytes": self.reserve_bytes,
         }
-
-    # -- what the driver tells -------------------------------------------------------------------
-
-    def write_failed(self) -> None:
-        """A transaction failed for lack of space (it rolled back)."""
-        self.write_failures += 1
-        self._failed = True
-        self.measure()
-        self._failed_free = self.free_bytes
-        self._failed_at = trio.current_time()
-        self._update()
-
-    def write_succeeded(self) -> None:
-        """A transaction succeeded after one had failed."""
-        if self._failed:
-            self._failed = False
-            self.measure()
-            self._update()
 
     async def wait_retry(self) -> None:
         """Wait until the failed transaction is worth retrying: polls free space every
@@ -226,7 +241,7 @@ class DiskSpace:
     def _update(self) -> None:
         free, reserve = self.free_bytes, self.reserve_bytes
         below = free is not None and free < reserve
-        if self._failed:
+        if self._failing:
             state = DiskState.FULL
         elif below:
             state = DiskState.LOW

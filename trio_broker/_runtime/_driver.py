@@ -620,22 +620,12 @@ class RaftDriver:
         # A short apply-only transaction (no fsync) runs on this thread when the storage
         # thread is idle, so the answers leave in this loop turn.
         run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
-        while True:
-            try:
-                results = await run(save)
-            except Exception as exc:
-                if not is_disk_full(exc):
-                    raise
-                first = not self.disk.stuck
-                self.disk.write_failed()
-                if first:
-                    self._flush_unproposed(self.disk.write_refusal())
-                    for index in list(self._waiters):
-                        self._resolve(index, self.disk.in_flight_error())
-                await self.disk.wait_retry()
-                continue
-            self.disk.write_succeeded()
-            return results
+        return await self.disk.retrying(functools.partial(run, save), self._answer_disk_full)
+
+    def _answer_disk_full(self) -> None:
+        self._flush_unproposed(self.disk.write_refusal())
+        for index in list(self._waiters):
+            self._resolve(index, self.disk.in_flight_error())
 
     def _durable(self, rd: raft.Ready) -> bool:
         """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
@@ -867,17 +857,26 @@ class RaftDriver:
         self._nursery.start_soon(self._compact_storage, meta, requests)
 
     async def _compact_storage(self, meta: SnapshotMeta, requests: Any = ()) -> None:
-        await self._worker.run(self._store.compact, meta)
+        compact = functools.partial(self._worker.run, self._store.compact, meta)
+        await self.disk.retrying(compact)  # (a later compaction covers it: never moves back)
         log_event(logging.INFO, "log.compacted", upto=meta.index, term=meta.term)
         for pending in requests:
             pending.set((meta.index, meta.term))
 
     async def _offer_snapshot(self, peer: str) -> None:
         """Write a snapshot of the state machine and offer it to ``peer`` in a DATA_SYNC."""
-        self._snapshot_dir.mkdir(exist_ok=True)
         snapshot_id = secrets.token_hex(8)
         path = self._snapshot_dir / f"{snapshot_id}.sqlite3"
-        index = await self._worker.run(self._store.write_snapshot, str(path))
+        try:
+            self._snapshot_dir.mkdir(exist_ok=True)
+            index = await self._worker.run(self._store.write_snapshot, str(path))
+        except Exception as exc:
+            path.unlink(missing_ok=True)  # a partial copy would keep the space it took
+            if not is_disk_full(exc):
+                raise
+            # Offered again once the peer's progress times out (the core asks again).
+            log_event(logging.WARNING, "snapshot.not_offered", peer=peer, reason="disk full")
+            return
         digest = await trio.to_thread.run_sync(_sha256_file, path)
         size = path.stat().st_size
         self._snapshots[snapshot_id] = (path, size, digest)
@@ -929,6 +928,8 @@ class RaftDriver:
             ok = await fetch_snapshot(
                 self.network, address, self.cluster_id, message.data, path, self.secret
             )
+            if not ok:
+                path.unlink(missing_ok=True)  # (on a full disk, a partial file keeps its space)
             if ok:
                 log_event(
                     logging.INFO,
