@@ -149,15 +149,17 @@ def fill(directory: Path, leave: int = 0) -> Path:
     """A file in ``directory`` that takes all its filesystem's free space but ``leave`` bytes."""
     pad = directory / f"pad-{len(list(directory.glob('pad-*')))}"
     st = os.statvfs(directory)
-    with open(pad, "wb") as f:
+    fd = os.open(pad, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         room = st.f_bavail * st.f_frsize - leave
         if room > 0:
-            os.posix_fallocate(f.fileno(), 0, room)
+            os.posix_fallocate(fd, 0, room)
         if leave == 0:
             with contextlib.suppress(OSError):
-                while True:  # the last partial blocks
-                    f.write(b"\0" * 4096)
-                    f.flush()
+                for _ in range(1 << 16):  # the last partial blocks, if any
+                    os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
     return pad
 
 
