@@ -391,6 +391,33 @@ async def test_a_replica_whose_writes_fail_keeps_its_place_and_catches_up(tmp_pa
         assert store.raft_state().hard_state.term == replica.node.term
 
 
+async def test_a_leader_whose_writes_fail_hands_its_leadership_over(tmp_path, autojump_clock):
+    """A leader that cannot write keeps the cluster from taking writes: it hands over to a
+    replica that can, stays up itself, and catches up once space is freed."""
+    space = Space()
+    async with open_fillable_cluster(3, tmp_path, space) as (cluster, stores):
+        leader = await cluster.wait_for_leader()
+        lead = cluster.name_of(leader)
+        queue_id = await create_queue(cluster, lead)
+        acked = [0]
+        assert (await append(cluster, lead, queue_id, 0))["status"] == "success"
+        stores[lead].fails = lambda _: True
+        assert_disk_full(await append(cluster, lead, queue_id, "lost?"), unknown=True)
+        new = await cluster.wait_for_leader(among=[n for n in stores if n != lead])
+        assert new.broker_id != leader.broker_id
+        assert cluster.brokers.get(lead) is leader and not leader.is_leader
+        for i in range(1, 20):
+            answer = await append(cluster, cluster.name_of(new), queue_id, i)
+            assert answer["status"] == "success", answer
+            acked.append(i)
+        stores[lead].fails = None
+        await cluster.stabilize()
+        for name, store in stores.items():
+            held = values(store, queue_id)
+            assert [v for v in held if v != "lost?"] == acked, name
+            assert held.count("lost?") <= 1
+
+
 async def test_a_vote_that_cannot_be_persisted_is_not_given(tmp_path, autojump_clock):
     """With the leader gone, the remaining replica needs the full one's vote. That vote (and
     the term it adopts) is never sent while it cannot be written, so no leader is elected;

@@ -626,6 +626,13 @@ class RaftDriver:
         self._flush_unproposed(self.disk.write_refusal())
         for index in list(self._waiters):
             self._resolve(index, self.disk.in_flight_error())
+        # A leader that cannot write hands over to a voter that may, so that the cluster goes
+        # on taking writes (asked again after each failed retry: a transfer not taken up within
+        # an election timeout is abandoned). Its TIMEOUT_NOW leaves with the next tick.
+        node = self.node
+        target = node.best_transfer_target()
+        if target is not None and node.transfer_target is None:
+            node.transfer_leadership(target)
 
     def _durable(self, rd: raft.Ready) -> bool:
         """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
