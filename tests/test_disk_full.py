@@ -201,6 +201,19 @@ def test_sqlite_rolls_back_a_transaction_that_fails_for_lack_of_space(tmp_path):
 # -- the state and its refusals ----------------------------------------------------------------
 
 
+def test_what_counts_as_a_full_disk():
+    import errno
+
+    from trio_broker._runtime._disk_space import is_disk_full
+
+    assert is_disk_full(apsw.FullError("database or disk is full"))
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not is_disk_full(OSError(errno.EIO, "Input/output error"))
+    assert not is_disk_full(apsw.IOError("disk I/O error"))
+    assert not is_disk_full(ValueError("full"))
+
+
 def test_the_default_reserve_is_64_mib_or_5_percent_of_a_small_disk():
     assert reserve_bytes(None, 100 * 1024 * MIB) == 64 * MIB
     assert reserve_bytes(None, 100 * MIB) == 5 * MIB

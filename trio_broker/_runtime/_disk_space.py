@@ -128,7 +128,7 @@ class DiskSpace:
         try:
             while True:
                 try:
-                    return await job()
+                    result = await job()
                 except Exception as exc:
                     if not is_disk_full(exc):
                         raise
@@ -140,12 +140,15 @@ class DiskSpace:
                     self._update()
                     if on_failure is not None:
                         on_failure()
+                else:
+                    if token in self._failing:
+                        self._failing.discard(token)
+                        self.measure()
+                        self._update()
+                    return result
                 await self.wait_retry()
         finally:
-            if token in self._failing:
-                self._failing.discard(token)
-                self.measure()
-                self._update()
+            self._failing.discard(token)  # (cancelled: the broker is stopping)
 
     def refusal(self, command: Any) -> BrokerError | None:
         """The answer to a proposal of ``command`` in this state, or None to go ahead."""
