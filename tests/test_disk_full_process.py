@@ -310,3 +310,23 @@ async def test_a_replica_on_a_full_disk_keeps_its_place_and_catches_up(tmp_path)
         assert held == [v for _, v in sorted(acked)], (len(held), len(acked))
         # Its term and vote are those it ran with: nothing it promised was lost.
         assert (state.hard_state.term, state.applied) == (mine["term"], mine["applied_index"])
+
+
+async def test_a_node_that_cannot_start_on_a_full_disk_says_so(tmp_path):
+    """SQLite cannot open its database without room for the ``-wal`` and ``-shm`` files: the
+    node says what to do in one line, not with a traceback, and exits 1."""
+    with small_tmpfs(tmp_path / "disk", 8) as disk:
+        async with open_nodes(tmp_path / "nodes") as nodes:
+            with trio.fail_after(30):
+                node = await nodes.start(disk / "data")
+                node.terminate()
+                assert await node.wait() == 0, node.describe()
+                pad = fill(disk)
+                again = await nodes.start(disk / "data", port=node.port, wait_ready=False)
+                assert await again.wait() == 1, again.describe()
+                stderr = again.stderr_text()
+                assert "its filesystem is full" in stderr and "free some space" in stderr, stderr
+                assert "Traceback" not in stderr, stderr
+                pad.unlink()
+                back = await nodes.start(disk / "data", port=node.port)
+                assert back.broker_id == node.broker_id
