@@ -10,8 +10,9 @@ A broker is out of space in one of two ways (docs/reliability.md, "Full disks"):
   exists so that those still find room.
 - **a write failed** (``full``): a storage transaction failed for lack of space (SQLite's
   ``SQLITE_FULL``, ``ENOSPC``), so it rolled back. The driver retries that same transaction
-  until it succeeds (:meth:`DiskSpace.wait_retry`); until then it proposes nothing, refuses
-  every write, and a replica does not step the REPLICATEs it could not persist.
+  until it succeeds (:meth:`DiskSpace.retrying`: once free space grew, or every
+  ``RETRY_ANYWAY_SECONDS``); until then it proposes nothing, refuses every write, a leader
+  hands its leadership over, and a replica does not step the REPLICATEs it could not persist.
 
 Free space is measured with ``statvfs`` (the space an unprivileged process may use) once a
 poll interval, on the event loop's thread: a few microseconds on a local filesystem. The broker
