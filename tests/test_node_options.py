@@ -63,6 +63,8 @@ def test_precedence_flag_then_environment_then_file(tmp_path):
         ((), {}, "port = [\n", "cannot read config file"),
         ((), {"TRIO_BROKER_LOG_FORMAT": "xml"}, None, "log_format must be one of"),
         (("--heartbeat-interval", "2", "--failure-timeout", "3"), {}, None, "at least twice"),
+        (("--min-free-mb", "-1"), {}, None, "min_free_mb must be a number, 0 or more"),
+        ((), {"TRIO_BROKER_MIN_FREE_MB": "nan"}, None, "min_free_mb must be a number"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(tmp_path, argv, environ, toml, message):
@@ -80,13 +82,15 @@ def test_every_config_field_is_settable_from_flags_environment_and_file(tmp_path
     from trio_broker._runtime import BrokerConfig
 
     keys = {o.key for o in OPTIONS}
-    # wall_clock is a seam for tests (a function), not a setting.
-    fields = {f.name for f in attrs.fields(BrokerConfig)} - {"wall_clock"}
+    # wall_clock and disk_space are seams for tests (functions), not settings.
+    fields = {f.name for f in attrs.fields(BrokerConfig)} - {"wall_clock", "disk_space"}
     assert fields <= keys, fields - keys
     config, _, _ = resolve(parse("--max-in-flight", "7", "--shutdown-grace", "2.5"), environ={})
     assert (config.max_in_flight, config.shutdown_grace) == (7, 2.5)
     config, _, _ = resolve(parse(), environ={"TRIO_BROKER_MAX_IN_FLIGHT": "9"})
     assert config.max_in_flight == 9
+    config, _, _ = resolve(parse("--min-free-mb", "0.5"), environ={})
+    assert config.min_free_mb == 0.5
     path = tmp_path / "b.toml"
     path.write_text("max_pending = 77\ncompact_bytes = 1000\n")
     config, _, _ = resolve(parse("--config", str(path)), environ={})

@@ -77,6 +77,26 @@ _NODE_FAILURES = (
 )
 """Failures a node reports in one line and exits 1, rather than with a traceback."""
 
+START_ROOM = 1024 * 1024
+"""Free bytes below which a node that failed to start blames its full disk: SQLite needs room
+for its write-ahead log and its index (``-wal``, ``-shm``) to open the database at all."""
+
+
+def full_disk_at_start(config: BrokerConfig, exc: BaseException) -> str | None:
+    """The line that says a node could not start because its data directory's filesystem is
+    full (``exc`` being what it failed with), or None when there is room."""
+    try:
+        free, _ = config.disk_space(config.data_dir)
+    except OSError:
+        return None
+    if free >= START_ROOM:
+        return None
+    return (
+        f"cannot start on {config.data_dir}: its filesystem is full ({free} bytes free; SQLite "
+        f"needs about {START_ROOM // 1024} KiB to open its database): free some space, then "
+        f"start again ({exc!r})"
+    )
+
 
 def loggable(value: Any) -> Any:
     """A setting as a log field: numbers, booleans and strings as themselves (so JSON logs
@@ -108,6 +128,11 @@ def run_node(args: argparse.Namespace) -> int:
     try:
         trio.run(_run_node, config)
     except BaseException as exc:
+        failure = leaf(exc, (Exception,))
+        full = None if failure is None else full_disk_at_start(config, failure)
+        if full is not None:
+            print(f"error: {full}", file=sys.stderr)
+            return EXIT_ERROR
         found = leaf(exc, _NODE_FAILURES)
         if found is None:
             raise

@@ -186,6 +186,13 @@ OPTIONS = [
         "forget a client position no READ, ACK or SEEK has used for this many seconds (off)",
         metavar="SECONDS",
     ),
+    Option(
+        "min_free_mb",
+        _float,
+        "refuse writes that add data while the data directory's filesystem has less free "
+        "space than this, in MiB; 0: no reserve (64, or 5%% of a smaller disk)",
+        metavar="MB",
+    ),
     Option("metrics_port", _int, "serve Prometheus metrics on this port at /metrics (off)"),
     # Security (docs/security.md): all off by default.
     Option(

@@ -13,6 +13,7 @@ import attrs
 from .._address import parse_address
 from .._ids import BROKER_ID_RE, CLUSTER_ID_RE
 from .._protocol import DEFAULT_MAX_FRAME
+from ._disk_space import free_space
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9001
@@ -30,6 +31,11 @@ def _check_optional_id(pattern):
 def _positive(instance, attribute, value):
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _not_negative(instance, attribute, value):
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a number, 0 or more, got {value!r}")
 
 
 def _port(instance, attribute, value):
@@ -136,6 +142,16 @@ class BrokerConfig:
     """Seconds after which the leader forgets a client position no READ, ACK or SEEK has used
     (None: positions are kept until forgotten explicitly). Swept every quarter of it, at most
     every minute (docs/protocol.md, "FORGET_POSITION")."""
+    min_free_mb: float | None = attrs.field(default=None, validator=_not_negative)
+    """The reserve: with less free space than this (MiB) on the data directory's filesystem,
+    the leader refuses writes that add data (APPEND, CREATE_QUEUE, ...) with ``UNAVAILABLE``
+    (``"reason": "disk_full"``) and serves the rest; None: 64 MiB, or 5 % of a filesystem
+    smaller than 1.25 GiB; 0: no reserve (docs/reliability.md, "Full disks")."""
+    disk_space: Callable[[Path], tuple[int, int]] = attrs.field(
+        default=free_space, eq=False, repr=False
+    )
+    """(free bytes, total bytes) of the filesystem holding a path: a seam for tests, which
+    cannot fill a real disk under the mock clock."""
     wall_clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)
     """Seconds since the epoch: what the leader stamps appends and enforcements with. A seam
     for the mock clock, whose virtual time the real clock does not follow."""

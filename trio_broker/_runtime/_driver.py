@@ -30,6 +30,7 @@ from .._core._raft_messages import (
     ConfigChange,
     DataSync,
     Message,
+    Replicate,
     SnapshotMeta,
     TimeoutNow,
 )
@@ -37,6 +38,7 @@ from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
 from ._config import BrokerConfig
+from ._disk_space import DiskSpace
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
@@ -148,6 +150,10 @@ class RaftDriver:
         self.entries_applied = 0
         self._saved_term_vote = (node.term, node.voted_for)
         self.commands_applied = 0
+        self.disk = DiskSpace(
+            broker_id, config.data_dir, config.min_free_mb, measure=config.disk_space
+        )
+        """Free space, and the writes refused without it (docs/reliability.md, "Full disks")."""
 
     # -- inputs (called from other tasks; never block) ------------------------------------------
 
@@ -164,6 +170,10 @@ class RaftDriver:
         self._nursery.start_soon(fn, *args)
 
     def step(self, message: Message) -> None:
+        if self.disk.stuck and isinstance(message, Replicate | DataSync):
+            # A replica whose last transaction failed for lack of space cannot persist these:
+            # not stepped, so neither held in memory nor acknowledged; the leader resends.
+            return
         if isinstance(message, DataSync) and isinstance(message.data, dict):
             self.snapshots.start_fetch(message)
             return
@@ -193,6 +203,10 @@ class RaftDriver:
         if not self.node.is_leader:
             self._capacity.release()
             return self.not_leader_error()
+        refusal = self.disk.refusal(payload)
+        if refusal is not None:
+            self._capacity.release()
+            return refusal
         pending = Pending()
         self._ledger.add(payload, pending)
         self.wake()
@@ -209,6 +223,9 @@ class RaftDriver:
         # The unit is taken before proposing: the entry must not be applied before its waiter
         # is registered (waiting for capacity after proposing could let it be).
         await acquire(self._capacity)
+        if self.disk.stuck:
+            self._capacity.release()
+            return self.disk.refusal(change)
         try:
             term, index = self.node.propose_config_change(change)
         except raft.NotLeader:
@@ -305,6 +322,7 @@ class RaftDriver:
                 secret=self.secret,
                 plaintext_port=self.plaintext_port,
             )
+            await nursery.start(self.disk.run)
             task_status.started()
             crashes: list[float] = []
             while True:
@@ -416,12 +434,9 @@ class RaftDriver:
                 committed=rd.committed_entries,
             )
             durable = self._durable(rd)
-            if durable or not self._short(rd.committed_entries):
-                results = await self._worker.run(save)
-            else:
-                # An apply-only transaction (no fsync) of a few entries: on this thread when
-                # the storage thread is idle, so the answers leave in this loop turn.
-                results = await getattr(self._worker, "run_short", self._worker.run)(save)
+            results = await self._save(
+                save, short=not durable and self._short(rd.committed_entries)
+            )
             if rd.hard_state is not None:
                 self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
             self.transactions += 1
@@ -464,6 +479,32 @@ class RaftDriver:
         for peer in rd.snapshots_to_send:
             self.start_soon(self.snapshots.offer, peer)
         self.node.advance()
+
+    async def _save(self, save: Callable[[], list[Any]], *, short: bool) -> list[Any]:
+        """Run the Ready's transaction; while it fails for lack of space, retry it.
+
+        A failed transaction rolled back whole (entries, term and vote, applied commands and
+        the applied index), and the core still waits for this Ready's ``advance()``: retrying
+        the same transaction keeps storage and the core in step, as a very slow disk would.
+        Meanwhile no proposal is taken, the proposals already in the log are answered "outcome
+        unknown", nothing this Ready promises is sent, and reads of applied state go on.
+        """
+        # A short apply-only transaction (no fsync) runs on this thread when the storage
+        # thread is idle, so the answers leave in this loop turn.
+        run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
+        return await self.disk.retrying(functools.partial(run, save), self._answer_disk_full)
+
+    def _answer_disk_full(self) -> None:
+        self._flush_unproposed(self.disk.write_refusal())
+        for index in list(self._waiters):
+            self._resolve(index, self.disk.in_flight_error())
+        # A leader that cannot write hands over to a voter that may, so that the cluster goes
+        # on taking writes (asked again after each failed retry: a transfer not taken up within
+        # an election timeout is abandoned). Its TIMEOUT_NOW leaves with the next tick.
+        node = self.node
+        target = node.best_transfer_target()
+        if target is not None and node.transfer_target is None:
+            node.transfer_leadership(target)
 
     def _durable(self, rd: raft.Ready) -> bool:
         """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
@@ -536,6 +577,8 @@ class RaftDriver:
         self.note_address(self.broker_id, self.self_address)
         if self._changing_membership or self.node.transfer_target is not None:
             return  # (no membership change during a leadership transfer)
+        if self.disk.stuck:
+            return  # (nor while a write fails for lack of space: it would be refused)
         for learner in sorted(self.node.config.learners):
             if self.node.caught_up(learner):
                 self._changing_membership = True

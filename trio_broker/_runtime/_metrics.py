@@ -121,6 +121,28 @@ class _StateCollector(Collector):
         yield gauge("log_entries", "Entries kept in the log", stats.log_entries)
         yield gauge("connections", "Open client and peer connections", stats.connections)
         yield gauge("pending_proposals", "Proposals waiting to be applied", stats.pending_proposals)
+        yield gauge(
+            "disk_full",
+            "1 while the broker refuses writes for lack of disk space (reserve reached, or a "
+            "write failed)",
+            stats.disk_state != "ok",
+        )
+        if stats.disk_free_bytes is not None:
+            yield gauge(
+                "disk_free_bytes", "Free space of the data directory", stats.disk_free_bytes
+            )
+        yield gauge(
+            "disk_reserve_bytes",
+            "Free space below which writes are refused",
+            stats.disk_reserve_bytes,
+        )
+        disk_failures = CounterMetricFamily(
+            "trio_broker_disk_write_failures",
+            "Storage transactions that failed for lack of space (rolled back and retried)",
+            labels=labels,
+        )
+        disk_failures.add_metric(ids, stats.disk_write_failures)
+        yield disk_failures
         members = GaugeMetricFamily(
             "trio_broker_members", "Configured members by status", labels=[*labels, "status"]
         )

@@ -13,6 +13,7 @@ crash, and its peer links exist only while it runs), so nothing here imports the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -29,6 +30,7 @@ from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._storage import StorageWorker, Store
 from .._storage._integrity import StorageDamaged, check_snapshot_file
 from ._config import BrokerConfig
+from ._disk_space import DiskSpace, is_disk_full
 from ._log import log_event
 from ._network import Network
 from ._snapshot_fetch import fetch_snapshot
@@ -52,6 +54,7 @@ class SnapshotHost(Protocol):
 
     node: raft.RaftNode
     network: Network
+    disk: DiskSpace
     cluster_id: str
     secret: bytes | None
 
@@ -140,7 +143,8 @@ class Snapshots:
         self._host.start_soon(self._compact_storage, meta, requests)
 
     async def _compact_storage(self, meta: SnapshotMeta, requests: Sequence[Settable] = ()) -> None:
-        await self._worker.run(self._store.compact, meta)
+        compact = functools.partial(self._worker.run, self._store.compact, meta)
+        await self._host.disk.retrying(compact)  # (a later compaction covers it: never moves back)
         log_event(logging.INFO, "log.compacted", upto=meta.index, term=meta.term)
         for pending in requests:
             pending.set((meta.index, meta.term))
@@ -149,10 +153,18 @@ class Snapshots:
 
     async def offer(self, peer: str) -> None:
         """Write a snapshot of the state machine and offer it to ``peer`` in a DATA_SYNC."""
-        self._dir.mkdir(exist_ok=True)
         snapshot_id = secrets.token_hex(8)
         path = self._dir / f"{snapshot_id}.sqlite3"
-        index = await self._worker.run(self._store.write_snapshot, str(path))
+        try:
+            self._dir.mkdir(exist_ok=True)
+            index = await self._worker.run(self._store.write_snapshot, str(path))
+        except Exception as exc:
+            path.unlink(missing_ok=True)  # a partial copy would keep the space it took
+            if not is_disk_full(exc):
+                raise
+            # Offered again once the peer's progress times out (the core asks again).
+            log_event(logging.WARNING, "snapshot.not_offered", peer=peer, reason="disk full")
+            return
         digest = await trio.to_thread.run_sync(sha256_file, path)
         size = path.stat().st_size
         self._offered[snapshot_id] = (path, size, digest)
@@ -207,6 +219,8 @@ class Snapshots:
             ok = await fetch_snapshot(
                 host.network, address, host.cluster_id, message.data, path, host.secret
             )
+            if not ok:
+                path.unlink(missing_ok=True)  # (on a full disk, a partial file keeps its space)
             if ok and not await self._worker.run(_snapshot_intact, str(path)):
                 await trio.Path(path).unlink(missing_ok=True)  # fetched again at the next offer
                 ok = False

@@ -41,6 +41,14 @@ class BrokerStatistics:
     """Leader only: (member, log entries it does not have yet), by member id."""
     peers_dropped: tuple[tuple[str, int], ...] = ()
     """(peer, consensus messages dropped while it was unreachable or its outbox full)."""
+    disk_state: str = "ok"
+    """``ok``; ``low``: free space below the reserve, writes that add data are refused;
+    ``full``: a write failed for lack of space, every write is refused until it succeeds."""
+    disk_free_bytes: int | None = None
+    """Free space on the data directory's filesystem at the last measure (None: not yet)."""
+    disk_reserve_bytes: int = 0
+    disk_write_failures: int = 0
+    """Storage transactions that failed for lack of space (rolled back, then retried)."""
 
 
 def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
@@ -80,4 +88,8 @@ def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
         members_inactive=statuses.count("inactive"),
         replication_lag=lag,
         peers_dropped=dropped,
+        disk_state=driver.disk.state.value,
+        disk_free_bytes=driver.disk.free_bytes,
+        disk_reserve_bytes=driver.disk.reserve_bytes,
+        disk_write_failures=driver.disk.write_failures,
     )

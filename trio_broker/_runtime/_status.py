@@ -130,6 +130,10 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             "commit_index": stats.commit_index,
             "applied_index": stats.applied_index,
             "connections": stats.connections,
+            "disk": stats.disk_state,
+            "disk_free_mb": None
+            if stats.disk_free_bytes is None
+            else round(stats.disk_free_bytes / 2**20, 1),
         },
         "groups": [
             {
@@ -228,7 +232,9 @@ def _summary(status: dict[str, Any]) -> str:
         f'<span data-field="leader_id">{_cell(leader)}</span>; commit index '
         f'<span data-field="commit_index">{_cell(b["commit_index"])}</span>, applied '
         f'<span data-field="applied_index">{_cell(b["applied_index"])}</span>; '
-        f'<span data-field="connections">{_cell(b["connections"])}</span> connections.'
+        f'<span data-field="connections">{_cell(b["connections"])}</span> connections; disk '
+        f'<b data-field="disk">{_cell(b["disk"])}</b> ('
+        f'<span data-field="disk_free_mb">{_cell(b["disk_free_mb"])}</span> MiB free).'
     )
 
 

@@ -8,17 +8,29 @@ transaction whose outcome it does not know.
 from __future__ import annotations
 
 import contextlib
+import errno
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import apsw
 import outcome
 import trio
 
 T = TypeVar("T")
 
 _STOP = object()
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for lack of space: SQLite's ``SQLITE_FULL``
+    (``apsw.FullError``: the transaction rolled back, the connection is usable) or an
+    ``OSError`` with ``ENOSPC`` or ``EDQUOT`` (a file written next to the database)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    return isinstance(exc, apsw.FullError)
 
 
 class StorageWorker:
