@@ -200,3 +200,11 @@ def test_take_all_empties_the_ledger_queued_first():
     ledger.add(CreateQueue(Q), "q")
     assert ledger.take_all() == ["q", "w"]
     assert len(ledger) == 0 and ledger.queued == 0 and ledger.waiting(2) is None
+
+
+def test_take_queued_leaves_the_waiting_tokens():
+    ledger: Proposals[str] = Proposals()
+    ledger.wait_for(2, 1, ["w"])
+    ledger.add(CreateQueue(Q), "q")
+    assert ledger.take_queued() == ["q"]
+    assert ledger.queued == 0 and ledger.waiting(2) == (1, ["w"]) and len(ledger) == 1

@@ -166,6 +166,12 @@ class Proposals(Generic[T]):
             taken.extend(self._waiting.pop(at)[1])
         return taken
 
+    def take_queued(self) -> list[T]:
+        """Remove the tokens not yet proposed (none of them is in the log)."""
+        taken = [token for _, token in self._queued]
+        self._queued = []
+        return taken
+
     def take_all(self) -> list[T]:
         """Remove every token, queued ones first (the outcomes of all of them are unknown)."""
         taken = [token for _, token in self._queued]

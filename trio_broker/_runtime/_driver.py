@@ -495,9 +495,10 @@ class RaftDriver:
         return await self.disk.retrying(functools.partial(run, save), self._answer_disk_full)
 
     def _answer_disk_full(self) -> None:
-        self._flush_unproposed(self.disk.write_refusal())
-        for index in list(self._waiters):
-            self._resolve(index, self.disk.in_flight_error())
+        for pending in self._ledger.take_queued():  # never proposed: refused, nothing written
+            self._settle(pending, self.disk.write_refusal())
+        for pending in self._ledger.take_all():  # in the log: applied if a retry succeeds
+            self._settle(pending, self.disk.in_flight_error())
         # A leader that cannot write hands over to a voter that may, so that the cluster goes
         # on taking writes (asked again after each failed retry: a transfer not taken up within
         # an election timeout is abandoned). Its TIMEOUT_NOW leaves with the next tick.
