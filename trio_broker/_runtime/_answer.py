@@ -51,6 +51,14 @@ class Answer:
         """The response, when it was known as the request was decided."""
         return self._now
 
+    def known(self) -> m.Response | BrokerError | None:
+        """The response if it is known now, else None (without waiting)."""
+        if self._now is not None:
+            return self._now
+        later = self._later
+        assert later is not None
+        return response_for(later.result) if later.done else None
+
     async def response(self) -> m.Response | BrokerError:
         """The response, once known; checkpoints only when it must wait."""
         later = self._later
