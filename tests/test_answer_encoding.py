@@ -21,6 +21,7 @@ from trio_broker._protocol._codec import (
     INT_MIN,
     MAX_ID_LENGTH,
     _has_long_digits,
+    _key_ends,
     converter,
     dumps_value,
     encode_response,
@@ -134,3 +135,9 @@ def _same_as_the_converter(obj: dict[str, Any], cls: type) -> None:
 def test_long_digit_runs_are_found_as_the_regular_expression_finds_them(noise, digits):
     payload = noise[: len(noise) // 2] + b"7" * digits + noise[len(noise) // 2 :]
     assert _has_long_digits(payload) == (re.search(rb"[0-9]{19,}", payload) is not None)
+
+
+@given(st.lists(st.sampled_from([b'"', b":", b" ", b"\t", b"a", b"{", b"\\"]), max_size=30))
+def test_key_ends_are_counted_as_the_regular_expression_counts_them(parts):
+    payload = b"".join(parts)
+    assert _key_ends(payload) == len(re.findall(rb'"[ \t\n\r]*:', payload))

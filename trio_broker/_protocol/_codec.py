@@ -174,9 +174,11 @@ def _has_long_digits(payload: bytes) -> bool:
 def _key_ends(payload: bytes) -> int:
     """At least the number of keys in a JSON text: each key ends with a quote, maybe spaces,
     and a colon (a string holding an escaped quote before a colon adds one)."""
-    if _SPACED_COLON.search(payload) is not None:
+    quoted = payload.count(b'":')
+    if quoted != payload.count(b":") and _SPACED_COLON.search(payload) is not None:
+        # (Every colon right after a quote: none after a space, no search needed.)
         return len(_KEY_END.findall(payload))
-    return payload.count(b'":')
+    return quoted
 
 
 def _key_count(value: Any) -> int:

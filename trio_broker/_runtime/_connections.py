@@ -438,6 +438,10 @@ class ConnectionServer:
         """Answer AUTH_CHALLENGE and AUTH, and refuse what this connection may not send
         (docs/security.md); None lets the request through to ``handle``."""
         security = self.security
+        if type(request) in _CLIENT_REQUESTS and (
+            session.plaintext or security.tokens is None or session.client or session.member
+        ):
+            return None  # (what the checks below conclude for these, without them)
         if isinstance(request, AuthChallenge | Auth) and session.plaintext:
             return self._unauthorized(
                 peer, request, "the plaintext listener serves client operations only"
@@ -506,6 +510,15 @@ class ConnectionServer:
             fields["broker"] = request.broker_id
         log_event(logging.WARNING, "request.unauthorized", **fields, reason=reason)
         return BrokerError(ErrorCode.UNAUTHORIZED, reason)
+
+
+_CLIENT_REQUESTS = frozenset(
+    cls
+    for cls in OPERATION_NAMES
+    if cls not in (Auth, AuthChallenge) and not issubclass(cls, PRIVILEGED_REQUESTS)
+)
+"""Requests any client may send: let through at once when the connection needs no token or
+has proved one."""
 
 
 class _Outbox:
