@@ -49,10 +49,13 @@ def _too_large(size: int, limit: int, what: str) -> BrokerError:
 def append_command(
     request: m.Append | m.AppendBatch, config: BrokerConfig
 ) -> cmd.AppendMessage | cmd.AppendBatch | BrokerError:
-    producer = _producer(request)
+    if request.producer_id is None and request.producer_seq is None:
+        producer: tuple[str | None, int | None] | BrokerError = (None, None)  # the usual case
+    else:
+        producer = _producer(request)
     if isinstance(producer, BrokerError):
         return producer
-    if isinstance(request, m.Append):
+    if type(request) is m.Append:
         data = dumps_value(request.data)
         if len(data) > config.max_data_bytes:
             return _too_large(len(data), config.max_data_bytes, "data")
