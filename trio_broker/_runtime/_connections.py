@@ -4,6 +4,9 @@
 serves a handler: it knows framing, sessions, authentication (docs/security.md), TLS, ordering
 and backpressure, and nothing of what a request means. ``handle`` decides a request into an
 :class:`~._answer.Answer`; the server writes each answer once it is known, in request order.
+Every frame of one receive is decided before the next receive, and one writer task per
+connection writes all the answers known at that moment in one ``send_all`` (docs/performance.md,
+"Batch per receive").
 A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then
 on it carries one-way consensus messages.
 
@@ -18,7 +21,6 @@ in-flight requests ``shutdown_grace`` seconds to be answered, then cancels what 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import logging
@@ -53,7 +55,6 @@ from .._protocol._codec import OPERATION_NAMES
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._limits import (
-    Account,
     BufferBudget,
     DescriptorReserve,
     accept_loop,
@@ -62,6 +63,7 @@ from ._limits import (
 from ._log import log_event, logger
 from ._network import transport_socket
 from ._operations import wrong_cluster
+from ._outbox import Outbox
 from ._security import AuthThrottle, Security
 
 _RECEIVE_SIZE = 64 * 1024
@@ -222,7 +224,7 @@ class ConnectionServer:
         # max_in_flight, so a command is never submitted without a place for its answer.
         # Bytes buffered (requests read, answers not yet written) count against one budget
         # for all connections (config.max_buffered_bytes).
-        outbox = _Outbox(self.budget.account())
+        outbox = Outbox(self.budget.account())
         peer_closed = False
         try:
             async with trio.open_nursery() as nursery:
@@ -242,7 +244,7 @@ class ConnectionServer:
             await _linger(stream)
 
     async def _read_requests(
-        self, stream: trio.abc.Stream, peer: str, outbox: _Outbox, session: Session
+        self, stream: trio.abc.Stream, peer: str, outbox: Outbox, session: Session
     ) -> bool:
         """Read and dispatch requests; True when the peer closed, False when we stopped.
 
@@ -388,7 +390,7 @@ class ConnectionServer:
         return True
 
     async def _write_answers(
-        self, stream: trio.abc.Stream, outbox: _Outbox, plaintext: bool
+        self, stream: trio.abc.Stream, outbox: Outbox, plaintext: bool
     ) -> None:
         """Write answers in request order as soon as they are known: every answer known at
         that moment (up to a bound) in one ``send_all``. Their bytes are charged to the budget
@@ -519,63 +521,6 @@ _CLIENT_REQUESTS = frozenset(
 )
 """Requests any client may send: let through at once when the connection needs no token or
 has proved one."""
-
-
-class _Outbox:
-    """One connection's answers, in request order, from its reader to its writer.
-
-    Holds at most ``max_in_flight`` answers (the reader waits for a slot before it dispatches
-    a request); the writer is woken once for all that one receive decided, not per request.
-    """
-
-    __slots__ = ("_more", "_space", "account", "answers", "closed", "in_flight")
-
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        self.answers: collections.deque[tuple[str, float, Answer, int]] = collections.deque()
-        self.in_flight = 0
-        """Requests dispatched whose answers are not written yet (queued, or being written)."""
-        self.closed = False
-        """No more answers will come: the writer ends once the queued ones are written."""
-        self._more: trio.Event | None = None
-        self._space: trio.Event | None = None
-
-    def put(self, operation: str, started: float, answer: Answer, charged: int) -> None:
-        """Queue the answer to a request: the operation's name, when the request arrived,
-        the answer, and the request's bytes charged to the budget until the answer is written."""
-        self.answers.append((operation, started, answer, charged))
-        self.in_flight += 1
-
-    def kick(self) -> None:
-        """Wake the writer if it waits for answers and some are queued."""
-        if self._more is not None and self.answers:
-            self._more.set()
-            self._more = None
-
-    def close(self) -> None:
-        self.closed = True
-        if self._more is not None:
-            self._more.set()
-            self._more = None
-
-    async def wait_for_answers(self) -> None:
-        """(The writer) wait until :meth:`kick` or :meth:`close`."""
-        self._more = event = trio.Event()
-        await event.wait()
-
-    async def wait_for_slot(self, limit: int) -> None:
-        """(The reader) wait until fewer than ``limit`` answers are unwritten."""
-        while self.in_flight >= limit:
-            self.kick()
-            self._space = event = trio.Event()
-            await event.wait()
-
-    def written(self, count: int) -> None:
-        """(The writer) ``count`` answers left: their slots are free."""
-        self.in_flight -= count
-        if self._space is not None:
-            self._space.set()
-            self._space = None
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
