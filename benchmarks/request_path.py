@@ -28,7 +28,7 @@ import trio
 import trio.lowlevel
 
 from trio_broker._core import _commands as cmd
-from trio_broker._protocol import decode_request, encode_frame, encode_response
+from trio_broker._protocol import Append, decode_request, encode_frame, encode_response
 from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
@@ -150,6 +150,7 @@ def main() -> None:
     payload = orjson.dumps(APPEND)
     config = BrokerConfig(data_dir=".", port=0)
     request = decode_request(payload)
+    assert isinstance(request, Append)
     response = response_for(cmd.MessageAppended(12345))
     print(
         f"  decode_request(APPEND):             {_best_us(lambda: decode_request(payload)):.2f} us"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import cattrs
 import cattrs.gen
@@ -292,9 +292,9 @@ def request_from_dict(obj: dict[str, Any]) -> m.Request:
         cls = m.CreateNamedQueue
     fast = _FAST.get(cls)
     if fast is not None:
-        request = fast(obj)
-        if request is not None:
-            return request
+        quick: m.Request | None = fast(obj)
+        if quick is not None:
+            return quick
     try:
         strict = _STRICT.get(cls)
         if strict is not None:
@@ -310,7 +310,7 @@ def request_from_dict(obj: dict[str, Any]) -> m.Request:
         raise ProtocolError(f"invalid {op} request: {describe_error(exc)}") from None
 
 
-def _is_id(value: Any) -> bool:
+def _is_id(value: Any) -> TypeGuard[str]:
     return type(value) is str and len(value) <= MAX_ID_LENGTH
 
 
@@ -328,7 +328,9 @@ def _fast_append(obj: dict[str, Any]) -> m.Append | None:
     if not obj.keys() <= _APPEND_KEYS or "data" not in obj:
         return None
     queue, client = obj.get("queue_name"), obj.get("client_id")
-    if not _is_id(queue) or (client is not None and not _is_id(client)):
+    if not _is_id(queue):
+        return None
+    if client is not None and not _is_id(client):
         return None
     return m.Append(queue, obj["data"], client)
 
@@ -339,9 +341,11 @@ def _fast_read(obj: dict[str, Any]) -> m.Read | None:
         return None
     queue, client, mode = obj.get("queue_name"), obj.get("client_id"), obj.get("mode")
     count, wait = obj.get("max_messages"), obj.get("wait_ms")
-    if not (_is_id(queue) and _is_id(client) and _is_int_or_none(count)):
+    if not _is_id(queue) or not _is_id(client):
         return None
-    if not _is_int_or_none(wait) or (mode is not None and not _is_id(mode)):
+    if not (_is_int_or_none(count) and _is_int_or_none(wait)):
+        return None
+    if mode is not None and not _is_id(mode):
         return None
     return m.Read(queue, client, count, mode, wait)
 

@@ -55,18 +55,18 @@ def append_command(
         producer = _producer(request)
     if isinstance(producer, BrokerError):
         return producer
-    if type(request) is m.Append:
+    if isinstance(request, m.Append):
         data = dumps_value(request.data)
         if len(data) > config.max_data_bytes:
             return _too_large(len(data), config.max_data_bytes, "data")
         return cmd.AppendMessage(request.queue_name, data, *producer)
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
-    data = tuple(dumps_value(v) for v in request.values)
-    total = sum(len(d) for d in data)
+    values = tuple(dumps_value(v) for v in request.values)
+    total = sum(len(d) for d in values)
     if total > config.max_data_bytes:
         return _too_large(total, config.max_data_bytes, "the values' data")
-    return cmd.AppendBatch(request.queue_name, data, *producer)
+    return cmd.AppendBatch(request.queue_name, values, *producer)
 
 
 def read_command(request: m.Read, config: BrokerConfig) -> _core.Command | BrokerError:
