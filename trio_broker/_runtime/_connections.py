@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -261,13 +260,13 @@ class ConnectionServer:
         auth_failures = 0
         while True:
             outbox.kick()  # what this receive decided goes out while we wait for more
-            deadline = math.inf
-            if decoder.buffered:
+            data = None
+            if decoder.buffered:  # a frame begun must arrive whole within frame_timeout
                 if frame_began is None:
                     frame_began = trio.current_time()
-                deadline = frame_began + self.config.frame_timeout
-            data = None
-            with trio.move_on_at(deadline):
+                with trio.move_on_at(frame_began + self.config.frame_timeout):
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+            else:  # between frames: no deadline, and no cancel scope to set up for none
                 data = await stream.receive_some(_RECEIVE_SIZE)
             if data is None:
                 log_event(
