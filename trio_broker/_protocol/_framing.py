@@ -45,7 +45,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._pos and self._pos > len(self._buf) // 2:
             del self._buf[: self._pos]
             self._pos = 0

@@ -51,6 +51,14 @@ class Answer:
         """The response, when it was known as the request was decided."""
         return self._now
 
+    def known(self) -> m.Response | BrokerError | None:
+        """The response if it is known now, else None (without waiting)."""
+        if self._now is not None:
+            return self._now
+        later = self._later
+        assert later is not None
+        return response_for(later.result) if later.done else None
+
     async def response(self) -> m.Response | BrokerError:
         """The response, once known; checkpoints only when it must wait."""
         later = self._later
@@ -64,6 +72,13 @@ class Answer:
 
 def response_for(result: Any) -> m.Response | BrokerError:
     """The answer to a client for the result of its command."""
+    kind = type(result)
+    if kind is cmd.MessageAppended:  # the most frequent ones first, by their exact type
+        return m.Appended(result.sequence_num, result.duplicate)
+    if kind is cmd.MessageRead:
+        if result.sequence_num is None:
+            return m.NoMessages()
+        return m.Message(result.sequence_num, stored_value(result.data))
     if isinstance(result, BrokerError | m.Response):  # decided by the room that proposed it
         return result
     if result is None or isinstance(result, cmd.BrokerAddressSet):

@@ -4,6 +4,9 @@
 serves a handler: it knows framing, sessions, authentication (docs/security.md), TLS, ordering
 and backpressure, and nothing of what a request means. ``handle`` decides a request into an
 :class:`~._answer.Answer`; the server writes each answer once it is known, in request order.
+Every frame of one receive is decided before the next receive, and one writer task per
+connection writes all the answers known at that moment in one ``send_all`` (docs/performance.md,
+"Batch per receive").
 A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then
 on it carries one-way consensus messages.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,9 +53,7 @@ from .._protocol import (
 from .._protocol._codec import OPERATION_NAMES
 from ._answer import Answer
 from ._config import BrokerConfig
-from ._driver import acquire
 from ._limits import (
-    Account,
     BufferBudget,
     DescriptorReserve,
     accept_loop,
@@ -62,6 +62,7 @@ from ._limits import (
 from ._log import log_event, logger
 from ._network import transport_socket
 from ._operations import wrong_cluster
+from ._outbox import Outbox
 from ._security import AuthThrottle, Security
 
 _RECEIVE_SIZE = 64 * 1024
@@ -218,59 +219,54 @@ class ConnectionServer:
                 self._idle.set()
 
     async def _serve_connection(self, stream: trio.abc.Stream, peer: str, session: Session) -> None:
-        # Answers leave in request order. A request is read only once it has a slot among
+        # Answers leave in request order. A request is dispatched only once it has a slot among
         # max_in_flight, so a command is never submitted without a place for its answer.
         # Bytes buffered (requests read, answers not yet written) count against one budget
         # for all connections (config.max_buffered_bytes).
-        slots = trio.Semaphore(self.config.max_in_flight)
-        send, receive = trio.open_memory_channel[Any](self.config.max_in_flight)
+        outbox = Outbox(self.budget.account())
         peer_closed = False
-        account = self.budget.account()
         try:
             async with trio.open_nursery() as nursery:
-                encoded, to_write = trio.open_memory_channel[tuple[bytes, int, int]](
-                    self.config.max_in_flight
-                )
-                nursery.start_soon(
-                    self._encode_answers, receive, encoded, session.plaintext, account
-                )
-                nursery.start_soon(self._write_answers, stream, to_write, slots, account)
-                async with send:
+                nursery.start_soon(self._write_answers, stream, outbox, session.plaintext)
+                try:
                     with trio.CancelScope() as reading:
                         self._readers.add(reading)
                         try:
-                            peer_closed = await self._read_requests(
-                                stream, peer, send, slots, session, account
-                            )
+                            peer_closed = await self._read_requests(stream, peer, outbox, session)
                         finally:
                             self._readers.discard(reading)
+                finally:
+                    outbox.close()  # the writer ends once what is left is written
         finally:
-            account.close()
+            outbox.account.close()
         if not peer_closed:
             await _linger(stream)
 
     async def _read_requests(
-        self,
-        stream: trio.abc.Stream,
-        peer: str,
-        send: trio.MemorySendChannel[Any],
-        slots: trio.Semaphore,
-        session: Session,
-        account: Account,
+        self, stream: trio.abc.Stream, peer: str, outbox: Outbox, session: Session
     ) -> bool:
-        """Read and dispatch requests; True when the peer closed, False when we stopped."""
+        """Read and dispatch requests; True when the peer closed, False when we stopped.
+
+        Every frame of one receive is decided before the next receive, and their answers
+        queue in ``outbox`` in request order; the writer wakes once for them all, not once
+        per request, and writes every answer that is known in one ``send_all``."""
         decoder = FrameDecoder(self.config.max_frame)
+        max_in_flight = self.config.max_in_flight
+        account = outbox.account
+        handle = self._handle
+        authorize = self._authorize
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
         auth_failures = 0
         while True:
-            deadline = math.inf
-            if decoder.buffered:
+            outbox.kick()  # what this receive decided goes out while we wait for more
+            data = None
+            if decoder.buffered:  # a frame begun must arrive whole within frame_timeout
                 if frame_began is None:
                     frame_began = trio.current_time()
-                deadline = frame_began + self.config.frame_timeout
-            data = None
-            with trio.move_on_at(deadline):
+                with trio.move_on_at(frame_began + self.config.frame_timeout):
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+            else:  # between frames: no deadline, and no cancel scope to set up for none
                 data = await stream.receive_some(_RECEIVE_SIZE)
             if data is None:
                 log_event(
@@ -291,6 +287,7 @@ class ConnectionServer:
                     )
                 return True
             decoder.feed(data)
+            started = time.perf_counter()  # the frames of one receive arrived together
             while True:
                 try:
                     payload = decoder.next_frame()
@@ -303,15 +300,18 @@ class ConnectionServer:
                         code=exc.code,
                         reason=exc.message,
                     )
-                    await slots.acquire()
-                    send.send_nowait(("INVALID", time.perf_counter(), Answer(now=exc), 0))
+                    await outbox.wait_for_slot(max_in_flight)
+                    outbox.put("INVALID", started, Answer(now=exc), 0)
                     return False
                 if payload is None:
                     break
                 frame_began = None
-                await acquire(slots)
+                if outbox.in_flight >= max_in_flight:
+                    await outbox.wait_for_slot(max_in_flight)
                 charged = len(payload)
-                if not account.fits(charged):
+                if account.fits(charged):
+                    account.charge(charged)
+                else:
                     log_event(
                         logging.INFO,
                         "connection.paused_for_memory",
@@ -320,8 +320,8 @@ class ConnectionServer:
                         buffered=self.budget.used,
                         budget=self.budget.limit,
                     )
-                await account.acquire(charged)
-                started = time.perf_counter()
+                    outbox.kick()  # what this connection holds must be able to leave
+                    await account.acquire(charged)
                 try:
                     request = decode_request(payload)
                 except ProtocolError as exc:
@@ -332,15 +332,23 @@ class ConnectionServer:
                         code=exc.code,
                         reason=exc.message,
                     )
-                    send.send_nowait(("INVALID", started, Answer(now=exc), charged))
+                    outbox.put("INVALID", started, Answer(now=exc), charged)
                     continue
                 operation = OPERATION_NAMES[type(request)]
-                early = self._authorize(request, session, peer)
+                early = authorize(request, session, peer)
+                if early is None and type(request) is not PeerHello:
+                    if outbox.answers:
+                        # Deciding may wait (for capacity, storage, another broker): the
+                        # answers before this one must not wait with it.
+                        outbox.kick()
+                    outbox.put(operation, started, await handle(request, session), charged)
+                    continue
                 if isinstance(request, Auth) and isinstance(early, BrokerError):
                     auth_failures += 1
+                    outbox.kick()
                     if not await self._slow_auth_failure(peer, auth_failures):
                         return False
-                    send.send_nowait((operation, started, Answer(now=early), charged))
+                    outbox.put(operation, started, Answer(now=early), charged)
                     if auth_failures >= self.auth_throttle.per_connection:
                         log_event(
                             logging.WARNING,
@@ -352,22 +360,17 @@ class ConnectionServer:
                         return False
                     continue
                 if early is not None:
-                    send.send_nowait((operation, started, Answer(now=early), charged))
+                    outbox.put(operation, started, Answer(now=early), charged)
                     if isinstance(request, PeerHello) and isinstance(early, BrokerError):
                         return False  # what follows would be consensus messages
                     continue
-                if isinstance(request, PeerHello):
-                    refusal = self._accept_peer(request, peer)
-                    send.send_nowait((operation, started, Answer(now=refusal or Done()), charged))
-                    if refusal is not None:
-                        return False
-                    return await self._serve_peer(stream, decoder, peer, request.broker_id)
-                try:
-                    answer = await self._handle(request, session)
-                except BaseException:
-                    slots.release()
-                    raise
-                send.send_nowait((operation, started, answer, charged))
+                assert isinstance(request, PeerHello)
+                refusal = self._accept_peer(request, peer)
+                outbox.put(operation, started, Answer(now=refusal or Done()), charged)
+                if refusal is not None:
+                    return False
+                outbox.kick()
+                return await self._serve_peer(stream, decoder, peer, request.broker_id)
 
     async def _slow_auth_failure(self, peer: str, failures: int) -> bool:
         """Wait before answering an AUTH failure; False: close without answering."""
@@ -385,53 +388,44 @@ class ConnectionServer:
         await trio.sleep(delay)
         return True
 
-    async def _encode_answers(
-        self,
-        receive: trio.MemoryReceiveChannel[Any],
-        encoded: trio.MemorySendChannel[tuple[bytes, int, int]],
-        plaintext: bool,
-        account: Account,
-    ) -> None:
-        """Encode answers, in request order, as soon as they are known, and charge their
-        bytes to the budget: answers waiting for a client that does not read count there, so
-        that reading stops (not only once the socket's buffers are full). Answers already
-        decided are encoded together, to go out in one write."""
-        async with receive, encoded:
-            async for item in receive:
-                out = [await self._encode(item, plaintext)]
-                charged = item[3]
-                size = len(out[0])
-                while len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
-                    try:
-                        nxt = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    out.append(await self._encode(nxt, plaintext))
-                    size += len(out[-1])
-                    charged += nxt[3]
-                account.charge(size)
-                # Never full: it holds at most one batch per request slot.
-                encoded.send_nowait((b"".join(out), charged + size, len(out)))
-
     async def _write_answers(
-        self,
-        stream: trio.abc.Stream,
-        encoded: trio.MemoryReceiveChannel[tuple[bytes, int, int]],
-        slots: trio.Semaphore,
-        account: Account,
+        self, stream: trio.abc.Stream, outbox: Outbox, plaintext: bool
     ) -> None:
-        async with encoded:
-            async for data, charged, count in encoded:
-                await stream.send_all(data)
-                account.release(charged)
-                for _ in range(count):
-                    slots.release()
+        """Write answers in request order as soon as they are known: every answer known at
+        that moment (up to a bound) in one ``send_all``. Their bytes are charged to the budget
+        until written: answers waiting for a client that does not read count there, so that
+        reading stops (not only once the socket's buffers are full)."""
+        answers = outbox.answers
+        account = outbox.account
+        encode = self._encode
+        while True:
+            if not answers:
+                if outbox.closed:
+                    return
+                await outbox.wait_for_answers()
+                continue
+            out: list[bytes] = []
+            size = charged = 0
+            while answers and len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
+                operation, started, answer, held = answers[0]
+                response = answer.known()
+                if response is None:
+                    if out:
+                        break  # write what is known; then wait for this one
+                    response = await answer.response()
+                answers.popleft()
+                frame = encode(operation, started, response, plaintext)
+                out.append(frame)
+                size += len(frame)
+                charged += held
+            account.charge(size)
+            await stream.send_all(b"".join(out) if len(out) > 1 else out[0])
+            account.release(charged + size)
+            outbox.written(len(out))
 
-    async def _encode(self, item: tuple[str, float, Answer, int], plaintext: bool) -> bytes:
-        operation, started, answer, _ = item
-        response = answer.now
-        if response is None:
-            response = await answer.response()
+    def _encode(
+        self, operation: str, started: float, response: Response | BrokerError, plaintext: bool
+    ) -> bytes:
         if plaintext and isinstance(response, BrokerError):
             response = self._plaintext_hint(response)
         self._observe(operation, response, time.perf_counter() - started)
@@ -445,6 +439,10 @@ class ConnectionServer:
         """Answer AUTH_CHALLENGE and AUTH, and refuse what this connection may not send
         (docs/security.md); None lets the request through to ``handle``."""
         security = self.security
+        if type(request) in _CLIENT_REQUESTS and (
+            session.plaintext or security.tokens is None or session.client or session.member
+        ):
+            return None  # (what the checks below conclude for these, without them)
         if isinstance(request, AuthChallenge | Auth) and session.plaintext:
             return self._unauthorized(
                 peer, request, "the plaintext listener serves client operations only"
@@ -513,6 +511,15 @@ class ConnectionServer:
             fields["broker"] = request.broker_id
         log_event(logging.WARNING, "request.unauthorized", **fields, reason=reason)
         return BrokerError(ErrorCode.UNAUTHORIZED, reason)
+
+
+_CLIENT_REQUESTS = frozenset(
+    cls
+    for cls in OPERATION_NAMES
+    if cls not in (Auth, AuthChallenge) and not issubclass(cls, PRIVILEGED_REQUESTS)
+)
+"""Requests any client may send: let through at once when the connection needs no token or
+has proved one."""
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

@@ -49,7 +49,10 @@ def _too_large(size: int, limit: int, what: str) -> BrokerError:
 def append_command(
     request: m.Append | m.AppendBatch, config: BrokerConfig
 ) -> cmd.AppendMessage | cmd.AppendBatch | BrokerError:
-    producer = _producer(request)
+    if request.producer_id is None and request.producer_seq is None:
+        producer: tuple[str | None, int | None] | BrokerError = (None, None)  # the usual case
+    else:
+        producer = _producer(request)
     if isinstance(producer, BrokerError):
         return producer
     if isinstance(request, m.Append):
@@ -59,11 +62,11 @@ def append_command(
         return cmd.AppendMessage(request.queue_name, data, *producer)
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
-    data = tuple(dumps_value(v) for v in request.values)
-    total = sum(len(d) for d in data)
+    values = tuple(dumps_value(v) for v in request.values)
+    total = sum(len(d) for d in values)
     if total > config.max_data_bytes:
         return _too_large(total, config.max_data_bytes, "the values' data")
-    return cmd.AppendBatch(request.queue_name, data, *producer)
+    return cmd.AppendBatch(request.queue_name, values, *producer)
 
 
 def read_command(request: m.Read, config: BrokerConfig) -> _core.Command | BrokerError:

@@ -1,0 +1,146 @@
+"""The codec's shortcuts for the most frequent requests and answers (``_protocol/_codec.py``)
+give what the general path gives: answers encoded without building their object first are the
+general path's bytes, which are the original contract's shapes (../shared/PROTOCOL.md);
+APPEND and READ decoded without the converter are the converter's requests, or refused like
+it; long runs of digits are found as the regular expression finds them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from trio_broker._core import _commands as cmd
+from trio_broker._errors import ProtocolError
+from trio_broker._protocol import _messages as m
+from trio_broker._protocol._codec import (
+    INT_MAX,
+    INT_MIN,
+    MAX_ID_LENGTH,
+    _has_long_digits,
+    _key_ends,
+    converter,
+    dumps_value,
+    encode_response,
+    request_from_dict,
+    response_to_dict,
+    stored_value,
+)
+from trio_broker._runtime._answer import response_for
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(INT_MIN, INT_MAX)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+SEQUENCE = st.integers(1, 2**63 - 1)
+
+
+def general(response: m.Response) -> bytes:
+    return orjson.dumps(response_to_dict(response))
+
+
+@given(SEQUENCE, st.booleans())
+def test_an_append_answer_is_the_contracts_bytes(sequence_num, duplicate):
+    response = response_for(cmd.MessageAppended(sequence_num, duplicate))
+    assert response == m.Appended(sequence_num, duplicate)
+    encoded = encode_response(response)
+    assert encoded == general(response)
+    expected = {"status": "success", "sequence_num": sequence_num}
+    assert orjson.loads(encoded) == (expected | {"duplicate": True} if duplicate else expected)
+
+
+@given(SEQUENCE, JSON)
+def test_a_read_answer_carries_the_stored_value_as_it_is(sequence_num, value):
+    stored = dumps_value(value)
+    response = response_for(cmd.MessageRead(sequence_num, stored))
+    encoded = encode_response(response)
+    assert encoded == general(response)
+    assert encoded == b'{"status":"success","sequence_num":%d,"data":%s}' % (sequence_num, stored)
+
+
+@given(SEQUENCE, JSON, st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3))
+def test_a_message_with_headers_takes_the_general_path(sequence_num, value, headers):
+    response = m.Message(sequence_num, stored_value(dumps_value(value)), headers)
+    assert encode_response(response) == general(response)
+    assert "headers" in orjson.loads(encode_response(response))
+
+
+def test_an_exhausted_read_is_no_messages():
+    response = response_for(cmd.MessageRead(None, None))
+    assert encode_response(response) == b'{"status":"success","message":"no_messages"}'
+
+
+# -- requests decoded without the converter ---------------------------------------------------
+
+IDS = st.sampled_from(
+    ["Q-AAAAABBBBB", "x" * MAX_ID_LENGTH, "x" * (MAX_ID_LENGTH + 1), "", 7, None, True, ["a"]]
+)
+INTS = st.sampled_from([None, 0, 5, -1, True, False, 1.5, "5", 2**70, [1]])
+FIELDS = {
+    "queue_name": IDS,
+    "client_id": IDS,
+    "producer_id": IDS,
+    "mode": IDS,
+    "data": JSON,
+    "producer_seq": INTS,
+    "max_messages": INTS,
+    "wait_ms": INTS,
+    "headers": st.sampled_from([None, {}, {"a": "b"}, {"a": 1}, "x"]),
+}
+
+
+def _field_values(names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional={name: FIELDS[name] for name in names})
+
+
+@settings(max_examples=400)
+@given(
+    _field_values(["queue_name", "data", "client_id", "producer_id", "producer_seq", "headers"]),
+    st.dictionaries(st.sampled_from(["extra", "ttl"]), JSON, max_size=1),
+)
+def test_an_append_decodes_as_the_converter_decodes_it(fields, extra):
+    _same_as_the_converter({"operation": "APPEND", **fields, **extra}, m.Append)
+
+
+@settings(max_examples=400)
+@given(
+    _field_values(["queue_name", "client_id", "max_messages", "mode", "wait_ms"]),
+    st.dictionaries(st.sampled_from(["extra", "data"]), JSON, max_size=1),
+)
+def test_a_read_decodes_as_the_converter_decodes_it(fields, extra):
+    _same_as_the_converter({"operation": "READ", **fields, **extra}, m.Read)
+
+
+def _same_as_the_converter(obj: dict[str, Any], cls: type) -> None:
+    try:
+        expected: Any = converter.structure(obj, cls)
+    except Exception:
+        expected = ProtocolError
+    try:
+        decoded: Any = request_from_dict(obj)
+    except ProtocolError:
+        decoded = ProtocolError
+    assert decoded == expected
+
+
+@given(st.binary(max_size=64), st.integers(0, 40))
+def test_long_digit_runs_are_found_as_the_regular_expression_finds_them(noise, digits):
+    payload = noise[: len(noise) // 2] + b"7" * digits + noise[len(noise) // 2 :]
+    assert _has_long_digits(payload) == (re.search(rb"[0-9]{19,}", payload) is not None)
+
+
+@settings(max_examples=400)
+@example([b'{"a" : 1, "b":2}'])
+@example([b'{"a":"x:y", "b"\t\t:2}'])
+@given(st.lists(st.sampled_from([b'"', b":", b" ", b"\t", b"a", b"{", b'" :']), max_size=30))
+def test_key_ends_are_counted_as_the_regular_expression_counts_them(parts):
+    payload = b"".join(parts)
+    assert _key_ends(payload) == len(re.findall(rb'"[ \t\n\r]*:', payload))
