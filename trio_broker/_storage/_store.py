@@ -59,7 +59,7 @@ from .._core._queues import (
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, decode_payload, payload_bytes
 from ._schema import WORK_TABLES, upgrade
-from ._work_queries import next_lease_deadline, queue_id_for_name
+from ._work_queries import lowest_unfinished, next_lease_deadline, queue_id_for_name
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
@@ -386,7 +386,10 @@ class Store:
                     "SELECT min(read_position) FROM client_positions WHERE queue_id = ?",
                     (queue_id,),
                 ).fetchone()
-            through = retention_through(policy, deleted, length, too_old, slowest, budget)
+            unfinished = lowest_unfinished(db, queue_id, deleted)
+            through = retention_through(
+                policy, deleted, length, too_old, slowest, budget, unfinished
+            )
             if through > deleted:
                 db.execute(
                     "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num <= ?",
