@@ -195,6 +195,9 @@ async def test_consume_follow_takes_what_comes_until_interrupted(real_broker, cl
     await cli(*seed(real_broker), "create-queue", "jobs")
     argv = ["consume", "jobs", "w", "--follow"]
     await _follow(real_broker, cli, argv, "jobs", "8", b"1\t1\t8\n")
+    # With --json, one object per line as they come.
+    line = b'{"sequence_num":2,"data":9,"headers":null,"delivery_count":1}\n'
+    await _follow(real_broker, cli, ["--json", *argv], "jobs", "9", line)
     # It was acknowledged: nothing is left for the group.
     status, out, err = await cli(*seed(real_broker), "consume", "jobs", "w", "--wait", "0.1")
     assert (status, out) == (0, "") and "no more messages" in err

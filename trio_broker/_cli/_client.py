@@ -25,7 +25,7 @@ from .._client._common import structure
 from .._client._work import GroupConsumer
 from .._errors import BrokerError
 from .._ids import new_client_id
-from .._protocol import Message, converter, dumps_value
+from .._protocol import converter, dumps_value
 from .._protocol._messages import ForgetPositionRequest, MessageBatch, Read, SeekRequest
 from ..client import BrokerUnreachableError, Client, Retention, Topology, connect
 from ._client_args import CLIENT_ID_ENV, add_client_parser
@@ -315,41 +315,46 @@ async def _delete_queue(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _group_message_json(message: Any) -> dict[str, Any]:
+    return {
+        "sequence_num": message.sequence_num,
+        "data": message.data,
+        "headers": message.headers,
+        "delivery_count": message.delivery_count,
+    }
+
+
 async def _consume(client: Client, args: argparse.Namespace) -> int:
+    """Take messages as one worker of the group: each printed, then acknowledged (so one
+    interrupted in between comes again). With --json, a list at the end, or with --follow one
+    object per line as they come (nothing is kept: following has no end)."""
     taken = []
+    received = 0
+    count = args.count or (math.inf if args.follow else 1)
     async with client.consumer_group(
         args.queue, args.group, prefetch=1, wait=min(args.wait, 60.0)
     ) as worker:
         if args.no_ack:
             _note(f"member {worker.member} holds the leases")
-        count = args.count or (math.inf if args.follow else 1)
-        while len(taken) < count:
+        while received < count:
             [*messages] = await worker.receive(1)
             if not messages and args.follow:
                 continue  # one poll ended empty: wait on (until interrupted)
             if not messages:
                 break
             message = messages[0]
-            taken.append(message)
-            if not args.json:
+            received += 1
+            if args.json and args.follow:
+                _out(_json(_group_message_json(message)))
+            elif args.json:
+                taken.append(message)
+            else:
                 _out(f"{message.sequence_num}\t{message.delivery_count}\t{_json(message.data)}")
             if not args.no_ack:
                 await message.ack()
-    if args.json:
-        _out(
-            _json(
-                [
-                    {
-                        "sequence_num": m.sequence_num,
-                        "data": m.data,
-                        "headers": m.headers,
-                        "delivery_count": m.delivery_count,
-                    }
-                    for m in taken
-                ]
-            )
-        )
-    elif len(taken) < count:
+    if args.json and not args.follow:
+        _out(_json([_group_message_json(m) for m in taken]))
+    elif not args.json and received < count:
         print("(no more messages)", file=sys.stderr, flush=True)
     return EXIT_OK
 
@@ -412,9 +417,16 @@ async def _tail(client: Client, args: argparse.Namespace) -> int:
             args.queue,
             SeekRequest(queue_name=args.queue, client_id=reader, next_sequence_num=start),
         )
+    read = Read(
+        queue_name=args.queue,
+        client_id=reader,
+        max_messages=TAIL_BATCH,
+        wait_ms=None if wait is None else 1000,
+    )
     try:
         while True:
-            batch = await _read_as(client, args.queue, reader, wait)
+            response = await client._queue_call(args.queue, read)
+            batch = structure(response, MessageBatch).messages
             for message in batch:
                 if args.json:
                     _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
@@ -434,19 +446,6 @@ async def _tail(client: Client, args: argparse.Namespace) -> int:
     if args.generated_client_id and not args.peek:
         _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
     return EXIT_OK
-
-
-async def _read_as(client: Client, queue: str, reader: str, wait: float | None) -> list[Message]:
-    if reader == client.client_id:
-        return await client.read_batch(queue, TAIL_BATCH, wait=wait)
-    request = Read(
-        queue_name=queue,
-        client_id=reader,
-        max_messages=TAIL_BATCH,
-        mode="move",
-        wait_ms=None if wait is None else round(wait * 1000),
-    )
-    return structure(await client._queue_call(queue, request), MessageBatch).messages
 
 
 STDIN_BATCH = 1000
