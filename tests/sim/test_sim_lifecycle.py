@@ -86,6 +86,11 @@ def retention_ignores_readers(policy, deleted, length, too_old, slowest, budget,
     )
 
 
+def delete_ignores_leases(state, command):
+    """A delete without force goes ahead while a group holds unexpired leases."""
+    return _delete(state, attrs.evolve(command, force=True))
+
+
 def delete_keeps_positions(state, command):
     kept = {k: p for k, p in state.positions.items() if k[1] == command.queue_id}
     result = _delete(state, command)
@@ -128,6 +133,7 @@ def forget_keeps_position(state, command):
         (_queues, "retention_through", retention_ignores_groups, "has not finished"),
         (_queues, "retention_through", retention_ignores_readers, "although every reader"),
         (_work, "_delete_queue", delete_keeps_positions, "is still in"),
+        (_work, "_delete_queue", delete_ignores_leases, "leases until"),
         (_work, "_append_records", headers_dropped, "stored"),
         (_work, "_forget_idle", forgets_early, "forgot"),
         (_queues, "apply_work", names_not_idempotent, "names Q-"),

@@ -53,6 +53,8 @@ class SimLifecycle(SimClient):
     """A client of named queues. ``known``: name -> the queue id it was last answered."""
 
     known: dict[str, str] = attrs.field(factory=dict)
+    to_join: str | None = None
+    """A name whose queue had no group when this client read it: it joins next."""
     dead_until: int = 0
     """Never dies (here for the simulation's healing, which revives every member)."""
 
@@ -76,10 +78,13 @@ class LifecycleMixin:
         name = rng.choice(NAMES)
         q = c.known.get(name)
         kind = rng.random()
+        if c.to_join is not None and c.to_join in c.known:
+            name, c.to_join = c.to_join, None
+            return ("njoin", name, c.known[name])
         if q is None or kind < 0.1:
             return ("ncreate", name, (f"Q-{c.id}-{c.counter}", rng.choice(POLICIES)))
         if kind < 0.18:
-            return ("ndelete", name, (q, rng.random() < 0.5))
+            return ("ndelete", name, (q, rng.random() < 0.3))
         if kind < 0.45:
             records = tuple(
                 Record(f'"{c.id}:{c.counter}.{k}"'.encode(), rng.choice(HEADERS))
@@ -113,7 +118,7 @@ class LifecycleMixin:
         if kind == "nforget":
             return ForgetPosition(data[1], data[0])
         if kind == "njoin":
-            return JoinGroup(data, LIFE_GROUP, GroupSettings(visibility_ms=300))
+            return JoinGroup(data, LIFE_GROUP, GroupSettings(visibility_ms=3000))
         return GroupRead(data[0], LIFE_GROUP, c.id, data[1], now_ms=0)
 
     def _sweep_idle(self) -> None:

@@ -5,7 +5,8 @@ with the state before it), on what the lifecycle clients observe, and after conv
   false), or makes a queue with the create's own id, never used before, when the name is free;
   a deleted queue's name is free; the replicas' names are exactly what this implies;
 - a deleted queue leaves nothing behind on any replica: no message, position, group, lease,
-  header, producer state, retention policy, activity or name;
+  header, producer state, retention policy, activity or name; a delete without force is
+  refused exactly while one of the queue's groups holds an unexpired lease;
 - headers come back as stored: what a publish stores, and what reads return, are the
   published data with the published headers;
 - a forgotten position is gone (explicitly, or by an idle sweep), and an idle sweep forgets a
@@ -60,8 +61,9 @@ STATS = (
 )
 """The run's statistics of this workload (every run has them, at 0 without it)."""
 
-LifeView = tuple[dict[str, str], frozenset[tuple[str, str]]]
-"""(the names, the positions' keys) before an entry."""
+LifeView = tuple[dict[str, str], frozenset[tuple[str, str]], dict[str, int]]
+"""(the names, the positions' keys, queue -> the latest deadline of a lease held in one of
+its groups) before an entry."""
 
 
 def traces(app: Any, q: str) -> list[str]:
@@ -117,7 +119,25 @@ class LifecycleChecker:
 
     @staticmethod
     def view(app: Any) -> LifeView:
-        return dict(app.work.names), frozenset(app.positions)
+        leases: dict[str, int] = {}
+        for (q, _), group in app.work.groups.items():
+            for p in group.pending.values():
+                if p.member is not None:
+                    leases[q] = max(leases.get(q, p.until_ms), p.until_ms)
+        return dict(app.work.names), frozenset(app.positions), leases
+
+    def _check_delete_refusal(
+        self, where: str, k: int, c: DeleteQueue, r: Any, pairs: list, before: LifeView
+    ) -> None:
+        """A delete without force is refused exactly while a group of the queue holds a lease
+        unexpired by the command's clock (checked when nothing before it in the entry touched
+        the queue)."""
+        if c.force or any(getattr(d, "queue_id", None) == c.queue_id for d, _ in pairs[:k]):
+            return
+        leased = before[2].get(c.queue_id, -1) > c.now_ms
+        refused = isinstance(r, CommandRejected) and r.code == "QUEUE_IN_USE"
+        if refused != leased and (refused or isinstance(r, QueueDeleted)):
+            self.fail(f"{where}: {c} answered {r}, leases until {before[2].get(c.queue_id)}")
 
     # -- the state each entry leaves --------------------------------------------------------------
 
@@ -150,7 +170,9 @@ class LifecycleChecker:
                 if not r.created and names.get(c.name) != r.queue_id:
                     self.fail(f"{where}: {r} although {c.name!r} names {names.get(c.name)}")
                 names[c.name] = r.queue_id
-            elif isinstance(c, DeleteQueue) and isinstance(r, QueueDeleted):
+            if isinstance(c, DeleteQueue):
+                self._check_delete_refusal(where, k, c, r, pairs, before)
+            if isinstance(c, DeleteQueue) and isinstance(r, QueueDeleted):
                 names = {n: q for n, q in names.items() if q != r.queue_id}
                 self.gone.setdefault(r.queue_id, index)
                 deleted.append(r.queue_id)
@@ -280,6 +302,8 @@ class LifecycleChecker:
                 self.fail(f"{c.id}: {op!r} rejected: {result!r}")
             if result.code == "QUEUE_NOT_FOUND":
                 c.known.pop(name, None)
+            elif result.code == "GROUP_NOT_FOUND":
+                c.to_join = name
             return
         if kind == "ncreate":
             if not isinstance(result, NamedQueue) or result.name != name:
