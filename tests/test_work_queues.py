@@ -219,6 +219,43 @@ def test_retention_never_deletes_what_a_group_has_not_finished(twin):
     assert model.message(Q, 10) == b"10"
 
 
+def test_a_group_left_behind_the_deleted_front_does_not_stop_retention(tmp_path):
+    """A state from before retention respected groups may have a group whose cursor, or some
+    of whose pending messages, retention deleted: they do not count (the queue holds them no
+    more), the group's next undelivered message does."""
+    from trio_broker._core._work import Group, Pending
+
+    state = QueueState()
+    state.work.groups[(Q, "old")] = Group(
+        GroupSettings(), cursor=2, pending={1: Pending(1, None, 0), 7: Pending(1, "m", 9)}
+    )
+    state.work.groups[(OTHER, "g")] = Group(GroupSettings(), cursor=0)
+    assert state.work.lowest_unfinished(Q, deleted=5) == 6
+    assert state.work.lowest_unfinished(Q, deleted=1) == 3
+    assert state.work.lowest_unfinished(DLQ, deleted=0) is None
+    store = Store(tmp_path)
+    try:
+        db = store._db
+        rows = [(Q, "old", 2), (OTHER, "g", 0)]
+        for queue_id, name, cursor in rows:
+            db.execute(
+                "INSERT INTO consumer_groups (queue_id, group_name, visibility_ms,"
+                " max_in_flight, cursor) VALUES (?, ?, 1000, 10, ?)",
+                (queue_id, name, cursor),
+            )
+        for seq, member in ((1, None), (7, "m")):
+            db.execute(
+                "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries,"
+                " member, until_ms) VALUES (?, 'old', ?, 1, ?, 9)",
+                (Q, seq, member),
+            )
+        assert _work_queries.lowest_unfinished(db, Q, 5) == 6
+        assert _work_queries.lowest_unfinished(db, Q, 1) == 3
+        assert _work_queries.lowest_unfinished(db, DLQ, 0) is None
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_retention_on_long_histories_keeps_every_unfinished_message(seed):
     """On long histories with retention rules set and enforced at random: every message a

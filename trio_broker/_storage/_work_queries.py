@@ -31,7 +31,7 @@ def lowest_unfinished(db: apsw.Connection, queue_id: str, deleted: int) -> int |
     (lowest,) = db.execute(
         "SELECT min(x) FROM (SELECT min(sequence_num) AS x FROM group_pending"
         " WHERE queue_id = ?1 AND sequence_num > ?2"
-        " UNION ALL SELECT min(cursor) + 1 FROM consumer_groups WHERE queue_id = ?1)",
+        " UNION ALL SELECT max(min(cursor), ?2) + 1 FROM consumer_groups WHERE queue_id = ?1)",
         (queue_id, deleted),
     ).fetchone()
     return lowest
