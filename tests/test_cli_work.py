@@ -117,3 +117,99 @@ async def test_tail_follow_prints_what_comes_until_interrupted(real_broker, cli)
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def _holders(out: str, queue_name_or_id: str) -> list[str]:
+    (queue,) = [q for q in json.loads(out)["queues"] if q["queue_id"] == queue_name_or_id]
+    return sorted(c["client_id"] for c in queue["clients"])
+
+
+async def test_tail_peek_moves_nothing_and_leaves_no_position(real_broker, cli):
+    _, out, _ = await cli(*seed(real_broker), "create-queue", "peeked")
+    queue_id = out.strip()
+    for value in ("1", "2", "3"):
+        await cli(*seed(real_broker), "append", "peeked", value)
+    args = [*seed(real_broker), "--client-id", "C-PEEK1"]
+    assert await cli(*args, "read", "peeked") == (0, "1\t1\n", "")
+    assert await cli(*args, "tail", "peeked", "--peek") == (0, "2\t2\n3\t3\n", "")
+    assert await cli(*args, "tail", "peeked", "--peek") == (0, "2\t2\n3\t3\n", "")
+    assert await cli(*args, "read", "peeked") == (0, "2\t2\n", "")
+    # The reader that did the peeking was forgotten: only C-PEEK1 holds a position.
+    _, out, _ = await cli(*seed(real_broker), "--json", "queues")
+    assert _holders(out, queue_id) == ["C-PEEK1"]
+    # At the end of the queue there is nothing to show, and nothing is created.
+    await cli(*args, "read", "peeked")
+    assert await cli(*args, "tail", "peeked", "--peek") == (0, "", "")
+    # A new client id peeks from the first message; no id to go on with is printed.
+    assert await cli(*seed(real_broker), "tail", "peeked", "--peek") == (
+        0,
+        "1\t1\n2\t2\n3\t3\n",
+        "",
+    )
+
+
+async def test_the_client_id_a_user_keeps_in_the_environment(real_broker, cli, monkeypatch):
+    await cli(*seed(real_broker), "create-queue", "kept")
+    for value in ("1", "2"):
+        await cli(*seed(real_broker), "append", "kept", value)
+    monkeypatch.setenv("TRIO_BROKER_CLIENT_ID", "C-KEPT1")
+    assert await cli(*seed(real_broker), "read", "kept") == (0, "1\t1\n", "")
+    assert await cli(*seed(real_broker), "read", "kept") == (0, "2\t2\n", "")
+    # --client-id overrides it.
+    assert await cli(*seed(real_broker), "--client-id", "C-OTHER", "read", "kept") == (
+        0,
+        "1\t1\n",
+        "",
+    )
+
+
+async def _follow(
+    real_broker, cli, argv: list[str], queue: str, append: str, expected: bytes
+) -> None:
+    """Start a following command, append after --timeout has passed, read its first line,
+    interrupt it: it exits 130."""
+    command = [sys.executable, "-m", "trio_broker", "client", *seed(real_broker)]
+    command += ["--timeout", "1", *argv]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        with trio.fail_after(20):
+            await trio.sleep(1.5)  # past --timeout: following is not bounded by it
+            assert process.returncode is None
+            assert (await cli(*seed(real_broker), "append", queue, append))[0] == 0
+            assert process.stdout is not None
+            received = b""
+            while b"\n" not in received:
+                received += await process.stdout.receive_some(1024)
+            assert received == expected
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 130
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_consume_follow_takes_what_comes_until_interrupted(real_broker, cli):
+    await cli(*seed(real_broker), "create-queue", "jobs")
+    argv = ["consume", "jobs", "w", "--follow"]
+    await _follow(real_broker, cli, argv, "jobs", "8", b"1\t1\t8\n")
+    # With --json, one object per line as they come.
+    line = b'{"sequence_num":2,"data":9,"headers":null,"delivery_count":1}\n'
+    await _follow(real_broker, cli, ["--json", *argv], "jobs", "9", line)
+    # It was acknowledged: nothing is left for the group.
+    status, out, err = await cli(*seed(real_broker), "consume", "jobs", "w", "--wait", "0.1")
+    assert (status, out) == (0, "") and "no more messages" in err
+
+
+async def test_tail_peek_follow_forgets_its_reader_when_interrupted(real_broker, cli):
+    _, out, _ = await cli(*seed(real_broker), "create-queue", "watched")
+    queue_id = out.strip()
+    argv = ["--client-id", "C-WATCH", "tail", "watched", "--peek", "--follow"]
+    await _follow(real_broker, cli, argv, "watched", "9", b"1\t9\n")
+    _, out, _ = await cli(*seed(real_broker), "--json", "queues")
+    assert _holders(out, queue_id) == []
+    # Nothing was moved: the message is still C-WATCH's next.
+    args = [*seed(real_broker), "--client-id", "C-WATCH"]
+    assert await cli(*args, "read", "watched") == (0, "1\t9\n", "")

@@ -146,6 +146,32 @@ async def test_delete_acknowledged_waits_for_every_known_client(clocked):
     assert (await queue_info(broker.port, q))["retention"] is None
 
 
+async def test_a_consumer_group_holds_what_it_has_not_finished(clocked):
+    """Over the wire, on SQLite: no rule deletes a message a group has not finished, and for
+    delete_acknowledged a group is a reader of what it finished."""
+    broker, _ = clocked
+    q = await create_queue(broker.port)
+    for n in range(1, 5):
+        await append(broker.port, q, n)
+    group = {"queue_name": q, "group": "workers"}
+    assert (await call(broker.port, {"operation": "GROUP_JOIN", **group}))["status"] == "success"
+    await call(broker.port, set_retention(q, max_messages=1))
+    assert (await enforce(broker, 0)).trimmed == ()  # nothing delivered yet: all held
+    read = {"operation": "GROUP_READ", **group, "member": "m", "max_messages": 2}
+    assert [m["data"] for m in (await call(broker.port, read))["messages"]] == [1, 2]
+    ack = {"operation": "GROUP_ACK", **group, "member": "m", "sequence_nums": [2]}
+    assert (await call(broker.port, ack))["acknowledged"] == 1
+    assert (await enforce(broker, 0)).trimmed == ()  # 1 is leased
+    await call(broker.port, ack | {"sequence_nums": [1]})
+    assert (await enforce(broker, 0)).trimmed == ((q, 3),)  # 3 was never delivered
+    await call(broker.port, set_retention(q, delete_acknowledged=True))
+    await call(broker.port, read)
+    await call(broker.port, ack | {"sequence_nums": [3]})
+    assert (await enforce(broker, 0)).trimmed == ((q, 4),)
+    info = await queue_info(broker.port, q)
+    assert (info["first_sequence_num"], info["retained"]) == (4, 1)
+
+
 @pytest.mark.parametrize(
     "body",
     [

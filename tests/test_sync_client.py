@@ -221,3 +221,86 @@ def test_leaving_the_block_ends_calls_other_threads_are_making(thread_broker):
     assert not poller.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], ClientClosedError), outcome
     assert new_threads(before) == []
+
+
+def test_consume_with_ack_acknowledges_on_a_clean_exit_of_its_block_only(thread_broker):
+    with trio_broker.sync.connect(seed(thread_broker), timeout=TIMEOUT) as client:
+        queue_id = client.create_queue()
+        client.append_batch(queue_id, [1, 2, 3, 4, 5])
+        # ``break`` out of the block: everything the loop received is acknowledged.
+        with client.consume(queue_id, max_messages=3, wait=0, ack=True) as messages:
+            for message in messages:
+                if message.data == 2:
+                    break
+        assert client.read_batch(queue_id, 1, peek=True) == [Message(3, 3)]
+        # An exception out of the block acknowledges nothing more: 3 and 4 come again.
+        with (
+            pytest.raises(ZeroDivisionError),
+            client.consume(queue_id, max_messages=3, wait=0, ack=True) as messages,
+        ):
+            for message in messages:
+                if message.data == 4:
+                    raise ZeroDivisionError
+        with client.consume(queue_id, max_messages=3, wait=0, ack=True) as messages:
+            assert [next(messages).data, next(messages).data] == [3, 4]
+        # The clean end acknowledged 4, the last message the loop was given.
+        assert client.read_batch(queue_id, 5, peek=True) == [Message(5, 5)]
+
+
+def _parameters(method) -> dict:
+    import inspect
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(method).parameters.items()
+        if name not in ("self", "timeout")
+    }
+
+
+def test_the_sync_client_has_every_work_queue_operation_of_the_async_one():
+    from trio_broker._client._work import WorkQueues
+
+    for name in [n for n in vars(WorkQueues) if not n.startswith("_")]:
+        assert _parameters(getattr(trio_broker.sync.Client, name)) == _parameters(
+            getattr(trio_broker.Client, name)
+        ), name
+    for cls, sync_cls in (
+        (trio_broker.Producer, trio_broker.sync.Producer),
+        (trio_broker.Client, trio_broker.sync.Client),
+    ):
+        for name in ("append", "append_batch", "create_queue", "producer"):
+            if hasattr(cls, name):
+                assert _parameters(getattr(sync_cls, name)) == _parameters(getattr(cls, name))
+    for name in ("ack", "nack", "extend"):
+        assert _parameters(getattr(trio_broker.sync.GroupMessage, name)) == _parameters(
+            getattr(trio_broker.GroupMessage, name)
+        )
+
+
+def test_work_queues_through_the_sync_client(thread_broker):
+    with trio_broker.sync.connect(seed(thread_broker), timeout=TIMEOUT) as client:
+        queue_id = client.create_queue(name="sync-orders")
+        assert client.create_queue(name="sync-orders") == queue_id
+        assert client.resolve_queue("sync-orders") == queue_id
+        producer = client.producer("P-SYNC", epoch=3)
+        assert producer.epoch == 3
+        assert producer.append_batch(queue_id, ["a", "b"], headers=[{"k": "v"}, None]) == [1, 2]
+        assert client.read_batch(queue_id, 5, peek=True) == [
+            Message(1, "a", {"k": "v"}),
+            Message(2, "b"),
+        ]
+        with client.consumer_group(queue_id, "g", visibility_timeout=0.2, prefetch=2) as w:
+            assert (w.queue_id, w.group) == (queue_id, "g")
+            first = next(iter(w))
+            assert (first.sequence_num, first.headers, first.delivery_count) == (1, {"k": "v"}, 1)
+            assert first.ack()
+        # 2 was leased with 1 (prefetch 2) and never acknowledged: it comes again.
+        with client.consumer_group(queue_id, "g") as w:
+            again = next(iter(w))
+            assert (again.sequence_num, again.delivery_count) == (2, 2)
+            assert again.ack()
+        assert client.forget_position(queue_id) is False
+        client.delete_group(queue_id, "g")
+        client.delete_queue(queue_id)
+        with pytest.raises(QueueNotFoundError):
+            client.resolve_queue("sync-orders")

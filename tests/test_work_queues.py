@@ -171,6 +171,117 @@ def test_redeliveries_come_first_then_new_messages_each_in_sequence_order(twin):
     assert _seqs(model.apply(GroupRead(Q, "workers", "m-c", 5, now_ms=161))) == [6, 7, 8]
 
 
+def _trimmed(model: Twin, at: int = 0) -> tuple:
+    return model.apply(ApplyRetention(at)).trimmed
+
+
+def test_retention_never_deletes_what_a_group_has_not_finished(twin):
+    """Whatever the rule, retention stops before the lowest message some group has not
+    finished (pending, or not delivered yet); for delete_acknowledged a group is a reader."""
+    model = _group_model(twin, visibility_ms=50, max_deliveries=1, dead_letter_queue=DLQ)
+    _publish(model, *[b"%d" % n for n in range(1, 9)], at=0)
+    model.apply(SetRetention(Q, RetentionPolicy(max_messages=1, max_age_ms=10)))
+    # The group has delivered nothing: it holds everything, however old or many.
+    assert _trimmed(model, 10**6) == ()
+    model.apply(GroupRead(Q, "workers", "m-a", 3, now_ms=0))  # 1, 2, 3 leased
+    model.apply(GroupAck(Q, "workers", "m-a", ((1, 1), (3, 3))))
+    # 2 is leased: 1 may go, 2 and what follows stay (3 is done but after 2).
+    assert _trimmed(model, 10**6) == ((Q, 2),)
+    assert model.first_retained(Q) == 2
+    # 2's lease ends in a dead-letter move: it is finished, and 3 with it; 4 was never
+    # delivered.
+    assert model.apply(ExpireLeases(50)) == LeasesExpired(1, 1)
+    assert _trimmed(model, 10**6) == ((Q, 4),)
+    assert _seqs(model.apply(GroupRead(Q, "workers", "m-b", 1, now_ms=60))) == [4]
+    # A second group holds back from its own position: a new group starts at the first
+    # retained message, and holds the rest until it has finished it.
+    model.apply(JoinGroup(Q, "audit"))
+    model.apply(GroupAck(Q, "workers", "m-b", ((4, 4),)))
+    assert _trimmed(model, 10**6) == ()
+    model.apply(DeleteGroup(Q, "audit"))
+    assert _trimmed(model, 10**6) == ((Q, 5),)
+    # delete_acknowledged: the group is a reader that has read what it finished, and the
+    # slowest of the readers and the groups sets the bound.
+    model.apply(SetRetention(Q, RetentionPolicy(delete_acknowledged=True)))
+    model.apply(GroupRead(Q, "workers", "m-b", 2, now_ms=70))  # 5, 6
+    model.apply(GroupAck(Q, "workers", "m-b", ((5, 6),)))
+    assert _trimmed(model) == ((Q, 7),)
+    model.apply(ReadNext(CLIENTS[0], Q))  # the reader is at 7
+    model.apply(GroupRead(Q, "workers", "m-b", 2, now_ms=80))  # 7, 8
+    model.apply(GroupAck(Q, "workers", "m-b", ((7, 8),)))
+    assert _trimmed(model) == ((Q, 8),)
+    # Deleting the group releases what only it held.
+    model.apply(SetRetention(Q, RetentionPolicy(max_messages=1)))
+    _publish(model, b"9", b"10", at=0)
+    assert _trimmed(model) == ((Q, 9),)
+    model.apply(DeleteGroup(Q, "workers"))
+    assert _trimmed(model) == ((Q, 10),)
+    assert model.message(Q, 10) == b"10"
+
+
+def test_a_group_left_behind_the_deleted_front_does_not_stop_retention(tmp_path):
+    """A state from before retention respected groups may have a group whose cursor, or some
+    of whose pending messages, retention deleted: they do not count (the queue holds them no
+    more), the group's next undelivered message does."""
+    from trio_broker._core._work import Group, Pending
+
+    state = QueueState()
+    state.work.groups[(Q, "old")] = Group(
+        GroupSettings(), cursor=2, pending={1: Pending(1, None, 0), 7: Pending(1, "m", 9)}
+    )
+    state.work.groups[(OTHER, "g")] = Group(GroupSettings(), cursor=0)
+    assert state.work.lowest_unfinished(Q, deleted=5) == 6
+    assert state.work.lowest_unfinished(Q, deleted=1) == 3
+    assert state.work.lowest_unfinished(DLQ, deleted=0) is None
+    store = Store(tmp_path)
+    try:
+        db = store._db
+        rows = [(Q, "old", 2), (OTHER, "g", 0)]
+        for queue_id, name, cursor in rows:
+            db.execute(
+                "INSERT INTO consumer_groups (queue_id, group_name, visibility_ms,"
+                " max_in_flight, cursor) VALUES (?, ?, 1000, 10, ?)",
+                (queue_id, name, cursor),
+            )
+        for seq, member in ((1, None), (7, "m")):
+            db.execute(
+                "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries,"
+                " member, until_ms) VALUES (?, 'old', ?, 1, ?, 9)",
+                (Q, seq, member),
+            )
+        assert _work_queries.lowest_unfinished(db, Q, 5) == 6
+        assert _work_queries.lowest_unfinished(db, Q, 1) == 3
+        assert _work_queries.lowest_unfinished(db, DLQ, 0) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_retention_on_long_histories_keeps_every_unfinished_message(seed):
+    """On long histories with retention rules set and enforced at random: every message a
+    group holds pending, and every message after its cursor, is still held after every
+    command; and retention still deletes (the groups do not stop it altogether)."""
+    rng = random.Random(seed)
+    model = QueueState()
+    model.apply_all(
+        [CreateQueue(q) for q in QUEUES] + [JoinGroup(Q, "g1", GroupSettings(30, 3, DLQ, 5))]
+    )
+    deleted = 0
+    for _ in range(1500):
+        command = _state_aware_command(rng, model)
+        if rng.random() < 0.1:
+            command = ApplyRetention(rng.randrange(0, 10**6))
+        result = model.apply(command)
+        if isinstance(command, ApplyRetention):
+            deleted += len(result.trimmed)
+        for (queue_id, name), group in model.work.groups.items():
+            first = model.first_retained(queue_id)
+            assert first <= group.cursor + 1, (queue_id, name, first, group.cursor, command)
+            for seq in group.pending:
+                assert model.message(queue_id, seq) is not None, (queue_id, name, seq, command)
+    assert deleted > 10
+
+
 def test_nack_and_extend_act_only_on_the_members_own_leases(twin):
     model = _group_model(twin, visibility_ms=10)
     _publish(model, b"1", b"2")

@@ -139,6 +139,52 @@ async def test_a_named_queue_is_created_once_and_resolves(broker):
         ),
         (op("APPEND", queue_name="orders", data=1, producer_epoch=1), "BAD_REQUEST"),
         (op("APPEND_BATCH", queue_name="orders", values=[1, 2], headers=[{}]), "BAD_REQUEST"),
+        (op("DELETE_QUEUE", queue_name="orders", force="yes"), "BAD_REQUEST"),
+        (op("DELETE_QUEUE", queue_name="orders", forced=True), "BAD_REQUEST"),
+        (op("RESOLVE_QUEUE"), "BAD_REQUEST"),
+        (op("FORGET_POSITION", queue_name="orders"), "BAD_REQUEST"),
+        (op("GROUP_DELETE", queue_name="orders", group="w", force=1), "BAD_REQUEST"),
+        (
+            op("GROUP_READ", queue_name="orders", group="w", member="m", max_messages=1001),
+            "BAD_REQUEST",
+        ),
+        (
+            op("GROUP_ACK", queue_name="orders", group="w", member="m", sequence_nums="1"),
+            "BAD_REQUEST",
+        ),
+        (
+            op(
+                "GROUP_ACK",
+                queue_name="orders",
+                group="w",
+                member="m",
+                sequence_nums=list(range(1, 1002)),
+            ),
+            "BAD_REQUEST",
+        ),
+        (
+            op(
+                "GROUP_NACK",
+                queue_name="orders",
+                group="w",
+                member="m",
+                sequence_nums=[1],
+                error="e" * 1025,
+            ),
+            "BAD_REQUEST",
+        ),
+        (
+            op("GROUP_EXTEND", queue_name="orders", group="w", member="m", sequence_nums=[0]),
+            "BAD_REQUEST",
+        ),
+        (
+            op("GROUP_NACK", queue_name="orders", group="w", member="m", sequence_nums=[-1]),
+            "BAD_REQUEST",
+        ),
+        (
+            op("GROUP_JOIN", queue_name="orders", group="w", dead_letter_queue="none"),
+            "QUEUE_NOT_FOUND",
+        ),
     ],
 )
 async def test_bad_work_requests_get_the_envelope_and_change_nothing(broker, request_, code):

@@ -53,7 +53,7 @@ from ._protocol import (
 )
 from ._protocol._messages import QueueList
 
-__all__ = ["Client", "GroupConsumer", "GroupMessage", "Producer", "connect"]
+__all__ = ["Client", "Consumer", "GroupConsumer", "GroupMessage", "Producer", "connect"]
 
 T = TypeVar("T")
 
@@ -332,25 +332,25 @@ class Client:
         wait: float = 1.0,
         ack: bool = False,
         timeout: float | None = DEFAULT,
-    ) -> Iterator[Message]:
+    ) -> Consumer:
         """Every message of the queue from this client's position on, as they arrive: an
         endless iterator (leave it with ``break``). Each poll waits up to ``wait`` seconds for a
-        message on the broker, and must finish within ``timeout`` seconds more. ``ack`` as in
-        :meth:`trio_broker.Client.consume`: a batch is acknowledged when the loop asks for the
-        message after it. A timeout raises from the iterator; a new one continues."""
+        message on the broker, and must finish within ``timeout`` seconds more. A timeout
+        raises from the iterator; iterating again continues.
+
+        ``ack`` as in :meth:`trio_broker.Client.consume`: with ``ack=True`` (at least once), a
+        batch is acknowledged when the loop asks for the message after it, and, used as
+        ``with client.consume(q, ack=True) as messages: for message in messages:``, the
+        block's clean end (``break`` included) acknowledges every message the loop received;
+        an exception out of the block acknowledges nothing more (what the loop was given since
+        the last acknowledgement comes again). A bare ``for`` left with ``break`` cannot be
+        told from one left by an exception, so it acknowledges nothing more either."""
         if ack not in (True, False):
             raise TypeError("ack must be a bool")
         if timeout is DEFAULT:
             timeout = self._timeout
         _check_timeout(timeout)
-        poll_timeout = None if timeout is None else timeout + wait
-        while True:
-            batch = self.read_batch(
-                queue_id, max_messages, peek=ack, wait=wait, timeout=poll_timeout
-            )
-            yield from batch
-            if ack and batch:
-                self.ack(queue_id, batch[-1].sequence_num, timeout=timeout)
+        return Consumer(self, queue_id, max_messages, wait, ack, timeout)
 
     def producer(
         self, producer_id: str | None = None, *, next_seq: int = 1, epoch: int | None = None
@@ -427,6 +427,11 @@ class Producer:
         return self._producer.producer_id
 
     @property
+    def epoch(self) -> int | None:
+        """See :attr:`trio_broker.Producer.epoch`."""
+        return self._producer.epoch
+
+    @property
     def last_duplicate(self) -> bool:
         """See :attr:`trio_broker.Producer.last_duplicate`."""
         return self._producer.last_duplicate
@@ -449,11 +454,73 @@ class Producer:
         return self._client._call(timeout, "append", call)
 
     def append_batch(
-        self, queue_id: str, values: Sequence[Any], *, timeout: float | None = DEFAULT
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+        timeout: float | None = DEFAULT,
     ) -> list[int]:
         """See :meth:`trio_broker.Producer.append_batch`."""
-        call = functools.partial(self._producer.append_batch, queue_id, values)
+        call = functools.partial(self._producer.append_batch, queue_id, values, headers=headers)
         return self._client._call(timeout, "append_batch", call)
+
+
+class Consumer:
+    """The blocking face of :class:`trio_broker.Consumer` (see :meth:`Client.consume`): an
+    iterator, and a context manager whose clean end acknowledges (with ``ack=True``)."""
+
+    def __init__(
+        self,
+        client: Client,
+        queue_id: str,
+        max_messages: int,
+        wait: float,
+        ack: bool,
+        timeout: float | None,
+    ) -> None:
+        self._client = client
+        self.queue_id = queue_id
+        self._max = max_messages
+        self._wait = wait
+        self._ack = ack
+        self._timeout = timeout
+        self._batch: list[Message] = []
+        self._delivered: int | None = None
+        """The last sequence number handed to the loop (with ``ack``: not acknowledged)."""
+
+    def __iter__(self) -> Consumer:
+        return self
+
+    def __next__(self) -> Message:
+        poll_timeout = None if self._timeout is None else self._timeout + self._wait
+        while not self._batch:
+            # The loop asks for the message after the last batch: that batch is done.
+            self.acknowledge()
+            batch = self._client.read_batch(
+                self.queue_id, self._max, peek=self._ack, wait=self._wait, timeout=poll_timeout
+            )
+            self._batch = list(reversed(batch))
+        message = self._batch.pop()
+        self._delivered = message.sequence_num
+        return message
+
+    def acknowledge(self) -> None:
+        """With ``ack=True``: acknowledge every message handed to the loop so far."""
+        if self._ack and self._delivered is not None:
+            self._client.ack(self.queue_id, self._delivered, timeout=self._timeout)
+            self._delivered = None
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.acknowledge()
+        elif self._ack:
+            # The message being processed when the error came is delivered again; so is
+            # the rest of its batch, as the position never moved past it.
+            self._delivered = None
 
 
 class GroupConsumer:
@@ -473,6 +540,16 @@ class GroupConsumer:
         """This worker's member id."""
         return self._consumer.member
 
+    @property
+    def queue_id(self) -> str:
+        """The queue's id."""
+        return self._consumer.queue_id
+
+    @property
+    def group(self) -> str:
+        """The group's name."""
+        return self._consumer.group
+
     def receive(self, max_messages: int = 1) -> list[GroupMessage]:
         """See :meth:`trio_broker.GroupConsumer.receive`."""
         poll = None if self._timeout is None else self._timeout + self._wait
@@ -480,8 +557,9 @@ class GroupConsumer:
         return [GroupMessage(self._client, m) for m in self._client._call(poll, "receive", call)]
 
     def __iter__(self) -> Iterator[GroupMessage]:
+        """The group's messages, leased ``prefetch`` at a time, as the async worker's."""
         while True:
-            yield from self.receive()
+            yield from self.receive(self._consumer.prefetch)
 
 
 class GroupMessage:
@@ -491,6 +569,7 @@ class GroupMessage:
         self._client = client
         self._message = message
         self.sequence_num = message.sequence_num
+        """See :class:`trio_broker.GroupMessage`."""
         self.data = message.data
         self.headers = message.headers
         self.delivery_count = message.delivery_count

@@ -8,6 +8,7 @@ broker can be reached (every seed is tried), 64 for a usage error.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -20,11 +21,14 @@ from typing import Any
 import trio
 
 from .._auth import AuthConfigError, load_secret, load_token
+from .._client._common import structure
 from .._client._work import GroupConsumer
 from .._errors import BrokerError
+from .._ids import new_client_id
 from .._protocol import converter, dumps_value
+from .._protocol._messages import ForgetPositionRequest, MessageBatch, Read, SeekRequest
 from ..client import BrokerUnreachableError, Client, Retention, Topology, connect
-from ._client_args import add_client_parser
+from ._client_args import CLIENT_ID_ENV, add_client_parser
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from ._reach import SETTLE, Reached, answers_cluster_query, ask_every_seed, topology_of
 from ._seeds import SEEDS_ENV, client_seeds, format_seed, parse_seed
@@ -106,6 +110,9 @@ async def _run(args: argparse.Namespace) -> int:
     except AuthConfigError as exc:
         _err(str(exc))
         return EXIT_ERROR
+    if args.client_id is None:
+        args.client_id = os.environ.get(CLIENT_ID_ENV) or None
+    args.generated_client_id = args.client_id is None
     deadline = trio.current_time() + args.timeout
     try:
         if args.client_command == "health":
@@ -117,10 +124,11 @@ async def _run(args: argparse.Namespace) -> int:
             return _no_answer(reached, args)
         # tail --follow runs until interrupted: the deadline covers finding the cluster only.
         follow = getattr(args, "follow", False)
+        args.reconnect = functools.partial(
+            connect, reached.connect_order(), client_id=args.client_id, **security
+        )
         with trio.fail_at(math.inf if follow else deadline):
-            async with connect(
-                reached.connect_order(), client_id=args.client_id, **security
-            ) as client:
+            async with args.reconnect() as client:
                 return await _COMMANDS[args.client_command](client, args)
     except BrokerUnreachableError as exc:
         _unreachable(exc.errors)
@@ -307,38 +315,46 @@ async def _delete_queue(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _group_message_json(message: Any) -> dict[str, Any]:
+    return {
+        "sequence_num": message.sequence_num,
+        "data": message.data,
+        "headers": message.headers,
+        "delivery_count": message.delivery_count,
+    }
+
+
 async def _consume(client: Client, args: argparse.Namespace) -> int:
+    """Take messages as one worker of the group: each printed, then acknowledged (so one
+    interrupted in between comes again). With --json, a list at the end, or with --follow one
+    object per line as they come (nothing is kept: following has no end)."""
     taken = []
+    received = 0
+    count = args.count or (math.inf if args.follow else 1)
     async with client.consumer_group(
         args.queue, args.group, prefetch=1, wait=min(args.wait, 60.0)
     ) as worker:
         if args.no_ack:
             _note(f"member {worker.member} holds the leases")
-        for _ in range(args.count):
+        while received < count:
             [*messages] = await worker.receive(1)
+            if not messages and args.follow:
+                continue  # one poll ended empty: wait on (until interrupted)
             if not messages:
                 break
             message = messages[0]
-            taken.append(message)
-            if not args.json:
+            received += 1
+            if args.json and args.follow:
+                _out(_json(_group_message_json(message)))
+            elif args.json:
+                taken.append(message)
+            else:
                 _out(f"{message.sequence_num}\t{message.delivery_count}\t{_json(message.data)}")
             if not args.no_ack:
                 await message.ack()
-    if args.json:
-        _out(
-            _json(
-                [
-                    {
-                        "sequence_num": m.sequence_num,
-                        "data": m.data,
-                        "headers": m.headers,
-                        "delivery_count": m.delivery_count,
-                    }
-                    for m in taken
-                ]
-            )
-        )
-    elif len(taken) < args.count:
+    if args.json and not args.follow:
+        _out(_json([_group_message_json(m) for m in taken]))
+    elif not args.json and received < count:
         print("(no more messages)", file=sys.stderr, flush=True)
     return EXIT_OK
 
@@ -383,17 +399,51 @@ TAIL_BATCH = 100
 
 async def _tail(client: Client, args: argparse.Namespace) -> int:
     """Every message from this client's position on; with --follow, then each new one as it
-    arrives (one poll of up to 1 s at a time) until interrupted."""
-    while True:
-        batch = await client.read_batch(args.queue, TAIL_BATCH, wait=1.0 if args.follow else None)
-        for message in batch:
-            if args.json:
-                _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
-            else:
-                _out(f"{message.sequence_num}\t{_json(message.data)}")
-        if not batch and not args.follow:
-            break
-    if args.client_id is None:
+    arrives (one poll of up to 1 s at a time) until interrupted. With --peek, the position
+    stays where it is: a reader of its own (a new client id, set to this client's position
+    and forgotten at the end) does the reading."""
+    wait = 1.0 if args.follow else None
+    reader = client.client_id
+    if args.peek:
+        start = None
+        while start is None:
+            first = await client.read_batch(args.queue, 1, peek=True, wait=wait)
+            if first:
+                start = first[0].sequence_num
+            elif not args.follow:
+                return EXIT_OK  # nothing after this client's position
+        reader = new_client_id()
+        await client._queue_call(
+            args.queue,
+            SeekRequest(queue_name=args.queue, client_id=reader, next_sequence_num=start),
+        )
+    read = Read(
+        queue_name=args.queue,
+        client_id=reader,
+        max_messages=TAIL_BATCH,
+        wait_ms=None if wait is None else 1000,
+    )
+    try:
+        while True:
+            response = await client._queue_call(args.queue, read)
+            batch = structure(response, MessageBatch).messages
+            for message in batch:
+                if args.json:
+                    _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
+                else:
+                    _out(f"{message.sequence_num}\t{_json(message.data)}")
+            if not batch and not args.follow:
+                break
+    finally:
+        if reader != client.client_id:
+            # Even when interrupted (the reader's position would hold retention until the
+            # broker's idle sweep, if any, forgot it): on a connection of its own, as an
+            # interruption cancels the client's.
+            forget = ForgetPositionRequest(queue_name=args.queue, client_id=reader)
+            with trio.CancelScope(shield=True), trio.move_on_after(args.timeout):
+                async with args.reconnect() as again:
+                    await again._queue_call(args.queue, forget)
+    if args.generated_client_id and not args.peek:
         _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
     return EXIT_OK
 
@@ -444,7 +494,7 @@ async def _read(client: Client, args: argparse.Namespace) -> int:
         _out(_json([{"sequence_num": m.sequence_num, "data": m.data} for m in messages]))
     elif len(messages) < args.count:
         print("(no more messages)", file=sys.stderr, flush=True)
-    if args.client_id is None:
+    if args.generated_client_id:
         # A new id: the position it has now is kept under it, for the next command.
         _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
     return EXIT_OK

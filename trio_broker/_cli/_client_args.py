@@ -11,6 +11,8 @@ from ._seeds import SEEDS_ENV, parse_seed, seed_list
 
 DEFAULT_SEED = "127.0.0.1:9001"
 DEFAULT_TIMEOUT = 10.0
+CLIENT_ID_ENV = "TRIO_BROKER_CLIENT_ID"
+"""The client id a user keeps for their commands (``--client-id`` overrides it)."""
 
 
 def _address(text: str) -> str:
@@ -67,7 +69,8 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         default=default(None),
         metavar="ID",
         help="client id (C-XXXXX) owning the read positions; reuse it to continue reading "
-        "where the last command stopped (default: a new id, so reads start at message 1)",
+        f"where the last command stopped (default: ${CLIENT_ID_ENV}, else a new id, printed, "
+        "so reads start at the first message)",
     )
     parser.add_argument(
         "--json",
@@ -207,9 +210,16 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     consume.add_argument("queue", metavar="QUEUE", help="the queue's id or name")
     consume.add_argument("group", metavar="GROUP")
-    consume.add_argument("--count", type=_positive_int, default=1, metavar="N")
+    consume.add_argument(
+        "--count", type=_positive_int, metavar="N", help="take up to N messages (default 1)"
+    )
     consume.add_argument("--wait", type=_positive_float, default=1.0, metavar="SECONDS")
     consume.add_argument("--no-ack", action="store_true", help="leave the messages leased")
+    consume.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep waiting for messages (no --timeout; up to --count if given) until interrupted",
+    )
     for name, helptext in (
         ("ack", "acknowledge messages of a consumer group (whoever holds their lease)"),
         ("nack", "hand messages of a consumer group back, for a redelivery"),
@@ -310,4 +320,10 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "--follow",
         action="store_true",
         help="keep waiting for new messages (no --timeout) until interrupted",
+    )
+    tail.add_argument(
+        "--peek",
+        action="store_true",
+        help="leave this client's position where it is (a reader of its own, forgotten at "
+        "the end, reads from there)",
     )

@@ -109,7 +109,8 @@ class GroupConsumer:
         self.group = group
         self.member = member
         """This worker's member id: the holder of its leases."""
-        self._prefetch = prefetch
+        self.prefetch = prefetch
+        """How many messages one poll of the loop leases at most."""
         self._wait_ms = wait_ms
         self._buffer: list[GroupMessage] = []
 
@@ -118,7 +119,7 @@ class GroupConsumer:
 
     async def __anext__(self) -> GroupMessage:
         while not self._buffer:
-            self._buffer = list(reversed(await self.receive(self._prefetch)))
+            self._buffer = list(reversed(await self.receive(self.prefetch)))
         return self._buffer.pop()
 
     async def receive(self, max_messages: int = 1) -> list[GroupMessage]:

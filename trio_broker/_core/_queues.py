@@ -188,7 +188,10 @@ class QueueState:
             if policy.delete_acknowledged:
                 readers = [p for (_, q), p in self.positions.items() if q == queue_id]
                 slowest = min(readers) if readers else None
-            through = retention_through(policy, deleted, length, too_old, slowest, budget)
+            unfinished = self.work.lowest_unfinished(queue_id, deleted)
+            through = retention_through(
+                policy, deleted, length, too_old, slowest, budget, unfinished
+            )
             if through > deleted:
                 count = through - deleted
                 del queue[:count], stamps[:count]
@@ -278,19 +281,33 @@ def retention_through(
     too_old: int | None,
     slowest_reader: int | None,
     budget: int,
+    unfinished: int | None = None,
 ) -> int:
     """The last sequence number an enforcement deletes (``deleted`` when none): what
     ``max_messages`` leaves out, the last message ``too_old`` for ``max_age_ms`` (found by the
     backend, at most ``budget`` messages in), what the slowest reader has read when the policy
-    deletes acknowledged messages; never more than ``budget`` messages nor past the end."""
+    deletes acknowledged messages; never more than ``budget`` messages nor past the end.
+
+    ``unfinished`` is the lowest message some consumer group of the queue has not finished
+    (delivered and not acknowledged nor dead-lettered, or not delivered yet; None: the queue
+    has no group). No rule deletes it or anything after it, and for ``delete_acknowledged`` a
+    group counts as a reader that has read everything before it."""
     through = deleted
     if policy.max_messages is not None:
         through = max(through, length - policy.max_messages)
     if too_old is not None:
         through = max(through, too_old)
-    if policy.delete_acknowledged and slowest_reader is not None:
-        through = max(through, slowest_reader)
-    return min(through, deleted + budget, length)
+    if policy.delete_acknowledged:
+        done = [
+            r
+            for r in (slowest_reader, None if unfinished is None else unfinished - 1)
+            if r is not None
+        ]
+        if done:
+            through = max(through, min(done))
+    if unfinished is not None:
+        through = min(through, unfinished - 1)
+    return max(deleted, min(through, deleted + budget, length))
 
 
 def client_lag(length: int, position: int, deleted: int) -> int:

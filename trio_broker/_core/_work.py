@@ -148,6 +148,19 @@ class WorkState:
         ]
         return min(deadlines, default=None)
 
+    def lowest_unfinished(self, queue_id: str, deleted: int) -> int | None:
+        """The lowest message the queue holds that one of its groups has not finished:
+        pending (delivered, not acknowledged nor dead-lettered) or after the group's cursor
+        (None: the queue has no group). Retention deletes nothing from it on. The deleted front
+        (``deleted`` is its last) does not count: it is gone already (a state from before this
+        rule may have a cursor or pending messages there)."""
+        lowest = [
+            min([max(g.cursor, deleted) + 1, *(s for s in g.pending if s > deleted)])
+            for (q, _), g in self.groups.items()
+            if q == queue_id
+        ]
+        return min(lowest, default=None)
+
     def retained_headers(self, queue_id: str, first_retained: int) -> dict[int, Headers]:
         return {s: h for s, h in self.headers.get(queue_id, {}).items() if s >= first_retained}
 

@@ -105,6 +105,8 @@ def lease_problem(command: GroupNack | GroupExtend) -> str | None:
         return problem
     if not 1 <= len(command.sequence_nums) <= MAX_LEASE_SEQUENCES:
         return f"name 1 to {MAX_LEASE_SEQUENCES} messages"
+    if min(command.sequence_nums) < 1:
+        return f"invalid sequence number {min(command.sequence_nums)}: they start at 1"
     if isinstance(command, GroupNack):
         if not 0 <= command.delay_ms <= MAX_VISIBILITY_MS:
             return f"delay_ms must be between 0 and {MAX_VISIBILITY_MS}"

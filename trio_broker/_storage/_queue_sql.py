@@ -52,6 +52,7 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from ._integrity import StorageDamaged, insert_values, read_values, report_damage
+from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
 _READS_VALUES = (ReadNext, ReadBatch, ReadRecords, GroupRead, GroupNack, ExpireLeases)
@@ -267,7 +268,8 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
                 "SELECT min(read_position) FROM client_positions WHERE queue_id = ?",
                 (queue_id,),
             ).fetchone()
-        through = retention_through(policy, deleted, length, too_old, slowest, budget)
+        unfinished = lowest_unfinished(db, queue_id, deleted)
+        through = retention_through(policy, deleted, length, too_old, slowest, budget, unfinished)
         if through > deleted:
             db.execute(
                 "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num <= ?",

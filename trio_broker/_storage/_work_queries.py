@@ -25,6 +25,18 @@ def next_lease_deadline(db: apsw.Connection) -> int | None:
     return deadline
 
 
+def lowest_unfinished(db: apsw.Connection, queue_id: str, deleted: int) -> int | None:
+    """The twin of ``WorkState.lowest_unfinished``: the lowest message of the queue one of its
+    groups has not finished (None: no group), ignoring pending messages in the deleted front."""
+    (lowest,) = db.execute(
+        "SELECT min(x) FROM (SELECT min(sequence_num) AS x FROM group_pending"
+        " WHERE queue_id = ?1 AND sequence_num > ?2"
+        " UNION ALL SELECT max(min(cursor), ?2) + 1 FROM consumer_groups WHERE queue_id = ?1)",
+        (queue_id, deleted),
+    ).fetchone()
+    return lowest
+
+
 def dump(db: apsw.Connection) -> dict[str, Any]:
     """The work-queue state in the reference's shapes (what the tests compare)."""
     groups = {}

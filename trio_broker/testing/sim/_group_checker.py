@@ -6,7 +6,13 @@ with the state before it), on what the members observe, and after convergence.
   its lease has expired by the clock of the command that delivers it;
 - a message leaves the group only acknowledged (by an ACK in the same entry) or dead-lettered
   (in the dead-letter queue, in the same entry, with its data and delivery count, once);
+- retention never deletes what the group has not finished: a message it deletes was
+  acknowledged or dead-lettered before (or in the same entry), and every pending message and
+  every message after the cursor is held (for every group of every queue);
 - at the end, every message appended to the work queue is acknowledged or dead-lettered.
+
+The lifecycle clients' invariants are :class:`~._lifecycle_checker.LifecycleChecker`'s, which
+this checker feeds.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from ..._core._work_commands import (
     GroupNack,
     LeasesChanged,
 )
+from ._lifecycle import SimLifecycle
+from ._lifecycle_checker import LifecycleChecker
 from ._workers import DEAD_LETTERS, GROUP, WORK_QUEUE, SimWorker
 
 if TYPE_CHECKING:
     from ._run import Simulation
 
-View = tuple[int, dict[int, tuple[int, str | None, int]], int]
+View = tuple[int, dict[int, tuple[int, str | None, int]], int, int]
 """(the group's cursor, seq -> (deliveries, member, until_ms) of its pending messages, the
-dead-letter queue's length)."""
+dead-letter queue's length, the work queue's first retained message)."""
 
 
 class GroupChecker:
@@ -43,34 +51,69 @@ class GroupChecker:
         """Work-queue seq -> the step at which a member's ACK of it was answered success."""
         self.created: set[str] = set()
         """The work queue and the DLQ, once their creation is answered."""
+        self.life = LifecycleChecker(sim)
 
     def fail(self, message: str) -> None:
         self.sim.checker.fail(f"group: {message}")
 
+    def view(self, app: Any) -> tuple[View, Any]:
+        """What :meth:`on_entry` compares with the state after an entry: the group's and the
+        lifecycle's views."""
+        return self._group_view(app), self.life.view(app)
+
     @staticmethod
-    def view(app: Any) -> View:
+    def _group_view(app: Any) -> View:
         group = app.work.groups.get((WORK_QUEUE, GROUP))
         dlq = app.queue_length(DEAD_LETTERS) or 0
+        first = app.deleted.get(WORK_QUEUE, 0) + 1
         if group is None:
-            return 0, {}, dlq
+            return 0, {}, dlq, first
         pending = {s: (p.deliveries, p.member, p.until_ms) for s, p in group.pending.items()}
-        return group.cursor, pending, dlq
+        return group.cursor, pending, dlq, first
 
     # -- the reference state, entry by entry ----------------------------------------------------
 
-    def on_entry(self, i: int, e: Any, result: Any, before: View) -> None:
-        app = self.sim.apps[i]
-        cursor_b, pending_b, dlq_b = before
-        cursor_a, pending_a, dlq_a = self.view(app)
+    def on_entry(self, i: int, e: Any, result: Any, before: tuple[View, Any]) -> None:
         commands = e.payload.commands if isinstance(e.payload, CommandGroup) else [e.payload]
         results = result.results if isinstance(result, GroupApplied) else [result]
+        self._on_group_entry(i, e, commands, results, before[0])
+        self._check_retention_kept_unfinished(i, e)
+        self.life.on_entry(i, e.index, commands, results, before[1])
+
+    def _check_retention_kept_unfinished(self, i: int, e: Any) -> None:
+        """For every group of every queue: every pending message, and every message after
+        the cursor, is still held."""
+        app = self.sim.apps[i]
+        for (q, name), group in app.work.groups.items():
+            first = app.first_retained(q)
+            if first > group.cursor + 1 or any(s < first for s in group.pending):
+                self.fail(
+                    f"node {i} entry {e.index}: {q} starts at #{first}, but group {name!r} "
+                    f"has not finished {sorted(group.pending)} nor what follows #{group.cursor}"
+                )
+
+    def _held(self, app: Any, seq: int, first: int, default: Any = None) -> Any:
+        """Work-queue message ``seq``'s data: as held, or, if retention deleted it later in
+        the entry (``first``: the first held after it), as acknowledged to its producer."""
+        if seq >= first:
+            return app.message(WORK_QUEUE, seq)
+        return self.sim.checker.acked.get((WORK_QUEUE, seq), default)
+
+    def _on_group_entry(self, i: int, e: Any, commands: list, results: list, before: View) -> None:
+        app = self.sim.apps[i]
+        cursor_b, pending_b, dlq_b, first_b = before
+        cursor_a, pending_a, dlq_a, first_a = self._group_view(app)
         clocks = [c.now_ms for c in commands if hasattr(c, "now_ms")]
         now = max(clocks, default=None)
         limit = self.sim.group_settings.max_deliveries
         where = f"node {i} entry {e.index}"
         nacked: dict[int, int] = {}
         for c, r in zip(commands, results, strict=True):
-            if isinstance(c, GroupNack) and isinstance(r, LeasesChanged):
+            if (
+                isinstance(c, GroupNack)
+                and c.queue_id == WORK_QUEUE
+                and isinstance(r, LeasesChanged)
+            ):
                 for s in (*r.changed, *r.dead_lettered):
                     nacked[s] = nacked.get(s, 0) + 1
         if cursor_a < cursor_b:
@@ -108,7 +151,8 @@ class GroupChecker:
                 self.fail(f"{where}: DLQ #{n} holds #{s}, which did not just leave the group")
             if int(headers["dlq-delivery-count"]) != pending_b[s][0] or pending_b[s][0] != limit:
                 self.fail(f"{where}: #{s} dead-lettered with {headers}, pending was {pending_b[s]}")
-            if app.message(DEAD_LETTERS, n) != app.message(WORK_QUEUE, s):
+            moved = app.message(DEAD_LETTERS, n)
+            if moved != self._held(app, s, first_a, moved):
                 self.fail(f"{where}: DLQ #{n} does not hold the data of #{s}")
             if self.dead.setdefault(s, e.index) != e.index:
                 self.fail(f"{where}: #{s} dead-lettered again (first at {self.dead[s]})")
@@ -136,19 +180,28 @@ class GroupChecker:
         for s in left:
             if self.done.setdefault(s, e.index) != e.index:
                 self.fail(f"{where}: #{s} done at {e.index}, but already at {self.done[s]}")
-        for r in results:
-            if isinstance(r, Delivered):
+        for s in range(first_b, first_a):
+            if s not in self.done:
+                self.fail(f"{where}: retention deleted #{s}, which the group has not finished")
+        for c, r in zip(commands, results, strict=True):
+            if isinstance(r, Delivered) and c.queue_id == WORK_QUEUE:
                 for m in r.messages:
-                    if m.data != app.message(WORK_QUEUE, m.sequence_num):
+                    if m.data != self._held(app, m.sequence_num, first_a, m.data):
                         self.fail(f"{where}: delivered {m} is not #{m.sequence_num}'s data")
 
     # -- what the members observe ---------------------------------------------------------------
 
     def on_unknown(self, c: SimWorker) -> None:
+        if isinstance(c, SimLifecycle):
+            self.life.on_unknown(c)
+            return
         if c.op[0] in ("gread", "gack", "gnack", "gextend"):
             c.held = []  # what it holds, if anything, expires
 
     def on_result(self, c: SimWorker, op: tuple, result: Any, src: Any) -> None:
+        if isinstance(c, SimLifecycle):
+            self.life.on_result(c, op, result)
+            return
         kind, q, data = op
         checker, stats = self.sim.checker, self.sim.stats
         exists = kind == "wcreate" and getattr(result, "code", None) == "QUEUE_EXISTS"
@@ -208,11 +261,14 @@ class GroupChecker:
 
     def final_check(self, members: list[int]) -> None:
         """Every message appended to the work queue was acknowledged or dead-lettered, on
-        every member; the DLQ holds exactly the dead-lettered ones."""
+        every member; the DLQ holds exactly the dead-lettered ones. Then the lifecycle's."""
         self.sim.stats["dead_lettered"] = len(self.dead)
+        self.life.final_check(members)
+        if all(isinstance(w, SimLifecycle) for w in self.sim.workers.values()):
+            return  # no group workload on this seed
         for i in members:
             app = self.sim.apps[i]
-            cursor, pending, dlq = self.view(app)
+            cursor, pending, dlq, _ = self._group_view(app)
             length = app.queue_length(WORK_QUEUE) or 0
             if pending or cursor != length:
                 self.fail(f"node {i}: {len(pending)} pending, cursor {cursor} of {length}")

@@ -17,6 +17,8 @@ from ..._core._raft import NotLeader, RaftNode
 from ..._core._raft_messages import Entry
 from ..._core._work_commands import (
     WORK_COMMANDS,
+    DeleteGroup,
+    DeleteQueue,
     ExpireLeases,
     GroupExtend,
     GroupNack,
@@ -27,7 +29,7 @@ from .._sim_cluster import COMMANDS as APPLIED
 from ._clients import ClientRequest, ClientResponse
 from ._params import SimulationFailure
 
-TIMED = (GroupRead, GroupNack, GroupExtend, ExpireLeases)
+TIMED = (GroupRead, GroupNack, GroupExtend, ExpireLeases, DeleteQueue, DeleteGroup)
 """Group commands stamped with the proposing leader's clock (``now_ms``)."""
 
 

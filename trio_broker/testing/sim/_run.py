@@ -18,6 +18,7 @@ from .._sim_cluster import MemoryStorage
 from .._sim_mutants import MUTANTS
 from ._checker import Checker
 from ._clients import QUEUES, ClientsMixin, SimClient
+from ._lifecycle import lifecycle_clients
 from ._network import NetworkMixin
 from ._nodes import NodesMixin
 from ._operator import OperatorMixin
@@ -179,6 +180,7 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
             SimWorker(f"W-{k}", to_create=[WORK_QUEUE, DEAD_LETTERS] if k == 0 else [])
             for k in range(self.p.groups)
         ]
+        workers += lifecycle_clients(seed)  # named queues, deletion, headers, forgetting
         self.workers = {w.id: w for w in workers}
         self.clients += workers
         self.client_rng.update({w.id: stream(seed, f"group:{w.id}") for w in workers})

@@ -5,8 +5,9 @@ expire on the leader's clock), and the leader proposing lease expiries.
 On a seed whose ``groups`` parameter is set, :class:`SimWorker` clients join the simulation's
 clients: their requests go through the same machinery (deadlines, NOT_LEADER redirects,
 retries, outcomes left unknown). They draw from their own streams (``group:<id>``) and touch
-neither the log-pattern queues (:data:`~._clients.QUEUES`) nor retention, so that the other
-clients' checks are unchanged.
+none of the log-pattern queues (:data:`~._clients.QUEUES`), so that the other clients' checks
+are unchanged. The work queue is created with a retention policy drawn for the seed (or none):
+retention must never delete what the group has not finished, however eager its rule.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from ..._core._commands import AppendMessage, CreateQueue
+from ..._core._commands import AppendMessage, CreateQueue, RetentionPolicy
 from ..._core._work_commands import (
     ExpireLeases,
     GroupAck,
@@ -26,6 +27,8 @@ from ..._core._work_commands import (
     JoinGroup,
 )
 from ._clients import ClientRequest, SimClient
+from ._lifecycle import LifecycleMixin, SimLifecycle
+from ._params import stream
 
 WORK_QUEUE = "Q-SIMWQ"
 DEAD_LETTERS = "Q-SIMDL"
@@ -59,11 +62,28 @@ def group_settings(rng: Any) -> GroupSettings:
     )
 
 
-class WorkersMixin:
-    """The group members' steps, on the simulation's state (see :class:`Simulation`)."""
+def work_queue_retention(seed: int) -> RetentionPolicy | None:
+    """The work queue's retention policy: each rule would delete unfinished messages if
+    retention did not stop before them."""
+    return stream(seed, "group:retention").choice(
+        [
+            None,
+            RetentionPolicy(max_messages=1),
+            RetentionPolicy(max_age_ms=100),
+            RetentionPolicy(delete_acknowledged=True),
+            RetentionPolicy(max_messages=3, max_age_ms=1000, delete_acknowledged=True),
+        ]
+    )
+
+
+class WorkersMixin(LifecycleMixin):
+    """The group members' steps, on the simulation's state (see :class:`Simulation`); the
+    lifecycle clients' are in :class:`~._lifecycle.LifecycleMixin`."""
 
     def _group_drained(self) -> bool:
         """The leader holds no message of the group unfinished (the members may stop)."""
+        if all(isinstance(w, SimLifecycle) for w in self.workers.values()):
+            return True  # no group workload on this seed, only lifecycle clients
         leaders = [i for i in self.live() if self.nodes[i].is_leader]
         if len(leaders) != 1:
             return False
@@ -75,11 +95,15 @@ class WorkersMixin:
 
     def _worker_idle(self, c: SimWorker) -> bool:
         """Whether ``c`` sends nothing this step (dead, or the run is finishing and done)."""
+        if isinstance(c, SimLifecycle):
+            return self.quiescing
         if self.now < c.dead_until:
             return True
         return self.quiescing and not c.held and self._group_drained()
 
     def _worker_op(self, c: SimWorker) -> tuple | None:
+        if isinstance(c, SimLifecycle):
+            return self._lifecycle_op(c)
         rng = self.client_rng[c.id]
         if c.to_create:
             return ("wcreate", c.to_create[0], None)
@@ -113,9 +137,11 @@ class WorkersMixin:
 
     def _group_command(self, c: SimWorker) -> Any:
         """The command of a group operation; ``now_ms`` is stamped by the proposing leader."""
+        if isinstance(c, SimLifecycle):
+            return self._lifecycle_command(c)
         kind, q, data = c.op
         if kind == "wcreate":
-            return CreateQueue(q)
+            return CreateQueue(q, work_queue_retention(self.seed) if q == WORK_QUEUE else None)
         if kind == "join":
             return JoinGroup(q, GROUP, self.group_settings)
         if kind == "wappend":
@@ -129,7 +155,9 @@ class WorkersMixin:
         return GroupExtend(q, GROUP, c.member, data, now_ms=0)
 
     def _expire_leases(self) -> None:
-        """The leader proposes an expiry while some lease is past its deadline (its clock)."""
+        """The leader proposes an expiry while some lease is past its deadline (its clock);
+        and an idle sweep now and then (:meth:`_sweep_idle`)."""
+        self._sweep_idle()
         if self.now % EXPIRE_EVERY or self.quiescing:
             return
         leaders = [i for i in self.live() if self.nodes[i].is_leader]
