@@ -112,7 +112,10 @@ async def test_leases_survive_a_leader_failover(cluster, clock):
     clock.now += 4.5
     with trio.fail_after(10):
         while await new._worker.run(new._store.next_lease_deadline) <= clock.now * 1000:
-            await new.driver.wait_changed()  # until the ExpireLeases is applied
+            # Until the ExpireLeases is applied. The store is read in its thread, so a change
+            # may land between that read and this wait: wait for the next one a short while.
+            with trio.move_on_after(0.05):
+                await new.driver.wait_changed()
     # ... and it goes to the next member, delivered a second time; 1 (acknowledged) never.
     c = await ok(
         new.port, op("GROUP_READ", queue_name="jobs", group="w", member="c", max_messages=10)
