@@ -263,9 +263,13 @@ class RaftNode:
         """While recovering (see the class docstring): the log index to get back to."""
         # A durable commit index beyond the durable log is storage's own proof that it lost
         # entries this broker acknowledged (a commit is only learned after they were durable).
-        lost_to = max(acknowledged or 0, hard_state.commit)
+        lost_to = max(acknowledged or 0, hard_state.commit, hard_state.recovering_until)
         if lost_to > self.log.last_index:
             self.recovering_until = lost_to
+            # Storage may hold rows past the log it could read (damaged ones, and what
+            # followed them): the first Ready deletes them, in the transaction that persists
+            # the recovering state which from then on is the only record of the loss.
+            self.log.truncate_from = self.log.last_index + 1
         self.commit = max(min(hard_state.commit, self.log.last_index), snapshot.index)
         self.applied = snapshot.index if applied is None else max(applied, snapshot.index)
         self._persisted_hs = hard_state
@@ -305,7 +309,7 @@ class RaftNode:
     @property
     def hard_state(self) -> HardState:
         """The current (possibly not yet durable) hard state."""
-        return HardState(self.term, self.voted_for, self.commit)
+        return HardState(self.term, self.voted_for, self.commit, self.recovering_until or 0)
 
     @property
     def config_committed(self) -> bool:
@@ -505,6 +509,7 @@ class RaftNode:
             or self.term != hs.term
             or self.voted_for != hs.voted_for
             or self.commit != hs.commit
+            or (self.recovering_until or 0) != hs.recovering_until
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs

@@ -116,6 +116,10 @@ class HardState:
     term: int = 0
     voted_for: Any = None
     commit: int = 0
+    recovering_until: int = 0
+    """While recovering (``RaftNode.recovering_until``; 0 otherwise): the index its log lost
+    and must get back to. Persisted so that a restart while recovering cannot forget it: the
+    damaged entries that first showed the loss are deleted by then."""
 
 
 @attrs.frozen

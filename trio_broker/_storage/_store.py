@@ -522,7 +522,10 @@ class Store:
         config_json = get("snapshot_config")
         config = None if config_json is None else _config_from_json(config_json)
         hard_state = HardState(
-            term=get("raft_term", 0), voted_for=get("raft_voted_for"), commit=get("raft_commit", 0)
+            term=get("raft_term", 0),
+            voted_for=get("raft_voted_for"),
+            commit=get("raft_commit", 0),
+            recovering_until=get("raft_recovering_until", 0),
         )
         snapshot_index = get("snapshot_index", 0)
         entries = [
@@ -605,6 +608,7 @@ class Store:
                             "raft_term": hard_state.term,
                             "raft_voted_for": hard_state.voted_for,
                             "raft_commit": hard_state.commit,
+                            "raft_recovering_until": hard_state.recovering_until,
                         }
                     )
                 results: list[Result | None] = []

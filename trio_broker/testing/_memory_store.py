@@ -175,6 +175,7 @@ class MemoryStore:
             term=self.meta.get("raft_term", 0),
             voted_for=self.meta.get("raft_voted_for"),
             commit=self.meta.get("raft_commit", 0),
+            recovering_until=self.meta.get("raft_recovering_until", 0),
         )
 
     # -- the replicated log ------------------------------------------------------------------
@@ -222,6 +223,7 @@ class MemoryStore:
         if hard_state is not None:
             self.meta["raft_term"] = hard_state.term
             self.meta["raft_commit"] = hard_state.commit
+            self.meta["raft_recovering_until"] = hard_state.recovering_until
             if hard_state.voted_for is None:
                 self.meta.pop("raft_voted_for", None)
             else:

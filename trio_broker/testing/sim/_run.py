@@ -17,6 +17,7 @@ from .._sim_cluster import MemoryStorage
 from .._sim_mutants import MUTANTS
 from ._checker import Checker
 from ._clients import QUEUES, ClientRequest, ClientsMixin, SimClient
+from ._disk import Disks
 from ._network import NetworkMixin
 from ._nodes import NodesMixin
 from ._operator import OperatorMixin
@@ -180,6 +181,8 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.workers = {w.id: w for w in workers}
         self.clients += workers
         self.client_rng.update({w.id: stream(seed, f"group:{w.id}") for w in workers})
+        self.disks = Disks(self)
+        """Each broker's disk faults (their own ``disk-faults`` stream)."""
         for i in self.ids:
             self._start(i)
 
