@@ -227,32 +227,55 @@ def test_a_stale_rejection_only_sends_the_member_back_to_probing():
     assert probe.prev_log_index == 3 and probe.acknowledged == 10
 
 
-def test_a_follower_told_it_lost_entries_refuses_votes_until_repaired():
-    """Told by the leader, 2 recovers: while its log is short of what it acknowledged it
-    denies votes and never campaigns, so with the leader cut off nobody is elected (3 alone
-    is not a majority): the cluster stays unavailable rather than guess. Once a leader
-    brings its log back to that index, it votes again."""
+def test_a_follower_told_it_lost_entries_votes_only_for_a_log_beyond_the_loss():
+    """Told by the leader, 2 recovers: it never campaigns, and votes only for a candidate
+    whose log is at least as up to date as 2's was before the loss. With the leader cut off,
+    3 (whose log is whole) is such a candidate: it wins with 2's vote and repairs it. A
+    candidate short of the loss gets no vote (test_a_broker_that_lost_acknowledged_entries_
+    does_not_vote: there the group refuses to guess and stays without a leader)."""
     cluster, keep, acked = lost_tail_cluster(max_batch=2)
     # Its acknowledgements are lost: the leader repairs it two entries at a time, slowly.
     cluster.drop_if.append(lambda m: isinstance(m, ReplicateResponse) and m.src == 2 and m.success)
     cluster.tick(n=3)
     follower = cluster.node(2)
-    assert follower.recovering_until == acked
+    assert follower.recovering_until == acked and follower.recovering_term == 1
     assert keep < follower.log.last_index < acked
+    term = follower.term
     cluster.isolate(1)
+    cluster.drop_if.clear()
     cluster.tick(n=80)
-    assert follower.role is Role.FOLLOWER and follower.recovering
-    assert not any({2, 3} & leaders for leaders in cluster.leaders_by_term.values())
-    cluster.heal()
-    cluster.tick(n=40)
     leader = cluster.leader()
-    assert leader is not None
+    assert leader is not None and leader.id == 3 and leader.term > term
+    assert not any(2 in leaders for leaders in cluster.leaders_by_term.values())
     assert not follower.recovering and follower.log.last_index >= acked
     assert follower.log.term(acked) == leader.log.term(acked)
-    # And it votes again: with 1 cut off, 2 and 3 elect one of them.
-    cluster.isolate(1)
-    cluster.tick(n=80)
-    assert cluster.leader() is not None and cluster.leader().id in (2, 3)
+
+
+def test_a_recovering_broker_grants_only_candidates_beyond_what_it_lost():
+    node = follower_with(4, acknowledged=9)  # its log ended at 9, in a term <= 2
+    assert (node.recovering_term, node.recovering_until) == (2, 9)
+
+    def asks(last_term: int, last_index: int) -> bool:
+        node.step(
+            ElectionRequest(
+                src=3,
+                dst=2,
+                term=3,
+                cluster_version=1,
+                pre_vote=True,
+                last_log_index=last_index,
+                last_log_term=last_term,
+            )
+        )
+        (reply,) = node.ready().persisted_messages
+        node.advance()
+        return reply.granted
+
+    assert not asks(2, 8) and not asks(1, 20)
+    assert asks(2, 9) and asks(3, 5)
+    for _ in range(10 * node.election_ticks):
+        node.tick()
+    assert node.role is Role.FOLLOWER  # it never campaigns on its own log
 
 
 def follower_with(entries: int, **kwargs: Any) -> RaftNode:

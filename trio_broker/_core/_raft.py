@@ -261,11 +261,19 @@ class RaftNode:
         self.voted_for = hard_state.voted_for
         self.recovering_until: int | None = None
         """While recovering (see the class docstring): the log index to get back to."""
+        self.recovering_term = 0
+        """While recovering: a term at least that of the last entry it lost."""
+        self.losses: list[int] = []
+        """The index each loss found since the start went back to (``recovering_until``
+        then), oldest first, at most 16: the runtime logs each one, even a loss the leader
+        repaired within the same message."""
         # A durable commit index beyond the durable log is storage's own proof that it lost
         # entries this broker acknowledged (a commit is only learned after they were durable).
         lost_to = max(acknowledged or 0, hard_state.commit, hard_state.recovering_until)
         if lost_to > self.log.last_index:
             self.recovering_until = lost_to
+            self.recovering_term = max(hard_state.recovering_term, hard_state.term)
+            self.losses.append(lost_to)
             # Storage may hold rows past the log it could read (damaged ones, and what
             # followed them): the first Ready deletes them, in the transaction that persists
             # the recovering state which from then on is the only record of the loss.
@@ -309,7 +317,13 @@ class RaftNode:
     @property
     def hard_state(self) -> HardState:
         """The current (possibly not yet durable) hard state."""
-        return HardState(self.term, self.voted_for, self.commit, self.recovering_until or 0)
+        return HardState(
+            self.term,
+            self.voted_for,
+            self.commit,
+            self.recovering_until or 0,
+            self.recovering_term if self.recovering_until else 0,
+        )
 
     @property
     def config_committed(self) -> bool:
@@ -510,6 +524,7 @@ class RaftNode:
             or self.voted_for != hs.voted_for
             or self.commit != hs.commit
             or (self.recovering_until or 0) != hs.recovering_until
+            or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs
@@ -659,6 +674,18 @@ class RaftNode:
         leader, whose log holds everything committed) may vote again."""
         if self.recovering_until is not None and self.log.last_index >= self.recovering_until:
             self.recovering_until = None
+            self.recovering_term = 0
+
+    def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
+        """The election restriction (paper 5.4.1) against the log a recovering broker had
+        before the loss, whose end is at most (``recovering_term``, ``recovering_until``):
+        a candidate at least that up to date holds every entry whose commit counted on this
+        broker's acknowledgement, exactly as if the log were still whole. So a group whose
+        damaged brokers are a majority still elects a broker whose log is intact and newest,
+        which repairs them; it stays without a leader only when none is (when too few
+        intact copies remain): it refuses to guess."""
+        lost = (self.recovering_term, self.recovering_until or 0)
+        return (m.last_log_term, m.last_log_index) >= lost
 
     def _in_lease(self) -> bool:
         return (
@@ -744,8 +771,9 @@ class RaftNode:
         return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _handle_election_request(self, m: ElectionRequest) -> None:
-        if not self._log_trusted():
-            # Our log lost entries we acknowledged: it cannot vouch for any candidate's.
+        if not self._log_trusted() and not self._beyond_what_was_lost(m):
+            # Our log lost entries we acknowledged: it can only vouch for a candidate whose
+            # log is at least as up to date as ours was before the loss.
             self._deny(m, DenyReason.LOG_BEHIND, self.term)
             return
         can_vote = (
@@ -1111,6 +1139,8 @@ class RaftNode:
         if m.acknowledged > self.log.last_index:
             # The leader saw us acknowledge up to there: our disk lost it. Recover.
             self.recovering_until = max(self.recovering_until or 0, m.acknowledged)
+            self.recovering_term = max(self.recovering_term, self.term)
+            self.losses = [*self.losses[-15:], self.recovering_until]
         if m.prev_log_index < self.commit:
             # Our committed prefix is in every later leader's log (leader completeness), so
             # only the part after our commit needs checking.

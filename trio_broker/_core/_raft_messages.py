@@ -120,6 +120,9 @@ class HardState:
     """While recovering (``RaftNode.recovering_until``; 0 otherwise): the index its log lost
     and must get back to. Persisted so that a restart while recovering cannot forget it: the
     damaged entries that first showed the loss are deleted by then."""
+    recovering_term: int = 0
+    """While recovering: a term at least that of the last entry it lost (its term when the
+    loss was found), the other half of the log end it votes by (``RaftNode``)."""
 
 
 @attrs.frozen

@@ -167,6 +167,8 @@ class RaftDriver:
         self._snapshots: dict[str, tuple[Path, int, str]] = {}
         self._fetching: set[str] = set()
         self._last_role: tuple[str, int, str | None] | None = None
+        self._last_recovering: tuple[int | None, bool] = (None, False)
+        self._losses_logged: list[int] = []
         self._changed = trio.Event()
         self._changing_membership = False
         self._linked_version = -1
@@ -714,6 +716,7 @@ class RaftDriver:
         """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
         depose a leader (check-quorum) without producing anything to persist."""
         self._note_transfer()
+        self._note_recovering()
         node = self.node
         state = (node.role.value, node.term, node.leader_id)
         if state == self._last_role:
@@ -736,6 +739,47 @@ class RaftDriver:
         self._last_role = state
         self._changed.set()
         self._changed = trio.Event()
+
+    def _note_recovering(self) -> None:
+        """Say when this broker starts and stops recovering (its log lost entries it had
+        acknowledged: it neither votes nor leads meanwhile), and when no leader has come to
+        repair it for ten election timeouts: then the cluster may lack a majority of intact
+        copies, and refuses to guess which copy is right; an operator must act."""
+        node = self.node
+        stalled = node.recovering and node.election_elapsed >= 10 * node.election_ticks
+        state = (node.recovering_until, stalled)
+        if state == self._last_recovering and node.losses == self._losses_logged:
+            return
+        was_until, was_stalled = self._last_recovering
+        self._last_recovering = state
+        if node.losses != self._losses_logged:
+            # Each loss once, even one a leader repaired within the message that showed it.
+            self._losses_logged = list(node.losses)
+            log_event(
+                logging.WARNING,
+                "raft.recovering",
+                broker_id=self.broker_id,
+                until=node.losses[-1],
+                log_end=node.log.last_index,
+                detail="this broker lost log entries it had acknowledged; it neither votes "
+                "nor leads until a leader has given them back",
+            )
+            was_until = was_until or node.losses[-1]
+        if node.recovering_until is None and was_until is not None:
+            log_event(logging.INFO, "raft.recovered", broker_id=self.broker_id, index=was_until)
+        if stalled and not was_stalled:
+            log_event(
+                logging.WARNING,
+                "raft.recovery_stalled",
+                broker_id=self.broker_id,
+                until=node.recovering_until,
+                log_end=node.log.last_index,
+                detail="no leader has repaired this broker: if a majority of the voters cannot "
+                "elect one, too few intact copies of the log remain and the group stays "
+                "unavailable for writes rather than guess; bring back the brokers that hold "
+                "the lost entries, or restore the damaged brokers' data from a backup "
+                "(docs/reliability.md, 'Damaged and shortened logs')",
+            )
 
     # -- leader housekeeping ---------------------------------------------------------------------
 
@@ -917,17 +961,34 @@ def _sha256_file(path: Path) -> str:
 def make_node(
     broker_id: str, state: Any, config: BrokerConfig, rng: random.Random | None = None
 ) -> raft.RaftNode:
+    """The core, from the recovery read (``Store.raft_state``). A log in which the store found
+    damage (``state.damage``: the first damaged index and the last index it had) is given to
+    the core cut before the damage, and the core recovers until that last index: it had
+    acknowledged up to there, so it must not vote before a leader gave it all back."""
     snapshot_config = state.snapshot_config or Config(voters=frozenset())
+    damage = getattr(state, "damage", None)
+    entries = state.entries
+    if damage is not None:
+        first_damaged, last_index = damage
+        entries = [e for e in entries if e.index < first_damaged]
+        log_event(
+            logging.WARNING,
+            "log.damaged",
+            broker_id=broker_id,
+            first_damaged=first_damaged,
+            last_index=last_index,
+        )
     return raft.RaftNode(
         broker_id,
         hard_state=state.hard_state,
         snapshot=SnapshotMeta(state.snapshot_index, state.snapshot_term, snapshot_config),
-        entries=state.entries,
+        entries=entries,
         applied=state.applied,
         rng=rng or random.Random(int.from_bytes(os.urandom(8))),
         election_ticks=config.election_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
         failure_timeout_ticks=config.election_ticks,
+        acknowledged=damage[1] if damage is not None else None,
     )
 
 

@@ -526,6 +526,7 @@ class Store:
             voted_for=get("raft_voted_for"),
             commit=get("raft_commit", 0),
             recovering_until=get("raft_recovering_until", 0),
+            recovering_term=get("raft_recovering_term", 0),
         )
         snapshot_index = get("snapshot_index", 0)
         entries = [
@@ -609,6 +610,7 @@ class Store:
                             "raft_voted_for": hard_state.voted_for,
                             "raft_commit": hard_state.commit,
                             "raft_recovering_until": hard_state.recovering_until,
+                            "raft_recovering_term": hard_state.recovering_term,
                         }
                     )
                 results: list[Result | None] = []
@@ -709,6 +711,10 @@ class RaftState:
     """None for a broker that has never been part of a cluster configuration."""
     entries: list[Entry]
     applied: int
+    damage: tuple[int, int] | None = None
+    """``(first_damaged, last_index)`` when entries failed their checksum on this read:
+    ``entries`` then end before ``first_damaged``, and the broker recovers until
+    ``last_index`` (``_runtime._driver.make_node``)."""
 
 
 def _config_to_json(config: Config) -> str:
