@@ -9,6 +9,7 @@ import logging
 
 import trio
 
+from trio_broker._runtime._status import RequestRates, read_status
 from trio_broker.testing._mock_cluster import open_mock_cluster
 
 NAMES = ("b1", "b2", "b3")
@@ -107,9 +108,15 @@ async def test_without_an_intact_copy_the_group_waits_and_says_so(autojump_clock
         )
         assert answer["status"] == "error"
         assert "raft.recovery_stalled" in caplog.text and "restore" in caplog.text
+        damaged = cluster.brokers[replicas[0]]
+        status = await read_status(damaged, RequestRates(damaged))
+        assert status["broker"]["recovering_until"] == node(cluster, replicas[0]).recovering_until
+        assert status["broker"]["recovering_until"] > node(cluster, replicas[0]).log.last_index
         await cluster.restart(leader)
         with trio.fail_after(30):
             await cluster.wait_until(lambda: not any(node(cluster, n).recovering for n in replicas))
         await cluster.stabilize()
         for name in NAMES:
             assert cluster.messages(name, queue) == list(range(10))
+        status = await read_status(damaged, RequestRates(damaged))
+        assert status["broker"]["recovering_until"] is None

@@ -130,6 +130,9 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             "commit_index": stats.commit_index,
             "applied_index": stats.applied_index,
             "connections": stats.connections,
+            # Its log lost entries it acknowledged: the index a leader must bring it back to
+            # (None: it is not recovering). docs/reliability.md, "Damaged and shortened logs".
+            "recovering_until": broker.driver.node.recovering_until,
         },
         "groups": [
             {
