@@ -309,10 +309,12 @@ def test_recovering_starts_from_the_leaders_word_and_ends_when_caught_up():
     assert not node.recovering
     node.step(replicate(4, 6, acknowledged=9))
     assert node.recovering_until == 9 and node.log.last_index == 6
-    node.step(replicate(6, 8))  # the word is remembered: 8 is still short of 9
+    node.step(replicate(6, 8, acknowledged=9))  # said again until the leader sees it back
+    assert node.recovering_until == 9 and node.losses == [9]  # one loss, logged once
+    node.step(replicate(8, 8))  # the word is remembered: 8 is still short of 9
     assert node.recovering_until == 9
     node.step(replicate(8, 9))
-    assert not node.recovering
+    assert not node.recovering and node.hard_state.recovering_until == 0
 
 
 def test_a_snapshot_that_reaches_the_lost_index_ends_recovering():

@@ -212,13 +212,15 @@ class RaftNode:
     ``acknowledged``, when storage knows it, is where its log ended at its last durable
     write: everything up to there may have been acknowledged to a leader. A log that now ends
     below it lost acknowledged entries (a checksum found damage and the log was cut before it,
-    or a disk lied about a sync), so the broker starts *recovering*: it neither votes nor
-    campaigns until its log reaches that index again, learned from a leader. Its vote could
-    otherwise elect a leader without an entry that its own acknowledgement helped commit
-    (protocol-aware recovery, Alagappan et al., FAST 2018: a damaged log is repaired from the
-    cluster, never trusted). A durable commit index beyond the log counts as such a loss too.
-    Nothing on this broker's disk may say what it lost: then the leader, whose progress record
-    is the independent witness of what it acknowledged, tells it (``Replicate.acknowledged``).
+    or a disk lied about a sync), so the broker starts *recovering* until its log reaches that
+    index again, learned from a leader: it never campaigns, and votes only for a candidate at
+    least as up to date as its log was before the loss (``_beyond_what_was_lost``). A vote on
+    its shortened log could elect a leader without an entry that its own acknowledgement
+    helped commit (protocol-aware recovery, Alagappan et al., FAST 2018: a damaged log is
+    repaired from the cluster, never trusted). A durable commit index beyond the log counts
+    as such a loss too. Nothing on this broker's disk may say what it lost: then the leader,
+    whose progress record is the independent witness of what it acknowledged, tells it
+    (``Replicate.acknowledged``).
     """
 
     def __init__(
@@ -1136,11 +1138,12 @@ class RaftNode:
     # -- follower ------------------------------------------------------------------------------
 
     def _handle_replicate(self, m: Replicate) -> None:
-        if m.acknowledged > self.log.last_index:
-            # The leader saw us acknowledge up to there: our disk lost it. Recover.
-            self.recovering_until = max(self.recovering_until or 0, m.acknowledged)
+        if m.acknowledged > max(self.log.last_index, self.recovering_until or 0):
+            # The leader saw us acknowledge up to there: our disk lost it. Recover. (It says
+            # so in every REPLICATE until it sees us back there: a loss is counted once.)
+            self.recovering_until = m.acknowledged
             self.recovering_term = max(self.recovering_term, self.term)
-            self.losses = [*self.losses[-15:], self.recovering_until]
+            self.losses = [*self.losses[-15:], m.acknowledged]
         if m.prev_log_index < self.commit:
             # Our committed prefix is in every later leader's log (leader completeness), so
             # only the part after our commit needs checking.
