@@ -9,7 +9,7 @@ import random
 import pytest
 
 from trio_broker._core._commands import AppendMessage, CreateQueue
-from trio_broker._core._raft import NotLeader, RaftLogError, RaftNode, Role
+from trio_broker._core._raft import NotLeader, RaftNode, Role
 from trio_broker._core._raft_messages import (
     Config,
     DenyReason,
@@ -522,12 +522,17 @@ def test_replica_acknowledges_entries_only_after_persisting_them():
     assert ack.success and ack.match_index == 2
 
 
-def test_restart_refuses_storage_that_lost_acknowledged_entries():
-    """A durable commit index beyond the durable log means the disk lied: refuse to run."""
+def test_restart_on_storage_that_lost_acknowledged_entries_recovers():
+    """A durable commit index beyond the durable log means the disk lost acknowledged entries
+    (it once refused to run: the broker now repairs itself from the cluster instead). It runs
+    without claiming more than its log holds, and recovers (no vote, no campaign) until its
+    log is back at that index; see test_raft_recovering.py."""
     cluster = Cluster((1, 2, 3))
     cluster.storage[1].hard_state = HardState(term=1, voted_for=None, commit=5)
-    with pytest.raises(RaftLogError):
-        cluster.restart(1)
+    cluster.restart(1)
+    node = cluster.node(1)
+    assert node.recovering and node.recovering_until == 5
+    assert node.commit == 0 and node.log.last_index == 0
 
 
 def test_regression_slow_acks_do_not_send_the_leader_back_to_probing():

@@ -17,14 +17,17 @@ from typing import Any
 import attrs
 
 from trio_broker._core._commands import AppendMessage, CreateQueue
-from trio_broker._core._raft import RaftNode, Role
+from trio_broker._core._raft import ProgressState, RaftNode, Role
 from trio_broker._core._raft_messages import (
     Config,
+    DataSync,
     DenyReason,
     ElectionRequest,
     ElectionResponse,
     Entry,
     HardState,
+    Replicate,
+    ReplicateResponse,
     SnapshotMeta,
 )
 from trio_broker.testing._sim_cluster import Cluster
@@ -147,3 +150,184 @@ def test_an_honest_restart_is_not_recovering():
         for _ in range(10 * node.election_ticks):
             node.tick()
         assert node.role is not Role.FOLLOWER
+
+
+# -- the leader is the witness: a follower whose log went backwards ---------------------------
+
+
+def lost_tail_cluster(max_batch: int = 64) -> tuple[Cluster, int, int]:
+    """1 leads and 2 acknowledged every entry; then 2 loses power and its disk loses the
+    last six entries it had said were durable, with the hard state that committed them.
+    Nothing on 2's disk says so. Returns the cluster, where 2's log ends, what it acknowledged."""
+    cluster = Cluster((1, 2, 3), seed=5, max_batch=max_batch)
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    for k in range(8):
+        cluster.propose(AppendMessage("q", str(k).encode()))
+    cluster.stabilize()
+    acked = cluster.node(1).progress[2].match
+    assert acked == cluster.node(1).log.last_index == cluster.node(1).commit
+    cluster.crash(2)
+    st = cluster.storage[2]
+    keep = acked - 6
+    st.entries = [e for e in st.entries if e.index <= keep]
+    st.hard_state = attrs.evolve(st.hard_state, commit=min(st.hard_state.commit, keep))
+    cluster.restart(2)
+    assert not cluster.node(2).recovering  # its own disk cannot tell
+    return cluster, keep, acked
+
+
+def test_a_follower_whose_log_went_backwards_is_probed_and_repaired():
+    """With nothing new to replicate, the leader's record says 2 holds everything (the
+    issue's "lag 0, never catches up": each probe at the recorded match was rejected and
+    repeated, forever). A heartbeat answer ending below the match makes it probe; the
+    rejection, hinting below the match, shows the loss: it probes from where 2's log really
+    ends, tells 2 what it had acknowledged, and repairs it."""
+    cluster, keep, acked = lost_tail_cluster()
+    cluster.tick(n=3)
+    told = [m for m in cluster.sent if isinstance(m, Replicate) and m.dst == 2 and m.acknowledged]
+    assert told and all(m.acknowledged == acked for m in told)
+    assert told[0].prev_log_index == keep  # from where its log really ends
+    leader, follower = cluster.node(1), cluster.node(2)
+    assert follower.log.last_index == leader.log.last_index >= acked
+    assert [e.term for e in follower.log.entries] == [e.term for e in leader.log.entries]
+    assert leader.progress[2].match == leader.log.last_index and leader.progress[2].lost_to == 0
+    assert not follower.recovering
+
+
+def test_a_stale_rejection_only_sends_the_member_back_to_probing():
+    """A rejection overtaken by later acknowledgements (reordered on the way) can hint below
+    the match too: in the replicate state it only restarts probing at the match, and the
+    answer to that probe decides. Only a probe's rejection hinting below the match counts
+    as a loss."""
+    leader = RaftNode(
+        1,
+        hard_state=HardState(term=2, voted_for=1, commit=0),
+        snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+        entries=[Entry(1, i, None) for i in range(1, 13)],
+        rng=random.Random(1),
+    )
+    leader._become_leader()
+    pr = leader.progress[2]
+    pr.match, pr.next, pr.state = 10, 13, ProgressState.REPLICATE
+
+    def rejection(rejected: int, hint: int) -> ReplicateResponse:
+        return ReplicateResponse(
+            src=2, dst=1, term=2, cluster_version=1, success=False,
+            rejected_index=rejected, hint_index=hint, hint_term=1,
+        )  # fmt: skip
+
+    leader.step(rejection(8, 3))
+    assert (pr.state, pr.match, pr.lost_to) == (ProgressState.REPLICATE, 10, 0)  # stale
+    leader.step(rejection(12, 3))
+    assert (pr.state, pr.next, pr.match, pr.lost_to) == (ProgressState.PROBE, 11, 10, 0)
+    leader.step(rejection(10, 3))  # the probe at the match, rejected: the log went backwards
+    assert (pr.state, pr.next, pr.match, pr.lost_to) == (ProgressState.PROBE, 4, 0, 10)
+    probe = [m for m in leader.take_messages() if isinstance(m, Replicate) and m.dst == 2][-1]
+    assert probe.prev_log_index == 3 and probe.acknowledged == 10
+
+
+def test_a_follower_told_it_lost_entries_votes_only_for_a_log_beyond_the_loss():
+    """Told by the leader, 2 recovers: it never campaigns, and votes only for a candidate
+    whose log is at least as up to date as 2's was before the loss. With the leader cut off,
+    3 (whose log is whole) is such a candidate: it wins with 2's vote and repairs it. A
+    candidate short of the loss gets no vote (test_a_broker_that_lost_acknowledged_entries_
+    does_not_vote: there the group refuses to guess and stays without a leader)."""
+    cluster, keep, acked = lost_tail_cluster(max_batch=2)
+    # Its acknowledgements are lost: the leader repairs it two entries at a time, slowly.
+    cluster.drop_if.append(lambda m: isinstance(m, ReplicateResponse) and m.src == 2 and m.success)
+    cluster.tick(n=3)
+    follower = cluster.node(2)
+    assert follower.recovering_until == acked and follower.recovering_term == 1
+    assert keep < follower.log.last_index < acked
+    term = follower.term
+    cluster.isolate(1)
+    cluster.drop_if.clear()
+    cluster.tick(n=80)
+    leader = cluster.leader()
+    assert leader is not None and leader.id == 3 and leader.term > term
+    assert not any(2 in leaders for leaders in cluster.leaders_by_term.values())
+    assert not follower.recovering and follower.log.last_index >= acked
+    assert follower.log.term(acked) == leader.log.term(acked)
+
+
+def test_a_recovering_broker_grants_only_candidates_beyond_what_it_lost():
+    node = follower_with(4, acknowledged=9)  # its log ended at 9, in a term <= 2
+    assert (node.recovering_term, node.recovering_until) == (2, 9)
+
+    def asks(last_term: int, last_index: int) -> bool:
+        node.step(
+            ElectionRequest(
+                src=3,
+                dst=2,
+                term=3,
+                cluster_version=1,
+                pre_vote=True,
+                last_log_index=last_index,
+                last_log_term=last_term,
+            )
+        )
+        (reply,) = node.ready().persisted_messages
+        node.advance()
+        return reply.granted
+
+    assert not asks(2, 8) and not asks(1, 20)
+    assert asks(2, 9) and asks(3, 5)
+    for _ in range(10 * node.election_ticks):
+        node.tick()
+    assert node.role is Role.FOLLOWER  # it never campaigns on its own log
+
+
+def follower_with(entries: int, **kwargs: Any) -> RaftNode:
+    return RaftNode(
+        2,
+        hard_state=HardState(term=2, voted_for=None, commit=entries),
+        snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+        entries=[Entry(1, i, None) for i in range(1, entries + 1)],
+        rng=random.Random(1),
+        **kwargs,
+    )
+
+
+def replicate(prev: int, upto: int, acknowledged: int = 0) -> Replicate:
+    return Replicate(
+        src=1,
+        dst=2,
+        term=2,
+        cluster_version=1,
+        prev_log_index=prev,
+        prev_log_term=1,
+        entries=tuple(Entry(1, i, None) for i in range(prev + 1, upto + 1)),
+        leader_commit=upto,
+        acknowledged=acknowledged,
+    )
+
+
+def test_recovering_starts_from_the_leaders_word_and_ends_when_caught_up():
+    node = follower_with(4)
+    node.step(replicate(4, 4, acknowledged=4))  # it holds that: nothing lost
+    assert not node.recovering
+    node.step(replicate(4, 6, acknowledged=9))
+    assert node.recovering_until == 9 and node.log.last_index == 6
+    node.step(replicate(6, 8, acknowledged=9))  # said again until the leader sees it back
+    assert node.recovering_until == 9 and node.losses == [9]  # one loss, logged once
+    node.step(replicate(8, 8))  # the word is remembered: 8 is still short of 9
+    assert node.recovering_until == 9
+    node.step(replicate(8, 9))
+    assert not node.recovering and node.hard_state.recovering_until == 0
+
+
+def test_a_snapshot_that_reaches_the_lost_index_ends_recovering():
+    node = follower_with(2, acknowledged=7)
+    assert node.recovering_until == 7
+    snapshot = DataSync(
+        src=1,
+        dst=2,
+        term=2,
+        cluster_version=1,
+        snapshot=SnapshotMeta(5, 1, Config({1, 2, 3})),
+    )
+    node.step(snapshot)
+    assert node.recovering_until == 7  # index 5: still short
+    node.step(attrs.evolve(snapshot, snapshot=SnapshotMeta(8, 1, Config({1, 2, 3}))))
+    assert not node.recovering and node.log.last_index == 8

@@ -41,6 +41,9 @@ def test_swarm_of_seeds_finds_no_violation():
     assert total["retention_deleted"] > 200
     # ... and leadership transfers, under all of the faults.
     assert total["transfers"] > 100 and total["transfers_taken_over"] > 50
+    # ... and disks that lie (testing/sim/_disk.py): brokers recovering from damaged entries.
+    assert total["disk_corruptions"] > 100 and total["disk_lost_writes"] > 50
+    assert total["disk_torn_writes"] > 0 and total["recoveries"] > 100
 
 
 def test_same_seed_same_trace_hash():
@@ -86,14 +89,15 @@ def test_simulator_catches_acknowledgements_sent_before_persistence():
 
 
 def test_failure_message_carries_the_replay_command():
-    # Seed 95: changes to the workload, then one random stream per component, reshuffled
-    # every seed's schedule, and the seeds pinned before (3, 31, 198, 126, 63, then 106, whose
-    # schedule the consumer-group workload changed, then 234, changed by the lifecycle
-    # workload) no longer meet the mutant's window.
-    r = run_seed(95, mutant="forget_vote")
+    # Seed 134: changes to the workload, then one random stream per component, then the
+    # disks' faults (and the leader probing a member whose log went backwards) reshuffled
+    # every seed's schedule; the seeds pinned before (3, 31, 198, 126, 63, then 106, whose
+    # schedule the consumer-group workload changed, then 234) no longer meet the mutant's
+    # window.
+    r = run_seed(134, mutant="forget_vote")
     assert not r.ok and "election safety" in r.error
-    assert run_seed(95).ok
-    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 95 --mutant forget_vote"
+    assert run_seed(134).ok
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 134 --mutant forget_vote"
 
 
 # -- the read checker itself ---------------------------------------------------------------

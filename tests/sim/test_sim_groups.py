@@ -94,7 +94,9 @@ def lost_dead_letter(state, queue_id, records, now_ms):
     ("name", "mutant", "expected"),
     [
         ("_ack", ack_rewinds, "cursor moved back"),
-        ("_ack", ack_requeues, "ended early"),
+        # (A requeued message is caught when its lease ends early, or when it waits for one
+        # delivery more than allowed: whichever the first failing seed meets first.)
+        ("_ack", ack_requeues, ("ended early", "waits for delivery")),
         ("_expire", early_expiry, "ended early"),
         ("_append_records", lost_dead_letter, "neither acknowledged nor dead-lettered"),
     ],
@@ -104,4 +106,5 @@ def test_a_broken_group_rule_is_caught(monkeypatch, name, mutant, expected):
     results = run_swarm(range(MUTANT_SEEDS), jobs=1, stop_on_failure=True)
     failures = [r for r in results if not r.ok]
     assert failures, f"{mutant.__name__} survived {MUTANT_SEEDS} seeds"
-    assert expected in failures[0].error, failures[0].error
+    expected = (expected,) if isinstance(expected, str) else expected
+    assert any(e in failures[0].error for e in expected), failures[0].error

@@ -191,6 +191,9 @@ class Progress:
     snapshot_sent_at: int = 0
     last_progress: int = 0
     """Tick of the last sign that replication to it moves (an ack, a rejection, a fresh send)."""
+    lost_to: int = 0
+    """When its log went backwards (a probe's answer ended below ``match``): the index it had
+    acknowledged, told in every REPLICATE until it is back there (0: nothing lost)."""
 
 
 def _voting_rank(node_id: Any, voters: frozenset) -> int:
@@ -206,12 +209,18 @@ class RaftNode:
     that will join) and the durable ``entries`` after it. ``applied`` is the last index already
     reflected in the state machine (defaults to the snapshot index).
 
-    ``acknowledged``, when storage records it, is where its log ended at its last durable
+    ``acknowledged``, when storage knows it, is where its log ended at its last durable
     write: everything up to there may have been acknowledged to a leader. A log that now ends
-    below it lost acknowledged entries (a disk that lied about a sync), so the broker starts
-    *recovering*: it neither votes nor campaigns until its log reaches that index again,
-    learned from a leader. Its vote could otherwise elect a leader without an entry that its
-    own acknowledgement helped commit.
+    below it lost acknowledged entries (a checksum found damage and the log was cut before it,
+    or a disk lied about a sync), so the broker starts *recovering* until its log reaches that
+    index again, learned from a leader: it never campaigns, and votes only for a candidate at
+    least as up to date as its log was before the loss (``_beyond_what_was_lost``). A vote on
+    its shortened log could elect a leader without an entry that its own acknowledgement
+    helped commit (protocol-aware recovery, Alagappan et al., FAST 2018: a damaged log is
+    repaired from the cluster, never trusted). A durable commit index beyond the log counts
+    as such a loss too. Nothing on this broker's disk may say what it lost: then the leader,
+    whose progress record is the independent witness of what it acknowledged, tells it
+    (``Replicate.acknowledged``).
     """
 
     def __init__(
@@ -252,17 +261,26 @@ class RaftNode:
         self._snapshot_config = snapshot.config
         self.term = hard_state.term
         self.voted_for = hard_state.voted_for
-        if hard_state.commit > self.log.last_index:
-            # Storage lost entries it had acknowledged as durable: refuse to run on it.
-            raise RaftLogError(
-                f"durable commit {hard_state.commit} beyond the durable log "
-                f"({self.log.last_index}): storage lost acknowledged entries"
-            )
-        self.commit = max(hard_state.commit, snapshot.index)
         self.recovering_until: int | None = None
         """While recovering (see the class docstring): the log index to get back to."""
-        if acknowledged is not None and acknowledged > self.log.last_index:
-            self.recovering_until = acknowledged
+        self.recovering_term = 0
+        """While recovering: a term at least that of the last entry it lost."""
+        self.losses: list[int] = []
+        """The index each loss found since the start went back to (``recovering_until``
+        then), oldest first, at most 16: the runtime logs each one, even a loss the leader
+        repaired within the same message."""
+        # A durable commit index beyond the durable log is storage's own proof that it lost
+        # entries this broker acknowledged (a commit is only learned after they were durable).
+        lost_to = max(acknowledged or 0, hard_state.commit, hard_state.recovering_until)
+        if lost_to > self.log.last_index:
+            self.recovering_until = lost_to
+            self.recovering_term = max(hard_state.recovering_term, hard_state.term)
+            self.losses.append(lost_to)
+            # Storage may hold rows past the log it could read (damaged ones, and what
+            # followed them): the first Ready deletes them, in the transaction that persists
+            # the recovering state which from then on is the only record of the loss.
+            self.log.truncate_from = self.log.last_index + 1
+        self.commit = max(min(hard_state.commit, self.log.last_index), snapshot.index)
         self.applied = snapshot.index if applied is None else max(applied, snapshot.index)
         self._persisted_hs = hard_state
         self.config = self._config_at(self.log.last_index)
@@ -301,7 +319,13 @@ class RaftNode:
     @property
     def hard_state(self) -> HardState:
         """The current (possibly not yet durable) hard state."""
-        return HardState(self.term, self.voted_for, self.commit)
+        return HardState(
+            self.term,
+            self.voted_for,
+            self.commit,
+            self.recovering_until or 0,
+            self.recovering_term if self.recovering_until else 0,
+        )
 
     @property
     def config_committed(self) -> bool:
@@ -335,6 +359,12 @@ class RaftNode:
                 status = self._statuses.get(m, "active")
             views[m] = MemberView(m, role, status)
         return views
+
+    @property
+    def recovering(self) -> bool:
+        """Whether this broker lost log entries it had acknowledged and has not got them back
+        from a leader yet: it neither votes nor campaigns meanwhile."""
+        return self.recovering_until is not None
 
     def caught_up(self, node_id: Any) -> bool:
         """Whether a learner holds everything committed, so promoting it will not stall commits."""
@@ -495,6 +525,8 @@ class RaftNode:
             or self.term != hs.term
             or self.voted_for != hs.voted_for
             or self.commit != hs.commit
+            or (self.recovering_until or 0) != hs.recovering_until
+            or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs
@@ -605,7 +637,15 @@ class RaftNode:
         elif isinstance(m, Heartbeat):
             self._follow(m.src)
             self.commit = max(self.commit, min(m.commit, self.log.last_index))
-            self._send(self._reply(HeartbeatResponse, m))
+            self._send(
+                HeartbeatResponse(
+                    src=self.id,
+                    dst=m.src,
+                    term=self.term,
+                    cluster_version=self.cluster_version,
+                    last_index=self.log.last_index,
+                )
+            )
         elif isinstance(m, DataSync):
             self._follow(m.src)
             self._handle_data_sync(m)
@@ -633,13 +673,30 @@ class RaftNode:
     def _promotable(self) -> bool:
         """Only configured voters campaign; learners, removed brokers and recovering ones
         never do."""
-        return self.id in self.config.voters and self.recovering_until is None
+        return self.id in self.config.voters and self._log_trusted()
+
+    def _log_trusted(self) -> bool:
+        """Whether this broker's log may speak in elections: not while it is recovering (its
+        log lost entries it acknowledged, so it cannot vouch for a candidate's, nor lead)."""
+        return self.recovering_until is None
 
     def _check_recovered(self) -> None:
         """A recovering broker whose log again reaches what it had acknowledged (through a
         leader, whose log holds everything committed) may vote again."""
         if self.recovering_until is not None and self.log.last_index >= self.recovering_until:
             self.recovering_until = None
+            self.recovering_term = 0
+
+    def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
+        """The election restriction (paper 5.4.1) against the log a recovering broker had
+        before the loss, whose end is at most (``recovering_term``, ``recovering_until``):
+        a candidate at least that up to date holds every entry whose commit counted on this
+        broker's acknowledgement, exactly as if the log were still whole. So a group whose
+        damaged brokers are a majority still elects a broker whose log is intact and newest,
+        which repairs them; it stays without a leader only when none is (when too few
+        intact copies remain): it refuses to guess."""
+        lost = (self.recovering_term, self.recovering_until or 0)
+        return (m.last_log_term, m.last_log_index) >= lost
 
     def _in_lease(self) -> bool:
         return (
@@ -725,8 +782,9 @@ class RaftNode:
         return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _handle_election_request(self, m: ElectionRequest) -> None:
-        if self.recovering_until is not None:
-            # Our log lost entries we acknowledged: it cannot vouch for any candidate's.
+        if not self._log_trusted() and not self._beyond_what_was_lost(m):
+            # Our log lost entries we acknowledged: it can only vouch for a candidate whose
+            # log is at least as up to date as ours was before the loss.
             self._deny(m, DenyReason.LOG_BEHIND, self.term)
             return
         can_vote = (
@@ -924,6 +982,7 @@ class RaftNode:
                 prev_log_term=prev_term,
                 entries=entries,
                 leader_commit=self.commit,
+                acknowledged=pr.lost_to if pr.lost_to > pr.match else 0,
             )
         )
         if pr.state is ProgressState.REPLICATE:
@@ -950,6 +1009,17 @@ class RaftNode:
                 if self.now - pr.snapshot_sent_at >= self.election_ticks:
                     pr.state, pr.paused, pr.next = ProgressState.PROBE, False, pr.match + 1
                     self._send_append(m.src)
+            elif (
+                m.last_index is not None
+                and m.last_index < pr.match
+                and pr.state is ProgressState.REPLICATE
+                and pr.next == pr.match + 1
+            ):
+                # Its log ends below what it acknowledged (or this answer left before its last
+                # acknowledgement): nothing is outstanding, so a probe costs nothing and its
+                # answer decides (see _went_backwards).
+                pr.state, pr.paused = ProgressState.PROBE, False
+                self._send_append(m.src, probe_empty=True)
             elif stalled and (pr.paused or pr.match < self.log.last_index):
                 # Nothing moved for a while although entries are outstanding: something was
                 # lost (a lost rejection or the tail of the stream). Probe from the match.
@@ -964,6 +1034,8 @@ class RaftNode:
         if m.success:
             if m.match_index > pr.match:
                 pr.match = m.match_index
+            if pr.lost_to and pr.match >= pr.lost_to:
+                pr.lost_to = 0  # back where it was: nothing lost any more
             pr.next = max(pr.next, pr.match + 1)
             was_replicating = pr.state is ProgressState.REPLICATE
             pr.state, pr.paused = ProgressState.REPLICATE, False
@@ -982,6 +1054,12 @@ class RaftNode:
                 return  # stale
         elif m.rejected_index != pr.next - 1:
             return  # stale answer to an older probe
+        elif self._went_backwards(pr, m):
+            # It acknowledged up to ``match``, and now its log ends below it: its disk lost
+            # synced writes. Not caught up: probe from where its log really ends, stop counting
+            # it towards commits it no longer holds, and tell it what it lost.
+            pr.lost_to = max(pr.lost_to, pr.match)
+            pr.match = 0
         if m.hint_term > 0:
             nxt = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
         else:
@@ -989,6 +1067,18 @@ class RaftNode:
         pr.next = max(min(nxt, m.rejected_index - 1) + 1, pr.match + 1, 1)
         pr.state, pr.paused = ProgressState.PROBE, False
         self._send_append(m.src, probe_empty=True)
+
+    def _went_backwards(self, pr: Progress, m: ReplicateResponse) -> bool:
+        """Whether the rejection of the current probe (whose ``prev_log_index`` is at least
+        ``pr.match``) shows a log that ends below ``pr.match``.
+
+        A member that still holds what it acknowledged answers with a hint at or above
+        ``match``: its log matches ours up to there, and our terms up to the probe's are at
+        most the probe's term. Only a log that lost acknowledged entries hints below it.
+        (In the replicate state a rejection may be an older message overtaken by later
+        acknowledgements: it only sends the member back to probing from ``match``, whose
+        answer then decides.)"""
+        return m.hint_index < pr.match
 
     def _maybe_send_timeout_now(self, target: Any) -> None:
         """TimeoutNow once the target holds our whole log; else bring it up to date first."""
@@ -1057,6 +1147,12 @@ class RaftNode:
     # -- follower ------------------------------------------------------------------------------
 
     def _handle_replicate(self, m: Replicate) -> None:
+        if m.acknowledged > max(self.log.last_index, self.recovering_until or 0):
+            # The leader saw us acknowledge up to there: our disk lost it. Recover. (It says
+            # so in every REPLICATE until it sees us back there: a loss is counted once.)
+            self.recovering_until = m.acknowledged
+            self.recovering_term = max(self.recovering_term, self.term)
+            self.losses = [*self.losses[-15:], m.acknowledged]
         if m.prev_log_index < self.commit:
             # Our committed prefix is in every later leader's log (leader completeness), so
             # only the part after our commit needs checking.

@@ -122,6 +122,13 @@ class HardState:
     term: int = 0
     voted_for: Any = None
     commit: int = 0
+    recovering_until: int = 0
+    """While recovering (``RaftNode.recovering_until``; 0 otherwise): the index its log lost
+    and must get back to. Persisted so that a restart while recovering cannot forget it: the
+    damaged entries that first showed the loss are deleted by then."""
+    recovering_term: int = 0
+    """While recovering: a term at least that of the last entry it lost (its term when the
+    loss was found), the other half of the log end it votes by (``RaftNode``)."""
 
 
 @attrs.frozen
@@ -202,6 +209,11 @@ class Replicate:
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    acknowledged: int = 0
+    """When not 0: the index this member acknowledged earlier in the leader's term, which its
+    log no longer reaches (it came back from a disk that lost synced writes). The member
+    starts *recovering*: it neither votes nor campaigns until its log is back at that index.
+    Absent on the wire when 0 (peers that predate it neither send nor need it)."""
 
     @property
     def leader_id(self) -> Any:
@@ -267,6 +279,10 @@ class HeartbeatResponse:
     dst: Any
     term: int
     cluster_version: int
+    last_index: int | None = None
+    """The member's last log index, in the answer to a Heartbeat (None from peers that
+    predate it): one below what the leader saw it acknowledge shows a log that went
+    backwards, which the leader then probes."""
 
 
 @attrs.frozen

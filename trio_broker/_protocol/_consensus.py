@@ -95,6 +95,7 @@ _FIELDS: dict[type, dict[str, cattrs.gen.AttributeOverride]] = {
         "reason": cattrs.gen.override(omit_if_default=True),
     },
     rm.ReplicateResponse: {"success": _status("success", "rejected")},
+    rm.HeartbeatResponse: {"last_index": cattrs.gen.override(omit_if_default=True)},
     rm.DataSync: {"data": cattrs.gen.override(struct_hook=lambda value, _type: value)},
 }
 
@@ -132,7 +133,7 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
     (:func:`._entries.payload_bytes`); every REPLICATE carrying it, to any replica, embeds
     them as they are.
     """
-    return {
+    obj = {
         "operation": operation,
         "broker_id": m.src,
         "to": m.dst,
@@ -143,6 +144,10 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
         "leader_commit": m.leader_commit,
         "entries": [entry_to_obj(e) for e in m.entries],
     }
+    if m.acknowledged:
+        # Only to a member whose log went backwards: absent otherwise, as from older peers.
+        obj["acknowledged"] = m.acknowledged
+    return obj
 
 
 def _replicate_from_obj(obj: dict[str, Any], cls: type[rm.Replicate]) -> rm.Replicate:
@@ -156,6 +161,7 @@ def _replicate_from_obj(obj: dict[str, Any], cls: type[rm.Replicate]) -> rm.Repl
         prev_log_term=strict_int(obj["prev_log_term"]),
         leader_commit=strict_int(obj["leader_commit"]),
         entries=_entries_from(obj["entries"], None),
+        acknowledged=strict_int(obj.get("acknowledged", 0)),
     )
 
 

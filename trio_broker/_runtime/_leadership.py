@@ -49,6 +49,8 @@ class Leadership:
         self._transfer_seen: tuple[int, str] | None = None
         self._transfer_ending: tuple[int, str] | None = None
         self._timeout_now_term: int | None = None
+        self._last_recovering: tuple[int | None, bool] = (None, False)
+        self._losses_logged: list[int] = []
 
     def note_timeout_now(self, message: TimeoutNow) -> None:
         """A TIMEOUT_NOW was stepped: if it made this broker campaign, an election it wins in
@@ -111,10 +113,54 @@ class Leadership:
         if changed:
             self._host.signal_changed()
 
+    def _note_recovering(self) -> None:
+        """Say when this broker starts and stops recovering (its log lost entries it had
+        acknowledged: it neither votes nor leads meanwhile), and when no leader has come to
+        repair it for ten election timeouts: then the cluster may lack a majority of intact
+        copies, and refuses to guess which copy is right; an operator must act."""
+        node = self._host.node
+        stalled = node.recovering and node.election_elapsed >= 10 * node.election_ticks
+        state = (node.recovering_until, stalled)
+        if state == self._last_recovering and node.losses == self._losses_logged:
+            return
+        was_until, was_stalled = self._last_recovering
+        self._last_recovering = state
+        if node.losses != self._losses_logged:
+            # Each loss once, even one a leader repaired within the message that showed it.
+            self._losses_logged = list(node.losses)
+            log_event(
+                logging.WARNING,
+                "raft.recovering",
+                broker_id=self._host.broker_id,
+                until=node.losses[-1],
+                log_end=node.log.last_index,
+                detail="this broker lost log entries it had acknowledged; it neither votes "
+                "nor leads until a leader has given them back",
+            )
+            was_until = was_until or node.losses[-1]
+        if node.recovering_until is None and was_until is not None:
+            log_event(
+                logging.INFO, "raft.recovered", broker_id=self._host.broker_id, index=was_until
+            )
+        if stalled and not was_stalled:
+            log_event(
+                logging.WARNING,
+                "raft.recovery_stalled",
+                broker_id=self._host.broker_id,
+                until=node.recovering_until,
+                log_end=node.log.last_index,
+                detail="no leader has repaired this broker: if a majority of the voters cannot "
+                "elect one, too few intact copies of the log remain and the group stays "
+                "unavailable for writes rather than guess; bring back the brokers that hold "
+                "the lost entries, or restore the damaged brokers' data from a backup "
+                "(docs/reliability.md, 'Damaged and shortened logs')",
+            )
+
     def note_role(self) -> None:
         """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
         depose a leader (check-quorum) without producing anything to persist."""
         self._note_transfer()
+        self._note_recovering()
         node = self._host.node
         state = (node.role.value, node.term, node.leader_id)
         if state == self._last_role:

@@ -134,6 +134,9 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             "disk_free_mb": None
             if stats.disk_free_bytes is None
             else round(stats.disk_free_bytes / 2**20, 1),
+            # Its log lost entries it acknowledged: the index a leader must bring it back to
+            # (None: it is not recovering). docs/reliability.md, "Damaged and shortened logs".
+            "recovering_until": broker.driver.node.recovering_until,
         },
         "groups": [
             {

@@ -249,15 +249,16 @@ def check_log(db: apsw.Connection, snapshot_index: int) -> LogDamage | None:
     return None if first_damaged is None else LogDamage(first_damaged, last)
 
 
-def read_log(db: apsw.Connection, snapshot_index: int) -> list[Entry]:
-    """The log after the snapshot point, every entry checked; the first damaged one raises."""
+def read_log(db: apsw.Connection, snapshot_index: int, below: int | None = None) -> list[Entry]:
+    """The log after the snapshot point (and before ``below``, if given), every entry checked;
+    the first damaged one raises."""
     entries = []
     expected = snapshot_index + 1
     try:
         for index, term, payload, checksum in db.execute(
             "SELECT log_index, term, payload, checksum FROM raft_log WHERE log_index > ?"
-            " ORDER BY log_index",
-            (snapshot_index,),
+            " AND log_index < coalesce(?, log_index + 1) ORDER BY log_index",
+            (snapshot_index, below),
         ):
             where = f"index {expected}"
             if index != expected:

@@ -9,15 +9,18 @@ Damage (docs/reliability.md, "Damaged data"). Every log entry and stored value c
 CRC32C, checked when it is read back. Opening runs SQLite's ``quick_check`` and checks every
 log entry: a file that cannot be read, or fails the check, raises :class:`StorageDamaged`;
 damaged log entries do not stop the open but are kept for :meth:`Store.log_damage`, and
-:meth:`Store.raft_state` raises on them (it never hands a damaged entry to the consensus core).
+:meth:`Store.raft_state` never hands a damaged entry to the consensus core.
 A value that fails its check is never served: the read answers ``UNAVAILABLE``.
 
-The interface for protocol-aware recovery: :meth:`Store.log_damage` returns None for an intact
-log, else a :class:`LogDamage` with ``first_damaged`` (the first index whose entry is damaged
-or missing: the log is intact below it) and ``last_index`` (the last index the log held, which
-is what this broker may have acknowledged to a leader). A recovery that discards the damaged
-suffix calls ``save(truncate_from=first_damaged)``; it must then not vote or lead as if it held
-entries up to ``last_index`` until it has them again from its peers.
+Protocol-aware recovery (docs/reliability.md, "Damaged and shortened logs"):
+:meth:`Store.log_damage` returns None for an intact log, else a :class:`LogDamage` with
+``first_damaged`` (the first index whose entry is damaged or missing: the log is intact below
+it) and ``last_index`` (the last index the log held, which is what this broker may have
+acknowledged to a leader). :meth:`Store.raft_state` then returns the log before
+``first_damaged`` with ``damage = (first_damaged, last_index)``; the driver's ``make_node``
+gives the core that log and ``acknowledged=last_index``, so it recovers (neither leads nor
+votes for a log behind what it lost) until its peers have given the entries back, and its
+first write truncates the damaged suffix.
 """
 
 from __future__ import annotations
@@ -262,10 +265,18 @@ class Store:
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise damage_from(exc, self._db.filename, "meta", "snapshot_config") from None
         hard_state = HardState(
-            term=get("raft_term", 0), voted_for=get("raft_voted_for"), commit=get("raft_commit", 0)
+            term=get("raft_term", 0),
+            voted_for=get("raft_voted_for"),
+            commit=get("raft_commit", 0),
+            recovering_until=get("raft_recovering_until", 0),
+            recovering_term=get("raft_recovering_term", 0),
         )
         snapshot_index = get("snapshot_index", 0)
-        entries = read_log(self._db, snapshot_index)
+        # Entries found damaged at open are not read: the core gets the log before them and
+        # recovers (docs/reliability.md, "Damaged and shortened logs").
+        damage = self._log_damage
+        below = None if damage is None else damage.first_damaged
+        entries = read_log(self._db, snapshot_index, below)
         return RaftState(
             hard_state=hard_state,
             snapshot_index=snapshot_index,
@@ -273,6 +284,7 @@ class Store:
             snapshot_config=config,
             entries=entries,
             applied=get("applied_index", snapshot_index),
+            damage=None if damage is None else (damage.first_damaged, damage.last_index),
         )
 
     def bootstrap(self, config: Config) -> None:
@@ -338,6 +350,8 @@ class Store:
                             "raft_term": hard_state.term,
                             "raft_voted_for": hard_state.voted_for,
                             "raft_commit": hard_state.commit,
+                            "raft_recovering_until": hard_state.recovering_until,
+                            "raft_recovering_term": hard_state.recovering_term,
                         }
                     )
                 results: list[Result | None] = []
@@ -435,6 +449,10 @@ class RaftState:
     """None for a broker that has never been part of a cluster configuration."""
     entries: list[Entry]
     applied: int
+    damage: tuple[int, int] | None = None
+    """``(first_damaged, last_index)`` when entries failed their checksum on this read:
+    ``entries`` then end before ``first_damaged``, and the broker recovers until
+    ``last_index`` (``_runtime._driver.make_node``)."""
 
 
 def _config_to_json(config: Config) -> str:

@@ -8,6 +8,7 @@ thread can be mid-fsync when ``autojump_clock`` jumps (trio issue #456, STYLE.md
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from .._core._queues import client_lag
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import decode_payload, payload_bytes
 from .._storage import DataDirInUse, Identity
+from .._storage._integrity import LogDamage
 from .._storage._store import QueueRow, RaftState
 
 T = TypeVar("T")
@@ -31,6 +33,8 @@ class _LogRecord:
     term: int
     payload: bytes
     """As on disk: the payload's JSON, decoded again when the log is read back."""
+    crc: int = attrs.field(default=attrs.Factory(lambda r: zlib.crc32(r.payload), takes_self=True))
+    """The payload's checksum when written: a record that no longer matches it is damaged."""
 
 
 class StorageCrashed(Exception):
@@ -175,17 +179,36 @@ class MemoryStore:
             term=self.meta.get("raft_term", 0),
             voted_for=self.meta.get("raft_voted_for"),
             commit=self.meta.get("raft_commit", 0),
+            recovering_until=self.meta.get("raft_recovering_until", 0),
+            recovering_term=self.meta.get("raft_recovering_term", 0),
         )
 
     # -- the replicated log ------------------------------------------------------------------
 
+    def damage(self, index: int) -> None:
+        """Flip one bit of stored entry ``index`` (a fault for tests): the next read of the
+        log finds its checksum wrong and reports the damage, as the SQLite store does."""
+        record = self.log[index]
+        flipped = bytes([record.payload[0] ^ 0x01]) + record.payload[1:]
+        self.log[index] = attrs.evolve(record, payload=flipped, crc=record.crc)
+
+    def log_damage(self) -> LogDamage | None:
+        """As :meth:`Store.log_damage`: where the log's first damaged entry is, and where the
+        log ended (None when every entry matches its checksum)."""
+        damage = self.raft_state().damage
+        return None if damage is None else LogDamage(*damage)
+
     def raft_state(self) -> RaftState:
         snapshot_index = self.meta.get("snapshot_index", 0)
-        entries = [
-            Entry(record.term, index, decode_payload(record.payload))
-            for index, record in sorted(self.log.items())
-            if index > snapshot_index
-        ]
+        entries: list[Entry] = []
+        damage = None
+        stored = [(i, r) for i, r in sorted(self.log.items()) if i > snapshot_index]
+        for index, record in stored:
+            if zlib.crc32(record.payload) != record.crc:
+                # Never decoded: cut here, and report where the log had ended.
+                damage = (index, stored[-1][0])
+                break
+            entries.append(Entry(record.term, index, decode_payload(record.payload)))
         return RaftState(
             hard_state=self.hard_state,
             snapshot_index=snapshot_index,
@@ -193,6 +216,7 @@ class MemoryStore:
             snapshot_config=self.meta.get("snapshot_config"),
             entries=entries,
             applied=self.applied_index,
+            damage=damage,
         )
 
     def bootstrap(self, config: Config) -> None:
@@ -222,6 +246,8 @@ class MemoryStore:
         if hard_state is not None:
             self.meta["raft_term"] = hard_state.term
             self.meta["raft_commit"] = hard_state.commit
+            self.meta["raft_recovering_until"] = hard_state.recovering_until
+            self.meta["raft_recovering_term"] = hard_state.recovering_term
             if hard_state.voted_for is None:
                 self.meta.pop("raft_voted_for", None)
             else:

@@ -49,10 +49,28 @@ class SendBeforePersist(RaftNode):
         return attrs.evolve(rd, messages=rd.messages + rd.persisted_messages, persisted_messages=())
 
 
+class TrustDamagedLog(RaftNode):
+    """Votes and campaigns while recovering: trusts a log that lost entries it acknowledged
+    (cut at a checksum mismatch, or shortened by a disk that lost synced writes)."""
+
+    def _log_trusted(self) -> bool:
+        return True
+
+
+class TrustRegressedFollower(RaftNode):
+    """The leader believes its record of what a follower acknowledged even when the
+    follower's answers show a log that went backwards: it never repairs that follower."""
+
+    def _went_backwards(self, pr: Any, m: Any) -> bool:
+        return False
+
+
 MUTANTS: dict[str, type[RaftNode]] = {
     "minority_commit": MinorityCommit,
     "forget_vote": ForgetVote,
     "no_election_restriction": NoElectionRestriction,
     "commit_old_term": CommitOldTerm,
     "send_before_persist": SendBeforePersist,
+    "trust_damaged_log": TrustDamagedLog,
+    "trust_regressed_follower": TrustRegressedFollower,
 }

@@ -9,6 +9,8 @@ committed entries to its own :class:`~trio_broker._core.QueueState`, through:
   partitions, isolating the leader, flapping links;
 - simulated disks: a Ready is durable only when its write completes (slow disks complete it
   after a delay); a crash loses the write in progress; an optional crash right after a sync;
+  storage faults at a crash (``_disk``): bit flips in stored entries found by checksum, lost
+  synced writes, torn writes, placed where the cluster can recover;
 - node crashes and restarts from their durable state; clocks that tick at different rates;
 - an operator: membership changes (learner, promote, remove) and leadership transfers;
 - clients: create queue, append (plain, idempotent producer, atomic batch), read (ReadNext,

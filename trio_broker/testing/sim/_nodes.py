@@ -44,15 +44,17 @@ class NodesMixin:
     """The brokers' and disks' steps, on the simulation's state (see :class:`Simulation`)."""
 
     def _start(self, i: int) -> None:
+        entries, damage = self.disks.recovery_read(i)  # cut before (first damaged, last index)
         st = self.storage[i]
         self.nodes[i] = self.node_cls(
             i,
             hard_state=st.hard_state,
             snapshot=st.snapshot,
-            entries=list(st.entries),
+            entries=entries,
             rng=random.Random(self.node_rng[i].getrandbits(64)),
             election_ticks=self.p.election_ticks,
             heartbeat_ticks=self.p.heartbeat_ticks,
+            acknowledged=damage[1] if damage else None,
         )
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index
@@ -65,6 +67,7 @@ class NodesMixin:
         """Power loss: volatile state and the disk write in progress are gone."""
         if self.nodes.get(i) is None:
             return
+        self.disks.on_crash(i, self.disk[i])  # the disk's own faults (_disk)
         self.nodes[i] = None
         self.disk[i] = None  # the write in progress is lost
         self.ledgers.pop(i, None)  # its requests are never answered: their outcome is unknown
@@ -118,6 +121,7 @@ class NodesMixin:
             for peer in rd.snapshots_to_send:
                 data = copy.deepcopy(self.apps[i])
                 self.post(node.make_data_sync(peer, self.app_index[i], data))
+        self.disks.after_write(i, node)
         self.checker.after_step(i)
         applied = self.app_index[i]
         if (
@@ -148,6 +152,7 @@ class NodesMixin:
     def _apply(self, i: int, e: Entry) -> None:
         if e.index != self.app_index[i] + 1:
             raise SimulationFailure(f"node {i} applied {e.index} after {self.app_index[i]}")
+        self.disks.check_applied(i, e)
         before = self.checker.group.view(self.apps[i]) if self.workers else None
         result = apply_entry(self.apps[i], e)
         self.app_index[i] = e.index

@@ -73,11 +73,19 @@ class FaultParams:
     """Members of a consumer group sharing a work queue (0: no group workload)."""
     group_death: float = 0.0
     """Per decision of a member holding leases, the chance that it dies holding them."""
+    disk_corruption: float = 0.0
+    """Per crash, the chance that one stored entry reads back damaged (see ``_disk``)."""
+    disk_lost_writes: float = 0.0
+    """Per crash, the chance that the disk loses the tail of what it had synced."""
+    disk_torn_writes: float = 0.0
+    """Per crash during a write, the chance that the write is torn rather than lost whole."""
 
     @classmethod
     def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:
         """Each parameter from a stream of its own (``params:<name>``): adding, removing or
         redrawing one parameter changes no other parameter of any seed."""
+
+        from ._disk import derive_disk_faults  # (it imports this module)
 
         def draw(name: str) -> random.Random:
             return stream(seed, f"params:{name}")
@@ -124,6 +132,7 @@ class FaultParams:
             transfer_rate=draw("transfer_rate").choice([0.0, 0.0, 0.003, 0.01]),
             groups=draw("groups").choice([0, 0, 2, 3]),
             group_death=draw("group_death").choice([0.0, 0.05, 0.2]),
+            **derive_disk_faults(draw),
         )
 
     def describe(self) -> str:

@@ -18,6 +18,7 @@ from .._sim_cluster import MemoryStorage
 from .._sim_mutants import MUTANTS
 from ._checker import Checker
 from ._clients import QUEUES, ClientsMixin, SimClient
+from ._disk import Disks
 from ._lifecycle import lifecycle_clients
 from ._network import NetworkMixin
 from ._nodes import NodesMixin
@@ -184,6 +185,8 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.workers = {w.id: w for w in workers}
         self.clients += workers
         self.client_rng.update({w.id: stream(seed, f"group:{w.id}") for w in workers})
+        self.disks = Disks(self)
+        """Each broker's disk faults (their own ``disk-faults`` stream)."""
         for i in self.ids:
             self._start(i)
 

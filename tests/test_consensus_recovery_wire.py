@@ -1,0 +1,48 @@
+"""The fields protocol-aware recovery adds to REPLICATE and HEARTBEAT_RESPONSE: sent only when
+they say something, so a peer that predates them reads every frame as before (and theirs,
+without the fields, decode with the defaults: test_codec_compat.py)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from trio_broker._core import _raft_messages as rm
+from trio_broker._errors import RemoteProtocolError
+from trio_broker._protocol._consensus import encode_message, message_from_obj
+
+COMMON = {"src": "B-1", "dst": "B-2", "term": 3, "cluster_version": 2}
+
+
+def replicate(**kwargs):
+    return rm.Replicate(
+        **COMMON, prev_log_index=4, prev_log_term=1, entries=(), leader_commit=4, **kwargs
+    )
+
+
+def test_replicate_carries_what_the_member_acknowledged_only_when_it_lost_it():
+    told = replicate(acknowledged=9)
+    obj = orjson.loads(encode_message(told))
+    assert obj["acknowledged"] == 9
+    assert message_from_obj(obj) == told
+    assert "acknowledged" not in orjson.loads(encode_message(replicate()))
+
+
+def test_heartbeat_response_carries_the_members_last_index():
+    answer = rm.HeartbeatResponse(**COMMON, last_index=12)
+    obj = orjson.loads(encode_message(answer))
+    assert obj["last_index"] == 12 and obj["status"] == "success"
+    assert message_from_obj(obj) == answer
+    assert "last_index" not in orjson.loads(encode_message(rm.HeartbeatResponse(**COMMON)))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {**orjson.loads(encode_message(replicate())), "acknowledged": "9"},
+        {**orjson.loads(encode_message(rm.HeartbeatResponse(**COMMON))), "last_index": "x"},
+    ],
+)
+def test_a_malformed_recovery_field_is_a_remote_protocol_error(obj):
+    with pytest.raises(RemoteProtocolError, match="malformed"):
+        message_from_obj(obj)

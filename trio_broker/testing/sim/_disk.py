@@ -1,0 +1,193 @@
+"""The simulated disks lie: storage faults, after TigerBeetle's storage fault model and the
+protocol-aware recovery of Alagappan et al. (FAST 2018).
+
+A broker's durable state is its :class:`~trio_broker.testing._sim_cluster.MemoryStorage`. At
+a crash (power loss) its disk may also, each from the seed's ``disk-faults`` stream:
+
+- **flip bits** in one stored entry (a latent sector error, a misdirected write): the entry's
+  checksum no longer matches, so the broker's recovery read reports the first damaged index
+  and the last index the log had, and the core gets the log cut before the damage (the entry
+  is *lost from that index*, with every one after it; its first Ready deletes them from the
+  disk, with the recovering state that remembers the loss). The bytes stay altered on the disk
+  until then, so a broker that applied them would deliver a value no client appended;
+- **lose synced writes** (a disk or controller that acknowledged a flush it did not do): the
+  log's tail after the crash is shorter than what was synced, and the commit index written
+  with it may be gone too. Nothing on the broker's own disk tells; the leader, which saw it
+  acknowledge those entries, is the witness;
+- **tear the write in progress**: a prefix of the Ready being written reaches the disk, the
+  next entry only half (its checksum fails), the hard state not at all. Nothing of that write
+  was acknowledged, but the broker cannot tell a torn tail from a damaged one: it recovers.
+
+The faults are placed as TigerBeetle's VOPR places them (its ``ClusterFaultAtlas``): never
+where the cluster could not recover. At most ``f`` brokers (a minority of the voters) are
+damaged at a time (from the fault until the broker's log is back where it was), and synced
+writes are lost only where a majority of the other brokers holds an intact copy of every
+lost entry: the broker may then vote before the leader tells it, and that vote cannot elect
+a leader without a committed entry. With that placement the usual invariants must hold:
+nothing acknowledged is lost, and no damaged value is ever delivered.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..._core._commands import AppendMessage
+from ..._core._raft import Ready
+from ..._core._raft_messages import Entry
+from ._params import SimulationFailure, stream
+
+if TYPE_CHECKING:
+    from ._run import Simulation
+
+TAIL = 12
+"""How far back from a log's end the faults strike: where entries are still being
+replicated and committed, the part of the log that elections decide about."""
+
+
+def derive_disk_faults(draw: Callable[[str], random.Random]) -> dict[str, float]:
+    """The disk fault mix of one seed (``FaultParams.derive``'s streams): each fault is off
+    on some seeds, frequent on others."""
+    return {
+        "disk_corruption": draw("disk_corruption").choice([0.0, 0.0, 0.3, 0.6]),
+        "disk_lost_writes": draw("disk_lost_writes").choice([0.0, 0.0, 0.3, 0.6]),
+        "disk_torn_writes": draw("disk_torn_writes").choice([0.0, 0.5, 1.0]),
+    }
+
+
+@attrs.frozen
+class DamagedPayload:
+    """An entry whose stored bytes fail their checksum, as a broker that ignored the checksum
+    would decode it: applying it is delivering a damaged value (:meth:`Disks.check_applied`)."""
+
+    original: str
+
+
+def _flip(entry: Entry, rng: random.Random) -> Entry:
+    payload = entry.payload
+    if isinstance(payload, AppendMessage) and payload.data:
+        data = bytearray(payload.data)
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        payload = attrs.evolve(payload, data=bytes(data))
+    return Entry(entry.term, entry.index, DamagedPayload(repr(payload)))
+
+
+class Disks:
+    """Every broker's disk faults, drawn from the ``disk-faults`` stream of the seed."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.rng = stream(sim.seed, "disk-faults")
+        self.repair_to: dict[int, int] = {}
+        """Broker -> where its log ended before the fault: damaged until its log is back."""
+        for key in ("disk_corruptions", "disk_lost_writes", "disk_torn_writes", "recoveries"):
+            sim.stats.setdefault(key, 0)
+
+    # -- placement -----------------------------------------------------------------------------
+
+    def _may_damage(self, i: int) -> bool:
+        """Whether broker ``i`` may be damaged now: at most ``f`` brokers are at a time."""
+        f = (self.sim.p.node_count - 1) // 2
+        return len(set(self.repair_to) | {i}) <= f
+
+    def _intact(self, o: int, e: Entry) -> bool:
+        """Whether broker ``o``'s disk holds ``e`` (same index, same term), readable."""
+        st = self.sim.storage[o]
+        if e.index <= st.snapshot.index:
+            # In its snapshot: committed, so there only if ``e`` is the committed entry.
+            return self.sim.checker.committed.get(e.index, (None,))[0] == e.term
+        pos = e.index - st.snapshot.index - 1
+        if pos >= len(st.entries) or st.entries[pos].term != e.term:
+            return False
+        # A damaged entry at or before it: the next start cuts the log there.
+        return not any(isinstance(x.payload, DamagedPayload) for x in st.entries[: pos + 1])
+
+    def _held_by_a_majority_of_others(self, i: int, entries: list[Entry]) -> bool:
+        """Whether every one of ``entries`` stays on a quorum of intact copies without
+        ``i``'s: counting only brokers that vote in every configuration a broker uses, against
+        the largest quorum among those configurations (membership may be changing)."""
+        configs = [n.config for n in self.sim.nodes.values() if n is not None and n.config.voters]
+        if not configs:
+            return False
+        voters = frozenset.intersection(*(c.voters for c in configs)) - {i}
+        quorum = max(c.quorum() for c in configs)
+        return all(sum(self._intact(o, e) for o in voters) >= quorum for e in entries)
+
+    # -- the faults, at a crash ------------------------------------------------------------------
+
+    def on_crash(self, i: int, write: tuple[int, Ready] | None) -> None:
+        """Broker ``i`` loses power with ``write`` in progress (or None): what its disk keeps."""
+        p, rng, st = self.sim.p, self.rng, self.sim.storage[i]
+        if write is not None and rng.random() < p.disk_torn_writes:
+            self._tear(i, write[1])
+        if st.entries and rng.random() < p.disk_lost_writes and self._may_damage(i):
+            self._lose_tail(i)
+        if st.entries and rng.random() < p.disk_corruption and self._may_damage(i):
+            e = st.entries[-1 - rng.randrange(min(TAIL, len(st.entries)))]
+            self._damage(i, e.index)
+            self.sim.stats["disk_corruptions"] += 1
+            self.sim._trace(f"disk {i}: entry {e.index} damaged")
+
+    def _damage(self, i: int, index: int) -> None:
+        st = self.sim.storage[i]
+        pos = index - st.snapshot.index - 1
+        st.entries[pos] = _flip(st.entries[pos], self.rng)
+        self.repair_to[i] = max(self.repair_to.get(i, 0), st.entries[-1].index)
+
+    def _tear(self, i: int, rd: Ready) -> None:
+        """A prefix of ``rd``'s entries written, the next one torn, the hard state not."""
+        st = self.sim.storage[i]
+        if rd.snapshot is not None or not rd.entries or not self._may_damage(i):
+            return  # the write is simply lost, as on an honest disk
+        kept = self.rng.randrange(len(rd.entries))
+        torn = rd.entries[kept]
+        if torn.index <= st.snapshot.index:
+            return
+        partial = attrs.evolve(rd, entries=rd.entries[: kept + 1], hard_state=None, snapshot=None)
+        st.persist(partial)
+        self._damage(i, torn.index)
+        self.sim.stats["disk_torn_writes"] += 1
+        self.sim._trace(f"disk {i}: write torn at {torn.index}")
+
+    def _lose_tail(self, i: int) -> None:
+        st = self.sim.storage[i]
+        lost = st.entries[-1 - self.rng.randrange(min(TAIL, len(st.entries))) :]
+        if not self._held_by_a_majority_of_others(i, lost):
+            return
+        last = st.entries[-1].index
+        first = lost[0].index
+        del st.entries[len(st.entries) - len(lost) :]
+        if self.rng.random() < 0.5:
+            # The hard state written with the lost entries is gone too: nothing on this disk
+            # shows the loss (otherwise its commit index, beyond the log, does).
+            st.hard_state = attrs.evolve(st.hard_state, commit=min(st.hard_state.commit, first - 1))
+        self.repair_to[i] = max(self.repair_to.get(i, 0), last)
+        self.sim.stats["disk_lost_writes"] += 1
+        self.sim._trace(f"disk {i}: synced entries {first}..{last} lost")
+
+    # -- the broker's side -------------------------------------------------------------------
+
+    def recovery_read(self, i: int) -> tuple[list[Entry], tuple[int, int] | None]:
+        """What broker ``i``'s start-up read finds: the readable log (cut before the first
+        entry whose checksum fails) and, when there is one, ``(first_damaged, last_index)``.
+        The disk is left as it is: the core deletes the rest in its first Ready."""
+        entries = self.sim.storage[i].entries
+        for pos, e in enumerate(entries):
+            if isinstance(e.payload, DamagedPayload):
+                self.sim.stats["recoveries"] += 1
+                self.sim._trace(f"disk {i}: damaged from {e.index}, log had {entries[-1].index}")
+                return entries[:pos], (e.index, entries[-1].index)
+        return list(entries), None
+
+    def after_write(self, i: int, node: Any) -> None:
+        """Broker ``i`` is repaired once its log is back where it was, trusted again."""
+        to = self.repair_to.get(i)
+        if to is not None and node.log.last_index >= to and not node.recovering:
+            del self.repair_to[i]
+
+    def check_applied(self, i: int, e: Entry) -> None:
+        if isinstance(e.payload, DamagedPayload):
+            raise SimulationFailure(f"node {i} applied damaged entry {e.index}: {e.payload}")
