@@ -23,6 +23,11 @@ connection, a write that timed out may or may not have been applied (an idempote
 :meth:`Client.producer` can retry it safely). The broker still answers a call that timed out,
 in its turn: the protocol answers each connection's requests in order, so calls to the same
 broker wait behind it (after a timed-out ``read_batch(wait=...)``, until that wait ends).
+
+Why one module of over 600 lines: each method repeats its async twin's signature in full,
+keyword by keyword, so that editors, ``help()`` and ``mypy --strict`` show a user the real
+arguments (a generic ``__getattr__`` forwarder would hide them); the bodies are one line each
+through ``_call``. Splitting the file would split one class, not separate two jobs.
 """
 
 from __future__ import annotations
