@@ -49,6 +49,7 @@ class NodesMixin:
             rng=random.Random(self.node_rng[i].getrandbits(64)),
             election_ticks=self.p.election_ticks,
             heartbeat_ticks=self.p.heartbeat_ticks,
+            max_batch=self.p.max_batch,
         )
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index
