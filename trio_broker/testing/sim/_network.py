@@ -1,5 +1,7 @@
 """The network and its faults: loss, duplication, random delays, symmetric and one-way
-partitions, isolating the leader, flapping links; and the crashes the fault schedule injects.
+partitions, isolating the leader, flapping links; and the crashes the fault schedule injects,
+among them those aimed at the worst moments of a seed's fault mix (a leader's first steps, a
+disk write in flight).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class NetworkMixin:
                 node = self.nodes[i]
                 if node is not None and node.term == term:
                     self._trace(f"crash new leader {i}")
+                    self.stats["leaders_crashed_new"] += 1
                     self.crash(i, quick=rng.random() < 0.5)
         for i in self._leaders():
             node = self.nodes[i]
@@ -117,6 +120,7 @@ class NetworkMixin:
         lo, hi = self.p.partition_steps
         self.partition_until = self.now + self.leader_fault_rng.randint(lo, hi)
         self.stats["partitions"] += 1
+        self.stats["leaders_cut_off"] += 1
         self._trace(f"isolate {why} {i}")
 
     def _write_faults(self) -> None:
@@ -127,6 +131,7 @@ class NetworkMixin:
         for i in self.ids:
             if self.disk[i] is not None and self.write_fault_rng.random() < self.p.crash_in_write:
                 self._trace(f"crash in write {i}")
+                self.stats["crashes_in_write"] += 1
                 self.crash(i)
 
     def _partition(self) -> None:
