@@ -100,6 +100,7 @@ def test_simulator_catches_every_mutant_within_a_bounded_seed_range(mutant):
     failures = [r for r in results if not r.ok]
     assert failures, f"mutant {mutant} survived {len(seeds)} seeds ({seeds[0]}..{seeds[-1]})"
     assert f"--mutant {mutant}" in failures[0].replay_command()
+    assert run_seed(failures[0].seed).ok  # the broken rule fails it, not the seed's faults
     if LONG_MUTANT_SEEDS:
         print(f"{mutant}: {len(failures)}/{len(seeds)}, first seed {failures[0].seed}")
 
