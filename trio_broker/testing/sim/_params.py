@@ -45,7 +45,7 @@ MIXES: dict[str, dict[str, Any]] = {
         "crash_after_vote": [0.1, 0.3, 0.6],
         "restart_steps": ((1, 5), (20, 100)),
         "disk_delays": [0, 5, 25, 25],
-        "max_batch": [1, 4, 64],
+        "max_batch": [2, 4, 64],
     },
     # Many leader changes while entries are partly replicated: each new leader often cut off
     # at once (so it alone holds its first entries) or right after its first commit (before
@@ -93,7 +93,7 @@ MIXES: dict[str, dict[str, Any]] = {
         "flap_rate": [0.003, 0.01],
         "crash_in_write": [0.0, 0.01],
         "crash_leader": [0.0, 0.5],
-        "max_batch": [1, 4, 64],
+        "max_batch": [2, 4, 64],
     },
 }
 """Each fault mix's choices for the parameters it leans on (TigerBeetle's swarm testing: a
