@@ -48,12 +48,25 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def sim(session: nox.Session) -> None:
-    """A swarm of simulator seeds across all cores: `nox -s sim -- --seeds 10000`."""
-    session.install("-e", ".")
+    """A swarm of simulator seeds across all cores: `nox -s sim -- --seeds 10000`; then every
+    deliberately broken core on the first 1,000 seeds of every fault mix, each of which must be
+    caught (the default suite scans a few dozen seeds of one mix per mutant)."""
+    session.install("-e", ".[test]")
     args = session.posargs or ["--seeds", "1000"]
     if "--jobs" not in args:
         args = [*args, "--jobs", str(os.cpu_count() or 1)]
     session.run("python", "-m", "trio_broker.testing.sim", *args)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/sim/test_sim.py",
+        "-k",
+        "catches_every_mutant",
+        "-v",
+        "-s",
+        env={"TRIO_BROKER_SIM_MUTANTS": "1000"},
+    )
 
 
 @nox.session(python=PYTHON)

@@ -31,11 +31,11 @@ def test_simulator_catches_a_core_that_trusts_a_damaged_log():
 
 def test_simulator_catches_a_leader_that_trusts_a_regressed_follower():
     """A leader that never repairs a follower whose log went backwards: the group cannot
-    converge. Seed 80 is the first of the default seeds to show it (scanning them costs
-    about five seconds, more than the default run may spend: the seed is replayed)."""
-    r = run_seed(80, mutant="trust_regressed_follower")
+    converge. Seed 31 is the first of the default seeds to show it (test_sim.py's mutant scan
+    finds it there too; this replay checks what it fails)."""
+    r = run_seed(31, mutant="trust_regressed_follower")
     assert not r.ok and "liveness" in r.error
-    assert run_seed(80).ok
+    assert run_seed(31).ok
 
 
 def test_simulator_catches_a_broker_that_reads_past_a_checksum_mismatch(monkeypatch):

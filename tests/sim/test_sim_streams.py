@@ -67,3 +67,25 @@ def test_a_client_draw_leaves_the_network_stream_alone():
     b.client_rng[b.clients[0].id].random()
     assert a.net_rng.random() == b.net_rng.random()
     assert a.p == b.p
+
+
+def test_a_fault_mix_changes_only_the_parameters_it_leans_on(monkeypatch):
+    """A seed's mix replaces the choices of the parameters it names and no other: the same seed
+    run as ``"mixed"`` draws every other parameter the same (each from its own stream)."""
+    derived = {seed: FaultParams.derive(seed, 10, 10) for seed in range(200)}
+    assert {p.mix for p in derived.values()} == set(_params.MIXES)  # every mix is drawn
+    monkeypatch.setattr(_params, "mix_of", lambda seed: "mixed")
+    for seed, p in derived.items():
+        as_mixed = FaultParams.derive(seed, 10, 10)
+        leaned = set(_params.MIXES[p.mix])
+        if leaned & {"node_count"} and p.node_count != as_mixed.node_count:
+            # Per-broker draws (clock rates, disks, skews) then cover another number of brokers.
+            leaned |= {"clock_rates", "disk_delays", "clock_skews"}
+        if leaned & {"delay_max", "disk_delays", "node_count"}:
+            leaned.add("client_timeout")  # at least the worst round trip
+        changed = {
+            k for k, v in attrs.asdict(p).items() if v != getattr(as_mixed, k) and k != "mix"
+        }
+        assert changed <= leaned, (seed, p.mix, changed - leaned)
+        if p.mix == "mixed":
+            assert p == as_mixed

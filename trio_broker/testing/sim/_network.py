@@ -1,5 +1,7 @@
 """The network and its faults: loss, duplication, random delays, symmetric and one-way
-partitions, isolating the leader, flapping links; and the crashes the fault schedule injects.
+partitions, isolating the leader, flapping links; and the crashes the fault schedule injects,
+among them those aimed at the worst moments of a seed's fault mix (a leader's first steps, a
+disk write in flight).
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ class NetworkMixin:
     def _inject_faults(self) -> None:
         rng, p = self.fault_rng, self.p
         if rng.random() < p.crash_rate and self.live():
-            self.crash(rng.choice(self.live()))
+            victim = rng.choice(self.live())
+            if p.crash_leader and self.leader_fault_rng.random() < p.crash_leader:
+                victim = next(iter(self._leaders()), victim)
+            self.crash(victim)
+        self._leader_faults()
+        self._write_faults()
         if self.now >= self.partition_until and self.blocked:
             self.blocked.clear()
             self._trace("heal")
@@ -71,6 +78,61 @@ class NetworkMixin:
             self.flap = (a, b, self.now + rng.randint(50, 400), rng.randint(3, 30))
         elif self.flap is not None and self.now >= self.flap[2]:
             self.flap = None
+
+    def _leaders(self) -> list[int]:
+        return [i for i in self.live() if self.nodes[i].role is Role.LEADER]
+
+    def _leader_faults(self) -> None:
+        """Faults aimed at a leader's first steps (stream ``faults:leaders``), while the
+        entries it inherited and its first entry of its own are only partly replicated: a new
+        leader crashes within a few steps of its election, or is cut off at once, or is cut off
+        right after its commit index first moves in its term (before the others hear of it)."""
+        p = self.p
+        if not (p.crash_new_leader or p.isolate_new_leader or p.isolate_after_commit):
+            return
+        rng = self.leader_fault_rng
+        for i, (at, term) in list(self.doomed.items()):
+            if self.now >= at:
+                del self.doomed[i]
+                node = self.nodes[i]
+                if node is not None and node.term == term:
+                    self._trace(f"crash new leader {i}")
+                    self.stats["leaders_crashed_new"] += 1
+                    self.crash(i, quick=rng.random() < 0.5)
+        for i in self._leaders():
+            node = self.nodes[i]
+            term, commit = self.leader_terms.get(i, (None, None))
+            if term != node.term:
+                self.leader_terms[i] = (node.term, node.commit)
+                if rng.random() < p.crash_new_leader:
+                    self.doomed[i] = (self.now + rng.randint(0, 20), node.term)
+                elif rng.random() < p.isolate_new_leader:
+                    self._isolate(i, "new leader")
+            elif commit is not None and node.commit > commit:
+                self.leader_terms[i] = (term, None)
+                if rng.random() < p.isolate_after_commit:
+                    self._isolate(i, "leader after its first commit")
+
+    def _isolate(self, i: int, why: str) -> None:
+        """Cut broker ``i`` off from every other, whatever was cut off before (so a broker
+        isolated earlier, with entries only it holds, meets the others again)."""
+        self.blocked = {(a, b) for a in self.ids for b in self.ids if i in (a, b) and a != b}
+        lo, hi = self.p.partition_steps
+        self.partition_until = self.now + self.leader_fault_rng.randint(lo, hi)
+        self.stats["partitions"] += 1
+        self.stats["leaders_cut_off"] += 1
+        self._trace(f"isolate {why} {i}")
+
+    def _write_faults(self) -> None:
+        """Crashes with a disk write in flight (stream ``faults:writes``): the write is lost,
+        and with it whatever the broker had not yet made durable."""
+        if not self.p.crash_in_write:
+            return
+        for i in self.ids:
+            if self.disk[i] is not None and self.write_fault_rng.random() < self.p.crash_in_write:
+                self._trace(f"crash in write {i}")
+                self.stats["crashes_in_write"] += 1
+                self.crash(i)
 
     def _partition(self) -> None:
         rng = self.fault_rng

@@ -55,6 +55,7 @@ class NodesMixin:
             election_ticks=self.p.election_ticks,
             heartbeat_ticks=self.p.heartbeat_ticks,
             acknowledged=damage[1] if damage else None,
+            max_batch=self.p.max_batch,
         )
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index

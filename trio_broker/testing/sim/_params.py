@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import attrs
 
@@ -24,6 +25,88 @@ def stream(seed: int, name: str) -> random.Random:
     and on every platform, whatever ``PYTHONHASHSEED`` says.
     """
     return random.Random(f"{seed}:{name}")
+
+
+MIXES: dict[str, dict[str, Any]] = {
+    # Every fault at a random intensity: the mix all seeds had before mixes existed (a seed of
+    # this mix runs the schedule it ran then).
+    "mixed": {},
+    # No partitions, many crashes (the leader's among them), quick restarts, slow disks, and
+    # crashes with writes in flight, right after syncs and right after votes.
+    "crashes": {
+        "node_count": [3, 5],
+        "partition_rate": [0.0],
+        "flap_rate": [0.0],
+        "loss": [0.0, 0.01],
+        "crash_rate": [0.004, 0.01, 0.02],
+        "crash_leader": [0.3, 0.6],
+        "crash_in_write": [0.005, 0.02, 0.05],
+        "crash_after_sync": [0.002, 0.01, 0.03],
+        "crash_after_vote": [0.1, 0.3, 0.6],
+        "restart_steps": ((1, 5), (20, 100)),
+        "disk_delays": [0, 5, 25, 25],
+        "max_batch": [2, 4, 64],
+    },
+    # Many leader changes while entries are partly replicated: each new leader often cut off
+    # at once (so it alone holds its first entries) or right after its first commit (before
+    # the others hear of it), the partition it replaces healed; small batches, so a lagging
+    # follower catches up over several round trips; busy clients, slow disks.
+    "elections": {
+        "node_count": [3, 5],
+        "election_ticks": [8],
+        "partition_rate": [0.0],
+        "partition_steps": ((40, 120), (120, 300)),
+        "loss": [0.0],
+        "delay_max": [2, 8],
+        "crash_rate": [0.0, 0.001],
+        "crash_leader": [0.5],
+        "crash_in_write": [0.0, 0.01],
+        "crash_new_leader": [0.05],
+        "isolate_new_leader": [0.6, 0.8],
+        "isolate_after_commit": [0.6, 0.9],
+        "restart_steps": ((1, 10), (20, 150)),
+        "transfer_rate": [0.0, 0.003],
+        "clients": (2, 4),
+        "client_think": [1, 1, 10],
+        "disk_delays": [0, 5, 25],
+        "max_batch": [2, 4],
+    },
+    # Votes at risk: elections triggered by leader crashes, voters crashing right after their
+    # vote becomes durable and coming back at once, long delays so requests cross.
+    "votes": {
+        "node_count": [3, 5],
+        "partition_rate": [0.0, 0.002],
+        "loss": [0.0, 0.01],
+        "delay_max": [8, 20, 40],
+        "crash_rate": [0.004, 0.01],
+        "crash_leader": [0.5, 1.0],
+        "crash_after_vote": [0.3, 0.6, 1.0],
+        "restart_steps": ((1, 3), (20, 100)),
+        "disk_delays": [0, 0, 5, 25],
+    },
+    # Messages reordered and replayed: long delay spreads, heavy duplication and loss, flapping.
+    "reorder": {
+        "node_count": [3, 5],
+        "delay_max": [20, 40],
+        "duplicate": [0.1, 0.3],
+        "loss": [0.01, 0.05, 0.15],
+        "flap_rate": [0.003, 0.01],
+        "crash_in_write": [0.0, 0.01],
+        "crash_leader": [0.0, 0.5],
+        "max_batch": [2, 4, 64],
+    },
+}
+"""Each fault mix's choices for the parameters it leans on (TigerBeetle's swarm testing: a
+seed enables some faults at high intensity rather than every fault at a low one); a parameter
+a mix does not name keeps the ``"mixed"`` choices."""
+
+MIX_WEIGHTS = ["mixed", "mixed", "mixed", "crashes", "elections", "votes", "reorder"]
+"""``params:mix`` picks one of these: three seeds in seven run every fault at once."""
+
+
+def mix_of(seed: int) -> str:
+    """Seed ``seed``'s fault mix (its ``params:mix`` draw), without deriving the rest."""
+    return stream(seed, "params:mix").choice(MIX_WEIGHTS)
 
 
 class SimulationFailure(Exception):
@@ -79,59 +162,99 @@ class FaultParams:
     """Per crash, the chance that the disk loses the tail of what it had synced."""
     disk_torn_writes: float = 0.0
     """Per crash during a write, the chance that the write is torn rather than lost whole."""
+    mix: str = "mixed"
+    """The seed's fault mix (``MIXES``): which faults it leans on (swarm testing)."""
+    crash_leader: float = 0.0
+    """The share of the schedule's crashes that hit the leader, not a random broker."""
+    crash_in_write: float = 0.0
+    """Per step, for each broker with a disk write in flight, the chance that it crashes
+    before the write completes (the write is lost)."""
+    crash_new_leader: float = 0.0
+    """The chance that a broker that has just won an election crashes within its first few
+    steps as leader: entries of earlier terms are then partly replicated."""
+    isolate_new_leader: float = 0.0
+    """The chance that a broker that has just won an election is cut off at once, before its
+    first entries reach the others."""
+    isolate_after_commit: float = 0.0
+    """The chance that a leader is cut off right after its commit index first moves in its
+    term, before its next messages (and the news of that commit) reach anyone."""
+    max_batch: int = 64
+    """At most this many entries per ``Replicate`` (the core's ``max_batch``): a lagging
+    follower catches up in steps, so a leader hears of partial progress."""
 
     @classmethod
     def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:
         """Each parameter from a stream of its own (``params:<name>``): adding, removing or
-        redrawing one parameter changes no other parameter of any seed."""
+        redrawing one parameter changes no other parameter of any seed.
+
+        The seed first draws its fault mix (``params:mix``); a mix replaces the choices of the
+        parameters it leans on (``MIXES``) and leaves the others' as in ``"mixed"``, so each
+        parameter still takes exactly its own stream's draws.
+        """
 
         from ._disk import derive_disk_faults  # (it imports this module)
 
         def draw(name: str) -> random.Random:
             return stream(seed, f"params:{name}")
 
-        n = draw("node_count").choice([3, 3, 5])
+        mix = mix_of(seed)
+        lean = MIXES[mix]
+
+        def pick(name: str, default: list) -> Any:
+            return draw(name).choice(lean.get(name, default))
+
+        n = pick("node_count", [3, 3, 5])
         delay_min = draw("delay_min").randint(1, 3)
-        delay_max = delay_min + draw("delay_max").choice([2, 8, 20, 40])
+        delay_max = delay_min + pick("delay_max", [2, 8, 20, 40])
         rng = draw("disk_delays")
-        disk_delays = tuple(rng.choice([0, 0, 0, 5, 25]) for _ in range(n + 1))
+        slow = lean.get("disk_delays", [0, 0, 0, 5, 25])
+        disk_delays = tuple(rng.choice(slow) for _ in range(n + 1))
         # A client deadline shorter than the worst round trip would make every operation's
         # outcome unknown: real clients size deadlines to their network, so do these.
         round_trip = 4 * delay_max + 3 * max(disk_delays) + 3 * TICK_STEPS
         rates, skews = draw("clock_rates"), draw("clock_skews")
         partition_steps, restart_steps = draw("partition_steps"), draw("restart_steps")
+        p_lo, p_hi = lean.get("partition_steps", ((20, 100), (150, 600)))
+        r_lo, r_hi = lean.get("restart_steps", ((1, 20), (30, 400)))
         return cls(
             node_count=n,
-            election_ticks=draw("election_ticks").choice([8, 10, 12]),
-            heartbeat_ticks=draw("heartbeat_ticks").choice([1, 2, 3]),
+            election_ticks=pick("election_ticks", [8, 10, 12]),
+            heartbeat_ticks=pick("heartbeat_ticks", [1, 2, 3]),
             clock_rates=tuple(round(rates.uniform(0.75, 1.25), 3) for _ in range(n + 1)),
-            loss=draw("loss").choice([0.0, 0.01, 0.05, 0.15]),
-            duplicate=draw("duplicate").choice([0.0, 0.0, 0.02, 0.1]),
+            loss=pick("loss", [0.0, 0.01, 0.05, 0.15]),
+            duplicate=pick("duplicate", [0.0, 0.0, 0.02, 0.1]),
             delay_min=delay_min,
             delay_max=delay_max,
-            partition_rate=draw("partition_rate").choice([0.0, 0.002, 0.01, 0.03]),
-            partition_steps=(partition_steps.randint(20, 100), partition_steps.randint(150, 600)),
-            one_way=draw("one_way").choice([0.0, 0.3]),
-            flap_rate=draw("flap_rate").choice([0.0, 0.0, 0.003]),
-            crash_rate=draw("crash_rate").choice([0.0, 0.001, 0.004, 0.01]),
-            crash_after_sync=draw("crash_after_sync").choice([0.0, 0.0, 0.002, 0.01]),
-            crash_after_vote=draw("crash_after_vote").choice([0.0, 0.1, 0.3]),
-            restart_steps=(restart_steps.randint(1, 20), restart_steps.randint(30, 400)),
+            partition_rate=pick("partition_rate", [0.0, 0.002, 0.01, 0.03]),
+            partition_steps=(partition_steps.randint(*p_lo), partition_steps.randint(*p_hi)),
+            one_way=pick("one_way", [0.0, 0.3]),
+            flap_rate=pick("flap_rate", [0.0, 0.0, 0.003]),
+            crash_rate=pick("crash_rate", [0.0, 0.001, 0.004, 0.01]),
+            crash_after_sync=pick("crash_after_sync", [0.0, 0.0, 0.002, 0.01]),
+            crash_after_vote=pick("crash_after_vote", [0.0, 0.1, 0.3]),
+            restart_steps=(restart_steps.randint(*r_lo), restart_steps.randint(*r_hi)),
             disk_delays=disk_delays,
-            compact_every=draw("compact_every").choice([8, 30, 100]),
-            churn_rate=draw("churn_rate").choice([0.0, 0.0, 0.005, 0.02]),
-            clients=draw("clients").randint(1, 4),
-            client_timeout=max(draw("client_timeout").choice([100, 300, 600]), round_trip),
-            client_think=draw("client_think").choice([1, 10, 40]),
+            compact_every=pick("compact_every", [8, 30, 100]),
+            churn_rate=pick("churn_rate", [0.0, 0.0, 0.005, 0.02]),
+            clients=draw("clients").randint(*lean.get("clients", (1, 4))),
+            client_timeout=max(pick("client_timeout", [100, 300, 600]), round_trip),
+            client_think=pick("client_think", [1, 10, 40]),
             safety_steps=safety_steps,
             liveness_steps=liveness_steps,
-            linger=draw("linger").choice([0, 0, 5, 20]),
-            retention_rate=draw("retention_rate").choice([0.0, 0.002, 0.01]),
-            retention_every=draw("retention_every").choice([20, 50, 150]),
+            linger=pick("linger", [0, 0, 5, 20]),
+            retention_rate=pick("retention_rate", [0.0, 0.002, 0.01]),
+            retention_every=pick("retention_every", [20, 50, 150]),
             clock_skews=tuple(skews.choice([0, 0, -300, 300, -3000]) for _ in range(n + 1)),
-            transfer_rate=draw("transfer_rate").choice([0.0, 0.0, 0.003, 0.01]),
-            groups=draw("groups").choice([0, 0, 2, 3]),
-            group_death=draw("group_death").choice([0.0, 0.05, 0.2]),
+            transfer_rate=pick("transfer_rate", [0.0, 0.0, 0.003, 0.01]),
+            groups=pick("groups", [0, 0, 2, 3]),
+            group_death=pick("group_death", [0.0, 0.05, 0.2]),
+            mix=mix,
+            crash_leader=pick("crash_leader", [0.0]),
+            crash_in_write=pick("crash_in_write", [0.0]),
+            crash_new_leader=pick("crash_new_leader", [0.0]),
+            isolate_new_leader=pick("isolate_new_leader", [0.0]),
+            isolate_after_commit=pick("isolate_after_commit", [0.0]),
+            max_batch=pick("max_batch", [64]),
             **derive_disk_faults(draw),
         )
 

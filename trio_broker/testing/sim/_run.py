@@ -88,6 +88,15 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         """The fault schedule: crashes, partitions and flapping links."""
         self.crash_point_rng = stream(seed, "crash-points")
         """Crashes at the worst moments: right after a sync, right after a vote."""
+        self.leader_fault_rng = stream(seed, "faults:leaders")
+        """Faults aimed at leaders: which crash hits the leader, new leaders crashed or cut off."""
+        self.write_fault_rng = stream(seed, "faults:writes")
+        """Crashes with a disk write in flight."""
+        self.leader_terms: dict[int, tuple[int, int | None]] = {}
+        """Each broker's last term seen leading, and its commit index when it won (None once
+        that index has moved): new leaders, and their first commits, are the targets."""
+        self.doomed: dict[int, tuple[int, int]] = {}
+        """New leaders due to crash: broker -> (step, the term it leads)."""
         self.restart_rng = stream(seed, "restarts")
         """How long a crashed broker stays down."""
         self.disk_rng = stream(seed, "disks")
@@ -136,7 +145,10 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
                 "delivered",
                 "dropped",
                 "crashes",
+                "crashes_in_write",
+                "leaders_crashed_new",
                 "partitions",
+                "leaders_cut_off",
                 "snapshots_installed",
                 "groups",
                 "client_ok",
