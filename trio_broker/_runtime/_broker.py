@@ -163,6 +163,7 @@ class Broker:
             broker_id=self.broker_id,
             cluster_id=self.cluster_id,
             handle=self.handle,
+            handle_many=self.handle_many,
             accept_peer=self._accept_peer,
             serve_peer=self._serve_peer,
             observe=self.metrics.observe,
@@ -284,6 +285,64 @@ class Broker:
             return Answer(now=BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down"))
         return await self._handlers[type(request)](request, session)
 
+    async def handle_many(self, requests: list[Request], session: Session | None) -> list[Answer]:
+        """Decide the requests of one receive, in order, into their answers, exactly as
+        :meth:`handle` would one at a time. The APPENDs of the original contract (a queue id,
+        no headers or epoch) are checked into commands here and proposed together
+        (:meth:`RaftDriver.propose_many`: one capacity charge, one result list); any other
+        request is decided by :meth:`handle`, after the APPENDs before it are proposed, so
+        that the log holds the commands in request order."""
+        answers: list[Answer | None] = []
+        commands: list[Any] = []
+        slots: list[int] = []
+        config = self.config
+        stamp: int | None = None
+        limit = min(self.driver.max_group, config.max_in_flight)
+        for request in requests:
+            if (
+                type(request) is Append
+                and request.headers is None
+                and request.producer_epoch is None
+                and request.queue_name.startswith("Q-")
+                and not self._closing
+            ):
+                if stamp is None:
+                    stamp = self.wall_clock_ms()
+                command = append_command(request, config, appended_ms=stamp)
+                if isinstance(command, BrokerError):
+                    answers.append(Answer(now=command))
+                    continue
+                if len(commands) >= limit:
+                    await self._propose_run(commands, slots, answers)
+                slots.append(len(answers))
+                commands.append(command)
+                answers.append(None)
+                continue
+            if commands:
+                await self._propose_run(commands, slots, answers)
+            answers.append(await self.handle(request, session))
+        if commands:
+            await self._propose_run(commands, slots, answers)
+        return answers  # type: ignore[return-value]  (every slot is filled)
+
+    async def _propose_run(
+        self, commands: list[Any], slots: list[int], answers: list[Answer | None]
+    ) -> None:
+        """Propose ``commands`` together; their answers go to ``answers`` at ``slots``.
+        Empties both lists."""
+        if not self.driver.node.is_leader:
+            group: Any = self.driver.not_leader_error()
+        else:
+            group = await self.driver.propose_many(commands)
+        if isinstance(group, BrokerError):
+            for slot in slots:
+                answers[slot] = Answer(now=group)
+        else:
+            for index, slot in enumerate(slots):
+                answers[slot] = Answer(later=group.member(index))
+        commands.clear()
+        slots.clear()
+
     def _request_handlers(self) -> dict[type, _Handler]:
         """The table: one handler per request type (those of the connection itself, AUTH and
         PEER_HELLO, are answered by :mod:`._connections`)."""
@@ -356,12 +415,11 @@ class Broker:
             return await self.work.commit(
                 attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
             )
-        command = append_command(request, self.config)
-        if isinstance(command, BrokerError):
-            return Answer(now=command)
         # The leader's clock, in the replicated command: every replica then ages the
         # message alike (docs/protocol.md, "Retention").
-        return await self._commit(attrs.evolve(command, appended_ms=self.wall_clock_ms()))
+        return await self._commit(
+            append_command(request, self.config, appended_ms=self.wall_clock_ms())
+        )
 
     async def _read(self, request: Read, _session: Session | None) -> Answer:
         request = await self.work.resolved(request)

@@ -90,6 +90,9 @@ class Session:
 
 Handle = Callable[[Request, Session], Awaitable[Answer]]
 """Decide one request (authorized already) into its answer."""
+HandleMany = Callable[[list[Request], Session], Awaitable[list[Answer]]]
+"""Decide several requests (authorized already) into their answers, in order, each as
+``Handle`` would decide it alone."""
 AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
 """Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
@@ -111,6 +114,7 @@ class ConnectionServer:
         cluster_id: str,
         handle: Handle,
         accept_peer: AcceptPeer,
+        handle_many: HandleMany | None = None,
         serve_peer: ServePeer,
         observe: Observe,
         plaintext_hint: Callable[[BrokerError], BrokerError],
@@ -120,6 +124,7 @@ class ConnectionServer:
         self.broker_id = broker_id
         self.cluster_id = cluster_id
         self._handle = handle
+        self._handle_many = handle_many
         self._accept_peer = accept_peer
         self._serve_peer = serve_peer
         self._observe = observe
@@ -254,7 +259,28 @@ class ConnectionServer:
         max_in_flight = self.config.max_in_flight
         account = outbox.account
         handle = self._handle
+        handle_many = self._handle_many
         authorize = self._authorize
+        run: list[Request] = []
+        """Requests of this receive let through to ``handle``, not yet decided: decided
+        together (``handle_many``) before anything else is queued, and before any wait."""
+        run_info: list[tuple[str, float, int]] = []
+
+        async def decide_run() -> None:
+            if outbox.answers:
+                # Deciding may wait (for capacity, storage, another broker): the answers
+                # before these must not wait with them.
+                outbox.kick()
+            if len(run) == 1 or handle_many is None:
+                for request, (operation, began, held) in zip(run, run_info, strict=True):
+                    outbox.put(operation, began, await handle(request, session), held)
+            else:
+                answers = await handle_many(run, session)
+                for answer, (operation, began, held) in zip(answers, run_info, strict=True):
+                    outbox.put(operation, began, answer, held)
+            run.clear()
+            run_info.clear()
+
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
         auth_failures = 0
@@ -292,6 +318,8 @@ class ConnectionServer:
                 try:
                     payload = decoder.next_frame()
                 except FrameTooLarge as exc:
+                    if run:
+                        await decide_run()
                     # The stream cannot be resynchronised: answer, then close this connection.
                     log_event(
                         logging.WARNING,
@@ -304,14 +332,20 @@ class ConnectionServer:
                     outbox.put("INVALID", started, Answer(now=exc), 0)
                     return False
                 if payload is None:
+                    if run:
+                        await decide_run()
                     break
                 frame_began = None
-                if outbox.in_flight >= max_in_flight:
+                if outbox.in_flight + len(run) >= max_in_flight:
+                    if run:
+                        await decide_run()
                     await outbox.wait_for_slot(max_in_flight)
                 charged = len(payload)
                 if account.fits(charged):
                     account.charge(charged)
                 else:
+                    if run:
+                        await decide_run()
                     log_event(
                         logging.INFO,
                         "connection.paused_for_memory",
@@ -332,17 +366,18 @@ class ConnectionServer:
                         code=exc.code,
                         reason=exc.message,
                     )
+                    if run:
+                        await decide_run()
                     outbox.put("INVALID", started, Answer(now=exc), charged)
                     continue
                 operation = OPERATION_NAMES[type(request)]
                 early = authorize(request, session, peer)
                 if early is None and type(request) is not PeerHello:
-                    if outbox.answers:
-                        # Deciding may wait (for capacity, storage, another broker): the
-                        # answers before this one must not wait with it.
-                        outbox.kick()
-                    outbox.put(operation, started, await handle(request, session), charged)
+                    run.append(request)
+                    run_info.append((operation, started, charged))
                     continue
+                if run:
+                    await decide_run()
                 if isinstance(request, Auth) and isinstance(early, BrokerError):
                     auth_failures += 1
                     outbox.kick()

@@ -1,0 +1,122 @@
+"""The requests of one receive decided together (``Broker.handle_many`` and the driver's
+``propose_many``) are answered exactly as the one-by-one path answers them: the same
+responses and errors, in the same order, and the same log (docs/performance.md).
+
+Real brokers on 127.0.0.1: the same pipelined receive goes to two fresh queues of one broker,
+once through the batch path and once with it turned off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trio_broker._runtime import BrokerConfig, open_broker
+
+from .wire import RawConnection, create_queue
+
+DEADLINE = 20
+MAX_FRAME = 2048  # values above max_data_bytes (MAX_FRAME - 256) are refused, frames are not
+
+
+def _receive_of(queue_id: str) -> list[dict[str, Any]]:
+    """One pipelined receive: plain APPENDs with refusals mid-run (too large, a producer
+    sequence without its producer), idempotent duplicates, and requests that do not take the
+    batch path (a named queue, headers, an unknown operation, READ, APPEND_BATCH)."""
+    append = {"operation": "APPEND", "queue_name": queue_id}
+    return [
+        {**append, "data": 0},
+        {**append, "data": 1},
+        {**append, "data": "x" * (MAX_FRAME - 150)},  # TOO_LARGE, refused mid-run
+        {**append, "data": 2, "producer_id": "P-1", "producer_seq": 1},
+        {**append, "data": 2, "producer_id": "P-1", "producer_seq": 1},  # a duplicate
+        {**append, "data": 3, "producer_seq": 5},  # BAD_REQUEST: no producer_id
+        {**append, "data": 4},
+        {"operation": "NOPE"},
+        {**append, "data": 5},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH"},
+        {**append, "data": 6},
+        {"operation": "APPEND", "queue_name": "no-such-queue", "data": 7},
+        {**append, "data": 8, "headers": {"k": "v"}},
+        {**append, "data": 9},
+        {"operation": "APPEND_BATCH", "queue_name": queue_id, "values": [10, 11]},
+        {**append, "data": 12},
+        {**append, "data": 13},
+    ]
+
+
+async def _answers(port: int, requests: list[dict[str, Any]]) -> list[Any]:
+    conn = await RawConnection.open(port)
+    with trio.fail_after(DEADLINE):
+        await conn.send(*requests)
+        answers = [await conn.receive() for _ in requests]
+    await conn.aclose()
+    return answers
+
+
+async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
+    config = BrokerConfig(data_dir=tmp_path / "b", port=0, max_frame=MAX_FRAME)
+    async with open_broker(config) as broker:
+        server = broker.connections
+        handle_many = server._handle_many
+        assert handle_many is not None
+        runs: list[int] = []
+
+        async def counted(requests: list[Any], session: Any) -> Any:
+            runs.append(len(requests))
+            return await handle_many(requests, session)
+
+        server._handle_many = counted
+        batched_queue = await create_queue(broker.port)
+        batched = await _answers(broker.port, _receive_of(batched_queue))
+        assert max(runs) >= 5, runs  # the batch path was taken, refusals within a run
+
+        server._handle_many = None  # one request at a time, as before
+        runs.clear()
+        single_queue = await create_queue(broker.port)
+        single = await _answers(broker.port, _receive_of(single_queue))
+        assert not runs
+
+        assert batched == single
+        codes = [a.get("code") for a in batched]
+        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 1
+        assert codes.count("QUEUE_NOT_FOUND") == 1 and codes.count("UNKNOWN_OPERATION") == 1
+        assert batched[4] == {"status": "success", "sequence_num": 3, "duplicate": True}
+        # And the same messages, in the same order, went into each queue's log.
+        peek = {"operation": "READ", "client_id": "C-PEEK", "max_messages": 20, "mode": "peek"}
+        logs = [
+            await _answers(broker.port, [{**peek, "queue_name": q}])
+            for q in (batched_queue, single_queue)
+        ]
+        assert logs[0] == logs[1] and len(logs[0][0]["messages"]) == 12
+
+
+async def test_a_batch_refused_as_a_whole_reaches_every_request(tmp_path):
+    """A refusal of the whole run (here the broker shutting down: UNAVAILABLE) answers each
+    request of it, in order, as the one-by-one path does."""
+    config = BrokerConfig(data_dir=tmp_path / "b", port=0)
+    async with open_broker(config) as broker:
+        queue_id = await create_queue(broker.port)
+        append = {"operation": "APPEND", "queue_name": queue_id}
+        requests = [{**append, "data": i} for i in range(6)]
+        answers = []
+        driver = broker.driver
+        real = driver.node
+
+        class _Follower:  # the core as a follower sees it: it does not lead
+            is_leader = False
+            transfer_target = None
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        for handle_many in (broker.connections._handle_many, None):
+            broker.connections._handle_many = handle_many
+            driver.node = _Follower()  # type: ignore[assignment]
+            try:
+                answers.append(await _answers(broker.port, requests))
+            finally:
+                driver.node = real
+        assert answers[0] == answers[1]
+        assert [a["code"] for a in answers[0]] == ["NOT_LEADER"] * len(requests)
