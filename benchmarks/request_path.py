@@ -101,7 +101,7 @@ async def _run(requests: int, connections: int, window: int) -> float:
             handle=commit.handle,
             accept_peer=lambda hello, peer: None,
             serve_peer=_no_peers,
-            observe=lambda operation, response, seconds: None,
+            observe=lambda tally, now: None,
             plaintext_hint=lambda error: error,
         )
         async with trio.open_nursery() as nursery:

@@ -166,7 +166,7 @@ class Broker:
             handle_many=self.handle_many,
             accept_peer=self._accept_peer,
             serve_peer=self._serve_peer,
-            observe=self.metrics.observe,
+            observe=self.metrics.observe_batch,
             plaintext_hint=self._plaintext_hint,
         )
         self._handlers = self._request_handlers()

@@ -98,8 +98,9 @@ AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
-Observe = Callable[[str, Response | BrokerError, float], None]
-"""Told each answer as it is encoded to leave: the operation, the response, the seconds it took."""
+ObserveBatch = Callable[[dict[tuple[str, Any, float], int], float], None]
+"""Told the answers of each write: how many per (operation, error code or None, when their
+receive began), and when they were encoded to leave."""
 
 
 class ConnectionServer:
@@ -116,7 +117,7 @@ class ConnectionServer:
         accept_peer: AcceptPeer,
         handle_many: HandleMany | None = None,
         serve_peer: ServePeer,
-        observe: Observe,
+        observe: ObserveBatch,
         plaintext_hint: Callable[[BrokerError], BrokerError],
     ) -> None:
         self.config = config
@@ -432,7 +433,6 @@ class ConnectionServer:
         reading stops (not only once the socket's buffers are full)."""
         answers = outbox.answers
         account = outbox.account
-        encode = self._encode
         while True:
             if not answers:
                 if outbox.closed:
@@ -441,6 +441,7 @@ class ConnectionServer:
                 continue
             out: list[bytes] = []
             size = charged = 0
+            tally: dict[tuple[str, Any, float], int] = {}
             while answers and len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
                 operation, started, answer, held = answers[0]
                 response = answer.known()
@@ -449,22 +450,19 @@ class ConnectionServer:
                         break  # write what is known; then wait for this one
                     response = await answer.response()
                 answers.popleft()
-                frame = encode(operation, started, response, plaintext)
+                if plaintext and isinstance(response, BrokerError):
+                    response = self._plaintext_hint(response)
+                key = (operation, getattr(response, "code", None), started)
+                tally[key] = tally.get(key, 0) + 1
+                frame = encode_frame(encode_response(response))
                 out.append(frame)
                 size += len(frame)
                 charged += held
+            self._observe(tally, time.perf_counter())
             account.charge(size)
             await stream.send_all(b"".join(out) if len(out) > 1 else out[0])
             account.release(charged + size)
             outbox.written(len(out))
-
-    def _encode(
-        self, operation: str, started: float, response: Response | BrokerError, plaintext: bool
-    ) -> bytes:
-        if plaintext and isinstance(response, BrokerError):
-            response = self._plaintext_hint(response)
-        self._observe(operation, response, time.perf_counter() - started)
-        return encode_frame(encode_response(response))
 
     # -- authentication -------------------------------------------------------------------------
 
