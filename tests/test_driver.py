@@ -271,3 +271,28 @@ async def test_a_low_disk_refuses_appends_of_a_group_at_their_index_and_proposes
     assert "out of disk space" in group.results[0].message
     assert [t for _, t in driver._ledger._queued] == [(group, 1)]
     assert driver._capacity.value == CAPACITY - 1
+
+
+async def test_a_group_answer_is_known_once_its_own_outcome_is_and_waits_for_the_group():
+    from trio_broker._core._commands import MessageAppended
+    from trio_broker._runtime._pending import GroupAnswer, PendingGroup
+
+    group = PendingGroup(2)
+    first, second = GroupAnswer(group, 0), GroupAnswer(group, 1)
+    assert first.now is None and first.known() is None
+    group.set(1, MessageAppended(7))
+    assert second.known() == _appended(7) and first.known() is None
+    with trio.move_on_after(0.05) as scope:
+        await second.response()  # known: no wait
+    assert not scope.cancelled_caught
+    with trio.move_on_after(0.05) as scope:
+        await first.response()  # not known: waits for the group
+    assert scope.cancelled_caught
+    group.set(0, MessageAppended(6))
+    assert await first.response() == _appended(6)
+
+
+def _appended(sequence_num: int) -> Any:
+    from trio_broker._protocol import _messages as m
+
+    return m.Appended(sequence_num, False)

@@ -85,6 +85,7 @@ from ._operations import (
     wrong_cluster,
 )
 from ._peers import read_peer_stream
+from ._pending import GroupAnswer
 from ._retention import RetentionEnforcer
 from ._security import Security, load_security
 from ._snapshot_fetch import serve_snapshot_chunk
@@ -339,7 +340,7 @@ class Broker:
                 answers[slot] = Answer(now=group)
         else:
             for index, slot in enumerate(slots):
-                answers[slot] = Answer(later=group.member(index))
+                answers[slot] = GroupAnswer(group, index)
         commands.clear()
         slots.clear()
 

@@ -38,7 +38,7 @@ from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
 from ._config import BrokerConfig
-from ._disk_space import DiskSpace
+from ._disk_space import DiskSpace, DiskState
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
@@ -240,8 +240,12 @@ class RaftDriver:
             capacity.release(count)
             return self.not_leader_error()
         group = PendingGroup(count)
-        add = self._ledger.add
         disk = self.disk
+        if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
+            self._ledger.add_many(commands, [(group, index) for index in range(count)])
+            self.wake()
+            return group
+        add = self._ledger.add
         refused = 0
         for index, command in enumerate(commands):
             refusal = disk.refusal(command)

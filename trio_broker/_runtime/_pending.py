@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+from ._answer import Answer, response_for
+
 _UNSET: Any = object()
 
 
@@ -68,6 +70,31 @@ class GroupMember:
         if not self.done:
             await self.group.wait()
         return self.group.results[self.index]
+
+
+class GroupAnswer(Answer):
+    """The answer to one request of a :class:`PendingGroup`: an :class:`Answer` that reads
+    its outcome from the group's list (one object per request, no waitable of its own)."""
+
+    __slots__ = ("_group", "_index")
+
+    def __init__(self, group: PendingGroup, index: int) -> None:  # (no Answer.__init__)
+        self._now = None
+        self._later = None
+        self._group = group
+        self._index = index
+
+    def known(self) -> Any:
+        result = self._group.results[self._index]
+        return None if result is _UNSET else response_for(result)
+
+    async def response(self) -> Any:
+        group = self._group
+        result = group.results[self._index]
+        if result is _UNSET:
+            await group.wait()
+            result = group.results[self._index]
+        return response_for(result)
 
 
 class Capacity:
