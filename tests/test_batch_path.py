@@ -21,9 +21,10 @@ MAX_FRAME = 2048  # values above max_data_bytes (MAX_FRAME - 256) are refused, f
 
 
 def _receive_of(queue_id: str) -> list[dict[str, Any]]:
-    """One pipelined receive: plain APPENDs with refusals mid-run (too large, a producer
-    sequence without its producer), idempotent duplicates, and requests that do not take the
-    batch path (a named queue, headers, an unknown operation, READ, APPEND_BATCH)."""
+    """One pipelined receive: plain APPENDs and READs with refusals mid-run (too large, a
+    producer sequence without its producer, a bad max_messages), idempotent duplicates, and
+    requests that do not join a run (a named queue, headers, an unknown operation, a long
+    poll, APPEND_BATCH)."""
     append = {"operation": "APPEND", "queue_name": queue_id}
     return [
         {**append, "data": 0},
@@ -36,6 +37,11 @@ def _receive_of(queue_id: str) -> list[dict[str, Any]]:
         {"operation": "NOPE"},
         {**append, "data": 5},
         {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH", "max_messages": 0},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-2", "mode": "peek"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-2", "max_messages": 2},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-3", "wait_ms": 1},
         {**append, "data": 6},
         {"operation": "APPEND", "queue_name": "no-such-queue", "data": 7},
         {**append, "data": 8, "headers": {"k": "v"}},
@@ -68,9 +74,19 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
             return await handle_many(requests, session)
 
         server._handle_many = counted
+        propose_many = broker.driver.propose_many
+        proposed: list[list[str]] = []
+
+        async def recorded(commands: list[Any]) -> Any:
+            proposed.append([type(c).__name__ for c in commands])
+            return await propose_many(commands)
+
+        broker.driver.propose_many = recorded  # type: ignore[method-assign]
         batched_queue = await create_queue(broker.port)
         batched = await _answers(broker.port, _receive_of(batched_queue))
         assert max(runs) >= 5, runs  # the batch path was taken, refusals within a run
+        # READs joined the APPENDs' runs (the messages form as ReadRecords).
+        assert ["AppendMessage", "ReadNext", "ReadNext", "ReadRecords", "ReadRecords"] in proposed
 
         server._handle_many = None  # one request at a time, as before
         runs.clear()
@@ -80,8 +96,19 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
 
         assert batched == single
         codes = [a.get("code") for a in batched]
-        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 1
+        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 2
         assert codes.count("QUEUE_NOT_FOUND") == 1 and codes.count("UNKNOWN_OPERATION") == 1
+        assert codes.count(None) == len(batched) - 5
+        reads = [
+            a
+            for r, a in zip(_receive_of(batched_queue), batched, strict=True)
+            if r["operation"] == "READ"
+        ]
+        assert reads[:2] == [
+            {"status": "success", "sequence_num": 1, "data": 0},
+            {"status": "success", "sequence_num": 2, "data": 1},
+        ]
+        assert reads[5]["status"] == "success"  # the long poll found a message at once
         assert batched[4] == {"status": "success", "sequence_num": 3, "duplicate": True}
         # And the same messages, in the same order, went into each queue's log.
         peek = {"operation": "READ", "client_id": "C-PEEK", "max_messages": 20, "mode": "peek"}

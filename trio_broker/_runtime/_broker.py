@@ -289,48 +289,67 @@ class Broker:
     async def handle_many(self, requests: list[Request], session: Session | None) -> list[Answer]:
         """Decide the requests of one receive, in order, into their answers, exactly as
         :meth:`handle` would one at a time. The APPENDs of the original contract (a queue id,
-        no headers or epoch) are checked into commands here and proposed together
-        (:meth:`RaftDriver.propose_many`: one capacity charge, one result list); any other
-        request is decided by :meth:`handle`, after the APPENDs before it are proposed, so
-        that the log holds the commands in request order."""
+        no headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
+        checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
+        one capacity charge, one result list); any other request is decided by
+        :meth:`handle`, after the commands before it are proposed, so that the log holds the
+        commands in request order."""
         answers: list[Answer | None] = []
         commands: list[Any] = []
         slots: list[int] = []
-        config = self.config
-        stamp: int | None = None
-        limit = min(self.driver.max_group, config.max_in_flight)
+        reads: list[int] = []
+        """Indexes in ``commands`` of READs (answered through ``read_answer``)."""
+        stamp = self.wall_clock_ms()  # (one stamp for the APPENDs of one receive)
+        limit = min(self.driver.max_group, self.config.max_in_flight)
         for request in requests:
-            if (
-                type(request) is Append
-                and request.headers is None
-                and request.producer_epoch is None
-                and request.queue_name.startswith("Q-")
-                and not self._closing
-            ):
-                if stamp is None:
-                    stamp = self.wall_clock_ms()
-                command = append_command(request, config, appended_ms=stamp)
-                if isinstance(command, BrokerError):
-                    answers.append(Answer(now=command))
-                    continue
-                if len(commands) >= limit:
-                    await self._propose_run(commands, slots, answers)
-                slots.append(len(answers))
-                commands.append(command)
-                answers.append(None)
+            joining = self._run_command(request, stamp)
+            if joining is None:
+                if commands:
+                    await self._propose_run(commands, slots, reads, answers)
+                answers.append(await self.handle(request, session))
                 continue
-            if commands:
-                await self._propose_run(commands, slots, answers)
-            answers.append(await self.handle(request, session))
+            command, is_read = joining
+            if isinstance(command, BrokerError):
+                answers.append(Answer(now=command))
+                continue
+            if len(commands) >= limit:
+                await self._propose_run(commands, slots, reads, answers)
+            if is_read:
+                reads.append(len(commands))
+            slots.append(len(answers))
+            commands.append(command)
+            answers.append(None)
         if commands:
-            await self._propose_run(commands, slots, answers)
+            await self._propose_run(commands, slots, reads, answers)
         return answers  # type: ignore[return-value]  (every slot is filled)
 
+    def _run_command(self, request: Request, stamp: int) -> tuple[Any, bool] | None:
+        """The command (or refusal) of a request that joins a run, and whether it is a READ;
+        None for a request :meth:`handle` decides alone (as :meth:`_append` and :meth:`_read`
+        would decide these: a queue id needs no lookup, no headers or epoch, no long poll)."""
+        if self._closing:
+            return None
+        if isinstance(request, Append):
+            if (
+                request.headers is None
+                and request.producer_epoch is None
+                and request.queue_name.startswith("Q-")
+            ):
+                return append_command(request, self.config, appended_ms=stamp), False
+            return None
+        if (
+            isinstance(request, Read)
+            and not request.wait_ms
+            and request.queue_name.startswith("Q-")
+        ):
+            return _read_command(request, self.config), True
+        return None
+
     async def _propose_run(
-        self, commands: list[Any], slots: list[int], answers: list[Answer | None]
+        self, commands: list[Any], slots: list[int], reads: list[int], answers: list[Answer | None]
     ) -> None:
-        """Propose ``commands`` together; their answers go to ``answers`` at ``slots``.
-        Empties both lists."""
+        """Propose ``commands`` together; their answers go to ``answers`` at ``slots`` (those
+        at ``reads`` as READs'). Empties the lists."""
         if not self.driver.node.is_leader:
             group: Any = self.driver.not_leader_error()
         else:
@@ -341,8 +360,11 @@ class Broker:
         else:
             for index, slot in enumerate(slots):
                 answers[slot] = GroupAnswer(group, index)
+            for index in reads:
+                answers[slots[index]] = Answer(later=Mapped(group.member(index), read_answer))
         commands.clear()
         slots.clear()
+        reads.clear()
 
     def _request_handlers(self) -> dict[type, _Handler]:
         """The table: one handler per request type (those of the connection itself, AUTH and
@@ -426,17 +448,9 @@ class Broker:
         request = await self.work.resolved(request)
         if isinstance(request, BrokerError):
             return Answer(now=request)
-        command = read_command(request, self.config)
+        command = _read_command(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
-        if isinstance(command, ReadBatchCommand):  # the messages form: with their headers
-            command = work.ReadRecords(
-                command.client_id,
-                command.queue_id,
-                command.max_messages,
-                command.peek,
-                command.max_bytes,
-            )
         pending = await self._propose(command)
         if isinstance(pending, BrokerError):
             return Answer(now=pending)
@@ -574,6 +588,20 @@ _WORK_HANDLED = (
     m.GroupDelete,
 )
 """Requests the work room decides on the leader (docs/protocol.md, "Work queues")."""
+
+
+def _read_command(request: Read, config: BrokerConfig) -> Any:
+    """A READ's command (the messages form reads with headers), or its refusal."""
+    command = read_command(request, config)
+    if isinstance(command, ReadBatchCommand):  # the messages form: with their headers
+        return work.ReadRecords(
+            command.client_id,
+            command.queue_id,
+            command.max_messages,
+            command.peek,
+            command.max_bytes,
+        )
+    return command
 
 
 def _is_empty(result: Any) -> bool:
