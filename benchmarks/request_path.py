@@ -64,14 +64,17 @@ class _Commit:
         self._wake.set()
         return Answer(later=pending)
 
-    async def handle_many(self, requests: list[Any], _session: Any) -> list[Answer]:
+    async def handle_many(
+        self, requests: list[Any], _session: Any, answered: Callable[[Answer], None]
+    ) -> None:
         """As the broker's ``handle_many``: each command built once, one group for the run."""
         stamp = 1  # (the broker reads its wall clock once per run)
         commands = [append_command(r, self.config, appended_ms=stamp) for r in requests]
         group = PendingGroup(len(commands))
         self.waiting.extend((group, i) for i in range(len(commands)))
         self._wake.set()
-        return [GroupAnswer(group, i) for i in range(len(commands))]
+        for i in range(len(commands)):
+            answered(GroupAnswer(group, i))
 
     async def run(self) -> None:
         while True:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import trio
 
+from trio_broker._protocol import decode_request
+from trio_broker._protocol._messages import Appended
 from trio_broker._runtime import BrokerConfig, open_broker
 
 from .wire import RawConnection, create_queue
@@ -69,9 +72,9 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
         assert handle_many is not None
         runs: list[int] = []
 
-        async def counted(requests: list[Any], session: Any) -> Any:
+        async def counted(requests: list[Any], session: Any, answered: Any) -> Any:
             runs.append(len(requests))
-            return await handle_many(requests, session)
+            return await handle_many(requests, session, answered)
 
         server._handle_many = counted
         propose_many = broker.driver.propose_many
@@ -147,3 +150,27 @@ async def test_a_batch_refused_as_a_whole_reaches_every_request(tmp_path):
                 driver.node = real
         assert answers[0] == answers[1]
         assert [a["code"] for a in answers[0]] == ["NOT_LEADER"] * len(requests)
+
+
+async def test_a_run_cancelled_midway_has_given_the_answers_of_what_it_proposed(tmp_path):
+    """Shutdown cancels a connection's reader, perhaps inside a run: the requests proposed
+    before that point are in the log, so their answers must already be with the writer."""
+    config = BrokerConfig(data_dir=tmp_path / "b", port=0)
+    async with open_broker(config) as broker:
+        queue_id = await create_queue(broker.port)
+        requests = [
+            decode_request(orjson.dumps({"operation": "APPEND", "queue_name": q, "data": i}))
+            for i, q in enumerate([queue_id, queue_id, "a-name", queue_id])
+        ]
+
+        async def stalled(_request: Any, _session: Any) -> Any:
+            scope.cancel()  # (the named queue's request: decided alone, and cancelled there)
+            await trio.sleep_forever()
+
+        broker.handle = stalled  # type: ignore[method-assign]
+        given: list[Any] = []
+        with trio.CancelScope() as scope:
+            await broker.handle_many(requests, None, given.append)
+        assert len(given) == 2
+        with trio.fail_after(DEADLINE):
+            assert [await a.response() for a in given] == [Appended(1, False), Appended(2, False)]

@@ -286,42 +286,56 @@ class Broker:
             return Answer(now=BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down"))
         return await self._handlers[type(request)](request, session)
 
-    async def handle_many(self, requests: list[Request], session: Session | None) -> list[Answer]:
-        """Decide the requests of one receive, in order, into their answers, exactly as
-        :meth:`handle` would one at a time. The APPENDs of the original contract (a queue id,
-        no headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
+    async def handle_many(
+        self, requests: list[Request], session: Session | None, answered: Callable[[Answer], None]
+    ) -> None:
+        """Decide the requests of one receive, in order, exactly as :meth:`handle` would one
+        at a time, and give each answer to ``answered`` in request order, as soon as it and
+        those before it are known. The APPENDs of the original contract (a queue id, no
+        headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
         checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
         one capacity charge, one result list); any other request is decided by
         :meth:`handle`, after the commands before it are proposed, so that the log holds the
         commands in request order."""
         answers: list[Answer | None] = []
+        given = 0
+        """Answers given to ``answered`` (a prefix of ``answers``)."""
         commands: list[Any] = []
         slots: list[int] = []
         reads: list[int] = []
         """Indexes in ``commands`` of READs (answered through ``read_answer``)."""
+
+        async def propose() -> None:
+            """Propose the run so far; then every answer up to here is known: give them."""
+            nonlocal given
+            if commands:
+                await self._propose_run(commands, slots, reads, answers)
+            for answer in answers[given:]:
+                assert answer is not None
+                answered(answer)
+            given = len(answers)
+
         stamp = self.wall_clock_ms()  # (one stamp for the APPENDs of one receive)
         limit = min(self.driver.max_group, self.config.max_in_flight)
         for request in requests:
             joining = self._run_command(request, stamp)
             if joining is None:
-                if commands:
-                    await self._propose_run(commands, slots, reads, answers)
+                await propose()
                 answers.append(await self.handle(request, session))
+                await propose()
                 continue
             command, is_read = joining
             if isinstance(command, BrokerError):
                 answers.append(Answer(now=command))
                 continue
             if len(commands) >= limit:
-                await self._propose_run(commands, slots, reads, answers)
+                await propose()
             if is_read:
                 reads.append(len(commands))
             slots.append(len(answers))
             commands.append(command)
             answers.append(None)
-        if commands:
-            await self._propose_run(commands, slots, reads, answers)
-        return answers  # type: ignore[return-value]  (every slot is filled)
+        await propose()
 
     def _run_command(self, request: Request, stamp: int) -> tuple[Any, bool] | None:
         """The command (or refusal) of a request that joins a run, and whether it is a READ;

@@ -90,9 +90,10 @@ class Session:
 
 Handle = Callable[[Request, Session], Awaitable[Answer]]
 """Decide one request (authorized already) into its answer."""
-HandleMany = Callable[[list[Request], Session], Awaitable[list[Answer]]]
-"""Decide several requests (authorized already) into their answers, in order, each as
-``Handle`` would decide it alone."""
+HandleMany = Callable[[list[Request], Session, Callable[[Answer], None]], Awaitable[None]]
+"""Decide several requests (authorized already), each as ``Handle`` would decide it alone,
+and give their answers to the callable, in request order, each as soon as it and those before
+it are decided (so that a cancellation loses no answer to a request already proposed)."""
 AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
 """Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
@@ -276,9 +277,14 @@ class ConnectionServer:
                 for request, (operation, began, held) in zip(run, run_info, strict=True):
                     outbox.put(operation, began, await handle(request, session), held)
             else:
-                answers = await handle_many(run, session)
-                for answer, (operation, began, held) in zip(answers, run_info, strict=True):
+                infos = iter(run_info)
+
+                def answered(answer: Answer) -> None:
+                    operation, began, held = next(infos)
                     outbox.put(operation, began, answer, held)
+
+                await handle_many(run, session, answered)
+                assert next(infos, None) is None, "a request of the run was not answered"
             run.clear()
             run_info.clear()
 
