@@ -228,9 +228,7 @@ class RaftDriver:
                 ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
             )
         capacity = self._capacity
-        if count <= capacity.value and not capacity._lot:
-            capacity.value -= count
-        else:
+        if not capacity.take(count):
             await capacity.acquire(count)
         node = self.node
         if node.is_leader and node.transfer_target is not None:

@@ -101,8 +101,8 @@ class Capacity:
     """The driver's bound on proposals not yet settled: ``total`` units, taken one per
     proposal, several at once for a group (one charge), given back one per settled proposal.
 
-    Takes what is free without yielding (as :func:`acquire` does for a semaphore); waits only
-    when short."""
+    Takes what is free without yielding (as :func:`._driver.acquire` does for a semaphore);
+    waits only when short."""
 
     __slots__ = ("_lot", "total", "value")
 
@@ -112,9 +112,15 @@ class Capacity:
         self._lot = trio.lowlevel.ParkingLot()
 
     def acquire_nowait(self, count: int = 1) -> None:
-        if count > self.value or self._lot:
+        if not self.take(count):
             raise trio.WouldBlock
+
+    def take(self, count: int) -> bool:
+        """Take ``count`` units if they are free and nobody waits; False otherwise."""
+        if count > self.value or self._lot:
+            return False
         self.value -= count
+        return True
 
     async def acquire(self, count: int = 1) -> None:
         """Take ``count`` units (at most ``total``), waiting while fewer are free."""
