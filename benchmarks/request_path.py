@@ -65,7 +65,7 @@ class _Commit:
         return Answer(later=pending)
 
     async def handle_many(
-        self, requests: list[Any], _session: Any, answered: Callable[[Answer], None]
+        self, requests: list[Any], _session: Any, answered: Callable[[list[Answer]], None]
     ) -> None:
         """As the broker's ``handle_many``: each command built once, one group for the run."""
         stamp = 1  # (the broker reads its wall clock once per run)
@@ -73,8 +73,7 @@ class _Commit:
         group = PendingGroup(len(commands))
         self.waiting.extend((group, i) for i in range(len(commands)))
         self._wake.set()
-        for i in range(len(commands)):
-            answered(GroupAnswer(group, i))
+        answered([GroupAnswer(group, i) for i in range(len(commands))])
 
     async def run(self) -> None:
         while True:

@@ -170,7 +170,7 @@ async def test_a_run_cancelled_midway_has_given_the_answers_of_what_it_proposed(
         broker.handle = stalled  # type: ignore[method-assign]
         given: list[Any] = []
         with trio.CancelScope() as scope:
-            await broker.handle_many(requests, None, given.append)
+            await broker.handle_many(requests, None, given.extend)
         assert len(given) == 2
         with trio.fail_after(DEADLINE):
             assert [await a.response() for a in given] == [Appended(1, False), Appended(2, False)]

@@ -287,11 +287,14 @@ class Broker:
         return await self._handlers[type(request)](request, session)
 
     async def handle_many(
-        self, requests: list[Request], session: Session | None, answered: Callable[[Answer], None]
+        self,
+        requests: list[Request],
+        session: Session | None,
+        answered: Callable[[list[Answer]], None],
     ) -> None:
         """Decide the requests of one receive, in order, exactly as :meth:`handle` would one
-        at a time, and give each answer to ``answered`` in request order, as soon as it and
-        those before it are known. The APPENDs of the original contract (a queue id, no
+        at a time, and give the answers to ``answered`` in request order, each as soon as it
+        and those before it are known. The APPENDs of the original contract (a queue id, no
         headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
         checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
         one capacity charge, one result list); any other request is decided by
@@ -310,10 +313,9 @@ class Broker:
             nonlocal given
             if commands:
                 await self._propose_run(commands, slots, reads, answers)
-            for answer in answers[given:]:
-                assert answer is not None
-                answered(answer)
-            given = len(answers)
+            if given < len(answers):
+                answered(answers[given:])  # type: ignore[arg-type]  (all known now)
+                given = len(answers)
 
         stamp = self.wall_clock_ms()  # (one stamp for the APPENDs of one receive)
         limit = min(self.driver.max_group, self.config.max_in_flight)

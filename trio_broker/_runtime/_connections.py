@@ -90,10 +90,11 @@ class Session:
 
 Handle = Callable[[Request, Session], Awaitable[Answer]]
 """Decide one request (authorized already) into its answer."""
-HandleMany = Callable[[list[Request], Session, Callable[[Answer], None]], Awaitable[None]]
+HandleMany = Callable[[list[Request], Session, Callable[[list[Answer]], None]], Awaitable[None]]
 """Decide several requests (authorized already), each as ``Handle`` would decide it alone,
-and give their answers to the callable, in request order, each as soon as it and those before
-it are decided (so that a cancellation loses no answer to a request already proposed)."""
+and give their answers to the callable in request order (the next ones at each call), each as
+soon as it and those before it are decided: a cancellation loses no answer to a request
+already proposed."""
 AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
 """Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
@@ -277,14 +278,15 @@ class ConnectionServer:
                 for request, (operation, began, held) in zip(run, run_info, strict=True):
                     outbox.put(operation, began, await handle(request, session), held)
             else:
-                infos = iter(run_info)
+                given = 0
 
-                def answered(answer: Answer) -> None:
-                    operation, began, held = next(infos)
-                    outbox.put(operation, began, answer, held)
+                def answered(answers: list[Answer]) -> None:
+                    nonlocal given
+                    start, given = given, given + len(answers)
+                    outbox.put_many(run_info[start:given], answers)
 
                 await handle_many(run, session, answered)
-                assert next(infos, None) is None, "a request of the run was not answered"
+                assert given == len(run), "a request of the run was not answered"
             run.clear()
             run_info.clear()
 
