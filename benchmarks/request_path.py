@@ -9,7 +9,7 @@ from their length prefixes, never decoded), and a stand-in for the driver: each 
 checked into its command (``_operations.append_command``, as the broker does) and answered
 with a pending result that a "commit" task resolves for every request waiting, once per loop
 turn (group commit, as the driver does); the requests of one receive are decided in one call
-(as ``Broker.handle_many`` and the driver's ``propose_many`` do) unless ``--one-by-one``.
+(as ``Runs.handle_many`` and the driver's ``propose_many`` do) unless ``--one-by-one``.
 No storage, no replication, no metrics (``--metrics``: a real ``BrokerMetrics`` counts the
 answers): what is left is the connection's own work (framing, decoding, the outbox, encoding,
 the socket calls) plus the client's, which is the same on both sides of an A/B comparison.

@@ -1,4 +1,4 @@
-"""The requests of one receive decided together (``Broker.handle_many`` and the driver's
+"""The requests of one receive decided together (``Runs.handle_many`` and the driver's
 ``propose_many``) are answered exactly as the one-by-one path answers them: the same
 responses and errors, in the same order, and the same log (docs/performance.md).
 
@@ -167,10 +167,10 @@ async def test_a_run_cancelled_midway_has_given_the_answers_of_what_it_proposed(
             scope.cancel()  # (the named queue's request: decided alone, and cancelled there)
             await trio.sleep_forever()
 
-        broker.handle = stalled  # type: ignore[method-assign]
+        broker.runs.handle = stalled
         given: list[Any] = []
         with trio.CancelScope() as scope:
-            await broker.handle_many(requests, None, given.extend)
+            await broker.runs.handle_many(requests, None, given.extend)
         assert len(given) == 2
         with trio.fail_after(DEADLINE):
             assert [await a.response() for a in given] == [Appended(1, False), Appended(2, False)]

@@ -33,7 +33,6 @@ import trio
 from .. import _core
 from .._core import _work_commands as work
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import ReadBatch as ReadBatchCommand
 from .._core._commands import RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
@@ -79,14 +78,13 @@ from ._operations import (
     is_empty_read,
     position_command,
     queue_list,
-    read_command,
     retention_command,
     retention_policy,
     wrong_cluster,
 )
 from ._peers import read_peer_stream
-from ._pending import GroupAnswer
 from ._retention import RetentionEnforcer
+from ._runs import Runs, read_command_of
 from ._security import Security, load_security
 from ._snapshot_fetch import serve_snapshot_chunk
 from ._statistics import BrokerStatistics, statistics_of
@@ -158,13 +156,21 @@ class Broker:
         self.driver.on_transaction = self.metrics.transactions
         self.driver.secret = self.security.secret
         self.metrics_port: int | None = None
+        self.runs = Runs(
+            config,
+            self.driver,
+            handle=self.handle,
+            closing=lambda: self.connections.closing,
+            wall_clock_ms=self.wall_clock_ms,
+        )
+        """Decides the requests of one receive together (:mod:`._runs`)."""
         self.connections = ConnectionServer(
             config,
             self.security,
             broker_id=self.broker_id,
             cluster_id=self.cluster_id,
             handle=self.handle,
-            handle_many=self.handle_many,
+            handle_many=self.runs.handle_many,
             accept_peer=self._accept_peer,
             serve_peer=self._serve_peer,
             observe=self.metrics.observe_batch,
@@ -286,102 +292,6 @@ class Broker:
             return Answer(now=BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down"))
         return await self._handlers[type(request)](request, session)
 
-    async def handle_many(
-        self,
-        requests: list[Request],
-        session: Session | None,
-        answered: Callable[[list[Answer]], None],
-    ) -> None:
-        """Decide the requests of one receive, in order, exactly as :meth:`handle` would one
-        at a time, and give the answers to ``answered`` in request order, each as soon as it
-        and those before it are known. The APPENDs of the original contract (a queue id, no
-        headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
-        checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
-        one capacity charge, one result list); any other request is decided by
-        :meth:`handle`, after the commands before it are proposed, so that the log holds the
-        commands in request order."""
-        answers: list[Answer | None] = []
-        given = 0
-        """Answers given to ``answered`` (a prefix of ``answers``)."""
-        commands: list[Any] = []
-        slots: list[int] = []
-        reads: list[int] = []
-        """Indexes in ``commands`` of READs (answered through ``read_answer``)."""
-
-        async def propose() -> None:
-            """Propose the run so far; then every answer up to here is known: give them."""
-            nonlocal given
-            if commands:
-                await self._propose_run(commands, slots, reads, answers)
-            if given < len(answers):
-                answered(answers[given:])  # type: ignore[arg-type]  (all known now)
-                given = len(answers)
-
-        stamp = self.wall_clock_ms()  # (one stamp for the APPENDs of one receive)
-        limit = min(self.driver.max_group, self.config.max_in_flight)
-        for request in requests:
-            joining = self._run_command(request, stamp)
-            if joining is None:
-                await propose()
-                answers.append(await self.handle(request, session))
-                await propose()
-                continue
-            command, is_read = joining
-            if isinstance(command, BrokerError):
-                answers.append(Answer(now=command))
-                continue
-            if len(commands) >= limit:
-                await propose()
-            if is_read:
-                reads.append(len(commands))
-            slots.append(len(answers))
-            commands.append(command)
-            answers.append(None)
-        await propose()
-
-    def _run_command(self, request: Request, stamp: int) -> tuple[Any, bool] | None:
-        """The command (or refusal) of a request that joins a run, and whether it is a READ;
-        None for a request :meth:`handle` decides alone (as :meth:`_append` and :meth:`_read`
-        would decide these: a queue id needs no lookup, no headers or epoch, no long poll)."""
-        if self._closing:
-            return None
-        if isinstance(request, Append):
-            if (
-                request.headers is None
-                and request.producer_epoch is None
-                and request.queue_name.startswith("Q-")
-            ):
-                return append_command(request, self.config, appended_ms=stamp), False
-            return None
-        if (
-            isinstance(request, Read)
-            and not request.wait_ms
-            and request.queue_name.startswith("Q-")
-        ):
-            return _read_command(request, self.config), True
-        return None
-
-    async def _propose_run(
-        self, commands: list[Any], slots: list[int], reads: list[int], answers: list[Answer | None]
-    ) -> None:
-        """Propose ``commands`` together; their answers go to ``answers`` at ``slots`` (those
-        at ``reads`` as READs'). Empties the lists."""
-        if not self.driver.node.is_leader:
-            group: Any = self.driver.not_leader_error()
-        else:
-            group = await self.driver.propose_many(commands)
-        if isinstance(group, BrokerError):
-            for slot in slots:
-                answers[slot] = Answer(now=group)
-        else:
-            for index, slot in enumerate(slots):
-                answers[slot] = GroupAnswer(group, index)
-            for index in reads:
-                answers[slots[index]] = Answer(later=Mapped(group.member(index), read_answer))
-        commands.clear()
-        slots.clear()
-        reads.clear()
-
     def _request_handlers(self) -> dict[type, _Handler]:
         """The table: one handler per request type (those of the connection itself, AUTH and
         PEER_HELLO, are answered by :mod:`._connections`)."""
@@ -464,7 +374,7 @@ class Broker:
         request = await self.work.resolved(request)
         if isinstance(request, BrokerError):
             return Answer(now=request)
-        command = _read_command(request, self.config)
+        command = read_command_of(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
         pending = await self._propose(command)
@@ -604,20 +514,6 @@ _WORK_HANDLED = (
     m.GroupDelete,
 )
 """Requests the work room decides on the leader (docs/protocol.md, "Work queues")."""
-
-
-def _read_command(request: Read, config: BrokerConfig) -> Any:
-    """A READ's command (the messages form reads with headers), or its refusal."""
-    command = read_command(request, config)
-    if isinstance(command, ReadBatchCommand):  # the messages form: with their headers
-        return work.ReadRecords(
-            command.client_id,
-            command.queue_id,
-            command.max_messages,
-            command.peek,
-            command.max_bytes,
-        )
-    return command
 
 
 def _is_empty(result: Any) -> bool:
