@@ -1,16 +1,19 @@
 """A connection's request path on its own, on one core: CPU per pipelined APPEND.
 
     python -m benchmarks.request_path [--requests N] [--connections C] [--window W]
+        [--one-by-one] [--metrics]
 
 Runs the broker's :class:`~trio_broker._runtime._connections.ConnectionServer` over real
 socket pairs, in one trio loop with a minimal client (frames encoded once, answers counted
 from their length prefixes, never decoded), and a stand-in for the driver: each request is
 checked into its command (``_operations.append_command``, as the broker does) and answered
 with a pending result that a "commit" task resolves for every request waiting, once per loop
-turn (group commit, as the driver does). No storage, no replication, no metrics: what is left
-is the connection's own work (framing, decoding, the outbox, encoding, the socket calls) plus
-the client's, which is the same on both sides of an A/B comparison. Prints the process's CPU
-per request (best of ``--repeat`` runs) and the parts timed alone.
+turn (group commit, as the driver does); the requests of one receive are decided in one call
+(as ``Runs.handle_many`` and the driver's ``propose_many`` do) unless ``--one-by-one``.
+No storage, no replication, no metrics (``--metrics``: a real ``BrokerMetrics`` counts the
+answers): what is left is the connection's own work (framing, decoding, the outbox, encoding,
+the socket calls) plus the client's, which is the same on both sides of an A/B comparison.
+Prints the process's CPU per request (best of ``--repeat`` runs) and the parts timed alone.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
 from trio_broker._runtime._driver import Pending
+from trio_broker._runtime._metrics import BrokerMetrics
 from trio_broker._runtime._operations import append_command
+from trio_broker._runtime._pending import GroupAnswer, PendingGroup
 from trio_broker._runtime._security import Security
 
 QUEUE = "Q-AAAAABBBBB"
@@ -46,7 +51,8 @@ class _Commit:
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.waiting: list[Pending] = []
+        self.waiting: list[Any] = []
+        """Pending, or (PendingGroup, index) of handle_many."""
         self.sequence = 0
         self._wake = trio.Event()
 
@@ -58,6 +64,17 @@ class _Commit:
         self._wake.set()
         return Answer(later=pending)
 
+    async def handle_many(
+        self, requests: list[Any], _session: Any, answered: Callable[[list[Answer]], None]
+    ) -> None:
+        """As the broker's ``handle_many``: each command built once, one group for the run."""
+        stamp = 1  # (the broker reads its wall clock once per run)
+        commands = [append_command(r, self.config, appended_ms=stamp) for r in requests]
+        group = PendingGroup(len(commands))
+        self.waiting.extend((group, i) for i in range(len(commands)))
+        self._wake.set()
+        answered([GroupAnswer(group, i) for i in range(len(commands))])
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
@@ -66,7 +83,10 @@ class _Commit:
             waiting, self.waiting = self.waiting, []
             for pending in waiting:
                 self.sequence += 1
-                pending.set(cmd.MessageAppended(self.sequence))
+                if type(pending) is tuple:
+                    pending[0].set(pending[1], cmd.MessageAppended(self.sequence))
+                else:
+                    pending.set(cmd.MessageAppended(self.sequence))
 
 
 async def _client(stream: trio.SocketStream, requests: int, window: int) -> None:
@@ -89,7 +109,7 @@ async def _client(stream: trio.SocketStream, requests: int, window: int) -> None
             answered += 1
 
 
-async def _run(requests: int, connections: int, window: int) -> float:
+async def _run(requests: int, connections: int, window: int, batch: bool, metrics: bool) -> float:
     with tempfile.TemporaryDirectory() as base:
         config = BrokerConfig(data_dir=base, port=0)
         commit = _Commit(config)
@@ -99,9 +119,10 @@ async def _run(requests: int, connections: int, window: int) -> float:
             broker_id="B-AAAAA",
             cluster_id="G-AAAAA",
             handle=commit.handle,
+            handle_many=commit.handle_many if batch else None,
             accept_peer=lambda hello, peer: None,
             serve_peer=_no_peers,
-            observe=lambda operation, response, seconds: None,
+            observe=BrokerMetrics(None).observe_batch if metrics else lambda tally, now: None,
             plaintext_hint=lambda error: error,
         )
         async with trio.open_nursery() as nursery:
@@ -138,12 +159,26 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--one-by-one", action="store_true", help="decide each request alone (no handle_many)"
+    )
+    parser.add_argument("--metrics", action="store_true", help="count answers in real metrics")
     args = parser.parse_args()
     runs = [
-        trio.run(_run, args.requests, args.connections, args.window) for _ in range(args.repeat)
+        trio.run(
+            _run,
+            args.requests,
+            args.connections,
+            args.window,
+            not args.one_by_one,
+            args.metrics,
+        )
+        for _ in range(args.repeat)
     ]
+    mode = "one by one" if args.one_by_one else "a receive at once"
     print(
-        f"connection path, {args.connections} connections x {args.window} in flight: "
+        f"connection path ({mode}{', metrics' if args.metrics else ''}), "
+        f"{args.connections} connections x {args.window} in flight: "
         f"{min(runs):.1f} us of CPU per APPEND (best of {args.repeat}; all: "
         f"{', '.join(f'{r:.1f}' for r in runs)}), server and client together"
     )

@@ -128,9 +128,20 @@ async def test_no_more_than_max_in_flight_requests_wait_for_their_answers(tmp_pa
             most = max(most, dispatched[0] - stream.frames)
             return await handle(request, session)
 
+        handle_many = server._handle_many
+        assert handle_many is not None
+
+        async def counted_many(requests: list[Any], session: Any, answered: Any) -> Any:
+            nonlocal most
+            stream = network.streams[-1]
+            dispatched[0] += len(requests)  # decided together: all of them hold a slot
+            most = max(most, dispatched[0] - stream.frames)
+            return await handle_many(requests, session, answered)
+
         n = 300
         dispatched = [0]
         server._handle = counted
+        server._handle_many = counted_many
         conn = await RawConnection.open(broker.port)
         requests: list[dict[str, Any]] = []
         for i in range(n):

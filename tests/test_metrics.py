@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import trio
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from trio_broker._errors import BrokerError
 from trio_broker._runtime import BrokerConfig, open_broker
+from trio_broker._runtime._metrics import BrokerMetrics, observe_many
 from trio_broker.testing import open_local_cluster
 
-from .wire import call
+from .wire import RawConnection, call
 
 
 async def http_get(port: int, path: str) -> tuple[str, bytes]:
@@ -147,3 +150,78 @@ async def test_status_page_data_of_a_cluster(tmp_path):
             assert page["broker"]["role"] == "replica"
             assert page["broker"]["leader_id"] == leader.broker_id
             assert all(b["lag"] is None for b in page["brokers"])  # only the leader knows lags
+
+
+def _samples(metrics) -> list:
+    """The request series' samples, without their creation times."""
+    return [
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in (metrics.requests, metrics.rejected, metrics.latency)
+        for f in family.collect()
+        for s in f.samples
+        if not s.name.endswith("_created")
+    ]
+
+
+def test_a_write_counted_at_once_reads_as_each_answer_counted_alone():
+    """observe_batch updates each series once per (operation, code, receive began), and the
+    series then read exactly as if each answer had been observed on its own."""
+    now = 100.0
+    answers = [  # (operation, error code or None, when its receive began)
+        *[("APPEND", None, 99.9995)] * 7,  # about 0.5 ms: near a bucket's bound
+        *[("APPEND", None, 99.98)] * 3,
+        ("APPEND", "TOO_LARGE", 99.98),
+        *[("READ", "QUEUE_NOT_FOUND", 90.0)] * 2,  # 10 s: above every bound
+        ("INVALID", "UNKNOWN_OPERATION", 99.99),
+    ]
+    alone = BrokerMetrics(broker=None)  # (the broker is read only when scraped)
+    for operation, code, started in answers:
+        response = BrokerError(code, "refused") if code else object()
+        alone.observe(operation, response, now - started)
+    together = BrokerMetrics(broker=None)
+    tally: dict = {}
+    for key in answers:
+        tally[key] = tally.get(key, 0) + 1
+    together.observe_batch(tally, now)
+    assert _samples(together) == _samples(alone)
+    counts = {(n, labels): v for n, labels, v in _samples(together)}
+    assert (
+        counts[("trio_broker_requests_total", (("operation", "APPEND"), ("status", "success")))]
+        == 10
+    )
+    assert counts[("trio_broker_request_seconds_count", (("operation", "READ"),))] == 2
+
+
+async def test_a_pipelined_receive_is_counted_request_by_request(tmp_path):
+    config = BrokerConfig(data_dir=tmp_path, port=0, metrics_port=0)
+    async with open_broker(config) as broker:
+        q = (await call(broker.port, {"operation": "CREATE_QUEUE"}))["queue_id"]
+        conn = await RawConnection.open(broker.port)
+        requests = [{"operation": "APPEND", "queue_name": q, "data": i} for i in range(40)]
+        requests[10:10] = [{"operation": "NOPE"}] * 3
+        with trio.fail_after(10):
+            await conn.send(*requests)
+            for _ in requests:
+                assert await conn.receive() is not None
+        await conn.aclose()
+        m = await scrape(broker.metrics_port)
+        key = ("trio_broker_requests_total", (("operation", "APPEND"), ("status", "success")))
+        assert m[key] == 40
+        assert m[("trio_broker_request_seconds_count", (("operation", "APPEND"),))] == 40
+        assert m[("trio_broker_rejected_requests_total", (("code", "UNKNOWN_OPERATION"),))] == 3
+
+
+def test_many_observations_at_once_fall_in_the_bucket_one_falls_in():
+    for amount in (0.0, 0.0005, 0.00050001, 0.004, 5.0, 7.5):  # bounds included
+        one, many = (
+            Histogram("h", "h", buckets=(0.0005, 0.001, 5), registry=CollectorRegistry())
+            for _ in range(2)
+        )
+        for _ in range(3):
+            one.observe(amount)
+        observe_many(many, amount, 3)
+        samples = [
+            [(s.name, s.labels, s.value) for s in h.collect()[0].samples if "created" not in s.name]
+            for h in (one, many)
+        ]
+        assert samples[0] == samples[1], amount

@@ -208,3 +208,14 @@ def test_take_queued_leaves_the_waiting_tokens():
     ledger.add(CreateQueue(Q), "q")
     assert ledger.take_queued() == ["q"]
     assert ledger.queued == 0 and ledger.waiting(2) == (1, ["w"]) and len(ledger) == 1
+
+
+def test_add_many_queues_each_command_with_its_token_in_order():
+    ledger: Proposals[str] = Proposals()
+    ledger.add("a", "1")
+    ledger.add_many(["b", "c"], ["2", "3"])
+    assert ledger.take_queued() == ["1", "2", "3"]
+    for commands, tokens in ((["b"], ["2", "3"]), ([CommandGroup(("x",))], ["1"])):
+        with pytest.raises(ValueError):
+            ledger.add_many(commands, tokens)
+    assert ledger.queued == 0

@@ -94,6 +94,14 @@ class Proposals(Generic[T]):
             raise ValueError("groups are made by the ledger; add commands")
         self._queued.append((command, token))
 
+    def add_many(self, commands: list[Any], tokens: list[T]) -> None:
+        """:meth:`add` for each command with its token, in order."""
+        if len(commands) != len(tokens):
+            raise ValueError(f"{len(commands)} commands for {len(tokens)} tokens")
+        if any(isinstance(command, CommandGroup) for command in commands):
+            raise ValueError("groups are made by the ledger; add commands")
+        self._queued.extend(zip(commands, tokens, strict=True))
+
     def groups(self) -> Iterator[list[tuple[Any, T]]]:
         """Take the queued requests, cut into groups by the bounds, in arrival order."""
         queued, self._queued = self._queued, []

@@ -33,7 +33,6 @@ import trio
 from .. import _core
 from .._core import _work_commands as work
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import ReadBatch as ReadBatchCommand
 from .._core._commands import RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
@@ -79,13 +78,13 @@ from ._operations import (
     is_empty_read,
     position_command,
     queue_list,
-    read_command,
     retention_command,
     retention_policy,
     wrong_cluster,
 )
 from ._peers import read_peer_stream
 from ._retention import RetentionEnforcer
+from ._runs import Runs, read_command_of
 from ._security import Security, load_security
 from ._snapshot_fetch import serve_snapshot_chunk
 from ._statistics import BrokerStatistics, statistics_of
@@ -157,15 +156,24 @@ class Broker:
         self.driver.on_transaction = self.metrics.transactions
         self.driver.secret = self.security.secret
         self.metrics_port: int | None = None
+        self.runs = Runs(
+            config,
+            self.driver,
+            handle=self.handle,
+            closing=lambda: self.connections.closing,
+            wall_clock_ms=self.wall_clock_ms,
+        )
+        """Decides the requests of one receive together (:mod:`._runs`)."""
         self.connections = ConnectionServer(
             config,
             self.security,
             broker_id=self.broker_id,
             cluster_id=self.cluster_id,
             handle=self.handle,
+            handle_many=self.runs.handle_many,
             accept_peer=self._accept_peer,
             serve_peer=self._serve_peer,
-            observe=self.metrics.observe,
+            observe=self.metrics.observe_batch,
             plaintext_hint=self._plaintext_hint,
         )
         self._handlers = self._request_handlers()
@@ -356,28 +364,19 @@ class Broker:
             return await self.work.commit(
                 attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
             )
-        command = append_command(request, self.config)
-        if isinstance(command, BrokerError):
-            return Answer(now=command)
         # The leader's clock, in the replicated command: every replica then ages the
         # message alike (docs/protocol.md, "Retention").
-        return await self._commit(attrs.evolve(command, appended_ms=self.wall_clock_ms()))
+        return await self._commit(
+            append_command(request, self.config, appended_ms=self.wall_clock_ms())
+        )
 
     async def _read(self, request: Read, _session: Session | None) -> Answer:
         request = await self.work.resolved(request)
         if isinstance(request, BrokerError):
             return Answer(now=request)
-        command = read_command(request, self.config)
+        command = read_command_of(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
-        if isinstance(command, ReadBatchCommand):  # the messages form: with their headers
-            command = work.ReadRecords(
-                command.client_id,
-                command.queue_id,
-                command.max_messages,
-                command.peek,
-                command.max_bytes,
-            )
         pending = await self._propose(command)
         if isinstance(pending, BrokerError):
             return Answer(now=pending)

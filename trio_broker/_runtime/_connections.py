@@ -90,13 +90,19 @@ class Session:
 
 Handle = Callable[[Request, Session], Awaitable[Answer]]
 """Decide one request (authorized already) into its answer."""
+HandleMany = Callable[[list[Request], Session, Callable[[list[Answer]], None]], Awaitable[None]]
+"""Decide several requests (authorized already), each as ``Handle`` would decide it alone,
+and give their answers to the callable in request order (the next ones at each call), each as
+soon as it and those before it are decided: a cancellation loses no answer to a request
+already proposed."""
 AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
 """Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
-Observe = Callable[[str, Response | BrokerError, float], None]
-"""Told each answer as it is encoded to leave: the operation, the response, the seconds it took."""
+ObserveBatch = Callable[[dict[tuple[str, Any, float], int], float], None]
+"""Told the answers of each write: how many per (operation, error code or None, when their
+receive began), and when they were encoded to leave."""
 
 
 class ConnectionServer:
@@ -110,9 +116,10 @@ class ConnectionServer:
         broker_id: str,
         cluster_id: str,
         handle: Handle,
+        handle_many: HandleMany | None = None,
         accept_peer: AcceptPeer,
         serve_peer: ServePeer,
-        observe: Observe,
+        observe: ObserveBatch,
         plaintext_hint: Callable[[BrokerError], BrokerError],
     ) -> None:
         self.config = config
@@ -120,6 +127,7 @@ class ConnectionServer:
         self.broker_id = broker_id
         self.cluster_id = cluster_id
         self._handle = handle
+        self._handle_many = handle_many
         self._accept_peer = accept_peer
         self._serve_peer = serve_peer
         self._observe = observe
@@ -254,7 +262,34 @@ class ConnectionServer:
         max_in_flight = self.config.max_in_flight
         account = outbox.account
         handle = self._handle
+        handle_many = self._handle_many
         authorize = self._authorize
+        run: list[Request] = []
+        """Requests of this receive let through to ``handle``, not yet decided: decided
+        together (``handle_many``) before anything else is queued, and before any wait."""
+        run_info: list[tuple[str, float, int]] = []
+
+        async def decide_run() -> None:
+            if outbox.answers:
+                # Deciding may wait (for capacity, storage, another broker): the answers
+                # before these must not wait with them.
+                outbox.kick()
+            if len(run) == 1 or handle_many is None:
+                for request, (operation, began, held) in zip(run, run_info, strict=True):
+                    outbox.put(operation, began, await handle(request, session), held)
+            else:
+                given = 0
+
+                def answered(answers: list[Answer]) -> None:
+                    nonlocal given
+                    start, given = given, given + len(answers)
+                    outbox.put_many(run_info[start:given], answers)
+
+                await handle_many(run, session, answered)
+                assert given == len(run), "a request of the run was not answered"
+            run.clear()
+            run_info.clear()
+
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
         auth_failures = 0
@@ -292,6 +327,8 @@ class ConnectionServer:
                 try:
                     payload = decoder.next_frame()
                 except FrameTooLarge as exc:
+                    if run:
+                        await decide_run()
                     # The stream cannot be resynchronised: answer, then close this connection.
                     log_event(
                         logging.WARNING,
@@ -304,14 +341,20 @@ class ConnectionServer:
                     outbox.put("INVALID", started, Answer(now=exc), 0)
                     return False
                 if payload is None:
+                    if run:
+                        await decide_run()
                     break
                 frame_began = None
-                if outbox.in_flight >= max_in_flight:
+                if outbox.in_flight + len(run) >= max_in_flight:
+                    if run:
+                        await decide_run()
                     await outbox.wait_for_slot(max_in_flight)
                 charged = len(payload)
                 if account.fits(charged):
                     account.charge(charged)
                 else:
+                    if run:
+                        await decide_run()
                     log_event(
                         logging.INFO,
                         "connection.paused_for_memory",
@@ -332,17 +375,18 @@ class ConnectionServer:
                         code=exc.code,
                         reason=exc.message,
                     )
+                    if run:
+                        await decide_run()
                     outbox.put("INVALID", started, Answer(now=exc), charged)
                     continue
                 operation = OPERATION_NAMES[type(request)]
                 early = authorize(request, session, peer)
                 if early is None and type(request) is not PeerHello:
-                    if outbox.answers:
-                        # Deciding may wait (for capacity, storage, another broker): the
-                        # answers before this one must not wait with it.
-                        outbox.kick()
-                    outbox.put(operation, started, await handle(request, session), charged)
+                    run.append(request)
+                    run_info.append((operation, started, charged))
                     continue
+                if run:
+                    await decide_run()
                 if isinstance(request, Auth) and isinstance(early, BrokerError):
                     auth_failures += 1
                     outbox.kick()
@@ -397,7 +441,6 @@ class ConnectionServer:
         reading stops (not only once the socket's buffers are full)."""
         answers = outbox.answers
         account = outbox.account
-        encode = self._encode
         while True:
             if not answers:
                 if outbox.closed:
@@ -406,6 +449,7 @@ class ConnectionServer:
                 continue
             out: list[bytes] = []
             size = charged = 0
+            tally: dict[tuple[str, Any, float], int] = {}
             while answers and len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
                 operation, started, answer, held = answers[0]
                 response = answer.known()
@@ -414,22 +458,19 @@ class ConnectionServer:
                         break  # write what is known; then wait for this one
                     response = await answer.response()
                 answers.popleft()
-                frame = encode(operation, started, response, plaintext)
+                if plaintext and isinstance(response, BrokerError):
+                    response = self._plaintext_hint(response)
+                key = (operation, getattr(response, "code", None), started)
+                tally[key] = tally.get(key, 0) + 1
+                frame = encode_frame(encode_response(response))
                 out.append(frame)
                 size += len(frame)
                 charged += held
+            self._observe(tally, time.perf_counter())
             account.charge(size)
             await stream.send_all(b"".join(out) if len(out) > 1 else out[0])
             account.release(charged + size)
             outbox.written(len(out))
-
-    def _encode(
-        self, operation: str, started: float, response: Response | BrokerError, plaintext: bool
-    ) -> bytes:
-        if plaintext and isinstance(response, BrokerError):
-            response = self._plaintext_hint(response)
-        self._observe(operation, response, time.perf_counter() - started)
-        return encode_frame(encode_response(response))
 
     # -- authentication -------------------------------------------------------------------------
 

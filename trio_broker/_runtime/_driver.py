@@ -41,11 +41,12 @@ from .._storage import StorageWorker, Store
 from .._storage._files import DB_FILE
 from .._storage._integrity import StorageDamaged
 from ._config import BrokerConfig
-from ._disk_space import DiskSpace
+from ._disk_space import DiskSpace, DiskState
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
 from ._peers import PeerFleet
+from ._pending import Capacity, PendingGroup
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -137,8 +138,11 @@ class RaftDriver:
         self._worker = worker
         self._on_applied = on_applied
         self._on_snapshot = on_snapshot
-        self._ledger: Proposals[Pending] = Proposals(max_bytes=config.max_frame)
-        self._capacity = trio.Semaphore(config.max_pending)
+        self._ledger: Proposals[Any] = Proposals(max_bytes=config.max_frame)
+        """Tokens: a :class:`Pending`, or ``(PendingGroup, index)`` of :meth:`propose_many`."""
+        self._capacity = Capacity(config.max_pending)
+        self.max_group = config.max_pending
+        """The most commands :meth:`propose_many` takes at once."""
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.snapshots = Snapshots(self, config, store, worker)
@@ -214,6 +218,47 @@ class RaftDriver:
         self._ledger.add(payload, pending)
         self.wake()
         return pending
+
+    async def propose_many(self, commands: list[Any]) -> PendingGroup | BrokerError:
+        """Propose a run of commands together (the requests of one receive, in their order),
+        as :meth:`propose` would one at a time: one capacity charge and one result list for
+        all, each outcome at its index. A refusal of them all (not the leader, a leadership
+        transfer) is returned instead; a command the disk refuses gets its refusal at its
+        index, and the others are proposed."""
+        count = len(commands)
+        if any(isinstance(c, CommandGroup) for c in commands):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
+            )
+        capacity = self._capacity
+        if not capacity.take(count):
+            await capacity.acquire(count)
+        node = self.node
+        if node.is_leader and node.transfer_target is not None:
+            capacity.release(count)
+            return self.transferring_error(node.transfer_target)
+        if not node.is_leader:
+            capacity.release(count)
+            return self.not_leader_error()
+        group = PendingGroup(count)
+        disk = self.disk
+        if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
+            self._ledger.add_many(commands, [(group, index) for index in range(count)])
+            self.wake()
+            return group
+        add = self._ledger.add
+        refused = 0
+        for index, command in enumerate(commands):
+            refusal = disk.refusal(command)
+            if refusal is not None:
+                group.set(index, refusal)
+                refused += 1
+                continue
+            add(command, (group, index))
+        if refused:
+            capacity.release(refused)
+        self.wake()
+        return group
 
     def _flush_proposals(self) -> None:
         """Turn the proposals waiting since the last Ready into log entries: as many groups as
@@ -540,7 +585,7 @@ class RaftDriver:
             set(store.retention_policies()),
         )
 
-    def _settle(self, pending: Pending, outcome: Any) -> None:
+    def _settle(self, pending: Any, outcome: Any) -> None:
         """Answer one proposal with the outcome the ledger gave it, and free its unit."""
         if isinstance(outcome, NotApplied):
             outcome = _not_applied(outcome.reason)
@@ -548,7 +593,10 @@ class RaftDriver:
             outcome = self.transferring_error(outcome.leader_id)
         elif isinstance(outcome, raft.NotLeader):
             outcome = self.not_leader_error()
-        pending.set(outcome)
+        if type(pending) is tuple:
+            pending[0].set(pending[1], outcome)
+        else:
+            pending.set(outcome)
         self._capacity.release()
 
     def _wait_for(self, index: int, term: int, pendings: list[Pending]) -> None:

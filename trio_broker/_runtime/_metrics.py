@@ -12,6 +12,7 @@ not answer with millions of lines.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -69,8 +70,7 @@ class BrokerMetrics:
         self.client_lags: list[tuple[str, str, int]] = []
         self.registry.register(_StateCollector(broker, self))
 
-    def observe(self, operation: str, response: Any, seconds: float) -> None:
-        code = getattr(response, "code", None)
+    def _series_of(self, operation: str, code: Any) -> tuple[Any, Any, Any]:
         key = (operation, code)
         series = self._series.get(key)
         if series is None:
@@ -81,11 +81,42 @@ class BrokerMetrics:
                 self.rejected.labels(str(code)) if code else None,
                 self.latency.labels(operation),
             )
-        requests, rejected, latency = series
+        return series
+
+    def observe(self, operation: str, response: Any, seconds: float) -> None:
+        """One request answered with ``response`` after ``seconds``."""
+        requests, rejected, latency = self._series_of(operation, getattr(response, "code", None))
         requests.inc()
         if rejected is not None:
             rejected.inc()
         latency.observe(seconds)
+
+    def observe_batch(self, tally: dict[tuple[str, Any, float], int], now: float) -> None:
+        """The answers of one write: how many per ``(operation, error code or None, when
+        their receive began)``, answered at ``now``. Each series is updated once per key
+        (the answers of one receive share their start), not once per request: each update
+        takes a lock of the client library."""
+        for (operation, code, started), count in tally.items():
+            requests, rejected, latency = self._series_of(operation, code)
+            requests.inc(count)
+            if rejected is not None:
+                rejected.inc(count)
+            observe_many(latency, now - started, count)
+
+
+def observe_many(histogram: Any, amount: float, count: int) -> None:
+    """``histogram.observe(amount)`` ``count`` times, with one update of its sum and of the
+    bucket ``amount`` falls in (the updates ``Histogram.observe`` makes, through the client
+    library's own value objects; tests/test_metrics.py checks the exposition is the same)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or count == 1:
+        for _ in range(count):
+            histogram.observe(amount)
+        return
+    total.inc(amount * count)
+    buckets[bisect.bisect_left(bounds, amount)].inc(count)  # the first bound >= amount
 
 
 class _StateCollector(Collector):

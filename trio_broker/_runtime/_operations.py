@@ -47,8 +47,10 @@ def _too_large(size: int, limit: int, what: str) -> BrokerError:
 
 
 def append_command(
-    request: m.Append | m.AppendBatch, config: BrokerConfig
+    request: m.Append | m.AppendBatch, config: BrokerConfig, *, appended_ms: int | None = None
 ) -> cmd.AppendMessage | cmd.AppendBatch | BrokerError:
+    """The command of an APPEND or APPEND_BATCH, stamped with ``appended_ms`` (the leader's
+    clock; built once, not evolved afterwards), or the refusal."""
     if request.producer_id is None and request.producer_seq is None:
         producer: tuple[str | None, int | None] | BrokerError = (None, None)  # the usual case
     else:
@@ -59,14 +61,14 @@ def append_command(
         data = dumps_value(request.data)
         if len(data) > config.max_data_bytes:
             return _too_large(len(data), config.max_data_bytes, "data")
-        return cmd.AppendMessage(request.queue_name, data, *producer)
+        return cmd.AppendMessage(request.queue_name, data, *producer, appended_ms)
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
     values = tuple(dumps_value(v) for v in request.values)
     total = sum(len(d) for d in values)
     if total > config.max_data_bytes:
         return _too_large(total, config.max_data_bytes, "the values' data")
-    return cmd.AppendBatch(request.queue_name, values, *producer)
+    return cmd.AppendBatch(request.queue_name, values, *producer, appended_ms)
 
 
 def read_command(request: m.Read, config: BrokerConfig) -> _core.Command | BrokerError:

@@ -41,6 +41,14 @@ class Outbox:
         self.answers.append((operation, started, answer, charged))
         self.in_flight += 1
 
+    def put_many(self, infos: list[tuple[str, float, int]], answers: list[Answer]) -> None:
+        """:meth:`put` for each answer, with its ``(operation, started, charged)``."""
+        self.answers.extend(
+            (operation, started, answer, charged)
+            for (operation, started, charged), answer in zip(infos, answers, strict=True)
+        )
+        self.in_flight += len(answers)
+
     def kick(self) -> None:
         """Wake the writer if it waits for answers and some are queued."""
         if self._more is not None and self.answers:

@@ -1,0 +1,139 @@
+"""What a run of proposals submitted together waits on, and the driver's capacity.
+
+:meth:`~._driver.RaftDriver.propose_many` takes the requests of one receive in one call
+(docs/performance.md, "Submit a receive's requests in one call"): one charge of
+:class:`Capacity` for all of them, and one :class:`PendingGroup` whose outcomes are filled in
+by index as the driver settles each; the connection's writer waits on the group once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ._answer import Answer, response_for
+
+_UNSET: Any = object()
+
+
+class PendingGroup:
+    """The outcomes of a run of proposals submitted together (:meth:`RaftDriver.propose_many`),
+    filled in by index; one event for the group, set once every outcome is known."""
+
+    __slots__ = ("_event", "_left", "results")
+
+    def __init__(self, count: int) -> None:
+        self.results: list[Any] = [_UNSET] * count
+        self._left = count
+        self._event = trio.Event()
+        if not count:
+            self._event.set()
+
+    def set(self, index: int, result: Any) -> None:
+        if self.results[index] is _UNSET:
+            self.results[index] = result
+            self._left -= 1
+            if not self._left:
+                self._event.set()
+
+    def done_at(self, index: int) -> bool:
+        return self.results[index] is not _UNSET
+
+    async def wait(self) -> None:
+        """Until every outcome of the group is known."""
+        await self._event.wait()
+
+    def member(self, index: int) -> GroupMember:
+        return GroupMember(self, index)
+
+
+class GroupMember:
+    """One proposal of a :class:`PendingGroup`, waitable as a :class:`Pending` is."""
+
+    __slots__ = ("group", "index")
+
+    def __init__(self, group: PendingGroup, index: int) -> None:
+        self.group = group
+        self.index = index
+
+    @property
+    def done(self) -> bool:
+        return self.group.results[self.index] is not _UNSET
+
+    @property
+    def result(self) -> Any:
+        result = self.group.results[self.index]
+        return None if result is _UNSET else result
+
+    async def wait(self) -> Any:
+        if not self.done:
+            await self.group.wait()
+        return self.group.results[self.index]
+
+
+class GroupAnswer(Answer):
+    """The answer to one request of a :class:`PendingGroup`: an :class:`Answer` that reads
+    its outcome from the group's list (one object per request, no waitable of its own)."""
+
+    __slots__ = ("_group", "_index")
+
+    def __init__(self, group: PendingGroup, index: int) -> None:  # (no Answer.__init__)
+        self._now = None
+        self._later = None
+        self._group = group
+        self._index = index
+
+    def known(self) -> Any:
+        result = self._group.results[self._index]
+        return None if result is _UNSET else response_for(result)
+
+    async def response(self) -> Any:
+        group = self._group
+        result = group.results[self._index]
+        if result is _UNSET:
+            await group.wait()
+            result = group.results[self._index]
+        return response_for(result)
+
+
+class Capacity:
+    """The driver's bound on proposals not yet settled: ``total`` units, taken one per
+    proposal, several at once for a group (one charge), given back one per settled proposal.
+
+    Takes what is free without yielding (as :func:`._driver.acquire` does for a semaphore);
+    waits only when short."""
+
+    __slots__ = ("_lot", "total", "value")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.value = total
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def acquire_nowait(self, count: int = 1) -> None:
+        if not self.take(count):
+            raise trio.WouldBlock
+
+    def take(self, count: int) -> bool:
+        """Take ``count`` units if they are free and nobody waits; False otherwise."""
+        if count > self.value or self._lot:
+            return False
+        self.value -= count
+        return True
+
+    async def acquire(self, count: int = 1) -> None:
+        """Take ``count`` units (at most ``total``), waiting while fewer are free."""
+        if count > self.total:
+            raise ValueError(f"{count} units asked of a capacity of {self.total}")
+        if count <= self.value and not self._lot:
+            self.value -= count
+            return
+        while count > self.value:
+            await self._lot.park()
+        self.value -= count
+
+    def release(self, count: int = 1) -> None:
+        self.value += count
+        if self._lot:
+            self._lot.unpark_all()  # (each takes what it needs, or waits again)

@@ -1,0 +1,156 @@
+"""The requests of one receive decided together (docs/performance.md, "A receive's requests
+in one call").
+
+The connection hands :meth:`Runs.handle_many` every request of one receive it lets through.
+The APPENDs of the original contract and the READs that do not wait are checked into their
+commands here and proposed in one call of the driver's ``propose_many``; any other request
+goes to the broker's ``handle``, as it would alone. Each answer is the one the one-by-one path
+gives (tests/test_batch_path.py compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._core import _work_commands as work
+from .._core._commands import ReadBatch as ReadBatchCommand
+from .._errors import BrokerError
+from .._protocol import Append, Read, Request
+from ._answer import Answer
+from ._config import BrokerConfig
+from ._connections import Session
+from ._driver import RaftDriver
+from ._operations import append_command, read_command
+from ._pending import GroupAnswer
+from ._work import Mapped, read_answer
+
+
+class Runs:
+    """Decides runs of requests for one broker: handed the broker's driver, its ``handle``
+    (for the requests that do not join a run), whether it is closing, and its clock."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        driver: RaftDriver,
+        *,
+        handle: Callable[[Request, Session | None], Awaitable[Answer]],
+        closing: Callable[[], bool],
+        wall_clock_ms: Callable[[], int],
+    ) -> None:
+        self._config = config
+        self._driver = driver
+        self.handle = handle
+        self._closing = closing
+        self._wall_clock_ms = wall_clock_ms
+
+    async def handle_many(
+        self,
+        requests: list[Request],
+        session: Session | None,
+        answered: Callable[[list[Answer]], None],
+    ) -> None:
+        """Decide the requests of one receive, in order, exactly as :attr:`handle` would one
+        at a time, and give the answers to ``answered`` in request order, each as soon as it
+        and those before it are known. The APPENDs of the original contract (a queue id, no
+        headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
+        checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
+        one capacity charge, one result list); any other request is decided by
+        :attr:`handle`, after the commands before it are proposed, so that the log holds the
+        commands in request order."""
+        answers: list[Answer | None] = []
+        given = 0
+        """Answers given to ``answered`` (a prefix of ``answers``)."""
+        commands: list[Any] = []
+        slots: list[int] = []
+        reads: list[int] = []
+        """Indexes in ``commands`` of READs (answered through ``read_answer``)."""
+
+        async def propose() -> None:
+            """Propose the run so far; then every answer up to here is known: give them."""
+            nonlocal given
+            if commands:
+                await self._propose_run(commands, slots, reads, answers)
+            if given < len(answers):
+                answered(answers[given:])  # type: ignore[arg-type]  (all known now)
+                given = len(answers)
+
+        stamp = self._wall_clock_ms()  # (one stamp for the APPENDs of one receive)
+        limit = min(self._driver.max_group, self._config.max_in_flight)
+        for request in requests:
+            joining = self._run_command(request, stamp)
+            if joining is None:
+                await propose()
+                answers.append(await self.handle(request, session))
+                await propose()
+                continue
+            command, is_read = joining
+            if isinstance(command, BrokerError):
+                answers.append(Answer(now=command))
+                continue
+            if len(commands) >= limit:
+                await propose()
+            if is_read:
+                reads.append(len(commands))
+            slots.append(len(answers))
+            commands.append(command)
+            answers.append(None)
+        await propose()
+
+    def _run_command(self, request: Request, stamp: int) -> tuple[Any, bool] | None:
+        """The command (or refusal) of a request that joins a run, and whether it is a READ;
+        None for a request :attr:`handle` decides alone (as the broker's ``_append`` and ``_read``
+        would decide these: a queue id needs no lookup, no headers or epoch, no long poll)."""
+        if self._closing():
+            return None
+        if isinstance(request, Append):
+            if (
+                request.headers is None
+                and request.producer_epoch is None
+                and request.queue_name.startswith("Q-")
+            ):
+                return append_command(request, self._config, appended_ms=stamp), False
+            return None
+        if (
+            isinstance(request, Read)
+            and not request.wait_ms
+            and request.queue_name.startswith("Q-")
+        ):
+            return read_command_of(request, self._config), True
+        return None
+
+    async def _propose_run(
+        self, commands: list[Any], slots: list[int], reads: list[int], answers: list[Answer | None]
+    ) -> None:
+        """Propose ``commands`` together; their answers go to ``answers`` at ``slots`` (those
+        at ``reads`` as READs'). Empties the lists."""
+        if not self._driver.node.is_leader:
+            group: Any = self._driver.not_leader_error()
+        else:
+            group = await self._driver.propose_many(commands)
+        if isinstance(group, BrokerError):
+            for slot in slots:
+                answers[slot] = Answer(now=group)
+        else:
+            for index, slot in enumerate(slots):
+                answers[slot] = GroupAnswer(group, index)
+            for index in reads:
+                answers[slots[index]] = Answer(later=Mapped(group.member(index), read_answer))
+        commands.clear()
+        slots.clear()
+        reads.clear()
+
+
+def read_command_of(request: Read, config: BrokerConfig) -> Any:
+    """A READ's command (the messages form reads with headers), or its refusal."""
+    command = read_command(request, config)
+    if isinstance(command, ReadBatchCommand):  # the messages form: with their headers
+        return work.ReadRecords(
+            command.client_id,
+            command.queue_id,
+            command.max_messages,
+            command.peek,
+            command.max_bytes,
+        )
+    return command
