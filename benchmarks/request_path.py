@@ -35,10 +35,9 @@ from trio_broker._protocol import Append, decode_request, encode_frame, encode_r
 from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
-from trio_broker._runtime._driver import Pending
 from trio_broker._runtime._metrics import BrokerMetrics
 from trio_broker._runtime._operations import append_command
-from trio_broker._runtime._pending import GroupAnswer, PendingGroup
+from trio_broker._runtime._pending import GroupAnswer, Pending, PendingGroup
 from trio_broker._runtime._security import Security
 
 QUEUE = "Q-AAAAABBBBB"

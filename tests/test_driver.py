@@ -25,7 +25,8 @@ from trio_broker._core._raft import RaftNode
 from trio_broker._core._raft_messages import Config, HardState, Heartbeat, SnapshotMeta
 from trio_broker._protocol._entries import encode_payload
 from trio_broker._runtime import BrokerConfig
-from trio_broker._runtime._driver import Pending, RaftDriver
+from trio_broker._runtime._driver import RaftDriver
+from trio_broker._runtime._pending import Pending
 from trio_broker.testing._sim_cluster import Cluster
 
 CAPACITY = 4

@@ -65,7 +65,7 @@ from ._answer import Answer
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
-from ._driver import Pending, RaftDriver, make_node
+from ._driver import RaftDriver
 from ._log import log_event
 from ._membership import JoinFailed
 from ._metrics import BrokerMetrics, serve_metrics
@@ -83,6 +83,8 @@ from ._operations import (
     wrong_cluster,
 )
 from ._peers import read_peer_stream
+from ._pending import Pending
+from ._recovery import make_node
 from ._retention import RetentionEnforcer
 from ._runs import Runs, read_command_of
 from ._security import Security, load_security

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -27,26 +24,23 @@ from .._core._commands import Command, CommandGroup
 from .._core._proposals import NotApplied, Proposals
 from .._core._raft_messages import (
     ChangeAction,
-    Config,
     ConfigChange,
     DataSync,
     Message,
     Replicate,
-    SnapshotMeta,
     TimeoutNow,
 )
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
-from .._storage._files import DB_FILE
-from .._storage._integrity import StorageDamaged
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, DiskState
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
 from ._peers import PeerFleet
-from ._pending import Capacity, PendingGroup
+from ._pending import Capacity, Pending, PendingGroup, acquire
+from ._recovery import make_node
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -55,42 +49,6 @@ SHORT_ENTRIES = 8
 SHORT_COMMANDS = 256
 """At most this many entries and commands in an apply-only transaction run on the event loop's
 thread (a few hundred µs at most); a larger one goes to the storage thread."""
-
-
-class Pending:
-    """A proposal's outcome, filled in once its entry is applied (or known not to be)."""
-
-    __slots__ = ("_event", "result")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self.result: Any = None
-
-    def set(self, result: Any) -> None:
-        if not self._event.is_set():
-            self.result = result
-            self._event.set()
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self) -> Any:
-        await self._event.wait()
-        return self.result
-
-
-async def acquire(semaphore: trio.Semaphore) -> None:
-    """``semaphore.acquire()``, without the two scheduler round trips when a unit is free.
-
-    The request path takes a unit of two semaphores per request; when none is short, yielding
-    there only costs time (the connection's reads and writes already yield), so this takes the
-    unit at once and only waits when it must.
-    """
-    try:
-        semaphore.acquire_nowait()
-    except trio.WouldBlock:
-        await semaphore.acquire()
 
 
 def _not_applied(reason: str) -> BrokerError:
@@ -659,47 +617,4 @@ class RaftDriver:
             self.wake()
 
 
-def make_node(
-    broker_id: str, state: Any, config: BrokerConfig, rng: random.Random | None = None
-) -> raft.RaftNode:
-    """The core, from the recovery read (``Store.raft_state``). A log in which the store found
-    damage (``state.damage``: the first damaged index and the last index it had) is given to
-    the core cut before the damage, and the core recovers until that last index: it had
-    acknowledged up to there, so it must not vote before a leader gave it all back."""
-    snapshot_config = state.snapshot_config or Config(voters=frozenset())
-    damage = getattr(state, "damage", None)
-    entries = state.entries
-    if damage is not None:
-        first_damaged, last_index = damage
-        entries = [e for e in entries if e.index < first_damaged]
-        log_event(
-            logging.WARNING,
-            "log.damaged",
-            broker_id=broker_id,
-            first_damaged=first_damaged,
-            last_index=last_index,
-        )
-    node = raft.RaftNode(
-        broker_id,
-        hard_state=state.hard_state,
-        snapshot=SnapshotMeta(state.snapshot_index, state.snapshot_term, snapshot_config),
-        entries=entries,
-        applied=state.applied,
-        rng=rng or random.Random(int.from_bytes(os.urandom(8))),
-        election_ticks=config.election_ticks,
-        heartbeat_ticks=config.heartbeat_ticks,
-        failure_timeout_ticks=config.election_ticks,
-        acknowledged=damage[1] if damage is not None else None,
-    )
-    if damage is not None and node.config.voters <= {broker_id}:
-        # No other voter holds a copy to repair the log from: recovering would wait for ever.
-        raise StorageDamaged(
-            str(Path(config.data_dir) / DB_FILE),
-            "raft_log",
-            f"index {damage[0]}",
-            "the entry does not match its checksum, and no other voter holds a copy of the log",
-        )
-    return node
-
-
-__all__ = ["Pending", "RaftDriver", "make_node"]
+__all__ = ["RaftDriver"]

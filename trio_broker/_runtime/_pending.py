@@ -1,4 +1,5 @@
-"""What a run of proposals submitted together waits on, and the driver's capacity.
+"""What a proposal waits on (:class:`Pending`, one request; :class:`PendingGroup`, a run of
+them submitted together) and the driver's capacity.
 
 :meth:`~._driver.RaftDriver.propose_many` takes the requests of one receive in one call
 (docs/performance.md, "Submit a receive's requests in one call"): one charge of
@@ -101,7 +102,7 @@ class Capacity:
     """The driver's bound on proposals not yet settled: ``total`` units, taken one per
     proposal, several at once for a group (one charge), given back one per settled proposal.
 
-    Takes what is free without yielding (as :func:`._driver.acquire` does for a semaphore);
+    Takes what is free without yielding (as :func:`acquire` does for a semaphore);
     waits only when short."""
 
     __slots__ = ("_lot", "total", "value")
@@ -137,3 +138,39 @@ class Capacity:
         self.value += count
         if self._lot:
             self._lot.unpark_all()  # (each takes what it needs, or waits again)
+
+
+class Pending:
+    """A proposal's outcome, filled in once its entry is applied (or known not to be)."""
+
+    __slots__ = ("_event", "result")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.result: Any = None
+
+    def set(self, result: Any) -> None:
+        if not self._event.is_set():
+            self.result = result
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        return self.result
+
+
+async def acquire(semaphore: trio.Semaphore) -> None:
+    """``semaphore.acquire()``, without the two scheduler round trips when a unit is free.
+
+    The request path takes a unit of two semaphores per request; when none is short, yielding
+    there only costs time (the connection's reads and writes already yield), so this takes the
+    unit at once and only waits when it must.
+    """
+    try:
+        semaphore.acquire_nowait()
+    except trio.WouldBlock:
+        await semaphore.acquire()

@@ -17,7 +17,7 @@ Protocol-aware recovery (docs/reliability.md, "Damaged and shortened logs"):
 ``first_damaged`` (the first index whose entry is damaged or missing: the log is intact below
 it) and ``last_index`` (the last index the log held, which is what this broker may have
 acknowledged to a leader). :meth:`Store.raft_state` then returns the log before
-``first_damaged`` with ``damage = (first_damaged, last_index)``; the driver's ``make_node``
+``first_damaged`` with ``damage = (first_damaged, last_index)``; ``_runtime._recovery.make_node``
 gives the core that log and ``acknowledged=last_index``, so it recovers (neither leads nor
 votes for a log behind what it lost) until its peers have given the entries back, and its
 first write truncates the damaged suffix.
@@ -452,7 +452,7 @@ class RaftState:
     damage: tuple[int, int] | None = None
     """``(first_damaged, last_index)`` when entries failed their checksum on this read:
     ``entries`` then end before ``first_damaged``, and the broker recovers until
-    ``last_index`` (``_runtime._driver.make_node``)."""
+    ``last_index`` (``_runtime._recovery.make_node``)."""
 
 
 def _config_to_json(config: Config) -> str:
