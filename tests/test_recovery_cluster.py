@@ -9,6 +9,7 @@ import logging
 
 import trio
 
+from trio_broker._runtime._metrics import _StateCollector
 from trio_broker._runtime._status import RequestRates, read_status
 from trio_broker.testing._mock_cluster import open_mock_cluster
 
@@ -22,6 +23,13 @@ async def fill(cluster, leader: str, count: int) -> str:
         assert answer["status"] == "success", answer
     await cluster.stabilize()
     return queue
+
+
+def recovering_gauge(broker) -> float:
+    """The ``trio_broker_recovering`` gauge, as the metrics endpoint would serve it."""
+    families = _StateCollector(broker, broker.metrics).collect()
+    (family,) = [f for f in families if f.name == "trio_broker_recovering"]
+    return family.samples[0].value
 
 
 def node(cluster, name: str):
@@ -41,10 +49,15 @@ async def test_a_replica_with_a_damaged_entry_recovers_from_the_leader(autojump_
         await cluster.restart(replica)
         assert f"first_damaged={last - 3} last_index={last}" in caplog.text
         assert "raft.recovering" in caplog.text
+        stats = cluster.brokers[replica].statistics()
+        assert recovering_gauge(cluster.brokers[replica]) == 1.0
+        assert stats.recovering_until == last
         with trio.fail_after(30):
             await cluster.wait_until(lambda: not node(cluster, replica).recovering)
         await cluster.stabilize()
         assert "raft.recovered" in caplog.text
+        assert cluster.brokers[replica].statistics().recovering_until is None
+        assert recovering_gauge(cluster.brokers[replica]) == 0.0
         assert node(cluster, replica).log.last_index >= last
         assert cluster.messages(replica, queue) == list(range(10))
         assert store.hard_state.recovering_until == 0

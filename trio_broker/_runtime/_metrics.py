@@ -153,6 +153,12 @@ class _StateCollector(Collector):
         yield gauge("connections", "Open client and peer connections", stats.connections)
         yield gauge("pending_proposals", "Proposals waiting to be applied", stats.pending_proposals)
         yield gauge(
+            "recovering",
+            "1 while this broker's log lacks entries it had acknowledged (damaged or lost by "
+            "its disk): it neither leads nor votes for a log behind them until repaired",
+            stats.recovering_until is not None,
+        )
+        yield gauge(
             "disk_full",
             "1 while the broker refuses writes for lack of disk space (reserve reached, or a "
             "write failed)",

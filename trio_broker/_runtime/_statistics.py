@@ -41,6 +41,10 @@ class BrokerStatistics:
     """Leader only: (member, log entries it does not have yet), by member id."""
     peers_dropped: tuple[tuple[str, int], ...] = ()
     """(peer, consensus messages dropped while it was unreachable or its outbox full)."""
+    recovering_until: int | None = None
+    """While this broker's log lacks entries it had acknowledged (damaged, or lost by its disk):
+    the index a leader must bring it back to; it neither leads nor vouches for a log behind it
+    meanwhile (docs/reliability.md, "Damaged and shortened logs"). None: not recovering."""
     disk_state: str = "ok"
     """``ok``; ``low``: free space below the reserve, writes that add data are refused;
     ``full``: a write failed for lack of space, every write is refused until it succeeds."""
@@ -88,6 +92,7 @@ def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
         members_inactive=statuses.count("inactive"),
         replication_lag=lag,
         peers_dropped=dropped,
+        recovering_until=node.recovering_until,
         disk_state=driver.disk.state.value,
         disk_free_bytes=driver.disk.free_bytes,
         disk_reserve_bytes=driver.disk.reserve_bytes,
