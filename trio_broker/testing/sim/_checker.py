@@ -21,6 +21,7 @@ from ..._core._commands import (
 from ..._core._queues import QueueState
 from ..._core._raft import RaftNode, Role
 from ..._core._raft_messages import Entry
+from ..._core._work_commands import DeleteQueue
 from ._clients import QUEUES, SimClient
 from ._group_checker import GroupChecker
 from ._params import SimulationFailure
@@ -105,10 +106,11 @@ class Checker:
         app = self.sim.apps[i]
         if isinstance(result, GroupApplied):
             # The state is checked after the whole entry: what a read or an enforcement in a
-            # group saw may have been deleted by a later enforcement in the same group.
+            # group saw may have been deleted by a later enforcement, or its queue by a later
+            # DeleteQueue, in the same group.
             commands = e.payload.commands
             for k, (command, one) in enumerate(zip(commands, result.results, strict=True)):
-                later = any(isinstance(c, ApplyRetention) for c in commands[k + 1 :])
+                later = any(isinstance(c, ApplyRetention | DeleteQueue) for c in commands[k + 1 :])
                 self._check_applied(i, app, e.index, command, one, final=not later)
         else:
             self._check_applied(i, app, e.index, e.payload, result)

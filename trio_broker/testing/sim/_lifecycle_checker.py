@@ -134,7 +134,9 @@ class LifecycleChecker:
         the queue)."""
         if c.force or any(getattr(d, "queue_id", None) == c.queue_id for d, _ in pairs[:k]):
             return
-        leased = before[2].get(c.queue_id, -1) > c.now_ms
+        # (No lease at all is never a lease: a skewed clock reads below zero early on.)
+        until = before[2].get(c.queue_id)
+        leased = until is not None and until > c.now_ms
         refused = isinstance(r, CommandRejected) and r.code == "QUEUE_IN_USE"
         if refused != leased and (refused or isinstance(r, QueueDeleted)):
             self.fail(f"{where}: {c} answered {r}, leases until {before[2].get(c.queue_id)}")
