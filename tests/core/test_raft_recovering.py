@@ -278,6 +278,47 @@ def test_a_recovering_broker_grants_only_candidates_beyond_what_it_lost():
     assert node.role is Role.FOLLOWER  # it never campaigns on its own log
 
 
+def test_a_restart_keeps_the_recorded_bound_on_the_lost_terms():
+    """A broker lost entries of term 1 (recorded: recovering until 9, their term at most 1),
+    then elections without a winner moved it to term 3, then it restarted. The restart finds
+    no new loss, so the bound stays 1: it grants a candidate whose log ends at (1, 9), the
+    one leader that can still be elected when no term-3 entry exists. (Raising the bound to
+    the restart's term 3 shut out every candidate: the cluster never elected a leader.)
+    A loss the restart itself finds is bounded by the current term only."""
+
+    def restarted(acknowledged: int | None = None) -> RaftNode:
+        return RaftNode(
+            2,
+            hard_state=HardState(
+                term=3, voted_for=None, commit=4, recovering_until=9, recovering_term=1
+            ),
+            snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+            entries=[Entry(1, i, None) for i in range(1, 5)],
+            rng=random.Random(1),
+            acknowledged=acknowledged,
+        )
+
+    node = restarted()
+    assert (node.recovering_term, node.recovering_until) == (1, 9)
+    assert node.hard_state.recovering_term == 1  # what the next Ready persists
+    node.step(
+        ElectionRequest(
+            src=3,
+            dst=2,
+            term=4,
+            cluster_version=1,
+            pre_vote=False,
+            last_log_index=9,
+            last_log_term=1,
+        )
+    )
+    (reply,) = node.ready().persisted_messages
+    assert reply.granted and node.voted_for == 3
+
+    node = restarted(acknowledged=12)  # its disk lost more, written at a term up to 3
+    assert (node.recovering_term, node.recovering_until) == (3, 12)
+
+
 def follower_with(entries: int, **kwargs: Any) -> RaftNode:
     return RaftNode(
         2,

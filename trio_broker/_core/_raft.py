@@ -271,10 +271,16 @@ class RaftNode:
         repaired within the same message."""
         # A durable commit index beyond the durable log is storage's own proof that it lost
         # entries this broker acknowledged (a commit is only learned after they were durable).
-        lost_to = max(acknowledged or 0, hard_state.commit, hard_state.recovering_until)
+        found = max(acknowledged or 0, hard_state.commit)
+        lost_to = max(found, hard_state.recovering_until)
         if lost_to > self.log.last_index:
             self.recovering_until = lost_to
-            self.recovering_term = max(hard_state.recovering_term, hard_state.term)
+            # A loss found now bounds the lost entries' terms only by the current term; a
+            # loss recorded before keeps its own bound (a restart must not raise it: terms
+            # that passed since, without a leader, would then shut out every candidate).
+            self.recovering_term = hard_state.recovering_term
+            if found > self.log.last_index:
+                self.recovering_term = max(self.recovering_term, hard_state.term)
             self.losses.append(lost_to)
             # Storage may hold rows past the log it could read (damaged ones, and what
             # followed them): the first Ready deletes them, in the transaction that persists
