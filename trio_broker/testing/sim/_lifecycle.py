@@ -37,7 +37,7 @@ from ..._core._work_commands import (
     Record,
 )
 from ._clients import QUEUES, ClientRequest, SimClient
-from ._params import MS_PER_STEP, stream
+from ._params import MS_PER_STEP, TICK_STEPS, stream
 
 NAMES = ("life-a", "life-b")
 """The names the lifecycle clients create, use and delete (shared by all of them)."""
@@ -123,7 +123,11 @@ class LifecycleMixin:
 
     def _sweep_idle(self) -> None:
         """The leader's idle sweep, every quarter of the idle time (as the runtime's), behind
-        a peek by each log-pattern reader in the same entry (see the module's docstring)."""
+        a peek by each log-pattern reader in the same entry (see the module's docstring).
+
+        As the runtime's ``run_forget``, which awaits each sweep's outcome (for at most ten
+        failure timeouts) before the next: a sweep not answered yet skips the next ones, so a
+        slow cluster is never handed more sweeps than it commits."""
         idle = idle_ms(self.seed)
         if idle is None or self.quiescing or self.now % (idle // 4 // MS_PER_STEP):
             return
@@ -132,6 +136,14 @@ class LifecycleMixin:
             return
         i = leaders[0]
         node = self.nodes[i]
+        pending = self.sweep_pending
+        if pending is not None:
+            leader, term, since = pending
+            waited = self.now - since < 10 * self.p.election_ticks * TICK_STEPS
+            if waited and leader == i and node.term == term:
+                return  # the previous sweep is still outstanding on this leader
+        self.sweep_id += 1
+        self.sweep_pending = (i, node.term, self.now)
         created = [q for q in QUEUES if q in self.checker.created]
         for c in self.clients:
             if c.id not in self.workers:
@@ -140,6 +152,6 @@ class LifecycleMixin:
                         peek = ReadBatch(reader, q, 1, peek=True)
                         self._serve(i, node, ClientRequest(None, i, 0, peek))
         sweep = ForgetIdlePositions(self.wall_ms(i), idle)
-        self._serve(i, node, ClientRequest(None, i, 0, sweep))
+        self._serve(i, node, ClientRequest(None, i, -self.sweep_id, sweep))
         self.dirty.add(i)
         self.stats["idle_sweeps"] += 1

@@ -168,6 +168,8 @@ class NodesMixin:
                 self._answer(i, client, req_id, "ok", outcome)
 
     def _answer(self, i: int, client: str | None, req_id: int, status: str, result=None) -> None:
+        if client is None and req_id < 0 and req_id == -self.sweep_id:
+            self.sweep_pending = None  # the idle sweep's outcome (see _sweep_idle)
         if client is not None:  # the operator's commands are not answered
             self.post(ClientResponse(i, client, req_id, status, result), client=True)
 

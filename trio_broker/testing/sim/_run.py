@@ -131,6 +131,9 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.now = 0
         self.faults_on = True
         self.heal_step = 0
+        self.sweep_id = 0
+        self.sweep_pending: tuple[int, int, int] | None = None
+        """The last idle sweep while unanswered: (leader, its term, the step it was made)."""
         self.quiescing = False
         self.dirty: set[int] = set()
         self.ledgers: dict[int, Proposals[tuple[str | None, int]]] = {}
