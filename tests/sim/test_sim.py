@@ -112,13 +112,14 @@ def test_simulator_catches_every_mutant_within_a_bounded_seed_range(mutant):
 
 def test_simulator_catches_acknowledgements_sent_before_persistence():
     """The disk model matters: acks that leave before their fsync break the cluster when the
-    replica crashes (seed 44, of the ``mixed`` fault mix; the bounded scan above finds the
-    mutant in the ``crashes`` mix). The seeds pinned before (169, 353, 402, then 169 again)
-    were lost as proposal batching, retention, the commit index riding on the next REPLICATE
-    or heartbeat, and one random stream per component reshuffled every seed's schedule."""
-    r = run_seed(44, mutant="send_before_persist")
+    replica crashes (seed 63, of the ``crashes`` fault mix, the first seed that shows it).
+    The seeds pinned before (169, 353, 402, then 169 again, then 44) were lost as proposal
+    batching, retention, the commit index riding on the next REPLICATE or heartbeat, one
+    random stream per component, and the disks' torn writes dropped whole as SQLite drops
+    them, reshuffled every seed's schedule."""
+    r = run_seed(63, mutant="send_before_persist")
     assert not r.ok and "leader completeness" in r.error
-    assert run_seed(44).ok
+    assert run_seed(63).ok
 
 
 def test_failure_message_carries_the_replay_command():

@@ -14,17 +14,22 @@ a crash (power loss) its disk may also, each from the seed's ``disk-faults`` str
   log's tail after the crash is shorter than what was synced, and the commit index written
   with it may be gone too. Nothing on the broker's own disk tells; the leader, which saw it
   acknowledge those entries, is the witness;
-- **tear the write in progress**: a prefix of the Ready being written reaches the disk, the
-  next entry only half (its checksum fails), the hard state not at all. Nothing of that write
-  was acknowledged, but the broker cannot tell a torn tail from a damaged one: it recovers.
+- **tear the write in progress**: its last WAL frame only half written. The broker writes
+  each Ready in one SQLite transaction, and SQLite's recovery drops a commit whose frames
+  fail their checksums, whole: the disk keeps what the previous commits left, as after an
+  honest power cut. (A prefix of the Ready kept with its last entry damaged is a fault this
+  storage cannot produce; modelled, it made a broker recover until an entry it never
+  acknowledged, held by no quorum: seed 945 elected no leader.)
 
 The faults are placed as TigerBeetle's VOPR places them (its ``ClusterFaultAtlas``): never
 where the cluster could not recover. At most ``f`` brokers (a minority of the voters) are
-damaged at a time (from the fault until the broker's log is back where it was), and synced
+damaged at a time (from the fault until the broker's log is back where it was); synced
 writes are lost only where a majority of the other brokers holds an intact copy of every
 lost entry: the broker may then vote before the leader tells it, and that vote cannot elect
-a leader without a committed entry. With that placement the usual invariants must hold:
-nothing acknowledged is lost, and no damaged value is ever delivered.
+a leader without a committed entry; an entry is damaged (the start cuts the log there) only
+where another voter holds it and every entry after it intact, to give them back. With that
+placement the usual invariants must hold: nothing acknowledged is lost, and no damaged value
+is ever delivered.
 """
 
 from __future__ import annotations
@@ -105,6 +110,18 @@ class Disks:
         # A damaged entry at or before it: the next start cuts the log there.
         return not any(isinstance(x.payload, DamagedPayload) for x in st.entries[: pos + 1])
 
+    def _voters_everywhere(self) -> frozenset:
+        """The brokers that vote in every configuration a broker uses."""
+        configs = [n.config for n in self.sim.nodes.values() if n is not None and n.config.voters]
+        return frozenset.intersection(*(c.voters for c in configs)) if configs else frozenset()
+
+    def _held_by_another_voter(self, i: int, entries: list[Entry]) -> bool:
+        """Whether every one of ``entries`` has an intact copy on another broker that votes in
+        every configuration: a damaged broker knows its loss and votes for nobody short of it,
+        so a candidate holding them must be able to lead."""
+        voters = self._voters_everywhere() - {i}
+        return all(any(self._intact(o, e) for o in voters) for e in entries)
+
     def _held_by_a_majority_of_others(self, i: int, entries: list[Entry]) -> bool:
         """Whether every one of ``entries`` stays on a quorum of intact copies without
         ``i``'s: counting only brokers that vote in every configuration a broker uses, against
@@ -126,7 +143,13 @@ class Disks:
         if st.entries and rng.random() < p.disk_lost_writes and self._may_damage(i):
             self._lose_tail(i)
         if st.entries and rng.random() < p.disk_corruption and self._may_damage(i):
-            e = st.entries[-1 - rng.randrange(min(TAIL, len(st.entries)))]
+            pos = len(st.entries) - 1 - rng.randrange(min(TAIL, len(st.entries)))
+            e = st.entries[pos]
+            # The start cuts the log before it, with its tail: only where another voter holds
+            # them to give back (else the broker recovers until entries only it held, or a
+            # removed broker, and votes for no candidate: seed 1757, a leader's last entries).
+            if not self._held_by_another_voter(i, st.entries[pos:]):
+                return
             self._damage(i, e.index)
             self.sim.stats["disk_corruptions"] += 1
             self.sim._trace(f"disk {i}: entry {e.index} damaged")
@@ -138,19 +161,12 @@ class Disks:
         self.repair_to[i] = max(self.repair_to.get(i, 0), st.entries[-1].index)
 
     def _tear(self, i: int, rd: Ready) -> None:
-        """A prefix of ``rd``'s entries written, the next one torn, the hard state not."""
-        st = self.sim.storage[i]
-        if rd.snapshot is not None or not rd.entries or not self._may_damage(i):
-            return  # the write is simply lost, as on an honest disk
-        kept = self.rng.randrange(len(rd.entries))
-        torn = rd.entries[kept]
-        if torn.index <= st.snapshot.index:
+        """The last frame of ``rd``'s transaction torn: SQLite drops the whole commit, so the
+        disk keeps nothing of it (the crash already lost the write in progress)."""
+        if not rd.entries:
             return
-        partial = attrs.evolve(rd, entries=rd.entries[: kept + 1], hard_state=None, snapshot=None)
-        st.persist(partial)
-        self._damage(i, torn.index)
         self.sim.stats["disk_torn_writes"] += 1
-        self.sim._trace(f"disk {i}: write torn at {torn.index}")
+        self.sim._trace(f"disk {i}: write torn at {rd.entries[-1].index}, its commit dropped")
 
     def _lose_tail(self, i: int) -> None:
         st = self.sim.storage[i]
