@@ -380,3 +380,20 @@ def test_a_damaged_backup_is_not_restored(tmp_path):
     with pytest.raises(BackupError, match=r"damaged.*seq 5"):
         restore(tmp_path / "backup.sqlite3", tmp_path / "restored", "B-RESTO")
     assert not (tmp_path / "restored" / DB_FILE).exists()
+
+
+def test_once_the_damaged_rows_are_truncated_the_log_is_read_whole_again(tmp_path):
+    """The recovering core's first write deletes the damaged suffix; what a leader gives back
+    afterwards is read as written (a driver restart must not cut it again)."""
+    entries = _store_with_log(tmp_path)
+    _alter(tmp_path, b"value-0004-", b"value-0005-")
+    store = Store(tmp_path)
+    try:
+        assert store.raft_state().damage == (4, 6)
+        store.save(truncate_from=4)  # (the core's first Ready after the damage)
+        store.save(entries=entries[3:])  # what the leader gave back
+        state = store.raft_state()
+        assert state.entries == entries and state.damage is None
+        assert store.log_damage() is None
+    finally:
+        store.close()

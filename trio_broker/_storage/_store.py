@@ -363,7 +363,12 @@ class Store:
                         results.append(None)
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
-                return results
+            damage = self._log_damage
+            if damage and truncate_from is not None and truncate_from <= damage.first_damaged:
+                # The damaged rows are gone: the log is what has been written since (a driver
+                # restart must not cut the entries a leader gave back).
+                self._log_damage = None
+            return results
         finally:
             if not durable:
                 db.execute("PRAGMA synchronous = FULL")
