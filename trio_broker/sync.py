@@ -355,7 +355,8 @@ class Client:
         if timeout is DEFAULT:
             timeout = self._timeout
         _check_timeout(timeout)
-        return Consumer(self, queue_id, max_messages, wait, ack, timeout)
+        consumer = self._client.consume(queue_id, max_messages=max_messages, wait=wait, ack=ack)
+        return Consumer(self, consumer, wait, timeout)
 
     def producer(
         self, producer_id: str | None = None, *, next_seq: int = 1, epoch: int | None = None
@@ -473,59 +474,38 @@ class Producer:
 
 class Consumer:
     """The blocking face of :class:`trio_broker.Consumer` (see :meth:`Client.consume`): an
-    iterator, and a context manager whose clean end acknowledges (with ``ack=True``)."""
+    iterator, and a context manager whose clean end acknowledges (with ``ack=True``). The
+    batching and acknowledging are the async consumer's; each step runs on the client's loop."""
 
     def __init__(
-        self,
-        client: Client,
-        queue_id: str,
-        max_messages: int,
-        wait: float,
-        ack: bool,
-        timeout: float | None,
+        self, client: Client, consumer: _work.Consumer, wait: float, timeout: float | None
     ) -> None:
         self._client = client
-        self.queue_id = queue_id
-        self._max = max_messages
-        self._wait = wait
-        self._ack = ack
+        self._consumer = consumer
+        self._poll_timeout = None if timeout is None else timeout + wait
         self._timeout = timeout
-        self._batch: list[Message] = []
-        self._delivered: int | None = None
-        """The last sequence number handed to the loop (with ``ack``: not acknowledged)."""
+
+    @property
+    def queue_id(self) -> str:
+        """The queue's id."""
+        return self._consumer.queue_id
 
     def __iter__(self) -> Consumer:
         return self
 
     def __next__(self) -> Message:
-        poll_timeout = None if self._timeout is None else self._timeout + self._wait
-        while not self._batch:
-            # The loop asks for the message after the last batch: that batch is done.
-            self.acknowledge()
-            batch = self._client.read_batch(
-                self.queue_id, self._max, peek=self._ack, wait=self._wait, timeout=poll_timeout
-            )
-            self._batch = list(reversed(batch))
-        message = self._batch.pop()
-        self._delivered = message.sequence_num
-        return message
+        return self._client._call(self._poll_timeout, "consume", self._consumer.__anext__)
 
     def acknowledge(self) -> None:
         """With ``ack=True``: acknowledge every message handed to the loop so far."""
-        if self._ack and self._delivered is not None:
-            self._client.ack(self.queue_id, self._delivered, timeout=self._timeout)
-            self._delivered = None
+        self._client._call(self._timeout, "ack", self._consumer.acknowledge)
 
     def __enter__(self) -> Consumer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.acknowledge()
-        elif self._ack:
-            # The message being processed when the error came is delivered again; so is
-            # the rest of its batch, as the position never moved past it.
-            self._delivered = None
+        end = functools.partial(self._consumer.__aexit__, exc_type, None, None)
+        self._client._call(self._timeout, "consume", end)
 
 
 class GroupConsumer:
