@@ -3,6 +3,7 @@ leadership spread (``testing/sim/_balancer.py``): crashes and partitions hit eve
 broker at once, every invariant holds per group, leadership spreads, converges and stays, and
 a broken balancer is caught."""
 
+import os
 import re
 
 import attrs
@@ -27,6 +28,8 @@ SWARM_SEEDS = 12
 runs about 100 seeds with several groups too)."""
 
 MUTANT_SEEDS = 30
+LONG_MUTANT_SEEDS = int(os.environ.get("TRIO_BROKER_SIM_MUTANTS", "0"))
+"""``nox -s sim``: each broken balancer on this many seeds with several groups, all run."""
 
 
 def group_counts(seed):
@@ -168,11 +171,16 @@ def test_the_checker_of_one_group_flags_a_violation_in_that_group():
 )
 def test_a_broken_balancer_is_caught(mutant, expected):
     assert mutant in SPREAD_MUTANTS
-    results = run_swarm(
-        several_group_seeds(MUTANT_SEEDS), mutant=mutant, jobs=1, stop_on_failure=True
-    )
+    if LONG_MUTANT_SEEDS:
+        seeds = several_group_seeds(LONG_MUTANT_SEEDS)
+        results = run_swarm(seeds, mutant=mutant, jobs=os.cpu_count() or 1)
+    else:
+        seeds = several_group_seeds(MUTANT_SEEDS)
+        results = run_swarm(seeds, mutant=mutant, jobs=1, stop_on_failure=True)
     failures = [r for r in results if not r.ok]
-    assert failures, f"{mutant} survived {MUTANT_SEEDS} seeds"
+    assert failures, f"{mutant} survived {len(seeds)} seeds"
+    if LONG_MUTANT_SEEDS:
+        print(f"{mutant}: {len(failures)}/{len(seeds)}, first seed {failures[0].seed}")
     assert re.search(f"spread: .*({expected})", failures[0].error), failures[0].error
     assert f"--mutant {mutant}" in failures[0].replay_command()
     assert run_seed(failures[0].seed).ok  # the broken balancer fails it, not the seed's faults
