@@ -58,6 +58,10 @@ def test_swarm_of_seeds_finds_no_violation():
     several = [r for r in results if r.stats["replication_groups"] > 1]
     assert 70 < len(several) < 130, len(several)
     assert sum(r.stats["spread_transfers"] for r in several) > 2 * len(several)
+    # ... under crashes and partitions that hit every group of a broker at once.
+    assert sum(r.stats["crashes"] for r in several) > 50
+    assert sum(r.stats["partitions"] for r in several) > 50
+    assert sum(r.stats["appends"] for r in several) > 300
 
 
 def test_same_seed_same_trace_hash():
