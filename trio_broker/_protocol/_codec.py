@@ -387,6 +387,8 @@ def response_to_dict(response: m.Response) -> dict[str, Any]:
     if isinstance(response, m.ClusterTopology):
         body = {k: v for k, v in body.items() if v is not None}
         body["brokers"] = [{k: v for k, v in b.items() if v is not None} for b in body["brokers"]]
+        if "groups" in body:
+            body["groups"] = [{k: v for k, v in g.items() if v is not None} for g in body["groups"]]
     elif isinstance(response, m.Appended | m.BatchAppended) and not response.duplicate:
         del body["duplicate"]  # the original contract's exact shape
     elif isinstance(response, m.HeadedMessageBatch | m.GroupMessages):

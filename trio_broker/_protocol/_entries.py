@@ -47,6 +47,7 @@ ENTRY_TYPES: dict[str, type] = {
     "SET_RETENTION": cmd.SetRetention,
     "APPLY_RETENTION": cmd.ApplyRetention,
     "BROKER_ADDRESS": cmd.SetBrokerAddress,
+    "SET_GROUPS": cmd.SetGroups,
     "COMMAND_GROUP": cmd.CommandGroup,
     # Work queues and the queue lifecycle (schema version 5, docs/protocol.md "Work queues").
     "CREATE_NAMED_QUEUE": work.CreateNamedQueue,
@@ -192,6 +193,10 @@ def _ints_from_obj(value: Any, _type: Any = None) -> tuple[int, ...]:
 
 
 converter.register_structure_hook_func(lambda t: t == tuple[tuple[int, int], ...], _ranges_from_obj)
+# A list of ids (SET_GROUPS): a JSON list, never a string (which cattrs would split).
+converter.register_structure_hook_func(
+    lambda t: t == tuple[str, ...], lambda value, _type: tuple(_str_list(value))
+)
 converter.register_structure_hook_func(lambda t: t == tuple[int, ...], _ints_from_obj)
 converter.register_unstructure_hook_func(
     lambda t: t == tuple[tuple[int, int], ...], lambda ranges: [list(r) for r in ranges]

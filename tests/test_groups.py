@@ -1,0 +1,198 @@
+"""Several replication groups per broker, stage 1 (docs/replication.md, "Several leaders"):
+every broker hosts every group, requests are routed by the group they name, and each group's
+leadership is spread over the brokers. Real brokers on a memory network, under the mock clock.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+import trio
+
+from trio_broker._core._spread import leader_share
+from trio_broker._ids import cluster_of_queue
+from trio_broker._protocol import FrameDecoder, encode_frame, loads_object
+from trio_broker.testing import open_mock_cluster
+
+pytestmark = pytest.mark.trio
+
+
+async def answer_of(cluster, name, request):
+    """One raw request from a client to broker ``name``, following NOT_LEADER hints."""
+    for _ in range(50):
+        reply = await cluster.call(name, request)
+        if reply.get("code") in ("NOT_LEADER", "UNAVAILABLE"):
+            leader = reply.get("leader_id")
+            names = {b.broker_id: n for n, b in cluster.brokers.items()}
+            name = names.get(leader, name)
+            await trio.sleep(0.2)
+            continue
+        return reply
+    raise AssertionError(f"no answer to {request}: {reply}")
+
+
+async def test_founder_commits_the_group_list_and_every_broker_hosts_every_group(
+    autojump_clock,
+):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        lists = {name: b.host.group_ids for name, b in cluster.brokers.items()}
+        (group_ids,) = set(lists.values())
+        assert len(group_ids) == 3 and list(group_ids) == sorted(group_ids)
+        assert cluster.brokers["b1"].cluster_id in group_ids
+        for name in cluster.brokers:
+            assert sorted(cluster.replicas(name)) == list(group_ids)
+            # The list is replicated state, in the cluster group's store.
+            assert cluster.stores[name].group_ids() == group_ids
+
+
+def led_counts(cluster) -> dict[str, int]:
+    counts = dict.fromkeys(cluster.brokers, 0)
+    for leader in cluster.group_leaders().values():
+        if leader is not None:
+            counts[leader] += 1
+    return counts
+
+
+async def wait_spread(cluster, groups: int) -> None:
+    """Until every group has a leader and no broker leads more than ceil(G/N)."""
+    share = leader_share(groups, len(cluster.brokers))
+
+    def spread() -> bool:
+        leaders = cluster.group_leaders()
+        return all(leaders.values()) and max(led_counts(cluster).values()) <= share
+
+    await cluster.wait_until(spread)
+
+
+async def test_leadership_spreads_over_the_brokers(autojump_clock):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 3)
+        assert sorted(led_counts(cluster).values()) == [1, 1, 1]
+
+
+async def test_requests_reach_the_group_their_queue_names(autojump_clock):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 3)
+        group_ids = cluster.brokers["b1"].host.group_ids
+        # CREATE_QUEUE lands on a group the broker it is sent to leads, so an original-design
+        # client's next requests, sent to that broker, reach the queue's leader.
+        queues = {}
+        for name in sorted(cluster.brokers):
+            reply = await cluster.call(name, {"operation": "CREATE_QUEUE"})
+            assert reply["status"] == "success", reply
+            group = cluster_of_queue(reply["queue_id"])
+            assert cluster.group_leaders()[group] == name
+            queues[group] = (name, reply["queue_id"])
+        assert sorted(queues) == list(group_ids)
+        for group, (name, queue) in queues.items():
+            for value in (1, "two", 3.5):
+                reply = await cluster.call(
+                    name, {"operation": "APPEND", "queue_name": queue, "data": value}
+                )
+                assert reply["status"] == "success", reply
+            for value in (1, "two", 3.5):
+                reply = await cluster.call(
+                    name, {"operation": "READ", "queue_name": queue, "client_id": "C-AAAAA"}
+                )
+                assert reply["data"] == value
+            # Only that group's replicas hold the queue.
+            for replica_name in cluster.brokers:
+                for group_id, replica in cluster.replicas(replica_name).items():
+                    assert (queue in replica._queue_ids) == (group_id == group)
+        # A broker that does not lead a queue's group names its leader.
+        group, (leader, queue) = sorted(queues.items())[0]
+        other = next(n for n in sorted(cluster.brokers) if n != leader)
+        reply = await cluster.call(other, {"operation": "APPEND", "queue_name": queue, "data": 9})
+        assert reply["code"] == "NOT_LEADER"
+        assert reply["leader_id"] == cluster.brokers[leader].broker_id
+        assert reply["leader_port"] == cluster.ports[leader]
+        # A queue of a group that does not exist: as before (the cluster group answers).
+        reply = await cluster.call(
+            leader, {"operation": "APPEND", "queue_name": "Q-ZZZZZAAAAA", "data": 1}
+        )
+        assert reply["status"] == "error" and reply["code"] in ("QUEUE_NOT_FOUND", "NOT_LEADER")
+
+
+async def test_cluster_query_lists_every_group(autojump_clock):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 3)
+        group_ids = cluster.brokers["b1"].host.group_ids
+        leaders = cluster.group_leaders()
+        ids = {name: b.broker_id for name, b in cluster.brokers.items()}
+        for name in sorted(cluster.brokers):
+            reply = await cluster.call(name, {"operation": "CLUSTER_QUERY"})
+            # Naming no group: about the one a CREATE_QUEUE sent here lands on (one it leads).
+            assert reply["self_role"] == "leader"
+            assert leaders[reply["cluster_id"]] == name
+            assert reply["metadata_group"] == cluster.brokers["b1"].cluster_id
+            assert [g["cluster_id"] for g in reply["groups"]] == list(group_ids)
+            for view in reply["groups"]:
+                assert view["leader_id"] == ids[leaders[view["cluster_id"]]]
+                assert view["leader_port"] == cluster.ports[leaders[view["cluster_id"]]]
+                assert view["voters"] == sorted(ids.values())
+                assert view["learners"] == []
+            for group in group_ids:
+                reply = await cluster.call(
+                    name, {"operation": "CLUSTER_QUERY", "cluster_id": group}
+                )
+                assert reply["cluster_id"] == group
+                assert reply["self_role"] == ("leader" if leaders[group] == name else "replica")
+                assert reply["leader_id"] == ids[leaders[group]]
+        reply = await cluster.call("b1", {"operation": "CLUSTER_QUERY", "cluster_id": "G-NONE0"})
+        assert reply["code"] == "WRONG_CLUSTER"
+
+
+async def test_pipelined_requests_across_groups_answer_in_order(autojump_clock):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 3)
+        # One broker leading every group: pipelined requests alternate between groups. (Its
+        # spreading is paused: leadership must not move back mid-test.)
+        pacer = cluster.brokers["b1"].host.pacer
+        pacer.interval = math.inf
+        for group in cluster.brokers["b1"].host.group_ids:
+            pacer._last[group] = trio.current_time()
+        for name in ("b2", "b3"):
+            await cluster.stop(name, graceful=True)
+        await cluster.wait_until(lambda: set(cluster.group_leaders().values()) == {"b1"})
+        await cluster.restart("b2")
+        await cluster.restart("b3")
+        queues = []
+        await cluster.wait_until(
+            lambda: all(r.driver.node.is_leader for r in cluster.replicas("b1").values())
+        )
+        for _ in range(3):
+            while True:
+                reply = await cluster.call("b1", {"operation": "CREATE_QUEUE"})
+                if reply["status"] == "success":
+                    break
+                await trio.sleep(0.1)
+            queues.append(reply["queue_id"])
+        # CREATE_QUEUE balances: each lands on the group with fewest queues.
+        assert len({cluster_of_queue(q) for q in queues}) == 3
+        requests = []
+        for round_ in range(4):
+            for q in queues:
+                requests.append({"operation": "APPEND", "queue_name": q, "data": [q, round_]})
+        for q in queues:
+            requests.append({"operation": "READ", "queue_name": q, "client_id": "C-BBBBB"})
+        stream = await cluster.connect("b1")
+        async with stream:
+            await stream.send_all(b"".join(encode_frame(orjson.dumps(r)) for r in requests))
+            decoder = FrameDecoder()
+            replies = []
+            while len(replies) < len(requests):
+                while (payload := decoder.next_frame()) is not None:
+                    replies.append(loads_object(payload))
+                if len(replies) < len(requests):
+                    decoder.feed(await stream.receive_some())
+        appended = replies[: 4 * len(queues)]
+        assert [r.get("sequence_num") for r in appended] == [
+            n for n in range(1, 5) for _ in queues
+        ], replies
+        assert [r["data"] for r in replies[4 * len(queues) :]] == [[q, 0] for q in queues]
