@@ -196,3 +196,103 @@ async def test_pipelined_requests_across_groups_answer_in_order(autojump_clock):
             n for n in range(1, 5) for _ in queues
         ], replies
         assert [r["data"] for r in replies[4 * len(queues) :]] == [[q, 0] for q in queues]
+
+
+async def append_acknowledged(cluster, queues, value, acknowledged):
+    """APPEND ``value`` to every queue through its group's leader; record what is acknowledged."""
+    for queue in queues:
+        group = cluster_of_queue(queue)
+        leader = cluster.group_leaders().get(group)
+        if leader is None:
+            continue
+        with trio.move_on_after(5):
+            reply = await cluster.call(
+                leader, {"operation": "APPEND", "queue_name": queue, "data": value}
+            )
+            if reply.get("status") == "success":
+                acknowledged[queue].append(value)
+
+
+async def test_acknowledged_writes_on_every_group_survive_a_crash_of_a_broker_leading_several(
+    autojump_clock,
+):
+    """Failover moves leadership away from the crashed broker, healing moves it back; what any
+    group acknowledged is on every replica of that group afterwards (Raft §5.4, per group)."""
+    groups = 6
+    async with open_mock_cluster(3, groups=groups) as cluster:
+        with trio.fail_after(120):
+            await wait_spread(cluster, groups)
+        share = leader_share(groups, 3)
+        queues = []
+        for name in sorted(cluster.brokers):
+            for _ in range(2):
+                reply = await answer_of(cluster, name, {"operation": "CREATE_QUEUE"})
+                queues.append(reply["queue_id"])
+        assert {cluster_of_queue(q) for q in queues} == set(cluster.brokers["b1"].host.group_ids)
+        acknowledged = {q: [] for q in queues}
+        await append_acknowledged(cluster, queues, 0, acknowledged)
+        victim = max(led_counts(cluster), key=lambda n: led_counts(cluster)[n])
+        assert led_counts(cluster)[victim] >= 2
+        await cluster.crash(victim)
+        # Every group elects a leader among the survivors and keeps taking writes.
+        with trio.fail_after(60):
+            await cluster.wait_until(lambda: all(cluster.group_leaders().values()))
+        for value in range(1, 4):
+            await append_acknowledged(cluster, queues, value, acknowledged)
+        # A partition next: the crashed broker back, another isolated, then healed.
+        await cluster.restart(victim)
+        other = next(n for n in sorted(cluster.brokers) if n != victim)
+        cluster.isolate(other)
+        with trio.fail_after(60):
+            await cluster.wait_until(
+                lambda: all(
+                    leader not in (None, other) for leader in cluster.group_leaders().values()
+                )
+            )
+        for value in range(4, 6):
+            await append_acknowledged(cluster, queues, value, acknowledged)
+        cluster.heal()
+        # Healed: leadership spreads back, no broker leading more than its share.
+        with trio.fail_after(120):
+            await wait_spread(cluster, groups)
+        assert max(led_counts(cluster).values()) <= share
+        for value in range(6, 8):
+            await append_acknowledged(cluster, queues, value, acknowledged)
+        with trio.fail_after(60):
+
+            def replicated() -> bool:
+                for name in cluster.brokers:
+                    for group_id, replica in cluster.replicas(name).items():
+                        leader = cluster.replicas(cluster.group_leaders()[group_id])[group_id]
+                        if replica.applied_index < leader.driver.node.commit:
+                            return False
+                return True
+
+            await cluster.wait_until(replicated)
+        for queue, values in acknowledged.items():
+            # With a leader for every group in each phase, every write was acknowledged.
+            assert values == list(range(8)), (queue, values)
+            group = cluster_of_queue(queue)
+            for name in cluster.brokers:
+                store = cluster.group_stores.get((name, group)) or cluster.stores[name]
+                held = [orjson.loads(v) for v in store.messages(queue)]
+                # Every acknowledged value is there, once, in order (an unacknowledged append
+                # may have committed too: it would sit between them).
+                assert [v for v in held if v in values] == values, (name, queue, held)
+
+
+async def test_a_restarted_broker_reopens_every_group(autojump_clock):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 3)
+        group_ids = cluster.brokers["b1"].host.group_ids
+        for name in ("b1", "b3"):  # the founder and a joiner
+            await cluster.crash(name)
+            await cluster.restart(name)
+            with trio.fail_after(60):
+                await cluster.wait_for_groups(3, 3)
+            assert sorted(cluster.replicas(name)) == list(group_ids)
+            assert cluster.brokers[name].host.group_ids == group_ids
+        with trio.fail_after(120):
+            await wait_spread(cluster, 3)
+        assert sorted(led_counts(cluster).values()) == [1, 1, 1]
