@@ -32,8 +32,8 @@ import trio
 
 from .. import _core
 from .._core import _work_commands as work
-from .._core._commands import MAX_GROUPS, GroupsSet, RetentionPolicy, RetentionSet
 from .._core._commands import AppendBatch as AppendBatchCommand
+from .._core._commands import GroupsSet, RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
@@ -604,7 +604,6 @@ async def open_broker(
     *,
     network: Network = TCP,
     storage: Callable[[Path], AbstractAsyncContextManager[tuple[Any, Any]]] = (open_sqlite_storage),
-    groups: int = 1,
     group_storage: GroupStorage | None = None,
 ) -> AsyncIterator[Broker]:
     """Start a broker and serve it for the body of the ``async with``.
@@ -617,7 +616,7 @@ async def open_broker(
     directory, :class:`IdentityMismatch` if the directory belongs to another identity, and
     :class:`JoinFailed` if the seeds' cluster refuses this broker.
 
-    ``groups``: a founder founds a cluster of that many replication groups
+    ``config.groups``: a founder founds a cluster of that many replication groups
     (docs/replication.md, "Several leaders"); others take the cluster's. Whatever it says, a
     broker opens a replica of every group its cluster's replicated state lists
     (:class:`~._groups.GroupHost`), each with its storage from ``group_storage`` (default:
@@ -626,8 +625,7 @@ async def open_broker(
     ``network`` and ``storage`` are seams for ``trio_broker.testing``: an in-memory network
     and storage run the same broker under a mock clock.
     """
-    if not 1 <= groups <= MAX_GROUPS:
-        raise ValueError(f"groups must be between 1 and {MAX_GROUPS}, not {groups}")
+    groups = config.groups
     security = load_security(config)
     refused: JoinFailed | None = None
     plain_network = network

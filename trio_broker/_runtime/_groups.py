@@ -217,6 +217,7 @@ class GroupHost:
             seeds=self._seeds(),
             join_wait=False,
             metrics_port=None,
+            groups=1,
         )
         async with self._storage(group_id, path) as (worker, store):
             identity, joining = await membership.prepare(

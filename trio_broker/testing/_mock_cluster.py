@@ -99,6 +99,8 @@ class MockCluster:
             "port": self.ports.get(name, 0),
             "seeds": seeds,
         }
+        if not seeds:
+            settings["groups"] = self.groups
         broker_id = broker_id_for(name)
         if broker_id is not None:
             settings["broker_id"] = broker_id
@@ -158,7 +160,6 @@ class MockCluster:
                     config,
                     network=self.network.host(name),
                     storage=open_memory_storage(store),
-                    groups=self.groups,
                     group_storage=functools.partial(self._group_storage, name),
                 ) as broker:
                     self.brokers[name] = broker
