@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import math
 
+import apsw
 import orjson
 import pytest
 import trio
+from prometheus_client import generate_latest
 
+from trio_broker._core._commands import CommandRejected, GroupsSet, SetGroups
+from trio_broker._core._queues import QueueState
 from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._protocol import FrameDecoder, encode_frame, loads_object
+from trio_broker._runtime._status import RequestRates, read_status, table_rows
+from trio_broker._storage._queue_sql import apply_command, stored_groups
+from trio_broker._storage._schema import WORK_TABLES, upgrade
 from trio_broker.testing import open_mock_cluster
-
-pytestmark = pytest.mark.trio
 
 
 async def answer_of(cluster, name, request):
@@ -33,6 +38,7 @@ async def answer_of(cluster, name, request):
     raise AssertionError(f"no answer to {request}: {reply}")
 
 
+@pytest.mark.trio
 async def test_founder_commits_the_group_list_and_every_broker_hosts_every_group(
     autojump_clock,
 ):
@@ -66,6 +72,7 @@ async def wait_spread(cluster, groups: int) -> None:
     await cluster.wait_until(spread)
 
 
+@pytest.mark.trio
 async def test_leadership_spreads_over_the_brokers(autojump_clock):
     async with open_mock_cluster(3, groups=3) as cluster:
         with trio.fail_after(60):
@@ -73,6 +80,7 @@ async def test_leadership_spreads_over_the_brokers(autojump_clock):
         assert sorted(led_counts(cluster).values()) == [1, 1, 1]
 
 
+@pytest.mark.trio
 async def test_requests_reach_the_group_their_queue_names(autojump_clock):
     async with open_mock_cluster(3, groups=3) as cluster:
         with trio.fail_after(60):
@@ -117,6 +125,7 @@ async def test_requests_reach_the_group_their_queue_names(autojump_clock):
         assert reply["status"] == "error" and reply["code"] in ("QUEUE_NOT_FOUND", "NOT_LEADER")
 
 
+@pytest.mark.trio
 async def test_cluster_query_lists_every_group(autojump_clock):
     async with open_mock_cluster(3, groups=3) as cluster:
         with trio.fail_after(60):
@@ -147,6 +156,7 @@ async def test_cluster_query_lists_every_group(autojump_clock):
         assert reply["code"] == "WRONG_CLUSTER"
 
 
+@pytest.mark.trio
 async def test_pipelined_requests_across_groups_answer_in_order(autojump_clock):
     async with open_mock_cluster(3, groups=3) as cluster:
         with trio.fail_after(60):
@@ -213,6 +223,7 @@ async def append_acknowledged(cluster, queues, value, acknowledged):
                 acknowledged[queue].append(value)
 
 
+@pytest.mark.trio
 async def test_acknowledged_writes_on_every_group_survive_a_crash_of_a_broker_leading_several(
     autojump_clock,
 ):
@@ -281,6 +292,7 @@ async def test_acknowledged_writes_on_every_group_survive_a_crash_of_a_broker_le
                 assert [v for v in held if v in values] == values, (name, queue, held)
 
 
+@pytest.mark.trio
 async def test_a_restarted_broker_reopens_every_group(autojump_clock):
     async with open_mock_cluster(3, groups=3) as cluster:
         with trio.fail_after(60):
@@ -296,3 +308,63 @@ async def test_a_restarted_broker_reopens_every_group(autojump_clock):
         with trio.fail_after(120):
             await wait_spread(cluster, 3)
         assert sorted(led_counts(cluster).values()) == [1, 1, 1]
+
+
+@pytest.mark.trio
+async def test_status_and_metrics_show_every_group(autojump_clock):
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 3)
+        leaders = cluster.group_leaders()
+        broker = cluster.brokers["b2"]
+        status = await read_status(broker, RequestRates(broker))
+        rows = table_rows(status, "groups")
+        assert sorted(r["group_id"] for r in rows) == sorted(leaders)
+        assert rows[0]["group_id"] == broker.cluster_id  # its own group first, as before
+        for row in rows:
+            assert row["leader_id"] == cluster.brokers[leaders[row["group_id"]]].broker_id
+            assert row["voters"] == 3 and row["learners"] == 0
+        exposition = generate_latest(broker.metrics.registry).decode()
+        for group_id, leader in leaders.items():
+            series = (
+                f'trio_broker_role{{broker_id="{broker.broker_id}",cluster_id="{group_id}",'
+                f'role="leader"}} {1.0 if leader == "b2" else 0.0}'
+            )
+            assert series in exposition
+            assert (
+                f'trio_broker_term{{broker_id="{broker.broker_id}",cluster_id="{group_id}"}}'
+                in (exposition)
+            )
+        # Broker-wide series stay one per broker.
+        assert exposition.count("trio_broker_connections{") == 1
+
+
+def test_set_groups_is_idempotent_and_refuses_another_list(tmp_path):
+    """The group list is applied alike by the in-memory state and SQLite, kept across a
+    reopen, and in the tables a snapshot copies (``work_meta``)."""
+    good = SetGroups(("G-AAAAA", "G-BBBBB", "G-CCCCC"))
+    refused = [
+        SetGroups(("G-AAAAA", "G-DDDDD")),  # another list
+        SetGroups(("G-BBBBB", "G-AAAAA")),  # out of order
+        SetGroups(("G-AAAAA", "G-AAAAA")),  # twice
+        SetGroups(("bad",)),
+        SetGroups(()),
+    ]
+    state = QueueState()
+    assert isinstance(state.apply(refused[1]), CommandRejected) and state.groups == ()
+    assert state.apply(good) == GroupsSet(good.group_ids)
+    assert state.apply(good) == GroupsSet(good.group_ids)
+    for command in refused:
+        assert isinstance(state.apply(command), CommandRejected), command
+        assert state.groups == good.group_ids
+    assert "work_meta" in WORK_TABLES  # what a snapshot copies
+    db = apsw.Connection(str(tmp_path / "groups.db"))
+    upgrade(db)
+    with db:
+        assert apply_command(db, good) == GroupsSet(good.group_ids)
+        assert apply_command(db, good) == GroupsSet(good.group_ids)
+        for command in refused:
+            assert isinstance(apply_command(db, command), CommandRejected), command
+    db.close()
+    db = apsw.Connection(str(tmp_path / "groups.db"))
+    assert stored_groups(db) == good.group_ids

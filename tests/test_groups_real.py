@@ -39,6 +39,13 @@ async def wait_spread(cluster, groups: int = GROUPS) -> dict[str, str]:
         await trio.sleep(0.05)
 
 
+async def until(predicate) -> None:
+    while True:
+        if predicate():
+            return
+        await trio.sleep(0.05)
+
+
 async def queues_on_every_group(cluster) -> dict[str, str]:
     """One queue per group: CREATE_QUEUE sent to each broker lands on a group it leads."""
     queues = {}
@@ -141,3 +148,33 @@ async def test_original_design_client_routes_by_queue_id_to_each_group(tmp_path)
                     queue, {"operation": "APPEND", "queue_name": queue, "data": 8}
                 )
                 assert reply == {"status": "success", "sequence_num": 4}
+
+
+async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
+    """The group list is replicated state like the queues: a broker that joins after the log
+    holding it was compacted learns it from the snapshot it installs (DATA_SYNC)."""
+    with trio.fail_after(90):
+        async with open_local_cluster(
+            tmp_path, 1, groups=GROUPS, compact_threshold=20, compact_keep=5
+        ) as cluster:
+            founder = cluster.brokers["b1"]
+            await until(lambda: len(founder.host.groups) == GROUPS)
+            # Three queues, one per group (each lands on the group with fewest): the cluster
+            # group's takes the appends that make it compact its log.
+            created = [
+                (await call(cluster.ports["b1"], {"operation": "CREATE_QUEUE"}))["queue_id"]
+                for _ in range(GROUPS)
+            ]
+            (queue,) = [q for q in created if cluster_of_queue(q) == founder.cluster_id]
+            for i in range(60):
+                reply = await call(
+                    cluster.ports["b1"], {"operation": "APPEND", "queue_name": queue, "data": i}
+                )
+                assert reply["status"] == "success"
+            primary = founder.host.primary
+            await until(lambda: primary.driver.node.log.snapshot_index >= 20)
+            joiner = await cluster.start("b2")
+            await until(lambda: len(joiner.host.groups) == GROUPS)
+            assert joiner.host.group_ids == founder.host.group_ids
+            assert joiner.driver.node.log.snapshot_index >= 20  # it did install a snapshot
+            assert await joiner._worker.run(joiner._store.group_ids) == founder.host.group_ids
