@@ -53,6 +53,11 @@ def test_swarm_of_seeds_finds_no_violation():
     # off at once or after their first commit, new leaders crashed (956, 345, 19 in 2026-12).
     assert total["crashes_in_write"] > 200 and total["leaders_cut_off"] > 100
     assert total["leaders_crashed_new"] > 0
+    # ... and several replication groups per broker on half the seeds, every group's leader
+    # handing its leadership to the group's preferred broker (test_sim_replication_groups.py).
+    several = [r for r in results if r.stats["replication_groups"] > 1]
+    assert 70 < len(several) < 130, len(several)
+    assert sum(r.stats["spread_transfers"] for r in several) > 2 * len(several)
 
 
 def test_same_seed_same_trace_hash():

@@ -2,8 +2,10 @@
 
 One seed derives every fault parameter and every random choice, through one named random
 stream per component (see :func:`~trio_broker.testing.sim._params.stream`). One plain loop
-(no trio) drives 3 or 5 :class:`~trio_broker._core._raft.RaftNode` objects, each applying
-committed entries to its own :class:`~trio_broker._core.QueueState`, through:
+(no trio) drives 3 or 5 brokers, each hosting 1-4 consensus groups (a
+:class:`~trio_broker._core._raft.RaftNode` per group, applying committed entries to its own
+:class:`~trio_broker._core.QueueState`; with several, each group's leader hands its leadership
+to the group's preferred broker, so leadership spreads), through:
 
 - a simulated network: loss, duplication, reordering (random delays), symmetric and one-way
   partitions, isolating the leader, flapping links;
@@ -37,12 +39,15 @@ The package, one module per component:
 - ``_nodes``: the brokers and their disks, applying entries, grouping proposals, answering;
 - ``_clients``: the clients' requests, operations and retries;
 - ``_operator``: membership changes, leadership transfers and retention;
-- ``_checker``: the invariants (:class:`Checker`);
+- ``_replication``: the replication groups, and the current one of each step;
+- ``_balancer``: leadership spread: each group leader's balancer, its checks, broken balancers;
+- ``_checker``: the invariants (:class:`Checker`, one per group);
 - ``_run``: one run (:class:`Simulation`) and a swarm of runs;
 - ``_cli``: the command line (``__main__`` runs it).
 """
 
 from .._sim_mutants import MUTANTS
+from ._balancer import HEALED_MOVES_MAX, SPREAD_MUTANTS, STABLE_STEPS
 from ._checker import Checker
 from ._cli import main
 from ._clients import QUEUES, ClientRequest, ClientResponse, SimClient
@@ -54,14 +59,19 @@ from ._params import (
     FaultParams,
     SimulationFailure,
 )
+from ._replication import GROUP_IDS, queues_of
 from ._run import SimResult, Simulation, run_seed, run_swarm
 
 __all__ = [
     "DEFAULT_LIVENESS_STEPS",
     "DEFAULT_SAFETY_STEPS",
+    "GROUP_IDS",
+    "HEALED_MOVES_MAX",
     "MS_PER_STEP",
     "MUTANTS",
     "QUEUES",
+    "SPREAD_MUTANTS",
+    "STABLE_STEPS",
     "TICK_STEPS",
     "Checker",
     "ClientRequest",
@@ -72,6 +82,7 @@ __all__ = [
     "Simulation",
     "SimulationFailure",
     "main",
+    "queues_of",
     "run_seed",
     "run_swarm",
 ]

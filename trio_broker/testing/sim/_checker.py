@@ -31,10 +31,15 @@ if TYPE_CHECKING:
 
 
 class Checker:
-    """The invariants, checked as the run goes (a violation raises SimulationFailure)."""
+    """The invariants, checked as the run goes (a violation raises SimulationFailure).
 
-    def __init__(self, sim: Simulation) -> None:
+    One per replication group: it watches that group's nodes (the simulation's current
+    group's, ``sim.nodes`` and the like, whenever it is called) and the clients' operations
+    on ``queues``, that group's queues."""
+
+    def __init__(self, sim: Simulation, queues: tuple[str, ...] = QUEUES) -> None:
         self.sim = sim
+        self.queues = queues
         self.leader_of_term: dict[int, int] = {}
         self.committed: dict[int, tuple[int, Any]] = {}
         self.checked_commit: dict[int, int] = {}
@@ -393,7 +398,7 @@ class Checker:
         states = {i: repr(sim.apps[i]) for i in members}
         if len(set(states.values())) != 1:
             self.fail("converged members disagree on the queues")
-        if sim.workers:
+        if sim.hosts_workers:
             self.group.final_check(members)
         for (q, seq), data in self.acked.items():
             for i in members:
@@ -422,7 +427,7 @@ class Checker:
                     )
         app = sim.apps[members[0]]
         for c in sim.clients:
-            for q in QUEUES:
+            for q in self.queues:
                 last = c.last_read.get(q, 0)
                 # Reads of unknown outcome may also have jumped over a deleted front.
                 high = max(last, self.trimmed.get(q, 0)) + c.skippable.get(q, 0)

@@ -8,6 +8,7 @@ import sys
 import time
 
 from .._sim_mutants import MUTANTS
+from ._balancer import SPREAD_MUTANTS
 from ._params import DEFAULT_LIVENESS_STEPS, DEFAULT_SAFETY_STEPS
 from ._run import Simulation, run_swarm
 
@@ -21,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--seeds", type=int, help="run this many seeds (a swarm)")
     parser.add_argument("--first", type=int, default=0, help="first seed of the swarm")
     parser.add_argument("--jobs", type=int, default=multiprocessing.cpu_count())
-    parser.add_argument("--mutant", choices=sorted(MUTANTS), help="run a deliberately broken core")
+    parser.add_argument(
+        "--mutant",
+        choices=sorted([*MUTANTS, *SPREAD_MUTANTS]),
+        help="run a deliberately broken core (or leadership balancer: spread_*)",
+    )
     parser.add_argument("--safety-steps", type=int, default=DEFAULT_SAFETY_STEPS)
     parser.add_argument("--liveness-steps", type=int, default=DEFAULT_LIVENESS_STEPS)
     parser.add_argument("--trace", action="store_true", help="print every event of --seed")

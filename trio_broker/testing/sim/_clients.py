@@ -28,6 +28,8 @@ class ClientRequest:
     dst: Any
     req_id: int
     command: Any
+    group: int = 0
+    """The replication group of the command's queue (its leader serves it)."""
 
 
 @attrs.frozen
@@ -41,6 +43,8 @@ class ClientResponse:
     kind: str
     result: Any = None
     leader_id: Any = None
+    group: int = 0
+    """The replication group that answers (``leader_id`` is that group's leader)."""
 
 
 QUEUES = ("Q-SIM0A", "Q-SIM0B")
@@ -67,7 +71,8 @@ class SimClient:
     sent_at: int = 0
     next_at: int = 0
     resend_at: int | None = None
-    leader_hint: Any = None
+    leader_hints: dict[int, Any] = attrs.field(factory=dict)
+    """Replication group -> the broker last seen leading it."""
     last_read: dict[str, int] = attrs.field(factory=dict)
     skippable: dict[str, int] = attrs.field(factory=dict)
     read_floor: int = 0
@@ -109,45 +114,63 @@ class ClientsMixin:
     def _clients_step(self) -> None:
         for c in self.clients:
             if c.op is not None:
-                if self.now >= c.deadline and c.op_is_idempotent:
-                    # An idempotent producer does not give up on an append of unknown outcome:
-                    # it re-issues it with the same producer_seq (applied at most once).
-                    self.stats["client_unknown"] += 1
-                    self.stats["producer_reissued"] += 1
-                    c.deadline = self.now + self.p.client_timeout
-                    c.resend_at = None
-                    self._send_op(c)
-                elif self.now >= c.deadline:
-                    self.checker.on_unknown(c)
-                    self.stats["client_unknown"] += 1
-                    c.op, c.resend_at = None, None
-                    c.next_at = self.now + self.p.client_think
-                elif c.resend_at is not None and self.now >= c.resend_at:
-                    c.resend_at = None
-                    self._send_op(c)
+                with self.in_group(self._op_group(c)):
+                    self._client_waits(c)
                 continue
-            worker = c.id in self.workers
-            if self.now < c.next_at or (self._worker_idle(c) if worker else self.quiescing):
-                continue
-            c.counter += 1
-            if worker:
-                c.op = self._worker_op(c)
-                if c.op is None:
-                    continue
-            elif c.to_create:
-                c.op = ("create", c.to_create[0], None)
-            elif c.to_ack is not None:
-                c.op = ("ack", *c.to_ack)
-                c.to_ack = None
-            else:
-                known = [q for q in QUEUES if q in self.checker.created]
-                if not known:
-                    c.next_at = self.now + 10
-                    continue
-                q = self.client_rng[c.id].choice(known)
-                c.op = self._new_op(c, q)
+            self._client_next(c)
+
+    def _op_group(self, c: SimClient) -> int:
+        """The replication group of ``c``'s operation: its queue's (the workloads' own
+        queues are group 0's)."""
+        if c.id in self.workers:
+            return 0
+        return self.group_of_queue(c.op[1])
+
+    def _client_waits(self, c: SimClient) -> None:
+        """``c``'s operation is outstanding: re-issue it, give up on it or resend it."""
+        if self.now >= c.deadline and c.op_is_idempotent:
+            # An idempotent producer does not give up on an append of unknown outcome:
+            # it re-issues it with the same producer_seq (applied at most once).
+            self.stats["client_unknown"] += 1
+            self.stats["producer_reissued"] += 1
             c.deadline = self.now + self.p.client_timeout
-            c.sent_at = self.now
+            c.resend_at = None
+            self._send_op(c)
+        elif self.now >= c.deadline:
+            self.checker.on_unknown(c)
+            self.stats["client_unknown"] += 1
+            c.op, c.resend_at = None, None
+            c.next_at = self.now + self.p.client_think
+        elif c.resend_at is not None and self.now >= c.resend_at:
+            c.resend_at = None
+            self._send_op(c)
+
+    def _client_next(self, c: SimClient) -> None:
+        """``c`` has no operation outstanding: maybe draw and send its next one."""
+        worker = c.id in self.workers
+        if self.now < c.next_at or (self._worker_idle(c) if worker else self.quiescing):
+            return
+        c.counter += 1
+        if worker:
+            c.op = self._worker_op(c)
+            if c.op is None:
+                return
+        elif c.to_create:
+            c.op = ("create", c.to_create[0], None)
+        elif c.to_ack is not None:
+            c.op = ("ack", *c.to_ack)
+            c.to_ack = None
+        else:
+            known = [q for group in self.groups for q in group.queues if q in group.checker.created]
+            if not known:
+                c.next_at = self.now + 10
+                return
+            q = self.client_rng[c.id].choice(known)
+            with self.in_group(self.group_of_queue(q)):
+                c.op = self._new_op(c, q)
+        c.deadline = self.now + self.p.client_timeout
+        c.sent_at = self.now
+        with self.in_group(self._op_group(c)):
             self._send_op(c)
 
     def _new_op(self, c: SimClient, q: str) -> tuple:
@@ -203,11 +226,13 @@ class ClientsMixin:
             command = ReadNext(c.id, q)
         c.req_id += 1
         rng = self.client_rng[c.id]
-        if c.leader_hint is None or rng.random() < 0.1:
+        group = self.g.index
+        hint = c.leader_hints.get(group)
+        if hint is None or rng.random() < 0.1:
             c.target = rng.choice(self.ids)
         else:
-            c.target = c.leader_hint
-        self.post(ClientRequest(c.id, c.target, c.req_id, command), client=True)
+            c.target = hint
+        self.post(ClientRequest(c.id, c.target, c.req_id, command, group), client=True)
 
     def _client_response(self, r: ClientResponse) -> None:
         c = next(c for c in self.clients if c.id == r.dst)
@@ -216,14 +241,14 @@ class ClientsMixin:
         self._trace(f"client {c.id} {r.kind}")
         if r.kind == "not_leader":
             self.stats["client_redirects"] += 1
-            c.leader_hint = r.leader_id
+            c.leader_hints[r.group] = r.leader_id
             c.resend_at = self.now + (1 if r.leader_id is not None else 20)
             return
         if r.kind == "dropped":
-            c.leader_hint = None
+            c.leader_hints[r.group] = None
             c.resend_at = self.now + 5
             return
-        c.leader_hint = r.src
+        c.leader_hints[r.group] = r.src
         self.checker.on_result(c, c.op, r.result, r.src)
         self.stats["client_ok"] += 1
         if self.now >= self.heal_step and not self.faults_on:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..._core._raft import Role
 from ._clients import ClientRequest, ClientResponse
+from ._replication import GroupMessage
 
 
 class NetworkMixin:
@@ -26,7 +27,11 @@ class NetworkMixin:
         return False
 
     def post(self, m: Any, client: bool = False) -> None:
-        """Put a message on the wire: maybe lost, maybe duplicated, always randomly delayed."""
+        """Put a message on the wire: maybe lost, maybe duplicated, always randomly delayed.
+        A consensus message travels with its group, the current one (clients' requests and
+        answers name theirs)."""
+        if not client:
+            m = GroupMessage(self.g.index, m)
         if self.faults_on and self.net_rng.random() < self.p.loss:
             self.stats["dropped"] += 1
             return
@@ -42,32 +47,45 @@ class NetworkMixin:
         while self.net and self.net[0][0] <= self.now:
             _, _, m = heapq.heappop(self.net)
             if isinstance(m, ClientResponse):
-                self._client_response(m)
+                with self.in_group(m.group):
+                    self._client_response(m)
                 continue
-            node = self.nodes.get(m.dst)
-            blocked = not isinstance(m, ClientRequest) and self._is_blocked(m.src, m.dst)
-            if node is None or blocked:
-                self.stats["dropped"] += 1
-                continue
-            self.stats["delivered"] += 1
-            if isinstance(m, ClientRequest):
-                self.dirty.add(m.dst)
-                self._serve(m.dst, node, m)
-                continue
-            self._trace(f"{type(m).__name__} {m.src}>{m.dst} t{m.term}")
+            with self.in_group(m.group):
+                if isinstance(m, GroupMessage):
+                    m = m.message
+                self._deliver(m)
+
+    def _deliver(self, m: Any) -> None:
+        """Deliver ``m`` to its broker's node of the current group (the message's)."""
+        node = self.nodes.get(m.dst)
+        blocked = not isinstance(m, ClientRequest) and self._is_blocked(m.src, m.dst)
+        if node is None or blocked:
+            self.stats["dropped"] += 1
+            return
+        self.stats["delivered"] += 1
+        if isinstance(m, ClientRequest):
             self.dirty.add(m.dst)
-            node.step(m)
-            self.checker.after_step(m.dst)
+            self._serve(m.dst, node, m)
+            return
+        self._trace(f"{type(m).__name__} {m.src}>{m.dst} t{m.term}")
+        self.dirty.add(m.dst)
+        node.step(m)
+        self.checker.after_step(m.dst)
 
     def _inject_faults(self) -> None:
         rng, p = self.fault_rng, self.p
         if rng.random() < p.crash_rate and self.live():
             victim = rng.choice(self.live())
             if p.crash_leader and self.leader_fault_rng.random() < p.crash_leader:
-                victim = next(iter(self._leaders()), victim)
-            self.crash(victim)
-        self._leader_faults()
-        self._write_faults()
+                with self.in_group(self._aimed_group()):
+                    victim = next(iter(self._leaders()), victim)
+            self.crash(victim)  # (all its groups)
+        if p.crash_new_leader or p.isolate_new_leader or p.isolate_after_commit:
+            for _ in self.each_group():
+                self._leader_faults()
+        if p.crash_in_write:
+            for _ in self.each_group():
+                self._write_faults()
         if self.now >= self.partition_until and self.blocked:
             self.blocked.clear()
             self._trace("heal")
@@ -78,6 +96,13 @@ class NetworkMixin:
             self.flap = (a, b, self.now + rng.randint(50, 400), rng.randint(3, 30))
         elif self.flap is not None and self.now >= self.flap[2]:
             self.flap = None
+
+    def _aimed_group(self) -> int:
+        """The group whose leader a fault aimed at a leader strikes (every group it leads
+        goes down or is cut off with it): group 0 with a single group."""
+        if len(self.groups) == 1:
+            return 0
+        return self.leader_fault_rng.randrange(len(self.groups))
 
     def _leaders(self) -> list[int]:
         return [i for i in self.live() if self.nodes[i].role is Role.LEADER]
@@ -137,7 +162,8 @@ class NetworkMixin:
     def _partition(self) -> None:
         rng = self.fault_rng
         self.blocked.clear()
-        leaders = [i for i in self.live() if self.nodes[i].role is Role.LEADER]
+        with self.in_group(self._aimed_group()):
+            leaders = [i for i in self.live() if self.nodes[i].role is Role.LEADER]
         mode = rng.choice(["isolate_leader", "split", "isolate_one"])
         if mode == "isolate_leader" and leaders:
             side = {leaders[0]}

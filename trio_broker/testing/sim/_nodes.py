@@ -15,6 +15,7 @@ from ..._core._commands import AppendBatch, AppendMessage
 from ..._core._proposals import NotApplied, Proposals
 from ..._core._raft import NotLeader, RaftNode
 from ..._core._raft_messages import Entry
+from ..._core._spread import SpreadPacer
 from ..._core._work_commands import (
     WORK_COMMANDS,
     DeleteGroup,
@@ -44,6 +45,12 @@ class NodesMixin:
     """The brokers' and disks' steps, on the simulation's state (see :class:`Simulation`)."""
 
     def _start(self, i: int) -> None:
+        """Broker ``i`` starts: every group it hosts, from its durable state."""
+        self.pacers[i] = SpreadPacer(self.spread_interval)
+        for _ in self.each_group():
+            self._start_group(i)
+
+    def _start_group(self, i: int) -> None:
         entries, damage = self.disks.recovery_read(i)  # cut before (first damaged, last index)
         st = self.storage[i]
         self.nodes[i] = self.node_cls(
@@ -65,14 +72,17 @@ class NodesMixin:
         self._trace(f"start {i}")
 
     def crash(self, i: int, quick: bool = False) -> None:
-        """Power loss: volatile state and the disk write in progress are gone."""
+        """Power loss: volatile state and the disk write in progress are gone, in every
+        group the broker hosts."""
         if self.nodes.get(i) is None:
             return
-        self.disks.on_crash(i, self.disk[i])  # the disk's own faults (_disk)
-        self.nodes[i] = None
-        self.disk[i] = None  # the write in progress is lost
-        self.ledgers.pop(i, None)  # its requests are never answered: their outcome is unknown
-        self.proposals.pop(i, None)
+        for _ in self.each_group():
+            self.disks.on_crash(i, self.disk[i])  # the disk's own faults (_disk)
+            self.nodes[i] = None
+            self.disk[i] = None  # the write in progress is lost
+            self.ledgers.pop(i, None)  # its requests are never answered: outcome unknown
+            self.proposals.pop(i, None)
+        self.pacers.pop(i, None)
         lo, hi = self.p.restart_steps
         self.restart_at[i] = self.now + self.restart_rng.randint(1, lo if quick else hi)
         self.stats["crashes"] += 1
@@ -154,11 +164,12 @@ class NodesMixin:
         if e.index != self.app_index[i] + 1:
             raise SimulationFailure(f"node {i} applied {e.index} after {self.app_index[i]}")
         self.disks.check_applied(i, e)
-        before = self.checker.group.view(self.apps[i]) if self.workers else None
+        workers = self.hosts_workers  # (the group workloads' queues are group 0's)
+        before = self.checker.group.view(self.apps[i]) if workers else None
         result = apply_entry(self.apps[i], e)
         self.app_index[i] = e.index
         self.checker.on_apply(i, e, result)
-        if self.workers:
+        if workers:
             self.checker.group.on_entry(i, e, result, before)
         self._trace(f"apply {i} {e.index} t{e.term}")
         for (client, req_id), outcome in self.ledgers[i].applied(e.index, e.term, result):
@@ -171,14 +182,17 @@ class NodesMixin:
         if client is None and req_id < 0 and req_id == -self.sweep_id:
             self.sweep_pending = None  # the idle sweep's outcome (see _sweep_idle)
         if client is not None:  # the operator's commands are not answered
-            self.post(ClientResponse(i, client, req_id, status, result), client=True)
+            response = ClientResponse(i, client, req_id, status, result, group=self.g.index)
+            self.post(response, client=True)
 
     # -- the broker side of client traffic -----------------------------------------------------
 
     def _serve(self, i: int, node: RaftNode, m: ClientRequest) -> None:
         if not node.is_leader:
             if m.src is not None:
-                response = ClientResponse(i, m.src, m.req_id, "not_leader", None, node.leader_id)
+                response = ClientResponse(
+                    i, m.src, m.req_id, "not_leader", None, node.leader_id, self.g.index
+                )
                 self.post(response, True)
             return
         self.ledgers[i].add(m.command, (m.src, m.req_id))
@@ -208,7 +222,7 @@ class NodesMixin:
             if isinstance(outcome, NotLeader):
                 if client is not None:
                     response = ClientResponse(
-                        i, client, req_id, "not_leader", None, outcome.leader_id
+                        i, client, req_id, "not_leader", None, outcome.leader_id, self.g.index
                     )
                     self.post(response, True)
             else:

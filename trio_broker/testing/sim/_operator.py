@@ -52,6 +52,9 @@ class OperatorMixin:
     def _retention(self) -> None:
         """The operator changes a queue's retention policy now and then, and the leader
         proposes an enforcement every ``retention_every`` steps while a policy exists."""
+        due = self.now % self.p.retention_every == 0
+        if not due and not (self.faults_on and self.p.retention_rate):
+            return  # (nothing to do this step: skip looking for the leader)
         leaders = [i for i in self.live() if self.nodes[i].is_leader]
         if not leaders:
             return
@@ -76,7 +79,6 @@ class OperatorMixin:
                 self.stats["retention_policies"] += 1
                 self._trace(f"retention {policy} at {i}")
         # Quiescing (the end of the liveness phase) waits for the log to stop growing.
-        due = self.now % self.p.retention_every == 0
         if due and not self.quiescing and self.apps[i].retention:
             self._serve(i, leader, ClientRequest(None, i, 0, ApplyRetention(self.wall_ms(i))))
             self.dirty.add(i)

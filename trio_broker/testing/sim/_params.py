@@ -181,6 +181,9 @@ class FaultParams:
     max_batch: int = 64
     """At most this many entries per ``Replicate`` (the core's ``max_batch``): a lagging
     follower catches up in steps, so a leader hears of partial progress."""
+    replication_groups: int = 1
+    """Consensus groups per broker (``_replication``): every broker hosts each of them, and
+    with several the leaders spread over the brokers (``_balancer``)."""
 
     @classmethod
     def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -255,6 +258,9 @@ class FaultParams:
             isolate_new_leader=pick("isolate_new_leader", [0.0]),
             isolate_after_commit=pick("isolate_after_commit", [0.0]),
             max_batch=pick("max_batch", [64]),
+            # One group on half the seeds (the schedule they ran before groups existed); two
+            # on a quarter, three or four on an eighth each.
+            replication_groups=pick("replication_groups", [1, 1, 1, 1, 2, 2, 3, 4]),
             **derive_disk_faults(draw),
         )
 

@@ -10,14 +10,21 @@ from typing import Any
 
 import attrs
 
-from ..._core._proposals import Proposals
-from ..._core._queues import QueueState
 from ..._core._raft import RaftNode
 from ..._core._raft_messages import Config, SnapshotMeta
+from ..._core._spread import SpreadPacer
 from .._sim_cluster import MemoryStorage
 from .._sim_mutants import MUTANTS
+from ._balancer import (
+    SPREAD_INTERVAL_TICKS,
+    SPREAD_MUTANTS,
+    STABLE_STEPS,
+    BalancerMixin,
+    SpreadChecker,
+    preferred,
+)
 from ._checker import Checker
-from ._clients import QUEUES, ClientsMixin, SimClient
+from ._clients import ClientsMixin, SimClient
 from ._disk import Disks
 from ._lifecycle import lifecycle_clients
 from ._network import NetworkMixin
@@ -31,6 +38,7 @@ from ._params import (
     SimulationFailure,
     stream,
 )
+from ._replication import GroupsMixin, ReplicationGroup, queues_of
 from ._workers import DEAD_LETTERS, WORK_QUEUE, SimWorker, WorkersMixin, group_settings
 
 
@@ -58,7 +66,15 @@ class SimResult:
         return cmd
 
 
-class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersMixin):
+class Simulation(
+    GroupsMixin,
+    NodesMixin,
+    NetworkMixin,
+    ClientsMixin,
+    OperatorMixin,
+    WorkersMixin,
+    BalancerMixin,
+):
     """One run: a cluster, a network, disks, clients and the invariant checker, from a seed.
 
     The state lives here, in one object, as one plain loop needs it; each component's steps
@@ -78,7 +94,13 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
     ) -> None:
         self.seed = seed
         self.mutant = mutant
-        self.node_cls: type[RaftNode] = MUTANTS[mutant] if mutant else RaftNode
+        if mutant is not None and mutant not in MUTANTS and mutant not in SPREAD_MUTANTS:
+            raise ValueError(f"unknown mutant {mutant!r}")
+        self.node_cls: type[RaftNode] = MUTANTS.get(mutant, RaftNode) if mutant else RaftNode
+        # The balancer's wish and pacing (a broken one with a spread mutant).
+        self.spread_target, self.spread_interval = SPREAD_MUTANTS.get(
+            mutant, (preferred, SPREAD_INTERVAL_TICKS)
+        )
         self.p = FaultParams.derive(seed, safety_steps, liveness_steps)
         # One named random stream per component (see ``stream``): a new draw in one of them
         # shifts no other component's draws, so each seed keeps the rest of its schedule.
@@ -92,11 +114,6 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         """Faults aimed at leaders: which crash hits the leader, new leaders crashed or cut off."""
         self.write_fault_rng = stream(seed, "faults:writes")
         """Crashes with a disk write in flight."""
-        self.leader_terms: dict[int, tuple[int, int | None]] = {}
-        """Each broker's last term seen leading, and its commit index when it won (None once
-        that index has moved): new leaders, and their first commits, are the targets."""
-        self.doomed: dict[int, tuple[int, int]] = {}
-        """New leaders due to crash: broker -> (step, the term it leads)."""
         self.restart_rng = stream(seed, "restarts")
         """How long a crashed broker stays down."""
         self.disk_rng = stream(seed, "disks")
@@ -104,24 +121,38 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.churn_rng = stream(seed, "operator:membership")
         self.retention_rng = stream(seed, "operator:retention")
         self.transfer_rng = stream(seed, "operator:transfers")
-        self.transfers_requested: list[tuple[int, Any]] = []
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
-        config = Config(voters)
-        self.storage = {i: MemoryStorage(snapshot=SnapshotMeta(0, 0, config)) for i in voters}
         self.ids = voters
         if self.p.churn_rate:
-            # A spare broker that knows no configuration: the operator adds it as a learner,
-            # promotes it, removes another voter, and so on (single-server changes).
+            # A spare broker that knows no configuration: the operator adds it as a learner
+            # (of group 0), promotes it, removes another voter, and so on (single-server
+            # changes). It hosts the other groups too, outside their configurations.
             self.ids = [*voters, self.p.node_count + 1]
-            self.storage[self.p.node_count + 1] = MemoryStorage()
-        self.nodes: dict[int, RaftNode | None] = {}
-        self.apps: dict[int, QueueState] = {}
-        self.app_index: dict[int, int] = {}
-        self.disk: dict[int, tuple[int, Any] | None] = {i: None for i in self.ids}
+        # Each group's state (see _replication): the per-group attributes (``nodes``,
+        # ``storage``, ``apps``, ``checker``, ...) are the current group's, ``self.g``.
+        self.groups = []
+        self.queue_group: dict[str, int] = {}
+        for k in range(self.p.replication_groups):
+            config = Config(voters)
+            storage = {i: MemoryStorage(snapshot=SnapshotMeta(0, 0, config)) for i in voters}
+            if self.p.churn_rate:
+                storage[self.p.node_count + 1] = MemoryStorage()
+            suffix = f":g{k}" if k else ""  # group 0 draws as the single group did
+            group = ReplicationGroup(
+                index=k,
+                queues=queues_of(k),
+                storage=storage,
+                node_rng={i: stream(seed, f"node:{i}{suffix}") for i in self.ids},
+                disk=dict.fromkeys(self.ids),
+            )
+            self.groups.append(group)
+            self.queue_group.update(dict.fromkeys(group.queues, k))
         self.clock_acc = {i: stream(seed, f"clock:{i}").uniform(0, TICK_STEPS) for i in self.ids}
-        self.node_rng = {i: stream(seed, f"node:{i}") for i in self.ids}
-        """Each broker's stream: it seeds the core's own ``rng`` at every start."""
+        self.broker_ticks = dict.fromkeys(self.ids, 0)
+        """Each broker's clock, in ticks (its balancer's pacer reads it)."""
+        self.pacers: dict[int, SpreadPacer] = {}
+        """Each running broker's balancer pacer (volatile: a restart makes a new one)."""
         self.restart_at: dict[int, int] = {}
         self.net: list[tuple[int, int, Any]] = []
         self.seq = 0
@@ -135,13 +166,14 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.sweep_pending: tuple[int, int, int] | None = None
         """The last idle sweep while unanswered: (leader, its term, the step it was made)."""
         self.quiescing = False
-        self.dirty: set[int] = set()
-        self.ledgers: dict[int, Proposals[tuple[str | None, int]]] = {}
-        """Each running broker's proposals ledger (the driver's): the (client, request) of each
-        command, from the moment the leader takes it until it is answered."""
-        self.proposals: dict[int, int] = {}
-        """The step the first request waiting in a leader's ledger arrived: they are proposed
-        together once ``linger`` steps passed, as the runtime's driver does (proposal batching)."""
+        # Per group (see ReplicationGroup): ``ledgers``, each running broker's proposals ledger
+        # (the driver's): the (client, request) of each command, from the moment the leader
+        # takes it until it is answered; ``proposals``, the step the first request waiting in
+        # a leader's ledger arrived: they are proposed together once ``linger`` steps passed,
+        # as the runtime's driver does (proposal batching); ``leader_terms``, each broker's
+        # last term seen leading, and its commit index when it won (None once that index has
+        # moved): new leaders, and their first commits, are the targets; ``doomed``, new
+        # leaders due to crash: broker -> (step, the term it leads).
         self.trace = hashlib.blake2b(digest_size=12)
         self.stats = dict.fromkeys(
             (
@@ -180,12 +212,26 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
                 "dead_lettered",
                 "lease_expiries",
                 "worker_deaths",
+                "spread_transfers",
+                "spread_moves_healed",
             ),
             0,
         )
-        self.checker = Checker(self)
+        for group in self.groups:
+            group.checker = Checker(self, queues=group.queues)
+        self.spread = SpreadChecker(self)
+        # Client c creates the queues of the groups k with k mod clients = c (with one group,
+        # C-0 creates both), so that no group waits for every other group's queues.
         self.clients = [
-            SimClient(f"C-{c}", to_create=list(QUEUES) if c == 0 else [])
+            SimClient(
+                f"C-{c}",
+                to_create=[
+                    q
+                    for group in self.groups
+                    if group.index % self.p.clients == c
+                    for q in group.queues
+                ],
+            )
             for c in range(self.p.clients)
         ]
         self.client_rng = {c.id: stream(seed, f"client:{c.id}") for c in self.clients}
@@ -200,8 +246,13 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
         self.workers = {w.id: w for w in workers}
         self.clients += workers
         self.client_rng.update({w.id: stream(seed, f"group:{w.id}") for w in workers})
-        self.disks = Disks(self)
-        """Each broker's disk faults (their own ``disk-faults`` stream)."""
+        for group in self.groups:
+            # Each broker's disk faults, per group's log (their own ``disk-faults`` stream).
+            group.disks = Disks(self)
+            if group.index:
+                group.disks.rng = stream(seed, f"disk-faults:g{group.index}")
+            group.make_view()
+        self.__dict__.update(self.groups[0].view)  # group 0 is the current one
         for i in self.ids:
             self._start(i)
 
@@ -220,6 +271,8 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
     # -- the loop ------------------------------------------------------------------------------
 
     def _trace(self, event: str) -> None:
+        if self.g.index:
+            event = f"{event} {self.g.id}"  # (group 0's events read as a single group's did)
         self.trace.update(f"{self.now} {event}\n".encode())
         if self.log is not None:
             self.log(f"{self.now:6d} {event}")
@@ -227,34 +280,57 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
     def step(self) -> None:
         """One unit of simulated time: faults, clocks, deliveries, disks, clients, Readys."""
         self.now += 1
+        several = len(self.groups) > 1
         if self.faults_on:
             self._inject_faults()
-            self._operate()
-            self._transfer()
+            self._operate()  # membership changes: group 0's
+            if self.p.transfer_rate:
+                for _ in self.each_group():
+                    self._transfer()
             for i, at in list(self.restart_at.items()):
                 if at <= self.now and self.nodes[i] is None:
                     del self.restart_at[i]
                     self._start(i)
-        self._retention()
+        if self.now % self.p.retention_every == 0 or (self.faults_on and self.p.retention_rate):
+            for _ in self.each_group():
+                self._retention()
         if self.workers:
             self._expire_leases()
+        ticks = {}
         for i in self.ids:
-            node = self.nodes[i]
-            if node is None:
-                continue
+            if self.nodes[i] is None:
+                continue  # (a broker's groups are up or down together)
             self.clock_acc[i] += self.p.clock_rates[i - 1]
             while self.clock_acc[i] >= TICK_STEPS:
                 self.clock_acc[i] -= TICK_STEPS
-                node.tick()
-                self.dirty.add(i)
-                self.checker.after_step(i)
+                self.broker_ticks[i] += 1
+                ticks[i] = ticks.get(i, 0) + 1
+        if ticks:
+            # Each group in turn (with one group: each broker in turn, tick by tick, as ever).
+            for _ in self.each_group():
+                for i, n in ticks.items():
+                    node = self.nodes[i]
+                    for _ in range(n):
+                        node.tick()
+                        self.dirty.add(i)
+                        self.checker.after_step(i)
+                        if several:
+                            self._balance(i, node)
         self._deliver_due()
-        self._complete_disks()
+        for group in self.groups:
+            if any(job is not None for job in group.disk.values()):
+                with self.in_group(group.index):
+                    self._complete_disks()
         self._clients_step()
-        self.dirty.update(self.proposals)
-        for i in sorted(self.dirty):
-            self._drive(i)
-        self.dirty.clear()
+        for group in self.groups:
+            if group.dirty or group.proposals:
+                with self.in_group(group.index):
+                    self.dirty.update(self.proposals)
+                    for i in sorted(self.dirty):
+                        self._drive(i)
+                    self.dirty.clear()
+        if several and not self.faults_on:
+            self.spread.observe()
 
     def converged(self) -> bool:
         """Liveness goal: every client succeeded twice after healing, then (no new operations)
@@ -267,6 +343,14 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
             return False
         if self.workers and not self._group_drained():
             return False  # the members keep reading until every message is done
+        if not all(self._group_converged() for _ in self.each_group()):
+            return False
+        # Several groups: and every group's balancer has nothing left to move.
+        return len(self.groups) == 1 or self.balancer_quiet()
+
+    def _group_converged(self) -> bool:
+        """The current group has one leader, which committed its whole log, and every member
+        applied it."""
         leaders = [self.nodes[i] for i in self.live() if self.nodes[i].is_leader]
         if len(leaders) != 1:
             return False
@@ -289,20 +373,30 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
                     break
             else:
                 raise SimulationFailure(self._liveness_report())
-            self.checker.final_check()
+            if len(self.groups) > 1:
+                # The spread's outcome, then leadership must stay where it is.
+                self.spread.at_convergence()
+                for _ in range(STABLE_STEPS):
+                    self.step()
+                    self.spread.stable()
+            for _ in self.each_group():
+                self.checker.final_check()
         except SimulationFailure as exc:
             error = f"step {self.now}: {exc}"
         except Exception:
             error = f"step {self.now}: core raised\n{traceback.format_exc()}"
         self.stats["steps"] = self.now
-        self.stats["max_term"] = max(self.checker.leader_of_term, default=0)
-        self.stats["elections"] = len(self.checker.leader_of_term)
-        self.stats["committed"] = max(self.checker.committed, default=0)
+        self.stats["replication_groups"] = len(self.groups)
+        checkers = [group.checker for group in self.groups]
+        self.stats["max_term"] = max(max(c.leader_of_term, default=0) for c in checkers)
+        self.stats["elections"] = sum(len(c.leader_of_term) for c in checkers)
+        self.stats["committed"] = sum(max(c.committed, default=0) for c in checkers)
         # Transfers whose target led the very next term: handed over, not merely attempted.
         self.stats["transfers_taken_over"] = sum(
             1
-            for term, target in set(self.transfers_requested)
-            if self.checker.leader_of_term.get(term + 1) == target
+            for group in self.groups
+            for term, target in set(group.transfers_requested)
+            if group.checker.leader_of_term.get(term + 1) == target
         )
         return SimResult(
             seed=self.seed,
@@ -317,8 +411,12 @@ class Simulation(NodesMixin, NetworkMixin, ClientsMixin, OperatorMixin, WorkersM
 
     def _liveness_report(self) -> str:
         lines = [f"liveness: no convergence {self.p.liveness_steps} steps after healing"]
-        for i in self.ids:
-            lines.append(f"  {self.nodes[i]!r} applied={self.app_index[i]}")
+        for group in self.each_group():
+            for i in self.ids:
+                name = f"{group.id} " if len(self.groups) > 1 else ""
+                lines.append(f"  {name}{self.nodes[i]!r} applied={self.app_index[i]}")
+        if len(self.groups) > 1:
+            lines.extend(self.spread.report())
         for c in self.clients:
             lines.append(f"  {c.id} op={c.op} ok_after_heal={c.ok_after_heal}")
         return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Several replication groups per simulated broker (``testing/sim/_replication.py``) and the
+leadership spread (``testing/sim/_balancer.py``): crashes and partitions hit every group of a
+broker at once, every invariant holds per group, leadership spreads, converges and stays, and
+a broken balancer is caught."""
+
+import re
+
+import attrs
+import pytest
+
+from trio_broker._core._raft import Role
+from trio_broker._core._spread import leader_share, preferred_leader
+from trio_broker.testing.sim import (
+    HEALED_MOVES_MAX,
+    SPREAD_MUTANTS,
+    Simulation,
+    SimulationFailure,
+    queues_of,
+    run_seed,
+    run_swarm,
+)
+from trio_broker.testing.sim._params import FaultParams
+from trio_broker.testing.sim._replication import GroupMessage
+
+SWARM_SEEDS = 12
+"""Seeds with three or four groups that this file runs (the 200-seed swarm of test_sim.py
+runs about 100 seeds with several groups too)."""
+
+MUTANT_SEEDS = 30
+
+
+def group_counts(seed):
+    return FaultParams.derive(seed, 1, 1).replication_groups
+
+
+def node_count(seed):
+    return FaultParams.derive(seed, 1, 1).node_count
+
+
+def several_group_seeds(n, at_least=2):
+    return [s for s in range(20 * n) if group_counts(s) >= at_least][:n]
+
+
+def run_to_the_end(seed):
+    sim = Simulation(seed)
+    result = sim.run()
+    assert result.ok, f"{result.error}\n  replay: {result.replay_command()}"
+    return sim, result
+
+
+def test_seeds_draw_one_group_on_about_half_and_up_to_four():
+    counts = [group_counts(s) for s in range(1000)]
+    assert set(counts) == {1, 2, 3, 4}
+    assert 400 < counts.count(1) < 600
+
+
+def test_single_group_seeds_run_the_schedule_they_ran_before_groups_existed():
+    """Trace hashes recorded before the simulator had groups (seeds 3, 5 and 11 draw one)."""
+    recorded = {
+        3: "ca3db0a58d5f5c734459ade5",
+        5: "39d47b2fdc198063631adc5f",
+        11: "ff1b8f39f17e07c343ea8af3",
+    }
+    for seed, trace_hash in recorded.items():
+        assert group_counts(seed) == 1
+        assert run_seed(seed).trace_hash == trace_hash, seed
+
+
+def test_swarm_with_several_groups_holds_every_invariant_per_group():
+    results = run_swarm(several_group_seeds(SWARM_SEEDS, at_least=3), jobs=2)
+    failures = [r for r in results if not r.ok]
+    assert not failures, "\n".join(f"{r.error}\n  {r.replay_command()}" for r in failures)
+    total = {k: sum(r.stats[k] for r in results) for k in results[0].stats}
+    assert total["crashes"] > 20 and total["partitions"] > 20
+    assert total["appends"] > 50 and total["reads"] > 50
+    assert total["spread_transfers"] > SWARM_SEEDS  # the balancers move leadership
+    assert max(r.stats["spread_moves_healed"] for r in results) <= HEALED_MOVES_MAX
+
+
+def test_every_group_serves_its_queues_and_keeps_its_own_terms():
+    # Seed 4: three groups, four clients, the ``elections`` mix (busy clients; on many seeds
+    # with heavy loss or one slow client some group's queues see no acknowledged append).
+    sim, _ = run_to_the_end(4)
+    assert len(sim.groups) == 3
+    for group in sim.groups:
+        checker = group.checker
+        assert checker.queues == queues_of(group.index)
+        # Clients' appends were acknowledged on this group's queues, and only there.
+        acked_queues = {q for q, _ in checker.acked}
+        assert acked_queues and acked_queues <= set(group.queues), (group.id, acked_queues)
+        assert checker.committed and checker.leader_of_term
+    # Each group elects on its own: some term is led by different brokers in different groups.
+    terms = [group.checker.leader_of_term for group in sim.groups]
+    assert any(
+        a.get(t) not in (None, b.get(t)) and b.get(t) is not None
+        for a in terms
+        for b in terms
+        for t in a
+    )
+
+
+def test_leadership_ends_spread_over_the_brokers_by_the_shared_rule():
+    for seed in several_group_seeds(4, at_least=3):
+        sim, _ = run_to_the_end(seed)
+        led = {}
+        for group in sim.groups:
+            (leader,) = [i for i in sim.live() if group.nodes[i].is_leader]
+            voters = group.nodes[leader].config.voters
+            assert leader == preferred_leader(sim.group_ids, group.id, voters), seed
+            led[leader] = led.get(leader, 0) + 1
+        assert max(led.values()) <= leader_share(len(sim.groups), sim.p.node_count), seed
+
+
+def test_a_crash_stops_every_group_of_the_broker_and_a_restart_starts_them_all():
+    sim = Simulation(several_group_seeds(1, at_least=3)[0], safety_steps=0, liveness_steps=0)
+    sim.crash(2)
+    assert all(group.nodes[2] is None for group in sim.groups)
+    assert all(group.nodes[1] is not None for group in sim.groups)
+    sim.restart_at[2] = sim.now + 1
+    sim.step()
+    assert all(group.nodes[2] is not None for group in sim.groups)
+
+
+def test_a_partition_cuts_every_groups_messages_between_the_same_brokers():
+    from trio_broker._core._raft_messages import Heartbeat
+
+    sim = Simulation(several_group_seeds(1, at_least=3)[0], safety_steps=0, liveness_steps=0)
+    sim.p = attrs.evolve(sim.p, loss=0.0, duplicate=0.0)
+    sim.blocked = {(1, 2), (2, 1)}
+    sim.net.clear()
+    for _ in sim.each_group():
+        sim.post(Heartbeat(src=1, dst=2, term=0, cluster_version=0, commit=0))
+        sim.post(Heartbeat(src=1, dst=3, term=0, cluster_version=0, commit=0))
+    on_the_wire = [m for _, _, m in sim.net]
+    assert all(isinstance(m, GroupMessage) for m in on_the_wire)  # each with its group
+    assert sorted(m.group for m in on_the_wire) == sorted(2 * [g.index for g in sim.groups])
+    delivered = sim.stats["delivered"]
+    dropped = sim.stats["dropped"]
+    sim.now += 100
+    sim._deliver_due()
+    assert sim.stats["dropped"] - dropped == len(sim.groups)  # 1 -> 2, in every group
+    assert sim.stats["delivered"] - delivered == len(sim.groups)  # 1 -> 3, in every group
+
+
+def test_the_checker_of_one_group_flags_a_violation_in_that_group():
+    sim = Simulation(several_group_seeds(1, at_least=2)[0], safety_steps=0, liveness_steps=0)
+    first, second = sim.groups[0], sim.groups[1]
+    # The same term led by two brokers in two groups: independent consensus groups, fine.
+    first.checker.leader_of_term[3] = 1
+    second.checker.leader_of_term[3] = 2
+    with sim.in_group(1):
+        node = sim.nodes[3]
+        node.term, node.role = 3, type(node.role).LEADER
+        with pytest.raises(SimulationFailure, match="election safety: nodes 2 and 3 both lead"):
+            sim.checker.after_step(3)
+
+
+# -- broken balancers the spread's checks catch -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutant", "expected"),
+    [
+        ("spread_rotates", "flapping"),
+        ("spread_to_best", "flapping|preferred leader"),
+        ("spread_to_lowest", "more than its share|preferred leader"),
+    ],
+)
+def test_a_broken_balancer_is_caught(mutant, expected):
+    assert mutant in SPREAD_MUTANTS
+    results = run_swarm(
+        several_group_seeds(MUTANT_SEEDS), mutant=mutant, jobs=1, stop_on_failure=True
+    )
+    failures = [r for r in results if not r.ok]
+    assert failures, f"{mutant} survived {MUTANT_SEEDS} seeds"
+    assert re.search(f"spread: .*({expected})", failures[0].error), failures[0].error
+    assert f"--mutant {mutant}" in failures[0].replay_command()
+    assert run_seed(failures[0].seed).ok  # the broken balancer fails it, not the seed's faults
+
+
+def lead(sim, group, broker, term):
+    for i in sim.live():
+        group.nodes[i].role = Role.FOLLOWER
+    group.nodes[broker].role, group.nodes[broker].term = Role.LEADER, term
+
+
+def test_the_share_check_flags_one_broker_leading_too_many_groups():
+    seed = next(s for s in range(1000) if group_counts(s) == 3 and node_count(s) == 3)
+    sim = Simulation(seed, safety_steps=0, liveness_steps=0)
+    for group in sim.groups:
+        lead(sim, group, 1, 1)
+    with pytest.raises(SimulationFailure, match=r"broker 1 leads 3 of 3 groups .* share \(1\)"):
+        sim.spread.at_convergence()
+    # By the rule, each broker leads one group: passes.
+    for group in sim.groups:
+        lead(sim, group, sim.ids[group.index], 1)
+    sim.spread.at_convergence()
+    # Two groups on one broker (its share + 1) passes the share check, and is still not
+    # where the rule puts them.
+    lead(sim, sim.groups[2], 1, 2)
+    with pytest.raises(SimulationFailure, match="G-2 is led by 1, its preferred leader is 3"):
+        sim.spread.at_convergence()
+
+
+def test_the_flapping_check_counts_each_groups_moves_once_healed():
+    sim = Simulation(several_group_seeds(1)[0], safety_steps=0, liveness_steps=0)
+    group = sim.groups[1]
+    for term in range(1, HEALED_MOVES_MAX + 2):
+        lead(sim, group, 1 + term % 2, term)
+        sim.spread.observe()
+    assert sim.spread.moves[1] == HEALED_MOVES_MAX
+    last = 1 + (HEALED_MOVES_MAX + 1) % 2
+    lead(sim, group, last, HEALED_MOVES_MAX + 5)  # (a new term of the same leader: no move)
+    sim.spread.observe()
+    lead(sim, group, 3 - last, HEALED_MOVES_MAX + 6)
+    with pytest.raises(
+        SimulationFailure, match=rf"G-1's leadership moved {HEALED_MOVES_MAX + 1} times .* flapping"
+    ):
+        sim.spread.observe()
