@@ -62,6 +62,7 @@ from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from . import _membership as membership
 from ._answer import Answer
+from ._applied import applied_views
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
@@ -151,7 +152,7 @@ class Broker:
             worker,
             make_node(self.broker_id, state, config),
             self.addresses,
-            self._on_applied,
+            applied_views(self._on_applied, self._appended, self.work.wake),
             self._on_snapshot,
         )
         self.metrics = BrokerMetrics(self)

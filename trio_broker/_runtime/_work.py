@@ -276,17 +276,18 @@ class WorkRoom:
             for name in [n for n, q in self._names.items() if q == result.queue_id]:
                 del self._names[name]
             self._names_generation += 1
-            self._wake(result.queue_id)
+            self.wake(result.queue_id)
         elif isinstance(payload, work.Publish | cmd.AppendMessage | cmd.AppendBatch):
-            self._wake(payload.queue_id)
+            self.wake(payload.queue_id)
         if isinstance(payload, work.GroupRead | work.GroupExtend | work.GroupNack):
             self._leases_changed.set()
             if isinstance(result, work.LeasesChanged) and (result.changed or result.dead_lettered):
-                self._wake(payload.queue_id)
+                self.wake(payload.queue_id)
         elif isinstance(result, work.LeasesExpired) and result.expired:
             self._wake_all()
 
-    def _wake(self, queue_id: str) -> None:
+    def wake(self, queue_id: str) -> None:
+        """Wake the group readers long-polling ``queue_id`` (it may have messages for them)."""
         event = self._changed.pop(queue_id, None)
         if event is not None:
             event.set()
