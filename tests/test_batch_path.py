@@ -24,10 +24,11 @@ MAX_FRAME = 2048  # values above max_data_bytes (MAX_FRAME - 256) are refused, f
 
 
 def _receive_of(queue_id: str) -> list[dict[str, Any]]:
-    """One pipelined receive: plain APPENDs and READs with refusals mid-run (too large, a
-    producer sequence without its producer, a bad max_messages), idempotent duplicates, and
-    requests that do not join a run (a named queue, headers, an unknown operation, a long
-    poll, APPEND_BATCH)."""
+    """One pipelined receive: APPENDs (with headers too), APPEND_BATCH, READs, ACK and SEEK
+    with refusals mid-run (too large, a producer sequence without its producer, a bad
+    max_messages, a SEEK with two targets, an empty client id, headers from a producer
+    without an epoch), idempotent duplicates, and requests that do not join a run (a named
+    queue, an unknown operation, a long poll)."""
     append = {"operation": "APPEND", "queue_name": queue_id}
     return [
         {**append, "data": 0},
@@ -52,6 +53,17 @@ def _receive_of(queue_id: str) -> list[dict[str, Any]]:
         {"operation": "APPEND_BATCH", "queue_name": queue_id, "values": [10, 11]},
         {**append, "data": 12},
         {**append, "data": 13},
+        {"operation": "ACK", "queue_name": queue_id, "client_id": "C-BATCH", "sequence_num": 4},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-2", "to": "start"},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-2", "to": "end"},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-4", "to": "start"},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-4", "to": "x"},  # refused
+        {"operation": "ACK", "queue_name": queue_id, "client_id": "", "sequence_num": 1},  # refused
+        {**append, "data": 14, "headers": {"k": "v"}, "producer_id": "P-2", "producer_seq": 0},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-2"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-4"},
+        {"operation": "SEEK", "queue_name": "no-such-queue", "client_id": "C-2", "to": "start"},
     ]
 
 
@@ -90,6 +102,11 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
         assert max(runs) >= 5, runs  # the batch path was taken, refusals within a run
         # READs joined the APPENDs' runs (the messages form as ReadRecords).
         assert ["AppendMessage", "ReadNext", "ReadNext", "ReadRecords", "ReadRecords"] in proposed
+        # So did appends with headers, APPEND_BATCH, ACK and SEEK.
+        assert [
+            *["Publish", "AppendMessage", "AppendBatch", "AppendMessage", "AppendMessage"],
+            *["Ack", "Seek", "Seek", "Seek", "ReadNext", "ReadNext", "ReadNext"],
+        ] in proposed
 
         server._handle_many = None  # one request at a time, as before
         runs.clear()
@@ -99,9 +116,9 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
 
         assert batched == single
         codes = [a.get("code") for a in batched]
-        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 2
-        assert codes.count("QUEUE_NOT_FOUND") == 1 and codes.count("UNKNOWN_OPERATION") == 1
-        assert codes.count(None) == len(batched) - 5
+        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 5
+        assert codes.count("QUEUE_NOT_FOUND") == 2 and codes.count("UNKNOWN_OPERATION") == 1
+        assert codes.count(None) == len(batched) - 9
         reads = [
             a
             for r, a in zip(_receive_of(batched_queue), batched, strict=True)
@@ -113,6 +130,10 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
         ]
         assert reads[5]["status"] == "success"  # the long poll found a message at once
         assert batched[4] == {"status": "success", "sequence_num": 3, "duplicate": True}
+        # The positions moved in request order within the run: C-BATCH past its ACK of 4,
+        # C-2 back to the start (then to the end, then nothing left), C-4 to the start.
+        assert [r.get("sequence_num") for r in reads[-3:]] == [5, None, 1]
+        assert reads[-2] == {"status": "success", "message": "no_messages"}
         # And the same messages, in the same order, went into each queue's log.
         peek = {"operation": "READ", "client_id": "C-PEEK", "max_messages": 20, "mode": "peek"}
         logs = [

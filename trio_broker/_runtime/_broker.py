@@ -27,7 +27,6 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import trio
 
 from .. import _core
@@ -360,13 +359,11 @@ class Broker:
         request = await self.work.resolved(request)
         if isinstance(request, BrokerError):
             return Answer(now=request)
-        publish = publish_command(request, self.config)
+        publish = publish_command(request, self.config, appended_ms=self.wall_clock_ms())
         if publish is not None:
             if isinstance(publish, BrokerError):
                 return Answer(now=publish)
-            return await self.work.commit(
-                attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
-            )
+            return await self.work.commit(publish, appended_answer(request))
         # The leader's clock, in the replicated command: every replica then ages the
         # message alike (docs/protocol.md, "Retention").
         return await self._commit(

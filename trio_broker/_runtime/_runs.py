@@ -2,10 +2,11 @@
 in one call").
 
 The connection hands :meth:`Runs.handle_many` every request of one receive it lets through.
-The APPENDs of the original contract and the READs that do not wait are checked into their
-commands here and proposed in one call of the driver's ``propose_many``; any other request
-goes to the broker's ``handle``, as it would alone. Each answer is the one the one-by-one path
-gives (tests/test_batch_path.py compares them).
+The APPENDs and APPEND_BATCHes (with headers or a producer epoch too), the READs that do not
+wait, and ACK and SEEK, each naming its queue by id, are checked into their commands here and
+proposed in one call of the driver's ``propose_many``; any other request goes to the broker's
+``handle``, as it would alone. Each answer is the one the one-by-one path gives
+(tests/test_batch_path.py compares them).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 from .._core import _work_commands as work
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
-from .._protocol import Append, Read, Request
+from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._connections import Session
 from ._driver import RaftDriver
-from ._operations import append_command, read_command
+from ._operations import append_command, position_command, read_command
 from ._pending import GroupAnswer
-from ._work import Mapped, read_answer
+from ._work import Mapped, appended_answer, publish_command, read_answer
+
+Convert = Callable[[Any], Any]
 
 
 class Runs:
@@ -53,25 +56,25 @@ class Runs:
     ) -> None:
         """Decide the requests of one receive, in order, exactly as :attr:`handle` would one
         at a time, and give the answers to ``answered`` in request order, each as soon as it
-        and those before it are known. The APPENDs of the original contract (a queue id, no
-        headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
-        checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
-        one capacity charge, one result list); any other request is decided by
-        :attr:`handle`, after the commands before it are proposed, so that the log holds the
-        commands in request order."""
+        and those before it are known. The requests that name their queue by id, and for a
+        READ do not wait (see :meth:`_run_command`), are checked into commands here and
+        proposed together (:meth:`RaftDriver.propose_many`: one capacity charge, one result
+        list); any other request is decided by :attr:`handle`, after the commands before it
+        are proposed, so that the log holds the commands in request order."""
         answers: list[Answer | None] = []
         given = 0
         """Answers given to ``answered`` (a prefix of ``answers``)."""
         commands: list[Any] = []
         slots: list[int] = []
-        reads: list[int] = []
-        """Indexes in ``commands`` of READs (answered through ``read_answer``)."""
+        converts: list[tuple[int, Convert]] = []
+        """Indexes in ``commands`` of those answered through a conversion of their result
+        (READs, through ``read_answer``; appends with headers, through ``appended_answer``)."""
 
         async def propose() -> None:
             """Propose the run so far; then every answer up to here is known: give them."""
             nonlocal given
             if commands:
-                await self._propose_run(commands, slots, reads, answers)
+                await self._propose_run(commands, slots, converts, answers)
             if given < len(answers):
                 answered(answers[given:])  # type: ignore[arg-type]  (all known now)
                 given = len(answers)
@@ -85,46 +88,53 @@ class Runs:
                 answers.append(await self.handle(request, session))
                 await propose()
                 continue
-            command, is_read = joining
+            command, convert = joining
             if isinstance(command, BrokerError):
                 answers.append(Answer(now=command))
                 continue
             if len(commands) >= limit:
                 await propose()
-            if is_read:
-                reads.append(len(commands))
+            if convert is not None:
+                converts.append((len(commands), convert))
             slots.append(len(answers))
             commands.append(command)
             answers.append(None)
         await propose()
 
-    def _run_command(self, request: Request, stamp: int) -> tuple[Any, bool] | None:
-        """The command (or refusal) of a request that joins a run, and whether it is a READ;
-        None for a request :attr:`handle` decides alone (as the broker's ``_append`` and ``_read``
-        would decide these: a queue id needs no lookup, no headers or epoch, no long poll)."""
+    def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
+        """The command (or refusal) of a request that joins a run, and the conversion of its
+        result into its answer (None: the result is the answer, through ``response_for``);
+        None for a request :attr:`handle` decides alone. The broker's ``_append``, ``_read``
+        and ``_commit_position`` decide these requests so: a queue id needs no lookup, and a
+        READ without ``wait_ms`` no long poll."""
         if self._closing():
             return None
-        if isinstance(request, Append):
-            if (
-                request.headers is None
-                and request.producer_epoch is None
-                and request.queue_name.startswith("Q-")
-            ):
-                return append_command(request, self._config, appended_ms=stamp), False
-            return None
-        if (
-            isinstance(request, Read)
-            and not request.wait_ms
-            and request.queue_name.startswith("Q-")
-        ):
-            return read_command_of(request, self._config), True
+        if isinstance(request, Append | AppendBatch):
+            if not request.queue_name.startswith("Q-"):
+                return None
+            if request.headers is None and request.producer_epoch is None:
+                return append_command(request, self._config, appended_ms=stamp), None
+            publish = publish_command(request, self._config, appended_ms=stamp)
+            return publish, appended_answer(request)
+        if isinstance(request, Read):
+            if request.wait_ms or not request.queue_name.startswith("Q-"):
+                return None
+            return read_command_of(request, self._config), read_answer
+        if isinstance(request, AckRequest | SeekRequest):
+            if not request.queue_name.startswith("Q-"):
+                return None
+            return position_command(request), None
         return None
 
     async def _propose_run(
-        self, commands: list[Any], slots: list[int], reads: list[int], answers: list[Answer | None]
+        self,
+        commands: list[Any],
+        slots: list[int],
+        converts: list[tuple[int, Convert]],
+        answers: list[Answer | None],
     ) -> None:
         """Propose ``commands`` together; their answers go to ``answers`` at ``slots`` (those
-        at ``reads`` as READs'). Empties the lists."""
+        in ``converts`` through their conversion). Empties the lists."""
         if not self._driver.node.is_leader:
             group: Any = self._driver.not_leader_error()
         else:
@@ -135,11 +145,11 @@ class Runs:
         else:
             for index, slot in enumerate(slots):
                 answers[slot] = GroupAnswer(group, index)
-            for index in reads:
-                answers[slots[index]] = Answer(later=Mapped(group.member(index), read_answer))
+            for index, convert in converts:
+                answers[slots[index]] = Answer(later=Mapped(group.member(index), convert))
         commands.clear()
         slots.clear()
-        reads.clear()
+        converts.clear()
 
 
 def read_command_of(request: Read, config: BrokerConfig) -> Any:

@@ -56,9 +56,10 @@ def _wire_headers(headers: work.Headers) -> dict[str, str] | None:
 
 
 def publish_command(
-    request: m.Append | m.AppendBatch, config: BrokerConfig
+    request: m.Append | m.AppendBatch, config: BrokerConfig, *, appended_ms: int | None = None
 ) -> work.Publish | BrokerError | None:
-    """APPEND or APPEND_BATCH with headers or a producer epoch, as a ``Publish``; None for an
+    """APPEND or APPEND_BATCH with headers or a producer epoch, as a ``Publish`` stamped with
+    ``appended_ms`` (the leader's clock; built once, not evolved afterwards); None for an
     append of the original contract (its own, unchanged command)."""
     if request.headers is None and request.producer_epoch is None:
         return None
@@ -100,6 +101,7 @@ def publish_command(
         request.producer_id,
         request.producer_epoch,
         request.producer_seq,
+        appended_ms,
     )
 
 
