@@ -1,6 +1,7 @@
-"""The replica's decoding of peer frames: the check for the compact JSON brokers write
-(``loads_peer_object``) and the COMMAND_GROUP loop for plain appends refuse exactly what
-``loads_object`` and the converter's path refuse, and decode the rest to the same values."""
+"""The decoding of peer frames: ``loads_object``'s check for the compact JSON brokers write
+(orjson writes the parsed object back as the same bytes) and the COMMAND_GROUP loop for plain
+appends refuse exactly what the exact checks and the converter's path refuse, and decode the
+rest to the same values."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft_messages as rm
 from trio_broker._errors import ProtocolError, RemoteProtocolError
 from trio_broker._protocol import FrameDecoder, encode_frame, loads_object
-from trio_broker._protocol._codec import dumps_value, loads_peer_object
+from trio_broker._protocol._codec import dumps_value
 from trio_broker._protocol._consensus import encode_message, message_from_obj
 from trio_broker._protocol._entries import payload_from_obj
 from trio_broker._runtime._peers import read_peer_stream
@@ -71,15 +72,16 @@ MESSAGES = [
 @pytest.mark.parametrize("message", MESSAGES)
 def test_a_brokers_frame_decodes_as_the_exact_checks_decode_it(message):
     frame = encode_message(message)
-    assert loads_peer_object(frame) == loads_object(frame)
-    assert message_from_obj(loads_peer_object(frame)) == message
+    assert orjson.dumps(orjson.loads(frame)) == frame  # (the compact check applies)
+    assert loads_object(frame) == json.loads(frame)
+    assert message_from_obj(loads_object(frame)) == message
 
 
 @pytest.mark.parametrize("message", MESSAGES)
 def test_a_frame_written_with_spaces_is_read_through_the_exact_checks(message):
     frame = json.dumps(orjson.loads(encode_message(message)), indent=1).encode()
     assert orjson.dumps(orjson.loads(frame)) != frame
-    assert message_from_obj(loads_peer_object(frame)) == message
+    assert message_from_obj(loads_object(frame)) == message
 
 
 def _frame_with(payload_text: bytes) -> bytes:
@@ -109,7 +111,7 @@ def _frame_with(payload_text: bytes) -> bytes:
 )
 def test_a_duplicate_key_in_a_peer_frame_is_refused(frame):
     with pytest.raises(ProtocolError, match="duplicate key"):
-        loads_peer_object(frame)
+        loads_object(frame)
 
 
 @pytest.mark.parametrize(
@@ -126,17 +128,17 @@ def test_a_duplicate_key_in_a_peer_frame_is_refused(frame):
 )
 def test_a_malformed_peer_frame_is_a_protocol_error(frame, error):
     with pytest.raises(ProtocolError, match=error):
-        loads_peer_object(frame)
+        loads_object(frame)
 
 
 def test_a_frame_nested_deeper_than_orjson_writes_takes_the_exact_checks():
     deep = b'{"a":' * 300 + b"1" + b"}" * 300
     with pytest.raises(orjson.JSONEncodeError):
         orjson.dumps(orjson.loads(deep))
-    assert loads_peer_object(deep) == loads_object(deep)
+    assert loads_object(deep) == json.loads(deep)
     duplicate = b'{"a":' * 300 + b'{"b":1,"b":2}' + b"}" * 300
     with pytest.raises(ProtocolError, match="duplicate key"):
-        loads_peer_object(duplicate)
+        loads_object(duplicate)
 
 
 COMMANDS = [

@@ -25,8 +25,7 @@ from .._auth import authenticate
 from .._core._commands import data_size
 from .._core._raft_messages import Message
 from .._errors import BrokerError, ProtocolError
-from .._protocol import Done, FrameDecoder, PeerHello, decode_response, encode_frame
-from .._protocol._codec import loads_peer_object
+from .._protocol import Done, FrameDecoder, PeerHello, decode_response, encode_frame, loads_object
 from .._protocol._consensus import encode_message, message_from_obj
 from ._dial import UNREACHABLE
 from ._log import log_event
@@ -285,7 +284,7 @@ async def read_peer_stream(
                 payload = decoder.next_frame()
                 if payload is None:
                     break
-                message = message_from_obj(loads_peer_object(payload))
+                message = message_from_obj(loads_object(payload))
             except ProtocolError as exc:
                 reason = exc.message
                 log_event(
