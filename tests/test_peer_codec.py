@@ -5,6 +5,7 @@ rest to the same values."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import orjson
@@ -229,3 +230,54 @@ async def test_a_peer_stream_reads_every_message_until_the_peer_closes():
     closed, stepped = await _read([encode_message(m) for m in MESSAGES])
     assert closed is True
     assert stepped == MESSAGES
+
+
+async def test_a_peer_link_sends_its_queue_as_frames_and_counts_it_down_to_zero():
+    """What a link queues (entries counted by their encoded bytes) leaves as one frame per
+    message, in order, and the link's count of queued bytes goes back to zero."""
+    from trio_broker._protocol._entries import payload_bytes
+    from trio_broker._runtime._network import TCP
+    from trio_broker._runtime._peers import PeerFleet
+
+    received: list[rm.Message] = []
+    greeted, done = trio.Event(), trio.Event()
+    messages = [m for m in MESSAGES for _ in range(20)]
+    for message in messages:
+        for entry in getattr(message, "entries", ()):
+            payload_bytes(entry)  # (as the driver does before sending new entries)
+
+    async def peer(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        while (payload := decoder.next_frame()) is None:
+            decoder.feed(await stream.receive_some(65536))
+        assert loads_object(payload)["operation"] == "PEER_HELLO"
+        await stream.send_all(encode_frame(b'{"status":"success"}'))
+        greeted.set()
+        while len(received) < len(messages):
+            while (payload := decoder.next_frame()) is not None:
+                received.append(message_from_obj(loads_object(payload)))
+            if len(received) < len(messages):
+                decoder.feed(await stream.receive_some(65536))
+        done.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_tcp, peer, 0, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        port = listeners[0].socket.getsockname()[1]
+        fleet = PeerFleet(
+            "B-1", "K-1", nursery, lambda _peer: ("127.0.0.1", port), ("127.0.0.1", 1), TCP.connect
+        )
+        fleet.ensure({"B-2"})
+        with trio.fail_after(10):
+            await greeted.wait()
+            await trio.testing.wait_all_tasks_blocked()  # (the link has read the answer)
+            assert fleet.statistics().any_connected
+            for message in messages:
+                fleet.send(message)
+            assert fleet._links["B-2"].queued_bytes > 0
+            await done.wait()
+        assert received == messages
+        assert fleet._links["B-2"].queued_bytes == 0
+        assert fleet.statistics().dropped("B-2") == 0
+        nursery.cancel_scope.cancel()
