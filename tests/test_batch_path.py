@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import trio
+import trio.testing
 
 from trio_broker._protocol import decode_request
 from trio_broker._protocol._messages import Appended
@@ -195,3 +196,60 @@ async def test_a_run_cancelled_midway_has_given_the_answers_of_what_it_proposed(
         assert len(given) == 2
         with trio.fail_after(DEADLINE):
             assert [await a.response() for a in given] == [Appended(1, False), Appended(2, False)]
+
+
+async def test_a_converted_answer_answers_as_a_mapped_member():
+    """A READ's (or a headed append's) answer in a run is one object; it answers what the
+    general form, ``Answer(later=Mapped(group.member(i), convert))``, answers, known or
+    waited for."""
+    from trio_broker._core import _commands as cmd
+    from trio_broker._core import _work_commands as work
+    from trio_broker._errors import BrokerError, ErrorCode
+    from trio_broker._protocol import encode_response
+    from trio_broker._protocol._messages import Append, AppendBatch
+    from trio_broker._runtime._answer import Answer
+    from trio_broker._runtime._pending import PendingGroup
+    from trio_broker._runtime._runs import ConvertedAnswer
+    from trio_broker._runtime._work import Mapped, appended_answer, read_answer
+
+    refusals = [
+        cmd.CommandRejected("QUEUE_NOT_FOUND", "no queue"),
+        BrokerError(ErrorCode.NOT_LEADER, "not the leader"),
+    ]
+    cases = [
+        (
+            read_answer,
+            [
+                work.Delivered((work.Delivery(3, b'"x"', (), 1),)),
+                work.Delivered((work.Delivery(4, b"1", (("h", "v"),), 1),)),
+                work.Delivered(()),
+                cmd.MessageRead(2, b"[1]"),
+                cmd.MessageRead(None, None),
+            ],
+        ),
+        (appended_answer(Append("Q-1", 1)), [work.Published(7, 1, True)]),
+        (appended_answer(AppendBatch("Q-1", [1, 2])), [work.Published(7, 2, False)]),
+    ]
+    for convert, results in cases:
+        results = [*results, *refusals]
+        group = PendingGroup(len(results))
+        ours = [ConvertedAnswer(group, i, convert) for i in range(len(results))]
+        general = [Answer(later=Mapped(group.member(i), convert)) for i in range(len(results))]
+        assert [a.known() for a in ours] == [None] * len(results)
+        waited: list[Any] = []
+        async with trio.open_nursery() as nursery:
+
+            async def wait_first(answer: Answer, into: list[Any]) -> None:
+                into.append(await answer.response())
+
+            nursery.start_soon(wait_first, ours[0], waited)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not waited
+            for i, result in enumerate(results):
+                group.set(i, result)
+        assert encode_response(waited[0]) == encode_response(await general[0].response())
+        for mine, theirs in zip(ours, general, strict=True):
+            assert encode_response(mine.known()) == encode_response(theirs.known())
+            assert encode_response(await mine.response()) == encode_response(
+                await theirs.response()
+            )

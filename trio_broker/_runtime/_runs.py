@@ -15,16 +15,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
+from .._core._commands import CommandRejected
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
-from ._answer import Answer
+from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
 from ._driver import RaftDriver
 from ._operations import append_command, position_command, read_command
-from ._pending import GroupAnswer
-from ._work import Mapped, appended_answer, publish_command, read_answer
+from ._pending import GroupAnswer, PendingGroup
+from ._work import appended_answer, publish_command, read_answer
 
 Convert = Callable[[Any], Any]
 
@@ -66,9 +67,9 @@ class Runs:
         """Answers given to ``answered`` (a prefix of ``answers``)."""
         commands: list[Any] = []
         slots: list[int] = []
-        converts: list[tuple[int, Convert]] = []
-        """Indexes in ``commands`` of those answered through a conversion of their result
-        (READs, through ``read_answer``; appends with headers, through ``appended_answer``)."""
+        converts: list[Convert | None] = []
+        """For each of ``commands``, the conversion of its result into its answer (READs,
+        ``read_answer``; appends with headers, ``appended_answer``), or None."""
 
         async def propose() -> None:
             """Propose the run so far; then every answer up to here is known: give them."""
@@ -94,8 +95,7 @@ class Runs:
                 continue
             if len(commands) >= limit:
                 await propose()
-            if convert is not None:
-                converts.append((len(commands), convert))
+            converts.append(convert)
             slots.append(len(answers))
             commands.append(command)
             answers.append(None)
@@ -130,11 +130,11 @@ class Runs:
         self,
         commands: list[Any],
         slots: list[int],
-        converts: list[tuple[int, Convert]],
+        converts: list[Convert | None],
         answers: list[Answer | None],
     ) -> None:
-        """Propose ``commands`` together; their answers go to ``answers`` at ``slots`` (those
-        in ``converts`` through their conversion). Empties the lists."""
+        """Propose ``commands`` together; their answers go to ``answers`` at ``slots``, each
+        through its conversion in ``converts`` if it has one. Empties the lists."""
         if not self._driver.node.is_leader:
             group: Any = self._driver.not_leader_error()
         else:
@@ -143,13 +143,45 @@ class Runs:
             for slot in slots:
                 answers[slot] = Answer(now=group)
         else:
-            for index, slot in enumerate(slots):
-                answers[slot] = GroupAnswer(group, index)
-            for index, convert in converts:
-                answers[slots[index]] = Answer(later=Mapped(group.member(index), convert))
+            for index, (slot, convert) in enumerate(zip(slots, converts, strict=True)):
+                answers[slot] = (
+                    GroupAnswer(group, index)
+                    if convert is None
+                    else ConvertedAnswer(group, index, convert)
+                )
         commands.clear()
         slots.clear()
         converts.clear()
+
+
+class ConvertedAnswer(Answer):
+    """The answer to a request of a run whose result is converted into it (a READ, an append
+    with headers): what ``Answer(later=Mapped(group.member(index), convert))`` answers, in one
+    object that reads its outcome from the group's list (as :class:`GroupAnswer` does)."""
+
+    __slots__ = ("_convert", "_group", "_index")
+
+    def __init__(self, group: PendingGroup, index: int, convert: Convert) -> None:
+        self._now = None  # (no Answer.__init__: the outcome is the group's)
+        self._later = None
+        self._group = group
+        self._index = index
+        self._convert = convert
+
+    def known(self) -> Any:
+        group, index = self._group, self._index
+        return self._response(group.results[index]) if group.done_at(index) else None
+
+    async def response(self) -> Any:
+        group, index = self._group, self._index
+        if not group.done_at(index):
+            await group.wait()
+        return self._response(group.results[index])
+
+    def _response(self, result: Any) -> Any:
+        if isinstance(result, BrokerError | CommandRejected):  # as Mapped answers them
+            return response_for(result)
+        return response_for(self._convert(result))
 
 
 def read_command_of(request: Read, config: BrokerConfig) -> Any:
