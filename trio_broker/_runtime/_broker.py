@@ -27,7 +27,6 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import trio
 
 from .. import _core
@@ -62,6 +61,7 @@ from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from . import _membership as membership
 from ._answer import Answer
+from ._applied import applied_views
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
@@ -157,7 +157,7 @@ class Broker:
             worker,
             make_node(self.broker_id, state, config),
             self.addresses,
-            self._on_applied,
+            applied_views(self._on_applied, self._appended, self.work.wake),
             self._on_snapshot,
         )
         self.metrics = BrokerMetrics(self)
@@ -393,13 +393,11 @@ class Broker:
         request = await self.work.resolved(request)
         if isinstance(request, BrokerError):
             return Answer(now=request)
-        publish = publish_command(request, self.config)
+        publish = publish_command(request, self.config, appended_ms=self.wall_clock_ms())
         if publish is not None:
             if isinstance(publish, BrokerError):
                 return Answer(now=publish)
-            return await self.work.commit(
-                attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
-            )
+            return await self.work.commit(publish, appended_answer(request))
         # The leader's clock, in the replicated command: every replica then ages the
         # message alike (docs/protocol.md, "Retention").
         return await self._commit(
