@@ -5,6 +5,7 @@ leadership is spread over the brokers. Real brokers on a memory network, under t
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import apsw
@@ -368,3 +369,25 @@ def test_set_groups_is_idempotent_and_refuses_another_list(tmp_path):
     db.close()
     db = apsw.Connection(str(tmp_path / "groups.db"))
     assert stored_groups(db) == good.group_ids
+
+
+@pytest.mark.trio
+async def test_a_refused_group_join_is_retried_not_fatal(autojump_clock):
+    """A seed that has not opened a group yet refuses to describe it (WRONG_CLUSTER): the
+    joiner backs off and asks again instead of stopping."""
+    from trio_broker._runtime._membership import JoinFailed
+
+    async with open_mock_cluster(1, groups=2) as cluster:
+        host = cluster.brokers["b1"].host
+        attempts = []
+
+        async def step():
+            attempts.append(trio.current_time())
+            if len(attempts) < 4:
+                raise JoinFailed("cluster G-XXXXX refused the join: WRONG_CLUSTER")
+            return "joined"
+
+        assert await host._retried("G-XXXXX", step) == "joined"
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        timeout = cluster.brokers["b1"].config.failure_timeout
+        assert gaps == pytest.approx([timeout, 2 * timeout, 4 * timeout])
