@@ -68,6 +68,10 @@ async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(tm
                     for i in range(3):
                         assert await client.append(queue, [queue, i]) == i + 1
                     assert await client.read(queue) == Message(1, [queue, 0])
+                # LIST_QUEUES of a group lists that group's queues only.
+                for group, queue in queues.items():
+                    listed = await client.list_queues(group)
+                    assert [q.queue_id for q in listed.queues] == [queue]
                 # The broker leading the first group goes away: every group still serves.
                 victim = leaders[sorted(queues)[0]]
                 await cluster.stop(victim)
