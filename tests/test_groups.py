@@ -391,3 +391,34 @@ async def test_a_refused_group_join_is_retried_not_fatal(autojump_clock):
         gaps = [b - a for a, b in itertools.pairwise(attempts)]
         timeout = cluster.brokers["b1"].config.failure_timeout
         assert gaps == pytest.approx([timeout, 2 * timeout, 4 * timeout])
+
+
+@pytest.mark.trio
+async def test_peer_hello_reaches_the_group_it_names(autojump_clock):
+    """PEER_HELLO naming a hosted group is accepted and its stream handed to that group's
+    driver; naming a group not hosted here is refused as before (WRONG_CLUSTER)."""
+    async with open_mock_cluster(2, groups=2) as cluster:
+        extra = next(g for g in cluster.replicas("b1") if g != cluster.brokers["b1"].cluster_id)
+        hello = {"operation": "PEER_HELLO", "broker_id": "B-TEST1", "to": "B-000B1"}
+        reply = await cluster.call("b1", hello | {"cluster_id": "G-NONE0"})
+        assert reply["code"] == "WRONG_CLUSTER"
+        served = []
+
+        def recorder(group_id):
+            async def serve(stream, decoder, peer, sender):
+                served.append((group_id, sender))
+                return True
+
+            return serve
+
+        for group_id, replica in cluster.replicas("b1").items():
+            replica.serve_peer_here = recorder(group_id)
+        stream = await cluster.connect("b1", src="b2")
+        async with stream:
+            await stream.send_all(encode_frame(orjson.dumps(hello | {"cluster_id": extra})))
+            decoder = FrameDecoder()
+            while (payload := decoder.next_frame()) is None:
+                decoder.feed(await stream.receive_some())
+            assert loads_object(payload) == {"status": "success"}
+        await cluster.wait_until(lambda: any(s == "B-TEST1" for _, s in served))
+        assert [g for g, s in served if s == "B-TEST1"] == [extra]
