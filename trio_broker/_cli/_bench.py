@@ -488,6 +488,8 @@ async def _groups(
     )
     total = sum(load.broker_cpu.values())
     busiest = max(load.broker_cpu.values()) / total if total else float("nan")
+    shares = ", ".join(f"{cpu / total:.0%}" for cpu in load.broker_cpu.values()) if total else "-"
+    print(f"  {name}: each broker's share of the brokers' CPU: {shares}", file=sys.stderr)
     rows.append(Row(name, load.broker_us_per_item(), busiest, load.generator_us_per_request()))
     return [
         Figure(name, "busiest broker's CPU share", busiest, 0.45, higher_is_better=False),
