@@ -4,6 +4,8 @@ read on queues of every group, across a failover."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
@@ -182,3 +184,21 @@ async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
             assert joiner.host.group_ids == founder.host.group_ids
             assert joiner.driver.node.log.snapshot_index >= 20  # it did install a snapshot
             assert await joiner._worker.run(joiner._store.group_ids) == founder.host.group_ids
+
+
+async def test_client_status_shows_every_group_from_one_seed(tmp_path, cli):
+    with trio.fail_after(90):
+        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+            leaders = await wait_spread(cluster)
+            status, out, err = await cli(
+                "--seed", f"127.0.0.1:{cluster.ports['b2']}", "--json", "status"
+            )
+            assert status == 0, err
+            clusters = json.loads(out)["clusters"]
+            assert sorted(c["cluster_id"] for c in clusters) == sorted(leaders)
+            for c in clusters:
+                assert c["leader"] == cluster.brokers[leaders[c["cluster_id"]]].broker_id
+                assert sorted(b["broker_id"] for b in c["brokers"]) == sorted(
+                    b.broker_id for b in cluster.brokers.values()
+                )
+                assert {b["membership"] for b in c["brokers"]} == {"voter"}
