@@ -32,11 +32,21 @@ def group_leaders(cluster) -> dict[str, str | None]:
 
 
 async def wait_spread(cluster, groups: int = GROUPS) -> dict[str, str]:
+    """Until every broker votes in every group and leadership is spread."""
     share = leader_share(groups, len(cluster.brokers))
     while True:
         leaders = group_leaders(cluster)
         counts = [list(leaders.values()).count(n) for n in cluster.brokers]
-        if len(leaders) == groups and all(leaders.values()) and max(counts) <= share:
+        voting = all(
+            len(broker.host.groups) == groups
+            and all(
+                len(r.driver.node.config.voters) == len(cluster.brokers)
+                and not r.driver.node.config.learners
+                for r in broker.host.groups.values()
+            )
+            for broker in cluster.brokers.values()
+        )
+        if voting and len(leaders) == groups and all(leaders.values()) and max(counts) <= share:
             return leaders  # type: ignore[return-value]
         await trio.sleep(0.05)
 
