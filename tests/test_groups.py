@@ -422,3 +422,26 @@ async def test_peer_hello_reaches_the_group_it_names(autojump_clock):
             assert loads_object(payload) == {"status": "success"}
         await cluster.wait_until(lambda: any(s == "B-TEST1" for _, s in served))
         assert [g for g, s in served if s == "B-TEST1"] == [extra]
+
+
+@pytest.mark.trio
+async def test_a_broker_leading_no_group_points_create_queue_at_a_leader(autojump_clock):
+    """Two groups on three brokers: one broker leads none. Its CREATE_QUEUE answer is
+    NOT_LEADER naming a group's leader (where an original-design client retries), and its
+    CLUSTER_QUERY naming no group is about the cluster group, as a replica."""
+    async with open_mock_cluster(3, groups=2) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 2)
+        leaders = cluster.group_leaders()
+        idle = next(n for n in sorted(cluster.brokers) if n not in leaders.values())
+        reply = await cluster.call(idle, {"operation": "CREATE_QUEUE"})
+        assert reply["code"] == "NOT_LEADER"
+        named = next(n for n, b in cluster.brokers.items() if b.broker_id == reply["leader_id"])
+        assert named in leaders.values()
+        assert reply["leader_port"] == cluster.ports[named]
+        retried = await cluster.call(named, {"operation": "CREATE_QUEUE"})
+        assert cluster.group_leaders()[cluster_of_queue(retried["queue_id"])] == named
+        topology = await cluster.call(idle, {"operation": "CLUSTER_QUERY"})
+        assert topology["cluster_id"] == cluster.brokers[idle].cluster_id
+        assert topology["self_role"] == "replica"
+        assert len(topology["groups"]) == 2

@@ -43,7 +43,7 @@ from .._core._raft_messages import Config
 from .._core._routing import GroupView
 from .._core._spread import SpreadPacer, preferred_leader
 from .._errors import BrokerError
-from .._ids import cluster_of_queue, new_cluster_id
+from .._ids import CLUSTER_ID_RE, cluster_of_queue, new_cluster_id
 from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, JoinCluster, PeerHello, Request
 from . import _membership as membership
 from ._answer import Answer
@@ -169,7 +169,11 @@ class GroupHost:
         groups it had created."""
         primary = self.primary
         base = Path(primary.config.data_dir) / GROUPS_DIR
-        made = sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+        made = sorted(
+            p.name
+            for p in (base.iterdir() if base.is_dir() else ())
+            if CLUSTER_ID_RE.fullmatch(p.name)
+        )
         extra = made[: self._founding - 1]
         while len(extra) < self._founding - 1:
             group_id = new_cluster_id()
