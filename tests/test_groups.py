@@ -5,6 +5,7 @@ leadership is spread over the brokers. Real brokers on a memory network, under t
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import apsw
@@ -368,3 +369,79 @@ def test_set_groups_is_idempotent_and_refuses_another_list(tmp_path):
     db.close()
     db = apsw.Connection(str(tmp_path / "groups.db"))
     assert stored_groups(db) == good.group_ids
+
+
+@pytest.mark.trio
+async def test_a_refused_group_join_is_retried_not_fatal(autojump_clock):
+    """A seed that has not opened a group yet refuses to describe it (WRONG_CLUSTER): the
+    joiner backs off and asks again instead of stopping."""
+    from trio_broker._runtime._membership import JoinFailed
+
+    async with open_mock_cluster(1, groups=2) as cluster:
+        host = cluster.brokers["b1"].host
+        attempts = []
+
+        async def step():
+            attempts.append(trio.current_time())
+            if len(attempts) < 4:
+                raise JoinFailed("cluster G-XXXXX refused the join: WRONG_CLUSTER")
+            return "joined"
+
+        assert await host._retried("G-XXXXX", step) == "joined"
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        timeout = cluster.brokers["b1"].config.failure_timeout
+        assert gaps == pytest.approx([timeout, 2 * timeout, 4 * timeout])
+
+
+@pytest.mark.trio
+async def test_peer_hello_reaches_the_group_it_names(autojump_clock):
+    """PEER_HELLO naming a hosted group is accepted and its stream handed to that group's
+    driver; naming a group not hosted here is refused as before (WRONG_CLUSTER)."""
+    async with open_mock_cluster(2, groups=2) as cluster:
+        extra = next(g for g in cluster.replicas("b1") if g != cluster.brokers["b1"].cluster_id)
+        hello = {"operation": "PEER_HELLO", "broker_id": "B-TEST1", "to": "B-000B1"}
+        reply = await cluster.call("b1", hello | {"cluster_id": "G-NONE0"})
+        assert reply["code"] == "WRONG_CLUSTER"
+        served = []
+
+        def recorder(group_id):
+            async def serve(stream, decoder, peer, sender):
+                served.append((group_id, sender))
+                return True
+
+            return serve
+
+        for group_id, replica in cluster.replicas("b1").items():
+            replica.serve_peer_here = recorder(group_id)
+        stream = await cluster.connect("b1", src="b2")
+        async with stream:
+            await stream.send_all(encode_frame(orjson.dumps(hello | {"cluster_id": extra})))
+            decoder = FrameDecoder()
+            while (payload := decoder.next_frame()) is None:
+                decoder.feed(await stream.receive_some())
+            assert loads_object(payload) == {"status": "success"}
+        await cluster.wait_until(lambda: any(s == "B-TEST1" for _, s in served))
+        assert [g for g, s in served if s == "B-TEST1"] == [extra]
+
+
+@pytest.mark.trio
+async def test_a_broker_leading_no_group_points_create_queue_at_a_leader(autojump_clock):
+    """Two groups on three brokers: one broker leads none. Its CREATE_QUEUE answer is
+    NOT_LEADER naming a group's leader (where an original-design client retries), and its
+    CLUSTER_QUERY naming no group is about the cluster group, as a replica."""
+    async with open_mock_cluster(3, groups=2) as cluster:
+        with trio.fail_after(60):
+            await wait_spread(cluster, 2)
+        leaders = cluster.group_leaders()
+        idle = next(n for n in sorted(cluster.brokers) if n not in leaders.values())
+        reply = await cluster.call(idle, {"operation": "CREATE_QUEUE"})
+        assert reply["code"] == "NOT_LEADER"
+        named = next(n for n, b in cluster.brokers.items() if b.broker_id == reply["leader_id"])
+        assert named in leaders.values()
+        assert reply["leader_port"] == cluster.ports[named]
+        retried = await cluster.call(named, {"operation": "CREATE_QUEUE"})
+        assert cluster.group_leaders()[cluster_of_queue(retried["queue_id"])] == named
+        topology = await cluster.call(idle, {"operation": "CLUSTER_QUERY"})
+        assert topology["cluster_id"] == cluster.brokers[idle].cluster_id
+        assert topology["self_role"] == "replica"
+        assert len(topology["groups"]) == 2

@@ -4,6 +4,8 @@ read on queues of every group, across a failover."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
@@ -30,11 +32,21 @@ def group_leaders(cluster) -> dict[str, str | None]:
 
 
 async def wait_spread(cluster, groups: int = GROUPS) -> dict[str, str]:
+    """Until every broker votes in every group and leadership is spread."""
     share = leader_share(groups, len(cluster.brokers))
     while True:
         leaders = group_leaders(cluster)
         counts = [list(leaders.values()).count(n) for n in cluster.brokers]
-        if len(leaders) == groups and all(leaders.values()) and max(counts) <= share:
+        voting = all(
+            len(broker.host.groups) == groups
+            and all(
+                len(r.driver.node.config.voters) == len(cluster.brokers)
+                and not r.driver.node.config.learners
+                for r in broker.host.groups.values()
+            )
+            for broker in cluster.brokers.values()
+        )
+        if voting and len(leaders) == groups and all(leaders.values()) and max(counts) <= share:
             return leaders  # type: ignore[return-value]
         await trio.sleep(0.05)
 
@@ -68,6 +80,10 @@ async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(tm
                     for i in range(3):
                         assert await client.append(queue, [queue, i]) == i + 1
                     assert await client.read(queue) == Message(1, [queue, 0])
+                # LIST_QUEUES of a group lists that group's queues only.
+                for group, queue in queues.items():
+                    listed = await client.list_queues(group)
+                    assert [q.queue_id for q in listed.queues] == [queue]
                 # The broker leading the first group goes away: every group still serves.
                 victim = leaders[sorted(queues)[0]]
                 await cluster.stop(victim)
@@ -178,3 +194,21 @@ async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
             assert joiner.host.group_ids == founder.host.group_ids
             assert joiner.driver.node.log.snapshot_index >= 20  # it did install a snapshot
             assert await joiner._worker.run(joiner._store.group_ids) == founder.host.group_ids
+
+
+async def test_client_status_shows_every_group_from_one_seed(tmp_path, cli):
+    with trio.fail_after(90):
+        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+            leaders = await wait_spread(cluster)
+            status, out, err = await cli(
+                "--seed", f"127.0.0.1:{cluster.ports['b2']}", "--json", "status"
+            )
+            assert status == 0, err
+            clusters = json.loads(out)["clusters"]
+            assert sorted(c["cluster_id"] for c in clusters) == sorted(leaders)
+            for c in clusters:
+                assert c["leader"] == cluster.brokers[leaders[c["cluster_id"]]].broker_id
+                assert sorted(b["broker_id"] for b in c["brokers"]) == sorted(
+                    b.broker_id for b in cluster.brokers.values()
+                )
+                assert {b["membership"] for b in c["brokers"]} == {"voter"}

@@ -120,6 +120,8 @@ class ListQueues:
     max_queues: int | None = None
     after: str | None = None
     client_id: str | None = None
+    cluster_id: str | None = None
+    """The group whose queues to list, on a broker hosting several (absent: its own)."""
 
 
 # -- work queues and the queue lifecycle (docs/protocol.md, "Work queues") ----------------------

@@ -498,6 +498,9 @@ class Broker:
 
     async def _list_queues(self, request: ListQueues, _session: Session | None) -> Answer:
         """Served by the leader from its applied state (it may trail the log by an instant)."""
+        refusal = self._wrong_cluster(request.cluster_id)
+        if refusal is not None:
+            return Answer(now=refusal)
         if not self.driver.node.is_leader:
             return Answer(now=self.driver.not_leader_error())
         limit = DEFAULT_LIST_QUEUES if request.max_queues is None else request.max_queues

@@ -27,12 +27,13 @@ Each group's leader keeps leadership spread (:func:`keep_spread`, with the share
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -42,7 +43,7 @@ from .._core._raft_messages import Config
 from .._core._routing import GroupView
 from .._core._spread import SpreadPacer, preferred_leader
 from .._errors import BrokerError
-from .._ids import cluster_of_queue, new_cluster_id
+from .._ids import CLUSTER_ID_RE, cluster_of_queue, new_cluster_id
 from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, JoinCluster, PeerHello, Request
 from . import _membership as membership
 from ._answer import Answer
@@ -52,11 +53,16 @@ from ._log import log_event
 if TYPE_CHECKING:
     from ._broker import Broker
 
+T = TypeVar("T")
+
 GroupStorage = Callable[[str, Path], AbstractAsyncContextManager[tuple[Any, Any]]]
 """Opens the storage of one extra group: ``(group id, its data directory)``."""
 
 GROUPS_DIR = "groups"
 """Where the extra groups' replicas keep their data, under the broker's data directory."""
+
+MAX_JOIN_BACKOFF = 8
+"""Failure timeouts between two attempts to join a group replica, at most."""
 
 SPREAD_TIMEOUTS = 3
 """A group's leader tries to hand it to the preferred broker at most once per this many
@@ -163,7 +169,11 @@ class GroupHost:
         groups it had created."""
         primary = self.primary
         base = Path(primary.config.data_dir) / GROUPS_DIR
-        made = sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+        made = sorted(
+            p.name
+            for p in (base.iterdir() if base.is_dir() else ())
+            if CLUSTER_ID_RE.fullmatch(p.name)
+        )
         extra = made[: self._founding - 1]
         while len(extra) < self._founding - 1:
             group_id = new_cluster_id()
@@ -220,8 +230,16 @@ class GroupHost:
             groups=1,
         )
         async with self._storage(group_id, path) as (worker, store):
-            identity, joining = await membership.prepare(
-                worker, store, config, primary.network, primary.security.secret
+            identity, joining = await self._retried(
+                group_id,
+                functools.partial(
+                    membership.prepare,
+                    worker,
+                    store,
+                    config,
+                    primary.network,
+                    primary.security.secret,
+                ),
             )
             broker = await self._make_broker(config, identity, store, worker)
             async with trio.open_nursery() as services:
@@ -241,23 +259,40 @@ class GroupHost:
                 task_status.started()
                 try:
                     if joining:
-                        await membership.join_cluster(
-                            config,
-                            broker.network,
-                            broker.security.secret,
-                            JoinCluster(
-                                broker_id=broker.broker_id,
-                                host=broker.driver.self_address[0],
-                                port=broker.driver.self_address[1],
-                                cluster_id=group_id,
+                        await self._retried(
+                            group_id,
+                            functools.partial(
+                                membership.join_cluster,
+                                config,
+                                broker.network,
+                                broker.security.secret,
+                                JoinCluster(
+                                    broker_id=broker.broker_id,
+                                    host=broker.driver.self_address[0],
+                                    port=broker.driver.self_address[1],
+                                    cluster_id=group_id,
+                                ),
+                                broker.driver.hinted_addresses,
                             ),
-                            broker.driver.hinted_addresses,
                         )
                     await trio.sleep(math.inf)
                 finally:
                     self.groups.pop(group_id, None)
                     primary.connections.hosted_groups.discard(group_id)
                     services.cancel_scope.cancel()
+
+    async def _retried(self, group_id: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Preparing or joining a group replica, retried while refused: a seed that has not
+        opened that group yet answers WRONG_CLUSTER, which is no reason to stop the broker.
+        Backs off up to ``MAX_JOIN_BACKOFF`` failure timeouts; cancelled with the broker."""
+        backoff = 1
+        while True:
+            try:
+                return await step()
+            except membership.JoinFailed as exc:
+                log_event(logging.WARNING, "groups.join_retry", group=group_id, reason=str(exc))
+                await trio.sleep(self.primary.config.failure_timeout * backoff)
+                backoff = min(backoff * 2, MAX_JOIN_BACKOFF)
 
     async def step_down(self) -> None:
         """Shutting down: every group this broker leads hands its leadership over at once."""
