@@ -49,8 +49,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def sim(session: nox.Session) -> None:
     """A swarm of simulator seeds across all cores: `nox -s sim -- --seeds 10000`; then every
-    deliberately broken core on the first 1,000 seeds of every fault mix, each of which must be
-    caught (the default suite scans a few dozen seeds of one mix per mutant)."""
+    deliberately broken core on the first 1,000 seeds of every fault mix, and every broken
+    leadership balancer on the first 1,000 seeds with several groups, each of which must be
+    caught (the default suite scans a few dozen seeds per mutant)."""
     session.install("-e", ".[test]")
     args = session.posargs or ["--seeds", "1000"]
     if "--jobs" not in args:
@@ -61,8 +62,9 @@ def sim(session: nox.Session) -> None:
         "-m",
         "pytest",
         "tests/sim/test_sim.py",
+        "tests/sim/test_sim_replication_groups.py",
         "-k",
-        "catches_every_mutant",
+        "catches_every_mutant or broken_balancer",
         "-v",
         "-s",
         env={"TRIO_BROKER_SIM_MUTANTS": "1000"},

@@ -116,25 +116,28 @@ def test_simulator_catches_every_mutant_within_a_bounded_seed_range(mutant):
 
 
 def test_simulator_catches_acknowledgements_sent_before_persistence():
-    """The disk model matters: acks that leave before their fsync break the cluster when the
-    replica crashes (seed 63, of the ``crashes`` fault mix, the first seed that shows it).
-    The seeds pinned before (169, 353, 402, then 169 again, then 44) were lost as proposal
-    batching, retention, the commit index riding on the next REPLICATE or heartbeat, one
-    random stream per component, and the disks' torn writes dropped whole as SQLite drops
-    them, reshuffled every seed's schedule."""
-    r = run_seed(63, mutant="send_before_persist")
-    assert not r.ok and "leader completeness" in r.error
-    assert run_seed(63).ok
+    """The disk model matters: votes and acks that leave before their fsync break the cluster
+    when the broker crashes (seed 45, of the ``crashes`` fault mix, with two replication
+    groups, the first seed that shows it: a vote sent, lost in a crash, given again in the
+    same term). The seeds pinned before (169, 353, 402, then 169 again, 44, then 63) were lost
+    as proposal batching, retention, the commit index riding on the next REPLICATE or
+    heartbeat, one random stream per component, the disks' torn writes dropped whole as
+    SQLite drops them, and several groups per broker, reshuffled the seeds' schedules."""
+    r = run_seed(45, mutant="send_before_persist")
+    assert not r.ok and "election safety" in r.error
+    assert r.params.replication_groups == 2
+    assert run_seed(45).ok
 
 
 def test_failure_message_carries_the_replay_command():
-    # Seed 64, of the ``votes`` fault mix: the first seed of that mix the mutant fails (the
-    # ``mixed`` seeds pinned before, 3, 31, 198, 126, 63, 106, 234 and 134, were lost as
-    # workloads, random streams and the disks' faults reshuffled every seed's schedule).
-    r = run_seed(64, mutant="forget_vote")
+    # Seed 56, of the ``votes`` fault mix (two replication groups): the first seed of that mix
+    # the mutant fails (the seeds pinned before, 3, 31, 198, 126, 63, 106, 234, 134 and 64,
+    # were lost as workloads, random streams, the disks' faults and several groups per broker
+    # reshuffled the seeds' schedules).
+    r = run_seed(56, mutant="forget_vote")
     assert not r.ok and "election safety" in r.error
-    assert run_seed(64).ok
-    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 64 --mutant forget_vote"
+    assert run_seed(56).ok
+    assert r.replay_command() == "python -m trio_broker.testing.sim --seed 56 --mutant forget_vote"
 
 
 # -- the read checker itself ---------------------------------------------------------------

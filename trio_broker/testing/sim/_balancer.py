@@ -12,9 +12,10 @@ Checked (:class:`SpreadChecker`), with several groups only:
 - no flapping: once the cluster is healed, a group's leadership moves (a term led by another
   broker than the group's last leader) at most :data:`HEALED_MOVES_MAX` times;
 - once converged (every broker up, no fault for the whole liveness phase so far, every group's
-  balancer quiet: nothing it wants to hand over), no broker leads more than
-  ``leader_share(G, N) + 1`` groups (the issue's rule), and every group is led by its
-  preferred voter (the rule every broker computes alike);
+  balancer quiet: nothing it wants to hand over to a broker that can take over), no broker
+  leads more than ``leader_share(G, N) + 1`` groups (the issue's rule), and every group is led
+  by its preferred voter (the rule every broker computes alike) unless that voter cannot take
+  over (:func:`can_lead`: it is recovering lost entries, seed 791);
 - then, for :data:`STABLE_STEPS` more steps, leadership stays where it is and no balancer
   starts a transfer.
 
@@ -82,6 +83,16 @@ SPREAD_MUTANTS: dict[str, tuple[Target, int]] = {
 """Broken balancers: (their wish, their pacer's interval)."""
 
 
+def can_lead(group: Any, broker: Any) -> bool:
+    """Whether ``broker`` can take the group's leadership over now: it is up and not
+    recovering (a broker whose log lost entries it had acknowledged neither votes nor
+    campaigns, TIMEOUT_NOW included, until its log is back where it was: in a group that takes
+    no writes, it stays so, and its leader's balancer keeps trying, once per interval; the
+    leader cannot tell, so the checks do not count those attempts)."""
+    node = group.nodes.get(broker)
+    return node is not None and not node.recovering
+
+
 class BalancerMixin:
     """Each group leader's balancer, on the simulation's state (see :class:`Simulation`)."""
 
@@ -109,19 +120,22 @@ class BalancerMixin:
         except TransferRefused as exc:
             raise SimulationFailure(f"{group_id}: balancer of {i} chose {target}: {exc}") from exc
         self.stats["spread_transfers"] += 1
+        if not can_lead(self.g, target):
+            self.stats["spread_transfers_futile"] += 1
         self._trace(f"spread {group_id} {i} -> {target}")
 
     def balancer_quiet(self) -> bool:
-        """Whether no group's balancer wants to move anything (the current group's leaders)."""
-        for _ in self.each_group():
-            for i in self.live():
-                node = self.nodes[i]
-                if not node.is_leader:
+        """Whether no group's balancer wants to move anything it can move: every leader's
+        wish is itself, or a broker that cannot take over (see :func:`can_lead`)."""
+        for group in self.groups:
+            for node in group.nodes.values():
+                if node is None or not node.is_leader:
                     continue
-                if node.transfer_target is not None:
+                target = node.transfer_target
+                if target is not None and can_lead(group, target):
                     return False
-                wish = self.spread_target(self, self.g.id, node)
-                if wish is not None and wish != node.id:
+                wish = self.spread_target(self, group.id, node)
+                if wish is not None and wish != node.id and can_lead(group, wish):
                     return False
         return True
 
@@ -145,11 +159,12 @@ class SpreadChecker:
 
     def leaders(self) -> dict[int, tuple[int, int]]:
         """Group -> (term, broker) of its live leader of the highest term."""
-        sim, found = self.sim, {}
-        for group in sim.each_group():
-            for i in sim.live():
-                node = sim.nodes[i]
-                if node.is_leader and node.term > found.get(group.index, (0, None))[0]:
+        found: dict[int, tuple[int, int]] = {}
+        for group in self.sim.groups:
+            for i, node in group.nodes.items():
+                if node is None or not node.is_leader:
+                    continue
+                if node.term > found.get(group.index, (0, None))[0]:
                     found[group.index] = (node.term, i)
         return found
 
@@ -174,22 +189,25 @@ class SpreadChecker:
         sim = self.sim
         leaders = self.leaders()
         counts: dict[int, int] = {}
-        for _, broker in leaders.values():
-            counts[broker] = counts.get(broker, 0) + 1
+        for group in sim.groups:
+            _, broker = leaders[group.index]
+            want = preferred(sim, group.id, group.nodes[broker])
+            if broker == want or can_lead(group, want):  # (else it is not the balancer's doing)
+                counts[broker] = counts.get(broker, 0) + 1
         share = leader_share(len(sim.groups), sim.p.node_count)
-        busiest = max(counts, key=lambda b: (counts[b], -b))
-        if counts[busiest] > share + 1:
+        busiest = max(counts, key=lambda b: (counts[b], -b), default=None)
+        if busiest is not None and counts[busiest] > share + 1:
             self.fail(
                 f"broker {busiest} leads {counts[busiest]} of {len(sim.groups)} groups over "
                 f"{sim.p.node_count} brokers, more than its share ({share}) + 1"
             )
-        for group in sim.each_group():
+        for group in sim.groups:
             _, broker = leaders[group.index]
-            want = preferred(sim, group.id, sim.nodes[broker])
-            if broker != want:
+            want = preferred(sim, group.id, group.nodes[broker])
+            if broker != want and can_lead(group, want):
                 self.fail(f"{group.id} is led by {broker}, its preferred leader is {want}")
         self.settled = leaders
-        self.transfers_settled = sim.stats["spread_transfers"]
+        self.transfers_settled = self._transfers()
 
     def stable(self) -> None:
         """Each step after convergence: leadership stays, no balancer moves."""
@@ -198,16 +216,20 @@ class SpreadChecker:
         for k, before in self.settled.items():
             if now.get(k) != before:
                 self.fail(f"G-{k}'s leadership moved after convergence: {before} -> {now.get(k)}")
-        if self.sim.stats["spread_transfers"] != self.transfers_settled:
+        if self._transfers() != self.transfers_settled:
             self.fail("a balancer began a transfer after convergence")
+
+    def _transfers(self) -> int:
+        """The balancers' transfers begun so far, to brokers that could take over."""
+        stats = self.sim.stats
+        return stats["spread_transfers"] - stats["spread_transfers_futile"]
 
     def report(self) -> list[str]:
         """Each group's leaders and preferred voters, for a liveness report."""
         sim, lines = self.sim, []
-        for group in sim.each_group():
-            for i in sim.live():
-                node = sim.nodes[i]
-                if node.is_leader:
+        for group in sim.groups:
+            for i, node in group.nodes.items():
+                if node is not None and node.is_leader:
                     want = preferred(sim, group.id, node)
                     lines.append(
                         f"  {group.id}: leader {i} term {node.term}, preferred {want}, "

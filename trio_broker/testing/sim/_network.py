@@ -116,9 +116,9 @@ class NetworkMixin:
         if not (p.crash_new_leader or p.isolate_new_leader or p.isolate_after_commit):
             return
         rng = self.leader_fault_rng
-        for i, (at, term) in list(self.doomed.items()):
+        for i, (at, term) in list(self.g.doomed.items()):
             if self.now >= at:
-                del self.doomed[i]
+                del self.g.doomed[i]
                 node = self.nodes[i]
                 if node is not None and node.term == term:
                     self._trace(f"crash new leader {i}")
@@ -126,15 +126,15 @@ class NetworkMixin:
                     self.crash(i, quick=rng.random() < 0.5)
         for i in self._leaders():
             node = self.nodes[i]
-            term, commit = self.leader_terms.get(i, (None, None))
+            term, commit = self.g.leader_terms.get(i, (None, None))
             if term != node.term:
-                self.leader_terms[i] = (node.term, node.commit)
+                self.g.leader_terms[i] = (node.term, node.commit)
                 if rng.random() < p.crash_new_leader:
-                    self.doomed[i] = (self.now + rng.randint(0, 20), node.term)
+                    self.g.doomed[i] = (self.now + rng.randint(0, 20), node.term)
                 elif rng.random() < p.isolate_new_leader:
                     self._isolate(i, "new leader")
             elif commit is not None and node.commit > commit:
-                self.leader_terms[i] = (term, None)
+                self.g.leader_terms[i] = (term, None)
                 if rng.random() < p.isolate_after_commit:
                     self._isolate(i, "leader after its first commit")
 

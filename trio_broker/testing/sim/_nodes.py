@@ -58,7 +58,7 @@ class NodesMixin:
             hard_state=st.hard_state,
             snapshot=st.snapshot,
             entries=entries,
-            rng=random.Random(self.node_rng[i].getrandbits(64)),
+            rng=random.Random(self.g.node_rng[i].getrandbits(64)),
             election_ticks=self.p.election_ticks,
             heartbeat_ticks=self.p.heartbeat_ticks,
             acknowledged=damage[1] if damage else None,

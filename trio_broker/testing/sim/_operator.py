@@ -104,5 +104,5 @@ class OperatorMixin:
             return
         self.dirty.add(leader.id)
         self.stats["transfers"] += 1
-        self.transfers_requested.append((leader.term, target))
+        self.g.transfers_requested.append((leader.term, target))
         self._trace(f"transfer leadership {leader.id} -> {target}")

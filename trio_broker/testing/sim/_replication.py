@@ -81,7 +81,6 @@ class ReplicationGroup:
 
 PER_GROUP = (
     "storage",
-    "node_rng",
     "nodes",
     "apps",
     "app_index",
@@ -89,13 +88,11 @@ PER_GROUP = (
     "ledgers",
     "proposals",
     "dirty",
-    "leader_terms",
-    "doomed",
-    "transfers_requested",
     "checker",
     "disks",
 )
-"""The simulation's attributes that are the current group's (``sim.g``'s)."""
+"""The simulation's attributes that are the current group's (``sim.g``'s); the group's other
+fields are read as ``sim.g.<name>``."""
 
 
 class _InGroup:

@@ -213,6 +213,7 @@ class Simulation(
                 "lease_expiries",
                 "worker_deaths",
                 "spread_transfers",
+                "spread_transfers_futile",
                 "spread_moves_healed",
             ),
             0,
