@@ -81,6 +81,7 @@ MUTANT_SCANS = {
     "commit_old_term": ("elections", MUTANT_SCAN_SEEDS),
     "trust_damaged_log": (None, DEFAULT_SEEDS),
     "trust_regressed_follower": (None, DEFAULT_SEEDS),
+    "vote_right_after_restart": (None, DEFAULT_SEEDS),
 }
 """Each mutant, the fault mix whose seeds expose it most often (None: every seed), and how many
 of that mix's seeds (from seed 0 on) the default suite scans for it. The swarm's own fault
@@ -112,14 +113,15 @@ def test_simulator_catches_every_mutant_within_a_bounded_seed_range(mutant):
 
 def test_simulator_catches_acknowledgements_sent_before_persistence():
     """The disk model matters: acks that leave before their fsync break the cluster when the
-    replica crashes (seed 63, of the ``crashes`` fault mix, the first seed that shows it).
-    The seeds pinned before (169, 353, 402, then 169 again, then 44) were lost as proposal
-    batching, retention, the commit index riding on the next REPLICATE or heartbeat, one
-    random stream per component, and the disks' torn writes dropped whole as SQLite drops
-    them, reshuffled every seed's schedule."""
-    r = run_seed(63, mutant="send_before_persist")
+    replica crashes (seed 92, of the ``crashes`` fault mix, the first seed that shows it).
+    The seeds pinned before (169, 353, 402, then 169 again, then 44, then 63) were lost as
+    proposal batching, retention, the commit index riding on the next REPLICATE or
+    heartbeat, one random stream per component, the disks' torn writes dropped whole as
+    SQLite drops them, and restarted brokers waiting to learn what they acknowledged before
+    they vote, reshuffled every seed's schedule."""
+    r = run_seed(92, mutant="send_before_persist")
     assert not r.ok and "leader completeness" in r.error
-    assert run_seed(63).ok
+    assert run_seed(92).ok
 
 
 def test_failure_message_carries_the_replay_command():
