@@ -4,6 +4,7 @@ without the fields, decode with the defaults: test_codec_compat.py)."""
 
 from __future__ import annotations
 
+import attrs
 import orjson
 import pytest
 
@@ -76,3 +77,17 @@ def test_an_election_answer_carries_the_voters_log_end():
     old = orjson.loads(encode_message(rm.ElectionResponse(**COMMON, pre_vote=False, granted=True)))
     assert not {"last_log_index", "last_log_term", "voter_term"} & set(old)
     assert message_from_obj(old).last_log_index is None  # from a peer that predates it
+
+
+def test_a_probe_carries_its_number_and_the_answer_echoes_it():
+    probe = replicate(probe=3)
+    obj = orjson.loads(encode_message(probe))
+    assert obj["probe"] == 3 and message_from_obj(obj) == probe
+    answer = rm.ReplicateResponse(
+        **COMMON, success=False, rejected_index=4, hint_index=2, hint_term=1, probe=3
+    )
+    obj = orjson.loads(encode_message(answer))
+    assert obj["probe"] == 3 and message_from_obj(obj) == answer
+    assert "probe" not in orjson.loads(encode_message(replicate()))
+    old = orjson.loads(encode_message(attrs.evolve(answer, probe=0)))
+    assert "probe" not in old and message_from_obj(old).probe == 0

@@ -591,3 +591,74 @@ def test_who_starts_unverified():
         rng=random.Random(1),
     )
     assert not alone.unverified
+
+
+# -- an answer overtaken on the way does not look like a lost log --------------------------------
+
+
+def reordered_probe_answers(echo: bool) -> Any:
+    """A leader probes 2 twice at the same index, the first answer (a rejection, sent while
+    2's log was shorter) overtaken on the way by everything after it: 2 catches up, then the
+    old rejection arrives while the leader probes at that index again. Returns the leader's
+    progress record of 2 then. Without ``echo`` the answers carry no probe number (a peer
+    that predates it)."""
+    leader = RaftNode(
+        1,
+        hard_state=HardState(term=2, voted_for=1, commit=0),
+        snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+        entries=[Entry(1, i, None) for i in range(1, 11)],
+        rng=random.Random(1),
+    )
+    follower = follower_with(4)
+    follower.unverified = False  # (a follower that never restarted)
+    leader._become_leader()  # its no-op is 11
+    rd = leader.ready()
+    leader.advance()
+    pr = leader.progress[2]
+
+    def answers(probe: Replicate) -> list[ReplicateResponse]:
+        follower.step(probe)
+        rd = follower.ready()
+        follower.advance()
+        out = [m for m in rd.persisted_messages if isinstance(m, ReplicateResponse)]
+        return out if echo else [attrs.evolve(m, probe=0) for m in out]
+
+    def sent_to_2() -> list[Replicate]:
+        return [m for m in leader.take_messages() if isinstance(m, Replicate) and m.dst == 2]
+
+    # The leader's first probe (its PROMOTE_TO_LEADER, at 10): 2's log ends at 4. Its answer
+    # is held on the way (the reordering).
+    (first,) = [m for m in rd.messages if isinstance(m, Replicate) and m.dst == 2]
+    assert first.prev_log_index == 10 and first.probe == 1
+    (held,) = answers(first)
+    assert not held.success and held.rejected_index == 10 and held.hint_index == 4
+    # The leader probes again at the same index (nothing came back in time), 2 answers
+    # that one first (another rejection), and the probe at 4 after it brings 2 up to 10.
+    pr.state, pr.paused, pr.next = ProgressState.PROBE, False, 11
+    leader._send_append(2, probe_empty=True)
+    (again,) = sent_to_2()
+    assert again.prev_log_index == 10
+    for m in answers(again):
+        leader.step(m)
+    for _ in range(4):
+        for probe in sent_to_2():
+            for m in answers(probe):
+                leader.step(m)
+    assert pr.match == 11 and follower.log.last_index == 11
+    # Once more a probe at 10 (say, its acknowledgements stalled), and now the old answer
+    # arrives.
+    pr.match, pr.state, pr.paused, pr.next = 10, ProgressState.PROBE, False, 11
+    leader._send_append(2, probe_empty=True)
+    sent_to_2()
+    leader.step(held)
+    return pr
+
+
+def test_a_reordered_answer_to_an_older_probe_is_not_taken_for_a_lost_log():
+    """The echoed probe number tells the old answer from the answer to the latest probe: the
+    leader ignores it, and 2 keeps its match. A peer that does not echo gets the old
+    judgement: its log looks as if it went backwards (a needless repair, nothing unsafe)."""
+    pr = reordered_probe_answers(echo=True)
+    assert pr.match == 10 and pr.lost_to == 0 and pr.next == 11
+    old = reordered_probe_answers(echo=False)
+    assert old.match == 0 and old.lost_to == 10

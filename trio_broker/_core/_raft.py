@@ -199,6 +199,9 @@ class Progress:
     it may have acknowledged before (0: it does). Echoed in every REPLICATE to it."""
     start_log_end: int = 0
     """Our last index when we first saw that ``start_id``: told with the echo."""
+    probe: int = 0
+    """The number of the last probe sent to it (``Replicate.probe``): a rejection that
+    echoes an older one answers a probe overtaken on the way, and says nothing now."""
 
 
 def _voting_rank(node_id: Any, voters: frozenset) -> int:
@@ -1134,6 +1137,9 @@ class RaftNode:
         if not entries and not probe_empty and not promote and pr.state is ProgressState.REPLICATE:
             return
         cls = PromoteToLeader if promote else Replicate
+        probing = pr.state is not ProgressState.REPLICATE
+        if probing:
+            pr.probe += 1
         self._send(
             cls(
                 src=self.id,
@@ -1147,6 +1153,7 @@ class RaftNode:
                 acknowledged=pr.lost_to if pr.lost_to > pr.match else 0,
                 start_id=pr.start_id,
                 log_end=pr.start_log_end if pr.start_id else 0,
+                probe=pr.probe if probing else 0,
             )
         )
         if pr.state is ProgressState.REPLICATE:
@@ -1222,8 +1229,10 @@ class RaftNode:
         if pr.state is ProgressState.REPLICATE:
             if m.rejected_index <= pr.match:
                 return  # stale
-        elif m.rejected_index != pr.next - 1:
-            return  # stale answer to an older probe
+        elif m.rejected_index != pr.next - 1 or (m.probe and m.probe != pr.probe):
+            # A stale answer to an older probe (one at the same index, overtaken on the way,
+            # may hint below a match learned since: it must not look like a lost log).
+            return
         elif self._went_backwards(pr, m):
             # It acknowledged up to ``match``, and now its log ends below it: its disk lost
             # synced writes. Not caught up: probe from where its log really ends, stop counting
@@ -1361,6 +1370,7 @@ class RaftNode:
                     rejected_index=m.prev_log_index,
                     hint_index=hint_index,
                     hint_term=self.log.term(hint_index) or 0,
+                    probe=m.probe,
                 )
             )
 
@@ -1374,6 +1384,7 @@ class RaftNode:
                 cluster_version=self.cluster_version,
                 success=True,
                 match_index=match,
+                probe=m.probe if isinstance(m, Replicate) else 0,
             )
         )
 

@@ -231,6 +231,10 @@ class Replicate:
     """With ``start_id``: the leader's last log index (an entry of its term) when it saw
     the member's start: the member votes only for logs at least that up to date until its
     own log gets there."""
+    probe: int = 0
+    """When not 0: the number of this probe among the leader's probes to the member (the
+    probe state only), echoed in the answer so that the leader ignores an answer to an
+    older probe overtaken on the way. Absent on the wire when 0."""
 
     @property
     def leader_id(self) -> Any:
@@ -265,6 +269,9 @@ class ReplicateResponse:
     rejected_index: int = 0
     hint_index: int = 0
     hint_term: int = 0
+    probe: int = 0
+    """The ``probe`` number of the REPLICATE answered (0, absent on the wire: none, or a
+    peer that predates it; the leader then judges the answer as before)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -97,7 +97,10 @@ _FIELDS: dict[type, dict[str, cattrs.gen.AttributeOverride]] = {
         "last_log_term": cattrs.gen.override(omit_if_default=True),
         "voter_term": cattrs.gen.override(omit_if_default=True),
     },
-    rm.ReplicateResponse: {"success": _status("success", "rejected")},
+    rm.ReplicateResponse: {
+        "success": _status("success", "rejected"),
+        "probe": cattrs.gen.override(omit_if_default=True),
+    },
     rm.HeartbeatResponse: {
         "last_index": cattrs.gen.override(omit_if_default=True),
         "start_id": cattrs.gen.override(omit_if_default=True),
@@ -157,6 +160,8 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
         # Only to a member that restarted and has not heard yet what it may have acknowledged.
         obj["start_id"] = m.start_id
         obj["log_end"] = m.log_end
+    if m.probe:
+        obj["probe"] = m.probe
     return obj
 
 
@@ -174,6 +179,7 @@ def _replicate_from_obj(obj: dict[str, Any], cls: type[rm.Replicate]) -> rm.Repl
         acknowledged=strict_int(obj.get("acknowledged", 0)),
         start_id=strict_int(obj.get("start_id", 0)),
         log_end=strict_int(obj.get("log_end", 0)),
+        probe=strict_int(obj.get("probe", 0)),
     )
 
 
