@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import trio
+import trio.testing
 
 from trio_broker._protocol import decode_request
 from trio_broker._protocol._messages import Appended
@@ -24,10 +25,11 @@ MAX_FRAME = 2048  # values above max_data_bytes (MAX_FRAME - 256) are refused, f
 
 
 def _receive_of(queue_id: str) -> list[dict[str, Any]]:
-    """One pipelined receive: plain APPENDs and READs with refusals mid-run (too large, a
-    producer sequence without its producer, a bad max_messages), idempotent duplicates, and
-    requests that do not join a run (a named queue, headers, an unknown operation, a long
-    poll, APPEND_BATCH)."""
+    """One pipelined receive: APPENDs (with headers too), APPEND_BATCH, READs, ACK and SEEK
+    with refusals mid-run (too large, a producer sequence without its producer, a bad
+    max_messages, a SEEK with two targets, an empty client id, headers from a producer
+    without an epoch), idempotent duplicates, and requests that do not join a run (a named
+    queue, an unknown operation, a long poll)."""
     append = {"operation": "APPEND", "queue_name": queue_id}
     return [
         {**append, "data": 0},
@@ -52,6 +54,17 @@ def _receive_of(queue_id: str) -> list[dict[str, Any]]:
         {"operation": "APPEND_BATCH", "queue_name": queue_id, "values": [10, 11]},
         {**append, "data": 12},
         {**append, "data": 13},
+        {"operation": "ACK", "queue_name": queue_id, "client_id": "C-BATCH", "sequence_num": 4},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-2", "to": "start"},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-2", "to": "end"},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-4", "to": "start"},
+        {"operation": "SEEK", "queue_name": queue_id, "client_id": "C-4", "to": "x"},  # refused
+        {"operation": "ACK", "queue_name": queue_id, "client_id": "", "sequence_num": 1},  # refused
+        {**append, "data": 14, "headers": {"k": "v"}, "producer_id": "P-2", "producer_seq": 0},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-2"},
+        {"operation": "READ", "queue_name": queue_id, "client_id": "C-4"},
+        {"operation": "SEEK", "queue_name": "no-such-queue", "client_id": "C-2", "to": "start"},
     ]
 
 
@@ -90,6 +103,11 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
         assert max(runs) >= 5, runs  # the batch path was taken, refusals within a run
         # READs joined the APPENDs' runs (the messages form as ReadRecords).
         assert ["AppendMessage", "ReadNext", "ReadNext", "ReadRecords", "ReadRecords"] in proposed
+        # So did appends with headers, APPEND_BATCH, ACK and SEEK.
+        assert [
+            *["Publish", "AppendMessage", "AppendBatch", "AppendMessage", "AppendMessage"],
+            *["Ack", "Seek", "Seek", "Seek", "ReadNext", "ReadNext", "ReadNext"],
+        ] in proposed
 
         server._handle_many = None  # one request at a time, as before
         runs.clear()
@@ -99,9 +117,9 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
 
         assert batched == single
         codes = [a.get("code") for a in batched]
-        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 2
-        assert codes.count("QUEUE_NOT_FOUND") == 1 and codes.count("UNKNOWN_OPERATION") == 1
-        assert codes.count(None) == len(batched) - 5
+        assert codes.count("TOO_LARGE") == 1 and codes.count("BAD_REQUEST") == 5
+        assert codes.count("QUEUE_NOT_FOUND") == 2 and codes.count("UNKNOWN_OPERATION") == 1
+        assert codes.count(None) == len(batched) - 9
         reads = [
             a
             for r, a in zip(_receive_of(batched_queue), batched, strict=True)
@@ -113,6 +131,10 @@ async def test_a_receive_decided_together_is_answered_as_one_by_one(tmp_path):
         ]
         assert reads[5]["status"] == "success"  # the long poll found a message at once
         assert batched[4] == {"status": "success", "sequence_num": 3, "duplicate": True}
+        # The positions moved in request order within the run: C-BATCH past its ACK of 4,
+        # C-2 back to the start (then to the end, then nothing left), C-4 to the start.
+        assert [r.get("sequence_num") for r in reads[-3:]] == [5, None, 1]
+        assert reads[-2] == {"status": "success", "message": "no_messages"}
         # And the same messages, in the same order, went into each queue's log.
         peek = {"operation": "READ", "client_id": "C-PEEK", "max_messages": 20, "mode": "peek"}
         logs = [
@@ -174,3 +196,60 @@ async def test_a_run_cancelled_midway_has_given_the_answers_of_what_it_proposed(
         assert len(given) == 2
         with trio.fail_after(DEADLINE):
             assert [await a.response() for a in given] == [Appended(1, False), Appended(2, False)]
+
+
+async def test_a_converted_answer_answers_as_a_mapped_member():
+    """A READ's (or a headed append's) answer in a run is one object; it answers what the
+    general form, ``Answer(later=Mapped(group.member(i), convert))``, answers, known or
+    waited for."""
+    from trio_broker._core import _commands as cmd
+    from trio_broker._core import _work_commands as work
+    from trio_broker._errors import BrokerError, ErrorCode
+    from trio_broker._protocol import encode_response
+    from trio_broker._protocol._messages import Append, AppendBatch
+    from trio_broker._runtime._answer import Answer
+    from trio_broker._runtime._pending import PendingGroup
+    from trio_broker._runtime._runs import ConvertedAnswer
+    from trio_broker._runtime._work import Mapped, appended_answer, read_answer
+
+    refusals = [
+        cmd.CommandRejected("QUEUE_NOT_FOUND", "no queue"),
+        BrokerError(ErrorCode.NOT_LEADER, "not the leader"),
+    ]
+    cases = [
+        (
+            read_answer,
+            [
+                work.Delivered((work.Delivery(3, b'"x"', (), 1),)),
+                work.Delivered((work.Delivery(4, b"1", (("h", "v"),), 1),)),
+                work.Delivered(()),
+                cmd.MessageRead(2, b"[1]"),
+                cmd.MessageRead(None, None),
+            ],
+        ),
+        (appended_answer(Append("Q-1", 1)), [work.Published(7, 1, True)]),
+        (appended_answer(AppendBatch("Q-1", [1, 2])), [work.Published(7, 2, False)]),
+    ]
+    for convert, results in cases:
+        results = [*results, *refusals]
+        group = PendingGroup(len(results))
+        ours = [ConvertedAnswer(group, i, convert) for i in range(len(results))]
+        general = [Answer(later=Mapped(group.member(i), convert)) for i in range(len(results))]
+        assert [a.known() for a in ours] == [None] * len(results)
+        waited: list[Any] = []
+        async with trio.open_nursery() as nursery:
+
+            async def wait_first(answer: Answer, into: list[Any]) -> None:
+                into.append(await answer.response())
+
+            nursery.start_soon(wait_first, ours[0], waited)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not waited
+            for i, result in enumerate(results):
+                group.set(i, result)
+        assert encode_response(waited[0]) == encode_response(await general[0].response())
+        for mine, theirs in zip(ours, general, strict=True):
+            assert encode_response(mine.known()) == encode_response(theirs.known())
+            assert encode_response(await mine.response()) == encode_response(
+                await theirs.response()
+            )

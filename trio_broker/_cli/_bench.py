@@ -46,6 +46,7 @@ WORKLOADS = (
     "reads",
     "batch-reads",
     "failover",
+    "groups",
 )
 DRAIN_SECONDS = 10.0
 
@@ -131,13 +132,17 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _local_cluster(base: Path, nodes: int) -> AsyncIterator[list[tuple[int, trio.Process]]]:
+async def _local_cluster(
+    base: Path, nodes: int, groups: int = 1
+) -> AsyncIterator[list[tuple[int, trio.Process]]]:
     members: list[tuple[int, trio.Process]] = []
     try:
         for i in range(nodes):
             port = _free_port()
             seed = members[0][0] if members else None
-            process, _ = await start_node(base / f"node-{i}", port, seed=seed)
+            process, _ = await start_node(
+                base / f"node-{i}", port, seed=seed, groups=groups if seed is None else 1
+            )
             members.append((port, process))
         yield members
     finally:
@@ -205,14 +210,23 @@ async def _generate(
     items: str = "one",
     batch: int = 1,
     client_prefix: str | None = None,
+    targets: list[tuple[int, dict[str, Any]]] | None = None,
 ) -> Load:
     """Run one workload: ``connections`` connections with ``window`` requests in flight each,
-    spread over ``processes`` generator processes that start together."""
+    spread over ``processes`` generator processes that start together. With ``targets``
+    (port, request), the connections are split over them instead, one generator each."""
     print(f"  {name}: {connections} connections x {window} in flight", file=sys.stderr)
     start_at = time.time() + 1.0
     specs = []
     first = 0
-    for share in _split(connections, processes):
+    if targets is None:
+        plan = [(port, request, share) for share in _split(connections, processes)]
+    else:
+        plan = [
+            (p, r, share)
+            for (p, r), share in zip(targets, _split(connections, len(targets)), strict=True)
+        ]
+    for port, request, share in plan:
         spec: dict[str, Any] = {
             "host": host,
             "port": port,
@@ -396,9 +410,92 @@ async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
         if members:
             rss = max(_rss_mb(p.pid) for _, p in members)
             figures.append(at_most("all of the above", "peak broker RSS MB", rss, 200))
+            if "groups" in only:
+                name = f"pipelined appends on 1 group, {GROUP_CONNECTIONS} conns x 16"
+                one = await workload(
+                    name,
+                    request=append,
+                    connections=GROUP_CONNECTIONS,
+                    window=16,
+                    processes=processes,
+                )
+                base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                spread = await stack.enter_async_context(
+                    _local_cluster(base, args.nodes, groups=BENCH_GROUPS)
+                )
+                figures += await _groups(spread, one, rows, secs, processes)
             if "failover" in only:
                 figures.append(await _failover(members, queue, args.nodes))
     return figures, rows
+
+
+BENCH_GROUPS = 3
+GROUP_CONNECTIONS = 24
+
+
+async def _groups(
+    members: list[tuple[int, trio.Process]],
+    one: Load,
+    rows: list[Row],
+    seconds: float,
+    processes: int,
+) -> list[Figure]:
+    """The many-groups workload (issue 11): the same pipelined appends as on one group, spread
+    over a queue of every group of a cluster founded with ``--groups``, once its leadership is
+    spread; the busiest broker's share of the brokers' CPU, and the throughput ratio."""
+    ports = [p for p, _ in members]
+    queues: dict[str, tuple[int, str]] = {}
+    """Group -> the port of the broker that created its queue (its leader) and the queue."""
+    with trio.fail_after(120):
+        while True:
+            view = await _topology(ports) or {}
+            listed = view.get("groups") or []
+            leaders = [g.get("leader_port") for g in listed]
+            share = -(-BENCH_GROUPS // len(ports))
+            if (
+                len(listed) == BENCH_GROUPS
+                and all(leaders)
+                and max(leaders.count(p) for p in set(leaders)) <= share
+            ):
+                break
+            await trio.sleep(0.2)
+        # A CREATE_QUEUE sent to a broker lands on a group it leads.
+        while len(queues) < BENCH_GROUPS:
+            for port in ports:
+                conn = await _Conn.open("127.0.0.1", port)
+                async with conn.stream:
+                    answer = await conn.call({"operation": "CREATE_QUEUE"})
+                if answer.get("status") == "success":
+                    queues.setdefault(answer["queue_id"][2:-5], (port, answer["queue_id"]))
+            await trio.sleep(0.1)
+    targets = [
+        (port, {"operation": "APPEND", "queue_name": queue, "data": PAYLOAD})
+        for _, (port, queue) in sorted(queues.items())
+    ]
+    name = f"pipelined appends on {BENCH_GROUPS} groups, {GROUP_CONNECTIONS} conns x 16"
+    pids = tuple(p.pid for _, p in members)
+    load = await _generate(
+        name,
+        "127.0.0.1",
+        0,
+        pids,
+        request={},
+        connections=GROUP_CONNECTIONS,
+        window=16,
+        seconds=seconds,
+        processes=processes,
+        targets=targets,
+    )
+    total = sum(load.broker_cpu.values())
+    busiest = max(load.broker_cpu.values()) / total if total else float("nan")
+    shares = ", ".join(f"{cpu / total:.0%}" for cpu in load.broker_cpu.values()) if total else "-"
+    print(f"  {name}: each broker's share of the brokers' CPU: {shares}", file=sys.stderr)
+    rows.append(Row(name, load.broker_us_per_item(), busiest, load.generator_us_per_request()))
+    return [
+        Figure(name, "busiest broker's CPU share", busiest, 0.45, higher_is_better=False),
+        Figure(name, "appends/s", load.rate),
+        Figure(name, "appends/s vs 1 group", load.rate / one.rate if one.rate else float("nan")),
+    ]
 
 
 async def _failover(members: list[tuple[int, trio.Process]], queue: str, nodes: int) -> Figure:
@@ -439,9 +536,17 @@ def _table(figures: list[Figure], rows: list[Row]) -> str:
     for f in figures:
         sign = ">=" if f.higher_is_better else "<="
         ratio = "" if f.ratio is None else f"{f.ratio:.2f}"
-        lines.append((f.workload, f.metric, f"{f.value:,.2f}", f"{sign} {f.target:,}", ratio))
+        target = "" if f.target is None else f"{sign} {f.target:,}"
+        lines.append((f.workload, f.metric, f"{f.value:,.2f}", target, ratio))
     out = [_columns(lines), "", "(ratio >= 1 meets the target)", ""]
-    cpu = [("workload", "broker CPU us/item", "leader's share", "generator CPU us/request")]
+    cpu = [
+        (
+            "workload",
+            "broker CPU us/item",
+            "leader's share (several groups: the busiest broker's)",
+            "generator CPU us/request",
+        )
+    ]
     for r in rows:
         cpu.append(
             (r.workload, f"{r.broker_us:,.1f}", f"{r.leader_share:.0%}", f"{r.generator_us:,.1f}")

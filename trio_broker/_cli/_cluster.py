@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from .._core._commands import MAX_GROUPS
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, leaf
 from ._processes import start_node, stop_nodes
 
@@ -39,6 +40,13 @@ def add_cluster_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXIT_STATUS_HELP,
     )
     p.add_argument("--nodes", type=_count, default=3, help="(%(default)s)")
+    p.add_argument(
+        "--groups",
+        type=_groups,
+        default=1,
+        help="replication groups, each hosted by every broker, their leadership spread over "
+        "the brokers (%(default)s)",
+    )
     p.add_argument("--base-port", type=_port, default=9001, help="first port (%(default)s)")
     p.add_argument(
         "--data-dir",
@@ -66,6 +74,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if not 1 <= value <= 99:
         raise argparse.ArgumentTypeError(f"must be between 1 and 99, got {text!r}")
+    return value
+
+
+def _groups(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_GROUPS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_GROUPS}, got {text!r}")
     return value
 
 
@@ -104,8 +122,14 @@ def _say(text: str, *, error: bool = False) -> None:
     print(text, file=sys.stderr if error else sys.stdout, flush=True)
 
 
-async def _start(node: _Node, log_level: str) -> None:
-    process, ready = await start_node(node.data_dir, node.port, seed=node.seed, log_level=log_level)
+async def _start(node: _Node, log_level: str, groups: int = 1) -> None:
+    process, ready = await start_node(
+        node.data_dir,
+        node.port,
+        seed=node.seed,
+        log_level=log_level,
+        groups=groups if node.seed is None else 1,
+    )
     node.process = process
     _say(f"{node.name} pid {process.pid}: {ready}")
 
@@ -182,7 +206,7 @@ async def _run_cluster(args: argparse.Namespace) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for node in nodes:
-                await _start(node, args.log_level)
+                await _start(node, args.log_level, args.groups)
             seeds = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
             _say(f"cluster of {args.nodes} brokers running; seeds {seeds}; Ctrl-C stops it")
             async with trio.open_nursery() as nursery:

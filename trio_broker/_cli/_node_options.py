@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .._core._commands import MAX_GROUPS
 from .._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from .._runtime._security import load_security
 from ._seeds import parse_seeds
@@ -60,6 +61,13 @@ def _bool(value: Any) -> bool:
     ):
         return value.lower() in ("1", "true", "yes", "on")
     raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _groups(value: Any) -> int:
+    count = _int(value)
+    if not 1 <= count <= MAX_GROUPS:
+        raise ValueError(f"a cluster has 1 to {MAX_GROUPS} groups, not {count}")
+    return count
 
 
 def _str(value: Any) -> str:
@@ -233,6 +241,14 @@ OPTIONS = [
         _int,
         "also serve client operations on this port in plain TCP without tokens, for clients "
         "of the original design (off)",
+    ),
+    Option(
+        "groups",
+        _groups,
+        "when founding a cluster: its number of replication groups, each hosted by every "
+        "broker and led by one, leadership spread over the brokers (a joining or restarted "
+        "broker takes its cluster's)",
+        1,
     ),
     Option("log_level", _str, "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Option(

@@ -13,7 +13,12 @@ READY_DEADLINE = 30.0
 
 
 async def start_node(
-    data_dir: Path, port: int, *, seed: int | None = None, log_level: str = "WARNING"
+    data_dir: Path,
+    port: int,
+    *,
+    seed: int | None = None,
+    log_level: str = "WARNING",
+    groups: int = 1,
 ) -> tuple[trio.Process, str]:
     """Start ``python -m trio_broker node`` on 127.0.0.1; returns it and its ready line."""
     cmd = [
@@ -30,6 +35,8 @@ async def start_node(
     ]
     if seed is not None:
         cmd += ["--seed", f"127.0.0.1:{seed}"]
+    if groups != 1:
+        cmd += ["--groups", str(groups)]
     process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = b""

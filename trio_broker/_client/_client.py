@@ -400,7 +400,14 @@ class Client(WorkQueues):
         """One page of the cluster's queues, with lengths and per-client lag; pass the
         page's ``next_after`` as ``after`` for the next page (None after the last)."""
         cid = await self._known_cluster(cluster_id)
-        request = ListQueues(max_queues=max_queues, after=after, client_id=self.client_id)
+        request = ListQueues(
+            max_queues=max_queues,
+            after=after,
+            client_id=self.client_id,
+            # Named when the seeds host several groups (a broker routes by it); otherwise
+            # the request stays as it always was.
+            cluster_id=cid if len(self._clusters) > 1 else cluster_id,
+        )
         return structure(await self._leader_call(cid, request), QueueList)
 
     async def remove_member(self, broker_id: str, cluster_id: str | None = None) -> None:

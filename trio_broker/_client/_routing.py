@@ -31,7 +31,14 @@ from .._errors import (
     error_from_wire,
 )
 from .._ids import cluster_of_queue, new_client_id
-from .._protocol import ClusterQuery, ClusterTopology, encode_frame, encode_request, loads_object
+from .._protocol import (
+    BrokerInfo,
+    ClusterQuery,
+    ClusterTopology,
+    encode_frame,
+    encode_request,
+    loads_object,
+)
 from ._common import (
     Address,
     BrokerUnreachableError,
@@ -49,6 +56,27 @@ that one unreachable or silent broker does not stop the client from trying the o
 has been sent when either gives up. Operations themselves have no timeout but the caller's."""
 _BACKOFF_BASE = 0.02
 _BACKOFF_MAX = 1.0
+
+
+def _group_topology(view: Any, brokers: tuple[BrokerInfo, ...]) -> Topology:
+    """Another group hosted by the answering broker (CLUSTER_QUERY's ``groups``,
+    docs/replication.md "Several leaders"), its members at the addresses the answer gave."""
+    members = set(view.voters) | set(view.learners)
+    listed = tuple(
+        attrs.evolve(b, role="leader" if b.broker_id == view.leader_id else "replica")
+        for b in brokers
+        if b.broker_id in members
+    )
+    leader = next((b for b in listed if b.broker_id == view.leader_id), None)
+    if leader is None and view.leader_id and view.leader_host and view.leader_port:
+        leader = BrokerInfo(
+            broker_id=view.leader_id,
+            host=view.leader_host,
+            port=view.leader_port,
+            role="leader",
+            status="active",
+        )
+    return Topology(cluster_id=view.cluster_id, cluster_version=0, brokers=listed, leader=leader)
 
 
 @attrs.define(eq=False)
@@ -284,6 +312,9 @@ class Router:
             self_id=wire.self_id,
         )
         self._store(topology)
+        for view in wire.groups or ():
+            if view.cluster_id != wire.cluster_id:
+                self._store(_group_topology(view, brokers))
         return topology
 
     def _store(self, topology: Topology) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import attrs
 
+from .._ids import CLUSTER_ID_RE
 from ._work_commands import Publish, WorkCommand, WorkResult
 
 MAX_RETAINED_MESSAGES = 10**12
@@ -182,6 +183,43 @@ class ApplyRetention:
     now_ms: int
 
 
+@attrs.frozen
+class SetGroups:
+    """The replication groups of a cluster founded with several (docs/replication.md, "Several
+    leaders"), in id order, the cluster's own group among them: committed once, in the cluster
+    group's log, when it is founded, so that every broker (a restarted one, a joiner, one
+    installing a snapshot) learns the same list. Idempotent: the same list again is accepted;
+    another list, or a malformed one, is refused and changes nothing (stage 1 fixes the groups
+    at founding). Replicated as ``REPLICATE`` type ``SET_GROUPS``."""
+
+    group_ids: tuple[str, ...]
+
+
+MAX_GROUPS = 1024
+"""The most replication groups a cluster may have."""
+
+
+def groups_problem(group_ids: tuple[str, ...], current: tuple[str, ...]) -> str | None:
+    """Why :class:`SetGroups` with ``group_ids`` is refused over ``current``; None: accepted."""
+    if not isinstance(group_ids, tuple) or not all(isinstance(g, str) for g in group_ids):
+        return "group_ids must be a list of group ids"
+    if not 1 <= len(group_ids) <= MAX_GROUPS:
+        return f"a cluster has 1 to {MAX_GROUPS} groups, not {len(group_ids)}"
+    if list(group_ids) != sorted(set(group_ids)):
+        return "group ids must be distinct and in order"
+    bad = [g for g in group_ids if not CLUSTER_ID_RE.fullmatch(g)]
+    if bad:
+        return f"not a group id: {bad[0]!r}"
+    if current and current != group_ids:
+        return f"the cluster's groups are already {', '.join(current)}"
+    return None
+
+
+@attrs.frozen
+class GroupsSet:
+    group_ids: tuple[str, ...]
+
+
 SingleCommand = (
     CreateQueue
     | AppendMessage
@@ -193,6 +231,7 @@ SingleCommand = (
     | SetBrokerAddress
     | SetRetention
     | ApplyRetention
+    | SetGroups
     | WorkCommand
 )
 

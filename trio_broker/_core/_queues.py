@@ -24,6 +24,7 @@ from ._commands import (
     CommandRejected,
     CreateQueue,
     GroupApplied,
+    GroupsSet,
     MessageAppended,
     MessageRead,
     MessagesRead,
@@ -38,9 +39,11 @@ from ._commands import (
     RetentionSet,
     Seek,
     SetBrokerAddress,
+    SetGroups,
     SetRetention,
     bad_request,
     check_producer,
+    groups_problem,
     next_producer_state,
     queue_exists,
     queue_not_found,
@@ -79,6 +82,8 @@ class QueueState:
     """(producer id, queue id) -> dedup state, least recently used first."""
     producer_clock: int = 0
     work: WorkState = attrs.field(factory=WorkState)
+    groups: tuple[str, ...] = ()
+    """The cluster's replication groups, once founded with several (:class:`SetGroups`)."""
     """Names, consumer groups, headers, fenced producers, position activity (``_work``)."""
 
     def apply(self, command: Command) -> Result:
@@ -100,6 +105,11 @@ class QueueState:
         if isinstance(command, SetBrokerAddress):
             self.brokers[command.broker_id] = (command.host, command.port)
             return BrokerAddressSet(command.broker_id)
+        if isinstance(command, SetGroups):
+            if (problem := groups_problem(command.group_ids, self.groups)) is not None:
+                return bad_request(problem)
+            self.groups = command.group_ids
+            return GroupsSet(command.group_ids)
         if isinstance(command, ApplyRetention):
             return self._apply_retention(command.now_ms)
         if isinstance(command, WORK_COMMANDS):

@@ -191,6 +191,14 @@ class ElectionResponse:
     pre_vote: bool
     granted: bool
     reason: DenyReason | None = None
+    last_log_index: int | None = None
+    """The voter's log end (with ``last_log_term``), which a candidate that restarted may be
+    waiting for (``RaftNode._note_log_end``); None (absent on the wire) from older peers."""
+    last_log_term: int | None = None
+    voter_term: int | None = None
+    """The voter's own term when it answered (``term`` is the requested one in a granted
+    pre-vote): a log end counts for a restarted candidate only from a later term than the
+    one it restarted in."""
 
 
 @attrs.frozen(kw_only=True)
@@ -214,6 +222,19 @@ class Replicate:
     log no longer reaches (it came back from a disk that lost synced writes). The member
     starts *recovering*: it neither votes nor campaigns until its log is back at that index.
     Absent on the wire when 0 (peers that predate it neither send nor need it)."""
+    start_id: int = 0
+    """When not 0: the ``HeartbeatResponse.start_id`` of the member's current start, which
+    the leader saw: this message was sent after the member restarted, and ``log_end`` is
+    the leader's last index when it saw that answer (``RaftNode``, "A restart votes only
+    once it knows"). Absent on the wire when 0."""
+    log_end: int = 0
+    """With ``start_id``: the leader's last log index (an entry of its term) when it saw
+    the member's start: the member votes only for logs at least that up to date until its
+    own log gets there."""
+    probe: int = 0
+    """When not 0: the number of this probe among the leader's probes to the member (the
+    probe state only), echoed in the answer so that the leader ignores an answer to an
+    older probe overtaken on the way. Absent on the wire when 0."""
 
     @property
     def leader_id(self) -> Any:
@@ -248,6 +269,9 @@ class ReplicateResponse:
     rejected_index: int = 0
     hint_index: int = 0
     hint_term: int = 0
+    probe: int = 0
+    """The ``probe`` number of the REPLICATE answered (0, absent on the wire: none, or a
+    peer that predates it; the leader then judges the answer as before)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -283,6 +307,10 @@ class HeartbeatResponse:
     """The member's last log index, in the answer to a Heartbeat (None from peers that
     predate it): one below what the leader saw it acknowledge shows a log that went
     backwards, which the leader then probes."""
+    start_id: int = 0
+    """While the member has not yet learned, since its start, what it may have acknowledged
+    before (``RaftNode.unverified``): a number drawn at its start, which the leader echoes
+    in ``Replicate.start_id`` with its log end. 0 (absent on the wire) otherwise."""
 
 
 @attrs.frozen

@@ -47,6 +47,7 @@ ENTRY_TYPES: dict[str, type] = {
     "SET_RETENTION": cmd.SetRetention,
     "APPLY_RETENTION": cmd.ApplyRetention,
     "BROKER_ADDRESS": cmd.SetBrokerAddress,
+    "SET_GROUPS": cmd.SetGroups,
     "COMMAND_GROUP": cmd.CommandGroup,
     # Work queues and the queue lifecycle (schema version 5, docs/protocol.md "Work queues").
     "CREATE_NAMED_QUEUE": work.CreateNamedQueue,
@@ -192,6 +193,10 @@ def _ints_from_obj(value: Any, _type: Any = None) -> tuple[int, ...]:
 
 
 converter.register_structure_hook_func(lambda t: t == tuple[tuple[int, int], ...], _ranges_from_obj)
+# A list of ids (SET_GROUPS): a JSON list, never a string (which cattrs would split).
+converter.register_structure_hook_func(
+    lambda t: t == tuple[str, ...], lambda value, _type: tuple(_str_list(value))
+)
 converter.register_structure_hook_func(lambda t: t == tuple[int, ...], _ints_from_obj)
 converter.register_unstructure_hook_func(
     lambda t: t == tuple[tuple[int, int], ...], lambda ranges: [list(r) for r in ranges]
@@ -366,13 +371,34 @@ def payload_from_obj(obj: Any) -> Any:
 
 
 def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
+    """A COMMAND_GROUP's commands. The usual one, an APPEND_MESSAGE without a producer whose
+    fields have their types, is read here in the loop (a group holds up to thousands of them,
+    each decoded on every replica); any other goes through :func:`payload_from_obj`, which
+    decides it, or words its error, as before."""
     commands = obj["commands"]
     if not isinstance(commands, list) or not commands:
         raise TypeError("commands must be a non-empty list")
-    decoded = tuple(payload_from_obj(c) for c in commands)
-    if not all(isinstance(c, cmd.SingleCommand) for c in decoded):
+    decoded: list[Any] = []
+    add = decoded.append
+    append_message = cmd.AppendMessage
+    single = True
+    for c in commands:
+        if type(c) is dict and c.get("type") == "APPEND_MESSAGE" and "data" in c:
+            queue, stamp = c.get("queue_id"), c.get("appended_ms")
+            if (
+                type(queue) is str
+                and (stamp is None or type(stamp) is int)
+                and c.get("producer_id") is None
+                and c.get("producer_seq") is None
+            ):
+                add(append_message(queue, dumps_value(c["data"]), None, None, stamp))
+                continue
+        one = payload_from_obj(c)
+        single = single and isinstance(one, cmd.SingleCommand)
+        add(one)
+    if not single:  # (after every command is decoded, as before: the same error first)
         raise TypeError("a command group holds queue commands only")
-    return cmd.CommandGroup(decoded)
+    return cmd.CommandGroup(tuple(decoded))
 
 
 def encode_payload(payload: Any) -> bytes:

@@ -32,6 +32,12 @@ def encode_frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def frame_header(length: int) -> bytes:
+    """The length prefix of a frame of ``length`` bytes (to join frames without copying each
+    payload into its own frame first)."""
+    return _HEADER.pack(length)
+
+
 class FrameDecoder:
     """Accumulates bytes and yields whole frame payloads.
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from .._core._routing import GroupView
+
 # -- requests ------------------------------------------------------------------------------------
 
 
@@ -118,6 +120,8 @@ class ListQueues:
     max_queues: int | None = None
     after: str | None = None
     client_id: str | None = None
+    cluster_id: str | None = None
+    """The group whose queues to list, on a broker hosting several (absent: its own)."""
 
 
 # -- work queues and the queue lifecycle (docs/protocol.md, "Work queues") ----------------------
@@ -424,6 +428,12 @@ class ClusterTopology:
     brokers: list[BrokerInfo]
     self_id: str | None = None
     leader_id: str | None = None
+    groups: list[GroupView] | None = None
+    """Every replication group, when the broker hosts more than one (docs/replication.md,
+    "Several leaders"); absent otherwise."""
+    metadata_group: str | None = None
+    """With ``groups``: the cluster's own group, whose log holds the group list (what
+    ``--cluster-id`` names and a new broker joins first)."""
 
 
 @attrs.frozen

@@ -27,13 +27,12 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import trio
 
 from .. import _core
 from .._core import _work_commands as work
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import RetentionPolicy, RetentionSet
+from .._core._commands import GroupsSet, RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
@@ -62,10 +61,12 @@ from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
 from . import _membership as membership
 from ._answer import Answer
+from ._applied import applied_views
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
 from ._driver import RaftDriver
+from ._groups import GroupHost, GroupStorage, open_group_storage
 from ._log import log_event
 from ._membership import JoinFailed
 from ._metrics import BrokerMetrics, serve_metrics
@@ -108,7 +109,10 @@ class Broker:
         port: int,
         network: Network = TCP,
         security: Security | None = None,
+        connections: ConnectionServer | None = None,
     ) -> None:
+        """``connections``: a group hosted beside the cluster group shares its connections
+        (:mod:`._groups`)."""
         self.config = config
         self.broker_id = identity.broker_id
         self.cluster_id = identity.cluster_id
@@ -124,6 +128,8 @@ class Broker:
         self._worker = worker
         self._rng = random.SystemRandom()
         self._queue_ids: set[str] = set()
+        self.host: GroupHost | None = None
+        """The groups hosted beside this one, on the cluster group's broker (:mod:`._groups`)."""
         self.retention = RetentionEnforcer(
             self.broker_id,
             config,
@@ -151,7 +157,7 @@ class Broker:
             worker,
             make_node(self.broker_id, state, config),
             self.addresses,
-            self._on_applied,
+            applied_views(self._on_applied, self._appended, self.work.wake),
             self._on_snapshot,
         )
         self.metrics = BrokerMetrics(self)
@@ -161,18 +167,18 @@ class Broker:
         self.runs = Runs(
             config,
             self.driver,
-            handle=self.handle,
+            handle=self.decide,
             closing=lambda: self.connections.closing,
             wall_clock_ms=self.wall_clock_ms,
         )
         """Decides the requests of one receive together (:mod:`._runs`)."""
-        self.connections = ConnectionServer(
+        self.connections = connections or ConnectionServer(
             config,
             self.security,
             broker_id=self.broker_id,
             cluster_id=self.cluster_id,
             handle=self.handle,
-            handle_many=self.runs.handle_many,
+            handle_many=self._handle_many,
             accept_peer=self._accept_peer,
             serve_peer=self._serve_peer,
             observe=self.metrics.observe_batch,
@@ -202,9 +208,17 @@ class Broker:
     def leader_id(self) -> str | None:
         return self.driver.node.leader_id
 
+    @property
+    def queue_count(self) -> int:
+        """Queues of this group known here (what CREATE_QUEUE's placement balances)."""
+        return len(self._queue_ids)
+
     def _on_applied(self, payload: Any, result: Any) -> None:
         """Keep in-memory views of replicated state current as commands are applied."""
-        if isinstance(payload, _core.SetBrokerAddress):
+        if isinstance(result, GroupsSet):
+            if self.host is not None:
+                self.host.note_groups(result.group_ids)
+        elif isinstance(payload, _core.SetBrokerAddress):
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
             self._queue_ids.add(payload.queue_id)
@@ -231,6 +245,8 @@ class Broker:
         self._queue_ids.update(queues)
         self.retention.replace(retained)
         self.work.names_replaced()
+        if self.host is not None:
+            self.host.recheck()  # the snapshot may hold the group list
 
     @property
     def _retained(self) -> set[str]:
@@ -289,7 +305,25 @@ class Broker:
         """Decide a request into its answer: a response now, or a pending commit whose result
         becomes the answer. Authentication is decided before, per connection
         (:mod:`._connections`); ``session`` says, among others, whether the request came in on
-        the plaintext listener."""
+        the plaintext listener. With several groups hosted here, the group the request names
+        decides it (:class:`~._groups.GroupHost`)."""
+        if self.host is not None and self.host.several:
+            return await self.host.handle(request, session)
+        return await self.decide(request, session)
+
+    async def _handle_many(
+        self,
+        requests: list[Request],
+        session: Session | None,
+        answered: Callable[[list[Answer]], None],
+    ) -> None:
+        if self.host is not None and self.host.several:
+            await self.host.handle_many(requests, session, answered)
+        else:
+            await self.runs.handle_many(requests, session, answered)
+
+    async def decide(self, request: Request, session: Session | None = None) -> Answer:
+        """Decide a request of this group (:meth:`handle` without the routing)."""
         if self._closing and not isinstance(request, ClusterQuery):
             return Answer(now=BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down"))
         return await self._handlers[type(request)](request, session)
@@ -359,13 +393,11 @@ class Broker:
         request = await self.work.resolved(request)
         if isinstance(request, BrokerError):
             return Answer(now=request)
-        publish = publish_command(request, self.config)
+        publish = publish_command(request, self.config, appended_ms=self.wall_clock_ms())
         if publish is not None:
             if isinstance(publish, BrokerError):
                 return Answer(now=publish)
-            return await self.work.commit(
-                attrs.evolve(publish, appended_ms=self.wall_clock_ms()), appended_answer(request)
-            )
+            return await self.work.commit(publish, appended_answer(request))
         # The leader's clock, in the replicated command: every replica then ages the
         # message alike (docs/protocol.md, "Retention").
         return await self._commit(
@@ -416,6 +448,18 @@ class Broker:
     # -- the connection's own requests ----------------------------------------------------------
 
     def _accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | None:
+        if self.host is not None and self.host.several:
+            return self.host.accept_peer(hello, peer)
+        return self.accept_peer_here(hello, peer)
+
+    async def _serve_peer(
+        self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
+    ) -> bool:
+        if self.host is not None and self.host.several:
+            return await self.host.serve_peer(stream, decoder, peer, sender)
+        return await self.serve_peer_here(stream, decoder, peer, sender)
+
+    def accept_peer_here(self, hello: PeerHello, peer: str) -> BrokerError | None:
         """A member opens its stream of consensus messages to this broker (PEER_HELLO)."""
         refusal = self._wrong_cluster(hello.cluster_id)
         if refusal is None and hello.to not in (None, self.broker_id):
@@ -439,7 +483,7 @@ class Broker:
             self.plaintext_ports[hello.broker_id] = hello.plaintext_port
         return None
 
-    async def _serve_peer(
+    async def serve_peer_here(
         self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
     ) -> bool:
         return await read_peer_stream(
@@ -454,6 +498,9 @@ class Broker:
 
     async def _list_queues(self, request: ListQueues, _session: Session | None) -> Answer:
         """Served by the leader from its applied state (it may trail the log by an instant)."""
+        refusal = self._wrong_cluster(request.cluster_id)
+        if refusal is not None:
+            return Answer(now=refusal)
         if not self.driver.node.is_leader:
             return Answer(now=self.driver.not_leader_error())
         limit = DEFAULT_LIST_QUEUES if request.max_queues is None else request.max_queues
@@ -558,6 +605,7 @@ async def open_broker(
     *,
     network: Network = TCP,
     storage: Callable[[Path], AbstractAsyncContextManager[tuple[Any, Any]]] = (open_sqlite_storage),
+    group_storage: GroupStorage | None = None,
 ) -> AsyncIterator[Broker]:
     """Start a broker and serve it for the body of the ``async with``.
 
@@ -569,9 +617,16 @@ async def open_broker(
     directory, :class:`IdentityMismatch` if the directory belongs to another identity, and
     :class:`JoinFailed` if the seeds' cluster refuses this broker.
 
+    ``config.groups``: a founder founds a cluster of that many replication groups
+    (docs/replication.md, "Several leaders"); others take the cluster's. Whatever it says, a
+    broker opens a replica of every group its cluster's replicated state lists
+    (:class:`~._groups.GroupHost`), each with its storage from ``group_storage`` (default:
+    ``storage`` in ``data_dir/groups/G-XXXXX``).
+
     ``network`` and ``storage`` are seams for ``trio_broker.testing``: an in-memory network
     and storage run the same broker under a mock clock.
     """
+    groups = config.groups
     security = load_security(config)
     refused: JoinFailed | None = None
     plain_network = network
@@ -601,8 +656,23 @@ async def open_broker(
         broker.addresses.update(await worker.run(store.broker_addresses))
         broker._queue_ids.update(await worker.run(store.queue_lengths))
         broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
+        founder = not joining and not config.seeds and not config.join_wait
+        if groups > 1 and not founder:
+            log_event(
+                logging.WARNING,
+                "groups.setting_ignored",
+                asked=groups,
+                reason="only a founder sets the groups: a joining broker takes its cluster's",
+            )
+        host = broker.host = GroupHost(
+            broker,
+            group_storage or open_group_storage(storage),
+            functools.partial(_group_replica, broker),
+            founding=groups if founder else 1,
+        )
         async with trio.open_nursery() as services:
             await services.start(broker.driver.run)
+            await services.start(host.run)
             await services.start(broker.retention.run)
             await services.start(broker.work.run_leases)
             await services.start(broker.work.run_forget)
@@ -671,12 +741,41 @@ async def open_broker(
                 finally:
                     with trio.CancelScope(shield=True):
                         log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
-                        await membership.step_down(broker.driver, config)
+                        if host.several:
+                            await host.step_down()
+                        else:
+                            await membership.step_down(broker.driver, config)
                         await broker.connections.shutdown(connections)
             services.cancel_scope.cancel()
     log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)
     if refused is not None:
         raise refused
+
+
+async def _group_replica(
+    primary: Broker, config: BrokerConfig, identity: Identity, store: Store, worker: StorageWorker
+) -> Broker:
+    """Another group's replica beside ``primary``: its own store, worker and consensus core;
+    the primary's listener port, network, security and connections."""
+    state = await worker.run(store.raft_state)
+    broker = Broker(
+        config,
+        identity,
+        store,
+        worker,
+        state,
+        primary.port,
+        primary.network,
+        primary.security,
+        connections=primary.connections,
+    )
+    broker.plaintext_port = primary.plaintext_port
+    broker.driver.plaintext_port = primary.plaintext_port
+    broker.plaintext_ports = primary.plaintext_ports
+    broker.addresses.update(await worker.run(store.broker_addresses))
+    broker._queue_ids.update(await worker.run(store.queue_lengths))
+    broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
+    return broker
 
 
 async def serve_broker(

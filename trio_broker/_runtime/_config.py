@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 from .._address import parse_address
+from .._core._commands import MAX_GROUPS
 from .._ids import BROKER_ID_RE, CLUSTER_ID_RE
 from .._protocol import DEFAULT_MAX_FRAME
 from ._disk_space import free_space
@@ -31,6 +32,14 @@ def _check_optional_id(pattern):
 def _positive(instance, attribute, value):
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _at_most(limit):
+    def check(instance, attribute, value):
+        if value > limit:
+            raise ValueError(f"{attribute.name} must be at most {limit}, got {value}")
+
+    return check
 
 
 def _not_negative(instance, attribute, value):
@@ -81,6 +90,11 @@ class BrokerConfig:
     join_wait: bool = False
     """A new broker founds no cluster of its own: it waits, with an empty membership, until
     the leader of ``cluster_id`` (required) adds it (``client add-member HOST:PORT``)."""
+    groups: int = attrs.field(
+        default=1, validator=attrs.validators.and_(_positive, _at_most(MAX_GROUPS))
+    )
+    """When founding: how many replication groups the cluster has (docs/replication.md,
+    "Several leaders"); a joining or restarted broker takes its cluster's."""
     metrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
     """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0: any free port)."""
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)

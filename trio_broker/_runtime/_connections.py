@@ -126,6 +126,9 @@ class ConnectionServer:
         self.security = security
         self.broker_id = broker_id
         self.cluster_id = cluster_id
+        self.hosted_groups: set[str] = set()
+        """Other replication groups hosted here (docs/replication.md, "Several leaders"):
+        requests naming one pass the cluster check, and ``handle`` routes them to it."""
         self._handle = handle
         self._handle_many = handle_many
         self._accept_peer = accept_peer
@@ -504,7 +507,8 @@ class ConnectionServer:
                 return self._unauthorized(
                     peer, request, "this request needs the cluster secret (AUTH with a proof)"
                 )
-            refusal = wrong_cluster(self.cluster_id, getattr(request, "cluster_id", None))
+            asked = getattr(request, "cluster_id", None)
+            refusal = None if asked in self.hosted_groups else wrong_cluster(self.cluster_id, asked)
             if refusal is not None:
                 log_event(
                     logging.WARNING,

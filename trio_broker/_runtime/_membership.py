@@ -479,8 +479,11 @@ async def prepare(
             f"seeds refused to describe their cluster: {answer.code}: "
             f"{answer.message}{_hint(answer)}"
         )
+    # A broker hosting several groups answers about one it leads; the cluster's own group,
+    # which a new broker joins first, is named apart (docs/replication.md, "Several leaders").
+    cluster_id = config.cluster_id or answer.metadata_group or answer.cluster_id
     identity = await worker.run(
-        store.init_identity, config.broker_id or new_broker_id(), answer.cluster_id
+        store.init_identity, config.broker_id or new_broker_id(), cluster_id
     )
     return identity, True
 

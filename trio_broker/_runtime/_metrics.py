@@ -5,7 +5,9 @@ The same server answers ``/`` with the status page and ``/status.json`` with its
 
 Each broker has its own registry (several brokers may share a process). Counters and histograms
 are updated as requests are answered and transactions commit; the consensus state, the peers and
-the queues are read when a scrape arrives. Queue and per-client series are capped at
+the queues are read when a scrape arrives. A broker hosting several replication groups reports
+each group's consensus and queue series under its ``cluster_id`` label (the cluster's own group
+as before; docs/replication.md, "Several leaders"). Queue and per-client series are capped at
 ``MAX_QUEUE_SERIES`` each, the largest lags first, so a broker with millions of consumers does
 not answer with millions of lines.
 """
@@ -16,7 +18,7 @@ import bisect
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -128,9 +130,19 @@ class _StateCollector(Collector):
         # Registration would otherwise call collect() before the broker is fully built.
         return []
 
+    def _replicas(self) -> list[Broker]:
+        """The group replicas this broker reports: its own group first, then the others it
+        hosts (docs/replication.md, "Several leaders"), each under its ``cluster_id``."""
+        broker = self.broker
+        host = broker.host
+        if host is None or not host.several:
+            return [broker]
+        return [broker, *(b for g, b in sorted(host.groups.items()) if b is not broker)]
+
     def collect(self) -> Iterator[Any]:
         broker = self.broker
-        stats = broker.statistics()
+        replicas = [(b, b.statistics()) for b in self._replicas()]
+        stats = replicas[0][1]
         labels = ["broker_id", "cluster_id"]
         ids = [broker.broker_id, broker.cluster_id]
 
@@ -139,30 +151,52 @@ class _StateCollector(Collector):
             g.add_metric(ids, value)
             return g
 
+        def per_group(name: str, doc: str, value: Callable[[Any], float]) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(f"trio_broker_{name}", doc, labels=labels)
+            for replica, replica_stats in replicas:
+                g.add_metric([replica.broker_id, replica.cluster_id], value(replica_stats))
+            return g
+
         role = GaugeMetricFamily(
             "trio_broker_role", "1 for this broker's current role", labels=[*labels, "role"]
         )
-        for name in ("leader", "follower", "candidate", "pre_candidate"):
-            role.add_metric([*ids, name], 1.0 if stats.role == name else 0.0)
+        for replica, replica_stats in replicas:
+            for name in ("leader", "follower", "candidate", "pre_candidate"):
+                role.add_metric(
+                    [replica.broker_id, replica.cluster_id, name],
+                    1.0 if replica_stats.role == name else 0.0,
+                )
         yield role
-        yield gauge("term", "Current consensus term", stats.term)
-        yield gauge("commit_index", "Highest log index known committed", stats.commit_index)
-        yield gauge("applied_index", "Highest log index applied to the queues", stats.applied_index)
-        yield gauge("cluster_version", "Membership configuration version", stats.cluster_version)
-        yield gauge("log_entries", "Entries kept in the log", stats.log_entries)
+        yield per_group("term", "Current consensus term", lambda st: st.term)
+        yield per_group(
+            "commit_index", "Highest log index known committed", lambda st: st.commit_index
+        )
+        yield per_group(
+            "applied_index",
+            "Highest log index applied to the queues",
+            lambda st: st.applied_index,
+        )
+        yield per_group(
+            "cluster_version", "Membership configuration version", lambda st: st.cluster_version
+        )
+        yield per_group("log_entries", "Entries kept in the log", lambda st: st.log_entries)
         yield gauge("connections", "Open client and peer connections", stats.connections)
-        yield gauge("pending_proposals", "Proposals waiting to be applied", stats.pending_proposals)
-        yield gauge(
+        yield per_group(
+            "pending_proposals",
+            "Proposals waiting to be applied",
+            lambda st: st.pending_proposals,
+        )
+        yield per_group(
             "recovering",
             "1 while this broker's log lacks entries it had acknowledged (damaged or lost by "
             "its disk): it neither leads nor votes for a log behind them until repaired",
-            stats.recovering_until is not None,
+            lambda st: st.recovering_until is not None,
         )
-        yield gauge(
+        yield per_group(
             "disk_full",
             "1 while the broker refuses writes for lack of disk space (reserve reached, or a "
             "write failed)",
-            stats.disk_state != "ok",
+            lambda st: st.disk_state != "ok",
         )
         if stats.disk_free_bytes is not None:
             yield gauge(
@@ -178,30 +212,18 @@ class _StateCollector(Collector):
             "Storage transactions that failed for lack of space (rolled back and retried)",
             labels=labels,
         )
-        disk_failures.add_metric(ids, stats.disk_write_failures)
-        yield disk_failures
         members = GaugeMetricFamily(
             "trio_broker_members", "Configured members by status", labels=[*labels, "status"]
         )
-        members.add_metric([*ids, "active"], stats.members_active)
-        members.add_metric([*ids, "inactive"], stats.members_inactive)
-        yield members
         elections = CounterMetricFamily(
             "trio_broker_elections_won", "Elections this broker won", labels=labels
         )
-        elections.add_metric(ids, stats.elections_won)
-        yield elections
         transfers = CounterMetricFamily(
             "trio_broker_leadership_transfers",
             "Leadership transfers: started, completed and aborted by this broker as leader; "
             "received: elections it won because the leader handed over to it",
             labels=[*labels, "outcome"],
         )
-        transfers.add_metric([*ids, "started"], stats.transfers_started)
-        transfers.add_metric([*ids, "completed"], stats.transfers_completed)
-        transfers.add_metric([*ids, "aborted"], stats.transfers_aborted)
-        transfers.add_metric([*ids, "received"], stats.transfers_received)
-        yield transfers
         lag = GaugeMetricFamily(
             "trio_broker_replication_lag_entries",
             "Leader only: log entries a member does not have yet",
@@ -212,32 +234,49 @@ class _StateCollector(Collector):
             "Messages for a peer dropped while it was unreachable or its outbox full",
             labels=[*labels, "peer"],
         )
-        for peer, behind in stats.replication_lag:
-            lag.add_metric([*ids, peer], behind)
-        for peer, count in stats.peers_dropped:
-            dropped.add_metric([*ids, peer], count)
-        yield lag
-        yield dropped
         queue_length = GaugeMetricFamily(
             "trio_broker_queue_length", "Messages in a queue", labels=[*labels, "queue_id"]
         )
-        for queue_id, length in self.metrics.queues:
-            queue_length.add_metric([*ids, queue_id], length)
-        yield queue_length
         client_lag = GaugeMetricFamily(
             "trio_broker_client_lag_messages",
             "Messages of a queue a client has not read yet",
             labels=[*labels, "queue_id", "client_id"],
         )
-        for client_id, queue_id, behind in self.metrics.client_lags:
-            client_lag.add_metric([*ids, queue_id, client_id], behind)
+        for replica, st in replicas:
+            gid = [replica.broker_id, replica.cluster_id]
+            disk_failures.add_metric(gid, st.disk_write_failures)
+            members.add_metric([*gid, "active"], st.members_active)
+            members.add_metric([*gid, "inactive"], st.members_inactive)
+            elections.add_metric(gid, st.elections_won)
+            transfers.add_metric([*gid, "started"], st.transfers_started)
+            transfers.add_metric([*gid, "completed"], st.transfers_completed)
+            transfers.add_metric([*gid, "aborted"], st.transfers_aborted)
+            transfers.add_metric([*gid, "received"], st.transfers_received)
+            for peer, behind in st.replication_lag:
+                lag.add_metric([*gid, peer], behind)
+            for peer, count in st.peers_dropped:
+                dropped.add_metric([*gid, peer], count)
+            for queue_id, length in replica.metrics.queues:
+                queue_length.add_metric([*gid, queue_id], length)
+            for client_id, queue_id, behind in replica.metrics.client_lags:
+                client_lag.add_metric([*gid, queue_id, client_id], behind)
+        yield disk_failures
+        yield members
+        yield elections
+        yield transfers
+        yield lag
+        yield dropped
+        yield queue_length
         yield client_lag
 
 
 async def _refresh_queue_stats(broker: Broker) -> None:
-    queues, lags = await broker.queue_stats(MAX_QUEUE_SERIES)
-    broker.metrics.queues = queues
-    broker.metrics.client_lags = lags
+    host = broker.host
+    replicas = [broker] if host is None or not host.several else list(host.groups.values())
+    for replica in replicas:
+        queues, lags = await replica.queue_stats(MAX_QUEUE_SERIES)
+        replica.metrics.queues = queues
+        replica.metrics.client_lags = lags
 
 
 async def _handle_http(broker: Broker, rates: RequestRates, stream: trio.abc.Stream) -> None:

@@ -25,8 +25,9 @@ from .._auth import authenticate
 from .._core._commands import data_size
 from .._core._raft_messages import Message
 from .._errors import BrokerError, ProtocolError
-from .._protocol import Done, FrameDecoder, PeerHello, decode_response, encode_frame, loads_object
+from .._protocol import Done, FrameDecoder, PeerHello, decode_response, loads_object
 from .._protocol._consensus import encode_message, message_from_obj
+from .._protocol._framing import frame_header
 from ._dial import UNREACHABLE
 from ._log import log_event
 from ._network import transport_socket
@@ -46,7 +47,10 @@ class _Link:
     def __init__(self, fleet: PeerFleet, peer_id: str) -> None:
         self.fleet = fleet
         self.peer_id = peer_id
-        self.send_channel, self.receive_channel = trio.open_memory_channel[Message](OUTBOX_SIZE)
+        self.send_channel, self.receive_channel = trio.open_memory_channel[tuple[Message, int]](
+            OUTBOX_SIZE
+        )
+        """Messages queued for the peer, each with its size as counted in ``queued_bytes``."""
         self.cancel_scope = trio.CancelScope()
         self.dropped = 0
         self.queued_bytes = 0
@@ -120,8 +124,12 @@ class _Link:
                             batch.append(self.receive_channel.receive_nowait())
                         except trio.WouldBlock:
                             break
-                    self.queued_bytes -= sum(_approximate_size(m) for m in batch)
-                    await stream.send_all(b"".join(encode_frame(encode_message(m)) for m in batch))
+                    parts = []
+                    for message, size in batch:
+                        self.queued_bytes -= size
+                        payload = encode_message(message)
+                        parts += (frame_header(len(payload)), payload)
+                    await stream.send_all(b"".join(parts))  # (frames copied once, here)
 
     async def _watch_close(self, stream: trio.abc.Stream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -149,9 +157,12 @@ def _fail_when_unacknowledged(stream: trio.abc.Stream, seconds: float) -> None:
 
 
 def _approximate_size(message: Message) -> int:
+    """Bytes a message queued for a peer holds: its entries' payload bytes when the driver
+    has encoded them already (as it does before sending new entries), else their data."""
     size = 256
     for entry in getattr(message, "entries", ()):
-        size += 64 + data_size(entry.payload)
+        encoded = entry.encoded
+        size += 64 + (len(encoded) if encoded is not None else data_size(entry.payload))
     return size
 
 
@@ -207,7 +218,7 @@ class PeerFleet:
         size = _approximate_size(message)
         if link.connected and link.queued_bytes + size <= OUTBOX_BYTES:
             try:
-                link.send_channel.send_nowait(message)
+                link.send_channel.send_nowait((message, size))
             except trio.WouldBlock:
                 pass
             else:

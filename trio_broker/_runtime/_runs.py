@@ -2,10 +2,11 @@
 in one call").
 
 The connection hands :meth:`Runs.handle_many` every request of one receive it lets through.
-The APPENDs of the original contract and the READs that do not wait are checked into their
-commands here and proposed in one call of the driver's ``propose_many``; any other request
-goes to the broker's ``handle``, as it would alone. Each answer is the one the one-by-one path
-gives (tests/test_batch_path.py compares them).
+The APPENDs and APPEND_BATCHes (with headers or a producer epoch too), the READs that do not
+wait, and ACK and SEEK, each naming its queue by id, are checked into their commands here and
+proposed in one call of the driver's ``propose_many``; any other request goes to the broker's
+``handle``, as it would alone. Each answer is the one the one-by-one path gives
+(tests/test_batch_path.py compares them).
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
+from .._core._commands import CommandRejected
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
-from .._protocol import Append, Read, Request
-from ._answer import Answer
+from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
+from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
 from ._driver import RaftDriver
-from ._operations import append_command, read_command
-from ._pending import GroupAnswer
-from ._work import Mapped, read_answer
+from ._operations import append_command, position_command, read_command
+from ._pending import GroupAnswer, PendingGroup
+from ._work import appended_answer, publish_command, read_answer
+
+Convert = Callable[[Any], Any]
 
 
 class Runs:
@@ -53,25 +57,25 @@ class Runs:
     ) -> None:
         """Decide the requests of one receive, in order, exactly as :attr:`handle` would one
         at a time, and give the answers to ``answered`` in request order, each as soon as it
-        and those before it are known. The APPENDs of the original contract (a queue id, no
-        headers or epoch) and the READs that do not wait (a queue id, no ``wait_ms``) are
-        checked into commands here and proposed together (:meth:`RaftDriver.propose_many`:
-        one capacity charge, one result list); any other request is decided by
-        :attr:`handle`, after the commands before it are proposed, so that the log holds the
-        commands in request order."""
+        and those before it are known. The requests that name their queue by id, and for a
+        READ do not wait (see :meth:`_run_command`), are checked into commands here and
+        proposed together (:meth:`RaftDriver.propose_many`: one capacity charge, one result
+        list); any other request is decided by :attr:`handle`, after the commands before it
+        are proposed, so that the log holds the commands in request order."""
         answers: list[Answer | None] = []
         given = 0
         """Answers given to ``answered`` (a prefix of ``answers``)."""
         commands: list[Any] = []
         slots: list[int] = []
-        reads: list[int] = []
-        """Indexes in ``commands`` of READs (answered through ``read_answer``)."""
+        converts: list[Convert | None] = []
+        """For each of ``commands``, the conversion of its result into its answer (READs,
+        ``read_answer``; appends with headers, ``appended_answer``), or None."""
 
         async def propose() -> None:
             """Propose the run so far; then every answer up to here is known: give them."""
             nonlocal given
             if commands:
-                await self._propose_run(commands, slots, reads, answers)
+                await self._propose_run(commands, slots, converts, answers)
             if given < len(answers):
                 answered(answers[given:])  # type: ignore[arg-type]  (all known now)
                 given = len(answers)
@@ -85,46 +89,52 @@ class Runs:
                 answers.append(await self.handle(request, session))
                 await propose()
                 continue
-            command, is_read = joining
+            command, convert = joining
             if isinstance(command, BrokerError):
                 answers.append(Answer(now=command))
                 continue
             if len(commands) >= limit:
                 await propose()
-            if is_read:
-                reads.append(len(commands))
+            converts.append(convert)
             slots.append(len(answers))
             commands.append(command)
             answers.append(None)
         await propose()
 
-    def _run_command(self, request: Request, stamp: int) -> tuple[Any, bool] | None:
-        """The command (or refusal) of a request that joins a run, and whether it is a READ;
-        None for a request :attr:`handle` decides alone (as the broker's ``_append`` and ``_read``
-        would decide these: a queue id needs no lookup, no headers or epoch, no long poll)."""
+    def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
+        """The command (or refusal) of a request that joins a run, and the conversion of its
+        result into its answer (None: the result is the answer, through ``response_for``);
+        None for a request :attr:`handle` decides alone. The broker's ``_append``, ``_read``
+        and ``_commit_position`` decide these requests so: a queue id needs no lookup, and a
+        READ without ``wait_ms`` no long poll."""
         if self._closing():
             return None
-        if isinstance(request, Append):
-            if (
-                request.headers is None
-                and request.producer_epoch is None
-                and request.queue_name.startswith("Q-")
-            ):
-                return append_command(request, self._config, appended_ms=stamp), False
-            return None
-        if (
-            isinstance(request, Read)
-            and not request.wait_ms
-            and request.queue_name.startswith("Q-")
-        ):
-            return read_command_of(request, self._config), True
+        if isinstance(request, Append | AppendBatch):
+            if not request.queue_name.startswith("Q-"):
+                return None
+            if request.headers is None and request.producer_epoch is None:
+                return append_command(request, self._config, appended_ms=stamp), None
+            publish = publish_command(request, self._config, appended_ms=stamp)
+            return publish, appended_answer(request)
+        if isinstance(request, Read):
+            if request.wait_ms or not request.queue_name.startswith("Q-"):
+                return None
+            return read_command_of(request, self._config), read_answer
+        if isinstance(request, AckRequest | SeekRequest):
+            if not request.queue_name.startswith("Q-"):
+                return None
+            return position_command(request), None
         return None
 
     async def _propose_run(
-        self, commands: list[Any], slots: list[int], reads: list[int], answers: list[Answer | None]
+        self,
+        commands: list[Any],
+        slots: list[int],
+        converts: list[Convert | None],
+        answers: list[Answer | None],
     ) -> None:
-        """Propose ``commands`` together; their answers go to ``answers`` at ``slots`` (those
-        at ``reads`` as READs'). Empties the lists."""
+        """Propose ``commands`` together; their answers go to ``answers`` at ``slots``, each
+        through its conversion in ``converts`` if it has one. Empties the lists."""
         if not self._driver.node.is_leader:
             group: Any = self._driver.not_leader_error()
         else:
@@ -133,13 +143,45 @@ class Runs:
             for slot in slots:
                 answers[slot] = Answer(now=group)
         else:
-            for index, slot in enumerate(slots):
-                answers[slot] = GroupAnswer(group, index)
-            for index in reads:
-                answers[slots[index]] = Answer(later=Mapped(group.member(index), read_answer))
+            for index, (slot, convert) in enumerate(zip(slots, converts, strict=True)):
+                answers[slot] = (
+                    GroupAnswer(group, index)
+                    if convert is None
+                    else ConvertedAnswer(group, index, convert)
+                )
         commands.clear()
         slots.clear()
-        reads.clear()
+        converts.clear()
+
+
+class ConvertedAnswer(Answer):
+    """The answer to a request of a run whose result is converted into it (a READ, an append
+    with headers): what ``Answer(later=Mapped(group.member(index), convert))`` answers, in one
+    object that reads its outcome from the group's list (as :class:`GroupAnswer` does)."""
+
+    __slots__ = ("_convert", "_group", "_index")
+
+    def __init__(self, group: PendingGroup, index: int, convert: Convert) -> None:
+        self._now = None  # (no Answer.__init__: the outcome is the group's)
+        self._later = None
+        self._group = group
+        self._index = index
+        self._convert = convert
+
+    def known(self) -> Any:
+        group, index = self._group, self._index
+        return self._response(group.results[index]) if group.done_at(index) else None
+
+    async def response(self) -> Any:
+        group, index = self._group, self._index
+        if not group.done_at(index):
+            await group.wait()
+        return self._response(group.results[index])
+
+    def _response(self, result: Any) -> Any:
+        if isinstance(result, BrokerError | CommandRejected):  # as Mapped answers them
+            return response_for(result)
+        return response_for(self._convert(result))
 
 
 def read_command_of(request: Read, config: BrokerConfig) -> Any:

@@ -146,7 +146,8 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
                 "version": topology.cluster_version,
                 "voters": sum(m["membership"] == "voter" for m in members),
                 "learners": sum(m["membership"] == "learner" for m in members),
-            }
+            },
+            *_other_groups(broker),
         ],
         "brokers": members,
         "queues": queues,
@@ -154,6 +155,30 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
         "requests": rates.rates(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+
+
+def _other_groups(broker: Broker) -> list[dict[str, Any]]:
+    """The other replication groups this broker hosts (docs/replication.md, "Several
+    leaders"), in id order, as the ``groups`` rows."""
+    host = broker.host
+    if host is None or not host.several:
+        return []
+    rows = []
+    for group_id, replica in sorted(host.groups.items()):
+        if replica is broker:
+            continue
+        node = replica.driver.node
+        rows.append(
+            {
+                "group_id": group_id,
+                "leader_id": node.leader_id,
+                "term": node.term,
+                "version": node.cluster_version,
+                "voters": len(node.config.voters),
+                "learners": len(node.config.learners),
+            }
+        )
+    return rows
 
 
 def _role(core_role: str) -> str:

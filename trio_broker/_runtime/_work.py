@@ -56,9 +56,10 @@ def _wire_headers(headers: work.Headers) -> dict[str, str] | None:
 
 
 def publish_command(
-    request: m.Append | m.AppendBatch, config: BrokerConfig
+    request: m.Append | m.AppendBatch, config: BrokerConfig, *, appended_ms: int | None = None
 ) -> work.Publish | BrokerError | None:
-    """APPEND or APPEND_BATCH with headers or a producer epoch, as a ``Publish``; None for an
+    """APPEND or APPEND_BATCH with headers or a producer epoch, as a ``Publish`` stamped with
+    ``appended_ms`` (the leader's clock; built once, not evolved afterwards); None for an
     append of the original contract (its own, unchanged command)."""
     if request.headers is None and request.producer_epoch is None:
         return None
@@ -100,6 +101,7 @@ def publish_command(
         request.producer_id,
         request.producer_epoch,
         request.producer_seq,
+        appended_ms,
     )
 
 
@@ -276,17 +278,18 @@ class WorkRoom:
             for name in [n for n, q in self._names.items() if q == result.queue_id]:
                 del self._names[name]
             self._names_generation += 1
-            self._wake(result.queue_id)
+            self.wake(result.queue_id)
         elif isinstance(payload, work.Publish | cmd.AppendMessage | cmd.AppendBatch):
-            self._wake(payload.queue_id)
+            self.wake(payload.queue_id)
         if isinstance(payload, work.GroupRead | work.GroupExtend | work.GroupNack):
             self._leases_changed.set()
             if isinstance(result, work.LeasesChanged) and (result.changed or result.dead_lettered):
-                self._wake(payload.queue_id)
+                self.wake(payload.queue_id)
         elif isinstance(result, work.LeasesExpired) and result.expired:
             self._wake_all()
 
-    def _wake(self, queue_id: str) -> None:
+    def wake(self, queue_id: str) -> None:
+        """Wake the group readers long-polling ``queue_id`` (it may have messages for them)."""
         event = self._changed.pop(queue_id, None)
         if event is not None:
             event.set()

@@ -25,6 +25,7 @@ from .._core._commands import (
     CommandGroup,
     CreateQueue,
     GroupApplied,
+    GroupsSet,
     MessageAppended,
     ProducerState,
     QueueCreated,
@@ -36,9 +37,11 @@ from .._core._commands import (
     RetentionSet,
     Seek,
     SetBrokerAddress,
+    SetGroups,
     SetRetention,
     bad_request,
     check_producer,
+    groups_problem,
     next_producer_state,
     queue_exists,
     queue_not_found,
@@ -107,6 +110,17 @@ def _apply_one(db: apsw.Connection, command: Command) -> Result:
             (command.broker_id, command.host, command.port),
         )
         return BrokerAddressSet(command.broker_id)
+    if isinstance(command, SetGroups):
+        if (problem := groups_problem(command.group_ids, stored_groups(db))) is not None:
+            return bad_request(problem)
+        # In `work_meta`: replicated state that snapshots copy (schema version 5), so a
+        # replica installing one learns the groups too; no schema change needed.
+        db.execute(
+            "INSERT INTO work_meta (key, value) VALUES ('groups', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (orjson.dumps(list(command.group_ids)).decode(),),
+        )
+        return GroupsSet(command.group_ids)
     if isinstance(command, AppendMessage | AppendBatch):
         return _append(db, command)
     if isinstance(command, WORK_COMMANDS):
@@ -132,6 +146,12 @@ def _apply_one(db: apsw.Connection, command: Command) -> Result:
     if moved_to is not None:
         _set_position(db, command.client_id, command.queue_id, moved_to)
     return result
+
+
+def stored_groups(db: apsw.Connection) -> tuple[str, ...]:
+    """The cluster's replication groups as :class:`SetGroups` recorded them (none: ``()``)."""
+    row = db.execute("SELECT value FROM work_meta WHERE key = 'groups'").fetchone()
+    return () if row is None else tuple(orjson.loads(row[0]))
 
 
 def _set_position(db: apsw.Connection, client_id: str, queue_id: str, position: int) -> None:

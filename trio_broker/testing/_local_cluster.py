@@ -37,11 +37,15 @@ class LocalCluster:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
         self._leave: dict[str, trio.Event] = {}
+        self.groups = 1
+        """Replication groups the founder founds (``open_local_cluster(groups=)``)."""
 
     def config(self, name: str, seeds: list[str], **overrides: Any) -> BrokerConfig:
         settings = self.overrides | overrides
         if settings.get("plaintext_port") == 0:
             settings["plaintext_port"] = self.plaintext_ports.get(name, 0)
+        if not seeds and not (self.base_dir / name).exists():
+            settings.setdefault("groups", self.groups)
         return BrokerConfig(
             data_dir=self.base_dir / name,
             port=self.ports.get(name, 0),
@@ -115,12 +119,15 @@ class LocalCluster:
 
 @contextlib.asynccontextmanager
 async def open_local_cluster(
-    base_dir: Path, size: int = 3, **overrides: Any
+    base_dir: Path, size: int = 3, *, groups: int = 1, **overrides: Any
 ) -> AsyncIterator[LocalCluster]:
     """Start ``size`` brokers named ``b1``..``bN``: b1 founds the cluster, the rest join.
-    With ``size=0``, start none: the caller starts brokers by name (say, from restored data)."""
+    With ``size=0``, start none: the caller starts brokers by name (say, from restored data).
+    With ``groups`` above 1, b1 founds that many replication groups (docs/replication.md,
+    "Several leaders"), which every broker hosts."""
     async with trio.open_nursery() as nursery:
         cluster = LocalCluster(nursery, base_dir, **overrides)
+        cluster.groups = groups
         for i in range(1, size + 1):
             await cluster.start(f"b{i}")
         if size:

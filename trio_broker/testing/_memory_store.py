@@ -169,6 +169,9 @@ class MemoryStore:
     def broker_addresses(self) -> dict[str, tuple[str, int]]:
         return dict(self.state.brokers)
 
+    def group_ids(self) -> tuple[str, ...]:
+        return self.state.groups
+
     @property
     def applied_index(self) -> int:
         return self.meta.get("applied_index", self.meta.get("snapshot_index", 0))

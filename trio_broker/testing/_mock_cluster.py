@@ -79,6 +79,11 @@ class MockCluster:
         self.brokers: dict[str, Broker] = {}
         """Running brokers by name."""
         self.stores: dict[str, MemoryStore] = {}
+        self.group_stores: dict[tuple[str, str], MemoryStore] = {}
+        """(broker name, group id) -> the store of that broker's replica of an extra group
+        (docs/replication.md, "Several leaders"), kept across crashes like ``stores``."""
+        self.groups = 1
+        """How many replication groups the founder founds (``open_mock_cluster(groups=)``)."""
         self.ports: dict[str, int] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
@@ -94,6 +99,8 @@ class MockCluster:
             "port": self.ports.get(name, 0),
             "seeds": seeds,
         }
+        if not seeds:
+            settings["groups"] = self.groups
         broker_id = broker_id_for(name)
         if broker_id is not None:
             settings["broker_id"] = broker_id
@@ -150,7 +157,10 @@ class MockCluster:
             with trio.CancelScope() as scope:
                 self._scopes[name] = scope
                 async with open_broker(
-                    config, network=self.network.host(name), storage=open_memory_storage(store)
+                    config,
+                    network=self.network.host(name),
+                    storage=open_memory_storage(store),
+                    group_storage=functools.partial(self._group_storage, name),
                 ) as broker:
                     self.brokers[name] = broker
                     task_status.started(broker)
@@ -158,6 +168,27 @@ class MockCluster:
         finally:
             self.brokers.pop(name, None)
             stopped.set()
+
+    def _group_storage(
+        self, name: str, group_id: str, path: Path
+    ) -> contextlib.AbstractAsyncContextManager[tuple[Any, Any]]:
+        store = self.group_stores.setdefault((name, group_id), MemoryStore(f"{name}/{group_id}"))
+        return open_memory_storage(store)(path)
+
+    def replicas(self, name: str) -> dict[str, Broker]:
+        """Broker ``name``'s running group replicas by group id (its cluster group's too)."""
+        broker = self.brokers[name]
+        return dict(broker.host.groups) if broker.host is not None else {broker.cluster_id: broker}
+
+    def group_leaders(self) -> dict[str, str | None]:
+        """Group id -> the name of the running broker that leads it (None: none does)."""
+        leaders: dict[str, str | None] = {}
+        for name in sorted(self.brokers):
+            for group_id, replica in self.replicas(name).items():
+                leaders.setdefault(group_id, None)
+                if replica.driver.node.is_leader:
+                    leaders[group_id] = name
+        return leaders
 
     async def stop(self, name: str, *, graceful: bool = False) -> None:
         """Shut broker ``name`` down the way ``open_broker`` does when its scope is cancelled,
@@ -289,6 +320,23 @@ class MockCluster:
                 return leader
             await trio.sleep(POLL)
 
+    async def wait_for_groups(self, groups: int, voters: int) -> None:
+        """Until every running broker hosts ``groups`` group replicas, each with ``voters``
+        voters and a leader."""
+
+        def ready() -> bool:
+            for name in self.brokers:
+                replicas = self.replicas(name)
+                if len(replicas) != groups:
+                    return False
+                for replica in replicas.values():
+                    node = replica.driver.node
+                    if len(node.config.voters) != voters or node.leader_id is None:
+                        return False
+            return True
+
+        await self.wait_until(ready)
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, looking every :data:`POLL` virtual seconds.
 
@@ -343,10 +391,13 @@ async def open_mock_cluster(
     *,
     network: MemoryNetwork | None = None,
     base_dir: Path | None = None,
+    groups: int = 1,
     **overrides: Any,
 ) -> AsyncIterator[MockCluster]:
     """Start ``size`` brokers named ``b1``..``bN`` on a memory network: b1 founds the cluster,
     the rest join it; returns once all are voters. ``overrides`` are BrokerConfig fields.
+    With ``groups`` above 1, b1 founds that many replication groups, and this returns once
+    every broker votes in every group.
     ``base_dir`` defaults to a temporary directory, which stays empty.
 
     Meant for pytest-trio's ``autojump_clock``; it runs under a real clock too.
@@ -354,19 +405,26 @@ async def open_mock_cluster(
     with contextlib.ExitStack() as stack:
         if base_dir is None:
             base_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mock-")))
-        async with _serve_mock_cluster(size, base_dir, network, overrides) as cluster:
+        async with _serve_mock_cluster(size, base_dir, network, groups, overrides) as cluster:
             yield cluster
 
 
 @contextlib.asynccontextmanager
 async def _serve_mock_cluster(
-    size: int, base_dir: Path, network: MemoryNetwork | None, overrides: dict[str, Any]
+    size: int,
+    base_dir: Path,
+    network: MemoryNetwork | None,
+    groups: int,
+    overrides: dict[str, Any],
 ) -> AsyncIterator[MockCluster]:
     async with trio.open_nursery() as nursery:
         cluster = MockCluster(nursery, base_dir, network, **overrides)
+        cluster.groups = groups
         for i in range(1, size + 1):
             await cluster.start(f"b{i}")
         await cluster.wait_for_voters(size)
+        if groups > 1:
+            await cluster.wait_for_groups(groups, size)
         try:
             yield cluster
         finally:

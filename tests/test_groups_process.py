@@ -1,0 +1,146 @@
+"""Several replication groups with real broker processes (docs/replication.md, "Several
+leaders"): a broker that leads several groups is SIGKILLed; every group fails over, and what
+any group acknowledged survives, on every group; the broker comes back, reopens every group,
+and leadership spreads back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from .processes import Nodes, open_nodes
+from .wire import RawConnection
+
+pytestmark = pytest.mark.trio
+
+GROUPS = 6
+BROKERS = 3
+FAST = ("--heartbeat-interval", "0.05", "--failure-timeout", "0.5")
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path):
+    async with open_nodes(tmp_path) as nodes:
+        yield nodes
+
+
+async def ask(port: int, request: dict[str, Any], within: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with trio.fail_after(within):
+            conn = await RawConnection.open(port)
+            try:
+                return await conn.call(request)
+            finally:
+                await trio.aclose_forcefully(conn.stream)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        return None
+
+
+async def views(ports: list[int]) -> dict[str, dict[str, Any]]:
+    """Every group as the first broker that answers lists it (CLUSTER_QUERY's ``groups``)."""
+    for port in ports:
+        answer = await ask(port, {"operation": "CLUSTER_QUERY"})
+        if answer and answer.get("groups"):
+            return {g["cluster_id"]: g for g in answer["groups"]}
+    return {}
+
+
+async def wait_spread(ports: list[int], brokers: int) -> dict[str, dict[str, Any]]:
+    """Until every group has ``brokers`` voters and a leader, none leading more than its share;
+    then each running broker must agree."""
+    share = -(-GROUPS // brokers)
+    with trio.fail_after(60):
+        while True:
+            seen = [await views([p]) for p in ports]
+            first = seen[0]
+            leaders = [g.get("leader_port") for g in first.values()]
+            if (
+                len(first) == GROUPS
+                and all(leaders)
+                and all(len(g["voters"]) == BROKERS for g in first.values())
+                and max(leaders.count(p) for p in set(leaders)) <= share
+                and all(
+                    {k: v.get("leader_id") for k, v in s.items()}
+                    == {k: v.get("leader_id") for k, v in first.items()}
+                    for s in seen
+                )
+            ):
+                return first
+            await trio.sleep(0.1)
+
+
+async def call_leader(ports: list[int], group: str, request: dict[str, Any]) -> dict[str, Any]:
+    """As a client of the original design: ask for the group's leader, send it there, follow
+    NOT_LEADER and dead brokers until an answer that is neither."""
+    with trio.fail_after(30):
+        while True:
+            port = (await views(ports)).get(group, {}).get("leader_port")
+            if port in ports:
+                answer = await ask(port, request)
+                if answer is not None and answer.get("code") not in ("NOT_LEADER", "UNAVAILABLE"):
+                    return answer
+            await trio.sleep(0.1)
+
+
+async def test_sigkill_of_a_broker_leading_several_groups_loses_nothing_acknowledged(
+    nodes: Nodes, tmp_path: Path
+):
+    first = await nodes.start_member(tmp_path / "b1", extra_args=[*FAST, "--groups", str(GROUPS)])
+    started = [first]
+    for i in range(2, BROKERS + 1):
+        started.append(
+            await nodes.start_member(tmp_path / f"b{i}", seeds=[first], extra_args=list(FAST))
+        )
+    ports = [n.port for n in started]
+    groups = await wait_spread(ports, BROKERS)
+    queues: dict[str, str] = {}
+    for node in started:  # CREATE_QUEUE lands on a group the broker leads
+        while len(queues) < GROUPS:
+            answer = await ask(node.port, {"operation": "CREATE_QUEUE"})
+            assert answer and answer["status"] == "success", answer
+            group = "G-" + answer["queue_id"][2:-5]
+            if group in queues:
+                break
+            queues[group] = answer["queue_id"]
+    assert sorted(queues) == sorted(groups)
+    acknowledged: dict[str, list[int]] = {q: [] for q in queues.values()}
+
+    async def write(values: range) -> None:
+        for value in values:
+            for group, queue in sorted(queues.items()):
+                answer = await call_leader(
+                    [n.port for n in started if n.running],
+                    group,
+                    {"operation": "APPEND", "queue_name": queue, "data": value},
+                )
+                assert answer["status"] == "success", answer
+                acknowledged[queue].append(value)
+
+    await write(range(5))
+    led = {}
+    for view in groups.values():
+        led[view["leader_port"]] = led.get(view["leader_port"], 0) + 1
+    victim = next(n for n in started if led.get(n.port, 0) >= 2)
+    victim.kill()
+    assert await victim.wait() != 0
+    live = [n for n in started if n is not victim]
+    await write(range(5, 10))  # every group, its leader's death included, takes writes
+    restarted = await nodes.restart_same(victim)
+    started = [*live, restarted]
+    await wait_spread([n.port for n in started], BROKERS)
+    await write(range(10, 12))
+    for group, queue in sorted(queues.items()):
+        values = []
+        while True:
+            answer = await call_leader(
+                [n.port for n in started],
+                group,
+                {"operation": "READ", "queue_name": queue, "client_id": "C-CHECK"},
+            )
+            if answer.get("message") == "no_messages":
+                break
+            values.append(answer["data"])
+        assert values == acknowledged[queue] == list(range(12)), (group, values)
