@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import trio
@@ -22,7 +23,14 @@ from trio_broker._core._commands import (
 )
 from trio_broker._core._proposals import encoded_bound as _encoded_bound
 from trio_broker._core._raft import RaftNode
-from trio_broker._core._raft_messages import Config, HardState, Heartbeat, SnapshotMeta
+from trio_broker._core._raft_messages import (
+    Config,
+    HardState,
+    Heartbeat,
+    Replicate,
+    ReplicateResponse,
+    SnapshotMeta,
+)
 from trio_broker._protocol._entries import encode_payload
 from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime._driver import RaftDriver
@@ -181,6 +189,136 @@ async def test_heartbeats_leave_on_time_while_a_transaction_is_stuck(tmp_path, a
         assert len(beats) >= 2 * 3
         worker.release.set()
         nursery.cancel_scope.cancel()
+
+
+# -- where a Ready's transaction runs ---------------------------------------------------------
+
+
+class _RecordingWorker:
+    """Runs every job at once and records whether it was handed to the storage thread."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = []
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        self.where.append("thread")
+        return fn(*args)
+
+    async def run_short(self, fn: Any, *args: Any) -> Any:
+        self.where.append("here")
+        return fn(*args)
+
+
+class _SlowStore(_Store):
+    """A store whose transactions take ``seconds`` of real time (an fsync that drags)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def save(self, **kwargs: Any) -> list[None]:
+        time.sleep(self.seconds)
+        return super().save(**kwargs)
+
+
+def _driver_on(node: RaftNode, tmp_path, store: Any = None) -> tuple[RaftDriver, Any, Any]:
+    worker, fleet = _RecordingWorker(), _Fleet()
+    driver = RaftDriver(
+        node.id,
+        "G-AAAAA",
+        ("127.0.0.1", 1),
+        BrokerConfig(data_dir=tmp_path),
+        network=None,
+        store=store or _Store(),
+        worker=worker,
+        node=node,
+        addresses={},
+        on_applied=lambda payload, result: None,
+        on_snapshot=lambda queues, retained: None,
+    )
+    driver.peers = fleet
+    return driver, worker, fleet
+
+
+async def test_a_replicas_short_durable_transaction_runs_on_the_loop_a_leaders_does_not(
+    tmp_path,
+):
+    """A hand-off to the storage thread costs two cross-thread wake-ups: a replica's short
+    durable transaction (it sends nothing before it persists) runs on the loop's thread; a
+    leader's keeps the thread, so that its REPLICATEs leave while its own fsync runs. Either
+    way the acknowledgement leaves only after the transaction (persist before send)."""
+    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
+    cluster = Cluster(ids)
+    leader = cluster.elect("B-AAAAA")
+    leader.propose(CreateQueue("Q-AAAAA00001"))
+    driver, worker, fleet = _driver_on(leader, tmp_path / "a")
+    await driver._handle_ready(leader.ready())
+    replicates = [m for _, m in fleet.sent if isinstance(m, Replicate) and m.entries]
+    assert worker.where == ["thread"] and {m.dst for m in replicates} == set(ids[1:])
+
+    follower = cluster.node("B-BBBBB")
+    follower.step(next(m for m in replicates if m.dst == "B-BBBBB"))
+    driver, worker, fleet = _driver_on(follower, tmp_path / "b", _SlowStore(0.0))
+    saved_before_answer: list[bool] = []
+    save = driver._store.save
+
+    def recording_save(**kwargs: Any) -> list[None]:
+        saved_before_answer.append(not fleet.sent)
+        return save(**kwargs)
+
+    driver._store.save = recording_save
+    await driver._handle_ready(follower.ready())
+    assert worker.where == ["here"] and saved_before_answer == [True]
+    assert [type(m) for _, m in fleet.sent] == [ReplicateResponse]
+
+
+async def test_after_a_slow_fsync_the_next_durable_transaction_goes_to_the_thread(tmp_path):
+    """A slow or stalled disk holds the replica's loop (its reads, its heartbeat answers) for
+    at most one transaction: the next durable one goes to the storage thread until an fsync
+    is quick again."""
+    from trio_broker._runtime._driver import SLOW_FSYNC
+
+    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
+    cluster = Cluster(ids)
+    leader = cluster.elect("B-AAAAA")
+    follower = cluster.node("B-BBBBB")
+    store = _SlowStore(SLOW_FSYNC * 1.5)
+    driver, worker, fleet = _driver_on(follower, tmp_path, store)
+    for n in (1, 2, 3):
+        leader.propose(CreateQueue(f"Q-AAAAA0000{n}"))
+        rd = leader.ready()
+        leader.advance()
+        follower.step(next(m for m in rd.messages if m.dst == "B-BBBBB"))
+        await driver._handle_ready(follower.ready())
+        for _, answer in fleet.sent:
+            leader.step(answer)
+        fleet.sent.clear()
+        driver._unsent = False  # (the driver's loop waits for the next message: links send)
+        store.seconds = 0.0  # (only the first fsync is slow)
+    assert worker.where == ["here", "thread", "here"]
+
+
+async def test_an_acknowledgement_not_yet_sent_keeps_the_next_fsync_off_the_loop(tmp_path):
+    """The next REPLICATE was stepped before the driver yielded: the acknowledgement of the
+    previous one is still with its link's task, which runs only when the loop does. An fsync
+    run on the loop then would hold that acknowledgement back for a whole fsync, so the next
+    transaction goes to the storage thread (and the link sends meanwhile)."""
+    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
+    cluster = Cluster(ids)
+    leader = cluster.elect("B-AAAAA")
+    follower = cluster.node("B-BBBBB")
+    driver, worker, fleet = _driver_on(follower, tmp_path)
+    replicates = []
+    for n in (1, 2):
+        leader.propose(CreateQueue(f"Q-AAAAA0000{n}"))
+        rd = leader.ready()
+        leader.advance()
+        replicates.append(next(m for m in rd.messages if m.dst == "B-BBBBB"))
+    follower.step(replicates[0])
+    await driver._handle_ready(follower.ready())
+    follower.step(replicates[1])  # (before the driver's loop yields)
+    await driver._handle_ready(follower.ready())
+    assert worker.where == ["here", "thread"]
+    assert [type(m) for _, m in fleet.sent] == [ReplicateResponse, ReplicateResponse]
 
 
 # -- propose_many: a receive's requests submitted together -----------------------------------
