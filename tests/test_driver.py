@@ -27,8 +27,6 @@ from trio_broker._core._raft_messages import (
     Config,
     HardState,
     Heartbeat,
-    Replicate,
-    ReplicateResponse,
     SnapshotMeta,
 )
 from trio_broker._protocol._entries import encode_payload
@@ -202,6 +200,7 @@ class _RecordingWorker:
 
     async def run(self, fn: Any, *args: Any) -> Any:
         self.where.append("thread")
+        await trio.lowlevel.checkpoint()
         return fn(*args)
 
     async def run_short(self, fn: Any, *args: Any) -> Any:
@@ -210,25 +209,56 @@ class _RecordingWorker:
 
 
 class _SlowStore(_Store):
-    """A store whose transactions take ``seconds`` of real time (an fsync that drags)."""
+    """A store whose transactions take ``seconds`` of real time (an fsync that drags) and
+    that notes each one in ``log``."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float = 0.0, log: list[Any] | None = None) -> None:
         self.seconds = seconds
+        self.log = log if log is not None else []
 
     def save(self, **kwargs: Any) -> list[None]:
         time.sleep(self.seconds)
+        self.log.append("saved")
         return super().save(**kwargs)
 
 
-def _driver_on(node: RaftNode, tmp_path, store: Any = None) -> tuple[RaftDriver, Any, Any]:
-    worker, fleet = _RecordingWorker(), _Fleet()
+class _LinkedFleet:
+    """Peer links as the runtime has them: ``send`` hands a message to its peer's link task,
+    which writes it (notes it in ``log``) when it next runs."""
+
+    PEERS = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.sent: list[tuple[float, Any]] = []
+        self._links = {peer: trio.open_memory_channel[Any](100) for peer in self.PEERS}
+
+    def send(self, message: Any) -> None:
+        self.sent.append((trio.current_time(), message))
+        self._links[message.dst][0].send_nowait(message)
+
+    def ensure(self, peers: Any) -> None:
+        pass
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for _, receive in self._links.values():
+                nursery.start_soon(self._link, receive)
+
+    async def _link(self, receive: Any) -> None:
+        async for message in receive:
+            self.log.append(type(message).__name__)
+
+
+def _driver_on(node: RaftNode, tmp_path, store: Any) -> tuple[RaftDriver, Any, Any]:
+    worker, fleet = _RecordingWorker(), _LinkedFleet(store.log)
     driver = RaftDriver(
         node.id,
         "G-AAAAA",
         ("127.0.0.1", 1),
         BrokerConfig(data_dir=tmp_path),
         network=None,
-        store=store or _Store(),
+        store=store,
         worker=worker,
         node=node,
         addresses={},
@@ -239,36 +269,54 @@ def _driver_on(node: RaftNode, tmp_path, store: Any = None) -> tuple[RaftDriver,
     return driver, worker, fleet
 
 
-async def test_a_replicas_short_durable_transaction_runs_on_the_loop_a_leaders_does_not(
-    tmp_path,
-):
-    """A hand-off to the storage thread costs two cross-thread wake-ups: a replica's short
-    durable transaction (it sends nothing before it persists) runs on the loop's thread; a
-    leader's keeps the thread, so that its REPLICATEs leave while its own fsync runs. Either
-    way the acknowledgement leaves only after the transaction (persist before send)."""
-    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
-    cluster = Cluster(ids)
-    leader = cluster.elect("B-AAAAA")
+def _three() -> tuple[Cluster, RaftNode, RaftNode]:
+    cluster = Cluster(("B-AAAAA", "B-BBBBB", "B-CCCCC"))
+    return cluster, cluster.elect("B-AAAAA"), cluster.node("B-BBBBB")
+
+
+async def test_a_small_ready_is_persisted_on_the_loop_after_its_messages_are_written(tmp_path):
+    """A hand-off to the storage thread costs two cross-thread wake-ups: a short durable
+    transaction runs on the loop's thread. A leader's, only once the link tasks have written
+    its REPLICATEs (they must leave while it fsyncs); a replica's acknowledgement only after
+    its transaction (persist before send)."""
+    _, leader, follower = _three()
+    log: list[Any] = []
     leader.propose(CreateQueue("Q-AAAAA00001"))
-    driver, worker, fleet = _driver_on(leader, tmp_path / "a")
+    driver, worker, fleet = _driver_on(leader, tmp_path / "a", _SlowStore(log=log))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fleet.run)
+        await trio.testing.wait_all_tasks_blocked()  # (the link waits for messages)
+        await driver._handle_ready(leader.ready())
+        assert worker.where == ["here"]
+        assert log == ["Replicate", "Replicate", "saved"]
+        replicate = next(m for _, m in fleet.sent if m.dst == "B-BBBBB")
+
+        log.clear()
+        follower.step(replicate)
+        driver, worker, fleet = _driver_on(follower, tmp_path / "b", _SlowStore(log=log))
+        nursery.start_soon(fleet.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await driver._handle_ready(follower.ready())
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.where == ["here"] and log == ["saved", "ReplicateResponse"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_leaders_ready_of_many_commands_keeps_the_storage_thread(tmp_path):
+    """Under load the leader's loop serves its connections while the thread waits on the
+    fsync: a Ready that sends REPLICATEs and holds more than SENDING_COMMANDS commands is not
+    persisted on the loop (a replica's of the same size is)."""
+    from trio_broker._runtime._driver import SENDING_COMMANDS
+
+    _, leader, follower = _three()
+    leader.propose(CommandGroup(tuple(_appends(SENDING_COMMANDS + 1))))
+    driver, worker, fleet = _driver_on(leader, tmp_path / "a", _SlowStore())
     await driver._handle_ready(leader.ready())
-    replicates = [m for _, m in fleet.sent if isinstance(m, Replicate) and m.entries]
-    assert worker.where == ["thread"] and {m.dst for m in replicates} == set(ids[1:])
-
-    follower = cluster.node("B-BBBBB")
-    follower.step(next(m for m in replicates if m.dst == "B-BBBBB"))
-    driver, worker, fleet = _driver_on(follower, tmp_path / "b", _SlowStore(0.0))
-    saved_before_answer: list[bool] = []
-    save = driver._store.save
-
-    def recording_save(**kwargs: Any) -> list[None]:
-        saved_before_answer.append(not fleet.sent)
-        return save(**kwargs)
-
-    driver._store.save = recording_save
+    assert worker.where == ["thread"]
+    follower.step(next(m for _, m in fleet.sent if m.dst == "B-BBBBB"))
+    driver, worker, _ = _driver_on(follower, tmp_path / "b", _SlowStore())
     await driver._handle_ready(follower.ready())
-    assert worker.where == ["here"] and saved_before_answer == [True]
-    assert [type(m) for _, m in fleet.sent] == [ReplicateResponse]
+    assert worker.where == ["here"]
 
 
 async def test_after_a_slow_fsync_the_next_durable_transaction_goes_to_the_thread(tmp_path):
@@ -277,10 +325,7 @@ async def test_after_a_slow_fsync_the_next_durable_transaction_goes_to_the_threa
     is quick again."""
     from trio_broker._runtime._driver import SLOW_FSYNC
 
-    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
-    cluster = Cluster(ids)
-    leader = cluster.elect("B-AAAAA")
-    follower = cluster.node("B-BBBBB")
+    _, leader, follower = _three()
     store = _SlowStore(SLOW_FSYNC * 1.5)
     driver, worker, fleet = _driver_on(follower, tmp_path, store)
     for n in (1, 2, 3):
@@ -292,33 +337,35 @@ async def test_after_a_slow_fsync_the_next_durable_transaction_goes_to_the_threa
         for _, answer in fleet.sent:
             leader.step(answer)
         fleet.sent.clear()
-        driver._unsent = False  # (the driver's loop waits for the next message: links send)
         store.seconds = 0.0  # (only the first fsync is slow)
     assert worker.where == ["here", "thread", "here"]
 
 
-async def test_an_acknowledgement_not_yet_sent_keeps_the_next_fsync_off_the_loop(tmp_path):
-    """The next REPLICATE was stepped before the driver yielded: the acknowledgement of the
-    previous one is still with its link's task, which runs only when the loop does. An fsync
-    run on the loop then would hold that acknowledgement back for a whole fsync, so the next
-    transaction goes to the storage thread (and the link sends meanwhile)."""
-    ids = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
-    cluster = Cluster(ids)
-    leader = cluster.elect("B-AAAAA")
-    follower = cluster.node("B-BBBBB")
-    driver, worker, fleet = _driver_on(follower, tmp_path)
+async def test_an_acknowledgement_handed_to_its_link_leaves_before_the_next_fsync(tmp_path):
+    """The next REPLICATE was stepped before the driver's loop yielded: the acknowledgement
+    of the previous one is still with its link's task, which runs only when the loop does.
+    The next fsync on the loop waits until the link has written it (else it would leave one
+    fsync late)."""
+    _, leader, follower = _three()
+    log: list[Any] = []
+    driver, worker, fleet = _driver_on(follower, tmp_path, _SlowStore(log=log))
     replicates = []
     for n in (1, 2):
         leader.propose(CreateQueue(f"Q-AAAAA0000{n}"))
         rd = leader.ready()
         leader.advance()
         replicates.append(next(m for m in rd.messages if m.dst == "B-BBBBB"))
-    follower.step(replicates[0])
-    await driver._handle_ready(follower.ready())
-    follower.step(replicates[1])  # (before the driver's loop yields)
-    await driver._handle_ready(follower.ready())
-    assert worker.where == ["here", "thread"]
-    assert [type(m) for _, m in fleet.sent] == [ReplicateResponse, ReplicateResponse]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fleet.run)
+        await trio.testing.wait_all_tasks_blocked()
+        follower.step(replicates[0])
+        await driver._handle_ready(follower.ready())
+        follower.step(replicates[1])  # (before the driver's loop yields)
+        await driver._handle_ready(follower.ready())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert worker.where == ["here", "here"]
+    assert log == ["saved", "ReplicateResponse", "saved", "ReplicateResponse"]
 
 
 # -- propose_many: a receive's requests submitted together -----------------------------------

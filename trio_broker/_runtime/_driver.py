@@ -6,9 +6,9 @@ transaction on the storage thread, and only then send the messages that promise 
 persisted (votes, acknowledgements). Proposals and peer messages are stepped into the core by
 the tasks that receive them, while a transaction runs; their effects form the next Ready, so
 everything that arrived during one fsync shares the next one (group commit). A short
-transaction that sends nothing before it (a replica's, or an apply-only one) runs on the
-loop's own thread while the storage thread is idle (``_in_place``): the hand-offs would cost
-more than it does.
+transaction runs on the loop's own thread while the storage thread is idle (``_in_place``):
+the hand-offs would cost more than it does; a leader's only when its Ready is small (under
+load its loop serves connections during the fsync), and only once its REPLICATEs have left.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ SHORT_COMMANDS = 256
 """At most this many entries and commands (written and applied) in a transaction run on the
 event loop's thread (a few hundred µs of work at most); a larger one goes to the storage
 thread."""
+SENDING_COMMANDS = 8
+"""A durable transaction of a Ready that sends messages first (a leader's entries) runs on the
+event loop's thread only with at most this many commands: a larger one means load, and the
+loop then serves connections while the storage thread waits on the fsync."""
 SLOW_FSYNC = 0.02
 """A durable transaction runs on the event loop's thread only while the last one took less than
 this (seconds): a slow or stalled disk never holds the loop (reads, heartbeat answers) more
@@ -457,6 +461,9 @@ class RaftDriver:
             )
             durable = self._durable(rd)
             in_place = self._in_place(rd, durable)
+            if in_place and durable and self._unsent:
+                await self._let_links_send()
+                started = time.perf_counter()
             results = await self._save(save, short=in_place)
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
@@ -548,38 +555,53 @@ class RaftDriver:
     def _in_place(self, rd: raft.Ready, durable: bool) -> bool:
         """Whether the Ready's transaction may run on the event loop's thread (when the storage
         thread is idle): a hand-off to the thread and back costs two cross-thread wake-ups,
-        more than a short transaction, and the loop has nothing to do meanwhile.
+        more than a short transaction, and the loop has little to do meanwhile.
 
         An apply-only one (no fsync) when it is short. A durable one only when, besides, it
-        sends nothing before it persists (a replica's entries, a term or vote; not a leader's
-        entries, whose REPLICATEs leave while its own fsync runs on the thread), installs no
-        snapshot and cuts no log, and the last fsync was quick: blocking the loop for an fsync
-        then costs less than the hand-offs, and a slow disk sends the next one to the thread.
-        Nor while messages handed to the peer links wait for their tasks to run (the previous
-        Ready's acknowledgement, when the next REPLICATE was already stepped): they would
-        leave one fsync late.
+        installs no snapshot and cuts no log, the last fsync was quick (a slow disk sends the
+        next one to the thread: the loop's reads and heartbeat answers wait behind at most
+        one), and, if it sends messages before it persists (a leader's entries), it holds at
+        most SENDING_COMMANDS commands: under load the leader's loop serves its connections
+        while the thread waits on the fsync. The links send what they were handed before the
+        loop is held (:meth:`_let_links_send`).
         """
         if not durable:
             return self._short(rd.committed_entries)
+        limit = SENDING_COMMANDS if rd.messages else SHORT_COMMANDS
         return (
-            not rd.messages
-            and not self._unsent
-            and rd.snapshot is None
+            rd.snapshot is None
             and rd.truncate_from is None
             and self._fsync_fast
-            and self._short(rd.entries + rd.committed_entries)
+            and self._short(rd.entries, limit)
+            and self._short(rd.committed_entries)
         )
 
+    async def _let_links_send(self) -> None:
+        """Let the peer links' tasks write what this task handed them (the leader's REPLICATEs,
+        the previous Ready's acknowledgement) before it holds the loop for an fsync.
+
+        Trio runs every task that was runnable when a batch began before it starts the next
+        batch, in either order: after two yields, each link task woken before the first has run
+        one step, and the first step of a link that was waiting for messages writes them to the
+        socket (a link still busy with an earlier write may take longer: then a message leaves
+        after the fsync, later but never unsafely). Shielded: a Ready is never abandoned
+        halfway.
+        """
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        self._unsent = False
+
     @staticmethod
-    def _short(entries: tuple[Any, ...]) -> bool:
-        """A bound on the work of a transaction run on the event loop's thread."""
+    def _short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:
+        """A bound on the work of a transaction run on the event loop's thread: at most
+        SHORT_ENTRIES entries and ``limit`` commands."""
         if len(entries) > SHORT_ENTRIES:
             return False
         commands = 0
         for entry in entries:
             payload = entry.payload
             commands += len(payload.commands) if isinstance(payload, CommandGroup) else 1
-        return commands <= SHORT_COMMANDS
+        return commands <= limit
 
     def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
         store = self._store
