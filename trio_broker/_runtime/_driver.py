@@ -9,6 +9,11 @@ everything that arrived during one fsync shares the next one (group commit). A s
 transaction runs on the loop's own thread while the storage thread is idle (``_in_place``):
 the hand-offs would cost more than it does; a leader's only when its Ready is small (under
 load its loop serves connections during the fsync), and only once its REPLICATEs have left.
+
+Longer than the house's ~600 lines: the loop, the ledger's hand-over of outcomes and the
+choice of where each transaction runs read the same Ready in one order, and splitting them
+would pass that order between modules. Roles and transfers (:mod:`._leadership`) and
+snapshots (:mod:`._snapshots`) are already rooms of their own.
 """
 
 from __future__ import annotations
