@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import trio
@@ -22,7 +23,12 @@ from trio_broker._core._commands import (
 )
 from trio_broker._core._proposals import encoded_bound as _encoded_bound
 from trio_broker._core._raft import RaftNode
-from trio_broker._core._raft_messages import Config, HardState, Heartbeat, SnapshotMeta
+from trio_broker._core._raft_messages import (
+    Config,
+    HardState,
+    Heartbeat,
+    SnapshotMeta,
+)
 from trio_broker._protocol._entries import encode_payload
 from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime._driver import RaftDriver
@@ -181,6 +187,185 @@ async def test_heartbeats_leave_on_time_while_a_transaction_is_stuck(tmp_path, a
         assert len(beats) >= 2 * 3
         worker.release.set()
         nursery.cancel_scope.cancel()
+
+
+# -- where a Ready's transaction runs ---------------------------------------------------------
+
+
+class _RecordingWorker:
+    """Runs every job at once and records whether it was handed to the storage thread."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = []
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        self.where.append("thread")
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    async def run_short(self, fn: Any, *args: Any) -> Any:
+        self.where.append("here")
+        return fn(*args)
+
+
+class _SlowStore(_Store):
+    """A store whose transactions take ``seconds`` of real time (an fsync that drags) and
+    that notes each one in ``log``."""
+
+    def __init__(self, seconds: float = 0.0, log: list[Any] | None = None) -> None:
+        self.seconds = seconds
+        self.log = log if log is not None else []
+
+    def save(self, **kwargs: Any) -> list[None]:
+        time.sleep(self.seconds)
+        self.log.append("saved")
+        return super().save(**kwargs)
+
+
+class _LinkedFleet:
+    """Peer links as the runtime has them: ``send`` hands a message to its peer's link task,
+    which writes it (notes it in ``log``) when it next runs."""
+
+    PEERS = ("B-AAAAA", "B-BBBBB", "B-CCCCC")
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.sent: list[tuple[float, Any]] = []
+        self._links = {peer: trio.open_memory_channel[Any](100) for peer in self.PEERS}
+
+    def send(self, message: Any) -> None:
+        self.sent.append((trio.current_time(), message))
+        self._links[message.dst][0].send_nowait(message)
+
+    def ensure(self, peers: Any) -> None:
+        pass
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for _, receive in self._links.values():
+                nursery.start_soon(self._link, receive)
+
+    async def _link(self, receive: Any) -> None:
+        async for message in receive:
+            self.log.append(type(message).__name__)
+
+
+def _driver_on(node: RaftNode, tmp_path, store: Any) -> tuple[RaftDriver, Any, Any]:
+    worker, fleet = _RecordingWorker(), _LinkedFleet(store.log)
+    driver = RaftDriver(
+        node.id,
+        "G-AAAAA",
+        ("127.0.0.1", 1),
+        BrokerConfig(data_dir=tmp_path),
+        network=None,
+        store=store,
+        worker=worker,
+        node=node,
+        addresses={},
+        on_applied=lambda payload, result: None,
+        on_snapshot=lambda queues, retained: None,
+    )
+    driver.peers = fleet
+    return driver, worker, fleet
+
+
+def _three() -> tuple[Cluster, RaftNode, RaftNode]:
+    cluster = Cluster(("B-AAAAA", "B-BBBBB", "B-CCCCC"))
+    return cluster, cluster.elect("B-AAAAA"), cluster.node("B-BBBBB")
+
+
+async def test_a_small_ready_is_persisted_on_the_loop_after_its_messages_are_written(tmp_path):
+    """A hand-off to the storage thread costs two cross-thread wake-ups: a short durable
+    transaction runs on the loop's thread. A leader's, only once the link tasks have written
+    its REPLICATEs (they must leave while it fsyncs); a replica's acknowledgement only after
+    its transaction (persist before send)."""
+    _, leader, follower = _three()
+    log: list[Any] = []
+    leader.propose(CreateQueue("Q-AAAAA00001"))
+    driver, worker, fleet = _driver_on(leader, tmp_path / "a", _SlowStore(log=log))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fleet.run)
+        await trio.testing.wait_all_tasks_blocked()  # (the link waits for messages)
+        await driver._handle_ready(leader.ready())
+        assert worker.where == ["here"]
+        assert log == ["Replicate", "Replicate", "saved"]
+        replicate = next(m for _, m in fleet.sent if m.dst == "B-BBBBB")
+
+        log.clear()
+        follower.step(replicate)
+        driver, worker, fleet = _driver_on(follower, tmp_path / "b", _SlowStore(log=log))
+        nursery.start_soon(fleet.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await driver._handle_ready(follower.ready())
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.where == ["here"] and log == ["saved", "ReplicateResponse"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_leaders_ready_of_many_commands_keeps_the_storage_thread(tmp_path):
+    """Under load the leader's loop serves its connections while the thread waits on the
+    fsync: a Ready that sends REPLICATEs and holds more than SENDING_COMMANDS commands is not
+    persisted on the loop (a replica's of the same size is)."""
+    from trio_broker._runtime._driver import SENDING_COMMANDS
+
+    _, leader, follower = _three()
+    leader.propose(CommandGroup(tuple(_appends(SENDING_COMMANDS + 1))))
+    driver, worker, fleet = _driver_on(leader, tmp_path / "a", _SlowStore())
+    await driver._handle_ready(leader.ready())
+    assert worker.where == ["thread"]
+    follower.step(next(m for _, m in fleet.sent if m.dst == "B-BBBBB"))
+    driver, worker, _ = _driver_on(follower, tmp_path / "b", _SlowStore())
+    await driver._handle_ready(follower.ready())
+    assert worker.where == ["here"]
+
+
+async def test_after_a_slow_fsync_the_next_durable_transaction_goes_to_the_thread(tmp_path):
+    """A slow or stalled disk holds the replica's loop (its reads, its heartbeat answers) for
+    at most one transaction: the next durable one goes to the storage thread until an fsync
+    is quick again."""
+    from trio_broker._runtime._driver import SLOW_FSYNC
+
+    _, leader, follower = _three()
+    store = _SlowStore(SLOW_FSYNC * 1.5)
+    driver, worker, fleet = _driver_on(follower, tmp_path, store)
+    for n in (1, 2, 3):
+        leader.propose(CreateQueue(f"Q-AAAAA0000{n}"))
+        rd = leader.ready()
+        leader.advance()
+        follower.step(next(m for m in rd.messages if m.dst == "B-BBBBB"))
+        await driver._handle_ready(follower.ready())
+        for _, answer in fleet.sent:
+            leader.step(answer)
+        fleet.sent.clear()
+        store.seconds = 0.0  # (only the first fsync is slow)
+    assert worker.where == ["here", "thread", "here"]
+
+
+async def test_an_acknowledgement_handed_to_its_link_leaves_before_the_next_fsync(tmp_path):
+    """The next REPLICATE was stepped before the driver's loop yielded: the acknowledgement
+    of the previous one is still with its link's task, which runs only when the loop does.
+    The next fsync on the loop waits until the link has written it (else it would leave one
+    fsync late)."""
+    _, leader, follower = _three()
+    log: list[Any] = []
+    driver, worker, fleet = _driver_on(follower, tmp_path, _SlowStore(log=log))
+    replicates = []
+    for n in (1, 2):
+        leader.propose(CreateQueue(f"Q-AAAAA0000{n}"))
+        rd = leader.ready()
+        leader.advance()
+        replicates.append(next(m for m in rd.messages if m.dst == "B-BBBBB"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fleet.run)
+        await trio.testing.wait_all_tasks_blocked()
+        follower.step(replicates[0])
+        await driver._handle_ready(follower.ready())
+        follower.step(replicates[1])  # (before the driver's loop yields)
+        await driver._handle_ready(follower.ready())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert worker.where == ["here", "here"]
+    assert log == ["saved", "ReplicateResponse", "saved", "ReplicateResponse"]
 
 
 # -- propose_many: a receive's requests submitted together -----------------------------------

@@ -35,6 +35,7 @@ from trio_broker._core._commands import (
     SetBrokerAddress,
     SetRetention,
 )
+from trio_broker._core._raft_messages import Entry, HardState
 from trio_broker._storage import (
     DB_FILE,
     SCHEMA_VERSION,
@@ -809,3 +810,59 @@ def test_a_compaction_that_arrives_after_a_later_one_changes_nothing(tmp_path):
     state = store.raft_state()
     assert (state.snapshot_index, state.hard_state.commit, state.entries) == (20, 20, [])
     store.close()
+
+
+# -- the hard state: only what changed is written ---------------------------------------------
+
+_hard_states = st.builds(
+    HardState,
+    term=st.integers(0, 3),
+    voted_for=st.sampled_from([None, "B-AAAAA", "B-BBBBB"]),
+    commit=st.integers(0, 3),
+    recovering_until=st.integers(0, 2),
+    recovering_term=st.integers(0, 2),
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(states=st.lists(_hard_states, min_size=1, max_size=8))
+def test_a_save_writes_the_fields_of_the_hard_state_that_changed_and_reads_back_whole(
+    tmp_path_factory, states
+):
+    """Store.save writes only the hard-state fields that differ from what it last committed
+    (usually the commit index alone): the table must still hold every field of the last
+    hard state saved, after each save and once reopened."""
+    path = tmp_path_factory.mktemp("hs")
+    store = Store(path)
+    try:
+        for hard_state in states:
+            store.save(hard_state=hard_state)
+            assert store.raft_state().hard_state == hard_state
+    finally:
+        store.close()
+    store = Store(path)
+    try:
+        assert store.raft_state().hard_state == states[-1]
+    finally:
+        store.close()
+
+
+def test_a_save_rolled_back_does_not_count_as_written(tmp_path):
+    """A transaction whose commit fails rolls back the hard state it wrote: the next save of
+    that same hard state must write it again, not take it for already stored."""
+    store = Store(tmp_path)
+    try:
+        create = Entry(1, 1, CreateQueue("Q-AAAAA00001"))
+        store.save(hard_state=HardState(1, "B-AAAAA", 0), entries=[create])
+        next_state = HardState(2, "B-BBBBB", 1)
+        store._db.set_commit_hook(lambda: True)  # (the commit fails: rolled back)
+        with pytest.raises(apsw.ConstraintError):
+            store.save(hard_state=next_state, committed=[create])
+        store._db.set_commit_hook(None)
+        assert store.raft_state().hard_state == HardState(1, "B-AAAAA", 0)
+        store.save(hard_state=next_state)
+        assert store.raft_state().hard_state == next_state
+    finally:
+        store.close()

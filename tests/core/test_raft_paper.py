@@ -314,7 +314,7 @@ def test_rejection_hint_skips_a_whole_term_per_round_trip():
         cluster.storage[i].entries = [noop] + [Entry(3, i, append(i)) for i in range(2, 42)]
         cluster.storage[i].hard_state = HardState(term=3, voted_for=None, commit=41)
     for i in (1, 2, 3):
-        cluster.restart(i, knows_its_log=True)
+        cluster.restart(i)
     cluster.elect(1)
     cluster.tick(n=3)
     rejects = [
@@ -385,7 +385,7 @@ def figure8_cluster(node_factory):
     for i, entries in logs_.items():
         cluster.storage[i].entries = entries
         cluster.storage[i].hard_state = HardState(term=3, voted_for=None, commit=1)
-        cluster.restart(i, knows_its_log=True)
+        cluster.restart(i)
     # S1 is elected in term 4 (S2, S3, S4 vote for it); its no-op (index 3) is lost, and S5 is
     # unreachable, so only the old term-2 entry spreads.
     cluster.drop_if.append(

@@ -5,7 +5,15 @@ send the leader's appends at once, persist (and apply what is committed) in one 
 transaction on the storage thread, and only then send the messages that promise what was
 persisted (votes, acknowledgements). Proposals and peer messages are stepped into the core by
 the tasks that receive them, while a transaction runs; their effects form the next Ready, so
-everything that arrived during one fsync shares the next one (group commit).
+everything that arrived during one fsync shares the next one (group commit). A short
+transaction runs on the loop's own thread while the storage thread is idle (``_in_place``):
+the hand-offs would cost more than it does; a leader's only when its Ready is small (under
+load its loop serves connections during the fsync), and only once its REPLICATEs have left.
+
+Longer than the house's ~600 lines: the loop, the ledger's hand-over of outcomes and the
+choice of where each transaction runs read the same Ready in one order, and splitting them
+would pass that order between modules. Roles and transfers (:mod:`._leadership`) and
+snapshots (:mod:`._snapshots`) are already rooms of their own.
 """
 
 from __future__ import annotations
@@ -47,8 +55,17 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 SHORT_ENTRIES = 8
 SHORT_COMMANDS = 256
-"""At most this many entries and commands in an apply-only transaction run on the event loop's
-thread (a few hundred µs at most); a larger one goes to the storage thread."""
+"""At most this many entries and commands (written and applied) in a transaction run on the
+event loop's thread (a few hundred µs of work at most); a larger one goes to the storage
+thread."""
+SENDING_COMMANDS = 8
+"""A durable transaction of a Ready that sends messages first (a leader's entries) runs on the
+event loop's thread only with at most this many commands: a larger one means load, and the
+loop then serves connections while the storage thread waits on the fsync."""
+SLOW_FSYNC = 0.02
+"""A durable transaction runs on the event loop's thread only while the last one took less than
+this (seconds): a slow or stalled disk never holds the loop (reads, heartbeat answers) more
+than once."""
 
 
 def _not_applied(reason: str) -> BrokerError:
@@ -114,6 +131,11 @@ class RaftDriver:
         self.transactions = 0
         self.entries_applied = 0
         self._saved_term_vote = (node.term, node.voted_for)
+        self._fsync_fast = True
+        """Whether the last durable transaction took less than SLOW_FSYNC."""
+        self._unsent = False
+        """Messages were handed to the peer links since this task last yielded: they leave
+        only when the links' tasks run, so no fsync may hold the loop before then."""
         self.commands_applied = 0
         self.disk = DiskSpace(
             broker_id, config.data_dir, config.min_free_mb, measure=config.disk_space
@@ -389,6 +411,7 @@ class RaftDriver:
                     self._after_advance()
                     continue
                 await self._wake.wait()
+                self._unsent = False
 
     async def _clock(self) -> None:
         """The heartbeat sender, failure detector and elector: the core's clock, on its own
@@ -425,6 +448,8 @@ class RaftDriver:
             payload_bytes(entry)
         for m in rd.messages:
             self.peers.send(m)
+        if rd.messages:
+            self._unsent = True
         snapshot = None
         if rd.snapshot is not None:
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
@@ -440,15 +465,21 @@ class RaftDriver:
                 committed=rd.committed_entries,
             )
             durable = self._durable(rd)
-            results = await self._save(
-                save, short=not durable and self._short(rd.committed_entries)
-            )
+            in_place = self._in_place(rd, durable)
+            if in_place and durable and self._unsent:
+                await self._let_links_send()
+                started = time.perf_counter()
+            results = await self._save(save, short=in_place)
+            if not in_place:
+                self._unsent = False  # (this task waited for the storage thread)
             if rd.hard_state is not None:
                 self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
             self.transactions += 1
+            took = time.perf_counter() - started
+            if durable:
+                self._fsync_fast = took < SLOW_FSYNC
             if self.on_transaction is not None:
-                label = "true" if durable else "false"
-                self.on_transaction.labels(label).observe(time.perf_counter() - started)
+                self.on_transaction.labels("true" if durable else "false").observe(took)
             self.entries_applied += len(rd.committed_entries)
             self.snapshots.note_applied(rd.committed_entries)
             for entry in rd.committed_entries:
@@ -456,6 +487,8 @@ class RaftDriver:
                 entry.remember_encoded(None)
         for m in rd.persisted_messages:
             self.peers.send(m)
+        if rd.persisted_messages:
+            self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
         # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate
         # is known only once this broker applies that index: the same term means applied,
@@ -495,8 +528,8 @@ class RaftDriver:
         Meanwhile no proposal is taken, the proposals already in the log are answered "outcome
         unknown", nothing this Ready promises is sent, and reads of applied state go on.
         """
-        # A short apply-only transaction (no fsync) runs on this thread when the storage
-        # thread is idle, so the answers leave in this loop turn.
+        # A short transaction runs on this thread when the storage thread is idle (see
+        # _in_place), so its answers and acknowledgements leave in this loop turn.
         run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
         return await self.disk.retrying(functools.partial(run, save), self._answer_disk_full)
 
@@ -524,16 +557,56 @@ class RaftDriver:
             or (hs is not None and (hs.term, hs.voted_for) != self._saved_term_vote)
         )
 
+    def _in_place(self, rd: raft.Ready, durable: bool) -> bool:
+        """Whether the Ready's transaction may run on the event loop's thread (when the storage
+        thread is idle): a hand-off to the thread and back costs two cross-thread wake-ups,
+        more than a short transaction, and the loop has little to do meanwhile.
+
+        An apply-only one (no fsync) when it is short. A durable one only when, besides, it
+        installs no snapshot and cuts no log, the last fsync was quick (a slow disk sends the
+        next one to the thread: the loop's reads and heartbeat answers wait behind at most
+        one), and, if it sends messages before it persists (a leader's entries), it holds at
+        most SENDING_COMMANDS commands: under load the leader's loop serves its connections
+        while the thread waits on the fsync. The links send what they were handed before the
+        loop is held (:meth:`_let_links_send`).
+        """
+        if not durable:
+            return self._short(rd.committed_entries)
+        limit = SENDING_COMMANDS if rd.messages else SHORT_COMMANDS
+        return (
+            rd.snapshot is None
+            and rd.truncate_from is None
+            and self._fsync_fast
+            and self._short(rd.entries, limit)
+            and self._short(rd.committed_entries)
+        )
+
+    async def _let_links_send(self) -> None:
+        """Let the peer links' tasks write what this task handed them (the leader's REPLICATEs,
+        the previous Ready's acknowledgement) before it holds the loop for an fsync.
+
+        Trio runs every task that was runnable when a batch began before it starts the next
+        batch, in either order: after two yields, each link task woken before the first has run
+        one step, and the first step of a link that was waiting for messages writes them to the
+        socket (a link still busy with an earlier write may take longer: then a message leaves
+        after the fsync, later but never unsafely). Shielded: a Ready is never abandoned
+        halfway.
+        """
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        self._unsent = False
+
     @staticmethod
-    def _short(committed: tuple[Any, ...]) -> bool:
-        """A bound on the work of a transaction run on the event loop's thread."""
-        if len(committed) > SHORT_ENTRIES:
+    def _short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:
+        """A bound on the work of a transaction run on the event loop's thread: at most
+        SHORT_ENTRIES entries and ``limit`` commands."""
+        if len(entries) > SHORT_ENTRIES:
             return False
         commands = 0
-        for entry in committed:
+        for entry in entries:
             payload = entry.payload
             commands += len(payload.commands) if isinstance(payload, CommandGroup) else 1
-        return commands <= SHORT_COMMANDS
+        return commands <= limit
 
     def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
         store = self._store

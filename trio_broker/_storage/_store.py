@@ -72,6 +72,10 @@ class Store:
         one if None."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._written: HardState | None = None
+        """The hard state the last committed :meth:`save` wrote, while nothing else wrote
+        those keys since (None: unknown, read from the table): a save then writes only the
+        fields that changed (usually the commit index alone)."""
         self._lock = DirLock(self.data_dir)
         path = str(self.data_dir / DB_FILE)
         try:
@@ -242,14 +246,18 @@ class Store:
 
     def _set_meta(self, items: dict[str, Any]) -> None:
         """Upsert metadata; a None value removes the key."""
-        self._db.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [(k, v) for k, v in items.items() if v is not None],
-        )
-        self._db.executemany(
-            "DELETE FROM meta WHERE key = ?", [(k,) for k, v in items.items() if v is None]
-        )
+        if not _HARD_STATE_KEYS.isdisjoint(items):
+            self._written = None  # (save() sets it again once its transaction commits)
+        upserts = [(k, v) for k, v in items.items() if v is not None]
+        if upserts:
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                upserts,
+            )
+        deletes = [(k,) for k, v in items.items() if v is None]
+        if deletes:
+            self._db.executemany("DELETE FROM meta WHERE key = ?", deletes)
 
     def _durable_term_vote(self) -> tuple[int, Any]:
         return (self.get_meta("raft_term", 0), self.get_meta("raft_voted_for"))
@@ -328,9 +336,11 @@ class Store:
         cut (``tests/test_power_loss.py`` cuts power at every sync point to show it).
         """
         db = self._db
-        term_vote = None if hard_state is None else (hard_state.term, hard_state.voted_for)
+        written = self._written
         durable = bool(entries or truncate_from is not None or snapshot) or (
-            term_vote is not None and term_vote != self._durable_term_vote()
+            hard_state is not None
+            and (hard_state.term, hard_state.voted_for)
+            != (self._durable_term_vote() if written is None else (written.term, written.voted_for))
         )
         if snapshot is not None:
             db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
@@ -348,16 +358,8 @@ class Store:
                         " VALUES (?, ?, ?, ?)",
                         [(e.index, e.term, *stored_entry(e)) for e in entries],
                     )
-                if hard_state is not None:
-                    self._set_meta(
-                        {
-                            "raft_term": hard_state.term,
-                            "raft_voted_for": hard_state.voted_for,
-                            "raft_commit": hard_state.commit,
-                            "raft_recovering_until": hard_state.recovering_until,
-                            "raft_recovering_term": hard_state.recovering_term,
-                        }
-                    )
+                if hard_state is not None and hard_state != written:
+                    self._set_meta(_hard_state_items(hard_state, written))
                 results: list[Result | None] = []
                 for entry in committed:
                     payload = entry.payload
@@ -367,6 +369,8 @@ class Store:
                         results.append(None)
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
+            if hard_state is not None:
+                self._written = hard_state
             damage = self._log_damage
             if damage and truncate_from is not None and truncate_from <= damage.first_damaged:
                 # The damaged rows are gone: the log is what has been written since (a driver
@@ -462,6 +466,26 @@ class RaftState:
     """``(first_damaged, last_index)`` when entries failed their checksum on this read:
     ``entries`` then end before ``first_damaged``, and the broker recovers until
     ``last_index`` (``_runtime._recovery.make_node``)."""
+
+
+_HARD_STATE_FIELDS = {
+    "raft_term": "term",
+    "raft_voted_for": "voted_for",
+    "raft_commit": "commit",
+    "raft_recovering_until": "recovering_until",
+    "raft_recovering_term": "recovering_term",
+}
+_HARD_STATE_KEYS = frozenset(_HARD_STATE_FIELDS)
+
+
+def _hard_state_items(hard_state: HardState, written: HardState | None) -> dict[str, Any]:
+    """The meta rows that store ``hard_state``: all of them, or only those that differ from
+    ``written`` (what the table is known to hold)."""
+    return {
+        key: getattr(hard_state, field)
+        for key, field in _HARD_STATE_FIELDS.items()
+        if written is None or getattr(hard_state, field) != getattr(written, field)
+    }
 
 
 def _config_to_json(config: Config) -> str:

@@ -73,12 +73,14 @@ class StorageWorker:
         return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
     async def run_short(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a short job (a bounded transaction that does not fsync): here, on the trio
-        thread, when the storage thread is idle, else on it, after the jobs queued before.
+        """Run a short job (a bounded transaction; the caller decides whether one that
+        fsyncs may hold the loop): here, on the trio thread, when the storage thread is idle,
+        else on it, after the jobs queued before.
 
         A hand-over to the thread and back costs two cross-thread wake-ups (tens of µs of CPU
         each on small VMs), more than a short job; run here, the job is done before this task
-        next yields, so its results (an applied entry's answer) leave in the same loop turn.
+        next yields, so its results (an applied entry's answer, a replica's acknowledgement)
+        leave in the same loop turn.
         When the thread is idle no job is running there, and none can start before this one
         returns (only this thread queues them), so the connection is never used by two threads.
         """

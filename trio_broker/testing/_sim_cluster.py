@@ -135,10 +135,7 @@ class Cluster:
         """Power loss: the volatile state is gone, the durable storage stays."""
         self.nodes[i] = None
 
-    def restart(self, i: Any, *, knows_its_log: bool = False) -> None:
-        """Start ``i`` from its storage after a power loss. With ``knows_its_log``, as a
-        broker that was running with that state all along (a scenario written into the
-        storage): it knows what it acknowledged, so it votes at once (not ``unverified``)."""
+    def restart(self, i: Any) -> None:
         st = self.storage[i]
         self.nodes[i] = self.node_factory(
             i,
@@ -148,8 +145,6 @@ class Cluster:
             rng=random.Random(self.rng.random()),
             **self.node_options,
         )
-        if knows_its_log:
-            self.nodes[i].unverified = False
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.applied[i] = []
 

@@ -21,17 +21,10 @@ class MinorityCommit(RaftNode):
 
 
 class ForgetVote(RaftNode):
-    """Loses ``voted_for`` on restart, so it can vote twice in one term. It also votes at
-    once after its restart, as every broker did before the unverified state
-    (``RaftNode``, "A restart votes only once it knows"): a restarted broker that waits for
-    news of a later term before any new vote rarely votes again in the term it forgot (a
-    core that only forgets its vote survived 1,000 seeds)."""
+    """Loses ``voted_for`` on restart, so it can vote twice in one term."""
 
     def __init__(self, node_id: Any, *, hard_state: Any, **kwargs: Any) -> None:
         super().__init__(node_id, hard_state=attrs.evolve(hard_state, voted_for=None), **kwargs)
-
-    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
-        return True
 
 
 class NoElectionRestriction(RaftNode):
@@ -49,13 +42,7 @@ class CommitOldTerm(RaftNode):
 
 
 class SendBeforePersist(RaftNode):
-    """Lets acknowledgements and votes leave before the disk write they promise. It also
-    votes at once after its restart (see ``ForgetVote``): a restarted broker that waits to
-    learn what it may have acknowledged is shielded from most of what a crash then takes
-    (2 of 1,000 seeds caught the mutant that only sends early)."""
-
-    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
-        return True
+    """Lets acknowledgements and votes leave before the disk write they promise."""
 
     def ready(self) -> Ready:
         rd = super().ready()
@@ -64,17 +51,10 @@ class SendBeforePersist(RaftNode):
 
 class TrustDamagedLog(RaftNode):
     """Votes and campaigns while recovering: trusts a log that lost entries it acknowledged
-    (cut at a checksum mismatch, or shortened by a disk that lost synced writes), from the
-    moment it knows of the loss. (Only skipping the recovering rule is no longer unsafe in
-    the simulator's fault model: a restarted broker also waits to learn what it may have
-    acknowledged, ``vote_right_after_restart``'s rule, which covers a loss whose entries
-    keep ``quorum - 1`` other copies; this core drops both while it knows its log is short.)"""
+    (cut at a checksum mismatch, or shortened by a disk that lost synced writes)."""
 
     def _log_trusted(self) -> bool:
         return True
-
-    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
-        return self.recovering or super()._vouches_for(last_term, last_index, pre_vote)
 
 
 class TrustRegressedFollower(RaftNode):
@@ -85,15 +65,6 @@ class TrustRegressedFollower(RaftNode):
         return False
 
 
-class VoteRightAfterRestart(RaftNode):
-    """Votes as soon as it restarts, on whatever its disk kept: a disk that lost synced
-    writes without a trace makes it vouch for a log it no longer has (before the fix, every
-    broker did this until a leader told it what it had lost)."""
-
-    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
-        return True
-
-
 MUTANTS: dict[str, type[RaftNode]] = {
     "minority_commit": MinorityCommit,
     "forget_vote": ForgetVote,
@@ -102,5 +73,4 @@ MUTANTS: dict[str, type[RaftNode]] = {
     "send_before_persist": SendBeforePersist,
     "trust_damaged_log": TrustDamagedLog,
     "trust_regressed_follower": TrustRegressedFollower,
-    "vote_right_after_restart": VoteRightAfterRestart,
 }

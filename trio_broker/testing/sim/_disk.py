@@ -24,13 +24,9 @@ a crash (power loss) its disk may also, each from the seed's ``disk-faults`` str
 The faults are placed as TigerBeetle's VOPR places them (its ``ClusterFaultAtlas``): never
 where the cluster could not recover. At most ``f`` brokers (a minority of the voters) are
 damaged at a time (from the fault until the broker's log is back where it was); synced
-writes are lost only where ``quorum - 1`` other voters hold an intact copy of every lost
-entry (what a commit counting the broker's acknowledgement leaves when only that broker
-loses it: a restarted broker learns what it may have acknowledged from ``voters - quorum
-+ 1`` others before it votes, one of whom then holds it; before that rule, a broker voted
-at once, which was safe only with a full quorum of other copies, and the core that still
-does, ``vote_right_after_restart``, elects leaders without committed entries here); an
-entry is damaged (the start cuts the log there) only
+writes are lost only where a majority of the other brokers holds an intact copy of every
+lost entry: the broker may then vote before the leader tells it, and that vote cannot elect
+a leader without a committed entry; an entry is damaged (the start cuts the log there) only
 where another voter holds it and every entry after it intact, to give them back. With that
 placement the usual invariants must hold: nothing acknowledged is lost, and no damaged value
 is ever delivered.
@@ -126,18 +122,16 @@ class Disks:
         voters = self._voters_everywhere() - {i}
         return all(any(self._intact(o, e) for o in voters) for e in entries)
 
-    def _held_by_the_rest_of_a_quorum(self, i: int, entries: list[Entry]) -> bool:
-        """Whether every one of ``entries`` keeps ``quorum - 1`` intact copies besides
-        ``i``'s (at least one): what a commit that counted ``i``'s acknowledgement leaves when
-        ``i`` loses it and nobody else does. Counting only brokers that vote in every
-        configuration a broker uses, against the largest quorum among those configurations
-        (membership may be changing)."""
+    def _held_by_a_majority_of_others(self, i: int, entries: list[Entry]) -> bool:
+        """Whether every one of ``entries`` stays on a quorum of intact copies without
+        ``i``'s: counting only brokers that vote in every configuration a broker uses, against
+        the largest quorum among those configurations (membership may be changing)."""
         configs = [n.config for n in self.sim.nodes.values() if n is not None and n.config.voters]
         if not configs:
             return False
         voters = frozenset.intersection(*(c.voters for c in configs)) - {i}
-        needed = max(1, max(c.quorum() for c in configs) - 1)
-        return all(sum(self._intact(o, e) for o in voters) >= needed for e in entries)
+        quorum = max(c.quorum() for c in configs)
+        return all(sum(self._intact(o, e) for o in voters) >= quorum for e in entries)
 
     # -- the faults, at a crash ------------------------------------------------------------------
 
@@ -177,7 +171,7 @@ class Disks:
     def _lose_tail(self, i: int) -> None:
         st = self.sim.storage[i]
         lost = st.entries[-1 - self.rng.randrange(min(TAIL, len(st.entries))) :]
-        if not self._held_by_the_rest_of_a_quorum(i, lost):
+        if not self._held_by_a_majority_of_others(i, lost):
             return
         last = st.entries[-1].index
         first = lost[0].index
