@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -52,6 +53,18 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The node's cyclic garbage collector thresholds (Python's are 700, 10, 10). A broker's
+objects are freed by reference counting; at the default thresholds the collector still ran
+237 young collections per 71,680 pipelined appends on one broker, 1.28 µs per append, against
+0.18 µs at these (docs/performance.md, "Per-replica Python"). Set by the node command only: a
+program embedding the broker keeps its own."""
+
+
+def _tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _run_node(config: BrokerConfig) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_broker(config) as broker:
@@ -61,6 +74,7 @@ async def _run_node(config: BrokerConfig) -> None:
                 f"{config.data_dir.resolve()}",
                 flush=True,
             )
+            gc.freeze()  # what start-up built lives as long as the node: no collection walks it
             async for signum in signals:
                 log_event(logging.INFO, "broker.signal", signal=signal.Signals(signum).name)
                 break
@@ -125,6 +139,7 @@ def run_node(args: argparse.Namespace) -> int:
     configure_logging(node_only["log_level"], node_only["log_format"])
     log_settings(config, node_only, sources)
     _raise_fd_limit()
+    _tune_gc()
     try:
         trio.run(_run_node, config)
     except BaseException as exc:
