@@ -231,3 +231,20 @@ def test_regression_a_preferred_broker_that_cannot_take_over_is_not_waited_for()
     first = sim.groups[0]
     assert first.nodes[1].recovering and first.nodes[1].log.last_index < 9
     assert first.nodes[4].is_leader  # not the preferred broker 1, which cannot take over
+
+
+def test_the_spread_checks_leave_a_group_whose_preferred_broker_is_recovering():
+    """Seed 791's state, by hand: the preferred broker of G-0 is recovering (it cannot take
+    over), so G-0 staying with another leader is no failure, and its balancer counts as quiet."""
+    seed = next(s for s in range(1000) if group_counts(s) == 2 and node_count(s) == 3)
+    sim = Simulation(seed, safety_steps=0, liveness_steps=0)
+    first, second = sim.groups
+    lead(sim, first, 2, 1)  # G-0 prefers broker 1
+    lead(sim, second, 2, 1)  # G-1 prefers broker 2
+    with pytest.raises(SimulationFailure, match="G-0 is led by 2, its preferred leader is 1"):
+        sim.spread.at_convergence()
+    assert not sim.balancer_quiet()  # G-0's balancer wants broker 1
+    node = first.nodes[1]
+    node.recovering_until = node.log.last_index + 1  # it lost an entry it had acknowledged
+    assert sim.balancer_quiet()
+    sim.spread.at_convergence()  # G-0 stays with broker 2: no failure
