@@ -142,7 +142,11 @@ def test_join_as_learner_then_promote_once_caught_up():
 
 
 def test_removed_node_stops_campaigning():
-    """Thesis 4.2.3: a removed server learns of its removal and does not disrupt the cluster."""
+    """Thesis 4.2.3: a removed server learns of its removal and does not disrupt the cluster.
+
+    It never learns that its removal committed (the leader stops writing to it), so it may
+    still ask for pre-votes (thesis 4.2.2: until the removal commits it may be needed), but a
+    pre-vote changes no term: it never becomes a candidate, and the leader keeps its term."""
     cluster = Cluster((1, 2, 3))
     leader = cluster.elect(1)
     leader.propose_config_change(remove(3))
@@ -151,12 +155,39 @@ def test_removed_node_stops_campaigning():
     term = leader.term
     cluster.isolate(1)
     cluster.isolate(2)
-    cluster.tick([3], n=100)
-    assert cluster.node(3).term == term and cluster.node(3).role is Role.FOLLOWER
+    for _ in range(100):
+        cluster.tick([3])
+        assert cluster.node(3).term == term and cluster.node(3).role is not Role.CANDIDATE
+    assert cluster.node(3).role is not Role.LEADER
     cluster.heal()
     cluster.tick(n=10)
     assert leader.role is Role.LEADER and leader.term == term
     assert 3 not in leader.progress
+
+
+def test_a_voter_removed_by_an_uncommitted_entry_still_campaigns():
+    """Thesis 4.2.2, Figure 4.6: until its removal commits, a removed voter may hold the only
+    log the other voters can elect (simulator seed 2003: a group stayed without a leader for
+    ever). 1 proposes removing 4; only 4 gets the entry before 1 fails. 2 and 3, still under
+    the old configuration, need 4's vote, which their shorter logs cannot win; 4 campaigns
+    under its log's configuration (its own vote not counted), wins 2's and 3's, commits its
+    removal and steps down, and 2 or 3 leads the new configuration."""
+    cluster = Cluster((1, 2, 3, 4))
+    leader = cluster.elect(1)
+    cluster.isolate(2)
+    cluster.isolate(3)
+    leader.propose_config_change(remove(4))
+    cluster.tick([1, 4], n=1)
+    four = cluster.node(4)
+    removal = four.log.last_index
+    assert four.config.voters == {1, 2, 3} and four.commit < removal
+    cluster.crash(1)
+    cluster.heal()
+    cluster.tick([2, 3, 4], n=300)
+    new = cluster.leader()
+    assert new is not None and new.id in (2, 3) and new.config.voters == {1, 2, 3}
+    assert new.commit >= removal and new.log.entry(removal).term == four.log.entry(removal).term
+    assert four.role is not Role.LEADER
 
 
 def test_removed_leader_steps_down_after_commit():

@@ -680,9 +680,20 @@ class RaftNode:
     # -- elections -----------------------------------------------------------------------------
 
     def _promotable(self) -> bool:
-        """Only configured voters campaign; learners, removed brokers and recovering ones
-        never do."""
-        return self.id in self.config.voters and self._log_trusted()
+        """Only voters campaign; learners, removed brokers and recovering ones never do.
+
+        A voter removed by a configuration entry that is not committed yet (as far as it
+        knows) still campaigns, under its log's configuration, which does not count its own
+        vote (thesis 4.2.2, Figure 4.6): until that entry commits it may hold the only log
+        that the other voters of the old configuration can elect, and a group whose longest
+        log belongs to a broker that waits for a removal nobody can commit has no leader
+        for ever (simulator seed 2003). Once the removal commits it stops, as the thesis's
+        removed server does."""
+        if not self._log_trusted():
+            return False
+        if self.id in self.config.voters:
+            return True
+        return self.commit < self.log.last_index and self.id in self._config_at(self.commit).voters
 
     def _log_trusted(self) -> bool:
         """Whether this broker's log may speak in elections: not while it is recovering (its
