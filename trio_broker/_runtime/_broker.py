@@ -522,6 +522,30 @@ class Broker:
             event = self._appended[queue_id] = trio.Event()
         await event.wait()
 
+    async def start_services(self, nursery: trio.Nursery) -> None:
+        """Start what runs beside the requests: the consensus driver, retention, and the work
+        room's leases and forgetting (each started: ready once this returns)."""
+        await nursery.start(self.driver.run)
+        await nursery.start(self.retention.run)
+        await nursery.start(self.work.run_leases)
+        await nursery.start(self.work.run_forget)
+
+    async def join_cluster(self) -> None:
+        """Ask the seeds to let this broker join its cluster (diagram 4); raises
+        :class:`JoinFailed` if they refuse it."""
+        await membership.join_cluster(
+            self.config,
+            self.network,
+            self.security.secret,
+            JoinCluster(
+                broker_id=self.broker_id,
+                host=self.driver.self_address[0],
+                port=self.driver.self_address[1],
+                cluster_id=self.cluster_id,
+            ),
+            self.driver.hinted_addresses,
+        )
+
     async def _propose(self, command: _core.Command) -> Pending | BrokerError:
         if not self.driver.node.is_leader:
             return self.driver.not_leader_error()
@@ -671,11 +695,8 @@ async def open_broker(
             founding=groups if founder else 1,
         )
         async with trio.open_nursery() as services:
-            await services.start(broker.driver.run)
+            await broker.start_services(services)
             await services.start(host.run)
-            await services.start(broker.retention.run)
-            await services.start(broker.work.run_leases)
-            await services.start(broker.work.run_forget)
             if config.metrics_port is not None:
                 broker.metrics_port = await services.start(
                     serve_metrics, broker, config.host, config.metrics_port
@@ -712,18 +733,7 @@ async def open_broker(
                 try:
                     if joining:
                         try:
-                            await membership.join_cluster(
-                                config,
-                                broker.network,
-                                broker.security.secret,
-                                JoinCluster(
-                                    broker_id=broker.broker_id,
-                                    host=broker.driver.self_address[0],
-                                    port=broker.driver.self_address[1],
-                                    cluster_id=broker.cluster_id,
-                                ),
-                                broker.driver.hinted_addresses,
-                            )
+                            await broker.join_cluster()
                         except JoinFailed as exc:
                             refused = exc  # raised as itself once the broker has stopped
                     elif not broker.node.config.members:

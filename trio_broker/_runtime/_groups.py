@@ -44,7 +44,7 @@ from .._core._routing import GroupView
 from .._core._spread import SpreadPacer, preferred_leader
 from .._errors import BrokerError
 from .._ids import CLUSTER_ID_RE, cluster_of_queue, new_cluster_id
-from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, JoinCluster, PeerHello, Request
+from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, PeerHello, Request
 from . import _membership as membership
 from ._answer import Answer
 from ._connections import Session
@@ -243,10 +243,7 @@ class GroupHost:
             )
             broker = await self._make_broker(config, identity, store, worker)
             async with trio.open_nursery() as services:
-                await services.start(broker.driver.run)
-                await services.start(broker.retention.run)
-                await services.start(broker.work.run_leases)
-                await services.start(broker.work.run_forget)
+                await broker.start_services(services)
                 self.groups[group_id] = broker
                 primary.connections.hosted_groups.add(group_id)
                 log_event(
@@ -259,22 +256,7 @@ class GroupHost:
                 task_status.started()
                 try:
                     if joining:
-                        await self._retried(
-                            group_id,
-                            functools.partial(
-                                membership.join_cluster,
-                                config,
-                                broker.network,
-                                broker.security.secret,
-                                JoinCluster(
-                                    broker_id=broker.broker_id,
-                                    host=broker.driver.self_address[0],
-                                    port=broker.driver.self_address[1],
-                                    cluster_id=group_id,
-                                ),
-                                broker.driver.hinted_addresses,
-                            ),
-                        )
+                        await self._retried(group_id, broker.join_cluster)
                     await trio.sleep(math.inf)
                 finally:
                     self.groups.pop(group_id, None)
