@@ -7,9 +7,8 @@ votes in every group and leadership is spread, lets it settle, then measures eac
 
 - CPU (user + system, ``/proc/PID/stat``), as a percentage of one core;
 - resident memory (``VmRSS``, ``/proc/PID/status``);
-- bytes read and written per second through system calls (``rchar``/``wchar`` of
-  ``/proc/PID/io``): with no client and nothing to store, that is the peer traffic
-  (heartbeats of every group);
+- bytes sent and received per second on its TCP connections (``ss -tinp``): with no client,
+  that is the peer traffic (every group's heartbeats);
 - then, in a second window of the same length, the fsync/fdatasync calls (``strace -c``
   attached to every thread; kept apart because tracing costs CPU).
 
@@ -22,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -46,13 +46,27 @@ def _rss_now_mb(pid: int) -> float:
     return float("nan")
 
 
-def _io(pid: int) -> tuple[int, int]:
-    values = {}
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            values[key] = int(value)
-    return values["rchar"], values["wchar"]
+def _tcp_bytes(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """Bytes sent and received so far on each process's TCP connections (``ss -tinp``: the
+    kernel's per-connection counters; brokers talk to each other with ``send``, which
+    ``/proc/PID/io`` does not count)."""
+    totals = {pid: (0, 0) for pid in pids}
+    out = subprocess.run(
+        ["ss", "-tinpH"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    owner: int | None = None
+    for line in out.splitlines():
+        if not line.startswith(("\t", " ")):
+            found = re.search(r"pid=(\d+)", line)
+            owner = int(found[1]) if found else None
+            continue
+        if owner not in totals:
+            continue
+        sent = re.search(r"bytes_sent:(\d+)", line)
+        received = re.search(r"bytes_received:(\d+)", line)
+        s, r = totals[owner]
+        totals[owner] = (s + int(sent[1] if sent else 0), r + int(received[1] if received else 0))
+    return totals
 
 
 async def _wait_spread(ports: list[int], groups: int) -> None:
@@ -121,21 +135,21 @@ async def measure(groups: int, seconds: float) -> dict[str, Any]:
             await _wait_spread(ports, groups)
             await trio.sleep(SETTLE)
             cpu0 = [_cpu_seconds(p) for p in pids]
-            io0 = [_io(p) for p in pids]
+            io0 = _tcp_bytes(pids)
             await trio.sleep(seconds)
             cpu = [(_cpu_seconds(p) - c) / seconds * 100 for p, c in zip(pids, cpu0, strict=True)]
-            io = [_io(p) for p in pids]
+            io = _tcp_bytes(pids)
             rss = [_rss_now_mb(p) for p in pids]
             fsyncs = await _fsyncs(pids, seconds)
     n = len(pids)
-    rchar = [(b[0] - a[0]) / seconds for a, b in zip(io0, io, strict=True)]
-    wchar = [(b[1] - a[1]) / seconds for a, b in zip(io0, io, strict=True)]
+    sent = [(io[p][0] - io0[p][0]) / seconds for p in pids]
+    received = [(io[p][1] - io0[p][1]) / seconds for p in pids]
     return {
         "groups": groups,
         "cpu_percent": sum(cpu) / n,
         "rss_mb": sum(rss) / n,
-        "read_bytes_per_s": sum(rchar) / n,
-        "written_bytes_per_s": sum(wchar) / n,
+        "tcp_sent_bytes_per_s": sum(sent) / n,
+        "tcp_received_bytes_per_s": sum(received) / n,
         "fsyncs_per_s": None
         if None in fsyncs
         else sum(f for f in fsyncs if f is not None) / n / seconds,
@@ -154,7 +168,7 @@ def _line(r: dict[str, Any]) -> str:
     fsyncs = "-" if r["fsyncs_per_s"] is None else f"{r['fsyncs_per_s']:.2f}"
     return (
         f"{r['groups']:>6}  {r['cpu_percent']:>8.2f}  {r['rss_mb']:>7.1f}  "
-        f"{r['read_bytes_per_s'] / 1024:>9.1f}  {r['written_bytes_per_s'] / 1024:>9.1f}  "
+        f"{r['tcp_sent_bytes_per_s'] / 1024:>9.1f}  {r['tcp_received_bytes_per_s'] / 1024:>9.1f}  "
         f"{fsyncs:>9}"
     )
 
@@ -169,7 +183,7 @@ if __name__ == "__main__":
     if args.json:
         print(json.dumps(results, indent=2))
         sys.exit(0)
-    print("groups  CPU % of a core  RSS MB  read KiB/s  written KiB/s  fsyncs/s  (per broker)")
+    print("groups  CPU %  RSS MB  sent KiB/s  recv KiB/s  fsyncs/s  (per broker; CPU: of a core)")
     for r in results:
         print(_line(r))
     first, last = results[0], results[-1]
@@ -180,6 +194,6 @@ if __name__ == "__main__":
                 f"one more group, per broker: "
                 f"{(last['cpu_percent'] - first['cpu_percent']) / extra:.3f} % of a core, "
                 f"{(last['rss_mb'] - first['rss_mb']) / extra * 1024:.0f} KiB, "
-                f"{(last['written_bytes_per_s'] - first['written_bytes_per_s']) / extra:.0f} B/s "
-                "written"
+                f"{(last['tcp_sent_bytes_per_s'] - first['tcp_sent_bytes_per_s']) / extra:.0f} B/s "
+                "sent"
             )
