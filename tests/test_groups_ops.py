@@ -9,15 +9,16 @@ import orjson
 import pytest
 import trio
 
+from trio_broker._cli._bench_groups import role_figures
+from trio_broker._cli._bench_load import Load
+from trio_broker._cli._client_groups import leaders_per_broker
 from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime import BrokerConfig, open_broker
-from trio_broker.client import connect
+from trio_broker.client import BrokerInfo, Topology, connect
 from trio_broker.testing import open_local_cluster
 
 from .wire import call
-
-pytestmark = pytest.mark.trio
 
 GROUPS = 3
 
@@ -207,3 +208,50 @@ async def test_groups_on_a_single_group_broker(tmp_path, cli):
                 "queues": 2,
             }
         ]
+
+
+def _topology(group: str, leader: str | None, members: list[str]) -> Topology:
+    brokers = tuple(
+        BrokerInfo(
+            broker_id=b,
+            host="127.0.0.1",
+            port=9000 + i,
+            role="leader" if b == leader else "replica",
+            status="active",
+            membership="voter",
+            lag=0,
+        )
+        for i, b in enumerate(members)
+    )
+    return Topology(
+        cluster_id=group,
+        cluster_version=5,
+        brokers=brokers,
+        leader=next((b for b in brokers if b.broker_id == leader), None),
+    )
+
+
+def test_leaders_per_broker_counts_every_broker_and_skips_leaderless_groups():
+    members = ["B-AAAAA", "B-BBBBB", "B-CCCCC"]
+    topologies = [
+        _topology("G-AAAAA", "B-AAAAA", members),
+        _topology("G-BBBBB", "B-AAAAA", members),
+        _topology("G-CCCCC", None, members),  # an election in progress
+    ]
+    assert leaders_per_broker(topologies) == {"B-AAAAA": 2, "B-BBBBB": 0, "B-CCCCC": 0}
+
+
+def test_role_figures_divide_each_brokers_cpu_by_the_appends():
+    load = Load(
+        ok=1000,
+        errors=0,
+        items=1000,
+        elapsed=1.0,
+        latencies_us=[],
+        generator_cpu=0.0,
+        broker_cpu={11: 0.040, 12: 0.010, 13: 0.014},  # seconds
+    )
+    figures = {f.metric: f.value for f in role_figures("w", load, leader_pid=11)}
+    assert figures["leader CPU us/append"] == pytest.approx(40.0)
+    assert figures["replica CPU us/append (mean)"] == pytest.approx(12.0)
+    assert role_figures("w", load, leader_pid=99) == []
