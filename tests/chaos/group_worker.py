@@ -32,6 +32,8 @@ from trio_broker.testing._history import History
 from .test_chaos import Workload
 
 CREATE_ROUNDS = 20
+MAX_CLIENT_ROUNDS = 100
+"""Client ids one client slot goes through at most (each does up to 2,000 operations)."""
 FINAL_PAGE = 500
 FINAL_PAGES = 200
 """At most 100,000 messages per queue are read back."""
@@ -57,12 +59,21 @@ async def load(args: argparse.Namespace) -> None:
     workload = Workload(history, args.queues.split(","), args.seeds.split(","))
     rng = random.Random(args.seed)
     stop_file = trio.Path(args.stop_file)
+    if not 1 <= args.clients <= 10:
+        raise SystemExit("between 1 and 10 clients")
+
+    async def client(i: int, client_rng: random.Random) -> None:
+        # A client stops after MAX_OPS_PER_CLIENT operations: on a fast machine that can come
+        # before the faults end, so another client id takes over until the test says stop.
+        for round_ in range(MAX_CLIENT_ROUNDS):
+            if workload.stop.is_set():
+                return
+            await workload.trio_client(f"C-G{i}{round_:03d}", client_rng)
+
     try:
         async with trio.open_nursery() as nursery:
             for i in range(args.clients):
-                nursery.start_soon(
-                    workload.trio_client, f"C-GRP{i:02d}", random.Random(rng.getrandbits(64))
-                )
+                nursery.start_soon(client, i, random.Random(rng.getrandbits(64)))
             with trio.move_on_after(args.seconds):
                 while True:
                     if await stop_file.exists():
