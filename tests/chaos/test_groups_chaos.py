@@ -5,8 +5,10 @@ leaders"; docs/reliability.md).
 Three brokers in Linux network namespaces (:class:`~trio_broker.testing._netns.NetnsLab`, as in
 ``test_netns.py``), the first founding ``GROUPS`` groups (``node --groups``), every broker hosting
 every group. The clients run as one process inside the hub namespace (``group_worker.py``): trio
-clients append unique values to, and read from, a queue of every group, each operation recorded
-with its outcome (:class:`~trio_broker.testing._history.History`). Meanwhile, ``ROUNDS`` faults
+clients and clients of the original design (a connection per request, each queue routed by its
+id to its group's leader found with CLUSTER_QUERY) append unique values to, and read from, a
+queue of every group, each operation recorded with its outcome
+(:class:`~trio_broker.testing._history.History`). Meanwhile, ``ROUNDS`` faults
 one after another, alternately:
 
 - SIGKILL of the broker that leads the most groups (two or three of six): every group it led
@@ -58,6 +60,8 @@ GROUPS = 6
 ROUNDS = 6
 """Faults, alternately a SIGKILL and a partition of the broker leading the most groups."""
 CLIENTS = 6
+"""Trio clients; and clients of the original design (a connection per request):"""
+OLD_CLIENTS = 3
 FORM_WITHIN = 60.0
 """The cluster formed: every broker a voter of every group, leadership spread."""
 FAILOVER_WITHIN = 30.0
@@ -101,6 +105,11 @@ def test_groups_survive_kills_and_partitions_of_brokers_leading_several(
     final = scenario.history.final
     for queue, count in acked.items():
         assert len(final[queue]) >= count, (queue, count, len(final[queue]))
+    old_design = [op for op in scenario.history.ops if op.process.startswith("C-O")]
+    assert any(_ok_append(op) for op in old_design), "no original-design append acknowledged"
+    assert {op.queue for op in old_design if op.type is OpType.OK} == set(acked), (
+        "the original-design clients were not served on every group"
+    )
     served = [
         op for op in scenario.history.ops if _ok_append(op) and op.invoke_time > scenario.healed
     ]
@@ -266,6 +275,7 @@ class GroupsScenario:
                 lambda: self.worker(
                     "load",
                     *("--queues", ",".join(self.queues.values()), "--clients", str(CLIENTS)),
+                    *("--old-clients", str(OLD_CLIENTS)),
                     *("--seconds", str(LOAD_SECONDS), "--seed", str(self.rng.getrandbits(32))),
                     *("--stop-file", str(stop_file), "--out", str(history_path)),
                     within=LOAD_SECONDS + 60,
