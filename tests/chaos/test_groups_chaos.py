@@ -60,8 +60,9 @@ GROUPS = 6
 ROUNDS = 6
 """Faults, alternately a SIGKILL and a partition of the broker leading the most groups."""
 CLIENTS = 6
-"""Trio clients; and clients of the original design (a connection per request):"""
+"""Trio clients (a connection per broker, each queue routed to its group's leader)."""
 OLD_CLIENTS = 3
+"""Clients of the original design (a connection per request)."""
 FORM_WITHIN = 60.0
 """The cluster formed: every broker a voter of every group, leadership spread."""
 FAILOVER_WITHIN = 30.0
