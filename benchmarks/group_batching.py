@@ -16,11 +16,11 @@ from pathlib import Path
 
 import trio
 
+from trio_broker._cli._bench import _local_cluster
 from trio_broker._cli._bench_load import (
     PAYLOAD,
     _Conn,
     _generate,
-    _local_cluster,
     _wait_for_leader,
 )
 

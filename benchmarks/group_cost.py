@@ -32,7 +32,8 @@ from typing import Any
 
 import trio
 
-from trio_broker._cli._bench_load import _cpu_seconds, _local_cluster, _topology
+from trio_broker._cli._bench import _local_cluster
+from trio_broker._cli._bench_load import _cpu_seconds, _topology
 
 SETTLE = 5.0
 SPREAD_WITHIN = 120.0

@@ -22,9 +22,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,38 @@ from ._bench_load import (
     Row,
     _Conn,
     _generate,
-    _local_cluster,
     _rss_mb,
     _topology,
     _wait_for_leader,
 )
+from ._processes import start_node, stop_nodes
 
 __all__ = ["add_bench_parser", "run_bench"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def _local_cluster(
+    base: Path, nodes: int, groups: int = 1
+) -> AsyncIterator[list[tuple[int, trio.Process]]]:
+    members: list[tuple[int, trio.Process]] = []
+    try:
+        for i in range(nodes):
+            port = _free_port()
+            seed = members[0][0] if members else None
+            process, _ = await start_node(
+                base / f"node-{i}", port, seed=seed, groups=groups if seed is None else 1
+            )
+            members.append((port, process))
+        yield members
+    finally:
+        await stop_nodes([process for _, process in members])
+
 
 WORKLOADS = (
     "pipelined",

@@ -1,17 +1,14 @@
-"""What every benchmark workload is made of: starting a local cluster of broker processes,
-driving one workload with load generator processes, and reading the brokers' CPU and memory
-from ``/proc`` (split from ``_bench.py``, which runs the standard set, and shared with
-``_bench_groups.py`` and ``benchmarks/``)."""
+"""What every benchmark workload is made of: driving one workload with load generator
+processes, asking a cluster for its topology, and reading the brokers' CPU and memory from
+``/proc`` (split from ``_bench.py``, which starts the local cluster and runs the standard set;
+shared with ``_bench_groups.py`` and ``benchmarks/``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -19,7 +16,6 @@ import orjson
 import trio
 
 from .._protocol import FrameDecoder, encode_frame
-from ._processes import start_node, stop_nodes
 
 PAYLOAD = "x" * 100
 DRAIN_SECONDS = 10.0
@@ -97,30 +93,6 @@ class _Conn:
                 raise ConnectionError("broker closed the connection")
             self.decoder.feed(data)
         return orjson.loads(payload)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.asynccontextmanager
-async def _local_cluster(
-    base: Path, nodes: int, groups: int = 1
-) -> AsyncIterator[list[tuple[int, trio.Process]]]:
-    members: list[tuple[int, trio.Process]] = []
-    try:
-        for i in range(nodes):
-            port = _free_port()
-            seed = members[0][0] if members else None
-            process, _ = await start_node(
-                base / f"node-{i}", port, seed=seed, groups=groups if seed is None else 1
-            )
-            members.append((port, process))
-        yield members
-    finally:
-        await stop_nodes([process for _, process in members])
 
 
 async def _topology(ports: list[int]) -> dict[str, Any] | None:
