@@ -84,7 +84,7 @@ def test_groups_survive_kills_and_partitions_of_brokers_leading_several(
     log(f"{GROUPS} groups on 3 brokers, {ROUNDS} faults, seed {seed}; replay: {replay}")
     artifacts = _artifacts() / f"groups-{seed}"
     artifacts.mkdir(parents=True, exist_ok=True)
-    scenario = GroupsScenario(lab, tmp_path, random.Random(seed))
+    scenario = GroupsScenario(lab, tmp_path, random.Random(seed), founder_flags())
     passed = False
     try:
         trio.run(scenario.run)
@@ -120,6 +120,24 @@ def test_groups_survive_kills_and_partitions_of_brokers_leading_several(
     )
 
 
+def founder_flags() -> list[str]:
+    """``--groups GROUPS``, and ``--founding-brokers 3`` where the node has it: a broker that
+    places its groups on the brokers known when it founds them must wait for all three, or
+    every group would start on the founder alone."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "trio_broker", "node", "--help"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    flags = ["--groups", str(GROUPS)]
+    if "--founding-brokers" in usage:
+        flags += ["--founding-brokers", "3"]
+    return flags
+
+
 def _ok_append(op: Op) -> bool:
     return op.f == "append" and op.type is OpType.OK
 
@@ -148,8 +166,11 @@ def load_history(path: Path, history: History) -> None:
 
 
 class GroupsScenario:
-    def __init__(self, lab: NetnsLab, base: Path, rng: random.Random) -> None:
+    def __init__(
+        self, lab: NetnsLab, base: Path, rng: random.Random, founder_flags: list[str]
+    ) -> None:
         self.lab = lab
+        self.founder_flags = founder_flags
         self.base = base
         self.rng = rng
         self.cluster = Cluster(lab, base)
@@ -179,7 +200,7 @@ class GroupsScenario:
         time and restart from their data afterwards."""
         first = self.cluster.brokers[0]
         if broker is first:
-            await self.cluster.start(broker, None, "--groups", str(GROUPS))
+            await self.cluster.start(broker, None, *self.founder_flags)
         elif broker.broker_id is None:
             await self.cluster.start(broker, first)
         else:
