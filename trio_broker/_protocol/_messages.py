@@ -287,6 +287,10 @@ class PeerHello:
     plaintext_port: int | None = None
     """Addition: the sender's plaintext client port, announced to clients of the original
     design that ask on the receiver's plaintext listener (docs/security.md)."""
+    multiplexed: bool | None = None
+    """Addition: the sender's frames may carry ``group_id`` (one link per pair of brokers for
+    every group, docs/replication.md "Peer links"); a receiver that understands answers
+    :class:`PeerWelcome`, an older one ``{"status": "success"}``."""
 
 
 @attrs.frozen
@@ -614,6 +618,15 @@ class Done:
 
 
 @attrs.frozen
+class PeerWelcome:
+    """The answer to a PEER_HELLO with ``multiplexed``: ``{"status": "success",
+    "multiplexed": true}``, this broker routes each frame to the group its ``group_id``
+    names (docs/replication.md, "Peer links")."""
+
+    multiplexed: bool = True
+
+
+@attrs.frozen
 class Joined:
     cluster_id: str
     cluster_version: int
@@ -691,6 +704,7 @@ Response = (
     | QueueList
     | RetentionChanged
     | Done
+    | PeerWelcome
     | Joined
     | SnapshotChunk
     | Challenge

@@ -48,6 +48,7 @@ from .._protocol import (
     JoinCluster,
     ListQueues,
     PeerHello,
+    PeerWelcome,
     Read,
     RemoveMember,
     Request,
@@ -83,7 +84,8 @@ from ._operations import (
     retention_policy,
     wrong_cluster,
 )
-from ._peers import read_peer_stream
+from ._peer_mux import PeerMux
+from ._peers import Step, read_peer_stream
 from ._pending import Pending
 from ._recovery import make_node
 from ._retention import RetentionEnforcer
@@ -447,17 +449,24 @@ class Broker:
 
     # -- the connection's own requests ----------------------------------------------------------
 
-    def _accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | None:
-        if self.host is not None and self.host.several:
+    def _accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | PeerWelcome | None:
+        if self.host is not None:
             return self.host.accept_peer(hello, peer)
         return self.accept_peer_here(hello, peer)
 
     async def _serve_peer(
         self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
     ) -> bool:
-        if self.host is not None and self.host.several:
+        if self.host is not None:
             return await self.host.serve_peer(stream, decoder, peer, sender)
         return await self.serve_peer_here(stream, decoder, peer, sender)
+
+    def peer_routes(self, group_id: str) -> Step | None:
+        """Where a peer frame naming ``group_id`` goes: that group's driver on this broker,
+        or None when it is not hosted here (:meth:`~._groups.GroupHost.step_of`)."""
+        if self.host is not None:
+            return self.host.step_of(group_id)
+        return self.driver.step if group_id == self.cluster_id else None
 
     def accept_peer_here(self, hello: PeerHello, peer: str) -> BrokerError | None:
         """A member opens its stream of consensus messages to this broker (PEER_HELLO)."""
@@ -494,6 +503,7 @@ class Broker:
             sender=sender,
             self_id=self.broker_id,
             max_frame=self.config.max_frame,
+            step_of=self.peer_routes,
         )
 
     async def _list_queues(self, request: ListQueues, _session: Session | None) -> Answer:
@@ -695,6 +705,7 @@ async def open_broker(
             founding=groups if founder else 1,
         )
         async with trio.open_nursery() as services:
+            broker.driver.peer_mux = open_peer_mux(broker, services)
             await broker.start_services(services)
             await services.start(host.run)
             if config.metrics_port is not None:
@@ -781,11 +792,29 @@ async def _group_replica(
     )
     broker.plaintext_port = primary.plaintext_port
     broker.driver.plaintext_port = primary.plaintext_port
+    broker.driver.peer_mux = primary.driver.peer_mux
+    broker.peer_routes = primary.peer_routes  # type: ignore[method-assign]
     broker.plaintext_ports = primary.plaintext_ports
     broker.addresses.update(await worker.run(store.broker_addresses))
     broker._queue_ids.update(await worker.run(store.queue_lengths))
     broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
     return broker
+
+
+def open_peer_mux(broker: Broker, nursery: trio.Nursery) -> PeerMux:
+    """The broker's links to its peers, shared by every group it hosts (:mod:`._peer_mux`),
+    their tasks in ``nursery``."""
+    driver = broker.driver
+    return PeerMux(
+        broker.broker_id,
+        broker.cluster_id,
+        nursery,
+        driver.self_address,
+        broker.network.connect,
+        dead_after=max(1.0, 2 * broker.config.failure_timeout),
+        secret=broker.security.secret,
+        plaintext_port=driver.plaintext_port,
+    )
 
 
 async def serve_broker(

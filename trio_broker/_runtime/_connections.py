@@ -44,6 +44,7 @@ from .._protocol import (
     FrameTooLarge,
     JoinCluster,
     PeerHello,
+    PeerWelcome,
     Request,
     Response,
     decode_request,
@@ -95,8 +96,9 @@ HandleMany = Callable[[list[Request], Session, Callable[[list[Answer]], None]], 
 and give their answers to the callable in request order (the next ones at each call), each as
 soon as it and those before it are decided: a cancellation loses no answer to a request
 already proposed."""
-AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
-"""Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
+AcceptPeer = Callable[[PeerHello, str], BrokerError | PeerWelcome | None]
+"""Accept a PEER_HELLO (None, or the answer to give) or refuse it; the second argument names
+the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
@@ -412,9 +414,9 @@ class ConnectionServer:
                         return False  # what follows would be consensus messages
                     continue
                 assert isinstance(request, PeerHello)
-                refusal = self._accept_peer(request, peer)
-                outbox.put(operation, started, Answer(now=refusal or Done()), charged)
-                if refusal is not None:
+                accepted = self._accept_peer(request, peer)
+                outbox.put(operation, started, Answer(now=accepted or Done()), charged)
+                if isinstance(accepted, BrokerError):
                     return False
                 outbox.kick()
                 return await self._serve_peer(stream, decoder, peer, request.broker_id)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +47,7 @@ from ._disk_space import DiskSpace, DiskState
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
+from ._peer_mux import GroupLinks, PeerMux
 from ._peers import PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._recovery import make_node
@@ -102,7 +104,10 @@ class RaftDriver:
         self.network = network
         self.node = node
         self.addresses = addresses
-        self.peers: PeerFleet | None = None
+        self.peers: GroupLinks | None = None
+        self.peer_mux: PeerMux | None = None
+        """The broker's links shared by every group it hosts (:mod:`._peer_mux`); None: this
+        driver's own (:class:`PeerFleet`)."""
         self.secret: bytes | None = None
         """The cluster secret this broker proves when it dials a peer (docs/security.md)."""
         self.plaintext_port: int | None = None
@@ -339,34 +344,44 @@ class RaftDriver:
         process crash, so a bug or a failed fsync costs in-flight requests, not the broker."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.peers = PeerFleet(
-                self.broker_id,
-                self.cluster_id,
-                nursery,
-                self.address_of,
-                self.self_address,
-                self.network.connect,
-                dead_after=max(1.0, 2 * self.config.failure_timeout),
-                secret=self.secret,
-                plaintext_port=self.plaintext_port,
-            )
-            await nursery.start(self.disk.run)
-            task_status.started()
-            crashes: list[float] = []
-            while True:
-                try:
-                    await self._drive()
-                except Exception as exc:
-                    now = trio.current_time()
-                    crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
-                    logger.exception(
-                        "driver.crashed broker_id=%s restarts_in_window=%d",
-                        self.broker_id,
-                        len(crashes),
-                    )
-                    if len(crashes) > MAX_RESTARTS:
-                        raise
-                    await self._recover(exc)
+            if self.peer_mux is not None:
+                self.peers = self.peer_mux.register(self.cluster_id, self.address_of)
+            else:
+                self.peers = PeerFleet(
+                    self.broker_id,
+                    self.cluster_id,
+                    nursery,
+                    self.address_of,
+                    self.self_address,
+                    self.network.connect,
+                    dead_after=max(1.0, 2 * self.config.failure_timeout),
+                    secret=self.secret,
+                    plaintext_port=self.plaintext_port,
+                )
+            try:
+                await nursery.start(self.disk.run)
+                task_status.started()
+                await self._run_restarting()
+            finally:
+                if self.peer_mux is not None:
+                    self.peer_mux.unregister(self.cluster_id)
+
+    async def _run_restarting(self) -> None:
+        crashes: list[float] = []
+        while True:
+            try:
+                await self._drive()
+            except Exception as exc:
+                now = trio.current_time()
+                crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
+                logger.exception(
+                    "driver.crashed broker_id=%s restarts_in_window=%d",
+                    self.broker_id,
+                    len(crashes),
+                )
+                if len(crashes) > MAX_RESTARTS:
+                    raise
+                await self._recover(exc)
 
     async def _recover(self, exc: Exception) -> None:
         # Rebuild first, answer after: a client told "outcome unknown" must not find the stale
@@ -419,14 +434,20 @@ class RaftDriver:
         leave at once, never behind a storage transaction; what must be persisted first (a
         campaign's term and vote) goes to the next Ready."""
         tick = self.config.tick_seconds
-        next_tick = trio.current_time() + tick
+        now = trio.current_time()
+        # Every group of a broker ticks at the same instants, ``origin`` plus whole ticks
+        # (computed from the count, so that they are equal to the last bit): their heartbeats
+        # to a peer leave in one write on the shared link (docs/replication.md, "Peer links").
+        origin = now if self.peer_mux is None else self.peer_mux.tick_origin
+        count = math.floor((now - origin) / tick) + 1
         while True:
+            next_tick = origin + count * tick
             await trio.sleep_until(next_tick)
             behind = int((trio.current_time() - next_tick) // tick) + 1
             # After a long stall, do not replay every missed tick at once.
             for _ in range(min(behind, 3)):
                 self.node.tick()
-            next_tick += behind * tick
+            count += behind
             self._send_loose()
             self.leadership.note_role()
             if self.node.is_leader:

@@ -16,8 +16,8 @@ receive:
 - client requests by the group their queue id names (``cluster_of_queue``) or their
   ``cluster_id``; CREATE_QUEUE to the group this broker leads with fewest queues; CLUSTER_QUERY
   naming no group about that same group, every answer listing ``groups``;
-- a PEER_HELLO to the group it names: one peer connection per pair of brokers *per group*
-  (one per pair is stage 2);
+- a PEER_HELLO to the group it names, and each frame of a shared link (one per pair of
+  brokers for every group, :mod:`._peer_mux`) to the group its ``group_id`` names;
 - the requests of one receive (:meth:`GroupHost.handle_many`) in runs of consecutive requests
   of one group, so answers keep request order across groups.
 
@@ -44,7 +44,14 @@ from .._core._routing import GroupView
 from .._core._spread import SpreadPacer, preferred_leader
 from .._errors import BrokerError
 from .._ids import CLUSTER_ID_RE, cluster_of_queue, new_cluster_id
-from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, PeerHello, Request
+from .._protocol import (
+    ClusterQuery,
+    ClusterTopology,
+    CreateQueue,
+    PeerHello,
+    PeerWelcome,
+    Request,
+)
 from . import _membership as membership
 from ._answer import Answer
 from ._connections import Session
@@ -389,21 +396,30 @@ class GroupHost:
             await target.runs.handle_many(requests[start:end], session, answered)
             start = end
 
-    def accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | None:
+    def accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | PeerWelcome | None:
         """A PEER_HELLO goes to the group it names; a group not hosted here is refused as
-        before (WRONG_CLUSTER, by the cluster group)."""
+        before (WRONG_CLUSTER, by the cluster group). One that says ``multiplexed`` (a link
+        shared by every group, docs/replication.md "Peer links") is welcomed as such: its
+        frames naming another group go to that group (:meth:`step_of`)."""
         target = self.groups.get(hello.cluster_id or "", self.primary)
         refusal = target.accept_peer_here(hello, peer)
-        if refusal is None:
-            # Served at once (no checkpoint between accepting and serving a stream).
-            self._accepted[peer] = target
-        return refusal
+        if refusal is not None:
+            return refusal
+        # Served at once (no checkpoint between accepting and serving a stream).
+        self._accepted[peer] = target
+        return PeerWelcome() if hello.multiplexed else None
 
     async def serve_peer(
         self, stream: trio.abc.Stream, decoder: Any, peer: str, sender: str
     ) -> bool:
         target = self._accepted.pop(peer, self.primary)
         return await target.serve_peer_here(stream, decoder, peer, sender)
+
+    def step_of(self, group_id: str) -> Callable[[Any], None] | None:
+        """Where a peer frame naming ``group_id`` goes: that group's driver, or None when
+        this broker does not host it (not yet opened, or closed: the frame is dropped)."""
+        broker = self.groups.get(group_id)
+        return None if broker is None else broker.driver.step
 
 
 async def keep_spread(broker: Broker, host: GroupHost) -> None:
