@@ -10,13 +10,20 @@ import pytest
 import trio
 
 from trio_broker._core import _raft_messages as rm
+from trio_broker._core._commands import CreateQueue
+from trio_broker._errors import BrokerError
 from trio_broker._ids import cluster_of_queue
 from trio_broker._protocol import FrameDecoder, encode_frame, loads_object
 from trio_broker._protocol._consensus import encode_message
 from trio_broker._runtime._peer_mux import PeerMux
-from trio_broker.testing import open_mock_cluster
+from trio_broker.testing import open_local_cluster, open_mock_cluster
 
+from . import test_security as security
 from .test_groups import answer_of, wait_spread
+from .test_groups_real import until as real_until
+from .test_groups_real import wait_spread as real_wait_spread
+
+ca, tls, secret_file = security.ca, security.tls, security.secret_file  # (their fixtures)
 
 
 def peer_connections(cluster) -> int:
@@ -83,6 +90,10 @@ async def test_four_groups_on_three_brokers_use_one_connection_per_pair_and_dire
             await wait_spread(cluster, 4)
             await cluster.wait_until(lambda: shared_links_up(cluster, 4))
         assert peer_connections(cluster) == 6  # 3 pairs, 2 directions: as with one group
+        for broker in cluster.brokers.values():
+            # One timer per broker ticks every group's core.
+            (callbacks,) = broker.driver.peer_mux._tickers.values()
+            assert len(callbacks) == 4
         queues = await write_everywhere(cluster, "v")
         await wait_replicated(cluster)
         for group, queue in queues.items():
@@ -145,21 +156,24 @@ async def test_a_multiplexed_hello_is_welcomed_and_its_frames_reach_the_group_th
         answer = await hello(
             cluster,
             "b1",
-            {"cluster_id": home, "multiplexed": True},
+            {"cluster_id": home, "multiplexed": True, "host": "127.0.0.1", "port": 4242},
             [encode_message(beat, extra), encode_message(beat, "G-NONE0"), encode_message(beat)],
         )
         assert answer == {"status": "success", "multiplexed": True}
         await cluster.wait_until(lambda: stepped[home] and stepped[extra])
         assert stepped == {home: [beat], extra: [beat]}
+        # Every group hosted here learns where the sender listens, as from a hello per group.
+        for replica in cluster.replicas("b1").values():
+            assert replica.driver.hinted_addresses["B-TEST1"] == ("127.0.0.1", 4242)
         for stream in cluster.test_streams:
             await stream.aclose()
 
 
 @pytest.mark.trio
 async def test_the_shared_link_proves_the_cluster_secret(autojump_clock, tmp_path):
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(secrets.token_hex(32) + "\n")
-    async with open_mock_cluster(3, groups=2, cluster_secret_file=str(secret_file)) as cluster:
+    secret = tmp_path / "secret"
+    secret.write_text(secrets.token_hex(32) + "\n")
+    async with open_mock_cluster(3, groups=2, cluster_secret_file=str(secret)) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 2)
             await cluster.wait_until(lambda: shared_links_up(cluster, 2))
@@ -197,3 +211,37 @@ async def test_the_shared_link_proves_the_cluster_secret(autojump_clock, tmp_pat
             assert not any(link.connected for link in rogue.statistics().links)
             nursery.cancel_scope.cancel()
         assert {g: b.driver.node.term for g, b in cluster.replicas("b1").items()} == terms
+
+
+@pytest.mark.trio
+async def test_tls_and_the_cluster_secret_hold_on_the_shared_links_of_real_brokers(
+    tmp_path, tls, secret_file
+):
+    """Real TCP: three brokers with TLS and a cluster secret, three groups. Each broker
+    holds one TLS connection to each other broker, carrying every group, and every group
+    replicates over them."""
+    async with open_local_cluster(
+        tmp_path / "c", 3, groups=3, **tls, cluster_secret_file=secret_file
+    ) as cluster:
+        with trio.fail_after(60):
+            leaders = await real_wait_spread(cluster, 3)
+            await real_until(lambda: shared_links_up(cluster, 3))
+        for name, broker in cluster.brokers.items():
+            for group_id, replica in broker.host.groups.items():
+                assert replica.driver.peers.mux is broker.driver.peer_mux, (name, group_id)
+        # Every group takes a write through its leader, over the shared links.
+        for group_id, leader in leaders.items():
+            replica = cluster.brokers[leader].host.groups[group_id]
+            result = await replica.submit(CreateQueue("Q-" + group_id[2:] + "TLS00"))
+            assert not isinstance(result, BrokerError), result
+
+        def replicated() -> bool:
+            for group_id, leader in leaders.items():
+                commit = cluster.brokers[leader].host.groups[group_id].driver.node.commit
+                for broker in cluster.brokers.values():
+                    if broker.host.groups[group_id].applied_index < commit:
+                        return False
+            return True
+
+        with trio.fail_after(30):
+            await real_until(replicated)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -432,28 +431,48 @@ class RaftDriver:
         """The heartbeat sender, failure detector and elector: the core's clock, on its own
         timer. Heartbeats (and whatever else a tick sends that promises nothing durable)
         leave at once, never behind a storage transaction; what must be persisted first (a
-        campaign's term and vote) goes to the next Ready."""
+        campaign's term and vote) goes to the next Ready.
+
+        In a broker, one timer (:meth:`~._peer_mux.PeerMux.ticking`) ticks every group it
+        hosts, one after the other at the same instant: one wake-up per tick for all of them,
+        and their heartbeats to a peer leave in one write on the shared link
+        (docs/replication.md, "Peer links"). A failure in this group's tick ends this task,
+        and so this run of the driver, as it would with a timer of its own."""
+        if self.peer_mux is not None:
+            failed: list[Exception] = []
+            done = trio.Event()
+
+            def on_ticks(ticks: int) -> None:
+                if done.is_set():
+                    return
+                try:
+                    self._on_ticks(ticks)
+                except Exception as exc:
+                    failed.append(exc)
+                    done.set()
+
+            with self.peer_mux.ticking(self.config.tick_seconds, on_ticks):
+                await done.wait()
+            raise failed[0]
         tick = self.config.tick_seconds
-        now = trio.current_time()
-        # Every group of a broker ticks at the same instants, ``origin`` plus whole ticks
-        # (computed from the count, so that they are equal to the last bit): their heartbeats
-        # to a peer leave in one write on the shared link (docs/replication.md, "Peer links").
-        origin = now if self.peer_mux is None else self.peer_mux.tick_origin
-        count = math.floor((now - origin) / tick) + 1
+        next_tick = trio.current_time() + tick
         while True:
-            next_tick = origin + count * tick
             await trio.sleep_until(next_tick)
             behind = int((trio.current_time() - next_tick) // tick) + 1
-            # After a long stall, do not replay every missed tick at once.
-            for _ in range(min(behind, 3)):
-                self.node.tick()
-            count += behind
-            self._send_loose()
-            self.leadership.note_role()
-            if self.node.is_leader:
-                self._leader_housekeeping()
-            if self.node.has_ready():
-                self.wake()
+            next_tick += behind * tick
+            self._on_ticks(behind)
+
+    def _on_ticks(self, behind: int) -> None:
+        """``behind`` ticks are due (more than one after a stall)."""
+        # After a long stall, do not replay every missed tick at once.
+        for _ in range(min(behind, 3)):
+            self.node.tick()
+        self._send_loose()
+        self.leadership.note_role()
+        if self.node.is_leader:
+            self._leader_housekeeping()
+        if self.node.has_ready():
+            self.wake()
 
     def _send_loose(self) -> None:
         """Send the core's messages that need no Ready (see RaftNode.take_messages)."""

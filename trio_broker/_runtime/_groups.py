@@ -407,7 +407,15 @@ class GroupHost:
             return refusal
         # Served at once (no checkpoint between accepting and serving a stream).
         self._accepted[peer] = target
-        return PeerWelcome() if hello.multiplexed else None
+        if not hello.multiplexed:
+            return None
+        if hello.host is not None and hello.port is not None:
+            # As a hello per group told each group before: where the sender listens (a
+            # group's leader corrects its replicated address book from it).
+            for broker in self.groups.values():
+                if broker is not target:
+                    broker.driver.note_address(hello.broker_id, (hello.host, hello.port))
+        return PeerWelcome()
 
     async def serve_peer(
         self, stream: trio.abc.Stream, decoder: Any, peer: str, sender: str

@@ -19,8 +19,8 @@ link's PEER_HELLO names) goes as before; any other group's carries ``group_id``.
   retransmits from its progress tracking; elections retry); the other groups' still go.
 - **Turns.** The link's task writes everything queued when it runs, up to ``BATCH`` messages
   taken fairly from the groups' queues, in one ``send_all``: the messages of every group sent
-  in one loop turn (the heartbeats of groups whose clocks tick together, :attr:`tick_origin`,
-  and the answers to one received batch) leave in one write.
+  in one loop turn (the heartbeats of every group, whose clocks one timer ticks together,
+  :meth:`PeerMux.ticking`, and the answers to one received batch) leave in one write.
 - **Register / unregister.** A group opened at run time registers, and a group closed
   unregisters: its queued messages are dropped, and a link no group wants any more closes.
 """
@@ -32,7 +32,7 @@ import contextlib
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 import trio
@@ -290,12 +290,11 @@ class PeerMux:
         self.secret = secret
         """Proved on every link before PEER_HELLO, when set (docs/security.md)."""
         self.plaintext_port = plaintext_port
-        self.tick_origin = trio.current_time()
-        """The groups' clocks tick at this instant plus whole ticks, together, so that their
-        heartbeats leave in one write per peer (:class:`~._driver.RaftDriver`)."""
         self._nursery = nursery
         self._links: dict[str, _Link] = {}
         self._groups: dict[str, GroupLinks] = {}
+        self._tickers: dict[float, dict[object, Callable[[int], None]]] = {}
+        """Tick length -> the callbacks its one timer calls (:meth:`ticking`)."""
 
     def register(self, group_id: str, address_of: AddressOf) -> GroupLinks:
         """A group hosted here sends through the shared links from now on; ``address_of``
@@ -310,7 +309,9 @@ class PeerMux:
         if self._groups.pop(group_id, None) is None:
             return
         for peer in list(self._links):
+            link = self._links[peer]
             self._unwant(peer, group_id)
+            link.dropped.pop(group_id, None)  # (bounded by the groups hosted, not ever hosted)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -349,6 +350,35 @@ class PeerMux:
         if not link.wanted_by:
             del self._links[peer]
             link.cancel_scope.cancel()
+
+    @contextlib.contextmanager
+    def ticking(self, seconds: float, on_ticks: Callable[[int], None]) -> Iterator[None]:
+        """Call ``on_ticks(n)`` every ``seconds`` (``n`` > 1: ticks were missed by a stall)
+        while in the ``with`` block. One timer per broker for every group's clock: the groups
+        tick one after the other at the same instant, so a tick costs one wake-up, and the
+        heartbeats it makes leave in one write per peer. ``on_ticks`` must not raise."""
+        key = object()
+        callbacks = self._tickers.get(seconds)
+        if callbacks is None:
+            callbacks = self._tickers[seconds] = {}
+            self._nursery.start_soon(self._run_timer, seconds, callbacks)
+        callbacks[key] = on_ticks
+        try:
+            yield
+        finally:
+            del callbacks[key]
+
+    async def _run_timer(
+        self, seconds: float, callbacks: dict[object, Callable[[int], None]]
+    ) -> None:
+        next_tick = trio.current_time() + seconds
+        while callbacks:
+            await trio.sleep_until(next_tick)
+            behind = int((trio.current_time() - next_tick) // seconds) + 1
+            next_tick += behind * seconds
+            for on_ticks in list(callbacks.values()):
+                on_ticks(behind)
+        del self._tickers[seconds]
 
     def statistics(self) -> PeerMuxStatistics:
         return PeerMuxStatistics(
