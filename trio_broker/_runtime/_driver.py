@@ -363,7 +363,7 @@ class RaftDriver:
                 await self._run_restarting()
             finally:
                 if self.peer_mux is not None:
-                    self.peer_mux.unregister(self.cluster_id)
+                    self.peer_mux.unregister(self.cluster_id, self.peers)
 
     async def _run_restarting(self) -> None:
         crashes: list[float] = []

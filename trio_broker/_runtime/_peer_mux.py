@@ -222,7 +222,7 @@ class _Link:
                 self._more = event = trio.Event()
                 await event.wait()
                 continue
-            parts = []
+            parts: list[bytes] = []
             for group_id, message in batch:
                 payload = encode_message(message, None if group_id == home else group_id)
                 parts += (frame_header(len(payload)), payload)
@@ -303,11 +303,14 @@ class PeerMux:
         links = self._groups[group_id] = GroupLinks(self, group_id, address_of)
         return links
 
-    def unregister(self, group_id: str) -> None:
+    def unregister(self, group_id: str, links: GroupLinks | None = None) -> None:
         """A group closed here: its queued messages are dropped, and a link that no group
-        wants any more closes."""
-        if self._groups.pop(group_id, None) is None:
+        wants any more closes. With ``links``, only if that is still the group's registration
+        (a replica of the group opened again meanwhile keeps its own)."""
+        current = self._groups.get(group_id)
+        if current is None or (links is not None and current is not links):
             return
+        del self._groups[group_id]
         for peer in list(self._links):
             link = self._links[peer]
             self._unwant(peer, group_id)

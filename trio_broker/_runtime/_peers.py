@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -65,7 +65,7 @@ class PeerFleet(GroupLinks):
         mux._groups[cluster_id] = self
 
     @property
-    def _links(self) -> dict[str, object]:
+    def _links(self) -> Mapping[str, object]:
         return self.mux._links
 
 
