@@ -237,7 +237,10 @@ async def test_a_large_message_into_an_empty_share_is_never_refused(autojump_clo
         nursery.cancel_scope.cancel()
 
 
-async def test_an_older_peer_gets_the_cluster_groups_messages_alone(autojump_clock):
+async def test_an_older_peer_gets_each_other_group_on_a_link_of_its_own(autojump_clock):
+    """A peer that answers the hello without ``multiplexed`` gets the cluster group's frames
+    on the link, untagged, and every other group's on a connection of its own whose hello
+    names that group, untagged too: what brokers of its version send and read."""
     peer = FakePeer(answer=OLD_ANSWER)
     async with trio.open_nursery() as nursery:
         mux = open_mux(nursery, peer)
@@ -246,14 +249,28 @@ async def test_an_older_peer_gets_the_cluster_groups_messages_alone(autojump_clo
         other.ensure({"B-2"})
         await connected(mux)
         assert not mux.statistics().links[0].multiplexed
+        other.send(heartbeat(99))  # (opens GA's own link: dropped until it is connected)
+        await until(lambda: other.statistics().any_connected and len(peer.hellos) == 2)
+        assert mux.statistics().links[0].own_links == (GA,)
+        assert peer.hellos[1]["cluster_id"] == GA
         for i in range(3):
             home.send(heartbeat(i))
             other.send(heartbeat(100 + i))
         await trio.testing.wait_all_tasks_blocked()
-        assert [m.commit for m in peer.of(None)] == [0, 1, 2]
-        assert peer.of(GA) == []
-        assert other.statistics().dropped("B-2") == 3
-        assert home.statistics().dropped("B-2") == 0
+        assert sorted((n, g, m.commit) for n, g, m in peer.frames) == [
+            (1, None, 0),
+            (1, None, 1),
+            (1, None, 2),
+            (2, None, 100),  # no group_id: the hello of connection 2 named GA
+            (2, None, 101),
+            (2, None, 102),
+        ]
+        assert other.statistics().dropped("B-2") == 1
+        # The group closed: its own link closes too; the cluster group's stays.
+        mux.unregister(GA)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mux.statistics().links[0].own_links == ()
+        assert mux.statistics().links[0].connected
         nursery.cancel_scope.cancel()
 
 

@@ -10,7 +10,8 @@ link's PEER_HELLO names) goes as before; any other group's carries ``group_id``.
 
 - **Older peers.** PEER_HELLO says ``multiplexed``; a peer that understands answers
   :class:`~trio_broker._protocol.PeerWelcome`. One that answers a plain success (an older
-  version) gets the home group's messages only; the others' are dropped and counted.
+  version) gets the home group's messages on this link, and each other group's on a link of
+  its own, whose PEER_HELLO names that group, as brokers of its version dial.
 - **Shares.** Each group has its own queue on a link, bounded by its share of the outbox
   (``OUTBOX_SIZE`` messages and ``OUTBOX_BYTES`` split among the groups registered, at least
   ``MIN_SHARE`` messages; one message is always admitted into an empty queue, so a message
@@ -68,9 +69,14 @@ BACKOFF_MAX = 1.0
 class _Link:
     """The one outbound connection to a peer, and every group's queue of messages for it."""
 
-    def __init__(self, mux: PeerMux, peer_id: str) -> None:
+    def __init__(self, mux: PeerMux, peer_id: str, home: str | None = None) -> None:
         self.mux = mux
         self.peer_id = peer_id
+        self.home = mux.home_group if home is None else home
+        """The group PEER_HELLO names, whose frames carry no ``group_id``: the cluster group,
+        or, on a link of its own to an older peer, one other group."""
+        self.legacy: dict[str, _Link] = {}
+        """To an older peer: a link of its own per other group (their hello names it)."""
         self.queues: dict[str, collections.deque[tuple[Message, int]]] = {}
         """Group id -> its messages queued for the peer, each with its approximate size."""
         self.group_bytes: collections.Counter[str] = collections.Counter()
@@ -97,8 +103,10 @@ class _Link:
         messages), to an older peer when not of the home group, and beyond the group's share."""
         if not self.connected:
             return self._drop(group_id)
-        if not self.multiplexed and group_id != self.mux.home_group:
-            return self._drop(group_id, "peer.group_not_carried")
+        if not self.multiplexed and group_id != self.home:
+            if self.home != self.mux.home_group:
+                return self._drop(group_id, "peer.group_not_carried")
+            return self._legacy(group_id).queue(group_id, message)
         queue = self.queues.get(group_id)
         if queue is None:
             queue = self.queues[group_id] = collections.deque()
@@ -114,6 +122,22 @@ class _Link:
             self._more.set()
             self._more = None
         return True
+
+    def _legacy(self, group_id: str) -> _Link:
+        """The link of its own for ``group_id`` to this older peer, opened on first use: as
+        brokers of its version dial, with a hello naming the group."""
+        link = self.legacy.get(group_id)
+        if link is None:
+            link = self.legacy[group_id] = _Link(self.mux, self.peer_id, home=group_id)
+            self.mux._nursery.start_soon(link.run)
+        return link
+
+    def close_legacy(self, group_id: str | None = None) -> None:
+        """Close the links of their own of ``group_id`` (None: of every group)."""
+        for group in [group_id] if group_id is not None else list(self.legacy):
+            link = self.legacy.pop(group, None)
+            if link is not None:
+                link.cancel_scope.cancel()
 
     def _drop(self, group_id: str, event: str | None = None) -> bool:
         self.dropped[group_id] += 1
@@ -173,6 +197,7 @@ class _Link:
                 self.connected = False
                 for group_id in list(self.queues):
                     self.discard(group_id)
+                self.close_legacy()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -183,7 +208,7 @@ class _Link:
         _fail_when_unacknowledged(stream, mux.dead_after)
         async with stream:
             hello = PeerHello(
-                cluster_id=mux.home_group,
+                cluster_id=self.home,
                 broker_id=mux.self_id,
                 to=self.peer_id,
                 host=mux.self_address[0],
@@ -198,6 +223,8 @@ class _Link:
                 log_event(logging.ERROR, "peer.refused", peer=self.peer_id, reason=refusal.message)
                 raise ConnectionError(f"peer refused: {refusal.message}")
             self.multiplexed = answer.get("multiplexed") is True
+            if self.multiplexed:
+                self.close_legacy()  # (the peer was upgraded)
             if not self.connected:
                 log_event(
                     logging.INFO,
@@ -215,7 +242,7 @@ class _Link:
                 await self._write(stream)
 
     async def _write(self, stream: trio.abc.Stream) -> None:
-        home = self.mux.home_group
+        home = self.home
         while True:
             batch = self.take()
             if not batch:
@@ -350,8 +377,10 @@ class PeerMux:
             return
         link.wanted_by.discard(group_id)
         link.discard(group_id)
+        link.close_legacy(group_id)
         if not link.wanted_by:
             del self._links[peer]
+            link.close_legacy()
             link.cancel_scope.cancel()
 
     @contextlib.contextmanager
@@ -392,6 +421,7 @@ class PeerMux:
                     connected=link.connected,
                     multiplexed=link.multiplexed,
                     groups=tuple(sorted(link.wanted_by)),
+                    own_links=tuple(sorted(link.legacy)),
                     queued=sum(len(q) for q in link.queues.values()),
                     dropped=sum(link.dropped.values()),
                     writes=link.writes,
@@ -441,14 +471,17 @@ class GroupLinks:
 
     def statistics(self) -> PeerFleetStatistics:
         """This group's links now, one frozen snapshot."""
-        links = self.mux._links
-        return PeerFleetStatistics(
-            tuple(
-                PeerLinkStatistics(peer, links[peer].connected, links[peer].dropped[self.group_id])
-                for peer in sorted(self._peers)
-                if peer in links
-            )
-        )
+        group_id = self.group_id
+        stats = []
+        for peer in sorted(self._peers):
+            link = self.mux._links.get(peer)
+            if link is None:
+                continue
+            own = link.legacy.get(group_id)
+            connected = link.connected if own is None else own.connected
+            dropped = link.dropped[group_id] + (0 if own is None else own.dropped[group_id])
+            stats.append(PeerLinkStatistics(peer, connected, dropped))
+        return PeerFleetStatistics(tuple(stats))
 
 
 @attrs.frozen
@@ -485,6 +518,8 @@ class MuxLinkStatistics:
     multiplexed: bool
     groups: tuple[str, ...]
     """The groups that keep the link open."""
+    own_links: tuple[str, ...]
+    """To an older peer: the groups with a link of their own."""
     queued: int
     dropped: int
     writes: int
