@@ -148,6 +148,28 @@ async def test_a_peer_stream_hands_each_frame_to_the_group_it_names():
     assert [m.commit for m in a] == [2, 4]
 
 
+async def test_a_frame_with_a_malformed_group_id_ends_the_stream_after_what_came_before():
+    sender, receiver = trio.testing.memory_stream_pair()
+    home = []
+    bad = orjson.loads(encode_message(heartbeat(2)))
+    bad["group_id"] = "not a group"
+    frames = [encode_message(heartbeat(1)), orjson.dumps(bad), encode_message(heartbeat(3))]
+    await sender.send_all(b"".join(encode_frame(f) for f in frames))
+    with trio.fail_after(5):
+        closed = await read_peer_stream(
+            receiver,
+            FrameDecoder(),
+            home.append,
+            peer="p",
+            sender="B-1",
+            self_id="B-2",
+            max_frame=1 << 20,
+            step_of=lambda _group: home.append,
+        )
+    assert closed is False  # (the caller closes the connection)
+    assert [m.commit for m in home] == [1]
+
+
 # -- the outbound links ---------------------------------------------------------------------
 
 
