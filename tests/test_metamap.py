@@ -11,6 +11,7 @@ import apsw
 import orjson
 import pytest
 import trio
+from prometheus_client import generate_latest
 
 from trio_broker._core._commands import CommandRejected, GroupsSet, SetGroups
 from trio_broker._core._metadata import (
@@ -194,6 +195,11 @@ async def test_six_brokers_r3_each_host_half_the_groups_and_a_crash_loses_nothin
         cmap = cluster.brokers["b1"].host.meta.map
         assert cmap is not None and cmap.replication_factor == 3 and len(cmap.groups) == 6
         assert placed_counts(cluster) == dict.fromkeys(cluster.brokers, 3)
+        exposition = generate_latest(cluster.brokers["b2"].metrics.registry).decode()
+        metadata_group = cluster.brokers["b2"].cluster_id
+        labels = f'{{broker_id="B-000B2",cluster_id="{metadata_group}"}}'
+        assert f"trio_broker_groups_hosted{labels} 3.0" in exposition
+        assert f"trio_broker_cluster_map_version{labels} {float(cmap.version)}" in exposition
         for name, broker in cluster.brokers.items():
             assert broker.host.meta.map == cmap  # one map on every broker
             assert set(cluster.data_replicas(name)) == hosted_by_map(cmap, broker.broker_id)
