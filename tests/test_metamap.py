@@ -372,3 +372,78 @@ async def test_a_malformed_metadata_proposal_is_refused_and_changes_nothing(auto
         )
         result = await meta.propose(again)
         assert isinstance(result, CommandRejected) and meta.map == before
+
+
+@pytest.mark.trio
+async def test_a_group_grows_to_a_new_broker_through_the_seam(autojump_clock):
+    """What the balancer automates, step by step through the seam: founded on 2 brokers with
+    R = 3, each group has 2 voters; a third broker joins and is registered in the map; a
+    committed StartReplicaMove (source null) makes it open an empty replica of the group,
+    which the group's leader adds (as a learner, promoted once caught up); the leader's
+    report completes the move, and the new replica holds the group's queue."""
+    async with open_mock_cluster(2, groups=2, replication_factor=3) as cluster:
+        meta = cluster.brokers["b1"].host.meta
+        assert meta.map.settings.replication_factor == 3
+        assert all(len(r.voters) == 2 for r in meta.map.groups.values())
+        joiner = await cluster.start("b3")
+        with trio.fail_after(60):
+            await cluster.wait_until(
+                lambda: meta.map.broker(joiner.broker_id) is not None
+                and joiner.host.meta.map is not None
+                and joiner.host.meta.map.broker(joiner.broker_id) is not None
+            )
+        assert set(cluster.data_replicas("b3")) == set()  # registered, hosting nothing yet
+        group = sorted(meta.map.groups)[0]
+        leader = cluster.data_leaders()[group]
+        queue = (await answer_of(cluster, leader, {"operation": "CREATE_QUEUE"}))["queue_id"]
+        group = cluster_of_queue(queue)
+        leader = cluster.data_leaders()[group]
+        for value in range(3):
+            reply = await cluster.call(
+                leader, {"operation": "APPEND", "queue_name": queue, "data": value}
+            )
+            assert reply["status"] == "success"
+        result = await cluster.brokers["b2"].host.meta.propose(
+            StartReplicaMove(group, None, joiner.broker_id)
+        )
+        assert isinstance(result, MapChanged), result
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: group in cluster.data_replicas("b3"))
+        replica = cluster.replicas("b3")[group]
+        assert not replica.node.config.members  # empty: waits to be added
+        reply = await cluster.call(
+            leader,
+            {
+                "operation": "ADD_MEMBER",
+                "host": "127.0.0.1",
+                "port": cluster.ports["b3"],
+                "cluster_id": group,
+            },
+        )
+        assert reply["status"] == "success", reply
+
+        def grown() -> bool:
+            record = meta.map.groups[group]
+            return record.move is None and joiner.broker_id in record.voters
+
+        with trio.fail_after(60):
+            await cluster.wait_until(grown)
+        assert len(meta.map.groups[group].voters) == 3
+        await cluster.wait_until(
+            lambda: len(cluster.group_stores[("b3", group)].messages(queue)) == 3
+        )
+        held = cluster.group_stores[("b3", group)].messages(queue)
+        assert [orjson.loads(v) for v in held] == [0, 1, 2]
+
+
+async def answer_of(cluster, name, request):
+    """One request to broker ``name``, following NOT_LEADER hints."""
+    for _ in range(50):
+        reply = await cluster.call(name, request)
+        if reply.get("code") in ("NOT_LEADER", "UNAVAILABLE"):
+            names = {b.broker_id: n for n, b in cluster.brokers.items()}
+            name = names.get(reply.get("leader_id"), name)
+            await trio.sleep(0.2)
+            continue
+        return reply
+    raise AssertionError(f"no answer to {request}: {reply}")
