@@ -388,9 +388,11 @@ async def test_a_group_grows_to_a_new_broker_through_the_seam(autojump_clock):
         joiner = await cluster.start("b3")
         with trio.fail_after(60):
             await cluster.wait_until(
-                lambda: meta.map.broker(joiner.broker_id) is not None
-                and joiner.host.meta.map is not None
-                and joiner.host.meta.map.broker(joiner.broker_id) is not None
+                lambda: (
+                    meta.map.broker(joiner.broker_id) is not None
+                    and joiner.host.meta.map is not None
+                    and joiner.host.meta.map.broker(joiner.broker_id) is not None
+                )
             )
         assert set(cluster.data_replicas("b3")) == set()  # registered, hosting nothing yet
         group = sorted(meta.map.groups)[0]
