@@ -39,6 +39,7 @@ from trio_broker._protocol._entries import (
     payload_to_obj,
 )
 from trio_broker._runtime._metamap import hosted_by_map
+from trio_broker._runtime._status import RequestRates, read_status, table_rows
 from trio_broker._storage._queue_sql import apply_command, stored_groups, stored_map
 from trio_broker._storage._schema import upgrade
 from trio_broker.testing import open_mock_cluster
@@ -281,6 +282,14 @@ async def test_a_broker_not_hosting_a_group_names_its_leader(autojump_clock):
                 assert view["leader_id"] == ids[cluster.data_leaders()[group_id]], (name, view)
                 assert view["leader_port"] == cluster.ports[names[view["leader_id"]]]
                 assert view["voters"] == list(cmap.groups[group_id].voters)
+        # The outsider's status page lists every group, those it does not host from the map.
+        status = await read_status(
+            cluster.brokers[outsider], RequestRates(cluster.brokers[outsider])
+        )
+        rows = {r["group_id"]: r for r in table_rows(status, "groups")}
+        assert set(cmap.groups) <= set(rows)
+        assert rows[group]["hosted"] is False and rows[group]["voters"] == 2
+        assert rows[group]["leader_id"] == ids[leader]
         topology = await cluster.call(outsider, {"operation": "CLUSTER_QUERY", "cluster_id": group})
         assert topology["cluster_id"] == group and topology["self_role"] == "replica"
         assert topology["leader_id"] == ids[leader]
