@@ -66,7 +66,8 @@ async def test_a_joiner_learns_the_map_from_a_snapshot(tmp_path):
 async def test_a_stage_1_data_directory_keeps_every_group_on_every_broker(tmp_path):
     """A cluster founded with the stage-1 list (SET_GROUPS), restarted with today's default
     flags (a replication factor of 3, --groups again on the founder): it keeps its list, its
-    groups and their data, every broker hosting every group, and no map is founded."""
+    groups and their data, every broker hosting every group (a new one too), and no map is
+    founded."""
     values = {}
     with trio.fail_after(120):
         async with open_local_cluster(
@@ -98,6 +99,11 @@ async def test_a_stage_1_data_directory_keeps_every_group_on_every_broker(tmp_pa
                 assert broker.host.group_ids == group_ids
                 assert await broker._worker.run(broker._store.group_ids) == group_ids
                 assert sorted(broker.host.groups) == list(group_ids)
+            # A new broker joining with today's default flags hosts every group too.
+            newcomer = await cluster.start("b3")
+            await until(lambda: len(newcomer.host.groups) == 3)
+            assert newcomer.host.meta.map is None
+            assert sorted(newcomer.host.groups) == list(group_ids)
             # The list is still the stage-1 command's, applied again by the restart.
             entries = founder.driver.node.log.slice(1, founder.driver.node.log.last_index + 1)
             assert any(isinstance(e.payload, SetGroups) for e in entries)
