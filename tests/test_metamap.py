@@ -458,3 +458,34 @@ async def answer_of(cluster, name, request):
             continue
         return reply
     raise AssertionError(f"no answer to {request}: {reply}")
+
+
+def test_node_and_cluster_flags_for_the_replication_factor():
+    """``node --replication-factor R --founding-brokers K`` (``all``: every broker hosts every
+    group); out-of-range values are refused with the range in the message."""
+    import argparse
+
+    from trio_broker._cli._cluster import _replication_factor
+    from trio_broker._cli._node_options import SettingsError, add_arguments, resolve
+
+    def config_of(*argv: str):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return resolve(parser.parse_args(argv), environ={})[0]
+
+    defaults = config_of()
+    assert (defaults.replication_factor, defaults.founding_brokers) == (3, 1)
+    chosen = config_of("--groups", "6", "--replication-factor", "2", "--founding-brokers", "4")
+    assert (chosen.groups, chosen.replication_factor, chosen.founding_brokers) == (6, 2, 4)
+    assert config_of("--replication-factor", "all").replication_factor == 0
+    for argv, message in [
+        (("--replication-factor", "8"), "1 to 7 or 'all'"),
+        (("--replication-factor", "0"), "1 to 7 or 'all'"),
+        (("--founding-brokers", "0"), "1 to 1024"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            config_of(*argv)
+    assert _replication_factor("all") == 0 and _replication_factor("5") == 5
+    for bad in ("0", "8", "three"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _replication_factor(bad)
