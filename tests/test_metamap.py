@@ -218,14 +218,27 @@ async def test_six_brokers_r3_each_host_half_the_groups_and_a_crash_loses_nothin
         acknowledged = {q: [] for q in queues}
         await append_acknowledged(cluster, queues, 0, acknowledged)
         victim = next(n for n, count in sorted(led_counts(cluster).items()) if count)
+        victim_id = cluster.brokers[victim].broker_id
         await cluster.crash(victim)
         with trio.fail_after(60):
             await cluster.wait_until(lambda: all(cluster.data_leaders().values()))
+
+        # The metadata leader's failure detector: the map records the victim as down.
+        def down_in_the_map() -> list[str] | None:
+            """The brokers the metadata leader's map records as down (None: no leader)."""
+            for broker in cluster.brokers.values():
+                if broker.host.meta.is_leader:
+                    return [b for b, r in broker.host.meta.map.brokers.items() if not r.alive]
+            return None
+
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: down_in_the_map() == [victim_id])
         for value in range(1, 4):
             await append_acknowledged(cluster, queues, value, acknowledged)
         await cluster.restart(victim)
         with trio.fail_after(120):
             await wait_spread(cluster, 6)
+            await cluster.wait_until(lambda: down_in_the_map() == [])
         for value in range(4, 6):
             await append_acknowledged(cluster, queues, value, acknowledged)
 

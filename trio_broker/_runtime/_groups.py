@@ -61,6 +61,7 @@ from ._metamap import (
     hosted_by_map,
     register_brokers,
     report_replicas,
+    track_liveness,
 )
 
 if TYPE_CHECKING:
@@ -202,6 +203,7 @@ class GroupHost:
                     nursery.start_soon(keep_spread, broker, self)
                 return
             nursery.start_soon(register_brokers, primary, self.meta)
+            nursery.start_soon(track_liveness, primary, self.meta)
             nursery.start_soon(
                 self.meta.board.run, self.meta, lambda: set(self.groups) - {primary.cluster_id}
             )

@@ -43,7 +43,9 @@ the same initial voters (as a multi-node Raft bootstrap), so leadership is sprea
 start. ``cluster --nodes N`` passes ``founding_brokers = N``; a founder alone (the default, 1)
 places every group on itself and the replication factor is reached as brokers join (by the
 balancer's moves). Brokers that join after founding are registered in the map
-(``RegisterBroker``, :func:`register_brokers`, by the metadata leader).
+(``RegisterBroker``, :func:`register_brokers`, by the metadata leader), and the metadata
+leader records what its failure detector decides about each (``SetBrokerAlive``,
+:func:`track_liveness`), so ``alive`` in the map (what the balancer reads) follows it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from .._core._metadata import (
     MetadataResult,
     QueuePlaced,
     RegisterBroker,
+    SetBrokerAlive,
     SetGroupReplicas,
 )
 from .._core._placement import found_cluster
@@ -366,6 +369,43 @@ async def register_brokers(primary: Broker, meta: MetaMap) -> None:
             break  # (the map changed: look at the new one)
 
 
+async def track_liveness(primary: Broker, meta: MetaMap) -> None:
+    """On the metadata leader: a registered member whose failure detector verdict (active or
+    inactive, ``member_statuses``) differs from the map's ``alive`` on two checks in a row,
+    one failure timeout apart, is recorded (``SetBrokerAlive``): only a change of the verdict
+    is proposed, and a blip shorter than a check changes nothing."""
+    config = primary.config
+    pending: dict[str, bool] = {}
+    while True:
+        await trio.sleep(config.failure_timeout)
+        cmap = meta.map
+        node = primary.driver.node
+        if cmap is None or not node.is_leader:
+            pending = {}
+            continue
+        statuses = node.member_statuses()
+        seen: dict[str, bool] = {}
+        for broker_id, record in sorted(cmap.brokers.items()):
+            view = statuses.get(broker_id)
+            if view is None:
+                continue  # no longer a member of the metadata group: left as it is
+            alive = view.status == "active"
+            if alive == record.alive:
+                continue
+            if pending.get(broker_id) != alive:
+                seen[broker_id] = alive
+                continue
+            result = await meta.propose(SetBrokerAlive(broker_id, alive))
+            log_event(
+                logging.INFO if isinstance(result, MapChanged) else logging.WARNING,
+                "groups.broker_alive",
+                broker=broker_id,
+                alive=alive,
+                result=getattr(result, "message", "done"),
+            )
+        pending = seen
+
+
 async def report_replicas(replica: Broker, meta: MetaMap) -> None:
     """On a group's leader: after each committed change of its membership, report the
     committed voters and learners to the metadata group (``SetGroupReplicas``); the map
@@ -502,4 +542,5 @@ __all__ = [
     "propose_here",
     "register_brokers",
     "report_replicas",
+    "track_liveness",
 ]
