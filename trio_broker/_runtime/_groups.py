@@ -158,7 +158,7 @@ class GroupHost:
 
     @property
     def several(self) -> bool:
-        return len(self.groups) > 1 or self.meta.map is not None
+        return len(self.groups) > 1 or self.meta.map is not None or self.meta.founding
 
     def _hosted_leaders(self) -> dict[str, str | None]:
         return {g: b.driver.node.leader_id for g, b in self.groups.items() if b is not self.primary}
@@ -188,6 +188,7 @@ class GroupHost:
                     if primary.node.config.members == {primary.broker_id}:
                         await self._found()
                 elif primary.queue_count == 0:
+                    self.meta.founding = True  # (from now on: no queue before the groups)
                     nursery.start_soon(found_map, primary, self.meta, self._founding)
             while not self.listed and self.meta.map is None:
                 await self._wake.wait()

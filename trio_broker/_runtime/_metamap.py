@@ -119,6 +119,9 @@ class MetaMap:
         self.board = LeaderBoard(primary)
         self.hosted_leaders: Callable[[], Mapping[str, str | None]] = dict
         """The leaders of the groups hosted here (set by the host)."""
+        self.founding = False
+        """This broker is founding the map (waiting for its founding brokers): queues are
+        created once the groups exist."""
 
     @property
     def is_leader(self) -> bool:
@@ -283,8 +286,16 @@ async def found_map(primary: Broker, meta: MetaMap, groups: int) -> None:
     """The founder: once ``founding_brokers`` brokers vote in the metadata group and their
     addresses are known, place ``groups`` new groups over them (``FoundCluster``); retried
     until the map is founded (by this or an earlier attempt)."""
+    wanted = primary.config.founding_brokers
+    meta.founding = True
+    try:
+        await _found_map(primary, meta, groups, wanted)
+    finally:
+        meta.founding = False
+
+
+async def _found_map(primary: Broker, meta: MetaMap, groups: int, wanted: int) -> None:
     config = primary.config
-    wanted = config.founding_brokers
     told = False
     while meta.map is None:
         voters = sorted(primary.driver.node.config.voters)
