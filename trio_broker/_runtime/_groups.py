@@ -54,6 +54,7 @@ from ._answer import Answer
 from ._connections import Session
 from ._group_routing import GroupRouting, named_group
 from ._log import log_event
+from ._membership import IdentityMismatch
 from ._metamap import (
     MetaMap,
     found_map,
@@ -283,6 +284,14 @@ class GroupHost:
                     if identity is None:
                         identity = await worker.run(
                             store.init_identity, primary.broker_id, group_id
+                        )
+                    elif (identity.broker_id, identity.cluster_id) != (
+                        primary.broker_id,
+                        group_id,
+                    ):
+                        raise IdentityMismatch(
+                            f"data directory {path} holds broker {identity.broker_id} of "
+                            f"group {identity.cluster_id}, not {primary.broker_id} of {group_id}"
                         )
                     state = await worker.run(store.raft_state)
                     configured = state.snapshot_config is not None or any(
