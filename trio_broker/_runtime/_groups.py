@@ -298,11 +298,13 @@ class GroupHost:
                         isinstance(e.payload, ConfigEntry) for e in state.entries
                     )
                     record = None if self.meta.map is None else self.meta.map.group(group_id)
-                    if (
+                    founding = (
                         not configured
                         and record is not None
                         and founding_voter(record, primary.broker_id)
-                    ):
+                    )
+                    if founding:
+                        assert record is not None
                         await worker.run(store.bootstrap, Config(voters=frozenset(record.voters)))
                     broker = await self._make_broker(config, identity, store, worker)
                     if self.meta.map is not None:
@@ -322,7 +324,8 @@ class GroupHost:
                             "groups.replica_open",
                             broker_id=broker.broker_id,
                             group=group_id,
-                            founding=not configured and record is not None,
+                            founding=founding,
+                            waits_to_be_added=not configured and not founding,
                         )
                         services.start_soon(keep_spread, broker, self)
                         services.start_soon(report_replicas, broker, self.meta)
