@@ -324,8 +324,9 @@ async def _found_map(primary: Broker, meta: MetaMap, groups: int, wanted: int) -
                 "groups.replication_bounded",
                 replication_factor=factor,
                 brokers=len(brokers),
-                reason=f"each group starts on the {len(brokers)} broker(s) known at founding "
-                f"and grows to {factor} replicas as brokers join",
+                reason=f"each group starts on the {len(brokers)} broker(s) known at founding; "
+                f"the cluster keeps {factor}, which replica moves (the balancer) reach as "
+                "brokers join (--founding-brokers waits for them instead)",
             )
         group_ids: list[str] = []
         while len(group_ids) < groups:
