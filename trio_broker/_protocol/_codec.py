@@ -48,6 +48,7 @@ OPERATIONS: dict[str, type] = {
     "TRANSFER_LEADERSHIP": m.TransferLeadership,
     "SNAPSHOT": m.TakeSnapshot,
     "ADD_MEMBER": m.AddMember,
+    "METADATA_PROPOSE": m.ProposeMetadata,
     # Work queues and the queue lifecycle (docs/protocol.md, "Work queues").
     **m.WORK_OPERATIONS,
 }

@@ -348,6 +348,19 @@ class AddMember:
     cluster_id: str | None = None
 
 
+@attrs.frozen
+class ProposeMetadata:
+    """Broker to broker: commit a command of the metadata group (``command``, a log payload
+    object such as ``{"type": "GROUP_REPLICAS", ...}``) in the cluster group's log; any member
+    passes it on to the cluster group's leader. Sent by a group's leader to report its
+    committed membership (docs/replication.md, "The metadata group"). Answered ``success``
+    once applied, or the refusal's error envelope (its code: ``STALE_REPORT``,
+    ``BAD_REQUEST``, ...)."""
+
+    command: Any
+    cluster_id: str | None = None
+
+
 ADMIN_REQUESTS: tuple[type, ...] = (RemoveMember, TransferLeadership, TakeSnapshot, AddMember)
 """The operator's requests (they change the membership, the leadership or the log)."""
 
@@ -366,7 +379,13 @@ class Auth:
     token: str | None = None
 
 
-PRIVILEGED_REQUESTS: tuple[type, ...] = (PeerHello, JoinCluster, DataSyncRequest, *ADMIN_REQUESTS)
+PRIVILEGED_REQUESTS: tuple[type, ...] = (
+    PeerHello,
+    JoinCluster,
+    DataSyncRequest,
+    ProposeMetadata,
+    *ADMIN_REQUESTS,
+)
 """Requests that only brokers (and operators) holding the cluster secret may send, when one is
 configured: they replicate, vote, change the membership or the leadership, compact the log or
 read a whole snapshot. Gating is membership in this tuple (docs/security.md); never served on
@@ -401,6 +420,7 @@ Request = (
     | TransferLeadership
     | TakeSnapshot
     | AddMember
+    | ProposeMetadata
 )
 
 
@@ -627,6 +647,16 @@ class PeerWelcome:
 
 
 @attrs.frozen
+class MetadataApplied:
+    """The answer to METADATA_PROPOSE: the map's version after the command, and for a
+    ``PLACE_QUEUE`` the queue's id and group."""
+
+    version: int
+    queue_id: str | None = None
+    group_id: str | None = None
+
+
+@attrs.frozen
 class Joined:
     cluster_id: str
     cluster_version: int
@@ -705,6 +735,7 @@ Response = (
     | RetentionChanged
     | Done
     | PeerWelcome
+    | MetadataApplied
     | Joined
     | SnapshotChunk
     | Challenge
