@@ -168,6 +168,11 @@ def test_the_operations_guide_works_as_written(shell):
     assert re.search(r"added B-\w{5} as a learner", seen)
     assert re.search(r"B-\w{5} leads \(term \d+\)", seen)
     assert "backed up broker" in seen and "restored cluster" in seen
+    # Several groups ("Size the replication groups"): a table per group, then leaders per
+    # broker; one line per group with its queue count; each group's series in the metrics.
+    assert re.search(r"6 groups; leaders per broker: (B-\w{5} \d, ){2}B-\w{5} \d", seen)
+    assert re.search(r"GROUP\s+LEADER\s+ADDRESS\s+VOTERS\s+LEARNERS\s+QUEUES", seen)
+    assert len(set(re.findall(r'trio_broker_commit_index\{.*cluster_id="(G-\w{5})"', seen))) == 6
     metrics = [o for b, o in outputs if "/metrics" in b]
     assert metrics and "trio_broker_role" in metrics[0]
     # The recovered cluster serves the backed-up queue.

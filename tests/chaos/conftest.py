@@ -9,8 +9,12 @@ anywhere.)
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 
 import pytest
+
+from trio_broker.testing._netns import NetnsLab, NetnsUnavailable
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,3 +43,21 @@ def chaos_enabled(config: pytest.Config) -> bool:
 def _chaos_only_on_request(request: pytest.FixtureRequest) -> None:
     if not chaos_enabled(request.config):
         pytest.skip("chaos suite: run with --chaos or TRIO_BROKER_CHAOS=1")
+
+
+@pytest.fixture
+def lab() -> Iterator[NetnsLab]:
+    """Three broker namespaces plugged into a hub (``testing/_netns.py``), torn down after the
+    test; skipped when this machine or user cannot make network namespaces."""
+    lab = NetnsLab(3)
+    try:
+        lab.open()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"network namespaces unavailable: {exc}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"could not build the network namespaces: {exc}")
+    try:
+        yield lab
+    finally:
+        lab.close()
+        assert not lab.leftovers(), f"namespaces left behind: {lab.leftovers()}"

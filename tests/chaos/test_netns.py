@@ -26,14 +26,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 import trio
 
-from trio_broker.testing._netns import NetnsLab, NetnsUnavailable
+from trio_broker.testing._netns import NetnsLab
 
 pytestmark = pytest.mark.chaos
 
@@ -57,22 +57,6 @@ READY_RE = re.compile(r"^trio_broker node (?P<broker_id>B-[A-Z0-9]{5}) of cluste
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}] {message}")
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    lab = NetnsLab(3)
-    try:
-        lab.open()
-    except NetnsUnavailable as exc:
-        pytest.skip(f"network namespaces unavailable: {exc}")
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"could not build the network namespaces: {exc}")
-    try:
-        yield lab
-    finally:
-        lab.close()
-        assert not lab.leftovers(), f"namespaces left behind: {lab.leftovers()}"
 
 
 def _log_file(path: Path) -> BinaryIO:
@@ -134,13 +118,16 @@ class Cluster:
             args += ["--seed", broker.address]
         return args
 
-    async def start(self, broker: Broker, seed: Broker | None) -> None:
+    async def start(self, broker: Broker, seed: Broker | None, *extra: str) -> None:
+        """Start (or restart, from its data) ``broker``, joining through ``seed`` if given, with
+        ``extra`` node flags; returns once it printed its ready line."""
         command = [
             sys.executable,
             *("-m", "trio_broker", "node"),
             *("--host", broker.host, "--port", str(PORT), "--data-dir", str(broker.data_dir)),
             *("--heartbeat-interval", str(HEARTBEAT), "--failure-timeout", str(FAILURE_TIMEOUT)),
             *(("--seed", seed.address) if seed else ()),
+            *extra,
         ]
         with _log_file(broker.stdout_path) as out, _log_file(broker.stderr_path) as err:
             broker.process = await trio.lowlevel.open_process(

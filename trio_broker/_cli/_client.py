@@ -27,8 +27,9 @@ from .._errors import BrokerError
 from .._ids import new_client_id
 from .._protocol import converter, dumps_value
 from .._protocol._messages import ForgetPositionRequest, MessageBatch, Read, SeekRequest
-from ..client import BrokerUnreachableError, Client, Retention, Topology, connect
+from ..client import BrokerUnreachableError, Client, Retention, connect
 from ._client_args import CLIENT_ID_ENV, add_client_parser
+from ._client_groups import format_topology, groups_command, status_command
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from ._reach import SETTLE, Reached, answers_cluster_query, ask_every_seed, topology_of
 from ._seeds import SEEDS_ENV, client_seeds, format_seed, parse_seed
@@ -186,17 +187,6 @@ def _json(value: Any) -> str:
     return dumps_value(value).decode()
 
 
-async def _status(client: Client, args: argparse.Namespace) -> int:
-    topologies = [
-        await client.cluster_query(cluster_id=cid, details=True) for cid in client.clusters
-    ]
-    if args.json:
-        _out(_json({"clusters": [_topology_json(t) for t in topologies]}))
-    else:
-        _out("\n\n".join(format_topology(t) for t in topologies))
-    return EXIT_OK
-
-
 async def _health(
     seeds: list[tuple[str, int]],
     security: dict[str, Any],
@@ -236,50 +226,6 @@ async def _health(
     else:
         _err(f"{report['broker_id']} in {report['cluster_id']} knows no leader")
     return EXIT_OK if healthy else EXIT_ERROR
-
-
-def _topology_json(topology: Topology) -> dict[str, Any]:
-    return {
-        "cluster_id": topology.cluster_id,
-        "cluster_version": topology.cluster_version,
-        "leader": topology.leader.broker_id if topology.leader else None,
-        "brokers": [
-            {
-                "broker_id": b.broker_id,
-                "host": b.host,
-                "port": b.port,
-                "role": b.role,
-                "status": b.status,
-                "membership": b.membership,
-                "lag": b.lag,
-            }
-            for b in topology.brokers
-        ],
-    }
-
-
-def format_topology(topology: Topology) -> str:
-    """A cluster as a heading and an aligned table of its brokers."""
-    leader = topology.leader.broker_id if topology.leader else "none (election in progress?)"
-    heading = f"cluster {topology.cluster_id}  version {topology.cluster_version}  leader {leader}"
-    rows = [("BROKER", "ADDRESS", "ROLE", "STATUS", "MEMBERSHIP", "LAG")]
-    rows += [
-        (
-            b.broker_id,
-            f"{b.host}:{b.port}",
-            b.role,
-            b.status,
-            b.membership or "-",
-            "-" if b.lag is None else str(b.lag),
-        )
-        for b in topology.brokers
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    return "\n".join([heading, *lines])
 
 
 def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -584,8 +530,9 @@ MAX_QUEUE_PAGES = 100
 """The CLI lists at most 100,000 queues (100 pages)."""
 
 _COMMANDS = {
-    "status": _status,
+    "status": status_command,
     "queues": _queues,
+    "groups": groups_command,
     "remove-member": _remove_member,
     "add-member": _add_member,
     "transfer-leader": _transfer_leader,

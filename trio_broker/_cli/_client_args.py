@@ -115,7 +115,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``client`` sub-command on an argparse subparsers object."""
     client = subparsers.add_parser(
         "client",
-        help="talk to brokers: status, health, queues, create-queue, delete-queue, "
+        help="talk to brokers: status, health, groups, queues, create-queue, delete-queue, "
         "set-retention, append, read, consume, ack, nack, add-member, remove-member, "
         "transfer-leader, snapshot",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
@@ -132,7 +132,13 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     commands.add_parser(
         "status",
         parents=[common],
-        help="show the brokers of the cluster(s), their roles and status",
+        help="show the brokers of the cluster(s), their roles and status; with several "
+        "replication groups, every group with its leader, voters and each replica's lag",
+    )
+    commands.add_parser(
+        "groups",
+        parents=[common],
+        help="list the replication groups: id, leader, voters, learners, queue count",
     )
     policy = argparse.ArgumentParser(add_help=False)
     policy.add_argument(

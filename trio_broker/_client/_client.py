@@ -148,7 +148,8 @@ class Client(WorkQueues):
                 if details and topology.leader is not None:
                     leader = (topology.leader.host, topology.leader.port)
                     with contextlib.suppress(NotSent, Lost, BrokerError):
-                        return await self._query(leader, details=True)
+                        # Named: a leader of several groups answers about the one asked for.
+                        return await self._query(leader, details=True, cluster_id=cid)
                 return topology
             attempt = await self._backoff(attempt)
 

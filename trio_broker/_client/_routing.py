@@ -291,8 +291,12 @@ class Router:
                     return found
             return found
 
-    async def _query(self, address: Address, details: bool = False) -> Topology:
-        frame = self._frame(ClusterQuery(client_id=self.client_id, details=details or None))
+    async def _query(
+        self, address: Address, details: bool = False, cluster_id: str | None = None
+    ) -> Topology:
+        frame = self._frame(
+            ClusterQuery(client_id=self.client_id, details=details or None, cluster_id=cluster_id)
+        )
         response = await self._exchange(address, frame)
         if response.get("status") == "error":
             raise error_from_wire(response)
