@@ -15,6 +15,7 @@ from trio_broker._errors import BrokerError
 from trio_broker._ids import cluster_of_queue
 from trio_broker._protocol import FrameDecoder, encode_frame, loads_object
 from trio_broker._protocol._consensus import encode_message
+from trio_broker._runtime._groups import EVERY_BROKER
 from trio_broker._runtime._peer_mux import PeerMux
 from trio_broker.testing import open_local_cluster, open_mock_cluster
 
@@ -85,7 +86,7 @@ async def wait_replicated(cluster) -> None:
 async def test_four_groups_on_three_brokers_use_one_connection_per_pair_and_direction(
     autojump_clock,
 ):
-    async with open_mock_cluster(3, groups=4) as cluster:
+    async with open_mock_cluster(3, groups=4, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 4)
             await cluster.wait_until(lambda: shared_links_up(cluster, 4))
@@ -105,7 +106,7 @@ async def test_four_groups_on_three_brokers_use_one_connection_per_pair_and_dire
 
 @pytest.mark.trio
 async def test_shared_links_come_back_after_a_partition_and_a_crash(autojump_clock):
-    async with open_mock_cluster(3, groups=4) as cluster:
+    async with open_mock_cluster(3, groups=4, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 4)
         cluster.isolate("b3")
@@ -144,7 +145,7 @@ async def hello(cluster, name, fields, frames=()) -> dict:
 async def test_a_multiplexed_hello_is_welcomed_and_its_frames_reach_the_group_they_name(
     autojump_clock,
 ):
-    async with open_mock_cluster(2, groups=2) as cluster:
+    async with open_mock_cluster(2, groups=2, replication_factor=EVERY_BROKER) as cluster:
         home = cluster.brokers["b1"].cluster_id
         extra = next(g for g in cluster.replicas("b1") if g != home)
         # An older broker's hello: the answer of before, exactly.
@@ -173,7 +174,9 @@ async def test_a_multiplexed_hello_is_welcomed_and_its_frames_reach_the_group_th
 async def test_the_shared_link_proves_the_cluster_secret(autojump_clock, tmp_path):
     secret = tmp_path / "secret"
     secret.write_text(secrets.token_hex(32) + "\n")
-    async with open_mock_cluster(3, groups=2, cluster_secret_file=str(secret)) as cluster:
+    async with open_mock_cluster(
+        3, groups=2, cluster_secret_file=str(secret), replication_factor=EVERY_BROKER
+    ) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 2)
             await cluster.wait_until(lambda: shared_links_up(cluster, 2))
@@ -221,7 +224,12 @@ async def test_tls_and_the_cluster_secret_hold_on_the_shared_links_of_real_broke
     holds one TLS connection to each other broker, carrying every group, and every group
     replicates over them."""
     async with open_local_cluster(
-        tmp_path / "c", 3, groups=3, **tls, cluster_secret_file=secret_file
+        tmp_path / "c",
+        3,
+        groups=3,
+        **tls,
+        cluster_secret_file=secret_file,
+        replication_factor=EVERY_BROKER,
     ) as cluster:
         with trio.fail_after(60):
             leaders = await real_wait_spread(cluster, 3)
