@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trio_broker._core import _commands as cmd
-from trio_broker._errors import ProtocolError
+from trio_broker._errors import ErrorCode, ProtocolError
 from trio_broker._protocol import _messages as m
 from trio_broker._protocol._codec import (
     INT_MAX,
@@ -22,6 +22,7 @@ from trio_broker._protocol._codec import (
     MAX_ID_LENGTH,
     _has_long_digits,
     _key_ends,
+    appended_frame,
     converter,
     dumps_value,
     encode_response,
@@ -29,7 +30,10 @@ from trio_broker._protocol._codec import (
     response_to_dict,
     stored_value,
 )
-from trio_broker._runtime._answer import response_for
+from trio_broker._protocol._framing import encode_frame
+from trio_broker._runtime._answer import Answer, response_for
+from trio_broker._runtime._pending import PendingGroup
+from trio_broker._runtime._runs import RunAnswer
 
 JSON = st.recursive(
     st.none()
@@ -55,6 +59,33 @@ def test_an_append_answer_is_the_contracts_bytes(sequence_num, duplicate):
     assert encoded == general(response)
     expected = {"status": "success", "sequence_num": sequence_num}
     assert orjson.loads(encoded) == (expected | {"duplicate": True} if duplicate else expected)
+
+
+@given(SEQUENCE, st.booleans())
+def test_a_run_answer_writes_an_appended_frame_as_the_general_path(sequence_num, duplicate):
+    """The writer's frame of an appended message is the frame of its general answer; a
+    duplicate's answer (``"duplicate": true``) takes the general path."""
+    result = cmd.MessageAppended(sequence_num, duplicate)
+    group = PendingGroup(2)
+    answer = RunAnswer(group, 1)
+    assert answer.frame() is None  # not known yet
+    group.set(1, result)
+    general_frame = encode_frame(encode_response(response_for(result)))
+    assert answer.known() == response_for(result)
+    if duplicate:
+        assert answer.frame() is None
+    else:
+        assert answer.frame() == general_frame == appended_frame(sequence_num)
+
+
+def test_other_answers_have_no_frame_of_their_own():
+    """Every other result, and every other kind of answer, is encoded by the writer."""
+    group = PendingGroup(3)
+    group.set(0, cmd.PositionSet(7))
+    group.set(1, cmd.CommandRejected(ErrorCode.QUEUE_NOT_FOUND, "no such queue"))
+    group.set(2, None)
+    assert [RunAnswer(group, i).frame() for i in range(3)] == [None, None, None]
+    assert Answer(now=m.Appended(5)).frame() is None
 
 
 @given(SEQUENCE, JSON)

@@ -412,12 +412,16 @@ def response_to_dict(response: m.Response) -> dict[str, Any]:
     return {"status": "success", **body}
 
 
+_APPENDED = b'{"status":"success","sequence_num":%d}'
+"""An APPEND's answer as orjson writes it (``duplicate`` left out when false)."""
+
+
 def encode_response(response: m.Response | BrokerError) -> bytes:
     kind = type(response)
     if kind is m.Appended and not response.duplicate:  # type: ignore[union-attr]
         # The bytes orjson writes for this answer (tests/test_answer_encoding.py), without
         # building the object first: an APPEND's answer is the most frequent of all.
-        return b'{"status":"success","sequence_num":%d}' % response.sequence_num  # type: ignore[union-attr]
+        return _APPENDED % response.sequence_num  # type: ignore[union-attr]
     if kind is m.Message and response.headers is None:  # type: ignore[union-attr]
         return orjson.dumps(
             {
@@ -429,6 +433,15 @@ def encode_response(response: m.Response | BrokerError) -> bytes:
     if isinstance(response, BrokerError):
         return orjson.dumps(response.to_wire())
     return orjson.dumps(response_to_dict(response))
+
+
+def appended_frame(sequence_num: int) -> bytes:
+    """The whole frame of the answer to an APPEND that was not a duplicate: the bytes of
+    ``encode_frame(encode_response(Appended(sequence_num)))`` (tests/test_answer_encoding.py),
+    without the response object or the general encoder (docs/performance.md, "The leader's
+    request path")."""
+    body = _APPENDED % sequence_num
+    return len(body).to_bytes(4, "big") + body
 
 
 def dumps_value(value: Any) -> bytes:

@@ -455,17 +455,20 @@ class ConnectionServer:
             tally: dict[tuple[str, Any, float], int] = {}
             while answers and len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
                 operation, started, answer, held = answers[0]
-                response = answer.known()
-                if response is None:
-                    if out:
-                        break  # write what is known; then wait for this one
-                    response = await answer.response()
+                frame, code = answer.frame(), None  # (an appended message's: its bytes)
+                if frame is None:
+                    response = answer.known()
+                    if response is None:
+                        if out:
+                            break  # write what is known; then wait for this one
+                        response = await answer.response()
+                    if plaintext and isinstance(response, BrokerError):
+                        response = self._plaintext_hint(response)
+                    code = getattr(response, "code", None)
+                    frame = encode_frame(encode_response(response))
                 answers.popleft()
-                if plaintext and isinstance(response, BrokerError):
-                    response = self._plaintext_hint(response)
-                key = (operation, getattr(response, "code", None), started)
+                key = (operation, code, started)
                 tally[key] = tally.get(key, 0) + 1
-                frame = encode_frame(encode_response(response))
                 out.append(frame)
                 size += len(frame)
                 charged += held

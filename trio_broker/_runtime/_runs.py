@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
-from .._core._commands import CommandRejected
+from .._core._commands import CommandRejected, MessageAppended
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
+from .._protocol._codec import appended_frame
 from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
@@ -145,13 +146,27 @@ class Runs:
         else:
             for index, (slot, convert) in enumerate(zip(slots, converts, strict=True)):
                 answers[slot] = (
-                    GroupAnswer(group, index)
+                    RunAnswer(group, index)
                     if convert is None
                     else ConvertedAnswer(group, index, convert)
                 )
         commands.clear()
         slots.clear()
         converts.clear()
+
+
+class RunAnswer(GroupAnswer):
+    """The answer to a request of a run whose result is its answer (an append, ACK, SEEK):
+    a :class:`GroupAnswer` whose frame, for an appended message, is written straight from
+    its sequence number (no response object, no general encoder)."""
+
+    __slots__ = ()
+
+    def frame(self) -> bytes | None:
+        result = self._group.results[self._index]
+        if type(result) is MessageAppended and not result.duplicate:
+            return appended_frame(result.sequence_num)
+        return None
 
 
 class ConvertedAnswer(Answer):
