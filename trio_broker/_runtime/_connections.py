@@ -53,6 +53,7 @@ from .._protocol import (
 from .._protocol._codec import OPERATION_NAMES
 from ._answer import Answer
 from ._config import BrokerConfig
+from ._direct import DirectSocket
 from ._limits import (
     BufferBudget,
     DescriptorReserve,
@@ -236,14 +237,17 @@ class ConnectionServer:
         # for all connections (config.max_buffered_bytes).
         outbox = Outbox(self.budget.account())
         peer_closed = False
+        io = DirectSocket(stream) if type(stream) is trio.SocketStream else stream
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_answers, stream, outbox, session.plaintext)
+                nursery.start_soon(self._write_answers, io, outbox, session.plaintext)
                 try:
                     with trio.CancelScope() as reading:
                         self._readers.add(reading)
                         try:
-                            peer_closed = await self._read_requests(stream, peer, outbox, session)
+                            peer_closed = await self._read_requests(
+                                stream, io, peer, outbox, session
+                            )
                         finally:
                             self._readers.discard(reading)
                 finally:
@@ -254,9 +258,15 @@ class ConnectionServer:
             await _linger(stream)
 
     async def _read_requests(
-        self, stream: trio.abc.Stream, peer: str, outbox: Outbox, session: Session
+        self,
+        stream: trio.abc.Stream,
+        io: trio.abc.Stream | DirectSocket,
+        peer: str,
+        outbox: Outbox,
+        session: Session,
     ) -> bool:
         """Read and dispatch requests; True when the peer closed, False when we stopped.
+        ``io`` receives from ``stream`` (:class:`~._direct.DirectSocket` for a TCP stream).
 
         Every frame of one receive is decided before the next receive, and their answers
         queue in ``outbox`` in request order; the writer wakes once for them all, not once
@@ -303,9 +313,9 @@ class ConnectionServer:
                 if frame_began is None:
                     frame_began = trio.current_time()
                 with trio.move_on_at(frame_began + self.config.frame_timeout):
-                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    data = await io.receive_some(_RECEIVE_SIZE)
             else:  # between frames: no deadline, and no cancel scope to set up for none
-                data = await stream.receive_some(_RECEIVE_SIZE)
+                data = await io.receive_some(_RECEIVE_SIZE)
             if data is None:
                 log_event(
                     logging.WARNING,
@@ -436,7 +446,7 @@ class ConnectionServer:
         return True
 
     async def _write_answers(
-        self, stream: trio.abc.Stream, outbox: Outbox, plaintext: bool
+        self, stream: trio.abc.Stream | DirectSocket, outbox: Outbox, plaintext: bool
     ) -> None:
         """Write answers in request order as soon as they are known: every answer known at
         that moment (up to a bound) in one ``send_all``. Their bytes are charged to the budget
