@@ -129,3 +129,21 @@ async def test_receives_that_find_data_checkpoint_every_so_often():
                 got += 1
         assert scope.cancelled_caught
         assert got == MAX_DIRECT  # the first receive above counted in the streak
+
+
+async def test_after_a_read_that_emptied_the_socket_the_next_waits_first():
+    """A read that took less than it asked for left nothing: the next receive waits for the
+    socket before reading (no read that finds nothing), and still returns what comes."""
+    async with _pair() as (client, server):
+        direct = DirectSocket(server)
+        await client.send_all(b"abc")
+        with trio.fail_after(DEADLINE):
+            assert await _receive_exactly(direct, 3) == b"abc"
+        await client.send_all(b"def")
+        await trio.sleep(0.1)  # (it has arrived: a read would take it without a checkpoint)
+        with trio.CancelScope() as scope:  # a wait comes first, and checkpoints: cancelled
+            scope.cancel()
+            await direct.receive_some(100)
+        assert scope.cancelled_caught
+        with trio.fail_after(DEADLINE):
+            assert await _receive_exactly(direct, 3) == b"def"
