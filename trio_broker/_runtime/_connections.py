@@ -56,6 +56,7 @@ from .._protocol import (
 from .._protocol._codec import OPERATION_NAMES
 from ._answer import Answer
 from ._config import BrokerConfig
+from ._direct import AVAILABLE as DIRECT_SOCKETS
 from ._direct import DirectSocket
 from ._limits import (
     BufferBudget,
@@ -240,7 +241,8 @@ class ConnectionServer:
         # for all connections (config.max_buffered_bytes).
         outbox = Outbox(self.budget.account())
         peer_closed = False
-        io = DirectSocket(stream) if type(stream) is trio.SocketStream else stream
+        direct = DIRECT_SOCKETS and type(stream) is trio.SocketStream
+        io = DirectSocket(stream) if direct else stream  # type: ignore[arg-type]
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_answers, io, outbox, session.plaintext)

@@ -27,6 +27,8 @@ import trio
 
 MAX_DIRECT = 16
 """Receives in a row completed without yielding, at most, before one that checkpoints."""
+AVAILABLE = os.name == "posix"
+"""A socket is a file descriptor that ``os.read`` and ``os.write`` take (not on Windows)."""
 
 
 class DirectSocket:
