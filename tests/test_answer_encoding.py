@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trio_broker._core import _commands as cmd
+from trio_broker._core import _work_commands as work
 from trio_broker._errors import ErrorCode, ProtocolError
 from trio_broker._protocol import _messages as m
 from trio_broker._protocol._codec import (
@@ -34,7 +35,8 @@ from trio_broker._protocol._codec import (
 from trio_broker._protocol._framing import encode_frame
 from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._pending import PendingGroup
-from trio_broker._runtime._runs import RunAnswer
+from trio_broker._runtime._runs import ConvertedAnswer, RunAnswer
+from trio_broker._runtime._work import appended_answer, read_answer
 
 JSON = st.recursive(
     st.none()
@@ -77,6 +79,42 @@ def test_a_run_answer_writes_an_appended_frame_as_the_general_path(sequence_num,
         assert answer.frame() is None
     else:
         assert answer.frame() == general_frame == appended_frame(sequence_num)
+
+
+@given(SEQUENCE, JSON)
+def test_a_read_answer_writes_its_message_frame_as_the_general_path(sequence_num, value):
+    """The writer's frame of a single-message READ is the frame of its general answer, for a
+    message (its stored bytes embedded as they are) and for no message."""
+    group = PendingGroup(2)
+    message, empty = (ConvertedAnswer(group, i, read_answer) for i in range(2))
+    assert message.frame() is None  # not known yet
+    results = [cmd.MessageRead(sequence_num, dumps_value(value)), cmd.MessageRead(None, None)]
+    for index, result in enumerate(results):
+        group.set(index, result)
+    for answer, result in zip((message, empty), results, strict=True):
+        assert answer.frame() == encode_frame(encode_response(response_for(result)))
+        assert encode_response(answer.known()) == encode_response(response_for(result))
+    assert orjson.loads(message.frame()[4:]) == {  # type: ignore[index]
+        "status": "success",
+        "sequence_num": sequence_num,
+        "data": orjson.loads(dumps_value(value)),
+    }
+
+
+def test_other_converted_answers_have_no_frame_of_their_own():
+    """A READ of the messages form, an append with headers, a refusal: the general path."""
+    group = PendingGroup(3)
+    group.set(0, cmd.MessagesRead([(3, b'"x"')]))
+    group.set(1, cmd.CommandRejected(ErrorCode.QUEUE_NOT_FOUND, "no such queue"))
+    group.set(2, work.Published(9, 1))
+    request = m.Append("Q-AAAAABBBBB", "x", headers={"a": "b"})
+    answers = [
+        ConvertedAnswer(group, 0, read_answer),
+        ConvertedAnswer(group, 1, read_answer),
+        ConvertedAnswer(group, 2, appended_answer(request)),
+    ]
+    assert [a.frame() for a in answers] == [None, None, None]
+    assert all(a.known() is not None for a in answers)
 
 
 def test_other_answers_have_no_frame_of_their_own():

@@ -450,6 +450,24 @@ def appended_frame(sequence_num: int) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+_MESSAGE = b'{"status":"success","sequence_num":%d,"data":%b}'
+_NO_MESSAGES_FRAME = (
+    len(b'{"status":"success","message":"no_messages"}').to_bytes(4, "big")
+    + b'{"status":"success","message":"no_messages"}'
+)
+
+
+def message_frame(sequence_num: int | None, data: bytes | None) -> bytes:
+    """The whole frame of a single-message READ's answer: the message (``data``, the value's
+    stored JSON bytes, embedded as they are) or, with ``sequence_num`` None, no message. The
+    bytes ``encode_frame(encode_response(...))`` writes for ``Message`` (without headers) and
+    ``NoMessages`` (tests/test_answer_encoding.py)."""
+    if sequence_num is None:
+        return _NO_MESSAGES_FRAME
+    body = _MESSAGE % (sequence_num, data)
+    return len(body).to_bytes(4, "big") + body
+
+
 def dumps_value(value: Any) -> bytes:
     """A JSON value as the bytes the broker stores (and keeps in its in-memory log).
 
