@@ -181,14 +181,17 @@ def test_an_append_decodes_as_the_converter_decodes_it(fields, extra):
 
 
 @settings(max_examples=300)
-@given(IDS, JSON, st.sampled_from(["APPEND", "READ", "append", 7, None]))
-def test_three_field_appends_decode_as_the_converter_decodes_them(queue, data, operation):
-    """The frame path's own check of an APPEND of the original contract's three fields (and
-    of objects that only look like one) decides as the general path does."""
+@given(IDS, IDS, JSON, st.sampled_from(["APPEND", "READ", "append", 7, None]))
+def test_three_field_requests_decode_as_the_converter_decodes_them(queue, client, data, operation):
+    """The frame path's own check of an APPEND or a READ of the original contract's three
+    fields (and of objects that only look like one) decides as the general path does."""
     for obj in (
         {"operation": operation, "queue_name": queue, "data": data},
         {"queue_name": queue, "data": data, "operation": operation},
         {"operation": operation, "queue_name": queue, "ttl": data},
+        {"operation": operation, "queue_name": queue, "client_id": client},
+        {"client_id": client, "operation": operation, "queue_name": queue},
+        {"operation": operation, "client_id": client, "mode": data},
     ):
         try:
             expected: Any = request_from_dict(obj)
