@@ -48,6 +48,9 @@ OPERATIONS: dict[str, type] = {
     "TRANSFER_LEADERSHIP": m.TransferLeadership,
     "SNAPSHOT": m.TakeSnapshot,
     "ADD_MEMBER": m.AddMember,
+    # The balancer (docs/protocol.md, "Balancer operations").
+    "REBALANCE": m.Rebalance,
+    "DRAIN_BROKER": m.DrainBroker,
     # Work queues and the queue lifecycle (docs/protocol.md, "Work queues").
     **m.WORK_OPERATIONS,
 }
