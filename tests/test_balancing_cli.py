@@ -17,7 +17,7 @@ from trio_broker._core._metadata import (
     MapChanged,
     RegisterBroker,
 )
-from trio_broker._runtime import BrokerConfig, open_broker
+from trio_broker._runtime import BrokerConfig, _balancing, open_broker
 from trio_broker._runtime._balancing import Balancing, BalancingSettings, RemoteGroups
 
 NEWCOMER = "B-ZZZZZ"
@@ -118,3 +118,22 @@ async def test_drain_then_rebalance_move_the_replica_away_a_step_a_round(balance
     assert out == f"{broker.broker_id} stays (holds 1 replica(s))\n"
     status, out, err = await cli(*seed(broker), "drain", "B-NOONE")
     assert status == 1 and "BAD_REQUEST" in err and "B-NOONE" in err
+
+
+async def test_the_metadata_seam_adapter_reads_the_leaders_failure_detector(balanced_broker):
+    broker = balanced_broker
+    source = broker.balancing.source
+
+    class Meta:
+        map = source.map
+        is_leader = True
+
+        async def propose(self, command):
+            return await source.propose(command)
+
+    adapter = _balancing.MetaMapSource(Meta(), broker.driver)
+    assert adapter.is_metadata_leader() and adapter.cluster_map() is source.map
+    assert adapter.verdicts() == {broker.broker_id: True}
+    Meta.map = None
+    assert not adapter.is_metadata_leader()
+    assert adapter.cluster_map().settings is None

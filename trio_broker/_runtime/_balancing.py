@@ -477,6 +477,46 @@ async def keep_reported(
         await replica.driver.wait_changed()
 
 
+# -- the metadata group's seam ----------------------------------------------------------------
+
+
+class MetaMapLike(Protocol):
+    """What :class:`MetaMapSource` reads of the metadata group's seam (``_metamap.MetaMap``)."""
+
+    @property
+    def map(self) -> ClusterMap | None: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def propose(self, command: Any) -> MetadataResult | BrokerError: ...
+
+
+class MetaMapSource:
+    """:class:`MapSource` over the metadata group: the map its broker last loaded, proposals
+    through its log, and the failure detector of its consensus core (on its leader, the
+    verdict of each member: ``active`` or not)."""
+
+    def __init__(self, meta: MetaMapLike, driver: Any) -> None:
+        self.meta = meta
+        self.driver = driver
+
+    def is_metadata_leader(self) -> bool:
+        return self.meta.is_leader and self.meta.map is not None
+
+    def cluster_map(self) -> ClusterMap:
+        return self.meta.map or ClusterMap()
+
+    async def propose(self, command: MetadataCommand) -> MetadataResult | BrokerError:
+        return await self.meta.propose(command)
+
+    def verdicts(self) -> Mapping[str, bool]:
+        node = self.driver.node
+        if not node.is_leader:
+            return {}
+        return {m: view.status == "active" for m, view in node.member_statuses().items()}
+
+
 # -- group actions as requests to the groups' leaders ----------------------------------------
 
 
@@ -611,6 +651,7 @@ __all__ = [
     "BalancingSettings",
     "GroupActions",
     "MapSource",
+    "MetaMapSource",
     "RemoteGroups",
     "describe",
     "drain",
