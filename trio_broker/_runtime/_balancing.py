@@ -51,6 +51,7 @@ from .._core._metadata import (
     SetGroupReplicas,
     SetPreferredLeader,
     StartReplicaMove,
+    UnregisterBroker,
 )
 from .._core._placement import (
     AddLearner,
@@ -251,6 +252,7 @@ class Balancing:
             if cmap.settings is None:
                 return Rebalanced(map_version=cmap.version, moves=[])
             await self._report_verdicts(cmap)
+            await self._unregister_drained(self.source.cluster_map())
             cmap = self.source.cluster_map()
             leaders: dict[str, str | None] = {}
             with trio.move_on_after(self.settings.observe_deadline):
@@ -306,6 +308,29 @@ class Balancing:
                 )
             else:
                 log_event(logging.INFO, "balancer.liveness", broker=broker_id, alive=verdict)
+
+    async def _unregister_drained(self, cmap: ClusterMap) -> None:
+        """``UnregisterBroker`` for each draining broker that holds nothing any more and is
+        no longer a member of the metadata group (the operator removed it): the map forgets
+        it. (The map refuses while it still holds a replica or a move names it.)"""
+        members = self.source.verdicts()
+        if not members:
+            return
+        for broker_id, record in sorted(cmap.brokers.items()):
+            if not record.draining or broker_id in members or cmap.groups_of(broker_id):
+                continue
+            if any(
+                r.move is not None and broker_id in (r.move.source, r.move.target)
+                for r in cmap.groups.values()
+            ):
+                continue
+            result = await self._propose(UnregisterBroker(broker_id))
+            log_event(
+                logging.INFO if isinstance(result, MapChanged) else logging.WARNING,
+                "balancer.unregistered",
+                broker=broker_id,
+                result=getattr(result, "message", "done"),
+            )
 
     async def _propose(self, command: MetadataCommand) -> MetadataResult | BrokerError:
         with trio.move_on_after(self.settings.action_deadline):
