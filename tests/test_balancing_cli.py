@@ -17,8 +17,9 @@ from trio_broker._core._metadata import (
     MapChanged,
     RegisterBroker,
 )
-from trio_broker._runtime import BrokerConfig, _balancing, open_broker
-from trio_broker._runtime._balancing import Balancing, BalancingSettings, RemoteGroups
+from trio_broker._runtime import BrokerConfig, open_broker
+from trio_broker._runtime._balancing import Balancing, BalancingSettings
+from trio_broker._runtime._balancing_seams import MetaMapSource, RemoteGroups
 
 NEWCOMER = "B-ZZZZZ"
 
@@ -131,7 +132,7 @@ async def test_the_metadata_seam_adapter_reads_the_leaders_failure_detector(bala
         async def propose(self, command):
             return await source.propose(command)
 
-    adapter = _balancing.MetaMapSource(Meta(), broker.driver)
+    adapter = MetaMapSource(Meta(), broker.driver)
     assert adapter.is_metadata_leader() and adapter.cluster_map() is source.map
     assert adapter.verdicts() == {broker.broker_id: True}
     Meta.map = None

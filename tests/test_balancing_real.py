@@ -1,9 +1,9 @@
 """The balancer's group actions and the group leaders' reports, on real brokers (a memory
-network under the mock clock): :class:`~trio_broker._runtime._balancing.RemoteGroups` asks a
+network under the mock clock): ``RemoteGroups`` (``_runtime/_balancing_seams.py``) asks a
 group's leader (or a replica, which forwards) to add a learner, remove a replica and transfer
-its leadership through the existing membership operations, and
-:func:`~trio_broker._runtime._balancing.keep_reported` reports each committed membership to the
-map. Every acknowledged write stays on every replica across the changes.
+its leadership through the existing membership operations, and ``keep_reported`` reports each
+committed membership to the map. Every acknowledged write stays on every replica across the
+changes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from trio_broker._core._placement import (
 )
 from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._ids import cluster_of_queue
-from trio_broker._runtime._balancing import WAITING, RemoteGroups, keep_reported
+from trio_broker._runtime._balancing import WAITING
+from trio_broker._runtime._balancing_seams import RemoteGroups, keep_reported
 from trio_broker.testing import open_mock_cluster
 from trio_broker.testing._memory_network import LOCALHOST
 

@@ -683,7 +683,6 @@ def test_admin_requests_decode_strictly_and_are_listed():
         TakeSnapshot,
         TransferLeadership,
     )
-
     from trio_broker._protocol._messages import DrainBroker, Rebalance
 
     assert set(ADMIN_REQUESTS) == {
