@@ -3,7 +3,8 @@ network under the mock clock): ``RemoteGroups`` (``_runtime/_balancing_seams.py`
 group's leader (or a replica, which forwards) to add a learner, remove a replica and transfer
 its leadership through the existing membership operations, and ``keep_reported`` reports each
 committed membership to the map. Every acknowledged write stays on every replica across the
-changes.
+changes. The clusters here host every group on every broker (``replication_factor=0``, the
+stage-1 list): no map of their own and no balancer acting beside the test.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def held(cluster, name: str, queue: str) -> list[int]:
 
 
 async def test_group_actions_reach_the_group_leader_and_every_write_stays(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=0) as cluster:
         reply = await answer_of(cluster, "b1", {"operation": "CREATE_QUEUE"})
         queue = reply["queue_id"]
         g = cluster_of_queue(queue)
@@ -149,7 +150,7 @@ async def test_group_actions_reach_the_group_leader_and_every_write_stays(autoju
 
 
 async def test_a_broker_that_cannot_be_reached_is_an_error_not_a_hang(autojump_clock):
-    async with open_mock_cluster(3, groups=2) as cluster:
+    async with open_mock_cluster(3, groups=2, replication_factor=0) as cluster:
         cmap = map_of(cluster)
         g = sorted(cmap.groups)[0]
         leader = cluster.group_leaders()[g]

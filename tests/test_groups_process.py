@@ -88,7 +88,10 @@ async def call_leader(ports: list[int], group: str, request: dict[str, Any]) -> 
 async def test_sigkill_of_a_broker_leading_several_groups_loses_nothing_acknowledged(
     nodes: Nodes, tmp_path: Path
 ):
-    first = await nodes.start_member(tmp_path / "b1", extra_args=[*FAST, "--groups", str(GROUPS)])
+    first = await nodes.start_member(
+        tmp_path / "b1",
+        extra_args=[*FAST, "--groups", str(GROUPS), "--founding-brokers", str(BROKERS)],
+    )
     started = [first]
     for i in range(2, BROKERS + 1):
         started.append(

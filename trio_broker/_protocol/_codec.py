@@ -48,6 +48,7 @@ OPERATIONS: dict[str, type] = {
     "TRANSFER_LEADERSHIP": m.TransferLeadership,
     "SNAPSHOT": m.TakeSnapshot,
     "ADD_MEMBER": m.AddMember,
+    "METADATA_PROPOSE": m.ProposeMetadata,
     # The balancer (docs/protocol.md, "Balancer operations").
     "REBALANCE": m.Rebalance,
     "DRAIN_BROKER": m.DrainBroker,

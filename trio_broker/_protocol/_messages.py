@@ -345,6 +345,19 @@ class AddMember:
 
 
 @attrs.frozen
+class ProposeMetadata:
+    """Broker to broker: commit a command of the metadata group (``command``, a log payload
+    object such as ``{"type": "GROUP_REPLICAS", ...}``) in the cluster group's log; any member
+    passes it on to the cluster group's leader. Sent by a group's leader to report its
+    committed membership (docs/replication.md, "The metadata group"). Answered ``success``
+    once applied, or the refusal's error envelope (its code: ``STALE_REPORT``,
+    ``BAD_REQUEST``, ...)."""
+
+    command: Any
+    cluster_id: str | None = None
+
+
+@attrs.frozen
 class Rebalance:
     """Operator command (docs/protocol.md, "Balancer operations"): the metadata group's leader
     runs one balancer round now and answers what it did (:class:`Rebalanced`); any broker
@@ -389,7 +402,13 @@ class Auth:
     token: str | None = None
 
 
-PRIVILEGED_REQUESTS: tuple[type, ...] = (PeerHello, JoinCluster, DataSyncRequest, *ADMIN_REQUESTS)
+PRIVILEGED_REQUESTS: tuple[type, ...] = (
+    PeerHello,
+    JoinCluster,
+    DataSyncRequest,
+    ProposeMetadata,
+    *ADMIN_REQUESTS,
+)
 """Requests that only brokers (and operators) holding the cluster secret may send, when one is
 configured: they replicate, vote, change the membership or the leadership, compact the log or
 read a whole snapshot. Gating is membership in this tuple (docs/security.md); never served on
@@ -426,6 +445,7 @@ Request = (
     | AddMember
     | Rebalance
     | DrainBroker
+    | ProposeMetadata
 )
 
 
@@ -643,6 +663,16 @@ class Done:
 
 
 @attrs.frozen
+class MetadataApplied:
+    """The answer to METADATA_PROPOSE: the map's version after the command, and for a
+    ``PLACE_QUEUE`` the queue's id and group."""
+
+    version: int
+    queue_id: str | None = None
+    group_id: str | None = None
+
+
+@attrs.frozen
 class Joined:
     cluster_id: str
     cluster_version: int
@@ -764,6 +794,7 @@ Response = (
     | QueueList
     | RetentionChanged
     | Done
+    | MetadataApplied
     | Joined
     | SnapshotChunk
     | Challenge

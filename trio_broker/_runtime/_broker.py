@@ -32,7 +32,7 @@ import trio
 from .. import _core
 from .._core import _work_commands as work
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import GroupsSet, RetentionPolicy, RetentionSet
+from .._core._commands import GroupsSet, MapCommand, RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
@@ -48,6 +48,7 @@ from .._protocol import (
     JoinCluster,
     ListQueues,
     PeerHello,
+    ProposeMetadata,
     Read,
     RemoveMember,
     Request,
@@ -71,6 +72,7 @@ from ._driver import RaftDriver
 from ._groups import GroupHost, GroupStorage, open_group_storage
 from ._log import log_event
 from ._membership import JoinFailed
+from ._metamap import propose_here
 from ._metrics import BrokerMetrics, serve_metrics
 from ._network import TCP, Network, TlsNetwork
 from ._operations import (
@@ -222,6 +224,9 @@ class Broker:
         if isinstance(result, GroupsSet):
             if self.host is not None:
                 self.host.note_groups(result.group_ids)
+        elif isinstance(payload, MapCommand):
+            if self.host is not None:
+                self.host.meta.note_applied()
         elif isinstance(payload, _core.SetBrokerAddress):
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
@@ -365,6 +370,7 @@ class Broker:
                     b.balancing, r, functools.partial(membership.forward_to_leader, b)
                 )
             ),
+            ProposeMetadata: self._privileged(propose_here),
             DataSyncRequest: self._privileged(
                 lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)
             ),
