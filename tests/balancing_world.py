@@ -87,6 +87,9 @@ class StandInMetadata:
         self.proposed.append(command)
         return self.map.apply(command)
 
+    async def wait_map(self, version: int) -> None:
+        assert self.map.version >= version  # (applied as proposed)
+
     def verdicts(self) -> dict[str, bool]:
         return {b: b in self.world.up for b in self.world.known}
 

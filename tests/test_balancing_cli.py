@@ -43,6 +43,9 @@ class OneBrokerMap:
         self.proposed.append(command)
         return self.map.apply(command)
 
+    async def wait_map(self, version: int) -> None:
+        assert self.map.version >= version  # (applied as proposed)
+
     def verdicts(self) -> dict[str, bool]:
         return {}
 
@@ -128,13 +131,28 @@ async def test_the_metadata_seam_adapter_reads_the_leaders_failure_detector(bala
     class Meta:
         map = source.map
         is_leader = True
+        changed = trio.Event()
 
         async def propose(self, command):
             return await source.propose(command)
 
-    adapter = MetaMapSource(Meta(), broker.driver)
+        async def wait_changed(self):
+            await self.changed.wait()
+
+    meta = Meta()
+    adapter = MetaMapSource(meta, broker.driver)
     assert adapter.is_metadata_leader() and adapter.cluster_map() is source.map
     assert adapter.verdicts() == {broker.broker_id: True}
+    # Waiting for a map version: at once when it is there, else until a newer map is loaded.
+    await adapter.wait_map(source.map.version)
+    with trio.move_on_after(1) as waited:
+        await adapter.wait_map(source.map.version + 1)
+    assert waited.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(adapter.wait_map, source.map.version + 1)
+        await trio.sleep(0.1)
+        await source.propose(RegisterBroker("B-YYYYY", "127.0.0.1", 2))
+        meta.changed.set()
     Meta.map = None
     assert not adapter.is_metadata_leader()
     assert adapter.cluster_map().settings is None

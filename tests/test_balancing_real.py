@@ -1,15 +1,14 @@
 """The balancer's group actions and the group leaders' reports, on real brokers (a memory
 network under the mock clock): ``RemoteGroups`` (``_runtime/_balancing_seams.py``) asks a
 group's leader (or a replica, which forwards) to add a learner, remove a replica and transfer
-its leadership through the existing membership operations, and ``keep_reported`` reports each
-committed membership to the map. Every acknowledged write stays on every replica across the
-changes. The clusters here host every group on every broker (``replication_factor=0``, the
-stage-1 list): no map of their own and no balancer acting beside the test.
+its leadership through the existing membership operations, and the group's leader reports
+each committed membership to the map (``report_replicas``, ``_runtime/_metamap.py``). Every
+acknowledged write stays on every replica across the changes. The clusters here host every
+group on every broker (``replication_factor=0``, the stage-1 list): no map of their own and no
+balancer acting beside the test.
 """
 
 from __future__ import annotations
-
-import functools
 
 import orjson
 import pytest
@@ -31,7 +30,8 @@ from trio_broker._core._placement import (
 from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime._balancing import WAITING
-from trio_broker._runtime._balancing_seams import RemoteGroups, keep_reported
+from trio_broker._runtime._balancing_seams import RemoteGroups
+from trio_broker._runtime._metamap import report_replicas
 from trio_broker.testing import open_mock_cluster
 from trio_broker.testing._memory_network import LOCALHOST
 
@@ -68,6 +68,20 @@ def map_of(cluster) -> ClusterMap:
     return cmap
 
 
+class StandInMeta:
+    """The metadata group's seam as ``report_replicas`` uses it, over one in-memory map."""
+
+    def __init__(self, cmap: ClusterMap) -> None:
+        self.map = cmap
+
+    async def propose(self, command):
+        await trio.sleep(0.01)
+        return self.map.apply(command)
+
+    async def wait_changed(self) -> None:
+        await trio.sleep_forever()
+
+
 def held(cluster, name: str, queue: str) -> list[int]:
     group = cluster_of_queue(queue)
     store = cluster.group_stores.get((name, group)) or cluster.stores[name]
@@ -91,17 +105,12 @@ async def test_group_actions_reach_the_group_leader_and_every_write_stays(autoju
             await append(value)
         cmap = map_of(cluster)
 
-        async def propose(command):
-            await trio.sleep(0.01)
-            return cmap.apply(command)
-
+        meta = StandInMeta(cmap)
         remote = RemoteGroups(cluster.brokers["b1"], deadline=6.0)
         async with trio.open_nursery() as nursery:
             for name in cluster.brokers:
                 replica = cluster.replicas(name)[g]
-                nursery.start_soon(
-                    functools.partial(keep_reported, replica, propose, retry_after=1)
-                )
+                nursery.start_soon(report_replicas, replica, meta)
             leaders = await remote.leaders(cmap)
             assert leaders == {
                 group: cluster.brokers[name].broker_id

@@ -106,6 +106,11 @@ class MapSource(Protocol):
         """The metadata leader's failure detector: each broker it watches -> alive."""
         ...
 
+    async def wait_map(self, version: int) -> None:
+        """Until :meth:`cluster_map` is at ``version`` or later (a command applied in the log
+        may reach this broker's map a moment later; unbounded: the caller bounds it)."""
+        ...
+
 
 class GroupActions(Protocol):
     """How the balancer observes the groups and asks their leaders to act."""
@@ -320,6 +325,12 @@ class Balancing:
                 result=getattr(result, "message", "done"),
             )
 
+    async def _wait_map(self, version: int) -> None:
+        """Until this broker's map includes what was applied up to ``version`` (bounded: a
+        map that lags only makes the next round propose what is refused as done)."""
+        with trio.move_on_after(self.settings.action_deadline):
+            await self.source.wait_map(version)
+
     async def _propose(self, command: MetadataCommand) -> MetadataResult | BrokerError:
         with trio.move_on_after(self.settings.action_deadline):
             return await self.source.propose(command)
@@ -346,10 +357,14 @@ class Balancing:
         """Metadata commands first, one after the other, then the group actions side by side
         (the plan gives each group at most one); the report in the plan's order."""
         outcomes: dict[int, MoveDone] = {}
+        applied = 0
         for i, move in enumerate(moves):
             if not isinstance(move, GROUP_ACTIONS):
                 result = await self._propose(move)
                 outcomes[i] = self._outcome(move, result)
+                if isinstance(result, MapChanged):
+                    applied = max(applied, result.version)
+        await self._wait_map(applied)
 
         async def one(i: int, action: GroupAction) -> None:
             outcomes[i] = self._outcome(
@@ -408,6 +423,8 @@ class Balancing:
         if isinstance(result, CommandRejected):
             return BrokerError(ErrorCode.BAD_REQUEST, result.message)
         log_event(logging.INFO, "balancer.draining", broker=broker_id, draining=draining)
+        if isinstance(result, MapChanged):
+            await self._wait_map(result.version)
         return self.drain_state(broker_id)
 
     def drain_state(self, broker_id: str) -> DrainState:

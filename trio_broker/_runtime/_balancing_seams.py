@@ -3,26 +3,22 @@
 :mod:`._balancing` runs the rounds against two small seams; this module implements them over
 the real thing: :class:`MetaMapSource` reads the metadata group (its map, its log, its leader's
 failure detector), :class:`RemoteGroups` observes the groups' leaders and asks them to act
-through the existing membership operations, and :func:`keep_reported` is the group leaders'
-side: each committed membership reported to the map.
+through the existing membership operations. (The group leaders' side, each committed
+membership reported to the map, is :func:`~._metamap.report_replicas`.)
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
 import trio
 
-from .._core._commands import CommandRejected
 from .._core._metadata import (
     ClusterMap,
-    MapChanged,
     MetadataCommand,
     MetadataResult,
-    SetGroupReplicas,
 )
 from .._core._placement import AddLearner, GroupAction, PromoteLearner, TransferLeader
 from .._errors import BrokerError, ErrorCode
@@ -36,72 +32,8 @@ from .._protocol import (
     RemoveMember,
     TransferLeadership,
 )
-from ._balancing import WAITING
+from ._balancing import WAITING, Balancing, BalancingSettings
 from ._dial import UNREACHABLE, unreachable_reason
-from ._log import log_event
-
-# -- the group leaders' side: reporting committed memberships --------------------------------
-
-
-class GroupReplica(Protocol):
-    """What :func:`keep_reported` reads of a group's replica (a :class:`~._broker.Broker`)."""
-
-    cluster_id: str
-
-    @property
-    def driver(self) -> Any: ...
-
-
-async def keep_reported(
-    replica: GroupReplica,
-    propose: Callable[[MetadataCommand], Awaitable[MetadataResult | BrokerError]],
-    *,
-    retry_after: float,
-) -> None:
-    """On the group's leader: after each committed membership change, ``SetGroupReplicas``
-    to the metadata group (a change not yet committed is never reported: it may be undone).
-    A refused report (STALE_REPORT: a newer one was applied) is not retried; one that could
-    not be proposed is, once per ``retry_after``. Runs until cancelled."""
-    reported = 0
-    warned = 0
-    while True:
-        node = replica.driver.node
-        config = node.config
-        if node.is_leader and node.config_committed and config.version > reported:
-            command = SetGroupReplicas(
-                group_id=replica.cluster_id,
-                voters=tuple(sorted(config.voters)),
-                learners=tuple(sorted(config.learners)),
-                config_version=config.version,
-            )
-            with trio.move_on_after(retry_after * 4):
-                result = await propose(command)
-                if isinstance(result, MapChanged | CommandRejected):
-                    reported = config.version
-                    if isinstance(result, MapChanged):
-                        log_event(
-                            logging.INFO,
-                            "balancer.replicas_reported",
-                            group=replica.cluster_id,
-                            voters=",".join(command.voters),
-                            learners=",".join(command.learners),
-                            config_version=config.version,
-                        )
-                    continue
-                if warned != config.version:  # (once per configuration)
-                    warned = config.version
-                    log_event(
-                        logging.WARNING,
-                        "balancer.replicas_not_reported",
-                        group=replica.cluster_id,
-                        config_version=config.version,
-                        reason=getattr(result, "message", repr(result)),
-                        retry_after=retry_after,
-                    )
-            await trio.sleep(retry_after)
-            continue
-        await replica.driver.wait_changed()
-
 
 # -- the metadata group's seam ----------------------------------------------------------------
 
@@ -116,6 +48,8 @@ class MetaMapLike(Protocol):
     def is_leader(self) -> bool: ...
 
     async def propose(self, command: Any) -> MetadataResult | BrokerError: ...
+
+    async def wait_changed(self) -> None: ...
 
 
 class MetaMapSource:
@@ -135,6 +69,10 @@ class MetaMapSource:
 
     async def propose(self, command: MetadataCommand) -> MetadataResult | BrokerError:
         return await self.meta.propose(command)
+
+    async def wait_map(self, version: int) -> None:
+        while self.meta.map is None or self.meta.map.version < version:
+            await self.meta.wait_changed()
 
     def verdicts(self) -> Mapping[str, bool]:
         node = self.driver.node
@@ -234,4 +172,15 @@ class RemoteGroups:
         return last
 
 
-__all__ = ["MetaMapSource", "RemoteGroups", "keep_reported"]
+def balancer_for(primary: Any, meta: MetaMapLike) -> Balancing:
+    """The balancer of a broker whose cluster group is the metadata group (``primary``, a
+    :class:`~._broker.Broker`; ``meta``, its :class:`~._metamap.MetaMap`)."""
+    config = primary.config
+    return Balancing(
+        MetaMapSource(meta, primary.driver),
+        RemoteGroups(primary, deadline=config.failure_timeout * 2),
+        BalancingSettings.for_timing(config.heartbeat_interval, config.failure_timeout),
+    )
+
+
+__all__ = ["MetaMapSource", "RemoteGroups", "balancer_for"]
