@@ -149,6 +149,7 @@ async def test_draining_a_broker_empties_it_and_then_it_can_be_unregistered(auto
         world.known.discard(leaving)  # the operator removes it from the metadata group
         await wait_until(lambda: leaving not in world.metadata.map.brokers)
         assert UnregisterBroker(leaving) in world.metadata.proposed
+        assert SetBrokerAlive(leaving, False) in world.metadata.proposed  # (no longer watched)
         await quiet(world, 3)
 
 

@@ -276,12 +276,14 @@ class Balancing:
     async def _report_verdicts(self, cmap: ClusterMap) -> None:
         """``SetBrokerAlive`` for each broker whose verdict changed (and differs from the
         map), or whose change could not be proposed last round; never again for a verdict
-        already reported, so an unchanged detector costs nothing."""
+        already reported, so an unchanged detector costs nothing. A broker of the map that
+        the detector does not watch (no longer a member of the metadata group: removed) is
+        not alive."""
         verdicts = self.source.verdicts()
+        if not verdicts:
+            return  # (no detector to read)
         for broker_id, record in sorted(cmap.brokers.items()):
-            verdict = verdicts.get(broker_id)
-            if verdict is None:
-                continue
+            verdict = verdicts.get(broker_id, False)
             changed = self._verdicts.get(broker_id) != verdict
             self._verdicts[broker_id] = verdict
             if not (changed or broker_id in self._unreported):
