@@ -1,6 +1,7 @@
-"""``client rebalance`` and ``client drain`` against a real broker over TCP: the operations
-travel the wire, reach the balancer on the metadata leader and print what it did. The broker's
-map here is a stand-in of one group on this broker (the metadata group proper places it)."""
+"""``client rebalance`` and ``client drain`` over TCP: the operations travel the wire, reach
+the balancer on the metadata leader (forwarded there from any broker) and print what it did;
+on a real cluster with a map, and on a single broker with a stand-in map (one group), where
+each round's step can be followed one at a time."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from trio_broker._core._metadata import (
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker._runtime._balancing import Balancing, BalancingSettings
 from trio_broker._runtime._balancing_seams import MetaMapSource, RemoteGroups
+from trio_broker.testing import open_local_cluster
 
 NEWCOMER = "B-ZZZZZ"
 
@@ -156,3 +158,56 @@ async def test_the_metadata_seam_adapter_reads_the_leaders_failure_detector(bala
     Meta.map = None
     assert not adapter.is_metadata_leader()
     assert adapter.cluster_map().settings is None
+
+
+async def test_rebalance_and_drain_on_a_cluster_with_a_map(tmp_path, cli):
+    """Three brokers over TCP, two groups on two brokers each: the operations go to any
+    broker, which forwards them to the metadata leader; the drained broker ends empty."""
+    with trio.fail_after(120):
+        async with open_local_cluster(tmp_path, 3, groups=2, replication_factor=2) as cluster:
+            founder = cluster.brokers["b1"]
+
+            def cmap():
+                return founder.host.meta.map
+
+            def settled() -> bool:
+                m = cmap()
+                return (
+                    m is not None
+                    and len(m.brokers) == 3
+                    and all(r.move is None and len(r.voters) == 2 for r in m.groups.values())
+                )
+
+            await until(settled)
+            asked = next(n for n, b in cluster.brokers.items() if not b.driver.node.is_leader)
+            port = ["--seed", f"127.0.0.1:{cluster.ports[asked]}"]
+            status, out, err = await cli(*port, "rebalance")
+            assert (status, err) == (0, ""), err
+            assert out.splitlines()[-1].startswith("map version ")
+            leaving = max(cmap().brokers, key=lambda b: (len(cmap().groups_of(b)), b))
+            held = len(cmap().groups_of(leaving))
+            assert held >= 1
+            status, out, err = await cli(*port, "drain", leaving)
+            assert (status, err) == (0, ""), err
+            assert out.startswith(f"{leaving} is draining: still holds {held} replica(s)")
+            name = next(n for n, b in cluster.brokers.items() if b.broker_id == leaving)
+            await until(
+                lambda: (
+                    not cmap().groups_of(leaving)
+                    and all(r.move is None for r in cmap().groups.values())
+                    and set(cluster.brokers[name].host.groups) == {founder.cluster_id}
+                )
+            )
+            await trio.sleep(2)  # (a round observes who leads now)
+            status, out, err = await cli(*port, "drain", leaving)
+            assert (status, err) == (0, ""), err
+            assert out == f"{leaving} is drained: it holds nothing and can be stopped and removed\n"
+            for record in cmap().groups.values():
+                assert leaving not in record.replicas and len(record.voters) == 2
+
+
+async def until(predicate) -> None:
+    while True:
+        if predicate():
+            return
+        await trio.sleep(0.05)
