@@ -11,6 +11,7 @@ import apsw
 import orjson
 import pytest
 import trio
+from prometheus_client import generate_latest
 
 from trio_broker._core._commands import CommandRejected, GroupsSet, SetGroups
 from trio_broker._core._metadata import (
@@ -38,6 +39,7 @@ from trio_broker._protocol._entries import (
     payload_to_obj,
 )
 from trio_broker._runtime._metamap import hosted_by_map
+from trio_broker._runtime._status import RequestRates, read_status, table_rows
 from trio_broker._storage._queue_sql import apply_command, stored_groups, stored_map
 from trio_broker._storage._schema import upgrade
 from trio_broker.testing import open_mock_cluster
@@ -194,6 +196,11 @@ async def test_six_brokers_r3_each_host_half_the_groups_and_a_crash_loses_nothin
         cmap = cluster.brokers["b1"].host.meta.map
         assert cmap is not None and cmap.replication_factor == 3 and len(cmap.groups) == 6
         assert placed_counts(cluster) == dict.fromkeys(cluster.brokers, 3)
+        exposition = generate_latest(cluster.brokers["b2"].metrics.registry).decode()
+        metadata_group = cluster.brokers["b2"].cluster_id
+        labels = f'{{broker_id="B-000B2",cluster_id="{metadata_group}"}}'
+        assert f"trio_broker_groups_hosted{labels} 3.0" in exposition
+        assert f"trio_broker_cluster_map_version{labels} {float(cmap.version)}" in exposition
         for name, broker in cluster.brokers.items():
             assert broker.host.meta.map == cmap  # one map on every broker
             assert set(cluster.data_replicas(name)) == hosted_by_map(cmap, broker.broker_id)
@@ -275,6 +282,14 @@ async def test_a_broker_not_hosting_a_group_names_its_leader(autojump_clock):
                 assert view["leader_id"] == ids[cluster.data_leaders()[group_id]], (name, view)
                 assert view["leader_port"] == cluster.ports[names[view["leader_id"]]]
                 assert view["voters"] == list(cmap.groups[group_id].voters)
+        # The outsider's status page lists every group, those it does not host from the map.
+        status = await read_status(
+            cluster.brokers[outsider], RequestRates(cluster.brokers[outsider])
+        )
+        rows = {r["group_id"]: r for r in table_rows(status, "groups")}
+        assert set(cmap.groups) <= set(rows)
+        assert rows[group]["hosted"] is False and rows[group]["voters"] == 2
+        assert rows[group]["leader_id"] == ids[leader]
         topology = await cluster.call(outsider, {"operation": "CLUSTER_QUERY", "cluster_id": group})
         assert topology["cluster_id"] == group and topology["self_role"] == "replica"
         assert topology["leader_id"] == ids[leader]
@@ -366,3 +381,111 @@ async def test_a_malformed_metadata_proposal_is_refused_and_changes_nothing(auto
         )
         result = await meta.propose(again)
         assert isinstance(result, CommandRejected) and meta.map == before
+
+
+@pytest.mark.trio
+async def test_a_group_grows_to_a_new_broker_through_the_seam(autojump_clock):
+    """What the balancer automates, step by step through the seam: founded on 2 brokers with
+    R = 3, each group has 2 voters; a third broker joins and is registered in the map; a
+    committed StartReplicaMove (source null) makes it open an empty replica of the group,
+    which the group's leader adds (as a learner, promoted once caught up); the leader's
+    report completes the move, and the new replica holds the group's queue."""
+    async with open_mock_cluster(2, groups=2, replication_factor=3) as cluster:
+        meta = cluster.brokers["b1"].host.meta
+        assert meta.map.settings.replication_factor == 3
+        assert all(len(r.voters) == 2 for r in meta.map.groups.values())
+        joiner = await cluster.start("b3")
+        with trio.fail_after(60):
+            await cluster.wait_until(
+                lambda: (
+                    meta.map.broker(joiner.broker_id) is not None
+                    and joiner.host.meta.map is not None
+                    and joiner.host.meta.map.broker(joiner.broker_id) is not None
+                )
+            )
+        assert set(cluster.data_replicas("b3")) == set()  # registered, hosting nothing yet
+        group = sorted(meta.map.groups)[0]
+        leader = cluster.data_leaders()[group]
+        queue = (await answer_of(cluster, leader, {"operation": "CREATE_QUEUE"}))["queue_id"]
+        group = cluster_of_queue(queue)
+        leader = cluster.data_leaders()[group]
+        for value in range(3):
+            reply = await cluster.call(
+                leader, {"operation": "APPEND", "queue_name": queue, "data": value}
+            )
+            assert reply["status"] == "success"
+        result = await cluster.brokers["b2"].host.meta.propose(
+            StartReplicaMove(group, None, joiner.broker_id)
+        )
+        assert isinstance(result, MapChanged), result
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: group in cluster.data_replicas("b3"))
+        replica = cluster.replicas("b3")[group]
+        assert not replica.node.config.members  # empty: waits to be added
+        reply = await cluster.call(
+            leader,
+            {
+                "operation": "ADD_MEMBER",
+                "host": "127.0.0.1",
+                "port": cluster.ports["b3"],
+                "cluster_id": group,
+            },
+        )
+        assert reply["status"] == "success", reply
+
+        def grown() -> bool:
+            record = meta.map.groups[group]
+            return record.move is None and joiner.broker_id in record.voters
+
+        with trio.fail_after(60):
+            await cluster.wait_until(grown)
+        assert len(meta.map.groups[group].voters) == 3
+        await cluster.wait_until(
+            lambda: len(cluster.group_stores[("b3", group)].messages(queue)) == 3
+        )
+        held = cluster.group_stores[("b3", group)].messages(queue)
+        assert [orjson.loads(v) for v in held] == [0, 1, 2]
+
+
+async def answer_of(cluster, name, request):
+    """One request to broker ``name``, following NOT_LEADER hints."""
+    for _ in range(50):
+        reply = await cluster.call(name, request)
+        if reply.get("code") in ("NOT_LEADER", "UNAVAILABLE"):
+            names = {b.broker_id: n for n, b in cluster.brokers.items()}
+            name = names.get(reply.get("leader_id"), name)
+            await trio.sleep(0.2)
+            continue
+        return reply
+    raise AssertionError(f"no answer to {request}: {reply}")
+
+
+def test_node_and_cluster_flags_for_the_replication_factor():
+    """``node --replication-factor R --founding-brokers K`` (``all``: every broker hosts every
+    group); out-of-range values are refused with the range in the message."""
+    import argparse
+
+    from trio_broker._cli._cluster import _replication_factor
+    from trio_broker._cli._node_options import SettingsError, add_arguments, resolve
+
+    def config_of(*argv: str):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return resolve(parser.parse_args(argv), environ={})[0]
+
+    defaults = config_of()
+    assert (defaults.replication_factor, defaults.founding_brokers) == (3, 1)
+    chosen = config_of("--groups", "6", "--replication-factor", "2", "--founding-brokers", "4")
+    assert (chosen.groups, chosen.replication_factor, chosen.founding_brokers) == (6, 2, 4)
+    assert config_of("--replication-factor", "all").replication_factor == 0
+    for argv, message in [
+        (("--replication-factor", "8"), "1 to 7 or 'all'"),
+        (("--replication-factor", "0"), "1 to 7 or 'all'"),
+        (("--founding-brokers", "0"), "1 to 1024"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            config_of(*argv)
+    assert _replication_factor("all") == 0 and _replication_factor("5") == 5
+    for bad in ("0", "8", "three"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _replication_factor(bad)

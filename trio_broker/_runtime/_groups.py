@@ -15,7 +15,7 @@ replicated state of the cluster group, in one of two forms, fixed when the clust
 Each group's replica is a :class:`~._broker.Broker` (today's class, reused) with its own store
 and storage worker under ``data_dir/groups/G-XXXXX/``; the cluster group's broker (the
 *primary*) owns the listeners, security, the metrics server and the connections, and
-:class:`GroupHost` routes what they receive:
+:class:`GroupHost` routes what they receive (the routing room, :mod:`._group_routing`):
 
 - client requests by the group their queue id names (``cluster_of_queue``) or their
   ``cluster_id``; a group of the map that this broker does not host answers NOT_LEADER naming

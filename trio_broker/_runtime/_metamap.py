@@ -156,11 +156,15 @@ class MetaMap:
         return leaders
 
     def leader_of(self, group_id: str) -> str | None:
-        """The group's leader as this broker knows it; else its preferred leader (the likely
-        one), else its first voter: a broker that hosts the group names the real leader."""
+        """The group's leader as this broker knows it; else a broker hosting it that answered
+        lately, else its preferred leader (the likely one), else its first voter: a broker
+        that hosts the group names the real leader."""
         leader = self.observed_leaders().get(group_id)
         if leader is not None or self.map is None:
             return leader
+        reporter = self.board.reporter(group_id)
+        if reporter is not None:
+            return reporter  # (it answered lately: it hosts the group and knows its leader)
         record = self.map.group(group_id)
         if record is None:
             return None
@@ -408,44 +412,57 @@ async def report_replicas(replica: Broker, meta: MetaMap) -> None:
 class LeaderBoard:
     """Leaders of the groups this broker does not host, as brokers hosting them said.
 
-    Every ``failure_timeout`` it asks a few brokers (CLUSTER_QUERY) that together host every
-    such group, fewest first, and keeps each answer's leaders of the groups the answering
-    broker hosts (which it knows from their cores); an entry older than
-    :data:`LEADER_TTL_REFRESHES` intervals is forgotten. So CLUSTER_QUERY's ``groups`` and
-    NOT_LEADER name the leader of every group on every broker.
+    Every ``failure_timeout`` it asks brokers (CLUSTER_QUERY) that together host every such
+    group, those hosting most of them first, and keeps each answer's leaders of the groups
+    the answering broker hosts (which it knows from their cores); a broker that does not
+    answer is replaced by others hosting its groups, each broker asked at most once a round.
+    An entry older than :data:`LEADER_TTL_REFRESHES` intervals is forgotten. So
+    CLUSTER_QUERY's ``groups`` and NOT_LEADER name the leader of every group on every broker.
     """
 
     def __init__(self, primary: Broker) -> None:
         self.primary = primary
-        self._seen: dict[str, tuple[str | None, float]] = {}
+        self._seen: dict[str, tuple[str | None, str, float]] = {}
+        """Group -> (its leader, the broker that said so, when)."""
 
-    def leaders(self) -> dict[str, str | None]:
+    def _fresh(self) -> dict[str, tuple[str | None, str, float]]:
         ttl = self.primary.config.failure_timeout * LEADER_TTL_REFRESHES
         now = trio.current_time()
-        return {g: leader for g, (leader, at) in self._seen.items() if now - at <= ttl}
+        return {g: seen for g, seen in self._seen.items() if now - seen[2] <= ttl}
+
+    def leaders(self) -> dict[str, str | None]:
+        return {g: leader for g, (leader, _, _) in self._fresh().items()}
+
+    def reporter(self, group_id: str) -> str | None:
+        """A broker hosting ``group_id`` that answered lately (it names the leader)."""
+        seen = self._fresh().get(group_id)
+        return None if seen is None else seen[1]
 
     async def run(self, meta: MetaMap, hosted: Callable[[], set[str]]) -> None:
         config = self.primary.config
         while True:
             await trio.sleep(config.failure_timeout)
             cmap = meta.map
-            if cmap is None:
-                continue
-            missing = set(cmap.groups) - hosted()
-            for broker_id in cover(cmap, missing, self.primary.broker_id):
-                if not missing:
-                    break
+            if cmap is not None:
+                await self.refresh(meta, cmap, set(cmap.groups) - hosted())
+
+    async def refresh(self, meta: MetaMap, cmap: ClusterMap, missing: set[str]) -> None:
+        asked: set[str] = {self.primary.broker_id}
+        while missing:
+            chosen = cover(cmap, missing, asked)
+            if not chosen:
+                return
+            for broker_id in chosen:
+                asked.add(broker_id)
                 address = meta.address(broker_id)
-                if address is None:
-                    continue
-                answer = await self._ask(address)
+                answer = None if address is None else await self._ask(address)
                 if not isinstance(answer, ClusterTopology) or not answer.groups:
                     continue
                 now = trio.current_time()
                 for view in answer.groups:
                     record = cmap.group(view.cluster_id)
                     if record is not None and broker_id in record.replicas:
-                        self._seen[view.cluster_id] = (view.leader_id, now)
+                        self._seen[view.cluster_id] = (view.leader_id, broker_id, now)
                         missing.discard(view.cluster_id)
 
     async def _ask(self, address: tuple[str, int]) -> Any:
@@ -456,16 +473,16 @@ class LeaderBoard:
             return None
 
 
-def cover(cmap: ClusterMap, groups: set[str], self_id: str) -> list[str]:
-    """Brokers that together host ``groups``: each next the one hosting most of those still
-    uncovered (ties to the lowest id)."""
+def cover(cmap: ClusterMap, groups: set[str], asked: set[str]) -> list[str]:
+    """Brokers not in ``asked`` that together host as many of ``groups`` as they can: each
+    next the one hosting most of those still uncovered (ties to the lowest id)."""
     left = set(groups)
     chosen: list[str] = []
     while left:
         counts = {
             b: sum(1 for g in left if b in cmap.groups[g].replicas)
             for b in sorted(cmap.brokers)
-            if b != self_id and b not in chosen
+            if b not in asked and b not in chosen
         }
         best = min(counts, key=lambda b: (-counts[b], b), default=None)
         if best is None or counts[best] == 0:
