@@ -288,3 +288,31 @@ async def test_the_balancer_stops_moving_once_converged(autojump_clock):
         assert cluster.data_leaders() == before
         reply = await answer_of(cluster, "b1", {"operation": "REBALANCE"})
         assert reply["status"] == "success" and reply["moves"] == [], reply
+
+
+async def test_a_failure_and_heal_move_no_replica_and_leadership_comes_back(autojump_clock):
+    async with open_mock_cluster(4, groups=4) as cluster:
+        await wait_settled(cluster, 3)
+        before = {g: r.voters for g, r in the_map(cluster).groups.items()}
+        victim = next(n for n in sorted(cluster.brokers) if n != metadata_leader(cluster))
+        victim_id = cluster.brokers[victim].broker_id
+        await cluster.crash(victim)
+        with trio.fail_after(LIMIT):
+            await cluster.wait_until(lambda: not the_map(cluster).is_alive(victim_id))
+        await trio.sleep(30)  # six rounds with the broker down
+        assert {g: r.voters for g, r in the_map(cluster).groups.items()} == before
+        await cluster.restart(victim)
+        with trio.fail_after(LIMIT):
+            await cluster.wait_until(lambda: the_map(cluster).is_alive(victim_id))
+        await wait_settled(cluster, 3)
+        cmap = the_map(cluster)
+        assert {g: r.voters for g, r in cmap.groups.items()} == before
+        # Leadership is back with the preferred leaders.
+        ids = {n: b.broker_id for n, b in cluster.brokers.items()}
+        with trio.fail_after(LIMIT):
+            await cluster.wait_until(
+                lambda: all(
+                    ids.get(n) == the_map(cluster).groups[g].preferred_leader
+                    for g, n in cluster.data_leaders().items()
+                )
+            )
