@@ -207,7 +207,7 @@ class Balancing:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Until cancelled: while this broker leads the metadata group, a round whenever the
-        balancer's interval has passed. Checks leadership at least once per tick interval."""
+        balancer's interval has passed. Looks at its leadership every two ticks."""
         task_status.started()
         check = self.settings.round_interval / self.settings.balancer.interval_ticks * 2
         while True:
