@@ -1,7 +1,9 @@
 """Several replication groups with real broker processes (docs/replication.md, "Several
 leaders"): a broker that leads several groups is SIGKILLed; every group fails over, and what
 any group acknowledged survives, on every group; the broker comes back, reopens every group,
-and leadership spreads back."""
+and leadership spreads back. The cluster is founded with the cluster map (the default
+replication factor, 3, over its 3 brokers: ``--founding-brokers 3``), so every broker holds
+every group."""
 
 from __future__ import annotations
 
