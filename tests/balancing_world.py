@@ -20,6 +20,7 @@ from trio_broker._core._metadata import (
     ClusterMap,
     MapChanged,
     RegisterBroker,
+    SetBrokerAlive,
     SetGroupReplicas,
 )
 from trio_broker._core._placement import (
@@ -37,6 +38,8 @@ CATCH_UP = 1.0
 """Seconds a live learner takes to catch up with its group's leader."""
 ELECTION = 1.0
 """Seconds a group without a live leader takes to elect one among its live voters."""
+DETECT = 1.0
+"""Seconds between two checks of the failure detector."""
 ACT = 0.05
 """Seconds each half of a group action takes (the change lands in between)."""
 
@@ -103,6 +106,8 @@ class World:
         self.groups: dict[str, FakeGroup] = {}
         self.metadata = StandInMetadata(self)
         self.actions: list[object] = []
+        self.detected: list[tuple[str, bool]] = []
+        """What the failure detector recorded in the map (``SetBrokerAlive``), in order."""
         self.changes = 0
         self.min_voters: dict[str, int] = {}
 
@@ -133,6 +138,30 @@ class World:
     # -- the groups' own behaviour (their leaders, elections, reports) --
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._detect)
+            await self._groups()
+
+    async def _detect(self) -> None:
+        """The metadata leader's failure detector, as ``_metamap.track_liveness`` records it:
+        a member whose verdict differs from the map on two checks in a row."""
+        pending: dict[str, bool] = {}
+        while True:
+            await trio.sleep(DETECT)
+            cmap = self.metadata.map
+            seen = {}
+            for b, record in sorted(cmap.brokers.items()):
+                if b not in self.known or (b in self.up) == record.alive:
+                    continue
+                if pending.get(b) != (b in self.up):
+                    seen[b] = b in self.up
+                    continue
+                if self.metadata.leading:
+                    cmap.apply(SetBrokerAlive(b, b in self.up))
+                    self.detected.append((b, b in self.up))
+            pending = seen
+
+    async def _groups(self) -> None:
         while True:
             await trio.sleep(TICK)
             now = trio.current_time()

@@ -43,6 +43,7 @@ from trio_broker._runtime._status import RequestRates, read_status, table_rows
 from trio_broker._storage._queue_sql import apply_command, stored_groups, stored_map
 from trio_broker._storage._schema import upgrade
 from trio_broker.testing import open_mock_cluster
+from trio_broker.testing._mock_cluster import MockCluster
 
 BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 5)]
 FOUND = found_cluster(BROKERS[:3], ["G-AAAAA", "G-BBBBB", "G-CCCCC"], 3)
@@ -218,14 +219,27 @@ async def test_six_brokers_r3_each_host_half_the_groups_and_a_crash_loses_nothin
         acknowledged = {q: [] for q in queues}
         await append_acknowledged(cluster, queues, 0, acknowledged)
         victim = next(n for n, count in sorted(led_counts(cluster).items()) if count)
+        victim_id = cluster.brokers[victim].broker_id
         await cluster.crash(victim)
         with trio.fail_after(60):
             await cluster.wait_until(lambda: all(cluster.data_leaders().values()))
+
+        # The metadata leader's failure detector: the map records the victim as down.
+        def down_in_the_map() -> list[str] | None:
+            """The brokers the metadata leader's map records as down (None: no leader)."""
+            for broker in cluster.brokers.values():
+                if broker.host.meta.is_leader:
+                    return [b for b, r in broker.host.meta.map.brokers.items() if not r.alive]
+            return None
+
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: down_in_the_map() == [victim_id])
         for value in range(1, 4):
             await append_acknowledged(cluster, queues, value, acknowledged)
         await cluster.restart(victim)
         with trio.fail_after(120):
             await wait_spread(cluster, 6)
+            await cluster.wait_until(lambda: down_in_the_map() == [])
         for value in range(4, 6):
             await append_acknowledged(cluster, queues, value, acknowledged)
 
@@ -489,3 +503,30 @@ def test_node_and_cluster_flags_for_the_replication_factor():
     for bad in ("0", "8", "three"):
         with pytest.raises(argparse.ArgumentTypeError):
             _replication_factor(bad)
+
+
+@pytest.mark.trio
+async def test_the_founder_waits_for_its_founding_brokers_and_takes_no_queue_meanwhile(
+    autojump_clock, tmp_path
+):
+    """``--founding-brokers 2``: alone, the founder places no group and answers CREATE_QUEUE
+    UNAVAILABLE (a queue created then would land on the metadata group); once the second
+    broker votes, the groups are placed over both and queues land on them."""
+    async with trio.open_nursery() as nursery:
+        cluster = MockCluster(nursery, tmp_path)
+        cluster.groups, cluster.founding_brokers = 3, 2
+        await cluster.start("b1")
+        await trio.sleep(10)
+        assert cluster.brokers["b1"].host.meta.map is None
+        reply = await cluster.call("b1", {"operation": "CREATE_QUEUE"})
+        assert reply["code"] == "UNAVAILABLE" and "2 brokers" in reply["message"], reply
+        assert cluster.brokers["b1"].queue_count == 0
+        await cluster.start("b2")
+        with trio.fail_after(60):
+            await cluster.wait_for_groups(3, 2)
+        cmap = cluster.brokers["b1"].host.meta.map
+        assert sorted(cmap.brokers) == ["B-000B1", "B-000B2"]
+        assert all(r.voters == ("B-000B1", "B-000B2") for r in cmap.groups.values())
+        reply = await answer_of(cluster, "b1", {"operation": "CREATE_QUEUE"})
+        assert cluster_of_queue(reply["queue_id"]) in cmap.groups
+        nursery.cancel_scope.cancel()

@@ -131,3 +131,33 @@ async def test_sigkill_with_each_group_on_three_of_four_brokers_loses_nothing_ac
                 break
             values.append(answer["data"])
         assert values == acknowledged[queue] == list(range(10)), (queue, values)
+
+
+async def test_cluster_command_founds_groups_on_every_node_with_leadership_spread(tmp_path):
+    """``cluster --nodes 4 --groups 4 --replication-factor 3``: the founder places the
+    groups once all four brokers have joined, each group on three of them, and each broker
+    leads one group from the start; CLUSTER_QUERY lists the same groups on every broker."""
+    from .test_cluster_command import running_cluster
+
+    async with running_cluster(tmp_path, 4, "--groups", "4", "--replication-factor", "3") as (
+        process,
+        _output,
+        base,
+    ):
+        ports = [base + i for i in range(4)]
+        with trio.fail_after(60):
+            while True:
+                seen = [await groups_seen(p) for p in ports]
+                first = seen[0]
+                leaders = sorted(g.get("leader_port", 0) for g in first.values())
+                if (
+                    len(first) == GROUPS
+                    and all(len(g["voters"]) == 3 for g in first.values())
+                    and leaders == ports
+                    and all(s == first for s in seen)
+                ):
+                    break
+                await trio.sleep(0.2)
+        process.send_signal(2)
+        with trio.fail_after(30):
+            assert await process.wait() == 0

@@ -5,8 +5,9 @@ it on the metadata group's leader and carries its moves out:
 
 - each round (at most one per :attr:`BalancerSettings.interval_ticks`; the first one interval
   after this broker became the metadata leader, so that elections settle first), the leader
-  reports the failure detector's verdicts that changed (``SetBrokerAlive``), observes each
-  group's leader, asks :meth:`Balancer.plan` what to do, and does it;
+  records the brokers that left the metadata group as dead and forgets drained ones, observes
+  each group's leader, asks :meth:`Balancer.plan` what to do, and does it (the members'
+  liveness, which the plan reads, is recorded by ``_metamap.track_liveness``);
 - metadata commands (``StartReplicaMove``, ``AbandonReplicaMove``, ``SetPreferredLeader``) are
   proposed to the metadata group, one after the other;
 - group actions are asked of the group's leader through the existing membership operations
@@ -103,7 +104,8 @@ class MapSource(Protocol):
         ...
 
     def verdicts(self) -> Mapping[str, bool]:
-        """The metadata leader's failure detector: each broker it watches -> alive."""
+        """The metadata leader's failure detector: each member of the metadata group it
+        watches -> alive (here, a broker of the map missing from it has left the group)."""
         ...
 
     async def wait_map(self, version: int) -> None:
@@ -189,10 +191,10 @@ class Balancing:
         """Armed while this broker leads the metadata group (None: not leading)."""
         self._lock = trio.Lock()
         """One round at a time (a REBALANCE waits for the round in progress)."""
-        self._verdicts: dict[str, bool] = {}
-        """The failure detector's last verdict per broker, as this leader saw it."""
+        self._departed: dict[str, bool] = {}
+        """Whether each broker of the map had left the metadata group, at the last round."""
         self._unreported: set[str] = set()
-        """Brokers whose changed verdict could not be proposed yet (retried next round)."""
+        """Departed brokers whose departure could not be recorded yet (retried next round)."""
         self._failing: dict[tuple[str, str, str | None], str] = {}
         """Moves that failed, with why (each logged once); at most one round's moves."""
         self.observed: dict[str, str | None] = {}
@@ -229,7 +231,7 @@ class Balancing:
         if self._balancer is not None:
             log_event(logging.INFO, "balancer.stopped", reason="not the metadata leader")
         self._balancer = None
-        self._verdicts.clear()
+        self._departed.clear()
         self._unreported.clear()
         self._failing.clear()
 
@@ -244,7 +246,7 @@ class Balancing:
             cmap = self.source.cluster_map()
             if cmap.settings is None:
                 return Rebalanced(map_version=cmap.version, moves=[])
-            await self._report_verdicts(cmap)
+            await self._report_departed(cmap)
             await self._unregister_drained(self.source.cluster_map())
             cmap = self.source.cluster_map()
             leaders: dict[str, str | None] = {}
@@ -273,36 +275,34 @@ class Balancing:
             self.last_round = report
             return report
 
-    async def _report_verdicts(self, cmap: ClusterMap) -> None:
-        """``SetBrokerAlive`` for each broker whose verdict changed (and differs from the
-        map), or whose change could not be proposed last round; never again for a verdict
-        already reported, so an unchanged detector costs nothing. A broker of the map that
-        the detector does not watch (no longer a member of the metadata group: removed) is
-        not alive."""
-        verdicts = self.source.verdicts()
-        if not verdicts:
+    async def _report_departed(self, cmap: ClusterMap) -> None:
+        """``SetBrokerAlive(False)`` for each broker of the map that is no longer a member of
+        the metadata group (removed: nothing may be placed on it), once per departure (again
+        only if the proposal failed). The members' liveness is the metadata leader's failure
+        detector's to record (``_metamap.track_liveness``), not this round's."""
+        members = self.source.verdicts()
+        if not members:
             return  # (no detector to read)
         for broker_id, record in sorted(cmap.brokers.items()):
-            verdict = verdicts.get(broker_id, False)
-            changed = self._verdicts.get(broker_id) != verdict
-            self._verdicts[broker_id] = verdict
+            departed = broker_id not in members
+            changed = self._departed.get(broker_id) != departed
+            self._departed[broker_id] = departed
             if not (changed or broker_id in self._unreported):
                 continue
             self._unreported.discard(broker_id)
-            if verdict == record.alive:
+            if not departed or not record.alive:
                 continue
-            result = await self._propose(SetBrokerAlive(broker_id, verdict))
+            result = await self._propose(SetBrokerAlive(broker_id, False))
             if isinstance(result, BrokerError | CommandRejected):
                 self._unreported.add(broker_id)
                 log_event(
                     logging.WARNING,
-                    "balancer.liveness_not_reported",
+                    "balancer.departure_not_recorded",
                     broker=broker_id,
-                    alive=verdict,
                     reason=result.message,
                 )
             else:
-                log_event(logging.INFO, "balancer.liveness", broker=broker_id, alive=verdict)
+                log_event(logging.INFO, "balancer.departed", broker=broker_id)
 
     async def _unregister_drained(self, cmap: ClusterMap) -> None:
         """``UnregisterBroker`` for each draining broker that holds nothing any more and is

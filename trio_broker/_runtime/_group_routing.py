@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from .._core._routing import GroupView, groups_view
-from .._errors import BrokerError
+from .._errors import BrokerError, ErrorCode
 from .._ids import cluster_of_queue
 from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, Request
 from ._answer import Answer
@@ -180,6 +180,16 @@ class GroupRouting:
         if isinstance(request, ClusterQuery):
             return await self._query(request, session)
         if isinstance(request, CreateQueue) and self.host.several:
+            meta = self.host.meta
+            if meta.founding and meta.map is None:
+                wanted = self.host.primary.config.founding_brokers
+                return Answer(
+                    now=BrokerError(
+                        ErrorCode.UNAVAILABLE,
+                        f"the cluster's groups are placed once {wanted} brokers have joined; "
+                        "retry then",
+                    )
+                )
             chosen = self.for_new_queue()
             if chosen is None and not self.host.primary.connections.closing:
                 return Answer(now=self.not_leader())

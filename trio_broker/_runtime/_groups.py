@@ -57,6 +57,7 @@ from ._balancing_seams import balancer_for
 from ._connections import Session
 from ._group_routing import GroupRouting, named_group
 from ._log import log_event
+from ._membership import IdentityMismatch
 from ._metamap import (
     MetaMap,
     found_map,
@@ -64,6 +65,7 @@ from ._metamap import (
     hosted_by_map,
     register_brokers,
     report_replicas,
+    track_liveness,
 )
 
 if TYPE_CHECKING:
@@ -160,7 +162,7 @@ class GroupHost:
 
     @property
     def several(self) -> bool:
-        return len(self.groups) > 1 or self.meta.map is not None
+        return len(self.groups) > 1 or self.meta.map is not None or self.meta.founding
 
     def _hosted_leaders(self) -> dict[str, str | None]:
         return {g: b.driver.node.leader_id for g, b in self.groups.items() if b is not self.primary}
@@ -190,6 +192,7 @@ class GroupHost:
                     if primary.node.config.members == {primary.broker_id}:
                         await self._found()
                 elif primary.queue_count == 0:
+                    self.meta.founding = True  # (from now on: no queue before the groups)
                     nursery.start_soon(found_map, primary, self.meta, self._founding)
             while not self.listed and self.meta.map is None:
                 await self._wake.wait()
@@ -205,6 +208,7 @@ class GroupHost:
                     nursery.start_soon(keep_spread, broker, self)
                 return
             nursery.start_soon(register_brokers, primary, self.meta)
+            nursery.start_soon(track_liveness, primary, self.meta)
             # The balancer (:mod:`._balancing`): rounds while this broker leads the metadata
             # group; it alone moves the leadership of the groups the map places.
             primary.balancing = balancer_for(primary, self.meta)
@@ -288,16 +292,26 @@ class GroupHost:
                         identity = await worker.run(
                             store.init_identity, primary.broker_id, group_id
                         )
+                    elif (identity.broker_id, identity.cluster_id) != (
+                        primary.broker_id,
+                        group_id,
+                    ):
+                        raise IdentityMismatch(
+                            f"data directory {path} holds broker {identity.broker_id} of "
+                            f"group {identity.cluster_id}, not {primary.broker_id} of {group_id}"
+                        )
                     state = await worker.run(store.raft_state)
                     configured = state.snapshot_config is not None or any(
                         isinstance(e.payload, ConfigEntry) for e in state.entries
                     )
                     record = None if self.meta.map is None else self.meta.map.group(group_id)
-                    if (
+                    founding = (
                         not configured
                         and record is not None
                         and founding_voter(record, primary.broker_id)
-                    ):
+                    )
+                    if founding:
+                        assert record is not None
                         await worker.run(store.bootstrap, Config(voters=frozenset(record.voters)))
                     broker = await self._make_broker(config, identity, store, worker)
                     if self.meta.map is not None:
@@ -317,7 +331,8 @@ class GroupHost:
                             "groups.replica_open",
                             broker_id=broker.broker_id,
                             group=group_id,
-                            founding=not configured and record is not None,
+                            founding=founding,
+                            waits_to_be_added=not configured and not founding,
                         )
                         services.start_soon(report_replicas, broker, self.meta)
                         task_status.started()

@@ -43,7 +43,9 @@ the same initial voters (as a multi-node Raft bootstrap), so leadership is sprea
 start. ``cluster --nodes N`` passes ``founding_brokers = N``; a founder alone (the default, 1)
 places every group on itself and the replication factor is reached as brokers join (by the
 balancer's moves). Brokers that join after founding are registered in the map
-(``RegisterBroker``, :func:`register_brokers`, by the metadata leader).
+(``RegisterBroker``, :func:`register_brokers`, by the metadata leader), and the metadata
+leader records what its failure detector decides about each (``SetBrokerAlive``,
+:func:`track_liveness`), so ``alive`` in the map (what the balancer reads) follows it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from .._core._metadata import (
     MetadataResult,
     QueuePlaced,
     RegisterBroker,
+    SetBrokerAlive,
     SetGroupReplicas,
 )
 from .._core._placement import found_cluster
@@ -116,6 +119,9 @@ class MetaMap:
         self.board = LeaderBoard(primary)
         self.hosted_leaders: Callable[[], Mapping[str, str | None]] = dict
         """The leaders of the groups hosted here (set by the host)."""
+        self.founding = False
+        """This broker is founding the map (waiting for its founding brokers): queues are
+        created once the groups exist."""
 
     @property
     def is_leader(self) -> bool:
@@ -280,8 +286,16 @@ async def found_map(primary: Broker, meta: MetaMap, groups: int) -> None:
     """The founder: once ``founding_brokers`` brokers vote in the metadata group and their
     addresses are known, place ``groups`` new groups over them (``FoundCluster``); retried
     until the map is founded (by this or an earlier attempt)."""
+    wanted = primary.config.founding_brokers
+    meta.founding = True
+    try:
+        await _found_map(primary, meta, groups, wanted)
+    finally:
+        meta.founding = False
+
+
+async def _found_map(primary: Broker, meta: MetaMap, groups: int, wanted: int) -> None:
     config = primary.config
-    wanted = config.founding_brokers
     told = False
     while meta.map is None:
         voters = sorted(primary.driver.node.config.voters)
@@ -310,8 +324,9 @@ async def found_map(primary: Broker, meta: MetaMap, groups: int) -> None:
                 "groups.replication_bounded",
                 replication_factor=factor,
                 brokers=len(brokers),
-                reason=f"each group starts on the {len(brokers)} broker(s) known at founding "
-                f"and grows to {factor} replicas as brokers join",
+                reason=f"each group starts on the {len(brokers)} broker(s) known at founding; "
+                f"the cluster keeps {factor}, which replica moves (the balancer) reach as "
+                "brokers join (--founding-brokers waits for them instead)",
             )
         group_ids: list[str] = []
         while len(group_ids) < groups:
@@ -364,6 +379,43 @@ async def register_brokers(primary: Broker, meta: MetaMap) -> None:
             if not isinstance(result, MapChanged):
                 await trio.sleep(config.failure_timeout)
             break  # (the map changed: look at the new one)
+
+
+async def track_liveness(primary: Broker, meta: MetaMap) -> None:
+    """On the metadata leader: a registered member whose failure detector verdict (active or
+    inactive, ``member_statuses``) differs from the map's ``alive`` on two checks in a row,
+    one failure timeout apart, is recorded (``SetBrokerAlive``): only a change of the verdict
+    is proposed, and a blip shorter than a check changes nothing."""
+    config = primary.config
+    pending: dict[str, bool] = {}
+    while True:
+        await trio.sleep(config.failure_timeout)
+        cmap = meta.map
+        node = primary.driver.node
+        if cmap is None or not node.is_leader:
+            pending = {}
+            continue
+        statuses = node.member_statuses()
+        seen: dict[str, bool] = {}
+        for broker_id, record in sorted(cmap.brokers.items()):
+            view = statuses.get(broker_id)
+            if view is None:
+                continue  # no longer a member of the metadata group: left as it is
+            alive = view.status == "active"
+            if alive == record.alive:
+                continue
+            if pending.get(broker_id) != alive:
+                seen[broker_id] = alive
+                continue
+            result = await meta.propose(SetBrokerAlive(broker_id, alive))
+            log_event(
+                logging.INFO if isinstance(result, MapChanged) else logging.WARNING,
+                "groups.broker_alive",
+                broker=broker_id,
+                alive=alive,
+                result=getattr(result, "message", "done"),
+            )
+        pending = seen
 
 
 async def report_replicas(replica: Broker, meta: MetaMap) -> None:
@@ -502,4 +554,5 @@ __all__ = [
     "propose_here",
     "register_brokers",
     "report_replicas",
+    "track_liveness",
 ]
