@@ -28,7 +28,8 @@ async def until(predicate) -> None:
 async def test_a_joiner_learns_the_map_from_a_snapshot(tmp_path):
     """The map is replicated state of the cluster group: a broker joining after the log that
     founded it was compacted installs a snapshot (DATA_SYNC) holding the map, is registered
-    in it, and answers CLUSTER_QUERY about every group, none of which it hosts."""
+    in it, receives a group from the balancer, and answers CLUSTER_QUERY about every group,
+    those it does not host too."""
     with trio.fail_after(90):
         async with open_local_cluster(tmp_path, 1, groups=3, replication_factor=1) as cluster:
             founder = cluster.brokers["b1"]
@@ -43,24 +44,39 @@ async def test_a_joiner_learns_the_map_from_a_snapshot(tmp_path):
             assert joiner.driver.node.log.snapshot_index > 0  # it did install a snapshot
             assert joiner.host.meta.map.groups == founded.groups
             assert joiner.host.meta.map.settings == founded.settings
-            # Registered afterwards, through the log; placed nowhere until the balancer moves
-            # replicas to it (R = 1 here).
+            # Registered afterwards, through the log; then the balancer moves one group's only
+            # replica (R = 1 here) to it: two groups stay on the founder, one is the joiner's.
             await until(
                 lambda: (
                     joiner.host.meta.map.broker(joiner.broker_id) is not None
                     and founder.host.meta.map.broker(joiner.broker_id) is not None
                 )
             )
-            assert set(joiner.host.groups) == {joiner.cluster_id}
+
+            def moved() -> bool:
+                cmap = founder.host.meta.map
+                return (
+                    all(r.move is None for r in cmap.groups.values())
+                    and len(cmap.groups_of(joiner.broker_id)) == 1
+                    and joiner.host.meta.map.version == cmap.version
+                )
+
+            await until(moved)
+            cmap = joiner.host.meta.map
             stored = await joiner._worker.run(joiner._store.cluster_map)
-            assert stored == joiner.host.meta.map
+            assert stored == cmap
+            (mine,) = cmap.groups_of(joiner.broker_id)
+            await until(lambda: set(joiner.host.groups) == {joiner.cluster_id, mine})
+            await until(lambda: joiner.host.groups[mine].driver.node.is_leader)
             await trio.sleep(1.5)  # (the joiner's refresh of the leaders of the groups)
             reply = await call(cluster.ports["b2"], {"operation": "CLUSTER_QUERY"})
             assert sorted(g["cluster_id"] for g in reply["groups"]) == sorted(founded.groups)
-            assert all(g["leader_id"] == founder.broker_id for g in reply["groups"]), reply
+            # It names the leader of every group, those it does not host too.
+            for g in reply["groups"]:
+                assert g.get("leader_id") == cmap.groups[g["cluster_id"]].voters[0], reply
             created = await call(cluster.ports["b2"], {"operation": "CREATE_QUEUE"})
-            assert created["code"] == "NOT_LEADER"
-            assert created["leader_id"] == founder.broker_id
+            assert created["status"] == "success", created  # (on the group it leads)
+            assert created["queue_id"].startswith("Q-" + mine[2:])
 
 
 async def test_a_stage_1_data_directory_keeps_every_group_on_every_broker(tmp_path):

@@ -49,6 +49,9 @@ OPERATIONS: dict[str, type] = {
     "SNAPSHOT": m.TakeSnapshot,
     "ADD_MEMBER": m.AddMember,
     "METADATA_PROPOSE": m.ProposeMetadata,
+    # The balancer (docs/protocol.md, "Balancer operations").
+    "REBALANCE": m.Rebalance,
+    "DRAIN_BROKER": m.DrainBroker,
     # Work queues and the queue lifecycle (docs/protocol.md, "Work queues").
     **m.WORK_OPERATIONS,
 }

@@ -361,7 +361,34 @@ class ProposeMetadata:
     cluster_id: str | None = None
 
 
-ADMIN_REQUESTS: tuple[type, ...] = (RemoveMember, TransferLeadership, TakeSnapshot, AddMember)
+@attrs.frozen
+class Rebalance:
+    """Operator command (docs/protocol.md, "Balancer operations"): the metadata group's leader
+    runs one balancer round now and answers what it did (:class:`Rebalanced`); any broker
+    forwards it there."""
+
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class DrainBroker:
+    """Operator command: the broker ``broker_id`` is leaving (``draining`` false: it stays
+    after all). The balancer moves its replicas and leadership away; answered at once with
+    what it still holds (:class:`DrainState`)."""
+
+    broker_id: str
+    draining: bool = True
+    cluster_id: str | None = None
+
+
+ADMIN_REQUESTS: tuple[type, ...] = (
+    RemoveMember,
+    TransferLeadership,
+    TakeSnapshot,
+    AddMember,
+    Rebalance,
+    DrainBroker,
+)
 """The operator's requests (they change the membership, the leadership or the log)."""
 
 
@@ -420,6 +447,8 @@ Request = (
     | TransferLeadership
     | TakeSnapshot
     | AddMember
+    | Rebalance
+    | DrainBroker
     | ProposeMetadata
 )
 
@@ -712,6 +741,50 @@ class MemberAdded:
     cluster_version: int
 
 
+@attrs.frozen
+class MoveDone:
+    """One move of a balancer round, as :class:`Rebalanced` lists it."""
+
+    move: str
+    """``TRANSFER_LEADER``, ``ADD_LEARNER``, ``PROMOTE_LEARNER``, ``REMOVE_REPLICA`` (group
+    actions, asked of the group's leader) or ``START_REPLICA_MOVE``, ``ABANDON_REPLICA_MOVE``,
+    ``PREFERRED_LEADER`` (metadata commands, proposed to the metadata group)."""
+    group_id: str
+    outcome: str
+    """``done``; ``waiting`` (a learner is promoted by the group's leader once caught up);
+    ``failed`` (retried next round; ``reason`` says why)."""
+    broker_id: str | None = None
+    """The broker the move is about (its target for a replica move)."""
+    source: str | None = None
+    """For ``START_REPLICA_MOVE``: the replica that goes (null: the group grows)."""
+    reason: str | None = None
+
+
+@attrs.frozen
+class Rebalanced:
+    """The answer to REBALANCE: the moves of the round that ran, in order (empty: the cluster
+    is balanced), and the cluster map's version after them."""
+
+    map_version: int
+    moves: list[MoveDone]
+    moving_groups: int = 0
+    """Groups with a replica move in progress after the round."""
+
+
+@attrs.frozen
+class DrainState:
+    """The answer to DRAIN_BROKER: what the broker still holds. Once ``replicas`` and
+    ``leads`` are 0 it holds nothing and can be stopped and removed."""
+
+    broker_id: str
+    draining: bool
+    replicas: int
+    """Replicas (voters and learners) of groups the broker still holds, as the map says."""
+    leads: int
+    """Groups it leads, as the metadata leader observed at the last round."""
+    map_version: int
+
+
 Response = (
     ClusterTopology
     | HeadedMessageBatch
@@ -742,4 +815,6 @@ Response = (
     | LeadershipTransferred
     | SnapshotTaken
     | MemberAdded
+    | Rebalanced
+    | DrainState
 )

@@ -61,9 +61,11 @@ from .._protocol import (
 from .._protocol import _messages as m
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
+from . import _balancing as balancing
 from . import _membership as membership
 from ._answer import Answer
 from ._applied import applied_views
+from ._balancing import Balancing
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
@@ -134,6 +136,8 @@ class Broker:
         self._queue_ids: set[str] = set()
         self.host: GroupHost | None = None
         """The groups hosted beside this one, on the cluster group's broker (:mod:`._groups`)."""
+        self.balancing: Balancing | None = None
+        """The balancer, on the metadata group's brokers (:mod:`._balancing`); None: no map."""
         self.retention = RetentionEnforcer(
             self.broker_id,
             config,
@@ -358,6 +362,16 @@ class Broker:
             TransferLeadership: self._privileged(membership.transfer),
             TakeSnapshot: self._privileged(membership.take_snapshot),
             AddMember: self._privileged(membership.add_member),
+            m.Rebalance: self._privileged(
+                lambda b, r: balancing.rebalance(
+                    b.balancing, r, functools.partial(membership.forward_to_leader, b)
+                )
+            ),
+            m.DrainBroker: self._privileged(
+                lambda b, r: balancing.drain(
+                    b.balancing, r, functools.partial(membership.forward_to_leader, b)
+                )
+            ),
             ProposeMetadata: self._privileged(propose_here),
             DataSyncRequest: self._privileged(
                 lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)

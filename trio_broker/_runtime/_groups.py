@@ -26,8 +26,10 @@ and storage worker under ``data_dir/groups/G-XXXXX/``; the cluster group's broke
 - the requests of one receive (:meth:`GroupHost.handle_many`) in runs of consecutive requests
   of one group, so answers keep request order across groups.
 
-Each group's leader keeps leadership spread (:func:`keep_spread`): to the map's preferred
-leader, or with the stage-1 list by the shared rule of :mod:`trio_broker._core._spread`.
+Leadership stays spread by one rule at a time: with the stage-1 list, each group's leader
+applies the shared rule of :mod:`trio_broker._core._spread` (:func:`keep_spread`); with a
+map, the balancer on the metadata leader (:mod:`._balancing`) moves it towards the map's
+preferred leaders, and nothing else does.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from .._ids import CLUSTER_ID_RE, new_cluster_id
 from .._protocol import PeerHello, PeerWelcome, Request
 from . import _membership as membership
 from ._answer import Answer
+from ._balancing_seams import balancer_for
 from ._connections import Session
 from ._group_routing import GroupRouting, named_group
 from ._log import log_event
@@ -207,6 +210,10 @@ class GroupHost:
                 return
             nursery.start_soon(register_brokers, primary, self.meta)
             nursery.start_soon(track_liveness, primary, self.meta)
+            # The balancer (:mod:`._balancing`): rounds while this broker leads the metadata
+            # group; it alone moves the leadership of the groups the map places.
+            primary.balancing = balancer_for(primary, self.meta)
+            nursery.start_soon(primary.balancing.run)
             nursery.start_soon(
                 self.meta.board.run, self.meta, lambda: set(self.groups) - {primary.cluster_id}
             )
@@ -328,7 +335,6 @@ class GroupHost:
                             founding=founding,
                             waits_to_be_added=not configured and not founding,
                         )
-                        services.start_soon(keep_spread, broker, self)
                         services.start_soon(report_replicas, broker, self.meta)
                         task_status.started()
                         try:
