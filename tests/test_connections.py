@@ -169,3 +169,23 @@ async def test_no_more_than_max_in_flight_requests_wait_for_their_answers(tmp_pa
             while server.connections:  # noqa: ASYNC110 (bounded wait for the close)
                 await trio.sleep(0.05)
         assert server.budget.used == 0
+
+
+async def test_appended_answers_of_one_receive_leave_in_one_write(tmp_path):
+    """A burst of APPENDs (one receive, one run, one commit) is answered in order, each
+    answer with its sequence number, in one write (their frames written straight from the
+    results: docs/performance.md, "The leader's request path")."""
+    network = _CountingNetwork()
+    config = BrokerConfig(data_dir=tmp_path / "b", port=0)
+    async with open_broker(config, network=network) as broker:
+        queue_id = await create_queue(broker.port)
+        conn = await RawConnection.open(broker.port)
+        requests = [{"operation": "APPEND", "queue_name": queue_id, "data": i} for i in range(40)]
+        with trio.fail_after(DEADLINE):
+            await conn.send(*requests)
+            answers = [await conn.receive() for _ in requests]
+        assert answers == [{"status": "success", "sequence_num": i + 1} for i in range(40)]
+        (stream,) = [s for s in network.streams if s.frames == len(requests)]
+        # One burst arrives in one or two receives on loopback; each is one commit.
+        assert stream.writes <= 2, stream.writes
+        await conn.aclose()

@@ -1,6 +1,10 @@
-"""Several replication groups per broker, stage 1 (docs/replication.md, "Several leaders"):
-every broker hosts every group, requests are routed by the group they name, and each group's
-leadership is spread over the brokers. Real brokers on a memory network, under the mock clock.
+"""Several replication groups per broker placed by the stage-1 list (docs/replication.md,
+"Several leaders"): every broker hosts every group, requests are routed by the group they
+name, and each group's leadership is spread over the brokers. Real brokers on a memory
+network, under the mock clock. The clusters here are founded with ``replication_factor``
+``EVERY_BROKER`` (``--replication-factor all``), which founds with the stage-1 list
+(``SET_GROUPS``), as every data directory of stage 1 was: these tests are also what keeps
+such directories working. Groups placed by the cluster map: tests/test_metamap.py.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from trio_broker._core._queues import QueueState
 from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._protocol import FrameDecoder, encode_frame, loads_object
+from trio_broker._runtime._groups import EVERY_BROKER
 from trio_broker._runtime._status import RequestRates, read_status, table_rows
 from trio_broker._storage._queue_sql import apply_command, stored_groups
 from trio_broker._storage._schema import WORK_TABLES, upgrade
@@ -43,7 +48,7 @@ async def answer_of(cluster, name, request):
 async def test_founder_commits_the_group_list_and_every_broker_hosts_every_group(
     autojump_clock,
 ):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         lists = {name: b.host.group_ids for name, b in cluster.brokers.items()}
         (group_ids,) = set(lists.values())
         assert len(group_ids) == 3 and list(group_ids) == sorted(group_ids)
@@ -75,7 +80,7 @@ async def wait_spread(cluster, groups: int) -> None:
 
 @pytest.mark.trio
 async def test_leadership_spreads_over_the_brokers(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 3)
         assert sorted(led_counts(cluster).values()) == [1, 1, 1]
@@ -83,7 +88,7 @@ async def test_leadership_spreads_over_the_brokers(autojump_clock):
 
 @pytest.mark.trio
 async def test_requests_reach_the_group_their_queue_names(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 3)
         group_ids = cluster.brokers["b1"].host.group_ids
@@ -128,7 +133,7 @@ async def test_requests_reach_the_group_their_queue_names(autojump_clock):
 
 @pytest.mark.trio
 async def test_cluster_query_lists_every_group(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 3)
         group_ids = cluster.brokers["b1"].host.group_ids
@@ -159,7 +164,7 @@ async def test_cluster_query_lists_every_group(autojump_clock):
 
 @pytest.mark.trio
 async def test_pipelined_requests_across_groups_answer_in_order(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 3)
         # One broker leading every group: pipelined requests alternate between groups. (Its
@@ -231,7 +236,7 @@ async def test_acknowledged_writes_on_every_group_survive_a_crash_of_a_broker_le
     """Failover moves leadership away from the crashed broker, healing moves it back; what any
     group acknowledged is on every replica of that group afterwards (Raft §5.4, per group)."""
     groups = 6
-    async with open_mock_cluster(3, groups=groups) as cluster:
+    async with open_mock_cluster(3, groups=groups, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(120):
             await wait_spread(cluster, groups)
         share = leader_share(groups, 3)
@@ -295,7 +300,7 @@ async def test_acknowledged_writes_on_every_group_survive_a_crash_of_a_broker_le
 
 @pytest.mark.trio
 async def test_a_restarted_broker_reopens_every_group(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 3)
         group_ids = cluster.brokers["b1"].host.group_ids
@@ -313,7 +318,7 @@ async def test_a_restarted_broker_reopens_every_group(autojump_clock):
 
 @pytest.mark.trio
 async def test_status_and_metrics_show_every_group(autojump_clock):
-    async with open_mock_cluster(3, groups=3) as cluster:
+    async with open_mock_cluster(3, groups=3, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 3)
         leaders = cluster.group_leaders()
@@ -377,7 +382,7 @@ async def test_a_refused_group_join_is_retried_not_fatal(autojump_clock):
     joiner backs off and asks again instead of stopping."""
     from trio_broker._runtime._membership import JoinFailed
 
-    async with open_mock_cluster(1, groups=2) as cluster:
+    async with open_mock_cluster(1, groups=2, replication_factor=EVERY_BROKER) as cluster:
         host = cluster.brokers["b1"].host
         attempts = []
 
@@ -397,7 +402,7 @@ async def test_a_refused_group_join_is_retried_not_fatal(autojump_clock):
 async def test_peer_hello_reaches_the_group_it_names(autojump_clock):
     """PEER_HELLO naming a hosted group is accepted and its stream handed to that group's
     driver; naming a group not hosted here is refused as before (WRONG_CLUSTER)."""
-    async with open_mock_cluster(2, groups=2) as cluster:
+    async with open_mock_cluster(2, groups=2, replication_factor=EVERY_BROKER) as cluster:
         extra = next(g for g in cluster.replicas("b1") if g != cluster.brokers["b1"].cluster_id)
         hello = {"operation": "PEER_HELLO", "broker_id": "B-TEST1", "to": "B-000B1"}
         reply = await cluster.call("b1", hello | {"cluster_id": "G-NONE0"})
@@ -429,7 +434,7 @@ async def test_a_broker_leading_no_group_points_create_queue_at_a_leader(autojum
     """Two groups on three brokers: one broker leads none. Its CREATE_QUEUE answer is
     NOT_LEADER naming a group's leader (where an original-design client retries), and its
     CLUSTER_QUERY naming no group is about the cluster group, as a replica."""
-    async with open_mock_cluster(3, groups=2) as cluster:
+    async with open_mock_cluster(3, groups=2, replication_factor=EVERY_BROKER) as cluster:
         with trio.fail_after(60):
             await wait_spread(cluster, 2)
         leaders = cluster.group_leaders()

@@ -1,7 +1,9 @@
 """Several replication groups with real broker processes (docs/replication.md, "Several
 leaders"): a broker that leads several groups is SIGKILLed; every group fails over, and what
 any group acknowledged survives, on every group; the broker comes back, reopens every group,
-and leadership spreads back."""
+and leadership spreads back. The cluster is founded with the cluster map (the default
+replication factor, 3, over its 3 brokers: ``--founding-brokers 3``), so every broker holds
+every group."""
 
 from __future__ import annotations
 
@@ -88,7 +90,10 @@ async def call_leader(ports: list[int], group: str, request: dict[str, Any]) -> 
 async def test_sigkill_of_a_broker_leading_several_groups_loses_nothing_acknowledged(
     nodes: Nodes, tmp_path: Path
 ):
-    first = await nodes.start_member(tmp_path / "b1", extra_args=[*FAST, "--groups", str(GROUPS)])
+    first = await nodes.start_member(
+        tmp_path / "b1",
+        extra_args=[*FAST, "--groups", str(GROUPS), "--founding-brokers", str(BROKERS)],
+    )
     started = [first]
     for i in range(2, BROKERS + 1):
         started.append(

@@ -11,6 +11,7 @@ import trio
 
 from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
+from trio_broker._runtime._groups import EVERY_BROKER
 from trio_broker.client import Message, connect
 from trio_broker.testing import open_local_cluster
 
@@ -70,7 +71,9 @@ async def queues_on_every_group(cluster) -> dict[str, str]:
 
 async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(tmp_path):
     with trio.fail_after(90):
-        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+        async with open_local_cluster(
+            tmp_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
+        ) as cluster:
             leaders = await wait_spread(cluster)
             queues = await queues_on_every_group(cluster)
             assert sorted(queues) == sorted(leaders)
@@ -99,7 +102,9 @@ async def test_original_design_client_routes_by_queue_id_to_each_group(tmp_path)
     without ``Q-`` and its last five characters), then talk to that cluster's leader; on
     NOT_LEADER, ask again."""
     with trio.fail_after(90):
-        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+        async with open_local_cluster(
+            tmp_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
+        ) as cluster:
             await wait_spread(cluster)
             queues = await queues_on_every_group(cluster)
 
@@ -171,7 +176,12 @@ async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
     holding it was compacted learns it from the snapshot it installs (DATA_SYNC)."""
     with trio.fail_after(90):
         async with open_local_cluster(
-            tmp_path, 1, groups=GROUPS, compact_threshold=20, compact_keep=5
+            tmp_path,
+            1,
+            groups=GROUPS,
+            replication_factor=EVERY_BROKER,
+            compact_threshold=20,
+            compact_keep=5,
         ) as cluster:
             founder = cluster.brokers["b1"]
             await until(lambda: len(founder.host.groups) == GROUPS)
@@ -198,7 +208,9 @@ async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
 
 async def test_client_status_shows_every_group_from_one_seed(tmp_path, cli):
     with trio.fail_after(90):
-        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+        async with open_local_cluster(
+            tmp_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
+        ) as cluster:
             leaders = await wait_spread(cluster)
             status, out, err = await cli(
                 "--seed", f"127.0.0.1:{cluster.ports['b2']}", "--json", "status"

@@ -683,8 +683,16 @@ def test_admin_requests_decode_strictly_and_are_listed():
         TakeSnapshot,
         TransferLeadership,
     )
+    from trio_broker._protocol._messages import DrainBroker, Rebalance
 
-    assert set(ADMIN_REQUESTS) == {RemoveMember, TransferLeadership, TakeSnapshot, AddMember}
+    assert set(ADMIN_REQUESTS) == {
+        RemoveMember,
+        TransferLeadership,
+        TakeSnapshot,
+        AddMember,
+        Rebalance,
+        DrainBroker,
+    }
     assert decode_request(b'{"operation": "TRANSFER_LEADERSHIP"}') == TransferLeadership()
     assert decode_request(
         b'{"operation": "TRANSFER_LEADERSHIP", "broker_id": "B-AAAAA"}'

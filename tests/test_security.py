@@ -560,6 +560,11 @@ PRIVILEGED_EXAMPLES = {
     "TRANSFER_LEADERSHIP": {},
     "SNAPSHOT": {},
     "ADD_MEMBER": {"host": "127.0.0.1", "port": 1},
+    "REBALANCE": {},
+    "DRAIN_BROKER": {"broker_id": None},
+    "METADATA_PROPOSE": {
+        "command": {"type": "REGISTER_BROKER", "broker_id": "B-ROGUE", "host": "h", "port": 1}
+    },
 }
 
 

@@ -64,7 +64,14 @@ from ._protocol import (
     Retention,
     SnapshotTaken,
 )
-from ._protocol._messages import ClientLag, QueueInfo, QueueList
+from ._protocol._messages import (
+    ClientLag,
+    DrainState,
+    MoveDone,
+    QueueInfo,
+    QueueList,
+    Rebalanced,
+)
 from ._runtime import (
     Broker,
     BrokerConfig,
@@ -93,6 +100,7 @@ __all__ = [
     "ClientStatistics",
     "Consumer",
     "DataDirInUse",
+    "DrainState",
     "ErrorCode",
     "GroupConsumer",
     "GroupInUseError",
@@ -105,6 +113,7 @@ __all__ = [
     "LimitReachedError",
     "MemberAdded",
     "Message",
+    "MoveDone",
     "NotLeaderError",
     "OutOfOrderSequenceError",
     "OutcomeUnknownError",
@@ -115,6 +124,7 @@ __all__ = [
     "QueueInfo",
     "QueueList",
     "QueueNotFoundError",
+    "Rebalanced",
     "RequestTimeoutError",
     "Retention",
     "SequenceTooOldError",

@@ -66,7 +66,14 @@ async def _local_cluster(
             port = _free_port()
             seed = members[0][0] if members else None
             process, _ = await start_node(
-                base / f"node-{i}", port, seed=seed, groups=groups if seed is None else 1
+                base / f"node-{i}",
+                port,
+                seed=seed,
+                groups=groups if seed is None else 1,
+                # The founder places the groups once every node has joined (R = 3 of 3).
+                extra_args=("--founding-brokers", str(nodes))
+                if groups > 1 and seed is None
+                else (),
             )
             members.append((port, process))
         yield members

@@ -494,6 +494,37 @@ async def _snapshot(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _rebalance(client: Client, args: argparse.Namespace) -> int:
+    report = await client.rebalance()
+    if args.json:
+        _out(_json(converter.unstructure(report)))
+        return EXIT_OK
+    for move in report.moves:
+        source = f" from {move.source}" if move.source else ""
+        reason = f": {move.reason}" if move.reason else ""
+        _out(f"{move.group_id}\t{move.move} {move.broker_id}{source}\t{move.outcome}{reason}")
+    if not report.moves:
+        _out("balanced: nothing to move")
+    _out(f"map version {report.map_version}, {report.moving_groups} group(s) moving a replica")
+    return EXIT_OK
+
+
+async def _drain(client: Client, args: argparse.Namespace) -> int:
+    state = await client.drain_broker(args.broker_id, draining=not args.undo)
+    if args.json:
+        _out(_json(converter.unstructure(state)))
+    elif not state.draining:
+        _out(f"{state.broker_id} stays (holds {state.replicas} replica(s))")
+    elif state.replicas or state.leads:
+        _out(
+            f"{state.broker_id} is draining: still holds {state.replicas} replica(s), "
+            f"leads {state.leads} group(s)"
+        )
+    else:
+        _out(f"{state.broker_id} is drained: it holds nothing and can be stopped and removed")
+    return EXIT_OK
+
+
 async def _queues(client: Client, args: argparse.Namespace) -> int:
     """Every queue of the cluster, a page at a time, with each client's lag."""
     queues = []
@@ -537,6 +568,8 @@ _COMMANDS = {
     "add-member": _add_member,
     "transfer-leader": _transfer_leader,
     "snapshot": _snapshot,
+    "rebalance": _rebalance,
+    "drain": _drain,
     "create-queue": _create_queue,
     "set-retention": _set_retention,
     "append": _append,

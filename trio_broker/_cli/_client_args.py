@@ -117,7 +117,7 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "client",
         help="talk to brokers: status, health, groups, queues, create-queue, delete-queue, "
         "set-retention, append, read, consume, ack, nack, add-member, remove-member, "
-        "transfer-leader, snapshot",
+        "transfer-leader, snapshot, rebalance, drain",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no seed broker can be reached "
         "(every seed is tried), 64 for a usage error.",
@@ -304,6 +304,26 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         help="only the broker listening there (default: every member)",
     )
     _cluster_option(snapshot)
+    commands.add_parser(
+        "rebalance",
+        parents=[common],
+        help="run one balancer round now and print what it moved (docs/replication.md)",
+        description="The metadata group's leader runs one round of the balancer now: the next "
+        "step of each replica move, leadership transfers, new moves; printed one line each "
+        "(nothing: the cluster is balanced). Rounds also run on their own, every 5 s.",
+    )
+    drain = commands.add_parser(
+        "drain",
+        parents=[common],
+        help="move every replica and leadership off a broker before it leaves (--undo: it stays)",
+        description="Marks the broker as leaving: the balancer moves its replicas and its "
+        "leadership to the brokers that stay, a move at a time. Run it again to see what it "
+        "still holds; once it holds nothing it can be stopped and removed.",
+    )
+    drain.add_argument("broker_id", metavar="BROKER_ID")
+    drain.add_argument(
+        "--undo", action="store_true", help="the broker stays after all: stop draining it"
+    )
     read.add_argument("queue", metavar="QUEUE")
     read.add_argument(
         "--count",

@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from .._core._commands import MAX_GROUPS
+from .._core._metadata import MAX_REPLICATION_FACTOR
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, leaf
 from ._processes import start_node, stop_nodes
 
@@ -44,8 +45,15 @@ def add_cluster_parser(subparsers: argparse._SubParsersAction) -> None:
         "--groups",
         type=_groups,
         default=1,
-        help="replication groups, each hosted by every broker, their leadership spread over "
-        "the brokers (%(default)s)",
+        help="replication groups, each hosted by --replication-factor brokers, their "
+        "leadership spread over the brokers (%(default)s)",
+    )
+    p.add_argument(
+        "--replication-factor",
+        type=_replication_factor,
+        default=3,
+        help="with several groups: on how many brokers each group lives, or 'all' for every "
+        "broker (%(default)s); the groups are placed once all NODES brokers have joined",
     )
     p.add_argument("--base-port", type=_port, default=9001, help="first port (%(default)s)")
     p.add_argument(
@@ -87,6 +95,20 @@ def _groups(text: str) -> int:
     return value
 
 
+def _replication_factor(text: str) -> int:
+    if text == "all":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer nor 'all': {text!r}") from None
+    if not 1 <= value <= MAX_REPLICATION_FACTOR:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1 and {MAX_REPLICATION_FACTOR}, or 'all', got {text!r}"
+        )
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -122,13 +144,22 @@ def _say(text: str, *, error: bool = False) -> None:
     print(text, file=sys.stderr if error else sys.stdout, flush=True)
 
 
-async def _start(node: _Node, log_level: str, groups: int = 1) -> None:
+async def _start(
+    node: _Node, log_level: str, groups: int = 1, replication_factor: int = 3, nodes: int = 1
+) -> None:
+    """Start one node; the founder (no seed) founds ``groups`` groups placed over all
+    ``nodes`` brokers once they have joined, so leadership is spread from the start."""
+    extra: list[str] = []
+    if node.seed is None and groups > 1:
+        factor = "all" if replication_factor == 0 else str(replication_factor)
+        extra = ["--replication-factor", factor, "--founding-brokers", str(nodes)]
     process, ready = await start_node(
         node.data_dir,
         node.port,
         seed=node.seed,
         log_level=log_level,
         groups=groups if node.seed is None else 1,
+        extra_args=extra,
     )
     node.process = process
     _say(f"{node.name} pid {process.pid}: {ready}")
@@ -206,7 +237,7 @@ async def _run_cluster(args: argparse.Namespace) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for node in nodes:
-                await _start(node, args.log_level, args.groups)
+                await _start(node, args.log_level, args.groups, args.replication_factor, args.nodes)
             seeds = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
             _say(f"cluster of {args.nodes} brokers running; seeds {seeds}; Ctrl-C stops it")
             async with trio.open_nursery() as nursery:

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from .._core._commands import MAX_GROUPS
+from .._core._metadata import MAX_BROKERS, MAX_REPLICATION_FACTOR
 from .._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from .._runtime._security import load_security
 from ._seeds import parse_seeds
@@ -67,6 +68,24 @@ def _groups(value: Any) -> int:
     count = _int(value)
     if not 1 <= count <= MAX_GROUPS:
         raise ValueError(f"a cluster has 1 to {MAX_GROUPS} groups, not {count}")
+    return count
+
+
+def _replication_factor(value: Any) -> int:
+    if value == "all":
+        return 0  # every broker hosts every group (the stage-1 list)
+    count = _int(value)
+    if not 1 <= count <= MAX_REPLICATION_FACTOR:
+        raise ValueError(
+            f"the replication factor is 1 to {MAX_REPLICATION_FACTOR} or 'all', not {count}"
+        )
+    return count
+
+
+def _founding_brokers(value: Any) -> int:
+    count = _int(value)
+    if not 1 <= count <= MAX_BROKERS:
+        raise ValueError(f"a cluster is founded by 1 to {MAX_BROKERS} brokers, not {count}")
     return count
 
 
@@ -245,9 +264,24 @@ OPTIONS = [
     Option(
         "groups",
         _groups,
-        "when founding a cluster: its number of replication groups, each hosted by every "
-        "broker and led by one, leadership spread over the brokers (a joining or restarted "
+        "when founding a cluster: its number of replication groups, each hosted by "
+        "--replication-factor brokers and led by one, leadership spread over the brokers (a "
+        "joining or restarted broker takes its cluster's)",
+        1,
+    ),
+    Option(
+        "replication_factor",
+        _replication_factor,
+        "when founding with several groups: on how many brokers each group lives (bounded by "
+        "the brokers known at founding; 'all': every broker hosts every group; a joining "
         "broker takes its cluster's)",
+        3,
+    ),
+    Option(
+        "founding_brokers",
+        _founding_brokers,
+        "when founding with several groups: place them once this many brokers (the founder "
+        "included) have joined, so each group starts with its replication factor of replicas",
         1,
     ),
     Option("log_level", _str, "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),

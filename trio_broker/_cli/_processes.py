@@ -19,6 +19,7 @@ async def start_node(
     seed: int | None = None,
     log_level: str = "WARNING",
     groups: int = 1,
+    extra_args: Sequence[str] = (),
 ) -> tuple[trio.Process, str]:
     """Start ``python -m trio_broker node`` on 127.0.0.1; returns it and its ready line."""
     cmd = [
@@ -37,6 +38,7 @@ async def start_node(
         cmd += ["--seed", f"127.0.0.1:{seed}"]
     if groups != 1:
         cmd += ["--groups", str(groups)]
+    cmd += list(extra_args)
     process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = b""

@@ -44,10 +44,14 @@ from .._protocol import (
 from .._protocol._messages import (
     BatchAppended,
     CreateNamedQueue,
+    DrainBroker,
+    DrainState,
     MessageBatch,
     NamedQueueCreated,
     Position,
     QueueList,
+    Rebalance,
+    Rebalanced,
 )
 from ._common import (
     Address,
@@ -442,6 +446,23 @@ class Client(WorkQueues):
         request = AddMember(host=host, port=port, cluster_id=cid)
         response = await self._leader_call(cid, request, retry_unavailable=False)
         return structure(response, MemberAdded)
+
+    async def rebalance(self) -> Rebalanced:
+        """Operator command: the metadata group's leader runs one balancer round now and
+        answers the moves it made (docs/replication.md, "Balancer"). Not retried: a refusal
+        (a cluster without a balancer) raises at once."""
+        cid = await self._known_cluster(None)
+        # No cluster_id: the broker's cluster group decides it (and forwards it to its leader).
+        response = await self._leader_call(cid, Rebalance(), retry_unavailable=False)
+        return structure(response, Rebalanced)
+
+    async def drain_broker(self, broker_id: str, *, draining: bool = True) -> DrainState:
+        """Operator command: ``broker_id`` leaves (``draining`` False: it stays after all); the
+        balancer moves its replicas and leadership away. Answers what it still holds."""
+        cid = await self._known_cluster(None)
+        request = DrainBroker(broker_id=broker_id, draining=draining)
+        response = await self._leader_call(cid, request, retry_unavailable=False)
+        return structure(response, DrainState)
 
     async def take_snapshot(
         self, broker: str | tuple[str, int] | None = None, *, cluster_id: str | None = None

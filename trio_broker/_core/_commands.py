@@ -199,6 +199,25 @@ MAX_GROUPS = 1024
 """The most replication groups a cluster may have."""
 
 
+class MapCommand:
+    """Base of the metadata group's commands (:mod:`._metadata`: ``FoundCluster``,
+    ``RegisterBroker``, ``SetGroupReplicas``, ...). They travel in the cluster group's log like
+    the queue commands (``_protocol/_entries.py``, ``METADATA_PAYLOADS``) and are applied to
+    the :class:`~._metadata.ClusterMap` its state holds (docs/replication.md, "The metadata
+    group"). A marker only: it lets the log's ``Command`` union include them without this
+    module importing ``_metadata`` (which imports this one)."""
+
+    __slots__ = ()
+
+
+GROUPS_FIXED_BY_MAP = "the cluster's groups are placed by its cluster map (FOUND_CLUSTER)"
+GROUPS_FIXED_BY_LIST = (
+    "the cluster's groups were set by SET_GROUPS (every broker hosts every group)"
+)
+"""Why SET_GROUPS is refused once a map is founded, and FOUND_CLUSTER once a list is set:
+one cluster is placed one way, from its founding on."""
+
+
 def groups_problem(group_ids: tuple[str, ...], current: tuple[str, ...]) -> str | None:
     """Why :class:`SetGroups` with ``group_ids`` is refused over ``current``; None: accepted."""
     if not isinstance(group_ids, tuple) or not all(isinstance(g, str) for g in group_ids):
@@ -232,6 +251,7 @@ SingleCommand = (
     | SetRetention
     | ApplyRetention
     | SetGroups
+    | MapCommand
     | WorkCommand
 )
 

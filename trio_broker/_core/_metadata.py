@@ -30,7 +30,7 @@ import re
 import attrs
 
 from .._ids import BROKER_ID_RE, CLUSTER_ID_RE, cluster_of_queue
-from ._commands import CommandRejected
+from ._commands import CommandRejected, MapCommand
 
 MAX_GROUPS = 1024
 """Groups a cluster may have: each costs a log, timers and buffers on each of its brokers."""
@@ -119,7 +119,7 @@ class GroupAssignment:
 
 
 @attrs.frozen
-class FoundCluster:
+class FoundCluster(MapCommand):
     """The metadata log's first command: settings, founding brokers and every group's initial
     voters (built by :func:`trio_broker._core._placement.found_cluster`). Each group has
     ``min(replication_factor, len(brokers))`` voters; it grows as brokers join."""
@@ -130,7 +130,7 @@ class FoundCluster:
 
 
 @attrs.frozen
-class RegisterBroker:
+class RegisterBroker(MapCommand):
     """A broker joins, or a member's address changes; it is alive from now on."""
 
     broker_id: str
@@ -139,7 +139,7 @@ class RegisterBroker:
 
 
 @attrs.frozen
-class SetBrokerAlive:
+class SetBrokerAlive(MapCommand):
     """Proposed by the metadata leader when its failure detector changes its mind."""
 
     broker_id: str
@@ -147,7 +147,7 @@ class SetBrokerAlive:
 
 
 @attrs.frozen
-class SetBrokerDraining:
+class SetBrokerDraining(MapCommand):
     """The operator's "this broker is leaving" (or, with False, "it stays after all")."""
 
     broker_id: str
@@ -155,34 +155,34 @@ class SetBrokerDraining:
 
 
 @attrs.frozen
-class UnregisterBroker:
+class UnregisterBroker(MapCommand):
     """Forget a broker; refused while it holds any replica."""
 
     broker_id: str
 
 
 @attrs.frozen
-class SetPreferredLeader:
+class SetPreferredLeader(MapCommand):
     group_id: str
     broker_id: str
 
 
 @attrs.frozen
-class StartReplicaMove:
+class StartReplicaMove(MapCommand):
     group_id: str
     source: str | None
     target: str
 
 
 @attrs.frozen
-class AbandonReplicaMove:
+class AbandonReplicaMove(MapCommand):
     """Give up a move whose target left (it is no longer a replica of the group)."""
 
     group_id: str
 
 
 @attrs.frozen
-class SetGroupReplicas:
+class SetGroupReplicas(MapCommand):
     """A group's leader reports a configuration its own log committed. Reports of older
     versions than the map holds are refused (``STALE_REPORT``), so they may arrive in any
     order. A move whose target votes is complete (cleared) once its source is gone, or once the
@@ -196,7 +196,7 @@ class SetGroupReplicas:
 
 
 @attrs.frozen
-class PlaceQueue:
+class PlaceQueue(MapCommand):
     """Place a new queue: on ``group_id``, or (None) on the group with the fewest queues, ties
     to the lowest id. Its id is ``Q-`` + the group id without ``G-`` + ``queue_suffix`` (five
     characters from ``A-Z0-9``, drawn by the proposer). The group's own ``CREATE_QUEUE`` entry
@@ -207,7 +207,7 @@ class PlaceQueue:
 
 
 @attrs.frozen
-class DropQueue:
+class DropQueue(MapCommand):
     queue_id: str
 
 

@@ -11,6 +11,8 @@ from collections import OrderedDict
 import attrs
 
 from ._commands import (
+    GROUPS_FIXED_BY_LIST,
+    GROUPS_FIXED_BY_MAP,
     MAX_PRODUCERS,
     RETENTION_DELETES_PER_APPLY,
     Ack,
@@ -25,6 +27,7 @@ from ._commands import (
     CreateQueue,
     GroupApplied,
     GroupsSet,
+    MapCommand,
     MessageAppended,
     MessageRead,
     MessagesRead,
@@ -49,6 +52,7 @@ from ._commands import (
     queue_not_found,
     take_within,
 )
+from ._metadata import ClusterMap, FoundCluster, MetadataResult
 from ._work import WorkState, apply_work, touch
 from ._work_commands import WORK_COMMANDS
 
@@ -82,9 +86,13 @@ class QueueState:
     """(producer id, queue id) -> dedup state, least recently used first."""
     producer_clock: int = 0
     work: WorkState = attrs.field(factory=WorkState)
-    groups: tuple[str, ...] = ()
-    """The cluster's replication groups, once founded with several (:class:`SetGroups`)."""
     """Names, consumer groups, headers, fenced producers, position activity (``_work``)."""
+    groups: tuple[str, ...] = ()
+    """The cluster's replication groups, once founded with several by the stage-1 list
+    (:class:`SetGroups`: every broker hosts every group)."""
+    cluster_map: ClusterMap = attrs.field(factory=ClusterMap)
+    """The metadata group's state (docs/replication.md, "The metadata group"): founded
+    (``settings`` set) by ``FoundCluster`` in a cluster founded with several groups."""
 
     def apply(self, command: Command) -> Result:
         if isinstance(command, CommandGroup):
@@ -106,10 +114,14 @@ class QueueState:
             self.brokers[command.broker_id] = (command.host, command.port)
             return BrokerAddressSet(command.broker_id)
         if isinstance(command, SetGroups):
+            if self.cluster_map.settings is not None:
+                return bad_request(GROUPS_FIXED_BY_MAP)
             if (problem := groups_problem(command.group_ids, self.groups)) is not None:
                 return bad_request(problem)
             self.groups = command.group_ids
             return GroupsSet(command.group_ids)
+        if isinstance(command, MapCommand):
+            return apply_map_command(self.cluster_map, self.groups, command)
         if isinstance(command, ApplyRetention):
             return self._apply_retention(command.now_ms)
         if isinstance(command, WORK_COMMANDS):
@@ -343,3 +355,14 @@ __all__ = [
     "read_result",
     "retention_through",
 ]
+
+
+def apply_map_command(
+    cmap: ClusterMap, groups: tuple[str, ...], command: MapCommand
+) -> MetadataResult:
+    """A metadata command applied to ``cmap`` (the SQL twin stores the map it changes): as
+    :meth:`ClusterMap.apply`, except that a cluster placed by the stage-1 list (``groups``)
+    refuses to be founded again by a map."""
+    if isinstance(command, FoundCluster) and groups:
+        return bad_request(GROUPS_FIXED_BY_LIST)
+    return cmap.apply(command)  # type: ignore[arg-type]

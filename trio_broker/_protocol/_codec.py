@@ -48,6 +48,10 @@ OPERATIONS: dict[str, type] = {
     "TRANSFER_LEADERSHIP": m.TransferLeadership,
     "SNAPSHOT": m.TakeSnapshot,
     "ADD_MEMBER": m.AddMember,
+    "METADATA_PROPOSE": m.ProposeMetadata,
+    # The balancer (docs/protocol.md, "Balancer operations").
+    "REBALANCE": m.Rebalance,
+    "DRAIN_BROKER": m.DrainBroker,
     # Work queues and the queue lifecycle (docs/protocol.md, "Work queues").
     **m.WORK_OPERATIONS,
 }
@@ -288,6 +292,18 @@ def describe_error(exc: Exception) -> str:
 def decode_request(payload: bytes) -> m.Request:
     """Bytes of one frame to a request message, or :class:`ProtocolError`."""
     obj = loads_object(payload)
+    if len(obj) == 3:
+        # The original contract's APPEND (operation, queue_name, data) and READ (operation,
+        # queue_name, client_id), the most frequent requests of all: what _fast_append and
+        # _fast_read make of them, with no call to get there.
+        operation, queue = obj.get("operation"), obj.get("queue_name")
+        if type(queue) is str and len(queue) <= MAX_ID_LENGTH:
+            if operation == "APPEND" and "data" in obj:
+                return m.Append(queue, obj["data"])
+            if operation == "READ":
+                client = obj.get("client_id")
+                if type(client) is str and len(client) <= MAX_ID_LENGTH:
+                    return m.Read(queue, client)
     return request_from_dict(obj)
 
 
@@ -412,12 +428,16 @@ def response_to_dict(response: m.Response) -> dict[str, Any]:
     return {"status": "success", **body}
 
 
+_APPENDED = b'{"status":"success","sequence_num":%d}'
+"""An APPEND's answer as orjson writes it (``duplicate`` left out when false)."""
+
+
 def encode_response(response: m.Response | BrokerError) -> bytes:
     kind = type(response)
     if kind is m.Appended and not response.duplicate:  # type: ignore[union-attr]
         # The bytes orjson writes for this answer (tests/test_answer_encoding.py), without
         # building the object first: an APPEND's answer is the most frequent of all.
-        return b'{"status":"success","sequence_num":%d}' % response.sequence_num  # type: ignore[union-attr]
+        return _APPENDED % response.sequence_num  # type: ignore[union-attr]
     if kind is m.Message and response.headers is None:  # type: ignore[union-attr]
         return orjson.dumps(
             {
@@ -429,6 +449,33 @@ def encode_response(response: m.Response | BrokerError) -> bytes:
     if isinstance(response, BrokerError):
         return orjson.dumps(response.to_wire())
     return orjson.dumps(response_to_dict(response))
+
+
+def appended_frame(sequence_num: int) -> bytes:
+    """The whole frame of the answer to an APPEND that was not a duplicate: the bytes of
+    ``encode_frame(encode_response(Appended(sequence_num)))`` (tests/test_answer_encoding.py),
+    without the response object or the general encoder (docs/performance.md, "The leader's
+    request path")."""
+    body = _APPENDED % sequence_num
+    return len(body).to_bytes(4, "big") + body
+
+
+_MESSAGE = b'{"status":"success","sequence_num":%d,"data":%b}'
+_NO_MESSAGES_FRAME = (
+    len(b'{"status":"success","message":"no_messages"}').to_bytes(4, "big")
+    + b'{"status":"success","message":"no_messages"}'
+)
+
+
+def message_frame(sequence_num: int | None, data: bytes | None) -> bytes:
+    """The whole frame of a single-message READ's answer: the message (``data``, the value's
+    stored JSON bytes, embedded as they are) or, with ``sequence_num`` None, no message. The
+    bytes ``encode_frame(encode_response(...))`` writes for ``Message`` (without headers) and
+    ``NoMessages`` (tests/test_answer_encoding.py)."""
+    if sequence_num is None:
+        return _NO_MESSAGES_FRAME
+    body = _MESSAGE % (sequence_num, data)
+    return len(body).to_bytes(4, "big") + body
 
 
 def dumps_value(value: Any) -> bytes:

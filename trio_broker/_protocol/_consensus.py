@@ -19,6 +19,7 @@ import orjson
 
 from .._core import _raft_messages as rm
 from .._errors import LocalProtocolError, RemoteProtocolError
+from .._ids import CLUSTER_ID_RE
 from ._codec import converter, describe_error
 from ._entries import entry_from_obj, entry_to_obj, peer_overrides, plain_str, strict_int
 
@@ -207,5 +208,23 @@ def message_from_obj(obj: dict[str, Any]) -> rm.Message:
         raise RemoteProtocolError(f"malformed {op} message: {describe_error(exc)}") from None
 
 
-def encode_message(message: rm.Message) -> bytes:
-    return orjson.dumps(message_to_obj(message))
+def encode_message(message: rm.Message, group_id: str | None = None) -> bytes:
+    """A consensus message's frame payload; ``group_id`` names the replication group it
+    belongs to on a link that carries several (docs/replication.md, "Peer links"). Without
+    it, the frame is the group's that the link's PEER_HELLO named, as from older brokers."""
+    obj = message_to_obj(message)
+    if group_id is not None:
+        obj["group_id"] = group_id
+    return orjson.dumps(obj)
+
+
+def message_from_frame(obj: dict[str, Any]) -> tuple[str | None, rm.Message]:
+    """A peer frame's object as ``(group_id, message)``: ``group_id`` None when the frame
+    names none. Raises :class:`RemoteProtocolError` for a ``group_id`` that is not a group
+    id, as for a malformed message."""
+    group_id = obj.pop("group_id", None)
+    if group_id is not None and (
+        type(group_id) is not str or CLUSTER_ID_RE.fullmatch(group_id) is None
+    ):
+        raise RemoteProtocolError(f"malformed group_id {group_id!r}: expected G-XXXXX")
+    return group_id, message_from_obj(obj)

@@ -31,6 +31,7 @@ import google_crc32c
 import orjson
 
 from .._core import _commands as cmd
+from .._core import _metadata as md
 from .._core import _raft_messages as rm
 from .._core import _work_commands as work
 from .._errors import LocalProtocolError, RemoteProtocolError
@@ -67,6 +68,23 @@ ENTRY_TYPES: dict[str, type] = {
     "CLUSTER_CONFIG": rm.ConfigEntry,
 }
 """Wire names of log entry payloads (the design's REPLICATE types, and additions)."""
+
+METADATA_PAYLOADS: dict[str, type] = {
+    "FOUND_CLUSTER": md.FoundCluster,
+    "REGISTER_BROKER": md.RegisterBroker,
+    "BROKER_ALIVE": md.SetBrokerAlive,
+    "BROKER_DRAINING": md.SetBrokerDraining,
+    "UNREGISTER_BROKER": md.UnregisterBroker,
+    "PREFERRED_LEADER": md.SetPreferredLeader,
+    "START_REPLICA_MOVE": md.StartReplicaMove,
+    "ABANDON_REPLICA_MOVE": md.AbandonReplicaMove,
+    "GROUP_REPLICAS": md.SetGroupReplicas,
+    "PLACE_QUEUE": md.PlaceQueue,
+    "DROP_QUEUE": md.DropQueue,
+}
+"""The metadata group's commands (docs/replication.md, "The metadata group"), entries of the
+cluster group's log: ``{"type": name, **fields}``, through the one converter."""
+ENTRY_TYPES.update(METADATA_PAYLOADS)
 ENTRY_TYPE_NAMES: dict[type, str] = {cls: name for name, cls in ENTRY_TYPES.items()}
 
 
@@ -203,6 +221,43 @@ converter.register_unstructure_hook_func(
 )
 converter.register_unstructure_hook_func(lambda t: t == tuple[int, ...], list)
 
+
+# The metadata group's records (inside its commands, and the stored map): ``str`` fields
+# without the client's length limit (a host may have 255 characters), every tuple of records
+# a JSON list (never a string or an object, which cattrs would iterate).
+_MAP_RECORDS = (
+    md.BrokerAddress,
+    md.GroupAssignment,
+    md.BrokerRecord,
+    md.ReplicaMove,
+    md.GroupRecord,
+    md.ClusterSettings,
+    md.ClusterMap,
+)
+for _record in _MAP_RECORDS:
+    _record_fn = cattrs.gen.make_dict_structure_fn(_record, converter, **peer_overrides(_record))
+    converter.register_structure_hook(
+        _record, lambda value, _type, _fn=_record_fn: _fn(_object(value), _type)
+    )
+
+
+def _is_record_tuple(t: Any) -> bool:
+    args = getattr(t, "__args__", ())
+    return (
+        getattr(t, "__origin__", None) is tuple
+        and len(args) == 2
+        and args[1] is Ellipsis
+        and args[0] in _MAP_RECORDS
+    )
+
+
+def _record_tuple(value: Any, t: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return tuple(converter.structure(v, t.__args__[0]) for v in value)
+
+
+converter.register_structure_hook_func(_is_record_tuple, _record_tuple)
 
 _structure_settings = cattrs.gen.make_dict_structure_fn(work.GroupSettings, converter)
 converter.register_structure_hook(

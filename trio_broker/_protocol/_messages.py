@@ -287,6 +287,10 @@ class PeerHello:
     plaintext_port: int | None = None
     """Addition: the sender's plaintext client port, announced to clients of the original
     design that ask on the receiver's plaintext listener (docs/security.md)."""
+    multiplexed: bool | None = None
+    """Addition: the sender's frames may carry ``group_id`` (one link per pair of brokers for
+    every group, docs/replication.md "Peer links"); a receiver that understands answers
+    :class:`PeerWelcome`, an older one ``{"status": "success"}``."""
 
 
 @attrs.frozen
@@ -344,7 +348,47 @@ class AddMember:
     cluster_id: str | None = None
 
 
-ADMIN_REQUESTS: tuple[type, ...] = (RemoveMember, TransferLeadership, TakeSnapshot, AddMember)
+@attrs.frozen
+class ProposeMetadata:
+    """Broker to broker: commit a command of the metadata group (``command``, a log payload
+    object such as ``{"type": "GROUP_REPLICAS", ...}``) in the cluster group's log; any member
+    passes it on to the cluster group's leader. Sent by a group's leader to report its
+    committed membership (docs/replication.md, "The metadata group"). Answered ``success``
+    once applied, or the refusal's error envelope (its code: ``STALE_REPORT``,
+    ``BAD_REQUEST``, ...)."""
+
+    command: Any
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class Rebalance:
+    """Operator command (docs/protocol.md, "Balancer operations"): the metadata group's leader
+    runs one balancer round now and answers what it did (:class:`Rebalanced`); any broker
+    forwards it there."""
+
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class DrainBroker:
+    """Operator command: the broker ``broker_id`` is leaving (``draining`` false: it stays
+    after all). The balancer moves its replicas and leadership away; answered at once with
+    what it still holds (:class:`DrainState`)."""
+
+    broker_id: str
+    draining: bool = True
+    cluster_id: str | None = None
+
+
+ADMIN_REQUESTS: tuple[type, ...] = (
+    RemoveMember,
+    TransferLeadership,
+    TakeSnapshot,
+    AddMember,
+    Rebalance,
+    DrainBroker,
+)
 """The operator's requests (they change the membership, the leadership or the log)."""
 
 
@@ -362,7 +406,13 @@ class Auth:
     token: str | None = None
 
 
-PRIVILEGED_REQUESTS: tuple[type, ...] = (PeerHello, JoinCluster, DataSyncRequest, *ADMIN_REQUESTS)
+PRIVILEGED_REQUESTS: tuple[type, ...] = (
+    PeerHello,
+    JoinCluster,
+    DataSyncRequest,
+    ProposeMetadata,
+    *ADMIN_REQUESTS,
+)
 """Requests that only brokers (and operators) holding the cluster secret may send, when one is
 configured: they replicate, vote, change the membership or the leadership, compact the log or
 read a whole snapshot. Gating is membership in this tuple (docs/security.md); never served on
@@ -397,6 +447,9 @@ Request = (
     | TransferLeadership
     | TakeSnapshot
     | AddMember
+    | Rebalance
+    | DrainBroker
+    | ProposeMetadata
 )
 
 
@@ -614,6 +667,25 @@ class Done:
 
 
 @attrs.frozen
+class PeerWelcome:
+    """The answer to a PEER_HELLO with ``multiplexed``: ``{"status": "success",
+    "multiplexed": true}``, this broker routes each frame to the group its ``group_id``
+    names (docs/replication.md, "Peer links")."""
+
+    multiplexed: bool = True
+
+
+@attrs.frozen
+class MetadataApplied:
+    """The answer to METADATA_PROPOSE: the map's version after the command, and for a
+    ``PLACE_QUEUE`` the queue's id and group."""
+
+    version: int
+    queue_id: str | None = None
+    group_id: str | None = None
+
+
+@attrs.frozen
 class Joined:
     cluster_id: str
     cluster_version: int
@@ -669,6 +741,50 @@ class MemberAdded:
     cluster_version: int
 
 
+@attrs.frozen
+class MoveDone:
+    """One move of a balancer round, as :class:`Rebalanced` lists it."""
+
+    move: str
+    """``TRANSFER_LEADER``, ``ADD_LEARNER``, ``PROMOTE_LEARNER``, ``REMOVE_REPLICA`` (group
+    actions, asked of the group's leader) or ``START_REPLICA_MOVE``, ``ABANDON_REPLICA_MOVE``,
+    ``PREFERRED_LEADER`` (metadata commands, proposed to the metadata group)."""
+    group_id: str
+    outcome: str
+    """``done``; ``waiting`` (a learner is promoted by the group's leader once caught up);
+    ``failed`` (retried next round; ``reason`` says why)."""
+    broker_id: str | None = None
+    """The broker the move is about (its target for a replica move)."""
+    source: str | None = None
+    """For ``START_REPLICA_MOVE``: the replica that goes (null: the group grows)."""
+    reason: str | None = None
+
+
+@attrs.frozen
+class Rebalanced:
+    """The answer to REBALANCE: the moves of the round that ran, in order (empty: the cluster
+    is balanced), and the cluster map's version after them."""
+
+    map_version: int
+    moves: list[MoveDone]
+    moving_groups: int = 0
+    """Groups with a replica move in progress after the round."""
+
+
+@attrs.frozen
+class DrainState:
+    """The answer to DRAIN_BROKER: what the broker still holds. Once ``replicas`` and
+    ``leads`` are 0 it holds nothing and can be stopped and removed."""
+
+    broker_id: str
+    draining: bool
+    replicas: int
+    """Replicas (voters and learners) of groups the broker still holds, as the map says."""
+    leads: int
+    """Groups it leads, as the metadata leader observed at the last round."""
+    map_version: int
+
+
 Response = (
     ClusterTopology
     | HeadedMessageBatch
@@ -691,10 +807,14 @@ Response = (
     | QueueList
     | RetentionChanged
     | Done
+    | PeerWelcome
+    | MetadataApplied
     | Joined
     | SnapshotChunk
     | Challenge
     | LeadershipTransferred
     | SnapshotTaken
     | MemberAdded
+    | Rebalanced
+    | DrainState
 )

@@ -59,6 +59,12 @@ class Answer:
         assert later is not None
         return response_for(later.result) if later.done else None
 
+    def frame(self) -> bytes | None:
+        """The answer's whole frame when it is known now and a success whose bytes need no
+        decision of the connection (an appended message's sequence number); else None, and
+        the writer takes :meth:`known` or :meth:`response` and encodes it."""
+        return None
+
     async def response(self) -> m.Response | BrokerError:
         """The response, once known; checkpoints only when it must wait."""
         later = self._later

@@ -32,7 +32,7 @@ import trio
 from .. import _core
 from .._core import _work_commands as work
 from .._core._commands import AppendBatch as AppendBatchCommand
-from .._core._commands import GroupsSet, RetentionPolicy, RetentionSet
+from .._core._commands import GroupsSet, MapCommand, RetentionPolicy, RetentionSet
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
@@ -48,6 +48,8 @@ from .._protocol import (
     JoinCluster,
     ListQueues,
     PeerHello,
+    PeerWelcome,
+    ProposeMetadata,
     Read,
     RemoveMember,
     Request,
@@ -59,9 +61,11 @@ from .._protocol import (
 from .._protocol import _messages as m
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
 from .._storage._store import RaftState
+from . import _balancing as balancing
 from . import _membership as membership
 from ._answer import Answer
 from ._applied import applied_views
+from ._balancing import Balancing
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
@@ -69,6 +73,7 @@ from ._driver import RaftDriver
 from ._groups import GroupHost, GroupStorage, open_group_storage
 from ._log import log_event
 from ._membership import JoinFailed
+from ._metamap import propose_here
 from ._metrics import BrokerMetrics, serve_metrics
 from ._network import TCP, Network, TlsNetwork
 from ._operations import (
@@ -83,7 +88,8 @@ from ._operations import (
     retention_policy,
     wrong_cluster,
 )
-from ._peers import read_peer_stream
+from ._peer_mux import PeerMux
+from ._peers import Step, read_peer_stream
 from ._pending import Pending
 from ._recovery import make_node
 from ._retention import RetentionEnforcer
@@ -130,6 +136,8 @@ class Broker:
         self._queue_ids: set[str] = set()
         self.host: GroupHost | None = None
         """The groups hosted beside this one, on the cluster group's broker (:mod:`._groups`)."""
+        self.balancing: Balancing | None = None
+        """The balancer, on the metadata group's brokers (:mod:`._balancing`); None: no map."""
         self.retention = RetentionEnforcer(
             self.broker_id,
             config,
@@ -218,6 +226,9 @@ class Broker:
         if isinstance(result, GroupsSet):
             if self.host is not None:
                 self.host.note_groups(result.group_ids)
+        elif isinstance(payload, MapCommand):
+            if self.host is not None:
+                self.host.meta.note_applied()
         elif isinstance(payload, _core.SetBrokerAddress):
             self.addresses[payload.broker_id] = (payload.host, payload.port)
         elif isinstance(payload, _core.CreateQueue):
@@ -351,6 +362,17 @@ class Broker:
             TransferLeadership: self._privileged(membership.transfer),
             TakeSnapshot: self._privileged(membership.take_snapshot),
             AddMember: self._privileged(membership.add_member),
+            m.Rebalance: self._privileged(
+                lambda b, r: balancing.rebalance(
+                    b.balancing, r, functools.partial(membership.forward_to_leader, b)
+                )
+            ),
+            m.DrainBroker: self._privileged(
+                lambda b, r: balancing.drain(
+                    b.balancing, r, functools.partial(membership.forward_to_leader, b)
+                )
+            ),
+            ProposeMetadata: self._privileged(propose_here),
             DataSyncRequest: self._privileged(
                 lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)
             ),
@@ -447,17 +469,24 @@ class Broker:
 
     # -- the connection's own requests ----------------------------------------------------------
 
-    def _accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | None:
-        if self.host is not None and self.host.several:
+    def _accept_peer(self, hello: PeerHello, peer: str) -> BrokerError | PeerWelcome | None:
+        if self.host is not None:
             return self.host.accept_peer(hello, peer)
         return self.accept_peer_here(hello, peer)
 
     async def _serve_peer(
         self, stream: trio.abc.Stream, decoder: FrameDecoder, peer: str, sender: str
     ) -> bool:
-        if self.host is not None and self.host.several:
+        if self.host is not None:
             return await self.host.serve_peer(stream, decoder, peer, sender)
         return await self.serve_peer_here(stream, decoder, peer, sender)
+
+    def peer_routes(self, group_id: str) -> Step | None:
+        """Where a peer frame naming ``group_id`` goes: that group's driver on this broker,
+        or None when it is not hosted here (:meth:`~._groups.GroupHost.step_of`)."""
+        if self.host is not None:
+            return self.host.step_of(group_id)
+        return self.driver.step if group_id == self.cluster_id else None
 
     def accept_peer_here(self, hello: PeerHello, peer: str) -> BrokerError | None:
         """A member opens its stream of consensus messages to this broker (PEER_HELLO)."""
@@ -494,6 +523,7 @@ class Broker:
             sender=sender,
             self_id=self.broker_id,
             max_frame=self.config.max_frame,
+            step_of=self.peer_routes,
         )
 
     async def _list_queues(self, request: ListQueues, _session: Session | None) -> Answer:
@@ -695,6 +725,7 @@ async def open_broker(
             founding=groups if founder else 1,
         )
         async with trio.open_nursery() as services:
+            broker.driver.peer_mux = open_peer_mux(broker, services)
             await broker.start_services(services)
             await services.start(host.run)
             if config.metrics_port is not None:
@@ -781,11 +812,29 @@ async def _group_replica(
     )
     broker.plaintext_port = primary.plaintext_port
     broker.driver.plaintext_port = primary.plaintext_port
+    broker.driver.peer_mux = primary.driver.peer_mux
+    broker.peer_routes = primary.peer_routes  # type: ignore[method-assign]
     broker.plaintext_ports = primary.plaintext_ports
     broker.addresses.update(await worker.run(store.broker_addresses))
     broker._queue_ids.update(await worker.run(store.queue_lengths))
     broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
     return broker
+
+
+def open_peer_mux(broker: Broker, nursery: trio.Nursery) -> PeerMux:
+    """The broker's links to its peers, shared by every group it hosts (:mod:`._peer_mux`),
+    their tasks in ``nursery``."""
+    driver = broker.driver
+    return PeerMux(
+        broker.broker_id,
+        broker.cluster_id,
+        nursery,
+        driver.self_address,
+        broker.network.connect,
+        dead_after=max(1.0, 2 * broker.config.failure_timeout),
+        secret=broker.security.secret,
+        plaintext_port=driver.plaintext_port,
+    )
 
 
 async def serve_broker(

@@ -12,6 +12,7 @@ import attrs
 
 from .._address import parse_address
 from .._core._commands import MAX_GROUPS
+from .._core._metadata import MAX_BROKERS, MAX_REPLICATION_FACTOR
 from .._ids import BROKER_ID_RE, CLUSTER_ID_RE
 from .._protocol import DEFAULT_MAX_FRAME
 from ._disk_space import free_space
@@ -95,6 +96,19 @@ class BrokerConfig:
     )
     """When founding: how many replication groups the cluster has (docs/replication.md,
     "Several leaders"); a joining or restarted broker takes its cluster's."""
+    replication_factor: int = attrs.field(
+        default=3,
+        validator=attrs.validators.and_(attrs.validators.ge(0), _at_most(MAX_REPLICATION_FACTOR)),
+    )
+    """When founding with several groups: on how many brokers each group lives (bounded by
+    the brokers known at founding; the cluster keeps the setting, and groups grow to it as
+    brokers join). 0 (``--replication-factor all``): every broker hosts every group (the
+    stage-1 list, docs/replication.md)."""
+    founding_brokers: int = attrs.field(
+        default=1, validator=attrs.validators.and_(_positive, _at_most(MAX_BROKERS))
+    )
+    """When founding with several groups: wait until this many brokers (the founder included)
+    are members before placing the groups (``cluster --nodes N`` passes N)."""
     metrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
     """Serve Prometheus metrics at ``http://host:metrics_port/metrics`` (0: any free port)."""
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=_positive)

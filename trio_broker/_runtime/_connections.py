@@ -6,7 +6,10 @@ and backpressure, and nothing of what a request means. ``handle`` decides a requ
 :class:`~._answer.Answer`; the server writes each answer once it is known, in request order.
 Every frame of one receive is decided before the next receive, and one writer task per
 connection writes all the answers known at that moment in one ``send_all`` (docs/performance.md,
-"Batch per receive").
+"Batch per receive"). A TCP connection's receives and writes go through
+:class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait.
+A little past the house's ~600 lines: the read loop's cases (limits, authentication, the hand-over
+to a peer stream) are one state machine over its locals; split, they would pass a dozen of them.
 A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then
 on it carries one-way consensus messages.
 
@@ -44,6 +47,7 @@ from .._protocol import (
     FrameTooLarge,
     JoinCluster,
     PeerHello,
+    PeerWelcome,
     Request,
     Response,
     decode_request,
@@ -53,6 +57,8 @@ from .._protocol import (
 from .._protocol._codec import OPERATION_NAMES
 from ._answer import Answer
 from ._config import BrokerConfig
+from ._direct import AVAILABLE as DIRECT_SOCKETS
+from ._direct import DirectSocket
 from ._limits import (
     BufferBudget,
     DescriptorReserve,
@@ -95,8 +101,9 @@ HandleMany = Callable[[list[Request], Session, Callable[[list[Answer]], None]], 
 and give their answers to the callable in request order (the next ones at each call), each as
 soon as it and those before it are decided: a cancellation loses no answer to a request
 already proposed."""
-AcceptPeer = Callable[[PeerHello, str], BrokerError | None]
-"""Accept a PEER_HELLO (None) or refuse it; the second argument names the connection's peer."""
+AcceptPeer = Callable[[PeerHello, str], BrokerError | PeerWelcome | None]
+"""Accept a PEER_HELLO (None, or the answer to give) or refuse it; the second argument names
+the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
@@ -236,14 +243,18 @@ class ConnectionServer:
         # for all connections (config.max_buffered_bytes).
         outbox = Outbox(self.budget.account())
         peer_closed = False
+        direct = DIRECT_SOCKETS and type(stream) is trio.SocketStream
+        io = DirectSocket(stream) if direct else stream  # type: ignore[arg-type]
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_answers, stream, outbox, session.plaintext)
+                nursery.start_soon(self._write_answers, io, outbox, session.plaintext)
                 try:
                     with trio.CancelScope() as reading:
                         self._readers.add(reading)
                         try:
-                            peer_closed = await self._read_requests(stream, peer, outbox, session)
+                            peer_closed = await self._read_requests(
+                                stream, io, peer, outbox, session
+                            )
                         finally:
                             self._readers.discard(reading)
                 finally:
@@ -254,9 +265,15 @@ class ConnectionServer:
             await _linger(stream)
 
     async def _read_requests(
-        self, stream: trio.abc.Stream, peer: str, outbox: Outbox, session: Session
+        self,
+        stream: trio.abc.Stream,
+        io: trio.abc.Stream | DirectSocket,
+        peer: str,
+        outbox: Outbox,
+        session: Session,
     ) -> bool:
         """Read and dispatch requests; True when the peer closed, False when we stopped.
+        ``io`` receives from ``stream`` (:class:`~._direct.DirectSocket` for a TCP stream).
 
         Every frame of one receive is decided before the next receive, and their answers
         queue in ``outbox`` in request order; the writer wakes once for them all, not once
@@ -303,9 +320,9 @@ class ConnectionServer:
                 if frame_began is None:
                     frame_began = trio.current_time()
                 with trio.move_on_at(frame_began + self.config.frame_timeout):
-                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    data = await io.receive_some(_RECEIVE_SIZE)
             else:  # between frames: no deadline, and no cancel scope to set up for none
-                data = await stream.receive_some(_RECEIVE_SIZE)
+                data = await io.receive_some(_RECEIVE_SIZE)
             if data is None:
                 log_event(
                     logging.WARNING,
@@ -412,9 +429,9 @@ class ConnectionServer:
                         return False  # what follows would be consensus messages
                     continue
                 assert isinstance(request, PeerHello)
-                refusal = self._accept_peer(request, peer)
-                outbox.put(operation, started, Answer(now=refusal or Done()), charged)
-                if refusal is not None:
+                accepted = self._accept_peer(request, peer)
+                outbox.put(operation, started, Answer(now=accepted or Done()), charged)
+                if isinstance(accepted, BrokerError):
                     return False
                 outbox.kick()
                 return await self._serve_peer(stream, decoder, peer, request.broker_id)
@@ -436,7 +453,7 @@ class ConnectionServer:
         return True
 
     async def _write_answers(
-        self, stream: trio.abc.Stream, outbox: Outbox, plaintext: bool
+        self, stream: trio.abc.Stream | DirectSocket, outbox: Outbox, plaintext: bool
     ) -> None:
         """Write answers in request order as soon as they are known: every answer known at
         that moment (up to a bound) in one ``send_all``. Their bytes are charged to the budget
@@ -455,17 +472,20 @@ class ConnectionServer:
             tally: dict[tuple[str, Any, float], int] = {}
             while answers and len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
                 operation, started, answer, held = answers[0]
-                response = answer.known()
-                if response is None:
-                    if out:
-                        break  # write what is known; then wait for this one
-                    response = await answer.response()
+                frame, code = answer.frame(), None  # (an appended message's: its bytes)
+                if frame is None:
+                    response = answer.known()
+                    if response is None:
+                        if out:
+                            break  # write what is known; then wait for this one
+                        response = await answer.response()
+                    if plaintext and isinstance(response, BrokerError):
+                        response = self._plaintext_hint(response)
+                    code = getattr(response, "code", None)
+                    frame = encode_frame(encode_response(response))
                 answers.popleft()
-                if plaintext and isinstance(response, BrokerError):
-                    response = self._plaintext_hint(response)
-                key = (operation, getattr(response, "code", None), started)
+                key = (operation, code, started)
                 tally[key] = tally.get(key, 0) + 1
-                frame = encode_frame(encode_response(response))
                 out.append(frame)
                 size += len(frame)
                 charged += held

@@ -46,6 +46,7 @@ from ._disk_space import DiskSpace, DiskState
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
+from ._peer_mux import GroupLinks, PeerMux
 from ._peers import PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._recovery import make_node
@@ -102,7 +103,10 @@ class RaftDriver:
         self.network = network
         self.node = node
         self.addresses = addresses
-        self.peers: PeerFleet | None = None
+        self.peers: GroupLinks | None = None
+        self.peer_mux: PeerMux | None = None
+        """The broker's links shared by every group it hosts (:mod:`._peer_mux`); None: this
+        driver's own (:class:`PeerFleet`)."""
         self.secret: bytes | None = None
         """The cluster secret this broker proves when it dials a peer (docs/security.md)."""
         self.plaintext_port: int | None = None
@@ -339,34 +343,44 @@ class RaftDriver:
         process crash, so a bug or a failed fsync costs in-flight requests, not the broker."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.peers = PeerFleet(
-                self.broker_id,
-                self.cluster_id,
-                nursery,
-                self.address_of,
-                self.self_address,
-                self.network.connect,
-                dead_after=max(1.0, 2 * self.config.failure_timeout),
-                secret=self.secret,
-                plaintext_port=self.plaintext_port,
-            )
-            await nursery.start(self.disk.run)
-            task_status.started()
-            crashes: list[float] = []
-            while True:
-                try:
-                    await self._drive()
-                except Exception as exc:
-                    now = trio.current_time()
-                    crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
-                    logger.exception(
-                        "driver.crashed broker_id=%s restarts_in_window=%d",
-                        self.broker_id,
-                        len(crashes),
-                    )
-                    if len(crashes) > MAX_RESTARTS:
-                        raise
-                    await self._recover(exc)
+            if self.peer_mux is not None:
+                self.peers = self.peer_mux.register(self.cluster_id, self.address_of)
+            else:
+                self.peers = PeerFleet(
+                    self.broker_id,
+                    self.cluster_id,
+                    nursery,
+                    self.address_of,
+                    self.self_address,
+                    self.network.connect,
+                    dead_after=max(1.0, 2 * self.config.failure_timeout),
+                    secret=self.secret,
+                    plaintext_port=self.plaintext_port,
+                )
+            try:
+                await nursery.start(self.disk.run)
+                task_status.started()
+                await self._run_restarting()
+            finally:
+                if self.peer_mux is not None:
+                    self.peer_mux.unregister(self.cluster_id, self.peers)
+
+    async def _run_restarting(self) -> None:
+        crashes: list[float] = []
+        while True:
+            try:
+                await self._drive()
+            except Exception as exc:
+                now = trio.current_time()
+                crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
+                logger.exception(
+                    "driver.crashed broker_id=%s restarts_in_window=%d",
+                    self.broker_id,
+                    len(crashes),
+                )
+                if len(crashes) > MAX_RESTARTS:
+                    raise
+                await self._recover(exc)
 
     async def _recover(self, exc: Exception) -> None:
         # Rebuild first, answer after: a client told "outcome unknown" must not find the stale
@@ -417,22 +431,48 @@ class RaftDriver:
         """The heartbeat sender, failure detector and elector: the core's clock, on its own
         timer. Heartbeats (and whatever else a tick sends that promises nothing durable)
         leave at once, never behind a storage transaction; what must be persisted first (a
-        campaign's term and vote) goes to the next Ready."""
+        campaign's term and vote) goes to the next Ready.
+
+        In a broker, one timer (:meth:`~._peer_mux.PeerMux.ticking`) ticks every group it
+        hosts, one after the other at the same instant: one wake-up per tick for all of them,
+        and their heartbeats to a peer leave in one write on the shared link
+        (docs/replication.md, "Peer links"). A failure in this group's tick ends this task,
+        and so this run of the driver, as it would with a timer of its own."""
+        if self.peer_mux is not None:
+            failed: list[Exception] = []
+            done = trio.Event()
+
+            def on_ticks(ticks: int) -> None:
+                if done.is_set():
+                    return
+                try:
+                    self._on_ticks(ticks)
+                except Exception as exc:
+                    failed.append(exc)
+                    done.set()
+
+            with self.peer_mux.ticking(self.config.tick_seconds, on_ticks):
+                await done.wait()
+            raise failed[0]
         tick = self.config.tick_seconds
         next_tick = trio.current_time() + tick
         while True:
             await trio.sleep_until(next_tick)
             behind = int((trio.current_time() - next_tick) // tick) + 1
-            # After a long stall, do not replay every missed tick at once.
-            for _ in range(min(behind, 3)):
-                self.node.tick()
             next_tick += behind * tick
-            self._send_loose()
-            self.leadership.note_role()
-            if self.node.is_leader:
-                self._leader_housekeeping()
-            if self.node.has_ready():
-                self.wake()
+            self._on_ticks(behind)
+
+    def _on_ticks(self, behind: int) -> None:
+        """``behind`` ticks are due (more than one after a stall)."""
+        # After a long stall, do not replay every missed tick at once.
+        for _ in range(min(behind, 3)):
+            self.node.tick()
+        self._send_loose()
+        self.leadership.note_role()
+        if self.node.is_leader:
+            self._leader_housekeeping()
+        if self.node.has_ready():
+            self.wake()
 
     def _send_loose(self) -> None:
         """Send the core's messages that need no Ready (see RaftNode.take_messages)."""

@@ -3,10 +3,11 @@
 Two sides. A starting broker finds its identity (:func:`prepare`) and, when new, asks its seeds
 to let it join (:func:`join_cluster`, the design's diagram 4). A member serves JOIN_CLUSTER,
 REMOVE_MEMBER, TRANSFER_LEADERSHIP, SNAPSHOT and ADD_MEMBER: on the leader, through the log;
-elsewhere, by forwarding them to the leader. It also draws the cluster as CLUSTER_QUERY shows
-it, and hands the leadership over when a leader shuts down. These take what they use as
-arguments, or a :class:`Member` (the broker, seen through the few things membership reads), so
-nothing here imports the broker back.
+elsewhere, by forwarding them to the leader (as it forwards the balancer's REBALANCE and
+DRAIN_BROKER to the metadata group's leader, :mod:`._balancing`). It also draws the cluster as
+CLUSTER_QUERY shows it, and hands the leadership over when a leader shuts down. These take what
+they use as arguments, or a :class:`Member` (the broker, seen through the few things membership
+reads), so nothing here imports the broker back.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .._protocol import (
     TakeSnapshot,
     TransferLeadership,
 )
+from .._protocol._messages import DrainBroker, DrainState, Rebalance, Rebalanced
 from .._storage import Identity, StorageWorker, Store
 from ._config import BrokerConfig
 from ._dial import UNREACHABLE, ask_broker, unreachable_reason
@@ -240,6 +242,8 @@ _FORWARDED_ANSWERS: dict[type, type] = {
     RemoveMember: Done,
     TransferLeadership: LeadershipTransferred,
     AddMember: MemberAdded,
+    Rebalance: Rebalanced,
+    DrainBroker: DrainState,
 }
 """What the leader answers each request a member forwards to it."""
 
@@ -252,7 +256,9 @@ async def forward_to_leader(member: Member, request: Request) -> Response | Brok
         return error
     # The leader's own work may take a bounded time too (an ADD_MEMBER reaches the new
     # broker first): wait for longer than that.
-    deadline = member.config.failure_timeout * (10 if isinstance(request, AddMember) else 4)
+    # (A REBALANCE runs a whole balancer round: group actions of up to four failure timeouts.)
+    slow = isinstance(request, AddMember | Rebalance)
+    deadline = member.config.failure_timeout * (10 if slow else 4)
     try:
         # Proved with this broker's own secret: it checked the requester's.
         return await member.ask((host, port), request, _FORWARDED_ANSWERS[type(request)], deadline)

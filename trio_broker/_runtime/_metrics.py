@@ -168,6 +168,18 @@ class _StateCollector(Collector):
                 )
         yield role
         yield per_group("term", "Current consensus term", lambda st: st.term)
+        cmap = None if broker.host is None else broker.host.meta.map
+        if cmap is not None:  # (a cluster whose groups the cluster map places)
+            yield gauge(
+                "cluster_map_version",
+                "Version of the cluster map applied here (one more per metadata command)",
+                cmap.version,
+            )
+            yield gauge(
+                "groups_hosted",
+                "Data groups this broker holds a replica of, as the cluster map places them",
+                len(set(broker.host.groups) & set(cmap.groups)),
+            )
         yield per_group(
             "commit_index", "Highest log index known committed", lambda st: st.commit_index
         )

@@ -58,6 +58,8 @@ def append_command(
     if isinstance(producer, BrokerError):
         return producer
     if isinstance(request, m.Append):
+        if producer == (None, None):
+            return plain_append(request, config.max_data_bytes, appended_ms)
         data = dumps_value(request.data)
         if len(data) > config.max_data_bytes:
             return _too_large(len(data), config.max_data_bytes, "data")
@@ -69,6 +71,18 @@ def append_command(
     if total > config.max_data_bytes:
         return _too_large(total, config.max_data_bytes, "the values' data")
     return cmd.AppendBatch(request.queue_name, values, *producer, appended_ms)
+
+
+def plain_append(
+    request: m.Append, max_data_bytes: int, appended_ms: int | None
+) -> cmd.AppendMessage | BrokerError:
+    """The command of an APPEND without a producer (the original contract's, the most
+    frequent of all), or the refusal of its value's size: :func:`append_command`'s, with the
+    limit read once by the caller for a whole run of them."""
+    data = dumps_value(request.data)
+    if len(data) > max_data_bytes:
+        return _too_large(len(data), max_data_bytes, "data")
+    return cmd.AppendMessage(request.queue_name, data, None, None, appended_ms)
 
 
 def read_command(request: m.Read, config: BrokerConfig) -> _core.Command | BrokerError:

@@ -146,6 +146,7 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
                 "version": topology.cluster_version,
                 "voters": sum(m["membership"] == "voter" for m in members),
                 "learners": sum(m["membership"] == "learner" for m in members),
+                "hosted": True,
             },
             *_other_groups(broker),
         ],
@@ -158,14 +159,32 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
 
 
 def _other_groups(broker: Broker) -> list[dict[str, Any]]:
-    """The other replication groups this broker hosts (docs/replication.md, "Several
-    leaders"), in id order, as the ``groups`` rows."""
+    """The other replication groups (docs/replication.md, "Several leaders"), in id order, as
+    the ``groups`` rows: those this broker hosts from their cores, and with a cluster map the
+    others from the map (their term unknown here, their leader as brokers hosting them said)."""
     host = broker.host
     if host is None or not host.several:
         return []
+    cmap = host.meta.map
+    leaders = host.meta.observed_leaders()
     rows = []
-    for group_id, replica in sorted(host.groups.items()):
+    for group_id in sorted(set(host.groups) | set(() if cmap is None else cmap.groups)):
+        replica = host.groups.get(group_id)
         if replica is broker:
+            continue
+        if replica is None:
+            record = cmap.groups[group_id]  # type: ignore[union-attr]
+            rows.append(
+                {
+                    "group_id": group_id,
+                    "leader_id": leaders.get(group_id),
+                    "term": None,
+                    "version": record.config_version,
+                    "voters": len(record.voters),
+                    "learners": len(record.learners),
+                    "hosted": False,
+                }
+            )
             continue
         node = replica.driver.node
         rows.append(
@@ -176,6 +195,7 @@ def _other_groups(broker: Broker) -> list[dict[str, Any]]:
                 "version": node.cluster_version,
                 "voters": len(node.config.voters),
                 "learners": len(node.config.learners),
+                "hosted": True,
             }
         )
     return rows
@@ -206,6 +226,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("Config version", "version"),
         ("Voters", "voters"),
         ("Learners", "learners"),
+        ("Hosted here", "hosted"),
     ],
     "queues": [
         ("Queue", "queue_id"),

@@ -13,6 +13,7 @@ import apsw
 import orjson
 
 from .._core._commands import (
+    GROUPS_FIXED_BY_MAP,
     MAX_PRODUCERS,
     RETENTION_DELETES_PER_APPLY,
     Ack,
@@ -26,6 +27,7 @@ from .._core._commands import (
     CreateQueue,
     GroupApplied,
     GroupsSet,
+    MapCommand,
     MessageAppended,
     ProducerState,
     QueueCreated,
@@ -46,7 +48,9 @@ from .._core._commands import (
     queue_exists,
     queue_not_found,
 )
+from .._core._metadata import ClusterMap
 from .._core._queues import (
+    apply_map_command,
     monotonic_stamp,
     position_result,
     read_range,
@@ -54,6 +58,7 @@ from .._core._queues import (
     retention_through,
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
+from .._protocol._entries import converter
 from ._integrity import StorageDamaged, insert_values, read_values, report_damage
 from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
@@ -111,6 +116,8 @@ def _apply_one(db: apsw.Connection, command: Command) -> Result:
         )
         return BrokerAddressSet(command.broker_id)
     if isinstance(command, SetGroups):
+        if stored_map(db).settings is not None:
+            return bad_request(GROUPS_FIXED_BY_MAP)
         if (problem := groups_problem(command.group_ids, stored_groups(db))) is not None:
             return bad_request(problem)
         # In `work_meta`: replicated state that snapshots copy (schema version 5), so a
@@ -121,6 +128,8 @@ def _apply_one(db: apsw.Connection, command: Command) -> Result:
             (orjson.dumps(list(command.group_ids)).decode(),),
         )
         return GroupsSet(command.group_ids)
+    if isinstance(command, MapCommand):
+        return _apply_map(db, command)
     if isinstance(command, AppendMessage | AppendBatch):
         return _append(db, command)
     if isinstance(command, WORK_COMMANDS):
@@ -152,6 +161,32 @@ def stored_groups(db: apsw.Connection) -> tuple[str, ...]:
     """The cluster's replication groups as :class:`SetGroups` recorded them (none: ``()``)."""
     row = db.execute("SELECT value FROM work_meta WHERE key = 'groups'").fetchone()
     return () if row is None else tuple(orjson.loads(row[0]))
+
+
+def stored_map(db: apsw.Connection) -> ClusterMap:
+    """The metadata group's :class:`ClusterMap` (an empty, unfounded one before
+    ``FOUND_CLUSTER``). Kept whole, as the converter's JSON, in ``work_meta``: replicated
+    state that snapshots copy, as the stage-1 list is; metadata commands are rare (a founding,
+    a join, a group's membership change), so each reads and writes the whole map."""
+    row = db.execute("SELECT value FROM work_meta WHERE key = 'cluster_map'").fetchone()
+    if row is None:
+        return ClusterMap()
+    return converter.structure(orjson.loads(row[0]), ClusterMap)
+
+
+def _apply_map(db: apsw.Connection, command: MapCommand) -> Result:
+    """The SQL twin of :func:`~.._core._queues.apply_map_command`: the stored map, changed
+    and written back only when the command is accepted (a refusal changes nothing)."""
+    cmap = stored_map(db)
+    version = cmap.version
+    result = apply_map_command(cmap, stored_groups(db), command)
+    if cmap.version != version:
+        db.execute(
+            "INSERT INTO work_meta (key, value) VALUES ('cluster_map', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (orjson.dumps(converter.unstructure(cmap)).decode(),),
+        )
+    return result  # type: ignore[return-value]
 
 
 def _set_position(db: apsw.Connection, client_id: str, queue_id: str, position: int) -> None:

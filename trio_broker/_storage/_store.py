@@ -48,7 +48,7 @@ from ._integrity import (
     read_log,
     read_values,
 )
-from ._queue_sql import apply_command, policy_from_row, stored_groups
+from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
 from ._schema import WORK_TABLES, upgrade
 from ._work_queries import next_lease_deadline, queue_id_for_name
 
@@ -241,6 +241,10 @@ class Store:
     def group_ids(self) -> tuple[str, ...]:
         """The cluster's replication groups, once recorded (docs/replication.md)."""
         return stored_groups(self._db)
+
+    def cluster_map(self) -> Any:
+        """The metadata group's ``ClusterMap`` (unfounded before FOUND_CLUSTER)."""
+        return stored_map(self._db)
 
     # -- the replicated log ---------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class LocalCluster:
         self._leave: dict[str, trio.Event] = {}
         self.groups = 1
         """Replication groups the founder founds (``open_local_cluster(groups=)``)."""
+        self.founding_brokers = 1
+        """With several groups: the brokers the founder waits for before placing them."""
 
     def config(self, name: str, seeds: list[str], **overrides: Any) -> BrokerConfig:
         settings = self.overrides | overrides
@@ -46,6 +48,7 @@ class LocalCluster:
             settings["plaintext_port"] = self.plaintext_ports.get(name, 0)
         if not seeds and not (self.base_dir / name).exists():
             settings.setdefault("groups", self.groups)
+            settings.setdefault("founding_brokers", self.founding_brokers)
         return BrokerConfig(
             data_dir=self.base_dir / name,
             port=self.ports.get(name, 0),
@@ -124,10 +127,13 @@ async def open_local_cluster(
     """Start ``size`` brokers named ``b1``..``bN``: b1 founds the cluster, the rest join.
     With ``size=0``, start none: the caller starts brokers by name (say, from restored data).
     With ``groups`` above 1, b1 founds that many replication groups (docs/replication.md,
-    "Several leaders"), which every broker hosts."""
+    "Several leaders") once all ``size`` brokers have joined, placed by the cluster map with
+    the replication factor (``replication_factor=``, default 3; 0: every broker hosts every
+    group, the stage-1 list)."""
     async with trio.open_nursery() as nursery:
         cluster = LocalCluster(nursery, base_dir, **overrides)
         cluster.groups = groups
+        cluster.founding_brokers = max(size, 1)
         for i in range(1, size + 1):
             await cluster.start(f"b{i}")
         if size:

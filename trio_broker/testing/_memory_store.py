@@ -8,6 +8,7 @@ thread can be mid-fsync when ``autojump_clock`` jumps (trio issue #456, STYLE.md
 from __future__ import annotations
 
 import contextlib
+import copy
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -171,6 +172,10 @@ class MemoryStore:
 
     def group_ids(self) -> tuple[str, ...]:
         return self.state.groups
+
+    def cluster_map(self) -> Any:
+        """A copy: the runtime must not see the state change under it."""
+        return copy.deepcopy(self.state.cluster_map)
 
     @property
     def applied_index(self) -> int:

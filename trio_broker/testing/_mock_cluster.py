@@ -34,6 +34,7 @@ import trio
 
 from .._protocol import FrameDecoder, encode_frame, loads_object
 from .._runtime import Broker, BrokerConfig, open_broker
+from .._runtime._metamap import hosted_by_map
 from ._memory_network import LOCALHOST, MemoryNetwork, MemoryStream
 from ._memory_store import MemoryStore, open_memory_storage
 
@@ -82,8 +83,12 @@ class MockCluster:
         self.group_stores: dict[tuple[str, str], MemoryStore] = {}
         """(broker name, group id) -> the store of that broker's replica of an extra group
         (docs/replication.md, "Several leaders"), kept across crashes like ``stores``."""
+        self.retired_stores: dict[tuple[str, str], MemoryStore] = {}
+        """Stores of replicas the cluster map no longer places on their broker (retired)."""
         self.groups = 1
         """How many replication groups the founder founds (``open_mock_cluster(groups=)``)."""
+        self.founding_brokers = 1
+        """With several groups: how many brokers the founder waits for before placing them."""
         self.ports: dict[str, int] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
@@ -101,6 +106,7 @@ class MockCluster:
         }
         if not seeds:
             settings["groups"] = self.groups
+            settings["founding_brokers"] = self.founding_brokers
         broker_id = broker_id_for(name)
         if broker_id is not None:
             settings["broker_id"] = broker_id
@@ -160,7 +166,7 @@ class MockCluster:
                     config,
                     network=self.network.host(name),
                     storage=open_memory_storage(store),
-                    group_storage=functools.partial(self._group_storage, name),
+                    group_storage=self._group_storage_of(name),
                 ) as broker:
                     self.brokers[name] = broker
                     task_status.started(broker)
@@ -174,6 +180,19 @@ class MockCluster:
     ) -> contextlib.AbstractAsyncContextManager[tuple[Any, Any]]:
         store = self.group_stores.setdefault((name, group_id), MemoryStore(f"{name}/{group_id}"))
         return open_memory_storage(store)(path)
+
+    def _group_storage_of(self, name: str) -> Any:
+        """Broker ``name``'s ``group_storage``, whose ``retire`` sets a removed replica's store
+        aside (in :attr:`retired_stores`), so that one placed there again starts empty."""
+        storage: Any = functools.partial(self._group_storage, name)
+
+        async def retire(group_id: str, _path: Path) -> None:
+            store = self.group_stores.pop((name, group_id), None)
+            if store is not None:
+                self.retired_stores[(name, group_id)] = store
+
+        storage.retire = retire
+        return storage
 
     def replicas(self, name: str) -> dict[str, Broker]:
         """Broker ``name``'s running group replicas by group id (its cluster group's too)."""
@@ -320,14 +339,39 @@ class MockCluster:
                 return leader
             await trio.sleep(POLL)
 
+    def data_replicas(self, name: str) -> dict[str, Broker]:
+        """Broker ``name``'s running replicas of the data groups: with a cluster map, every
+        replica but the metadata group's; with the stage-1 list, every one."""
+        broker = self.brokers[name]
+        replicas = self.replicas(name)
+        if broker.host is not None and broker.host.meta.map is not None:
+            replicas.pop(broker.cluster_id, None)
+        return replicas
+
+    def data_leaders(self) -> dict[str, str | None]:
+        """As :meth:`group_leaders`, for the data groups only (the metadata group apart)."""
+        leaders = self.group_leaders()
+        for broker in self.brokers.values():
+            if broker.host is not None and broker.host.meta.map is not None:
+                leaders.pop(broker.cluster_id, None)
+        return leaders
+
     async def wait_for_groups(self, groups: int, voters: int) -> None:
-        """Until every running broker hosts ``groups`` group replicas, each with ``voters``
-        voters and a leader."""
+        """Until every running broker hosts its group replicas, each with ``voters`` voters
+        and a leader: with the stage-1 list every broker hosts all ``groups`` of them (the
+        cluster group among them); with a cluster map, the ``groups`` of the map each have a
+        leader and every broker hosts exactly those the map places on it."""
 
         def ready() -> bool:
-            for name in self.brokers:
+            for name, broker in self.brokers.items():
+                cmap = None if broker.host is None else broker.host.meta.map
                 replicas = self.replicas(name)
-                if len(replicas) != groups:
+                if cmap is not None:
+                    replicas = self.data_replicas(name)
+                    placed = hosted_by_map(cmap, broker.broker_id)
+                    if len(cmap.groups) != groups or set(replicas) != placed:
+                        return False
+                elif len(replicas) != groups:
                     return False
                 for replica in replicas.values():
                     node = replica.driver.node
@@ -396,8 +440,10 @@ async def open_mock_cluster(
 ) -> AsyncIterator[MockCluster]:
     """Start ``size`` brokers named ``b1``..``bN`` on a memory network: b1 founds the cluster,
     the rest join it; returns once all are voters. ``overrides`` are BrokerConfig fields.
-    With ``groups`` above 1, b1 founds that many replication groups, and this returns once
-    every broker votes in every group.
+    With ``groups`` above 1, b1 founds that many replication groups once all ``size`` brokers
+    have joined (``founding_brokers``), placed by the cluster map with the replication factor
+    (``replication_factor=``, default 3; 0: every broker hosts every group, the stage-1 list),
+    and this returns once every group has its voters and a leader.
     ``base_dir`` defaults to a temporary directory, which stays empty.
 
     Meant for pytest-trio's ``autojump_clock``; it runs under a real clock too.
@@ -420,11 +466,13 @@ async def _serve_mock_cluster(
     async with trio.open_nursery() as nursery:
         cluster = MockCluster(nursery, base_dir, network, **overrides)
         cluster.groups = groups
+        cluster.founding_brokers = size
         for i in range(1, size + 1):
             await cluster.start(f"b{i}")
         await cluster.wait_for_voters(size)
         if groups > 1:
-            await cluster.wait_for_groups(groups, size)
+            factor = overrides.get("replication_factor", 3)
+            await cluster.wait_for_groups(groups, min(factor, size) if factor else size)
         try:
             yield cluster
         finally:
