@@ -122,10 +122,26 @@ async def test_an_original_design_create_queue_then_append_reach_the_same_broker
             assert read == {"status": "success", "sequence_num": 1, "data": 5}
 
 
-async def test_the_trio_client_spreads_new_queues_over_every_group(tmp_path):
+async def test_a_broker_of_one_group_refuses_another_cluster_id(autojump_clock):
+    """Without several groups, CREATE_QUEUE naming the broker's own cluster creates there and
+    naming another is WRONG_CLUSTER, creating nothing."""
+    async with open_mock_cluster(1) as cluster:
+        broker = await cluster.wait_for_leader()
+        reply = await cluster.call("b1", {"operation": "CREATE_QUEUE", "cluster_id": "G-ZZZZZ"})
+        assert reply["code"] == "WRONG_CLUSTER", reply
+        assert broker.queue_count == 0
+        reply = await cluster.call(
+            "b1", {"operation": "CREATE_QUEUE", "cluster_id": broker.cluster_id}
+        )
+        assert cluster_of_queue(reply["queue_id"]) == broker.cluster_id, reply
+        assert broker.queue_count == 1
+
+
+async def test_the_trio_client_spreads_new_queues_over_every_group(tmp_path, cli):
     """Twelve queues created through the trio client from one seed land on every one of the
-    six groups, none on more than its share + 1; a named group is honoured; a group the
-    cluster does not have is refused; every queue takes an append and serves it back."""
+    six groups, none on more than its share + 1; a named group is honoured (by the client
+    and by ``client create-queue --group``); a group the cluster does not have is refused;
+    every queue takes an append and serves it back."""
     with trio.fail_after(120):
         async with open_local_cluster(tmp_path, 3, groups=6, replication_factor=2) as cluster:
             founder = cluster.brokers["b1"]
@@ -142,6 +158,10 @@ async def test_the_trio_client_spreads_new_queues_over_every_group(tmp_path):
                 assert {cluster_of_queue(q) for q in chosen} == {named}
                 with pytest.raises(WrongClusterError):
                     await client.create_queue("G-ZZZZZ")
+                seed = f"127.0.0.1:{cluster.ports['b2']}"
+                status, out, err = await cli("--seed", seed, "create-queue", "--group", named)
+                assert status == 0, err
+                assert cluster_of_queue(out.strip()) == named
                 for value, queue in enumerate(queues + chosen):
                     assert await client.append(queue, value) == 1
                     message = await client.read(queue)
