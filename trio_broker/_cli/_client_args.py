@@ -167,7 +167,11 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     create.add_argument("name", nargs="?", metavar="NAME", help="the queue's name (optional)")
     create.add_argument(
-        "--cluster", metavar="G-XXXXX", help="cluster to create it in (default: the first one)"
+        "--group",
+        "--cluster",
+        dest="cluster",
+        metavar="G-XXXXX",
+        help="the group (or cluster) to create it in (default: the cluster's groups in turn)",
     )
     retention = commands.add_parser(
         "set-retention",

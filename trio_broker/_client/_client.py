@@ -166,9 +166,12 @@ class Client(WorkQueues):
         max_age: float | None = None,
         delete_acknowledged: bool = False,
     ) -> str:
-        """Create a queue in ``cluster_id`` (default: the first cluster discovered), with a
+        """Create a queue in ``cluster_id`` (a group of the cluster, or a cluster), with a
         retention policy if any of the keywords is given (see :meth:`set_retention`); returns
-        the new queue's id.
+        the new queue's id. By default it lands on the groups the brokers list in turn (from
+        a random start), so queues spread over the cluster's groups and their leaders (docs/
+        replication.md, "Where a new queue lands"); with one group, on it. A group the cluster
+        does not have is refused (:class:`~trio_broker.WrongClusterError`).
 
         With ``name`` (1 to 128 characters among ``A-Z a-z 0-9 . _ : -``, not starting with
         ``Q-``), idempotent: when a queue of that name exists, nothing changes (its retention
@@ -180,7 +183,10 @@ class Client(WorkQueues):
         if name is not None:
             named = CreateNamedQueue(name=name, client_id=self.client_id, retention=policy)
             return structure(await self._leader_call(cid, named), NamedQueueCreated).queue_id
-        request = CreateQueue(client_id=self.client_id, retention=policy)
+        group = cluster_id if cluster_id is not None else self._group_for_new_queue()
+        if group is not None:
+            cid = await self._known_cluster(group)
+        request = CreateQueue(client_id=self.client_id, retention=policy, cluster_id=group)
         response = await self._leader_call(cid, request)
         return structure(response, QueueCreated).queue_id
 

@@ -116,6 +116,12 @@ class Router:
         self._connections: dict[Address, Connection] = {}
         self._connect_locks: dict[Address, anyio.Lock] = {}
         self._clusters: dict[str, _Cluster] = {}
+        self._placement: list[str] = []
+        """The groups a new queue may land on: those CLUSTER_QUERY's ``groups`` listed last
+        (with a cluster map, every data group; the metadata group is not listed)."""
+        self._next_group = random.randrange(1 << 16)
+        """Which of them the next queue goes to (in turn, from a random start, so that many
+        clients creating a few queues each spread them too)."""
         self._discovery_lock = anyio.Lock()
         self._counters = Counters()
         self._closed = False
@@ -136,6 +142,17 @@ class Router:
                     ErrorCode.WRONG_CLUSTER, f"none of the seed brokers is in cluster {cluster_id}"
                 )
         return cluster_id
+
+    def _group_for_new_queue(self) -> str | None:
+        """The group the next queue lands on when the caller names none: the listed groups
+        in turn (docs/replication.md, "Where a new queue lands"); None for a cluster that
+        lists no groups (one group: its broker decides)."""
+        self._check_open()
+        if not self._placement:
+            return None
+        group = self._placement[self._next_group % len(self._placement)]
+        self._next_group += 1
+        return group
 
     async def _cluster_of(self, queue_id: str) -> str:
         cid = cluster_of_queue(queue_id)
@@ -319,6 +336,8 @@ class Router:
         for view in wire.groups or ():
             if view.cluster_id != wire.cluster_id:
                 self._store(_group_topology(view, brokers))
+        if wire.groups:
+            self._placement = [view.cluster_id for view in wire.groups]
         return topology
 
     def _store(self, topology: Topology) -> None:

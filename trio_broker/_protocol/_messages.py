@@ -41,6 +41,9 @@ class CreateQueue:
     client_id: str | None = None
     retention: Retention | None = None
     """Addition: the new queue's retention policy."""
+    cluster_id: str | None = None
+    """Addition: the group to create it in (docs/replication.md, "Where a new queue lands");
+    absent, a group the receiving broker leads."""
 
 
 @attrs.frozen

@@ -458,6 +458,9 @@ class Broker:
         return await self._commit(retention_command(request))
 
     async def _create_queue(self, request: CreateQueue, _session: Session | None) -> Answer:
+        refusal = self._wrong_cluster(request.cluster_id)
+        if refusal is not None:
+            return Answer(now=refusal)
         policy = None
         if request.retention is not None:
             policy = retention_policy(request.retention)

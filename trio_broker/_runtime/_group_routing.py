@@ -5,8 +5,11 @@
   a group of the cluster map not hosted here answers NOT_LEADER naming its leader (so a
   client of the original design still routes); anything else to the cluster group, which
   refuses it as before (``QUEUE_NOT_FOUND``, ``WRONG_CLUSTER``);
-- CREATE_QUEUE to the data group this broker leads with fewest queues (NOT_LEADER naming a
-  group's leader when it leads none);
+- CREATE_QUEUE naming a group (``cluster_id``) to that group (NOT_LEADER naming its leader
+  when this broker does not lead it; WRONG_CLUSTER for a group the cluster does not have);
+  naming none, to the data group this broker leads with fewest queues (NOT_LEADER naming a
+  group's leader when it leads none), so an original-design client's follow-up requests
+  reach the broker it asked;
 - CLUSTER_QUERY naming a group is answered about it (from the map when it is not hosted
   here); naming none, about the group a CREATE_QUEUE would land on; every answer lists
   ``groups`` and names the ``metadata_group``;
@@ -91,6 +94,31 @@ class GroupRouting:
         if not led:
             return None
         return min(led, key=lambda b: (b.queue_count, b.cluster_id))
+
+    def for_named_queue(self, group: str) -> Broker | BrokerError:
+        """The group a CREATE_QUEUE naming ``group`` lands on: this broker's replica of it
+        (which answers NOT_LEADER naming its leader when it does not lead it); for a group of
+        the map not hosted here, NOT_LEADER naming its leader; the metadata group (which holds
+        no queues once there is a map) and a group the cluster does not have are refused."""
+        cmap = self.host.meta.map
+        metadata = self.host.primary
+        if cmap is not None and group == metadata.cluster_id:
+            return BrokerError(
+                ErrorCode.BAD_REQUEST,
+                f"{group} is the cluster's metadata group, which holds no queues; name one of "
+                "the groups CLUSTER_QUERY lists in groups",
+                cluster_id=group,
+            )
+        replica = self.host.groups.get(group)
+        if replica is not None:
+            return replica
+        if cmap is not None and group in cmap.groups:
+            return self.host.meta.not_leader(group)
+        return BrokerError(
+            ErrorCode.WRONG_CLUSTER,
+            f"this cluster has no group {group}; CLUSTER_QUERY lists its groups",
+            cluster_id=metadata.cluster_id,
+        )
 
     def for_query(self) -> Broker | str:
         """The group a CLUSTER_QUERY naming none is answered about (PROTOCOL.md): the one a
@@ -190,6 +218,11 @@ class GroupRouting:
                         "retry then",
                     )
                 )
+            if request.cluster_id is not None:
+                named = self.for_named_queue(request.cluster_id)
+                if isinstance(named, BrokerError):
+                    return Answer(now=named)
+                return await named.decide(request, session)
             chosen = self.for_new_queue()
             if chosen is None and not self.host.primary.connections.closing:
                 return Answer(now=self.not_leader())
