@@ -62,12 +62,17 @@ class CreateQueue:
     """Addition: the queue's retention policy from the start (None keeps everything)."""
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class AppendMessage:
     """Append one message. Replicated as ``REPLICATE`` type ``APPEND_MESSAGE``.
 
     ``data`` is the value's JSON text, exactly as it will be handed back to readers. With a
     ``producer_id``, ``producer_seq`` makes the append idempotent (see :class:`ProducerState`).
+
+    Its ``__init__`` is attrs' own but for one thing: each field is set through its slot's
+    descriptor, not ``object.__setattr__`` (0.31 against 0.41 µs; one is built per APPEND
+    and lives in the log, so it keeps its slots). Like attrs', it checks nothing: its callers
+    pass values the codec or the request's checks produced.
     """
 
     queue_id: str
@@ -78,6 +83,25 @@ class AppendMessage:
     """The proposing leader's wall clock (ms since the epoch); None in entries written before
     retention existed. Applied as ``max(appended_ms, the queue's last stamp)``, so a queue's
     stamps never go backward, whatever the leaders' clocks did."""
+
+    def __init__(
+        self,
+        queue_id: str,
+        data: bytes,
+        producer_id: str | None = None,
+        producer_seq: int | None = None,
+        appended_ms: int | None = None,
+    ) -> None:
+        _set_queue_id(self, queue_id)
+        _set_data(self, data)
+        _set_producer_id(self, producer_id)
+        _set_producer_seq(self, producer_seq)
+        _set_appended_ms(self, appended_ms)
+
+
+_set_queue_id, _set_data, _set_producer_id, _set_producer_seq, _set_appended_ms = (
+    AppendMessage.__dict__[field.name].__set__ for field in attrs.fields(AppendMessage)
+)
 
 
 @attrs.frozen

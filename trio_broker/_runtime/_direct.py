@@ -1,5 +1,6 @@
-"""A client connection's socket calls without a trip through trio's scheduler when they need
-not wait (docs/performance.md, "The leader's request path").
+"""A connection's socket calls without a trip through trio's scheduler when they need not wait:
+a client's connection, and the peer links (outbound writes, inbound reads). docs/performance.md,
+"The leader's request path" and "The peer links' socket calls, and two constructors".
 
 trio's ``SocketStream.send_all`` and ``receive_some`` yield to the scheduler after every call
 that completed (a cancel-shielded checkpoint), and a receive that finds nothing tries, waits
@@ -29,6 +30,14 @@ MAX_DIRECT = 16
 """Receives in a row completed without yielding, at most, before one that checkpoints."""
 AVAILABLE = os.name == "posix"
 """A socket is a file descriptor that ``os.read`` and ``os.write`` take (not on Windows)."""
+
+
+def direct_io(stream: trio.abc.Stream) -> trio.abc.Stream | DirectSocket:
+    """A :class:`DirectSocket` for a plain TCP stream on POSIX; any other stream (TLS, in
+    memory) as it is: its own calls."""
+    if AVAILABLE and type(stream) is trio.SocketStream:
+        return DirectSocket(stream)
+    return stream
 
 
 class DirectSocket:

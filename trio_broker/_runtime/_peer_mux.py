@@ -46,6 +46,7 @@ from .._protocol import Done, FrameDecoder, PeerHello, decode_response
 from .._protocol._consensus import encode_message
 from .._protocol._framing import frame_header
 from ._dial import UNREACHABLE
+from ._direct import DirectSocket, direct_io
 from ._log import log_event
 from ._network import transport_socket
 
@@ -239,9 +240,11 @@ class _Link:
                 # The peer never writes on this stream after the handshake; reading tells us
                 # promptly when it goes away.
                 nursery.start_soon(_watch_close, stream)
-                await self._write(stream)
+                # A plain TCP link's writes are made at once (no checkpoint after each one:
+                # the writer waits for the next message anyway); TLS keeps the stream's own.
+                await self._write(direct_io(stream))
 
-    async def _write(self, stream: trio.abc.Stream) -> None:
+    async def _write(self, stream: trio.abc.Stream | DirectSocket) -> None:
         home = self.home
         while True:
             batch = self.take()

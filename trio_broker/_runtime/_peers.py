@@ -19,6 +19,7 @@ from .._core._raft_messages import Message
 from .._errors import ProtocolError
 from .._protocol import FrameDecoder, loads_object
 from .._protocol._consensus import message_from_frame
+from ._direct import direct_io
 from ._log import log_event
 from ._peer_mux import (
     BACKOFF_MAX,
@@ -95,6 +96,7 @@ async def read_peer_stream(
     reading (the caller closes the connection)."""
     decoder.max_frame = max_frame * PEER_FRAME_FACTOR
     unknown: dict[str, int] = {}
+    io = direct_io(stream)  # (plain TCP: a receive that finds data does not checkpoint)
     while True:
         while True:
             try:
@@ -139,7 +141,7 @@ async def read_peer_stream(
                     unknown.clear()
                 continue
             target(message)
-        data = await stream.receive_some(_RECEIVE_SIZE)
+        data = await io.receive_some(_RECEIVE_SIZE)
         if not data:
             return True
         decoder.feed(data)
