@@ -49,6 +49,7 @@ from ._network import Network
 from ._peers import PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._recovery import make_node
+from ._repair import Repair, serve_fetch_values
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -121,6 +122,8 @@ class RaftDriver:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.snapshots = Snapshots(self, config, store, worker)
+        self.repair = Repair(self, store, worker)
+        """Damaged stored values, repaired from the other members (:mod:`._repair`)."""
         self.leadership = Leadership(self)
         self._changed = trio.Event()
         self._changing_membership = False
@@ -150,6 +153,10 @@ class RaftDriver:
     def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
         """One chunk of a snapshot this broker offered (what DATA_SYNC_REQUEST serves)."""
         return self.snapshots.read_snapshot_chunk(snapshot_id, offset)
+
+    async def fetch_values(self, request: Any) -> Any:
+        """The intact stored values a peer asks for to repair its copy (FETCH_VALUES)."""
+        return await serve_fetch_values(self._store, self._worker, request)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the driver's nursery (for the tasks of its rooms)."""
@@ -351,6 +358,7 @@ class RaftDriver:
                 plaintext_port=self.plaintext_port,
             )
             await nursery.start(self.disk.run)
+            nursery.start_soon(self.repair.scrub)
             task_status.started()
             crashes: list[float] = []
             while True:
@@ -531,7 +539,12 @@ class RaftDriver:
         # A short transaction runs on this thread when the storage thread is idle (see
         # _in_place), so its answers and acknowledgements leave in this loop turn.
         run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
-        return await self.disk.retrying(functools.partial(run, save), self._answer_disk_full)
+        attempt = functools.partial(
+            self.disk.retrying, functools.partial(run, save), self._answer_disk_full
+        )
+        # A damaged value the transaction reads fails it too: repaired from a peer, then the
+        # same transaction again (_repair), a leader handing over while it waits.
+        return await self.repair.saving(attempt, self._hand_over)
 
     def _answer_disk_full(self) -> None:
         for pending in self._ledger.take_queued():  # never proposed: refused, nothing written
@@ -541,7 +554,12 @@ class RaftDriver:
         # A leader that cannot write hands over to a voter that may, so that the cluster goes
         # on taking writes (asked again after each failed retry: a transfer not taken up within
         # an election timeout is abandoned). Its TIMEOUT_NOW leaves with the next tick.
+        self._hand_over()
+
+    def _hand_over(self) -> None:
         node = self.node
+        if not node.is_leader:
+            return
         target = node.best_transfer_target()
         if target is not None and node.transfer_target is None:
             node.transfer_leadership(target)

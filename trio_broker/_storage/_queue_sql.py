@@ -63,24 +63,31 @@ _READS_VALUES = (ReadNext, ReadBatch, ReadRecords, GroupRead, GroupNack, ExpireL
 the ones that may meet damage, each run inside a savepoint."""
 
 
-def apply_command(db: apsw.Connection, command: Command) -> Result:
+def apply_command(db: apsw.Connection, command: Command, *, hold: bool = False) -> Result:
     """The SQL twin of :meth:`QueueState.apply` (the reference semantics).
 
-    A command that reads a damaged value changes nothing and answers ``UNAVAILABLE``: it runs
-    inside a savepoint (apsw's ``with db:`` inside a transaction), which the damage rolls back.
+    A command that reads a damaged value changes nothing: it runs inside a savepoint (apsw's
+    ``with db:`` inside a transaction), which the damage rolls back. With ``hold`` (a broker
+    whose group has other members, which hold intact copies) the :class:`StorageDamaged` goes
+    on up, and the whole transaction with it: the broker repairs the value from a peer and
+    applies the command again (``_runtime/_repair.py``), so that its state never differs from
+    theirs. Without (a broker alone: no copy to repair from, nobody to differ from) the command
+    answers ``UNAVAILABLE`` and the rest of the transaction goes on.
     """
     if isinstance(command, _READS_VALUES):
         try:
             with db:
-                return _apply_one(db, command)
+                return _apply_one(db, command, hold)
         except StorageDamaged as exc:
+            if hold:
+                raise
             return report_damage(exc)
-    return _apply_one(db, command)
+    return _apply_one(db, command, hold)
 
 
-def _apply_one(db: apsw.Connection, command: Command) -> Result:
+def _apply_one(db: apsw.Connection, command: Command, hold: bool = False) -> Result:
     if isinstance(command, CommandGroup):
-        return _apply_group(db, command.commands)
+        return _apply_group(db, command.commands, hold)
     if isinstance(command, CreateQueue):
         policy = command.retention or RetentionPolicy()
         if db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)).fetchone():
@@ -205,7 +212,7 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
 
 
-def _apply_group(db: apsw.Connection, commands: tuple[Command, ...]) -> GroupApplied:
+def _apply_group(db: apsw.Connection, commands: tuple[Command, ...], hold: bool) -> GroupApplied:
     """A group's commands in order; a run of plain appends to one queue (the common case
     under pipelined load) costs three statements in all instead of three each."""
     results: list[Result] = []
@@ -221,7 +228,7 @@ def _apply_group(db: apsw.Connection, commands: tuple[Command, ...]) -> GroupApp
         if j - i > 1:
             results += _append_run(db, commands[i:j])
         else:
-            results.append(apply_command(db, commands[i]))
+            results.append(apply_command(db, commands[i], hold=hold))
         i = j
     return GroupApplied(tuple(results))
 

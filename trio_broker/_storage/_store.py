@@ -41,12 +41,16 @@ from ._integrity import (
     DAMAGE_ERRORS,
     LogDamage,
     StorageDamaged,
+    StoredRow,
     check_incoming_values,
     check_log,
     check_on_open,
     damage_from,
+    damaged_values,
+    intact_rows,
     read_log,
     read_values,
+    repair_rows,
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups
 from ._schema import WORK_TABLES, upgrade
@@ -76,6 +80,10 @@ class Store:
         """The hard state the last committed :meth:`save` wrote, while nothing else wrote
         those keys since (None: unknown, read from the table): a save then writes only the
         fields that changed (usually the commit index alone)."""
+        self.hold_damage = False
+        """Whether :meth:`save` lets a damaged value that a command reads fail the whole
+        transaction, for the broker to repair it from a peer and save again (set by
+        ``_runtime/_repair.py`` while the group has other members)."""
         self._lock = DirLock(self.data_dir)
         path = str(self.data_dir / DB_FILE)
         try:
@@ -364,7 +372,7 @@ class Store:
                 for entry in committed:
                     payload = entry.payload
                     if isinstance(payload, Command):
-                        results.append(apply_command(db, payload))
+                        results.append(apply_command(db, payload, hold=self.hold_damage))
                     else:
                         results.append(None)
                 if committed:
@@ -382,6 +390,21 @@ class Store:
                 db.execute("PRAGMA synchronous = FULL")
             if snapshot is not None:
                 db.execute("DETACH DATABASE incoming")
+
+    # -- repairing values from peers (_runtime/_repair.py) --------------------------------------
+
+    def intact_rows(
+        self, queue_id: str, first: int, max_rows: int, max_bytes: int
+    ) -> list[StoredRow]:
+        return intact_rows(self._db, queue_id, first, max_rows, max_bytes)
+
+    def repair_rows(self, queue_id: str, rows: Sequence[StoredRow]) -> list[int]:
+        return repair_rows(self._db, queue_id, rows)
+
+    def damaged_values(
+        self, after: tuple[str, int], limit: int
+    ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+        return damaged_values(self._db, after, limit)
 
     def _install_snapshot(self, meta: SnapshotMeta, path: str) -> None:
         db = self._db
