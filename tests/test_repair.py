@@ -6,6 +6,7 @@ and real brokers in one program whose copy of a value was changed while stopped.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import apsw
 import orjson
 import pytest
 import trio
+from prometheus_client import generate_latest
 
 from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch
 from trio_broker._core._raft_messages import Entry, HardState
@@ -215,6 +217,10 @@ async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_a
             await _caught_up(cluster, name)
             stats = damaged.driver.repair.statistics()
             assert (stats.damaged, stats.repaired, stats.waiting) == (1, 1, 0)
+            metrics = generate_latest(damaged.metrics.registry).decode()
+            assert re.search(r"^trio_broker_values_damaged_total\{.*\} 1\.0$", metrics, re.M)
+            assert re.search(r"^trio_broker_values_repaired_total\{.*\} 1\.0$", metrics, re.M)
+            assert re.search(r"^trio_broker_values_awaiting_repair\{.*\} 0\.0$", metrics, re.M)
             ours = await damaged.driver._worker.run(damaged.driver._store.positions)
             theirs = await leader.driver._worker.run(leader.driver._store.positions)
             assert ours == theirs  # the position moved here too: its state is the others'
