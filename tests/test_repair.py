@@ -16,7 +16,7 @@ import pytest
 import trio
 from prometheus_client import generate_latest
 
-from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch
+from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch, ReadNext
 from trio_broker._core._raft_messages import Entry, HardState
 from trio_broker._runtime._repair import Repair, decode_rows, encode_rows
 from trio_broker._storage import DB_FILE, Store
@@ -81,6 +81,34 @@ def test_a_transaction_that_meets_a_damaged_value_fails_whole_when_held(tmp_path
         (result,) = store.save(hard_state=HardState(1, None, 1), entries=entries, committed=entries)
         assert result.code == "UNAVAILABLE" and "seq 7" in result.message
         assert store.log_size() == 1 and store.positions() == {}
+    finally:
+        store.close()
+
+
+def test_a_read_for_nobody_goes_past_a_damaged_value_when_its_effect_needs_no_bytes(tmp_path):
+    """A broker behind the others may meet a value they have all deleted since: a read whose
+    effect does not depend on the bytes, applied for nobody, goes past it."""
+    _store_with_values(tmp_path)
+    _alter(tmp_path, Q, 7)
+    store = Store(tmp_path)
+    try:
+        store.hold_damage = store.unchecked_reads = True
+        # A batch bounded in bytes takes as many messages as fit: it needs the sizes.
+        bounded = [Entry(1, 1, ReadBatch(C, Q, 10, max_bytes=1000))]
+        with pytest.raises(StorageDamaged):
+            store.save(entries=bounded, committed=bounded)
+        assert store.positions() == {}
+        entries = [Entry(1, 1, ReadBatch(C, Q, 10)), Entry(1, 2, ReadNext("C-OTHER01", Q))]
+        results = store.save(entries=entries, committed=entries)
+        # The same effect as on an intact copy; the damaged bytes were never read.
+        assert store.positions() == {(C, Q): 10, ("C-OTHER01", Q): 1}
+        assert store.unchecked_met == [(Q, 7)]
+        assert dict(results[0].messages)[7] == b""  # (an answer that reaches nobody)
+        # Without ``unchecked_reads`` (someone waits for the answer): held.
+        store.unchecked_reads = False
+        again = [Entry(1, 3, ReadBatch("C-THIRD01", Q, 10))]
+        with pytest.raises(StorageDamaged):
+            store.save(entries=again, committed=again)
     finally:
         store.close()
 
@@ -210,11 +238,16 @@ async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_a
             damaged = await cluster.start(name)
             await _caught_up(cluster, name)
 
-            # As a replica: the READ of seq 17 reaches it through the log; it holds that
-            # transaction, repairs the value from a peer, and applies the READ as the others.
+            # As a replica: the READ of seq 17 reaches it through the log; nobody waits for
+            # its answer there, so it applies the READ as the others do (the position moves),
+            # never reading the damaged bytes, and repairs the value from a peer meanwhile.
             served = await _read_all(leader.port, queue_id, "C-READER1", len(acked))
             assert _same(served, acked)
             await _caught_up(cluster, name)
+            while True:  # (in the background: a round trip or so)
+                if damaged.driver.repair.statistics().repaired:
+                    break
+                await trio.sleep(0.02)
             stats = damaged.driver.repair.statistics()
             assert (stats.damaged, stats.repaired, stats.waiting) == (1, 1, 0)
             metrics = generate_latest(damaged.metrics.registry).decode()
@@ -225,7 +258,9 @@ async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_a
             theirs = await leader.driver._worker.run(leader.driver._store.positions)
             assert ours == theirs  # the position moved here too: its state is the others'
 
-            # As the leader: damaged again while stopped, then given the leadership.
+            # As the leader: damaged again while stopped, then given the leadership. The READ
+            # of seq 30 waits for its answer: the transaction is held, the value repaired from
+            # a peer, and the READ answered with it.
             await cluster.stop(name)
             _alter(tmp_path / name, queue_id, 30)
             damaged = await cluster.start(name)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -477,7 +477,7 @@ class RaftDriver:
             if in_place and durable and self._unsent:
                 await self._let_links_send()
                 started = time.perf_counter()
-            results = await self._save(save, short=in_place)
+            results = await self._save(save, short=in_place, committed=rd.committed_entries)
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
             if rd.hard_state is not None:
@@ -527,7 +527,9 @@ class RaftDriver:
             self.start_soon(self.snapshots.offer, peer)
         self.node.advance()
 
-    async def _save(self, save: Callable[[], list[Any]], *, short: bool) -> list[Any]:
+    async def _save(
+        self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()
+    ) -> list[Any]:
         """Run the Ready's transaction; while it fails for lack of space, retry it.
 
         A failed transaction rolled back whole (entries, term and vote, applied commands and
@@ -543,8 +545,22 @@ class RaftDriver:
             self.disk.retrying, functools.partial(run, save), self._answer_disk_full
         )
         # A damaged value the transaction reads fails it too: repaired from a peer, then the
-        # same transaction again (_repair), a leader handing over while it waits.
-        return await self.repair.saving(attempt, self._hand_over)
+        # same transaction again (_repair). While no peer gives it, a leader hands over and
+        # the requests waiting on these entries are answered "outcome unknown": once nobody
+        # waits, a read whose effect does not need the value's bytes goes past it.
+
+        def on_hold() -> None:
+            self._hand_over()
+            if committed:
+                for pending in self._ledger.take_through(committed[-1].index):
+                    self._settle(
+                        pending, _outcome_unknown("a value it reads is damaged on this broker")
+                    )
+
+        def unwaited() -> bool:
+            return not any(self._ledger.waiting(e.index) for e in committed)
+
+        return await self.repair.saving(attempt, on_hold, unwaited=unwaited)
 
     def _answer_disk_full(self) -> None:
         for pending in self._ledger.take_queued():  # never proposed: refused, nothing written

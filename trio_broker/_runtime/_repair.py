@@ -80,6 +80,8 @@ class RepairHost(Protocol):
 
     def address_of(self, broker_id: str) -> tuple[str, int] | None: ...
 
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
 
 @attrs.define
 class RepairStatistics:
@@ -113,17 +115,27 @@ class Repair:
     # -- a transaction that met damage ------------------------------------------------------
 
     async def saving(
-        self, attempt: Callable[[], Awaitable[T]], on_hold: Callable[[], None] | None = None
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        on_hold: Callable[[], None] | None = None,
+        *,
+        unwaited: Callable[[], bool] = lambda: False,
     ) -> T:
         """``await attempt()`` (one transaction, run again as it was while it fails): a
         damaged value it reads fails it whole while the group has other members, and is
         repaired from them before the next attempt. ``on_hold`` is called after each round
-        that repaired nothing (the driver hands its leadership over). Cancellable."""
+        that repaired nothing (the driver hands its leadership over). ``unwaited``: nobody
+        waits for the transaction's results, so a read whose effect does not depend on the
+        values' bytes goes ahead over the damage (it reaches nobody), and the value is
+        repaired in the background. ``unwaited()``: whether nobody waits for the results.
+        Cancellable."""
         delay = RETRY_FIRST
+        store = self._store
         while True:
-            self._store.hold_damage = bool(self._others())
+            store.hold_damage = bool(self._others())
+            store.unchecked_reads = unwaited()
             try:
-                return await attempt()
+                result = await attempt()
             except StorageDamaged as exc:
                 if exc.queue_id is None or not self._store.hold_damage:
                     raise
@@ -136,8 +148,26 @@ class Repair:
                     on_hold()
                 await trio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)
+                continue
+            met = getattr(store, "unchecked_met", None)
+            if met:
+                store.unchecked_met = []
+                for place in met:
+                    self._note(
+                        place,
+                        str(getattr(store, "data_dir", "")),
+                        "the value does not match its checksum, or its row is missing (a read "
+                        "applied for nobody)",
+                        "repairing from a peer in the background: never served",
+                    )
+                self._host.start_soon(self._repair_later, sorted(set(met)))
+            return result
 
     def _report(self, exc: StorageDamaged, place: tuple[str, int]) -> None:
+        self._note(place, exc.file, exc.found, "held until repaired from a peer: never served")
+
+    def _note(self, place: tuple[str, int], file: str, found: str, action: str) -> None:
+        """One ``storage.damaged`` ERROR line per damaged value and broker run."""
         if place in self._reported:
             return
         self._reported.add(place)
@@ -146,13 +176,38 @@ class Repair:
         log_event(
             logging.ERROR,
             "storage.damaged",
-            file=exc.file,
-            table=exc.table,
+            file=file,
+            table="queue_data",
             queue=place[0],
             seq=place[1],
-            found=exc.found,
-            action="held until repaired from a peer: never served",
+            found=found,
+            action=action,
         )
+
+    async def _repair_later(self, places: list[tuple[str, int]]) -> None:
+        """Repair values a read went past: from a peer, or never needed again once this
+        broker deleted them too (retention deletes a message at the same log position
+        everywhere); the rounds spaced as a held transaction's."""
+        delay = RETRY_FIRST
+        for _ in range(SCRUB_ATTEMPTS):
+            left = []
+            for place in places:
+                if place not in self._waiting:
+                    continue
+                if await self.repair(*place):
+                    continue
+                damaged, _ = await self._worker.run(
+                    self._store.damaged_values, (place[0], place[1] - 1), 1
+                )
+                if place in damaged:
+                    left.append(place)
+                else:  # (its row is gone: deleted here too, or never to be read again)
+                    self._waiting.discard(place)
+            places = left
+            if not places:
+                return
+            await trio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX)
 
     # -- fetching good copies ---------------------------------------------------------------
 
@@ -223,20 +278,12 @@ class Repair:
         while after is not None:
             damaged, after = await self._worker.run(scan, after, SCRUB_ROWS)
             for place in damaged:
-                if place not in self._reported:
-                    self._reported.add(place)
-                    self._waiting.add(place)
-                    self.stats.damaged += 1
-                    log_event(
-                        logging.ERROR,
-                        "storage.damaged",
-                        file=str(self._store.data_dir / DB_FILE),
-                        table="queue_data",
-                        queue=place[0],
-                        seq=place[1],
-                        found="the value does not match its checksum (start-up scrub)",
-                        action="repaired from a peer: never served",
-                    )
+                self._note(
+                    place,
+                    str(self._store.data_dir / DB_FILE),
+                    "the value does not match its checksum (start-up scrub)",
+                    "repaired from a peer: never served",
+                )
                 found.append(place)
             await trio.lowlevel.checkpoint()
         log_event(logging.INFO, "storage.scrubbed", damaged=len(found))

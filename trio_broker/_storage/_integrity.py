@@ -16,6 +16,7 @@ intact. Damage that keeps the broker from starting (a file SQLite cannot read, a
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -99,6 +100,21 @@ def report_damage(exc: StorageDamaged) -> CommandRejected:
 
 # -- queue values --------------------------------------------------------------------------------
 
+UNCHECKED: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+    "unchecked_values", default=None
+)
+"""Set (to a list) while a read whose effect does not depend on the values' bytes is applied
+for nobody (``_queue_sql.apply_command``'s ``unchecked``): a damaged or missing value then
+reads as empty bytes, never served, and its place is added to the list."""
+
+
+def _unchecked(queue_id: str, seq: int) -> bool:
+    met = UNCHECKED.get()
+    if met is None:
+        return False
+    met.append((queue_id, seq))
+    return True
+
 
 def value_checksum(queue_id: str, seq: int, data: bytes, headers: str | None) -> int:
     """CRC32C of one stored message: where it belongs (queue and sequence number), so that a
@@ -143,13 +159,20 @@ def read_values(
         raise damage_from(
             exc, db.filename, "queue_data", f"queue {queue_id}", queue_id=queue_id, seq=start
         ) from None
-    out = []
-    for expected, (seq, data, headers, checksum) in enumerate(rows, start):
-        if seq != expected:
-            raise _missing(db, queue_id, expected)
+    by_seq = {row[0]: row for row in rows}
+    out: list[tuple[int, bytes, str | None]] = []
+    for seq in range(start, end + 1):
+        row = by_seq.get(seq)
+        if row is None:
+            if not _unchecked(queue_id, seq):
+                raise _missing(db, queue_id, seq)
+            out.append((seq, b"", None))
+            continue
+        _, data, headers, checksum = row
+        if not _intact(queue_id, seq, data, headers, checksum) and _unchecked(queue_id, seq):
+            out.append((seq, b"", None))
+            continue
         out.append((seq, _checked(db, queue_id, seq, data, headers, checksum), headers))
-    if len(out) != end - start + 1:
-        raise _missing(db, queue_id, start + len(out))
     return out
 
 
@@ -176,6 +199,8 @@ def read_value(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str
     if row is None:
         return None
     data, headers, checksum = row
+    if not _intact(queue_id, seq, data, headers, checksum) and _unchecked(queue_id, seq):
+        return b"", None
     return _checked(db, queue_id, seq, data, headers, checksum), headers
 
 

@@ -84,6 +84,11 @@ class Store:
         """Whether :meth:`save` lets a damaged value that a command reads fail the whole
         transaction, for the broker to repair it from a peer and save again (set by
         ``_runtime/_repair.py`` while the group has other members)."""
+        self.unchecked_reads = False
+        """With :attr:`hold_damage`, whether nobody waits for the results of the next
+        :meth:`save`: reads whose effect does not depend on the values' bytes are then applied
+        over damage (``_queue_sql.apply_command``); :attr:`unchecked_met` lists where."""
+        self.unchecked_met: list[tuple[str, int]] = []
         self._lock = DirLock(self.data_dir)
         path = str(self.data_dir / DB_FILE)
         try:
@@ -369,16 +374,21 @@ class Store:
                 if hard_state is not None and hard_state != written:
                     self._set_meta(_hard_state_items(hard_state, written))
                 results: list[Result | None] = []
+                met: list[tuple[str, int]] = []
+                unchecked = met if self.hold_damage and self.unchecked_reads else None
                 for entry in committed:
                     payload = entry.payload
                     if isinstance(payload, Command):
-                        results.append(apply_command(db, payload, hold=self.hold_damage))
+                        results.append(
+                            apply_command(db, payload, hold=self.hold_damage, unchecked=unchecked)
+                        )
                     else:
                         results.append(None)
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
             if hard_state is not None:
                 self._written = hard_state
+            self.unchecked_met = met
             damage = self._log_damage
             if damage and truncate_from is not None and truncate_from <= damage.first_damaged:
                 # The damaged rows are gone: the log is what has been written since (a driver

@@ -327,10 +327,23 @@ class Disks:
             raise SimulationFailure(f"node {i} delivered a damaged value at {e.index}: {result}")
 
     def on_start(self, i: int) -> None:
-        """The start-up scrub finds the broker's damaged values after a while (it reads every
-        value, in the background): meanwhile a command may read one (``before_apply``)."""
-        if self.damaged_values.get(i):
+        """The start-up scrub reads every value the broker starts from, and finds the damaged
+        ones after a while (in the background): meanwhile a command may read one
+        (``before_apply``)."""
+        if not self.value_corruption:
+            return
+        app = self.sim.apps[i]
+        found = {
+            (q, app.deleted.get(q, 0) + 1 + k)
+            for q, messages in app.messages.items()
+            for k, v in enumerate(messages)
+            if isinstance(v, DamagedValue)
+        }
+        if found:
+            self.damaged_values[i] = found
             self.scrub_at[i] = self.sim.now + self.values_rng.randint(0, SCRUB_STEPS)
+        else:
+            self.damaged_values.pop(i, None)
 
     def repair(self, i: int, asked: bool = False) -> None:
         """Broker ``i`` replaces each damaged value with the copy of a live broker it can
@@ -343,8 +356,11 @@ class Disks:
             return
         app, disk = self.sim.apps[i], self.sim.storage[i].snapshot_data
         for q, seq in sorted(places):
-            if not any(isinstance(_value_at(x, q, seq), DamagedValue) for x in (app, disk)):
-                places.discard((q, seq))  # deleted meanwhile (retention), or replaced
+            if not isinstance(_value_at(app, q, seq), DamagedValue):
+                # Deleted meanwhile (retention), or replaced: the state no longer holds it (an
+                # older snapshot on the disk may, until the next compaction; a restart's scrub
+                # finds it there again).
+                places.discard((q, seq))
                 continue
             if self.never_repair:
                 continue
