@@ -204,3 +204,35 @@ def test_values_are_damaged_only_where_another_broker_holds_them_and_on_a_minori
         disks.damaged_values[i] = {("Q", 1)}
     assert not disks._may_damage(sim.ids[f])
     assert disks._may_damage(sim.ids[0])
+
+
+def test_a_read_for_nobody_goes_past_a_value_no_peer_holds_and_one_waited_for_is_held():
+    """A broker behind the others meets a value they have all deleted since: a ReadNext whose
+    answer nobody waits for goes ahead over it (never delivered); one a client waits for is
+    held, and the waiting request is given up after the round that repaired nothing."""
+    sim = values_sim()
+    disks = sim.disks
+    for o in sim.ids:
+        if o != 1:
+            sim.apps[o].messages["Q"] = sim.apps[o].messages["Q"][3:]
+            sim.apps[o].deleted["Q"] = 3
+    app = sim.apps[1]
+    _disk._set_value(app, "Q", 2, _disk.DamagedValue(b"v2"))
+    disks.damaged_values[1] = {("Q", 2)}
+    read = Entry(1, 7, ReadBatch("C-1", "Q", 5))
+    ready = types.SimpleNamespace(committed_entries=[read], snapshot=None)
+    assert disks.before_apply(1, ready)  # nobody waits: it goes ahead
+    result = app.apply(read.payload)
+    disks.check_result(1, read, result)  # (its answer reaches nobody)
+    assert app.positions[("C-1", "Q")] == 5 and sim.stats["applies_unchecked"] == 1
+    # A client waits on the next one: held, and the request given up (outcome unknown).
+    again = Entry(1, 8, ReadBatch("C-2", "Q", 5))
+    sim.ledgers[1].wait_for(8, 1, ["token"])
+    ready = types.SimpleNamespace(committed_entries=[again], snapshot=None)
+    assert not disks.before_apply(1, ready)
+    assert sim.ledgers[1].waiting(8) is None
+    assert disks.before_apply(1, ready)  # (then nobody waits)
+    # A batch with a byte budget needs the sizes: held.
+    bounded = Entry(1, 9, ReadBatch("C-3", "Q", 5, max_bytes=4))
+    ready = types.SimpleNamespace(committed_entries=[bounded], snapshot=None)
+    assert not disks.before_apply(1, ready)

@@ -26,7 +26,9 @@ a crash (power loss) its disk may also, each from the seed's ``disk-faults`` str
   longer matches. The broker finds it at start (its scrub) or when a command reads it, never
   serves it, and repairs it from a peer that holds it intact (``_runtime/_repair.py``): a
   transaction that reads a damaged value is held (the Ready is not completed, as the runtime
-  rolls the transaction back) until the value is repaired. The value keeps its bytes here and
+  rolls the transaction back) until the value is repaired, unless nobody waits for its answers
+  and its reads need no bytes (then it goes ahead, its answer reaching nobody). The value
+  keeps its bytes here and
   is marked by its type, :class:`DamagedValue`: the states still compare equal, and any
   DamagedValue in a command's result is a damaged value delivered (:meth:`Disks.check_result`).
 
@@ -50,9 +52,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..._core._commands import AppendMessage
+from ..._core._commands import AppendMessage, CommandGroup, ReadBatch, ReadNext
 from ..._core._raft import Ready
 from ..._core._raft_messages import Entry
+from ..._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from ._params import SimulationFailure, stream
 
 if TYPE_CHECKING:
@@ -114,6 +117,18 @@ def damaged_in(obj: Any, depth: int = 0) -> bool:
     return False
 
 
+def _needs_no_bytes(command: Any) -> bool:
+    """A read whose effect is the same whatever the values' bytes (``_queue_sql``'s
+    ``unchecked_read``): every command of the entry is one, or reads no value."""
+    if isinstance(command, CommandGroup):
+        return all(_needs_no_bytes(c) for c in command.commands)
+    if isinstance(command, ReadNext):
+        return True
+    if isinstance(command, ReadBatch | ReadRecords | GroupRead):
+        return command.max_bytes >= 1 << 62
+    return not isinstance(command, GroupNack | ExpireLeases)
+
+
 def _count_damaged(app: Any) -> int:
     return sum(isinstance(v, DamagedValue) for msgs in app.messages.values() for v in msgs)
 
@@ -151,6 +166,8 @@ class Disks:
         self.value_corruption = stream(sim.seed, "disk-values").choice(VALUE_CORRUPTION)
         self.values_rng = stream(sim.seed, "disk-values:flips")
         self.damaged_values: dict[int, set[tuple[str, int]]] = {}
+        self.unchecked: dict[int, set[int]] = {}
+        """Broker -> entries it may apply over a damaged value (read for nobody)."""
         self.scrub_at: dict[int, int] = {}
         """Broker -> when its start-up scrub has reached its damaged values."""
         """Broker -> (queue, seq) of the values its disk damaged and it has not repaired."""
@@ -162,6 +179,7 @@ class Disks:
             "value_corruptions",
             "values_repaired",
             "applies_held",
+            "applies_unchecked",
         ):
             sim.stats.setdefault(key, 0)
 
@@ -322,7 +340,13 @@ class Disks:
     # -- damaged values: the broker's side (_runtime/_repair.py) ------------------------------
 
     def check_result(self, i: int, e: Entry, result: Any) -> None:
-        """No damaged value is ever delivered (nor copied: a dead-letter move's answer)."""
+        """No damaged value is ever delivered (nor copied: a dead-letter move's answer), but
+        in the answer of a read applied for nobody (the runtime reads it as empty bytes)."""
+        unchecked = self.unchecked.get(i)
+        if unchecked and e.index in unchecked:
+            unchecked.discard(e.index)
+            if not self.sim.ledgers[i].waiting(e.index):
+                return
         if damaged_in(result):
             raise SimulationFailure(f"node {i} delivered a damaged value at {e.index}: {result}")
 
@@ -381,9 +405,14 @@ class Disks:
             del self.damaged_values[i]
 
     def before_apply(self, i: int, rd: Ready) -> bool:
-        """Whether broker ``i`` may complete ``rd`` now: False while a command it applies
-        would read (or copy) a damaged value that could not be repaired yet; the transaction
-        is then held and tried again (the runtime rolls it back and repairs)."""
+        """Whether broker ``i`` may complete ``rd`` now (``_runtime/_repair.py``'s rules).
+
+        A command that would read (or copy) a damaged value holds the transaction (the Ready is
+        not completed, as the runtime rolls it back) and asks a peer, and it is tried again.
+        When nobody waits for the results and every such command is a read whose effect needs
+        no bytes (a ReadNext, a batch without a byte budget), it goes ahead over the damage
+        (its answer reaches nobody; :meth:`check_result` knows). A round that repaired nothing
+        answers the requests waiting on these entries "outcome unknown" (no answer here)."""
         if not self.damaged_values.get(i) or self.trust_values:
             return True
         if not rd.committed_entries or rd.snapshot is not None:
@@ -392,13 +421,20 @@ class Disks:
 
         trial = copy.deepcopy(self.sim.apps[i])
         before = _count_damaged(trial)
-        for e in rd.committed_entries:
-            if damaged_in(apply_entry(trial, e)):
-                break
-        else:
-            if _count_damaged(trial) <= before:
+        met = [e for e in rd.committed_entries if damaged_in(apply_entry(trial, e))]
+        copied = _count_damaged(trial) > before
+        if not met and not copied:
+            return True
+        self.repair(i, asked=True)  # (the held transaction asks its peers)
+        if self.damaged_values.get(i):
+            ledger = self.sim.ledgers[i]
+            waiting = any(ledger.waiting(e.index) for e in rd.committed_entries)
+            if not copied and not waiting and all(_needs_no_bytes(e.payload) for e in met):
+                self.unchecked.setdefault(i, set()).update(e.index for e in met)
+                self.sim.stats["applies_unchecked"] += 1
                 return True
-        self.repair(i, asked=True)  # (the held transaction asks its peers: tried next step)
+            if waiting:
+                ledger.take_through(rd.committed_entries[-1].index)
         self.sim.stats["applies_held"] += 1
         return False
 
