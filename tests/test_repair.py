@@ -128,6 +128,7 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
             1, 2, 3, 4, 5, 6, 8, 10, 11, 12
         ]  # fmt: skip
         assert damaged.damaged_values(("", 0), 100) == ([(Q, 7)], (Q, 12))
+        assert [n for n in range(1, 14) if damaged.needs_repair(Q, n)] == [7, 9]
         rows = peer.intact_rows(Q, 5, 100, 1 << 20)
         assert [r[0] for r in rows] == list(range(5, 13))
         # A row changed on the way fails its own checksum, and is not written.
@@ -138,6 +139,7 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
         assert damaged.repair_rows(Q, rows) == [7]
         assert damaged.messages(Q) == [_value(i) for i in range(1, 13)]
         assert damaged.damaged_values(("", 0), 100) == ([], (Q, 12))
+        assert not any(damaged.needs_repair(Q, n) for n in range(1, 14))
         # Rows this broker does not hold yet (beyond its queue's length) are not inserted.
         peer.apply([AppendMessage(Q, _value(13))])
         assert damaged.repair_rows(Q, peer.intact_rows(Q, 13, 10, 1 << 20)) == []

@@ -124,11 +124,10 @@ class Repair:
         """``await attempt()`` (one transaction, run again as it was while it fails): a
         damaged value it reads fails it whole while the group has other members, and is
         repaired from them before the next attempt. ``on_hold`` is called after each round
-        that repaired nothing (the driver hands its leadership over). ``unwaited``: nobody
-        waits for the transaction's results, so a read whose effect does not depend on the
-        values' bytes goes ahead over the damage (it reaches nobody), and the value is
-        repaired in the background. ``unwaited()``: whether nobody waits for the results.
-        Cancellable."""
+        that repaired nothing (the driver hands its leadership over and answers the requests
+        waiting on the transaction). While ``unwaited()`` (nobody waits for its results), a
+        read whose effect does not depend on the values' bytes goes ahead over the damage (its
+        answer reaches nobody), and the value is repaired in the background. Cancellable."""
         delay = RETRY_FIRST
         store = self._store
         while True:
@@ -155,7 +154,7 @@ class Repair:
                 for place in met:
                     self._note(
                         place,
-                        str(getattr(store, "data_dir", "")),
+                        str(store.data_dir / DB_FILE),
                         "the value does not match its checksum, or its row is missing (a read "
                         "applied for nobody)",
                         "repairing from a peer in the background: never served",
@@ -196,12 +195,9 @@ class Repair:
                     continue
                 if await self.repair(*place):
                     continue
-                damaged, _ = await self._worker.run(
-                    self._store.damaged_values, (place[0], place[1] - 1), 1
-                )
-                if place in damaged:
+                if await self._worker.run(self._store.needs_repair, *place):
                     left.append(place)
-                else:  # (its row is gone: deleted here too, or never to be read again)
+                else:  # (deleted here too meanwhile: never to be read again)
                     self._waiting.discard(place)
             places = left
             if not places:

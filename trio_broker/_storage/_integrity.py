@@ -291,6 +291,24 @@ def repair_rows(db: apsw.Connection, queue_id: str, rows: Sequence[StoredRow]) -
     return repaired
 
 
+def needs_repair(db: apsw.Connection, queue_id: str, seq: int) -> bool:
+    """Whether this broker holds a message it retains damaged, or not at all."""
+    row = db.execute(
+        "SELECT deleted_through, length FROM queues WHERE queue_id = ?", (queue_id,)
+    ).fetchone()
+    if row is None or not row[0] < seq <= row[1]:
+        return False
+    try:
+        found = db.execute(
+            "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
+            " AND sequence_num = ?",
+            (queue_id, seq),
+        ).fetchone()
+    except DAMAGE_ERRORS:
+        return True
+    return found is None or not _intact(queue_id, seq, *found)
+
+
 def damaged_values(
     db: apsw.Connection, after: tuple[str, int], limit: int
 ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:

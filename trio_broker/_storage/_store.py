@@ -48,6 +48,7 @@ from ._integrity import (
     damage_from,
     damaged_values,
     intact_rows,
+    needs_repair,
     read_log,
     read_values,
     repair_rows,
@@ -415,6 +416,9 @@ class Store:
         self, after: tuple[str, int], limit: int
     ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
         return damaged_values(self._db, after, limit)
+
+    def needs_repair(self, queue_id: str, seq: int) -> bool:
+        return needs_repair(self._db, queue_id, seq)
 
     def _install_snapshot(self, meta: SnapshotMeta, path: str) -> None:
         db = self._db

@@ -277,6 +277,9 @@ class MemoryStore:
     def damaged_values(self, after: tuple[str, int], limit: int) -> tuple[list[Any], None]:
         return [], None
 
+    def needs_repair(self, queue_id: str, seq: int) -> bool:
+        return False
+
     def compact(self, meta: SnapshotMeta) -> None:
         if meta.index <= self.meta.get("snapshot_index", 0):
             return  # a later snapshot point is already there (as in Store.compact)
