@@ -108,6 +108,14 @@ class Repair:
     def statistics(self) -> RepairStatistics:
         return attrs.evolve(self.stats, waiting=len(self._waiting))
 
+    def _has_others(self) -> bool:
+        """Whether the group has another member (cheap: asked before every transaction)."""
+        config = self._host.node.config
+        me = self._host.broker_id
+        return len(config.voters) + len(config.learners) > (
+            me in config.voters or me in config.learners
+        )
+
     def _others(self) -> list[str]:
         config = self._host.node.config
         return sorted((config.voters | config.learners) - {self._host.broker_id})
@@ -131,8 +139,8 @@ class Repair:
         delay = RETRY_FIRST
         store = self._store
         while True:
-            store.hold_damage = bool(self._others())
-            store.unchecked_reads = unwaited()
+            store.hold_damage = hold = self._has_others()
+            store.unchecked_reads = hold and unwaited()
             try:
                 result = await attempt()
             except StorageDamaged as exc:
