@@ -556,6 +556,7 @@ PRIVILEGED_EXAMPLES = {
     "PEER_HELLO": {"broker_id": "B-ROGUE", "cluster_id": None},
     "JOIN_CLUSTER": {"broker_id": "B-ROGUE", "host": "127.0.0.1", "port": 1},
     "DATA_SYNC_REQUEST": {"snapshot_id": "x", "offset": 0},
+    "FETCH_VALUES": {"queue_name": "Q-AAAAABBBBB", "first": 1},
     "REMOVE_MEMBER": {"broker_id": None},
     "TRANSFER_LEADERSHIP": {},
     "SNAPSHOT": {},

@@ -1,16 +1,20 @@
 """The simulator's disk faults (``testing/sim/_disk.py``) and the cores and brokers they catch.
 
-Storage faults after TigerBeetle's storage fault model: bit flips found by checksum, synced
-writes lost, torn writes. Placed where the cluster can recover (a minority damaged at a time;
-synced entries lost only where a majority of the others hold them intact), the swarm's usual
-invariants must hold (``test_sim.py``'s swarm runs with them); a core or a broker that trusts
-a damaged log must not survive the default seeds.
+Storage faults after TigerBeetle's storage fault model: bit flips found by checksum (in stored
+entries and in stored values), synced writes lost, torn writes. Placed where the cluster can
+recover (a minority damaged at a time; synced entries lost only where a majority of the others
+hold them intact; a value damaged only where another broker holds it intact), the swarm's usual
+invariants must hold (``test_sim.py``'s swarm runs with them); a core or a broker that trusts a
+damaged log, serves a damaged value or never repairs one must not survive the default seeds.
 """
+
+import types
 
 import attrs
 import pytest
 
-from trio_broker._core._commands import AppendMessage, CreateQueue
+from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch
+from trio_broker._core._queues import QueueState
 from trio_broker._core._raft_messages import Entry
 from trio_broker.testing.sim import Simulation, SimulationFailure, _disk, run_seed, run_swarm
 
@@ -120,3 +124,115 @@ def test_synced_writes_are_lost_only_where_a_majority_of_the_others_hold_them():
 def disks_may_lose(sim: Simulation, i: int, index: int) -> bool:
     st = sim.storage[i]
     return sim.disks._held_by_a_majority_of_others(i, [e for e in st.entries if e.index >= index])
+
+
+# -- damaged values ---------------------------------------------------------------------------
+
+
+def test_simulator_catches_a_broker_that_serves_a_damaged_value(monkeypatch):
+    """A broker that applies without checking its values' checksums delivers the damaged one."""
+    monkeypatch.setattr(_disk.Disks, "trust_values", True)
+    results = run_swarm(range(DEFAULT_SEEDS), jobs=1, stop_on_failure=True)
+    failures = [r for r in results if not r.ok]
+    assert failures, f"trust_values survived {DEFAULT_SEEDS} seeds"
+    assert "delivered a damaged value" in failures[0].error, failures[0].error
+
+
+def test_simulator_catches_a_broker_that_never_repairs_a_damaged_value(monkeypatch):
+    """A broker that finds the damage and never repairs it: held for ever, it cannot converge."""
+    monkeypatch.setattr(_disk.Disks, "never_repair", True)
+    results = run_swarm(range(DEFAULT_SEEDS), jobs=1, stop_on_failure=True)
+    failures = [r for r in results if not r.ok]
+    assert failures, f"never_repair survived {DEFAULT_SEEDS} seeds"
+    assert "liveness" in failures[0].error, failures[0].error
+    assert "damaged values not repaired" in failures[0].error, failures[0].error
+
+
+def values_sim() -> Simulation:
+    """Every broker up, each holding queue Q's values 1..5 (by hand)."""
+    sim = quiet_sim()
+    for i in sim.ids:
+        sim._start(i)
+        app = QueueState()
+        app.apply(CreateQueue("Q"))
+        for k in range(1, 6):
+            app.apply(AppendMessage("Q", f"v{k}".encode()))
+        sim.apps[i] = app
+    return sim
+
+
+def test_a_read_that_meets_a_damaged_value_is_held_until_a_peer_repairs_it():
+    sim = values_sim()
+    disks = sim.disks
+    app = sim.apps[1]
+    _disk._set_value(app, "Q", 3, _disk.DamagedValue(b"v3"))
+    disks.damaged_values[1] = {("Q", 3)}
+    disks.scrub_at[1] = sim.now + 1000  # (its scrub has not reached it yet)
+    read = Entry(1, 7, ReadBatch("C-1", "Q", 5))
+    ready = types.SimpleNamespace(committed_entries=[read], snapshot=None)
+    # A read of messages 1..2 does not meet it: applied at once.
+    early = Entry(1, 7, ReadBatch("C-1", "Q", 2))
+    assert disks.before_apply(1, types.SimpleNamespace(committed_entries=[early], snapshot=None))
+    # Messages 1..5 do: held; the held transaction asks a peer, and the next try goes ahead.
+    assert not disks.before_apply(1, ready)
+    assert sim.stats["applies_held"] == 1 and sim.stats["values_repaired"] == 1
+    assert not isinstance(_disk._value_at(app, "Q", 3), _disk.DamagedValue)
+    assert _disk._value_at(app, "Q", 3) == b"v3" and 1 not in disks.damaged_values
+    assert disks.before_apply(1, ready)
+    result = app.apply(read.payload)
+    disks.check_result(1, read, result)
+    # What a broker that skipped the check would have answered:
+    _disk._set_value(app, "Q", 4, _disk.DamagedValue(b"v4"))
+    with pytest.raises(SimulationFailure, match="delivered a damaged value"):
+        disks.check_result(1, read, app.apply(ReadBatch("C-2", "Q", 5)))
+
+
+def test_values_are_damaged_only_where_another_broker_holds_them_and_on_a_minority():
+    sim = values_sim()
+    disks = sim.disks
+    for i in sim.ids:
+        sim.storage[i].snapshot_data = sim.apps[i]
+    f = (sim.p.node_count - 1) // 2
+    # Broker 1's only copy elsewhere damaged too: not held intact elsewhere for that value.
+    assert disks._held_elsewhere(1, "Q", 2)
+    for o in sim.ids:
+        if o != 1:
+            _disk._set_value(sim.apps[o], "Q", 2, _disk.DamagedValue(b"v2"))
+    assert not disks._held_elsewhere(1, "Q", 2)
+    # At most f brokers damaged at a time.
+    for i in sim.ids[:f]:
+        disks.damaged_values[i] = {("Q", 1)}
+    assert not disks._may_damage(sim.ids[f])
+    assert disks._may_damage(sim.ids[0])
+
+
+def test_a_read_for_nobody_goes_past_a_value_no_peer_holds_and_one_waited_for_is_held():
+    """A broker behind the others meets a value they have all deleted since: a ReadNext whose
+    answer nobody waits for goes ahead over it (never delivered); one a client waits for is
+    held, and the waiting request is given up after the round that repaired nothing."""
+    sim = values_sim()
+    disks = sim.disks
+    for o in sim.ids:
+        if o != 1:
+            sim.apps[o].messages["Q"] = sim.apps[o].messages["Q"][3:]
+            sim.apps[o].deleted["Q"] = 3
+    app = sim.apps[1]
+    _disk._set_value(app, "Q", 2, _disk.DamagedValue(b"v2"))
+    disks.damaged_values[1] = {("Q", 2)}
+    read = Entry(1, 7, ReadBatch("C-1", "Q", 5))
+    ready = types.SimpleNamespace(committed_entries=[read], snapshot=None)
+    assert disks.before_apply(1, ready)  # nobody waits: it goes ahead
+    result = app.apply(read.payload)
+    disks.check_result(1, read, result)  # (its answer reaches nobody)
+    assert app.positions[("C-1", "Q")] == 5 and sim.stats["applies_unchecked"] == 1
+    # A client waits on the next one: held, and the request given up (outcome unknown).
+    again = Entry(1, 8, ReadBatch("C-2", "Q", 5))
+    sim.ledgers[1].wait_for(8, 1, ["token"])
+    ready = types.SimpleNamespace(committed_entries=[again], snapshot=None)
+    assert not disks.before_apply(1, ready)
+    assert sim.ledgers[1].waiting(8) is None
+    assert disks.before_apply(1, ready)  # (then nobody waits)
+    # A batch with a byte budget needs the sizes: held.
+    bounded = Entry(1, 9, ReadBatch("C-3", "Q", 5, max_bytes=4))
+    ready = types.SimpleNamespace(committed_entries=[bounded], snapshot=None)
+    assert not disks.before_apply(1, ready)

@@ -41,6 +41,7 @@ OPERATIONS: dict[str, type] = {
     "PEER_HELLO": m.PeerHello,
     "JOIN_CLUSTER": m.JoinCluster,
     "DATA_SYNC_REQUEST": m.DataSyncRequest,
+    "FETCH_VALUES": m.FetchValues,
     "REMOVE_MEMBER": m.RemoveMember,
     # Authentication (docs/security.md).
     "AUTH_CHALLENGE": m.AuthChallenge,
@@ -506,6 +507,14 @@ converter.register_structure_hook(
     m.SnapshotChunk,
     cattrs.gen.make_dict_structure_fn(
         m.SnapshotChunk, converter, data=cattrs.gen.override(struct_hook=_plain_str)
+    ),
+)
+
+
+converter.register_structure_hook(
+    m.StoredValues,
+    cattrs.gen.make_dict_structure_fn(
+        m.StoredValues, converter, rows=cattrs.gen.override(struct_hook=_plain_str)
     ),
 )
 

@@ -321,6 +321,17 @@ class DataSyncRequest:
 
 
 @attrs.frozen
+class FetchValues:
+    """A broker repairs its damaged copy of stored messages from another (docs/reliability.md,
+    "Repairing damaged values"): the intact rows of ``queue_name`` from ``first`` on."""
+
+    queue_name: str
+    """The queue's id (it names the replication group that decides the request)."""
+    first: int
+    cluster_id: str | None = None
+
+
+@attrs.frozen
 class RemoveMember:
     """Operator command: take a broker out of the membership, through the log."""
 
@@ -419,12 +430,13 @@ PRIVILEGED_REQUESTS: tuple[type, ...] = (
     JoinCluster,
     DataSyncRequest,
     ProposeMetadata,
+    FetchValues,
     *ADMIN_REQUESTS,
 )
 """Requests that only brokers (and operators) holding the cluster secret may send, when one is
 configured: they replicate, vote, change the membership or the leadership, compact the log or
-read a whole snapshot. Gating is membership in this tuple (docs/security.md); never served on
-the plaintext listener."""
+read a whole snapshot or stored values. Gating is membership in this tuple (docs/security.md);
+never served on the plaintext listener."""
 
 Request = (
     ClusterQuery
@@ -449,6 +461,7 @@ Request = (
     | PeerHello
     | JoinCluster
     | DataSyncRequest
+    | FetchValues
     | RemoveMember
     | AuthChallenge
     | Auth
@@ -714,6 +727,15 @@ class SnapshotChunk:
 
 
 @attrs.frozen
+class StoredValues:
+    """The answer to FETCH_VALUES: the rows the broker holds intact, as JSON text of
+    ``[[sequence number, base64 bytes, headers, stamp, checksum], ...]``."""
+
+    queue_name: str
+    rows: str
+
+
+@attrs.frozen
 class Challenge:
     nonce: str
     """Hex; valid for one AUTH on the connection that asked for it."""
@@ -819,6 +841,7 @@ Response = (
     | MetadataApplied
     | Joined
     | SnapshotChunk
+    | StoredValues
     | Challenge
     | LeadershipTransferred
     | SnapshotTaken

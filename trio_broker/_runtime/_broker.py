@@ -44,6 +44,7 @@ from .._protocol import (
     ClusterTopology,
     CreateQueue,
     DataSyncRequest,
+    FetchValues,
     FrameDecoder,
     JoinCluster,
     ListQueues,
@@ -376,6 +377,7 @@ class Broker:
             DataSyncRequest: self._privileged(
                 lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)
             ),
+            FetchValues: self._privileged(lambda b, r: b.driver.fetch_values(r)),
         }
 
     def _privileged(self, decide: Callable[[Broker, Any], Awaitable[Any]]) -> _Handler:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -50,6 +50,7 @@ from ._peer_mux import GroupLinks, PeerMux
 from ._peers import PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._recovery import make_node
+from ._repair import Repair, serve_fetch_values
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -125,6 +126,8 @@ class RaftDriver:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.snapshots = Snapshots(self, config, store, worker)
+        self.repair = Repair(self, store, worker)
+        """Damaged stored values, repaired from the other members (:mod:`._repair`)."""
         self.leadership = Leadership(self)
         self._changed = trio.Event()
         self._changing_membership = False
@@ -154,6 +157,10 @@ class RaftDriver:
     def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
         """One chunk of a snapshot this broker offered (what DATA_SYNC_REQUEST serves)."""
         return self.snapshots.read_snapshot_chunk(snapshot_id, offset)
+
+    async def fetch_values(self, request: Any) -> Any:
+        """The intact stored values a peer asks for to repair its copy (FETCH_VALUES)."""
+        return await serve_fetch_values(self._store, self._worker, request)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the driver's nursery (for the tasks of its rooms)."""
@@ -359,6 +366,7 @@ class RaftDriver:
                 )
             try:
                 await nursery.start(self.disk.run)
+                nursery.start_soon(self.repair.scrub)
                 task_status.started()
                 await self._run_restarting()
             finally:
@@ -509,7 +517,7 @@ class RaftDriver:
             if in_place and durable and self._unsent:
                 await self._let_links_send()
                 started = time.perf_counter()
-            results = await self._save(save, short=in_place)
+            results = await self._save(save, short=in_place, committed=rd.committed_entries)
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
             if rd.hard_state is not None:
@@ -559,7 +567,9 @@ class RaftDriver:
             self.start_soon(self.snapshots.offer, peer)
         self.node.advance()
 
-    async def _save(self, save: Callable[[], list[Any]], *, short: bool) -> list[Any]:
+    async def _save(
+        self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()
+    ) -> list[Any]:
         """Run the Ready's transaction; while it fails for lack of space, retry it.
 
         A failed transaction rolled back whole (entries, term and vote, applied commands and
@@ -571,7 +581,26 @@ class RaftDriver:
         # A short transaction runs on this thread when the storage thread is idle (see
         # _in_place), so its answers and acknowledgements leave in this loop turn.
         run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
-        return await self.disk.retrying(functools.partial(run, save), self._answer_disk_full)
+        attempt = functools.partial(
+            self.disk.retrying, functools.partial(run, save), self._answer_disk_full
+        )
+        # A damaged value the transaction reads fails it too: repaired from a peer, then the
+        # same transaction again (_repair). While no peer gives it, a leader hands over and
+        # the requests waiting on these entries are answered "outcome unknown": once nobody
+        # waits, a read whose effect does not need the value's bytes goes past it.
+
+        def on_hold() -> None:
+            self._hand_over()
+            if committed:
+                for pending in self._ledger.take_through(committed[-1].index):
+                    self._settle(
+                        pending, _outcome_unknown("a value it reads is damaged on this broker")
+                    )
+
+        def unwaited() -> bool:
+            return not any(self._ledger.waiting(e.index) for e in committed)
+
+        return await self.repair.saving(attempt, on_hold, unwaited=unwaited)
 
     def _answer_disk_full(self) -> None:
         for pending in self._ledger.take_queued():  # never proposed: refused, nothing written
@@ -581,7 +610,12 @@ class RaftDriver:
         # A leader that cannot write hands over to a voter that may, so that the cluster goes
         # on taking writes (asked again after each failed retry: a transfer not taken up within
         # an election timeout is abandoned). Its TIMEOUT_NOW leaves with the next tick.
+        self._hand_over()
+
+    def _hand_over(self) -> None:
         node = self.node
+        if not node.is_leader:
+            return
         target = node.best_transfer_target()
         if target is not None and node.transfer_target is None:
             node.transfer_leadership(target)

@@ -224,6 +224,22 @@ class _StateCollector(Collector):
             "Storage transactions that failed for lack of space (rolled back and retried)",
             labels=labels,
         )
+        values_damaged = CounterMetricFamily(
+            "trio_broker_values_damaged",
+            "Stored values found damaged (a checksum mismatch or a missing row)",
+            labels=labels,
+        )
+        values_repaired = CounterMetricFamily(
+            "trio_broker_values_repaired",
+            "Damaged or missing stored values replaced by another broker's intact copy",
+            labels=labels,
+        )
+        values_waiting = GaugeMetricFamily(
+            "trio_broker_values_awaiting_repair",
+            "Damaged stored values found and not repaired yet (never served meanwhile; "
+            "docs/reliability.md, 'Repairing damaged values')",
+            labels=labels,
+        )
         members = GaugeMetricFamily(
             "trio_broker_members", "Configured members by status", labels=[*labels, "status"]
         )
@@ -257,6 +273,10 @@ class _StateCollector(Collector):
         for replica, st in replicas:
             gid = [replica.broker_id, replica.cluster_id]
             disk_failures.add_metric(gid, st.disk_write_failures)
+            repairs = replica.driver.repair.statistics()
+            values_damaged.add_metric(gid, repairs.damaged)
+            values_repaired.add_metric(gid, repairs.repaired)
+            values_waiting.add_metric(gid, repairs.waiting)
             members.add_metric([*gid, "active"], st.members_active)
             members.add_metric([*gid, "inactive"], st.members_inactive)
             elections.add_metric(gid, st.elections_won)
@@ -273,6 +293,9 @@ class _StateCollector(Collector):
             for client_id, queue_id, behind in replica.metrics.client_lags:
                 client_lag.add_metric([*gid, queue_id, client_id], behind)
         yield disk_failures
+        yield values_damaged
+        yield values_repaired
+        yield values_waiting
         yield members
         yield elections
         yield transfers

@@ -137,6 +137,9 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             # Its log lost entries it acknowledged: the index a leader must bring it back to
             # (None: it is not recovering). docs/reliability.md, "Damaged and shortened logs".
             "recovering_until": broker.driver.node.recovering_until,
+            # Damaged stored values found and not repaired yet from another broker (never
+            # served meanwhile). docs/reliability.md, "Repairing damaged values".
+            "values_awaiting_repair": broker.driver.repair.statistics().waiting,
         },
         "groups": [
             {

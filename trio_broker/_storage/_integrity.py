@@ -16,6 +16,7 @@ intact. Damage that keeps the broker from starting (a file SQLite cannot read, a
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -39,11 +40,24 @@ class StorageDamaged(Exception):
     """Stored data that is not what was written: a checksum that does not match, a row that
     is missing or malformed, a page SQLite cannot read."""
 
-    def __init__(self, file: str, table: str | None, where: str | None, found: str) -> None:
+    def __init__(
+        self,
+        file: str,
+        table: str | None,
+        where: str | None,
+        found: str,
+        *,
+        queue_id: str | None = None,
+        seq: int | None = None,
+    ) -> None:
         self.file = file
         self.table = table
         self.where = where
         self.found = found
+        self.queue_id = queue_id
+        """For a damaged value (table ``queue_data``): its queue, and its sequence number when
+        known, which a broker with peers repairs from them (``_runtime/_repair.py``)."""
+        self.seq = seq
         place = ", ".join(x for x in (file, table and f"table {table}", where) if x)
         super().__init__(f"stored data is damaged ({place}): {found}")
 
@@ -66,10 +80,12 @@ class StorageDamaged(Exception):
         )
 
 
-def damage_from(exc: BaseException, file: str, table: str | None, where: str | None) -> Any:
+def damage_from(
+    exc: BaseException, file: str, table: str | None, where: str | None, **place: Any
+) -> Any:
     """``exc`` (one of :data:`DAMAGE_ERRORS`, or a log payload that does not decode) as
     :class:`StorageDamaged`."""
-    return StorageDamaged(file, table, where, f"{type(exc).__name__}: {exc}")
+    return StorageDamaged(file, table, where, f"{type(exc).__name__}: {exc}", **place)
 
 
 def report_damage(exc: StorageDamaged) -> CommandRejected:
@@ -83,6 +99,21 @@ def report_damage(exc: StorageDamaged) -> CommandRejected:
 
 
 # -- queue values --------------------------------------------------------------------------------
+
+UNCHECKED: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+    "unchecked_values", default=None
+)
+"""Set (to a list) while a read whose effect does not depend on the values' bytes is applied
+for nobody (``_queue_sql.apply_command``'s ``unchecked``): a damaged or missing value then
+reads as empty bytes, never served, and its place is added to the list."""
+
+
+def _unchecked(queue_id: str, seq: int) -> bool:
+    met = UNCHECKED.get()
+    if met is None:
+        return False
+    met.append((queue_id, seq))
+    return True
 
 
 def value_checksum(queue_id: str, seq: int, data: bytes, headers: str | None) -> int:
@@ -125,20 +156,31 @@ def read_values(
             (queue_id, start, end),
         ).fetchall()
     except DAMAGE_ERRORS as exc:
-        raise damage_from(exc, db.filename, "queue_data", f"queue {queue_id}") from None
-    out = []
-    for expected, (seq, data, headers, checksum) in enumerate(rows, start):
-        if seq != expected:
-            raise StorageDamaged(
-                db.filename, "queue_data", f"queue {queue_id} seq {expected}", "the row is missing"
-            )
+        raise damage_from(
+            exc, db.filename, "queue_data", f"queue {queue_id}", queue_id=queue_id, seq=start
+        ) from None
+    by_seq = {row[0]: row for row in rows}
+    out: list[tuple[int, bytes, str | None]] = []
+    for seq in range(start, end + 1):
+        row = by_seq.get(seq)
+        if row is None:
+            if not _unchecked(queue_id, seq):
+                raise _missing(db, queue_id, seq)
+            out.append((seq, b"", None))
+            continue
+        _, data, headers, checksum = row
+        if not _intact(queue_id, seq, data, headers, checksum) and _unchecked(queue_id, seq):
+            out.append((seq, b"", None))
+            continue
         out.append((seq, _checked(db, queue_id, seq, data, headers, checksum), headers))
-    if len(out) != end - start + 1:
-        missing = start + len(out)
-        raise StorageDamaged(
-            db.filename, "queue_data", f"queue {queue_id} seq {missing}", "the row is missing"
-        )
     return out
+
+
+def _missing(db: apsw.Connection, queue_id: str, seq: int) -> StorageDamaged:
+    where = f"queue {queue_id} seq {seq}"
+    return StorageDamaged(
+        db.filename, "queue_data", where, "the row is missing", queue_id=queue_id, seq=seq
+    )
 
 
 def read_value(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str | None] | None:
@@ -150,10 +192,15 @@ def read_value(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str
             (queue_id, seq),
         ).fetchone()
     except DAMAGE_ERRORS as exc:
-        raise damage_from(exc, db.filename, "queue_data", f"queue {queue_id} seq {seq}") from None
+        where = f"queue {queue_id} seq {seq}"
+        raise damage_from(
+            exc, db.filename, "queue_data", where, queue_id=queue_id, seq=seq
+        ) from None
     if row is None:
         return None
     data, headers, checksum = row
+    if not _intact(queue_id, seq, data, headers, checksum) and _unchecked(queue_id, seq):
+        return b"", None
     return _checked(db, queue_id, seq, data, headers, checksum), headers
 
 
@@ -170,8 +217,126 @@ def _checked(
             "queue_data",
             f"queue {queue_id} seq {seq}",
             "the value does not match its checksum",
+            queue_id=queue_id,
+            seq=seq,
         )
     return data
+
+
+# -- repair from peers ---------------------------------------------------------------------------
+
+StoredRow = tuple[int, bytes, str | None, int | None, int]
+"""One stored message as brokers hand it to each other for a repair: (sequence number, bytes,
+headers, stamp, checksum). A message's row is the same on every broker that holds it (applying
+is deterministic, and a row never changes once written), so any intact copy repairs another."""
+
+
+def intact_rows(
+    db: apsw.Connection, queue_id: str, first: int, max_rows: int, max_bytes: int
+) -> list[StoredRow]:
+    """The rows of a queue from ``first`` (at most ``max_rows``, and ``max_bytes`` of values
+    unless the first alone is larger) that match their checksums: what this broker gives a peer
+    that repairs its copy. Damaged rows are left out, never sent."""
+    out: list[StoredRow] = []
+    size = 0
+    try:
+        for seq, data, headers, stamp, checksum in db.execute(
+            "SELECT sequence_num, data, headers, appended_ms, checksum FROM queue_data"
+            " WHERE queue_id = ? AND sequence_num >= ? ORDER BY sequence_num LIMIT ?",
+            (queue_id, first, max_rows),
+        ):
+            if not _intact(queue_id, seq, data, headers, checksum):
+                continue
+            if out and size + len(data) > max_bytes:
+                break
+            out.append((seq, data, headers, stamp, checksum))
+            size += len(data)
+    except DAMAGE_ERRORS:
+        pass  # (what was read before the damage is intact, and still worth sending)
+    return out
+
+
+def repair_rows(db: apsw.Connection, queue_id: str, rows: Sequence[StoredRow]) -> list[int]:
+    """Replace this broker's damaged or missing copies of ``rows`` (from a peer) in one
+    transaction; returns the sequence numbers repaired. A row that fails its own checksum
+    (changed on the way), that this broker holds intact, or that is outside the messages it
+    retains (not yet applied here, or already deleted) is left alone."""
+    row = db.execute(
+        "SELECT deleted_through, length FROM queues WHERE queue_id = ?", (queue_id,)
+    ).fetchone()
+    if row is None:
+        return []
+    deleted, length = row
+    repaired = []
+    with db:
+        for seq, data, headers, stamp, checksum in rows:
+            if not deleted < seq <= length or not _intact(queue_id, seq, data, headers, checksum):
+                continue
+            try:
+                local = db.execute(
+                    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
+                    " AND sequence_num = ?",
+                    (queue_id, seq),
+                ).fetchone()
+            except DAMAGE_ERRORS:
+                local = None
+            if local is not None and _intact(queue_id, seq, *local):
+                continue
+            db.execute(
+                "INSERT OR REPLACE INTO queue_data (queue_id, sequence_num, appended_ms, headers,"
+                " checksum, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (queue_id, seq, stamp, headers, checksum, data),
+            )
+            repaired.append(seq)
+    return repaired
+
+
+def needs_repair(db: apsw.Connection, queue_id: str, seq: int) -> bool:
+    """Whether this broker holds a message it retains damaged, or not at all."""
+    row = db.execute(
+        "SELECT deleted_through, length FROM queues WHERE queue_id = ?", (queue_id,)
+    ).fetchone()
+    if row is None or not row[0] < seq <= row[1]:
+        return False
+    try:
+        found = db.execute(
+            "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
+            " AND sequence_num = ?",
+            (queue_id, seq),
+        ).fetchone()
+    except DAMAGE_ERRORS:
+        return True
+    return found is None or not _intact(queue_id, seq, *found)
+
+
+def damaged_values(
+    db: apsw.Connection, after: tuple[str, int], limit: int
+) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+    """One step of the value scrub: check up to ``limit`` stored values after ``(queue id,
+    sequence number)``; returns the damaged ones and where to go on (None: the end)."""
+    found = []
+    last = None
+    try:
+        for queue_id, seq, data, headers, checksum in db.execute(
+            "SELECT queue_id, sequence_num, data, headers, checksum FROM queue_data"
+            " WHERE (queue_id, sequence_num) > (?, ?) ORDER BY queue_id, sequence_num LIMIT ?",
+            (*after, limit),
+        ):
+            last = (queue_id, seq)
+            if not _intact(queue_id, seq, data, headers, checksum):
+                found.append(last)
+    except DAMAGE_ERRORS:
+        # A page SQLite cannot read: the start's check would have refused it; skip past.
+        return found, None
+    return found, last
+
+
+def _intact(queue_id: str, seq: Any, data: Any, headers: Any, checksum: Any) -> bool:
+    return (
+        isinstance(data, bytes)
+        and (headers is None or isinstance(headers, str))
+        and checksum == value_checksum(queue_id, seq, data, headers)
+    )
 
 
 def check_snapshot_file(path: str) -> None:

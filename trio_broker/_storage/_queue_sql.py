@@ -59,7 +59,7 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
-from ._integrity import StorageDamaged, insert_values, read_values, report_damage
+from ._integrity import UNCHECKED, StorageDamaged, insert_values, read_values, report_damage
 from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
@@ -68,24 +68,68 @@ _READS_VALUES = (ReadNext, ReadBatch, ReadRecords, GroupRead, GroupNack, ExpireL
 the ones that may meet damage, each run inside a savepoint."""
 
 
-def apply_command(db: apsw.Connection, command: Command) -> Result:
+def apply_command(
+    db: apsw.Connection,
+    command: Command,
+    *,
+    hold: bool = False,
+    unchecked: list[tuple[str, int]] | None = None,
+) -> Result:
     """The SQL twin of :meth:`QueueState.apply` (the reference semantics).
 
-    A command that reads a damaged value changes nothing and answers ``UNAVAILABLE``: it runs
-    inside a savepoint (apsw's ``with db:`` inside a transaction), which the damage rolls back.
+    A command that reads a damaged value changes nothing: it runs inside a savepoint (apsw's
+    ``with db:`` inside a transaction), which the damage rolls back. With ``hold`` (a broker
+    whose group has other members, which hold intact copies) the :class:`StorageDamaged` goes
+    on up, and the whole transaction with it: the broker repairs the value from a peer and
+    applies the command again (``_runtime/_repair.py``), so that its state never differs from
+    theirs. Without (a broker alone: no copy to repair from, nobody to differ from) the command
+    answers ``UNAVAILABLE`` and the rest of the transaction goes on.
+
+    ``unchecked`` (a list; with ``hold``, when nobody waits for the results): a read whose
+    effect does not depend on the values' bytes (:func:`unchecked_read`) is applied over a
+    damaged or missing value, which reads as empty bytes (its result reaches nobody) and whose
+    place is added to the list, to be repaired in the background: a broker behind the others
+    may otherwise wait for a value every other broker has deleted since.
     """
     if isinstance(command, _READS_VALUES):
+        token = None
+        if unchecked is not None and unchecked_read(command):
+            token = UNCHECKED.set(unchecked)
         try:
             with db:
-                return _apply_one(db, command)
+                return _apply_one(db, command, hold, unchecked)
         except StorageDamaged as exc:
+            if hold:
+                raise
             return report_damage(exc)
-    return _apply_one(db, command)
+        finally:
+            if token is not None:
+                UNCHECKED.reset(token)
+    return _apply_one(db, command, hold, unchecked)
 
 
-def _apply_one(db: apsw.Connection, command: Command) -> Result:
+def unchecked_read(command: Command) -> bool:
+    """Whether a read's effect on the state is the same whatever its values' bytes: a single
+    READ, or a batch that no byte budget bounds (never a move to a dead-letter queue)."""
+    if isinstance(command, ReadNext):
+        return True
+    if isinstance(command, ReadBatch | ReadRecords | GroupRead):
+        return command.max_bytes >= UNBOUNDED_BYTES
+    return False
+
+
+UNBOUNDED_BYTES = 1 << 62
+"""The commands' default ``max_bytes``: no budget."""
+
+
+def _apply_one(
+    db: apsw.Connection,
+    command: Command,
+    hold: bool = False,
+    unchecked: list[tuple[str, int]] | None = None,
+) -> Result:
     if isinstance(command, CommandGroup):
-        return _apply_group(db, command.commands)
+        return _apply_group(db, command.commands, hold, unchecked)
     if isinstance(command, CreateQueue):
         policy = command.retention or RetentionPolicy()
         if db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (command.queue_id,)).fetchone():
@@ -240,7 +284,12 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
 
 
-def _apply_group(db: apsw.Connection, commands: tuple[Command, ...]) -> GroupApplied:
+def _apply_group(
+    db: apsw.Connection,
+    commands: tuple[Command, ...],
+    hold: bool,
+    unchecked: list[tuple[str, int]] | None,
+) -> GroupApplied:
     """A group's commands in order; a run of plain appends to one queue (the common case
     under pipelined load) costs three statements in all instead of three each."""
     results: list[Result] = []
@@ -256,7 +305,7 @@ def _apply_group(db: apsw.Connection, commands: tuple[Command, ...]) -> GroupApp
         if j - i > 1:
             results += _append_run(db, commands[i:j])
         else:
-            results.append(apply_command(db, commands[i]))
+            results.append(apply_command(db, commands[i], hold=hold, unchecked=unchecked))
         i = j
     return GroupApplied(tuple(results))
 

@@ -41,12 +41,17 @@ from ._integrity import (
     DAMAGE_ERRORS,
     LogDamage,
     StorageDamaged,
+    StoredRow,
     check_incoming_values,
     check_log,
     check_on_open,
     damage_from,
+    damaged_values,
+    intact_rows,
+    needs_repair,
     read_log,
     read_values,
+    repair_rows,
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
 from ._schema import WORK_TABLES, upgrade
@@ -76,6 +81,15 @@ class Store:
         """The hard state the last committed :meth:`save` wrote, while nothing else wrote
         those keys since (None: unknown, read from the table): a save then writes only the
         fields that changed (usually the commit index alone)."""
+        self.hold_damage = False
+        """Whether :meth:`save` lets a damaged value that a command reads fail the whole
+        transaction, for the broker to repair it from a peer and save again (set by
+        ``_runtime/_repair.py`` while the group has other members)."""
+        self.unchecked_reads = False
+        """With :attr:`hold_damage`, whether nobody waits for the results of the next
+        :meth:`save`: reads whose effect does not depend on the values' bytes are then applied
+        over damage (``_queue_sql.apply_command``); :attr:`unchecked_met` lists where."""
+        self.unchecked_met: list[tuple[str, int]] = []
         self._lock = DirLock(self.data_dir)
         path = str(self.data_dir / DB_FILE)
         try:
@@ -365,16 +379,21 @@ class Store:
                 if hard_state is not None and hard_state != written:
                     self._set_meta(_hard_state_items(hard_state, written))
                 results: list[Result | None] = []
+                met: list[tuple[str, int]] = []
+                unchecked = met if self.hold_damage and self.unchecked_reads else None
                 for entry in committed:
                     payload = entry.payload
                     if isinstance(payload, Command):
-                        results.append(apply_command(db, payload))
+                        results.append(
+                            apply_command(db, payload, hold=self.hold_damage, unchecked=unchecked)
+                        )
                     else:
                         results.append(None)
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
             if hard_state is not None:
                 self._written = hard_state
+            self.unchecked_met = met
             damage = self._log_damage
             if damage and truncate_from is not None and truncate_from <= damage.first_damaged:
                 # The damaged rows are gone: the log is what has been written since (a driver
@@ -386,6 +405,24 @@ class Store:
                 db.execute("PRAGMA synchronous = FULL")
             if snapshot is not None:
                 db.execute("DETACH DATABASE incoming")
+
+    # -- repairing values from peers (_runtime/_repair.py) --------------------------------------
+
+    def intact_rows(
+        self, queue_id: str, first: int, max_rows: int, max_bytes: int
+    ) -> list[StoredRow]:
+        return intact_rows(self._db, queue_id, first, max_rows, max_bytes)
+
+    def repair_rows(self, queue_id: str, rows: Sequence[StoredRow]) -> list[int]:
+        return repair_rows(self._db, queue_id, rows)
+
+    def damaged_values(
+        self, after: tuple[str, int], limit: int
+    ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+        return damaged_values(self._db, after, limit)
+
+    def needs_repair(self, queue_id: str, seq: int) -> bool:
+        return needs_repair(self._db, queue_id, seq)
 
     def _install_snapshot(self, meta: SnapshotMeta, path: str) -> None:
         db = self._db

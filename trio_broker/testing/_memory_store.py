@@ -269,6 +269,22 @@ class MemoryStore:
         self.saves += 1
         return results
 
+    # -- repairing values (the runtime's _repair) ------------------------------------------------
+
+    def intact_rows(self, queue_id: str, first: int, max_rows: int, max_bytes: int) -> list[Any]:
+        """None: values kept here carry no checksum, so none is given to repair another copy
+        (the SQLite store's rows do; the simulator models the repairs, ``sim/_disk.py``)."""
+        return []
+
+    def repair_rows(self, queue_id: str, rows: Sequence[Any]) -> list[int]:
+        return []
+
+    def damaged_values(self, after: tuple[str, int], limit: int) -> tuple[list[Any], None]:
+        return [], None
+
+    def needs_repair(self, queue_id: str, seq: int) -> bool:
+        return False
+
     def compact(self, meta: SnapshotMeta) -> None:
         if meta.index <= self.meta.get("snapshot_index", 0):
             return  # a later snapshot point is already there (as in Store.compact)

@@ -21,6 +21,17 @@ a crash (power loss) its disk may also, each from the seed's ``disk-faults`` str
   storage cannot produce; modelled, it made a broker recover until an entry it never
   acknowledged, held by no quorum: seed 945 elected no leader.)
 
+- **flip bits in a stored value** (a message of the applied state, the SQLite store's
+  ``queue_data``; here a value of the snapshot the broker restarts from): its checksum no
+  longer matches. The broker finds it at start (its scrub) or when a command reads it, never
+  serves it, and repairs it from a peer that holds it intact (``_runtime/_repair.py``): a
+  transaction that reads a damaged value is held (the Ready is not completed, as the runtime
+  rolls the transaction back) until the value is repaired, unless nobody waits for its answers
+  and its reads need no bytes (then it goes ahead, its answer reaching nobody). The value
+  keeps its bytes here and
+  is marked by its type, :class:`DamagedValue`: the states still compare equal, and any
+  DamagedValue in a command's result is a damaged value delivered (:meth:`Disks.check_result`).
+
 The faults are placed as TigerBeetle's VOPR places them (its ``ClusterFaultAtlas``): never
 where the cluster could not recover. At most ``f`` brokers (a minority of the voters) are
 damaged at a time (from the fault until the broker's log is back where it was); synced
@@ -34,15 +45,17 @@ is ever delivered.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..._core._commands import AppendMessage
+from ..._core._commands import AppendMessage, CommandGroup, ReadBatch, ReadNext
 from ..._core._raft import Ready
 from ..._core._raft_messages import Entry
+from ..._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from ._params import SimulationFailure, stream
 
 if TYPE_CHECKING:
@@ -61,6 +74,63 @@ def derive_disk_faults(draw: Callable[[str], random.Random]) -> dict[str, float]
         "disk_lost_writes": draw("disk_lost_writes").choice([0.0, 0.0, 0.3, 0.6]),
         "disk_torn_writes": draw("disk_torn_writes").choice([0.0, 0.5, 1.0]),
     }
+
+
+VALUE_CORRUPTION = (0.0, 0.0, 0.3, 0.6)
+"""Per crash, the chance that one stored value reads back damaged (a mix per seed, drawn from
+the seed's ``disk-values`` stream, so the other faults' draws are unchanged)."""
+
+
+SCRUB_STEPS = 400
+"""At most this many steps after a start, the scrub has found the damaged values."""
+
+
+class DamagedValue(bytes):
+    """A stored message whose checksum fails: the broker must never deliver it (its bytes
+    are the original's, so that states and histories still compare)."""
+
+
+def _value_at(app: Any, queue: str, seq: int) -> bytes | None:
+    messages = app.messages.get(queue)
+    if messages is None:
+        return None
+    pos = seq - app.deleted.get(queue, 0) - 1
+    return messages[pos] if 0 <= pos < len(messages) else None
+
+
+def _set_value(app: Any, queue: str, seq: int, value: bytes) -> None:
+    app.messages[queue][seq - app.deleted.get(queue, 0) - 1] = value
+
+
+def damaged_in(obj: Any, depth: int = 0) -> bool:
+    """Whether ``obj`` (a command's result) carries a :class:`DamagedValue`."""
+    if isinstance(obj, DamagedValue):
+        return True
+    if depth > 6 or isinstance(obj, bytes | str | int | float | bool | type(None)):
+        return False
+    if isinstance(obj, tuple | list):
+        return any(damaged_in(x, depth + 1) for x in obj)
+    if isinstance(obj, dict):
+        return any(damaged_in(x, depth + 1) for x in obj.values())
+    if attrs.has(type(obj)):
+        return any(damaged_in(getattr(obj, a.name), depth + 1) for a in attrs.fields(type(obj)))
+    return False
+
+
+def _needs_no_bytes(command: Any) -> bool:
+    """A read whose effect is the same whatever the values' bytes (``_queue_sql``'s
+    ``unchecked_read``): every command of the entry is one, or reads no value."""
+    if isinstance(command, CommandGroup):
+        return all(_needs_no_bytes(c) for c in command.commands)
+    if isinstance(command, ReadNext):
+        return True
+    if isinstance(command, ReadBatch | ReadRecords | GroupRead):
+        return command.max_bytes >= 1 << 62
+    return not isinstance(command, GroupNack | ExpireLeases)
+
+
+def _count_damaged(app: Any) -> int:
+    return sum(isinstance(v, DamagedValue) for msgs in app.messages.values() for v in msgs)
 
 
 @attrs.frozen
@@ -83,20 +153,43 @@ def _flip(entry: Entry, rng: random.Random) -> Entry:
 class Disks:
     """Every broker's disk faults, drawn from the ``disk-faults`` stream of the seed."""
 
+    trust_values = False
+    never_repair = False
+    """Deliberately broken brokers (tests/sim/test_sim_disks.py): one that applies without
+    checking the values' checksums, one that finds the damage and never repairs it."""
+
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         self.rng = stream(sim.seed, "disk-faults")
         self.repair_to: dict[int, int] = {}
         """Broker -> where its log ended before the fault: damaged until its log is back."""
-        for key in ("disk_corruptions", "disk_lost_writes", "disk_torn_writes", "recoveries"):
+        self.value_corruption = stream(sim.seed, "disk-values").choice(VALUE_CORRUPTION)
+        self.values_rng = stream(sim.seed, "disk-values:flips")
+        self.damaged_values: dict[int, set[tuple[str, int]]] = {}
+        self.unchecked: dict[int, set[int]] = {}
+        """Broker -> entries it may apply over a damaged value (read for nobody)."""
+        self.scrub_at: dict[int, int] = {}
+        """Broker -> when its start-up scrub has reached its damaged values."""
+        """Broker -> (queue, seq) of the values its disk damaged and it has not repaired."""
+        for key in (
+            "disk_corruptions",
+            "disk_lost_writes",
+            "disk_torn_writes",
+            "recoveries",
+            "value_corruptions",
+            "values_repaired",
+            "applies_held",
+            "applies_unchecked",
+        ):
             sim.stats.setdefault(key, 0)
 
     # -- placement -----------------------------------------------------------------------------
 
     def _may_damage(self, i: int) -> bool:
-        """Whether broker ``i`` may be damaged now: at most ``f`` brokers are at a time."""
+        """Whether broker ``i`` may be damaged now: at most ``f`` brokers are at a time (a
+        damaged log or damaged values)."""
         f = (self.sim.p.node_count - 1) // 2
-        return len(set(self.repair_to) | {i}) <= f
+        return len(set(self.repair_to) | set(self.damaged_values) | {i}) <= f
 
     def _intact(self, o: int, e: Entry) -> bool:
         """Whether broker ``o``'s disk holds ``e`` (same index, same term), readable."""
@@ -153,6 +246,42 @@ class Disks:
             self._damage(i, e.index)
             self.sim.stats["disk_corruptions"] += 1
             self.sim._trace(f"disk {i}: entry {e.index} damaged")
+        if self.value_corruption and self.values_rng.random() < self.value_corruption:
+            self._damage_a_value(i)
+
+    def _damage_a_value(self, i: int) -> None:
+        """One value of broker ``i``'s stored state flipped, where another broker holds it
+        intact (its live state or its disk's) and at most ``f`` brokers are damaged."""
+        if not self._may_damage(i):
+            return
+        data = self.sim.storage[i].snapshot_data
+        held = [(q, len(m)) for q, m in sorted(data.messages.items()) if m]
+        if not held:
+            return
+        q, n = self.values_rng.choice(held)
+        seq = data.deleted.get(q, 0) + 1 + self.values_rng.randrange(n)
+        value = _value_at(data, q, seq)
+        if value is None or isinstance(value, DamagedValue) or not self._held_elsewhere(i, q, seq):
+            return
+        _set_value(data, q, seq, DamagedValue(value))
+        self.damaged_values.setdefault(i, set()).add((q, seq))
+        self.sim.stats["value_corruptions"] += 1
+        self.sim._trace(f"disk {i}: value {q}#{seq} damaged")
+
+    def _copies(self, i: int) -> list[tuple[int, Any]]:
+        """Where another broker holds values: (broker, its live state, or its disk's)."""
+        out = []
+        for o in self.sim.ids:
+            if o != i:
+                app = self.sim.apps.get(o) if self.sim.nodes.get(o) is not None else None
+                out.append((o, app if app is not None else self.sim.storage[o].snapshot_data))
+        return out
+
+    def _held_elsewhere(self, i: int, q: str, seq: int) -> bool:
+        return any(
+            (v := _value_at(app, q, seq)) is not None and not isinstance(v, DamagedValue)
+            for _, app in self._copies(i)
+        )
 
     def _damage(self, i: int, index: int) -> None:
         st = self.sim.storage[i]
@@ -207,3 +336,110 @@ class Disks:
     def check_applied(self, i: int, e: Entry) -> None:
         if isinstance(e.payload, DamagedPayload):
             raise SimulationFailure(f"node {i} applied damaged entry {e.index}: {e.payload}")
+
+    # -- damaged values: the broker's side (_runtime/_repair.py) ------------------------------
+
+    def check_result(self, i: int, e: Entry, result: Any) -> None:
+        """No damaged value is ever delivered (nor copied: a dead-letter move's answer), but
+        in the answer of a read applied for nobody (the runtime reads it as empty bytes)."""
+        unchecked = self.unchecked.get(i)
+        if unchecked and e.index in unchecked:
+            unchecked.discard(e.index)
+            if not self.sim.ledgers[i].waiting(e.index):
+                return
+        if damaged_in(result):
+            raise SimulationFailure(f"node {i} delivered a damaged value at {e.index}: {result}")
+
+    def on_start(self, i: int) -> None:
+        """The start-up scrub reads every value the broker starts from, and finds the damaged
+        ones after a while (in the background): meanwhile a command may read one
+        (``before_apply``)."""
+        if not self.value_corruption:
+            return
+        app = self.sim.apps[i]
+        found = {
+            (q, app.deleted.get(q, 0) + 1 + k)
+            for q, messages in app.messages.items()
+            for k, v in enumerate(messages)
+            if isinstance(v, DamagedValue)
+        }
+        if found:
+            self.damaged_values[i] = found
+            self.scrub_at[i] = self.sim.now + self.values_rng.randint(0, SCRUB_STEPS)
+        else:
+            self.damaged_values.pop(i, None)
+
+    def repair(self, i: int, asked: bool = False) -> None:
+        """Broker ``i`` replaces each damaged value with the copy of a live broker it can
+        reach (both ways) that holds it intact: in its state and on its disk at once. Once
+        its scrub found them, or at once when a held transaction ``asked``."""
+        places = self.damaged_values.get(i)
+        if not places or self.sim.nodes.get(i) is None:
+            return
+        if not asked and self.sim.now < self.scrub_at.get(i, 0):
+            return
+        app, disk = self.sim.apps[i], self.sim.storage[i].snapshot_data
+        for q, seq in sorted(places):
+            if not isinstance(_value_at(app, q, seq), DamagedValue):
+                # Deleted meanwhile (retention), or replaced: the state no longer holds it (an
+                # older snapshot on the disk may, until the next compaction; a restart's scrub
+                # finds it there again).
+                places.discard((q, seq))
+                continue
+            if self.never_repair:
+                continue
+            for o in self.sim.live():
+                if o == i or self.sim._is_blocked(i, o) or self.sim._is_blocked(o, i):
+                    continue
+                good = _value_at(self.sim.apps[o], q, seq)
+                if good is None or isinstance(good, DamagedValue):
+                    continue
+                for x in (app, disk):
+                    if isinstance(_value_at(x, q, seq), DamagedValue):
+                        _set_value(x, q, seq, bytes(good))
+                places.discard((q, seq))
+                self.sim.stats["values_repaired"] += 1
+                self.sim._trace(f"disk {i}: value {q}#{seq} repaired from {o}")
+                break
+        if not places:
+            del self.damaged_values[i]
+
+    def before_apply(self, i: int, rd: Ready) -> bool:
+        """Whether broker ``i`` may complete ``rd`` now (``_runtime/_repair.py``'s rules).
+
+        A command that would read (or copy) a damaged value holds the transaction (the Ready is
+        not completed, as the runtime rolls it back) and asks a peer, and it is tried again.
+        When nobody waits for the results and every such command is a read whose effect needs
+        no bytes (a ReadNext, a batch without a byte budget), it goes ahead over the damage
+        (its answer reaches nobody; :meth:`check_result` knows). A round that repaired nothing
+        answers the requests waiting on these entries "outcome unknown" (no answer here)."""
+        if not self.damaged_values.get(i) or self.trust_values:
+            return True
+        if not rd.committed_entries or rd.snapshot is not None:
+            return True
+        from ._nodes import apply_entry  # (it imports this module's users)
+
+        trial = copy.deepcopy(self.sim.apps[i])
+        before = _count_damaged(trial)
+        met = [e for e in rd.committed_entries if damaged_in(apply_entry(trial, e))]
+        copied = _count_damaged(trial) > before
+        if not met and not copied:
+            return True
+        self.repair(i, asked=True)  # (the held transaction asks its peers)
+        if self.damaged_values.get(i):
+            ledger = self.sim.ledgers[i]
+            waiting = any(ledger.waiting(e.index) for e in rd.committed_entries)
+            if not copied and not waiting and all(_needs_no_bytes(e.payload) for e in met):
+                self.unchecked.setdefault(i, set()).update(e.index for e in met)
+                self.sim.stats["applies_unchecked"] += 1
+                return True
+            if waiting:
+                ledger.take_through(rd.committed_entries[-1].index)
+        self.sim.stats["applies_held"] += 1
+        return False
+
+    def values_intact(self) -> bool:
+        """Liveness: every live broker repaired its damaged values."""
+        for i in list(self.damaged_values):
+            self.repair(i)
+        return not any(i in self.damaged_values for i in self.sim.live())

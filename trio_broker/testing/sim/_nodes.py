@@ -66,6 +66,7 @@ class NodesMixin:
         )
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index
+        self.disks.on_start(i)  # its scrub: damaged values found, repaired from a peer
         self.ledgers[i] = Proposals(max_bytes=DEFAULT_MAX_FRAME)
         self.checker.on_start(i)
         self.dirty.add(i)
@@ -114,6 +115,9 @@ class NodesMixin:
     def _complete(self, i: int, rd: Any) -> None:
         node = self.nodes[i]
         assert node is not None
+        if not self.disks.before_apply(i, rd):  # it reads a damaged value: held, repaired
+            self.disk[i] = (self.now + 1, rd)
+            return
         self.storage[i].persist(rd)
         for m in rd.persisted_messages:
             self.post(m)
@@ -131,6 +135,8 @@ class NodesMixin:
         if node.is_leader:
             for peer in rd.snapshots_to_send:
                 data = copy.deepcopy(self.apps[i])
+                if self.disks.damaged_values.get(i):
+                    continue  # (refused by the receiver's check; offered again after a timeout)
                 self.post(node.make_data_sync(peer, self.app_index[i], data))
         self.disks.after_write(i, node)
         self.checker.after_step(i)
@@ -167,6 +173,7 @@ class NodesMixin:
         workers = self.hosts_workers  # (the group workloads' queues are group 0's)
         before = self.checker.group.view(self.apps[i]) if workers else None
         result = apply_entry(self.apps[i], e)
+        self.disks.check_result(i, e, result)
         self.app_index[i] = e.index
         self.checker.on_apply(i, e, result)
         if workers:

@@ -322,6 +322,11 @@ class Simulation(
             if any(job is not None for job in group.disk.values()):
                 with self.in_group(group.index):
                     self._complete_disks()
+        for group in self.groups:
+            if group.disks.damaged_values:
+                with self.in_group(group.index):
+                    for i in list(self.disks.damaged_values):
+                        self.disks.repair(i)  # (a broker keeps asking its peers)
         self._clients_step()
         for group in self.groups:
             if group.dirty or group.proposals:
@@ -359,6 +364,8 @@ class Simulation(
         if leader.commit != leader.log.last_index:
             return False
         members = leader.config.members
+        if not self.disks.values_intact():
+            return False  # every damaged value repaired from a peer (_disk)
         return all(self.app_index[i] == leader.commit for i in self.live() if i in members)
 
     def run(self) -> SimResult:
@@ -421,6 +428,9 @@ class Simulation(
                 lines.append(f"  {name}{self.nodes[i]!r} applied={self.app_index[i]}")
         if len(self.groups) > 1:
             lines.extend(self.spread.report())
+        for group in self.each_group():
+            for i, places in sorted(self.disks.damaged_values.items()):
+                lines.append(f"  {group.id} node {i}: damaged values not repaired {sorted(places)}")
         for c in self.clients:
             lines.append(f"  {c.id} op={c.op} ok_after_heal={c.ok_after_heal}")
         return "\n".join(lines)

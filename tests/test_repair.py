@@ -1,0 +1,289 @@
+"""Damaged stored values repaired from the other brokers (docs/reliability.md, "Repairing
+damaged values"; ``_runtime/_repair.py``): the store's side (a transaction that meets damage
+fails whole, rows from a peer replace only damaged or missing copies, the scrub finds them),
+and real brokers in one program whose copy of a value was changed while stopped."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import apsw
+import orjson
+import pytest
+import trio
+from prometheus_client import generate_latest
+
+from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch, ReadNext
+from trio_broker._core._raft_messages import Entry, HardState
+from trio_broker._runtime._repair import Repair, decode_rows, encode_rows
+from trio_broker._storage import DB_FILE, Store
+from trio_broker._storage._integrity import StorageDamaged
+from trio_broker.testing import open_local_cluster
+
+from .wire import RawConnection, call, create_queue
+
+Q = "Q-AAAAABBBBB"
+C = "C-READER1"
+
+
+def _value(i: int) -> bytes:
+    return f"value-{i:04d}-".encode() + b"x" * 40
+
+
+def _store_with_values(path: Path, count: int = 12) -> None:
+    store = Store(path)
+    try:
+        store.apply([CreateQueue(Q), *(AppendMessage(Q, _value(i)) for i in range(1, count + 1))])
+    finally:
+        store.close()
+
+
+def _alter(path: Path, queue_id: str, seq: int) -> None:
+    """Change one byte of a stored value, its checksum left as it was (as a flipped bit on
+    the disk would)."""
+    db = apsw.Connection(str(path / DB_FILE))
+    try:
+        (data,) = db.execute(
+            "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+        ).fetchone()
+        changed = bytes([data[0] ^ 0x01]) + data[1:]
+        db.execute(
+            "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = ?",
+            (changed, queue_id, seq),
+        )
+    finally:
+        db.close()
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+def test_a_transaction_that_meets_a_damaged_value_fails_whole_when_held(tmp_path):
+    _store_with_values(tmp_path)
+    _alter(tmp_path, Q, 7)
+    store = Store(tmp_path)
+    try:
+        applied = store.get_meta("applied_index")
+        store.hold_damage = True
+        entries = [Entry(1, 1, ReadBatch(C, Q, 10))]
+        with pytest.raises(StorageDamaged) as found:
+            store.save(hard_state=HardState(1, None, 1), entries=entries, committed=entries)
+        assert (found.value.queue_id, found.value.seq) == (Q, 7)
+        # Nothing of it is kept: neither the entry, nor the term, nor the position, nor the
+        # applied index.
+        assert store.log_size() == 0 and store.raft_state().hard_state.term == 0
+        assert store.positions() == {} and store.get_meta("applied_index") == applied
+        # Not held (a broker alone): the read is refused, the rest of the transaction kept.
+        store.hold_damage = False
+        (result,) = store.save(hard_state=HardState(1, None, 1), entries=entries, committed=entries)
+        assert result.code == "UNAVAILABLE" and "seq 7" in result.message
+        assert store.log_size() == 1 and store.positions() == {}
+    finally:
+        store.close()
+
+
+def test_a_read_for_nobody_goes_past_a_damaged_value_when_its_effect_needs_no_bytes(tmp_path):
+    """A broker behind the others may meet a value they have all deleted since: a read whose
+    effect does not depend on the bytes, applied for nobody, goes past it."""
+    _store_with_values(tmp_path)
+    _alter(tmp_path, Q, 7)
+    store = Store(tmp_path)
+    try:
+        store.hold_damage = store.unchecked_reads = True
+        # A batch bounded in bytes takes as many messages as fit: it needs the sizes.
+        bounded = [Entry(1, 1, ReadBatch(C, Q, 10, max_bytes=1000))]
+        with pytest.raises(StorageDamaged):
+            store.save(entries=bounded, committed=bounded)
+        assert store.positions() == {}
+        entries = [Entry(1, 1, ReadBatch(C, Q, 10)), Entry(1, 2, ReadNext("C-OTHER01", Q))]
+        results = store.save(entries=entries, committed=entries)
+        # The same effect as on an intact copy; the damaged bytes were never read.
+        assert store.positions() == {(C, Q): 10, ("C-OTHER01", Q): 1}
+        assert store.unchecked_met == [(Q, 7)]
+        assert dict(results[0].messages)[7] == b""  # (an answer that reaches nobody)
+        # Without ``unchecked_reads`` (someone waits for the answer): held.
+        store.unchecked_reads = False
+        again = [Entry(1, 3, ReadBatch("C-THIRD01", Q, 10))]
+        with pytest.raises(StorageDamaged):
+            store.save(entries=again, committed=again)
+    finally:
+        store.close()
+
+
+def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _store_with_values(good)
+    _store_with_values(bad)
+    _alter(bad, Q, 7)
+    db = apsw.Connection(str(bad / DB_FILE))
+    db.execute("DELETE FROM queue_data WHERE sequence_num = 9")
+    db.close()
+    peer, damaged = Store(good), Store(bad)
+    try:
+        # What the damaged broker would give another: never its damaged row, nor the missing.
+        assert [r[0] for r in damaged.intact_rows(Q, 1, 100, 1 << 20)] == [
+            1, 2, 3, 4, 5, 6, 8, 10, 11, 12
+        ]  # fmt: skip
+        assert damaged.damaged_values(("", 0), 100) == ([(Q, 7)], (Q, 12))
+        assert [n for n in range(1, 14) if damaged.needs_repair(Q, n)] == [7, 9]
+        rows = peer.intact_rows(Q, 5, 100, 1 << 20)
+        assert [r[0] for r in rows] == list(range(5, 13))
+        # A row changed on the way fails its own checksum, and is not written.
+        seq, data, headers, stamp, crc = rows[2]
+        assert seq == 7
+        changed = [*rows[:2], (seq, b"?" + data[1:], headers, stamp, crc), *rows[3:]]
+        assert damaged.repair_rows(Q, changed) == [9]
+        assert damaged.repair_rows(Q, rows) == [7]
+        assert damaged.messages(Q) == [_value(i) for i in range(1, 13)]
+        assert damaged.damaged_values(("", 0), 100) == ([], (Q, 12))
+        assert not any(damaged.needs_repair(Q, n) for n in range(1, 14))
+        # Rows this broker does not hold yet (beyond its queue's length) are not inserted.
+        peer.apply([AppendMessage(Q, _value(13))])
+        assert damaged.repair_rows(Q, peer.intact_rows(Q, 13, 10, 1 << 20)) == []
+        assert len(damaged.messages(Q)) == 12
+    finally:
+        peer.close()
+        damaged.close()
+
+
+def test_an_answer_holds_at_most_its_byte_budget_but_always_one_row(tmp_path):
+    _store_with_values(tmp_path)
+    store = Store(tmp_path)
+    try:
+        size = len(_value(1))
+        assert len(store.intact_rows(Q, 1, 100, 3 * size)) == 3
+        assert len(store.intact_rows(Q, 1, 100, 1)) == 1
+        assert len(store.intact_rows(Q, 1, 2, 1 << 20)) == 2
+        rows = store.intact_rows(Q, 1, 100, 1 << 20)
+        assert decode_rows(encode_rows(rows)) == rows
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "{}", "[[1, 2, 3]]", '[[1, "%%%", null, null, 5]]', '[["1", "", null, null, 5]]'],
+)
+def test_a_malformed_answer_repairs_nothing(text):
+    assert decode_rows(text) is None
+
+
+# -- real brokers ------------------------------------------------------------------------------
+
+
+async def _no_scrub(self: Repair) -> None:
+    """The start-up scrub left out: the damage is first met by a READ the broker applies."""
+
+
+async def _append(port: int, queue_id: str, count: int) -> dict[int, Any]:
+    conn = await RawConnection.open(port)
+    acked = {}
+    try:
+        for i in range(count):
+            value = {"n": i, "text": f"value-{i:05d}"}
+            answer = await conn.call({"operation": "APPEND", "queue_name": queue_id, "data": value})
+            assert answer["status"] == "success", answer
+            acked[answer["sequence_num"]] = value
+    finally:
+        await conn.aclose()
+    return acked
+
+
+async def _read_all(port: int, queue_id: str, client_id: str, length: int) -> dict[int, Any]:
+    """Every message, one READ at a time: any error answer fails the test."""
+    conn = await RawConnection.open(port)
+    served = {}
+    try:
+        while len(served) < length:
+            answer = await conn.call(
+                {"operation": "READ", "queue_name": queue_id, "client_id": client_id}
+            )
+            assert answer["status"] == "success" and "sequence_num" in answer, answer
+            served[answer["sequence_num"]] = answer["data"]
+    finally:
+        await conn.aclose()
+    return served
+
+
+async def _caught_up(cluster: Any, name: str) -> None:
+    while True:
+        leader = await cluster.wait_for_leader()
+        broker = cluster.brokers.get(name)
+        if broker is not None and broker.driver.applied_index >= leader.driver.applied_index:
+            return
+        await trio.sleep(0.02)
+
+
+def _same(a: dict[int, Any], b: dict[int, Any]) -> bool:
+    return orjson.dumps(a, option=orjson.OPT_NON_STR_KEYS) == orjson.dumps(
+        b, option=orjson.OPT_NON_STR_KEYS
+    )
+
+
+async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_and_leader(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(Repair, "scrub", _no_scrub)
+    caplog.set_level(logging.INFO, logger="trio_broker")
+    with trio.fail_after(60):
+        async with open_local_cluster(tmp_path) as cluster:
+            leader = await cluster.wait_for_leader()
+            queue_id = await create_queue(leader.port)
+            acked = await _append(leader.port, queue_id, 40)
+            name = next(n for n, b in cluster.brokers.items() if b is not leader)
+            await _caught_up(cluster, name)
+            await cluster.stop(name)
+            _alter(tmp_path / name, queue_id, 17)
+            damaged = await cluster.start(name)
+            await _caught_up(cluster, name)
+
+            # As a replica: the READ of seq 17 reaches it through the log; nobody waits for
+            # its answer there, so it applies the READ as the others do (the position moves),
+            # never reading the damaged bytes, and repairs the value from a peer meanwhile.
+            served = await _read_all(leader.port, queue_id, "C-READER1", len(acked))
+            assert _same(served, acked)
+            await _caught_up(cluster, name)
+            while True:  # (in the background: a round trip or so)
+                if damaged.driver.repair.statistics().repaired:
+                    break
+                await trio.sleep(0.02)
+            stats = damaged.driver.repair.statistics()
+            assert (stats.damaged, stats.repaired, stats.waiting) == (1, 1, 0)
+            metrics = generate_latest(damaged.metrics.registry).decode()
+            assert re.search(r"^trio_broker_values_damaged_total\{.*\} 1\.0$", metrics, re.M)
+            assert re.search(r"^trio_broker_values_repaired_total\{.*\} 1\.0$", metrics, re.M)
+            assert re.search(r"^trio_broker_values_awaiting_repair\{.*\} 0\.0$", metrics, re.M)
+            ours = await damaged.driver._worker.run(damaged.driver._store.positions)
+            theirs = await leader.driver._worker.run(leader.driver._store.positions)
+            assert ours == theirs  # the position moved here too: its state is the others'
+
+            # As the leader: damaged again while stopped, then given the leadership. The READ
+            # of seq 30 waits for its answer: the transaction is held, the value repaired from
+            # a peer, and the READ answered with it.
+            await cluster.stop(name)
+            _alter(tmp_path / name, queue_id, 30)
+            damaged = await cluster.start(name)
+            await _caught_up(cluster, name)
+            leader = await cluster.wait_for_leader()
+            answer = await call(
+                leader.port, {"operation": "TRANSFER_LEADERSHIP", "broker_id": damaged.broker_id}
+            )
+            assert answer["status"] == "success", answer
+            assert (await cluster.wait_for_leader()) is damaged
+            served = await _read_all(damaged.port, queue_id, "C-READER2", len(acked))
+            assert _same(served, acked)
+            assert damaged.driver.repair.statistics().repaired == 1
+            messages = await damaged.driver._worker.run(damaged.driver._store.messages, queue_id)
+            assert [orjson.loads(m) for m in messages] == list(acked.values())
+
+    events = [getattr(r, "event", None) for r in caplog.records]
+    damaged_lines = [r for r in caplog.records if getattr(r, "event", None) == "storage.damaged"]
+    assert [(r.levelno, r.fields["seq"]) for r in damaged_lines] == [
+        (logging.ERROR, 17),
+        (logging.ERROR, 30),
+    ]
+    assert events.count("storage.repaired") == 2
+    assert "driver.crashed" not in events

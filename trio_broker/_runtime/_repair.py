@@ -1,0 +1,364 @@
+"""Repairing damaged stored values from the other brokers (docs/reliability.md, "Repairing
+damaged values").
+
+A stored message is the same row on every broker that holds it: applying is deterministic and a
+row never changes once written, until retention deletes it on every broker at the same log
+position. So a broker whose copy fails its checksum (or lost its row) needs no snapshot and no
+new rule of the consensus core to repair it: any other broker's intact copy is the value, and
+the row's own checksum proves it.
+
+Found when applied. A command that reads a damaged value (a READ, a group read, a move to a
+dead-letter queue) must give the same result here as on the brokers whose copy is intact, or
+this broker's state (a read position, say) would differ from theirs. So while its group has
+other members, the store lets the damage fail the whole transaction (``Store.hold_damage``:
+nothing of it is kept, as after a failed write on a full disk), and this room, instead of the
+driver crashing on it: logs one ``storage.damaged`` ERROR line per damaged row (file, table,
+queue, sequence number), fetches the rows from the other members one after the other
+(FETCH_VALUES, each row checked against its checksum on both sides), writes the good copies,
+and runs the same transaction again. The damaged bytes are never served: the read is answered
+with the repaired value, or, if this broker stops leading meanwhile, as any request whose
+leader changed. A leader that cannot repair at once hands its leadership to the most caught-up
+voter, so the group goes on serving while it waits for a copy (asked again after each failed
+round; rounds are spaced from 0.2 s doubling to 5 s).
+
+Found at start. After each start, the scrub reads every stored value once (a few hundred rows
+per storage job, between the driver's transactions) and repairs what it finds the same way, so
+damage that no read meets is repaired too.
+
+A broker alone in its group has no copy to repair from and nobody whose state it could differ
+from: the read that meets the damage answers ``UNAVAILABLE``, the reader's position stays
+(``_storage/_integrity.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import orjson
+import trio
+
+from .._core import _raft as raft
+from .._errors import BrokerError, ErrorCode
+from .._protocol import FetchValues, StoredValues
+from .._storage import DB_FILE, StorageWorker, Store
+from .._storage._integrity import StorageDamaged, StoredRow
+from ._dial import UNREACHABLE, Dialed, dial
+from ._log import log_event
+from ._network import Network
+
+T = TypeVar("T")
+
+FETCH_DEADLINE = 5.0
+"""Connecting to a peer, proving the secret, and each FETCH_VALUES answer."""
+FETCH_ROWS = 256
+FETCH_BYTES = 1 << 20
+"""One FETCH_VALUES answer holds at most this many rows and bytes of values (at least one
+row, whatever its size)."""
+MAX_FRAME = 64 << 20
+"""The largest answer a repair accepts (a single value may be as large as a frame allows)."""
+RETRY_FIRST = 0.2
+RETRY_MAX = 5.0
+SCRUB_ROWS = 500
+"""Values the start-up scrub checks per storage job."""
+SCRUB_ATTEMPTS = 8
+"""Rounds the scrub tries for a damaged value no peer could give yet (then a read of it, or
+the next start, tries again)."""
+
+
+class RepairHost(Protocol):
+    """What the repair room reads of the driver that owns it."""
+
+    broker_id: str
+    cluster_id: str
+    node: raft.RaftNode
+    network: Network
+    secret: bytes | None
+
+    def address_of(self, broker_id: str) -> tuple[str, int] | None: ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+
+@attrs.define
+class RepairStatistics:
+    damaged: int = 0
+    """Damaged stored values found (each row counted once per broker run)."""
+    repaired: int = 0
+    """Damaged or missing rows replaced by a peer's intact copy."""
+    waiting: int = 0
+    """Damaged rows found and not repaired yet."""
+
+
+class Repair:
+    """The driver's room for damaged stored values: the hold-and-repair of a transaction that
+    met one, and the start-up scrub."""
+
+    def __init__(self, host: RepairHost, store: Store, worker: StorageWorker) -> None:
+        self._host = host
+        self._store = store
+        self._worker = worker
+        self._waiting: set[tuple[str, int]] = set()
+        self._reported: set[tuple[str, int]] = set()
+        self.stats = RepairStatistics()
+
+    def statistics(self) -> RepairStatistics:
+        return attrs.evolve(self.stats, waiting=len(self._waiting))
+
+    def _has_others(self) -> bool:
+        """Whether the group has another member (cheap: asked before every transaction)."""
+        config = self._host.node.config
+        me = self._host.broker_id
+        return len(config.voters) + len(config.learners) > (
+            me in config.voters or me in config.learners
+        )
+
+    def _others(self) -> list[str]:
+        config = self._host.node.config
+        return sorted((config.voters | config.learners) - {self._host.broker_id})
+
+    # -- a transaction that met damage ------------------------------------------------------
+
+    async def saving(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        on_hold: Callable[[], None] | None = None,
+        *,
+        unwaited: Callable[[], bool] = lambda: False,
+    ) -> T:
+        """``await attempt()`` (one transaction, run again as it was while it fails): a
+        damaged value it reads fails it whole while the group has other members, and is
+        repaired from them before the next attempt. ``on_hold`` is called after each round
+        that repaired nothing (the driver hands its leadership over and answers the requests
+        waiting on the transaction). While ``unwaited()`` (nobody waits for its results), a
+        read whose effect does not depend on the values' bytes goes ahead over the damage (its
+        answer reaches nobody), and the value is repaired in the background. Cancellable."""
+        delay = RETRY_FIRST
+        store = self._store
+        while True:
+            store.hold_damage = hold = self._has_others()
+            store.unchecked_reads = hold and unwaited()
+            try:
+                result = await attempt()
+            except StorageDamaged as exc:
+                if exc.queue_id is None or not self._store.hold_damage:
+                    raise
+                place = (exc.queue_id, exc.seq if exc.seq is not None else 1)
+                self._report(exc, place)
+                if await self.repair(*place):
+                    delay = RETRY_FIRST
+                    continue
+                if on_hold is not None:
+                    on_hold()
+                await trio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX)
+                continue
+            met = getattr(store, "unchecked_met", None)
+            if met:
+                store.unchecked_met = []
+                for place in met:
+                    self._note(
+                        place,
+                        str(store.data_dir / DB_FILE),
+                        "the value does not match its checksum, or its row is missing (a read "
+                        "applied for nobody)",
+                        "repairing from a peer in the background: never served",
+                    )
+                self._host.start_soon(self._repair_later, sorted(set(met)))
+            return result
+
+    def _report(self, exc: StorageDamaged, place: tuple[str, int]) -> None:
+        self._note(place, exc.file, exc.found, "held until repaired from a peer: never served")
+
+    def _note(self, place: tuple[str, int], file: str, found: str, action: str) -> None:
+        """One ``storage.damaged`` ERROR line per damaged value and broker run."""
+        if place in self._reported:
+            return
+        self._reported.add(place)
+        self._waiting.add(place)
+        self.stats.damaged += 1
+        log_event(
+            logging.ERROR,
+            "storage.damaged",
+            file=file,
+            table="queue_data",
+            queue=place[0],
+            seq=place[1],
+            found=found,
+            action=action,
+        )
+
+    async def _repair_later(self, places: list[tuple[str, int]]) -> None:
+        """Repair values a read went past: from a peer, or never needed again once this
+        broker deleted them too (retention deletes a message at the same log position
+        everywhere); the rounds spaced as a held transaction's."""
+        delay = RETRY_FIRST
+        for _ in range(SCRUB_ATTEMPTS):
+            left = []
+            for place in places:
+                if place not in self._waiting:
+                    continue
+                if await self.repair(*place):
+                    continue
+                if await self._worker.run(self._store.needs_repair, *place):
+                    left.append(place)
+                else:  # (deleted here too meanwhile: never to be read again)
+                    self._waiting.discard(place)
+            places = left
+            if not places:
+                return
+            await trio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX)
+
+    # -- fetching good copies ---------------------------------------------------------------
+
+    async def repair(self, queue_id: str, seq: int) -> bool:
+        """Ask the other members, one after the other, for the intact rows from ``seq`` on and
+        write those this broker holds damaged or not at all; True once ``seq`` is repaired."""
+        for peer in self._others():
+            rows = await self._fetch(peer, queue_id, seq)
+            if not rows:
+                continue
+            repaired = await self._worker.run(self._store.repair_rows, queue_id, rows)
+            if repaired:
+                self.stats.repaired += len(repaired)
+                for n in repaired:
+                    self._waiting.discard((queue_id, n))
+                log_event(
+                    logging.WARNING,
+                    "storage.repaired",
+                    queue=queue_id,
+                    seqs=_ranges(repaired),
+                    peer=peer,
+                )
+            if seq in repaired:
+                return True
+        return False
+
+    async def _fetch(self, peer: str, queue_id: str, seq: int) -> list[StoredRow]:
+        host = self._host
+        address = host.address_of(peer)
+        if address is None:
+            return []
+        request = FetchValues(queue_id, seq, cluster_id=host.cluster_id)
+        try:
+            async with dial(
+                host.network,
+                address,
+                secret=host.secret,
+                deadline=FETCH_DEADLINE,
+                max_frame=MAX_FRAME,
+            ) as dialed:
+                if not isinstance(dialed, Dialed):
+                    answer: Any = dialed
+                else:
+                    with trio.fail_after(FETCH_DEADLINE):
+                        answer = await dialed.ask(request, StoredValues)
+        except UNREACHABLE as exc:
+            log_event(logging.INFO, "storage.repair_unreachable", peer=peer, error=repr(exc))
+            return []
+        if isinstance(answer, BrokerError):
+            log_event(logging.INFO, "storage.repair_refused", peer=peer, error=answer.message)
+            return []
+        rows = decode_rows(answer.rows)
+        if rows is None:
+            log_event(logging.WARNING, "storage.repair_bad_answer", peer=peer)
+            return []
+        return rows
+
+    # -- the start-up scrub -----------------------------------------------------------------
+
+    async def scrub(self) -> None:
+        """Check every stored value once, and repair the damaged ones from the other members
+        (run once per start, in the driver's nursery)."""
+        scan = getattr(self._store, "damaged_values", None)
+        if scan is None:
+            return  # (a test's store that keeps no values)
+        after: tuple[str, int] | None = ("", 0)
+        found: list[tuple[str, int]] = []
+        while after is not None:
+            damaged, after = await self._worker.run(scan, after, SCRUB_ROWS)
+            for place in damaged:
+                self._note(
+                    place,
+                    str(self._store.data_dir / DB_FILE),
+                    "the value does not match its checksum (start-up scrub)",
+                    "repaired from a peer: never served",
+                )
+                found.append(place)
+            await trio.lowlevel.checkpoint()
+        log_event(logging.INFO, "storage.scrubbed", damaged=len(found))
+        delay = RETRY_FIRST
+        for _ in range(SCRUB_ATTEMPTS):
+            if not found or not self._others():
+                return
+            left = []
+            for place in found:
+                if place in self._waiting and not await self.repair(*place):
+                    left.append(place)
+            found = left
+            if found:
+                await trio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX)
+        if found:
+            log_event(
+                logging.WARNING,
+                "storage.repair_pending",
+                values=len(found),
+                first=f"{found[0][0]} seq {found[0][1]}",
+                reason="no peer gave an intact copy yet: a read that meets it tries again",
+            )
+
+
+# -- the serving side -----------------------------------------------------------------------
+
+
+async def serve_fetch_values(
+    store: Store, worker: StorageWorker, request: FetchValues
+) -> StoredValues | BrokerError:
+    """The rows this broker holds intact, for a peer repairing its copy (FETCH_VALUES)."""
+    if isinstance(request.first, bool) or request.first < 1:
+        return BrokerError(ErrorCode.BAD_REQUEST, "first must be a sequence number (1 or more)")
+    rows = await worker.run(
+        store.intact_rows, request.queue_name, request.first, FETCH_ROWS, FETCH_BYTES
+    )
+    return StoredValues(request.queue_name, encode_rows(rows))
+
+
+def encode_rows(rows: list[StoredRow]) -> str:
+    return orjson.dumps(
+        [[seq, base64.b64encode(data).decode(), h, stamp, crc] for seq, data, h, stamp, crc in rows]
+    ).decode()
+
+
+def decode_rows(text: str) -> list[StoredRow] | None:
+    """The rows of a FETCH_VALUES answer (None if they are not well formed; each row's
+    checksum is checked when it is written)."""
+    try:
+        raw = orjson.loads(text)
+        if not isinstance(raw, list):
+            return None
+        rows = []
+        for seq, data, headers, stamp, checksum in raw:
+            if not (
+                isinstance(seq, int)
+                and isinstance(data, str)
+                and (headers is None or isinstance(headers, str))
+                and (stamp is None or isinstance(stamp, int))
+                and isinstance(checksum, int)
+            ):
+                return None
+            rows.append((seq, base64.b64decode(data, validate=True), headers, stamp, checksum))
+    except (ValueError, TypeError):
+        return None
+    return rows
+
+
+def _ranges(seqs: list[int]) -> str:
+    return f"{seqs[0]}" if len(seqs) == 1 else f"{seqs[0]}..{seqs[-1]} ({len(seqs)})"
+
+
+__all__ = ["Repair", "RepairStatistics", "decode_rows", "encode_rows", "serve_fetch_values"]
