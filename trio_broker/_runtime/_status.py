@@ -137,6 +137,9 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             # Its log lost entries it acknowledged: the index a leader must bring it back to
             # (None: it is not recovering). docs/reliability.md, "Damaged and shortened logs".
             "recovering_until": broker.driver.node.recovering_until,
+            # Rebooted, it votes once it knows what it acknowledged before: docs/reliability.md,
+            # "A reboot votes only once it knows".
+            "unverified": stats.unverified,
         },
         "groups": [
             {
