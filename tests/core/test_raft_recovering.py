@@ -19,7 +19,10 @@ import attrs
 from trio_broker._core._commands import AppendMessage, CreateQueue
 from trio_broker._core._raft import ProgressState, RaftNode, Role
 from trio_broker._core._raft_messages import (
+    ChangeAction,
     Config,
+    ConfigChange,
+    ConfigEntry,
     DataSync,
     DenyReason,
     ElectionRequest,
@@ -390,10 +393,10 @@ def test_a_snapshot_that_reaches_the_lost_index_ends_recovering():
 
 
 def committed_cluster(
-    ids: tuple[int, ...], seed: int = 3, core: type[RaftNode] = RaftNode
+    ids: tuple[int, ...], seed: int = 3, core: type[RaftNode] = RaftNode, **options: Any
 ) -> tuple[Cluster, int]:
     """1 leads and commits a queue and three appends on every broker; returns the last index."""
-    cluster = Cluster(ids, seed=seed, node_factory=core)
+    cluster = Cluster(ids, seed=seed, node_factory=core, **options)
     cluster.elect(1)
     cluster.propose(CreateQueue("q"))
     for k in range(3):
@@ -551,6 +554,90 @@ def test_the_operator_accepts_the_logs_and_the_group_elects():
     assert cluster.node(3).unverified
     cluster.tick(n=20)
     assert not cluster.node(3).unverified and cluster.node(3).leader_id == 1
+
+
+class RemovedVoterNeverCampaigns(RaftNode):
+    """The core before the removed-voter rule: a broker whose log removes it never campaigns,
+    even while that removal is not committed."""
+
+    def _promotable(self) -> bool:
+        return self._log_trusted() and self.id in self.config.voters
+
+
+def test_a_floor_set_by_a_broker_whose_log_removes_it_is_reached():
+    """The liveness gap the simulator found in the rule that started every restart
+    unverified: 3, leading, appended its own removal (and an entry after it) that nobody
+    else got. After a whole-cluster power cut, 1 and 2 (rebooted, configuration {1, 2, 3})
+    heard the log ends of both others: their floor is 3's log end, which neither reaches,
+    and 3, removed by its own log, never campaigned: no leader for ever. A removed voter
+    whose removal is not committed campaigns under its log's configuration (thesis 4.2.2):
+    1 and 2 elect it, it commits its removal and steps down, and they elect one of them."""
+
+    def scenario(core: type[RaftNode]) -> tuple[Cluster, int]:
+        cluster, _ = committed_cluster((1, 2, 3), core=core)
+        cluster.elect(3)
+        cluster.stabilize()
+        cluster.isolate(3)
+        _, removal = cluster.node(3).propose_config_change(ConfigChange(ChangeAction.REMOVE, 3))
+        cluster.node(3).propose(AppendMessage("q", b"only on 3"))
+        cluster.stabilize()
+        for i in (1, 2, 3):
+            cluster.crash(i)
+        cluster.heal()
+        for i in (1, 2):
+            cluster.restart(i, reboot=True)
+        cluster.restart(3)  # (its own log removes it: it has nothing to learn)
+        assert cluster.node(3).log.last_index == removal + 1
+        assert all(cluster.node(i).log.last_index < removal for i in (1, 2))
+        cluster.tick(n=300)
+        return cluster, removal
+
+    control, _ = scenario(RemovedVoterNeverCampaigns)
+    assert control.leader() is None
+    assert all(control.node(i).vote_floor or control.node(i).unverified for i in (1, 2))
+
+    cluster, removal = scenario(RaftNode)
+    leader = cluster.leader()
+    assert leader is not None and leader.id in (1, 2), leader
+    assert leader.commit >= removal and 3 not in leader.config.voters
+    assert not any(cluster.node(i).unverified or cluster.node(i).vote_floor for i in (1, 2))
+
+
+def test_a_broker_removed_by_its_log_tells_its_log_end_up_to_its_removal():
+    """An election answer tells the log end a rebooted voter may take as its floor. A broker
+    whose log removes it (index 6) and goes on (7, appended under a configuration without
+    its vote) tells 6: its acknowledgements helped commit nothing after its removal, so its
+    copy of 7 proves nothing; told 7, a floor only it reaches (perhaps held by nobody else,
+    and a removed broker that knows its removal committed never campaigns) would shut out
+    every candidate. A voter tells its whole log."""
+    removal = ConfigEntry(Config({1, 2}, version=2), ConfigChange(ChangeAction.REMOVE, 3))
+    entries = [Entry(1, i, None) for i in range(1, 6)] + [Entry(2, 6, removal), Entry(2, 7, None)]
+
+    def told(node_id: int) -> tuple[int, int]:
+        node = RaftNode(
+            node_id,
+            hard_state=HardState(term=2, voted_for=None, commit=6),
+            snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+            entries=entries,
+            rng=random.Random(1),
+        )
+        src = 1 if node_id != 1 else 2
+        node.step(
+            ElectionRequest(
+                src=src,
+                dst=node_id,
+                term=3,
+                cluster_version=2,
+                pre_vote=True,
+                last_log_index=5,
+                last_log_term=1,
+            )
+        )
+        (answer,) = node.ready().persisted_messages
+        return answer.last_log_term, answer.last_log_index
+
+    assert told(3) == (2, 6)
+    assert told(2) == (2, 7)
 
 
 def test_after_a_power_cut_five_brokers_elect_with_one_of_them_gone():

@@ -990,12 +990,21 @@ class RaftNode:
         )
 
     def _log_end_told(self) -> dict[str, Any]:
-        """The log end an election answer tells (``_note_log_end``)."""
-        return {
-            "last_log_index": self.log.last_index,
-            "last_log_term": self.log.last_term,
-            "voter_term": self.term,
-        }
+        """The log end an election answer tells (``_note_log_end``): the end of the part of
+        our log that our acknowledgements can have helped commit. A broker whose log's
+        configuration does not count it (removed by it, or a learner) tells the index of that
+        configuration's entry: every entry after it was appended under a configuration
+        without its vote, so its copy of them proves nothing, and a floor at that tail,
+        which perhaps no other voter holds and which a removed broker that knows its removal
+        committed never campaigns for, would wait for ever (a gap found by the simulator in
+        the rule that started every restart unverified)."""
+        index, term = self.log.last_index, self.log.last_term
+        if self.id not in self.config.voters:
+            at = self._config_index()
+            at_term = self.log.term(at)
+            if at < index and at_term is not None:
+                index, term = at, at_term
+        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
 
     def _deny(self, m: ElectionRequest, reason: DenyReason, term: int) -> None:
         self._persisted_msgs.append(
