@@ -459,6 +459,27 @@ def test_a_process_restart_of_two_of_three_elects_with_the_third_gone():
     assert leader is not None and leader.id in (1, 2) and leader.commit >= last
 
 
+def test_a_rebooted_leader_of_three_waits_for_the_voter_that_is_down():
+    """The leader's machine reboots while 3 is down: 2 cannot win without 1's vote, and 1
+    has heard only 2's log end (it needs two): the group waits for 3 (1 and 3 may have
+    committed entries that 1's disk lost and only 3 holds). After a process restart of the
+    leader, 1 and 2 elect at once."""
+    for reboot in (False, True):
+        cluster, last = committed_cluster((1, 2, 3))
+        cluster.crash(3)
+        cluster.crash(1)
+        cluster.restart(1, reboot=reboot)
+        cluster.tick(n=150)
+        if not reboot:
+            assert cluster.leader() is not None and cluster.leader().commit >= last
+            continue
+        assert cluster.leader() is None and cluster.node(1).unverified
+        cluster.restart(3)
+        cluster.tick(n=150)
+        assert cluster.leader() is not None and cluster.leader().commit >= last
+        assert not cluster.node(1).unverified or cluster.node(1).leader_id is not None
+
+
 def test_a_process_restart_while_unverified_stays_unverified():
     """The state is durable: a broker that rebooted and crashes (a plain process crash)
     before it knew what it acknowledged starts unverified again, although the boot id is
