@@ -34,17 +34,18 @@ def boot_id(path: Path = BOOT_ID_PATH) -> str | None:
     return text or None
 
 
-async def note_boot(worker: Any, store: Any, broker_id: str | None = None) -> bool:
+async def note_boot(worker: Any, store: Any, **fields: Any) -> bool:
     """Record this boot's id in ``store`` (on its storage ``worker``) before the consensus
     core is built from it; returns whether the broker starts after a reboot (or cannot
-    tell), which marks its hard state ``unverified``."""
+    tell, or the store had recorded none), which marks its hard state ``unverified``.
+    ``fields`` name the store in the log line (its broker id, or its data folder)."""
     current = boot_id()
     rebooted = await worker.run(store.note_boot, current)
     if rebooted:
         log_event(
             logging.INFO,
             "broker.rebooted",
-            broker_id=broker_id,
+            **fields,
             boot_id=current or "unknown",
             detail="the store was last opened under another boot (or none is known): a disk "
             "may have lost synced writes, so this broker votes once it has learned what it "

@@ -659,7 +659,8 @@ async def open_broker(
         assert security.client_context is not None
         network = TlsNetwork(network, security.server_context, security.client_context)
     async with storage(config.data_dir) as (worker, store):
-        await note_boot(worker, store)  # before the core is built from the store's state
+        # Before the core is built from the store's state (docs/reliability.md, "A reboot").
+        await note_boot(worker, store, data_dir=str(config.data_dir))
         listeners, port = await network.listen(config.host, config.port)
         plaintext: list[trio.abc.Listener[Any]] = []
         plaintext_port = None
@@ -769,7 +770,7 @@ async def _group_replica(
 ) -> Broker:
     """Another group's replica beside ``primary``: its own store, worker and consensus core;
     the primary's listener port, network, security and connections."""
-    await note_boot(worker, store, identity.broker_id)
+    await note_boot(worker, store, broker_id=identity.broker_id)
     state = await worker.run(store.raft_state)
     broker = Broker(
         config,
