@@ -7,6 +7,13 @@ copy of every entry it acknowledged) a candidate without a committed entry could
 records where the log ended at each durable write (``acknowledged``); a node whose log ends
 below it starts *recovering*: it neither votes nor campaigns until a leader brought its log
 back to that index.
+
+When nothing on the disk shows the loss, only a reboot can have caused it (a process restart
+loses nothing synced): a broker whose machine rebooted starts *unverified* and votes only once
+it knows what it may have acknowledged (docs/reliability.md, "A reboot votes only once it
+knows"); its liveness cases, the gap a removed broker's floor opened, and the operator's
+override are here too. (One module past the house's ~600 lines: the two rules share their
+scenarios, the lying disks and the cluster helpers, and each case reads against the other.)
 """
 
 from __future__ import annotations
