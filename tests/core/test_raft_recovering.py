@@ -668,34 +668,6 @@ def test_a_broker_removed_by_its_log_tells_its_log_end_up_to_its_removal():
     assert told(2) == (2, 7)
 
 
-def test_a_recovering_broker_tells_the_log_end_it_had_before_the_loss():
-    """A rebooted voter counts each log end it hears as a copy of every entry up to there.
-    A recovering broker's log lost entries (it knows up to where: recovering until 9, terms
-    up to 2): it tells that end, in its election answers and in the rounds it sends to tell
-    it, not the 4 entries left (simulator seed 2337)."""
-    node = follower_with(4, acknowledged=9)
-    assert node.recovering_until == 9 and node.recovering_term == 2
-    node.step(
-        ElectionRequest(
-            src=3,
-            dst=2,
-            term=3,
-            cluster_version=1,
-            pre_vote=True,
-            last_log_index=4,
-            last_log_term=1,
-        )
-    )
-    (answer,) = node.ready().persisted_messages
-    node.advance()
-    assert (answer.last_log_term, answer.last_log_index) == (2, 9)
-    for _ in range(3 * node.election_ticks):
-        node.tick()
-    rounds = [m for m in node.ready().persisted_messages if isinstance(m, ElectionRequest)]
-    assert rounds and all((m.last_log_term, m.last_log_index) == (2, 9) for m in rounds)
-    assert all(m.pre_vote for m in rounds)  # it never campaigns
-
-
 def test_after_a_power_cut_five_brokers_elect_with_one_of_them_gone():
     """Each restarted voter needs the log ends of voters - quorum + 1 = 3 others: with one of
     five gone for good, the four left still elect (three of them would not: the cost of not

@@ -894,13 +894,6 @@ class RaftNode:
     def _request_votes(self, transfer: bool = False, pre: bool | None = None) -> None:
         if pre is None:
             pre = self.role is Role.PRE_CANDIDATE
-        # A recovering broker never campaigns: its rounds only tell its log end, as it was
-        # before the loss (see _told_end).
-        last_term, last_index = (
-            self._told_end()
-            if not self._log_trusted()
-            else (self.log.last_term, self.log.last_index)
-        )
         for v in sorted(self.config.voters):
             if v == self.id:
                 continue
@@ -912,8 +905,8 @@ class RaftNode:
                     term=self.term + 1 if pre else self.term,
                     cluster_version=self.cluster_version,
                     pre_vote=pre,
-                    last_log_index=last_index,
-                    last_log_term=last_term,
+                    last_log_index=self.log.last_index,
+                    last_log_term=self.log.last_term,
                     transfer=transfer,
                 )
             )
@@ -1005,26 +998,13 @@ class RaftNode:
         which perhaps no other voter holds and which a removed broker that knows its removal
         committed never campaigns for, would wait for ever (a gap found by the simulator in
         the rule that started every restart unverified)."""
-        term, index = self._told_end()
-        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
-
-    def _told_end(self) -> tuple[int, int]:
-        """(term, index) of the log end told to a rebooted voter (``_log_end_told``). A
-        recovering broker tells the end its log had before the loss (``recovering_term``,
-        ``recovering_until``), not what is left: a voter hearing it counts it as a copy of
-        every entry up to there, and the copy it lost may be one that an entry committed
-        with a rebooted voter's acknowledgement relied on (simulator seed 2337: a floor
-        taken from a damaged broker's emptied log let a candidate without a committed entry
-        win)."""
         index, term = self.log.last_index, self.log.last_term
         if self.id not in self.config.voters:
             at = self._config_index()
             at_term = self.log.term(at)
             if at < index and at_term is not None:
                 index, term = at, at_term
-        if self.recovering_until is not None:
-            term, index = max((term, index), (self.recovering_term, self.recovering_until))
-        return term, index
+        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
 
     def _deny(self, m: ElectionRequest, reason: DenyReason, term: int) -> None:
         self._persisted_msgs.append(
