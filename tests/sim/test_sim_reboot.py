@@ -89,3 +89,15 @@ def test_simulator_catches_a_core_that_trusts_its_log_after_a_reboot():
     fixed = run_seed(first.seed)
     # (the mutant's run stops at the violation: the whole run loses at least as much)
     assert fixed.ok and fixed.stats["disk_lost_writes"] >= first.stats["disk_lost_writes"]
+
+
+def test_regression_one_loss_of_the_same_entries_at_a_time():
+    """Seed 2337 (five brokers, two groups, every crash a reboot): in G-1 a broker lost
+    entries 1..6 at a reboot while two other voters held them, then the disks damaged one
+    of those two copies; rebooted voters, counting the damaged broker's emptied log end,
+    elected a leader without committed entry 5. The rule holds one loss at a time: while a
+    broker is still missing entries, a damage is placed only where ``quorum - 1`` other
+    intact copies remain (``_disk``)."""
+    r = run_seed(2337)
+    assert r.ok, r.error
+    assert r.stats["reboots"] == r.stats["crashes"] and r.stats["recoveries"] > 0

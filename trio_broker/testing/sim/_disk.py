@@ -159,6 +159,14 @@ class Disks:
             # removed broker, and votes for no candidate: seed 1757, a leader's last entries).
             if not self._held_by_another_voter(i, st.entries[pos:]):
                 return
+            if set(self.repair_to) - {i} and not self._held_by_the_rest_of_a_quorum(
+                i, st.entries[pos:]
+            ):
+                # Another broker is still missing entries (perhaps without a trace: a
+                # rebooted one relies on quorum - 1 other copies): one loss of the same
+                # entries at a time (seed 2337: a damage on one of the two copies a loss at a
+                # reboot relied on elected a leader without a committed entry).
+                return
             self._damage(i, e.index)
             self.sim.stats["disk_corruptions"] += 1
             self.sim._trace(f"disk {i}: entry {e.index} damaged")
