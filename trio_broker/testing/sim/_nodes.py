@@ -68,7 +68,7 @@ class NodesMixin:
         self.app_index[i] = st.snapshot.index
         self.ledgers[i] = Proposals(max_bytes=DEFAULT_MAX_FRAME)
         if self.nodes[i].unverified:
-            self.stats["starts_unverified"] = self.stats.get("starts_unverified", 0) + 1
+            self.stats["starts_unverified"] += 1
         self.checker.on_start(i)
         self.dirty.add(i)
         self._trace(f"start {i}")

@@ -183,6 +183,7 @@ class Simulation(
                 "dropped",
                 "crashes",
                 "reboots",
+                "starts_unverified",
                 "crashes_in_write",
                 "leaders_crashed_new",
                 "partitions",
