@@ -49,6 +49,36 @@ def test_a_malformed_recovery_field_is_a_remote_protocol_error(obj):
         message_from_obj(obj)
 
 
+def test_a_restarted_member_and_its_leader_exchange_the_start_only_while_it_matters():
+    asks = rm.HeartbeatResponse(**COMMON, last_index=12, start_id=77)
+    obj = orjson.loads(encode_message(asks))
+    assert obj["start_id"] == 77 and message_from_obj(obj) == asks
+    assert "start_id" not in orjson.loads(encode_message(rm.HeartbeatResponse(**COMMON)))
+    answer = replicate(start_id=77, log_end=15)
+    obj = orjson.loads(encode_message(answer))
+    assert (obj["start_id"], obj["log_end"]) == (77, 15) and message_from_obj(obj) == answer
+    plain = orjson.loads(encode_message(replicate()))
+    assert "start_id" not in plain and "log_end" not in plain
+
+
+def test_an_election_answer_carries_the_voters_log_end():
+    answer = rm.ElectionResponse(
+        **COMMON,
+        pre_vote=False,
+        granted=False,
+        reason=rm.DenyReason.LOG_BEHIND,
+        last_log_index=0,
+        last_log_term=0,
+        voter_term=3,
+    )
+    obj = orjson.loads(encode_message(answer))
+    assert (obj["last_log_index"], obj["last_log_term"], obj["voter_term"]) == (0, 0, 3)
+    assert message_from_obj(obj) == answer
+    old = orjson.loads(encode_message(rm.ElectionResponse(**COMMON, pre_vote=False, granted=True)))
+    assert not {"last_log_index", "last_log_term", "voter_term"} & set(old)
+    assert message_from_obj(old).last_log_index is None  # from a peer that predates it
+
+
 def test_a_probe_carries_its_number_and_the_answer_echoes_it():
     probe = replicate(probe=3)
     obj = orjson.loads(encode_message(probe))

@@ -7,6 +7,13 @@ copy of every entry it acknowledged) a candidate without a committed entry could
 records where the log ended at each durable write (``acknowledged``); a node whose log ends
 below it starts *recovering*: it neither votes nor campaigns until a leader brought its log
 back to that index.
+
+When nothing on the disk shows the loss, only a reboot can have caused it (a process restart
+loses nothing synced): a broker whose machine rebooted starts *unverified* and votes only once
+it knows what it may have acknowledged (docs/reliability.md, "A reboot votes only once it
+knows"); its liveness cases, the gap a removed broker's floor opened, and the operator's
+override are here too. (One module past the house's ~600 lines: the two rules share their
+scenarios, the lying disks and the cluster helpers, and each case reads against the other.)
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ import attrs
 from trio_broker._core._commands import AppendMessage, CreateQueue
 from trio_broker._core._raft import ProgressState, RaftNode, Role
 from trio_broker._core._raft_messages import (
+    ChangeAction,
     Config,
+    ConfigChange,
+    ConfigEntry,
     DataSync,
     DenyReason,
     ElectionRequest,
@@ -31,9 +41,12 @@ from trio_broker._core._raft_messages import (
     SnapshotMeta,
 )
 from trio_broker.testing._sim_cluster import Cluster
+from trio_broker.testing._sim_mutants import TrustLogAfterReboot
 
 
-def lying_disk_cluster(remember: bool) -> tuple[Cluster, dict[Any, int], int]:
+def lying_disk_cluster(
+    remember: bool, core: type[RaftNode] = RaftNode
+) -> tuple[Cluster, dict[Any, int], int]:
     """Brokers 1 and 2 commit X while 3 is cut off; then the whole cluster loses power, 2's
     disk loses X although it acknowledged it, and 1 stays down. Returns the cluster (2 and 3
     restarted, healed), what each broker's storage recorded as acknowledged, and X's index.
@@ -42,7 +55,7 @@ def lying_disk_cluster(remember: bool) -> tuple[Cluster, dict[Any, int], int]:
     acknowledged: dict[Any, int] = {}
 
     def factory(i: Any, **kwargs: Any) -> RaftNode:
-        return RaftNode(i, acknowledged=acknowledged.get(i) if remember else None, **kwargs)
+        return core(i, acknowledged=acknowledged.get(i) if remember else None, **kwargs)
 
     cluster = Cluster((1, 2, 3), seed=7, node_factory=factory)
     cluster.elect(1)
@@ -60,28 +73,35 @@ def lying_disk_cluster(remember: bool) -> tuple[Cluster, dict[Any, int], int]:
     st.entries = [e for e in st.entries if e.index < x]
     st.hard_state = attrs.evolve(st.hard_state, commit=min(st.hard_state.commit, x - 1))
     cluster.heal()
-    cluster.restart(2)
-    cluster.restart(3)
+    cluster.restart(2, reboot=True)
+    cluster.restart(3, reboot=True)
     return cluster, acknowledged, x
 
 
 def test_a_broker_that_lost_acknowledged_entries_does_not_vote():
     """5.4.1 (election restriction) relies on every vote coming from a log that holds what the
-    voter acknowledged. Without the recovering state, 2 and 3 (neither holds X) elect one of
-    them and X, committed, is gone; with it, 2 denies and no leader is elected without X."""
-    cluster, _, x = lying_disk_cluster(remember=False)
+    voter acknowledged. A core that votes right after its restart, on what its disk kept
+    (every broker did, unless its storage recorded the loss): 2 and 3 (neither holds X) elect
+    one of them and X, committed, is gone. With the recorded index 2 is recovering and denies;
+    without it (nothing on 2's disk shows the loss) 2 is still unverified: of the other
+    voters it heard only 3, so it does not know what it acknowledged, and denies too. No
+    leader is elected without X either way."""
+    cluster, _, x = lying_disk_cluster(remember=False, core=TrustLogAfterReboot)
     cluster.tick(n=60)
     leader = cluster.leader()
     assert leader is not None, "the control scenario elects a leader without X"
     assert all(e.payload != AppendMessage("q", b'"X"') for e in leader.log.entries)
 
-    cluster, _, x = lying_disk_cluster(remember=True)
-    assert cluster.node(2).recovering_until == x
-    assert cluster.node(3).recovering_until is None  # its log ends where its disk said
-    cluster.tick(n=60)
-    assert cluster.leader() is None
-    assert all(not ({2, 3} & leaders) for leaders in cluster.leaders_by_term.values())
-    assert cluster.node(2).role is Role.FOLLOWER  # it never campaigned either
+    for remember in (True, False):
+        cluster, _, x = lying_disk_cluster(remember=remember)
+        assert cluster.node(2).recovering_until == (x if remember else None)
+        assert cluster.node(3).recovering_until is None  # its log ends where its disk said
+        assert cluster.node(2).unverified and cluster.node(3).unverified
+        cluster.tick(n=60)
+        assert cluster.leader() is None
+        assert all(not ({2, 3} & leaders) for leaders in cluster.leaders_by_term.values())
+        if remember:
+            assert cluster.node(2).role is Role.FOLLOWER  # it never campaigned either
 
 
 def test_it_votes_again_once_a_leader_brought_its_log_back():
@@ -89,7 +109,7 @@ def test_it_votes_again_once_a_leader_brought_its_log_back():
     date), replicates X to 2, and 2 votes again."""
     cluster, _, x = lying_disk_cluster(remember=True)
     cluster.tick(n=30)
-    cluster.restart(1)
+    cluster.restart(1, reboot=True)
     cluster.tick(n=60)
     leader = cluster.leader()
     assert leader is not None and leader.id == 1
@@ -172,7 +192,7 @@ def lost_tail_cluster(max_batch: int = 64) -> tuple[Cluster, int, int]:
     keep = acked - 6
     st.entries = [e for e in st.entries if e.index <= keep]
     st.hard_state = attrs.evolve(st.hard_state, commit=min(st.hard_state.commit, keep))
-    cluster.restart(2)
+    cluster.restart(2, reboot=True)
     assert not cluster.node(2).recovering  # its own disk cannot tell
     return cluster, keep, acked
 
@@ -319,10 +339,12 @@ def test_a_restart_keeps_the_recorded_bound_on_the_lost_terms():
     assert (node.recovering_term, node.recovering_until) == (3, 12)
 
 
-def follower_with(entries: int, **kwargs: Any) -> RaftNode:
+def follower_with(entries: int, *, rebooted: bool = False, **kwargs: Any) -> RaftNode:
+    """Broker 2 started on ``entries`` entries of term 1, in term 2; with ``rebooted``, as
+    after its machine rebooted (``HardState.unverified``, which the runtime sets)."""
     return RaftNode(
         2,
-        hard_state=HardState(term=2, voted_for=None, commit=entries),
+        hard_state=HardState(term=2, voted_for=None, commit=entries, unverified=rebooted),
         snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
         entries=[Entry(1, i, None) for i in range(1, entries + 1)],
         rng=random.Random(1),
@@ -372,6 +394,423 @@ def test_a_snapshot_that_reaches_the_lost_index_ends_recovering():
     assert node.recovering_until == 7  # index 5: still short
     node.step(attrs.evolve(snapshot, snapshot=SnapshotMeta(8, 1, Config({1, 2, 3}))))
     assert not node.recovering and node.log.last_index == 8
+
+
+# -- a restart votes only once it knows what it may have acknowledged ----------------------------
+
+
+def committed_cluster(
+    ids: tuple[int, ...], seed: int = 3, core: type[RaftNode] = RaftNode, **options: Any
+) -> tuple[Cluster, int]:
+    """1 leads and commits a queue and three appends on every broker; returns the last index."""
+    cluster = Cluster(ids, seed=seed, node_factory=core, **options)
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    for k in range(3):
+        cluster.propose(AppendMessage("q", str(k).encode()))
+    cluster.stabilize()
+    cluster.tick(n=2)  # (the commit index reaches the followers with the next heartbeats)
+    last = cluster.node(1).log.last_index
+    assert all(cluster.node(i).commit == last for i in ids)
+    return cluster, last
+
+
+def lose_tail(cluster: Cluster, i: int, keep: int) -> None:
+    """``i``'s disk loses every entry after ``keep`` and the commit index that covered them:
+    nothing on it shows the loss."""
+    st = cluster.storage[i]
+    st.entries = [e for e in st.entries if e.index <= keep]
+    st.hard_state = attrs.evolve(st.hard_state, commit=min(st.hard_state.commit, keep))
+
+
+def test_a_whole_cluster_power_cut_elects_a_leader_again():
+    """Every broker restarts at once, so every one is unverified: their vote requests (sent
+    in a term later than the one they restarted in) tell each other their log ends, and a
+    leader is elected once enough were heard; 2's disk lost its last entries without a
+    trace, and the leader still holds them all."""
+    for ids in ((1, 2, 3), (1, 2, 3, 4, 5)):
+        cluster, last = committed_cluster(ids)
+        for i in ids:
+            cluster.crash(i)
+        lose_tail(cluster, 2, last - 2)
+        for i in ids:
+            cluster.restart(i, reboot=True)
+            assert cluster.node(i).unverified
+        cluster.tick(n=200)
+        leader = cluster.leader()
+        assert leader is not None, ids
+        assert leader.id != 2 and leader.commit >= last
+        _, index = cluster.propose(AppendMessage("q", b"after"))
+        cluster.stabilize()
+        cluster.tick(n=2)
+        for i in ids:
+            node = cluster.node(i)
+            assert not node.unverified and node.commit >= index
+            assert [e.term for e in node.log.entries] == [e.term for e in leader.log.entries]
+
+
+def test_a_process_restart_of_two_of_three_elects_with_the_third_gone():
+    """A process restart loses nothing synced (the machine, its kernel and its disk kept
+    running): the restarted brokers vote at once, as before the rule. The leader and one
+    follower restart together while the third is down for good: they elect one of them,
+    holding every committed entry (the rule that started every restart unverified left
+    this group without a leader)."""
+    cluster, last = committed_cluster((1, 2, 3))
+    for i in (1, 2, 3):
+        cluster.crash(i)
+    for i in (1, 2):
+        cluster.restart(i)
+        assert not cluster.node(i).unverified
+    cluster.tick(n=60)
+    leader = cluster.leader()
+    assert leader is not None and leader.id in (1, 2) and leader.commit >= last
+
+
+def test_a_rebooted_leader_of_three_waits_for_the_voter_that_is_down():
+    """The leader's machine reboots while 3 is down: 2 cannot win without 1's vote, and 1
+    has heard only 2's log end (it needs two): the group waits for 3 (1 and 3 may have
+    committed entries that 1's disk lost and only 3 holds). After a process restart of the
+    leader, 1 and 2 elect at once."""
+    for reboot in (False, True):
+        cluster, last = committed_cluster((1, 2, 3))
+        cluster.crash(3)
+        cluster.crash(1)
+        cluster.restart(1, reboot=reboot)
+        cluster.tick(n=150)
+        if not reboot:
+            assert cluster.leader() is not None and cluster.leader().commit >= last
+            continue
+        assert cluster.leader() is None and cluster.node(1).unverified
+        cluster.restart(3)
+        cluster.tick(n=150)
+        assert cluster.leader() is not None and cluster.leader().commit >= last
+        assert not cluster.node(1).unverified or cluster.node(1).leader_id is not None
+
+
+def test_a_process_restart_while_unverified_stays_unverified():
+    """The state is durable: a broker that rebooted and crashes (a plain process crash)
+    before it knew what it acknowledged starts unverified again, although the boot id is
+    the same this time (``HardState.unverified``, cleared by the core only)."""
+    cluster, _ = committed_cluster((1, 2, 3))
+    for i in (1, 2, 3):
+        cluster.crash(i)
+    cluster.restart(2, reboot=True)
+    cluster.tick(n=5)
+    assert cluster.node(2).unverified and cluster.storage[2].hard_state.unverified
+    cluster.crash(2)
+    cluster.restart(2)  # same boot
+    assert cluster.node(2).unverified
+
+
+def test_a_reboot_of_all_three_elects_once_all_are_back():
+    """The whole cluster lost power. Each rebooted broker needs the log ends of voters -
+    quorum + 1 = 2 other voters before it votes: two of three wait (no leader, nor any
+    vote), and the third one's return elects a leader with every committed entry."""
+    cluster, last = committed_cluster((1, 2, 3))
+    for i in (1, 2, 3):
+        cluster.crash(i)
+    for i in (1, 2):
+        cluster.restart(i, reboot=True)
+    cluster.tick(n=150)
+    assert cluster.leader() is None
+    assert all(cluster.node(i).unverified for i in (1, 2))
+    cluster.restart(3, reboot=True)
+    cluster.tick(n=150)
+    leader = cluster.leader()
+    assert leader is not None and leader.commit >= last
+    cluster.propose(AppendMessage("q", b"after"))
+    cluster.stabilize()
+    assert not any(cluster.node(i).unverified for i in (1, 2, 3))
+
+
+def test_a_reboot_of_two_of_three_with_the_third_gone_refuses_to_guess():
+    """Two of three machines rebooted and the third is gone: neither can tell whether it
+    acknowledged entries that only the other and the lost one held, so the group elects
+    nobody (it refuses to guess), for as long as it waits; each says it is ``unverified``
+    (the runtime's status, metrics and ``raft.unverified`` line read it). Here 2's disk lost
+    the last entries: a leader elected from 2's log with 1 gone, had 1 lost them too, would
+    lack committed entries. (The core that trusts its log after a reboot elects one.)"""
+    control, _ = committed_cluster((1, 2, 3), core=TrustLogAfterReboot)
+    for i in (1, 2, 3):
+        control.crash(i)
+    for i in (1, 2):
+        control.restart(i, reboot=True)
+    control.tick(n=400)
+    assert control.leader() is not None
+
+    cluster, last = committed_cluster((1, 2, 3))
+    for i in (1, 2, 3):
+        cluster.crash(i)
+    lose_tail(cluster, 2, last - 2)
+    for i in (1, 2):
+        cluster.restart(i, reboot=True)
+    since = len(cluster.sent)
+    cluster.tick(n=400)
+    assert cluster.leader() is None
+    assert not any(cluster.leaders_by_term.get(t) for t in range(2, cluster.node(1).term + 1))
+    for i in (1, 2):
+        node = cluster.node(i)
+        assert node.unverified and node.hard_state.unverified
+        assert node.role is not Role.LEADER
+    answers = [m for m in cluster.sent[since:] if isinstance(m, ElectionResponse)]
+    assert answers and not [m for m in answers if m.granted and not m.pre_vote]  # no vote given
+
+
+def test_the_operator_accepts_the_logs_and_the_group_elects():
+    """The override (``python -m trio_broker data trust-log`` on each surviving, stopped
+    broker): their stores no longer say ``unverified``, so they start voting at once and
+    elect the more up-to-date of them, with every entry either of them holds; the third,
+    back later, is answered by the new leader and follows."""
+    cluster, last = committed_cluster((1, 2, 3))
+    for i in (1, 2, 3):
+        cluster.crash(i)
+    lose_tail(cluster, 2, last - 2)
+    for i in (1, 2):
+        cluster.restart(i, reboot=True)
+    cluster.tick(n=100)
+    assert cluster.leader() is None
+    for i in (1, 2):  # stopped; the store's flag cleared; started again on the same boot
+        cluster.crash(i)
+        st = cluster.storage[i]
+        st.hard_state = attrs.evolve(st.hard_state, unverified=False)
+        cluster.restart(i)
+        assert not cluster.node(i).unverified
+    cluster.tick(n=100)
+    leader = cluster.leader()
+    assert leader is not None and leader.id == 1 and leader.commit >= last  # 1 kept them all
+    cluster.restart(3, reboot=True)
+    assert cluster.node(3).unverified
+    cluster.tick(n=20)
+    assert not cluster.node(3).unverified and cluster.node(3).leader_id == 1
+
+
+class RemovedVoterNeverCampaigns(RaftNode):
+    """The core before the removed-voter rule: a broker whose log removes it never campaigns,
+    even while that removal is not committed."""
+
+    def _promotable(self) -> bool:
+        return self._log_trusted() and self.id in self.config.voters
+
+
+def test_a_floor_set_by_a_broker_whose_log_removes_it_is_reached():
+    """The liveness gap the simulator found in the rule that started every restart
+    unverified: 3, leading, appended its own removal (and an entry after it) that nobody
+    else got. After a whole-cluster power cut, 1 and 2 (rebooted, configuration {1, 2, 3})
+    heard the log ends of both others: their floor is 3's log end, which neither reaches,
+    and 3, removed by its own log, never campaigned: no leader for ever. A removed voter
+    whose removal is not committed campaigns under its log's configuration (thesis 4.2.2):
+    1 and 2 elect it, it commits its removal and steps down, and they elect one of them."""
+
+    def scenario(core: type[RaftNode]) -> tuple[Cluster, int]:
+        cluster, _ = committed_cluster((1, 2, 3), core=core)
+        cluster.elect(3)
+        cluster.stabilize()
+        cluster.isolate(3)
+        _, removal = cluster.node(3).propose_config_change(ConfigChange(ChangeAction.REMOVE, 3))
+        cluster.node(3).propose(AppendMessage("q", b"only on 3"))
+        cluster.stabilize()
+        for i in (1, 2, 3):
+            cluster.crash(i)
+        cluster.heal()
+        for i in (1, 2):
+            cluster.restart(i, reboot=True)
+        cluster.restart(3)  # (its own log removes it: it has nothing to learn)
+        assert cluster.node(3).log.last_index == removal + 1
+        assert all(cluster.node(i).log.last_index < removal for i in (1, 2))
+        cluster.tick(n=300)
+        return cluster, removal
+
+    control, _ = scenario(RemovedVoterNeverCampaigns)
+    assert control.leader() is None
+    assert all(control.node(i).vote_floor or control.node(i).unverified for i in (1, 2))
+
+    cluster, removal = scenario(RaftNode)
+    leader = cluster.leader()
+    assert leader is not None and leader.id in (1, 2), leader
+    assert leader.commit >= removal and 3 not in leader.config.voters
+    assert not any(cluster.node(i).unverified or cluster.node(i).vote_floor for i in (1, 2))
+
+
+def test_a_broker_removed_by_its_log_tells_its_log_end_up_to_its_removal():
+    """An election answer tells the log end a rebooted voter may take as its floor. A broker
+    whose log removes it (index 6) and goes on (7, appended under a configuration without
+    its vote) tells 6: its acknowledgements helped commit nothing after its removal, so its
+    copy of 7 proves nothing; told 7, a floor only it reaches (perhaps held by nobody else,
+    and a removed broker that knows its removal committed never campaigns) would shut out
+    every candidate. A voter tells its whole log."""
+    removal = ConfigEntry(Config({1, 2}, version=2), ConfigChange(ChangeAction.REMOVE, 3))
+    entries = [Entry(1, i, None) for i in range(1, 6)] + [Entry(2, 6, removal), Entry(2, 7, None)]
+
+    def told(node_id: int) -> tuple[int, int]:
+        node = RaftNode(
+            node_id,
+            hard_state=HardState(term=2, voted_for=None, commit=6),
+            snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+            entries=entries,
+            rng=random.Random(1),
+        )
+        src = 1 if node_id != 1 else 2
+        node.step(
+            ElectionRequest(
+                src=src,
+                dst=node_id,
+                term=3,
+                cluster_version=2,
+                pre_vote=True,
+                last_log_index=5,
+                last_log_term=1,
+            )
+        )
+        (answer,) = node.ready().persisted_messages
+        return answer.last_log_term, answer.last_log_index
+
+    assert told(3) == (2, 6)
+    assert told(2) == (2, 7)
+
+
+def test_after_a_power_cut_five_brokers_elect_with_one_of_them_gone():
+    """Each restarted voter needs the log ends of voters - quorum + 1 = 3 others: with one of
+    five gone for good, the four left still elect (three of them would not: the cost of not
+    trusting a disk, written in docs/reliability.md)."""
+    cluster, last = committed_cluster((1, 2, 3, 4, 5))
+    for i in (1, 2, 3, 4, 5):
+        cluster.crash(i)
+    for i in (1, 2, 3, 4):
+        cluster.restart(i, reboot=True)
+    cluster.tick(n=200)
+    assert cluster.leader() is not None and cluster.leader().commit >= last
+
+
+def test_the_leader_of_its_term_answers_a_restarted_follower():
+    """2 restarts while 1 keeps leading the same term. Its heartbeat answers carry the number
+    of its start; 1 echoes it with its log end, which 2 then votes by. So once 1 is gone, 2
+    votes again and 2 and 3 elect a leader (waiting for a later term's entry would leave a
+    group of three without one)."""
+    cluster, last = committed_cluster((1, 2, 3))
+    cluster.crash(2)
+    lose_tail(cluster, 2, last - 2)
+    cluster.restart(2, reboot=True)
+    follower = cluster.node(2)
+    assert follower.unverified and follower.restart_term == cluster.node(1).term
+    cluster.tick(n=3)
+    echoes = [m for m in cluster.sent if isinstance(m, Replicate) and m.dst == 2 and m.start_id]
+    assert echoes and all(m.start_id == follower.start_id for m in echoes)
+    assert echoes[0].log_end == last
+    assert not follower.unverified and follower.vote_floor in (None, (1, last))
+    assert follower.log.last_index >= last
+    cluster.isolate(1)
+    cluster.tick(n=80)
+    leader = cluster.leader()
+    assert leader is not None and leader.id in (2, 3) and leader.commit >= last
+
+
+def test_only_the_echo_of_its_own_start_counts():
+    """An echo of another start (a message sent before this restart, delivered late) says
+    nothing of what was acknowledged since: still unverified. Its own start's echo sets the
+    floor: below it, no vote."""
+    node = follower_with(4, rebooted=True)
+    stale = attrs.evolve(replicate(4, 4), start_id=node.start_id ^ 1, log_end=9)
+    node.step(stale)
+    assert node.unverified
+    node.step(attrs.evolve(replicate(4, 4), start_id=node.start_id, log_end=9))
+    assert not node.unverified and node.vote_floor == (2, 9)
+    node.ready()  # (its acknowledgements)
+    node.advance()
+    node.election_elapsed = node.election_ticks  # the leader's lease is over
+
+    def asks(last_term: int, last_index: int) -> bool:
+        node.step(
+            ElectionRequest(
+                src=3,
+                dst=2,
+                term=3,
+                cluster_version=1,
+                pre_vote=True,
+                last_log_index=last_index,
+                last_log_term=last_term,
+            )
+        )
+        (reply,) = node.ready().persisted_messages
+        node.advance()
+        return reply.granted
+
+    assert not asks(2, 8) and not asks(1, 20) and asks(2, 9)
+
+
+def test_an_unverified_broker_grants_pre_votes_but_no_vote_and_never_counts_itself():
+    node = follower_with(4, rebooted=True)
+    assert node.unverified  # rebooted on a log: term 2, four entries
+    for pre_vote, granted in ((True, True), (False, False)):
+        node.step(
+            ElectionRequest(
+                src=3,
+                dst=2,
+                term=2 if not pre_vote else 3,
+                cluster_version=1,
+                pre_vote=pre_vote,
+                last_log_index=4,
+                last_log_term=1,
+            )
+        )
+        reply, *told = node.ready().persisted_messages
+        node.advance()
+        assert isinstance(reply, ElectionResponse) and reply.granted is granted
+        assert (reply.last_log_term, reply.last_log_index) == (1, 4)
+        if not pre_vote:
+            # Denied for want of knowing: it tells the other voters its log end, which
+            # they may be waiting for as it waits for theirs (a pre-vote round).
+            assert sorted(m.dst for m in told) == [1, 3]
+            assert all(isinstance(m, ElectionRequest) and m.pre_vote for m in told)
+            assert all((m.last_log_term, m.last_log_index) == (1, 4) for m in told)
+        else:
+            assert not told
+    node._campaign()
+    assert node.role is Role.PRE_CANDIDATE and node.votes == {node.id: True}  # a pre-vote
+    node._become_candidate()
+    assert node.votes == {}  # its own vote is no vote it may give yet
+
+
+def test_an_entry_of_a_later_term_ends_the_unverified_state():
+    node = follower_with(4, rebooted=True)
+    later = Replicate(
+        src=1,
+        dst=2,
+        term=3,
+        cluster_version=1,
+        prev_log_index=4,
+        prev_log_term=1,
+        entries=(Entry(3, 5, None),),
+        leader_commit=4,
+    )
+    node.step(attrs.evolve(later, entries=()))  # the leader of term 3, but no entry of it
+    assert node.unverified
+    node.step(later)
+    assert not node.unverified and node.vote_floor is None
+
+
+def test_who_starts_unverified():
+    """A broker whose machine rebooted, with a durable past, among other voters; never after
+    a process restart (nothing synced can be lost), nor a fresh one, nor the only voter
+    (there is nobody to learn from: its disk is the only copy)."""
+    assert follower_with(4, rebooted=True).unverified
+    assert not follower_with(4).unverified
+    fresh = RaftNode(
+        1,
+        hard_state=HardState(unverified=True),
+        snapshot=SnapshotMeta(0, 0, Config({1, 2, 3})),
+        rng=random.Random(1),
+    )
+    assert not fresh.unverified
+    alone = RaftNode(
+        1,
+        hard_state=HardState(term=3, voted_for=1, commit=4, unverified=True),
+        snapshot=SnapshotMeta(0, 0, Config({1})),
+        entries=[Entry(1, i, None) for i in range(1, 5)],
+        rng=random.Random(1),
+    )
+    assert not alone.unverified
+    for node in (fresh, alone):
+        assert node.has_ready() and node.ready().hard_state.unverified is False  # cleared
 
 
 # -- an answer overtaken on the way does not look like a lost log --------------------------------

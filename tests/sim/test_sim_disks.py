@@ -2,7 +2,7 @@
 
 Storage faults after TigerBeetle's storage fault model: bit flips found by checksum (in stored
 entries and in stored values), synced writes lost, torn writes. Placed where the cluster can
-recover (a minority damaged at a time; synced entries lost only where a majority of the others
+recover (a minority damaged at a time; synced entries lost only where quorum - 1 of the others
 hold them intact; a value damaged only where another broker holds it intact), the swarm's usual
 invariants must hold (``test_sim.py``'s swarm runs with them); a core or a broker that trusts a
 damaged log, serves a damaged value or never repairs one must not survive the default seeds.
@@ -98,32 +98,36 @@ def test_a_damaged_entry_is_cut_with_its_tail_and_the_broker_recovers_until_the_
         disks.check_applied(1, Entry(1, 4, _disk.DamagedPayload("AppendMessage(...)")))
 
 
-def test_synced_writes_are_lost_only_where_a_majority_of_the_others_hold_them():
+def test_synced_writes_are_lost_only_where_the_rest_of_a_quorum_holds_them():
     sim = quiet_sim()
     for i in sim.ids:
         sim._start(i)
-    others = [o for o in sim.ids if o != 1]
+    config = sim.nodes[1].config
+    others = sorted(config.voters - {1})
     # Entry 6 is on node 1 alone: losing it could lose an acknowledged write.
     for o in others:
         sim.storage[o].entries = sim.storage[o].entries[:5]
     assert not disks_may_lose(sim, 1, 6)
-    # ... once a majority of the others (every other voter, the largest quorum) hold it, yes.
-    for o in others:
+    # ... once quorum - 1 others hold it (what a commit counting node 1 leaves), yes.
+    needed = max(1, config.quorum() - 1)
+    for o in others[:needed]:
         sim.storage[o].entries = list(sim.storage[1].entries)
+    if needed > 1:
+        sim.storage[others[0]].entries = sim.storage[others[0]].entries[:5]
+        assert not disks_may_lose(sim, 1, 6)  # one copy short
+        sim.storage[others[0]].entries = list(sim.storage[1].entries)
     assert disks_may_lose(sim, 1, 6)
     # A damaged copy before it does not count: that broker's next start cuts its log there.
-    config = sim.nodes[1].config
-    voters = sorted(config.voters - {1})
-    for o in voters[: len(voters) - config.quorum()]:
-        sim.disks._damage(o, 2)
-    assert disks_may_lose(sim, 1, 6)  # (still a quorum of intact copies)
-    sim.disks._damage(voters[-1], 2)
+    sim.disks._damage(others[0], 2)
     assert not disks_may_lose(sim, 1, 6)
+    for o in others[needed:]:
+        sim.storage[o].entries = list(sim.storage[1].entries)
+    assert disks_may_lose(sim, 1, 6)  # (enough intact copies again)
 
 
 def disks_may_lose(sim: Simulation, i: int, index: int) -> bool:
     st = sim.storage[i]
-    return sim.disks._held_by_a_majority_of_others(i, [e for e in st.entries if e.index >= index])
+    return sim.disks._held_by_the_rest_of_a_quorum(i, [e for e in st.entries if e.index >= index])
 
 
 # -- damaged values ---------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""``python -m trio_broker data check`` and ``data reset``: a stopped broker's data folder.
+"""``python -m trio_broker data check``, ``data reset`` and ``data trust-log``: a stopped
+broker's data folder.
 
 ``check`` opens the data as a starting broker would (SQLite's integrity check, every log entry's
 checksum) and then reads every stored value back against its checksum. ``reset`` moves the
 database files into a ``damaged-<time>`` folder beside them (nothing is deleted), so that the
 broker can rejoin its cluster empty and be refilled by the others (docs/reliability.md,
-"Damaged data").
+"Damaged data"). ``trust-log`` is the operator's override when a cluster whose machines
+rebooted cannot verify a majority (docs/reliability.md, "A reboot votes only once it
+knows"): it accepts the broker's log as it is, in the folder and in each group's folder.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import sys
 from pathlib import Path
 
 from .._runtime import DEFAULT_DATA_DIR
+from .._runtime._boot import boot_id
+from .._runtime._groups import GROUPS_DIR
 from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged, Store
-from .._storage._files import move_aside
+from .._storage._files import DB_FILE, move_aside
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP
 
 
@@ -26,10 +31,12 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Work on the data folder of a stopped broker. 'check' reads everything "
         "back against its checksums; 'reset' moves the database files into a new "
         "damaged-<time> folder inside --data-dir (nothing is deleted), so that the broker "
-        "can rejoin its cluster empty. See docs/reliability.md.",
+        "can rejoin its cluster empty; 'trust-log' accepts its log as it is after a reboot "
+        "(it votes at once on its next start: acknowledged writes its disk lost, if no "
+        "other broker holds them, may then be lost). See docs/reliability.md.",
         epilog=EXIT_STATUS_HELP,
     )
-    p.add_argument("action", choices=("check", "reset"))
+    p.add_argument("action", choices=("check", "reset", "trust-log"))
     p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR))
 
 
@@ -37,6 +44,8 @@ def run_data(args: argparse.Namespace) -> int:
     try:
         if args.action == "check":
             return _check(args.data_dir)
+        if args.action == "trust-log":
+            return _trust_log(args.data_dir)
         target, moved = move_aside(args.data_dir)
     except StorageDamaged as exc:
         print(exc.report(str(args.data_dir)), file=sys.stderr)
@@ -76,4 +85,29 @@ def _check(data_dir: Path) -> int:
     finally:
         store.close()
     print(f"{data_dir}: intact (integrity check, every log entry, {values} stored values)")
+    return EXIT_OK
+
+
+def _trust_log(data_dir: Path) -> int:
+    """Clear ``unverified`` in the broker's store and in each group's (``groups/G-*``)."""
+    if not (data_dir / DB_FILE).exists():
+        print(f"error: no broker database in {data_dir}", file=sys.stderr)
+        return EXIT_ERROR
+    current = boot_id()
+    cleared, kept = [], []
+    for folder in [data_dir, *sorted(p.parent for p in data_dir.glob(f"{GROUPS_DIR}/*/{DB_FILE}"))]:
+        store = Store(folder)
+        try:
+            (cleared if store.trust_log(current) else kept).append(str(folder))
+        finally:
+            store.close()
+    if cleared:
+        print(
+            f"accepted the log as it is in {', '.join(cleared)}: on its next start this "
+            "broker votes at once, on what its disk kept. If its disk lost acknowledged "
+            "writes and no other broker holds them, a leader elected with its vote may lack "
+            "them: they are lost."
+        )
+    if kept:
+        print(f"nothing to accept in {', '.join(kept)}: it was not waiting after a reboot")
     return EXIT_OK

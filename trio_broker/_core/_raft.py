@@ -194,6 +194,11 @@ class Progress:
     lost_to: int = 0
     """When its log went backwards (a probe's answer ended below ``match``): the index it had
     acknowledged, told in every REPLICATE until it is back there (0: nothing lost)."""
+    start_id: int = 0
+    """The ``start_id`` of its last heartbeat answer: it restarted and does not yet know what
+    it may have acknowledged before (0: it does). Echoed in every REPLICATE to it."""
+    start_log_end: int = 0
+    """Our last index when we first saw that ``start_id``: told with the echo."""
     probe: int = 0
     """The number of the last probe sent to it (``Replicate.probe``): a rejection that
     echoes an older one answers a probe overtaken on the way, and says nothing now."""
@@ -224,6 +229,37 @@ class RaftNode:
     as such a loss too. Nothing on this broker's disk may say what it lost: then the leader,
     whose progress record is the independent witness of what it acknowledged, tells it
     (``Replicate.acknowledged``).
+
+    **A reboot votes only once it knows** (docs/reliability.md, "A reboot votes only once it
+    knows"). A disk may also lose synced writes without leaving any trace: one that reported
+    a flush it did not do loses them when the power goes, and only then (a process that
+    crashes leaves every write it made to the kernel, and the disk keeps what it was told to
+    sync while it has power). So a broker whose machine rebooted since its store was last
+    opened (``HardState.unverified``, set by the runtime when the boot id changed) starts
+    ``unverified`` (if it has a past and other voters to hear from): it may have acknowledged
+    entries it no longer holds. Until it knows better it grants no vote (a pre-vote, which
+    promises nothing, it grants as before) and does not count its own vote when it
+    campaigns. It knows better, as TigerBeetle's ``recovering_head`` replica waits for a fresh
+    start-view message, once
+
+    - its log holds an entry of a term later than the one it restarted in (``restart_term``):
+      the leader that sent it holds every entry committed with our earlier acknowledgements
+      (leader completeness), and log matching gave us that leader's log before it;
+    - the leader of its term answered its start (``Replicate.start_id``, a number drawn at
+      each start, echoed): that leader's log end then (``log_end``, an entry of its term) is
+      at least every entry our acknowledgements helped commit;
+    - or it heard the log ends of ``voters - quorum + 1`` other voters, from their election
+      requests sent in a term later than ``restart_term`` (so none of them can acknowledge
+      an entry of our old terms afterwards): any quorum that committed an entry with our
+      acknowledgement holds, besides us, one of them. This is how a cluster that lost power
+      everywhere at once elects a leader again.
+
+    The last two leave a ``vote_floor``: it votes only for logs at least that up to date
+    (and counts its own vote only if its log is), until its log holds an entry of a later
+    term. Safe while every entry it lost keeps ``quorum - 1`` intact copies on the other
+    voters (one loss at a time), where voting on the shortened log needed ``quorum``. The
+    state is durable (``HardState.unverified`` stays set while it is unverified or holds a
+    floor): a process restart meanwhile starts it unverified again, never trusting.
     """
 
     def __init__(
@@ -293,6 +329,27 @@ class RaftNode:
         self.applied = snapshot.index if applied is None else max(applied, snapshot.index)
         self._persisted_hs = hard_state
         self.config = self._config_at(self.log.last_index)
+        self.restart_term = hard_state.term
+        """The term this broker started in: it acknowledged no entry of a later term before."""
+        self.unverified = bool(
+            hard_state.unverified
+            and (hard_state.term or self.log.last_index or snapshot.index)
+            and not self.config.voters <= {node_id}
+        )
+        """Whether, since a start after a reboot (``HardState.unverified``), it has not yet
+        learned what it may have acknowledged before (see the class docstring): it grants no
+        vote meanwhile. A broker without a past, or its group's only voter, never is: its disk
+        is all there is (the damage report covers that)."""
+        # A number of this start, derived from the rng's state without drawing from it (a
+        # draw would move every later election timeout): distinct at each start in practice.
+        self.start_id = (hash(rng.getstate()[1]) & 0x7FFFFFFF) or 1
+        self.vote_floor: tuple[int, int] | None = None
+        """(term, index) a candidate's log must reach to get our vote, learned at the end of
+        ``unverified``; None once our own log holds an entry of a later term."""
+        self._log_ends: dict[Any, tuple[int, int]] = {}
+        """While unverified: the log end each other voter told in an election request."""
+        self._told_log_end = 0
+        """The last term in which, unverified, it told the other voters its log end."""
 
         self.role = Role.FOLLOWER
         self.leader_id: Any = None
@@ -334,6 +391,7 @@ class RaftNode:
             self.commit,
             self.recovering_until or 0,
             self.recovering_term if self.recovering_until else 0,
+            self.unverified or self.vote_floor is not None,
         )
 
     @property
@@ -389,8 +447,19 @@ class RaftNode:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self._promotable() and self.election_elapsed >= self.randomized_timeout:
-                self._campaign()
+            if self.election_elapsed >= self.randomized_timeout:
+                if self._promotable():
+                    self._campaign()
+                elif (
+                    self.id in self.config.voters
+                    and self.role is Role.FOLLOWER
+                    and (self.election_elapsed - self.randomized_timeout) % self.election_ticks == 0
+                ):
+                    # Recovering, it cannot lead; its log end still helps restarted voters
+                    # learn what they may have acknowledged: a pre-vote round it never
+                    # follows up (the answers are ignored), once per election timeout. (Its
+                    # timer keeps running: how long it has been without a leader is news.)
+                    self._request_votes(pre=True)
 
     def propose(self, command: Any) -> tuple[int, int]:
         """Append ``command`` to the log; returns (term, index) to match it when applied.
@@ -536,6 +605,7 @@ class RaftNode:
             or self.commit != hs.commit
             or (self.recovering_until or 0) != hs.recovering_until
             or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
+            or (self.unverified or self.vote_floor is not None) != hs.unverified
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs
@@ -613,6 +683,10 @@ class RaftNode:
         """Handle one message from another broker. Stale or misdirected input is dropped."""
         if m.dst != self.id or m.src == self.id:
             return
+        if isinstance(m, ElectionRequest | ElectionResponse) and (
+            self.unverified or self.vote_floor is not None
+        ):
+            self._note_log_end(m)
         if m.term > self.term:
             if isinstance(m, ElectionRequest):
                 if self._in_lease() and not m.transfer:
@@ -653,6 +727,7 @@ class RaftNode:
                     term=self.term,
                     cluster_version=self.cluster_version,
                     last_index=self.log.last_index,
+                    start_id=self.start_id if self.unverified else 0,
                 )
             )
         elif isinstance(m, DataSync):
@@ -707,6 +782,72 @@ class RaftNode:
             self.recovering_until = None
             self.recovering_term = 0
 
+    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
+        """Whether this broker may vote (or count its own vote) for a log ending at
+        (``last_term``, ``last_index``) as far as its restart goes: no real vote while
+        unverified, and none below the floor learned since (class docstring). A pre-vote
+        promises nothing and changes no term: granted as before, so that the candidates'
+        vote requests (the log ends an unverified broker waits for) can follow."""
+        if self.unverified and not pre_vote:
+            return False
+        return self.vote_floor is None or (last_term, last_index) >= self.vote_floor
+
+    def _note_log_end(self, m: ElectionRequest | ElectionResponse) -> None:
+        """An election request tells the sender's log end, and so does the answer to one;
+        once ``voters - quorum + 1`` other voters told theirs from a term later than ours at
+        the start, any ``voters - quorum + 1`` of them include one that holds every entry our
+        acknowledgements helped commit (if only we lost it): the largest log end of the
+        ``voters - quorum + 1`` smallest is at least that entry. (The smallest such set,
+        lowered as more voters tell theirs, so that a broker with a long uncommitted tail,
+        perhaps removed or gone, does not set a floor only it reaches.)"""
+        if isinstance(m, ElectionResponse):
+            if m.last_log_index is None or m.last_log_term is None or m.voter_term is None:
+                return
+            sender_term = m.voter_term
+        else:
+            sender_term = m.term - 1 if m.pre_vote else m.term
+        voters = self.config.voters
+        if sender_term <= self.restart_term or m.src not in voters:
+            return
+        end = (m.last_log_term, m.last_log_index)
+        self._log_ends[m.src] = max(self._log_ends.get(m.src, end), end)
+        heard = sorted(v for k, v in self._log_ends.items() if k in voters and k != self.id)
+        needed = len(voters) - self.config.quorum() + 1
+        if len(heard) >= needed:
+            # A log with an entry of a later term than our start holds all of it anyway (the
+            # leader that wrote it did): no floor beyond the start of that term.
+            self._verified(min(heard[needed - 1], (self.restart_term + 1, 0)))
+
+    def _verified(self, floor: tuple[int, int]) -> None:
+        """It knows, from the cluster, a log end at least every entry it acknowledged. Each
+        such bound is enough alone: a later one may lower the floor, never raise it."""
+        if not self.unverified:
+            if self.vote_floor is None:
+                return
+            floor = min(floor, self.vote_floor)
+        self.unverified = False
+        own = (self.log.last_term, self.log.last_index)
+        self.vote_floor = floor if floor > own else None
+        if self.vote_floor is None:
+            self._log_ends = {}
+        if (
+            self.role is Role.CANDIDATE
+            and self.voted_for == self.id
+            and self.id not in self.votes
+            and self._vouches_for_itself(pre_vote=False)
+        ):
+            self.votes[self.id] = True  # its own vote, which it may give now
+            if self._tally() == "won":
+                self._after_win()
+
+    def _check_verified(self) -> None:
+        """Its log holds an entry of a term later than its start: from a leader that holds
+        everything our earlier acknowledgements could have committed, with its log before."""
+        if self.log.last_term > self.restart_term:
+            self.unverified = False
+            self._log_ends = {}
+            self.vote_floor = None
+
     def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
         """The election restriction (paper 5.4.1) against the log a recovering broker had
         before the loss, whose end is at most (``recovering_term``, ``recovering_until``):
@@ -740,7 +881,7 @@ class RaftNode:
         if self.pre_vote:
             self.role = Role.PRE_CANDIDATE
             self.leader_id = None
-            self.votes = {self.id: True}
+            self.votes = {self.id: True} if self._vouches_for_itself(pre_vote=True) else {}
             self.election_elapsed = 0
             self._reset_randomized_timeout()
         else:
@@ -750,8 +891,9 @@ class RaftNode:
         else:
             self._request_votes()
 
-    def _request_votes(self, transfer: bool = False) -> None:
-        pre = self.role is Role.PRE_CANDIDATE
+    def _request_votes(self, transfer: bool = False, pre: bool | None = None) -> None:
+        if pre is None:
+            pre = self.role is Role.PRE_CANDIDATE
         for v in sorted(self.config.voters):
             if v == self.id:
                 continue
@@ -774,9 +916,12 @@ class RaftNode:
         self.term += 1
         self.voted_for = self.id
         self.leader_id = None
-        self.votes = {self.id: True}
+        self.votes = {self.id: True} if self._vouches_for_itself(pre_vote=False) else {}
         self.election_elapsed = 0
         self._reset_randomized_timeout()
+
+    def _vouches_for_itself(self, pre_vote: bool) -> bool:
+        return self._vouches_for(self.log.last_term, self.log.last_index, pre_vote)
 
     def _tally(self) -> str:
         q = self.config.quorum()
@@ -815,6 +960,17 @@ class RaftNode:
         if not can_vote:
             self._deny(m, DenyReason.ALREADY_VOTED, self.term)
             return
+        repeat = self.voted_for == m.src and not m.pre_vote  # a durable vote, asked again
+        if not repeat and not self._vouches_for(m.last_log_term, m.last_log_index, m.pre_vote):
+            # Restarted, it may have lost entries it acknowledged, and does not know yet.
+            self._deny(m, DenyReason.LOG_BEHIND, self.term)
+            if self.unverified and not m.pre_vote and self._told_log_end < self.term:
+                # The other voters may be waiting for our log end as we wait for theirs
+                # (all restarted): tell it, once a term, in a pre-vote round (answers that
+                # come back count only if we campaign in it, for what it asked).
+                self._told_log_end = self.term
+                self._request_votes(pre=True)
+            return
         if not self._log_ok_for(m):
             self._deny(m, DenyReason.LOG_BEHIND, self.term)
             return
@@ -829,8 +985,26 @@ class RaftNode:
                 cluster_version=self.cluster_version,
                 pre_vote=m.pre_vote,
                 granted=True,
+                **self._log_end_told(),
             )
         )
+
+    def _log_end_told(self) -> dict[str, Any]:
+        """The log end an election answer tells (``_note_log_end``): the end of the part of
+        our log that our acknowledgements can have helped commit. A broker whose log's
+        configuration does not count it (removed by it, or a learner) tells the index of that
+        configuration's entry: every entry after it was appended under a configuration
+        without its vote, so its copy of them proves nothing, and a floor at that tail,
+        which perhaps no other voter holds and which a removed broker that knows its removal
+        committed never campaigns for, would wait for ever (a gap found by the simulator in
+        the rule that started every restart unverified)."""
+        index, term = self.log.last_index, self.log.last_term
+        if self.id not in self.config.voters:
+            at = self._config_index()
+            at_term = self.log.term(at)
+            if at < index and at_term is not None:
+                index, term = at, at_term
+        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
 
     def _deny(self, m: ElectionRequest, reason: DenyReason, term: int) -> None:
         self._persisted_msgs.append(
@@ -842,6 +1016,7 @@ class RaftNode:
                 pre_vote=m.pre_vote,
                 granted=False,
                 reason=reason,
+                **self._log_end_told(),
             )
         )
 
@@ -891,6 +1066,7 @@ class RaftNode:
         noop = Entry(self.term, self.log.last_index + 1, NoOp())
         self._term_start_index = noop.index
         self.log.append([noop])
+        self._check_verified()
         self._statuses = {}
         self._announced = ()
         self._broadcast_append(promote=True)
@@ -1006,6 +1182,8 @@ class RaftNode:
                 entries=entries,
                 leader_commit=self.commit,
                 acknowledged=pr.lost_to if pr.lost_to > pr.match else 0,
+                start_id=pr.start_id,
+                log_end=pr.start_log_end if pr.start_id else 0,
                 probe=pr.probe if probing else 0,
             )
         )
@@ -1028,6 +1206,12 @@ class RaftNode:
         if m.src == self.transfer_target and not isinstance(m, ReplicateResponse):
             self._maybe_send_timeout_now(m.src)  # again, in case the first one was lost
         if isinstance(m, HeartbeatResponse):
+            if m.start_id != pr.start_id:
+                # It restarted and asks what it may have acknowledged: everything that could
+                # commit with its acknowledgements is in our log now (see RaftNode).
+                pr.start_id, pr.start_log_end = m.start_id, self.log.last_index
+                if m.start_id:
+                    self._send_append(m.src, probe_empty=True)
             stalled = self.now - pr.last_progress >= self._resend_ticks
             if pr.state is ProgressState.SNAPSHOT:
                 if self.now - pr.snapshot_sent_at >= self.election_ticks:
@@ -1173,6 +1357,9 @@ class RaftNode:
     # -- follower ------------------------------------------------------------------------------
 
     def _handle_replicate(self, m: Replicate) -> None:
+        if m.start_id and m.start_id == self.start_id and self.unverified:
+            # The leader answers our start: its log end then bounds what we acknowledged.
+            self._verified((m.term, m.log_end))
         if m.acknowledged > max(self.log.last_index, self.recovering_until or 0):
             # The leader saw us acknowledge up to there: our disk lost it. Recover. (It says
             # so in every REPLICATE until it sees us back there: a loss is counted once.)
@@ -1199,6 +1386,7 @@ class RaftNode:
                 self._set_config(self._config_at(self.log.last_index))
             self.commit = max(self.commit, min(m.leader_commit, last))
             self._check_recovered()
+            self._check_verified()
             self._ack(m, last)
         else:
             hint_index = min(m.prev_log_index, self.log.last_index)

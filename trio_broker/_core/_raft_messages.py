@@ -129,6 +129,11 @@ class HardState:
     recovering_term: int = 0
     """While recovering: a term at least that of the last entry it lost (its term when the
     loss was found), the other half of the log end it votes by (``RaftNode``)."""
+    unverified: bool = False
+    """Its machine rebooted (the runtime sets it when the store is opened under another boot
+    id than it was last opened under) and it has not yet learned what it may have
+    acknowledged before: it may have lost synced writes without a trace, so it votes only
+    once it knows (``RaftNode``, "A reboot votes only once it knows"). The core clears it."""
 
 
 @attrs.frozen
@@ -191,6 +196,14 @@ class ElectionResponse:
     pre_vote: bool
     granted: bool
     reason: DenyReason | None = None
+    last_log_index: int | None = None
+    """The voter's log end (with ``last_log_term``), which a candidate that restarted may be
+    waiting for (``RaftNode._note_log_end``); None (absent on the wire) from older peers."""
+    last_log_term: int | None = None
+    voter_term: int | None = None
+    """The voter's own term when it answered (``term`` is the requested one in a granted
+    pre-vote): a log end counts for a restarted candidate only from a later term than the
+    one it restarted in."""
 
 
 @attrs.frozen(kw_only=True)
@@ -214,6 +227,15 @@ class Replicate:
     log no longer reaches (it came back from a disk that lost synced writes). The member
     starts *recovering*: it neither votes nor campaigns until its log is back at that index.
     Absent on the wire when 0 (peers that predate it neither send nor need it)."""
+    start_id: int = 0
+    """When not 0: the ``HeartbeatResponse.start_id`` of the member's current start, which
+    the leader saw: this message was sent after the member restarted, and ``log_end`` is
+    the leader's last index when it saw that answer (``RaftNode``, "A restart votes only
+    once it knows"). Absent on the wire when 0."""
+    log_end: int = 0
+    """With ``start_id``: the leader's last log index (an entry of its term) when it saw
+    the member's start: the member votes only for logs at least that up to date until its
+    own log gets there."""
     probe: int = 0
     """When not 0: the number of this probe among the leader's probes to the member (the
     probe state only), echoed in the answer so that the leader ignores an answer to an
@@ -290,6 +312,10 @@ class HeartbeatResponse:
     """The member's last log index, in the answer to a Heartbeat (None from peers that
     predate it): one below what the leader saw it acknowledge shows a log that went
     backwards, which the leader then probes."""
+    start_id: int = 0
+    """While the member has not yet learned, since its start, what it may have acknowledged
+    before (``RaftNode.unverified``): a number drawn at its start, which the leader echoes
+    in ``Replicate.start_id`` with its log end. 0 (absent on the wire) otherwise."""
 
 
 @attrs.frozen

@@ -94,12 +94,18 @@ _FIELDS: dict[type, dict[str, cattrs.gen.AttributeOverride]] = {
     rm.ElectionResponse: {
         "granted": _status("granted", "denied"),
         "reason": cattrs.gen.override(omit_if_default=True),
+        "last_log_index": cattrs.gen.override(omit_if_default=True),
+        "last_log_term": cattrs.gen.override(omit_if_default=True),
+        "voter_term": cattrs.gen.override(omit_if_default=True),
     },
     rm.ReplicateResponse: {
         "success": _status("success", "rejected"),
         "probe": cattrs.gen.override(omit_if_default=True),
     },
-    rm.HeartbeatResponse: {"last_index": cattrs.gen.override(omit_if_default=True)},
+    rm.HeartbeatResponse: {
+        "last_index": cattrs.gen.override(omit_if_default=True),
+        "start_id": cattrs.gen.override(omit_if_default=True),
+    },
     rm.DataSync: {"data": cattrs.gen.override(struct_hook=lambda value, _type: value)},
 }
 
@@ -151,6 +157,10 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
     if m.acknowledged:
         # Only to a member whose log went backwards: absent otherwise, as from older peers.
         obj["acknowledged"] = m.acknowledged
+    if m.start_id:
+        # Only to a member that restarted and has not heard yet what it may have acknowledged.
+        obj["start_id"] = m.start_id
+        obj["log_end"] = m.log_end
     if m.probe:
         obj["probe"] = m.probe
     return obj
@@ -168,6 +178,8 @@ def _replicate_from_obj(obj: dict[str, Any], cls: type[rm.Replicate]) -> rm.Repl
         leader_commit=strict_int(obj["leader_commit"]),
         entries=_entries_from(obj["entries"], None),
         acknowledged=strict_int(obj.get("acknowledged", 0)),
+        start_id=strict_int(obj.get("start_id", 0)),
+        log_end=strict_int(obj.get("log_end", 0)),
         probe=strict_int(obj.get("probe", 0)),
     )
 

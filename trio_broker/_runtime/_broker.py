@@ -67,6 +67,7 @@ from . import _membership as membership
 from ._answer import Answer
 from ._applied import applied_views
 from ._balancing import Balancing
+from ._boot import note_boot
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
@@ -693,6 +694,8 @@ async def open_broker(
         assert security.client_context is not None
         network = TlsNetwork(network, security.server_context, security.client_context)
     async with storage(config.data_dir) as (worker, store):
+        # Before the core is built from the store's state (docs/reliability.md, "A reboot").
+        await note_boot(worker, store, data_dir=str(config.data_dir))
         listeners, port = await network.listen(config.host, config.port)
         plaintext: list[trio.abc.Listener[Any]] = []
         plaintext_port = None
@@ -803,6 +806,7 @@ async def _group_replica(
 ) -> Broker:
     """Another group's replica beside ``primary``: its own store, worker and consensus core;
     the primary's listener port, network, security and connections."""
+    await note_boot(worker, store, broker_id=identity.broker_id)
     state = await worker.run(store.raft_state)
     broker = Broker(
         config,

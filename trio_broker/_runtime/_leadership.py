@@ -50,6 +50,8 @@ class Leadership:
         self._transfer_ending: tuple[int, str] | None = None
         self._timeout_now_term: int | None = None
         self._last_recovering: tuple[int | None, bool] = (None, False)
+        self._unverified: tuple[bool, int | None, bool] = (False, None, False)
+        """(unverified, the tick since which it has been so without a leader, stalled)."""
         self._losses_logged: list[int] = []
 
     def note_timeout_now(self, message: TimeoutNow) -> None:
@@ -156,11 +158,51 @@ class Leadership:
                 "(docs/reliability.md, 'Damaged and shortened logs')",
             )
 
+    def _note_unverified(self) -> None:
+        """Say when a broker whose machine rebooted has waited ten election timeouts, with no
+        leader, to learn what it may have acknowledged before (it grants no vote meanwhile),
+        and what an operator can do; then when it knows (docs/reliability.md, "A reboot votes
+        only once it knows")."""
+        node = self._host.node
+        was, since, stalled = self._unverified
+        if not node.unverified:
+            if was:
+                self._unverified = (False, None, False)
+                log_event(
+                    logging.INFO, "raft.verified", broker_id=self._host.broker_id, term=node.term
+                )
+            return
+        if node.leader_id is not None:
+            self._unverified = (True, None, stalled)
+            return
+        if since is None:
+            self._unverified = (True, node.now, stalled)
+            return
+        if stalled or node.now - since < 10 * node.election_ticks:
+            self._unverified = (True, since, stalled)
+            return
+        self._unverified = (True, since, True)
+        log_event(
+            logging.WARNING,
+            "raft.unverified",
+            broker_id=self._host.broker_id,
+            term=node.term,
+            log_end=node.log.last_index,
+            detail="the machine rebooted, so a disk that lied about syncing may have lost "
+            "entries this broker acknowledged: it votes only once it has heard a leader or "
+            "the log ends of enough other voters, and no majority can tell it yet; bring "
+            "back the other voters, or (with a majority of machines lost for good) accept "
+            "the logs as they are on each surviving broker, stopped, with 'python -m "
+            "trio_broker data trust-log --data-dir DIR', which may lose acknowledged writes "
+            "(docs/reliability.md, 'A reboot votes only once it knows')",
+        )
+
     def note_role(self) -> None:
         """Log a change of role, term or leader (and wake waiters) when it happens: a tick can
         depose a leader (check-quorum) without producing anything to persist."""
         self._note_transfer()
         self._note_recovering()
+        self._note_unverified()
         node = self._host.node
         state = (node.role.value, node.term, node.leader_id)
         if state == self._last_role:

@@ -205,6 +205,12 @@ class _StateCollector(Collector):
             lambda st: st.recovering_until is not None,
         )
         yield per_group(
+            "unverified",
+            "1 while this broker, its machine rebooted, has not yet learned what it may have "
+            "acknowledged before: it grants no vote (docs/reliability.md)",
+            lambda st: st.unverified,
+        )
+        yield per_group(
             "disk_full",
             "1 while the broker refuses writes for lack of disk space (reserve reached, or a "
             "write failed)",

@@ -45,6 +45,10 @@ class BrokerStatistics:
     """While this broker's log lacks entries it had acknowledged (damaged, or lost by its disk):
     the index a leader must bring it back to; it neither leads nor vouches for a log behind it
     meanwhile (docs/reliability.md, "Damaged and shortened logs"). None: not recovering."""
+    unverified: bool = False
+    """Its machine rebooted and it has not yet learned what it may have acknowledged before
+    (its disk may have lost synced writes): it grants no vote and does not count its own
+    (docs/reliability.md, "A reboot votes only once it knows")."""
     disk_state: str = "ok"
     """``ok``; ``low``: free space below the reserve, writes that add data are refused;
     ``full``: a write failed for lack of space, every write is refused until it succeeds."""
@@ -93,6 +97,7 @@ def statistics_of(driver: RaftDriver, connections: int) -> BrokerStatistics:
         replication_lag=lag,
         peers_dropped=dropped,
         recovering_until=node.recovering_until,
+        unverified=node.unverified,
         disk_state=driver.disk.state.value,
         disk_free_bytes=driver.disk.free_bytes,
         disk_reserve_bytes=driver.disk.reserve_bytes,

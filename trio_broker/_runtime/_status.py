@@ -140,6 +140,9 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             # Damaged stored values found and not repaired yet from another broker (never
             # served meanwhile). docs/reliability.md, "Repairing damaged values".
             "values_awaiting_repair": broker.driver.repair.statistics().waiting,
+            # Rebooted, it votes once it knows what it acknowledged before: docs/reliability.md,
+            # "A reboot votes only once it knows".
+            "unverified": stats.unverified,
         },
         "groups": [
             {

@@ -280,6 +280,27 @@ class Store:
     def _durable_term_vote(self) -> tuple[int, Any]:
         return (self.get_meta("raft_term", 0), self.get_meta("raft_voted_for"))
 
+    def note_boot(self, boot_id: str | None) -> bool:
+        """Record the machine's boot id (``_runtime._boot``) at a broker's start. When it is
+        not the one recorded at the last start (or either is unknown), the machine rebooted
+        since: a disk that lied about a sync may have lost synced writes, so the hard state
+        is marked ``unverified`` in the same durable transaction (docs/reliability.md, "A
+        reboot votes only once it knows"); the core clears it. Returns whether it did."""
+        if boot_id is not None and self.get_meta("boot_id") == boot_id:
+            return False
+        with self._db:
+            self._set_meta({"boot_id": boot_id, "raft_unverified": 1})
+        return True
+
+    def trust_log(self, boot_id: str | None) -> bool:
+        """The operator's override (``python -m trio_broker data trust-log``): accept the log
+        as it is, clearing ``unverified``, and record ``boot_id`` so that the next start on
+        this boot does not mark it again. Returns whether it was marked."""
+        was = bool(self.get_meta("raft_unverified", 0))
+        with self._db:
+            self._set_meta({"boot_id": boot_id, "raft_unverified": None})
+        return was
+
     def log_damage(self) -> LogDamage | None:
         """What the check of the log at open found (see the module's docstring): None when
         every entry after the snapshot point matched its checksum and none was missing."""
@@ -300,6 +321,7 @@ class Store:
             commit=get("raft_commit", 0),
             recovering_until=get("raft_recovering_until", 0),
             recovering_term=get("raft_recovering_term", 0),
+            unverified=bool(get("raft_unverified", 0)),
         )
         snapshot_index = get("snapshot_index", 0)
         # Entries found damaged at open are not read: the core gets the log before them and
@@ -515,6 +537,7 @@ _HARD_STATE_FIELDS = {
     "raft_commit": "commit",
     "raft_recovering_until": "recovering_until",
     "raft_recovering_term": "recovering_term",
+    "raft_unverified": "unverified",
 }
 _HARD_STATE_KEYS = frozenset(_HARD_STATE_FIELDS)
 

@@ -189,7 +189,28 @@ class MemoryStore:
             commit=self.meta.get("raft_commit", 0),
             recovering_until=self.meta.get("raft_recovering_until", 0),
             recovering_term=self.meta.get("raft_recovering_term", 0),
+            unverified=bool(self.meta.get("raft_unverified", False)),
         )
+
+    def note_boot(self, boot_id: str | None) -> bool:
+        """As :meth:`Store.note_boot`. A test reboots the machine under this store with
+        :meth:`reboot`."""
+        if boot_id is not None and self.meta.get("boot_id") == boot_id:
+            return False
+        self.meta["boot_id"] = boot_id
+        self.meta["raft_unverified"] = True
+        return True
+
+    def reboot(self) -> None:
+        """The machine under this store rebooted (a fault for tests): its next start finds
+        another boot id than the one recorded."""
+        self.meta["boot_id"] = "a-boot-before"
+
+    def trust_log(self, boot_id: str | None) -> bool:
+        """As :meth:`Store.trust_log`."""
+        was = bool(self.meta.pop("raft_unverified", False))
+        self.meta["boot_id"] = boot_id
+        return was
 
     # -- the replicated log ------------------------------------------------------------------
 
@@ -256,6 +277,7 @@ class MemoryStore:
             self.meta["raft_commit"] = hard_state.commit
             self.meta["raft_recovering_until"] = hard_state.recovering_until
             self.meta["raft_recovering_term"] = hard_state.recovering_term
+            self.meta["raft_unverified"] = hard_state.unverified
             if hard_state.voted_for is None:
                 self.meta.pop("raft_voted_for", None)
             else:

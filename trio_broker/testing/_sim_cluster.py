@@ -135,8 +135,13 @@ class Cluster:
         """Power loss: the volatile state is gone, the durable storage stays."""
         self.nodes[i] = None
 
-    def restart(self, i: Any) -> None:
+    def restart(self, i: Any, *, reboot: bool = False) -> None:
+        """Start ``i`` from its storage. With ``reboot``, as after its machine rebooted (the
+        runtime finds another boot id): its disk may have lost synced writes, so its hard
+        state is marked ``unverified`` as the store marks it; without, a process restart."""
         st = self.storage[i]
+        if reboot:
+            st.hard_state = attrs.evolve(st.hard_state, unverified=True)
         self.nodes[i] = self.node_factory(
             i,
             hard_state=st.hard_state,

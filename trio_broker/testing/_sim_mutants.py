@@ -21,10 +21,17 @@ class MinorityCommit(RaftNode):
 
 
 class ForgetVote(RaftNode):
-    """Loses ``voted_for`` on restart, so it can vote twice in one term."""
+    """Loses ``voted_for`` on restart, so it can vote twice in one term. It also votes at
+    once after a reboot, as every broker did before the unverified state (``RaftNode``, "A
+    reboot votes only once it knows"): a rebooted broker that waits for news of a later term
+    before any new vote rarely votes again in the term it forgot (a core that only forgot
+    its vote survived 1,000 seeds when every crash started unverified)."""
 
     def __init__(self, node_id: Any, *, hard_state: Any, **kwargs: Any) -> None:
         super().__init__(node_id, hard_state=attrs.evolve(hard_state, voted_for=None), **kwargs)
+
+    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
+        return True
 
 
 class NoElectionRestriction(RaftNode):
@@ -42,7 +49,13 @@ class CommitOldTerm(RaftNode):
 
 
 class SendBeforePersist(RaftNode):
-    """Lets acknowledgements and votes leave before the disk write they promise."""
+    """Lets acknowledgements and votes leave before the disk write they promise. It also
+    votes at once after a reboot (see ``ForgetVote``): a rebooted broker that waits to learn
+    what it may have acknowledged is shielded from most of what a crash then takes (2 of
+    1,000 seeds caught the mutant that only sends early when every crash was a reboot)."""
+
+    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
+        return True
 
     def ready(self) -> Ready:
         rd = super().ready()
@@ -51,10 +64,17 @@ class SendBeforePersist(RaftNode):
 
 class TrustDamagedLog(RaftNode):
     """Votes and campaigns while recovering: trusts a log that lost entries it acknowledged
-    (cut at a checksum mismatch, or shortened by a disk that lost synced writes)."""
+    (cut at a checksum mismatch, or shortened by a disk that lost synced writes), from the
+    moment it knows of the loss. (A rebooted broker also waits to learn what it may have
+    acknowledged, the rule ``trust_log_after_reboot`` drops, which covers a loss whose
+    entries keep ``quorum - 1`` other copies; this core drops both while it knows its log is
+    short.)"""
 
     def _log_trusted(self) -> bool:
         return True
+
+    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
+        return self.recovering or super()._vouches_for(last_term, last_index, pre_vote)
 
 
 class TrustRegressedFollower(RaftNode):
@@ -65,6 +85,15 @@ class TrustRegressedFollower(RaftNode):
         return False
 
 
+class TrustLogAfterReboot(RaftNode):
+    """Votes as soon as its machine rebooted, on whatever its disk kept: a disk that lost
+    synced writes without a trace makes it vouch for a log it no longer has (before the
+    rule, every broker did this until a leader told it what it had lost)."""
+
+    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
+        return True
+
+
 MUTANTS: dict[str, type[RaftNode]] = {
     "minority_commit": MinorityCommit,
     "forget_vote": ForgetVote,
@@ -73,4 +102,5 @@ MUTANTS: dict[str, type[RaftNode]] = {
     "send_before_persist": SendBeforePersist,
     "trust_damaged_log": TrustDamagedLog,
     "trust_regressed_follower": TrustRegressedFollower,
+    "trust_log_after_reboot": TrustLogAfterReboot,
 }

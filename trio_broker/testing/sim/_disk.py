@@ -2,7 +2,7 @@
 protocol-aware recovery of Alagappan et al. (FAST 2018).
 
 A broker's durable state is its :class:`~trio_broker.testing._sim_cluster.MemoryStorage`. At
-a crash (power loss) its disk may also, each from the seed's ``disk-faults`` stream:
+a crash its disk may also, each from the seed's ``disk-faults`` stream:
 
 - **flip bits** in one stored entry (a latent sector error, a misdirected write): the entry's
   checksum no longer matches, so the broker's recovery read reports the first damaged index
@@ -10,7 +10,8 @@ a crash (power loss) its disk may also, each from the seed's ``disk-faults`` str
   is *lost from that index*, with every one after it; its first Ready deletes them from the
   disk, with the recovering state that remembers the loss). The bytes stay altered on the disk
   until then, so a broker that applied them would deliver a value no client appended;
-- **lose synced writes** (a disk or controller that acknowledged a flush it did not do): the
+- **lose synced writes** at a reboot (power loss; a disk or controller that acknowledged a
+  flush it did not do, then lost its volatile cache): the
   log's tail after the crash is shorter than what was synced, and the commit index written
   with it may be gone too. Nothing on the broker's own disk tells; the leader, which saw it
   acknowledge those entries, is the witness;
@@ -35,9 +36,14 @@ a crash (power loss) its disk may also, each from the seed's ``disk-faults`` str
 The faults are placed as TigerBeetle's VOPR places them (its ``ClusterFaultAtlas``): never
 where the cluster could not recover. At most ``f`` brokers (a minority of the voters) are
 damaged at a time (from the fault until the broker's log is back where it was); synced
-writes are lost only where a majority of the other brokers holds an intact copy of every
-lost entry: the broker may then vote before the leader tells it, and that vote cannot elect
-a leader without a committed entry; an entry is damaged (the start cuts the log there) only
+writes are lost only at a machine reboot (a power cut: a process crash leaves them in the
+kernel and the disk), and only where ``quorum - 1`` other voters hold an intact copy of
+every lost entry (what a commit counting the broker's acknowledgement leaves when only that
+broker loses it: a rebooted broker learns what it may have acknowledged from ``voters -
+quorum + 1`` others before it votes, one of whom then holds it; a broker that voted at once
+would be safe only with a full quorum of other copies, and the core that does,
+``trust_log_after_reboot``, elects leaders without committed entries here); an
+entry is damaged (the start cuts the log there) only
 where another voter holds it and every entry after it intact, to give them back. With that
 placement the usual invariants must hold: nothing acknowledged is lost, and no damaged value
 is ever delivered.
@@ -215,25 +221,28 @@ class Disks:
         voters = self._voters_everywhere() - {i}
         return all(any(self._intact(o, e) for o in voters) for e in entries)
 
-    def _held_by_a_majority_of_others(self, i: int, entries: list[Entry]) -> bool:
-        """Whether every one of ``entries`` stays on a quorum of intact copies without
-        ``i``'s: counting only brokers that vote in every configuration a broker uses, against
-        the largest quorum among those configurations (membership may be changing)."""
+    def _held_by_the_rest_of_a_quorum(self, i: int, entries: list[Entry]) -> bool:
+        """Whether every one of ``entries`` keeps ``quorum - 1`` intact copies besides
+        ``i``'s (at least one): what a commit that counted ``i``'s acknowledgement leaves when
+        ``i`` loses it and nobody else does. Counting only brokers that vote in every
+        configuration a broker uses, against the largest quorum among those configurations
+        (membership may be changing)."""
         configs = [n.config for n in self.sim.nodes.values() if n is not None and n.config.voters]
         if not configs:
             return False
         voters = frozenset.intersection(*(c.voters for c in configs)) - {i}
-        quorum = max(c.quorum() for c in configs)
-        return all(sum(self._intact(o, e) for o in voters) >= quorum for e in entries)
+        needed = max(1, max(c.quorum() for c in configs) - 1)
+        return all(sum(self._intact(o, e) for o in voters) >= needed for e in entries)
 
     # -- the faults, at a crash ------------------------------------------------------------------
 
-    def on_crash(self, i: int, write: tuple[int, Ready] | None) -> None:
-        """Broker ``i`` loses power with ``write`` in progress (or None): what its disk keeps."""
+    def on_crash(self, i: int, write: tuple[int, Ready] | None, reboot: bool = True) -> None:
+        """Broker ``i`` crashes with ``write`` in progress (or None): what its disk keeps.
+        Synced writes are lost only with ``reboot`` (its machine lost power)."""
         p, rng, st = self.sim.p, self.rng, self.sim.storage[i]
         if write is not None and rng.random() < p.disk_torn_writes:
             self._tear(i, write[1])
-        if st.entries and rng.random() < p.disk_lost_writes and self._may_damage(i):
+        if reboot and st.entries and rng.random() < p.disk_lost_writes and self._may_damage(i):
             self._lose_tail(i)
         if st.entries and rng.random() < p.disk_corruption and self._may_damage(i):
             pos = len(st.entries) - 1 - rng.randrange(min(TAIL, len(st.entries)))
@@ -242,6 +251,14 @@ class Disks:
             # them to give back (else the broker recovers until entries only it held, or a
             # removed broker, and votes for no candidate: seed 1757, a leader's last entries).
             if not self._held_by_another_voter(i, st.entries[pos:]):
+                return
+            if set(self.repair_to) - {i} and not self._held_by_the_rest_of_a_quorum(
+                i, st.entries[pos:]
+            ):
+                # Another broker is still missing entries (perhaps without a trace: a
+                # rebooted one relies on quorum - 1 other copies): one loss of the same
+                # entries at a time (seed 2337: a damage on one of the two copies a loss at a
+                # reboot relied on elected a leader without a committed entry).
                 return
             self._damage(i, e.index)
             self.sim.stats["disk_corruptions"] += 1
@@ -300,7 +317,7 @@ class Disks:
     def _lose_tail(self, i: int) -> None:
         st = self.sim.storage[i]
         lost = st.entries[-1 - self.rng.randrange(min(TAIL, len(st.entries))) :]
-        if not self._held_by_a_majority_of_others(i, lost):
+        if not self._held_by_the_rest_of_a_quorum(i, lost):
             return
         last = st.entries[-1].index
         first = lost[0].index

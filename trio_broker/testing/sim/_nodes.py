@@ -68,17 +68,27 @@ class NodesMixin:
         self.app_index[i] = st.snapshot.index
         self.disks.on_start(i)  # its scrub: damaged values found, repaired from a peer
         self.ledgers[i] = Proposals(max_bytes=DEFAULT_MAX_FRAME)
+        if self.nodes[i].unverified:
+            self.stats["starts_unverified"] += 1
         self.checker.on_start(i)
         self.dirty.add(i)
         self._trace(f"start {i}")
 
-    def crash(self, i: int, quick: bool = False) -> None:
-        """Power loss: volatile state and the disk write in progress are gone, in every
-        group the broker hosts."""
+    def crash(self, i: int, quick: bool = False, reboot: bool | None = None) -> None:
+        """A crash: volatile state and the disk write in progress are gone, in every group
+        the broker hosts. A machine reboot (power loss; ``reboot``, else drawn from the
+        seed's share of reboots) may also lose synced writes (``_disk``), and the broker's
+        next start finds another boot id: its hard state is marked ``unverified`` in every
+        group, as ``Store.note_boot`` marks it. A process crash loses nothing it synced."""
         if self.nodes.get(i) is None:
             return
+        if reboot is None:
+            reboot = self.reboot_rng.random() < self.p.reboots
         for _ in self.each_group():
-            self.disks.on_crash(i, self.disk[i])  # the disk's own faults (_disk)
+            self.disks.on_crash(i, self.disk[i], reboot)  # the disk's own faults (_disk)
+            if reboot:
+                st = self.storage[i]
+                st.hard_state = attrs.evolve(st.hard_state, unverified=True)
             self.nodes[i] = None
             self.disk[i] = None  # the write in progress is lost
             self.ledgers.pop(i, None)  # its requests are never answered: outcome unknown
@@ -87,7 +97,8 @@ class NodesMixin:
         lo, hi = self.p.restart_steps
         self.restart_at[i] = self.now + self.restart_rng.randint(1, lo if quick else hi)
         self.stats["crashes"] += 1
-        self._trace(f"crash {i}")
+        self.stats["reboots"] += reboot
+        self._trace(f"{'reboot' if reboot else 'crash'} {i}")
 
     def live(self) -> list[int]:
         """Brokers that are up (not crashed)."""

@@ -162,6 +162,9 @@ class FaultParams:
     """Per crash, the chance that the disk loses the tail of what it had synced."""
     disk_torn_writes: float = 0.0
     """Per crash during a write, the chance that the write is torn rather than lost whole."""
+    reboots: float = 1.0
+    """The share of crashes that are machine reboots (power loss: the disk may lose synced
+    writes, and the broker starts unverified), the rest being process crashes."""
     mix: str = "mixed"
     """The seed's fault mix (``MIXES``): which faults it leans on (swarm testing)."""
     crash_leader: float = 0.0
@@ -261,6 +264,7 @@ class FaultParams:
             # One group on half the seeds (the schedule they ran before groups existed); two
             # on a quarter, three or four on an eighth each.
             replication_groups=pick("replication_groups", [1, 1, 1, 1, 2, 2, 3, 4]),
+            reboots=pick("reboots", [0.0, 0.5, 1.0, 1.0]),
             **derive_disk_faults(draw),
         )
 

@@ -116,6 +116,8 @@ class Simulation(
         """Crashes with a disk write in flight."""
         self.restart_rng = stream(seed, "restarts")
         """How long a crashed broker stays down."""
+        self.reboot_rng = stream(seed, "reboots")
+        """Which crashes are machine reboots (power loss), not process crashes."""
         self.disk_rng = stream(seed, "disks")
         """How long a slow disk takes to complete each write."""
         self.churn_rng = stream(seed, "operator:membership")
@@ -180,6 +182,8 @@ class Simulation(
                 "delivered",
                 "dropped",
                 "crashes",
+                "reboots",
+                "starts_unverified",
                 "crashes_in_write",
                 "leaders_crashed_new",
                 "partitions",

@@ -1,0 +1,57 @@
+"""The machine's boot id, which tells a broker's start after a reboot from a process restart.
+
+A disk that reports a flush it did not do (a volatile write cache that lies) loses synced
+writes only when the power goes: a process that crashes or is killed leaves every write it
+made in the kernel's page cache, and the disk keeps what it was told to sync while it has
+power. So a broker may have lost entries it acknowledged only if its machine rebooted since
+its store was last opened; then it starts *unverified* (docs/reliability.md, "A reboot votes
+only once it knows"): ``Store.note_boot`` compares the boot id recorded at the last start
+with this one, and marks the hard state in the same durable transaction.
+
+Linux gives a random id per boot in ``/proc/sys/kernel/random/boot_id`` (in a container, the
+host kernel's: the one whose page cache and disk matter). Where there is none (another
+system, or /proc not mounted), every start counts as a reboot: the broker cannot tell, and a
+start that waits to learn what it acknowledged costs availability, never data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ._log import log_event
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id(path: Path = BOOT_ID_PATH) -> str | None:
+    """This machine's boot id, or None where the system has none to read."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+async def note_boot(worker: Any, store: Any, **fields: Any) -> bool:
+    """Record this boot's id in ``store`` (on its storage ``worker``) before the consensus
+    core is built from it; returns whether the broker starts after a reboot (or cannot
+    tell, or the store had recorded none), which marks its hard state ``unverified``.
+    ``fields`` name the store in the log line (its broker id, or its data folder)."""
+    current = boot_id()
+    rebooted = await worker.run(store.note_boot, current)
+    if rebooted:
+        log_event(
+            logging.INFO,
+            "broker.rebooted",
+            **fields,
+            boot_id=current or "unknown",
+            detail="the store was last opened under another boot (or none is known): a disk "
+            "may have lost synced writes, so this broker votes once it has learned what it "
+            "may have acknowledged before",
+        )
+    return rebooted
+
+
+__all__ = ["BOOT_ID_PATH", "boot_id", "note_boot"]
