@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from prometheus_client import generate_latest
 
 from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch, ReadNext
 from trio_broker._core._raft_messages import Entry, HardState
-from trio_broker._runtime._repair import Repair, decode_rows, encode_rows
+from trio_broker._errors import BrokerError, ErrorCode
+from trio_broker._protocol import FetchValues
+from trio_broker._runtime._repair import Repair, decode_rows, encode_rows, serve_fetch_values
 from trio_broker._storage import DB_FILE, Store
 from trio_broker._storage._integrity import StorageDamaged
 from trio_broker.testing import open_local_cluster
@@ -165,10 +168,43 @@ def test_an_answer_holds_at_most_its_byte_budget_but_always_one_row(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", "{}", "[[1, 2, 3]]", '[[1, "%%%", null, null, 5]]', '[["1", "", null, null, 5]]'],
+    [
+        "not json",
+        "{}",
+        "[[1, 2, 3]]",
+        '[[1, "%%%", null, null, 5]]',
+        '[["1", "", null, null, 5]]',
+        # Numbers SQLite cannot store, and booleans where numbers go: refused here, not by
+        # an OverflowError in the repairing transaction.
+        '[[9223372036854775808, "", null, null, 5]]',
+        '[[1, "", null, 9223372036854775808, 5]]',
+        '[[1, "", null, null, 18446744073709551615]]',
+        '[[true, "", null, null, 5]]',
+        '[[1, "", null, null, false]]',
+    ],
 )
 def test_a_malformed_answer_repairs_nothing(text):
     assert decode_rows(text) is None
+
+
+@pytest.mark.parametrize("first", [0, -1, True, 2**63, 2**64 - 1])
+def test_a_fetch_values_request_out_of_range_is_refused(tmp_path, first):
+    _store_with_values(tmp_path)
+    store = Store(tmp_path)
+
+    async def main():
+        worker = types.SimpleNamespace(run=lambda fn, *a: _at_once(fn, *a))
+        return await serve_fetch_values(store, worker, FetchValues(Q, first))
+
+    try:
+        answer = trio.run(main)
+        assert isinstance(answer, BrokerError) and answer.code == ErrorCode.BAD_REQUEST
+    finally:
+        store.close()
+
+
+async def _at_once(fn, *args):
+    return fn(*args)
 
 
 # -- real brokers ------------------------------------------------------------------------------
@@ -287,3 +323,30 @@ async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_a
     ]
     assert events.count("storage.repaired") == 2
     assert "driver.crashed" not in events
+
+
+def test_a_value_reads_go_past_again_is_repaired_by_one_background_task(tmp_path):
+    """A broker behind replays many reads over the same damaged value: one background repair
+    at a time per value, not one per transaction (each would dial every member each round)."""
+    started: list[list[tuple[str, int]]] = []
+    config = types.SimpleNamespace(voters={"B-AAAAA", "B-BBBBB"}, learners=set())
+    host = types.SimpleNamespace(
+        broker_id="B-AAAAA",
+        cluster_id="G-AAAAA",
+        node=types.SimpleNamespace(config=config),
+        start_soon=lambda fn, places: started.append(places),
+    )
+    store = types.SimpleNamespace(data_dir=tmp_path, unchecked_met=[])
+    repair = Repair(host, store, types.SimpleNamespace())
+
+    async def attempt():
+        store.unchecked_met = [(Q, 7)]
+        return "applied"
+
+    async def main():
+        for _ in range(5):
+            assert await repair.saving(attempt, unwaited=lambda: True) == "applied"
+
+    trio.run(main)
+    assert started == [[(Q, 7)]]
+    assert repair.statistics().waiting == 1

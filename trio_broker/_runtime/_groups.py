@@ -349,6 +349,9 @@ class GroupHost:
             self._scopes.pop(group_id, None)
             self._stopped.pop(group_id, None)
             stopped.set()
+            # Follow the map again: it may have placed the group here once more while this
+            # replica was stopping (not reopened then: it was still in ``_scopes``).
+            self._wake.set()
 
     async def _retire(self, group_id: str, path: Path) -> None:
         """A replica the map no longer places here has stopped: its data is moved aside
@@ -520,7 +523,7 @@ class GroupHost:
             # As a hello per group told each group before: where the sender listens (a
             # group's leader corrects its replicated address book from it).
             for broker in self.groups.values():
-                if broker is not target:
+                if broker is not target and hello.broker_id in broker.node.config.members:
                     broker.driver.note_address(hello.broker_id, (hello.host, hello.port))
         return PeerWelcome()
 

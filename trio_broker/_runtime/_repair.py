@@ -103,6 +103,8 @@ class Repair:
         self._worker = worker
         self._waiting: set[tuple[str, int]] = set()
         self._reported: set[tuple[str, int]] = set()
+        self._in_background: set[tuple[str, int]] = set()
+        """Values a background repair is already after (one task per value at a time)."""
         self.stats = RepairStatistics()
 
     def statistics(self) -> RepairStatistics:
@@ -167,7 +169,10 @@ class Repair:
                         "applied for nobody)",
                         "repairing from a peer in the background: never served",
                     )
-                self._host.start_soon(self._repair_later, sorted(set(met)))
+                fresh = sorted(set(met) - self._in_background)
+                if fresh:
+                    self._in_background.update(fresh)
+                    self._host.start_soon(self._repair_later, fresh)
             return result
 
     def _report(self, exc: StorageDamaged, place: tuple[str, int]) -> None:
@@ -195,6 +200,12 @@ class Repair:
         """Repair values a read went past: from a peer, or never needed again once this
         broker deleted them too (retention deletes a message at the same log position
         everywhere); the rounds spaced as a held transaction's."""
+        try:
+            await self._repair_rounds(places)
+        finally:
+            self._in_background.difference_update(places)
+
+    async def _repair_rounds(self, places: list[tuple[str, int]]) -> None:
         delay = RETRY_FIRST
         for _ in range(SCRUB_ATTEMPTS):
             left = []
@@ -320,8 +331,10 @@ async def serve_fetch_values(
     store: Store, worker: StorageWorker, request: FetchValues
 ) -> StoredValues | BrokerError:
     """The rows this broker holds intact, for a peer repairing its copy (FETCH_VALUES)."""
-    if isinstance(request.first, bool) or request.first < 1:
-        return BrokerError(ErrorCode.BAD_REQUEST, "first must be a sequence number (1 or more)")
+    if isinstance(request.first, bool) or not 1 <= request.first <= MAX_INT64:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST, "first must be a sequence number (1 to 2**63 - 1)"
+        )
     rows = await worker.run(
         store.intact_rows, request.queue_name, request.first, FETCH_ROWS, FETCH_BYTES
     )
@@ -344,17 +357,25 @@ def decode_rows(text: str) -> list[StoredRow] | None:
         rows = []
         for seq, data, headers, stamp, checksum in raw:
             if not (
-                isinstance(seq, int)
+                _is_int64(seq)
                 and isinstance(data, str)
                 and (headers is None or isinstance(headers, str))
-                and (stamp is None or isinstance(stamp, int))
-                and isinstance(checksum, int)
+                and (stamp is None or _is_int64(stamp))
+                and _is_int64(checksum)
             ):
                 return None
             rows.append((seq, base64.b64decode(data, validate=True), headers, stamp, checksum))
     except (ValueError, TypeError):
         return None
     return rows
+
+
+MAX_INT64 = 2**63 - 1
+"""The largest integer SQLite stores (what a row's numbers must fit)."""
+
+
+def _is_int64(value: object) -> bool:
+    return type(value) is int and -MAX_INT64 - 1 <= value <= MAX_INT64
 
 
 def _ranges(seqs: list[int]) -> str:
