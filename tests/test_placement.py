@@ -12,6 +12,8 @@ import pytest
 import trio
 
 from trio_broker import WrongClusterError
+from trio_broker._client import _client as client_module
+from trio_broker._errors import ErrorCode
 from trio_broker._ids import cluster_of_queue
 from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster, open_mock_cluster
@@ -166,3 +168,46 @@ async def test_the_trio_client_spreads_new_queues_over_every_group(tmp_path, cli
                     assert await client.append(queue, value) == 1
                     message = await client.read(queue)
                     assert message is not None and message.data == value
+
+
+async def test_a_group_the_client_chose_is_asked_again_while_its_broker_does_not_know_it(
+    tmp_path, monkeypatch
+):
+    """Just after founding, the broker that will host a group may not have applied the map
+    yet and refuses a CREATE_QUEUE naming it (WRONG_CLUSTER): the trio client asks again, a
+    bounded number of times, for a group it chose; a group its caller named is refused at
+    once."""
+    async with (
+        open_local_cluster(tmp_path, 1) as cluster,
+        connect(f"127.0.0.1:{cluster.ports['b1']}") as client,
+    ):
+        group = client.clusters[0]
+        client._placement = [group]  # (as if CLUSTER_QUERY had listed it)
+        real = client._leader_call
+        refusals = []
+
+        async def refuse_twice(cid, request, **kwargs):
+            if len(refusals) < 2:
+                refusals.append(request)
+                raise WrongClusterError(ErrorCode.WRONG_CLUSTER, "not yet")
+            return await real(cid, request, **kwargs)
+
+        monkeypatch.setattr(client, "_leader_call", refuse_twice)
+        queue = await client.create_queue()
+        assert cluster_of_queue(queue) == group and len(refusals) == 2
+        refusals.clear()
+        with pytest.raises(WrongClusterError):
+            await client.create_queue(group)  # (named by the caller)
+        assert len(refusals) == 1
+        # Bounded: a refusal that does not end gives up after PLACEMENT_RETRIES more.
+        monkeypatch.setattr(client_module, "PLACEMENT_RETRIES", 3)
+
+        async def refuse_always(cid, request, **kwargs):
+            refusals.append(request)
+            raise WrongClusterError(ErrorCode.WRONG_CLUSTER, "never")
+
+        monkeypatch.setattr(client, "_leader_call", refuse_always)
+        before = len(refusals)
+        with pytest.raises(WrongClusterError):
+            await client.create_queue()
+        assert len(refusals) - before == 4

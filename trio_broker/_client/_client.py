@@ -15,6 +15,7 @@ from .._errors import (
     BrokerError,
     ErrorCode,
     UnavailableError,
+    WrongClusterError,
     error_from_wire,
 )
 from .._ids import new_client_id
@@ -71,6 +72,10 @@ from ._work import Consumer, WorkQueues
 
 DEFAULT_MAX_IN_FLIGHT = 256
 """Requests one connection may have written (or queued to write) and not yet answered."""
+
+PLACEMENT_RETRIES = 8
+"""Times a new queue is asked again of a group this client chose, while the broker asked
+does not know that group yet (about 2.5 s with the backoff)."""
 
 T = TypeVar("T")
 
@@ -187,8 +192,21 @@ class Client(WorkQueues):
         if group is not None:
             cid = await self._known_cluster(group)
         request = CreateQueue(client_id=self.client_id, retention=policy, cluster_id=group)
-        response = await self._leader_call(cid, request)
-        return structure(response, QueueCreated).queue_id
+        attempt = 0
+        while True:
+            try:
+                response = await self._leader_call(cid, request)
+            except WrongClusterError:
+                # A group this client chose from the brokers' list, refused by a broker that
+                # has not applied the cluster map yet (just after founding: it will host the
+                # group): ask again, a bounded number of times. A group the caller named is
+                # refused at once.
+                if cluster_id is not None or attempt >= PLACEMENT_RETRIES:
+                    raise
+                self._leader_failed(cid, self._clusters[cid].generation, None)
+                attempt = await self._backoff(attempt)
+                continue
+            return structure(response, QueueCreated).queue_id
 
     async def set_retention(
         self,

@@ -523,7 +523,7 @@ class GroupHost:
             # As a hello per group told each group before: where the sender listens (a
             # group's leader corrects its replicated address book from it).
             for broker in self.groups.values():
-                if broker is not target and hello.broker_id in broker.node.config.members:
+                if broker is not target:
                     broker.driver.note_address(hello.broker_id, (hello.host, hello.port))
         return PeerWelcome()
 
