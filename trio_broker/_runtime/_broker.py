@@ -1,30 +1,23 @@
-"""A broker: its state, the table that decides each request, and its lifetime.
+"""A broker: its state, the table that decides each request, and the queue requests' handlers.
 
 The rooms around it (docs/architecture.md): :mod:`._connections` reads requests and writes
-answers, and calls :meth:`Broker.handle`; :mod:`._membership` serves the operator's requests
-and a new broker's join; :mod:`._driver` runs the consensus core; :mod:`._dial` asks other
-brokers. Each is handed what it uses, so none of them imports this module.
+answers, and calls :meth:`Broker.handle`; :mod:`._admin` says which room decides each
+broker-to-broker and operator request (:mod:`._membership` serves the operator's requests and
+a new broker's join); :mod:`._driver` runs the consensus core; :mod:`._dial` asks other
+brokers. Each is handed what it uses, so none of them imports this module. The broker's
+lifetime, its nurseries and a hosted group's replica are built in :mod:`._open`.
 
-Lifetimes shape the nurseries: the storage worker outlives the services (the consensus driver
-and its peer links, the metrics server), which outlive the connections. Shutdown stops
-accepting, stops reading new requests, gives in-flight requests ``shutdown_grace`` seconds to
-be answered, then cancels what is left.
-
-Longer than the house's ~600 lines: the table holds every request type of the contract, and
-each entry stays next to the handler that decides it; the work-queue requests are decided in
-:mod:`._work`, which this module only wires in.
+A little longer than the house's ~600 lines: the table holds every request type of the
+contract, and each queue request's entry stays next to the handler that decides it; the
+work-queue requests are decided in :mod:`._work`, the admin requests in :mod:`._admin`, which
+this module only wires in.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import trio
@@ -37,47 +30,37 @@ from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._ids import new_queue_id
 from .._protocol import (
     AckRequest,
-    AddMember,
     Append,
     AppendBatch,
     ClusterQuery,
     ClusterTopology,
     CreateQueue,
-    DataSyncRequest,
-    FetchValues,
     FrameDecoder,
     JoinCluster,
     ListQueues,
     PeerHello,
     PeerWelcome,
-    ProposeMetadata,
     Read,
-    RemoveMember,
     Request,
     SeekRequest,
     SetRetentionRequest,
-    TakeSnapshot,
-    TransferLeadership,
 )
 from .._protocol import _messages as m
-from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
+from .._storage import Identity, StorageWorker, Store
 from .._storage._store import RaftState
-from . import _balancing as balancing
 from . import _membership as membership
+from ._admin import Handler, admin_handlers
 from ._answer import Answer
 from ._applied import applied_views
 from ._balancing import Balancing
-from ._boot import note_boot
 from ._config import BrokerConfig
 from ._connections import ConnectionServer, Session
 from ._dial import ask_broker
 from ._driver import RaftDriver
-from ._groups import GroupHost, GroupStorage, open_group_storage
+from ._groups import GroupHost
 from ._log import log_event
-from ._membership import JoinFailed
-from ._metamap import propose_here
-from ._metrics import BrokerMetrics, serve_metrics
-from ._network import TCP, Network, TlsNetwork
+from ._metrics import BrokerMetrics
+from ._network import TCP, Network
 from ._operations import (
     DEFAULT_LIST_QUEUES,
     MAX_LIST_QUEUES,
@@ -90,14 +73,12 @@ from ._operations import (
     retention_policy,
     wrong_cluster,
 )
-from ._peer_mux import PeerMux
 from ._peers import Step, read_peer_stream
 from ._pending import Pending
 from ._recovery import make_node
 from ._retention import RetentionEnforcer
 from ._runs import Runs, read_command_of
-from ._security import Security, load_security
-from ._snapshot_fetch import serve_snapshot_chunk
+from ._security import Security
 from ._statistics import BrokerStatistics, statistics_of
 from ._work import Mapped, WorkRoom, appended_answer, publish_command, read_answer
 
@@ -105,7 +86,8 @@ T = TypeVar("T")
 
 
 class Broker:
-    """A running broker. Built by :func:`open_broker`; serve it with the context manager."""
+    """A running broker. Built by :func:`~._open.open_broker`; serve it with the context
+    manager."""
 
     def __init__(
         self,
@@ -261,6 +243,13 @@ class Broker:
         if self.host is not None:
             self.host.recheck()  # the snapshot may hold the group list
 
+    async def load_views(self) -> None:
+        """Build the in-memory views (addresses, queues, retention policies) from the store;
+        once, before the broker serves."""
+        self.addresses.update(await self._worker.run(self._store.broker_addresses))
+        self._queue_ids.update(await self._worker.run(self._store.queue_lengths))
+        self._on_snapshot(set(), set(await self._worker.run(self._store.retention_policies)))
+
     @property
     def _retained(self) -> set[str]:
         return self.retention.retained
@@ -341,7 +330,7 @@ class Broker:
             return Answer(now=BrokerError(ErrorCode.UNAVAILABLE, "broker is shutting down"))
         return await self._handlers[type(request)](request, session)
 
-    def _request_handlers(self) -> dict[type, _Handler]:
+    def _request_handlers(self) -> dict[type, Handler]:
         """The table: one handler per request type (those of the connection itself, AUTH and
         PEER_HELLO, are answered by :mod:`._connections`)."""
         return {
@@ -359,39 +348,10 @@ class Broker:
             ),
             m.ResolveQueue: lambda r, _s: self.work.resolve_queue(r),
             **{cls: self._leader(self.work.handle) for cls in _WORK_HANDLED},
-            JoinCluster: self._privileged(membership.join),
-            RemoveMember: self._privileged(membership.remove),
-            TransferLeadership: self._privileged(membership.transfer),
-            TakeSnapshot: self._privileged(membership.take_snapshot),
-            AddMember: self._privileged(membership.add_member),
-            m.Rebalance: self._privileged(
-                lambda b, r: balancing.rebalance(
-                    b.balancing, r, functools.partial(membership.forward_to_leader, b)
-                )
-            ),
-            m.DrainBroker: self._privileged(
-                lambda b, r: balancing.drain(
-                    b.balancing, r, functools.partial(membership.forward_to_leader, b)
-                )
-            ),
-            ProposeMetadata: self._privileged(propose_here),
-            DataSyncRequest: self._privileged(
-                lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)
-            ),
-            FetchValues: self._privileged(lambda b, r: b.driver.fetch_values(r)),
+            **admin_handlers(self),
         }
 
-    def _privileged(self, decide: Callable[[Broker, Any], Awaitable[Any]]) -> _Handler:
-        """A broker-to-broker or operator request: decided once its cluster is checked (also
-        checked per connection, but :meth:`handle` may be called directly)."""
-
-        async def handler(request: Any, _session: Session | None) -> Answer:
-            refusal = self._wrong_cluster(request.cluster_id)
-            return Answer(now=refusal or await decide(self, request))
-
-        return handler
-
-    def _leader(self, decide: Callable[[Any], Awaitable[Answer]]) -> _Handler:
+    def _leader(self, decide: Callable[[Any], Awaitable[Answer]]) -> Handler:
         """A request only the leader decides (a replica answers NOT_LEADER at once)."""
 
         async def handler(request: Any, _session: Session | None) -> Answer:
@@ -611,7 +571,6 @@ class Broker:
         return statistics_of(self.driver, self.connections.connections)
 
 
-_Handler = Callable[[Any, "Session | None"], Awaitable[Answer]]
 _WORK_HANDLED = (
     m.DeleteQueueRequest,
     m.ForgetPositionRequest,
@@ -657,199 +616,3 @@ class _LongPoll:
                 return pending
             result = await pending.wait()
         return result
-
-
-@contextlib.asynccontextmanager
-async def open_broker(
-    config: BrokerConfig,
-    *,
-    network: Network = TCP,
-    storage: Callable[[Path], AbstractAsyncContextManager[tuple[Any, Any]]] = (open_sqlite_storage),
-    group_storage: GroupStorage | None = None,
-) -> AsyncIterator[Broker]:
-    """Start a broker and serve it for the body of the ``async with``.
-
-    A broker with no seeds and an empty data directory founds a new single-voter cluster, and
-    ``open_broker`` returns once it leads it. With seeds, it joins their cluster as a learner
-    (and becomes a voter once caught up); a restarted broker rejoins from its data directory.
-
-    Raises :class:`~trio_broker._storage.DataDirInUse` if another broker holds the data
-    directory, :class:`IdentityMismatch` if the directory belongs to another identity, and
-    :class:`JoinFailed` if the seeds' cluster refuses this broker.
-
-    ``config.groups``: a founder founds a cluster of that many replication groups
-    (docs/replication.md, "Several leaders"); others take the cluster's. Whatever it says, a
-    broker opens a replica of every group its cluster's replicated state lists
-    (:class:`~._groups.GroupHost`), each with its storage from ``group_storage`` (default:
-    ``storage`` in ``data_dir/groups/G-XXXXX``).
-
-    ``network`` and ``storage`` are seams for ``trio_broker.testing``: an in-memory network
-    and storage run the same broker under a mock clock.
-    """
-    groups = config.groups
-    security = load_security(config)
-    refused: JoinFailed | None = None
-    plain_network = network
-    if security.server_context is not None:
-        assert security.client_context is not None
-        network = TlsNetwork(network, security.server_context, security.client_context)
-    async with storage(config.data_dir) as (worker, store):
-        # Before the core is built from the store's state (docs/reliability.md, "A reboot").
-        await note_boot(worker, store, data_dir=str(config.data_dir))
-        listeners, port = await network.listen(config.host, config.port)
-        plaintext: list[trio.abc.Listener[Any]] = []
-        plaintext_port = None
-        try:
-            if config.plaintext_port is not None:
-                plaintext, plaintext_port = await plain_network.listen(
-                    config.host, config.plaintext_port
-                )
-            identity, joining = await membership.prepare(
-                worker, store, config, network, security.secret
-            )
-        except BaseException:
-            for listener in listeners + plaintext:
-                await trio.aclose_forcefully(listener)
-            raise
-        state = await worker.run(store.raft_state)
-        broker = Broker(config, identity, store, worker, state, port, network, security)
-        broker.plaintext_port = plaintext_port
-        broker.driver.plaintext_port = plaintext_port
-        broker.addresses.update(await worker.run(store.broker_addresses))
-        broker._queue_ids.update(await worker.run(store.queue_lengths))
-        broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
-        founder = not joining and not config.seeds and not config.join_wait
-        if groups > 1 and not founder:
-            log_event(
-                logging.WARNING,
-                "groups.setting_ignored",
-                asked=groups,
-                reason="only a founder sets the groups: a joining broker takes its cluster's",
-            )
-        host = broker.host = GroupHost(
-            broker,
-            group_storage or open_group_storage(storage),
-            functools.partial(_group_replica, broker),
-            founding=groups if founder else 1,
-        )
-        async with trio.open_nursery() as services:
-            broker.driver.peer_mux = open_peer_mux(broker, services)
-            await broker.start_services(services)
-            await services.start(host.run)
-            if config.metrics_port is not None:
-                broker.metrics_port = await services.start(
-                    serve_metrics, broker, config.host, config.metrics_port
-                )
-            async with trio.open_nursery() as connections:
-                await connections.start(
-                    functools.partial(broker.connections.serve, listeners, connections)
-                )
-                if plaintext:
-                    await connections.start(
-                        functools.partial(
-                            broker.connections.serve, plaintext, connections, plaintext=True
-                        )
-                    )
-                log_event(
-                    logging.INFO,
-                    "broker.started",
-                    broker_id=broker.broker_id,
-                    cluster_id=broker.cluster_id,
-                    host=config.host,
-                    port=broker.port,
-                    data_dir=config.data_dir,
-                    plaintext_port=plaintext_port,
-                    **security.describe(),
-                )
-                if security.tokens is not None and security.secret is None:
-                    log_event(
-                        logging.WARNING,
-                        "broker.insecure",
-                        reason="client tokens without a cluster secret: anyone may join, "
-                        "replicate, vote, change the membership or the leadership, or compact "
-                        "the log (docs/security.md)",
-                    )
-                try:
-                    if joining:
-                        try:
-                            await broker.join_cluster()
-                        except JoinFailed as exc:
-                            refused = exc  # raised as itself once the broker has stopped
-                    elif not broker.node.config.members:
-                        log_event(
-                            logging.INFO,
-                            "broker.waiting_to_be_added",
-                            broker_id=broker.broker_id,
-                            cluster_id=broker.cluster_id,
-                        )
-                    elif broker.node.config.voters == {broker.broker_id}:
-                        with trio.fail_after(config.failure_timeout * 10):
-                            await broker.driver.wait_leading()
-                    if refused is None:
-                        yield broker
-                finally:
-                    with trio.CancelScope(shield=True):
-                        log_event(logging.INFO, "broker.stopping", broker_id=broker.broker_id)
-                        if host.several:
-                            await host.step_down()
-                        else:
-                            await membership.step_down(broker.driver, config)
-                        await broker.connections.shutdown(connections)
-            services.cancel_scope.cancel()
-    log_event(logging.INFO, "broker.stopped", data_dir=config.data_dir)
-    if refused is not None:
-        raise refused
-
-
-async def _group_replica(
-    primary: Broker, config: BrokerConfig, identity: Identity, store: Store, worker: StorageWorker
-) -> Broker:
-    """Another group's replica beside ``primary``: its own store, worker and consensus core;
-    the primary's listener port, network, security and connections."""
-    await note_boot(worker, store, broker_id=identity.broker_id)
-    state = await worker.run(store.raft_state)
-    broker = Broker(
-        config,
-        identity,
-        store,
-        worker,
-        state,
-        primary.port,
-        primary.network,
-        primary.security,
-        connections=primary.connections,
-    )
-    broker.plaintext_port = primary.plaintext_port
-    broker.driver.plaintext_port = primary.plaintext_port
-    broker.driver.peer_mux = primary.driver.peer_mux
-    broker.peer_routes = primary.peer_routes  # type: ignore[method-assign]
-    broker.plaintext_ports = primary.plaintext_ports
-    broker.addresses.update(await worker.run(store.broker_addresses))
-    broker._queue_ids.update(await worker.run(store.queue_lengths))
-    broker._on_snapshot(set(), set(await worker.run(store.retention_policies)))
-    return broker
-
-
-def open_peer_mux(broker: Broker, nursery: trio.Nursery) -> PeerMux:
-    """The broker's links to its peers, shared by every group it hosts (:mod:`._peer_mux`),
-    their tasks in ``nursery``."""
-    driver = broker.driver
-    return PeerMux(
-        broker.broker_id,
-        broker.cluster_id,
-        nursery,
-        driver.self_address,
-        broker.network.connect,
-        dead_after=max(1.0, 2 * broker.config.failure_timeout),
-        secret=broker.security.secret,
-        plaintext_port=driver.plaintext_port,
-    )
-
-
-async def serve_broker(
-    config: BrokerConfig, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run a broker until cancelled; ``task_status.started`` gets the :class:`Broker`."""
-    async with open_broker(config) as broker:
-        task_status.started(broker)
-        await trio.sleep(math.inf)
