@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import shutil
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -323,26 +322,14 @@ class GroupHost:
                                 if b != primary.broker_id
                             }
                         )
-                    async with trio.open_nursery() as services:
-                        await broker.start_services(services)
-                        self.groups[group_id] = broker
-                        primary.connections.hosted_groups.add(group_id)
-                        log_event(
-                            logging.INFO,
-                            "groups.replica_open",
-                            broker_id=broker.broker_id,
-                            group=group_id,
-                            founding=founding,
-                            waits_to_be_added=not configured and not founding,
-                        )
-                        services.start_soon(report_replicas, broker, self.meta)
-                        task_status.started()
-                        try:
-                            await trio.sleep_forever()
-                        finally:
-                            self.groups.pop(group_id, None)
-                            primary.connections.hosted_groups.discard(group_id)
-                            services.cancel_scope.cancel()
+                    await self._serve_replica(
+                        group_id,
+                        broker,
+                        task_status,
+                        beside=functools.partial(report_replicas, broker, self.meta),
+                        founding=founding,
+                        waits_to_be_added=not configured and not founding,
+                    )
             if scope.cancelled_caught:
                 await self._retire(group_id, path)
         finally:
@@ -453,26 +440,53 @@ class GroupHost:
                 ),
             )
             broker = await self._make_broker(config, identity, store, worker)
-            async with trio.open_nursery() as services:
-                await broker.start_services(services)
-                self.groups[group_id] = broker
-                primary.connections.hosted_groups.add(group_id)
-                log_event(
-                    logging.INFO,
-                    "groups.replica_open",
-                    broker_id=broker.broker_id,
-                    group=group_id,
-                    joining=joining,
-                )
-                task_status.started()
-                try:
-                    if joining:
-                        await self._retried(group_id, broker.join_cluster)
-                    await trio.sleep(math.inf)
-                finally:
-                    self.groups.pop(group_id, None)
-                    primary.connections.hosted_groups.discard(group_id)
-                    services.cancel_scope.cancel()
+            await self._serve_replica(
+                group_id,
+                broker,
+                task_status,
+                first=functools.partial(self._retried, group_id, broker.join_cluster)
+                if joining
+                else None,
+                joining=joining,
+            )
+
+    async def _serve_replica(
+        self,
+        group_id: str,
+        broker: Broker,
+        task_status: trio.TaskStatus[None],
+        *,
+        beside: Callable[[], Awaitable[Any]] | None = None,
+        first: Callable[[], Awaitable[Any]] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Serve ``broker``, this broker's open replica of ``group_id``, until cancelled: start
+        its services (and ``beside`` among them), route the group's requests and peer frames
+        to it, log ``groups.replica_open`` with ``fields``, report it started, await
+        ``first`` (if any); on the way out, stop routing to it, then stop its services."""
+        primary = self.primary
+        async with trio.open_nursery() as services:
+            await broker.start_services(services)
+            self.groups[group_id] = broker
+            primary.connections.hosted_groups.add(group_id)
+            log_event(
+                logging.INFO,
+                "groups.replica_open",
+                broker_id=broker.broker_id,
+                group=group_id,
+                **fields,
+            )
+            if beside is not None:
+                services.start_soon(beside)
+            task_status.started()
+            try:
+                if first is not None:
+                    await first()
+                await trio.sleep_forever()
+            finally:
+                self.groups.pop(group_id, None)
+                primary.connections.hosted_groups.discard(group_id)
+                services.cancel_scope.cancel()
 
     async def _retried(self, group_id: str, step: Callable[[], Awaitable[T]]) -> T:
         """Preparing or joining a group replica, retried while refused: a seed that has not
