@@ -29,6 +29,8 @@ from trio_broker._storage._queue_sql import apply_command, stored_groups
 from trio_broker._storage._schema import WORK_TABLES, upgrade
 from trio_broker.testing import open_mock_cluster
 
+from . import spread
+
 
 async def answer_of(cluster, name, request):
     """One raw request from a client to broker ``name``, following NOT_LEADER hints."""
@@ -60,22 +62,12 @@ async def test_founder_commits_the_group_list_and_every_broker_hosts_every_group
 
 
 def led_counts(cluster) -> dict[str, int]:
-    counts = dict.fromkeys(cluster.brokers, 0)
-    for leader in cluster.group_leaders().values():
-        if leader is not None:
-            counts[leader] += 1
-    return counts
+    return spread.led_counts(cluster, cluster.group_leaders())
 
 
 async def wait_spread(cluster, groups: int) -> None:
     """Until every group has a leader and no broker leads more than ceil(G/N)."""
-    share = leader_share(groups, len(cluster.brokers))
-
-    def spread() -> bool:
-        leaders = cluster.group_leaders()
-        return all(leaders.values()) and max(led_counts(cluster).values()) <= share
-
-    await cluster.wait_until(spread)
+    await spread.wait_spread(cluster, groups, cluster.group_leaders)
 
 
 @pytest.mark.trio

@@ -30,7 +30,6 @@ from trio_broker._core._metadata import (
 )
 from trio_broker._core._placement import found_cluster
 from trio_broker._core._queues import QueueState
-from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._protocol._entries import (
     METADATA_PAYLOADS,
@@ -44,6 +43,8 @@ from trio_broker._storage._queue_sql import apply_command, stored_groups, stored
 from trio_broker._storage._schema import upgrade
 from trio_broker.testing import open_mock_cluster
 from trio_broker.testing._mock_cluster import MockCluster
+
+from . import spread
 
 BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 5)]
 FOUND = found_cluster(BROKERS[:3], ["G-AAAAA", "G-BBBBB", "G-CCCCC"], 3)
@@ -151,26 +152,12 @@ def placed_counts(cluster) -> dict[str, int]:
 
 
 def led_counts(cluster) -> dict[str, int]:
-    counts = dict.fromkeys(cluster.brokers, 0)
-    for leader in cluster.data_leaders().values():
-        if leader is not None:
-            counts[leader] += 1
-    return counts
+    return spread.led_counts(cluster, cluster.data_leaders())
 
 
 async def wait_spread(cluster, groups: int) -> None:
     """Until every data group has a leader and no broker leads more than ceil(G/N)."""
-    share = leader_share(groups, len(cluster.brokers))
-
-    def spread() -> bool:
-        leaders = cluster.data_leaders()
-        return (
-            len(leaders) == groups
-            and all(leaders.values())
-            and max(led_counts(cluster).values()) <= share
-        )
-
-    await cluster.wait_until(spread)
+    await spread.wait_spread(cluster, groups, cluster.data_leaders)
 
 
 async def append_acknowledged(cluster, queues, value, acknowledged) -> None:
