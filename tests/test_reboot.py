@@ -5,17 +5,19 @@ knows"). The core's rules are in tests/core/test_raft_recovering.py."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
 
 from trio_broker._cli._main import main
 from trio_broker._core._raft_messages import HardState
-from trio_broker._runtime._boot import boot_id
+from trio_broker._runtime import _boot
+from trio_broker._runtime._boot import boot_id, note_boot
 from trio_broker._runtime._groups import GROUPS_DIR
 from trio_broker._runtime._metrics import _StateCollector
 from trio_broker._runtime._status import RequestRates, read_status
-from trio_broker._storage import Store
+from trio_broker._storage import Store, open_sqlite_storage
 from trio_broker.testing._mock_cluster import open_mock_cluster
 
 NAMES = ("b1", "b2", "b3")
@@ -65,6 +67,31 @@ def test_the_store_marks_a_start_under_another_boot_unverified(tmp_path):
         assert not store.note_boot("boot-c")  # accepted on this boot: starts trusting
     finally:
         store.close()
+
+
+async def test_a_new_data_folder_is_logged_as_new_and_a_reboot_as_a_reboot(
+    tmp_path, caplog, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="trio_broker")
+    boots = iter(["boot-a", "boot-a", "boot-b", None])
+    monkeypatch.setattr(_boot, "boot_id", lambda: next(boots))
+
+    async def start() -> tuple[bool, list[logging.LogRecord]]:
+        caplog.clear()
+        async with open_sqlite_storage(tmp_path) as (worker, store):
+            rebooted = await note_boot(worker, store, data_dir=str(tmp_path))
+            await worker.run(functools.partial(store.save, hard_state=HardState(term=2)))
+        return rebooted, [r for r in caplog.records if getattr(r, "event", None)]
+
+    # The first start: the store is marked as the rule says, but logged as a new folder.
+    rebooted, (record,) = await start()
+    assert rebooted and record.event == "broker.first_start"
+    assert "new data folder" in record.getMessage() and str(tmp_path) in record.getMessage()
+    assert await start() == (False, [])  # a process restart: nothing to say
+    for boot in ("boot-b", "unknown"):  # another boot; then none known on this system
+        rebooted, (record,) = await start()
+        assert rebooted and record.event == "broker.rebooted"
+        assert f"boot_id={boot}" in record.getMessage()
 
 
 def test_data_trust_log_accepts_every_group_of_a_stopped_broker(tmp_path, capsys):

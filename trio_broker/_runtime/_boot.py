@@ -34,20 +34,30 @@ def boot_id(path: Path = BOOT_ID_PATH) -> str | None:
     return text or None
 
 
+def _noted(store: Any, current: str | None) -> tuple[bool, bool]:
+    """On the storage thread: whether the store has no past (no boot recorded and no term:
+    a new data folder), then :meth:`~trio_broker._storage.Store.note_boot`'s answer."""
+    new = store.get_meta("boot_id") is None and not store.get_meta("raft_term", 0)
+    return new, store.note_boot(current)
+
+
 async def note_boot(worker: Any, store: Any, **fields: Any) -> bool:
     """Record this boot's id in ``store`` (on its storage ``worker``) before the consensus
     core is built from it; returns whether the broker starts after a reboot (or cannot
     tell, or the store had recorded none), which marks its hard state ``unverified``.
-    ``fields`` name the store in the log line (its broker id, or its data folder)."""
+    ``fields`` name the store in the log line (its broker id, or its data folder): a new data
+    folder's first start logs ``broker.first_start``, any other such start ``broker.rebooted``."""
     current = boot_id()
-    rebooted = await worker.run(store.note_boot, current)
+    new, rebooted = await worker.run(_noted, store, current)
     if rebooted:
         log_event(
             logging.INFO,
-            "broker.rebooted",
+            "broker.first_start" if new else "broker.rebooted",
             **fields,
             boot_id=current or "unknown",
-            detail="the store was last opened under another boot (or none is known): a disk "
+            detail="a new data folder: no earlier start is recorded in it"
+            if new
+            else "the store was last opened under another boot (or none is known): a disk "
             "may have lost synced writes, so this broker votes once it has learned what it "
             "may have acknowledged before",
         )
