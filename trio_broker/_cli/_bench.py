@@ -92,6 +92,36 @@ WORKLOADS = (
     "groups",
 )
 
+READING = frozenset({"reads", "batch-reads"})
+SEED_MESSAGES = 100_000
+"""Messages the read workloads find in the queue at least: each reader reads it from its start
+and, once it has read it all, starts over as another client (the empty read counts nothing)."""
+SEED_BATCH = 1000
+"""Messages per APPEND_BATCH while seeding (the broker's maximum batch)."""
+SEED_DEADLINE = 120.0
+"""Seconds the seeding may take at most."""
+
+
+def messages_to_seed(only: set[str], appended: int) -> int:
+    """How many messages to append before the read workloads of ``only``, when the workloads
+    before them appended ``appended``: none without a read workload, else up to
+    :data:`SEED_MESSAGES` (``--only reads`` alone reads what it seeded)."""
+    return max(0, SEED_MESSAGES - appended) if only & READING else 0
+
+
+async def seed_queue(host: str, port: int, queue: str, count: int) -> None:
+    """Append ``count`` messages of the usual payload to ``queue``, a batch at a time."""
+    conn = await _Conn.open(host, port)
+    async with conn.stream:
+        with trio.fail_after(SEED_DEADLINE):
+            for first in range(0, count, SEED_BATCH):
+                values = [PAYLOAD] * min(SEED_BATCH, count - first)
+                answer = await conn.call(
+                    {"operation": "APPEND_BATCH", "queue_name": queue, "values": values}
+                )
+                if answer.get("status") != "success":
+                    raise RuntimeError(f"seeding the queue for the read workloads: {answer}")
+
 
 async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
     figures: list[Figure] = []
@@ -133,9 +163,11 @@ async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
 
         only = set(args.only.split(",")) if args.only else set(WORKLOADS)
         read = {"operation": "READ", "queue_name": queue}
+        appended = 0
         if "pipelined" in only:
             name = "pipelined appends, 32 conns x 16"
             w = await workload(name, request=append, connections=32, window=16, processes=processes)
+            appended += w.items
             figures += [
                 Figure(name, "appends/s", w.rate, 75_000),
                 at_most(name, "p99 ms", w.percentile_ms(0.99), 25),
@@ -150,10 +182,12 @@ async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
         if "connections" in only:
             name = "100 conns x 1 in flight"
             w = await workload(name, request=append, connections=100, window=1, processes=processes)
+            appended += w.items
             figures.append(Figure(name, "appends/s", w.rate, 15_000))
         if "sequential" in only:
             name = "1 client, 1 append at a time"
             w = await workload(name, request=append, connections=1, window=1, processes=1)
+            appended += w.items
             figures += [
                 at_most(name, "p50 ms", w.percentile_ms(0.5), 1),
                 at_most(name, "p99 ms", w.percentile_ms(0.99), 2.5),
@@ -171,7 +205,11 @@ async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
                 items="batch_append",
                 batch=100,
             )
+            appended += w.items
             figures.append(Figure(name, "appends/s", w.rate, 200_000))
+        if missing := messages_to_seed(only, appended):
+            print(f"  seeding {missing:,} messages for the reads", file=sys.stderr, flush=True)
+            await seed_queue(host, port, queue, missing)
         if "reads" in only:
             name = "single-message READs, 32 conns x 16"
             w = await workload(
