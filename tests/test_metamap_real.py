@@ -97,8 +97,9 @@ async def test_a_stage_1_data_directory_keeps_every_group_on_every_broker(tmp_pa
                 reply = await call(cluster.ports[name], {"operation": "CREATE_QUEUE"})
                 if reply["status"] == "success":
                     values[reply["queue_id"]] = 7
-                    appended = await call(
-                        cluster.ports[name],
+                    appended = await routed(
+                        cluster.ports,
+                        name,
                         {"operation": "APPEND", "queue_name": reply["queue_id"], "data": 7},
                     )
                     assert appended["status"] == "success"
@@ -132,8 +133,10 @@ async def test_a_stage_1_data_directory_keeps_every_group_on_every_broker(tmp_pa
                     if leaders:
                         break
                     await trio.sleep(0.1)
-                reply = await call(
-                    cluster.ports[leaders[0]],
+                # Leadership may still be spreading: follow NOT_LEADER as a client would.
+                reply = await routed(
+                    cluster.ports,
+                    leaders[0],
                     {"operation": "READ", "queue_name": queue, "client_id": "C-AAAAA"},
                 )
                 assert reply == {"status": "success", "sequence_num": 1, "data": value}
