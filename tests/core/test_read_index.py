@@ -8,6 +8,7 @@ from trio_broker._core._commands import AppendMessage, CreateQueue
 from trio_broker._core._raft import (
     LeadershipTransferring,
     NotLeader,
+    ReadIndexUnavailable,
     Role,
     TooManyReads,
 )
@@ -87,24 +88,42 @@ def test_an_echo_of_a_round_sent_before_the_read_does_not_confirm_it():
     assert leader.take_reads() == ([("r", leader.commit)], [])
 
 
-def test_answers_that_carry_no_round_never_confirm_a_read():
-    """A member that predates rounds answers heartbeats without one: reads never confirm
-    (the runtime then takes the log), while writes commit as before."""
-    cluster, leader = started()
+def older_peers(cluster: Cluster, *ids: int) -> None:
+    """``ids`` answer heartbeats as the previous version does: without the round."""
 
     def as_an_older_peer(m):
-        if isinstance(m, HeartbeatResponse) and m.round:
+        if isinstance(m, HeartbeatResponse) and m.round and m.src in ids:
             cluster.in_flight.append(attrs.evolve(m, round=0))
             return True
         return False
 
     cluster.drop_if.append(as_an_older_peer)
+
+
+def test_answers_that_carry_no_round_never_confirm_a_read():
+    """A majority of members that predate rounds: no read is confirmed; the waiting ones
+    fail (the runtime sends them to the log), new ones are refused, writes commit."""
+    cluster, leader = started()
+    older_peers(cluster, 2, 3)
     leader.read_index("r")
     cluster.tick(n=3 * leader.heartbeat_ticks)
-    assert leader.is_leader and leader.take_reads() == ([], [])
+    ready, failed = leader.take_reads()
+    assert leader.is_leader and ready == []
+    assert [(t, type(e)) for t, e in failed] == [("r", ReadIndexUnavailable)]
+    with pytest.raises(ReadIndexUnavailable):
+        leader.read_index("s")
     _, index = cluster.propose(AppendMessage("q", b"x"))
     cluster.stabilize()
     assert leader.commit >= index
+
+
+def test_one_older_peer_of_three_leaves_a_quorum_that_echoes():
+    cluster, leader = started()
+    older_peers(cluster, 3)
+    cluster.tick(n=leader.heartbeat_ticks)
+    leader.read_index("r")
+    cluster.stabilize()
+    assert [t for t, _ in leader.take_reads()[0]] == ["r"]
 
 
 def test_a_burst_of_reads_shares_one_round():

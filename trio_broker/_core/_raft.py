@@ -68,6 +68,7 @@ __all__ = [
     "RaftError",
     "RaftLogError",
     "RaftNode",
+    "ReadIndexUnavailable",
     "Ready",
     "Role",
     "TooManyReads",
@@ -103,6 +104,11 @@ class LeadershipTransferring(NotLeader):
 
 class TooManyReads(RaftError):
     """As many reads as the core holds (``max_reads``) wait for their confirmation already."""
+
+
+class ReadIndexUnavailable(RaftError):
+    """Too many voters answer heartbeats without echoing their round (an older version) for
+    a read to be confirmed: reads go to the log."""
 
 
 class TransferRefused(RaftError):
@@ -558,14 +564,16 @@ class RaftNode:
         now, and the applied index reaches ``max(commit, after)`` (and this leader's first
         entry). :meth:`take_reads` gives it back, ready or failed, by ``token``.
 
-        Raises :class:`NotLeader`, :class:`LeadershipTransferring` or :class:`TooManyReads`
-        (nothing registered)."""
+        Raises :class:`NotLeader`, :class:`LeadershipTransferring`, :class:`TooManyReads` or
+        :class:`ReadIndexUnavailable` (nothing registered)."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
         if self.transfer_target is not None:
             raise LeadershipTransferring(self.transfer_target)
         if self.reads.full:
             raise TooManyReads(f"{self.reads.max_waiting} reads wait already")
+        if self.reads.unconfirmable(self.id, self.config.voters, self.config.quorum()):
+            raise ReadIndexUnavailable("voters that do not echo heartbeat rounds")
         self.reads.add(token, max(self.commit, after))
         self._confirm_reads()
 
@@ -583,7 +591,10 @@ class RaftNode:
         """Count the echoes. The next round, if a read waits for one, leaves when the
         messages are taken (:meth:`_send_read_round`): every read that arrived until then
         shares it."""
-        self.reads.confirm(self.id, self.config.voters, self.config.quorum())
+        voters, quorum = self.config.voters, self.config.quorum()
+        if self.reads.unconfirmable(self.id, voters, quorum):
+            self.reads.fail_all(ReadIndexUnavailable("voters that do not echo heartbeat rounds"))
+        self.reads.confirm(self.id, voters, quorum)
 
     def _send_read_round(self) -> None:
         if self.role is Role.LEADER and self.reads.wants_round():
@@ -1261,8 +1272,8 @@ class RaftNode:
         if m.src == self.transfer_target and not isinstance(m, ReplicateResponse):
             self._maybe_send_timeout_now(m.src)  # again, in case the first one was lost
         if isinstance(m, HeartbeatResponse):
-            if m.round:
-                self.reads.echo(m.src, m.round)
+            self.reads.echo(m.src, m.round)
+            if len(self.reads):
                 self._confirm_reads()
             if m.start_id != pr.start_id:
                 # It restarted and asks what it may have acknowledged: everything that could

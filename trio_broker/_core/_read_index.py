@@ -66,6 +66,9 @@ class ReadIndex:
         """The last round sent in this term."""
         self._echoed: dict[Any, int] = {}
         """The highest round each member echoed in this term."""
+        self._silent: set[Any] = set()
+        """Members whose last heartbeat answer in this term echoed no round (a version that
+        predates rounds)."""
         self._waiting: collections.deque[_Read] = collections.deque()
         self._failed: list[tuple[Any, Exception]] = []
         self.confirmed_round = 0
@@ -83,6 +86,7 @@ class ReadIndex:
         self.round = 0
         self.confirmed_round = 0
         self._echoed = {}
+        self._silent = set()
 
     def add(self, token: Any, index: int) -> None:
         self._waiting.append(_Read(token, index, self.round + 1))
@@ -101,8 +105,18 @@ class ReadIndex:
 
     def echo(self, member: Any, round_: int) -> None:
         """``member`` answered the heartbeat of ``round_`` (0: it does not echo rounds)."""
-        if 0 < round_ <= self.round and round_ > self._echoed.get(member, 0):
+        if not round_:
+            self._silent.add(member)
+            return
+        self._silent.discard(member)
+        if round_ <= self.round and round_ > self._echoed.get(member, 0):
             self._echoed[member] = round_
+
+    def unconfirmable(self, self_id: Any, voters: Iterable[Any], quorum: int) -> bool:
+        """Whether too many voters answer without rounds for a quorum to ever echo one."""
+        if not self._silent:
+            return False
+        return sum(1 for v in voters if v == self_id or v not in self._silent) < quorum
 
     def confirm(self, self_id: Any, voters: Iterable[Any], quorum: int) -> int:
         """The highest round a quorum of ``voters`` echoed (this broker echoes every round,
@@ -141,9 +155,6 @@ class ReadIndex:
     def take_failed(self) -> list[tuple[Any, Exception]]:
         failed, self._failed = self._failed, []
         return failed
-
-    def has_failed(self) -> bool:
-        return bool(self._failed)
 
 
 __all__ = ["ReadIndex"]
