@@ -26,12 +26,12 @@ to the log.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._core import _commands as cmd
 from .._core import _work_commands as work
+from .._core._queues import QueueState
 from .._core._raft import RaftNode
 from .._storage._integrity import StorageDamaged
 from .._storage._queue_sql import apply_command
@@ -117,7 +117,7 @@ def query(store: Any, commands: Sequence[Any]) -> list[tuple[Any, bool]]:
 
     A storage job (on the storage worker). The SQLite store runs each in a transaction that
     is always rolled back (a read that meets a damaged value counts as changed: the log path
-    repairs it); the in-memory store of the mock clock on a copy of its state."""
+    repairs it); the in-memory store of the mock clock by :func:`trial_read`."""
     db = getattr(store, "_db", None)
     if db is None:
         return [_query_copy(store, command) for command in commands]
@@ -140,13 +140,22 @@ def query(store: Any, commands: Sequence[Any]) -> list[tuple[Any, bool]]:
 
 
 def _query_copy(store: Any, command: Any) -> tuple[Any, bool]:
-    state = copy.deepcopy(store.state)
-    result = state.apply(command)
-    return result, _differs(state, store.state)
+    return trial_read(store.state, command)
 
 
-def _differs(a: Any, b: Any) -> bool:
-    return a.positions != b.positions or a.work != b.work
+def trial_read(state: QueueState, command: Any) -> tuple[Any, bool]:
+    """Run a read (ReadNext, ReadBatch, ReadRecords) on a :class:`QueueState` and undo it:
+    ``(result, changed)``. A read changes at most a position and the position's activity
+    mark (idle forgetting): both are swapped for copies while it runs."""
+    positions, work_state = state.positions, state.work
+    activity = work_state.activity
+    state.positions, work_state.activity = dict(positions), dict(activity)
+    try:
+        result = state.apply(command)
+        changed = state.positions != positions or work_state.activity != activity
+    finally:
+        state.positions, work_state.activity = positions, activity
+    return result, changed
 
 
 class ReadPath:
@@ -285,4 +294,4 @@ class ReadPath:
         self.exhausted.clear()
 
 
-__all__ = ["Exhausted", "ReadPath", "query"]
+__all__ = ["READ_CANDIDATES", "Exhausted", "ReadPath", "query", "trial_read"]
