@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import functools
 
+import attrs
 import pytest
 import trio
 
+from trio_broker._core._raft_messages import HeartbeatResponse
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.testing import open_mock_cluster
 from trio_broker.testing._mock_cluster import CLIENT
@@ -16,6 +18,7 @@ from trio_broker.testing._mock_cluster import CLIENT
 from .wire import RawConnection, call, create_queue
 
 FT = BrokerConfig(data_dir="unused").failure_timeout
+HB = BrokerConfig(data_dir="unused").heartbeat_interval
 DEADLINE = 40 * FT
 
 
@@ -247,3 +250,30 @@ async def test_a_read_whose_run_would_write_goes_to_the_log(tmp_path, mode):
             assert r["status"] == "success", r
             assert broker.driver.reads.sent_to_log == tried + 1
             assert broker.driver.node.log.last_index > before
+
+
+@within_deadline
+async def test_with_members_that_do_not_echo_rounds_reads_take_the_log(autojump_clock):
+    """Peers of the previous version answer heartbeats without the round: a peek is then
+    answered through the log, as before, with the same answer."""
+    async with open_mock_cluster(3) as cluster:
+        leader, queue_id = await started(cluster)
+        await append(cluster, leader, queue_id, "x")
+        for name, broker in cluster.brokers.items():
+            if name == leader:
+                continue
+            send = broker.driver.peers.send
+
+            def as_older(message, send=send):
+                if isinstance(message, HeartbeatResponse):
+                    message = attrs.evolve(message, round=0)
+                send(message)
+
+            broker.driver.peers.send = as_older
+        await trio.sleep(4 * HB)  # (their answers without rounds reach the leader)
+        before = last_index(cluster, leader)
+        tried = cluster.brokers[leader].driver.reads.sent_to_log
+        r = await cluster.call(leader, peek(queue_id))
+        assert [m["data"] for m in r["messages"]] == ["x"]
+        assert last_index(cluster, leader) > before
+        assert cluster.brokers[leader].driver.reads.sent_to_log == tried + 1
