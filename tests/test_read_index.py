@@ -277,3 +277,6 @@ async def test_with_members_that_do_not_echo_rounds_reads_take_the_log(autojump_
         assert [m["data"] for m in r["messages"]] == ["x"]
         assert last_index(cluster, leader) > before
         assert cluster.brokers[leader].driver.reads.sent_to_log == tried + 1
+        # LIST_QUEUES, which has no log path, answers unconfirmed then, as it did before.
+        r = await cluster.call(leader, {"operation": "LIST_QUEUES"})
+        assert [q["queue_id"] for q in r["queues"]] == [queue_id]

@@ -579,8 +579,10 @@ class RaftNode:
 
     def take_reads(self) -> tuple[list[tuple[Any, int]], list[tuple[Any, Exception]]]:
         """The reads to answer now from the applied state, as ``(token, index)``, and those
-        that failed, as ``(token, error)`` (a :class:`NotLeader`): leadership lost or being
-        transferred. Never a read of a broker that no longer leads."""
+        that failed, as ``(token, error)``: a :class:`NotLeader` (leadership lost, or a
+        :class:`LeadershipTransferring`) or a :class:`ReadIndexUnavailable` (voters that do
+        not echo rounds: the read may take the log). Never a read of a broker that no
+        longer leads."""
         failed = self.reads.take_failed()
         if self.role is not Role.LEADER or self.commit < self._term_start_index:
             return [], failed

@@ -32,7 +32,7 @@ from typing import Any
 from .._core import _commands as cmd
 from .._core import _work_commands as work
 from .._core._queues import QueueState
-from .._core._raft import RaftNode
+from .._core._raft import RaftError, RaftNode
 from .._storage._integrity import StorageDamaged
 from .._storage._queue_sql import apply_command
 
@@ -229,13 +229,8 @@ class ReadPath:
             self._next += 1
             try:
                 node.read_index(key, after)
-            except Exception as exc:  # NotLeader, LeadershipTransferring, TooManyReads
-                outcome = errors(exc)
-                if outcome is None:
-                    self.sent_to_log += 1
-                    self._to_log(command, token)
-                else:
-                    self._settle(token, outcome)
+            except RaftError as exc:  # not the leader, a transfer, too many, older peers
+                self._refused(command, token, errors(exc))
                 continue
             self._waiting[key] = (command, token)
 
@@ -250,14 +245,8 @@ class ReadPath:
         ready, failed = node.take_reads()
         for key, exc in failed:
             entry = self._waiting.pop(key, None)
-            if entry is None:
-                continue
-            outcome = errors(exc)
-            if outcome is None:
-                self.sent_to_log += 1
-                self._to_log(*entry)
-            else:
-                self._settle(entry[1], outcome)
+            if entry is not None:
+                self._refused(*entry, errors(exc))
         logged = False
         entries = []
         for key, _ in ready:
@@ -270,6 +259,19 @@ class ReadPath:
         for start in range(0, len(entries), QUERY_CHUNK):
             logged |= await self._answer(entries[start : start + QUERY_CHUNK], run)
         return logged
+
+    def _refused(self, command: Any, token: Any, outcome: Any) -> None:
+        """The core refused or failed a read: ``outcome`` answers it, or with None it takes
+        the log. (A caller's own read, ``command`` None, then reads unconfirmed, as every
+        such read did before ReadIndex: only with voters that predate rounds, or too many
+        reads waiting.)"""
+        if outcome is not None:
+            self._settle(token, outcome)
+        elif command is None:
+            self._settle(token, None)
+        else:
+            self.sent_to_log += 1
+            self._to_log(command, token)
 
     async def _answer(self, entries: list[tuple[Any, Any]], run: Callable[..., Any]) -> bool:
         results = await run(query, self._store, [command for command, _ in entries])
