@@ -180,6 +180,8 @@ class RaftDriver:
             self.snapshots.start_fetch(message)
             return
         self.node.step(message)
+        if self.reads.waiting:
+            self.reads.collect(self.node, self._read_error)  # (an echo may confirm some)
         if self.peers is not None:
             self._send_loose()  # (heartbeat answers, the leader's next appends: at once)
         if isinstance(message, TimeoutNow):
@@ -294,8 +296,9 @@ class RaftDriver:
             self._capacity.release()
             return self.not_leader_error()
         pending = Pending()
-        self.reads.submit(None, pending)
-        self.wake()
+        self.reads.confirm_now(self.node, pending, self._read_error)
+        if self.peers is not None:
+            self._send_loose()  # (the round it waits for, if any: now)
         outcome = await pending.wait()
         return outcome if isinstance(outcome, BrokerError) else None
 
@@ -544,6 +547,8 @@ class RaftDriver:
         # After a long stall, do not replay every missed tick at once.
         for _ in range(min(behind, 3)):
             self.node.tick()
+        if self.reads.waiting:
+            self.reads.collect(self.node, self._read_error)  # (a step-down fails them)
         self._send_loose()
         self.leadership.note_role()
         if self.node.is_leader:

@@ -176,6 +176,8 @@ class ReadPath:
         self.exhausted = Exhausted()
         self._arrived: list[tuple[Any, Any]] = []
         self._waiting: dict[int, tuple[Any, Any]] = {}
+        self._ready: list[tuple[Any, Any]] = []
+        """Released by the core, to run on the applied state (:meth:`serve`)."""
         self._next = 0
         self.served = 0
         """Reads answered without a log entry."""
@@ -183,7 +185,7 @@ class ReadPath:
         """Reads that tried this path and went to the log."""
 
     def __len__(self) -> int:
-        return len(self._arrived) + len(self._waiting)
+        return len(self._arrived) + len(self._waiting) + len(self._ready)
 
     def qualifies(self, command: Any) -> bool:
         kind = type(command)
@@ -217,7 +219,42 @@ class ReadPath:
 
     @property
     def waiting(self) -> bool:
-        return bool(self._waiting)
+        return bool(self._waiting or self._ready)
+
+    def confirm_now(self, node: RaftNode, token: Any, errors: Callable[[Exception], Any]) -> None:
+        """A caller's own read (``token`` settled None once confirmed), registered at once
+        with the commit index (it has no place among a connection's proposals), so that it
+        needs no turn of the driver (which may be retrying a transaction meanwhile)."""
+        key = self._key()
+        try:
+            node.read_index(key)
+        except RaftError as exc:
+            self._refused(None, token, errors(exc))
+            return
+        self._waiting[key] = (None, token)
+        self.collect(node, errors)
+
+    def _key(self) -> int:
+        self._next += 1
+        return self._next
+
+    def collect(self, node: RaftNode, errors: Callable[[Exception], Any]) -> bool:
+        """Take what the core released or failed (callable from any task: it never waits):
+        a caller's own reads are settled here, the others kept for :meth:`serve`. True if
+        some wait for it."""
+        ready, failed = node.take_reads()
+        for key, exc in failed:
+            entry = self._waiting.pop(key, None)
+            if entry is not None:
+                self._refused(*entry, errors(exc))
+        for key, _ in ready:
+            command, token = self._waiting.pop(key)
+            if command is None:
+                self.served += 1
+                self._settle(token, None)
+            else:
+                self._ready.append((command, token))
+        return bool(self._ready)
 
     def register(self, node: RaftNode, errors: Callable[[Exception], Any]) -> None:
         """Hand the reads that arrived to the core, each with the leader's last index (every
@@ -225,8 +262,7 @@ class ReadPath:
         arrived, self._arrived = self._arrived, []
         after = node.log.last_index
         for command, token in arrived:
-            key = self._next
-            self._next += 1
+            key = self._key()
             try:
                 node.read_index(key, after)
             except RaftError as exc:  # not the leader, a transfer, too many, older peers
@@ -242,20 +278,9 @@ class ReadPath:
     ) -> bool:
         """Answer the reads the core released, fail those it failed; True if any went to the
         log (the driver then proposes them). ``run(fn, *args)`` runs a storage job."""
-        ready, failed = node.take_reads()
-        for key, exc in failed:
-            entry = self._waiting.pop(key, None)
-            if entry is not None:
-                self._refused(*entry, errors(exc))
         logged = False
-        entries = []
-        for key, _ in ready:
-            command, token = self._waiting.pop(key)
-            if command is None:
-                self.served += 1
-                self._settle(token, None)
-            else:
-                entries.append((command, token))
+        self.collect(node, errors)
+        entries, self._ready = self._ready, []
         for start in range(0, len(entries), QUERY_CHUNK):
             logged |= await self._answer(entries[start : start + QUERY_CHUNK], run)
         return logged
@@ -290,9 +315,9 @@ class ReadPath:
         """The core was rebuilt (the driver restarted): every read is answered ``outcome``."""
         for _, token in self._arrived:
             self._settle(token, outcome)
-        for _, token in self._waiting.values():
+        for _, token in [*self._waiting.values(), *self._ready]:
             self._settle(token, outcome)
-        self._arrived, self._waiting = [], {}
+        self._arrived, self._waiting, self._ready = [], {}, []
         self.exhausted.clear()
 
 
