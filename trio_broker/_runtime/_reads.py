@@ -12,6 +12,10 @@ position moved, no idle-forgetting mark set) its result is the answer: the same 
 log would have given at that index. If it would have changed something, the read goes to
 the log after all, as before, and the log's result answers it.
 
+``LIST_QUEUES`` reads the applied state itself once the same check says so
+(:meth:`ReadPath.confirm_now`, with the commit index, settled from whichever task moves the
+core: it needs no turn of the driver, which may be retrying a transaction on a full disk).
+
 Which reads try this path (:meth:`ReadPath.qualifies`): peeks always; a read that moves the
 position when the last read of that client on that queue, as applied here, found nothing
 and no append to the queue was applied since (a hint, :class:`Exhausted`: a wrong hint
