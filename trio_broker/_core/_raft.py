@@ -57,6 +57,7 @@ from ._raft_messages import (
     SnapshotMeta,
     TimeoutNow,
 )
+from ._read_index import ReadIndex
 
 __all__ = [
     "ConfigChangeRefused",
@@ -67,8 +68,10 @@ __all__ = [
     "RaftError",
     "RaftLogError",
     "RaftNode",
+    "ReadIndexUnavailable",
     "Ready",
     "Role",
+    "TooManyReads",
     "TransferRefused",
     "UsageError",
 ]
@@ -97,6 +100,15 @@ class LeadershipTransferring(NotLeader):
     def __init__(self, leader_id: Any) -> None:
         super().__init__(leader_id)
         self.args = (f"leadership is being transferred to {leader_id!r}",)
+
+
+class TooManyReads(RaftError):
+    """As many reads as the core holds (``max_reads``) wait for their confirmation already."""
+
+
+class ReadIndexUnavailable(RaftError):
+    """Too many voters answer heartbeats without echoing their round (an older version) for
+    a read to be confirmed: reads go to the log."""
 
 
 class TransferRefused(RaftError):
@@ -279,6 +291,7 @@ class RaftNode:
         pre_vote: bool = True,
         check_quorum: bool = True,
         acknowledged: int | None = None,
+        max_reads: int = 4096,
     ) -> None:
         if heartbeat_ticks >= election_ticks:
             raise UsageError("heartbeat_ticks must be smaller than election_ticks")
@@ -374,6 +387,8 @@ class RaftNode:
         self._snapshots_to_send: list[Any] = []
         self._inflight: Ready | None = None
         self._append_pending = False
+        self.reads = ReadIndex(max_reads)
+        """Reads answered without a log entry once confirmed (``read_index``)."""
 
     # -- public queries ------------------------------------------------------------------------
 
@@ -538,9 +553,54 @@ class RaftNode:
             raise TransferRefused(f"{target!r} is {what}; leadership goes to voters only")
         if self.transfer_target == target:
             return
+        self.reads.fail_all(LeadershipTransferring(target))
         self.transfer_target = target
         self._transfer_elapsed = 0
         self._maybe_send_timeout_now(target)
+
+    def read_index(self, token: Any, after: int = 0) -> None:
+        """A read that changes nothing arrived (Raft thesis 6.4, :mod:`._read_index`): it is
+        answered from the applied state once a majority confirmed this broker still led after
+        now, and the applied index reaches ``max(commit, after)`` (and this leader's first
+        entry). :meth:`take_reads` gives it back, ready or failed, by ``token``.
+
+        Raises :class:`NotLeader`, :class:`LeadershipTransferring`, :class:`TooManyReads` or
+        :class:`ReadIndexUnavailable` (nothing registered)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise LeadershipTransferring(self.transfer_target)
+        if self.reads.full:
+            raise TooManyReads(f"{self.reads.max_waiting} reads wait already")
+        if self.reads.unconfirmable(self.id, self.config.voters, self.config.quorum()):
+            raise ReadIndexUnavailable("voters that do not echo heartbeat rounds")
+        self.reads.add(token, max(self.commit, after))
+        self._confirm_reads()
+
+    def take_reads(self) -> tuple[list[tuple[Any, int]], list[tuple[Any, Exception]]]:
+        """The reads to answer now from the applied state, as ``(token, index)``, and those
+        that failed, as ``(token, error)``: a :class:`NotLeader` (leadership lost, or a
+        :class:`LeadershipTransferring`) or a :class:`ReadIndexUnavailable` (voters that do
+        not echo rounds: the read may take the log). Never a read of a broker that no
+        longer leads."""
+        failed = self.reads.take_failed()
+        if self.role is not Role.LEADER or self.commit < self._term_start_index:
+            return [], failed
+        self.reads.confirm(self.id, self.config.voters, self.config.quorum())
+        return self.reads.take(self.applied, self._term_start_index), failed
+
+    def _confirm_reads(self) -> None:
+        """Count the echoes. The next round, if a read waits for one, leaves when the
+        messages are taken (:meth:`_send_read_round`): every read that arrived until then
+        shares it."""
+        voters, quorum = self.config.voters, self.config.quorum()
+        if self.reads.unconfirmable(self.id, voters, quorum):
+            self.reads.fail_all(ReadIndexUnavailable("voters that do not echo heartbeat rounds"))
+        self.reads.confirm(self.id, voters, quorum)
+
+    def _send_read_round(self) -> None:
+        if self.role is Role.LEADER and self.reads.wants_round():
+            self._broadcast_heartbeat()
 
     def best_transfer_target(self) -> Any:
         """The voter (not this broker) to hand the leadership to, None if there is none.
@@ -612,6 +672,7 @@ class RaftNode:
             or self._persisted_msgs
             or self._snapshots_to_send
             or self.applied < self.commit
+            or (self.role is Role.LEADER and self.reads.wants_round())
         )
 
     def take_messages(self) -> list[Message]:
@@ -619,6 +680,7 @@ class RaftNode:
         their answers, the leader's appends: nothing that promises what is being persisted),
         so that a runtime busy persisting the outstanding Ready can still send them on time.
         ``persisted_messages`` stay for the Ready. Allowed while a Ready is outstanding."""
+        self._send_read_round()
         msgs, self._msgs = self._msgs, []
         return msgs
 
@@ -630,6 +692,7 @@ class RaftNode:
             self._append_pending = False
             if self.role is Role.LEADER:
                 self._broadcast_append()
+        self._send_read_round()
         hs = self.hard_state
         trunc, entries = self.log.take_unstable()
         # ``applied`` moves in advance(), once the runtime applied these (etcd's Advance): a
@@ -728,6 +791,7 @@ class RaftNode:
                     cluster_version=self.cluster_version,
                     last_index=self.log.last_index,
                     start_id=self.start_id if self.unverified else 0,
+                    round=m.round,
                 )
             )
         elif isinstance(m, DataSync):
@@ -1036,6 +1100,7 @@ class RaftNode:
     # -- roles ---------------------------------------------------------------------------------
 
     def _become_follower(self, term: int, leader: Any) -> None:
+        self.reads.fail_all(NotLeader(leader))
         if term > self.term:
             self.term = term
             self.voted_for = None
@@ -1061,6 +1126,7 @@ class RaftNode:
         self.heartbeat_elapsed = 0
         self.progress = {}
         self.transfer_target = None
+        self.reads.reset()
         for m in self.config.members | {self.id}:
             self.progress[m] = Progress(match=0, next=self.log.last_index + 1, last_heard=self.now)
         noop = Entry(self.term, self.log.last_index + 1, NoOp())
@@ -1131,6 +1197,7 @@ class RaftNode:
                 )
 
     def _broadcast_heartbeat(self) -> None:
+        round_ = self.reads.next_round()  # (every broadcast is a round: _read_index)
         for m in sorted(self.progress):
             if m == self.id:
                 continue
@@ -1142,6 +1209,7 @@ class RaftNode:
                     term=self.term,
                     cluster_version=self.cluster_version,
                     commit=min(pr.match, self.commit),
+                    round=round_,
                 )
             )
 
@@ -1206,6 +1274,9 @@ class RaftNode:
         if m.src == self.transfer_target and not isinstance(m, ReplicateResponse):
             self._maybe_send_timeout_now(m.src)  # again, in case the first one was lost
         if isinstance(m, HeartbeatResponse):
+            self.reads.echo(m.src, m.round)
+            if len(self.reads):
+                self._confirm_reads()
             if m.start_id != pr.start_id:
                 # It restarted and asks what it may have acknowledged: everything that could
                 # commit with its acknowledgements is in our log now (see RaftNode).

@@ -298,6 +298,11 @@ class Heartbeat:
     term: int
     cluster_version: int
     commit: int
+    round: int = 0
+    """The number of this heartbeat round among the leader's rounds in its term (from 1),
+    echoed in the answer: a majority echoing a round sent after a read arrived confirms the
+    leader still led then (ReadIndex, ``_read_index``). 0 (absent on the wire): a leader
+    that predates it."""
 
 
 @attrs.frozen(kw_only=True)
@@ -316,6 +321,9 @@ class HeartbeatResponse:
     """While the member has not yet learned, since its start, what it may have acknowledged
     before (``RaftNode.unverified``): a number drawn at its start, which the leader echoes
     in ``Replicate.start_id`` with its log end. 0 (absent on the wire) otherwise."""
+    round: int = 0
+    """The ``round`` of the Heartbeat answered (0, absent on the wire: none, or a member
+    that predates it, whose answers then never confirm a read: reads take the log)."""
 
 
 @attrs.frozen

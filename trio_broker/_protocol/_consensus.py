@@ -102,9 +102,11 @@ _FIELDS: dict[type, dict[str, cattrs.gen.AttributeOverride]] = {
         "success": _status("success", "rejected"),
         "probe": cattrs.gen.override(omit_if_default=True),
     },
+    rm.Heartbeat: {"round": cattrs.gen.override(omit_if_default=True)},
     rm.HeartbeatResponse: {
         "last_index": cattrs.gen.override(omit_if_default=True),
         "start_id": cattrs.gen.override(omit_if_default=True),
+        "round": cattrs.gen.override(omit_if_default=True),
     },
     rm.DataSync: {"data": cattrs.gen.override(struct_hook=lambda value, _type: value)},
 }

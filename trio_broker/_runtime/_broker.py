@@ -342,7 +342,7 @@ class Broker:
             AckRequest: self._commit_position,
             SeekRequest: self._commit_position,
             SetRetentionRequest: self._set_retention,
-            ListQueues: self._list_queues,
+            ListQueues: self.driver.leading_checked(self._list_queues),
             m.CreateNamedQueue: self._leader(
                 lambda r: self.work.create_named(r, self._new_queue_id)
             ),

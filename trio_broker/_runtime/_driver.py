@@ -41,6 +41,7 @@ from .._core._raft_messages import (
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
+from ._answer import Answer
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, DiskState
 from ._leadership import Leadership
@@ -49,6 +50,7 @@ from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
 from ._peers import PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
+from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
 from ._repair import Repair, serve_fetch_values
 from ._snapshots import Snapshots
@@ -116,7 +118,9 @@ class RaftDriver:
         self._address_updates: set[str] = set()
         self._store = store
         self._worker = worker
-        self._on_applied = on_applied
+        self.reads = ReadPath(self._settle, self._to_log, store)
+        """Reads that change nothing, answered after a ReadIndex check (:mod:`._reads`)."""
+        self._on_applied = self.reads.watching(on_applied)
         self._on_snapshot = on_snapshot
         self._ledger: Proposals[Any] = Proposals(max_bytes=config.max_frame)
         """Tokens: a :class:`Pending`, or ``(PendingGroup, index)`` of :meth:`propose_many`."""
@@ -176,6 +180,8 @@ class RaftDriver:
             self.snapshots.start_fetch(message)
             return
         self.node.step(message)
+        if self.reads.waiting:
+            self.reads.collect(self.node, self._read_error)  # (an echo may confirm some)
         if self.peers is not None:
             self._send_loose()  # (heartbeat answers, the leader's next appends: at once)
         if isinstance(message, TimeoutNow):
@@ -206,7 +212,10 @@ class RaftDriver:
             self._capacity.release()
             return refusal
         pending = Pending()
-        self._ledger.add(payload, pending)
+        if type(payload) in READ_CANDIDATES and self.reads.qualifies(payload):
+            self.reads.submit(payload, pending)
+        else:
+            self._ledger.add(payload, pending)
         self.wake()
         return pending
 
@@ -234,7 +243,10 @@ class RaftDriver:
         group = PendingGroup(count)
         disk = self.disk
         if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
-            self._ledger.add_many(commands, [(group, index) for index in range(count)])
+            if any(type(c) in READ_CANDIDATES for c in commands):
+                self._propose_with_reads(commands, group)
+            else:
+                self._ledger.add_many(commands, [(group, index) for index in range(count)])
             self.wake()
             return group
         add = self._ledger.add
@@ -250,6 +262,58 @@ class RaftDriver:
             capacity.release(refused)
         self.wake()
         return group
+
+    def _propose_with_reads(self, commands: list[Any], group: PendingGroup) -> None:
+        """:meth:`propose_many`'s run that holds reads: those that qualify wait for a
+        ReadIndex check (:mod:`._reads`), the others go to the log, in their order."""
+        reads = self.reads
+        add = self._ledger.add
+        for index, command in enumerate(commands):
+            if type(command) in READ_CANDIDATES and reads.qualifies(command):
+                reads.submit(command, (group, index))
+            else:
+                add(command, (group, index))
+
+    def _to_log(self, command: Any, token: Any) -> None:
+        """A read that tried the ReadIndex path goes to the log after all, as before."""
+        self._ledger.add(command, token)
+        self.wake()
+
+    def _read_error(self, exc: Exception) -> Any:
+        """The answer to a read the core refused or failed; None: it goes to the log."""
+        if isinstance(exc, raft.LeadershipTransferring):
+            return self.transferring_error(exc.leader_id)
+        if isinstance(exc, raft.NotLeader):
+            return self.not_leader_error()
+        return None  # (too many reads waiting, or voters that do not echo rounds)
+
+    async def confirm_leading(self) -> BrokerError | None:
+        """Wait until a majority confirmed that this broker leads after now and its applied
+        state holds everything committed before (ReadIndex): then a read of the applied
+        state is linearizable. The refusal (not the leader, a transfer) otherwise."""
+        await acquire(self._capacity)
+        if not self.node.is_leader:
+            self._capacity.release()
+            return self.not_leader_error()
+        pending = Pending()
+        self.reads.confirm_now(self.node, pending, self._read_error)
+        if self.peers is not None:
+            self._send_loose()  # (the round it waits for, if any: now)
+        outcome = await pending.wait()
+        return outcome if isinstance(outcome, BrokerError) else None
+
+    def leading_checked(self, handler: Callable[..., Awaitable[Any]]) -> Any:
+        """``handler`` (a request handler that reads the applied state) run after
+        :meth:`confirm_leading` on the leader; a replica's handler decides its refusal."""
+
+        async def checked(request: Any, session: Any) -> Any:
+            if self.node.is_leader:
+                refusal = await self.confirm_leading()
+                if refusal is not None:
+                    return Answer(now=refusal)
+            return await handler(request, session)
+
+        return checked
 
     def _flush_proposals(self) -> None:
         """Turn the proposals waiting since the last Ready into log entries: as many groups as
@@ -403,6 +467,7 @@ class RaftDriver:
         self.snapshots.applied_bytes = 0
         for pending in self._ledger.take_all():
             self._settle(pending, _outcome_unknown(f"internal failure: {exc!r}"))
+        self.reads.fail_all(_not_applied("the consensus state was rebuilt"))
         log_event(
             logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
         )
@@ -428,6 +493,13 @@ class RaftDriver:
                     self.snapshots.compact_now(requests)
                 if self._ledger.queued:
                     self._flush_proposals()
+                if self.reads.arrived:
+                    self.reads.register(self.node, self._read_error)
+                    self._send_loose()  # (the heartbeat round they wait for: now)
+                if self.reads.waiting and await self.reads.serve(
+                    self.node, self._run_query, self._read_error
+                ):
+                    continue  # (some go to the log after all)
                 if self.node.has_ready():
                     await self._handle_ready(self.node.ready())
                     self._after_advance()
@@ -475,12 +547,18 @@ class RaftDriver:
         # After a long stall, do not replay every missed tick at once.
         for _ in range(min(behind, 3)):
             self.node.tick()
+        if self.reads.waiting:
+            self.reads.collect(self.node, self._read_error)  # (a step-down fails them)
         self._send_loose()
         self.leadership.note_role()
         if self.node.is_leader:
             self._leader_housekeeping()
         if self.node.has_ready():
             self.wake()
+
+    async def _run_query(self, fn: Callable[..., Any], *args: Any) -> Any:
+        run = getattr(self._worker, "run_short", self._worker.run)
+        return await run(fn, *args)
 
     def _send_loose(self) -> None:
         """Send the core's messages that need no Ready (see RaftNode.take_messages)."""

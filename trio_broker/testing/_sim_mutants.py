@@ -94,6 +94,16 @@ class TrustLogAfterReboot(RaftNode):
         return True
 
 
+class ReadWithoutConfirmation(RaftNode):
+    """Answers reads (ReadIndex) without a majority's echo of a heartbeat round sent after
+    they arrived: a leader already replaced, which does not know it yet, answers from its
+    stale state."""
+
+    def take_reads(self) -> tuple[list[tuple[Any, int]], list[tuple[Any, Exception]]]:
+        self.reads.confirmed_round = self.reads.round + 1
+        return super().take_reads()
+
+
 MUTANTS: dict[str, type[RaftNode]] = {
     "minority_commit": MinorityCommit,
     "forget_vote": ForgetVote,
@@ -104,3 +114,11 @@ MUTANTS: dict[str, type[RaftNode]] = {
     "trust_regressed_follower": TrustRegressedFollower,
     "trust_log_after_reboot": TrustLogAfterReboot,
 }
+
+TARGETED_MUTANTS: dict[str, type[RaftNode]] = {
+    "read_without_confirmation": ReadWithoutConfirmation,
+}
+"""Mutants a scenario written for them catches, which the swarm rarely does: a stale read
+needs a leader cut off (and unaware of it) before it proposes anything more, since a read
+also waits for every entry the leader held when it arrived (``tests/test_read_index_sim.py``:
+the simulator's own read checks fail the mutant's run of that scenario)."""

@@ -7,7 +7,7 @@ import multiprocessing
 import sys
 import time
 
-from .._sim_mutants import MUTANTS
+from .._sim_mutants import MUTANTS, TARGETED_MUTANTS
 from ._balancer import SPREAD_MUTANTS
 from ._params import DEFAULT_LIVENESS_STEPS, DEFAULT_SAFETY_STEPS
 from ._run import Simulation, run_swarm
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=multiprocessing.cpu_count())
     parser.add_argument(
         "--mutant",
-        choices=sorted([*MUTANTS, *SPREAD_MUTANTS]),
+        choices=sorted([*MUTANTS, *TARGETED_MUTANTS, *SPREAD_MUTANTS]),
         help="run a deliberately broken core (or leadership balancer: spread_*)",
     )
     parser.add_argument("--safety-steps", type=int, default=DEFAULT_SAFETY_STEPS)

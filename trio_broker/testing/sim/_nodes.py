@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from ..._core._commands import AppendBatch, AppendMessage
+from ..._core._commands import AppendBatch, AppendMessage, ReadBatch
 from ..._core._proposals import NotApplied, Proposals
-from ..._core._raft import NotLeader, RaftNode
+from ..._core._raft import NotLeader, RaftError, RaftNode
 from ..._core._raft_messages import Entry
 from ..._core._spread import SpreadPacer
 from ..._core._work_commands import (
@@ -26,6 +26,7 @@ from ..._core._work_commands import (
     GroupRead,
 )
 from ..._protocol._framing import DEFAULT_MAX_FRAME
+from ..._runtime._reads import trial_read
 from .._sim_cluster import COMMANDS as APPLIED
 from ._clients import ClientRequest, ClientResponse
 from ._params import SimulationFailure
@@ -107,6 +108,7 @@ class NodesMixin:
     # -- disks ---------------------------------------------------------------------------------
 
     def _drive(self, i: int) -> None:
+        self._answer_reads(i)
         if self.disk[i] is None:
             # Requests that arrived while the disk was busy share one entry, as in the runtime.
             self._propose_group(i)
@@ -213,8 +215,48 @@ class NodesMixin:
                 )
                 self.post(response, True)
             return
+        if m.src is not None and type(m.command) is ReadBatch and m.command.peek:
+            # A client's peek: ReadIndex, as the runtime's (_runtime/_reads.py).
+            try:
+                node.read_index((m.src, m.req_id, m.command), node.log.last_index)
+                self.stats["read_index"] = self.stats.get("read_index", 0) + 1
+                # The round it waits for leaves now, as the runtime sends it (_send_loose):
+                # with what else needs no Ready (heartbeats, their answers, appends).
+                for message in node.take_messages():
+                    self.post(message)
+                self.dirty.add(i)
+                return
+            except NotLeader as exc:
+                self.post(self._not_leader(i, m.src, m.req_id, exc), True)
+                return
+            except RaftError:
+                pass  # (too many waiting: the log)
         self.ledgers[i].add(m.command, (m.src, m.req_id))
         self.proposals.setdefault(i, self.now)
+
+    def _not_leader(self, i: int, src: Any, req_id: int, exc: NotLeader) -> ClientResponse:
+        return ClientResponse(i, src, req_id, "not_leader", None, exc.leader_id, self.g.index)
+
+    def _answer_reads(self, i: int) -> None:
+        """The peeks the core confirmed (answered from the applied state when they change
+        nothing, else proposed as before) or failed (not the leader)."""
+        node = self.nodes.get(i)
+        if node is None:
+            return
+        ready, failed = node.take_reads()
+        for (src, req_id, command), exc in failed:
+            if isinstance(exc, NotLeader):
+                self.post(self._not_leader(i, src, req_id, exc), True)
+            else:
+                self.ledgers[i].add(command, (src, req_id))
+                self.proposals.setdefault(i, self.now)
+        for (src, req_id, command), _index in ready:
+            result, changed = trial_read(self.apps[i], command)
+            if changed:
+                self.ledgers[i].add(command, (src, req_id))
+                self.proposals.setdefault(i, self.now)
+            else:
+                self._answer(i, src, req_id, "ok", result)
 
     def _propose_group(self, i: int) -> None:
         since = self.proposals.get(i)

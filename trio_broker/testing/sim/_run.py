@@ -14,7 +14,7 @@ from ..._core._raft import RaftNode
 from ..._core._raft_messages import Config, SnapshotMeta
 from ..._core._spread import SpreadPacer
 from .._sim_cluster import MemoryStorage
-from .._sim_mutants import MUTANTS
+from .._sim_mutants import MUTANTS, TARGETED_MUTANTS
 from ._balancer import (
     SPREAD_INTERVAL_TICKS,
     SPREAD_MUTANTS,
@@ -94,9 +94,10 @@ class Simulation(
     ) -> None:
         self.seed = seed
         self.mutant = mutant
-        if mutant is not None and mutant not in MUTANTS and mutant not in SPREAD_MUTANTS:
+        cores = {**MUTANTS, **TARGETED_MUTANTS}
+        if mutant is not None and mutant not in cores and mutant not in SPREAD_MUTANTS:
             raise ValueError(f"unknown mutant {mutant!r}")
-        self.node_cls: type[RaftNode] = MUTANTS.get(mutant, RaftNode) if mutant else RaftNode
+        self.node_cls: type[RaftNode] = cores.get(mutant, RaftNode) if mutant else RaftNode
         # The balancer's wish and pacing (a broken one with a spread mutant).
         self.spread_target, self.spread_interval = SPREAD_MUTANTS.get(
             mutant, (preferred, SPREAD_INTERVAL_TICKS)
