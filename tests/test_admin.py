@@ -5,13 +5,14 @@ client where there is a command for it."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import trio
 
 from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker.client import connect
-from trio_broker.testing import open_local_cluster
+from trio_broker.testing import open_local_cluster, open_mock_cluster
 
 from .wire import call
 
@@ -191,6 +192,23 @@ async def test_a_leader_that_stops_hands_its_leadership_over_first(tmp_path):
                 new = await cluster.wait_for_leader()
             assert new.node.term == term + 1
             assert new.statistics().transfers_received == 1
+
+
+async def test_a_cancelled_leader_does_not_step_down(autojump_clock, caplog):
+    """A crash (``open_broker`` cancelled) hands nothing over and waits for nothing: its
+    driver is cancelled with it (docs/replication.md, "Step-down on shutdown"); the others
+    elect a leader of their own once their failure timeout has passed."""
+    caplog.set_level(logging.INFO, logger="trio_broker")
+    async with open_mock_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        caplog.clear()
+        await cluster.stop(cluster.name_of(leader))
+        events = [getattr(r, "event", None) for r in caplog.records]
+        assert "broker.stopping" in events
+        assert "leadership.transfer_started" not in events, events
+        assert "broker.step_down_failed" not in events, events
+        new = await cluster.wait_for_leader()
+        assert new is not leader and new.statistics().transfers_received == 0
 
 
 # -- snapshot ---------------------------------------------------------------------------------
