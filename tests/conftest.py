@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import resource
 import shutil
 import tempfile
@@ -156,3 +157,9 @@ def ram_path_factory(tmp_path_factory):
         yield RamPathFactory(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def ram_path(ram_path_factory, request) -> Path:
+    """As ``tmp_path``, from :func:`ram_path_factory`."""
+    return ram_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:40])
