@@ -31,8 +31,10 @@ _raise_fd_limit()
 
 
 @pytest.fixture
-def broker_config(tmp_path):
-    return BrokerConfig(data_dir=tmp_path / "broker", port=0)
+def broker_config(ram_path):
+    """One broker's settings, its data in RAM (:func:`ram_path`): the tests that use it are
+    about what the broker answers, not about what its disk keeps."""
+    return BrokerConfig(data_dir=ram_path / "broker", port=0)
 
 
 @pytest.fixture
