@@ -140,7 +140,7 @@ class RamPathFactory:
 
 RAM_ROOM = 1 << 30
 """Free bytes /dev/shm must have for :func:`ram_path_factory` to use it (the model tests
-write some tens of MiB there)."""
+write some tens of MiB there; each :func:`ram_path` is removed after its test)."""
 
 
 @pytest.fixture(scope="session")
@@ -148,8 +148,8 @@ def ram_path_factory(tmp_path_factory):
     """As ``tmp_path_factory``, in /dev/shm where there is one with room to spare (else the
     usual temporary folder; a container's is often 64 MiB): a sync there costs nothing, so
     the model tests that open, fill and reopen hundreds of stores check the same SQL in a
-    third of the time. What reaches the disk is tested elsewhere, on real files
-    (tests/test_power_loss.py, the process tests)."""
+    third of the time. What survives a power cut is decided by the fault-injecting VFS
+    (tests/test_power_loss.py), whatever the medium; the process tests keep real files."""
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= RAM_ROOM):
         yield tmp_path_factory
@@ -162,6 +162,10 @@ def ram_path_factory(tmp_path_factory):
 
 
 @pytest.fixture
-def ram_path(ram_path_factory, request) -> Path:
-    """As ``tmp_path``, from :func:`ram_path_factory`."""
-    return ram_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:40])
+def ram_path(ram_path_factory, request):
+    """As ``tmp_path``, from :func:`ram_path_factory`; removed once the test is over (RAM is
+    not kept for the last runs as the temporary folder is)."""
+    path = ram_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:40])
+    yield path
+    if isinstance(ram_path_factory, RamPathFactory):
+        shutil.rmtree(path, ignore_errors=True)
