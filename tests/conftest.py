@@ -164,7 +164,8 @@ def ram_path_factory(tmp_path_factory):
 @pytest.fixture
 def ram_path(ram_path_factory, request):
     """As ``tmp_path``, from :func:`ram_path_factory`; removed once the test is over (RAM is
-    not kept for the last runs as the temporary folder is)."""
+    not kept for the last runs as the temporary folder is). Whatever runs on it from another
+    fixture (``trio_thread``) must be torn down first: list ``ram_path`` before it."""
     path = ram_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:40])
     yield path
     if isinstance(ram_path_factory, RamPathFactory):

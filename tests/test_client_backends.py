@@ -125,7 +125,7 @@ async def test_errors_are_raised_as_themselves(anyio_backend, thread_broker):
 
 
 async def test_a_lost_connection_makes_a_sent_read_outcome_unknown(
-    trio_thread, ram_path, anyio_backend
+    ram_path, trio_thread, anyio_backend
 ):
     cluster = await trio_thread.aenter(open_local_cluster(ram_path, 1))
     port = cluster.ports["b1"]
@@ -145,7 +145,7 @@ async def test_a_lost_connection_makes_a_sent_read_outcome_unknown(
                 await trio_thread.acall(cluster.stop, "b1")
 
 
-async def test_routing_failover_producer_and_admin(trio_thread, ram_path, anyio_backend):
+async def test_routing_failover_producer_and_admin(ram_path, trio_thread, anyio_backend):
     cluster = await trio_thread.aenter(open_local_cluster(ram_path, 3))
     with anyio.fail_after(DEADLINE):
         leader = await trio_thread.acall(cluster.wait_for_leader)
@@ -202,7 +202,7 @@ def tls_settings(ram_path) -> tuple[dict[str, str], trustme.CA]:
     return settings | {"tls_ca": str(paths["ca"])}, ca
 
 
-async def test_tls_and_tokens(trio_thread, ram_path, tls_settings, anyio_backend):
+async def test_tls_and_tokens(ram_path, trio_thread, tls_settings, anyio_backend):
     settings, ca = tls_settings
     tokens = ram_path / "tokens"
     tokens.write_text("token-a\n")
