@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import resource
 import shutil
 import tempfile
@@ -30,8 +31,10 @@ _raise_fd_limit()
 
 
 @pytest.fixture
-def broker_config(tmp_path):
-    return BrokerConfig(data_dir=tmp_path / "broker", port=0)
+def broker_config(ram_path):
+    """One broker's settings, its data in RAM (:func:`ram_path`): the tests that use it are
+    about what the broker answers, not about what its disk keeps."""
+    return BrokerConfig(data_dir=ram_path / "broker", port=0)
 
 
 @pytest.fixture
@@ -135,14 +138,20 @@ class RamPathFactory:
         return Path(tempfile.mkdtemp(prefix=f"{basename}-", dir=self.base))
 
 
+RAM_ROOM = 1 << 30
+"""Free bytes /dev/shm must have for :func:`ram_path_factory` to use it (the model tests
+write some tens of MiB there; each :func:`ram_path` is removed after its test)."""
+
+
 @pytest.fixture(scope="session")
 def ram_path_factory(tmp_path_factory):
-    """As ``tmp_path_factory``, in /dev/shm where there is one (else the usual temporary
-    folder): a sync there costs nothing, so the model tests that open, fill and reopen
-    hundreds of stores check the same SQL in a third of the time. What reaches the disk is
-    tested elsewhere, on real files (tests/test_power_loss.py, the process tests)."""
+    """As ``tmp_path_factory``, in /dev/shm where there is one with room to spare (else the
+    usual temporary folder; a container's is often 64 MiB): a sync there costs nothing, so
+    the model tests that open, fill and reopen hundreds of stores check the same SQL in a
+    third of the time. What survives a power cut is decided by the fault-injecting VFS
+    (tests/test_power_loss.py), whatever the medium; the process tests keep real files."""
     shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+    if not (shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= RAM_ROOM):
         yield tmp_path_factory
         return
     base = Path(tempfile.mkdtemp(prefix="trio-broker-tests-", dir=shm))
@@ -150,3 +159,14 @@ def ram_path_factory(tmp_path_factory):
         yield RamPathFactory(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def ram_path(ram_path_factory, request):
+    """As ``tmp_path``, from :func:`ram_path_factory`; removed once the test is over (RAM is
+    not kept for the last runs as the temporary folder is). Whatever runs on it from another
+    fixture (``trio_thread``) must be torn down first: list ``ram_path`` before it."""
+    path = ram_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:40])
+    yield path
+    if isinstance(ram_path_factory, RamPathFactory):
+        shutil.rmtree(path, ignore_errors=True)

@@ -5,13 +5,14 @@ client where there is a command for it."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import trio
 
 from trio_broker._runtime import BrokerConfig, JoinFailed, open_broker
 from trio_broker.client import connect
-from trio_broker.testing import open_local_cluster
+from trio_broker.testing import open_local_cluster, open_mock_cluster
 
 from .wire import call
 
@@ -33,11 +34,11 @@ async def wait_leader_is(cluster, broker_id: str):
 # -- transfer-leader --------------------------------------------------------------------------
 
 
-async def test_transfer_leader_to_a_named_voter(tmp_path, cli):
+async def test_transfer_leader_to_a_named_voter(ram_path, cli):
     """Thesis 3.10 end to end: the named replica leads in exactly the next term, elected by a
     transfer (TIMEOUT_NOW), not after an election timeout."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             old = await cluster.wait_for_leader()
             term = old.node.term
             replica = next(b for b in cluster.brokers.values() if b is not old)
@@ -55,9 +56,9 @@ async def test_transfer_leader_to_a_named_voter(tmp_path, cli):
                 assert await client.append(queue, "after") == 1
 
 
-async def test_transfer_leader_without_a_target_picks_a_caught_up_voter(tmp_path, cli):
+async def test_transfer_leader_without_a_target_picks_a_caught_up_voter(ram_path, cli):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             old = await cluster.wait_for_leader()
             status, out, err = await cli(*seed(old), "--json", "transfer-leader")
             assert (status, err) == (0, ""), err
@@ -68,10 +69,10 @@ async def test_transfer_leader_without_a_target_picks_a_caught_up_voter(tmp_path
             assert new.broker_id == answer["leader_id"]
 
 
-async def test_transfer_leadership_sent_to_a_replica_is_forwarded_to_the_leader(tmp_path):
+async def test_transfer_leadership_sent_to_a_replica_is_forwarded_to_the_leader(ram_path):
     """On the wire: TRANSFER_LEADERSHIP may reach any member, like REMOVE_MEMBER."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             old = await cluster.wait_for_leader()
             term = old.node.term
             replica = next(b for b in cluster.brokers.values() if b is not old)
@@ -91,9 +92,9 @@ async def test_transfer_leadership_sent_to_a_replica_is_forwarded_to_the_leader(
 
 
 @pytest.mark.parametrize("who", ["leader", "stranger"])
-async def test_transfer_leader_refuses_a_target_that_cannot_lead(tmp_path, cli, who):
+async def test_transfer_leader_refuses_a_target_that_cannot_lead(ram_path, cli, who):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             term = leader.node.term
             target = leader.broker_id if who == "leader" else "B-ZZZZZ"
@@ -103,20 +104,20 @@ async def test_transfer_leader_refuses_a_target_that_cannot_lead(tmp_path, cli, 
             assert leader.is_leader and leader.node.term == term
 
 
-async def test_transfer_leader_of_a_single_broker_is_refused(tmp_path, cli):
+async def test_transfer_leader_of_a_single_broker_is_refused(ram_path, cli):
     with trio.fail_after(DEADLINE):
-        async with open_broker(BrokerConfig(data_dir=tmp_path / "alone", port=0)) as alone:
+        async with open_broker(BrokerConfig(data_dir=ram_path / "alone", port=0)) as alone:
             status, out, err = await cli(*seed(alone), "transfer-leader")
             assert (status, out) == (1, "")
             assert "BAD_REQUEST" in err and "no other voter" in err
             assert alone.is_leader
 
 
-async def test_transfer_to_a_stopped_voter_is_abandoned_and_the_leader_leads_on(tmp_path, cli):
+async def test_transfer_to_a_stopped_voter_is_abandoned_and_the_leader_leads_on(ram_path, cli):
     """Thesis 3.10: without a new leader within an election timeout, the transfer is dropped
     and the leader takes requests again."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             term = leader.node.term
             name, target = next((n, b) for n, b in cluster.brokers.items() if b is not leader)
@@ -132,11 +133,11 @@ async def test_transfer_to_a_stopped_voter_is_abandoned_and_the_leader_leads_on(
                 assert await client.append(queue, 1) == 1
 
 
-async def test_writes_during_a_transfer_are_redirected_and_none_acknowledged_is_lost(tmp_path):
+async def test_writes_during_a_transfer_are_redirected_and_none_acknowledged_is_lost(ram_path):
     """While the leader hands over, it answers NOT_LEADER naming the target; the client
     follows, and every acknowledged append is there afterwards, once, in order."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             seeds = [f"127.0.0.1:{b.port}" for b in cluster.brokers.values()]
             acknowledged: list[tuple[int, int]] = []
@@ -178,11 +179,11 @@ async def test_writes_during_a_transfer_are_redirected_and_none_acknowledged_is_
 # -- graceful step-down -----------------------------------------------------------------------
 
 
-async def test_a_leader_that_stops_hands_its_leadership_over_first(tmp_path):
+async def test_a_leader_that_stops_hands_its_leadership_over_first(ram_path):
     """open_broker's exit on the leader: a transfer, so the next leader is elected in the next
     term by TIMEOUT_NOW, without waiting for a failure timeout."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3, failure_timeout=5.0) as cluster:
+        async with open_local_cluster(ram_path, 3, failure_timeout=5.0) as cluster:
             leader = await cluster.wait_for_leader()
             term = leader.node.term
             await cluster.stop(cluster.name_of(leader), graceful=True)
@@ -193,12 +194,29 @@ async def test_a_leader_that_stops_hands_its_leadership_over_first(tmp_path):
             assert new.statistics().transfers_received == 1
 
 
+async def test_a_cancelled_leader_does_not_step_down(autojump_clock, caplog):
+    """A crash (``open_broker`` cancelled) hands nothing over and waits for nothing: its
+    driver is cancelled with it (docs/replication.md, "Step-down on shutdown"); the others
+    elect a leader of their own once their failure timeout has passed."""
+    caplog.set_level(logging.INFO, logger="trio_broker")
+    async with open_mock_cluster(3) as cluster:
+        leader = await cluster.wait_for_leader()
+        caplog.clear()
+        await cluster.stop(cluster.name_of(leader))
+        events = [getattr(r, "event", None) for r in caplog.records]
+        assert "broker.stopping" in events
+        assert "leadership.transfer_started" not in events, events
+        assert "broker.step_down_failed" not in events, events
+        new = await cluster.wait_for_leader()
+        assert new is not leader and new.statistics().transfers_received == 0
+
+
 # -- snapshot ---------------------------------------------------------------------------------
 
 
-async def test_snapshot_compacts_every_log_and_a_later_broker_installs_it(tmp_path, cli):
+async def test_snapshot_compacts_every_log_and_a_later_broker_installs_it(ram_path, cli):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             async with connect([f"127.0.0.1:{leader.port}"]) as client:
                 queue = await client.create_queue()
@@ -228,9 +246,9 @@ async def test_snapshot_compacts_every_log_and_a_later_broker_installs_it(tmp_pa
             assert len(messages) == 30
 
 
-async def test_snapshot_of_one_broker_only(tmp_path, cli):
+async def test_snapshot_of_one_broker_only(ram_path, cli):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             replica = next(b for b in cluster.brokers.values() if b is not leader)
             while replica.applied_index < leader.node.commit:
@@ -248,9 +266,9 @@ async def test_snapshot_of_one_broker_only(tmp_path, cli):
 # -- add-member -------------------------------------------------------------------------------
 
 
-async def test_add_member_adds_a_waiting_broker_that_becomes_a_voter(tmp_path, cli):
+async def test_add_member_adds_a_waiting_broker_that_becomes_a_voter(ram_path, cli):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             async with connect([f"127.0.0.1:{leader.port}"]) as client:
                 queue = await client.create_queue()
@@ -274,9 +292,9 @@ async def test_add_member_adds_a_waiting_broker_that_becomes_a_voter(tmp_path, c
             assert len(leader.node.config.voters) == 4
 
 
-async def test_a_waiting_broker_restarted_before_it_was_added_keeps_waiting(tmp_path):
+async def test_a_waiting_broker_restarted_before_it_was_added_keeps_waiting(ram_path):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             options = {"seeds": [], "join_wait": True, "cluster_id": leader.cluster_id}
             first = await cluster.start("b4", **options)
@@ -290,7 +308,7 @@ async def test_a_waiting_broker_restarted_before_it_was_added_keeps_waiting(tmp_
             assert answer["status"] == "success" and answer["broker_id"] == broker_id, answer
             await cluster.wait_for_voters(4)
         # Without --join-wait (and without a seed) a broker that was never added cannot start.
-        never = tmp_path / "never"
+        never = ram_path / "never"
         waiting = BrokerConfig(data_dir=never, port=0, join_wait=True, cluster_id="G-AAAAA")
         async with open_broker(waiting) as broker:
             assert not broker.node.config.members
@@ -299,12 +317,12 @@ async def test_a_waiting_broker_restarted_before_it_was_added_keeps_waiting(tmp_
                 pass
 
 
-async def test_add_member_refuses_a_broker_of_another_cluster(tmp_path, cli):
+async def test_add_member_refuses_a_broker_of_another_cluster(ram_path, cli):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path / "c", 3) as cluster:
+        async with open_local_cluster(ram_path / "c", 3) as cluster:
             leader = await cluster.wait_for_leader()
             version = leader.node.cluster_version
-            async with open_broker(BrokerConfig(data_dir=tmp_path / "alone", port=0)) as alone:
+            async with open_broker(BrokerConfig(data_dir=ram_path / "alone", port=0)) as alone:
                 status, out, err = await cli(*seed(leader), "add-member", f"127.0.0.1:{alone.port}")
                 assert status == 1 and out == ""
                 assert "WRONG_CLUSTER" in err and alone.cluster_id in err
@@ -312,14 +330,14 @@ async def test_add_member_refuses_a_broker_of_another_cluster(tmp_path, cli):
             assert leader.node.cluster_version == version
 
 
-async def test_add_member_refuses_a_broker_that_founded_a_cluster_of_the_same_id(tmp_path, cli):
+async def test_add_member_refuses_a_broker_that_founded_a_cluster_of_the_same_id(ram_path, cli):
     """A broker started with the cluster's id but without --join-wait founded a cluster of
     its own: adding it would join two histories; refused."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path / "c", 3) as cluster:
+        async with open_local_cluster(ram_path / "c", 3) as cluster:
             leader = await cluster.wait_for_leader()
             version = leader.node.cluster_version
-            config = BrokerConfig(data_dir=tmp_path / "twin", port=0, cluster_id=leader.cluster_id)
+            config = BrokerConfig(data_dir=ram_path / "twin", port=0, cluster_id=leader.cluster_id)
             async with open_broker(config) as twin:
                 status, out, err = await cli(*seed(leader), "add-member", f"127.0.0.1:{twin.port}")
                 assert status == 1 and out == ""
@@ -328,8 +346,8 @@ async def test_add_member_refuses_a_broker_that_founded_a_cluster_of_the_same_id
             assert twin.broker_id not in leader.node.config.members
 
 
-def test_join_wait_needs_a_cluster_id_and_no_seeds(tmp_path):
+def test_join_wait_needs_a_cluster_id_and_no_seeds(ram_path):
     with pytest.raises(ValueError, match="join_wait"):
-        BrokerConfig(data_dir=tmp_path, join_wait=True)
+        BrokerConfig(data_dir=ram_path, join_wait=True)
     with pytest.raises(ValueError, match="join_wait"):
-        BrokerConfig(data_dir=tmp_path, join_wait=True, cluster_id="G-AAAAA", seeds=["127.0.0.1:1"])
+        BrokerConfig(data_dir=ram_path, join_wait=True, cluster_id="G-AAAAA", seeds=["127.0.0.1:1"])

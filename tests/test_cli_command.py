@@ -43,6 +43,22 @@ async def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
     return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
+async def cli_all(commands: list[tuple[list[str], dict[str, str]]]) -> list[tuple[int, str, str]]:
+    """:func:`cli` for each ``(argv, env)``, a few processes side by side (each command is
+    still a process of its own): their results, in the commands' order."""
+    results: list[tuple[int, str, str]] = [(-1, "", "")] * len(commands)
+    limiter = trio.CapacityLimiter(4)
+
+    async def one(i: int, argv: list[str], env: dict[str, str]) -> None:
+        async with limiter:
+            results[i] = await cli(*argv, env=env)
+
+    async with trio.open_nursery() as nursery:
+        for i, (argv, env) in enumerate(commands):
+            nursery.start_soon(one, i, argv, env)
+    return results
+
+
 def seed_of(broker) -> str:
     return f"127.0.0.1:{broker.port}"
 
@@ -142,25 +158,28 @@ async def test_health_exits_2_when_no_seed_answers_and_never_hangs(silent_port):
 
 async def test_usage_errors_and_unreachable_brokers_have_their_own_exit_status(tmp_path):
     refused = f"127.0.0.1:{free_port()}"
+    usage: list[tuple[list[str], dict[str, str]]] = [
+        (["client", "--seed", "nocolon", "status"], {}),
+        (["client", "--bogus", "status"], {}),
+        (["client", "read"], {}),
+        (["client", "status"], {"TRIO_BROKER_SEEDS": "not a seed"}),
+        (["node", "--port", "abc"], {}),
+        (["node", "--data-dir", str(tmp_path / "d"), "--max-frame", "0"], {}),
+        (["cluster", "--nodes", "0"], {}),
+        ([], {}),
+    ]
+    unreachable: list[tuple[list[str], dict[str, str]]] = [
+        (["client", "--seed", refused, "status"], {}),
+        (["client", "--seed", refused, "health"], {}),
+    ]
     with trio.fail_after(DEADLINE):
-        for argv, env in [
-            (["client", "--seed", "nocolon", "status"], {}),
-            (["client", "--bogus", "status"], {}),
-            (["client", "read"], {}),
-            (["client", "status"], {"TRIO_BROKER_SEEDS": "not a seed"}),
-            (["node", "--port", "abc"], {}),
-            (["node", "--data-dir", str(tmp_path / "d"), "--max-frame", "0"], {}),
-            (["cluster", "--nodes", "0"], {}),
-            ([], {}),
-        ]:
-            status, out, err = await cli(*argv, env=env)
-            assert status == EXIT_USAGE, (argv, status, err)
-            assert "error" in err and out == "", (argv, err)
-        assert not (tmp_path / "d").exists()
-        status, _, err = await cli("client", "--seed", refused, "status")
-        assert status == EXIT_UNREACHABLE, err
-        status, _, err = await cli("client", "--seed", refused, "health")
-        assert status == EXIT_UNREACHABLE, err
+        results = await cli_all(usage + unreachable)
+    for (argv, _env), (status, out, err) in zip(usage, results[: len(usage)], strict=True):
+        assert status == EXIT_USAGE, (argv, status, err)
+        assert "error" in err and out == "", (argv, err)
+    assert not (tmp_path / "d").exists()
+    for (argv, _env), (status, _, err) in zip(unreachable, results[len(usage) :], strict=True):
+        assert status == EXIT_UNREACHABLE, (argv, err)
 
 
 async def test_a_refusal_is_exit_1(broker):
@@ -191,23 +210,24 @@ RST = re.compile(r"``|:(class|func|meth|attr|data|mod|ref):`|^\.\. ", re.MULTILI
 
 
 async def test_help_has_no_raw_markup():
+    pages = [
+        [],
+        ["node"],
+        ["cluster"],
+        ["client"],
+        ["client", "health"],
+        ["client", "status"],
+        ["backup"],
+        ["restore"],
+    ]
     with trio.fail_after(DEADLINE):
-        for argv in (
-            [],
-            ["node"],
-            ["cluster"],
-            ["client"],
-            ["client", "health"],
-            ["client", "status"],
-            ["backup"],
-            ["restore"],
-        ):
-            status, out, _ = await cli(*argv, "--help")
-            assert status == EXIT_OK
-            assert "usage:" in out
-            assert not RST.search(out), (argv, RST.search(out))
-        status, out, _ = await cli("--help")
-        assert "exit status" in out and "64 usage error" in out
+        results = await cli_all([([*argv, "--help"], {}) for argv in pages])
+    for argv, (status, out, _) in zip(pages, results, strict=True):
+        assert status == EXIT_OK, argv
+        assert "usage:" in out
+        assert not RST.search(out), (argv, RST.search(out))
+    status, out, _ = results[0]  # python -m trio_broker --help
+    assert "exit status" in out and "64 usage error" in out
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ from trio_broker.testing import open_local_cluster
 
 
 @pytest.fixture
-async def real_broker(tmp_path):
-    async with open_broker(BrokerConfig(data_dir=tmp_path / "client-broker", port=0)) as broker:
+async def real_broker(ram_path):
+    async with open_broker(BrokerConfig(data_dir=ram_path / "client-broker", port=0)) as broker:
         yield broker
 
 
@@ -758,9 +758,9 @@ class BrokerTask:
         await self.stopped.wait()
 
 
-async def test_a_call_made_while_the_broker_is_down_waits_for_it(tmp_path):
+async def test_a_call_made_while_the_broker_is_down_waits_for_it(ram_path):
     """Connections that cannot be opened are retried (nothing was sent) until it is back."""
-    data_dir = tmp_path / "restarting"
+    data_dir = ram_path / "restarting"
     async with trio.open_nursery() as brokers:
         first = BrokerTask(BrokerConfig(data_dir=data_dir, port=0))
         await brokers.start(first.run)
@@ -895,9 +895,9 @@ async def test_not_leader_forever_retries_with_backoff_until_the_callers_deadlin
 # -- a replicated cluster of real brokers -------------------------------------------------------
 
 
-async def test_a_replica_as_seed_leads_the_client_to_the_leader(tmp_path):
+async def test_a_replica_as_seed_leads_the_client_to_the_leader(ram_path):
     with trio.fail_after(30):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             replica = next(b for b in cluster.brokers.values() if b is not leader)
             async with connect([f"127.0.0.1:{replica.port}"]) as client:
@@ -910,9 +910,9 @@ async def test_a_replica_as_seed_leads_the_client_to_the_leader(tmp_path):
                 assert client.statistics().retries == 0
 
 
-async def test_client_follows_a_failover(tmp_path):
+async def test_client_follows_a_failover(ram_path):
     with trio.fail_after(60):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             old = await cluster.wait_for_leader()
             seeds = [f"127.0.0.1:{b.port}" for b in cluster.brokers.values()]
             async with connect(seeds) as client:
@@ -952,9 +952,9 @@ async def read_everything(client, queue_id: str) -> dict[int, Any]:
             return stored
 
 
-async def test_failover_under_load_keeps_every_acknowledged_append_once(tmp_path):
+async def test_failover_under_load_keeps_every_acknowledged_append_once(ram_path):
     with trio.fail_after(60):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             old = await cluster.wait_for_leader()
             seeds = [f"127.0.0.1:{b.port}" for b in cluster.brokers.values()]
             acked: dict[str, int] = {}
@@ -1003,10 +1003,10 @@ async def test_failover_under_load_keeps_every_acknowledged_append_once(tmp_path
 # -- several clusters ----------------------------------------------------------------------------
 
 
-async def test_queues_are_routed_to_their_own_clusters_leader(tmp_path):
+async def test_queues_are_routed_to_their_own_clusters_leader(ram_path):
     async with (
-        open_broker(BrokerConfig(data_dir=tmp_path / "one", port=0)) as one,
-        open_broker(BrokerConfig(data_dir=tmp_path / "two", port=0)) as two,
+        open_broker(BrokerConfig(data_dir=ram_path / "one", port=0)) as one,
+        open_broker(BrokerConfig(data_dir=ram_path / "two", port=0)) as two,
     ):
         assert one.cluster_id != two.cluster_id
         async with connect([seed_of(one), seed_of(two)]) as client:

@@ -125,9 +125,9 @@ async def test_errors_are_raised_as_themselves(anyio_backend, thread_broker):
 
 
 async def test_a_lost_connection_makes_a_sent_read_outcome_unknown(
-    trio_thread, tmp_path, anyio_backend
+    ram_path, trio_thread, anyio_backend
 ):
-    cluster = await trio_thread.aenter(open_local_cluster(tmp_path, 1))
+    cluster = await trio_thread.aenter(open_local_cluster(ram_path, 1))
     port = cluster.ports["b1"]
     with anyio.fail_after(DEADLINE):
         async with connect(seed(port)) as client:
@@ -145,8 +145,8 @@ async def test_a_lost_connection_makes_a_sent_read_outcome_unknown(
                 await trio_thread.acall(cluster.stop, "b1")
 
 
-async def test_routing_failover_producer_and_admin(trio_thread, tmp_path, anyio_backend):
-    cluster = await trio_thread.aenter(open_local_cluster(tmp_path, 3))
+async def test_routing_failover_producer_and_admin(ram_path, trio_thread, anyio_backend):
+    cluster = await trio_thread.aenter(open_local_cluster(ram_path, 3))
     with anyio.fail_after(DEADLINE):
         leader = await trio_thread.acall(cluster.wait_for_leader)
         replica = next(b for b in cluster.brokers.values() if b is not leader)
@@ -191,10 +191,10 @@ async def test_routing_failover_producer_and_admin(trio_thread, tmp_path, anyio_
 
 
 @pytest.fixture
-def tls_settings(tmp_path) -> tuple[dict[str, str], trustme.CA]:
+def tls_settings(ram_path) -> tuple[dict[str, str], trustme.CA]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
-    paths = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
+    paths = {name: ram_path / f"{name}.pem" for name in ("cert", "key", "ca")}
     paths["cert"].write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     cert.private_key_pem.write_to_path(str(paths["key"]))
     ca.cert_pem.write_to_path(str(paths["ca"]))
@@ -202,12 +202,12 @@ def tls_settings(tmp_path) -> tuple[dict[str, str], trustme.CA]:
     return settings | {"tls_ca": str(paths["ca"])}, ca
 
 
-async def test_tls_and_tokens(trio_thread, tmp_path, tls_settings, anyio_backend):
+async def test_tls_and_tokens(ram_path, trio_thread, tls_settings, anyio_backend):
     settings, ca = tls_settings
-    tokens = tmp_path / "tokens"
+    tokens = ram_path / "tokens"
     tokens.write_text("token-a\n")
     config = BrokerConfig(
-        data_dir=tmp_path / "secure",
+        data_dir=ram_path / "secure",
         port=0,
         client_tokens_file=tokens,
         allow_open_peers=True,  # one broker, no peers: no cluster secret needed

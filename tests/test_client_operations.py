@@ -62,9 +62,9 @@ async def test_consume_at_most_once_moves_on(broker):
         assert [m.data for m in await client.read_batch(q, 10)] == ["c"]
 
 
-async def test_idempotent_producer_across_failover_stores_each_value_once(tmp_path):
+async def test_idempotent_producer_across_failover_stores_each_value_once(ram_path):
     with trio.fail_after(60):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             seeds = [f"127.0.0.1:{b.port}" for b in cluster.brokers.values()]
             async with connect(seeds) as client:
                 q = await client.create_queue()

@@ -24,9 +24,9 @@ async def wait_applied(broker, index: int) -> None:
 
 
 @pytest.fixture
-async def cluster(tmp_path):
+async def cluster(ram_path):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             yield cluster
 
 
@@ -192,11 +192,11 @@ async def append_with_one_replica_down(cluster, count: int):
     return leader, lagging, queue_id
 
 
-async def test_lagging_replica_catches_up_by_snapshot_after_compaction(tmp_path):
+async def test_lagging_replica_catches_up_by_snapshot_after_compaction(ram_path):
     """A replica that missed entries the leader compacted away receives a DATA_SYNC."""
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
-            tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
+            ram_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
         ) as cluster:
             leader, lagging, queue_id = await append_with_one_replica_down(cluster, 300)
             while leader.node.log.snapshot_index == 0:
@@ -227,10 +227,10 @@ async def test_remove_member_through_the_log(cluster):
     assert r["code"] == "BAD_REQUEST"
 
 
-async def test_a_broker_of_another_cluster_is_refused(cluster, tmp_path):
+async def test_a_broker_of_another_cluster_is_refused(cluster, ram_path):
     leader = await cluster.wait_for_leader()
     seeds = [f"127.0.0.1:{leader.port}"]
-    config = BrokerConfig(data_dir=tmp_path / "intruder", port=0, seeds=seeds, cluster_id="G-OTHER")
+    config = BrokerConfig(data_dir=ram_path / "intruder", port=0, seeds=seeds, cluster_id="G-OTHER")
     with pytest.raises(JoinFailed, match="not G-OTHER"):
         async with open_broker(config):
             pass
@@ -268,11 +268,11 @@ async def test_a_replica_restarted_on_another_port_is_found_again(cluster):
     assert queue_id in restarted._queue_ids
 
 
-async def test_the_log_stays_bounded_under_steady_appends(tmp_path):
+async def test_the_log_stays_bounded_under_steady_appends(ram_path):
     """Compaction by entry count: applied entries are dropped from the log; the tables are
     the snapshot. Appends go one at a time, so that each has an entry of its own."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path, 3, compact_threshold=50, compact_keep=5) as cluster:
+        async with open_local_cluster(ram_path, 3, compact_threshold=50, compact_keep=5) as cluster:
             leader = await cluster.wait_for_leader()
             queue_id = await create_queue(leader.port)
             conn = await RawConnection.open(leader.port)
@@ -292,12 +292,12 @@ async def test_the_log_stays_bounded_under_steady_appends(tmp_path):
                 assert len(await stored_messages(broker, queue_id)) == 200
 
 
-async def test_the_log_stays_bounded_in_bytes_under_pipelined_appends(tmp_path):
+async def test_the_log_stays_bounded_in_bytes_under_pipelined_appends(ram_path):
     """Compaction by size: pipelined appends share large grouped entries, few of them; the
     message bytes held in the log still trigger compactions and stay bounded."""
     budget = 4_000
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path, 3, compact_bytes=budget) as cluster:
+        async with open_local_cluster(ram_path, 3, compact_bytes=budget) as cluster:
             leader = await cluster.wait_for_leader()
             queue_id = await create_queue(leader.port)
             conn = await RawConnection.open(leader.port)
@@ -321,10 +321,10 @@ async def test_the_log_stays_bounded_in_bytes_under_pipelined_appends(tmp_path):
                 assert len(await stored_messages(broker, queue_id)) == 1000
 
 
-async def test_advertised_address_is_what_clients_and_peers_are_told(tmp_path):
+async def test_advertised_address_is_what_clients_and_peers_are_told(ram_path):
     """A broker behind a port mapping announces the mapped port, not the one it binds."""
     config = BrokerConfig(
-        data_dir=tmp_path / "b", port=0, advertise_host="localhost", advertise_port=7777
+        data_dir=ram_path / "b", port=0, advertise_host="localhost", advertise_port=7777
     )
     async with open_broker(config) as broker:
         view = await call(broker.port, {"operation": "CLUSTER_QUERY"})
@@ -335,29 +335,29 @@ async def test_advertised_address_is_what_clients_and_peers_are_told(tmp_path):
         assert broker.addresses[broker.broker_id] == ("localhost", 7777)
 
 
-async def test_serve_broker_in_a_nursery_and_wait_leader(tmp_path):
+async def test_serve_broker_in_a_nursery_and_wait_leader(ram_path):
     """The service form: nursery.start(serve_broker, config) hands back the running broker."""
     from trio_broker import serve_broker
 
     async with trio.open_nursery() as nursery:
-        broker = await nursery.start(serve_broker, BrokerConfig(data_dir=tmp_path, port=0))
+        broker = await nursery.start(serve_broker, BrokerConfig(data_dir=ram_path, port=0))
         with trio.fail_after(DEADLINE):
             assert await broker.wait_leader() == broker.broker_id
         q = await create_queue(broker.port)
         assert await append(broker.port, q, "served") == 1
         nursery.cancel_scope.cancel()
-    async with open_broker(BrokerConfig(data_dir=tmp_path, port=0)) as again:
+    async with open_broker(BrokerConfig(data_dir=ram_path, port=0)) as again:
         assert (await call(again.port, {"operation": "READ", "queue_name": q, "client_id": "C-1"}))[
             "data"
         ] == "served"
 
 
-async def test_a_broken_snapshot_transfer_is_refused_and_retried(tmp_path):
+async def test_a_broken_snapshot_transfer_is_refused_and_retried(ram_path):
     """Chunks are checked: a corrupted one is refused, nothing is installed, and the leader
     offers the snapshot again until a transfer arrives intact."""
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
-            tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
+            ram_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
         ) as cluster:
             leader, lagging, queue_id = await append_with_one_replica_down(cluster, 200)
             served = leader.driver.read_snapshot_chunk

@@ -81,11 +81,11 @@ class _CountingNetwork:
         return [_CountedListener(x, self.streams) for x in listeners], bound
 
 
-async def test_answers_known_together_leave_in_one_write(tmp_path):
+async def test_answers_known_together_leave_in_one_write(ram_path):
     """Requests answered at once (refusals, CLUSTER_QUERY), sent in one burst, are answered
     in order with a write per receive, not per request."""
     network = _CountingNetwork()
-    config = BrokerConfig(data_dir=tmp_path / "b", port=0)
+    config = BrokerConfig(data_dir=ram_path / "b", port=0)
     async with open_broker(config, network=network) as broker:
         conn = await RawConnection.open(broker.port)
         requests: list[dict[str, Any]] = []
@@ -109,12 +109,12 @@ async def test_answers_known_together_leave_in_one_write(tmp_path):
         await conn.aclose()
 
 
-async def test_no_more_than_max_in_flight_requests_wait_for_their_answers(tmp_path):
+async def test_no_more_than_max_in_flight_requests_wait_for_their_answers(ram_path):
     """A client that pipelines far more than max_in_flight requests is answered in order,
     and the broker never decides a request while max_in_flight answers are unwritten."""
     network = _CountingNetwork()
     in_flight = 4
-    config = BrokerConfig(data_dir=tmp_path / "b", port=0, max_in_flight=in_flight)
+    config = BrokerConfig(data_dir=ram_path / "b", port=0, max_in_flight=in_flight)
     async with open_broker(config, network=network) as broker:
         queue_id = await create_queue(broker.port)
         server = broker.connections
@@ -171,12 +171,12 @@ async def test_no_more_than_max_in_flight_requests_wait_for_their_answers(tmp_pa
         assert server.budget.used == 0
 
 
-async def test_appended_answers_of_one_receive_leave_in_one_write(tmp_path):
+async def test_appended_answers_of_one_receive_leave_in_one_write(ram_path):
     """A burst of APPENDs (one receive, one run, one commit) is answered in order, each
     answer with its sequence number, in one write (their frames written straight from the
     results: docs/performance.md, "The leader's request path")."""
     network = _CountingNetwork()
-    config = BrokerConfig(data_dir=tmp_path / "b", port=0)
+    config = BrokerConfig(data_dir=ram_path / "b", port=0)
     async with open_broker(config, network=network) as broker:
         queue_id = await create_queue(broker.port)
         conn = await RawConnection.open(broker.port)

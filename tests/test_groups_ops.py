@@ -102,11 +102,11 @@ def seeds(cluster) -> list[str]:
     return [arg for port in cluster.ports.values() for arg in ("--seed", f"127.0.0.1:{port}")]
 
 
-async def test_client_cluster_query_with_details_answers_about_the_group_asked(tmp_path):
+async def test_client_cluster_query_with_details_answers_about_the_group_asked(ram_path):
     # Regression: the leader was asked without the group's id, so a broker leading several
     # groups answered about its first one and another group was listed twice.
     with trio.fail_after(60):
-        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+        async with open_local_cluster(ram_path, 3, groups=GROUPS) as cluster:
             await wait_spread(cluster)
             async with connect([f"127.0.0.1:{p}" for p in cluster.ports.values()]) as client:
                 groups = await listed_groups(cluster)
@@ -122,9 +122,9 @@ async def test_client_cluster_query_with_details_answers_about_the_group_asked(t
                     assert all(b.lag is not None for b in topology.brokers), topology
 
 
-async def test_status_shows_every_group_its_leader_voters_and_lag(tmp_path, cli):
+async def test_status_shows_every_group_its_leader_voters_and_lag(ram_path, cli):
     with trio.fail_after(90):
-        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+        async with open_local_cluster(ram_path, 3, groups=GROUPS) as cluster:
             await wait_spread(cluster)
             names = {b.broker_id: n for n, b in cluster.brokers.items()}
             (status, out, err), leaders = await settled(
@@ -186,9 +186,9 @@ async def test_status_shows_every_group_its_leader_voters_and_lag(tmp_path, cli)
             )
 
 
-async def test_groups_lists_leader_voters_and_queue_count(tmp_path, cli):
+async def test_groups_lists_leader_voters_and_queue_count(ram_path, cli):
     with trio.fail_after(90):
-        async with open_local_cluster(tmp_path, 3, groups=GROUPS) as cluster:
+        async with open_local_cluster(ram_path, 3, groups=GROUPS) as cluster:
             await wait_spread(cluster)
             port_of = {b.broker_id: b.port for b in cluster.brokers.values()}
             # 0, 1 and 2 queues created through the brokers in turn (each lands on a group
@@ -234,8 +234,8 @@ async def test_groups_lists_leader_voters_and_queue_count(tmp_path, cli):
             ]
 
 
-async def test_groups_on_a_single_group_broker(tmp_path, cli):
-    async with open_broker(BrokerConfig(data_dir=tmp_path / "one", port=0)) as broker:
+async def test_groups_on_a_single_group_broker(ram_path, cli):
+    async with open_broker(BrokerConfig(data_dir=ram_path / "one", port=0)) as broker:
         for _ in range(2):
             await call(broker.port, {"operation": "CREATE_QUEUE"})
         status, out, err = await cli("--seed", f"127.0.0.1:{broker.port}", "--json", "groups")

@@ -69,10 +69,10 @@ async def queues_on_every_group(cluster) -> dict[str, str]:
     return queues
 
 
-async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(tmp_path):
+async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(ram_path):
     with trio.fail_after(90):
         async with open_local_cluster(
-            tmp_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
+            ram_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
         ) as cluster:
             leaders = await wait_spread(cluster)
             queues = await queues_on_every_group(cluster)
@@ -97,13 +97,13 @@ async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(tm
                 assert victim not in led.values() and all(led.values())
 
 
-async def test_original_design_client_routes_by_queue_id_to_each_group(tmp_path):
+async def test_original_design_client_routes_by_queue_id_to_each_group(ram_path):
     """As an old client does it: CLUSTER_QUERY a seed about the queue's cluster (the id
     without ``Q-`` and its last five characters), then talk to that cluster's leader; on
     NOT_LEADER, ask again."""
     with trio.fail_after(90):
         async with open_local_cluster(
-            tmp_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
+            ram_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
         ) as cluster:
             await wait_spread(cluster)
             queues = await queues_on_every_group(cluster)
@@ -171,12 +171,12 @@ async def test_original_design_client_routes_by_queue_id_to_each_group(tmp_path)
                 assert reply == {"status": "success", "sequence_num": 4}
 
 
-async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
+async def test_a_joiner_learns_the_groups_from_a_snapshot(ram_path):
     """The group list is replicated state like the queues: a broker that joins after the log
     holding it was compacted learns it from the snapshot it installs (DATA_SYNC)."""
     with trio.fail_after(90):
         async with open_local_cluster(
-            tmp_path,
+            ram_path,
             1,
             groups=GROUPS,
             replication_factor=EVERY_BROKER,
@@ -206,10 +206,10 @@ async def test_a_joiner_learns_the_groups_from_a_snapshot(tmp_path):
             assert await joiner._worker.run(joiner._store.group_ids) == founder.host.group_ids
 
 
-async def test_client_status_shows_every_group_from_one_seed(tmp_path, cli):
+async def test_client_status_shows_every_group_from_one_seed(ram_path, cli):
     with trio.fail_after(90):
         async with open_local_cluster(
-            tmp_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
+            ram_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
         ) as cluster:
             leaders = await wait_spread(cluster)
             status, out, err = await cli(

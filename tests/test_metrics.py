@@ -43,8 +43,8 @@ async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     return samples
 
 
-async def test_metrics_of_a_serving_broker(tmp_path):
-    config = BrokerConfig(data_dir=tmp_path, port=0, metrics_port=0)
+async def test_metrics_of_a_serving_broker(ram_path):
+    config = BrokerConfig(data_dir=ram_path, port=0, metrics_port=0)
     async with open_broker(config) as broker:
         q = (await call(broker.port, {"operation": "CREATE_QUEUE"}))["queue_id"]
         for i in range(3):
@@ -73,9 +73,9 @@ async def test_metrics_of_a_serving_broker(tmp_path):
         assert status == "HTTP/1.1 404 Not Found"
 
 
-async def test_leader_reports_replication_lag_per_peer(tmp_path):
+async def test_leader_reports_replication_lag_per_peer(ram_path):
     with trio.fail_after(30):
-        async with open_local_cluster(tmp_path, 3, metrics_port=0) as cluster:
+        async with open_local_cluster(ram_path, 3, metrics_port=0) as cluster:
             leader = await cluster.wait_for_leader()
             m = await scrape(leader.metrics_port)
             peers = {b.broker_id for b in cluster.brokers.values() if b is not leader}
@@ -92,9 +92,9 @@ async def test_leader_reports_replication_lag_per_peer(tmp_path):
             assert not [k for k in m if k[0] == "trio_broker_replication_lag_entries"]
 
 
-async def test_leadership_transfers_are_counted(tmp_path):
+async def test_leadership_transfers_are_counted(ram_path):
     with trio.fail_after(30):
-        async with open_local_cluster(tmp_path, 3, metrics_port=0) as cluster:
+        async with open_local_cluster(ram_path, 3, metrics_port=0) as cluster:
             old = await cluster.wait_for_leader()
             new_id = await old.transfer_leadership()
             assert isinstance(new_id, str), new_id
@@ -109,11 +109,11 @@ async def test_leadership_transfers_are_counted(tmp_path):
             assert m[(counted, (("outcome", "started"),))] == 0
 
 
-async def test_status_page_data_of_a_cluster(tmp_path):
+async def test_status_page_data_of_a_cluster(ram_path):
     """``/status.json`` (what the status page shows) on the leader and on a replica, and the
     page itself, which escapes what clients chose (their ids)."""
     with trio.fail_after(30):
-        async with open_local_cluster(tmp_path, 3, metrics_port=0) as cluster:
+        async with open_local_cluster(ram_path, 3, metrics_port=0) as cluster:
             leader = await cluster.wait_for_voters(3)
             q = (await call(leader.port, {"operation": "CREATE_QUEUE"}))["queue_id"]
             for i in range(2):
@@ -192,8 +192,8 @@ def test_a_write_counted_at_once_reads_as_each_answer_counted_alone():
     assert counts[("trio_broker_request_seconds_count", (("operation", "READ"),))] == 2
 
 
-async def test_a_pipelined_receive_is_counted_request_by_request(tmp_path):
-    config = BrokerConfig(data_dir=tmp_path, port=0, metrics_port=0)
+async def test_a_pipelined_receive_is_counted_request_by_request(ram_path):
+    config = BrokerConfig(data_dir=ram_path, port=0, metrics_port=0)
     async with open_broker(config) as broker:
         q = (await call(broker.port, {"operation": "CREATE_QUEUE"}))["queue_id"]
         conn = await RawConnection.open(broker.port)

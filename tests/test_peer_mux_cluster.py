@@ -171,8 +171,8 @@ async def test_a_multiplexed_hello_is_welcomed_and_its_frames_reach_the_group_th
 
 
 @pytest.mark.trio
-async def test_the_shared_link_proves_the_cluster_secret(autojump_clock, tmp_path):
-    secret = tmp_path / "secret"
+async def test_the_shared_link_proves_the_cluster_secret(autojump_clock, ram_path):
+    secret = ram_path / "secret"
     secret.write_text(secrets.token_hex(32) + "\n")
     async with open_mock_cluster(
         3, groups=2, cluster_secret_file=str(secret), replication_factor=EVERY_BROKER
@@ -218,13 +218,13 @@ async def test_the_shared_link_proves_the_cluster_secret(autojump_clock, tmp_pat
 
 @pytest.mark.trio
 async def test_tls_and_the_cluster_secret_hold_on_the_shared_links_of_real_brokers(
-    tmp_path, tls, secret_file
+    ram_path, tls, secret_file
 ):
     """Real TCP: three brokers with TLS and a cluster secret, three groups. Each broker
     holds one TLS connection to each other broker, carrying every group, and every group
     replicates over them."""
     async with open_local_cluster(
-        tmp_path / "c",
+        ram_path / "c",
         3,
         groups=3,
         **tls,

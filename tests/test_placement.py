@@ -139,13 +139,13 @@ async def test_a_broker_of_one_group_refuses_another_cluster_id(autojump_clock):
         assert broker.queue_count == 1
 
 
-async def test_the_trio_client_spreads_new_queues_over_every_group(tmp_path, cli):
+async def test_the_trio_client_spreads_new_queues_over_every_group(ram_path, cli):
     """Twelve queues created through the trio client from one seed land on every one of the
     six groups, none on more than its share + 1; a named group is honoured (by the client
     and by ``client create-queue --group``); a group the cluster does not have is refused;
     every queue takes an append and serves it back."""
     with trio.fail_after(120):
-        async with open_local_cluster(tmp_path, 3, groups=6, replication_factor=2) as cluster:
+        async with open_local_cluster(ram_path, 3, groups=6, replication_factor=2) as cluster:
             founder = cluster.brokers["b1"]
             while founder.host.meta.map is None:
                 await founder.host.meta.wait_changed()
@@ -171,14 +171,14 @@ async def test_the_trio_client_spreads_new_queues_over_every_group(tmp_path, cli
 
 
 async def test_a_group_the_client_chose_is_asked_again_while_its_broker_does_not_know_it(
-    tmp_path, monkeypatch
+    ram_path, monkeypatch
 ):
     """Just after founding, the broker that will host a group may not have applied the map
     yet and refuses a CREATE_QUEUE naming it (WRONG_CLUSTER): the trio client asks again, a
     bounded number of times, for a group it chose; a group its caller named is refused at
     once."""
     async with (
-        open_local_cluster(tmp_path, 1) as cluster,
+        open_local_cluster(ram_path, 1) as cluster,
         connect(f"127.0.0.1:{cluster.ports['b1']}") as client,
     ):
         group = client.clusters[0]

@@ -224,20 +224,20 @@ def run_with_images(
 
 
 @pytest.mark.parametrize("torn", [False, True], ids=["clean", "torn"])
-def test_power_cut_at_every_sync_point(tmp_path: Path, torn: bool) -> None:
+def test_power_cut_at_every_sync_point(ram_path: Path, torn: bool) -> None:
     """Every sync point of a run that checkpoints many times (a small wal_autocheckpoint keeps
     the images small; the long run uses the default), compacts and installs snapshots."""
     # 180 steps: since schema version 6 (values in rowid tables) a step writes fewer pages,
     # so it takes more of them to pass the same number of sync points.
-    syncs, acked = run_with_images(tmp_path, 1, steps=180, torn=torn, autocheckpoint=40)
+    syncs, acked = run_with_images(ram_path, 1, steps=180, torn=torn, autocheckpoint=40)
     assert syncs > 300 and acked > 300, (syncs, acked)
 
 
-def test_power_cuts_catch_synchronous_off(tmp_path: Path) -> None:
+def test_power_cuts_catch_synchronous_off(ram_path: Path) -> None:
     """The test has teeth: with the apply-only commits at synchronous=OFF (issue 16's bug),
     some sync point leaves acknowledged appends lost or the database malformed."""
     with pytest.raises((AssertionError, apsw.CorruptError)) as failed:
-        run_with_images(tmp_path, 1, steps=160, torn=False, autocheckpoint=40, mutant=True)
+        run_with_images(ram_path, 1, steps=160, torn=False, autocheckpoint=40, mutant=True)
     assert "lost" in str(failed.value) or isinstance(failed.value, apsw.CorruptError)
 
 
@@ -273,10 +273,10 @@ def run_with_cuts(tmp_path: Path, seed: int, cuts: int, steps: int, *, torn: boo
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_live_power_cuts(tmp_path: Path, seed: int) -> None:
+def test_live_power_cuts(ram_path: Path, seed: int) -> None:
     """The cut as it happens: the sync fails, closing writes nothing, the broker restarts in
     place, recovers, and is cut again later."""
-    assert run_with_cuts(tmp_path, seed, cuts=3, steps=150, torn=seed % 2 == 0) > 0
+    assert run_with_cuts(ram_path, seed, cuts=3, steps=150, torn=seed % 2 == 0) > 0
 
 
 @LONG

@@ -55,9 +55,9 @@ async def enforce(broker, now_ms: int) -> RetentionApplied:
 
 
 @pytest.fixture
-async def clocked(tmp_path):
+async def clocked(ram_path):
     clock = FakeWallClock()
-    config = BrokerConfig(data_dir=tmp_path / "broker", port=0, wall_clock=clock)
+    config = BrokerConfig(data_dir=ram_path / "broker", port=0, wall_clock=clock)
     async with open_broker(config) as broker:
         yield broker, clock
 
@@ -221,10 +221,10 @@ async def test_set_retention_on_a_missing_queue(broker):
     assert r["code"] == "QUEUE_NOT_FOUND"
 
 
-async def test_the_leader_enforces_periodically_while_a_policy_exists(tmp_path):
+async def test_the_leader_enforces_periodically_while_a_policy_exists(ram_path):
     clock = FakeWallClock()
     config = BrokerConfig(
-        data_dir=tmp_path / "b", port=0, wall_clock=clock, retention_interval=0.01
+        data_dir=ram_path / "b", port=0, wall_clock=clock, retention_interval=0.01
     )
     async with open_broker(config) as broker:
         q = await create_queue(broker.port, retention={"max_messages": 1})
@@ -236,11 +236,11 @@ async def test_the_leader_enforces_periodically_while_a_policy_exists(tmp_path):
         assert (await queue_info(broker.port, q))["retained"] == 1
 
 
-async def test_replicas_hold_the_same_retained_messages(tmp_path):
+async def test_replicas_hold_the_same_retained_messages(ram_path):
     """Enforcement goes through the log: every replica deletes exactly what the leader does,
     and a restarted replica comes back with the same retained set and policy."""
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3) as cluster:
+        async with open_local_cluster(ram_path, 3) as cluster:
             leader = await cluster.wait_for_leader()
             q = await create_queue(leader.port, retention={"max_messages": 3})
             for n in range(10):
@@ -265,12 +265,12 @@ async def test_replicas_hold_the_same_retained_messages(tmp_path):
             assert q in restarted._retained
 
 
-async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(tmp_path):
+async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(ram_path):
     """A replica that catches up by DATA_SYNC gets the queue tables whole: the retained
     messages, their stamps, the policy (so it enforces once it leads), the next number."""
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
-            tmp_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
+            ram_path, 3, compact_threshold=50, compact_keep=5, compact_bytes=2_000
         ) as cluster:
             leader = await cluster.wait_for_leader()
             lagging = next(n for n, b in cluster.brokers.items() if b is not leader)

@@ -34,10 +34,10 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture
-def tls(tmp_path, ca) -> dict[str, str]:
+def tls(ram_path, ca) -> dict[str, str]:
     """BrokerConfig settings for TLS: one certificate for 127.0.0.1, shared by the brokers."""
     cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
+    paths = {name: ram_path / f"{name}.pem" for name in ("cert", "key", "ca")}
     paths["cert"].write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     cert.private_key_pem.write_to_path(str(paths["key"]))
     ca.cert_pem.write_to_path(str(paths["ca"]))
@@ -54,8 +54,8 @@ def write_secret(path, secret: str | None = None) -> str:
 
 
 @pytest.fixture
-def secret_file(tmp_path) -> str:
-    return write_secret(tmp_path / "cluster.secret")
+def secret_file(ram_path) -> str:
+    return write_secret(ram_path / "cluster.secret")
 
 
 def client_context_from(tls: dict[str, str]) -> ssl.SSLContext:
@@ -83,13 +83,13 @@ async def wait_until(predicate) -> None:
 
 
 async def test_a_tls_cluster_serves_a_tls_client_through_a_leader_change(
-    tmp_path, tls, secret_file, ca, caplog
+    ram_path, tls, secret_file, ca, caplog
 ):
     """Peers (replication, votes, joins) and the trio client all speak TLS."""
     caplog.set_level(logging.INFO, logger="trio_broker")
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
-            tmp_path / "c", 3, **tls, cluster_secret_file=secret_file
+            ram_path / "c", 3, **tls, cluster_secret_file=secret_file
         ) as cluster:
             leader = await cluster.wait_for_leader()
             seeds = [f"127.0.0.1:{b.port}" for b in cluster.brokers.values()]
@@ -126,8 +126,8 @@ async def test_a_tls_cluster_serves_a_tls_client_through_a_leader_change(
             )
 
 
-async def test_a_client_that_does_not_trust_the_certificate_cannot_connect(tmp_path, tls):
-    async with open_broker(BrokerConfig(data_dir=tmp_path / "b", port=0, **tls)) as broker:
+async def test_a_client_that_does_not_trust_the_certificate_cannot_connect(ram_path, tls):
+    async with open_broker(BrokerConfig(data_dir=ram_path / "b", port=0, **tls)) as broker:
         other = client_context(trustme.CA())  # trusts another CA only
         with pytest.raises(BrokerError, match=r"TLS handshake failed.*certificate verify failed"):
             async with connect(f"127.0.0.1:{broker.port}", ssl_context=other):
@@ -135,13 +135,13 @@ async def test_a_client_that_does_not_trust_the_certificate_cannot_connect(tmp_p
 
 
 async def test_original_clients_use_the_plaintext_listener_of_a_tls_cluster(
-    tmp_path, tls, secret_file
+    ram_path, tls, secret_file
 ):
     """CLUSTER_QUERY on a plaintext listener announces every broker at its plaintext port, so
     an original-design client reconnects to the leader on a listener it can speak to."""
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
-            tmp_path / "c", 3, **tls, cluster_secret_file=secret_file, plaintext_port=0
+            ram_path / "c", 3, **tls, cluster_secret_file=secret_file, plaintext_port=0
         ) as cluster:
             leader = await cluster.wait_for_leader()
             replica = next(b for b in cluster.brokers.values() if b is not leader)
@@ -216,16 +216,16 @@ async def test_original_clients_use_the_plaintext_listener_of_a_tls_cluster(
 # -- the cluster secret -----------------------------------------------------------------------
 
 
-async def test_a_broker_without_the_secret_cannot_join(tmp_path, secret_file, caplog):
+async def test_a_broker_without_the_secret_cannot_join(ram_path, secret_file, caplog):
     caplog.set_level(logging.WARNING, logger="trio_broker")
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path / "c", 3, cluster_secret_file=secret_file) as c:
+        async with open_local_cluster(ram_path / "c", 3, cluster_secret_file=secret_file) as c:
             leader = await c.wait_for_leader()
             seeds = [f"127.0.0.1:{leader.port}"]
-            wrong = write_secret(tmp_path / "wrong.secret")
+            wrong = write_secret(ram_path / "wrong.secret")
             for name, settings in (("none", {}), ("wrong", {"cluster_secret_file": wrong})):
                 config = BrokerConfig(
-                    data_dir=tmp_path / name, port=0, seeds=seeds, broker_id="B-INTRU", **settings
+                    data_dir=ram_path / name, port=0, seeds=seeds, broker_id="B-INTRU", **settings
                 )
                 with pytest.raises(JoinFailed, match=r"UNAUTHORIZED.*cluster-secret-file"):
                     async with open_broker(config):
@@ -245,7 +245,7 @@ async def test_a_broker_without_the_secret_cannot_join(tmp_path, secret_file, ca
 
 
 async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
-    tmp_path, secret_file, caplog
+    ram_path, secret_file, caplog
 ):
     """A member restarted with another secret can reach no one, and no one reaches it: its
     election requests never get into the others' consensus, whose term does not move."""
@@ -255,7 +255,7 @@ async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
     timing = {"heartbeat_interval": 0.2, "failure_timeout": 1.5}
     with trio.fail_after(DEADLINE * 3):
         async with open_local_cluster(
-            tmp_path / "c", 3, cluster_secret_file=secret_file, **timing
+            ram_path / "c", 3, cluster_secret_file=secret_file, **timing
         ) as c:
             leader = await c.wait_for_leader()
             name = next(n for n, b in c.brokers.items() if b is not leader)
@@ -269,7 +269,7 @@ async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
             await wait_until(lambda: victim.applied_index >= promoted_at)
             term = leader.node.term
             await c.stop(name)
-            wrong = write_secret(tmp_path / "wrong.secret")
+            wrong = write_secret(ram_path / "wrong.secret")
             rogue = await c.start(name, cluster_secret_file=wrong)
             # Wait until the rogue has tried to send to both peers a few times: once its
             # election timer fires, it sends (pre-)vote requests, which its links drop.
@@ -290,10 +290,10 @@ async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
             )
 
 
-async def test_consensus_frames_after_a_refused_peer_hello_are_never_stepped(tmp_path, secret_file):
+async def test_consensus_frames_after_a_refused_peer_hello_are_never_stepped(ram_path, secret_file):
     """Even pipelined behind its PEER_HELLO, a stranger's vote request reaches no core."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path / "c", 3, cluster_secret_file=secret_file) as c:
+        async with open_local_cluster(ram_path / "c", 3, cluster_secret_file=secret_file) as c:
             leader = await c.wait_for_leader()
             term = leader.node.term
             for broker in c.brokers.values():
@@ -351,9 +351,9 @@ async def test_consensus_frames_after_a_refused_peer_hello_are_never_stepped(tmp
             assert {b.node.term for b in c.brokers.values()} == {term}
 
 
-async def test_a_proof_cannot_be_replayed(tmp_path, secret_file):
+async def test_a_proof_cannot_be_replayed(ram_path, secret_file):
     secret = read_secret(secret_file)
-    config = BrokerConfig(data_dir=tmp_path / "b", port=0, cluster_secret_file=secret_file)
+    config = BrokerConfig(data_dir=ram_path / "b", port=0, cluster_secret_file=secret_file)
     async with open_broker(config) as broker:
         first = await RawConnection.open(broker.port)
         nonce = (await first.call({"operation": "AUTH_CHALLENGE"}))["nonce"]
@@ -376,9 +376,9 @@ async def test_a_proof_cannot_be_replayed(tmp_path, secret_file):
         await second.aclose()
 
 
-async def test_the_client_library_proves_the_secret_for_operator_commands(tmp_path, secret_file):
+async def test_the_client_library_proves_the_secret_for_operator_commands(ram_path, secret_file):
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path / "c", 3, cluster_secret_file=secret_file) as c:
+        async with open_local_cluster(ram_path / "c", 3, cluster_secret_file=secret_file) as c:
             leader = await c.wait_for_leader()
             replica = next(b for b in c.brokers.values() if b is not leader)
             victim = next(b for b in c.brokers.values() if b not in (leader, replica))
@@ -397,11 +397,11 @@ async def test_the_client_library_proves_the_secret_for_operator_commands(tmp_pa
 
 
 @pytest.fixture
-async def token_broker(tmp_path):
-    tokens = tmp_path / "tokens"
+async def token_broker(ram_path):
+    tokens = ram_path / "tokens"
     tokens.write_text("# the clients of team A\ntoken-a\n\n  token-b  \n")
     config = BrokerConfig(
-        data_dir=tmp_path / "b",
+        data_dir=ram_path / "b",
         port=0,
         client_tokens_file=tokens,
         plaintext_port=0,
@@ -468,13 +468,13 @@ async def test_with_no_security_settings_nothing_changes(broker):
 
 
 async def test_snapshot_transfer_and_forwarded_joins_work_with_tls_and_a_secret(
-    tmp_path, tls, secret_file
+    ram_path, tls, secret_file
 ):
     """DATA_SYNC_REQUEST and a JOIN_CLUSTER that a replica forwards to the leader both open
     their own connections: TLS, and the secret proved, on each."""
     with trio.fail_after(DEADLINE * 3):
         async with open_local_cluster(
-            tmp_path / "c",
+            ram_path / "c",
             3,
             **tls,
             cluster_secret_file=secret_file,
@@ -506,11 +506,11 @@ async def test_snapshot_transfer_and_forwarded_joins_work_with_tls_and_a_secret(
             assert fourth.broker_id in leader.node.config.voters
 
 
-async def test_a_client_token_does_not_open_the_privileged_requests(tmp_path, secret_file):
-    tokens = tmp_path / "tokens"
+async def test_a_client_token_does_not_open_the_privileged_requests(ram_path, secret_file):
+    tokens = ram_path / "tokens"
     tokens.write_text("sesame\n")
     config = BrokerConfig(
-        data_dir=tmp_path / "b",
+        data_dir=ram_path / "b",
         port=0,
         cluster_secret_file=secret_file,
         client_tokens_file=tokens,
@@ -570,7 +570,7 @@ PRIVILEGED_EXAMPLES = {
 
 
 async def test_every_privileged_request_needs_the_secret_and_none_is_served_in_plaintext(
-    tmp_path, secret_file
+    ram_path, secret_file
 ):
     from trio_broker._protocol._codec import OPERATION_NAMES
     from trio_broker._protocol._messages import PRIVILEGED_REQUESTS
@@ -579,7 +579,7 @@ async def test_every_privileged_request_needs_the_secret_and_none_is_served_in_p
     assert names == set(PRIVILEGED_EXAMPLES), names ^ set(PRIVILEGED_EXAMPLES)
     with trio.fail_after(DEADLINE * 2):
         async with open_local_cluster(
-            tmp_path / "c", 3, cluster_secret_file=secret_file, plaintext_port=0
+            ram_path / "c", 3, cluster_secret_file=secret_file, plaintext_port=0
         ) as c:
             leader = await c.wait_for_leader()
             replica = next(b for b in c.brokers.values() if b is not leader)
@@ -597,15 +597,15 @@ async def test_every_privileged_request_needs_the_secret_and_none_is_served_in_p
             assert leader.is_leader and leader.node.log.snapshot_index == 0
 
 
-async def test_add_member_refuses_a_broker_that_does_not_hold_the_secret(tmp_path, secret_file):
+async def test_add_member_refuses_a_broker_that_does_not_hold_the_secret(ram_path, secret_file):
     """A --join-wait broker with another secret could never replicate or vote: the leader
     proves its secret to it first, and adds nothing when the proof is refused."""
     with trio.fail_after(DEADLINE * 2):
-        async with open_local_cluster(tmp_path / "c", 3, cluster_secret_file=secret_file) as c:
+        async with open_local_cluster(ram_path / "c", 3, cluster_secret_file=secret_file) as c:
             leader = await c.wait_for_leader()
-            wrong = write_secret(tmp_path / "wrong.secret")
+            wrong = write_secret(ram_path / "wrong.secret")
             config = BrokerConfig(
-                data_dir=tmp_path / "new",
+                data_dir=ram_path / "new",
                 port=0,
                 cluster_id=leader.cluster_id,
                 join_wait=True,

@@ -21,9 +21,9 @@ def clock():
 
 
 @pytest.fixture
-async def cluster(tmp_path, clock):
+async def cluster(ram_path, clock):
     with trio.fail_after(DEADLINE):
-        async with open_local_cluster(tmp_path, 3, wall_clock=clock) as cluster:
+        async with open_local_cluster(ram_path, 3, wall_clock=clock) as cluster:
             yield cluster
 
 

@@ -18,6 +18,13 @@ def group_seeds(n):
     return [s for s in range(1000) if FaultParams.derive(s, 1, 1).groups][:n]
 
 
+def mutant_seeds():
+    """The first ``MUTANT_SEEDS`` seeds, those with consumer groups first (the only ones
+    whose rules these mutants break): the same seeds as in order, a mutant's first failure
+    found after fewer runs of seeds that cannot catch it."""
+    return sorted(range(MUTANT_SEEDS), key=lambda s: not FaultParams.derive(s, 1, 1).groups)
+
+
 def test_group_workload_runs_clean_and_exercises_every_path():
     # Seeds whose members may die holding leases (``group_death`` > 0), so that every path,
     # deaths included, is on seeds that can take it (which deaths happen moves with every
@@ -110,7 +117,7 @@ def lost_dead_letter(state, queue_id, records, now_ms):
 )
 def test_a_broken_group_rule_is_caught(monkeypatch, name, mutant, expected):
     monkeypatch.setattr(_work, name, mutant)
-    results = run_swarm(range(MUTANT_SEEDS), jobs=1, stop_on_failure=True)
+    results = run_swarm(mutant_seeds(), jobs=1, stop_on_failure=True)
     failures = [r for r in results if not r.ok]
     assert failures, f"{mutant.__name__} survived {MUTANT_SEEDS} seeds"
     assert re.search(expected, failures[0].error), failures[0].error
