@@ -87,6 +87,11 @@ VALUE_CORRUPTION = (0.0, 0.0, 0.3, 0.6)
 the seed's ``disk-values`` stream, so the other faults' draws are unchanged)."""
 
 
+HARD_STATE_LOSS = (0.0, 0.0, 0.3, 0.6)
+"""Per crash, the chance that the disk loses the term and the vote (a mix per seed, from the
+seed's ``disk-hard-state`` stream, so the other faults' draws are unchanged)."""
+
+
 SCRUB_STEPS = 400
 """At most this many steps after a start, the scrub has found the damaged values."""
 
@@ -177,7 +182,10 @@ class Disks:
         self.scrub_at: dict[int, int] = {}
         """Broker -> when its start-up scrub has reached its damaged values."""
         """Broker -> (queue, seq) of the values its disk damaged and it has not repaired."""
+        self.hard_state_loss = stream(sim.seed, "disk-hard-state").choice(HARD_STATE_LOSS)
+        self.hard_state_rng = stream(sim.seed, "disk-hard-state:draws")
         for key in (
+            "hard_states_lost",
             "disk_corruptions",
             "disk_lost_writes",
             "disk_torn_writes",
@@ -265,6 +273,37 @@ class Disks:
             self.sim._trace(f"disk {i}: entry {e.index} damaged")
         if self.value_corruption and self.values_rng.random() < self.value_corruption:
             self._damage_a_value(i)
+        if self.hard_state_loss and self.hard_state_rng.random() < self._hard_state_odds(i):
+            self._lose_hard_state(i)
+
+    def _hard_state_odds(self, i: int) -> float:
+        """The seed's chance of a lost term and vote, raised where a lost vote matters most
+        (swarm steering, as the ``votes`` mix crashes voters right after their vote): a vote
+        given in a term of which its log holds no entry yet, which the log cannot recall."""
+        st = self.sim.storage[i]
+        hs, last = st.hard_state, st.entries[-1].term if st.entries else st.snapshot.term
+        if hs.voted_for not in (None, i) and hs.term > last:
+            return max(self.hard_state_loss, 0.9)
+        return self.hard_state_loss
+
+    def _lose_hard_state(self, i: int) -> None:
+        """Broker ``i``'s term and vote lost (a misdirected or lost write, found by their
+        checksum: ``Store.hard_state_loss``): it restarts on the term of its log's last entry,
+        its vote gone and marked lost, as ``_runtime/_recovery.make_node`` builds the core.
+        One broker's at a time: the others' terms are what it learns its bound from."""
+        sim, st = self.sim, self.sim.storage[i]
+        if not (st.entries or st.snapshot.index):
+            return
+        for o in sim.ids:
+            node = sim.nodes.get(o)
+            if o != i and (
+                node.vote_lost if node is not None else sim.storage[o].hard_state.vote_lost
+            ):
+                return
+        term = st.entries[-1].term if st.entries else st.snapshot.term
+        st.hard_state = attrs.evolve(st.hard_state, term=term, voted_for=None, vote_lost=True)
+        sim.stats["hard_states_lost"] += 1
+        sim._trace(f"disk {i}: term and vote lost (restarts in term {term})")
 
     def _damage_a_value(self, i: int) -> None:
         """One value of broker ``i``'s stored state flipped, where another broker holds it
