@@ -95,6 +95,9 @@ seed's ``disk-hard-state`` stream, so the other faults' draws are unchanged)."""
 SCRUB_STEPS = 400
 """At most this many steps after a start, the scrub has found the damaged values."""
 
+ASK_STEPS = 50
+"""A held broker asks the leader for its snapshot at most once per this many steps."""
+
 
 class DamagedValue(bytes):
     """A stored message whose checksum fails: the broker must never deliver it (its bytes
@@ -184,8 +187,12 @@ class Disks:
         """Broker -> (queue, seq) of the values its disk damaged and it has not repaired."""
         self.hard_state_loss = stream(sim.seed, "disk-hard-state").choice(HARD_STATE_LOSS)
         self.hard_state_rng = stream(sim.seed, "disk-hard-state:draws")
+        self.asked_at: dict[int, int] = {}
+        """Broker -> when it last asked the leader for its snapshot (a value nobody holds)."""
         for key in (
             "hard_states_lost",
+            "snapshots_asked",
+            "snapshots_stood_in",
             "disk_corruptions",
             "disk_lost_writes",
             "disk_torn_writes",
@@ -482,6 +489,8 @@ class Disks:
         if not met and not copied:
             return True
         self.repair(i, asked=True)  # (the held transaction asks its peers)
+        if self.damaged_values.get(i) and self._nobody_holds(i):
+            self._without_a_copy(i)
         if self.damaged_values.get(i):
             ledger = self.sim.ledgers[i]
             waiting = any(ledger.waiting(e.index) for e in rd.committed_entries)
@@ -493,6 +502,48 @@ class Disks:
                 ledger.take_through(rd.committed_entries[-1].index)
         self.sim.stats["applies_held"] += 1
         return False
+
+    def _nobody_holds(self, i: int) -> bool:
+        """Whether the live brokers ``i`` reaches (at least one) hold none of its damaged
+        values: deleted since (FETCH_VALUES answered without them)."""
+        sim = self.sim
+        reached = [
+            o
+            for o in sim.live()
+            if o != i and not sim._is_blocked(i, o) and not sim._is_blocked(o, i)
+        ]
+        places = self.damaged_values.get(i, ())
+        return bool(reached) and not any(
+            (v := _value_at(sim.apps[o], q, seq)) is not None and not isinstance(v, DamagedValue)
+            for o in reached
+            for q, seq in places
+        )
+
+    def _without_a_copy(self, i: int) -> None:
+        """``_runtime/_repair.py``'s way out when no member holds the value any more: a
+        follower asks the leader for its snapshot (the leader offers it at once, with its live
+        state), which the core installs although its commit index is past it
+        (``RaftNode.want_snapshot``); ``_nodes`` then completes the held Ready without applying
+        it (``RaftNode.snapshot_stands_in``). (A leader here sends nothing while its Ready is
+        held, so the others elect another, as the runtime's leader hands its leadership over.)"""
+        sim, node = self.sim, self.sim.nodes[i]
+        if node.is_leader or sim.now - self.asked_at.get(i, -ASK_STEPS) < ASK_STEPS:
+            return
+        leader = node.leader_id
+        lead = sim.nodes.get(leader) if leader is not None else None
+        if (
+            lead is None
+            or not lead.is_leader
+            or sim._is_blocked(i, leader)
+            or sim._is_blocked(leader, i)
+            or self.damaged_values.get(leader)
+        ):
+            return
+        self.asked_at[i] = sim.now
+        node.want_snapshot()
+        sim.post(lead.make_data_sync(i, sim.app_index[leader], copy.deepcopy(sim.apps[leader])))
+        sim.stats["snapshots_asked"] += 1
+        sim._trace(f"disk {i}: no copy of its damaged values left, asks {leader}'s snapshot")
 
     def values_intact(self) -> bool:
         """Liveness: every live broker repaired its damaged values."""
