@@ -549,11 +549,12 @@ class RaftState:
     entries: list[Entry]
     applied: int
     damage: tuple[int, int] | None = None
-    hard_state_loss: str | None = None
-    """What :meth:`Store.hard_state_loss` found (``hard_state.vote_lost`` is then set)."""
     """``(first_damaged, last_index)`` when entries failed their checksum on this read:
     ``entries`` then end before ``first_damaged``, and the broker recovers until
     ``last_index`` (``_runtime._recovery.make_node``)."""
+    hard_state_loss: str | None = None
+    """What :meth:`Store.hard_state_loss` found: the core is then built with the term of the
+    log's last entry and its vote marked lost (``_runtime._recovery.make_node``)."""
 
 
 _HARD_STATE_FIELDS = {
