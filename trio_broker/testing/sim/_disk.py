@@ -489,8 +489,6 @@ class Disks:
         if not met and not copied:
             return True
         self.repair(i, asked=True)  # (the held transaction asks its peers)
-        if self.damaged_values.get(i) and self._nobody_holds(i):
-            self._without_a_copy(i)
         if self.damaged_values.get(i):
             ledger = self.sim.ledgers[i]
             waiting = any(ledger.waiting(e.index) for e in rd.committed_entries)
@@ -500,6 +498,8 @@ class Disks:
                 return True
             if waiting:
                 ledger.take_through(rd.committed_entries[-1].index)
+            if self._nobody_holds(i):
+                self._without_a_copy(i)  # (held, and no copy left: the leader's snapshot)
         self.sim.stats["applies_held"] += 1
         return False
 
