@@ -91,6 +91,7 @@ MUTANT_SCANS = {
     "trust_damaged_log": (None, DEFAULT_SEEDS),
     "trust_regressed_follower": (None, DEFAULT_SEEDS),
     "trust_log_after_reboot": (None, DEFAULT_SEEDS),
+    "trust_lost_vote": ("votes", MUTANT_SCAN_SEEDS),
 }
 """Each mutant, the fault mix whose seeds expose it most often (None: every seed), and how many
 of that mix's seeds (from seed 0 on) the default suite scans for it. The swarm's own fault

@@ -272,6 +272,24 @@ class RaftNode:
     voters (one loss at a time), where voting on the shortened log needed ``quorum``. The
     state is durable (``HardState.unverified`` stays set while it is unverified or holds a
     floor): a process restart meanwhile starts it unverified again, never trusting.
+
+    **A lost vote** (docs/reliability.md, "A lost term or vote"). A store whose term or vote
+    is missing or fails its checksum (``HardState.vote_lost``) cannot say in which terms this
+    broker voted: it may have voted for a candidate in a term later than any it knows, and a
+    second vote in that term could elect a second leader. So it starts ``vote_lost`` (and
+    ``unverified``): it grants no vote (a pre-vote, as before, promises nothing), counts none
+    of its own, and hears the current term of every other voter in what they send (asking
+    with a pre-vote round once per election timeout, which every voter answers with its
+    term). Once ``voters - quorum + 1`` of them told theirs, the largest, ``M``, bounds every
+    term it can have voted in where that vote helped elect a leader: such a leader's quorum
+    holds, besides this broker, one of them, which had moved to that term before it voted (or
+    campaigned). Terms are heard from its second election timeout on: a vote request the
+    leader-to-be sent before the loss could still reach such a voter after it told an older
+    term (the one timing assumption here: a message is not older than an election timeout).
+    It then moves to term ``M`` as if it had voted in it (``voted_for`` itself, durable with
+    the term), and goes on unverified with ``M`` as the term it restarted in (the reboot rule
+    then settles what its log may have lost). Until then nothing it learns clears
+    ``unverified``.
     """
 
     def __init__(
@@ -353,6 +371,18 @@ class RaftNode:
         learned what it may have acknowledged before (see the class docstring): it grants no
         vote meanwhile. A broker without a past, or its group's only voter, never is: its disk
         is all there is (the damage report covers that)."""
+        self.vote_lost = bool(
+            hard_state.vote_lost
+            and (hard_state.term or self.log.last_index or snapshot.index)
+            and not self.config.voters <= {node_id}
+        )
+        """Whether its stored term or vote was found lost and it has not yet learned a bound
+        on the terms it may have voted in (class docstring, "A lost vote")."""
+        if self.vote_lost:
+            self.unverified = True
+            self.restart_term = max(self.restart_term, self.log.last_term)
+        self._terms_heard: dict[Any, int] = {}
+        """While ``vote_lost``: the largest term each other voter sent."""
         # A number of this start, derived from the rng's state without drawing from it (a
         # draw would move every later election timeout): distinct at each start in practice.
         self.start_id = (hash(rng.getstate()[1]) & 0x7FFFFFFF) or 1
@@ -384,6 +414,8 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._persisted_msgs: list[Message] = []
         self._snapshot_to_install: DataSync | None = None
+        self._snapshot_wanted = False
+        """Whether the runtime asked for the leader's snapshot (``want_snapshot``)."""
         self._snapshots_to_send: list[Any] = []
         self._inflight: Ready | None = None
         self._append_pending = False
@@ -407,6 +439,7 @@ class RaftNode:
             self.recovering_until or 0,
             self.recovering_term if self.recovering_until else 0,
             self.unverified or self.vote_floor is not None,
+            self.vote_lost,
         )
 
     @property
@@ -462,6 +495,11 @@ class RaftNode:
             self._tick_leader()
         else:
             self.election_elapsed += 1
+            if self.vote_lost and self.now % self.election_ticks == 1 % self.election_ticks:
+                # Its lost vote waits for the other voters' terms, and a follower of a live
+                # leader hears from no other voter: a pre-vote round, which promises nothing
+                # and which every voter answers with its term, once per election timeout.
+                self._request_votes(pre=True)
             if self.election_elapsed >= self.randomized_timeout:
                 if self._promotable():
                     self._campaign()
@@ -653,6 +691,25 @@ class RaftNode:
             data=data,
         )
 
+    def want_snapshot(self) -> None:
+        """The runtime cannot apply the next committed entries: one reads a stored value that
+        is damaged here and that no other member holds any more (deleted by retention since;
+        docs/reliability.md, "A value nobody holds any more"). The next snapshot from the
+        leader (DATA_SYNC) is then installed even where this broker's commit index is already
+        past its index, or its log already holds that prefix, as long as the snapshot is past
+        what is applied: its state holds the effect of those entries, so the value is no
+        longer needed. The log after the snapshot's index is kept (written again with the
+        install), and the commit index never moves back."""
+        self._snapshot_wanted = True
+
+    def snapshot_stands_in(self, index: int) -> bool:
+        """Whether a snapshot waiting to be installed (by the next Ready) covers ``index``:
+        the runtime may then complete the outstanding Ready without applying its committed
+        entries up to there (their effect is in the snapshot's state, which replaces the
+        state they would have changed)."""
+        pending = self._snapshot_to_install
+        return pending is not None and pending.snapshot.index >= index
+
     def has_ready(self) -> bool:
         """Whether :meth:`ready` has work (always False while a Ready is outstanding)."""
         if self._inflight is not None:
@@ -666,6 +723,7 @@ class RaftNode:
             or (self.recovering_until or 0) != hs.recovering_until
             or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
             or (self.unverified or self.vote_floor is not None) != hs.unverified
+            or self.vote_lost != hs.vote_lost
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs
@@ -746,6 +804,8 @@ class RaftNode:
         """Handle one message from another broker. Stale or misdirected input is dropped."""
         if m.dst != self.id or m.src == self.id:
             return
+        if self.vote_lost:
+            self._note_term(m)
         if isinstance(m, ElectionRequest | ElectionResponse) and (
             self.unverified or self.vote_floor is not None
         ):
@@ -790,7 +850,8 @@ class RaftNode:
                     term=self.term,
                     cluster_version=self.cluster_version,
                     last_index=self.log.last_index,
-                    start_id=self.start_id if self.unverified else 0,
+                    # (Asked once its lost vote is settled: the echo settles only the log.)
+                    start_id=self.start_id if self.unverified and not self.vote_lost else 0,
                     round=m.round,
                 )
             )
@@ -871,7 +932,7 @@ class RaftNode:
         else:
             sender_term = m.term - 1 if m.pre_vote else m.term
         voters = self.config.voters
-        if sender_term <= self.restart_term or m.src not in voters:
+        if sender_term <= self.restart_term or m.src not in voters or self.vote_lost:
             return
         end = (m.last_log_term, m.last_log_index)
         self._log_ends[m.src] = max(self._log_ends.get(m.src, end), end)
@@ -885,6 +946,8 @@ class RaftNode:
     def _verified(self, floor: tuple[int, int]) -> None:
         """It knows, from the cluster, a log end at least every entry it acknowledged. Each
         such bound is enough alone: a later one may lower the floor, never raise it."""
+        if self.vote_lost:
+            return  # (nothing it hears about logs bounds the terms it voted in)
         if not self.unverified:
             if self.vote_floor is None:
                 return
@@ -907,10 +970,45 @@ class RaftNode:
     def _check_verified(self) -> None:
         """Its log holds an entry of a term later than its start: from a leader that holds
         everything our earlier acknowledgements could have committed, with its log before."""
-        if self.log.last_term > self.restart_term:
+        if self.log.last_term > self.restart_term and not self.vote_lost:
             self.unverified = False
             self._log_ends = {}
             self.vote_floor = None
+
+    def _note_term(self, m: Message) -> None:
+        """While ``vote_lost``: the sender's current term as its message tells it (a pre-vote
+        request asks for the term after it; an election answer tells the voter's own when it
+        can). Once ``voters - quorum + 1`` other voters told theirs, their largest bounds
+        every term in which this broker's lost vote can have helped elect a leader (class
+        docstring): it moves there as if it had voted in it, and votes only in later terms."""
+        voters = self.config.voters
+        if m.src not in voters or self.now < self.election_ticks:
+            # (Not in its first election timeout: a vote request sent before the loss may
+            # still be on its way to a voter that tells its older term meanwhile.)
+            return
+        if isinstance(m, ElectionRequest):
+            sender_term = m.term - 1 if m.pre_vote else m.term
+        elif isinstance(m, ElectionResponse):
+            if m.voter_term is not None:
+                sender_term = m.voter_term
+            elif m.pre_vote:
+                return  # (the term asked for, not the voter's)
+            else:
+                sender_term = m.term
+        else:
+            sender_term = m.term
+        self._terms_heard[m.src] = max(self._terms_heard.get(m.src, 0), sender_term)
+        heard = [t for k, t in self._terms_heard.items() if k in voters and k != self.id]
+        if len(heard) < len(voters) - self.config.quorum() + 1:
+            return
+        bound = max(heard)
+        self.vote_lost = False
+        self._terms_heard = {}
+        if bound > self.term:
+            self._become_follower(bound, None)
+        if self.voted_for is None:
+            self.voted_for = self.id  # it may have voted in this term: it votes in no other
+        self.restart_term = max(self.restart_term, self.term)
 
     def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
         """The election restriction (paper 5.4.1) against the log a recovering broker had
@@ -1024,7 +1122,8 @@ class RaftNode:
         if not can_vote:
             self._deny(m, DenyReason.ALREADY_VOTED, self.term)
             return
-        repeat = self.voted_for == m.src and not m.pre_vote  # a durable vote, asked again
+        # A durable vote, asked again (not one read from a store that lost it).
+        repeat = self.voted_for == m.src and not m.pre_vote and not self.vote_lost
         if not repeat and not self._vouches_for(m.last_log_term, m.last_log_index, m.pre_vote):
             # Restarted, it may have lost entries it acknowledged, and does not know yet.
             self._deny(m, DenyReason.LOG_BEHIND, self.term)
@@ -1492,12 +1591,24 @@ class RaftNode:
 
     def _handle_data_sync(self, m: DataSync) -> None:
         meta = m.snapshot
-        if meta.index <= self.commit:
+        wanted = self._snapshot_wanted and meta.index > self.applied
+        if meta.index <= self.commit and not wanted:
             self._ack(m, self.commit)
             return
+        self._snapshot_wanted = False
         if self.log.match_term(meta.index, meta.term):
-            # We already hold that prefix: just learn it is committed.
-            self.commit = meta.index
+            self.commit = max(self.commit, meta.index)
+            if wanted:
+                # Asked for (``want_snapshot``): its state stands in for the entries up to
+                # its index, which this log already holds; the entries after it are kept
+                # (the install replaces the whole stored log: the same Ready writes them
+                # again, so nothing this broker acknowledged is ever missing from its disk).
+                kept = self.log.slice(meta.index + 1, self.log.last_index + 1)
+                self.log.restore(meta.index, meta.term)
+                self.log.append(kept)
+                self._snapshot_config = meta.config
+                self._snapshot_to_install = m
+            # (Else we already hold that prefix: we just learn it is committed.)
             self._ack(m, meta.index)
             return
         self.log.restore(meta.index, meta.term)

@@ -134,6 +134,11 @@ class HardState:
     id than it was last opened under) and it has not yet learned what it may have
     acknowledged before: it may have lost synced writes without a trace, so it votes only
     once it knows (``RaftNode``, "A reboot votes only once it knows"). The core clears it."""
+    vote_lost: bool = False
+    """The store found its term or vote lost or damaged (``Store.hard_state_loss``): the
+    broker may have voted in any term up to one it no longer knows, so it grants no vote
+    until it learned a term bound from the other voters (``RaftNode``, "A lost vote"). The
+    core clears it."""
 
 
 @attrs.frozen

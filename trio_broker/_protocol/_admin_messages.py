@@ -60,6 +60,11 @@ class FetchValues:
     """The queue's id (it names the replication group that decides the request)."""
     first: int
     cluster_id: str | None = None
+    snapshot_for: str | None = None
+    """The asking broker's id, when no member gave the rows and it asks the leader for its
+    snapshot instead (docs/reliability.md, "A value nobody holds any more"): the leader offers
+    it in a DATA_SYNC and answers with no rows. Absent otherwise (and ignored by a broker of an
+    older version, which answers with the rows it holds)."""
 
 
 @attrs.frozen

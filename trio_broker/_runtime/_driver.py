@@ -52,7 +52,7 @@ from ._peers import PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
-from ._repair import Repair, serve_fetch_values
+from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -163,7 +163,10 @@ class RaftDriver:
         return self.snapshots.read_snapshot_chunk(snapshot_id, offset)
 
     async def fetch_values(self, request: Any) -> Any:
-        """The intact stored values a peer asks for to repair its copy (FETCH_VALUES)."""
+        """The intact stored values a peer asks for to repair its copy (FETCH_VALUES), or,
+        when no member holds them any more, this leader's snapshot (``snapshot_for``)."""
+        if request.snapshot_for is not None:
+            return self.snapshots.offer_asked(request)
         return await serve_fetch_values(self._store, self._worker, request)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -579,8 +582,9 @@ class RaftDriver:
         snapshot = None
         if rd.snapshot is not None:
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
-        results: list[Any] = []
-        if rd.must_sync or rd.committed_entries:
+        results: Any = []
+        committed = rd.committed_entries
+        if rd.must_sync or committed:
             started = time.perf_counter()
             save = functools.partial(
                 self._store.save,
@@ -596,6 +600,8 @@ class RaftDriver:
                 await self._let_links_send()
                 started = time.perf_counter()
             results = await self._save(save, short=in_place, committed=rd.committed_entries)
+            if results is STOOD_IN:  # (the leader's snapshot, installed next, holds their effect)
+                committed, results = (), []
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
             if rd.hard_state is not None:
@@ -606,9 +612,9 @@ class RaftDriver:
                 self._fsync_fast = took < SLOW_FSYNC
             if self.on_transaction is not None:
                 self.on_transaction.labels("true" if durable else "false").observe(took)
-            self.entries_applied += len(rd.committed_entries)
-            self.snapshots.note_applied(rd.committed_entries)
-            for entry in rd.committed_entries:
+            self.entries_applied += len(committed)
+            self.snapshots.note_applied(committed)
+            for entry in committed:
                 # Stored and sent: the in-memory log need not hold the payload twice.
                 entry.remember_encoded(None)
         for m in rd.persisted_messages:
@@ -631,7 +637,7 @@ class RaftDriver:
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
             self.snapshots.applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
-        for entry, result in zip(rd.committed_entries, results, strict=True):
+        for entry, result in zip(committed, results, strict=True):
             if isinstance(entry.payload, CommandGroup):
                 for command, one in zip(entry.payload.commands, result.results, strict=True):
                     self._on_applied(command, one)
@@ -647,7 +653,7 @@ class RaftDriver:
 
     async def _save(
         self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()
-    ) -> list[Any]:
+    ) -> list[Any] | StoodIn:
         """Run the Ready's transaction; while it fails for lack of space, retry it.
 
         A failed transaction rolled back whole (entries, term and vote, applied commands and
@@ -678,7 +684,20 @@ class RaftDriver:
         def unwaited() -> bool:
             return not any(self._ledger.waiting(e.index) for e in committed)
 
-        return await self.repair.saving(attempt, on_hold, unwaited=unwaited)
+        # The same transaction without its committed entries: run instead when the leader's
+        # snapshot stands in for them (no member holds a value they read any more; _repair).
+        without_apply = functools.partial(
+            self.disk.retrying,
+            functools.partial(run, functools.partial(save, committed=())),
+            self._answer_disk_full,
+        )
+        return await self.repair.saving(
+            attempt,
+            on_hold,
+            unwaited=unwaited,
+            without_apply=without_apply if committed else None,
+            through=committed[-1].index if committed else 0,
+        )
 
     def _answer_disk_full(self) -> None:
         for pending in self._ledger.take_queued():  # never proposed: refused, nothing written

@@ -10,6 +10,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from .._core import _raft as raft
 from .._core._raft_messages import Config, SnapshotMeta
 from .._storage._files import DB_FILE
@@ -28,6 +30,23 @@ def make_node(
     snapshot_config = state.snapshot_config or Config(voters=frozenset())
     damage = getattr(state, "damage", None)
     entries = state.entries
+    hard_state = state.hard_state
+    loss = getattr(state, "hard_state_loss", None)
+    if loss is not None:
+        # Neither the term nor the vote read can be trusted: the term of the log's last
+        # entry is a lower bound of the term it was in, and the core votes again only once
+        # it learned a bound on the terms it voted in (docs/reliability.md, "A lost term or
+        # vote").
+        last_term = entries[-1].term if entries else state.snapshot_term
+        hard_state = attrs.evolve(hard_state, term=last_term, voted_for=None, vote_lost=True)
+        log_event(
+            logging.WARNING,
+            "raft.hard_state_lost",
+            broker_id=broker_id,
+            found=loss,
+            term=last_term,
+            action="no vote until the current terms of enough other voters are known",
+        )
     if damage is not None:
         first_damaged, last_index = damage
         entries = [e for e in entries if e.index < first_damaged]
@@ -40,7 +59,7 @@ def make_node(
         )
     node = raft.RaftNode(
         broker_id,
-        hard_state=state.hard_state,
+        hard_state=hard_state,
         snapshot=SnapshotMeta(state.snapshot_index, state.snapshot_term, snapshot_config),
         entries=entries,
         applied=state.applied,

@@ -25,6 +25,16 @@ Found at start. After each start, the scrub reads every stored value once (a few
 per storage job, between the driver's transactions) and repairs what it finds the same way, so
 damage that no read meets is repaired too.
 
+Found where no member holds the value any more. A broker that was behind may need a value
+that every other member has deleted since (retention deletes a message at the same log
+position everywhere, and they are past it): a byte-bounded read or a dead-letter move cannot be
+applied without its bytes. Once members answered without the value, the broker asks the
+leader for its snapshot (FETCH_VALUES with ``snapshot_for``; ``RaftNode.want_snapshot``): the
+leader's applied state holds that transaction's effect, so once the snapshot is fetched and
+covers the held transaction's entries, the transaction is completed without applying them
+(its log writes kept) and the next one installs the snapshot, which replaces the whole state,
+damaged value included (docs/reliability.md, "A value nobody holds any more").
+
 A broker alone in its group has no copy to repair from and nobody whose state it could differ
 from: the read that meets the damage answers ``UNAVAILABLE``, the reader's position stays
 (``_storage/_integrity.py``).
@@ -67,6 +77,16 @@ SCRUB_ROWS = 500
 SCRUB_ATTEMPTS = 8
 """Rounds the scrub tries for a damaged value no peer could give yet (then a read of it, or
 the next start, tries again)."""
+ASK_INTERVAL = 5.0
+"""A held transaction asks the leader for its snapshot at most once per this many seconds."""
+
+
+class StoodIn:
+    """What :meth:`Repair.saving` returns when the leader's snapshot stands in for the held
+    transaction's committed entries: they were not applied (the next Ready installs it)."""
+
+
+STOOD_IN = StoodIn()
 
 
 class RepairHost(Protocol):
@@ -106,6 +126,9 @@ class Repair:
         self._in_background: set[tuple[str, int]] = set()
         """Values a background repair is already after (one task per value at a time)."""
         self.stats = RepairStatistics()
+        self.nobody_holds = False
+        """Whether, in the last :meth:`repair`, members answered and none held the value."""
+        self._asked_at = -ASK_INTERVAL
 
     def statistics(self) -> RepairStatistics:
         return attrs.evolve(self.stats, waiting=len(self._waiting))
@@ -130,17 +153,44 @@ class Repair:
         on_hold: Callable[[], None] | None = None,
         *,
         unwaited: Callable[[], bool] = lambda: False,
-    ) -> T:
+        without_apply: Callable[[], Awaitable[Any]] | None = None,
+        through: int = 0,
+    ) -> T | StoodIn:
         """``await attempt()`` (one transaction, run again as it was while it fails): a
         damaged value it reads fails it whole while the group has other members, and is
         repaired from them before the next attempt. ``on_hold`` is called after each round
         that repaired nothing (the driver hands its leadership over and answers the requests
         waiting on the transaction). While ``unwaited()`` (nobody waits for its results), a
         read whose effect does not depend on the values' bytes goes ahead over the damage (its
-        answer reaches nobody), and the value is repaired in the background. Cancellable."""
+        answer reaches nobody), and the value is repaired in the background.
+
+        With ``without_apply`` (the same transaction without its committed entries, whose
+        last index is ``through``): while the members that answer hold the value no more,
+        the leader is asked for its snapshot; once one waits to be installed that covers
+        ``through``, ``without_apply()`` runs instead and :data:`STOOD_IN` is returned.
+        Cancellable."""
         delay = RETRY_FIRST
         store = self._store
+        place: tuple[str, int] | None = None
         while True:
+            if (
+                place is not None
+                and without_apply is not None
+                and self._host.node.snapshot_stands_in(through)
+            ):
+                await without_apply()
+                # The install replaces every stored value: this one too.
+                self._waiting.discard(place)
+                log_event(
+                    logging.WARNING,
+                    "storage.snapshot_stands_in",
+                    queue=place[0],
+                    seq=place[1],
+                    through=through,
+                    detail="no member holds the value any more: the leader's snapshot, "
+                    "installed next, holds the effect of the entries that read it",
+                )
+                return STOOD_IN
             store.hold_damage = hold = self._has_others()
             store.unchecked_reads = hold and unwaited()
             try:
@@ -155,6 +205,8 @@ class Repair:
                     continue
                 if on_hold is not None:
                     on_hold()
+                if without_apply is not None and self.nobody_holds:
+                    await self._ask_snapshot(place)
                 await trio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)
                 continue
@@ -228,9 +280,13 @@ class Repair:
 
     async def repair(self, queue_id: str, seq: int) -> bool:
         """Ask the other members, one after the other, for the intact rows from ``seq`` on and
-        write those this broker holds damaged or not at all; True once ``seq`` is repaired."""
+        write those this broker holds damaged or not at all; True once ``seq`` is repaired
+        (:attr:`nobody_holds` says whether members answered without it)."""
+        self.nobody_holds = False
+        answered = False
         for peer in self._others():
             rows = await self._fetch(peer, queue_id, seq)
+            answered = answered or rows is not None
             if not rows:
                 continue
             repaired = await self._worker.run(self._store.repair_rows, queue_id, rows)
@@ -247,14 +303,45 @@ class Repair:
                 )
             if seq in repaired:
                 return True
+        self.nobody_holds = answered
         return False
 
-    async def _fetch(self, peer: str, queue_id: str, seq: int) -> list[StoredRow]:
+    async def _ask_snapshot(self, place: tuple[str, int]) -> None:
+        """Ask the leader for its snapshot (at most once per ``ASK_INTERVAL``); the core
+        installs the next one past what is applied (``RaftNode.want_snapshot``). Not while
+        this broker leads (its held transaction hands the leadership over first)."""
+        host = self._host
+        leader = host.node.leader_id
+        now = trio.current_time()
+        if leader is None or leader == host.broker_id or now - self._asked_at < ASK_INTERVAL:
+            return
+        self._asked_at = now
+        host.node.want_snapshot()
+        log_event(
+            logging.WARNING,
+            "storage.snapshot_asked",
+            queue=place[0],
+            seq=place[1],
+            leader=leader,
+            reason="no member that answered holds the value any more",
+        )
+        await self._fetch(leader, *place, snapshot=True)
+
+    async def _fetch(
+        self, peer: str, queue_id: str, seq: int, *, snapshot: bool = False
+    ) -> list[StoredRow] | None:
+        """The rows ``peer`` gives (None when it gave no answer); with ``snapshot``, the
+        leader is asked for its snapshot instead."""
         host = self._host
         address = host.address_of(peer)
         if address is None:
-            return []
-        request = FetchValues(queue_id, seq, cluster_id=host.cluster_id)
+            return None
+        request = FetchValues(
+            queue_id,
+            seq,
+            cluster_id=host.cluster_id,
+            snapshot_for=host.broker_id if snapshot else None,
+        )
         try:
             async with dial(
                 host.network,
@@ -270,14 +357,14 @@ class Repair:
                         answer = await dialed.ask(request, StoredValues)
         except UNREACHABLE as exc:
             log_event(logging.INFO, "storage.repair_unreachable", peer=peer, error=repr(exc))
-            return []
+            return None
         if isinstance(answer, BrokerError):
             log_event(logging.INFO, "storage.repair_refused", peer=peer, error=answer.message)
-            return []
+            return None
         rows = decode_rows(answer.rows)
         if rows is None:
             log_event(logging.WARNING, "storage.repair_bad_answer", peer=peer)
-            return []
+            return None
         return rows
 
     # -- the start-up scrub -----------------------------------------------------------------
@@ -382,4 +469,12 @@ def _ranges(seqs: list[int]) -> str:
     return f"{seqs[0]}" if len(seqs) == 1 else f"{seqs[0]}..{seqs[-1]} ({len(seqs)})"
 
 
-__all__ = ["Repair", "RepairStatistics", "decode_rows", "encode_rows", "serve_fetch_values"]
+__all__ = [
+    "STOOD_IN",
+    "Repair",
+    "RepairStatistics",
+    "StoodIn",
+    "decode_rows",
+    "encode_rows",
+    "serve_fetch_values",
+]

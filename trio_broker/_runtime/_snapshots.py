@@ -27,6 +27,8 @@ import trio
 from .._core import _raft as raft
 from .._core._commands import data_size
 from .._core._raft_messages import DataSync, Entry, SnapshotMeta
+from .._errors import BrokerError, ErrorCode
+from .._protocol import FetchValues, StoredValues
 from .._storage import StorageWorker, Store
 from .._storage._integrity import StorageDamaged, check_snapshot_file
 from ._config import BrokerConfig
@@ -37,6 +39,9 @@ from ._snapshot_fetch import fetch_snapshot
 
 SNAPSHOT_CHUNK = 256 * 1024
 SNAPSHOTS_KEPT = 2
+ASKED_INTERVAL = 10.0
+"""A member that asks for this leader's snapshot (``offer_asked``) gets at most one offer per
+this many seconds: each offer writes the whole state to a file."""
 
 
 class Settable(Protocol):
@@ -85,6 +90,9 @@ class Snapshots:
                 stale.unlink(missing_ok=True)
         self._offered: dict[str, tuple[Path, int, str]] = {}
         self._fetching: set[str] = set()
+        self._asked: dict[str, float] = {}
+        """Member -> when it last asked for a snapshot that was offered (at most one entry
+        per member of the group)."""
         self.applied_bytes = 0
         """Message bytes in applied entries since the last compaction (approximate)."""
 
@@ -183,6 +191,26 @@ class Snapshots:
         assert peers is not None
         peers.send(message)
         log_event(logging.INFO, "snapshot.offered", peer=peer, index=index, size=size)
+
+    def offer_asked(self, request: FetchValues) -> StoredValues | BrokerError:
+        """A member holds a transaction that reads a stored value no member holds any more
+        (FETCH_VALUES with ``snapshot_for``): offer it this leader's snapshot, whose state
+        stands in for that transaction (``RaftNode.want_snapshot``; docs/reliability.md, "A
+        value nobody holds any more"); at most one offer per member per ``ASKED_INTERVAL``."""
+        node = self._host.node
+        peer = request.snapshot_for
+        if not node.is_leader:
+            return BrokerError(ErrorCode.NOT_LEADER, "only the leader offers its snapshot")
+        if peer == node.id or peer not in node.config.members:
+            return BrokerError(ErrorCode.BAD_REQUEST, f"{peer!r} is not another member")
+        now = trio.current_time()
+        for member in [m for m in self._asked if m not in node.config.members]:
+            del self._asked[member]
+        if now - self._asked.get(peer, -ASKED_INTERVAL) >= ASKED_INTERVAL:
+            self._asked[peer] = now
+            log_event(logging.INFO, "snapshot.asked", peer=peer, queue=request.queue_name)
+            self._host.start_soon(self.offer, peer)
+        return StoredValues(request.queue_name, "[]")
 
     def read_snapshot_chunk(self, snapshot_id: str, offset: int) -> tuple[bytes, int, str] | None:
         """One chunk of a snapshot this broker offered: (bytes, whole size, the bytes' sha256),

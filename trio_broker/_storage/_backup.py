@@ -133,6 +133,7 @@ def _reset_as_sole_voter(store: Store, broker_id: str) -> None:
                 "broker_id": broker_id,
                 "raft_term": get("raft_term", 0),
                 "raft_voted_for": None,
+                "raft_term_vote_crc": None,  # (the vote is dropped on purpose: no loss)
                 "raft_commit": applied,
                 "snapshot_index": applied,
                 "snapshot_term": applied_term,

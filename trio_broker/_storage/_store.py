@@ -31,6 +31,7 @@ from typing import Any
 
 import apsw
 import attrs
+import google_crc32c
 import orjson
 
 from .._core._commands import Command, Result, RetentionPolicy
@@ -322,6 +323,7 @@ class Store:
             recovering_until=get("raft_recovering_until", 0),
             recovering_term=get("raft_recovering_term", 0),
             unverified=bool(get("raft_unverified", 0)),
+            vote_lost=bool(get("raft_vote_lost", 0)),
         )
         snapshot_index = get("snapshot_index", 0)
         # Entries found damaged at open are not read: the core gets the log before them and
@@ -337,7 +339,28 @@ class Store:
             entries=entries,
             applied=get("applied_index", snapshot_index),
             damage=None if damage is None else (damage.first_damaged, damage.last_index),
+            hard_state_loss=self.hard_state_loss(),
         )
+
+    def hard_state_loss(self) -> str | None:
+        """What is wrong with the stored term and vote, or None (docs/reliability.md, "A lost
+        term or vote"): they fail the checksum written with them, or, in a store written
+        before that checksum, the term is missing while the log holds entries, or is below the
+        term of the log's last entry (a broker adopts a term before it stores an entry of it).
+        Its consensus core then votes only once it learned a bound on the terms it voted in."""
+        term, voted_for = self._durable_term_vote()
+        stored = self.get_meta("raft_term_vote_crc")
+        if stored is not None:
+            if stored != term_vote_checksum(term, voted_for):
+                return "the term and vote do not match their checksum"
+            return None
+        row = self._db.execute("SELECT MAX(term) FROM raft_log").fetchone()
+        last_term = max(row[0] or 0, self.get_meta("snapshot_term", 0))
+        if self.get_meta("raft_term") is None and last_term:
+            return "the term and vote are missing while the log holds entries"
+        if not isinstance(term, int) or term < last_term:
+            return f"the term {term!r} is below that of the log's entries ({last_term})"
+        return None
 
     def bootstrap(self, config: Config) -> None:
         """Record the first configuration of a brand-new cluster (before any entry)."""
@@ -529,6 +552,9 @@ class RaftState:
     """``(first_damaged, last_index)`` when entries failed their checksum on this read:
     ``entries`` then end before ``first_damaged``, and the broker recovers until
     ``last_index`` (``_runtime._recovery.make_node``)."""
+    hard_state_loss: str | None = None
+    """What :meth:`Store.hard_state_loss` found: the core is then built with the term of the
+    log's last entry and its vote marked lost (``_runtime._recovery.make_node``)."""
 
 
 _HARD_STATE_FIELDS = {
@@ -538,6 +564,7 @@ _HARD_STATE_FIELDS = {
     "raft_recovering_until": "recovering_until",
     "raft_recovering_term": "recovering_term",
     "raft_unverified": "unverified",
+    "raft_vote_lost": "vote_lost",
 }
 _HARD_STATE_KEYS = frozenset(_HARD_STATE_FIELDS)
 
@@ -545,11 +572,19 @@ _HARD_STATE_KEYS = frozenset(_HARD_STATE_FIELDS)
 def _hard_state_items(hard_state: HardState, written: HardState | None) -> dict[str, Any]:
     """The meta rows that store ``hard_state``: all of them, or only those that differ from
     ``written`` (what the table is known to hold)."""
-    return {
+    items = {
         key: getattr(hard_state, field)
         for key, field in _HARD_STATE_FIELDS.items()
         if written is None or getattr(hard_state, field) != getattr(written, field)
     }
+    if "raft_term" in items or "raft_voted_for" in items:
+        items["raft_term_vote_crc"] = term_vote_checksum(hard_state.term, hard_state.voted_for)
+    return items
+
+
+def term_vote_checksum(term: Any, voted_for: Any) -> int:
+    """The CRC32C of a stored term and vote (``Store.hard_state_loss``)."""
+    return google_crc32c.value(orjson.dumps([term, voted_for]))
 
 
 def _config_to_json(config: Config) -> str:

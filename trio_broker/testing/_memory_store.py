@@ -190,7 +190,23 @@ class MemoryStore:
             recovering_until=self.meta.get("raft_recovering_until", 0),
             recovering_term=self.meta.get("raft_recovering_term", 0),
             unverified=bool(self.meta.get("raft_unverified", False)),
+            vote_lost=bool(self.meta.get("raft_vote_lost", False)),
         )
+
+    def hard_state_loss(self) -> str | None:
+        """As :meth:`Store.hard_state_loss`: the term and vote no longer match the copy kept
+        with them (lost with :meth:`lose_hard_state`)."""
+        kept = self.meta.get("raft_term_vote_copy")
+        now = (self.meta.get("raft_term", 0), self.meta.get("raft_voted_for"))
+        if kept is not None and kept != now:
+            return "the term and vote do not match their checksum"
+        return None
+
+    def lose_hard_state(self) -> None:
+        """The disk lost the term and the vote (a fault for tests): the next start finds them
+        missing, as :meth:`Store.hard_state_loss` finds them in the SQLite store."""
+        self.meta.pop("raft_term", None)
+        self.meta.pop("raft_voted_for", None)
 
     def note_boot(self, boot_id: str | None) -> bool:
         """As :meth:`Store.note_boot`. A test reboots the machine under this store with
@@ -246,6 +262,7 @@ class MemoryStore:
             entries=entries,
             applied=self.applied_index,
             damage=damage,
+            hard_state_loss=self.hard_state_loss(),
         )
 
     def bootstrap(self, config: Config) -> None:
@@ -278,10 +295,12 @@ class MemoryStore:
             self.meta["raft_recovering_until"] = hard_state.recovering_until
             self.meta["raft_recovering_term"] = hard_state.recovering_term
             self.meta["raft_unverified"] = hard_state.unverified
+            self.meta["raft_vote_lost"] = hard_state.vote_lost
             if hard_state.voted_for is None:
                 self.meta.pop("raft_voted_for", None)
             else:
                 self.meta["raft_voted_for"] = hard_state.voted_for
+            self.meta["raft_term_vote_copy"] = (hard_state.term, hard_state.voted_for)
         results: list[Any] = []
         for entry in committed:
             payload = entry.payload

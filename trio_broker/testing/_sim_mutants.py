@@ -104,6 +104,14 @@ class ReadWithoutConfirmation(RaftNode):
         return super().take_reads()
 
 
+class TrustLostVote(RaftNode):
+    """Votes at once on a store whose term and vote were found lost (``HardState.vote_lost``):
+    it may vote a second time in a term in which its lost vote helped elect a leader."""
+
+    def __init__(self, node_id: Any, *, hard_state: Any, **kwargs: Any) -> None:
+        super().__init__(node_id, hard_state=attrs.evolve(hard_state, vote_lost=False), **kwargs)
+
+
 MUTANTS: dict[str, type[RaftNode]] = {
     "minority_commit": MinorityCommit,
     "forget_vote": ForgetVote,
@@ -113,6 +121,7 @@ MUTANTS: dict[str, type[RaftNode]] = {
     "trust_damaged_log": TrustDamagedLog,
     "trust_regressed_follower": TrustRegressedFollower,
     "trust_log_after_reboot": TrustLogAfterReboot,
+    "trust_lost_vote": TrustLostVote,
 }
 
 TARGETED_MUTANTS: dict[str, type[RaftNode]] = {

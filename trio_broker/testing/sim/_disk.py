@@ -87,8 +87,16 @@ VALUE_CORRUPTION = (0.0, 0.0, 0.3, 0.6)
 the seed's ``disk-values`` stream, so the other faults' draws are unchanged)."""
 
 
+HARD_STATE_LOSS = (0.0, 0.0, 0.3, 0.6)
+"""Per crash, the chance that the disk loses the term and the vote (a mix per seed, from the
+seed's ``disk-hard-state`` stream, so the other faults' draws are unchanged)."""
+
+
 SCRUB_STEPS = 400
 """At most this many steps after a start, the scrub has found the damaged values."""
+
+ASK_STEPS = 50
+"""A held broker asks the leader for its snapshot at most once per this many steps."""
 
 
 class DamagedValue(bytes):
@@ -177,7 +185,14 @@ class Disks:
         self.scrub_at: dict[int, int] = {}
         """Broker -> when its start-up scrub has reached its damaged values."""
         """Broker -> (queue, seq) of the values its disk damaged and it has not repaired."""
+        self.hard_state_loss = stream(sim.seed, "disk-hard-state").choice(HARD_STATE_LOSS)
+        self.hard_state_rng = stream(sim.seed, "disk-hard-state:draws")
+        self.asked_at: dict[int, int] = {}
+        """Broker -> when it last asked the leader for its snapshot (a value nobody holds)."""
         for key in (
+            "hard_states_lost",
+            "snapshots_asked",
+            "snapshots_stood_in",
             "disk_corruptions",
             "disk_lost_writes",
             "disk_torn_writes",
@@ -265,6 +280,37 @@ class Disks:
             self.sim._trace(f"disk {i}: entry {e.index} damaged")
         if self.value_corruption and self.values_rng.random() < self.value_corruption:
             self._damage_a_value(i)
+        if self.hard_state_loss and self.hard_state_rng.random() < self._hard_state_odds(i):
+            self._lose_hard_state(i)
+
+    def _hard_state_odds(self, i: int) -> float:
+        """The seed's chance of a lost term and vote, raised where a lost vote matters most
+        (swarm steering, as the ``votes`` mix crashes voters right after their vote): a vote
+        given in a term of which its log holds no entry yet, which the log cannot recall."""
+        st = self.sim.storage[i]
+        hs, last = st.hard_state, st.entries[-1].term if st.entries else st.snapshot.term
+        if hs.voted_for not in (None, i) and hs.term > last:
+            return max(self.hard_state_loss, 0.9)
+        return self.hard_state_loss
+
+    def _lose_hard_state(self, i: int) -> None:
+        """Broker ``i``'s term and vote lost (a misdirected or lost write, found by their
+        checksum: ``Store.hard_state_loss``): it restarts on the term of its log's last entry,
+        its vote gone and marked lost, as ``_runtime/_recovery.make_node`` builds the core.
+        One broker's at a time: the others' terms are what it learns its bound from."""
+        sim, st = self.sim, self.sim.storage[i]
+        if not (st.entries or st.snapshot.index):
+            return
+        for o in sim.ids:
+            node = sim.nodes.get(o)
+            if o != i and (
+                node.vote_lost if node is not None else sim.storage[o].hard_state.vote_lost
+            ):
+                return
+        term = st.entries[-1].term if st.entries else st.snapshot.term
+        st.hard_state = attrs.evolve(st.hard_state, term=term, voted_for=None, vote_lost=True)
+        sim.stats["hard_states_lost"] += 1
+        sim._trace(f"disk {i}: term and vote lost (restarts in term {term})")
 
     def _damage_a_value(self, i: int) -> None:
         """One value of broker ``i``'s stored state flipped, where another broker holds it
@@ -452,8 +498,52 @@ class Disks:
                 return True
             if waiting:
                 ledger.take_through(rd.committed_entries[-1].index)
+            if self._nobody_holds(i):
+                self._without_a_copy(i)  # (held, and no copy left: the leader's snapshot)
         self.sim.stats["applies_held"] += 1
         return False
+
+    def _nobody_holds(self, i: int) -> bool:
+        """Whether the live brokers ``i`` reaches (at least one) hold none of its damaged
+        values: deleted since (FETCH_VALUES answered without them)."""
+        sim = self.sim
+        reached = [
+            o
+            for o in sim.live()
+            if o != i and not sim._is_blocked(i, o) and not sim._is_blocked(o, i)
+        ]
+        places = self.damaged_values.get(i, ())
+        return bool(reached) and not any(
+            (v := _value_at(sim.apps[o], q, seq)) is not None and not isinstance(v, DamagedValue)
+            for o in reached
+            for q, seq in places
+        )
+
+    def _without_a_copy(self, i: int) -> None:
+        """``_runtime/_repair.py``'s way out when no member holds the value any more: a
+        follower asks the leader for its snapshot (the leader offers it at once, with its live
+        state), which the core installs although its commit index is past it
+        (``RaftNode.want_snapshot``); ``_nodes`` then completes the held Ready without applying
+        it (``RaftNode.snapshot_stands_in``). (A leader here sends nothing while its Ready is
+        held, so the others elect another, as the runtime's leader hands its leadership over.)"""
+        sim, node = self.sim, self.sim.nodes[i]
+        if node.is_leader or sim.now - self.asked_at.get(i, -ASK_STEPS) < ASK_STEPS:
+            return
+        leader = node.leader_id
+        lead = sim.nodes.get(leader) if leader is not None else None
+        if (
+            lead is None
+            or not lead.is_leader
+            or sim._is_blocked(i, leader)
+            or sim._is_blocked(leader, i)
+            or self.damaged_values.get(leader)
+        ):
+            return
+        self.asked_at[i] = sim.now
+        node.want_snapshot()
+        sim.post(lead.make_data_sync(i, sim.app_index[leader], copy.deepcopy(sim.apps[leader])))
+        sim.stats["snapshots_asked"] += 1
+        sim._trace(f"disk {i}: no copy of its damaged values left, asks {leader}'s snapshot")
 
     def values_intact(self) -> bool:
         """Liveness: every live broker repaired its damaged values."""

@@ -128,9 +128,16 @@ class NodesMixin:
     def _complete(self, i: int, rd: Any) -> None:
         node = self.nodes[i]
         assert node is not None
+        committed = rd.committed_entries
         if not self.disks.before_apply(i, rd):  # it reads a damaged value: held, repaired
-            self.disk[i] = (self.now + 1, rd)
-            return
+            if not (committed and node.snapshot_stands_in(committed[-1].index)):
+                self.disk[i] = (self.now + 1, rd)
+                return
+            # The leader's snapshot, installed by the next Ready, holds their effect: the
+            # Ready is completed without applying them (_runtime/_repair.py).
+            committed = ()
+            self.stats["snapshots_stood_in"] += 1
+            self._trace(f"node {i}: a snapshot stands in for {rd.committed_entries[-1].index}")
         self.storage[i].persist(rd)
         for m in rd.persisted_messages:
             self.post(m)
@@ -142,7 +149,7 @@ class NodesMixin:
             # Requests waiting on the entries the snapshot replaced: their outcome is unknown
             # (the runtime says so; the simulated client waits until it gives up).
             self.ledgers[i].take_through(rd.snapshot.snapshot.index)
-        for e in rd.committed_entries:
+        for e in committed:
             self._apply(i, e)
         node.advance()  # (the core's applied index moves here: a snapshot is offered after)
         if node.is_leader:

@@ -1,0 +1,185 @@
+"""A broker whose stored term or vote is lost grants no vote until it knows a bound on the
+terms it voted in (``RaftNode``, "A lost vote"; docs/reliability.md, "A lost term or vote").
+
+Raft persists ``voted_for`` so that a broker never votes twice in one term: a second vote in
+a term in which its first one helped elect a leader can elect a second leader. A disk that
+loses the term and the vote (a lost or misdirected write, a flipped bit the checksum finds)
+leaves the broker with its log alone, whose last entry's term may be well below the term it
+voted in."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import attrs
+import pytest
+
+from trio_broker._core._commands import CreateQueue
+from trio_broker._core._raft import RaftNode, Role
+from trio_broker._core._raft_messages import (
+    Config,
+    DenyReason,
+    ElectionRequest,
+    ElectionResponse,
+    Entry,
+    HardState,
+    Heartbeat,
+    HeartbeatResponse,
+    Replicate,
+    SnapshotMeta,
+)
+from trio_broker.testing._sim_cluster import Cluster
+from trio_broker.testing._sim_mutants import TrustLostVote
+
+
+def lost_vote_cluster(core: type[RaftNode] = RaftNode) -> tuple[Cluster, int]:
+    """Broker 1 wins a term T with 2's vote while 3 is cut off, and no entry of T reaches 2;
+    then 2's disk loses its term and vote (it restarts on the term of its log's last entry,
+    below T, the vote marked lost as the store marks it), 1 is cut off and 3 is back.
+    Returns the cluster and T."""
+    cluster = Cluster((1, 2, 3), seed=3, node_factory=core)
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    cluster.isolate(3)
+    cluster.crash(1)
+    cluster.restart(1)
+    # 1's appends and heartbeats of the new term never reach 2: only its vote request does.
+    cluster.drop_if.append(lambda m: m.src == 1 and isinstance(m, Replicate | Heartbeat))
+    term = cluster.elect(1).term
+    assert cluster.storage[2].hard_state.voted_for == 1
+    assert cluster.storage[2].hard_state.term == term
+    log_term = cluster.storage[2].entries[-1].term
+    assert log_term < term  # its log says nothing of T
+    cluster.crash(2)
+    st = cluster.storage[2]
+    st.hard_state = attrs.evolve(st.hard_state, term=log_term, voted_for=None, vote_lost=True)
+    cluster.restart(2)
+    cluster.heal()
+    cluster.isolate(1)
+    return cluster, term
+
+
+def test_a_broker_that_lost_its_vote_does_not_vote_again_in_that_term():
+    cluster, term = lost_vote_cluster()
+    two = cluster.node(2)
+    assert two.vote_lost and two.unverified
+    cluster.campaign(3)  # 3 asks for term T: 2 has heard one other voter only (3)
+    assert cluster.node(3).role is not Role.LEADER
+    assert two.vote_lost and two.voted_for is None
+    assert cluster.storage[2].hard_state.vote_lost  # durable while it does not know
+    assert all(len(leaders) == 1 for leaders in cluster.leaders_by_term.values())
+    # 1 (the leader of T) is heard again: two other voters' terms, the largest T.
+    cluster.heal()
+    cluster.tick(n=3 * two.election_ticks)
+    two = cluster.node(2)
+    assert not two.vote_lost and two.term >= term
+    assert all(len(leaders) == 1 for leaders in cluster.leaders_by_term.values())
+    assert cluster.leader() is not None
+
+
+def test_the_core_that_trusts_a_lost_vote_elects_two_leaders_in_one_term():
+    cluster, term = lost_vote_cluster(TrustLostVote)
+    cluster.campaign(3)
+    assert cluster.node(3).role is Role.LEADER and cluster.node(3).term == term
+    assert cluster.leaders_by_term[term] == {1, 3}
+
+
+def follower(vote_lost: bool = True, voters: Any = (1, 2, 3, 4, 5)) -> RaftNode:
+    """Broker 2 on four entries of term 1, its stored term and vote lost."""
+    return RaftNode(
+        2,
+        hard_state=HardState(term=1, commit=4, vote_lost=vote_lost),
+        snapshot=SnapshotMeta(0, 0, Config(frozenset(voters))),
+        entries=[Entry(1, i, None) for i in range(1, 5)],
+        rng=random.Random(1),
+    )
+
+
+def vote_request(src: int, term: int, pre_vote: bool = False) -> ElectionRequest:
+    return ElectionRequest(
+        src=src,
+        dst=2,
+        term=term,
+        cluster_version=1,
+        pre_vote=pre_vote,
+        last_log_index=9,
+        last_log_term=term - 1,
+    )
+
+
+def answers(node: RaftNode) -> list[Any]:
+    rd = node.ready()
+    node.advance()
+    return [*rd.messages, *rd.persisted_messages]
+
+
+def test_it_learns_the_bound_from_voters_minus_quorum_plus_one_others_and_votes_above_it():
+    node = follower()  # five voters: three others must tell their terms
+    node.step(HeartbeatResponse(src=4, dst=2, term=1, cluster_version=1))
+    for _ in range(node.election_ticks):
+        node.tick()  # (what it hears in its first election timeout does not count)
+    answers(node)
+    node.step(vote_request(3, 7))  # (a real vote request: term 7)
+    (reply,) = [m for m in answers(node) if isinstance(m, ElectionResponse)]
+    assert not reply.granted and node.vote_lost
+    node.step(vote_request(5, 9, pre_vote=True))  # asks for 9: its own term is 8
+    assert node.vote_lost  # two others heard since: 4's early answer did not count
+    node.step(HeartbeatResponse(src=4, dst=2, term=5, cluster_version=1))
+    assert not node.vote_lost
+    assert (node.term, node.voted_for) == (8, 2)  # as if it had voted in 8
+    assert node.hard_state.voted_for == 2 and not node.hard_state.vote_lost
+    assert node.unverified and node.restart_term == 8  # the reboot rule goes on from 8
+    answers(node)
+    node.step(vote_request(3, 8))
+    (reply,) = [m for m in answers(node) if isinstance(m, ElectionResponse)]
+    assert not reply.granted and reply.reason is DenyReason.ALREADY_VOTED
+
+
+def test_a_vote_read_from_a_store_that_lost_it_is_not_repeated():
+    node = RaftNode(
+        2,
+        hard_state=HardState(term=3, voted_for=3, commit=4, vote_lost=True),
+        snapshot=SnapshotMeta(0, 0, Config(frozenset({1, 2, 3}))),
+        entries=[Entry(1, i, None) for i in range(1, 5)],
+        rng=random.Random(1),
+    )
+    node.step(vote_request(3, 3))
+    (reply,) = [m for m in answers(node) if isinstance(m, ElectionResponse)]
+    assert not reply.granted
+
+
+@pytest.mark.parametrize("voters", [(1, 2, 3), (2,)])
+def test_who_starts_with_a_lost_vote(voters: Any):
+    node = follower(voters=voters)
+    # Its group's only voter has no one to learn from: its disk is all there is.
+    assert node.vote_lost is (len(voters) > 1)
+    assert not follower(vote_lost=False).vote_lost
+    fresh = RaftNode(
+        2,
+        hard_state=HardState(vote_lost=True),
+        snapshot=SnapshotMeta(0, 0, Config(frozenset({1, 2, 3}))),
+        rng=random.Random(1),
+    )
+    assert not fresh.vote_lost  # no past: nothing to have voted with
+
+
+def test_it_neither_counts_its_own_vote_nor_is_verified_by_its_log_while_the_vote_is_lost():
+    node = follower(voters=(1, 2, 3))
+    node._campaign()
+    node._become_candidate()
+    assert node.votes == {}
+    later = Replicate(
+        src=1,
+        dst=2,
+        term=9,
+        cluster_version=1,
+        prev_log_index=4,
+        prev_log_term=1,
+        entries=(Entry(9, 5, None),),
+        leader_commit=5,
+    )
+    node.step(later)
+    answers(node)
+    assert node.log.last_term == 9 and node.unverified and node.vote_lost
