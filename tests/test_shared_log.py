@@ -542,3 +542,33 @@ def test_a_snapshot_install_of_one_group_leaves_the_others(tmp_path: Path) -> No
     finally:
         broker.close()
         vfs.unregister()
+
+
+def test_the_shared_log_is_trimmed_once_the_groups_files_hold_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared log's rows stay bounded: past TRIM_ROWS, every group holding rows has its
+    file synced and those rows are deleted; a power cut after trims loses nothing."""
+    monkeypatch.setattr("trio_broker._storage._shared_log.TRIM_ROWS", 12)
+    vfs = PowerLossVFS("shared-trim")
+    broker = Broker(tmp_path, 3, vfs, random.Random(8))
+    try:
+        broker.start()
+        assert broker.log is not None
+        most = 0
+        for _ in range(40):
+            broker.step()
+            rows = sum(broker.log.group_rows().values())
+            assert rows == broker.log.rows
+            most = max(most, rows)
+        assert most <= 12 + 3  # (one turn's rows beyond the bound, at most)
+        assert sum(len(a) for a in broker.acked) > 100
+        acked = [list(a) for a in broker.acked]
+        vfs.cut()
+        broker.close()
+        vfs.power_on()
+        broker.start()
+        broker.check(acked)
+    finally:
+        broker.close()
+        vfs.unregister()

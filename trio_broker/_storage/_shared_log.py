@@ -212,10 +212,16 @@ class SharedLog:
     def trim(self) -> None:
         """Make every open store's file durable and forget the rows it covers (rows of a
         group not open here stay until it opens and replays them)."""
-        marks = [(inc, store.sync_shared()) for inc, store in sorted(self.members.items())]
+        holding = self.group_rows()
+        marks = [
+            (inc, store.sync_shared())
+            for inc, store in sorted(self.members.items())
+            if inc in holding
+        ]
         with self._db:
             for inc, mark in marks:
                 self._forget(inc, mark)
+        (self.rows,) = self._db.execute("SELECT count(*) FROM shared_ops").fetchone()
 
     def maybe_trim(self) -> None:
         if self.rows > TRIM_ROWS:
