@@ -572,3 +572,65 @@ def test_the_shared_log_is_trimmed_once_the_groups_files_hold_its_rows(
     finally:
         broker.close()
         vfs.unregister()
+
+
+class _NoLog:
+    """A shared log that stores nothing (the committer's batching alone is under test)."""
+
+    def __init__(self) -> None:
+        self.transaction = contextlib.nullcontext()
+
+    def maybe_trim(self) -> None:
+        pass
+
+
+def test_a_turn_is_cut_into_bounded_jobs_first_come_first_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More saves in one turn than a job holds: they run in jobs of at most MAX_BATCH_JOBS
+    saves, in the order they came; a save heavier than MAX_BATCH_ENTRIES runs alone, never
+    split, and the saves behind it are not held back by it beyond its own job."""
+    monkeypatch.setattr("trio_broker._storage._shared_log.MAX_BATCH_JOBS", 4)
+    monkeypatch.setattr("trio_broker._storage._shared_log.MAX_BATCH_ENTRIES", 10)
+    jobs: list[list[int]] = []
+    ran: list[int] = []
+    applied = [True]  # (an apply stage ran since the last journal stage: a new job starts)
+
+    def make(i: int, entries: int) -> Any:
+        def save(*, stage: str, entries: tuple[()] = ()) -> list[int]:
+            if stage == "journal":
+                if applied[0]:
+                    jobs.append([])
+                    applied[0] = False
+                jobs[-1].append(i)
+                return []
+            applied[0] = True
+            ran.append(i)
+            return [i]
+
+        return functools.partial(save, entries=tuple(range(entries)))
+
+    async def main() -> dict[int, Any]:
+        worker = StorageWorker()
+        committer = TurnCommitter(worker, _NoLog())  # type: ignore[arg-type]
+        got: dict[int, Any] = {}
+
+        async def one(i: int, entries: int) -> None:
+            got[i] = await committer.save(make(i, entries))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(one, i, 20 if i == 2 else 1)
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # (arrival order)
+        finally:
+            worker.stop()
+            await worker.wait_stopped()
+        return got
+
+    got = trio.run(main)
+    assert got == {i: [i] for i in range(10)}
+    assert ran == sorted(ran)  # first come, first served
+    assert all(len(job) <= 4 for job in jobs)
+    assert [2] in jobs  # the heavy save alone
+    assert [i for job in jobs for i in job] == list(range(10))
