@@ -634,3 +634,57 @@ def test_a_turn_is_cut_into_bounded_jobs_first_come_first_served(
     assert all(len(job) <= 4 for job in jobs)
     assert [2] in jobs  # the heavy save alone
     assert [i for job in jobs for i in job] == list(range(10))
+
+
+class _FullLog(_NoLog):
+    """A shared log whose commit fails for lack of space (the outermost transaction)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.transaction = self  # type: ignore[assignment]
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and exc[0] is None:
+            raise apsw.FullError("database or disk is full")
+
+
+def test_a_failed_shared_commit_fails_every_save_of_its_job_and_applies_none() -> None:
+    """When the shared log's commit fails (the disk is full), every save of the job gets the
+    error (each driver retries its own), and no group's own transaction ran."""
+    applied: list[int] = []
+
+    def make(i: int) -> Any:
+        def save(*, stage: str) -> list[int]:
+            if stage == "apply":
+                applied.append(i)
+            return []
+
+        return save
+
+    async def main() -> dict[int, BaseException]:
+        worker = StorageWorker()
+        committer = TurnCommitter(worker, _FullLog())  # type: ignore[arg-type]
+        errors: dict[int, BaseException] = {}
+
+        async def one(i: int) -> None:
+            try:
+                await committer.save(make(i))
+            except apsw.FullError as exc:
+                errors[i] = exc
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(5):
+                    nursery.start_soon(one, i)
+        finally:
+            worker.stop()
+            await worker.wait_stopped()
+        return errors
+
+    errors = trio.run(main)
+    assert sorted(errors) == list(range(5))
+    assert applied == []

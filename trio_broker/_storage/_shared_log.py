@@ -364,7 +364,7 @@ class TurnCommitter:
                 try:
                     results = await self._run(batch)
                 except BaseException as exc:  # pragma: no cover - the storage thread is gone
-                    results = [outcome.Error(exc)] * len(batch)
+                    results = [outcome.Error(exc) for _ in batch]
         finally:
             for other, result in zip(batch[1:], results[1:], strict=True):
                 trio.lowlevel.reschedule(other.task, outcome.Value(result))
@@ -409,7 +409,7 @@ class TurnCommitter:
                     except Exception as exc:
                         failed[i] = outcome.Error(exc)
         except Exception as exc:  # the commit itself failed: nothing of it is durable
-            return [outcome.Error(exc)] * len(batch)
+            return [outcome.Error(exc) for _ in batch]  # (an Outcome is unwrapped once)
         results = [
             failed[i] if i in failed else outcome.capture(job.save, stage="apply")
             for i, job in enumerate(batch)
