@@ -688,3 +688,30 @@ def test_a_failed_shared_commit_fails_every_save_of_its_job_and_applies_none() -
     errors = trio.run(main)
     assert sorted(errors) == list(range(5))
     assert applied == []
+
+
+def test_rows_of_a_group_not_open_here_do_not_make_every_turn_trim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows a trim cannot delete (a group's that is not open: it replays them when it opens)
+    stay, and the next trim waits for TRIM_ROWS new rows, not one more."""
+    monkeypatch.setattr("trio_broker._storage._shared_log.TRIM_ROWS", 12)
+    vfs = PowerLossVFS("shared-orphans")
+    broker = Broker(tmp_path, 3, vfs, random.Random(9))
+    try:
+        broker.start()
+        log = broker.log
+        assert log is not None
+        with log.transaction:
+            for _ in range(40):
+                log.write("not-open-here", None, [], {"raft_term": 1})
+        trims = []
+        trim = log.trim
+        monkeypatch.setattr(log, "trim", lambda: (trims.append(1), trim())[1])
+        for _ in range(30):
+            broker.step()
+        assert log.group_rows()["not-open-here"] == 40
+        assert 3 <= len(trims) <= 12, len(trims)  # about 90 new rows / 12, never each turn
+    finally:
+        broker.close()
+        vfs.unregister()

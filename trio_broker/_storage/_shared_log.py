@@ -128,6 +128,8 @@ class SharedLog:
             fsync_path(self.path)
             fsync_path(self.path.parent)
             (self.rows,) = db.execute("SELECT count(*) FROM shared_ops").fetchone()
+            self._kept = self.rows
+            """Rows the last trim (or the open) left: a group's not open here, until it opens."""
         except BaseException:
             self._db.close()
             raise
@@ -222,9 +224,12 @@ class SharedLog:
             for inc, mark in marks:
                 self._forget(inc, mark)
         (self.rows,) = self._db.execute("SELECT count(*) FROM shared_ops").fetchone()
+        self._kept = self.rows
 
     def maybe_trim(self) -> None:
-        if self.rows > TRIM_ROWS:
+        """Trim once TRIM_ROWS rows were added since the last trim (rows a trim cannot delete,
+        of groups not open here, do not make every turn trim)."""
+        if self.rows > self._kept + TRIM_ROWS:
             self.trim()
 
     def close(self) -> None:
