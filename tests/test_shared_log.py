@@ -715,3 +715,52 @@ def test_rows_of_a_group_not_open_here_do_not_make_every_turn_trim(
     finally:
         broker.close()
         vfs.unregister()
+
+
+def test_a_save_whose_own_transaction_fails_leaves_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's own transaction fails after the turn's shared commit: its row is deleted (its
+    driver saves the Ready again, or restarts from the file, which lacks it), the other groups'
+    saves of the turn stand, and after a power cut the failed entries are nowhere."""
+    vfs = PowerLossVFS("shared-abandon")
+    broker = Broker(tmp_path, 3, vfs, random.Random(10))
+    try:
+        broker.start()
+        for _ in range(3):
+            broker.step()
+        assert broker.log is not None
+        failing = broker.groups[1]
+        rows = broker.log.group_rows()
+        real = Store._set_meta
+
+        def broken(store: Store, items: dict[str, Any]) -> None:
+            if store is failing.store and "shared_seq" in items:
+                raise apsw.IOError("the group's file failed")
+            real(store, items)
+
+        monkeypatch.setattr(Store, "_set_meta", broken)
+        numbers = broker._appends(broker.groups)
+        saves = [g.propose([broker._append(n) for n in ns]) for g, ns in numbers]
+        failing_last = failing.last
+        outcomes = broker.committer._commit([_Job(s, False, None, 1) for s in saves])
+        monkeypatch.setattr(Store, "_set_meta", real)
+        assert [type(o).__name__ for o in outcomes] == ["Value", "Error", "Value"]
+        after = broker.log.group_rows()
+        inc = failing.store._incarnation
+        assert after.get(inc, 0) == rows.get(inc, 0)  # (its row written, then deleted)
+        for g in (broker.groups[0], broker.groups[2]):
+            assert after[g.store._incarnation] == rows[g.store._incarnation] + 1
+        vfs.cut()
+        broker.close()
+        vfs.power_on()
+        log = SharedLog(tmp_path / SHARED_LOG_FILE, vfs=vfs.name)
+        store = Store(tmp_path / "G1", vfs=vfs.name, shared=log)
+        try:
+            assert failing_last not in {e.index for e in store.raft_state().entries}
+        finally:
+            store.close()
+            log.close()
+    finally:
+        broker.close()
+        vfs.unregister()

@@ -203,6 +203,12 @@ class SharedLog:
         db.execute("DELETE FROM shared_ops WHERE incarnation = ? AND seq <= ?", (incarnation, top))
         self.rows -= db.changes()
 
+    def drop(self, seq: int) -> None:
+        """Delete one row (inside a transaction)."""
+        self._db.execute("DELETE FROM shared_entries WHERE seq = ?", (seq,))
+        self._db.execute("DELETE FROM shared_ops WHERE seq = ?", (seq,))
+        self.rows -= self._db.changes()
+
     def group_rows(self) -> dict[str, int]:
         """Rows held per incarnation (tests, statistics)."""
         return dict(
@@ -319,6 +325,14 @@ def journal_save(
     store._pending_seq = store._shared_last = seq
 
 
+def abandon_save(store: Any) -> None:
+    """Delete the shared-log row of a save whose own transaction failed (inside the shared
+    log's transaction)."""
+    seq, store._pending_seq = store._pending_seq, None
+    if seq is not None:
+        store._shared.drop(seq)
+
+
 def _weight(save: Callable[..., Any]) -> int:
     keywords = getattr(save, "keywords", {})
     return 1 + len(keywords.get("entries", ())) + len(keywords.get("committed", ()))
@@ -419,6 +433,18 @@ class TurnCommitter:
             failed[i] if i in failed else outcome.capture(job.save, stage="apply")
             for i, job in enumerate(batch)
         ]
+        abandoned = [
+            job
+            for i, (job, result) in enumerate(zip(batch, results, strict=True))
+            if i not in failed and isinstance(result, outcome.Error)
+        ]
+        if abandoned:
+            # A save whose own transaction failed drops its row: its driver saves again (the
+            # same Ready) or restarts from the group's file, which lacks it; replayed later,
+            # the row would put back entries the restarted core no longer counts on.
+            with contextlib.suppress(apsw.Error), log.transaction:
+                for job in abandoned:
+                    job.save(stage="abandon")
         with contextlib.suppress(apsw.Error):  # (rows kept: the next turn trims again)
             log.maybe_trim()
         return results
@@ -493,6 +519,7 @@ __all__ = [
     "SharedGroupStorage",
     "SharedLog",
     "TurnCommitter",
+    "abandon_save",
     "attach",
     "attach_store",
     "journal_save",

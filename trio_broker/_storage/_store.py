@@ -25,6 +25,7 @@ first write truncates the damaged suffix.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from ._integrity import (
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
 from ._schema import WORK_TABLES, upgrade
-from ._shared_log import SharedLog, attach_store, journal_save
+from ._shared_log import SharedLog, abandon_save, attach_store, journal_save
 from ._work_queries import next_lease_deadline, queue_id_for_name
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
@@ -400,7 +401,8 @@ class Store:
         its durable part to the shared log (inside the transaction the caller commits for
         every group of the turn) and ``"apply"`` runs the transaction below at ``NORMAL``
         (a snapshot install at ``FULL``), recording the shared-log row it reflects; with
-        ``stage`` None, both, the first in a shared-log transaction of its own.
+        ``stage`` None, both, the first in a shared-log transaction of its own; ``"abandon"``
+        deletes the row of a journal stage whose ``"apply"`` failed.
 
         Order inside the transaction: install ``snapshot`` (meta, path of the snapshot database
         file), truncate the log from ``truncate_from``, append ``entries``, store
@@ -428,8 +430,18 @@ class Store:
             if stage == "journal":
                 journal_save(self, hard_state, truncate_from, entries, snapshot)
                 return []
+            if stage == "abandon":
+                abandon_save(self)
+                return []
             with self._shared.transaction:
                 journal_save(self, hard_state, truncate_from, entries, snapshot)
+            args = {"truncate_from": truncate_from, "entries": entries, "committed": committed}
+            try:
+                return self.save(hard_state=hard_state, snapshot=snapshot, stage="apply", **args)
+            except BaseException:
+                with contextlib.suppress(apsw.Error), self._shared.transaction:
+                    abandon_save(self)
+                raise
         durable = self._is_durable(hard_state, truncate_from, entries, snapshot)
         mark = None
         if self._shared is not None:
