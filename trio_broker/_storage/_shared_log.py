@@ -333,6 +333,29 @@ def abandon_save(store: Any) -> None:
         store._shared.drop(seq)
 
 
+def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
+    """A shared store's save at ``stage`` (``Store.save``): ``"journal"``, ``"abandon"``, or
+    None: both stages, the first in a shared-log transaction of its own."""
+    if stage == "journal":
+        journal_save(
+            store, save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
+        )
+        return []
+    if stage == "abandon":
+        abandon_save(store)
+        return []
+    with store._shared.transaction:
+        journal_save(
+            store, save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
+        )
+    try:
+        return store.save(stage="apply", **save)
+    except BaseException:
+        with contextlib.suppress(apsw.Error), store._shared.transaction:
+            abandon_save(store)
+        raise
+
+
 def _weight(save: Callable[..., Any]) -> int:
     keywords = getattr(save, "keywords", {})
     return 1 + len(keywords.get("entries", ())) + len(keywords.get("committed", ()))
@@ -523,4 +546,5 @@ __all__ = [
     "attach",
     "attach_store",
     "journal_save",
+    "shared_stage",
 ]

@@ -25,7 +25,6 @@ first write truncates the damaged suffix.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ from ._integrity import (
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
 from ._schema import WORK_TABLES, upgrade
-from ._shared_log import SharedLog, abandon_save, attach_store, journal_save
+from ._shared_log import SharedLog, attach_store, shared_stage
 from ._work_queries import next_lease_deadline, queue_id_for_name
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
@@ -427,21 +426,8 @@ class Store:
         db = self._db
         written = self._written
         if self._shared is not None and stage != "apply":
-            if stage == "journal":
-                journal_save(self, hard_state, truncate_from, entries, snapshot)
-                return []
-            if stage == "abandon":
-                abandon_save(self)
-                return []
-            with self._shared.transaction:
-                journal_save(self, hard_state, truncate_from, entries, snapshot)
             args = {"truncate_from": truncate_from, "entries": entries, "committed": committed}
-            try:
-                return self.save(hard_state=hard_state, snapshot=snapshot, stage="apply", **args)
-            except BaseException:
-                with contextlib.suppress(apsw.Error), self._shared.transaction:
-                    abandon_save(self)
-                raise
+            return shared_stage(self, stage, hard_state=hard_state, snapshot=snapshot, **args)
         durable = self._is_durable(hard_state, truncate_from, entries, snapshot)
         mark = None
         if self._shared is not None:
