@@ -665,6 +665,9 @@ class RaftDriver:
         # A short transaction runs on this thread when the storage thread is idle (see
         # _in_place), so its answers and acknowledgements leave in this loop turn.
         run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
+        turn = getattr(self._worker, "save_in_turn", None)
+        if turn is not None:  # one shared-log transaction for every group of this loop turn
+            run = functools.partial(turn, short=short)
         attempt = functools.partial(
             self.disk.retrying, functools.partial(run, save), self._answer_disk_full
         )

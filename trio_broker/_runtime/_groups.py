@@ -51,6 +51,8 @@ from .._core._spread import SpreadPacer, preferred_leader
 from .._errors import BrokerError
 from .._ids import CLUSTER_ID_RE, new_cluster_id
 from .._protocol import PeerHello, PeerWelcome, Request
+from .._storage import open_sqlite_storage
+from .._storage._shared_log import SharedGroupStorage
 from . import _membership as membership
 from ._answer import Answer
 from ._balancing_seams import balancer_for
@@ -599,7 +601,11 @@ async def keep_spread(broker: Broker, host: GroupHost) -> None:
 def open_group_storage(
     storage: Callable[[Path], AbstractAsyncContextManager[tuple[Any, Any]]],
 ) -> GroupStorage:
-    """The default: each extra group's storage opened like the broker's own, in its dir."""
+    """The default: each extra group's storage opened like the broker's own, in its dir.
+    SQLite storage (the default) is shared: every extra group on one storage thread and one
+    shared log, one fsync per loop turn for all (:mod:`trio_broker._storage._shared_log`)."""
+    if storage is open_sqlite_storage:
+        return SharedGroupStorage()
 
     def open_one(_group_id: str, path: Path) -> AbstractAsyncContextManager[tuple[Any, Any]]:
         return storage(path)

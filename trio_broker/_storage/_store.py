@@ -56,6 +56,7 @@ from ._integrity import (
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
 from ._schema import WORK_TABLES, upgrade
+from ._shared_log import SharedLog, attach_store, shared_stage
 from ._work_queries import next_lease_deadline, queue_id_for_name
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
@@ -72,10 +73,14 @@ class Identity:
 class Store:
     """A broker's database: identity, queues, messages and read positions."""
 
-    def __init__(self, data_dir: Path | str, *, vfs: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | str, *, vfs: str | None = None, shared: SharedLog | None = None
+    ) -> None:
         """Open (creating if need be) the database in ``data_dir``; ``vfs`` names an SQLite
         VFS to open it through (tests: :mod:`trio_broker.testing._powerloss`), the default
-        one if None."""
+        one if None. With ``shared``, the broker's shared log (:mod:`._shared_log`) holds the
+        durable part of every save and this file is synced lazily; a file that last ran with
+        one and is opened alone takes back from it what it lacks first."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._written: HardState | None = None
@@ -101,6 +106,12 @@ class Store:
                 upgrade(self._db)
             except DAMAGE_ERRORS as exc:
                 raise damage_from(exc, path, None, None) from None
+            self._shared = shared
+            self._pending_seq: int | None = None
+            """The shared-log row of the save in progress (its journal stage wrote it)."""
+            self._shared_last = 0
+            self._incarnation = ""
+            attach_store(self, shared, vfs)
             sync_new_files(self.data_dir)
             self._log_damage = check_log(self._db, self.get_meta("snapshot_index", 0))
         except BaseException:
@@ -122,10 +133,39 @@ class Store:
         db.execute("PRAGMA cache_size = -16000")
 
     def close(self) -> None:
+        """Close the file; with a shared log, sync it first and delete this group's rows there
+        (a clean stop, or a replica retired, leaves no row behind)."""
         try:
-            self._db.close()
+            if self._shared is not None:
+                self._shared.members.pop(self._incarnation, None)
+                self._shared.forget(self._incarnation, self.sync_shared())
         finally:
-            self._lock.release()
+            try:
+                self._db.close()
+            finally:
+                self._lock.release()
+
+    def sync_shared(self) -> int:
+        """Commit at ``FULL`` (the file's WAL synced: every earlier commit durable); returns
+        the last shared-log row the file now durably reflects."""
+        mark = self.get_meta("shared_seq", 0)
+        with self._db:
+            self._set_meta({"shared_synced": mark})
+        return mark
+
+    def _is_durable(
+        self,
+        hard_state: HardState | None,
+        truncate_from: int | None,
+        entries: Sequence[Entry],
+        snapshot: Any,
+    ) -> bool:
+        written = self._written
+        return bool(entries or truncate_from is not None or snapshot) or (
+            hard_state is not None
+            and (hard_state.term, hard_state.voted_for)
+            != (self._durable_term_vote() if written is None else (written.term, written.voted_for))
+        )
 
     # -- identity and metadata ------------------------------------------------------------------
 
@@ -375,8 +415,16 @@ class Store:
         entries: Sequence[Entry] = (),
         snapshot: tuple[SnapshotMeta, str] | None = None,
         committed: Sequence[Entry] = (),
+        stage: str | None = None,
     ) -> list[Result | None]:
         """Persist one Ready in ONE durable transaction, then apply what it commits.
+
+        With a shared log (:mod:`._shared_log`) a save has two stages: ``"journal"`` writes
+        its durable part to the shared log (inside the transaction the caller commits for
+        every group of the turn) and ``"apply"`` runs the transaction below at ``NORMAL``
+        (a snapshot install at ``FULL``), recording the shared-log row it reflects; with
+        ``stage`` None, both, the first in a shared-log transaction of its own; ``"abandon"``
+        deletes the row of a journal stage whose ``"apply"`` failed.
 
         Order inside the transaction: install ``snapshot`` (meta, path of the snapshot database
         file), truncate the log from ``truncate_from``, append ``entries``, store
@@ -400,11 +448,15 @@ class Store:
         """
         db = self._db
         written = self._written
-        durable = bool(entries or truncate_from is not None or snapshot) or (
-            hard_state is not None
-            and (hard_state.term, hard_state.voted_for)
-            != (self._durable_term_vote() if written is None else (written.term, written.voted_for))
-        )
+        if self._shared is not None and stage != "apply":
+            args = {"truncate_from": truncate_from, "entries": entries, "committed": committed}
+            return shared_stage(self, stage, hard_state=hard_state, snapshot=snapshot, **args)
+        durable = self._is_durable(hard_state, truncate_from, entries, snapshot)
+        mark = None
+        if self._shared is not None:
+            # The shared log made it durable: this file is synced lazily (a snapshot apart).
+            durable = snapshot is not None
+            mark = self._shared_last if durable else self._pending_seq
         if snapshot is not None:
             db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
         if not durable:
@@ -436,6 +488,9 @@ class Store:
                         results.append(None)
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
+                if mark:
+                    self._set_meta({"shared_seq": mark})
+            self._pending_seq = None
             if hard_state is not None:
                 self._written = hard_state
             self.unchecked_met = met

@@ -34,6 +34,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class StorageWorker:
+    save_in_turn: Callable[..., Any] | None = None
+    """Set when several groups share this worker and a shared log
+    (:class:`~._shared_log.TurnCommitter`): the driver hands its saves there, to be persisted
+    with the other groups' of the same loop turn."""
+
     def __init__(self, name: str = "trio-broker-storage") -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._busy = 0
