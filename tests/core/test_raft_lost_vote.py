@@ -27,6 +27,7 @@ from trio_broker._core._raft_messages import (
     Heartbeat,
     HeartbeatResponse,
     Replicate,
+    ReplicateResponse,
     SnapshotMeta,
 )
 from trio_broker.testing._sim_cluster import Cluster
@@ -181,5 +182,48 @@ def test_it_neither_counts_its_own_vote_nor_is_verified_by_its_log_while_the_vot
         leader_commit=5,
     )
     node.step(later)
+    # A leader's message is not followed while the vote is lost (see the next test): the
+    # entry of term 9 is neither stored nor acknowledged, and nothing clears the state.
+    assert not [m for m in answers(node) if isinstance(m, ReplicateResponse)]
+    assert node.log.last_term == 1 and node.unverified and node.vote_lost
+
+
+def test_it_follows_no_leader_while_its_vote_is_lost():
+    """A leader of term 5 still runs, cut off, when 2 wins term 6 with 3's vote; 3's disk then
+    loses that vote. Were 3 to take and acknowledge the old leader's entries (its term as
+    stored would have refused them), they would commit in term 5 with 3's acknowledgement,
+    and the leader of term 6, whose log lacks them, would later overwrite a committed entry
+    (found by the simulator, seed 1629)."""
+    node = RaftNode(
+        3,
+        hard_state=HardState(term=4, commit=4, vote_lost=True),
+        snapshot=SnapshotMeta(0, 0, Config(frozenset({1, 2, 3}))),
+        entries=[Entry(4, i, None) for i in range(1, 5)],
+        rng=random.Random(1),
+    )
+    for _ in range(node.election_ticks):
+        node.tick()
     answers(node)
-    assert node.log.last_term == 9 and node.unverified and node.vote_lost
+    old_leader = Replicate(
+        src=1,
+        dst=3,
+        term=5,
+        cluster_version=1,
+        prev_log_index=4,
+        prev_log_term=4,
+        entries=(Entry(5, 5, None),),
+        leader_commit=4,
+    )
+    node.step(old_leader)
+    node.step(Heartbeat(src=1, dst=3, term=5, cluster_version=1, commit=4))
+    # No acknowledgement, no echo.
+    assert not [m for m in answers(node) if isinstance(m, ReplicateResponse | HeartbeatResponse)]
+    assert node.log.last_index == 4 and node.vote_lost and node.leader_id is None
+    # Its term was heard: once 2 tells its own (6), the bound is 6, and 1's term-5 entries
+    # are refused from then on as a stored term would have.
+    node.step(HeartbeatResponse(src=2, dst=3, term=6, cluster_version=1))
+    assert not node.vote_lost and node.term == 6
+    node.step(old_leader)
+    replies = [m for m in answers(node) if m.dst == 1]
+    assert replies and all(m.term == 6 for m in replies)
+    assert node.log.last_index == 4

@@ -806,6 +806,15 @@ class RaftNode:
             return
         if self.vote_lost:
             self._note_term(m)
+            if self.vote_lost and isinstance(
+                m, Replicate | Heartbeat | DataSync | ClusterUpdate | TimeoutNow
+            ):
+                # Nor does it follow a leader meanwhile: its lost vote may have helped elect
+                # a leader of a later term than this sender's, whose entries it may hold; an
+                # entry taken (or a suffix cut), an acknowledgement or a heartbeat's echo
+                # could then count for this older leader, as its stored term would have
+                # refused. Its term is noted (above); the message is otherwise dropped.
+                return
         if isinstance(m, ElectionRequest | ElectionResponse) and (
             self.unverified or self.vote_floor is not None
         ):
