@@ -34,6 +34,7 @@ from trio_broker._core._metadata import (
     SetBrokerDraining,
     SetGroupReplicas,
     SetPreferredLeader,
+    SetQueueCount,
     StartReplicaMove,
     UnregisterBroker,
     group_of_queue,
@@ -322,6 +323,7 @@ WIRE_NAMES = {
     "GROUP_REPLICAS": SetGroupReplicas,
     "PLACE_QUEUE": PlaceQueue,
     "DROP_QUEUE": DropQueue,
+    "QUEUE_COUNT": SetQueueCount,
 }
 
 samples = [
@@ -338,6 +340,7 @@ samples = [
     PlaceQueue("K589Z"),
     PlaceQueue("K589Z", G2),
     DropQueue("Q-XYZ71K589Z"),
+    SetQueueCount(G1, 12, 340),
 ]
 
 

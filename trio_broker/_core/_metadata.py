@@ -37,6 +37,8 @@ MAX_GROUPS = 1024
 MAX_REPLICATION_FACTOR = 7
 MAX_BROKERS = 1024
 MAX_HOST_LENGTH = 255
+MAX_QUEUE_COUNT = 1 << 53
+"""A group's queue count as a report may carry it (JSON integers stay exact below 2**53)."""
 _SUFFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 # Codes of refusals. The first three are wire codes already (docs/protocol.md, "Errors"); a
@@ -211,6 +213,20 @@ class DropQueue(MapCommand):
     queue_id: str
 
 
+@attrs.frozen
+class SetQueueCount(MapCommand):
+    """A group's leader reports how many queues the group holds, counted in its own state as
+    of its log index ``as_of`` (docs/replication.md, "Queue counts in the map"). Idempotent
+    and bounded: it sets one number per group (never one record per queue), and a report
+    not newer than the map's (``as_of`` not above the last accepted one) is refused as
+    ``STALE_REPORT`` and changes nothing, so reports of several leaders in turn, or the
+    same report twice, may arrive in any order."""
+
+    group_id: str
+    queue_count: int
+    as_of: int
+
+
 MetadataCommand = (
     FoundCluster
     | RegisterBroker
@@ -223,6 +239,7 @@ MetadataCommand = (
     | SetGroupReplicas
     | PlaceQueue
     | DropQueue
+    | SetQueueCount
 )
 
 
@@ -259,7 +276,10 @@ class ClusterMap:
     queues: dict[str, str] = attrs.field(factory=dict)
     """Queue id -> its group (what the id already says; kept to count loads)."""
     queue_counts: dict[str, int] = attrs.field(factory=dict)
-    """Group id -> queues placed on it."""
+    """Group id -> queues on it: as its leader last reported (:class:`SetQueueCount`), plus
+    and minus the queues placed and dropped since."""
+    queue_counts_as_of: dict[str, int] = attrs.field(factory=dict)
+    """Group id -> the group's log index its last accepted count report was taken at."""
 
     def apply(self, command: MetadataCommand) -> MetadataResult:
         if isinstance(command, FoundCluster):
@@ -477,7 +497,24 @@ class ClusterMap:
         group_id = self.queues.pop(c.queue_id, None) if isinstance(c.queue_id, str) else None
         if group_id is None:
             return CommandRejected(QUEUE_NOT_FOUND, f"queue {c.queue_id!r} was never placed")
-        self.queue_counts[group_id] -= 1
+        self.queue_counts[group_id] = max(0, self.queue_counts.get(group_id, 0) - 1)
+        return None
+
+    def _set_queue_count(self, c: SetQueueCount) -> CommandRejected | None:
+        if self.group(c.group_id) is None:
+            return _no_group(c.group_id)
+        if not _is_int(c.queue_count) or not 0 <= c.queue_count <= MAX_QUEUE_COUNT:
+            return _bad(f"queue_count must be 0 to {MAX_QUEUE_COUNT}, not {c.queue_count!r}")
+        if not _is_int(c.as_of) or not 0 < c.as_of <= MAX_QUEUE_COUNT:
+            return _bad(f"as_of must be a log index from 1 to {MAX_QUEUE_COUNT}")
+        last = self.queue_counts_as_of.get(c.group_id, 0)
+        if c.as_of <= last:
+            return CommandRejected(
+                STALE_REPORT,
+                f"{c.group_id}'s queue count is from index {last}, not older {c.as_of}",
+            )
+        self.queue_counts[c.group_id] = c.queue_count
+        self.queue_counts_as_of[c.group_id] = c.as_of
         return None
 
 
@@ -491,6 +528,7 @@ _HANDLERS = {
     AbandonReplicaMove: ClusterMap._abandon_move,
     SetGroupReplicas: ClusterMap._set_replicas,
     DropQueue: ClusterMap._drop_queue,
+    SetQueueCount: ClusterMap._set_queue_count,
 }
 
 
@@ -570,6 +608,7 @@ __all__ = [
     "SetBrokerDraining",
     "SetGroupReplicas",
     "SetPreferredLeader",
+    "SetQueueCount",
     "StartReplicaMove",
     "UnregisterBroker",
     "group_of_queue",

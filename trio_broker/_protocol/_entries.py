@@ -81,6 +81,7 @@ METADATA_PAYLOADS: dict[str, type] = {
     "GROUP_REPLICAS": md.SetGroupReplicas,
     "PLACE_QUEUE": md.PlaceQueue,
     "DROP_QUEUE": md.DropQueue,
+    "QUEUE_COUNT": md.SetQueueCount,
 }
 """The metadata group's commands (docs/replication.md, "The metadata group"), entries of the
 cluster group's log: ``{"type": name, **fields}``, through the one converter."""

@@ -51,6 +51,7 @@ leader records what its failure detector decides about each (``SetBrokerAlive``,
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,7 @@ from .._core._metadata import (
     RegisterBroker,
     SetBrokerAlive,
     SetGroupReplicas,
+    SetQueueCount,
 )
 from .._core._placement import found_cluster
 from .._errors import BrokerError, ErrorCode
@@ -122,6 +124,8 @@ class MetaMap:
         self.founding = False
         """This broker is founding the map (waiting for its founding brokers): queues are
         created once the groups exist."""
+        self.counters: dict[str, QueueCounter] = {}
+        """Group -> the queue count of a group hosted here (kept while this broker leads it)."""
 
     @property
     def is_leader(self) -> bool:
@@ -155,6 +159,22 @@ class MetaMap:
             await self._dirty.wait()
             self._dirty = trio.Event()
             await self.load()
+
+    def counter(self, replica: Broker) -> QueueCounter:
+        """The queue counter of a group replica hosted here (made on first use)."""
+        counter = self.counters.get(replica.cluster_id)
+        if counter is None or counter.replica is not replica:
+            counter = self.counters[replica.cluster_id] = QueueCounter(replica)
+        return counter
+
+    def queue_count(self, group_id: str) -> int | None:
+        """How many queues ``group_id`` holds as far as this broker knows: counted in its own
+        state while this broker leads it (the freshest), else as the map counts them."""
+        counter = self.counters.get(group_id)
+        estimate = None if counter is None else counter.estimate()
+        if estimate is not None:
+            return estimate
+        return None if self.map is None else self.map.queue_counts.get(group_id)
 
     def observed_leaders(self) -> dict[str, str | None]:
         leaders = self.board.leaders()
@@ -422,40 +442,114 @@ async def report_replicas(replica: Broker, meta: MetaMap) -> None:
     """On a group's leader: after each committed change of its membership, report the
     committed voters and learners to the metadata group (``SetGroupReplicas``); the map
     refuses a report not newer than what it holds (``STALE_REPORT``), so reports of several
-    leaders in turn may arrive in any order. Checked once per heartbeat interval."""
+    leaders in turn may arrive in any order. And its queue count (``SetQueueCount``, counted
+    by a :class:`QueueCounter`) whenever the map's differs. Checked once per heartbeat
+    interval; one proposal at a time."""
     config = replica.config
     group_id = replica.cluster_id
-    while True:
-        await trio.sleep(config.heartbeat_interval)
-        node = replica.driver.node
-        cmap = meta.map
-        record = None if cmap is None else cmap.group(group_id)
-        if record is None or not node.is_leader or not node.config_committed:
-            continue
-        if node.config.version <= record.config_version:
-            continue
-        report = SetGroupReplicas(
-            group_id,
-            tuple(sorted(node.config.voters)),
-            tuple(sorted(node.config.learners)),
-            node.config.version,
-        )
-        result = await meta.propose(report)
-        log_event(
-            logging.INFO if isinstance(result, MapChanged) else logging.WARNING,
-            "groups.replicas_reported",
-            group=group_id,
-            voters=",".join(report.voters),
-            learners=",".join(report.learners),
-            config_version=report.config_version,
-            result=getattr(result, "message", "done"),
-        )
-        if not isinstance(result, MapChanged):
-            await trio.sleep(config.failure_timeout)
-        else:
-            with trio.move_on_after(config.failure_timeout):
-                while meta.map is cmap:  # (until this broker loaded the new map)
-                    await meta.wait_changed()
+    counter = meta.counter(replica)
+    try:
+        while True:
+            await trio.sleep(config.heartbeat_interval)
+            node = replica.driver.node
+            cmap = meta.map
+            record = None if cmap is None else cmap.group(group_id)
+            if record is None or not node.is_leader:
+                counter.forget()
+                continue
+            assert cmap is not None
+            report: Any = None
+            if node.config_committed and node.config.version > record.config_version:
+                report = SetGroupReplicas(
+                    group_id,
+                    tuple(sorted(node.config.voters)),
+                    tuple(sorted(node.config.learners)),
+                    node.config.version,
+                )
+            else:
+                await counter.refresh(config.failure_timeout)
+                if (
+                    counter.exact is not None
+                    and counter.exact != cmap.queue_counts.get(group_id)
+                    and counter.as_of > cmap.queue_counts_as_of.get(group_id, 0)
+                ):
+                    report = SetQueueCount(group_id, counter.exact, counter.as_of)
+            if report is not None:
+                await _report(meta, cmap, report, config.failure_timeout)
+    finally:
+        if meta.counters.get(group_id) is counter:
+            del meta.counters[group_id]
+
+
+async def _report(meta: MetaMap, cmap: ClusterMap, report: Any, failure_timeout: float) -> None:
+    result = await meta.propose(report)
+    if isinstance(report, SetGroupReplicas):
+        fields: dict[str, Any] = {
+            "event": "groups.replicas_reported",
+            "voters": ",".join(report.voters),
+            "learners": ",".join(report.learners),
+            "config_version": report.config_version,
+        }
+    else:
+        fields = {
+            "event": "groups.queue_count_reported",
+            "queue_count": report.queue_count,
+            "as_of": report.as_of,
+        }
+    event = fields.pop("event")
+    stale = isinstance(result, CommandRejected) and result.code == "STALE_REPORT"
+    log_event(
+        logging.INFO if isinstance(result, MapChanged) or stale else logging.WARNING,
+        event,
+        group=report.group_id,
+        **fields,
+        result=getattr(result, "message", "done"),
+    )
+    if not isinstance(result, MapChanged):
+        await trio.sleep(failure_timeout)
+    else:
+        with trio.move_on_after(failure_timeout):
+            while meta.map is cmap:  # (until this broker loaded the new map)
+                await meta.wait_changed()
+
+
+class QueueCounter:
+    """How many queues a group hosted here holds, for its leader's reports and placement.
+
+    Counted exactly in the group's store (its ``queues`` rows: a deleted queue's row is
+    gone), as of the applied index read just before; read again on the next check after this
+    broker created a queue in the group, and otherwise at most once per ``every`` seconds
+    while the log moves (deletes). Between reads, :meth:`estimate` adds the queues created
+    here since (the broker's in-memory count of queue ids only grows)."""
+
+    def __init__(self, replica: Broker) -> None:
+        self.replica = replica
+        self.exact: int | None = None
+        self.as_of = 0
+        self._seen = 0
+        self._read_at = -math.inf
+
+    def forget(self) -> None:
+        """This broker no longer leads the group: what it counted may go stale."""
+        self.exact = None
+
+    def estimate(self) -> int | None:
+        if self.exact is None:
+            return None
+        return self.exact + max(0, self.replica.queue_count - self._seen)
+
+    async def refresh(self, every: float) -> None:
+        replica = self.replica
+        now = trio.current_time()
+        unchanged = replica.applied_index == self.as_of or now - self._read_at < every
+        if self.exact is not None and replica.queue_count == self._seen and unchanged:
+            return
+        # The store holds at least what was applied when the read is asked for: the count
+        # is of a state at least as new as ``as_of`` (a later report corrects a count that
+        # raced with an apply; the index only orders reports).
+        seen, as_of = replica.queue_count, replica.applied_index
+        queues = await replica._worker.run(replica._store.queue_lengths)
+        self.exact, self.as_of, self._seen, self._read_at = len(queues), as_of, seen, now
 
 
 # -- leaders of the groups this broker does not host ----------------------------------------------
@@ -547,6 +641,7 @@ def cover(cmap: ClusterMap, groups: set[str], asked: set[str]) -> list[str]:
 __all__ = [
     "LeaderBoard",
     "MetaMap",
+    "QueueCounter",
     "cover",
     "found_map",
     "founding_voter",

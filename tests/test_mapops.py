@@ -1,0 +1,199 @@
+"""The operator side of the cluster map (docs/replication.md, "Queue counts in the map"):
+each group's queue count is replicated in the map (its leader reports it, ``SetQueueCount``),
+a CREATE_QUEUE naming no group lands on the least-loaded group its broker leads by those
+counts, and deletes free capacity. Real brokers on a memory network under the mock clock; the
+map's commands through both state machines (in memory and SQLite)."""
+
+from __future__ import annotations
+
+import collections
+import copy
+
+import apsw
+import pytest
+import trio
+
+from trio_broker._core._commands import CommandRejected
+from trio_broker._core._metadata import BrokerAddress, MapChanged, PlaceQueue, SetQueueCount
+from trio_broker._core._placement import found_cluster
+from trio_broker._core._queues import QueueState
+from trio_broker._ids import cluster_of_queue
+from trio_broker._protocol._entries import METADATA_PAYLOADS, decode_payload, encode_payload
+from trio_broker._storage._queue_sql import apply_command, stored_map
+from trio_broker._storage._schema import upgrade
+from trio_broker.client import connect
+from trio_broker.testing import open_local_cluster, open_mock_cluster
+
+from .test_metamap import wait_spread
+
+BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 4)]
+FOUND = found_cluster(BROKERS, ["G-AAAAA", "G-BBBBB"], 3)
+
+
+def test_queue_count_reports_are_idempotent_and_ordered_by_index(tmp_path):
+    """SetQueueCount sets one group's count (QUEUE_COUNT in the log); the same report again,
+    or an older one, is STALE_REPORT; bad values are refused; each refusal changes nothing,
+    in memory and in SQLite alike."""
+    report = SetQueueCount("G-AAAAA", 7, 40)
+    assert METADATA_PAYLOADS["QUEUE_COUNT"] is SetQueueCount
+    assert decode_payload(encode_payload(report)) == report
+    state = QueueState()
+    db = apsw.Connection(str(tmp_path / "map.db"))
+    upgrade(db)
+
+    def both(command):
+        with db:
+            in_memory, in_sql = state.apply(command), apply_command(db, command)
+        assert in_memory == in_sql, command
+        assert stored_map(db) == state.cluster_map, command
+        return in_memory
+
+    assert both(FOUND) == MapChanged(1)
+    assert both(report) == MapChanged(2)
+    assert state.cluster_map.queue_counts == {"G-AAAAA": 7, "G-BBBBB": 0}
+    before = copy.deepcopy(state.cluster_map)
+    refused = [
+        report,  # the same again
+        SetQueueCount("G-AAAAA", 3, 39),  # older
+        SetQueueCount("G-ZZZZZ", 1, 50),  # no such group
+        SetQueueCount("G-AAAAA", -1, 50),
+        SetQueueCount("G-AAAAA", True, 50),
+        SetQueueCount("G-AAAAA", 1, 0),
+        SetQueueCount("G-AAAAA", 1, "51"),
+    ]
+    for command in refused:
+        result = both(command)
+        assert isinstance(result, CommandRejected), command
+        assert state.cluster_map == before, command
+    assert both(SetQueueCount("G-AAAAA", 2, 41)) == MapChanged(3)
+    assert state.cluster_map.queue_counts["G-AAAAA"] == 2
+    # The least-loaded group follows the reports; a placement counts on top of them.
+    assert state.cluster_map.least_loaded_group() == "G-BBBBB"
+    assert both(SetQueueCount("G-BBBBB", 5, 9)) == MapChanged(4)
+    assert state.cluster_map.least_loaded_group() == "G-AAAAA"
+    placed = both(PlaceQueue("ABCDE"))
+    assert placed.group_id == "G-AAAAA" and state.cluster_map.queue_counts["G-AAAAA"] == 3
+
+
+def map_counts(cluster) -> dict[str, int]:
+    return dict(cluster.brokers["b1"].host.meta.map.queue_counts)
+
+
+def real_counts(cluster) -> dict[str, int]:
+    """Each data group's queues, as its leader's replica holds them."""
+    counts = {}
+    for group, leader in cluster.data_leaders().items():
+        replica = cluster.data_replicas(leader)[group]
+        counts[group] = len(replica._store.queue_lengths())
+    return counts
+
+
+def counts_agree(cluster) -> bool:
+    real = real_counts(cluster)
+    return all(b.host.meta.map.queue_counts == real for b in cluster.brokers.values())
+
+
+@pytest.mark.trio
+async def test_the_map_counts_queues_and_creates_fill_the_least_loaded_led_group(
+    autojump_clock,
+):
+    """2 brokers, 4 groups (each broker leads 2): queues created on one group by name, then
+    CREATE_QUEUEs naming none sent to its leader fill that broker's other group first,
+    until both hold as many; the map's count of every group, on every broker, converges to
+    what the group holds; deleting queues lowers its count, and the next creates go there.
+    (A count kept by the replica alone never goes down on a delete.)"""
+    async with open_mock_cluster(2, groups=4, replication_factor=2) as cluster:
+        with trio.fail_after(120):
+            await wait_spread(cluster, 4)
+        ids = {b.broker_id: name for name, b in cluster.brokers.items()}
+        leaders = cluster.data_leaders()
+        led = sorted(g for g, leader in leaders.items() if leader == "b1")
+        assert len(led) == 2
+        first, second = led
+        named = []
+        for _ in range(4):
+            reply = await cluster.call("b1", {"operation": "CREATE_QUEUE", "cluster_id": first})
+            assert reply["status"] == "success", reply
+            named.append(reply["queue_id"])
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: counts_agree(cluster))
+        assert map_counts(cluster)[first] == 4
+        # Original-design creates: to b1's least-loaded group, counted as they land.
+        landed = collections.Counter()
+        for _ in range(6):
+            reply = await cluster.call("b1", {"operation": "CREATE_QUEUE", "client_id": "old"})
+            assert reply["status"] == "success", reply
+            group = cluster_of_queue(reply["queue_id"])
+            assert ids[cluster.brokers[leaders[group]].broker_id] == "b1"
+            landed[group] += 1
+        assert landed == {second: 5, first: 1}, landed
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: counts_agree(cluster))
+        assert map_counts(cluster)[first] == 5 and map_counts(cluster)[second] == 5
+        # Deletes free capacity: three queues of the first group go.
+        for queue in named[:3]:
+            reply = await cluster.call(
+                "b1", {"operation": "DELETE_QUEUE", "queue_name": queue, "force": True}
+            )
+            assert reply["status"] == "success", reply
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: counts_agree(cluster))
+        assert map_counts(cluster)[first] == 2
+        landed.clear()
+        for _ in range(3):
+            reply = await cluster.call("b1", {"operation": "CREATE_QUEUE"})
+            landed[cluster_of_queue(reply["queue_id"])] += 1
+        assert landed == {first: 3}, landed
+        # CLUSTER_QUERY lists the counts (an optional field of ``groups``).
+        reply = await cluster.call("b2", {"operation": "CLUSTER_QUERY"})
+        with trio.fail_after(30):
+            await cluster.wait_until(lambda: counts_agree(cluster))
+        reply = await cluster.call("b2", {"operation": "CLUSTER_QUERY"})
+        listed = {g["cluster_id"]: g["queue_count"] for g in reply["groups"]}
+        assert listed == real_counts(cluster) and listed[first] == 5
+
+
+@pytest.mark.trio
+async def test_the_trio_client_places_new_queues_on_the_least_loaded_groups(tmp_path):
+    """Four queues named on one group, counted in the map: a client then creating six
+    without naming a group puts none there and three on each other group (the listed counts
+    plus its own creates, ties in turn); once three of the four are deleted and counted, a
+    new client's next three creates fill that group back first."""
+    with trio.fail_after(60):
+        async with open_local_cluster(tmp_path, 2, groups=3, replication_factor=1) as cluster:
+            founder = cluster.brokers["b1"]
+            while founder.host.meta.map is None:
+                await founder.host.meta.wait_changed()
+            groups = sorted(founder.host.meta.map.groups)
+            while not all(  # noqa: ASYNC110 (polls the brokers until every group is led)
+                any(
+                    g in b.host.groups and b.host.groups[g].is_leader
+                    for b in cluster.brokers.values()
+                )
+                for g in groups
+            ):
+                await trio.sleep(0.05)
+            seed = f"127.0.0.1:{cluster.ports['b1']}"
+
+            async def counted(group: str, count: int) -> None:
+                for broker in cluster.brokers.values():
+                    while broker.host.meta.map.queue_counts.get(group) != count:
+                        await broker.host.meta.wait_changed()
+
+            async with connect(seed) as client:
+                full = [await client.create_queue(groups[0]) for _ in range(4)]
+            await counted(groups[0], 4)
+            async with connect(seed) as client:
+                queues = [await client.create_queue() for _ in range(6)]
+            landed = collections.Counter(cluster_of_queue(q) for q in queues)
+            assert landed == {groups[1]: 3, groups[2]: 3}, landed
+            async with connect(seed) as client:
+                for queue in full[:3]:
+                    await client.delete_queue(queue)
+            await counted(groups[0], 1)
+            await counted(groups[1], 3)
+            async with connect(seed) as client:
+                queues = [await client.create_queue() for _ in range(2)]
+                landed = collections.Counter(cluster_of_queue(q) for q in queues)
+                assert landed == {groups[0]: 2}, landed
+                assert await client.append(queues[0], "v") == 1
