@@ -14,8 +14,26 @@ import pytest
 import trio
 
 from trio_broker._core._commands import CommandRejected
-from trio_broker._core._metadata import BrokerAddress, MapChanged, PlaceQueue, SetQueueCount
-from trio_broker._core._placement import found_cluster
+from trio_broker._core._metadata import (
+    AddGroups,
+    BrokerAddress,
+    ClusterMap,
+    GroupAssignment,
+    MapChanged,
+    PlaceQueue,
+    SetBrokerDraining,
+    SetGroupReplicas,
+    SetPreferredLeader,
+    SetQueueCount,
+    SetReplicationFactor,
+)
+from trio_broker._core._placement import (
+    RemoveReplica,
+    TransferLeader,
+    add_groups,
+    found_cluster,
+    plan_moves,
+)
 from trio_broker._core._queues import QueueState
 from trio_broker._ids import cluster_of_queue
 from trio_broker._protocol._entries import METADATA_PAYLOADS, decode_payload, encode_payload
@@ -24,6 +42,7 @@ from trio_broker._storage._schema import upgrade
 from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster, open_mock_cluster
 
+from .test_balancing_cluster import Writer, answer_of, wait_settled
 from .test_metamap import wait_spread
 
 BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 4)]
@@ -73,6 +92,92 @@ def test_queue_count_reports_are_idempotent_and_ordered_by_index(tmp_path):
     assert state.cluster_map.least_loaded_group() == "G-AAAAA"
     placed = both(PlaceQueue("ABCDE"))
     assert placed.group_id == "G-AAAAA" and state.cluster_map.queue_counts["G-AAAAA"] == 3
+
+
+def test_settings_commands_refuse_bad_input_and_change_nothing(tmp_path):
+    """AddGroups and SetReplicationFactor (ADD_GROUPS, REPLICATION_FACTOR in the log): each
+    refusal changes nothing, in memory and in SQLite; a good one adds the groups on one
+    voter each (its preferred leader), counted, and sets the settings."""
+    state = QueueState()
+    db = apsw.Connection(str(tmp_path / "map.db"))
+    upgrade(db)
+
+    def both(command):
+        with db:
+            in_memory, in_sql = state.apply(command), apply_command(db, command)
+        assert in_memory == in_sql, command
+        assert stored_map(db) == state.cluster_map, command
+        return in_memory
+
+    assert METADATA_PAYLOADS["ADD_GROUPS"] is AddGroups
+    assert METADATA_PAYLOADS["REPLICATION_FACTOR"] is SetReplicationFactor
+    both(FOUND)
+    both(SetBrokerDraining("B-00003", True))
+    before = copy.deepcopy(state.cluster_map)
+    new = GroupAssignment("G-NEW01", ("B-00001",), "B-00001")
+    refused = [
+        SetReplicationFactor(0),
+        SetReplicationFactor(8),
+        SetReplicationFactor(True),
+        AddGroups(1, (new,)),  # the map has 2 groups: a stale or repeated request
+        AddGroups(2, ()),
+        AddGroups(2, (GroupAssignment("G-AAAAA", ("B-00001",), "B-00001"),)),  # exists
+        AddGroups(2, (new, new)),
+        AddGroups(2, (GroupAssignment("G-NEW01", ("B-00001", "B-00002"), "B-00001"),)),
+        AddGroups(2, (GroupAssignment("G-NEW01", ("B-00003",), "B-00003"),)),  # draining
+        AddGroups(2, (GroupAssignment("G-NEW01", ("B-00001",), "B-00002"),)),
+        AddGroups(2, (GroupAssignment("bad", ("B-00001",), "B-00001"),)),
+    ]
+    for command in refused:
+        assert isinstance(both(command), CommandRejected), command
+        assert state.cluster_map == before, command
+    # Placed by add_groups: the brokers that stay holding fewest replicas first.
+    command = add_groups(state.cluster_map, ["G-NEW02", "G-NEW01", "G-NEW03"])
+    assert command.group_count == 2
+    assert [g.voters for g in command.groups] == [("B-00001",), ("B-00002",), ("B-00001",)]
+    assert isinstance(both(command), MapChanged)
+    assert isinstance(both(SetReplicationFactor(2)), MapChanged)
+    cmap = state.cluster_map
+    assert cmap.settings.group_count == 5 and cmap.replication_factor == 2
+    assert cmap.groups["G-NEW02"].voters == ("B-00002",)
+    assert cmap.groups["G-NEW02"].preferred_leader == "B-00002"
+    assert cmap.queue_counts["G-NEW01"] == 0
+    assert isinstance(both(command), CommandRejected)  # the same again adds nothing
+
+
+def test_a_lowered_replication_factor_never_removes_the_preferred_leader():
+    """The balancer's plan, R lowered from 3 to 1 on three groups of three voters: one
+    removal per group per round, never of its preferred leader; a group led by the voter
+    to go hands its leadership over first."""
+    cmap = ClusterMap()
+    cmap.apply(FOUND)
+    cmap.apply(AddGroups(2, (GroupAssignment("G-CCCCC", ("B-00001",), "B-00001"),)))
+    cmap.apply(SetGroupReplicas("G-CCCCC", ("B-00001", "B-00002", "B-00003"), (), 3))
+    cmap.apply(SetReplicationFactor(1))
+    for _ in range(5):  # rounds, the leaders following the preferred ones
+        leaders = {g: r.preferred_leader for g, r in cmap.groups.items()}
+        moves = plan_moves(cmap, leaders, max_moves=8, max_moving_groups=2)
+        for m in moves:
+            if isinstance(m, SetPreferredLeader):
+                assert isinstance(cmap.apply(m), MapChanged)
+        removals = [m for m in moves if isinstance(m, RemoveReplica)]
+        assert len({m.group_id for m in removals}) == len(removals)  # one per group
+        for m in removals:
+            rec = cmap.groups[m.group_id]
+            assert m.broker_id not in (rec.preferred_leader, leaders[m.group_id])
+            voters = tuple(v for v in rec.voters if v != m.broker_id)
+            report = SetGroupReplicas(m.group_id, voters, (), rec.config_version + 1)
+            assert isinstance(cmap.apply(report), MapChanged)
+    assert all(r.voters == (r.preferred_leader,) for r in cmap.groups.values()), cmap.groups
+    # A group led by the only voter that may go hands its leadership over first.
+    cmap.apply(SetReplicationFactor(3))
+    cmap.apply(SetGroupReplicas("G-AAAAA", ("B-00001", "B-00002"), (), 99))
+    cmap.apply(SetPreferredLeader("G-AAAAA", "B-00002"))
+    cmap.apply(SetReplicationFactor(1))
+    leaders = {g: r.preferred_leader for g, r in cmap.groups.items()} | {"G-AAAAA": "B-00001"}
+    moves = plan_moves(cmap, leaders, max_moves=8, max_moving_groups=2)
+    assert TransferLeader("G-AAAAA", "B-00002") in moves
+    assert not [m for m in moves if isinstance(m, RemoveReplica)]
 
 
 def map_counts(cluster) -> dict[str, int]:
@@ -197,3 +302,78 @@ async def test_the_trio_client_places_new_queues_on_the_least_loaded_groups(tmp_
                 landed = collections.Counter(cluster_of_queue(q) for q in queues)
                 assert landed == {groups[0]: 2}, landed
                 assert await client.append(queues[0], "v") == 1
+
+
+# -- changing the groups and the replication factor after founding -------------------------------
+
+
+def settings_of(cluster):
+    cmap = cluster.brokers["b1"].host.meta.map
+    return len(cmap.groups), cmap.replication_factor
+
+
+@pytest.mark.trio
+async def test_the_replication_factor_goes_up_then_down_with_every_write_kept(autojump_clock):
+    """3 brokers, 2 groups on 2 voters: SET_CLUSTER_SETTINGS to R = 3 (sent to a broker that
+    may not lead the metadata group) grows every group to 3 voters (learner, then voter),
+    then R = 1 shrinks each to one; appends go on all along, and every acknowledged one is
+    on every voter at each step. Bad values are refused and change nothing."""
+    async with open_mock_cluster(3, groups=2, replication_factor=2) as cluster:
+        writer = Writer(cluster)
+        await writer.create(2)
+        await wait_settled(cluster, 2)
+        version = cluster.brokers["b1"].host.meta.map.version
+        for bad in (
+            {"replication_factor": 0},
+            {"replication_factor": 8},
+            {"group_count": 1},  # fewer groups: queues live on them
+            {},
+            {"replication_factor": "3"},
+        ):
+            reply = await cluster.call("b3", {"operation": "SET_CLUSTER_SETTINGS", **bad})
+            assert reply["status"] == "error" and reply["code"] == "BAD_REQUEST", (bad, reply)
+        reply = await cluster.call("b3", {"operation": "SET_CLUSTER_SETTINGS", "group_count": 1})
+        assert "cannot have fewer" in reply["message"], reply
+        assert settings_of(cluster) == (2, 2)
+        assert cluster.brokers["b1"].host.meta.map.version == version
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            for r in (3, 1):
+                reply = await answer_of(
+                    cluster, "b3", {"operation": "SET_CLUSTER_SETTINGS", "replication_factor": r}
+                )
+                assert reply["status"] == "success", reply
+                assert reply["replication_factor"] == r and reply["group_count"] == 2, reply
+                await wait_settled(cluster, r)
+                await writer.check()
+            nursery.cancel_scope.cancel()
+        assert settings_of(cluster) == (2, 1)
+
+
+@pytest.mark.trio
+async def test_new_groups_are_placed_and_grown_by_the_balancer(autojump_clock):
+    """3 brokers, 3 groups, R = 2: SET_CLUSTER_SETTINGS to 6 groups adds three, each started
+    on one broker and grown to 2 voters one change at a time; replicas and leadership end
+    spread, queues can be created on the new groups, and the same request again adds
+    nothing."""
+    async with open_mock_cluster(3, groups=3, replication_factor=2) as cluster:
+        await wait_settled(cluster, 2)
+        before = set(cluster.brokers["b1"].host.meta.map.groups)
+        reply = await answer_of(
+            cluster, "b2", {"operation": "SET_CLUSTER_SETTINGS", "group_count": 6}
+        )
+        assert reply["status"] == "success" and reply["group_count"] == 6, reply
+        added = set(reply["added_groups"])
+        assert len(added) == 3 and not added & before
+        await wait_settled(cluster, 2)
+        cmap = cluster.brokers["b1"].host.meta.map
+        assert set(cmap.groups) == before | added and settings_of(cluster) == (6, 2)
+        writer = Writer(cluster)
+        await writer.create(6)
+        await writer.append_round()
+        await writer.check()
+        again = await answer_of(
+            cluster, "b1", {"operation": "SET_CLUSTER_SETTINGS", "group_count": 6}
+        )
+        assert again["status"] == "success" and again["added_groups"] == [], again
+        assert len(cluster.brokers["b1"].host.meta.map.groups) == 6

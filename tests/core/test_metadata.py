@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from trio_broker._core._commands import CommandRejected
 from trio_broker._core._metadata import (
     AbandonReplicaMove,
+    AddGroups,
     BrokerAddress,
     ClusterMap,
     ClusterSettings,
@@ -35,6 +36,7 @@ from trio_broker._core._metadata import (
     SetGroupReplicas,
     SetPreferredLeader,
     SetQueueCount,
+    SetReplicationFactor,
     StartReplicaMove,
     UnregisterBroker,
     group_of_queue,
@@ -324,6 +326,8 @@ WIRE_NAMES = {
     "PLACE_QUEUE": PlaceQueue,
     "DROP_QUEUE": DropQueue,
     "QUEUE_COUNT": SetQueueCount,
+    "REPLICATION_FACTOR": SetReplicationFactor,
+    "ADD_GROUPS": AddGroups,
 }
 
 samples = [
@@ -341,6 +345,8 @@ samples = [
     PlaceQueue("K589Z", G2),
     DropQueue("Q-XYZ71K589Z"),
     SetQueueCount(G1, 12, 340),
+    SetReplicationFactor(5),
+    AddGroups(2, (GroupAssignment("G-NEW01", (B1,), B1),)),
 ]
 
 

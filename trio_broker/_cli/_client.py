@@ -509,6 +509,20 @@ async def _rebalance(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _set_settings(client: Client, args: argparse.Namespace) -> int:
+    """``set-group-count N`` / ``set-replication-factor R``: one SET_CLUSTER_SETTINGS."""
+    count = args.value if args.client_command == "set-group-count" else None
+    factor = args.value if args.client_command == "set-replication-factor" else None
+    done = await client.set_cluster_settings(group_count=count, replication_factor=factor)
+    if args.json:
+        _out(_json(converter.unstructure(done)))
+        return EXIT_OK
+    added = f"; added {', '.join(done.added_groups)}" if done.added_groups else ""
+    _out(f"{done.group_count} groups, replication factor {done.replication_factor}{added}")
+    _out("the balancer now places and moves replicas, one change at a time: watch `groups`")
+    return EXIT_OK
+
+
 async def _drain(client: Client, args: argparse.Namespace) -> int:
     state = await client.drain_broker(args.broker_id, draining=not args.undo)
     if args.json:
@@ -570,6 +584,8 @@ _COMMANDS = {
     "snapshot": _snapshot,
     "rebalance": _rebalance,
     "drain": _drain,
+    "set-group-count": _set_settings,
+    "set-replication-factor": _set_settings,
     "create-queue": _create_queue,
     "set-retention": _set_retention,
     "append": _append,

@@ -18,6 +18,9 @@ cattrs converter (``trio_broker._protocol.converter``) structures and unstructur
 are. Making them log payloads is one table entry per command in ``_protocol/_entries.py`` (the
 names are in docs/replication.md, "Several leaders (design)").
 
+Longer than the ~600 lines a module usually keeps to: one state machine, its commands and
+their validation read best together (the handlers are the commands' meaning).
+
 Routing stays a string operation: a queue id names its group (``Q-`` + the group id without
 ``G-`` + five characters, :func:`trio_broker._ids.cluster_of_queue`); the map only records
 placements to count each group's load.
@@ -214,6 +217,27 @@ class DropQueue(MapCommand):
 
 
 @attrs.frozen
+class SetReplicationFactor(MapCommand):
+    """The operator changes the cluster's replication factor after founding
+    (docs/replication.md, "Changing the groups and the replication factor"): the balancer
+    then adds replicas to every group with fewer (learner catch-up, then promotion) or
+    removes voters from every group with more, one change at a time per group."""
+
+    replication_factor: int
+
+
+@attrs.frozen
+class AddGroups(MapCommand):
+    """The operator adds groups after founding. Each new group starts on one voter (its
+    preferred leader, which creates it as a founding voter) and the balancer grows it to the
+    replication factor one replica at a time. ``group_count`` is the number of groups the
+    proposer saw: refused if the map has another, so an operator's retry never adds twice."""
+
+    group_count: int
+    groups: tuple[GroupAssignment, ...]
+
+
+@attrs.frozen
 class SetQueueCount(MapCommand):
     """A group's leader reports how many queues the group holds, counted in its own state as
     of its log index ``as_of`` (docs/replication.md, "Queue counts in the map"). Idempotent
@@ -240,6 +264,8 @@ MetadataCommand = (
     | PlaceQueue
     | DropQueue
     | SetQueueCount
+    | SetReplicationFactor
+    | AddGroups
 )
 
 
@@ -500,6 +526,42 @@ class ClusterMap:
         self.queue_counts[group_id] = max(0, self.queue_counts.get(group_id, 0) - 1)
         return None
 
+    def _set_replication_factor(self, c: SetReplicationFactor) -> CommandRejected | None:
+        r = c.replication_factor
+        if not _is_int(r) or not 1 <= r <= MAX_REPLICATION_FACTOR:
+            return _bad(f"replication_factor must be 1 to {MAX_REPLICATION_FACTOR}, not {r!r}")
+        assert self.settings is not None
+        self.settings = attrs.evolve(self.settings, replication_factor=r)
+        return None
+
+    def _add_groups(self, c: AddGroups) -> CommandRejected | None:
+        assert self.settings is not None
+        if not isinstance(c.groups, tuple) or not c.groups:
+            return _bad("groups must be a non-empty list")
+        if not _is_int(c.group_count) or c.group_count != len(self.groups):
+            return _bad(
+                f"the cluster has {len(self.groups)} groups, not {c.group_count!r}: "
+                "look again and ask again"
+            )
+        if len(self.groups) + len(c.groups) > MAX_GROUPS:
+            return _bad(f"a cluster has at most {MAX_GROUPS} groups")
+        seen: set[str] = set()
+        for g in c.groups:
+            if not isinstance(g, GroupAssignment) or not _is_id(g.group_id, CLUSTER_ID_RE):
+                return _bad(f"not a group of ids G-XXXXX: {g!r}")
+            if g.group_id in self.groups or g.group_id in seen:
+                return _bad(f"group {g.group_id} exists already or is listed twice")
+            seen.add(g.group_id)
+            if not isinstance(g.voters, tuple) or len(g.voters) != 1:
+                return _bad(f"a new group starts on one voter, not {g.voters!r}")
+            if not self.is_eligible(g.voters[0]) or g.preferred_leader != g.voters[0]:
+                return _bad(f"{g.group_id} must start on a live broker that stays, leading it")
+        for g in c.groups:
+            self.groups[g.group_id] = GroupRecord(g.group_id, g.voters, (), 1, g.preferred_leader)
+            self.queue_counts[g.group_id] = 0
+        self.settings = attrs.evolve(self.settings, group_count=len(self.groups))
+        return None
+
     def _set_queue_count(self, c: SetQueueCount) -> CommandRejected | None:
         if self.group(c.group_id) is None:
             return _no_group(c.group_id)
@@ -529,6 +591,8 @@ _HANDLERS = {
     SetGroupReplicas: ClusterMap._set_replicas,
     DropQueue: ClusterMap._drop_queue,
     SetQueueCount: ClusterMap._set_queue_count,
+    SetReplicationFactor: ClusterMap._set_replication_factor,
+    AddGroups: ClusterMap._add_groups,
 }
 
 
@@ -589,6 +653,7 @@ def _replica_set_problem(
 
 __all__ = [
     "AbandonReplicaMove",
+    "AddGroups",
     "BrokerAddress",
     "BrokerRecord",
     "ClusterMap",
@@ -609,6 +674,7 @@ __all__ = [
     "SetGroupReplicas",
     "SetPreferredLeader",
     "SetQueueCount",
+    "SetReplicationFactor",
     "StartReplicaMove",
     "UnregisterBroker",
     "group_of_queue",

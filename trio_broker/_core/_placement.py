@@ -28,14 +28,16 @@ once per interval and proposes a bounded list of moves, in this order:
    with no live voter that stays hands over to another live voter although it leaves too (the
    move's target first, :func:`_resting_leader`): leadership rests there until a voter that
    stays is added, and then moves to it like any other;
+   Then groups with more voters than R (the replication factor was lowered) lose one each
+   (:func:`_shrink`), never their preferred leader;
 2. leadership transfers (cheap) towards each group's target leader: its preferred leader when
    that broker is alive and staying, otherwise a live voter chosen so that leadership stays
    spread (the current leader kept unless moving it lowers the largest load);
 3. preferred-leader records, when the optimal assignment changed (replicas moved);
 4. new replica moves, only when replicas are unevenly spread, which only a broker joining or
-   leaving (draining) causes: grow groups with fewer than R replicas, move replicas off
-   draining brokers, then from the fullest broker to the emptiest while they differ by 2 or
-   more.
+   leaving (draining), a new group or a raised replication factor causes: grow groups with
+   fewer than R replicas, move replicas off draining brokers, then from the fullest broker to
+   the emptiest while they differ by 2 or more.
 
 Every step of 1-4 is deterministic, so the plan for an unchanged map is unchanged: moves that
 were applied are not proposed again and nothing flaps. It converges: transfers only go to a
@@ -56,6 +58,7 @@ import attrs
 
 from ._metadata import (
     AbandonReplicaMove,
+    AddGroups,
     BrokerAddress,
     ClusterMap,
     FoundCluster,
@@ -141,6 +144,31 @@ def found_cluster(
     placement = initial_placement([b.broker_id for b in brokers], group_ids, replication_factor)
     ordered = tuple(sorted(brokers, key=lambda b: b.broker_id))
     return FoundCluster(replication_factor, ordered, placement)
+
+
+def add_groups(cmap: ClusterMap, group_ids: Iterable[str]) -> AddGroups:
+    """Groups added after founding (``AddGroups``): each starts on one voter, the live
+    broker that stays holding fewest replicas (then leading fewest groups, then the lowest
+    id), counting the new groups placed before it; the balancer grows each to the
+    replication factor one replica at a time. Raises ValueError when no broker may take one."""
+    eligible = [b for b in sorted(cmap.brokers) if cmap.is_eligible(b)]
+    if not eligible:
+        raise ValueError("no live broker that stays can take a new group")
+    held = dict.fromkeys(eligible, 0)
+    led = dict.fromkeys(eligible, 0)
+    for rec in cmap.groups.values():
+        for b in projected_replicas(rec):
+            if b in held:
+                held[b] += 1
+        if rec.preferred_leader in led:
+            led[rec.preferred_leader] += 1
+    assignments = []
+    for g in sorted(set(group_ids)):
+        b = min(eligible, key=lambda b: (held[b], led[b], b))
+        held[b] += 1
+        led[b] += 1
+        assignments.append(GroupAssignment(g, (b,), b))
+    return AddGroups(len(cmap.groups), tuple(assignments))
 
 
 # -- leadership assignment ------------------------------------------------------------------------
@@ -371,6 +399,34 @@ class _Round:
             self.budget -= 1
 
 
+def _shrink(
+    cmap: ClusterMap,
+    observed: Mapping[str, str | None],
+    preferred: Mapping[str, str | None],
+    targets: Mapping[str, str | None],
+    rnd: _Round,
+) -> None:
+    """Groups with more voters than the replication factor (it was lowered) lose one per
+    round each: a voter that is down or leaving first, then one on the broker holding most
+    replicas; never the group's preferred leader (leadership would be moved back to it), and
+    its current leader only when no other voter can go (it hands over first)."""
+    r = cmap.replication_factor
+    held = dict.fromkeys(cmap.brokers, 0)
+    for rec in cmap.groups.values():
+        for b in projected_replicas(rec):
+            if b in held:
+                held[b] += 1
+    for g, rec in sorted(cmap.groups.items()):
+        if rec.move is not None or rec.learners or len(rec.voters) <= r or g in rnd.touched:
+            continue
+        leader = observed.get(g)
+        options = [v for v in rec.voters if v != preferred.get(g)]
+        if not options or leader is None or not cmap.is_alive(leader):
+            continue
+        victim = min(options, key=lambda v: (cmap.is_eligible(v), v == leader, -held.get(v, 0), v))
+        rnd.add(g, _removal(cmap, rec, victim, leader, targets.get(g)))
+
+
 def _new_moves(cmap: ClusterMap, observed: Mapping[str, str | None], rnd: _Round, room: int):
     r = cmap.replication_factor
     projected = {g: projected_replicas(rec) for g, rec in sorted(cmap.groups.items())}
@@ -446,6 +502,7 @@ def plan_moves(
     for g, rec in sorted(cmap.groups.items()):
         if rec.move is not None:
             rnd.add(g, _move_step(cmap, rec, observed.get(g), targets[g]))
+    _shrink(cmap, observed, preferred, targets, rnd)
     for g, rec in sorted(cmap.groups.items()):
         leader, target = observed.get(g), targets[g]
         if (
@@ -520,6 +577,7 @@ __all__ = [
     "PromoteLearner",
     "RemoveReplica",
     "TransferLeader",
+    "add_groups",
     "balance_leaders",
     "found_cluster",
     "initial_placement",

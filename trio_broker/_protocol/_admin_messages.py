@@ -131,6 +131,30 @@ class DrainBroker:
     cluster_id: str | None = None
 
 
+@attrs.frozen
+class SetClusterSettings:
+    """Operator command (docs/protocol.md, "Cluster settings"): change the cluster's number
+    of groups (``group_count``: only up, since queues live on groups) and/or its replication
+    factor (1-7) after founding, through the metadata group; any broker proposes it. Answered
+    with the settings now in force (:class:`ClusterSettingsSet`); the balancer then places the
+    new groups and adds or removes replicas, one change at a time per group."""
+
+    group_count: int | None = None
+    replication_factor: int | None = None
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class ClusterSettingsSet:
+    """The answer to SET_CLUSTER_SETTINGS: the settings in the cluster map once applied."""
+
+    group_count: int
+    replication_factor: int
+    map_version: int
+    added_groups: list[str] = attrs.field(factory=list)
+    """The ids of the groups this request added (sorted)."""
+
+
 ADMIN_REQUESTS: tuple[type, ...] = (
     RemoveMember,
     TransferLeadership,
@@ -138,6 +162,7 @@ ADMIN_REQUESTS: tuple[type, ...] = (
     AddMember,
     Rebalance,
     DrainBroker,
+    SetClusterSettings,
 )
 """The operator's requests (they change the membership, the leadership or the log)."""
 

@@ -82,6 +82,8 @@ METADATA_PAYLOADS: dict[str, type] = {
     "PLACE_QUEUE": md.PlaceQueue,
     "DROP_QUEUE": md.DropQueue,
     "QUEUE_COUNT": md.SetQueueCount,
+    "REPLICATION_FACTOR": md.SetReplicationFactor,
+    "ADD_GROUPS": md.AddGroups,
 }
 """The metadata group's commands (docs/replication.md, "The metadata group"), entries of the
 cluster group's log: ``{"type": name, **fields}``, through the one converter."""

@@ -42,7 +42,10 @@ import trio
 
 from .._core._commands import CommandRejected
 from .._core._metadata import (
+    MAX_GROUPS,
+    MAX_REPLICATION_FACTOR,
     AbandonReplicaMove,
+    AddGroups,
     ClusterMap,
     MapChanged,
     MetadataCommand,
@@ -50,6 +53,7 @@ from .._core._metadata import (
     SetBrokerAlive,
     SetBrokerDraining,
     SetPreferredLeader,
+    SetReplicationFactor,
     StartReplicaMove,
     UnregisterBroker,
 )
@@ -62,10 +66,13 @@ from .._core._placement import (
     PromoteLearner,
     RemoveReplica,
     TransferLeader,
+    add_groups,
     leader_counts,
     plan_moves,
 )
 from .._errors import BrokerError, ErrorCode
+from .._ids import new_cluster_id
+from .._protocol._admin_messages import ClusterSettingsSet, SetClusterSettings
 from .._protocol._messages import DrainBroker, DrainState, MoveDone, Rebalance, Rebalanced
 from ._log import log_event
 
@@ -481,6 +488,84 @@ async def drain(
     return await balancing.drain(request.broker_id, request.draining)
 
 
+async def set_cluster_settings(
+    broker: Any, request: SetClusterSettings
+) -> ClusterSettingsSet | BrokerError:
+    """SET_CLUSTER_SETTINGS on any broker of a cluster with a map: ``SetReplicationFactor``
+    and/or ``AddGroups`` (each new group on one broker, :func:`add_groups`) proposed to the
+    metadata group (through its leader); the balancer's rounds do the rest. Fewer groups than
+    the cluster has is refused (queues live on groups), as is a bad value, changing nothing."""
+    balancing: Balancing | None = getattr(broker, "balancing", None)
+    if balancing is None:
+        return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER)
+    count, factor = request.group_count, request.replication_factor
+    if count is None and factor is None:
+        return BrokerError(ErrorCode.BAD_REQUEST, "give group_count, replication_factor or both")
+    source = balancing.source
+    cmap = source.cluster_map()
+    if cmap.settings is None:
+        return BrokerError(ErrorCode.UNAVAILABLE, "the cluster map is not founded yet")
+    if factor is not None and not 1 <= factor <= MAX_REPLICATION_FACTOR:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            f"replication_factor must be 1 to {MAX_REPLICATION_FACTOR}, not {factor}",
+        )
+    if count is not None and count < len(cmap.groups):
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            f"the cluster has {len(cmap.groups)} groups and cannot have fewer ({count}): "
+            "queues live on groups, and a group is never removed",
+        )
+    if count is not None and count > MAX_GROUPS:
+        return BrokerError(ErrorCode.BAD_REQUEST, f"a cluster has at most {MAX_GROUPS} groups")
+    commands: list[Any] = []
+    if factor is not None and factor != cmap.replication_factor:
+        commands.append(SetReplicationFactor(factor))
+    added: list[str] = []
+    if count is not None and count > len(cmap.groups):
+        while len(added) < count - len(cmap.groups):
+            group_id = new_cluster_id()
+            if group_id not in cmap.groups and group_id not in added:
+                added.append(group_id)
+        try:
+            commands.append(add_groups(cmap, added))
+        except ValueError as exc:
+            return BrokerError(ErrorCode.UNAVAILABLE, str(exc))
+    version = cmap.version
+    for command in commands:
+        with trio.move_on_after(balancing.settings.action_deadline):
+            result: Any = await source.propose(command)
+            if isinstance(result, CommandRejected):
+                return BrokerError(ErrorCode.BAD_REQUEST, result.message)
+            if isinstance(result, BrokerError):
+                return result
+            version = result.version
+            log_event(
+                logging.INFO,
+                "balancer.settings_changed",
+                command=type(command).__name__,
+                replication_factor=getattr(command, "replication_factor", None),
+                added_groups=",".join(added) if isinstance(command, AddGroups) else None,
+            )
+            continue
+        return BrokerError(
+            ErrorCode.UNAVAILABLE,
+            "the metadata group did not apply the change in time; it may or may not have been "
+            "applied (ask CLUSTER_QUERY or client groups)",
+            outcome="unknown",
+        )
+    with trio.move_on_after(balancing.settings.action_deadline):
+        await source.wait_map(version)
+    cmap = source.cluster_map()
+    assert cmap.settings is not None
+    return ClusterSettingsSet(
+        group_count=len(cmap.groups),
+        replication_factor=cmap.replication_factor,
+        map_version=cmap.version,
+        added_groups=sorted(added),
+    )
+
+
 __all__ = [
     "GROUP_ACTIONS",
     "MOVE_NAMES",
@@ -492,4 +577,5 @@ __all__ = [
     "describe",
     "drain",
     "rebalance",
+    "set_cluster_settings",
 ]

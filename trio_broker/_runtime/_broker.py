@@ -374,6 +374,7 @@ class Broker:
                     b.balancing, r, functools.partial(membership.forward_to_leader, b)
                 )
             ),
+            m.SetClusterSettings: self._privileged(balancing.set_cluster_settings),
             ProposeMetadata: self._privileged(propose_here),
             DataSyncRequest: self._privileged(
                 lambda b, r: serve_snapshot_chunk(b.driver.read_snapshot_chunk, r)
