@@ -377,3 +377,53 @@ async def test_new_groups_are_placed_and_grown_by_the_balancer(autojump_clock):
         )
         assert again["status"] == "success" and again["added_groups"] == [], again
         assert len(cluster.brokers["b1"].host.meta.map.groups) == 6
+
+
+# -- the leader of a group not hosted here: observed, or none ----------------------------------
+
+
+@pytest.mark.trio
+async def test_a_group_not_hosted_here_has_a_leader_only_when_one_was_observed(autojump_clock):
+    """4 brokers, 4 groups on 2 voters each: an outsider (hosting no replica of a group)
+    names the group's leader once a broker hosting it said so lately. With both its replicas
+    crashed and that report expired, the outsider names no leader (CLUSTER_QUERY about the
+    group: no ``leader_id`` and no broker in role ``leader``; ``groups``: none; a request for
+    one of its queues: NOT_LEADER without a leader) rather than the map's preferred leader, a
+    dead broker. Once the replicas are back, their leader is named again."""
+    async with open_mock_cluster(4, groups=4, replication_factor=2) as cluster:
+        with trio.fail_after(120):
+            await wait_spread(cluster, 4)
+        cmap = cluster.brokers["b1"].host.meta.map
+        ids = {name: b.broker_id for name, b in cluster.brokers.items()}
+        group, record = sorted(cmap.groups.items())[0]
+        outsider = next(n for n in sorted(cluster.brokers) if ids[n] not in record.replicas)
+        hosts = sorted(n for n in cluster.brokers if ids[n] in record.replicas)
+        leader = cluster.data_leaders()[group]
+        reply = await cluster.call(leader, {"operation": "CREATE_QUEUE", "cluster_id": group})
+        queue = reply["queue_id"]
+        await trio.sleep(5)  # (a refresh of the leaders the outsider holds no replica of)
+        topology = await cluster.call(outsider, {"operation": "CLUSTER_QUERY", "cluster_id": group})
+        assert topology["leader_id"] == ids[leader], topology
+        for name in hosts:
+            await cluster.crash(name)
+        await trio.sleep(30)  # (several failure timeouts: the last report expires)
+        topology = await cluster.call(outsider, {"operation": "CLUSTER_QUERY", "cluster_id": group})
+        assert "leader_id" not in topology, topology
+        assert all(b["role"] == "replica" for b in topology["brokers"]), topology
+        views = {g["cluster_id"]: g for g in topology["groups"]}
+        assert "leader_id" not in views[group], views[group]
+        refused = await cluster.call(
+            outsider, {"operation": "APPEND", "queue_name": queue, "data": 1}
+        )
+        assert refused["code"] == "NOT_LEADER" and "leader_id" not in refused, refused
+        for name in hosts:
+            await cluster.restart(name)
+        with trio.fail_after(120):
+            while True:
+                topology = await cluster.call(
+                    outsider, {"operation": "CLUSTER_QUERY", "cluster_id": group}
+                )
+                if topology.get("leader_id") is not None:
+                    break
+                await trio.sleep(1)
+        assert topology["leader_id"] in {ids[n] for n in hosts}

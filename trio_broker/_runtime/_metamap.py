@@ -182,19 +182,13 @@ class MetaMap:
         return leaders
 
     def leader_of(self, group_id: str) -> str | None:
-        """The group's leader as this broker knows it; else a broker hosting it that answered
-        lately, else its preferred leader (the likely one), else its first voter: a broker
-        that hosts the group names the real leader."""
-        leader = self.observed_leaders().get(group_id)
-        if leader is not None or self.map is None:
-            return leader
-        reporter = self.board.reporter(group_id)
-        if reporter is not None:
-            return reporter  # (it answered lately: it hosts the group and knows its leader)
-        record = self.map.group(group_id)
-        if record is None:
-            return None
-        return record.preferred_leader or (record.voters[0] if record.voters else None)
+        """The group's leader as this broker observed it: its own consensus core's for a
+        group hosted here, else what a broker hosting it said lately (:class:`LeaderBoard`,
+        within :data:`LEADER_TTL_REFRESHES` refreshes); None otherwise. Never a guess (the
+        map's preferred leader may be down or not lead yet): CLUSTER_QUERY then names no
+        leader and NOT_LEADER no redirect, and a client asks again (docs/replication.md, "A
+        leader only when observed")."""
+        return self.observed_leaders().get(group_id)
 
     def address(self, broker_id: str | None) -> tuple[str, int] | None:
         if self.map is None or broker_id is None:
@@ -578,11 +572,6 @@ class LeaderBoard:
 
     def leaders(self) -> dict[str, str | None]:
         return {g: leader for g, (leader, _, _) in self._fresh().items()}
-
-    def reporter(self, group_id: str) -> str | None:
-        """A broker hosting ``group_id`` that answered lately (it names the leader)."""
-        seen = self._fresh().get(group_id)
-        return None if seen is None else seen[1]
 
     async def run(self, meta: MetaMap, hosted: Callable[[], set[str]]) -> None:
         config = self.primary.config
