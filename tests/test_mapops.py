@@ -427,3 +427,49 @@ async def test_a_group_not_hosted_here_has_a_leader_only_when_one_was_observed(a
                     break
                 await trio.sleep(1)
         assert topology["leader_id"] in {ids[n] for n in hosts}
+
+
+# -- the metadata group's leadership in the leader balance ---------------------------------------
+
+
+def test_the_metadata_leader_counts_in_the_leader_balance():
+    """3 brokers, 2 groups on all 3: founded, B-00001 and B-00002 are the preferred leaders;
+    with B-00001 leading the metadata group too, the plan moves a group's preference (and
+    leadership) to B-00003, so each leads one of the three; counted nowhere, it moves none."""
+    cmap = ClusterMap()
+    cmap.apply(FOUND)
+    preferred = {g: r.preferred_leader for g, r in cmap.groups.items()}
+    assert sorted(preferred.values()) == ["B-00001", "B-00002"]
+    plan = dict(max_moves=8, max_moving_groups=2)
+    assert plan_moves(cmap, preferred, **plan) == []
+    moves = plan_moves(cmap, preferred, metadata_leader="B-00001", **plan)
+    led = next(g for g, p in preferred.items() if p == "B-00001")
+    assert SetPreferredLeader(led, "B-00003") in moves
+    assert TransferLeader(led, "B-00003") in moves
+    for m in moves:
+        if isinstance(m, SetPreferredLeader):
+            cmap.apply(m)
+    leaders = {g: r.preferred_leader for g, r in cmap.groups.items()}
+    assert plan_moves(cmap, leaders, metadata_leader="B-00001", **plan) == []  # converged
+    leads = collections.Counter([*leaders.values(), "B-00001"])
+    assert max(leads.values()) == 1 and len(leads) == 3
+
+
+@pytest.mark.trio
+async def test_no_broker_leads_more_than_its_share_with_the_metadata_group_counted(
+    autojump_clock,
+):
+    """3 brokers, 2 groups, R = 3: once settled, the three leaderships (the metadata group's
+    and the two data groups') are on three different brokers."""
+    async with open_mock_cluster(3, groups=2, replication_factor=3) as cluster:
+        await wait_settled(cluster, 3)
+
+        def one_each() -> bool:
+            leaders = [*cluster.data_leaders().values()]
+            meta = [n for n, b in cluster.brokers.items() if b.driver.node.is_leader]
+            return None not in leaders and sorted(leaders + meta) == sorted(cluster.brokers)
+
+        with trio.fail_after(60):
+            await cluster.wait_until(one_each)
+        await trio.sleep(20)  # (four more rounds: nothing moves back)
+        assert one_each()

@@ -280,6 +280,11 @@ def preferred_candidates(cmap: ClusterMap) -> dict[str, list[str]]:
     return out
 
 
+METADATA = ""
+"""The metadata group's key among the groups whose leadership is balanced (no group id is
+empty): its leader is counted, never moved (:func:`plan_moves`)."""
+
+
 def leader_targets(
     cmap: ClusterMap, observed: Mapping[str, str | None], preferred: Mapping[str, str | None]
 ) -> dict[str, str | None]:
@@ -487,16 +492,32 @@ def plan_moves(
     *,
     max_moves: int,
     max_moving_groups: int,
+    metadata_leader: str | None = None,
 ) -> list[Move]:
     """One round of the balancer (see the module docstring): at most ``max_moves`` group
     actions and move starts, one per group, with at most ``max_moving_groups`` groups moving a
     replica at once; plus the preferred-leader records that changed (at most one per group:
-    metadata-only, proposed together so that the assignment they form stays optimal)."""
+    metadata-only, proposed together so that the assignment they form stays optimal).
+
+    ``metadata_leader`` (the broker running the round) counts as leading one more group, the
+    metadata group, whose leadership is never moved: once the data groups' preferred leaders
+    are balanced, a second pass counting it moves preferences off the metadata leader while
+    that lowers the largest number of groups a broker leads, the metadata group included.
+    Starting from a data assignment with no reducing path left, that pass only moves groups
+    from the metadata leader to brokers leading two fewer in all, so the data groups' balance
+    is kept (the metadata group is light: its leadership breaks ties, it never costs a data
+    group its spread)."""
     if cmap.settings is None:
         return []
+    candidates = preferred_candidates(cmap)
     preferred = balance_leaders(
-        preferred_candidates(cmap), {g: rec.preferred_leader for g, rec in cmap.groups.items()}
+        candidates, {g: rec.preferred_leader for g, rec in cmap.groups.items()}
     )
+    if metadata_leader is not None:
+        preferred = balance_leaders(
+            {**candidates, METADATA: [metadata_leader]}, {**preferred, METADATA: metadata_leader}
+        )
+        preferred.pop(METADATA, None)
     targets = leader_targets(cmap, observed, preferred)
     rnd = _Round(max_moves)
     for g, rec in sorted(cmap.groups.items()):
@@ -544,7 +565,11 @@ class Balancer:
     next_round_at: int | None = None
 
     def plan(
-        self, cluster_map: ClusterMap, observed_leaders: Mapping[str, str | None], now_ticks: int
+        self,
+        cluster_map: ClusterMap,
+        observed_leaders: Mapping[str, str | None],
+        now_ticks: int,
+        metadata_leader: str | None = None,
     ) -> list[Move]:
         if self.next_round_at is None:
             self.next_round_at = now_ticks + self.settings.interval_ticks
@@ -556,6 +581,7 @@ class Balancer:
             observed_leaders,
             max_moves=self.settings.max_moves_per_round,
             max_moving_groups=self.settings.max_moving_groups,
+            metadata_leader=metadata_leader,
         )
 
 

@@ -261,6 +261,8 @@ class Balancing:
                 leaders = await self.groups.leaders(cmap)
             self.observed = leaders
             now = self._ticks()
+            # This broker leads the metadata group: counted in the leader balance.
+            here = getattr(self.source, "broker_id", None)
             if forced:
                 self._balancer.next_round_at = now + self.settings.balancer.interval_ticks
                 moves = plan_moves(
@@ -268,9 +270,10 @@ class Balancing:
                     leaders,
                     max_moves=self.settings.balancer.max_moves_per_round,
                     max_moving_groups=self.settings.balancer.max_moving_groups,
+                    metadata_leader=here,
                 )
             else:
-                moves = self._balancer.plan(cmap, leaders, now)
+                moves = self._balancer.plan(cmap, leaders, now, here)
             done = await self._execute(cmap, leaders, moves)
             self.rounds += 1
             after = self.source.cluster_map()
