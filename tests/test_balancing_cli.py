@@ -210,7 +210,7 @@ async def test_rebalance_and_drain_on_a_cluster_with_a_map(tmp_path, cli):
             assert len(cmap().groups) == 2
             status, out, err = await cli(*port, "set-replication-factor", "1")
             assert (status, err) == (0, ""), err
-            assert out.startswith("2 groups, replication factor 1\n"), out
+            assert out.startswith("2 groups, replication factor 1, 5 metadata voters\n"), out
             status, out, err = await cli(*port, "--json", "set-group-count", "3")
             assert (status, err) == (0, ""), err
             answer = json.loads(out)

@@ -473,3 +473,50 @@ async def test_no_broker_leads_more_than_its_share_with_the_metadata_group_count
             await cluster.wait_until(one_each)
         await trio.sleep(20)  # (four more rounds: nothing moves back)
         assert one_each()
+
+
+# -- the metadata group's voters ------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_the_metadata_group_keeps_its_voters_capped_and_replaces_a_dead_one(
+    autojump_clock,
+):
+    """A cluster capped at 3 metadata voters (SET_CLUSTER_SETTINGS metadata_voters): five
+    brokers join, two stay learners of the metadata group (they still get the map); a voter
+    crashes and a caught-up learner is promoted in its place (3 alive), and no further one."""
+    async with open_mock_cluster(1, groups=2, replication_factor=2) as cluster:
+        await wait_settled(cluster, 1)
+        reply = await answer_of(
+            cluster, "b1", {"operation": "SET_CLUSTER_SETTINGS", "metadata_voters": 3}
+        )
+        assert reply["status"] == "success" and reply["metadata_voters"] == 3, reply
+        for name in ("b2", "b3", "b4", "b5"):
+            await cluster.start(name)
+        node = cluster.brokers["b1"].driver.node
+
+        def joined() -> bool:
+            return len(node.config.members) == 5 and all(
+                b.host.meta.map is not None and b.host.meta.map.settings.metadata_voters == 3
+                for b in cluster.brokers.values()
+            )
+
+        with trio.fail_after(120):
+            await cluster.wait_until(joined)
+        await trio.sleep(10)  # (learners caught up long ago: none more is promoted)
+        assert len(node.config.voters) == 3 and len(node.config.learners) == 2
+        leader = next(n for n, b in cluster.brokers.items() if b.driver.node.is_leader)
+        ids = {b.broker_id: n for n, b in cluster.brokers.items()}
+        victim = next(ids[v] for v in sorted(node.config.voters) if ids[v] != leader)
+        await cluster.crash(victim)
+        meta = cluster.brokers[leader].driver.node
+
+        def replaced() -> bool:
+            statuses = meta.member_statuses()
+            alive = [v for v in meta.config.voters if statuses[v].status == "active"]
+            return len(alive) == 3 and len(meta.config.voters) == 4
+
+        with trio.fail_after(60):
+            await cluster.wait_until(replaced)
+        await trio.sleep(10)
+        assert replaced()

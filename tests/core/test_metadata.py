@@ -34,6 +34,7 @@ from trio_broker._core._metadata import (
     SetBrokerAlive,
     SetBrokerDraining,
     SetGroupReplicas,
+    SetMetadataVoters,
     SetPreferredLeader,
     SetQueueCount,
     SetReplicationFactor,
@@ -328,6 +329,7 @@ WIRE_NAMES = {
     "QUEUE_COUNT": SetQueueCount,
     "REPLICATION_FACTOR": SetReplicationFactor,
     "ADD_GROUPS": AddGroups,
+    "METADATA_VOTERS": SetMetadataVoters,
 }
 
 samples = [
@@ -346,6 +348,7 @@ samples = [
     DropQueue("Q-XYZ71K589Z"),
     SetQueueCount(G1, 12, 340),
     SetReplicationFactor(5),
+    SetMetadataVoters(3),
     AddGroups(2, (GroupAssignment("G-NEW01", (B1,), B1),)),
 ]
 

@@ -510,15 +510,17 @@ async def _rebalance(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _set_settings(client: Client, args: argparse.Namespace) -> int:
-    """``set-group-count N`` / ``set-replication-factor R``: one SET_CLUSTER_SETTINGS."""
-    count = args.value if args.client_command == "set-group-count" else None
-    factor = args.value if args.client_command == "set-replication-factor" else None
-    done = await client.set_cluster_settings(group_count=count, replication_factor=factor)
+    """``set-group-count``, ``set-replication-factor``, ``set-metadata-voters``."""
+    field = args.client_command.removeprefix("set-").replace("-", "_")  # (the wire field)
+    done = await client.set_cluster_settings(**{field: args.value})
     if args.json:
         _out(_json(converter.unstructure(done)))
         return EXIT_OK
     added = f"; added {', '.join(done.added_groups)}" if done.added_groups else ""
-    _out(f"{done.group_count} groups, replication factor {done.replication_factor}{added}")
+    _out(
+        f"{done.group_count} groups, replication factor {done.replication_factor}, "
+        f"{done.metadata_voters} metadata voters{added}"
+    )
     _out("the balancer now places and moves replicas, one change at a time: watch `groups`")
     return EXIT_OK
 
@@ -586,6 +588,7 @@ _COMMANDS = {
     "drain": _drain,
     "set-group-count": _set_settings,
     "set-replication-factor": _set_settings,
+    "set-metadata-voters": _set_settings,
     "create-queue": _create_queue,
     "set-retention": _set_retention,
     "append": _append,

@@ -117,7 +117,8 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "client",
         help="talk to brokers: status, health, groups, queues, create-queue, delete-queue, "
         "set-retention, append, read, consume, ack, nack, add-member, remove-member, "
-        "transfer-leader, snapshot, rebalance, drain, set-group-count, set-replication-factor",
+        "transfer-leader, snapshot, rebalance, drain, set-group-count, set-replication-factor, "
+        "set-metadata-voters",
         description="Talk to a trio_broker cluster. Exit status 0 on success, 1 when the "
         "broker refuses the request or time runs out, 2 when no seed broker can be reached "
         "(every seed is tried), 64 for a usage error.",
@@ -342,6 +343,15 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "voter from every group with more, one change per group at a time.",
     )
     factor.add_argument("value", type=_positive_int, metavar="R")
+    voters = commands.add_parser(
+        "set-metadata-voters",
+        parents=[common],
+        help="cap the metadata group's voters (1-7, default 5); other brokers follow as learners",
+        description="At most N brokers vote in the metadata group (which holds the cluster "
+        "map); the others receive it as learners. A dead voter is replaced by a caught-up "
+        "learner. Voters beyond N stay until they leave (a voter is never demoted).",
+    )
+    voters.add_argument("value", type=_positive_int, metavar="N")
     drain.add_argument("broker_id", metavar="BROKER_ID")
     drain.add_argument(
         "--undo", action="store_true", help="the broker stays after all: stop draining it"

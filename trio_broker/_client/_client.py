@@ -482,13 +482,22 @@ class Client(WorkQueues):
         return structure(response, Rebalanced)
 
     async def set_cluster_settings(
-        self, *, group_count: int | None = None, replication_factor: int | None = None
+        self,
+        *,
+        group_count: int | None = None,
+        replication_factor: int | None = None,
+        metadata_voters: int | None = None,
     ) -> ClusterSettingsSet:
-        """Operator command: raise the cluster's number of groups and/or change its
-        replication factor after founding (docs/replication.md, "Changing the groups and the
-        replication factor"); the balancer then places and moves replicas. Not retried."""
+        """Operator command: raise the cluster's number of groups, change its replication
+        factor and/or cap its metadata group's voters after founding (docs/replication.md,
+        "Changing the groups and the replication factor"); the balancer then places and moves
+        replicas. Not retried."""
         cid = await self._known_cluster(None)
-        request = SetClusterSettings(group_count=group_count, replication_factor=replication_factor)
+        request = SetClusterSettings(
+            group_count=group_count,
+            replication_factor=replication_factor,
+            metadata_voters=metadata_voters,
+        )
         response = await self._leader_call(cid, request, retry_unavailable=False)
         return structure(response, ClusterSettingsSet)
 

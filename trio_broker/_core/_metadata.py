@@ -57,12 +57,18 @@ STALE_REPORT = "STALE_REPORT"
 # -- records --------------------------------------------------------------------------------------
 
 
+DEFAULT_METADATA_VOTERS = 5
+"""Voters of the metadata group (the other brokers follow it as learners), unless set."""
+
+
 @attrs.frozen
 class ClusterSettings:
     """Chosen when the cluster is founded (``node --groups N --replication-factor R``)."""
 
     group_count: int
     replication_factor: int
+    metadata_voters: int = DEFAULT_METADATA_VOTERS
+    """At most this many voters in the metadata group (:class:`SetMetadataVoters`)."""
 
 
 @attrs.frozen
@@ -227,6 +233,15 @@ class SetReplicationFactor(MapCommand):
 
 
 @attrs.frozen
+class SetMetadataVoters(MapCommand):
+    """The operator caps the metadata group's voters (1-7; default 5): its leader promotes a
+    caught-up learner only while fewer voters than that are alive, so brokers beyond it follow
+    the map as learners, and a dead voter is replaced by a learner."""
+
+    metadata_voters: int
+
+
+@attrs.frozen
 class AddGroups(MapCommand):
     """The operator adds groups after founding. Each new group starts on one voter (its
     preferred leader, which creates it as a founding voter) and the balancer grows it to the
@@ -266,6 +281,7 @@ MetadataCommand = (
     | SetQueueCount
     | SetReplicationFactor
     | AddGroups
+    | SetMetadataVoters
 )
 
 
@@ -534,6 +550,14 @@ class ClusterMap:
         self.settings = attrs.evolve(self.settings, replication_factor=r)
         return None
 
+    def _set_metadata_voters(self, c: SetMetadataVoters) -> CommandRejected | None:
+        n = c.metadata_voters
+        if not _is_int(n) or not 1 <= n <= MAX_REPLICATION_FACTOR:
+            return _bad(f"metadata_voters must be 1 to {MAX_REPLICATION_FACTOR}, not {n!r}")
+        assert self.settings is not None
+        self.settings = attrs.evolve(self.settings, metadata_voters=n)
+        return None
+
     def _add_groups(self, c: AddGroups) -> CommandRejected | None:
         assert self.settings is not None
         if not isinstance(c.groups, tuple) or not c.groups:
@@ -593,6 +617,7 @@ _HANDLERS = {
     SetQueueCount: ClusterMap._set_queue_count,
     SetReplicationFactor: ClusterMap._set_replication_factor,
     AddGroups: ClusterMap._add_groups,
+    SetMetadataVoters: ClusterMap._set_metadata_voters,
 }
 
 
@@ -672,6 +697,7 @@ __all__ = [
     "SetBrokerAlive",
     "SetBrokerDraining",
     "SetGroupReplicas",
+    "SetMetadataVoters",
     "SetPreferredLeader",
     "SetQueueCount",
     "SetReplicationFactor",

@@ -84,6 +84,7 @@ METADATA_PAYLOADS: dict[str, type] = {
     "QUEUE_COUNT": md.SetQueueCount,
     "REPLICATION_FACTOR": md.SetReplicationFactor,
     "ADD_GROUPS": md.AddGroups,
+    "METADATA_VOTERS": md.SetMetadataVoters,
 }
 """The metadata group's commands (docs/replication.md, "The metadata group"), entries of the
 cluster group's log: ``{"type": name, **fields}``, through the one converter."""

@@ -52,6 +52,7 @@ from .._core._metadata import (
     MetadataResult,
     SetBrokerAlive,
     SetBrokerDraining,
+    SetMetadataVoters,
     SetPreferredLeader,
     SetReplicationFactor,
     StartReplicaMove,
@@ -502,8 +503,12 @@ async def set_cluster_settings(
     if balancing is None:
         return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER)
     count, factor = request.group_count, request.replication_factor
-    if count is None and factor is None:
-        return BrokerError(ErrorCode.BAD_REQUEST, "give group_count, replication_factor or both")
+    voters = request.metadata_voters
+    if count is None and factor is None and voters is None:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            "give at least one of group_count, replication_factor, metadata_voters",
+        )
     source = balancing.source
     cmap = source.cluster_map()
     if cmap.settings is None:
@@ -512,6 +517,11 @@ async def set_cluster_settings(
         return BrokerError(
             ErrorCode.BAD_REQUEST,
             f"replication_factor must be 1 to {MAX_REPLICATION_FACTOR}, not {factor}",
+        )
+    if voters is not None and not 1 <= voters <= MAX_REPLICATION_FACTOR:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            f"metadata_voters must be 1 to {MAX_REPLICATION_FACTOR}, not {voters}",
         )
     if count is not None and count < len(cmap.groups):
         return BrokerError(
@@ -524,6 +534,8 @@ async def set_cluster_settings(
     commands: list[Any] = []
     if factor is not None and factor != cmap.replication_factor:
         commands.append(SetReplicationFactor(factor))
+    if voters is not None and voters != cmap.settings.metadata_voters:
+        commands.append(SetMetadataVoters(voters))
     added: list[str] = []
     if count is not None and count > len(cmap.groups):
         while len(added) < count - len(cmap.groups):
@@ -548,6 +560,7 @@ async def set_cluster_settings(
                 "balancer.settings_changed",
                 command=type(command).__name__,
                 replication_factor=getattr(command, "replication_factor", None),
+                metadata_voters=getattr(command, "metadata_voters", None),
                 added_groups=",".join(added) if isinstance(command, AddGroups) else None,
             )
             continue
@@ -566,6 +579,7 @@ async def set_cluster_settings(
         replication_factor=cmap.replication_factor,
         map_version=cmap.version,
         added_groups=sorted(added),
+        metadata_voters=cmap.settings.metadata_voters,
     )
 
 

@@ -126,6 +126,24 @@ class MetaMap:
         created once the groups exist."""
         self.counters: dict[str, QueueCounter] = {}
         """Group -> the queue count of a group hosted here (kept while this broker leads it)."""
+        driver = getattr(primary, "driver", None)  # (stand-ins in tests may have none)
+        if driver is not None:
+            driver.may_promote = self.may_promote
+
+    def may_promote(self, learner: str) -> bool:
+        """Whether the metadata group's leader promotes a caught-up learner (docs/replication.md,
+        "The metadata group's voters"): with a map, only while fewer voters than the cluster's
+        ``metadata_voters`` are alive (so a dead voter is replaced), and never beyond one voter
+        more than that; without (founding, a stage-1 list), always."""
+        cmap = self.map
+        if cmap is None or cmap.settings is None:
+            return True
+        node = self.primary.driver.node
+        cap = cmap.settings.metadata_voters
+        statuses = node.member_statuses()
+        voters = node.config.voters
+        alive = [v for v in voters if (view := statuses.get(v)) and view.status == "active"]
+        return len(alive) < cap and len(voters) <= cap
 
     @property
     def is_leader(self) -> bool:
