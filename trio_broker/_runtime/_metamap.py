@@ -46,12 +46,14 @@ balancer's moves). Brokers that join after founding are registered in the map
 (``RegisterBroker``, :func:`register_brokers`, by the metadata leader), and the metadata
 leader records what its failure detector decides about each (``SetBrokerAlive``,
 :func:`track_liveness`), so ``alive`` in the map (what the balancer reads) follows it.
+
+(A little over the ~600 lines a module keeps to: the seam, founding, the leaders' duties and
+the leader board all act on the one map, and read best together.)
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +85,7 @@ from .._protocol import (
 from .._protocol._entries import payload_from_obj, payload_to_obj
 from ._dial import UNREACHABLE
 from ._log import log_event
+from ._queue_counts import QueueCounter
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -523,45 +526,6 @@ async def _report(meta: MetaMap, cmap: ClusterMap, report: Any, failure_timeout:
         with trio.move_on_after(failure_timeout):
             while meta.map is cmap:  # (until this broker loaded the new map)
                 await meta.wait_changed()
-
-
-class QueueCounter:
-    """How many queues a group hosted here holds, for its leader's reports and placement.
-
-    Counted exactly in the group's store (its ``queues`` rows: a deleted queue's row is
-    gone), as of the applied index read just before; read again on the next check after this
-    broker created a queue in the group, and otherwise at most once per ``every`` seconds
-    while the log moves (deletes). Between reads, :meth:`estimate` adds the queues created
-    here since (the broker's in-memory count of queue ids only grows)."""
-
-    def __init__(self, replica: Broker) -> None:
-        self.replica = replica
-        self.exact: int | None = None
-        self.as_of = 0
-        self._seen = 0
-        self._read_at = -math.inf
-
-    def forget(self) -> None:
-        """This broker no longer leads the group: what it counted may go stale."""
-        self.exact = None
-
-    def estimate(self) -> int | None:
-        if self.exact is None:
-            return None
-        return self.exact + max(0, self.replica.queue_count - self._seen)
-
-    async def refresh(self, every: float) -> None:
-        replica = self.replica
-        now = trio.current_time()
-        unchanged = replica.applied_index == self.as_of or now - self._read_at < every
-        if self.exact is not None and replica.queue_count == self._seen and unchanged:
-            return
-        # The store holds at least what was applied when the read is asked for: the count
-        # is of a state at least as new as ``as_of`` (a later report corrects a count that
-        # raced with an apply; the index only orders reports).
-        seen, as_of = replica.queue_count, replica.applied_index
-        queues = await replica._worker.run(replica._store.queue_lengths)
-        self.exact, self.as_of, self._seen, self._read_at = len(queues), as_of, seen, now
 
 
 # -- leaders of the groups this broker does not host ----------------------------------------------
