@@ -43,7 +43,7 @@ from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster, open_mock_cluster
 
 from .test_balancing_cluster import Writer, answer_of, wait_settled
-from .test_metamap import wait_spread
+from .test_metamap import hold_the_balancer, wait_spread
 
 BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 4)]
 FOUND = found_cluster(BROKERS, ["G-AAAAA", "G-BBBBB"], 3)
@@ -210,6 +210,7 @@ async def test_the_map_counts_queues_and_creates_fill_the_least_loaded_led_group
     async with open_mock_cluster(2, groups=4, replication_factor=2) as cluster:
         with trio.fail_after(120):
             await wait_spread(cluster, 4)
+        hold_the_balancer(cluster)  # (leadership stays where it is: two groups each)
         ids = {b.broker_id: name for name, b in cluster.brokers.items()}
         leaders = cluster.data_leaders()
         led = sorted(g for g, leader in leaders.items() if leader == "b1")
