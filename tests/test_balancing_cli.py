@@ -176,6 +176,9 @@ async def test_rebalance_and_drain_on_a_cluster_with_a_map(tmp_path, cli):
                     m is not None
                     and len(m.brokers) == 3
                     and all(r.move is None and len(r.voters) == 2 for r in m.groups.values())
+                    # The broker asked must know the map too: one that has not applied it yet
+                    # cannot tell this cluster from one founded before the metadata group.
+                    and all(b.host.meta.map is not None for b in cluster.brokers.values())
                 )
 
             await until(settled)
@@ -204,6 +207,18 @@ async def test_rebalance_and_drain_on_a_cluster_with_a_map(tmp_path, cli):
             assert out == f"{leaving} is drained: it holds nothing and can be stopped and removed\n"
             for record in cmap().groups.values():
                 assert leaving not in record.replicas and len(record.voters) == 2
+            # The cluster's settings after founding (tests/test_mapops.py: what follows).
+            status, out, err = await cli(*port, "set-group-count", "1")
+            assert status == 1 and "cannot have fewer" in err, (status, err)
+            assert len(cmap().groups) == 2
+            status, out, err = await cli(*port, "set-replication-factor", "1")
+            assert (status, err) == (0, ""), err
+            assert out.startswith("2 groups, replication factor 1, 5 metadata voters\n"), out
+            status, out, err = await cli(*port, "--json", "set-group-count", "3")
+            assert (status, err) == (0, ""), err
+            answer = json.loads(out)
+            assert answer["group_count"] == 3 and len(answer["added_groups"]) == 1, answer
+            assert cmap().replication_factor == 1 and len(cmap().groups) == 3
 
 
 async def until(predicate) -> None:

@@ -31,7 +31,7 @@ from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime._balancing import WAITING
 from trio_broker._runtime._balancing_seams import RemoteGroups
-from trio_broker._runtime._metamap import report_replicas
+from trio_broker._runtime._metamap import MetaMap, report_replicas
 from trio_broker.testing import open_mock_cluster
 from trio_broker.testing._memory_network import LOCALHOST
 
@@ -73,6 +73,9 @@ class StandInMeta:
 
     def __init__(self, cmap: ClusterMap) -> None:
         self.map = cmap
+        self.counters = {}  # (the queue counts ``report_replicas`` keeps for placement)
+
+    counter = MetaMap.counter
 
     async def propose(self, command):
         await trio.sleep(0.01)

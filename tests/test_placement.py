@@ -182,7 +182,7 @@ async def test_a_group_the_client_chose_is_asked_again_while_its_broker_does_not
         connect(f"127.0.0.1:{cluster.ports['b1']}") as client,
     ):
         group = client.clusters[0]
-        client._placement = [group]  # (as if CLUSTER_QUERY had listed it)
+        client._placement = {group: 0}  # (as if CLUSTER_QUERY had listed it)
         real = client._leader_call
         refusals = []
 

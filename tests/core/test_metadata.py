@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from trio_broker._core._commands import CommandRejected
 from trio_broker._core._metadata import (
     AbandonReplicaMove,
+    AddGroups,
     BrokerAddress,
     ClusterMap,
     ClusterSettings,
@@ -33,7 +34,10 @@ from trio_broker._core._metadata import (
     SetBrokerAlive,
     SetBrokerDraining,
     SetGroupReplicas,
+    SetMetadataVoters,
     SetPreferredLeader,
+    SetQueueCount,
+    SetReplicationFactor,
     StartReplicaMove,
     UnregisterBroker,
     group_of_queue,
@@ -322,6 +326,10 @@ WIRE_NAMES = {
     "GROUP_REPLICAS": SetGroupReplicas,
     "PLACE_QUEUE": PlaceQueue,
     "DROP_QUEUE": DropQueue,
+    "QUEUE_COUNT": SetQueueCount,
+    "REPLICATION_FACTOR": SetReplicationFactor,
+    "ADD_GROUPS": AddGroups,
+    "METADATA_VOTERS": SetMetadataVoters,
 }
 
 samples = [
@@ -338,6 +346,10 @@ samples = [
     PlaceQueue("K589Z"),
     PlaceQueue("K589Z", G2),
     DropQueue("Q-XYZ71K589Z"),
+    SetQueueCount(G1, 12, 340),
+    SetReplicationFactor(5),
+    SetMetadataVoters(3),
+    AddGroups(2, (GroupAssignment("G-NEW01", (B1,), B1),)),
 ]
 
 

@@ -509,6 +509,22 @@ async def _rebalance(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _set_settings(client: Client, args: argparse.Namespace) -> int:
+    """``set-group-count``, ``set-replication-factor``, ``set-metadata-voters``."""
+    field = args.client_command.removeprefix("set-").replace("-", "_")  # (the wire field)
+    done = await client.set_cluster_settings(**{field: args.value})
+    if args.json:
+        _out(_json(converter.unstructure(done)))
+        return EXIT_OK
+    added = f"; added {', '.join(done.added_groups)}" if done.added_groups else ""
+    _out(
+        f"{done.group_count} groups, replication factor {done.replication_factor}, "
+        f"{done.metadata_voters} metadata voters{added}"
+    )
+    _out("the balancer now places and moves replicas, one change at a time: watch `groups`")
+    return EXIT_OK
+
+
 async def _drain(client: Client, args: argparse.Namespace) -> int:
     state = await client.drain_broker(args.broker_id, draining=not args.undo)
     if args.json:
@@ -570,6 +586,9 @@ _COMMANDS = {
     "snapshot": _snapshot,
     "rebalance": _rebalance,
     "drain": _drain,
+    "set-group-count": _set_settings,
+    "set-replication-factor": _set_settings,
+    "set-metadata-voters": _set_settings,
     "create-queue": _create_queue,
     "set-retention": _set_retention,
     "append": _append,

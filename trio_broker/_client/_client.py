@@ -42,6 +42,7 @@ from .._protocol import (
     TakeSnapshot,
     TransferLeadership,
 )
+from .._protocol._admin_messages import ClusterSettingsSet, SetClusterSettings
 from .._protocol._messages import (
     BatchAppended,
     CreateNamedQueue,
@@ -479,6 +480,26 @@ class Client(WorkQueues):
         # No cluster_id: the broker's cluster group decides it (and forwards it to its leader).
         response = await self._leader_call(cid, Rebalance(), retry_unavailable=False)
         return structure(response, Rebalanced)
+
+    async def set_cluster_settings(
+        self,
+        *,
+        group_count: int | None = None,
+        replication_factor: int | None = None,
+        metadata_voters: int | None = None,
+    ) -> ClusterSettingsSet:
+        """Operator command: raise the cluster's number of groups, change its replication
+        factor and/or cap its metadata group's voters after founding (docs/replication.md,
+        "Changing the groups and the replication factor"); the balancer then places and moves
+        replicas. Not retried."""
+        cid = await self._known_cluster(None)
+        request = SetClusterSettings(
+            group_count=group_count,
+            replication_factor=replication_factor,
+            metadata_voters=metadata_voters,
+        )
+        response = await self._leader_call(cid, request, retry_unavailable=False)
+        return structure(response, ClusterSettingsSet)
 
     async def drain_broker(self, broker_id: str, *, draining: bool = True) -> DrainState:
         """Operator command: ``broker_id`` leaves (``draining`` False: it stays after all); the

@@ -10,6 +10,7 @@ except ``CLUSTER_QUERY``, which changes nothing.
 
 from __future__ import annotations
 
+import math
 import random
 import ssl
 from collections.abc import Sequence
@@ -54,6 +55,9 @@ ATTEMPT_TIMEOUT = 5.0
 """Bound on opening one connection, and on one discovery attempt (connect + CLUSTER_QUERY), so
 that one unreachable or silent broker does not stop the client from trying the others. Nothing
 has been sent when either gives up. Operations themselves have no timeout but the caller's."""
+PLACED_MEMORY = 5.0
+"""Seconds a client's own create counts on its group's listed queue count (the map's count
+follows by a report, within a heartbeat interval or two)."""
 _BACKOFF_BASE = 0.02
 _BACKOFF_MAX = 1.0
 
@@ -116,12 +120,18 @@ class Router:
         self._connections: dict[Address, Connection] = {}
         self._connect_locks: dict[Address, anyio.Lock] = {}
         self._clusters: dict[str, _Cluster] = {}
-        self._placement: list[str] = []
+        self._placement: dict[str, int] = {}
         """The groups a new queue may land on: those CLUSTER_QUERY's ``groups`` listed last
-        (with a cluster map, every data group; the metadata group is not listed)."""
+        (with a cluster map, every data group; the metadata group is not listed), each with
+        its queue count as listed (0 when the broker lists none)."""
+        self._placed: dict[str, tuple[int, float]] = {}
+        """Group -> (the count this client saw it reach with its own last create there,
+        when): a listing taken sooner after may not count that create yet (the map's counts
+        follow the groups' by a report), so for :data:`PLACED_MEMORY` seconds a group's
+        count is at least that."""
         self._next_group = random.randrange(1 << 16)
-        """Which of them the next queue goes to (in turn, from a random start, so that many
-        clients creating a few queues each spread them too)."""
+        """Where ties between the least-loaded groups are broken (in turn, from a random
+        start, so that many clients creating a few queues each spread them too)."""
         self._discovery_lock = anyio.Lock()
         self._counters = Counters()
         self._closed = False
@@ -144,14 +154,23 @@ class Router:
         return cluster_id
 
     def _group_for_new_queue(self) -> str | None:
-        """The group the next queue lands on when the caller names none: the listed groups
-        in turn (docs/replication.md, "Where a new queue lands"); None for a cluster that
-        lists no groups (one group: its broker decides)."""
+        """The group the next queue lands on when the caller names none: the listed group
+        with fewest queues, ties in turn (docs/replication.md, "Where a new queue lands");
+        None for a cluster that lists no groups (one group: its broker decides)."""
         self._check_open()
         if not self._placement:
             return None
-        group = self._placement[self._next_group % len(self._placement)]
+        now = anyio.current_time()
+        counts = {}
+        for g, listed in self._placement.items():
+            placed, when = self._placed.get(g, (0, -math.inf))
+            counts[g] = max(listed, placed) if now - when < PLACED_MEMORY else listed
+        groups = list(counts)
+        start = self._next_group % len(groups)
+        turn = groups[start:] + groups[:start]
+        group = min(turn, key=lambda g: counts[g])
         self._next_group += 1
+        self._placed[group] = (counts[group] + 1, now)
         return group
 
     async def _cluster_of(self, queue_id: str) -> str:
@@ -296,6 +315,10 @@ class Router:
             members.sort(key=lambda b: b.role != "leader")
             candidates = [(b.host, b.port) for b in members]
             candidates += [a for a in self._seeds if self._cluster_with(a) in (None, cid)]
+            if not candidates:
+                # A group no seed hosts, listed without a leader yet: the seeds list every
+                # group of their cluster, with its leader once they know it.
+                candidates = list(self._seeds)
             found: Topology | None = None
             for address in dict.fromkeys(candidates):
                 before = cluster.generation
@@ -337,7 +360,7 @@ class Router:
             if view.cluster_id != wire.cluster_id:
                 self._store(_group_topology(view, brokers))
         if wire.groups:
-            self._placement = [view.cluster_id for view in wire.groups]
+            self._placement = {view.cluster_id: view.queue_count or 0 for view in wire.groups}
         return topology
 
     def _store(self, topology: Topology) -> None:

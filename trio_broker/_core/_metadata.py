@@ -18,6 +18,9 @@ cattrs converter (``trio_broker._protocol.converter``) structures and unstructur
 are. Making them log payloads is one table entry per command in ``_protocol/_entries.py`` (the
 names are in docs/replication.md, "Several leaders (design)").
 
+Longer than the ~600 lines a module usually keeps to: one state machine, its commands and
+their validation read best together (the handlers are the commands' meaning).
+
 Routing stays a string operation: a queue id names its group (``Q-`` + the group id without
 ``G-`` + five characters, :func:`trio_broker._ids.cluster_of_queue`); the map only records
 placements to count each group's load.
@@ -37,6 +40,8 @@ MAX_GROUPS = 1024
 MAX_REPLICATION_FACTOR = 7
 MAX_BROKERS = 1024
 MAX_HOST_LENGTH = 255
+MAX_QUEUE_COUNT = 1 << 53
+"""A group's queue count as a report may carry it (JSON integers stay exact below 2**53)."""
 _SUFFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 # Codes of refusals. The first three are wire codes already (docs/protocol.md, "Errors"); a
@@ -52,12 +57,18 @@ STALE_REPORT = "STALE_REPORT"
 # -- records --------------------------------------------------------------------------------------
 
 
+DEFAULT_METADATA_VOTERS = 5
+"""Voters of the metadata group (the other brokers follow it as learners), unless set."""
+
+
 @attrs.frozen
 class ClusterSettings:
     """Chosen when the cluster is founded (``node --groups N --replication-factor R``)."""
 
     group_count: int
     replication_factor: int
+    metadata_voters: int = DEFAULT_METADATA_VOTERS
+    """At most this many voters in the metadata group (:class:`SetMetadataVoters`)."""
 
 
 @attrs.frozen
@@ -211,6 +222,50 @@ class DropQueue(MapCommand):
     queue_id: str
 
 
+@attrs.frozen
+class SetReplicationFactor(MapCommand):
+    """The operator changes the cluster's replication factor after founding
+    (docs/replication.md, "Changing the groups and the replication factor"): the balancer
+    then adds replicas to every group with fewer (learner catch-up, then promotion) or
+    removes voters from every group with more, one change at a time per group."""
+
+    replication_factor: int
+
+
+@attrs.frozen
+class SetMetadataVoters(MapCommand):
+    """The operator caps the metadata group's voters (1-7; default 5): its leader promotes a
+    caught-up learner only while fewer voters than that are alive, so brokers beyond it follow
+    the map as learners, and a dead voter is replaced by a learner."""
+
+    metadata_voters: int
+
+
+@attrs.frozen
+class AddGroups(MapCommand):
+    """The operator adds groups after founding. Each new group starts on one voter (its
+    preferred leader, which creates it as a founding voter) and the balancer grows it to the
+    replication factor one replica at a time. ``group_count`` is the number of groups the
+    proposer saw: refused if the map has another, so an operator's retry never adds twice."""
+
+    group_count: int
+    groups: tuple[GroupAssignment, ...]
+
+
+@attrs.frozen
+class SetQueueCount(MapCommand):
+    """A group's leader reports how many queues the group holds, counted in its own state as
+    of its log index ``as_of`` (docs/replication.md, "Queue counts in the map"). Idempotent
+    and bounded: it sets one number per group (never one record per queue), and a report
+    not newer than the map's (``as_of`` not above the last accepted one) is refused as
+    ``STALE_REPORT`` and changes nothing, so reports of several leaders in turn, or the
+    same report twice, may arrive in any order."""
+
+    group_id: str
+    queue_count: int
+    as_of: int
+
+
 MetadataCommand = (
     FoundCluster
     | RegisterBroker
@@ -223,6 +278,10 @@ MetadataCommand = (
     | SetGroupReplicas
     | PlaceQueue
     | DropQueue
+    | SetQueueCount
+    | SetReplicationFactor
+    | AddGroups
+    | SetMetadataVoters
 )
 
 
@@ -259,7 +318,10 @@ class ClusterMap:
     queues: dict[str, str] = attrs.field(factory=dict)
     """Queue id -> its group (what the id already says; kept to count loads)."""
     queue_counts: dict[str, int] = attrs.field(factory=dict)
-    """Group id -> queues placed on it."""
+    """Group id -> queues on it: as its leader last reported (:class:`SetQueueCount`), plus
+    and minus the queues placed and dropped since."""
+    queue_counts_as_of: dict[str, int] = attrs.field(factory=dict)
+    """Group id -> the group's log index its last accepted count report was taken at."""
 
     def apply(self, command: MetadataCommand) -> MetadataResult:
         if isinstance(command, FoundCluster):
@@ -477,7 +539,68 @@ class ClusterMap:
         group_id = self.queues.pop(c.queue_id, None) if isinstance(c.queue_id, str) else None
         if group_id is None:
             return CommandRejected(QUEUE_NOT_FOUND, f"queue {c.queue_id!r} was never placed")
-        self.queue_counts[group_id] -= 1
+        self.queue_counts[group_id] = max(0, self.queue_counts.get(group_id, 0) - 1)
+        return None
+
+    def _set_replication_factor(self, c: SetReplicationFactor) -> CommandRejected | None:
+        r = c.replication_factor
+        if not _is_int(r) or not 1 <= r <= MAX_REPLICATION_FACTOR:
+            return _bad(f"replication_factor must be 1 to {MAX_REPLICATION_FACTOR}, not {r!r}")
+        assert self.settings is not None
+        self.settings = attrs.evolve(self.settings, replication_factor=r)
+        return None
+
+    def _set_metadata_voters(self, c: SetMetadataVoters) -> CommandRejected | None:
+        n = c.metadata_voters
+        if not _is_int(n) or not 1 <= n <= MAX_REPLICATION_FACTOR:
+            return _bad(f"metadata_voters must be 1 to {MAX_REPLICATION_FACTOR}, not {n!r}")
+        assert self.settings is not None
+        self.settings = attrs.evolve(self.settings, metadata_voters=n)
+        return None
+
+    def _add_groups(self, c: AddGroups) -> CommandRejected | None:
+        assert self.settings is not None
+        if not isinstance(c.groups, tuple) or not c.groups:
+            return _bad("groups must be a non-empty list")
+        if not _is_int(c.group_count) or c.group_count != len(self.groups):
+            return _bad(
+                f"the cluster has {len(self.groups)} groups, not {c.group_count!r}: "
+                "look again and ask again"
+            )
+        if len(self.groups) + len(c.groups) > MAX_GROUPS:
+            return _bad(f"a cluster has at most {MAX_GROUPS} groups")
+        seen: set[str] = set()
+        for g in c.groups:
+            if not isinstance(g, GroupAssignment) or not _is_id(g.group_id, CLUSTER_ID_RE):
+                return _bad(f"not a group of ids G-XXXXX: {g!r}")
+            if g.group_id in self.groups or g.group_id in seen:
+                return _bad(f"group {g.group_id} exists already or is listed twice")
+            seen.add(g.group_id)
+            if not isinstance(g.voters, tuple) or len(g.voters) != 1:
+                return _bad(f"a new group starts on one voter, not {g.voters!r}")
+            if not self.is_eligible(g.voters[0]) or g.preferred_leader != g.voters[0]:
+                return _bad(f"{g.group_id} must start on a live broker that stays, leading it")
+        for g in c.groups:
+            self.groups[g.group_id] = GroupRecord(g.group_id, g.voters, (), 1, g.preferred_leader)
+            self.queue_counts[g.group_id] = 0
+        self.settings = attrs.evolve(self.settings, group_count=len(self.groups))
+        return None
+
+    def _set_queue_count(self, c: SetQueueCount) -> CommandRejected | None:
+        if self.group(c.group_id) is None:
+            return _no_group(c.group_id)
+        if not _is_int(c.queue_count) or not 0 <= c.queue_count <= MAX_QUEUE_COUNT:
+            return _bad(f"queue_count must be 0 to {MAX_QUEUE_COUNT}, not {c.queue_count!r}")
+        if not _is_int(c.as_of) or not 0 < c.as_of <= MAX_QUEUE_COUNT:
+            return _bad(f"as_of must be a log index from 1 to {MAX_QUEUE_COUNT}")
+        last = self.queue_counts_as_of.get(c.group_id, 0)
+        if c.as_of <= last:
+            return CommandRejected(
+                STALE_REPORT,
+                f"{c.group_id}'s queue count is from index {last}, not older {c.as_of}",
+            )
+        self.queue_counts[c.group_id] = c.queue_count
+        self.queue_counts_as_of[c.group_id] = c.as_of
         return None
 
 
@@ -491,6 +614,10 @@ _HANDLERS = {
     AbandonReplicaMove: ClusterMap._abandon_move,
     SetGroupReplicas: ClusterMap._set_replicas,
     DropQueue: ClusterMap._drop_queue,
+    SetQueueCount: ClusterMap._set_queue_count,
+    SetReplicationFactor: ClusterMap._set_replication_factor,
+    AddGroups: ClusterMap._add_groups,
+    SetMetadataVoters: ClusterMap._set_metadata_voters,
 }
 
 
@@ -551,6 +678,7 @@ def _replica_set_problem(
 
 __all__ = [
     "AbandonReplicaMove",
+    "AddGroups",
     "BrokerAddress",
     "BrokerRecord",
     "ClusterMap",
@@ -569,7 +697,10 @@ __all__ = [
     "SetBrokerAlive",
     "SetBrokerDraining",
     "SetGroupReplicas",
+    "SetMetadataVoters",
     "SetPreferredLeader",
+    "SetQueueCount",
+    "SetReplicationFactor",
     "StartReplicaMove",
     "UnregisterBroker",
     "group_of_queue",

@@ -28,14 +28,16 @@ once per interval and proposes a bounded list of moves, in this order:
    with no live voter that stays hands over to another live voter although it leaves too (the
    move's target first, :func:`_resting_leader`): leadership rests there until a voter that
    stays is added, and then moves to it like any other;
+   Then groups with more voters than R (the replication factor was lowered) lose one each
+   (:func:`_shrink`), never their preferred leader;
 2. leadership transfers (cheap) towards each group's target leader: its preferred leader when
    that broker is alive and staying, otherwise a live voter chosen so that leadership stays
    spread (the current leader kept unless moving it lowers the largest load);
 3. preferred-leader records, when the optimal assignment changed (replicas moved);
 4. new replica moves, only when replicas are unevenly spread, which only a broker joining or
-   leaving (draining) causes: grow groups with fewer than R replicas, move replicas off
-   draining brokers, then from the fullest broker to the emptiest while they differ by 2 or
-   more.
+   leaving (draining), a new group or a raised replication factor causes: grow groups with
+   fewer than R replicas, move replicas off draining brokers, then from the fullest broker to
+   the emptiest while they differ by 2 or more.
 
 Every step of 1-4 is deterministic, so the plan for an unchanged map is unchanged: moves that
 were applied are not proposed again and nothing flaps. It converges: transfers only go to a
@@ -46,6 +48,9 @@ whose leadership hand-over has somewhere to go (the target, once it votes and st
 when undoing; a leaving voter as a last resort), and the one state that had none, a leaving
 target voting beside a leaving source and leading it, now goes forward (found by the property
 test of joins, leaves and failures in any order, kept as its explicit example).
+
+(A little over the ~600 lines a module keeps to: placement, the leader balance and every step
+of a round are one policy, whose parts refer to each other.)
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ import attrs
 
 from ._metadata import (
     AbandonReplicaMove,
+    AddGroups,
     BrokerAddress,
     ClusterMap,
     FoundCluster,
@@ -141,6 +147,31 @@ def found_cluster(
     placement = initial_placement([b.broker_id for b in brokers], group_ids, replication_factor)
     ordered = tuple(sorted(brokers, key=lambda b: b.broker_id))
     return FoundCluster(replication_factor, ordered, placement)
+
+
+def add_groups(cmap: ClusterMap, group_ids: Iterable[str]) -> AddGroups:
+    """Groups added after founding (``AddGroups``): each starts on one voter, the live
+    broker that stays holding fewest replicas (then leading fewest groups, then the lowest
+    id), counting the new groups placed before it; the balancer grows each to the
+    replication factor one replica at a time. Raises ValueError when no broker may take one."""
+    eligible = [b for b in sorted(cmap.brokers) if cmap.is_eligible(b)]
+    if not eligible:
+        raise ValueError("no live broker that stays can take a new group")
+    held = dict.fromkeys(eligible, 0)
+    led = dict.fromkeys(eligible, 0)
+    for rec in cmap.groups.values():
+        for b in projected_replicas(rec):
+            if b in held:
+                held[b] += 1
+        if rec.preferred_leader in led:
+            led[rec.preferred_leader] += 1
+    assignments = []
+    for g in sorted(set(group_ids)):
+        b = min(eligible, key=lambda b: (held[b], led[b], b))
+        held[b] += 1
+        led[b] += 1
+        assignments.append(GroupAssignment(g, (b,), b))
+    return AddGroups(len(cmap.groups), tuple(assignments))
 
 
 # -- leadership assignment ------------------------------------------------------------------------
@@ -250,6 +281,11 @@ def preferred_candidates(cmap: ClusterMap) -> dict[str, list[str]]:
         leaving = leaving_source(cmap, rec)
         out[g] = [v for v in rec.voters if v != leaving and _stays(cmap, v)]
     return out
+
+
+METADATA = ""
+"""The metadata group's key among the groups whose leadership is balanced (no group id is
+empty): its leader is counted, never moved (:func:`plan_moves`)."""
 
 
 def leader_targets(
@@ -371,6 +407,34 @@ class _Round:
             self.budget -= 1
 
 
+def _shrink(
+    cmap: ClusterMap,
+    observed: Mapping[str, str | None],
+    preferred: Mapping[str, str | None],
+    targets: Mapping[str, str | None],
+    rnd: _Round,
+) -> None:
+    """Groups with more voters than the replication factor (it was lowered) lose one per
+    round each: a voter that is down or leaving first, then one on the broker holding most
+    replicas; never the group's preferred leader (leadership would be moved back to it), and
+    its current leader only when no other voter can go (it hands over first)."""
+    r = cmap.replication_factor
+    held = dict.fromkeys(cmap.brokers, 0)
+    for rec in cmap.groups.values():
+        for b in projected_replicas(rec):
+            if b in held:
+                held[b] += 1
+    for g, rec in sorted(cmap.groups.items()):
+        if rec.move is not None or rec.learners or len(rec.voters) <= r or g in rnd.touched:
+            continue
+        leader = observed.get(g)
+        options = [v for v in rec.voters if v != preferred.get(g)]
+        if not options or leader is None or not cmap.is_alive(leader):
+            continue
+        victim = min(options, key=lambda v: (cmap.is_eligible(v), v == leader, -held.get(v, 0), v))
+        rnd.add(g, _removal(cmap, rec, victim, leader, targets.get(g)))
+
+
 def _new_moves(cmap: ClusterMap, observed: Mapping[str, str | None], rnd: _Round, room: int):
     r = cmap.replication_factor
     projected = {g: projected_replicas(rec) for g, rec in sorted(cmap.groups.items())}
@@ -431,21 +495,38 @@ def plan_moves(
     *,
     max_moves: int,
     max_moving_groups: int,
+    metadata_leader: str | None = None,
 ) -> list[Move]:
     """One round of the balancer (see the module docstring): at most ``max_moves`` group
     actions and move starts, one per group, with at most ``max_moving_groups`` groups moving a
     replica at once; plus the preferred-leader records that changed (at most one per group:
-    metadata-only, proposed together so that the assignment they form stays optimal)."""
+    metadata-only, proposed together so that the assignment they form stays optimal).
+
+    ``metadata_leader`` (the broker running the round) counts as leading one more group, the
+    metadata group, whose leadership is never moved: once the data groups' preferred leaders
+    are balanced, a second pass counting it moves preferences off the metadata leader while
+    that lowers the largest number of groups a broker leads, the metadata group included.
+    Starting from a data assignment with no reducing path left, that pass only moves groups
+    from the metadata leader to brokers leading two fewer in all, so the data groups' balance
+    is kept (the metadata group is light: its leadership breaks ties, it never costs a data
+    group its spread)."""
     if cmap.settings is None:
         return []
+    candidates = preferred_candidates(cmap)
     preferred = balance_leaders(
-        preferred_candidates(cmap), {g: rec.preferred_leader for g, rec in cmap.groups.items()}
+        candidates, {g: rec.preferred_leader for g, rec in cmap.groups.items()}
     )
+    if metadata_leader is not None:
+        preferred = balance_leaders(
+            {**candidates, METADATA: [metadata_leader]}, {**preferred, METADATA: metadata_leader}
+        )
+        preferred.pop(METADATA, None)
     targets = leader_targets(cmap, observed, preferred)
     rnd = _Round(max_moves)
     for g, rec in sorted(cmap.groups.items()):
         if rec.move is not None:
             rnd.add(g, _move_step(cmap, rec, observed.get(g), targets[g]))
+    _shrink(cmap, observed, preferred, targets, rnd)
     for g, rec in sorted(cmap.groups.items()):
         leader, target = observed.get(g), targets[g]
         if (
@@ -487,7 +568,11 @@ class Balancer:
     next_round_at: int | None = None
 
     def plan(
-        self, cluster_map: ClusterMap, observed_leaders: Mapping[str, str | None], now_ticks: int
+        self,
+        cluster_map: ClusterMap,
+        observed_leaders: Mapping[str, str | None],
+        now_ticks: int,
+        metadata_leader: str | None = None,
     ) -> list[Move]:
         if self.next_round_at is None:
             self.next_round_at = now_ticks + self.settings.interval_ticks
@@ -499,6 +584,7 @@ class Balancer:
             observed_leaders,
             max_moves=self.settings.max_moves_per_round,
             max_moving_groups=self.settings.max_moving_groups,
+            metadata_leader=metadata_leader,
         )
 
 
@@ -520,6 +606,7 @@ __all__ = [
     "PromoteLearner",
     "RemoveReplica",
     "TransferLeader",
+    "add_groups",
     "balance_leaders",
     "found_cluster",
     "initial_placement",

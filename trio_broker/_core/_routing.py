@@ -36,6 +36,9 @@ class GroupView:
     leader_port: int | None = None
     voters: tuple[str, ...]
     learners: tuple[str, ...] = ()
+    queue_count: int | None = None
+    """An addition: the queues on the group as the map counts them, which the trio client's
+    placement reads (filled in by the runtime; absent where nothing counts them)."""
 
 
 def groups_view(cmap: ClusterMap, observed_leaders: Mapping[str, str | None]) -> list[GroupView]:

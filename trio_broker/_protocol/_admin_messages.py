@@ -136,6 +136,34 @@ class DrainBroker:
     cluster_id: str | None = None
 
 
+@attrs.frozen
+class SetClusterSettings:
+    """Operator command (docs/protocol.md, "Cluster settings"): change the cluster's number
+    of groups (``group_count``: only up, since queues live on groups), its replication factor
+    (1-7) and/or its metadata group's voters after founding, through the metadata group; any
+    broker proposes it. Answered with the settings now in force (:class:`ClusterSettingsSet`);
+    the balancer then places the new groups and adds or removes replicas, one change at a time
+    per group."""
+
+    group_count: int | None = None
+    replication_factor: int | None = None
+    metadata_voters: int | None = None
+    """Voters of the metadata group (1-7): brokers beyond them follow it as learners."""
+    cluster_id: str | None = None
+
+
+@attrs.frozen
+class ClusterSettingsSet:
+    """The answer to SET_CLUSTER_SETTINGS: the settings in the cluster map once applied."""
+
+    group_count: int
+    replication_factor: int
+    map_version: int
+    added_groups: list[str] = attrs.field(factory=list)
+    """The ids of the groups this request added (sorted)."""
+    metadata_voters: int | None = None
+
+
 ADMIN_REQUESTS: tuple[type, ...] = (
     RemoveMember,
     TransferLeadership,
@@ -143,6 +171,7 @@ ADMIN_REQUESTS: tuple[type, ...] = (
     AddMember,
     Rebalance,
     DrainBroker,
+    SetClusterSettings,
 )
 """The operator's requests (they change the membership, the leadership or the log)."""
 

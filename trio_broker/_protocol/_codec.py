@@ -53,6 +53,7 @@ OPERATIONS: dict[str, type] = {
     # The balancer (docs/protocol.md, "Balancer operations").
     "REBALANCE": m.Rebalance,
     "DRAIN_BROKER": m.DrainBroker,
+    "SET_CLUSTER_SETTINGS": m.SetClusterSettings,
     # Work queues and the queue lifecycle (docs/protocol.md, "Work queues").
     **m.WORK_OPERATIONS,
 }

@@ -81,6 +81,10 @@ METADATA_PAYLOADS: dict[str, type] = {
     "GROUP_REPLICAS": md.SetGroupReplicas,
     "PLACE_QUEUE": md.PlaceQueue,
     "DROP_QUEUE": md.DropQueue,
+    "QUEUE_COUNT": md.SetQueueCount,
+    "REPLICATION_FACTOR": md.SetReplicationFactor,
+    "ADD_GROUPS": md.AddGroups,
+    "METADATA_VOTERS": md.SetMetadataVoters,
 }
 """The metadata group's commands (docs/replication.md, "The metadata group"), entries of the
 cluster group's log: ``{"type": name, **fields}``, through the one converter."""

@@ -31,6 +31,7 @@ from ._admin_messages import (  # noqa: F401
     ProposeMetadata,
     Rebalance,
     RemoveMember,
+    SetClusterSettings,
     TakeSnapshot,
     TransferLeadership,
 )

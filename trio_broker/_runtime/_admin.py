@@ -76,6 +76,7 @@ ADMIN_REQUESTS: dict[type, Decide] = {
     AddMember: membership.add_member,
     m.Rebalance: _rebalance,
     m.DrainBroker: _drain,
+    m.SetClusterSettings: balancing.set_cluster_settings,
     ProposeMetadata: propose_here,
     DataSyncRequest: _data_sync,
     FetchValues: _fetch_values,

@@ -42,14 +42,19 @@ import trio
 
 from .._core._commands import CommandRejected
 from .._core._metadata import (
+    MAX_GROUPS,
+    MAX_REPLICATION_FACTOR,
     AbandonReplicaMove,
+    AddGroups,
     ClusterMap,
     MapChanged,
     MetadataCommand,
     MetadataResult,
     SetBrokerAlive,
     SetBrokerDraining,
+    SetMetadataVoters,
     SetPreferredLeader,
+    SetReplicationFactor,
     StartReplicaMove,
     UnregisterBroker,
 )
@@ -62,10 +67,13 @@ from .._core._placement import (
     PromoteLearner,
     RemoveReplica,
     TransferLeader,
+    add_groups,
     leader_counts,
     plan_moves,
 )
 from .._errors import BrokerError, ErrorCode
+from .._ids import new_cluster_id
+from .._protocol._admin_messages import ClusterSettingsSet, SetClusterSettings
 from .._protocol._messages import DrainBroker, DrainState, MoveDone, Rebalance, Rebalanced
 from ._log import log_event
 
@@ -254,6 +262,8 @@ class Balancing:
                 leaders = await self.groups.leaders(cmap)
             self.observed = leaders
             now = self._ticks()
+            # This broker leads the metadata group: counted in the leader balance.
+            here = getattr(self.source, "broker_id", None)
             if forced:
                 self._balancer.next_round_at = now + self.settings.balancer.interval_ticks
                 moves = plan_moves(
@@ -261,9 +271,10 @@ class Balancing:
                     leaders,
                     max_moves=self.settings.balancer.max_moves_per_round,
                     max_moving_groups=self.settings.balancer.max_moving_groups,
+                    metadata_leader=here,
                 )
             else:
-                moves = self._balancer.plan(cmap, leaders, now)
+                moves = self._balancer.plan(cmap, leaders, now, here)
             done = await self._execute(cmap, leaders, moves)
             self.rounds += 1
             after = self.source.cluster_map()
@@ -481,6 +492,97 @@ async def drain(
     return await balancing.drain(request.broker_id, request.draining)
 
 
+async def set_cluster_settings(
+    broker: Any, request: SetClusterSettings
+) -> ClusterSettingsSet | BrokerError:
+    """SET_CLUSTER_SETTINGS on any broker of a cluster with a map: ``SetReplicationFactor``
+    and/or ``AddGroups`` (each new group on one broker, :func:`add_groups`) proposed to the
+    metadata group (through its leader); the balancer's rounds do the rest. Fewer groups than
+    the cluster has is refused (queues live on groups), as is a bad value, changing nothing."""
+    balancing: Balancing | None = getattr(broker, "balancing", None)
+    if balancing is None:
+        return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER)
+    count, factor = request.group_count, request.replication_factor
+    voters = request.metadata_voters
+    if count is None and factor is None and voters is None:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            "give at least one of group_count, replication_factor, metadata_voters",
+        )
+    source = balancing.source
+    cmap = source.cluster_map()
+    if cmap.settings is None:
+        return BrokerError(ErrorCode.UNAVAILABLE, "the cluster map is not founded yet")
+    if factor is not None and not 1 <= factor <= MAX_REPLICATION_FACTOR:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            f"replication_factor must be 1 to {MAX_REPLICATION_FACTOR}, not {factor}",
+        )
+    if voters is not None and not 1 <= voters <= MAX_REPLICATION_FACTOR:
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            f"metadata_voters must be 1 to {MAX_REPLICATION_FACTOR}, not {voters}",
+        )
+    if count is not None and count < len(cmap.groups):
+        return BrokerError(
+            ErrorCode.BAD_REQUEST,
+            f"the cluster has {len(cmap.groups)} groups and cannot have fewer ({count}): "
+            "queues live on groups, and a group is never removed",
+        )
+    if count is not None and count > MAX_GROUPS:
+        return BrokerError(ErrorCode.BAD_REQUEST, f"a cluster has at most {MAX_GROUPS} groups")
+    commands: list[Any] = []
+    if factor is not None and factor != cmap.replication_factor:
+        commands.append(SetReplicationFactor(factor))
+    if voters is not None and voters != cmap.settings.metadata_voters:
+        commands.append(SetMetadataVoters(voters))
+    added: list[str] = []
+    if count is not None and count > len(cmap.groups):
+        while len(added) < count - len(cmap.groups):
+            group_id = new_cluster_id()
+            if group_id not in cmap.groups and group_id not in added:
+                added.append(group_id)
+        try:
+            commands.append(add_groups(cmap, added))
+        except ValueError as exc:
+            return BrokerError(ErrorCode.UNAVAILABLE, str(exc))
+    version = cmap.version
+    for command in commands:
+        with trio.move_on_after(balancing.settings.action_deadline):
+            result: Any = await source.propose(command)
+            if isinstance(result, CommandRejected):
+                return BrokerError(ErrorCode.BAD_REQUEST, result.message)
+            if isinstance(result, BrokerError):
+                return result
+            version = result.version
+            log_event(
+                logging.INFO,
+                "balancer.settings_changed",
+                command=type(command).__name__,
+                replication_factor=getattr(command, "replication_factor", None),
+                metadata_voters=getattr(command, "metadata_voters", None),
+                added_groups=",".join(added) if isinstance(command, AddGroups) else None,
+            )
+            continue
+        return BrokerError(
+            ErrorCode.UNAVAILABLE,
+            "the metadata group did not apply the change in time; it may or may not have been "
+            "applied (ask CLUSTER_QUERY or client groups)",
+            outcome="unknown",
+        )
+    with trio.move_on_after(balancing.settings.action_deadline):
+        await source.wait_map(version)
+    cmap = source.cluster_map()
+    assert cmap.settings is not None
+    return ClusterSettingsSet(
+        group_count=len(cmap.groups),
+        replication_factor=cmap.replication_factor,
+        map_version=cmap.version,
+        added_groups=sorted(added),
+        metadata_voters=cmap.settings.metadata_voters,
+    )
+
+
 __all__ = [
     "GROUP_ACTIONS",
     "MOVE_NAMES",
@@ -492,4 +594,5 @@ __all__ = [
     "describe",
     "drain",
     "rebalance",
+    "set_cluster_settings",
 ]

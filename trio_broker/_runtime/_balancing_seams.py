@@ -61,6 +61,12 @@ class MetaMapSource:
         self.meta = meta
         self.driver = driver
 
+    @property
+    def broker_id(self) -> str:
+        """This broker: while it leads the metadata group, the balancer counts that
+        leadership (``plan_moves``'s ``metadata_leader``)."""
+        return str(self.driver.broker_id)
+
     def is_metadata_leader(self) -> bool:
         return self.meta.is_leader and self.meta.map is not None
 

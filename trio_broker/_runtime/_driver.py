@@ -135,6 +135,8 @@ class RaftDriver:
         self.leadership = Leadership(self)
         self._changed = trio.Event()
         self._changing_membership = False
+        self.may_promote: Callable[[str], bool] = lambda _learner: True
+        """Whether a caught-up learner may become a voter (the metadata group caps its voters)."""
         self._linked_version = -1
         self._snapshot_requests: list[Pending] = []
         self.on_transaction: Any = None
@@ -837,7 +839,7 @@ class RaftDriver:
         if self.disk.stuck:
             return  # (nor while a write fails for lack of space: it would be refused)
         for learner in sorted(self.node.config.learners):
-            if self.node.caught_up(learner):
+            if self.node.caught_up(learner) and self.may_promote(learner):
                 self._changing_membership = True
                 self._nursery.start_soon(self._promote, learner)
                 return

@@ -7,9 +7,9 @@
   refuses it as before (``QUEUE_NOT_FOUND``, ``WRONG_CLUSTER``);
 - CREATE_QUEUE naming a group (``cluster_id``) to that group (NOT_LEADER naming its leader
   when this broker does not lead it; WRONG_CLUSTER for a group the cluster does not have);
-  naming none, to the data group this broker leads with fewest queues (NOT_LEADER naming a
-  group's leader when it leads none), so an original-design client's follow-up requests
-  reach the broker it asked;
+  naming none, to the data group this broker leads with fewest queues as the cluster map
+  counts them (NOT_LEADER naming a group's leader when it leads none), so an
+  original-design client's follow-up requests reach the broker it asked;
 - CLUSTER_QUERY naming a group is answered about it (from the map when it is not hosted
   here); naming none, about the group a CREATE_QUEUE would land on; every answer lists
   ``groups`` and names the ``metadata_group``;
@@ -88,12 +88,20 @@ class GroupRouting:
         ]
 
     def for_new_queue(self) -> Broker | None:
-        """The group a CREATE_QUEUE sent here lands on: the one this broker leads with fewest
-        queues (ties to the lowest id); None when it leads none."""
+        """The group a CREATE_QUEUE naming none sent here lands on: the one this broker leads
+        with fewest queues (ties to the lowest id); None when it leads none. With a map, the
+        counts are the cluster's (:meth:`MetaMap.queue_count`: this broker's own count of a
+        group it leads, which it reports to the map); without, this replica's."""
         led = self.led()
         if not led:
             return None
-        return min(led, key=lambda b: (b.queue_count, b.cluster_id))
+        meta = self.host.meta
+
+        def load(b: Broker) -> tuple[int, str]:
+            count = meta.queue_count(b.cluster_id) if meta.map is not None else None
+            return (b.queue_count if count is None else count, b.cluster_id)
+
+        return min(led, key=load)
 
     def for_named_queue(self, group: str) -> Broker | BrokerError:
         """The group a CREATE_QUEUE naming ``group`` lands on: this broker's replica of it
@@ -154,8 +162,12 @@ class GroupRouting:
     def views(self) -> list[GroupView]:
         """CLUSTER_QUERY's ``groups``: with a map, every group of it (hosted here or not);
         with the stage-1 list, every group hosted here; in id order."""
-        if self.host.meta.map is not None:
-            return groups_view(self.host.meta.map, self.host.meta.observed_leaders())
+        meta = self.host.meta
+        if meta.map is not None:
+            return [
+                attrs.evolve(view, queue_count=meta.queue_count(view.cluster_id))
+                for view in groups_view(meta.map, meta.observed_leaders())
+            ]
         views = []
         for group_id, broker in sorted(self.host.groups.items()):
             node = broker.driver.node
@@ -223,6 +235,12 @@ class GroupRouting:
                 if isinstance(named, BrokerError):
                     return Answer(now=named)
                 return await named.decide(request, session)
+            if meta.map is not None:
+                # Count what this broker's groups hold now (a store read per group only when
+                # a queue was created or deleted there since the last count).
+                every = self.host.primary.config.failure_timeout
+                for broker in self.led():
+                    await meta.counter(broker).refresh(every)
             chosen = self.for_new_queue()
             if chosen is None and not self.host.primary.connections.closing:
                 return Answer(now=self.not_leader())

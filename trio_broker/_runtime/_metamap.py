@@ -46,6 +46,9 @@ balancer's moves). Brokers that join after founding are registered in the map
 (``RegisterBroker``, :func:`register_brokers`, by the metadata leader), and the metadata
 leader records what its failure detector decides about each (``SetBrokerAlive``,
 :func:`track_liveness`), so ``alive`` in the map (what the balancer reads) follows it.
+
+(A little over the ~600 lines a module keeps to: the seam, founding, the leaders' duties and
+the leader board all act on the one map, and read best together.)
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from .._core._metadata import (
     RegisterBroker,
     SetBrokerAlive,
     SetGroupReplicas,
+    SetQueueCount,
 )
 from .._core._placement import found_cluster
 from .._errors import BrokerError, ErrorCode
@@ -81,6 +85,7 @@ from .._protocol import (
 from .._protocol._entries import payload_from_obj, payload_to_obj
 from ._dial import UNREACHABLE
 from ._log import log_event
+from ._queue_counts import QueueCounter
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -122,6 +127,26 @@ class MetaMap:
         self.founding = False
         """This broker is founding the map (waiting for its founding brokers): queues are
         created once the groups exist."""
+        self.counters: dict[str, QueueCounter] = {}
+        """Group -> the queue count of a group hosted here (kept while this broker leads it)."""
+        driver = getattr(primary, "driver", None)  # (stand-ins in tests may have none)
+        if driver is not None:
+            driver.may_promote = self.may_promote
+
+    def may_promote(self, learner: str) -> bool:
+        """Whether the metadata group's leader promotes a caught-up learner (docs/replication.md,
+        "The metadata group's voters"): with a map, only while fewer voters than the cluster's
+        ``metadata_voters`` are alive (so a dead voter is replaced), and never beyond one voter
+        more than that; without (founding, a stage-1 list), always."""
+        cmap = self.map
+        if cmap is None or cmap.settings is None:
+            return True
+        node = self.primary.driver.node
+        cap = cmap.settings.metadata_voters
+        statuses = node.member_statuses()
+        voters = node.config.voters
+        alive = [v for v in voters if (view := statuses.get(v)) and view.status == "active"]
+        return len(alive) < cap and len(voters) <= cap
 
     @property
     def is_leader(self) -> bool:
@@ -156,25 +181,35 @@ class MetaMap:
             self._dirty = trio.Event()
             await self.load()
 
+    def counter(self, replica: Broker) -> QueueCounter:
+        """The queue counter of a group replica hosted here (made on first use)."""
+        counter = self.counters.get(replica.cluster_id)
+        if counter is None or counter.replica is not replica:
+            counter = self.counters[replica.cluster_id] = QueueCounter(replica)
+        return counter
+
+    def queue_count(self, group_id: str) -> int | None:
+        """How many queues ``group_id`` holds as far as this broker knows: counted in its own
+        state while this broker leads it (the freshest), else as the map counts them."""
+        counter = self.counters.get(group_id)
+        estimate = None if counter is None else counter.estimate()
+        if estimate is not None:
+            return estimate
+        return None if self.map is None else self.map.queue_counts.get(group_id)
+
     def observed_leaders(self) -> dict[str, str | None]:
         leaders = self.board.leaders()
         leaders.update(self.hosted_leaders())
         return leaders
 
     def leader_of(self, group_id: str) -> str | None:
-        """The group's leader as this broker knows it; else a broker hosting it that answered
-        lately, else its preferred leader (the likely one), else its first voter: a broker
-        that hosts the group names the real leader."""
-        leader = self.observed_leaders().get(group_id)
-        if leader is not None or self.map is None:
-            return leader
-        reporter = self.board.reporter(group_id)
-        if reporter is not None:
-            return reporter  # (it answered lately: it hosts the group and knows its leader)
-        record = self.map.group(group_id)
-        if record is None:
-            return None
-        return record.preferred_leader or (record.voters[0] if record.voters else None)
+        """The group's leader as this broker observed it: its own consensus core's for a
+        group hosted here, else what a broker hosting it said lately (:class:`LeaderBoard`,
+        within :data:`LEADER_TTL_REFRESHES` refreshes); None otherwise. Never a guess (the
+        map's preferred leader may be down or not lead yet): CLUSTER_QUERY then names no
+        leader and NOT_LEADER no redirect, and a client asks again (docs/replication.md, "A
+        leader only when observed")."""
+        return self.observed_leaders().get(group_id)
 
     def address(self, broker_id: str | None) -> tuple[str, int] | None:
         if self.map is None or broker_id is None:
@@ -422,40 +457,75 @@ async def report_replicas(replica: Broker, meta: MetaMap) -> None:
     """On a group's leader: after each committed change of its membership, report the
     committed voters and learners to the metadata group (``SetGroupReplicas``); the map
     refuses a report not newer than what it holds (``STALE_REPORT``), so reports of several
-    leaders in turn may arrive in any order. Checked once per heartbeat interval."""
+    leaders in turn may arrive in any order. And its queue count (``SetQueueCount``, counted
+    by a :class:`QueueCounter`) whenever the map's differs. Checked once per heartbeat
+    interval; one proposal at a time."""
     config = replica.config
     group_id = replica.cluster_id
-    while True:
-        await trio.sleep(config.heartbeat_interval)
-        node = replica.driver.node
-        cmap = meta.map
-        record = None if cmap is None else cmap.group(group_id)
-        if record is None or not node.is_leader or not node.config_committed:
-            continue
-        if node.config.version <= record.config_version:
-            continue
-        report = SetGroupReplicas(
-            group_id,
-            tuple(sorted(node.config.voters)),
-            tuple(sorted(node.config.learners)),
-            node.config.version,
-        )
-        result = await meta.propose(report)
-        log_event(
-            logging.INFO if isinstance(result, MapChanged) else logging.WARNING,
-            "groups.replicas_reported",
-            group=group_id,
-            voters=",".join(report.voters),
-            learners=",".join(report.learners),
-            config_version=report.config_version,
-            result=getattr(result, "message", "done"),
-        )
-        if not isinstance(result, MapChanged):
-            await trio.sleep(config.failure_timeout)
-        else:
-            with trio.move_on_after(config.failure_timeout):
-                while meta.map is cmap:  # (until this broker loaded the new map)
-                    await meta.wait_changed()
+    counter = meta.counter(replica)
+    try:
+        while True:
+            await trio.sleep(config.heartbeat_interval)
+            node = replica.driver.node
+            cmap = meta.map
+            record = None if cmap is None else cmap.group(group_id)
+            if record is None or not node.is_leader:
+                counter.forget()
+                continue
+            assert cmap is not None
+            report: Any = None
+            if node.config_committed and node.config.version > record.config_version:
+                report = SetGroupReplicas(
+                    group_id,
+                    tuple(sorted(node.config.voters)),
+                    tuple(sorted(node.config.learners)),
+                    node.config.version,
+                )
+            else:
+                await counter.refresh(config.failure_timeout)
+                if (
+                    counter.exact is not None
+                    and counter.exact != cmap.queue_counts.get(group_id)
+                    and counter.as_of > cmap.queue_counts_as_of.get(group_id, 0)
+                ):
+                    report = SetQueueCount(group_id, counter.exact, counter.as_of)
+            if report is not None:
+                await _report(meta, cmap, report, config.failure_timeout)
+    finally:
+        if meta.counters.get(group_id) is counter:
+            del meta.counters[group_id]
+
+
+async def _report(meta: MetaMap, cmap: ClusterMap, report: Any, failure_timeout: float) -> None:
+    result = await meta.propose(report)
+    if isinstance(report, SetGroupReplicas):
+        fields: dict[str, Any] = {
+            "event": "groups.replicas_reported",
+            "voters": ",".join(report.voters),
+            "learners": ",".join(report.learners),
+            "config_version": report.config_version,
+        }
+    else:
+        fields = {
+            "event": "groups.queue_count_reported",
+            "queue_count": report.queue_count,
+            "as_of": report.as_of,
+        }
+    event = fields.pop("event")
+    stale = isinstance(result, CommandRejected) and result.code == "STALE_REPORT"
+    log_event(
+        logging.INFO if isinstance(result, MapChanged) or stale else logging.WARNING,
+        event,
+        group=report.group_id,
+        **fields,
+        result=getattr(result, "message", "done"),
+    )
+    if not isinstance(result, MapChanged):
+        await trio.sleep(failure_timeout)
+    else:
+        with trio.move_on_after(failure_timeout):
+            while meta.map is cmap:  # (until this broker loaded the new map)
+                await meta.wait_changed()
 
 
 # -- leaders of the groups this broker does not host ----------------------------------------------
@@ -484,11 +554,6 @@ class LeaderBoard:
 
     def leaders(self) -> dict[str, str | None]:
         return {g: leader for g, (leader, _, _) in self._fresh().items()}
-
-    def reporter(self, group_id: str) -> str | None:
-        """A broker hosting ``group_id`` that answered lately (it names the leader)."""
-        seen = self._fresh().get(group_id)
-        return None if seen is None else seen[1]
 
     async def run(self, meta: MetaMap, hosted: Callable[[], set[str]]) -> None:
         config = self.primary.config
@@ -547,6 +612,7 @@ def cover(cmap: ClusterMap, groups: set[str], asked: set[str]) -> list[str]:
 __all__ = [
     "LeaderBoard",
     "MetaMap",
+    "QueueCounter",
     "cover",
     "found_map",
     "founding_voter",
