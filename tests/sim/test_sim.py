@@ -39,7 +39,9 @@ def test_swarm_of_seeds_finds_no_violation():
     # answered as duplicates), atomic batches, batch reads, and at-least-once peek + ack.
     assert total["producer_appends"] > 300 and total["batch_appends"] > 200
     assert total["producer_reissued"] > 0 and total["duplicates"] > 0
-    assert total["batch_reads"] > 200 and total["peeks"] > 200 and total["acks"] > 200
+    # (Acks follow peeks, which ReadIndex answers without a log entry since 2026-12: 194 to
+    # 215 acks on these seeds since, against 244 before; the floor says "exercised".)
+    assert total["batch_reads"] > 200 and total["peeks"] > 200 and total["acks"] > 150
     assert total["elections"] > DEFAULT_SEEDS
     # ... and retention: policies set, enforcements applied, messages deleted by them.
     assert total["retention_policies"] > 100 and total["retention_runs"] > 500
