@@ -89,16 +89,22 @@ class GroupRouting:
 
     def for_new_queue(self) -> Broker | None:
         """The group a CREATE_QUEUE naming none sent here lands on: the one this broker leads
-        with fewest queues (ties to the lowest id); None when it leads none. With a map, the
-        counts are the cluster's (:meth:`MetaMap.queue_count`: this broker's own count of a
-        group it leads, which it reports to the map); without, this replica's."""
+        with fewest queues (ties to the lowest id); None when it leads none. Counted here (a
+        leader's count is the freshest: it is what it reports to the map), by its counter
+        (:class:`~._queue_counts.QueueCounter`) once that has read the store, else by the
+        queue ids the replica applied."""
         led = self.led()
         if not led:
             return None
         meta = self.host.meta
 
         def load(b: Broker) -> tuple[int, str]:
-            count = meta.queue_count(b.cluster_id) if meta.map is not None else None
+            # A group led here is counted here: exactly once its counter has read the store,
+            # else by the queue ids this replica applied, never by the map's count, which
+            # lags the creates just made here by a report (two creates in a row would land
+            # on the same group).
+            counter = meta.counters.get(b.cluster_id)
+            count = None if counter is None else counter.estimate()
             return (b.queue_count if count is None else count, b.cluster_id)
 
         return min(led, key=load)
