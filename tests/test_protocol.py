@@ -683,7 +683,7 @@ def test_admin_requests_decode_strictly_and_are_listed():
         TakeSnapshot,
         TransferLeadership,
     )
-    from trio_broker._protocol._messages import DrainBroker, Rebalance
+    from trio_broker._protocol._messages import DrainBroker, Rebalance, SetClusterSettings
 
     assert set(ADMIN_REQUESTS) == {
         RemoveMember,
@@ -692,6 +692,7 @@ def test_admin_requests_decode_strictly_and_are_listed():
         AddMember,
         Rebalance,
         DrainBroker,
+        SetClusterSettings,
     }
     assert decode_request(b'{"operation": "TRANSFER_LEADERSHIP"}') == TransferLeadership()
     assert decode_request(

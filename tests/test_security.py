@@ -563,6 +563,7 @@ PRIVILEGED_EXAMPLES = {
     "ADD_MEMBER": {"host": "127.0.0.1", "port": 1},
     "REBALANCE": {},
     "DRAIN_BROKER": {"broker_id": None},
+    "SET_CLUSTER_SETTINGS": {"replication_factor": 2},
     "METADATA_PROPOSE": {
         "command": {"type": "REGISTER_BROKER", "broker_id": "B-ROGUE", "host": "h", "port": 1}
     },

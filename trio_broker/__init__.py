@@ -64,6 +64,7 @@ from ._protocol import (
     Retention,
     SnapshotTaken,
 )
+from ._protocol._admin_messages import ClusterSettingsSet
 from ._protocol._messages import (
     ClientLag,
     DrainState,
@@ -98,6 +99,7 @@ __all__ = [
     "ClientClosedError",
     "ClientLag",
     "ClientStatistics",
+    "ClusterSettingsSet",
     "Consumer",
     "DataDirInUse",
     "DrainState",
