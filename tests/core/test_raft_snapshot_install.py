@@ -20,7 +20,7 @@ from trio_broker._core._raft_messages import (
     ReplicateResponse,
     SnapshotMeta,
 )
-from trio_broker.testing._sim_cluster import Cluster
+from trio_broker.testing._sim_cluster import Cluster, apply_entry
 
 CONFIG = Config(frozenset({1, 2, 3}))
 
@@ -154,3 +154,117 @@ def test_in_a_cluster_a_broker_behind_its_commit_installs_the_leaders_snapshot()
     assert [e.term for e in cluster.storage[3].entries] == [
         e.term for e in cluster.storage[1].entries[-len(cluster.storage[3].entries) :]
     ]
+
+
+def test_a_wanted_snapshot_below_the_ready_being_applied_is_not_installed_behind_it():
+    """The Ready in flight applies 5..10 (``applied`` moves to 10 only in advance()); a
+    wanted snapshot at 7 stepped meanwhile would be installed by the next Ready, after 8..10
+    were applied: the state would go back to 7 and 8..10 never be applied again here."""
+    node = behind(applied=4, entries=10)
+    node.want_snapshot()
+    rd = node.ready()
+    assert [e.index for e in rd.committed_entries] == [5, 6, 7, 8, 9, 10]
+    node.step(offer(7))
+    assert not node.snapshot_stands_in(7)
+    node.advance()
+    assert node.applied == 10
+    assert node.ready().snapshot is None
+    node.advance()
+    assert (node.commit, node.applied) == (10, 10)
+
+
+def test_a_wanted_snapshot_at_the_end_of_the_ready_being_applied_still_stands_in():
+    node = behind(applied=4, entries=12)
+    node.max_apply = 6
+    held = node.ready()
+    assert held.committed_entries[-1].index == 10
+    node.want_snapshot()
+    node.step(offer(9))  # behind the held entries: not installed
+    assert not node.snapshot_stands_in(9)
+    node.step(offer(10))
+    assert node.snapshot_stands_in(10)
+    node.advance()
+    rd = node.ready()
+    assert rd.snapshot is not None and rd.snapshot.snapshot.index == 10
+    assert [e.index for e in rd.committed_entries] == [11, 12]
+
+
+def test_the_wish_ends_with_the_held_transaction():
+    node = behind()
+    node.want_snapshot()
+    node.drop_snapshot_wish()  # the value was repaired from a member after all
+    node.step(offer(8))
+    assert not node.snapshot_stands_in(1)
+    assert node.ready().snapshot is None
+
+
+def test_asking_again_while_a_snapshot_waits_sets_no_wish():
+    """The asked-for snapshot was stepped during the attempt (the wish is spent); the ask
+    that follows must not set it again: left set, it would install a later snapshot."""
+    node = behind(applied=4, entries=10)
+    node.max_apply = 1
+    held = node.ready()
+    node.want_snapshot()
+    node.step(offer(8))
+    node.want_snapshot()  # the runtime's next ask, before it sees the snapshot stand in
+    assert node.snapshot_stands_in(held.committed_entries[-1].index)
+    node.advance()
+    rd = node.ready()
+    assert rd.snapshot is not None and rd.snapshot.snapshot.index == 8
+    node.advance()
+    assert node.applied == 9
+    node.step(offer(10))  # nothing asked for it: 10 is applied from the log
+    rd = node.ready()
+    assert rd.snapshot is None and [e.index for e in rd.committed_entries] == [10]
+
+
+def test_in_a_cluster_a_wanted_snapshot_stepped_while_applying_past_it_loses_nothing():
+    """Broker 3 asked for a snapshot earlier; the wish stayed (its damage was resolved
+    another way). While a Ready applying past the leader's snapshot is in flight, that older
+    snapshot arrives: installed after the Ready, broker 3's queue would lack the appends
+    between. Every broker must end with the same state."""
+    cluster = Cluster((1, 2, 3), seed=5)
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    leader, three = cluster.node(1), cluster.node(3)
+    cluster.tick(n=leader.heartbeat_ticks)
+    cluster.isolate(3)
+    for k in range(3):
+        cluster.propose(AppendMessage("q", str(k).encode()))
+    cluster.stabilize()
+    snap_index = leader.applied
+    data = leader.make_data_sync(3, snap_index, copy.deepcopy(cluster.apps[1]))
+    for k in range(3, 8):
+        cluster.propose(AppendMessage("q", str(k).encode()))
+    cluster.stabilize()
+    cluster.tick(n=leader.heartbeat_ticks)
+    three.want_snapshot()
+    cluster.heal()
+    stepped = False
+    for _ in range(10000):
+        busy = cluster.process(1) | cluster.process(2)
+        if three.has_ready():
+            busy = True
+            rd = three.ready()
+            cluster._post(rd.messages)
+            cluster.storage[3].persist(rd)
+            cluster._post(rd.persisted_messages)
+            if rd.snapshot is not None:
+                cluster.apps[3] = copy.deepcopy(rd.snapshot.data)
+            applying = [e.index for e in rd.committed_entries]
+            if not stepped and applying and applying[0] <= snap_index < applying[-1]:
+                three.step(data)  # the fetched DATA_SYNC, stepped by the snapshot task
+                stepped = True
+            for e in rd.committed_entries:
+                apply_entry(cluster.apps[3], e)
+            three.advance()
+        busy |= cluster.deliver_one()
+        if not busy:
+            if stepped and three.applied == leader.applied == leader.commit:
+                break
+            for i in (1, 2, 3):
+                cluster.node(i).tick()
+    assert stepped
+    assert three.applied == leader.commit
+    assert cluster.apps[3].messages == cluster.apps[1].messages

@@ -697,10 +697,33 @@ class RaftNode:
         docs/reliability.md, "A value nobody holds any more"). The next snapshot from the
         leader (DATA_SYNC) is then installed even where this broker's commit index is already
         past its index, or its log already holds that prefix, as long as the snapshot is past
-        what is applied: its state holds the effect of those entries, so the value is no
-        longer needed. The log after the snapshot's index is kept (written again with the
-        install), and the commit index never moves back."""
-        self._snapshot_wanted = True
+        what is applied or being applied (:meth:`_wanted_fits`): its state holds the effect
+        of those entries, so the value is no longer needed. The log after the snapshot's
+        index is kept (written again with the install), and the commit index never moves
+        back."""
+        if self._snapshot_to_install is None:  # (one waiting already stands in)
+            self._snapshot_wanted = True
+
+    def drop_snapshot_wish(self) -> None:
+        """The held transaction completed (its value was repaired, or a snapshot stands in
+        for it): no snapshot inside the committed log is installed any more. A wish left set
+        would install a later one over entries applied since."""
+        self._snapshot_wanted = False
+
+    def _wanted_fits(self, index: int) -> bool:
+        """Whether a wanted snapshot at ``index`` is past everything applied, counting the
+        outstanding Ready's committed entries (the runtime is applying them now; ``applied``
+        moves to them in advance()): installed behind them, the state would go back to
+        ``index`` while the core believes them applied, and they would never be applied
+        again on this broker."""
+        if index <= self.applied:
+            return False
+        rd = self._inflight
+        if rd is None:
+            return True
+        if rd.committed_entries and index < rd.committed_entries[-1].index:
+            return False
+        return rd.snapshot is None or index >= rd.snapshot.snapshot.index
 
     def snapshot_stands_in(self, index: int) -> bool:
         """Whether a snapshot waiting to be installed (by the next Ready) covers ``index``:
@@ -1600,7 +1623,7 @@ class RaftNode:
 
     def _handle_data_sync(self, m: DataSync) -> None:
         meta = m.snapshot
-        wanted = self._snapshot_wanted and meta.index > self.applied
+        wanted = self._snapshot_wanted and self._wanted_fits(meta.index)
         if meta.index <= self.commit and not wanted:
             self._ack(m, self.commit)
             return

@@ -168,7 +168,22 @@ class Repair:
         last index is ``through``): while the members that answer hold the value no more,
         the leader is asked for its snapshot; once one waits to be installed that covers
         ``through``, ``without_apply()`` runs instead and :data:`STOOD_IN` is returned.
-        Cancellable."""
+        Either way the wish ends with the transaction (``RaftNode.drop_snapshot_wish``): left
+        set, it would install a later snapshot that nothing asked for. Cancellable."""
+        try:
+            return await self._saving(attempt, on_hold, unwaited, without_apply, through)
+        finally:
+            if without_apply is not None:
+                self._host.node.drop_snapshot_wish()
+
+    async def _saving(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        on_hold: Callable[[], None] | None,
+        unwaited: Callable[[], bool],
+        without_apply: Callable[[], Awaitable[Any]] | None,
+        through: int,
+    ) -> T | StoodIn:
         delay = RETRY_FIRST
         store = self._store
         place: tuple[str, int] | None = None

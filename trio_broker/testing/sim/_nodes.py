@@ -138,6 +138,9 @@ class NodesMixin:
             committed = ()
             self.stats["snapshots_stood_in"] += 1
             self._trace(f"node {i}: a snapshot stands in for {rd.committed_entries[-1].index}")
+        if committed or rd.committed_entries:
+            # The held transaction is done: its wish ends with it (_runtime/_repair.py).
+            node.drop_snapshot_wish()
         self.storage[i].persist(rd)
         for m in rd.persisted_messages:
             self.post(m)
