@@ -574,6 +574,56 @@ def test_the_shared_log_is_trimmed_once_the_groups_files_hold_its_rows(
         vfs.unregister()
 
 
+def test_a_trim_never_runs_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save alone in its turn and judged short runs in place, on the event loop; the trim it
+    makes due (one FULL commit per group holding rows) runs on the storage thread, never
+    there, and the rows stay bounded."""
+    import threading
+
+    monkeypatch.setattr("trio_broker._storage._shared_log.TRIM_ROWS", 12)
+    vfs = PowerLossVFS("shared-trim-thread")
+    broker = Broker(tmp_path, 4, vfs, random.Random(10))
+    where: list[str] = []
+    trim = SharedLog.trim
+
+    def trim_noting_thread(self: SharedLog) -> None:
+        where.append(threading.current_thread().name)
+        trim(self)
+
+    monkeypatch.setattr(SharedLog, "trim", trim_noting_thread)
+
+    async def main() -> tuple[str, int, int]:
+        assert broker.log is not None
+        worker = StorageWorker(name="shared-storage-thread")
+        committer = TurnCommitter(worker, broker.log)
+        most = 0
+        try:
+            for n in range(30):
+                for g in broker.groups:  # each group alone in its turn, judged short
+                    await committer.save(g.propose([Broker._append(1000 + n)]), short=True)
+                    await committer.save(g.apply(), short=True)
+                    most = max(most, broker.log.rows)
+        finally:
+            worker.stop()
+            await worker.wait_stopped()
+        return threading.current_thread().name, worker.ran_here, most
+
+    try:
+        broker.start()
+        where.clear()  # (the harness's own turns, not a committer's)
+        loop_thread, ran_here, most = trio.run(main)
+        assert ran_here > 100  # the saves did run in place
+        assert len(where) >= 3, where  # about 120 rows / 12
+        assert loop_thread not in where, where
+        assert set(where) == {"shared-storage-thread"}, where
+        assert most <= 2 * 12 + 4 + 4, most  # (a trim follows its turn, one at a time)
+    finally:
+        broker.close()
+        vfs.unregister()
+
+
 class _NoLog:
     """A shared log that stores nothing (the committer's batching alone is under test)."""
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
 from ._files import fsync_path
 from ._worker import StorageWorker
+
+_logger = logging.getLogger("trio_broker")
 
 SHARED_LOG_FILE = "shared-log.sqlite3"
 """The shared log's file, in the folder that holds the groups' folders."""
@@ -232,10 +235,14 @@ class SharedLog:
         (self.rows,) = self._db.execute("SELECT count(*) FROM shared_ops").fetchone()
         self._kept = self.rows
 
-    def maybe_trim(self) -> None:
-        """Trim once TRIM_ROWS rows were added since the last trim (rows a trim cannot delete,
+    def trim_due(self) -> bool:
+        """Whether TRIM_ROWS rows were added since the last trim (rows a trim cannot delete,
         of groups not open here, do not make every turn trim)."""
-        if self.rows > self._kept + TRIM_ROWS:
+        return self.rows > self._kept + TRIM_ROWS
+
+    def maybe_trim(self) -> None:
+        """Trim if one is due."""
+        if self.trim_due():
             self.trim()
 
     def close(self) -> None:
@@ -381,6 +388,7 @@ class TurnCommitter:
         self._log = log
         self._waiting: collections.deque[_Job] = collections.deque()
         self._leading = False
+        self._trim_queued = False
         self.batches = 0
         self.saves = 0
 
@@ -432,14 +440,41 @@ class TurnCommitter:
     async def _run(self, batch: list[_Job]) -> list[outcome.Outcome]:
         self.batches += 1
         self.saves += len(batch)
-        commit = functools.partial(self._commit, batch)
         if len(batch) <= IN_PLACE_JOBS and all(job.short for job in batch):
-            return await self._worker.run_short(commit)
-        return await self._worker.run(commit)
+            # Perhaps run on the event loop: never a trim there (one FULL commit per group
+            # holding rows would hold every group's timers and heartbeats); it is handed to
+            # the storage thread, and the saves that follow queue behind it.
+            results = await self._worker.run_short(
+                functools.partial(self._commit, batch, trim=False)
+            )
+            self._hand_trim()
+            return results
+        return await self._worker.run(functools.partial(self._commit, batch))
 
-    def _commit(self, batch: list[_Job]) -> list[outcome.Outcome]:
-        """On the storage thread: every save's durable part in one shared-log transaction
-        (each in a savepoint: one that fails fails alone), then each group's own."""
+    def _hand_trim(self) -> None:
+        """Queue a due trim on the storage thread (one at a time), without waiting for it."""
+        if self._trim_queued or not self._log.trim_due():
+            return
+        self._trim_queued = True
+        self._worker.submit(self._trim, self._trimmed)
+
+    def _trim(self) -> None:
+        with contextlib.suppress(apsw.Error):  # (rows kept: a later turn trims again)
+            self._log.maybe_trim()
+
+    def _trimmed(self, result: outcome.Outcome) -> None:
+        self._trim_queued = False
+        if isinstance(result, outcome.Error):  # pragma: no cover - apsw errors are caught
+            _logger.error(
+                f"storage.shared_trim_failed error={result.error!r}",
+                exc_info=result.error,
+                extra={"event": "storage.shared_trim_failed", "fields": {}},
+            )
+
+    def _commit(self, batch: list[_Job], *, trim: bool = True) -> list[outcome.Outcome]:
+        """Every save's durable part in one shared-log transaction (each in a savepoint: one
+        that fails fails alone), then each group's own; then, with ``trim`` (on the storage
+        thread only), a trim if one is due."""
         log = self._log
         failed: dict[int, outcome.Outcome] = {}
         try:
@@ -468,8 +503,9 @@ class TurnCommitter:
             with contextlib.suppress(apsw.Error), log.transaction:
                 for job in abandoned:
                     job.save(stage="abandon")
-        with contextlib.suppress(apsw.Error):  # (rows kept: the next turn trims again)
-            log.maybe_trim()
+        if trim:
+            with contextlib.suppress(apsw.Error):  # (rows kept: the next turn trims again)
+                log.maybe_trim()
         return results
 
 

@@ -77,6 +77,20 @@ class StorageWorker:
         # Abort.FAILED: the job is already queued or running; we wait for its outcome.
         return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
+    def submit(self, fn: Callable[[], Any], done: Callable[[outcome.Outcome], None]) -> None:
+        """Queue ``fn()`` on the storage thread without waiting for it (from the trio thread);
+        ``done(outcome)`` is called on the trio thread when it ends, and must not raise. It
+        counts as busy until then, so :meth:`run_short` never runs beside it, and the jobs
+        queued after it run after it."""
+
+        def deliver(result: outcome.Outcome) -> None:
+            self._busy -= 1
+            done(result)
+
+        self._busy += 1
+        self.ran_there += 1
+        self._jobs.put((fn, (), deliver))
+
     async def run_short(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a short job (a bounded transaction; the caller decides whether one that
         fsyncs may hold the loop): here, on the trio thread, when the storage thread is idle,
