@@ -42,17 +42,20 @@ from .._protocol import (
     TakeSnapshot,
     TransferLeadership,
 )
-from .._protocol._admin_messages import ClusterSettingsSet, SetClusterSettings
+from .._protocol._admin_messages import (
+    ClusterSettingsSet,
+    DrainBroker,
+    Rebalance,
+    SetClusterSettings,
+)
 from .._protocol._messages import (
     BatchAppended,
     CreateNamedQueue,
-    DrainBroker,
     DrainState,
     MessageBatch,
     NamedQueueCreated,
     Position,
     QueueList,
-    Rebalance,
     Rebalanced,
 )
 from ._common import (
