@@ -227,3 +227,67 @@ def test_it_follows_no_leader_while_its_vote_is_lost():
     replies = [m for m in answers(node) if m.dst == 1]
     assert replies and all(m.term == 6 for m in replies)
     assert node.log.last_index == 4
+
+
+def test_a_vote_rolled_back_whole_at_a_reboot_is_never_given_twice():
+    """A disk that lied about a sync gives back, at the reboot, an older term and vote that
+    still match their checksum: nothing reads as lost. 2's vote had elected 1 in ``term``; 1
+    is cut off before anything of its term reached anyone, and 4 campaigns for ``term`` (5
+    grants, 3 denies: it voted for 1), its request to 2 slow. Every start after a reboot is a
+    lost vote (docs/reliability.md, "A term and vote rolled back whole"): 2 hears the others'
+    terms, moves to ``term`` as voted, and denies 4; with only the log rule it would grant 4,
+    a second leader of ``term``."""
+    cluster = Cluster((1, 2, 3, 4, 5), seed=3)
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    cluster.tick(n=cluster.node(1).heartbeat_ticks)
+    cluster.isolate(4)
+    cluster.isolate(5)
+    cluster.crash(1)
+    cluster.restart(1)
+    before = attrs.evolve(cluster.storage[2].hard_state)  # what the disk will roll back to
+    cluster.drop_if.append(lambda m: m.src == 1 and isinstance(m, Replicate | Heartbeat))
+    term = cluster.elect(1).term
+    assert (cluster.storage[2].hard_state.term, cluster.storage[2].hard_state.voted_for) == (
+        term,
+        1,
+    )
+    assert before.term == term - 1
+    cluster.crash(2)
+    cluster.storage[2].hard_state = before  # term and vote rolled back, checksum and all
+    cluster.restart(2, reboot=True)
+    cluster.heal()
+    cluster.isolate(1)
+    two = cluster.node(2)
+    assert two.unverified and two.vote_lost and two.term == term - 1
+    held: list[ElectionRequest] = []
+
+    def hold(m: Any) -> bool:
+        if isinstance(m, ElectionRequest) and (m.src, m.dst) == (4, 2) and not m.pre_vote:
+            held.append(m)
+            return True
+        return False
+
+    cluster.drop_if.append(hold)
+    cluster.cut |= {(3, 4), (4, 3)}  # 4 does not hear 3's term before it campaigns
+    four = cluster.node(4)
+    for _ in range(200):
+        if four.term >= term:
+            break
+        four.tick()
+        cluster.stabilize()
+    assert four.term == term and held
+    for _ in range(200):  # 2's pre-vote rounds hear 3, 4 and 5, all in `term`
+        if not two.vote_lost:
+            break
+        two.tick()
+        cluster.stabilize()
+    assert not two.vote_lost and (two.term, two.voted_for) == (term, 2)
+    cluster.sent.clear()
+    two.step(held[0])  # 4's request for `term` arrives
+    cluster.stabilize()
+    (answer,) = [m for m in cluster.sent if isinstance(m, ElectionResponse) and m.src == 2]
+    assert not answer.granted
+    assert all(len(leaders) == 1 for leaders in cluster.leaders_by_term.values())
+    assert cluster.leaders_by_term.get(term) == {1}

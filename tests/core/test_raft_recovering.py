@@ -204,6 +204,7 @@ def test_a_follower_whose_log_went_backwards_is_probed_and_repaired():
     rejection, hinting below the match, shows the loss: it probes from where 2's log really
     ends, tells 2 what it had acknowledged, and repairs it."""
     cluster, keep, acked = lost_tail_cluster()
+    settle_vote(cluster, 2)
     cluster.tick(n=3)
     told = [m for m in cluster.sent if isinstance(m, Replicate) and m.dst == 2 and m.acknowledged]
     assert told and all(m.acknowledged == acked for m in told)
@@ -256,6 +257,7 @@ def test_a_follower_told_it_lost_entries_votes_only_for_a_log_beyond_the_loss():
     cluster, keep, acked = lost_tail_cluster(max_batch=2)
     # Its acknowledgements are lost: the leader repairs it two entries at a time, slowly.
     cluster.drop_if.append(lambda m: isinstance(m, ReplicateResponse) and m.src == 2 and m.success)
+    settle_vote(cluster, 2)
     cluster.tick(n=3)
     follower = cluster.node(2)
     assert follower.recovering_until == acked and follower.recovering_term == 1
@@ -337,6 +339,37 @@ def test_a_restart_keeps_the_recorded_bound_on_the_lost_terms():
 
     node = restarted(acknowledged=12)  # its disk lost more, written at a term up to 3
     assert (node.recovering_term, node.recovering_until) == (3, 12)
+
+
+def settle_vote(cluster: Cluster, i: Any) -> None:
+    """A rebooted broker first settles the vote its disk may have rolled back (docs/
+    reliability.md, "A reboot settles its vote first"): it follows no leader until, past its
+    first election timeout, a pre-vote round heard the other voters' terms."""
+    node = cluster.node(i)
+    for _ in range(3 * node.election_ticks):
+        if not node.vote_lost:
+            return
+        cluster.tick()
+    raise AssertionError(f"{i} never settled its vote")
+
+
+def settled(node: RaftNode) -> RaftNode:
+    """A rebooted broker 2 of term 2 whose vote is settled: voters 1 and 3, past its first
+    election timeout, told term 2 (the log rule then stands alone)."""
+    assert node.vote_lost
+    node.now = node.election_ticks
+    for src in (1, 3):  # (a pre-vote request for term 3 tells the sender's term, 2)
+        node.step(
+            ElectionRequest(
+                src=src, dst=2, term=3, cluster_version=1, pre_vote=True,
+                last_log_index=4, last_log_term=1,
+            )
+        )  # fmt: skip
+    node.ready()  # (its answers)
+    node.advance()
+    assert not node.vote_lost and node.unverified
+    assert (node.term, node.voted_for, node.restart_term) == (2, 2, 2)
+    return node
 
 
 def follower_with(entries: int, *, rebooted: bool = False, **kwargs: Any) -> RaftNode:
@@ -692,6 +725,7 @@ def test_the_leader_of_its_term_answers_a_restarted_follower():
     cluster.restart(2, reboot=True)
     follower = cluster.node(2)
     assert follower.unverified and follower.restart_term == cluster.node(1).term
+    settle_vote(cluster, 2)
     cluster.tick(n=3)
     echoes = [m for m in cluster.sent if isinstance(m, Replicate) and m.dst == 2 and m.start_id]
     assert echoes and all(m.start_id == follower.start_id for m in echoes)
@@ -708,7 +742,7 @@ def test_only_the_echo_of_its_own_start_counts():
     """An echo of another start (a message sent before this restart, delivered late) says
     nothing of what was acknowledged since: still unverified. Its own start's echo sets the
     floor: below it, no vote."""
-    node = follower_with(4, rebooted=True)
+    node = settled(follower_with(4, rebooted=True))
     stale = attrs.evolve(replicate(4, 4), start_id=node.start_id ^ 1, log_end=9)
     node.step(stale)
     assert node.unverified
@@ -771,7 +805,7 @@ def test_an_unverified_broker_grants_pre_votes_but_no_vote_and_never_counts_itse
 
 
 def test_an_entry_of_a_later_term_ends_the_unverified_state():
-    node = follower_with(4, rebooted=True)
+    node = settled(follower_with(4, rebooted=True))
     later = Replicate(
         src=1,
         dst=2,

@@ -249,7 +249,9 @@ class RaftNode:
     sync while it has power). So a broker whose machine rebooted since its store was last
     opened (``HardState.unverified``, set by the runtime when the boot id changed) starts
     ``unverified`` (if it has a past and other voters to hear from): it may have acknowledged
-    entries it no longer holds. Until it knows better it grants no vote (a pre-vote, which
+    entries it no longer holds; the same disk may have rolled its term and vote back whole
+    (checksum and all), so it starts ``vote_lost`` too ("A lost vote", below: that rule
+    first). Until it knows better it grants no vote (a pre-vote, which
     promises nothing, it grants as before) and does not count its own vote when it
     campaigns. It knows better, as TigerBeetle's ``recovering_head`` replica waits for a fresh
     start-view message, once
@@ -372,12 +374,19 @@ class RaftNode:
         vote meanwhile. A broker without a past, or its group's only voter, never is: its disk
         is all there is (the damage report covers that)."""
         self.vote_lost = bool(
-            hard_state.vote_lost
+            (hard_state.vote_lost or hard_state.unverified)
             and (hard_state.term or self.log.last_index or snapshot.index)
             and not self.config.voters <= {node_id}
         )
-        """Whether its stored term or vote was found lost and it has not yet learned a bound
-        on the terms it may have voted in (class docstring, "A lost vote")."""
+        """Whether its stored term or vote was found lost, or may have been (every start after
+        a reboot: a disk that lied about a sync can roll the term and vote back together,
+        checksum and all), and it has not yet learned a bound on the terms it may have voted
+        in (class docstring, "A lost vote")."""
+        self._vote_lost_stored = bool(hard_state.vote_lost)
+        """Whether the store recorded the loss (``HardState.vote_lost``). A loss assumed
+        from a reboot is not recorded apart: ``HardState.unverified``, durable while the vote
+        is unsettled, brings it back at the next start, and the operator's override (``data
+        trust-log``), which clears that, settles it too."""
         if self.vote_lost:
             self.unverified = True
             self.restart_term = max(self.restart_term, self.log.last_term)
@@ -439,7 +448,7 @@ class RaftNode:
             self.recovering_until or 0,
             self.recovering_term if self.recovering_until else 0,
             self.unverified or self.vote_floor is not None,
-            self.vote_lost,
+            self.vote_lost and self._vote_lost_stored,
         )
 
     @property
@@ -746,7 +755,7 @@ class RaftNode:
             or (self.recovering_until or 0) != hs.recovering_until
             or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
             or (self.unverified or self.vote_floor is not None) != hs.unverified
-            or self.vote_lost != hs.vote_lost
+            or (self.vote_lost and self._vote_lost_stored) != hs.vote_lost
             or self.log.has_unstable()
             or self._snapshot_to_install is not None
             or self._msgs

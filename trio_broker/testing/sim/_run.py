@@ -195,6 +195,7 @@ class Simulation(
                 "client_unknown",
                 "client_redirects",
                 "reads",
+                "read_index",
                 "appends",
                 "producer_appends",
                 "producer_reissued",
