@@ -306,7 +306,7 @@ async def test_a_leaders_ready_of_many_commands_keeps_the_storage_thread(tmp_pat
     """Under load the leader's loop serves its connections while the thread waits on the
     fsync: a Ready that sends REPLICATEs and holds more than SENDING_COMMANDS commands is not
     persisted on the loop (a replica's of the same size is)."""
-    from trio_broker._runtime._driver import SENDING_COMMANDS
+    from trio_broker._runtime._save_place import SENDING_COMMANDS
 
     _, leader, follower = _three()
     leader.propose(CommandGroup(tuple(_appends(SENDING_COMMANDS + 1))))
@@ -323,7 +323,7 @@ async def test_after_a_slow_fsync_the_next_durable_transaction_goes_to_the_threa
     """A slow or stalled disk holds the replica's loop (its reads, its heartbeat answers) for
     at most one transaction: the next durable one goes to the storage thread until an fsync
     is quick again."""
-    from trio_broker._runtime._driver import SLOW_FSYNC
+    from trio_broker._runtime._save_place import SLOW_FSYNC
 
     _, leader, follower = _three()
     store = _SlowStore(SLOW_FSYNC * 1.5)

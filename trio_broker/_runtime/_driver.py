@@ -6,14 +6,15 @@ transaction on the storage thread, and only then send the messages that promise 
 persisted (votes, acknowledgements). Proposals and peer messages are stepped into the core by
 the tasks that receive them, while a transaction runs; their effects form the next Ready, so
 everything that arrived during one fsync shares the next one (group commit). A short
-transaction runs on the loop's own thread while the storage thread is idle (``_in_place``):
+transaction runs on the loop's own thread while the storage thread is idle (:mod:`._save_place`):
 the hand-offs would cost more than it does; a leader's only when its Ready is small (under
 load its loop serves connections during the fsync), and only once its REPLICATEs have left.
 
-Longer than the house's ~600 lines: the loop, the ledger's hand-over of outcomes and the
-choice of where each transaction runs read the same Ready in one order, and splitting them
-would pass that order between modules. Roles and transfers (:mod:`._leadership`) and
-snapshots (:mod:`._snapshots`) are already rooms of their own.
+Longer than the house's ~600 lines: the loop and the ledger's hand-over of outcomes read the
+same Ready in one order, and splitting them would pass that order between modules. Where each
+transaction runs (:mod:`._save_place`), the group's members and address book
+(:mod:`._group_members`), roles and transfers (:mod:`._leadership`) and snapshots
+(:mod:`._snapshots`) are rooms of their own.
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ from typing import Any
 
 import trio
 
-from .. import _core
 from .._core import _raft as raft
 from .._core._commands import Command, CommandGroup
 from .._core._proposals import NotApplied, Proposals
 from .._core._raft_messages import (
-    ChangeAction,
-    ConfigChange,
     DataSync,
     Message,
     Replicate,
@@ -44,6 +42,7 @@ from .._storage import StorageWorker, Store
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, DiskState
+from ._group_members import GroupMembers
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
@@ -53,23 +52,11 @@ from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
+from ._save_place import SLOW_FSYNC, let_links_send, runs_in_place, saving_durably
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
-SHORT_ENTRIES = 8
-SHORT_COMMANDS = 256
-"""At most this many entries and commands (written and applied) in a transaction run on the
-event loop's thread (a few hundred µs of work at most); a larger one goes to the storage
-thread."""
-SENDING_COMMANDS = 8
-"""A durable transaction of a Ready that sends messages first (a leader's entries) runs on the
-event loop's thread only with at most this many commands: a larger one means load, and the
-loop then serves connections while the storage thread waits on the fsync."""
-SLOW_FSYNC = 0.02
-"""A durable transaction runs on the event loop's thread only while the last one took less than
-this (seconds): a slow or stalled disk never holds the loop (reads, heartbeat answers) more
-than once."""
 
 
 def _not_applied(reason: str) -> BrokerError:
@@ -84,7 +71,7 @@ def _outcome_unknown(reason: str) -> BrokerError:
     )
 
 
-class RaftDriver:
+class RaftDriver(GroupMembers):
     def __init__(
         self,
         broker_id: str,
@@ -326,53 +313,6 @@ class RaftDriver:
         for pending, outcome in self._ledger.propose_queued(self.node.propose):
             self._settle(pending, outcome)
 
-    async def change_membership(self, change: ConfigChange) -> Any:
-        """Propose one membership change and wait until it is applied."""
-        # The unit is taken before proposing: the entry must not be applied before its waiter
-        # is registered (waiting for capacity after proposing could let it be).
-        await acquire(self._capacity)
-        if self.disk.stuck:
-            self._capacity.release()
-            return self.disk.refusal(change)
-        try:
-            term, index = self.node.propose_config_change(change)
-        except raft.NotLeader:
-            self._capacity.release()
-            return self.not_leader_error()
-        except raft.RaftError as exc:
-            self._capacity.release()
-            return BrokerError(ErrorCode.UNAVAILABLE, f"membership change refused: {exc}")
-        pending = Pending()
-        self._wait_for(index, term, [pending])
-        self.wake()
-        return await pending.wait()
-
-    def address_of(self, broker_id: str) -> tuple[str, int] | None:
-        """Where a broker listens: what it last told us itself, else the address book."""
-        return self.hinted_addresses.get(broker_id) or self.addresses.get(broker_id)
-
-    def note_address(self, broker_id: str, address: tuple[str, int]) -> None:
-        """A broker told us where it listens (PEER_HELLO). The leader also corrects the
-        replicated address book when it is stale (a broker restarted on another port)."""
-        self.hinted_addresses[broker_id] = address
-        if (
-            self.node.is_leader
-            and broker_id in self.node.config.members
-            and self.addresses.get(broker_id) != address
-            and broker_id not in self._address_updates
-            and self._nursery is not None
-        ):
-            self._address_updates.add(broker_id)
-            self._nursery.start_soon(self._update_address, broker_id, address)
-
-    async def _update_address(self, broker_id: str, address: tuple[str, int]) -> None:
-        try:
-            pending = await self.propose(_core.SetBrokerAddress(broker_id, *address))
-            if isinstance(pending, Pending):
-                await pending.wait()
-        finally:
-            self._address_updates.discard(broker_id)
-
     @property
     def applied_index(self) -> int:
         """The last log index whose effects are visible here, in storage and in the broker's
@@ -596,10 +536,11 @@ class RaftDriver:
                 snapshot=snapshot,
                 committed=rd.committed_entries,
             )
-            durable = self._durable(rd)
-            in_place = self._in_place(rd, durable)
+            durable = saving_durably(rd, self._saved_term_vote)
+            in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
             if in_place and durable and self._unsent:
-                await self._let_links_send()
+                await let_links_send()
+                self._unsent = False
                 started = time.perf_counter()
             results = await self._save(save, short=in_place, committed=rd.committed_entries)
             if results is STOOD_IN:  # (the leader's snapshot, installed next, holds their effect)
@@ -665,7 +606,7 @@ class RaftDriver:
         unknown", nothing this Ready promises is sent, and reads of applied state go on.
         """
         # A short transaction runs on this thread when the storage thread is idle (see
-        # _in_place), so its answers and acknowledgements leave in this loop turn.
+        # _save_place), so its answers and acknowledgements leave in this loop turn.
         run = getattr(self._worker, "run_short", self._worker.run) if short else self._worker.run
         turn = getattr(self._worker, "save_in_turn", None)
         if turn is not None:  # one shared-log transaction for every group of this loop turn
@@ -722,68 +663,6 @@ class RaftDriver:
         if target is not None and node.transfer_target is None:
             node.transfer_leadership(target)
 
-    def _durable(self, rd: raft.Ready) -> bool:
-        """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
-        entries, a snapshot, or a new term or vote."""
-        hs = rd.hard_state
-        return bool(
-            rd.entries
-            or rd.truncate_from is not None
-            or rd.snapshot is not None
-            or (hs is not None and (hs.term, hs.voted_for) != self._saved_term_vote)
-        )
-
-    def _in_place(self, rd: raft.Ready, durable: bool) -> bool:
-        """Whether the Ready's transaction may run on the event loop's thread (when the storage
-        thread is idle): a hand-off to the thread and back costs two cross-thread wake-ups,
-        more than a short transaction, and the loop has little to do meanwhile.
-
-        An apply-only one (no fsync) when it is short. A durable one only when, besides, it
-        installs no snapshot and cuts no log, the last fsync was quick (a slow disk sends the
-        next one to the thread: the loop's reads and heartbeat answers wait behind at most
-        one), and, if it sends messages before it persists (a leader's entries), it holds at
-        most SENDING_COMMANDS commands: under load the leader's loop serves its connections
-        while the thread waits on the fsync. The links send what they were handed before the
-        loop is held (:meth:`_let_links_send`).
-        """
-        if not durable:
-            return self._short(rd.committed_entries)
-        limit = SENDING_COMMANDS if rd.messages else SHORT_COMMANDS
-        return (
-            rd.snapshot is None
-            and rd.truncate_from is None
-            and self._fsync_fast
-            and self._short(rd.entries, limit)
-            and self._short(rd.committed_entries)
-        )
-
-    async def _let_links_send(self) -> None:
-        """Let the peer links' tasks write what this task handed them (the leader's REPLICATEs,
-        the previous Ready's acknowledgement) before it holds the loop for an fsync.
-
-        Trio runs every task that was runnable when a batch began before it starts the next
-        batch, in either order: after two yields, each link task woken before the first has run
-        one step, and the first step of a link that was waiting for messages writes them to the
-        socket (a link still busy with an earlier write may take longer: then a message leaves
-        after the fsync, later but never unsafely). Shielded: a Ready is never abandoned
-        halfway.
-        """
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        self._unsent = False
-
-    @staticmethod
-    def _short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:
-        """A bound on the work of a transaction run on the event loop's thread: at most
-        SHORT_ENTRIES entries and ``limit`` commands."""
-        if len(entries) > SHORT_ENTRIES:
-            return False
-        commands = 0
-        for entry in entries:
-            payload = entry.payload
-            commands += len(payload.commands) if isinstance(payload, CommandGroup) else 1
-        return commands <= limit
-
     def _read_views(self) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
         store = self._store
         return (
@@ -827,43 +706,6 @@ class RaftDriver:
         if self.node.is_leader:
             self._leader_housekeeping()
         self.snapshots.maybe_compact()
-
-    # -- leader housekeeping ---------------------------------------------------------------------
-
-    def _leader_housekeeping(self) -> None:
-        """Keep our own address in the book; promote one caught-up learner at a time."""
-        assert self._nursery is not None
-        self.note_address(self.broker_id, self.self_address)
-        if self._changing_membership or self.node.transfer_target is not None:
-            return  # (no membership change during a leadership transfer)
-        if self.disk.stuck:
-            return  # (nor while a write fails for lack of space: it would be refused)
-        for learner in sorted(self.node.config.learners):
-            if self.node.caught_up(learner) and self.may_promote(learner):
-                self._changing_membership = True
-                self._nursery.start_soon(self._promote, learner)
-                return
-
-    async def _promote(self, learner: str) -> None:
-        try:
-            result = await self.change_membership(ConfigChange(ChangeAction.PROMOTE, learner))
-            if isinstance(result, BrokerError):
-                log_event(
-                    logging.WARNING,
-                    "membership.promote_failed",
-                    broker=learner,
-                    reason=result.message,
-                )
-            else:
-                log_event(
-                    logging.INFO,
-                    "membership.promoted",
-                    broker=learner,
-                    cluster_version=self.node.cluster_version,
-                )
-        finally:
-            self._changing_membership = False
-            self.wake()
 
 
 __all__ = ["RaftDriver"]

@@ -1,0 +1,105 @@
+"""Where a Ready's transaction runs: on the event loop's own thread, or on the storage thread.
+
+A hand-off to the storage thread and back costs two cross-thread wake-ups, more than a short
+transaction, and the loop has little to do meanwhile; a long one, or one whose fsync may be
+slow, goes to the thread so that the loop keeps serving reads and heartbeat answers
+(docs/performance.md, "Cycles per sequential append"). The driver (:mod:`._driver`) asks these
+rules for each Ready, in its one order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from .._core import _raft as raft
+from .._core._commands import CommandGroup
+
+SHORT_ENTRIES = 8
+SHORT_COMMANDS = 256
+"""At most this many entries and commands (written and applied) in a transaction run on the
+event loop's thread (a few hundred µs of work at most); a larger one goes to the storage
+thread."""
+SENDING_COMMANDS = 8
+"""A durable transaction of a Ready that sends messages first (a leader's entries) runs on the
+event loop's thread only with at most this many commands: a larger one means load, and the
+loop then serves connections while the storage thread waits on the fsync."""
+SLOW_FSYNC = 0.02
+"""A durable transaction runs on the event loop's thread only while the last one took less than
+this (seconds): a slow or stalled disk never holds the loop (reads, heartbeat answers) more
+than once."""
+
+
+def saving_durably(rd: raft.Ready, saved_term_vote: tuple[int, Any]) -> bool:
+    """Whether the Ready's transaction fsyncs (as Store.save decides): new or removed log
+    entries, a snapshot, or a term or vote other than ``saved_term_vote`` (the last saved)."""
+    hs = rd.hard_state
+    return bool(
+        rd.entries
+        or rd.truncate_from is not None
+        or rd.snapshot is not None
+        or (hs is not None and (hs.term, hs.voted_for) != saved_term_vote)
+    )
+
+
+def runs_in_place(rd: raft.Ready, durable: bool, *, fsync_fast: bool) -> bool:
+    """Whether the Ready's transaction may run on the event loop's thread (when the storage
+    thread is idle).
+
+    An apply-only one (no fsync) when it is short. A durable one only when, besides, it
+    installs no snapshot and cuts no log, the last fsync was quick (``fsync_fast``: a slow
+    disk sends the next one to the thread, so the loop's reads and heartbeat answers wait
+    behind at most one), and, if it sends messages before it persists (a leader's entries),
+    it holds at most SENDING_COMMANDS commands: under load the leader's loop serves its
+    connections while the thread waits on the fsync. The links send what they were handed
+    before the loop is held (:func:`let_links_send`).
+    """
+    if not durable:
+        return short(rd.committed_entries)
+    limit = SENDING_COMMANDS if rd.messages else SHORT_COMMANDS
+    return (
+        rd.snapshot is None
+        and rd.truncate_from is None
+        and fsync_fast
+        and short(rd.entries, limit)
+        and short(rd.committed_entries)
+    )
+
+
+async def let_links_send() -> None:
+    """Let the peer links' tasks write what the calling task handed them (the leader's
+    REPLICATEs, the previous Ready's acknowledgement) before it holds the loop for an fsync.
+
+    Trio runs every task that was runnable when a batch began before it starts the next
+    batch, in either order: after two yields, each link task woken before the first has run
+    one step, and the first step of a link that was waiting for messages writes them to the
+    socket (a link still busy with an earlier write may take longer: then a message leaves
+    after the fsync, later but never unsafely). Shielded: a Ready is never abandoned halfway.
+    """
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+def short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:
+    """A bound on the work of a transaction run on the event loop's thread: at most
+    SHORT_ENTRIES entries and ``limit`` commands."""
+    if len(entries) > SHORT_ENTRIES:
+        return False
+    commands = 0
+    for entry in entries:
+        payload = entry.payload
+        commands += len(payload.commands) if isinstance(payload, CommandGroup) else 1
+    return commands <= limit
+
+
+__all__ = [
+    "SENDING_COMMANDS",
+    "SHORT_COMMANDS",
+    "SHORT_ENTRIES",
+    "SLOW_FSYNC",
+    "let_links_send",
+    "runs_in_place",
+    "saving_durably",
+    "short",
+]
