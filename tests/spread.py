@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+import trio
 
 from trio_broker._core._spread import leader_share
+from trio_broker._ids import cluster_of_queue
 from trio_broker.testing._mock_cluster import MockCluster
 
 Leaders = Callable[[], Mapping[str, "str | None"]]
@@ -36,3 +39,24 @@ async def wait_spread(cluster: MockCluster, groups: int, leaders: Leaders) -> No
         )
 
     await cluster.wait_until(spread)
+
+
+async def append_acknowledged(
+    cluster: MockCluster,
+    queues: Iterable[str],
+    value: object,
+    acknowledged: dict[str, list[object]],
+    leaders: Leaders,
+) -> None:
+    """APPEND ``value`` to every queue through its group's leader (as ``leaders()`` names it;
+    a group without one is skipped); record what is acknowledged."""
+    for queue in queues:
+        leader = leaders().get(cluster_of_queue(queue))
+        if leader is None:
+            continue
+        with trio.move_on_after(5):
+            reply = await cluster.call(
+                leader, {"operation": "APPEND", "queue_name": queue, "data": value}
+            )
+            if reply.get("status") == "success":
+                acknowledged[queue].append(value)

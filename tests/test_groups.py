@@ -206,19 +206,9 @@ async def test_pipelined_requests_across_groups_answer_in_order(autojump_clock):
         assert [r["data"] for r in replies[4 * len(queues) :]] == [[q, 0] for q in queues]
 
 
-async def append_acknowledged(cluster, queues, value, acknowledged):
+async def append_acknowledged(cluster, queues, value, acknowledged) -> None:
     """APPEND ``value`` to every queue through its group's leader; record what is acknowledged."""
-    for queue in queues:
-        group = cluster_of_queue(queue)
-        leader = cluster.group_leaders().get(group)
-        if leader is None:
-            continue
-        with trio.move_on_after(5):
-            reply = await cluster.call(
-                leader, {"operation": "APPEND", "queue_name": queue, "data": value}
-            )
-            if reply.get("status") == "success":
-                acknowledged[queue].append(value)
+    await spread.append_acknowledged(cluster, queues, value, acknowledged, cluster.group_leaders)
 
 
 @pytest.mark.trio

@@ -162,16 +162,8 @@ async def wait_spread(cluster, groups: int) -> None:
 
 
 async def append_acknowledged(cluster, queues, value, acknowledged) -> None:
-    for queue in queues:
-        leader = cluster.data_leaders().get(cluster_of_queue(queue))
-        if leader is None:
-            continue
-        with trio.move_on_after(5):
-            reply = await cluster.call(
-                leader, {"operation": "APPEND", "queue_name": queue, "data": value}
-            )
-            if reply.get("status") == "success":
-                acknowledged[queue].append(value)
+    """APPEND ``value`` to every queue through its group's leader; record what is acknowledged."""
+    await spread.append_acknowledged(cluster, queues, value, acknowledged, cluster.data_leaders)
 
 
 @pytest.mark.trio

@@ -15,6 +15,35 @@ CLIENT_ID_ENV = "TRIO_BROKER_CLIENT_ID"
 """The client id a user keeps for their commands (``--client-id`` overrides it)."""
 
 
+_SETTINGS_COMMANDS = (
+    (
+        "set-group-count",
+        "N",
+        "add replication groups to a running cluster (never fewer: queues live on groups)",
+        "Raises the cluster's number of groups to N: each new group starts on the broker "
+        "holding fewest replicas and the balancer grows it to the replication factor, one "
+        "replica at a time. N below the current count is refused (queues live on groups).",
+    ),
+    (
+        "set-replication-factor",
+        "R",
+        "change how many brokers hold each group (1-7); the balancer moves replicas",
+        "Sets the cluster's replication factor to R: the balancer then adds a replica to every "
+        "group with fewer (a learner, promoted once caught up) or removes a voter from every "
+        "group with more, one change per group at a time.",
+    ),
+    (
+        "set-metadata-voters",
+        "N",
+        "cap the metadata group's voters (1-7, default 5); other brokers follow as learners",
+        "At most N brokers vote in the metadata group (which holds the cluster map); the "
+        "others receive it as learners. A dead voter is replaced by a caught-up learner. "
+        "Voters beyond N stay until they leave (a voter is never demoted).",
+    ),
+)
+"""The operator's cluster settings (SET_CLUSTER_SETTINGS): command, metavar, help, description."""
+
+
 def _address(text: str) -> str:
     """argparse ``type=`` for one HOST:PORT (or [IPv6]:PORT)."""
     try:
@@ -325,33 +354,11 @@ def add_client_parser(subparsers: argparse._SubParsersAction) -> None:
         "leadership to the brokers that stay, a move at a time. Run it again to see what it "
         "still holds; once it holds nothing it can be stopped and removed.",
     )
-    groups = commands.add_parser(
-        "set-group-count",
-        parents=[common],
-        help="add replication groups to a running cluster (never fewer: queues live on groups)",
-        description="Raises the cluster's number of groups to N: each new group starts on the "
-        "broker holding fewest replicas and the balancer grows it to the replication factor, "
-        "one replica at a time. N below the current count is refused (queues live on groups).",
-    )
-    groups.add_argument("value", type=_positive_int, metavar="N")
-    factor = commands.add_parser(
-        "set-replication-factor",
-        parents=[common],
-        help="change how many brokers hold each group (1-7); the balancer moves replicas",
-        description="Sets the cluster's replication factor to R: the balancer then adds a "
-        "replica to every group with fewer (a learner, promoted once caught up) or removes a "
-        "voter from every group with more, one change per group at a time.",
-    )
-    factor.add_argument("value", type=_positive_int, metavar="R")
-    voters = commands.add_parser(
-        "set-metadata-voters",
-        parents=[common],
-        help="cap the metadata group's voters (1-7, default 5); other brokers follow as learners",
-        description="At most N brokers vote in the metadata group (which holds the cluster "
-        "map); the others receive it as learners. A dead voter is replaced by a caught-up "
-        "learner. Voters beyond N stay until they leave (a voter is never demoted).",
-    )
-    voters.add_argument("value", type=_positive_int, metavar="N")
+    for name, metavar, help_text, description in _SETTINGS_COMMANDS:
+        setting = commands.add_parser(
+            name, parents=[common], help=help_text, description=description
+        )
+        setting.add_argument("value", type=_positive_int, metavar=metavar)
     drain.add_argument("broker_id", metavar="BROKER_ID")
     drain.add_argument(
         "--undo", action="store_true", help="the broker stays after all: stop draining it"
