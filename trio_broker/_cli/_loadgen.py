@@ -15,6 +15,7 @@ collect the answers still in flight; a connection the broker closes ends that co
 from __future__ import annotations
 
 import collections
+import os
 import random
 import selectors
 import socket
@@ -86,11 +87,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     while (delay := start_at - time.time()) > 0:
         time.sleep(min(delay, 0.5))
     cpu0 = time.process_time()
+    times0 = os.times()
     start = now = time.perf_counter()
     stop = start + spec["seconds"]
     give_up = stop + spec.get("drain_seconds", 10.0)
     next_report, last_items = start + 1.0, 0
     in_flight = 0
+    waits = ready = 0
     stopping = False
     closed = 0
 
@@ -112,6 +115,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     last_answer = start
     while in_flight and closed < len(conns):
         events = sel.select(0.2)
+        waits += 1
+        ready += len(events)
         now = time.perf_counter()
         if not stopping and now >= stop:
             stopping = True
@@ -182,6 +187,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             )
             next_report, last_items = now + 1.0, items
     cpu = time.process_time() - cpu0
+    times = os.times()
+    answers = ok + errors
+    print(
+        f"    generator: {answers:,} answers, {waits / max(answers, 1):.2f} waits and"
+        f" {ready / max(answers, 1):.2f} ready sockets per answer;"
+        f" CPU {(times.user - times0.user) * 1e6 / max(answers, 1):.1f} µs user"
+        f" + {(times.system - times0.system) * 1e6 / max(answers, 1):.1f} µs system per answer",
+        file=sys.stderr,
+        flush=True,
+    )
     for conn in conns:
         conn.sock.close()
     return {
