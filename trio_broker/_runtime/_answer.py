@@ -7,6 +7,7 @@ decision: what the connection's writer awaits, whichever request it came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._core import _commands as cmd
@@ -58,6 +59,17 @@ class Answer:
         later = self._later
         assert later is not None
         return response_for(later.result) if later.done else None
+
+    def when_known(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once (synchronously, from the task that settles the outcome)
+        when :meth:`known` would give the response; False, and nothing registered, when it
+        is known now or its waitable cannot say (a long poll: the writer awaits
+        :meth:`response` then)."""
+        later = self._later
+        if later is None:
+            return False
+        when_done = getattr(later, "when_done", None)  # (a proposal's Pending)
+        return when_done is not None and when_done(callback)
 
     def frame(self) -> bytes | None:
         """The answer's whole frame when it is known now and a success whose bytes need no

@@ -70,14 +70,11 @@ from ._network import transport_socket
 from ._operations import wrong_cluster
 from ._outbox import Outbox
 from ._security import AuthThrottle, Security
+from ._writer import AnswerWriter, ObserveBatch
 
 _RECEIVE_SIZE = 64 * 1024
 _LINGER_SECONDS = 1.0
 TLS_HANDSHAKE_SECONDS = 10.0
-_MAX_WRITE_BATCH = 64
-_MAX_WRITE_BYTES = 1024 * 1024
-"""Answers already known that go out in one write: at most so many, and about so many bytes
-(each charged to the buffer budget while it is written)."""
 
 
 @attrs.define
@@ -107,9 +104,6 @@ the connection's peer."""
 ServePeer = Callable[[trio.abc.Stream, FrameDecoder, str, str], Awaitable[bool]]
 """Read the consensus messages of an accepted peer stream: ``(stream, decoder, peer, sender)``;
 True when the peer closed it."""
-ObserveBatch = Callable[[dict[tuple[str, Any, float], int], float], None]
-"""Told the answers of each write: how many per (operation, error code or None, when their
-receive began), and when they were encoded to leave."""
 
 
 class ConnectionServer:
@@ -245,20 +239,27 @@ class ConnectionServer:
         peer_closed = False
         direct = DIRECT_SOCKETS and type(stream) is trio.SocketStream
         io = DirectSocket(stream) if direct else stream  # type: ignore[arg-type]
+        writer = AnswerWriter(
+            io,
+            outbox,
+            observe=self._observe,
+            plaintext_hint=self._plaintext_hint if session.plaintext else None,
+        )
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_answers, io, outbox, session.plaintext)
+                nursery.start_soon(writer.run)
                 try:
                     with trio.CancelScope() as reading:
                         self._readers.add(reading)
                         try:
                             peer_closed = await self._read_requests(
-                                stream, io, peer, outbox, session
+                                stream, io, peer, outbox, writer, session
                             )
                         finally:
                             self._readers.discard(reading)
                 finally:
                     outbox.close()  # the writer ends once what is left is written
+                    writer.kick()
         finally:
             outbox.account.close()
         if not peer_closed:
@@ -270,6 +271,7 @@ class ConnectionServer:
         io: trio.abc.Stream | DirectSocket,
         peer: str,
         outbox: Outbox,
+        writer: AnswerWriter,
         session: Session,
     ) -> bool:
         """Read and dispatch requests; True when the peer closed, False when we stopped.
@@ -277,7 +279,8 @@ class ConnectionServer:
 
         Every frame of one receive is decided before the next receive, and their answers
         queue in ``outbox`` in request order; the writer wakes once for them all, not once
-        per request, and writes every answer that is known in one ``send_all``."""
+        per request, and writes every answer that is known in one ``send_all`` (on TCP, the
+        answers known are written at once, without waking it: :mod:`._writer`)."""
         decoder = FrameDecoder(self.config.max_frame)
         max_in_flight = self.config.max_in_flight
         account = outbox.account
@@ -293,7 +296,7 @@ class ConnectionServer:
             if outbox.answers:
                 # Deciding may wait (for capacity, storage, another broker): the answers
                 # before these must not wait with them.
-                outbox.kick()
+                writer.kick()
             if len(run) == 1 or handle_many is None:
                 for request, (operation, began, held) in zip(run, run_info, strict=True):
                     outbox.put(operation, began, await handle(request, session), held)
@@ -314,7 +317,7 @@ class ConnectionServer:
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
         auth_failures = 0
         while True:
-            outbox.kick()  # what this receive decided goes out while we wait for more
+            writer.kick()  # what this receive decided goes out while we wait for more
             data = None
             if decoder.buffered:  # a frame begun must arrive whole within frame_timeout
                 if frame_began is None:
@@ -357,6 +360,7 @@ class ConnectionServer:
                         code=exc.code,
                         reason=exc.message,
                     )
+                    writer.kick()
                     await outbox.wait_for_slot(max_in_flight)
                     outbox.put("INVALID", started, Answer(now=exc), 0)
                     return False
@@ -368,6 +372,7 @@ class ConnectionServer:
                 if outbox.in_flight + len(run) >= max_in_flight:
                     if run:
                         await decide_run()
+                    writer.kick()
                     await outbox.wait_for_slot(max_in_flight)
                 charged = len(payload)
                 if account.fits(charged):
@@ -383,7 +388,7 @@ class ConnectionServer:
                         buffered=self.budget.used,
                         budget=self.budget.limit,
                     )
-                    outbox.kick()  # what this connection holds must be able to leave
+                    writer.kick()  # what this connection holds must be able to leave
                     await account.acquire(charged)
                 try:
                     request = decode_request(payload)
@@ -409,7 +414,7 @@ class ConnectionServer:
                     await decide_run()
                 if isinstance(request, Auth) and isinstance(early, BrokerError):
                     auth_failures += 1
-                    outbox.kick()
+                    writer.kick()
                     if not await self._slow_auth_failure(peer, auth_failures):
                         return False
                     outbox.put(operation, started, Answer(now=early), charged)
@@ -433,7 +438,7 @@ class ConnectionServer:
                 outbox.put(operation, started, Answer(now=accepted or Done()), charged)
                 if isinstance(accepted, BrokerError):
                     return False
-                outbox.kick()
+                writer.kick()
                 return await self._serve_peer(stream, decoder, peer, request.broker_id)
 
     async def _slow_auth_failure(self, peer: str, failures: int) -> bool:
@@ -451,49 +456,6 @@ class ConnectionServer:
             return False
         await trio.sleep(delay)
         return True
-
-    async def _write_answers(
-        self, stream: trio.abc.Stream | DirectSocket, outbox: Outbox, plaintext: bool
-    ) -> None:
-        """Write answers in request order as soon as they are known: every answer known at
-        that moment (up to a bound) in one ``send_all``. Their bytes are charged to the budget
-        until written: answers waiting for a client that does not read count there, so that
-        reading stops (not only once the socket's buffers are full)."""
-        answers = outbox.answers
-        account = outbox.account
-        while True:
-            if not answers:
-                if outbox.closed:
-                    return
-                await outbox.wait_for_answers()
-                continue
-            out: list[bytes] = []
-            size = charged = 0
-            tally: dict[tuple[str, Any, float], int] = {}
-            while answers and len(out) < _MAX_WRITE_BATCH and size < _MAX_WRITE_BYTES:
-                operation, started, answer, held = answers[0]
-                frame, code = answer.frame(), None  # (an appended message's: its bytes)
-                if frame is None:
-                    response = answer.known()
-                    if response is None:
-                        if out:
-                            break  # write what is known; then wait for this one
-                        response = await answer.response()
-                    if plaintext and isinstance(response, BrokerError):
-                        response = self._plaintext_hint(response)
-                    code = getattr(response, "code", None)
-                    frame = encode_frame(encode_response(response))
-                answers.popleft()
-                key = (operation, code, started)
-                tally[key] = tally.get(key, 0) + 1
-                out.append(frame)
-                size += len(frame)
-                charged += held
-            self._observe(tally, time.perf_counter())
-            account.charge(size)
-            await stream.send_all(b"".join(out) if len(out) > 1 else out[0])
-            account.release(charged + size)
-            outbox.written(len(out))
 
     # -- authentication -------------------------------------------------------------------------
 

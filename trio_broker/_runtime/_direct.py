@@ -79,6 +79,20 @@ class DirectSocket:
         self._streak = 0
         return await self._stream.receive_some(max_bytes)  # (a closed socket: it raises)
 
+    def send_now(self, data: bytes | memoryview) -> int:
+        """Write what the socket takes at once, without waiting or yielding: how many bytes
+        it took (0: none, the socket is full, closed or broken; :meth:`send_all` of the rest
+        then waits, or raises what the stream raises). Refused while a send waits."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is writing to this connection")
+        fd = self._socket.fileno()
+        if fd == -1:
+            return 0
+        try:
+            return os.write(fd, data)
+        except OSError:  # (full: BlockingIOError; broken: send_all raises it as the stream does)
+            return 0
+
     async def send_all(self, data: bytes) -> None:
         """As ``SocketStream.send_all``."""
         if self._sending:

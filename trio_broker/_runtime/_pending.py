@@ -9,6 +9,7 @@ by index as the driver settles each; the connection's writer waits on the group 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -20,14 +21,16 @@ _UNSET: Any = object()
 
 class PendingGroup:
     """The outcomes of a run of proposals submitted together (:meth:`RaftDriver.propose_many`),
-    filled in by index; one event for the group, set once every outcome is known."""
+    filled in by index; one event for the group, set once every outcome is known (and the
+    callback of :meth:`when_done` called then)."""
 
-    __slots__ = ("_event", "_left", "results")
+    __slots__ = ("_event", "_left", "_notify", "results")
 
     def __init__(self, count: int) -> None:
         self.results: list[Any] = [_UNSET] * count
         self._left = count
         self._event = trio.Event()
+        self._notify: Callable[[], None] | None = None
         if not count:
             self._event.set()
 
@@ -37,6 +40,19 @@ class PendingGroup:
             self._left -= 1
             if not self._left:
                 self._event.set()
+                notify, self._notify = self._notify, None
+                if notify is not None:
+                    notify()
+
+    def when_done(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` (once, synchronously, in the task that settles the last outcome)
+        when every outcome is known; False, and nothing registered, if they are known now.
+        One callback at a time: the connection that proposed the group (a later one replaces
+        an earlier one)."""
+        if not self._left:
+            return False
+        self._notify = callback
+        return True
 
     def done_at(self, index: int) -> bool:
         return self.results[index] is not _UNSET
@@ -88,6 +104,10 @@ class GroupAnswer(Answer):
     def known(self) -> Any:
         result = self._group.results[self._index]
         return None if result is _UNSET else response_for(result)
+
+    def when_known(self, callback: Callable[[], None]) -> bool:
+        group = self._group
+        return group.results[self._index] is _UNSET and group.when_done(callback)
 
     async def response(self) -> Any:
         group = self._group
@@ -143,16 +163,29 @@ class Capacity:
 class Pending:
     """A proposal's outcome, filled in once its entry is applied (or known not to be)."""
 
-    __slots__ = ("_event", "result")
+    __slots__ = ("_event", "_notify", "result")
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        self._notify: Callable[[], None] | None = None
         self.result: Any = None
 
     def set(self, result: Any) -> None:
         if not self._event.is_set():
             self.result = result
             self._event.set()
+            notify, self._notify = self._notify, None
+            if notify is not None:
+                notify()
+
+    def when_done(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` (once, synchronously, in the task that sets the outcome) when the
+        outcome is known; False, and nothing registered, if it is known now. One callback at
+        a time (the connection whose answer this is)."""
+        if self._event.is_set():
+            return False
+        self._notify = callback
+        return True
 
     @property
     def done(self) -> bool:

@@ -202,6 +202,10 @@ class ConvertedAnswer(Answer):
         group, index = self._group, self._index
         return self._response(group.results[index]) if group.done_at(index) else None
 
+    def when_known(self, callback: Callable[[], None]) -> bool:
+        group = self._group
+        return not group.done_at(self._index) and group.when_done(callback)
+
     def frame(self) -> bytes | None:
         """A single-message READ's answer, written straight from its result (the message's
         stored bytes embedded as they are); None for any other."""

@@ -1,0 +1,219 @@
+"""Answers written by whoever settles them (``_runtime/_writer.py``; docs/performance.md, "One
+request in flight: answers written as they are settled").
+
+A :class:`ConnectionServer` on 127.0.0.1 with a stand-in ``handle``: each APPEND's answer is a
+:class:`Pending` the test (or a stand-in driver task) settles, as the driver settles a
+proposal's outcome. Checked: no task wakes to write an answer the settling task could write;
+answers leave in request order whatever order their outcomes are settled in; a client that
+stops reading holds only its own connection, within the buffer budget; answers outstanding at
+shutdown are written within the grace, and an outcome settled after a connection ended is
+dropped harmlessly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trio_broker._core._commands import MessageAppended, MessageRead
+from trio_broker._protocol import Append
+from trio_broker._runtime._answer import Answer
+from trio_broker._runtime._config import BrokerConfig
+from trio_broker._runtime._connections import ConnectionServer
+from trio_broker._runtime._pending import Pending
+from trio_broker._runtime._security import Security
+from trio_broker._runtime._writer import MAX_WRITE_BYTES
+
+from .wire import RawConnection
+
+DEADLINE = 20
+_WRITERS = ("AnswerWriter.run", "ConnectionServer._write_answers")
+"""The connection's writer task, as named now and before it became ``AnswerWriter``."""
+
+
+class _Steps(trio.abc.Instrument):
+    """Task steps, by task name."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.by_name[task.name] = self.by_name.get(task.name, 0) + 1
+
+    def writer_steps(self) -> int:
+        """Steps of the connections' answer writers (whatever their task is named)."""
+        return sum(n for name, n in self.by_name.items() if name.endswith(_WRITERS))
+
+
+class _Handle:
+    """Answers each APPEND with a :class:`Pending`, settled later by the test."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Pending]] = []
+        self.arrived = trio.Event()
+        self.wanted = 0
+
+    async def __call__(self, request: Any, session: Any) -> Answer:
+        assert isinstance(request, Append)
+        pending = Pending()
+        self.pending.append((request.data, pending))
+        if len(self.pending) >= self.wanted:
+            self.arrived.set()
+        return Answer(later=pending)
+
+    async def wait_for(self, count: int) -> None:
+        self.wanted = count
+        if len(self.pending) < count:
+            self.arrived = trio.Event()
+            await self.arrived.wait()
+
+
+@asynccontextmanager
+async def _serving(
+    handle: Callable[..., Any], **config: Any
+) -> AsyncIterator[tuple[ConnectionServer, int, trio.Nursery]]:
+    server = ConnectionServer(
+        BrokerConfig(data_dir="unused", port=0, **config),
+        Security(),
+        broker_id="B-AAAAA",
+        cluster_id="G-AAAAA",
+        handle=handle,
+        handle_many=None,
+        accept_peer=lambda hello, peer: None,
+        serve_peer=None,  # type: ignore[arg-type]  (no PEER_HELLO here)
+        observe=lambda tally, now: None,
+        plaintext_hint=lambda error: error,
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as connections:
+        await connections.start(server.serve, listeners, connections)
+        yield server, port, connections
+        connections.cancel_scope.cancel()
+
+
+def _append(i: int) -> dict[str, Any]:
+    return {"operation": "APPEND", "queue_name": "Q-AAAAABBBBB", "data": i}
+
+
+async def test_an_answer_settled_is_written_without_waking_a_task():
+    """One request at a time: the settling task writes each answer; the connection's writer
+    task does not take a step per answer (it took two: woken for the request, then for its
+    outcome)."""
+    steps = _Steps()
+    trio.lowlevel.add_instrument(steps)
+    handle = _Handle()
+    try:
+        async with _serving(handle) as (_, port, _n):
+            conn = await RawConnection.open(port)
+            with trio.fail_after(DEADLINE):  # (the connection's tasks start)
+                await conn.send(_append(-1))
+                await handle.wait_for(1)
+                handle.pending[0][1].set(MessageAppended(1))
+                assert await conn.receive() == {"status": "success", "sequence_num": 1}
+            before = steps.writer_steps()
+            with trio.fail_after(DEADLINE):
+                for i in range(20):
+                    await conn.send(_append(i))
+                    await handle.wait_for(i + 2)
+                    await trio.sleep(0.001)  # (the writer, if woken, has run)
+                    handle.pending[-1][1].set(MessageAppended(i + 2))
+                    assert await conn.receive() == {"status": "success", "sequence_num": i + 2}
+            writers = {k: v for k, v in steps.by_name.items() if k.endswith(_WRITERS)}
+            assert steps.writer_steps() - before <= 2, (before, writers)
+            await conn.aclose()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+
+
+async def test_answers_leave_in_request_order_whatever_order_they_are_settled_in():
+    handle = _Handle()
+    n = 40
+    async with _serving(handle) as (_, port, _n):
+        conn = await RawConnection.open(port)
+        with trio.fail_after(DEADLINE):
+            await conn.send(*[_append(i) for i in range(n)])
+            await handle.wait_for(n)
+            order = list(range(n))
+            random.Random(7).shuffle(order)
+            order.remove(0)  # the first request's outcome last: nothing may leave before it
+            for k, index in enumerate(order):
+                data, pending = handle.pending[index]
+                pending.set(MessageAppended(100 + data))
+                if k % 5 == 0:
+                    await trio.sleep(0.001)
+            with trio.move_on_after(0.05):
+                early = await conn.receive()
+                raise AssertionError(f"an answer left before the first: {early}")
+            handle.pending[0][1].set(MessageAppended(100))
+            answers = [await conn.receive() for _ in range(n)]
+        assert answers == [{"status": "success", "sequence_num": 100 + i} for i in range(n)]
+        await conn.aclose()
+
+
+async def test_a_client_that_stops_reading_holds_only_its_connection_within_the_budget():
+    """Settled answers a client does not read: the settling task writes what the socket takes
+    and hands the rest to the connection's writer task (which waits); the connection's reads
+    stop at the buffer budget, and another connection is served meanwhile."""
+    budget = 256 * 1024
+    handle = _Handle()
+    value = b"v" * 60_000
+    async with _serving(handle, max_buffered_bytes=budget, max_in_flight=64) as (server, port, _):
+        stalled = await RawConnection.open(port)
+        with trio.fail_after(DEADLINE):
+            sent = 0
+            for _ in range(40):  # (about 240 KB of answers per 40 requests)
+                await stalled.send(*[_append(i) for i in range(sent, sent + 40)])
+                sent += 40
+                await trio.sleep(0.01)
+                for _data, pending in handle.pending:
+                    pending.set(MessageRead(len(handle.pending), value))
+            held = len(handle.pending)
+            assert held < sent  # its reads stopped
+            # (the budget, plus the answers of one write on their way out, plus a frame)
+            bound = budget + MAX_WRITE_BYTES + 2 * len(value)
+            assert server.budget.used <= bound, server.budget.used
+            other = await RawConnection.open(port)
+            for i in range(5):
+                await other.send(_append(i))
+                await handle.wait_for(held + i + 1)
+                handle.pending[-1][1].set(MessageAppended(i + 1))
+                assert await other.receive() == {"status": "success", "sequence_num": i + 1}
+            assert len(handle.pending) == held + 5  # the stalled connection is still paused
+            await other.aclose()
+        await stalled.aclose()
+
+
+async def test_answers_outstanding_at_shutdown_are_written_within_the_grace():
+    handle = _Handle()
+    async with _serving(handle, shutdown_grace=5.0) as (server, port, connections):
+        conn = await RawConnection.open(port)
+        with trio.fail_after(DEADLINE):
+            await conn.send(_append(0), _append(1))
+            await handle.wait_for(2)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.shutdown, connections)
+                await trio.sleep(0.05)
+                for data, pending in handle.pending:
+                    pending.set(MessageAppended(data + 1))
+            assert await conn.receive() == {"status": "success", "sequence_num": 1}
+            assert await conn.receive() == {"status": "success", "sequence_num": 2}
+            assert await conn.receive() is None  # then the broker closed it
+            assert server.connections == 0
+
+
+async def test_an_answer_never_settled_ends_with_the_grace_and_a_late_outcome_is_dropped():
+    handle = _Handle()
+    async with _serving(handle, shutdown_grace=0.2) as (server, port, connections):
+        conn = await RawConnection.open(port)
+        with trio.fail_after(DEADLINE):
+            await conn.send(_append(0))
+            await handle.wait_for(1)
+            await server.shutdown(connections)  # cancels the connection after the grace
+            assert await conn.receive() is None
+            handle.pending[0][1].set(MessageAppended(1))  # the connection is gone: nothing
+        await conn.aclose()

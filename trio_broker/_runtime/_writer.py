@@ -1,0 +1,218 @@
+"""One connection's answers written in request order (:mod:`._connections`), and, on a TCP
+connection, written by whoever learns they are known (docs/performance.md, "One request in
+flight: answers written as they are settled").
+
+The connection's reader queues each answer in the :class:`~._outbox.Outbox`; every answer
+known at that moment (up to a bound) leaves in one write. Who makes the write:
+
+- On a plain TCP connection (:class:`~._direct.DirectSocket`), while the writer task is idle:
+  the reader once it queued answers known at once (a refusal), or, for a proposal, the task that
+  settles its outcome (the driver): the answer at the head of the queue holds a callback
+  (``Answer.when_known``), :meth:`AnswerWriter.pump`, which writes every answer known then with
+  one non-blocking system call (``DirectSocket.send_now``). No task wakes per answer.
+- The writer task writes what could not be written at once (the rest of a partial write: a
+  client that does not read), and awaits every answer that cannot call back (a long poll), as
+  it does every answer on TLS and in-memory streams.
+
+Order: one of them writes at a time. :meth:`~AnswerWriter.pump` writes only while the writer
+task holds nothing (it waits for answers, and no rest of a write is left); both take answers
+from the head of the queue, and the pump completes its write, or hands the rest to the writer
+task, without yielding. A client that does not read: the rest waits in the writer task's
+``send_all`` (cancellable), its bytes charged to the buffer budget until written as every
+answer's are, so that reading stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .._errors import BrokerError
+from .._protocol import encode_frame, encode_response
+from ._direct import DirectSocket
+from ._outbox import Outbox
+
+MAX_WRITE_BATCH = 64
+MAX_WRITE_BYTES = 1024 * 1024
+"""Answers already known that go out in one write: at most so many, and about so many bytes
+(each charged to the buffer budget while it is written)."""
+
+ObserveBatch = Callable[[dict[tuple[str, Any, float], int], float], None]
+"""Told the answers of each write: how many per (operation, error code or None, when their
+receive began), and when they were encoded to leave."""
+
+
+class AnswerWriter:
+    """The answers of one connection, written in request order (see the module's docstring)."""
+
+    __slots__ = (
+        "_failed",
+        "_idle",
+        "_io",
+        "_more",
+        "_observe",
+        "_on_known",
+        "_outbox",
+        "_plaintext_hint",
+        "_rest",
+    )
+
+    def __init__(
+        self,
+        io: trio.abc.Stream | DirectSocket,
+        outbox: Outbox,
+        *,
+        observe: ObserveBatch,
+        plaintext_hint: Callable[[BrokerError], BrokerError] | None,
+    ) -> None:
+        self._io = io
+        self._outbox = outbox
+        self._observe = observe
+        self._plaintext_hint = plaintext_hint
+        self._idle = False
+        """The writer task waits for answers and holds none: another task may write."""
+        self._more: trio.Event | None = None
+        self._rest: tuple[Any, int, int, int] | None = None
+        """A write the immediate path could not complete: (the bytes left, the requests'
+        bytes held, the answers' size, how many answers), for the writer task."""
+        self._failed: Exception | None = None
+        """What the immediate path failed with (a bug): the writer task raises it."""
+        self._on_known: Callable[[], None] | None = self.pump if type(io) is DirectSocket else None
+        """What an answer calls once it is known (a TCP connection's): :meth:`pump`."""
+
+    def kick(self) -> None:
+        """Answers were queued (or the outbox closed): write those known now, or see that the
+        writer task will."""
+        if self._on_known is not None:
+            self.pump()
+        elif self._outbox.answers or self._outbox.closed:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._more is not None:
+            self._more.set()
+            self._more = None
+            self._idle = False
+
+    def pump(self) -> None:
+        """Write every answer known now, at once, if the writer task holds nothing; what is
+        left of a write, or an answer that cannot call back, goes to the writer task."""
+        if not self._idle or self._rest is not None:
+            return  # the writer task holds answers: it takes these after them
+        outbox = self._outbox
+        answers = outbox.answers
+        io = self._io
+        try:
+            while answers:
+                taken = self._take()
+                if taken is None:  # the head is not known yet
+                    if not (
+                        self._on_known is not None and answers[0][2].when_known(self._on_known)
+                    ):
+                        self._wake()
+                    return
+                out, size, charged = taken
+                data = b"".join(out) if len(out) > 1 else out[0]
+                sent = io.send_now(data)  # type: ignore[union-attr]  (a DirectSocket here)
+                if sent < len(data):
+                    outbox.account.charge(size)
+                    self._rest = (memoryview(data)[sent:], charged, size, len(out))
+                    self._wake()
+                    return
+                outbox.account.release(charged)
+                outbox.written(len(out))
+            if outbox.closed:
+                self._wake()  # the writer task ends
+        except Exception as exc:  # (a bug must not reach the task that settled an outcome)
+            self._failed = exc  # (answers may be lost: the writer task ends the connection)
+            self._wake()
+
+    async def run(self) -> None:
+        """The writer task: writes what the immediate path leaves, until the outbox is closed
+        and empty. Its bytes are charged to the budget until written: answers waiting for a
+        client that does not read count there, so that reading stops (not only once the
+        socket's buffers are full)."""
+        outbox = self._outbox
+        answers = outbox.answers
+        account = outbox.account
+        io = self._io
+        try:
+            while True:
+                if self._failed is not None:
+                    raise self._failed
+                if self._rest is not None:
+                    rest, charged, size, count = self._rest
+                    await io.send_all(rest)
+                    self._rest = None
+                    account.release(charged + size)
+                    outbox.written(count)
+                    continue
+                if not answers:
+                    if outbox.closed:
+                        return
+                    await self._wait()
+                    continue
+                taken = self._take()
+                if taken is None:
+                    head = answers[0][2]
+                    if self._on_known is not None and head.when_known(self._on_known):
+                        await self._wait()
+                        continue
+                    # What cannot call back is awaited here (and a long poll's response is
+                    # known only as the value its wait returns: written with it).
+                    taken = self._take(await head.response())
+                    assert taken is not None
+                out, size, charged = taken
+                account.charge(size)
+                await io.send_all(b"".join(out) if len(out) > 1 else out[0])
+                account.release(charged + size)
+                outbox.written(len(out))
+        finally:
+            self._idle = False
+            self._on_known = None  # (late outcomes: nobody writes any more)
+
+    async def _wait(self) -> None:
+        """Idle until :meth:`_wake`: meanwhile the immediate path may write."""
+        self._more = event = trio.Event()
+        self._idle = True
+        try:
+            await event.wait()
+        finally:
+            self._idle = False
+            self._more = None
+
+    def _take(self, head: Any = None) -> tuple[list[bytes], int, int] | None:
+        """Take the answers known at the head of the queue (up to the bounds), encoded, and
+        count them for the metrics: (their frames, their size, the requests' bytes held);
+        None when the head is not known. ``head``: the first answer's response, awaited."""
+        answers = self._outbox.answers
+        hint = self._plaintext_hint
+        out: list[bytes] = []
+        size = charged = 0
+        tally: dict[tuple[str, Any, float], int] = {}
+        while answers and len(out) < MAX_WRITE_BATCH and size < MAX_WRITE_BYTES:
+            operation, started, answer, held = answers[0]
+            frame, code = answer.frame(), None  # (an appended message's: its bytes)
+            response, head = head, None
+            if frame is None:
+                if response is None:
+                    response = answer.known()
+                if response is None:
+                    break  # write what is known; then wait for this one
+                if hint is not None and isinstance(response, BrokerError):
+                    response = hint(response)
+                code = getattr(response, "code", None)
+                frame = encode_frame(encode_response(response))
+            answers.popleft()
+            key = (operation, code, started)
+            tally[key] = tally.get(key, 0) + 1
+            out.append(frame)
+            size += len(frame)
+            charged += held
+        if not out:
+            return None
+        self._observe(tally, time.perf_counter())
+        return out, size, charged
