@@ -20,15 +20,17 @@ from typing import Any
 import trio
 
 from trio_broker._core._commands import MessageAppended, MessageRead
-from trio_broker._protocol import Append
-from trio_broker._runtime._answer import Answer
+from trio_broker._protocol import Append, encode_frame, encode_response
+from trio_broker._runtime import open_broker
+from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
 from trio_broker._runtime._pending import Pending
+from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._security import Security
 from trio_broker._runtime._writer import MAX_WRITE_BYTES
 
-from .wire import RawConnection
+from .wire import RawConnection, create_queue
 
 DEADLINE = 20
 _WRITERS = ("AnswerWriter.run", "ConnectionServer._write_answers")
@@ -217,3 +219,42 @@ async def test_an_answer_never_settled_ends_with_the_grace_and_a_late_outcome_is
             assert await conn.receive() is None
             handle.pending[0][1].set(MessageAppended(1))  # the connection is gone: nothing
         await conn.aclose()
+
+
+async def test_a_lone_append_is_proposed_without_the_one_by_one_path(ram_path):
+    """A receive of one original-contract APPEND is checked and proposed by ``Runs`` itself
+    (no ``decide``, no queue lookup), and answered as the one-by-one path answers it; any other
+    lone request still goes to ``decide``."""
+    config = BrokerConfig(data_dir=ram_path / "b", port=0, max_frame=2048)
+    async with open_broker(config) as broker:
+        queue_id = await create_queue(broker.port)
+        decided: list[str] = []
+        decide = broker.runs.handle
+
+        async def counted(request: Any, session: Any) -> Any:
+            decided.append(type(request).__name__)
+            return await decide(request, session)
+
+        broker.runs.handle = counted
+        conn = await RawConnection.open(broker.port)
+        with trio.fail_after(DEADLINE):
+            answers = [await conn.call(_append(i) | {"queue_name": queue_id}) for i in range(5)]
+            too_large = await conn.call({**_append(0), "queue_name": queue_id, "data": "x" * 1900})
+            named = await conn.call({**_append(0), "queue_name": "no-such-queue"})
+            read = await conn.call({"operation": "READ", "queue_name": queue_id, "client_id": "C"})
+        assert answers == [{"status": "success", "sequence_num": i + 1} for i in range(5)]
+        assert too_large["code"] == "TOO_LARGE" and named["code"] == "QUEUE_NOT_FOUND"
+        assert read == {"status": "success", "sequence_num": 1, "data": 0}
+        assert decided == ["Append", "Read"]  # the named queue's APPEND, and the READ
+        await conn.aclose()
+
+
+def test_a_lone_appends_frame_is_the_general_encoding():
+    for result in (MessageAppended(7), MessageAppended(2**40), MessageAppended(3, True)):
+        pending = Pending()
+        answer = AppendAnswer(later=pending)
+        assert answer.frame() is None  # not known yet
+        pending.set(result)
+        general = encode_frame(encode_response(response_for(result)))
+        assert answer.frame() in (general, None)
+        assert (answer.frame() is None) == result.duplicate  # (a duplicate: the general path)

@@ -297,7 +297,7 @@ class ConnectionServer:
                 # Deciding may wait (for capacity, storage, another broker): the answers
                 # before these must not wait with them.
                 writer.kick()
-            if len(run) == 1 or handle_many is None:
+            if handle_many is None:
                 for request, (operation, began, held) in zip(run, run_info, strict=True):
                     outbox.put(operation, began, await handle(request, session), held)
             else:

@@ -63,6 +63,9 @@ class Runs:
         proposed together (:meth:`RaftDriver.propose_many`: one capacity charge, one result
         list); any other request is decided by :attr:`handle`, after the commands before it
         are proposed, so that the log holds the commands in request order."""
+        if len(requests) == 1:  # (a receive of one request: no run to build)
+            answered([await self._handle_one(requests[0], session)])
+            return
         answers: list[Answer | None] = []
         given = 0
         """Answers given to ``answered`` (a prefix of ``answers``)."""
@@ -116,6 +119,31 @@ class Runs:
             commands.append(command)
             answers.append(None)
         await propose()
+
+    async def _handle_one(self, request: Request, session: Session | None) -> Answer:
+        """A lone request: the original contract's APPEND checked and proposed here (as a
+        run of one would be, without the run's lists: docs/performance.md, "One request in
+        flight"), anything else decided by :attr:`handle`."""
+        if (
+            type(request) is Append
+            and request.producer_id is None
+            and request.producer_seq is None
+            and request.headers is None
+            and request.producer_epoch is None
+            and request.queue_name.startswith("Q-")
+            and not self._closing()
+        ):
+            command = plain_append(request, self._config.max_data_bytes, self._wall_clock_ms())
+            if isinstance(command, BrokerError):
+                return Answer(now=command)
+            driver = self._driver
+            if not driver.node.is_leader:
+                return Answer(now=driver.not_leader_error())
+            pending = await driver.propose(command)
+            if isinstance(pending, BrokerError):
+                return Answer(now=pending)
+            return AppendAnswer(later=pending)
+        return await self.handle(request, session)
 
     def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
         """The command (or refusal) of a request that joins a run, and the conversion of its
@@ -181,6 +209,22 @@ class RunAnswer(GroupAnswer):
         result = self._group.results[self._index]
         if type(result) is MessageAppended and not result.duplicate:
             return appended_frame(result.sequence_num)
+        return None
+
+
+class AppendAnswer(Answer):
+    """The answer to a lone APPEND of the original contract (:meth:`Runs._handle_one`): its
+    proposal's :class:`~._pending.Pending`, and for an appended message its frame written
+    straight from the sequence number, as :class:`RunAnswer`'s."""
+
+    __slots__ = ()
+
+    def frame(self) -> bytes | None:
+        later = self._later
+        if later is not None and later.done:
+            result = later.result
+            if type(result) is MessageAppended and not result.duplicate:
+                return appended_frame(result.sequence_num)
         return None
 
 
