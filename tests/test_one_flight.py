@@ -12,6 +12,7 @@ dropped harmlessly.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,8 @@ from trio_broker._runtime import open_broker
 from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
-from trio_broker._runtime._pending import Pending
+from trio_broker._runtime._direct import DirectSocket
+from trio_broker._runtime._pending import Pending, settling
 from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._security import Security
 from trio_broker._runtime._writer import MAX_WRITE_BYTES
@@ -258,3 +260,34 @@ def test_a_lone_appends_frame_is_the_general_encoding():
         general = encode_frame(encode_response(response_for(result)))
         assert answer.frame() in (general, None)
         assert (answer.frame() is None) == result.duplicate  # (a duplicate: the general path)
+
+
+async def test_outcomes_settled_together_leave_in_one_write(monkeypatch):
+    """The driver settles a Ready's outcomes inside ``settling()``: a connection whose answers
+    several of them made known writes them once (outside it, one write per outcome settled in
+    request order)."""
+    writes: list[int] = []
+    send_now = DirectSocket.send_now
+
+    def counted(self: DirectSocket, data: Any) -> int:
+        writes.append(len(data))
+        return send_now(self, data)
+
+    monkeypatch.setattr(DirectSocket, "send_now", counted)
+    handle = _Handle()
+    n = 10
+    async with _serving(handle) as (_, port, _n):
+        conn = await RawConnection.open(port)
+        with trio.fail_after(DEADLINE):
+            for together in (True, False):
+                first = len(handle.pending)
+                await conn.send(*[_append(i) for i in range(n)])
+                await handle.wait_for(first + n)
+                writes.clear()
+                with settling() if together else contextlib.nullcontext():
+                    for i, (_data, pending) in enumerate(handle.pending[first:]):
+                        pending.set(MessageAppended(first + i + 1))
+                answers = [await conn.receive() for _ in range(n)]
+                assert [a["sequence_num"] for a in answers] == list(range(first + 1, first + n + 1))
+                assert len(writes) == (1 if together else n), writes
+        await conn.aclose()

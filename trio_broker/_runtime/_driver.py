@@ -48,7 +48,7 @@ from ._log import log_event, logger
 from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
 from ._peers import PeerFleet
-from ._pending import Capacity, Pending, PendingGroup, acquire
+from ._pending import Capacity, Pending, PendingGroup, acquire, settling
 from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
@@ -580,16 +580,17 @@ class RaftDriver(GroupMembers):
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
             self.snapshots.applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
-        for entry, result in zip(committed, results, strict=True):
-            if isinstance(entry.payload, CommandGroup):
-                for command, one in zip(entry.payload.commands, result.results, strict=True):
-                    self._on_applied(command, one)
-                self.commands_applied += len(entry.payload.commands)
-            else:
-                self._on_applied(entry.payload, result)
-                self.commands_applied += isinstance(entry.payload, Command)
-            for pending, outcome in self._ledger.applied(entry.index, entry.term, result):
-                self._settle(pending, outcome)
+        with settling():  # (each connection's answers known now leave in one write)
+            for entry, result in zip(committed, results, strict=True):
+                if isinstance(entry.payload, CommandGroup):
+                    for command, one in zip(entry.payload.commands, result.results, strict=True):
+                        self._on_applied(command, one)
+                    self.commands_applied += len(entry.payload.commands)
+                else:
+                    self._on_applied(entry.payload, result)
+                    self.commands_applied += isinstance(entry.payload, Command)
+                for pending, outcome in self._ledger.applied(entry.index, entry.term, result):
+                    self._settle(pending, outcome)
         for peer in rd.snapshots_to_send:
             self.start_soon(self.snapshots.offer, peer)
         self.node.advance()

@@ -9,7 +9,8 @@ by index as the driver settles each; the connection's writer waits on the group 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -17,6 +18,34 @@ import trio
 from ._answer import Answer, response_for
 
 _UNSET: Any = object()
+_held: list[Callable[[], None]] | None = None
+"""Inside :func:`settling`: the callbacks of the outcomes set so far, called on leaving it."""
+
+
+@contextlib.contextmanager
+def settling() -> Iterator[None]:
+    """Hold the callbacks (``when_done``) of the outcomes set inside, and call each once on
+    leaving: a connection whose answers several outcomes made known (the groups of several
+    receives, settled by one Ready) writes them in one write, not one per outcome. Nothing
+    inside may wait: it is one stretch of the loop's thread, no other task runs meanwhile."""
+    global _held
+    if _held is not None:  # (nested: the outer one calls them)
+        yield
+        return
+    _held = held = []
+    try:
+        yield
+    finally:
+        _held = None
+        for callback in dict.fromkeys(held):  # (once each, in the order they were set)
+            callback()
+
+
+def _notify(callback: Callable[[], None]) -> None:
+    if _held is None:
+        callback()
+    else:
+        _held.append(callback)
 
 
 class PendingGroup:
@@ -42,13 +71,13 @@ class PendingGroup:
                 self._event.set()
                 notify, self._notify = self._notify, None
                 if notify is not None:
-                    notify()
+                    _notify(notify)
 
     def when_done(self, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` (once, synchronously, in the task that settles the last outcome)
-        when every outcome is known; False, and nothing registered, if they are known now.
-        One callback at a time: the connection that proposed the group (a later one replaces
-        an earlier one)."""
+        """Call ``callback`` (once, in the task that settles the last outcome: at once, or on
+        leaving :func:`settling`) when every outcome is known; False, and nothing registered,
+        if they are known now. One callback at a time: the connection that proposed the
+        group (a later one replaces an earlier one)."""
         if not self._left:
             return False
         self._notify = callback
@@ -176,12 +205,12 @@ class Pending:
             self._event.set()
             notify, self._notify = self._notify, None
             if notify is not None:
-                notify()
+                _notify(notify)
 
     def when_done(self, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` (once, synchronously, in the task that sets the outcome) when the
-        outcome is known; False, and nothing registered, if it is known now. One callback at
-        a time (the connection whose answer this is)."""
+        """Call ``callback`` (once, in the task that sets the outcome: at once, or on leaving
+        :func:`settling`) when the outcome is known; False, and nothing registered, if it is
+        known now. One callback at a time (the connection whose answer this is)."""
         if self._event.is_set():
             return False
         self._notify = callback
