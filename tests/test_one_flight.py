@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+import trustme
 
 from trio_broker._core._commands import MessageAppended, MessageRead
 from trio_broker._protocol import Append, encode_frame, encode_response
@@ -78,7 +80,7 @@ class _Handle:
 
 @asynccontextmanager
 async def _serving(
-    handle: Callable[..., Any], **config: Any
+    handle: Callable[..., Any], tls_context: ssl.SSLContext | None = None, **config: Any
 ) -> AsyncIterator[tuple[ConnectionServer, int, trio.Nursery]]:
     server = ConnectionServer(
         BrokerConfig(data_dir="unused", port=0, **config),
@@ -92,8 +94,11 @@ async def _serving(
         observe=lambda tally, now: None,
         plaintext_hint=lambda error: error,
     )
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
+    tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = tcp[0].socket.getsockname()[1]
+    listeners: list[Any] = tcp
+    if tls_context is not None:
+        listeners = [trio.SSLListener(x, tls_context, https_compatible=True) for x in tcp]
     async with trio.open_nursery() as connections:
         await connections.start(server.serve, listeners, connections)
         yield server, port, connections
@@ -290,4 +295,38 @@ async def test_outcomes_settled_together_leave_in_one_write(monkeypatch):
                 answers = [await conn.receive() for _ in range(n)]
                 assert [a["sequence_num"] for a in answers] == list(range(first + 1, first + n + 1))
                 assert len(writes) == (1 if together else n), writes
+        await conn.aclose()
+
+
+async def test_tls_connections_answer_in_order_through_the_writer_task(monkeypatch):
+    """On TLS the socket is not the connection's to write: answers go through the writer
+    task and the stream's own calls, still in request order whatever the settling order."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    immediate: list[int] = []
+    send_now = DirectSocket.send_now
+
+    def counted(self: DirectSocket, data: Any) -> int:
+        immediate.append(len(data))
+        return send_now(self, data)
+
+    monkeypatch.setattr(DirectSocket, "send_now", counted)
+    handle = _Handle()
+    n = 20
+    async with _serving(handle, tls_context=server_context) as (_, port, _n):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = trio.SSLStream(tcp, client_context, server_hostname="127.0.0.1")
+        conn = RawConnection(stream)  # type: ignore[arg-type]
+        with trio.fail_after(DEADLINE):
+            await conn.send(*[_append(i) for i in range(n)])
+            await handle.wait_for(n)
+            for data, pending in reversed(handle.pending):
+                pending.set(MessageAppended(data + 1))
+                await trio.lowlevel.checkpoint()
+            answers = [await conn.receive() for _ in range(n)]
+        assert answers == [{"status": "success", "sequence_num": i + 1} for i in range(n)]
+        assert not immediate
         await conn.aclose()
