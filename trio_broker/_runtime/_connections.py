@@ -4,9 +4,10 @@
 serves a handler: it knows framing, sessions, authentication (docs/security.md), TLS, ordering
 and backpressure, and nothing of what a request means. ``handle`` decides a request into an
 :class:`~._answer.Answer`; the server writes each answer once it is known, in request order.
-Every frame of one receive is decided before the next receive, and one writer task per
-connection writes all the answers known at that moment in one ``send_all`` (docs/performance.md,
-"Batch per receive"). A TCP connection's receives and writes go through
+Every frame of one receive is decided before the next receive, and all the answers known at
+that moment leave in one write (docs/performance.md, "Batch per receive"): on TCP made by the
+task that learns they are known, as it settles them, else by the connection's writer task
+(:mod:`._writer`). A TCP connection's receives and writes go through
 :class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait.
 A little past the house's ~600 lines: the read loop's cases (limits, authentication, the hand-over
 to a peer stream) are one state machine over its locals; split, they would pass a dozen of them.
