@@ -4,12 +4,14 @@ them submitted together) and the driver's capacity.
 :meth:`~._driver.RaftDriver.propose_many` takes the requests of one receive in one call
 (docs/performance.md, "Submit a receive's requests in one call"): one charge of
 :class:`Capacity` for all of them, and one :class:`PendingGroup` whose outcomes are filled in
-by index as the driver settles each; the connection's writer waits on the group once.
+by index as the driver settles each. Either calls back once its outcomes are known
+(``when_done``): the connection then writes the answer (:mod:`._writer`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,8 +20,11 @@ import trio
 from ._answer import Answer, response_for
 
 _UNSET: Any = object()
-_held: list[Callable[[], None]] | None = None
-"""Inside :func:`settling`: the callbacks of the outcomes set so far, called on leaving it."""
+_held: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "_held", default=None
+)
+"""Inside :func:`settling` (in the task that entered it, and only there: brokers may run in
+several threads of one process): the callbacks of the outcomes set so far."""
 
 
 @contextlib.contextmanager
@@ -28,24 +33,25 @@ def settling() -> Iterator[None]:
     leaving: a connection whose answers several outcomes made known (the groups of several
     receives, settled by one Ready) writes them in one write, not one per outcome. Nothing
     inside may wait: it is one stretch of the loop's thread, no other task runs meanwhile."""
-    global _held
-    if _held is not None:  # (nested: the outer one calls them)
+    if _held.get() is not None:  # (nested: the outer one calls them)
         yield
         return
-    _held = held = []
+    held: list[Callable[[], None]] = []
+    token = _held.set(held)
     try:
         yield
     finally:
-        _held = None
+        _held.reset(token)
         for callback in dict.fromkeys(held):  # (once each, in the order they were set)
             callback()
 
 
 def _notify(callback: Callable[[], None]) -> None:
-    if _held is None:
+    held = _held.get()
+    if held is None:
         callback()
     else:
-        _held.append(callback)
+        held.append(callback)
 
 
 class PendingGroup:
