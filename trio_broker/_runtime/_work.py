@@ -299,11 +299,16 @@ class WorkRoom:
             event.set()
         self._changed.clear()
 
-    async def wait_changed(self, queue_id: str) -> None:
+    def changed_event(self, queue_id: str) -> trio.Event:
+        """The event the next :meth:`wake` of ``queue_id`` sets. A long poll takes it before
+        it reads: a change applied after the read looked is then never missed."""
         event = self._changed.get(queue_id)
         if event is None:
             event = self._changed[queue_id] = trio.Event()
-        await event.wait()
+        return event
+
+    async def wait_changed(self, queue_id: str) -> None:
+        await self.changed_event(queue_id).wait()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -424,13 +429,15 @@ class WorkRoom:
                 max_bytes,
             )
 
+        changed = self.changed_event(request.queue_name) if request.wait_ms else None
         first = await self._propose(command())
         if isinstance(first, BrokerError):
             return Answer(now=first)
-        if not request.wait_ms:
+        if changed is None:
             return Answer(later=Mapped(first, work_answer))
         deadline = trio.current_time() + request.wait_ms / 1000
-        return Answer(later=Mapped(_GroupPoll(self, command, first, deadline), work_answer))
+        poll = _GroupPoll(self, command, first, deadline, changed)
+        return Answer(later=Mapped(poll, work_answer))
 
     # -- the leader's sweeps --------------------------------------------------------------------
 
@@ -505,30 +512,43 @@ class WorkRoom:
 class _GroupPoll:
     """A GROUP_READ with ``wait_ms``: when nothing was delivered, wait for an append, a NACK
     or an expiry on the queue (or :data:`REDELIVERY_RECHECK`) and read again, with a fresh
-    clock, until the deadline. Waited on by the connection's writer, as READ's long poll."""
+    clock, until the deadline. Waited on by the connection's writer, as READ's long poll.
+
+    Each read's wake-up event is taken before the read is proposed (``changed``): an append
+    applied after the read looked at the state sets it, so the next round reads at once. A
+    round that finds nothing is answered without a log entry once the group is known idle
+    (``_reads.py``); the wake-ups are the same either way."""
 
     done = False
     result = None
 
     def __init__(
-        self, room: WorkRoom, command: Callable[[], work.GroupRead], first: Any, deadline: float
+        self,
+        room: WorkRoom,
+        command: Callable[[], work.GroupRead],
+        first: Any,
+        deadline: float,
+        changed: trio.Event,
     ) -> None:
         self.room = room
         self.command = command
         self.first = first
         self.deadline = deadline
+        self.changed = changed
 
     async def wait(self) -> Any:
         result = await self.first.wait()
+        changed = self.changed
         while (
             isinstance(result, work.Delivered)
             and not result.messages
             and trio.current_time() < self.deadline
         ):
-            command = self.command()
             with trio.move_on_at(min(self.deadline, trio.current_time() + REDELIVERY_RECHECK)):
-                await self.room.wait_changed(command.queue_id)
-            pending = await self.room._propose(self.command())
+                await changed.wait()
+            command = self.command()
+            changed = self.room.changed_event(command.queue_id)
+            pending = await self.room._propose(command)
             if isinstance(pending, BrokerError):
                 return pending
             result = await pending.wait()
