@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import random
+import re
+from pathlib import Path
 
 import pytest
 import trio
@@ -328,6 +330,12 @@ async def test_the_read_index_counters_are_in_the_metrics(ram_path):
             rounds = m[("trio_broker_read_index_rounds_total", ())]
             answered = m[(reads, (("outcome", "answered"),))]
             assert m[(reads, (("outcome", "failed"),))] == 0
+            # (every documented series present: a rejection, a client behind on a queue)
+            await call(leader.port, {"operation": "NOPE"})
+            other = await create_queue(leader.port)
+            for value in (1, 2):
+                await call(leader.port, {"operation": "APPEND", "queue_name": other, "data": value})
+            await call(leader.port, {"operation": "READ", "queue_name": other, "client_id": "C-1"})
             for _ in range(4):  # (the first through the log: then the group is idle)
                 r = await call(leader.port, group_read(queue_id))
                 assert r["messages"] == [], r
@@ -335,3 +343,15 @@ async def test_the_read_index_counters_are_in_the_metrics(ram_path):
             assert m[(reads, (("outcome", "answered"),))] == answered + 3
             assert m[("trio_broker_read_index_rounds_total", ())] >= rounds + 1
             assert m[(reads, (("outcome", "logged"),))] == 0
+            # docs/operations.md's table names only what a broker exports.
+            exported = {name for name, _ in m}
+            for name in _documented_metrics():
+                assert exported & {name, f"{name}_count"}, name
+
+
+def _documented_metrics() -> set[str]:
+    guide = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+    rows = [line for line in guide.read_text().splitlines() if line.startswith("| `trio_broker_")]
+    names = {n for row in rows for n in re.findall(r"`(trio_broker_\w+)", row.split(" | ")[0])}
+    assert "trio_broker_read_index_reads_total" in names
+    return names
