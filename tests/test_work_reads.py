@@ -355,3 +355,29 @@ def _documented_metrics() -> set[str]:
     names = {n for row in rows for n in re.findall(r"`(trio_broker_\w+)", row.split(" | ")[0])}
     assert "trio_broker_read_index_reads_total" in names
     return names
+
+
+@within_deadline
+async def test_waiting_polls_reread_together_and_share_a_round(autojump_clock):
+    """The once-a-second re-reads of polls that started at different moments fall on the same
+    instants (``next_recheck``): each instant's reads share one heartbeat round."""
+    async with open_mock_cluster(3) as cluster:
+        leader, queue_id = await joined(cluster)
+        await idle(cluster, leader, queue_id)
+        driver = cluster.brokers[leader].driver
+        served, rounds = driver.reads.served, driver.node.reads.read_rounds
+
+        async def poll(n: int) -> None:
+            await trio.sleep(0.1 * n)
+            r = await cluster.call(leader, group_read(queue_id, member=f"m{n}", wait_ms=4000))
+            assert r["messages"] == [], r
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(poll, n)
+        reads = driver.reads.served - served
+        # Each poll: its first read, about four re-reads, one at its end (48 here).
+        assert reads >= 8 * 5
+        # Its first and last reads are their own rounds; the re-reads of the eight share
+        # one a second (20 here; 40 with each poll re-reading on its own second).
+        assert driver.node.reads.read_rounds - rounds <= 8 * 2 + 6

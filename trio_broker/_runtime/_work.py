@@ -14,6 +14,7 @@ so it imports nothing of the broker.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +41,15 @@ LEASE_CHECK_INTERVAL = 0.05
 read wakes the sweep, and each look-up is a storage job."""
 REDELIVERY_RECHECK = 1.0
 """A long-polling GROUP_READ reads again at least this often (seconds): a NACK's delay ends
-without any command, so no wake-up says a redelivery became available."""
+without any command, so no wake-up says a redelivery became available. These re-reads fall
+on the whole multiples of it on the broker's clock (:func:`next_recheck`), so that every
+poll waiting on the broker re-reads at the same moment and their reads share one ReadIndex
+round."""
+
+
+def next_recheck(now: float) -> float:
+    """The first multiple of :data:`REDELIVERY_RECHECK` after ``now`` (at most that far)."""
+    return (math.floor(now / REDELIVERY_RECHECK) + 1) * REDELIVERY_RECHECK
 
 
 def _bad(message: str) -> BrokerError:
@@ -544,7 +553,7 @@ class _GroupPoll:
             and not result.messages
             and trio.current_time() < self.deadline
         ):
-            with trio.move_on_at(min(self.deadline, trio.current_time() + REDELIVERY_RECHECK)):
+            with trio.move_on_at(min(self.deadline, next_recheck(trio.current_time()))):
                 await changed.wait()
             command = self.command()
             changed = self.room.changed_event(command.queue_id)
