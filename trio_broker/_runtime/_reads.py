@@ -77,40 +77,41 @@ class _ByQueue:
     are forgotten at once: it is a hint)."""
 
     def __init__(self) -> None:
-        self._names: dict[str, set[str]] = {}
+        self.by_queue: dict[str, set[str]] = {}
+        """Queue id -> its names (the same dict for the object's life)."""
         self._count = 0
 
     def __contains__(self, key: tuple[str, str]) -> bool:
-        names = self._names.get(key[0])
+        names = self.by_queue.get(key[0])
         return names is not None and key[1] in names
 
     def __len__(self) -> int:
         return self._count
 
     def clear(self) -> None:
-        self._names.clear()
+        self.by_queue.clear()
         self._count = 0
 
     def add(self, queue_id: str, name: str) -> None:
-        names = self._names.get(queue_id)
+        names = self.by_queue.get(queue_id)
         if names is not None and name in names:
             return
         if self._count >= MAX_EXHAUSTED:
             self.clear()
             names = None
         if names is None:
-            names = self._names[queue_id] = set()
+            names = self.by_queue[queue_id] = set()
         names.add(name)
         self._count += 1
 
     def discard(self, queue_id: str, name: str) -> None:
-        names = self._names.get(queue_id)
+        names = self.by_queue.get(queue_id)
         if names is not None and name in names:
             names.discard(name)
             self._count -= 1
 
     def drop_queue(self, queue_id: str) -> None:
-        names = self._names.pop(queue_id, None)
+        names = self.by_queue.pop(queue_id, None)
         if names is not None:
             self._count -= len(names)
 
@@ -125,6 +126,9 @@ class Exhausted:
         self._clients = _ByQueue()
         self.groups = _ByQueue()
         """Idle consumer groups, as (queue id, group name)."""
+        # (Their dicts, looked up first for every append: the hot path.)
+        self._client_queues = self._clients.by_queue
+        self._group_queues = self.groups.by_queue
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         """Whether ``(client_id, queue_id)`` is exhausted."""
@@ -138,8 +142,11 @@ class Exhausted:
         """An applied command (called for every one: cheap for all but reads and appends)."""
         kind = type(command)
         if kind in _APPENDS_SET:
-            self._clients.drop_queue(command.queue_id)
-            self.groups.drop_queue(command.queue_id)
+            queue_id = command.queue_id
+            if queue_id in self._client_queues:
+                self._clients.drop_queue(queue_id)
+            if queue_id in self._group_queues:
+                self.groups.drop_queue(queue_id)
         elif kind in _READS_SET:
             if getattr(command, "peek", False):
                 return
