@@ -280,7 +280,8 @@ class ReadPath:
         self.sent_to_log = 0
         """Reads that tried this path and went to the log."""
         self.failed = 0
-        """Waiting reads failed because this broker stopped leading or began a transfer."""
+        """Reads failed because this broker stopped leading or began a transfer while they
+        waited (before the core took them, or in it)."""
 
     def __len__(self) -> int:
         return len(self._arrived) + len(self._waiting) + len(self._ready)
@@ -329,6 +330,7 @@ class ReadPath:
         try:
             node.read_index(key)
         except RaftError as exc:
+            self._failed(exc)
             self._refused(None, token, errors(exc))
             return
         self._waiting[key] = (None, token)
@@ -344,8 +346,7 @@ class ReadPath:
         some wait for it."""
         ready, failed = node.take_reads()
         for key, exc in failed:
-            if isinstance(exc, NotLeader):  # (a LeadershipTransferring too)
-                self.failed += 1
+            self._failed(exc)
             entry = self._waiting.pop(key, None)
             if entry is not None:
                 self._refused(*entry, errors(exc))
@@ -368,6 +369,7 @@ class ReadPath:
             try:
                 node.read_index(key, after)
             except RaftError as exc:  # not the leader, a transfer, too many, older peers
+                self._failed(exc)
                 self._refused(command, token, errors(exc))
                 continue
             self._waiting[key] = (command, token)
@@ -386,6 +388,10 @@ class ReadPath:
         for start in range(0, len(entries), QUERY_CHUNK):
             logged |= await self._answer(entries[start : start + QUERY_CHUNK], run)
         return logged
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, NotLeader):  # (a LeadershipTransferring too)
+            self.failed += 1
 
     def _refused(self, command: Any, token: Any, outcome: Any) -> None:
         """The core refused or failed a read: ``outcome`` answers it, or with None it takes
