@@ -316,9 +316,6 @@ class WorkRoom:
             event = self._changed[queue_id] = trio.Event()
         return event
 
-    async def wait_changed(self, queue_id: str) -> None:
-        await self.changed_event(queue_id).wait()
-
     # -- requests -------------------------------------------------------------------------------
 
     async def commit(self, command: Any, convert: Callable[[Any], Any] = work_answer) -> Answer:
