@@ -472,8 +472,7 @@ def encode_payload(payload: Any) -> bytes:
 _APPEND_HEAD = b'{"type":"APPEND_MESSAGE","queue_id":'
 _GROUP_HEAD = b'{"type":"COMMAND_GROUP","commands":['
 _APPEND_FORM = b'%b%b,"appended_ms":%d}'
-_INT_LOW, _INT_HIGH = -(2**63), 2**64
-"""The integers orjson writes (it refuses any other): the by-hand form refuses the rest too."""
+_INT_LOW, _INT_HIGH = -(2**63), 2**64  # the integers orjson writes (it refuses the others)
 
 
 def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
@@ -481,7 +480,7 @@ def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
     load) as exactly the bytes orjson writes for its :func:`payload_to_obj` form, formatted
     by hand: one ``%`` per append, the queue's part of it written once per run of one queue,
     where the general form builds a dict and a ``Fragment`` per append (128 appends: 42 ->
-    34 us; docs/performance.md, "A replica's per-append cost and the leader's peer links").
+    33 us; docs/performance.md, "A replica's per-append cost and the leader's peer links").
     None for any other group, which the general form writes (and refuses as it does).
     ``tests/test_replica_codec.py`` holds both to the same bytes."""
     parts: list[bytes] = []
