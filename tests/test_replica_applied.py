@@ -59,7 +59,8 @@ def _state(views: types.SimpleNamespace, exhausted: Exhausted) -> object:
         {q: e.is_set() for q, e in views.events[1].items()},
         (set(views._appended), set(views.work._changed)),
         {(c, q) for c in CLIENTS for q in QUEUES if (c, q) in exhausted},
-        exhausted._count,
+        len(exhausted._clients),
+        {q: set(g) for q, g in exhausted.groups.by_queue.items() if g},
     )
 
 
