@@ -310,12 +310,14 @@ def needs_repair(db: apsw.Connection, queue_id: str, seq: int) -> bool:
 
 
 def damaged_values(
-    db: apsw.Connection, after: tuple[str, int], limit: int
+    db: apsw.Connection, after: tuple[str, int], limit: int, max_bytes: int | None = None
 ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
     """One step of the value scrub: check up to ``limit`` stored values after ``(queue id,
-    sequence number)``; returns the damaged ones and where to go on (None: the end)."""
+    sequence number)``, and no more once ``max_bytes`` of them are read (None: no bound);
+    returns the damaged ones and where to go on (None: the end)."""
     found = []
     last = None
+    size = 0
     try:
         for queue_id, seq, data, headers, checksum in db.execute(
             "SELECT queue_id, sequence_num, data, headers, checksum FROM queue_data"
@@ -325,6 +327,10 @@ def damaged_values(
             last = (queue_id, seq)
             if not _intact(queue_id, seq, data, headers, checksum):
                 found.append(last)
+            if max_bytes is not None:
+                size += len(data) if isinstance(data, bytes | str) else 0
+                if size >= max_bytes:
+                    break
     except DAMAGE_ERRORS:
         # A page SQLite cannot read: the start's check would have refused it; skip past.
         return found, None
