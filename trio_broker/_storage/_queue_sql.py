@@ -222,13 +222,14 @@ def _apply_one(
 
 
 _POSITION = (
-    "SELECT q.length, q.deleted_through, coalesce(p.read_position, 0),"
-    " EXISTS (SELECT 1 FROM work_meta WHERE key = 'sweep_ms') FROM queues AS q"
-    " LEFT JOIN client_positions AS p ON p.queue_id = q.queue_id AND p.client_id = ?"
-    " WHERE q.queue_id = ?"
+    "SELECT length, deleted_through, coalesce((SELECT read_position FROM client_positions"
+    " WHERE client_id = ?1 AND queue_id = ?2), 0),"
+    " EXISTS (SELECT 1 FROM work_meta WHERE key = 'sweep_ms') FROM queues WHERE queue_id = ?2"
 )
 """A READ's, ACK's or SEEK's one query before it writes: the queue, the client's position,
-and whether idle forgetting has started (``touch_position``'s check, answered here)."""
+and whether idle forgetting has started (``touch_position``'s check, answered here). As
+subqueries rather than a ``LEFT JOIN``: the same rows, in 1.7 µs instead of 6.9 (thread time,
+best of 7 x 2,000, here)."""
 
 
 def stored_groups(db: apsw.Connection) -> tuple[str, ...]:
