@@ -167,7 +167,7 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
         assert [r[0] for r in damaged.intact_rows(Q, 1, 100, 1 << 20)] == [
             1, 2, 3, 4, 5, 6, 8, 10, 11, 12
         ]  # fmt: skip
-        assert damaged.damaged_values(("", 0), 100) == ([(Q, 7)], (Q, 12))
+        assert damaged.damaged_values(("", 0), 100) == ([(Q, 7), (Q, 9)], None)
         assert [n for n in range(1, 14) if damaged.needs_repair(Q, n)] == [7, 9]
         rows = peer.intact_rows(Q, 5, 100, 1 << 20)
         assert [r[0] for r in rows] == list(range(5, 13))
@@ -178,7 +178,7 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
         assert damaged.repair_rows(Q, changed) == [9]
         assert damaged.repair_rows(Q, rows) == [7]
         assert damaged.messages(Q) == [_value(i) for i in range(1, 13)]
-        assert damaged.damaged_values(("", 0), 100) == ([], (Q, 12))
+        assert damaged.damaged_values(("", 0), 100) == ([], None)
         assert not any(damaged.needs_repair(Q, n) for n in range(1, 14))
         # Rows this broker does not hold yet (beyond its queue's length) are not inserted.
         peer.apply([AppendMessage(Q, _value(13))])
@@ -187,6 +187,52 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
     finally:
         peer.close()
         damaged.close()
+
+
+def test_the_scrub_finds_rows_missing_anywhere_a_bounded_step_at_a_time(tmp_path):
+    """A lost write leaves a hole in what a queue retains: at its head, in the middle, at its
+    tail, or the whole queue; the scrub finds each, as many a step as it checks rows at most,
+    and nothing that retention deleted."""
+    qa, qb, qc = "Q-AAAAA00001", "Q-BBBBB00002", "Q-CCCCC00003"
+    store = Store(tmp_path)
+    try:
+        store.apply(
+            [CreateQueue(q) for q in (qa, qb, qc)]
+            + [AppendMessage(qa, _value(i)) for i in range(1, 13)]
+            + [AppendMessage(qb, _value(i)) for i in range(1, 4)]
+            + [AppendMessage(qc, _value(i)) for i in range(1, 6)]
+        )
+    finally:
+        store.close()
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    for queue_id, seq in ((qa, 1), (qa, 6), (qa, 12), (qb, 1), (qb, 2), (qb, 3)):
+        db.execute(
+            "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+        )
+    db.close()
+    _alter(tmp_path, qc, 2)
+    expected = [(qa, 1), (qa, 6), (qa, 12), (qb, 1), (qb, 2), (qb, 3), (qc, 2)]
+    store = Store(tmp_path)
+    try:
+        assert store.damaged_values(("", 0), 100) == (expected, None)
+        for limit in (1, 2, 3):
+            after: tuple[str, int] | None = ("", 0)
+            found, steps = [], 0
+            while after is not None:
+                step, after = store.damaged_values(after, limit)
+                assert len(step) <= 2 * limit  # (rows checked, and as many holes at most)
+                found += step
+                steps += 1
+            assert sorted(set(found)) == expected
+            assert steps <= (20 + 6) // limit + 3
+        # Retention deletes the head: a hole there is nothing to repair any more.
+        db = apsw.Connection(str(tmp_path / DB_FILE))
+        db.execute("UPDATE queues SET deleted_through = 1 WHERE queue_id = ?", (qa,))
+        db.close()
+        assert store.damaged_values(("", 0), 100) == (expected[1:], None)
+        assert all(store.needs_repair(*place) for place in expected[1:])
+    finally:
+        store.close()
 
 
 def test_an_answer_holds_at_most_its_byte_budget_but_always_one_row(tmp_path):

@@ -446,7 +446,7 @@ class Repair:
                 self._note(
                     place,
                     str(self._store.data_dir / DB_FILE),
-                    "the value does not match its checksum (periodic scrub)",
+                    "the value does not match its checksum, or its row is missing (periodic scrub)",
                     "repairing from a peer in the background: never served",
                 )
             fresh = [p for p in damaged if p in self._waiting and p not in self._in_background]
@@ -469,7 +469,7 @@ class Repair:
                 self._note(
                     place,
                     str(self._store.data_dir / DB_FILE),
-                    "the value does not match its checksum (start-up scrub)",
+                    "the value does not match its checksum, or its row is missing (start-up scrub)",
                     "repaired from a peer: never served",
                 )
                 found.append(place)
