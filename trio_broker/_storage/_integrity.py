@@ -310,25 +310,69 @@ def needs_repair(db: apsw.Connection, queue_id: str, seq: int) -> bool:
 
 
 def damaged_values(
-    db: apsw.Connection, after: tuple[str, int], limit: int
+    db: apsw.Connection, after: tuple[str, int], limit: int, max_bytes: int | None = None
 ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
     """One step of the value scrub: check up to ``limit`` stored values after ``(queue id,
-    sequence number)``; returns the damaged ones and where to go on (None: the end)."""
-    found = []
-    last = None
+    sequence number)``, and no more once ``max_bytes`` of them are read (None: no bound), and
+    look for rows missing there (a lost write: a queue holds every message from its first
+    retained one to its length); returns the damaged or missing ones, in order, and where to
+    go on (None: the end)."""
+    found: list[tuple[str, int]] = []
+    seen: list[tuple[str, int]] = []
+    size = 0
+    at_end = True
     try:
         for queue_id, seq, data, headers, checksum in db.execute(
             "SELECT queue_id, sequence_num, data, headers, checksum FROM queue_data"
             " WHERE (queue_id, sequence_num) > (?, ?) ORDER BY queue_id, sequence_num LIMIT ?",
             (*after, limit),
         ):
-            last = (queue_id, seq)
+            seen.append((queue_id, seq))
             if not _intact(queue_id, seq, data, headers, checksum):
-                found.append(last)
+                found.append((queue_id, seq))
+            if max_bytes is not None:
+                size += len(data) if isinstance(data, bytes | str) else 0
+                if size >= max_bytes:
+                    break
+        at_end = len(seen) < limit and not (max_bytes is not None and size >= max_bytes)
+        upto = None if at_end else seen[-1]
+        missing = _missing_rows(db, after, upto, seen, limit)
     except DAMAGE_ERRORS:
         # A page SQLite cannot read: the start's check would have refused it; skip past.
         return found, None
-    return found, last
+    if len(missing) >= limit:  # (at most ``limit`` of them a step: go on after the last)
+        last: tuple[str, int] | None = missing[-1]
+        return sorted({p for p in found if p <= missing[-1]} | set(missing)), last
+    return sorted(set(found) | set(missing)), upto
+
+
+def _missing_rows(
+    db: apsw.Connection,
+    after: tuple[str, int],
+    upto: tuple[str, int] | None,
+    seen: list[tuple[str, int]],
+    limit: int,
+) -> list[tuple[str, int]]:
+    """The messages the queues retain after ``after`` and up to ``upto`` (None: to the end)
+    whose rows are not among ``seen`` (every row there is); at most ``limit``, in order."""
+    present: dict[str, set[int]] = {}
+    for queue_id, seq in seen:
+        present.setdefault(queue_id, set()).add(seq)
+    missing: list[tuple[str, int]] = []
+    for queue_id, deleted, length in db.execute(
+        "SELECT queue_id, deleted_through, length FROM queues WHERE queue_id >= ?1"
+        " AND (?2 IS NULL OR queue_id <= ?2) AND length > deleted_through ORDER BY queue_id",
+        (after[0], None if upto is None else upto[0]),
+    ):
+        first = max(deleted, after[1] if queue_id == after[0] else 0) + 1
+        last = min(length, upto[1]) if upto is not None and queue_id == upto[0] else length
+        have = present.get(queue_id, set())
+        for seq in range(first, last + 1):  # (every row of it was seen, or counts to limit)
+            if seq not in have:
+                missing.append((queue_id, seq))
+                if len(missing) >= limit:
+                    return missing
+    return missing
 
 
 def _intact(queue_id: str, seq: Any, data: Any, headers: Any, checksum: Any) -> bool:
