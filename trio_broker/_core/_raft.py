@@ -16,19 +16,26 @@ current-term entries only, a no-op entry per new leader, single-server membershi
 take effect when appended, learners, compaction with snapshot install (DATA_SYNC), and
 leadership transfer (``transfer_leadership``: TIMEOUT_NOW, thesis 3.10).
 
-Why one module of over a thousand lines: ``RaftNode`` is one state machine whose rules
-(elections, replication, commit, membership, transfer, snapshots) read and write the same
-fields (term, role, log, progress) and check each other's invariants; split across modules
-they would have to reach into one object's state from outside, which etcd raft's ``raft.go``
-also avoids. What is separable already lives apart: the log (``_raft_log``), the messages and
-entries (``_raft_messages``).
+``RaftNode`` is one state machine whose rules read and write the same fields (term, role,
+log, progress) and check each other's invariants, so it stays one class, as etcd raft's
+``raft`` struct does; its rules live in parts by concern, each a mixin in its own module
+(typed against ``_raft_state.RaftState``, for the type checker only: at run time no part
+imports this module or another part). This module holds its state (the constructor), the
+public queries, ``tick``, the proposals and ``step``, which hands each message to the part
+that handles it. The parts:
+
+- ``_raft_ready``: :class:`Ready` and its hand-off (``has_ready``, ``take_messages``,
+  ``ready``, ``advance``).
+
+Apart from the class: its vocabulary (errors, :class:`Role`, :class:`Progress`) in
+``_raft_types``, the log in ``_raft_log``, the messages and entries in ``_raft_messages``,
+the ReadIndex bookkeeping in ``_read_index``. Every public name is importable from here.
 """
 
 from __future__ import annotations
 
-import enum
 import random
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -57,6 +64,21 @@ from ._raft_messages import (
     SnapshotMeta,
     TimeoutNow,
 )
+from ._raft_ready import Ready, ReadyHandOff
+from ._raft_types import (
+    ConfigChangeRefused,
+    LeadershipTransferring,
+    NotLeader,
+    Progress,
+    ProgressState,
+    RaftError,
+    ReadIndexUnavailable,
+    Role,
+    TooManyReads,
+    TransferRefused,
+    UsageError,
+    voting_rank,
+)
 from ._read_index import ReadIndex
 
 __all__ = [
@@ -76,152 +98,8 @@ __all__ = [
     "UsageError",
 ]
 
-# -- errors ------------------------------------------------------------------------------------
 
-
-class RaftError(Exception):
-    """A request the core refuses; the state machine is unchanged."""
-
-
-class NotLeader(RaftError):
-    """Proposals go to the leader; ``leader_id`` is the leader this broker knows of, if any."""
-
-    def __init__(self, leader_id: Any) -> None:
-        super().__init__(f"not the leader (leader is {leader_id!r})")
-        self.leader_id = leader_id
-
-
-class LeadershipTransferring(NotLeader):
-    """The leader is handing its leadership to ``leader_id`` and takes no proposals meanwhile.
-
-    A :class:`NotLeader`: nothing was appended, and the broker to retry on is named.
-    """
-
-    def __init__(self, leader_id: Any) -> None:
-        super().__init__(leader_id)
-        self.args = (f"leadership is being transferred to {leader_id!r}",)
-
-
-class TooManyReads(RaftError):
-    """As many reads as the core holds (``max_reads``) wait for their confirmation already."""
-
-
-class ReadIndexUnavailable(RaftError):
-    """Too many voters answer heartbeats without echoing their round (an older version) for
-    a read to be confirmed: reads go to the log."""
-
-
-class TransferRefused(RaftError):
-    """A leadership transfer to a broker that is not another voter of the configuration."""
-
-
-class ConfigChangeRefused(RaftError):
-    """A membership change that would break the one-change-at-a-time rule, or is meaningless."""
-
-
-class UsageError(Exception):
-    """The driver misused the API (e.g. called ready() twice without advance()).
-
-    Not a :class:`RaftError`: those are refusals of a peer's or a client's request, which the
-    runtime answers or logs; a misuse is a bug of ours and must not be handled as one."""
-
-
-# -- effects -----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Ready:
-    """Everything the runtime must do for the core, in this order.
-
-    1. Send ``messages`` whenever convenient, even before step 2 completes. These are the
-       leader's appends, heartbeats and announcements, and replies that promise nothing
-       durable (heartbeat acks): a leader may overlap its fsync with replication because it
-       counts itself towards a quorum only after ``advance()``.
-    2. Persist, in ONE atomic transaction: ``snapshot`` (replace the state machine and the whole
-       log), then delete log entries with index >= ``truncate_from``, append ``entries``, store
-       ``hard_state``.
-    3. **Persist before you send**: only once step 2 is durable, send ``persisted_messages``
-       (votes, vote requests, vote replies, replica acknowledgements). They promise what step 2
-       wrote; sending them earlier lets a crash turn a promise into a lie (a second vote in a
-       term, an acknowledged entry that vanished).
-    4. Apply ``committed_entries`` to the state machine in order (after step 2).
-    5. For each peer in ``snapshots_to_send``, call :meth:`RaftNode.make_data_sync` with the
-       state machine at some applied index and send the result.
-    6. Call :meth:`RaftNode.advance`.
-    """
-
-    hard_state: HardState | None
-    truncate_from: int | None
-    entries: tuple[Entry, ...]
-    snapshot: DataSync | None
-    messages: tuple[Message, ...]
-    persisted_messages: tuple[Message, ...]
-    committed_entries: tuple[Entry, ...]
-    snapshots_to_send: tuple[Any, ...]
-
-    @property
-    def must_sync(self) -> bool:
-        """Whether step 2 has anything to write."""
-        return bool(
-            self.hard_state is not None
-            or self.entries
-            or self.truncate_from is not None
-            or self.snapshot is not None
-        )
-
-
-class Role(enum.Enum):
-    """A broker's role; only LEADER accepts proposals. PRE_CANDIDATE has not bumped its term."""
-
-    FOLLOWER = "follower"
-    PRE_CANDIDATE = "pre_candidate"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-
-
-class ProgressState(enum.Enum):
-    """How the leader feeds one member (etcd's probe/replicate/snapshot flow control)."""
-
-    PROBE = "probe"
-    """One Replicate in flight until we learn where the logs match."""
-    REPLICATE = "replicate"
-    """Logs match; stream entries optimistically."""
-    SNAPSHOT = "snapshot"
-    """The entries it needs are compacted: waiting for a DATA_SYNC to land."""
-
-
-@attrs.define
-class Progress:
-    """The leader's knowledge of one member's log and liveness."""
-
-    match: int = 0
-    next: int = 1
-    state: ProgressState = ProgressState.PROBE
-    paused: bool = False
-    recent_active: bool = True
-    last_heard: int = 0
-    snapshot_sent_at: int = 0
-    last_progress: int = 0
-    """Tick of the last sign that replication to it moves (an ack, a rejection, a fresh send)."""
-    lost_to: int = 0
-    """When its log went backwards (a probe's answer ended below ``match``): the index it had
-    acknowledged, told in every REPLICATE until it is back there (0: nothing lost)."""
-    start_id: int = 0
-    """The ``start_id`` of its last heartbeat answer: it restarted and does not yet know what
-    it may have acknowledged before (0: it does). Echoed in every REPLICATE to it."""
-    start_log_end: int = 0
-    """Our last index when we first saw that ``start_id``: told with the echo."""
-    probe: int = 0
-    """The number of the last probe sent to it (``Replicate.probe``): a rejection that
-    echoes an older one answers a probe overtaken on the way, and says nothing now."""
-
-
-def _voting_rank(node_id: Any, voters: frozenset) -> int:
-    ordered = sorted(voters)
-    return ordered.index(node_id) if node_id in voters else len(ordered)
-
-
-class RaftNode:
+class RaftNode(ReadyHandOff):
     """One broker's consensus state machine. Deterministic given its inputs and ``rng``.
 
     Build it from what storage holds: the persisted ``hard_state``, the ``snapshot`` metadata
@@ -452,48 +330,15 @@ class RaftNode:
         )
 
     @property
-    def config_committed(self) -> bool:
-        """Whether the configuration in force here is committed (a leader refuses another
-        membership change until it is)."""
-        return self._config_index() <= self.commit
-
-    @property
     def cluster_version(self) -> int:
         """The design's ``cluster_version``: the version of the config in force here."""
         return self.config.version
-
-    def member_statuses(self) -> dict[Any, MemberView]:
-        """The CLUSTER_QUERY view: role and active/inactive per configured member.
-
-        On the leader, status comes from its own failure detector (last tick it heard from each
-        member, against ``failure_timeout_ticks``); elsewhere from the last CLUSTER_UPDATE.
-        Status is informational: it never changes the quorum.
-        """
-        views = {}
-        for m in sorted(self.config.members):
-            if m == self.leader_id:
-                role = "leader"
-            elif m in self.config.voters:
-                role = "replica"
-            else:
-                role = "learner"
-            if self.is_leader:
-                status = self._status_of(m)
-            else:
-                status = self._statuses.get(m, "active")
-            views[m] = MemberView(m, role, status)
-        return views
 
     @property
     def recovering(self) -> bool:
         """Whether this broker lost log entries it had acknowledged and has not got them back
         from a leader yet: it neither votes nor campaigns meanwhile."""
         return self.recovering_until is not None
-
-    def caught_up(self, node_id: Any) -> bool:
-        """Whether a learner holds everything committed, so promoting it will not stall commits."""
-        pr = self.progress.get(node_id)
-        return self.is_leader and pr is not None and pr.match >= self.commit
 
     # -- driving the node ----------------------------------------------------------------------
 
@@ -540,295 +385,6 @@ class RaftNode:
         # runtime persists the previous Ready, typically) travels in the same REPLICATE.
         self._append_pending = True
         return entry.term, entry.index
-
-    def propose_config_change(self, change: ConfigChange) -> tuple[int, int]:
-        """Propose one single-server membership change.
-
-        Refused while an earlier change is uncommitted, and until this leader has committed an
-        entry of its own term (the fix from the Raft thesis errata for single-server changes).
-        """
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if self.transfer_target is not None:
-            raise ConfigChangeRefused("a leadership transfer is in progress")
-        if self._config_index() > self.commit:
-            raise ConfigChangeRefused("a membership change is already in progress")
-        if self.commit < self._term_start_index:
-            raise ConfigChangeRefused("leader has not committed an entry of its term yet")
-        c = self.config
-        n = change.node_id
-        if change.action is ChangeAction.ADD_LEARNER:
-            if n in c.members:
-                raise ConfigChangeRefused(f"{n!r} is already a member")
-            new = Config(c.voters, c.learners | {n}, c.version + 1)
-        elif change.action is ChangeAction.PROMOTE:
-            if n not in c.learners:
-                raise ConfigChangeRefused(f"{n!r} is not a learner")
-            new = Config(c.voters | {n}, c.learners - {n}, c.version + 1)
-        elif change.action is ChangeAction.REMOVE:
-            if n not in c.members:
-                raise ConfigChangeRefused(f"{n!r} is not a member")
-            if c.voters == {n}:
-                raise ConfigChangeRefused("cannot remove the last voter")
-            new = Config(c.voters - {n}, c.learners - {n}, c.version + 1)
-        else:  # pragma: no cover
-            raise ConfigChangeRefused(f"unknown change {change!r}")
-        entry = Entry(self.term, self.log.last_index + 1, ConfigEntry(new, change))
-        self.log.append([entry])
-        self._set_config(new)
-        self._broadcast_append()
-        return entry.term, entry.index
-
-    def transfer_leadership(self, target: Any) -> None:
-        """Hand leadership to the voter ``target`` (Raft thesis 3.10, etcd's MsgTransferLeader).
-
-        From now on proposals are refused (:class:`LeadershipTransferring`); the target is
-        brought up to date, then sent :class:`TimeoutNow`, on which it campaigns at once. The
-        transfer is abandoned (proposals accepted again) if the target has not taken over
-        within an election timeout, or if this broker stops leading. Asking again for the same
-        target keeps the transfer going; another target replaces it.
-
-        Raises :class:`NotLeader` on a non-leader and :class:`TransferRefused` if ``target`` is
-        this broker, a learner or not a member.
-        """
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if target == self.id:
-            raise TransferRefused(f"{target!r} is already the leader")
-        if target not in self.config.voters:
-            what = "a learner" if target in self.config.learners else "not a member"
-            raise TransferRefused(f"{target!r} is {what}; leadership goes to voters only")
-        if self.transfer_target == target:
-            return
-        self.reads.fail_all(LeadershipTransferring(target))
-        self.transfer_target = target
-        self._transfer_elapsed = 0
-        self._maybe_send_timeout_now(target)
-
-    def read_index(self, token: Any, after: int = 0) -> None:
-        """A read that changes nothing arrived (Raft thesis 6.4, :mod:`._read_index`): it is
-        answered from the applied state once a majority confirmed this broker still led after
-        now, and the applied index reaches ``max(commit, after)`` (and this leader's first
-        entry). :meth:`take_reads` gives it back, ready or failed, by ``token``.
-
-        Raises :class:`NotLeader`, :class:`LeadershipTransferring`, :class:`TooManyReads` or
-        :class:`ReadIndexUnavailable` (nothing registered)."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if self.transfer_target is not None:
-            raise LeadershipTransferring(self.transfer_target)
-        if self.reads.full:
-            raise TooManyReads(f"{self.reads.max_waiting} reads wait already")
-        if self.reads.unconfirmable(self.id, self.config.voters, self.config.quorum()):
-            raise ReadIndexUnavailable("voters that do not echo heartbeat rounds")
-        self.reads.add(token, max(self.commit, after))
-        self._confirm_reads()
-
-    def take_reads(self) -> tuple[list[tuple[Any, int]], list[tuple[Any, Exception]]]:
-        """The reads to answer now from the applied state, as ``(token, index)``, and those
-        that failed, as ``(token, error)``: a :class:`NotLeader` (leadership lost, or a
-        :class:`LeadershipTransferring`) or a :class:`ReadIndexUnavailable` (voters that do
-        not echo rounds: the read may take the log). Never a read of a broker that no
-        longer leads."""
-        failed = self.reads.take_failed()
-        if self.role is not Role.LEADER or self.commit < self._term_start_index:
-            return [], failed
-        self.reads.confirm(self.id, self.config.voters, self.config.quorum())
-        return self.reads.take(self.applied, self._term_start_index), failed
-
-    def _confirm_reads(self) -> None:
-        """Count the echoes. The next round, if a read waits for one, leaves when the
-        messages are taken (:meth:`_send_read_round`): every read that arrived until then
-        shares it."""
-        voters, quorum = self.config.voters, self.config.quorum()
-        if self.reads.unconfirmable(self.id, voters, quorum):
-            self.reads.fail_all(ReadIndexUnavailable("voters that do not echo heartbeat rounds"))
-        self.reads.confirm(self.id, voters, quorum)
-
-    def _send_read_round(self) -> None:
-        if self.role is Role.LEADER and self.reads.wants_round():
-            self._broadcast_heartbeat()
-
-    def best_transfer_target(self) -> Any:
-        """The voter (not this broker) to hand the leadership to, None if there is none.
-
-        Voters heard from within the failure timeout first (a silent one cannot take over),
-        then the one whose log matches ours furthest, the most recently heard from, the lowest
-        id.
-        """
-        if self.role is not Role.LEADER:
-            return None
-        candidates = [
-            (
-                self._status_of(v) == "active",
-                pr.match,
-                pr.last_heard,
-                -_voting_rank(v, self.config.voters),
-                v,
-            )
-            for v, pr in self.progress.items()
-            if v != self.id and v in self.config.voters
-        ]
-        return max(candidates)[-1] if candidates else None
-
-    def compact(self, index: int) -> SnapshotMeta:
-        """Drop log entries up to ``index``: the runtime's state machine now stands in for them.
-
-        ``index`` must be applied and durable. Returns the snapshot metadata to store with the
-        state machine (and to delete the log up to). Replicas that need older entries get
-        DATA_SYNC.
-        """
-        if index > self.applied:
-            raise UsageError(f"compact({index}) beyond applied index {self.applied}")
-        config = self._config_at(index)
-        self.log.compact(index)
-        self._snapshot_config = config
-        return SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, config)
-
-    def make_data_sync(self, peer: Any, index: int, data: Any) -> DataSync:
-        """Build the DATA_SYNC for ``peer`` from the state machine ``data`` at applied ``index``."""
-        term = self.log.term(index)
-        if term is None or index > self.applied:
-            raise UsageError(f"no snapshot possible at {index}")
-        meta = SnapshotMeta(index, term, self._config_at(index))
-        return DataSync(
-            src=self.id,
-            dst=peer,
-            term=self.term,
-            cluster_version=self.cluster_version,
-            snapshot=meta,
-            data=data,
-        )
-
-    def want_snapshot(self) -> None:
-        """The runtime cannot apply the next committed entries: one reads a stored value that
-        is damaged here and that no other member holds any more (deleted by retention since;
-        docs/reliability.md, "A value nobody holds any more"). The next snapshot from the
-        leader (DATA_SYNC) is then installed even where this broker's commit index is already
-        past its index, or its log already holds that prefix, as long as the snapshot is past
-        what is applied or being applied (:meth:`_wanted_fits`): its state holds the effect
-        of those entries, so the value is no longer needed. The log after the snapshot's
-        index is kept (written again with the install), and the commit index never moves
-        back."""
-        if self._snapshot_to_install is None:  # (one waiting already stands in)
-            self._snapshot_wanted = True
-
-    def drop_snapshot_wish(self) -> None:
-        """The held transaction completed (its value was repaired, or a snapshot stands in
-        for it): no snapshot inside the committed log is installed any more. A wish left set
-        would install a later one over entries applied since."""
-        self._snapshot_wanted = False
-
-    def _wanted_fits(self, index: int) -> bool:
-        """Whether a wanted snapshot at ``index`` is past everything applied, counting the
-        outstanding Ready's committed entries (the runtime is applying them now; ``applied``
-        moves to them in advance()): installed behind them, the state would go back to
-        ``index`` while the core believes them applied, and they would never be applied
-        again on this broker."""
-        if index <= self.applied:
-            return False
-        rd = self._inflight
-        if rd is None:
-            return True
-        if rd.committed_entries and index < rd.committed_entries[-1].index:
-            return False
-        return rd.snapshot is None or index >= rd.snapshot.snapshot.index
-
-    def snapshot_stands_in(self, index: int) -> bool:
-        """Whether a snapshot waiting to be installed (by the next Ready) covers ``index``:
-        the runtime may then complete the outstanding Ready without applying its committed
-        entries up to there (their effect is in the snapshot's state, which replaces the
-        state they would have changed)."""
-        pending = self._snapshot_to_install
-        return pending is not None and pending.snapshot.index >= index
-
-    def has_ready(self) -> bool:
-        """Whether :meth:`ready` has work (always False while a Ready is outstanding)."""
-        if self._inflight is not None:
-            return False
-        hs = self._persisted_hs
-        return bool(
-            self._append_pending
-            or self.term != hs.term
-            or self.voted_for != hs.voted_for
-            or self.commit != hs.commit
-            or (self.recovering_until or 0) != hs.recovering_until
-            or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
-            or (self.unverified or self.vote_floor is not None) != hs.unverified
-            or (self.vote_lost and self._vote_lost_stored) != hs.vote_lost
-            or self.log.has_unstable()
-            or self._snapshot_to_install is not None
-            or self._msgs
-            or self._persisted_msgs
-            or self._snapshots_to_send
-            or self.applied < self.commit
-            or (self.role is Role.LEADER and self.reads.wants_round())
-        )
-
-    def take_messages(self) -> list[Message]:
-        """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,
-        their answers, the leader's appends: nothing that promises what is being persisted),
-        so that a runtime busy persisting the outstanding Ready can still send them on time.
-        ``persisted_messages`` stay for the Ready. Allowed while a Ready is outstanding."""
-        self._send_read_round()
-        msgs, self._msgs = self._msgs, []
-        return msgs
-
-    def ready(self) -> Ready:
-        """Take the pending effects. Call :meth:`advance` once they are done."""
-        if self._inflight is not None:
-            raise UsageError("ready() called again before advance()")
-        if self._append_pending:
-            self._append_pending = False
-            if self.role is Role.LEADER:
-                self._broadcast_append()
-        self._send_read_round()
-        hs = self.hard_state
-        trunc, entries = self.log.take_unstable()
-        # ``applied`` moves in advance(), once the runtime applied these (etcd's Advance): a
-        # snapshot stepped in since then stands in for everything up to its index.
-        applied = self.applied
-        if self._snapshot_to_install is not None:
-            applied = max(applied, self._snapshot_to_install.snapshot.index)
-        committed: list[Entry] = []
-        if applied < self.commit:
-            upto = min(self.commit, applied + self.max_apply)
-            committed = self.log.slice(applied + 1, upto + 1)
-        rd = Ready(
-            hard_state=hs if hs != self._persisted_hs else None,
-            truncate_from=trunc,
-            entries=tuple(entries),
-            snapshot=self._snapshot_to_install,
-            messages=tuple(self._msgs),
-            persisted_messages=tuple(self._persisted_msgs),
-            committed_entries=tuple(committed),
-            snapshots_to_send=tuple(self._snapshots_to_send),
-        )
-        self._msgs, self._persisted_msgs, self._snapshots_to_send = [], [], []
-        self._snapshot_to_install = None
-        self._inflight = rd
-        return rd
-
-    def advance(self) -> None:
-        """The outstanding Ready is durable, sent and applied: ``applied`` moves to its last
-        committed entry (or its snapshot's index)."""
-        rd = self._inflight
-        if rd is None:
-            raise UsageError("advance() without an outstanding ready()")
-        self._inflight = None
-        if rd.snapshot is not None:
-            self.applied = max(self.applied, rd.snapshot.snapshot.index)
-        if rd.committed_entries:
-            self.applied = max(self.applied, rd.committed_entries[-1].index)
-        if rd.hard_state is not None:
-            self._persisted_hs = rd.hard_state
-        if rd.entries:
-            last = rd.entries[-1]
-            self.log.stable_to(last.index, last.term)
-        if self.role is Role.LEADER and self._maybe_commit():
-            # The new commit index rides on the next REPLICATE or heartbeat: no message (and
-            # no transaction on every replica) just to spread it.
-            self._broadcast_append()
 
     # -- step ----------------------------------------------------------------------------------
 
@@ -918,7 +474,7 @@ class RaftNode:
         ):
             self._handle_leader_response(m)
 
-    # -- elections -----------------------------------------------------------------------------
+    # -- elections ---------------------------------------------------------------------------
 
     def _promotable(self) -> bool:
         """Only voters campaign; learners, removed brokers and recovering ones never do.
@@ -936,132 +492,6 @@ class RaftNode:
             return True
         return self.commit < self.log.last_index and self.id in self._config_at(self.commit).voters
 
-    def _log_trusted(self) -> bool:
-        """Whether this broker's log may speak in elections: not while it is recovering (its
-        log lost entries it acknowledged, so it cannot vouch for a candidate's, nor lead)."""
-        return self.recovering_until is None
-
-    def _check_recovered(self) -> None:
-        """A recovering broker whose log again reaches what it had acknowledged (through a
-        leader, whose log holds everything committed) may vote again."""
-        if self.recovering_until is not None and self.log.last_index >= self.recovering_until:
-            self.recovering_until = None
-            self.recovering_term = 0
-
-    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
-        """Whether this broker may vote (or count its own vote) for a log ending at
-        (``last_term``, ``last_index``) as far as its restart goes: no real vote while
-        unverified, and none below the floor learned since (class docstring). A pre-vote
-        promises nothing and changes no term: granted as before, so that the candidates'
-        vote requests (the log ends an unverified broker waits for) can follow."""
-        if self.unverified and not pre_vote:
-            return False
-        return self.vote_floor is None or (last_term, last_index) >= self.vote_floor
-
-    def _note_log_end(self, m: ElectionRequest | ElectionResponse) -> None:
-        """An election request tells the sender's log end, and so does the answer to one;
-        once ``voters - quorum + 1`` other voters told theirs from a term later than ours at
-        the start, any ``voters - quorum + 1`` of them include one that holds every entry our
-        acknowledgements helped commit (if only we lost it): the largest log end of the
-        ``voters - quorum + 1`` smallest is at least that entry. (The smallest such set,
-        lowered as more voters tell theirs, so that a broker with a long uncommitted tail,
-        perhaps removed or gone, does not set a floor only it reaches.)"""
-        if isinstance(m, ElectionResponse):
-            if m.last_log_index is None or m.last_log_term is None or m.voter_term is None:
-                return
-            sender_term = m.voter_term
-        else:
-            sender_term = m.term - 1 if m.pre_vote else m.term
-        voters = self.config.voters
-        if sender_term <= self.restart_term or m.src not in voters or self.vote_lost:
-            return
-        end = (m.last_log_term, m.last_log_index)
-        self._log_ends[m.src] = max(self._log_ends.get(m.src, end), end)
-        heard = sorted(v for k, v in self._log_ends.items() if k in voters and k != self.id)
-        needed = len(voters) - self.config.quorum() + 1
-        if len(heard) >= needed:
-            # A log with an entry of a later term than our start holds all of it anyway (the
-            # leader that wrote it did): no floor beyond the start of that term.
-            self._verified(min(heard[needed - 1], (self.restart_term + 1, 0)))
-
-    def _verified(self, floor: tuple[int, int]) -> None:
-        """It knows, from the cluster, a log end at least every entry it acknowledged. Each
-        such bound is enough alone: a later one may lower the floor, never raise it."""
-        if self.vote_lost:
-            return  # (nothing it hears about logs bounds the terms it voted in)
-        if not self.unverified:
-            if self.vote_floor is None:
-                return
-            floor = min(floor, self.vote_floor)
-        self.unverified = False
-        own = (self.log.last_term, self.log.last_index)
-        self.vote_floor = floor if floor > own else None
-        if self.vote_floor is None:
-            self._log_ends = {}
-        if (
-            self.role is Role.CANDIDATE
-            and self.voted_for == self.id
-            and self.id not in self.votes
-            and self._vouches_for_itself(pre_vote=False)
-        ):
-            self.votes[self.id] = True  # its own vote, which it may give now
-            if self._tally() == "won":
-                self._after_win()
-
-    def _check_verified(self) -> None:
-        """Its log holds an entry of a term later than its start: from a leader that holds
-        everything our earlier acknowledgements could have committed, with its log before."""
-        if self.log.last_term > self.restart_term and not self.vote_lost:
-            self.unverified = False
-            self._log_ends = {}
-            self.vote_floor = None
-
-    def _note_term(self, m: Message) -> None:
-        """While ``vote_lost``: the sender's current term as its message tells it (a pre-vote
-        request asks for the term after it; an election answer tells the voter's own when it
-        can). Once ``voters - quorum + 1`` other voters told theirs, their largest bounds
-        every term in which this broker's lost vote can have helped elect a leader (class
-        docstring): it moves there as if it had voted in it, and votes only in later terms."""
-        voters = self.config.voters
-        if m.src not in voters or self.now < self.election_ticks:
-            # (Not in its first election timeout: a vote request sent before the loss may
-            # still be on its way to a voter that tells its older term meanwhile.)
-            return
-        if isinstance(m, ElectionRequest):
-            sender_term = m.term - 1 if m.pre_vote else m.term
-        elif isinstance(m, ElectionResponse):
-            if m.voter_term is not None:
-                sender_term = m.voter_term
-            elif m.pre_vote:
-                return  # (the term asked for, not the voter's)
-            else:
-                sender_term = m.term
-        else:
-            sender_term = m.term
-        self._terms_heard[m.src] = max(self._terms_heard.get(m.src, 0), sender_term)
-        heard = [t for k, t in self._terms_heard.items() if k in voters and k != self.id]
-        if len(heard) < len(voters) - self.config.quorum() + 1:
-            return
-        bound = max(heard)
-        self.vote_lost = False
-        self._terms_heard = {}
-        if bound > self.term:
-            self._become_follower(bound, None)
-        if self.voted_for is None:
-            self.voted_for = self.id  # it may have voted in this term: it votes in no other
-        self.restart_term = max(self.restart_term, self.term)
-
-    def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
-        """The election restriction (paper 5.4.1) against the log a recovering broker had
-        before the loss, whose end is at most (``recovering_term``, ``recovering_until``):
-        a candidate at least that up to date holds every entry whose commit counted on this
-        broker's acknowledgement, exactly as if the log were still whole. So a group whose
-        damaged brokers are a majority still elects a broker whose log is intact and newest,
-        which repairs them; it stays without a leader only when none is (when too few
-        intact copies remain): it refuses to guess."""
-        lost = (self.recovering_term, self.recovering_until or 0)
-        return (m.last_log_term, m.last_log_index) >= lost
-
     def _in_lease(self) -> bool:
         return (
             self.check_quorum
@@ -1075,7 +505,7 @@ class RaftNode:
         # preference to avoid split votes, never part of the safety argument.
         e = self.election_ticks
         n = max(1, len(self.config.voters))
-        rank = _voting_rank(self.id, self.config.voters)
+        rank = voting_rank(self.id, self.config.voters)
         self.randomized_timeout = e + (e * rank) // (2 * n) + self.rng.randrange(e // 2 + 1)
 
     def _campaign(self) -> None:
@@ -1193,23 +623,6 @@ class RaftNode:
             )
         )
 
-    def _log_end_told(self) -> dict[str, Any]:
-        """The log end an election answer tells (``_note_log_end``): the end of the part of
-        our log that our acknowledgements can have helped commit. A broker whose log's
-        configuration does not count it (removed by it, or a learner) tells the index of that
-        configuration's entry: every entry after it was appended under a configuration
-        without its vote, so its copy of them proves nothing, and a floor at that tail,
-        which perhaps no other voter holds and which a removed broker that knows its removal
-        committed never campaigns for, would wait for ever (a gap found by the simulator in
-        the rule that started every restart unverified)."""
-        index, term = self.log.last_index, self.log.last_term
-        if self.id not in self.config.voters:
-            at = self._config_index()
-            at_term = self.log.term(at)
-            if at < index and at_term is not None:
-                index, term = at, at_term
-        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
-
     def _deny(self, m: ElectionRequest, reason: DenyReason, term: int) -> None:
         self._persisted_msgs.append(
             ElectionResponse(
@@ -1236,8 +649,6 @@ class RaftNode:
             self._after_win()
         elif result == "lost":
             self._become_follower(self.term, None)
-
-    # -- roles ---------------------------------------------------------------------------------
 
     def _become_follower(self, term: int, leader: Any) -> None:
         self.reads.fail_all(NotLeader(leader))
@@ -1277,7 +688,153 @@ class RaftNode:
         self._announced = ()
         self._broadcast_append(promote=True)
 
-    # -- leader --------------------------------------------------------------------------------
+    # -- restart -----------------------------------------------------------------------------
+
+    def _log_trusted(self) -> bool:
+        """Whether this broker's log may speak in elections: not while it is recovering (its
+        log lost entries it acknowledged, so it cannot vouch for a candidate's, nor lead)."""
+        return self.recovering_until is None
+
+    def _check_recovered(self) -> None:
+        """A recovering broker whose log again reaches what it had acknowledged (through a
+        leader, whose log holds everything committed) may vote again."""
+        if self.recovering_until is not None and self.log.last_index >= self.recovering_until:
+            self.recovering_until = None
+            self.recovering_term = 0
+
+    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
+        """Whether this broker may vote (or count its own vote) for a log ending at
+        (``last_term``, ``last_index``) as far as its restart goes: no real vote while
+        unverified, and none below the floor learned since (class docstring). A pre-vote
+        promises nothing and changes no term: granted as before, so that the candidates'
+        vote requests (the log ends an unverified broker waits for) can follow."""
+        if self.unverified and not pre_vote:
+            return False
+        return self.vote_floor is None or (last_term, last_index) >= self.vote_floor
+
+    def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
+        """The election restriction (paper 5.4.1) against the log a recovering broker had
+        before the loss, whose end is at most (``recovering_term``, ``recovering_until``):
+        a candidate at least that up to date holds every entry whose commit counted on this
+        broker's acknowledgement, exactly as if the log were still whole. So a group whose
+        damaged brokers are a majority still elects a broker whose log is intact and newest,
+        which repairs them; it stays without a leader only when none is (when too few
+        intact copies remain): it refuses to guess."""
+        lost = (self.recovering_term, self.recovering_until or 0)
+        return (m.last_log_term, m.last_log_index) >= lost
+
+    def _log_end_told(self) -> dict[str, Any]:
+        """The log end an election answer tells (``_note_log_end``): the end of the part of
+        our log that our acknowledgements can have helped commit. A broker whose log's
+        configuration does not count it (removed by it, or a learner) tells the index of that
+        configuration's entry: every entry after it was appended under a configuration
+        without its vote, so its copy of them proves nothing, and a floor at that tail,
+        which perhaps no other voter holds and which a removed broker that knows its removal
+        committed never campaigns for, would wait for ever (a gap found by the simulator in
+        the rule that started every restart unverified)."""
+        index, term = self.log.last_index, self.log.last_term
+        if self.id not in self.config.voters:
+            at = self._config_index()
+            at_term = self.log.term(at)
+            if at < index and at_term is not None:
+                index, term = at, at_term
+        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
+
+    def _note_log_end(self, m: ElectionRequest | ElectionResponse) -> None:
+        """An election request tells the sender's log end, and so does the answer to one;
+        once ``voters - quorum + 1`` other voters told theirs from a term later than ours at
+        the start, any ``voters - quorum + 1`` of them include one that holds every entry our
+        acknowledgements helped commit (if only we lost it): the largest log end of the
+        ``voters - quorum + 1`` smallest is at least that entry. (The smallest such set,
+        lowered as more voters tell theirs, so that a broker with a long uncommitted tail,
+        perhaps removed or gone, does not set a floor only it reaches.)"""
+        if isinstance(m, ElectionResponse):
+            if m.last_log_index is None or m.last_log_term is None or m.voter_term is None:
+                return
+            sender_term = m.voter_term
+            end = (m.last_log_term, m.last_log_index)
+        else:
+            sender_term = m.term - 1 if m.pre_vote else m.term
+            end = (m.last_log_term, m.last_log_index)
+        voters = self.config.voters
+        if sender_term <= self.restart_term or m.src not in voters or self.vote_lost:
+            return
+        self._log_ends[m.src] = max(self._log_ends.get(m.src, end), end)
+        heard = sorted(v for k, v in self._log_ends.items() if k in voters and k != self.id)
+        needed = len(voters) - self.config.quorum() + 1
+        if len(heard) >= needed:
+            # A log with an entry of a later term than our start holds all of it anyway (the
+            # leader that wrote it did): no floor beyond the start of that term.
+            self._verified(min(heard[needed - 1], (self.restart_term + 1, 0)))
+
+    def _verified(self, floor: tuple[int, int]) -> None:
+        """It knows, from the cluster, a log end at least every entry it acknowledged. Each
+        such bound is enough alone: a later one may lower the floor, never raise it."""
+        if self.vote_lost:
+            return  # (nothing it hears about logs bounds the terms it voted in)
+        if not self.unverified:
+            if self.vote_floor is None:
+                return
+            floor = min(floor, self.vote_floor)
+        self.unverified = False
+        own = (self.log.last_term, self.log.last_index)
+        self.vote_floor = floor if floor > own else None
+        if self.vote_floor is None:
+            self._log_ends = {}
+        if (
+            self.role is Role.CANDIDATE
+            and self.voted_for == self.id
+            and self.id not in self.votes
+            and self._vouches_for_itself(pre_vote=False)
+        ):
+            self.votes[self.id] = True  # its own vote, which it may give now
+            if self._tally() == "won":
+                self._after_win()
+
+    def _check_verified(self) -> None:
+        """Its log holds an entry of a term later than its start: from a leader that holds
+        everything our earlier acknowledgements could have committed, with its log before."""
+        if self.log.last_term > self.restart_term and not self.vote_lost:
+            self.unverified = False
+            self._log_ends = {}
+            self.vote_floor = None
+
+    def _note_term(self, m: Message) -> None:
+        """While ``vote_lost``: the sender's current term as its message tells it (a pre-vote
+        request asks for the term after it; an election answer tells the voter's own when it
+        can). Once ``voters - quorum + 1`` other voters told theirs, their largest bounds
+        every term in which this broker's lost vote can have helped elect a leader (class
+        docstring): it moves there as if it had voted in it, and votes only in later terms."""
+        voters = self.config.voters
+        if m.src not in voters or self.now < self.election_ticks:
+            # (Not in its first election timeout: a vote request sent before the loss may
+            # still be on its way to a voter that tells its older term meanwhile.)
+            return
+        if isinstance(m, ElectionRequest):
+            sender_term = m.term - 1 if m.pre_vote else m.term
+        elif isinstance(m, ElectionResponse):
+            if m.voter_term is not None:
+                sender_term = m.voter_term
+            elif m.pre_vote:
+                return  # (the term asked for, not the voter's)
+            else:
+                sender_term = m.term
+        else:
+            sender_term = m.term
+        self._terms_heard[m.src] = max(self._terms_heard.get(m.src, 0), sender_term)
+        heard = [t for k, t in self._terms_heard.items() if k in voters and k != self.id]
+        if len(heard) < len(voters) - self.config.quorum() + 1:
+            return
+        bound = max(heard)
+        self.vote_lost = False
+        self._terms_heard = {}
+        if bound > self.term:
+            self._become_follower(bound, None)
+        if self.voted_for is None:
+            self.voted_for = self.id  # it may have voted in this term: it votes in no other
+        self.restart_term = max(self.restart_term, self.term)
+
+    # -- replication -------------------------------------------------------------------------
 
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
@@ -1309,32 +866,6 @@ class RaftNode:
             if v != self.id:
                 pr.recent_active = False
         return active >= self.config.quorum()
-
-    def _status_of(self, member: Any) -> str:
-        if member == self.id:
-            return "active"
-        pr = self.progress.get(member)
-        if pr is None or self.now - pr.last_heard > self.failure_timeout_ticks:
-            return "inactive"
-        return "active"
-
-    def _maybe_announce(self) -> None:
-        """CLUSTER_UPDATE to every member when the role/status view changed."""
-        view = tuple(self.member_statuses().values())
-        if view == self._announced:
-            return
-        self._announced = view
-        for m in sorted(self.config.members):
-            if m != self.id:
-                self._send(
-                    ClusterUpdate(
-                        src=self.id,
-                        dst=m,
-                        term=self.term,
-                        cluster_version=self.cluster_version,
-                        members=view,
-                    )
-                )
 
     def _broadcast_heartbeat(self) -> None:
         round_ = self.reads.next_round()  # (every broadcast is a round: _read_index)
@@ -1501,16 +1032,6 @@ class RaftNode:
         answer then decides.)"""
         return m.hint_index < pr.match
 
-    def _maybe_send_timeout_now(self, target: Any) -> None:
-        """TimeoutNow once the target holds our whole log; else bring it up to date first."""
-        pr = self.progress.get(target)
-        if pr is None:
-            return
-        if pr.match >= self.log.last_index:
-            self._send(self._reply_to(TimeoutNow, target))
-        else:
-            self._send_append(target)
-
     def _quorum_size(self) -> int:
         return self.config.quorum()
 
@@ -1545,28 +1066,6 @@ class RaftNode:
     def _can_commit_by_counting(self, index: int) -> bool:
         return self.log.term(index) == self.term
 
-    def _prune_removed(self) -> None:
-        """Stop replicating to removed members once they hold their removal (or are gone)."""
-        if self._config_index() > self.commit:
-            return
-        for m in list(self.progress):
-            if m == self.id or m in self.config.members:
-                continue
-            pr = self.progress[m]
-            if pr.match >= self._config_index() or self._status_of(m) == "inactive":
-                del self.progress[m]
-
-    def _after_commit(self) -> None:
-        if self._config_index() > self.commit:
-            return
-        self._prune_removed()
-        # A leader removed from the membership steps down once its removal is committed.
-        if self.id not in self.config.voters:
-            self._broadcast_append(empty_ok=True)
-            self._become_follower(self.term, None)
-
-    # -- follower ------------------------------------------------------------------------------
-
     def _handle_replicate(self, m: Replicate) -> None:
         if m.start_id and m.start_id == self.start_id and self.unverified:
             # The leader answers our start: its log end then bounds what we acknowledged.
@@ -1586,7 +1085,7 @@ class RaftNode:
             m = attrs.evolve(
                 m,
                 prev_log_index=self.commit,
-                prev_log_term=self.log.term(self.commit),
+                prev_log_term=cast(int, self.log.term(self.commit)),  # (committed: in the log)
                 entries=tuple(e for e in m.entries if e.index > self.commit),
             )
         if self.log.match_term(m.prev_log_index, m.prev_log_term):
@@ -1630,6 +1129,79 @@ class RaftNode:
             )
         )
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def compact(self, index: int) -> SnapshotMeta:
+        """Drop log entries up to ``index``: the runtime's state machine now stands in for them.
+
+        ``index`` must be applied and durable. Returns the snapshot metadata to store with the
+        state machine (and to delete the log up to). Replicas that need older entries get
+        DATA_SYNC.
+        """
+        if index > self.applied:
+            raise UsageError(f"compact({index}) beyond applied index {self.applied}")
+        config = self._config_at(index)
+        self.log.compact(index)
+        self._snapshot_config = config
+        return SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, config)
+
+    def make_data_sync(self, peer: Any, index: int, data: Any) -> DataSync:
+        """Build the DATA_SYNC for ``peer`` from the state machine ``data`` at applied ``index``."""
+        term = self.log.term(index)
+        if term is None or index > self.applied:
+            raise UsageError(f"no snapshot possible at {index}")
+        meta = SnapshotMeta(index, term, self._config_at(index))
+        return DataSync(
+            src=self.id,
+            dst=peer,
+            term=self.term,
+            cluster_version=self.cluster_version,
+            snapshot=meta,
+            data=data,
+        )
+
+    def want_snapshot(self) -> None:
+        """The runtime cannot apply the next committed entries: one reads a stored value that
+        is damaged here and that no other member holds any more (deleted by retention since;
+        docs/reliability.md, "A value nobody holds any more"). The next snapshot from the
+        leader (DATA_SYNC) is then installed even where this broker's commit index is already
+        past its index, or its log already holds that prefix, as long as the snapshot is past
+        what is applied or being applied (:meth:`_wanted_fits`): its state holds the effect
+        of those entries, so the value is no longer needed. The log after the snapshot's
+        index is kept (written again with the install), and the commit index never moves
+        back."""
+        if self._snapshot_to_install is None:  # (one waiting already stands in)
+            self._snapshot_wanted = True
+
+    def drop_snapshot_wish(self) -> None:
+        """The held transaction completed (its value was repaired, or a snapshot stands in
+        for it): no snapshot inside the committed log is installed any more. A wish left set
+        would install a later one over entries applied since."""
+        self._snapshot_wanted = False
+
+    def _wanted_fits(self, index: int) -> bool:
+        """Whether a wanted snapshot at ``index`` is past everything applied, counting the
+        outstanding Ready's committed entries (the runtime is applying them now; ``applied``
+        moves to them in advance()): installed behind them, the state would go back to
+        ``index`` while the core believes them applied, and they would never be applied
+        again on this broker."""
+        if index <= self.applied:
+            return False
+        rd = self._inflight
+        if rd is None:
+            return True
+        if rd.committed_entries and index < rd.committed_entries[-1].index:
+            return False
+        return rd.snapshot is None or index >= rd.snapshot.snapshot.index
+
+    def snapshot_stands_in(self, index: int) -> bool:
+        """Whether a snapshot waiting to be installed (by the next Ready) covers ``index``:
+        the runtime may then complete the outstanding Ready without applying its committed
+        entries up to there (their effect is in the snapshot's state, which replaces the
+        state they would have changed)."""
+        pending = self._snapshot_to_install
+        return pending is not None and pending.snapshot.index >= index
+
     def _handle_data_sync(self, m: DataSync) -> None:
         meta = m.snapshot
         wanted = self._snapshot_wanted and self._wanted_fits(meta.index)
@@ -1660,7 +1232,104 @@ class RaftNode:
         self._check_recovered()
         self._ack(m, meta.index)
 
-    # -- configuration -------------------------------------------------------------------------
+    # -- membership --------------------------------------------------------------------------
+
+    @property
+    def config_committed(self) -> bool:
+        """Whether the configuration in force here is committed (a leader refuses another
+        membership change until it is)."""
+        return self._config_index() <= self.commit
+
+    def member_statuses(self) -> dict[Any, MemberView]:
+        """The CLUSTER_QUERY view: role and active/inactive per configured member.
+
+        On the leader, status comes from its own failure detector (last tick it heard from each
+        member, against ``failure_timeout_ticks``); elsewhere from the last CLUSTER_UPDATE.
+        Status is informational: it never changes the quorum.
+        """
+        views = {}
+        for m in sorted(self.config.members):
+            if m == self.leader_id:
+                role = "leader"
+            elif m in self.config.voters:
+                role = "replica"
+            else:
+                role = "learner"
+            if self.is_leader:
+                status = self._status_of(m)
+            else:
+                status = self._statuses.get(m, "active")
+            views[m] = MemberView(m, role, status)
+        return views
+
+    def caught_up(self, node_id: Any) -> bool:
+        """Whether a learner holds everything committed, so promoting it will not stall commits."""
+        pr = self.progress.get(node_id)
+        return self.is_leader and pr is not None and pr.match >= self.commit
+
+    def propose_config_change(self, change: ConfigChange) -> tuple[int, int]:
+        """Propose one single-server membership change.
+
+        Refused while an earlier change is uncommitted, and until this leader has committed an
+        entry of its own term (the fix from the Raft thesis errata for single-server changes).
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise ConfigChangeRefused("a leadership transfer is in progress")
+        if self._config_index() > self.commit:
+            raise ConfigChangeRefused("a membership change is already in progress")
+        if self.commit < self._term_start_index:
+            raise ConfigChangeRefused("leader has not committed an entry of its term yet")
+        c = self.config
+        n = change.node_id
+        if change.action is ChangeAction.ADD_LEARNER:
+            if n in c.members:
+                raise ConfigChangeRefused(f"{n!r} is already a member")
+            new = Config(c.voters, c.learners | {n}, c.version + 1)
+        elif change.action is ChangeAction.PROMOTE:
+            if n not in c.learners:
+                raise ConfigChangeRefused(f"{n!r} is not a learner")
+            new = Config(c.voters | {n}, c.learners - {n}, c.version + 1)
+        elif change.action is ChangeAction.REMOVE:
+            if n not in c.members:
+                raise ConfigChangeRefused(f"{n!r} is not a member")
+            if c.voters == {n}:
+                raise ConfigChangeRefused("cannot remove the last voter")
+            new = Config(c.voters - {n}, c.learners - {n}, c.version + 1)
+        else:  # pragma: no cover
+            raise ConfigChangeRefused(f"unknown change {change!r}")
+        entry = Entry(self.term, self.log.last_index + 1, ConfigEntry(new, change))
+        self.log.append([entry])
+        self._set_config(new)
+        self._broadcast_append()
+        return entry.term, entry.index
+
+    def _status_of(self, member: Any) -> str:
+        if member == self.id:
+            return "active"
+        pr = self.progress.get(member)
+        if pr is None or self.now - pr.last_heard > self.failure_timeout_ticks:
+            return "inactive"
+        return "active"
+
+    def _maybe_announce(self) -> None:
+        """CLUSTER_UPDATE to every member when the role/status view changed."""
+        view = tuple(self.member_statuses().values())
+        if view == self._announced:
+            return
+        self._announced = view
+        for m in sorted(self.config.members):
+            if m != self.id:
+                self._send(
+                    ClusterUpdate(
+                        src=self.id,
+                        dst=m,
+                        term=self.term,
+                        cluster_version=self.cluster_version,
+                        members=view,
+                    )
+                )
 
     def _config_index(self) -> int:
         found = self.log.last_config_index()
@@ -1671,7 +1340,8 @@ class RaftNode:
         found = self.log.last_config_index(index)
         if found is None:
             return self._snapshot_config
-        return self.log.entry(found).payload.config
+        config: Config = self.log.entry(found).payload.config
+        return config
 
     def _set_config(self, config: Config) -> None:
         """A configuration takes effect as soon as it is in the log (thesis 4.1)."""
@@ -1689,6 +1359,130 @@ class RaftNode:
             if self._maybe_commit():
                 self._broadcast_append(empty_ok=True)
 
+    def _prune_removed(self) -> None:
+        """Stop replicating to removed members once they hold their removal (or are gone)."""
+        if self._config_index() > self.commit:
+            return
+        for m in list(self.progress):
+            if m == self.id or m in self.config.members:
+                continue
+            pr = self.progress[m]
+            if pr.match >= self._config_index() or self._status_of(m) == "inactive":
+                del self.progress[m]
+
+    def _after_commit(self) -> None:
+        if self._config_index() > self.commit:
+            return
+        self._prune_removed()
+        # A leader removed from the membership steps down once its removal is committed.
+        if self.id not in self.config.voters:
+            self._broadcast_append(empty_ok=True)
+            self._become_follower(self.term, None)
+
+    # -- leading -----------------------------------------------------------------------------
+
+    def transfer_leadership(self, target: Any) -> None:
+        """Hand leadership to the voter ``target`` (Raft thesis 3.10, etcd's MsgTransferLeader).
+
+        From now on proposals are refused (:class:`LeadershipTransferring`); the target is
+        brought up to date, then sent :class:`TimeoutNow`, on which it campaigns at once. The
+        transfer is abandoned (proposals accepted again) if the target has not taken over
+        within an election timeout, or if this broker stops leading. Asking again for the same
+        target keeps the transfer going; another target replaces it.
+
+        Raises :class:`NotLeader` on a non-leader and :class:`TransferRefused` if ``target`` is
+        this broker, a learner or not a member.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if target == self.id:
+            raise TransferRefused(f"{target!r} is already the leader")
+        if target not in self.config.voters:
+            what = "a learner" if target in self.config.learners else "not a member"
+            raise TransferRefused(f"{target!r} is {what}; leadership goes to voters only")
+        if self.transfer_target == target:
+            return
+        self.reads.fail_all(LeadershipTransferring(target))
+        self.transfer_target = target
+        self._transfer_elapsed = 0
+        self._maybe_send_timeout_now(target)
+
+    def best_transfer_target(self) -> Any:
+        """The voter (not this broker) to hand the leadership to, None if there is none.
+
+        Voters heard from within the failure timeout first (a silent one cannot take over),
+        then the one whose log matches ours furthest, the most recently heard from, the lowest
+        id.
+        """
+        if self.role is not Role.LEADER:
+            return None
+        candidates = [
+            (
+                self._status_of(v) == "active",
+                pr.match,
+                pr.last_heard,
+                -voting_rank(v, self.config.voters),
+                v,
+            )
+            for v, pr in self.progress.items()
+            if v != self.id and v in self.config.voters
+        ]
+        return max(candidates)[-1] if candidates else None
+
+    def _maybe_send_timeout_now(self, target: Any) -> None:
+        """TimeoutNow once the target holds our whole log; else bring it up to date first."""
+        pr = self.progress.get(target)
+        if pr is None:
+            return
+        if pr.match >= self.log.last_index:
+            self._send(self._reply_to(TimeoutNow, target))
+        else:
+            self._send_append(target)
+
+    def read_index(self, token: Any, after: int = 0) -> None:
+        """A read that changes nothing arrived (Raft thesis 6.4, :mod:`._read_index`): it is
+        answered from the applied state once a majority confirmed this broker still led after
+        now, and the applied index reaches ``max(commit, after)`` (and this leader's first
+        entry). :meth:`take_reads` gives it back, ready or failed, by ``token``.
+
+        Raises :class:`NotLeader`, :class:`LeadershipTransferring`, :class:`TooManyReads` or
+        :class:`ReadIndexUnavailable` (nothing registered)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise LeadershipTransferring(self.transfer_target)
+        if self.reads.full:
+            raise TooManyReads(f"{self.reads.max_waiting} reads wait already")
+        if self.reads.unconfirmable(self.id, self.config.voters, self.config.quorum()):
+            raise ReadIndexUnavailable("voters that do not echo heartbeat rounds")
+        self.reads.add(token, max(self.commit, after))
+        self._confirm_reads()
+
+    def take_reads(self) -> tuple[list[tuple[Any, int]], list[tuple[Any, Exception]]]:
+        """The reads to answer now from the applied state, as ``(token, index)``, and those
+        that failed, as ``(token, error)``: a :class:`NotLeader` (leadership lost, or a
+        :class:`LeadershipTransferring`) or a :class:`ReadIndexUnavailable` (voters that do
+        not echo rounds: the read may take the log). Never a read of a broker that no
+        longer leads."""
+        failed = self.reads.take_failed()
+        if self.role is not Role.LEADER or self.commit < self._term_start_index:
+            return [], failed
+        self.reads.confirm(self.id, self.config.voters, self.config.quorum())
+        return self.reads.take(self.applied, self._term_start_index), failed
+
+    def _confirm_reads(self) -> None:
+        """Count the echoes. The next round, if a read waits for one, leaves when the
+        messages are taken (:meth:`_send_read_round`): every read that arrived until then
+        shares it."""
+        voters, quorum = self.config.voters, self.config.quorum()
+        if self.reads.unconfirmable(self.id, voters, quorum):
+            self.reads.fail_all(ReadIndexUnavailable("voters that do not echo heartbeat rounds"))
+        self.reads.confirm(self.id, voters, quorum)
+
+    def _send_read_round(self) -> None:
+        if self.role is Role.LEADER and self.reads.wants_round():
+            self._broadcast_heartbeat()
+
     # -- plumbing ------------------------------------------------------------------------------
 
     def _send(self, m: Message) -> None:
@@ -1698,7 +1492,10 @@ class RaftNode:
         return self._reply_to(cls, m.src)
 
     def _reply_to(self, cls: type, dst: Any) -> Message:
-        return cls(src=self.id, dst=dst, term=self.term, cluster_version=self.cluster_version)
+        reply: Message = cls(
+            src=self.id, dst=dst, term=self.term, cluster_version=self.cluster_version
+        )
+        return reply
 
     def __repr__(self) -> str:
         return (
