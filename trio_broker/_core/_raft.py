@@ -24,6 +24,10 @@ imports this module or another part). This module holds its state (the construct
 public queries, ``tick``, the proposals and ``step``, which hands each message to the part
 that handles it. The parts:
 
+- ``_raft_elections``: the election timer, pre-vote, campaigns, votes asked, given and
+  counted, the roles and check-quorum's lease;
+- ``_raft_restart``: what a restart may have lost (a recovering log, an unverified reboot, a
+  lost vote) and the votes it withholds meanwhile;
 - ``_raft_ready``: :class:`Ready` and its hand-off (``has_ready``, ``take_messages``,
   ``ready``, ``advance``).
 
@@ -39,6 +43,7 @@ from typing import Any, cast
 
 import attrs
 
+from ._raft_elections import Elections
 from ._raft_log import RaftLog, RaftLogError
 from ._raft_messages import (
     ChangeAction,
@@ -57,7 +62,6 @@ from ._raft_messages import (
     HeartbeatResponse,
     MemberView,
     Message,
-    NoOp,
     PromoteToLeader,
     Replicate,
     ReplicateResponse,
@@ -65,6 +69,7 @@ from ._raft_messages import (
     TimeoutNow,
 )
 from ._raft_ready import Ready, ReadyHandOff
+from ._raft_restart import RestartRules
 from ._raft_types import (
     ConfigChangeRefused,
     LeadershipTransferring,
@@ -99,7 +104,7 @@ __all__ = [
 ]
 
 
-class RaftNode(ReadyHandOff):
+class RaftNode(Elections, RestartRules, ReadyHandOff):
     """One broker's consensus state machine. Deterministic given its inputs and ``rng``.
 
     Build it from what storage holds: the persisted ``hard_state``, the ``snapshot`` metadata
@@ -473,366 +478,6 @@ class RaftNode(ReadyHandOff):
             and self.role is Role.LEADER
         ):
             self._handle_leader_response(m)
-
-    # -- elections ---------------------------------------------------------------------------
-
-    def _promotable(self) -> bool:
-        """Only voters campaign; learners, removed brokers and recovering ones never do.
-
-        A voter removed by a configuration entry that is not committed yet (as far as it
-        knows) still campaigns, under its log's configuration, which does not count its own
-        vote (thesis 4.2.2, Figure 4.6): until that entry commits it may hold the only log
-        that the other voters of the old configuration can elect, and a group whose longest
-        log belongs to a broker that waits for a removal nobody can commit has no leader
-        for ever (simulator seed 2003). Once the removal commits it stops, as the thesis's
-        removed server does."""
-        if not self._log_trusted():
-            return False
-        if self.id in self.config.voters:
-            return True
-        return self.commit < self.log.last_index and self.id in self._config_at(self.commit).voters
-
-    def _in_lease(self) -> bool:
-        return (
-            self.check_quorum
-            and self.leader_id is not None
-            and self.election_elapsed < self.election_ticks
-        )
-
-    def _reset_randomized_timeout(self) -> None:
-        # Randomized in [E, 1.5E), shifted by up to E/2 by rank among the voters: the lowest
-        # broker id usually times out first (the design's "lowest id triggers"), but that is a
-        # preference to avoid split votes, never part of the safety argument.
-        e = self.election_ticks
-        n = max(1, len(self.config.voters))
-        rank = voting_rank(self.id, self.config.voters)
-        self.randomized_timeout = e + (e * rank) // (2 * n) + self.rng.randrange(e // 2 + 1)
-
-    def _campaign(self) -> None:
-        """Election timeout: pre-vote first (if enabled), so a broker that cannot win never
-        bumps the term and so never disrupts a healthy leader (thesis 9.6)."""
-        if self.pre_vote:
-            self.role = Role.PRE_CANDIDATE
-            self.leader_id = None
-            self.votes = {self.id: True} if self._vouches_for_itself(pre_vote=True) else {}
-            self.election_elapsed = 0
-            self._reset_randomized_timeout()
-        else:
-            self._become_candidate()
-        if self._tally() == "won":
-            self._after_win()
-        else:
-            self._request_votes()
-
-    def _request_votes(self, transfer: bool = False, pre: bool | None = None) -> None:
-        if pre is None:
-            pre = self.role is Role.PRE_CANDIDATE
-        for v in sorted(self.config.voters):
-            if v == self.id:
-                continue
-            # Sent after persistence: a real request relies on our durable term and self-vote.
-            self._persisted_msgs.append(
-                ElectionRequest(
-                    src=self.id,
-                    dst=v,
-                    term=self.term + 1 if pre else self.term,
-                    cluster_version=self.cluster_version,
-                    pre_vote=pre,
-                    last_log_index=self.log.last_index,
-                    last_log_term=self.log.last_term,
-                    transfer=transfer,
-                )
-            )
-
-    def _become_candidate(self) -> None:
-        self.role = Role.CANDIDATE
-        self.term += 1
-        self.voted_for = self.id
-        self.leader_id = None
-        self.votes = {self.id: True} if self._vouches_for_itself(pre_vote=False) else {}
-        self.election_elapsed = 0
-        self._reset_randomized_timeout()
-
-    def _vouches_for_itself(self, pre_vote: bool) -> bool:
-        return self._vouches_for(self.log.last_term, self.log.last_index, pre_vote)
-
-    def _tally(self) -> str:
-        q = self.config.quorum()
-        granted = sum(1 for v, g in self.votes.items() if g and v in self.config.voters)
-        denied = sum(1 for v, g in self.votes.items() if not g and v in self.config.voters)
-        if granted >= q:
-            return "won"
-        if denied >= q:
-            return "lost"
-        return "pending"
-
-    def _after_win(self) -> None:
-        if self.role is Role.PRE_CANDIDATE:
-            self._become_candidate()
-            if self._tally() == "won":
-                self._become_leader()
-            else:
-                self._request_votes()
-        else:
-            self._become_leader()
-
-    def _log_ok_for(self, m: ElectionRequest) -> bool:
-        return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
-
-    def _handle_election_request(self, m: ElectionRequest) -> None:
-        if not self._log_trusted() and not self._beyond_what_was_lost(m):
-            # Our log lost entries we acknowledged: it can only vouch for a candidate whose
-            # log is at least as up to date as ours was before the loss.
-            self._deny(m, DenyReason.LOG_BEHIND, self.term)
-            return
-        can_vote = (
-            self.voted_for == m.src
-            or (self.voted_for is None and self.leader_id is None)
-            or (m.pre_vote and m.term > self.term)
-        )
-        if not can_vote:
-            self._deny(m, DenyReason.ALREADY_VOTED, self.term)
-            return
-        # A durable vote, asked again (not one read from a store that lost it).
-        repeat = self.voted_for == m.src and not m.pre_vote and not self.vote_lost
-        if not repeat and not self._vouches_for(m.last_log_term, m.last_log_index, m.pre_vote):
-            # Restarted, it may have lost entries it acknowledged, and does not know yet.
-            self._deny(m, DenyReason.LOG_BEHIND, self.term)
-            if self.unverified and not m.pre_vote and self._told_log_end < self.term:
-                # The other voters may be waiting for our log end as we wait for theirs
-                # (all restarted): tell it, once a term, in a pre-vote round (answers that
-                # come back count only if we campaign in it, for what it asked).
-                self._told_log_end = self.term
-                self._request_votes(pre=True)
-            return
-        if not self._log_ok_for(m):
-            self._deny(m, DenyReason.LOG_BEHIND, self.term)
-            return
-        if not m.pre_vote:
-            self.voted_for = m.src
-            self.election_elapsed = 0
-        self._persisted_msgs.append(
-            ElectionResponse(
-                src=self.id,
-                dst=m.src,
-                term=m.term,
-                cluster_version=self.cluster_version,
-                pre_vote=m.pre_vote,
-                granted=True,
-                **self._log_end_told(),
-            )
-        )
-
-    def _deny(self, m: ElectionRequest, reason: DenyReason, term: int) -> None:
-        self._persisted_msgs.append(
-            ElectionResponse(
-                src=self.id,
-                dst=m.src,
-                term=term,
-                cluster_version=self.cluster_version,
-                pre_vote=m.pre_vote,
-                granted=False,
-                reason=reason,
-                **self._log_end_told(),
-            )
-        )
-
-    def _handle_election_response(self, m: ElectionResponse) -> None:
-        if m.pre_vote:
-            if self.role is not Role.PRE_CANDIDATE or m.term not in (self.term, self.term + 1):
-                return
-        elif self.role is not Role.CANDIDATE:
-            return
-        self.votes.setdefault(m.src, m.granted)
-        result = self._tally()
-        if result == "won":
-            self._after_win()
-        elif result == "lost":
-            self._become_follower(self.term, None)
-
-    def _become_follower(self, term: int, leader: Any) -> None:
-        self.reads.fail_all(NotLeader(leader))
-        if term > self.term:
-            self.term = term
-            self.voted_for = None
-        self.role = Role.FOLLOWER
-        self.leader_id = leader
-        self.election_elapsed = 0
-        self.votes = {}
-        self.progress = {}
-        self.transfer_target = None
-        self._reset_randomized_timeout()
-
-    def _follow(self, leader: Any) -> None:
-        """A message from the leader of our term: follow it and restart the election timer."""
-        if self.role is not Role.FOLLOWER:
-            self._become_follower(self.term, leader)
-        self.leader_id = leader
-        self.election_elapsed = 0
-
-    def _become_leader(self) -> None:
-        self.role = Role.LEADER
-        self.leader_id = self.id
-        self.election_elapsed = 0
-        self.heartbeat_elapsed = 0
-        self.progress = {}
-        self.transfer_target = None
-        self.reads.reset()
-        for m in self.config.members | {self.id}:
-            self.progress[m] = Progress(match=0, next=self.log.last_index + 1, last_heard=self.now)
-        noop = Entry(self.term, self.log.last_index + 1, NoOp())
-        self._term_start_index = noop.index
-        self.log.append([noop])
-        self._check_verified()
-        self._statuses = {}
-        self._announced = ()
-        self._broadcast_append(promote=True)
-
-    # -- restart -----------------------------------------------------------------------------
-
-    def _log_trusted(self) -> bool:
-        """Whether this broker's log may speak in elections: not while it is recovering (its
-        log lost entries it acknowledged, so it cannot vouch for a candidate's, nor lead)."""
-        return self.recovering_until is None
-
-    def _check_recovered(self) -> None:
-        """A recovering broker whose log again reaches what it had acknowledged (through a
-        leader, whose log holds everything committed) may vote again."""
-        if self.recovering_until is not None and self.log.last_index >= self.recovering_until:
-            self.recovering_until = None
-            self.recovering_term = 0
-
-    def _vouches_for(self, last_term: int, last_index: int, pre_vote: bool) -> bool:
-        """Whether this broker may vote (or count its own vote) for a log ending at
-        (``last_term``, ``last_index``) as far as its restart goes: no real vote while
-        unverified, and none below the floor learned since (class docstring). A pre-vote
-        promises nothing and changes no term: granted as before, so that the candidates'
-        vote requests (the log ends an unverified broker waits for) can follow."""
-        if self.unverified and not pre_vote:
-            return False
-        return self.vote_floor is None or (last_term, last_index) >= self.vote_floor
-
-    def _beyond_what_was_lost(self, m: ElectionRequest) -> bool:
-        """The election restriction (paper 5.4.1) against the log a recovering broker had
-        before the loss, whose end is at most (``recovering_term``, ``recovering_until``):
-        a candidate at least that up to date holds every entry whose commit counted on this
-        broker's acknowledgement, exactly as if the log were still whole. So a group whose
-        damaged brokers are a majority still elects a broker whose log is intact and newest,
-        which repairs them; it stays without a leader only when none is (when too few
-        intact copies remain): it refuses to guess."""
-        lost = (self.recovering_term, self.recovering_until or 0)
-        return (m.last_log_term, m.last_log_index) >= lost
-
-    def _log_end_told(self) -> dict[str, Any]:
-        """The log end an election answer tells (``_note_log_end``): the end of the part of
-        our log that our acknowledgements can have helped commit. A broker whose log's
-        configuration does not count it (removed by it, or a learner) tells the index of that
-        configuration's entry: every entry after it was appended under a configuration
-        without its vote, so its copy of them proves nothing, and a floor at that tail,
-        which perhaps no other voter holds and which a removed broker that knows its removal
-        committed never campaigns for, would wait for ever (a gap found by the simulator in
-        the rule that started every restart unverified)."""
-        index, term = self.log.last_index, self.log.last_term
-        if self.id not in self.config.voters:
-            at = self._config_index()
-            at_term = self.log.term(at)
-            if at < index and at_term is not None:
-                index, term = at, at_term
-        return {"last_log_index": index, "last_log_term": term, "voter_term": self.term}
-
-    def _note_log_end(self, m: ElectionRequest | ElectionResponse) -> None:
-        """An election request tells the sender's log end, and so does the answer to one;
-        once ``voters - quorum + 1`` other voters told theirs from a term later than ours at
-        the start, any ``voters - quorum + 1`` of them include one that holds every entry our
-        acknowledgements helped commit (if only we lost it): the largest log end of the
-        ``voters - quorum + 1`` smallest is at least that entry. (The smallest such set,
-        lowered as more voters tell theirs, so that a broker with a long uncommitted tail,
-        perhaps removed or gone, does not set a floor only it reaches.)"""
-        if isinstance(m, ElectionResponse):
-            if m.last_log_index is None or m.last_log_term is None or m.voter_term is None:
-                return
-            sender_term = m.voter_term
-            end = (m.last_log_term, m.last_log_index)
-        else:
-            sender_term = m.term - 1 if m.pre_vote else m.term
-            end = (m.last_log_term, m.last_log_index)
-        voters = self.config.voters
-        if sender_term <= self.restart_term or m.src not in voters or self.vote_lost:
-            return
-        self._log_ends[m.src] = max(self._log_ends.get(m.src, end), end)
-        heard = sorted(v for k, v in self._log_ends.items() if k in voters and k != self.id)
-        needed = len(voters) - self.config.quorum() + 1
-        if len(heard) >= needed:
-            # A log with an entry of a later term than our start holds all of it anyway (the
-            # leader that wrote it did): no floor beyond the start of that term.
-            self._verified(min(heard[needed - 1], (self.restart_term + 1, 0)))
-
-    def _verified(self, floor: tuple[int, int]) -> None:
-        """It knows, from the cluster, a log end at least every entry it acknowledged. Each
-        such bound is enough alone: a later one may lower the floor, never raise it."""
-        if self.vote_lost:
-            return  # (nothing it hears about logs bounds the terms it voted in)
-        if not self.unverified:
-            if self.vote_floor is None:
-                return
-            floor = min(floor, self.vote_floor)
-        self.unverified = False
-        own = (self.log.last_term, self.log.last_index)
-        self.vote_floor = floor if floor > own else None
-        if self.vote_floor is None:
-            self._log_ends = {}
-        if (
-            self.role is Role.CANDIDATE
-            and self.voted_for == self.id
-            and self.id not in self.votes
-            and self._vouches_for_itself(pre_vote=False)
-        ):
-            self.votes[self.id] = True  # its own vote, which it may give now
-            if self._tally() == "won":
-                self._after_win()
-
-    def _check_verified(self) -> None:
-        """Its log holds an entry of a term later than its start: from a leader that holds
-        everything our earlier acknowledgements could have committed, with its log before."""
-        if self.log.last_term > self.restart_term and not self.vote_lost:
-            self.unverified = False
-            self._log_ends = {}
-            self.vote_floor = None
-
-    def _note_term(self, m: Message) -> None:
-        """While ``vote_lost``: the sender's current term as its message tells it (a pre-vote
-        request asks for the term after it; an election answer tells the voter's own when it
-        can). Once ``voters - quorum + 1`` other voters told theirs, their largest bounds
-        every term in which this broker's lost vote can have helped elect a leader (class
-        docstring): it moves there as if it had voted in it, and votes only in later terms."""
-        voters = self.config.voters
-        if m.src not in voters or self.now < self.election_ticks:
-            # (Not in its first election timeout: a vote request sent before the loss may
-            # still be on its way to a voter that tells its older term meanwhile.)
-            return
-        if isinstance(m, ElectionRequest):
-            sender_term = m.term - 1 if m.pre_vote else m.term
-        elif isinstance(m, ElectionResponse):
-            if m.voter_term is not None:
-                sender_term = m.voter_term
-            elif m.pre_vote:
-                return  # (the term asked for, not the voter's)
-            else:
-                sender_term = m.term
-        else:
-            sender_term = m.term
-        self._terms_heard[m.src] = max(self._terms_heard.get(m.src, 0), sender_term)
-        heard = [t for k, t in self._terms_heard.items() if k in voters and k != self.id]
-        if len(heard) < len(voters) - self.config.quorum() + 1:
-            return
-        bound = max(heard)
-        self.vote_lost = False
-        self._terms_heard = {}
-        if bound > self.term:
-            self._become_follower(bound, None)
-        if self.voted_for is None:
-            self.voted_for = self.id  # it may have voted in this term: it votes in no other
-        self.restart_term = max(self.restart_term, self.term)
 
     # -- replication -------------------------------------------------------------------------
 
