@@ -19,7 +19,7 @@ from .._core._commands import CommandRejected, MessageAppended, MessageRead
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
-from .._protocol._codec import appended_frame, message_frame
+from .._protocol._codec import appended_frame, message_frame, messages_frame
 from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
@@ -203,14 +203,16 @@ class ConvertedAnswer(Answer):
         return self._response(group.results[index]) if group.done_at(index) else None
 
     def frame(self) -> bytes | None:
-        """A single-message READ's answer, written straight from its result (the message's
-        stored bytes embedded as they are); None for any other."""
+        """A READ's answer, written straight from its result (the messages' stored bytes
+        embedded as they are): a single message's (or no message's), and the ``messages``
+        form's, with or without headers; None for any other."""
         group, index = self._group, self._index
         if self._convert is read_answer and group.done_at(index):
             result = group.results[index]
-            if type(result) is MessageRead and (
-                result.sequence_num is None or type(result.data) is bytes
-            ):
+            kind = type(result)
+            if kind is work.Delivered:
+                return messages_frame(result.messages)
+            if kind is MessageRead and (result.sequence_num is None or type(result.data) is bytes):
                 return message_frame(result.sequence_num, result.data)
         return None
 
