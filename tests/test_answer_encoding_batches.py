@@ -12,15 +12,21 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_broker._core import _commands as cmd
 from trio_broker._core import _work_commands as work
 from trio_broker._core._commands import CreateQueue
 from trio_broker._core._work_commands import MAX_HEADER_VALUE, MAX_HEADERS, Publish, Record
-from trio_broker._protocol._codec import INT_MAX, INT_MIN, dumps_value, encode_response
+from trio_broker._protocol._codec import (
+    INT_MAX,
+    INT_MIN,
+    dumps_value,
+    encode_response,
+)
 from trio_broker._protocol._framing import DEFAULT_MAX_FRAME, encode_frame
 from trio_broker._runtime._answer import response_for
-from trio_broker._runtime._operations import MAX_READ_MESSAGES
+from trio_broker._runtime._operations import MAX_BATCH_VALUES, MAX_READ_MESSAGES
 from trio_broker._runtime._pending import PendingGroup
-from trio_broker._runtime._runs import ConvertedAnswer
+from trio_broker._runtime._runs import ConvertedAnswer, RunAnswer
 from trio_broker._runtime._work import read_answer
 from trio_broker._storage import Store
 
@@ -139,3 +145,26 @@ def test_a_store_read_of_the_messages_form_writes_the_general_paths_frame(tmp_pa
     assert [len(r.messages) for r in results] == [7, 4, 3, 0]
     for result in results:
         assert _frame(result) == _general(result)
+
+
+# -- APPEND_BATCH's answer ---------------------------------------------------------------------
+
+
+@given(st.integers(1, 2**62), st.integers(1, MAX_BATCH_VALUES), st.booleans())
+def test_a_batch_append_answer_writes_the_general_paths_frame(first, count, duplicate):
+    """An APPEND_BATCH's answer written from its first sequence number and count is the
+    general path's frame; a duplicate's (``"duplicate": true``) takes the general path."""
+    result = cmd.BatchAppended(first, count, duplicate)
+    group = PendingGroup(1)
+    answer = RunAnswer(group, 0)
+    assert answer.frame() is None  # not known yet
+    group.set(0, result)
+    general = encode_frame(encode_response(response_for(result)))
+    if duplicate:
+        assert answer.frame() is None
+        return
+    assert answer.frame() == general
+    assert orjson.loads(general[4:]) == {
+        "status": "success",
+        "sequence_nums": list(range(first, first + count)),
+    }

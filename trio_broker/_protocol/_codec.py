@@ -463,6 +463,17 @@ def appended_frame(sequence_num: int) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+_BATCH_APPENDED = b'{"status":"success","sequence_nums":%b}'
+
+
+def batch_appended_frame(first: int, count: int) -> bytes:
+    """The whole frame of the answer to an APPEND_BATCH that was not a duplicate (``count``
+    messages from ``first``): the bytes of ``encode_frame(encode_response(BatchAppended(...)))``
+    (tests/test_answer_encoding_batches.py), without cattrs."""
+    body = _BATCH_APPENDED % orjson.dumps(list(range(first, first + count)))
+    return len(body).to_bytes(4, "big") + body
+
+
 _MESSAGE = b'{"status":"success","sequence_num":%d,"data":%b}'
 _NO_MESSAGES_FRAME = (
     len(b'{"status":"success","message":"no_messages"}').to_bytes(4, "big")

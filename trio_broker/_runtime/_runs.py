@@ -15,11 +15,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
-from .._core._commands import CommandRejected, MessageAppended, MessageRead
+from .._core._commands import BatchAppended, CommandRejected, MessageAppended, MessageRead
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
-from .._protocol._codec import appended_frame, message_frame, messages_frame
+from .._protocol._codec import (
+    appended_frame,
+    batch_appended_frame,
+    message_frame,
+    messages_frame,
+)
 from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
@@ -172,15 +177,18 @@ class Runs:
 
 class RunAnswer(GroupAnswer):
     """The answer to a request of a run whose result is its answer (an append, ACK, SEEK):
-    a :class:`GroupAnswer` whose frame, for an appended message, is written straight from
-    its sequence number (no response object, no general encoder)."""
+    a :class:`GroupAnswer` whose frame, for appended messages, is written straight from
+    their sequence numbers (no response object, no general encoder)."""
 
     __slots__ = ()
 
     def frame(self) -> bytes | None:
         result = self._group.results[self._index]
-        if type(result) is MessageAppended and not result.duplicate:
+        kind = type(result)
+        if kind is MessageAppended and not result.duplicate:
             return appended_frame(result.sequence_num)
+        if kind is BatchAppended and not result.duplicate:
+            return batch_appended_frame(result.first_sequence_num, result.count)
         return None
 
 
