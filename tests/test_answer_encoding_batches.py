@@ -23,11 +23,11 @@ from trio_broker._protocol._codec import (
     encode_response,
 )
 from trio_broker._protocol._framing import DEFAULT_MAX_FRAME, encode_frame
-from trio_broker._runtime._answer import response_for
+from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._operations import MAX_BATCH_VALUES, MAX_READ_MESSAGES
-from trio_broker._runtime._pending import PendingGroup
-from trio_broker._runtime._runs import ConvertedAnswer, RunAnswer
-from trio_broker._runtime._work import read_answer
+from trio_broker._runtime._pending import Pending, PendingGroup
+from trio_broker._runtime._runs import ConvertedAnswer, ReadAnswer, RunAnswer
+from trio_broker._runtime._work import Mapped, read_answer
 from trio_broker._storage import Store
 
 Q = "Q-AAAAABBBBB"
@@ -145,6 +145,28 @@ def test_a_store_read_of_the_messages_form_writes_the_general_paths_frame(tmp_pa
     assert [len(r.messages) for r in results] == [7, 4, 3, 0]
     for result in results:
         assert _frame(result) == _general(result)
+
+
+def test_a_read_decided_alone_writes_the_general_paths_frame():
+    """A READ that a receive carried alone is answered through the broker's ``_read``
+    (``ReadAnswer``): its frame is the general path's too, for the messages form, a single
+    message and no message; a refusal takes the general path."""
+    results = [
+        _delivered([1, "ü", {"a": None}], [(), (("k", "v"),), ()]),
+        _delivered([]),
+        cmd.MessageRead(5, b'"five"'),
+        cmd.MessageRead(None, None),
+    ]
+    for result in results:
+        pending = Pending()
+        answer = ReadAnswer(later=Mapped(pending, read_answer))
+        assert answer.frame() is None  # not known yet
+        pending.set(result)
+        general = encode_frame(encode_response(Answer(later=Mapped(pending, read_answer)).known()))
+        assert answer.frame() == general
+    refused = Pending()
+    refused.set(cmd.CommandRejected("QUEUE_NOT_FOUND", "no such queue"))
+    assert ReadAnswer(later=Mapped(refused, read_answer)).frame() is None
 
 
 # -- APPEND_BATCH's answer ---------------------------------------------------------------------
