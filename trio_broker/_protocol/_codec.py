@@ -502,17 +502,15 @@ def messages_frame(messages: Sequence[Any]) -> bytes:
     with ``sequence_num``, ``data``, the value's stored JSON bytes embedded as they are, and
     ``headers``, pairs of strings, empty for none): the bytes ``encode_frame(encode_response(
     ...))`` writes for ``MessageBatch``, or ``HeadedMessageBatch`` when some message has headers
-    (tests/test_answer_encoding.py), without a response object or cattrs per message
-    (docs/performance.md, "Batches in and out")."""
-    if any(d.headers for d in messages):
-        parts = [
-            _HEADED_MESSAGE % (d.sequence_num, d.data, orjson.dumps(dict(d.headers)))
-            if d.headers
-            else _BATCH_MESSAGE % (d.sequence_num, d.data)
-            for d in messages
-        ]
-    else:
-        parts = [_BATCH_MESSAGE % (d.sequence_num, d.data) for d in messages]
+    (tests/test_answer_encoding_batches.py), without a response object or cattrs per message
+    (docs/performance.md, "Batches in and out"). Both write a message without headers alike
+    (``headers`` left out), so one pass decides each message's shape alone."""
+    parts = [
+        _HEADED_MESSAGE % (d.sequence_num, d.data, orjson.dumps(dict(d.headers)))
+        if d.headers
+        else _BATCH_MESSAGE % (d.sequence_num, d.data)
+        for d in messages
+    ]
     body = _MESSAGES % b",".join(parts)
     return len(body).to_bytes(4, "big") + body
 
