@@ -13,7 +13,7 @@ import pytest
 
 from trio_broker._core._commands import AppendBatch, CreateQueue
 from trio_broker._storage import DB_FILE, Store
-from trio_broker._storage._integrity import insert_values, read_values, value_checksum
+from trio_broker._storage._integrity import insert_plain, insert_values, read_values, value_checksum
 
 Q = "Q-AAAAABBBBB"
 SIZES = [0, 1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100, 111, 112, 127, 128, 1000]
@@ -103,3 +103,30 @@ def test_an_append_batch_through_the_store_is_read_back_whole(tmp_path):
         assert store.messages(Q) == list(values)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("count", SIZES)
+@pytest.mark.parametrize("stamp", [None, 1234])
+def test_messages_of_one_stamp_store_what_insert_values_stores(tmp_path, count, stamp):
+    """``insert_plain`` (an APPEND_BATCH, a run of APPENDs of one stamp) stores the rows
+    ``insert_values`` stores for the same messages without headers."""
+    data = [orjson.dumps({"n": seq, "s": "é" * (seq % 4)}) for seq in range(count)]
+    stored = []
+    for name, insert in (
+        ("plain", lambda db: insert_plain(db, Q, 3, data, stamp)),
+        ("general", lambda db: insert_values(db, Q, 3, [(d, stamp, None) for d in data])),
+    ):
+        path = tmp_path / name
+        path.mkdir()
+        store = Store(path)
+        store.apply([CreateQueue(Q)])
+        store.close()
+        db = apsw.Connection(str(path / DB_FILE))
+        try:
+            with db:
+                insert(db)
+            stored.append(_stored(db, Q))
+        finally:
+            db.close()
+    assert stored[0] == stored[1]
+    assert [row[1] for row in stored[0]] == list(range(3, 3 + count))
