@@ -6,7 +6,6 @@ never served."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import apsw
@@ -40,18 +39,23 @@ def original_checksum(queue_id: str, seq: int, data: bytes, headers: str | None)
     return crc
 
 
-def _db(tmp_path: Path) -> apsw.Connection:
-    store = Store(tmp_path)
+@pytest.fixture(scope="module")
+def store_db(tmp_path_factory) -> apsw.Connection:
+    """One store's database for the module; each test's writes are rolled back."""
+    path = tmp_path_factory.mktemp("store")
+    store = Store(path)
     store.apply([CreateQueue(Q)])
     store.close()
-    return apsw.Connection(str(tmp_path / DB_FILE))
+    connection = apsw.Connection(str(path / DB_FILE))
+    yield connection
+    connection.close()
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    connection = _db(tmp_path)
-    yield connection
-    connection.close()
+def db(store_db: apsw.Connection):
+    store_db.execute("BEGIN")
+    yield store_db
+    store_db.execute("ROLLBACK")
 
 
 def _write_as_before(db: apsw.Connection, queue_id: str, rows: list[tuple]) -> None:
@@ -74,20 +78,19 @@ VALUES = st.lists(st.tuples(st.binary(max_size=64), HEADERS), min_size=1, max_si
 
 @settings(max_examples=100, deadline=None)
 @given(QUEUE_IDS, st.integers(1, 2**62), VALUES)
-def test_inserted_checksums_are_the_stored_definitions(tmp_path_factory, queue_id, first, values):
+def test_inserted_checksums_are_the_stored_definitions(store_db, queue_id, first, values):
     """What ``insert_values`` stores is the definition's number, whatever the queue id (any
     text), the sequence number, the bytes and the headers; and ``value_checksum`` is it too."""
-    db = _db(tmp_path_factory.mktemp("db"))
+    store_db.execute("BEGIN")
     try:
-        with db:
-            insert_values(db, queue_id, first, [(d, 5, h) for d, h in values])
-        stored = db.execute(
+        insert_values(store_db, queue_id, first, [(d, 5, h) for d, h in values])
+        stored = store_db.execute(
             "SELECT sequence_num, data, headers, checksum FROM queue_data"
             " WHERE queue_id = ? ORDER BY sequence_num",
             (queue_id,),
         ).fetchall()
     finally:
-        db.close()
+        store_db.execute("ROLLBACK")
     assert [(s, d, h) for s, d, h, _ in stored] == [
         (s, d, h) for s, (d, h) in enumerate(values, first)
     ]
