@@ -59,7 +59,14 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
-from ._integrity import UNCHECKED, StorageDamaged, insert_values, read_values, report_damage
+from ._integrity import (
+    UNCHECKED,
+    StorageDamaged,
+    insert_plain,
+    insert_values,
+    read_values,
+    report_damage,
+)
 from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
@@ -296,7 +303,7 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
         (len(data), stamp, command.queue_id),
     ).fetchone()
     first = length - len(data) + 1
-    insert_values(db, command.queue_id, first, [(value, stamp, None) for value in data])
+    insert_plain(db, command.queue_id, first, data, stamp)
     if producer is not None:
         (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM producers").fetchone()
         new = next_producer_state(state, command.producer_seq, first, len(data), clock + 1)
@@ -362,7 +369,10 @@ def _append_run(db: apsw.Connection, run: tuple[AppendMessage, ...]) -> list[Res
         (len(run), stamp, queue_id),
     ).fetchone()
     first = length - len(run) + 1
-    insert_values(db, queue_id, first, [(c.data, stamps[k], None) for k, c in enumerate(run)])
+    if stamps[0] == stamp:  # (stamps never decrease: all alike, the usual case)
+        insert_plain(db, queue_id, first, [c.data for c in run], stamp)
+    else:
+        insert_values(db, queue_id, first, [(c.data, stamps[k], None) for k, c in enumerate(run)])
     return [MessageAppended(first + k) for k in range(len(run))]
 
 
