@@ -19,8 +19,14 @@ from trio_broker._core._metadata import (
     RegisterBroker,
 )
 from trio_broker._runtime import BrokerConfig, open_broker
-from trio_broker._runtime._balancing import Balancing, BalancingSettings
+from trio_broker._runtime._balancing import (
+    MAP_NOT_KNOWN,
+    NO_BALANCER,
+    Balancing,
+    BalancingSettings,
+)
 from trio_broker._runtime._balancing_seams import MetaMapSource, RemoteGroups
+from trio_broker._runtime._groups import EVERY_BROKER
 from trio_broker.testing import open_local_cluster
 
 NEWCOMER = "B-ZZZZZ"
@@ -75,12 +81,48 @@ def seed(broker) -> list[str]:
     return ["--seed", f"127.0.0.1:{broker.port}"]
 
 
+async def refusals(cli, broker) -> list[str]:
+    """What ``rebalance`` and ``drain`` answer (both refused: status 1, nothing printed)."""
+    errors = []
+    for argv in (["rebalance"], ["drain", broker.broker_id]):
+        status, out, err = await cli(*seed(broker), *argv)
+        assert (status, out) == (1, ""), argv
+        errors.append(err)
+    return errors
+
+
 async def test_without_a_map_rebalance_and_drain_are_refused(tmp_path, cli):
+    # One group: no map, ever; the broker cannot tell that from a map not applied yet.
     async with open_broker(BrokerConfig(data_dir=tmp_path / "b", port=0)) as broker:
-        for argv in (["rebalance"], ["drain", broker.broker_id]):
-            status, out, err = await cli(*seed(broker), *argv)
-            assert (status, out) == (1, ""), argv
-            assert err.startswith("error: UNAVAILABLE: this cluster has no balancer"), err
+        for err in await refusals(cli, broker):
+            assert err == f"error: UNAVAILABLE: {MAP_NOT_KNOWN}\n", err
+
+
+async def test_a_founder_whose_map_is_not_founded_yet_says_so(tmp_path, cli):
+    # Several groups, placed once a second broker joins: until then this broker knows no
+    # map. It has no balancer yet, which is not the same as a cluster without one.
+    config = BrokerConfig(data_dir=tmp_path / "b", port=0, groups=3, founding_brokers=2)
+    async with open_broker(config) as broker:
+        with trio.fail_after(10):
+            while not broker.host.meta.founding:  # noqa: ASYNC110 (a view, no event)
+                await trio.sleep(0.01)
+        for err in await refusals(cli, broker):
+            assert err.startswith("error: UNAVAILABLE: no cluster map is known on this broker yet")
+            assert "retry shortly" in err and "this cluster has no balancer" not in err
+        assert broker.balancing is None and broker.host.meta.map is None
+
+
+async def test_a_cluster_with_listed_groups_has_no_balancer(tmp_path, cli):
+    # Every broker hosts every group (the stage-1 list): certain, no balancer ever.
+    config = BrokerConfig(
+        data_dir=tmp_path / "b", port=0, groups=3, replication_factor=EVERY_BROKER
+    )
+    async with open_broker(config) as broker:
+        with trio.fail_after(10):
+            while not broker.host.listed:  # noqa: ASYNC110 (a view, no event)
+                await trio.sleep(0.01)
+        for err in await refusals(cli, broker):
+            assert err == f"error: UNAVAILABLE: {NO_BALANCER}\n", err
 
 
 async def test_drain_then_rebalance_move_the_replica_away_a_step_a_round(balanced_broker, cli):

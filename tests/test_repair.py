@@ -5,6 +5,7 @@ and real brokers in one program whose copy of a value was changed while stopped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import types
@@ -17,8 +18,9 @@ import pytest
 import trio
 from prometheus_client import generate_latest
 
-from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch, ReadNext
+from trio_broker._core._commands import AppendMessage, CreateQueue, ReadBatch, ReadNext, Seek
 from trio_broker._core._raft_messages import Entry, HardState
+from trio_broker._core._work_commands import ReadRecords
 from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._protocol import FetchValues
 from trio_broker._runtime._repair import Repair, decode_rows, encode_rows, serve_fetch_values
@@ -90,9 +92,14 @@ def test_a_transaction_that_meets_a_damaged_value_fails_whole_when_held(tmp_path
 
 def test_a_read_for_nobody_goes_past_a_damaged_value_when_its_effect_needs_no_bytes(tmp_path):
     """A broker behind the others may meet a value they have all deleted since: a read whose
-    effect does not depend on the bytes, applied for nobody, goes past it."""
+    effect does not depend on the bytes, applied for nobody, goes past it. A READ or a
+    READ_BATCH does not even read it (the scrub finds the damage, not the read); a work read
+    goes over it and notes it, to be repaired in the background."""
     _store_with_values(tmp_path)
     _alter(tmp_path, Q, 7)
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    db.execute("DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = 11", (Q,))
+    db.close()
     store = Store(tmp_path)
     try:
         store.hold_damage = store.unchecked_reads = True
@@ -101,19 +108,49 @@ def test_a_read_for_nobody_goes_past_a_damaged_value_when_its_effect_needs_no_by
         with pytest.raises(StorageDamaged):
             store.save(entries=bounded, committed=bounded)
         assert store.positions() == {}
-        entries = [Entry(1, 1, ReadBatch(C, Q, 10)), Entry(1, 2, ReadNext("C-OTHER01", Q))]
+        values_read = _watch_value_reads(store)
+        entries = [
+            Entry(1, 1, ReadBatch(C, Q, 10)),
+            Entry(1, 2, ReadNext("C-OTHER01", Q)),
+            Entry(1, 3, ReadNext(C, Q)),  # (over the missing row)
+        ]
         results = store.save(entries=entries, committed=entries)
-        # The same effect as on an intact copy; the damaged bytes were never read.
-        assert store.positions() == {(C, Q): 10, ("C-OTHER01", Q): 1}
-        assert store.unchecked_met == [(Q, 7)]
-        assert dict(results[0].messages)[7] == b""  # (an answer that reaches nobody)
-        # Without ``unchecked_reads`` (someone waits for the answer): held.
+        # The same effect as on an intact copy, and no value read at all.
+        assert store.positions() == {(C, Q): 11, ("C-OTHER01", Q): 1}
+        assert values_read == [] and store.unchecked_met == []
+        assert results[0].messages == tuple((n, b"") for n in range(1, 11))  # (for nobody)
+        assert (results[1].sequence_num, results[2].sequence_num) == (1, 11)
+        # A work read for nobody reads the values: it goes over the damage and notes it.
+        records = [Entry(1, 4, ReadRecords("C-RECORDS", Q, 10))]
+        (delivered,) = store.save(entries=records, committed=records)
+        assert values_read and store.unchecked_met == [(Q, 7)]
+        assert [(d.sequence_num, d.data) for d in delivered.messages][6] == (7, b"")
+        # Without ``unchecked_reads`` (someone waits for the answer): held, the value checked.
         store.unchecked_reads = False
-        again = [Entry(1, 3, ReadBatch("C-THIRD01", Q, 10))]
-        with pytest.raises(StorageDamaged):
-            store.save(entries=again, committed=again)
+        for commands in (
+            [ReadBatch("C-THIRD01", Q, 10)],
+            [Seek("C-FOURTH1", Q, 7), ReadNext("C-FOURTH1", Q)],
+        ):
+            again = [Entry(1, 5 + k, c) for k, c in enumerate(commands)]
+            with pytest.raises(StorageDamaged) as found:
+                store.save(entries=again, committed=again)
+            assert (found.value.queue_id, found.value.seq) == (Q, 7)
+        assert set(store.positions()) == {(C, Q), ("C-OTHER01", Q), ("C-RECORDS", Q)}
     finally:
         store.close()
+
+
+def _watch_value_reads(store: Store) -> list[str]:
+    """Every read of a stored value's bytes through the store's connection, from now on."""
+    seen: list[str] = []
+
+    def authorizer(op: int, a: str | None, b: str | None, *_: Any) -> int:
+        if op == apsw.SQLITE_READ and a == "queue_data" and b == "data":
+            seen.append(b)
+        return apsw.SQLITE_OK
+
+    store._db.authorizer = authorizer
+    return seen
 
 
 def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
@@ -130,7 +167,7 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
         assert [r[0] for r in damaged.intact_rows(Q, 1, 100, 1 << 20)] == [
             1, 2, 3, 4, 5, 6, 8, 10, 11, 12
         ]  # fmt: skip
-        assert damaged.damaged_values(("", 0), 100) == ([(Q, 7)], (Q, 12))
+        assert damaged.damaged_values(("", 0), 100) == ([(Q, 7), (Q, 9)], None)
         assert [n for n in range(1, 14) if damaged.needs_repair(Q, n)] == [7, 9]
         rows = peer.intact_rows(Q, 5, 100, 1 << 20)
         assert [r[0] for r in rows] == list(range(5, 13))
@@ -141,7 +178,7 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
         assert damaged.repair_rows(Q, changed) == [9]
         assert damaged.repair_rows(Q, rows) == [7]
         assert damaged.messages(Q) == [_value(i) for i in range(1, 13)]
-        assert damaged.damaged_values(("", 0), 100) == ([], (Q, 12))
+        assert damaged.damaged_values(("", 0), 100) == ([], None)
         assert not any(damaged.needs_repair(Q, n) for n in range(1, 14))
         # Rows this broker does not hold yet (beyond its queue's length) are not inserted.
         peer.apply([AppendMessage(Q, _value(13))])
@@ -150,6 +187,52 @@ def test_rows_from_a_peer_replace_only_damaged_or_missing_copies(tmp_path):
     finally:
         peer.close()
         damaged.close()
+
+
+def test_the_scrub_finds_rows_missing_anywhere_a_bounded_step_at_a_time(tmp_path):
+    """A lost write leaves a hole in what a queue retains: at its head, in the middle, at its
+    tail, or the whole queue; the scrub finds each, as many a step as it checks rows at most,
+    and nothing that retention deleted."""
+    qa, qb, qc = "Q-AAAAA00001", "Q-BBBBB00002", "Q-CCCCC00003"
+    store = Store(tmp_path)
+    try:
+        store.apply(
+            [CreateQueue(q) for q in (qa, qb, qc)]
+            + [AppendMessage(qa, _value(i)) for i in range(1, 13)]
+            + [AppendMessage(qb, _value(i)) for i in range(1, 4)]
+            + [AppendMessage(qc, _value(i)) for i in range(1, 6)]
+        )
+    finally:
+        store.close()
+    db = apsw.Connection(str(tmp_path / DB_FILE))
+    for queue_id, seq in ((qa, 1), (qa, 6), (qa, 12), (qb, 1), (qb, 2), (qb, 3)):
+        db.execute(
+            "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+        )
+    db.close()
+    _alter(tmp_path, qc, 2)
+    expected = [(qa, 1), (qa, 6), (qa, 12), (qb, 1), (qb, 2), (qb, 3), (qc, 2)]
+    store = Store(tmp_path)
+    try:
+        assert store.damaged_values(("", 0), 100) == (expected, None)
+        for limit in (1, 2, 3):
+            after: tuple[str, int] | None = ("", 0)
+            found, steps = [], 0
+            while after is not None:
+                step, after = store.damaged_values(after, limit)
+                assert len(step) <= 2 * limit  # (rows checked, and as many holes at most)
+                found += step
+                steps += 1
+            assert sorted(set(found)) == expected
+            assert steps <= (20 + 6) // limit + 3
+        # Retention deletes the head: a hole there is nothing to repair any more.
+        db = apsw.Connection(str(tmp_path / DB_FILE))
+        db.execute("UPDATE queues SET deleted_through = 1 WHERE queue_id = ?", (qa,))
+        db.close()
+        assert store.damaged_values(("", 0), 100) == (expected[1:], None)
+        assert all(store.needs_repair(*place) for place in expected[1:])
+    finally:
+        store.close()
 
 
 def test_an_answer_holds_at_most_its_byte_budget_but_always_one_row(tmp_path):
@@ -211,7 +294,7 @@ async def _at_once(fn, *args):
 
 
 async def _no_scrub(self: Repair) -> None:
-    """The start-up scrub left out: the damage is first met by a READ the broker applies."""
+    """The scrub left out: the damage is first met by a READ the broker applies."""
 
 
 async def _append(port: int, queue_id: str, count: int) -> dict[int, Any]:
@@ -259,30 +342,46 @@ def _same(a: dict[int, Any], b: dict[int, Any]) -> bool:
     )
 
 
-async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_and_leader(
+def _alter_live(store: Store, queue_id: str, seq: int) -> None:
+    """:func:`_alter` on a running broker, through its own connection (on its storage
+    thread): damage that appears while it runs."""
+    db = store._db
+    (data,) = db.execute(
+        "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+    ).fetchone()
+    db.execute(
+        "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = ?",
+        (bytes([data[0] ^ 0x01]) + data[1:], queue_id, seq),
+    )
+
+
+async def test_damage_on_a_running_replica_is_scrubbed_and_a_leaders_read_repairs_it(
     tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(Repair, "scrub", _no_scrub)
     caplog.set_level(logging.INFO, logger="trio_broker")
     with trio.fail_after(60):
-        async with open_local_cluster(tmp_path) as cluster:
+        # A short period, so that the periodic scrub's pass comes round within the test.
+        async with open_local_cluster(tmp_path, scrub_period=0.5) as cluster:
             leader = await cluster.wait_for_leader()
             queue_id = await create_queue(leader.port)
             acked = await _append(leader.port, queue_id, 40)
             name = next(n for n, b in cluster.brokers.items() if b is not leader)
             await _caught_up(cluster, name)
-            await cluster.stop(name)
-            _alter(tmp_path / name, queue_id, 17)
-            damaged = await cluster.start(name)
-            await _caught_up(cluster, name)
-
-            # As a replica: the READ of seq 17 reaches it through the log; nobody waits for
-            # its answer there, so it applies the READ as the others do (the position moves),
-            # never reading the damaged bytes, and repairs the value from a peer meanwhile.
+            damaged = cluster.brokers[name]
+            store = damaged.driver._store
+            # As a running replica: the value changes on its disk while it serves.
+            await damaged.driver._worker.run(_alter_live, store, queue_id, 17)
+            # The READs reach it through the log; nobody waits for their answers there, so it
+            # applies them from the sequence numbers alone (the position moves as everywhere),
+            # never reading a value: the damage is not found there.
             served = await _read_all(leader.port, queue_id, "C-READER1", len(acked))
             assert _same(served, acked)
             await _caught_up(cluster, name)
-            while True:  # (in the background: a round trip or so)
+            ours = await damaged.driver._worker.run(store.positions)
+            theirs = await leader.driver._worker.run(leader.driver._store.positions)
+            assert ours == theirs  # the position moved here too: its state is the others'
+            # The periodic scrub finds it, and it is repaired from a peer, without any READ.
+            while True:
                 if damaged.driver.repair.statistics().repaired:
                     break
                 await trio.sleep(0.02)
@@ -292,15 +391,15 @@ async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_a
             assert re.search(r"^trio_broker_values_damaged_total\{.*\} 1\.0$", metrics, re.M)
             assert re.search(r"^trio_broker_values_repaired_total\{.*\} 1\.0$", metrics, re.M)
             assert re.search(r"^trio_broker_values_awaiting_repair\{.*\} 0\.0$", metrics, re.M)
-            ours = await damaged.driver._worker.run(damaged.driver._store.positions)
-            theirs = await leader.driver._worker.run(leader.driver._store.positions)
-            assert ours == theirs  # the position moved here too: its state is the others'
+            messages = await damaged.driver._worker.run(store.messages, queue_id)
+            assert [orjson.loads(m) for m in messages] == list(acked.values())
 
-            # As the leader: damaged again while stopped, then given the leadership. The READ
-            # of seq 30 waits for its answer: the transaction is held, the value repaired from
-            # a peer, and the READ answered with it.
+            # As the leader: damaged again while stopped, its scrub left out, then given the
+            # leadership. The READ of seq 30 waits for its answer: the transaction is held,
+            # the value repaired from a peer, and the READ answered with it.
             await cluster.stop(name)
             _alter(tmp_path / name, queue_id, 30)
+            monkeypatch.setattr(Repair, "scrub", _no_scrub)
             damaged = await cluster.start(name)
             await _caught_up(cluster, name)
             leader = await cluster.wait_for_leader()
@@ -321,6 +420,8 @@ async def test_a_value_a_read_meets_damaged_is_repaired_from_a_peer_as_replica_a
         (logging.ERROR, 17),
         (logging.ERROR, 30),
     ]
+    assert "periodic scrub" in damaged_lines[0].fields["found"]
+    assert "held until repaired" in damaged_lines[1].fields["action"]
     assert events.count("storage.repaired") == 2
     assert "driver.crashed" not in events
 
@@ -350,3 +451,93 @@ def test_a_value_reads_go_past_again_is_repaired_by_one_background_task(tmp_path
     trio.run(main)
     assert started == [[(Q, 7)]]
     assert repair.statistics().waiting == 1
+
+
+def _repair_room(tmp_path: Path, store: Any, started: list, period: float | None) -> Repair:
+    config = types.SimpleNamespace(voters={"B-AAAAA", "B-BBBBB"}, learners=set())
+    host = types.SimpleNamespace(
+        broker_id="B-AAAAA",
+        cluster_id="G-AAAAA",
+        node=types.SimpleNamespace(config=config),
+        start_soon=lambda fn, places: started.append(places),
+        config=types.SimpleNamespace(scrub_period=period),
+    )
+    return Repair(host, store, types.SimpleNamespace(run=_at_once))
+
+
+async def test_the_periodic_scrub_checks_a_few_hundred_values_a_job_over_its_period(
+    tmp_path, autojump_clock
+):
+    """After the start-up pass (at once), pass after pass spread over the period, a bounded
+    job at a time; a value damaged meanwhile is found and repaired in the background once."""
+    rows, period = 1000, 100.0
+    calls: list[tuple[float, int, int | None]] = []
+
+    def damaged_values(after, limit, max_bytes=None):
+        calls.append((trio.current_time(), limit, max_bytes))
+        first = after[1] + 1
+        if first > rows:
+            return [], None
+        last = min(first + limit - 1, rows)
+        # Damaged once the broker runs (after the start-up pass).
+        found = [(Q, 333)] if trio.current_time() > 0 and first <= 333 <= last else []
+        return found, (Q, last)
+
+    store = types.SimpleNamespace(data_dir=tmp_path, damaged_values=damaged_values)
+    started: list = []
+    repair = _repair_room(tmp_path, store, started, period)
+    with trio.move_on_after(3.5 * period) as cancelled:  # (every wait cancellable)
+        await repair.scrub()
+    assert cancelled.cancelled_caught
+    at_start = [c for c in calls if c[0] == 0]
+    periodic = [c for c in calls if c[0] > 0]
+    assert [c[1:] for c in at_start] == [(500, None)] * 3
+    assert {c[1:] for c in periodic} == {(200, 1 << 20)}
+    # Six jobs a pass (five of 200 values, then the end), a pass per period at most.
+    assert 18 <= len(periodic) <= 22
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(periodic)]
+    assert min(gaps) >= period / 8 and max(gaps) <= period / 5
+    assert started == [[(Q, 333)]]  # one background repair, however many passes find it
+    stats = repair.statistics()
+    assert (stats.damaged, stats.waiting) == (1, 1)
+
+
+async def test_without_a_period_only_the_start_up_pass_runs(tmp_path, autojump_clock):
+    calls = []
+
+    def damaged_values(after, limit, max_bytes=None):
+        calls.append(trio.current_time())
+        return [], None
+
+    store = types.SimpleNamespace(data_dir=tmp_path, damaged_values=damaged_values)
+    await _repair_room(tmp_path, store, [], None).scrub()
+    assert calls == [0]
+
+
+async def test_the_results_of_reads_applied_for_nobody_never_reach_a_request(tmp_path):
+    """A request found waiting on entries applied for nobody (their READs read no value) is
+    answered "outcome unknown" (``on_hold``), never with their results."""
+    store = types.SimpleNamespace(data_dir=tmp_path, unchecked_met=[])
+    repair = _repair_room(tmp_path, store, [], None)
+    waiting: list[str] = []
+    held: list[int] = []
+
+    async def attempt():
+        seen.append(store.unchecked_reads)
+        return ["applied"]
+
+    seen: list[bool] = []
+    # Nobody waits before nor after: applied for nobody, nobody answered.
+    await repair.saving(attempt, lambda: held.append(1), unwaited=lambda: not waiting)
+    assert (seen, held) == ([True], [])
+
+    async def a_request_arrives():
+        seen.append(store.unchecked_reads)
+        waiting.append("token")
+        return ["applied"]
+
+    await repair.saving(a_request_arrives, lambda: held.append(1), unwaited=lambda: not waiting)
+    assert (seen, held) == ([True, True], [1])
+    # Someone waits from the start: the values are read and checked.
+    await repair.saving(attempt, lambda: held.append(1), unwaited=lambda: not waiting)
+    assert (seen, held) == ([True, True, False], [1])

@@ -19,6 +19,11 @@ or from a script without an event loop (:mod:`trio_broker.sync`)::
         client.append(queue, {"hello": "world"}, timeout=5)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import sync
 from ._client import (
     Address,
@@ -73,16 +78,45 @@ from ._protocol._messages import (
     QueueList,
     Rebalanced,
 )
-from ._runtime import (
-    Broker,
-    BrokerConfig,
-    BrokerStatistics,
-    IdentityMismatch,
-    JoinFailed,
-    open_broker,
-    serve_broker,
-)
-from ._storage import DataDirInUse
+
+if TYPE_CHECKING:
+    from ._runtime import (
+        Broker,
+        BrokerConfig,
+        BrokerStatistics,
+        IdentityMismatch,
+        JoinFailed,
+        open_broker,
+        serve_broker,
+    )
+    from ._storage import DataDirInUse
+
+_LAZY = {
+    "Broker": "._runtime",
+    "BrokerConfig": "._runtime",
+    "BrokerStatistics": "._runtime",
+    "IdentityMismatch": "._runtime",
+    "JoinFailed": "._runtime",
+    "open_broker": "._runtime",
+    "serve_broker": "._runtime",
+    "DataDirInUse": "._storage",
+}
+"""The broker's names, loaded when first used (PEP 562): a client program, or a command-line
+client command, does not import the broker, its storage and its metrics."""
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -172,10 +172,17 @@ def test_a_read_that_meets_a_damaged_value_is_held_until_a_peer_repairs_it():
     _disk._set_value(app, "Q", 3, _disk.DamagedValue(b"v3"))
     disks.damaged_values[1] = {("Q", 3)}
     disks.scrub_at[1] = sim.now + 1000  # (its scrub has not reached it yet)
-    read = Entry(1, 7, ReadBatch("C-1", "Q", 5))
+    # For nobody, without a byte budget: applied without reading any value, so the damage
+    # is not found there (the scrub finds it): nothing asked, nothing repaired yet.
+    blind = Entry(1, 6, ReadBatch("C-0", "Q", 5))
+    assert disks.before_apply(1, types.SimpleNamespace(committed_entries=[blind], snapshot=None))
+    disks.check_result(1, blind, app.apply(blind.payload))  # (its answer reaches nobody)
+    assert sim.stats["values_repaired"] == 0 and disks.damaged_values[1] == {("Q", 3)}
+    # A batch with a byte budget needs the values.
+    read = Entry(1, 7, ReadBatch("C-1", "Q", 5, max_bytes=1000))
     ready = types.SimpleNamespace(committed_entries=[read], snapshot=None)
     # A read of messages 1..2 does not meet it: applied at once.
-    early = Entry(1, 7, ReadBatch("C-1", "Q", 2))
+    early = Entry(1, 7, ReadBatch("C-1", "Q", 2, max_bytes=1000))
     assert disks.before_apply(1, types.SimpleNamespace(committed_entries=[early], snapshot=None))
     # Messages 1..5 do: held; the held transaction asks a peer, and the next try goes ahead.
     assert not disks.before_apply(1, ready)

@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .._runtime import DEFAULT_DATA_DIR
-from .._storage import DataDirInUse, SchemaTooNew
+from .._runtime._config import DEFAULT_DATA_DIR
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP
 
 
@@ -36,6 +35,7 @@ def add_backup_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def run_backup(args: argparse.Namespace) -> int:
     from .._ids import BROKER_ID_RE, new_broker_id
+    from .._storage import DataDirInUse, SchemaTooNew
     from .._storage._backup import BackupError, backup, restore
 
     try:

@@ -156,6 +156,12 @@ async def _run(args: argparse.Namespace) -> tuple[list[Figure], list[Row]]:
             rows.append(
                 Row(name, load.broker_us_per_item(), share, load.generator_us_per_request())
             )
+            if load.items:
+                each = ", ".join(
+                    f"{'leader ' if pid == leader_pid else ''}{cpu / load.items * 1e6:,.1f}"
+                    for pid, cpu in load.broker_cpu.items()
+                )
+                print(f"  {name}: broker CPU us per item, each: {each}", file=sys.stderr)
             return load
 
         def at_most(name: str, metric: str, value: float, target: float) -> Figure:

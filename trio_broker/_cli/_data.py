@@ -16,11 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .._runtime import DEFAULT_DATA_DIR
-from .._runtime._boot import boot_id
-from .._runtime._groups import GROUPS_DIR
-from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged, Store
-from .._storage._files import DB_FILE, move_aside
+from .._runtime._config import DEFAULT_DATA_DIR
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP
 
 
@@ -41,6 +37,10 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_data(args: argparse.Namespace) -> int:
+    # The storage is imported by the commands that use it, not by every command's parser.
+    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
+    from .._storage._files import move_aside
+
     try:
         if args.action == "check":
             return _check(args.data_dir)
@@ -65,6 +65,8 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def _check(data_dir: Path) -> int:
+    from .._storage import StorageDamaged, Store
+
     if not (data_dir / "broker.sqlite3").exists():
         print(f"error: no broker database in {data_dir}", file=sys.stderr)
         return EXIT_ERROR
@@ -90,6 +92,11 @@ def _check(data_dir: Path) -> int:
 
 def _trust_log(data_dir: Path) -> int:
     """Clear ``unverified`` in the broker's store and in each group's (``groups/G-*``)."""
+    from .._runtime._boot import boot_id
+    from .._runtime._groups import GROUPS_DIR
+    from .._storage import Store
+    from .._storage._files import DB_FILE
+
     if not (data_dir / DB_FILE).exists():
         print(f"error: no broker database in {data_dir}", file=sys.stderr)
         return EXIT_ERROR

@@ -14,19 +14,9 @@ from typing import Any
 
 import trio
 
-from .._runtime import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    BrokerConfig,
-    IdentityMismatch,
-    JoinFailed,
-    configure_logging,
-    open_broker,
-)
-from .._runtime._log import log_event
+from .._runtime._config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from .._runtime._log import configure_logging, log_event
 from .._runtime._security import SecurityConfigError
-from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
 from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, leaf
 from ._node_options import SettingsError, add_arguments, resolve
 from ._seeds import format_seed
@@ -66,6 +56,8 @@ def _tune_gc() -> None:
 
 
 async def _run_node(config: BrokerConfig) -> None:
+    from .._runtime import open_broker
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_broker(config) as broker:
             print(
@@ -80,16 +72,22 @@ async def _run_node(config: BrokerConfig) -> None:
                 break
 
 
-_NODE_FAILURES = (
-    DataDirInUse,
-    IdentityMismatch,
-    SchemaTooNew,
-    JoinFailed,
-    SecurityConfigError,
-    StorageDamaged,
-    OSError,
-)
-"""Failures a node reports in one line and exits 1, rather than with a traceback."""
+def _node_failures() -> tuple[type[BaseException], ...]:
+    """Failures a node reports in one line and exits 1, rather than with a traceback (the
+    broker's modules are imported only by the commands that run one)."""
+    from .._runtime import IdentityMismatch, JoinFailed
+    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
+
+    return (
+        DataDirInUse,
+        IdentityMismatch,
+        SchemaTooNew,
+        JoinFailed,
+        SecurityConfigError,
+        StorageDamaged,
+        OSError,
+    )
+
 
 START_ROOM = 1024 * 1024
 """Free bytes below which a node that failed to start blames its full disk: SQLite needs room
@@ -148,7 +146,9 @@ def run_node(args: argparse.Namespace) -> int:
         if full is not None:
             print(f"error: {full}", file=sys.stderr)
             return EXIT_ERROR
-        found = leaf(exc, _NODE_FAILURES)
+        from .._storage import StorageDamaged
+
+        found = leaf(exc, _node_failures())
         if found is None:
             raise
         if isinstance(found, StorageDamaged):  # docs/reliability.md, "Damaged data"

@@ -214,6 +214,13 @@ OPTIONS = [
         metavar="SECONDS",
     ),
     Option(
+        "scrub_period",
+        _float,
+        "seconds over which the periodic scrub checks every stored value once, a few hundred "
+        "at a time (a large store takes longer)",
+        _D["scrub_period"],
+    ),
+    Option(
         "min_free_mb",
         _float,
         "refuse writes that add data while the data directory's filesystem has less free "

@@ -73,6 +73,8 @@ class ReadIndex:
         self._failed: list[tuple[Any, Exception]] = []
         self.confirmed_round = 0
         """The highest round a majority echoed (as of the last :meth:`confirm`)."""
+        self.read_rounds = 0
+        """Rounds sent while reads waited, in every term (a counter for the metrics)."""
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -100,6 +102,8 @@ class ReadIndex:
         return last > self.round and last > self.confirmed_round >= self.round
 
     def next_round(self) -> int:
+        if self._waiting:
+            self.read_rounds += 1
         self.round += 1
         return self.round
 

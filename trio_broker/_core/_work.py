@@ -444,6 +444,32 @@ def _group_read(state: QueueState, group: Group, command: GroupRead) -> WorkResu
     return Delivered(tuple(deliveries), in_flight=len(group.pending))
 
 
+def group_read_changes(state: QueueState, command: GroupRead) -> bool:
+    """Whether applying ``command`` would change ``state`` (False: its result, the same at
+    this point of the log, can answer it without a log entry; docs/replication.md,
+    "Work-queue reads without a log entry").
+
+    :func:`_group_read` changes the state exactly when a lease of the group has expired at
+    ``now_ms`` (it ends, or moves to the dead-letter queue), a message waiting for a
+    redelivery is at or before the queue's deleted front (it is dropped) or its delay has
+    ended (it is leased), or a message past the group's cursor may be leased (the queue
+    holds one and the group is below ``max_in_flight``): one chosen message is always
+    leased (:func:`delivered_within` takes at least one). A refused read changes nothing."""
+    queue_id = command.queue_id
+    if command_problem(command) is not None or queue_id not in state.messages:
+        return False
+    group = state.work.groups.get((queue_id, command.group))
+    if group is None:
+        return False
+    now, deleted = command.now_ms, state.deleted[queue_id]
+    for seq, pending in group.pending.items():
+        if pending.until_ms <= now or (pending.member is None and seq <= deleted):
+            return True
+    room = group.settings.max_in_flight - len(group.pending)
+    last = state.queue_length(queue_id) or 0
+    return room > 0 and last > max(group.cursor, deleted)
+
+
 def _ack(group: Group, command: GroupAck) -> WorkResult | CommandRejected:
     last = max(last for _, last in command.ranges)
     if last > group.cursor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, TypeGuard, TypeVar
 
 import cattrs
@@ -462,6 +463,17 @@ def appended_frame(sequence_num: int) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+_BATCH_APPENDED = b'{"status":"success","sequence_nums":%b}'
+
+
+def batch_appended_frame(first: int, count: int) -> bytes:
+    """The whole frame of the answer to an APPEND_BATCH that was not a duplicate (``count``
+    messages from ``first``): the bytes of ``encode_frame(encode_response(BatchAppended(...)))``
+    (tests/test_answer_encoding_batches.py), without cattrs."""
+    body = _BATCH_APPENDED % orjson.dumps(list(range(first, first + count)))
+    return len(body).to_bytes(4, "big") + body
+
+
 _MESSAGE = b'{"status":"success","sequence_num":%d,"data":%b}'
 _NO_MESSAGES_FRAME = (
     len(b'{"status":"success","message":"no_messages"}').to_bytes(4, "big")
@@ -477,6 +489,29 @@ def message_frame(sequence_num: int | None, data: bytes | None) -> bytes:
     if sequence_num is None:
         return _NO_MESSAGES_FRAME
     body = _MESSAGE % (sequence_num, data)
+    return len(body).to_bytes(4, "big") + body
+
+
+_BATCH_MESSAGE = b'{"sequence_num":%d,"data":%b}'
+_HEADED_MESSAGE = b'{"sequence_num":%d,"data":%b,"headers":%b}'
+_MESSAGES = b'{"status":"success","messages":[%b]}'
+
+
+def messages_frame(messages: Sequence[Any]) -> bytes:
+    """The whole frame of a READ's ``messages`` answer, written from its messages (objects
+    with ``sequence_num``, ``data``, the value's stored JSON bytes embedded as they are, and
+    ``headers``, pairs of strings, empty for none): the bytes ``encode_frame(encode_response(
+    ...))`` writes for ``MessageBatch``, or ``HeadedMessageBatch`` when some message has headers
+    (tests/test_answer_encoding_batches.py), without a response object or cattrs per message
+    (docs/performance.md, "Batches in and out"). Both write a message without headers alike
+    (``headers`` left out), so one pass decides each message's shape alone."""
+    parts = [
+        _HEADED_MESSAGE % (d.sequence_num, d.data, orjson.dumps(dict(d.headers)))
+        if d.headers
+        else _BATCH_MESSAGE % (d.sequence_num, d.data)
+        for d in messages
+    ]
+    body = _MESSAGES % b",".join(parts)
     return len(body).to_bytes(4, "big") + body
 
 

@@ -50,13 +50,19 @@ Decide = Callable[["Broker", Any], Awaitable[Any]]
 
 async def _rebalance(broker: Broker, request: m.Rebalance) -> Any:
     return await balancing.rebalance(
-        broker.balancing, request, functools.partial(membership.forward_to_leader, broker)
+        broker.balancing,
+        request,
+        functools.partial(membership.forward_to_leader, broker),
+        listed=balancing.groups_listed(broker),
     )
 
 
 async def _drain(broker: Broker, request: m.DrainBroker) -> Any:
     return await balancing.drain(
-        broker.balancing, request, functools.partial(membership.forward_to_leader, broker)
+        broker.balancing,
+        request,
+        functools.partial(membership.forward_to_leader, broker),
+        listed=balancing.groups_listed(broker),
     )
 
 

@@ -465,15 +465,40 @@ NO_BALANCER = (
     "founded before the metadata group; every broker hosts every group)"
 )
 
+MAP_NOT_KNOWN = (
+    "no cluster map is known on this broker yet: a cluster founded moments ago (or still "
+    "being founded) has not applied its map here yet, so retry shortly; a cluster that has "
+    "none (one group, or founded before the metadata group: every broker hosts every group) "
+    "has no balancer"
+)
+
+
+def groups_listed(broker: Any) -> bool:
+    """Whether ``broker`` hosts its cluster's groups by the stage-1 list: a cluster without
+    a map for good, which never has a balancer."""
+    host = getattr(broker, "host", None)
+    return host is not None and bool(host.listed) and host.meta.map is None
+
+
+def without_balancer(listed: bool) -> BrokerError:
+    """The refusal of a broker without a balancer. Certain only for a cluster whose groups
+    are ``listed``; else the map may not have reached this broker yet (just after founding,
+    the metadata group's entries are still on their way), which this broker cannot tell from
+    a cluster without a map: the message says both."""
+    return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER if listed else MAP_NOT_KNOWN)
+
 
 async def rebalance(
     balancing: Balancing | None,
     request: Rebalance,
     forward: Callable[[Any], Awaitable[Any]],
+    *,
+    listed: bool = False,
 ) -> Rebalanced | BrokerError:
-    """REBALANCE: a round now on the metadata leader (forwarded there from elsewhere)."""
+    """REBALANCE: a round now on the metadata leader (forwarded there from elsewhere).
+    ``listed``: the cluster's groups are listed (:func:`groups_listed`)."""
     if balancing is None:
-        return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER)
+        return without_balancer(listed)
     if not balancing.source.is_metadata_leader():
         return await forward(request)
     return await balancing.run_round(forced=True)
@@ -483,10 +508,13 @@ async def drain(
     balancing: Balancing | None,
     request: DrainBroker,
     forward: Callable[[Any], Awaitable[Any]],
+    *,
+    listed: bool = False,
 ) -> DrainState | BrokerError:
-    """DRAIN_BROKER: ``SetBrokerDraining`` on the metadata leader (forwarded there)."""
+    """DRAIN_BROKER: ``SetBrokerDraining`` on the metadata leader (forwarded there).
+    ``listed`` as for :func:`rebalance`."""
     if balancing is None:
-        return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER)
+        return without_balancer(listed)
     if not balancing.source.is_metadata_leader():
         return await forward(request)
     return await balancing.drain(request.broker_id, request.draining)
@@ -501,7 +529,7 @@ async def set_cluster_settings(
     the cluster has is refused (queues live on groups), as is a bad value, changing nothing."""
     balancing: Balancing | None = getattr(broker, "balancing", None)
     if balancing is None:
-        return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER)
+        return without_balancer(groups_listed(broker))
     count, factor = request.group_count, request.replication_factor
     voters = request.metadata_voters
     if count is None and factor is None and voters is None:

@@ -77,7 +77,7 @@ from ._peers import Step, read_peer_stream
 from ._pending import Pending
 from ._recovery import make_node
 from ._retention import RetentionEnforcer
-from ._runs import Runs, read_command_of
+from ._runs import ReadAnswer, Runs, read_command_of
 from ._security import Security
 from ._statistics import BrokerStatistics, statistics_of
 from ._work import Mapped, WorkRoom, appended_answer, publish_command, read_answer
@@ -402,7 +402,7 @@ class Broker:
         if request.wait_ms:
             deadline = trio.current_time() + request.wait_ms / 1000
             return Answer(later=Mapped(_LongPoll(self, command, pending, deadline), read_answer))
-        return Answer(later=Mapped(pending, read_answer))
+        return ReadAnswer(later=Mapped(pending, read_answer))
 
     async def _commit_position(
         self, request: AckRequest | SeekRequest, _session: Session | None

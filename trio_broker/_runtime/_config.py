@@ -64,6 +64,10 @@ def _parse_seed(seed: str | tuple[str, int]) -> tuple[str, int]:
         raise ValueError(f"bad seed {seed!r}: {exc}") from None
 
 
+DEFAULT_SCRUB_PERIOD = 6 * 3600.0
+"""A full pass of the periodic value scrub every six hours by default."""
+
+
 @attrs.frozen(kw_only=True)
 class BrokerConfig:
     """Everything a broker needs to start. Only ``data_dir`` has no sensible default elsewhere.
@@ -170,6 +174,13 @@ class BrokerConfig:
     """Seconds after which the leader forgets a client position no READ, ACK or SEEK has used
     (None: positions are kept until forgotten explicitly). Swept every quarter of it, at most
     every minute (docs/protocol.md, "FORGET_POSITION")."""
+    scrub_period: float | None = attrs.field(
+        default=DEFAULT_SCRUB_PERIOD, validator=attrs.validators.optional(_positive)
+    )
+    """Seconds over which the periodic value scrub spreads one pass over every stored value
+    (after the start-up pass; a few hundred rows per storage job, at most 20 jobs a second, so
+    a large store takes longer); None: the start-up pass only (docs/reliability.md,
+    "Repairing damaged values")."""
     min_free_mb: float | None = attrs.field(default=None, validator=_not_negative)
     """The reserve: with less free space than this (MiB) on the data directory's filesystem,
     the leader refuses writes that add data (APPEND, CREATE_QUEUE, ...) with ``UNAVAILABLE``

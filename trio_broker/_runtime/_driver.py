@@ -40,6 +40,7 @@ from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
 from ._answer import Answer
+from ._applied import applied_group
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, DiskState
 from ._group_members import GroupMembers
@@ -108,6 +109,7 @@ class RaftDriver(GroupMembers):
         self.reads = ReadPath(self._settle, self._to_log, store)
         """Reads that change nothing, answered after a ReadIndex check (:mod:`._reads`)."""
         self._on_applied = self.reads.watching(on_applied)
+        self._on_applied_group = applied_group(self._on_applied)
         self._on_snapshot = on_snapshot
         self._ledger: Proposals[Any] = Proposals(max_bytes=config.max_frame)
         """Tokens: a :class:`Pending`, or ``(PendingGroup, index)`` of :meth:`propose_many`."""
@@ -583,8 +585,7 @@ class RaftDriver(GroupMembers):
         with settling():  # (each connection's answers known now leave in one write)
             for entry, result in zip(committed, results, strict=True):
                 if isinstance(entry.payload, CommandGroup):
-                    for command, one in zip(entry.payload.commands, result.results, strict=True):
-                        self._on_applied(command, one)
+                    self._on_applied_group(entry.payload.commands, result.results)
                     self.commands_applied += len(entry.payload.commands)
                 else:
                     self._on_applied(entry.payload, result)

@@ -268,6 +268,19 @@ class _StateCollector(Collector):
             "Messages for a peer dropped while it was unreachable or its outbox full",
             labels=[*labels, "peer"],
         )
+        read_rounds = CounterMetricFamily(
+            "trio_broker_read_index_rounds",
+            "Heartbeat rounds sent while reads waited for a leadership confirmation "
+            "(ReadIndex: one round confirms every read waiting)",
+            labels=labels,
+        )
+        read_index = CounterMetricFamily(
+            "trio_broker_read_index_reads",
+            "Reads that took the ReadIndex path, by outcome: answered without a log entry; "
+            "logged (their run would have changed state, or the core could not take them); "
+            "failed (NOT_LEADER: the leader stepped down or began a transfer while they waited)",
+            labels=[*labels, "outcome"],
+        )
         queue_length = GaugeMetricFamily(
             "trio_broker_queue_length", "Messages in a queue", labels=[*labels, "queue_id"]
         )
@@ -290,6 +303,11 @@ class _StateCollector(Collector):
             transfers.add_metric([*gid, "completed"], st.transfers_completed)
             transfers.add_metric([*gid, "aborted"], st.transfers_aborted)
             transfers.add_metric([*gid, "received"], st.transfers_received)
+            reads = replica.driver.reads.statistics(replica.driver.node)
+            read_rounds.add_metric(gid, reads.rounds)
+            read_index.add_metric([*gid, "answered"], reads.answered)
+            read_index.add_metric([*gid, "logged"], reads.to_log)
+            read_index.add_metric([*gid, "failed"], reads.failed)
             for peer, behind in st.replication_lag:
                 lag.add_metric([*gid, peer], behind)
             for peer, count in st.peers_dropped:
@@ -305,6 +323,8 @@ class _StateCollector(Collector):
         yield members
         yield elections
         yield transfers
+        yield read_rounds
+        yield read_index
         yield lag
         yield dropped
         yield queue_length

@@ -18,8 +18,15 @@ core: it needs no turn of the driver, which may be retrying a transaction on a f
 
 Which reads try this path (:meth:`ReadPath.qualifies`): peeks always; a read that moves the
 position when the last read of that client on that queue, as applied here, found nothing
-and no append to the queue was applied since (a hint, :class:`Exhausted`: a wrong hint
-costs one heartbeat round before the log, never a wrong answer).
+and no append to the queue was applied since; a work queue's GROUP_READ when the group's
+last applied GROUP_READ delivered nothing and nothing that could make a message deliverable
+was applied since (an append to the queue, an ACK, NACK or EXTEND of the group, an expiry
+or a dead-letter move). Both are hints (:class:`Exhausted`): a wrong hint costs one
+heartbeat round before the log, never a wrong answer, since the run on the applied state
+decides. A GROUP_READ whose run would change something (a lease expired by its clock, a
+NACK's delay ended, a message to lease) goes to the log, which leases or redelivers as
+before (for the in-memory store, :func:`~trio_broker._core._work.group_read_changes`
+decides it).
 
 Every read waiting here holds one unit of the driver's proposal capacity, as a proposal
 does, and the core holds at most ``max_reads`` of them; a client that goes away cancels its
@@ -33,10 +40,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
+
 from .._core import _commands as cmd
 from .._core import _work_commands as work
 from .._core._queues import QueueState
-from .._core._raft import RaftError, RaftNode
+from .._core._raft import NotLeader, RaftError, RaftNode
+from .._core._work import group_read_changes
 from .._storage._integrity import StorageDamaged
 from .._storage._queue_sql import apply_command
 
@@ -48,6 +58,9 @@ MAX_EXHAUSTED = 10_000
 _MOVING_READS = (cmd.ReadNext, cmd.ReadBatch, work.ReadRecords)
 _APPENDS = (cmd.AppendMessage, cmd.AppendBatch, work.Publish)
 _POSITION = (cmd.Ack, cmd.Seek)
+_GROUP_CHANGES = (work.GroupAck, work.GroupNack, work.GroupExtend, work.JoinGroup, work.DeleteGroup)
+"""Group commands after which the group's next read may deliver (an ACK makes room below
+``max_in_flight``, a NACK hands a message back, ...): its idle hint goes."""
 
 
 def _empty(result: Any) -> bool:
@@ -59,56 +72,114 @@ def _empty(result: Any) -> bool:
     return False
 
 
-class Exhausted:
-    """The (client, queue) pairs whose last applied read found nothing, and no append since:
-    a hint that the next read of the pair finds nothing either."""
+class _ByQueue:
+    """Names (clients, or groups) per queue, at most :data:`MAX_EXHAUSTED` in all (then all
+    are forgotten at once: it is a hint)."""
 
     def __init__(self) -> None:
-        self._clients: dict[str, set[str]] = {}
+        self.by_queue: dict[str, set[str]] = {}
+        """Queue id -> its names (the same dict for the object's life)."""
         self._count = 0
 
     def __contains__(self, key: tuple[str, str]) -> bool:
-        clients = self._clients.get(key[1])
-        return clients is not None and key[0] in clients
+        names = self.by_queue.get(key[0])
+        return names is not None and key[1] in names
+
+    def __len__(self) -> int:
+        return self._count
+
+    def clear(self) -> None:
+        self.by_queue.clear()
+        self._count = 0
+
+    def add(self, queue_id: str, name: str) -> None:
+        names = self.by_queue.get(queue_id)
+        if names is not None and name in names:
+            return
+        if self._count >= MAX_EXHAUSTED:
+            self.clear()
+            names = None
+        if names is None:
+            names = self.by_queue[queue_id] = set()
+        names.add(name)
+        self._count += 1
+
+    def discard(self, queue_id: str, name: str) -> None:
+        names = self.by_queue.get(queue_id)
+        if names is not None and name in names:
+            names.discard(name)
+            self._count -= 1
+
+    def drop_queue(self, queue_id: str) -> None:
+        names = self.by_queue.pop(queue_id, None)
+        if names is not None:
+            self._count -= len(names)
+
+
+class Exhausted:
+    """Hints that the next read finds nothing: the (client, queue) pairs whose last applied
+    read found nothing, with no append since; the (queue, group) pairs whose last applied
+    GROUP_READ delivered nothing, with nothing since that could make a message deliverable
+    but time (the run on the applied state sees what time changed)."""
+
+    def __init__(self) -> None:
+        self._clients = _ByQueue()
+        self.groups = _ByQueue()
+        """Idle consumer groups, as (queue id, group name)."""
+        # (Their dicts, looked up first for every append: the hot path.)
+        self._client_queues = self._clients.by_queue
+        self._group_queues = self.groups.by_queue
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        """Whether ``(client_id, queue_id)`` is exhausted."""
+        return (key[1], key[0]) in self._clients
 
     def clear(self) -> None:
         self._clients.clear()
-        self._count = 0
+        self.groups.clear()
 
     def note(self, command: Any, result: Any) -> None:
         """An applied command (called for every one: cheap for all but reads and appends)."""
         kind = type(command)
         if kind in _APPENDS_SET:
-            if self._clients.pop(command.queue_id, None) is not None:
-                self._count = sum(len(c) for c in self._clients.values())
+            queue_id = command.queue_id
+            if queue_id in self._client_queues:
+                self._clients.drop_queue(queue_id)
+            if queue_id in self._group_queues:
+                self.groups.drop_queue(queue_id)
         elif kind in _READS_SET:
             if getattr(command, "peek", False):
                 return
-            clients = self._clients.get(command.queue_id)
             if _empty(result):
-                if self._count >= MAX_EXHAUSTED:
-                    self.clear()
-                    clients = None
-                if clients is None:
-                    clients = self._clients[command.queue_id] = set()
-                if command.client_id not in clients:
-                    clients.add(command.client_id)
-                    self._count += 1
-            elif clients is not None and command.client_id in clients:
-                clients.discard(command.client_id)
-                self._count -= 1
+                self._clients.add(command.queue_id, command.client_id)
+            else:
+                self._clients.discard(command.queue_id, command.client_id)
         elif kind in _POSITION_SET:
-            clients = self._clients.get(command.queue_id)
-            if clients is not None and command.client_id in clients:
-                clients.discard(command.client_id)
-                self._count -= 1
+            self._clients.discard(command.queue_id, command.client_id)
+        elif kind is work.GroupRead:
+            if type(result) is work.Delivered and not result.messages:
+                self.groups.add(command.queue_id, command.group)
+            else:
+                self.groups.discard(command.queue_id, command.group)
+        elif kind in _GROUP_CHANGES_SET:
+            if getattr(result, "dead_lettered", ()):
+                self.groups.clear()  # (a dead-letter queue's groups may deliver now)
+            else:
+                self.groups.discard(command.queue_id, command.group)
+        elif kind is work.ExpireLeases:
+            if getattr(result, "expired", 0):
+                self.groups.clear()
+        elif kind is work.DeleteQueue:
+            self._clients.drop_queue(command.queue_id)
+            self.groups.drop_queue(command.queue_id)
 
 
-READ_CANDIDATES: frozenset[type] = frozenset(_MOVING_READS)
+READ_CANDIDATES: frozenset[type] = frozenset((*_MOVING_READS, work.GroupRead))
 """The commands :meth:`ReadPath.qualifies` may take (a type check first: the hot path)."""
 _APPENDS_SET = frozenset(_APPENDS)
 _READS_SET = frozenset(_MOVING_READS)
 _POSITION_SET = frozenset(_POSITION)
+_GROUP_CHANGES_SET = frozenset(_GROUP_CHANGES)
 
 
 class _Undo(Exception):
@@ -148,9 +219,15 @@ def _query_copy(store: Any, command: Any) -> tuple[Any, bool]:
 
 
 def trial_read(state: QueueState, command: Any) -> tuple[Any, bool]:
-    """Run a read (ReadNext, ReadBatch, ReadRecords) on a :class:`QueueState` and undo it:
-    ``(result, changed)``. A read changes at most a position and the position's activity
-    mark (idle forgetting): both are swapped for copies while it runs."""
+    """Run a read (ReadNext, ReadBatch, ReadRecords, GroupRead) on a :class:`QueueState` and
+    undo it: ``(result, changed)``. A per-client read changes at most a position and the
+    position's activity mark (idle forgetting): both are swapped for copies while it runs.
+    A GroupRead is applied only when :func:`group_read_changes` says it changes nothing
+    (otherwise its result is None: it is not an answer)."""
+    if type(command) is work.GroupRead:
+        if group_read_changes(state, command):
+            return None, True
+        return state.apply(command), False
     positions, work_state = state.positions, state.work
     activity = work_state.activity
     state.positions, work_state.activity = dict(positions), dict(activity)
@@ -160,6 +237,21 @@ def trial_read(state: QueueState, command: Any) -> tuple[Any, bool]:
     finally:
         state.positions, work_state.activity = positions, activity
     return result, changed
+
+
+@attrs.frozen
+class ReadStatistics:
+    """The ReadIndex path's counters since the broker started (the metrics' source)."""
+
+    rounds: int
+    """Heartbeat rounds sent while reads waited for one (each confirms every read waiting)."""
+    answered: int
+    """Reads answered from the applied state, without a log entry."""
+    to_log: int
+    """Reads that tried the path and went to the log (their run would have changed state,
+    or the core could not take them)."""
+    failed: int
+    """Waiting reads failed with NOT_LEADER: the leader stepped down or began a transfer."""
 
 
 class ReadPath:
@@ -187,12 +279,17 @@ class ReadPath:
         """Reads answered without a log entry."""
         self.sent_to_log = 0
         """Reads that tried this path and went to the log."""
+        self.failed = 0
+        """Reads failed because this broker stopped leading or began a transfer while they
+        waited (before the core took them, or in it)."""
 
     def __len__(self) -> int:
         return len(self._arrived) + len(self._waiting) + len(self._ready)
 
     def qualifies(self, command: Any) -> bool:
         kind = type(command)
+        if kind is work.GroupRead:
+            return (command.queue_id, command.group) in self.exhausted.groups
         if kind is cmd.ReadBatch or kind is work.ReadRecords:
             if command.peek:
                 return True
@@ -233,6 +330,7 @@ class ReadPath:
         try:
             node.read_index(key)
         except RaftError as exc:
+            self._failed(exc)
             self._refused(None, token, errors(exc))
             return
         self._waiting[key] = (None, token)
@@ -248,6 +346,7 @@ class ReadPath:
         some wait for it."""
         ready, failed = node.take_reads()
         for key, exc in failed:
+            self._failed(exc)
             entry = self._waiting.pop(key, None)
             if entry is not None:
                 self._refused(*entry, errors(exc))
@@ -270,6 +369,7 @@ class ReadPath:
             try:
                 node.read_index(key, after)
             except RaftError as exc:  # not the leader, a transfer, too many, older peers
+                self._failed(exc)
                 self._refused(command, token, errors(exc))
                 continue
             self._waiting[key] = (command, token)
@@ -288,6 +388,10 @@ class ReadPath:
         for start in range(0, len(entries), QUERY_CHUNK):
             logged |= await self._answer(entries[start : start + QUERY_CHUNK], run)
         return logged
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, NotLeader):  # (a LeadershipTransferring too)
+            self.failed += 1
 
     def _refused(self, command: Any, token: Any, outcome: Any) -> None:
         """The core refused or failed a read: ``outcome`` answers it, or with None it takes
@@ -315,6 +419,9 @@ class ReadPath:
                 self._settle(token, result)
         return logged
 
+    def statistics(self, node: RaftNode) -> ReadStatistics:
+        return ReadStatistics(node.reads.read_rounds, self.served, self.sent_to_log, self.failed)
+
     def fail_all(self, outcome: Any) -> None:
         """The core was rebuilt (the driver restarted): every read is answered ``outcome``."""
         for _, token in self._arrived:
@@ -325,4 +432,11 @@ class ReadPath:
         self.exhausted.clear()
 
 
-__all__ = ["READ_CANDIDATES", "Exhausted", "ReadPath", "query", "trial_read"]
+__all__ = [
+    "READ_CANDIDATES",
+    "Exhausted",
+    "ReadPath",
+    "ReadStatistics",
+    "query",
+    "trial_read",
+]

@@ -21,9 +21,14 @@ leader changed. A leader that cannot repair at once hands its leadership to the 
 voter, so the group goes on serving while it waits for a copy (asked again after each failed
 round; rounds are spaced from 0.2 s doubling to 5 s).
 
-Found at start. After each start, the scrub reads every stored value once (a few hundred rows
-per storage job, between the driver's transactions) and repairs what it finds the same way, so
-damage that no read meets is repaired too.
+Found by the scrub. After each start, the scrub reads every stored value once (a few hundred
+rows per storage job, between the driver's transactions) and repairs what it finds the same
+way, so damage that no read meets is repaired too. Then it goes on for the broker's lifetime
+at a low rate: a pass over every value spread over ``BrokerConfig.scrub_period`` (a few
+hundred rows and at most 1 MiB per job, at most 20 jobs a second), repairing in the
+background what it finds. A running broker needs it: a READ that nobody waits for (every READ
+a replica applies) moves the position from the sequence numbers alone and reads no value
+(``_storage/_queue_sql.py``), so it no longer finds the damage it passes.
 
 Found where no member holds the value any more. A broker that was behind may need a value
 that every other member has deleted since (retention deletes a message at the same log
@@ -74,6 +79,14 @@ RETRY_FIRST = 0.2
 RETRY_MAX = 5.0
 SCRUB_ROWS = 500
 """Values the start-up scrub checks per storage job."""
+SCRUB_PERIOD = 6 * 3600.0
+"""The default period of the periodic scrub (``BrokerConfig.scrub_period``)."""
+PERIODIC_ROWS = 200
+PERIODIC_BYTES = 1 << 20
+"""A periodic scrub job checks at most this many values and bytes of values (one at least)."""
+PERIODIC_MIN_PAUSE = 0.05
+"""At least this long between two periodic scrub jobs: at most 20 jobs, 4,000 values a
+second, whatever the store's size (a large store's pass then takes longer than the period)."""
 SCRUB_ATTEMPTS = 8
 """Rounds the scrub tries for a damaged value no peer could give yet (then a read of it, or
 the next start, tries again)."""
@@ -106,7 +119,7 @@ class RepairHost(Protocol):
 @attrs.define
 class RepairStatistics:
     damaged: int = 0
-    """Damaged stored values found (each row counted once per broker run)."""
+    """Damaged stored values found (each row counted once until it is repaired)."""
     repaired: int = 0
     """Damaged or missing rows replaced by a peer's intact copy."""
     waiting: int = 0
@@ -118,6 +131,9 @@ class Repair:
     met one, and the start-up scrub."""
 
     def __init__(self, host: RepairHost, store: Store, worker: StorageWorker) -> None:
+        config = getattr(host, "config", None)
+        self.scrub_period: float | None = getattr(config, "scrub_period", SCRUB_PERIOD)
+        """Seconds a periodic scrub pass is spread over (None: the start-up pass only)."""
         self._host = host
         self._store = store
         self._worker = worker
@@ -207,7 +223,7 @@ class Repair:
                 )
                 return STOOD_IN
             store.hold_damage = hold = self._has_others()
-            store.unchecked_reads = hold and unwaited()
+            store.unchecked_reads = unchecked = hold and unwaited()
             try:
                 result = await attempt()
             except StorageDamaged as exc:
@@ -225,6 +241,19 @@ class Repair:
                 await trio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)
                 continue
+            if unchecked and not unwaited():
+                # Reads applied for nobody hold empty bytes for the values they did not read:
+                # their results must reach nobody. No request can start waiting on these
+                # entries meanwhile (a proposal waits on an index past the log's end), but if
+                # one did, it is answered "outcome unknown" (on_hold), never with them.
+                log_event(
+                    logging.ERROR,
+                    "storage.unchecked_waited",
+                    through=through,
+                    detail="a request waits on entries applied for nobody: answered as unknown",
+                )
+                if on_hold is not None:
+                    on_hold()
             met = getattr(store, "unchecked_met", None)
             if met:
                 store.unchecked_met = []
@@ -309,6 +338,7 @@ class Repair:
                 self.stats.repaired += len(repaired)
                 for n in repaired:
                     self._waiting.discard((queue_id, n))
+                    self._reported.discard((queue_id, n))  # (damaged again: found again)
                 log_event(
                     logging.WARNING,
                     "storage.repaired",
@@ -382,32 +412,73 @@ class Repair:
             return None
         return rows
 
-    # -- the start-up scrub -----------------------------------------------------------------
+    # -- the scrub ---------------------------------------------------------------------------
 
     async def scrub(self) -> None:
-        """Check every stored value once, and repair the damaged ones from the other members
-        (run once per start, in the driver's nursery)."""
+        """Check every stored value once, and repair the damaged ones from the other members;
+        then check them again, pass after pass, each spread over :attr:`scrub_period` (run
+        for the broker's lifetime, in the driver's nursery; cancellable at every wait)."""
         scan = getattr(self._store, "damaged_values", None)
         if scan is None:
             return  # (a test's store that keeps no values)
+        jobs = await self._scrub_at_start(scan)
+        if self.scrub_period is None:
+            return
+        # The first periodic pass's jobs, from the start-up pass's (of SCRUB_ROWS each).
+        jobs = -(-jobs * SCRUB_ROWS // PERIODIC_ROWS)
+        while True:
+            jobs = await self._scrub_pass(scan, self.scrub_period, jobs)
+
+    async def _scrub_pass(self, scan: Callable[..., Any], period: float, jobs: int) -> int:
+        """One periodic pass: a job every ``period / jobs`` seconds (``jobs``: the previous
+        pass's count), each of a few hundred values; returns this pass's count of jobs."""
+        pause = min(max(period / max(jobs, 1), PERIODIC_MIN_PAUSE), period)
+        after: tuple[str, int] | None = ("", 0)
+        count = found = 0
+        while after is not None:
+            await trio.sleep(pause)
+            damaged, after = await self._worker.run(scan, after, PERIODIC_ROWS, PERIODIC_BYTES)
+            count += 1
+            for place in damaged:
+                if place in self._reported:
+                    continue  # (a held transaction or a background repair is after it)
+                found += 1
+                self._note(
+                    place,
+                    str(self._store.data_dir / DB_FILE),
+                    "the value does not match its checksum, or its row is missing (periodic scrub)",
+                    "repairing from a peer in the background: never served",
+                )
+            fresh = [p for p in damaged if p in self._waiting and p not in self._in_background]
+            if fresh and self._others():
+                self._in_background.update(fresh)
+                self._host.start_soon(self._repair_later, fresh)
+        log_event(logging.INFO, "storage.scrubbed", scrub="periodic", damaged=found, jobs=count)
+        return count
+
+    async def _scrub_at_start(self, scan: Callable[..., Any]) -> int:
+        """The start-up pass, as fast as the storage thread takes it, then its repairs;
+        returns its count of jobs."""
         after: tuple[str, int] | None = ("", 0)
         found: list[tuple[str, int]] = []
+        jobs = 0
         while after is not None:
             damaged, after = await self._worker.run(scan, after, SCRUB_ROWS)
+            jobs += 1
             for place in damaged:
                 self._note(
                     place,
                     str(self._store.data_dir / DB_FILE),
-                    "the value does not match its checksum (start-up scrub)",
+                    "the value does not match its checksum, or its row is missing (start-up scrub)",
                     "repaired from a peer: never served",
                 )
                 found.append(place)
             await trio.lowlevel.checkpoint()
-        log_event(logging.INFO, "storage.scrubbed", damaged=len(found))
+        log_event(logging.INFO, "storage.scrubbed", scrub="start", damaged=len(found))
         delay = RETRY_FIRST
         for _ in range(SCRUB_ATTEMPTS):
             if not found or not self._others():
-                return
+                return jobs
             left = []
             for place in found:
                 if place in self._waiting and not await self.repair(*place):
@@ -422,8 +493,10 @@ class Repair:
                 "storage.repair_pending",
                 values=len(found),
                 first=f"{found[0][0]} seq {found[0][1]}",
-                reason="no peer gave an intact copy yet: a read that meets it tries again",
+                reason="no peer gave an intact copy yet: a read that meets it, or the next "
+                "pass of the periodic scrub, tries again",
             )
+        return jobs
 
 
 # -- the serving side -----------------------------------------------------------------------

@@ -15,18 +15,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
-from .._core._commands import CommandRejected, MessageAppended, MessageRead
+from .._core._commands import BatchAppended, CommandRejected, MessageAppended, MessageRead
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
-from .._protocol._codec import appended_frame, message_frame
+from .._protocol._codec import (
+    appended_frame,
+    batch_appended_frame,
+    message_frame,
+    messages_frame,
+)
 from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
 from ._driver import RaftDriver
 from ._operations import append_command, plain_append, position_command, read_command
 from ._pending import GroupAnswer, PendingGroup
-from ._work import appended_answer, publish_command, read_answer
+from ._work import Mapped, appended_answer, publish_command, read_answer
 
 Convert = Callable[[Any], Any]
 
@@ -200,15 +205,18 @@ class Runs:
 
 class RunAnswer(GroupAnswer):
     """The answer to a request of a run whose result is its answer (an append, ACK, SEEK):
-    a :class:`GroupAnswer` whose frame, for an appended message, is written straight from
-    its sequence number (no response object, no general encoder)."""
+    a :class:`GroupAnswer` whose frame, for appended messages, is written straight from
+    their sequence numbers (no response object, no general encoder)."""
 
     __slots__ = ()
 
     def frame(self) -> bytes | None:
         result = self._group.results[self._index]
-        if type(result) is MessageAppended and not result.duplicate:
+        kind = type(result)
+        if kind is MessageAppended and not result.duplicate:
             return appended_frame(result.sequence_num)
+        if kind is BatchAppended and not result.duplicate:
+            return batch_appended_frame(result.first_sequence_num, result.count)
         return None
 
 
@@ -251,15 +259,11 @@ class ConvertedAnswer(Answer):
         return not group.done_at(self._index) and group.when_done(callback)
 
     def frame(self) -> bytes | None:
-        """A single-message READ's answer, written straight from its result (the message's
-        stored bytes embedded as they are); None for any other."""
+        """A READ's answer, written straight from its result (:func:`read_frame`); None for
+        any other."""
         group, index = self._group, self._index
         if self._convert is read_answer and group.done_at(index):
-            result = group.results[index]
-            if type(result) is MessageRead and (
-                result.sequence_num is None or type(result.data) is bytes
-            ):
-                return message_frame(result.sequence_num, result.data)
+            return read_frame(group.results[index])
         return None
 
     async def response(self) -> Any:
@@ -272,6 +276,31 @@ class ConvertedAnswer(Answer):
         if isinstance(result, BrokerError | CommandRejected):  # as Mapped answers them
             return response_for(result)
         return response_for(self._convert(result))
+
+
+class ReadAnswer(Answer):
+    """The answer to a READ decided alone (``Answer(later=Mapped(pending, read_answer))``,
+    the broker's ``_read``), whose frame is written as :class:`ConvertedAnswer` writes it."""
+
+    __slots__ = ()
+
+    def frame(self) -> bytes | None:
+        later = self._later
+        if type(later) is Mapped and later.convert is read_answer and later.done:
+            return read_frame(later.pending.result)
+        return None
+
+
+def read_frame(result: Any) -> bytes | None:
+    """A READ's answer written straight from its result, the messages' stored bytes embedded
+    as they are: a single message's (or no message's), and the ``messages`` form's, with or
+    without headers; None for any other result (the general path encodes it)."""
+    kind = type(result)
+    if kind is work.Delivered:
+        return messages_frame(result.messages)
+    if kind is MessageRead and (result.sequence_num is None or type(result.data) is bytes):
+        return message_frame(result.sequence_num, result.data)
+    return None
 
 
 def read_command_of(request: Read, config: BrokerConfig) -> Any:

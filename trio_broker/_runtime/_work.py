@@ -14,6 +14,7 @@ so it imports nothing of the broker.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +41,15 @@ LEASE_CHECK_INTERVAL = 0.05
 read wakes the sweep, and each look-up is a storage job."""
 REDELIVERY_RECHECK = 1.0
 """A long-polling GROUP_READ reads again at least this often (seconds): a NACK's delay ends
-without any command, so no wake-up says a redelivery became available."""
+without any command, so no wake-up says a redelivery became available. These re-reads fall
+on the whole multiples of it on the broker's clock (:func:`next_recheck`), so that every
+poll waiting on the broker re-reads at the same moment and their reads share one ReadIndex
+round."""
+
+
+def next_recheck(now: float) -> float:
+    """The first multiple of :data:`REDELIVERY_RECHECK` after ``now`` (at most that far)."""
+    return (math.floor(now / REDELIVERY_RECHECK) + 1) * REDELIVERY_RECHECK
 
 
 def _bad(message: str) -> BrokerError:
@@ -299,11 +308,13 @@ class WorkRoom:
             event.set()
         self._changed.clear()
 
-    async def wait_changed(self, queue_id: str) -> None:
+    def changed_event(self, queue_id: str) -> trio.Event:
+        """The event the next :meth:`wake` of ``queue_id`` sets. A long poll takes it before
+        it reads: a change applied after the read looked is then never missed."""
         event = self._changed.get(queue_id)
         if event is None:
             event = self._changed[queue_id] = trio.Event()
-        await event.wait()
+        return event
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -424,13 +435,15 @@ class WorkRoom:
                 max_bytes,
             )
 
+        changed = self.changed_event(request.queue_name) if request.wait_ms else None
         first = await self._propose(command())
         if isinstance(first, BrokerError):
             return Answer(now=first)
-        if not request.wait_ms:
+        if changed is None:
             return Answer(later=Mapped(first, work_answer))
         deadline = trio.current_time() + request.wait_ms / 1000
-        return Answer(later=Mapped(_GroupPoll(self, command, first, deadline), work_answer))
+        poll = _GroupPoll(self, command, first, deadline, changed)
+        return Answer(later=Mapped(poll, work_answer))
 
     # -- the leader's sweeps --------------------------------------------------------------------
 
@@ -505,30 +518,43 @@ class WorkRoom:
 class _GroupPoll:
     """A GROUP_READ with ``wait_ms``: when nothing was delivered, wait for an append, a NACK
     or an expiry on the queue (or :data:`REDELIVERY_RECHECK`) and read again, with a fresh
-    clock, until the deadline. Waited on by the connection's writer, as READ's long poll."""
+    clock, until the deadline. Waited on by the connection's writer, as READ's long poll.
+
+    Each read's wake-up event is taken before the read is proposed (``changed``): an append
+    applied after the read looked at the state sets it, so the next round reads at once. A
+    round that finds nothing is answered without a log entry once the group is known idle
+    (``_reads.py``); the wake-ups are the same either way."""
 
     done = False
     result = None
 
     def __init__(
-        self, room: WorkRoom, command: Callable[[], work.GroupRead], first: Any, deadline: float
+        self,
+        room: WorkRoom,
+        command: Callable[[], work.GroupRead],
+        first: Any,
+        deadline: float,
+        changed: trio.Event,
     ) -> None:
         self.room = room
         self.command = command
         self.first = first
         self.deadline = deadline
+        self.changed = changed
 
     async def wait(self) -> Any:
         result = await self.first.wait()
+        changed = self.changed
         while (
             isinstance(result, work.Delivered)
             and not result.messages
             and trio.current_time() < self.deadline
         ):
+            with trio.move_on_at(min(self.deadline, next_recheck(trio.current_time()))):
+                await changed.wait()
             command = self.command()
-            with trio.move_on_at(min(self.deadline, trio.current_time() + REDELIVERY_RECHECK)):
-                await self.room.wait_changed(command.queue_id)
-            pending = await self.room._propose(self.command())
+            changed = self.room.changed_event(command.queue_id)
+            pending = await self.room._propose(command)
             if isinstance(pending, BrokerError):
                 return pending
             result = await pending.wait()

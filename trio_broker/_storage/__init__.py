@@ -1,8 +1,32 @@
-"""apsw storage: the only package that touches SQLite."""
+"""apsw storage: the only package that touches SQLite.
 
-from ._schema import SCHEMA_VERSION, SchemaTooNew
-from ._store import DB_FILE, DataDirInUse, Identity, LogDamage, StorageDamaged, Store
-from ._worker import StorageWorker, open_sqlite_storage, open_storage_worker
+Its names are loaded when first used (PEP 562), as the runtime's are: a module that needs one
+small helper (the disk-full test of ``_worker``) does not import the store and SQLite with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._schema import SCHEMA_VERSION, SchemaTooNew
+    from ._store import DB_FILE, DataDirInUse, Identity, LogDamage, StorageDamaged, Store
+    from ._worker import StorageWorker, open_sqlite_storage, open_storage_worker
+
+_WHERE = {
+    "SCHEMA_VERSION": "._schema",
+    "SchemaTooNew": "._schema",
+    "DB_FILE": "._store",
+    "DataDirInUse": "._store",
+    "Identity": "._store",
+    "LogDamage": "._store",
+    "StorageDamaged": "._store",
+    "Store": "._store",
+    "StorageWorker": "._worker",
+    "open_sqlite_storage": "._worker",
+    "open_storage_worker": "._worker",
+}
 
 __all__ = [
     "DB_FILE",
@@ -17,3 +41,16 @@ __all__ = [
     "open_sqlite_storage",
     "open_storage_worker",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

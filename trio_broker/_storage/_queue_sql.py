@@ -59,7 +59,14 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
-from ._integrity import UNCHECKED, StorageDamaged, insert_values, read_values, report_damage
+from ._integrity import (
+    UNCHECKED,
+    StorageDamaged,
+    insert_plain,
+    insert_values,
+    read_values,
+    report_damage,
+)
 from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
@@ -86,11 +93,25 @@ def apply_command(
     answers ``UNAVAILABLE`` and the rest of the transaction goes on.
 
     ``unchecked`` (a list; with ``hold``, when nobody waits for the results): a read whose
-    effect does not depend on the values' bytes (:func:`unchecked_read`) is applied over a
-    damaged or missing value, which reads as empty bytes (its result reaches nobody) and whose
-    place is added to the list, to be repaired in the background: a broker behind the others
-    may otherwise wait for a value every other broker has deleted since.
+    effect does not depend on the values' bytes (:func:`unchecked_read`) is applied without
+    them. A READ or a READ_BATCH reads no value at all: its position moves from the sequence
+    numbers alone (:func:`read_range`, :func:`read_result`), its answer, which reaches nobody,
+    holds empty bytes, and the periodic scrub finds damage in what it did not read
+    (``_runtime/_repair.py``). A work read (``READ_RECORDS``, a group read) goes over a damaged
+    or missing value, which reads as empty bytes and whose place is added to the list, to be
+    repaired in the background. Either way a broker behind the others never waits for a value
+    every other broker has deleted since, and a replica does not pay for reading values that
+    only the leader's answers need.
     """
+    if type(command) is ReadNext or type(command) is ReadBatch:
+        # No savepoint (two statements): this command writes nothing before its values are
+        # read, so damage they raise leaves nothing of it to undo.
+        try:
+            return _apply_one(db, command, hold, unchecked)
+        except StorageDamaged as exc:
+            if hold:
+                raise
+            return report_damage(exc)
     if isinstance(command, _READS_VALUES):
         token = None
         if unchecked is not None and unchecked_read(command):
@@ -180,25 +201,42 @@ def _apply_one(
         return apply_work(db, command)
     if not isinstance(command, ReadNext | ReadBatch | Ack | Seek):
         raise TypeError(f"not a command: {command!r}")
-    touch_position(db, command.client_id, command.queue_id)
-    row = db.execute(
-        "SELECT q.length, q.deleted_through, coalesce(p.read_position, 0) FROM queues AS q"
-        " LEFT JOIN client_positions AS p ON p.queue_id = q.queue_id AND p.client_id = ?"
-        " WHERE q.queue_id = ?",
-        (command.client_id, command.queue_id),
-    ).fetchone()
+    row = db.execute(_POSITION, (command.client_id, command.queue_id)).fetchone()
     if row is None:
         return queue_not_found(command.queue_id)
-    length, deleted, position = row
+    length, deleted, position, sweeping = row
     if isinstance(command, ReadNext | ReadBatch):
         start, end = read_range(position, deleted, length, command)
-        read = tuple((seq, data) for seq, data, _ in read_values(db, command.queue_id, start, end))
+        if unchecked is not None and unchecked_read(command):
+            # Nobody waits for this answer (a replica; a leader applying entries nobody
+            # waits for): its effect does not depend on the values' bytes, so none is read
+            # (nor checked: the scrub checks every stored value, _runtime/_repair.py). The
+            # answer, which reaches nobody, holds empty bytes; the position moves as everywhere.
+            read = tuple((seq, b"") for seq in range(start, end + 1))
+        else:
+            read = tuple(
+                (seq, data) for seq, data, _ in read_values(db, command.queue_id, start, end)
+            )
         result, moved_to = read_result(command, read)
     else:
         result, moved_to = position_result(command, position, length)
+    # Written only now, after the values are read (see apply_command).
+    if sweeping:
+        touch_position(db, command.client_id, command.queue_id, sweeping=True)
     if moved_to is not None:
         _set_position(db, command.client_id, command.queue_id, moved_to)
     return result
+
+
+_POSITION = (
+    "SELECT length, deleted_through, coalesce((SELECT read_position FROM client_positions"
+    " WHERE client_id = ?1 AND queue_id = ?2), 0),"
+    " EXISTS (SELECT 1 FROM work_meta WHERE key = 'sweep_ms') FROM queues WHERE queue_id = ?2"
+)
+"""A READ's, ACK's or SEEK's one query before it writes: the queue, the client's position,
+and whether idle forgetting has started (``touch_position``'s check, answered here). As
+subqueries rather than a ``LEFT JOIN``: the same rows, in 1.7 µs instead of 6.9 (thread time,
+best of 7 x 2,000, here)."""
 
 
 def stored_groups(db: apsw.Connection) -> tuple[str, ...]:
@@ -265,7 +303,7 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
         (len(data), stamp, command.queue_id),
     ).fetchone()
     first = length - len(data) + 1
-    insert_values(db, command.queue_id, first, [(value, stamp, None) for value in data])
+    insert_plain(db, command.queue_id, first, data, stamp)
     if producer is not None:
         (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM producers").fetchone()
         new = next_producer_state(state, command.producer_seq, first, len(data), clock + 1)
@@ -331,7 +369,10 @@ def _append_run(db: apsw.Connection, run: tuple[AppendMessage, ...]) -> list[Res
         (len(run), stamp, queue_id),
     ).fetchone()
     first = length - len(run) + 1
-    insert_values(db, queue_id, first, [(c.data, stamps[k], None) for k, c in enumerate(run)])
+    if stamps[0] == stamp:  # (stamps never decrease: all alike, the usual case)
+        insert_plain(db, queue_id, first, [c.data for c in run], stamp)
+    else:
+        insert_values(db, queue_id, first, [(c.data, stamps[k], None) for k, c in enumerate(run)])
     return [MessageAppended(first + k) for k in range(len(run))]
 
 

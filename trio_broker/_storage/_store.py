@@ -517,9 +517,9 @@ class Store:
         return repair_rows(self._db, queue_id, rows)
 
     def damaged_values(
-        self, after: tuple[str, int], limit: int
+        self, after: tuple[str, int], limit: int, max_bytes: int | None = None
     ) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
-        return damaged_values(self._db, after, limit)
+        return damaged_values(self._db, after, limit, max_bytes)
 
     def needs_repair(self, queue_id: str, seq: int) -> bool:
         return needs_repair(self._db, queue_id, seq)

@@ -100,12 +100,19 @@ def decode_headers(text: str | None) -> Headers:
     return () if text is None else tuple(sorted(orjson.loads(text).items()))
 
 
-def touch_position(db: apsw.Connection, client_id: str, queue_id: str) -> None:
+def touch_position(
+    db: apsw.Connection, client_id: str, queue_id: str, *, sweeping: bool | None = None
+) -> None:
     """A read, ACK or SEEK used this position: mark it, once idle forgetting has started and
-    if the queue exists (writes nothing when it is marked already)."""
+    if the queue exists (writes nothing when it is marked already). ``sweeping``: whether
+    idle forgetting has started, when the caller's own query answered it (None: look)."""
     # A read-only check first: the upsert costs about 10 µs even when it writes nothing, the
     # check a few, and idle forgetting is off unless the operator sets an idle time.
-    if db.execute("SELECT 1 FROM work_meta WHERE key = 'sweep_ms'").fetchone() is None:
+    if sweeping is None:
+        sweeping = (
+            db.execute("SELECT 1 FROM work_meta WHERE key = 'sweep_ms'").fetchone() is not None
+        )
+    if not sweeping:
         return
     db.execute(
         "INSERT INTO position_activity (client_id, queue_id, touched_ms) SELECT ?1, ?2, NULL"

@@ -24,11 +24,14 @@ a crash its disk may also, each from the seed's ``disk-faults`` stream:
 
 - **flip bits in a stored value** (a message of the applied state, the SQLite store's
   ``queue_data``; here a value of the snapshot the broker restarts from): its checksum no
-  longer matches. The broker finds it at start (its scrub) or when a command reads it, never
-  serves it, and repairs it from a peer that holds it intact (``_runtime/_repair.py``): a
-  transaction that reads a damaged value is held (the Ready is not completed, as the runtime
-  rolls the transaction back) until the value is repaired, unless nobody waits for its answers
-  and its reads need no bytes (then it goes ahead, its answer reaching nobody). The value
+  longer matches. The broker finds it at start (its scrub; the runtime's scrub also runs
+  periodically, which the model needs not: values are damaged only at a crash here) or when a
+  command reads it, never serves it, and repairs it from a peer that holds it intact
+  (``_runtime/_repair.py``): a transaction that reads a damaged value is held (the Ready is
+  not completed, as the runtime rolls the transaction back) until the value is repaired,
+  unless nobody waits for its answers and its reads need no bytes (then it goes ahead, its
+  answer reaching nobody: a READ or a READ_BATCH does not read the value at all, and so does
+  not find the damage; a work read goes over it and has it repaired in the background). The value
   keeps its bytes here and
   is marked by its type, :class:`DamagedValue`: the states still compare equal, and any
   DamagedValue in a command's result is a damaged value delivered (:meth:`Disks.check_result`).
@@ -141,6 +144,14 @@ def _needs_no_bytes(command: Any) -> bool:
     if isinstance(command, ReadBatch | ReadRecords | GroupRead):
         return command.max_bytes >= 1 << 62
     return not isinstance(command, GroupNack | ExpireLeases)
+
+
+def _reads_values_for_nobody(command: Any) -> bool:
+    """Whether a command applied for nobody still reads its values (a work read, which notes
+    the damage it goes over): a READ or a READ_BATCH applied for nobody reads none."""
+    if isinstance(command, CommandGroup):
+        return any(_reads_values_for_nobody(c) for c in command.commands)
+    return isinstance(command, ReadRecords | GroupRead)
 
 
 def _count_damaged(app: Any) -> int:
@@ -488,14 +499,19 @@ class Disks:
         copied = _count_damaged(trial) > before
         if not met and not copied:
             return True
+        ledger = self.sim.ledgers[i]
+        waiting = any(ledger.waiting(e.index) for e in rd.committed_entries)
+        if not copied and not waiting and all(_needs_no_bytes(e.payload) for e in met):
+            # For nobody: a READ or a READ_BATCH reads no value (the damage stays until the
+            # scrub finds it); a work read goes over it and notes it, repaired in the
+            # background (here at once).
+            self.unchecked.setdefault(i, set()).update(e.index for e in met)
+            self.sim.stats["applies_unchecked"] += 1
+            if any(_reads_values_for_nobody(e.payload) for e in met):
+                self.repair(i, asked=True)
+            return True
         self.repair(i, asked=True)  # (the held transaction asks its peers)
         if self.damaged_values.get(i):
-            ledger = self.sim.ledgers[i]
-            waiting = any(ledger.waiting(e.index) for e in rd.committed_entries)
-            if not copied and not waiting and all(_needs_no_bytes(e.payload) for e in met):
-                self.unchecked.setdefault(i, set()).update(e.index for e in met)
-                self.sim.stats["applies_unchecked"] += 1
-                return True
             if waiting:
                 ledger.take_through(rd.committed_entries[-1].index)
             if self._nobody_holds(i):

@@ -1,0 +1,149 @@
+"""A replica's work per pipelined append, piece by piece: ``python -m benchmarks.replica_cost``.
+
+What a replica does with each REPLICATE of the bench's pipelined workload (one COMMAND_GROUP
+entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue), in the order it does
+it, on one thread with real SQLite in a temporary directory (fsync on, as in the broker):
+
+- decode: the frame's checks and the message (``loads_object``, ``message_from_frame``);
+- save: ``Store.save`` persisting the new entry and applying the one before it, in one
+  transaction (what a replica's Ready does under load: the commit index rides on the next
+  REPLICATE), split into the same save without the apply and the apply's difference;
+- views: the applied group told to the in-memory views (``applied_group`` over the read
+  path's and the broker's callbacks, as ``Broker`` builds them) and the snapshot's byte count
+  (``data_size``);
+- ack: the REPLICATE_RESPONSE encoded.
+
+Each piece is CPU time of the thread (``time.thread_time``: the fsync's wait is not counted,
+its system time is), median of ``--rounds`` frames after a warm-up, in microseconds per
+append. The event loop's own costs (trio's scheduling, the socket calls, the hand-off to the
+storage thread and back) are not in it: the bench's per-broker CPU less these pieces is them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from trio_broker._cli._node import GC_THRESHOLDS
+from trio_broker._core import _commands as cmd
+from trio_broker._core import _raft_messages as rm
+from trio_broker._core._commands import data_size
+from trio_broker._protocol._codec import dumps_value, loads_object
+from trio_broker._protocol._consensus import encode_message, message_from_frame
+from trio_broker._protocol._entries import payload_bytes
+from trio_broker._runtime._applied import applied_group, applied_views
+from trio_broker._runtime._reads import Exhausted
+from trio_broker._storage._store import Store
+
+QUEUE = "Q-0123456789abcdef"
+
+
+def _frame(index: int, count: int) -> tuple[bytes, rm.Entry]:
+    value = dumps_value("x" * 100)
+    group = cmd.CommandGroup(
+        tuple(
+            cmd.AppendMessage(QUEUE, value, None, None, 1_765_000_000_000 + i) for i in range(count)
+        )
+    )
+    entry = rm.Entry(1, index, group)
+    payload_bytes(entry)  # the leader's one encoding, embedded as it is
+    message = rm.Replicate(
+        src="B-AAAAA",
+        dst="B-BBBBB",
+        term=1,
+        cluster_version=1,
+        prev_log_index=index - 1,
+        prev_log_term=1,
+        leader_commit=index - 1,
+        entries=(entry,),
+    )
+    return encode_message(message), entry
+
+
+def _timed(f: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.thread_time()
+    result = f()
+    return time.thread_time() - started, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appends", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    gc.set_threshold(*GC_THRESHOLDS)  # as a node sets it
+    count = args.appends
+    pieces: dict[str, list[float]] = {
+        k: [] for k in ("decode", "save", "  of which the apply", "views", "ack")
+    }
+    exhausted = Exhausted()
+    by_type = applied_views(lambda p, r: None, {}, lambda q: None)
+
+    def noted(command: Any, result: Any) -> None:
+        exhausted.note(command, result)
+        by_type(command, result)
+
+    told = applied_group(noted)
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(d)
+        try:
+            create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
+            store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
+            store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
+            previous: rm.Entry | None = None
+            for round_ in range(args.rounds + 5):
+                index = 2 + 2 * round_
+                frame, _ = _frame(index, count)
+                # without the apply: the log write alone (an entry of its own, never applied)
+                _, spare = _frame(index + 1, count)
+                hs = rm.HardState(1, None, index - 1)
+                bare, _ = _timed(lambda: store.save(entries=[spare], hard_state=hs))  # noqa: B023
+                decode, (_, message) = _timed(lambda: message_from_frame(loads_object(frame)))  # noqa: B023
+                (entry,) = message.entries
+                committed = [previous] if previous is not None else []
+                hs = rm.HardState(1, None, index - 2)
+                save, results = _timed(
+                    lambda: store.save(entries=[entry], hard_state=hs, committed=committed)  # noqa: B023
+                )
+
+                def views() -> None:
+                    for e, result in zip(committed, results, strict=True):  # noqa: B023
+                        told(e.payload.commands, result.results)
+                        data_size(e.payload)
+
+                viewed, _ = _timed(views)
+                ack = rm.ReplicateResponse(
+                    src="B-BBBBB",
+                    dst="B-AAAAA",
+                    term=1,
+                    cluster_version=1,
+                    success=True,
+                    match_index=index,
+                )
+                acked, _ = _timed(lambda: encode_message(ack))  # noqa: B023
+                previous = entry
+                if round_ >= 5 and committed:
+                    pieces["decode"].append(decode)
+                    pieces["save"].append(save)
+                    pieces["  of which the apply"].append(save - bare)
+                    pieces["views"].append(viewed)
+                    pieces["ack"].append(acked)
+        finally:
+            store.close()
+    print(f"a replica's work per REPLICATE of {count} appends, CPU of the thread, median")
+    total = 0.0
+    for name, values in pieces.items():
+        us = statistics.median(values) / count * 1e6
+        if not name.startswith(" "):
+            total += us
+        print(f"  {name:<22} {us:6.2f} us per append")
+    print(f"  {'total':<22} {total:6.2f} us per append")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""``insert_values`` (``_storage/_integrity.py``) stores a batch in a few statements of many
+rows each (docs/performance.md, "Batches in and out"): the rows it writes are the rows one
+``INSERT`` per message writes, checksums included, for every batch size and mix of headers
+and stamps."""
+
+from __future__ import annotations
+
+import apsw
+import orjson
+import pytest
+
+from trio_broker._core._commands import AppendBatch, CreateQueue
+from trio_broker._storage import DB_FILE, Store
+from trio_broker._storage._integrity import insert_plain, insert_values, read_values, value_checksum
+
+Q = "Q-AAAAABBBBB"
+SIZES = [0, 1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100, 111, 112, 127, 128, 1000]
+
+
+@pytest.fixture(scope="module")
+def store_db(tmp_path_factory):
+    """One store's database for the module; each test's writes are rolled back."""
+    path = tmp_path_factory.mktemp("store")
+    store = Store(path)
+    store.apply([CreateQueue(Q)])
+    store.close()
+    connection = apsw.Connection(str(path / DB_FILE))
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def db(store_db: apsw.Connection):
+    store_db.execute("BEGIN")
+    yield store_db
+    store_db.execute("ROLLBACK")
+
+
+def _rows(count: int, first: int) -> list[tuple[bytes, int | None, str | None]]:
+    return [
+        (
+            orjson.dumps({"n": seq, "s": "é\U0001f600" * (seq % 5)}),
+            None if seq % 7 == 0 else 1000 + seq // 3,
+            None if seq % 2 else orjson.dumps({"k": f"v{seq}"}).decode(),
+        )
+        for seq in range(first, first + count)
+    ]
+
+
+def _stored(db: apsw.Connection, queue_id: str) -> list[tuple]:
+    return db.execute(
+        "SELECT queue_id, sequence_num, appended_ms, headers, checksum, data FROM queue_data"
+        " WHERE queue_id = ? ORDER BY sequence_num",
+        (queue_id,),
+    ).fetchall()
+
+
+@pytest.mark.parametrize("count", SIZES)
+def test_a_batch_stores_the_rows_one_insert_per_message_stores(db, count):
+    first = 7
+    rows = _rows(count, first)
+    with db:
+        insert_values(db, Q, first, rows)
+    expected = [
+        (Q, seq, stamp, headers, value_checksum(Q, seq, data, headers), data)
+        for seq, (data, stamp, headers) in enumerate(rows, first)
+    ]
+    assert _stored(db, Q) == expected
+    assert read_values(db, Q, first, first + count - 1) == [
+        (seq, data, headers) for seq, (data, stamp, headers) in enumerate(rows, first)
+    ]
+
+
+def test_a_batch_of_100_takes_a_few_statements(db):
+    """100 messages: statements of 64 and 32 rows, then 4 rows one by one (``executemany``
+    steps once per row: 100 executions before)."""
+    executed: list[int] = []
+
+    def trace(_cursor, sql, bindings):
+        if sql.startswith("INSERT INTO queue_data"):
+            executed.append(sql.count("),(") + 1)
+        return True
+
+    db.exec_trace = trace
+    insert_values(db, Q, 1, _rows(100, 1))
+    db.exec_trace = None
+    assert len(_stored(db, Q)) == 100
+    assert executed == [64, 32, 1, 1, 1, 1]
+
+
+def test_a_duplicate_in_a_batch_is_refused(db):
+    """A sequence number already stored is a constraint error, as one INSERT per message
+    gives (the caller's transaction then keeps nothing)."""
+    with db:
+        insert_values(db, Q, 50, _rows(1, 50))
+    with pytest.raises(apsw.ConstraintError), db:
+        insert_values(db, Q, 1, _rows(100, 1))
+    assert [row[1] for row in _stored(db, Q)] == [50]
+
+
+def test_an_append_batch_through_the_store_is_read_back_whole(tmp_path):
+    """The largest APPEND_BATCH (1,000 values) applied by the store, then read back."""
+    store = Store(tmp_path)
+    try:
+        values = tuple(orjson.dumps({"i": i, "pad": "x" * 900}) for i in range(1000))
+        store.apply([CreateQueue(Q)])
+        (appended,) = store.apply([AppendBatch(Q, values, None, None, 5)])
+        assert (appended.first_sequence_num, appended.count) == (1, 1000)
+        assert store.messages(Q) == list(values)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("count", SIZES)
+@pytest.mark.parametrize("stamp", [None, 1234])
+def test_messages_of_one_stamp_store_what_insert_values_stores(store_db, count, stamp):
+    """``insert_plain`` (an APPEND_BATCH, a run of APPENDs of one stamp) stores the rows
+    ``insert_values`` stores for the same messages without headers."""
+    data = [orjson.dumps({"n": seq, "s": "é" * (seq % 4)}) for seq in range(count)]
+    stored = []
+    for insert in (
+        lambda: insert_plain(store_db, Q, 3, data, stamp),
+        lambda: insert_values(store_db, Q, 3, [(d, stamp, None) for d in data]),
+    ):
+        store_db.execute("BEGIN")
+        try:
+            insert()
+            stored.append(_stored(store_db, Q))
+        finally:
+            store_db.execute("ROLLBACK")
+    assert stored[0] == stored[1]
+    assert [row[1] for row in stored[0]] == list(range(3, 3 + count))

@@ -1,0 +1,178 @@
+"""Membership, a part of :class:`~._raft.RaftNode`: single-server configuration changes
+(a learner added, a learner promoted, a member removed; one at a time, and only once the
+leader committed an entry of its term), which take effect as soon as they are in the log;
+the configuration in force at an index; removed members pruned once their removal commits
+(and a removed leader stepping down); the members' status (CLUSTER_QUERY's view, announced in
+CLUSTER_UPDATE).
+
+Typed against ``_raft_state.RaftState`` for the type checker only (see ``_raft_elections``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._raft_messages import (
+    ChangeAction,
+    ClusterUpdate,
+    Config,
+    ConfigChange,
+    ConfigEntry,
+    Entry,
+    MemberView,
+)
+from ._raft_types import ConfigChangeRefused, NotLeader, Progress, Role
+
+if TYPE_CHECKING:
+    from ._raft_state import RaftState as _Node
+else:
+    _Node = object
+
+
+class Membership(_Node):
+    """Mixed into :class:`~._raft.RaftNode`: its membership (fields: ``config``,
+    ``_statuses``, ``_announced``)."""
+
+    @property
+    def config_committed(self) -> bool:
+        """Whether the configuration in force here is committed (a leader refuses another
+        membership change until it is)."""
+        return self._config_index() <= self.commit
+
+    def member_statuses(self) -> dict[Any, MemberView]:
+        """The CLUSTER_QUERY view: role and active/inactive per configured member.
+
+        On the leader, status comes from its own failure detector (last tick it heard from each
+        member, against ``failure_timeout_ticks``); elsewhere from the last CLUSTER_UPDATE.
+        Status is informational: it never changes the quorum.
+        """
+        views = {}
+        for m in sorted(self.config.members):
+            if m == self.leader_id:
+                role = "leader"
+            elif m in self.config.voters:
+                role = "replica"
+            else:
+                role = "learner"
+            if self.is_leader:
+                status = self._status_of(m)
+            else:
+                status = self._statuses.get(m, "active")
+            views[m] = MemberView(m, role, status)
+        return views
+
+    def caught_up(self, node_id: Any) -> bool:
+        """Whether a learner holds everything committed, so promoting it will not stall commits."""
+        pr = self.progress.get(node_id)
+        return self.is_leader and pr is not None and pr.match >= self.commit
+
+    def propose_config_change(self, change: ConfigChange) -> tuple[int, int]:
+        """Propose one single-server membership change.
+
+        Refused while an earlier change is uncommitted, and until this leader has committed an
+        entry of its own term (the fix from the Raft thesis errata for single-server changes).
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise ConfigChangeRefused("a leadership transfer is in progress")
+        if self._config_index() > self.commit:
+            raise ConfigChangeRefused("a membership change is already in progress")
+        if self.commit < self._term_start_index:
+            raise ConfigChangeRefused("leader has not committed an entry of its term yet")
+        c = self.config
+        n = change.node_id
+        if change.action is ChangeAction.ADD_LEARNER:
+            if n in c.members:
+                raise ConfigChangeRefused(f"{n!r} is already a member")
+            new = Config(c.voters, c.learners | {n}, c.version + 1)
+        elif change.action is ChangeAction.PROMOTE:
+            if n not in c.learners:
+                raise ConfigChangeRefused(f"{n!r} is not a learner")
+            new = Config(c.voters | {n}, c.learners - {n}, c.version + 1)
+        elif change.action is ChangeAction.REMOVE:
+            if n not in c.members:
+                raise ConfigChangeRefused(f"{n!r} is not a member")
+            if c.voters == {n}:
+                raise ConfigChangeRefused("cannot remove the last voter")
+            new = Config(c.voters - {n}, c.learners - {n}, c.version + 1)
+        else:  # pragma: no cover
+            raise ConfigChangeRefused(f"unknown change {change!r}")
+        entry = Entry(self.term, self.log.last_index + 1, ConfigEntry(new, change))
+        self.log.append([entry])
+        self._set_config(new)
+        self._broadcast_append()
+        return entry.term, entry.index
+
+    def _status_of(self, member: Any) -> str:
+        if member == self.id:
+            return "active"
+        pr = self.progress.get(member)
+        if pr is None or self.now - pr.last_heard > self.failure_timeout_ticks:
+            return "inactive"
+        return "active"
+
+    def _maybe_announce(self) -> None:
+        """CLUSTER_UPDATE to every member when the role/status view changed."""
+        view = tuple(self.member_statuses().values())
+        if view == self._announced:
+            return
+        self._announced = view
+        for m in sorted(self.config.members):
+            if m != self.id:
+                self._send(
+                    ClusterUpdate(
+                        src=self.id,
+                        dst=m,
+                        term=self.term,
+                        cluster_version=self.cluster_version,
+                        members=view,
+                    )
+                )
+
+    def _config_index(self) -> int:
+        found = self.log.last_config_index()
+        return self.log.snapshot_index if found is None else found
+
+    def _config_at(self, index: int) -> Config:
+        """The configuration in force at ``index``: the latest config entry at or before it."""
+        found = self.log.last_config_index(index)
+        if found is None:
+            return self._snapshot_config
+        config: Config = self.log.entry(found).payload.config
+        return config
+
+    def _set_config(self, config: Config) -> None:
+        """A configuration takes effect as soon as it is in the log (thesis 4.1)."""
+        self.config = config
+        if self.transfer_target is not None and self.transfer_target not in config.voters:
+            self.transfer_target = None
+        if self.role is Role.LEADER:
+            for m in config.members:
+                if m not in self.progress:
+                    self.progress[m] = Progress(
+                        match=0, next=self.log.last_index, last_heard=self.now
+                    )
+            # A removed member keeps receiving the log until its removal commits, so that it
+            # learns it was removed and stops campaigning (see _after_commit).
+            if self._maybe_commit():
+                self._broadcast_append(empty_ok=True)
+
+    def _prune_removed(self) -> None:
+        """Stop replicating to removed members once they hold their removal (or are gone)."""
+        if self._config_index() > self.commit:
+            return
+        for m in list(self.progress):
+            if m == self.id or m in self.config.members:
+                continue
+            pr = self.progress[m]
+            if pr.match >= self._config_index() or self._status_of(m) == "inactive":
+                del self.progress[m]
+
+    def _after_commit(self) -> None:
+        if self._config_index() > self.commit:
+            return
+        self._prune_removed()
+        # A leader removed from the membership steps down once its removal is committed.
+        if self.id not in self.config.voters:
+            self._broadcast_append(empty_ok=True)
+            self._become_follower(self.term, None)

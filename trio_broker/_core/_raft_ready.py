@@ -1,0 +1,158 @@
+"""The hand-off of the core's effects to the runtime (etcd raft's ``Ready``/``Advance``):
+:class:`Ready`, what to send, persist and apply, in that order ("persist before you send" is
+written where it is declared), and the part of :class:`~._raft.RaftNode` that gathers the
+pending effects into one (``has_ready``, ``take_messages``, ``ready``) and moves the core
+on once the runtime did them (``advance``). One Ready is outstanding at a time.
+
+Typed against ``_raft_state.RaftState`` for the type checker only (see ``_raft_elections``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._raft_messages import DataSync, Entry, HardState, Message
+from ._raft_types import Role, UsageError
+
+if TYPE_CHECKING:
+    from ._raft_state import RaftState as _Node
+else:
+    _Node = object
+
+__all__ = ["Ready", "ReadyHandOff"]
+
+
+@attrs.frozen
+class Ready:
+    """Everything the runtime must do for the core, in this order.
+
+    1. Send ``messages`` whenever convenient, even before step 2 completes. These are the
+       leader's appends, heartbeats and announcements, and replies that promise nothing
+       durable (heartbeat acks): a leader may overlap its fsync with replication because it
+       counts itself towards a quorum only after ``advance()``.
+    2. Persist, in ONE atomic transaction: ``snapshot`` (replace the state machine and the whole
+       log), then delete log entries with index >= ``truncate_from``, append ``entries``, store
+       ``hard_state``.
+    3. **Persist before you send**: only once step 2 is durable, send ``persisted_messages``
+       (votes, vote requests, vote replies, replica acknowledgements). They promise what step 2
+       wrote; sending them earlier lets a crash turn a promise into a lie (a second vote in a
+       term, an acknowledged entry that vanished).
+    4. Apply ``committed_entries`` to the state machine in order (after step 2).
+    5. For each peer in ``snapshots_to_send``, call :meth:`RaftNode.make_data_sync` with the
+       state machine at some applied index and send the result.
+    6. Call :meth:`RaftNode.advance`.
+    """
+
+    hard_state: HardState | None
+    truncate_from: int | None
+    entries: tuple[Entry, ...]
+    snapshot: DataSync | None
+    messages: tuple[Message, ...]
+    persisted_messages: tuple[Message, ...]
+    committed_entries: tuple[Entry, ...]
+    snapshots_to_send: tuple[Any, ...]
+
+    @property
+    def must_sync(self) -> bool:
+        """Whether step 2 has anything to write."""
+        return bool(
+            self.hard_state is not None
+            or self.entries
+            or self.truncate_from is not None
+            or self.snapshot is not None
+        )
+
+
+class ReadyHandOff(_Node):
+    """Mixed into :class:`~._raft.RaftNode`: the Ready taken and advanced (its state:
+    ``_inflight``, ``_msgs``, ``_persisted_msgs``, ``_snapshots_to_send``,
+    ``_snapshot_to_install``, ``_append_pending``, ``_persisted_hs``)."""
+
+    def has_ready(self) -> bool:
+        """Whether :meth:`ready` has work (always False while a Ready is outstanding)."""
+        if self._inflight is not None:
+            return False
+        hs = self._persisted_hs
+        return bool(
+            self._append_pending
+            or self.term != hs.term
+            or self.voted_for != hs.voted_for
+            or self.commit != hs.commit
+            or (self.recovering_until or 0) != hs.recovering_until
+            or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
+            or (self.unverified or self.vote_floor is not None) != hs.unverified
+            or (self.vote_lost and self._vote_lost_stored) != hs.vote_lost
+            or self.log.has_unstable()
+            or self._snapshot_to_install is not None
+            or self._msgs
+            or self._persisted_msgs
+            or self._snapshots_to_send
+            or self.applied < self.commit
+            or (self.role is Role.LEADER and self.reads.wants_round())
+        )
+
+    def take_messages(self) -> list[Message]:
+        """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,
+        their answers, the leader's appends: nothing that promises what is being persisted),
+        so that a runtime busy persisting the outstanding Ready can still send them on time.
+        ``persisted_messages`` stay for the Ready. Allowed while a Ready is outstanding."""
+        self._send_read_round()
+        msgs, self._msgs = self._msgs, []
+        return msgs
+
+    def ready(self) -> Ready:
+        """Take the pending effects. Call :meth:`advance` once they are done."""
+        if self._inflight is not None:
+            raise UsageError("ready() called again before advance()")
+        if self._append_pending:
+            self._append_pending = False
+            if self.role is Role.LEADER:
+                self._broadcast_append()
+        self._send_read_round()
+        hs = self.hard_state
+        trunc, entries = self.log.take_unstable()
+        # ``applied`` moves in advance(), once the runtime applied these (etcd's Advance): a
+        # snapshot stepped in since then stands in for everything up to its index.
+        applied = self.applied
+        if self._snapshot_to_install is not None:
+            applied = max(applied, self._snapshot_to_install.snapshot.index)
+        committed: list[Entry] = []
+        if applied < self.commit:
+            upto = min(self.commit, applied + self.max_apply)
+            committed = self.log.slice(applied + 1, upto + 1)
+        rd = Ready(
+            hard_state=hs if hs != self._persisted_hs else None,
+            truncate_from=trunc,
+            entries=tuple(entries),
+            snapshot=self._snapshot_to_install,
+            messages=tuple(self._msgs),
+            persisted_messages=tuple(self._persisted_msgs),
+            committed_entries=tuple(committed),
+            snapshots_to_send=tuple(self._snapshots_to_send),
+        )
+        self._msgs, self._persisted_msgs, self._snapshots_to_send = [], [], []
+        self._snapshot_to_install = None
+        self._inflight = rd
+        return rd
+
+    def advance(self) -> None:
+        """The outstanding Ready is durable, sent and applied: ``applied`` moves to its last
+        committed entry (or its snapshot's index)."""
+        rd = self._inflight
+        if rd is None:
+            raise UsageError("advance() without an outstanding ready()")
+        self._inflight = None
+        if rd.snapshot is not None:
+            self.applied = max(self.applied, rd.snapshot.snapshot.index)
+        if rd.committed_entries:
+            self.applied = max(self.applied, rd.committed_entries[-1].index)
+        if rd.hard_state is not None:
+            self._persisted_hs = rd.hard_state
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if self.role is Role.LEADER and self._maybe_commit():
+            # The new commit index rides on the next REPLICATE or heartbeat: no message (and
+            # no transaction on every replica) just to spread it.
+            self._broadcast_append()
