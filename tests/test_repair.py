@@ -23,7 +23,13 @@ from trio_broker._core._raft_messages import Entry, HardState
 from trio_broker._core._work_commands import ReadRecords
 from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._protocol import FetchValues
-from trio_broker._runtime._repair import Repair, decode_rows, encode_rows, serve_fetch_values
+from trio_broker._runtime._repair import (
+    SCRUB_BYTES,
+    Repair,
+    decode_rows,
+    encode_rows,
+    serve_fetch_values,
+)
 from trio_broker._storage import DB_FILE, Store
 from trio_broker._storage._integrity import StorageDamaged
 from trio_broker.testing import open_local_cluster
@@ -491,7 +497,7 @@ async def test_the_periodic_scrub_checks_a_few_hundred_values_a_job_over_its_per
     assert cancelled.cancelled_caught
     at_start = [c for c in calls if c[0] == 0]
     periodic = [c for c in calls if c[0] > 0]
-    assert [c[1:] for c in at_start] == [(500, None)] * 3
+    assert [c[1:] for c in at_start] == [(500, SCRUB_BYTES)] * 3
     assert {c[1:] for c in periodic} == {(200, 1 << 20)}
     # Six jobs a pass (five of 200 values, then the end), a pass per period at most.
     assert 18 <= len(periodic) <= 22

@@ -89,3 +89,28 @@ def test_a_stamp_orjson_refuses_is_refused_as_before(stamp):
         _general(group)
     with pytest.raises(orjson.JSONEncodeError):
         encode_payload(group)
+
+
+class _Name(str):
+    pass
+
+
+@pytest.mark.parametrize("queue_id", [None, 7, b"Q-1", _Name("Q-1")], ids=repr)
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_queue_id_that_is_not_a_str_goes_to_the_general_form_wherever_it_is(queue_id, where):
+    """First in the group too: the hand-written form starts with no queue (not ``None``, which
+    a first append naming no queue matched, writing invalid JSON)."""
+    commands = [cmd.AppendMessage("Q-1", b'"v"', None, None, 5) for _ in range(3)]
+    commands[where] = cmd.AppendMessage(queue_id, b"1", None, None, 5)
+    group = cmd.CommandGroup(tuple(commands))
+    assert _appends_group_bytes(group.commands) is None
+    try:
+        general: bytes | type = _general(group)
+    except orjson.JSONEncodeError:
+        general = orjson.JSONEncodeError
+    if general is orjson.JSONEncodeError:
+        with pytest.raises(orjson.JSONEncodeError):
+            encode_payload(group)
+    else:
+        assert encode_payload(group) == general
+        orjson.loads(general)  # (valid JSON)

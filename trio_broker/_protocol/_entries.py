@@ -473,6 +473,8 @@ _APPEND_HEAD = b'{"type":"APPEND_MESSAGE","queue_id":'
 _GROUP_HEAD = b'{"type":"COMMAND_GROUP","commands":['
 _APPEND_FORM = b'%b%b,"appended_ms":%d}'
 _INT_LOW, _INT_HIGH = -(2**63), 2**64  # the integers orjson writes (it refuses the others)
+_NO_QUEUE: Any = object()
+"""No queue yet: no ``queue_id`` is this, so the first append's is always checked."""
 
 
 def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
@@ -488,7 +490,7 @@ def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
     append_message = cmd.AppendMessage
     form = _APPEND_FORM
     low, high = _INT_LOW, _INT_HIGH
-    queue: Any = None
+    queue = _NO_QUEUE
     head = b""
     for c in commands:
         if type(c) is not append_message or c.producer_id is not None:

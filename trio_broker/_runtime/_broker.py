@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -136,8 +137,9 @@ class Broker:
             lambda: self.driver.node.is_leader and not self._closing,
             self.wall_clock_ms,
         )
-        self._appended: dict[str, trio.Event] = {}
-        """Long-polling readers wait on these, one per queue, set when it grows."""
+        self._appended: weakref.WeakValueDictionary[str, trio.Event] = weakref.WeakValueDictionary()
+        """Long-polling readers wait on these, one per queue, set when it grows; an entry goes
+        when no poll holds it (a READ on a queue that is not there leaves nothing behind)."""
         self.addresses: dict[str, tuple[str, int]] = {}
         self.driver = RaftDriver(
             self.broker_id,
@@ -396,12 +398,14 @@ class Broker:
         command = read_command_of(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
+        appended = self.appended_event(command.queue_id) if request.wait_ms else None
         pending = await self._propose(command)
         if isinstance(pending, BrokerError):
             return Answer(now=pending)
-        if request.wait_ms:
+        if appended is not None:
             deadline = trio.current_time() + request.wait_ms / 1000
-            return Answer(later=Mapped(_LongPoll(self, command, pending, deadline), read_answer))
+            poll = _LongPoll(self, command, pending, deadline, appended)
+            return Answer(later=Mapped(poll, read_answer))
         return ReadAnswer(later=Mapped(pending, read_answer))
 
     async def _commit_position(
@@ -511,12 +515,13 @@ class Broker:
         """The ``limit`` longest queues and the ``limit`` largest client lags (for metrics)."""
         return await self._worker.run(self._store.queue_stats, limit)
 
-    async def wait_appended(self, queue_id: str) -> None:
-        """Wait until a message is appended to ``queue_id`` (applied on this broker)."""
+    def appended_event(self, queue_id: str) -> trio.Event:
+        """The event the next append to ``queue_id`` applied here sets. A long poll takes it
+        before it reads: an append applied after the read looked is then never missed."""
         event = self._appended.get(queue_id)
         if event is None:
             event = self._appended[queue_id] = trio.Event()
-        await event.wait()
+        return event
 
     async def start_services(self, nursery: trio.Nursery) -> None:
         """Start what runs beside the requests: the consensus driver, retention, and the work
@@ -593,24 +598,35 @@ class _LongPoll:
 
     Waited on by the connection's writer, in request order, so later pipelined requests are
     proposed meanwhile but answered after it (docs/protocol.md: use a connection of its own).
+    Each read's wake-up event (``appended``) is taken before the read is proposed, as the
+    group poll's (``_work.py``): an append applied before the read's answer arrives (in the
+    same Ready, say) still wakes the next read.
     """
 
     done = False
     result = None
 
     def __init__(
-        self, broker: Broker, command: _core.Command, first: Pending, deadline: float
+        self,
+        broker: Broker,
+        command: _core.Command,
+        first: Pending,
+        deadline: float,
+        appended: trio.Event,
     ) -> None:
         self.broker = broker
         self.command = command
         self.first = first
         self.deadline = deadline
+        self.appended = appended
 
     async def wait(self) -> Any:
         result = await self.first.wait()
+        appended = self.appended
         while _is_empty(result) and trio.current_time() < self.deadline:
             with trio.move_on_at(self.deadline):
-                await self.broker.wait_appended(self.command.queue_id)
+                await appended.wait()
+            appended = self.broker.appended_event(self.command.queue_id)
             pending = await self.broker._propose(self.command)
             if isinstance(pending, BrokerError):
                 return pending

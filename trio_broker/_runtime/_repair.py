@@ -84,6 +84,11 @@ SCRUB_PERIOD = 6 * 3600.0
 PERIODIC_ROWS = 200
 PERIODIC_BYTES = 1 << 20
 """A periodic scrub job checks at most this many values and bytes of values (one at least)."""
+SCRUB_BYTES = PERIODIC_BYTES * SCRUB_ROWS // PERIODIC_ROWS
+"""The start-up scrub's jobs check at most this many bytes of values (one value at least):
+its two bounds are the periodic job's times one factor, so that its count of jobs times that
+factor is the first periodic pass's, which it paces (about that count with values of one
+size, within a factor of two whatever their sizes: docs/reliability.md)."""
 PERIODIC_MIN_PAUSE = 0.05
 """At least this long between two periodic scrub jobs: at most 20 jobs, 4,000 values a
 second, whatever the store's size (a large store's pass then takes longer than the period)."""
@@ -424,15 +429,18 @@ class Repair:
         jobs = await self._scrub_at_start(scan)
         if self.scrub_period is None:
             return
-        # The first periodic pass's jobs, from the start-up pass's (of SCRUB_ROWS each).
+        # The first periodic pass's jobs, from the start-up pass's (SCRUB_ROWS and SCRUB_BYTES
+        # each: the periodic job's bounds, both times the same factor).
         jobs = -(-jobs * SCRUB_ROWS // PERIODIC_ROWS)
         while True:
             jobs = await self._scrub_pass(scan, self.scrub_period, jobs)
 
     async def _scrub_pass(self, scan: Callable[..., Any], period: float, jobs: int) -> int:
         """One periodic pass: a job every ``period / jobs`` seconds (``jobs``: the previous
-        pass's count), each of a few hundred values; returns this pass's count of jobs."""
-        pause = min(max(period / max(jobs, 1), PERIODIC_MIN_PAUSE), period)
+        pass's count), each of a few hundred values, never less than
+        :data:`PERIODIC_MIN_PAUSE` apart (however short the period); returns this pass's count
+        of jobs."""
+        pause = max(period / max(jobs, 1), PERIODIC_MIN_PAUSE)
         after: tuple[str, int] | None = ("", 0)
         count = found = 0
         while after is not None:
@@ -463,7 +471,7 @@ class Repair:
         found: list[tuple[str, int]] = []
         jobs = 0
         while after is not None:
-            damaged, after = await self._worker.run(scan, after, SCRUB_ROWS)
+            damaged, after = await self._worker.run(scan, after, SCRUB_ROWS, SCRUB_BYTES)
             jobs += 1
             for place in damaged:
                 self._note(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -242,8 +243,10 @@ class WorkRoom:
         """Queue names resolved here (a cache of the applied state's)."""
         self._names_generation = 0
         """Bumped whenever a name may have gone: a lookup begun before is not cached."""
-        self._changed: dict[str, trio.Event] = {}
-        """Long-polling group readers wait on these, one per queue."""
+        self._changed: weakref.WeakValueDictionary[str, trio.Event] = weakref.WeakValueDictionary()
+        """Long-polling group readers wait on these, one per queue. An entry goes when no poll
+        holds its event: a poll on a queue id that is not there (answered with an error) leaves
+        nothing behind, and one poll never pops an event another poll still waits on."""
         self._leases_changed = trio.Event()
 
     # -- names ----------------------------------------------------------------------------------
@@ -304,9 +307,10 @@ class WorkRoom:
             event.set()
 
     def _wake_all(self) -> None:
-        for event in self._changed.values():
-            event.set()
+        events = list(self._changed.values())
         self._changed.clear()
+        for event in events:
+            event.set()
 
     def changed_event(self, queue_id: str) -> trio.Event:
         """The event the next :meth:`wake` of ``queue_id`` sets. A long poll takes it before

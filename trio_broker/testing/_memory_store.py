@@ -320,7 +320,9 @@ class MemoryStore:
     def repair_rows(self, queue_id: str, rows: Sequence[Any]) -> list[int]:
         return []
 
-    def damaged_values(self, after: tuple[str, int], limit: int) -> tuple[list[Any], None]:
+    def damaged_values(
+        self, after: tuple[str, int], limit: int, max_bytes: int | None = None
+    ) -> tuple[list[Any], None]:
         return [], None
 
     def needs_repair(self, queue_id: str, seq: int) -> bool:
