@@ -1,8 +1,8 @@
 """One connection's answers on their way out, in request order (:mod:`._connections`).
 
-The connection's reader decides the requests of one receive and queues their answers here; its
-writer takes every answer known at that moment, in order, and writes them in one ``send_all``.
-Nothing here waits per request: the writer is woken once per receive, the reader only when all
+The connection's reader decides the requests of one receive and queues their answers here; the
+connection's :class:`~._writer.AnswerWriter` takes every answer known at that moment, in order,
+and writes them in one write. Nothing here waits per request: the reader waits only when all
 ``max_in_flight`` slots are taken.
 """
 
@@ -20,10 +20,10 @@ class Outbox:
     """One connection's answers, in request order, from its reader to its writer.
 
     Holds at most ``max_in_flight`` answers (the reader waits for a slot before it dispatches
-    a request); the writer is woken once for all that one receive decided, not per request.
+    a request, having asked the writer to write what is known).
     """
 
-    __slots__ = ("_more", "_space", "account", "answers", "closed", "in_flight")
+    __slots__ = ("_space", "account", "answers", "closed", "in_flight")
 
     def __init__(self, account: Account) -> None:
         self.account = account
@@ -32,7 +32,6 @@ class Outbox:
         """Requests dispatched whose answers are not written yet (queued, or being written)."""
         self.closed = False
         """No more answers will come: the writer ends once the queued ones are written."""
-        self._more: trio.Event | None = None
         self._space: trio.Event | None = None
 
     def put(self, operation: str, started: float, answer: Answer, charged: int) -> None:
@@ -49,27 +48,14 @@ class Outbox:
         )
         self.in_flight += len(answers)
 
-    def kick(self) -> None:
-        """Wake the writer if it waits for answers and some are queued."""
-        if self._more is not None and self.answers:
-            self._more.set()
-            self._more = None
-
     def close(self) -> None:
+        """No more answers will come (the writer, woken by its ``kick``, ends once the queued
+        ones are written)."""
         self.closed = True
-        if self._more is not None:
-            self._more.set()
-            self._more = None
-
-    async def wait_for_answers(self) -> None:
-        """(The writer) wait until :meth:`kick` or :meth:`close`."""
-        self._more = event = trio.Event()
-        await event.wait()
 
     async def wait_for_slot(self, limit: int) -> None:
         """(The reader) wait until fewer than ``limit`` answers are unwritten."""
         while self.in_flight >= limit:
-            self.kick()
             self._space = event = trio.Event()
             await event.wait()
 
