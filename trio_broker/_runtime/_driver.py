@@ -513,15 +513,26 @@ class RaftDriver(GroupMembers):
         for m in self.node.take_messages():
             self.peers.send(m)
 
+    def _send_at_once(self, messages: Sequence[Message]) -> bool:
+        """Send a Ready's messages, written from this task where a link is idle (no wake-up
+        of the link's task: :meth:`~._peer_mux.GroupLinks.send_at_once`). True when all
+        left."""
+        peers = self.peers
+        assert peers is not None
+        send_at_once = getattr(peers, "send_at_once", None)
+        if send_at_once is not None:
+            return send_at_once(messages)
+        for m in messages:
+            peers.send(m)
+        return False
+
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
         # Each new entry encoded once, here: its log write and the REPLICATE to every replica
         # reuse these bytes (a replica's entries already carry the bytes they arrived as).
         for entry in rd.entries:
             payload_bytes(entry)
-        for m in rd.messages:
-            self.peers.send(m)
-        if rd.messages:
+        if rd.messages and not self._send_at_once(rd.messages):
             self._unsent = True
         snapshot = None
         if rd.snapshot is not None:
@@ -562,9 +573,7 @@ class RaftDriver(GroupMembers):
             for entry in committed:
                 # Stored and sent: the in-memory log need not hold the payload twice.
                 entry.remember_encoded(None)
-        for m in rd.persisted_messages:
-            self.peers.send(m)
-        if rd.persisted_messages:
+        if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
             self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
         # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate
