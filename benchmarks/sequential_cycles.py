@@ -4,12 +4,14 @@
 
 Starts a three-broker cluster in this process (127.0.0.1, a temporary directory), sends one
 APPEND at a time on one connection, and counts per append, for each broker: the driver's
-Readies handled, its storage jobs (handed to the storage thread, or run in place), its
-transactions (and how many of them fsync), the consensus messages it sends (by type) and
-steps. Each hand-off to the storage thread is two cross-thread wake-ups. For the process as a
-whole it counts trio's waits for I/O (``epoll_wait``) and task steps, and for each broker its
-task steps by task (the task's function: the driver, a peer link's writer, a connection's
-reader...). Counts, not timings: the machine's noise does not change them.
+Readies handled by its task, those applied in the step of the message that committed them,
+its storage jobs (handed to the storage thread, or run in place), its transactions (and how
+many of them fsync), the consensus messages it sends (by type) and steps. Each hand-off to
+the storage thread is two cross-thread wake-ups. For the process as a whole it counts trio's
+waits for I/O (``epoll_wait``) and task steps, and for each broker its task steps by task
+(the task's function: the driver, a peer link's writer, a connection's reader...), and the
+wall time per append (the clock's ticks, heartbeats and their answers per append follow
+it). Counts, not timings: the machine's noise does not change them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,7 @@ def _snapshot(broker: Any) -> dict[str, int]:
     driver = broker.driver
     return {
         "transactions": driver.transactions,
+        "Readies applied in a peer's step": getattr(driver, "applied_in_step", 0),
         "storage jobs on the thread": broker._worker.ran_there,
         "storage jobs in place": broker._worker.ran_here,
     }
@@ -137,14 +141,14 @@ async def _run(base: Path, appends: int) -> None:
         before = {name: _snapshot(b) for name, b in brokers.items()}
         instrument = _Instrument(_owner_finder(brokers))
         trio.lowlevel.add_instrument(instrument)
-        started = trio.current_time()
+        started, cpu = trio.current_time(), time.process_time()
         for _ in range(appends):
             answer = await connection.call(
                 {"operation": "APPEND", "queue_name": queue_id, "data": payload}
             )
             assert answer.get("status") == "success", answer
         trio.lowlevel.remove_instrument(instrument)
-        took = trio.current_time() - started
+        took, cpu = trio.current_time() - started, time.process_time() - cpu
         after = {name: _snapshot(b) for name, b in brokers.items()}
         for name, broker in brokers.items():
             role = "leader" if broker is leader else "replica"
@@ -162,6 +166,7 @@ async def _run(base: Path, appends: int) -> None:
         print("the process (three brokers and the client), per append:")
         # (the clock's ticks, heartbeats and their answers follow the time an append takes)
         print(f"  {'ms (wall time)':<34} {took / appends * 1e3:6.2f}")
+        print(f"  {'µs of CPU (all threads)':<34} {cpu / appends * 1e6:6.0f}")
         print(f"  {'epoll waits':<34} {instrument.io_waits / appends:6.2f}")
         print(f"  {'trio task steps':<34} {instrument.steps / appends:6.2f}")
         await connection.aclose()

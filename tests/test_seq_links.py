@@ -52,8 +52,8 @@ async def test_a_sequential_append_wakes_no_link_task_and_the_driver_twice(tmp_p
     it)."""
     from tests.wire import RawConnection, create_queue
 
-    # Heartbeats every 0.5 s: the clock's own link writes stay few beside APPENDS.
-    async with open_local_cluster(tmp_path, 3, heartbeat_interval=0.5, failure_timeout=5.0) as c:
+    # Heartbeats every 0.25 s: the clock's own link writes stay few beside APPENDS.
+    async with open_local_cluster(tmp_path, 3, heartbeat_interval=0.25, failure_timeout=0.75) as c:
         leader = await c.wait_for_leader()
         queue_id = await create_queue(leader.port)
         connection = await RawConnection.open(leader.port)

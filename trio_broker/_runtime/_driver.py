@@ -34,11 +34,14 @@ from .._core._raft_messages import (
     DataSync,
     Message,
     Replicate,
+    ReplicateResponse,
     TimeoutNow,
 )
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
+from .._storage._integrity import StorageDamaged
+from .._storage._worker import is_disk_full
 from ._answer import Answer
 from ._applied import applied_group
 from ._config import BrokerConfig
@@ -139,6 +142,16 @@ class RaftDriver(GroupMembers):
         """Messages were handed to the peer links since this task last yielded: they leave
         only when the links' tasks run, so no fsync may hold the loop before then."""
         self.commands_applied = 0
+        self.applied_in_step = 0
+        """Readies applied by a stepping task (:meth:`_apply_here`)."""
+        self._parked = False
+        """This task waits for work in its loop (no Ready outstanding): a stepping task may
+        then apply what a message committed itself (:meth:`_apply_here`)."""
+        self._taken: raft.Ready | None = None
+        """A Ready a stepping task took and left to this task (its loop handles it first)."""
+        self._failed: Exception | None = None
+        """What failed after a stepping task applied a Ready: raised in this task's loop (a
+        crash of the driver, recovered as any other)."""
         self.disk = DiskSpace(
             broker_id, config.data_dir, config.min_free_mb, measure=config.disk_space
         )
@@ -181,6 +194,94 @@ class RaftDriver(GroupMembers):
         if isinstance(message, TimeoutNow):
             self.leadership.note_timeout_now(message)
         self.leadership.note_role()
+        if not self._parked or self._taken is not None or self._failed is not None:
+            self.wake()
+        elif type(message) is ReplicateResponse and self._may_apply():
+            self._apply_here()
+        elif self.node.has_ready() or self.reads.waiting:
+            self.wake()
+        # (else nothing for this task: an acknowledgement that commits nothing new)
+
+    def _may_apply(self) -> bool:
+        """Whether the task that stepped an acknowledgement may apply a Ready in its own
+        step: this broker leads, the core has a Ready, no proposal waits (the driver's next
+        Ready would take it with this one: one transaction for both), the storage thread is
+        idle (so the transaction runs here, and nothing else touches the store meanwhile),
+        one group owns the store, the disk has room, and the group has other members (a
+        damaged value then fails the transaction whole, for this task's path to repair:
+        :mod:`._repair`).
+
+        A leader's core makes new entries only from proposals, which wait in the driver's
+        ledger: a Ready taken here holds what the acknowledgement gave (committed entries,
+        perhaps messages), never entries that a later message would have joined (a
+        replica's REPLICATEs of one receive share a Ready: they are never taken here)."""
+        node = self.node
+        config = node.config
+        return (
+            node.is_leader
+            and not self._ledger.queued
+            and node.has_ready()
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _apply_here(self) -> None:
+        """Handle a Ready that only applies committed entries (the acknowledgement that
+        commits a leader's entry, a commit index that reached a replica) in the calling
+        task's step, while this task waits for work: the apply and its answers in the same
+        loop turn as the message, without a wake-up and a turn of this task. It sends nothing,
+        fsyncs nothing and holds a short transaction (``runs_in_place``'s bound), run at once
+        on this thread (the storage thread is idle); nothing in it waits, so no cancellation
+        can leave it halfway. Any other Ready, or one whose transaction fails (it rolled back
+        whole: out of space, a damaged value), goes to this task, which handles it first, as
+        always (retries, repairs)."""
+        rd = self.node.ready()
+        if (
+            rd.entries
+            or rd.truncate_from is not None
+            or rd.snapshot is not None
+            or rd.messages
+            or rd.persisted_messages
+            or rd.snapshots_to_send
+            or not rd.committed_entries
+            or saving_durably(rd, self._saved_term_vote)
+            or not runs_in_place(rd, False, fsync_fast=self._fsync_fast)
+        ):
+            self._handing_over(rd)
+            return
+        committed = rd.committed_entries
+        store = self._store
+        started = time.perf_counter()
+        try:
+            # As _repair sets them for a group with other members, every value checked:
+            # damage fails the transaction whole (see :meth:`_may_apply`).
+            store.hold_damage, store.unchecked_reads = True, False
+            results = store.save(hard_state=rd.hard_state, committed=committed)
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                # Rolled back whole: this task's path runs it again (repairs, retries).
+                self._handing_over(rd)
+            else:
+                self._failed = exc  # (as if this task's own transaction had failed)
+                self.wake()
+            return
+        self.applied_in_step += 1
+        try:
+            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
+            self._applied(committed, results)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
+
+    def _handing_over(self, rd: raft.Ready) -> None:
+        self._taken = rd
         self.wake()
 
     async def propose(self, payload: Any) -> Pending | BrokerError:
@@ -406,6 +507,7 @@ class RaftDriver(GroupMembers):
         # core still claiming to lead.
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
+        self._taken = self._failed = None  # (the old core's: storage holds what they did)
         self._saved_term_vote = (self.node.term, self.node.voted_for)
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
@@ -434,6 +536,14 @@ class RaftDriver(GroupMembers):
             nursery.start_soon(self._clock)
             while True:
                 self._wake = trio.Event()
+                if self._failed is not None:
+                    failed, self._failed = self._failed, None
+                    raise failed
+                if self._taken is not None:  # (a stepping task's: before anything else)
+                    rd, self._taken = self._taken, None
+                    await self._handle_ready(rd)
+                    self._after_advance()
+                    continue
                 if self._snapshot_requests:
                     # Here no Ready is outstanding: storage has applied exactly node.applied.
                     requests, self._snapshot_requests = self._snapshot_requests, []
@@ -451,7 +561,11 @@ class RaftDriver(GroupMembers):
                     await self._handle_ready(self.node.ready())
                     self._after_advance()
                     continue
-                await self._wake.wait()
+                self._parked = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked = False
                 self._unsent = False
 
     async def _clock(self) -> None:
@@ -560,19 +674,7 @@ class RaftDriver(GroupMembers):
                 committed, results = (), []
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
-            if rd.hard_state is not None:
-                self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
-            self.transactions += 1
-            took = time.perf_counter() - started
-            if durable:
-                self._fsync_fast = took < SLOW_FSYNC
-            if self.on_transaction is not None:
-                self.on_transaction.labels("true" if durable else "false").observe(took)
-            self.entries_applied += len(committed)
-            self.snapshots.note_applied(committed)
-            for entry in committed:
-                # Stored and sent: the in-memory log need not hold the payload twice.
-                entry.remember_encoded(None)
+            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
         if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
             self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
@@ -591,6 +693,30 @@ class RaftDriver(GroupMembers):
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
             self.snapshots.applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
+        self._applied(committed, results)
+        for peer in rd.snapshots_to_send:
+            self.start_soon(self.snapshots.offer, peer)
+        self.node.advance()
+
+    def _saved(
+        self, rd: raft.Ready, committed: Sequence[Any], *, durable: bool, took: float
+    ) -> None:
+        """A Ready's transaction committed (it took ``took`` seconds): the counts."""
+        if rd.hard_state is not None:
+            self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
+        self.transactions += 1
+        if durable:
+            self._fsync_fast = took < SLOW_FSYNC
+        if self.on_transaction is not None:
+            self.on_transaction.labels("true" if durable else "false").observe(took)
+        self.entries_applied += len(committed)
+        self.snapshots.note_applied(committed)
+        for entry in committed:
+            # Stored and sent: the in-memory log need not hold the payload twice.
+            entry.remember_encoded(None)
+
+    def _applied(self, committed: Sequence[Any], results: Sequence[Any]) -> None:
+        """Tell the views what each committed entry did, and answer its proposals."""
         for entry, result in zip(committed, results, strict=True):
             if isinstance(entry.payload, CommandGroup):
                 self._on_applied_group(entry.payload.commands, result.results)
@@ -600,9 +726,6 @@ class RaftDriver(GroupMembers):
                 self.commands_applied += isinstance(entry.payload, Command)
             for pending, outcome in self._ledger.applied(entry.index, entry.term, result):
                 self._settle(pending, outcome)
-        for peer in rd.snapshots_to_send:
-            self.start_soon(self.snapshots.offer, peer)
-        self.node.advance()
 
     async def _save(
         self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()

@@ -1,0 +1,118 @@
+"""One client, one APPEND at a time (docs/performance.md, "One client, one append at a time"):
+the Ready that applies what an acknowledgement committed runs in the step of that
+acknowledgement (``RaftDriver._apply_here``), not in a second turn of the leader's driver; a
+transaction that fails there (it rolled back whole) goes to the driver's own path, which
+retries or repairs it, and is applied once. Counts and outcomes, never timings."""
+
+from __future__ import annotations
+
+import apsw
+import pytest
+import trio
+
+from trio_broker._storage._integrity import StorageDamaged
+from trio_broker.testing import open_local_cluster
+
+APPENDS = 40
+
+
+def _task_self(task: trio.lowlevel.Task) -> object:
+    frame = getattr(task.coro, "cr_frame", None)
+    return None if frame is None else frame.f_locals.get("self")
+
+
+class _DriverSteps(trio.abc.Instrument):
+    def __init__(self, driver: object) -> None:
+        self.driver = driver
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if _task_self(task) is self.driver:
+            self.steps += 1
+
+
+async def _appending(tmp_path, body) -> None:
+    from tests.wire import RawConnection, create_queue
+
+    async with open_local_cluster(tmp_path, 3) as c:
+        leader = await c.wait_for_leader()
+        queue_id = await create_queue(leader.port)
+        connection = await RawConnection.open(leader.port)
+        append = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
+
+        async def call() -> dict:
+            return await connection.call(append)
+
+        for _ in range(5):  # (the links connected, the replicas caught up)
+            assert (await call()).get("status") == "success"
+        await body(leader, call)
+        await connection.aclose()
+        with trio.fail_after(10):  # every broker applies the same appends, once
+            while True:
+                lengths = {n: b.driver._store.queue_lengths() for n, b in c.brokers.items()}
+                if len({tuple(v.items()) for v in lengths.values()}) == 1:
+                    break
+                await trio.sleep(0.01)
+        assert lengths[next(iter(lengths))][queue_id] == 5 + APPENDS
+
+
+async def test_the_acknowledgement_that_commits_an_append_applies_it(tmp_path):
+    """Before: the leader's driver stepped twice per append (the proposal; the
+    acknowledgement that commits it, for the apply and the answer). Now once."""
+    counted: list[tuple[int, int]] = []
+
+    async def body(leader, call) -> None:
+        steps = _DriverSteps(leader.driver)
+        before = getattr(leader.driver, "applied_in_step", 0)
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for _ in range(APPENDS):
+                assert (await call()).get("status") == "success"
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        counted.append((steps.steps, getattr(leader.driver, "applied_in_step", 0) - before))
+
+    await _appending(tmp_path, body)
+    ((steps, applied_in_step),) = counted
+    assert steps <= 1.5 * APPENDS, steps
+    assert applied_in_step >= APPENDS / 2, applied_in_step
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: apsw.FullError("database or disk is full"),
+        lambda: StorageDamaged("broker.db", "queue_data", None, "checksum", queue_id="Q", seq=1),
+    ],
+    ids=["disk full", "damaged value"],
+)
+async def test_a_failed_apply_in_a_step_goes_to_the_driver_and_is_applied_once(tmp_path, failure):
+    """Every third apply in a step fails (rolled back whole, as SQLite's full disk and a
+    damaged value do): the driver's own path runs the same Ready again; every APPEND is
+    answered success and stored once on every broker."""
+    failed: list[int] = []
+
+    async def body(leader, call) -> None:
+        store = leader.driver._store
+        save = store.save
+        calls = 0
+
+        def failing_save(**kwargs):
+            nonlocal calls
+            in_step = kwargs.keys() == {"hard_state", "committed"}  # (_apply_here's call)
+            if in_step:
+                calls += 1
+                if calls % 3 == 0:
+                    failed.append(calls)
+                    raise failure()
+            return save(**kwargs)
+
+        store.save = failing_save
+        try:
+            for _ in range(APPENDS):
+                assert (await call()).get("status") == "success"
+        finally:
+            del store.save
+
+    await _appending(tmp_path, body)
+    assert len(failed) >= 3
