@@ -10,6 +10,10 @@ import apsw
 import pytest
 import trio
 
+from trio_broker._core import _commands as cmd
+from trio_broker._core import _raft as raft
+from trio_broker._core import _raft_messages as rm
+from trio_broker._runtime._save_place import applies_only
 from trio_broker._storage._integrity import StorageDamaged
 from trio_broker.testing import open_local_cluster
 
@@ -116,3 +120,38 @@ async def test_a_failed_apply_in_a_step_goes_to_the_driver_and_is_applied_once(t
 
     await _appending(tmp_path, body)
     assert len(failed) >= 3
+
+
+def _ready(**fields) -> raft.Ready:
+    entry = rm.Entry(1, 7, cmd.CreateQueue("Q-AAAAA00001"))
+    base = {
+        "hard_state": rm.HardState(1, None, 7),
+        "truncate_from": None,
+        "entries": (),
+        "snapshot": None,
+        "messages": (),
+        "persisted_messages": (),
+        "committed_entries": (entry,),
+        "snapshots_to_send": (),
+    }
+    return raft.Ready(**(base | fields))
+
+
+def test_only_a_short_apply_only_ready_runs_in_a_step():
+    """What ``_apply_here`` may run itself: committed entries to apply and a commit index,
+    nothing to write to the log, to send or to fsync."""
+    entry = rm.Entry(1, 8, cmd.CreateQueue("Q-AAAAA00002"))
+    beat = rm.Heartbeat(src="B-1", dst="B-2", term=1, cluster_version=1, commit=7)
+    saved = (1, None)
+    assert applies_only(_ready(), saved)
+    assert applies_only(_ready(hard_state=None), saved)
+    assert not applies_only(_ready(committed_entries=()), saved)
+    assert not applies_only(_ready(entries=(entry,)), saved)
+    assert not applies_only(_ready(truncate_from=8), saved)
+    assert not applies_only(_ready(messages=(beat,)), saved)
+    assert not applies_only(_ready(persisted_messages=(beat,)), saved)
+    assert not applies_only(_ready(snapshots_to_send=("B-2",)), saved)
+    assert not applies_only(_ready(hard_state=rm.HardState(2, None, 7)), saved)  # (fsyncs)
+    assert not applies_only(_ready(hard_state=rm.HardState(1, "B-2", 7)), saved)  # (fsyncs)
+    many = tuple(rm.Entry(1, i, cmd.CreateQueue(f"Q-AAAAA{i:05}")) for i in range(7, 7 + 9))
+    assert not applies_only(_ready(committed_entries=many), saved)  # (more than SHORT_ENTRIES)

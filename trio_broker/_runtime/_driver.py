@@ -8,7 +8,10 @@ the tasks that receive them, while a transaction runs; their effects form the ne
 everything that arrived during one fsync shares the next one (group commit). A short
 transaction runs on the loop's own thread while the storage thread is idle (:mod:`._save_place`):
 the hand-offs would cost more than it does; a leader's only when its Ready is small (under
-load its loop serves connections during the fsync), and only once its REPLICATEs have left.
+load its loop serves connections during the fsync), and only once its REPLICATEs have left
+(written by this task itself when their links are idle: ``GroupLinks.send_at_once``). The
+acknowledgement that commits a leader's entries applies them, and answers, in the step of
+the task that received it while this task waits for work (:meth:`RaftDriver._apply_here`).
 
 Longer than the house's ~600 lines: the loop and the ledger's hand-over of outcomes read the
 same Ready in one order, and splitting them would pass that order between modules. Where each
@@ -56,7 +59,13 @@ from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
-from ._save_place import SLOW_FSYNC, let_links_send, runs_in_place, saving_durably
+from ._save_place import (
+    SLOW_FSYNC,
+    applies_only,
+    let_links_send,
+    runs_in_place,
+    saving_durably,
+)
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -238,17 +247,7 @@ class RaftDriver(GroupMembers):
         whole: out of space, a damaged value), goes to this task, which handles it first, as
         always (retries, repairs)."""
         rd = self.node.ready()
-        if (
-            rd.entries
-            or rd.truncate_from is not None
-            or rd.snapshot is not None
-            or rd.messages
-            or rd.persisted_messages
-            or rd.snapshots_to_send
-            or not rd.committed_entries
-            or saving_durably(rd, self._saved_term_vote)
-            or not runs_in_place(rd, False, fsync_fast=self._fsync_fast)
-        ):
+        if not applies_only(rd, self._saved_term_vote):
             self._handing_over(rd)
             return
         committed = rd.committed_entries
