@@ -118,6 +118,7 @@ def _snapshot(broker: Any) -> dict[str, int]:
     return {
         "transactions": driver.transactions,
         "Readies applied in a peer's step": getattr(driver, "applied_in_step", 0),
+        "Readies persisted by the reader": getattr(driver, "persisted_in_step", 0),
         "storage jobs on the thread": broker._worker.ran_there,
         "storage jobs in place": broker._worker.ran_here,
     }

@@ -54,7 +54,7 @@ from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
-from ._peers import PeerFleet
+from ._peers import AFTER_FRAMES, PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire
 from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
@@ -153,6 +153,11 @@ class RaftDriver(GroupMembers):
         self.commands_applied = 0
         self.applied_in_step = 0
         """Readies applied by a stepping task (:meth:`_apply_here`)."""
+        self.persisted_in_step = 0
+        """A replica's Readies persisted by the task that read them
+        (:meth:`_persist_after_frames`)."""
+        self._deferred = False
+        """A stepping task will persist this replica's Ready after its receive's frames."""
         self._parked = False
         """This task waits for work in its loop (no Ready outstanding): a stepping task may
         then apply what a message committed itself (:meth:`_apply_here`)."""
@@ -203,13 +208,92 @@ class RaftDriver(GroupMembers):
         if isinstance(message, TimeoutNow):
             self.leadership.note_timeout_now(message)
         self.leadership.note_role()
+        if self._deferred:
+            return  # (the persist after this receive's frames decides: _persist_after_frames)
         if not self._parked or self._taken is not None or self._failed is not None:
             self.wake()
         elif type(message) is ReplicateResponse and self._may_apply():
             self._apply_here()
+        elif (
+            type(message) is Replicate
+            and (after := AFTER_FRAMES.get()) is not None
+            and self._may_persist()
+        ):
+            self._deferred = True
+            after.append(self._persist_after_frames)
         elif self.node.has_ready() or self.reads.waiting:
             self.wake()
         # (else nothing for this task: an acknowledgement that commits nothing new)
+
+    def _may_persist(self) -> bool:
+        """Whether the task reading a leader's stream may persist a replica's Ready itself,
+        once every frame of its receive is stepped (:meth:`_persist_after_frames`): as
+        :meth:`_may_apply`, on a broker that does not lead, with nothing this task handed
+        the links still unsent."""
+        node = self.node
+        config = node.config
+        return (
+            not node.is_leader
+            and not self._unsent
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _persist_after_frames(self, now: bool) -> None:
+        """A replica's Ready, in the task that read the REPLICATEs of one receive, after the
+        last of them was stepped (``AFTER_FRAMES``): one transaction for all, persisted, then
+        the acknowledgement sent (persist before you send), the commands applied and the core
+        advanced, without a wake-up and a turn of this task. Only a Ready that
+        ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
+        quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
+        transaction that rolled back (full disk, damaged value), or a stream that ended first
+        (``now`` False) goes to this task, as in :meth:`_apply_here`."""
+        self._deferred = False
+        if not now or not self._parked or self._taken is not None or self._failed is not None:
+            self.wake()
+            return
+        if not (self.node.has_ready() and self._may_persist()):
+            if self.node.has_ready() or self.reads.waiting:
+                self.wake()
+            return
+        rd = self.node.ready()
+        durable = saving_durably(rd, self._saved_term_vote)
+        if (
+            rd.messages
+            or rd.snapshots_to_send
+            or not runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
+        ):
+            self._handing_over(rd)
+            return
+        committed = rd.committed_entries
+        store = self._store
+        started = time.perf_counter()
+        try:
+            store.hold_damage, store.unchecked_reads = True, False  # (as in _apply_here)
+            results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=committed)
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                self._handing_over(rd)
+            else:
+                self._failed = exc
+                self.wake()
+            return
+        self.persisted_in_step += 1
+        try:
+            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
+            if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
+                self._unsent = True  # (a busy link: this task's next Ready waits for it)
+            self._applied(committed, results)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self._unsent or self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
 
     def _may_apply(self) -> bool:
         """Whether the task that stepped an acknowledgement may apply a Ready in its own
@@ -507,6 +591,7 @@ class RaftDriver(GroupMembers):
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
         self._taken = self._failed = None  # (the old core's: storage holds what they did)
+        self._deferred = False
         self._saved_term_vote = (self.node.term, self.node.voted_for)
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
