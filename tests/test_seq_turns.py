@@ -237,9 +237,12 @@ async def test_what_a_step_left_for_after_the_frames_runs_once_or_is_handed_back
     receive; with False when the stream ends first (here a bad frame)."""
     calls: list[bool] = []
 
+    lists = []
+
     def step(message) -> None:
         after = AFTER_FRAMES.get()
-        assert after is not None
+        assert after is not None and after.open
+        lists.append(after)
         after.append(calls.append)
 
     beat = rm.Heartbeat(src="B-1", dst="B-2", term=1, cluster_version=1, commit=1)
@@ -270,3 +273,4 @@ async def test_what_a_step_left_for_after_the_frames_runs_once_or_is_handed_back
     assert results == [False]
     assert calls == [True, True, False]
     assert AFTER_FRAMES.get() is None  # (this task's context never had one)
+    assert not lists[0].open  # (a task that inherited it must not add to it any more)

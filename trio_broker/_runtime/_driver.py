@@ -217,6 +217,7 @@ class RaftDriver(GroupMembers):
         elif (
             type(message) is Replicate
             and (after := AFTER_FRAMES.get()) is not None
+            and after.open
             and self._may_persist()
         ):
             self._deferred = True

@@ -79,7 +79,17 @@ _RECEIVE_SIZE = 64 * 1024
 Step = Callable[[Message], None]
 
 AfterFrames = Callable[[bool], None]
-AFTER_FRAMES: contextvars.ContextVar[list[AfterFrames] | None] = contextvars.ContextVar(
+
+
+class AfterFramesList(list[AfterFrames]):
+    """A stream task's list of :data:`AFTER_FRAMES`; ``open`` while the stream is read (a task
+    started from one of its steps inherits the variable: once the stream ends, it must not
+    add to the list, which nobody runs any more)."""
+
+    open = True
+
+
+AFTER_FRAMES: contextvars.ContextVar[AfterFramesList | None] = contextvars.ContextVar(
     "AFTER_FRAMES", default=None
 )
 """In a task reading a peer stream: what a step asked to run once every frame of the current
@@ -109,7 +119,7 @@ async def read_peer_stream(
     decoder.max_frame = max_frame * PEER_FRAME_FACTOR
     unknown: dict[str, int] = {}
     io = direct_io(stream)  # (plain TCP: a receive that finds data does not checkpoint)
-    after: list[AfterFrames] = []
+    after = AfterFramesList()
     AFTER_FRAMES.set(after)  # (this task's own context: trio gives each task a copy)
     try:
         return await _read_frames(
@@ -125,6 +135,7 @@ async def read_peer_stream(
         )
     finally:
         AFTER_FRAMES.set(None)
+        after.open = False
         while after:
             after.pop(0)(False)
 
