@@ -4,11 +4,14 @@
 
 Starts a three-broker cluster in this process (127.0.0.1, a temporary directory), sends one
 APPEND at a time on one connection, and counts per append, for each broker: the driver's
-Readies handled, its storage jobs (handed to the storage thread, or run in place), its
-transactions (and how many of them fsync), the consensus messages it sends (by type) and
-steps. Each hand-off to the storage thread is two cross-thread wake-ups. For the process as a
-whole it counts trio's waits for I/O (``epoll_wait``) and task steps. Counts, not timings:
-the machine's noise does not change them.
+Readies handled by its task, those applied in the step of the message that committed them,
+its storage jobs (handed to the storage thread, or run in place), its transactions (and how
+many of them fsync), the consensus messages it sends (by type) and steps. Each hand-off to
+the storage thread is two cross-thread wake-ups. For the process as a whole it counts trio's
+waits for I/O (``epoll_wait``) and task steps, and for each broker its task steps by task
+(the task's function: the driver, a peer link's writer, a connection's reader...), and the
+wall time per append (the clock's ticks, heartbeats and their answers per append follow
+it). Counts, not timings: the machine's noise does not change them.
 """
 
 from __future__ import annotations
@@ -16,46 +19,91 @@ from __future__ import annotations
 import argparse
 import collections
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from trio_broker._runtime._save_place import saving_durably
 from trio_broker.testing import open_local_cluster
 
 
 class _Instrument(trio.abc.Instrument):
-    def __init__(self) -> None:
+    """Counts trio's waits for I/O and its task steps, each step by the broker whose task it
+    is (``owner_of``) and the task's name."""
+
+    def __init__(self, owner_of: Any) -> None:
         self.io_waits = 0
         self.steps = 0
+        self.by_task: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._owner_of = owner_of
+        self._owners: dict[trio.lowlevel.Task, str] = {}
 
     def before_io_wait(self, timeout: float) -> None:
         self.io_waits += 1
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.steps += 1
+        owner = self._owners.get(task)
+        if owner is None:
+            owner = self._owners[task] = self._owner_of(task)
+        self.by_task[owner, task.name.rsplit(".", 2)[-2] + "." + task.name.rsplit(".", 1)[-1]] += 1
+
+
+def _owner_finder(brokers: dict[str, Any]) -> Any:
+    """Which broker a task belongs to: the first ``self`` along its coroutine's frames and its
+    parents' that is, or refers to (through ``broker_id``, ``self_id``, ``mux`` or ``link``),
+    one of ``brokers``; "client" otherwise."""
+    ids = {b.driver.broker_id: name for name, b in brokers.items()}
+
+    def of_object(obj: Any) -> str | None:
+        for _ in range(3):
+            if obj is None:
+                return None
+            for attr in ("broker_id", "self_id"):
+                value = getattr(obj, attr, None)
+                if isinstance(value, str) and value in ids:
+                    return ids[value]
+            obj = getattr(obj, "mux", None) or getattr(obj, "driver", None)
+        return None
+
+    def owner_of(task: trio.lowlevel.Task | None) -> str:
+        if task is not None and task.name.startswith("__main__"):
+            return "client"  # (this program's own task: it holds the brokers in its locals)
+        while task is not None:
+            frame = getattr(task.coro, "cr_frame", None)
+            while frame is not None:
+                found = of_object(frame.f_locals.get("self"))
+                if found is not None:
+                    return found
+                for value in frame.f_locals.values():
+                    found = of_object(value)
+                    if found is not None:
+                        return found
+                frame = None
+            nursery = task.parent_nursery
+            task = nursery.parent_task if nursery is not None else None
+        return "client"
+
+    return owner_of
 
 
 def _count(driver: Any, counts: collections.Counter[str]) -> None:
     """Wrap the driver's Ready handling, its sends and steps, to count them."""
-    handle, step, durable = driver._handle_ready, driver.step, driver._durable
+    handle, step = driver._handle_ready, driver.step
 
     async def handle_ready(rd: Any) -> None:
         counts["readies"] += 1
+        counts["fsynced transactions"] += saving_durably(rd, driver._saved_term_vote)
         return await handle(rd)
 
     def counted_step(message: Any) -> None:
         counts[f"stepped {type(message).__name__}"] += 1
         return step(message)
 
-    def counted_durable(rd: Any) -> bool:
-        result = durable(rd)
-        counts["fsynced transactions"] += result
-        return result
-
     driver._handle_ready = handle_ready
     driver.step = counted_step
-    driver._durable = counted_durable
     send = driver.peers.send
 
     def counted_send(message: Any) -> None:
@@ -69,6 +117,8 @@ def _snapshot(broker: Any) -> dict[str, int]:
     driver = broker.driver
     return {
         "transactions": driver.transactions,
+        "Readies applied in a peer's step": getattr(driver, "applied_in_step", 0),
+        "Readies persisted by the reader": getattr(driver, "persisted_in_step", 0),
         "storage jobs on the thread": broker._worker.ran_there,
         "storage jobs in place": broker._worker.ran_here,
     }
@@ -90,14 +140,16 @@ async def _run(base: Path, appends: int) -> None:
         for name, broker in brokers.items():
             _count(broker.driver, counts[name])
         before = {name: _snapshot(b) for name, b in brokers.items()}
-        instrument = _Instrument()
+        instrument = _Instrument(_owner_finder(brokers))
         trio.lowlevel.add_instrument(instrument)
+        started, cpu = trio.current_time(), time.process_time()
         for _ in range(appends):
             answer = await connection.call(
                 {"operation": "APPEND", "queue_name": queue_id, "data": payload}
             )
             assert answer.get("status") == "success", answer
         trio.lowlevel.remove_instrument(instrument)
+        took, cpu = trio.current_time() - started, time.process_time() - cpu
         after = {name: _snapshot(b) for name, b in brokers.items()}
         for name, broker in brokers.items():
             role = "leader" if broker is leader else "replica"
@@ -107,7 +159,15 @@ async def _run(base: Path, appends: int) -> None:
                 rows[key] = after[name][key] - before[name][key]
             for key in sorted(rows):
                 print(f"  {key:<34} {rows[key] / appends:6.2f}")
+            steps = {t: n for (o, t), n in instrument.by_task.items() if o == name}
+            print(f"  {'trio task steps':<34} {sum(steps.values()) / appends:6.2f}")
+            for task, n in sorted(steps.items(), key=lambda kv: -kv[1]):
+                if n / appends >= 0.05:
+                    print(f"    {task:<32} {n / appends:6.2f}")
         print("the process (three brokers and the client), per append:")
+        # (the clock's ticks, heartbeats and their answers follow the time an append takes)
+        print(f"  {'ms (wall time)':<34} {took / appends * 1e3:6.2f}")
+        print(f"  {'µs of CPU (all threads)':<34} {cpu / appends * 1e6:6.0f}")
         print(f"  {'epoll waits':<34} {instrument.io_waits / appends:6.2f}")
         print(f"  {'trio task steps':<34} {instrument.steps / appends:6.2f}")
         await connection.aclose()

@@ -8,7 +8,10 @@ the tasks that receive them, while a transaction runs; their effects form the ne
 everything that arrived during one fsync shares the next one (group commit). A short
 transaction runs on the loop's own thread while the storage thread is idle (:mod:`._save_place`):
 the hand-offs would cost more than it does; a leader's only when its Ready is small (under
-load its loop serves connections during the fsync), and only once its REPLICATEs have left.
+load its loop serves connections during the fsync), and only once its REPLICATEs have left
+(written by this task itself when their links are idle: ``GroupLinks.send_at_once``). The
+acknowledgement that commits a leader's entries applies them, and answers, in the step of
+the task that received it while this task waits for work (:meth:`RaftDriver._apply_here`).
 
 Longer than the house's ~600 lines: the loop and the ledger's hand-over of outcomes read the
 same Ready in one order, and splitting them would pass that order between modules. Where each
@@ -34,11 +37,14 @@ from .._core._raft_messages import (
     DataSync,
     Message,
     Replicate,
+    ReplicateResponse,
     TimeoutNow,
 )
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
+from .._storage._integrity import StorageDamaged
+from .._storage._worker import is_disk_full
 from ._answer import Answer
 from ._applied import applied_group
 from ._config import BrokerConfig
@@ -48,12 +54,18 @@ from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
-from ._peers import PeerFleet
+from ._peers import AFTER_FRAMES, PeerFleet
 from ._pending import Capacity, Pending, PendingGroup, acquire, settling
 from ._reads import READ_CANDIDATES, ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
-from ._save_place import SLOW_FSYNC, let_links_send, runs_in_place, saving_durably
+from ._save_place import (
+    SLOW_FSYNC,
+    applies_only,
+    let_links_send,
+    runs_in_place,
+    saving_durably,
+)
 from ._snapshots import Snapshots
 
 MAX_RESTARTS = 5
@@ -139,6 +151,21 @@ class RaftDriver(GroupMembers):
         """Messages were handed to the peer links since this task last yielded: they leave
         only when the links' tasks run, so no fsync may hold the loop before then."""
         self.commands_applied = 0
+        self.applied_in_step = 0
+        """Readies applied by a stepping task (:meth:`_apply_here`)."""
+        self.persisted_in_step = 0
+        """A replica's Readies persisted by the task that read them
+        (:meth:`_persist_after_frames`)."""
+        self._deferred = False
+        """A stepping task will persist this replica's Ready after its receive's frames."""
+        self._parked = False
+        """This task waits for work in its loop (no Ready outstanding): a stepping task may
+        then apply what a message committed itself (:meth:`_apply_here`)."""
+        self._taken: raft.Ready | None = None
+        """A Ready a stepping task took and left to this task (its loop handles it first)."""
+        self._failed: Exception | None = None
+        """What failed after a stepping task applied a Ready: raised in this task's loop (a
+        crash of the driver, recovered as any other)."""
         self.disk = DiskSpace(
             broker_id, config.data_dir, config.min_free_mb, measure=config.disk_space
         )
@@ -181,6 +208,164 @@ class RaftDriver(GroupMembers):
         if isinstance(message, TimeoutNow):
             self.leadership.note_timeout_now(message)
         self.leadership.note_role()
+        if self._deferred:
+            return  # (the persist after this receive's frames decides: _persist_after_frames)
+        if not self._parked or self._taken is not None or self._failed is not None:
+            self.wake()
+        elif type(message) is ReplicateResponse and self._may_apply():
+            self._apply_here()
+        elif (
+            type(message) is Replicate
+            and (after := AFTER_FRAMES.get()) is not None
+            and after.open
+            and self._may_persist()
+        ):
+            self._deferred = True
+            after.append(self._persist_after_frames)
+        elif self.node.has_ready() or self.reads.waiting:
+            self.wake()
+        # (else nothing for this task: an acknowledgement that commits nothing new)
+
+    def _may_persist(self) -> bool:
+        """Whether the task reading a leader's stream may persist a replica's Ready itself,
+        once every frame of its receive is stepped (:meth:`_persist_after_frames`): as
+        :meth:`_may_apply`, on a broker that does not lead, with nothing this task handed
+        the links still unsent."""
+        node = self.node
+        config = node.config
+        return (
+            not node.is_leader
+            and not self._unsent
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _persist_after_frames(self, now: bool) -> None:
+        """A replica's Ready, in the task that read the REPLICATEs of one receive, after the
+        last of them was stepped (``AFTER_FRAMES``): one transaction for all, persisted, then
+        the acknowledgement sent (persist before you send), the commands applied and the core
+        advanced, without a wake-up and a turn of this task. Only a Ready that
+        ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
+        quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
+        transaction that rolled back (full disk, damaged value), or a stream that ended first
+        (``now`` False) goes to this task, as in :meth:`_apply_here`."""
+        self._deferred = False
+        if not now or not self._parked or self._taken is not None or self._failed is not None:
+            self.wake()
+            return
+        if not (self.node.has_ready() and self._may_persist()):
+            if self.node.has_ready() or self.reads.waiting:
+                self.wake()
+            return
+        rd = self.node.ready()
+        durable = saving_durably(rd, self._saved_term_vote)
+        if (
+            rd.messages
+            or rd.snapshots_to_send
+            or not runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
+        ):
+            self._handing_over(rd)
+            return
+        committed = rd.committed_entries
+        store = self._store
+        started = time.perf_counter()
+        try:
+            store.hold_damage, store.unchecked_reads = True, False  # (as in _apply_here)
+            results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=committed)
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                self._handing_over(rd)
+            else:
+                self._failed = exc
+                self.wake()
+            return
+        self.persisted_in_step += 1
+        try:
+            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
+            if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
+                self._unsent = True  # (a busy link: this task's next Ready waits for it)
+            self._applied(committed, results)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self._unsent or self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
+
+    def _may_apply(self) -> bool:
+        """Whether the task that stepped an acknowledgement may apply a Ready in its own
+        step: this broker leads, the core has a Ready, no proposal waits (the driver's next
+        Ready would take it with this one: one transaction for both), the storage thread is
+        idle (so the transaction runs here, and nothing else touches the store meanwhile),
+        one group owns the store, the disk has room, and the group has other members (a
+        damaged value then fails the transaction whole, for this task's path to repair:
+        :mod:`._repair`).
+
+        A leader's core makes new entries only from proposals, which wait in the driver's
+        ledger: a Ready taken here holds what the acknowledgement gave (committed entries,
+        perhaps messages), never entries that a later message would have joined (a
+        replica's REPLICATEs of one receive share a Ready: they are never taken here)."""
+        node = self.node
+        config = node.config
+        return (
+            node.is_leader
+            and not self._ledger.queued
+            and node.has_ready()
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _apply_here(self) -> None:
+        """Handle a Ready that only applies committed entries (the acknowledgement that
+        commits a leader's entry, a commit index that reached a replica) in the calling
+        task's step, while this task waits for work: the apply and its answers in the same
+        loop turn as the message, without a wake-up and a turn of this task. It sends nothing,
+        fsyncs nothing and holds a short transaction (``runs_in_place``'s bound), run at once
+        on this thread (the storage thread is idle); nothing in it waits, so no cancellation
+        can leave it halfway. Any other Ready, or one whose transaction fails (it rolled back
+        whole: out of space, a damaged value), goes to this task, which handles it first, as
+        always (retries, repairs)."""
+        rd = self.node.ready()
+        if not applies_only(rd, self._saved_term_vote):
+            self._handing_over(rd)
+            return
+        committed = rd.committed_entries
+        store = self._store
+        started = time.perf_counter()
+        try:
+            # As _repair sets them for a group with other members, every value checked:
+            # damage fails the transaction whole (see :meth:`_may_apply`).
+            store.hold_damage, store.unchecked_reads = True, False
+            results = store.save(hard_state=rd.hard_state, committed=committed)
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                # Rolled back whole: this task's path runs it again (repairs, retries).
+                self._handing_over(rd)
+            else:
+                self._failed = exc  # (as if this task's own transaction had failed)
+                self.wake()
+            return
+        self.applied_in_step += 1
+        try:
+            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
+            self._applied(committed, results)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
+
+    def _handing_over(self, rd: raft.Ready) -> None:
+        self._taken = rd
         self.wake()
 
     async def propose(self, payload: Any) -> Pending | BrokerError:
@@ -406,6 +591,8 @@ class RaftDriver(GroupMembers):
         # core still claiming to lead.
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
+        self._taken = self._failed = None  # (the old core's: storage holds what they did)
+        self._deferred = False
         self._saved_term_vote = (self.node.term, self.node.voted_for)
         # Entries may have been applied without their callbacks: rebuild the views from disk.
         self.addresses.clear()
@@ -434,6 +621,14 @@ class RaftDriver(GroupMembers):
             nursery.start_soon(self._clock)
             while True:
                 self._wake = trio.Event()
+                if self._failed is not None:
+                    failed, self._failed = self._failed, None
+                    raise failed
+                if self._taken is not None:  # (a stepping task's: before anything else)
+                    rd, self._taken = self._taken, None
+                    await self._handle_ready(rd)
+                    self._after_advance()
+                    continue
                 if self._snapshot_requests:
                     # Here no Ready is outstanding: storage has applied exactly node.applied.
                     requests, self._snapshot_requests = self._snapshot_requests, []
@@ -451,7 +646,11 @@ class RaftDriver(GroupMembers):
                     await self._handle_ready(self.node.ready())
                     self._after_advance()
                     continue
-                await self._wake.wait()
+                self._parked = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked = False
                 self._unsent = False
 
     async def _clock(self) -> None:
@@ -513,15 +712,26 @@ class RaftDriver(GroupMembers):
         for m in self.node.take_messages():
             self.peers.send(m)
 
+    def _send_at_once(self, messages: Sequence[Message]) -> bool:
+        """Send a Ready's messages, written from this task where a link is idle (no wake-up
+        of the link's task: :meth:`~._peer_mux.GroupLinks.send_at_once`). True when all
+        left."""
+        peers = self.peers
+        assert peers is not None
+        send_at_once = getattr(peers, "send_at_once", None)
+        if send_at_once is not None:
+            return send_at_once(messages)
+        for m in messages:
+            peers.send(m)
+        return False
+
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
         # Each new entry encoded once, here: its log write and the REPLICATE to every replica
         # reuse these bytes (a replica's entries already carry the bytes they arrived as).
         for entry in rd.entries:
             payload_bytes(entry)
-        for m in rd.messages:
-            self.peers.send(m)
-        if rd.messages:
+        if rd.messages and not self._send_at_once(rd.messages):
             self._unsent = True
         snapshot = None
         if rd.snapshot is not None:
@@ -549,22 +759,8 @@ class RaftDriver(GroupMembers):
                 committed, results = (), []
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
-            if rd.hard_state is not None:
-                self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
-            self.transactions += 1
-            took = time.perf_counter() - started
-            if durable:
-                self._fsync_fast = took < SLOW_FSYNC
-            if self.on_transaction is not None:
-                self.on_transaction.labels("true" if durable else "false").observe(took)
-            self.entries_applied += len(committed)
-            self.snapshots.note_applied(committed)
-            for entry in committed:
-                # Stored and sent: the in-memory log need not hold the payload twice.
-                entry.remember_encoded(None)
-        for m in rd.persisted_messages:
-            self.peers.send(m)
-        if rd.persisted_messages:
+            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
+        if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
             self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
         # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate
@@ -582,7 +778,32 @@ class RaftDriver(GroupMembers):
             await trio.Path(snapshot[1]).unlink(missing_ok=True)
             self.snapshots.applied_bytes = 0
             log_event(logging.INFO, "snapshot.installed", index=meta.index, term=meta.term)
-        with settling():  # (each connection's answers known now leave in one write)
+        self._applied(committed, results)
+        for peer in rd.snapshots_to_send:
+            self.start_soon(self.snapshots.offer, peer)
+        self.node.advance()
+
+    def _saved(
+        self, rd: raft.Ready, committed: Sequence[Any], *, durable: bool, took: float
+    ) -> None:
+        """A Ready's transaction committed (it took ``took`` seconds): the counts."""
+        if rd.hard_state is not None:
+            self._saved_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
+        self.transactions += 1
+        if durable:
+            self._fsync_fast = took < SLOW_FSYNC
+        if self.on_transaction is not None:
+            self.on_transaction.labels("true" if durable else "false").observe(took)
+        self.entries_applied += len(committed)
+        self.snapshots.note_applied(committed)
+        for entry in committed:
+            # Stored and sent: the in-memory log need not hold the payload twice.
+            entry.remember_encoded(None)
+
+    def _applied(self, committed: Sequence[Any], results: Sequence[Any]) -> None:
+        """Tell the views what each committed entry did, and answer its proposals (each
+        connection's answers known now leave in one write: ``settling``)."""
+        with settling():
             for entry, result in zip(committed, results, strict=True):
                 if isinstance(entry.payload, CommandGroup):
                     self._on_applied_group(entry.payload.commands, result.results)
@@ -592,9 +813,6 @@ class RaftDriver(GroupMembers):
                     self.commands_applied += isinstance(entry.payload, Command)
                 for pending, outcome in self._ledger.applied(entry.index, entry.term, result):
                     self._settle(pending, outcome)
-        for peer in rd.snapshots_to_send:
-            self.start_soon(self.snapshots.offer, peer)
-        self.node.advance()
 
     async def _save(
         self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()

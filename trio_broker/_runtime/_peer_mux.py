@@ -22,8 +22,19 @@ link's PEER_HELLO names) goes as before; any other group's carries ``group_id``.
   taken fairly from the groups' queues, in one ``send_all``: the messages of every group sent
   in one loop turn (the heartbeats of every group, whose clocks one timer ticks together,
   :meth:`PeerMux.ticking`, and the answers to one received batch) leave in one write.
+- **At once.** The messages a driver's Ready sends (:meth:`GroupLinks.send_at_once`: a
+  leader's REPLICATEs, a replica's acknowledgement) are written by the calling task when their
+  link's writer is idle on a plain TCP socket: one ``os.write`` then, no wake-up of the link's
+  task and no trip through the scheduler (docs/performance.md, "One client, one append at a
+  time"). What that write does not complete (a full socket buffer, an error) is handed to the
+  link's task, which finishes it (or raises) before it takes anything else, so messages keep
+  their order and at most one batch waits outside the queues.
 - **Register / unregister.** A group opened at run time registers, and a group closed
   unregisters: its queued messages are dropped, and a link no group wants any more closes.
+
+A little longer than the house's ~600 lines: the link's queue, its writer and the write made
+at once share the link's state (``_more``, ``_socket``, ``_leftover``) and its order, which a
+split would pass between modules.
 """
 
 from __future__ import annotations
@@ -32,8 +43,9 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import attrs
 import trio
@@ -91,6 +103,13 @@ class _Link:
         self.writes = 0
         """``send_all`` calls made (each one write on the socket)."""
         self._more: trio.Event | None = None
+        """Set while the link's writer waits for messages (it is idle): queueing wakes it."""
+        self._socket: socket.socket | None = None
+        """The plain TCP socket the writer writes to, while it runs (None for TLS, or in
+        memory): what :meth:`write_now` writes on."""
+        self._leftover: memoryview | None = None
+        """What a :meth:`write_now` did not complete: the writer sends it before anything
+        else (at most one batch)."""
         self._ready: collections.deque[str] = collections.deque()
         """Groups with messages queued, in the order the writer serves them."""
 
@@ -119,10 +138,49 @@ class _Link:
             self._ready.append(group_id)
         queue.append((message, size))
         self.group_bytes[group_id] += size
-        if self._more is not None:
+        held = self.mux._held
+        if held is not None:
+            held[self] = None  # (written, or its writer woken, when the sends are done)
+        elif self._more is not None:
             self._more.set()
             self._more = None
         return True
+
+    def write_now(self) -> bool:
+        """Write what is queued from the calling task, when the writer is idle on a plain TCP
+        socket (else wake the writer). True when nothing is left for the writer's task."""
+        if not self._ready:
+            return True
+        more, sock = self._more, self._socket
+        if more is None or sock is None:
+            if more is not None:
+                more.set()
+                self._more = None
+            return False  # (the writer is busy, or about to run: it takes them next)
+        data = self._encode(self.take())
+        self.writes += 1
+        sent = 0
+        fd = sock.fileno()
+        if fd != -1:
+            try:
+                sent = os.write(fd, data)
+            except OSError:  # (full, or broken: the writer's own send waits, or raises it)
+                sent = 0
+        if sent == len(data) and not self._ready:
+            return True
+        if sent < len(data):
+            self._leftover = memoryview(data)[sent:]
+        more.set()
+        self._more = None
+        return False
+
+    def _encode(self, batch: list[tuple[str, Message]]) -> bytes:
+        home = self.home
+        parts: list[bytes] = []
+        for group_id, message in batch:
+            payload = encode_message(message, None if group_id == home else group_id)
+            parts += (frame_header(len(payload)), payload)
+        return b"".join(parts)  # (frames copied once, here)
 
     def _legacy(self, group_id: str) -> _Link:
         """The link of its own for ``group_id`` to this older peer, opened on first use: as
@@ -196,6 +254,7 @@ class _Link:
                     )
                     backoff = BACKOFF_MIN
                 self.connected = False
+                self._leftover = None
                 for group_id in list(self.queues):
                     self.discard(group_id)
                 self.close_legacy()
@@ -242,22 +301,29 @@ class _Link:
                 nursery.start_soon(_watch_close, stream)
                 # A plain TCP link's writes are made at once (no checkpoint after each one:
                 # the writer waits for the next message anyway); TLS keeps the stream's own.
-                await self._write(direct_io(stream))
+                io = direct_io(stream)
+                try:
+                    if isinstance(io, DirectSocket):
+                        self._socket = stream.socket  # type: ignore[attr-defined]
+                    await self._write(io)
+                finally:
+                    self._socket = None
+                    self._more = None
 
     async def _write(self, stream: trio.abc.Stream | DirectSocket) -> None:
-        home = self.home
         while True:
+            leftover = self._leftover
+            if leftover is not None:  # (a write_now's rest: before anything queued after it)
+                self._leftover = None
+                await stream.send_all(leftover)  # type: ignore[arg-type]
+                continue
             batch = self.take()
             if not batch:
                 self._more = event = trio.Event()
                 await event.wait()
                 continue
-            parts: list[bytes] = []
-            for group_id, message in batch:
-                payload = encode_message(message, None if group_id == home else group_id)
-                parts += (frame_header(len(payload)), payload)
             self.writes += 1
-            await stream.send_all(b"".join(parts))  # (frames copied once, here)
+            await stream.send_all(self._encode(batch))
 
 
 async def _watch_close(stream: trio.abc.Stream) -> None:
@@ -324,6 +390,8 @@ class PeerMux:
         self._links: dict[str, _Link] = {}
         self._groups: dict[str, GroupLinks] = {}
         self._tickers: dict[float, dict[object, Callable[[int], None]]] = {}
+        self._held: dict[_Link, None] | None = None
+        """During :meth:`GroupLinks.send_at_once`: the links given messages, in order."""
         """Tick length -> the callbacks its one timer calls (:meth:`ticking`)."""
 
     def register(self, group_id: str, address_of: AddressOf) -> GroupLinks:
@@ -464,6 +532,23 @@ class GroupLinks:
         peer = message.dst
         self._peers.add(peer)
         self.mux._want(peer, self.group_id).queue(self.group_id, message)
+
+    def send_at_once(self, messages: Sequence[Message]) -> bool:
+        """Send ``messages`` (each as :meth:`send` does), then write them from this task on
+        each link whose writer is idle (:meth:`_Link.write_now`) instead of waking its task.
+        True when every one of them left (none waits for a link's task)."""
+        mux = self.mux
+        held: dict[_Link, None] = {}
+        mux._held = held
+        try:
+            for message in messages:
+                self.send(message)
+        finally:
+            mux._held = None
+            done = True
+            for link in held:
+                done = link.write_now() and done
+        return done
 
     def forget(self, keep: set[str] | frozenset[str]) -> None:
         """This group no longer sends to brokers outside ``keep``."""

@@ -9,6 +9,7 @@ Inbound, a connection that opened with PEER_HELLO turns into a stream of consens
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from .._core._raft_messages import Message
 from .._errors import ProtocolError
 from .._protocol import FrameDecoder, loads_object
 from .._protocol._consensus import message_from_frame
-from ._direct import direct_io
+from ._direct import DirectSocket, direct_io
 from ._log import log_event
 from ._peer_mux import (
     BACKOFF_MAX,
@@ -77,6 +78,27 @@ _RECEIVE_SIZE = 64 * 1024
 
 Step = Callable[[Message], None]
 
+AfterFrames = Callable[[bool], None]
+
+
+class AfterFramesList(list[AfterFrames]):
+    """A stream task's list of :data:`AFTER_FRAMES`; ``open`` while the stream is read (a task
+    started from one of its steps inherits the variable: once the stream ends, it must not
+    add to the list, which nobody runs any more)."""
+
+    open = True
+
+
+AFTER_FRAMES: contextvars.ContextVar[AfterFramesList | None] = contextvars.ContextVar(
+    "AFTER_FRAMES", default=None
+)
+"""In a task reading a peer stream: what a step asked to run once every frame of the current
+receive is stepped, before the stream's next receive: called with True then; with False
+when the stream ends first (a bad frame, an error, a cancellation: it must then only hand
+its work to its own task, without waiting). A replica's driver persists there, in one
+transaction for every REPLICATE of the receive, instead of being woken for it
+(``RaftDriver.step``)."""
+
 
 async def read_peer_stream(
     stream: trio.abc.Stream,
@@ -97,6 +119,39 @@ async def read_peer_stream(
     decoder.max_frame = max_frame * PEER_FRAME_FACTOR
     unknown: dict[str, int] = {}
     io = direct_io(stream)  # (plain TCP: a receive that finds data does not checkpoint)
+    after = AfterFramesList()
+    AFTER_FRAMES.set(after)  # (this task's own context: trio gives each task a copy)
+    try:
+        return await _read_frames(
+            io,
+            decoder,
+            step,
+            after,
+            unknown,
+            peer=peer,
+            sender=sender,
+            self_id=self_id,
+            step_of=step_of,
+        )
+    finally:
+        AFTER_FRAMES.set(None)
+        after.open = False
+        while after:
+            after.pop(0)(False)
+
+
+async def _read_frames(
+    io: trio.abc.Stream | DirectSocket,
+    decoder: FrameDecoder,
+    step: Step,
+    after: list[AfterFrames],
+    unknown: dict[str, int],
+    *,
+    peer: str,
+    sender: str,
+    self_id: str,
+    step_of: Callable[[str], Step | None] | None,
+) -> bool:
     while True:
         while True:
             try:
@@ -141,6 +196,8 @@ async def read_peer_stream(
                     unknown.clear()
                 continue
             target(message)
+        while after:
+            after.pop(0)(True)
         data = await io.receive_some(_RECEIVE_SIZE)
         if not data:
             return True
@@ -151,6 +208,7 @@ MAX_UNKNOWN_GROUPS = 1024
 """Groups a stream counts dropped frames of (then the counts start again): a bound."""
 
 __all__ = [
+    "AFTER_FRAMES",
     "BACKOFF_MAX",
     "BACKOFF_MIN",
     "OUTBOX_BYTES",

@@ -67,9 +67,28 @@ def runs_in_place(rd: raft.Ready, durable: bool, *, fsync_fast: bool) -> bool:
     )
 
 
+def applies_only(rd: raft.Ready, saved_term_vote: tuple[int, Any]) -> bool:
+    """Whether the Ready only applies committed entries, few enough to run on the event
+    loop's thread: nothing to write to the log, to send or to fsync (what a task that
+    stepped an acknowledgement may run itself: ``RaftDriver._apply_here``)."""
+    return not (
+        rd.entries
+        or rd.truncate_from is not None
+        or rd.snapshot is not None
+        or rd.messages
+        or rd.persisted_messages
+        or rd.snapshots_to_send
+        or not rd.committed_entries
+        or saving_durably(rd, saved_term_vote)
+        or not short(rd.committed_entries)
+    )
+
+
 async def let_links_send() -> None:
     """Let the peer links' tasks write what the calling task handed them (the leader's
     REPLICATEs, the previous Ready's acknowledgement) before it holds the loop for an fsync.
+    Only needed for what the driver could not write itself (a link busy, TLS:
+    ``GroupLinks.send_at_once``).
 
     Trio runs every task that was runnable when a batch began before it starts the next
     batch, in either order: after two yields, each link task woken before the first has run
@@ -98,6 +117,7 @@ __all__ = [
     "SHORT_COMMANDS",
     "SHORT_ENTRIES",
     "SLOW_FSYNC",
+    "applies_only",
     "let_links_send",
     "runs_in_place",
     "saving_durably",

@@ -109,6 +109,12 @@ class StorageWorker:
         self.ran_here += 1
         return fn(*args)
 
+    @property
+    def idle(self) -> bool:
+        """No job is with the storage thread (read on the trio thread): a job run here now
+        is alone on the connection (:meth:`run_short`)."""
+        return not self._busy
+
     def stop(self) -> None:
         self._jobs.put(_STOP)
 
