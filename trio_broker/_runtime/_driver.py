@@ -11,13 +11,14 @@ the hand-offs would cost more than it does; a leader's only when its Ready is sm
 load its loop serves connections during the fsync), and only once its REPLICATEs have left
 (written by this task itself when their links are idle: ``GroupLinks.send_at_once``). The
 acknowledgement that commits a leader's entries applies them, and answers, in the step of
-the task that received it while this task waits for work (:meth:`RaftDriver._apply_here`).
+the task that received it while this task waits for work (:mod:`._in_step`).
 
-Longer than the house's ~600 lines: the loop and the ledger's hand-over of outcomes read the
-same Ready in one order, and splitting them would pass that order between modules. Where each
-transaction runs (:mod:`._save_place`), the group's members and address book
-(:mod:`._group_members`), roles and transfers (:mod:`._leadership`) and snapshots
-(:mod:`._snapshots`) are rooms of their own.
+A little longer than the house's ~600 lines: the loop and the ledger's hand-over of outcomes
+read the same Ready in one order, and splitting them would pass that order between modules.
+How proposals and reads are taken and settled (:mod:`._proposing`), Readies handled in a
+stepping task's step (:mod:`._in_step`), where each transaction runs (:mod:`._save_place`),
+the group's members and address book (:mod:`._group_members`), roles and transfers
+(:mod:`._leadership`) and snapshots (:mod:`._snapshots`) are rooms of their own.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import trio
 
 from .._core import _raft as raft
 from .._core._commands import Command, CommandGroup
-from .._core._proposals import NotApplied, Proposals
+from .._core._proposals import Proposals
 from .._core._raft_messages import (
     DataSync,
     Message,
@@ -43,25 +44,23 @@ from .._core._raft_messages import (
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
-from .._storage._integrity import StorageDamaged
-from .._storage._worker import is_disk_full
-from ._answer import Answer
 from ._applied import applied_group
 from ._config import BrokerConfig
-from ._disk_space import DiskSpace, DiskState
+from ._disk_space import DiskSpace
 from ._group_members import GroupMembers
+from ._in_step import InStep
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
 from ._peers import AFTER_FRAMES, PeerFleet
-from ._pending import Capacity, Pending, PendingGroup, acquire, settling
-from ._reads import READ_CANDIDATES, ReadPath
+from ._pending import Capacity, Pending, settling
+from ._proposing import Proposing, not_applied
+from ._reads import ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._save_place import (
     SLOW_FSYNC,
-    applies_only,
     let_links_send,
     runs_in_place,
     saving_durably,
@@ -72,10 +71,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 
 
-def _not_applied(reason: str) -> BrokerError:
-    return BrokerError(ErrorCode.NOT_LEADER, f"not applied: {reason}; retry on the leader")
-
-
 def _outcome_unknown(reason: str) -> BrokerError:
     return BrokerError(
         ErrorCode.UNAVAILABLE,
@@ -84,7 +79,7 @@ def _outcome_unknown(reason: str) -> BrokerError:
     )
 
 
-class RaftDriver(GroupMembers):
+class RaftDriver(Proposing, InStep, GroupMembers):
     def __init__(
         self,
         broker_id: str,
@@ -226,280 +221,6 @@ class RaftDriver(GroupMembers):
             self.wake()
         # (else nothing for this task: an acknowledgement that commits nothing new)
 
-    def _may_persist(self) -> bool:
-        """Whether the task reading a leader's stream may persist a replica's Ready itself,
-        once every frame of its receive is stepped (:meth:`_persist_after_frames`): as
-        :meth:`_may_apply`, on a broker that does not lead, with nothing this task handed
-        the links still unsent."""
-        node = self.node
-        config = node.config
-        return (
-            not node.is_leader
-            and not self._unsent
-            and getattr(self._worker, "idle", False)
-            and getattr(self._worker, "save_in_turn", None) is None
-            and self.disk.state is DiskState.OK
-            and bool((config.voters | config.learners) - {self.broker_id})
-        )
-
-    def _persist_after_frames(self, now: bool) -> None:
-        """A replica's Ready, in the task that read the REPLICATEs of one receive, after the
-        last of them was stepped (``AFTER_FRAMES``): one transaction for all, persisted, then
-        the acknowledgement sent (persist before you send), the commands applied and the core
-        advanced, without a wake-up and a turn of this task. Only a Ready that
-        ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
-        quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
-        transaction that rolled back (full disk, damaged value), or a stream that ended first
-        (``now`` False) goes to this task, as in :meth:`_apply_here`."""
-        self._deferred = False
-        if not now or not self._parked or self._taken is not None or self._failed is not None:
-            self.wake()
-            return
-        if not (self.node.has_ready() and self._may_persist()):
-            if self.node.has_ready() or self.reads.waiting:
-                self.wake()
-            return
-        rd = self.node.ready()
-        durable = saving_durably(rd, self._saved_term_vote)
-        if (
-            rd.messages
-            or rd.snapshots_to_send
-            or not runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
-        ):
-            self._handing_over(rd)
-            return
-        committed = rd.committed_entries
-        store = self._store
-        started = time.perf_counter()
-        try:
-            store.hold_damage, store.unchecked_reads = True, False  # (as in _apply_here)
-            results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=committed)
-        except Exception as exc:
-            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
-                self._handing_over(rd)
-            else:
-                self._failed = exc
-                self.wake()
-            return
-        self.persisted_in_step += 1
-        try:
-            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
-            if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
-                self._unsent = True  # (a busy link: this task's next Ready waits for it)
-            self._applied(committed, results)
-            self.node.advance()
-            self._after_advance()
-        except Exception as exc:
-            self._failed = exc
-            self.wake()
-            return
-        if self._unsent or self.node.has_ready() or self.reads.waiting or self._ledger.queued:
-            self.wake()
-
-    def _may_apply(self) -> bool:
-        """Whether the task that stepped an acknowledgement may apply a Ready in its own
-        step: this broker leads, the core has a Ready, no proposal waits (the driver's next
-        Ready would take it with this one: one transaction for both), the storage thread is
-        idle (so the transaction runs here, and nothing else touches the store meanwhile),
-        one group owns the store, the disk has room, and the group has other members (a
-        damaged value then fails the transaction whole, for this task's path to repair:
-        :mod:`._repair`).
-
-        A leader's core makes new entries only from proposals, which wait in the driver's
-        ledger: a Ready taken here holds what the acknowledgement gave (committed entries,
-        perhaps messages), never entries that a later message would have joined (a
-        replica's REPLICATEs of one receive share a Ready: they are never taken here)."""
-        node = self.node
-        config = node.config
-        return (
-            node.is_leader
-            and not self._ledger.queued
-            and node.has_ready()
-            and getattr(self._worker, "idle", False)
-            and getattr(self._worker, "save_in_turn", None) is None
-            and self.disk.state is DiskState.OK
-            and bool((config.voters | config.learners) - {self.broker_id})
-        )
-
-    def _apply_here(self) -> None:
-        """Handle a Ready that only applies committed entries (the acknowledgement that
-        commits a leader's entry, a commit index that reached a replica) in the calling
-        task's step, while this task waits for work: the apply and its answers in the same
-        loop turn as the message, without a wake-up and a turn of this task. It sends nothing,
-        fsyncs nothing and holds a short transaction (``runs_in_place``'s bound), run at once
-        on this thread (the storage thread is idle); nothing in it waits, so no cancellation
-        can leave it halfway. Any other Ready, or one whose transaction fails (it rolled back
-        whole: out of space, a damaged value), goes to this task, which handles it first, as
-        always (retries, repairs)."""
-        rd = self.node.ready()
-        if not applies_only(rd, self._saved_term_vote):
-            self._handing_over(rd)
-            return
-        committed = rd.committed_entries
-        store = self._store
-        started = time.perf_counter()
-        try:
-            # As _repair sets them for a group with other members, every value checked:
-            # damage fails the transaction whole (see :meth:`_may_apply`).
-            store.hold_damage, store.unchecked_reads = True, False
-            results = store.save(hard_state=rd.hard_state, committed=committed)
-        except Exception as exc:
-            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
-                # Rolled back whole: this task's path runs it again (repairs, retries).
-                self._handing_over(rd)
-            else:
-                self._failed = exc  # (as if this task's own transaction had failed)
-                self.wake()
-            return
-        self.applied_in_step += 1
-        try:
-            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
-            self._applied(committed, results)
-            self.node.advance()
-            self._after_advance()
-        except Exception as exc:
-            self._failed = exc
-            self.wake()
-            return
-        if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
-            self.wake()
-
-    def _handing_over(self, rd: raft.Ready) -> None:
-        self._taken = rd
-        self.wake()
-
-    async def propose(self, payload: Any) -> Pending | BrokerError:
-        """Propose on the leader; the Pending resolves with the applied result.
-
-        Queue commands wait in a short list until the driver takes its next Ready: all that
-        arrived meanwhile (while the previous transaction ran) become one log entry, a
-        :class:`~trio_broker._core._commands.CommandGroup` (proposal batching).
-        """
-        if isinstance(payload, CommandGroup):
-            return BrokerError(
-                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
-            )
-        await acquire(self._capacity)
-        if self.node.is_leader and self.node.transfer_target is not None:
-            self._capacity.release()
-            return self.transferring_error(self.node.transfer_target)
-        if not self.node.is_leader:
-            self._capacity.release()
-            return self.not_leader_error()
-        refusal = self.disk.refusal(payload)
-        if refusal is not None:
-            self._capacity.release()
-            return refusal
-        pending = Pending()
-        if type(payload) in READ_CANDIDATES and self.reads.qualifies(payload):
-            self.reads.submit(payload, pending)
-        else:
-            self._ledger.add(payload, pending)
-        self.wake()
-        return pending
-
-    async def propose_many(self, commands: list[Any]) -> PendingGroup | BrokerError:
-        """Propose a run of commands together (the requests of one receive, in their order),
-        as :meth:`propose` would one at a time: one capacity charge and one result list for
-        all, each outcome at its index. A refusal of them all (not the leader, a leadership
-        transfer) is returned instead; a command the disk refuses gets its refusal at its
-        index, and the others are proposed."""
-        count = len(commands)
-        if any(isinstance(c, CommandGroup) for c in commands):
-            return BrokerError(
-                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
-            )
-        capacity = self._capacity
-        if not capacity.take(count):
-            await capacity.acquire(count)
-        node = self.node
-        if node.is_leader and node.transfer_target is not None:
-            capacity.release(count)
-            return self.transferring_error(node.transfer_target)
-        if not node.is_leader:
-            capacity.release(count)
-            return self.not_leader_error()
-        group = PendingGroup(count)
-        disk = self.disk
-        if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
-            if any(type(c) in READ_CANDIDATES for c in commands):
-                self._propose_with_reads(commands, group)
-            else:
-                self._ledger.add_many(commands, [(group, index) for index in range(count)])
-            self.wake()
-            return group
-        add = self._ledger.add
-        refused = 0
-        for index, command in enumerate(commands):
-            refusal = disk.refusal(command)
-            if refusal is not None:
-                group.set(index, refusal)
-                refused += 1
-                continue
-            add(command, (group, index))
-        if refused:
-            capacity.release(refused)
-        self.wake()
-        return group
-
-    def _propose_with_reads(self, commands: list[Any], group: PendingGroup) -> None:
-        """:meth:`propose_many`'s run that holds reads: those that qualify wait for a
-        ReadIndex check (:mod:`._reads`), the others go to the log, in their order."""
-        reads = self.reads
-        add = self._ledger.add
-        for index, command in enumerate(commands):
-            if type(command) in READ_CANDIDATES and reads.qualifies(command):
-                reads.submit(command, (group, index))
-            else:
-                add(command, (group, index))
-
-    def _to_log(self, command: Any, token: Any) -> None:
-        """A read that tried the ReadIndex path goes to the log after all, as before."""
-        self._ledger.add(command, token)
-        self.wake()
-
-    def _read_error(self, exc: Exception) -> Any:
-        """The answer to a read the core refused or failed; None: it goes to the log."""
-        if isinstance(exc, raft.LeadershipTransferring):
-            return self.transferring_error(exc.leader_id)
-        if isinstance(exc, raft.NotLeader):
-            return self.not_leader_error()
-        return None  # (too many reads waiting, or voters that do not echo rounds)
-
-    async def confirm_leading(self) -> BrokerError | None:
-        """Wait until a majority confirmed that this broker leads after now and its applied
-        state holds everything committed before (ReadIndex): then a read of the applied
-        state is linearizable. The refusal (not the leader, a transfer) otherwise."""
-        await acquire(self._capacity)
-        if not self.node.is_leader:
-            self._capacity.release()
-            return self.not_leader_error()
-        pending = Pending()
-        self.reads.confirm_now(self.node, pending, self._read_error)
-        if self.peers is not None:
-            self._send_loose()  # (the round it waits for, if any: now)
-        outcome = await pending.wait()
-        return outcome if isinstance(outcome, BrokerError) else None
-
-    def leading_checked(self, handler: Callable[..., Awaitable[Any]]) -> Any:
-        """``handler`` (a request handler that reads the applied state) run after
-        :meth:`confirm_leading` on the leader; a replica's handler decides its refusal."""
-
-        async def checked(request: Any, session: Any) -> Any:
-            if self.node.is_leader:
-                refusal = await self.confirm_leading()
-                if refusal is not None:
-                    return Answer(now=refusal)
-            return await handler(request, session)
-
-        return checked
-
-    def _flush_proposals(self) -> None:
-        """Turn the proposals waiting since the last Ready into log entries: as many groups as
-        the bounds allow (MAX_GROUP commands, about a frame of data each)."""
-        for pending, outcome in self._ledger.propose_queued(self.node.propose):
-            self._settle(pending, outcome)
-
     @property
     def applied_index(self) -> int:
         """The last log index whose effects are visible here, in storage and in the broker's
@@ -601,7 +322,7 @@ class RaftDriver(GroupMembers):
         self.snapshots.applied_bytes = 0
         for pending in self._ledger.take_all():
             self._settle(pending, _outcome_unknown(f"internal failure: {exc!r}"))
-        self.reads.fail_all(_not_applied("the consensus state was rebuilt"))
+        self.reads.fail_all(not_applied("the consensus state was rebuilt"))
         log_event(
             logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
         )
@@ -890,26 +611,6 @@ class RaftDriver(GroupMembers):
             set(store.queue_lengths()),
             set(store.retention_policies()),
         )
-
-    def _settle(self, pending: Any, outcome: Any) -> None:
-        """Answer one proposal with the outcome the ledger gave it, and free its unit."""
-        if isinstance(outcome, NotApplied):
-            outcome = _not_applied(outcome.reason)
-        elif isinstance(outcome, raft.LeadershipTransferring):
-            outcome = self.transferring_error(outcome.leader_id)
-        elif isinstance(outcome, raft.NotLeader):
-            outcome = self.not_leader_error()
-        if type(pending) is tuple:
-            pending[0].set(pending[1], outcome)
-        else:
-            pending.set(outcome)
-        self._capacity.release()
-
-    def _wait_for(self, index: int, term: int, pendings: list[Pending]) -> None:
-        """Register the proposals of the entry this leader just appended at ``index``; those
-        of an earlier term's entry it replaced are answered as not applied."""
-        for pending, outcome in self._ledger.wait_for(index, term, pendings):
-            self._settle(pending, outcome)
 
     def signal_changed(self) -> None:
         """Wake the tasks in :meth:`wait_changed`."""

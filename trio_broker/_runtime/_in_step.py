@@ -1,0 +1,170 @@
+"""Readies handled in the step of the task that received their message, while the driver's
+task waits for work (docs/performance.md, "One client, one append at a time"): the
+acknowledgement that commits a leader's entries applies them and answers in its own step
+(:meth:`InStep._apply_here`), and a replica's REPLICATEs of one receive are persisted, then
+acknowledged, by the task that read them, after the receive's last frame
+(:meth:`InStep._persist_after_frames`). Only short Readies that ``_save_place`` allows; any
+other Ready, or a transaction that rolled back, goes to the driver's task, which handles it
+first. A part of :class:`~._driver.RaftDriver`, kept apart from its loop."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .._core import _raft as raft
+from .._storage._integrity import StorageDamaged
+from .._storage._worker import is_disk_full
+from ._disk_space import DiskState
+from ._save_place import applies_only, runs_in_place, saving_durably
+
+if TYPE_CHECKING:
+    from ._driver import RaftDriver
+
+
+class InStep:
+    """Mixed into :class:`~._driver.RaftDriver` (its state: ``node``, ``_worker``, ``_store``,
+    ``disk``, ``_parked``, ``_taken``, ``_failed``, ``_deferred``, ``_unsent``, ``_ledger``,
+    ``reads``, ``applied_in_step``, ``persisted_in_step``)."""
+
+    def _may_persist(self: RaftDriver) -> bool:
+        """Whether the task reading a leader's stream may persist a replica's Ready itself,
+        once every frame of its receive is stepped (:meth:`_persist_after_frames`): as
+        :meth:`_may_apply`, on a broker that does not lead, with nothing this task handed
+        the links still unsent."""
+        node = self.node
+        config = node.config
+        return (
+            not node.is_leader
+            and not self._unsent
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _persist_after_frames(self: RaftDriver, now: bool) -> None:
+        """A replica's Ready, in the task that read the REPLICATEs of one receive, after the
+        last of them was stepped (``AFTER_FRAMES``): one transaction for all, persisted, then
+        the acknowledgement sent (persist before you send), the commands applied and the core
+        advanced, without a wake-up and a turn of this task. Only a Ready that
+        ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
+        quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
+        transaction that rolled back (full disk, damaged value), or a stream that ended first
+        (``now`` False) goes to this task, as in :meth:`_apply_here`."""
+        self._deferred = False
+        if not now or not self._parked or self._taken is not None or self._failed is not None:
+            self.wake()
+            return
+        if not (self.node.has_ready() and self._may_persist()):
+            if self.node.has_ready() or self.reads.waiting:
+                self.wake()
+            return
+        rd = self.node.ready()
+        durable = saving_durably(rd, self._saved_term_vote)
+        if (
+            rd.messages
+            or rd.snapshots_to_send
+            or not runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
+        ):
+            self._handing_over(rd)
+            return
+        committed = rd.committed_entries
+        store = self._store
+        started = time.perf_counter()
+        try:
+            store.hold_damage, store.unchecked_reads = True, False  # (as in _apply_here)
+            results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=committed)
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                self._handing_over(rd)
+            else:
+                self._failed = exc
+                self.wake()
+            return
+        self.persisted_in_step += 1
+        try:
+            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
+            if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
+                self._unsent = True  # (a busy link: this task's next Ready waits for it)
+            self._applied(committed, results)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self._unsent or self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
+
+    def _may_apply(self: RaftDriver) -> bool:
+        """Whether the task that stepped an acknowledgement may apply a Ready in its own
+        step: this broker leads, the core has a Ready, no proposal waits (the driver's next
+        Ready would take it with this one: one transaction for both), the storage thread is
+        idle (so the transaction runs here, and nothing else touches the store meanwhile),
+        one group owns the store, the disk has room, and the group has other members (a
+        damaged value then fails the transaction whole, for this task's path to repair:
+        :mod:`._repair`).
+
+        A leader's core makes new entries only from proposals, which wait in the driver's
+        ledger: a Ready taken here holds what the acknowledgement gave (committed entries,
+        perhaps messages), never entries that a later message would have joined (a
+        replica's REPLICATEs of one receive share a Ready: they are never taken here)."""
+        node = self.node
+        config = node.config
+        return (
+            node.is_leader
+            and not self._ledger.queued
+            and node.has_ready()
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _apply_here(self: RaftDriver) -> None:
+        """Handle a Ready that only applies committed entries (the acknowledgement that
+        commits a leader's entry, a commit index that reached a replica) in the calling
+        task's step, while this task waits for work: the apply and its answers in the same
+        loop turn as the message, without a wake-up and a turn of this task. It sends nothing,
+        fsyncs nothing and holds a short transaction (``runs_in_place``'s bound), run at once
+        on this thread (the storage thread is idle); nothing in it waits, so no cancellation
+        can leave it halfway. Any other Ready, or one whose transaction fails (it rolled back
+        whole: out of space, a damaged value), goes to this task, which handles it first, as
+        always (retries, repairs)."""
+        rd = self.node.ready()
+        if not applies_only(rd, self._saved_term_vote):
+            self._handing_over(rd)
+            return
+        committed = rd.committed_entries
+        store = self._store
+        started = time.perf_counter()
+        try:
+            # As _repair sets them for a group with other members, every value checked:
+            # damage fails the transaction whole (see :meth:`_may_apply`).
+            store.hold_damage, store.unchecked_reads = True, False
+            results = store.save(hard_state=rd.hard_state, committed=committed)
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                # Rolled back whole: this task's path runs it again (repairs, retries).
+                self._handing_over(rd)
+            else:
+                self._failed = exc  # (as if this task's own transaction had failed)
+                self.wake()
+            return
+        self.applied_in_step += 1
+        try:
+            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
+            self._applied(committed, results)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
+
+    def _handing_over(self: RaftDriver, rd: raft.Ready) -> None:
+        self._taken = rd
+        self.wake()

@@ -1,0 +1,184 @@
+"""Proposals and reads as the driver takes them: one command or a receive's run, charged to
+the driver's capacity, refused when this broker does not lead, is handing over leadership or
+has no room on its disk; reads that qualify wait for a ReadIndex check (:mod:`._reads`), the
+rest join the ledger (:class:`~.._core._proposals.Proposals`) until the next Ready turns them
+into log entries; each proposal settled once with the outcome the ledger gives it. A part of
+:class:`~._driver.RaftDriver`, kept apart from its loop."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .._core import _raft as raft
+from .._core._commands import CommandGroup
+from .._core._proposals import NotApplied
+from .._errors import BrokerError, ErrorCode
+from ._answer import Answer
+from ._disk_space import DiskState
+from ._pending import Pending, PendingGroup, acquire
+from ._reads import READ_CANDIDATES
+
+if TYPE_CHECKING:
+    from ._driver import RaftDriver
+
+
+def not_applied(reason: str) -> BrokerError:
+    return BrokerError(ErrorCode.NOT_LEADER, f"not applied: {reason}; retry on the leader")
+
+
+class Proposing:
+    """Mixed into :class:`~._driver.RaftDriver` (its state: ``node``, ``_ledger``,
+    ``_capacity``, ``reads``, ``disk``, ``peers``)."""
+
+    async def propose(self: RaftDriver, payload: Any) -> Pending | BrokerError:
+        """Propose on the leader; the Pending resolves with the applied result.
+
+        Queue commands wait in a short list until the driver takes its next Ready: all that
+        arrived meanwhile (while the previous transaction ran) become one log entry, a
+        :class:`~trio_broker._core._commands.CommandGroup` (proposal batching).
+        """
+        if isinstance(payload, CommandGroup):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
+            )
+        await acquire(self._capacity)
+        if self.node.is_leader and self.node.transfer_target is not None:
+            self._capacity.release()
+            return self.transferring_error(self.node.transfer_target)
+        if not self.node.is_leader:
+            self._capacity.release()
+            return self.not_leader_error()
+        refusal = self.disk.refusal(payload)
+        if refusal is not None:
+            self._capacity.release()
+            return refusal
+        pending = Pending()
+        if type(payload) in READ_CANDIDATES and self.reads.qualifies(payload):
+            self.reads.submit(payload, pending)
+        else:
+            self._ledger.add(payload, pending)
+        self.wake()
+        return pending
+
+    async def propose_many(self: RaftDriver, commands: list[Any]) -> PendingGroup | BrokerError:
+        """Propose a run of commands together (the requests of one receive, in their order),
+        as :meth:`propose` would one at a time: one capacity charge and one result list for
+        all, each outcome at its index. A refusal of them all (not the leader, a leadership
+        transfer) is returned instead; a command the disk refuses gets its refusal at its
+        index, and the others are proposed."""
+        count = len(commands)
+        if any(isinstance(c, CommandGroup) for c in commands):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
+            )
+        capacity = self._capacity
+        if not capacity.take(count):
+            await capacity.acquire(count)
+        node = self.node
+        if node.is_leader and node.transfer_target is not None:
+            capacity.release(count)
+            return self.transferring_error(node.transfer_target)
+        if not node.is_leader:
+            capacity.release(count)
+            return self.not_leader_error()
+        group = PendingGroup(count)
+        disk = self.disk
+        if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
+            if any(type(c) in READ_CANDIDATES for c in commands):
+                self._propose_with_reads(commands, group)
+            else:
+                self._ledger.add_many(commands, [(group, index) for index in range(count)])
+            self.wake()
+            return group
+        add = self._ledger.add
+        refused = 0
+        for index, command in enumerate(commands):
+            refusal = disk.refusal(command)
+            if refusal is not None:
+                group.set(index, refusal)
+                refused += 1
+                continue
+            add(command, (group, index))
+        if refused:
+            capacity.release(refused)
+        self.wake()
+        return group
+
+    def _propose_with_reads(self: RaftDriver, commands: list[Any], group: PendingGroup) -> None:
+        """:meth:`propose_many`'s run that holds reads: those that qualify wait for a
+        ReadIndex check (:mod:`._reads`), the others go to the log, in their order."""
+        reads = self.reads
+        add = self._ledger.add
+        for index, command in enumerate(commands):
+            if type(command) in READ_CANDIDATES and reads.qualifies(command):
+                reads.submit(command, (group, index))
+            else:
+                add(command, (group, index))
+
+    def _to_log(self: RaftDriver, command: Any, token: Any) -> None:
+        """A read that tried the ReadIndex path goes to the log after all, as before."""
+        self._ledger.add(command, token)
+        self.wake()
+
+    def _read_error(self: RaftDriver, exc: Exception) -> Any:
+        """The answer to a read the core refused or failed; None: it goes to the log."""
+        if isinstance(exc, raft.LeadershipTransferring):
+            return self.transferring_error(exc.leader_id)
+        if isinstance(exc, raft.NotLeader):
+            return self.not_leader_error()
+        return None  # (too many reads waiting, or voters that do not echo rounds)
+
+    async def confirm_leading(self: RaftDriver) -> BrokerError | None:
+        """Wait until a majority confirmed that this broker leads after now and its applied
+        state holds everything committed before (ReadIndex): then a read of the applied
+        state is linearizable. The refusal (not the leader, a transfer) otherwise."""
+        await acquire(self._capacity)
+        if not self.node.is_leader:
+            self._capacity.release()
+            return self.not_leader_error()
+        pending = Pending()
+        self.reads.confirm_now(self.node, pending, self._read_error)
+        if self.peers is not None:
+            self._send_loose()  # (the round it waits for, if any: now)
+        outcome = await pending.wait()
+        return outcome if isinstance(outcome, BrokerError) else None
+
+    def leading_checked(self: RaftDriver, handler: Callable[..., Awaitable[Any]]) -> Any:
+        """``handler`` (a request handler that reads the applied state) run after
+        :meth:`confirm_leading` on the leader; a replica's handler decides its refusal."""
+
+        async def checked(request: Any, session: Any) -> Any:
+            if self.node.is_leader:
+                refusal = await self.confirm_leading()
+                if refusal is not None:
+                    return Answer(now=refusal)
+            return await handler(request, session)
+
+        return checked
+
+    def _flush_proposals(self: RaftDriver) -> None:
+        """Turn the proposals waiting since the last Ready into log entries: as many groups as
+        the bounds allow (MAX_GROUP commands, about a frame of data each)."""
+        for pending, outcome in self._ledger.propose_queued(self.node.propose):
+            self._settle(pending, outcome)
+
+    def _settle(self: RaftDriver, pending: Any, outcome: Any) -> None:
+        """Answer one proposal with the outcome the ledger gave it, and free its unit."""
+        if isinstance(outcome, NotApplied):
+            outcome = not_applied(outcome.reason)
+        elif isinstance(outcome, raft.LeadershipTransferring):
+            outcome = self.transferring_error(outcome.leader_id)
+        elif isinstance(outcome, raft.NotLeader):
+            outcome = self.not_leader_error()
+        if type(pending) is tuple:
+            pending[0].set(pending[1], outcome)
+        else:
+            pending.set(outcome)
+        self._capacity.release()
+
+    def _wait_for(self: RaftDriver, index: int, term: int, pendings: list[Pending]) -> None:
+        """Register the proposals of the entry this leader just appended at ``index``; those
+        of an earlier term's entry it replaced are answered as not applied."""
+        for pending, outcome in self._ledger.wait_for(index, term, pendings):
+            self._settle(pending, outcome)
