@@ -29,7 +29,7 @@ from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
 from trio_broker._runtime._direct import DirectSocket
-from trio_broker._runtime._pending import Pending, settling
+from trio_broker._runtime._pending import Pending, PendingGroup, settling
 from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._security import Security
 from trio_broker._runtime._writer import MAX_WRITE_BYTES
@@ -296,6 +296,34 @@ async def test_outcomes_settled_together_leave_in_one_write(monkeypatch):
                 assert [a["sequence_num"] for a in answers] == list(range(first + 1, first + n + 1))
                 assert len(writes) == (1 if together else n), writes
         await conn.aclose()
+
+
+async def test_a_task_started_inside_settling_calls_back_once_the_block_has_ended():
+    """trio copies the context into each task it starts: a task started inside ``settling()``
+    sees that block's variable. Once the block has ended, an outcome the task sets calls back
+    at once (it was added to a list nobody read: the answer was never written), and a
+    ``settling()`` the task enters holds its own callbacks."""
+    called: list[str] = []
+    alone, member, nested = Pending(), PendingGroup(1), Pending()
+    assert alone.when_done(lambda: called.append("alone"))
+    assert member.when_done(lambda: called.append("group"))
+    assert nested.when_done(lambda: called.append("nested"))
+
+    async def later() -> None:
+        await trio.sleep(0.01)  # (the block has ended)
+        alone.set("x")
+        member.set(0, "y")
+        assert called == ["alone", "group"]
+        with settling():
+            nested.set("z")
+            assert called == ["alone", "group"]  # (held by this task's own block)
+        assert called == ["alone", "group", "nested"]
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            with settling():
+                nursery.start_soon(later)
+    assert called == ["alone", "group", "nested"]
 
 
 async def test_tls_connections_answer_in_order_through_the_writer_task(monkeypatch):

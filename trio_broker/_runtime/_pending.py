@@ -20,9 +20,18 @@ import trio
 from ._answer import Answer, response_for
 
 _UNSET: Any = object()
-_held: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
-    "_held", default=None
-)
+
+
+class _Held(list[Callable[[], None]]):
+    """The callbacks one :func:`settling` block holds; ``open`` until it ends. A task started
+    inside the block inherits the variable (trio copies the context into each task it starts):
+    once the block has ended, an outcome that task sets calls back at once instead of adding
+    to a list nobody reads any more."""
+
+    open = True
+
+
+_held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("_held", default=None)
 """Inside :func:`settling` (in the task that entered it, and only there: brokers may run in
 several threads of one process): the callbacks of the outcomes set so far."""
 
@@ -33,14 +42,16 @@ def settling() -> Iterator[None]:
     leaving: a connection whose answers several outcomes made known (the groups of several
     receives, settled by one Ready) writes them in one write, not one per outcome. Nothing
     inside may wait: it is one stretch of the loop's thread, no other task runs meanwhile."""
-    if _held.get() is not None:  # (nested: the outer one calls them)
+    outer = _held.get()
+    if outer is not None and outer.open:  # (nested: the outer one calls them)
         yield
         return
-    held: list[Callable[[], None]] = []
+    held = _Held()
     token = _held.set(held)
     try:
         yield
     finally:
+        held.open = False
         _held.reset(token)
         for callback in dict.fromkeys(held):  # (once each, in the order they were set)
             callback()
@@ -48,7 +59,7 @@ def settling() -> Iterator[None]:
 
 def _notify(callback: Callable[[], None]) -> None:
     held = _held.get()
-    if held is None:
+    if held is None or not held.open:
         callback()
     else:
         held.append(callback)
