@@ -32,6 +32,7 @@ from trio_broker._runtime._direct import DirectSocket
 from trio_broker._runtime._pending import Pending, PendingGroup, settling
 from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._security import Security
+from trio_broker._runtime._work import Mapped
 from trio_broker._runtime._writer import MAX_WRITE_BYTES
 
 from .wire import RawConnection, create_queue
@@ -254,6 +255,59 @@ async def test_a_lone_append_is_proposed_without_the_one_by_one_path(ram_path):
         assert read == {"status": "success", "sequence_num": 1, "data": 0}
         assert decided == ["Append", "Read"]  # the named queue's APPEND, and the READ
         await conn.aclose()
+
+
+async def test_answers_mapped_from_a_proposal_are_written_by_the_task_that_settles_it(ram_path):
+    """A lone READ, an APPEND naming a queue (with headers), a GROUP_READ without a wait and a
+    GROUP_ACK are each answered through a ``Mapped`` proposal outcome: the task that settles
+    the outcome writes the answer, as for a plain APPEND (the connection's writer task took a
+    step per answer)."""
+    config = BrokerConfig(data_dir=ram_path / "b", port=0)
+    steps = _Steps()
+    async with open_broker(config) as broker:
+        queue_id = await create_queue(broker.port, name="jobs")
+        conn = await RawConnection.open(broker.port)
+        n = 10
+
+        async def ok(request: dict[str, Any]) -> dict[str, Any]:
+            answer = await conn.call(request)
+            assert answer["status"] == "success", (request, answer)
+            return answer
+
+        group = {"queue_name": "jobs", "group": "w", "member": "m"}
+        kinds: dict[str, Callable[[int], dict[str, Any]]] = {
+            "named append": lambda i: {**_append(i), "queue_name": "jobs", "headers": {"i": "1"}},
+            "read": lambda i: {"operation": "READ", "queue_name": queue_id, "client_id": "C"},
+            "group read": lambda i: {"operation": "GROUP_READ", **group},
+            "group ack": lambda i: {"operation": "GROUP_ACK", **group, "sequence_nums": [i + 1]},
+        }
+        with trio.fail_after(DEADLINE):
+            await ok(_append(-1) | {"queue_name": queue_id})  # (the connection's tasks start)
+            await ok({"operation": "GROUP_JOIN", "queue_name": "jobs", "group": "w"})
+            trio.lowlevel.add_instrument(steps)
+            try:
+                taken: dict[str, int] = {}
+                for kind, request in kinds.items():
+                    before = steps.writer_steps()
+                    for i in range(n):
+                        await ok(request(i))
+                    taken[kind] = steps.writer_steps() - before
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+        assert all(count <= 2 for count in taken.values()), taken
+        await conn.aclose()
+
+
+def test_a_mapped_outcome_calls_back_as_its_proposal_does_and_a_poll_does_not():
+    called: list[int] = []
+    pending = Pending()
+    mapped = Mapped(pending, lambda result: result + 1)
+    assert mapped.when_done(lambda: called.append(mapped.result))
+    pending.set(1)
+    assert called == [2]
+    assert not mapped.when_done(called.append)  # (known now: nothing registered)
+    poll = Mapped(trio.Event(), lambda result: result)  # (no when_done: a long poll)
+    assert not poll.when_done(called.append) and called == [2]
 
 
 def test_a_lone_appends_frame_is_the_general_encoding():

@@ -145,6 +145,14 @@ class Mapped:
     def result(self) -> Any:
         return self._convert(self.pending.result)
 
+    def when_done(self, callback: Callable[[], None]) -> bool:
+        """The wrapped object's ``when_done`` (:meth:`.Pending.when_done`): its outcome known
+        is this one known (``done`` mirrors it), so the task that settles it writes the
+        answer. False, and nothing registered, when it cannot call back (a long poll: the
+        writer task awaits it)."""
+        when_done = getattr(self.pending, "when_done", None)
+        return when_done is not None and bool(when_done(callback))
+
     async def wait(self) -> Any:
         return self._convert(await self.pending.wait())
 
