@@ -5,6 +5,7 @@ effects of the broker's general callback (``Broker._on_applied``, then the work 
 from __future__ import annotations
 
 import types
+import weakref
 
 import pytest
 import trio
@@ -61,14 +62,15 @@ def _views() -> types.SimpleNamespace:
     """The state the general callback reads and changes, with a waiter on every queue."""
     room = WorkRoom(None, None, None, None, lambda: True, lambda: 0)  # type: ignore[arg-type]
     room._names = {"orders": "Q-1", "other": "Q-2"}
-    room._changed = {q: trio.Event() for q in ("Q-1", "Q-2", "Q-3")}
+    changed = {q: trio.Event() for q in ("Q-1", "Q-2", "Q-3")}
     appended = {q: trio.Event() for q in ("Q-1", "Q-2", "Q-3")}
+    room._changed = weakref.WeakValueDictionary(changed)  # (the broker's kind: held by events)
     return types.SimpleNamespace(
-        events=(dict(appended), dict(room._changed)),
+        events=(appended, changed),
         addresses={},
         _queue_ids=set(),
         retention=_Retention(),
-        _appended=appended,
+        _appended=weakref.WeakValueDictionary(appended),
         work=room,
     )
 

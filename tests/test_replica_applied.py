@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import types
+import weakref
 
 import pytest
 import trio
@@ -26,10 +27,12 @@ def _broker_callback() -> tuple[types.SimpleNamespace, Exhausted, object]:
     """The driver's ``on_applied`` as a broker builds it, over fresh views with a waiter (a
     long-polling reader, a group reader) on every queue and every client's reads exhausted."""
     room = WorkRoom(None, None, None, None, lambda: True, lambda: 0)  # type: ignore[arg-type]
-    room._changed = {q: trio.Event() for q in QUEUES}
-    appended = {q: trio.Event() for q in QUEUES}
+    changed = {q: trio.Event() for q in QUEUES}
+    events = {q: trio.Event() for q in QUEUES}
+    room._changed = weakref.WeakValueDictionary(changed)  # (the broker's kind: held by events)
+    appended = weakref.WeakValueDictionary(events)
     views = types.SimpleNamespace(
-        events=(dict(appended), dict(room._changed)),
+        events=(events, changed),
         addresses={},
         _queue_ids=set(),
         retention=types.SimpleNamespace(retained=set(), note_policy=lambda q, p: None),

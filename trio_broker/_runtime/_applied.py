@@ -23,6 +23,11 @@ from .._core import _work_commands as work
 
 
 class _Waiters(Protocol):
+    """The broker's wake-up events by queue id (a ``weakref.WeakValueDictionary``)."""
+
+    data: dict[str, Any]
+    """Its underlying dict (of weak references): a test of it costs what a dict's does."""
+
     def pop(self, queue_id: str, default: None, /) -> Any: ...
 
 
@@ -53,14 +58,20 @@ def applied_views(general: OnApplied, appended: _Waiters, wake: Callable[[str], 
     events in ``appended``, then ``wake``, the work room's group readers), position moves do
     nothing, each by its type; the rest goes to ``general``."""
 
+    # A queue nobody waits on (the most frequent case) costs a dict's test, not a pop of the
+    # weak dictionary (a Python call: several times dearer); a dead entry left in its dict is
+    # popped as before (and gives None).
+    waiting = appended.data
+
     def on_applied(payload: Any, result: Any) -> None:
         kind = type(payload)
         if type(result) not in VIEWED_RESULTS:
             if kind in APPENDS:
                 queue_id = payload.queue_id
-                event = appended.pop(queue_id, None)
-                if event is not None:
-                    event.set()
+                if queue_id in waiting:
+                    event = appended.pop(queue_id, None)
+                    if event is not None:
+                        event.set()
                 wake(queue_id)
                 return
             if kind in QUIET:

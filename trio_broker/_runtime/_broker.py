@@ -229,9 +229,10 @@ class Broker:
                 self.retention.note_policy(result.queue_id, payload.retention)
         elif isinstance(result, work.QueueDeleted):
             self.retention.retained.discard(result.queue_id)
-        if isinstance(payload, _core.AppendMessage | AppendBatchCommand | work.Publish) or (
-            isinstance(result, work.QueueDeleted)
-        ):
+        if (
+            isinstance(payload, _core.AppendMessage | AppendBatchCommand | work.Publish)
+            or isinstance(result, work.QueueDeleted)
+        ) and payload.queue_id in self._appended.data:  # (as applied_views tests it)
             event = self._appended.pop(payload.queue_id, None)
             if event is not None:
                 event.set()
