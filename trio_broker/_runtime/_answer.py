@@ -68,7 +68,7 @@ class Answer:
         later = self._later
         if later is None:
             return False
-        when_done = getattr(later, "when_done", None)  # (a proposal's Pending)
+        when_done = getattr(later, "when_done", None)  # (a proposal's Pending, or Mapped)
         return when_done is not None and when_done(callback)
 
     def frame(self) -> bytes | None:
