@@ -8,12 +8,30 @@ from __future__ import annotations
 from typing import Any
 
 import apsw
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trio_broker._core._commands import AppendBatch, CreateQueue
+from trio_broker._core._commands import (
+    AppendBatch,
+    CreateQueue,
+    MessageRead,
+    ReadNext,
+    Seek,
+)
 from trio_broker._storage import Store
-from trio_broker._storage._integrity import _READ_VALUES, read_values
+from trio_broker._storage._integrity import (
+    _READ_DATA,
+    _READ_VALUES,
+    StorageDamaged,
+    read_data,
+    read_values,
+    value_checksum,
+)
+from trio_broker._storage._queue_sql import apply_command
 
 QUEUE = "Q-AAAAA00001"
+READER = "C-AAAAA"
 
 
 class _Reordered:
@@ -61,5 +79,131 @@ def test_read_values_query_takes_the_index_order_without_a_sort(tmp_path):
         )
         assert "USING INDEX sqlite_autoindex_queue_data_1" in plan
         assert "TEMP B-TREE" not in plan
+    finally:
+        store.close()
+
+
+def _count_statements(store: Store) -> list[str]:
+    """Every statement the store's connection runs from now on (apsw's exec tracer)."""
+    seen: list[str] = []
+
+    def tracer(cursor: Any, sql: str, bindings: Any) -> bool:
+        seen.append(sql)
+        return True
+
+    store._db.exec_trace = tracer
+    return seen
+
+
+def _with_headers(store: Store, seq: int, headers: str) -> None:
+    """Message ``seq`` given headers, intact (its checksum recomputed), as work-queue
+    appends store them."""
+    (data,) = store._db.execute(
+        "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (QUEUE, seq)
+    ).fetchone()
+    checksum = value_checksum(QUEUE, seq, data, headers)
+    store._db.execute(
+        "UPDATE queue_data SET headers = ?, checksum = ? WHERE queue_id = ? AND sequence_num = ?",
+        (headers, checksum, QUEUE, seq),
+    )
+
+
+def _damage(store: Store, seq: int, sql: str) -> None:
+    store._db.execute(sql + " WHERE queue_id = ? AND sequence_num = ?", (QUEUE, seq))
+
+
+def test_a_single_read_is_three_statements_for_the_leader_and_two_for_nobody(tmp_path):
+    """The leader answering someone: the position ``SELECT``, the value sought by its key, the
+    position's upsert; applied for nobody (a replica): no value read."""
+    store = Store(tmp_path)
+    try:
+        store.apply([CreateQueue(QUEUE), AppendBatch(QUEUE, (b"one", b"two"))])
+        db = store._db
+        with db:
+            seen = _count_statements(store)
+            assert apply_command(db, ReadNext(READER, QUEUE), hold=True) == MessageRead(1, b"one")
+            assert len(seen) == 3
+            assert [s for s in seen if "FROM queue_data" in s] == [_READ_DATA]
+            seen.clear()
+            got = apply_command(db, ReadNext(READER, QUEUE), hold=True, unchecked=[])
+            assert got == MessageRead(2, b"")
+            assert len(seen) == 2 and not [s for s in seen if "queue_data" in s]
+            seen.clear()
+            assert apply_command(db, ReadNext(READER, QUEUE), hold=True) == MessageRead(None, None)
+            assert len(seen) == 1  # (nothing left to read: the position stays)
+        assert store.positions() == {(READER, QUEUE): 2}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "found"),
+    [
+        ("UPDATE queue_data SET data = CAST(X'00' || data AS BLOB)", "does not match"),
+        ('UPDATE queue_data SET headers = \'{"k": "w"}\'', "does not match"),
+        ("UPDATE queue_data SET checksum = checksum + 1", "does not match"),
+        ("UPDATE queue_data SET sequence_num = 9", "is missing"),
+        ("DELETE FROM queue_data", "is missing"),
+    ],
+)
+def test_a_single_read_never_serves_a_damaged_value(tmp_path, damage, found):
+    """Bytes, headers or checksum changed, the row moved or gone: the leader's READ raises
+    (``hold``: the broker repairs it from a peer) or, alone, answers UNAVAILABLE and moves
+    nothing; the next READ past the damage still reads."""
+    store = Store(tmp_path)
+    try:
+        store.apply(
+            [
+                CreateQueue(QUEUE),
+                AppendBatch(QUEUE, (b"one", b"two")),
+            ]
+        )
+        _with_headers(store, 1, '{"k": "v"}')
+        _damage(store, 1, damage)
+        db = store._db
+        with pytest.raises(StorageDamaged) as raised:
+            apply_command(db, ReadNext(READER, QUEUE), hold=True)
+        assert (raised.value.queue_id, raised.value.seq) == (QUEUE, 1)
+        assert found in str(raised.value)
+        answer = apply_command(db, ReadNext(READER, QUEUE))
+        assert answer.code == "UNAVAILABLE" and "seq 1" in answer.message
+        assert store.positions() == {}
+        apply_command(db, Seek(READER, QUEUE, 2))
+        assert apply_command(db, ReadNext(READER, QUEUE)) == MessageRead(2, b"two")
+    finally:
+        store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(st.binary(max_size=6), st.none() | st.text(max_size=5)),
+        min_size=1,
+        max_size=6,
+    ),
+    damaged=st.sets(st.integers(1, 6)),
+)
+def test_read_data_checks_as_read_values_does(ram_path_factory, values, damaged):
+    """For every stored message, intact or not, :func:`read_data` gives the bytes
+    :func:`read_values` gives, or refuses it with the same damage."""
+    store = Store(ram_path_factory.mktemp("store"))
+    try:
+        store.apply([CreateQueue(QUEUE), AppendBatch(QUEUE, tuple(d for d, _ in values))])
+        for seq, (_, headers) in enumerate(values, 1):
+            if headers is not None:
+                _with_headers(store, seq, headers)
+        for seq in damaged:
+            _damage(store, seq, "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB)")
+        for seq in range(1, len(values) + 1):
+            try:
+                expected: Any = read_values(store._db, QUEUE, seq, seq)[0][1]
+            except StorageDamaged as exc:
+                expected = (exc.found, exc.seq)
+            try:
+                got: Any = read_data(store._db, QUEUE, seq)
+            except StorageDamaged as exc:
+                got = (exc.found, exc.seq)
+            assert got == expected
+            assert isinstance(got, bytes) == (seq not in damaged)
     finally:
         store.close()

@@ -324,6 +324,38 @@ def _intact_run(
     return out
 
 
+_READ_DATA = (
+    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ? AND sequence_num = ?"
+)
+
+
+def read_data(db: apsw.Connection, queue_id: str, seq: int) -> bytes:
+    """The bytes of message ``seq`` of a queue (retained: it must be there), checked: what
+    ``read_values(db, queue_id, seq, seq)`` gives for it, for a single READ (one row sought by
+    its key, no list or tuple per row; docs/performance.md, "A single READ on the leader")."""
+    try:
+        row = db.execute(_READ_DATA, (queue_id, seq)).fetchone()
+    except DAMAGE_ERRORS as exc:
+        raise damage_from(
+            exc, db.filename, "queue_data", f"queue {queue_id}", queue_id=queue_id, seq=seq
+        ) from None
+    if row is None:
+        if not _unchecked(queue_id, seq):
+            raise _missing(db, queue_id, seq)
+        return b""
+    data, headers, checksum = row
+    if type(data) is bytes and (
+        checksum == _crc32c(_PLAIN % (_place(queue_id), seq, data))
+        if headers is None
+        else type(headers) is str
+        and checksum == _crc32c(_HEADED % (_place(queue_id), seq, data, headers.encode()))
+    ):
+        return data
+    if _unchecked(queue_id, seq):
+        return b""
+    raise _mismatch(db, queue_id, seq)
+
+
 def _missing(db: apsw.Connection, queue_id: str, seq: int) -> StorageDamaged:
     where = f"queue {queue_id} seq {seq}"
     return StorageDamaged(

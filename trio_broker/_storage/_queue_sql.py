@@ -64,6 +64,7 @@ from ._integrity import (
     StorageDamaged,
     insert_plain,
     insert_values,
+    read_data,
     read_values,
     report_damage,
 )
@@ -103,7 +104,16 @@ def apply_command(
     every other broker has deleted since, and a replica does not pay for reading values that
     only the leader's answers need.
     """
-    if type(command) is ReadNext or type(command) is ReadBatch:
+    if type(command) is ReadNext:
+        # The usual READ, its own path (docs/performance.md, "A single READ on the leader"):
+        # no savepoint, as below.
+        try:
+            return _read_next(db, command, unchecked)
+        except StorageDamaged as exc:
+            if hold:
+                raise
+            return report_damage(exc)
+    if type(command) is ReadBatch:
         # No savepoint (two statements): this command writes nothing before its values are
         # read, so damage they raise leaves nothing of it to undo.
         try:
@@ -225,6 +235,35 @@ def _apply_one(
         touch_position(db, command.client_id, command.queue_id, sweeping=True)
     if moved_to is not None:
         _set_position(db, command.client_id, command.queue_id, moved_to)
+    return result
+
+
+def _read_next(
+    db: apsw.Connection, command: ReadNext, unchecked: list[tuple[str, int]] | None
+) -> Result:
+    """A single READ, as :func:`_apply_one` applies it (the same statements, results and
+    writes), without the type tests of every other command first and with its one value
+    sought by its key (:func:`read_data`): two statements where nobody waits for the answer,
+    three where someone does."""
+    client_id = command.client_id
+    queue_id = command.queue_id
+    row = db.execute(_POSITION, (client_id, queue_id)).fetchone()
+    if row is None:
+        return queue_not_found(queue_id)
+    length, deleted, position, sweeping = row
+    start, end = read_range(position, deleted, length, command)
+    if start > end:
+        read: tuple[tuple[int, bytes], ...] = ()
+    elif unchecked is not None:
+        read = ((start, b""),)  # (nobody waits: no value read, as in _apply_one)
+    else:
+        read = ((start, read_data(db, queue_id, start)),)
+    result, moved_to = read_result(command, read)
+    # Written only now, after the value is read (see apply_command).
+    if sweeping:
+        touch_position(db, client_id, queue_id, sweeping=True)
+    if moved_to is not None:
+        _set_position(db, client_id, queue_id, moved_to)
     return result
 
 
