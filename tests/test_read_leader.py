@@ -8,17 +8,23 @@ from __future__ import annotations
 from typing import Any
 
 import apsw
+import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trio_broker._core import QueueState
 from trio_broker._core._commands import (
     AppendBatch,
+    CommandGroup,
+    CommandRejected,
     CreateQueue,
+    GroupApplied,
     MessageRead,
     ReadNext,
     Seek,
 )
+from trio_broker._core._raft_messages import Entry
 from trio_broker._storage import Store
 from trio_broker._storage._integrity import (
     _READ_DATA,
@@ -207,3 +213,111 @@ def test_read_data_checks_as_read_values_does(ram_path_factory, values, damaged)
             assert isinstance(got, bytes) == (seq not in damaged)
     finally:
         store.close()
+
+
+def test_a_run_of_one_readers_reads_in_a_group_is_three_statements(tmp_path):
+    """One receive's pipelined READs (one client, one queue, one after another in a group):
+    three statements for the run on the leader, two where nobody waits, the answers those of
+    the READs one by one, past the queue's end too."""
+    store = Store(tmp_path)
+    try:
+        store.apply([CreateQueue(QUEUE), AppendBatch(QUEUE, (b"a", b"b", b"c", b"d", b"e"))])
+        db = store._db
+        run = CommandGroup(tuple(ReadNext(READER, QUEUE) for _ in range(4)))
+        with db:
+            seen = _count_statements(store)
+            got = apply_command(db, run, hold=True)
+            assert got == GroupApplied(
+                tuple(MessageRead(n, v) for n, v in enumerate((b"a", b"b", b"c", b"d"), 1))
+            )
+            assert len(seen) == 3
+            seen.clear()
+            got = apply_command(db, run, hold=True, unchecked=[])
+            assert got == GroupApplied((MessageRead(5, b""),) + (MessageRead(None, None),) * 3)
+            assert len(seen) == 2 and not [s for s in seen if "queue_data" in s]
+        assert store.positions() == {(READER, QUEUE): 5}
+    finally:
+        store.close()
+
+
+def _placeless(store: Store, results: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``results`` with the store's file name left out of damage answers (two stores)."""
+    name = store._db.filename
+    return tuple(
+        attrs.evolve(r, message=r.message.replace(name, "FILE"))
+        if isinstance(r, CommandRejected)
+        else r
+        for r in results
+    )
+
+
+_group_reads = st.lists(
+    st.builds(ReadNext, client_id=st.sampled_from([READER, "C-BBBBB"]), queue_id=st.just(QUEUE))
+    | st.builds(
+        Seek,
+        client_id=st.just(READER),
+        queue_id=st.just(QUEUE),
+        next_sequence_num=st.integers(1, 7),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    groups=st.lists(_group_reads, min_size=1, max_size=4),
+    damaged=st.sets(st.integers(1, 6), max_size=2),
+    hold=st.booleans(),
+    sweeping=st.booleans(),
+)
+def test_reads_in_a_group_answer_and_move_as_one_by_one(
+    ram_path_factory, groups, damaged, hold, sweeping
+):
+    """A group's READs (runs of one reader among others, SEEKs between) against the same
+    commands each in an entry of its own, on a store whose values may be damaged: the same
+    answers (a damaged value never served: UNAVAILABLE alone, raised with ``hold``), the same
+    positions and position marks; without damage, the reference's answers."""
+    stores = [Store(ram_path_factory.mktemp(name)) for name in ("grouped", "alone")]
+    model = QueueState()
+    try:
+        setup = [CreateQueue(QUEUE), AppendBatch(QUEUE, tuple(b"v%d" % n for n in range(6)))]
+        for command in setup:
+            model.apply(command)
+        for store in stores:
+            store.apply(setup)
+            if sweeping:
+                store._db.execute("INSERT INTO work_meta (key, value) VALUES ('sweep_ms', '0')")
+            for seq in damaged:
+                _damage(store, seq, "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB)")
+            store.hold_damage = hold
+        grouped, alone = stores
+        index = 0
+        for commands in groups:
+            index += 1
+            entry = Entry(1, index, CommandGroup(tuple(commands)))
+            entries = [Entry(1, index + k, c) for k, c in enumerate(commands)]
+            index += len(commands)
+            try:
+                got: Any = grouped.save(entries=[entry], committed=[entry])[0].results
+                got = _placeless(grouped, got)
+            except StorageDamaged as exc:
+                got = exc.seq
+            try:
+                expected: Any = tuple(alone.save(entries=entries, committed=entries))
+                expected = _placeless(alone, expected)
+            except StorageDamaged as exc:
+                expected = exc.seq
+            assert got == expected
+            if not damaged:
+                assert got == tuple(model.apply(c) for c in commands)
+            assert grouped.positions() == alone.positions()
+            marks = "SELECT client_id, queue_id, touched_ms FROM position_activity ORDER BY 1"
+            assert grouped._db.execute(marks).fetchall() == alone._db.execute(marks).fetchall()
+    finally:
+        for store in stores:
+            store.close()
