@@ -64,6 +64,7 @@ from ._integrity import (
     StorageDamaged,
     insert_plain,
     insert_values,
+    read_data,
     read_values,
     report_damage,
 )
@@ -103,7 +104,16 @@ def apply_command(
     every other broker has deleted since, and a replica does not pay for reading values that
     only the leader's answers need.
     """
-    if type(command) is ReadNext or type(command) is ReadBatch:
+    if type(command) is ReadNext:
+        # The usual READ, its own path (docs/performance.md, "A single READ on the leader"):
+        # no savepoint, as below.
+        try:
+            return _read_next(db, command, unchecked)
+        except StorageDamaged as exc:
+            if hold:
+                raise
+            return report_damage(exc)
+    if type(command) is ReadBatch:
         # No savepoint (two statements): this command writes nothing before its values are
         # read, so damage they raise leaves nothing of it to undo.
         try:
@@ -228,6 +238,91 @@ def _apply_one(
     return result
 
 
+def _read_next(
+    db: apsw.Connection, command: ReadNext, unchecked: list[tuple[str, int]] | None
+) -> Result:
+    """A single READ, as :func:`_apply_one` applies it (the same statements, results and
+    writes), without the type tests of every other command first and with its one value
+    sought by its key (:func:`read_data`): two statements where nobody waits for the answer,
+    three where someone does."""
+    client_id = command.client_id
+    queue_id = command.queue_id
+    row = db.execute(_POSITION, (client_id, queue_id)).fetchone()
+    if row is None:
+        return queue_not_found(queue_id)
+    length, deleted, position, sweeping = row
+    start, end = read_range(position, deleted, length, command)
+    if start > end:
+        read: tuple[tuple[int, bytes], ...] = ()
+    elif unchecked is not None:
+        read = ((start, b""),)  # (nobody waits: no value read, as in _apply_one)
+    else:
+        read = ((start, read_data(db, queue_id, start)),)
+    result, moved_to = read_result(command, read)
+    # Written only now, after the value is read (see apply_command).
+    if sweeping:
+        touch_position(db, client_id, queue_id, sweeping=True)
+    if moved_to is not None:
+        _set_position(db, client_id, queue_id, moved_to)
+    return result
+
+
+def _same_reader(first: ReadNext, command: Command) -> bool:
+    return (
+        type(command) is ReadNext
+        and command.client_id == first.client_id
+        and command.queue_id == first.queue_id
+    )
+
+
+def _read_run(
+    db: apsw.Connection,
+    run: tuple[ReadNext, ...],
+    hold: bool,
+    unchecked: list[tuple[str, int]] | None,
+) -> list[Result]:
+    """Single READs of one client on one queue, one after another in a group: what applying
+    each with :func:`_read_next` gives (results, position, writes), in three statements for the
+    run (the position ``SELECT``, the values ``SELECT`` of all it may read, the upsert) instead
+    of three per READ; two where nobody waits (no value read). Nothing is written before the
+    values are read, so a damaged or missing one sends the run to :func:`apply_command` one
+    READ at a time, which answers (or raises) for each exactly as before."""
+    client_id = run[0].client_id
+    queue_id = run[0].queue_id
+    row = db.execute(_POSITION, (client_id, queue_id)).fetchone()
+    if row is None:
+        return [queue_not_found(queue_id) for _ in run]
+    length, deleted, position, sweeping = row
+    first, last = read_range(position, deleted, length, run[0])
+    last = min(length, first + len(run) - 1)
+    if first > last:
+        data: list[bytes] = []
+    elif unchecked is not None:
+        data = [b""] * (last - first + 1)  # (nobody waits: no value read, as in _read_next)
+    else:
+        try:
+            data = [value for _, value, _ in read_values(db, queue_id, first, last)]
+        except StorageDamaged:
+            return [apply_command(db, command, hold=hold, unchecked=unchecked) for command in run]
+    results: list[Result] = []
+    at = position
+    for command in run:
+        start, end = read_range(at, deleted, length, command)
+        result, moved_to = read_result(
+            command, ((start, data[start - first]),) if start <= end else ()
+        )
+        results.append(result)
+        if moved_to is not None:
+            at = moved_to
+    # Written only now, after the values are read (see apply_command); touching a position
+    # marks it, so once for the run is what once per READ wrote.
+    if sweeping:
+        touch_position(db, client_id, queue_id, sweeping=True)
+    if at != position:
+        _set_position(db, client_id, queue_id, at)
+    return results
+
+
 _POSITION = (
     "SELECT length, deleted_through, coalesce((SELECT read_position FROM client_positions"
     " WHERE client_id = ?1 AND queue_id = ?2), 0),"
@@ -329,21 +424,30 @@ def _apply_group(
     unchecked: list[tuple[str, int]] | None,
 ) -> GroupApplied:
     """A group's commands in order; a run of plain appends to one queue (the common case
-    under pipelined load) costs three statements in all instead of three each."""
+    under pipelined load) costs three statements in all instead of three each, and so does a
+    run of single READs of one client on one queue (one receive's pipelined READs)."""
     results: list[Result] = []
+    count = len(commands)
     i = 0
-    while i < len(commands):
+    while i < count:
+        command = commands[i]
         j = i + 1
-        if _plain_append(commands[i]):
-            queue_id = commands[i].queue_id
-            while j < len(commands) and _plain_append(commands[j]):
-                if commands[j].queue_id != queue_id:
-                    break
+        if _plain_append(command):
+            queue_id = command.queue_id
+            while j < count and _plain_append(commands[j]) and commands[j].queue_id == queue_id:
                 j += 1
-        if j - i > 1:
-            results += _append_run(db, commands[i:j])
-        else:
-            results.append(apply_command(db, commands[i], hold=hold, unchecked=unchecked))
+            if j - i > 1:
+                results += _append_run(db, commands[i:j])
+                i = j
+                continue
+        elif type(command) is ReadNext:
+            while j < count and _same_reader(command, commands[j]):
+                j += 1
+            if j - i > 1:
+                results += _read_run(db, commands[i:j], hold, unchecked)  # type: ignore[arg-type]
+                i = j
+                continue
+        results.append(apply_command(db, command, hold=hold, unchecked=unchecked))
         i = j
     return GroupApplied(tuple(results))
 
