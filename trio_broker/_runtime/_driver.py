@@ -151,6 +151,8 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self.persisted_in_step = 0
         """A replica's Readies persisted by the task that read them
         (:meth:`_persist_after_frames`)."""
+        self.applied_ahead = 0
+        """Of those, the ones acknowledged before their long apply (``APPLY_AHEAD``)."""
         self._deferred = False
         """A stepping task will persist this replica's Ready after its receive's frames."""
         self._parked = False
