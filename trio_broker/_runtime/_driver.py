@@ -60,10 +60,13 @@ from ._reads import ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._save_place import (
+    APPLY_AHEAD,
     SLOW_FSYNC,
+    apply_weight,
     let_links_send,
     runs_in_place,
     saving_durably,
+    short,
 )
 from ._snapshots import Snapshots
 
@@ -461,15 +464,23 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
         results: Any = []
         committed = rd.committed_entries
+        # A replica acknowledges its new entries before a long apply (APPLY_AHEAD, as
+        # InStep._persist_after_frames): two transactions, each of a kind a Ready may be.
+        ahead = (
+            bool(rd.entries and rd.persisted_messages)
+            and snapshot is None
+            and apply_weight(committed) > APPLY_AHEAD
+        )
         if rd.must_sync or committed:
             started = time.perf_counter()
+            first = () if ahead else committed
             save = functools.partial(
                 self._store.save,
                 hard_state=rd.hard_state,
                 truncate_from=rd.truncate_from,
                 entries=rd.entries,
                 snapshot=snapshot,
-                committed=rd.committed_entries,
+                committed=first,
             )
             durable = saving_durably(rd, self._saved_term_vote)
             in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
@@ -477,13 +488,23 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 await let_links_send()
                 self._unsent = False
                 started = time.perf_counter()
-            results = await self._save(save, short=in_place, committed=rd.committed_entries)
+            results = await self._save(save, short=in_place, committed=first)
             if results is STOOD_IN:  # (the leader's snapshot, installed next, holds their effect)
                 committed, results = (), []
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
-            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
-        if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
+            self._saved(rd, first, durable=durable, took=time.perf_counter() - started)
+            if ahead:
+                self.applied_ahead += 1
+                if not self._send_at_once(rd.persisted_messages):
+                    self._unsent = True
+                started = time.perf_counter()
+                apply = functools.partial(self._store.save, committed=committed)
+                results = await self._save(apply, short=short(committed), committed=committed)
+                if results is STOOD_IN:
+                    committed, results = (), []
+                self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
+        if rd.persisted_messages and not ahead and not self._send_at_once(rd.persisted_messages):
             self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
         # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate
