@@ -3,9 +3,11 @@
 The core decides; this task executes its Ready effects in the order the core prescribes:
 send the leader's appends at once, persist (and apply what is committed) in one durable SQLite
 transaction on the storage thread, and only then send the messages that promise what was
-persisted (votes, acknowledgements). Proposals and peer messages are stepped into the core by
-the tasks that receive them, while a transaction runs; their effects form the next Ready, so
-everything that arrived during one fsync shares the next one (group commit). A short
+persisted (votes, acknowledgements); a replica whose Ready would also apply many messages
+acknowledges first and applies in a second transaction (``_save_place.APPLY_AHEAD``).
+Proposals and peer messages are stepped into the core by the tasks that receive them, while
+a transaction runs; their effects form the next Ready, so everything that arrived during one
+fsync shares the next one (group commit). A short
 transaction runs on the loop's own thread while the storage thread is idle (:mod:`._save_place`):
 the hand-offs would cost more than it does; a leader's only when its Ready is small (under
 load its loop serves connections during the fsync), and only once its REPLICATEs have left

@@ -47,7 +47,9 @@ class InStep:
         """A replica's Ready, in the task that read the REPLICATEs of one receive, after the
         last of them was stepped (``AFTER_FRAMES``): one transaction for all, persisted, then
         the acknowledgement sent (persist before you send), the commands applied and the core
-        advanced, without a wake-up and a turn of this task. Only a Ready that
+        advanced, without a wake-up and a turn of this task. Committed entries that may touch
+        more than ``APPLY_AHEAD`` messages are applied after the acknowledgement, in a
+        transaction of their own. Only a Ready that
         ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
         quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
         transaction that rolled back (full disk, damaged value), or a stream that ended first
