@@ -3,9 +3,11 @@
 The core decides; this task executes its Ready effects in the order the core prescribes:
 send the leader's appends at once, persist (and apply what is committed) in one durable SQLite
 transaction on the storage thread, and only then send the messages that promise what was
-persisted (votes, acknowledgements). Proposals and peer messages are stepped into the core by
-the tasks that receive them, while a transaction runs; their effects form the next Ready, so
-everything that arrived during one fsync shares the next one (group commit). A short
+persisted (votes, acknowledgements); a replica whose Ready would also apply many messages
+acknowledges first and applies in a second transaction (``_save_place.APPLY_AHEAD``).
+Proposals and peer messages are stepped into the core by the tasks that receive them, while
+a transaction runs; their effects form the next Ready, so everything that arrived during one
+fsync shares the next one (group commit). A short
 transaction runs on the loop's own thread while the storage thread is idle (:mod:`._save_place`):
 the hand-offs would cost more than it does; a leader's only when its Ready is small (under
 load its loop serves connections during the fsync), and only once its REPLICATEs have left
@@ -60,10 +62,13 @@ from ._reads import ReadPath
 from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._save_place import (
+    APPLY_AHEAD,
     SLOW_FSYNC,
+    apply_weight,
     let_links_send,
     runs_in_place,
     saving_durably,
+    short,
 )
 from ._snapshots import Snapshots
 
@@ -151,6 +156,8 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self.persisted_in_step = 0
         """A replica's Readies persisted by the task that read them
         (:meth:`_persist_after_frames`)."""
+        self.applied_ahead = 0
+        """Of those, the ones acknowledged before their long apply (``APPLY_AHEAD``)."""
         self._deferred = False
         """A stepping task will persist this replica's Ready after its receive's frames."""
         self._parked = False
@@ -459,15 +466,23 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
         results: Any = []
         committed = rd.committed_entries
+        # A replica acknowledges its new entries before a long apply (APPLY_AHEAD, as
+        # InStep._persist_after_frames): two transactions, each of a kind a Ready may be.
+        ahead = (
+            bool(rd.entries and rd.persisted_messages)
+            and snapshot is None
+            and apply_weight(committed) > APPLY_AHEAD
+        )
         if rd.must_sync or committed:
             started = time.perf_counter()
+            first = () if ahead else committed
             save = functools.partial(
                 self._store.save,
                 hard_state=rd.hard_state,
                 truncate_from=rd.truncate_from,
                 entries=rd.entries,
                 snapshot=snapshot,
-                committed=rd.committed_entries,
+                committed=first,
             )
             durable = saving_durably(rd, self._saved_term_vote)
             in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
@@ -475,13 +490,23 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 await let_links_send()
                 self._unsent = False
                 started = time.perf_counter()
-            results = await self._save(save, short=in_place, committed=rd.committed_entries)
+            results = await self._save(save, short=in_place, committed=first)
             if results is STOOD_IN:  # (the leader's snapshot, installed next, holds their effect)
                 committed, results = (), []
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
-            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
-        if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
+            self._saved(rd, first, durable=durable, took=time.perf_counter() - started)
+            if ahead:
+                self.applied_ahead += 1
+                if not self._send_at_once(rd.persisted_messages):
+                    self._unsent = True
+                started = time.perf_counter()
+                apply = functools.partial(self._store.save, committed=committed)
+                results = await self._save(apply, short=short(committed), committed=committed)
+                if results is STOOD_IN:
+                    committed, results = (), []
+                self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
+        if rd.persisted_messages and not ahead and not self._send_at_once(rd.persisted_messages):
             self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
         # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate

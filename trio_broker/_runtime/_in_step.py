@@ -16,7 +16,7 @@ from .._core import _raft as raft
 from .._storage._integrity import StorageDamaged
 from .._storage._worker import is_disk_full
 from ._disk_space import DiskState
-from ._save_place import applies_only, runs_in_place, saving_durably
+from ._save_place import APPLY_AHEAD, applies_only, apply_weight, runs_in_place, saving_durably
 
 if TYPE_CHECKING:
     from ._driver import RaftDriver
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class InStep:
     """Mixed into :class:`~._driver.RaftDriver` (its state: ``node``, ``_worker``, ``_store``,
     ``disk``, ``_parked``, ``_taken``, ``_failed``, ``_deferred``, ``_unsent``, ``_ledger``,
-    ``reads``, ``applied_in_step``, ``persisted_in_step``)."""
+    ``reads``, ``applied_in_step``, ``persisted_in_step``, ``applied_ahead``)."""
 
     def _may_persist(self: RaftDriver) -> bool:
         """Whether the task reading a leader's stream may persist a replica's Ready itself,
@@ -47,7 +47,9 @@ class InStep:
         """A replica's Ready, in the task that read the REPLICATEs of one receive, after the
         last of them was stepped (``AFTER_FRAMES``): one transaction for all, persisted, then
         the acknowledgement sent (persist before you send), the commands applied and the core
-        advanced, without a wake-up and a turn of this task. Only a Ready that
+        advanced, without a wake-up and a turn of this task. Committed entries that may touch
+        more than ``APPLY_AHEAD`` messages are applied after the acknowledgement, in a
+        transaction of their own. Only a Ready that
         ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
         quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
         transaction that rolled back (full disk, damaged value), or a stream that ended first
@@ -70,11 +72,18 @@ class InStep:
             self._handing_over(rd)
             return
         committed = rd.committed_entries
+        # A long apply (batched READs read every value on every broker) comes after the
+        # acknowledgement, in a transaction of its own: the leader's commit of these entries
+        # then waits for this fsync only, and the apply overlaps the leader's own.
+        ahead = bool(rd.entries and rd.persisted_messages) and (
+            apply_weight(committed) > APPLY_AHEAD
+        )
+        first = () if ahead else committed
         store = self._store
         started = time.perf_counter()
         try:
             store.hold_damage, store.unchecked_reads = True, False  # (as in _apply_here)
-            results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=committed)
+            results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=first)
         except Exception as exc:
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
                 self._handing_over(rd)
@@ -84,9 +93,23 @@ class InStep:
             return
         self.persisted_in_step += 1
         try:
-            self._saved(rd, committed, durable=durable, took=time.perf_counter() - started)
+            self._saved(rd, first, durable=durable, took=time.perf_counter() - started)
             if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
                 self._unsent = True  # (a busy link: this task's next Ready waits for it)
+            if ahead:
+                self.applied_ahead += 1
+                started = time.perf_counter()
+                try:
+                    results = store.save(committed=committed)
+                except Exception as exc:
+                    if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                        # Rolled back whole: the driver runs the Ready again (its entries
+                        # written again as they are, the acknowledgement sent twice: the
+                        # leader takes the larger match), then applies as always.
+                        self._handing_over(rd)
+                        return
+                    raise
+                self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
             self._applied(committed, results)
             self.node.advance()
             self._after_advance()

@@ -14,7 +14,8 @@ from typing import Any
 import trio
 
 from .._core import _raft as raft
-from .._core._commands import CommandGroup
+from .._core._commands import AppendBatch, CommandGroup, ReadBatch
+from .._core._work_commands import Publish, ReadRecords
 
 SHORT_ENTRIES = 8
 SHORT_COMMANDS = 256
@@ -25,6 +26,13 @@ SENDING_COMMANDS = 8
 """A durable transaction of a Ready that sends messages first (a leader's entries) runs on the
 event loop's thread only with at most this many commands: a larger one means load, and the
 loop then serves connections while the storage thread waits on the fsync."""
+APPLY_AHEAD = 256
+"""A replica whose Ready persists new entries and applies committed ones that may read or
+write more messages than this (:func:`apply_weight`) acknowledges the new entries before it
+applies (``RaftDriver._persist_after_frames``): the leader's commit of the next entries then
+waits for the replica's fsync only, not for its apply of the entries before them (batched
+READs: 1,000 values read per READ on every broker; docs/performance.md, "Batched READs: where
+a request's time goes")."""
 SLOW_FSYNC = 0.02
 """A durable transaction runs on the event loop's thread only while the last one took less than
 this (seconds): a slow or stalled disk never holds the loop (reads, heartbeat answers) more
@@ -100,6 +108,25 @@ async def let_links_send() -> None:
     await trio.lowlevel.cancel_shielded_checkpoint()
 
 
+def apply_weight(entries: tuple[Any, ...]) -> int:
+    """How many messages applying ``entries`` may read or write, at most: a READ's
+    ``max_messages``, a batch's values, one for any other command. Commands count 1 each in
+    :func:`short`, though a READ of 1,000 messages reads and checks 1,000 values."""
+    weight = 0
+    for entry in entries:
+        payload = entry.payload
+        for command in payload.commands if isinstance(payload, CommandGroup) else (payload,):
+            if isinstance(command, ReadBatch | ReadRecords):
+                weight += command.max_messages
+            elif isinstance(command, AppendBatch):
+                weight += len(command.data)
+            elif isinstance(command, Publish):
+                weight += len(command.records)
+            else:
+                weight += 1
+    return weight
+
+
 def short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:
     """A bound on the work of a transaction run on the event loop's thread: at most
     SHORT_ENTRIES entries and ``limit`` commands."""
@@ -113,11 +140,13 @@ def short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:
 
 
 __all__ = [
+    "APPLY_AHEAD",
     "SENDING_COMMANDS",
     "SHORT_COMMANDS",
     "SHORT_ENTRIES",
     "SLOW_FSYNC",
     "applies_only",
+    "apply_weight",
     "let_links_send",
     "runs_in_place",
     "saving_durably",
