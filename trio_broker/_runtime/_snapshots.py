@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from .._core import _raft as raft
-from .._core._commands import data_size
+from .._core._commands import CommandGroup, data_size
 from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
 from .._protocol import FetchValues, StoredValues
@@ -52,6 +52,22 @@ class Settable(Protocol):
 
 class Sender(Protocol):
     def send(self, message: Any) -> None: ...
+
+
+HELD_PER_COMMAND = 192
+"""Bytes a command held in the in-memory log costs beyond what ``data_size`` counts for it
+(the count of a group gives each command 64): a decoded APPEND of 100 bytes holds about 326
+bytes and a READ about 196 (``tracemalloc``, docs/performance.md, "Peak broker RSS"), so 64 +
+192 per command bounds both."""
+
+
+def held_size(payload: object) -> int:
+    """What an entry's payload holds in memory, at least: its ``data_size`` and
+    :data:`HELD_PER_COMMAND` per command. Compaction counts this against ``compact_bytes``, so
+    the log's memory follows the setting whatever the commands' mix (with ``data_size``
+    alone a log of READs held about three times the setting)."""
+    commands = len(payload.commands) if isinstance(payload, CommandGroup) else 1
+    return data_size(payload) + HELD_PER_COMMAND * commands
 
 
 class SnapshotHost(Protocol):
@@ -94,10 +110,11 @@ class Snapshots:
         """Member -> when it last asked for a snapshot that was offered (at most one entry
         per member of the group)."""
         self.applied_bytes = 0
-        """Message bytes in applied entries since the last compaction (approximate)."""
+        """Bytes the applied entries since the last compaction hold in memory, as
+        :func:`held_size` counts them (approximate)."""
 
     def note_applied(self, committed: Sequence[Entry]) -> None:
-        self.applied_bytes += sum(data_size(e.payload) for e in committed)
+        self.applied_bytes += sum(held_size(e.payload) for e in committed)
 
     # -- compaction ------------------------------------------------------------------------------
 
@@ -117,7 +134,7 @@ class Snapshots:
             # Keep fewer entries when they are large: at most a quarter of the byte budget.
             index, kept = applied, 0
             while index > log.snapshot_index and applied - index < keep:
-                size = data_size(log.entry(index).payload)
+                size = held_size(log.entry(index).payload)
                 if kept + size > config.compact_bytes // 4:
                     break
                 kept += size
@@ -126,11 +143,11 @@ class Snapshots:
         if term is None:
             if over_bytes:  # the count was stale: the log holds less than it said
                 held = log.slice(log.snapshot_index + 1, applied + 1)
-                self.applied_bytes = sum(data_size(e.payload) for e in held)
+                self.applied_bytes = sum(held_size(e.payload) for e in held)
             return
         meta = SnapshotMeta(index, term, node._config_at(index))
         node.compact(index)
-        self.applied_bytes = sum(data_size(e.payload) for e in log.slice(index + 1, applied + 1))
+        self.applied_bytes = sum(held_size(e.payload) for e in log.slice(index + 1, applied + 1))
         self._host.start_soon(self._compact_storage, meta)
 
     def compact_now(self, requests: Sequence[Settable]) -> None:
