@@ -198,7 +198,8 @@ OPTIONS = [
     Option(
         "compact_bytes",
         _int,
-        "message bytes in applied log entries that also trigger a compaction",
+        "bytes the applied log entries hold in memory (their data and about 256 per"
+        " command) that also trigger a compaction",
         _D["compact_bytes"],
     ),
     Option(

@@ -141,8 +141,9 @@ class BrokerConfig:
     compact_keep: int = attrs.field(default=500, validator=_positive)
     """Applied entries kept in the log after a compaction, for replicas slightly behind."""
     compact_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
-    """Message bytes in applied log entries that also trigger a compaction (the log is held
-    in memory: this bounds it when entries are large); then at most a quarter of it is kept."""
+    """Bytes the applied log entries hold in memory (their message data and about 256 bytes per
+    command: ``_snapshots.held_size``) that also trigger a compaction (the log is held in
+    memory: this bounds it); then at most a quarter of it is kept."""
     # -- security (docs/security.md); all off by default ----------------------------------------
     tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
     """PEM certificate (chain) of this broker: with ``tls_key``, the main listener speaks TLS
