@@ -26,9 +26,10 @@ event loop's thread; a larger one goes to the storage thread. Commands are count
 SHORT_WEIGHT = 4096
 """At most this many messages read or written by the commands applied (:func:`apply_weight`)
 in a transaction run on the event loop's thread or in a stepping task (:func:`light`): a
-READ_BATCH or READ_RECORDS reads and checks up to 1,000 values, about 3 µs each (measured:
-one entry of 64 READs of 1,000 values, weight 64,000, applied in 0.19 s), so this bound holds
-the loop about 12 ms at most, far below the failure timeout its heartbeat answers guard."""
+READ_BATCH or READ_RECORDS reads and checks up to 1,000 values, 2 to 3 µs each (measured on
+a 2-core machine under load 1.7-2.6: one entry of 4 such READs, weight 4,000, applied in 8-9
+ms; one of 64, weight 64,000, in 0.19 s), so this bound holds the loop about 10 ms at most,
+far below the failure timeout its heartbeat answers guard."""
 SENDING_COMMANDS = 8
 """A durable transaction of a Ready that sends messages first (a leader's entries) runs on the
 event loop's thread only with at most this many commands: a larger one means load, and the
