@@ -66,9 +66,9 @@ from ._save_place import (
     SLOW_FSYNC,
     apply_weight,
     let_links_send,
+    light,
     runs_in_place,
     saving_durably,
-    short,
 )
 from ._snapshots import Snapshots
 
@@ -157,7 +157,12 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         """A replica's Readies persisted by the task that read them
         (:meth:`_persist_after_frames`)."""
         self.applied_ahead = 0
-        """Of those, the ones acknowledged before their long apply (``APPLY_AHEAD``)."""
+        """Replica Readies acknowledged before their long apply (``APPLY_AHEAD``), by either
+        path."""
+        self.ahead_in_step = 0
+        """Of those, the ones persisted and acknowledged by the task that read them (the apply
+        then runs there, or in this task when heavy or the acknowledgement waits for a link:
+        :meth:`_persist_after_frames`)."""
         self._deferred = False
         """A stepping task will persist this replica's Ready after its receive's frames."""
         self._parked = False
@@ -379,7 +384,9 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                     await self._wake.wait()
                 finally:
                     self._parked = False
-                self._unsent = False
+                if self._unsent:  # (a stepping task's acknowledgement, before its apply)
+                    await let_links_send()
+                    self._unsent = False
 
     async def _clock(self) -> None:
         """The heartbeat sender, failure detector and elector: the core's clock, on its own
@@ -485,7 +492,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 committed=first,
             )
             durable = saving_durably(rd, self._saved_term_vote)
-            in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
+            in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=first)
             if in_place and durable and self._unsent:
                 await let_links_send()
                 self._unsent = False
@@ -499,10 +506,10 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             if ahead:
                 self.applied_ahead += 1
                 if not self._send_at_once(rd.persisted_messages):
-                    self._unsent = True
+                    await let_links_send()  # (a busy link, TLS: the acknowledgement first)
                 started = time.perf_counter()
                 apply = functools.partial(self._store.save, committed=committed)
-                results = await self._save(apply, short=short(committed), committed=committed)
+                results = await self._save(apply, short=light(committed), committed=committed)
                 if results is STOOD_IN:
                     committed, results = (), []
                 self._saved(rd, committed, durable=False, took=time.perf_counter() - started)

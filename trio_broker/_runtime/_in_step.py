@@ -10,13 +10,22 @@ first. A part of :class:`~._driver.RaftDriver`, kept apart from its loop."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from .._core import _raft as raft
 from .._storage._integrity import StorageDamaged
 from .._storage._worker import is_disk_full
 from ._disk_space import DiskState
-from ._save_place import APPLY_AHEAD, applies_only, apply_weight, runs_in_place, saving_durably
+from ._save_place import (
+    APPLY_AHEAD,
+    applies_only,
+    apply_weight,
+    light,
+    runs_in_place,
+    saving_durably,
+)
 
 if TYPE_CHECKING:
     from ._driver import RaftDriver
@@ -49,7 +58,12 @@ class InStep:
         the acknowledgement sent (persist before you send), the commands applied and the core
         advanced, without a wake-up and a turn of this task. Committed entries that may touch
         more than ``APPLY_AHEAD`` messages are applied after the acknowledgement, in a
-        transaction of their own. Only a Ready that
+        transaction of their own: here, or in this task (the persisted part done, the apply
+        handed over: :meth:`_handing_apply`) when it is heavier than ``runs_in_place``
+        allows or the acknowledgement did not leave at once (a busy link, TLS: this task lets
+        the links send first). Reads for nobody (no committed entry waited on in the ledger:
+        a replica's) do not read their values, as in this task's path (:mod:`._repair`); the
+        damage they go past is noted for repair. Only a Ready that
         ``runs_in_place`` allows (short, no snapshot, no cut of the log, the last fsync
         quick) that sends nothing before it persists; nothing in it waits. Any other Ready, a
         transaction that rolled back (full disk, damaged value), or a stream that ended first
@@ -64,13 +78,6 @@ class InStep:
             return
         rd = self.node.ready()
         durable = saving_durably(rd, self._saved_term_vote)
-        if (
-            rd.messages
-            or rd.snapshots_to_send
-            or not runs_in_place(rd, durable, fsync_fast=self._fsync_fast)
-        ):
-            self._handing_over(rd)
-            return
         committed = rd.committed_entries
         # A long apply (batched READs read every value on every broker) comes after the
         # acknowledgement, in a transaction of its own: the leader's commit of these entries
@@ -79,10 +86,17 @@ class InStep:
             apply_weight(committed) > APPLY_AHEAD
         )
         first = () if ahead else committed
+        if (
+            rd.messages
+            or rd.snapshots_to_send
+            or not runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=first)
+        ):
+            self._handing_over(rd)
+            return
         store = self._store
         started = time.perf_counter()
         try:
-            store.hold_damage, store.unchecked_reads = True, False  # (as in _apply_here)
+            self._set_reads(first)
             results = store.save(hard_state=rd.hard_state, entries=rd.entries, committed=first)
         except Exception as exc:
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
@@ -93,22 +107,30 @@ class InStep:
             return
         self.persisted_in_step += 1
         try:
+            self.repair.take_unchecked_met()
             self._saved(rd, first, durable=durable, took=time.perf_counter() - started)
             if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
-                self._unsent = True  # (a busy link: this task's next Ready waits for it)
+                # (a busy link, TLS: the driver's task lets the links send before anything
+                # else, and this task persists no other Ready until then)
+                self._unsent = True
             if ahead:
                 self.applied_ahead += 1
+                self.ahead_in_step += 1
+                if self._unsent or not light(committed):
+                    self._handing_apply(rd)  # (the acknowledgement first; a heavy one threaded)
+                    return
                 started = time.perf_counter()
                 try:
+                    self._set_reads(committed)
                     results = store.save(committed=committed)
                 except Exception as exc:
                     if isinstance(exc, StorageDamaged) or is_disk_full(exc):
-                        # Rolled back whole: the driver runs the Ready again (its entries
-                        # written again as they are, the acknowledgement sent twice: the
-                        # leader takes the larger match), then applies as always.
-                        self._handing_over(rd)
+                        # Rolled back whole (the apply only): the driver applies as always
+                        # (repairs, retries).
+                        self._handing_apply(rd)
                         return
                     raise
+                self.repair.take_unchecked_met()
                 self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
             self._applied(committed, results)
             self.node.advance()
@@ -187,6 +209,22 @@ class InStep:
             return
         if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
             self.wake()
+
+    def _set_reads(self: RaftDriver, committed: tuple[Any, ...]) -> None:
+        """As :mod:`._repair` sets them for a group with other members: damage fails the
+        transaction whole, and reads that nobody waits for (no committed entry has a waiter
+        in the ledger) do not read their values."""
+        ledger = self._ledger
+        store = self._store
+        store.hold_damage = True
+        store.unchecked_reads = not any(ledger.waiting(e.index) for e in committed)
+
+    def _handing_apply(self: RaftDriver, rd: raft.Ready) -> None:
+        """Hand this task the apply of a Ready whose entries, term and vote are persisted and
+        acknowledged: the same Ready without them, so that only the apply runs again."""
+        self._handing_over(
+            attrs.evolve(rd, hard_state=None, entries=(), truncate_from=None, persisted_messages=())
+        )
 
     def _handing_over(self: RaftDriver, rd: raft.Ready) -> None:
         self._taken = rd

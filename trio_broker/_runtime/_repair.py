@@ -259,22 +259,29 @@ class Repair:
                 )
                 if on_hold is not None:
                     on_hold()
-            met = getattr(store, "unchecked_met", None)
-            if met:
-                store.unchecked_met = []
-                for place in met:
-                    self._note(
-                        place,
-                        str(store.data_dir / DB_FILE),
-                        "the value does not match its checksum, or its row is missing (a read "
-                        "applied for nobody)",
-                        "repairing from a peer in the background: never served",
-                    )
-                fresh = sorted(set(met) - self._in_background)
-                if fresh:
-                    self._in_background.update(fresh)
-                    self._host.start_soon(self._repair_later, fresh)
+            self.take_unchecked_met()
             return result
+
+    def take_unchecked_met(self) -> None:
+        """Note the damaged values the last transaction's reads applied for nobody went past
+        (``Store.unchecked_met``) and repair them in the background: after every transaction
+        run with ``unchecked_reads`` (here, and a replica's in-step persist: ``_in_step``)."""
+        store = self._store
+        met = getattr(store, "unchecked_met", None)
+        if met:
+            store.unchecked_met = []
+            for place in met:
+                self._note(
+                    place,
+                    str(store.data_dir / DB_FILE),
+                    "the value does not match its checksum, or its row is missing (a read "
+                    "applied for nobody)",
+                    "repairing from a peer in the background: never served",
+                )
+            fresh = sorted(set(met) - self._in_background)
+            if fresh:
+                self._in_background.update(fresh)
+                self._host.start_soon(self._repair_later, fresh)
 
     def _report(self, exc: StorageDamaged, place: tuple[str, int]) -> None:
         self._note(place, exc.file, exc.found, "held until repaired from a peer: never served")
