@@ -112,10 +112,14 @@ async def test_a_replica_acknowledges_before_a_long_apply(tmp_path, path):
         assert checked >= 1
         with trio.fail_after(10):  # every broker applies the same READs, once
             while True:
+                # (read on each broker's storage thread: its connection is that thread's)
                 positions = {
-                    n: b.driver._store._db.execute(
-                        "SELECT client_id, read_position FROM client_positions ORDER BY client_id"
-                    ).fetchall()
+                    n: await b.driver._worker.run(
+                        lambda db=b.driver._store._db: db.execute(
+                            "SELECT client_id, read_position FROM client_positions"
+                            " ORDER BY client_id"
+                        ).fetchall()
+                    )
                     for n, b in c.brokers.items()
                 }
                 if len({tuple(v) for v in positions.values()}) == 1:

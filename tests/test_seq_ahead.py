@@ -85,10 +85,14 @@ async def _reading(tmp_path, path: str, watch, rounds: int = 20):
         await connection.aclose()
         with trio.fail_after(10):  # every broker applies the same READs, once
             while True:
+                # (read on each broker's storage thread: its connection is that thread's)
                 positions = {
-                    n: b.driver._store._db.execute(
-                        "SELECT client_id, read_position FROM client_positions ORDER BY client_id"
-                    ).fetchall()
+                    n: await b.driver._worker.run(
+                        lambda db=b.driver._store._db: db.execute(
+                            "SELECT client_id, read_position FROM client_positions"
+                            " ORDER BY client_id"
+                        ).fetchall()
+                    )
                     for n, b in c.brokers.items()
                 }
                 if len({tuple(v) for v in positions.values()}) == 1:
