@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import apsw
 import pytest
 import trio
 
@@ -170,3 +171,31 @@ def ram_path(ram_path_factory, request):
     yield path
     if isinstance(ram_path_factory, RamPathFactory):
         shutil.rmtree(path, ignore_errors=True)
+
+
+STORE_QUEUE = "Q-AAAAABBBBB"
+"""The queue :func:`store_db` holds."""
+
+
+@pytest.fixture(scope="module")
+def store_db(tmp_path_factory):
+    """One store's database for a test module that writes rows straight through ``_storage``
+    functions (its queue: :data:`STORE_QUEUE`); each test's writes are rolled back (``db``)."""
+    from trio_broker._core._commands import CreateQueue
+    from trio_broker._storage import DB_FILE, Store
+
+    path = tmp_path_factory.mktemp("store")
+    store = Store(path)
+    store.apply([CreateQueue(STORE_QUEUE)])
+    store.close()
+    connection = apsw.Connection(str(path / DB_FILE))
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def db(store_db):
+    """:func:`store_db` inside a transaction rolled back after the test."""
+    store_db.execute("BEGIN")
+    yield store_db
+    store_db.execute("ROLLBACK")

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import STORE_QUEUE
 from trio_broker._core._commands import AppendBatch, CommandRejected, CreateQueue
 from trio_broker._core._work_commands import ReadRecords
 from trio_broker._storage import DB_FILE, StorageDamaged, Store, _integrity
@@ -26,7 +27,7 @@ from trio_broker._storage._integrity import (
     value_checksum,
 )
 
-Q = "Q-AAAAABBBBB"
+Q = STORE_QUEUE  # (the queue the store fixtures hold: tests/conftest.py)
 
 
 def original_checksum(queue_id: str, seq: int, data: bytes, headers: str | None) -> int:
@@ -37,25 +38,6 @@ def original_checksum(queue_id: str, seq: int, data: bytes, headers: str | None)
     if headers is not None:
         crc = google_crc32c.extend(crc, b"\0" + headers.encode())
     return crc
-
-
-@pytest.fixture(scope="module")
-def store_db(tmp_path_factory) -> apsw.Connection:
-    """One store's database for the module; each test's writes are rolled back."""
-    path = tmp_path_factory.mktemp("store")
-    store = Store(path)
-    store.apply([CreateQueue(Q)])
-    store.close()
-    connection = apsw.Connection(str(path / DB_FILE))
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def db(store_db: apsw.Connection):
-    store_db.execute("BEGIN")
-    yield store_db
-    store_db.execute("ROLLBACK")
 
 
 def _write_as_before(db: apsw.Connection, queue_id: str, rows: list[tuple]) -> None:

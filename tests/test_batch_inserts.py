@@ -9,31 +9,13 @@ import apsw
 import orjson
 import pytest
 
+from tests.conftest import STORE_QUEUE
 from trio_broker._core._commands import AppendBatch, CreateQueue
-from trio_broker._storage import DB_FILE, Store
+from trio_broker._storage import Store
 from trio_broker._storage._integrity import insert_plain, insert_values, read_values, value_checksum
 
-Q = "Q-AAAAABBBBB"
+Q = STORE_QUEUE  # (the queue the store fixtures hold: tests/conftest.py)
 SIZES = [0, 1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100, 111, 112, 127, 128, 1000]
-
-
-@pytest.fixture(scope="module")
-def store_db(tmp_path_factory):
-    """One store's database for the module; each test's writes are rolled back."""
-    path = tmp_path_factory.mktemp("store")
-    store = Store(path)
-    store.apply([CreateQueue(Q)])
-    store.close()
-    connection = apsw.Connection(str(path / DB_FILE))
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def db(store_db: apsw.Connection):
-    store_db.execute("BEGIN")
-    yield store_db
-    store_db.execute("ROLLBACK")
 
 
 def _rows(count: int, first: int) -> list[tuple[bytes, int | None, str | None]]:
