@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.positions import agreed_positions, fill
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft as raft
 from trio_broker._core import _work_commands as wc
@@ -49,11 +50,7 @@ async def test_a_replica_acknowledges_before_a_long_apply(tmp_path, path):
         leader = await c.wait_for_leader()
         queue_id = await create_queue(leader.port)
         connection = await RawConnection.open(leader.port)
-        for _ in range(20):
-            answer = await connection.call(
-                {"operation": "APPEND_BATCH", "queue_name": queue_id, "values": ["x" * 100] * 100}
-            )
-            assert answer.get("status") == "success", answer
+        await fill(connection, queue_id)
 
         events: dict[str, list[tuple]] = {}
         for name, broker in c.brokers.items():
@@ -110,19 +107,4 @@ async def test_a_replica_acknowledges_before_a_long_apply(tmp_path, path):
                     assert ("send", True) in seen[last + 1 : i], seen[last : i + 1]
                     checked += 1
         assert checked >= 1
-        with trio.fail_after(10):  # every broker applies the same READs, once
-            while True:
-                # (read on each broker's storage thread: its connection is that thread's)
-                positions = {
-                    n: await b.driver._worker.run(
-                        lambda db=b.driver._store._db: db.execute(
-                            "SELECT client_id, read_position FROM client_positions"
-                            " ORDER BY client_id"
-                        ).fetchall()
-                    )
-                    for n, b in c.brokers.items()
-                }
-                if len({tuple(v) for v in positions.values()}) == 1:
-                    break
-                await trio.sleep(0.01)
-        assert len(positions[next(iter(positions))]) == len(reads)
+        assert len(await agreed_positions(c)) == len(reads)

@@ -13,6 +13,7 @@ import apsw
 import pytest
 import trio
 
+from tests.positions import agreed_positions, fill
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft as raft
 from trio_broker._runtime import _disk_space, _peer_mux
@@ -58,11 +59,7 @@ async def _reading(tmp_path, path: str, watch, rounds: int = 20):
         leader = await c.wait_for_leader()
         queue_id = await create_queue(leader.port)
         connection = await RawConnection.open(leader.port)
-        for _ in range(20):
-            answer = await connection.call(
-                {"operation": "APPEND_BATCH", "queue_name": queue_id, "values": ["x" * 100] * 100}
-            )
-            assert answer.get("status") == "success", answer
+        await fill(connection, queue_id)
         events: dict[str, list[tuple]] = {}
         replicas = [b for b in c.brokers.values() if b is not leader]
         for broker in replicas:
@@ -83,22 +80,7 @@ async def _reading(tmp_path, path: str, watch, rounds: int = 20):
                 if sum(b.driver.applied_ahead for b in replicas) >= 2:
                     break
         await connection.aclose()
-        with trio.fail_after(10):  # every broker applies the same READs, once
-            while True:
-                # (read on each broker's storage thread: its connection is that thread's)
-                positions = {
-                    n: await b.driver._worker.run(
-                        lambda db=b.driver._store._db: db.execute(
-                            "SELECT client_id, read_position FROM client_positions"
-                            " ORDER BY client_id"
-                        ).fetchall()
-                    )
-                    for n, b in c.brokers.items()
-                }
-                if len({tuple(v) for v in positions.values()}) == 1:
-                    break
-                await trio.sleep(0.01)
-        assert len(positions[next(iter(positions))]) == READS
+        assert len(await agreed_positions(c)) == READS
         return events, replicas
 
 
