@@ -13,13 +13,11 @@ import trio
 import trio.testing
 import trustme
 
+from tests.wire import serve_one_peer
 from trio_broker._core import _raft_messages as rm
-from trio_broker._protocol import FrameDecoder, encode_frame
 from trio_broker._runtime._peer_mux import PeerMux
-from trio_broker._runtime._peers import read_peer_stream
 
 HOME = "G-HOME0"
-WELCOME = b'{"status":"success","multiplexed":true}'
 MESSAGES = 12  # (fewer than MAX_DIRECT reads in a row: none of them need checkpoint)
 
 
@@ -53,27 +51,9 @@ async def _link_to_a_peer(
     handshaken = trio.Event()
     before: collections.Counter[str] = collections.Counter()
 
-    async def serve() -> None:
-        stream = wrap_server(await listener.accept())
-        async with stream:
-            decoder = FrameDecoder()
-            while decoder.next_frame() is None:
-                decoder.feed(await stream.receive_some())
-            await stream.send_all(encode_frame(WELCOME))
-            handshaken.set()
-            await read_peer_stream(
-                stream,
-                decoder,
-                received.append,
-                peer="127.0.0.1",
-                sender="B-1",
-                self_id="B-2",
-                max_frame=1 << 20,
-            )
-
     with trio.fail_after(20):
         async with listener, trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
+            nursery.start_soon(serve_one_peer, listener, received, handshaken, wrap_server)
             mux = PeerMux("B-1", HOME, nursery, ("127.0.0.1", 1), connect, dead_after=5.0)
             links = mux.register(HOME, lambda _peer: ("127.0.0.1", port))
             links.ensure({"B-2"})

@@ -12,15 +12,13 @@ from collections.abc import Callable
 import trio
 import trio.testing
 
+from tests.wire import serve_one_peer
 from trio_broker._core import _raft_messages as rm
-from trio_broker._protocol import FrameDecoder, encode_frame
 from trio_broker._runtime import _peer_mux
 from trio_broker._runtime._peer_mux import PeerMux
-from trio_broker._runtime._peers import read_peer_stream
 from trio_broker.testing import open_local_cluster
 
 HOME = "G-HOME0"
-WELCOME = b'{"status":"success","multiplexed":true}'
 
 
 class _Steps(trio.abc.Instrument):
@@ -87,27 +85,9 @@ async def _with_a_peer(
     received: list[rm.Message] = []
     handshaken = trio.Event()
 
-    async def serve() -> None:
-        stream = await listener.accept()
-        async with stream:
-            decoder = FrameDecoder()
-            while decoder.next_frame() is None:
-                decoder.feed(await stream.receive_some())
-            await stream.send_all(encode_frame(WELCOME))
-            handshaken.set()
-            await read_peer_stream(
-                stream,
-                decoder,
-                received.append,
-                peer="127.0.0.1",
-                sender="B-1",
-                self_id="B-2",
-                max_frame=1 << 20,
-            )
-
     with trio.fail_after(20):
         async with listener, trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
+            nursery.start_soon(serve_one_peer, listener, received, handshaken)
             mux = PeerMux("B-1", HOME, nursery, ("127.0.0.1", 1), trio.open_tcp_stream, 5.0)
             links = mux.register(HOME, lambda _peer: ("127.0.0.1", port))
             links.ensure({"B-2"})

@@ -90,3 +90,40 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+PEER_WELCOME = b'{"status":"success","multiplexed":true}'
+"""A multiplexing peer's answer to PEER_HELLO."""
+
+
+async def serve_one_peer(
+    listener: Any,
+    received: list[Any],
+    handshaken: trio.Event,
+    wrap: Any = None,
+) -> None:
+    """A stand-in broker "B-2" for a peer link from "B-1": accept one connection on
+    ``listener`` (wrapped by ``wrap``, e.g. a TLS server stream), read its PEER_HELLO, welcome
+    it as multiplexed, set ``handshaken``, then read its messages into ``received`` with the
+    broker's own :func:`~trio_broker._runtime._peers.read_peer_stream`."""
+    from trio_broker._protocol import FrameDecoder, encode_frame
+    from trio_broker._runtime._peers import read_peer_stream
+
+    stream = await listener.accept()
+    if wrap is not None:
+        stream = wrap(stream)
+    async with stream:
+        decoder = FrameDecoder()
+        while decoder.next_frame() is None:
+            decoder.feed(await stream.receive_some())
+        await stream.send_all(encode_frame(PEER_WELCOME))
+        handshaken.set()
+        await read_peer_stream(
+            stream,
+            decoder,
+            received.append,
+            peer="127.0.0.1",
+            sender="B-1",
+            self_id="B-2",
+            max_frame=1 << 20,
+        )
