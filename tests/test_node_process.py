@@ -202,7 +202,9 @@ async def append_stream(port: int, queue_id: str, stream: Stream) -> None:
     def on_answer(i: int, response: dict[str, Any]) -> None:
         stream.acked.append((response["sequence_num"], stream.values[i]))
 
-    await _pipeline(port, stream, next_request, on_answer, depth=64, duration=3.0, max_total=20_000)
+    await _pipeline(
+        port, stream, next_request, on_answer, depth=64, duration=3.0, max_total=200_000
+    )
 
 
 async def read_stream(port: int, queue_id: str, stream: Stream) -> None:
