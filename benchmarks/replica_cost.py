@@ -26,6 +26,7 @@ import gc
 import statistics
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,7 @@ def main() -> None:
         k: [] for k in ("decode", "save", "  of which the apply", "views", "ack")
     }
     exhausted = Exhausted()
-    by_type = applied_views(lambda p, r: None, {}, lambda q: None)
+    by_type = applied_views(lambda p, r: None, weakref.WeakValueDictionary(), lambda q: None)
 
     def noted(command: Any, result: Any) -> None:
         exhausted.note(command, result)

@@ -248,6 +248,59 @@ def insert_plain(
         insert_values(db, queue_id, first + done, [(value, stamp, None) for value in data[done:]])
 
 
+_STAMPED_STATEMENTS = {
+    size: _INSERT
+    + ",".join(
+        f"(?1,?{2 + 4 * k},?{3 + 4 * k},NULL,?{4 + 4 * k},?{5 + 4 * k})" for k in range(size)
+    )
+    for size in _CHUNKS
+}
+"""As :data:`_CHUNK_STATEMENTS`, for messages without headers: each row binds its sequence
+number, stamp, checksum and bytes (the headers a ``NULL`` in the statement)."""
+
+
+def insert_stamped(
+    db: apsw.Connection,
+    queue_id: str,
+    first: int,
+    data: Sequence[bytes],
+    stamps: Sequence[int | None],
+) -> None:
+    """What ``insert_values(db, queue_id, first, list(zip(data, stamps, [None] * n)))``
+    stores, from the two columns as they are (a run of APPENDs whose stamps differ: the
+    receives of one group each stamped by the leader's clock): four values bound per row
+    instead of five, and no tuple per message first."""
+    if len(data) != len(stamps):
+        raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
+    done = 0
+    left = len(data)
+    if left >= _CHUNKS[-1]:
+        place = _place(queue_id)
+        plain = _PLAIN
+        crc = _crc32c
+        for size in _CHUNKS:
+            statement = _STAMPED_STATEMENTS[size]
+            while left >= size:
+                params: list[Any] = [queue_id]
+                add = params.extend
+                seq = first + done
+                for value, stamp in zip(
+                    data[done : done + size], stamps[done : done + size], strict=True
+                ):
+                    add((seq, stamp, crc(plain % (place, seq, value)), value))
+                    seq += 1
+                db.execute(statement, params)
+                done += size
+                left -= size
+    if left:
+        insert_values(
+            db,
+            queue_id,
+            first + done,
+            [(value, stamp, None) for value, stamp in zip(data[done:], stamps[done:], strict=True)],
+        )
+
+
 _READ_VALUES = (
     "SELECT sequence_num, data, headers, checksum FROM queue_data WHERE queue_id = ?"
     " AND sequence_num BETWEEN ? AND ?"

@@ -9,6 +9,10 @@ the command's own writes), and the rest of the transaction goes on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import islice
+from operator import le
+
 import apsw
 import orjson
 
@@ -63,7 +67,7 @@ from ._integrity import (
     UNCHECKED,
     StorageDamaged,
     insert_plain,
-    insert_values,
+    insert_stamped,
     read_data,
     read_values,
     report_damage,
@@ -452,20 +456,21 @@ def _apply_group(
     return GroupApplied(tuple(results))
 
 
-def _append_run(db: apsw.Connection, run: tuple[AppendMessage, ...]) -> list[Result]:
+def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Result]:
     """Consecutive stamped appends to one queue without a producer id: the same results
-    and rows as applying each with :meth:`_append` (the model-based test checks it)."""
+    and rows as applying each with :meth:`_append` (``tests/test_colrun.py`` checks it over
+    random groups), taken as two columns (the values' bytes and their stamps): one
+    ``SELECT``, one ``UPDATE`` and a few multi-row ``INSERT``s for the run, no tuple per
+    message."""
     queue_id = run[0].queue_id
     row = db.execute(
         "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (queue_id,)
     ).fetchone()
     if row is None:
         return [queue_not_found(queue_id)] * len(run)
-    stamps = []
-    stamp = row[0]
-    for command in run:
-        stamp = monotonic_stamp(command.appended_ms, stamp)
-        stamps.append(stamp)
+    data = [c.data for c in run]
+    stamps = run_stamps(row[0], [c.appended_ms for c in run])
+    stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
     (length,) = db.execute(
         "UPDATE queues SET length = length + ?, last_appended_ms = ? WHERE queue_id = ?"
@@ -473,11 +478,25 @@ def _append_run(db: apsw.Connection, run: tuple[AppendMessage, ...]) -> list[Res
         (len(run), stamp, queue_id),
     ).fetchone()
     first = length - len(run) + 1
-    if stamps[0] == stamp:  # (stamps never decrease: all alike, the usual case)
-        insert_plain(db, queue_id, first, [c.data for c in run], stamp)
+    if stamps[0] == stamp:  # (stamps never decrease: all alike, one receive's run)
+        insert_plain(db, queue_id, first, data, stamp)
     else:
-        insert_values(db, queue_id, first, [(c.data, stamps[k], None) for k, c in enumerate(run)])
-    return [MessageAppended(first + k) for k in range(len(run))]
+        insert_stamped(db, queue_id, first, data, stamps)
+    return list(map(MessageAppended, range(first, length + 1)))
+
+
+def run_stamps(last: int | None, proposed: list[int]) -> list[int]:
+    """The stamps a run of stamped appends gets, one :func:`monotonic_stamp` after another
+    from the queue's ``last``: the proposed ones themselves when none is before the one
+    before it (the leader's clock, the usual case: one pass in C), else each by the rule."""
+    if (last is None or proposed[0] >= last) and all(map(le, proposed, islice(proposed, 1, None))):
+        return proposed
+    stamps = []
+    stamp = last
+    for one in proposed:
+        stamp = monotonic_stamp(one, stamp)
+        stamps.append(stamp)
+    return stamps
 
 
 def _set_policy(db: apsw.Connection, queue_id: str, policy: RetentionPolicy) -> None:

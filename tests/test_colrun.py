@@ -1,0 +1,228 @@
+"""A run of plain appends applied as columns (``_append_run`` in ``_storage/_queue_sql.py``:
+the values' bytes and their stamps, ``insert_plain`` / ``insert_stamped``) stores exactly what
+applying each command alone stores: the same rows and checksums, queue lengths and stamps,
+producer state, positions and results, over random groups that mix those runs with every
+other kind of append (headers, producer ids, batches, no stamp, an unknown queue) and with
+reads, acknowledgements and retention (docs/performance.md, "Columnar runs of appends")."""
+
+from __future__ import annotations
+
+import random
+from functools import reduce
+
+import apsw
+import orjson
+import pytest
+
+from trio_broker._core import _commands as cmd
+from trio_broker._core import _work_commands as work
+from trio_broker._core._queues import monotonic_stamp
+from trio_broker._storage import DB_FILE, Store
+from trio_broker._storage._integrity import insert_stamped, insert_values, value_checksum
+from trio_broker._storage._queue_sql import apply_command, run_stamps
+
+QUEUES = ("Q-one", 'Q-"two"\\é')
+MISSING = "Q-missing"
+BASE_MS = 1_765_000_000_000
+SIZES = [1, 2, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 112, 127, 128, 300]
+
+
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("colrun")
+    store = Store(path)
+    store.apply([cmd.CreateQueue(q) for q in QUEUES])
+    store.close()
+    connection = apsw.Connection(str(path / DB_FILE))
+    yield connection
+    connection.close()
+
+
+def _state(db: apsw.Connection) -> dict[str, list[tuple]]:
+    """Every table's rows, in a fixed order."""
+    tables = [
+        name
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        )
+    ]
+    return {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+
+
+def _applied(db: apsw.Connection, prelude: list, commands: list, grouped: bool):
+    """The state and results after ``prelude`` (one command at a time) then ``commands``, as
+    one group or one at a time; rolled back after."""
+    db.execute("BEGIN")
+    try:
+        for c in prelude:
+            apply_command(db, c)
+        if grouped:
+            results = list(apply_command(db, cmd.CommandGroup(tuple(commands))).results)
+        else:
+            results = [apply_command(db, c) for c in commands]
+        return _state(db), results
+    finally:
+        db.execute("ROLLBACK")
+
+
+def _value(rng: random.Random, n: int) -> bytes:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return orjson.dumps("x" * rng.randrange(0, 120) + str(n))
+    if kind == 1:
+        return orjson.dumps({"n": n, "s": "é\U0001f600" * rng.randrange(3)})
+    if kind == 2:
+        return orjson.dumps([n, None, True, 1.5])
+    return orjson.dumps(n)
+
+
+def _random_commands(rng: random.Random, count: int, mixed: bool) -> list:
+    """Runs of plain stamped appends (stamps that go back now and then) to one queue,
+    broken, when ``mixed``, by every other kind of command."""
+    commands: list = []
+    stamp = BASE_MS + rng.randrange(-50, 50)
+    n = 0
+    while len(commands) < count:
+        queue = rng.choice(QUEUES)
+        for _ in range(rng.choice([1, 2, 3, 15, 16, 17, 33, 64, 65, 100])):
+            n += 1
+            r = rng.random()
+            if r < 0.7:
+                stamp += rng.choice([0, 0, 0, 1, 5])
+            elif r < 0.85:
+                stamp -= rng.randrange(1, 30)  # a new leader's clock behind the last
+            commands.append(cmd.AppendMessage(queue, _value(rng, n), None, None, stamp))
+        if not mixed:
+            continue
+        n += 1
+        kind = rng.randrange(10)
+        if kind == 0:  # an idempotent producer, sometimes sending a duplicate
+            seq = rng.randrange(1, 4)
+            commands.append(cmd.AppendMessage(queue, _value(rng, n), "P-1", seq, stamp))
+        elif kind == 1:  # no stamp (an entry of an older leader)
+            commands.append(cmd.AppendMessage(queue, _value(rng, n)))
+        elif kind == 2:
+            data = tuple(_value(rng, n + k) for k in range(rng.randrange(1, 40)))
+            commands.append(cmd.AppendBatch(queue, data, None, None, stamp))
+        elif kind == 3:  # appends with headers
+            records = tuple(
+                work.Record(_value(rng, n + k), (("k", f"v{k}"),) if k % 2 else ())
+                for k in range(rng.randrange(1, 5))
+            )
+            commands.append(work.Publish(queue, records, appended_ms=stamp))
+        elif kind == 4:
+            commands.append(cmd.ReadNext(rng.choice(["C-1", "C-2"]), queue))
+        elif kind == 5:
+            commands.append(cmd.Ack("C-1", queue, rng.randrange(0, 50)))
+        elif kind == 6:
+            policy = cmd.RetentionPolicy(max_messages=rng.randrange(5, 200))
+            commands.append(cmd.SetRetention(queue, policy))
+        elif kind == 7:
+            commands.append(cmd.ApplyRetention(stamp))
+        elif kind == 8:  # a run to a queue that does not exist
+            commands += [cmd.AppendMessage(MISSING, b"1", None, None, stamp)] * rng.randrange(1, 4)
+        else:
+            commands.append(cmd.AppendMessage(queue, _value(rng, n), "P-2", n, stamp))
+    return commands
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_group_of_runs_stores_what_each_command_alone_stores(shared_db, seed):
+    rng = random.Random(seed)
+    mixed = seed % 3 != 0
+    # A queue whose last stamp is after the group's first ones (a leader whose clock is
+    # behind its predecessor's), or before them.
+    prelude = [
+        cmd.AppendMessage(QUEUES[0], b'"before"', None, None, BASE_MS + rng.randrange(-100, 100)),
+        cmd.AppendMessage(QUEUES[1], b'"before"', None, None, BASE_MS + rng.randrange(-100, 100)),
+    ]
+    commands = _random_commands(rng, rng.randrange(50, 400), mixed)
+    grouped_state, grouped_results = _applied(shared_db, prelude, commands, grouped=True)
+    alone_state, alone_results = _applied(shared_db, prelude, commands, grouped=False)
+    assert grouped_results == alone_results
+    assert grouped_state == alone_state
+    # (the group held runs for the columns: stamped appends without a producer, one queue)
+    runs = sum(
+        _plain(a) and _plain(b) and a.queue_id == b.queue_id and isinstance(r, cmd.MessageAppended)
+        for a, b, r in zip(commands[:-1], commands[1:], alone_results[1:], strict=True)
+    )
+    assert runs > 20
+
+
+def _plain(c) -> bool:
+    return type(c) is cmd.AppendMessage and c.producer_id is None and c.appended_ms is not None
+
+
+def test_a_run_to_a_missing_queue_is_refused_for_each_append_and_stores_nothing(shared_db):
+    run = [cmd.AppendMessage(MISSING, b"1", None, None, BASE_MS)] * 20
+    state, results = _applied(shared_db, [], run, grouped=True)
+    assert results == [cmd.queue_not_found(MISSING)] * 20
+    assert state == _applied(shared_db, [], [], grouped=False)[0]
+
+
+def _fold(last, proposed):
+    stamps = []
+    for p in proposed:
+        last = monotonic_stamp(p, last)
+        stamps.append(last)
+    return stamps
+
+
+def test_run_stamps_are_the_rule_applied_one_after_another():
+    rng = random.Random(7)
+    for _ in range(2000):
+        last = rng.choice([None, BASE_MS + rng.randrange(-20, 20)])
+        proposed = [BASE_MS + rng.randrange(-20, 20) for _ in range(rng.randrange(1, 8))]
+        if rng.random() < 0.5:
+            proposed.sort()
+        assert run_stamps(last, list(proposed)) == _fold(last, proposed)
+    # the usual case gives the stamps as proposed; one step back is raised to the last
+    assert run_stamps(5, [5, 6, 6, 9]) == [5, 6, 6, 9]
+    assert run_stamps(5, [6, 4, 7]) == [6, 6, 7]
+    assert run_stamps(8, [6, 7, 9]) == [8, 8, 9]
+    assert reduce(max, run_stamps(None, [3, 1])) == 3
+
+
+@pytest.mark.parametrize("count", [0, *SIZES])
+def test_insert_stamped_stores_the_rows_insert_values_stores(shared_db, count):
+    rng = random.Random(count)
+    data = [_value(rng, k) for k in range(count)]
+    stamps = sorted(BASE_MS + rng.randrange(0, 9) for _ in range(count))
+    stamps = [s if rng.random() > 0.1 else None for s in stamps]
+    first = 11
+    queue = QUEUES[1]
+
+    def stored(insert) -> list[tuple]:
+        shared_db.execute("BEGIN")
+        try:
+            insert()
+            return shared_db.execute(
+                "SELECT queue_id, sequence_num, appended_ms, headers, checksum, data"
+                " FROM queue_data WHERE queue_id = ? ORDER BY sequence_num",
+                (queue,),
+            ).fetchall()
+        finally:
+            shared_db.execute("ROLLBACK")
+
+    columns = stored(lambda: insert_stamped(shared_db, queue, first, data, stamps))
+    rows = stored(
+        lambda: insert_values(
+            shared_db, queue, first, [(d, s, None) for d, s in zip(data, stamps, strict=True)]
+        )
+    )
+    assert columns == rows
+    assert [r[4] for r in columns] == [
+        value_checksum(queue, first + k, d, None) for k, d in enumerate(data)
+    ]
+    assert [r[2] for r in columns] == stamps
+
+
+def test_insert_stamped_refuses_columns_of_two_lengths(shared_db):
+    shared_db.execute("BEGIN")
+    try:
+        with pytest.raises(ValueError, match="3 values with 2 stamps"):
+            insert_stamped(shared_db, QUEUES[0], 1, [b"1", b"2", b"3"], [1, 2])
+        assert shared_db.execute("SELECT count(*) FROM queue_data").fetchone() == (0,)
+    finally:
+        shared_db.execute("ROLLBACK")
