@@ -154,6 +154,51 @@ def _plain(c) -> bool:
     return type(c) is cmd.AppendMessage and c.producer_id is None and c.appended_ms is not None
 
 
+@pytest.mark.parametrize("count", SIZES)
+def test_a_group_that_is_one_run_stores_what_each_append_alone_stores(shared_db, count):
+    """The whole group one run (one queue, stamped, no producer: the pipelined shape), its
+    stamps alike, rising, or going back behind the queue's last one."""
+    rng = random.Random(count)
+    for shape in ("alike", "rising", "back"):
+        stamp = BASE_MS
+        commands = []
+        for k in range(count):
+            if shape == "rising":
+                stamp += rng.choice([0, 0, 1, 3])
+            elif shape == "back":
+                stamp += rng.choice([0, 2, -3])
+            commands.append(cmd.AppendMessage(QUEUES[0], _value(rng, k), None, None, stamp))
+        prelude = [cmd.AppendMessage(QUEUES[0], b"0", None, None, BASE_MS + rng.randrange(-5, 5))]
+        grouped = _applied(shared_db, prelude, commands, grouped=True)
+        alone = _applied(shared_db, prelude, commands, grouped=False)
+        assert grouped == alone
+        assert [r.sequence_num for r in grouped[1]] == list(range(2, count + 2))
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        cmd.AppendMessage(QUEUES[0], b'"p"', "P-1", 1, BASE_MS),
+        cmd.AppendMessage(QUEUES[0], b'"p"', "P-1", 5, BASE_MS),
+        cmd.AppendMessage(QUEUES[0], b'"undated"'),
+        cmd.AppendMessage(QUEUES[1], b'"elsewhere"', None, None, BASE_MS),
+        cmd.AppendMessage(MISSING, b'"nowhere"', None, None, BASE_MS),
+        cmd.AppendBatch(QUEUES[0], (b"1", b"2"), None, None, BASE_MS),
+        work.Publish(QUEUES[0], (work.Record(b"1", (("k", "v"),)),), appended_ms=BASE_MS),
+    ],
+)
+@pytest.mark.parametrize("at", [0, 17, 39])
+def test_one_odd_command_in_a_run_is_applied_as_alone(shared_db, odd, at):
+    """A group of plain appends to one queue but for one command (a producer's, one without
+    a stamp, another queue's, a batch, headers): the same as each alone, the odd one too."""
+    prelude = [cmd.AppendMessage(QUEUES[0], b'"p"', "P-1", 1, BASE_MS)]
+    commands = [cmd.AppendMessage(QUEUES[0], b"%d" % k, None, None, BASE_MS + k) for k in range(40)]
+    commands[at] = odd
+    assert _applied(shared_db, prelude, commands, grouped=True) == _applied(
+        shared_db, prelude, commands, grouped=False
+    )
+
+
 def test_a_run_to_a_missing_queue_is_refused_for_each_append_and_stores_nothing(shared_db):
     run = [cmd.AppendMessage(MISSING, b"1", None, None, BASE_MS)] * 20
     state, results = _applied(shared_db, [], run, grouped=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import apsw
@@ -231,21 +232,26 @@ def insert_plain(
 ) -> None:
     """What ``insert_values(db, queue_id, first, [(d, stamp, None) for d in data])`` stores,
     for messages without headers appended together (an APPEND_BATCH, a run of APPENDs of one
-    stamp): three values bound per row instead of five, and no tuple per message first."""
-    done = 0
-    left = len(data)
-    if left >= _CHUNKS[-1]:
-        place = _place(queue_id)
-        for size in _CHUNKS:
-            while left >= size:
-                params: list[Any] = [queue_id, stamp]
-                for seq, value in enumerate(data[done : done + size], first + done):
-                    params += (seq, _crc32c(_PLAIN % (place, seq, value)), value)
-                db.execute(_PLAIN_STATEMENTS[size], params)
-                done += size
-                left -= size
-    if left:
-        insert_values(db, queue_id, first + done, [(value, stamp, None) for value in data[done:]])
+    stamp): three values bound per row instead of five (the stamp bound once), and the rows'
+    checksums and bindings made by passes in C over the columns (:func:`_columns`), no Python
+    step per message."""
+    _insert_columns(db, queue_id, first, data, None, stamp)
+
+
+def insert_stamped(
+    db: apsw.Connection,
+    queue_id: str,
+    first: int,
+    data: Sequence[bytes],
+    stamps: Sequence[int | None],
+) -> None:
+    """What ``insert_values(db, queue_id, first, list(zip(data, stamps, [None] * n)))``
+    stores, from the two columns as they are (a run of APPENDs whose stamps differ: the
+    receives of one group, each stamped by the leader's clock): four values bound per row
+    instead of five, no tuple per message first."""
+    if len(data) != len(stamps):
+        raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
+    _insert_columns(db, queue_id, first, data, stamps, None)
 
 
 _STAMPED_STATEMENTS = {
@@ -259,45 +265,62 @@ _STAMPED_STATEMENTS = {
 number, stamp, checksum and bytes (the headers a ``NULL`` in the statement)."""
 
 
-def insert_stamped(
+def _insert_columns(
     db: apsw.Connection,
     queue_id: str,
     first: int,
     data: Sequence[bytes],
-    stamps: Sequence[int | None],
+    stamps: Sequence[int | None] | None,
+    stamp: int | None,
 ) -> None:
-    """What ``insert_values(db, queue_id, first, list(zip(data, stamps, [None] * n)))``
-    stores, from the two columns as they are (a run of APPENDs whose stamps differ: the
-    receives of one group each stamped by the leader's clock): four values bound per row
-    instead of five, and no tuple per message first."""
-    if len(data) != len(stamps):
-        raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
+    """Messages without headers from columns: ``data``, and ``stamps`` (one per message) or
+    else ``stamp`` (all alike). Each checksum is :data:`_PLAIN`'s over the queue's place, the
+    sequence number and the bytes, computed for the whole run by ``map`` (the same number as
+    :func:`value_checksum`: tests/test_colrun.py), and each statement's bindings flattened by
+    ``chain`` over ``zip``: the same rows and statements as before, no Python step per row."""
+    count = len(data)
+    if not count:
+        return
+    seqs = range(first, first + count)
+    checksums = list(map(_crc32c, map(_PLAIN.__mod__, zip(repeat(_place(queue_id)), seqs, data))))
     done = 0
-    left = len(data)
-    if left >= _CHUNKS[-1]:
-        place = _place(queue_id)
-        plain = _PLAIN
-        crc = _crc32c
-        for size in _CHUNKS:
-            statement = _STAMPED_STATEMENTS[size]
-            while left >= size:
-                params: list[Any] = [queue_id]
-                add = params.extend
-                seq = first + done
-                for value, stamp in zip(
-                    data[done : done + size], stamps[done : done + size], strict=True
-                ):
-                    add((seq, stamp, crc(plain % (place, seq, value)), value))
-                    seq += 1
-                db.execute(statement, params)
-                done += size
-                left -= size
+    left = count
+    for size in _CHUNKS:
+        while left >= size:
+            end = done + size
+            if stamps is None:
+                params: list[Any] = [queue_id, stamp]
+                params += chain.from_iterable(
+                    zip(seqs[done:end], checksums[done:end], data[done:end], strict=True)
+                )
+                db.execute(_PLAIN_STATEMENTS[size], params)
+            else:
+                params = [queue_id]
+                params += chain.from_iterable(
+                    zip(
+                        seqs[done:end],
+                        stamps[done:end],
+                        checksums[done:end],
+                        data[done:end],
+                        strict=True,
+                    )
+                )
+                db.execute(_STAMPED_STATEMENTS[size], params)
+            done = end
+            left -= size
     if left:
-        insert_values(
-            db,
-            queue_id,
-            first + done,
-            [(value, stamp, None) for value, stamp in zip(data[done:], stamps[done:], strict=True)],
+        db.executemany(
+            _INSERT_ONE,
+            list(
+                zip(
+                    repeat(queue_id, left),
+                    seqs[done:],
+                    repeat(stamp) if stamps is None else stamps[done:],
+                    repeat(None),
+                    checksums[done:],
+                    data[done:],
+                )
+            ),
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import islice
-from operator import le
+from operator import attrgetter, le
 
 import apsw
 import orjson
@@ -430,6 +430,8 @@ def _apply_group(
     """A group's commands in order; a run of plain appends to one queue (the common case
     under pipelined load) costs three statements in all instead of three each, and so does a
     run of single READs of one client on one queue (one receive's pipelined READs)."""
+    if _one_run(commands):
+        return GroupApplied(tuple(_append_run(db, commands)))  # type: ignore[arg-type]
     results: list[Result] = []
     count = len(commands)
     i = 0
@@ -468,8 +470,8 @@ def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Resul
     ).fetchone()
     if row is None:
         return [queue_not_found(queue_id)] * len(run)
-    data = [c.data for c in run]
-    stamps = run_stamps(row[0], [c.appended_ms for c in run])
+    data = list(map(_data, run))
+    stamps = run_stamps(row[0], list(map(_stamp, run)))
     stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
     (length,) = db.execute(
@@ -566,6 +568,26 @@ def policy_from_row(
     max_messages: int | None, max_age_ms: int | None, by_readers: int
 ) -> RetentionPolicy:
     return RetentionPolicy(max_messages, max_age_ms, bool(by_readers))
+
+
+_data = attrgetter("data")
+_stamp = attrgetter("appended_ms")
+_producer = attrgetter("producer_id")
+_queue = attrgetter("queue_id")
+
+
+def _one_run(commands: Sequence[Command]) -> bool:
+    """Whether a whole group is one run for :func:`_append_run` (what a leader groups under
+    pipelined appends to one queue): every command an :class:`AppendMessage` to one queue,
+    stamped, without a producer id; decided by passes in C over the group, not a Python test
+    per command (:func:`_plain_append`'s rule, for all of them at once)."""
+    return (
+        len(commands) > 1
+        and set(map(type, commands)) == {AppendMessage}
+        and None not in set(map(_stamp, commands))
+        and set(map(_producer, commands)) == {None}
+        and len(set(map(_queue, commands))) == 1
+    )
 
 
 def _plain_append(command: Command) -> bool:
