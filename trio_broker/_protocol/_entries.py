@@ -148,7 +148,8 @@ converter.register_structure_hook(bytes, lambda value, _type: dumps_value(value)
 def _stored_values(value: Any, _type: Any) -> tuple[bytes, ...]:
     if not isinstance(value, list):
         raise TypeError("data must be a list")
-    return tuple(dumps_value(v) for v in value)
+    dumps, view = orjson.dumps, memoryview  # (dumps_value inline: no call per value)
+    return tuple([view(dumps(v)).tobytes() for v in value])
 
 
 converter.register_structure_hook_func(lambda t: t == tuple[bytes, ...], _stored_values)
@@ -440,6 +441,7 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     decoded: list[Any] = []
     add = decoded.append
     append_message = cmd.AppendMessage
+    dumps, view = orjson.dumps, memoryview  # (dumps_value inline: no call per append)
     single = True
     for c in commands:
         if type(c) is dict and c.get("type") == "APPEND_MESSAGE" and "data" in c:
@@ -450,7 +452,7 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
                 and c.get("producer_id") is None
                 and c.get("producer_seq") is None
             ):
-                add(append_message(queue, dumps_value(c["data"]), None, None, stamp))
+                add(append_message(queue, view(dumps(c["data"])).tobytes(), None, None, stamp))
                 continue
         one = payload_from_obj(c)
         single = single and isinstance(one, cmd.SingleCommand)

@@ -232,9 +232,8 @@ def insert_plain(
 ) -> None:
     """What ``insert_values(db, queue_id, first, [(d, stamp, None) for d in data])`` stores,
     for messages without headers appended together (an APPEND_BATCH, a run of APPENDs of one
-    stamp): three values bound per row instead of five (the stamp bound once), and the rows'
-    checksums and bindings made by passes in C over the columns (:func:`_columns`), no Python
-    step per message."""
+    stamp): three values bound per row instead of five (the stamp bound once), and no tuple
+    per message first (:func:`_insert_columns`)."""
     _insert_columns(db, queue_id, first, data, None, stamp)
 
 
@@ -275,9 +274,12 @@ def _insert_columns(
 ) -> None:
     """Messages without headers from columns: ``data``, and ``stamps`` (one per message) or
     else ``stamp`` (all alike). Each checksum is :data:`_PLAIN`'s over the queue's place, the
-    sequence number and the bytes, computed for the whole run by ``map`` (the same number as
-    :func:`value_checksum`: tests/test_colrun.py), and each statement's bindings flattened by
-    ``chain`` over ``zip``: the same rows and statements as before, no Python step per row."""
+    sequence number and the bytes (the number :func:`value_checksum` gives:
+    tests/test_colrun.py), computed for the whole run at once, and each statement's bindings
+    flattened by ``chain`` over ``zip``: statements of :data:`_CHUNKS` rows, the rest through
+    ``executemany``. For one stamp this costs what the loop of one ``+=`` per row did (0.44
+    against 0.46 µs per row, the ``%`` and the checksum most of it); for stamps that differ
+    it spares ``insert_values``' tuple per message and its two more bindings per row."""
     count = len(data)
     if not count:
         return
