@@ -1,7 +1,8 @@
 """A replica's work per pipelined append, piece by piece: ``python -m benchmarks.replica_cost``.
 
 What a replica does with each REPLICATE of the bench's pipelined workload (one COMMAND_GROUP
-entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue), in the order it does
+entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue, a new stamp every
+``--receive`` appends as the leader stamps each receive), in the order it does
 it, on one thread with real SQLite in a temporary directory (fsync on, as in the broker):
 
 - decode: the frame's checks and the message (``loads_object``, ``message_from_frame``);
@@ -44,11 +45,13 @@ from trio_broker._storage._store import Store
 QUEUE = "Q-0123456789abcdef"
 
 
-def _frame(index: int, count: int) -> tuple[bytes, rm.Entry]:
+def _frame(index: int, count: int, receive: int) -> tuple[bytes, rm.Entry]:
     value = dumps_value("x" * 100)
+    stamp = 1_765_000_000_000 + index * count  # (never before the last frame's)
     group = cmd.CommandGroup(
         tuple(
-            cmd.AppendMessage(QUEUE, value, None, None, 1_765_000_000_000 + i) for i in range(count)
+            cmd.AppendMessage(QUEUE, value, None, None, stamp + (i // receive if receive else 0))
+            for i in range(count)
         )
     )
     entry = rm.Entry(1, index, group)
@@ -76,6 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--appends", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument(
+        "--receive",
+        type=int,
+        default=16,
+        help="appends per stamp (one receive's, stamped by the leader's clock; 0: one stamp)",
+    )
     args = parser.parse_args()
     gc.set_threshold(*GC_THRESHOLDS)  # as a node sets it
     count = args.appends
@@ -99,9 +108,9 @@ def main() -> None:
             previous: rm.Entry | None = None
             for round_ in range(args.rounds + 5):
                 index = 2 + 2 * round_
-                frame, _ = _frame(index, count)
+                frame, _ = _frame(index, count, args.receive)
                 # without the apply: the log write alone (an entry of its own, never applied)
-                _, spare = _frame(index + 1, count)
+                _, spare = _frame(index + 1, count, args.receive)
                 hs = rm.HardState(1, None, index - 1)
                 bare, _ = _timed(lambda: store.save(entries=[spare], hard_state=hs))  # noqa: B023
                 decode, (_, message) = _timed(lambda: message_from_frame(loads_object(frame)))  # noqa: B023
