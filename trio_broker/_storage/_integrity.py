@@ -12,6 +12,10 @@ met it (nothing it did is kept), logs one ``storage.damaged`` line, and goes on 
 intact. Damage that keeps the broker from starting (a file SQLite cannot read, a failed
 ``PRAGMA quick_check``, a damaged log entry) is reported by the ``node`` command as
 :meth:`StorageDamaged.report`: what was found, and the operator's two choices.
+
+Longer than the house's 600 lines on purpose: the hot loops that insert and read values
+(one statement of many rows, one checksum call per value) stay beside the checksum's
+definition, which they must give exactly (tests/test_batch_checksums.py, tests/test_colrun.py).
 """
 
 from __future__ import annotations
