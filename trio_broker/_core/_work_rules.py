@@ -179,8 +179,15 @@ def dead_letter_headers(
 def delivered_within(
     candidates: list[tuple[int, bytes, Headers]], max_bytes: int
 ) -> list[tuple[int, bytes, Headers]]:
-    """The leading candidates whose data and headers fit in ``max_bytes`` (at least one)."""
-    sizes = [len(d) + sum(len(k) + len(v) + 6 for k, v in h) for _, d, h in candidates]
+    """The leading candidates whose data and headers fit in ``max_bytes`` (at least one): each
+    counts its data's bytes, and for each header its name's and value's characters and 6.
+
+    The one rule for every byte-bounded work read, on the leader and where nobody waits
+    (``_storage/_budget_reads.py``). A message without headers skips the sum (1,000 of them:
+    0.35 -> 0.10 µs each, docs/performance.md "Byte-bounded READs on replicas")."""
+    sizes = [
+        len(d) + sum([len(k) + len(v) + 6 for k, v in h]) if h else len(d) for _, d, h in candidates
+    ]
     return candidates[: take_within(sizes, max_bytes)]
 
 
