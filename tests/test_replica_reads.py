@@ -20,6 +20,7 @@ from trio_broker._core._commands import (
     ApplyRetention,
     CommandGroup,
     CreateQueue,
+    GroupApplied,
     MessagesRead,
     ReadBatch,
     RetentionPolicy,
@@ -27,7 +28,14 @@ from trio_broker._core._commands import (
     SetRetention,
 )
 from trio_broker._core._raft_messages import Entry
-from trio_broker._core._work_commands import Delivered, Delivery, Publish, ReadRecords, Record
+from trio_broker._core._work_commands import (
+    DeleteQueue,
+    Delivered,
+    Delivery,
+    Publish,
+    ReadRecords,
+    Record,
+)
 from trio_broker._storage import Store, _budget_reads
 from trio_broker._storage._budget_reads import Deliveries
 from trio_broker._storage._integrity import StorageDamaged, intact_rows, repair_rows
@@ -87,6 +95,9 @@ _single = st.one_of(
         ),
     ),
     st.builds(ApplyRetention, now_ms=st.integers(min_value=0, max_value=60)),
+    # A queue deleted, then created again under its id with other values: sizes remembered
+    # for its old messages must not be used for the new ones.
+    st.builds(DeleteQueue, queue_id=_queues),
     # Positions anywhere, the end and past what retention kept included.
     st.builds(
         Seek, client_id=_clients, queue_id=_queues, next_sequence_num=st.none() | st.integers(1, 14)
@@ -95,6 +106,18 @@ _single = st.one_of(
 _commands = _single | st.builds(
     lambda cs: CommandGroup(tuple(cs)), st.lists(_single, min_size=1, max_size=4)
 )
+
+
+def _for_nobody(result: Any) -> Any:
+    """What a READ_RECORDS applied for nobody answers: the same messages, their bytes left
+    empty and their headers out (a READ_BATCH's answer is the leader's)."""
+    if isinstance(result, GroupApplied):
+        return GroupApplied(tuple(_for_nobody(r) for r in result.results))
+    if isinstance(result, Delivered):
+        return Delivered(
+            tuple(Delivery(d.sequence_num, b"", (), 1) for d in result.messages), result.in_flight
+        )
+    return result
 
 
 def _count_budgeted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
@@ -139,7 +162,8 @@ def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(
             index += len(step)
             expected = [model.apply(c) for c in step]
             assert leader.save(entries=entries, committed=entries) == expected
-            assert replica.save(entries=entries, committed=entries) == expected
+            got = replica.save(entries=entries, committed=entries)
+            assert got == [_for_nobody(r) for r in expected]
             assert replica.unchecked_met == []
             assert replica.positions() == leader.positions() == model.positions
             assert replica.queue_lengths() == leader.queue_lengths()
@@ -194,7 +218,8 @@ def test_a_damaged_value_holds_the_read_for_nobody_until_repaired(tmp_path, dama
         assert replica.positions() == {}
         assert leader.positions() == {(CLIENTS[0], queue): 3}
         assert repair_rows(replica._db, queue, intact_rows(leader._db, queue, 1, 10, 1 << 20))
-        assert replica.save(entries=entries, committed=entries) == answered
+        got = replica.save(entries=entries, committed=entries)
+        assert got == [_for_nobody(r) for r in answered]
         assert replica.positions() == leader.positions()
     finally:
         leader.close()
@@ -220,12 +245,12 @@ def test_a_leader_waited_for_still_reads_and_checks_every_value(tmp_path, monkey
 
 
 def test_deliveries_made_when_looked_at_equal_the_tuple():
-    """A READ_RECORDS' deliveries for nobody: the leader's tuple in every way something may
-    look at them (length, truth, items, slices, iteration, equality both ways, hash)."""
-    taken = [(4, b'"a"', ()), (5, b'"bb"', (("k", "v"),))]
-    lazy = Deliveries(taken)
-    made = (Delivery(4, b'"a"', (), 1), Delivery(5, b'"bb"', (("k", "v"),), 1))
-    assert len(lazy) == 2 and bool(lazy) and not Deliveries([])
+    """A READ_RECORDS' deliveries for nobody: the tuple of the same deliveries (empty bytes, no
+    headers) in every way something may look at them (length, truth, items, slices,
+    iteration, equality both ways, hash)."""
+    lazy = Deliveries(range(4, 6))
+    made = (Delivery(4, b"", (), 1), Delivery(5, b"", (), 1))
+    assert len(lazy) == 2 and bool(lazy) and not Deliveries(range(3, 3))
     assert lazy[1] == made[1] and lazy[-1] == made[1] and lazy[:1] == made[:1]
     assert tuple(lazy) == made and list(lazy) == list(made)
     assert Delivered(lazy) == Delivered(made) and Delivered(made) == Delivered(lazy)  # type: ignore[arg-type]
@@ -233,3 +258,93 @@ def test_deliveries_made_when_looked_at_equal_the_tuple():
     assert lazy != made[:1] and lazy != list(made)
     assert hash(Delivered(lazy)) == hash(Delivered(made))  # type: ignore[arg-type]
     assert MessagesRead(()) != Delivered(lazy)  # type: ignore[arg-type]
+
+
+def _spy_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The ranges whose values ``_budget_reads`` read and checked."""
+    seen: list[tuple[int, int]] = []
+    real = _budget_reads.intact_columns
+
+    def spied(db: Any, queue_id: str, start: int, end: int) -> Any:
+        seen.append((start, end))
+        return real(db, queue_id, start, end)
+
+    monkeypatch.setattr(_budget_reads, "intact_columns", spied)
+    return seen
+
+
+def test_sizes_checked_once_serve_the_next_reader_while_the_row_holds_its_checksum(
+    tmp_path, monkeypatch
+):
+    """A second reader of the same messages is sized from what the first one checked (no value
+    read again), and moves as on the leader even if a value's bytes were damaged since, its
+    checksum left (the size is the one the checksum was computed from; the scrub finds the
+    damage). A row rewritten since (its checksum changed) is read and checked again, and its
+    damage holds the transaction."""
+    checks = _spy_checks(monkeypatch)
+    queue = QUEUES[0]
+    leader = Store(tmp_path / "leader")
+    replica = Store(tmp_path / "replica")
+    try:
+        for store in (leader, replica):
+            _filled(store, queue, [10] * 6)
+        leader.hold_damage = True
+        replica.hold_damage = replica.unchecked_reads = True
+        reads = [ReadRecords(client, queue, 5, max_bytes=30) for client in CLIENTS]
+        first = [Entry(1, 3, reads[0])]
+        leader.save(entries=first, committed=first)
+        replica.save(entries=first, committed=first)
+        assert checks == [(1, 5)]
+        # Longer bytes, checksum unchanged: sized as checked, moved as on the leader.
+        replica._db.execute(
+            "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB) WHERE sequence_num = 2"
+        )
+        second = [Entry(1, 4, reads[1])]
+        answered = leader.save(entries=second, committed=second)
+        assert replica.save(entries=second, committed=second) == [_for_nobody(r) for r in answered]
+        assert checks == [(1, 5)]  # (no value read for the second reader)
+        assert replica.positions() == leader.positions()
+        assert leader.positions()[(CLIENTS[1], queue)] == 3
+        # The row rewritten (another checksum): checked again, and held for its damage.
+        replica._db.execute("UPDATE queue_data SET checksum = checksum + 1 WHERE sequence_num = 2")
+        again = ReadRecords(CLIENTS[1], queue, 4, max_bytes=30)  # (2 to 5: all remembered)
+        third = [Entry(1, 5, Seek(CLIENTS[1], queue, 2)), Entry(1, 6, again)]
+        leader.save(entries=third, committed=third)
+        assert leader.positions()[(CLIENTS[1], queue)] == 4
+        with pytest.raises(StorageDamaged) as found:
+            replica.save(entries=third, committed=third)
+        assert found.value.seq == 2 and checks[1:] == [(2, 5)]
+        assert replica.positions()[(CLIENTS[1], queue)] == 3  # (nothing of it kept)
+    finally:
+        leader.close()
+        replica.close()
+
+
+def test_a_queue_created_again_under_its_id_is_sized_from_its_new_values(tmp_path):
+    """Sizes remembered for a deleted queue's messages are not used for the messages of the
+    queue created again under its id (their rows hold other checksums)."""
+    queue = QUEUES[0]
+    leader = Store(tmp_path / "leader")
+    replica = Store(tmp_path / "replica")
+    try:
+        leader.hold_damage = True
+        replica.hold_damage = replica.unchecked_reads = True
+        history = [
+            CreateQueue(queue),
+            AppendBatch(queue, (b"x" * 10,) * 6),
+            ReadRecords(CLIENTS[0], queue, 5, max_bytes=30),
+            DeleteQueue(queue),
+            CreateQueue(queue),
+            AppendBatch(queue, (b"y" * 4,) * 6),
+            ReadRecords(CLIENTS[0], queue, 5, max_bytes=30),
+        ]
+        for index, command in enumerate(history, 1):
+            entries = [Entry(1, index, command)]
+            answered = leader.save(entries=entries, committed=entries)
+            assert replica.save(entries=entries, committed=entries) == [
+                _for_nobody(r) for r in answered
+            ]
+        assert replica.positions() == leader.positions() == {(CLIENTS[0], queue): 5}
+    finally:
+        leader.close()
+        replica.close()

@@ -327,9 +327,9 @@ def _intact_run(
 
 def intact_columns(
     db: apsw.Connection, queue_id: str, start: int, end: int
-) -> tuple[range, tuple[bytes, ...], tuple[str | None, ...]] | None:
-    """The messages ``start..end`` of a queue as three columns (sequence numbers, bytes,
-    headers), when every one is there, in order, and matches its checksum: what
+) -> tuple[range, tuple[bytes, ...], tuple[str | None, ...], tuple[int, ...]] | None:
+    """The messages ``start..end`` of a queue as four columns (sequence numbers, bytes,
+    headers, checksums), when every one is there, in order, and matches its checksum: what
     :func:`read_values` returns for them, checked as strictly, for a read whose answer
     nobody waits for (a replica's byte-bounded batch: how far it moves depends on the
     values' sizes, docs/reliability.md "Byte-bounded reads applied for nobody"). None
@@ -344,7 +344,7 @@ def intact_columns(
     and its checksum covers its sequence number, so a row missing, moved or out of order
     fails its own or the count."""
     if end < start:
-        return range(start, start), (), ()
+        return range(start, start), (), (), ()
     try:
         rows = db.execute(_READ_COLUMNS, (queue_id, start, end)).fetchall()
     except DAMAGE_ERRORS:
@@ -370,7 +370,7 @@ def intact_columns(
         return None
     if found != checksums:
         return None
-    return seqs, datas, headers
+    return seqs, datas, headers, checksums
 
 
 _READ_COLUMNS = (
