@@ -348,3 +348,34 @@ def test_a_queue_created_again_under_its_id_is_sized_from_its_new_values(tmp_pat
     finally:
         leader.close()
         replica.close()
+
+
+def test_remembered_sizes_are_bounded(tmp_path, monkeypatch):
+    """Past :data:`MAX_CHECKED_SIZES` every remembered size is forgotten at once; what is
+    forgotten is read and checked again (the reader still moves as on the leader)."""
+    monkeypatch.setattr(_budget_reads, "MAX_CHECKED_SIZES", 8)
+    checks = _spy_checks(monkeypatch)
+    queue = QUEUES[0]
+    store = Store(tmp_path)
+    try:
+        _filled(store, queue, [10] * 12)
+        store.hold_damage = store.unchecked_reads = True
+        sizes = _budget_reads._checked_sizes(store._db)
+        for index, (client, count) in enumerate(
+            [(CLIENTS[0], 6), (CLIENTS[1], 6), (CLIENTS[0], 6), (CLIENTS[1], 6)], 3
+        ):
+            entries = [Entry(1, index, ReadRecords(client, queue, count, max_bytes=1000))]
+            store.save(entries=entries, committed=entries)
+            assert sizes._count <= 8
+        # 1-6 checked, 1-6 remembered (no check), 7-12 checked (1-6 forgotten first), 7-12
+        # remembered.
+        assert checks == [(1, 6), (7, 12)]
+        entries = [
+            Entry(1, 7, Seek(CLIENTS[0], queue, 1)),
+            Entry(1, 8, ReadRecords(CLIENTS[0], queue, 6, max_bytes=1000)),
+        ]
+        store.save(entries=entries, committed=entries)
+        assert checks == [(1, 6), (7, 12), (1, 6)]
+        assert store.positions() == {(CLIENTS[0], queue): 6, (CLIENTS[1], queue): 12}
+    finally:
+        store.close()
