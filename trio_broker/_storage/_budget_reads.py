@@ -7,7 +7,7 @@ taken from SQLite's ``length(data)`` cannot be checked (the stored checksum cove
 not their count): a damaged row would move this broker's reader differently from the
 leader's (docs/reliability.md, "Byte-bounded reads applied for nobody"). So every size used
 here comes from bytes checked against their stored checksum: read and checked now
-(:func:`._integrity.intact_columns`), or, for a ``READ_RECORDS``, checked by an earlier read
+(:func:`intact_columns`), or, for a ``READ_RECORDS``, checked by an earlier read
 on this connection and remembered with the checksum it matched (:class:`CheckedSizes`),
 used only while the row still holds that checksum. What is left out is what only an answer
 needs: a ``READ_RECORDS``' answer reaches nobody and holds its sequence numbers with empty
@@ -35,7 +35,7 @@ from .._core._commands import ReadBatch, Result, take_within
 from .._core._queues import read_range, read_result
 from .._core._work_commands import Delivered, Delivery, ReadRecords
 from .._core._work_rules import delivery_sizes
-from ._integrity import DAMAGE_ERRORS, intact_columns
+from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
 from ._work_sql import decode_headers
 
 
@@ -79,6 +79,62 @@ def budgeted_read(
     taken = seqs[: take_within(sizes, command.max_bytes)]
     moved_to = taken[-1] if taken and not command.peek else None
     return Delivered(Deliveries(taken)), moved_to  # type: ignore[arg-type]
+
+
+def intact_columns(
+    db: apsw.Connection, queue_id: str, start: int, end: int
+) -> tuple[range, tuple[bytes, ...], tuple[str | None, ...], tuple[int, ...]] | None:
+    """The messages ``start..end`` of a queue as four columns (sequence numbers, bytes,
+    headers, checksums), when every one is there, in order, and matches its checksum: what
+    :func:`._integrity.read_values` returns for them, checked as strictly, for a read whose answer
+    nobody waits for (a replica's byte-bounded batch: how far it moves depends on the
+    values' sizes, docs/reliability.md "Byte-bounded reads applied for nobody"). None
+    otherwise (a row missing, moved, of the wrong type or damaged, a page SQLite cannot
+    read), noting nothing and raising nothing: the caller then takes the checking path,
+    which finds the damage and has it repaired (or, for rows that only came out of order,
+    reads them as :func:`._integrity.read_values` does).
+
+    The checks run over the columns in C where they can (``map`` of ``bytes.__mod__`` and
+    ``_crc32c``, one comparison of the tuples) instead of a Python step per row. The rows'
+    sequence numbers are not read: each row is checked as the one expected at its place,
+    and its checksum covers its sequence number, so a row missing, moved or out of order
+    fails its own or the count."""
+    if end < start:
+        return range(start, start), (), (), ()
+    try:
+        rows = db.execute(_READ_COLUMNS, (queue_id, start, end)).fetchall()
+    except DAMAGE_ERRORS:
+        return None
+    count = end - start + 1
+    if len(rows) != count:
+        return None
+    datas, headers, checksums = zip(*rows, strict=True)
+    seqs = range(start, end + 1)
+    place = _place(queue_id)
+    try:
+        if headers.count(None) == count:
+            # ``%b`` refuses anything but bytes (a str, an int, None: a damaged row's type).
+            found = tuple(map(_crc32c, map(_PLAIN.__mod__, zip(repeat(place), seqs, datas))))
+        else:
+            found = tuple(
+                _crc32c(_PLAIN % (place, seq, data))
+                if text is None
+                else _crc32c(_HEADED % (place, seq, data, text.encode()))
+                for seq, data, text in zip(seqs, datas, headers, strict=True)
+            )
+    except (TypeError, AttributeError):
+        return None
+    if found != checksums:
+        return None
+    return seqs, datas, headers, checksums
+
+
+_READ_COLUMNS = (
+    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
+    " AND sequence_num BETWEEN ? AND ?"
+)
+"""What :func:`intact_columns` reads: ``_integrity._READ_VALUES`` but the sequence numbers (rows
+come in their order, the index's: see there)."""
 
 
 MAX_CHECKED_SIZES = 1 << 15

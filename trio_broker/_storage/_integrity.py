@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any
 
 import apsw
@@ -323,62 +322,6 @@ def _intact_run(
         out.append((seq, data, headers))
         seq += 1
     return out
-
-
-def intact_columns(
-    db: apsw.Connection, queue_id: str, start: int, end: int
-) -> tuple[range, tuple[bytes, ...], tuple[str | None, ...], tuple[int, ...]] | None:
-    """The messages ``start..end`` of a queue as four columns (sequence numbers, bytes,
-    headers, checksums), when every one is there, in order, and matches its checksum: what
-    :func:`read_values` returns for them, checked as strictly, for a read whose answer
-    nobody waits for (a replica's byte-bounded batch: how far it moves depends on the
-    values' sizes, docs/reliability.md "Byte-bounded reads applied for nobody"). None
-    otherwise (a row missing, moved, of the wrong type or damaged, a page SQLite cannot
-    read), noting nothing and raising nothing: the caller then takes the checking path,
-    which finds the damage and has it repaired (or, for rows that only came out of order,
-    reads them as :func:`read_values` does).
-
-    The checks run over the columns in C where they can (``map`` of ``bytes.__mod__`` and
-    ``_crc32c``, one comparison of the tuples) instead of a Python step per row. The rows'
-    sequence numbers are not read: each row is checked as the one expected at its place,
-    and its checksum covers its sequence number, so a row missing, moved or out of order
-    fails its own or the count."""
-    if end < start:
-        return range(start, start), (), (), ()
-    try:
-        rows = db.execute(_READ_COLUMNS, (queue_id, start, end)).fetchall()
-    except DAMAGE_ERRORS:
-        return None
-    count = end - start + 1
-    if len(rows) != count:
-        return None
-    datas, headers, checksums = zip(*rows, strict=True)
-    seqs = range(start, end + 1)
-    place = _place(queue_id)
-    try:
-        if headers.count(None) == count:
-            # ``%b`` refuses anything but bytes (a str, an int, None: a damaged row's type).
-            found = tuple(map(_crc32c, map(_PLAIN.__mod__, zip(repeat(place), seqs, datas))))
-        else:
-            found = tuple(
-                _crc32c(_PLAIN % (place, seq, data))
-                if text is None
-                else _crc32c(_HEADED % (place, seq, data, text.encode()))
-                for seq, data, text in zip(seqs, datas, headers, strict=True)
-            )
-    except (TypeError, AttributeError):
-        return None
-    if found != checksums:
-        return None
-    return seqs, datas, headers, checksums
-
-
-_READ_COLUMNS = (
-    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
-    " AND sequence_num BETWEEN ? AND ?"
-)
-"""What :func:`intact_columns` reads: :data:`_READ_VALUES` but the sequence numbers (rows
-come in their order, the index's: see there)."""
 
 
 _READ_DATA = (
