@@ -63,6 +63,7 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
+from ._budget_reads import budgeted_read
 from ._integrity import (
     UNCHECKED,
     StorageDamaged,
@@ -106,7 +107,11 @@ def apply_command(
     or missing value, which reads as empty bytes and whose place is added to the list, to be
     repaired in the background. Either way a broker behind the others never waits for a value
     every other broker has deleted since, and a replica does not pay for reading values that
-    only the leader's answers need.
+    only the leader's answers need. A byte-bounded ``READ_BATCH`` or ``READ_RECORDS`` (how far
+    it moves depends on the values' sizes) reads and checks its values, or uses the sizes it
+    checked before while their rows hold the same checksums, without building its answer
+    (:mod:`._budget_reads`); a value damaged or missing there sends it to the checking path
+    below, which holds the transaction for a repair.
     """
     if type(command) is ReadNext:
         # The usual READ, its own path (docs/performance.md, "A single READ on the leader"):
@@ -117,6 +122,15 @@ def apply_command(
             if hold:
                 raise
             return report_damage(exc)
+    if (
+        unchecked is not None
+        and isinstance(command, ReadBatch | ReadRecords)
+        and command.max_bytes < UNBOUNDED_BYTES
+        and (done := _budgeted(db, command)) is not None
+    ):
+        # Nobody waits, and how far it moves depends on the values' sizes: checked sizes, no
+        # answer built (_budget_reads.py); anything but an intact range goes on below.
+        return done
     if type(command) is ReadBatch:
         # No savepoint (two statements): this command writes nothing before its values are
         # read, so damage they raise leaves nothing of it to undo.
@@ -155,6 +169,28 @@ def unchecked_read(command: Command) -> bool:
 
 UNBOUNDED_BYTES = 1 << 62
 """The commands' default ``max_bytes``: no budget."""
+
+
+def _budgeted(db: apsw.Connection, command: ReadBatch | ReadRecords) -> Result | None:
+    """A byte-bounded read applied for nobody, by :func:`budgeted_read`, with the writes of
+    the checking path (``_apply_one``'s, ``_work_sql._read_records``'): the position mark when
+    idle forgetting has started, then the move. None (nothing written): apply it by the
+    checking path."""
+    client_id = command.client_id
+    queue_id = command.queue_id
+    row = db.execute(_POSITION, (client_id, queue_id)).fetchone()
+    if row is None:
+        return None
+    length, deleted, position, sweeping = row
+    found = budgeted_read(db, command, position, deleted, length)
+    if found is None:
+        return None
+    result, moved_to = found
+    if sweeping:
+        touch_position(db, client_id, queue_id, sweeping=True)
+    if moved_to is not None:
+        _set_position(db, client_id, queue_id, moved_to)
+    return result
 
 
 def _apply_one(

@@ -1,0 +1,381 @@
+"""Byte-bounded READs applied where nobody waits for the answer (a replica; a leader applying
+entries nobody waits for): ``_storage/_budget_reads.py``. The reader's position moves exactly
+as on the leader, which reads, checks and answers, whatever the queue, the budget and the
+headers; a damaged or missing value never moves it differently: the transaction is held for a
+repair, as on the checking path (docs/reliability.md, "Byte-bounded reads applied for
+nobody")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trio_broker._core import QueueState
+from trio_broker._core._commands import (
+    AppendBatch,
+    AppendMessage,
+    ApplyRetention,
+    CommandGroup,
+    CreateQueue,
+    GroupApplied,
+    MessagesRead,
+    ReadBatch,
+    RetentionPolicy,
+    Seek,
+    SetRetention,
+)
+from trio_broker._core._raft_messages import Entry
+from trio_broker._core._work_commands import (
+    DeleteQueue,
+    Delivered,
+    Delivery,
+    Publish,
+    ReadRecords,
+    Record,
+)
+from trio_broker._storage import Store, _budget_reads
+from trio_broker._storage._budget_reads import Deliveries
+from trio_broker._storage._integrity import StorageDamaged, intact_rows, repair_rows
+
+QUEUES = ["Q-AAAAA00001", "Q-BBBBB00002"]
+CLIENTS = ["C-AAAAA", "C-BBBBB"]
+
+_queues = st.sampled_from(QUEUES)
+_clients = st.sampled_from(CLIENTS)
+# Sizes from empty to several budgets' worth, so budgets run out mid-way, at once, or never.
+_data = st.binary(min_size=0, max_size=40)
+_headers = st.lists(
+    st.tuples(st.text(min_size=1, max_size=4), st.text(max_size=6)),
+    max_size=2,
+    unique_by=lambda h: h[0],
+).map(lambda hs: tuple(sorted(hs)))
+_budgets = st.integers(min_value=0, max_value=120)
+_reads = st.one_of(
+    st.builds(
+        ReadBatch,
+        client_id=_clients,
+        queue_id=_queues,
+        max_messages=st.integers(min_value=0, max_value=9),
+        peek=st.booleans(),
+        max_bytes=_budgets,
+    ),
+    st.builds(
+        ReadRecords,
+        client_id=_clients,
+        queue_id=_queues,
+        max_messages=st.integers(min_value=0, max_value=9),
+        peek=st.booleans(),
+        max_bytes=_budgets,
+    ),
+)
+_single = st.one_of(
+    _reads,
+    _reads,
+    _reads,
+    st.builds(CreateQueue, queue_id=_queues),
+    st.builds(lambda q, d, t: AppendMessage(q, d, None, None, t), _queues, _data, st.none()),
+    st.builds(
+        lambda q, d: AppendBatch(q, tuple(d)), _queues, st.lists(_data, min_size=1, max_size=6)
+    ),
+    # Messages with headers: a READ_RECORDS counts them towards its budget.
+    st.builds(
+        lambda q, rs: Publish(q, tuple(Record(d, h) for d, h in rs)),
+        _queues,
+        st.lists(st.tuples(_data, _headers), min_size=1, max_size=4),
+    ),
+    # Retention deleting the head: reads then start at the first retained message.
+    st.builds(
+        SetRetention,
+        queue_id=_queues,
+        policy=st.builds(
+            RetentionPolicy, max_messages=st.none() | st.integers(min_value=0, max_value=4)
+        ),
+    ),
+    st.builds(ApplyRetention, now_ms=st.integers(min_value=0, max_value=60)),
+    # A queue deleted, then created again under its id with other values: sizes remembered
+    # for its old messages must not be used for the new ones.
+    st.builds(DeleteQueue, queue_id=_queues),
+    # Positions anywhere, the end and past what retention kept included.
+    st.builds(
+        Seek, client_id=_clients, queue_id=_queues, next_sequence_num=st.none() | st.integers(1, 14)
+    ),
+)
+_commands = _single | st.builds(
+    lambda cs: CommandGroup(tuple(cs)), st.lists(_single, min_size=1, max_size=4)
+)
+
+
+def _for_nobody(result: Any) -> Any:
+    """What a READ_RECORDS applied for nobody answers: the same messages, their bytes left
+    empty and their headers out (a READ_BATCH's answer is the leader's)."""
+    if isinstance(result, GroupApplied):
+        return GroupApplied(tuple(_for_nobody(r) for r in result.results))
+    if isinstance(result, Delivered):
+        return Delivered(
+            tuple(Delivery(d.sequence_num, b"", (), 1) for d in result.messages), result.in_flight
+        )
+    return result
+
+
+def _count_budgeted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
+    """Each byte-bounded read applied for nobody on an existing queue, and whether the new
+    path applied it (True) or handed it to the checking path (False)."""
+    taken: list[tuple[Any, bool]] = []
+    real = _budget_reads.budgeted_read
+
+    def counted(*args: Any) -> Any:
+        found = real(*args)
+        taken.append((args[1], found is not None))
+        return found
+
+    monkeypatch.setattr("trio_broker._storage._queue_sql.budgeted_read", counted)
+    return taken
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=st.lists(st.lists(_commands, min_size=1, max_size=8), min_size=1, max_size=8))
+def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(
+    ram_path_factory, monkeypatch, steps
+):
+    """Random queues (values of 0 to 40 bytes, with and without headers), budgets from 0 (a
+    single message larger than it) to more than the range, empty queues, positions at or past
+    the end, retention's deleted head, peeks: the replica's store (nobody waits) gives the
+    leader's results (each READ_RECORDS' deliveries equal to the leader's tuple), positions,
+    lengths and heads, and both the reference's (:class:`QueueState`)."""
+    taken = _count_budgeted(monkeypatch)
+    model = QueueState()
+    leader = Store(ram_path_factory.mktemp("leader"))
+    replica = Store(ram_path_factory.mktemp("replica"))
+    try:
+        leader.hold_damage = True
+        replica.hold_damage = replica.unchecked_reads = True
+        index = 0
+        for step in steps:
+            entries = [Entry(1, index + k + 1, c) for k, c in enumerate(step)]
+            index += len(step)
+            expected = [model.apply(c) for c in step]
+            assert leader.save(entries=entries, committed=entries) == expected
+            got = replica.save(entries=entries, committed=entries)
+            assert got == [_for_nobody(r) for r in expected]
+            assert replica.unchecked_met == []
+            assert replica.positions() == leader.positions() == model.positions
+            assert replica.queue_lengths() == leader.queue_lengths()
+            assert replica.first_retained() == leader.first_retained()
+        # Every read of an existing queue went by the new path but those refused (max_messages
+        # 0 for a READ_RECORDS, which the checking path answers): none fell back on intact values.
+        assert all(
+            applied or (type(c) is ReadRecords and c.max_messages < 1) for c, applied in taken
+        )
+    finally:
+        leader.close()
+        replica.close()
+
+
+def _filled(store: Store, queue: str, sizes: list[int]) -> None:
+    store.apply([CreateQueue(queue), AppendBatch(queue, tuple(b"x" * n for n in sizes))])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        # Longer: a store that sized values by their stored length would stop one message early.
+        "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB) WHERE sequence_num = 2",
+        # Shorter: it would take one message more.
+        "UPDATE queue_data SET data = substr(data, 2) WHERE sequence_num = 2",
+        # Same length, other bytes: only the checksum tells.
+        "UPDATE queue_data SET data = CAST(upper(data) AS BLOB) WHERE sequence_num = 2",
+        "DELETE FROM queue_data WHERE sequence_num = 2",
+    ],
+    ids=["longer", "shorter", "same-length", "missing"],
+)
+@pytest.mark.parametrize("kind", [ReadBatch, ReadRecords])
+def test_a_damaged_value_holds_the_read_for_nobody_until_repaired(tmp_path, damage, kind):
+    """Values of 10 bytes, a budget of exactly three: the damaged second value (changed, or its
+    row lost) fails the replica's transaction whole (held, as on the checking path: nothing of
+    it kept), never a position that differs from the leader's; once repaired from the leader's
+    intact copy, the same entries move the reader as on the leader."""
+    queue = QUEUES[0]
+    leader = Store(tmp_path / "leader")
+    replica = Store(tmp_path / "replica")
+    try:
+        for store in (leader, replica):
+            _filled(store, queue, [10] * 6)
+        leader.hold_damage = True
+        replica.hold_damage = replica.unchecked_reads = True
+        replica._db.execute(damage)
+        entries = [Entry(1, 3, kind(CLIENTS[0], queue, 5, max_bytes=30))]
+        answered = leader.save(entries=entries, committed=entries)
+        with pytest.raises(StorageDamaged) as found:
+            replica.save(entries=entries, committed=entries)
+        assert (found.value.queue_id, found.value.seq) == (queue, 2)
+        assert replica.positions() == {}
+        assert leader.positions() == {(CLIENTS[0], queue): 3}
+        assert repair_rows(replica._db, queue, intact_rows(leader._db, queue, 1, 10, 1 << 20))
+        got = replica.save(entries=entries, committed=entries)
+        assert got == [_for_nobody(r) for r in answered]
+        assert replica.positions() == leader.positions()
+    finally:
+        leader.close()
+        replica.close()
+
+
+def test_a_leader_waited_for_still_reads_and_checks_every_value(tmp_path, monkeypatch):
+    """With someone waiting (``unchecked_reads`` off), a byte-bounded read never takes the path
+    for nobody: the leader's answer path reads and checks every value it serves."""
+    taken = _count_budgeted(monkeypatch)
+    queue = QUEUES[0]
+    store = Store(tmp_path)
+    try:
+        _filled(store, queue, [10] * 4)
+        store.hold_damage, store.unchecked_reads = True, False
+        store._db.execute("UPDATE queue_data SET data = substr(data, 2) WHERE sequence_num = 3")
+        entries = [Entry(1, 3, ReadRecords(CLIENTS[0], queue, 4, max_bytes=100))]
+        with pytest.raises(StorageDamaged):
+            store.save(entries=entries, committed=entries)
+        assert taken == [] and store.positions() == {}
+    finally:
+        store.close()
+
+
+def test_deliveries_made_when_looked_at_equal_the_tuple():
+    """A READ_RECORDS' deliveries for nobody: the tuple of the same deliveries (empty bytes, no
+    headers) in every way something may look at them (length, truth, items, slices,
+    iteration, equality both ways, hash)."""
+    lazy = Deliveries(range(4, 6))
+    made = (Delivery(4, b"", (), 1), Delivery(5, b"", (), 1))
+    assert len(lazy) == 2 and bool(lazy) and not Deliveries(range(3, 3))
+    assert lazy[1] == made[1] and lazy[-1] == made[1] and lazy[:1] == made[:1]
+    assert tuple(lazy) == made and list(lazy) == list(made)
+    assert Delivered(lazy) == Delivered(made) and Delivered(made) == Delivered(lazy)  # type: ignore[arg-type]
+    assert Delivered(lazy, 1) != Delivered(made)  # type: ignore[arg-type]
+    assert lazy != made[:1] and lazy != list(made)
+    assert hash(Delivered(lazy)) == hash(Delivered(made))  # type: ignore[arg-type]
+    assert MessagesRead(()) != Delivered(lazy)  # type: ignore[arg-type]
+
+
+def _spy_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The ranges whose values ``_budget_reads`` read and checked."""
+    seen: list[tuple[int, int]] = []
+    real = _budget_reads.intact_columns
+
+    def spied(db: Any, queue_id: str, start: int, end: int) -> Any:
+        seen.append((start, end))
+        return real(db, queue_id, start, end)
+
+    monkeypatch.setattr(_budget_reads, "intact_columns", spied)
+    return seen
+
+
+def test_sizes_checked_once_serve_the_next_reader_while_the_row_holds_its_checksum(
+    tmp_path, monkeypatch
+):
+    """A second reader of the same messages is sized from what the first one checked (no value
+    read again), and moves as on the leader even if a value's bytes were damaged since, its
+    checksum left (the size is the one the checksum was computed from; the scrub finds the
+    damage). A row rewritten since (its checksum changed) is read and checked again, and its
+    damage holds the transaction."""
+    checks = _spy_checks(monkeypatch)
+    queue = QUEUES[0]
+    leader = Store(tmp_path / "leader")
+    replica = Store(tmp_path / "replica")
+    try:
+        for store in (leader, replica):
+            _filled(store, queue, [10] * 6)
+        leader.hold_damage = True
+        replica.hold_damage = replica.unchecked_reads = True
+        reads = [ReadRecords(client, queue, 5, max_bytes=30) for client in CLIENTS]
+        first = [Entry(1, 3, reads[0])]
+        leader.save(entries=first, committed=first)
+        replica.save(entries=first, committed=first)
+        assert checks == [(1, 5)]
+        # Longer bytes, checksum unchanged: sized as checked, moved as on the leader.
+        replica._db.execute(
+            "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB) WHERE sequence_num = 2"
+        )
+        second = [Entry(1, 4, reads[1])]
+        answered = leader.save(entries=second, committed=second)
+        assert replica.save(entries=second, committed=second) == [_for_nobody(r) for r in answered]
+        assert checks == [(1, 5)]  # (no value read for the second reader)
+        assert replica.positions() == leader.positions()
+        assert leader.positions()[(CLIENTS[1], queue)] == 3
+        # The row rewritten (another checksum): checked again, and held for its damage.
+        replica._db.execute("UPDATE queue_data SET checksum = checksum + 1 WHERE sequence_num = 2")
+        again = ReadRecords(CLIENTS[1], queue, 4, max_bytes=30)  # (2 to 5: all remembered)
+        third = [Entry(1, 5, Seek(CLIENTS[1], queue, 2)), Entry(1, 6, again)]
+        leader.save(entries=third, committed=third)
+        assert leader.positions()[(CLIENTS[1], queue)] == 4
+        with pytest.raises(StorageDamaged) as found:
+            replica.save(entries=third, committed=third)
+        assert found.value.seq == 2 and checks[1:] == [(2, 5)]
+        assert replica.positions()[(CLIENTS[1], queue)] == 3  # (nothing of it kept)
+    finally:
+        leader.close()
+        replica.close()
+
+
+def test_a_queue_created_again_under_its_id_is_sized_from_its_new_values(tmp_path):
+    """Sizes remembered for a deleted queue's messages are not used for the messages of the
+    queue created again under its id (their rows hold other checksums)."""
+    queue = QUEUES[0]
+    leader = Store(tmp_path / "leader")
+    replica = Store(tmp_path / "replica")
+    try:
+        leader.hold_damage = True
+        replica.hold_damage = replica.unchecked_reads = True
+        history = [
+            CreateQueue(queue),
+            AppendBatch(queue, (b"x" * 10,) * 6),
+            ReadRecords(CLIENTS[0], queue, 5, max_bytes=30),
+            DeleteQueue(queue),
+            CreateQueue(queue),
+            AppendBatch(queue, (b"y" * 4,) * 6),
+            ReadRecords(CLIENTS[0], queue, 5, max_bytes=30),
+        ]
+        for index, command in enumerate(history, 1):
+            entries = [Entry(1, index, command)]
+            answered = leader.save(entries=entries, committed=entries)
+            assert replica.save(entries=entries, committed=entries) == [
+                _for_nobody(r) for r in answered
+            ]
+        assert replica.positions() == leader.positions() == {(CLIENTS[0], queue): 5}
+    finally:
+        leader.close()
+        replica.close()
+
+
+def test_remembered_sizes_are_bounded(tmp_path, monkeypatch):
+    """Past :data:`MAX_CHECKED_SIZES` every remembered size is forgotten at once; what is
+    forgotten is read and checked again (the reader still moves as on the leader)."""
+    monkeypatch.setattr(_budget_reads, "MAX_CHECKED_SIZES", 8)
+    checks = _spy_checks(monkeypatch)
+    queue = QUEUES[0]
+    store = Store(tmp_path)
+    try:
+        _filled(store, queue, [10] * 12)
+        store.hold_damage = store.unchecked_reads = True
+        sizes = _budget_reads._checked_sizes(store._db)
+        for index, (client, count) in enumerate(
+            [(CLIENTS[0], 6), (CLIENTS[1], 6), (CLIENTS[0], 6), (CLIENTS[1], 6)], 3
+        ):
+            entries = [Entry(1, index, ReadRecords(client, queue, count, max_bytes=1000))]
+            store.save(entries=entries, committed=entries)
+            assert sizes._count <= 8
+        # 1-6 checked, 1-6 remembered (no check), 7-12 checked (1-6 forgotten first), 7-12
+        # remembered.
+        assert checks == [(1, 6), (7, 12)]
+        entries = [
+            Entry(1, 7, Seek(CLIENTS[0], queue, 1)),
+            Entry(1, 8, ReadRecords(CLIENTS[0], queue, 6, max_bytes=1000)),
+        ]
+        store.save(entries=entries, committed=entries)
+        assert checks == [(1, 6), (7, 12), (1, 6)]
+        assert store.positions() == {(CLIENTS[0], queue): 6, (CLIENTS[1], queue): 12}
+    finally:
+        store.close()
