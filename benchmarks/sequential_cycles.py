@@ -12,12 +12,26 @@ waits for I/O (``epoll_wait``) and task steps, and for each broker its task step
 (the task's function: the driver, a peer link's writer, a connection's reader...), and the
 wall time per append (the clock's ticks, heartbeats and their answers per append follow
 it). Counts, not timings: the machine's noise does not change them.
+
+    python -m benchmarks.sequential_cycles --processes [--appends N] [--base-port P]
+
+Three broker processes instead (``python -m trio_broker cluster``), the same client: per
+append and per broker, the CPU from /proc (user and system), the voluntary context switches of
+its event loop's thread and of its other threads (each cross-thread wake-up is one), and, in a
+second run of as many appends under ``strace -c -f``, its system calls by name (``fdatasync``:
+its fsyncs; ``futex``: its cross-thread wake-ups; ``epoll_wait``: its waits for I/O). strace
+slows every call: its run gives counts, the first run the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -173,12 +187,137 @@ async def _run(base: Path, appends: int) -> None:
         await connection.aclose()
 
 
+def _proc(pid: int) -> tuple[float, float, int, int]:
+    """(user, system) CPU seconds of a process, and the voluntary context switches of its
+    first thread (the event loop's) and of its other threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    switches = [0, 0]
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda t: int(t.name)):
+        status = (task / "status").read_text()
+        found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+        switches[task.name != str(pid)] += int(found.group(1)) if found else 0
+    return int(fields[11]) / tick, int(fields[12]) / tick, switches[0], switches[1]
+
+
+def _strace_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] != "total" and parts[3].isdigit():
+            counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+async def _appending(port: int, appends: int, queue_id: str) -> None:
+    from tests.wire import RawConnection
+
+    connection = await RawConnection.open(port)
+    for _ in range(appends):
+        answer = await connection.call(
+            {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
+        )
+        assert answer.get("status") == "success", answer
+    await connection.aclose()
+
+
+async def _leader_queue(ports: list[int]) -> tuple[int, str]:
+    from tests.wire import call
+
+    with trio.fail_after(30):
+        while True:
+            for port in ports:
+                answer = await call(port, {"operation": "CREATE_QUEUE"})
+                if answer.get("status") == "success":
+                    return port, answer["queue_id"]
+            await trio.sleep(0.2)
+
+
+def _processes(base: Path, appends: int, base_port: int) -> None:
+    cluster = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trio_broker",
+            "cluster",
+            "--nodes",
+            "3",
+            "--base-port",
+            str(base_port),
+            "--data-dir",
+            str(base / "cluster"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert cluster.stdout is not None
+        nodes: dict[int, int] = {}  # port -> pid
+        for line in cluster.stdout:
+            found = re.search(r"pid (\d+):.* listening on 127.0.0.1:(\d+)", line)
+            if found:
+                nodes[int(found.group(2))] = int(found.group(1))
+            if line.startswith("cluster of"):
+                break
+        port, queue_id = trio.run(_leader_queue, sorted(nodes))
+        trio.run(_appending, port, 50, queue_id)  # (warm up)
+        before = {p: _proc(pid) for p, pid in nodes.items()}
+        started = time.perf_counter()
+        trio.run(_appending, port, appends, queue_id)
+        took = time.perf_counter() - started
+        after = {p: _proc(pid) for p, pid in nodes.items()}
+        traces = {}
+        for p, pid in nodes.items():
+            out = base / f"strace-{p}.txt"
+            traces[p] = (
+                subprocess.Popen(
+                    ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+                    stderr=subprocess.DEVNULL,
+                ),
+                out,
+            )
+        time.sleep(1.0)  # (attached)
+        trio.run(_appending, port, appends, queue_id)
+        for tracer, _ in traces.values():
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(10)
+        print(f"{appends} appends, {took / appends * 1e3:.2f} ms each (without strace)")
+        for p in sorted(nodes):
+            role = "leader" if p == port else "replica"
+            delta = [a - b for a, b in zip(after[p], before[p], strict=True)]
+            print(f"port {p} ({role}), per append:")
+            print(
+                f"  CPU µs user / system           {delta[0] / appends * 1e6:7.0f} /"
+                f" {delta[1] / appends * 1e6:.0f}"
+            )
+            print(
+                f"  voluntary switches: loop / rest {delta[2] / appends:7.2f} /"
+                f" {delta[3] / appends:.2f}"
+            )
+            counts = _strace_counts(traces[p][1])
+            print(f"  system calls                    {sum(counts.values()) / appends:7.2f}")
+            for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+                if n / appends >= 0.05:
+                    print(f"    {name:<29} {n / appends:7.2f}")
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        try:
+            cluster.wait(20)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--appends", type=int, default=300)
+    parser.add_argument("--processes", action="store_true", help="three broker processes")
+    parser.add_argument("--base-port", type=int, default=19401, help="with --processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:
-        trio.run(_run, Path(base), args.appends)
+        if args.processes:
+            _processes(Path(base), args.appends, args.base_port)
+        else:
+            trio.run(_run, Path(base), args.appends)
 
 
 if __name__ == "__main__":
