@@ -95,8 +95,7 @@ _single = st.one_of(
         ),
     ),
     st.builds(ApplyRetention, now_ms=st.integers(min_value=0, max_value=60)),
-    # A queue deleted, then created again under its id with other values: sizes remembered
-    # for its old messages must not be used for the new ones.
+    # A queue deleted, then created again under its id with other values.
     st.builds(DeleteQueue, queue_id=_queues),
     # Positions anywhere, the end and past what retention kept included.
     st.builds(
@@ -260,69 +259,9 @@ def test_deliveries_made_when_looked_at_equal_the_tuple():
     assert MessagesRead(()) != Delivered(lazy)  # type: ignore[arg-type]
 
 
-def _spy_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The ranges whose values ``_budget_reads`` read and checked."""
-    seen: list[tuple[int, int]] = []
-    real = _budget_reads.intact_columns
-
-    def spied(db: Any, queue_id: str, start: int, end: int) -> Any:
-        seen.append((start, end))
-        return real(db, queue_id, start, end)
-
-    monkeypatch.setattr(_budget_reads, "intact_columns", spied)
-    return seen
-
-
-def test_sizes_checked_once_serve_the_next_reader_while_the_row_holds_its_checksum(
-    tmp_path, monkeypatch
-):
-    """A second reader of the same messages is sized from what the first one checked (no value
-    read again), and moves as on the leader even if a value's bytes were damaged since, its
-    checksum left (the size is the one the checksum was computed from; the scrub finds the
-    damage). A row rewritten since (its checksum changed) is read and checked again, and its
-    damage holds the transaction."""
-    checks = _spy_checks(monkeypatch)
-    queue = QUEUES[0]
-    leader = Store(tmp_path / "leader")
-    replica = Store(tmp_path / "replica")
-    try:
-        for store in (leader, replica):
-            _filled(store, queue, [10] * 6)
-        leader.hold_damage = True
-        replica.hold_damage = replica.unchecked_reads = True
-        reads = [ReadRecords(client, queue, 5, max_bytes=30) for client in CLIENTS]
-        first = [Entry(1, 3, reads[0])]
-        leader.save(entries=first, committed=first)
-        replica.save(entries=first, committed=first)
-        assert checks == [(1, 5)]
-        # Longer bytes, checksum unchanged: sized as checked, moved as on the leader.
-        replica._db.execute(
-            "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB) WHERE sequence_num = 2"
-        )
-        second = [Entry(1, 4, reads[1])]
-        answered = leader.save(entries=second, committed=second)
-        assert replica.save(entries=second, committed=second) == [_for_nobody(r) for r in answered]
-        assert checks == [(1, 5)]  # (no value read for the second reader)
-        assert replica.positions() == leader.positions()
-        assert leader.positions()[(CLIENTS[1], queue)] == 3
-        # The row rewritten (another checksum): checked again, and held for its damage.
-        replica._db.execute("UPDATE queue_data SET checksum = checksum + 1 WHERE sequence_num = 2")
-        again = ReadRecords(CLIENTS[1], queue, 4, max_bytes=30)  # (2 to 5: all remembered)
-        third = [Entry(1, 5, Seek(CLIENTS[1], queue, 2)), Entry(1, 6, again)]
-        leader.save(entries=third, committed=third)
-        assert leader.positions()[(CLIENTS[1], queue)] == 4
-        with pytest.raises(StorageDamaged) as found:
-            replica.save(entries=third, committed=third)
-        assert found.value.seq == 2 and checks[1:] == [(2, 5)]
-        assert replica.positions()[(CLIENTS[1], queue)] == 3  # (nothing of it kept)
-    finally:
-        leader.close()
-        replica.close()
-
-
 def test_a_queue_created_again_under_its_id_is_sized_from_its_new_values(tmp_path):
-    """Sizes remembered for a deleted queue's messages are not used for the messages of the
-    queue created again under its id (their rows hold other checksums)."""
+    """A queue deleted and created again under its id with values of other sizes: a replica's
+    reader is moved by the new values' sizes, as on the leader."""
     queue = QUEUES[0]
     leader = Store(tmp_path / "leader")
     replica = Store(tmp_path / "replica")
@@ -348,34 +287,3 @@ def test_a_queue_created_again_under_its_id_is_sized_from_its_new_values(tmp_pat
     finally:
         leader.close()
         replica.close()
-
-
-def test_remembered_sizes_are_bounded(tmp_path, monkeypatch):
-    """Past :data:`MAX_CHECKED_SIZES` every remembered size is forgotten at once; what is
-    forgotten is read and checked again (the reader still moves as on the leader)."""
-    monkeypatch.setattr(_budget_reads, "MAX_CHECKED_SIZES", 8)
-    checks = _spy_checks(monkeypatch)
-    queue = QUEUES[0]
-    store = Store(tmp_path)
-    try:
-        _filled(store, queue, [10] * 12)
-        store.hold_damage = store.unchecked_reads = True
-        sizes = _budget_reads._checked_sizes(store._db)
-        for index, (client, count) in enumerate(
-            [(CLIENTS[0], 6), (CLIENTS[1], 6), (CLIENTS[0], 6), (CLIENTS[1], 6)], 3
-        ):
-            entries = [Entry(1, index, ReadRecords(client, queue, count, max_bytes=1000))]
-            store.save(entries=entries, committed=entries)
-            assert sizes._count <= 8
-        # 1-6 checked, 1-6 remembered (no check), 7-12 checked (1-6 forgotten first), 7-12
-        # remembered.
-        assert checks == [(1, 6), (7, 12)]
-        entries = [
-            Entry(1, 7, Seek(CLIENTS[0], queue, 1)),
-            Entry(1, 8, ReadRecords(CLIENTS[0], queue, 6, max_bytes=1000)),
-        ]
-        store.save(entries=entries, committed=entries)
-        assert checks == [(1, 6), (7, 12), (1, 6)]
-        assert store.positions() == {(CLIENTS[0], queue): 6, (CLIENTS[1], queue): 12}
-    finally:
-        store.close()

@@ -183,8 +183,8 @@ def delivered_within(
     counting its :func:`delivery_sizes`.
 
     The one rule for every byte-bounded work read, on the leader and where nobody waits
-    (``_storage/_budget_reads.py``, which applies the same two steps to sizes it checked
-    before)."""
+    (``_storage/_budget_reads.py``, which applies the same two steps to the values it read
+    and checked)."""
     return candidates[: take_within(delivery_sizes(candidates), max_bytes)]
 
 

@@ -108,10 +108,9 @@ def apply_command(
     repaired in the background. Either way a broker behind the others never waits for a value
     every other broker has deleted since, and a replica does not pay for reading values that
     only the leader's answers need. A byte-bounded ``READ_BATCH`` or ``READ_RECORDS`` (how far
-    it moves depends on the values' sizes) reads and checks its values, or uses the sizes it
-    checked before while their rows hold the same checksums, without building its answer
-    (:mod:`._budget_reads`); a value damaged or missing there sends it to the checking path
-    below, which holds the transaction for a repair.
+    it moves depends on the values' sizes) reads and checks its values without building its
+    answer (:mod:`._budget_reads`); a value damaged or missing there sends it to the checking
+    path below, which holds the transaction for a repair.
     """
     if type(command) is ReadNext:
         # The usual READ, its own path (docs/performance.md, "A single READ on the leader"):
@@ -128,8 +127,8 @@ def apply_command(
         and command.max_bytes < UNBOUNDED_BYTES
         and (done := _budgeted(db, command)) is not None
     ):
-        # Nobody waits, and how far it moves depends on the values' sizes: checked sizes, no
-        # answer built (_budget_reads.py); anything but an intact range goes on below.
+        # Nobody waits, and how far it moves depends on the values' sizes: read and checked,
+        # no answer built (_budget_reads.py); anything but an intact range goes on below.
         return done
     if type(command) is ReadBatch:
         # No savepoint (two statements): this command writes nothing before its values are
