@@ -32,6 +32,7 @@ from trio_broker._core._work_commands import (
     DeleteQueue,
     Delivered,
     Delivery,
+    ForgetIdlePositions,
     Publish,
     ReadRecords,
     Record,
@@ -97,6 +98,13 @@ _single = st.one_of(
     st.builds(ApplyRetention, now_ms=st.integers(min_value=0, max_value=60)),
     # A queue deleted, then created again under its id with other values.
     st.builds(DeleteQueue, queue_id=_queues),
+    # Idle forgetting: once it has started, every read marks its position's activity
+    # (position_activity), on the replica's path as on the leader's.
+    st.builds(
+        ForgetIdlePositions,
+        now_ms=st.integers(min_value=0, max_value=60),
+        idle_ms=st.integers(min_value=1, max_value=30),
+    ),
     # Positions anywhere, the end and past what retention kept included.
     st.builds(
         Seek, client_id=_clients, queue_id=_queues, next_sequence_num=st.none() | st.integers(1, 14)
@@ -117,6 +125,25 @@ def _for_nobody(result: Any) -> Any:
             tuple(Delivery(d.sequence_num, b"", (), 1) for d in result.messages), result.in_flight
         )
     return result
+
+
+_BOOKKEEPING = {"meta", "raft_log"}
+"""Tables of the log and the store's own records, not of the state commands change."""
+
+
+def _tables(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table the commands change (position_activity, work_meta, the
+    queues' rows and values included), each table's rows sorted."""
+    db = store._db
+    names = [
+        name
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        if name not in _BOOKKEEPING
+    ]
+    assert "position_activity" in names and "queue_data" in names
+    return {name: sorted(db.execute(f'SELECT * FROM "{name}"'), key=repr) for name in names}
 
 
 def _count_budgeted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
@@ -145,9 +172,11 @@ def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(
 ):
     """Random queues (values of 0 to 40 bytes, with and without headers), budgets from 0 (a
     single message larger than it) to more than the range, empty queues, positions at or past
-    the end, retention's deleted head, peeks: the replica's store (nobody waits) gives the
-    leader's results (each READ_RECORDS' deliveries equal to the leader's tuple), positions,
-    lengths and heads, and both the reference's (:class:`QueueState`)."""
+    the end, retention's deleted head, peeks, idle forgetting: the replica's store (nobody
+    waits) gives the leader's results (each READ_RECORDS' deliveries equal to the leader's
+    tuple), positions, lengths and heads, and both the reference's (:class:`QueueState`);
+    after every step every table of the two stores holds the same rows (position_activity,
+    which each read marks once idle forgetting has started, included)."""
     taken = _count_budgeted(monkeypatch)
     model = QueueState()
     leader = Store(ram_path_factory.mktemp("leader"))
@@ -167,6 +196,7 @@ def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(
             assert replica.positions() == leader.positions() == model.positions
             assert replica.queue_lengths() == leader.queue_lengths()
             assert replica.first_retained() == leader.first_retained()
+            assert _tables(replica) == _tables(leader)
         # Every read of an existing queue went by the new path but those refused (max_messages
         # 0 for a READ_RECORDS, which the checking path answers): none fell back on intact values.
         assert all(
