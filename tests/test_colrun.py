@@ -270,3 +270,66 @@ def test_insert_stamped_refuses_columns_of_two_lengths(shared_db):
         assert shared_db.execute("SELECT count(*) FROM queue_data").fetchone() == (0,)
     finally:
         shared_db.execute("ROLLBACK")
+
+
+def _spy_paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """What each step of the append paths was called with: whether a group was one run
+    (``_one_run``'s answers), the runs applied as columns (``_append_run``), the columnar
+    inserts (``insert_plain``: one stamp; ``insert_stamped``: a stamp per value), the general
+    insert (``insert_values``, rows as tuples) and the one-append path (``_append``)."""
+    from trio_broker._storage import _integrity, _queue_sql
+
+    seen: dict[str, list] = {}
+
+    def spy(module, name, record):
+        real = getattr(module, name)
+        seen[name] = []
+
+        def spied(*args):
+            result = real(*args)
+            seen[name].append(record(args, result))
+            return result
+
+        monkeypatch.setattr(module, name, spied)
+
+    spy(_queue_sql, "_one_run", lambda args, result: result)
+    spy(_queue_sql, "_append_run", lambda args, result: len(args[1]))
+    spy(_queue_sql, "_append", lambda args, result: args[1])
+    spy(_queue_sql, "insert_plain", lambda args, result: (args[2], list(args[3]), args[4]))
+    spy(_queue_sql, "insert_stamped", lambda args, result: (args[2], list(args[3]), list(args[4])))
+    spy(_integrity, "insert_values", lambda args, result: len(args[3]))
+    return seen
+
+
+@pytest.mark.parametrize("shape", ["alike", "rising", "after-odd"])
+def test_a_run_takes_the_columnar_path(shared_db, monkeypatch, shape):
+    """64 plain stamped appends to one queue (one full chunk of rows) take the columnar path:
+    the whole group found one run by ``_one_run`` (or, after an odd command, the run found in
+    the group's loop), applied by one ``_append_run`` and one columnar insert of the two
+    columns as they are (``insert_plain`` for stamps alike, ``insert_stamped`` for stamps
+    that differ), never a row tuple (``insert_values``) nor an append alone (``_append``) for
+    the run's messages."""
+    data = [b"%d" % k for k in range(64)]
+    if shape == "alike":
+        stamps = [BASE_MS] * 64
+    else:
+        stamps = [BASE_MS + k // 3 for k in range(64)]
+    run = [
+        cmd.AppendMessage(QUEUES[0], d, None, None, s) for d, s in zip(data, stamps, strict=True)
+    ]
+    odd = cmd.AppendMessage(QUEUES[1], b"0", None, None, BASE_MS)
+    commands = [odd, *run] if shape == "after-odd" else run
+    seen = _spy_paths(monkeypatch)
+    _, results = _applied(shared_db, [], commands, grouped=True)
+    assert [r.sequence_num for r in results[-64:]] == list(range(1, 65))
+    assert seen["_one_run"] == [shape != "after-odd"]
+    assert seen["_append_run"] == [64]
+    assert seen["_append"] == ([odd] if shape == "after-odd" else [])
+    if shape == "alike":
+        assert seen["insert_plain"] == [(1, data, BASE_MS)]
+        assert seen["insert_stamped"] == []
+    else:
+        assert seen["insert_stamped"] == [(1, data, stamps)]
+        assert seen["insert_plain"] == ([(1, [b"0"], BASE_MS)] if shape == "after-odd" else [])
+    # (The odd append alone: its one row through the general insert.)
+    assert seen["insert_values"] == ([1] if shape == "after-odd" else [])
