@@ -111,7 +111,7 @@ class Proposals(Generic[T]):
         """``commands`` cut into groups by the bounds, in order: each group's ``(start, end)``.
 
         A plain append's bound is :func:`encoded_bound`'s sum written out (no ``getattr`` and
-        no call per append: what a leader groups under load); ``tests/core/test_proposals.py``
+        no call per append: what a leader groups under load); ``tests/test_pipelead_ledger.py``
         holds the cuts to those of :func:`encoded_bound` for every command."""
         count, max_group, max_bytes = len(commands), self.max_group, self.max_bytes
         append_message, overhead = AppendMessage, COMMAND_OVERHEAD
