@@ -390,7 +390,7 @@ async def test_propose_many_takes_one_unit_per_command_and_answers_each_at_its_i
     assert driver._capacity.value == CAPACITY - 3 and driver.pending == 3
     members = [group.member(i) for i in range(3)]
     assert not any(m.done for m in members)
-    assert [t for _, t in driver._ledger._queued] == [(group, 0), (group, 1), (group, 2)]
+    assert driver._ledger._tokens == [(group, 0), (group, 1), (group, 2)]
     driver._settle((group, 1), "one")
     assert members[1].done and members[1].result == "one" and not members[0].done
     driver._settle((group, 0), "zero")
@@ -455,7 +455,7 @@ async def test_a_low_disk_refuses_appends_of_a_group_at_their_index_and_proposes
     group = await driver.propose_many(commands)
     assert group.done_at(0) and group.done_at(2) and not group.done_at(1)
     assert "out of disk space" in group.results[0].message
-    assert [t for _, t in driver._ledger._queued] == [(group, 1)]
+    assert driver._ledger._tokens == [(group, 1)]
     assert driver._capacity.value == CAPACITY - 1
 
 

@@ -19,12 +19,12 @@ ships. Pure: no I/O, no clock; the caller settles each token with the outcome it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
 
-from ._commands import CommandGroup, GroupApplied, data_size
+from ._commands import AppendMessage, CommandGroup, GroupApplied, data_size
 from ._raft import NotLeader
 
 T = TypeVar("T")
@@ -70,7 +70,10 @@ class Proposals(Generic[T]):
             raise ValueError(f"max_group must be at least 1, not {max_group}")
         self.max_group = max_group
         self.max_bytes = max_bytes
-        self._queued: list[tuple[Any, T]] = []
+        self._commands: list[Any] = []
+        self._tokens: list[T] = []
+        """The queued requests: commands and their tokens, two lists in step (a run is added
+        and cut into groups by slices, without a pair per request)."""
         self._waiting: dict[int, tuple[int, list[T]]] = {}
         """Log index -> (term proposed in, the tokens of that entry, in group order)."""
         self.grouped = 0
@@ -78,11 +81,11 @@ class Proposals(Generic[T]):
 
     def __len__(self) -> int:
         """Requests not yet settled: queued, or waiting for their entry."""
-        return len(self._queued) + sum(len(tokens) for _, tokens in self._waiting.values())
+        return len(self._commands) + sum(len(tokens) for _, tokens in self._waiting.values())
 
     @property
     def queued(self) -> int:
-        return len(self._queued)
+        return len(self._commands)
 
     def waiting(self, index: int) -> tuple[int, list[T]] | None:
         """The term and the tokens waiting on ``index``, if any."""
@@ -92,28 +95,44 @@ class Proposals(Generic[T]):
         """Queue one request's command until the next :meth:`propose_queued`."""
         if isinstance(command, CommandGroup):
             raise ValueError("groups are made by the ledger; add commands")
-        self._queued.append((command, token))
+        self._commands.append(command)
+        self._tokens.append(token)
 
     def add_many(self, commands: list[Any], tokens: list[T]) -> None:
         """:meth:`add` for each command with its token, in order."""
         if len(commands) != len(tokens):
             raise ValueError(f"{len(commands)} commands for {len(tokens)} tokens")
-        if any(isinstance(command, CommandGroup) for command in commands):
+        if any(issubclass(kind, CommandGroup) for kind in set(map(type, commands))):
             raise ValueError("groups are made by the ledger; add commands")
-        self._queued.extend(zip(commands, tokens, strict=True))
+        self._commands.extend(commands)
+        self._tokens.extend(tokens)
 
-    def groups(self) -> Iterator[list[tuple[Any, T]]]:
-        """Take the queued requests, cut into groups by the bounds, in arrival order."""
-        queued, self._queued = self._queued, []
+    def _cuts(self, commands: list[Any]) -> Iterator[tuple[int, int]]:
+        """``commands`` cut into groups by the bounds, in order: each group's ``(start, end)``.
+
+        A plain append's bound is :func:`encoded_bound`'s sum written out (no ``getattr`` and
+        no call per append: what a leader groups under load); ``tests/test_pipelead_ledger.py``
+        holds the cuts to those of :func:`encoded_bound` for every command."""
+        count, max_group, max_bytes = len(commands), self.max_group, self.max_bytes
+        append_message, overhead = AppendMessage, COMMAND_OVERHEAD
         start = 0
-        while start < len(queued):
+        while start < count:
+            limit = min(count, start + max_group)
+            if max_bytes is None:
+                yield start, limit
+                start = limit
+                continue
             end, size = start, 0
-            while end < len(queued) and end - start < self.max_group:
-                size += encoded_bound(queued[end][0])
-                if end > start and self.max_bytes is not None and size > self.max_bytes:
+            while end < limit:
+                c = commands[end]
+                if type(c) is append_message and c.producer_id is None and type(c.queue_id) is str:
+                    size += overhead + len(c.queue_id) + len(c.data)
+                else:
+                    size += encoded_bound(c)
+                if end > start and size > max_bytes:
                     break
                 end += 1
-            yield queued[start:end]
+            yield start, end
             start = end
 
     def propose_queued(
@@ -127,10 +146,14 @@ class Proposals(Generic[T]):
         :class:`~._raft.NotLeader`) and those of an earlier term's entry that a new one
         replaced (:class:`NotApplied`)."""
         settled: list[tuple[T, Outcome]] = []
-        for chunk in self.groups():
-            commands = [c if prepare is None else prepare(c) for c, _ in chunk]
+        queued, self._commands = self._commands, []
+        queued_tokens, self._tokens = self._tokens, []
+        for start, end in self._cuts(queued):
+            commands = queued[start:end]
+            if prepare is not None:
+                commands = [prepare(c) for c in commands]
             payload = commands[0] if len(commands) == 1 else CommandGroup(tuple(commands))
-            tokens = [token for _, token in chunk]
+            tokens = queued_tokens[start:end]
             try:
                 term, index = propose(payload)
             except NotLeader as exc:
@@ -155,16 +178,26 @@ class Proposals(Generic[T]):
     def applied(self, index: int, term: int, result: Any) -> list[tuple[T, Outcome]]:
         """The entry at ``index`` of ``term`` was applied with ``result``: settle the tokens that
         waited on that index (each its own result from a group's, else ``result``)."""
+        tokens, outcomes = self.applied_columns(index, term, result)
+        return list(zip(tokens, outcomes, strict=True))
+
+    def applied_columns(
+        self, index: int, term: int, result: Any
+    ) -> tuple[list[T], Sequence[Outcome]]:
+        """:meth:`applied` as two sequences in step, the tokens and their outcomes (a group's
+        results as they are, no pair per request): all :class:`NotApplied` when the entry
+        applied there is another leader's, else results of the apply."""
         waiting = self._waiting.pop(index, None)
         if waiting is None:
-            return []
+            return [], ()
         proposed_in, tokens = waiting
         if proposed_in != term:
-            outcome = NotApplied("another leader's entry was committed")
-            return [(token, outcome) for token in tokens]
+            return tokens, [NotApplied("another leader's entry was committed")] * len(tokens)
         if isinstance(result, GroupApplied):
-            return list(zip(tokens, result.results, strict=True))
-        return [(token, result) for token in tokens]
+            if len(result.results) != len(tokens):
+                raise ValueError(f"{len(result.results)} results for {len(tokens)} requests")
+            return tokens, result.results
+        return tokens, [result] * len(tokens)
 
     def take_through(self, index: int) -> list[T]:
         """Remove the tokens waiting on an index up to ``index`` (a snapshot replaced those
@@ -176,14 +209,14 @@ class Proposals(Generic[T]):
 
     def take_queued(self) -> list[T]:
         """Remove the tokens not yet proposed (none of them is in the log)."""
-        taken = [token for _, token in self._queued]
-        self._queued = []
+        taken, self._tokens = self._tokens, []
+        self._commands = []
         return taken
 
     def take_all(self) -> list[T]:
         """Remove every token, queued ones first (the outcomes of all of them are unknown)."""
-        taken = [token for _, token in self._queued]
-        self._queued = []
+        taken, self._tokens = self._tokens, []
+        self._commands = []
         for _, tokens in self._waiting.values():
             taken.extend(tokens)
         self._waiting.clear()

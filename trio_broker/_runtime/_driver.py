@@ -564,8 +564,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 else:
                     self._on_applied(entry.payload, result)
                     self.commands_applied += isinstance(entry.payload, Command)
-                for pending, outcome in self._ledger.applied(entry.index, entry.term, result):
-                    self._settle(pending, outcome)
+                self._settle_applied(*self._ledger.applied_columns(entry.index, entry.term, result))
 
     async def _save(
         self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()

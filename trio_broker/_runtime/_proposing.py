@@ -7,7 +7,8 @@ into log entries; each proposal settled once with the outcome the ledger gives i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .._core import _raft as raft
@@ -68,7 +69,8 @@ class Proposing:
         transfer) is returned instead; a command the disk refuses gets its refusal at its
         index, and the others are proposed."""
         count = len(commands)
-        if any(isinstance(c, CommandGroup) for c in commands):
+        kinds = set(map(type, commands))  # (one pass over the run for both checks below)
+        if any(issubclass(kind, CommandGroup) for kind in kinds):
             return BrokerError(
                 ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
             )
@@ -85,10 +87,10 @@ class Proposing:
         group = PendingGroup(count)
         disk = self.disk
         if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
-            if any(type(c) in READ_CANDIDATES for c in commands):
+            if not kinds.isdisjoint(READ_CANDIDATES):
                 self._propose_with_reads(commands, group)
             else:
-                self._ledger.add_many(commands, [(group, index) for index in range(count)])
+                self._ledger.add_many(commands, list(zip(repeat(group), range(count))))
             self.wake()
             return group
         add = self._ledger.add
@@ -176,6 +178,24 @@ class Proposing:
         else:
             pending.set(outcome)
         self._capacity.release()
+
+    def _settle_applied(self: RaftDriver, tokens: list[Any], outcomes: Sequence[Any]) -> None:
+        """:meth:`_settle` for the proposals of one applied entry, with the ledger's
+        :meth:`~.._core._proposals.Proposals.applied_columns`: the results of an apply need no
+        translation (one check for all: only a ledger's :class:`NotApplied` does), and the
+        capacity is given back once for all of them."""
+        if not tokens:
+            return
+        if isinstance(outcomes[0], NotApplied):
+            for pending, outcome in zip(tokens, outcomes, strict=True):
+                self._settle(pending, outcome)
+            return
+        for pending, outcome in zip(tokens, outcomes, strict=True):
+            if type(pending) is tuple:
+                pending[0].set(pending[1], outcome)
+            else:
+                pending.set(outcome)
+        self._capacity.release(len(tokens))
 
     def _wait_for(self: RaftDriver, index: int, term: int, pendings: list[Pending]) -> None:
         """Register the proposals of the entry this leader just appended at ``index``; those
