@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
-from .._core._commands import BatchAppended, CommandRejected, MessageAppended, MessageRead
+from .._core._commands import (
+    BatchAppended,
+    CommandRejected,
+    MessageAppended,
+    MessageRead,
+    ReadNext,
+)
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
@@ -93,6 +99,7 @@ class Runs:
         limit = min(self._driver.max_group, self._config.max_in_flight)
         max_data = self._config.max_data_bytes
         closing = self._closing()  # (read again after each wait)
+        last_read: ReadNext | None = None
         for request in requests:
             if (  # the original contract's APPEND, the most frequent: checked here at once
                 type(request) is Append
@@ -104,6 +111,22 @@ class Runs:
                 and not closing
             ):
                 command, convert = plain_append(request, max_data, stamp), None
+            elif (  # the original contract's READ (queue and client only): its command at once
+                type(request) is Read
+                and request.max_messages is None
+                and request.mode is None
+                and request.wait_ms is None
+                and request.client_id
+                and request.queue_name.startswith("Q-")
+                and not closing
+            ):
+                if (
+                    last_read is None
+                    or last_read.client_id != request.client_id
+                    or last_read.queue_id != request.queue_name
+                ):  # (a run of one reader's READs shares one frozen command)
+                    last_read = ReadNext(request.client_id, request.queue_name)
+                command, convert = last_read, read_answer
             else:
                 joining = self._run_command(request, stamp)
                 if joining is None:
