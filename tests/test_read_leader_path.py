@@ -9,7 +9,12 @@ the general path gives.
   bytes orjson writes for the general form, and read back to the same group, one object per
   run of one reader; any other group, and any id that is not a ``str``, is left to the
   general form, with its errors;
-- ``encoded_bound`` of a ``ReadNext`` is the general formula's bound.
+- ``encoded_bound`` of a ``ReadNext`` is the general formula's bound;
+- a READ's answer in a run (``ReadNextAnswer``) is what ``ConvertedAnswer`` with
+  ``read_answer`` answers, frame and response;
+- ``decode_request`` remembers the original contract's READ frames: a repeat gives the same
+  request as decoding it afresh, frames of any other form are decoded each time, and what it
+  remembers stays within its bounds.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import trio
 
 from trio_broker._core import _commands as cmd
 from trio_broker._core._proposals import COMMAND_OVERHEAD, encoded_bound
-from trio_broker._errors import BrokerError
-from trio_broker._protocol import Read
+from trio_broker._errors import BrokerError, ErrorCode, ProtocolError
+from trio_broker._protocol import Read, _codec
+from trio_broker._protocol._codec import decode_request, encode_response, request_from_dict
 from trio_broker._protocol._entries import (
     _reads_group_bytes,
     decode_payload,
@@ -35,7 +41,7 @@ from trio_broker._protocol._entries import (
 )
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._pending import PendingGroup
-from trio_broker._runtime._runs import Runs
+from trio_broker._runtime._runs import ConvertedAnswer, ReadNextAnswer, Runs
 from trio_broker._runtime._work import read_answer
 
 IDS = ["C-0123456789", "Q-0123456789abcdef", "é", '"quoted"\\', "\u2028\x01", "🙂", ""]
@@ -156,10 +162,12 @@ class _Driver:
 
     def __init__(self) -> None:
         self.runs: list[list[Any]] = []
+        self.groups: list[PendingGroup] = []
 
     async def propose_many(self, commands: list[Any]) -> PendingGroup:
         self.runs.append(list(commands))
-        return PendingGroup(len(commands))
+        self.groups.append(PendingGroup(len(commands)))
+        return self.groups[-1]
 
 
 READS = [
@@ -210,3 +218,113 @@ def test_a_runs_reads_take_the_commands_and_refusals_of_the_one_by_one_path():
     first = driver.runs[0]
     assert first[0] is first[1]  # (one reader's run: one object)
     assert first[2] is not first[1] and first[3] is not first[1]  # (another reader between)
+
+
+RESULTS = [
+    cmd.MessageRead(7, b'{"k":[1,"two"]}'),
+    cmd.MessageRead(2**63 - 1, b'"\\u2028 \\"quoted\\""'),
+    cmd.MessageRead(None, None),
+    cmd.CommandRejected(ErrorCode.QUEUE_NOT_FOUND, "queue 'Q-1' does not exist"),
+    BrokerError(ErrorCode.NOT_LEADER, "not the leader"),
+]
+
+
+def _same_answer(answer: Any, reference: Any) -> None:
+    assert answer.frame() == reference.frame()
+    known, expected = answer.known(), reference.known()
+    assert (known is None) == (expected is None)
+    if known is not None:
+        assert encode_response(known) == encode_response(expected)
+
+
+def test_a_single_reads_answer_is_the_converted_answers():
+    group = PendingGroup(len(RESULTS))
+    pairs = [(ReadNextAnswer(group, i), ConvertedAnswer(group, i, read_answer)) for i in range(5)]
+    for answer, reference in pairs:  # nothing known yet
+        assert answer.frame() is None and answer.known() is None
+        _same_answer(answer, reference)
+    for index, result in enumerate(RESULTS):
+        group.set(index, result)
+    for answer, reference in pairs:
+        _same_answer(answer, reference)
+    # A message and no message are written from their bytes; a refusal by the general path.
+    assert [a.frame() is not None for a, _ in pairs] == [True, True, True, False, False]
+
+
+def test_a_runs_reads_are_answered_as_converted_answers():
+    config = BrokerConfig(data_dir="/nonexistent")
+
+    async def handle(request: Any, session: Any) -> Any:
+        raise AssertionError(f"decided alone: {request!r}")
+
+    driver = _Driver()
+    runs = Runs(config, driver, handle=handle, closing=lambda: False, wall_clock_ms=lambda: 1)  # type: ignore[arg-type]
+    answers: list[Any] = []
+    trio.run(runs.handle_many, list(READS), None, answers.extend)
+    (group,) = driver.groups
+    for index in range(len(group.results)):
+        group.set(index, RESULTS[index % len(RESULTS)])
+    proposed = [a for a in answers if a._now is None]
+    assert len(proposed) == len(group.results)
+    for index, answer in enumerate(proposed):
+        if type(driver.runs[0][index]) is cmd.ReadNext:
+            assert type(answer) is ReadNextAnswer
+        _same_answer(answer, ConvertedAnswer(group, index, read_answer))
+
+
+def _fresh(payload: bytes) -> Any:
+    """What the general path decodes from a frame (a request, or its refusal's message)."""
+    try:
+        return request_from_dict(orjson.loads(payload))
+    except (ProtocolError, orjson.JSONDecodeError) as exc:
+        return getattr(exc, "message", type(exc))
+
+
+READ_FRAMES = [
+    b'{"operation":"READ","queue_name":"Q-ABCDE12345","client_id":"C-1"}',
+    b'{"operation":"READ","queue_name":"Q-ABCDE12345","client_id":"C-2"}',
+    b'{"operation":"READ","client_id":"C-1","queue_name":"Q-ABCDE12345"}',
+    b'{"operation":"READ","queue_name":"Q-1","client_id":"C-1","max_messages":2}',
+    b'{"operation":"READ","queue_name":"Q-1","client_id":"C-1","wait_ms":5}',
+    b'{"operation":"READ","queue_name":"Q-1","client_id":""}',
+    b'{"operation":"READ","queue_name":"Q-1","client_id":7}',
+    b'{"operation":"READ","queue_name":"Q-1","client_id":"' + b"c" * 129 + b'"}',
+    b'{"operation":"READ","queue_name":"Q-1","client_id":"\\u00e9"}',
+    b'{"operation":"READ", "queue_name":"Q-1","client_id":"C-1"}',
+    b'{"queue_name":"Q-1","client_id":"C-1","operation":"READ"}',
+    b'{"operation":"READ","queue_name":"Q-1","data":5}',
+]
+
+
+def test_a_remembered_read_is_the_request_decoding_gives_afresh():
+    for payload in READ_FRAMES * 3:  # (each frame three times: remembered or not, the same)
+        try:
+            got: Any = decode_request(payload)
+        except ProtocolError as exc:
+            got = exc.message
+        assert got == _fresh(payload)
+    # The original contract's form is remembered: its repeat is the same object; no other
+    # form, no refusal (an id of another type, or too long).
+    assert decode_request(READ_FRAMES[0]) is decode_request(READ_FRAMES[0])
+    assert decode_request(READ_FRAMES[3]) is not decode_request(READ_FRAMES[3])
+    assert READ_FRAMES[6] not in _codec._READS and READ_FRAMES[7] not in _codec._READS
+
+
+def test_remembered_reads_stay_within_their_bounds():
+    long_client = b"c" * _codec.MAX_ID_LENGTH
+    big = b'{"operation":"READ","queue_name":"Q-1","client_id":"%b"}' % (long_client * 1)
+    huge_queue = b'{"operation":"READ","queue_name":"%b","client_id":"%b"}' % (
+        b"q" * _codec.MAX_ID_LENGTH,
+        b"\\u00e9" * _codec.MAX_ID_LENGTH,  # (128 characters, 768 bytes)
+    )
+    assert len(huge_queue) > _codec.MAX_READ_REMEMBERED_BYTES
+    assert decode_request(huge_queue) == _fresh(huge_queue)
+    assert huge_queue not in _codec._READS
+    assert decode_request(big) == _fresh(big)
+    for i in range(_codec.MAX_READS_REMEMBERED + 10):
+        payload = b'{"operation":"READ","queue_name":"Q-1","client_id":"C-%d"}' % i
+        assert decode_request(payload) == Read("Q-1", f"C-{i}")
+        assert len(_codec._READS) <= _codec.MAX_READS_REMEMBERED
+    assert all(len(p) <= _codec.MAX_READ_REMEMBERED_BYTES for p in _codec._READS)
+    # Not bytes (a bytearray): decoded, never remembered.
+    assert decode_request(bytearray(READ_FRAMES[1])) == _fresh(READ_FRAMES[1])

@@ -216,11 +216,12 @@ class Runs:
                 answers[slot] = Answer(now=group)
         else:
             for index, (slot, convert) in enumerate(zip(slots, converts, strict=True)):
-                answers[slot] = (
-                    RunAnswer(group, index)
-                    if convert is None
-                    else ConvertedAnswer(group, index, convert)
-                )
+                if convert is None:
+                    answers[slot] = RunAnswer(group, index)
+                elif convert is read_answer and type(commands[index]) is ReadNext:
+                    answers[slot] = ReadNextAnswer(group, index)
+                else:
+                    answers[slot] = ConvertedAnswer(group, index, convert)
         commands.clear()
         slots.clear()
         converts.clear()
@@ -240,6 +241,23 @@ class RunAnswer(GroupAnswer):
             return appended_frame(result.sequence_num)
         if kind is BatchAppended and not result.duplicate:
             return batch_appended_frame(result.first_sequence_num, result.count)
+        return None
+
+
+class ReadNextAnswer(GroupAnswer):
+    """The answer to a single READ of a run (a ``ReadNext``): what :class:`ConvertedAnswer`
+    with ``read_answer`` answers (``read_answer`` gives a ``ReadNext``'s result as it is, so
+    :class:`GroupAnswer`'s ``response_for`` of the result is its answer), its frame written
+    straight from the result, without the conversion's calls."""
+
+    __slots__ = ()
+
+    def frame(self) -> bytes | None:
+        result = self._group.results[self._index]
+        if type(result) is MessageRead:
+            sequence_num, data = result.sequence_num, result.data
+            if sequence_num is None or type(data) is bytes:
+                return message_frame(sequence_num, data)
         return None
 
 
