@@ -10,6 +10,8 @@ the general path gives.
   run of one reader; any other group, and any id that is not a ``str``, is left to the
   general form, with its errors;
 - ``encoded_bound`` of a ``ReadNext`` is the general formula's bound;
+- a run of one reader's READs is answered by the core's ``read_next_run`` as ``read_range``
+  and ``read_result`` answer its READs one at a time;
 - a READ's answer in a run (``ReadNextAnswer``) is what ``ConvertedAnswer`` with
   ``read_answer`` answers, frame and response;
 - ``decode_request`` remembers the original contract's READ frames: a repeat gives the same
@@ -29,6 +31,7 @@ import trio
 
 from trio_broker._core import _commands as cmd
 from trio_broker._core._proposals import COMMAND_OVERHEAD, encoded_bound
+from trio_broker._core._queues import read_next_run, read_range, read_result
 from trio_broker._errors import BrokerError, ErrorCode, ProtocolError
 from trio_broker._protocol import Read, _codec
 from trio_broker._protocol._codec import decode_request, encode_response, request_from_dict
@@ -328,3 +331,26 @@ def test_remembered_reads_stay_within_their_bounds():
     assert all(len(p) <= _codec.MAX_READ_REMEMBERED_BYTES for p in _codec._READS)
     # Not bytes (a bytearray): decoded, never remembered.
     assert decode_request(bytearray(READ_FRAMES[1])) == _fresh(READ_FRAMES[1])
+
+
+@pytest.mark.parametrize("length", [0, 1, 5, 9])
+@pytest.mark.parametrize("deleted", [0, 2, 6])
+@pytest.mark.parametrize("position", [0, 1, 3, 8, 9])
+@pytest.mark.parametrize("count", [1, 2, 4, 16])
+def test_a_run_of_reads_answers_as_its_reads_one_at_a_time(length, deleted, position, count):
+    deleted = min(deleted, length)
+    stored = {seq: b"v%d" % seq for seq in range(deleted + 1, length + 1)}
+    command = cmd.ReadNext("C-1", "Q-1")
+    expected, at = [], position
+    for _ in range(count):  # the core's rules, one READ at a time
+        start, end = read_range(at, deleted, length, command)
+        result, moved = read_result(command, ((start, stored[start]),) if start <= end else ())
+        expected.append(result)
+        at = at if moved is None else moved
+    # The run: its range (the first READ's start, as many as it may read), then its answers.
+    first, _ = read_range(position, deleted, length, command)
+    last = min(length, first + count - 1)
+    results, moved_to = read_next_run(first, [stored[s] for s in range(first, last + 1)], count)
+    assert results == expected
+    assert (position if moved_to is None else moved_to) == at
+    assert moved_to is None or moved_to > position
