@@ -9,7 +9,8 @@ the general path gives.
   bytes orjson writes for the general form, and read back to the same group, one object per
   run of one reader; any other group, and any id that is not a ``str``, is left to the
   general form, with its errors;
-- ``encoded_bound`` of a ``ReadNext`` is the general formula's bound;
+- ``encoded_bound`` of a ``ReadNext`` is the general formula's bound, and a group's
+  ``data_size`` and ``apply_weight`` count READs as before;
 - a run of one reader's READs is answered by the core's ``read_next_run`` as ``read_range``
   and ``read_result`` answer its READs one at a time;
 - a READ's answer in a run (``ReadNextAnswer``) is what ``ConvertedAnswer`` with
@@ -32,6 +33,7 @@ import trio
 from trio_broker._core import _commands as cmd
 from trio_broker._core._proposals import COMMAND_OVERHEAD, encoded_bound
 from trio_broker._core._queues import read_next_run, read_range, read_result
+from trio_broker._core._raft_messages import Entry
 from trio_broker._errors import BrokerError, ErrorCode, ProtocolError
 from trio_broker._protocol import Read, _codec
 from trio_broker._protocol._codec import decode_request, encode_response, request_from_dict
@@ -45,6 +47,7 @@ from trio_broker._protocol._entries import (
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._pending import PendingGroup
 from trio_broker._runtime._runs import ConvertedAnswer, ReadNextAnswer, Runs
+from trio_broker._runtime._save_place import apply_weight
 from trio_broker._runtime._work import read_answer
 
 IDS = ["C-0123456789", "Q-0123456789abcdef", "é", '"quoted"\\', "\u2028\x01", "🙂", ""]
@@ -354,3 +357,20 @@ def test_a_run_of_reads_answers_as_its_reads_one_at_a_time(length, deleted, posi
     assert results == expected
     assert (position if moved_to is None else moved_to) == at
     assert moved_to is None or moved_to > position
+
+
+def test_a_groups_size_and_weight_count_its_reads_as_before():
+    """A READ carries no data and weighs one message, among commands that carry some."""
+    commands = (
+        cmd.ReadNext("C-1", "Q-1"),
+        cmd.AppendMessage("Q-1", b'"abc"', None, None, 5),
+        cmd.ReadNext("C-1", "Q-1"),
+        cmd.ReadBatch("C-1", "Q-1", 7),
+        cmd.AppendBatch("Q-1", (b"1", b"22", b"333")),
+        cmd.ReadNext("C-2", "Q-1"),
+    )
+    group = cmd.CommandGroup(commands)
+    assert cmd.data_size(group) == sum(cmd.data_size(c) + 64 for c in commands)
+    assert cmd.data_size(group) == 6 * 64 + 5 + (1 + 2 + 3 + 3 * 8)
+    assert cmd.data_size(cmd.CommandGroup(commands[:1] * 3)) == 3 * 64
+    assert apply_weight((Entry(1, 1, group), Entry(1, 2, commands[0]))) == 3 + 1 + 7 + 3 + 1
