@@ -400,7 +400,9 @@ def data_size(payload: object) -> int:
             for r in payload.records
         )
     if isinstance(payload, CommandGroup):
-        return sum(data_size(c) + 64 for c in payload.commands)
+        commands = payload.commands
+        # (a single READ carries no data: a group of READs, on every broker, calls nothing)
+        return 64 * len(commands) + sum(data_size(c) for c in commands if type(c) is not ReadNext)
     return 0
 
 

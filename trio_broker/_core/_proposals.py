@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from ._commands import AppendMessage, CommandGroup, GroupApplied, data_size
+from ._commands import AppendMessage, CommandGroup, GroupApplied, ReadNext, data_size
 from ._raft import NotLeader
 
 T = TypeVar("T")
@@ -38,6 +38,10 @@ COMMAND_OVERHEAD = 256
 def encoded_bound(command: Any) -> int:
     """An upper bound of a command's size in a log entry. A group stays under ``max_bytes`` by
     this bound, so that a REPLICATE of the core's 64 entries stays within a peer frame."""
+    if type(command) is ReadNext:  # (a single READ, the most frequent with appends: no data)
+        queue_id, client_id = command.queue_id, command.client_id
+        if type(queue_id) is str and type(client_id) is str:
+            return COMMAND_OVERHEAD + len(queue_id) + len(client_id)
     ids = sum(
         len(value)
         for value in (

@@ -7,6 +7,7 @@ SQLite; a property test checks that both agree on any sequence of commands.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import attrs
 
@@ -277,6 +278,25 @@ def read_result(
     return MessagesRead(read), moved_to
 
 
+_NO_MESSAGE = MessageRead(None, None)
+
+
+def read_next_run(
+    first: int, values: Sequence[bytes], count: int
+) -> tuple[list[Result], int | None]:
+    """The answers to ``count`` single READs (:class:`ReadNext`) of one client on one queue,
+    one after another, and the position the client moves to (None: it stays): what
+    :func:`read_result` answers for each in turn. ``first`` is the first READ's
+    :func:`read_range` start, ``values`` the messages from ``first`` on, at most ``count``
+    of them, that the queue holds (each READ reads the message after the one before it read);
+    the READs past them read nothing. ``tests/test_read_leader_path.py`` holds it to
+    :func:`read_range` and :func:`read_result` applied one READ at a time."""
+    results: list[Result] = [MessageRead(seq, value) for seq, value in enumerate(values, first)]
+    if len(results) < count:
+        results += [_NO_MESSAGE] * (count - len(results))
+    return results, (first + len(values) - 1 if values else None)
+
+
 def position_result(command: Ack | Seek, position: int, length: int) -> tuple[Result, int | None]:
     """The answer to an Ack or a Seek of a client at ``position`` in a queue of ``length``
     messages, and the position it moves to (None: it stays)."""
@@ -351,6 +371,7 @@ __all__ = [
     "client_lag",
     "monotonic_stamp",
     "position_result",
+    "read_next_run",
     "read_range",
     "read_result",
     "retention_through",

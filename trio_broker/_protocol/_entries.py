@@ -431,10 +431,11 @@ def payload_from_obj(obj: Any) -> Any:
 
 
 def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
-    """A COMMAND_GROUP's commands. The usual one, an APPEND_MESSAGE without a producer whose
-    fields have their types, is read here in the loop (a group holds up to thousands of them,
-    each decoded on every replica); any other goes through :func:`payload_from_obj`, which
-    decides it, or words its error, as before."""
+    """A COMMAND_GROUP's commands. The usual ones, an APPEND_MESSAGE without a producer whose
+    fields have their types and an UPDATE_POSITION (a single READ) whose ids are strings, are
+    read here in the loop (a group holds up to thousands of them, each decoded on every
+    replica); any other goes through :func:`payload_from_obj`, which decides it, or words its
+    error, as before."""
     commands = obj["commands"]
     if not isinstance(commands, list) or not commands:
         raise TypeError("commands must be a non-empty list")
@@ -442,6 +443,8 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     add = decoded.append
     append_message = cmd.AppendMessage
     dumps, view = orjson.dumps, memoryview  # (dumps_value inline: no call per append)
+    read_next = cmd.ReadNext
+    last: cmd.ReadNext | None = None
     single = True
     for c in commands:
         if type(c) is dict and c.get("type") == "APPEND_MESSAGE" and "data" in c:
@@ -453,6 +456,13 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
                 and c.get("producer_seq") is None
             ):
                 add(append_message(queue, view(dumps(c["data"])).tobytes(), None, None, stamp))
+                continue
+        elif type(c) is dict and c.get("type") == "UPDATE_POSITION":  # a single READ
+            queue, client = c.get("queue_id"), c.get("client_id")
+            if type(queue) is str and type(client) is str:
+                if last is None or last.client_id != client or last.queue_id != queue:
+                    last = read_next(client, queue)  # (a run of one reader's: one object)
+                add(last)
                 continue
         one = payload_from_obj(c)
         single = single and isinstance(one, cmd.SingleCommand)
@@ -466,6 +476,8 @@ def encode_payload(payload: Any) -> bytes:
     """A log entry's payload as the bytes stored in the on-disk log."""
     if type(payload) is cmd.CommandGroup:
         written = _appends_group_bytes(payload.commands)
+        if written is None:
+            written = _reads_group_bytes(payload.commands)
         if written is not None:
             return written
     return orjson.dumps(payload_to_obj(payload))
@@ -506,6 +518,37 @@ def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
                 return None
             head = _APPEND_HEAD + orjson.dumps(queue) + b',"data":'
         add(form % (head, data, stamp))
+    if not parts:
+        return None
+    return _GROUP_HEAD + b",".join(parts) + b"]}"
+
+
+_READ_NEXT_FORM = b'{"type":"UPDATE_POSITION","queue_id":%b,"client_id":%b}'
+
+
+def _reads_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
+    """A COMMAND_GROUP of single READs (UPDATE_POSITION: what a leader groups under a READ
+    load) as exactly the bytes orjson writes for its :func:`payload_to_obj` form, each READ
+    formatted by hand and written once per run of one reader, where the general form goes
+    through the converter per READ (docs/performance.md, "Single READs: the leader's request
+    path"). None for any other group. ``tests/test_read_leader_path.py`` holds both to the
+    same bytes."""
+    parts: list[bytes] = []
+    add = parts.append
+    read_next = cmd.ReadNext
+    client: Any = _NO_QUEUE
+    queue: Any = _NO_QUEUE
+    item = b""
+    for c in commands:
+        if type(c) is not read_next:
+            return None
+        client_id, queue_id = c.client_id, c.queue_id
+        if type(client_id) is not str or type(queue_id) is not str:
+            return None
+        if client_id != client or queue_id != queue:  # (equal strings, other objects)
+            client, queue = client_id, queue_id
+            item = _READ_NEXT_FORM % (orjson.dumps(queue), orjson.dumps(client))
+        add(item)
     if not parts:
         return None
     return _GROUP_HEAD + b",".join(parts) + b"]}"

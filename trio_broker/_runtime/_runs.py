@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core import _work_commands as work
-from .._core._commands import BatchAppended, CommandRejected, MessageAppended, MessageRead
+from .._core._commands import (
+    BatchAppended,
+    CommandRejected,
+    MessageAppended,
+    MessageRead,
+    ReadNext,
+)
 from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
@@ -93,6 +99,7 @@ class Runs:
         limit = min(self._driver.max_group, self._config.max_in_flight)
         max_data = self._config.max_data_bytes
         closing = self._closing()  # (read again after each wait)
+        last_read: ReadNext | None = None
         for request in requests:
             if (  # the original contract's APPEND, the most frequent: checked here at once
                 type(request) is Append
@@ -104,6 +111,22 @@ class Runs:
                 and not closing
             ):
                 command, convert = plain_append(request, max_data, stamp), None
+            elif (  # the original contract's READ (queue and client only): its command at once
+                type(request) is Read
+                and request.max_messages is None
+                and request.mode is None
+                and request.wait_ms is None
+                and request.client_id
+                and request.queue_name.startswith("Q-")
+                and not closing
+            ):
+                if (
+                    last_read is None
+                    or last_read.client_id != request.client_id
+                    or last_read.queue_id != request.queue_name
+                ):  # (a run of one reader's READs shares one frozen command)
+                    last_read = ReadNext(request.client_id, request.queue_name)
+                command, convert = last_read, read_answer
             else:
                 joining = self._run_command(request, stamp)
                 if joining is None:
@@ -193,11 +216,12 @@ class Runs:
                 answers[slot] = Answer(now=group)
         else:
             for index, (slot, convert) in enumerate(zip(slots, converts, strict=True)):
-                answers[slot] = (
-                    RunAnswer(group, index)
-                    if convert is None
-                    else ConvertedAnswer(group, index, convert)
-                )
+                if convert is None:
+                    answers[slot] = RunAnswer(group, index)
+                elif convert is read_answer and type(commands[index]) is ReadNext:
+                    answers[slot] = ReadNextAnswer(group, index)
+                else:
+                    answers[slot] = ConvertedAnswer(group, index, convert)
         commands.clear()
         slots.clear()
         converts.clear()
@@ -217,6 +241,23 @@ class RunAnswer(GroupAnswer):
             return appended_frame(result.sequence_num)
         if kind is BatchAppended and not result.duplicate:
             return batch_appended_frame(result.first_sequence_num, result.count)
+        return None
+
+
+class ReadNextAnswer(GroupAnswer):
+    """The answer to a single READ of a run (a ``ReadNext``): what :class:`ConvertedAnswer`
+    with ``read_answer`` answers (``read_answer`` gives a ``ReadNext``'s result as it is, so
+    :class:`GroupAnswer`'s ``response_for`` of the result is its answer), its frame written
+    straight from the result, without the conversion's calls."""
+
+    __slots__ = ()
+
+    def frame(self) -> bytes | None:
+        result = self._group.results[self._index]
+        if type(result) is MessageRead:
+            sequence_num, data = result.sequence_num, result.data
+            if sequence_num is None or type(data) is bytes:
+                return message_frame(sequence_num, data)
         return None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from .._core import _raft as raft
-from .._core._commands import AppendBatch, CommandGroup, ReadBatch
+from .._core._commands import AppendBatch, CommandGroup, ReadBatch, ReadNext
 from .._core._work_commands import Publish, ReadRecords
 
 SHORT_ENTRIES = 8
@@ -129,7 +129,9 @@ def apply_weight(entries: tuple[Any, ...]) -> int:
     for entry in entries:
         payload = entry.payload
         for command in payload.commands if isinstance(payload, CommandGroup) else (payload,):
-            if isinstance(command, ReadBatch | ReadRecords):
+            if type(command) is ReadNext:  # (a single READ, the type tests below skipped)
+                weight += 1
+            elif isinstance(command, ReadBatch | ReadRecords):
                 weight += command.max_messages
             elif isinstance(command, AppendBatch):
                 weight += len(command.data)

@@ -57,6 +57,7 @@ from .._core._queues import (
     apply_map_command,
     monotonic_stamp,
     position_result,
+    read_next_run,
     read_range,
     read_result,
     retention_through,
@@ -343,22 +344,13 @@ def _read_run(
             data = [value for _, value, _ in read_values(db, queue_id, first, last)]
         except StorageDamaged:
             return [apply_command(db, command, hold=hold, unchecked=unchecked) for command in run]
-    results: list[Result] = []
-    at = position
-    for command in run:
-        start, end = read_range(at, deleted, length, command)
-        result, moved_to = read_result(
-            command, ((start, data[start - first]),) if start <= end else ()
-        )
-        results.append(result)
-        if moved_to is not None:
-            at = moved_to
+    results, moved_to = read_next_run(first, data, len(run))
     # Written only now, after the values are read (see apply_command); touching a position
     # marks it, so once for the run is what once per READ wrote.
     if sweeping:
         touch_position(db, client_id, queue_id, sweeping=True)
-    if at != position:
-        _set_position(db, client_id, queue_id, at)
+    if moved_to is not None:
+        _set_position(db, client_id, queue_id, moved_to)
     return results
 
 
