@@ -8,6 +8,9 @@ messages fit) is the reference's own function; the property test in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import repeat
+
 import apsw
 import orjson
 
@@ -23,6 +26,7 @@ from .._core._commands import (
     next_producer_state,
     queue_exists,
     queue_not_found,
+    take_within,
 )
 from .._core._queues import monotonic_stamp, read_range
 from .._core._work_commands import (
@@ -68,6 +72,7 @@ from .._core._work_rules import (
     dead_letter_headers,
     dead_letter_in_use,
     delivered_within,
+    delivery_sizes,
     fenced,
     group_not_found,
     in_use_by_leases,
@@ -75,6 +80,7 @@ from .._core._work_rules import (
     not_delivered,
 )
 from ._integrity import insert_values, read_value, read_values
+from ._read_columns import Deliveries, intact_columns
 
 __all__ = ["WORK_COMMANDS", "apply_work", "touch_position"]
 
@@ -98,6 +104,19 @@ def encode_headers(headers: Headers) -> str | None:
 
 def decode_headers(text: str | None) -> Headers:
     return () if text is None else tuple(sorted(orjson.loads(text).items()))
+
+
+def records_sizes(
+    seqs: range, datas: Sequence[bytes], texts: Sequence[str | None]
+) -> tuple[list[int], tuple[Headers, ...] | None]:
+    """What each of messages read as columns (:func:`._read_columns.intact_columns`) counts
+    towards a work read's byte budget (:func:`delivery_sizes`), and their decoded headers
+    (None: no message has headers, and none is decoded)."""
+    if texts.count(None) == len(texts):
+        # (strict=False: ``repeat`` is endless; the other two are alike.)
+        return delivery_sizes(list(zip(seqs, datas, repeat(()), strict=False))), None
+    headers = tuple(map(decode_headers, texts))
+    return delivery_sizes(list(zip(seqs, datas, headers, strict=True))), headers
 
 
 def touch_position(
@@ -328,19 +347,35 @@ def _read_records(
         length,
         ReadBatch(command.client_id, command.queue_id, command.max_messages),
     )
-    candidates = [
-        (seq, data, decode_headers(headers))
-        for seq, data, headers in read_values(db, command.queue_id, start, end)
-    ]
-    taken = delivered_within(candidates, command.max_bytes)
-    if taken and not command.peek:
+    columns = intact_columns(db, command.queue_id, start, end)
+    messages: Deliveries | tuple[Delivery, ...]
+    if columns is not None:
+        # Whole and intact (the usual case): answered as columns, no object per message.
+        seqs, datas, texts, _ = columns
+        sizes, headers = records_sizes(seqs, datas, texts)
+        count = take_within(sizes, command.max_bytes)
+        messages = Deliveries(
+            seqs[:count], datas[:count], None if headers is None else headers[:count]
+        )
+        last = seqs[count - 1] if count else None
+    else:
+        # A value missing, moved or damaged: the checking path finds it (raises it, or reads
+        # rows that only came out of order, or leaves a value nobody waits for empty).
+        candidates = [
+            (seq, data, decode_headers(headers))
+            for seq, data, headers in read_values(db, command.queue_id, start, end)
+        ]
+        taken = delivered_within(candidates, command.max_bytes)
+        messages = tuple(Delivery(s, d, h, 1) for s, d, h in taken)
+        last = taken[-1][0] if taken else None
+    if last is not None and not command.peek:
         db.execute(
             "INSERT INTO client_positions (client_id, queue_id, read_position) VALUES (?, ?, ?)"
             " ON CONFLICT (client_id, queue_id) DO UPDATE SET"
             " read_position = excluded.read_position",
-            (*key, taken[-1][0]),
+            (*key, last),
         )
-    return Delivered(tuple(Delivery(s, d, h, 1) for s, d, h in taken))
+    return Delivered(messages)  # type: ignore[arg-type]
 
 
 def _join(db: apsw.Connection, command: JoinGroup, deleted: int) -> WorkResult | CommandRejected:
