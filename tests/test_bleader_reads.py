@@ -2,7 +2,9 @@
 columns (``_storage/_read_columns.py``): the same results, answer frames and positions as the
 checking path that makes an object per message, whatever the budget and the headers; a value
 missing or damaged is never served: the checking path finds it and raises it, nothing written
-(docs/performance.md, "Batched READs on the leader: columns instead of objects")."""
+GROUP_READs read the messages never delivered to their group the same way, on the leader and
+applied for nobody (docs/performance.md, "Batched READs on the leader: columns instead of
+objects")."""
 
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ from trio_broker._core._commands import (
     Seek,
 )
 from trio_broker._core._raft_messages import Entry
-from trio_broker._core._work_commands import Delivered, Delivery, Publish, ReadRecords, Record
+from trio_broker._core._work_commands import (
+    Delivered,
+    Delivery,
+    GroupNack,
+    GroupRead,
+    GroupSettings,
+    JoinGroup,
+    Publish,
+    ReadRecords,
+    Record,
+)
 from trio_broker._protocol._codec import columns_frame, messages_frame
 from trio_broker._runtime._runs import read_frame
 from trio_broker._storage import Store, _work_sql
@@ -184,3 +196,115 @@ def test_deliveries_as_columns_equal_the_tuple_and_write_its_frame():
     assert columns_frame(range(3, 3), (), None) == messages_frame(())
     with pytest.raises(ValueError):
         columns_frame(range(1, 3), (b"1",), None)  # (columns of different lengths)
+
+
+_member = st.sampled_from(["m-a", "m-b"])
+_now = st.integers(min_value=0, max_value=200)
+_group_step = st.one_of(
+    st.builds(
+        GroupRead,
+        queue_id=st.just(QUEUE),
+        group=st.just("g"),
+        member=_member,
+        max_messages=st.integers(min_value=1, max_value=9),
+        now_ms=_now,
+        max_bytes=st.one_of(st.integers(min_value=0, max_value=120), st.just(1 << 62)),
+    ),
+    st.builds(
+        GroupNack,
+        queue_id=st.just(QUEUE),
+        group=st.just("g"),
+        member=_member,
+        sequence_nums=st.lists(st.integers(1, 12), min_size=1, max_size=3, unique=True).map(tuple),
+        now_ms=_now,
+    ),
+    st.builds(lambda d: AppendBatch(QUEUE, tuple(d)), st.lists(_data, min_size=1, max_size=6)),
+    st.builds(
+        lambda rs: Publish(QUEUE, tuple(Record(d, h) for d, h in rs)),
+        st.lists(st.tuples(_data, _headers), min_size=1, max_size=4),
+    ),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(st.lists(_group_step, min_size=1, max_size=6), min_size=1, max_size=6),
+    in_flight=st.integers(min_value=1, max_value=8),
+)
+def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
+    ram_path_factory, monkeypatch, steps, in_flight
+):
+    """GROUP_READs (budgets from 0 to none, headers or not, redeliveries after NACKs and
+    expired leases first, a bounded number in flight) reading the new messages as columns give
+    the per-message path's results and the reference's, on a leader and applied for nobody."""
+    model = QueueState()
+    columns = Store(ram_path_factory.mktemp("columns"))
+    objects = Store(ram_path_factory.mktemp("objects"))
+    nobody = Store(ram_path_factory.mktemp("nobody"))
+    taken = _objects_path(monkeypatch, objects)
+    stores = (columns, objects, nobody)
+    try:
+        for store in stores:
+            store.hold_damage = True
+        nobody.unchecked_reads = True
+        setup = [
+            CreateQueue(QUEUE),
+            JoinGroup(QUEUE, "g", GroupSettings(100, None, None, in_flight)),
+            AppendBatch(QUEUE, (b'"first"', b"[2]")),
+        ]
+        entries = [Entry(1, k + 1, c) for k, c in enumerate(setup)]
+        for store in stores:
+            store.save(entries=entries, committed=entries)
+        for command in setup:
+            model.apply(command)
+        index = len(setup)
+        first = [GroupRead(QUEUE, "g", "m-a", 2, now_ms=0, max_bytes=10)]
+        for step in [first, *steps]:
+            entries = [Entry(1, index + k + 1, c) for k, c in enumerate(step)]
+            index += len(step)
+            expected = [model.apply(c) for c in step]
+            assert objects.save(entries=entries, committed=entries) == expected
+            assert columns.save(entries=entries, committed=entries) == expected
+            assert nobody.save(entries=entries, committed=entries) == expected
+        assert taken and all(taken)  # (the new messages of the others read as columns)
+        pending = "SELECT * FROM group_pending ORDER BY sequence_num"
+        cursor = "SELECT cursor FROM consumer_groups"
+        for query in (pending, cursor):
+            found = [list(store._db.execute(query)) for store in stores]
+            assert found[0] == found[1] == found[2]
+    finally:
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE queue_data SET data = substr(data, 2) WHERE sequence_num = 2",
+        "UPDATE queue_data SET data = CAST(upper(data) AS BLOB) WHERE sequence_num = 2",
+        'UPDATE queue_data SET headers = \'{"k":"w"}\' WHERE sequence_num = 2',
+    ],
+    ids=["shorter", "same-length", "headers"],
+)
+def test_a_damaged_value_is_never_leased_by_a_group_read(tmp_path, damage):
+    """A damaged second value: the group read raises the damage for it (held for a repair),
+    leases nothing and leaves the group's cursor where it was."""
+    store = Store(tmp_path)
+    try:
+        store.apply(
+            [CreateQueue(QUEUE), AppendBatch(QUEUE, (b'"abcdef"',) * 4), JoinGroup(QUEUE, "g")]
+        )
+        store.hold_damage = True
+        store._db.execute(damage)
+        entries = [Entry(1, 4, GroupRead(QUEUE, "g", "m-a", 4, now_ms=0, max_bytes=1000))]
+        with pytest.raises(StorageDamaged) as found:
+            store.save(entries=entries, committed=entries)
+        assert (found.value.queue_id, found.value.seq) == (QUEUE, 2)
+        assert list(store._db.execute("SELECT * FROM group_pending")) == []
+        assert list(store._db.execute("SELECT cursor FROM consumer_groups")) == [(0,)]
+    finally:
+        store.close()

@@ -33,8 +33,7 @@ from .._core._commands import ReadBatch, Result, take_within
 from .._core._queues import read_range, read_result
 from .._core._work_commands import Delivered, ReadRecords
 from ._integrity import DAMAGE_ERRORS
-from ._read_columns import Deliveries, intact_columns
-from ._work_sql import records_sizes
+from ._read_columns import Deliveries, intact_columns, records_sizes
 
 __all__ = ["Deliveries", "budgeted_read", "intact_columns"]
 

@@ -18,8 +18,10 @@ from itertools import repeat
 from typing import Any, overload
 
 import apsw
+import orjson
 
 from .._core._work_commands import Delivery, Headers
+from .._core._work_rules import delivery_sizes
 from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
 
 
@@ -77,6 +79,23 @@ _READ_COLUMNS = (
 )
 """What :func:`intact_columns` reads: ``_integrity._READ_VALUES`` but the sequence numbers (rows
 come in their order, the index's: see there)."""
+
+
+def decode_headers(text: str | None) -> Headers:
+    return () if text is None else tuple(sorted(orjson.loads(text).items()))
+
+
+def records_sizes(
+    seqs: range, datas: Sequence[bytes], texts: Sequence[str | None]
+) -> tuple[list[int], tuple[Headers, ...] | None]:
+    """What each of messages read as columns (:func:`intact_columns`) counts
+    towards a work read's byte budget (:func:`delivery_sizes`), and their decoded headers
+    (None: no message has headers, and none is decoded)."""
+    if texts.count(None) == len(texts):
+        # (strict=False: ``repeat`` is endless; the other two are alike.)
+        return delivery_sizes(list(zip(seqs, datas, repeat(()), strict=False))), None
+    headers = tuple(map(decode_headers, texts))
+    return delivery_sizes(list(zip(seqs, datas, headers, strict=True))), headers
 
 
 class Deliveries(Sequence[Delivery]):

@@ -4,6 +4,9 @@ Called by ``Store._apply_one`` inside its transaction, with its connection. Ever
 that does not need SQL (validation, refusals, what a dead-lettered message carries, how many
 messages fit) is the reference's own function; the property test in
 ``tests/test_work_queues.py`` checks that both give the same results and state.
+
+Somewhat over 600 lines: one twin per work command, which that test reads side by side with
+the reference; what reads values as columns lives in ``_read_columns.py``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,6 @@ from .._core._work_rules import (
     dead_letter_headers,
     dead_letter_in_use,
     delivered_within,
-    delivery_sizes,
     fenced,
     group_not_found,
     in_use_by_leases,
@@ -80,9 +82,9 @@ from .._core._work_rules import (
     not_delivered,
 )
 from ._integrity import insert_values, read_value, read_values
-from ._read_columns import Deliveries, intact_columns
+from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
 
-__all__ = ["WORK_COMMANDS", "apply_work", "touch_position"]
+__all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
 
 _QUEUE_TABLES = (
     "queues",
@@ -100,23 +102,6 @@ _QUEUE_TABLES = (
 
 def encode_headers(headers: Headers) -> str | None:
     return orjson.dumps(dict(headers)).decode() if headers else None
-
-
-def decode_headers(text: str | None) -> Headers:
-    return () if text is None else tuple(sorted(orjson.loads(text).items()))
-
-
-def records_sizes(
-    seqs: range, datas: Sequence[bytes], texts: Sequence[str | None]
-) -> tuple[list[int], tuple[Headers, ...] | None]:
-    """What each of messages read as columns (:func:`._read_columns.intact_columns`) counts
-    towards a work read's byte budget (:func:`delivery_sizes`), and their decoded headers
-    (None: no message has headers, and none is decoded)."""
-    if texts.count(None) == len(texts):
-        # (strict=False: ``repeat`` is endless; the other two are alike.)
-        return delivery_sizes(list(zip(seqs, datas, repeat(()), strict=False))), None
-    headers = tuple(map(decode_headers, texts))
-    return delivery_sizes(list(zip(seqs, datas, headers, strict=True))), headers
 
 
 def touch_position(
@@ -498,6 +483,27 @@ def _expire(
     return LeasesExpired(len(due), dead)
 
 
+def _values_of(
+    db: apsw.Connection, queue_id: str, seqs: Sequence[int]
+) -> list[tuple[int, bytes, Headers]]:
+    """The messages ``seqs`` of a queue that it holds, each read and checked on its own."""
+    found = []
+    for seq in seqs:
+        row = read_value(db, queue_id, seq)
+        if row is not None:
+            found.append((seq, row[0], decode_headers(row[1])))
+    return found
+
+
+_LEASE = (
+    "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries, member,"
+    " until_ms) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
+    " deliveries = deliveries + 1, member = excluded.member,"
+    " until_ms = excluded.until_ms RETURNING deliveries"
+)
+"""A message leased to a group's member: its deliveries to the group so far."""
+
+
 def _group_read(
     db: apsw.Connection,
     command: GroupRead,
@@ -528,25 +534,34 @@ def _group_read(
     fresh = min(
         length - start + 1, settings.max_in_flight - in_flight, command.max_messages - len(chosen)
     )
-    chosen += range(start, start + max(fresh, 0))
-    candidates = []
-    for seq in chosen:
-        row = read_value(db, command.queue_id, seq)
-        if row is not None:
-            candidates.append((seq, row[0], decode_headers(row[1])))
+    candidates = _values_of(db, command.queue_id, chosen)
+    fresh_seqs = range(start, start + max(fresh, 0))
+    columns = intact_columns(db, command.queue_id, start, fresh_seqs[-1]) if fresh_seqs else None
+    if columns is not None:
+        # Never delivered to the group, whole and intact (the usual case): read and checked
+        # as columns, one query, no step per message (``_read_columns.py``).
+        seqs, datas, texts, _ = columns
+        plain = texts.count(None) == len(texts)
+        # (strict=False: ``repeat`` is endless; the other two are alike.)
+        candidates += zip(
+            seqs, datas, repeat(()) if plain else map(decode_headers, texts), strict=False
+        )
+    else:
+        # A value missing, moved or damaged: each on its own, as the checking path reads them.
+        candidates += _values_of(db, command.queue_id, fresh_seqs)
     taken = delivered_within(candidates, command.max_bytes)
     until = now + settings.visibility_ms
-    deliveries = []
-    for seq, data, headers in taken:
-        (count,) = db.execute(
-            "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries, member,"
-            " until_ms) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
-            " deliveries = deliveries + 1, member = excluded.member,"
-            " until_ms = excluded.until_ms RETURNING deliveries",
-            (*key, seq, command.member, until),
-        ).fetchone()
-        deliveries.append(Delivery(seq, data, headers, count))
-        in_flight += count == 1
+    # One statement for every lease (the same row each, in order): its deliveries counted.
+    counts = (
+        db.executemany(_LEASE, [(*key, seq, command.member, until) for seq, _, _ in taken])
+        if taken
+        else ()
+    )
+    deliveries = [
+        Delivery(seq, data, headers, count)
+        for (seq, data, headers), (count,) in zip(taken, counts, strict=True)
+    ]
+    in_flight += sum(d.delivery_count == 1 for d in deliveries)
     if taken and taken[-1][0] > cursor:
         db.execute(
             "UPDATE consumer_groups SET cursor = ? WHERE queue_id = ? AND group_name = ?",
