@@ -36,7 +36,7 @@ from trio_broker._core._work_commands import (
 )
 from trio_broker._protocol._codec import columns_frame, messages_frame
 from trio_broker._runtime._runs import read_frame
-from trio_broker._storage import Store, _work_sql
+from trio_broker._storage import Store, _budget_reads, _work_sql
 from trio_broker._storage._integrity import StorageDamaged
 from trio_broker._storage._read_columns import Deliveries
 
@@ -226,6 +226,19 @@ _group_step = st.one_of(
 )
 
 
+def _for_nobody(result: Any) -> Any:
+    """What a group read applied for nobody answers: the same leases, without their bytes and
+    headers."""
+    if isinstance(result, GroupApplied):
+        return GroupApplied(tuple(_for_nobody(r) for r in result.results))
+    if isinstance(result, Delivered):
+        return Delivered(
+            tuple(Delivery(d.sequence_num, b"", (), d.delivery_count) for d in result.messages),
+            result.in_flight,
+        )
+    return result
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -240,12 +253,23 @@ def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
 ):
     """GROUP_READs (budgets from 0 to none, headers or not, redeliveries after NACKs and
     expired leases first, a bounded number in flight) reading the new messages as columns give
-    the per-message path's results and the reference's, on a leader and applied for nobody."""
+    the per-message path's results and the reference's on a leader, and applied for nobody
+    (new messages sized from checked bytes, kept per connection) the same leases without their
+    bytes."""
     model = QueueState()
     columns = Store(ram_path_factory.mktemp("columns"))
     objects = Store(ram_path_factory.mktemp("objects"))
     nobody = Store(ram_path_factory.mktemp("nobody"))
     taken = _objects_path(monkeypatch, objects)
+    sized: list[bool] = []
+    real_sizes = _budget_reads.checked_sizes
+
+    def sizes(*args: Any) -> Any:
+        found = real_sizes(*args)
+        sized.append(found is not None)
+        return found
+
+    monkeypatch.setattr("trio_broker._storage._queue_sql.checked_sizes", sizes)
     stores = (columns, objects, nobody)
     try:
         for store in stores:
@@ -269,8 +293,11 @@ def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
             expected = [model.apply(c) for c in step]
             assert objects.save(entries=entries, committed=entries) == expected
             assert columns.save(entries=entries, committed=entries) == expected
-            assert nobody.save(entries=entries, committed=entries) == expected
+            assert nobody.save(entries=entries, committed=entries) == [
+                _for_nobody(r) for r in expected
+            ]
         assert taken and all(taken)  # (the new messages of the others read as columns)
+        assert sized and all(sized)  # (and sized so where nobody waits)
         pending = "SELECT * FROM group_pending ORDER BY sequence_num"
         cursor = "SELECT cursor FROM consumer_groups"
         for query in (pending, cursor):
@@ -290,15 +317,18 @@ def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
     ],
     ids=["shorter", "same-length", "headers"],
 )
-def test_a_damaged_value_is_never_leased_by_a_group_read(tmp_path, damage):
-    """A damaged second value: the group read raises the damage for it (held for a repair),
-    leases nothing and leaves the group's cursor where it was."""
+@pytest.mark.parametrize("for_nobody", [False, True], ids=["leader", "nobody"])
+def test_a_damaged_value_is_never_leased_by_a_group_read(tmp_path, damage, for_nobody):
+    """A damaged second value: the group read, on a leader or applied for nobody, raises the
+    damage for it (held for a repair), leases nothing and leaves the group's cursor where it
+    was."""
     store = Store(tmp_path)
     try:
         store.apply(
             [CreateQueue(QUEUE), AppendBatch(QUEUE, (b'"abcdef"',) * 4), JoinGroup(QUEUE, "g")]
         )
         store.hold_damage = True
+        store.unchecked_reads = for_nobody
         store._db.execute(damage)
         entries = [Entry(1, 4, GroupRead(QUEUE, "g", "m-a", 4, now_ms=0, max_bytes=1000))]
         with pytest.raises(StorageDamaged) as found:

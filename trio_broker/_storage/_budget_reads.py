@@ -35,7 +35,7 @@ from .._core._work_commands import Delivered, ReadRecords
 from ._integrity import DAMAGE_ERRORS
 from ._read_columns import Deliveries, intact_columns, records_sizes
 
-__all__ = ["Deliveries", "budgeted_read", "intact_columns"]
+__all__ = ["Deliveries", "budgeted_read", "checked_sizes", "intact_columns"]
 
 
 def budgeted_read(
@@ -63,18 +63,31 @@ def budgeted_read(
         position, deleted, length, ReadBatch(command.client_id, queue_id, command.max_messages)
     )
     seqs = range(start, end + 1)
+    sizes = checked_sizes(db, queue_id, seqs)
+    if sizes is None:
+        return None
+    taken = seqs[: take_within(sizes, command.max_bytes)]
+    moved_to = taken[-1] if taken and not command.peek else None
+    return Delivered(Deliveries(taken)), moved_to  # type: ignore[arg-type]
+
+
+def checked_sizes(db: apsw.Connection, queue_id: str, seqs: range) -> list[int] | None:
+    """What the messages ``seqs`` of a queue count towards a work read's byte budget
+    (:func:`records_sizes`), from bytes checked against their stored checksums: by an earlier
+    read on this connection (:class:`CheckedSizes`), or read and checked now (then kept);
+    None when some is not whole and intact (nothing noted: the caller takes the checking
+    path). For reads nobody waits for: a ``READ_RECORDS`` (:func:`budgeted_read`) and the
+    messages a ``GROUP_READ`` hands out for the first time (``_work_sql._group_read``)."""
     checked = _checked_sizes(db)
     sizes = checked.known(db, queue_id, seqs)
     if sizes is None:
-        columns = intact_columns(db, queue_id, start, end)
+        columns = intact_columns(db, queue_id, seqs.start, seqs.stop - 1)
         if columns is None:
             return None
         _, datas, headers, checksums = columns
         sizes, _ = records_sizes(seqs, datas, headers)
         checked.remember(queue_id, seqs, checksums, sizes)
-    taken = seqs[: take_within(sizes, command.max_bytes)]
-    moved_to = taken[-1] if taken and not command.peek else None
-    return Delivered(Deliveries(taken)), moved_to  # type: ignore[arg-type]
+    return sizes
 
 
 MAX_CHECKED_SIZES = 1 << 15

@@ -11,7 +11,7 @@ the reference; what reads values as columns lives in ``_read_columns.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
 
 import apsw
@@ -75,6 +75,7 @@ from .._core._work_rules import (
     dead_letter_headers,
     dead_letter_in_use,
     delivered_within,
+    delivery_sizes,
     fenced,
     group_not_found,
     in_use_by_leases,
@@ -127,8 +128,17 @@ def touch_position(
     )
 
 
-def apply_work(db: apsw.Connection, command: WorkCommand) -> WorkResult | CommandRejected:
-    """The SQL twin of :func:`trio_broker._core._work.apply_work`."""
+Sizer = Callable[[apsw.Connection, str, range], "list[int] | None"]
+"""Checked sizes of a queue's messages, for a read nobody waits for
+(``_budget_reads.checked_sizes``)."""
+
+
+def apply_work(
+    db: apsw.Connection, command: WorkCommand, sized: Sizer | None = None
+) -> WorkResult | CommandRejected:
+    """The SQL twin of :func:`trio_broker._core._work.apply_work`. With ``sized``, nobody waits
+    for the result: a ``GROUP_READ`` sizes the messages it hands out for the first time by it
+    and answers them without their bytes and headers."""
     if isinstance(command, ExpireLeases):
         return _expire(db, None, command.now_ms, EXPIRIES_PER_APPLY)
     if isinstance(command, ForgetIdlePositions):
@@ -174,7 +184,7 @@ def apply_work(db: apsw.Connection, command: WorkCommand) -> WorkResult | Comman
             db.execute(f"DELETE FROM {table} WHERE queue_id = ? AND group_name = ?", key)
         return GroupDeleted(*key)
     if isinstance(command, GroupRead):
-        return _group_read(db, command, settings, cursor, queue[0], queue[1])
+        return _group_read(db, command, settings, cursor, queue[0], queue[1], sized)
     if isinstance(command, GroupAck):
         last = max(last for _, last in command.ranges)
         if last > cursor:
@@ -511,6 +521,7 @@ def _group_read(
     cursor: int,
     length: int,
     deleted: int,
+    sized: Sizer | None = None,
 ) -> WorkResult:
     now, key = command.now_ms, (command.queue_id, command.group)
     _expire(db, key, now, MAX_IN_FLIGHT)
@@ -536,8 +547,17 @@ def _group_read(
     )
     candidates = _values_of(db, command.queue_id, chosen)
     fresh_seqs = range(start, start + max(fresh, 0))
-    columns = intact_columns(db, command.queue_id, start, fresh_seqs[-1]) if fresh_seqs else None
-    if columns is not None:
+    fresh_sizes = None if sized is None or not fresh_seqs else sized(db, key[0], fresh_seqs)
+    columns = None
+    if fresh_sizes is None and fresh_seqs:
+        columns = intact_columns(db, command.queue_id, start, fresh_seqs[-1])
+    if fresh_sizes is not None:
+        # Nobody waits: the new messages sized from bytes checked now or before, none kept
+        # (``_budget_reads.checked_sizes``); the budget's two steps, as ``delivered_within``.
+        sizes = delivery_sizes(candidates) + fresh_sizes
+        candidates += zip(fresh_seqs, repeat(b""), repeat(()))
+        taken = candidates[: take_within(sizes, command.max_bytes)]
+    elif columns is not None:
         # Never delivered to the group, whole and intact (the usual case): read and checked
         # as columns, one query, no step per message (``_read_columns.py``).
         seqs, datas, texts, _ = columns
@@ -546,10 +566,11 @@ def _group_read(
         candidates += zip(
             seqs, datas, repeat(()) if plain else map(decode_headers, texts), strict=False
         )
+        taken = delivered_within(candidates, command.max_bytes)
     else:
         # A value missing, moved or damaged: each on its own, as the checking path reads them.
         candidates += _values_of(db, command.queue_id, fresh_seqs)
-    taken = delivered_within(candidates, command.max_bytes)
+        taken = delivered_within(candidates, command.max_bytes)
     until = now + settings.visibility_ms
     # One statement for every lease (the same row each, in order): its deliveries counted.
     counts = (
@@ -557,6 +578,8 @@ def _group_read(
         if taken
         else ()
     )
+    if sized is not None:  # (the answer reaches nobody: its bytes and headers left out)
+        taken = [(seq, b"", ()) for seq, _, _ in taken]
     deliveries = [
         Delivery(seq, data, headers, count)
         for (seq, data, headers), (count,) in zip(taken, counts, strict=True)
