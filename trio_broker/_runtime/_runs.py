@@ -28,9 +28,11 @@ from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequ
 from .._protocol._codec import (
     appended_frame,
     batch_appended_frame,
+    columns_frame,
     message_frame,
     messages_frame,
 )
+from .._storage._read_columns import Deliveries
 from ._answer import Answer, response_for
 from ._config import BrokerConfig
 from ._connections import Session
@@ -338,7 +340,11 @@ def read_frame(result: Any) -> bytes | None:
     without headers; None for any other result (the general path encodes it)."""
     kind = type(result)
     if kind is work.Delivered:
-        return messages_frame(result.messages)
+        messages = result.messages
+        if type(messages) is Deliveries and messages.datas is not None:
+            # (a batched READ as its storage read it: columns, no object per message)
+            return columns_frame(messages.seqs, messages.datas, messages.headers)
+        return messages_frame(messages)
     if kind is MessageRead and (result.sequence_num is None or type(result.data) is bytes):
         return message_frame(result.sequence_num, result.data)
     return None

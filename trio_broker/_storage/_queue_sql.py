@@ -64,7 +64,7 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
-from ._budget_reads import budgeted_read
+from ._budget_reads import budgeted_read, checked_sizes
 from ._integrity import (
     UNCHECKED,
     StorageDamaged,
@@ -111,7 +111,8 @@ def apply_command(
     only the leader's answers need. A byte-bounded ``READ_BATCH`` or ``READ_RECORDS`` (how far
     it moves depends on the values' sizes) reads and checks its values without building its
     answer (:mod:`._budget_reads`); a value damaged or missing there sends it to the checking
-    path below, which holds the transaction for a repair.
+    path below, which holds the transaction for a repair. A byte-bounded group read sizes the
+    messages it hands out for the first time the same way (``_budget_reads.checked_sizes``).
     """
     if type(command) is ReadNext:
         # The usual READ, its own path (docs/performance.md, "A single READ on the leader"):
@@ -248,7 +249,7 @@ def _apply_one(
     if isinstance(command, AppendMessage | AppendBatch):
         return _append(db, command)
     if isinstance(command, WORK_COMMANDS):
-        return apply_work(db, command)
+        return apply_work(db, command, None if unchecked is None else checked_sizes)
     if not isinstance(command, ReadNext | ReadBatch | Ack | Seek):
         raise TypeError(f"not a command: {command!r}")
     row = db.execute(_POSITION, (command.client_id, command.queue_id)).fetchone()

@@ -4,9 +4,15 @@ Called by ``Store._apply_one`` inside its transaction, with its connection. Ever
 that does not need SQL (validation, refusals, what a dead-lettered message carries, how many
 messages fit) is the reference's own function; the property test in
 ``tests/test_work_queues.py`` checks that both give the same results and state.
+
+Somewhat over 600 lines: one twin per work command, which that test reads side by side with
+the reference; what reads values as columns lives in ``_read_columns.py``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import repeat
 
 import apsw
 import orjson
@@ -23,6 +29,7 @@ from .._core._commands import (
     next_producer_state,
     queue_exists,
     queue_not_found,
+    take_within,
 )
 from .._core._queues import monotonic_stamp, read_range
 from .._core._work_commands import (
@@ -68,6 +75,7 @@ from .._core._work_rules import (
     dead_letter_headers,
     dead_letter_in_use,
     delivered_within,
+    delivery_sizes,
     fenced,
     group_not_found,
     in_use_by_leases,
@@ -75,8 +83,9 @@ from .._core._work_rules import (
     not_delivered,
 )
 from ._integrity import insert_values, read_value, read_values
+from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
 
-__all__ = ["WORK_COMMANDS", "apply_work", "touch_position"]
+__all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
 
 _QUEUE_TABLES = (
     "queues",
@@ -94,10 +103,6 @@ _QUEUE_TABLES = (
 
 def encode_headers(headers: Headers) -> str | None:
     return orjson.dumps(dict(headers)).decode() if headers else None
-
-
-def decode_headers(text: str | None) -> Headers:
-    return () if text is None else tuple(sorted(orjson.loads(text).items()))
 
 
 def touch_position(
@@ -123,8 +128,17 @@ def touch_position(
     )
 
 
-def apply_work(db: apsw.Connection, command: WorkCommand) -> WorkResult | CommandRejected:
-    """The SQL twin of :func:`trio_broker._core._work.apply_work`."""
+Sizer = Callable[[apsw.Connection, str, range], "list[int] | None"]
+"""Checked sizes of a queue's messages, for a read nobody waits for
+(``_budget_reads.checked_sizes``)."""
+
+
+def apply_work(
+    db: apsw.Connection, command: WorkCommand, sized: Sizer | None = None
+) -> WorkResult | CommandRejected:
+    """The SQL twin of :func:`trio_broker._core._work.apply_work`. With ``sized``, nobody waits
+    for the result: a ``GROUP_READ`` sizes the messages it hands out for the first time by it
+    and answers them without their bytes and headers."""
     if isinstance(command, ExpireLeases):
         return _expire(db, None, command.now_ms, EXPIRIES_PER_APPLY)
     if isinstance(command, ForgetIdlePositions):
@@ -170,7 +184,7 @@ def apply_work(db: apsw.Connection, command: WorkCommand) -> WorkResult | Comman
             db.execute(f"DELETE FROM {table} WHERE queue_id = ? AND group_name = ?", key)
         return GroupDeleted(*key)
     if isinstance(command, GroupRead):
-        return _group_read(db, command, settings, cursor, queue[0], queue[1])
+        return _group_read(db, command, settings, cursor, queue[0], queue[1], sized)
     if isinstance(command, GroupAck):
         last = max(last for _, last in command.ranges)
         if last > cursor:
@@ -328,19 +342,35 @@ def _read_records(
         length,
         ReadBatch(command.client_id, command.queue_id, command.max_messages),
     )
-    candidates = [
-        (seq, data, decode_headers(headers))
-        for seq, data, headers in read_values(db, command.queue_id, start, end)
-    ]
-    taken = delivered_within(candidates, command.max_bytes)
-    if taken and not command.peek:
+    columns = intact_columns(db, command.queue_id, start, end)
+    messages: Deliveries | tuple[Delivery, ...]
+    if columns is not None:
+        # Whole and intact (the usual case): answered as columns, no object per message.
+        seqs, datas, texts, _ = columns
+        sizes, headers = records_sizes(seqs, datas, texts)
+        count = take_within(sizes, command.max_bytes)
+        messages = Deliveries(
+            seqs[:count], datas[:count], None if headers is None else headers[:count]
+        )
+        last = seqs[count - 1] if count else None
+    else:
+        # A value missing, moved or damaged: the checking path finds it (raises it, or reads
+        # rows that only came out of order, or leaves a value nobody waits for empty).
+        candidates = [
+            (seq, data, decode_headers(headers))
+            for seq, data, headers in read_values(db, command.queue_id, start, end)
+        ]
+        taken = delivered_within(candidates, command.max_bytes)
+        messages = tuple(Delivery(s, d, h, 1) for s, d, h in taken)
+        last = taken[-1][0] if taken else None
+    if last is not None and not command.peek:
         db.execute(
             "INSERT INTO client_positions (client_id, queue_id, read_position) VALUES (?, ?, ?)"
             " ON CONFLICT (client_id, queue_id) DO UPDATE SET"
             " read_position = excluded.read_position",
-            (*key, taken[-1][0]),
+            (*key, last),
         )
-    return Delivered(tuple(Delivery(s, d, h, 1) for s, d, h in taken))
+    return Delivered(messages)  # type: ignore[arg-type]
 
 
 def _join(db: apsw.Connection, command: JoinGroup, deleted: int) -> WorkResult | CommandRejected:
@@ -463,6 +493,27 @@ def _expire(
     return LeasesExpired(len(due), dead)
 
 
+def _values_of(
+    db: apsw.Connection, queue_id: str, seqs: Sequence[int]
+) -> list[tuple[int, bytes, Headers]]:
+    """The messages ``seqs`` of a queue that it holds, each read and checked on its own."""
+    found = []
+    for seq in seqs:
+        row = read_value(db, queue_id, seq)
+        if row is not None:
+            found.append((seq, row[0], decode_headers(row[1])))
+    return found
+
+
+_LEASE = (
+    "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries, member,"
+    " until_ms) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
+    " deliveries = deliveries + 1, member = excluded.member,"
+    " until_ms = excluded.until_ms RETURNING deliveries"
+)
+"""A message leased to a group's member: its deliveries to the group so far."""
+
+
 def _group_read(
     db: apsw.Connection,
     command: GroupRead,
@@ -470,6 +521,7 @@ def _group_read(
     cursor: int,
     length: int,
     deleted: int,
+    sized: Sizer | None = None,
 ) -> WorkResult:
     now, key = command.now_ms, (command.queue_id, command.group)
     _expire(db, key, now, MAX_IN_FLIGHT)
@@ -493,25 +545,46 @@ def _group_read(
     fresh = min(
         length - start + 1, settings.max_in_flight - in_flight, command.max_messages - len(chosen)
     )
-    chosen += range(start, start + max(fresh, 0))
-    candidates = []
-    for seq in chosen:
-        row = read_value(db, command.queue_id, seq)
-        if row is not None:
-            candidates.append((seq, row[0], decode_headers(row[1])))
-    taken = delivered_within(candidates, command.max_bytes)
+    candidates = _values_of(db, command.queue_id, chosen)
+    fresh_seqs = range(start, start + max(fresh, 0))
+    fresh_sizes = None if sized is None or not fresh_seqs else sized(db, key[0], fresh_seqs)
+    columns = None
+    if fresh_sizes is None and fresh_seqs:
+        columns = intact_columns(db, command.queue_id, start, fresh_seqs[-1])
+    if fresh_sizes is not None:
+        # Nobody waits: the new messages sized from bytes checked now or before, none kept
+        # (``_budget_reads.checked_sizes``); the budget's two steps, as ``delivered_within``.
+        sizes = delivery_sizes(candidates) + fresh_sizes
+        candidates += zip(fresh_seqs, repeat(b""), repeat(()))
+        taken = candidates[: take_within(sizes, command.max_bytes)]
+    elif columns is not None:
+        # Never delivered to the group, whole and intact (the usual case): read and checked
+        # as columns, one query, no step per message (``_read_columns.py``).
+        seqs, datas, texts, _ = columns
+        plain = texts.count(None) == len(texts)
+        # (strict=False: ``repeat`` is endless; the other two are alike.)
+        candidates += zip(
+            seqs, datas, repeat(()) if plain else map(decode_headers, texts), strict=False
+        )
+        taken = delivered_within(candidates, command.max_bytes)
+    else:
+        # A value missing, moved or damaged: each on its own, as the checking path reads them.
+        candidates += _values_of(db, command.queue_id, fresh_seqs)
+        taken = delivered_within(candidates, command.max_bytes)
     until = now + settings.visibility_ms
-    deliveries = []
-    for seq, data, headers in taken:
-        (count,) = db.execute(
-            "INSERT INTO group_pending (queue_id, group_name, sequence_num, deliveries, member,"
-            " until_ms) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
-            " deliveries = deliveries + 1, member = excluded.member,"
-            " until_ms = excluded.until_ms RETURNING deliveries",
-            (*key, seq, command.member, until),
-        ).fetchone()
-        deliveries.append(Delivery(seq, data, headers, count))
-        in_flight += count == 1
+    # One statement for every lease (the same row each, in order): its deliveries counted.
+    counts = (
+        db.executemany(_LEASE, [(*key, seq, command.member, until) for seq, _, _ in taken])
+        if taken
+        else ()
+    )
+    if sized is not None:  # (the answer reaches nobody: its bytes and headers left out)
+        taken = [(seq, b"", ()) for seq, _, _ in taken]
+    deliveries = [
+        Delivery(seq, data, headers, count)
+        for (seq, data, headers), (count,) in zip(taken, counts, strict=True)
+    ]
+    in_flight += sum(d.delivery_count == 1 for d in deliveries)
     if taken and taken[-1][0] > cursor:
         db.execute(
             "UPDATE consumer_groups SET cursor = ? WHERE queue_id = ? AND group_name = ?",
