@@ -64,6 +64,7 @@ from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._save_place import (
     APPLY_AHEAD,
     SLOW_FSYNC,
+    answers_first,
     apply_weight,
     let_links_send,
     light,
@@ -156,6 +157,9 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self.persisted_in_step = 0
         """A replica's Readies persisted by the task that read them
         (:meth:`_persist_after_frames`)."""
+        self.answered_first = 0
+        """A leader's Readies whose committed entries were applied and answered before the
+        fsync of their new entries (``answers_first``)."""
         self.applied_ahead = 0
         """Replica Readies acknowledged before their long apply (``APPLY_AHEAD``), by either
         path."""
@@ -480,6 +484,28 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             and snapshot is None
             and apply_weight(committed) > APPLY_AHEAD
         )
+        if (
+            committed
+            and not ahead
+            and self.node.is_leader
+            and getattr(self._worker, "save_in_turn", None) is None
+            and answers_first(rd, self._saved_term_vote)
+        ):
+            # The committed entries applied and answered before the new ones' fsync.
+            if self._unsent:
+                await let_links_send()  # (the REPLICATEs of the new entries first)
+                self._unsent = False
+            started = time.perf_counter()
+            apply = functools.partial(
+                self._store.save, hard_state=rd.hard_state, committed=committed
+            )
+            results = await self._save(apply, short=True, committed=committed)
+            if results is STOOD_IN:
+                committed, results = (), []
+            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
+            self._applied(committed, results)
+            committed, results = (), []
+            self.answered_first += 1
         if rd.must_sync or committed:
             started = time.perf_counter()
             first = () if ahead else committed
