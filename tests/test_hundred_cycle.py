@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import trio
 
 from tests.wire import RawConnection, create_queue
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft as raft
+from trio_broker._runtime import _driver as driver_module
+from trio_broker._runtime import _save_place as save_place
 from trio_broker._runtime._direct import DirectSocket
 from trio_broker._runtime._save_place import answers_first
 from trio_broker.testing import open_local_cluster
@@ -56,12 +59,27 @@ def test_answers_first_only_when_nothing_else_must_be_durable_first():
     assert not answers_first(_ready(hard_state=hs, entries=new, committed_entries=many), (2, "b1"))
 
 
-async def test_committed_appends_are_answered_before_the_next_entries_fsync(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fsync", ["loop", "thread"])
+async def test_committed_appends_are_answered_before_the_next_entries_fsync(
+    tmp_path, monkeypatch, fsync
+):
     """Before: a leader's Ready holding new entries and committed ones ran one transaction for
     both, so the committed entries' answers waited for the fsync of the new ones. Now the
     apply runs first, in a transaction that persists no entry, and its answers are written
-    before the transaction that persists the new entries begins; each connection's answers
-    stay in order, every append is answered once with its own sequence number."""
+    before the transaction that persists the new entries ends (while the storage thread
+    runs it); each connection's answers stay in order, every append is answered once with
+    its own sequence number. ``thread``: every durable transaction of the leader on the
+    storage thread (as under load), the answers written by a task while it runs."""
+    written_by_task = []
+    if fsync == "thread":
+        monkeypatch.setattr(save_place, "SENDING_COMMANDS", 0)
+        write_answers = driver_module._write_answers
+
+        async def counting(held):
+            written_by_task.append(len(held))
+            await write_answers(held)
+
+        monkeypatch.setattr(driver_module, "_write_answers", counting)
     async with open_local_cluster(tmp_path, 3) as c:
         leader = await c.wait_for_leader()
         queue_id = await create_queue(leader.port)
@@ -72,7 +90,10 @@ async def test_committed_appends_are_answered_before_the_next_entries_fsync(tmp_
         def saving(save=store.save, **kwargs):
             entries, committed = kwargs.get("entries", ()), kwargs.get("committed", ())
             events.append(("save", len(entries), len(committed)))
-            return save(**kwargs)
+            try:
+                return save(**kwargs)
+            finally:
+                events.append(("saved",))
 
         store.save = saving
         clients = {connection.stream.socket.getsockname()[1] for connection in connections}
@@ -106,20 +127,21 @@ async def test_committed_appends_are_answered_before_the_next_entries_fsync(tmp_
     # answers_first would take (every run here is short: 1 command per connection).
     both = [e for e in events if e[0] == "save" and e[1] and e[2]]
     assert not both, both
-    # Each apply ahead of new entries was answered before that fsync began: some answer
-    # arrived between an apply-only save and the next save that persists entries.
+    # The answers of an apply ahead of new entries were written before that fsync ended
+    # (before it began when it runs on the event loop's thread, else while the storage
+    # thread runs it): some answer between an apply-only save and the end of the next save
+    # that persists entries.
     answered_between = 0
     for i, event in enumerate(events):
         if event[0] == "save" and not event[1] and event[2]:
-            following = next((j for j in range(i + 1, len(events)) if events[j][0] == "save"), None)
-            if (
-                following is not None
-                and events[following][1]
-                and ("answer",) in events[i:following]
-            ):
-                answered_between += 1
+            durable = next((j for j in range(i + 1, len(events)) if events[j][0] == "save"), None)
+            if durable is None or not events[durable][1]:
+                continue
+            end = events.index(("saved",), durable)
+            answered_between += ("answer",) in events[i:end]
     assert answered_between >= 1, events
     assert leader.driver.answered_first >= 1
+    assert (len(written_by_task) >= 1) if fsync == "thread" else not written_by_task
     numbers = [n for seq in sequences.values() for n in seq]
     assert len(numbers) == len(set(numbers)) == CONNECTIONS * ROUNDS
     for seq in sequences.values():

@@ -56,7 +56,7 @@ from ._log import log_event, logger
 from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
 from ._peers import AFTER_FRAMES, PeerFleet
-from ._pending import Capacity, Pending, settling
+from ._pending import Capacity, Pending, call_held, settling, settling_held
 from ._proposing import Proposing, not_applied
 from ._reads import ReadPath
 from ._recovery import make_node
@@ -503,7 +503,15 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             if results is STOOD_IN:
                 committed, results = (), []
             self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
-            self._applied(committed, results)
+            with settling_held() as held:
+                self._applied(committed, results)
+            durable = saving_durably(rd, self._saved_term_vote)
+            if held and not runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=()):
+                # Written while the storage thread fsyncs the new entries (this task hands
+                # it the transaction before it next yields; the task below runs after that).
+                self.start_soon(_write_answers, held)
+            else:
+                call_held(held)
             committed, results = (), []
             self.answered_first += 1
         if rd.must_sync or committed:
@@ -685,6 +693,11 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         if self.node.is_leader:
             self._leader_housekeeping()
         self.snapshots.maybe_compact()
+
+
+async def _write_answers(held: list[Callable[[], None]]) -> None:
+    """The connections' writes of answers a leader settled before its fsync (``call_held``)."""
+    call_held(held)
 
 
 __all__ = ["RaftDriver"]
