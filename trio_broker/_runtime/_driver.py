@@ -56,7 +56,7 @@ from ._log import log_event, logger
 from ._network import Network
 from ._peer_mux import GroupLinks, PeerMux
 from ._peers import AFTER_FRAMES, PeerFleet
-from ._pending import Capacity, Pending, call_held, settling, settling_held
+from ._pending import Capacity, Pending, settling
 from ._proposing import Proposing, not_applied
 from ._reads import ReadPath
 from ._recovery import make_node
@@ -64,7 +64,6 @@ from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._save_place import (
     APPLY_AHEAD,
     SLOW_FSYNC,
-    answers_first,
     apply_weight,
     let_links_send,
     light,
@@ -157,9 +156,6 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self.persisted_in_step = 0
         """A replica's Readies persisted by the task that read them
         (:meth:`_persist_after_frames`)."""
-        self.answered_first = 0
-        """A leader's Readies whose committed entries were applied and answered before the
-        fsync of their new entries (``answers_first``)."""
         self.applied_ahead = 0
         """Replica Readies acknowledged before their long apply (``APPLY_AHEAD``), by either
         path."""
@@ -484,36 +480,6 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             and snapshot is None
             and apply_weight(committed) > APPLY_AHEAD
         )
-        if (
-            committed
-            and not ahead
-            and self.node.is_leader
-            and getattr(self._worker, "save_in_turn", None) is None
-            and answers_first(rd, self._saved_term_vote)
-        ):
-            # The committed entries applied and answered before the new ones' fsync.
-            if self._unsent:
-                await let_links_send()  # (the REPLICATEs of the new entries first)
-                self._unsent = False
-            started = time.perf_counter()
-            apply = functools.partial(
-                self._store.save, hard_state=rd.hard_state, committed=committed
-            )
-            results = await self._save(apply, short=True, committed=committed)
-            if results is STOOD_IN:
-                committed, results = (), []
-            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
-            with settling_held() as held:
-                self._applied(committed, results)
-            durable = saving_durably(rd, self._saved_term_vote)
-            if held and not runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=()):
-                # Written while the storage thread fsyncs the new entries (this task hands
-                # it the transaction before it next yields; the task below runs after that).
-                self.start_soon(_write_answers, held)
-            else:
-                call_held(held)
-            committed, results = (), []
-            self.answered_first += 1
         if rd.must_sync or committed:
             started = time.perf_counter()
             first = () if ahead else committed
@@ -693,11 +659,6 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         if self.node.is_leader:
             self._leader_housekeeping()
         self.snapshots.maybe_compact()
-
-
-async def _write_answers(held: list[Callable[[], None]]) -> None:
-    """The connections' writes of answers a leader settled before its fsync (``call_held``)."""
-    call_held(held)
 
 
 __all__ = ["RaftDriver"]

@@ -57,33 +57,6 @@ def settling() -> Iterator[None]:
             callback()
 
 
-@contextlib.contextmanager
-def settling_held() -> Iterator[list[Callable[[], None]]]:
-    """As :func:`settling`, but the callbacks held are given to the caller, who calls them
-    (:func:`call_held`) when it chooses: a leader that answered committed entries hands the
-    fsync of its new entries to the storage thread first, and the answers are written while
-    that fsync runs (docs/performance.md, "100 connections: answers before the next
-    fsync"). Calling a connection's callback late is safe: it writes whatever of that
-    connection's answers is known then, in order, as a call from its reader would."""
-    outer = _held.get()
-    if outer is not None and outer.open:  # (nested: the outer one calls them)
-        yield []
-        return
-    held = _Held()
-    token = _held.set(held)
-    try:
-        yield held
-    finally:
-        held.open = False
-        _held.reset(token)
-
-
-def call_held(held: list[Callable[[], None]]) -> None:
-    """Call the callbacks a :func:`settling_held` block gave, once each, in their order."""
-    for callback in dict.fromkeys(held):
-        callback()
-
-
 def _notify(callback: Callable[[], None]) -> None:
     held = _held.get()
     if held is None or not held.open:

@@ -121,29 +121,6 @@ async def let_links_send() -> None:
     await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-def answers_first(rd: raft.Ready, saved_term_vote: tuple[int, Any]) -> bool:
-    """Whether a leader's Ready that persists new entries and applies committed ones applies
-    and answers the committed ones first, in a transaction of their own that does not fsync
-    (run on the event loop's thread when the storage thread is idle), and only then persists
-    the new entries (docs/performance.md, "100 connections: answers before the next fsync").
-
-    The committed entries are durable on a majority already: their answers need not wait for
-    the fsync of entries proposed after them (with one transaction for both, every request
-    waited one fsync more than its own, half the requests at 100 in flight). Only when the
-    apply is short (:func:`light`) and the Ready's own transaction needs nothing else first:
-    no snapshot, no cut of the log, no new term or vote (which fsync before anything)."""
-    hs = rd.hard_state
-    return bool(
-        rd.entries
-        and rd.committed_entries
-        and rd.snapshot is None
-        and rd.truncate_from is None
-        and not rd.persisted_messages
-        and (hs is None or (hs.term, hs.voted_for) == saved_term_vote)
-        and light(rd.committed_entries)
-    )
-
-
 def apply_weight(entries: tuple[Any, ...]) -> int:
     """How many messages applying ``entries`` may read or write, at most: a READ's
     ``max_messages``, a batch's values, one for any other command. Commands count 1 each in
@@ -188,7 +165,6 @@ __all__ = [
     "SHORT_ENTRIES",
     "SHORT_WEIGHT",
     "SLOW_FSYNC",
-    "answers_first",
     "applies_only",
     "apply_weight",
     "let_links_send",
