@@ -36,7 +36,7 @@ from trio_broker._protocol import encode_frame
 from trio_broker._runtime._answer import Answer
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
-from trio_broker._runtime._pending import PendingGroup
+from trio_broker._runtime._pending import Pending, PendingGroup, settling
 from trio_broker._runtime._runs import Runs
 from trio_broker._runtime._security import Security
 
@@ -55,7 +55,7 @@ class _Driver:
     node = _Node()
 
     def __init__(self) -> None:
-        self.waiting: list[PendingGroup] = []
+        self.waiting: list[PendingGroup | Pending] = []
         self.sequence = 0
         self._wake = trio.Event()
 
@@ -65,16 +65,28 @@ class _Driver:
         self._wake.set()
         return group
 
+    async def propose(self, command: Any) -> Pending:
+        """A lone request's proposal (``Runs._handle_one``)."""
+        pending = Pending()
+        self.waiting.append(pending)
+        self._wake.set()
+        return pending
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.lowlevel.checkpoint()  # let other connections' requests join
             waiting, self.waiting = self.waiting, []
-            for group in waiting:
-                for index in range(len(group.results)):
-                    self.sequence += 1
-                    group.set(index, cmd.MessageAppended(self.sequence))
+            with settling():  # (as the driver settles a Ready's outcomes)
+                for group in waiting:
+                    if isinstance(group, Pending):
+                        self.sequence += 1
+                        group.set(cmd.MessageAppended(self.sequence))
+                        continue
+                    for index in range(len(group.results)):
+                        self.sequence += 1
+                        group.set(index, cmd.MessageAppended(self.sequence))
 
 
 def _client(socks: list[socket.socket], per_connection: int, window: int) -> None:
