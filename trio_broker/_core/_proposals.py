@@ -81,7 +81,7 @@ def _nested_bound(value: Any) -> int:
         return len(value) + 1
     if value is None or cls is bool or cls is int:
         return 21  # (orjson's integers: 20 characters at most, as -2**63 and 2**64 - 1)
-    if cls is tuple or cls is list:
+    if cls is tuple or cls is list or cls is frozenset or cls is set:  # (a set: as a list)
         return 3 + sum(map(_nested_bound, value))
     if cls is dict:
         return 3 + sum(_nested_bound(k) + _nested_bound(v) for k, v in value.items())
