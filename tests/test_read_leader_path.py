@@ -149,9 +149,11 @@ def test_an_update_position_whose_id_is_not_a_string_is_refused_as_before(bad, f
 @pytest.mark.parametrize("queue", ["Q-ABCDE12345", ""])
 def test_a_reads_encoded_bound_is_the_general_formulas(client, queue):
     command = cmd.ReadNext(client, queue)
-    assert encoded_bound(command) == COMMAND_OVERHEAD + len(client) + len(queue)
-    # Not a str: counted as the general form counts it (not at all).
-    assert encoded_bound(cmd.ReadNext(None, queue)) == COMMAND_OVERHEAD + len(queue)  # type: ignore[arg-type]
+    assert encoded_bound(command) == COMMAND_OVERHEAD + cmd.text_bound(client) + cmd.text_bound(
+        queue
+    )
+    # Not a str: counted as the general form counts it (None: in the overhead).
+    assert encoded_bound(cmd.ReadNext(None, queue)) == COMMAND_OVERHEAD + cmd.text_bound(queue)  # type: ignore[arg-type]
     # A READ's bound is a bound: its entry's JSON is within it.
     assert len(orjson.dumps(payload_to_obj(command))) <= encoded_bound(command)
 

@@ -388,6 +388,17 @@ SingleResult = (
 Result = SingleResult | GroupApplied
 
 
+def text_bound(text: str) -> int:
+    """An upper bound of the bytes a log entry's JSON (orjson) writes for ``text`` between its
+    quotes: ``len(text)`` when every character is written as itself (printable ASCII, no ``"``
+    or ``\\``), else six per character (a control character is written ``\\u00XX``, six bytes;
+    ``"`` and ``\\`` two; any other character as UTF-8, four at most for one Python character).
+    The one rule for ids and headers wherever a size must bound their encoded bytes."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text)
+    return 6 * len(text)
+
+
 def data_size(payload: object) -> int:
     """Bytes of message data a log payload carries (what bounds groups and peer buffers)."""
     if isinstance(payload, AppendMessage):
@@ -396,7 +407,7 @@ def data_size(payload: object) -> int:
         return sum(len(d) + 8 for d in payload.data)
     if isinstance(payload, Publish):
         return sum(
-            len(r.data) + 8 + sum(len(k) + len(v) + 6 for k, v in r.headers)
+            len(r.data) + 8 + sum(text_bound(k) + text_bound(v) + 6 for k, v in r.headers)
             for r in payload.records
         )
     if isinstance(payload, CommandGroup):

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from ._commands import AppendMessage, CommandGroup, GroupApplied, ReadNext, data_size
+from ._commands import AppendMessage, CommandGroup, GroupApplied, ReadNext, text_bound
 from ._raft import NotLeader
 
 T = TypeVar("T")
@@ -32,26 +32,63 @@ T = TypeVar("T")
 MAX_GROUP = 1024
 """Commands in one proposal group (one log entry)."""
 COMMAND_OVERHEAD = 256
-"""More than the JSON a log payload adds to its data and its ids (field names, numbers)."""
+"""More than the JSON a command adds to its strings, its data and what its tuples hold: its type,
+its field names, its numbers."""
+_NO_QUEUE: Any = object()
+"""No queue yet in :meth:`Proposals._cuts`: no ``queue_id`` is this."""
 
 
 def encoded_bound(command: Any) -> int:
     """An upper bound of a command's size in a log entry. A group stays under ``max_bytes`` by
-    this bound, so that a REPLICATE of the core's 64 entries stays within a peer frame."""
-    if type(command) is ReadNext:  # (a single READ, the most frequent with appends: no data)
+    this bound, so that a REPLICATE of the core's 64 entries stays within a peer frame.
+
+    :data:`COMMAND_OVERHEAD` holds the type tag, the field names and every number, bool or
+    None of the command's own fields; on top of it come its strings by :func:`text_bound`
+    (orjson escapes some characters, and writes others as several UTF-8 bytes), its message
+    values (``bytes``, embedded as they are) by their length, and whatever a tuple or a nested
+    record holds (records, headers, ranges, a policy) by :func:`_nested_bound`.
+    ``tests/test_pipelead_ledger.py`` holds every group the ledger cuts to its bound."""
+    kind = type(command)
+    if kind is ReadNext:  # (a single READ, the most frequent with appends: no data)
         queue_id, client_id = command.queue_id, command.client_id
         if type(queue_id) is str and type(client_id) is str:
-            return COMMAND_OVERHEAD + len(queue_id) + len(client_id)
-    ids = sum(
-        len(value)
-        for value in (
-            getattr(command, "queue_id", None),
-            getattr(command, "client_id", None),
-            getattr(command, "producer_id", None),
-        )
-        if isinstance(value, str)
-    )
-    return COMMAND_OVERHEAD + ids + data_size(command)
+            return COMMAND_OVERHEAD + text_bound(queue_id) + text_bound(client_id)
+    if kind is CommandGroup:
+        return COMMAND_OVERHEAD + sum(map(encoded_bound, command.commands))
+    size = COMMAND_OVERHEAD
+    for field in kind.__attrs_attrs__:
+        value = getattr(command, field.name)
+        cls = type(value)
+        if cls is str:
+            size += text_bound(value)
+        elif cls is bytes:
+            size += len(value)
+        elif value is not None and cls not in (int, bool, float):
+            size += _nested_bound(value)
+    return size
+
+
+_KEY = 4
+"""A field name's quotes, its colon and the comma after its value."""
+
+
+def _nested_bound(value: Any) -> int:
+    """An upper bound of what a value inside a command's field writes, its comma included."""
+    cls = type(value)
+    if cls is str:
+        return text_bound(value) + 3
+    if cls is bytes:
+        return len(value) + 1
+    if value is None or cls is bool or cls is int:
+        return 21  # (orjson's integers: 20 characters at most, as -2**63 and 2**64 - 1)
+    if cls is tuple or cls is list or cls is frozenset or cls is set:  # (a set: as a list)
+        return 3 + sum(map(_nested_bound, value))
+    if cls is dict:
+        return 3 + sum(_nested_bound(k) + _nested_bound(v) for k, v in value.items())
+    fields = getattr(cls, "__attrs_attrs__", None)
+    if fields is not None:
+        return 3 + sum(len(f.name) + _KEY + _nested_bound(getattr(value, f.name)) for f in fields)
+    return 6 * len(str(value)) + 3  # (a float: its digits)
 
 
 @attrs.frozen
@@ -115,10 +152,13 @@ class Proposals(Generic[T]):
         """``commands`` cut into groups by the bounds, in order: each group's ``(start, end)``.
 
         A plain append's bound is :func:`encoded_bound`'s sum written out (no ``getattr`` and
-        no call per append: what a leader groups under load); ``tests/test_pipelead_ledger.py``
-        holds the cuts to those of :func:`encoded_bound` for every command."""
+        no call per append: what a leader groups under load), its queue's :func:`text_bound`
+        taken once per run of one queue; ``tests/test_pipelead_ledger.py`` holds the cuts to
+        those of :func:`encoded_bound` for every command."""
         count, max_group, max_bytes = len(commands), self.max_group, self.max_bytes
         append_message, overhead = AppendMessage, COMMAND_OVERHEAD
+        queue: Any = _NO_QUEUE
+        head = 0
         start = 0
         while start < count:
             limit = min(count, start + max_group)
@@ -129,8 +169,14 @@ class Proposals(Generic[T]):
             end, size = start, 0
             while end < limit:
                 c = commands[end]
-                if type(c) is append_message and c.producer_id is None and type(c.queue_id) is str:
-                    size += overhead + len(c.queue_id) + len(c.data)
+                if type(c) is append_message and c.producer_id is None:
+                    if c.queue_id is not queue and type(c.queue_id) is str:
+                        queue = c.queue_id
+                        head = overhead + text_bound(queue)
+                    if c.queue_id is queue:
+                        size += head + len(c.data)
+                    else:
+                        size += encoded_bound(c)
                 else:
                     size += encoded_bound(c)
                 if end > start and size > max_bytes:
@@ -191,16 +237,19 @@ class Proposals(Generic[T]):
         """:meth:`applied` as two sequences in step, the tokens and their outcomes (a group's
         results as they are, no pair per request): all :class:`NotApplied` when the entry
         applied there is another leader's, else results of the apply."""
-        waiting = self._waiting.pop(index, None)
+        waiting = self._waiting.get(index)
         if waiting is None:
             return [], ()
         proposed_in, tokens = waiting
         if proposed_in != term:
+            del self._waiting[index]
             return tokens, [NotApplied("another leader's entry was committed")] * len(tokens)
         if isinstance(result, GroupApplied):
-            if len(result.results) != len(tokens):
+            if len(result.results) != len(tokens):  # (checked first: the tokens stay, for take_all)
                 raise ValueError(f"{len(result.results)} results for {len(tokens)} requests")
+            del self._waiting[index]
             return tokens, result.results
+        del self._waiting[index]
         return tokens, [result] * len(tokens)
 
     def take_through(self, index: int) -> list[T]:
@@ -227,4 +276,4 @@ class Proposals(Generic[T]):
         return taken
 
 
-__all__ = ["MAX_GROUP", "NotApplied", "Proposals", "encoded_bound"]
+__all__ = ["COMMAND_OVERHEAD", "MAX_GROUP", "NotApplied", "Proposals", "encoded_bound"]
