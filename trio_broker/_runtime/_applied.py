@@ -118,24 +118,26 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
         run = None  # the ReadNext told last, while the same object follows it
         last = _UNTOLD  # the result of the run's latest READ not told yet
         for command, result in zip(commands, results, strict=True):
-            if command is run and type(result) not in VIEWED_RESULTS:
-                last = result
-                continue
-            if last is not _UNTOLD:
-                on_applied(run, last)
-                last = _UNTOLD
-            kind = type(command)
-            if kind in APPENDS and type(result) not in VIEWED_RESULTS:
-                run = None
+            if type(command) in APPENDS and type(result) not in VIEWED_RESULTS:
+                # (Tested first, as before: appends are the hot path.)
                 queue_id = command.queue_id
-                if queue_id == told:
+                if queue_id == told:  # (never while a run's READ waits: told is None)
                     continue
+                if last is not _UNTOLD:
+                    on_applied(run, last)
+                    last = _UNTOLD
+                run = None
                 on_applied(command, result)
                 told = queue_id
+            elif command is run and type(result) not in VIEWED_RESULTS:
+                last = result
             else:
+                if last is not _UNTOLD:
+                    on_applied(run, last)
+                    last = _UNTOLD
                 on_applied(command, result)
                 told = None
-                run = command if kind is cmd.ReadNext else None
+                run = command if type(command) is cmd.ReadNext else None
         if last is not _UNTOLD:
             on_applied(run, last)
 
