@@ -5,7 +5,7 @@ entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue, a new s
 ``--receive`` appends as the leader stamps each receive), in the order it does
 it, on one thread with real SQLite in a temporary directory (fsync on, as in the broker):
 
-- decode: the frame's checks and the message (``loads_object``, ``message_from_frame``);
+- decode: the frame's checks and the message (``message_from_payload``, as ``_peers`` decodes);
 - save: ``Store.save`` persisting the new entry and applying the one before it, in one
   transaction (what a replica's Ready does under load: the commit index rides on the next
   REPLICATE), split into the same save without the apply and the apply's difference;
@@ -35,8 +35,8 @@ from trio_broker._cli._node import GC_THRESHOLDS
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft_messages as rm
 from trio_broker._core._commands import data_size
-from trio_broker._protocol._codec import dumps_value, loads_object
-from trio_broker._protocol._consensus import encode_message, message_from_frame
+from trio_broker._protocol._codec import dumps_value
+from trio_broker._protocol._consensus import encode_message, message_from_payload
 from trio_broker._protocol._entries import payload_bytes
 from trio_broker._runtime._applied import applied_group, applied_views
 from trio_broker._runtime._reads import Exhausted
@@ -113,7 +113,7 @@ def main() -> None:
                 _, spare = _frame(index + 1, count, args.receive)
                 hs = rm.HardState(1, None, index - 1)
                 bare, _ = _timed(lambda: store.save(entries=[spare], hard_state=hs))  # noqa: B023
-                decode, (_, message) = _timed(lambda: message_from_frame(loads_object(frame)))  # noqa: B023
+                decode, (_, message) = _timed(lambda: message_from_payload(frame))  # noqa: B023
                 (entry,) = message.entries
                 committed = [previous] if previous is not None else []
                 hs = rm.HardState(1, None, index - 2)

@@ -620,7 +620,7 @@ def entry_to_obj(entry: rm.Entry) -> dict[str, Any]:
     }
 
 
-def entry_from_obj(obj: Any) -> rm.Entry:
+def entry_from_obj(obj: Any, encoded: bytes | None = None) -> rm.Entry:
     """An entry of a received REPLICATE, decoded once, carrying its payload's bytes for the
     log: the received payload written back by orjson, which for the compact JSON that brokers
     send is the received bytes themselves (frames hold no offsets to slice them out by, and
@@ -629,12 +629,16 @@ def entry_from_obj(obj: Any) -> rm.Entry:
 
     The entry's checksum is computed from those bytes and checked against the one the leader
     sent (a broker of a version before checksums sends none): an entry that changed on the
-    way is refused here, before it is persisted or applied."""
+    way is refused here, before it is persisted or applied.
+
+    ``encoded``: those bytes, written already (``_consensus.message_from_payload`` writes each
+    payload once, for the frame's check and for the log)."""
     if not isinstance(obj, dict):
         raise RemoteProtocolError("an entry must be an object")
     raw = obj["payload"]
     term, index = strict_int(obj["term"]), strict_int(obj["index"])
-    encoded = memoryview(orjson.dumps(raw)).tobytes()
+    if encoded is None:
+        encoded = memoryview(orjson.dumps(raw)).tobytes()
     checksum = entry_checksum(term, index, encoded)
     sent = obj.get("checksum")
     if sent is not None and sent != checksum:

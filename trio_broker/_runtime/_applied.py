@@ -31,6 +31,8 @@ class _Waiters(Protocol):
     def pop(self, queue_id: str, default: None, /) -> Any: ...
 
 
+_UNTOLD: Any = object()
+
 OnApplied = Callable[[Any, Any], None]
 OnAppliedGroup = Callable[[Sequence[Any], Sequence[Any]], None]
 
@@ -91,21 +93,52 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
     readers and sets them, and forgets that its readers found the queue empty; once done, a
     second append finds nothing to pop or forget until another command (a read) adds it back,
     or a reader starts waiting, which needs this call to return first. In a group of 64
-    appends to one queue that is one call instead of 64 (on every broker, for every group)."""
+    appends to one queue that is one call instead of 64 (on every broker, for every group).
+
+    A run of single READs of one reader (one :class:`~.._core._commands.ReadNext` object,
+    repeated: what the leader proposes for a reader's READs of one receive and what a replica
+    decodes, ``_protocol/_entries.py``) is told twice, its first READ and its last, however
+    long it is. Neither the views nor the wake-ups see a READ (:data:`QUIET`: its result is a
+    message or a refusal, never one of :data:`VIEWED_RESULTS`); what it changes is the read
+    path's hint (:meth:`~._reads.Exhausted.note`), which marks the (reader, queue) pair
+    exhausted when the READ read nothing and unmarks it otherwise. A READ that reads nothing
+    moves nothing, so with nothing between them the READs after it read nothing too (the core's
+    ``read_next_run`` answers a run so): a run is some READs that read a message, then some
+    that read nothing, so the hint's changes are some unmarks of one pair, then some marks of
+    it. A mark of a marked pair and an unmark of an unmarked one change nothing (not even
+    the bound :data:`~._reads.MAX_EXHAUSTED`'s forgetting, tested after), so each repeat
+    after the first is a no-op: noting the first READ and the last leaves the hints as noting
+    each, in every case (all unmarks, all marks, or unmarks then marks; a run of one READ is
+    told once; ``tests/test_readrest_applied.py`` compares both over such runs)."""
 
     def on_group(commands: Sequence[Any], results: Sequence[Any]) -> None:
         if len(commands) != len(results):
             raise ValueError(f"{len(commands)} commands applied with {len(results)} results")
         told = None  # the queue of the last append told, while only appends follow it
+        run = None  # the ReadNext told last, while the same object follows it
+        last = _UNTOLD  # the result of the run's latest READ not told yet
         for command, result in zip(commands, results, strict=True):
             if type(command) in APPENDS and type(result) not in VIEWED_RESULTS:
+                # (Tested first, as before: appends are the hot path.)
                 queue_id = command.queue_id
-                if queue_id == told:
+                if queue_id == told:  # (never while a run's READ waits: told is None)
                     continue
+                if last is not _UNTOLD:
+                    on_applied(run, last)
+                    last = _UNTOLD
+                run = None
                 on_applied(command, result)
                 told = queue_id
+            elif command is run and type(result) not in VIEWED_RESULTS:
+                last = result
             else:
+                if last is not _UNTOLD:
+                    on_applied(run, last)
+                    last = _UNTOLD
                 on_applied(command, result)
                 told = None
+                run = command if type(command) is cmd.ReadNext else None
+        if last is not _UNTOLD:
+            on_applied(run, last)
 
     return on_group

@@ -18,8 +18,8 @@ import trio
 
 from .._core._raft_messages import Message
 from .._errors import ProtocolError
-from .._protocol import FrameDecoder, loads_object
-from .._protocol._consensus import message_from_frame
+from .._protocol import FrameDecoder
+from .._protocol._consensus import message_from_payload
 from ._direct import DirectSocket, direct_io
 from ._log import log_event
 from ._peer_mux import (
@@ -158,7 +158,7 @@ async def _read_frames(
                 payload = decoder.next_frame()
                 if payload is None:
                     break
-                group_id, message = message_from_frame(loads_object(payload))
+                group_id, message = message_from_payload(payload)
             except ProtocolError as exc:
                 reason = exc.message
                 log_event(

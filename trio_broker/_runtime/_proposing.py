@@ -109,11 +109,23 @@ class Proposing:
 
     def _propose_with_reads(self: RaftDriver, commands: list[Any], group: PendingGroup) -> None:
         """:meth:`propose_many`'s run that holds reads: those that qualify wait for a
-        ReadIndex check (:mod:`._reads`), the others go to the log, in their order."""
+        ReadIndex check (:mod:`._reads`), the others go to the log, in their order.
+
+        A run of one reader's READs is one command object, repeated (``Runs.handle_many``),
+        and :meth:`~._reads.ReadPath.qualifies` answers from the command and the applied
+        hints, which nothing here changes: it is asked once per run (``asked``), not per READ
+        (``tests/test_readrest_proposing.py``)."""
         reads = self.reads
         add = self._ledger.add
+        asked = None  # the read last asked about; ``qualifies``, its answer
+        qualifies = False
         for index, command in enumerate(commands):
-            if type(command) in READ_CANDIDATES and reads.qualifies(command):
+            if command is not asked:
+                if type(command) not in READ_CANDIDATES:
+                    add(command, (group, index))
+                    continue
+                asked, qualifies = command, reads.qualifies(command)
+            if qualifies:
                 reads.submit(command, (group, index))
             else:
                 add(command, (group, index))
