@@ -400,7 +400,8 @@ def text_bound(text: str) -> int:
 
 
 def data_size(payload: object) -> int:
-    """Bytes of message data a log payload carries (what bounds groups and peer buffers)."""
+    """Bytes of message data a log payload carries, headers counted by :func:`text_bound` (what
+    bounds peer buffers of entries not yet encoded, and the memory a log entry holds)."""
     if isinstance(payload, AppendMessage):
         return len(payload.data)
     if isinstance(payload, AppendBatch):
