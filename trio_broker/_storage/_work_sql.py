@@ -496,12 +496,18 @@ def _expire(
 def _values_of(
     db: apsw.Connection, queue_id: str, seqs: Sequence[int]
 ) -> list[tuple[int, bytes, Headers]]:
-    """The messages ``seqs`` of a queue that it holds, each read and checked on its own."""
+    """The messages ``seqs`` of a queue, each read and checked on its own by
+    :func:`read_values`. Every one must be there: a group read asks only for messages after
+    the queue's deleted front (``_group_read`` drops the waiting ones at or before it first)
+    and within its length, so a missing row is damage, as a damaged one is: it raises
+    :class:`StorageDamaged` for its sequence number (the transaction held for a repair), or,
+    in a read whose outcome does not depend on the values applied for nobody (``UNCHECKED``),
+    reads as empty bytes and is noted for a repair. Never skipped: a skipped message would
+    never be delivered, and a replica missing it would lease otherwise than the leader."""
     found = []
     for seq in seqs:
-        row = read_value(db, queue_id, seq)
-        if row is not None:
-            found.append((seq, row[0], decode_headers(row[1])))
+        for _, data, headers in read_values(db, queue_id, seq, seq):
+            found.append((seq, data, decode_headers(headers)))
     return found
 
 
