@@ -387,3 +387,53 @@ def test_a_missing_value_is_never_skipped_by_a_group_read(tmp_path, redelivery):
     finally:
         for store in stores.values():
             store.close()
+
+
+DEAD = "Q-DEAD000001"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE queue_data SET data = substr(data, 2) WHERE queue_id = ? AND sequence_num = 2",
+        "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = 2",
+    ],
+    ids=["shorter", "missing"],
+)
+@pytest.mark.parametrize("end", ["expired", "nack"])
+@pytest.mark.parametrize("for_nobody", [False, True], ids=["leader", "nobody"])
+def test_a_damaged_value_is_never_moved_to_a_dead_letter_queue(tmp_path, damage, end, for_nobody):
+    """A message past its last delivery, its value damaged or its row missing: the lease's
+    end (expired, met by a group read without a byte budget, which applied for nobody
+    goes over damaged values it only hands out; or a NACK) raises the damage for it (held
+    for a repair) and copies nothing: never empty bytes into the dead-letter queue, and a
+    missing row after the deleted front is never taken as deleted by retention."""
+    store = Store(tmp_path)
+    try:
+        settings = GroupSettings(visibility_ms=10, max_deliveries=1, dead_letter_queue=DEAD)
+        store.apply(
+            [
+                CreateQueue(QUEUE),
+                CreateQueue(DEAD),
+                AppendBatch(QUEUE, (b'"abcdef"',) * 2),
+                JoinGroup(QUEUE, "g", settings),
+                GroupRead(QUEUE, "g", "m-a", 2, now_ms=0),
+            ]
+        )
+        store.hold_damage = True
+        store.unchecked_reads = for_nobody
+        store._db.execute(damage, (QUEUE,))
+        command: Any = (
+            GroupRead(QUEUE, "g", "m-b", 2, now_ms=100)
+            if end == "expired"
+            else GroupNack(QUEUE, "g", "m-a", (1, 2), now_ms=1)
+        )
+        pending = list(store._db.execute("SELECT * FROM group_pending"))
+        entries = [Entry(1, 6, command)]
+        with pytest.raises(StorageDamaged) as found:
+            store.save(entries=entries, committed=entries)
+        assert (found.value.queue_id, found.value.seq) == (QUEUE, 2)
+        assert list(store._db.execute("SELECT * FROM queue_data WHERE queue_id = ?", (DEAD,))) == []
+        assert list(store._db.execute("SELECT * FROM group_pending")) == pending
+    finally:
+        store.close()
