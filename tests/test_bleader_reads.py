@@ -314,14 +314,16 @@ def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
         "UPDATE queue_data SET data = substr(data, 2) WHERE sequence_num = 2",
         "UPDATE queue_data SET data = CAST(upper(data) AS BLOB) WHERE sequence_num = 2",
         'UPDATE queue_data SET headers = \'{"k":"w"}\' WHERE sequence_num = 2',
+        "DELETE FROM queue_data WHERE sequence_num = 2",
     ],
-    ids=["shorter", "same-length", "headers"],
+    ids=["shorter", "same-length", "headers", "missing"],
 )
 @pytest.mark.parametrize("for_nobody", [False, True], ids=["leader", "nobody"])
 def test_a_damaged_value_is_never_leased_by_a_group_read(tmp_path, damage, for_nobody):
-    """A damaged second value: the group read, on a leader or applied for nobody, raises the
-    damage for it (held for a repair), leases nothing and leaves the group's cursor where it
-    was."""
+    """A damaged or missing second value: the group read, on a leader or applied for nobody,
+    raises the damage for it (held for a repair), leases nothing and leaves the group's cursor
+    where it was (a missing row is never skipped: the queue holds every message after its
+    deleted front)."""
     store = Store(tmp_path)
     try:
         store.apply(
@@ -336,5 +338,102 @@ def test_a_damaged_value_is_never_leased_by_a_group_read(tmp_path, damage, for_n
         assert (found.value.queue_id, found.value.seq) == (QUEUE, 2)
         assert list(store._db.execute("SELECT * FROM group_pending")) == []
         assert list(store._db.execute("SELECT cursor FROM consumer_groups")) == [(0,)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("redelivery", [False, True], ids=["new", "redelivery"])
+def test_a_missing_value_is_never_skipped_by_a_group_read(tmp_path, redelivery):
+    """A missing row among the messages a group read hands out (new ones, or ones waiting for
+    a redelivery after a NACK): on a leader it raises the damage for its sequence number;
+    applied for nobody without a byte budget (the outcome does not depend on the values), it
+    reads as empty bytes, is noted for a repair, and the group leases what the leader that
+    holds the row leases."""
+    stores = {name: Store(tmp_path / name) for name in ("whole", "leader", "nobody")}
+    try:
+        for name, store in stores.items():
+            store.apply(
+                [
+                    CreateQueue(QUEUE),
+                    AppendBatch(QUEUE, (b'"abcdef"',) * 4),
+                    JoinGroup(QUEUE, "g"),
+                ]
+            )
+            if redelivery:
+                store.apply(
+                    [
+                        GroupRead(QUEUE, "g", "m-a", 4, now_ms=0),
+                        GroupNack(QUEUE, "g", "m-a", (1, 2, 3, 4), now_ms=0),
+                    ]
+                )
+            store.hold_damage = True
+            store.unchecked_reads = name == "nobody"
+            if name != "whole":
+                store._db.execute("DELETE FROM queue_data WHERE sequence_num = 2")
+        entries = [Entry(1, 4, GroupRead(QUEUE, "g", "m-b", 4, now_ms=1))]
+        with pytest.raises(StorageDamaged) as found:
+            stores["leader"].save(entries=entries, committed=entries)
+        assert (found.value.queue_id, found.value.seq) == (QUEUE, 2)
+        (whole,) = stores["whole"].save(entries=entries, committed=entries)
+        (nobody,) = stores["nobody"].save(entries=entries, committed=entries)
+        assert [d.sequence_num for d in whole.messages] == [1, 2, 3, 4]
+        assert [(d.sequence_num, d.delivery_count) for d in nobody.messages] == [
+            (d.sequence_num, d.delivery_count) for d in whole.messages
+        ]
+        assert stores["nobody"].unchecked_met == [(QUEUE, 2)]
+        for query in ("SELECT * FROM group_pending ORDER BY 3", "SELECT * FROM consumer_groups"):
+            held = list(stores["whole"]._db.execute(query))
+            assert list(stores["nobody"]._db.execute(query)) == held
+    finally:
+        for store in stores.values():
+            store.close()
+
+
+DEAD = "Q-DEAD000001"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE queue_data SET data = substr(data, 2) WHERE queue_id = ? AND sequence_num = 2",
+        "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = 2",
+    ],
+    ids=["shorter", "missing"],
+)
+@pytest.mark.parametrize("end", ["expired", "nack"])
+@pytest.mark.parametrize("for_nobody", [False, True], ids=["leader", "nobody"])
+def test_a_damaged_value_is_never_moved_to_a_dead_letter_queue(tmp_path, damage, end, for_nobody):
+    """A message past its last delivery, its value damaged or its row missing: the lease's
+    end (expired, met by a group read without a byte budget, which applied for nobody
+    goes over damaged values it only hands out; or a NACK) raises the damage for it (held
+    for a repair) and copies nothing: never empty bytes into the dead-letter queue, and a
+    missing row after the deleted front is never taken as deleted by retention."""
+    store = Store(tmp_path)
+    try:
+        settings = GroupSettings(visibility_ms=10, max_deliveries=1, dead_letter_queue=DEAD)
+        store.apply(
+            [
+                CreateQueue(QUEUE),
+                CreateQueue(DEAD),
+                AppendBatch(QUEUE, (b'"abcdef"',) * 2),
+                JoinGroup(QUEUE, "g", settings),
+                GroupRead(QUEUE, "g", "m-a", 2, now_ms=0),
+            ]
+        )
+        store.hold_damage = True
+        store.unchecked_reads = for_nobody
+        store._db.execute(damage, (QUEUE,))
+        command: Any = (
+            GroupRead(QUEUE, "g", "m-b", 2, now_ms=100)
+            if end == "expired"
+            else GroupNack(QUEUE, "g", "m-a", (1, 2), now_ms=1)
+        )
+        pending = list(store._db.execute("SELECT * FROM group_pending"))
+        entries = [Entry(1, 6, command)]
+        with pytest.raises(StorageDamaged) as found:
+            store.save(entries=entries, committed=entries)
+        assert (found.value.queue_id, found.value.seq) == (QUEUE, 2)
+        assert list(store._db.execute("SELECT * FROM queue_data WHERE queue_id = ?", (DEAD,))) == []
+        assert list(store._db.execute("SELECT * FROM group_pending")) == pending
     finally:
         store.close()

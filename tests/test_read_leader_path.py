@@ -338,6 +338,24 @@ def test_remembered_reads_stay_within_their_bounds():
     assert decode_request(bytearray(READ_FRAMES[1])) == _fresh(READ_FRAMES[1])
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_read_frame_not_in_bytes_decodes_as_before_and_is_not_remembered(kind):
+    """A frame held in a ``bytearray`` or a ``memoryview`` (which has no ``startswith``):
+    decoded by the general path, as before READs were remembered, and never remembered. (A
+    ``memoryview`` only in the compact form orjson writes: ``loads_object``'s exact checks
+    for other forms take bytes, as they did before READs were remembered.)"""
+    _codec._READS.clear()
+    for payload in READ_FRAMES:
+        if kind is memoryview and orjson.dumps(orjson.loads(payload)) != payload:
+            continue
+        try:
+            got: Any = decode_request(kind(payload))
+        except ProtocolError as exc:
+            got = exc.message
+        assert got == _fresh(payload)
+    assert _codec._READS == {}
+
+
 @pytest.mark.parametrize("length", [0, 1, 5, 9])
 @pytest.mark.parametrize("deleted", [0, 2, 6])
 @pytest.mark.parametrize("position", [0, 1, 3, 8, 9])

@@ -308,9 +308,10 @@ MAX_READ_REMEMBERED_BYTES = 512
 
 def decode_request(payload: bytes) -> m.Request:
     """Bytes of one frame to a request message, or :class:`ProtocolError`."""
+    # (The type first: a memoryview, a bytearray or a str decodes as before, never looked up.)
     remembered = (
-        payload.startswith(_READ_START)
-        and type(payload) is bytes
+        type(payload) is bytes
+        and payload.startswith(_READ_START)
         and len(payload) <= MAX_READ_REMEMBERED_BYTES
     )
     if remembered:

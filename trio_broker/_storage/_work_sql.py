@@ -82,7 +82,7 @@ from .._core._work_rules import (
     name_problem,
     not_delivered,
 )
-from ._integrity import insert_values, read_value, read_values
+from ._integrity import UNCHECKED, insert_values, read_values
 from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
 
 __all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
@@ -445,7 +445,7 @@ def _end_lease(
         "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
         (*key, seq),
     )
-    row = read_value(db, key[0], seq)
+    row = _value_to_move(db, key[0], seq)
     if row is None:
         return "gone"
     target = settings.dead_letter_queue
@@ -458,6 +458,25 @@ def _end_lease(
     ).fetchone()
     _append_rows(db, target, [(row[0], headers)], now_ms, last_stamp)
     return "dead"
+
+
+def _value_to_move(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str | None] | None:
+    """The message ``seq`` a dead-letter move copies, checked (:func:`read_values`); None when
+    retention deleted it (at or before the queue's deleted front). Its bytes are written
+    again, so even within a read applied for nobody (``UNCHECKED``, a group read's expired
+    leases) a damaged one is never copied as empty bytes, and a missing one after the front is
+    never taken as deleted: either raises :class:`StorageDamaged` (held for a repair)."""
+    (deleted,) = db.execute(
+        "SELECT deleted_through FROM queues WHERE queue_id = ?", (queue_id,)
+    ).fetchone()
+    if seq <= deleted:
+        return None
+    token = UNCHECKED.set(None)
+    try:
+        ((_, data, headers),) = read_values(db, queue_id, seq, seq)
+    finally:
+        UNCHECKED.reset(token)
+    return data, headers
 
 
 def _group_settings(db: apsw.Connection, key: tuple[str, str]) -> GroupSettings:
@@ -496,12 +515,18 @@ def _expire(
 def _values_of(
     db: apsw.Connection, queue_id: str, seqs: Sequence[int]
 ) -> list[tuple[int, bytes, Headers]]:
-    """The messages ``seqs`` of a queue that it holds, each read and checked on its own."""
+    """The messages ``seqs`` of a queue, each read and checked on its own by
+    :func:`read_values`. Every one must be there: a group read asks only for messages after
+    the queue's deleted front (``_group_read`` drops the waiting ones at or before it first)
+    and within its length, so a missing row is damage, as a damaged one is: it raises
+    :class:`StorageDamaged` for its sequence number (the transaction held for a repair), or,
+    in a read whose outcome does not depend on the values applied for nobody (``UNCHECKED``),
+    reads as empty bytes and is noted for a repair. Never skipped: a skipped message would
+    never be delivered, and a replica missing it would lease otherwise than the leader."""
     found = []
     for seq in seqs:
-        row = read_value(db, queue_id, seq)
-        if row is not None:
-            found.append((seq, row[0], decode_headers(row[1])))
+        for _, data, headers in read_values(db, queue_id, seq, seq):
+            found.append((seq, data, decode_headers(headers)))
     return found
 
 
