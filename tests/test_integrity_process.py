@@ -295,7 +295,7 @@ async def test_a_replica_with_a_flipped_value_never_serves_it_and_repairs_it(
             if await _lag(leader.port, damaged.broker_id) == 0:
                 break
             await trio.sleep(0.1)
-        await trio.sleep(1.0)  # several heartbeats, each carrying the commit index
+        await wait_stored([damaged], queue_id, len(acked))  # (a fixed 1 s wait before)
     damaged.terminate()
     assert await damaged.wait() == 0
     assert _stored_length(damaged.data_dir, queue_id) == len(acked)
@@ -329,6 +329,27 @@ async def _lag(port: int, broker_id: str) -> int | None:
         if broker["broker_id"] == broker_id:
             return broker.get("lag")
     return None
+
+
+async def wait_stored(live: list[NodeProcess], queue_id: str, count: int) -> None:
+    """Until each of the ``live`` nodes has applied ``count`` messages of ``queue_id``: it
+    holds them and has heard that they committed. (Read from their files, read-only, in a
+    worker thread: SQLite's WAL lets another process read beside the broker's writer.)"""
+    while True:
+        stored = [
+            await trio.to_thread.run_sync(_stored_length_or_none, node.data_dir, queue_id)
+            for node in live
+        ]
+        if all(n == count for n in stored):
+            return
+        await trio.sleep(0.05)
+
+
+def _stored_length_or_none(data_dir: Path, queue_id: str) -> int | None:
+    try:
+        return _stored_length(data_dir, queue_id)
+    except apsw.Error:  # (busy, or not created yet)
+        return None
 
 
 def _stored_length(data_dir: Path, queue_id: str) -> int:

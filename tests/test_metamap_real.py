@@ -68,7 +68,14 @@ async def test_a_joiner_learns_the_map_from_a_snapshot(tmp_path):
             (mine,) = cmap.groups_of(joiner.broker_id)
             await until(lambda: set(joiner.host.groups) == {joiner.cluster_id, mine})
             await until(lambda: joiner.host.groups[mine].driver.node.is_leader)
-            await trio.sleep(1.5)  # (the joiner's refresh of the leaders of the groups)
+            # Until the joiner's refresh (once a failure timeout) learned the leaders of the
+            # groups it does not host (a fixed 1.5 s wait before)
+            await until(
+                lambda: all(
+                    joiner.host.meta.leader_of(g) == record.voters[0]
+                    for g, record in cmap.groups.items()
+                )
+            )
             reply = await call(cluster.ports["b2"], {"operation": "CLUSTER_QUERY"})
             assert sorted(g["cluster_id"] for g in reply["groups"]) == sorted(founded.groups)
             # It names the leader of every group, those it does not host too.
@@ -254,7 +261,8 @@ async def test_the_trio_client_reaches_every_group_from_one_seed_not_hosting_it(
                 await trio.sleep(0.1)
             seed = cluster.brokers["b1"]
             assert set(cmap.groups) - set(seed.host.groups)  # some groups not hosted there
-            await trio.sleep(1.0)  # (its refresh of the leaders of those)
+            # Until its refresh learned the leaders of those (a fixed 1 s wait before)
+            await until(lambda: all(seed.host.meta.leader_of(g) for g in cmap.groups))
             async with connect([f"127.0.0.1:{cluster.ports['b1']}"]) as client:
                 for queue in queues.values():
                     for i in range(3):

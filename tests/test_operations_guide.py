@@ -28,6 +28,8 @@ GUIDE = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
 BLOCK_TIMEOUT = 60
 FORM_TIMEOUT = 45
+POLL = 0.05
+"""Seconds between two looks at a broker the guide started (each look is one short request)."""
 
 
 def guide_blocks() -> list[str]:
@@ -57,7 +59,7 @@ def wait_voter(port: int) -> dict[str, Any]:
             me = next((b for b in answer["brokers"] if b["broker_id"] == answer["self_id"]), None)
             if me is not None and me.get("membership") == "voter":
                 return answer
-        time.sleep(0.2)
+        time.sleep(POLL)
     raise AssertionError(f"broker on port {port} did not become a voter: {answer}")
 
 
@@ -139,7 +141,7 @@ def wait_answering(port: int) -> None:
     deadline = time.monotonic() + FORM_TIMEOUT
     while _details(port) is None:
         assert time.monotonic() < deadline, f"broker on port {port} does not answer"
-        time.sleep(0.2)
+        time.sleep(POLL)
 
 
 def test_the_operations_guide_works_as_written(shell):

@@ -5,6 +5,7 @@ elect, with every acknowledged value."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio
 
 from trio_broker._storage import Store
 
-from .processes import Nodes, open_nodes
+from .processes import NodeProcess, Nodes, open_nodes
 from .test_cluster_process import kill_and_reap, must_call, query, start_cluster, try_call
 
 
@@ -30,6 +31,20 @@ def reboot_machine(data_dir: Path) -> None:
         store.note_boot("a-boot-before-the-power-cut")
     finally:
         store.close()
+
+
+async def restart_all(nodes: Nodes, stopped: list[NodeProcess]) -> list[NodeProcess]:
+    """``nodes.restart_same`` of each of ``stopped``, side by side (each waits for its own
+    ready line); in the same order."""
+    started: dict[int, NodeProcess] = {}
+
+    async def restart(i: int, node: NodeProcess) -> None:
+        started[i] = await nodes.restart_same(node)
+
+    async with trio.open_nursery() as nursery:
+        for i, node in enumerate(stopped):
+            nursery.start_soon(restart, i, node)
+    return [started[i] for i in range(len(stopped))]
 
 
 async def test_two_rebooted_brokers_without_the_third_wait_until_the_operator_accepts_their_logs(
@@ -50,7 +65,7 @@ async def test_two_rebooted_brokers_without_the_third_wait_until_the_operator_ac
     survivors = started[:2]  # the third machine never comes back
     for node in survivors:
         reboot_machine(node.data_dir)
-    restarted = [await nodes.restart_same(node) for node in survivors]
+    restarted = await restart_all(nodes, survivors)
     for _ in range(150):  # ten election timeouts, then one WARNING each (at most 30 s)
         if all("raft.unverified" in n.stderr_text() for n in restarted):
             break
@@ -63,24 +78,25 @@ async def test_two_rebooted_brokers_without_the_third_wait_until_the_operator_ac
         assert topology is None or not any(b["role"] == "leader" for b in topology["brokers"])
 
     await kill_and_reap(*restarted)
-    for node in restarted:
-        done = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "trio_broker",
-                "data",
-                "trust-log",
-                "--data-dir",
-                str(node.data_dir),
-            ],
+    # The operator's command on each stopped broker (side by side: separate machines).
+    trusted: dict[Path, subprocess.CompletedProcess] = {}
+
+    async def trust_log(data_dir: Path) -> None:
+        trusted[data_dir] = await trio.run_process(
+            [sys.executable, "-m", "trio_broker", "data", "trust-log", "--data-dir", str(data_dir)],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
+
+    async with trio.open_nursery() as nursery:
+        for node in restarted:
+            nursery.start_soon(trust_log, node.data_dir)
+    for node in restarted:
+        done = trusted[node.data_dir]
         assert done.returncode == 0, done.stderr
         assert b"accepted the log" in done.stdout
-    accepted = [await nodes.restart_same(node) for node in restarted]
+    accepted = await restart_all(nodes, restarted)
     with trio.fail_after(30):
         while True:
             answer = await try_call(

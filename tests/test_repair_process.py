@@ -26,6 +26,7 @@ from .test_integrity_process import (
     _read_everything,
     _stored_length,
     nodes,  # noqa: F401 (the fixture)
+    wait_stored,
 )
 from .wire import create_queue
 
@@ -77,7 +78,7 @@ async def test_values_flipped_on_a_stopped_broker_are_repaired_from_a_peer(
                 if await _lag(leader.port, other.broker_id) == 0:
                     break
                 await trio.sleep(0.1)
-        await trio.sleep(1.0)
+        await wait_stored(started, queue_id, len(acked))  # (a fixed 1 s wait before)
     damaged.terminate()  # (a leader hands over first)
     assert await damaged.wait() == 0
     assert _stored_length(damaged.data_dir, queue_id) == len(acked)
