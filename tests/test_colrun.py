@@ -1,4 +1,4 @@
-"""A run of plain appends applied as columns (``_append_run`` in ``_storage/_queue_sql.py``:
+"""A run of plain appends applied as columns (``_append_run`` in ``_storage/_append_sql.py``:
 the values' bytes and their stamps, ``insert_plain`` / ``insert_stamped``) stores exactly what
 applying each command alone stores: the same rows and checksums, queue lengths and stamps,
 producer state, positions and results, over random groups that mix those runs with every
@@ -17,8 +17,9 @@ from trio_broker._core import _commands as cmd
 from trio_broker._core import _work_commands as work
 from trio_broker._core._queues import monotonic_stamp
 from trio_broker._storage import DB_FILE, Store
+from trio_broker._storage._append_sql import run_stamps
 from trio_broker._storage._integrity import insert_stamped, insert_values, value_checksum
-from trio_broker._storage._queue_sql import apply_command, run_stamps
+from trio_broker._storage._queue_sql import apply_command
 
 QUEUES = ("Q-one", 'Q-"two"\\é')
 MISSING = "Q-missing"
@@ -277,7 +278,7 @@ def _spy_paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     (``_one_run``'s answers), the runs applied as columns (``_append_run``), the columnar
     inserts (``insert_plain``: one stamp; ``insert_stamped``: a stamp per value), the general
     insert (``insert_values``, rows as tuples) and the one-append path (``_append``)."""
-    from trio_broker._storage import _integrity, _queue_sql
+    from trio_broker._storage import _append_sql, _integrity, _queue_sql
 
     seen: dict[str, list] = {}
 
@@ -292,11 +293,13 @@ def _spy_paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 
         monkeypatch.setattr(module, name, spied)
 
+    # Each spied where it is looked up: the group's and the one command's dispatch are in
+    # _queue_sql, the columnar inserts in _append_sql.
     spy(_queue_sql, "_one_run", lambda args, result: result)
     spy(_queue_sql, "_append_run", lambda args, result: len(args[1]))
     spy(_queue_sql, "_append", lambda args, result: args[1])
-    spy(_queue_sql, "insert_plain", lambda args, result: (args[2], list(args[3]), args[4]))
-    spy(_queue_sql, "insert_stamped", lambda args, result: (args[2], list(args[3]), list(args[4])))
+    spy(_append_sql, "insert_plain", lambda args, result: (args[2], list(args[3]), args[4]))
+    spy(_append_sql, "insert_stamped", lambda args, result: (args[2], list(args[3]), list(args[4])))
     spy(_integrity, "insert_values", lambda args, result: len(args[3]))
     return seen
 

@@ -673,10 +673,10 @@ async def test_store_through_worker(tmp_path):
 def test_producer_states_are_bounded_and_evicted_alike(tmp_path, monkeypatch):
     """The least recently used producer is forgotten first, by both implementations."""
     import trio_broker._core._queues as queues_module
-    import trio_broker._storage._queue_sql as store_module
+    import trio_broker._storage._append_sql as append_module
 
     monkeypatch.setattr(queues_module, "MAX_PRODUCERS", 2)
-    monkeypatch.setattr(store_module, "MAX_PRODUCERS", 2)
+    monkeypatch.setattr(append_module, "MAX_PRODUCERS", 2)
     q = QUEUES[0]
     commands = [
         CreateQueue(q),

@@ -652,6 +652,7 @@ def small_limits(monkeypatch):
     """Limits small enough for short histories to reach them, alike in both twins."""
     import trio_broker._core._queues as queues_module
     import trio_broker._core._work as work_module
+    import trio_broker._storage._append_sql as append_module
     import trio_broker._storage._queue_sql as store_module
 
     for module, name, value in [
@@ -664,7 +665,7 @@ def small_limits(monkeypatch):
         (work_module, "MAX_PRODUCERS", 2),
         (_work_sql, "MAX_PRODUCERS", 2),
         (queues_module, "MAX_PRODUCERS", 2),
-        (store_module, "MAX_PRODUCERS", 2),
+        (append_module, "MAX_PRODUCERS", 2),
         (queues_module, "RETENTION_DELETES_PER_APPLY", 3),
         (store_module, "RETENTION_DELETES_PER_APPLY", 3),
     ]:

@@ -9,22 +9,16 @@ the command's own writes), and the rest of the transaction goes on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import islice
-from operator import le
-
 import apsw
 import orjson
 
 from .._core._commands import (
     GROUPS_FIXED_BY_MAP,
-    MAX_PRODUCERS,
     RETENTION_DELETES_PER_APPLY,
     Ack,
     AppendBatch,
     AppendMessage,
     ApplyRetention,
-    BatchAppended,
     BrokerAddressSet,
     Command,
     CommandGroup,
@@ -32,8 +26,6 @@ from .._core._commands import (
     GroupApplied,
     GroupsSet,
     MapCommand,
-    MessageAppended,
-    ProducerState,
     QueueCreated,
     ReadBatch,
     ReadNext,
@@ -46,16 +38,13 @@ from .._core._commands import (
     SetGroups,
     SetRetention,
     bad_request,
-    check_producer,
     groups_problem,
-    next_producer_state,
     queue_exists,
     queue_not_found,
 )
 from .._core._metadata import ClusterMap
 from .._core._queues import (
     apply_map_command,
-    monotonic_stamp,
     position_result,
     read_next_run,
     read_range,
@@ -64,12 +53,11 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
+from ._append_sql import _append, _append_run, _one_run, _plain_append
 from ._budget_reads import budgeted_read, checked_sizes
 from ._integrity import (
     UNCHECKED,
     StorageDamaged,
-    insert_plain,
-    insert_stamped,
     read_data,
     read_values,
     report_damage,
@@ -407,48 +395,6 @@ def _set_position(db: apsw.Connection, client_id: str, queue_id: str, position: 
     )
 
 
-def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result:
-    batch = isinstance(command, AppendBatch)
-    data = command.data if batch else (command.data,)
-    row = db.execute(
-        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (command.queue_id,)
-    ).fetchone()
-    if row is None:
-        return queue_not_found(command.queue_id)
-    stamp = monotonic_stamp(command.appended_ms, row[0])
-    producer = None
-    if command.producer_id is not None and command.producer_seq is not None:
-        producer = (command.producer_id, command.queue_id)
-        state = _producer_state(db, *producer)
-        decided = check_producer(state, command.producer_seq, batch)
-        if decided is not None:
-            return decided
-    (length,) = db.execute(
-        "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
-        " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
-        " WHERE queue_id = ?3 RETURNING length",
-        (len(data), stamp, command.queue_id),
-    ).fetchone()
-    first = length - len(data) + 1
-    insert_plain(db, command.queue_id, first, data, stamp)
-    if producer is not None:
-        (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM producers").fetchone()
-        new = next_producer_state(state, command.producer_seq, first, len(data), clock + 1)
-        db.execute(
-            "INSERT INTO producers (producer_id, queue_id, last_seq, recent, last_used)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (producer_id, queue_id) DO UPDATE SET"
-            " last_seq = excluded.last_seq, recent = excluded.recent,"
-            " last_used = excluded.last_used",
-            (*producer, new.last_seq, orjson.dumps(new.recent).decode(), new.last_used),
-        )
-        db.execute(
-            "DELETE FROM producers WHERE last_used <= (SELECT last_used FROM producers"
-            " ORDER BY last_used DESC LIMIT 1 OFFSET ?)",
-            (MAX_PRODUCERS,),
-        )
-    return BatchAppended(first, len(data)) if batch else MessageAppended(first)
-
-
 def _apply_group(
     db: apsw.Connection,
     commands: tuple[Command, ...],
@@ -484,49 +430,6 @@ def _apply_group(
         results.append(apply_command(db, command, hold=hold, unchecked=unchecked))
         i = j
     return GroupApplied(tuple(results))
-
-
-def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Result]:
-    """Consecutive stamped appends to one queue without a producer id: the same results
-    and rows as applying each with :meth:`_append` (``tests/test_colrun.py`` checks it over
-    random groups), taken as two columns (the values' bytes and their stamps): one
-    ``SELECT``, one ``UPDATE`` and a few multi-row ``INSERT``s for the run, no tuple per
-    message."""
-    queue_id = run[0].queue_id
-    row = db.execute(
-        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (queue_id,)
-    ).fetchone()
-    if row is None:
-        return [queue_not_found(queue_id)] * len(run)
-    data = [c.data for c in run]
-    stamps = run_stamps(row[0], [c.appended_ms for c in run])
-    stamp = stamps[-1]
-    # Every stamp is set, so undated_through does not move (as in _append).
-    (length,) = db.execute(
-        "UPDATE queues SET length = length + ?, last_appended_ms = ? WHERE queue_id = ?"
-        " RETURNING length",
-        (len(run), stamp, queue_id),
-    ).fetchone()
-    first = length - len(run) + 1
-    if stamps[0] == stamp:  # (stamps never decrease: all alike, one receive's run)
-        insert_plain(db, queue_id, first, data, stamp)
-    else:
-        insert_stamped(db, queue_id, first, data, stamps)
-    return list(map(MessageAppended, range(first, length + 1)))
-
-
-def run_stamps(last: int | None, proposed: list[int]) -> list[int]:
-    """The stamps a run of stamped appends gets, one :func:`monotonic_stamp` after another
-    from the queue's ``last``: the proposed ones themselves when none is before the one
-    before it (the leader's clock, the usual case: one pass in C), else each by the rule."""
-    if (last is None or proposed[0] >= last) and all(map(le, proposed, islice(proposed, 1, None))):
-        return proposed
-    stamps = []
-    stamp = last
-    for one in proposed:
-        stamp = monotonic_stamp(one, stamp)
-        stamps.append(stamp)
-    return stamps
 
 
 def _set_policy(db: apsw.Connection, queue_id: str, policy: RetentionPolicy) -> None:
@@ -581,46 +484,7 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
     return RetentionApplied(tuple(trimmed))
 
 
-def _producer_state(db: apsw.Connection, producer_id: str, queue_id: str) -> ProducerState | None:
-    row = db.execute(
-        "SELECT last_seq, recent, last_used FROM producers WHERE producer_id = ? AND queue_id = ?",
-        (producer_id, queue_id),
-    ).fetchone()
-    if row is None:
-        return None
-    last_seq, recent, last_used = row
-    return ProducerState(last_seq, tuple(tuple(r) for r in orjson.loads(recent)), last_used)
-
-
 def policy_from_row(
     max_messages: int | None, max_age_ms: int | None, by_readers: int
 ) -> RetentionPolicy:
     return RetentionPolicy(max_messages, max_age_ms, bool(by_readers))
-
-
-def _one_run(commands: Sequence[Command]) -> bool:
-    """Whether a whole group is one run for :func:`_append_run` (what a leader groups under
-    pipelined appends to one queue): every command an :class:`AppendMessage` to one queue,
-    stamped, without a producer id (:func:`_plain_append`'s rule), tested in one loop without
-    a call per command (0.09 -> 0.04 us per append; passes of ``map`` in C cost more on this
-    Python, whose comprehensions read slots faster than ``attrgetter``)."""
-    if len(commands) < 2 or type(commands[0]) is not AppendMessage:
-        return False
-    queue_id = commands[0].queue_id
-    for c in commands:
-        if (
-            type(c) is not AppendMessage
-            or c.producer_id is not None
-            or c.appended_ms is None
-            or c.queue_id != queue_id
-        ):
-            return False
-    return True
-
-
-def _plain_append(command: Command) -> bool:
-    return (
-        isinstance(command, AppendMessage)
-        and command.producer_id is None
-        and command.appended_ms is not None
-    )
