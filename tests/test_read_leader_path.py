@@ -38,12 +38,12 @@ from trio_broker._errors import BrokerError, ErrorCode, ProtocolError
 from trio_broker._protocol import Read, _codec
 from trio_broker._protocol._codec import decode_request, encode_response, request_from_dict
 from trio_broker._protocol._entries import (
-    _reads_group_bytes,
     decode_payload,
     encode_payload,
     payload_from_obj,
     payload_to_obj,
 )
+from trio_broker._protocol._group_bytes import _reads_group_bytes
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._pending import PendingGroup
 from trio_broker._runtime._runs import ConvertedAnswer, ReadNextAnswer, Runs

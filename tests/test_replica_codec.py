@@ -1,4 +1,4 @@
-"""A COMMAND_GROUP of plain appends written by hand (``_entries._appends_group_bytes``, what a
+"""A COMMAND_GROUP of plain appends written by hand (``_group_bytes._appends_group_bytes``, what a
 leader's log and every REPLICATE carry under load) is byte for byte what orjson writes for the
 general form, decodes back to the same group, and any other group is left to the general form
 (with its errors)."""
@@ -13,11 +13,11 @@ import pytest
 from trio_broker._core import _commands as cmd
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._protocol._entries import (
-    _appends_group_bytes,
     decode_payload,
     encode_payload,
     payload_to_obj,
 )
+from trio_broker._protocol._group_bytes import _appends_group_bytes
 
 QUEUES = ["Q-0123456789abcdef", "Q-é", 'Q-"quoted"\\', "Q-\u2028\x01", "Q-🙂"]
 VALUES = [

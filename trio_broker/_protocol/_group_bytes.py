@@ -1,0 +1,90 @@
+"""COMMAND_GROUP payloads written by hand: a group of plain appends
+(:func:`_appends_group_bytes`) and a group of single READs (:func:`_reads_group_bytes`), the
+two shapes a leader groups under load, formatted with ``%`` instead of going through the
+converter per command (docs/performance.md, "A replica's per-append cost and the leader's peer
+links" and "Single READs: the leader's request path").
+
+Byte for byte what the general encoder (``_entries.payload_to_obj`` then ``orjson.dumps``)
+writes for the same group, and None for any group they do not cover, which
+``_entries.encode_payload`` (their one caller) then writes the general way.
+``tests/test_replica_codec.py`` and ``tests/test_read_leader_path.py`` hold both forms to the
+same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .._core import _commands as cmd
+
+_APPEND_HEAD = b'{"type":"APPEND_MESSAGE","queue_id":'
+_GROUP_HEAD = b'{"type":"COMMAND_GROUP","commands":['
+_APPEND_FORM = b'%b%b,"appended_ms":%d}'
+_INT_LOW, _INT_HIGH = -(2**63), 2**64  # the integers orjson writes (it refuses the others)
+_NO_QUEUE: Any = object()
+"""No queue yet: no ``queue_id`` is this, so the first append's is always checked."""
+
+
+def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
+    """A COMMAND_GROUP of plain appends (no producer, a stamp: what a leader groups under
+    load) as exactly the bytes orjson writes for its :func:`payload_to_obj` form, formatted
+    by hand: one ``%`` per append, the queue's part of it written once per run of one queue,
+    where the general form builds a dict and a ``Fragment`` per append (128 appends: 42 ->
+    33 us; docs/performance.md, "A replica's per-append cost and the leader's peer links").
+    None for any other group, which the general form writes (and refuses as it does).
+    ``tests/test_replica_codec.py`` holds both to the same bytes."""
+    parts: list[bytes] = []
+    add = parts.append
+    append_message = cmd.AppendMessage
+    form = _APPEND_FORM
+    low, high = _INT_LOW, _INT_HIGH
+    queue = _NO_QUEUE
+    head = b""
+    for c in commands:
+        if type(c) is not append_message or c.producer_id is not None:
+            return None
+        data, stamp = c.data, c.appended_ms
+        if type(data) is not bytes or type(stamp) is not int or not low <= stamp < high:
+            return None
+        if c.queue_id is not queue:
+            queue = c.queue_id
+            if type(queue) is not str:
+                return None
+            head = _APPEND_HEAD + orjson.dumps(queue) + b',"data":'
+        add(form % (head, data, stamp))
+    if not parts:
+        return None
+    return _GROUP_HEAD + b",".join(parts) + b"]}"
+
+
+_READ_NEXT_FORM = b'{"type":"UPDATE_POSITION","queue_id":%b,"client_id":%b}'
+
+
+def _reads_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
+    """A COMMAND_GROUP of single READs (UPDATE_POSITION: what a leader groups under a READ
+    load) as exactly the bytes orjson writes for its :func:`payload_to_obj` form, each READ
+    formatted by hand and written once per run of one reader, where the general form goes
+    through the converter per READ (docs/performance.md, "Single READs: the leader's request
+    path"). None for any other group. ``tests/test_read_leader_path.py`` holds both to the
+    same bytes."""
+    parts: list[bytes] = []
+    add = parts.append
+    read_next = cmd.ReadNext
+    client: Any = _NO_QUEUE
+    queue: Any = _NO_QUEUE
+    item = b""
+    for c in commands:
+        if type(c) is not read_next:
+            return None
+        client_id, queue_id = c.client_id, c.queue_id
+        if type(client_id) is not str or type(queue_id) is not str:
+            return None
+        if client_id != client or queue_id != queue:  # (equal strings, other objects)
+            client, queue = client_id, queue_id
+            item = _READ_NEXT_FORM % (orjson.dumps(queue), orjson.dumps(client))
+        add(item)
+    if not parts:
+        return None
+    return _GROUP_HEAD + b",".join(parts) + b"]}"
