@@ -243,7 +243,19 @@ async def test_rebalance_and_drain_on_a_cluster_with_a_map(tmp_path, cli):
                     and set(cluster.brokers[name].host.groups) == {founder.cluster_id}
                 )
             )
-            await trio.sleep(2)  # (a round observes who leads now)
+
+            # The drain's answer is the metadata leader's view: its map (no replica left) and
+            # who leads each group as its last balancer round observed (none led by the
+            # leaving broker). Wait for that round rather than for a fixed time.
+            def drained() -> bool:
+                for broker in cluster.brokers.values():
+                    balancing = broker.balancing
+                    if balancing is not None and balancing.source.is_metadata_leader():
+                        state = balancing.drain_state(leaving)
+                        return state.replicas == 0 and state.leads == 0
+                return False
+
+            await until(drained)
             status, out, err = await cli(*port, "drain", leaving)
             assert (status, err) == (0, ""), err
             assert out == f"{leaving} is drained: it holds nothing and can be stopped and removed\n"
@@ -260,6 +272,9 @@ async def test_rebalance_and_drain_on_a_cluster_with_a_map(tmp_path, cli):
             assert (status, err) == (0, ""), err
             answer = json.loads(out)
             assert answer["group_count"] == 3 and len(answer["added_groups"]) == 1, answer
+            # The answer comes from the metadata leader once its map applied the change; the
+            # founder applies that map version in its own time: read its map once it did.
+            await until(lambda: cmap().version >= answer["map_version"])
             assert cmap().replication_factor == 1 and len(cmap().groups) == 3
 
 
