@@ -466,11 +466,11 @@ def _value_to_move(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes,
     again, so even within a read applied for nobody (``UNCHECKED``, a group read's expired
     leases) a damaged one is never copied as empty bytes, and a missing one after the front is
     never taken as deleted: either raises :class:`StorageDamaged` (held for a repair)."""
-    (deleted,) = db.execute(
+    row = db.execute(
         "SELECT deleted_through FROM queues WHERE queue_id = ?", (queue_id,)
     ).fetchone()
-    if seq <= deleted:
-        return None
+    if row is None or seq <= row[0]:
+        return None  # (no queue row: the queue and its leases are gone together)
     token = UNCHECKED.set(None)
     try:
         ((_, data, headers),) = read_values(db, queue_id, seq, seq)
