@@ -156,6 +156,23 @@ _CHUNKS = (64, 32, 16)
 ``executemany``'s step per row (100 values: 1.3 -> 0.7 µs each, docs/performance.md "Batches
 in and out"); fewer than 16 rows left go through ``executemany``, where several short
 statements would cost more. Four statement texts in all, which apsw's cache keeps."""
+
+
+def _chunk_spans(count: int) -> tuple[list[tuple[int, int]], int]:
+    """The ``(start, end)`` of each statement of :data:`_CHUNKS` rows for ``count`` rows, in
+    order, and where the rest (fewer than the smallest chunk, or all when ``count`` is below
+    it) starts: the one walk :func:`insert_values`, :func:`insert_plain` and
+    :func:`insert_stamped` share."""
+    spans: list[tuple[int, int]] = []
+    done = 0
+    if count >= _CHUNKS[-1]:
+        for size in _CHUNKS:
+            while count - done >= size:
+                spans.append((done, done + size))
+                done += size
+    return spans, done
+
+
 _CHUNK_STATEMENTS = {
     size: _INSERT
     + ",".join(
@@ -179,28 +196,22 @@ def insert_values(
     checksum (:func:`value_checksum`'s number), in order: runs of :data:`_CHUNKS` rows in one
     statement each, the rest through ``executemany``."""
     place = _place(queue_id)
-    done = 0
-    left = len(rows)
-    if left >= _CHUNKS[-1]:
-        for size in _CHUNKS:
-            while left >= size:
-                params: list[Any] = [queue_id]
-                for seq, (data, stamp, headers) in enumerate(
-                    rows[done : done + size], first + done
-                ):
-                    params += (
-                        seq,
-                        stamp,
-                        headers,
-                        _crc32c(_PLAIN % (place, seq, data))
-                        if headers is None
-                        else _crc32c(_HEADED % (place, seq, data, headers.encode())),
-                        data,
-                    )
-                db.execute(_CHUNK_STATEMENTS[size], params)
-                done += size
-                left -= size
-        if not left:
+    spans, done = _chunk_spans(len(rows))
+    for start, end in spans:
+        params: list[Any] = [queue_id]
+        for seq, (data, stamp, headers) in enumerate(rows[start:end], first + start):
+            params += (
+                seq,
+                stamp,
+                headers,
+                _crc32c(_PLAIN % (place, seq, data))
+                if headers is None
+                else _crc32c(_HEADED % (place, seq, data, headers.encode())),
+                data,
+            )
+        db.execute(_CHUNK_STATEMENTS[end - start], params)
+    if spans:
+        if done == len(rows):
             return
         rows = rows[done:]
     db.executemany(
@@ -236,19 +247,15 @@ def insert_plain(
     """What ``insert_values(db, queue_id, first, [(d, stamp, None) for d in data])`` stores,
     for messages without headers appended together (an APPEND_BATCH, a run of APPENDs of one
     stamp): three values bound per row instead of five, and no tuple per message first."""
-    done = 0
-    left = len(data)
-    if left >= _CHUNKS[-1]:
+    spans, done = _chunk_spans(len(data))
+    if spans:
         place = _place(queue_id)
-        for size in _CHUNKS:
-            while left >= size:
-                params: list[Any] = [queue_id, stamp]
-                for seq, value in enumerate(data[done : done + size], first + done):
-                    params += (seq, _crc32c(_PLAIN % (place, seq, value)), value)
-                db.execute(_PLAIN_STATEMENTS[size], params)
-                done += size
-                left -= size
-    if left:
+        for start, end in spans:
+            params: list[Any] = [queue_id, stamp]
+            for seq, value in enumerate(data[start:end], first + start):
+                params += (seq, _crc32c(_PLAIN % (place, seq, value)), value)
+            db.execute(_PLAIN_STATEMENTS[end - start], params)
+    if done < len(data):
         insert_values(db, queue_id, first + done, [(value, stamp, None) for value in data[done:]])
 
 
@@ -278,22 +285,17 @@ def insert_stamped(
     over the columns (305 against 320 ns per row of 256, best of 21)."""
     if len(data) != len(stamps):
         raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
-    done = 0
-    left = len(data)
-    if left >= _CHUNKS[-1]:
+    spans, done = _chunk_spans(len(data))
+    if spans:
         place = _place(queue_id)
-        for size in _CHUNKS:
-            while left >= size:
-                params: list[Any] = [queue_id]
-                end = done + size
-                for seq, value, stamp in zip(
-                    range(first + done, first + end), data[done:end], stamps[done:end], strict=True
-                ):
-                    params += (seq, stamp, _crc32c(_PLAIN % (place, seq, value)), value)
-                db.execute(_STAMPED_STATEMENTS[size], params)
-                done = end
-                left -= size
-    if left:
+        for start, end in spans:
+            params: list[Any] = [queue_id]
+            for seq, value, stamp in zip(
+                range(first + start, first + end), data[start:end], stamps[start:end], strict=True
+            ):
+                params += (seq, stamp, _crc32c(_PLAIN % (place, seq, value)), value)
+            db.execute(_STAMPED_STATEMENTS[end - start], params)
+    if done < len(data):
         insert_values(
             db,
             queue_id,
