@@ -30,6 +30,7 @@ import orjson
 import pytest
 import trio
 
+from tests.general_form import assert_encoded_as_general, general_bytes
 from trio_broker._core import _commands as cmd
 from trio_broker._core._proposals import COMMAND_OVERHEAD, encoded_bound
 from trio_broker._core._queues import read_next_run, read_range, read_result
@@ -53,10 +54,6 @@ from trio_broker._runtime._work import read_answer
 IDS = ["C-0123456789", "Q-0123456789abcdef", "é", '"quoted"\\', "\u2028\x01", "🙂", ""]
 
 
-def _general(group: cmd.CommandGroup) -> bytes:
-    return orjson.dumps(payload_to_obj(group))
-
-
 def _reads(rng: random.Random) -> cmd.CommandGroup:
     """Runs of one reader's READs (each command its own object, its ids their own strings,
     as decoded requests are), several readers and queues."""
@@ -73,7 +70,7 @@ def test_a_group_of_single_reads_is_written_by_hand_as_orjson_writes_it(seed):
     group = _reads(random.Random(seed))
     written = _reads_group_bytes(group.commands)
     assert written is not None
-    assert written == _general(group)
+    assert written == general_bytes(group)
     assert encode_payload(group) == written
     decoded = decode_payload(written)
     assert decoded == group
@@ -101,7 +98,7 @@ def test_any_other_group_is_written_by_the_general_form(other, where):
     commands.insert(where, other)
     group = cmd.CommandGroup(tuple(commands))
     assert _reads_group_bytes(group.commands) is None
-    assert encode_payload(group) == _general(group)
+    assert encode_payload(group) == general_bytes(group)
     assert decode_payload(encode_payload(group)) == group
 
 
@@ -118,15 +115,7 @@ def test_an_id_that_is_not_a_str_goes_to_the_general_form_wherever_it_is(bad, fi
     commands[where] = cmd.ReadNext(**fields)
     group = cmd.CommandGroup(tuple(commands))
     assert _reads_group_bytes(group.commands) is None
-    try:
-        general: bytes | type = _general(group)
-    except orjson.JSONEncodeError:
-        general = orjson.JSONEncodeError
-    if general is orjson.JSONEncodeError:
-        with pytest.raises(orjson.JSONEncodeError):
-            encode_payload(group)
-    else:
-        assert encode_payload(group) == general
+    assert_encoded_as_general(group)
 
 
 @pytest.mark.parametrize("bad", [None, 7, [], {"a": 1}, True], ids=repr)
@@ -194,9 +183,9 @@ READS = [
 ]
 
 
-def test_a_runs_reads_take_the_commands_and_refusals_of_the_one_by_one_path():
-    """The commands proposed, and the answers refused at once, are those ``_run_command``
-    gives for each READ alone, in order; a run of one reader's READs shares one command."""
+def _handled_reads() -> tuple[Runs, _Driver, list[Any]]:
+    """:data:`READS` through ``Runs.handle_many`` on a stand-in driver (none decided alone):
+    the runs, the driver with what it was given, and the answers."""
     config = BrokerConfig(data_dir="/nonexistent")
 
     async def handle(request: Any, session: Any) -> Any:
@@ -206,6 +195,13 @@ def test_a_runs_reads_take_the_commands_and_refusals_of_the_one_by_one_path():
     runs = Runs(config, driver, handle=handle, closing=lambda: False, wall_clock_ms=lambda: 1)  # type: ignore[arg-type]
     answers: list[Any] = []
     trio.run(runs.handle_many, list(READS), None, answers.extend)
+    return runs, driver, answers
+
+
+def test_a_runs_reads_take_the_commands_and_refusals_of_the_one_by_one_path():
+    """The commands proposed, and the answers refused at once, are those ``_run_command``
+    gives for each READ alone, in order; a run of one reader's READs shares one command."""
+    runs, driver, answers = _handled_reads()
 
     expected_commands, expected_refusals = [], []
     for i, request in enumerate(READS):
@@ -260,15 +256,7 @@ def test_a_single_reads_answer_is_the_converted_answers():
 
 
 def test_a_runs_reads_are_answered_as_converted_answers():
-    config = BrokerConfig(data_dir="/nonexistent")
-
-    async def handle(request: Any, session: Any) -> Any:
-        raise AssertionError(f"decided alone: {request!r}")
-
-    driver = _Driver()
-    runs = Runs(config, driver, handle=handle, closing=lambda: False, wall_clock_ms=lambda: 1)  # type: ignore[arg-type]
-    answers: list[Any] = []
-    trio.run(runs.handle_many, list(READS), None, answers.extend)
+    _, driver, answers = _handled_reads()
     (group,) = driver.groups
     for index in range(len(group.results)):
         group.set(index, RESULTS[index % len(RESULTS)])
