@@ -38,8 +38,8 @@ from trio_broker._core._work_commands import (
     Record,
 )
 from trio_broker._storage import Store, _budget_reads
-from trio_broker._storage._budget_reads import Deliveries
 from trio_broker._storage._integrity import StorageDamaged, intact_rows, repair_rows
+from trio_broker._storage._read_columns import Deliveries
 
 QUEUES = ["Q-AAAAA00001", "Q-BBBBB00002"]
 CLIENTS = ["C-AAAAA", "C-BBBBB"]

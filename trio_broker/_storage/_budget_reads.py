@@ -29,7 +29,7 @@ from .._core._queues import read_range, read_result
 from .._core._work_commands import Delivered, ReadRecords
 from ._read_columns import Deliveries, intact_columns, records_sizes
 
-__all__ = ["Deliveries", "budgeted_read", "checked_sizes", "intact_columns"]
+__all__ = ["budgeted_read", "checked_sizes"]
 
 
 def budgeted_read(
