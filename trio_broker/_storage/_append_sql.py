@@ -12,6 +12,7 @@ stores exactly what applying each append alone stores.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import apsw
 import attrs
 import orjson
