@@ -17,10 +17,14 @@ from trio_broker._storage._append_sql import _appended
 def test_a_result_made_by_its_slots_is_the_one_its_init_makes(sequence_num):
     made, want = _appended(sequence_num), cmd.MessageAppended(sequence_num)
     assert type(made) is cmd.MessageAppended
-    assert attrs.asdict(made) == attrs.asdict(want) == {
-        "sequence_num": sequence_num,
-        "duplicate": False,
-    }
+    assert (
+        attrs.asdict(made)
+        == attrs.asdict(want)
+        == {
+            "sequence_num": sequence_num,
+            "duplicate": False,
+        }
+    )
     assert made == want and hash(made) == hash(want) and repr(made) == repr(want)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         made.sequence_num = 1  # type: ignore[misc]
