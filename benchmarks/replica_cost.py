@@ -12,12 +12,19 @@ it, on one thread with real SQLite in a temporary directory (fsync on, as in the
 - views: the applied group told to the in-memory views (``applied_group`` over the read
   path's and the broker's callbacks, as ``Broker`` builds them) and the snapshot's byte count
   (``data_size``);
-- ack: the REPLICATE_RESPONSE encoded.
+- ack: the REPLICATE_RESPONSE encoded;
+- walks: what the driver and the snapshot room read of every command per Ready besides
+  (``apply_weight`` twice, as ``_persist_after_frames`` asks it for ``APPLY_AHEAD`` and
+  ``light``, and ``held_size`` as ``Snapshots.note_applied`` counts it);
+- gc: the young-generation collections while all of the above ran, at the node's thresholds
+  (each decoded append is one object that stays young until the log is compacted).
 
 Each piece is CPU time of the thread (``time.thread_time``: the fsync's wait is not counted,
 its system time is), median of ``--rounds`` frames after a warm-up, in microseconds per
 append. The event loop's own costs (trio's scheduling, the socket calls, the hand-off to the
 storage thread and back) are not in it: the bench's per-broker CPU less these pieces is them.
+In the bench each piece also costs about twice what it costs here (docs/performance.md, "A
+replica's CPU per append (this round)": the same code, measured inside a replica under load).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from trio_broker._protocol._consensus import encode_message, message_from_payloa
 from trio_broker._protocol._entries import payload_bytes
 from trio_broker._runtime._applied import applied_group, applied_views
 from trio_broker._runtime._reads import Exhausted
+from trio_broker._runtime._save_place import apply_weight
+from trio_broker._runtime._snapshots import held_size
 from trio_broker._storage._store import Store
 
 QUEUE = "Q-0123456789abcdef"
@@ -78,7 +87,12 @@ def _timed(f: Callable[[], Any]) -> tuple[float, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--appends", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=200,
+        help="frames measured (200 x 256 appends: a young collection or two)",
+    )
     parser.add_argument(
         "--receive",
         type=int,
@@ -89,8 +103,18 @@ def main() -> None:
     gc.set_threshold(*GC_THRESHOLDS)  # as a node sets it
     count = args.appends
     pieces: dict[str, list[float]] = {
-        k: [] for k in ("decode", "save", "  of which the apply", "views", "ack")
+        k: [] for k in ("decode", "save", "  of which the apply", "views", "ack", "walks")
     }
+    collected = [0.0, 0.0]  # (the time a collection started, the total since the warm-up)
+
+    def collecting(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collected[0] = time.thread_time()
+        else:
+            collected[1] += time.thread_time() - collected[0]
+
+    gc.callbacks.append(collecting)
+    held: list[rm.Entry] = []
     exhausted = Exhausted()
     by_type = applied_views(lambda p, r: None, weakref.WeakValueDictionary(), lambda q: None)
 
@@ -136,15 +160,28 @@ def main() -> None:
                     match_index=index,
                 )
                 acked, _ = _timed(lambda: encode_message(ack))  # noqa: B023
+
+                def walks() -> None:
+                    apply_weight(tuple(committed))  # noqa: B023
+                    apply_weight(tuple(committed))  # noqa: B023
+                    for e in committed:  # noqa: B023
+                        held_size(e.payload)
+
+                walked, _ = _timed(walks)
                 previous = entry
+                held.append(entry)  # (the in-memory log holds it until a compaction)
+                if round_ == 4:
+                    collected[1] = 0.0
                 if round_ >= 5 and committed:
                     pieces["decode"].append(decode)
                     pieces["save"].append(save)
                     pieces["  of which the apply"].append(save - bare)
                     pieces["views"].append(viewed)
                     pieces["ack"].append(acked)
+                    pieces["walks"].append(walked)
         finally:
             store.close()
+            gc.callbacks.remove(collecting)
     print(f"a replica's work per REPLICATE of {count} appends, CPU of the thread, median")
     total = 0.0
     for name, values in pieces.items():
@@ -152,6 +189,9 @@ def main() -> None:
         if not name.startswith(" "):
             total += us
         print(f"  {name:<22} {us:6.2f} us per append")
+    gc_us = collected[1] / (args.rounds * count) * 1e6  # (a mean: collections are rare)
+    total += gc_us
+    print(f"  {'gc (mean)':<22} {gc_us:6.2f} us per append")
     print(f"  {'total':<22} {total:6.2f} us per append")
 
 

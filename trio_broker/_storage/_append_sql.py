@@ -12,10 +12,9 @@ stores exactly what applying each append alone stores.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import islice
-from operator import le
 
 import apsw
+import attrs
 import orjson
 
 from .._core._commands import (
@@ -103,14 +102,35 @@ def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Resul
         insert_plain(db, queue_id, first, data, stamp)
     else:
         insert_stamped(db, queue_id, first, data, stamps)
-    return list(map(MessageAppended, range(first, length + 1)))
+    return list(map(_appended, range(first, length + 1)))
+
+
+_new_result = object.__new__
+_set_sequence_num, _set_duplicate = (
+    MessageAppended.__dict__[field].__set__ for field in ("sequence_num", "duplicate")
+)
+if [field.name for field in attrs.fields(MessageAppended)] != ["sequence_num", "duplicate"]:
+    raise ImportError("_appended sets MessageAppended's fields one by one: update it")
+
+
+def _appended(sequence_num: int) -> MessageAppended:
+    """``MessageAppended(sequence_num)``, each slot set through its descriptor instead of
+    attrs' frozen ``__init__`` (``object.__setattr__`` per field): one per append of a run, on
+    every broker (0.27 -> 0.20 us each; docs/performance.md, "A replica's CPU per append")."""
+    result = _new_result(MessageAppended)
+    _set_sequence_num(result, sequence_num)
+    _set_duplicate(result, False)
+    return result
 
 
 def run_stamps(last: int | None, proposed: list[int]) -> list[int]:
     """The stamps a run of stamped appends gets, one :func:`monotonic_stamp` after another
     from the queue's ``last``: the proposed ones themselves when none is before the one
-    before it (the leader's clock, the usual case: one pass in C), else each by the rule."""
-    if (last is None or proposed[0] >= last) and all(map(le, proposed, islice(proposed, 1, None))):
+    before it (the leader's clock, the usual case: one sort in C, which finds an ordered list
+    ordered in one pass and costs less than a pass of ``map(le, ...)``: 28 -> 11 ns per stamp),
+    else each by the rule. Stamps are integers (the decoder's ``strict_int``, the leader's
+    clock): a total order, so the list is its sorted copy exactly when none goes back."""
+    if (last is None or proposed[0] >= last) and proposed == sorted(proposed):
         return proposed
     stamps = []
     stamp = last
