@@ -47,10 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVENTS: list[tuple[int, str, int]] = []
-FINE: tuple[str, ...] = tuple(
-    n for n in os.environ.get("TIMELINE_FINE", "").split(",") if n
-)
+EVENTS: list[tuple[int, str, int, int]] = []
+FINE: tuple[str, ...] = tuple(n for n in os.environ.get("TIMELINE_FINE", "").split(",") if n)
 """More of the driver's methods to time (``TIMELINE_FINE=_saved,_applied``): their entry and
 exit are printed by ``--dump``."""
 
@@ -66,8 +64,13 @@ def _install(trace: str) -> None:
     from trio_broker._runtime import _connections, _direct, _driver, _peer_mux
     from trio_broker._storage import _store
 
-    rec = EVENTS.append
+    append = EVENTS.append
     now = time.monotonic_ns
+    cpu = time.thread_time_ns
+
+    def rec(event: tuple[int, str, int]) -> None:
+        append((*event, cpu()))
+
     main = threading.main_thread()
 
     def dump() -> None:
@@ -312,7 +315,7 @@ def _leader(ports: list[int]) -> tuple[int, str]:
 
 
 def _first(events: list[tuple[int, str, int]], name: str, after: int, detail: Any = None) -> int:
-    for t, n, d in events:
+    for t, n, d, *_ in events:
         if t >= after and n == name and (detail is None or d == detail):
             return t
     return 0
@@ -320,7 +323,7 @@ def _first(events: list[tuple[int, str, int]], name: str, after: int, detail: An
 
 def _last_before(events: list[tuple[int, str, int]], name: str, before: int) -> int:
     found = 0
-    for t, n, _ in events:
+    for t, n, *_ in events:
         if t > before:
             break
         if n == name:
@@ -350,7 +353,7 @@ def _steps(
     out["L own save begins (thread)"] = _first(lw, "save<thread", send, index)
     out["L own save done (fsynced)"] = _first(lw, "save>", send, index)
     out["L own Ready done (advance)"] = _first(lw, "ready>", out["L Ready taken"] or send)
-    acks = [t for t, n, d in lw if n == "step<A" and d == index]
+    acks = [t for t, n, d, *_ in lw if n == "step<A" and d == index]
     if acks:
         out["L loop woke for 1st ack"] = _last_before(lw, "wake", acks[0])
         out["L 1st ack received"] = _first(lw, "received", out["L loop woke for 1st ack"])
@@ -368,8 +371,10 @@ def _steps(
         ack = _first(rw, "send A", send, index)
         ordered.append((ack or answered + 1, rw))
     ordered.sort(key=lambda pair: pair[0])
+    cpu_of = {"L": {e[0]: e[3] for e in lw}}
     for n, (_, rw) in enumerate(ordered, 1):
         r = f"R{n}"
+        cpu_of[r] = {e[0]: e[3] for e in rw}
         stepped = _first(rw, "step<R", send, index)
         out[f"{r} loop woke (epoll)"] = _last_before(rw, "wake", stepped) if stepped else 0
         woke = out[f"{r} loop woke (epoll)"]
@@ -381,7 +386,9 @@ def _steps(
         )
         out[f"{r} save done (fsynced)"] = _first(rw, "save>", send, index)
         out[f"{r} ack encoded (written)"] = _first(rw, "send A", send, index)
-    return {k: (v - send if v else 0) for k, v in out.items()}
+    # The thread's CPU time at each step (same process, same thread: the loop's).
+    cpu = {"cpu " + k: cpu_of[k.split(" ", 1)[0]].get(v, 0) for k, v in out.items() if v}
+    return {k: (v - send if v else 0) for k, v in out.items()} | cpu
 
 
 def _read(trace: Path) -> list[tuple[int, str, int]]:
@@ -423,7 +430,7 @@ def run(base: Path, appends: int, base_port: int, dump: bool = False) -> None:
     # Each append's index: the proposal the leader made within its window.
     rows: list[dict[str, int]] = []
     for sent, answered in sends:
-        index = next((d for t, n, d in leader if n == "propose" and sent <= t <= answered), 0)
+        index = next((d for t, n, d, *_ in leader if n == "propose" and sent <= t <= answered), 0)
         if index:
             rows.append(_steps(leader, replicas, sent, answered, index))
             rows[-1]["client has the answer"] = answered - sent
@@ -431,7 +438,7 @@ def run(base: Path, appends: int, base_port: int, dump: bool = False) -> None:
     if dump:
         sent, answered = sends[len(sends) // 2]
         for name, events in [("L", leader)] + [(f"r{n}", r) for n, r in enumerate(replicas)]:
-            for t, n, d in _window(events, sent, answered):
+            for t, n, d, *_ in _window(events, sent, answered):
                 print(f"    {name} {(t - sent) / 1000:8.0f} {n} {d}")
 
 
@@ -441,7 +448,9 @@ def _report(rows: list[dict[str, int]], appends: int) -> None:
     append, over the appends that have both)."""
     print(f"{appends} sequential appends, {len(rows)} matched; µs from the client's send")
     print(f"  {'step':<36} {'p50':>6} {'p10':>6} {'p90':>6} {'gap':>6}  seen")
-    names = sorted({k for row in rows for k in row}, key=lambda k: _order(rows, k))
+    names = sorted(
+        {k for row in rows for k in row if not k.startswith("cpu ")}, key=lambda k: _order(rows, k)
+    )
     before = None
     for name in names:
         values = sorted(row[name] / 1000 for row in rows if row.get(name))
@@ -456,6 +465,51 @@ def _report(rows: list[dict[str, int]], appends: int) -> None:
         median = statistics.median(values)
         print(f"  {name:<36} {median:6.0f} {p10:6.0f} {p90:6.0f} {gap:>6}  {len(values)}")
         before = name
+    _segments(rows)
+
+
+SEGMENTS = (
+    ("client's send", "L request decoded"),
+    ("L request decoded", "L proposed"),
+    ("L proposed", "L REPLICATE encoded (written)"),
+    ("L REPLICATE encoded (written)", "L own save begins (loop)"),
+    ("L own save begins (loop)", "L own save done (fsynced)"),
+    ("L REPLICATE encoded (written)", "R1 REPLICATE received"),
+    ("R1 REPLICATE received", "R1 save begins"),
+    ("R1 REPLICATE received", "R1 ack encoded (written)"),
+    ("R1 save begins", "R1 save done (fsynced)"),
+    ("R1 save done (fsynced)", "R1 ack encoded (written)"),
+    ("R1 ack encoded (written)", "L 1st ack received"),
+    ("L 1st ack received", "L apply begins"),
+    ("L 1st ack received", "L apply done"),
+    ("L apply begins", "L apply done"),
+    ("L apply done", "client has the answer"),
+    ("client's send", "client has the answer"),
+)
+"""The critical path's segments (and the leader's own save beside it), printed as medians
+of each append's gap."""
+
+
+def _segments(rows: list[dict[str, int]]) -> None:
+    print(f"  {'segment (median per append, µs)':<66} {'p50':>6} {'p90':>6} {'CPU':>6}")
+    for start, end in SEGMENTS:
+        cpus = sorted(
+            (r["cpu " + end] - r["cpu " + start]) / 1000
+            for r in rows
+            if r.get("cpu " + end)
+            and r.get("cpu " + start)
+            and start.split(" ", 1)[0] == end.split(" ", 1)[0]
+        )
+        gaps = sorted(
+            (r[end] - r.get(start, 0)) / 1000
+            for r in rows
+            if r.get(end) and (start == "client's send" or r.get(start))
+        )
+        if gaps:
+            p90 = gaps[(len(gaps) * 9) // 10]
+            label = f"{start} -> {end}"
+            used = f"{statistics.median(cpus):6.0f}" if cpus else ""
+            print(f"  {label:<66} {statistics.median(gaps):6.0f} {p90:6.0f} {used:>6}")
 
 
 def _order(rows: list[dict[str, int]], key: str) -> float:
