@@ -105,14 +105,17 @@ class InStep:
                 self._failed = exc
                 self.wake()
             return
+        took = time.perf_counter() - started
         self.persisted_in_step += 1
         try:
-            self.repair.take_unchecked_met()
-            self._saved(rd, first, durable=durable, took=time.perf_counter() - started)
+            # The acknowledgement first (it promises only what this transaction made durable,
+            # and the leader's commit waits for it), the bookkeeping after.
             if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
                 # (a busy link, TLS: the driver's task lets the links send before anything
                 # else, and this task persists no other Ready until then)
                 self._unsent = True
+            self.repair.take_unchecked_met()
+            self._saved(rd, first, durable=durable, took=took)
             if ahead:
                 self.applied_ahead += 1
                 self.ahead_in_step += 1
@@ -197,10 +200,11 @@ class InStep:
                 self._failed = exc  # (as if this task's own transaction had failed)
                 self.wake()
             return
+        took = time.perf_counter() - started
         self.applied_in_step += 1
         try:
-            self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
-            self._applied(committed, results)
+            self._applied(committed, results)  # (the answers first, the bookkeeping after)
+            self._saved(rd, committed, durable=False, took=took)
             self.node.advance()
             self._after_advance()
         except Exception as exc:
