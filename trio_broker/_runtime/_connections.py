@@ -381,9 +381,7 @@ class ConnectionServer:
                     writer.kick()
                     await outbox.wait_for_slot(max_in_flight)
                 charged = len(payload)
-                if account.fits(charged):
-                    account.charge(charged)
-                else:
+                if not account.take(charged):
                     if run:
                         await decide_run()
                     log_event(
