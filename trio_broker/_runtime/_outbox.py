@@ -27,9 +27,7 @@ class Outbox:
 
     def __init__(self, account: Account) -> None:
         self.account = account
-        self.answers: collections.deque[tuple[Answer, tuple[str, float, int]]] = (
-            collections.deque()
-        )
+        self.answers: collections.deque[tuple[Answer, tuple[str, float, int]]] = collections.deque()
         """Each answer with its request's ``(operation, started, charged)``, in request order
         (the reader's tuple kept as it is: a run's answers are queued by one ``zip``)."""
         self.in_flight = 0
@@ -48,7 +46,7 @@ class Outbox:
         """:meth:`put` for each answer, with its ``(operation, started, charged)``."""
         if len(infos) != len(answers):
             raise ValueError(f"{len(answers)} answers for {len(infos)} requests")
-        self.answers.extend(zip(answers, infos))
+        self.answers.extend(zip(answers, infos, strict=True))
         self.in_flight += len(answers)
 
     def close(self) -> None:
