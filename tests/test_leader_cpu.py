@@ -5,7 +5,8 @@
   general path's calls, and anything else that starts like one through the general path;
 - ``Account.take`` takes what ``fits`` then ``charge`` took, and refuses what they refused;
 - a run's answers, built in one list for a run without refusals, each stay at their request;
-- the writer's tally, counted in runs of one key, is the count per key.
+- the writer's tally, counted in runs of one key, is the count per key;
+- a batch's values written in one call and cut at their commas are each value's bytes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_broker._core import _commands as cmd
 from trio_broker._errors import BrokerError, ErrorCode, ProtocolError
 from trio_broker._protocol import _codec
 from trio_broker._protocol import _messages as m
-from trio_broker._protocol._codec import decode_request, loads_object, request_from_dict
+from trio_broker._protocol._codec import (
+    decode_request,
+    dumps_value,
+    dumps_values,
+    loads_object,
+    request_from_dict,
+)
 from trio_broker._runtime._answer import Answer
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._limits import BufferBudget
@@ -206,3 +215,29 @@ def test_the_writers_tally_counts_each_key():
         }
     ]
     assert not outbox.answers
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.sampled_from(['"', ",", "\\", "a", "é", "\n", "😀", " "])),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", ",", '"']), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(JSON, min_size=1, max_size=6))
+def test_a_batchs_values_are_written_as_each_alone(values):
+    assert dumps_values(values) == tuple(map(dumps_value, values))
+
+
+def test_values_nested_as_deep_as_orjson_writes_alone_are_written_one_by_one():
+    deep = orjson.loads(b"[" * 254 + b"]" * 254)  # (in a list: one level too deep for orjson)
+    for values in ([deep], [deep, "a,b"], ["x" * 100] * 100, [1], [",", ","]):
+        assert dumps_values(values) == tuple(map(dumps_value, values))

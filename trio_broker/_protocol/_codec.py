@@ -592,6 +592,24 @@ def dumps_value(value: Any) -> bytes:
     return memoryview(orjson.dumps(value)).tobytes()
 
 
+def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
+    """``tuple(map(dumps_value, values))`` for a batch's values (at least one), in fewer
+    calls when it can: the list written once and cut at its commas, when it holds no comma
+    but the ``len(values) - 1`` that separate its values (JSON writes one between each two,
+    so when that is every comma of the text, no value holds one). orjson writes a value in a
+    list as it writes it alone, so each piece is that value's ``dumps_value`` bytes, an object
+    of its own size. Values with commas (an object of several keys, a list, a string with a
+    comma) are written one by one, and so are values nested as deep as orjson writes alone
+    (in the list, one level deeper, it would refuse them)."""
+    try:
+        text = orjson.dumps(values)
+    except orjson.JSONEncodeError:
+        text = b""
+    if text.count(b",") == len(values) - 1 and text:
+        return tuple(text[1:-1].split(b","))
+    return tuple(map(dumps_value, values))
+
+
 def stored_value(raw: bytes) -> orjson.Fragment:
     """Stored JSON bytes, embedded as they are in a response."""
     return orjson.Fragment(raw)

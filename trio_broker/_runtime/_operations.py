@@ -13,6 +13,7 @@ from .._core import _commands as cmd
 from .._errors import BrokerError, ErrorCode
 from .._protocol import _messages as m
 from .._protocol import dumps_value
+from .._protocol._codec import dumps_values
 from .._storage._store import QueueRow
 from ._answer import retention_wire
 from ._config import BrokerConfig
@@ -66,8 +67,8 @@ def append_command(
         return cmd.AppendMessage(request.queue_name, data, *producer, appended_ms)
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
-    values = tuple(dumps_value(v) for v in request.values)
-    total = sum(len(d) for d in values)
+    values = dumps_values(request.values)
+    total = sum(map(len, values))
     if total > config.max_data_bytes:
         return too_large(total, config.max_data_bytes, "the values' data")
     return cmd.AppendBatch(request.queue_name, values, *producer, appended_ms)
