@@ -6,7 +6,8 @@
 - ``Account.take`` takes what ``fits`` then ``charge`` took, and refuses what they refused;
 - a run's answers, built in one list for a run without refusals, each stay at their request;
 - the writer's tally, counted in runs of one key, is the count per key;
-- a batch's values written in one call and cut at their commas are each value's bytes.
+- a batch's values written in one call and cut at their commas are each value's bytes;
+- the ledger's cuts bound a run of one queue by its name once, whatever object holds it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_broker._core import _commands as cmd
+from trio_broker._core import _proposals
+from trio_broker._core._proposals import Proposals
 from trio_broker._errors import BrokerError, ErrorCode, ProtocolError
 from trio_broker._protocol import _codec
 from trio_broker._protocol import _messages as m
@@ -241,3 +244,25 @@ def test_values_nested_as_deep_as_orjson_writes_alone_are_written_one_by_one():
     deep = orjson.loads(b"[" * 254 + b"]" * 254)  # (in a list: one level too deep for orjson)
     for values in ([deep], [deep, "a,b"], ["x" * 100] * 100, [1], [",", ","]):
         assert dumps_values(values) == tuple(map(dumps_value, values))
+
+
+def test_the_ledger_bounds_a_run_of_one_queue_by_its_name_once(monkeypatch):
+    """Each request's queue name is an object of its own (decoded from its frame): equal
+    names are one run of the queue, its name's bound taken once, and the cuts are those of
+    the same commands sharing one name object."""
+    bounds: list[str] = []
+    real = _proposals.text_bound
+
+    def counted(text: str) -> int:
+        bounds.append(text)
+        return real(text)
+
+    monkeypatch.setattr(_proposals, "text_bound", counted)
+    names = [orjson.loads(b'"Q-AAAAABBBBB"') for _ in range(40)]
+    assert len({id(name) for name in names}) == 40
+    distinct = [cmd.AppendMessage(name, b"x" * 300) for name in names]
+    shared = [cmd.AppendMessage(names[0], b"x" * 300) for _ in names]
+    ledger: Proposals[Any] = Proposals(max_group=16, max_bytes=4000)
+    cuts = list(ledger._cuts(distinct))
+    assert len(bounds) == 1
+    assert cuts == list(ledger._cuts(shared)) and len(cuts) > 3
