@@ -153,7 +153,8 @@ class Proposals(Generic[T]):
 
         A plain append's bound is :func:`encoded_bound`'s sum written out (no ``getattr`` and
         no call per append: what a leader groups under load), its queue's :func:`text_bound`
-        taken once per run of one queue; ``tests/test_pipelead_ledger.py`` holds the cuts to
+        taken once per run of one queue (equal names, not only the same object: each request's
+        name is an object of its own); ``tests/test_pipelead_ledger.py`` holds the cuts to
         those of :func:`encoded_bound` for every command."""
         count, max_group, max_bytes = len(commands), self.max_group, self.max_bytes
         append_message, overhead = AppendMessage, COMMAND_OVERHEAD
@@ -171,8 +172,9 @@ class Proposals(Generic[T]):
                 c = commands[end]
                 if type(c) is append_message and c.producer_id is None:
                     if c.queue_id is not queue and type(c.queue_id) is str:
+                        if c.queue_id != queue:  # (an equal name, another object: same bound)
+                            head = overhead + text_bound(c.queue_id)
                         queue = c.queue_id
-                        head = overhead + text_bound(queue)
                     if c.queue_id is queue:
                         size += head + len(c.data)
                     else:

@@ -322,6 +322,7 @@ class ConnectionServer:
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
         auth_failures = 0
+        client_requests = _CLIENT_REQUESTS
         while True:
             writer.kick()  # what this receive decided goes out while we wait for more
             data = None
@@ -352,6 +353,9 @@ class ConnectionServer:
                 return True
             decoder.feed(data)
             started = time.perf_counter()  # the frames of one receive arrived together
+            # A client request needs no check (``_authorize``'s first case): asked once per
+            # receive, and again after every request that takes the checks (AUTH changes it).
+            open_session = self._lets_clients_through(session)
             while True:
                 try:
                     payload = decoder.next_frame()
@@ -381,9 +385,7 @@ class ConnectionServer:
                     writer.kick()
                     await outbox.wait_for_slot(max_in_flight)
                 charged = len(payload)
-                if account.fits(charged):
-                    account.charge(charged)
-                else:
+                if not account.take(charged):
                     if run:
                         await decide_run()
                     log_event(
@@ -410,9 +412,15 @@ class ConnectionServer:
                         await decide_run()
                     outbox.put("INVALID", started, Answer(now=exc), charged)
                     continue
-                operation = OPERATION_NAMES[type(request)]
+                kind = type(request)
+                operation = OPERATION_NAMES[kind]
+                if open_session and kind in client_requests:
+                    run.append(request)
+                    run_info.append((operation, started, charged))
+                    continue
                 early = authorize(request, session, peer)
-                if early is None and type(request) is not PeerHello:
+                open_session = self._lets_clients_through(session)
+                if early is None and kind is not PeerHello:
                     run.append(request)
                     run_info.append((operation, started, charged))
                     continue
@@ -471,9 +479,7 @@ class ConnectionServer:
         """Answer AUTH_CHALLENGE and AUTH, and refuse what this connection may not send
         (docs/security.md); None lets the request through to ``handle``."""
         security = self.security
-        if type(request) in _CLIENT_REQUESTS and (
-            session.plaintext or security.tokens is None or session.client or session.member
-        ):
+        if type(request) in _CLIENT_REQUESTS and self._lets_clients_through(session):
             return None  # (what the checks below conclude for these, without them)
         if isinstance(request, AuthChallenge | Auth) and session.plaintext:
             return self._unauthorized(
@@ -511,6 +517,11 @@ class ConnectionServer:
         if security.tokens is not None and not (session.client or session.member):
             return self._unauthorized(peer, request, "this broker needs a client token (AUTH)")
         return None
+
+    def _lets_clients_through(self, session: Session) -> bool:
+        """Whether the client requests of ``session`` (:data:`_CLIENT_REQUESTS`) need no
+        check: the connection needs no token, or has proved one or the secret."""
+        return session.plaintext or self.security.tokens is None or session.client or session.member
 
     def _authenticate(self, request: Auth, session: Session, peer: str) -> Response | BrokerError:
         if (request.proof is None) == (request.token is None):

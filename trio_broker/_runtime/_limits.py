@@ -179,7 +179,9 @@ class BufferBudget:
         self.peak = 0
         self.paused = 0
         """Times a connection had to wait for the budget."""
-        self._released = trio.Event()
+        self._released = trio.lowlevel.ParkingLot()
+        """Connections waiting for bytes to be released: each woken at every release (no
+        object made per release when nobody waits, as an event replaced at each would be)."""
 
     def account(self) -> Account:
         return Account(self)
@@ -188,9 +190,8 @@ class BufferBudget:
         self.used += delta
         if delta > 0:
             self.peak = max(self.peak, self.used)
-        else:
-            self._released.set()
-            self._released = trio.Event()
+        elif self._released:
+            self._released.unpark_all()
 
 
 class Account:
@@ -211,6 +212,20 @@ class Account:
         """Whether :meth:`acquire` would take ``nbytes`` now, without waiting."""
         return not self.held or self.budget.used + nbytes <= self.budget.limit
 
+    def take(self, nbytes: int) -> bool:
+        """Take ``nbytes`` if :meth:`acquire` would take them now, without waiting; False, and
+        nothing taken, otherwise. :meth:`fits` then :meth:`charge` in one call (the reader's,
+        once per request)."""
+        budget = self.budget
+        used = budget.used + nbytes
+        if self.held and used > budget.limit:
+            return False
+        self.held += nbytes
+        budget.used = used
+        if used > budget.peak:
+            budget.peak = used
+        return True
+
     async def acquire(self, nbytes: int) -> bool:
         """Take ``nbytes``, waiting while the budget has no room; True if it had to wait."""
         budget = self.budget
@@ -219,7 +234,7 @@ class Account:
             if not waited:
                 budget.paused += 1
                 waited = True
-            await budget._released.wait()
+            await budget._released.park()
         self.charge(nbytes)
         return waited
 

@@ -13,6 +13,7 @@ from .._core import _commands as cmd
 from .._errors import BrokerError, ErrorCode
 from .._protocol import _messages as m
 from .._protocol import dumps_value
+from .._protocol._codec import dumps_values
 from .._storage._store import QueueRow
 from ._answer import retention_wire
 from ._config import BrokerConfig
@@ -40,7 +41,7 @@ def _producer(request: m.Append | m.AppendBatch) -> tuple[str | None, int | None
     return pid, seq
 
 
-def _too_large(size: int, limit: int, what: str) -> BrokerError:
+def too_large(size: int, limit: int, what: str) -> BrokerError:
     return BrokerError(
         ErrorCode.TOO_LARGE, f"{what} of {size} bytes is larger than the maximum of {limit} bytes"
     )
@@ -62,14 +63,14 @@ def append_command(
             return plain_append(request, config.max_data_bytes, appended_ms)
         data = dumps_value(request.data)
         if len(data) > config.max_data_bytes:
-            return _too_large(len(data), config.max_data_bytes, "data")
+            return too_large(len(data), config.max_data_bytes, "data")
         return cmd.AppendMessage(request.queue_name, data, *producer, appended_ms)
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
-    values = tuple(dumps_value(v) for v in request.values)
-    total = sum(len(d) for d in values)
+    values = dumps_values(request.values)
+    total = sum(map(len, values))
     if total > config.max_data_bytes:
-        return _too_large(total, config.max_data_bytes, "the values' data")
+        return too_large(total, config.max_data_bytes, "the values' data")
     return cmd.AppendBatch(request.queue_name, values, *producer, appended_ms)
 
 
@@ -81,7 +82,7 @@ def plain_append(
     limit read once by the caller for a whole run of them."""
     data = dumps_value(request.data)
     if len(data) > max_data_bytes:
-        return _too_large(len(data), max_data_bytes, "data")
+        return too_large(len(data), max_data_bytes, "data")
     return cmd.AppendMessage(request.queue_name, data, None, None, appended_ms)
 
 

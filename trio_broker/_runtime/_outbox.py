@@ -27,7 +27,9 @@ class Outbox:
 
     def __init__(self, account: Account) -> None:
         self.account = account
-        self.answers: collections.deque[tuple[str, float, Answer, int]] = collections.deque()
+        self.answers: collections.deque[tuple[Answer, tuple[str, float, int]]] = collections.deque()
+        """Each answer with its request's ``(operation, started, charged)``, in request order
+        (the reader's tuple kept as it is: a run's answers are queued by one ``zip``)."""
         self.in_flight = 0
         """Requests dispatched whose answers are not written yet (queued, or being written)."""
         self.closed = False
@@ -37,15 +39,14 @@ class Outbox:
     def put(self, operation: str, started: float, answer: Answer, charged: int) -> None:
         """Queue the answer to a request: the operation's name, when the request arrived,
         the answer, and the request's bytes charged to the budget until the answer is written."""
-        self.answers.append((operation, started, answer, charged))
+        self.answers.append((answer, (operation, started, charged)))
         self.in_flight += 1
 
     def put_many(self, infos: list[tuple[str, float, int]], answers: list[Answer]) -> None:
         """:meth:`put` for each answer, with its ``(operation, started, charged)``."""
-        self.answers.extend(
-            (operation, started, answer, charged)
-            for (operation, started, charged), answer in zip(infos, answers, strict=True)
-        )
+        if len(infos) != len(answers):
+            raise ValueError(f"{len(answers)} answers for {len(infos)} requests")
+        self.answers.extend(zip(answers, infos, strict=True))
         self.in_flight += len(answers)
 
     def close(self) -> None:

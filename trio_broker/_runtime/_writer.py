@@ -110,7 +110,7 @@ class AnswerWriter:
                 taken = self._take()
                 if taken is None:  # the head is not known yet
                     if not (
-                        self._on_known is not None and answers[0][2].when_known(self._on_known)
+                        self._on_known is not None and answers[0][0].when_known(self._on_known)
                     ):
                         self._wake()
                     return
@@ -157,7 +157,7 @@ class AnswerWriter:
                     continue
                 taken = self._take()
                 if taken is None:
-                    head = answers[0][2]
+                    head = answers[0][0]
                     if self._on_known is not None and head.when_known(self._on_known):
                         await self._wait()
                         continue
@@ -187,14 +187,20 @@ class AnswerWriter:
     def _take(self, head: Any = None) -> tuple[list[bytes], int, int] | None:
         """Take the answers known at the head of the queue (up to the bounds), encoded, and
         count them for the metrics: (their frames, their size, the requests' bytes held);
-        None when the head is not known. ``head``: the first answer's response, awaited."""
+        None when the head is not known. ``head``: the first answer's response, awaited.
+
+        The metrics' tally is counted in runs of one key (the answers of one receive share
+        their operation, outcome and start): one dictionary update per run, not per answer."""
         answers = self._outbox.answers
         hint = self._plaintext_hint
         out: list[bytes] = []
         size = charged = 0
         tally: dict[tuple[str, Any, float], int] = {}
+        key: tuple[str, Any, float] | None = None
+        count = 0
+        """The answers taken since the key of the run being counted last changed."""
         while answers and len(out) < MAX_WRITE_BATCH and size < MAX_WRITE_BYTES:
-            operation, started, answer, held = answers[0]
+            answer, info = answers[0]
             frame, code = answer.frame(), None  # (an appended message's: its bytes)
             response, head = head, None
             if frame is None:
@@ -207,12 +213,17 @@ class AnswerWriter:
                 code = getattr(response, "code", None)
                 frame = encode_frame(encode_response(response))
             answers.popleft()
-            key = (operation, code, started)
-            tally[key] = tally.get(key, 0) + 1
+            operation, started, held = info
+            if key is None or code != key[1] or started != key[2] or operation != key[0]:
+                if key is not None:
+                    tally[key] = tally.get(key, 0) + count
+                key, count = (operation, code, started), 0
+            count += 1
             out.append(frame)
             size += len(frame)
             charged += held
-        if not out:
+        if key is None:
             return None
+        tally[key] = tally.get(key, 0) + count
         self._observe(tally, time.perf_counter())
         return out, size, charged

@@ -1,0 +1,163 @@
+"""The leader's per-request Python for a receive of pipelined APPENDs, part by part.
+
+    python -m benchmarks.leader_parts [--run 16] [--repeat 9]
+
+Each part is timed on its own thread's CPU (``time.thread_time``, best of ``--repeat``), so the
+figures hold on a machine shared with other work, and divided by the APPENDs of the run (one
+receive of ``--run`` 150-byte APPENDs of the original contract, as the bench's pipelined
+workload sends them):
+
+- **read**: the receive's frames cut by the ``FrameDecoder``, each request's bytes taken from
+  the buffer budget (as the connection's reader does), and each frame decoded;
+- **decide**: ``Runs.handle_many`` with a stand-in driver whose ``propose_many`` makes the
+  group (no ledger): each APPEND checked into its command, the answers made and given;
+- **settle**: each outcome set in the group by index (the driver's ``_settle_applied``);
+- **answer**: the answers queued in the outbox and taken by the writer (``_take``: frames,
+  the metrics' tally), as one write.
+
+What it leaves out: the socket calls, the driver and storage, the peer links (see
+``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
+for the whole). Runs on the code before a change too (``PYTHONPATH`` to an export of it), so
+that two trees can be compared part by part, alternated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
+
+import orjson
+
+from trio_broker._core import _commands as cmd
+from trio_broker._protocol import decode_request, encode_frame
+from trio_broker._protocol._framing import FrameDecoder
+from trio_broker._runtime._config import BrokerConfig
+from trio_broker._runtime._limits import BufferBudget
+from trio_broker._runtime._outbox import Outbox
+from trio_broker._runtime._pending import PendingGroup
+from trio_broker._runtime._runs import Runs
+from trio_broker._runtime._writer import AnswerWriter
+
+APPEND = {"operation": "APPEND", "queue_name": "Q-AAAAABBBBB", "data": "x" * 100}
+
+
+class _Node:
+    is_leader = True
+
+
+class _Driver:
+    max_group = 1024
+    node = _Node()
+    group: PendingGroup
+
+    async def propose_many(self, commands: list[Any]) -> PendingGroup:
+        self.group = PendingGroup(len(commands))
+        return self.group
+
+
+class _Socket:
+    def send_now(self, data: bytes) -> int:
+        return len(data)
+
+
+def _done(coroutine: Any) -> None:
+    """Run a coroutine that never waits (the stand-in driver never does)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("the run waited")
+
+
+def _best(part: Callable[[], Any], per: int, number: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.thread_time()
+        for _ in range(number):
+            part()
+        best = min(best, time.thread_time() - started)
+    return best / number / per * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=int, default=16, help="APPENDs per receive")
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--number", type=int, default=2000, help="runs per timing")
+    args = parser.parse_args()
+    count = args.run
+    payload = orjson.dumps(APPEND)
+    frames = encode_frame(payload) * count
+    config = BrokerConfig(data_dir=".", port=0)
+    budget = BufferBudget(config.max_buffered_bytes)
+    driver = _Driver()
+    runs = Runs(
+        config,
+        driver,  # type: ignore[arg-type]
+        handle=None,  # type: ignore[arg-type]
+        closing=lambda: False,
+        wall_clock_ms=lambda: 1,
+    )
+    requests = [decode_request(payload) for _ in range(count)]
+    infos = [("APPEND", 1.0, len(payload))] * count
+    results = [cmd.MessageAppended(1000 + index) for index in range(count)]
+
+    def read() -> None:
+        decoder = FrameDecoder(config.max_frame)
+        decoder.feed(frames)
+        account = budget.account()
+        take = getattr(account, "take", None)  # (the code before: fits, then charge)
+        while (frame := decoder.next_frame()) is not None:
+            if take is not None:
+                take(len(frame))
+            elif account.fits(len(frame)):
+                account.charge(len(frame))
+            decode_request(frame)
+        account.close()
+
+    given: list[Any] = []
+
+    def decide() -> None:
+        given.clear()
+        _done(runs.handle_many(requests, None, given.extend))
+
+    decide()
+    answers = list(given)
+
+    def settle() -> None:
+        group = PendingGroup(count)
+        tokens = zip(repeat(group), range(count))
+        for (pending, index), outcome in zip(tokens, results, strict=True):
+            pending.set(index, outcome)
+
+    group = driver.group
+    for index, outcome in enumerate(results):
+        group.set(index, outcome)
+
+    def answer() -> None:
+        outbox = Outbox(budget.account())
+        outbox.put_many(infos, answers)
+        writer = AnswerWriter(
+            _Socket(),  # type: ignore[arg-type]
+            outbox,
+            observe=lambda tally, now: None,
+            plaintext_hint=None,
+        )
+        taken = writer._take()
+        assert taken is not None and len(taken[0]) == count
+
+    parts = {"read": read, "decide": decide, "settle": settle, "answer": answer}
+    figures = {name: _best(part, count, args.number, args.repeat) for name, part in parts.items()}
+    print(
+        f"leader's request path, a receive of {count} APPENDs, us per APPEND (thread CPU, best "
+        f"of {args.repeat}): "
+        + ", ".join(f"{name} {value:.3f}" for name, value in figures.items())
+        + f"; together {sum(figures.values()):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
