@@ -475,7 +475,7 @@ def test_node_and_cluster_flags_for_the_replication_factor():
     group); out-of-range values are refused with the range in the message."""
     import argparse
 
-    from trio_broker._cli._cluster import _replication_factor
+    from trio_broker._cli._cluster_args import _replication_factor
     from trio_broker._cli._node_options import SettingsError, add_arguments, resolve
 
     def config_of(*argv: str):
