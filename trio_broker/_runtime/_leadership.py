@@ -323,9 +323,6 @@ class Leadership:
         )
 
 
-__all__ = ["Leadership", "LeadershipHost"]
-
-
 SHUTDOWN_WITHOUT_PEERS = "shutting down while the peers it needed are gone"
 """The ``expected`` field of a hand-off that failed at shutdown, logged at INFO."""
 
@@ -343,3 +340,6 @@ def peers_gone(host: LeadershipHost, target: str | None) -> list[str]:
     if (target is not None and target in gone) or reachable <= len(voters) // 2:
         return gone
     return []
+
+
+__all__ = ["SHUTDOWN_WITHOUT_PEERS", "Leadership", "LeadershipHost", "peers_gone"]
