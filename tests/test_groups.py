@@ -30,6 +30,7 @@ from trio_broker._storage._schema import WORK_TABLES, upgrade
 from trio_broker.testing import open_mock_cluster
 
 from . import spread
+from .spread import wait_spread
 
 
 async def answer_of(cluster, name, request):
@@ -63,11 +64,6 @@ async def test_founder_commits_the_group_list_and_every_broker_hosts_every_group
 
 def led_counts(cluster) -> dict[str, int]:
     return spread.led_counts(cluster, cluster.group_leaders())
-
-
-async def wait_spread(cluster, groups: int) -> None:
-    """Until every group has a leader and no broker leads more than ceil(G/N)."""
-    await spread.wait_spread(cluster, groups, cluster.group_leaders)
 
 
 @pytest.mark.trio

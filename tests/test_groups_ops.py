@@ -12,12 +12,12 @@ import trio
 from trio_broker._cli._bench_groups import role_figures
 from trio_broker._cli._bench_load import Load
 from trio_broker._cli._client_groups import leaders_per_broker
-from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime import BrokerConfig, open_broker
 from trio_broker.client import BrokerInfo, Topology, connect
 from trio_broker.testing import open_local_cluster
 
+from .spread import wait_voting_spread
 from .wire import call
 
 GROUPS = 3
@@ -32,26 +32,6 @@ def group_leaders(cluster) -> dict[str, str | None]:
             if replica.driver.node.is_leader:
                 leaders[group_id] = broker.broker_id
     return leaders
-
-
-async def wait_spread(cluster) -> None:
-    """Until every broker votes in every group, every group is led and no broker leads more
-    than its share. (The groups are those the brokers host: at least ``GROUPS``, more if the
-    cluster keeps its metadata in a group of its own.)"""
-    while True:
-        leaders = group_leaders(cluster)
-        hosted = [set(b.host.groups) for b in cluster.brokers.values()]
-        voting = all(h == set(leaders) for h in hosted) and all(
-            len(r.driver.node.config.voters) == len(cluster.brokers)
-            and not r.driver.node.config.learners
-            for b in cluster.brokers.values()
-            for r in b.host.groups.values()
-        )
-        counts = [list(leaders.values()).count(b.broker_id) for b in cluster.brokers.values()]
-        share = leader_share(len(leaders), len(cluster.brokers))
-        if voting and len(leaders) >= GROUPS and all(leaders.values()) and max(counts) <= share:
-            return
-        await trio.sleep(0.05)
 
 
 async def listed_groups(cluster) -> list[str]:
@@ -107,7 +87,7 @@ async def test_client_cluster_query_with_details_answers_about_the_group_asked(r
     # groups answered about its first one and another group was listed twice.
     with trio.fail_after(60):
         async with open_local_cluster(ram_path, 3, groups=GROUPS) as cluster:
-            await wait_spread(cluster)
+            await wait_voting_spread(cluster, GROUPS)
             async with connect([f"127.0.0.1:{p}" for p in cluster.ports.values()]) as client:
                 groups = await listed_groups(cluster)
                 assert sorted(client.clusters) == groups
@@ -125,7 +105,7 @@ async def test_client_cluster_query_with_details_answers_about_the_group_asked(r
 async def test_status_shows_every_group_its_leader_voters_and_lag(ram_path, cli):
     with trio.fail_after(90):
         async with open_local_cluster(ram_path, 3, groups=GROUPS) as cluster:
-            await wait_spread(cluster)
+            await wait_voting_spread(cluster, GROUPS)
             names = {b.broker_id: n for n, b in cluster.brokers.items()}
             (status, out, err), leaders = await settled(
                 cluster, lambda: cli(*seeds(cluster), "--json", "status")
@@ -189,7 +169,7 @@ async def test_status_shows_every_group_its_leader_voters_and_lag(ram_path, cli)
 async def test_groups_lists_leader_voters_and_queue_count(ram_path, cli):
     with trio.fail_after(90):
         async with open_local_cluster(ram_path, 3, groups=GROUPS) as cluster:
-            await wait_spread(cluster)
+            await wait_voting_spread(cluster, GROUPS)
             port_of = {b.broker_id: b.port for b in cluster.brokers.values()}
             # 0, 1 and 2 queues created through the brokers in turn (each lands on a group
             # the broker leads): the groups hold different numbers of queues.

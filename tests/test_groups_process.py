@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from .processes import Nodes, open_nodes
-from .wire import RawConnection
+from .spread import ask, views, wait_spread_answers
 
 pytestmark = pytest.mark.trio
 
@@ -27,51 +27,6 @@ FAST = ("--heartbeat-interval", "0.05", "--failure-timeout", "0.5")
 async def nodes(tmp_path: Path):
     async with open_nodes(tmp_path) as nodes:
         yield nodes
-
-
-async def ask(port: int, request: dict[str, Any], within: float = 2.0) -> dict[str, Any] | None:
-    try:
-        with trio.fail_after(within):
-            conn = await RawConnection.open(port)
-            try:
-                return await conn.call(request)
-            finally:
-                await trio.aclose_forcefully(conn.stream)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-        return None
-
-
-async def views(ports: list[int]) -> dict[str, dict[str, Any]]:
-    """Every group as the first broker that answers lists it (CLUSTER_QUERY's ``groups``)."""
-    for port in ports:
-        answer = await ask(port, {"operation": "CLUSTER_QUERY"})
-        if answer and answer.get("groups"):
-            return {g["cluster_id"]: g for g in answer["groups"]}
-    return {}
-
-
-async def wait_spread(ports: list[int], brokers: int) -> dict[str, dict[str, Any]]:
-    """Until every group has ``brokers`` voters and a leader, none leading more than its share;
-    then each running broker must agree."""
-    share = -(-GROUPS // brokers)
-    with trio.fail_after(60):
-        while True:
-            seen = [await views([p]) for p in ports]
-            first = seen[0]
-            leaders = [g.get("leader_port") for g in first.values()]
-            if (
-                len(first) == GROUPS
-                and all(leaders)
-                and all(len(g["voters"]) == BROKERS for g in first.values())
-                and max(leaders.count(p) for p in set(leaders)) <= share
-                and all(
-                    {k: v.get("leader_id") for k, v in s.items()}
-                    == {k: v.get("leader_id") for k, v in first.items()}
-                    for s in seen
-                )
-            ):
-                return first
-            await trio.sleep(0.1)
 
 
 async def call_leader(ports: list[int], group: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +55,7 @@ async def test_sigkill_of_a_broker_leading_several_groups_loses_nothing_acknowle
             await nodes.start_member(tmp_path / f"b{i}", seeds=[first], extra_args=list(FAST))
         )
     ports = [n.port for n in started]
-    groups = await wait_spread(ports, BROKERS)
+    groups = await wait_spread_answers(ports, GROUPS, BROKERS)
     queues: dict[str, str] = {}
     # CREATE_QUEUE lands on the least-loaded group the asked broker leads: asking each broker
     # in turn reaches every group (a bounded number of rounds: the balancer may still move a
@@ -137,7 +92,7 @@ async def test_sigkill_of_a_broker_leading_several_groups_loses_nothing_acknowle
     await write(range(5, 10))  # every group, its leader's death included, takes writes
     restarted = await nodes.restart_same(victim)
     started = [*live, restarted]
-    await wait_spread([n.port for n in started], BROKERS)
+    await wait_spread_answers([n.port for n in started], GROUPS, BROKERS)
     await write(range(10, 12))
     for group, queue in sorted(queues.items()):
         values = []

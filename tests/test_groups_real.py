@@ -9,47 +9,17 @@ import json
 import pytest
 import trio
 
-from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime._groups import EVERY_BROKER
 from trio_broker.client import Message, connect
 from trio_broker.testing import open_local_cluster
 
+from .spread import local_group_leaders, wait_voting_spread
 from .wire import RawConnection, call
 
 pytestmark = pytest.mark.trio
 
 GROUPS = 3
-
-
-def group_leaders(cluster) -> dict[str, str | None]:
-    leaders: dict[str, str | None] = {}
-    for name, broker in sorted(cluster.brokers.items()):
-        for group_id, replica in broker.host.groups.items():
-            leaders.setdefault(group_id, None)
-            if replica.driver.node.is_leader:
-                leaders[group_id] = name
-    return leaders
-
-
-async def wait_spread(cluster, groups: int = GROUPS) -> dict[str, str]:
-    """Until every broker votes in every group and leadership is spread."""
-    share = leader_share(groups, len(cluster.brokers))
-    while True:
-        leaders = group_leaders(cluster)
-        counts = [list(leaders.values()).count(n) for n in cluster.brokers]
-        voting = all(
-            len(broker.host.groups) == groups
-            and all(
-                len(r.driver.node.config.voters) == len(cluster.brokers)
-                and not r.driver.node.config.learners
-                for r in broker.host.groups.values()
-            )
-            for broker in cluster.brokers.values()
-        )
-        if voting and len(leaders) == groups and all(leaders.values()) and max(counts) <= share:
-            return leaders  # type: ignore[return-value]
-        await trio.sleep(0.05)
 
 
 async def until(predicate) -> None:
@@ -74,7 +44,7 @@ async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(ra
         async with open_local_cluster(
             ram_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
         ) as cluster:
-            leaders = await wait_spread(cluster)
+            leaders = await wait_voting_spread(cluster, GROUPS)
             queues = await queues_on_every_group(cluster)
             assert sorted(queues) == sorted(leaders)
             seeds = [f"127.0.0.1:{port}" for port in cluster.ports.values()]
@@ -93,7 +63,7 @@ async def test_trio_client_appends_and_reads_on_every_group_across_a_failover(ra
                 for queue in queues.values():
                     assert await client.append(queue, [queue, "after"]) == 4
                     assert await client.read(queue) == Message(2, [queue, 1])
-                led = group_leaders(cluster)
+                led = local_group_leaders(cluster)
                 assert victim not in led.values() and all(led.values())
 
 
@@ -105,7 +75,7 @@ async def test_original_design_client_routes_by_queue_id_to_each_group(ram_path)
         async with open_local_cluster(
             ram_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
         ) as cluster:
-            await wait_spread(cluster)
+            await wait_voting_spread(cluster, GROUPS)
             queues = await queues_on_every_group(cluster)
 
             async def leader_port(queue: str) -> int:
@@ -151,14 +121,14 @@ async def test_original_design_client_routes_by_queue_id_to_each_group(ram_path)
             finally:
                 await connection.aclose()
             for queue, answer in zip(queues.values(), answers, strict=True):
-                if group_leaders(cluster)["G-" + queue[2:-5]] == cluster.name_of(
+                if local_group_leaders(cluster)["G-" + queue[2:-5]] == cluster.name_of(
                     next(b for b in cluster.brokers.values() if b.port == port)
                 ):
                     assert answer == {"status": "success", "sequence_num": 1, "data": 7}
                 else:
                     assert answer["code"] == "NOT_LEADER", answer
             # A failover of a broker that leads a group: the old client follows it.
-            victim = group_leaders(cluster)[sorted(queues)[0]]
+            victim = local_group_leaders(cluster)[sorted(queues)[0]]
             await cluster.stop(victim)
             for queue in queues.values():
                 reply = await old_client(
@@ -211,7 +181,7 @@ async def test_client_status_shows_every_group_from_one_seed(ram_path, cli):
         async with open_local_cluster(
             ram_path, 3, groups=GROUPS, replication_factor=EVERY_BROKER
         ) as cluster:
-            leaders = await wait_spread(cluster)
+            leaders = await wait_voting_spread(cluster, GROUPS)
             status, out, err = await cli(
                 "--seed", f"127.0.0.1:{cluster.ports['b2']}", "--json", "status"
             )

@@ -42,8 +42,9 @@ from trio_broker._storage._schema import upgrade
 from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster, open_mock_cluster
 
+from .spread import wait_spread
 from .test_balancing_cluster import Writer, answer_of, wait_settled
-from .test_metamap import hold_the_balancer, wait_spread
+from .test_metamap import hold_the_balancer
 
 BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 4)]
 FOUND = found_cluster(BROKERS, ["G-AAAAA", "G-BBBBB"], 3)

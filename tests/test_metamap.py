@@ -46,6 +46,7 @@ from trio_broker.testing import open_mock_cluster
 from trio_broker.testing._mock_cluster import MockCluster
 
 from . import spread
+from .spread import wait_spread
 
 BROKERS = [BrokerAddress(f"B-0000{i}", "127.0.0.1", 9000 + i) for i in range(1, 5)]
 FOUND = found_cluster(BROKERS[:3], ["G-AAAAA", "G-BBBBB", "G-CCCCC"], 3)
@@ -154,11 +155,6 @@ def placed_counts(cluster) -> dict[str, int]:
 
 def led_counts(cluster) -> dict[str, int]:
     return spread.led_counts(cluster, cluster.data_leaders())
-
-
-async def wait_spread(cluster, groups: int) -> None:
-    """Until every data group has a leader and no broker leads more than ceil(G/N)."""
-    await spread.wait_spread(cluster, groups, cluster.data_leaders)
 
 
 async def append_acknowledged(cluster, queues, value, acknowledged) -> None:
@@ -475,7 +471,7 @@ def test_node_and_cluster_flags_for_the_replication_factor():
     group); out-of-range values are refused with the range in the message."""
     import argparse
 
-    from trio_broker._cli._cluster import _replication_factor
+    from trio_broker._cli._cluster_args import _replication_factor
     from trio_broker._cli._node_options import SettingsError, add_arguments, resolve
 
     def config_of(*argv: str):

@@ -20,9 +20,9 @@ from trio_broker._runtime._peer_mux import PeerMux
 from trio_broker.testing import open_local_cluster, open_mock_cluster
 
 from . import test_security as security
-from .test_groups import answer_of, wait_spread
+from .spread import wait_spread, wait_voting_spread
+from .test_groups import answer_of
 from .test_groups_real import until as real_until
-from .test_groups_real import wait_spread as real_wait_spread
 
 ca, tls, secret_file = security.ca, security.tls, security.secret_file  # (their fixtures)
 
@@ -232,7 +232,7 @@ async def test_tls_and_the_cluster_secret_hold_on_the_shared_links_of_real_broke
         replication_factor=EVERY_BROKER,
     ) as cluster:
         with trio.fail_after(60):
-            leaders = await real_wait_spread(cluster, 3)
+            leaders = await wait_voting_spread(cluster, 3)
             await real_until(lambda: shared_links_up(cluster, 3))
         for name, broker in cluster.brokers.items():
             for group_id, replica in broker.host.groups.items():

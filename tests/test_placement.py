@@ -18,7 +18,8 @@ from trio_broker._ids import cluster_of_queue
 from trio_broker.client import connect
 from trio_broker.testing import open_local_cluster, open_mock_cluster
 
-from .test_metamap import answer_of, wait_spread
+from .spread import wait_spread
+from .test_metamap import answer_of
 
 pytestmark = pytest.mark.trio
 

@@ -24,20 +24,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import sync
-from ._client import (
-    Address,
-    BrokerUnreachableError,
-    Client,
-    ClientClosedError,
-    ClientStatistics,
-    Consumer,
-    GroupConsumer,
-    GroupMessage,
-    Producer,
-    Topology,
-    connect,
-)
 from ._errors import (
     BadRequestError,
     BrokerError,
@@ -80,6 +66,20 @@ from ._protocol._messages import (
 )
 
 if TYPE_CHECKING:
+    from . import sync
+    from ._client import (
+        Address,
+        BrokerUnreachableError,
+        Client,
+        ClientClosedError,
+        ClientStatistics,
+        Consumer,
+        GroupConsumer,
+        GroupMessage,
+        Producer,
+        Topology,
+        connect,
+    )
     from ._runtime import (
         Broker,
         BrokerConfig,
@@ -92,6 +92,17 @@ if TYPE_CHECKING:
     from ._storage import DataDirInUse
 
 _LAZY = {
+    "Address": "._client",
+    "BrokerUnreachableError": "._client",
+    "Client": "._client",
+    "ClientClosedError": "._client",
+    "ClientStatistics": "._client",
+    "Consumer": "._client",
+    "GroupConsumer": "._client",
+    "GroupMessage": "._client",
+    "Producer": "._client",
+    "Topology": "._client",
+    "connect": "._client",
     "Broker": "._runtime",
     "BrokerConfig": "._runtime",
     "BrokerStatistics": "._runtime",
@@ -101,11 +112,14 @@ _LAZY = {
     "serve_broker": "._runtime",
     "DataDirInUse": "._storage",
 }
-"""The broker's names, loaded when first used (PEP 562): a client program, or a command-line
-client command, does not import the broker, its storage and its metrics."""
+"""The client's and the broker's names, loaded when first used (PEP 562): a client program, or
+a command-line client command, does not import the broker, its storage and its metrics; a
+broker (``python -m trio_broker node``) does not import the client and anyio."""
 
 
 def __getattr__(name: str) -> Any:
+    if name == "sync":  # a submodule: importing it sets the attribute
+        return importlib.import_module(".sync", __name__)
     where = _LAZY.get(name)
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._bench_args import WORKLOADS
 from ._bench_groups import BENCH_GROUPS, GROUP_CONNECTIONS, groups_figures, role_figures
 from ._bench_load import (
     PAYLOAD,
@@ -47,7 +48,7 @@ from ._bench_load import (
 )
 from ._processes import start_node, stop_nodes
 
-__all__ = ["add_bench_parser", "run_bench"]
+__all__ = ["run_bench"]
 
 
 def _free_port() -> int:
@@ -80,17 +81,6 @@ async def _local_cluster(
     finally:
         await stop_nodes([process for _, process in members])
 
-
-WORKLOADS = (
-    "pipelined",
-    "connections",
-    "sequential",
-    "batch-appends",
-    "reads",
-    "batch-reads",
-    "failover",
-    "groups",
-)
 
 READING = frozenset({"reads", "batch-reads"})
 SEED_MESSAGES = 100_000
@@ -329,28 +319,6 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
-
-
-def add_bench_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help="run the standard benchmarks against a local cluster")
-    p.add_argument("--seed", metavar="HOST:PORT", help="target a running cluster's leader instead")
-    p.add_argument(
-        "--nodes", type=int, default=3, help="brokers in the local cluster (%(default)s)"
-    )
-    p.add_argument("--seconds", type=float, default=5.0, help="per workload (%(default)s)")
-    p.add_argument(
-        "--generators",
-        type=int,
-        default=0,
-        help="load generator processes per workload (default: one per core)",
-    )
-    p.add_argument(
-        "--only",
-        metavar="NAME,...",
-        help=f"run only these workloads, in the usual order ({','.join(WORKLOADS)})",
-    )
-    p.add_argument("--output", help="also write the figures as JSON to this file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -14,23 +14,12 @@ from typing import Any
 
 import trio
 
-from .._runtime._config import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from .._runtime._config import BrokerConfig
 from .._runtime._log import configure_logging, log_event
 from .._runtime._security import SecurityConfigError
-from ._exit import EXIT_ERROR, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, leaf
-from ._node_options import SettingsError, add_arguments, resolve
+from ._exit import EXIT_ERROR, EXIT_OK, EXIT_USAGE, leaf
+from ._node_options import SettingsError, resolve
 from ._seeds import format_seed
-
-
-def add_node_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "node",
-        help="run one broker",
-        description="Run one broker. With no arguments: a single-node cluster on "
-        f"{DEFAULT_HOST}:{DEFAULT_PORT} storing its data in ./{DEFAULT_DATA_DIR}.",
-        epilog=EXIT_STATUS_HELP,
-    )
-    add_arguments(p)
 
 
 def _raise_fd_limit() -> None:

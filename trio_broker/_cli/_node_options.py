@@ -20,6 +20,7 @@ from .._core._commands import MAX_GROUPS
 from .._core._metadata import MAX_BROKERS, MAX_REPLICATION_FACTOR
 from .._runtime import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from .._runtime._security import load_security
+from ._exit import EXIT_STATUS_HELP
 from ._seeds import parse_seeds
 
 ENV_PREFIX = "TRIO_BROKER_"
@@ -381,3 +382,14 @@ def resolve(
     except (TypeError, ValueError) as exc:
         raise SettingsError(str(exc)) from None
     return config, node_only, sources
+
+
+def add_node_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "node",
+        help="run one broker",
+        description="Run one broker. With no arguments: a single-node cluster on "
+        f"{DEFAULT_HOST}:{DEFAULT_PORT} storing its data in ./{DEFAULT_DATA_DIR}.",
+        epilog=EXIT_STATUS_HELP,
+    )
+    add_arguments(p)

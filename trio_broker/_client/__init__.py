@@ -2,7 +2,8 @@
 
 Modules: ``_common`` (addresses, public data classes, checks before sending), ``_connection``
 (one pipelined connection), ``_routing`` (leaders, topology, retries), ``_client`` (the
-operations, producers and :func:`connect`), ``_work`` (consumer groups and consumers).
+queue operations and :func:`connect`), ``_producer`` (idempotent producers), ``_admin`` (the
+clusters' topologies and the operator's commands), ``_work`` (consumer groups and consumers).
 :mod:`trio_broker.client` is the public face.
 """
 

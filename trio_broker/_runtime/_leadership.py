@@ -17,6 +17,11 @@ from .._core import _raft as raft
 from .._core._raft_messages import TimeoutNow
 from .._errors import BrokerError, ErrorCode
 from ._log import log_event
+from ._peer_mux import PeerFleetStatistics
+
+
+class PeerLinks(Protocol):
+    def statistics(self) -> PeerFleetStatistics: ...
 
 
 class LeadershipHost(Protocol):
@@ -24,6 +29,9 @@ class LeadershipHost(Protocol):
 
     broker_id: str
     node: raft.RaftNode
+
+    @property
+    def peers(self) -> PeerLinks | None: ...
 
     def address_of(self, broker_id: str) -> tuple[str, int] | None: ...
 
@@ -53,6 +61,9 @@ class Leadership:
         self._unverified: tuple[bool, int | None, bool] = (False, None, False)
         """(unverified, the tick since which it has been so without a leader, stalled)."""
         self._losses_logged: list[int] = []
+        self.shutting_down = False
+        """Set by the step-down on shutdown (``membership.step_down``): a transfer that fails
+        then because the peers it needed are gone is expected, logged at INFO."""
 
     def note_timeout_now(self, message: TimeoutNow) -> None:
         """A TIMEOUT_NOW was stepped: if it made this broker campaign, an election it wins in
@@ -104,16 +115,28 @@ class Leadership:
                 changed = True
                 self._transfer_ending = None
                 self.transfers[outcome] += 1
+                gone = self.gone_at_shutdown(target) if outcome == "aborted" else []
                 log_event(
-                    logging.INFO if outcome == "completed" else logging.WARNING,
+                    logging.WARNING if outcome == "aborted" and not gone else logging.INFO,
                     f"leadership.transfer_{outcome}",
                     broker_id=self._host.broker_id,
                     to=target,
                     term=node.term,
                     leader=node.leader_id,
+                    **({"peers_gone": gone, "expected": SHUTDOWN_WITHOUT_PEERS} if gone else {}),
                 )
         if changed:
             self._host.signal_changed()
+
+    def gone_at_shutdown(self, target: str | None) -> list[str]:
+        """Why a hand-off that failed was expected: while this broker shuts down, the voters
+        its links no longer reach (``peer.lost``: stopped too, or down) when they include the
+        target or leave fewer than a majority of the voters reachable, so no one could take
+        over. Empty otherwise, when the failure deserves a WARNING: not shutting down, or the
+        peers it needed are up (docs/operations.md, "Logs")."""
+        if not self.shutting_down:
+            return []
+        return peers_gone(self._host, target)
 
     def _note_recovering(self) -> None:
         """Say when this broker starts and stops recovering (its log lost entries it had
@@ -300,4 +323,23 @@ class Leadership:
         )
 
 
-__all__ = ["Leadership", "LeadershipHost"]
+SHUTDOWN_WITHOUT_PEERS = "shutting down while the peers it needed are gone"
+"""The ``expected`` field of a hand-off that failed at shutdown, logged at INFO."""
+
+
+def peers_gone(host: LeadershipHost, target: str | None) -> list[str]:
+    """The other voters ``host``'s peer links do not reach, when that leaves ``target`` (if
+    any) out of reach or fewer than a majority of the voters reachable, this broker counted;
+    else (or without links to look at) empty."""
+    if host.peers is None:
+        return []
+    voters = host.node.config.voters
+    connected = {link.peer for link in host.peers.statistics().links if link.connected}
+    gone = sorted(voters - connected - {host.broker_id})
+    reachable = len(voters) - len(gone)
+    if (target is not None and target in gone) or reachable <= len(voters) // 2:
+        return gone
+    return []
+
+
+__all__ = ["SHUTDOWN_WITHOUT_PEERS", "Leadership", "LeadershipHost", "peers_gone"]

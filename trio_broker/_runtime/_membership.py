@@ -44,6 +44,7 @@ from .._storage import Identity, StorageWorker, Store
 from ._config import BrokerConfig
 from ._dial import UNREACHABLE, ask_broker, unreachable_reason
 from ._driver import RaftDriver
+from ._leadership import SHUTDOWN_WITHOUT_PEERS
 from ._log import log_event
 from ._network import Network, TlsHandshakeFailed
 
@@ -339,10 +340,12 @@ async def step_down(driver: RaftDriver, config: BrokerConfig) -> None:
         return
     term = node.term
     limit = min(config.shutdown_grace, config.failure_timeout)
+    driver.leadership.shutting_down = True
+    target = node.best_transfer_target()  # (what transfer_leadership(None) would choose)
     with trio.move_on_after(limit):
-        result = await driver.transfer_leadership(None)
+        result = await driver.transfer_leadership(target)
         if isinstance(result, BrokerError):
-            log_event(logging.WARNING, "broker.step_down_failed", reason=result.message)
+            _step_down_failed(driver, target, result.message)
         else:
             log_event(
                 logging.INFO,
@@ -353,7 +356,24 @@ async def step_down(driver: RaftDriver, config: BrokerConfig) -> None:
                 new_term=driver.node.term,
             )
         return
-    log_event(logging.WARNING, "broker.step_down_failed", reason=f"no new leader in {limit:g} s")
+    _step_down_failed(driver, target, f"no new leader in {limit:g} s")
+
+
+def _step_down_failed(driver: RaftDriver, target: str | None, reason: str) -> None:
+    """A WARNING, unless the peers the hand-off needed are gone (as when every broker of the
+    cluster stops at once): then it was expected, and says so at INFO (docs/operations.md,
+    "Logs")."""
+    gone = driver.leadership.gone_at_shutdown(target)
+    if gone:
+        log_event(
+            logging.INFO,
+            "broker.step_down_failed",
+            reason=reason,
+            peers_gone=gone,
+            expected=SHUTDOWN_WITHOUT_PEERS,
+        )
+    else:
+        log_event(logging.WARNING, "broker.step_down_failed", reason=reason)
 
 
 # -- a starting broker's side: identity and joining -------------------------------------------

@@ -5,8 +5,9 @@ that does not need SQL (validation, refusals, what a dead-lettered message carri
 messages fit) is the reference's own function; the property test in
 ``tests/test_work_queues.py`` checks that both give the same results and state.
 
-Somewhat over 600 lines: one twin per work command, which that test reads side by side with
-the reference; what reads values as columns lives in ``_read_columns.py``.
+One twin per work command, which that test reads side by side with the reference; how a
+lease ends (expiry, nack, extend, the dead-letter move) lives in ``_lease_sql.py``, what reads
+values as columns in ``_read_columns.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .._core._commands import (
     queue_not_found,
     take_within,
 )
-from .._core._queues import monotonic_stamp, read_range
+from .._core._queues import read_range
 from .._core._work_commands import (
     EXPIRIES_PER_APPLY,
     FORGETS_PER_APPLY,
@@ -50,15 +51,11 @@ from .._core._work_commands import (
     ForgetPosition,
     GroupAck,
     GroupDeleted,
-    GroupExtend,
     GroupJoined,
-    GroupNack,
     GroupRead,
     GroupSettings,
     Headers,
     JoinGroup,
-    LeasesChanged,
-    LeasesExpired,
     NamedQueue,
     PositionForgotten,
     PositionsForgotten,
@@ -70,9 +67,7 @@ from .._core._work_commands import (
     WorkResult,
 )
 from .._core._work_rules import (
-    LEASE_EXPIRED,
     command_problem,
-    dead_letter_headers,
     dead_letter_in_use,
     delivered_within,
     delivery_sizes,
@@ -82,7 +77,8 @@ from .._core._work_rules import (
     name_problem,
     not_delivered,
 )
-from ._integrity import UNCHECKED, insert_values, read_values
+from ._integrity import read_values
+from ._lease_sql import append_rows, change_leases, expire_leases
 from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
 
 __all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
@@ -99,10 +95,6 @@ _QUEUE_TABLES = (
     "fenced_producers",
 )
 """Every table with a ``queue_id`` column: what a deleted queue leaves nowhere."""
-
-
-def encode_headers(headers: Headers) -> str | None:
-    return orjson.dumps(dict(headers)).decode() if headers else None
 
 
 def touch_position(
@@ -140,7 +132,7 @@ def apply_work(
     for the result: a ``GROUP_READ`` sizes the messages it hands out for the first time by it
     and answers them without their bytes and headers."""
     if isinstance(command, ExpireLeases):
-        return _expire(db, None, command.now_ms, EXPIRIES_PER_APPLY)
+        return expire_leases(db, None, command.now_ms, EXPIRIES_PER_APPLY)
     if isinstance(command, ForgetIdlePositions):
         return _forget_idle(db, command)
     if isinstance(command, CreateNamedQueue):
@@ -198,7 +190,7 @@ def apply_work(
             )
             done += db.changes()
         return Acknowledged(done)
-    return _change_leases(db, command, settings)
+    return change_leases(db, command, settings)
 
 
 def _create_named(db: apsw.Connection, command: CreateNamedQueue) -> WorkResult | CommandRejected:
@@ -256,27 +248,6 @@ def _delete_queue(db: apsw.Connection, command: DeleteQueue) -> WorkResult | Com
     return QueueDeleted(queue_id)
 
 
-def _append_rows(
-    db: apsw.Connection,
-    queue_id: str,
-    rows: list[tuple[bytes, Headers]],
-    stamp_ms: int | None,
-    last_stamp: int | None,
-) -> int:
-    """Append as ``Store._append`` does (the same stamps and undated front); the first
-    sequence number."""
-    stamp = monotonic_stamp(stamp_ms, last_stamp)
-    (length,) = db.execute(
-        "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
-        " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
-        " WHERE queue_id = ?3 RETURNING length",
-        (len(rows), stamp, queue_id),
-    ).fetchone()
-    first = length - len(rows) + 1
-    insert_values(db, queue_id, first, [(d, stamp, encode_headers(h)) for d, h in rows])
-    return first
-
-
 def _publish(
     db: apsw.Connection, command: Publish, last_stamp: int | None
 ) -> WorkResult | CommandRejected:
@@ -300,7 +271,7 @@ def _publish(
         if decided is not None:
             return decided
     rows = [(r.data, r.headers) for r in command.records]
-    first = _append_rows(db, command.queue_id, rows, command.appended_ms, last_stamp)
+    first = append_rows(db, command.queue_id, rows, command.appended_ms, last_stamp)
     if producer is not None:
         assert command.producer_seq is not None
         (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM fenced_producers").fetchone()
@@ -421,97 +392,6 @@ def _join(db: apsw.Connection, command: JoinGroup, deleted: int) -> WorkResult |
     return GroupJoined(command.queue_id, command.group, settings, created=True)
 
 
-def _end_lease(
-    db: apsw.Connection,
-    key: tuple[str, str],
-    settings: GroupSettings,
-    seq: int,
-    deliveries: int,
-    available_ms: int,
-    error: str | None,
-    now_ms: int,
-) -> str:
-    """The twin of ``_work._end_lease``: ``"waiting"``, ``"dead"`` (moved to the dead-letter
-    queue) or ``"gone"`` (due for the dead-letter queue, but retention had deleted it)."""
-    limit = settings.max_deliveries
-    if limit is None or deliveries < limit:
-        db.execute(
-            "UPDATE group_pending SET member = NULL, until_ms = ?, last_error = ?"
-            " WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
-            (available_ms, error, *key, seq),
-        )
-        return "waiting"
-    db.execute(
-        "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
-        (*key, seq),
-    )
-    row = _value_to_move(db, key[0], seq)
-    if row is None:
-        return "gone"
-    target = settings.dead_letter_queue
-    assert target is not None
-    headers = dead_letter_headers(
-        decode_headers(row[1]), key[0], key[1], seq, deliveries, error or ""
-    )
-    (last_stamp,) = db.execute(
-        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (target,)
-    ).fetchone()
-    _append_rows(db, target, [(row[0], headers)], now_ms, last_stamp)
-    return "dead"
-
-
-def _value_to_move(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str | None] | None:
-    """The message ``seq`` a dead-letter move copies, checked (:func:`read_values`); None when
-    retention deleted it (at or before the queue's deleted front). Its bytes are written
-    again, so even within a read applied for nobody (``UNCHECKED``, a group read's expired
-    leases) a damaged one is never copied as empty bytes, and a missing one after the front is
-    never taken as deleted: either raises :class:`StorageDamaged` (held for a repair)."""
-    row = db.execute(
-        "SELECT deleted_through FROM queues WHERE queue_id = ?", (queue_id,)
-    ).fetchone()
-    if row is None or seq <= row[0]:
-        return None  # (no queue row: the queue and its leases are gone together)
-    token = UNCHECKED.set(None)
-    try:
-        ((_, data, headers),) = read_values(db, queue_id, seq, seq)
-    finally:
-        UNCHECKED.reset(token)
-    return data, headers
-
-
-def _group_settings(db: apsw.Connection, key: tuple[str, str]) -> GroupSettings:
-    row = db.execute(
-        "SELECT visibility_ms, max_deliveries, dead_letter_queue, max_in_flight"
-        " FROM consumer_groups WHERE queue_id = ? AND group_name = ?",
-        key,
-    ).fetchone()
-    return GroupSettings(*row)
-
-
-def _expire(
-    db: apsw.Connection, key: tuple[str, str] | None, now_ms: int, budget: int
-) -> LeasesExpired:
-    """End the leases due at ``now_ms``: one group's, or (``key`` None) every group's."""
-    where = "" if key is None else " AND queue_id = ? AND group_name = ?"
-    due = db.execute(
-        "SELECT queue_id, group_name, sequence_num, deliveries FROM group_pending"
-        f" WHERE member IS NOT NULL AND until_ms <= ?{where}"
-        " ORDER BY queue_id, group_name, sequence_num LIMIT ?",
-        (now_ms, *(key or ()), budget),
-    ).fetchall()
-    settings: dict[tuple[str, str], GroupSettings] = {}
-    dead = 0
-    for queue_id, group, seq, deliveries in due:
-        group_key = (queue_id, group)
-        if group_key not in settings:
-            settings[group_key] = _group_settings(db, group_key)
-        outcome = _end_lease(
-            db, group_key, settings[group_key], seq, deliveries, now_ms, LEASE_EXPIRED, now_ms
-        )
-        dead += outcome == "dead"
-    return LeasesExpired(len(due), dead)
-
-
 def _values_of(
     db: apsw.Connection, queue_id: str, seqs: Sequence[int]
 ) -> list[tuple[int, bytes, Headers]]:
@@ -549,7 +429,7 @@ def _group_read(
     sized: Sizer | None = None,
 ) -> WorkResult:
     now, key = command.now_ms, (command.queue_id, command.group)
-    _expire(db, key, now, MAX_IN_FLIGHT)
+    expire_leases(db, key, now, MAX_IN_FLIGHT)
     db.execute(
         "DELETE FROM group_pending WHERE queue_id = ? AND group_name = ? AND sequence_num <= ?"
         " AND member IS NULL",
@@ -616,37 +496,6 @@ def _group_read(
             (taken[-1][0], *key),
         )
     return Delivered(tuple(deliveries), in_flight=in_flight)
-
-
-def _change_leases(
-    db: apsw.Connection, command: GroupNack | GroupExtend, settings: GroupSettings
-) -> LeasesChanged:
-    key, now = (command.queue_id, command.group), command.now_ms
-    changed, not_held, dead = [], [], []
-    for seq in command.sequence_nums:
-        row = db.execute(
-            "SELECT deliveries, member FROM group_pending WHERE queue_id = ?"
-            " AND group_name = ? AND sequence_num = ?",
-            (*key, seq),
-        ).fetchone()
-        if row is None or row[1] != command.member:
-            not_held.append(seq)
-        elif isinstance(command, GroupExtend):
-            db.execute(
-                "UPDATE group_pending SET until_ms = ? WHERE queue_id = ? AND group_name = ?"
-                " AND sequence_num = ?",
-                (now + (command.visibility_ms or settings.visibility_ms), *key, seq),
-            )
-            changed.append(seq)
-        else:
-            outcome = _end_lease(
-                db, key, settings, seq, row[0], now + command.delay_ms, command.error, now
-            )
-            if outcome == "dead":
-                dead.append(seq)
-            elif outcome == "waiting":
-                changed.append(seq)
-    return LeasesChanged(tuple(changed), tuple(not_held), tuple(dead))
 
 
 def _forget_idle(db: apsw.Connection, command: ForgetIdlePositions) -> WorkResult | CommandRejected:
