@@ -1,0 +1,322 @@
+"""The leader's cycle under the bench's "100 connections x 1 in flight" workload.
+
+    python -m benchmarks.connections_cycle [--seconds S] [--connections N] [--base-port P]
+
+Starts three broker processes (``python -m benchmarks.connections_cycle node ...``: the
+broker's own ``node`` command with probes installed by this program before it starts; the
+broker's code carries none), runs the bench's load generator (``trio_broker._cli._loadgen``,
+two processes, one APPEND of 100 bytes in flight per connection) against the leader, and
+reads back the leader's events, each stamped with ``time.monotonic_ns`` and the thread's CPU
+time: the event loop's waits for I/O (a trio ``Instrument``), ``Store.save`` (on which
+thread, how many commands written and applied), ``RaftDriver._handle_ready``, the driver's
+``_flush_proposals`` (how many proposals it took) and the answers written.
+
+It prints, over the measured window: the durable transactions (how many, how many commands
+each, their wall time), the storage thread's busy share, the gap between one durable
+transaction's end and the next one's start, and how the event loop's thread spent its time
+while the storage thread fsynced and while it was idle (busy share and CPU): the cycle's
+overlap. The probes cost a few µs per event (a handful of events per request): for the
+cycle's shape, not for the bench's absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import pickle
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.sequential_timeline import _leader
+
+EVENTS: list[tuple[int, str, int, int]] = []
+
+
+def _commands(entries: Any) -> int:
+    from trio_broker._core._commands import CommandGroup
+
+    n = 0
+    for entry in entries:
+        payload = entry.payload
+        n += len(payload.commands) if isinstance(payload, CommandGroup) else 1
+    return n
+
+
+def _install(trace: str) -> None:
+    import trio
+
+    from trio_broker._cli import _node
+    from trio_broker._runtime import _direct, _driver
+    from trio_broker._storage import _store
+
+    append = EVENTS.append
+    now = time.monotonic_ns
+    cpu = time.thread_time_ns
+    main = threading.main_thread()
+
+    def dump() -> None:
+        with open(trace, "wb") as f:
+            pickle.dump(EVENTS, f)
+
+    atexit.register(dump)
+
+    class Loop(trio.abc.Instrument):
+        def before_io_wait(self, timeout: float) -> None:
+            append((now(), "idle", 0, cpu()))
+
+        def after_io_wait(self, timeout: float) -> None:
+            append((now(), "wake", 0, cpu()))
+
+    run_node = _node._run_node
+
+    async def traced_run_node(config: Any) -> None:
+        trio.lowlevel.add_instrument(Loop())
+        await run_node(config)
+
+    _node._run_node = traced_run_node  # type: ignore[assignment]
+
+    save = _store.Store.save
+
+    def traced_save(self: Any, *args: Any, **kwargs: Any) -> Any:
+        written = _commands(kwargs.get("entries") or ())
+        applied = _commands(kwargs.get("committed") or ())
+        where = "loop" if threading.current_thread() is main else "thread"
+        append((now(), f"save<{where}", written * 100_000 + applied, cpu()))
+        try:
+            return save(self, *args, **kwargs)
+        finally:
+            append((now(), f"save>{where}", written * 100_000 + applied, cpu()))
+
+    _store.Store.save = traced_save  # type: ignore[method-assign]
+
+    flush = _driver.RaftDriver._flush_proposals
+
+    def traced_flush(self: Any) -> None:
+        queued = self._ledger.queued
+        append((now(), "flush", queued, cpu()))
+        flush(self)
+
+    _driver.RaftDriver._flush_proposals = traced_flush  # type: ignore[method-assign]
+
+    handle_ready = _driver.RaftDriver._handle_ready
+
+    async def traced_handle_ready(self: Any, rd: Any) -> None:
+        append((now(), "ready<", _commands(rd.entries), cpu()))
+        try:
+            await handle_ready(self, rd)
+        finally:
+            append((now(), "ready>", 0, cpu()))
+
+    _driver.RaftDriver._handle_ready = traced_handle_ready  # type: ignore[method-assign]
+
+    send_now = _direct.DirectSocket.send_now
+
+    def traced_send_now(self: Any, data: Any) -> int:
+        append((now(), "answer", 0, 0))
+        return send_now(self, data)
+
+    _direct.DirectSocket.send_now = traced_send_now  # type: ignore[method-assign]
+
+
+def node_main(argv: list[str]) -> int:
+    trace, args = argv[0], argv[1:]
+    _install(trace)
+    from trio_broker._cli import main
+
+    return main(["node", *args])
+
+
+def _start(base: Path, port: int, seed: int | None) -> tuple[subprocess.Popen[str], Path]:
+    trace = base / f"trace-{port}.pickle"
+    cmd = [sys.executable, "-m", "benchmarks.connections_cycle", "node", str(trace)]
+    cmd += ["--port", str(port), "--data-dir", str(base / f"node-{port}")]
+    cmd += ["--log-level", "WARNING"]
+    if seed is not None:
+        cmd += ["--seed", f"127.0.0.1:{seed}"]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.readline()  # (its ready line)
+    return process, trace
+
+
+def _load(port: int, queue_id: str, connections: int, seconds: float) -> tuple[int, float, float]:
+    """Run two load generators at once; (answers, start, end) in monotonic ns."""
+    spec = {
+        "host": "127.0.0.1",
+        "port": port,
+        "window": 1,
+        "seconds": seconds,
+        "request": {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100},
+        "start_at": time.time() + 1.0,
+        "drain_seconds": 5.0,
+    }
+    procs = []
+    for share in (connections // 2, connections - connections // 2):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "trio_broker._cli._loadgen"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert p.stdin is not None
+        p.stdin.write(json.dumps(spec | {"connections": share}).encode())
+        p.stdin.close()
+        procs.append(p)
+    start = time.monotonic_ns() + 1_000_000_000
+    answers = 0
+    for p in procs:
+        assert p.stdout is not None
+        answers += json.loads(p.stdout.read())["ok"]
+        p.wait()
+    return answers, start, start + int(seconds * 1e9)
+
+
+def _intervals(events: list[Any], begin: str, end: str) -> list[tuple[int, int, int, int, int]]:
+    """(start, end, detail, cpu at start, cpu at end) of each begin/end pair."""
+    out = []
+    opened: tuple[int, int, int] | None = None
+    for t, n, d, c in events:
+        if n == begin:
+            opened = (t, d, c)
+        elif n == end and opened is not None:
+            out.append((opened[0], t, opened[1], opened[2], c))
+            opened = None
+    return out
+
+
+def _overlap(spans: list[tuple[int, int]], a: int, b: int) -> int:
+    return sum(max(0, min(e, b) - max(s, a)) for s, e in spans)
+
+
+def analyse(events: list[Any], start: int, end: int, answers: int, seconds: float) -> None:
+    events = [e for e in events if start <= e[0] <= end]
+    durable = [
+        iv
+        for iv in _intervals(events, "save<thread", "save>thread")
+        if iv[2] >= 100_000  # (writes entries: the leader's fsync)
+    ]
+    loop_saves = _intervals(events, "save<loop", "save>loop")
+    # The loop thread's busy spans: from a return of epoll_wait to the next entry into it.
+    busy: list[tuple[int, int]] = []
+    busy_cpu: list[tuple[int, int, int]] = []
+    woke: tuple[int, int] | None = None
+    for t, n, _d, c in events:
+        if n == "wake":
+            woke = (t, c)
+        elif n == "idle" and woke is not None:
+            busy.append((woke[0], t))
+            busy_cpu.append((woke[0], t, c - woke[1]))
+            woke = None
+    window = end - start
+    print(f"{answers / seconds:,.0f} appends/s over {seconds:.0f} s ({answers:,} answers)")
+    if not durable:
+        print("  no durable transaction on the storage thread")
+        return
+    written = [iv[2] // 100_000 for iv in durable]
+    applied = [iv[2] % 100_000 for iv in durable]
+    walls = [(iv[1] - iv[0]) / 1e3 for iv in durable]
+    gaps = [(b[0] - a[1]) / 1e3 for a, b in zip(durable, durable[1:], strict=False)]
+    thread_busy = sum(iv[1] - iv[0] for iv in durable) / window
+    print(
+        f"  durable transactions on the storage thread: {len(durable)}"
+        f" ({len(durable) / seconds:.0f}/s); commands written each: median"
+        f" {statistics.median(written):.0f} (p10 {_pct(written, 10):.0f}, p90"
+        f" {_pct(written, 90):.0f}); applied in the same transaction: median"
+        f" {statistics.median(applied):.0f}, {sum(applied) / max(sum(written), 1):.0%} of all"
+    )
+    print(
+        f"  their wall time: median {statistics.median(walls):,.0f} µs (p90"
+        f" {_pct(walls, 90):,.0f}); storage thread busy {thread_busy:.0%} of the window"
+    )
+    if gaps:
+        print(
+            f"  from one's end to the next one's start: median {statistics.median(gaps):,.0f} µs"
+            f" (p10 {_pct(gaps, 10):,.0f}, p90 {_pct(gaps, 90):,.0f})"
+        )
+    fsync_spans = [(iv[0], iv[1]) for iv in durable]
+    in_fsync = sum(_overlap(fsync_spans, s, e) for s, e in busy)
+    loop_busy = sum(e - s for s, e in busy)
+    fsync_time = sum(e - s for s, e in fsync_spans)
+    idle_time = window - fsync_time
+    loop_cpu = sum(c for _s, _e, c in busy_cpu)
+    cpu_in_fsync = sum(
+        c * _overlap(fsync_spans, s, e) / max(e - s, 1) for s, e, c in busy_cpu
+    )
+    print(
+        f"  the loop's thread busy {loop_busy / window:.0%} of the window"
+        f" ({loop_cpu / answers / 1e3:.1f} µs of its CPU per append):"
+        f" {in_fsync / max(fsync_time, 1):.0%} of the time while the storage thread"
+        f" fsyncs, {(loop_busy - in_fsync) / max(idle_time, 1):.0%} while it is idle;"
+        f" {cpu_in_fsync / max(loop_cpu, 1):.0%} of the loop's CPU overlaps an fsync"
+    )
+    # Each cycle: from one fsync's end to the next one's start, what the loop did.
+    flushes = [(t, d) for t, n, d, _c in events if n == "flush"]
+    answered = [t for t, n, *_ in events if n == "answer"]
+    per_cycle_answers = []
+    per_cycle_flushes = []
+    for a, b in zip(durable, durable[1:], strict=False):
+        per_cycle_answers.append(sum(1 for t in answered if a[0] <= t < b[0]))
+        per_cycle_flushes.append(sum(1 for t, d in flushes if a[0] <= t < b[0] and d))
+    proposals = [d for _t, d in flushes if d]
+    print(
+        f"  proposals taken per flush: median {statistics.median(proposals or [0]):.0f};"
+        f" flushes with proposals per cycle: median {statistics.median(per_cycle_flushes):.0f};"
+        f" answers written per cycle: median {statistics.median(per_cycle_answers):.0f}"
+    )
+    print(
+        f"  apply-only transactions on the loop: {len(loop_saves)}"
+        f" ({len(loop_saves) / seconds:.0f}/s), median"
+        f" {statistics.median([(e - s) / 1e3 for s, e, *_ in loop_saves] or [0]):.0f} µs"
+    )
+
+
+def _pct(values: list[float], p: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, len(ordered) * p // 100)]
+
+
+def run(base: Path, seconds: float, connections: int, base_port: int) -> None:
+    ports = [base_port, base_port + 1, base_port + 2]
+    nodes = [_start(base, ports[0], None)]
+    nodes += [_start(base, p, ports[0]) for p in ports[1:]]
+    try:
+        port, queue_id = _leader(ports)
+        answers, start, end = _load(port, queue_id, connections, seconds)
+    finally:
+        for process, _ in nodes:
+            process.send_signal(signal.SIGTERM)
+        for process, _ in nodes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    trace = nodes[ports.index(port)][1]
+    with open(trace, "rb") as f:
+        events = sorted(pickle.load(f))
+    analyse(events, start, end, answers, seconds)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "node":
+        sys.exit(node_main(sys.argv[2:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--base-port", type=int, default=19531)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as base:
+        run(Path(base), args.seconds, args.connections, args.base_port)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
