@@ -55,6 +55,7 @@ def _install(trace: str) -> None:
     import trio
 
     from trio_broker._cli import _node
+    from trio_broker._core import _raft
     from trio_broker._runtime import _direct, _driver
     from trio_broker._storage import _store
 
@@ -75,6 +76,24 @@ def _install(trace: str) -> None:
 
         def after_io_wait(self, timeout: float) -> None:
             append((now(), "wake", 0, cpu()))
+
+    advance = _raft.RaftNode.advance
+    node_step = _raft.RaftNode.step
+
+    def traced_advance(self: Any) -> None:
+        commit = self.commit
+        advance(self)
+        if self.commit != commit:
+            append((now(), "commit", self.commit, cpu()))
+
+    def traced_node_step(self: Any, message: Any) -> None:
+        commit = self.commit
+        node_step(self, message)
+        if self.commit != commit:
+            append((now(), "commit", self.commit, cpu()))
+
+    _raft.RaftNode.advance = traced_advance  # type: ignore[method-assign]
+    _raft.RaftNode.step = traced_node_step  # type: ignore[method-assign]
 
     run_node = _node._run_node
 
@@ -117,6 +136,19 @@ def _install(trace: str) -> None:
             append((now(), "ready>", 0, cpu()))
 
     _driver.RaftDriver._handle_ready = traced_handle_ready  # type: ignore[method-assign]
+
+    from trio_broker._storage import _worker
+
+    worker_run = _worker.StorageWorker.run
+
+    async def traced_worker_run(self: Any, fn: Any, *args: Any) -> Any:
+        append((now(), "handed", 0, cpu()))
+        try:
+            return await worker_run(self, fn, *args)
+        finally:
+            append((now(), "returned", 0, cpu()))
+
+    _worker.StorageWorker.run = traced_worker_run  # type: ignore[method-assign]
 
     send_now = _direct.DirectSocket.send_now
 
@@ -248,9 +280,7 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
     fsync_time = sum(e - s for s, e in fsync_spans)
     idle_time = window - fsync_time
     loop_cpu = sum(c for _s, _e, c in busy_cpu)
-    cpu_in_fsync = sum(
-        c * _overlap(fsync_spans, s, e) / max(e - s, 1) for s, e, c in busy_cpu
-    )
+    cpu_in_fsync = sum(c * _overlap(fsync_spans, s, e) / max(e - s, 1) for s, e, c in busy_cpu)
     print(
         f"  the loop's thread busy {loop_busy / window:.0%} of the window"
         f" ({loop_cpu / answers / 1e3:.1f} µs of its CPU per append):"
@@ -272,11 +302,55 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
         f" flushes with proposals per cycle: median {statistics.median(per_cycle_flushes):.0f};"
         f" answers written per cycle: median {statistics.median(per_cycle_answers):.0f}"
     )
+    _phases(events, durable)
     print(
         f"  apply-only transactions on the loop: {len(loop_saves)}"
         f" ({len(loop_saves) / seconds:.0f}/s), median"
         f" {statistics.median([(e - s) / 1e3 for s, e, *_ in loop_saves] or [0]):.0f} µs"
     )
+
+
+def _phases(events: list[Any], durable: list[Any]) -> None:
+    """Each cycle's phases, from one durable transaction's end (µs, medians over cycles)."""
+    marks: dict[str, list[float]] = {}
+    names = ("commit", "apply<", "apply>", "last answer", "flush", "ready<", "handed")
+    for a, b in zip(durable, durable[1:], strict=False):
+        seen: dict[str, int] = {}
+        for t, n, d, _c in events:
+            if t < a[1]:
+                continue
+            if t >= b[0]:
+                break
+            if n == "commit":
+                seen.setdefault("commit", t)
+            elif n == "save<loop" and d < 100_000 and d:
+                seen.setdefault("apply<", t)
+            elif n == "save>loop" and d < 100_000 and d:
+                seen.setdefault("apply>", t)
+            elif n == "answer":
+                seen["last answer"] = t
+            elif n == "flush" and d:
+                seen.setdefault("flush", t)
+            elif n == "ready<" and d:
+                seen.setdefault("ready<", t)
+            elif n == "handed":
+                seen["handed"] = t
+        for name in names:
+            if name in seen:
+                marks.setdefault(name, []).append((seen[name] - a[1]) / 1e3)
+    marks["next fsync starts"] = [(b[0] - a[1]) / 1e3 for a, b in zip(durable, durable[1:])]
+    returned = [t for t, n, *_ in events if n == "returned"]
+    back = []
+    for a in durable:
+        later = [t for t in returned if t >= a[1]]
+        if later:
+            back.append((later[0] - a[1]) / 1e3)
+    print(
+        f"  an fsync's end -> its task resumes on the loop: median {statistics.median(back or [0]):,.0f} µs"
+    )
+    print("  a cycle from one durable transaction's end (median µs; cycles seen):")
+    for name, values in sorted(marks.items(), key=lambda kv: statistics.median(kv[1])):
+        print(f"    {name:<20} {statistics.median(values):8,.0f}  ({len(values)})")
 
 
 def _pct(values: list[float], p: int) -> float:
@@ -302,6 +376,9 @@ def run(base: Path, seconds: float, connections: int, base_port: int) -> None:
     trace = nodes[ports.index(port)][1]
     with open(trace, "rb") as f:
         events = sorted(pickle.load(f))
+    if os.environ.get("CYCLE_KEEP"):
+        with open(os.environ["CYCLE_KEEP"], "wb") as f:
+            pickle.dump((events, start, end), f)
     analyse(events, start, end, answers, seconds)
 
 
