@@ -128,10 +128,10 @@ def _install(trace: str) -> None:
 
     handle_ready = _driver.RaftDriver._handle_ready
 
-    async def traced_handle_ready(self: Any, rd: Any) -> None:
+    async def traced_handle_ready(self: Any, rd: Any, *args: Any) -> None:
         append((now(), "ready<", _commands(rd.entries), cpu()))
         try:
-            await handle_ready(self, rd)
+            await handle_ready(self, rd, *args)
         finally:
             append((now(), "ready>", 0, cpu()))
 
@@ -149,6 +149,15 @@ def _install(trace: str) -> None:
             append((now(), "returned", 0, cpu()))
 
     _worker.StorageWorker.run = traced_worker_run  # type: ignore[method-assign]
+
+    start_here = getattr(_driver.RaftDriver, "_start_here", None)
+    if start_here is not None:
+
+        def traced_start_here(self: Any) -> None:
+            append((now(), "cut", self._ledger.queued, cpu()))
+            start_here(self)
+
+        _driver.RaftDriver._start_here = traced_start_here  # type: ignore[attr-defined]
 
     send_now = _direct.DirectSocket.send_now
 
@@ -303,6 +312,7 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
         f" answers written per cycle: median {statistics.median(per_cycle_answers):.0f}"
     )
     _phases(events, durable)
+    print(f"  groups cut by a proposing task: {sum(1 for e in events if e[1] == 'cut')}")
     print(
         f"  apply-only transactions on the loop: {len(loop_saves)}"
         f" ({len(loop_saves) / seconds:.0f}/s), median"
