@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import itertools
 import json
 import os
 import pickle
@@ -150,15 +151,6 @@ def _install(trace: str) -> None:
 
     _worker.StorageWorker.run = traced_worker_run  # type: ignore[method-assign]
 
-    start_here = getattr(_driver.RaftDriver, "_start_here", None)
-    if start_here is not None:
-
-        def traced_start_here(self: Any) -> None:
-            append((now(), "cut", self._ledger.queued, cpu()))
-            start_here(self)
-
-        _driver.RaftDriver._start_here = traced_start_here  # type: ignore[attr-defined]
-
     send_now = _direct.DirectSocket.send_now
 
     def traced_send_now(self: Any, data: Any) -> int:
@@ -265,7 +257,7 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
     written = [iv[2] // 100_000 for iv in durable]
     applied = [iv[2] % 100_000 for iv in durable]
     walls = [(iv[1] - iv[0]) / 1e3 for iv in durable]
-    gaps = [(b[0] - a[1]) / 1e3 for a, b in zip(durable, durable[1:], strict=False)]
+    gaps = [(b[0] - a[1]) / 1e3 for a, b in itertools.pairwise(durable)]
     thread_busy = sum(iv[1] - iv[0] for iv in durable) / window
     print(
         f"  durable transactions on the storage thread: {len(durable)}"
@@ -302,7 +294,7 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
     answered = [t for t, n, *_ in events if n == "answer"]
     per_cycle_answers = []
     per_cycle_flushes = []
-    for a, b in zip(durable, durable[1:], strict=False):
+    for a, b in itertools.pairwise(durable):
         per_cycle_answers.append(sum(1 for t in answered if a[0] <= t < b[0]))
         per_cycle_flushes.append(sum(1 for t, d in flushes if a[0] <= t < b[0] and d))
     proposals = [d for _t, d in flushes if d]
@@ -312,7 +304,6 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
         f" answers written per cycle: median {statistics.median(per_cycle_answers):.0f}"
     )
     _phases(events, durable)
-    print(f"  groups cut by a proposing task: {sum(1 for e in events if e[1] == 'cut')}")
     print(
         f"  apply-only transactions on the loop: {len(loop_saves)}"
         f" ({len(loop_saves) / seconds:.0f}/s), median"
@@ -324,7 +315,7 @@ def _phases(events: list[Any], durable: list[Any]) -> None:
     """Each cycle's phases, from one durable transaction's end (µs, medians over cycles)."""
     marks: dict[str, list[float]] = {}
     names = ("commit", "apply<", "apply>", "last answer", "flush", "ready<", "handed")
-    for a, b in zip(durable, durable[1:], strict=False):
+    for a, b in itertools.pairwise(durable):
         seen: dict[str, int] = {}
         for t, n, d, _c in events:
             if t < a[1]:
@@ -348,7 +339,7 @@ def _phases(events: list[Any], durable: list[Any]) -> None:
         for name in names:
             if name in seen:
                 marks.setdefault(name, []).append((seen[name] - a[1]) / 1e3)
-    marks["next fsync starts"] = [(b[0] - a[1]) / 1e3 for a, b in zip(durable, durable[1:])]
+    marks["next fsync starts"] = [(b[0] - a[1]) / 1e3 for a, b in itertools.pairwise(durable)]
     returned = [t for t, n, *_ in events if n == "returned"]
     back = []
     for a in durable:
@@ -356,7 +347,8 @@ def _phases(events: list[Any], durable: list[Any]) -> None:
         if later:
             back.append((later[0] - a[1]) / 1e3)
     print(
-        f"  an fsync's end -> its task resumes on the loop: median {statistics.median(back or [0]):,.0f} µs"
+        "  an fsync's end -> its task resumes on the loop: median"
+        f" {statistics.median(back or [0]):,.0f} µs"
     )
     print("  a cycle from one durable transaction's end (median µs; cycles seen):")
     for name, values in sorted(marks.items(), key=lambda kv: statistics.median(kv[1])):

@@ -50,7 +50,7 @@ from ._applied import applied_group
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace
 from ._group_members import GroupMembers
-from ._in_step import InStep, Started
+from ._in_step import InStep
 from ._leadership import Leadership
 from ._log import log_event, logger
 from ._network import Network
@@ -82,14 +82,6 @@ def _outcome_unknown(reason: str) -> BrokerError:
         f"outcome unknown: {reason}; the request may or may not have been applied",
         outcome="unknown",
     )
-
-
-async def _first_started(
-    first: list[Started], run: Callable[..., Awaitable[Any]], fn: Callable[[], Any]
-) -> Any:
-    if first:
-        return await first.pop().wait()
-    return await run(fn)
 
 
 class RaftDriver(Proposing, InStep, GroupMembers):
@@ -178,10 +170,6 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         then apply what a message committed itself (:meth:`_apply_here`)."""
         self._taken: raft.Ready | None = None
         """A Ready a stepping task took and left to this task (its loop handles it first)."""
-        self._started: Started | None = None
-        """The transaction of ``_taken``, when a proposing task started it (:meth:`_start_here`)."""
-        self.started_in_step = 0
-        """Groups cut, and their transaction started, by a proposing task."""
         self._failed: Exception | None = None
         """What failed after a stepping task applied a Ready: raised in this task's loop (a
         crash of the driver, recovered as any other)."""
@@ -336,7 +324,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         # core still claiming to lead.
         state, (addresses, queues, retained) = await self._worker.run(self._read_recovery)
         self.node = make_node(self.broker_id, state, self.config)
-        self._taken = self._failed = self._started = None  # (the old core's)
+        self._taken = self._failed = None  # (the old core's: storage holds what they did)
         self._deferred = False
         self._saved_term_vote = (self.node.term, self.node.voted_for)
         # Entries may have been applied without their callbacks: rebuild the views from disk.
@@ -371,8 +359,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                     raise failed
                 if self._taken is not None:  # (a stepping task's: before anything else)
                     rd, self._taken = self._taken, None
-                    started, self._started = self._started, None
-                    await self._handle_ready(rd, started)
+                    await self._handle_ready(rd)
                     self._after_advance()
                     continue
                 if self._snapshot_requests:
@@ -473,17 +460,14 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             peers.send(m)
         return False
 
-    async def _handle_ready(self, rd: raft.Ready, running: Started | None = None) -> None:
-        """``running``: its transaction already runs, and its messages left
-        (:meth:`_start_here`)."""
+    async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
         # Each new entry encoded once, here: its log write and the REPLICATE to every replica
         # reuse these bytes (a replica's entries already carry the bytes they arrived as).
-        if running is None:
-            for entry in rd.entries:
-                payload_bytes(entry)
-            if rd.messages and not self._send_at_once(rd.messages):
-                self._unsent = True
+        for entry in rd.entries:
+            payload_bytes(entry)
+        if rd.messages and not self._send_at_once(rd.messages):
+            self._unsent = True
         snapshot = None
         if rd.snapshot is not None:
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
@@ -508,14 +492,12 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 committed=first,
             )
             durable = saving_durably(rd, self._saved_term_vote)
-            in_place = running is None and runs_in_place(
-                rd, durable, fsync_fast=self._fsync_fast, committed=first
-            )
+            in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=first)
             if in_place and durable and self._unsent:
                 await let_links_send()
                 self._unsent = False
                 started = time.perf_counter()
-            results = await self._save(save, short=in_place, committed=first, started=running)
+            results = await self._save(save, short=in_place, committed=first)
             if results is STOOD_IN:  # (the leader's snapshot, installed next, holds their effect)
                 committed, results = (), []
             if not in_place:
@@ -585,12 +567,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 self._settle_applied(*self._ledger.applied_columns(entry.index, entry.term, result))
 
     async def _save(
-        self,
-        save: Callable[[], list[Any]],
-        *,
-        short: bool,
-        committed: Sequence[Any] = (),
-        started: Started | None = None,
+        self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()
     ) -> list[Any] | StoodIn:
         """Run the Ready's transaction; while it fails for lack of space, retry it.
 
@@ -606,8 +583,6 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         turn = getattr(self._worker, "save_in_turn", None)
         if turn is not None:  # one shared-log transaction for every group of this loop turn
             run = functools.partial(turn, short=short)
-        if started is not None:  # (the first attempt already runs: its outcome, then as always)
-            run = functools.partial(_first_started, [started], run)
         attempt = functools.partial(
             self.disk.retrying, functools.partial(run, save), self._answer_disk_full
         )

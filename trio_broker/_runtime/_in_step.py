@@ -9,16 +9,12 @@ first. A part of :class:`~._driver.RaftDriver`, kept apart from its loop."""
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import outcome
-import trio
 
 from .._core import _raft as raft
-from .._protocol._entries import payload_bytes
 from .._storage._integrity import StorageDamaged
 from .._storage._worker import is_disk_full
 from ._disk_space import DiskState
@@ -33,33 +29,6 @@ from ._save_place import (
 
 if TYPE_CHECKING:
     from ._driver import RaftDriver
-
-SPLIT_AT = 32
-"""Proposals queued in one batch of tasks (while the driver waits for work and the storage
-thread is idle) at which the proposing task cuts a group and starts its durable transaction
-on the storage thread itself (:meth:`InStep._start_here`): the rest of the batch's requests
-are read and proposed while that fsync runs, not before it (docs/performance.md, "100
-connections: the cycle")."""
-
-
-class Started:
-    """A Ready's durable transaction started on the storage thread by a proposing task
-    (:meth:`InStep._start_here`); the driver's task awaits its outcome."""
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._result: outcome.Outcome | None = None
-
-    def deliver(self, result: outcome.Outcome) -> None:
-        self._result = result
-        self._done.set()
-
-    async def wait(self) -> Any:
-        # (never abandoned: the transaction runs to its end whatever happens to this task)
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
-        assert self._result is not None
-        return self._result.unwrap()
 
 
 class InStep:
@@ -260,70 +229,6 @@ class InStep:
         self._handing_over(
             attrs.evolve(rd, hard_state=None, entries=(), truncate_from=None, persisted_messages=())
         )
-
-    def _may_start(self: RaftDriver) -> bool:
-        """Whether a proposing task may cut the group now and start its transaction
-        (:meth:`_start_here`): this broker leads and waits for work in the driver's loop
-        with nothing else for it (no Ready taken, no failure, nothing unsent, no read or
-        snapshot request), the storage thread is idle, one group owns the store, the disk
-        has room, the group has other members, and SPLIT_AT proposals are queued."""
-        node = self.node
-        config = node.config
-        return (
-            self._parked
-            and self._ledger.queued >= SPLIT_AT
-            and node.is_leader
-            and self._taken is None
-            and self._failed is None
-            and not self._unsent
-            and not self._snapshot_requests
-            and not self.reads.arrived
-            and not self.reads.waiting
-            and getattr(self._worker, "idle", False)
-            and getattr(self._worker, "submit", None) is not None
-            and getattr(self._worker, "save_in_turn", None) is None
-            and self.disk.state is DiskState.OK
-            and bool((config.voters | config.learners) - {self.broker_id})
-        )
-
-    def _start_here(self: RaftDriver) -> None:
-        """Cut the group in the proposing task's step: the queued proposals become entries,
-        their REPLICATEs leave, and their durable transaction starts on the storage thread
-        now, while the rest of this batch of tasks reads and proposes (the next group). The
-        driver's task then handles this Ready first as any other (:meth:`_handing_over`), its
-        transaction's outcome awaited rather than run (``_save``'s ``started``): it counts
-        itself for commit only after this fsync (``advance``), and a failed transaction
-        (out of space) is run again there. Only a Ready that writes entries and sends them,
-        applies nothing and does not run in place; any other goes to the driver as it is."""
-        self._flush_proposals()
-        if not self.node.has_ready():
-            return
-        rd = self.node.ready()
-        if (
-            not rd.entries
-            or rd.committed_entries
-            or rd.snapshot is not None
-            or rd.truncate_from is not None
-            or rd.persisted_messages
-            or rd.snapshots_to_send
-            or runs_in_place(rd, True, fsync_fast=self._fsync_fast)
-        ):
-            self._handing_over(rd)
-            return
-        for entry in rd.entries:
-            payload_bytes(entry)
-        if rd.messages and not self._send_at_once(rd.messages):
-            self._unsent = True
-        store = self._store
-        store.hold_damage, store.unchecked_reads = True, True  # (as _repair sets them: no reads)
-        started = Started()
-        self._worker.submit(
-            functools.partial(store.save, hard_state=rd.hard_state, entries=rd.entries),
-            started.deliver,
-        )
-        self._started = started
-        self.started_in_step += 1
-        self._handing_over(rd)
 
     def _handing_over(self: RaftDriver, rd: raft.Ready) -> None:
         self._taken = rd

@@ -59,10 +59,6 @@ class Proposing:
             self.reads.submit(payload, pending)
         else:
             self._ledger.add(payload, pending)
-            if self._may_start():
-                self.wake()
-                self._start_here()
-                return pending
         self.wake()
         return pending
 
@@ -96,8 +92,6 @@ class Proposing:
             else:
                 self._ledger.add_many(commands, list(zip(repeat(group), range(count))))
             self.wake()
-            if self._may_start():
-                self._start_here()
             return group
         add = self._ledger.add
         refused = 0
