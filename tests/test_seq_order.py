@@ -60,30 +60,121 @@ def _watch_replica(driver: Any, events: list[tuple[str, int]]) -> None:
     driver._saved = recording_saved
 
 
-async def test_a_replica_acknowledges_before_its_bookkeeping_and_after_its_fsync(tmp_path):
+def _check_replica_order(events: dict[str, list[tuple[str, int]]]) -> None:
     """Each acknowledgement follows the transaction that made its entries durable (persist
-    before you send: Raft's rule, unchanged) and precedes that transaction's counts, histogram
-    and repair notes (before: after them, on the path the leader's commit waits on)."""
-    events: dict[str, list[tuple[str, int]]] = {}
+    before you send: Raft's rule, unchanged), and the acknowledgement of a transaction's
+    entries precedes that transaction's counts, histogram and repair notes (before: after
+    them, on the path the leader's commit waits on). An acknowledgement of entries counted
+    earlier (a heartbeat's answer, a REPLICATE sent again) has no transaction of its own."""
+    checked = 0
+    for seen in events.values():
+        durable = 0
+        for kind, index in seen:
+            if kind == "durable":
+                durable = max(durable, index)
+            elif kind == "ack":
+                assert index <= durable, seen  # (never before its fsync)
+        for d, (kind, index) in enumerate(seen):
+            if kind != "durable":
+                continue
+            ack = next((n for n in range(d + 1, len(seen)) if seen[n] == ("ack", index)), None)
+            if ack is not None:
+                assert ("counted", index) not in seen[d + 1 : ack], seen
+                checked += 1
+    assert checked >= APPENDS, events
 
+
+def _watch_replicas(events: dict[str, list[tuple[str, int]]]) -> Any:
     def watch(cluster: Any, leader: Any) -> None:
         for broker in cluster.brokers.values():
             if broker is not leader:
                 _watch_replica(broker.driver, events.setdefault(broker.broker_id, []))
 
-    await _appending(tmp_path, watch)
-    acks = 0
-    for seen in events.values():
-        durable = 0
-        for n, (kind, index) in enumerate(seen):
-            if kind == "durable":
-                durable = max(durable, index)
-            elif kind == "ack":
-                assert index <= durable, seen  # (never before its fsync)
-                acks += 1
-                counted = [i for k, i in seen[:n] if k == "counted"]
-                assert index not in counted, seen  # (its transaction's counts come after)
-    assert acks >= APPENDS, events
+    return watch
+
+
+async def test_a_replica_acknowledges_before_its_bookkeeping_and_after_its_fsync(tmp_path):
+    """In the task that read the REPLICATE (``InStep``), each replica's usual path."""
+    events: dict[str, list[tuple[str, int]]] = {}
+    await _appending(tmp_path, _watch_replicas(events))
+    _check_replica_order(events)
+
+
+async def test_the_same_order_on_the_drivers_path(tmp_path, monkeypatch):
+    """Every Ready handed to the driver's task (as a long one, or one after a slow fsync, is):
+    the same order there."""
+    from trio_broker._runtime import _in_step
+
+    monkeypatch.setattr(_in_step, "runs_in_place", lambda *args, **kwargs: False)
+    events: dict[str, list[tuple[str, int]]] = {}
+    await _appending(tmp_path, _watch_replicas(events))
+    _check_replica_order(events)
+
+
+def test_damage_a_save_read_past_is_noted_even_if_the_acknowledgement_fails(monkeypatch):
+    """The store's list of damaged values a transaction read past (reads applied for nobody)
+    is replaced by its next transaction: the in-step persist takes it before the send, so a
+    send that raises (a bug, a nursery closing under shutdown) does not lose it."""
+    import types
+
+    from trio_broker._runtime import _in_step
+    from trio_broker._runtime._disk_space import DiskState
+
+    monkeypatch.setattr(_in_step, "saving_durably", lambda rd, term_vote: True)
+    monkeypatch.setattr(_in_step, "runs_in_place", lambda *args, **kwargs: True)
+    monkeypatch.setattr(_in_step, "apply_weight", lambda committed: 0)
+    noted: list[tuple[str, int]] = []
+    rd = types.SimpleNamespace(
+        committed_entries=(), entries=("e",), persisted_messages=("ack",), messages=(),
+        snapshots_to_send=(), hard_state=None,
+    )  # fmt: skip
+
+    class Store:
+        unchecked_met: list[tuple[str, int]] = []
+
+        def save(self, **kwargs: Any) -> list[Any]:
+            self.unchecked_met = [("Q-DAMAGED", 7)]
+            return []
+
+    class Driver:
+        broker_id = "B-1"
+        _parked, _taken, _failed, _unsent, _deferred = True, None, None, False, False
+        _saved_term_vote, _fsync_fast = (1, None), True
+        persisted_in_step = applied_ahead = ahead_in_step = 0
+        _may_persist = _in_step.InStep._may_persist
+        _set_reads = _in_step.InStep._set_reads
+        _handing_over = _in_step.InStep._handing_over
+
+        def __init__(self) -> None:
+            config = types.SimpleNamespace(voters={"B-1", "B-2"}, learners=set())
+            self.node = types.SimpleNamespace(
+                is_leader=False, config=config, has_ready=lambda: True, ready=lambda: rd,
+                advance=lambda: None,
+            )  # fmt: skip
+            self._worker = types.SimpleNamespace(idle=True, save_in_turn=None)
+            self.disk = types.SimpleNamespace(state=DiskState.OK)
+            self.reads = types.SimpleNamespace(waiting=False)
+            self._ledger = types.SimpleNamespace(queued=False, waiting=lambda index: False)
+            self._store = Store()
+            self.repair = types.SimpleNamespace(take_unchecked_met=self._take)
+
+        def _take(self) -> None:
+            noted.extend(self._store.unchecked_met)
+            self._store.unchecked_met = []
+
+        def _send_at_once(self, messages: Any) -> bool:
+            raise RuntimeError("the send path failed")
+
+        def _saved(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def wake(self) -> None:
+            pass
+
+    driver = Driver()
+    _in_step.InStep._persist_after_frames(driver, True)  # type: ignore[arg-type]
+    assert isinstance(driver._failed, RuntimeError)  # (the driver restarts, as before)
+    assert noted == [("Q-DAMAGED", 7)]
 
 
 async def test_the_leaders_apply_in_a_step_answers_before_its_bookkeeping(tmp_path):

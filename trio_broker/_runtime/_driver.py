@@ -473,6 +473,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             snapshot = (rd.snapshot.snapshot, str(rd.snapshot.data))
         results: Any = []
         committed = rd.committed_entries
+        acknowledged = False  # (rd.persisted_messages handed to the links)
         # A replica acknowledges its new entries before a long apply (APPLY_AHEAD, as
         # InStep._persist_after_frames): two transactions, each of a kind a Ready may be.
         ahead = (
@@ -502,10 +503,15 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 committed, results = (), []
             if not in_place:
                 self._unsent = False  # (this task waited for the storage thread)
-            self._saved(rd, first, durable=durable, took=time.perf_counter() - started)
+            took = time.perf_counter() - started
+            # The acknowledgement first (it promises only what this transaction made durable,
+            # and the leader's commit waits for it), the bookkeeping after: as InStep's.
+            sent = not rd.persisted_messages or self._send_at_once(rd.persisted_messages)
+            acknowledged = True
+            self._saved(rd, first, durable=durable, took=took)
             if ahead:
                 self.applied_ahead += 1
-                if not self._send_at_once(rd.persisted_messages):
+                if not sent:
                     await let_links_send()  # (a busy link, TLS: the acknowledgement first)
                 started = time.perf_counter()
                 apply = functools.partial(self._store.save, committed=committed)
@@ -513,7 +519,13 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 if results is STOOD_IN:
                     committed, results = (), []
                 self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
-        if rd.persisted_messages and not ahead and not self._send_at_once(rd.persisted_messages):
+            if not sent and not ahead:
+                self._unsent = True
+        if (
+            rd.persisted_messages
+            and not acknowledged
+            and not self._send_at_once(rd.persisted_messages)
+        ):
             self._unsent = True
         # A proposal whose entry was truncated here is NOT known to have failed: another
         # broker may still hold it and commit it as a later leader (Raft's Figure 8). Its fate

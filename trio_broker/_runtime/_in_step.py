@@ -108,13 +108,15 @@ class InStep:
         took = time.perf_counter() - started
         self.persisted_in_step += 1
         try:
-            # The acknowledgement first (it promises only what this transaction made durable,
-            # and the leader's commit waits for it), the bookkeeping after.
+            # The damaged values this transaction read past, noted for repair before anything
+            # can fail (the store's list is replaced by its next transaction); then the
+            # acknowledgement (it promises only what this transaction made durable, and the
+            # leader's commit waits for it), the bookkeeping after.
+            self.repair.take_unchecked_met()
             if rd.persisted_messages and not self._send_at_once(rd.persisted_messages):
                 # (a busy link, TLS: the driver's task lets the links send before anything
                 # else, and this task persists no other Ready until then)
                 self._unsent = True
-            self.repair.take_unchecked_met()
             self._saved(rd, first, durable=durable, took=took)
             if ahead:
                 self.applied_ahead += 1
