@@ -23,8 +23,9 @@ SHORT_COMMANDS = 640
 event loop's thread; a larger one goes to the storage thread. Commands are counted one each:
 what a command reads or writes is bounded apart (SHORT_WEIGHT). A replica's save of a new
 entry of 512 appends with the apply of the one before takes 2.5-2.7 ms (median; p90 3.2-3.7;
-its fsync included; 256: 1.1-1.5), so 640 holds the loop about 3.5 ms, far below the
-heartbeat interval (0.2 s), and keeps the groups of a full pipeline of 512 requests (and a
+its fsync included; 256: 1.1-1.5; ``benchmarks/short_save.py``), so 640 holds the loop about
+3.5 ms on a quiet disk, one slow fsync at worst (SLOW_FSYNC), far below the heartbeat
+interval (0.2 s), and keeps the groups of a full pipeline of 512 requests (and a
 few more) off the hand-off to the storage thread (docs/performance.md, "Per-Ready passes and
 the collector")."""
 SHORT_WEIGHT = 4096
