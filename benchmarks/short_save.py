@@ -41,6 +41,7 @@ def main() -> None:
                     index = 2 + round_
                     frame, _ = _frame(index, count, 16)
                     (_, message) = message_from_payload(frame)
+                    assert isinstance(message, rm.Replicate)
                     (entry,) = message.entries
                     committed = [previous] if previous is not None else []
                     hs = rm.HardState(1, None, index - 1)

@@ -70,13 +70,12 @@ def held_size(payload: object) -> int:
     A group's usual commands are counted here without a call each (``data_size`` of an
     APPEND_MESSAGE is its data's length, of a single READ nothing): the same count."""
     if type(payload) is CommandGroup:
-        commands = payload.commands
-        size = (64 + HELD_PER_COMMAND) * len(commands)
-        for command in commands:
-            kind = type(command)
-            if kind is AppendMessage:
+        group = payload.commands
+        size = (64 + HELD_PER_COMMAND) * len(group)
+        for command in group:
+            if type(command) is AppendMessage:
                 size += len(command.data)
-            elif kind is not ReadNext:
+            elif type(command) is not ReadNext:
                 size += data_size(command)
         return size
     commands = len(payload.commands) if isinstance(payload, CommandGroup) else 1
