@@ -99,19 +99,37 @@ def main() -> None:
         default=16,
         help="appends per stamp (one receive's, stamped by the leader's clock; 0: one stamp)",
     )
+    parser.add_argument(
+        "--gc-young",
+        type=int,
+        default=GC_THRESHOLDS[0],
+        help="the young generation's threshold (the node's by default)",
+    )
+    parser.add_argument(
+        "--held",
+        type=int,
+        default=180_000,
+        help="appends the in-memory log holds before the oldest go (compaction: 64 MiB of "
+        "compact_bytes at 358 bytes per append as held_size counts it)",
+    )
     args = parser.parse_args()
-    gc.set_threshold(*GC_THRESHOLDS)  # as a node sets it
+    gc.set_threshold(args.gc_young, *GC_THRESHOLDS[1:])  # as a node sets it
     count = args.appends
     pieces: dict[str, list[float]] = {
         k: [] for k in ("decode", "save", "  of which the apply", "views", "ack", "walks")
     }
     collected = [0.0, 0.0]  # (the time a collection started, the total since the warm-up)
+    longest: dict[int, list[float]] = {}  # generation -> [collections, the longest]
 
     def collecting(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             collected[0] = time.thread_time()
         else:
-            collected[1] += time.thread_time() - collected[0]
+            took = time.thread_time() - collected[0]
+            collected[1] += took
+            seen = longest.setdefault(info["generation"], [0, 0.0])
+            seen[0] += 1
+            seen[1] = max(seen[1], took)
 
     gc.callbacks.append(collecting)
     held: list[rm.Entry] = []
@@ -161,17 +179,22 @@ def main() -> None:
                 )
                 acked, _ = _timed(lambda: encode_message(ack))  # noqa: B023
 
+                ready_committed = tuple(committed)  # (a Ready's, asked twice)
+
                 def walks() -> None:
-                    apply_weight(tuple(committed))  # noqa: B023
-                    apply_weight(tuple(committed))  # noqa: B023
+                    apply_weight(ready_committed)  # noqa: B023
+                    apply_weight(ready_committed)  # noqa: B023
                     for e in committed:  # noqa: B023
                         held_size(e.payload)
 
                 walked, _ = _timed(walks)
                 previous = entry
                 held.append(entry)  # (the in-memory log holds it until a compaction)
+                if len(held) * count > args.held:
+                    del held[: len(held) // 2]  # (a compaction keeps the newest)
                 if round_ == 4:
                     collected[1] = 0.0
+                    longest.clear()
                 if round_ >= 5 and committed:
                     pieces["decode"].append(decode)
                     pieces["save"].append(save)
@@ -192,6 +215,8 @@ def main() -> None:
     gc_us = collected[1] / (args.rounds * count) * 1e6  # (a mean: collections are rare)
     total += gc_us
     print(f"  {'gc (mean)':<22} {gc_us:6.2f} us per append")
+    for generation, (n, most) in sorted(longest.items()):
+        print(f"    generation {generation}: {n} collections, the longest {most * 1e3:.1f} ms")
     print(f"  {'total':<22} {total:6.2f} us per append")
 
 

@@ -71,7 +71,10 @@ class FrameDecoder:
         end = self._pos + HEADER_SIZE + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[self._pos + HEADER_SIZE : end])
+        # One copy, from a view of the buffer (a slice of the bytearray, then bytes of it,
+        # copied the payload twice); the view is released before ``feed`` may resize it.
+        with memoryview(self._buf) as view:
+            payload = view[self._pos + HEADER_SIZE : end].tobytes()
         self._pos = end
         return payload
 

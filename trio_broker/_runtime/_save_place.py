@@ -14,15 +14,20 @@ from typing import Any
 import trio
 
 from .._core import _raft as raft
-from .._core._commands import AppendBatch, CommandGroup, ReadBatch, ReadNext
+from .._core._commands import AppendBatch, AppendMessage, CommandGroup, ReadBatch, ReadNext
 from .._core._work_commands import Publish, ReadRecords
 
 SHORT_ENTRIES = 8
-SHORT_COMMANDS = 256
+SHORT_COMMANDS = 640
 """At most this many entries and commands (written and applied) in a transaction run on the
-event loop's thread; a larger one goes to the storage thread. Commands are counted one each
-(a few hundred µs for 256 small ones): what a command reads or writes is bounded apart
-(SHORT_WEIGHT)."""
+event loop's thread; a larger one goes to the storage thread. Commands are counted one each:
+what a command reads or writes is bounded apart (SHORT_WEIGHT). A replica's save of a new
+entry of 512 appends with the apply of the one before takes 2.5-2.7 ms (median; p90 3.2-3.7;
+its fsync included; 256: 1.1-1.5; ``benchmarks/short_save.py``), so 640 holds the loop about
+3.5 ms on a quiet disk, one slow fsync at worst (SLOW_FSYNC), far below the heartbeat
+interval (0.2 s), and keeps the groups of a full pipeline of 512 requests (and a
+few more) off the hand-off to the storage thread (docs/performance.md, "Per-Ready passes and
+the collector")."""
 SHORT_WEIGHT = 4096
 """At most this many messages read or written by the commands applied (:func:`apply_weight`)
 in a transaction run on the event loop's thread or in a stepping task (:func:`light`): a
@@ -124,11 +129,25 @@ async def let_links_send() -> None:
 def apply_weight(entries: tuple[Any, ...]) -> int:
     """How many messages applying ``entries`` may read or write, at most: a READ's
     ``max_messages``, a batch's values, one for any other command. Commands count 1 each in
-    :func:`short`, though a READ of 1,000 messages reads and checks 1,000 values."""
+    :func:`short`, though a READ of 1,000 messages reads and checks 1,000 values.
+
+    A Ready asks it twice of the same tuple (``APPLY_AHEAD``, then :func:`light`): the last
+    tuple's weight is kept (with the tuple itself, so its identity cannot be reused) and
+    answered again. A tuple of frozen entries cannot change, so its weight cannot either."""
+    last = _last_weighed[0]
+    if entries is last[0]:
+        return last[1]
     weight = 0
     for entry in entries:
         payload = entry.payload
-        for command in payload.commands if isinstance(payload, CommandGroup) else (payload,):
+        if isinstance(payload, CommandGroup):
+            commands = payload.commands
+            if set(map(type, commands)) <= _ONE_EACH:  # (a group's usual commands: no loop)
+                weight += len(commands)
+                continue
+        else:
+            commands = (payload,)
+        for command in commands:
             if type(command) is ReadNext:  # (a single READ, the type tests below skipped)
                 weight += 1
             elif isinstance(command, ReadBatch | ReadRecords):
@@ -139,7 +158,16 @@ def apply_weight(entries: tuple[Any, ...]) -> int:
                 weight += len(command.records)
             else:
                 weight += 1
+    if type(entries) is tuple:
+        _last_weighed[0] = (entries, weight)  # (one store: a reader sees both or neither)
     return weight
+
+
+_ONE_EACH = frozenset((AppendMessage, ReadNext))
+"""Commands of weight one that a group usually holds (an APPEND_MESSAGE, a single READ)."""
+
+_last_weighed: list[tuple[Any, int]] = [(None, 0)]
+"""The tuple :func:`apply_weight` weighed last, and its weight."""
 
 
 def short(entries: tuple[Any, ...], limit: int = SHORT_COMMANDS) -> bool:

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from .._core import _raft as raft
-from .._core._commands import CommandGroup, data_size
+from .._core._commands import AppendMessage, CommandGroup, ReadNext, data_size
 from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
 from .._protocol import FetchValues, StoredValues
@@ -65,7 +65,19 @@ def held_size(payload: object) -> int:
     """What an entry's payload holds in memory, at least: its ``data_size`` and
     :data:`HELD_PER_COMMAND` per command. Compaction counts this against ``compact_bytes``, so
     the log's memory follows the setting whatever the commands' mix (with ``data_size``
-    alone a log of READs held about three times the setting)."""
+    alone a log of READs held about three times the setting).
+
+    A group's usual commands are counted here without a call each (``data_size`` of an
+    APPEND_MESSAGE is its data's length, of a single READ nothing): the same count."""
+    if type(payload) is CommandGroup:
+        group = payload.commands
+        size = (64 + HELD_PER_COMMAND) * len(group)
+        for command in group:
+            if type(command) is AppendMessage:
+                size += len(command.data)
+            elif type(command) is not ReadNext:
+                size += data_size(command)
+        return size
     commands = len(payload.commands) if isinstance(payload, CommandGroup) else 1
     return data_size(payload) + HELD_PER_COMMAND * commands
 
