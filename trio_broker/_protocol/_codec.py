@@ -610,8 +610,21 @@ def dumps_value(value: Any) -> bytes:
 
     orjson hands back bytes that keep its whole 4 KiB working buffer allocated; copied to an
     object of the exact size, a 100-byte value costs 135 bytes of memory instead of 4 KiB.
+
+    A value nested deeper than orjson writes (it reads up to 1024 levels, writes up to 254)
+    is refused with :class:`ProtocolError` (``BAD_REQUEST``): the request is answered with
+    that error, and nothing is stored.
     """
-    return memoryview(orjson.dumps(value)).tobytes()
+    try:
+        return memoryview(orjson.dumps(value)).tobytes()
+    except orjson.JSONEncodeError:
+        raise ProtocolError(
+            f"a value nests deeper than the broker stores (at most {MAX_VALUE_DEPTH} levels)"
+        ) from None
+
+
+MAX_VALUE_DEPTH = 254
+"""The deepest nesting of arrays and objects orjson writes, hence the broker stores."""
 
 
 def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
@@ -622,7 +635,8 @@ def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
     list as it writes it alone, so each piece is that value's ``dumps_value`` bytes, an object
     of its own size. Values with commas (an object of several keys, a list, a string with a
     comma) are written one by one, and so are values nested as deep as orjson writes alone
-    (in the list, one level deeper, it would refuse them)."""
+    (in the list, one level deeper, it would refuse them): a value nested deeper still is
+    refused as :func:`dumps_value` refuses it."""
     try:
         text = orjson.dumps(values)
     except orjson.JSONEncodeError:
