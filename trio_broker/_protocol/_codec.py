@@ -338,10 +338,17 @@ def decode_request(payload: bytes) -> m.Request:
         # then the three-field case), without its calls. Any other frame starting so (another
         # field such as old clients' client_id, spaces, not JSON) goes on with the object
         # parsed here and loads_object's checks, with their errors: no frame is parsed twice.
-        obj = _parsed(payload)
+        # (_parsed and _is_compact written out: no call on the fast path)
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
         compact = None
-        if len(obj) == 3:
-            compact = _is_compact(obj, payload)
+        if len(obj) == 3:  # (an object: the frame starts with one)
+            try:
+                compact = orjson.dumps(obj) == payload
+            except orjson.JSONEncodeError:
+                compact = False
             if compact:
                 queue = obj.get("queue_name")
                 if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
