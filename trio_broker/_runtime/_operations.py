@@ -84,8 +84,8 @@ def plain_append(
     request: m.Append, max_data_bytes: int, appended_ms: int | None
 ) -> cmd.AppendMessage | BrokerError:
     """The command of an APPEND without a producer (the original contract's, the most
-    frequent of all), or the refusal of its value's size: :func:`append_command`'s, with the
-    limit read once by the caller for a whole run of them."""
+    frequent of all), or the refusal of its value (its size, its nesting):
+    :func:`append_command`'s, with the limit read once by the caller for a whole run of them."""
     try:
         data = dumps_value(request.data)
     except ProtocolError as exc:  # nested deeper than the broker stores
