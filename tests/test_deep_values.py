@@ -2,7 +2,7 @@
 
 orjson reads up to 1024 levels of nesting but writes at most 254: a value it decoded and cannot
 write back is refused with ``BAD_REQUEST`` on every path that stores a client's value, and the
-other requests of the same receive are answered in order (docs/protocol.md, "Refusals")."""
+other requests of the same receive are answered in order (docs/protocol.md, "APPEND")."""
 
 from __future__ import annotations
 
