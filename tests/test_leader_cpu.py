@@ -47,6 +47,7 @@ def test_a_compact_append_is_decoded_without_the_general_path(monkeypatch):
         raise AssertionError("the general path")
 
     monkeypatch.setattr(_codec, "loads_object", general)
+    monkeypatch.setattr(_codec, "_checked", general)  # (loads_object's checks, alone)
     monkeypatch.setattr(_codec, "request_from_dict", general)
     for data in ("x" * 100, 0, None, [1, {"a": "b"}], {"data": ',"data":'}):
         frame = orjson.dumps({"operation": "APPEND", "queue_name": "Q-AAAAABBBBB", "data": data})

@@ -234,17 +234,36 @@ def loads_object(payload: bytes) -> dict[str, Any]:
     count equals the keys parsed, no key was dropped; only when they differ is the payload
     parsed again, exactly, to find a duplicate.
     """
+    return _checked(_parsed(payload), payload)
+
+
+def _parsed(payload: bytes) -> dict[str, Any]:
+    """:func:`loads_object`'s parse: the payload's object, not checked yet (:func:`_checked`)."""
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"payload must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _is_compact(obj: dict[str, Any], payload: bytes) -> bool:
+    """Whether orjson writes ``obj`` back as exactly ``payload`` (False when it nests deeper
+    than orjson writes)."""
     try:
-        if orjson.dumps(obj) == payload:
-            return obj
-    except orjson.JSONEncodeError:  # nests deeper than orjson writes: the exact checks
-        pass
+        return orjson.dumps(obj) == payload
+    except orjson.JSONEncodeError:
+        return False
+
+
+def _checked(obj: dict[str, Any], payload: bytes, compact: bool | None = None) -> dict[str, Any]:
+    """:func:`loads_object`'s checks of ``obj``, parsed from ``payload`` (``compact``:
+    :func:`_is_compact`'s answer when the caller knows it): ``obj``, or :class:`ProtocolError`."""
+    if compact is None:
+        compact = _is_compact(obj, payload)
+    if compact:
+        return obj
     long_digits = _has_long_digits(payload)
     key_ends = _key_ends(payload)
     exact = key_ends != len(obj) and key_ends != _key_count(obj)
@@ -312,30 +331,40 @@ _APPEND_START = b'{"operation":"APPEND",'
 def decode_request(payload: bytes) -> m.Request:
     """Bytes of one frame to a request message, or :class:`ProtocolError`."""
     # (The type first: a memoryview, a bytearray or a str decodes as before, never looked up.)
+    remembered = False
     if type(payload) is bytes and payload.startswith(_APPEND_START):
         # The original contract's APPEND as clients write it, the most frequent request of
         # all: what the general path below makes of it (loads_object's compact-JSON check,
-        # then the three-field case), without its calls; any other frame starting so (another
-        # field, spaces, not JSON) takes the general path, with its errors.
+        # then the three-field case), without its calls. Any other frame starting so (another
+        # field such as old clients' client_id, spaces, not JSON) goes on with the object
+        # parsed here and loads_object's checks, with their errors: no frame is parsed twice.
+        # (_parsed and _is_compact written out: no call on the fast path)
         try:
             obj = orjson.loads(payload)
-            compact = type(obj) is dict and len(obj) == 3 and orjson.dumps(obj) == payload
-        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-            compact = False
-        if compact:
-            queue = obj.get("queue_name")
-            if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
-                return m.Append(queue, obj["data"])
-    remembered = (
-        type(payload) is bytes
-        and payload.startswith(_READ_START)
-        and len(payload) <= MAX_READ_REMEMBERED_BYTES
-    )
-    if remembered:
-        read = _READS.get(payload)
-        if read is not None:
-            return read
-    obj = loads_object(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
+        compact = None
+        if len(obj) == 3:  # (an object: the frame starts with one)
+            try:
+                compact = orjson.dumps(obj) == payload
+            except orjson.JSONEncodeError:
+                compact = False
+            if compact:
+                queue = obj.get("queue_name")
+                if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
+                    return m.Append(queue, obj["data"])
+        obj = _checked(obj, payload, compact)
+    else:
+        remembered = (
+            type(payload) is bytes
+            and payload.startswith(_READ_START)
+            and len(payload) <= MAX_READ_REMEMBERED_BYTES
+        )
+        if remembered:
+            read = _READS.get(payload)
+            if read is not None:
+                return read
+        obj = loads_object(payload)
     if len(obj) == 3:
         # The original contract's APPEND (operation, queue_name, data) and READ (operation,
         # queue_name, client_id), the most frequent requests of all: what _fast_append and
@@ -588,8 +617,21 @@ def dumps_value(value: Any) -> bytes:
 
     orjson hands back bytes that keep its whole 4 KiB working buffer allocated; copied to an
     object of the exact size, a 100-byte value costs 135 bytes of memory instead of 4 KiB.
+
+    A value nested deeper than orjson writes (it reads up to 1024 levels, writes up to 254)
+    is refused with :class:`ProtocolError` (``BAD_REQUEST``): the request is answered with
+    that error, and nothing is stored.
     """
-    return memoryview(orjson.dumps(value)).tobytes()
+    try:
+        return memoryview(orjson.dumps(value)).tobytes()
+    except orjson.JSONEncodeError:
+        raise ProtocolError(
+            f"a value nests deeper than the broker stores (at most {MAX_VALUE_DEPTH} levels)"
+        ) from None
+
+
+MAX_VALUE_DEPTH = 254
+"""The deepest nesting of arrays and objects orjson writes, hence the broker stores."""
 
 
 def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
@@ -600,7 +642,8 @@ def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
     list as it writes it alone, so each piece is that value's ``dumps_value`` bytes, an object
     of its own size. Values with commas (an object of several keys, a list, a string with a
     comma) are written one by one, and so are values nested as deep as orjson writes alone
-    (in the list, one level deeper, it would refuse them)."""
+    (in the list, one level deeper, it would refuse them): a value nested deeper still is
+    refused as :func:`dumps_value` refuses it."""
     try:
         text = orjson.dumps(values)
     except orjson.JSONEncodeError:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import _core
 from .._core import _commands as cmd
-from .._errors import BrokerError, ErrorCode
+from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._protocol import _messages as m
 from .._protocol import dumps_value
 from .._protocol._codec import dumps_values
@@ -61,13 +61,19 @@ def append_command(
     if isinstance(request, m.Append):
         if producer == (None, None):
             return plain_append(request, config.max_data_bytes, appended_ms)
-        data = dumps_value(request.data)
+        try:
+            data = dumps_value(request.data)
+        except ProtocolError as exc:
+            return exc
         if len(data) > config.max_data_bytes:
             return too_large(len(data), config.max_data_bytes, "data")
         return cmd.AppendMessage(request.queue_name, data, *producer, appended_ms)
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
-    values = dumps_values(request.values)
+    try:
+        values = dumps_values(request.values)
+    except ProtocolError as exc:
+        return exc
     total = sum(map(len, values))
     if total > config.max_data_bytes:
         return too_large(total, config.max_data_bytes, "the values' data")
@@ -78,9 +84,12 @@ def plain_append(
     request: m.Append, max_data_bytes: int, appended_ms: int | None
 ) -> cmd.AppendMessage | BrokerError:
     """The command of an APPEND without a producer (the original contract's, the most
-    frequent of all), or the refusal of its value's size: :func:`append_command`'s, with the
-    limit read once by the caller for a whole run of them."""
-    data = dumps_value(request.data)
+    frequent of all), or the refusal of its value (its size, its nesting):
+    :func:`append_command`'s, with the limit read once by the caller for a whole run of them."""
+    try:
+        data = dumps_value(request.data)
+    except ProtocolError as exc:  # nested deeper than the broker stores
+        return exc
     if len(data) > max_data_bytes:
         return too_large(len(data), max_data_bytes, "data")
     return cmd.AppendMessage(request.queue_name, data, None, None, appended_ms)

@@ -24,7 +24,7 @@ from .._core._commands import (
     ReadNext,
 )
 from .._core._commands import ReadBatch as ReadBatchCommand
-from .._errors import BrokerError
+from .._errors import BrokerError, ProtocolError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
 from .._protocol._codec import (
     appended_frame,
@@ -121,7 +121,11 @@ class Runs:
                 and not closing
             ):
                 # (plain_append's check and command, written out: no call per APPEND)
-                data = dumps_value(request.data)
+                try:
+                    data = dumps_value(request.data)
+                except ProtocolError as exc:  # nested deeper than the broker stores
+                    answers.append(Answer(now=exc))
+                    continue
                 if len(data) > max_data:
                     answers.append(Answer(now=too_large(len(data), max_data, "data")))
                     continue

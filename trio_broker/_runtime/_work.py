@@ -25,7 +25,7 @@ import trio
 from .._core import _commands as cmd
 from .._core import _work_commands as work
 from .._core._work_rules import name_problem
-from .._errors import BrokerError, ErrorCode
+from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._protocol import _messages as m
 from .._protocol import dumps_value, stored_value
 from ._answer import Answer
@@ -83,9 +83,12 @@ def publish_command(
         if request.headers is not None and len(request.headers) != len(values):
             return _bad("headers must hold one object per value")
         headers = request.headers or [None] * len(values)
-    records = tuple(
-        work.Record(dumps_value(v), _headers(h)) for v, h in zip(values, headers, strict=True)
-    )
+    try:
+        records = tuple(
+            work.Record(dumps_value(v), _headers(h)) for v, h in zip(values, headers, strict=True)
+        )
+    except ProtocolError as exc:  # a value nested deeper than the broker stores
+        return exc
     total = sum(len(r.data) + sum(len(k) + len(v) + 6 for k, v in r.headers) for r in records)
     if total > config.max_data_bytes:
         return BrokerError(
