@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.sqlite_locks import alternate, append_entry, create_queue
+from benchmarks.replica_cost import create_queue
+from benchmarks.sqlite_locks import alternate, append_entry
 from trio_broker._core import _raft_messages as rm
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._storage._shared_log import SHARED_LOG_FILE, SharedLog

@@ -22,20 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.replica_cost import QUEUE, create_queue
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft_messages as rm
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._storage._store import Store
-
-QUEUE = "Q-0123456789abcdef"
-
-
-def create_queue(store: Store) -> None:
-    """Write and apply the entry at index 1 that creates ``QUEUE``, as a new group's leader
-    does."""
-    create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
-    store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
-    store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
 
 
 def append_entry(index: int, value: bytes) -> rm.Entry:
