@@ -23,13 +23,11 @@ import statistics
 import tempfile
 import time
 
+from benchmarks.replica_cost import QUEUE, queue_store
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft_messages as rm
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._protocol._entries import payload_bytes
-from trio_broker._storage._store import Store
-
-QUEUE = "Q-0123456789abcdef"
 
 
 def _entry(index: int) -> rm.Entry:
@@ -46,32 +44,25 @@ def main() -> None:
     cpu = time.thread_time
     wall = time.perf_counter
     seen: dict[str, list[tuple[float, float, float]]] = {"together": [], "apart": []}
-    with tempfile.TemporaryDirectory() as d:
-        store = Store(d)
-        try:
-            create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
-            store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
-            store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
-            previous = _entry(2)
-            store.save(entries=[previous], hard_state=rm.HardState(1, None, 1))
-            for n in range(args.rounds + 20):
-                entry = _entry(3 + n)
-                hs = rm.HardState(1, None, previous.index)
-                way = "together" if n % 2 else "apart"
-                started, began = cpu(), wall()
-                if way == "together":
-                    store.save(entries=[entry], hard_state=hs, committed=[previous])
-                    acked, acked_wall = cpu(), wall()
-                else:
-                    store.save(entries=[entry], hard_state=hs)
-                    acked, acked_wall = cpu(), wall()
-                    store.save(committed=[previous])
-                done = cpu()
-                if n >= 20:
-                    seen[way].append((acked - started, done - started, acked_wall - began))
-                previous = entry
-        finally:
-            store.close()
+    with tempfile.TemporaryDirectory() as d, queue_store(d) as store:
+        previous = _entry(2)
+        store.save(entries=[previous], hard_state=rm.HardState(1, None, 1))
+        for n in range(args.rounds + 20):
+            entry = _entry(3 + n)
+            hs = rm.HardState(1, None, previous.index)
+            way = "together" if n % 2 else "apart"
+            started, began = cpu(), wall()
+            if way == "together":
+                store.save(entries=[entry], hard_state=hs, committed=[previous])
+                acked, acked_wall = cpu(), wall()
+            else:
+                store.save(entries=[entry], hard_state=hs)
+                acked, acked_wall = cpu(), wall()
+                store.save(committed=[previous])
+            done = cpu()
+            if n >= 20:
+                seen[way].append((acked - started, done - started, acked_wall - began))
+            previous = entry
     print("a replica's transaction(s) per sequential append, median µs (thread CPU)")
     print(f"  {'':<10} {'CPU to ack':>11} {'CPU in all':>11} {'wall to ack':>12}")
     for way, rows in seen.items():

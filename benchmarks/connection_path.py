@@ -43,8 +43,17 @@ from trio_broker._runtime._security import Security
 APPEND = {"operation": "APPEND", "queue_name": "Q-AAAAABBBBB", "data": "x" * 100}
 
 
-class _Node:
+class LeaderNode:
+    """A stand-in for the driver's ``RaftNode``: always the leader."""
+
     is_leader = True
+
+
+def stand_in_runs(config: BrokerConfig, driver: Any) -> Runs:
+    """The real ``Runs`` on a stand-in driver (``propose_many`` and a ``node`` is all it
+    needs of one for APPENDs): no handler for other requests, never closing, its clock
+    fixed."""
+    return Runs(config, driver, handle=None, closing=lambda: False, wall_clock_ms=lambda: 1)  # type: ignore[arg-type]
 
 
 class _Driver:
@@ -52,7 +61,7 @@ class _Driver:
     number is its position)."""
 
     max_group = 1024
-    node = _Node()
+    node = LeaderNode()
 
     def __init__(self) -> None:
         self.waiting: list[PendingGroup | Pending] = []
@@ -138,13 +147,7 @@ async def _run(connections: int, window: int, per_connection: int) -> float:
     with tempfile.TemporaryDirectory() as base:
         config = BrokerConfig(data_dir=base, port=0)
         driver = _Driver()
-        runs = Runs(
-            config,
-            driver,  # type: ignore[arg-type]
-            handle=None,  # type: ignore[arg-type]
-            closing=lambda: False,
-            wall_clock_ms=lambda: 1,
-        )
+        runs = stand_in_runs(config, driver)
 
         async def one(request: Any, session: Any) -> Answer:
             got: list[Answer] = []

@@ -22,12 +22,10 @@ cycle's shape, not for the bench's absolute figures.
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
 import json
 import os
 import pickle
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,9 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.sequential_timeline import _leader
-
-EVENTS: list[tuple[int, str, int, int]] = []
+from benchmarks import _probes
 
 
 def _commands(entries: Any) -> int:
@@ -53,56 +49,14 @@ def _commands(entries: Any) -> int:
 
 
 def _install(trace: str) -> None:
-    import trio
-
-    from trio_broker._cli import _node
-    from trio_broker._core import _raft
     from trio_broker._runtime import _direct, _driver
-    from trio_broker._storage import _store
+    from trio_broker._storage import _store, _worker
 
-    append = EVENTS.append
-    now = time.monotonic_ns
-    cpu = time.thread_time_ns
+    record = _probes.record
     main = threading.main_thread()
-
-    def dump() -> None:
-        with open(trace, "wb") as f:
-            pickle.dump(EVENTS, f)
-
-    atexit.register(dump)
-
-    class Loop(trio.abc.Instrument):
-        def before_io_wait(self, timeout: float) -> None:
-            append((now(), "idle", 0, cpu()))
-
-        def after_io_wait(self, timeout: float) -> None:
-            append((now(), "wake", 0, cpu()))
-
-    advance = _raft.RaftNode.advance
-    node_step = _raft.RaftNode.step
-
-    def traced_advance(self: Any) -> None:
-        commit = self.commit
-        advance(self)
-        if self.commit != commit:
-            append((now(), "commit", self.commit, cpu()))
-
-    def traced_node_step(self: Any, message: Any) -> None:
-        commit = self.commit
-        node_step(self, message)
-        if self.commit != commit:
-            append((now(), "commit", self.commit, cpu()))
-
-    _raft.RaftNode.advance = traced_advance  # type: ignore[method-assign]
-    _raft.RaftNode.step = traced_node_step  # type: ignore[method-assign]
-
-    run_node = _node._run_node
-
-    async def traced_run_node(config: Any) -> None:
-        trio.lowlevel.add_instrument(Loop())
-        await run_node(config)
-
-    _node._run_node = traced_run_node  # type: ignore[assignment]
+    _probes.dump_at_exit(trace)
+    _probes.trace_loop()
+    _probes.trace_commits()
 
     save = _store.Store.save
 
@@ -110,19 +64,18 @@ def _install(trace: str) -> None:
         written = _commands(kwargs.get("entries") or ())
         applied = _commands(kwargs.get("committed") or ())
         where = "loop" if threading.current_thread() is main else "thread"
-        append((now(), f"save<{where}", written * 100_000 + applied, cpu()))
+        record(f"save<{where}", written * 100_000 + applied)
         try:
             return save(self, *args, **kwargs)
         finally:
-            append((now(), f"save>{where}", written * 100_000 + applied, cpu()))
+            record(f"save>{where}", written * 100_000 + applied)
 
     _store.Store.save = traced_save  # type: ignore[method-assign]
 
     flush = _driver.RaftDriver._flush_proposals
 
     def traced_flush(self: Any) -> None:
-        queued = self._ledger.queued
-        append((now(), "flush", queued, cpu()))
+        record("flush", self._ledger.queued)
         flush(self)
 
     _driver.RaftDriver._flush_proposals = traced_flush  # type: ignore[method-assign]
@@ -130,55 +83,34 @@ def _install(trace: str) -> None:
     handle_ready = _driver.RaftDriver._handle_ready
 
     async def traced_handle_ready(self: Any, rd: Any, *args: Any) -> None:
-        append((now(), "ready<", _commands(rd.entries), cpu()))
+        record("ready<", _commands(rd.entries))
         try:
             await handle_ready(self, rd, *args)
         finally:
-            append((now(), "ready>", 0, cpu()))
+            record("ready>", 0)
 
     _driver.RaftDriver._handle_ready = traced_handle_ready  # type: ignore[method-assign]
-
-    from trio_broker._storage import _worker
 
     worker_run = _worker.StorageWorker.run
 
     async def traced_worker_run(self: Any, fn: Any, *args: Any) -> Any:
-        append((now(), "handed", 0, cpu()))
+        record("handed", 0)
         try:
             return await worker_run(self, fn, *args)
         finally:
-            append((now(), "returned", 0, cpu()))
+            record("returned", 0)
 
     _worker.StorageWorker.run = traced_worker_run  # type: ignore[method-assign]
 
     send_now = _direct.DirectSocket.send_now
+    events = _probes.EVENTS
+    now = time.monotonic_ns
 
     def traced_send_now(self: Any, data: Any) -> int:
-        append((now(), "answer", 0, 0))
+        events.append((now(), "answer", 0, 0))
         return send_now(self, data)
 
     _direct.DirectSocket.send_now = traced_send_now  # type: ignore[method-assign]
-
-
-def node_main(argv: list[str]) -> int:
-    trace, args = argv[0], argv[1:]
-    _install(trace)
-    from trio_broker._cli import main
-
-    return main(["node", *args])
-
-
-def _start(base: Path, port: int, seed: int | None) -> tuple[subprocess.Popen[str], Path]:
-    trace = base / f"trace-{port}.pickle"
-    cmd = [sys.executable, "-m", "benchmarks.connections_cycle", "node", str(trace)]
-    cmd += ["--port", str(port), "--data-dir", str(base / f"node-{port}")]
-    cmd += ["--log-level", "WARNING"]
-    if seed is not None:
-        cmd += ["--seed", f"127.0.0.1:{seed}"]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    process.stdout.readline()  # (its ready line)
-    return process, trace
 
 
 def _load(port: int, queue_id: str, connections: int, seconds: float) -> tuple[int, float, float]:
@@ -362,22 +294,13 @@ def _pct(values: list[float], p: int) -> float:
 
 def run(base: Path, seconds: float, connections: int, base_port: int) -> None:
     ports = [base_port, base_port + 1, base_port + 2]
-    nodes = [_start(base, ports[0], None)]
-    nodes += [_start(base, p, ports[0]) for p in ports[1:]]
+    nodes = _probes.start_cluster("benchmarks.connections_cycle", base, ports)
     try:
-        port, queue_id = _leader(ports)
+        port, queue_id = _probes.leader(ports)
         answers, start, end = _load(port, queue_id, connections, seconds)
     finally:
-        for process, _ in nodes:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in nodes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    trace = nodes[ports.index(port)][1]
-    with open(trace, "rb") as f:
-        events = sorted(pickle.load(f))
+        _probes.stop(nodes)
+    events = _probes.read(nodes[ports.index(port)][1])
     if os.environ.get("CYCLE_KEEP"):
         with open(os.environ["CYCLE_KEEP"], "wb") as f:
             pickle.dump((events, start, end), f)
@@ -386,7 +309,7 @@ def run(base: Path, seconds: float, connections: int, base_port: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "node":
-        sys.exit(node_main(sys.argv[2:]))
+        sys.exit(_probes.node_main(_install, sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=100)

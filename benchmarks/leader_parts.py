@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks.connection_path import APPEND, LeaderNode, stand_in_runs
 from trio_broker._core import _commands as cmd
 from trio_broker._protocol import decode_request, encode_frame
 from trio_broker._protocol._framing import FrameDecoder
@@ -38,19 +39,12 @@ from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._limits import BufferBudget
 from trio_broker._runtime._outbox import Outbox
 from trio_broker._runtime._pending import PendingGroup
-from trio_broker._runtime._runs import Runs
 from trio_broker._runtime._writer import AnswerWriter
-
-APPEND = {"operation": "APPEND", "queue_name": "Q-AAAAABBBBB", "data": "x" * 100}
-
-
-class _Node:
-    is_leader = True
 
 
 class _Driver:
     max_group = 1024
-    node = _Node()
+    node = LeaderNode()
     group: PendingGroup
 
     async def propose_many(self, commands: list[Any]) -> PendingGroup:
@@ -94,13 +88,7 @@ def main() -> None:
     config = BrokerConfig(data_dir=".", port=0)
     budget = BufferBudget(config.max_buffered_bytes)
     driver = _Driver()
-    runs = Runs(
-        config,
-        driver,  # type: ignore[arg-type]
-        handle=None,  # type: ignore[arg-type]
-        closing=lambda: False,
-        wall_clock_ms=lambda: 1,
-    )
+    runs = stand_in_runs(config, driver)
     requests = [decode_request(payload) for _ in range(count)]
     infos = [("APPEND", 1.0, len(payload))] * count
     results = [cmd.MessageAppended(1000 + index) for index in range(count)]

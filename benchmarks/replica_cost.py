@@ -30,12 +30,13 @@ replica's CPU per append (this round)": the same code, measured inside a replica
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from trio_broker._cli._node import GC_THRESHOLDS
@@ -52,6 +53,26 @@ from trio_broker._runtime._snapshots import held_size
 from trio_broker._storage._store import Store
 
 QUEUE = "Q-0123456789abcdef"
+
+
+def create_queue(store: Store) -> None:
+    """Write and apply the entry at index 1 that creates ``QUEUE``, as a new group's leader
+    does."""
+    create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
+    store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
+    store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
+
+
+@contextlib.contextmanager
+def queue_store(directory: str) -> Iterator[Store]:
+    """A store in ``directory`` whose log has created ``QUEUE`` (index 1, applied); closed
+    after."""
+    store = Store(directory)
+    try:
+        create_queue(store)
+        yield store
+    finally:
+        store.close()
 
 
 def _frame(index: int, count: int, receive: int) -> tuple[bytes, rm.Entry]:
@@ -144,9 +165,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         store = Store(d)
         try:
-            create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
-            store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
-            store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
+            create_queue(store)
             previous: rm.Entry | None = None
             for round_ in range(args.rounds + 5):
                 index = 2 + 2 * round_

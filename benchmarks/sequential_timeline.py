@@ -31,15 +31,9 @@ replica): the timeline is for where the time goes, not for the absolute figures 
 from __future__ import annotations
 
 import argparse
-import atexit
-import json
 import os
-import pickle
-import signal
 import socket
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVENTS: list[tuple[int, str, int, int]] = []
+from benchmarks import _probes
+
 FINE: tuple[str, ...] = tuple(n for n in os.environ.get("TIMELINE_FINE", "").split(",") if n)
 """More of the driver's methods to time (``TIMELINE_FINE=_saved,_applied``): their entry and
 exit are printed by ``--dump``."""
@@ -56,43 +51,22 @@ exit are printed by ``--dump``."""
 def _install(trace: str) -> None:
     """Wrap the broker's functions named in the module's docstring, in this process only;
     the events are written to ``trace`` when the process exits."""
-    import trio
-
-    from trio_broker._cli import _node
     from trio_broker._core import _raft
     from trio_broker._core._raft_messages import Replicate, ReplicateResponse
     from trio_broker._runtime import _connections, _direct, _driver, _peer_mux
     from trio_broker._storage import _store
 
-    append = EVENTS.append
     now = time.monotonic_ns
     cpu = time.thread_time_ns
+    append = _probes.EVENTS.append
 
     def rec(event: tuple[int, str, int]) -> None:
         append((*event, cpu()))
 
     main = threading.main_thread()
-
-    def dump() -> None:
-        with open(trace, "wb") as f:
-            pickle.dump(EVENTS, f)
-
-    atexit.register(dump)
-
-    class Loop(trio.abc.Instrument):
-        def before_io_wait(self, timeout: float) -> None:
-            rec((now(), "idle", 0))
-
-        def after_io_wait(self, timeout: float) -> None:
-            rec((now(), "wake", 0))
-
-    run_node = _node._run_node
-
-    async def traced_run_node(config: Any) -> None:
-        trio.lowlevel.add_instrument(Loop())
-        await run_node(config)
-
-    _node._run_node = traced_run_node  # type: ignore[assignment]
+    _probes.dump_at_exit(trace)
+    _probes.trace_loop()
+    _probes.trace_commits()
 
     decode = _connections.decode_request
 
@@ -140,26 +114,6 @@ def _install(trace: str) -> None:
                 rec((now(), "step>", 0))
 
     _driver.RaftDriver.step = traced_step  # type: ignore[method-assign]
-
-    node_step = _raft.RaftNode.step
-
-    def traced_node_step(self: Any, message: Any) -> None:
-        commit = self.commit
-        node_step(self, message)
-        if self.commit != commit:
-            rec((now(), "commit", self.commit))
-
-    _raft.RaftNode.step = traced_node_step  # type: ignore[method-assign]
-
-    advance = _raft.RaftNode.advance
-
-    def traced_advance(self: Any) -> None:
-        commit = self.commit
-        advance(self)
-        if self.commit != commit:
-            rec((now(), "commit", self.commit))
-
-    _raft.RaftNode.advance = traced_advance  # type: ignore[method-assign]
 
     wake = _driver.RaftDriver.wake
 
@@ -248,70 +202,7 @@ def _install(trace: str) -> None:
     _direct.DirectSocket.send_all = traced_send_all  # type: ignore[method-assign]
 
 
-def node_main(argv: list[str]) -> int:
-    """``node TRACE ARGS...``: the broker's ``node`` command with the probes installed."""
-    trace, args = argv[0], argv[1:]
-    _install(trace)
-    from trio_broker._cli import main
-
-    return main(["node", *args])
-
-
 # -- the client and the analysis ------------------------------------------------------------------
-
-
-def _call(sock: socket.socket, obj: Any, buf: bytearray) -> dict[str, Any]:
-    payload = json.dumps(obj).encode()
-    sock.sendall(struct.pack(">I", len(payload)) + payload)
-    while True:
-        if len(buf) >= 4:
-            (n,) = struct.unpack(">I", buf[:4])
-            if len(buf) >= 4 + n:
-                answer = json.loads(bytes(buf[4 : 4 + n]))
-                del buf[: 4 + n]
-                return answer  # type: ignore[no-any-return]
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("the broker closed the connection")
-        buf += data
-
-
-def _start(base: Path, port: int, seed: int | None) -> tuple[subprocess.Popen[str], Path]:
-    trace = base / f"trace-{port}.pickle"
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.sequential_timeline",
-        "node",
-        str(trace),
-        "--port",
-        str(port),
-        "--data-dir",
-        str(base / f"node-{port}"),
-        "--log-level",
-        "WARNING",
-    ]
-    if seed is not None:
-        cmd += ["--seed", f"127.0.0.1:{seed}"]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    process.stdout.readline()  # (its ready line)
-    return process, trace
-
-
-def _leader(ports: list[int]) -> tuple[int, str]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for port in ports:
-            try:
-                with socket.create_connection(("127.0.0.1", port)) as sock:
-                    answer = _call(sock, {"operation": "CREATE_QUEUE"}, bytearray())
-            except OSError:
-                continue
-            if answer.get("status") == "success":
-                return port, answer["queue_id"]
-        time.sleep(0.2)
-    raise RuntimeError("no leader within 30 s")
 
 
 def _first(events: list[tuple[int, str, int]], name: str, after: int, detail: Any = None) -> int:
@@ -391,40 +282,26 @@ def _steps(
     return {k: (v - send if v else 0) for k, v in out.items()} | cpu
 
 
-def _read(trace: Path) -> list[tuple[int, str, int]]:
-    with open(trace, "rb") as f:
-        events: list[tuple[int, str, int]] = pickle.load(f)
-    events.sort()
-    return events
-
-
 def run(base: Path, appends: int, base_port: int, dump: bool = False) -> None:
     ports = [base_port, base_port + 1, base_port + 2]
-    nodes = [_start(base, ports[0], None)]
-    nodes += [_start(base, p, ports[0]) for p in ports[1:]]
+    nodes = _probes.start_cluster("benchmarks.sequential_timeline", base, ports)
     sends: list[tuple[int, int]] = []
     try:
-        port, queue_id = _leader(ports)
+        port, queue_id = _probes.leader(ports)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buf = bytearray()
             request = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
             for _ in range(50):  # warm up
-                _call(sock, request, buf)
+                _probes.call(sock, request, buf)
             for _ in range(appends):
                 sent = time.monotonic_ns()
-                answer = _call(sock, request, buf)
+                answer = _probes.call(sock, request, buf)
                 sends.append((sent, time.monotonic_ns()))
                 assert answer.get("status") == "success", answer
     finally:
-        for process, _ in nodes:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in nodes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    traces = {p: _read(trace) for p, (_, trace) in zip(ports, nodes, strict=True)}
+        _probes.stop(nodes)
+    traces = {p: _probes.read(trace) for p, (_, trace) in zip(ports, nodes, strict=True)}
     leader = traces[port]
     replicas = [traces[p] for p in ports if p != port]
     # Each append's index: the proposal the leader made within its window.
@@ -519,7 +396,7 @@ def _order(rows: list[dict[str, int]], key: str) -> float:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "node":
-        sys.exit(node_main(sys.argv[2:]))
+        sys.exit(_probes.node_main(_install, sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--appends", type=int, default=400)
     parser.add_argument("--base-port", type=int, default=19431)

@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from trio_broker._core import _commands as cmd
+from benchmarks.replica_cost import create_queue
+from benchmarks.sqlite_locks import alternate, append_entry
 from trio_broker._core import _raft_messages as rm
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._storage._shared_log import SHARED_LOG_FILE, SharedLog
 from trio_broker._storage._store import Store
 
-QUEUE = "Q-0123456789abcdef"
 MODES = ("default", "EXCLUSIVE")
 
 
@@ -39,10 +39,8 @@ class _Broker:
             for db in [self.log._db, *(s._db for s in self.stores)]:
                 db.execute("PRAGMA locking_mode = EXCLUSIVE")
         self.value = dumps_value("x" * 100)
-        create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
         for store in self.stores:
-            store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
-            store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
+            create_queue(store)
         self.index = 1
         self.previous: rm.Entry | None = None
 
@@ -51,7 +49,7 @@ class _Broker:
         for _ in range(count):
             self.index += 1
             index = self.index
-            entry = rm.Entry(1, index, cmd.AppendMessage(QUEUE, self.value, None, None, index))
+            entry = append_entry(index, self.value)
             committed = [] if self.previous is None else [self.previous]
             saves = [
                 dict(entries=[entry], hard_state=rm.HardState(1, None, index - 1), committed=c)
@@ -86,12 +84,8 @@ def main() -> None:
             if args.only in (None, mode)
         }
         try:
-            results: dict[str, list[float]] = {mode: [] for mode in brokers}
-            for broker in brokers.values():
-                broker.turns(5)  # warm up
-            for _ in range(args.rounds):
-                for mode, broker in brokers.items():
-                    results[mode].append(broker.turns(args.turns) / args.turns * 1e6)
+            runs = {mode: broker.turns for mode, broker in brokers.items()}
+            results = alternate(runs, 5, args.rounds, args.turns)
         finally:
             for broker in brokers.values():
                 broker.close()

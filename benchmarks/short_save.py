@@ -14,11 +14,9 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.replica_cost import QUEUE, _frame
-from trio_broker._core import _commands as cmd
+from benchmarks.replica_cost import _frame, queue_store
 from trio_broker._core import _raft_messages as rm
 from trio_broker._protocol._consensus import message_from_payload
-from trio_broker._storage._store import Store
 
 
 def main() -> None:
@@ -30,29 +28,22 @@ def main() -> None:
     for count in args.sizes:
         walls: list[float] = []
         cpus: list[float] = []
-        with tempfile.TemporaryDirectory(dir=args.dir) as d:
-            store = Store(d)
-            try:
-                create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
-                store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
-                store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
-                previous: rm.Entry | None = None
-                for round_ in range(args.saves + 20):
-                    index = 2 + round_
-                    frame, _ = _frame(index, count, 16)
-                    (_, message) = message_from_payload(frame)
-                    assert isinstance(message, rm.Replicate)
-                    (entry,) = message.entries
-                    committed = [previous] if previous is not None else []
-                    hs = rm.HardState(1, None, index - 1)
-                    wall, cpu = time.perf_counter(), time.thread_time()
-                    store.save(entries=[entry], hard_state=hs, committed=committed)
-                    if round_ >= 20:
-                        walls.append(time.perf_counter() - wall)
-                        cpus.append(time.thread_time() - cpu)
-                    previous = entry
-            finally:
-                store.close()
+        with tempfile.TemporaryDirectory(dir=args.dir) as d, queue_store(d) as store:
+            previous: rm.Entry | None = None
+            for round_ in range(args.saves + 20):
+                index = 2 + round_
+                frame, _ = _frame(index, count, 16)
+                (_, message) = message_from_payload(frame)
+                assert isinstance(message, rm.Replicate)
+                (entry,) = message.entries
+                committed = [previous] if previous is not None else []
+                hs = rm.HardState(1, None, index - 1)
+                wall, cpu = time.perf_counter(), time.thread_time()
+                store.save(entries=[entry], hard_state=hs, committed=committed)
+                if round_ >= 20:
+                    walls.append(time.perf_counter() - wall)
+                    cpus.append(time.thread_time() - cpu)
+                previous = entry
         p90 = statistics.quantiles(walls, n=10)[-1]
         print(
             f"{count:5} appends: wall median {statistics.median(walls) * 1e3:.2f} ms, "

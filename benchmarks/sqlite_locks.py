@@ -19,14 +19,34 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.replica_cost import QUEUE, create_queue
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft_messages as rm
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._storage._store import Store
 
-QUEUE = "Q-0123456789abcdef"
+
+def append_entry(index: int, value: bytes) -> rm.Entry:
+    """The entry at ``index`` of a term-1 log that appends ``value`` to ``QUEUE``."""
+    return rm.Entry(1, index, cmd.AppendMessage(QUEUE, value, None, None, index))
+
+
+def alternate(
+    runs: dict[str, Callable[[int], float]], warm_up: int, rounds: int, count: int
+) -> dict[str, list[float]]:
+    """Each of ``runs`` (a call doing ``count`` operations and returning the CPU seconds they
+    took) warmed up once, then alternated in ``rounds`` rounds: the µs per operation of each
+    round, by name."""
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(warm_up)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            results[name].append(run(count) / count * 1e6)
+    return results
 
 
 class _Leader:
@@ -36,9 +56,7 @@ class _Leader:
         self.store = Store(directory)
         if exclusive:
             self.store._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        create = rm.Entry(1, 1, cmd.CreateQueue(QUEUE))
-        self.store.save(entries=[create], hard_state=rm.HardState(1, None, 0))
-        self.store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
+        create_queue(self.store)
         self.index = 1
         self.value = dumps_value("x" * 100)
 
@@ -49,7 +67,7 @@ class _Leader:
         for _ in range(count):
             self.index += 1
             index = self.index
-            entry = rm.Entry(1, index, cmd.AppendMessage(QUEUE, self.value, None, None, index))
+            entry = append_entry(index, self.value)
             store.save(entries=[entry], hard_state=rm.HardState(1, None, index - 1))
             store.save(committed=[entry], hard_state=rm.HardState(1, None, index))
         return time.thread_time() - started
@@ -67,12 +85,8 @@ def main() -> None:
             for mode in ("default", "EXCLUSIVE")
         }
         try:
-            results: dict[str, list[float]] = {mode: [] for mode in leaders}
-            for leader in leaders.values():
-                leader.appends(20)  # warm up
-            for _ in range(args.rounds):
-                for mode, leader in leaders.items():
-                    results[mode].append(leader.appends(args.appends) / args.appends * 1e6)
+            runs = {mode: leader.appends for mode, leader in leaders.items()}
+            results = alternate(runs, 20, args.rounds, args.appends)
         finally:
             for leader in leaders.values():
                 leader.store.close()

@@ -108,28 +108,39 @@ async def views(ports: list[int]) -> dict[str, dict[str, Any]]:
     return {}
 
 
+async def wait_views(
+    ports: list[int], settled: Callable[[dict[str, dict[str, Any]]], bool]
+) -> dict[str, dict[str, Any]]:
+    """Until the groups the broker on the first port lists (:func:`views`) are ``settled``
+    and each broker of ``ports`` names the same leaders. Returns the groups as the first one
+    lists them."""
+    with trio.fail_after(60):
+        while True:
+            seen = [await views([p]) for p in ports]
+            first = seen[0]
+            if settled(first) and all(
+                {k: v.get("leader_id") for k, v in s.items()}
+                == {k: v.get("leader_id") for k, v in first.items()}
+                for s in seen
+            ):
+                return first
+            await trio.sleep(0.1)
+
+
 async def wait_spread_answers(
     ports: list[int], groups: int, brokers: int
 ) -> dict[str, dict[str, Any]]:
     """Until the broker on the first port lists ``groups`` groups, each with ``brokers``
     voters, and their leadership is spread over ``brokers`` brokers; then each broker of
     ``ports`` must name the same leaders. Returns the groups as the first one lists them."""
-    with trio.fail_after(60):
-        while True:
-            seen = [await views([p]) for p in ports]
-            first = seen[0]
-            if (
-                len(first) == groups
-                and spread_out({k: g.get("leader_port") for k, g in first.items()}, brokers)
-                and all(len(g["voters"]) == brokers for g in first.values())
-                and all(
-                    {k: v.get("leader_id") for k, v in s.items()}
-                    == {k: v.get("leader_id") for k, v in first.items()}
-                    for s in seen
-                )
-            ):
-                return first
-            await trio.sleep(0.1)
+    return await wait_views(
+        ports,
+        lambda first: (
+            len(first) == groups
+            and spread_out({k: g.get("leader_port") for k, g in first.items()}, brokers)
+            and all(len(g["voters"]) == brokers for g in first.values())
+        ),
+    )
 
 
 async def append_acknowledged(

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from .processes import Nodes, open_nodes
+from .spread import views, wait_views
 from .test_groups_process import FAST, ask
 
 pytestmark = pytest.mark.trio
@@ -28,32 +29,17 @@ async def nodes(tmp_path: Path):
         yield nodes
 
 
-async def groups_seen(port: int) -> dict[str, dict[str, Any]]:
-    answer = await ask(port, {"operation": "CLUSTER_QUERY"})
-    if not answer or not answer.get("groups"):
-        return {}
-    return {g["cluster_id"]: g for g in answer["groups"]}
-
-
 async def wait_placed(ports: list[int]) -> dict[str, dict[str, Any]]:
     """Until every running broker lists the same GROUPS groups of FACTOR voters, each with a
     leader among its voters."""
-    with trio.fail_after(60):
-        while True:
-            seen = [await groups_seen(p) for p in ports]
-            first = seen[0]
-            if (
-                len(first) == GROUPS
-                and all(len(g["voters"]) == FACTOR for g in first.values())
-                and all(g.get("leader_id") in g["voters"] for g in first.values())
-                and all(
-                    {k: v.get("leader_id") for k, v in s.items()}
-                    == {k: v.get("leader_id") for k, v in first.items()}
-                    for s in seen
-                )
-            ):
-                return first
-            await trio.sleep(0.1)
+    return await wait_views(
+        ports,
+        lambda first: (
+            len(first) == GROUPS
+            and all(len(g["voters"]) == FACTOR for g in first.values())
+            and all(g.get("leader_id") in g["voters"] for g in first.values())
+        ),
+    )
 
 
 async def call_via(ports: list[int], start: int, request: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +133,7 @@ async def test_cluster_command_founds_groups_on_every_node_with_leadership_sprea
         ports = [base + i for i in range(4)]
         with trio.fail_after(60):
             while True:
-                seen = [await groups_seen(p) for p in ports]
+                seen = [await views([p]) for p in ports]
                 first = seen[0]
                 leaders = sorted(g.get("leader_port", 0) for g in first.values())
                 if (
