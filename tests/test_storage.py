@@ -673,10 +673,10 @@ async def test_store_through_worker(tmp_path):
 def test_producer_states_are_bounded_and_evicted_alike(tmp_path, monkeypatch):
     """The least recently used producer is forgotten first, by both implementations."""
     import trio_broker._core._queues as queues_module
-    import trio_broker._storage._append_sql as append_module
+    import trio_broker._storage._producers_sql as producers_module
 
     monkeypatch.setattr(queues_module, "MAX_PRODUCERS", 2)
-    monkeypatch.setattr(append_module, "MAX_PRODUCERS", 2)
+    monkeypatch.setattr(producers_module, "MAX_PRODUCERS", 2)
     q = QUEUES[0]
     commands = [
         CreateQueue(q),

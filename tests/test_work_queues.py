@@ -652,7 +652,7 @@ def small_limits(monkeypatch):
     """Limits small enough for short histories to reach them, alike in both twins."""
     import trio_broker._core._queues as queues_module
     import trio_broker._core._work as work_module
-    import trio_broker._storage._append_sql as append_module
+    import trio_broker._storage._producers_sql as producers_module
     import trio_broker._storage._queue_sql as store_module
 
     for module, name, value in [
@@ -663,9 +663,8 @@ def small_limits(monkeypatch):
         (work_module, "FORGETS_PER_APPLY", 2),
         (_work_sql, "FORGETS_PER_APPLY", 2),
         (work_module, "MAX_PRODUCERS", 2),
-        (_work_sql, "MAX_PRODUCERS", 2),
         (queues_module, "MAX_PRODUCERS", 2),
-        (append_module, "MAX_PRODUCERS", 2),
+        (producers_module, "MAX_PRODUCERS", 2),  # (both tables' bound, in SQL)
         (queues_module, "RETENTION_DELETES_PER_APPLY", 3),
         (store_module, "RETENTION_DELETES_PER_APPLY", 3),
     ]:

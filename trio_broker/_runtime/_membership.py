@@ -334,7 +334,13 @@ async def step_down(driver: RaftDriver, config: BrokerConfig) -> None:
     """A leader that shuts down first hands its leadership to the most caught-up voter,
     so that writes resume within a round trip instead of after a failure timeout. Bounded
     by min(shutdown_grace, failure_timeout); meanwhile new requests are answered
-    NOT_LEADER naming that voter, and requests already proposed still commit."""
+    NOT_LEADER naming that voter, and requests already proposed still commit.
+
+    First, leader or not, the broker's peer links learn that it is shutting down: a link lost
+    from then on is expected (its peers may be stopping too), said at INFO (docs/operations.md,
+    "Logs")."""
+    if driver.peers is not None:
+        driver.peers.mux.shutting_down = True
     node = driver.node
     if not node.is_leader or not node.config.voters - {driver.broker_id}:
         return

@@ -77,6 +77,8 @@ BATCH = 256
 """Messages written in one ``send_all``, at most."""
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
+LOST_AT_SHUTDOWN = "this broker is shutting down"
+"""The ``expected`` field of a ``peer.lost`` logged at INFO (:attr:`PeerMux.shutting_down`)."""
 
 
 class _Link:
@@ -249,9 +251,7 @@ class _Link:
                 except* _LINK_ERRORS as group:
                     failed = group.exceptions[0]
                 if self.connected:
-                    log_event(
-                        logging.WARNING, "peer.lost", peer=self.peer_id, error=type(failed).__name__
-                    )
+                    self._log_lost(failed)
                     backoff = BACKOFF_MIN
                 self.connected = False
                 self._leftover = None
@@ -260,6 +260,20 @@ class _Link:
                 self.close_legacy()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _log_lost(self, failed: BaseException | None) -> None:
+        """``peer.lost``: a WARNING while this broker runs (a peer down or out of reach, which
+        operators need to see); at INFO, as expected, once it is shutting down, when its peers
+        stopping too is what a link lost looks like (docs/operations.md, "Logs")."""
+        stopping = self.mux.shutting_down
+        log_event(
+            logging.INFO if stopping else logging.WARNING,
+            "peer.lost",
+            peer=self.peer_id,
+            error=type(failed).__name__,
+            reason=str(failed),
+            **({"expected": LOST_AT_SHUTDOWN} if stopping else {}),
+        )
 
     async def _connect_and_stream(self, host: str, port: int) -> None:
         mux = self.mux
@@ -386,6 +400,9 @@ class PeerMux:
         self.secret = secret
         """Proved on every link before PEER_HELLO, when set (docs/security.md)."""
         self.plaintext_port = plaintext_port
+        self.shutting_down = False
+        """Set when this broker starts shutting down (``membership.step_down``): a link lost
+        from then on is expected, its peer likely stopping too, and logged at INFO."""
         self._nursery = nursery
         self._links: dict[str, _Link] = {}
         self._groups: dict[str, GroupLinks] = {}

@@ -18,7 +18,6 @@ import attrs
 import orjson
 
 from .._core._commands import (
-    MAX_PRODUCERS,
     AppendBatch,
     AppendMessage,
     BatchAppended,
@@ -27,11 +26,11 @@ from .._core._commands import (
     ProducerState,
     Result,
     check_producer,
-    next_producer_state,
     queue_not_found,
 )
 from .._core._queues import monotonic_stamp
 from ._integrity import insert_plain, insert_stamped
+from ._producers_sql import save_producer
 
 
 def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result:
@@ -59,20 +58,7 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
     first = length - len(data) + 1
     insert_plain(db, command.queue_id, first, data, stamp)
     if producer is not None:
-        (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM producers").fetchone()
-        new = next_producer_state(state, command.producer_seq, first, len(data), clock + 1)
-        db.execute(
-            "INSERT INTO producers (producer_id, queue_id, last_seq, recent, last_used)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (producer_id, queue_id) DO UPDATE SET"
-            " last_seq = excluded.last_seq, recent = excluded.recent,"
-            " last_used = excluded.last_used",
-            (*producer, new.last_seq, orjson.dumps(new.recent).decode(), new.last_used),
-        )
-        db.execute(
-            "DELETE FROM producers WHERE last_used <= (SELECT last_used FROM producers"
-            " ORDER BY last_used DESC LIMIT 1 OFFSET ?)",
-            (MAX_PRODUCERS,),
-        )
+        save_producer(db, "producers", producer, state, command.producer_seq, first, len(data))
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
 
 

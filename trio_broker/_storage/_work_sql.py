@@ -19,7 +19,6 @@ import apsw
 import orjson
 
 from .._core._commands import (
-    MAX_PRODUCERS,
     BatchAppended,
     CommandRejected,
     ProducerState,
@@ -27,7 +26,6 @@ from .._core._commands import (
     RetentionPolicy,
     bad_request,
     check_producer,
-    next_producer_state,
     queue_exists,
     queue_not_found,
     take_within,
@@ -79,6 +77,7 @@ from .._core._work_rules import (
 )
 from ._integrity import read_values
 from ._lease_sql import append_rows, change_leases, expire_leases
+from ._producers_sql import save_producer
 from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
 
 __all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
@@ -274,25 +273,15 @@ def _publish(
     first = append_rows(db, command.queue_id, rows, command.appended_ms, last_stamp)
     if producer is not None:
         assert command.producer_seq is not None
-        (clock,) = db.execute("SELECT coalesce(max(last_used), 0) FROM fenced_producers").fetchone()
-        new = next_producer_state(dedup, command.producer_seq, first, len(rows), clock + 1)
-        db.execute(
-            "INSERT INTO fenced_producers (producer_id, queue_id, epoch, last_seq, recent,"
-            " last_used) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (producer_id, queue_id)"
-            " DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq,"
-            " recent = excluded.recent, last_used = excluded.last_used",
-            (
-                *producer,
-                command.producer_epoch,
-                new.last_seq,
-                orjson.dumps(new.recent).decode(),
-                new.last_used,
-            ),
-        )
-        db.execute(
-            "DELETE FROM fenced_producers WHERE last_used <= (SELECT last_used FROM"
-            " fenced_producers ORDER BY last_used DESC LIMIT 1 OFFSET ?)",
-            (MAX_PRODUCERS,),
+        save_producer(
+            db,
+            "fenced_producers",
+            producer,
+            dedup,
+            command.producer_seq,
+            first,
+            len(rows),
+            {"epoch": command.producer_epoch},
         )
     return Published(first, len(rows))
 
