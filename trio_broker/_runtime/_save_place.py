@@ -17,6 +17,7 @@ import trio
 from .._core import _commands as cmd
 from .._core import _metadata_commands as mc
 from .._core import _raft as raft
+from .._core import _raft_messages as raft_messages
 from .._core import _work_commands as wc
 from .._core._commands import CommandGroup
 from .._core._work_commands import MAX_IN_FLIGHT
@@ -133,12 +134,12 @@ async def let_links_send() -> None:
 def apply_weight(entries: tuple[Any, ...]) -> int:
     """How many messages applying ``entries`` may read or write, at most, in units of a value
     read (2 to 3 µs): each command as its type's rule in ``_WEIGHTS`` says. A READ's
-    ``max_messages``, a batch's values; a group READ's ``max_messages`` leases at LEASE_WEIGHT
-    each, a group ACK's messages (at most MAX_IN_FLIGHT), NACK's or EXTEND's sequence numbers
-    at LEASE_CHANGE_WEIGHT each; a sweep (EXPIRE_LEASES, FORGET_IDLE_POSITIONS) its bound per
-    apply; a deletion (DELETE_QUEUE, DELETE_GROUP, APPLY_RETENTION) more than SHORT_WEIGHT,
-    always the storage thread's; one for any other command. Commands count 1 each in
-    :func:`short`.
+    ``max_messages``, a batch's values; a group READ's own cost (GROUP_READ_WEIGHT) and its
+    ``max_messages`` leases at LEASE_WEIGHT each; a group ACK's messages (at most
+    MAX_IN_FLIGHT), a NACK's or EXTEND's sequence numbers, at LEASE_CHANGE_WEIGHT each; a
+    sweep (EXPIRE_LEASES, FORGET_IDLE_POSITIONS) its bound per apply; a deletion
+    (DELETE_QUEUE, DELETE_GROUP, APPLY_RETENTION) more than SHORT_WEIGHT, always the storage
+    thread's; one for any other command. Commands count 1 each in :func:`short`.
 
     A Ready asks it twice of the same tuple (``APPLY_AHEAD``, then :func:`light`): the last
     tuple's weight is kept (with the tuple itself, so its identity cannot be reused) and
@@ -171,6 +172,10 @@ def apply_weight(entries: tuple[Any, ...]) -> int:
 LEASE_WEIGHT = 6
 """A lease a GROUP_READ hands out, in value reads: 640 GROUP_READs of 1,000 messages each
 (640,000 leases) applied in 9-10 s, about 15 µs a lease against 2.5 µs a value read."""
+GROUP_READ_WEIGHT = 40
+"""A GROUP_READ's own cost, besides its leases, in value reads: about 100 µs of CPU each (its
+group's expiry and cursor lookups; 640 GROUP_READs of one message each, 68 ms;
+``benchmarks/group_command_cost.py``)."""
 LEASE_CHANGE_WEIGHT = 3
 """A lease a GROUP_NACK, GROUP_EXTEND or GROUP_ACK ends or moves, in value reads: 640 EXTENDs
 of 1,000 sequence numbers each applied in 4.7 s, about 7 µs a lease."""
@@ -214,13 +219,16 @@ _WEIGHTS: dict[type, Callable[[Any], int]] = {
     wc.ReadRecords: lambda c: c.max_messages,
     wc.JoinGroup: _one,
     wc.DeleteGroup: _heavy,
-    wc.GroupRead: lambda c: LEASE_WEIGHT * c.max_messages,
+    wc.GroupRead: lambda c: GROUP_READ_WEIGHT + LEASE_WEIGHT * c.max_messages,
     wc.GroupAck: _acked,
     wc.GroupNack: lambda c: LEASE_CHANGE_WEIGHT * len(c.sequence_nums),
     wc.GroupExtend: lambda c: LEASE_CHANGE_WEIGHT * len(c.sequence_nums),
     wc.ExpireLeases: lambda c: wc.EXPIRIES_PER_APPLY,
     wc.ForgetPosition: _one,
     wc.ForgetIdlePositions: lambda c: wc.FORGETS_PER_APPLY,
+    # the log's own entries: a leader's first entry, a membership change
+    raft_messages.NoOp: _one,
+    raft_messages.ConfigEntry: _one,
     # the metadata group's commands: a few records of the cluster map each
     mc.FoundCluster: _one,
     mc.RegisterBroker: _one,
@@ -238,8 +246,8 @@ _WEIGHTS: dict[type, Callable[[Any], int]] = {
     mc.AddGroups: _one,
     mc.SetQueueCount: _one,
 }
-"""Each command type's weight (:func:`apply_weight`), by exact type: a type without a rule
-weighs more than SHORT_WEIGHT (``tests/test_ready_passes.py`` checks that every command type
+"""Each command type's weight (:func:`apply_weight`), by exact type (and the log's entries
+that are no command): a type without a rule weighs more than SHORT_WEIGHT (``tests/test_ready_passes.py`` checks that every command type
 the core defines has one)."""
 
 _ONE_EACH = frozenset((cmd.AppendMessage, cmd.ReadNext))
