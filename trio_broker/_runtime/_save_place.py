@@ -247,8 +247,8 @@ _WEIGHTS: dict[type, Callable[[Any], int]] = {
     mc.SetQueueCount: _one,
 }
 """Each command type's weight (:func:`apply_weight`), by exact type (and the log's entries
-that are no command): a type without a rule weighs more than SHORT_WEIGHT (``tests/test_ready_passes.py`` checks that every command type
-the core defines has one)."""
+that are no command): a type without a rule weighs more than SHORT_WEIGHT
+(``tests/test_ready_passes.py`` checks that every command type the core defines has one)."""
 
 _ONE_EACH = frozenset((cmd.AppendMessage, cmd.ReadNext))
 """Commands of weight one that a group usually holds (an APPEND_MESSAGE, a single READ)."""
