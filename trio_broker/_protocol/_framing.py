@@ -72,9 +72,10 @@ class FrameDecoder:
         if len(self._buf) < end:
             return None
         # One copy, from a view of the buffer (a slice of the bytearray, then bytes of it,
-        # copied the payload twice); the view is released before ``feed`` may resize it.
-        with memoryview(self._buf) as view:
-            payload = view[self._pos + HEADER_SIZE : end].tobytes()
+        # copied the payload twice); the view and its slice (an export of the buffer too) are
+        # released here, not when collected, before ``feed`` may resize it.
+        with memoryview(self._buf) as view, view[self._pos + HEADER_SIZE : end] as part:
+            payload = part.tobytes()
         self._pos = end
         return payload
 

@@ -9,13 +9,18 @@ rules for each Ready, in its one order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from .._core import _commands as cmd
+from .._core import _metadata_commands as mc
 from .._core import _raft as raft
-from .._core._commands import AppendBatch, AppendMessage, CommandGroup, ReadBatch, ReadNext
-from .._core._work_commands import Publish, ReadRecords
+from .._core import _raft_messages as raft_messages
+from .._core import _work_commands as wc
+from .._core._commands import CommandGroup
+from .._core._work_commands import MAX_IN_FLIGHT
 
 SHORT_ENTRIES = 8
 SHORT_COMMANDS = 640
@@ -127,13 +132,22 @@ async def let_links_send() -> None:
 
 
 def apply_weight(entries: tuple[Any, ...]) -> int:
-    """How many messages applying ``entries`` may read or write, at most: a READ's
-    ``max_messages``, a batch's values, one for any other command. Commands count 1 each in
-    :func:`short`, though a READ of 1,000 messages reads and checks 1,000 values.
+    """How many messages applying ``entries`` may read or write, at most, in units of a value
+    read (2 to 3 µs): each command as its type's rule in ``_WEIGHTS`` says. A READ's
+    ``max_messages``, a batch's values; a group READ's own cost (GROUP_READ_WEIGHT) and its
+    ``max_messages`` leases at LEASE_WEIGHT each; a group ACK's messages (at most
+    MAX_IN_FLIGHT), a NACK's or EXTEND's sequence numbers, at LEASE_CHANGE_WEIGHT each; a
+    sweep (EXPIRE_LEASES, FORGET_IDLE_POSITIONS) its bound per apply; a deletion
+    (DELETE_QUEUE, DELETE_GROUP, APPLY_RETENTION) more than SHORT_WEIGHT, always the storage
+    thread's; one for any other command. Commands count 1 each in :func:`short`.
 
     A Ready asks it twice of the same tuple (``APPLY_AHEAD``, then :func:`light`): the last
     tuple's weight is kept (with the tuple itself, so its identity cannot be reused) and
-    answered again. A tuple of frozen entries cannot change, so its weight cannot either."""
+    answered again. A tuple of frozen entries cannot change, so its weight cannot either. The
+    empty tuple (nothing applied) weighs 0 and is not kept: it would evict the one asked
+    again."""
+    if not entries:
+        return 0
     last = _last_weighed[0]
     if entries is last[0]:
         return last[1]
@@ -148,22 +162,95 @@ def apply_weight(entries: tuple[Any, ...]) -> int:
         else:
             commands = (payload,)
         for command in commands:
-            if type(command) is ReadNext:  # (a single READ, the type tests below skipped)
-                weight += 1
-            elif isinstance(command, ReadBatch | ReadRecords):
-                weight += command.max_messages
-            elif isinstance(command, AppendBatch):
-                weight += len(command.data)
-            elif isinstance(command, Publish):
-                weight += len(command.records)
-            else:
-                weight += 1
+            rule = _WEIGHTS.get(type(command))
+            weight += _HEAVY if rule is None else rule(command)
     if type(entries) is tuple:
         _last_weighed[0] = (entries, weight)  # (one store: a reader sees both or neither)
     return weight
 
 
-_ONE_EACH = frozenset((AppendMessage, ReadNext))
+LEASE_WEIGHT = 6
+"""A lease a GROUP_READ hands out, in value reads: 640 GROUP_READs of 1,000 messages each
+(640,000 leases) applied in 9-10 s, about 15 µs a lease against 2.5 µs a value read."""
+GROUP_READ_WEIGHT = 40
+"""A GROUP_READ's own cost, besides its leases, in value reads: about 100 µs of CPU each (its
+group's expiry and cursor lookups; 640 GROUP_READs of one message each, 68 ms;
+``benchmarks/group_command_cost.py``)."""
+LEASE_CHANGE_WEIGHT = 3
+"""A lease a GROUP_NACK, GROUP_EXTEND or GROUP_ACK ends or moves, in value reads: 640 EXTENDs
+of 1,000 sequence numbers each applied in 4.7 s, about 7 µs a lease."""
+_HEAVY = SHORT_WEIGHT + 1
+"""The weight of a command whose work is bounded only by a queue's or a group's size (a
+deletion, a retention pass) or of a type without a rule: always the storage thread's."""
+
+
+def _one(command: Any) -> int:
+    return 1
+
+
+def _heavy(command: Any) -> int:
+    return _HEAVY
+
+
+def _acked(command: Any) -> int:
+    span = 0
+    for first, last in command.ranges:
+        span += max(last - first + 1, 0)
+    return LEASE_CHANGE_WEIGHT * min(span, MAX_IN_FLIGHT)
+
+
+_WEIGHTS: dict[type, Callable[[Any], int]] = {
+    # queue commands
+    cmd.CreateQueue: _one,
+    cmd.AppendMessage: _one,
+    cmd.AppendBatch: lambda c: len(c.data),
+    cmd.ReadNext: _one,
+    cmd.ReadBatch: lambda c: c.max_messages,
+    cmd.Ack: _one,
+    cmd.Seek: _one,
+    cmd.SetBrokerAddress: _one,
+    cmd.SetRetention: _one,
+    cmd.ApplyRetention: _heavy,
+    cmd.SetGroups: _one,
+    # work-queue commands
+    wc.CreateNamedQueue: _one,
+    wc.DeleteQueue: _heavy,
+    wc.Publish: lambda c: len(c.records),
+    wc.ReadRecords: lambda c: c.max_messages,
+    wc.JoinGroup: _one,
+    wc.DeleteGroup: _heavy,
+    wc.GroupRead: lambda c: GROUP_READ_WEIGHT + LEASE_WEIGHT * c.max_messages,
+    wc.GroupAck: _acked,
+    wc.GroupNack: lambda c: LEASE_CHANGE_WEIGHT * len(c.sequence_nums),
+    wc.GroupExtend: lambda c: LEASE_CHANGE_WEIGHT * len(c.sequence_nums),
+    wc.ExpireLeases: lambda c: wc.EXPIRIES_PER_APPLY,
+    wc.ForgetPosition: _one,
+    wc.ForgetIdlePositions: lambda c: wc.FORGETS_PER_APPLY,
+    # the log's own entries: a leader's first entry, a membership change
+    raft_messages.NoOp: _one,
+    raft_messages.ConfigEntry: _one,
+    # the metadata group's commands: a few records of the cluster map each
+    mc.FoundCluster: _one,
+    mc.RegisterBroker: _one,
+    mc.SetBrokerAlive: _one,
+    mc.SetBrokerDraining: _one,
+    mc.UnregisterBroker: _one,
+    mc.SetPreferredLeader: _one,
+    mc.StartReplicaMove: _one,
+    mc.AbandonReplicaMove: _one,
+    mc.SetGroupReplicas: _one,
+    mc.PlaceQueue: _one,
+    mc.DropQueue: _one,
+    mc.SetReplicationFactor: _one,
+    mc.SetMetadataVoters: _one,
+    mc.AddGroups: _one,
+    mc.SetQueueCount: _one,
+}
+"""Each command type's weight (:func:`apply_weight`), by exact type (and the log's entries
+that are no command): a type without a rule weighs more than SHORT_WEIGHT
+(``tests/test_ready_passes.py`` checks that every command type the core defines has one)."""
+
+_ONE_EACH = frozenset((cmd.AppendMessage, cmd.ReadNext))
 """Commands of weight one that a group usually holds (an APPEND_MESSAGE, a single READ)."""
 
 _last_weighed: list[tuple[Any, int]] = [(None, 0)]
