@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.stand_in_driver import StandInDriver
 from trio_broker._core import _commands as cmd
 from trio_broker._errors import ErrorCode, ProtocolError
 from trio_broker._protocol import _codec
@@ -19,7 +20,6 @@ from trio_broker._protocol import _messages as m
 from trio_broker._protocol._codec import decode_request, dumps_value, dumps_values
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._operations import append_command, plain_append
-from trio_broker._runtime._pending import PendingGroup
 from trio_broker._runtime._runs import RunAnswer, Runs
 from trio_broker._runtime._work import publish_command
 
@@ -77,24 +77,8 @@ def test_each_command_of_a_deep_value_is_its_refusal(tmp_path):
         assert isinstance(refusal, ProtocolError) and refusal.code == ErrorCode.BAD_REQUEST
 
 
-class _Node:
-    is_leader = True
-
-
-class _Driver:
-    max_group = 1024
-    node = _Node()
-
-    def __init__(self) -> None:
-        self.commands: list[Any] = []
-
-    async def propose_many(self, commands: list[Any]) -> Any:
-        self.commands += commands
-        return PendingGroup(len(commands))
-
-
 async def test_a_runs_deep_plain_append_is_refused_in_its_place(tmp_path):
-    driver = _Driver()
+    driver = StandInDriver()
 
     async def handle(request: Any, session: Any) -> Any:
         raise AssertionError("decided alone")

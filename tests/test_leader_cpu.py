@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.stand_in_driver import StandInDriver
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _proposals
 from trio_broker._core._proposals import Proposals
@@ -106,26 +107,9 @@ def test_take_is_fits_then_charge():
             assert (a.held, one.used, one.peak) == (b.held, two.used, two.peak)
 
 
-class _Node:
-    is_leader = True
-
-
-class _Driver:
-    max_group = 1024
-    node = _Node()
-
-    def __init__(self) -> None:
-        self.groups: list[PendingGroup] = []
-
-    async def propose_many(self, commands: list[Any]) -> PendingGroup:
-        group = PendingGroup(len(commands))
-        self.groups.append(group)
-        return group
-
-
 async def test_a_runs_answers_stay_at_their_requests(tmp_path):
     config = BrokerConfig(data_dir=str(tmp_path), port=0, max_frame=1256)  # 1,000 data bytes
-    driver = _Driver()
+    driver = StandInDriver()
     handled = Answer(now=BrokerError(ErrorCode.QUEUE_NOT_FOUND, "handled alone"))
 
     async def handle(request: Any, session: Any) -> Answer:

@@ -31,6 +31,7 @@ import pytest
 import trio
 
 from tests.general_form import assert_encoded_as_general, general_bytes
+from tests.stand_in_driver import StandInDriver
 from trio_broker._core import _commands as cmd
 from trio_broker._core._proposals import COMMAND_OVERHEAD, encoded_bound
 from trio_broker._core._queues import read_next_run, read_range, read_result
@@ -147,26 +148,6 @@ def test_a_reads_encoded_bound_is_the_general_formulas(client, queue):
     assert len(orjson.dumps(payload_to_obj(command))) <= encoded_bound(command)
 
 
-class _Node:
-    is_leader = True
-
-
-class _Driver:
-    """Takes each run's commands; every group settles at once with no result."""
-
-    max_group = 1000
-    node = _Node()
-
-    def __init__(self) -> None:
-        self.runs: list[list[Any]] = []
-        self.groups: list[PendingGroup] = []
-
-    async def propose_many(self, commands: list[Any]) -> PendingGroup:
-        self.runs.append(list(commands))
-        self.groups.append(PendingGroup(len(commands)))
-        return self.groups[-1]
-
-
 READS = [
     Read("Q-1", "C-1"),
     Read("Q-1", "C-1"),
@@ -183,7 +164,7 @@ READS = [
 ]
 
 
-def _handled_reads() -> tuple[Runs, _Driver, list[Any]]:
+def _handled_reads() -> tuple[Runs, StandInDriver, list[Any]]:
     """:data:`READS` through ``Runs.handle_many`` on a stand-in driver (none decided alone):
     the runs, the driver with what it was given, and the answers."""
     config = BrokerConfig(data_dir="/nonexistent")
@@ -191,7 +172,7 @@ def _handled_reads() -> tuple[Runs, _Driver, list[Any]]:
     async def handle(request: Any, session: Any) -> Any:
         raise AssertionError(f"decided alone: {request!r}")
 
-    driver = _Driver()
+    driver = StandInDriver(max_group=1000)
     runs = Runs(config, driver, handle=handle, closing=lambda: False, wall_clock_ms=lambda: 1)  # type: ignore[arg-type]
     answers: list[Any] = []
     trio.run(runs.handle_many, list(READS), None, answers.extend)
