@@ -308,24 +308,10 @@ class CommandGroup:
             raise ValueError("a command group holds one or more commands, none of them a group")
 
 
-_SINGLE_TYPES = frozenset(
-    (
-        CreateQueue,
-        AppendMessage,
-        AppendBatch,
-        ReadNext,
-        ReadBatch,
-        Ack,
-        Seek,
-        SetBrokerAddress,
-        SetRetention,
-        ApplyRetention,
-        SetGroups,
-        *get_args(WorkCommand),
-    )
-)
-"""The queue and work-queue commands' exact types (:class:`CommandGroup`'s quick test; the
-metadata group's, subclasses of :class:`MapCommand`, take the ``isinstance`` test)."""
+_SINGLE_TYPES = frozenset(get_args(SingleCommand))
+"""The single commands' exact types, from :data:`SingleCommand` (:class:`CommandGroup`'s quick
+test; the metadata group's, subclasses of :class:`MapCommand`, are not among them and take the
+``isinstance`` test)."""
 
 
 Command = SingleCommand | CommandGroup

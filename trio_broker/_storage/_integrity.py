@@ -186,6 +186,13 @@ number, stamp, headers, checksum and bytes."""
 _INSERT_ONE = _INSERT + "(?, ?, ?, ?, ?, ?)"
 
 
+def _row_checksum(place: bytes, seq: int, data: bytes, headers: str | None) -> int:
+    """:func:`value_checksum`'s number for a row of queue ``place`` (:func:`_place`)."""
+    if headers is None:
+        return _crc32c(_PLAIN % (place, seq, data))
+    return _crc32c(_HEADED % (place, seq, data, headers.encode()))
+
+
 def insert_values(
     db: apsw.Connection,
     queue_id: str,
@@ -204,9 +211,7 @@ def insert_values(
                 seq,
                 stamp,
                 headers,
-                _crc32c(_PLAIN % (place, seq, data))
-                if headers is None
-                else _crc32c(_HEADED % (place, seq, data, headers.encode())),
+                _row_checksum(place, seq, data, headers),
                 data,
             )
         db.execute(_CHUNK_STATEMENTS[end - start], params)
@@ -222,9 +227,7 @@ def insert_values(
                 seq,
                 stamp,
                 headers,
-                _crc32c(_PLAIN % (place, seq, data))
-                if headers is None
-                else _crc32c(_HEADED % (place, seq, data, headers.encode())),
+                _row_checksum(place, seq, data, headers),
                 data,
             )
             for seq, (data, stamp, headers) in enumerate(rows, first + done)
