@@ -2,8 +2,9 @@
 
 What a replica does with each REPLICATE of the bench's pipelined workload (one COMMAND_GROUP
 entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue, a new stamp every
-``--receive`` appends as the leader stamps each receive), in the order it does
-it, on one thread with real SQLite in a temporary directory (fsync on, as in the broker):
+``--receive`` appends as the leader stamps each receive; with ``--batch 100``, the batch
+appends' shape instead: APPEND_BATCHes of 100 values, "per append" then meaning per value),
+in the order it does it, on one thread with real SQLite in a temporary directory (fsync on, as in the broker):
 
 - decode: the frame's checks and the message (``message_from_payload``, as ``_peers`` decodes);
 - save: ``Store.save`` persisting the new entry and applying the one before it, in one
@@ -75,15 +76,21 @@ def queue_store(directory: str) -> Iterator[Store]:
         store.close()
 
 
-def _frame(index: int, count: int, receive: int) -> tuple[bytes, rm.Entry]:
+def _frame(index: int, count: int, receive: int, batch: int = 0) -> tuple[bytes, rm.Entry]:
     value = dumps_value("x" * 100)
     stamp = 1_765_000_000_000 + index * count  # (never before the last frame's)
-    group = cmd.CommandGroup(
-        tuple(
+    commands: tuple[cmd.Command, ...]
+    if batch:  # the batch appends' shape: APPEND_BATCHes of `batch` values, one stamp each
+        commands = tuple(
+            cmd.AppendBatch(QUEUE, (value,) * batch, None, None, stamp + i)
+            for i in range(count // batch)
+        )
+    else:
+        commands = tuple(
             cmd.AppendMessage(QUEUE, value, None, None, stamp + (i // receive if receive else 0))
             for i in range(count)
         )
-    )
+    group = cmd.CommandGroup(commands)
     entry = rm.Entry(1, index, group)
     payload_bytes(entry)  # the leader's one encoding, embedded as it is
     message = rm.Replicate(
@@ -119,6 +126,12 @@ def main() -> None:
         type=int,
         default=16,
         help="appends per stamp (one receive's, stamped by the leader's clock; 0: one stamp)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="values per APPEND_BATCH (the batch appends' shape, 100; 0: APPEND_MESSAGEs)",
     )
     parser.add_argument(
         "--gc-young",
@@ -169,9 +182,9 @@ def main() -> None:
             previous: rm.Entry | None = None
             for round_ in range(args.rounds + 5):
                 index = 2 + 2 * round_
-                frame, _ = _frame(index, count, args.receive)
+                frame, _ = _frame(index, count, args.receive, args.batch)
                 # without the apply: the log write alone (an entry of its own, never applied)
-                _, spare = _frame(index + 1, count, args.receive)
+                _, spare = _frame(index + 1, count, args.receive, args.batch)
                 hs = rm.HardState(1, None, index - 1)
                 bare, _ = _timed(lambda: store.save(entries=[spare], hard_state=hs))  # noqa: B023
                 decode, (_, message) = _timed(lambda: message_from_payload(frame))  # noqa: B023

@@ -151,26 +151,27 @@ def _place(queue_id: str) -> bytes:
 _INSERT = (
     "INSERT INTO queue_data (queue_id, sequence_num, appended_ms, headers, checksum, data) VALUES "
 )
-_CHUNKS = (64, 32, 16)
+_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 """Rows per ``INSERT`` statement: one statement of many rows costs SQLite and apsw less than
 ``executemany``'s step per row (100 values: 1.3 -> 0.7 µs each, docs/performance.md "Batches
-in and out"); fewer than 16 rows left go through ``executemany``, where several short
-statements would cost more. Four statement texts in all, which apsw's cache keeps."""
+in and out"). Every count is cut into statements of these sizes, largest first (at most one
+of each size below 64), never ``executemany``: 4 rows left after 96 cost 1.8 µs each through
+``executemany`` and 1.3 in one statement, and one row 3.3 against 2.9 µs (docs/performance.md,
+"Batch appends: every broker's µs per message"). Seven statement texts per shape, which apsw's
+cache keeps."""
 
 
-def _chunk_spans(count: int) -> tuple[list[tuple[int, int]], int]:
+def _chunk_spans(count: int) -> list[tuple[int, int]]:
     """The ``(start, end)`` of each statement of :data:`_CHUNKS` rows for ``count`` rows, in
-    order, and where the rest (fewer than the smallest chunk, or all when ``count`` is below
-    it) starts: the one walk :func:`insert_values`, :func:`insert_plain` and
+    order, covering them all: the one walk :func:`insert_values`, :func:`insert_plain` and
     :func:`insert_stamped` share."""
     spans: list[tuple[int, int]] = []
     done = 0
-    if count >= _CHUNKS[-1]:
-        for size in _CHUNKS:
-            while count - done >= size:
-                spans.append((done, done + size))
-                done += size
-    return spans, done
+    for size in _CHUNKS:
+        while count - done >= size:
+            spans.append((done, done + size))
+            done += size
+    return spans
 
 
 _CHUNK_STATEMENTS = {
@@ -183,7 +184,6 @@ _CHUNK_STATEMENTS = {
 }
 """A statement of ``size`` rows: the queue id bound once (``?1``), then each row's sequence
 number, stamp, headers, checksum and bytes."""
-_INSERT_ONE = _INSERT + "(?, ?, ?, ?, ?, ?)"
 
 
 def _row_checksum(place: bytes, seq: int, data: bytes, headers: str | None) -> int:
@@ -201,10 +201,9 @@ def insert_values(
 ) -> None:
     """Insert messages ``(data, appended_ms, headers)`` numbered from ``first``, each with its
     checksum (:func:`value_checksum`'s number), in order: runs of :data:`_CHUNKS` rows in one
-    statement each, the rest through ``executemany``."""
+    statement each."""
     place = _place(queue_id)
-    spans, done = _chunk_spans(len(rows))
-    for start, end in spans:
+    for start, end in _chunk_spans(len(rows)):
         params: list[Any] = [queue_id]
         for seq, (data, stamp, headers) in enumerate(rows[start:end], first + start):
             params += (
@@ -215,24 +214,6 @@ def insert_values(
                 data,
             )
         db.execute(_CHUNK_STATEMENTS[end - start], params)
-    if spans:
-        if done == len(rows):
-            return
-        rows = rows[done:]
-    db.executemany(
-        _INSERT_ONE,
-        [
-            (
-                queue_id,
-                seq,
-                stamp,
-                headers,
-                _row_checksum(place, seq, data, headers),
-                data,
-            )
-            for seq, (data, stamp, headers) in enumerate(rows, first + done)
-        ],
-    )
 
 
 _PLAIN_STATEMENTS = {
@@ -250,16 +231,12 @@ def insert_plain(
     """What ``insert_values(db, queue_id, first, [(d, stamp, None) for d in data])`` stores,
     for messages without headers appended together (an APPEND_BATCH, a run of APPENDs of one
     stamp): three values bound per row instead of five, and no tuple per message first."""
-    spans, done = _chunk_spans(len(data))
-    if spans:
-        place = _place(queue_id)
-        for start, end in spans:
-            params: list[Any] = [queue_id, stamp]
-            for seq, value in enumerate(data[start:end], first + start):
-                params += (seq, _crc32c(_PLAIN % (place, seq, value)), value)
-            db.execute(_PLAIN_STATEMENTS[end - start], params)
-    if done < len(data):
-        insert_values(db, queue_id, first + done, [(value, stamp, None) for value in data[done:]])
+    place = _place(queue_id)
+    for start, end in _chunk_spans(len(data)):
+        params: list[Any] = [queue_id, stamp]
+        for seq, value in enumerate(data[start:end], first + start):
+            params += (seq, _crc32c(_PLAIN % (place, seq, value)), value)
+        db.execute(_PLAIN_STATEMENTS[end - start], params)
 
 
 _STAMPED_STATEMENTS = {
@@ -288,23 +265,14 @@ def insert_stamped(
     over the columns (305 against 320 ns per row of 256, best of 21)."""
     if len(data) != len(stamps):
         raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
-    spans, done = _chunk_spans(len(data))
-    if spans:
-        place = _place(queue_id)
-        for start, end in spans:
-            params: list[Any] = [queue_id]
-            for seq, value, stamp in zip(
-                range(first + start, first + end), data[start:end], stamps[start:end], strict=True
-            ):
-                params += (seq, stamp, _crc32c(_PLAIN % (place, seq, value)), value)
-            db.execute(_STAMPED_STATEMENTS[end - start], params)
-    if done < len(data):
-        insert_values(
-            db,
-            queue_id,
-            first + done,
-            [(value, stamp, None) for value, stamp in zip(data[done:], stamps[done:], strict=True)],
-        )
+    place = _place(queue_id)
+    for start, end in _chunk_spans(len(data)):
+        params: list[Any] = [queue_id]
+        for seq, value, stamp in zip(
+            range(first + start, first + end), data[start:end], stamps[start:end], strict=True
+        ):
+            params += (seq, stamp, _crc32c(_PLAIN % (place, seq, value)), value)
+        db.execute(_STAMPED_STATEMENTS[end - start], params)
 
 
 _READ_VALUES = (
