@@ -4,7 +4,8 @@ What a replica does with each REPLICATE of the bench's pipelined workload (one C
 entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue, a new stamp every
 ``--receive`` appends as the leader stamps each receive; with ``--batch 100``, the batch
 appends' shape instead: APPEND_BATCHes of 100 values, "per append" then meaning per value),
-in the order it does it, on one thread with real SQLite in a temporary directory (fsync on, as in the broker):
+in the order it does it, on one thread with real SQLite in a temporary directory (fsync on, as
+in the broker):
 
 - decode: the frame's checks and the message (``message_from_payload``, as ``_peers`` decodes);
 - save: ``Store.save`` persisting the new entry and applying the one before it, in one
