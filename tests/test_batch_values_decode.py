@@ -16,7 +16,7 @@ from trio_broker._protocol._entries import encode_payload, payload_from_obj
 VALUES = {
     "plain strings": ["x" * 100] * 100,
     "commas in values": ["a,b", {"k": 1, "l": [1, 2]}, [3, 4], "no comma", 5],
-    "any JSON": [None, True, 1.5, -7, "é\U0001f600\n\"", {"nested": {"deep": [[]]}}, []],
+    "any JSON": [None, True, 1.5, -7, 'é\U0001f600\n"', {"nested": {"deep": [[]]}}, []],
     "one value": [{"a": 1, "b": 2}],
 }
 
