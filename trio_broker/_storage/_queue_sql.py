@@ -53,7 +53,7 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
-from ._append_sql import _append, _append_run, _one_run, _plain_append
+from ._append_sql import _append, _append_run, _batch_run, _one_run, _plain_append, _plain_batch
 from ._budget_reads import budgeted_read, checked_sizes
 from ._integrity import (
     UNCHECKED,
@@ -418,6 +418,14 @@ def _apply_group(
                 j += 1
             if j - i > 1:
                 results += _append_run(db, commands[i:j])
+                i = j
+                continue
+        elif _plain_batch(command):
+            queue_id = command.queue_id
+            while j < count and _plain_batch(commands[j]) and commands[j].queue_id == queue_id:
+                j += 1
+            if j - i > 1:
+                results += _batch_run(db, commands[i:j])  # type: ignore[arg-type]
                 i = j
                 continue
         elif type(command) is ReadNext:
