@@ -113,10 +113,9 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
         " RETURNING length",
         (total, stamps[-1], queue_id),
     ).fetchone()
-    first = length - total + 1
     results: list[Result] = []
-    at = first
-    start = 0  # (the first batch of the current stamp)
+    at = length - total + 1  # (the next batch's first sequence number)
+    start, start_at = 0, at  # (the first batch of the current stamp, and its first number)
     for i, count in enumerate(counts):
         results.append(BatchAppended(at, count))
         at += count
@@ -125,8 +124,8 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
                 data: Sequence[bytes] = run[i].data
             else:
                 data = [value for c in run[start : i + 1] for value in c.data]
-            insert_plain(db, queue_id, results[start].first_sequence_num, data, stamps[i])
-            start = i + 1
+            insert_plain(db, queue_id, start_at, data, stamps[i])
+            start, start_at = i + 1, at
     return results
 
 
