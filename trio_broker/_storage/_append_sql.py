@@ -1,7 +1,8 @@
 """The appends' apply in SQL: an APPEND or APPEND_BATCH alone (:func:`_append`, with its
 producer's de-duplication), and a run of plain stamped appends to one queue applied as two
-columns, the values' bytes and their stamps (:func:`_append_run`, :func:`run_stamps`), with the
-tests that find such runs in a group (:func:`_one_run`, :func:`_plain_append`).
+columns, the values' bytes and their stamps (:func:`_append_run`, :func:`run_stamps`), a run of
+plain stamped APPEND_BATCHes to one queue applied together (:func:`_batch_run`), with the tests
+that find such runs in a group (:func:`_one_run`, :func:`_plain_append`, :func:`_plain_batch`).
 
 Used by :mod:`._queue_sql` (``_apply_one`` and ``_apply_group``), which it does not import:
 the dependency goes one way. Why a run is applied this way, and what it gave:

@@ -403,7 +403,8 @@ def _apply_group(
 ) -> GroupApplied:
     """A group's commands in order; a run of plain appends to one queue (the common case
     under pipelined load) costs three statements in all instead of three each, and so does a
-    run of single READs of one client on one queue (one receive's pipelined READs)."""
+    run of single READs of one client on one queue (one receive's pipelined READs); a run of
+    plain APPEND_BATCHes to one queue reads and updates the queue once (:func:`_batch_run`)."""
     if _one_run(commands):
         return GroupApplied(tuple(_append_run(db, commands)))  # type: ignore[arg-type]
     results: list[Result] = []
