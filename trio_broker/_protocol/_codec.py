@@ -538,6 +538,27 @@ def appended_frame(sequence_num: int) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+_APPENDED_HEADS = [
+    len(_APPENDED % (10 ** (digits - 1))).to_bytes(4, "big") + _APPENDED.partition(b"%d")[0]
+    for digits in range(1, 21)
+]
+"""For each count of digits (1 to 20: every sequence number, a 64-bit integer), what an
+appended answer's frame holds before its number: the length prefix and the body's start."""
+
+
+def appended_frames(sequence_nums: list[int]) -> bytes:
+    """The frames of the answers to several APPENDs that were not duplicates, one after the
+    other: ``b"".join(map(appended_frame, sequence_nums))`` (tests/test_answer_runs.py), in
+    one join (a connection's run of appends has consecutive numbers: one count of digits,
+    hence one head, for all of them, unless it crosses a power of ten)."""
+    digits = [b"%d" % sequence_num for sequence_num in sequence_nums]
+    width = len(b"%d" % min(sequence_nums))
+    if width == len(b"%d" % max(sequence_nums)):  # (numbers >= 0: one count of digits)
+        head = _APPENDED_HEADS[width - 1]
+        return head + (b"}" + head).join(digits) + b"}"
+    return b"".join([_APPENDED_HEADS[len(number) - 1] + number + b"}" for number in digits])
+
+
 _BATCH_APPENDED = b'{"status":"success","sequence_nums":%b}'
 
 
