@@ -13,7 +13,8 @@ workload sends them):
   group (no ledger): each APPEND checked into its command, the answers made and given;
 - **settle**: each outcome set in the group by index (the driver's ``_settle_applied``);
 - **answer**: the answers queued in the outbox and taken by the writer (``_take``: frames,
-  the metrics' tally), as one write.
+  the metrics' tally), as one write; what ``handle_many`` gave (a list of answers, or one
+  ``GroupRun`` for the whole run) queued as the connection queues it.
 
 What it leaves out: the socket calls, the driver and storage, the peer links (see
 ``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
@@ -110,10 +111,13 @@ def main() -> None:
 
     def decide() -> None:
         given.clear()
-        _done(runs.handle_many(requests, None, given.extend))
+        _done(runs.handle_many(requests, None, given.append))
 
     decide()
-    answers = list(given)
+    assert len(given) == 1, "the run was answered in more than one call"
+    answers = given[0]
+    """What ``handle_many`` gives the connection: a list of answers, or (since "The leader's
+    pipelined appends") one ``GroupRun`` for them all, which a write consumes."""
 
     def settle() -> None:
         group = PendingGroup(count)
@@ -127,7 +131,10 @@ def main() -> None:
 
     def answer() -> None:
         outbox = Outbox(budget.account())
-        outbox.put_many(infos, answers)
+        if type(answers) is list:
+            outbox.put_many(infos, answers)
+        else:  # (a fresh GroupRun each time: a write takes its answers out of it)
+            outbox.put_many(infos, type(answers)(answers.group, 0, count))
         writer = AnswerWriter(
             _Socket(),  # type: ignore[arg-type]
             outbox,
@@ -135,7 +142,7 @@ def main() -> None:
             plaintext_hint=None,
         )
         taken = writer._take()
-        assert taken is not None and len(taken[0]) == count
+        assert taken is not None and (taken[-1] if len(taken) == 4 else len(taken[0])) == count
 
     parts = {"read": read, "decide": decide, "settle": settle, "answer": answer}
     figures = {name: _best(part, count, args.number, args.repeat) for name, part in parts.items()}

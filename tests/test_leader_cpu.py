@@ -191,8 +191,8 @@ def test_the_writers_tally_counts_each_key():
     outbox.put_many([(op, started, 10) for op, started, _ in queued], [a for *_, a in queued])
     taken = writer._take()
     assert taken is not None
-    frames, size, charged = taken
-    assert len(frames) == len(queued) and charged == 10 * len(queued)
+    frames, size, charged, count = taken
+    assert len(frames) == count == len(queued) and charged == 10 * len(queued)
     assert size == sum(map(len, frames))
     assert tallies == [
         {

@@ -48,14 +48,25 @@ class FrameDecoder:
         if max_frame <= 0:
             raise ValueError("max_frame must be positive")
         self.max_frame = max_frame
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
+        """The bytes received and not yet consumed past ``_pos``: a receive's own ``bytes``
+        when nothing was left before it (its frames are then sliced out of it, one copy each,
+        with no buffer to copy it into first), else a ``bytearray`` that gathers receives."""
         self._pos = 0
 
     def feed(self, data: bytes | bytearray) -> None:
-        if self._pos and self._pos > len(self._buf) // 2:
-            del self._buf[: self._pos]
+        buf = self._buf
+        if self._pos >= len(buf):  # (nothing left: the usual receive of whole frames)
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buf += data
+            return
+        if type(buf) is bytes:
+            self._buf = buf = bytearray(memoryview(buf)[self._pos :])
+            self._pos = 0
+        elif self._pos > len(buf) // 2:
+            del buf[: self._pos]
+            self._pos = 0
+        buf += data
 
     def next_frame(self) -> bytes | None:
         """The next whole payload, or None if more bytes are needed.
@@ -71,6 +82,10 @@ class FrameDecoder:
         end = self._pos + HEADER_SIZE + length
         if len(self._buf) < end:
             return None
+        if type(self._buf) is bytes:  # (a slice of bytes is bytes: one copy)
+            payload = self._buf[self._pos + HEADER_SIZE : end]
+            self._pos = end
+            return payload
         # One copy, from a view of the buffer (a slice of the bytearray, then bytes of it,
         # copied the payload twice); the view and its slice (an export of the buffer too) are
         # released here, not when collected, before ``feed`` may resize it.

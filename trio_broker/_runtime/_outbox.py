@@ -9,11 +9,13 @@ and writes them in one write. Nothing here waits per request: the reader waits o
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 import trio
 
 from ._answer import Answer
 from ._limits import Account
+from ._pending import GroupRun
 
 
 class Outbox:
@@ -27,9 +29,11 @@ class Outbox:
 
     def __init__(self, account: Account) -> None:
         self.account = account
-        self.answers: collections.deque[tuple[Answer, tuple[str, float, int]]] = collections.deque()
+        self.answers: collections.deque[tuple[Any, Any]] = collections.deque()
         """Each answer with its request's ``(operation, started, charged)``, in request order
-        (the reader's tuple kept as it is: a run's answers are queued by one ``zip``)."""
+        (the reader's tuple kept as it is: a run's answers are queued by one ``zip``); or a
+        :class:`~._pending.GroupRun` with the list of its requests' tuples, one entry for
+        all its answers."""
         self.in_flight = 0
         """Requests dispatched whose answers are not written yet (queued, or being written)."""
         self.closed = False
@@ -42,11 +46,18 @@ class Outbox:
         self.answers.append((answer, (operation, started, charged)))
         self.in_flight += 1
 
-    def put_many(self, infos: list[tuple[str, float, int]], answers: list[Answer]) -> None:
-        """:meth:`put` for each answer, with its ``(operation, started, charged)``."""
+    def put_many(
+        self, infos: list[tuple[str, float, int]], answers: list[Answer] | GroupRun
+    ) -> None:
+        """:meth:`put` for each answer, with its ``(operation, started, charged)``; a
+        :class:`~._pending.GroupRun` is queued as one entry, with ``infos`` (a list this
+        outbox then owns)."""
         if len(infos) != len(answers):
             raise ValueError(f"{len(answers)} answers for {len(infos)} requests")
-        self.answers.extend(zip(answers, infos, strict=True))
+        if type(answers) is GroupRun:
+            self.answers.append((answers, infos))
+        else:
+            self.answers.extend(zip(answers, infos, strict=True))
         self.in_flight += len(answers)
 
     def close(self) -> None:

@@ -17,9 +17,12 @@ from typing import Any
 
 import trio
 
+from .._core._commands import BatchAppended, MessageAppended
+from .._protocol._codec import appended_frame, appended_frames, batch_appended_frame
 from ._answer import Answer, response_for
 
 _UNSET: Any = object()
+_APPENDED_ONLY = {MessageAppended}
 
 
 class _Held(list[Callable[[], None]]):
@@ -162,6 +165,88 @@ class GroupAnswer(Answer):
             await group.wait()
             result = group.results[self._index]
         return response_for(result)
+
+
+class RunAnswer(GroupAnswer):
+    """The answer to a request of a run whose result is its answer (an append, ACK, SEEK):
+    a :class:`GroupAnswer` whose frame, for appended messages, is written straight from
+    their sequence numbers (no response object, no general encoder)."""
+
+    __slots__ = ()
+
+    def frame(self) -> bytes | None:
+        result = self._group.results[self._index]
+        kind = type(result)
+        if kind is MessageAppended and not result.duplicate:
+            return appended_frame(result.sequence_num)
+        if kind is BatchAppended and not result.duplicate:
+            return batch_appended_frame(result.first_sequence_num, result.count)
+        return None
+
+
+class GroupRun:
+    """The answers to a whole run of requests that are a :class:`PendingGroup`'s, in its order
+    (indexes ``start`` to ``stop``), given as one: a sequence of :class:`RunAnswer` to whoever
+    reads it as a list, and one entry of the connection's :class:`~._outbox.Outbox`, whose
+    writer takes the appended messages' answers together (:meth:`appended`) instead of one
+    object, one call and one frame per answer (docs/performance.md, "The leader's
+    pipelined appends"). Its requests are of one operation (``Runs.handle_many`` makes one
+    for a run of APPENDs only): the writer counts them for the metrics under the first's."""
+
+    __slots__ = ("group", "start", "stop")
+
+    def __init__(self, group: PendingGroup, start: int, stop: int) -> None:
+        self.group = group
+        self.start = start
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> RunAnswer:
+        if not 0 <= index < self.stop - self.start:
+            raise IndexError(index)
+        return RunAnswer(self.group, self.start + index)
+
+    def __iter__(self) -> Iterator[RunAnswer]:
+        return iter(self.answers())
+
+    def answers(self) -> list[RunAnswer]:
+        """One :class:`RunAnswer` each (the writer's way for what :meth:`appended` leaves)."""
+        group = self.group
+        return [RunAnswer(group, index) for index in range(self.start, self.stop)]
+
+    def when_known(self, callback: Callable[[], None]) -> bool:
+        """As :meth:`Answer.when_known` for the first answer: ``callback`` once the group's
+        outcomes are all known; False when the first is known now."""
+        group = self.group
+        return group.results[self.start] is _UNSET and group.when_done(callback)
+
+    async def response(self) -> None:
+        """Until the first answer is known (the writer task's way when nothing calls back)."""
+        group = self.group
+        if group.results[self.start] is _UNSET:
+            await group.wait()
+
+    def head_known(self) -> bool:
+        """The first answer's outcome is known."""
+        return self.group.results[self.start] is not _UNSET
+
+    def appended(self, limit: int) -> tuple[bytes, int] | None:
+        """The frames of the answers at the head of the run, up to ``limit`` of them, when
+        each is known and an appended message (not a duplicate), and how many: those taken
+        leave the run. None when any of them is not (the writer takes them one by one)."""
+        stop = min(self.stop, self.start + limit)
+        results = self.group.results
+        if self.start or stop != len(results):
+            results = results[self.start : stop]
+        if set(map(type, results)) != _APPENDED_ONLY:
+            return None
+        numbers = [result.sequence_num for result in results if not result.duplicate]
+        if len(numbers) != len(results):
+            return None
+        self.start = stop
+        return appended_frames(numbers), len(numbers)
 
 
 class Capacity:

@@ -17,7 +17,6 @@ from typing import Any
 from .._core import _work_commands as work
 from .._core._commands import (
     AppendMessage,
-    BatchAppended,
     CommandRejected,
     MessageAppended,
     MessageRead,
@@ -28,7 +27,6 @@ from .._errors import BrokerError, ProtocolError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
 from .._protocol._codec import (
     appended_frame,
-    batch_appended_frame,
     columns_frame,
     dumps_value,
     message_frame,
@@ -46,7 +44,7 @@ from ._operations import (
     read_command,
     too_large,
 )
-from ._pending import GroupAnswer, PendingGroup
+from ._pending import GroupAnswer, GroupRun, PendingGroup, RunAnswer
 from ._work import Mapped, appended_answer, publish_command, read_answer
 
 Convert = Callable[[Any], Any]
@@ -100,7 +98,24 @@ class Runs:
             """Propose the run so far; then every answer up to here is known: give them."""
             nonlocal given
             if commands:
-                await self._propose_run(commands, slots, converts, answers)
+                if given == 0 and not others and len(commands) == len(answers) > 1:
+                    # The whole receive is one run of the original contract's APPENDs: its
+                    # answers are given as one (GroupRun), no object per answer.
+                    group = await self._propose_group(commands)
+                    if not isinstance(group, BrokerError):
+                        commands.clear()
+                        slots.clear()
+                        converts.clear()
+                        given = len(answers)
+                        answered(GroupRun(group, 0, given))  # type: ignore[arg-type]
+                        return
+                    for slot in slots:
+                        answers[slot] = Answer(now=group)
+                    commands.clear()
+                    slots.clear()
+                    converts.clear()
+                else:
+                    await self._propose_run(commands, slots, converts, answers)
             if given < len(answers):
                 answered(answers[given:])  # type: ignore[arg-type]  (all known now)
                 given = len(answers)
@@ -109,6 +124,8 @@ class Runs:
         limit = min(self._driver.max_group, self._config.max_in_flight)
         max_data = self._config.max_data_bytes
         closing = self._closing()  # (read again after each wait)
+        others = 0
+        """Commands proposed that are not the original contract's APPENDs."""
         last_read: ReadNext | None = None
         for request in requests:
             if (  # the original contract's APPEND, the most frequent: checked here at once
@@ -168,6 +185,7 @@ class Runs:
             if len(commands) >= limit:
                 await propose()
                 closing = self._closing()
+            others += 1
             converts.append(convert)
             slots.append(len(answers))
             commands.append(command)
@@ -224,6 +242,13 @@ class Runs:
             return position_command(request), None
         return None
 
+    async def _propose_group(self, commands: list[Any]) -> PendingGroup | BrokerError:
+        """Propose ``commands`` together (:meth:`_propose_run` without the answers): their
+        group, or the refusal of them all. Empties nothing."""
+        if not self._driver.node.is_leader:
+            return self._driver.not_leader_error()
+        return await self._driver.propose_many(commands)
+
     async def _propose_run(
         self,
         commands: list[Any],
@@ -254,23 +279,6 @@ class Runs:
         commands.clear()
         slots.clear()
         converts.clear()
-
-
-class RunAnswer(GroupAnswer):
-    """The answer to a request of a run whose result is its answer (an append, ACK, SEEK):
-    a :class:`GroupAnswer` whose frame, for appended messages, is written straight from
-    their sequence numbers (no response object, no general encoder)."""
-
-    __slots__ = ()
-
-    def frame(self) -> bytes | None:
-        result = self._group.results[self._index]
-        kind = type(result)
-        if kind is MessageAppended and not result.duplicate:
-            return appended_frame(result.sequence_num)
-        if kind is BatchAppended and not result.duplicate:
-            return batch_appended_frame(result.first_sequence_num, result.count)
-        return None
 
 
 class ReadNextAnswer(GroupAnswer):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import trio
@@ -34,6 +35,7 @@ from .._errors import BrokerError
 from .._protocol import encode_frame, encode_response
 from ._direct import DirectSocket
 from ._outbox import Outbox
+from ._pending import GroupRun
 
 MAX_WRITE_BATCH = 64
 MAX_WRITE_BYTES = 1024 * 1024
@@ -114,16 +116,16 @@ class AnswerWriter:
                     ):
                         self._wake()
                     return
-                out, size, charged = taken
+                out, size, charged, count = taken
                 data = b"".join(out) if len(out) > 1 else out[0]
                 sent = io.send_now(data)  # type: ignore[union-attr]  (a DirectSocket here)
                 if sent < len(data):
                     outbox.account.charge(size)
-                    self._rest = (memoryview(data)[sent:], charged, size, len(out))
+                    self._rest = (memoryview(data)[sent:], charged, size, count)
                     self._wake()
                     return
                 outbox.account.release(charged)
-                outbox.written(len(out))
+                outbox.written(count)
             if outbox.closed:
                 self._wake()  # the writer task ends
         except Exception as exc:  # (a bug must not reach the task that settled an outcome)
@@ -165,11 +167,11 @@ class AnswerWriter:
                     # known only as the value its wait returns: written with it).
                     taken = self._take(await head.response())
                     assert taken is not None
-                out, size, charged = taken
+                out, size, charged, count = taken
                 account.charge(size)
                 await io.send_all(b"".join(out) if len(out) > 1 else out[0])
                 account.release(charged + size)
-                outbox.written(len(out))
+                outbox.written(count)
         finally:
             self._idle = False
             self._on_known = None  # (late outcomes: nobody writes any more)
@@ -184,23 +186,59 @@ class AnswerWriter:
             self._idle = False
             self._more = None
 
-    def _take(self, head: Any = None) -> tuple[list[bytes], int, int] | None:
+    def _take(self, head: Any = None) -> tuple[list[bytes], int, int, int] | None:
         """Take the answers known at the head of the queue (up to the bounds), encoded, and
-        count them for the metrics: (their frames, their size, the requests' bytes held);
-        None when the head is not known. ``head``: the first answer's response, awaited.
+        count them for the metrics: (their frames, their size, the requests' bytes held,
+        how many answers); None when the head is not known. ``head``: the first answer's
+        response, awaited.
 
         The metrics' tally is counted in runs of one key (the answers of one receive share
-        their operation, outcome and start): one dictionary update per run, not per answer."""
+        their operation, outcome and start): one dictionary update per run, not per answer.
+        A :class:`~._pending.GroupRun`'s appended messages are taken together, their frames
+        written in one join (:meth:`~._pending.GroupRun.appended`); what it holds otherwise
+        (a refusal, a duplicate, an outcome not known yet past its first) is taken one
+        answer at a time, as any other."""
         answers = self._outbox.answers
         hint = self._plaintext_hint
         out: list[bytes] = []
-        size = charged = 0
+        size = charged = taken = 0
         tally: dict[tuple[str, Any, float], int] = {}
         key: tuple[str, Any, float] | None = None
         count = 0
         """The answers taken since the key of the run being counted last changed."""
-        while answers and len(out) < MAX_WRITE_BATCH and size < MAX_WRITE_BYTES:
+        while answers and taken < MAX_WRITE_BATCH and size < MAX_WRITE_BYTES:
             answer, info = answers[0]
+            if type(answer) is GroupRun:
+                head = None  # (awaited for a run: only that its first answer is known)
+                if not answer.head_known():
+                    break  # write what is known; then wait for this one
+                got = answer.appended(MAX_WRITE_BATCH - taken)
+                if got is None:  # (one by one, in place of the run)
+                    answers.popleft()
+                    answers.extendleft(reversed(list(zip(answer.answers(), info, strict=True))))
+                    continue
+                frames, number = got
+                if number < len(info):
+                    answers[0] = (answer, info[number:])
+                    info = info[:number]
+                else:
+                    answers.popleft()
+                if key is not None:
+                    tally[key] = tally.get(key, 0) + count
+                    key, count = None, 0
+                operation, started, _ = info[0]
+                if started == info[-1][1]:  # (one receive's: the start only grows)
+                    run_key = (operation, None, started)
+                    tally[run_key] = tally.get(run_key, 0) + number
+                else:
+                    for operation, started, _ in info:
+                        run_key = (operation, None, started)
+                        tally[run_key] = tally.get(run_key, 0) + 1
+                out.append(frames)
+                size += len(frames)
+                charged += sum(map(_CHARGED, info))
+                taken += number
+                continue
             frame, code = answer.frame(), None  # (an appended message's: its bytes)
             response, head = head, None
             if frame is None:
@@ -222,8 +260,13 @@ class AnswerWriter:
             out.append(frame)
             size += len(frame)
             charged += held
-        if key is None:
+            taken += 1
+        if not taken:
             return None
-        tally[key] = tally.get(key, 0) + count
+        if key is not None:
+            tally[key] = tally.get(key, 0) + count
         self._observe(tally, time.perf_counter())
-        return out, size, charged
+        return out, size, charged, taken
+
+
+_CHARGED = itemgetter(2)
