@@ -303,6 +303,18 @@ def _phases(events: list[Any], durable: list[Any]) -> None:
             if name in seen:
                 marks.setdefault(name, []).append((seen[name] - a[1]) / 1e3)
     marks["next fsync starts"] = [(b[0] - a[1]) / 1e3 for a, b in itertools.pairwise(durable)]
+    handed = [t for t, n, *_ in events if n == "handed"]
+    waits = []
+    for a in durable:
+        if a[5]:
+            continue  # (on the loop's thread: not handed over)
+        before = [t for t in handed if t <= a[0]]
+        if before and a[0] - before[-1] < 100_000_000:
+            waits.append((a[0] - before[-1]) / 1e3)
+    print(
+        "  a hand-off to the storage thread -> its durable transaction starts: median"
+        f" {statistics.median(waits or [0]):,.0f} µs (p90 {_pct(waits or [0], 90):,.0f})"
+    )
     returned = [t for t, n, *_ in events if n == "returned"]
     back = []
     for a in durable:
