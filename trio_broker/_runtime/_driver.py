@@ -63,8 +63,6 @@ from ._recovery import make_node
 from ._repair import STOOD_IN, Repair, StoodIn, serve_fetch_values
 from ._save_place import (
     APPLY_AHEAD,
-    SENDING_COMMANDS,
-    SHORT_COMMANDS,
     SLOW_FSYNC,
     apply_weight,
     let_links_send,
@@ -495,13 +493,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 committed=first,
             )
             durable = saving_durably(rd, self._saved_term_vote)
-            in_place = runs_in_place(
-                rd,
-                durable,
-                fsync_fast=self._fsync_fast,
-                committed=first,
-                sending=self._sending_bound(rd),
-            )
+            in_place = runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=first)
             if in_place and durable and self._unsent:
                 await let_links_send()
                 self._unsent = False
@@ -555,26 +547,6 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         for peer in rd.snapshots_to_send:
             self.start_soon(self.snapshots.offer, peer)
         self.node.advance()
-
-    def _sending_bound(self, rd: raft.Ready) -> int:
-        """The most commands a leader's Ready that sends its entries may hold and still be
-        persisted on the loop's thread (``runs_in_place``'s ``sending``): SENDING_COMMANDS,
-        so that under load the loop serves its connections while the storage thread
-        fsyncs; SHORT_COMMANDS when the Ready's entries hold every proposal not yet answered
-        (none queued, none in an earlier entry: each connection with a request in flight
-        waits for these). The loop then has nothing of theirs to do during the fsync, and
-        the hand-off there and back (two cross-thread wake-ups, each a scheduling delay on a
-        loaded machine) is a wait in series with the cycle (docs/performance.md, "100
-        connections: the fsync on the loop, and the GIL's switch interval")."""
-        ledger = self._ledger
-        if not rd.entries or ledger.queued:
-            return SENDING_COMMANDS
-        held = 0
-        for entry in rd.entries:
-            waiting = ledger.waiting(entry.index)
-            if waiting is not None:
-                held += len(waiting[1])
-        return SHORT_COMMANDS if held and held == len(ledger) else SENDING_COMMANDS
 
     def _saved(
         self, rd: raft.Ready, committed: Sequence[Any], *, durable: bool, took: float

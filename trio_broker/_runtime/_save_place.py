@@ -70,12 +70,7 @@ def saving_durably(rd: raft.Ready, saved_term_vote: tuple[int, Any]) -> bool:
 
 
 def runs_in_place(
-    rd: raft.Ready,
-    durable: bool,
-    *,
-    fsync_fast: bool,
-    committed: tuple[Any, ...] | None = None,
-    sending: int = SENDING_COMMANDS,
+    rd: raft.Ready, durable: bool, *, fsync_fast: bool, committed: tuple[Any, ...] | None = None
 ) -> bool:
     """Whether the Ready's transaction may run on the event loop's thread (when the storage
     thread is idle).
@@ -88,14 +83,12 @@ def runs_in_place(
     connections while the thread waits on the fsync. The links send what they were handed
     before the loop is held (:func:`let_links_send`). ``committed``: the entries this
     transaction applies, when not the Ready's own (none, in the first of an apply ahead).
-    ``sending``: that bound (the driver raises it to SHORT_COMMANDS for a leader's Ready
-    that holds every request it has in flight: then nothing is left to serve meanwhile).
     """
     if committed is None:
         committed = rd.committed_entries
     if not durable:
         return light(committed)
-    limit = sending if rd.messages else SHORT_COMMANDS
+    limit = SENDING_COMMANDS if rd.messages else SHORT_COMMANDS
     return (
         rd.snapshot is None
         and rd.truncate_from is None
