@@ -44,11 +44,12 @@ SWITCH_INTERVAL = 0.0005
 """How long (seconds) a thread that wants the GIL waits before it asks the holder to let go
 (Python's default is 0.005). A broker has two threads that run Python, the event loop's and
 the storage thread's (a transaction's own Python, between its SQLite calls). Measured on the
-"100 connections x 1 in flight" workload, alternated with the default in 8 pairs of runs on a
-loaded machine: broker CPU per request lower in 6 (median 131.0 -> 113.6 µs), appends/s
-higher in 5 and equal in 2 (median 3,466 -> 4,245/s); pipelined and sequential appends
-unchanged within their noise (docs/performance.md, "100 connections: the fsync on the loop,
-and the GIL's switch interval"). Set by the node command only, as GC_THRESHOLDS."""
+"100 connections x 1 in flight" workload, alternated with the default in 12 pairs of runs on
+a loaded machine (load average 7 to 11): appends/s higher in 7, equal in 3, lower in 2
+(median 2,454 -> 3,334/s), broker CPU per request lower in 7 (median 146.2 -> 123.1 µs);
+pipelined and sequential appends unchanged within their noise (docs/performance.md, "100
+connections: the fsync on the loop, and the GIL's switch interval": to be measured again on
+a quiet machine). Set by the node command only, as GC_THRESHOLDS."""
 
 
 def _tune_interpreter() -> None:
