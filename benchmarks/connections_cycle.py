@@ -1,6 +1,7 @@
 """The leader's cycle under the bench's "100 connections x 1 in flight" workload.
 
     python -m benchmarks.connections_cycle [--seconds S] [--connections N] [--base-port P]
+                                           [--dump CYCLES]
 
 Starts three broker processes (``python -m benchmarks.connections_cycle node ...``: the
 broker's own ``node`` command with probes installed by this program before it starts; the
@@ -9,14 +10,17 @@ two processes, one APPEND of 100 bytes in flight per connection) against the lea
 reads back the leader's events, each stamped with ``time.monotonic_ns`` and the thread's CPU
 time: the event loop's waits for I/O (a trio ``Instrument``), ``Store.save`` (on which
 thread, how many commands written and applied), ``RaftDriver._handle_ready``, the driver's
-``_flush_proposals`` (how many proposals it took) and the answers written.
+``_flush_proposals`` (how many proposals it took), its ``_send_at_once`` (the REPLICATEs
+written) and the answers written.
 
-It prints, over the measured window: the durable transactions (how many, how many commands
-each, their wall time), the storage thread's busy share, the gap between one durable
-transaction's end and the next one's start, and how the event loop's thread spent its time
-while the storage thread fsynced and while it was idle (busy share and CPU): the cycle's
-overlap. The probes cost a few µs per event (a handful of events per request): for the
-cycle's shape, not for the bench's absolute figures.
+It prints, over the measured window: the durable transactions, on the storage thread or on
+the loop's (how many, how many commands each, their wall time), the share of the window spent
+in them, the gap between one durable transaction's end and the next one's start, and how the
+event loop's thread spent its time while one ran and while none did (busy share and CPU): the
+cycle's overlap. ``--dump N`` also prints N whole cycles from the middle of the run, raw: each
+event's wall time and the loop thread's CPU since the fsync's end. The probes cost a few
+µs per event (a handful of events per request): for the cycle's shape, not for the bench's
+absolute figures.
 """
 
 from __future__ import annotations
@@ -112,6 +116,28 @@ def _install(trace: str) -> None:
 
     _direct.DirectSocket.send_now = traced_send_now  # type: ignore[method-assign]
 
+    send_at_once = _driver.RaftDriver._send_at_once
+
+    def traced_send_at_once(self: Any, messages: Any) -> bool:
+        record("send<", len(messages))
+        try:
+            return send_at_once(self, messages)
+        finally:
+            record("send>", 0)
+
+    _driver.RaftDriver._send_at_once = traced_send_at_once  # type: ignore[method-assign]
+
+    encode = _driver.payload_bytes
+
+    def traced_encode(entry: Any) -> Any:
+        record("encode<", 0)
+        try:
+            return encode(entry)
+        finally:
+            record("encode>", 0)
+
+    _driver.payload_bytes = traced_encode
+
 
 def _load(port: int, queue_id: str, connections: int, seconds: float) -> tuple[int, float, float]:
     """Run two load generators at once; (answers, start, end) in monotonic ns."""
@@ -158,18 +184,23 @@ def _intervals(events: list[Any], begin: str, end: str) -> list[tuple[int, int, 
     return out
 
 
+def _durable(events: list[Any]) -> list[tuple[int, int, int, int, int, bool]]:
+    """The leader's durable transactions (those that write entries), on the storage thread
+    or on the loop's thread (the last field: True on the loop), in time order."""
+    threaded = [(*iv, False) for iv in _intervals(events, "save<thread", "save>thread")]
+    looped = [(*iv, True) for iv in _intervals(events, "save<loop", "save>loop")]
+    return sorted(iv for iv in threaded + looped if iv[2] >= 100_000)
+
+
 def _overlap(spans: list[tuple[int, int]], a: int, b: int) -> int:
     return sum(max(0, min(e, b) - max(s, a)) for s, e in spans)
 
 
 def analyse(events: list[Any], start: int, end: int, answers: int, seconds: float) -> None:
     events = [e for e in events if start <= e[0] <= end]
-    durable = [
-        iv
-        for iv in _intervals(events, "save<thread", "save>thread")
-        if iv[2] >= 100_000  # (writes entries: the leader's fsync)
-    ]
-    loop_saves = _intervals(events, "save<loop", "save>loop")
+    durable = _durable(events)
+    loop_saves = [iv for iv in _intervals(events, "save<loop", "save>loop") if iv[2] < 100_000]
+    on_loop = sum(1 for iv in durable if iv[5])
     # The loop thread's busy spans: from a return of epoll_wait to the next entry into it.
     busy: list[tuple[int, int]] = []
     busy_cpu: list[tuple[int, int, int]] = []
@@ -192,15 +223,15 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
     gaps = [(b[0] - a[1]) / 1e3 for a, b in itertools.pairwise(durable)]
     thread_busy = sum(iv[1] - iv[0] for iv in durable) / window
     print(
-        f"  durable transactions on the storage thread: {len(durable)}"
-        f" ({len(durable) / seconds:.0f}/s); commands written each: median"
+        f"  durable transactions: {len(durable)} ({len(durable) / seconds:.0f}/s; on the"
+        f" loop's thread {on_loop}); commands written each: median"
         f" {statistics.median(written):.0f} (p10 {_pct(written, 10):.0f}, p90"
         f" {_pct(written, 90):.0f}); applied in the same transaction: median"
         f" {statistics.median(applied):.0f}, {sum(applied) / max(sum(written), 1):.0%} of all"
     )
     print(
         f"  their wall time: median {statistics.median(walls):,.0f} µs (p90"
-        f" {_pct(walls, 90):,.0f}); storage thread busy {thread_busy:.0%} of the window"
+        f" {_pct(walls, 90):,.0f}); in a durable transaction {thread_busy:.0%} of the window"
     )
     if gaps:
         print(
@@ -217,8 +248,8 @@ def analyse(events: list[Any], start: int, end: int, answers: int, seconds: floa
     print(
         f"  the loop's thread busy {loop_busy / window:.0%} of the window"
         f" ({loop_cpu / answers / 1e3:.1f} µs of its CPU per append):"
-        f" {in_fsync / max(fsync_time, 1):.0%} of the time while the storage thread"
-        f" fsyncs, {(loop_busy - in_fsync) / max(idle_time, 1):.0%} while it is idle;"
+        f" {in_fsync / max(fsync_time, 1):.0%} of the time while a durable transaction runs"
+        f", {(loop_busy - in_fsync) / max(idle_time, 1):.0%} while it is idle;"
         f" {cpu_in_fsync / max(loop_cpu, 1):.0%} of the loop's CPU overlaps an fsync"
     )
     # Each cycle: from one fsync's end to the next one's start, what the loop did.
@@ -272,6 +303,18 @@ def _phases(events: list[Any], durable: list[Any]) -> None:
             if name in seen:
                 marks.setdefault(name, []).append((seen[name] - a[1]) / 1e3)
     marks["next fsync starts"] = [(b[0] - a[1]) / 1e3 for a, b in itertools.pairwise(durable)]
+    handed = [t for t, n, *_ in events if n == "handed"]
+    waits = []
+    for a in durable:
+        if a[5]:
+            continue  # (on the loop's thread: not handed over)
+        before = [t for t in handed if t <= a[0]]
+        if before and a[0] - before[-1] < 100_000_000:
+            waits.append((a[0] - before[-1]) / 1e3)
+    print(
+        "  a hand-off to the storage thread -> its durable transaction starts: median"
+        f" {statistics.median(waits or [0]):,.0f} µs (p90 {_pct(waits or [0], 90):,.0f})"
+    )
     returned = [t for t, n, *_ in events if n == "returned"]
     back = []
     for a in durable:
@@ -292,7 +335,7 @@ def _pct(values: list[float], p: int) -> float:
     return ordered[min(len(ordered) - 1, len(ordered) * p // 100)]
 
 
-def run(base: Path, seconds: float, connections: int, base_port: int) -> None:
+def run(base: Path, seconds: float, connections: int, base_port: int, dump: int = 0) -> None:
     ports = [base_port, base_port + 1, base_port + 2]
     nodes = _probes.start_cluster("benchmarks.connections_cycle", base, ports)
     try:
@@ -305,6 +348,35 @@ def run(base: Path, seconds: float, connections: int, base_port: int) -> None:
         with open(os.environ["CYCLE_KEEP"], "wb") as f:
             pickle.dump((events, start, end), f)
     analyse(events, start, end, answers, seconds)
+    if dump:
+        _dump(events, start, end, dump)
+
+
+def _dump(events: list[Any], start: int, end: int, cycles: int) -> None:
+    """``cycles`` whole cycles from the middle of the window, raw: each event's wall time and
+    the loop thread's CPU since the cycle's fsync ended (µs; the storage thread's own events
+    carry no loop CPU). Answers are counted, not listed."""
+    events = [e for e in events if start <= e[0] <= end]
+    durable = _durable(events)
+    middle = len(durable) // 2
+    for a, b in itertools.pairwise(durable[middle : middle + cycles + 1]):
+        print(f"  cycle from an fsync's end (its wall {(a[1] - a[0]) / 1e3:,.0f} µs):")
+        base_cpu: int | None = None
+        answers = 0
+        for t, n, d, c in events:
+            if t < a[1] or t > b[1]:
+                continue
+            thread = n.endswith("thread")
+            if not thread and base_cpu is None:
+                base_cpu = c
+            if n == "answer":
+                answers += 1
+                continue
+            if n in ("idle", "wake") or n.startswith("encode"):
+                continue
+            cpu = "" if thread or base_cpu is None else f"[{(c - base_cpu) / 1e3:,.0f}]"
+            tail = f" ({answers} answers so far)" if answers else ""
+            print(f"    {(t - a[1]) / 1e3:9,.0f} {cpu:>8} {n} {d}{tail}")
 
 
 def main() -> None:
@@ -314,9 +386,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--base-port", type=int, default=19531)
+    parser.add_argument("--dump", type=int, default=0, help="print this many cycles raw")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:
-        run(Path(base), args.seconds, args.connections, args.base_port)
+        run(Path(base), args.seconds, args.connections, args.base_port, args.dump)
 
 
 if __name__ == "__main__":
