@@ -23,14 +23,12 @@ import attrs
 
 from ._commands import (
     MAX_PRODUCERS,
-    BatchAppended,
     CommandRejected,
     CreateQueue,
     ProducerState,
     ReadBatch,
     RetentionPolicy,
     bad_request,
-    check_producer,
     next_producer_state,
     queue_not_found,
 )
@@ -79,12 +77,15 @@ from ._work_rules import (
     command_problem,
     dead_letter_headers,
     dead_letter_in_use,
+    dead_letter_not_found,
     delivered_within,
-    fenced,
     group_not_found,
     in_use_by_leases,
     name_problem,
     not_delivered,
+    other_settings,
+    publish_decided,
+    too_many_groups,
 )
 
 # -- the state ------------------------------------------------------------------------------------
@@ -280,13 +281,8 @@ def _publish(state: QueueState, command: Publish) -> WorkResult | CommandRejecte
         producer = (command.producer_id, command.queue_id)
         entry = work.producers.get(producer)
         known = None if entry is None else entry.epoch
-        if known is not None and command.producer_epoch < known:
-            return fenced(command.producer_id, command.producer_epoch, known)
         dedup = entry.state if entry is not None and known == command.producer_epoch else None
-        decided = check_producer(dedup, command.producer_seq, batch=True)
-        if isinstance(decided, BatchAppended):
-            return Published(decided.first_sequence_num, decided.count, duplicate=True)
-        if decided is not None:
+        if (decided := publish_decided(command, known, dedup)) is not None:
             return decided
     records = [(r.data, r.headers) for r in command.records]
     first = _append_records(state, command.queue_id, records, command.appended_ms)
@@ -334,22 +330,14 @@ def _join(state: QueueState, command: JoinGroup) -> WorkResult | CommandRejected
     settings = command.settings
     dead_letter = None if settings is None else settings.dead_letter_queue
     if dead_letter is not None and dead_letter not in state.messages:
-        return CommandRejected(
-            "QUEUE_NOT_FOUND", f"dead-letter queue {dead_letter!r} does not exist"
-        )
+        return dead_letter_not_found(dead_letter)
     group = work.groups.get(key)
     if group is not None:
         if settings is not None and settings != group.settings:
-            return bad_request(
-                f"group {command.group!r} exists with other settings ({group.settings}); "
-                "delete it first to change them"
-            )
+            return other_settings(command.group, group.settings)
         return GroupJoined(command.queue_id, command.group, group.settings, created=False)
     if sum(1 for q, _ in work.groups if q == command.queue_id) >= MAX_GROUPS_PER_QUEUE:
-        return CommandRejected(
-            "LIMIT_REACHED",
-            f"queue {command.queue_id!r} has {MAX_GROUPS_PER_QUEUE} groups, the most it may have",
-        )
+        return too_many_groups(command.queue_id, MAX_GROUPS_PER_QUEUE)
     settings = settings or GroupSettings()
     work.groups[key] = Group(settings, cursor=state.deleted[command.queue_id])
     return GroupJoined(command.queue_id, command.group, settings, created=True)
