@@ -81,6 +81,11 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
 
 
+def _poll_timeout(timeout: float | None, wait: float) -> float | None:
+    """A poll's timeout: the call's, after the ``wait`` it asks the broker for."""
+    return None if timeout is None else timeout + wait
+
+
 async def _within(seconds: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
     """The event-loop side of a call: ``call()`` within ``seconds``."""
     with anyio.move_on_after(seconds):
@@ -108,18 +113,16 @@ class Client:
     def __repr__(self) -> str:
         return f"<trio_broker.sync Client {self.client_id}>"
 
-    def _call(self, timeout: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    def _timeout_of(self, timeout: float | None) -> float | None:
+        """A call's ``timeout``, checked: ``DEFAULT`` is the client's."""
         if timeout is DEFAULT:
             timeout = self._timeout
         _check_timeout(timeout)
-        if self._closed:
-            raise ClientClosedError("this client is closed")
-        try:
-            future = self._portal.start_task_soon(_within, timeout, what, call)
-        except RuntimeError:
-            if self._closed:  # the portal stopped meanwhile (the client is being closed)
-                raise ClientClosedError("this client is closed") from None
-            raise  # say, a call from the client's own event-loop thread
+        return timeout
+
+    def _call(self, timeout: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        timeout = self._timeout_of(timeout)
+        future = self._on_portal(lambda: self._portal.start_task_soon(_within, timeout, what, call))
         try:
             return future.result()
         except BaseException:
@@ -127,14 +130,18 @@ class Client:
             raise
 
     def _run_sync(self, fn: Callable[[], T]) -> T:
+        return self._on_portal(lambda: self._portal.call(fn))
+
+    def _on_portal(self, use: Callable[[], T]) -> T:
+        """``use()`` of the event-loop thread's portal, refused once the client is closed."""
         if self._closed:
             raise ClientClosedError("this client is closed")
         try:
-            return self._portal.call(fn)
+            return use()
         except RuntimeError:
-            if self._closed:  # the portal stopped meanwhile
+            if self._closed:  # the portal stopped meanwhile (the client is being closed)
                 raise ClientClosedError("this client is closed") from None
-            raise
+            raise  # say, a call from the client's own event-loop thread
 
     @property
     def client_id(self) -> str:
@@ -287,8 +294,7 @@ class Client:
             prefetch=prefetch,
             wait=wait,
         )
-        if timeout is DEFAULT:
-            timeout = self._timeout
+        timeout = self._timeout_of(timeout)
         yield GroupConsumer(self, self._call(timeout, "consumer_group", call), timeout, wait)
 
     def read(self, queue_id: str, *, timeout: float | None = DEFAULT) -> Message | None:
@@ -352,9 +358,7 @@ class Client:
         told from one left by an exception, so it acknowledges nothing more either."""
         if ack not in (True, False):
             raise TypeError("ack must be a bool")
-        if timeout is DEFAULT:
-            timeout = self._timeout
-        _check_timeout(timeout)
+        timeout = self._timeout_of(timeout)
         consumer = self._client.consume(queue_id, max_messages=max_messages, wait=wait, ack=ack)
         return Consumer(self, consumer, wait, timeout)
 
@@ -482,7 +486,7 @@ class Consumer:
     ) -> None:
         self._client = client
         self._consumer = consumer
-        self._poll_timeout = None if timeout is None else timeout + wait
+        self._poll_timeout = _poll_timeout(timeout, wait)
         self._timeout = timeout
 
     @property
@@ -517,8 +521,7 @@ class GroupConsumer:
     ) -> None:
         self._client = client
         self._consumer = consumer
-        self._timeout = timeout
-        self._wait = wait
+        self._poll_timeout = _poll_timeout(timeout, wait)
 
     @property
     def member(self) -> str:
@@ -537,9 +540,9 @@ class GroupConsumer:
 
     def receive(self, max_messages: int = 1) -> list[GroupMessage]:
         """See :meth:`trio_broker.GroupConsumer.receive`."""
-        poll = None if self._timeout is None else self._timeout + self._wait
         call = functools.partial(self._consumer.receive, max_messages)
-        return [GroupMessage(self._client, m) for m in self._client._call(poll, "receive", call)]
+        received = self._client._call(self._poll_timeout, "receive", call)
+        return [GroupMessage(self._client, m) for m in received]
 
     def __iter__(self) -> Iterator[GroupMessage]:
         """The group's messages, leased ``prefetch`` at a time, as the async worker's."""
