@@ -96,7 +96,44 @@ async def _within(seconds: float | None, what: str, call: Callable[[], Awaitable
     )
 
 
-class Client:
+class _Appends:
+    """``append`` and ``append_batch``, blocking, for :class:`Client` and :class:`Producer`:
+    one pair of signatures for both, each call made on the async twin :meth:`_appends` names."""
+
+    def _appends(self) -> tuple[Client, _async.Client | _async.Producer]:
+        """The blocking client that makes the calls, and the async client or producer called."""
+        raise NotImplementedError
+
+    def append(
+        self,
+        queue_id: str,
+        data: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> int:
+        """See :meth:`trio_broker.Client.append` (of a :class:`Producer`,
+        :meth:`trio_broker.Producer.append`: exactly once)."""
+        client, target = self._appends()
+        call = functools.partial(target.append, queue_id, data, headers=headers)
+        return client._call(timeout, "append", call)
+
+    def append_batch(
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> list[int]:
+        """See :meth:`trio_broker.Client.append_batch` (of a :class:`Producer`,
+        :meth:`trio_broker.Producer.append_batch`: exactly once)."""
+        client, target = self._appends()
+        call = functools.partial(target.append_batch, queue_id, values, headers=headers)
+        return client._call(timeout, "append_batch", call)
+
+
+class Client(_Appends):
     """The blocking face of :class:`trio_broker.Client`; create it with :func:`connect`."""
 
     def __init__(
@@ -112,6 +149,9 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<trio_broker.sync Client {self.client_id}>"
+
+    def _appends(self) -> tuple[Client, _async.Client]:
+        return self, self._client
 
     def _timeout_of(self, timeout: float | None) -> float | None:
         """A call's ``timeout``, checked: ``DEFAULT`` is the client's."""
@@ -214,30 +254,6 @@ class Client:
             delete_acknowledged=delete_acknowledged,
         )
         return self._call(timeout, "set_retention", call)
-
-    def append(
-        self,
-        queue_id: str,
-        data: Any,
-        *,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> int:
-        """See :meth:`trio_broker.Client.append`."""
-        call = functools.partial(self._client.append, queue_id, data, headers=headers)
-        return self._call(timeout, "append", call)
-
-    def append_batch(
-        self,
-        queue_id: str,
-        values: Sequence[Any],
-        *,
-        headers: Sequence[dict[str, str] | None] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> list[int]:
-        """See :meth:`trio_broker.Client.append_batch`."""
-        call = functools.partial(self._client.append_batch, queue_id, values, headers=headers)
-        return self._call(timeout, "append_batch", call)
 
     def resolve_queue(
         self, name: str, cluster_id: str | None = None, *, timeout: float | None = DEFAULT
@@ -424,7 +440,7 @@ class Client:
         return self._call(timeout, "take_snapshot", call)
 
 
-class Producer:
+class Producer(_Appends):
     """The blocking face of :class:`trio_broker.Producer` (see :meth:`Client.producer`)."""
 
     def __init__(self, client: Client, producer: _async.Producer) -> None:
@@ -451,29 +467,8 @@ class Producer:
         """See :attr:`trio_broker.Producer.duplicates`."""
         return self._producer.duplicates
 
-    def append(
-        self,
-        queue_id: str,
-        data: Any,
-        *,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> int:
-        """See :meth:`trio_broker.Producer.append`."""
-        call = functools.partial(self._producer.append, queue_id, data, headers=headers)
-        return self._client._call(timeout, "append", call)
-
-    def append_batch(
-        self,
-        queue_id: str,
-        values: Sequence[Any],
-        *,
-        headers: Sequence[dict[str, str] | None] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> list[int]:
-        """See :meth:`trio_broker.Producer.append_batch`."""
-        call = functools.partial(self._producer.append_batch, queue_id, values, headers=headers)
-        return self._client._call(timeout, "append_batch", call)
+    def _appends(self) -> tuple[Client, _async.Producer]:
+        return self._client, self._producer
 
 
 class Consumer:
