@@ -36,7 +36,6 @@ from ._work_commands import (
     EXPIRIES_PER_APPLY,
     FORGETS_PER_APPLY,
     MAX_GROUPS_PER_QUEUE,
-    MAX_IDLE_MS,
     MAX_IN_FLIGHT,
     Acknowledged,
     CreateNamedQueue,
@@ -79,12 +78,14 @@ from ._work_rules import (
     dead_letter_in_use,
     dead_letter_not_found,
     delivered_within,
+    forget_problem,
     group_not_found,
     in_use_by_leases,
     name_problem,
     not_delivered,
     other_settings,
     publish_decided,
+    read_problem,
     too_many_groups,
 )
 
@@ -303,8 +304,8 @@ def _publish(state: QueueState, command: Publish) -> WorkResult | CommandRejecte
 def _read_records(state: QueueState, command: ReadRecords) -> WorkResult | CommandRejected:
     from ._queues import read_range
 
-    if command.max_messages < 1:
-        return bad_request("max_messages must be at least 1")
+    if (problem := read_problem(command)) is not None:
+        return bad_request(problem)
     queue_id, key = command.queue_id, (command.client_id, command.queue_id)
     touch(state, *key)
     deleted = state.deleted[queue_id]
@@ -497,8 +498,8 @@ def _change_leases(
 
 
 def _forget_idle(state: QueueState, command: ForgetIdlePositions) -> WorkResult | CommandRejected:
-    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
-        return bad_request(f"idle_ms must be between 1 and {MAX_IDLE_MS}")
+    if (problem := forget_problem(command)) is not None:
+        return bad_request(problem)
     work = state.work
     first_sweep = work.sweep_ms is None
     now = command.now_ms if work.sweep_ms is None else max(work.sweep_ms, command.now_ms)

@@ -21,11 +21,13 @@ from ._work_commands import (
     MAX_ERROR_LENGTH,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
+    MAX_IDLE_MS,
     MAX_IN_FLIGHT,
     MAX_LEASE_SEQUENCES,
     MAX_NAME_LENGTH,
     MAX_VISIBILITY_MS,
     DeleteGroup,
+    ForgetIdlePositions,
     GroupAck,
     GroupExtend,
     GroupNack,
@@ -35,6 +37,7 @@ from ._work_commands import (
     JoinGroup,
     Publish,
     Published,
+    ReadRecords,
     WorkCommand,
 )
 
@@ -133,6 +136,19 @@ def ack_problem(command: GroupAck) -> str | None:
     for first, last in command.ranges:
         if not 1 <= first <= last:
             return f"invalid range {first}..{last}"
+    return None
+
+
+def read_problem(command: GroupRead | ReadRecords) -> str | None:
+    """What makes a work read bad (a READ_RECORDS' is checked once its queue is found)."""
+    if command.max_messages < 1:
+        return "max_messages must be at least 1"
+    return None
+
+
+def forget_problem(command: ForgetIdlePositions) -> str | None:
+    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
+        return f"idle_ms must be between 1 and {MAX_IDLE_MS}"
     return None
 
 
@@ -257,9 +273,7 @@ def command_problem(command: WorkCommand) -> str | None:
     if isinstance(command, JoinGroup) and command.settings is not None:
         return settings_problem(command.settings, command.queue_id)
     if isinstance(command, GroupRead):
-        if command.max_messages < 1:
-            return "max_messages must be at least 1"
-        return member_problem(command.member)
+        return read_problem(command) or member_problem(command.member)
     if isinstance(command, GroupAck):
         return ack_problem(command)
     if isinstance(command, GroupNack | GroupExtend):

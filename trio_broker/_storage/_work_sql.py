@@ -33,7 +33,6 @@ from .._core._work_commands import (
     EXPIRIES_PER_APPLY,
     FORGETS_PER_APPLY,
     MAX_GROUPS_PER_QUEUE,
-    MAX_IDLE_MS,
     MAX_IN_FLIGHT,
     WORK_COMMANDS,
     Acknowledged,
@@ -68,12 +67,14 @@ from .._core._work_rules import (
     dead_letter_not_found,
     delivered_within,
     delivery_sizes,
+    forget_problem,
     group_not_found,
     in_use_by_leases,
     name_problem,
     not_delivered,
     other_settings,
     publish_decided,
+    read_problem,
     too_many_groups,
 )
 from ._integrity import read_values
@@ -286,8 +287,8 @@ def _publish(
 def _read_records(
     db: apsw.Connection, command: ReadRecords, length: int, deleted: int
 ) -> WorkResult | CommandRejected:
-    if command.max_messages < 1:
-        return bad_request("max_messages must be at least 1")
+    if (problem := read_problem(command)) is not None:
+        return bad_request(problem)
     key = (command.client_id, command.queue_id)
     touch_position(db, *key)
     row = db.execute(
@@ -477,8 +478,8 @@ def _group_read(
 
 
 def _forget_idle(db: apsw.Connection, command: ForgetIdlePositions) -> WorkResult | CommandRejected:
-    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
-        return bad_request(f"idle_ms must be between 1 and {MAX_IDLE_MS}")
+    if (problem := forget_problem(command)) is not None:
+        return bad_request(problem)
     row = db.execute("SELECT value FROM work_meta WHERE key = 'sweep_ms'").fetchone()
     now = command.now_ms if row is None else max(row[0], command.now_ms)
     db.execute(
