@@ -39,8 +39,8 @@ from trio_broker._cli._bench_load import (
     PAYLOAD,
     Load,
     _Conn,
-    _cpu_seconds,
     _topology,
+    run_generators,
 )
 from trio_broker._cli._processes import start_node, stop_nodes
 
@@ -108,10 +108,8 @@ async def _load(
     every = [r for r in requests for _ in range(per_queue)]
     gens = max(1, min(gens, len(every)))
     shares = [every[i::gens] for i in range(gens)]
-    results: list[dict[str, Any]] = []
-
-    async def one(share: list[dict[str, Any]]) -> None:
-        spec = {
+    specs = [
+        {
             "host": "127.0.0.1",
             "port": port,
             "connections": len(share),
@@ -121,29 +119,11 @@ async def _load(
             "start_at": start_at,
             "drain_seconds": DRAIN_SECONDS,
         }
-        done = await trio.run_process(
-            [sys.executable, "-m", "benchmarks.groups_fsync", "--generator"],
-            stdin=orjson.dumps(spec),
-            capture_stdout=True,
-            stderr=None,
-        )
-        results.append(orjson.loads(done.stdout))
-
-    async with trio.open_nursery() as nursery:
-        for share in shares:
-            nursery.start_soon(one, share)
-        await trio.sleep(max(0.0, start_at - time.time()))
-        before = _cpu_seconds(pid)
-    after = _cpu_seconds(pid)
-    return Load(
-        ok=sum(r["ok"] for r in results),
-        errors=sum(r["errors"] for r in results),
-        items=sum(r["items"] for r in results),
-        elapsed=max(r["elapsed"] for r in results),
-        latencies_us=[x for r in results for x in r["latencies_us"]],
-        generator_cpu=sum(r["cpu"] for r in results),
-        broker_cpu={pid: after - before},
-    )
+        for share in shares
+    ]
+    generator = [sys.executable, "-m", "benchmarks.groups_fsync", "--generator"]
+    load, _ = await run_generators(generator, specs, [pid], start_at)
+    return load
 
 
 async def measure(

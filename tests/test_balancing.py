@@ -318,7 +318,7 @@ async def test_rounds_are_bounded_in_frequency_and_rebalance_runs_one_now(autoju
         assert balancing.rounds == 10  # the first one interval after leading
         await world.join(brokers[3])
         rounds = balancing.rounds
-        report = await _balancing.rebalance(balancing, Rebalance(), _never)
+        report = await _balancing.on_metadata_leader(balancing, Rebalance(), _never)
         assert isinstance(report, Rebalanced) and balancing.rounds == rounds + 1
         started = [m for m in report.moves if m.move == "START_REPLICA_MOVE"]
         assert started and {m.broker_id for m in started} == {brokers[3]}
@@ -349,17 +349,17 @@ async def test_operator_requests_are_forwarded_off_the_metadata_leader_refused_w
         return BrokerError(ErrorCode.UNAVAILABLE, "stand-in")
 
     world.metadata.leading = False
-    await _balancing.rebalance(balancing, Rebalance(), forward)
-    await _balancing.drain(balancing, DrainBroker("B-00001"), forward)
+    await _balancing.on_metadata_leader(balancing, Rebalance(), forward)
+    await _balancing.on_metadata_leader(balancing, DrainBroker("B-00001"), forward)
     assert forwarded == [Rebalance(), DrainBroker("B-00001")]
     for call in (
-        _balancing.rebalance(None, Rebalance(), forward),
-        _balancing.drain(None, DrainBroker("B-00001"), forward),
+        _balancing.on_metadata_leader(None, Rebalance(), forward),
+        _balancing.on_metadata_leader(None, DrainBroker("B-00001"), forward),
     ):
         refused = await call
         assert refused.code == ErrorCode.UNAVAILABLE and "no balancer" in refused.message
     assert len(forwarded) == 2
     world.metadata.leading = True
-    state = await _balancing.drain(balancing, DrainBroker("B-00002"), _never)
+    state = await _balancing.on_metadata_leader(balancing, DrainBroker("B-00002"), _never)
     assert state.draining and state.broker_id == "B-00002"
     assert world.metadata.proposed == [SetBrokerDraining("B-00002", True)]

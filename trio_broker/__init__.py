@@ -21,8 +21,7 @@ or from a script without an event loop (:mod:`trio_broker.sync`)::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._errors import (
     BadRequestError,
@@ -47,6 +46,7 @@ from ._errors import (
     UnknownOperationError,
     WrongClusterError,
 )
+from ._lazy import lazy_names
 from ._protocol import (
     BrokerInfo,
     LeadershipTransferred,
@@ -117,19 +117,7 @@ a command-line client command, does not import the broker, its storage and its m
 broker (``python -m trio_broker node``) does not import the client and anyio."""
 
 
-def __getattr__(name: str) -> Any:
-    if name == "sync":  # a submodule: importing it sets the attribute
-        return importlib.import_module(".sync", __name__)
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(where, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY, submodules=("sync",))
 
 
 __version__ = "0.1.0"

@@ -81,6 +81,11 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
 
 
+def _poll_timeout(timeout: float | None, wait: float) -> float | None:
+    """A poll's timeout: the call's, after the ``wait`` it asks the broker for."""
+    return None if timeout is None else timeout + wait
+
+
 async def _within(seconds: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
     """The event-loop side of a call: ``call()`` within ``seconds``."""
     with anyio.move_on_after(seconds):
@@ -91,7 +96,44 @@ async def _within(seconds: float | None, what: str, call: Callable[[], Awaitable
     )
 
 
-class Client:
+class _Appends:
+    """``append`` and ``append_batch``, blocking, for :class:`Client` and :class:`Producer`:
+    one pair of signatures for both, each call made on the async twin :meth:`_appends` names."""
+
+    def _appends(self) -> tuple[Client, _async.Client | _async.Producer]:
+        """The blocking client that makes the calls, and the async client or producer called."""
+        raise NotImplementedError
+
+    def append(
+        self,
+        queue_id: str,
+        data: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> int:
+        """See :meth:`trio_broker.Client.append` (of a :class:`Producer`,
+        :meth:`trio_broker.Producer.append`: exactly once)."""
+        client, target = self._appends()
+        call = functools.partial(target.append, queue_id, data, headers=headers)
+        return client._call(timeout, "append", call)
+
+    def append_batch(
+        self,
+        queue_id: str,
+        values: Sequence[Any],
+        *,
+        headers: Sequence[dict[str, str] | None] | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> list[int]:
+        """See :meth:`trio_broker.Client.append_batch` (of a :class:`Producer`,
+        :meth:`trio_broker.Producer.append_batch`: exactly once)."""
+        client, target = self._appends()
+        call = functools.partial(target.append_batch, queue_id, values, headers=headers)
+        return client._call(timeout, "append_batch", call)
+
+
+class Client(_Appends):
     """The blocking face of :class:`trio_broker.Client`; create it with :func:`connect`."""
 
     def __init__(
@@ -108,18 +150,19 @@ class Client:
     def __repr__(self) -> str:
         return f"<trio_broker.sync Client {self.client_id}>"
 
-    def _call(self, timeout: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    def _appends(self) -> tuple[Client, _async.Client]:
+        return self, self._client
+
+    def _timeout_of(self, timeout: float | None) -> float | None:
+        """A call's ``timeout``, checked: ``DEFAULT`` is the client's."""
         if timeout is DEFAULT:
             timeout = self._timeout
         _check_timeout(timeout)
-        if self._closed:
-            raise ClientClosedError("this client is closed")
-        try:
-            future = self._portal.start_task_soon(_within, timeout, what, call)
-        except RuntimeError:
-            if self._closed:  # the portal stopped meanwhile (the client is being closed)
-                raise ClientClosedError("this client is closed") from None
-            raise  # say, a call from the client's own event-loop thread
+        return timeout
+
+    def _call(self, timeout: float | None, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        timeout = self._timeout_of(timeout)
+        future = self._on_portal(lambda: self._portal.start_task_soon(_within, timeout, what, call))
         try:
             return future.result()
         except BaseException:
@@ -127,14 +170,18 @@ class Client:
             raise
 
     def _run_sync(self, fn: Callable[[], T]) -> T:
+        return self._on_portal(lambda: self._portal.call(fn))
+
+    def _on_portal(self, use: Callable[[], T]) -> T:
+        """``use()`` of the event-loop thread's portal, refused once the client is closed."""
         if self._closed:
             raise ClientClosedError("this client is closed")
         try:
-            return self._portal.call(fn)
+            return use()
         except RuntimeError:
-            if self._closed:  # the portal stopped meanwhile
+            if self._closed:  # the portal stopped meanwhile (the client is being closed)
                 raise ClientClosedError("this client is closed") from None
-            raise
+            raise  # say, a call from the client's own event-loop thread
 
     @property
     def client_id(self) -> str:
@@ -208,30 +255,6 @@ class Client:
         )
         return self._call(timeout, "set_retention", call)
 
-    def append(
-        self,
-        queue_id: str,
-        data: Any,
-        *,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> int:
-        """See :meth:`trio_broker.Client.append`."""
-        call = functools.partial(self._client.append, queue_id, data, headers=headers)
-        return self._call(timeout, "append", call)
-
-    def append_batch(
-        self,
-        queue_id: str,
-        values: Sequence[Any],
-        *,
-        headers: Sequence[dict[str, str] | None] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> list[int]:
-        """See :meth:`trio_broker.Client.append_batch`."""
-        call = functools.partial(self._client.append_batch, queue_id, values, headers=headers)
-        return self._call(timeout, "append_batch", call)
-
     def resolve_queue(
         self, name: str, cluster_id: str | None = None, *, timeout: float | None = DEFAULT
     ) -> str:
@@ -287,8 +310,7 @@ class Client:
             prefetch=prefetch,
             wait=wait,
         )
-        if timeout is DEFAULT:
-            timeout = self._timeout
+        timeout = self._timeout_of(timeout)
         yield GroupConsumer(self, self._call(timeout, "consumer_group", call), timeout, wait)
 
     def read(self, queue_id: str, *, timeout: float | None = DEFAULT) -> Message | None:
@@ -352,9 +374,7 @@ class Client:
         told from one left by an exception, so it acknowledges nothing more either."""
         if ack not in (True, False):
             raise TypeError("ack must be a bool")
-        if timeout is DEFAULT:
-            timeout = self._timeout
-        _check_timeout(timeout)
+        timeout = self._timeout_of(timeout)
         consumer = self._client.consume(queue_id, max_messages=max_messages, wait=wait, ack=ack)
         return Consumer(self, consumer, wait, timeout)
 
@@ -420,7 +440,7 @@ class Client:
         return self._call(timeout, "take_snapshot", call)
 
 
-class Producer:
+class Producer(_Appends):
     """The blocking face of :class:`trio_broker.Producer` (see :meth:`Client.producer`)."""
 
     def __init__(self, client: Client, producer: _async.Producer) -> None:
@@ -447,29 +467,8 @@ class Producer:
         """See :attr:`trio_broker.Producer.duplicates`."""
         return self._producer.duplicates
 
-    def append(
-        self,
-        queue_id: str,
-        data: Any,
-        *,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> int:
-        """See :meth:`trio_broker.Producer.append`."""
-        call = functools.partial(self._producer.append, queue_id, data, headers=headers)
-        return self._client._call(timeout, "append", call)
-
-    def append_batch(
-        self,
-        queue_id: str,
-        values: Sequence[Any],
-        *,
-        headers: Sequence[dict[str, str] | None] | None = None,
-        timeout: float | None = DEFAULT,
-    ) -> list[int]:
-        """See :meth:`trio_broker.Producer.append_batch`."""
-        call = functools.partial(self._producer.append_batch, queue_id, values, headers=headers)
-        return self._client._call(timeout, "append_batch", call)
+    def _appends(self) -> tuple[Client, _async.Producer]:
+        return self._client, self._producer
 
 
 class Consumer:
@@ -482,7 +481,7 @@ class Consumer:
     ) -> None:
         self._client = client
         self._consumer = consumer
-        self._poll_timeout = None if timeout is None else timeout + wait
+        self._poll_timeout = _poll_timeout(timeout, wait)
         self._timeout = timeout
 
     @property
@@ -517,8 +516,7 @@ class GroupConsumer:
     ) -> None:
         self._client = client
         self._consumer = consumer
-        self._timeout = timeout
-        self._wait = wait
+        self._poll_timeout = _poll_timeout(timeout, wait)
 
     @property
     def member(self) -> str:
@@ -537,9 +535,9 @@ class GroupConsumer:
 
     def receive(self, max_messages: int = 1) -> list[GroupMessage]:
         """See :meth:`trio_broker.GroupConsumer.receive`."""
-        poll = None if self._timeout is None else self._timeout + self._wait
         call = functools.partial(self._consumer.receive, max_messages)
-        return [GroupMessage(self._client, m) for m in self._client._call(poll, "receive", call)]
+        received = self._client._call(self._poll_timeout, "receive", call)
+        return [GroupMessage(self._client, m) for m in received]
 
     def __iter__(self) -> Iterator[GroupMessage]:
         """The group's messages, leased ``prefetch`` at a time, as the async worker's."""

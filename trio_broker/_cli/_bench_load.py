@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -190,14 +191,32 @@ async def _generate(
             spec["clients"] = [f"C-{client_prefix}{_base36(first + i, 4)}" for i in range(share)]
         first += share
         specs.append(spec)
+    generator = [sys.executable, "-m", "trio_broker._cli._loadgen"]
+    load, unanswered = await run_generators(generator, specs, pids, start_at)
+    print(
+        f"  {name}: {load.items:,} items in {load.elapsed:.1f} s ({load.rate:,.0f}/s), "
+        f"{load.errors} errors, {unanswered} unanswered; broker CPU "
+        f"{load.broker_us_per_item():,.1f} us per item, generator CPU "
+        f"{load.generator_us_per_request():,.1f} us per request",
+        file=sys.stderr,
+        flush=True,
+    )
+    return load
+
+
+async def run_generators(
+    command: list[str], specs: list[dict[str, Any]], pids: Iterable[int], start_at: float
+) -> tuple[Load, int]:
+    """One generator process per spec (``command``, given the spec on its standard input),
+    all starting to send at ``start_at``: their results summed into one :class:`Load`, with
+    the CPU each of ``pids`` spent from then until the last generator ended, and how many
+    requests were left unanswered."""
+    pids = tuple(pids)
     results: list[dict[str, Any]] = []
 
     async def one(spec: dict[str, Any]) -> None:
         done = await trio.run_process(
-            [sys.executable, "-m", "trio_broker._cli._loadgen"],
-            stdin=orjson.dumps(spec),
-            capture_stdout=True,
-            stderr=None,
+            command, stdin=orjson.dumps(spec), capture_stdout=True, stderr=None
         )
         results.append(orjson.loads(done.stdout))
 
@@ -216,16 +235,7 @@ async def _generate(
         generator_cpu=sum(r["cpu"] for r in results),
         broker_cpu={pid: after[pid] - before[pid] for pid in pids},
     )
-    unanswered = sum(r["unanswered"] for r in results)
-    print(
-        f"  {name}: {load.items:,} items in {load.elapsed:.1f} s ({load.rate:,.0f}/s), "
-        f"{load.errors} errors, {unanswered} unanswered; broker CPU "
-        f"{load.broker_us_per_item():,.1f} us per item, generator CPU "
-        f"{load.generator_us_per_request():,.1f} us per request",
-        file=sys.stderr,
-        flush=True,
-    )
-    return load
+    return load, sum(r["unanswered"] for r in results)
 
 
 def _base36(n: int, width: int) -> str:

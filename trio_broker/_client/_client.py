@@ -332,8 +332,7 @@ class Client(ClusterAdmin, WorkQueues):
     async def _ask_queue_leader(self, queue_id: str, request: Any, cls: type[T]) -> T:
         """Send ``request`` to the leader of the cluster that holds ``queue_id``; its answer
         as a ``cls``."""
-        cid = await self._cluster_of(queue_id)
-        return structure(await self._leader_call(cid, request), cls)
+        return structure(await self._queue_call(queue_id, request), cls)
 
     def consume(
         self,

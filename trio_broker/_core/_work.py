@@ -23,14 +23,12 @@ import attrs
 
 from ._commands import (
     MAX_PRODUCERS,
-    BatchAppended,
     CommandRejected,
     CreateQueue,
     ProducerState,
     ReadBatch,
     RetentionPolicy,
     bad_request,
-    check_producer,
     next_producer_state,
     queue_not_found,
 )
@@ -38,7 +36,6 @@ from ._work_commands import (
     EXPIRIES_PER_APPLY,
     FORGETS_PER_APPLY,
     MAX_GROUPS_PER_QUEUE,
-    MAX_IDLE_MS,
     MAX_IN_FLIGHT,
     Acknowledged,
     CreateNamedQueue,
@@ -79,12 +76,17 @@ from ._work_rules import (
     command_problem,
     dead_letter_headers,
     dead_letter_in_use,
+    dead_letter_not_found,
     delivered_within,
-    fenced,
+    forget_problem,
     group_not_found,
     in_use_by_leases,
     name_problem,
     not_delivered,
+    other_settings,
+    publish_decided,
+    read_problem,
+    too_many_groups,
 )
 
 # -- the state ------------------------------------------------------------------------------------
@@ -280,13 +282,8 @@ def _publish(state: QueueState, command: Publish) -> WorkResult | CommandRejecte
         producer = (command.producer_id, command.queue_id)
         entry = work.producers.get(producer)
         known = None if entry is None else entry.epoch
-        if known is not None and command.producer_epoch < known:
-            return fenced(command.producer_id, command.producer_epoch, known)
         dedup = entry.state if entry is not None and known == command.producer_epoch else None
-        decided = check_producer(dedup, command.producer_seq, batch=True)
-        if isinstance(decided, BatchAppended):
-            return Published(decided.first_sequence_num, decided.count, duplicate=True)
-        if decided is not None:
+        if (decided := publish_decided(command, known, dedup)) is not None:
             return decided
     records = [(r.data, r.headers) for r in command.records]
     first = _append_records(state, command.queue_id, records, command.appended_ms)
@@ -307,8 +304,8 @@ def _publish(state: QueueState, command: Publish) -> WorkResult | CommandRejecte
 def _read_records(state: QueueState, command: ReadRecords) -> WorkResult | CommandRejected:
     from ._queues import read_range
 
-    if command.max_messages < 1:
-        return bad_request("max_messages must be at least 1")
+    if (problem := read_problem(command)) is not None:
+        return bad_request(problem)
     queue_id, key = command.queue_id, (command.client_id, command.queue_id)
     touch(state, *key)
     deleted = state.deleted[queue_id]
@@ -334,22 +331,14 @@ def _join(state: QueueState, command: JoinGroup) -> WorkResult | CommandRejected
     settings = command.settings
     dead_letter = None if settings is None else settings.dead_letter_queue
     if dead_letter is not None and dead_letter not in state.messages:
-        return CommandRejected(
-            "QUEUE_NOT_FOUND", f"dead-letter queue {dead_letter!r} does not exist"
-        )
+        return dead_letter_not_found(dead_letter)
     group = work.groups.get(key)
     if group is not None:
         if settings is not None and settings != group.settings:
-            return bad_request(
-                f"group {command.group!r} exists with other settings ({group.settings}); "
-                "delete it first to change them"
-            )
+            return other_settings(command.group, group.settings)
         return GroupJoined(command.queue_id, command.group, group.settings, created=False)
     if sum(1 for q, _ in work.groups if q == command.queue_id) >= MAX_GROUPS_PER_QUEUE:
-        return CommandRejected(
-            "LIMIT_REACHED",
-            f"queue {command.queue_id!r} has {MAX_GROUPS_PER_QUEUE} groups, the most it may have",
-        )
+        return too_many_groups(command.queue_id, MAX_GROUPS_PER_QUEUE)
     settings = settings or GroupSettings()
     work.groups[key] = Group(settings, cursor=state.deleted[command.queue_id])
     return GroupJoined(command.queue_id, command.group, settings, created=True)
@@ -509,8 +498,8 @@ def _change_leases(
 
 
 def _forget_idle(state: QueueState, command: ForgetIdlePositions) -> WorkResult | CommandRejected:
-    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
-        return bad_request(f"idle_ms must be between 1 and {MAX_IDLE_MS}")
+    if (problem := forget_problem(command)) is not None:
+        return bad_request(problem)
     work = state.work
     first_sweep = work.sweep_ms is None
     now = command.now_ms if work.sweep_ms is None else max(work.sweep_ms, command.now_ms)

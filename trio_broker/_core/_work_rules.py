@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import re
 
-from ._commands import CommandRejected, bad_request, take_within
+from ._commands import (
+    BatchAppended,
+    CommandRejected,
+    ProducerState,
+    bad_request,
+    check_producer,
+    take_within,
+)
 from ._work_commands import (
     DEAD_LETTER_HEADERS,
     MAX_ACK_RANGES,
@@ -14,11 +21,13 @@ from ._work_commands import (
     MAX_ERROR_LENGTH,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
+    MAX_IDLE_MS,
     MAX_IN_FLIGHT,
     MAX_LEASE_SEQUENCES,
     MAX_NAME_LENGTH,
     MAX_VISIBILITY_MS,
     DeleteGroup,
+    ForgetIdlePositions,
     GroupAck,
     GroupExtend,
     GroupNack,
@@ -27,6 +36,8 @@ from ._work_commands import (
     Headers,
     JoinGroup,
     Publish,
+    Published,
+    ReadRecords,
     WorkCommand,
 )
 
@@ -128,6 +139,19 @@ def ack_problem(command: GroupAck) -> str | None:
     return None
 
 
+def read_problem(command: GroupRead | ReadRecords) -> str | None:
+    """What makes a work read bad (a READ_RECORDS' is checked once its queue is found)."""
+    if command.max_messages < 1:
+        return "max_messages must be at least 1"
+    return None
+
+
+def forget_problem(command: ForgetIdlePositions) -> str | None:
+    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
+        return f"idle_ms must be between 1 and {MAX_IDLE_MS}"
+    return None
+
+
 def group_not_found(queue_id: str, group: str) -> CommandRejected:
     return CommandRejected("GROUP_NOT_FOUND", f"queue {queue_id!r} has no group {group!r}")
 
@@ -160,6 +184,43 @@ def fenced(producer_id: str, epoch: int, known: int) -> CommandRejected:
         "PRODUCER_FENCED",
         f"producer {producer_id!r} epoch {epoch} is fenced: epoch {known} has started since",
     )
+
+
+def dead_letter_not_found(queue_id: str) -> CommandRejected:
+    return CommandRejected("QUEUE_NOT_FOUND", f"dead-letter queue {queue_id!r} does not exist")
+
+
+def other_settings(group: str, existing: GroupSettings) -> CommandRejected:
+    """A join that names settings other than the existing group's."""
+    return bad_request(
+        f"group {group!r} exists with other settings ({existing}); delete it first to change them"
+    )
+
+
+def too_many_groups(queue_id: str, limit: int) -> CommandRejected:
+    """A new group on a queue that has ``limit`` (``MAX_GROUPS_PER_QUEUE``, as each twin reads
+    it) groups already."""
+    return CommandRejected(
+        "LIMIT_REACHED", f"queue {queue_id!r} has {limit} groups, the most it may have"
+    )
+
+
+def publish_decided(
+    command: Publish, known_epoch: int | None, dedup: ProducerState | None
+) -> Published | CommandRejected | None:
+    """A fenced producer's PUBLISH decided before anything is appended: refused when a later
+    epoch has started (``known_epoch``, None: none known), answered as the duplicate it is, or
+    refused as out of order or too old; None: append it. ``dedup`` is the producer's state
+    under the command's own epoch (None when that epoch is new)."""
+    assert command.producer_id is not None
+    assert command.producer_epoch is not None and command.producer_seq is not None
+    if known_epoch is not None and command.producer_epoch < known_epoch:
+        return fenced(command.producer_id, command.producer_epoch, known_epoch)
+    decided = check_producer(dedup, command.producer_seq, batch=True)
+    if isinstance(decided, BatchAppended):
+        return Published(decided.first_sequence_num, decided.count, duplicate=True)
+    assert decided is None or isinstance(decided, CommandRejected)
+    return decided
 
 
 def dead_letter_headers(
@@ -212,9 +273,7 @@ def command_problem(command: WorkCommand) -> str | None:
     if isinstance(command, JoinGroup) and command.settings is not None:
         return settings_problem(command.settings, command.queue_id)
     if isinstance(command, GroupRead):
-        if command.max_messages < 1:
-            return "max_messages must be at least 1"
-        return member_problem(command.member)
+        return read_problem(command) or member_problem(command.member)
     if isinstance(command, GroupAck):
         return ack_problem(command)
     if isinstance(command, GroupNack | GroupExtend):

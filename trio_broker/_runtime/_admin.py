@@ -48,17 +48,8 @@ Decide = Callable[["Broker", Any], Awaitable[Any]]
 """An admin request decided on a broker: a response, or the error that refuses it."""
 
 
-async def _rebalance(broker: Broker, request: m.Rebalance) -> Any:
-    return await balancing.rebalance(
-        broker.balancing,
-        request,
-        functools.partial(membership.forward_to_leader, broker),
-        listed=balancing.groups_listed(broker),
-    )
-
-
-async def _drain(broker: Broker, request: m.DrainBroker) -> Any:
-    return await balancing.drain(
+async def _balancer_request(broker: Broker, request: m.Rebalance | m.DrainBroker) -> Any:
+    return await balancing.on_metadata_leader(
         broker.balancing,
         request,
         functools.partial(membership.forward_to_leader, broker),
@@ -80,8 +71,8 @@ ADMIN_REQUESTS: dict[type, Decide] = {
     TransferLeadership: membership.transfer,
     TakeSnapshot: membership.take_snapshot,
     AddMember: membership.add_member,
-    m.Rebalance: _rebalance,
-    m.DrainBroker: _drain,
+    m.Rebalance: _balancer_request,
+    m.DrainBroker: _balancer_request,
     m.SetClusterSettings: balancing.set_cluster_settings,
     ProposeMetadata: propose_here,
     DataSyncRequest: _data_sync,

@@ -488,35 +488,22 @@ def without_balancer(listed: bool) -> BrokerError:
     return BrokerError(ErrorCode.UNAVAILABLE, NO_BALANCER if listed else MAP_NOT_KNOWN)
 
 
-async def rebalance(
+async def on_metadata_leader(
     balancing: Balancing | None,
-    request: Rebalance,
+    request: Rebalance | DrainBroker,
     forward: Callable[[Any], Awaitable[Any]],
     *,
     listed: bool = False,
-) -> Rebalanced | BrokerError:
-    """REBALANCE: a round now on the metadata leader (forwarded there from elsewhere).
+) -> Rebalanced | DrainState | BrokerError:
+    """The balancer's requests, each decided on the metadata leader (``forward`` sends it
+    there from elsewhere): REBALANCE, a round now; DRAIN_BROKER, ``SetBrokerDraining``.
     ``listed``: the cluster's groups are listed (:func:`groups_listed`)."""
     if balancing is None:
         return without_balancer(listed)
     if not balancing.source.is_metadata_leader():
         return await forward(request)
-    return await balancing.run_round(forced=True)
-
-
-async def drain(
-    balancing: Balancing | None,
-    request: DrainBroker,
-    forward: Callable[[Any], Awaitable[Any]],
-    *,
-    listed: bool = False,
-) -> DrainState | BrokerError:
-    """DRAIN_BROKER: ``SetBrokerDraining`` on the metadata leader (forwarded there).
-    ``listed`` as for :func:`rebalance`."""
-    if balancing is None:
-        return without_balancer(listed)
-    if not balancing.source.is_metadata_leader():
-        return await forward(request)
+    if isinstance(request, Rebalance):
+        return await balancing.run_round(forced=True)
     return await balancing.drain(request.broker_id, request.draining)
 
 
@@ -620,7 +607,6 @@ __all__ = [
     "GroupActions",
     "MapSource",
     "describe",
-    "drain",
-    "rebalance",
+    "on_metadata_leader",
     "set_cluster_settings",
 ]

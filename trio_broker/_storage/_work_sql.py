@@ -19,13 +19,11 @@ import apsw
 import orjson
 
 from .._core._commands import (
-    BatchAppended,
     CommandRejected,
     ProducerState,
     ReadBatch,
     RetentionPolicy,
     bad_request,
-    check_producer,
     queue_exists,
     queue_not_found,
     take_within,
@@ -35,7 +33,6 @@ from .._core._work_commands import (
     EXPIRIES_PER_APPLY,
     FORGETS_PER_APPLY,
     MAX_GROUPS_PER_QUEUE,
-    MAX_IDLE_MS,
     MAX_IN_FLIGHT,
     WORK_COMMANDS,
     Acknowledged,
@@ -67,13 +64,18 @@ from .._core._work_commands import (
 from .._core._work_rules import (
     command_problem,
     dead_letter_in_use,
+    dead_letter_not_found,
     delivered_within,
     delivery_sizes,
-    fenced,
+    forget_problem,
     group_not_found,
     in_use_by_leases,
     name_problem,
     not_delivered,
+    other_settings,
+    publish_decided,
+    read_problem,
+    too_many_groups,
 )
 from ._integrity import read_values
 from ._lease_sql import append_rows, change_leases, expire_leases
@@ -259,15 +261,11 @@ def _publish(
             " WHERE producer_id = ? AND queue_id = ?",
             producer,
         ).fetchone()
-        if row is not None and command.producer_epoch < row[0]:
-            return fenced(command.producer_id, command.producer_epoch, row[0])
         if row is not None and command.producer_epoch == row[0]:
             recent = tuple(tuple(r) for r in orjson.loads(row[2]))
             dedup = ProducerState(row[1], recent, row[3])
-        decided = check_producer(dedup, command.producer_seq, batch=True)
-        if isinstance(decided, BatchAppended):
-            return Published(decided.first_sequence_num, decided.count, duplicate=True)
-        if decided is not None:
+        known = None if row is None else row[0]
+        if (decided := publish_decided(command, known, dedup)) is not None:
             return decided
     rows = [(r.data, r.headers) for r in command.records]
     first = append_rows(db, command.queue_id, rows, command.appended_ms, last_stamp)
@@ -289,8 +287,8 @@ def _publish(
 def _read_records(
     db: apsw.Connection, command: ReadRecords, length: int, deleted: int
 ) -> WorkResult | CommandRejected:
-    if command.max_messages < 1:
-        return bad_request("max_messages must be at least 1")
+    if (problem := read_problem(command)) is not None:
+        return bad_request(problem)
     key = (command.client_id, command.queue_id)
     touch_position(db, *key)
     row = db.execute(
@@ -340,9 +338,7 @@ def _join(db: apsw.Connection, command: JoinGroup, deleted: int) -> WorkResult |
         dead_letter is not None
         and db.execute("SELECT 1 FROM queues WHERE queue_id = ?", (dead_letter,)).fetchone() is None
     ):
-        return CommandRejected(
-            "QUEUE_NOT_FOUND", f"dead-letter queue {dead_letter!r} does not exist"
-        )
+        return dead_letter_not_found(dead_letter)
     row = db.execute(
         "SELECT visibility_ms, max_deliveries, dead_letter_queue, max_in_flight"
         " FROM consumer_groups WHERE queue_id = ? AND group_name = ?",
@@ -351,19 +347,13 @@ def _join(db: apsw.Connection, command: JoinGroup, deleted: int) -> WorkResult |
     if row is not None:
         existing = GroupSettings(*row)
         if settings is not None and settings != existing:
-            return bad_request(
-                f"group {command.group!r} exists with other settings ({existing}); "
-                "delete it first to change them"
-            )
+            return other_settings(command.group, existing)
         return GroupJoined(command.queue_id, command.group, existing, created=False)
     (groups,) = db.execute(
         "SELECT count(*) FROM consumer_groups WHERE queue_id = ?", (command.queue_id,)
     ).fetchone()
     if groups >= MAX_GROUPS_PER_QUEUE:
-        return CommandRejected(
-            "LIMIT_REACHED",
-            f"queue {command.queue_id!r} has {MAX_GROUPS_PER_QUEUE} groups, the most it may have",
-        )
+        return too_many_groups(command.queue_id, MAX_GROUPS_PER_QUEUE)
     settings = settings or GroupSettings()
     db.execute(
         "INSERT INTO consumer_groups (queue_id, group_name, visibility_ms, max_deliveries,"
@@ -488,8 +478,8 @@ def _group_read(
 
 
 def _forget_idle(db: apsw.Connection, command: ForgetIdlePositions) -> WorkResult | CommandRejected:
-    if not 1 <= command.idle_ms <= MAX_IDLE_MS:
-        return bad_request(f"idle_ms must be between 1 and {MAX_IDLE_MS}")
+    if (problem := forget_problem(command)) is not None:
+        return bad_request(problem)
     row = db.execute("SELECT value FROM work_meta WHERE key = 'sweep_ms'").fetchone()
     now = command.now_ms if row is None else max(row[0], command.now_ms)
     db.execute(

@@ -23,20 +23,17 @@ from typing import Any
 import trio
 
 from .._runtime import Broker, BrokerConfig, open_broker
+from ._broker_tasks import BrokerTasks
 
 
-class LocalCluster:
+class LocalCluster(BrokerTasks):
     def __init__(self, nursery: trio.Nursery, base_dir: Path, **overrides: Any) -> None:
+        super().__init__()
         self._nursery = nursery
         self.base_dir = Path(base_dir)
         self.overrides = {"heartbeat_interval": 0.05, "failure_timeout": 0.5} | overrides
-        self.brokers: dict[str, Broker] = {}
-        """Running brokers by name."""
         self.ports: dict[str, int] = {}
         self.plaintext_ports: dict[str, int] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}
-        self._stopped: dict[str, trio.Event] = {}
-        self._leave: dict[str, trio.Event] = {}
         self.groups = 1
         """Replication groups the founder founds (``open_local_cluster(groups=)``)."""
         self.founding_brokers = 1
@@ -62,36 +59,13 @@ class LocalCluster:
             fresh = not (self.base_dir / name).exists()
             seeds = [f"127.0.0.1:{b.port}" for b in self.brokers.values()] if fresh else []
         config = self.config(name, seeds, **overrides)
-        broker = await self._nursery.start(functools.partial(self._run, name, config))
+        broker = await self._nursery.start(
+            functools.partial(self._run_broker, name, open_broker(config))
+        )
         self.ports[name] = broker.port
         if broker.plaintext_port is not None:
             self.plaintext_ports[name] = broker.plaintext_port
         return broker
-
-    async def _run(
-        self, name: str, config: BrokerConfig, *, task_status: trio.TaskStatus[Broker]
-    ) -> None:
-        stopped = self._stopped[name] = trio.Event()
-        leave = self._leave[name] = trio.Event()
-        try:
-            with trio.CancelScope() as scope:
-                self._scopes[name] = scope
-                async with open_broker(config) as broker:
-                    self.brokers[name] = broker
-                    task_status.started(broker)
-                    await leave.wait()
-        finally:
-            self.brokers.pop(name, None)
-            stopped.set()
-
-    async def stop(self, name: str, *, graceful: bool = False) -> None:
-        """Stop broker ``name``: cancel it, or with ``graceful`` let it shut down as a node
-        does on SIGTERM (leadership handed over, in-flight requests answered)."""
-        if graceful:
-            self._leave[name].set()
-        else:
-            self._scopes[name].cancel()
-        await self._stopped[name].wait()
 
     def leaders(self) -> list[Broker]:
         return [b for b in self.brokers.values() if b.is_leader]

@@ -83,16 +83,10 @@ class MemoryStream(trio.abc.HalfCloseableStream):
         return self._connection
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
-            await trio.lowlevel.checkpoint()
-            await self._wait_writable()
-            self._out.data += data
-            self._out.wake()
-        finally:
-            self._sending = False
+        # One sender at a time, until there is room; nothing awaits between that and the write.
+        await self.wait_send_all_might_not_block()
+        self._out.data += data
+        self._out.wake()
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:

@@ -35,6 +35,7 @@ import trio
 from .._protocol import FrameDecoder, encode_frame, loads_object
 from .._runtime import Broker, BrokerConfig, open_broker
 from .._runtime._metamap import hosted_by_map
+from ._broker_tasks import BrokerTasks
 from ._memory_network import LOCALHOST, MemoryNetwork, MemoryStream
 from ._memory_store import MemoryStore, open_memory_storage
 
@@ -56,7 +57,7 @@ def broker_id_for(name: str) -> str | None:
     return "B-" + name.upper().rjust(5, "0")
 
 
-class MockCluster:
+class MockCluster(BrokerTasks):
     """Brokers by name on one :class:`MemoryNetwork`, each in its own cancel scope.
 
     ``brokers`` holds the running ones; ``stores`` every broker's store, running or not (a
@@ -70,6 +71,7 @@ class MockCluster:
         network: MemoryNetwork | None = None,
         **overrides: Any,
     ) -> None:
+        super().__init__()
         self._nursery = nursery
         self.base_dir = Path(base_dir)
         """Holds the brokers' (empty) data directories: the MemoryStores hold the data. The
@@ -77,8 +79,6 @@ class MockCluster:
         there, which MemoryStore refuses with a clear error."""
         self.network = network or MemoryNetwork()
         self.overrides = {"compact_threshold": NO_COMPACTION} | overrides
-        self.brokers: dict[str, Broker] = {}
-        """Running brokers by name."""
         self.stores: dict[str, MemoryStore] = {}
         self.group_stores: dict[tuple[str, str], MemoryStore] = {}
         """(broker name, group id) -> the store of that broker's replica of an extra group
@@ -90,9 +90,6 @@ class MockCluster:
         self.founding_brokers = 1
         """With several groups: how many brokers the founder waits for before placing them."""
         self.ports: dict[str, int] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}
-        self._stopped: dict[str, trio.Event] = {}
-        self._leave: dict[str, trio.Event] = {}
         self._starts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -156,24 +153,14 @@ class MockCluster:
         *,
         task_status: trio.TaskStatus[Broker],
     ) -> None:
-        stopped = self._stopped[name] = trio.Event()
-        leave = self._leave[name] = trio.Event()
         self.network.revive(name)
-        try:
-            with trio.CancelScope() as scope:
-                self._scopes[name] = scope
-                async with open_broker(
-                    config,
-                    network=self.network.host(name),
-                    storage=open_memory_storage(store),
-                    group_storage=self._group_storage_of(name),
-                ) as broker:
-                    self.brokers[name] = broker
-                    task_status.started(broker)
-                    await leave.wait()
-        finally:
-            self.brokers.pop(name, None)
-            stopped.set()
+        opening = open_broker(
+            config,
+            network=self.network.host(name),
+            storage=open_memory_storage(store),
+            group_storage=self._group_storage_of(name),
+        )
+        await self._run_broker(name, opening, task_status=task_status)
 
     def _group_storage(
         self, name: str, group_id: str, path: Path
@@ -208,16 +195,6 @@ class MockCluster:
                 if replica.driver.node.is_leader:
                     leaders[group_id] = name
         return leaders
-
-    async def stop(self, name: str, *, graceful: bool = False) -> None:
-        """Shut broker ``name`` down the way ``open_broker`` does when its scope is cancelled,
-        or with ``graceful`` when its body ends (as on SIGTERM): a leader hands its leadership
-        over and in-flight requests are answered first."""
-        if graceful:
-            self._leave[name].set()
-        else:
-            self._scopes[name].cancel()
-        await self._stopped[name].wait()
 
     async def crash(self, name: str) -> None:
         """Kill broker ``name`` abruptly, as a process crash.
