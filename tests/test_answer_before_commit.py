@@ -13,6 +13,7 @@ import trio
 from trio_broker._core import _commands as cmd
 from trio_broker._core._raft_messages import Entry, HardState
 from trio_broker._storage import Store
+from trio_broker._storage._shared_log import SHARED_LOG_FILE, SharedLog
 from trio_broker.testing import open_local_cluster
 
 APPENDS = 30
@@ -58,6 +59,28 @@ def test_before_commit_runs_inside_the_transaction_and_a_failure_rolls_it_back(t
             store.save(entries=_entries(5, 1), before_commit=lambda results: None)
     finally:
         store.close()
+
+
+def test_a_store_on_the_shared_log_calls_the_hook_in_its_apply_stage(tmp_path):
+    """With several groups per broker (the shared log) a save's apply stage is its own
+    transaction: the hook runs inside it; a journal stage, which applies nothing, refuses it."""
+    log = SharedLog(tmp_path / SHARED_LOG_FILE)
+    store = Store(tmp_path / "G0", shared=log)
+    try:
+        create = Entry(1, 1, cmd.CreateQueue("Q-1"))
+        store.save(hard_state=HardState(1, None, 0), entries=[create, *_entries(2, 2)])
+        seen: list[tuple[bool, list[object]]] = []
+        results = store.save(
+            hard_state=HardState(1, None, 3),
+            committed=[create, *_entries(2, 2)],
+            before_commit=lambda results: seen.append((store._db.in_transaction, list(results))),
+        )
+        assert seen == [(True, results)] and results[1:] == [cmd.MessageAppended(n) for n in (1, 2)]
+        with pytest.raises(ValueError):
+            store.save(stage="journal", committed=(), before_commit=lambda results: None)
+    finally:
+        store.close()
+        log.close()
 
 
 async def _appending(tmp_path, body) -> list[int]:
