@@ -10,14 +10,17 @@ first. A part of :class:`~._driver.RaftDriver`, kept apart from its loop."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._core import _raft as raft
+from .._core._commands import Command, CommandGroup
 from .._storage._integrity import StorageDamaged
 from .._storage._worker import is_disk_full
 from ._disk_space import DiskState
+from ._pending import settling
 from ._save_place import (
     APPLY_AHEAD,
     applies_only,
@@ -181,22 +184,51 @@ class InStep:
         on this thread (the storage thread is idle); nothing in it waits, so no cancellation
         can leave it halfway. Any other Ready, or one whose transaction fails (it rolled back
         whole: out of space, a damaged value), goes to this task, which handles it first, as
-        always (retries, repairs)."""
+        always (retries, repairs).
+
+        The answers leave before the transaction's COMMIT (``Store.save``'s
+        ``before_commit``), the views are told after it. An answer says only what the log
+        already holds: every entry applied here is durable on a majority (committed), and
+        its apply is deterministic, a function of the log alone. Should the COMMIT fail
+        (out of space, an I/O error, a crash or power cut meanwhile), the transaction rolls
+        back whole, the applied index with it, and the same entries are applied again, from
+        the same state: by this task's path first (no other apply comes between; the
+        ledger no longer holds the answered proposals, so nobody is answered twice and the
+        disk-full path's "outcome unknown" does not reach them), by a rebuilt core after a
+        failure of another kind, or from the log after a restart, on this broker and on
+        whichever leads next. Each gives the results already sent (docs/performance.md,
+        "Answers before the apply's COMMIT")."""
         rd = self.node.ready()
         if not applies_only(rd, self._saved_term_vote):
             self._handing_over(rd)
             return
         committed = rd.committed_entries
         store = self._store
+        failed: list[Exception] = []
+        answered: list[bool] = []
+
+        def answer(results: list[Any]) -> None:
+            # Inside the transaction, before its COMMIT (see the docstring): a failure here
+            # must not decide the transaction's fate, so it is raised once it committed.
+            answered.append(True)
+            try:
+                self._answer_applied(committed, results)
+            except Exception as exc:
+                failed.append(exc)
+
         started = time.perf_counter()
         try:
             # As _repair sets them for a group with other members, every value checked:
             # damage fails the transaction whole (see :meth:`_may_apply`).
             store.hold_damage, store.unchecked_reads = True, False
-            results = store.save(hard_state=rd.hard_state, committed=committed)
+            results = store.save(
+                hard_state=rd.hard_state, committed=committed, before_commit=answer
+            )
         except Exception as exc:
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
-                # Rolled back whole: this task's path runs it again (repairs, retries).
+                # Rolled back whole: this task's path runs it again (repairs, retries). The
+                # answers given before a failed COMMIT are no longer in the ledger: that apply
+                # answers nobody twice, and gives them the same results (see the docstring).
                 self._handing_over(rd)
             else:
                 self._failed = exc  # (as if this task's own transaction had failed)
@@ -205,7 +237,11 @@ class InStep:
         took = time.perf_counter() - started
         self.applied_in_step += 1
         try:
-            self._applied(committed, results)  # (the answers first, the bookkeeping after)
+            if failed:
+                raise failed[0]
+            if not answered:  # (a store that takes no ``before_commit``: answered after)
+                self._answer_applied(committed, results)
+            self._tell_applied(committed, results)  # (the views, then the bookkeeping)
             self._saved(rd, committed, durable=False, took=took)
             self.node.advance()
             self._after_advance()
@@ -215,6 +251,27 @@ class InStep:
             return
         if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
             self.wake()
+
+    def _answer_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:
+        """The answers half of ``RaftDriver._applied``: settle the proposals of each applied
+        entry (each connection's answers known now leave in one write: ``settling``)."""
+        ledger = self._ledger
+        with settling():
+            for entry, result in zip(committed, results, strict=True):
+                self._settle_applied(*ledger.applied_columns(entry.index, entry.term, result))
+
+    def _tell_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:
+        """The other half of ``RaftDriver._applied``: tell the views what each committed entry
+        did (after :meth:`_answer_applied`, once the transaction committed)."""
+        with settling():
+            for entry, result in zip(committed, results, strict=True):
+                payload = entry.payload
+                if isinstance(payload, CommandGroup):
+                    self._on_applied_group(payload.commands, result.results)
+                    self.commands_applied += len(payload.commands)
+                else:
+                    self._on_applied(payload, result)
+                    self.commands_applied += isinstance(payload, Command)
 
     def _set_reads(self: RaftDriver, committed: tuple[Any, ...]) -> None:
         """As :mod:`._repair` sets them for a group with other members: damage fails the

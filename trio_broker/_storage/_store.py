@@ -25,7 +25,7 @@ first write truncates the damaged suffix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +416,7 @@ class Store:
         snapshot: tuple[SnapshotMeta, str] | None = None,
         committed: Sequence[Entry] = (),
         stage: str | None = None,
+        before_commit: Callable[[list[Result | None]], None] | None = None,
     ) -> list[Result | None]:
         """Persist one Ready in ONE durable transaction, then apply what it commits.
 
@@ -445,11 +446,22 @@ class Store:
         be restarted; at OFF it does neither, and the next writer overwrites WAL frames whose
         only other copy was an unsynced database write: acknowledged entries lost at a power
         cut (``tests/test_power_loss.py`` cuts power at every sync point to show it).
+
+        ``before_commit``, if given, is called with the results once every statement ran,
+        inside the transaction, just before its COMMIT: for a transaction that only applies
+        entries already durable on a majority (never one that makes anything durable: a
+        ``ValueError`` then), so that their answers leave without waiting for the COMMIT
+        (docs/performance.md, "Answers before the apply's COMMIT"). It must not raise and
+        must not touch this store; whatever it does stays done if the COMMIT then fails.
         """
         db = self._db
         written = self._written
         if self._shared is not None and stage != "apply":
             args = {"truncate_from": truncate_from, "entries": entries, "committed": committed}
+            if before_commit is not None:
+                if stage is not None:  # (a journal stage applies nothing: nothing to answer)
+                    raise ValueError("an answer before COMMIT only for an apply")
+                args["before_commit"] = before_commit  # (to the apply stage's transaction)
             return shared_stage(self, stage, hard_state=hard_state, snapshot=snapshot, **args)
         durable = self._is_durable(hard_state, truncate_from, entries, snapshot)
         mark = None
@@ -457,6 +469,8 @@ class Store:
             # The shared log made it durable: this file is synced lazily (a snapshot apart).
             durable = snapshot is not None
             mark = self._shared_last if durable else self._pending_seq
+        if before_commit is not None and (durable or entries or truncate_from is not None):
+            raise ValueError("an answer before COMMIT only for an apply")
         if snapshot is not None:
             db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
         if not durable:
@@ -490,6 +504,8 @@ class Store:
                     self._set_meta({"applied_index": committed[-1].index})
                 if mark:
                     self._set_meta({"shared_seq": mark})
+                if before_commit is not None:
+                    before_commit(results)
             self._pending_seq = None
             if hard_state is not None:
                 self._written = hard_state

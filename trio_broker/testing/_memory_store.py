@@ -276,8 +276,10 @@ class MemoryStore:
         entries: Sequence[Entry] = (),
         snapshot: tuple[SnapshotMeta, str] | None = None,
         committed: Sequence[Entry] = (),
+        before_commit: Callable[[list[Any]], None] | None = None,
     ) -> list[Any]:
-        """Persist one Ready, then apply what it commits (as ``Store.save``, atomically)."""
+        """Persist one Ready, then apply what it commits (as ``Store.save``, atomically;
+        ``before_commit`` called with the results once they are all known)."""
         if snapshot is not None:
             raise NotImplementedError(
                 "MemoryStore cannot install snapshots (DATA_SYNC): keep compaction off under "
@@ -307,6 +309,8 @@ class MemoryStore:
             results.append(self.state.apply(payload) if isinstance(payload, Command) else None)
         if committed:
             self.meta["applied_index"] = committed[-1].index
+        if before_commit is not None:
+            before_commit(results)
         self.saves += 1
         return results
 
