@@ -34,7 +34,10 @@ async def _append_pipelined(port: int, queue_id: str, count: int) -> None:
     conn = await RawConnection.open(port)
     try:
         await conn.send(
-            *({"operation": "APPEND", "queue_name": queue_id, "data": f"v{i}"} for i in range(count))
+            *(
+                {"operation": "APPEND", "queue_name": queue_id, "data": f"v{i}"}
+                for i in range(count)
+            )
         )
         for _ in range(count):
             answer = await conn.receive()

@@ -592,9 +592,7 @@ def entry_to_obj(entry: rm.Entry, runs: bool = False) -> dict[str, Any]:
         encoded = encode_payload(entry.payload, runs)
         checksum = None
     elif (
-        not runs
-        and type(entry.payload) is cmd.CommandGroup
-        and not encoded.startswith(_GROUP_HEAD)
+        not runs and type(entry.payload) is cmd.CommandGroup and not encoded.startswith(_GROUP_HEAD)
     ):
         encoded = encode_payload(entry.payload)
         checksum = None
