@@ -85,3 +85,43 @@ async def test_a_broker_that_does_not_say_it_reads_runs_keeps_every_log_in_comma
     for name, seen in forms.items():
         assert "COMMAND_GROUP" in seen, (name, seen)
         assert "APPEND_RUNS" not in seen, (name, seen)
+
+
+async def test_a_broker_back_as_the_version_before_catches_up_runs_as_command_groups(
+    tmp_path, monkeypatch
+):
+    """A replica that said it reads runs is down while its group writes them (a member keeps
+    what it last said), then comes back answering as the version before: what it is sent of
+    the log, and stores, is COMMAND_GROUPs, and it applies every append."""
+    old: set[str] = set()
+    real = _broker.Broker._accept_peer
+
+    def accept(self: Any, hello: Any, peer: str) -> Any:
+        answer = real(self, hello, peer)
+        if isinstance(answer, PeerWelcome) and self.config.data_dir.name in old:
+            return PeerWelcome(append_runs=False)
+        return answer
+
+    monkeypatch.setattr(_broker.Broker, "_accept_peer", accept)
+    async with open_local_cluster(tmp_path, 3) as cluster:
+        with trio.fail_after(30):
+            leader = await cluster.wait_for_leader()
+            while not leader.driver._append_runs():
+                await leader.driver.wait_changed()
+            victim = next(n for n, b in cluster.brokers.items() if b is not leader)
+            await cluster.stop(victim)
+            queue_id = await create_queue(leader.port)
+            await _append_pipelined(leader.port, queue_id, APPENDS)
+            assert "APPEND_RUNS" in await _stored_forms(leader)
+            old.add(victim)
+            back = await cluster.start(victim)
+            last = leader.node.log.last_index
+            while back.applied_index < last:
+                await back.driver.wait_changed()
+            forms = set(await _stored_forms(back))
+            db = back.driver._store._db
+            stored = await back.driver._worker.run(
+                lambda: db.execute("SELECT count(*) FROM queue_data").fetchone()[0]
+            )
+    assert "COMMAND_GROUP" in forms and "APPEND_RUNS" not in forms, forms
+    assert stored == APPENDS

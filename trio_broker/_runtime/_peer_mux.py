@@ -110,7 +110,14 @@ class _Link:
         """The peer routes frames by ``group_id`` (it answered PEER_HELLO with PeerWelcome)."""
         self.append_runs = False
         """The peer reads ``APPEND_RUNS`` (its answer to this connection's PEER_HELLO said
-        so); False while not connected, and for a peer whose answer did not say it."""
+        so): the form this connection's frames are written in. False while not connected,
+        and for a peer whose answer did not say it."""
+        self.said_append_runs = False
+        """What the peer's last answer said, kept while the link is down (a member that
+        restarts, or is out of reach, most likely comes back as it was): what the group's
+        leader encodes new entries by (:meth:`GroupLinks.reads_append_runs`). A peer that
+        comes back of an older version answers without it, and is written COMMAND_GROUPs
+        from its first frame on whatever its log is sent."""
         self.writes = 0
         """``send_all`` calls made (each one write on the socket)."""
         self._more: trio.Event | None = None
@@ -311,7 +318,7 @@ class _Link:
             self.multiplexed = answer.get("multiplexed") is True
             # (Read before the link counts as connected: nothing is encoded for this
             # connection before it is known; a peer of an older version does not say it.)
-            self.append_runs = answer.get("append_runs") is True
+            self.append_runs = self.said_append_runs = answer.get("append_runs") is True
             if self.multiplexed:
                 self.close_legacy()  # (the peer was upgraded)
             if not self.connected:
@@ -558,14 +565,16 @@ class GroupLinks:
         self.forget(peers)
 
     def reads_append_runs(self, members: set[str] | frozenset[str]) -> bool:
-        """True when every one of ``members`` (the group's other members) is connected on a
-        link whose peer said it reads ``APPEND_RUNS``, and so do the other peers this group
-        sends to: the leader may then encode a group of appends in that form. An unreachable
-        member, or one of an older version, keeps the COMMAND_GROUP form for everyone."""
+        """True when every one of ``members`` (the group's other members), and every other
+        peer this group sends to, said in its last answer to PEER_HELLO that it reads
+        ``APPEND_RUNS`` (:attr:`_Link.said_append_runs`): the leader may then encode a group
+        of appends in that form. A member that never answered (not reached since this broker
+        started, or just added), or one of an older version, keeps the COMMAND_GROUP form
+        for everyone; whatever is stored, each link writes its own peer's form."""
         links = self.mux._links
         for peer in (*members, *self._peers):
             link = links.get(peer)
-            if link is None or not link.connected or not link.append_runs:
+            if link is None or not link.said_append_runs:
                 return False
         return True
 
