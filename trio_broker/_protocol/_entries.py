@@ -10,6 +10,11 @@ are not held to the client's length limit: what a leader replicates was checked 
 Storage imports :func:`payload_bytes` (an entry's payload encoded once, cached on the entry,
 the same bytes in the log and in every REPLICATE) and :func:`decode_payload`.
 
+A group of plain appends has a second, compact form, ``APPEND_RUNS`` (:func:`_runs_from_obj`;
+docs/replication.md, "A group of appends in runs"): read from anyone, written only where every
+reader said it reads it (``payload_bytes(entry, runs=True)`` for a leader whose every member
+did, ``entry_to_obj(entry, runs)`` per peer link).
+
 Every entry carries a checksum (:func:`entry_checksum`: CRC32C of its term, index and payload
 bytes), computed in the same step as the bytes and cached beside them: the log stores it with
 the entry, every REPLICATE carries it (``"checksum"``, beside ``"payload"``), and a replica
