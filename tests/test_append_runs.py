@@ -102,6 +102,21 @@ def test_any_other_group_keeps_its_command_group_form(group):
     assert decode_payload(encode_payload(group, True)) == group
 
 
+@pytest.mark.parametrize("depth", [250, 251])
+def test_a_value_nested_as_deep_as_a_command_group_holds_is_replicated(depth):
+    """A value sits one level deeper in a run than in a COMMAND_GROUP: a group with one that
+    would nest beyond what orjson writes keeps its COMMAND_GROUP form, which replicates."""
+    value = b"[" * depth + b"]" * depth
+    group = cmd.CommandGroup(
+        (cmd.AppendMessage(Q1, value, None, None, 5), cmd.AppendMessage(Q1, b"1", None, None, 5))
+    )
+    entry = rm.Entry(2, 5, group)
+    written = payload_bytes(entry, True)
+    assert written.startswith(b'{"type":"APPEND_RUNS"' if depth <= 250 else b'{"type":"COMMAND')
+    _, message = message_from_payload(encode_message(_replicate(entry), append_runs=True))
+    assert message.entries == (entry,)  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("payload", "why"),
     [
@@ -249,7 +264,7 @@ def _fields(message: rm.Replicate) -> dict[str, Any]:
     return attrs.asdict(message, recurse=False)
 
 
-async def test_a_link_lost_forgets_what_its_peer_said(autojump_clock):
+async def test_a_peer_back_answering_as_the_version_before_is_no_longer_counted(autojump_clock):
     peers = TwoVersions(old="nobody")
     async with trio.open_nursery() as nursery:
         mux = open_mux(nursery, peers)

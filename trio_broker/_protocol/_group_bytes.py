@@ -67,6 +67,14 @@ def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
 APPEND_RUNS_HEAD = b'{"type":"APPEND_RUNS","runs":['
 """How an ``APPEND_RUNS`` payload starts (its one writer writes ``type`` first, compact)."""
 _RUN_FORM = b"[%b,%d,[%b]]"
+RUNS_DEPTH = 250
+"""The deepest value a group in runs holds: a value sits one level deeper in a run than in a
+COMMAND_GROUP's append, and orjson writes at most 254 levels (``_codec.MAX_VALUE_DEPTH``),
+which a replica's frame (the entry's payload written back alone) must stay within. A group
+with a value that may nest deeper keeps its COMMAND_GROUP form."""
+_DEEP_FROM = 2 * (RUNS_DEPTH + 1)
+"""The shortest value that can nest deeper than :data:`RUNS_DEPTH` (a bracket to open and
+one to close per level): shorter ones are never counted."""
 
 
 def _append_runs_bytes(commands: tuple[Any, ...]) -> bytes | None:
@@ -89,6 +97,8 @@ def _append_runs_bytes(commands: tuple[Any, ...]) -> bytes | None:
         data, at = c.data, c.appended_ms
         if type(data) is not bytes or type(at) is not int or not low <= at < high:
             return None
+        if len(data) >= _DEEP_FROM and data.count(b"[") + data.count(b"{") > RUNS_DEPTH:
+            return None  # (it may nest too deep: counted brackets bound its depth)
         if c.queue_id != queue or at != stamp:
             if values:
                 runs.append(_RUN_FORM % (head, stamp, b",".join(values)))
