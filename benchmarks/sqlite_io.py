@@ -146,7 +146,8 @@ def _run(
                         )
                     )
                     new.append(rm.Entry(1, index, group))
-                    payload_bytes(new[-1])  # the leader's one encoding, as a replica gets it
+                    # the leader's one encoding, as a replica gets it (--runs: APPEND_RUNS)
+                    payload_bytes(new[-1], args.runs)
                 commit = previous[-1].index if previous else index - len(new)
                 started = time.thread_time()
                 store.save(
@@ -183,6 +184,9 @@ def main() -> None:
     parser.add_argument("--compact-every", type=int, default=600)
     parser.add_argument("--keep", type=int, default=150)
     parser.add_argument("--sequential", action="store_true")
+    parser.add_argument(
+        "--runs", action="store_true", help="groups stored as APPEND_RUNS, not COMMAND_GROUP"
+    )
     parser.add_argument("--pragma", action="append", default=[])
     parser.add_argument("--dir", default=None)
     parser.add_argument(

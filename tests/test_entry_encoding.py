@@ -50,9 +50,9 @@ def encodings(monkeypatch) -> list[object]:
     seen: list[object] = []
     real = _entries.encode_payload
 
-    def counting(payload: object) -> bytes:
+    def counting(payload: object, *form: bool) -> bytes:
         seen.append(payload)
-        return real(payload)
+        return real(payload, *form)
 
     monkeypatch.setattr(_entries, "encode_payload", counting)
     return seen

@@ -160,7 +160,7 @@ async def test_a_multiplexed_hello_is_welcomed_and_its_frames_reach_the_group_th
             {"cluster_id": home, "multiplexed": True, "host": "127.0.0.1", "port": 4242},
             [encode_message(beat, extra), encode_message(beat, "G-NONE0"), encode_message(beat)],
         )
-        assert answer == {"status": "success", "multiplexed": True}
+        assert answer == {"status": "success", "multiplexed": True, "append_runs": True}
         await cluster.wait_until(lambda: stepped[home] and stepped[extra])
         assert stepped == {home: [beat], extra: [beat]}
         # Every group hosted here learns where the sender listens, as from a hello per group.

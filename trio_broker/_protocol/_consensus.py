@@ -131,7 +131,7 @@ for _name, _cls in CONSENSUS_OPERATIONS.items():
 # -- the hot path, by hand -----------------------------------------------------------------------
 
 
-def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
+def _replicate_to_obj(m: rm.Replicate, operation: str, runs: bool = False) -> dict[str, Any]:
     """REPLICATE (and PROMOTE_TO_LEADER, its first of a term) by hand, for speed: every write
     travels in one, often as a COMMAND_GROUP of up to 64 appends.
 
@@ -147,7 +147,8 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
     Those figures are an entry's first encoding. In the broker the driver encodes each new
     entry's payload once, before its first REPLICATE leaves, and caches the bytes on the entry
     (:func:`._entries.payload_bytes`); every REPLICATE carrying it, to any replica, embeds
-    them as they are.
+    them as they are; ``runs``: the peer reads a group of appends as ``APPEND_RUNS``
+    (:func:`._entries.entry_to_obj`).
     """
     obj = {
         "operation": operation,
@@ -158,7 +159,7 @@ def _replicate_to_obj(m: rm.Replicate, operation: str) -> dict[str, Any]:
         "prev_log_index": m.prev_log_index,
         "prev_log_term": m.prev_log_term,
         "leader_commit": m.leader_commit,
-        "entries": [entry_to_obj(e) for e in m.entries],
+        "entries": [entry_to_obj(e, runs) for e in m.entries],
     }
     if m.acknowledged:
         # Only to a member whose log went backwards: absent otherwise, as from older peers.
@@ -196,16 +197,17 @@ def _replicate_from_obj(
 # -- the union -----------------------------------------------------------------------------------
 
 
-def message_to_obj(message: rm.Message) -> dict[str, Any]:
-    """A consensus message as the JSON object of its frame, ``operation`` first."""
+def message_to_obj(message: rm.Message, runs: bool = False) -> dict[str, Any]:
+    """A consensus message as the JSON object of its frame, ``operation`` first (``runs``:
+    see :func:`encode_message`)."""
     cls = type(message)
     if cls is rm.Replicate:
-        return _replicate_to_obj(message, "REPLICATE")  # type: ignore[arg-type]
+        return _replicate_to_obj(message, "REPLICATE", runs)  # type: ignore[arg-type]
     name = CONSENSUS_OPERATION_NAMES.get(cls)
     if name is None:
         raise LocalProtocolError(f"cannot encode message {message!r}")
     if cls is rm.PromoteToLeader:
-        return _replicate_to_obj(message, name)  # type: ignore[arg-type]
+        return _replicate_to_obj(message, name, runs)  # type: ignore[arg-type]
     body = {"operation": name, **_unstructure[cls](message)}
     extra = _EXTRA.get(cls)
     if extra is not None:
@@ -230,11 +232,17 @@ def message_from_obj(obj: dict[str, Any], encoded: list[bytes] | None = None) ->
         raise RemoteProtocolError(f"malformed {op} message: {describe_error(exc)}") from None
 
 
-def encode_message(message: rm.Message, group_id: str | None = None) -> bytes:
+def encode_message(
+    message: rm.Message, group_id: str | None = None, *, append_runs: bool = False
+) -> bytes:
     """A consensus message's frame payload; ``group_id`` names the replication group it
     belongs to on a link that carries several (docs/replication.md, "Peer links"). Without
-    it, the frame is the group's that the link's PEER_HELLO named, as from older brokers."""
-    obj = message_to_obj(message)
+    it, the frame is the group's that the link's PEER_HELLO named, as from older brokers.
+
+    ``append_runs``: the peer said it reads a group of appends as ``APPEND_RUNS`` (its answer
+    to PEER_HELLO, docs/replication.md "A group of appends in runs"). Without it, an entry
+    held in that form leaves as a COMMAND_GROUP (encoded again, with its own checksum)."""
+    obj = message_to_obj(message, append_runs)
     if group_id is not None:
         obj["group_id"] = group_id
     return orjson.dumps(obj)

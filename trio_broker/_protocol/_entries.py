@@ -10,6 +10,11 @@ are not held to the client's length limit: what a leader replicates was checked 
 Storage imports :func:`payload_bytes` (an entry's payload encoded once, cached on the entry,
 the same bytes in the log and in every REPLICATE) and :func:`decode_payload`.
 
+A group of plain appends has a second, compact form, ``APPEND_RUNS`` (:func:`_runs_from_obj`;
+docs/replication.md, "A group of appends in runs"): read from anyone, written only where every
+reader said it reads it (``payload_bytes(entry, runs=True)`` for a leader whose every member
+did, ``entry_to_obj(entry, runs)`` per peer link).
+
 Every entry carries a checksum (:func:`entry_checksum`: CRC32C of its term, index and payload
 bytes), computed in the same step as the bytes and cached beside them: the log stores it with
 the entry, every REPLICATE carries it (``"checksum"``, beside ``"payload"``), and a replica
@@ -36,7 +41,7 @@ from .._core import _raft_messages as rm
 from .._core import _work_commands as work
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ._codec import converter, describe_error, dumps_value, dumps_values
-from ._group_bytes import _appends_group_bytes, _reads_group_bytes
+from ._group_bytes import _append_runs_bytes, _appends_group_bytes, _reads_group_bytes
 
 ENTRY_TYPES: dict[str, type] = {
     "APPEND_MESSAGE": cmd.AppendMessage,
@@ -420,9 +425,11 @@ def payload_from_obj(obj: Any) -> Any:
         raise RemoteProtocolError("a log entry payload must be an object")
     kind = obj.get("type")
     cls = ENTRY_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if cls is None and kind != APPEND_RUNS:
         raise RemoteProtocolError(f"unknown log entry type {kind!r}")
     try:
+        if cls is None:
+            return _runs_from_obj(obj)
         if cls is cmd.AppendMessage:
             return _append_from_obj(obj)
         if cls is cmd.CommandGroup:
@@ -476,10 +483,48 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     return cmd.CommandGroup(tuple(decoded))
 
 
-def encode_payload(payload: Any) -> bytes:
-    """A log entry's payload as the bytes stored in the on-disk log."""
+APPEND_RUNS = "APPEND_RUNS"
+"""The compact form of a COMMAND_GROUP of plain appends (:func:`_runs_from_obj`): a type of
+log payload, not a command; it decodes to the :class:`~.._core._commands.CommandGroup` its
+COMMAND_GROUP form decodes to."""
+
+
+def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
+    """An ``APPEND_RUNS`` payload (``{"type":"APPEND_RUNS","runs":[[queue_id, appended_ms,
+    [value, ...]], ...]}``, docs/replication.md "A group of appends in runs") as the group of
+    appends it stands for. Each value's stored bytes are the values' list written once and
+    cut at its commas (``_codec.dumps_values``; one by one when a value holds a comma): no
+    dict, no key and no ``orjson.dumps`` per append, where a COMMAND_GROUP has all three.
+    The values were parsed with the frame (or the log row), so a value that is not JSON never
+    gets here; every other field is checked as a COMMAND_GROUP's appends' are."""
+    runs = obj["runs"]
+    if type(runs) is not list or not runs:
+        raise TypeError("runs must be a non-empty list")
+    commands: list[cmd.AppendMessage] = []
+    add = commands.extend
+    append_message = cmd.AppendMessage
+    for run in runs:
+        if type(run) is not list or len(run) != 3:
+            raise TypeError("a run must be a [queue_id, appended_ms, values] list")
+        queue, stamp, values = run
+        if type(queue) is not str:
+            raise TypeError(f"a run's queue_id must be a string, got {type(queue).__name__}")
+        if type(stamp) is not int:
+            raise TypeError(f"a run's appended_ms must be an integer, got {type(stamp).__name__}")
+        if type(values) is not list or not values:
+            raise TypeError("a run's values must be a non-empty list")
+        add([append_message(queue, data, None, None, stamp) for data in dumps_values(values)])
+    return cmd.CommandGroup(tuple(commands))
+
+
+def encode_payload(payload: Any, runs: bool = False) -> bytes:
+    """A log entry's payload as the bytes stored in the on-disk log; with ``runs``, a group
+    of plain appends in its compact ``APPEND_RUNS`` form (for a group whose every member
+    reads it: the caller decides, ``payload_bytes``)."""
     if type(payload) is cmd.CommandGroup:
-        written = _appends_group_bytes(payload.commands)
+        written = _append_runs_bytes(payload.commands) if runs else None
+        if written is None:
+            written = _appends_group_bytes(payload.commands)
         if written is None:
             written = _reads_group_bytes(payload.commands)
         if written is not None:
@@ -505,8 +550,10 @@ def entry_checksum(term: int, index: int, payload: bytes) -> int:
     return google_crc32c.extend(google_crc32c.value(_ENTRY_KEY.pack(term, index)), payload)
 
 
-def payload_bytes(entry: rm.Entry) -> bytes:
+def payload_bytes(entry: rm.Entry, runs: bool = False) -> bytes:
     """An entry's payload as the bytes of the log and of REPLICATE: encoded once per entry.
+    With ``runs`` (every member of the group reads ``APPEND_RUNS``: the driver asks its peer
+    links), a group of plain appends is encoded in that form.
 
     The bytes are cached on the entry (:attr:`~.._core._raft_messages.Entry.encoded`), so the
     leader's log write and the REPLICATE to every replica (and every resend) share one
@@ -518,7 +565,7 @@ def payload_bytes(entry: rm.Entry) -> bytes:
     encoded = entry.encoded
     if encoded is None:
         # Copied to an object of its size: orjson's result keeps its 4 KiB buffer (dumps_value).
-        encoded = memoryview(encode_payload(entry.payload)).tobytes()
+        encoded = memoryview(encode_payload(entry.payload, runs)).tobytes()
         entry.remember_encoded(encoded, entry_checksum(entry.term, entry.index, encoded))
     return encoded
 
@@ -533,14 +580,28 @@ def stored_entry(entry: rm.Entry) -> tuple[bytes, int]:
     return encoded, checksum
 
 
-def entry_to_obj(entry: rm.Entry) -> dict[str, Any]:
+_GROUP_HEAD = b'{"type":"COMMAND_GROUP"'
+
+
+def entry_to_obj(entry: rm.Entry, runs: bool = False) -> dict[str, Any]:
     """An entry inside a REPLICATE: its payload embedded as its stored bytes, which are exactly
     what :func:`payload_to_obj` would serialize there (orjson writes a nested object as it
-    writes it alone), and their checksum."""
+    writes it alone), and their checksum.
+
+    ``runs``: the peer said it reads ``APPEND_RUNS`` (docs/replication.md, "A group of
+    appends in runs"). To a peer that did not, a group's bytes in any form but COMMAND_GROUP
+    (what a leader stored, or received, while every member read runs) are encoded again as a
+    COMMAND_GROUP, with their own checksum: an older broker is never sent a form it cannot
+    read, and stores only what it can."""
     encoded, checksum = entry.encoded, entry.checksum
     if encoded is None:
         # Not cached again: an entry already applied (its bytes forgotten) sent to a lagging
         # replica, or one read back from the log at start.
+        encoded = encode_payload(entry.payload, runs)
+        checksum = None
+    elif (
+        not runs and type(entry.payload) is cmd.CommandGroup and not encoded.startswith(_GROUP_HEAD)
+    ):
         encoded = encode_payload(entry.payload)
         checksum = None
     if checksum is None:

@@ -555,6 +555,10 @@ class PeerWelcome:
     names (docs/replication.md, "Peer links")."""
 
     multiplexed: bool = True
+    append_runs: bool = True
+    """Addition: this broker reads a group of appends in its compact ``APPEND_RUNS`` form
+    (docs/replication.md, "A group of appends in runs"); older brokers do not say it, and
+    are sent COMMAND_GROUPs."""
 
 
 @attrs.frozen

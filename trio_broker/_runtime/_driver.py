@@ -460,12 +460,22 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             peers.send(m)
         return False
 
+    def _append_runs(self) -> bool:
+        """Every other member of the group said it reads ``APPEND_RUNS``
+        (:meth:`~._peer_mux.GroupLinks.reads_append_runs`; False without such links)."""
+        reads = getattr(self.peers, "reads_append_runs", None)
+        return reads is not None and reads(self.node.config.members - {self.broker_id})
+
     async def _handle_ready(self, rd: raft.Ready) -> None:
         assert self.peers is not None
         # Each new entry encoded once, here: its log write and the REPLICATE to every replica
         # reuse these bytes (a replica's entries already carry the bytes they arrived as).
+        runs = None
         for entry in rd.entries:
-            payload_bytes(entry)
+            if entry.encoded is None:
+                if runs is None:  # (a group of appends in runs only if every member reads it)
+                    runs = self._append_runs()
+                payload_bytes(entry, runs)
         if rd.messages and not self._send_at_once(rd.messages):
             self._unsent = True
         snapshot = None

@@ -29,6 +29,12 @@ link's PEER_HELLO names) goes as before; any other group's carries ``group_id``.
   time"). What that write does not complete (a full socket buffer, an error) is handed to the
   link's task, which finishes it (or raises) before it takes anything else, so messages keep
   their order and at most one batch waits outside the queues.
+- **Groups of appends in runs.** A peer that reads a group of appends in its compact form
+  says so in its answer to PEER_HELLO (``"append_runs": true``; docs/replication.md, "A group
+  of appends in runs"). The link remembers it for that connection (:attr:`_Link.append_runs`)
+  and writes every REPLICATE accordingly: to a peer that did not say it, an entry held in
+  that form leaves as a COMMAND_GROUP. A group's leader encodes new entries in that form only
+  while every member's link said it (:meth:`GroupLinks.reads_append_runs`).
 - **Register / unregister.** A group opened at run time registers, and a group closed
   unregisters: its queued messages are dropped, and a link no group wants any more closes.
 
@@ -102,6 +108,16 @@ class _Link:
         self.connected = False
         self.multiplexed = False
         """The peer routes frames by ``group_id`` (it answered PEER_HELLO with PeerWelcome)."""
+        self.append_runs = False
+        """The peer reads ``APPEND_RUNS`` (its answer to this connection's PEER_HELLO said
+        so): the form this connection's frames are written in. False while not connected,
+        and for a peer whose answer did not say it."""
+        self.said_append_runs = False
+        """What the peer's last answer said, kept while the link is down (a member that
+        restarts, or is out of reach, most likely comes back as it was): what the group's
+        leader encodes new entries by (:meth:`GroupLinks.reads_append_runs`). A peer that
+        comes back of an older version answers without it, and is written COMMAND_GROUPs
+        from its first frame on whatever its log is sent."""
         self.writes = 0
         """``send_all`` calls made (each one write on the socket)."""
         self._more: trio.Event | None = None
@@ -177,10 +193,12 @@ class _Link:
         return False
 
     def _encode(self, batch: list[tuple[str, Message]]) -> bytes:
-        home = self.home
+        home, runs = self.home, self.append_runs
         parts: list[bytes] = []
         for group_id, message in batch:
-            payload = encode_message(message, None if group_id == home else group_id)
+            payload = encode_message(
+                message, None if group_id == home else group_id, append_runs=runs
+            )
             parts += (frame_header(len(payload)), payload)
         return b"".join(parts)  # (frames copied once, here)
 
@@ -254,6 +272,7 @@ class _Link:
                     self._log_lost(failed)
                     backoff = BACKOFF_MIN
                 self.connected = False
+                self.append_runs = False
                 self._leftover = None
                 for group_id in list(self.queues):
                     self.discard(group_id)
@@ -297,6 +316,9 @@ class _Link:
                 log_event(logging.ERROR, "peer.refused", peer=self.peer_id, reason=refusal.message)
                 raise ConnectionError(f"peer refused: {refusal.message}")
             self.multiplexed = answer.get("multiplexed") is True
+            # (Read before the link counts as connected: nothing is encoded for this
+            # connection before it is known; a peer of an older version does not say it.)
+            self.append_runs = self.said_append_runs = answer.get("append_runs") is True
             if self.multiplexed:
                 self.close_legacy()  # (the peer was upgraded)
             if not self.connected:
@@ -541,6 +563,20 @@ class GroupLinks:
             self.mux._want(peer, self.group_id)
         self._peers.update(peers)
         self.forget(peers)
+
+    def reads_append_runs(self, members: set[str] | frozenset[str]) -> bool:
+        """True when every one of ``members`` (the group's other members), and every other
+        peer this group sends to, said in its last answer to PEER_HELLO that it reads
+        ``APPEND_RUNS`` (:attr:`_Link.said_append_runs`): the leader may then encode a group
+        of appends in that form. A member that never answered (not reached since this broker
+        started, or just added), or one of an older version, keeps the COMMAND_GROUP form
+        for everyone; whatever is stored, each link writes its own peer's form."""
+        links = self.mux._links
+        for peer in (*members, *self._peers):
+            link = links.get(peer)
+            if link is None or not link.said_append_runs:
+                return False
+        return True
 
     def send(self, message: Message) -> None:
         """Queue a message for its peer, or drop it (see :meth:`_Link.queue`)."""
