@@ -132,3 +132,58 @@ async def test_deep_values_are_refused_and_the_receive_answered_in_order(broker)
         assert [message["data"] for message in messages] == [1, 2] * len(bad)
     finally:
         await connection.aclose()
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def test_a_clients_value_is_taken_to_max_value_depth_and_refused_past_it():
+    limit = _codec.MAX_VALUE_DEPTH
+    at, past = orjson.loads(_nested(limit)), orjson.loads(_nested(limit + 1))
+    assert _codec.client_value(at) == _nested(limit)
+    assert _codec.client_values([1, at]) == (b"1", _nested(limit))
+    assert _codec.client_value("[" * 1000) == b'"' + b"[" * 1000 + b'"'  # (brackets in a string)
+    for refused in (lambda: _codec.client_value(past), lambda: _codec.client_values([1, past])):
+        with pytest.raises(ProtocolError) as caught:
+            refused()
+        assert caught.value.code == ErrorCode.BAD_REQUEST
+    assert dumps_value(past) == _nested(limit + 1)  # (the log's own rule: orjson's limit)
+
+
+async def test_values_at_the_limit_replicate_and_deeper_ones_never_reach_the_log(tmp_path):
+    """Before: a value orjson writes alone but not inside a REPLICATE (252 to 254 levels) was
+    stored by the leader and refused by every replica, so its entry never committed and every
+    write of the group after it waited behind it. Now such a value is refused at the door,
+    and values at the limit replicate in each form (a group in runs, a batch, a producer's)."""
+    import trio
+
+    from trio_broker.testing import open_local_cluster
+
+    limit = _codec.MAX_VALUE_DEPTH
+    async with open_local_cluster(tmp_path, 3) as c:
+        leader = await c.wait_for_leader()
+        q = await create_queue(leader.port)
+        ok = {"operation": "APPEND", "queue_name": q, "data": "DEEP"}
+        batch = {"operation": "APPEND_BATCH", "queue_name": q, "values": [1, "DEEP"]}
+        producer = {**ok, "producer_id": "P-1", "producer_seq": 0}
+        sent = [(ok, limit), (ok, limit), (batch, limit), (producer, limit)]
+        sent += [(ok, limit + 1), (ok, 253), (batch, 252), (ok, limit)]
+        connection = await RawConnection.open(leader.port)
+        try:
+            await connection.send_raw(b"".join(_frame(o, _nested(d)) for o, d in sent))
+            with trio.fail_after(60):  # (a guard against the hang this test is about)
+                answers = [await connection.receive() for _ in sent]
+                assert [a and a.get("code") for a in answers] == [None] * 4 + [
+                    "BAD_REQUEST"
+                ] * 3 + [None]
+                after = await connection.call({"operation": "APPEND", "queue_name": q, "data": 2})
+                assert after["status"] == "success"
+                while len({b.driver.applied_index for b in c.brokers.values()}) != 1:  # noqa: ASYNC110 (polling the brokers, bounded)
+                    await trio.sleep(0.01)
+            read = {"operation": "READ", "queue_name": q, "client_id": "C-1", "max_messages": 9}
+            messages = (await connection.call(read))["messages"]
+        finally:
+            await connection.aclose()
+    deep = orjson.loads(_nested(limit))
+    assert [m["data"] for m in messages] == [deep, deep, 1, deep, deep, deep, 2]

@@ -641,20 +641,79 @@ def dumps_value(value: Any) -> bytes:
     The copy is a ``%b`` format (107 ns for a 100-byte value; a ``memoryview``'s ``tobytes``
     took 188: docs/performance.md, "The leader's pipelined appends").
 
-    A value nested deeper than orjson writes (it reads up to 1024 levels, writes up to 254)
-    is refused with :class:`ProtocolError` (``BAD_REQUEST``): the request is answered with
-    that error, and nothing is stored.
+    A value nested deeper than orjson writes (:data:`WRITTEN_DEPTH`) is refused with
+    :class:`ProtocolError` (``BAD_REQUEST``). A client's value is taken by the stricter
+    :func:`client_value`.
     """
     try:
         return b"%b" % orjson.dumps(value)
     except orjson.JSONEncodeError:
         raise ProtocolError(
-            f"a value nests deeper than the broker stores (at most {MAX_VALUE_DEPTH} levels)"
+            f"a value nests deeper than the broker stores (at most {WRITTEN_DEPTH} levels)"
         ) from None
 
 
-MAX_VALUE_DEPTH = 254
-"""The deepest nesting of arrays and objects orjson writes, hence the broker stores."""
+MAX_VALUE_DEPTH = 200
+"""The deepest nesting of arrays and objects the broker takes in a client's value
+(:func:`client_value`). orjson writes at most :data:`WRITTEN_DEPTH` levels, and a stored value
+travels inside messages a replica parses and writes back to check them (a REPLICATE of a
+group of appends holds it six levels deeper, a log entry's payload one to three): a value
+taken at orjson's own limit would be refused by every replica, its entry never committed and
+every entry after it held behind it. The room left, :data:`_ROOM` levels, is several times
+the deepest such message."""
+
+WRITTEN_DEPTH = 254
+"""The deepest nesting orjson writes (it reads up to 1024): :func:`dumps_value`'s limit, which
+the log's own entries and the replicas' decoding keep (an entry stored by an earlier version
+stays readable)."""
+
+_ROOM = WRITTEN_DEPTH - MAX_VALUE_DEPTH
+_DEEP_FROM = 2 * MAX_VALUE_DEPTH
+"""A value nested deeper than :data:`MAX_VALUE_DEPTH` opens and closes that many brackets and
+more: its JSON is longer than this (the check of every shorter value is one comparison)."""
+
+
+def _nests_too_deep(value: Any, data: bytes) -> bool:
+    """Whether ``value`` (written as ``data``) nests deeper than :data:`MAX_VALUE_DEPTH`:
+    counted brackets first (an upper bound: brackets inside strings count too), then, for the
+    few values that pass it, orjson itself, writing the value :data:`_ROOM` levels deeper."""
+    if len(data) <= _DEEP_FROM or data.count(b"[") + data.count(b"{") <= MAX_VALUE_DEPTH:
+        return False
+    wrapped = value
+    for _ in range(_ROOM):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+def _too_deep() -> ProtocolError:
+    return ProtocolError(
+        f"a value nests deeper than the broker takes (at most {MAX_VALUE_DEPTH} levels)"
+    )
+
+
+def client_value(value: Any) -> bytes:
+    """A client's value as the broker stores it (:func:`dumps_value`), refused with
+    :class:`ProtocolError` (``BAD_REQUEST``) when it nests deeper than
+    :data:`MAX_VALUE_DEPTH`: what every request that stores a client's value takes it by."""
+    data = dumps_value(value)
+    if len(data) > _DEEP_FROM and _nests_too_deep(value, data):
+        raise _too_deep()
+    return data
+
+
+def client_values(values: list[Any]) -> tuple[bytes, ...]:
+    """:func:`client_value` for a batch's values (:func:`dumps_values`, then the depth of the
+    few long enough to nest too deep)."""
+    datas = dumps_values(values)
+    if max(map(len, datas)) > _DEEP_FROM:
+        for value, data in zip(values, datas, strict=True):
+            if _nests_too_deep(value, data):
+                raise _too_deep()
+    return datas
 
 
 def dumps_values(values: list[Any]) -> tuple[bytes, ...]:

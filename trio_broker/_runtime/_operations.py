@@ -12,8 +12,7 @@ from .. import _core
 from .._core import _commands as cmd
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._protocol import _messages as m
-from .._protocol import dumps_value
-from .._protocol._codec import dumps_values
+from .._protocol._codec import client_value, client_values
 from .._storage._store import QueueRow
 from ._answer import retention_wire
 from ._config import BrokerConfig
@@ -62,7 +61,7 @@ def append_command(
         if producer == (None, None):
             return plain_append(request, config.max_data_bytes, appended_ms)
         try:
-            data = dumps_value(request.data)
+            data = client_value(request.data)
         except ProtocolError as exc:
             return exc
         if len(data) > config.max_data_bytes:
@@ -71,7 +70,7 @@ def append_command(
     if not 1 <= len(request.values) <= MAX_BATCH_VALUES:
         return _bad(f"values must hold 1 to {MAX_BATCH_VALUES} values, not {len(request.values)}")
     try:
-        values = dumps_values(request.values)
+        values = client_values(request.values)
     except ProtocolError as exc:
         return exc
     total = sum(map(len, values))
@@ -87,7 +86,7 @@ def plain_append(
     frequent of all), or the refusal of its value (its size, its nesting):
     :func:`append_command`'s, with the limit read once by the caller for a whole run of them."""
     try:
-        data = dumps_value(request.data)
+        data = client_value(request.data)
     except ProtocolError as exc:  # nested deeper than the broker stores
         return exc
     if len(data) > max_data_bytes:

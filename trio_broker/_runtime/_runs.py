@@ -27,8 +27,8 @@ from .._errors import BrokerError, ProtocolError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
 from .._protocol._codec import (
     appended_frame,
+    client_value,
     columns_frame,
-    dumps_value,
     message_frame,
     messages_frame,
 )
@@ -139,7 +139,7 @@ class Runs:
             ):
                 # (plain_append's check and command, written out: no call per APPEND)
                 try:
-                    data = dumps_value(request.data)
+                    data = client_value(request.data)
                 except ProtocolError as exc:  # nested deeper than the broker stores
                     answers.append(Answer(now=exc))
                     continue

@@ -27,7 +27,8 @@ from .._core import _work_commands as work
 from .._core._work_rules import name_problem
 from .._errors import BrokerError, ErrorCode, ProtocolError
 from .._protocol import _messages as m
-from .._protocol import dumps_value, stored_value
+from .._protocol import stored_value
+from .._protocol._codec import client_value
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._log import log_event, logger
@@ -85,7 +86,7 @@ def publish_command(
         headers = request.headers or [None] * len(values)
     try:
         records = tuple(
-            work.Record(dumps_value(v), _headers(h)) for v, h in zip(values, headers, strict=True)
+            work.Record(client_value(v), _headers(h)) for v, h in zip(values, headers, strict=True)
         )
     except ProtocolError as exc:  # a value nested deeper than the broker stores
         return exc
