@@ -206,3 +206,60 @@ def test_the_writer_counts_what_it_wrote():
     writer.pump()
     assert outbox.in_flight == 0 and not outbox.answers
     assert _writer.MAX_WRITE_BATCH >= 21
+
+
+# -- the order and the bound of a write with a GroupRun among other answers -------------------
+
+
+class _SentWhole:
+    def send_now(self, data: bytes) -> int:
+        return len(data)
+
+
+def _plain_writer(outbox: Outbox) -> AnswerWriter:
+    return AnswerWriter(_SentWhole(), outbox, observe=lambda t, n: None, plaintext_hint=None)  # type: ignore[arg-type]
+
+
+def _frames(taken: list[Any]) -> list[bytes]:
+    data = b"".join(b"".join(t[0]) for t in taken)
+    out, pos = [], 0
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        out.append(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def test_a_group_runs_fallback_keeps_the_answers_behind_it_behind_it():
+    group = PendingGroup(3)
+    group.set(0, cmd.MessageAppended(1))
+    group.set(1, BrokerError(ErrorCode.NOT_LEADER, "lost"))  # (the fallback: one by one)
+    group.set(2, cmd.MessageAppended(2))
+    outbox = Outbox(BufferBudget(1 << 20).account())
+    outbox.put_many([("APPEND", 1.0, 1)] * 3, GroupRun(group, 0, 3))
+    outbox.put("READ", 1.0, Answer(now=BrokerError(ErrorCode.QUEUE_NOT_FOUND, "after")), 1)
+    writer = _plain_writer(outbox)
+    taken = []
+    while (got := writer._take()) is not None:
+        taken.append(got)
+    frames = _frames(taken)
+    assert len(frames) == 4
+    assert b'"sequence_num":1' in frames[0] and b"lost" in frames[1]
+    assert b'"sequence_num":2' in frames[2] and b"after" in frames[3]
+
+
+def test_a_write_holds_at_most_max_write_batch_answers_with_a_group_run_after_others():
+    count = MAX_WRITE_BATCH * 2
+    group = PendingGroup(count)
+    for index in range(count):
+        group.set(index, cmd.MessageAppended(index + 1))
+    outbox = Outbox(BufferBudget(1 << 20).account())
+    for _ in range(10):
+        outbox.put("READ", 1.0, Answer(now=BrokerError(ErrorCode.QUEUE_NOT_FOUND, "x")), 1)
+    outbox.put_many([("APPEND", 1.0, 1)] * count, GroupRun(group, 0, count))
+    writer = _plain_writer(outbox)
+    sizes = []
+    while (got := writer._take()) is not None:
+        sizes.append(got[3])
+        assert got[3] == len(_frames([got]))
+    assert sum(sizes) == count + 10 and max(sizes) <= MAX_WRITE_BATCH, sizes
