@@ -725,7 +725,13 @@ def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
     of its own size. Values with commas (an object of several keys, a list, a string with a
     comma) are written one by one, and so are values nested as deep as orjson writes alone
     (in the list, one level deeper, it would refuse them): a value nested deeper still is
-    refused as :func:`dumps_value` refuses it."""
+    refused as :func:`dumps_value` refuses it. A batch whose first value holds a comma (an
+    object of several keys, most often a batch of such) is written one by one at once: the
+    list written first would only be written again (+45 to 50% a value)."""
+    first = values[0]
+    kind = type(first)
+    if kind is dict or kind is list or (kind is str and "," in first):
+        return tuple(map(dumps_value, values))
     try:
         text = orjson.dumps(values)
     except orjson.JSONEncodeError:

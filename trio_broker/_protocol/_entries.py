@@ -155,7 +155,7 @@ def _stored_values(value: Any, _type: Any) -> tuple[bytes, ...]:
     """An APPEND_BATCH's values as they are stored: ``dumps_values``, the client's request's
     rule (the list written once and cut at its commas when no value holds one), each value's
     ``dumps_value`` bytes (docs/performance.md, "Batch appends: every broker's µs per
-    message": 170 -> 100 ns a value on each replica)."""
+    message": 170 -> 100 ns a value on each replica, for values without a comma)."""
     if not isinstance(value, list):
         raise TypeError("data must be a list")
     return dumps_values(value)
