@@ -78,6 +78,16 @@ def test_a_store_on_the_shared_log_calls_the_hook_in_its_apply_stage(tmp_path):
         assert seen == [(True, results)] and results[1:] == [cmd.MessageAppended(n) for n in (1, 2)]
         with pytest.raises(ValueError):
             store.save(stage="journal", committed=(), before_commit=lambda results: None)
+        writes: list[object] = []
+        write = log.write
+        log.write = lambda *args, **kwargs: writes.append(args) or write(*args, **kwargs)  # type: ignore[method-assign]
+        with pytest.raises(ValueError):  # (refused before the shared log's row is written)
+            store.save(
+                hard_state=HardState(1, None, 3),
+                entries=[Entry(1, 4, cmd.CreateQueue("Q-2"))],
+                before_commit=lambda results: None,
+            )
+        assert writes == []
     finally:
         store.close()
         log.close()
@@ -209,3 +219,61 @@ async def test_a_commit_that_fails_after_the_answers_left_keeps_them_true(tmp_pa
         assert answered == list(range(1, 6 + APPENDS))
     else:  # (the rebuilt core steps down: the failures end with its leadership)
         assert failed
+
+
+def test_only_what_is_read_back_through_the_applied_index_is_answered_before_the_commit():
+    """A queue created (by name or not), a work group's command, retention, membership: some
+    request reads their effect straight from the store, so a COMMIT that failed (and stays
+    failed while the disk is full) would leave an answer the next RESOLVE_QUEUE contradicts.
+    They answer after the COMMIT; appends, reads, acks, seeks and groups of them before."""
+    from trio_broker._core import _work_commands as work
+    from trio_broker._core._raft_messages import NoOp
+    from trio_broker._runtime._in_step import answers_early
+
+    append = cmd.AppendMessage("Q-1", b"1", None, None, 1)
+    read = cmd.ReadNext("C-1", "Q-1")
+    early = [append, read, cmd.CommandGroup((append, read)), NoOp()]
+    late = [
+        work.CreateNamedQueue("Q-2", "orders"),
+        cmd.CreateQueue("Q-2"),
+        cmd.SetRetention("Q-1", None),
+        cmd.CommandGroup((append, cmd.CreateQueue("Q-2"))),
+    ]
+    assert answers_early([Entry(1, n, p) for n, p in enumerate(early, 1)])
+    for payload in late:
+        assert not answers_early([Entry(1, 1, append), Entry(1, 2, payload)]), payload
+
+
+async def test_a_named_queues_creation_is_answered_after_its_commit(tmp_path):
+    """On a running leader: the in-step applies of CREATE_QUEUE by name take no hook (their
+    answer waits for the COMMIT), those of appends take one."""
+    from tests.wire import RawConnection
+
+    hooks: dict[str, list[bool]] = {"named": [], "appends": []}
+    async with open_local_cluster(tmp_path, 3) as c:
+        leader = await c.wait_for_leader()
+        connection = await RawConnection.open(leader.port)
+        store = leader.driver._store
+        save = store.save
+
+        def recording_save(**kwargs: object) -> object:
+            kinds = {type(e.payload).__name__ for e in kwargs.get("committed") or ()}  # type: ignore[attr-defined]
+            if "CreateNamedQueue" in kinds:
+                hooks["named"].append(kwargs.get("before_commit") is not None)
+            elif kinds == {"AppendMessage"}:
+                hooks["appends"].append(kwargs.get("before_commit") is not None)
+            return save(**kwargs)
+
+        store.save = recording_save
+        try:
+            for n in range(APPENDS):
+                created = await connection.call({"operation": "CREATE_QUEUE", "name": f"q{n}"})
+                assert created["status"] == "success"
+                appended = await connection.call(
+                    {"operation": "APPEND", "queue_name": f"q{n}", "data": n}
+                )
+                assert appended["status"] == "success"
+        finally:
+            await connection.aclose()
+    assert hooks["named"] and not any(hooks["named"]), hooks
+    assert any(hooks["appends"]), hooks

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._core import _commands as cmd
 from .._core import _raft as raft
+from .._core import _raft_messages as rm
 from .._core._commands import Command, CommandGroup
 from .._storage._integrity import StorageDamaged
 from .._storage._worker import is_disk_full
@@ -222,7 +224,9 @@ class InStep:
             # damage fails the transaction whole (see :meth:`_may_apply`).
             store.hold_damage, store.unchecked_reads = True, False
             results = store.save(
-                hard_state=rd.hard_state, committed=committed, before_commit=answer
+                hard_state=rd.hard_state,
+                committed=committed,
+                before_commit=answer if answers_early(committed) else None,
             )
         except Exception as exc:
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
@@ -292,3 +296,29 @@ class InStep:
     def _handing_over(self: RaftDriver, rd: raft.Ready) -> None:
         self._taken = rd
         self.wake()
+
+
+EARLY_ANSWERED = frozenset(
+    {cmd.AppendMessage, cmd.AppendBatch, cmd.ReadNext, cmd.ReadBatch, cmd.Ack, cmd.Seek, rm.NoOp}
+)
+"""The commands whose answers may leave before their apply's COMMIT (``_apply_here``): what
+they change is read back only through the applied index (a read waits for it; a failed COMMIT
+does not move it). A command whose effect some request reads straight from the store (a queue
+created or deleted, by its name or in LIST_QUEUES; a work group's member; retention; the
+cluster's map; membership) is answered after its COMMIT, as before: a COMMIT that failed for
+lack of space and stays failed while the disk is full would otherwise leave an answer that the
+next RESOLVE_QUEUE contradicts."""
+
+
+def answers_early(entries: Sequence[Any]) -> bool:
+    """Whether every entry's answers may leave before the COMMIT (:data:`EARLY_ANSWERED`; a
+    leader's no-op answers nobody)."""
+    early = EARLY_ANSWERED
+    for entry in entries:
+        kind = type(entry.payload)
+        if kind is CommandGroup:
+            if not {type(c) for c in entry.payload.commands} <= early:
+                return False
+        elif kind not in early:
+            return False
+    return True

@@ -459,7 +459,11 @@ class Store:
         if self._shared is not None and stage != "apply":
             args = {"truncate_from": truncate_from, "entries": entries, "committed": committed}
             if before_commit is not None:
-                if stage is not None:  # (a journal stage applies nothing: nothing to answer)
+                # (a journal stage applies nothing; anything made durable is refused before
+                # the shared log's row is written, as on a store of its own)
+                if stage is not None or self._is_durable(
+                    hard_state, truncate_from, entries, snapshot
+                ):
                     raise ValueError("an answer before COMMIT only for an apply")
                 args["before_commit"] = before_commit  # (to the apply stage's transaction)
             return shared_stage(self, stage, hard_state=hard_state, snapshot=snapshot, **args)
