@@ -169,9 +169,10 @@ def test_runs_that_changed_on_the_way_are_refused():
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_a_peer_that_did_not_say_it_reads_runs_gets_the_command_group(cached):
-    """Bytes held in runs (cached on the entry, or encoded again after the apply forgot them)
-    leave as a COMMAND_GROUP with that form's checksum: what an older broker reads and
-    stores."""
+    """Bytes held in runs leave as a COMMAND_GROUP with that form's checksum to a peer that did
+    not say it reads runs: what an older broker reads and stores. An entry whose bytes the
+    apply forgot is encoded again as a COMMAND_GROUP for every peer (whether the group may
+    write runs is the leader's rule, not the link's)."""
     group = _group(40, (Q1, Q2))
     entry = _compact_entry(group)
     if not cached:
@@ -180,7 +181,7 @@ def test_a_peer_that_did_not_say_it_reads_runs_gets_the_command_group(cached):
         obj = orjson.loads(encode_message(_replicate(entry), append_runs=runs))
         (sent,) = obj["entries"]
         written = orjson.dumps(sent["payload"])
-        assert sent["payload"]["type"] == ("APPEND_RUNS" if runs else "COMMAND_GROUP")
+        assert sent["payload"]["type"] == ("APPEND_RUNS" if runs and cached else "COMMAND_GROUP")
         assert sent["checksum"] == entry_checksum(2, 5, written)
         assert decode_payload(written) == group
     assert orjson.loads(encode_message(_replicate(entry)))["entries"][0]["payload"]["type"] == (

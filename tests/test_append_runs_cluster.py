@@ -125,3 +125,37 @@ async def test_a_broker_back_as_the_version_before_catches_up_runs_as_command_gr
             )
     assert "COMMAND_GROUP" in forms and "APPEND_RUNS" not in forms, forms
     assert stored == APPENDS
+
+
+async def test_a_member_catching_up_while_one_of_the_version_before_is_in_the_group(
+    tmp_path, monkeypatch
+):
+    """Entries re-read from the log (a member restarted and caught up) are sent as
+    COMMAND_GROUPs: before, they were encoded by the link's own peer's answer, and the
+    restarted member stored APPEND_RUNS while a member of the version before was in the
+    group, so going back to that version on it failed (found in review, with real brokers of
+    both versions)."""
+    real = _broker.Broker._accept_peer
+
+    def accept(self: Any, hello: Any, peer: str) -> Any:
+        answer = real(self, hello, peer)
+        if isinstance(answer, PeerWelcome) and self.config.data_dir.name == "b3":
+            return PeerWelcome(append_runs=False)
+        return answer
+
+    monkeypatch.setattr(_broker.Broker, "_accept_peer", accept)
+    async with open_local_cluster(tmp_path, 3) as cluster:
+        with trio.fail_after(60):
+            leader = await cluster.wait_for_leader()
+            queue_id = await create_queue(leader.port)
+            victim = next(n for n, b in cluster.brokers.items() if b is not leader and n != "b3")
+            await cluster.stop(victim)
+            for _ in range(4):
+                await _append_pipelined(leader.port, queue_id, APPENDS)
+            assert "APPEND_RUNS" not in await _stored_forms(leader)  # the gate holds here
+            back = await cluster.start(victim)
+            last = leader.node.log.last_index
+            while back.applied_index < last:
+                await back.driver.wait_changed()
+            forms = set(await _stored_forms(back))
+    assert "APPEND_RUNS" not in forms, f"{victim} stored {forms} while b3 is of the version before"

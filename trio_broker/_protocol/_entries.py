@@ -592,12 +592,17 @@ def entry_to_obj(entry: rm.Entry, runs: bool = False) -> dict[str, Any]:
     appends in runs"). To a peer that did not, a group's bytes in any form but COMMAND_GROUP
     (what a leader stored, or received, while every member read runs) are encoded again as a
     COMMAND_GROUP, with their own checksum: an older broker is never sent a form it cannot
-    read, and stores only what it can."""
+    read, and stores only what it can. An entry whose bytes are no longer cached is sent as a
+    COMMAND_GROUP to every peer (see below)."""
     encoded, checksum = entry.encoded, entry.checksum
     if encoded is None:
         # Not cached again: an entry already applied (its bytes forgotten) sent to a lagging
-        # replica, or one read back from the log at start.
-        encoded = encode_payload(entry.payload, runs)
+        # replica, or one read back from the log at start. Encoded as a COMMAND_GROUP whoever
+        # the peer is: whether the group may write runs is the leader's rule (every member
+        # reads them), which this link does not know; a replica catching up while a member of
+        # the version before is in the group must store nothing that member's version cannot
+        # read (it may have to go back to it). Not the hot path.
+        encoded = encode_payload(entry.payload)
         checksum = None
     elif (
         not runs and type(entry.payload) is cmd.CommandGroup and not encoded.startswith(_GROUP_HEAD)
