@@ -57,6 +57,20 @@ async def _forms_after_appends(cluster: Any) -> dict[str, set[str]]:
     return {name: set(await _stored_forms(b)) for name, b in cluster.brokers.items()}
 
 
+def _answering_as_before(monkeypatch: Any, names: set[str]) -> None:
+    """The brokers named in ``names`` (read at each greeting: it may grow) answer PEER_HELLO
+    as the version before did, without saying they read runs."""
+    real = _broker.Broker._accept_peer
+
+    def accept(self: Any, hello: Any, peer: str) -> Any:
+        answer = real(self, hello, peer)
+        if isinstance(answer, PeerWelcome) and self.config.data_dir.name in names:
+            return PeerWelcome(append_runs=False)
+        return answer
+
+    monkeypatch.setattr(_broker.Broker, "_accept_peer", accept)
+
+
 async def test_every_broker_reading_runs_stores_a_group_of_appends_in_runs(tmp_path):
     async with open_local_cluster(tmp_path, 3) as cluster:
         with trio.fail_after(30):
@@ -70,15 +84,7 @@ async def test_a_broker_that_does_not_say_it_reads_runs_keeps_every_log_in_comma
     tmp_path, monkeypatch
 ):
     """b3 answers PEER_HELLO as the version before did: no broker writes or stores runs."""
-    real = _broker.Broker._accept_peer
-
-    def accept(self: Any, hello: Any, peer: str) -> Any:
-        answer = real(self, hello, peer)
-        if isinstance(answer, PeerWelcome) and self.config.data_dir.name == "b3":
-            return PeerWelcome(append_runs=False)
-        return answer
-
-    monkeypatch.setattr(_broker.Broker, "_accept_peer", accept)
+    _answering_as_before(monkeypatch, {"b3"})
     async with open_local_cluster(tmp_path, 3) as cluster:
         with trio.fail_after(30):
             forms = await _forms_after_appends(cluster)
@@ -94,15 +100,7 @@ async def test_a_broker_back_as_the_version_before_catches_up_runs_as_command_gr
     what it last said), then comes back answering as the version before: what it is sent of
     the log, and stores, is COMMAND_GROUPs, and it applies every append."""
     old: set[str] = set()
-    real = _broker.Broker._accept_peer
-
-    def accept(self: Any, hello: Any, peer: str) -> Any:
-        answer = real(self, hello, peer)
-        if isinstance(answer, PeerWelcome) and self.config.data_dir.name in old:
-            return PeerWelcome(append_runs=False)
-        return answer
-
-    monkeypatch.setattr(_broker.Broker, "_accept_peer", accept)
+    _answering_as_before(monkeypatch, old)
     async with open_local_cluster(tmp_path, 3) as cluster:
         with trio.fail_after(30):
             leader = await cluster.wait_for_leader()
@@ -135,15 +133,7 @@ async def test_a_member_catching_up_while_one_of_the_version_before_is_in_the_gr
     restarted member stored APPEND_RUNS while a member of the version before was in the
     group, so going back to that version on it failed (found in review, with real brokers of
     both versions)."""
-    real = _broker.Broker._accept_peer
-
-    def accept(self: Any, hello: Any, peer: str) -> Any:
-        answer = real(self, hello, peer)
-        if isinstance(answer, PeerWelcome) and self.config.data_dir.name == "b3":
-            return PeerWelcome(append_runs=False)
-        return answer
-
-    monkeypatch.setattr(_broker.Broker, "_accept_peer", accept)
+    _answering_as_before(monkeypatch, {"b3"})
     async with open_local_cluster(tmp_path, 3) as cluster:
         with trio.fail_after(60):
             leader = await cluster.wait_for_leader()

@@ -13,6 +13,7 @@ stores exactly what applying each append alone stores.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import apsw
 import attrs
@@ -63,6 +64,18 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
 
 
+_MISSING: Any = object()
+
+
+def _last_appended(db: apsw.Connection, queue_id: str) -> Any:
+    """The queue's last stamp (None before its first stamped append), or :data:`_MISSING`
+    when there is no such queue: what a run of appends or of batches reads first."""
+    row = db.execute(
+        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (queue_id,)
+    ).fetchone()
+    return _MISSING if row is None else row[0]
+
+
 def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Result]:
     """Consecutive stamped appends to one queue without a producer id: the same results
     and rows as applying each with :meth:`_append` (``tests/test_colrun.py`` checks it over
@@ -70,13 +83,11 @@ def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Resul
     ``SELECT``, one ``UPDATE`` and a few multi-row ``INSERT``s for the run, no tuple per
     message."""
     queue_id = run[0].queue_id
-    row = db.execute(
-        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (queue_id,)
-    ).fetchone()
-    if row is None:
+    last = _last_appended(db, queue_id)
+    if last is _MISSING:
         return [queue_not_found(queue_id)] * len(run)
     data = [c.data for c in run]
-    stamps = run_stamps(row[0], [c.appended_ms for c in run])
+    stamps = run_stamps(last, [c.appended_ms for c in run])
     stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
     (length,) = db.execute(
@@ -100,12 +111,10 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
     batches of one stamp inserted together (statements of 64 rows across the batches' bounds:
     a batch of 100 alone takes three)."""
     queue_id = run[0].queue_id
-    row = db.execute(
-        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (queue_id,)
-    ).fetchone()
-    if row is None:
+    last = _last_appended(db, queue_id)
+    if last is _MISSING:
         return [queue_not_found(queue_id)] * len(run)
-    stamps = run_stamps(row[0], [c.appended_ms for c in run])  # type: ignore[misc]
+    stamps = run_stamps(last, [c.appended_ms for c in run])  # type: ignore[misc]
     counts = [len(c.data) for c in run]
     total = sum(counts)
     # Every stamp is set, so undated_through does not move (as in _append).
