@@ -69,7 +69,7 @@ APPEND_RUNS_HEAD = b'{"type":"APPEND_RUNS","runs":['
 _RUN_FORM = b"[%b,%d,[%b]]"
 RUNS_DEPTH = 250
 """The deepest value a group in runs holds: a value sits one level deeper in a run than in a
-COMMAND_GROUP's append, and orjson writes at most 254 levels (``_codec.MAX_VALUE_DEPTH``),
+COMMAND_GROUP's append, and orjson writes at most 254 levels (``_codec.WRITTEN_DEPTH``),
 which a replica's frame (the entry's payload written back alone) must stay within. A group
 with a value that may nest deeper keeps its COMMAND_GROUP form."""
 _DEEP_FROM = 2 * (RUNS_DEPTH + 1)
