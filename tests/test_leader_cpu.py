@@ -276,3 +276,10 @@ def test_a_batch_whose_first_value_holds_a_comma_is_written_one_by_one_at_once(m
     written.clear()
     assert dumps_values(["a"] * 100) == (b'"a"',) * 100
     assert len(written) == 1
+
+
+def test_an_empty_list_of_values_is_written_as_none():
+    """(A decoded APPEND_BATCH is checked for its count after its values are written.)"""
+    from trio_broker._protocol._codec import client_values
+
+    assert dumps_values([]) == () and client_values([]) == ()

@@ -709,7 +709,7 @@ def client_values(values: list[Any]) -> tuple[bytes, ...]:
     """:func:`client_value` for a batch's values (:func:`dumps_values`, then the depth of the
     few long enough to nest too deep)."""
     datas = dumps_values(values)
-    if max(map(len, datas)) > _DEEP_FROM:
+    if datas and max(map(len, datas)) > _DEEP_FROM:
         for value, data in zip(values, datas, strict=True):
             if _nests_too_deep(value, data):
                 raise _too_deep()
@@ -728,9 +728,9 @@ def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
     refused as :func:`dumps_value` refuses it. A batch whose first value holds a comma (an
     object of several keys, most often a batch of such) is written one by one at once: the
     list written first would only be written again (+45 to 50% a value)."""
-    first = values[0]
+    first = values[0] if values else None
     kind = type(first)
-    if kind is dict or kind is list or (kind is str and "," in first):
+    if kind is dict or kind is list or (kind is str and "," in first):  # type: ignore[operator]
         return tuple(map(dumps_value, values))
     try:
         text = orjson.dumps(values)
