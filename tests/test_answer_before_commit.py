@@ -97,6 +97,7 @@ async def _appending(tmp_path, body) -> list[int]:
     """Five appends, then ``body``'s, each of its own value; every broker ends with the same
     queue, and each value the client was told is at a sequence number is stored there. The
     sequence numbers answered, in order (an "outcome unknown" answer adds none)."""
+    from tests.test_seq_turns import same_queue_lengths
     from tests.wire import RawConnection, create_queue
 
     answered: list[tuple[int, bytes]] = []
@@ -124,15 +125,10 @@ async def _appending(tmp_path, body) -> list[int]:
             await call()
         await body(leader, call)
         await connection.aclose()
-        with trio.fail_after(10):  # every broker applies the same appends, once
-            while True:
-                lengths = {n: b.driver._store.queue_lengths() for n, b in c.brokers.items()}
-                if len({tuple(v.items()) for v in lengths.values()}) == 1:
-                    break
-                await trio.sleep(0.01)
+        lengths = await same_queue_lengths(c)
         for broker in c.brokers.values():
             stored = await broker.driver._worker.run(broker.driver._store.messages, queue_id)
-            assert len(stored) == lengths[next(iter(lengths))][queue_id] >= len(answered)
+            assert len(stored) == lengths[queue_id] >= len(answered)
             assert [stored[seq - 1] for seq, _ in answered] == [data for _, data in answered]
     return [seq for seq, _ in answered]
 

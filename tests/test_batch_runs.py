@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import random
 
-import apsw
 import pytest
 
-from tests.test_colrun import BASE_MS, MISSING, QUEUES, _applied, _value
+from tests.test_colrun import BASE_MS, MISSING, QUEUES, _applied, _value, queues_db
 from trio_broker._core import _commands as cmd
-from trio_broker._storage import DB_FILE, Store, _append_sql, _queue_sql
+from trio_broker._storage import _append_sql, _queue_sql
 from trio_broker._storage._integrity import _chunk_spans
 
 
 @pytest.fixture(scope="module")
 def shared_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("batchruns")
-    store = Store(path)
-    store.apply([cmd.CreateQueue(q) for q in QUEUES])
-    store.close()
-    connection = apsw.Connection(str(path / DB_FILE))
+    connection = queues_db(tmp_path_factory.mktemp("batchruns"))
     yield connection
     connection.close()
 

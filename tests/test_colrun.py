@@ -27,13 +27,18 @@ BASE_MS = 1_765_000_000_000
 SIZES = [1, 2, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 112, 127, 128, 300]
 
 
-@pytest.fixture(scope="module")
-def shared_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("colrun")
+def queues_db(path) -> apsw.Connection:
+    """A broker's database at ``path`` holding the :data:`QUEUES`, opened bare (the tests
+    apply commands to it directly, each in a transaction they roll back)."""
     store = Store(path)
     store.apply([cmd.CreateQueue(q) for q in QUEUES])
     store.close()
-    connection = apsw.Connection(str(path / DB_FILE))
+    return apsw.Connection(str(path / DB_FILE))
+
+
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory):
+    connection = queues_db(tmp_path_factory.mktemp("colrun"))
     yield connection
     connection.close()
 

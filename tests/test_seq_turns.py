@@ -38,6 +38,17 @@ class _DriverSteps(trio.abc.Instrument):
             self.steps += 1
 
 
+async def same_queue_lengths(cluster) -> dict[str, int]:
+    """Once every broker of ``cluster`` holds the same queue lengths (each applied the same
+    appends, once; at most 10 s): those lengths."""
+    with trio.fail_after(10):
+        while True:
+            lengths = {n: b.driver._store.queue_lengths() for n, b in cluster.brokers.items()}
+            if len({tuple(v.items()) for v in lengths.values()}) == 1:
+                return lengths[next(iter(lengths))]
+            await trio.sleep(0.01)
+
+
 async def _appending(tmp_path, body) -> None:
     from tests.wire import RawConnection, create_queue
 
@@ -54,13 +65,8 @@ async def _appending(tmp_path, body) -> None:
             assert (await call()).get("status") == "success"
         await body(c, leader, call)
         await connection.aclose()
-        with trio.fail_after(10):  # every broker applies the same appends, once
-            while True:
-                lengths = {n: b.driver._store.queue_lengths() for n, b in c.brokers.items()}
-                if len({tuple(v.items()) for v in lengths.values()}) == 1:
-                    break
-                await trio.sleep(0.01)
-        assert lengths[next(iter(lengths))][queue_id] == 5 + APPENDS
+        lengths = await same_queue_lengths(c)
+        assert lengths[queue_id] == 5 + APPENDS
 
 
 async def test_the_acknowledgement_that_commits_an_append_applies_it(tmp_path):
