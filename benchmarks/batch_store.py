@@ -13,6 +13,8 @@ save and compaction after ``--warm`` saves, divided by the values saved: SQLite'
 checkpoints (one every ``wal_autocheckpoint`` pages, about every ninth save of this shape) and
 the compactions' deletes are in it. ``--pragma NAME=VALUE`` (repeatable) sets a pragma on the
 store's connection after it opens; ``--page-size`` creates the file with that page size.
+``--checkpoint-every N`` turns the automatic checkpoint off and runs a passive one by hand
+every N saves, timed apart (about every ninth save of this shape is what 1,000 pages give).
 ``--rounds`` alternates the settings given by ``--compare`` (``A;B``: two ``;``-separated
 lists of ``NAME=VALUE``, ``page_size`` among them) and prints every round.
 """
@@ -65,7 +67,8 @@ def _open(directory: str, settings: dict[str, str]) -> Store:
 
 
 def run(settings: dict[str, str], args: Any) -> float:
-    """Microseconds of the thread's CPU per value saved and applied."""
+    """Microseconds of the thread's CPU per value saved and applied (with
+    ``--checkpoint-every``, also prints the checkpoints' share of it)."""
     with tempfile.TemporaryDirectory() as d:
         store = _open(d, settings)
         try:
@@ -74,7 +77,9 @@ def run(settings: dict[str, str], args: Any) -> float:
             store.save(committed=[create], hard_state=rm.HardState(1, None, 1))
             entries = [_entry(i, args.batches, args.values) for i in range(2, args.saves + 2)]
             previous: rm.Entry | None = None
-            spent = 0.0
+            spent = checkpoints = 0.0
+            if args.checkpoint_every:
+                store._db.execute("PRAGMA wal_autocheckpoint = 0")
             for n, entry in enumerate(entries):
                 committed = [previous] if previous is not None else []
                 hs = rm.HardState(1, None, entry.index - 1)
@@ -84,11 +89,20 @@ def run(settings: dict[str, str], args: Any) -> float:
                     through = entry.index - 1 - args.keep
                     store.compact(rm.SnapshotMeta(through, 1, rm.Config(("B-A",))))
                 took = time.thread_time() - started
+                if args.checkpoint_every and n % args.checkpoint_every == 0:
+                    began = time.thread_time()
+                    store._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    checkpoint = time.thread_time() - began
+                    took += checkpoint
+                    if n >= args.warm:
+                        checkpoints += checkpoint
                 if n >= args.warm:
                     spent += took
                 previous = entry
         finally:
             store.close()
+    if args.checkpoint_every:
+        print(f"  checkpoints: {checkpoints / spent:.0%} of the thread's CPU")
     return spent / ((args.saves - args.warm) * args.batches * args.values) * 1e6
 
 
@@ -105,6 +119,12 @@ def main() -> None:
     parser.add_argument("--compact-every", type=int, default=64)
     parser.add_argument("--keep", type=int, default=16)
     parser.add_argument("--pragma", action="append", default=[])
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="saves between checkpoints run by hand and timed apart (0: SQLite's automatic ones)",
+    )
     parser.add_argument("--page-size", type=int, default=None)
     parser.add_argument("--compare", default=None, help="A;B settings, alternated")
     parser.add_argument("--rounds", type=int, default=3)
