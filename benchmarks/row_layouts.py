@@ -17,6 +17,9 @@ rows older than ``--keep`` saves are deleted (a compaction). Layouts:
 
 Prints the thread's CPU (``time.thread_time``: user and system, not the fsync's wait) and
 the bytes written (``wchar`` of ``/proc/self/io``: the WAL and the checkpoints) per value,
+and the CPU per value of reading back the values of the last ``--keep`` saves (those whose
+log rows are still there) in READs of ``--read-batch``, each value checked (``once``: each
+log row opened as a blob once, each value read at its offset),
 every layout in each of ``--rounds`` rounds, alternated. A prototype: it measures what the
 storage would cost, not the reads, the compaction rule or the snapshots a layout needs
 (docs/performance.md, "Batch appends per message (fifth round)").
@@ -92,7 +95,7 @@ def _spans(count: int) -> list[tuple[int, int]]:
     return spans
 
 
-def run(layout: str, args: argparse.Namespace) -> tuple[float, float]:
+def run(layout: str, args: argparse.Namespace) -> tuple[float, float, float]:
     value = orjson.dumps("x" * 100)
     values = [value] * args.per_save
     payload = b'{"type":"APPEND_BATCH","data":[' + b",".join(values) + b"]}"
@@ -162,9 +165,65 @@ def run(layout: str, args: argparse.Namespace) -> tuple[float, float]:
                 if n >= args.warm:
                     spent += time.thread_time() - started
                     written += wchar() - wrote
+            first = seq - (args.keep - 1) * len(values) + 1  # (values whose log rows are kept)
+            started = time.thread_time()
+            read = _read(db, layout, first, seq, args.read_batch)
+            reading = time.thread_time() - started
             db.close()
     count = (args.saves - args.warm) * args.per_save
-    return spent / count * 1e6, written / count
+    return spent / count * 1e6, written / count, reading / read * 1e6
+
+
+def _read(db: apsw.Connection, layout: str, first: int, last: int, batch: int) -> int:
+    """Read and check the values ``first..last`` in READs of ``batch``; how many were read."""
+    place = QUEUE.encode() + b"\0"
+    crc = google_crc32c.value
+    read = 0
+    for start in range(first, last + 1, batch):
+        end = min(start + batch - 1, last)
+        if layout == "once":
+            rows = db.execute(
+                "SELECT key, checksum, log_index, at, size FROM queue_data"
+                " WHERE key BETWEEN ? AND ?",
+                ((1 << 40) + start, (1 << 40) + end),
+            ).fetchall()
+            blob, open_index = None, None
+            out = []
+            for key, checksum, log_index, at, size in rows:
+                if log_index != open_index:
+                    if blob is not None:
+                        blob.close()
+                    blob = db.blob_open("main", "raft_log", "payload", log_index, False)
+                    open_index = log_index
+                blob.seek(at)
+                data = blob.read(size)
+                if crc(b"%b%d\0%b" % (place, key - (1 << 40), data)) != checksum:
+                    raise AssertionError("damaged")
+                out.append(data)
+            if blob is not None:
+                blob.close()
+        else:
+            if layout == "packed":
+                rows = db.execute(
+                    "SELECT key - 1099511627776, data, checksum FROM queue_data"
+                    " WHERE key BETWEEN ? AND ?",
+                    ((1 << 40) + start, (1 << 40) + end),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT sequence_num, data, checksum FROM queue_data"
+                    " WHERE queue_id = ? AND sequence_num BETWEEN ? AND ?",
+                    (QUEUE, start, end),
+                ).fetchall()
+            out = []
+            for seq, data, checksum in rows:
+                if crc(b"%b%d\0%b" % (place, seq, data)) != checksum:
+                    raise AssertionError("damaged")
+                out.append(data)
+        if len(out) != end - start + 1:
+            raise AssertionError(f"{len(out)} values read of {end - start + 1}")
+        read += len(out)
+    return read
 
 
 def main() -> None:
@@ -175,14 +234,15 @@ def main() -> None:
     parser.add_argument("--compact-every", type=int, default=64)
     parser.add_argument("--keep", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--read-batch", type=int, default=1000, help="values per READ")
     parser.add_argument("--layouts", default="now,packed,once")
     args = parser.parse_args()
     layouts = args.layouts.split(",")
     for round_ in range(args.rounds):
         figures = []
         for layout in layouts:
-            us, written = run(layout, args)
-            figures.append(f"{layout} {us:.3f} us {written:.0f} B")
+            us, written, reading = run(layout, args)
+            figures.append(f"{layout} {us:.3f} us {written:.0f} B, read {reading:.3f} us")
         print(f"round {round_ + 1}: " + "; ".join(figures) + " per value", flush=True)
 
 
