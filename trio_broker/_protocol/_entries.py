@@ -41,7 +41,13 @@ from .._core import _raft_messages as rm
 from .._core import _work_commands as work
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ._codec import converter, describe_error, dumps_value, dumps_values
-from ._group_bytes import _append_runs_bytes, _appends_group_bytes, _reads_group_bytes
+from ._group_bytes import (
+    _append_runs_bytes,
+    _appends_group_bytes,
+    _batch_bytes,
+    _batches_group_bytes,
+    _reads_group_bytes,
+)
 
 ENTRY_TYPES: dict[str, type] = {
     "APPEND_MESSAGE": cmd.AppendMessage,
@@ -526,7 +532,13 @@ def encode_payload(payload: Any, runs: bool = False) -> bytes:
         if written is None:
             written = _appends_group_bytes(payload.commands)
         if written is None:
+            written = _batches_group_bytes(payload.commands)
+        if written is None:
             written = _reads_group_bytes(payload.commands)
+        if written is not None:
+            return written
+    elif type(payload) is cmd.AppendBatch:
+        written = _batch_bytes(payload)
         if written is not None:
             return written
     return orjson.dumps(payload_to_obj(payload))

@@ -64,6 +64,52 @@ def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
     return _GROUP_HEAD + b",".join(parts) + b"]}"
 
 
+_BATCH_HEAD = b'{"type":"APPEND_BATCH","queue_id":'
+_BATCH_FORM = b'%b[%b],"appended_ms":%d}'
+
+
+def _batch_bytes(command: Any) -> bytes | None:
+    """One plain APPEND_BATCH (no producer, a stamp: what a leader's batch appends are) as
+    exactly the bytes orjson writes for its :func:`payload_to_obj` form: the values joined by
+    commas in one call, where the general form makes an ``orjson.Fragment`` per value and a
+    dict through the converter per batch (a group of 19 batches of 100: 72 -> 15 ns a value,
+    docs/performance.md "Batch appends per message (fifth round)"). None for any other
+    command, which the general form writes (and refuses as it does)."""
+    if type(command) is not cmd.AppendBatch or command.producer_id is not None:
+        return None
+    data, stamp, queue = command.data, command.appended_ms, command.queue_id
+    if (
+        command.producer_seq is not None
+        or type(stamp) is not int
+        or not _INT_LOW <= stamp < _INT_HIGH
+        or type(queue) is not str
+        or type(data) is not tuple
+    ):
+        return None
+    try:
+        values = b",".join(data)
+    except TypeError:  # (a value that is not bytes: the general form decides)
+        return None
+    return _BATCH_FORM % (_BATCH_HEAD + orjson.dumps(queue) + b',"data":', values, stamp)
+
+
+def _batches_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
+    """A COMMAND_GROUP of plain APPEND_BATCHes (what a leader groups under batch appends:
+    about 19 in each entry of the bench's) as exactly the bytes orjson writes for its
+    :func:`payload_to_obj` form, each batch by :func:`_batch_bytes`. None for any other group.
+    ``tests/test_batch_bytes.py`` holds both forms to the same bytes."""
+    parts: list[bytes] = []
+    add = parts.append
+    for c in commands:
+        written = _batch_bytes(c)
+        if written is None:
+            return None
+        add(written)
+    if not parts:
+        return None
+    return _GROUP_HEAD + b",".join(parts) + b"]}"
+
+
 APPEND_RUNS_HEAD = b'{"type":"APPEND_RUNS","runs":['
 """How an ``APPEND_RUNS`` payload starts (its one writer writes ``type`` first, compact)."""
 _RUN_FORM = b"[%b,%d,[%b]]"
