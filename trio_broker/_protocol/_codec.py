@@ -353,7 +353,7 @@ def decode_request(payload: bytes) -> m.Request:
                 queue = obj.get("queue_name")
                 if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
                     return m.Append(queue, obj["data"])
-        obj = _checked(obj, payload, compact)
+        return _append_object(obj, payload, compact)
     else:
         remembered = (
             type(payload) is bytes
@@ -383,6 +383,75 @@ def decode_request(payload: bytes) -> m.Request:
                         _READS[payload] = read
                     return read
     return request_from_dict(obj)
+
+
+def _append_object(obj: dict[str, Any], payload: bytes, compact: bool | None) -> m.Request:
+    """What :func:`decode_request` makes of a frame starting ``{"operation":"APPEND",``
+    that its fast path did not take, from the object parsed (``compact``: the compact check's
+    answer, when known): ``loads_object``'s checks, then the three-field APPEND or the
+    general path, with their errors."""
+    obj = _checked(obj, payload, compact)
+    if len(obj) == 3:  # (its operation is "APPEND": a second key of that name is refused)
+        queue = obj.get("queue_name")
+        if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
+            return m.Append(queue, obj["data"])
+    return request_from_dict(obj)
+
+
+PlainAppend = tuple[str, bytes, Any]
+"""The original contract's APPEND (operation, queue_name, data) as a connection hands it on
+(:func:`decode_client_request`): its queue, its value's stored bytes (exactly what
+:func:`dumps_value` writes of the value: sliced from the compact frame orjson wrote back),
+and its value (for the depth check of a long value, :func:`nests_too_deep`, and for
+:func:`as_request`). A plain tuple: no :class:`~._messages.Append` built and no value written
+again per APPEND (docs/performance.md, "The leader's request path without an object per
+APPEND")."""
+
+_APPEND_QUEUE_START = b'{"operation":"APPEND","queue_name":'
+_DATA_KEY = b',"data":'
+
+
+def decode_client_request(payload: bytes) -> m.Request | PlainAppend:
+    """:func:`decode_request`, but the original contract's APPEND written as orjson writes it
+    (its keys in that order, the queue's JSON without escapes) comes as a
+    :data:`PlainAppend`: what a connection hands to ``Runs`` (and the groups' routing). Any
+    other frame decodes, or is refused, exactly as :func:`decode_request` decodes it.
+
+    The frame is compact (orjson writes the parsed object back as exactly its bytes: no
+    duplicate key, no integer beyond 64 bits, as for :func:`decode_request`), so the value's
+    bytes in it are orjson's writing of the value: :func:`dumps_value`'s bytes. They start
+    right after ``,"data":``, which follows the queue's JSON; that is ``len(queue) + 2``
+    bytes long when the queue holds nothing JSON escapes and only ASCII, else longer, and
+    then no ``,"data":`` starts there (inside a JSON string a quote follows a backslash, and
+    after its closing quote comes a comma), so the test of that place is the test of both.
+    """
+    if type(payload) is bytes and payload.startswith(_APPEND_QUEUE_START):
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
+        compact = None
+        if len(obj) == 3:  # (an object: the frame starts with one)
+            try:
+                compact = orjson.dumps(obj) == payload
+            except orjson.JSONEncodeError:
+                compact = False
+            if compact:
+                queue = obj["queue_name"]  # (its second key, as the frame starts)
+                if type(queue) is str and len(queue) <= MAX_ID_LENGTH:
+                    end = 37 + len(queue)  # (35 + the queue's JSON written plainly)
+                    if payload.startswith(_DATA_KEY, end):  # (then its third key is data)
+                        return (queue, payload[end + 8 : -1], obj["data"])
+        return _append_object(obj, payload, compact)
+    return decode_request(payload)
+
+
+def as_request(request: m.Request | PlainAppend) -> m.Request:
+    """The request a :data:`PlainAppend` stands for (an :class:`~._messages.Append`, as
+    :func:`decode_request` decodes its frame); any other request as it is."""
+    if type(request) is tuple:
+        return m.Append(request[0], request[2])
+    return request  # type: ignore[return-value]
 
 
 def request_from_dict(obj: dict[str, Any]) -> m.Request:
@@ -668,16 +737,16 @@ the log's own entries and the replicas' decoding keep (an entry stored by an ear
 stays readable)."""
 
 _ROOM = WRITTEN_DEPTH - MAX_VALUE_DEPTH
-_DEEP_FROM = 2 * MAX_VALUE_DEPTH
+DEEP_FROM = 2 * MAX_VALUE_DEPTH
 """A value nested deeper than :data:`MAX_VALUE_DEPTH` opens and closes that many brackets and
 more: its JSON is longer than this (the check of every shorter value is one comparison)."""
 
 
-def _nests_too_deep(value: Any, data: bytes) -> bool:
+def nests_too_deep(value: Any, data: bytes) -> bool:
     """Whether ``value`` (written as ``data``) nests deeper than :data:`MAX_VALUE_DEPTH`:
     counted brackets first (an upper bound: brackets inside strings count too), then, for the
     few values that pass it, orjson itself, writing the value :data:`_ROOM` levels deeper."""
-    if len(data) <= _DEEP_FROM or data.count(b"[") + data.count(b"{") <= MAX_VALUE_DEPTH:
+    if len(data) <= DEEP_FROM or data.count(b"[") + data.count(b"{") <= MAX_VALUE_DEPTH:
         return False
     wrapped = value
     for _ in range(_ROOM):
@@ -689,7 +758,8 @@ def _nests_too_deep(value: Any, data: bytes) -> bool:
     return False
 
 
-def _too_deep() -> ProtocolError:
+def too_deep() -> ProtocolError:
+    """The refusal of a client's value nested deeper than :data:`MAX_VALUE_DEPTH`."""
     return ProtocolError(
         f"a value nests deeper than the broker takes (at most {MAX_VALUE_DEPTH} levels)"
     )
@@ -700,8 +770,8 @@ def client_value(value: Any) -> bytes:
     :class:`ProtocolError` (``BAD_REQUEST``) when it nests deeper than
     :data:`MAX_VALUE_DEPTH`: what every request that stores a client's value takes it by."""
     data = dumps_value(value)
-    if len(data) > _DEEP_FROM and _nests_too_deep(value, data):
-        raise _too_deep()
+    if len(data) > DEEP_FROM and nests_too_deep(value, data):
+        raise too_deep()
     return data
 
 
@@ -709,10 +779,10 @@ def client_values(values: list[Any]) -> tuple[bytes, ...]:
     """:func:`client_value` for a batch's values (:func:`dumps_values`, then the depth of the
     few long enough to nest too deep)."""
     datas = dumps_values(values)
-    if datas and max(map(len, datas)) > _DEEP_FROM:
+    if datas and max(map(len, datas)) > DEEP_FROM:
         for value, data in zip(values, datas, strict=True):
-            if _nests_too_deep(value, data):
-                raise _too_deep()
+            if nests_too_deep(value, data):
+                raise too_deep()
     return datas
 
 

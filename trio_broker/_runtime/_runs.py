@@ -26,11 +26,16 @@ from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError, ProtocolError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
 from .._protocol._codec import (
+    DEEP_FROM,
+    PlainAppend,
     appended_frame,
+    as_request,
     client_value,
     columns_frame,
     message_frame,
     messages_frame,
+    nests_too_deep,
+    too_deep,
 )
 from .._storage._read_columns import Deliveries
 from ._answer import Answer, response_for
@@ -71,7 +76,7 @@ class Runs:
 
     async def handle_many(
         self,
-        requests: list[Request],
+        requests: list[Request | PlainAppend],
         session: Session | None,
         answered: Callable[[list[Answer]], None],
     ) -> None:
@@ -128,6 +133,26 @@ class Runs:
         """Commands proposed that are not the original contract's APPENDs."""
         last_read: ReadNext | None = None
         for request in requests:
+            if type(request) is tuple:  # the original contract's APPEND (PlainAppend)
+                queue, data, value = request
+                if queue.startswith("Q-") and not closing:
+                    # (client_value's check of the value written already, and plain_append's
+                    # command: the value's bytes come from the frame, no Append was built)
+                    if len(data) > DEEP_FROM and nests_too_deep(value, data):
+                        answers.append(Answer(now=too_deep()))
+                        continue
+                    if len(data) > max_data:
+                        answers.append(Answer(now=too_large(len(data), max_data, "data")))
+                        continue
+                    if len(commands) >= limit:
+                        await propose()
+                        closing = self._closing()
+                    converts.append(None)
+                    slots.append(len(answers))
+                    commands.append(AppendMessage(queue, data, None, None, stamp))
+                    answers.append(None)
+                    continue
+                request = as_request(request)
             if (  # the original contract's APPEND, the most frequent: checked here at once
                 type(request) is Append
                 and request.producer_id is None
@@ -192,10 +217,22 @@ class Runs:
             answers.append(None)
         await propose()
 
-    async def _handle_one(self, request: Request, session: Session | None) -> Answer:
+    async def _handle_one(self, request: Request | PlainAppend, session: Session | None) -> Answer:
         """A lone request: the original contract's APPEND checked and proposed here (as a
         run of one would be, without the run's lists: docs/performance.md, "One request in
         flight"), anything else decided by :attr:`handle`."""
+        if type(request) is tuple:  # (a PlainAppend: its value written already)
+            queue, data, value = request
+            if not queue.startswith("Q-") or self._closing():
+                return await self.handle(as_request(request), session)
+            if len(data) > DEEP_FROM and nests_too_deep(value, data):
+                return Answer(now=too_deep())
+            max_data = self._config.max_data_bytes
+            if len(data) > max_data:
+                return Answer(now=too_large(len(data), max_data, "data"))
+            return await self._propose_one(
+                AppendMessage(queue, data, None, None, self._wall_clock_ms())
+            )
         if (
             type(request) is Append
             and request.producer_id is None
@@ -208,14 +245,18 @@ class Runs:
             command = plain_append(request, self._config.max_data_bytes, self._wall_clock_ms())
             if isinstance(command, BrokerError):
                 return Answer(now=command)
-            driver = self._driver
-            if not driver.node.is_leader:
-                return Answer(now=driver.not_leader_error())
-            pending = await driver.propose(command)
-            if isinstance(pending, BrokerError):
-                return Answer(now=pending)
-            return AppendAnswer(later=pending)
-        return await self.handle(request, session)
+            return await self._propose_one(command)
+        return await self.handle(request, session)  # type: ignore[arg-type]
+
+    async def _propose_one(self, command: AppendMessage) -> Answer:
+        """A lone APPEND's command proposed: its answer (or the refusal)."""
+        driver = self._driver
+        if not driver.node.is_leader:
+            return Answer(now=driver.not_leader_error())
+        pending = await driver.propose(command)
+        if isinstance(pending, BrokerError):
+            return Answer(now=pending)
+        return AppendAnswer(later=pending)
 
     def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
         """The command (or refusal) of a request that joins a run, and the conversion of its
