@@ -183,8 +183,8 @@ def _answers(answers: list[Any]) -> list[Any]:
     return shown
 
 
-async def _decided(requests: list[Any], closing: bool) -> tuple[Any, ...]:
-    driver = StandInDriver()
+async def _decided(requests: list[Any], closing: bool, max_group: int = 1024) -> tuple[Any, ...]:
+    driver = StandInDriver(max_group)
     answers: list[Any] = []
     alone: list[Any] = []
     runs = _make_runs(driver, closing, alone)
@@ -198,7 +198,7 @@ async def _decided(requests: list[Any], closing: bool) -> tuple[Any, ...]:
         logged = encode_payload(cmd.CommandGroup(tuple(commands)))
         logged += encode_payload(cmd.CommandGroup(tuple(commands)), runs=True)
         logged += b"".join(encode_payload(command) for command in commands)
-    return commands, _answers(answers), logged, alone
+    return commands, _answers(answers), logged, alone, [len(run) for run in driver.runs]
 
 
 async def test_runs_make_the_same_commands_log_bytes_and_refusals():
@@ -225,6 +225,30 @@ async def test_runs_make_the_same_commands_log_bytes_and_refusals():
             seen.update(a if type(a) is str else a[0] for a in new[1])
     kinds = {"proposed", "alone", ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE}
     assert kinds <= seen  # (each kind of answer was compared)
+
+
+async def test_a_receive_of_compact_appends_only_is_one_run_as_before():
+    rng = random.Random(11)
+    values = ["x" * 100, 1, {"a": "é"}, "y" * 390, "z" * 999, "w" * 1001, _nested(201).decode()]
+    for _ in range(200):
+        count = rng.randrange(2, 20)
+        receive = [
+            orjson.dumps(
+                {
+                    "operation": "APPEND",
+                    "queue_name": rng.choice([QUEUE, QUEUE, QUEUE, "orders"]),
+                    "data": rng.choice(values),
+                }
+            )
+            for _ in range(count)
+        ]
+        for closing in (False, True):
+            for max_group in (8, 1024):
+                old = await _decided([decode_request(p) for p in receive], closing, max_group)
+                new = await _decided(
+                    [decode_client_request(p) for p in receive], closing, max_group
+                )
+                assert new == old, receive
 
 
 async def test_compact_appends_reach_their_commands_without_an_append_or_a_dumps(monkeypatch):

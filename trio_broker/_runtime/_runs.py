@@ -90,6 +90,15 @@ class Runs:
         if len(requests) == 1:  # (a receive of one request: no run to build)
             answered([await self._handle_one(requests[0], session)])
             return
+        if type(requests[0]) is tuple:
+            plain = self._plain_commands(requests)
+            if plain is not None:  # (what the loop below makes of such a receive, in one pass)
+                group = await self._propose_group(plain)
+                if isinstance(group, BrokerError):
+                    answered([Answer(now=group) for _ in requests])
+                else:
+                    answered(GroupRun(group, 0, len(requests)))  # type: ignore[arg-type]
+                return
         answers: list[Answer | None] = []
         given = 0
         """Answers given to ``answered`` (a prefix of ``answers``)."""
@@ -216,6 +225,26 @@ class Runs:
             commands.append(command)
             answers.append(None)
         await propose()
+
+    def _plain_commands(self, requests: list[Request | PlainAppend]) -> list[Any] | None:
+        """The commands of a receive that is one run of the original contract's APPENDs
+        (:data:`~.._protocol._codec.PlainAppend`) to queue ids, none refused (each value
+        shorter than a value nested too deep can be, and than the largest stored) and no more
+        than a run holds, when the broker is not closing: one command per APPEND, as the
+        loop of :meth:`handle_many` makes them; None for any other receive."""
+        limit = min(self._driver.max_group, self._config.max_in_flight)
+        if len(requests) > limit or self._closing():
+            return None
+        longest = min(self._config.max_data_bytes, DEEP_FROM)
+        for request in requests:
+            if (
+                type(request) is not tuple
+                or len(request[1]) > longest
+                or not request[0].startswith("Q-")
+            ):
+                return None
+        stamp = self._wall_clock_ms()  # (one stamp for the APPENDs of one receive)
+        return [AppendMessage(queue, data, None, None, stamp) for queue, data, _ in requests]
 
     async def _handle_one(self, request: Request | PlainAppend, session: Session | None) -> Answer:
         """A lone request: the original contract's APPEND checked and proposed here (as a
