@@ -259,9 +259,14 @@ class Runs:
             max_data = self._config.max_data_bytes
             if len(data) > max_data:
                 return Answer(now=too_large(len(data), max_data, "data"))
-            return await self._propose_one(
-                AppendMessage(queue, data, None, None, self._wall_clock_ms())
-            )
+            command = AppendMessage(queue, data, None, None, self._wall_clock_ms())
+            driver = self._driver  # (as below, written out: no coroutine more per request)
+            if not driver.node.is_leader:
+                return Answer(now=driver.not_leader_error())
+            pending = await driver.propose(command)
+            if isinstance(pending, BrokerError):
+                return Answer(now=pending)
+            return AppendAnswer(later=pending)
         if (
             type(request) is Append
             and request.producer_id is None
@@ -274,18 +279,14 @@ class Runs:
             command = plain_append(request, self._config.max_data_bytes, self._wall_clock_ms())
             if isinstance(command, BrokerError):
                 return Answer(now=command)
-            return await self._propose_one(command)
+            driver = self._driver
+            if not driver.node.is_leader:
+                return Answer(now=driver.not_leader_error())
+            pending = await driver.propose(command)
+            if isinstance(pending, BrokerError):
+                return Answer(now=pending)
+            return AppendAnswer(later=pending)
         return await self.handle(request, session)  # type: ignore[arg-type]
-
-    async def _propose_one(self, command: AppendMessage) -> Answer:
-        """A lone APPEND's command proposed: its answer (or the refusal)."""
-        driver = self._driver
-        if not driver.node.is_leader:
-            return Answer(now=driver.not_leader_error())
-        pending = await driver.propose(command)
-        if isinstance(pending, BrokerError):
-            return Answer(now=pending)
-        return AppendAnswer(later=pending)
 
     def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
         """The command (or refusal) of a request that joins a run, and the conversion of its
