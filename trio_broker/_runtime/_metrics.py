@@ -138,27 +138,32 @@ class BrokerMetrics:
 
     def fold(self) -> None:
         """Count the writes that wait (:meth:`observe_batch`): each series then reads exactly
-        as if each answer had been observed on its own, its latency sum included (added in
-        the order the answers were written, as the client library would have added them)."""
+        as when each write updated it, its latency sum included (added in the order the
+        answers were written, as each write added them)."""
         backlog = self._backlog
         if not backlog:
             return
         self._backlog = []
-        counts: dict[tuple[str, Any], int] = {}
-        buckets: dict[tuple[str, int], int] = {}
+        cells: dict[tuple[str, Any, int], int] = {}
+        """Answers per operation, outcome and latency bucket (a few keys for many writes)."""
         sums: dict[str, list[float]] = {}
         bounds = _BOUNDS
+        bisect_left = bisect.bisect_left
         for tally, now in backlog:
             for (operation, code, started), count in tally.items():
-                key = (operation, code)
-                counts[key] = counts.get(key, 0) + count
                 amount = now - started
-                bucket = (operation, bisect.bisect_left(bounds, amount))  # (first bound >= it)
-                buckets[bucket] = buckets.get(bucket, 0) + count
+                cell = (operation, code, bisect_left(bounds, amount))  # (first bound >= it)
+                cells[cell] = cells.get(cell, 0) + count
                 added = sums.get(operation)
                 if added is None:
                     added = sums[operation] = []
                 added.append(amount * count)
+        counts: dict[tuple[str, Any], int] = {}
+        buckets: dict[tuple[str, int], int] = {}
+        for (operation, code, index), count in cells.items():
+            key, bucket = (operation, code), (operation, index)
+            counts[key] = counts.get(key, 0) + count
+            buckets[bucket] = buckets.get(bucket, 0) + count
         for (operation, code), count in counts.items():
             requests, rejected, _ = self._series_of(operation, code)
             requests.inc(count)
