@@ -429,6 +429,7 @@ class ConnectionServer:
                     run.append(request)
                     run_info.append((operation, started, charged))
                     continue
+                assert not isinstance(request, tuple)  # (turned into its Append above)
                 early = authorize(request, session, peer)
                 open_session = self._lets_clients_through(session)
                 if early is None and kind is not PeerHello:
