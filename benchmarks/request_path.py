@@ -68,7 +68,14 @@ class _Commit:
     ) -> None:
         """As the broker's ``handle_many``: each command built once, one group for the run."""
         stamp = 1  # (the broker reads its wall clock once per run)
-        commands = [append_command(r, self.config, appended_ms=stamp) for r in requests]
+        commands = [
+            # (a PlainAppend, since "The leader's request path without an object per APPEND":
+            # its command from its queue and value's bytes, as Runs makes it)
+            cmd.AppendMessage(r[0], r[1], None, None, stamp)
+            if type(r) is tuple
+            else append_command(r, self.config, appended_ms=stamp)
+            for r in requests
+        ]
         group = PendingGroup(len(commands))
         self.waiting.extend((group, i) for i in range(len(commands)))
         self._wake.set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trio_broker._runtime._pending import PendingGroup
+from trio_broker._runtime._pending import Pending, PendingGroup
 
 
 class _Node:
@@ -30,3 +30,8 @@ class StandInDriver:
         self.runs.append(list(commands))
         self.groups.append(PendingGroup(len(commands)))
         return self.groups[-1]
+
+    async def propose(self, command: Any) -> Pending:
+        """A lone command (``Runs._handle_one``): a run of one."""
+        self.runs.append([command])
+        return Pending()

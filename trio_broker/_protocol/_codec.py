@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from typing import Any, TypeGuard, TypeVar
 
 import cattrs
@@ -23,6 +22,15 @@ from cattrs.preconf.orjson import make_converter
 
 from .._errors import BrokerError, ErrorCode, ProtocolError, RemoteProtocolError, error_from_wire
 from . import _messages as m
+from ._answer_frames import _APPENDED
+from ._answer_frames import (  # (answers' frames written straight: re-exported from here)
+    appended_frame as appended_frame,
+)
+from ._answer_frames import appended_frames as appended_frames
+from ._answer_frames import batch_appended_frame as batch_appended_frame
+from ._answer_frames import columns_frame as columns_frame
+from ._answer_frames import message_frame as message_frame
+from ._answer_frames import messages_frame as messages_frame
 
 converter = make_converter()
 
@@ -353,7 +361,7 @@ def decode_request(payload: bytes) -> m.Request:
                 queue = obj.get("queue_name")
                 if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
                     return m.Append(queue, obj["data"])
-        obj = _checked(obj, payload, compact)
+        return _append_object(obj, payload, compact)
     else:
         remembered = (
             type(payload) is bytes
@@ -383,6 +391,75 @@ def decode_request(payload: bytes) -> m.Request:
                         _READS[payload] = read
                     return read
     return request_from_dict(obj)
+
+
+def _append_object(obj: dict[str, Any], payload: bytes, compact: bool | None) -> m.Request:
+    """What :func:`decode_request` makes of a frame starting ``{"operation":"APPEND",``
+    that its fast path did not take, from the object parsed (``compact``: the compact check's
+    answer, when known): ``loads_object``'s checks, then the three-field APPEND or the
+    general path, with their errors."""
+    obj = _checked(obj, payload, compact)
+    if len(obj) == 3:  # (its operation is "APPEND": a second key of that name is refused)
+        queue = obj.get("queue_name")
+        if type(queue) is str and len(queue) <= MAX_ID_LENGTH and "data" in obj:
+            return m.Append(queue, obj["data"])
+    return request_from_dict(obj)
+
+
+PlainAppend = tuple[str, bytes, Any]
+"""The original contract's APPEND (operation, queue_name, data) as a connection hands it on
+(:func:`decode_client_request`): its queue, its value's stored bytes (exactly what
+:func:`dumps_value` writes of the value: sliced from the compact frame orjson wrote back),
+and its value (for the depth check of a long value, :func:`nests_too_deep`, and for
+:func:`as_request`). A plain tuple: no :class:`~._messages.Append` built and no value written
+again per APPEND (docs/performance.md, "The leader's request path without an object per
+APPEND")."""
+
+_APPEND_QUEUE_START = b'{"operation":"APPEND","queue_name":'
+_DATA_KEY = b',"data":'
+
+
+def decode_client_request(payload: bytes) -> m.Request | PlainAppend:
+    """:func:`decode_request`, but the original contract's APPEND written as orjson writes it
+    (its keys in that order, the queue's JSON without escapes) comes as a
+    :data:`PlainAppend`: what a connection hands to ``Runs`` (and the groups' routing). Any
+    other frame decodes, or is refused, exactly as :func:`decode_request` decodes it.
+
+    The frame is compact (orjson writes the parsed object back as exactly its bytes: no
+    duplicate key, no integer beyond 64 bits, as for :func:`decode_request`), so the value's
+    bytes in it are orjson's writing of the value: :func:`dumps_value`'s bytes. They start
+    right after ``,"data":``, which follows the queue's JSON; that is ``len(queue) + 2``
+    bytes long when the queue holds nothing JSON escapes and only ASCII, else longer, and
+    then no ``,"data":`` starts there (inside a JSON string a quote follows a backslash, and
+    after its closing quote comes a comma), so the test of that place is the test of both.
+    """
+    if type(payload) is bytes and payload.startswith(_APPEND_QUEUE_START):
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
+        compact = None
+        if len(obj) == 3:  # (an object: the frame starts with one)
+            try:
+                compact = orjson.dumps(obj) == payload
+            except orjson.JSONEncodeError:
+                compact = False
+            if compact:
+                queue = obj["queue_name"]  # (its second key, as the frame starts)
+                if type(queue) is str and len(queue) <= MAX_ID_LENGTH:
+                    end = 37 + len(queue)  # (35 + the queue's JSON written plainly)
+                    if payload.startswith(_DATA_KEY, end):  # (then its third key is data)
+                        return (queue, payload[end + 8 : -1], obj["data"])
+        return _append_object(obj, payload, compact)
+    return decode_request(payload)
+
+
+def as_request(request: m.Request | PlainAppend) -> m.Request:
+    """The request a :data:`PlainAppend` stands for (an :class:`~._messages.Append`, as
+    :func:`decode_request` decodes its frame); any other request as it is."""
+    if type(request) is tuple:
+        return m.Append(request[0], request[2])
+    return request  # type: ignore[return-value]
 
 
 def request_from_dict(obj: dict[str, Any]) -> m.Request:
@@ -506,10 +583,6 @@ def response_to_dict(response: m.Response) -> dict[str, Any]:
     return {"status": "success", **body}
 
 
-_APPENDED = b'{"status":"success","sequence_num":%d}'
-"""An APPEND's answer as orjson writes it (``duplicate`` left out when false)."""
-
-
 def encode_response(response: m.Response | BrokerError) -> bytes:
     kind = type(response)
     if kind is m.Appended and not response.duplicate:  # type: ignore[union-attr]
@@ -527,110 +600,6 @@ def encode_response(response: m.Response | BrokerError) -> bytes:
     if isinstance(response, BrokerError):
         return orjson.dumps(response.to_wire())
     return orjson.dumps(response_to_dict(response))
-
-
-def appended_frame(sequence_num: int) -> bytes:
-    """The whole frame of the answer to an APPEND that was not a duplicate: the bytes of
-    ``encode_frame(encode_response(Appended(sequence_num)))`` (tests/test_answer_encoding.py),
-    without the response object or the general encoder (docs/performance.md, "The leader's
-    request path")."""
-    body = _APPENDED % sequence_num
-    return len(body).to_bytes(4, "big") + body
-
-
-_APPENDED_HEADS = [
-    len(_APPENDED % (10 ** (digits - 1))).to_bytes(4, "big") + _APPENDED.partition(b"%d")[0]
-    for digits in range(1, 21)
-]
-"""For each count of digits (1 to 20: every sequence number, a 64-bit integer), what an
-appended answer's frame holds before its number: the length prefix and the body's start."""
-
-
-def appended_frames(sequence_nums: list[int]) -> bytes:
-    """The frames of the answers to several APPENDs that were not duplicates, one after the
-    other: ``b"".join(map(appended_frame, sequence_nums))`` (tests/test_answer_runs.py), in
-    one join (a connection's run of appends has consecutive numbers: one count of digits,
-    hence one head, for all of them, unless it crosses a power of ten)."""
-    digits = [b"%d" % sequence_num for sequence_num in sequence_nums]
-    width = len(b"%d" % min(sequence_nums))
-    if width == len(b"%d" % max(sequence_nums)):  # (numbers >= 0: one count of digits)
-        head = _APPENDED_HEADS[width - 1]
-        return head + (b"}" + head).join(digits) + b"}"
-    return b"".join([_APPENDED_HEADS[len(number) - 1] + number + b"}" for number in digits])
-
-
-_BATCH_APPENDED = b'{"status":"success","sequence_nums":%b}'
-
-
-def batch_appended_frame(first: int, count: int) -> bytes:
-    """The whole frame of the answer to an APPEND_BATCH that was not a duplicate (``count``
-    messages from ``first``): the bytes of ``encode_frame(encode_response(BatchAppended(...)))``
-    (tests/test_answer_encoding_batches.py), without cattrs."""
-    body = _BATCH_APPENDED % orjson.dumps(list(range(first, first + count)))
-    return len(body).to_bytes(4, "big") + body
-
-
-_MESSAGE = b'{"status":"success","sequence_num":%d,"data":%b}'
-_NO_MESSAGES_FRAME = (
-    len(b'{"status":"success","message":"no_messages"}').to_bytes(4, "big")
-    + b'{"status":"success","message":"no_messages"}'
-)
-
-
-def message_frame(sequence_num: int | None, data: bytes | None) -> bytes:
-    """The whole frame of a single-message READ's answer: the message (``data``, the value's
-    stored JSON bytes, embedded as they are) or, with ``sequence_num`` None, no message. The
-    bytes ``encode_frame(encode_response(...))`` writes for ``Message`` (without headers) and
-    ``NoMessages`` (tests/test_answer_encoding.py)."""
-    if sequence_num is None:
-        return _NO_MESSAGES_FRAME
-    body = _MESSAGE % (sequence_num, data)
-    return len(body).to_bytes(4, "big") + body
-
-
-_BATCH_MESSAGE = b'{"sequence_num":%d,"data":%b}'
-_HEADED_MESSAGE = b'{"sequence_num":%d,"data":%b,"headers":%b}'
-_MESSAGES = b'{"status":"success","messages":[%b]}'
-
-
-def messages_frame(messages: Sequence[Any]) -> bytes:
-    """The whole frame of a READ's ``messages`` answer, written from its messages (objects
-    with ``sequence_num``, ``data``, the value's stored JSON bytes embedded as they are, and
-    ``headers``, pairs of strings, empty for none): the bytes ``encode_frame(encode_response(
-    ...))`` writes for ``MessageBatch``, or ``HeadedMessageBatch`` when some message has headers
-    (tests/test_answer_encoding_batches.py), without a response object or cattrs per message
-    (docs/performance.md, "Batches in and out"). Both write a message without headers alike
-    (``headers`` left out), so one pass decides each message's shape alone."""
-    parts = [
-        _HEADED_MESSAGE % (d.sequence_num, d.data, orjson.dumps(dict(d.headers)))
-        if d.headers
-        else _BATCH_MESSAGE % (d.sequence_num, d.data)
-        for d in messages
-    ]
-    body = _MESSAGES % b",".join(parts)
-    return len(body).to_bytes(4, "big") + body
-
-
-def columns_frame(
-    seqs: Sequence[int], datas: Sequence[bytes], headers: Sequence[Any] | None
-) -> bytes:
-    """The frame :func:`messages_frame` writes for messages given as columns: their sequence
-    numbers, their stored JSON bytes and their headers (pairs of strings, empty for none; None:
-    no message has headers), the same bytes (tests/test_bleader_reads.py). Messages without
-    headers are written in one pass in C (``map`` of ``bytes.__mod__``), with no object or
-    Python step per message (docs/performance.md, "Batched READs on the leader: columns
-    instead of objects")."""
-    if headers is None:
-        parts: Any = map(_BATCH_MESSAGE.__mod__, zip(seqs, datas, strict=True))
-    else:
-        parts = [
-            _HEADED_MESSAGE % (seq, data, orjson.dumps(dict(header)))
-            if header
-            else _BATCH_MESSAGE % (seq, data)
-            for seq, data, header in zip(seqs, datas, headers, strict=True)
-        ]
-    body = _MESSAGES % b",".join(parts)
-    return len(body).to_bytes(4, "big") + body
 
 
 def dumps_value(value: Any) -> bytes:
@@ -668,16 +637,16 @@ the log's own entries and the replicas' decoding keep (an entry stored by an ear
 stays readable)."""
 
 _ROOM = WRITTEN_DEPTH - MAX_VALUE_DEPTH
-_DEEP_FROM = 2 * MAX_VALUE_DEPTH
+DEEP_FROM = 2 * MAX_VALUE_DEPTH
 """A value nested deeper than :data:`MAX_VALUE_DEPTH` opens and closes that many brackets and
 more: its JSON is longer than this (the check of every shorter value is one comparison)."""
 
 
-def _nests_too_deep(value: Any, data: bytes) -> bool:
+def nests_too_deep(value: Any, data: bytes) -> bool:
     """Whether ``value`` (written as ``data``) nests deeper than :data:`MAX_VALUE_DEPTH`:
     counted brackets first (an upper bound: brackets inside strings count too), then, for the
     few values that pass it, orjson itself, writing the value :data:`_ROOM` levels deeper."""
-    if len(data) <= _DEEP_FROM or data.count(b"[") + data.count(b"{") <= MAX_VALUE_DEPTH:
+    if len(data) <= DEEP_FROM or data.count(b"[") + data.count(b"{") <= MAX_VALUE_DEPTH:
         return False
     wrapped = value
     for _ in range(_ROOM):
@@ -689,7 +658,8 @@ def _nests_too_deep(value: Any, data: bytes) -> bool:
     return False
 
 
-def _too_deep() -> ProtocolError:
+def too_deep() -> ProtocolError:
+    """The refusal of a client's value nested deeper than :data:`MAX_VALUE_DEPTH`."""
     return ProtocolError(
         f"a value nests deeper than the broker takes (at most {MAX_VALUE_DEPTH} levels)"
     )
@@ -700,8 +670,8 @@ def client_value(value: Any) -> bytes:
     :class:`ProtocolError` (``BAD_REQUEST``) when it nests deeper than
     :data:`MAX_VALUE_DEPTH`: what every request that stores a client's value takes it by."""
     data = dumps_value(value)
-    if len(data) > _DEEP_FROM and _nests_too_deep(value, data):
-        raise _too_deep()
+    if len(data) > DEEP_FROM and nests_too_deep(value, data):
+        raise too_deep()
     return data
 
 
@@ -709,10 +679,10 @@ def client_values(values: list[Any]) -> tuple[bytes, ...]:
     """:func:`client_value` for a batch's values (:func:`dumps_values`, then the depth of the
     few long enough to nest too deep)."""
     datas = dumps_values(values)
-    if datas and max(map(len, datas)) > _DEEP_FROM:
+    if datas and max(map(len, datas)) > DEEP_FROM:
         for value, data in zip(values, datas, strict=True):
-            if _nests_too_deep(value, data):
-                raise _too_deep()
+            if nests_too_deep(value, data):
+                raise too_deep()
     return datas
 
 

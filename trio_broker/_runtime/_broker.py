@@ -47,6 +47,7 @@ from .._protocol import (
     SetRetentionRequest,
 )
 from .._protocol import _messages as m
+from .._protocol._codec import PlainAppend
 from .._storage import Identity, StorageWorker, Store
 from .._storage._store import RaftState
 from . import _membership as membership
@@ -318,7 +319,7 @@ class Broker:
 
     async def _handle_many(
         self,
-        requests: list[Request],
+        requests: list[Request | PlainAppend],
         session: Session | None,
         answered: Callable[[list[Answer]], None],
     ) -> None:

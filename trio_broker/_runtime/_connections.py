@@ -51,11 +51,10 @@ from .._protocol import (
     PeerWelcome,
     Request,
     Response,
-    decode_request,
     encode_frame,
     encode_response,
 )
-from .._protocol._codec import OPERATION_NAMES
+from .._protocol._codec import OPERATION_NAMES, PlainAppend, as_request, decode_client_request
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._direct import AVAILABLE as DIRECT_SOCKETS
@@ -94,8 +93,12 @@ class Session:
 
 Handle = Callable[[Request, Session], Awaitable[Answer]]
 """Decide one request (authorized already) into its answer."""
-HandleMany = Callable[[list[Request], Session, Callable[[list[Answer]], None]], Awaitable[None]]
-"""Decide several requests (authorized already), each as ``Handle`` would decide it alone,
+HandleMany = Callable[
+    [list[Request | PlainAppend], Session, Callable[[list[Answer]], None]], Awaitable[None]
+]
+"""Decide several requests (authorized already), each as ``Handle`` would decide it alone
+(the original contract's APPEND as a :data:`~.._protocol._codec.PlainAppend`, which
+``as_request`` turns into the request it stands for),
 and give their answers to the callable in request order (the next ones at each call), each as
 soon as it and those before it are decided: a cancellation loses no answer to a request
 already proposed."""
@@ -288,7 +291,7 @@ class ConnectionServer:
         handle = self._handle
         handle_many = self._handle_many
         authorize = self._authorize
-        run: list[Request] = []
+        run: list[Request | PlainAppend] = []
         """Requests of this receive let through to ``handle``, not yet decided: decided
         together (``handle_many``) before anything else is queued, and before any wait."""
         run_info: list[tuple[str, float, int]] = []
@@ -300,7 +303,8 @@ class ConnectionServer:
                 writer.kick()
             if handle_many is None:
                 for request, (operation, began, held) in zip(run, run_info, strict=True):
-                    outbox.put(operation, began, await handle(request, session), held)
+                    answer = await handle(as_request(request), session)
+                    outbox.put(operation, began, answer, held)
             else:
                 given = 0
 
@@ -399,7 +403,7 @@ class ConnectionServer:
                     writer.kick()  # what this connection holds must be able to leave
                     await account.acquire(charged)
                 try:
-                    request = decode_request(payload)
+                    request = decode_client_request(payload)
                 except ProtocolError as exc:
                     log_event(
                         logging.WARNING,
@@ -413,11 +417,19 @@ class ConnectionServer:
                     outbox.put("INVALID", started, Answer(now=exc), charged)
                     continue
                 kind = type(request)
+                if kind is tuple:  # the original contract's APPEND (PlainAppend)
+                    if open_session:
+                        run.append(request)
+                        run_info.append(("APPEND", started, charged))
+                        continue
+                    request = as_request(request)  # (the checks below take requests)
+                    kind = type(request)
                 operation = OPERATION_NAMES[kind]
                 if open_session and kind in client_requests:
                     run.append(request)
                     run_info.append((operation, started, charged))
                     continue
+                assert not isinstance(request, tuple)  # (turned into its Append above)
                 early = authorize(request, session, peer)
                 open_session = self._lets_clients_through(session)
                 if early is None and kind is not PeerHello:

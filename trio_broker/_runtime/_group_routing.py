@@ -28,6 +28,7 @@ from .._core._routing import GroupView, groups_view
 from .._errors import BrokerError, ErrorCode
 from .._ids import cluster_of_queue
 from .._protocol import ClusterQuery, ClusterTopology, CreateQueue, Request
+from .._protocol._codec import PlainAppend, as_request
 from ._answer import Answer
 from ._connections import Session
 
@@ -49,6 +50,8 @@ class Hosting(Protocol):
 
 def named_group(request: Any) -> str | None:
     """The group a request names: its queue id's group, else its ``cluster_id``."""
+    if type(request) is tuple:  # (a PlainAppend: its queue first)
+        return cluster_of_queue(request[0])
     queue = getattr(request, "queue_name", None)
     if isinstance(queue, str):
         group = cluster_of_queue(queue)
@@ -258,7 +261,7 @@ class GroupRouting:
 
     async def handle_many(
         self,
-        requests: list[Request],
+        requests: list[Request | PlainAppend],
         session: Session | None,
         answered: Callable[[list[Answer]], None],
     ) -> None:
@@ -271,7 +274,7 @@ class GroupRouting:
             first = requests[start]
             target = self.target(first)
             if isinstance(first, ClusterQuery | CreateQueue) or isinstance(target, BrokerError):
-                answered([await self.handle(first, session)])
+                answered([await self.handle(as_request(first), session)])
                 start += 1
                 continue
             end = start + 1

@@ -51,6 +51,7 @@ from .._core._spread import SpreadPacer, preferred_leader
 from .._errors import BrokerError
 from .._ids import CLUSTER_ID_RE, new_cluster_id
 from .._protocol import PeerHello, PeerWelcome, Request
+from .._protocol._codec import PlainAppend
 from .._storage import open_sqlite_storage
 from .._storage._shared_log import SharedGroupStorage
 from . import _membership as membership
@@ -516,7 +517,7 @@ class GroupHost:
 
     async def handle_many(
         self,
-        requests: list[Request],
+        requests: list[Request | PlainAppend],
         session: Session | None,
         answered: Callable[[list[Answer]], None],
     ) -> None:

@@ -38,23 +38,32 @@ _MAX_REQUEST_HEAD = 8192
 _HTTP_DEADLINE = 10.0
 
 
+MAX_BACKLOG = 512
+"""Writes whose answers wait to be counted (:meth:`BrokerMetrics.observe_batch`) before they
+are counted without a read of the metrics."""
+
+
 class BrokerMetrics:
     def __init__(self, broker: Broker) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Backlog(self))  # (first: read before the series it counts)
         self._series: dict[tuple[str, Any], tuple[Any, Any, Any]] = {}
-        self.requests = Counter(
+        self._latencies: dict[str, Any] = {}
+        self._backlog: list[tuple[dict[tuple[str, Any, float], int], float]] = []
+        """The tallies of the writes not counted yet, with when each was written."""
+        self._requests = Counter(
             "trio_broker_requests",
             "Requests answered, by operation and status",
             ["operation", "status"],
             registry=self.registry,
         )
-        self.rejected = Counter(
+        self._rejected = Counter(
             "trio_broker_rejected_requests",
             "Requests answered with an error, by error code",
             ["code"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        self._latency = Histogram(
             "trio_broker_request_seconds",
             "Time from reading a request to having its answer, by operation",
             ["operation"],
@@ -72,6 +81,23 @@ class BrokerMetrics:
         self.client_lags: list[tuple[str, str, int]] = []
         self.registry.register(_StateCollector(broker, self))
 
+    @property
+    def requests(self) -> Counter:
+        """Requests answered, by operation and status (the writes not counted yet counted
+        first, as for every read of the metrics)."""
+        self.fold()
+        return self._requests
+
+    @property
+    def rejected(self) -> Counter:
+        self.fold()
+        return self._rejected
+
+    @property
+    def latency(self) -> Histogram:
+        self.fold()
+        return self._latency
+
     def _series_of(self, operation: str, code: Any) -> tuple[Any, Any, Any]:
         key = (operation, code)
         series = self._series.get(key)
@@ -79,31 +105,78 @@ class BrokerMetrics:
             # Operations and error codes are closed sets (unknown operations are INVALID), so
             # this cache is bounded; it saves three label lookups per request.
             series = self._series[key] = (
-                self.requests.labels(operation, "error" if code else "success"),
-                self.rejected.labels(str(code)) if code else None,
-                self.latency.labels(operation),
+                self._requests.labels(operation, "error" if code else "success"),
+                self._rejected.labels(str(code)) if code else None,
+                self._latency.labels(operation),
             )
         return series
 
+    def _latency_of(self, operation: str) -> Any:
+        """The latency series of ``operation`` (only: its requests' series are made when a
+        request of that operation and outcome is counted, not before)."""
+        latency = self._latencies.get(operation)
+        if latency is None:
+            latency = self._latencies[operation] = self._latency.labels(operation)
+        return latency
+
     def observe(self, operation: str, response: Any, seconds: float) -> None:
         """One request answered with ``response`` after ``seconds``."""
-        requests, rejected, latency = self._series_of(operation, getattr(response, "code", None))
-        requests.inc()
-        if rejected is not None:
-            rejected.inc()
-        latency.observe(seconds)
+        self.observe_batch({(operation, getattr(response, "code", None), 0.0): 1}, seconds)
 
     def observe_batch(self, tally: dict[tuple[str, Any, float], int], now: float) -> None:
         """The answers of one write: how many per ``(operation, error code or None, when
-        their receive began)``, answered at ``now``. Each series is updated once per key
-        (the answers of one receive share their start), not once per request: each update
-        takes a lock of the client library."""
-        for (operation, code, started), count in tally.items():
-            requests, rejected, latency = self._series_of(operation, code)
+        their receive began)``, answered at ``now``. Kept as it is until the metrics are
+        read (:meth:`fold`: by a scrape, the status page, or any read of :attr:`requests`,
+        :attr:`rejected`, :attr:`latency` or the registry), or :data:`MAX_BACKLOG` writes
+        wait: the series are then updated once per series for all of them, where each
+        write's update took a lock of the client library per series (docs/performance.md,
+        "The leader's request path without an object per APPEND")."""
+        backlog = self._backlog
+        backlog.append((tally, now))
+        if len(backlog) >= MAX_BACKLOG:
+            self.fold()
+
+    def fold(self) -> None:
+        """Count the writes that wait (:meth:`observe_batch`): each series then reads exactly
+        as when each write updated it, its latency sum included (added in the order the
+        answers were written, as each write added them)."""
+        backlog = self._backlog
+        if not backlog:
+            return
+        self._backlog = []
+        cells: dict[tuple[str, Any, int], int] = {}
+        """Answers per operation, outcome and latency bucket (a few keys for many writes)."""
+        sums: dict[str, list[float]] = {}
+        bounds = _BOUNDS
+        bisect_left = bisect.bisect_left
+        for tally, now in backlog:
+            for (operation, code, started), count in tally.items():
+                amount = now - started
+                cell = (operation, code, bisect_left(bounds, amount))  # (first bound >= it)
+                cells[cell] = cells.get(cell, 0) + count
+                added = sums.get(operation)
+                if added is None:
+                    added = sums[operation] = []
+                added.append(amount * count)
+        counts: dict[tuple[str, Any], int] = {}
+        buckets: dict[tuple[str, int], int] = {}
+        for (operation, code, index), count in cells.items():
+            key, bucket = (operation, code), (operation, index)
+            counts[key] = counts.get(key, 0) + count
+            buckets[bucket] = buckets.get(bucket, 0) + count
+        for (operation, code), count in counts.items():
+            requests, rejected, _ = self._series_of(operation, code)
             requests.inc(count)
             if rejected is not None:
                 rejected.inc(count)
-            observe_many(latency, now - started, count)
+        for (operation, index), count in buckets.items():
+            self._latency_of(operation)._buckets[index].inc(count)
+        for operation, amounts in sums.items():
+            total = self._latency_of(operation)._sum
+            value = total.get()
+            for amount in amounts:
+                value += amount
+            total.set(value)
 
 
 def observe_many(histogram: Any, amount: float, count: int) -> None:
@@ -119,6 +192,25 @@ def observe_many(histogram: Any, amount: float, count: int) -> None:
         return
     total.inc(amount * count)
     buckets[bisect.bisect_left(bounds, amount)].inc(count)  # the first bound >= amount
+
+
+_BOUNDS = [*map(float, _LATENCY_BUCKETS), float("inf")]
+"""The latency histogram's bounds, as the client library keeps them (``_upper_bounds``)."""
+
+
+class _Backlog(Collector):
+    """Registered first: a read of the registry counts the writes that wait before it reads
+    any series (:meth:`BrokerMetrics.fold`)."""
+
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        self._metrics.fold()
+        return iter(())
 
 
 class _StateCollector(Collector):

@@ -26,11 +26,16 @@ from .._core._commands import ReadBatch as ReadBatchCommand
 from .._errors import BrokerError, ProtocolError
 from .._protocol import AckRequest, Append, AppendBatch, Read, Request, SeekRequest
 from .._protocol._codec import (
+    DEEP_FROM,
+    PlainAppend,
     appended_frame,
+    as_request,
     client_value,
     columns_frame,
     message_frame,
     messages_frame,
+    nests_too_deep,
+    too_deep,
 )
 from .._storage._read_columns import Deliveries
 from ._answer import Answer, response_for
@@ -71,7 +76,7 @@ class Runs:
 
     async def handle_many(
         self,
-        requests: list[Request],
+        requests: list[Request | PlainAppend],
         session: Session | None,
         answered: Callable[[list[Answer]], None],
     ) -> None:
@@ -85,6 +90,15 @@ class Runs:
         if len(requests) == 1:  # (a receive of one request: no run to build)
             answered([await self._handle_one(requests[0], session)])
             return
+        if type(requests[0]) is tuple:
+            plain = self._plain_commands(requests)
+            if plain is not None:  # (what the loop below makes of such a receive, in one pass)
+                group = await self._propose_group(plain)
+                if isinstance(group, BrokerError):
+                    answered([Answer(now=group) for _ in requests])
+                else:
+                    answered(GroupRun(group, 0, len(requests)))  # type: ignore[arg-type]
+                return
         answers: list[Answer | None] = []
         given = 0
         """Answers given to ``answered`` (a prefix of ``answers``)."""
@@ -128,6 +142,26 @@ class Runs:
         """Commands proposed that are not the original contract's APPENDs."""
         last_read: ReadNext | None = None
         for request in requests:
+            if type(request) is tuple:  # the original contract's APPEND (PlainAppend)
+                queue, data, value = request
+                if queue.startswith("Q-") and not closing:
+                    # (client_value's check of the value written already, and plain_append's
+                    # command: the value's bytes come from the frame, no Append was built)
+                    if len(data) > DEEP_FROM and nests_too_deep(value, data):
+                        answers.append(Answer(now=too_deep()))
+                        continue
+                    if len(data) > max_data:
+                        answers.append(Answer(now=too_large(len(data), max_data, "data")))
+                        continue
+                    if len(commands) >= limit:
+                        await propose()
+                        closing = self._closing()
+                    converts.append(None)
+                    slots.append(len(answers))
+                    commands.append(AppendMessage(queue, data, None, None, stamp))
+                    answers.append(None)
+                    continue
+                request = as_request(request)
             if (  # the original contract's APPEND, the most frequent: checked here at once
                 type(request) is Append
                 and request.producer_id is None
@@ -192,10 +226,47 @@ class Runs:
             answers.append(None)
         await propose()
 
-    async def _handle_one(self, request: Request, session: Session | None) -> Answer:
+    def _plain_commands(self, requests: list[Request | PlainAppend]) -> list[Any] | None:
+        """The commands of a receive that is one run of the original contract's APPENDs
+        (:data:`~.._protocol._codec.PlainAppend`) to queue ids, none refused (each value
+        shorter than a value nested too deep can be, and than the largest stored) and no more
+        than a run holds, when the broker is not closing: one command per APPEND, as the
+        loop of :meth:`handle_many` makes them; None for any other receive."""
+        limit = min(self._driver.max_group, self._config.max_in_flight)
+        if len(requests) > limit or self._closing():
+            return None
+        longest = min(self._config.max_data_bytes, DEEP_FROM)
+        for request in requests:
+            if (
+                type(request) is not tuple
+                or len(request[1]) > longest
+                or not request[0].startswith("Q-")
+            ):
+                return None
+        stamp = self._wall_clock_ms()  # (one stamp for the APPENDs of one receive)
+        return [AppendMessage(queue, data, None, None, stamp) for queue, data, _ in requests]
+
+    async def _handle_one(self, request: Request | PlainAppend, session: Session | None) -> Answer:
         """A lone request: the original contract's APPEND checked and proposed here (as a
         run of one would be, without the run's lists: docs/performance.md, "One request in
         flight"), anything else decided by :attr:`handle`."""
+        if type(request) is tuple:  # (a PlainAppend: its value written already)
+            queue, data, value = request
+            if not queue.startswith("Q-") or self._closing():
+                return await self.handle(as_request(request), session)
+            if len(data) > DEEP_FROM and nests_too_deep(value, data):
+                return Answer(now=too_deep())
+            max_data = self._config.max_data_bytes
+            if len(data) > max_data:
+                return Answer(now=too_large(len(data), max_data, "data"))
+            command = AppendMessage(queue, data, None, None, self._wall_clock_ms())
+            driver = self._driver  # (as below, written out: no coroutine more per request)
+            if not driver.node.is_leader:
+                return Answer(now=driver.not_leader_error())
+            pending = await driver.propose(command)
+            if isinstance(pending, BrokerError):
+                return Answer(now=pending)
+            return AppendAnswer(later=pending)
         if (
             type(request) is Append
             and request.producer_id is None
@@ -215,7 +286,7 @@ class Runs:
             if isinstance(pending, BrokerError):
                 return Answer(now=pending)
             return AppendAnswer(later=pending)
-        return await self.handle(request, session)
+        return await self.handle(request, session)  # type: ignore[arg-type]
 
     def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
         """The command (or refusal) of a request that joins a run, and the conversion of its

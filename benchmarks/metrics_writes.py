@@ -1,0 +1,52 @@
+"""The request metrics' cost per write of answers, on one thread.
+
+    python -m benchmarks.metrics_writes [--writes N] [--repeat R]
+
+What a connection's writer hands the metrics at each write (``BrokerMetrics.observe_batch``:
+a tally of its answers per operation, outcome and receive start), timed on the thread's CPU
+(``time.thread_time``, best of ``--repeat``) over ``--writes`` writes, then one read of the
+series as a scrape reads them (so that counting left for the read is counted too). Two
+shapes: one answer per write (100 connections x 1 in flight) and a receive of 16 APPENDs
+per write (the pipelined workload). Runs on the code before a change too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from trio_broker._runtime._metrics import BrokerMetrics
+
+
+def _cost(per_write: int, writes: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        metrics = BrokerMetrics(broker=None)  # type: ignore[arg-type]
+        tallies = [
+            ({("APPEND", None, 1000.0 + i * 0.001): per_write}, 1000.002 + i * 0.001)
+            for i in range(writes)
+        ]
+        started = time.thread_time()
+        for tally, now in tallies:
+            metrics.observe_batch(tally, now)
+        for _family in metrics.requests.collect():  # (a read: whatever waits is counted)
+            pass
+        best = min(best, time.thread_time() - started)
+    return best / writes * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--writes", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    one = _cost(1, args.writes, args.repeat)
+    sixteen = _cost(16, args.writes, args.repeat)
+    print(
+        f"request metrics per write (thread CPU, best of {args.repeat}): one answer "
+        f"{one:.3f} us; 16 answers of one receive {sixteen:.3f} us ({sixteen / 16:.3f} per answer)"
+    )
+
+
+if __name__ == "__main__":
+    main()
