@@ -5,10 +5,12 @@ the leader counts its own copy only after its fsync. Counts and outcomes, never 
 
 from __future__ import annotations
 
+import apsw
 import trio
 
 from tests.test_seq_turns import _DriverSteps, same_queue_lengths
 from tests.wire import RawConnection, create_queue
+from trio_broker._runtime._disk_space import DiskState
 from trio_broker.testing import open_local_cluster
 
 APPENDS = 40
@@ -24,6 +26,7 @@ async def _appending(tmp_path, body) -> None:
         connection = await RawConnection.open(leader.port)
         append = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
         answered: list[int] = []
+        extra = [0]  # (appends answered success on other connections)
 
         async def call() -> dict:
             answer = await connection.call(append)
@@ -32,10 +35,10 @@ async def _appending(tmp_path, body) -> None:
 
         for _ in range(5):
             assert (await call()).get("status") == "success"
-        await body(c, leader, call, queue_id)
+        extra[0] = await body(c, leader, call, queue_id) or 0
         await connection.aclose()
         lengths = await same_queue_lengths(c)
-        assert lengths[queue_id] >= sum(answered)
+        assert lengths[queue_id] == sum(answered) + extra[0]
 
 
 async def test_a_lone_proposal_is_replicated_and_persisted_by_the_proposing_task(tmp_path):
@@ -63,9 +66,11 @@ async def test_a_lone_proposal_is_replicated_and_persisted_by_the_proposing_task
 
 async def test_the_leader_counts_its_entry_only_after_its_own_fsync(tmp_path):
     """Raft's rule for a leader that sends before it persists (``Ready``'s rule 1): while the
-    proposing task's transaction has not committed, the core's own persisted index is below
-    the new entry; it reaches it only at ``advance()``."""
-    seen: list[tuple[int, int, int]] = []
+    transaction that writes its new entry has not committed, the core's own persisted index
+    is below the entry (it reaches it only at ``advance()``), and the commit index is at most
+    what a majority holds counting the leader by that persisted index (both replicas may
+    commit the entry before the leader's fsync: a majority without it)."""
+    seen: list[tuple[int, int, int, int]] = []
 
     async def body(cluster, leader, call, queue_id) -> None:
         driver = leader.driver
@@ -74,9 +79,16 @@ async def test_the_leader_counts_its_entry_only_after_its_own_fsync(tmp_path):
 
         def watching_save(**kwargs):
             entries = kwargs.get("entries") or ()
-            if entries and driver.node.is_leader:
-                log = driver.node.log
-                seen.append((entries[-1].index, log.persisted_index, driver.node.commit))
+            node = driver.node
+            if entries and node.is_leader:
+                persisted = node.log.persisted_index
+                matches = sorted(
+                    [persisted]
+                    + [pr.match for peer, pr in node.progress.items() if peer != node.id],
+                    reverse=True,
+                )
+                majority = matches[node.config.quorum() - 1]
+                seen.append((entries[-1].index, persisted, node.commit, majority))
             return save(**kwargs)
 
         store.save = watching_save
@@ -91,8 +103,8 @@ async def test_the_leader_counts_its_entry_only_after_its_own_fsync(tmp_path):
 
     await _appending(tmp_path, body)
     assert len(seen) >= APPENDS
-    for index, persisted, commit in seen:
-        assert persisted < index and commit < index, (index, persisted, commit)
+    for index, persisted, commit, majority in seen:
+        assert persisted < index and commit <= majority, (index, persisted, commit, majority)
 
 
 async def test_a_burst_after_lone_appends_is_one_group_in_the_drivers_ready(tmp_path):
@@ -123,8 +135,44 @@ async def test_a_burst_after_lone_appends_is_one_group_in_the_drivers_ready(tmp_
             await connection.aclose()
         assert [a.get("status") for a in answers] == ["success"] * clients
         counted.append((driver.proposed_in_step - before, driver._ledger.grouped - grouped))
+        return clients
 
     await _appending(tmp_path, body)
     ((proposed, grouped),) = counted
     assert proposed <= 1, proposed
     assert grouped >= 1, grouped
+
+
+async def test_a_failed_persist_by_the_proposing_task_goes_to_the_driver_and_is_stored_once(
+    tmp_path,
+):
+    """Every third transaction the proposing task runs fails for lack of space (rolled back
+    whole, as SQLite's full disk does): the driver's task runs the same Ready again (its
+    REPLICATEs already sent); every APPEND is answered success and stored once everywhere."""
+    failed: list[int] = []
+
+    async def body(cluster, leader, call, queue_id) -> None:
+        driver = leader.driver
+        store = driver._store
+        save = store.save
+        calls = 0
+
+        def failing_save(**kwargs):
+            nonlocal calls
+            if kwargs.keys() == {"hard_state", "entries", "committed"} and kwargs["entries"]:
+                calls += 1  # (the proposing task's: the driver's passes more arguments)
+                if calls % 3 == 0:
+                    failed.append(calls)
+                    raise apsw.FullError("database or disk is full")
+            return save(**kwargs)
+
+        store.save = failing_save
+        try:
+            for _ in range(APPENDS):
+                assert (await call()).get("status") == "success"
+        finally:
+            del store.save
+        assert driver.disk.state is DiskState.OK
+
+    await _appending(tmp_path, body)
+    assert len(failed) >= 3

@@ -309,19 +309,18 @@ class InStep:
             and not rd.snapshots_to_send
             and runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=())
         )
-        if rd.messages:
-            if not self._send_at_once(rd.messages):
-                self._unsent = True
-            rd = attrs.evolve(rd, messages=())
+        if rd.messages and not self._send_at_once(rd.messages):
+            self._unsent = True
         if not here or self._unsent:
-            self._handing_over(rd)
+            self._handing_over(attrs.evolve(rd, messages=()))  # (sent: not again)
             return
         started = time.perf_counter()
         try:
             self._store.save(hard_state=rd.hard_state, entries=rd.entries, committed=())
         except Exception as exc:
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
-                self._handing_over(rd)  # (rolled back whole: this task retries it)
+                # Rolled back whole: this task retries it (its REPLICATEs are not sent again).
+                self._handing_over(attrs.evolve(rd, messages=()))
             else:
                 self._failed = exc
                 self.wake()
