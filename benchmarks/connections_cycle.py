@@ -129,10 +129,10 @@ def _install(trace: str) -> None:
 
     encode = _driver.payload_bytes
 
-    def traced_encode(entry: Any) -> Any:
+    def traced_encode(entry: Any, *args: Any) -> Any:
         record("encode<", 0)
         try:
-            return encode(entry)
+            return encode(entry, *args)
         finally:
             record("encode>", 0)
 

@@ -14,7 +14,7 @@ import trio.testing
 
 from tests.wire import serve_one_peer
 from trio_broker._core import _raft_messages as rm
-from trio_broker._runtime import _peer_mux
+from trio_broker._runtime import _direct, _peer_mux
 from trio_broker._runtime._peer_mux import PeerMux
 from trio_broker.testing import open_local_cluster
 
@@ -159,14 +159,72 @@ async def test_what_a_write_leaves_is_finished_by_the_links_task_in_order(monkey
     assert not outcomes
 
 
-async def test_a_busy_link_takes_the_messages_in_its_own_task():
-    """While the link's task is about to write (woken, not yet run), the caller writes nothing:
-    its messages join the batch the task takes, in order."""
+async def test_a_woken_link_is_written_by_the_caller_with_what_it_queued_first():
+    """While the link's task is woken but not yet run (a heartbeat's answer queued in this
+    loop turn), it has taken nothing: the caller writes what is queued and its own messages,
+    in order, in one write, and the link's task finds nothing to write. Before: the caller
+    wrote nothing and waited for the link's task (a replica's acknowledgement after a
+    heartbeat's answer in one receive, and its driver's turn: docs/performance.md, "The
+    REPLICATE without waiting")."""
     answers: list[bool] = []
+    writes: list[int] = []
 
     async def body(links: _peer_mux.GroupLinks, received: list[rm.Message]) -> None:
+        (link,) = links.mux._links.values()
+        before = link.writes
         links.send(_beat(0))  # (wakes the link's task)
         answers.append(links.send_at_once([_beat(1), _beat(2)]))
+        writes.append(link.writes - before)
+        await _until(lambda: len(received) == 3)
+        await trio.testing.wait_all_tasks_blocked()
+        writes.append(link.writes - before)
+
+    received = await _with_a_peer(body)
+    assert answers == [True]
+    assert writes == [1, 1]  # (one write, the caller's; the link's task wrote nothing)
+    assert [m.commit for m in received] == [0, 1, 2]
+
+
+async def test_a_link_with_a_write_left_takes_the_messages_in_its_own_task(monkeypatch):
+    """While the rest of a partial write waits for the link's task, the caller writes
+    nothing: its messages follow that rest, in order, from the link's task."""
+    real_write = _peer_mux.os.write
+    outcomes = collections.deque(["half"])
+    answers: list[bool] = []
+
+    def write(fd: int, data: bytes) -> int:
+        if outcomes and outcomes.popleft() == "half":
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        return real_write(fd, data)
+
+    async def body(links: _peer_mux.GroupLinks, received: list[rm.Message]) -> None:
+        monkeypatch.setattr(_peer_mux, "os", _os_writing(write))
+        answers.append(links.send_at_once([_beat(0), _beat(1)]))
+        answers.append(links.send_at_once([_beat(2)]))
+        await _until(lambda: len(received) == 3)
+
+    received = await _with_a_peer(body)
+    assert answers == [False, False]
+    assert [m.commit for m in received] == [0, 1, 2]
+
+
+async def test_a_link_inside_its_own_write_takes_the_messages_in_its_own_task(monkeypatch):
+    """While the link's task is inside a write that waits (a full socket), the caller writes
+    nothing: its messages follow that write, in order, from the link's task."""
+    gate = trio.Event()
+    answers: list[bool] = []
+    real_send_all = _direct.DirectSocket.send_all
+
+    async def held_send_all(self: _direct.DirectSocket, data: bytes) -> None:
+        await gate.wait()  # (as a socket that takes nothing until the peer reads)
+        await real_send_all(self, data)
+
+    async def body(links: _peer_mux.GroupLinks, received: list[rm.Message]) -> None:
+        monkeypatch.setattr(_direct.DirectSocket, "send_all", held_send_all)
+        links.send(_beat(0))  # (the link's task takes it, and waits in its write)
+        await trio.testing.wait_all_tasks_blocked()
+        answers.append(links.send_at_once([_beat(1), _beat(2)]))
+        gate.set()
         await _until(lambda: len(received) == 3)
 
     received = await _with_a_peer(body)

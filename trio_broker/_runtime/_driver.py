@@ -173,6 +173,12 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self._failed: Exception | None = None
         """What failed after a stepping task applied a Ready: raised in this task's loop (a
         crash of the driver, recovered as any other)."""
+        self._lone = False
+        """The last apply that answered proposals answered one alone, and no proposal came
+        while another was in flight since: one request at a time, whose next proposal the
+        proposing task turns into its entry and REPLICATE itself (:meth:`_proposed`)."""
+        self.proposed_in_step = 0
+        """Readies of new entries taken by the proposing task (:meth:`_proposed`)."""
         self.disk = DiskSpace(
             broker_id, config.data_dir, config.min_free_mb, measure=config.disk_space
         )
@@ -466,16 +472,19 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         reads = getattr(self.peers, "reads_append_runs", None)
         return reads is not None and reads(self.node.config.members - {self.broker_id})
 
-    async def _handle_ready(self, rd: raft.Ready) -> None:
-        assert self.peers is not None
-        # Each new entry encoded once, here: its log write and the REPLICATE to every replica
-        # reuse these bytes (a replica's entries already carry the bytes they arrived as).
+    def _encode_entries(self, rd: raft.Ready) -> None:
+        """Each new entry encoded once, here: its log write and the REPLICATE to every replica
+        reuse these bytes (a replica's entries already carry the bytes they arrived as)."""
         runs = None
         for entry in rd.entries:
             if entry.encoded is None:
                 if runs is None:  # (a group of appends in runs only if every member reads it)
                     runs = self._append_runs()
                 payload_bytes(entry, runs)
+
+    async def _handle_ready(self, rd: raft.Ready) -> None:
+        assert self.peers is not None
+        self._encode_entries(rd)
         if rd.messages and not self._send_at_once(rd.messages):
             self._unsent = True
         snapshot = None
@@ -578,6 +587,7 @@ class RaftDriver(Proposing, InStep, GroupMembers):
     def _applied(self, committed: Sequence[Any], results: Sequence[Any]) -> None:
         """Tell the views what each committed entry did, and answer its proposals (each
         connection's answers known now leave in one write: ``settling``)."""
+        answered = 0
         with settling():
             for entry, result in zip(committed, results, strict=True):
                 if isinstance(entry.payload, CommandGroup):
@@ -586,7 +596,11 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 else:
                     self._on_applied(entry.payload, result)
                     self.commands_applied += isinstance(entry.payload, Command)
-                self._settle_applied(*self._ledger.applied_columns(entry.index, entry.term, result))
+                tokens, outcomes = self._ledger.applied_columns(entry.index, entry.term, result)
+                answered += len(tokens)
+                self._settle_applied(tokens, outcomes)
+        if answered:
+            self._lone = answered == 1
 
     async def _save(
         self, save: Callable[[], list[Any]], *, short: bool, committed: Sequence[Any] = ()

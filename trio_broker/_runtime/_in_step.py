@@ -256,13 +256,98 @@ class InStep:
         if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
             self.wake()
 
+    def _may_propose_here(self: RaftDriver, count: int) -> bool:
+        """Whether the task that proposed ``count`` commands may take their Ready itself
+        (:meth:`_proposed`): the ledger holds only them (nothing else in flight: one request
+        at a time; else ``_lone`` is cleared, so that a burst of requests becomes one group
+        in this task's next Ready, as always), this task waits for work and was not woken,
+        nothing else waits for it (a snapshot, reads), the storage thread is idle, one group
+        owns the store, the disk has room and the group has other members."""
+        ledger = self._ledger
+        if len(ledger) != count:
+            self._lone = False
+            return False
+        node = self.node
+        config = node.config
+        return (
+            self._parked
+            and not self._wake.is_set()
+            and self._taken is None
+            and self._failed is None
+            and not self._unsent
+            and not self._snapshot_requests
+            and not self.reads.arrived
+            and not self.reads.waiting
+            and node.is_leader
+            and getattr(self._worker, "idle", False)
+            and getattr(self._worker, "save_in_turn", None) is None
+            and self.disk.state is DiskState.OK
+            and bool((config.voters | config.learners) - {self.broker_id})
+        )
+
+    def _proposed(self: RaftDriver) -> None:
+        """One request at a time (:meth:`_may_propose_here`): its proposal becomes its entry,
+        and the REPLICATEs leave, in the proposing task's step, without a wake-up and a turn
+        of this task first. The entry is then persisted here too when ``runs_in_place``
+        allows (its fsync on this thread, as this task's path would run it), and the core
+        advanced: the leader counts its own copy only then (``Ready``'s rule 1; the
+        REPLICATEs promise nothing of it). Anything else in the Ready (an apply, a message
+        that waits for the persist, a snapshot to send), a REPLICATE a busy link could not
+        write at once, or a transaction that rolled back goes to this task, which handles
+        the rest of the Ready first (its REPLICATEs are not sent again)."""
+        self._flush_proposals()
+        if not self.node.has_ready():  # (refused: the ledger answered it)
+            return
+        rd = self.node.ready()
+        self._encode_entries(rd)
+        self.proposed_in_step += 1
+        durable = saving_durably(rd, self._saved_term_vote)
+        here = (
+            durable
+            and not rd.committed_entries
+            and not rd.persisted_messages
+            and not rd.snapshots_to_send
+            and runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=())
+        )
+        if rd.messages and not self._send_at_once(rd.messages):
+            self._unsent = True
+        if not here or self._unsent:
+            self._handing_over(attrs.evolve(rd, messages=()))  # (sent: not again)
+            return
+        started = time.perf_counter()
+        try:
+            self._store.save(hard_state=rd.hard_state, entries=rd.entries, committed=())
+        except Exception as exc:
+            if isinstance(exc, StorageDamaged) or is_disk_full(exc):
+                # Rolled back whole: this task retries it (its REPLICATEs are not sent again).
+                self._handing_over(attrs.evolve(rd, messages=()))
+            else:
+                self._failed = exc
+                self.wake()
+            return
+        try:
+            self._saved(rd, (), durable=True, took=time.perf_counter() - started)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
+            return
+        if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+            self.wake()
+
     def _answer_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:
         """The answers half of ``RaftDriver._applied``: settle the proposals of each applied
         entry (each connection's answers known now leave in one write: ``settling``)."""
         ledger = self._ledger
+        answered = 0
         with settling():
             for entry, result in zip(committed, results, strict=True):
-                self._settle_applied(*ledger.applied_columns(entry.index, entry.term, result))
+                tokens, outcomes = ledger.applied_columns(entry.index, entry.term, result)
+                answered += len(tokens)
+                self._settle_applied(tokens, outcomes)
+        if answered:
+            self._lone = answered == 1
 
     def _tell_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:
         """The other half of ``RaftDriver._applied``: tell the views what each committed entry

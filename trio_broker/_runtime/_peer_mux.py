@@ -128,6 +128,9 @@ class _Link:
         self._leftover: memoryview | None = None
         """What a :meth:`write_now` did not complete: the writer sends it before anything
         else (at most one batch)."""
+        self._sending = False
+        """The writer is inside a ``send_all`` (a write the socket did not take at once):
+        nothing may be written before it completes."""
         self._ready: collections.deque[str] = collections.deque()
         """Groups with messages queued, in the order the writer serves them."""
 
@@ -165,16 +168,24 @@ class _Link:
         return True
 
     def write_now(self) -> bool:
-        """Write what is queued from the calling task, when the writer is idle on a plain TCP
-        socket (else wake the writer). True when nothing is left for the writer's task."""
+        """Write what is queued from the calling task, when the writer is not inside a write
+        on a plain TCP socket (else wake the writer). True when nothing is left for the
+        writer's task.
+
+        A writer woken but not yet run (a heartbeat's answer queued in this loop turn by
+        ``send``) has taken nothing: what is queued, the earlier messages first, leaves
+        here in one write, and the writer finds nothing when it runs. Without that, a
+        replica's acknowledgement that followed a heartbeat's answer in one receive waited
+        for the link's task (and its driver's turn to let it run) instead of leaving with
+        it (docs/performance.md, "The REPLICATE without waiting")."""
         if not self._ready:
             return True
         more, sock = self._more, self._socket
-        if more is None or sock is None:
+        if sock is None or self._sending or self._leftover is not None:
             if more is not None:
                 more.set()
                 self._more = None
-            return False  # (the writer is busy, or about to run: it takes them next)
+            return False  # (the writer is busy, or TLS: it takes them next)
         data = self._encode(self.take())
         self.writes += 1
         sent = 0
@@ -188,8 +199,9 @@ class _Link:
             return True
         if sent < len(data):
             self._leftover = memoryview(data)[sent:]
-        more.set()
-        self._more = None
+        if more is not None:  # (else the writer was woken already)
+            more.set()
+            self._more = None
         return False
 
     def _encode(self, batch: list[tuple[str, Message]]) -> bytes:
@@ -351,7 +363,11 @@ class _Link:
             leftover = self._leftover
             if leftover is not None:  # (a write_now's rest: before anything queued after it)
                 self._leftover = None
-                await stream.send_all(leftover)  # type: ignore[arg-type]
+                self._sending = True
+                try:
+                    await stream.send_all(leftover)  # type: ignore[arg-type]
+                finally:
+                    self._sending = False
                 continue
             batch = self.take()
             if not batch:
@@ -359,7 +375,11 @@ class _Link:
                 await event.wait()
                 continue
             self.writes += 1
-            await stream.send_all(self._encode(batch))
+            self._sending = True
+            try:
+                await stream.send_all(self._encode(batch))
+            finally:
+                self._sending = False
 
 
 async def _watch_close(stream: trio.abc.Stream) -> None:

@@ -59,6 +59,9 @@ class Proposing:
             self.reads.submit(payload, pending)
         else:
             self._ledger.add(payload, pending)
+            if self._lone and self._may_propose_here(1):
+                self._proposed()
+                return pending
         self.wake()
         return pending
 
@@ -91,6 +94,9 @@ class Proposing:
                 self._propose_with_reads(commands, group)
             else:
                 self._ledger.add_many(commands, list(zip(repeat(group), range(count))))
+                if self._lone and self._may_propose_here(count):
+                    self._proposed()
+                    return group
             self.wake()
             return group
         add = self._ledger.add
