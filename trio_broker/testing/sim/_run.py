@@ -39,6 +39,7 @@ from ._params import (
     stream,
 )
 from ._replication import GroupsMixin, ReplicationGroup, queues_of
+from ._wire import WireMixin
 from ._workers import DEAD_LETTERS, WORK_QUEUE, SimWorker, WorkersMixin, group_settings
 
 
@@ -74,6 +75,7 @@ class Simulation(
     OperatorMixin,
     WorkersMixin,
     BalancerMixin,
+    WireMixin,
 ):
     """One run: a cluster, a network, disks, clients and the invariant checker, from a seed.
 
@@ -91,6 +93,7 @@ class Simulation(
         safety_steps: int = DEFAULT_SAFETY_STEPS,
         liveness_steps: int = DEFAULT_LIVENESS_STEPS,
         log: Any = None,
+        wire: bool | None = None,
     ) -> None:
         self.seed = seed
         self.mutant = mutant
@@ -103,6 +106,8 @@ class Simulation(
             mutant, (preferred, SPREAD_INTERVAL_TICKS)
         )
         self.p = FaultParams.derive(seed, safety_steps, liveness_steps)
+        if wire is not None:  # (the seed's own choice, else)
+            self.p = attrs.evolve(self.p, wire=wire)
         # One named random stream per component (see ``stream``): a new draw in one of them
         # shifts no other component's draws, so each seed keeps the rest of its schedule.
         self.net_rng = stream(seed, "network")
@@ -124,6 +129,8 @@ class Simulation(
         self.churn_rng = stream(seed, "operator:membership")
         self.retention_rng = stream(seed, "operator:retention")
         self.transfer_rng = stream(seed, "operator:transfers")
+        self.version_rng = stream(seed, "versions")
+        """Which broker of the version before restarts upgraded (``_wire``)."""
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
         self.ids = voters
@@ -151,6 +158,13 @@ class Simulation(
             )
             self.groups.append(group)
             self.queue_group.update(dict.fromkeys(group.queues, k))
+        # The wire (``_wire``): each broker's version, and what each link learned of its peer's.
+        self.reads_runs = {i: i not in self.p.old_brokers for i in self.ids}
+        self.said: dict[tuple[int, int], bool] = {}
+        self.stored_runs: set[int] = set()
+        self.starts = dict.fromkeys(self.ids, 0)
+        self.relink_at = dict.fromkeys(self.ids, 0)
+        self.snapshot_ids = 0
         self.clock_acc = {i: stream(seed, f"clock:{i}").uniform(0, TICK_STEPS) for i in self.ids}
         self.broker_ticks = dict.fromkeys(self.ids, 0)
         """Each broker's clock, in ticks (its balancer's pacer reads it)."""
@@ -221,6 +235,13 @@ class Simulation(
                 "spread_transfers",
                 "spread_transfers_futile",
                 "spread_moves_healed",
+                "wire_frames",
+                "wire_bytes",
+                "wire_runs_frames",
+                "wire_runs_rewritten",
+                "wire_upgrades",
+                "wire_downgrades",
+                "wire_stale",
             ),
             0,
         )
@@ -240,6 +261,10 @@ class Simulation(
                 ],
             )
             for c in range(self.p.clients)
+        ]
+        # Plain appenders on some seeds (their own streams: the other clients draw as before).
+        self.clients += [
+            SimClient(f"A-{k}", to_create=[], appender=True) for k in range(self.p.appenders)
         ]
         self.client_rng = {c.id: stream(seed, f"client:{c.id}") for c in self.clients}
         """Each client's stream: its operations, their queues, the broker it asks first."""
