@@ -199,9 +199,7 @@ class ClientsMixin:
             if kind < 0.7:
                 self.checker.on_append_sent(value, producer=True, queue=q)
                 return ("pappend", q, (value, seq))
-            values = tuple(
-                f'"{c.id}:{c.counter}.{k}"'.encode() for k in range(rng.randint(2, 3))
-            )
+            values = tuple(f'"{c.id}:{c.counter}.{k}"'.encode() for k in range(rng.randint(2, 3)))
             for v in values:
                 self.checker.on_append_sent(v, producer=producer, queue=q)
             return ("batch", q, (values, seq))

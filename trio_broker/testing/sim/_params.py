@@ -115,12 +115,12 @@ WIRE_SHARE = 1.0
 
 def derive_wire(draw: Any, n: int) -> dict[str, Any]:
     """The wire's parameters (``_wire``), each from its own stream: whether messages travel
-    encoded; how many clients only append, without a producer (none on half the seeds, 2 or
-    4: what a leader groups into the form ``APPEND_RUNS`` is for); which brokers (the spare, ``n + 1``, among them) run the version before
-    ``APPEND_RUNS``: none on 2 seeds in 5, one, some, or all of them on 1 in 5 each; the
-    chance that one of them restarts upgraded (none, 30%, all: a rolling upgrade), and that
-    a broker of this version whose logs never held that form restarts as the version before
-    (none on half the seeds, 30%, all)."""
+    encoded; how many clients only append, without a producer (none on half the seeds, 3 or
+    6: what a leader groups into the form ``APPEND_RUNS`` is for); which brokers (the spare,
+    ``n + 1``, among them) run the version before ``APPEND_RUNS``: none on 2 seeds in 5,
+    one, some, or all of them on 1 in 5 each; the chance that one of them restarts upgraded
+    (none, 30%, all: a rolling upgrade), and that a broker of this version whose logs never
+    held that form restarts as the version before (none on half the seeds, 30%, all)."""
     ids = range(1, n + 2)
     rng = draw("old_brokers")
     how = rng.choice(["none", "none", "one", "some", "all"])

@@ -88,7 +88,8 @@ def group_name(k: int) -> str | None:
 
 
 def _config(config: Config, f: Any) -> Config:
-    return Config(frozenset(map(f, config.voters)), frozenset(map(f, config.learners)), config.version)
+    voters, learners = frozenset(map(f, config.voters)), frozenset(map(f, config.learners))
+    return Config(voters, learners, config.version)
 
 
 def _entry(e: Entry, f: Any) -> Entry:
@@ -124,7 +125,7 @@ def _copy(m: Any, changes: dict[str, Any]) -> Any:
     new = object.__new__(cls)
     put = object.__setattr__
     names, values = _FIELDS[cls]
-    for name, value in zip(names, values(m)):
+    for name, value in zip(names, values(m), strict=True):
         put(new, name, value)
     for name, value in changes.items():
         put(new, name, value)
@@ -175,10 +176,13 @@ class WireMixin:
                 if p.upgrade_at_restart and rng.random() < p.upgrade_at_restart:
                     self.reads_runs[i] = True
                     self.stats["wire_upgrades"] += 1
-            elif p.downgrade_at_restart and i not in self.stored_runs:
-                if rng.random() < p.downgrade_at_restart:
-                    self.reads_runs[i] = False
-                    self.stats["wire_downgrades"] += 1
+            elif (
+                p.downgrade_at_restart
+                and i not in self.stored_runs
+                and rng.random() < p.downgrade_at_restart
+            ):
+                self.reads_runs[i] = False
+                self.stats["wire_downgrades"] += 1
         self.starts[i] += 1
         self.relink_at[i] = self.now + rng.randint(*RELINK_STEPS)
 
@@ -254,10 +258,10 @@ class WireMixin:
         reaches it (TCP: the connection died with that process; the runtime sends nothing
         while a link is down). Any other frame arrives, as every message always has in the
         simulator (the same schedule with the wire as without)."""
-        if frame.runs and not self.reads_runs[frame.dst]:
-            if frame.connection != self.starts[frame.dst]:
-                self.stats["wire_stale"] += 1
-                return True
+        dst = frame.dst
+        if frame.runs and not self.reads_runs[dst] and frame.connection != self.starts[dst]:
+            self.stats["wire_stale"] += 1
+            return True
         return False
 
     def _unframe(self, frame: Frame) -> Any:
