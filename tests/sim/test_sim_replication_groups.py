@@ -63,9 +63,11 @@ def test_single_group_seeds_run_the_schedule_they_ran_before_groups_existed():
     for 11 again when its disks could lose the term and vote (two such losses on seed 11, none
     on 3 and 5), and for 3 and 11 when every reboot started as a lost vote (a rebooted
     broker follows no leader until it heard the other voters' terms: 26 reboots on 3, 23 on
-    11; seed 5, which only restarts processes, is unchanged)."""
+    11; seed 5, which only restarts processes, is unchanged), and for 3 when some seeds
+    gained plain appenders (``A-<k>``: three on seed 3; 5 and 11 draw none, and run the
+    same schedule with their messages encoded on the wire as without)."""
     recorded = {
-        3: "cd2e9dd135d1231365b72a31",
+        3: "46cb693e654a1b761d83f80d",
         5: "ee435b3f69f43aeb51ce65f7",
         11: "f75e8ce1f7bf4ce68fba9097",
     }

@@ -56,10 +56,15 @@ class SimResult:
     params: FaultParams
     mutant: str | None
 
+    wire: bool | None = None
+    """The wire's choice given to the run (None: the seed's own, ``params.wire``)."""
+
     def replay_command(self) -> str:
         cmd = f"python -m trio_broker.testing.sim --seed {self.seed}"
         if self.mutant:
             cmd += f" --mutant {self.mutant}"
+        if self.wire is not None:
+            cmd += f" --wire {'on' if self.wire else 'off'}"
         if self.params.safety_steps != DEFAULT_SAFETY_STEPS:
             cmd += f" --safety-steps {self.params.safety_steps}"
         if self.params.liveness_steps != DEFAULT_LIVENESS_STEPS:
@@ -106,6 +111,7 @@ class Simulation(
             mutant, (preferred, SPREAD_INTERVAL_TICKS)
         )
         self.p = FaultParams.derive(seed, safety_steps, liveness_steps)
+        self.wire = wire
         if wire is not None:  # (the seed's own choice, else)
             self.p = attrs.evolve(self.p, wire=wire)
         # One named random stream per component (see ``stream``): a new draw in one of them
@@ -449,6 +455,7 @@ class Simulation(
             stats=dict(self.stats),
             params=self.p,
             mutant=self.mutant,
+            wire=self.wire,
         )
 
     def _liveness_report(self) -> str:
@@ -472,10 +479,11 @@ def run_seed(
     mutant: str | None = None,
     safety_steps: int = DEFAULT_SAFETY_STEPS,
     liveness_steps: int = DEFAULT_LIVENESS_STEPS,
+    wire: bool | None = None,
 ) -> SimResult:
     """Run one seed; the same arguments always give the same result and trace hash."""
     return Simulation(
-        seed, mutant=mutant, safety_steps=safety_steps, liveness_steps=liveness_steps
+        seed, mutant=mutant, safety_steps=safety_steps, liveness_steps=liveness_steps, wire=wire
     ).run()
 
 
@@ -491,9 +499,11 @@ def run_swarm(
     safety_steps: int = DEFAULT_SAFETY_STEPS,
     liveness_steps: int = DEFAULT_LIVENESS_STEPS,
     stop_on_failure: bool = False,
+    wire: bool | None = None,
 ) -> list[SimResult]:
-    """Run many seeds, across ``jobs`` processes."""
-    work = [(s, mutant, safety_steps, liveness_steps) for s in seeds]
+    """Run many seeds, across ``jobs`` processes (``wire``: on or off for every seed; None:
+    each seed's own choice)."""
+    work = [(s, mutant, safety_steps, liveness_steps, wire) for s in seeds]
     results = []
     if jobs <= 1:
         for w in work:
