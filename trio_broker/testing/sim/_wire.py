@@ -17,14 +17,17 @@ apart from its DATA_SYNC (the frame carries the runtime's ``snapshot_id`` form; 
 rides beside it, as the file the receiver would fetch).
 
 **Versions.** Each seed draws which brokers run "the version before" ``APPEND_RUNS``
-(``old_brokers``) and how many of them come back upgraded at a restart
-(``upgrade_at_restart``): a rolling upgrade. A broker of the version before never encodes
-runs, never says it reads them, and must never be sent one: a frame that reaches it with an
-``APPEND_RUNS`` entry is a failure, as is any frame that does not decode, or decodes to
-another message than the one sent. Which form a link writes follows the runtime's rule: a
-link (``(src, dst)``, shared by the groups) learns its peer's version whenever the two can
-reach each other (its PEER_HELLO's answer), keeps what it learned while they cannot, and
-forgets it when its broker restarts.
+(``old_brokers``), how many of them come back upgraded at a restart (``upgrade_at_restart``:
+a rolling upgrade), and how many brokers of this version whose logs never held that form come
+back as the version before (``downgrade_at_restart``). A broker of the version before never
+encodes runs, never says it reads them, and must never be sent one: a frame that reaches it
+with an ``APPEND_RUNS`` entry is a failure, as is any frame that does not decode, or decodes
+to another message than the one sent. Which form a link writes follows the runtime's rule: a
+link (``(src, dst)``, shared by the groups) writes what its peer reads whenever the two can
+reach each other (the answer to its PEER_HELLO), remembers it once it reconnected after the
+peer's start (:data:`RELINK_STEPS`), keeps it while they cannot reach each other, and forgets
+everything when its own broker restarts. A frame written in runs for a connection that died
+(an earlier start of a peer now of the version before) never reaches it (:meth:`_stale`).
 """
 
 from __future__ import annotations
