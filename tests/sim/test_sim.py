@@ -25,6 +25,7 @@ def describe(results):
     return "\n".join(f"{r.error}\n  replay: {r.replay_command()}" for r in results if not r.ok)
 
 
+@pytest.mark.wire
 def test_swarm_of_seeds_finds_no_violation():
     """Safety under faults, then liveness after healing, on DEFAULT_SEEDS seeds."""
     results = run_swarm(range(DEFAULT_SEEDS), jobs=JOBS)
@@ -81,6 +82,7 @@ def test_same_seed_same_trace_hash():
     assert run_seed(8).trace_hash != a.trace_hash
 
 
+@pytest.mark.wire
 def test_cli_replays_a_seed_and_prints_parameters():
     out = subprocess.run(
         [sys.executable, "-m", "trio_broker.testing.sim", "--seed", "7"],

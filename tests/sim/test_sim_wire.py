@@ -5,6 +5,8 @@ breaks its promises is caught."""
 
 from __future__ import annotations
 
+import pytest
+
 from trio_broker._protocol import _entries
 from trio_broker.testing.sim import run_seed, run_swarm
 
@@ -15,6 +17,9 @@ version before; membership changes, snapshots (DATA_SYNC) and groups of appends 
 SEED_STALE = 16
 """A seed where frames in runs, written for a broker's earlier start, never reach it: it
 came back as the version before."""
+
+
+pytestmark = pytest.mark.wire
 
 
 def _without_wire(stats: dict[str, int]) -> dict[str, int]:
