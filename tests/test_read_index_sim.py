@@ -61,7 +61,7 @@ def stale_peek(mutant: str | None) -> Simulation:
     others = [i for i in sim.ids if i != old]
     step_until(sim, lambda: leader_of(sim, others) is not None)
     new = leader_of(sim, others)
-    value = b"after the change"
+    value = b'"after the change"'  # (JSON, as every stored value: it may travel encoded)
     sim.checker.on_append_sent(value)
     issue(sim, client, ("append", q, value), AppendMessage(q, value), new)
     step_until(sim, lambda: client.op is None)

@@ -25,6 +25,7 @@ def describe(results):
     return "\n".join(f"{r.error}\n  replay: {r.replay_command()}" for r in results if not r.ok)
 
 
+@pytest.mark.wire
 def test_swarm_of_seeds_finds_no_violation():
     """Safety under faults, then liveness after healing, on DEFAULT_SEEDS seeds."""
     results = run_swarm(range(DEFAULT_SEEDS), jobs=JOBS)
@@ -48,6 +49,14 @@ def test_swarm_of_seeds_finds_no_violation():
     assert total["retention_deleted"] > 200
     # ... and leadership transfers, under all of the faults.
     assert total["transfers"] > 100 and total["transfers_taken_over"] > 50
+    # ... and messages as the runtime's frames on 3 seeds in 4 (testing/sim/_wire.py: 149 of
+    # these, 286 frames with APPEND_RUNS), among brokers of the version before that restart
+    # upgraded (on 53 seeds) and brokers back as the version before (69).
+    wired = [r for r in results if r.params.wire]
+    assert 120 < len(wired) < 180 and total["wire_frames"] > 100_000
+    assert total["wire_runs_frames"] > 100
+    assert sum(1 for r in wired if r.stats["wire_upgrades"]) > 20
+    assert sum(1 for r in wired if r.stats["wire_downgrades"]) > 20 and total["wire_stale"] > 0
     # ... and disks that lie (testing/sim/_disk.py): brokers recovering from damaged entries.
     assert total["disk_corruptions"] > 100 and total["disk_lost_writes"] > 50
     assert total["disk_torn_writes"] > 0 and total["recoveries"] > 100
@@ -73,6 +82,7 @@ def test_same_seed_same_trace_hash():
     assert run_seed(8).trace_hash != a.trace_hash
 
 
+@pytest.mark.wire
 def test_cli_replays_a_seed_and_prints_parameters():
     out = subprocess.run(
         [sys.executable, "-m", "trio_broker.testing.sim", "--seed", "7"],

@@ -79,8 +79,10 @@ def test_a_fault_mix_changes_only_the_parameters_it_leans_on(monkeypatch):
         as_mixed = FaultParams.derive(seed, 10, 10)
         leaned = set(_params.MIXES[p.mix])
         if leaned & {"node_count"} and p.node_count != as_mixed.node_count:
-            # Per-broker draws (clock rates, disks, skews) then cover another number of brokers.
+            # Per-broker draws (clock rates, disks, skews, which brokers run the version
+            # before, and so whether any restarts upgraded) then cover another number of them.
             leaned |= {"clock_rates", "disk_delays", "clock_skews"}
+            leaned |= {"old_brokers", "upgrade_at_restart"}
         if leaned & {"delay_max", "disk_delays", "node_count"}:
             leaned.add("client_timeout")  # at least the worst round trip
         changed = {

@@ -39,6 +39,7 @@ from .._core import _commands as cmd
 from .._core import _metadata as md
 from .._core import _raft_messages as rm
 from .._core import _work_commands as work
+from .._core._proposals import MAX_GROUP
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ._codec import converter, describe_error, dumps_value, dumps_values
 from ._group_bytes import (
@@ -456,6 +457,8 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     commands = obj["commands"]
     if not isinstance(commands, list) or not commands:
         raise TypeError("commands must be a non-empty list")
+    if len(commands) > MAX_GROUP:  # (before any is decoded: a peer's group is bounded)
+        raise TypeError(f"a group holds at most {MAX_GROUP} commands, not {len(commands)}")
     decoded: list[Any] = []
     add = decoded.append
     append_message = cmd.AppendMessage
@@ -506,6 +509,8 @@ def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     runs = obj["runs"]
     if type(runs) is not list or not runs:
         raise TypeError("runs must be a non-empty list")
+    if len(runs) > MAX_GROUP:
+        raise TypeError(f"a group holds at most {MAX_GROUP} appends, not {len(runs)} runs")
     commands: list[cmd.AppendMessage] = []
     add = commands.extend
     append_message = cmd.AppendMessage
@@ -519,6 +524,8 @@ def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
             raise TypeError(f"a run's appended_ms must be an integer, got {type(stamp).__name__}")
         if type(values) is not list or not values:
             raise TypeError("a run's values must be a non-empty list")
+        if len(commands) + len(values) > MAX_GROUP:  # (before the run's values are written)
+            raise TypeError(f"a group holds at most {MAX_GROUP} appends; its runs hold more")
         add([append_message(queue, data, None, None, stamp) for data in dumps_values(values)])
     return cmd.CommandGroup(tuple(commands))
 

@@ -8,7 +8,8 @@ stream per component (see :func:`~trio_broker.testing.sim._params.stream`). One 
 to the group's preferred broker, so leadership spreads), through:
 
 - a simulated network: loss, duplication, reordering (random delays), symmetric and one-way
-  partitions, isolating the leader, flapping links;
+  partitions, isolating the leader, flapping links; on most seeds it carries the frames the
+  runtime writes (``_wire``), some brokers of the version before ``APPEND_RUNS``;
 - simulated disks: a Ready is durable only when its write completes (slow disks complete it
   after a delay); a crash loses the write in progress; an optional crash right after a sync;
   storage faults at a crash (``_disk``): bit flips in stored entries found by checksum, lost
@@ -41,6 +42,8 @@ The package, one module per component:
 - ``_operator``: membership changes, leadership transfers and retention;
 - ``_replication``: the replication groups, and the current one of each step;
 - ``_balancer``: leadership spread: each group leader's balancer, its checks, broken balancers;
+- ``_wire``: brokers' messages as the runtime's encoded frames, decoded on arrival, with
+  brokers of the version before ``APPEND_RUNS`` among them;
 - ``_checker``: the invariants (:class:`Checker`, one per group);
 - ``_run``: one run (:class:`Simulation`) and a swarm of runs;
 - ``_cli``: the command line (``__main__`` runs it).

@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--safety-steps", type=int, default=DEFAULT_SAFETY_STEPS)
     parser.add_argument("--liveness-steps", type=int, default=DEFAULT_LIVENESS_STEPS)
     parser.add_argument("--trace", action="store_true", help="print every event of --seed")
+    parser.add_argument(
+        "--wire",
+        choices=["on", "off"],
+        help="brokers' messages encoded on the wire (on) or not (off) in every seed; "
+        "by default each seed's own choice",
+    )
     args = parser.parse_args(argv)
+    wire = None if args.wire is None else args.wire == "on"
 
     if args.seed is not None:
         sim = Simulation(
@@ -39,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             safety_steps=args.safety_steps,
             liveness_steps=args.liveness_steps,
             log=print if args.trace else None,
+            wire=wire,
         )
         print(f"seed {args.seed}" + (f" (mutant {args.mutant})" if args.mutant else ""))
         print("fault parameters:")
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         safety_steps=args.safety_steps,
         liveness_steps=args.liveness_steps,
+        wire=wire,
     )
     elapsed = time.perf_counter() - start
     steps = sum(r.steps for r in results)

@@ -85,6 +85,10 @@ class SimClient:
     """The consumer's Acks of unknown outcome: each may still be applied, at any time."""
     to_ack: tuple[str, int] | None = None
     """The consumer's next operation: acknowledge what it peeked."""
+    appender: bool = False
+    """Only plain appends, one step apart (``A-<k>``, ``FaultParams.appenders``): with
+    others, what a leader groups into a group of plain appends, which a group whose every
+    member reads it stores as ``APPEND_RUNS`` (``_wire``)."""
 
     def ack_bounds(self, q: str) -> tuple[int, int]:
         """[lo, hi]: where the consumer's acknowledged position in ``q`` can be."""
@@ -177,7 +181,11 @@ class ClientsMixin:
         """Draw the next operation on ``q``: appends (plain, idempotent, batches) and reads
         (ReadNext, ReadBatch, at-least-once peek)."""
         rng = self.client_rng[c.id]
-        value = f"{c.id}:{c.counter}".encode()
+        # A JSON string, as every stored value is JSON (the brokers' messages carry it as is).
+        value = f'"{c.id}:{c.counter}"'.encode()
+        if c.appender:
+            self.checker.on_append_sent(value)
+            return ("append", q, value)
         if rng.random() < 0.55:
             kind = rng.random()
             if kind < 0.4:
@@ -191,7 +199,7 @@ class ClientsMixin:
             if kind < 0.7:
                 self.checker.on_append_sent(value, producer=True, queue=q)
                 return ("pappend", q, (value, seq))
-            values = tuple(b"%s.%d" % (value, k) for k in range(rng.randint(2, 3)))
+            values = tuple(f'"{c.id}:{c.counter}.{k}"'.encode() for k in range(rng.randint(2, 3)))
             for v in values:
                 self.checker.on_append_sent(v, producer=producer, queue=q)
             return ("batch", q, (values, seq))
@@ -254,4 +262,4 @@ class ClientsMixin:
         if self.now >= self.heal_step and not self.faults_on:
             c.ok_after_heal += 1
         c.op, c.resend_at = None, None
-        c.next_at = self.now + self.p.client_think
+        c.next_at = self.now + (1 if c.appender else self.p.client_think)

@@ -48,11 +48,17 @@ class NodesMixin:
     def _start(self, i: int) -> None:
         """Broker ``i`` starts: every group it hosts, from its durable state."""
         self.pacers[i] = SpreadPacer(self.spread_interval)
+        if self.p.wire:
+            self._wire_start(i)
         for _ in self.each_group():
             self._start_group(i)
 
     def _start_group(self, i: int) -> None:
         entries, damage = self.disks.recovery_read(i)  # cut before (first damaged, last index)
+        if self.p.wire:
+            self.g.sent_to.pop(i, None)
+            for e in entries:
+                e.remember_encoded(None)  # (read back from the log: not cached, as the Store's)
         st = self.storage[i]
         self.nodes[i] = self.node_cls(
             i,
@@ -117,6 +123,8 @@ class NodesMixin:
             if node is None or self.disk[i] is not None or not node.has_ready():
                 return
             rd = node.ready()
+            if self.p.wire:
+                self._encode_entries(i, rd)  # (before its messages leave, as the driver)
             for m in rd.messages:
                 self.post(m)
             delay = self.disk_rng.randint(0, slow) if (slow := self.p.disk_delays[i - 1]) else 0
@@ -142,6 +150,8 @@ class NodesMixin:
             # The held transaction is done: its wish ends with it (_runtime/_repair.py).
             node.drop_snapshot_wish()
         self.storage[i].persist(rd)
+        if self.p.wire:
+            self._stored(i, rd)
         for m in rd.persisted_messages:
             self.post(m)
         if rd.snapshot is not None:
@@ -154,6 +164,8 @@ class NodesMixin:
             self.ledgers[i].take_through(rd.snapshot.snapshot.index)
         for e in committed:
             self._apply(i, e)
+            if self.p.wire:
+                e.remember_encoded(None)  # stored and sent: forgotten, as the driver does
         node.advance()  # (the core's applied index moves here: a snapshot is offered after)
         if node.is_leader:
             for peer in rd.snapshots_to_send:

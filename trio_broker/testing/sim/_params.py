@@ -109,6 +109,39 @@ def mix_of(seed: int) -> str:
     return stream(seed, "params:mix").choice(MIX_WEIGHTS)
 
 
+WIRE_SHARE = 0.75
+"""The share of seeds whose brokers' messages travel encoded (``params:wire``): 3 in 4, since
+the wire costs a seed about 40% more CPU (docs/testing.md, "The wire")."""
+
+
+def derive_wire(draw: Any, n: int) -> dict[str, Any]:
+    """The wire's parameters (``_wire``), each from its own stream: whether messages travel
+    encoded; how many clients only append, without a producer (none on half the seeds, 3 or
+    6: what a leader groups into the form ``APPEND_RUNS`` is for); which brokers (the spare,
+    ``n + 1``, among them) run the version before ``APPEND_RUNS``: none on 2 seeds in 5,
+    one, some, or all of them on 1 in 5 each; the chance that one of them restarts upgraded
+    (none, 30%, all: a rolling upgrade), and that a broker of this version whose logs never
+    held that form restarts as the version before (none on half the seeds, 30%, all)."""
+    ids = range(1, n + 2)
+    rng = draw("old_brokers")
+    how = rng.choice(["none", "none", "one", "some", "all"])
+    if how == "none":
+        old: tuple[int, ...] = ()
+    elif how == "one":
+        old = (rng.choice(ids),)
+    elif how == "some":
+        old = tuple(sorted(rng.sample(ids, rng.randint(1, len(ids) // 2))))
+    else:
+        old = tuple(ids)
+    return {
+        "wire": draw("wire").random() < WIRE_SHARE,
+        "old_brokers": old,
+        "upgrade_at_restart": draw("upgrade_at_restart").choice([0.0, 0.3, 1.0]) if old else 0.0,
+        "downgrade_at_restart": draw("downgrade_at_restart").choice([0.0, 0.0, 0.3, 1.0]),
+        "appenders": draw("appenders").choice([0, 0, 3, 6]),
+    }
+
+
 class SimulationFailure(Exception):
     """An invariant was violated (or the core raised): the seed replays it."""
 
@@ -187,6 +220,19 @@ class FaultParams:
     replication_groups: int = 1
     """Consensus groups per broker (``_replication``): every broker hosts each of them, and
     with several the leaders spread over the brokers (``_balancer``)."""
+    wire: bool = False
+    """Brokers' messages travel as the bytes the runtime writes, decoded on arrival
+    (``_wire``); else as the objects their cores made."""
+    old_brokers: tuple[int, ...] = ()
+    """With ``wire``: the brokers that start as the version before ``APPEND_RUNS`` (they
+    neither read nor write it, ``_wire``)."""
+    upgrade_at_restart: float = 0.0
+    """With ``wire``: the chance that a broker of the version before restarts upgraded."""
+    downgrade_at_restart: float = 0.0
+    """With ``wire``: the chance that a broker of this version whose logs never held an
+    ``APPEND_RUNS`` entry restarts as the version before."""
+    appenders: int = 0
+    """Clients that only append, without a producer (``A-<k>``): groups of plain appends."""
 
     @classmethod
     def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:
@@ -265,6 +311,7 @@ class FaultParams:
             # on a quarter, three or four on an eighth each.
             replication_groups=pick("replication_groups", [1, 1, 1, 1, 2, 2, 3, 4]),
             reboots=pick("reboots", [0.0, 0.5, 1.0, 1.0]),
+            **derive_wire(draw, n),
             **derive_disk_faults(draw),
         )
 

@@ -65,6 +65,9 @@ class ReplicationGroup:
     leader_terms: dict[int, tuple[int, int | None]] = attrs.field(factory=dict)
     doomed: dict[int, tuple[int, int]] = attrs.field(factory=dict)
     transfers_requested: list[tuple[int, Any]] = attrs.field(factory=list)
+    sent_to: dict[int, set[int]] = attrs.field(factory=dict)
+    """With ``wire``: each broker's peers it sent this group's messages to since it started
+    (the group's links, ``_peer_mux.GroupLinks``: each one's form counts for the group's)."""
     checker: Any = None
     disks: Any = None
     view: dict[str, Any] = attrs.field(factory=dict)

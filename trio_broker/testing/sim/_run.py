@@ -39,6 +39,7 @@ from ._params import (
     stream,
 )
 from ._replication import GroupsMixin, ReplicationGroup, queues_of
+from ._wire import WireMixin
 from ._workers import DEAD_LETTERS, WORK_QUEUE, SimWorker, WorkersMixin, group_settings
 
 
@@ -55,10 +56,15 @@ class SimResult:
     params: FaultParams
     mutant: str | None
 
+    wire: bool | None = None
+    """The wire's choice given to the run (None: the seed's own, ``params.wire``)."""
+
     def replay_command(self) -> str:
         cmd = f"python -m trio_broker.testing.sim --seed {self.seed}"
         if self.mutant:
             cmd += f" --mutant {self.mutant}"
+        if self.wire is not None:
+            cmd += f" --wire {'on' if self.wire else 'off'}"
         if self.params.safety_steps != DEFAULT_SAFETY_STEPS:
             cmd += f" --safety-steps {self.params.safety_steps}"
         if self.params.liveness_steps != DEFAULT_LIVENESS_STEPS:
@@ -74,6 +80,7 @@ class Simulation(
     OperatorMixin,
     WorkersMixin,
     BalancerMixin,
+    WireMixin,
 ):
     """One run: a cluster, a network, disks, clients and the invariant checker, from a seed.
 
@@ -91,6 +98,7 @@ class Simulation(
         safety_steps: int = DEFAULT_SAFETY_STEPS,
         liveness_steps: int = DEFAULT_LIVENESS_STEPS,
         log: Any = None,
+        wire: bool | None = None,
     ) -> None:
         self.seed = seed
         self.mutant = mutant
@@ -103,6 +111,9 @@ class Simulation(
             mutant, (preferred, SPREAD_INTERVAL_TICKS)
         )
         self.p = FaultParams.derive(seed, safety_steps, liveness_steps)
+        self.wire = wire
+        if wire is not None:  # (the seed's own choice, else)
+            self.p = attrs.evolve(self.p, wire=wire)
         # One named random stream per component (see ``stream``): a new draw in one of them
         # shifts no other component's draws, so each seed keeps the rest of its schedule.
         self.net_rng = stream(seed, "network")
@@ -124,6 +135,8 @@ class Simulation(
         self.churn_rng = stream(seed, "operator:membership")
         self.retention_rng = stream(seed, "operator:retention")
         self.transfer_rng = stream(seed, "operator:transfers")
+        self.version_rng = stream(seed, "versions")
+        """Which broker of the version before restarts upgraded (``_wire``)."""
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
         self.ids = voters
@@ -151,6 +164,13 @@ class Simulation(
             )
             self.groups.append(group)
             self.queue_group.update(dict.fromkeys(group.queues, k))
+        # The wire (``_wire``): each broker's version, and what each link learned of its peer's.
+        self.reads_runs = {i: i not in self.p.old_brokers for i in self.ids}
+        self.said: dict[tuple[int, int], bool] = {}
+        self.stored_runs: set[int] = set()
+        self.starts = dict.fromkeys(self.ids, 0)
+        self.relink_at = dict.fromkeys(self.ids, 0)
+        self.snapshot_ids = 0
         self.clock_acc = {i: stream(seed, f"clock:{i}").uniform(0, TICK_STEPS) for i in self.ids}
         self.broker_ticks = dict.fromkeys(self.ids, 0)
         """Each broker's clock, in ticks (its balancer's pacer reads it)."""
@@ -221,6 +241,13 @@ class Simulation(
                 "spread_transfers",
                 "spread_transfers_futile",
                 "spread_moves_healed",
+                "wire_frames",
+                "wire_bytes",
+                "wire_runs_frames",
+                "wire_runs_rewritten",
+                "wire_upgrades",
+                "wire_downgrades",
+                "wire_stale",
             ),
             0,
         )
@@ -240,6 +267,10 @@ class Simulation(
                 ],
             )
             for c in range(self.p.clients)
+        ]
+        # Plain appenders on some seeds (their own streams: the other clients draw as before).
+        self.clients += [
+            SimClient(f"A-{k}", to_create=[], appender=True) for k in range(self.p.appenders)
         ]
         self.client_rng = {c.id: stream(seed, f"client:{c.id}") for c in self.clients}
         """Each client's stream: its operations, their queues, the broker it asks first."""
@@ -424,6 +455,7 @@ class Simulation(
             stats=dict(self.stats),
             params=self.p,
             mutant=self.mutant,
+            wire=self.wire,
         )
 
     def _liveness_report(self) -> str:
@@ -447,10 +479,11 @@ def run_seed(
     mutant: str | None = None,
     safety_steps: int = DEFAULT_SAFETY_STEPS,
     liveness_steps: int = DEFAULT_LIVENESS_STEPS,
+    wire: bool | None = None,
 ) -> SimResult:
     """Run one seed; the same arguments always give the same result and trace hash."""
     return Simulation(
-        seed, mutant=mutant, safety_steps=safety_steps, liveness_steps=liveness_steps
+        seed, mutant=mutant, safety_steps=safety_steps, liveness_steps=liveness_steps, wire=wire
     ).run()
 
 
@@ -466,9 +499,11 @@ def run_swarm(
     safety_steps: int = DEFAULT_SAFETY_STEPS,
     liveness_steps: int = DEFAULT_LIVENESS_STEPS,
     stop_on_failure: bool = False,
+    wire: bool | None = None,
 ) -> list[SimResult]:
-    """Run many seeds, across ``jobs`` processes."""
-    work = [(s, mutant, safety_steps, liveness_steps) for s in seeds]
+    """Run many seeds, across ``jobs`` processes (``wire``: on or off for every seed; None:
+    each seed's own choice)."""
+    work = [(s, mutant, safety_steps, liveness_steps, wire) for s in seeds]
     results = []
     if jobs <= 1:
         for w in work:

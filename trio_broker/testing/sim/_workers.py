@@ -130,7 +130,7 @@ class WorkersMixin(LifecycleMixin):
                 return ("gnack", WORK_QUEUE, held)
             return ("gextend", WORK_QUEUE, held)
         if not self.quiescing and rng.random() < 0.35:
-            value = f"{c.id}:{c.counter}".encode()
+            value = f'"{c.id}:{c.counter}"'.encode()  # (JSON, as every stored value)
             self.checker.on_append_sent(value)
             return ("wappend", WORK_QUEUE, value)
         return ("gread", WORK_QUEUE, rng.randint(1, 3))

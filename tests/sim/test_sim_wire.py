@@ -1,0 +1,89 @@
+"""The simulator's wire (``trio_broker/testing/sim/_wire.py``): brokers' messages travel as the
+bytes the runtime writes and are read back as a broker reads them, with brokers of the
+version before ``APPEND_RUNS`` among them. Encoding changes no schedule, and a codec that
+breaks its promises is caught."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_broker._protocol import _entries
+from trio_broker.testing.sim import run_seed, run_swarm
+
+SEEDS = (SEED_UPGRADE, SEED_DOWNGRADE, SEED_CHURN) = (6, 37, 22)
+"""Seeds whose wire carries what matters: two replication groups whose every broker starts
+as the version before, restarts upgraded, then writes runs; brokers upgraded and back as the
+version before; membership changes, snapshots (DATA_SYNC) and groups of appends in runs."""
+SEED_STALE = 16
+"""A seed where frames in runs, written for a broker's earlier start, never reach it: it
+came back as the version before."""
+
+
+pytestmark = pytest.mark.wire
+
+
+def _without_wire(stats: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in stats.items() if not k.startswith("wire_")}
+
+
+def test_encoding_changes_no_schedule():
+    """The same seed with and without the wire runs the same schedule (trace hash) and ends
+    with the same statistics: every frame decodes to the message sent, on every path."""
+    results = {}
+    for seed in SEEDS:
+        on, off = run_seed(seed, wire=True), run_seed(seed, wire=False)
+        assert on.ok and off.ok, (on.error, off.error)
+        assert on.trace_hash == off.trace_hash, seed
+        assert _without_wire(on.stats) == _without_wire(off.stats), seed
+        assert on.stats["wire_frames"] > 500 and off.stats["wire_frames"] == 0
+        results[seed] = on
+    upgrade = results[SEED_UPGRADE]
+    assert upgrade.params.replication_groups > 1 and upgrade.params.old_brokers
+    assert upgrade.stats["wire_upgrades"] > 0 and upgrade.stats["wire_runs_frames"] > 0
+    downgrade = results[SEED_DOWNGRADE].stats
+    assert downgrade["wire_downgrades"] > 0 and downgrade["wire_upgrades"] > 0
+    churn = results[SEED_CHURN].stats
+    assert churn["config_changes"] > 0 and churn["snapshots_installed"] > 0
+    assert churn["wire_runs_frames"] > 0
+
+
+def test_frames_for_a_broker_back_as_the_version_before_never_reach_it():
+    """Frames in runs written for a broker that came back as the version before (for its
+    earlier start, or while its link was down) are dropped, as TCP drops a dead connection's
+    bytes: the only frames the wire drops that the run without it delivers."""
+    r = run_seed(SEED_STALE, wire=True)
+    assert r.ok, r.error
+    assert r.stats["wire_downgrades"] > 0 and r.stats["wire_stale"] > 0
+
+
+def _first_failure(seeds, **kw):
+    for r in run_swarm(seeds, jobs=1, stop_on_failure=True, wire=True, **kw):
+        if not r.ok:
+            return r
+    return None
+
+
+def test_runs_written_for_a_broker_of_the_version_before_are_caught(monkeypatch):
+    """A codec that writes every group of appends in runs, whatever the leader's rule and the
+    link's form say: a broker of the version before is sent one (seed 4, at step 469: the
+    first of 8 seeds in 0-39 that catch it)."""
+    real = _entries.encode_payload
+    monkeypatch.setattr(_entries, "encode_payload", lambda payload, runs=False: real(payload, True))
+    failed = _first_failure([4])
+    assert failed is not None and "of the version before" in failed.error, failed
+    assert "--wire on" in failed.replay_command()
+
+
+def test_a_frame_that_decodes_to_another_message_is_caught(monkeypatch):
+    """A decoder that reads a run's stamp one off: every broker still decodes every frame,
+    but what it applies is not what the leader proposed."""
+
+    def runs_from_obj(obj):
+        for run in obj["runs"]:
+            run[1] += 1
+        return real_runs(obj)
+
+    real_runs = _entries._runs_from_obj
+    monkeypatch.setattr(_entries, "_runs_from_obj", runs_from_obj)
+    failed = _first_failure([SEED_CHURN])
+    assert failed is not None and "changed on the wire" in failed.error, failed
