@@ -88,9 +88,10 @@ def _batch_bytes(command: Any) -> bytes | None:
         return None
     try:
         values = b",".join(data)
-    except TypeError:  # (a value that is not bytes: the general form decides)
-        return None
-    return _BATCH_FORM % (_BATCH_HEAD + orjson.dumps(queue) + b',"data":', values, stamp)
+        queue_text = orjson.dumps(queue)
+    except TypeError:  # (a value that is not bytes, a queue id orjson refuses: the general
+        return None  # form decides, and its error is the whole group's first, not this one)
+    return _BATCH_FORM % (_BATCH_HEAD + queue_text + b',"data":', values, stamp)
 
 
 def _batches_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
