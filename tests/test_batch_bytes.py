@@ -116,3 +116,41 @@ def test_a_queue_id_that_is_not_a_str_goes_to_the_general_form(queue_id):
     written = assert_encoded_as_general(cmd.CommandGroup((batch,)))
     if written is not None:
         orjson.loads(written)  # (valid JSON)
+
+
+class _Bytes(bytes):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [bytearray(b'"v"'), memoryview(b'"v"'), _Bytes(b'"v"')],
+    ids=["bytearray", "memoryview", "bytes-subclass"],
+)
+def test_a_value_orjson_refuses_to_embed_is_refused_as_before(value):
+    """``b",".join`` takes any buffer, where the general form's ``orjson.Fragment`` takes
+    only ``bytes`` itself (or ``str``): such a value is refused as the general form refuses it
+    (a memoryview written by hand would also be longer than ``encoded_bound`` says)."""
+    batch = cmd.AppendBatch("Q-1", (b'"a"', value), None, None, 5)
+    assert _batch_bytes(batch) is None
+    assert _batches_group_bytes((batch,)) is None
+    assert assert_encoded_as_general(cmd.CommandGroup((batch,))) is None
+    with pytest.raises(TypeError, match="Fragment"):
+        encode_payload(batch)
+
+
+def test_a_group_is_refused_with_the_general_forms_error():
+    """The general form builds the group's whole object before orjson writes any of it, so
+    a later batch's values that are no tuple are its error, not an earlier batch's queue id
+    that orjson refuses to write: a queue id orjson refuses goes to the general form too."""
+    group = cmd.CommandGroup(
+        (
+            cmd.AppendBatch("Q-\ud800", (b"1",), None, None, 5),  # (a lone surrogate)
+            cmd.AppendBatch("Q-1", None, None, None, 5),  # (not iterable)
+        )
+    )
+    with pytest.raises(TypeError) as general:
+        general_bytes(group)
+    with pytest.raises(TypeError) as written:
+        encode_payload(group)
+    assert str(written.value) == str(general.value)
