@@ -1,0 +1,91 @@
+"""The proposing task's Ready (``InStep._proposed``) when something fails after the task took
+it from the core: whatever fails there (encoding an entry, handing the REPLICATEs to the
+links) must reach the driver's task as its own failure would, never escape into the proposing
+task with the Ready taken and neither advanced nor handed over (the core then gives no other
+Ready: every later proposal of the group waits forever). Outcomes and states, never
+timings."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.test_seq_turns import same_queue_lengths
+from tests.wire import RawConnection, call, create_queue
+from trio_broker.testing import open_local_cluster
+
+
+async def _lone_appends(tmp_path, body) -> None:
+    """A three-broker cluster, a queue and a connection to its leader that appended five
+    times one at a time (the proposing task takes each one's Ready from then on); then
+    ``body(cluster, leader, connection, append)``."""
+    async with open_local_cluster(tmp_path, 3) as c:
+        leader = await c.wait_for_leader()
+        queue_id = await create_queue(leader.port)
+        connection = await RawConnection.open(leader.port)
+        append = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
+        for _ in range(5):
+            assert (await connection.call(append)).get("status") == "success"
+        await body(c, leader, connection, append)
+        await connection.aclose()
+
+
+async def test_a_failure_after_the_proposing_task_took_its_ready_reaches_the_driver(tmp_path):
+    """The first hand-over of the REPLICATEs to the links raises (as a bug in their encoding
+    would). Before the fix: the exception ended the connection's task, and the Ready stayed
+    taken by nobody (the core outstanding, the driver parked, nothing handed over): the next
+    APPEND, on any connection, was never answered. Now the driver's task fails and recovers
+    (as when its own path raises): the APPEND is answered "outcome unknown", the next one
+    succeeds, and every broker holds the same queue."""
+    seen: list[tuple[bool, bool, bool, bool]] = []
+    answers: list[dict] = []
+
+    async def body(cluster, leader, connection, append) -> None:
+        driver = leader.driver
+        before = driver.proposed_in_step
+        real = driver._send_at_once
+        raised = trio.Event()
+
+        def failing_send_at_once(messages):
+            if not raised.is_set():
+                raised.set()
+                raise RuntimeError("injected: the REPLICATE could not be encoded")
+            return real(messages)
+
+        driver._send_at_once = failing_send_at_once
+        try:
+            await connection.send(append)
+            # Wait until the proposing task took the Ready and met the failure.
+            await raised.wait()
+            node = driver.node
+            seen.append(
+                (
+                    driver.proposed_in_step > before,
+                    node._inflight is not None,  # (a Ready outstanding in the core)
+                    driver._taken is None and driver._failed is None,  # (not handed over)
+                    driver._parked and not driver._wake.is_set(),  # (the driver not woken)
+                )
+            )
+            # Wedged (fails at once, not after the guard below): the Ready outstanding in the
+            # core, neither handed over nor failed to the driver, and the driver asleep.
+            assert not all(seen[0][1:]), seen
+            answer = await connection.receive()
+            answers.append(answer if answer is not None else {"closed": True})
+        finally:
+            del driver._send_at_once
+        # The group goes on taking writes (the rebuilt core starts as a follower: on whichever
+        # broker leads next).
+        with trio.fail_after(10):  # (a guard against the hang, not a timing)
+            while True:
+                now_leading = await cluster.wait_for_leader()
+                answer = await call(now_leading.port, append)
+                if answer.get("code") != "NOT_LEADER":
+                    break
+                await trio.sleep(0.01)
+        answers.append(answer)
+        await same_queue_lengths(cluster)
+
+    await _lone_appends(tmp_path, body)
+    ((took, *_),) = seen
+    assert took
+    assert answers[0].get("outcome") == "unknown", answers[0]
+    assert answers[1].get("status") == "success", answers[1]
