@@ -2,15 +2,21 @@
 it from the core: whatever fails there (encoding an entry, handing the REPLICATEs to the
 links) must reach the driver's task as its own failure would, never escape into the proposing
 task with the Ready taken and neither advanced nor handed over (the core then gives no other
-Ready: every later proposal of the group waits forever). Outcomes and states, never
-timings."""
+Ready: every later proposal of the group waits forever); and a run larger than a leader's
+Ready may fsync on the loop's thread with its REPLICATEs (``SENDING_COMMANDS``) stays with the
+driver's task, which persists it on the storage thread as before. Outcomes, states and
+threads, never timings."""
 
 from __future__ import annotations
+
+import threading
 
 import trio
 
 from tests.test_seq_turns import same_queue_lengths
 from tests.wire import RawConnection, call, create_queue
+from trio_broker._core._commands import CommandGroup
+from trio_broker._runtime._save_place import SENDING_COMMANDS
 from trio_broker.testing import open_local_cluster
 
 
@@ -89,3 +95,47 @@ async def test_a_failure_after_the_proposing_task_took_its_ready_reaches_the_dri
     assert took
     assert answers[0].get("outcome") == "unknown", answers[0]
     assert answers[1].get("status") == "success", answers[1]
+
+
+async def test_a_run_of_many_after_a_lone_append_fsyncs_on_the_storage_thread(tmp_path):
+    """After a lone append, one receive brings a run of 12 APPENDs (nothing else in flight):
+    a leader's Ready that sends its REPLICATEs before it persists runs its fsync on the loop's
+    thread only with at most ``SENDING_COMMANDS`` commands (under load the loop serves the
+    connections meanwhile). Before the fix the proposing task took the run's Ready, sent its
+    REPLICATEs and handed it over without them, and the driver, seeing no messages, ran the
+    fsync of 12 commands on the loop's thread (the bound for a Ready that sends nothing,
+    ``SHORT_COMMANDS``)."""
+    run = 12
+    assert run > SENDING_COMMANDS
+    on_loop: list[bool] = []
+
+    async def body(cluster, leader, connection, append) -> None:
+        driver = leader.driver
+        store = driver._store
+        save = store.save
+
+        def watching_save(**kwargs):
+            entries = kwargs.get("entries") or ()
+            commands = sum(
+                len(e.payload.commands) if isinstance(e.payload, CommandGroup) else 1
+                for e in entries
+            )
+            if commands > SENDING_COMMANDS and driver.node.is_leader:
+                on_loop.append(threading.current_thread() is threading.main_thread())
+            return save(**kwargs)
+
+        store.save = watching_save
+        try:
+            for _ in range(5):
+                assert (await connection.call(append)).get("status") == "success"
+                await connection.send(*[append] * run)
+                for _ in range(run):
+                    answer = await connection.receive()
+                    assert answer is not None and answer.get("status") == "success", answer
+        finally:
+            del store.save
+        await same_queue_lengths(cluster)
+
+    await _lone_appends(tmp_path, body)
+    assert on_loop, "no Ready of the runs reached a save"
+    assert not any(on_loop), on_loop

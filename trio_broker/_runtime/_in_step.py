@@ -25,6 +25,7 @@ from ._disk_space import DiskState
 from ._pending import settling
 from ._save_place import (
     APPLY_AHEAD,
+    SENDING_COMMANDS,
     applies_only,
     apply_weight,
     light,
@@ -262,10 +263,17 @@ class InStep:
         at a time; else ``_lone`` is cleared, so that a burst of requests becomes one group
         in this task's next Ready, as always), this task waits for work and was not woken,
         nothing else waits for it (a snapshot, reads), the storage thread is idle, one group
-        owns the store, the disk has room and the group has other members."""
+        owns the store, the disk has room and the group has other members.
+
+        At most ``SENDING_COMMANDS`` commands: a larger Ready that sends REPLICATEs persists
+        on the storage thread (``runs_in_place``), and its hand-over, without the messages
+        sent here, would read to this task's path as one that sends nothing (whose bound,
+        ``SHORT_COMMANDS``, is far larger: its fsync would hold the loop)."""
         ledger = self._ledger
         if len(ledger) != count:
             self._lone = False
+            return False
+        if count > SENDING_COMMANDS:
             return False
         node = self.node
         config = node.config
