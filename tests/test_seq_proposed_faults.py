@@ -1,18 +1,22 @@
 """The proposing task's Ready (``InStep._proposed``) when something fails after the task took
-it from the core: whatever fails there (encoding an entry, handing the REPLICATEs to the
-links) must reach the driver's task as its own failure would, never escape into the proposing
-task with the Ready taken and neither advanced nor handed over (the core then gives no other
-Ready: every later proposal of the group waits forever); and a run larger than a leader's
-Ready may fsync on the loop's thread with its REPLICATEs (``SENDING_COMMANDS``) stays with the
-driver's task, which persists it on the storage thread as before. Outcomes, states and
-threads, never timings."""
+it from the core, or its client goes away meanwhile: whatever fails there (encoding an entry,
+handing the REPLICATEs to the links) must reach the driver's task as its own failure would,
+never escape into the proposing task with the Ready taken and neither advanced nor handed over
+(the core then gives no other Ready: every later proposal of the group waits forever); a
+client gone during the fsync leaves its entry whole (persisted, advanced, applied once); and a
+run larger than a leader's Ready may fsync on the loop's thread with its REPLICATEs
+(``SENDING_COMMANDS``) stays with the driver's task, which persists it on the storage thread
+as before. Outcomes, states and threads, never timings."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 
 import trio
 
+from tests.test_seq_links import _until
 from tests.test_seq_turns import same_queue_lengths
 from tests.wire import RawConnection, call, create_queue
 from trio_broker._core._commands import CommandGroup
@@ -20,7 +24,7 @@ from trio_broker._runtime._save_place import SENDING_COMMANDS
 from trio_broker.testing import open_local_cluster
 
 
-async def _lone_appends(tmp_path, body) -> None:
+async def _lone_appends(tmp_path, body, *, close: bool = True) -> None:
     """A three-broker cluster, a queue and a connection to its leader that appended five
     times one at a time (the proposing task takes each one's Ready from then on); then
     ``body(cluster, leader, connection, append)``."""
@@ -32,7 +36,8 @@ async def _lone_appends(tmp_path, body) -> None:
         for _ in range(5):
             assert (await connection.call(append)).get("status") == "success"
         await body(c, leader, connection, append)
-        await connection.aclose()
+        if close:
+            await connection.aclose()
 
 
 async def test_a_failure_after_the_proposing_task_took_its_ready_reaches_the_driver(tmp_path):
@@ -139,3 +144,46 @@ async def test_a_run_of_many_after_a_lone_append_fsyncs_on_the_storage_thread(tm
     await _lone_appends(tmp_path, body)
     assert on_loop, "no Ready of the runs reached a save"
     assert not any(on_loop), on_loop
+
+
+async def test_a_client_gone_during_the_proposing_tasks_fsync_leaves_its_entry_whole(tmp_path):
+    """The client's connection is reset while the proposing task runs its entry's fsync (the
+    task's step holds no await from the proposal to ``advance()``: nothing can cancel it
+    halfway). The entry is persisted, advanced, replicated and applied once on every broker,
+    its proposal settled (nobody left waiting in the ledger), and the group takes the next
+    write."""
+    states: list[tuple[bool, int]] = []
+
+    async def body(cluster, leader, connection, append) -> None:
+        driver = leader.driver
+        store = driver._store
+        save = store.save
+        client = connection.stream.socket
+        before = driver.proposed_in_step
+
+        def resetting_save(**kwargs):
+            if kwargs.keys() == {"hard_state", "entries", "committed"} and kwargs["entries"]:
+                # (the proposing task's save: the client goes away in the middle of it)
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                trio.lowlevel.notify_closing(client)
+                client.close()
+            return save(**kwargs)
+
+        store.save = resetting_save
+        try:
+            await connection.send(append)
+            await _until(lambda: client.fileno() == -1)
+        finally:
+            del store.save
+        states.append((driver.node._inflight is None, driver.proposed_in_step - before))
+        with trio.fail_after(10):  # (a guard against a hang, not a timing)
+            await _until(lambda: not len(driver._ledger))  # (applied on the leader)
+        lengths = await same_queue_lengths(cluster)
+        other = await RawConnection.open(leader.port)
+        assert (await other.call(append)).get("status") == "success"
+        await other.aclose()
+        states.append((True, next(iter(lengths.values()))))
+
+    await _lone_appends(tmp_path, body, close=False)
+    assert states[0] == (True, 1), states
+    assert states[1][1] == 5 + 1, states
