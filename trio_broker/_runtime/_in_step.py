@@ -25,6 +25,7 @@ from ._disk_space import DiskState
 from ._pending import settling
 from ._save_place import (
     APPLY_AHEAD,
+    SENDING_COMMANDS,
     applies_only,
     apply_weight,
     light,
@@ -262,10 +263,17 @@ class InStep:
         at a time; else ``_lone`` is cleared, so that a burst of requests becomes one group
         in this task's next Ready, as always), this task waits for work and was not woken,
         nothing else waits for it (a snapshot, reads), the storage thread is idle, one group
-        owns the store, the disk has room and the group has other members."""
+        owns the store, the disk has room and the group has other members.
+
+        At most ``SENDING_COMMANDS`` commands: a larger Ready that sends REPLICATEs persists
+        on the storage thread (``runs_in_place``), and its hand-over, without the messages
+        sent here, would read to this task's path as one that sends nothing (whose bound,
+        ``SHORT_COMMANDS``, is far larger: its fsync would hold the loop)."""
         ledger = self._ledger
         if len(ledger) != count:
             self._lone = False
+            return False
+        if count > SENDING_COMMANDS:
             return False
         node = self.node
         config = node.config
@@ -294,23 +302,33 @@ class InStep:
         REPLICATEs promise nothing of it). Anything else in the Ready (an apply, a message
         that waits for the persist, a snapshot to send), a REPLICATE a busy link could not
         write at once, or a transaction that rolled back goes to this task, which handles
-        the rest of the Ready first (its REPLICATEs are not sent again)."""
-        self._flush_proposals()
-        if not self.node.has_ready():  # (refused: the ledger answered it)
+        the rest of the Ready first (its REPLICATEs are not sent again).
+
+        Whatever raises here fails this task's run, as it would in this task's own path (the
+        core rebuilt from storage, the proposals answered "outcome unknown"): never the
+        proposing task's, which would leave a Ready taken and neither advanced nor handed
+        over, and the core would give no other (every later proposal waiting forever)."""
+        try:
+            self._flush_proposals()
+            if not self.node.has_ready():  # (refused: the ledger answered it)
+                return
+            rd = self.node.ready()
+            self._encode_entries(rd)
+            self.proposed_in_step += 1
+            durable = saving_durably(rd, self._saved_term_vote)
+            here = (
+                durable
+                and not rd.committed_entries
+                and not rd.persisted_messages
+                and not rd.snapshots_to_send
+                and runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=())
+            )
+            if rd.messages and not self._send_at_once(rd.messages):
+                self._unsent = True
+        except Exception as exc:
+            self._failed = exc
+            self.wake()
             return
-        rd = self.node.ready()
-        self._encode_entries(rd)
-        self.proposed_in_step += 1
-        durable = saving_durably(rd, self._saved_term_vote)
-        here = (
-            durable
-            and not rd.committed_entries
-            and not rd.persisted_messages
-            and not rd.snapshots_to_send
-            and runs_in_place(rd, durable, fsync_fast=self._fsync_fast, committed=())
-        )
-        if rd.messages and not self._send_at_once(rd.messages):
-            self._unsent = True
         if not here or self._unsent:
             self._handing_over(attrs.evolve(rd, messages=()))  # (sent: not again)
             return
