@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,13 @@ class BrokerMetrics:
         self._series: dict[tuple[str, Any], tuple[Any, Any, Any]] = {}
         self._latencies: dict[str, Any] = {}
         self._backlog: list[tuple[dict[tuple[str, Any, float], int], float]] = []
-        """The tallies of the writes not counted yet, with when each was written."""
+        """The tallies of the writes not counted yet, with when each was written. Always this
+        list (a fold takes its head, :meth:`fold`): a write from the broker's thread while
+        another thread folds lands in it, never in a list already counted."""
+        self._folding = threading.Lock()
+        """Held by a fold: a read of the registry may come from any thread (the client
+        library's series may be read from any), and two folds at once would count a write
+        twice or write a latency sum over another's."""
         self._requests = Counter(
             "trio_broker_requests",
             "Requests answered, by operation and status",
@@ -139,17 +146,28 @@ class BrokerMetrics:
     def fold(self) -> None:
         """Count the writes that wait (:meth:`observe_batch`): each series then reads exactly
         as when each write updated it, its latency sum included (added in the order the
-        answers were written, as each write added them)."""
+        answers were written, as each write added them). Safe from any thread: one fold at a
+        time, each taking the writes that wait when it starts (a slice and a ``del`` of the
+        list's head, each one step for the interpreter, so a write appended meanwhile from
+        another thread stays for the next)."""
         backlog = self._backlog
         if not backlog:
             return
-        self._backlog = []
+        with self._folding:
+            taken = len(backlog)
+            if taken:
+                writes = backlog[:taken]
+                del backlog[:taken]
+                self._count(writes)
+
+    def _count(self, writes: list[tuple[dict[tuple[str, Any, float], int], float]]) -> None:
+        """:meth:`fold`'s update of the series by ``writes`` (under its lock)."""
         cells: dict[tuple[str, Any, int], int] = {}
         """Answers per operation, outcome and latency bucket (a few keys for many writes)."""
         sums: dict[str, list[float]] = {}
         bounds = _BOUNDS
         bisect_left = bisect.bisect_left
-        for tally, now in backlog:
+        for tally, now in writes:
             for (operation, code, started), count in tally.items():
                 amount = now - started
                 cell = (operation, code, bisect_left(bounds, amount))  # (first bound >= it)
