@@ -71,13 +71,15 @@ def test_a_read_from_another_thread_loses_no_latency():
     scraper = threading.Thread(target=_scrape, args=(metrics,))
     metrics.observe_batch({("APPEND", None, 2.0): 1}, 2.25)
     scraper.start()
-    assert paused.wait(10)
-    metrics.observe_batch({("APPEND", None, 3.0): 1}, 3.125)
-    broker = threading.Thread(target=broker_fold)  # (the broker's thread, counting meanwhile)
-    broker.start()
-    assert reached.wait(10)
-    resume.set()
-    scraper.join()
+    try:
+        assert paused.wait(10)
+        metrics.observe_batch({("APPEND", None, 3.0): 1}, 3.125)
+        broker = threading.Thread(target=broker_fold)  # (the broker's thread, meanwhile)
+        broker.start()
+        assert reached.wait(10)
+    finally:
+        resume.set()
+        scraper.join()
     broker.join()
     assert real.get() == 0.5 + 0.25 + 0.125
     samples = {
@@ -89,4 +91,30 @@ def test_a_read_from_another_thread_loses_no_latency():
     assert samples == {
         "trio_broker_request_seconds_count": 3.0,
         "trio_broker_request_seconds_sum": 0.875,
+    }
+
+
+def test_a_read_of_some_series_by_name_counts_what_waits():
+    """``restricted_registry`` (what the client library's own HTTP handlers read for a
+    scrape asking ``name[]=...``) reads only the collectors of those names: the request
+    series count what waits themselves, as each write had updated them."""
+    metrics = BrokerMetrics(broker=None)
+    metrics.observe_batch({("APPEND", None, 1.0): 16, ("APPEND", "TOO_LARGE", 1.0): 1}, 1.001)
+    names = [
+        "trio_broker_requests_total",
+        "trio_broker_rejected_requests_total",
+        "trio_broker_request_seconds_count",
+    ]
+    read = metrics.registry.restricted_registry(names)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in read.collect()
+        for s in family.samples
+        if s.name in names
+    }
+    assert samples == {
+        ("trio_broker_requests_total", (("operation", "APPEND"), ("status", "success"))): 16.0,
+        ("trio_broker_requests_total", (("operation", "APPEND"), ("status", "error"))): 1.0,
+        ("trio_broker_rejected_requests_total", (("code", "TOO_LARGE"),)): 1.0,
+        ("trio_broker_request_seconds_count", (("operation", "APPEND"),)): 17.0,
     }

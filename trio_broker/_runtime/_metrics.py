@@ -47,7 +47,6 @@ are counted without a read of the metrics."""
 class BrokerMetrics:
     def __init__(self, broker: Broker) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_Backlog(self))  # (first: read before the series it counts)
         self._series: dict[tuple[str, Any], tuple[Any, Any, Any]] = {}
         self._latencies: dict[str, Any] = {}
         self._backlog: list[tuple[dict[tuple[str, Any, float], int], float]] = []
@@ -62,21 +61,24 @@ class BrokerMetrics:
             "trio_broker_requests",
             "Requests answered, by operation and status",
             ["operation", "status"],
-            registry=self.registry,
+            registry=None,  # (registered as counted: _Counted)
         )
+        self.registry.register(_Counted(self, self._requests))
         self._rejected = Counter(
             "trio_broker_rejected_requests",
             "Requests answered with an error, by error code",
             ["code"],
-            registry=self.registry,
+            registry=None,  # (registered as counted: _Counted)
         )
+        self.registry.register(_Counted(self, self._rejected))
         self._latency = Histogram(
             "trio_broker_request_seconds",
             "Time from reading a request to having its answer, by operation",
             ["operation"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=None,  # (registered as counted: _Counted)
         )
+        self.registry.register(_Counted(self, self._latency))
         self.transactions = Histogram(
             "trio_broker_storage_transaction_seconds",
             "SQLite transactions of the consensus driver; durable ones include the fsync",
@@ -216,19 +218,22 @@ _BOUNDS = [*map(float, _LATENCY_BUCKETS), float("inf")]
 """The latency histogram's bounds, as the client library keeps them (``_upper_bounds``)."""
 
 
-class _Backlog(Collector):
-    """Registered first: a read of the registry counts the writes that wait before it reads
-    any series (:meth:`BrokerMetrics.fold`)."""
+class _Counted(Collector):
+    """A request series in the registry, counting the writes that wait before it is read
+    (:meth:`BrokerMetrics.fold`). Under the series' own names (its ``describe``), so a read
+    of some series by name (``restricted_registry``, what the client library's HTTP handlers
+    read for ``name[]=...``) counts them too, as a read of the whole registry does."""
 
-    def __init__(self, metrics: BrokerMetrics) -> None:
+    def __init__(self, metrics: BrokerMetrics, series: Any) -> None:
         self._metrics = metrics
+        self._series = series
 
-    def describe(self) -> list[Any]:
-        return []
+    def describe(self) -> Any:
+        return self._series.describe()
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Any:
         self._metrics.fold()
-        return iter(())
+        return self._series.collect()
 
 
 class _StateCollector(Collector):
