@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -46,30 +47,38 @@ are counted without a read of the metrics."""
 class BrokerMetrics:
     def __init__(self, broker: Broker) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_Backlog(self))  # (first: read before the series it counts)
         self._series: dict[tuple[str, Any], tuple[Any, Any, Any]] = {}
         self._latencies: dict[str, Any] = {}
         self._backlog: list[tuple[dict[tuple[str, Any, float], int], float]] = []
-        """The tallies of the writes not counted yet, with when each was written."""
+        """The tallies of the writes not counted yet, with when each was written. Always this
+        list (a fold takes its head, :meth:`fold`): a write from the broker's thread while
+        another thread folds lands in it, never in a list already counted."""
+        self._folding = threading.Lock()
+        """Held by a fold: a read of the registry may come from any thread (the client
+        library's series may be read from any), and two folds at once would count a write
+        twice or write a latency sum over another's."""
         self._requests = Counter(
             "trio_broker_requests",
             "Requests answered, by operation and status",
             ["operation", "status"],
-            registry=self.registry,
+            registry=None,  # (registered as counted: _Counted)
         )
+        self.registry.register(_Counted(self, self._requests))
         self._rejected = Counter(
             "trio_broker_rejected_requests",
             "Requests answered with an error, by error code",
             ["code"],
-            registry=self.registry,
+            registry=None,  # (registered as counted: _Counted)
         )
+        self.registry.register(_Counted(self, self._rejected))
         self._latency = Histogram(
             "trio_broker_request_seconds",
             "Time from reading a request to having its answer, by operation",
             ["operation"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=None,  # (registered as counted: _Counted)
         )
+        self.registry.register(_Counted(self, self._latency))
         self.transactions = Histogram(
             "trio_broker_storage_transaction_seconds",
             "SQLite transactions of the consensus driver; durable ones include the fsync",
@@ -139,17 +148,28 @@ class BrokerMetrics:
     def fold(self) -> None:
         """Count the writes that wait (:meth:`observe_batch`): each series then reads exactly
         as when each write updated it, its latency sum included (added in the order the
-        answers were written, as each write added them)."""
+        answers were written, as each write added them). Safe from any thread: one fold at a
+        time, each taking the writes that wait when it starts (a slice and a ``del`` of the
+        list's head, each one step for the interpreter, so a write appended meanwhile from
+        another thread stays for the next)."""
         backlog = self._backlog
         if not backlog:
             return
-        self._backlog = []
+        with self._folding:
+            taken = len(backlog)
+            if taken:
+                writes = backlog[:taken]
+                del backlog[:taken]
+                self._count(writes)
+
+    def _count(self, writes: list[tuple[dict[tuple[str, Any, float], int], float]]) -> None:
+        """:meth:`fold`'s update of the series by ``writes`` (under its lock)."""
         cells: dict[tuple[str, Any, int], int] = {}
         """Answers per operation, outcome and latency bucket (a few keys for many writes)."""
         sums: dict[str, list[float]] = {}
         bounds = _BOUNDS
         bisect_left = bisect.bisect_left
-        for tally, now in backlog:
+        for tally, now in writes:
             for (operation, code, started), count in tally.items():
                 amount = now - started
                 cell = (operation, code, bisect_left(bounds, amount))  # (first bound >= it)
@@ -198,19 +218,22 @@ _BOUNDS = [*map(float, _LATENCY_BUCKETS), float("inf")]
 """The latency histogram's bounds, as the client library keeps them (``_upper_bounds``)."""
 
 
-class _Backlog(Collector):
-    """Registered first: a read of the registry counts the writes that wait before it reads
-    any series (:meth:`BrokerMetrics.fold`)."""
+class _Counted(Collector):
+    """A request series in the registry, counting the writes that wait before it is read
+    (:meth:`BrokerMetrics.fold`). Under the series' own names (its ``describe``), so a read
+    of some series by name (``restricted_registry``, what the client library's HTTP handlers
+    read for ``name[]=...``) counts them too, as a read of the whole registry does."""
 
-    def __init__(self, metrics: BrokerMetrics) -> None:
+    def __init__(self, metrics: BrokerMetrics, series: Any) -> None:
         self._metrics = metrics
+        self._series = series
 
-    def describe(self) -> list[Any]:
-        return []
+    def describe(self) -> Any:
+        return self._series.describe()
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Any:
         self._metrics.fold()
-        return iter(())
+        return self._series.collect()
 
 
 class _StateCollector(Collector):

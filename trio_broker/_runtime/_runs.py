@@ -12,7 +12,7 @@ proposed in one call of the driver's ``propose_many``; any other request goes to
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._core import _work_commands as work
 from .._core._commands import (
@@ -162,6 +162,8 @@ class Runs:
                     answers.append(None)
                     continue
                 request = as_request(request)
+            if TYPE_CHECKING:  # (a PlainAppend was turned into its request just above)
+                assert not isinstance(request, tuple)
             if (  # the original contract's APPEND, the most frequent: checked here at once
                 type(request) is Append
                 and request.producer_id is None
@@ -244,7 +246,8 @@ class Runs:
             ):
                 return None
         stamp = self._wall_clock_ms()  # (one stamp for the APPENDs of one receive)
-        return [AppendMessage(queue, data, None, None, stamp) for queue, data, _ in requests]
+        plain = cast("list[PlainAppend]", requests)  # (each a tuple: checked just above)
+        return [AppendMessage(queue, data, None, None, stamp) for queue, data, _ in plain]
 
     async def _handle_one(self, request: Request | PlainAppend, session: Session | None) -> Answer:
         """A lone request: the original contract's APPEND checked and proposed here (as a
@@ -259,11 +262,11 @@ class Runs:
             max_data = self._config.max_data_bytes
             if len(data) > max_data:
                 return Answer(now=too_large(len(data), max_data, "data"))
-            command = AppendMessage(queue, data, None, None, self._wall_clock_ms())
+            appended = AppendMessage(queue, data, None, None, self._wall_clock_ms())
             driver = self._driver  # (as below, written out: no coroutine more per request)
             if not driver.node.is_leader:
                 return Answer(now=driver.not_leader_error())
-            pending = await driver.propose(command)
+            pending = await driver.propose(appended)
             if isinstance(pending, BrokerError):
                 return Answer(now=pending)
             return AppendAnswer(later=pending)
