@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=2000, help="runs per timing")
     args = parser.parse_args()
     count = args.run
+    if count < 2:
+        # A lone request is decided by ``Runs._handle_one``, which waits for its outcome: a
+        # path of its own, with its socket calls in ``benchmarks.connection_path``.
+        parser.error("--run takes 2 or more (one request alone: benchmarks.connection_path)")
     payload = orjson.dumps(APPEND)
     frames = encode_frame(payload) * count
     config = BrokerConfig(data_dir=".", port=0)
