@@ -219,3 +219,28 @@ def test_add_many_queues_each_command_with_its_token_in_order():
         with pytest.raises(ValueError):
             ledger.add_many(commands, tokens)
     assert ledger.queued == 0
+
+
+def test_a_proposal_that_fails_unexpectedly_leaves_the_requests_not_proposed_for_take_all():
+    """Anything but the core's refusals raised while proposing (a bug in a command, a
+    cancellation) must not drop the requests not yet proposed: they stay queued, in order,
+    ahead of newer ones, so that the driver's recovery (take_all) answers every one."""
+    ledger: Proposals[int] = Proposals(max_group=4)
+    for n in range(10):
+        ledger.add(append(n), n)
+    log = Log()
+    calls = 0
+
+    def propose(payload: object) -> tuple[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the second group fails")
+        return log.propose(payload)
+
+    with pytest.raises(RuntimeError, match="second group"):
+        ledger.propose_queued(propose)
+    assert ledger.waiting(1) == (1, [0, 1, 2, 3])
+    assert ledger.queued == 6
+    ledger.add(append(10), 10)
+    assert ledger.take_all() == [4, 5, 6, 7, 8, 9, 10, 0, 1, 2, 3]

@@ -200,19 +200,30 @@ class Proposals(Generic[T]):
         settled: list[tuple[T, Outcome]] = []
         queued, self._commands = self._commands, []
         queued_tokens, self._tokens = self._tokens, []
-        for start, end in self._cuts(queued):
-            commands = queued[start:end]
-            if prepare is not None:
-                commands = [prepare(c) for c in commands]
-            payload = commands[0] if len(commands) == 1 else CommandGroup(tuple(commands))
-            tokens = queued_tokens[start:end]
-            try:
-                term, index = propose(payload)
-            except NotLeader as exc:
-                settled.extend((token, exc) for token in tokens)
-                continue
-            self.grouped += len(tokens) > 1
-            settled.extend(self.wait_for(index, term, tokens))
+        done = 0
+        try:
+            for start, end in self._cuts(queued):
+                commands = queued[start:end]
+                if prepare is not None:
+                    commands = [prepare(c) for c in commands]
+                payload = commands[0] if len(commands) == 1 else CommandGroup(tuple(commands))
+                tokens = queued_tokens[start:end]
+                try:
+                    term, index = propose(payload)
+                except NotLeader as exc:
+                    settled.extend((token, exc) for token in tokens)
+                    done = end
+                    continue
+                self.grouped += len(tokens) > 1
+                settled.extend(self.wait_for(index, term, tokens))
+                done = end
+        except BaseException:
+            # Anything else that fails (a bug, a cancellation) leaves the requests not yet
+            # proposed queued, in order, ahead of any newer one: their tokens stay for
+            # take_all (the driver's recovery answers them), never dropped unanswered.
+            self._commands[:0] = queued[done:]
+            self._tokens[:0] = queued_tokens[done:]
+            raise
         return settled
 
     def wait_for(self, index: int, term: int, tokens: list[T]) -> list[tuple[T, Outcome]]:
