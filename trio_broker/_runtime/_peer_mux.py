@@ -125,6 +125,9 @@ class _Link:
         self._socket: socket.socket | None = None
         """The plain TCP socket the writer writes to, while it runs (None for TLS, or in
         memory): what :meth:`write_now` writes on."""
+        self._write_some: Callable[[bytes], int] | None = None
+        """Else a stream's own non-blocking write (bytes taken, at once: the in-memory
+        network's), what :meth:`write_now` writes with."""
         self._leftover: memoryview | None = None
         """What a :meth:`write_now` did not complete: the writer sends it before anything
         else (at most one batch)."""
@@ -169,8 +172,8 @@ class _Link:
 
     def write_now(self) -> bool:
         """Write what is queued from the calling task, when the writer is not inside a write
-        on a plain TCP socket (else wake the writer). True when nothing is left for the
-        writer's task.
+        on a plain TCP socket or an in-memory stream (``_write_some``; else wake the writer).
+        True when nothing is left for the writer's task.
 
         A writer woken but not yet run (a heartbeat's answer queued in this loop turn by
         ``send``) has taken nothing: what is queued, the earlier messages first, leaves
@@ -180,8 +183,8 @@ class _Link:
         it (docs/performance.md, "The REPLICATE without waiting")."""
         if not self._ready:
             return True
-        more, sock = self._more, self._socket
-        if sock is None or self._sending or self._leftover is not None:
+        more, sock, write_some = self._more, self._socket, self._write_some
+        if (sock is None and write_some is None) or self._sending or self._leftover is not None:
             if more is not None:
                 more.set()
                 self._more = None
@@ -189,8 +192,10 @@ class _Link:
         data = self._encode(self.take())
         self.writes += 1
         sent = 0
-        fd = sock.fileno()
-        if fd != -1:
+        fd = -1 if sock is None else sock.fileno()
+        if write_some is not None:
+            sent = write_some(data)
+        elif fd != -1:
             try:
                 sent = os.write(fd, data)
             except OSError:  # (full, or broken: the writer's own send waits, or raises it)
@@ -353,9 +358,11 @@ class _Link:
                 try:
                     if isinstance(io, DirectSocket):
                         self._socket = stream.socket  # type: ignore[attr-defined]
+                    else:  # (in memory: testing._memory_network)
+                        self._write_some = getattr(stream, "write_some", None)
                     await self._write(io)
                 finally:
-                    self._socket = None
+                    self._socket = self._write_some = None
                     self._more = None
 
     async def _write(self, stream: trio.abc.Stream | DirectSocket) -> None:

@@ -88,6 +88,26 @@ class MemoryStream(trio.abc.HalfCloseableStream):
         self._out.data += data
         self._out.wake()
 
+    def write_some(self, data: bytes | bytearray | memoryview) -> int:
+        """A non-blocking write, as ``os.write`` on a socket: the bytes taken at once (all of
+        them when there is room, as ``send_all`` never splits a write), else 0 (the stream
+        is busy, full, closed or broken: the caller's ``send_all`` then waits, or raises).
+        What a peer link's ``write_now`` writes with on a memory stream."""
+        pipe = self._out
+        if (
+            self._sending
+            or self._closed
+            or pipe.broken
+            or pipe.eof
+            or pipe.reader_gone
+            or len(pipe.data) >= pipe.capacity
+        ):
+            return 0
+        pipe.data += data
+        pipe.wake()
+        self._connection.network.written_at_once += 1
+        return len(data)
+
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
@@ -303,6 +323,9 @@ class MemoryNetwork:
         self._down: set[str] = set()
         self.refused = 0
         """Connection attempts that failed (no listener, or a fault in the way)."""
+        self.written_at_once = 0
+        """Writes a stream's :meth:`~MemoryStream.write_some` took (a peer link's
+        ``write_now``, from the task that sent: no wake-up of the link's writer)."""
 
     def host(self, name: str) -> MemoryHost:
         found = self._hosts.get(name)

@@ -66,6 +66,9 @@ class MemoryStore:
         self.saves = 0
         """Calls of :meth:`save` so far (durable transactions)."""
         self._holder: InlineWorker | None = None
+        self._crashed = False
+        """The broker that held this store crashed, and none opened it since: :meth:`save`
+        refuses (the runtime's in-step paths call it directly, not through the worker)."""
 
     def __repr__(self) -> str:
         return f"<MemoryStore {self.name} log={len(self.log)} applied={self.applied_index}>"
@@ -76,6 +79,7 @@ class MemoryStore:
         if self._holder is not None:
             raise DataDirInUse(f"memory store {self.name} is in use by another broker")
         self._holder = worker
+        self._crashed = False
 
     def close(self) -> None:
         self._holder = None
@@ -86,6 +90,7 @@ class MemoryStore:
         if self._holder is not None:
             self._holder._crashed = True
         self._holder = None
+        self._crashed = True
 
     # -- identity and metadata ---------------------------------------------------------------
 
@@ -279,7 +284,11 @@ class MemoryStore:
         before_commit: Callable[[list[Any]], None] | None = None,
     ) -> list[Any]:
         """Persist one Ready, then apply what it commits (as ``Store.save``, atomically;
-        ``before_commit`` called with the results once they are all known)."""
+        ``before_commit`` called with the results once they are all known). Refused once the
+        broker holding the store crashed: a dead process writes nothing, and the runtime's
+        in-step paths (``_runtime/_in_step.py``) call this directly, past the worker's check."""
+        if self._crashed:
+            raise StorageCrashed("save after the broker crashed")
         if snapshot is not None:
             raise NotImplementedError(
                 "MemoryStore cannot install snapshots (DATA_SYNC): keep compaction off under "
@@ -361,6 +370,8 @@ class InlineWorker:
 
     def __init__(self) -> None:
         self._crashed = False
+        self._busy = 0
+        """Jobs running (only while ``fn`` runs: the disk is instant)."""
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -368,9 +379,22 @@ class InlineWorker:
             # The broker that owns this worker has crashed and is being cancelled; a dead
             # process writes nothing.
             raise StorageCrashed(f"storage call {fn!r} after the broker crashed")
-        result = fn(*args)
+        self._busy += 1
+        try:
+            result = fn(*args)
+        finally:
+            self._busy -= 1
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result
+
+    @property
+    def idle(self) -> bool:
+        """No job is running (as ``StorageWorker.idle``: a job run on the trio thread now is
+        alone on the store), which lets the runtime's in-step paths run here as they do on
+        real sockets. A job runs to completion inside :meth:`run` before its caller yields,
+        so another task sees this False never; the job's own callbacks (``before_commit``)
+        do."""
+        return not self._busy
 
 
 def open_memory_storage(

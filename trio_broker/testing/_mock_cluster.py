@@ -207,6 +207,9 @@ class MockCluster(BrokerTasks):
         self._scopes[name].cancel()
         self.network.kill(name)
         self.stores[name].crash()
+        for (holder, _), store in self.group_stores.items():
+            if holder == name:  # (its group replicas' stores: the same dead process)
+                store.crash()
         await self._stopped[name].wait()
 
     # -- faults ------------------------------------------------------------------------------
