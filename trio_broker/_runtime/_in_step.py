@@ -108,8 +108,7 @@ class InStep:
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
                 self._handing_over(rd)
             else:
-                self._failed = exc
-                self.wake()
+                self._fail_run(exc)
             return
         took = time.perf_counter() - started
         self.persisted_in_step += 1
@@ -147,11 +146,12 @@ class InStep:
             self.node.advance()
             self._after_advance()
         except Exception as exc:
-            self._failed = exc
-            self.wake()
+            self._fail_run(exc)
             return
-        if self._unsent or self.node.has_ready() or self.reads.waiting or self._ledger.queued:
+        if self._unsent:
             self.wake()
+        else:
+            self._wake_if_more()
 
     def _may_apply(self: RaftDriver) -> bool:
         """Whether the task that stepped an acknowledgement may apply a Ready in its own
@@ -236,8 +236,7 @@ class InStep:
                 # answers nobody twice, and gives them the same results (see the docstring).
                 self._handing_over(rd)
             else:
-                self._failed = exc  # (as if this task's own transaction had failed)
-                self.wake()
+                self._fail_run(exc)  # (as if this task's own transaction had failed)
             return
         took = time.perf_counter() - started
         self.applied_in_step += 1
@@ -251,9 +250,18 @@ class InStep:
             self.node.advance()
             self._after_advance()
         except Exception as exc:
-            self._failed = exc
-            self.wake()
+            self._fail_run(exc)
             return
+        self._wake_if_more()
+
+    def _fail_run(self: RaftDriver, exc: Exception) -> None:
+        """What failed in a stepping task's step fails this task's run instead (raised in its
+        loop: a crash of the driver, recovered as any other), never the stepping task's."""
+        self._failed = exc
+        self.wake()
+
+    def _wake_if_more(self: RaftDriver) -> None:
+        """After a stepping task's step: wake this task if the core, reads or proposals wait."""
         if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
             self.wake()
 
@@ -326,8 +334,7 @@ class InStep:
             if rd.messages and not self._send_at_once(rd.messages):
                 self._unsent = True
         except Exception as exc:
-            self._failed = exc
-            self.wake()
+            self._fail_run(exc)
             return
         if not here or self._unsent:
             self._handing_over(attrs.evolve(rd, messages=()))  # (sent: not again)
@@ -340,19 +347,16 @@ class InStep:
                 # Rolled back whole: this task retries it (its REPLICATEs are not sent again).
                 self._handing_over(attrs.evolve(rd, messages=()))
             else:
-                self._failed = exc
-                self.wake()
+                self._fail_run(exc)
             return
         try:
             self._saved(rd, (), durable=True, took=time.perf_counter() - started)
             self.node.advance()
             self._after_advance()
         except Exception as exc:
-            self._failed = exc
-            self.wake()
+            self._fail_run(exc)
             return
-        if self.node.has_ready() or self.reads.waiting or self._ledger.queued:
-            self.wake()
+        self._wake_if_more()
 
     def _answer_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:
         """The answers half of ``RaftDriver._applied``: settle the proposals of each applied
