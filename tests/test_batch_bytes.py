@@ -12,28 +12,15 @@ import orjson
 import pytest
 
 from tests.general_form import assert_encoded_as_general, general_bytes
+from tests.test_replica_codec import QUEUES, STAMPS
+from tests.test_replica_codec import VALUES as REPLICA_VALUES
 from trio_broker._core import _commands as cmd
 from trio_broker._protocol import _entries
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._protocol._entries import decode_payload, encode_payload
 from trio_broker._protocol._group_bytes import _batch_bytes, _batches_group_bytes
 
-QUEUES = ["Q-0123456789abcdef", "Q-é", 'Q-"quoted"\\', "Q-\u2028\x01", "Q-🙂"]
-VALUES = [
-    "x" * 100,
-    "",
-    "a, b",
-    'quote " and \\ and \n',
-    "é🙂\u2028",
-    0,
-    -1.5,
-    True,
-    None,
-    [1, "two", {"three": 3}],
-    {"k": {"nested": [None, False]}, "": ""},
-    2**63 - 1,
-]
-STAMPS = [0, 1, 1_765_000_000_000, -(2**63), 2**63 - 1, 2**64 - 1]
+VALUES = [*REPLICA_VALUES, "a, b"]  # (a comma inside a value: the join must not split it)
 
 
 def _batch(rng: random.Random, queues: list[str]) -> cmd.AppendBatch:
