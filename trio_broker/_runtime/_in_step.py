@@ -246,19 +246,30 @@ class InStep:
             if not answered:  # (a store that takes no ``before_commit``: answered after)
                 self._answer_applied(committed, results)
             self._tell_applied(committed, results)  # (the views, then the bookkeeping)
-            self._saved(rd, committed, durable=False, took=took)
-            self.node.advance()
-            self._after_advance()
         except Exception as exc:
             self._fail_run(exc)
             return
-        self._wake_if_more()
+        self._advance_here(rd, committed, durable=False, took=took)
 
     def _fail_run(self: RaftDriver, exc: Exception) -> None:
         """What failed in a stepping task's step fails this task's run instead (raised in its
         loop: a crash of the driver, recovered as any other), never the stepping task's."""
         self._failed = exc
         self.wake()
+
+    def _advance_here(
+        self: RaftDriver, rd: raft.Ready, committed: Sequence[Any], *, durable: bool, took: float
+    ) -> None:
+        """A stepping task's transaction done: its bookkeeping, the core advanced, and this
+        task woken if more waits; what fails there fails this task's run (:meth:`_fail_run`)."""
+        try:
+            self._saved(rd, committed, durable=durable, took=took)
+            self.node.advance()
+            self._after_advance()
+        except Exception as exc:
+            self._fail_run(exc)
+            return
+        self._wake_if_more()
 
     def _wake_if_more(self: RaftDriver) -> None:
         """After a stepping task's step: wake this task if the core, reads or proposals wait."""
@@ -349,14 +360,7 @@ class InStep:
             else:
                 self._fail_run(exc)
             return
-        try:
-            self._saved(rd, (), durable=True, took=time.perf_counter() - started)
-            self.node.advance()
-            self._after_advance()
-        except Exception as exc:
-            self._fail_run(exc)
-            return
-        self._wake_if_more()
+        self._advance_here(rd, (), durable=True, took=time.perf_counter() - started)
 
     def _answer_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:
         """The answers half of ``RaftDriver._applied``: settle the proposals of each applied
