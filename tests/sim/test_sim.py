@@ -56,7 +56,7 @@ def test_swarm_of_seeds_finds_no_violation():
     assert 120 < len(wired) < 180 and total["wire_frames"] > 100_000
     assert total["wire_runs_frames"] > 100
     assert sum(1 for r in wired if r.stats["wire_upgrades"]) > 20
-    assert sum(1 for r in wired if r.stats["wire_downgrades"]) > 20 and total["wire_stale"] > 0
+    assert sum(1 for r in wired if r.stats["wire_downgrades"]) > 20 and total["link_lost"] > 0
     # ... and disks that lie (testing/sim/_disk.py): brokers recovering from damaged entries.
     assert total["disk_corruptions"] > 100 and total["disk_lost_writes"] > 50
     assert total["disk_torn_writes"] > 0 and total["recoveries"] > 100

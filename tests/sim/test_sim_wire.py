@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from trio_broker._protocol import _entries
-from trio_broker.testing.sim import run_seed, run_swarm
+from trio_broker.testing.sim import _wire, run_seed, run_swarm
+from trio_broker.testing.sim._run import Simulation
 
 SEEDS = (SEED_UPGRADE, SEED_DOWNGRADE, SEED_CHURN) = (6, 37, 22)
 """Seeds whose wire carries what matters: two replication groups whose every broker starts
@@ -17,6 +18,8 @@ version before; membership changes, snapshots (DATA_SYNC) and groups of appends 
 SEED_STALE = 16
 """A seed where frames in runs, written for a broker's earlier start, never reach it: it
 came back as the version before."""
+SEED_CUT = 6
+"""A seed whose links go down with frames in flight (partitions, crashes)."""
 
 
 pytestmark = pytest.mark.wire
@@ -27,11 +30,13 @@ def _without_wire(stats: dict[str, int]) -> dict[str, int]:
 
 
 def test_encoding_changes_no_schedule():
-    """The same seed with and without the wire runs the same schedule (trace hash) and ends
-    with the same statistics: every frame decodes to the message sent, on every path."""
+    """The same seed with and without the wire (the links' connections kept: on with the
+    wire) runs the same schedule (trace hash) and ends with the same statistics: every frame
+    decodes to the message sent, on every path."""
     results = {}
     for seed in SEEDS:
-        on, off = run_seed(seed, wire=True), run_seed(seed, wire=False)
+        on = run_seed(seed, wire=True)
+        off = Simulation(seed, wire=False, links=True).run()
         assert on.ok and off.ok, (on.error, off.error)
         assert on.trace_hash == off.trace_hash, seed
         assert _without_wire(on.stats) == _without_wire(off.stats), seed
@@ -48,12 +53,26 @@ def test_encoding_changes_no_schedule():
 
 
 def test_frames_for_a_broker_back_as_the_version_before_never_reach_it():
-    """Frames in runs written for a broker that came back as the version before (for its
-    earlier start, or while its link was down) are dropped, as TCP drops a dead connection's
-    bytes: the only frames the wire drops that the run without it delivers."""
+    """Frames written for a broker that came back as the version before (for its earlier
+    start) are dropped, as TCP drops a dead connection's bytes."""
     r = run_seed(SEED_STALE, wire=True)
     assert r.ok, r.error
-    assert r.stats["wire_downgrades"] > 0 and r.stats["wire_stale"] > 0
+    assert r.stats["wire_downgrades"] > 0 and r.stats["link_lost"] > 0
+
+
+def test_a_link_down_loses_its_frames_and_a_network_that_delivers_them_is_caught(monkeypatch):
+    """A link that goes down (cut, flapping, its receiver restarted) loses the frames it had
+    not delivered, and takes none while down; a network that delivers them after the link
+    came back (as the simulator did before its links were connections) is caught by the
+    receiver's check, at the first such frame."""
+    r = run_seed(SEED_CUT, wire=True)
+    assert r.ok, r.error
+    assert r.stats["link_lost"] > 0 and r.stats["link_unconnected"] > 0
+    without = run_seed(SEED_CUT, wire=False)  # (the abstract network: nothing of it)
+    assert without.stats["link_lost"] == without.stats["link_unconnected"] == 0
+    monkeypatch.setattr(_wire.WireMixin, "_lost", lambda self, src, dst, start, at: False)
+    failed = run_seed(SEED_CUT, wire=True)
+    assert not failed.ok and "a dead connection's frames never arrive" in failed.error
 
 
 def _first_failure(seeds, **kw):

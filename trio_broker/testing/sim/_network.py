@@ -30,9 +30,20 @@ class NetworkMixin:
     def post(self, m: Any, client: bool = False) -> None:
         """Put a message on the wire: maybe lost, maybe duplicated, always randomly delayed.
         A consensus message travels with its group, the current one (clients' requests and
-        answers name theirs); with ``wire``, as its frame's bytes (``_wire``)."""
+        answers name theirs); with ``wire``, as its frame's bytes (``_wire``). With the
+        links' connections (``links``, on with the wire), a broker's message on a link that
+        is not connected is dropped, as the runtime's link drops it."""
         if not client:
-            m = self._frame(m) if self.p.wire else GroupMessage(self.g.index, m)
+            if self.links:
+                if not self._connected(m.src, m.dst):
+                    self.stats["link_unconnected"] += 1
+                    return
+                if self.p.wire:
+                    m = self._frame(m)
+                else:
+                    m = GroupMessage(self.g.index, m, self.starts[m.dst], self.now)
+            else:
+                m = GroupMessage(self.g.index, m)
         if self.faults_on and self.net_rng.random() < self.p.loss:
             self.stats["dropped"] += 1
             return
@@ -51,15 +62,16 @@ class NetworkMixin:
                 with self.in_group(m.group):
                     self._client_response(m)
                 continue
+            if self.links and type(m) is not ClientRequest:
+                sent = m.message if type(m) is GroupMessage else m
+                if self._lost(sent.src, sent.dst, m.connection, m.sent_at):
+                    continue
+                self._check_connection(sent, m.connection, m.sent_at)
             with self.in_group(m.group):
                 if isinstance(m, GroupMessage):
                     m = m.message
                 elif isinstance(m, Frame):
-                    if (
-                        self.nodes.get(m.dst) is None
-                        or self._is_blocked(m.src, m.dst)
-                        or self._stale(m)
-                    ):
+                    if self.nodes.get(m.dst) is None or self._is_blocked(m.src, m.dst):
                         self.stats["dropped"] += 1  # (never read: as _deliver drops it)
                         continue
                     m = self._unframe(m)
@@ -106,6 +118,8 @@ class NetworkMixin:
             self.flap = (a, b, self.now + rng.randint(50, 400), rng.randint(3, 30))
         elif self.flap is not None and self.now >= self.flap[2]:
             self.flap = None
+        if self.links and (self.blocked or self.flap is not None):
+            self._links_down()
 
     def _aimed_group(self) -> int:
         """The group whose leader a fault aimed at a leader strikes (every group it leads

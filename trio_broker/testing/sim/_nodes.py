@@ -48,7 +48,7 @@ class NodesMixin:
     def _start(self, i: int) -> None:
         """Broker ``i`` starts: every group it hosts, from its durable state."""
         self.pacers[i] = SpreadPacer(self.spread_interval)
-        if self.p.wire:
+        if self.links:
             self._wire_start(i)
         for _ in self.each_group():
             self._start_group(i)
@@ -101,6 +101,8 @@ class NodesMixin:
             self.ledgers.pop(i, None)  # its requests are never answered: outcome unknown
             self.proposals.pop(i, None)
         self.pacers.pop(i, None)
+        if reboot and self.links:
+            self._reboot_links(i)
         lo, hi = self.p.restart_steps
         self.restart_at[i] = self.now + self.restart_rng.randint(1, lo if quick else hi)
         self.stats["crashes"] += 1

@@ -44,6 +44,10 @@ class GroupMessage:
 
     group: int
     message: Any
+    connection: int = 0
+    """With the links' connections (``Simulation.links``): the start of the receiver its
+    link was connected to, and the step it was sent at (as a :class:`~._wire.Frame`)."""
+    sent_at: int = 0
 
 
 @attrs.define

@@ -99,6 +99,7 @@ class Simulation(
         liveness_steps: int = DEFAULT_LIVENESS_STEPS,
         log: Any = None,
         wire: bool | None = None,
+        links: bool | None = None,
     ) -> None:
         self.seed = seed
         self.mutant = mutant
@@ -114,6 +115,10 @@ class Simulation(
         self.wire = wire
         if wire is not None:  # (the seed's own choice, else)
             self.p = attrs.evolve(self.p, wire=wire)
+        self.links = self.p.wire if links is None else links
+        """The brokers' links are the runtime's connections (``_wire``): a message on a link
+        that is not connected is dropped, and one in flight when its link goes down is lost.
+        On with the wire (``links``: on or off whatever the wire, for a test)."""
         # One named random stream per component (see ``stream``): a new draw in one of them
         # shifts no other component's draws, so each seed keeps the rest of its schedule.
         self.net_rng = stream(seed, "network")
@@ -170,6 +175,8 @@ class Simulation(
         self.stored_runs: set[int] = set()
         self.starts = dict.fromkeys(self.ids, 0)
         self.relink_at = dict.fromkeys(self.ids, 0)
+        self.down_at: dict[tuple[int, int], int] = {}
+        """The last step each link was down (``_wire``'s ``_links_down``)."""
         self.snapshot_ids = 0
         self.clock_acc = {i: stream(seed, f"clock:{i}").uniform(0, TICK_STEPS) for i in self.ids}
         self.broker_ticks = dict.fromkeys(self.ids, 0)
@@ -247,7 +254,8 @@ class Simulation(
                 "wire_runs_rewritten",
                 "wire_upgrades",
                 "wire_downgrades",
-                "wire_stale",
+                "link_lost",
+                "link_unconnected",
             ),
             0,
         )

@@ -60,8 +60,11 @@ class Frame:
     payload: bytes
     runs: bool
     """The form it was written in: ``APPEND_RUNS`` where an entry is held so."""
-    connection: int | None
-    """The start of ``dst`` its link was connected to (None: not connected)."""
+    connection: int
+    """The start of ``dst`` its link was connected to (frames are written only on a
+    connected link: :meth:`WireMixin._connected`)."""
+    sent_at: int
+    """The step it was written at: a link down since then lost it (:meth:`WireMixin._lost`)."""
     sent: Any = attrs.field(eq=False, repr=False)
     """The message as the sender's core made it."""
     wire: Any = attrs.field(eq=False, repr=False)
@@ -181,31 +184,65 @@ class WireMixin:
                     self.stats["wire_upgrades"] += 1
             elif (
                 p.downgrade_at_restart
-                and i not in self.stored_runs
                 and rng.random() < p.downgrade_at_restart
+                and i not in self.stored_runs
             ):
                 self.reads_runs[i] = False
                 self.stats["wire_downgrades"] += 1
         self.starts[i] += 1
         self.relink_at[i] = self.now + rng.randint(*RELINK_STEPS)
 
-    def _link_reads_runs(self, src: int, dst: int) -> tuple[bool, int | None]:
-        """The form of the link from ``src`` to ``dst`` and the start of ``dst`` it is
-        connected to (None: not connected, ``dst`` down or out of reach). Connected, it writes
-        what ``dst`` reads (its answer to this connection's PEER_HELLO), which the link
-        remembers once it reconnected after ``dst``'s start (:data:`RELINK_STEPS`); not
-        connected, what it remembers (False if nothing since ``src`` started)."""
-        key = (src, dst)
-        if (
+    def _connected(self, src: int, dst: int) -> bool:
+        """Whether the link from ``src`` to ``dst`` is connected: ``dst`` is up, it
+        reconnected since ``dst`` started (:data:`RELINK_STEPS`), and neither direction is
+        cut (a TCP connection needs both: its data one way, its acknowledgements the other;
+        a link cut one way fails, ``_peer_mux``'s ``_fail_when_unacknowledged``). The
+        runtime queues nothing on a link that is not connected (``_Link.queue`` drops it)."""
+        return (
             self.nodes.get(dst) is not None
+            and self.now >= self.relink_at[dst]
             and not self._is_blocked(src, dst)
             and not self._is_blocked(dst, src)
-        ):
-            form = self.reads_runs[dst]
-            if self.now >= self.relink_at[dst]:
-                self.said[key] = form
-            return form, self.starts[dst]
-        return self.said.get(key, False), None
+        )
+
+    def _link_reads_runs(self, src: int, dst: int) -> bool:
+        """The form of the link from ``src`` to ``dst``, connected: what ``dst`` reads (its
+        answer to this connection's PEER_HELLO), which the link remembers (what the group's
+        leaders encode new entries by) while it is down."""
+        form = self.said[(src, dst)] = self.reads_runs[dst]
+        return form
+
+    def _links_down(self) -> None:
+        """Note every link that is down now (cut either way, or flapping down): a frame
+        written on it before now is lost (:meth:`_lost`), as a connection that dies loses
+        what it had not delivered. (Crashes need no note: a frame names the start of its
+        receiver it was written for.)"""
+        now, down = self.now, self.down_at
+        for a, b in self.blocked:
+            down[(a, b)] = down[(b, a)] = now
+        flap = self.flap
+        if flap is not None:
+            a, b, until, period = flap
+            if now < until and (now // period) % 2 == 0:
+                down[(a, b)] = down[(b, a)] = now
+
+    def _reboot_links(self, i: int) -> None:
+        """Broker ``i``'s machine rebooted: what its kernel had not yet delivered of its
+        links' frames is gone with it (a process that dies leaves the kernel to finish its
+        writes, a machine does not)."""
+        for j in self.ids:
+            self.down_at[(i, j)] = self.now
+
+    def _lost(self, src: int, dst: int, connection: int, sent_at: int) -> bool:
+        """Whether a message written at ``sent_at`` on the link from ``src`` to the start
+        ``connection`` of ``dst`` never arrives: that start ended (its connection died with
+        the process), or the link was down at some step since (the runtime's link then
+        failed, and discarded what it held: ``_Link.run``). A connection that lives delivers
+        everything written on it."""
+        if connection != self.starts[dst] or self.down_at.get((src, dst), -1) >= sent_at:
+            self.stats["link_lost"] += 1
+            return True
+        return False
 
     def _stored(self, i: int, rd: Any) -> None:
         """Broker ``i`` persists ``rd``: whether its log may now hold an ``APPEND_RUNS``."""
@@ -232,10 +269,22 @@ class WireMixin:
         peers = (self.nodes[i].config.members | self.g.sent_to.setdefault(i, set())) - {i}
         return all(self.said.get((i, p), False) for p in peers)
 
+    def _check_connection(self, m: Any, connection: int, sent_at: int) -> None:
+        """What a broker reads came on its link's live connection: written for this start of
+        the receiver, on a link not down since (the receiver's side of :meth:`_lost`: a
+        network that delivers what a dead connection held fails here)."""
+        down = self.down_at.get((m.src, m.dst), -1)
+        if connection != self.starts[m.dst] or down >= sent_at:
+            raise SimulationFailure(
+                f"{type(m).__name__} {m.src}>{m.dst} written at step {sent_at} for start "
+                f"{connection} of {m.dst} (now {self.starts[m.dst]}) delivered, its link down "
+                f"at step {down}: a dead connection's frames never arrive"
+            )
+
     def _frame(self, m: Any) -> Frame:
         """``m`` as its link writes it (``_peer_mux``'s ``_Link._encode``)."""
         self.g.sent_to.setdefault(m.src, set()).add(m.dst)
-        runs, connection = self._link_reads_runs(m.src, m.dst)
+        runs = self._link_reads_runs(m.src, m.dst)
         attachment = None
         wire = to_wire(m)
         if type(m) is rm.DataSync:
@@ -253,19 +302,18 @@ class WireMixin:
             for e in m.entries:  # (held as runs, written again as a COMMAND_GROUP for dst)
                 if e.encoded is not None and e.encoded.startswith(RUNS_HEAD):
                     stats["wire_runs_rewritten"] += 1
-        return Frame(self.g.index, m.src, m.dst, payload, runs, connection, m, wire, attachment)
-
-    def _stale(self, frame: Frame) -> bool:
-        """Whether ``frame`` was written in the runs form for a connection to an earlier start
-        of ``dst`` (or for none), which is now of the version before: such a frame never
-        reaches it (TCP: the connection died with that process; the runtime sends nothing
-        while a link is down). Any other frame arrives, as every message always has in the
-        simulator (the same schedule with the wire as without)."""
-        dst = frame.dst
-        if frame.runs and not self.reads_runs[dst] and frame.connection != self.starts[dst]:
-            self.stats["wire_stale"] += 1
-            return True
-        return False
+        return Frame(
+            self.g.index,
+            m.src,
+            m.dst,
+            payload,
+            runs,
+            self.starts[m.dst],
+            self.now,
+            m,
+            wire,
+            attachment,
+        )
 
     def _unframe(self, frame: Frame) -> Any:
         """The frame's message as its receiver reads it (``_peers``' ``message_from_payload``),
