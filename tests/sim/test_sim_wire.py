@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from trio_broker._protocol import _entries
-from trio_broker.testing.sim import _wire, run_seed, run_swarm
+from trio_broker.testing.sim import _client_wire, _wire, run_seed, run_swarm
 from trio_broker.testing.sim._run import Simulation
 
 SEEDS = (SEED_UPGRADE, SEED_DOWNGRADE, SEED_CHURN) = (6, 37, 22)
@@ -106,3 +106,42 @@ def test_a_frame_that_decodes_to_another_message_is_caught(monkeypatch):
     monkeypatch.setattr(_entries, "_runs_from_obj", runs_from_obj)
     failed = _first_failure([SEED_CHURN])
     assert failed is not None and "changed on the wire" in failed.error, failed
+
+
+def test_client_requests_and_answers_travel_as_frames():
+    """With the wire, every client request is written as a client writes it and read as a
+    broker's connection reads it, and must reach the broker as the command sent; every
+    answer is written as the runtime writes it and read back by the client."""
+    calls = []
+    real = _client_wire.command_of
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_client_wire, "command_of", lambda frame: calls.append(frame) or real(frame))
+        r = run_seed(SEED_CUT, wire=True)
+    assert r.ok, r.error
+    assert len(calls) > 20
+    assert any(frame[4:].startswith(b'{"operation":"APPEND","queue_name":') for frame in calls)
+
+
+def test_a_client_request_decoded_wrong_is_caught(monkeypatch):
+    """A connection reader that cuts the last byte of an APPEND's value (its stored bytes
+    sliced one short): the broker's command is not the client's."""
+    real = _client_wire.decode_client_request
+
+    def cut(payload):
+        request = real(payload)
+        if type(request) is tuple:
+            return (request[0], request[1][:-1], request[2])
+        return request
+
+    monkeypatch.setattr(_client_wire, "decode_client_request", cut)
+    failed = run_seed(SEED_CUT, wire=True)
+    assert not failed.ok and "reached the broker as" in failed.error, failed.error
+
+
+def test_an_answer_encoded_wrong_is_caught(monkeypatch):
+    """An APPEND's answer frame one sequence number off: the client reads another answer
+    than the result."""
+    real = _client_wire.appended_frame
+    monkeypatch.setattr(_client_wire, "appended_frame", lambda n: real(n + 1))
+    failed = run_seed(SEED_CUT, wire=True)
+    assert not failed.ok and "read as" in failed.error, failed.error

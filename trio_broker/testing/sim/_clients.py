@@ -19,6 +19,7 @@ from ..._core._commands import (
     ReadBatch,
     ReadNext,
 )
+from ._client_wire import check_answer, through_wire
 
 
 @attrs.frozen
@@ -232,6 +233,8 @@ class ClientsMixin:
             command = Ack(c.consumer, q, data)
         else:
             command = ReadNext(c.id, q)
+        if self.p.wire and c.id not in self.workers:
+            command = through_wire(command)  # (as the broker reads the client's frame)
         c.req_id += 1
         rng = self.client_rng[c.id]
         group = self.g.index
@@ -257,6 +260,8 @@ class ClientsMixin:
             c.resend_at = self.now + 5
             return
         c.leader_hints[r.group] = r.src
+        if self.p.wire and c.id not in self.workers:
+            check_answer(r.result)  # (the client reads the frame the broker wrote)
         self.checker.on_result(c, c.op, r.result, r.src)
         self.stats["client_ok"] += 1
         if self.now >= self.heal_step and not self.faults_on:
