@@ -1,6 +1,7 @@
 """The simulator's tests run without the wire (``trio_broker/testing/sim/_wire.py``) unless
-marked ``wire``: a seed runs the same schedule with its messages encoded as without (but for
-frames it drops as stale), so what the other tests check does not depend on it, and it costs
+marked ``wire``: a seed runs the same schedule with its messages encoded as without (with
+the links as connections in both, which come with the wire), so what the other tests check
+does not depend on it, and it costs
 a seed about 40% more CPU. The swarm of seeds, the command line's replay and
 ``test_sim_wire.py`` run each seed's own choice (the wire on 3 seeds in 4), as
 ``python -m trio_broker.testing.sim`` does."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_broker._protocol import _entries
+from trio_broker._protocol import _consensus, _entries
 from trio_broker.testing.sim import _client_wire, _wire, run_seed, run_swarm
 from trio_broker.testing.sim._run import Simulation
 
@@ -84,11 +84,12 @@ def _first_failure(seeds, **kw):
 
 def test_runs_written_for_a_broker_of_the_version_before_are_caught(monkeypatch):
     """A codec that writes every group of appends in runs, whatever the leader's rule and the
-    link's form say: a broker of the version before is sent one (seed 4, at step 469: the
-    first of 8 seeds in 0-39 that catch it)."""
+    link's form say: a broker of the version before is sent one (seed 3, at step 3644: the
+    first of seeds 0-59 that catch it, with 12 and 15; seed 4 at step 469 before the
+    links were connections and the rolling upgrades)."""
     real = _entries.encode_payload
     monkeypatch.setattr(_entries, "encode_payload", lambda payload, runs=False: real(payload, True))
-    failed = _first_failure([4])
+    failed = _first_failure([3])
     assert failed is not None and "of the version before" in failed.error, failed
     assert "--wire on" in failed.replay_command()
 
@@ -145,3 +146,28 @@ def test_an_answer_encoded_wrong_is_caught(monkeypatch):
     monkeypatch.setattr(_client_wire, "appended_frame", lambda n: real(n + 1))
     failed = run_seed(SEED_CUT, wire=True)
     assert not failed.ok and "read as" in failed.error, failed.error
+
+
+SEED_ROLLBACK = 4
+"""A seed of a rolling upgrade rolled back (``_wire``'s ``_roll_back``): entries held in runs
+are written to a broker back as the version before as ``COMMAND_GROUP``s."""
+
+
+def test_a_rolled_back_broker_is_written_runs_as_command_groups():
+    """The operator's rolling upgrade, then a follower back as the version before when its
+    leader first writes runs: the link rewrites what the leader holds in runs."""
+    r = run_seed(SEED_ROLLBACK, wire=True)
+    assert r.ok, r.error
+    assert r.stats["wire_rolling_restarts"] > 0 and r.stats["wire_rollbacks"] > 0
+    assert r.stats["wire_runs_rewritten"] > 0
+
+
+def test_a_link_that_does_not_rewrite_runs_for_the_version_before_is_caught(monkeypatch):
+    """A link that writes every entry as the leader holds it, whatever its peer said
+    (``entry_to_obj`` ignoring its ``runs``): the broker back as the version before is sent
+    an ``APPEND_RUNS`` (seed 4, step 728; also 19 and 32 of seeds 0-99; none of 0-59 before
+    the rolling upgrades and their rollbacks)."""
+    real = _consensus.entry_to_obj
+    monkeypatch.setattr(_consensus, "entry_to_obj", lambda entry, runs=False: real(entry, True))
+    failed = _first_failure([SEED_ROLLBACK])
+    assert failed is not None and "of the version before" in failed.error, failed

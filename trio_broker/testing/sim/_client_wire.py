@@ -3,9 +3,9 @@ client writes (:func:`~trio_broker._protocol._codec.encode_request`), is read as
 connection reads it (:class:`~trio_broker._protocol.FrameDecoder`,
 :func:`~trio_broker._protocol._codec.decode_client_request`) and made a command by the
 runtime's own functions (``_runtime/_operations.py``; an APPEND without a producer as
-``_runtime/_runs.py`` makes it from its :data:`~trio_broker._protocol._codec.PlainAppend`, which a plain APPEND
-written in the original contract's key order takes),
-which must be the command the client meant; its answer is written as the runtime writes it
+``_runtime/_runs.py`` makes it from its :data:`~trio_broker._protocol._codec.PlainAppend`,
+the path a plain APPEND written in the original contract's key order takes), which must be
+the command the client meant; its answer is written as the runtime writes it
 (the answer frames of ``_protocol/_answer_frames.py`` where the runtime uses them, else
 ``encode_response(response_for(result))``) and read back by the client
 (:func:`~trio_broker._protocol._codec.decode_response`), which must give what the result
@@ -28,7 +28,6 @@ from ..._core._commands import (
     AppendMessage,
     BatchAppended,
     MessageAppended,
-    MessageRead,
     ReadBatch,
     ReadNext,
 )

@@ -133,12 +133,19 @@ def derive_wire(draw: Any, n: int) -> dict[str, Any]:
         old = tuple(sorted(rng.sample(ids, rng.randint(1, len(ids) // 2))))
     else:
         old = tuple(ids)
+    wire = draw("wire").random() < WIRE_SHARE
+    # A rolling upgrade's seeds with the wire always have plain appenders: once every broker
+    # is upgraded, their groups of appends are what the leaders write in runs, and what a
+    # rollback (``rollback_at_runs``) meets.
+    appenders = draw("appenders").choice([3, 6] if wire and old else [0, 0, 3, 6])
     return {
-        "wire": draw("wire").random() < WIRE_SHARE,
+        "wire": wire,
         "old_brokers": old,
         "upgrade_at_restart": draw("upgrade_at_restart").choice([0.0, 0.3, 1.0]) if old else 0.0,
         "downgrade_at_restart": draw("downgrade_at_restart").choice([0.0, 0.0, 0.3, 1.0]),
-        "appenders": draw("appenders").choice([0, 0, 3, 6]),
+        "appenders": appenders,
+        "rollback_at_runs": draw("rollback_at_runs").choice([0.5, 1.0, 1.0]) if old else 0.0,
+        "rolling_upgrade": wire and bool(old) and draw("rolling_upgrade").random() < 0.75,
     }
 
 
@@ -233,6 +240,15 @@ class FaultParams:
     ``APPEND_RUNS`` entry restarts as the version before."""
     appenders: int = 0
     """Clients that only append, without a producer (``A-<k>``): groups of plain appends."""
+    rolling_upgrade: bool = False
+    """With ``wire``, on 3 in 4 of the seeds with brokers of the version before: the operator
+    restarts them one at a time, each coming back upgraded (``_wire``'s
+    ``_rolling_upgrade``), so the groups come to write runs within the run."""
+    rollback_at_runs: float = 0.0
+    """With ``wire``, on a rolling upgrade's seeds (brokers of the version before): the
+    chance that a leader's first entry in runs (of its term) makes one of its followers that
+    holds none go back to the version before, the leader cut off with it
+    (``_wire``'s ``_roll_back``)."""
 
     @classmethod
     def derive(cls, seed: int, safety_steps: int, liveness_steps: int) -> FaultParams:

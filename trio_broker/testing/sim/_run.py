@@ -142,6 +142,8 @@ class Simulation(
         self.transfer_rng = stream(seed, "operator:transfers")
         self.version_rng = stream(seed, "versions")
         """Which broker of the version before restarts upgraded (``_wire``)."""
+        self.rollback_rng = stream(seed, "faults:versions")
+        """Which leaders' first entries in runs make a follower go back (``_roll_back``)."""
         self.log = log
         voters = list(range(1, self.p.node_count + 1))
         self.ids = voters
@@ -175,6 +177,14 @@ class Simulation(
         self.stored_runs: set[int] = set()
         self.starts = dict.fromkeys(self.ids, 0)
         self.relink_at = dict.fromkeys(self.ids, 0)
+        self.rolled_back: set[tuple[int, int, int]] = set()
+        """(group, leader, term) whose first entries in runs were considered (``_wire``)."""
+        self.upgrading: set[int] = set()
+        """Brokers down that come back upgraded (``_rolling_upgrade``)."""
+        self.upgrade_rng = stream(seed, "operator:upgrade")
+        self.upgrade_at = 200 + self.upgrade_rng.randint(0, 200)
+        self.rolling_back: set[int] = set()
+        """Brokers down that come back as the version before (``_roll_back``)."""
         self.down_at: dict[tuple[int, int], int] = {}
         """The last step each link was down (``_wire``'s ``_links_down``)."""
         self.snapshot_ids = 0
@@ -254,6 +264,8 @@ class Simulation(
                 "wire_runs_rewritten",
                 "wire_upgrades",
                 "wire_downgrades",
+                "wire_rollbacks",
+                "wire_rolling_restarts",
                 "link_lost",
                 "link_unconnected",
             ),
@@ -330,6 +342,8 @@ class Simulation(
         if self.faults_on:
             self._inject_faults()
             self._operate()  # membership changes: group 0's
+            if self.p.rolling_upgrade and self.links:
+                self._rolling_upgrade()
             if self.p.transfer_rate:
                 for _ in self.each_group():
                     self._transfer()

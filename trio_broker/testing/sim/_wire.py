@@ -177,7 +177,15 @@ class WireMixin:
         for key in [k for k in self.said if k[0] == i]:
             del self.said[key]
         rng, p = self.version_rng, self.p
-        if self.starts[i]:
+        if i in self.upgrading:  # (_rolling_upgrade)
+            self.upgrading.discard(i)
+            self.reads_runs[i] = True
+            self.stats["wire_upgrades"] += 1
+        elif i in self.rolling_back:  # (_roll_back: it holds no APPEND_RUNS entry)
+            self.rolling_back.discard(i)
+            self.reads_runs[i] = False
+            self.stats["wire_downgrades"] += 1
+        elif self.starts[i]:
             if not self.reads_runs[i]:
                 if p.upgrade_at_restart and rng.random() < p.upgrade_at_restart:
                     self.reads_runs[i] = True
@@ -262,6 +270,69 @@ class WireMixin:
                 if runs is None:
                     runs = self._group_reads_runs(i)
                 payload_bytes(e, runs)
+                if (
+                    runs
+                    and self.p.rollback_at_runs
+                    and self.faults_on
+                    and e.encoded.startswith(RUNS_HEAD)  # type: ignore[union-attr]
+                ):
+                    self._roll_back(i)
+
+    def _rolling_upgrade(self) -> None:
+        """The operator's rolling upgrade (stream ``operator:upgrade``): every 100-400 steps
+        while every broker is up, one broker of the version before restarts, upgraded."""
+        if self.now < self.upgrade_at:
+            return
+        old = [i for i in self.ids if not self.reads_runs[i] and i not in self.rolling_back]
+        if not old:
+            return
+        if any(self.nodes[i] is None for i in self.ids):
+            self.upgrade_at = self.now + 10  # (one at a time: wait for the others)
+            return
+        rng = self.upgrade_rng
+        i = rng.choice(old)
+        self.upgrading.add(i)
+        self._trace(f"upgrade {i}")
+        self.crash(i, quick=True, reboot=False)
+        self.upgrade_at = self.now + rng.randint(100, 400)
+        self.stats["wire_rolling_restarts"] += 1
+
+    def _roll_back(self, leader: int) -> None:
+        """A rolling upgrade rolled back (stream ``faults:versions``): the first time ``leader``
+        writes entries in runs in its term, with the seed's chance, one of its group's
+        followers that holds no such entry yet (the version before may start on its folder:
+        docs/operations.md) stops at once, before this Ready's messages leave, and comes
+        back within a few steps as the version before; meanwhile the leader is cut off with
+        it from every other broker until a little after their link reconnected. The leader
+        keeps encoding by what the follower said before (runs), and its entries commit only
+        once the follower holds them: so they are still held in runs when the link writes
+        them to it, as ``COMMAND_GROUP``s (``_peer_mux``'s ``_Link._encode``: the rewrite
+        the swarm otherwise meets on about 1 seed in 400)."""
+        node = self.nodes[leader]
+        key = (self.g.index, leader, node.term)
+        if key in self.rolled_back:
+            return
+        self.rolled_back.add(key)
+        rng = self.rollback_rng
+        if rng.random() >= self.p.rollback_at_runs:
+            return
+        followers = [
+            j
+            for j in sorted(node.config.members - {leader})
+            if self.nodes[j] is not None and self.reads_runs[j] and j not in self.stored_runs
+        ]
+        if not followers:
+            return
+        j = rng.choice(followers)
+        self.rolling_back.add(j)
+        self.crash(j, quick=True, reboot=False)
+        side = {leader, j}
+        self.blocked = {(a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)}
+        self.partition_until = self.restart_at[j] + RELINK_STEPS[1] + rng.randint(10, 60)
+        self.upgrade_at = max(self.upgrade_at, self.partition_until + 100)  # (it waits)
+        self.stats["partitions"] += 1
+        self.stats["wire_rollbacks"] += 1
+        self._trace(f"roll back {j}, cut off with leader {leader}")
 
     def _group_reads_runs(self, i: int) -> bool:
         if not self.reads_runs[i]:
