@@ -117,12 +117,16 @@ class ClientsMixin:
     """The clients' steps, on the simulation's state (see :class:`Simulation`)."""
 
     def _clients_step(self) -> None:
+        now = self.now
         for c in self.clients:
             if c.op is not None:
-                with self.in_group(self._op_group(c)):
-                    self._client_waits(c)
-                continue
-            self._client_next(c)
+                # (most steps nothing is due: no switch of group then, no call)
+                resend = c.resend_at
+                if now >= c.deadline or (resend is not None and now >= resend):
+                    with self.in_group(self._op_group(c)):
+                        self._client_waits(c)
+            elif now >= c.next_at:
+                self._client_next(c)
 
     def _op_group(self, c: SimClient) -> int:
         """The replication group of ``c``'s operation: its queue's (the workloads' own

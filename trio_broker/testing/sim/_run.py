@@ -378,7 +378,7 @@ class Simulation(
                             self._balance(i, node)
         self._deliver_due()
         for group in self.groups:
-            if any(job is not None for job in group.disk.values()):
+            if any(group.disk.values()):  # (a write in flight: a tuple, never empty)
                 with self.in_group(group.index):
                     self._complete_disks()
         for group in self.groups:
