@@ -23,11 +23,19 @@ back as the version before (``downgrade_at_restart``). A broker of the version b
 encodes runs, never says it reads them, and must never be sent one: a frame that reaches it
 with an ``APPEND_RUNS`` entry is a failure, as is any frame that does not decode, or decodes
 to another message than the one sent. Which form a link writes follows the runtime's rule: a
-link (``(src, dst)``, shared by the groups) writes what its peer reads whenever the two can
-reach each other (the answer to its PEER_HELLO), remembers it once it reconnected after the
-peer's start (:data:`RELINK_STEPS`), keeps it while they cannot reach each other, and forgets
-everything when its own broker restarts. A frame written in runs for a connection that died
-(an earlier start of a peer now of the version before) never reaches it (:meth:`_stale`).
+link (``(src, dst)``, shared by the groups) writes what its peer reads once connected (the
+answer to its PEER_HELLO), keeps it while it is down, and forgets everything when its own
+broker restarts. The operator's rolling upgrade (:meth:`WireMixin._rolling_upgrade`) and its
+rollback (:meth:`WireMixin._roll_back`) make a leader's entries held in runs meet a peer of
+the version before.
+
+**Links are connections** (``Simulation.links``, on with the wire): a message is written
+only on a connected link (:meth:`WireMixin._connected`: its receiver up and reconnected
+since its start, :data:`RELINK_STEPS`, neither direction cut), as ``_Link.queue`` drops
+what it cannot send; one in flight when its link goes down (a cut, a flapping link's down
+phase, its receiver restarted, its sender's machine rebooted) is lost
+(:meth:`WireMixin._lost`), as a connection that dies loses what it had not delivered. The
+receiver checks what it steps came on a live connection (:meth:`WireMixin._check_connection`).
 """
 
 from __future__ import annotations
@@ -307,7 +315,7 @@ class WireMixin:
         keeps encoding by what the follower said before (runs), and its entries commit only
         once the follower holds them: so they are still held in runs when the link writes
         them to it, as ``COMMAND_GROUP``s (``_peer_mux``'s ``_Link._encode``: the rewrite
-        the swarm otherwise meets on about 1 seed in 400)."""
+        which seeds 0-399 met once before the rolling upgrades)."""
         node = self.nodes[leader]
         key = (self.g.index, leader, node.term)
         if key in self.rolled_back:
