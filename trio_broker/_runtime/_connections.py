@@ -355,33 +355,44 @@ class ConnectionServer:
                         buffered=decoder.buffered,
                     )
                 return True
-            decoder.feed(data)
+            # A receive that is one whole frame (one request in flight) is taken at once;
+            # any other is buffered and cut frame by frame (docs/performance.md, "The leader
+            # loop per request").
+            whole = decoder.take_whole(data)
+            last = whole is not None
+            """The receive was one whole frame: no frame follows it."""
             started = time.perf_counter()  # the frames of one receive arrived together
             # A client request needs no check (``_authorize``'s first case): asked once per
             # receive, and again after every request that takes the checks (AUTH changes it).
             open_session = self._lets_clients_through(session)
             while True:
-                try:
-                    payload = decoder.next_frame()
-                except FrameTooLarge as exc:
-                    if run:
-                        await decide_run()
-                    # The stream cannot be resynchronised: answer, then close this connection.
-                    log_event(
-                        logging.WARNING,
-                        "request.rejected",
-                        peer=peer,
-                        code=exc.code,
-                        reason=exc.message,
-                    )
-                    writer.kick()
-                    await outbox.wait_for_slot(max_in_flight)
-                    outbox.put("INVALID", started, Answer(now=exc), 0)
-                    return False
-                if payload is None:
-                    if run:
-                        await decide_run()
-                    break
+                if whole is not None:
+                    payload: bytes | None = whole
+                    whole = None
+                else:
+                    payload = None
+                    if not last:
+                        try:
+                            payload = decoder.next_frame()
+                        except FrameTooLarge as exc:
+                            if run:
+                                await decide_run()
+                            # The stream cannot be resynchronised: answer, then close.
+                            log_event(
+                                logging.WARNING,
+                                "request.rejected",
+                                peer=peer,
+                                code=exc.code,
+                                reason=exc.message,
+                            )
+                            writer.kick()
+                            await outbox.wait_for_slot(max_in_flight)
+                            outbox.put("INVALID", started, Answer(now=exc), 0)
+                            return False
+                    if payload is None:
+                        if run:
+                            await decide_run()
+                        break
                 frame_began = None
                 if outbox.in_flight + len(run) >= max_in_flight:
                     if run:
