@@ -5,7 +5,9 @@
   the frames and the errors are those ``feed`` then ``next_frame`` give, for any cut of a
   stream, frames of ``max_frame`` bytes, empty frames and frames too large included;
 - a connection reads such a receive without a call of ``next_frame``, and answers each
-  request, in order.
+  request, in order;
+- a write of one answer (the writer's path for it) takes the frame, sizes and metrics tally
+  the general path took.
 """
 
 from __future__ import annotations
@@ -13,15 +15,23 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 import trio
 
-from trio_broker._protocol import Done
+from trio_broker._core._commands import MessageAppended
+from trio_broker._errors import BrokerError, ErrorCode
+from trio_broker._protocol import Done, encode_response
 from trio_broker._protocol._framing import FrameDecoder, FrameTooLarge, encode_frame
-from trio_broker._runtime._answer import Answer
+from trio_broker._runtime._answer import Answer, response_for
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
+from trio_broker._runtime._limits import BufferBudget
+from trio_broker._runtime._outbox import Outbox
+from trio_broker._runtime._pending import Pending
+from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._security import Security
+from trio_broker._runtime._writer import AnswerWriter
 
 from .wire import RawConnection
 
@@ -121,3 +131,48 @@ async def test_a_connection_reads_a_receive_of_one_frame_without_next_frame(monk
         assert calls == 0
         await conn.aclose()
         connections.cancel_scope.cancel()
+
+
+class _IO:
+    def send_now(self, data: bytes) -> int:
+        return len(data)
+
+
+@pytest.mark.parametrize("outcome", ["appended", "duplicate", "refused", "unknown"])
+def test_a_write_of_one_answer_takes_its_frame_and_tally(outcome: str):
+    """The writer's path for one answer queued (one request in flight): the frame, sizes and
+    tally a write of it took before, for an appended message and for what has no frame of
+    its own (a duplicate, a refusal: written from its response, with its error code)."""
+    tallies: list[dict[tuple[str, Any, float], int]] = []
+    outbox = Outbox(BufferBudget(1 << 20).account())
+    writer = AnswerWriter(
+        _IO(),  # type: ignore[arg-type]
+        outbox,
+        observe=lambda tally, now: tallies.append(tally),
+        plaintext_hint=None,
+    )
+    pending = Pending()
+    answer: Answer = AppendAnswer(pending)
+    code = None
+    if outcome == "appended":
+        pending.set(MessageAppended(7))
+        response: Any = {"status": "success", "sequence_num": 7}
+    elif outcome == "duplicate":
+        pending.set(MessageAppended(7, duplicate=True))
+        response = orjson.loads(encode_response(response_for(MessageAppended(7, True))))
+    elif outcome == "refused":
+        error = BrokerError(ErrorCode.TOO_LARGE, "too large")
+        answer, code = Answer(now=error), ErrorCode.TOO_LARGE
+        response = orjson.loads(encode_response(error))
+    else:
+        assert writer._take() is None  # (nothing queued)
+        outbox.put("APPEND", 2.5, answer, 40)
+        assert writer._take() is None and len(outbox.answers) == 1  # (not known yet)
+        return
+    outbox.put("APPEND", 2.5, answer, 40)
+    taken = writer._take()
+    assert taken is not None
+    frames, size, charged, count = taken
+    assert [orjson.loads(frame[4:]) for frame in frames] == [response]
+    assert (size, charged, count) == (len(frames[0]), 40, 1)
+    assert tallies == [{("APPEND", code, 2.5): 1}] and not outbox.answers
