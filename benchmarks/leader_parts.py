@@ -22,7 +22,9 @@ are the same on the lone request's path: **read** as the reader cuts a receive o
 (``FrameDecoder.take_whole`` where the tree has it, else ``feed`` and ``next_frame`` until
 None), charges it and decodes it; **decide** ``Runs.handle_many`` of the one request
 (``_handle_one``: its command proposed to a stand-in ``propose``); **settle** its
-``Pending`` set; **answer** its answer queued (``Outbox.put``) and taken by the writer.
+``Pending`` set; **answer** its answer queued (``Outbox.put``), taken by the writer before
+its outcome is known (None: the reader's kick after the receive), its ``Pending`` set (the
+settle part again), and taken by the writer.
 
 What it leaves out: the socket calls, the driver and storage, the peer links (see
 ``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
@@ -215,8 +217,6 @@ def _lone(repeat: int, number: int) -> None:
         Pending().set(outcome)
 
     decide()
-    known = driver.pending  # (decide makes a new one each time: this one stays settled)
-    known.set(outcome)
     answer_type = type(given[0])
 
     outbox = Outbox(budget.account())
@@ -228,7 +228,11 @@ def _lone(repeat: int, number: int) -> None:
     )
 
     def answer() -> None:
-        outbox.put(*info[:2], answer_type(later=known), info[2])
+        pending = Pending()
+        outbox.put(*info[:2], answer_type(later=pending), info[2])
+        if writer._take() is not None:  # (the reader's kick, before the outcome is known)
+            raise AssertionError("an answer not known was taken")
+        pending.set(outcome)
         taken = writer._take()
         assert taken is not None and taken[-1] == 1
 

@@ -295,8 +295,22 @@ class ConnectionServer:
         """Requests of this receive let through to ``handle``, not yet decided: decided
         together (``handle_many``) before anything else is queued, and before any wait."""
         run_info: list[tuple[str, float, int]] = []
+        given = 0
+        """Answers of ``run`` given by ``handle_many`` so far (to ``answered``)."""
+
+        def answered(answers: list[Answer]) -> None:
+            # (made once per connection, not per run: one run is decided at a time)
+            nonlocal given
+            if len(answers) == 1:  # (a receive of one request: put costs a fifth)
+                operation, began, held = run_info[given]
+                outbox.put(operation, began, answers[0], held)
+                given += 1
+                return
+            start, given = given, given + len(answers)
+            outbox.put_many(run_info[start:given], answers)
 
         async def decide_run() -> None:
+            nonlocal given
             if outbox.answers:
                 # Deciding may wait (for capacity, storage, another broker): the answers
                 # before these must not wait with them.
@@ -307,17 +321,6 @@ class ConnectionServer:
                     outbox.put(operation, began, answer, held)
             else:
                 given = 0
-
-                def answered(answers: list[Answer]) -> None:
-                    nonlocal given
-                    if len(answers) == 1:  # (a receive of one request: put costs a fifth)
-                        operation, began, held = run_info[given]
-                        outbox.put(operation, began, answers[0], held)
-                        given += 1
-                        return
-                    start, given = given, given + len(answers)
-                    outbox.put_many(run_info[start:given], answers)
-
                 await handle_many(run, session, answered)
                 assert given == len(run), "a request of the run was not answered"
             run.clear()

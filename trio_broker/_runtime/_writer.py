@@ -208,6 +208,8 @@ class AnswerWriter:
                     operation, started, held = info
                     self._observe({(operation, None, started): 1}, time.perf_counter())
                     return [frame], len(frame), held, 1
+                if answer.known() is None:
+                    return None  # (not known yet: the reader's kick after it queued it)
         hint = self._plaintext_hint
         out: list[bytes] = []
         size = charged = taken = 0
