@@ -7,7 +7,8 @@
 - a connection reads such a receive without a call of ``next_frame``, and answers each
   request, in order;
 - a write of one answer (the writer's path for it) takes the frame, sizes and metrics tally
-  the general path took.
+  the general path took;
+- a proposal's ``Pending`` makes its ``trio.Event`` only for a task that waits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from trio_broker._core._commands import MessageAppended
 from trio_broker._errors import BrokerError, ErrorCode
@@ -176,3 +178,31 @@ def test_a_write_of_one_answer_takes_its_frame_and_tally(outcome: str):
     assert [orjson.loads(frame[4:]) for frame in frames] == [response]
     assert (size, charged, count) == (len(frames[0]), 40, 1)
     assert tallies == [{("APPEND", code, 2.5): 1}] and not outbox.answers
+
+
+async def test_a_pending_outcome_makes_its_event_only_for_a_waiter():
+    """A connection's answer is written from ``when_done``'s callback: no ``trio.Event`` is
+    made for it; a task that waits still gets the outcome, and a wait on an outcome known
+    already still checkpoints, as a set Event's wait does."""
+    written: list[Any] = []
+    pending = Pending()
+    assert pending.when_done(lambda: written.append(pending.result))
+    pending.set("outcome")
+    assert written == ["outcome"] and pending.done and pending._event is None
+    assert not pending.when_done(lambda: written.append("again"))
+    with trio.testing.assert_checkpoints():
+        assert await pending.wait() == "outcome"
+
+    waited = Pending()
+    got: list[Any] = []
+    async with trio.open_nursery() as nursery:
+
+        async def waiter() -> None:
+            got.append(await waited.wait())
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not waited.done
+        waited.set("later")
+        waited.set("ignored")  # (a second outcome changes nothing)
+    assert got == ["later"] and waited.result == "later"
