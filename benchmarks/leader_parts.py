@@ -1,6 +1,7 @@
 """The leader's per-request Python for a receive of pipelined APPENDs, part by part.
 
     python -m benchmarks.leader_parts [--run 16] [--repeat 9]
+    python -m benchmarks.leader_parts --run 1    (one request in flight: a receive of one)
 
 Each part is timed on its own thread's CPU (``time.thread_time``, best of ``--repeat``), so the
 figures hold on a machine shared with other work, and divided by the APPENDs of the run (one
@@ -15,6 +16,15 @@ workload sends them):
 - **answer**: the answers queued in the outbox and taken by the writer (``_take``: frames,
   the metrics' tally), as one write; what ``handle_many`` gave (a list of answers, or one
   ``GroupRun`` for the whole run) queued as the connection queues it.
+
+With ``--run 1`` (a receive of one frame, as at 100 connections x 1 in flight), the parts
+are the same on the lone request's path: **read** as the reader cuts a receive of one frame
+(``FrameDecoder.take_whole`` where the tree has it, else ``feed`` and ``next_frame`` until
+None), charges it and decodes it; **decide** ``Runs.handle_many`` of the one request
+(``_handle_one``: its command proposed to a stand-in ``propose``); **settle** its
+``Pending`` set; **answer** its answer queued (``Outbox.put``), taken by the writer before
+its outcome is known (None: the reader's kick after the receive), its ``Pending`` set (the
+settle part again), and taken by the writer.
 
 What it leaves out: the socket calls, the driver and storage, the peer links (see
 ``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
@@ -39,7 +49,7 @@ from trio_broker._protocol._framing import FrameDecoder
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._limits import BufferBudget
 from trio_broker._runtime._outbox import Outbox
-from trio_broker._runtime._pending import PendingGroup
+from trio_broker._runtime._pending import Pending, PendingGroup
 from trio_broker._runtime._writer import AnswerWriter
 
 
@@ -47,6 +57,11 @@ class _Driver:
     max_group = 1024
     node = LeaderNode()
     group: PendingGroup
+    pending: Pending
+
+    async def propose(self, command: Any) -> Pending:
+        self.pending = Pending()
+        return self.pending
 
     async def propose_many(self, commands: list[Any]) -> PendingGroup:
         self.group = PendingGroup(len(commands))
@@ -84,10 +99,11 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=2000, help="runs per timing")
     args = parser.parse_args()
     count = args.run
-    if count < 2:
-        # A lone request is decided by ``Runs._handle_one``, which waits for its outcome: a
-        # path of its own, with its socket calls in ``benchmarks.connection_path``.
-        parser.error("--run takes 2 or more (one request alone: benchmarks.connection_path)")
+    if count < 1:
+        parser.error("--run takes 1 or more")
+    if count == 1:
+        _lone(args.repeat, args.number)
+        return
     payload = orjson.dumps(APPEND)
     frames = encode_frame(payload) * count
     config = BrokerConfig(data_dir=".", port=0)
@@ -156,6 +172,75 @@ def main() -> None:
     print(
         f"leader's request path, a receive of {count} APPENDs, us per APPEND (thread CPU, best "
         f"of {args.repeat}): "
+        + ", ".join(f"{name} {value:.3f}" for name, value in figures.items())
+        + f"; together {sum(figures.values()):.3f}"
+    )
+
+
+def _lone(repeat: int, number: int) -> None:
+    """The parts for a receive of one APPEND (``--run 1``)."""
+    payload = orjson.dumps(APPEND)
+    frame = encode_frame(payload)
+    config = BrokerConfig(data_dir=".", port=0)
+    budget = BufferBudget(config.max_buffered_bytes)
+    driver = _Driver()
+    runs = stand_in_runs(config, driver)
+    decode = _codec.decode_client_request
+    request = decode(payload)
+    info = ("APPEND", 1.0, len(payload))
+    outcome = cmd.MessageAppended(1000)
+    decoder = FrameDecoder(config.max_frame)
+    account = budget.account()
+    take_whole = getattr(decoder, "take_whole", None)
+
+    def read() -> None:
+        if take_whole is not None:
+            got = take_whole(frame)
+            if got is None:
+                raise AssertionError("a receive of one frame was not taken whole")
+            account.take(len(got))
+            decode(got)
+        else:
+            decoder.feed(frame)
+            while (got := decoder.next_frame()) is not None:
+                account.take(len(got))
+                decode(got)
+        account.release(account.held)
+
+    given: list[Any] = []
+
+    def decide() -> None:
+        given.clear()
+        _done(runs.handle_many([request], None, given.extend))
+
+    def settle() -> None:
+        Pending().set(outcome)
+
+    decide()
+    answer_type = type(given[0])
+
+    outbox = Outbox(budget.account())
+    writer = AnswerWriter(
+        _Socket(),  # type: ignore[arg-type]
+        outbox,
+        observe=lambda tally, now: None,
+        plaintext_hint=None,
+    )
+
+    def answer() -> None:
+        pending = Pending()
+        outbox.put(*info[:2], answer_type(later=pending), info[2])
+        if writer._take() is not None:  # (the reader's kick, before the outcome is known)
+            raise AssertionError("an answer not known was taken")
+        pending.set(outcome)
+        taken = writer._take()
+        assert taken is not None and taken[-1] == 1
+
+    parts = {"read": read, "decide": decide, "settle": settle, "answer": answer}
+    figures = {name: _best(part, 1, number * 16, repeat) for name, part in parts.items()}
+    print(
+        f"the lone request's path, a receive of 1 APPEND, us per APPEND (thread CPU, best of "
+        f"{repeat}): "
         + ", ".join(f"{name} {value:.3f}" for name, value in figures.items())
         + f"; together {sum(figures.values()):.3f}"
     )

@@ -68,6 +68,21 @@ class FrameDecoder:
             self._pos = 0
         buf += data
 
+    def take_whole(self, data: bytes | bytearray) -> bytes | None:
+        """:meth:`feed`, and when nothing was buffered and ``data`` is exactly one whole frame
+        of at most ``max_frame`` bytes (a receive at one request in flight), its payload,
+        taken at once and nothing left buffered: one call where ``feed`` and two
+        :meth:`next_frame` (the frame, then None) are three. None otherwise: ``data`` is
+        buffered, its frames come from :meth:`next_frame` (a frame too large raises there)."""
+        if self._pos >= len(self._buf) and type(data) is bytes and len(data) >= HEADER_SIZE:
+            (length,) = _HEADER.unpack_from(data)
+            if length == len(data) - HEADER_SIZE and length <= self.max_frame:
+                self._buf = b""
+                self._pos = 0
+                return data[HEADER_SIZE:]
+        self.feed(data)
+        return None
+
     def next_frame(self) -> bytes | None:
         """The next whole payload, or None if more bytes are needed.
 

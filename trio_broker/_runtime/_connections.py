@@ -295,8 +295,22 @@ class ConnectionServer:
         """Requests of this receive let through to ``handle``, not yet decided: decided
         together (``handle_many``) before anything else is queued, and before any wait."""
         run_info: list[tuple[str, float, int]] = []
+        given = 0
+        """Answers of ``run`` given by ``handle_many`` so far (to ``answered``)."""
+
+        def answered(answers: list[Answer]) -> None:
+            # (made once per connection, not per run: one run is decided at a time)
+            nonlocal given
+            if len(answers) == 1:  # (a receive of one request: put costs a fifth)
+                operation, began, held = run_info[given]
+                outbox.put(operation, began, answers[0], held)
+                given += 1
+                return
+            start, given = given, given + len(answers)
+            outbox.put_many(run_info[start:given], answers)
 
         async def decide_run() -> None:
+            nonlocal given
             if outbox.answers:
                 # Deciding may wait (for capacity, storage, another broker): the answers
                 # before these must not wait with them.
@@ -307,17 +321,6 @@ class ConnectionServer:
                     outbox.put(operation, began, answer, held)
             else:
                 given = 0
-
-                def answered(answers: list[Answer]) -> None:
-                    nonlocal given
-                    if len(answers) == 1:  # (a receive of one request: put costs a fifth)
-                        operation, began, held = run_info[given]
-                        outbox.put(operation, began, answers[0], held)
-                        given += 1
-                        return
-                    start, given = given, given + len(answers)
-                    outbox.put_many(run_info[start:given], answers)
-
                 await handle_many(run, session, answered)
                 assert given == len(run), "a request of the run was not answered"
             run.clear()
@@ -355,33 +358,44 @@ class ConnectionServer:
                         buffered=decoder.buffered,
                     )
                 return True
-            decoder.feed(data)
+            # A receive that is one whole frame (one request in flight) is taken at once;
+            # any other is buffered and cut frame by frame (docs/performance.md, "The leader
+            # loop per request").
+            whole = decoder.take_whole(data)
+            last = whole is not None
+            """The receive was one whole frame: no frame follows it."""
             started = time.perf_counter()  # the frames of one receive arrived together
             # A client request needs no check (``_authorize``'s first case): asked once per
             # receive, and again after every request that takes the checks (AUTH changes it).
             open_session = self._lets_clients_through(session)
             while True:
-                try:
-                    payload = decoder.next_frame()
-                except FrameTooLarge as exc:
-                    if run:
-                        await decide_run()
-                    # The stream cannot be resynchronised: answer, then close this connection.
-                    log_event(
-                        logging.WARNING,
-                        "request.rejected",
-                        peer=peer,
-                        code=exc.code,
-                        reason=exc.message,
-                    )
-                    writer.kick()
-                    await outbox.wait_for_slot(max_in_flight)
-                    outbox.put("INVALID", started, Answer(now=exc), 0)
-                    return False
-                if payload is None:
-                    if run:
-                        await decide_run()
-                    break
+                if whole is not None:
+                    payload: bytes | None = whole
+                    whole = None
+                else:
+                    payload = None
+                    if not last:
+                        try:
+                            payload = decoder.next_frame()
+                        except FrameTooLarge as exc:
+                            if run:
+                                await decide_run()
+                            # The stream cannot be resynchronised: answer, then close.
+                            log_event(
+                                logging.WARNING,
+                                "request.rejected",
+                                peer=peer,
+                                code=exc.code,
+                                reason=exc.message,
+                            )
+                            writer.kick()
+                            await outbox.wait_for_slot(max_in_flight)
+                            outbox.put("INVALID", started, Answer(now=exc), 0)
+                            return False
+                    if payload is None:
+                        if run:
+                            await decide_run()
+                        break
                 frame_began = None
                 if outbox.in_flight + len(run) >= max_in_flight:
                     if run:

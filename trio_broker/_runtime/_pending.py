@@ -292,19 +292,27 @@ class Capacity:
 
 
 class Pending:
-    """A proposal's outcome, filled in once its entry is applied (or known not to be)."""
+    """A proposal's outcome, filled in once its entry is applied (or known not to be).
 
-    __slots__ = ("_event", "_notify", "result")
+    Its ``trio.Event`` is made only when a task waits for it (:meth:`wait`): a connection's
+    answer is written from :meth:`when_done`'s callback, so most outcomes are never awaited
+    (one per request at one request in flight: docs/performance.md, "The leader loop per
+    request (sixth round)")."""
+
+    __slots__ = ("_done", "_event", "_notify", "result")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._done = False
+        self._event: trio.Event | None = None
         self._notify: Callable[[], None] | None = None
         self.result: Any = None
 
     def set(self, result: Any) -> None:
-        if not self._event.is_set():
+        if not self._done:
             self.result = result
-            self._event.set()
+            self._done = True
+            if self._event is not None:
+                self._event.set()
             notify, self._notify = self._notify, None
             if notify is not None:
                 _notify(notify)
@@ -313,17 +321,22 @@ class Pending:
         """Call ``callback`` (once, in the task that sets the outcome: at once, or on leaving
         :func:`settling`) when the outcome is known; False, and nothing registered, if it is
         known now. One callback at a time (the connection whose answer this is)."""
-        if self._event.is_set():
+        if self._done:
             return False
         self._notify = callback
         return True
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     async def wait(self) -> Any:
-        await self._event.wait()
+        if self._done:
+            await trio.lowlevel.checkpoint()  # (as a set Event's wait: it checkpoints)
+        else:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
         return self.result
 
 

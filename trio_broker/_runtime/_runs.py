@@ -49,7 +49,7 @@ from ._operations import (
     read_command,
     too_large,
 )
-from ._pending import GroupAnswer, GroupRun, PendingGroup, RunAnswer
+from ._pending import GroupAnswer, GroupRun, Pending, PendingGroup, RunAnswer
 from ._work import Mapped, appended_answer, publish_command, read_answer
 
 Convert = Callable[[Any], Any]
@@ -69,6 +69,9 @@ class Runs:
         wall_clock_ms: Callable[[], int],
     ) -> None:
         self._config = config
+        self._max_data = config.max_data_bytes
+        """(The config is frozen: its property, a call and a ``max``, read once, not per
+        APPEND.)"""
         self._driver = driver
         self.handle = handle
         self._closing = closing
@@ -136,7 +139,7 @@ class Runs:
 
         stamp = self._wall_clock_ms()  # (one stamp for the APPENDs of one receive)
         limit = min(self._driver.max_group, self._config.max_in_flight)
-        max_data = self._config.max_data_bytes
+        max_data = self._max_data
         closing = self._closing()  # (read again after each wait)
         others = 0
         """Commands proposed that are not the original contract's APPENDs."""
@@ -237,7 +240,7 @@ class Runs:
         limit = min(self._driver.max_group, self._config.max_in_flight)
         if len(requests) > limit or self._closing():
             return None
-        longest = min(self._config.max_data_bytes, DEEP_FROM)
+        longest = min(self._max_data, DEEP_FROM)
         for request in requests:
             if (
                 type(request) is not tuple
@@ -259,7 +262,7 @@ class Runs:
                 return await self.handle(as_request(request), session)
             if len(data) > DEEP_FROM and nests_too_deep(value, data):
                 return Answer(now=too_deep())
-            max_data = self._config.max_data_bytes
+            max_data = self._max_data
             if len(data) > max_data:
                 return Answer(now=too_large(len(data), max_data, "data"))
             appended = AppendMessage(queue, data, None, None, self._wall_clock_ms())
@@ -269,7 +272,7 @@ class Runs:
             pending = await driver.propose(appended)
             if isinstance(pending, BrokerError):
                 return Answer(now=pending)
-            return AppendAnswer(later=pending)
+            return AppendAnswer(pending)
         if (
             type(request) is Append
             and request.producer_id is None
@@ -279,7 +282,7 @@ class Runs:
             and request.queue_name.startswith("Q-")
             and not self._closing()
         ):
-            command = plain_append(request, self._config.max_data_bytes, self._wall_clock_ms())
+            command = plain_append(request, self._max_data, self._wall_clock_ms())
             if isinstance(command, BrokerError):
                 return Answer(now=command)
             driver = self._driver
@@ -288,7 +291,7 @@ class Runs:
             pending = await driver.propose(command)
             if isinstance(pending, BrokerError):
                 return Answer(now=pending)
-            return AppendAnswer(later=pending)
+            return AppendAnswer(pending)
         return await self.handle(request, session)  # type: ignore[arg-type]
 
     def _run_command(self, request: Request, stamp: int) -> tuple[Any, Convert | None] | None:
@@ -378,6 +381,13 @@ class AppendAnswer(Answer):
     straight from the sequence number, as :class:`RunAnswer`'s."""
 
     __slots__ = ()
+
+    def __init__(self, later: Pending) -> None:
+        self._now = None  # (Answer.__init__ without its keywords and its check: one per APPEND)
+        self._later = later
+
+    def when_known(self, callback: Callable[[], None]) -> bool:
+        return self._later.when_done(callback)  # type: ignore[union-attr]
 
     def frame(self) -> bytes | None:
         later = self._later
