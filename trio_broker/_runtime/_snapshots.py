@@ -302,7 +302,8 @@ def _snapshot_intact(path: str) -> bool:
     "Damaged data"); a damaged one is logged and never handed to the core. A snapshot of an
     older schema version (from a leader not yet upgraded) is upgraded first, as a store's own
     file is when it opens; one of a newer version (from a leader already upgraded, to this
-    broker not yet) is logged and dropped (docs/operations.md, "Upgrades")."""
+    broker not yet) is logged and dropped (docs/operations.md, "Upgrade one broker at a
+    time")."""
     try:
         found = upgrade_file(path)
     except SchemaTooNew as exc:
