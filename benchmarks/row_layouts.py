@@ -10,6 +10,8 @@ rows older than ``--keep`` saves are deleted (a compaction). Layouts:
 - ``now``: the store's ``queue_data`` (a rowid table, ``UNIQUE (queue_id, sequence_num)``,
   the value in the row): what every broker does today;
 - ``noindex``: ``now`` without its unique index (what the index costs; reads need it);
+- ``intkey``: ``now`` with an integer queue number instead of the queue id's text in the row
+  and its unique index (``UNIQUE (queue_number, sequence_num)``): no limit on either number;
 - ``packed``: the row's key packed into its rowid (a queue number times 2**40 plus the
   sequence number): no queue id text per row and no index;
 - ``once``: ``packed`` without the value in the row, which points into the log row instead
@@ -49,6 +51,11 @@ _SCHEMAS = {
         CREATE TABLE queue_data (
             queue_id TEXT NOT NULL, sequence_num INTEGER NOT NULL, appended_ms INTEGER,
             headers TEXT, checksum INTEGER NOT NULL, data BLOB NOT NULL) STRICT;""",
+    "intkey": """
+        CREATE TABLE queue_data (
+            queue_number INTEGER NOT NULL, sequence_num INTEGER NOT NULL, appended_ms INTEGER,
+            headers TEXT, checksum INTEGER NOT NULL, data BLOB NOT NULL,
+            UNIQUE (queue_number, sequence_num)) STRICT;""",
     "packed": """
         CREATE TABLE queue_data (
             key INTEGER PRIMARY KEY, appended_ms INTEGER, headers TEXT,
@@ -65,8 +72,9 @@ CREATE TABLE raft_log (log_index INTEGER PRIMARY KEY, term INTEGER NOT NULL,
 
 
 def _statements(layout: str) -> dict[int, str]:
-    if layout in ("now", "noindex"):
-        head = "INSERT INTO queue_data (queue_id, sequence_num, appended_ms, headers, checksum,"
+    if layout in ("now", "noindex", "intkey"):
+        column = "queue_number" if layout == "intkey" else "queue_id"
+        head = f"INSERT INTO queue_data ({column}, sequence_num, appended_ms, headers, checksum,"
         head += " data) VALUES "
         row = "(?1,?{},?2,NULL,?{},?{})"
         per = 3
@@ -131,8 +139,8 @@ def run(layout: str, args: argparse.Namespace) -> tuple[float, float, float]:
                     stamp = 1_765_000_000_000 + index
                     for start, end in _spans(len(values)):
                         params: list[object]
-                        if layout in ("now", "noindex"):
-                            params = [QUEUE, stamp]
+                        if layout in ("now", "noindex", "intkey"):
+                            params = [1 if layout == "intkey" else QUEUE, stamp]
                             for s, v in enumerate(values[start:end], seq + 1 + start):
                                 params += (s, crc(b"%b%d\0%b" % (place, s, v)), v)
                         elif layout == "packed":
@@ -208,6 +216,12 @@ def _read(db: apsw.Connection, layout: str, first: int, last: int, batch: int) -
                     "SELECT key - 1099511627776, data, checksum FROM queue_data"
                     " WHERE key BETWEEN ? AND ?",
                     ((1 << 40) + start, (1 << 40) + end),
+                ).fetchall()
+            elif layout == "intkey":
+                rows = db.execute(
+                    "SELECT sequence_num, data, checksum FROM queue_data"
+                    " WHERE queue_number = ? AND sequence_num BETWEEN ? AND ?",
+                    (1, start, end),
                 ).fetchall()
             else:
                 rows = db.execute(

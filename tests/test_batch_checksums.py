@@ -45,8 +45,8 @@ def _write_as_before(db: apsw.Connection, queue_id: str, rows: list[tuple]) -> N
     data directory written before holds them."""
     with db:
         db.executemany(
-            "INSERT INTO queue_data (queue_id, sequence_num, appended_ms, headers, checksum,"
-            " data) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO queue_data (queue_number, sequence_num, appended_ms, headers, checksum,"
+            " data) VALUES ((SELECT queue_number FROM queues WHERE queue_id = ?), ?, ?, ?, ?, ?)",
             [(queue_id, s, 1, h, original_checksum(queue_id, s, d, h), d) for s, d, h in rows],
         )
 
@@ -65,10 +65,17 @@ def test_inserted_checksums_are_the_stored_definitions(store_db, queue_id, first
     text), the sequence number, the bytes and the headers; and ``value_checksum`` is it too."""
     store_db.execute("BEGIN")
     try:
+        # (the queue, unless it is the fixture's own: its rows' key is its number, version 7)
+        store_db.execute(
+            "INSERT OR IGNORE INTO queues (queue_id, queue_number)"
+            " VALUES (?, (SELECT max(queue_number) + 1 FROM queues))",
+            (queue_id,),
+        )
         insert_values(store_db, queue_id, first, [(d, 5, h) for d, h in values])
         stored = store_db.execute(
             "SELECT sequence_num, data, headers, checksum FROM queue_data"
-            " WHERE queue_id = ? ORDER BY sequence_num",
+            " WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?) ORDER BY sequence_num",
             (queue_id,),
         ).fetchall()
     finally:
@@ -133,33 +140,40 @@ def test_a_damaged_value_in_a_batch_is_never_served(db, damaged, how):
     with db:
         if how == "bytes":
             db.execute(
-                "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = ?",
+                "UPDATE queue_data SET data = ? WHERE queue_number = (SELECT queue_number"
+                " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
                 (orjson.dumps({"n": damaged + 1}), Q, damaged),
             )
         elif how == "checksum":
             db.execute(
-                "UPDATE queue_data SET checksum = checksum + 1 WHERE queue_id = ?"
+                "UPDATE queue_data SET checksum = checksum + 1"
+                " WHERE queue_number = (SELECT queue_number FROM queues WHERE queue_id = ?)"
                 " AND sequence_num = ?",
                 (Q, damaged),
             )
         elif how == "headers":
             db.execute(
-                'UPDATE queue_data SET headers = \'{"h":"y"}\' WHERE queue_id = ?'
+                'UPDATE queue_data SET headers = \'{"h":"y"}\''
+                " WHERE queue_number = (SELECT queue_number FROM queues WHERE queue_id = ?)"
                 " AND sequence_num = ?",
                 (Q, damaged),
             )
         elif how == "missing":
             db.execute(
-                "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (Q, damaged)
+                "DELETE FROM queue_data WHERE queue_number = (SELECT queue_number"
+                " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
+                (Q, damaged),
             )
         else:  # the table is STRICT: only a NULL where a text belongs can be of another type
             db.execute(
-                "UPDATE queue_data SET headers = NULL WHERE queue_id = ? AND sequence_num = ?",
+                "UPDATE queue_data SET headers = NULL WHERE queue_number = (SELECT queue_number"
+                " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
                 (Q, damaged),
             )
             if rows[damaged - 1][2] is None:  # (it had none: damage its bytes instead)
                 db.execute(
-                    "UPDATE queue_data SET data = x'00' WHERE queue_id = ? AND sequence_num = ?",
+                    "UPDATE queue_data SET data = x'00' WHERE queue_number = (SELECT queue_number"
+                    " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
                     (Q, damaged),
                 )
     with pytest.raises(StorageDamaged, match=f"seq {damaged}") as raised:
@@ -192,7 +206,8 @@ def test_a_damaged_value_in_a_batch_answers_unavailable_and_moves_nothing(tmp_pa
     db = apsw.Connection(str(tmp_path / DB_FILE))
     with db:
         db.execute(
-            "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = 60",
+            "UPDATE queue_data SET data = ? WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?) AND sequence_num = 60",
             (orjson.dumps(61), Q),
         )
     db.close()

@@ -38,7 +38,7 @@ def _rows(count: int, first: int) -> list[tuple[bytes, int | None, str | None]]:
 def _stored(db: apsw.Connection, queue_id: str) -> list[tuple]:
     return db.execute(
         "SELECT queue_id, sequence_num, appended_ms, headers, checksum, data FROM queue_data"
-        " WHERE queue_id = ? ORDER BY sequence_num",
+        " JOIN queues USING (queue_number) WHERE queue_id = ? ORDER BY sequence_num",
         (queue_id,),
     ).fetchall()
 

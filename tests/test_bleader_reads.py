@@ -395,8 +395,10 @@ DEAD = "Q-DEAD000001"
 @pytest.mark.parametrize(
     "damage",
     [
-        "UPDATE queue_data SET data = substr(data, 2) WHERE queue_id = ? AND sequence_num = 2",
-        "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = 2",
+        "UPDATE queue_data SET data = substr(data, 2) WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = 2",
+        "DELETE FROM queue_data WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = 2",
     ],
     ids=["shorter", "missing"],
 )
@@ -433,7 +435,16 @@ def test_a_damaged_value_is_never_moved_to_a_dead_letter_queue(tmp_path, damage,
         with pytest.raises(StorageDamaged) as found:
             store.save(entries=entries, committed=entries)
         assert (found.value.queue_id, found.value.seq) == (QUEUE, 2)
-        assert list(store._db.execute("SELECT * FROM queue_data WHERE queue_id = ?", (DEAD,))) == []
+        assert (
+            list(
+                store._db.execute(
+                    "SELECT * FROM queue_data WHERE queue_number = (SELECT queue_number"
+                    " FROM queues WHERE queue_id = ?)",
+                    (DEAD,),
+                )
+            )
+            == []
+        )
         assert list(store._db.execute("SELECT * FROM group_pending")) == pending
     finally:
         store.close()

@@ -249,7 +249,8 @@ def test_insert_stamped_stores_the_rows_insert_values_stores(shared_db, count):
             insert()
             return shared_db.execute(
                 "SELECT queue_id, sequence_num, appended_ms, headers, checksum, data"
-                " FROM queue_data WHERE queue_id = ? ORDER BY sequence_num",
+                " FROM queue_data JOIN queues USING (queue_number) WHERE queue_id = ?"
+                " ORDER BY sequence_num",
                 (queue,),
             ).fetchall()
         finally:
@@ -291,8 +292,8 @@ def _spy_paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         real = getattr(module, name)
         seen[name] = []
 
-        def spied(*args):
-            result = real(*args)
+        def spied(*args, **kwargs):  # (the inserts take the queue's number by keyword)
+            result = real(*args, **kwargs)
             seen[name].append(record(args, result))
             return result
 

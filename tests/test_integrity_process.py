@@ -356,7 +356,9 @@ def _stored_length(data_dir: Path, queue_id: str) -> int:
     db = apsw.Connection(str(data_dir / DB_FILE), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         (n,) = db.execute(
-            "SELECT count(*) FROM queue_data WHERE queue_id = ?", (queue_id,)
+            "SELECT count(*) FROM queue_data WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?)",
+            (queue_id,),
         ).fetchone()
         return n
     finally:

@@ -50,9 +50,21 @@ def _phases() -> tuple[list, list]:
 
 
 def _tables(path) -> dict[str, list]:
+    """Every table's rows, ``queues`` and ``queue_data`` as version 6 held them (the queue id
+    in each message's row, no queue number: the digests below were taken then, and still hold
+    with the rows of schema version 7 read back in that form)."""
     db = apsw.Connection(str(path / DB_FILE))
     try:
-        return every_table(db)
+        tables = every_table(db)
+        tables["queues"] = sorted((row[:-1] for row in tables["queues"]), key=repr)
+        tables["queue_data"] = sorted(
+            db.execute(
+                "SELECT queue_id, sequence_num, appended_ms, headers, checksum, data"
+                " FROM queue_data JOIN queues USING (queue_number)"
+            ).fetchall(),
+            key=repr,
+        )
+        return tables
     finally:
         db.close()
 

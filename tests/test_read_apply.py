@@ -164,7 +164,8 @@ def test_a_leader_waited_for_still_reads_and_refuses_a_damaged_value(tmp_path):
         store.apply([CreateQueue(queue), AppendBatch(queue, (b"one", b"two", b"three"))])
         store._db.execute(
             "UPDATE queue_data SET data = CAST(X'00' || data AS BLOB)"
-            " WHERE queue_id = ? AND sequence_num = 2",
+            " WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?) AND sequence_num = 2",
             (queue,),
         )
         values_read = _watch_value_reads(store)

@@ -105,17 +105,24 @@ def _with_headers(store: Store, seq: int, headers: str) -> None:
     """Message ``seq`` given headers, intact (its checksum recomputed), as work-queue
     appends store them."""
     (data,) = store._db.execute(
-        "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (QUEUE, seq)
+        "SELECT data FROM queue_data WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
+        (QUEUE, seq),
     ).fetchone()
     checksum = value_checksum(QUEUE, seq, data, headers)
     store._db.execute(
-        "UPDATE queue_data SET headers = ?, checksum = ? WHERE queue_id = ? AND sequence_num = ?",
+        "UPDATE queue_data SET headers = ?, checksum = ? WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
         (headers, checksum, QUEUE, seq),
     )
 
 
 def _damage(store: Store, seq: int, sql: str) -> None:
-    store._db.execute(sql + " WHERE queue_id = ? AND sequence_num = ?", (QUEUE, seq))
+    store._db.execute(
+        sql + " WHERE queue_number = (SELECT queue_number FROM queues WHERE queue_id = ?)"
+        " AND sequence_num = ?",
+        (QUEUE, seq),
+    )
 
 
 def test_a_single_read_is_three_statements_for_the_leader_and_two_for_nobody(tmp_path):

@@ -58,11 +58,14 @@ def _alter(path: Path, queue_id: str, seq: int) -> None:
     db = apsw.Connection(str(path / DB_FILE))
     try:
         (data,) = db.execute(
-            "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+            "SELECT data FROM queue_data WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
+            (queue_id, seq),
         ).fetchone()
         changed = bytes([data[0] ^ 0x01]) + data[1:]
         db.execute(
-            "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = ?",
+            "UPDATE queue_data SET data = ? WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
             (changed, queue_id, seq),
         )
     finally:
@@ -104,7 +107,11 @@ def test_a_read_for_nobody_goes_past_a_damaged_value_when_its_effect_needs_no_by
     _store_with_values(tmp_path)
     _alter(tmp_path, Q, 7)
     db = apsw.Connection(str(tmp_path / DB_FILE))
-    db.execute("DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = 11", (Q,))
+    db.execute(
+        "DELETE FROM queue_data WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = 11",
+        (Q,),
+    )
     db.close()
     store = Store(tmp_path)
     try:
@@ -213,7 +220,9 @@ def test_the_scrub_finds_rows_missing_anywhere_a_bounded_step_at_a_time(tmp_path
     db = apsw.Connection(str(tmp_path / DB_FILE))
     for queue_id, seq in ((qa, 1), (qa, 6), (qa, 12), (qb, 1), (qb, 2), (qb, 3)):
         db.execute(
-            "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+            "DELETE FROM queue_data WHERE queue_number = (SELECT queue_number"
+            " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
+            (queue_id, seq),
         )
     db.close()
     _alter(tmp_path, qc, 2)
@@ -353,10 +362,13 @@ def _alter_live(store: Store, queue_id: str, seq: int) -> None:
     thread): damage that appears while it runs."""
     db = store._db
     (data,) = db.execute(
-        "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = ?", (queue_id, seq)
+        "SELECT data FROM queue_data WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
+        (queue_id, seq),
     ).fetchone()
     db.execute(
-        "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = ?",
+        "UPDATE queue_data SET data = ? WHERE queue_number = (SELECT queue_number"
+        " FROM queues WHERE queue_id = ?) AND sequence_num = ?",
         (bytes([data[0] ^ 0x01]) + data[1:], queue_id, seq),
     )
 

@@ -293,7 +293,8 @@ async def test_a_snapshot_carries_policies_stamps_and_the_deleted_front(ram_path
 
             def stamps(broker):
                 return broker._store._db.execute(
-                    "SELECT sequence_num, appended_ms FROM queue_data WHERE queue_id = ?"
+                    "SELECT sequence_num, appended_ms FROM queue_data"
+                    " WHERE queue_number = (SELECT queue_number FROM queues WHERE queue_id = ?)"
                     " ORDER BY sequence_num",
                     (q,),
                 ).fetchall()

@@ -299,11 +299,13 @@ async def test_a_replica_persisting_in_step_applies_reads_for_nobody_without_the
         def alter() -> None:
             db = store._db
             (data,) = db.execute(
-                "SELECT data FROM queue_data WHERE queue_id = ? AND sequence_num = 25",
+                "SELECT data FROM queue_data WHERE queue_number = (SELECT queue_number"
+                " FROM queues WHERE queue_id = ?) AND sequence_num = 25",
                 (queue_id,),
             ).fetchone()
             db.execute(
-                "UPDATE queue_data SET data = ? WHERE queue_id = ? AND sequence_num = 25",
+                "UPDATE queue_data SET data = ? WHERE queue_number = (SELECT queue_number"
+                " FROM queues WHERE queue_id = ?) AND sequence_num = 25",
                 (bytes([data[0] ^ 0x01]) + data[1:], queue_id),
             )
 

@@ -126,7 +126,8 @@ def _assert_store_matches(store: Store, model: QueueState) -> None:
         stamps = [
             row[0]
             for row in store._db.execute(
-                "SELECT appended_ms FROM queue_data WHERE queue_id = ? ORDER BY sequence_num",
+                "SELECT appended_ms FROM queue_data WHERE queue_number = (SELECT queue_number"
+                " FROM queues WHERE queue_id = ?) ORDER BY sequence_num",
                 (queue_id,),
             )
         ]
@@ -393,7 +394,8 @@ def test_a_rejected_command_changes_nothing_while_the_others_apply(tmp_path):
         assert store.messages(missing) == []
         assert store.positions() == {(CLIENTS[0], q): 1}
         (rows,) = store._db.execute(
-            "SELECT count(*) FROM queue_data WHERE queue_id = ?", (missing,)
+            "SELECT count(*) FROM queue_data"
+            " WHERE queue_number NOT IN (SELECT queue_number FROM queues)"
         ).fetchone()
         assert rows == 0
     finally:
@@ -762,7 +764,7 @@ def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path,
     store = Store(tmp_path)
     try:
         (version,) = store._db.execute("PRAGMA user_version").fetchone()
-        assert version == SCHEMA_VERSION == 6
+        assert version == SCHEMA_VERSION == 7
         assert store.identity() == Identity("B-OLDV3", "G-OLDV3")
         _assert_store_matches(store, model)
         assert model.stamps[q] == [None] * 5

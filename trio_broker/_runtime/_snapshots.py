@@ -30,7 +30,8 @@ from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
 from .._protocol import FetchValues, StoredValues
 from .._storage import StorageWorker, Store
-from .._storage._integrity import StorageDamaged, check_snapshot_file
+from .._storage._integrity import DAMAGE_ERRORS, StorageDamaged, check_snapshot_file
+from .._storage._schema import SCHEMA_VERSION, SchemaTooNew, upgrade_file
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, is_disk_full
 from ._log import log_event
@@ -298,7 +299,21 @@ class Snapshots:
 
 def _snapshot_intact(path: str) -> bool:
     """Whether every value of a received snapshot matches its checksum (docs/reliability.md,
-    "Damaged data"); a damaged one is logged and never handed to the core."""
+    "Damaged data"); a damaged one is logged and never handed to the core. A snapshot of an
+    older schema version (from a leader not yet upgraded) is upgraded first, as a store's own
+    file is when it opens; one of a newer version (from a leader already upgraded, to this
+    broker not yet) is logged and dropped (docs/operations.md, "Upgrade one broker at a
+    time")."""
+    try:
+        found = upgrade_file(path)
+    except SchemaTooNew as exc:
+        log_event(logging.ERROR, "snapshot.too_new", path=path, error=str(exc))
+        return False
+    except DAMAGE_ERRORS as exc:
+        log_event(logging.ERROR, "snapshot.damaged", path=path, error=str(exc))
+        return False
+    if found != SCHEMA_VERSION:
+        log_event(logging.INFO, "snapshot.upgraded", path=path, version=found)
     try:
         check_snapshot_file(path)
     except StorageDamaged as exc:

@@ -51,14 +51,14 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
         decided = check_producer(state, command.producer_seq, batch)
         if decided is not None:
             return decided
-    (length,) = db.execute(
+    (length, number) = db.execute(
         "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
         " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
-        " WHERE queue_id = ?3 RETURNING length",
+        " WHERE queue_id = ?3 RETURNING length, queue_number",
         (len(data), stamp, command.queue_id),
     ).fetchone()
     first = length - len(data) + 1
-    insert_plain(db, command.queue_id, first, data, stamp)
+    insert_plain(db, command.queue_id, first, data, stamp, number=number)
     if producer is not None:
         save_producer(db, "producers", producer, state, command.producer_seq, first, len(data))
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
@@ -90,16 +90,16 @@ def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Resul
     stamps = run_stamps(last, [c.appended_ms for c in run])
     stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
-    (length,) = db.execute(
+    (length, number) = db.execute(
         "UPDATE queues SET length = length + ?, last_appended_ms = ? WHERE queue_id = ?"
-        " RETURNING length",
+        " RETURNING length, queue_number",
         (len(run), stamp, queue_id),
     ).fetchone()
     first = length - len(run) + 1
     if stamps[0] == stamp:  # (stamps never decrease: all alike, one receive's run)
-        insert_plain(db, queue_id, first, data, stamp)
+        insert_plain(db, queue_id, first, data, stamp, number=number)
     else:
-        insert_stamped(db, queue_id, first, data, stamps)
+        insert_stamped(db, queue_id, first, data, stamps, number=number)
     return list(map(_appended, range(first, length + 1)))
 
 
@@ -118,9 +118,9 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
     counts = [len(c.data) for c in run]
     total = sum(counts)
     # Every stamp is set, so undated_through does not move (as in _append).
-    (length,) = db.execute(
+    (length, number) = db.execute(
         "UPDATE queues SET length = length + ?, last_appended_ms = ? WHERE queue_id = ?"
-        " RETURNING length",
+        " RETURNING length, queue_number",
         (total, stamps[-1], queue_id),
     ).fetchone()
     results: list[Result] = []
@@ -134,7 +134,7 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
                 data: Sequence[bytes] = run[i].data
             else:
                 data = [value for c in run[start : i + 1] for value in c.data]
-            insert_plain(db, queue_id, start_at, data, stamps[i])
+            insert_plain(db, queue_id, start_at, data, stamps[i], number=number)
             start, start_at = i + 1, at
     return results
 

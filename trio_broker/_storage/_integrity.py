@@ -33,6 +33,8 @@ from .._core._commands import CommandRejected
 from .._core._raft_messages import Entry
 from .._errors import RemoteProtocolError
 from .._protocol._entries import decode_payload, entry_checksum
+from ._schema import QUEUE_NUMBER as QN
+from ._schema import SCHEMA_VERSION, SchemaTooNew
 
 _logger = logging.getLogger("trio_broker")
 
@@ -149,7 +151,8 @@ def _place(queue_id: str) -> bytes:
 
 
 _INSERT = (
-    "INSERT INTO queue_data (queue_id, sequence_num, appended_ms, headers, checksum, data) VALUES "
+    "INSERT INTO queue_data (queue_number, sequence_num, appended_ms, headers, checksum, data)"
+    " VALUES "
 )
 _CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 """Rows per ``INSERT`` statement: one statement of many rows costs SQLite and apsw less than
@@ -182,8 +185,19 @@ _CHUNK_STATEMENTS = {
     )
     for size in _CHUNKS
 }
-"""A statement of ``size`` rows: the queue id bound once (``?1``), then each row's sequence
-number, stamp, headers, checksum and bytes."""
+"""A statement of ``size`` rows: the queue's number bound once (``?1``), then each row's
+sequence number, stamp, headers, checksum and bytes."""
+
+
+def _number(db: apsw.Connection, queue_id: str, number: int | None) -> int:
+    """The queue's number (``_schema``, version 7): ``number`` when the caller has it (the
+    appends read it with the queue's length), else looked up."""
+    if number is not None:
+        return number
+    row = db.execute("SELECT queue_number FROM queues WHERE queue_id = ?", (queue_id,)).fetchone()
+    if row is None:
+        raise ValueError(f"no queue {queue_id!r} to insert into")
+    return int(row[0])
 
 
 def _row_checksum(place: bytes, seq: int, data: bytes, headers: str | None) -> int:
@@ -198,13 +212,16 @@ def insert_values(
     queue_id: str,
     first: int,
     rows: Sequence[tuple[bytes, int | None, str | None]],
+    *,
+    number: int | None = None,
 ) -> None:
     """Insert messages ``(data, appended_ms, headers)`` numbered from ``first``, each with its
     checksum (:func:`value_checksum`'s number), in order: runs of :data:`_CHUNKS` rows in one
-    statement each."""
+    statement each. ``number``: the queue's number, if the caller has read it."""
     place = _place(queue_id)
+    number = _number(db, queue_id, number)
     for start, end in _chunk_spans(len(rows)):
-        params: list[Any] = [queue_id]
+        params: list[Any] = [number]
         for seq, (data, stamp, headers) in enumerate(rows[start:end], first + start):
             params += (
                 seq,
@@ -226,14 +243,21 @@ each row binds its sequence number, checksum and bytes."""
 
 
 def insert_plain(
-    db: apsw.Connection, queue_id: str, first: int, data: Sequence[bytes], stamp: int | None
+    db: apsw.Connection,
+    queue_id: str,
+    first: int,
+    data: Sequence[bytes],
+    stamp: int | None,
+    *,
+    number: int | None = None,
 ) -> None:
     """What ``insert_values(db, queue_id, first, [(d, stamp, None) for d in data])`` stores,
     for messages without headers appended together (an APPEND_BATCH, a run of APPENDs of one
     stamp): three values bound per row instead of five, and no tuple per message first."""
     place = _place(queue_id)
+    number = _number(db, queue_id, number)
     for start, end in _chunk_spans(len(data)):
-        params: list[Any] = [queue_id, stamp]
+        params: list[Any] = [number, stamp]
         for seq, value in enumerate(data[start:end], first + start):
             params += (seq, _crc32c(_PLAIN % (place, seq, value)), value)
         db.execute(_PLAIN_STATEMENTS[end - start], params)
@@ -256,6 +280,8 @@ def insert_stamped(
     first: int,
     data: Sequence[bytes],
     stamps: Sequence[int | None],
+    *,
+    number: int | None = None,
 ) -> None:
     """What ``insert_values(db, queue_id, first, list(zip(data, stamps, [None] * n)))``
     stores, from the two columns as they are (a run of APPENDs whose stamps differ: the
@@ -266,8 +292,9 @@ def insert_stamped(
     if len(data) != len(stamps):
         raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
     place = _place(queue_id)
+    number = _number(db, queue_id, number)
     for start, end in _chunk_spans(len(data)):
-        params: list[Any] = [queue_id]
+        params: list[Any] = [number]
         for seq, value, stamp in zip(
             range(first + start, first + end), data[start:end], stamps[start:end], strict=True
         ):
@@ -276,11 +303,11 @@ def insert_stamped(
 
 
 _READ_VALUES = (
-    "SELECT sequence_num, data, headers, checksum FROM queue_data WHERE queue_id = ?"
+    f"SELECT sequence_num, data, headers, checksum FROM queue_data WHERE queue_number = {QN}"
     " AND sequence_num BETWEEN ? AND ?"
 )
 """The values :func:`read_values` reads. No ``ORDER BY``: SQLite searches the table's unique
-index on ``(queue_id, sequence_num)`` (``EXPLAIN QUERY PLAN``: ``SEARCH queue_data USING
+index on ``(queue_number, sequence_num)`` (``EXPLAIN QUERY PLAN``: ``SEARCH queue_data USING
 INDEX sqlite_autoindex_queue_data_1``), so the rows come in sequence order without a sort,
 and the plan with ``ORDER BY`` (the same bytecode but a ``Noop``) cost 6.5 µs per execution
 of one row against 1.9 µs without (docs/performance.md, "A single READ on the leader").
@@ -352,7 +379,7 @@ def _intact_run(
 
 
 _READ_DATA = (
-    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ? AND sequence_num = ?"
+    f"SELECT data, headers, checksum FROM queue_data WHERE queue_number = {QN} AND sequence_num = ?"
 )
 
 
@@ -393,11 +420,7 @@ def _missing(db: apsw.Connection, queue_id: str, seq: int) -> StorageDamaged:
 def read_value(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str | None] | None:
     """One message (None if the queue does not hold it), checked."""
     try:
-        row = db.execute(
-            "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
-            " AND sequence_num = ?",
-            (queue_id, seq),
-        ).fetchone()
+        row = db.execute(_READ_DATA, (queue_id, seq)).fetchone()
     except DAMAGE_ERRORS as exc:
         where = f"queue {queue_id} seq {seq}"
         raise damage_from(
@@ -443,7 +466,7 @@ def intact_rows(
     try:
         for seq, data, headers, stamp, checksum in db.execute(
             "SELECT sequence_num, data, headers, appended_ms, checksum FROM queue_data"
-            " WHERE queue_id = ? AND sequence_num >= ? ORDER BY sequence_num LIMIT ?",
+            f" WHERE queue_number = {QN} AND sequence_num >= ? ORDER BY sequence_num LIMIT ?",
             (queue_id, first, max_rows),
         ):
             if not _intact(queue_id, seq, data, headers, checksum):
@@ -463,30 +486,27 @@ def repair_rows(db: apsw.Connection, queue_id: str, rows: Sequence[StoredRow]) -
     (changed on the way), that this broker holds intact, or that is outside the messages it
     retains (not yet applied here, or already deleted) is left alone."""
     row = db.execute(
-        "SELECT deleted_through, length FROM queues WHERE queue_id = ?", (queue_id,)
+        "SELECT deleted_through, length, queue_number FROM queues WHERE queue_id = ?",
+        (queue_id,),
     ).fetchone()
     if row is None:
         return []
-    deleted, length = row
+    deleted, length, number = row
     repaired = []
     with db:
         for seq, data, headers, stamp, checksum in rows:
             if not deleted < seq <= length or not _intact(queue_id, seq, data, headers, checksum):
                 continue
             try:
-                local = db.execute(
-                    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
-                    " AND sequence_num = ?",
-                    (queue_id, seq),
-                ).fetchone()
+                local = db.execute(_READ_DATA, (queue_id, seq)).fetchone()
             except DAMAGE_ERRORS:
                 local = None
             if local is not None and _intact(queue_id, seq, *local):
                 continue
             db.execute(
-                "INSERT OR REPLACE INTO queue_data (queue_id, sequence_num, appended_ms, headers,"
-                " checksum, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (queue_id, seq, stamp, headers, checksum, data),
+                "INSERT OR REPLACE INTO queue_data (queue_number, sequence_num, appended_ms,"
+                " headers, checksum, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (number, seq, stamp, headers, checksum, data),
             )
             repaired.append(seq)
     return repaired
@@ -500,11 +520,7 @@ def needs_repair(db: apsw.Connection, queue_id: str, seq: int) -> bool:
     if row is None or not row[0] < seq <= row[1]:
         return False
     try:
-        found = db.execute(
-            "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
-            " AND sequence_num = ?",
-            (queue_id, seq),
-        ).fetchone()
+        found = db.execute(_READ_DATA, (queue_id, seq)).fetchone()
     except DAMAGE_ERRORS:
         return True
     return found is None or not _intact(queue_id, seq, *found)
@@ -523,9 +539,15 @@ def damaged_values(
     size = 0
     at_end = True
     try:
+        # (Rows in the order of their queues' ids, through their numbers: the queue's rows after
+        # ``after`` sought in the index, which the row value ``(q.queue_id, d.sequence_num) >
+        # (?1, ?2)`` did not give: it read the queue's rows from its first at every step.)
         for queue_id, seq, data, headers, checksum in db.execute(
-            "SELECT queue_id, sequence_num, data, headers, checksum FROM queue_data"
-            " WHERE (queue_id, sequence_num) > (?, ?) ORDER BY queue_id, sequence_num LIMIT ?",
+            "SELECT q.queue_id, d.sequence_num, d.data, d.headers, d.checksum"
+            " FROM queues AS q JOIN queue_data AS d ON d.queue_number = q.queue_number"
+            " WHERE q.queue_id >= ?1"
+            " AND d.sequence_num > iif(q.queue_id = ?1, ?2, -9223372036854775808)"
+            " ORDER BY q.queue_id, d.sequence_num LIMIT ?3",
             (*after, limit),
         ):
             seen.append((queue_id, seq))
@@ -600,13 +622,26 @@ def check_snapshot_file(path: str) -> None:
 
 
 def check_incoming_values(db: apsw.Connection, path: str) -> None:
-    """Check every value of a snapshot attached as ``incoming`` before it is installed."""
+    """Check every value of a snapshot attached as ``incoming`` before it is installed: first
+    that it is of this broker's schema version (a snapshot of an older one is upgraded when
+    it is received, ``_runtime/_snapshots.py``; one of a newer one is refused)."""
+    (version,) = db.execute("PRAGMA incoming.user_version").fetchone()
+    if version != SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"snapshot {path} has schema version {version}, this broker's is"
+            f" {SCHEMA_VERSION}: not installed"
+            + ("; upgrade trio_broker" if version > SCHEMA_VERSION else "")
+        )
     try:
         for queue_id, seq, data, headers, checksum in db.execute(
-            "SELECT queue_id, sequence_num, data, headers, checksum FROM incoming.queue_data"
+            "SELECT q.queue_id, d.sequence_num, d.data, d.headers, d.checksum"
+            " FROM incoming.queue_data AS d LEFT JOIN incoming.queues AS q"
+            " ON q.queue_number = d.queue_number"
         ):
-            if not isinstance(data, bytes) or checksum != value_checksum(
-                queue_id, seq, data, headers
+            if (
+                not isinstance(data, bytes)
+                or queue_id is None
+                or checksum != value_checksum(queue_id, seq, data, headers)
             ):
                 raise StorageDamaged(
                     path,

@@ -39,14 +39,16 @@ def append_rows(
     """Append as ``Store._append`` does (the same stamps and undated front); the first
     sequence number."""
     stamp = monotonic_stamp(stamp_ms, last_stamp)
-    (length,) = db.execute(
+    (length, number) = db.execute(
         "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
         " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
-        " WHERE queue_id = ?3 RETURNING length",
+        " WHERE queue_id = ?3 RETURNING length, queue_number",
         (len(rows), stamp, queue_id),
     ).fetchone()
     first = length - len(rows) + 1
-    insert_values(db, queue_id, first, [(d, stamp, encode_headers(h)) for d, h in rows])
+    insert_values(
+        db, queue_id, first, [(d, stamp, encode_headers(h)) for d, h in rows], number=number
+    )
     return first
 
 

@@ -62,6 +62,7 @@ from ._integrity import (
     read_values,
     report_damage,
 )
+from ._schema import NEXT_QUEUE_NUMBER
 from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
@@ -196,7 +197,10 @@ def _apply_one(
             return queue_exists(command.queue_id)
         if (problem := policy.problem()) is not None:
             return bad_request(problem)
-        db.execute("INSERT INTO queues (queue_id) VALUES (?)", (command.queue_id,))
+        db.execute(
+            f"INSERT INTO queues (queue_id, queue_number) VALUES (?, {NEXT_QUEUE_NUMBER})",
+            (command.queue_id,),
+        )
         _set_policy(db, command.queue_id, policy)
         return QueueCreated(command.queue_id)
     if isinstance(command, SetRetention):
@@ -455,10 +459,10 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
     trimmed = []
     queues = db.execute(
         "SELECT queue_id, length, deleted_through, undated_through, max_messages,"
-        " max_age_ms, delete_acknowledged FROM queues WHERE max_messages IS NOT NULL"
-        " OR max_age_ms IS NOT NULL OR delete_acknowledged ORDER BY queue_id"
+        " max_age_ms, delete_acknowledged, queue_number FROM queues WHERE max_messages IS NOT"
+        " NULL OR max_age_ms IS NOT NULL OR delete_acknowledged ORDER BY queue_id"
     ).fetchall()
-    for queue_id, length, deleted, undated, max_messages, max_age_ms, by_readers in queues:
+    for queue_id, length, deleted, undated, max_messages, max_age_ms, by_readers, number in queues:
         if budget <= 0:
             break
         policy = policy_from_row(max_messages, max_age_ms, by_readers)
@@ -469,9 +473,9 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
             # the first dated message after it that is too old.
             (too_old,) = db.execute(
                 "SELECT max(sequence_num) FROM (SELECT sequence_num, appended_ms"
-                " FROM queue_data WHERE queue_id = ? AND sequence_num > ?"
+                " FROM queue_data WHERE queue_number = ? AND sequence_num > ?"
                 " ORDER BY sequence_num LIMIT ?) WHERE appended_ms < ?",
-                (queue_id, max(deleted, undated), budget, now_ms - max_age_ms),
+                (number, max(deleted, undated), budget, now_ms - max_age_ms),
             ).fetchone()
         if by_readers:
             (slowest,) = db.execute(
@@ -482,8 +486,8 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
         through = retention_through(policy, deleted, length, too_old, slowest, budget, unfinished)
         if through > deleted:
             db.execute(
-                "DELETE FROM queue_data WHERE queue_id = ? AND sequence_num <= ?",
-                (queue_id, through),
+                "DELETE FROM queue_data WHERE queue_number = ? AND sequence_num <= ?",
+                (number, through),
             )
             db.execute(
                 "UPDATE queues SET deleted_through = ? WHERE queue_id = ?", (through, queue_id)

@@ -23,6 +23,7 @@ import orjson
 from .._core._work_commands import Delivery, Headers
 from .._core._work_rules import delivery_sizes
 from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
+from ._schema import QUEUE_NUMBER
 
 
 def intact_columns(
@@ -74,7 +75,7 @@ def intact_columns(
 
 
 _READ_COLUMNS = (
-    "SELECT data, headers, checksum FROM queue_data WHERE queue_id = ?"
+    f"SELECT data, headers, checksum FROM queue_data WHERE queue_number = {QUEUE_NUMBER}"
     " AND sequence_num BETWEEN ? AND ?"
 )
 """What :func:`intact_columns` reads: ``_integrity._READ_VALUES`` but the sequence numbers (rows

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import apsw
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE meta (
@@ -225,6 +225,46 @@ def _v6(db: apsw.Connection) -> None:
         db.create_scalar_function("trio_entry_checksum", None)
 
 
+# Version 7: the queue rows' key is the queue's number, not its id's text (docs/performance.md,
+# "The queue rows' key (sixth round)"): the unique index on `(queue_id, sequence_num)` cost
+# more per value than anything else a row holds. Each queue gets a number unique in this
+# database (`queue_number`, never reused: the largest so far plus one at CREATE_QUEUE), which
+# never goes on the wire or into a checksum: brokers upgrade at different applied indexes and
+# a snapshot installs its leader's numbers, so a queue's number differs from broker to broker.
+# The rows keep everything else, their checksums included (which cover the queue id). A row
+# whose queue is gone (none is left by DELETE_QUEUE) is not copied.
+_V7 = """
+ALTER TABLE queues ADD COLUMN queue_number INTEGER;
+UPDATE queues SET queue_number = numbered.n
+    FROM (SELECT queue_id, row_number() OVER (ORDER BY queue_id) AS n FROM queues) AS numbered
+    WHERE queues.queue_id = numbered.queue_id;
+CREATE UNIQUE INDEX queues_by_number ON queues (queue_number);
+
+CREATE TABLE queue_data_v7 (
+    queue_number INTEGER NOT NULL,
+    sequence_num INTEGER NOT NULL,
+    appended_ms  INTEGER,
+    headers      TEXT,
+    checksum     INTEGER NOT NULL,
+    data         BLOB    NOT NULL,
+    UNIQUE (queue_number, sequence_num)
+) STRICT;
+
+INSERT INTO queue_data_v7 (queue_number, sequence_num, appended_ms, headers, checksum, data)
+    SELECT q.queue_number, d.sequence_num, d.appended_ms, d.headers, d.checksum, d.data
+    FROM queue_data AS d JOIN queues AS q ON q.queue_id = d.queue_id
+    ORDER BY q.queue_number, d.sequence_num;
+DROP TABLE queue_data;
+ALTER TABLE queue_data_v7 RENAME TO queue_data;
+"""
+
+QUEUE_NUMBER = "(SELECT queue_number FROM queues WHERE queue_id = ?)"
+"""A queue's number (version 7) from its id, inside a statement on ``queue_data``: SQLite
+computes it once per statement (a constant subquery), one seek in ``queues``."""
+
+NEXT_QUEUE_NUMBER = "(SELECT coalesce(max(queue_number), 0) + 1 FROM queues)"
+"""The number a new queue takes (one seek in ``queues_by_number``)."""
+
 # UPGRADES[n] takes a database at version n to version n + 1.
 UPGRADES: dict[int, str | Callable[[apsw.Connection], None]] = {
     0: _V1,
@@ -233,6 +273,7 @@ UPGRADES: dict[int, str | Callable[[apsw.Connection], None]] = {
     3: _V4,
     4: _V5,
     5: _v6,
+    6: _V7,
 }
 
 
@@ -257,3 +298,16 @@ def upgrade(db: apsw.Connection) -> int:
                 db.execute(step)
             db.execute(f"PRAGMA user_version = {version + 1}")
     return found
+
+
+def upgrade_file(path: str) -> int:
+    """Bring a database file made elsewhere to :data:`SCHEMA_VERSION`, in one transaction (a
+    snapshot from a leader not yet upgraded, during a rolling upgrade: its tables are copied
+    as they are, ``SELECT *``, so they must be this version's); returns the version found.
+    :class:`SchemaTooNew` if it is newer, the file untouched."""
+    db = apsw.Connection(path)
+    try:
+        (found,) = db.execute("PRAGMA user_version").fetchone()
+        return found if found == SCHEMA_VERSION else upgrade(db)
+    finally:
+        db.close()

@@ -67,7 +67,9 @@ def dump(db: apsw.Connection) -> dict[str, Any]:
         "headers": {
             (queue_id, seq): decode_headers(text)
             for queue_id, seq, text in db.execute(
-                "SELECT queue_id, sequence_num, headers FROM queue_data WHERE headers IS NOT NULL"
+                "SELECT q.queue_id, d.sequence_num, d.headers FROM queue_data AS d"
+                " JOIN queues AS q ON q.queue_number = d.queue_number"
+                " WHERE d.headers IS NOT NULL"
             )
         },
         "groups": groups,

@@ -81,12 +81,12 @@ from ._integrity import read_values
 from ._lease_sql import append_rows, change_leases, expire_leases
 from ._producers_sql import save_producer
 from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
+from ._schema import NEXT_QUEUE_NUMBER, QUEUE_NUMBER
 
 __all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
 
 _QUEUE_TABLES = (
     "queues",
-    "queue_data",
     "client_positions",
     "producers",
     "queue_names",
@@ -95,7 +95,8 @@ _QUEUE_TABLES = (
     "position_activity",
     "fenced_producers",
 )
-"""Every table with a ``queue_id`` column: what a deleted queue leaves nowhere."""
+"""Every table with a ``queue_id`` column: what a deleted queue leaves nowhere (and its rows
+in ``queue_data``, found by its number, deleted before its row in ``queues``)."""
 
 
 def touch_position(
@@ -207,8 +208,8 @@ def _create_named(db: apsw.Connection, command: CreateNamedQueue) -> WorkResult 
     if (problem := policy.problem()) is not None:
         return bad_request(problem)
     db.execute(
-        "INSERT INTO queues (queue_id, max_messages, max_age_ms, delete_acknowledged)"
-        " VALUES (?, ?, ?, ?)",
+        "INSERT INTO queues (queue_id, max_messages, max_age_ms, delete_acknowledged,"
+        f" queue_number) VALUES (?, ?, ?, ?, {NEXT_QUEUE_NUMBER})",
         (command.queue_id, policy.max_messages, policy.max_age_ms, policy.delete_acknowledged),
     )
     db.execute(
@@ -244,6 +245,7 @@ def _delete_queue(db: apsw.Connection, command: DeleteQueue) -> WorkResult | Com
         ).fetchone()
         if row is not None:
             return in_use_by_leases("QUEUE_IN_USE", f"cannot delete queue {queue_id!r}", *row)
+    db.execute(f"DELETE FROM queue_data WHERE queue_number = {QUEUE_NUMBER}", (queue_id,))
     for table in _QUEUE_TABLES:
         db.execute(f"DELETE FROM {table} WHERE queue_id = ?", (queue_id,))
     return QueueDeleted(queue_id)
