@@ -149,20 +149,21 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
         broker.acked[broker.groups.index(group)].extend(numbers)
 
     rng = random.Random(4)
-    checked = 0
+    checked = lones = 0
     try:
         broker.start()
         for g in broker.groups:
             g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
         vfs.on_sync = image
-        for _ in range(8):
-            if rng.random() < 0.5:
+        for i in range(6):
+            if i % 2 == 0:
                 broker.step()  # (every group's saves in the committer's batches)
             else:
                 g = rng.choice(broker.groups)
                 start = broker.next_value
                 broker.next_value += rng.randrange(1, 4)
                 lone(g, range(start, broker.next_value))
+                lones += 1
             while images:
                 dest, acked = images.pop()
                 again = Broker(dest, 3, checker, random.Random(0))
@@ -172,7 +173,7 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
                 finally:
                     again.close()
                 checked += 1
-        assert checked > 10
+        assert checked > 10 and lones >= 2
         assert all(
             [number(m) for m in g.store.messages(QUEUE)] == sorted(broker.acked[i])
             for i, g in enumerate(broker.groups)
