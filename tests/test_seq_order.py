@@ -148,6 +148,8 @@ def test_damage_a_save_read_past_is_noted_even_if_the_acknowledgement_fails(monk
         _set_reads = _in_step.InStep._set_reads
         _handing_over = _in_step.InStep._handing_over
         _fail_run = _in_step.InStep._fail_run
+        _store_free = _in_step.InStep._store_free
+        _saved_here = _in_step.InStep._saved_here
 
         def __init__(self) -> None:
             config = types.SimpleNamespace(voters={"B-1", "B-2"}, learners=set())

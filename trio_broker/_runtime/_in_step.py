@@ -52,8 +52,7 @@ class InStep:
         return (
             not node.is_leader
             and not self._unsent
-            and getattr(self._worker, "idle", False)
-            and getattr(self._worker, "save_in_turn", None) is None
+            and self._store_free()
             and self.disk.state is DiskState.OK
             and bool((config.voters | config.learners) - {self.broker_id})
         )
@@ -110,6 +109,8 @@ class InStep:
             else:
                 self._fail_run(exc)
             return
+        finally:
+            self._saved_here(last=not ahead)
         took = time.perf_counter() - started
         self.persisted_in_step += 1
         try:
@@ -126,8 +127,10 @@ class InStep:
             if ahead:
                 self.applied_ahead += 1
                 self.ahead_in_step += 1
-                if self._unsent or not light(committed):
-                    self._handing_apply(rd)  # (the acknowledgement first; a heavy one threaded)
+                if self._unsent or not light(committed) or not self._store_free():
+                    # (the acknowledgement first; a heavy one threaded)
+                    self._saved_here(0)
+                    self._handing_apply(rd)
                     return
                 started = time.perf_counter()
                 try:
@@ -140,6 +143,8 @@ class InStep:
                         self._handing_apply(rd)
                         return
                     raise
+                finally:
+                    self._saved_here()
                 self.repair.take_unchecked_met()
                 self._saved(rd, committed, durable=False, took=time.perf_counter() - started)
             self._applied(committed, results)
@@ -156,9 +161,10 @@ class InStep:
     def _may_apply(self: RaftDriver) -> bool:
         """Whether the task that stepped an acknowledgement may apply a Ready in its own
         step: this broker leads, the core has a Ready, no proposal waits (the driver's next
-        Ready would take it with this one: one transaction for both), the storage thread is
-        idle (so the transaction runs here, and nothing else touches the store meanwhile),
-        one group owns the store, the disk has room, and the group has other members (a
+        Ready would take it with this one: one transaction for both), the store is free (the
+        storage thread idle and, with a shared log, no other group's save gathering or
+        running: :meth:`_store_free`; the transaction runs here, and nothing else touches
+        the store meanwhile), the disk has room, and the group has other members (a
         damaged value then fails the transaction whole, for this task's path to repair:
         :mod:`._repair`).
 
@@ -172,8 +178,7 @@ class InStep:
             node.is_leader
             and not self._ledger.queued
             and node.has_ready()
-            and getattr(self._worker, "idle", False)
-            and getattr(self._worker, "save_in_turn", None) is None
+            and self._store_free()
             and self.disk.state is DiskState.OK
             and bool((config.voters | config.learners) - {self.broker_id})
         )
@@ -230,6 +235,7 @@ class InStep:
                 before_commit=answer if answers_early(committed) else None,
             )
         except Exception as exc:
+            self._saved_here()
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
                 # Rolled back whole: this task's path runs it again (repairs, retries). The
                 # answers given before a failed COMMIT are no longer in the ledger: that apply
@@ -238,6 +244,7 @@ class InStep:
             else:
                 self._fail_run(exc)  # (as if this task's own transaction had failed)
             return
+        self._saved_here()
         took = time.perf_counter() - started
         self.applied_in_step += 1
         try:
@@ -250,6 +257,31 @@ class InStep:
             self._fail_run(exc)
             return
         self._advance_here(rd, committed, durable=False, took=took)
+
+    def _store_free(self: RaftDriver) -> bool:
+        """Whether a transaction run in this step is alone on the store: the storage thread
+        is idle (no job there, none can start before this step ends) and, on a broker whose
+        groups share one storage thread and shared log (:mod:`trio_broker._storage._shared_log`),
+        no other group's save waits for a batch or runs in one, and no trim is queued
+        (``TurnCommitter.idle``). The store's save then runs in the shared log's shape
+        (its durable part one row in a shared-log transaction of its own, fsynced, then the
+        group's own transaction; the row dropped if that fails), and its row follows every
+        row written before: as a batch of one short save, which also runs on the loop."""
+        worker = self._worker
+        if not getattr(worker, "idle", False):
+            return False
+        if getattr(worker, "save_in_turn", None) is None:
+            return True
+        committer = getattr(worker, "committer", None)
+        return committer is not None and committer.idle
+
+    def _saved_here(self: RaftDriver, saves: int = 1, *, last: bool = True) -> None:
+        """``saves`` ran in this step (or failed): with a shared log, counted, and, after the
+        step's ``last`` one, a due trim queued on the storage thread (never before another
+        save of the same step: the store would no longer be free)."""
+        committer = getattr(self._worker, "committer", None)
+        if committer is not None:
+            committer.note_saved_here(saves, trim=last)
 
     def _fail_run(self: RaftDriver, exc: Exception) -> None:
         """What failed in a stepping task's step fails this task's run instead (raised in its
@@ -281,8 +313,8 @@ class InStep:
         (:meth:`_proposed`): the ledger holds only them (nothing else in flight: one request
         at a time; else ``_lone`` is cleared, so that a burst of requests becomes one group
         in this task's next Ready, as always), this task waits for work and was not woken,
-        nothing else waits for it (a snapshot, reads), the storage thread is idle, one group
-        owns the store, the disk has room and the group has other members.
+        nothing else waits for it (a snapshot, reads), the store is free
+        (:meth:`_store_free`), the disk has room and the group has other members.
 
         At most ``SENDING_COMMANDS`` commands: a larger Ready that sends REPLICATEs persists
         on the storage thread (``runs_in_place``), and its hand-over, without the messages
@@ -306,8 +338,7 @@ class InStep:
             and not self.reads.arrived
             and not self.reads.waiting
             and node.is_leader
-            and getattr(self._worker, "idle", False)
-            and getattr(self._worker, "save_in_turn", None) is None
+            and self._store_free()
             and self.disk.state is DiskState.OK
             and bool((config.voters | config.learners) - {self.broker_id})
         )
@@ -360,6 +391,8 @@ class InStep:
             else:
                 self._fail_run(exc)
             return
+        finally:
+            self._saved_here()
         self._advance_here(rd, (), durable=True, took=time.perf_counter() - started)
 
     def _answer_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:

@@ -391,6 +391,28 @@ class TurnCommitter:
         self._trim_queued = False
         self.batches = 0
         self.saves = 0
+        self.saves_here = 0
+        """Saves a driver ran on the event loop itself while this was idle (its in-step
+        paths: :meth:`note_saved_here`), each its own shared-log transaction."""
+
+    @property
+    def idle(self) -> bool:
+        """No save waits for a batch or runs in one, and no trim is queued (the storage
+        thread's idleness is the worker's). Then a save run on the event loop now, as
+        :meth:`~._store.Store.save` with no stage runs it (its row in a shared-log transaction
+        of its own, then the group's transaction, the row dropped if that fails), is alone on
+        the shared log and on every group's file, and its row follows every row written
+        before it: what a batch of one short save does (``IN_PLACE_JOBS``), without the
+        batch's checkpoint. A batch that starts later runs after it."""
+        return not self._leading and not self._waiting and not self._trim_queued
+
+    def note_saved_here(self, saves: int = 1, *, trim: bool = True) -> None:
+        """A driver ran ``saves`` on the event loop while this was :attr:`idle`: count them,
+        and with ``trim`` (its step's last), queue a trim on the storage thread if one is
+        due (as after a batch run in place)."""
+        self.saves_here += saves
+        if trim:
+            self._hand_trim()
 
     async def save(self, save: Callable[..., list[Any]], *, short: bool = False) -> list[Any]:
         """Run ``save`` (a store's ``save`` with its arguments bound: called with
@@ -553,6 +575,7 @@ class SharedGroupStorage:
                     raise
                 self.committer = TurnCommitter(worker, log)
                 worker.save_in_turn = self.committer.save
+                worker.committer = self.committer
                 self._worker, self._log = worker, log
             self._users += 1
             assert self._log is not None

@@ -39,6 +39,10 @@ class StorageWorker:
     (:class:`~._shared_log.TurnCommitter`): the driver hands its saves there, to be persisted
     with the other groups' of the same loop turn."""
 
+    committer: Any = None
+    """With ``save_in_turn``, its :class:`~._shared_log.TurnCommitter`: whether a save may run
+    on the event loop now, alone on the shared log (``idle``), for the driver's in-step paths."""
+
     def __init__(self, name: str = "trio-broker-storage") -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._busy = 0

@@ -1,0 +1,185 @@
+"""Brokers hosting several groups (one storage thread and one shared log for all their data
+groups: ``_storage/_shared_log.py``) take the in-step paths too (``_runtime/_in_step.py``):
+a lone proposal persisted by the proposing task, a replica's REPLICATEs persisted by the task
+that read them, the acknowledgement that commits applied in its own step. Only while the
+shared log's committer is idle (no other group's save waits for a batch or runs in one, no
+trim queued) and the storage thread too: the save then runs in the shared log's shape (its
+row in a shared-log transaction of its own, fsynced, then the group's own transaction).
+Counts and outcomes, never timings."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests.spread import wait_voting_spread
+from tests.test_shared_log import QUEUE, Broker, Group, number
+from tests.wire import RawConnection, create_queue
+from trio_broker._ids import cluster_of_queue
+from trio_broker._storage._shared_log import TurnCommitter
+from trio_broker._storage._worker import StorageWorker
+from trio_broker.testing import open_local_cluster
+from trio_broker.testing._powerloss import PowerLossVFS
+
+APPENDS = 30
+
+
+def _counts(broker: Any, group_id: str) -> tuple[int, int, int, int]:
+    replica = broker.host.groups[group_id]
+    driver = replica.driver
+    committer = replica._worker.committer
+    return (
+        driver.proposed_in_step,
+        driver.persisted_in_step,
+        driver.applied_in_step,
+        committer.saves_here,
+    )
+
+
+async def test_several_groups_take_the_in_step_paths(tmp_path: Path) -> None:
+    """Before: a broker hosting several groups saved every Ready through its driver's task
+    and the committer's batch (a wake-up, a checkpoint, often a hand-off to the storage
+    thread). Now sequential appends on one group of two go by the in-step paths on both
+    brokers, and every broker holds exactly what was acknowledged."""
+    async with open_local_cluster(tmp_path, 2, groups=2, replication_factor=2) as cluster:
+        leaders = await wait_voting_spread(cluster, 2)
+        group_id, name = next(
+            (g, n) for g, n in sorted(leaders.items()) if g != cluster.brokers[n].cluster_id
+        )
+        leader = cluster.brokers[name]
+        other = next(b for n, b in cluster.brokers.items() if n != name)
+        assert leader.host.groups[group_id]._worker.save_in_turn is not None  # (shared)
+        queue_id = await create_queue(leader.port)
+        assert cluster_of_queue(queue_id) == group_id
+        connection = await RawConnection.open(leader.port)
+        append = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
+        for _ in range(5):  # (the links connected, the replica caught up)
+            assert (await connection.call(append)).get("status") == "success"
+        led_before, other_before = _counts(leader, group_id), _counts(other, group_id)
+        for _ in range(APPENDS):
+            assert (await connection.call(append)).get("status") == "success"
+        await connection.aclose()
+        led = [a - b for a, b in zip(_counts(leader, group_id), led_before, strict=True)]
+        followed = [a - b for a, b in zip(_counts(other, group_id), other_before, strict=True)]
+        # The leader: most proposals persisted by the proposing task, most commits applied by
+        # the acknowledgement's step; the replica: most REPLICATEs persisted by their reader.
+        assert led[0] >= APPENDS // 2, led
+        assert led[2] >= APPENDS // 2, led
+        assert followed[1] >= APPENDS // 2, followed
+        assert led[3] >= led[2] and followed[3] >= followed[1]  # (each a save run here)
+
+        def lengths(broker: Any) -> int:
+            return broker.host.groups[group_id].driver._store.queue_lengths()[queue_id]
+
+        with trio.fail_after(10):
+            while True:  # (the replica applies what the leader committed)
+                if {lengths(leader), lengths(other)} == {5 + APPENDS}:
+                    break
+                await trio.sleep(0.01)
+
+
+async def test_the_committer_is_idle_only_with_no_batch_gathering_running_or_trim_queued(
+    tmp_path: Path,
+) -> None:
+    """What lets a driver run a save in its step (``TurnCommitter.idle``): not while another
+    group's save waits in the batch's checkpoint (the storage thread is idle then, yet the
+    batch's rows must not be overtaken halfway), nor while it runs, nor with a trim queued."""
+    vfs = PowerLossVFS("in-step-idle")
+    broker = Broker(tmp_path, 2, vfs, random.Random(1))
+    try:
+        broker.start()
+        worker = StorageWorker()
+        assert broker.log is not None
+        committer = TurnCommitter(worker, broker.log)
+        seen: list[bool] = []
+        try:
+            assert committer.idle
+            first = broker.groups[0]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(committer.save, first.propose([Broker._append(1)]))
+                while not committer._waiting and not committer._leading:
+                    await trio.lowlevel.checkpoint()  # (until the save reached the committer)
+                seen.append(committer.idle)  # (gathering the turn's others, or running)
+            seen.append(committer.idle)
+            committer._log.rows = 10**9  # (a trim due)
+            committer.note_saved_here()
+            seen.append(committer.idle or worker.idle)
+            await worker.run(lambda: None)  # (queued after the trim: it ended)
+            seen.append(committer.idle)
+            committer.note_saved_here(0)
+            assert committer.saves_here == 1
+        finally:
+            worker.stop()
+            await worker.wait_stopped()
+        assert seen == [False, True, False, True]
+    finally:
+        broker.close()
+        vfs.unregister()
+
+
+def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync_point(
+    tmp_path: Path,
+) -> None:
+    """The in-step paths' save on a shared store (``Store.save`` with no stage: its row in a
+    shared-log transaction of its own, then the group's transaction at NORMAL) between the
+    committer's batches of the other groups: a crash image at every sync point restarts with
+    every acknowledged append of every group."""
+    vfs = PowerLossVFS("in-step-images", rng=random.Random(5))
+    checker = PowerLossVFS("in-step-checker")
+    live = tmp_path / "live"
+    live.mkdir()
+    broker = Broker(live, 3, vfs, random.Random(9))
+    images: list[tuple[Path, list[list[int]]]] = []
+
+    def image() -> None:
+        from tests.test_shared_log import _images
+
+        dest = tmp_path / f"image-{vfs.syncs}"
+        _images(vfs, live, dest)
+        images.append((dest, [list(a) for a in broker.acked]))
+
+    def lone(group: Group, numbers: range) -> None:
+        # As _proposed / _persist_after_frames / _apply_here run them: one save at a time,
+        # no stage (the committer idle), acknowledged once the apply's save returned.
+        group.propose([Broker._append(n) for n in numbers])(stage=None)
+        group.apply()(stage=None)
+        broker.acked[broker.groups.index(group)].extend(numbers)
+
+    rng = random.Random(4)
+    checked = lones = 0
+    try:
+        broker.start()
+        for g in broker.groups:
+            g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
+        vfs.on_sync = image
+        for i in range(6):
+            if i % 2 == 0:
+                broker.step()  # (every group's saves in the committer's batches)
+            else:
+                g = rng.choice(broker.groups)
+                start = broker.next_value
+                broker.next_value += rng.randrange(1, 4)
+                lone(g, range(start, broker.next_value))
+                lones += 1
+            while images:
+                dest, acked = images.pop()
+                again = Broker(dest, 3, checker, random.Random(0))
+                try:
+                    again.start()
+                    again.check(acked)
+                finally:
+                    again.close()
+                checked += 1
+        assert checked > 10 and lones >= 2
+        assert all(
+            [number(m) for m in g.store.messages(QUEUE)] == sorted(broker.acked[i])
+            for i, g in enumerate(broker.groups)
+        )
+    finally:
+        vfs.on_sync = None
+        broker.close()
+        vfs.unregister()
+        checker.unregister()
