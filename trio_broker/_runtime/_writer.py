@@ -208,8 +208,12 @@ class AnswerWriter:
                     operation, started, held = info
                     self._observe({(operation, None, started): 1}, time.perf_counter())
                     return [frame], len(frame), held, 1
-                if answer.known() is None:
+                head = answer.known()
+                if head is None:
                     return None  # (not known yet: the reader's kick after it queued it)
+                # (known: the loop below encodes it from this response, not a second
+                # ``known``, whose conversion may be most of the answer's cost: a
+                # GROUP_READ's messages)
         hint = self._plaintext_hint
         out: list[bytes] = []
         size = charged = taken = 0
