@@ -245,3 +245,40 @@ def test_a_snapshot_of_a_newer_version_is_refused_and_nothing_changes(tmp_path, 
         assert replica.queue_lengths() == {QUEUES[1]: 1}
     finally:
         replica.close()
+
+
+def _retype_a_value(path: Path, queue_id: str, seq: int) -> None:
+    """Damage a version-6 file as a flipped bit in a record's header does: one value of
+    ``queue_data.data`` stored as TEXT in its STRICT table (``PRAGMA quick_check``: "non-BLOB
+    value in queue_data.data")."""
+    db = apsw.Connection(str(path))
+    (sql,) = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'queue_data'").fetchone()
+    loose = sql.replace(") STRICT", ")")
+    for text in (loose, None):
+        with db:
+            db.execute("PRAGMA writable_schema = ON")
+            db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = 'queue_data'", (text or sql,))
+            db.execute("PRAGMA writable_schema = OFF")
+        db.close()
+        db = apsw.Connection(str(path))
+        if text is not None:
+            db.execute(
+                "UPDATE queue_data SET data = CAST(data AS TEXT)"
+                " WHERE queue_id = ? AND sequence_num = ?",
+                (queue_id, seq),
+            )
+    db.close()
+
+
+def test_a_version_6_snapshot_with_a_value_of_the_wrong_type_is_dropped_not_raised(
+    tmp_path, caplog
+):
+    """A damaged snapshot is logged and dropped (docs/reliability.md, "Damaged data"), as the
+    version-6 check dropped this one ("a snapshot value does not match its checksum"): the
+    upgrade's copy into a STRICT table must not turn it into an error that ends the fetch
+    task, and with it the driver."""
+    snapshot = tmp_path / "incoming.sqlite3"
+    _version_6_file(snapshot)
+    _retype_a_value(snapshot, QUEUES[1], 3)
+    assert not _snapshot_intact(str(snapshot))
+    assert "snapshot.damaged" in caplog.text

@@ -30,7 +30,12 @@ from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
 from .._protocol import FetchValues, StoredValues
 from .._storage import StorageWorker, Store
-from .._storage._integrity import DAMAGE_ERRORS, StorageDamaged, check_snapshot_file
+from .._storage._integrity import (
+    UPGRADE_DAMAGE_ERRORS,
+    StorageDamaged,
+    check_received_file,
+    check_snapshot_file,
+)
 from .._storage._schema import SCHEMA_VERSION, SchemaTooNew, upgrade_file
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, is_disk_full
@@ -305,11 +310,12 @@ def _snapshot_intact(path: str) -> bool:
     broker not yet) is logged and dropped (docs/operations.md, "Upgrade one broker at a
     time")."""
     try:
+        check_received_file(path)  # (before the upgrade, as a store checks its own file)
         found = upgrade_file(path)
     except SchemaTooNew as exc:
         log_event(logging.ERROR, "snapshot.too_new", path=path, error=str(exc))
         return False
-    except DAMAGE_ERRORS as exc:
+    except (StorageDamaged, *UPGRADE_DAMAGE_ERRORS) as exc:
         log_event(logging.ERROR, "snapshot.damaged", path=path, error=str(exc))
         return False
     if found != SCHEMA_VERSION:
