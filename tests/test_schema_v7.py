@@ -282,3 +282,21 @@ def test_a_version_6_snapshot_with_a_value_of_the_wrong_type_is_dropped_not_rais
     _retype_a_value(snapshot, QUEUES[1], 3)
     assert not _snapshot_intact(str(snapshot))
     assert "snapshot.damaged" in caplog.text
+
+
+def test_a_version_6_snapshot_row_whose_queue_id_is_damaged_is_refused_not_dropped(
+    tmp_path, caplog
+):
+    """Version 6 refused this snapshot (the row's checksum covers its queue id); the upgrade
+    keys rows by their queue's number and skips a row of no queue, so the check after it
+    would have passed a snapshot short of an acknowledged message."""
+    snapshot = tmp_path / "incoming.sqlite3"
+    _version_6_file(snapshot)
+    db = apsw.Connection(str(snapshot))
+    db.execute(
+        "UPDATE queue_data SET queue_id = 'Q-MMMMM00013' WHERE queue_id = ? AND sequence_num = 2",
+        (QUEUES[2],),
+    )
+    db.close()
+    assert not _snapshot_intact(str(snapshot))
+    assert "snapshot.damaged" in caplog.text and "Q-MMMMM00013 seq 2" in caplog.text

@@ -633,6 +633,24 @@ def check_received_file(path: str) -> None:
         raise damage_from(exc, path, None, None) from None
     try:
         check_on_open(db)
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if 0 < version < 7:
+            # Rows keyed by their queue's id, which their checksum covers: a row whose id is
+            # no queue's is damaged (DELETE_QUEUE leaves none), and version 7's upgrade, which
+            # keys rows by their queue's number, would drop it without a word.
+            row = db.execute(
+                "SELECT queue_id, sequence_num FROM queue_data AS d WHERE NOT EXISTS"
+                " (SELECT 1 FROM queues AS q WHERE q.queue_id = d.queue_id) LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                raise StorageDamaged(
+                    path,
+                    "queue_data",
+                    f"queue {row[0]} seq {row[1]}",
+                    "a snapshot value of no queue (its queue id damaged)",
+                )
+    except DAMAGE_ERRORS as exc:
+        raise damage_from(exc, path, "queue_data", None) from None
     finally:
         db.close()
 
