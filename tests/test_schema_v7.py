@@ -300,3 +300,29 @@ def test_a_version_6_snapshot_row_whose_queue_id_is_damaged_is_refused_not_dropp
     db.close()
     assert not _snapshot_intact(str(snapshot))
     assert "snapshot.damaged" in caplog.text and "Q-MMMMM00013 seq 2" in caplog.text
+
+
+def test_the_last_queues_number_is_taken_again_once_deleted_with_none_of_its_rows(tmp_path):
+    """Numbers are the largest a live queue holds plus one (``_schema.NEXT_QUEUE_NUMBER``):
+    deleting the queue made last frees its number, which is safe only because DELETE_QUEUE
+    deletes its rows in the same transaction."""
+    store = Store(tmp_path)
+    try:
+        store.apply([CreateQueue(QUEUES[0]), CreateQueue(QUEUES[1])])
+        store.apply([AppendBatch(QUEUES[1], (b"old1", b"old2"), None, None, 5)])
+        store.apply([DeleteQueue(QUEUES[1])])
+        store.close()
+        store = Store(tmp_path)
+        store.apply([CreateQueue(QUEUES[2])])
+        db = store._db
+        assert dict(db.execute("SELECT queue_id, queue_number FROM queues")) == {
+            QUEUES[0]: 1,
+            QUEUES[2]: 2,
+        }
+        assert store.messages(QUEUES[2]) == []
+        assert store.apply([AppendBatch(QUEUES[2], (b"new",), None, None, 6)]) == [
+            BatchAppended(1, 1)
+        ]
+        assert store.messages(QUEUES[2]) == [b"new"]
+    finally:
+        store.close()
