@@ -326,3 +326,33 @@ def test_the_last_queues_number_is_taken_again_once_deleted_with_none_of_its_row
         assert store.messages(QUEUES[2]) == [b"new"]
     finally:
         store.close()
+
+
+def test_a_version_6_snapshot_that_cannot_be_upgraded_for_lack_of_space_is_dropped(
+    tmp_path, caplog
+):
+    """The upgrade on receipt writes a second copy of ``queue_data`` into the received file:
+    on a full disk that is SQLite's ``FullError``, which must leave as a dropped snapshot
+    (fetched again at the leader's next offer), as a fetch that runs out of space does,
+    never as an error out of the fetch task, which ends the driver (a broker out of space
+    stays up: docs/operations.md)."""
+    from tests.test_disk_full import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small", 2) as where:
+        snapshot = where / "incoming.sqlite3"
+        _version_6_file(snapshot)
+        db = apsw.Connection(str(snapshot))
+        with db:
+            db.executemany(
+                "INSERT INTO queue_data (queue_id, sequence_num, checksum, data)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (QUEUES[1], seq, value_checksum(QUEUES[1], seq, b"z" * 200, None), b"z" * 200)
+                    for seq in range(100, 2100)
+                ],
+            )
+            db.execute("UPDATE queues SET length = 2099 WHERE queue_id = ?", (QUEUES[1],))
+        db.close()
+        fill(where, leave=200_000)
+        assert not _snapshot_intact(str(snapshot))
+        assert "snapshot.not_installed" in caplog.text

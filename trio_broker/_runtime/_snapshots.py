@@ -318,6 +318,14 @@ def _snapshot_intact(path: str) -> bool:
     except (StorageDamaged, *UPGRADE_DAMAGE_ERRORS) as exc:
         log_event(logging.ERROR, "snapshot.damaged", path=path, error=str(exc))
         return False
+    except Exception as exc:
+        # The upgrade writes a second copy of the rows into the file: on a full disk, the
+        # snapshot is dropped and fetched again at the next offer, as when its download runs
+        # out of space (SQLite rolled the upgrade back).
+        if not is_disk_full(exc):
+            raise
+        log_event(logging.WARNING, "snapshot.not_installed", path=path, reason="disk full")
+        return False
     if found != SCHEMA_VERSION:
         log_event(logging.INFO, "snapshot.upgraded", path=path, version=found)
     try:
