@@ -356,3 +356,19 @@ def test_a_version_6_snapshot_that_cannot_be_upgraded_for_lack_of_space_is_dropp
         fill(where, leave=200_000)
         assert not _snapshot_intact(str(snapshot))
         assert "snapshot.not_installed" in caplog.text
+
+
+def test_a_restart_deletes_what_an_interrupted_receive_time_upgrade_left(tmp_path):
+    """Upgrading a received snapshot writes it through SQLite's rollback journal (the file
+    ``VACUUM INTO`` makes is not in WAL mode): a crash meanwhile leaves
+    ``incoming-<id>.sqlite3-journal`` beside the file. A restart deletes every snapshot file
+    it finds; it must delete their journals with them, or each such crash leaves one behind."""
+    from trio_broker._runtime._config import BrokerConfig
+    from trio_broker._runtime._snapshots import Snapshots
+
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    for name in ("incoming-1a2b.sqlite3", "incoming-1a2b.sqlite3-journal", "9f8e.sqlite3"):
+        (folder / name).write_bytes(b"left")
+    Snapshots(None, BrokerConfig(data_dir=str(tmp_path)), None, None)  # type: ignore[arg-type]
+    assert list(folder.iterdir()) == []

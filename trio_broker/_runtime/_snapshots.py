@@ -118,9 +118,10 @@ class Snapshots:
         self._store = store
         self._worker = worker
         self._dir = Path(config.data_dir) / "snapshots"
-        # Snapshots are offered and fetched by one broker run; leftovers are stale.
+        # Snapshots are offered and fetched by one broker run; leftovers are stale, with the
+        # journal of a received one whose upgrade a crash interrupted (_snapshot_intact).
         if self._dir.is_dir():
-            for stale in self._dir.glob("*.sqlite3"):
+            for stale in self._dir.glob("*.sqlite3*"):
                 stale.unlink(missing_ok=True)
         self._offered: dict[str, tuple[Path, int, str]] = {}
         self._fetching: set[str] = set()
