@@ -245,3 +245,130 @@ def test_a_snapshot_of_a_newer_version_is_refused_and_nothing_changes(tmp_path, 
         assert replica.queue_lengths() == {QUEUES[1]: 1}
     finally:
         replica.close()
+
+
+def _retype_a_value(path: Path, queue_id: str, seq: int) -> None:
+    """Damage a version-6 file as a flipped bit in a record's header does: one value of
+    ``queue_data.data`` stored as TEXT in its STRICT table (``PRAGMA quick_check``: "non-BLOB
+    value in queue_data.data")."""
+    db = apsw.Connection(str(path))
+    (sql,) = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'queue_data'").fetchone()
+    loose = sql.replace(") STRICT", ")")
+    for text in (loose, None):
+        with db:
+            db.execute("PRAGMA writable_schema = ON")
+            db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = 'queue_data'", (text or sql,))
+            db.execute("PRAGMA writable_schema = OFF")
+        db.close()
+        db = apsw.Connection(str(path))
+        if text is not None:
+            db.execute(
+                "UPDATE queue_data SET data = CAST(data AS TEXT)"
+                " WHERE queue_id = ? AND sequence_num = ?",
+                (queue_id, seq),
+            )
+    db.close()
+
+
+def test_a_version_6_snapshot_with_a_value_of_the_wrong_type_is_dropped_not_raised(
+    tmp_path, caplog
+):
+    """A damaged snapshot is logged and dropped (docs/reliability.md, "Damaged data"), as the
+    version-6 check dropped this one ("a snapshot value does not match its checksum"): the
+    upgrade's copy into a STRICT table must not turn it into an error that ends the fetch
+    task, and with it the driver."""
+    snapshot = tmp_path / "incoming.sqlite3"
+    _version_6_file(snapshot)
+    _retype_a_value(snapshot, QUEUES[1], 3)
+    assert not _snapshot_intact(str(snapshot))
+    assert "snapshot.damaged" in caplog.text
+
+
+def test_a_version_6_snapshot_row_whose_queue_id_is_damaged_is_refused_not_dropped(
+    tmp_path, caplog
+):
+    """Version 6 refused this snapshot (the row's checksum covers its queue id); the upgrade
+    keys rows by their queue's number and skips a row of no queue, so the check after it
+    would have passed a snapshot short of an acknowledged message."""
+    snapshot = tmp_path / "incoming.sqlite3"
+    _version_6_file(snapshot)
+    db = apsw.Connection(str(snapshot))
+    db.execute(
+        "UPDATE queue_data SET queue_id = 'Q-MMMMM00013' WHERE queue_id = ? AND sequence_num = 2",
+        (QUEUES[2],),
+    )
+    db.close()
+    assert not _snapshot_intact(str(snapshot))
+    assert "snapshot.damaged" in caplog.text and "Q-MMMMM00013 seq 2" in caplog.text
+
+
+def test_the_last_queues_number_is_taken_again_once_deleted_with_none_of_its_rows(tmp_path):
+    """Numbers are the largest a live queue holds plus one (``_schema.NEXT_QUEUE_NUMBER``):
+    deleting the queue made last frees its number, which is safe only because DELETE_QUEUE
+    deletes its rows in the same transaction."""
+    store = Store(tmp_path)
+    try:
+        store.apply([CreateQueue(QUEUES[0]), CreateQueue(QUEUES[1])])
+        store.apply([AppendBatch(QUEUES[1], (b"old1", b"old2"), None, None, 5)])
+        store.apply([DeleteQueue(QUEUES[1])])
+        store.close()
+        store = Store(tmp_path)
+        store.apply([CreateQueue(QUEUES[2])])
+        db = store._db
+        assert dict(db.execute("SELECT queue_id, queue_number FROM queues")) == {
+            QUEUES[0]: 1,
+            QUEUES[2]: 2,
+        }
+        assert store.messages(QUEUES[2]) == []
+        assert store.apply([AppendBatch(QUEUES[2], (b"new",), None, None, 6)]) == [
+            BatchAppended(1, 1)
+        ]
+        assert store.messages(QUEUES[2]) == [b"new"]
+    finally:
+        store.close()
+
+
+def test_a_version_6_snapshot_that_cannot_be_upgraded_for_lack_of_space_is_dropped(
+    tmp_path, caplog
+):
+    """The upgrade on receipt writes a second copy of ``queue_data`` into the received file:
+    on a full disk that is SQLite's ``FullError``, which must leave as a dropped snapshot
+    (fetched again at the leader's next offer), as a fetch that runs out of space does,
+    never as an error out of the fetch task, which ends the driver (a broker out of space
+    stays up: docs/operations.md)."""
+    from tests.test_disk_full import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small", 2) as where:
+        snapshot = where / "incoming.sqlite3"
+        _version_6_file(snapshot)
+        db = apsw.Connection(str(snapshot))
+        with db:
+            db.executemany(
+                "INSERT INTO queue_data (queue_id, sequence_num, checksum, data)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (QUEUES[1], seq, value_checksum(QUEUES[1], seq, b"z" * 200, None), b"z" * 200)
+                    for seq in range(100, 2100)
+                ],
+            )
+            db.execute("UPDATE queues SET length = 2099 WHERE queue_id = ?", (QUEUES[1],))
+        db.close()
+        fill(where, leave=200_000)
+        assert not _snapshot_intact(str(snapshot))
+        assert "snapshot.not_installed" in caplog.text
+
+
+def test_a_restart_deletes_what_an_interrupted_receive_time_upgrade_left(tmp_path):
+    """Upgrading a received snapshot writes it through SQLite's rollback journal (the file
+    ``VACUUM INTO`` makes is not in WAL mode): a crash meanwhile leaves
+    ``incoming-<id>.sqlite3-journal`` beside the file. A restart deletes every snapshot file
+    it finds; it must delete their journals with them, or each such crash leaves one behind."""
+    from trio_broker._runtime._config import BrokerConfig
+    from trio_broker._runtime._snapshots import Snapshots
+
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    for name in ("incoming-1a2b.sqlite3", "incoming-1a2b.sqlite3-journal", "9f8e.sqlite3"):
+        (folder / name).write_bytes(b"left")
+    Snapshots(None, BrokerConfig(data_dir=str(tmp_path)), None, None)  # type: ignore[arg-type]
+    assert list(folder.iterdir()) == []

@@ -30,7 +30,12 @@ from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
 from .._protocol import FetchValues, StoredValues
 from .._storage import StorageWorker, Store
-from .._storage._integrity import DAMAGE_ERRORS, StorageDamaged, check_snapshot_file
+from .._storage._integrity import (
+    UPGRADE_DAMAGE_ERRORS,
+    StorageDamaged,
+    check_received_file,
+    check_snapshot_file,
+)
 from .._storage._schema import SCHEMA_VERSION, SchemaTooNew, upgrade_file
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, is_disk_full
@@ -113,9 +118,10 @@ class Snapshots:
         self._store = store
         self._worker = worker
         self._dir = Path(config.data_dir) / "snapshots"
-        # Snapshots are offered and fetched by one broker run; leftovers are stale.
+        # Snapshots are offered and fetched by one broker run; leftovers are stale, with the
+        # journal of a received one whose upgrade a crash interrupted (_snapshot_intact).
         if self._dir.is_dir():
-            for stale in self._dir.glob("*.sqlite3"):
+            for stale in self._dir.glob("*.sqlite3*"):
                 stale.unlink(missing_ok=True)
         self._offered: dict[str, tuple[Path, int, str]] = {}
         self._fetching: set[str] = set()
@@ -305,12 +311,21 @@ def _snapshot_intact(path: str) -> bool:
     broker not yet) is logged and dropped (docs/operations.md, "Upgrade one broker at a
     time")."""
     try:
+        check_received_file(path)  # (before the upgrade, as a store checks its own file)
         found = upgrade_file(path)
     except SchemaTooNew as exc:
         log_event(logging.ERROR, "snapshot.too_new", path=path, error=str(exc))
         return False
-    except DAMAGE_ERRORS as exc:
+    except (StorageDamaged, *UPGRADE_DAMAGE_ERRORS) as exc:
         log_event(logging.ERROR, "snapshot.damaged", path=path, error=str(exc))
+        return False
+    except Exception as exc:
+        # The upgrade writes a second copy of the rows into the file: on a full disk, the
+        # snapshot is dropped and fetched again at the next offer, as when its download runs
+        # out of space (SQLite rolled the upgrade back).
+        if not is_disk_full(exc):
+            raise
+        log_event(logging.WARNING, "snapshot.not_installed", path=path, reason="disk full")
         return False
     if found != SCHEMA_VERSION:
         log_event(logging.INFO, "snapshot.upgraded", path=path, version=found)
