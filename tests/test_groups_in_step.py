@@ -10,6 +10,7 @@ Counts and outcomes, never timings."""
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,63 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
         broker.close()
         vfs.unregister()
         checker.unregister()
+
+
+async def test_one_fsync_on_the_loop_per_turn_for_every_group(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Before: each group's in-step save fsynced the shared log on the loop whenever the
+    committer was idle, so a receive carrying several groups' REPLICATEs ran one fsync per
+    group in one step (the loop held for all of them: what ``IN_PLACE_JOBS`` = 1 rules out
+    for a batch). Now the first durable save of a turn may run in a step; the other groups'
+    durable saves of that turn go to their drivers, one batch, one fsync off the loop."""
+    from trio_broker._storage import _shared_log
+
+    counts = [0, 0, 0]  # (this step's fsyncs on the loop by a save with no stage, the most, all)
+    watching = [False]
+    real = _shared_log.shared_stage
+
+    def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
+        rows = store._shared.rows
+        try:
+            return real(store, stage, **save)
+        finally:
+            on_loop = threading.current_thread() is threading.main_thread()
+            if watching[0] and stage is None and on_loop and store._shared.rows > rows:
+                counts[0] += 1
+                counts[1] = max(counts[1], counts[0])
+                counts[2] += 1
+
+    class PerStep(trio.abc.Instrument):
+        def before_task_step(self, task: Any) -> None:
+            counts[0] = 0
+
+    monkeypatch.setattr(_shared_log, "shared_stage", shared_stage)
+    monkeypatch.setattr("trio_broker._storage._store.shared_stage", shared_stage)
+    async with open_local_cluster(tmp_path, 2, groups=4, replication_factor=2) as cluster:
+        await wait_voting_spread(cluster, 4)
+        queues = [
+            (broker.port, await create_queue(broker.port))
+            for broker in cluster.brokers.values()
+            for _ in range(3)
+        ]
+
+        async def appends(port: int, queue_id: str) -> None:
+            connection = await RawConnection.open(port)
+            append = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 50}
+            for _ in range(30):
+                await connection.call(append)
+            await connection.aclose()
+
+        instrument = PerStep()
+        trio.lowlevel.add_instrument(instrument)
+        watching[0] = True
+        try:
+            with trio.fail_after(20):
+                async with trio.open_nursery() as nursery:
+                    for port, queue_id in queues:
+                        nursery.start_soon(appends, port, queue_id)
+        finally:
+            watching[0] = False
+            trio.lowlevel.remove_instrument(instrument)
+    assert counts[1] == 1 and counts[2] > 10, counts

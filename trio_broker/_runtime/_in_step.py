@@ -52,7 +52,7 @@ class InStep:
         return (
             not node.is_leader
             and not self._unsent
-            and self._store_free()
+            and self._store_free(syncs=True)
             and self.disk.state is DiskState.OK
             and bool((config.voters | config.learners) - {self.broker_id})
         )
@@ -110,7 +110,7 @@ class InStep:
                 self._fail_run(exc)
             return
         finally:
-            self._saved_here(last=not ahead)
+            self._saved_here(last=not ahead, synced=durable)
         took = time.perf_counter() - started
         self.persisted_in_step += 1
         try:
@@ -258,7 +258,7 @@ class InStep:
             return
         self._advance_here(rd, committed, durable=False, took=took)
 
-    def _store_free(self: RaftDriver) -> bool:
+    def _store_free(self: RaftDriver, *, syncs: bool = False) -> bool:
         """Whether a transaction run in this step is alone on the store: the storage thread
         is idle (no job there, none can start before this step ends) and, on a broker whose
         groups share one storage thread and shared log (:mod:`trio_broker._storage._shared_log`),
@@ -266,22 +266,29 @@ class InStep:
         (``TurnCommitter.idle``). The store's save then runs in the shared log's shape
         (its durable part one row in a shared-log transaction of its own, fsynced, then the
         group's own transaction; the row dropped if that fails), and its row follows every
-        row written before: as a batch of one short save, which also runs on the loop."""
+        row written before: as a batch of one short save, which also runs on the loop.
+        ``syncs``: a save that fsyncs the shared log, and none did on the loop in this turn
+        (``TurnCommitter.synced_here``): the groups' durable saves of one turn (several
+        groups' REPLICATEs in one receive, several groups' lone proposals) are one batch
+        and one fsync off the loop, not one fsync each on it."""
         worker = self._worker
         if not getattr(worker, "idle", False):
             return False
         if getattr(worker, "save_in_turn", None) is None:
             return True
         committer = getattr(worker, "committer", None)
-        return committer is not None and committer.idle
+        return committer is not None and committer.idle and not (syncs and committer.synced_here)
 
-    def _saved_here(self: RaftDriver, saves: int = 1, *, last: bool = True) -> None:
-        """``saves`` ran in this step (or failed): with a shared log, counted, and, after the
-        step's ``last`` one, a due trim queued on the storage thread (never before another
-        save of the same step: the store would no longer be free)."""
+    def _saved_here(
+        self: RaftDriver, saves: int = 1, *, last: bool = True, synced: bool = False
+    ) -> None:
+        """``saves`` ran in this step (or failed): with a shared log, counted (``synced``:
+        one fsynced the shared log), and, after the step's ``last`` one, a due trim queued on
+        the storage thread (never before another save of the same step: the store would no
+        longer be free)."""
         committer = getattr(self._worker, "committer", None)
         if committer is not None:
-            committer.note_saved_here(saves, trim=last)
+            committer.note_saved_here(saves, trim=last, synced=synced)
 
     def _fail_run(self: RaftDriver, exc: Exception) -> None:
         """What failed in a stepping task's step fails this task's run instead (raised in its
@@ -338,7 +345,7 @@ class InStep:
             and not self.reads.arrived
             and not self.reads.waiting
             and node.is_leader
-            and self._store_free()
+            and self._store_free(syncs=True)
             and self.disk.state is DiskState.OK
             and bool((config.voters | config.learners) - {self.broker_id})
         )
@@ -392,7 +399,7 @@ class InStep:
                 self._fail_run(exc)
             return
         finally:
-            self._saved_here()
+            self._saved_here(synced=True)
         self._advance_here(rd, (), durable=True, took=time.perf_counter() - started)
 
     def _answer_applied(self: RaftDriver, committed: Sequence[Any], results: Sequence[Any]) -> None:

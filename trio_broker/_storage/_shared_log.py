@@ -394,6 +394,11 @@ class TurnCommitter:
         self.saves_here = 0
         """Saves a driver ran on the event loop itself while this was idle (its in-step
         paths: :meth:`note_saved_here`), each its own shared-log transaction."""
+        self.synced_here = False
+        """A save run on the event loop fsynced the shared log in this loop turn (cleared at
+        the next: :meth:`note_saved_here`): another group's durable save of the same turn
+        then goes to its driver and the next batch, as ``IN_PLACE_JOBS`` keeps a batch of
+        several groups off the loop."""
 
     @property
     def idle(self) -> bool:
@@ -406,13 +411,20 @@ class TurnCommitter:
         batch's checkpoint. A batch that starts later runs after it."""
         return not self._leading and not self._waiting and not self._trim_queued
 
-    def note_saved_here(self, saves: int = 1, *, trim: bool = True) -> None:
-        """A driver ran ``saves`` on the event loop while this was :attr:`idle`: count them,
-        and with ``trim`` (its step's last), queue a trim on the storage thread if one is
-        due (as after a batch run in place)."""
+    def note_saved_here(self, saves: int = 1, *, trim: bool = True, synced: bool = False) -> None:
+        """A driver ran ``saves`` on the event loop while this was :attr:`idle`: count them;
+        with ``synced`` (one fsynced the shared log), no other durable save runs on the loop
+        before the next turn (:attr:`synced_here`); with ``trim`` (its step's last), queue a
+        trim on the storage thread if one is due (as after a batch run in place)."""
         self.saves_here += saves
+        if synced and not self.synced_here:
+            self.synced_here = True
+            trio.lowlevel.current_trio_token().run_sync_soon(self._next_turn)
         if trim:
             self._hand_trim()
+
+    def _next_turn(self) -> None:
+        self.synced_here = False
 
     async def save(self, save: Callable[..., list[Any]], *, short: bool = False) -> list[Any]:
         """Run ``save`` (a store's ``save`` with its arguments bound: called with
