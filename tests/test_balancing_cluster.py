@@ -12,6 +12,7 @@ import orjson
 import pytest
 import trio
 
+from trio_broker._cli._bench_groups import settled as bench_settled
 from trio_broker._core._spread import leader_share
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime._metamap import hosted_by_map
@@ -327,3 +328,23 @@ async def test_a_failure_and_heal_move_no_replica_and_leadership_comes_back(auto
         # Leadership is back with the preferred leaders.
         with trio.fail_after(LIMIT):
             await cluster.wait_until(lambda: led_by_preferred(cluster))
+
+
+async def test_the_bench_waits_for_the_leaders_the_balancer_settles_on(autojump_clock):
+    # The bench's groups workload starts its load once `_bench_groups.settled` holds. Spread
+    # alone was not enough: the first leaders are elected, and the balancer then moved them
+    # to the map's preferred leaders during the load. `settled` finds those preferred leaders
+    # from a CLUSTER_QUERY's groups (the founding's placement), as the map holds them.
+    async with open_mock_cluster(3, groups=3) as cluster:
+        with trio.fail_after(LIMIT):
+            await cluster.wait_until(lambda: led_by_preferred(cluster))
+        view = await answer_of(cluster, "b1", {"operation": "CLUSTER_QUERY"})
+        listed = view["groups"]
+        assert sorted(g["cluster_id"] for g in listed) == sorted(the_map(cluster).groups)
+        assert bench_settled(listed)
+        # The same leaders, each on another group: still spread, not what the balancer wants.
+        leaders = [g["leader_id"] for g in listed]
+        moved = [dict(g, leader_id=leaders[i - 1]) for i, g in enumerate(listed)]
+        assert len(set(leaders)) == 3 and not bench_settled(moved)
+        assert not bench_settled([dict(listed[0], leader_id=None), *listed[1:]])
+        assert not bench_settled(listed[1:])
