@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from trio_broker._cli._bench import _local_cluster
-from trio_broker._cli._bench_groups import BENCH_GROUPS
+from trio_broker._cli._bench_groups import BENCH_GROUPS, settled
 from trio_broker._cli._bench_load import PAYLOAD, _Conn, _generate, _topology, _wait_for_leader
 
 WINDOW = 16
@@ -62,13 +62,13 @@ async def _run(
 
 
 async def _group_queues(ports: list[int]) -> dict[str, tuple[int, str]]:
-    """Group -> (its leader's port, a queue on it), once the leadership is spread."""
+    """Group -> (its leader's port, a queue on it), once every group is led by its preferred
+    leader (the bench's :func:`~trio_broker._cli._bench_groups.settled`: spread alone left
+    the balancer's transfers to the preferred leaders to happen during the first load)."""
     queues: dict[str, tuple[int, str]] = {}
     with trio.fail_after(120):
         while True:
-            listed = (await _topology(ports) or {}).get("groups") or []
-            leaders = [g.get("leader_port") for g in listed]
-            if len(listed) == BENCH_GROUPS and all(leaders) and len(set(leaders)) == len(ports):
+            if settled((await _topology(ports) or {}).get("groups") or []):
                 break
             await trio.sleep(0.2)
         while len(queues) < BENCH_GROUPS:
