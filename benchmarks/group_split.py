@@ -28,8 +28,8 @@ from typing import Any
 import trio
 
 from trio_broker._cli._bench import _local_cluster
-from trio_broker._cli._bench_groups import BENCH_GROUPS, settled
-from trio_broker._cli._bench_load import PAYLOAD, _Conn, _generate, _topology, _wait_for_leader
+from trio_broker._cli._bench_groups import BENCH_GROUPS, group_queues
+from trio_broker._cli._bench_load import PAYLOAD, _Conn, _generate, _wait_for_leader
 
 WINDOW = 16
 
@@ -61,27 +61,6 @@ async def _run(
     )
 
 
-async def _group_queues(ports: list[int]) -> dict[str, tuple[int, str]]:
-    """Group -> (its leader's port, a queue on it), once every group is led by its preferred
-    leader (the bench's :func:`~trio_broker._cli._bench_groups.settled`: spread alone left
-    the balancer's transfers to the preferred leaders to happen during the first load)."""
-    queues: dict[str, tuple[int, str]] = {}
-    with trio.fail_after(120):
-        while True:
-            if settled((await _topology(ports) or {}).get("groups") or []):
-                break
-            await trio.sleep(0.2)
-        while len(queues) < BENCH_GROUPS:
-            for port in ports:
-                conn = await _Conn.open("127.0.0.1", port)
-                async with conn.stream:
-                    answer = await conn.call({"operation": "CREATE_QUEUE"})
-                if answer.get("status") == "success":
-                    queues.setdefault(answer["queue_id"][2:-5], (port, answer["queue_id"]))
-            await trio.sleep(0.1)
-    return queues
-
-
 async def main(secs: float) -> None:
     with tempfile.TemporaryDirectory() as d:
         async with _local_cluster(Path(d) / "one", 3) as members:
@@ -94,7 +73,7 @@ async def main(secs: float) -> None:
                 await _run(f"plain cluster, one group, {connections} conns", pids,
                            [(port, queue)], connections, secs)  # fmt: skip
         async with _local_cluster(Path(d) / "three", 3, groups=BENCH_GROUPS) as members:
-            queues = await _group_queues([p for p, _ in members])
+            queues = await group_queues([p for p, _ in members])
             pids = tuple(p.pid for _, p in members)
             targets: list[Any] = [queues[g] for g in sorted(queues)]
             for connections in (24, 8):

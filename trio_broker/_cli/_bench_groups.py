@@ -28,23 +28,7 @@ async def groups_figures(
     over a queue of every group of a cluster founded with ``--groups``, once every group is
     led by its preferred leader (:func:`settled`: then spread, and not moved by the balancer
     during the load); the busiest broker's share of the brokers' CPU, and the throughput ratio."""
-    ports = [p for p, _ in members]
-    queues: dict[str, tuple[int, str]] = {}
-    """Group -> the port of the broker that created its queue (its leader) and the queue."""
-    with trio.fail_after(120):
-        while True:
-            if settled((await _topology(ports) or {}).get("groups") or []):
-                break
-            await trio.sleep(0.2)
-        # A CREATE_QUEUE sent to a broker lands on a group it leads.
-        while len(queues) < BENCH_GROUPS:
-            for port in ports:
-                conn = await _Conn.open("127.0.0.1", port)
-                async with conn.stream:
-                    answer = await conn.call({"operation": "CREATE_QUEUE"})
-                if answer.get("status") == "success":
-                    queues.setdefault(answer["queue_id"][2:-5], (port, answer["queue_id"]))
-            await trio.sleep(0.1)
+    queues = await group_queues([p for p, _ in members])
     targets = [
         (port, {"operation": "APPEND", "queue_name": queue, "data": PAYLOAD})
         for _, (port, queue) in sorted(queues.items())
@@ -73,6 +57,27 @@ async def groups_figures(
         Figure(name, "appends/s", load.rate),
         Figure(name, "appends/s vs 1 group", load.rate / one.rate if one.rate else float("nan")),
     ]
+
+
+async def group_queues(ports: list[int]) -> dict[str, tuple[int, str]]:
+    """Group -> the port of the broker that created a queue on it (its leader) and the queue,
+    once every group is led by its preferred leader (:func:`settled`)."""
+    queues: dict[str, tuple[int, str]] = {}
+    with trio.fail_after(120):
+        while True:
+            if settled((await _topology(ports) or {}).get("groups") or []):
+                break
+            await trio.sleep(0.2)
+        # A CREATE_QUEUE sent to a broker lands on a group it leads.
+        while len(queues) < BENCH_GROUPS:
+            for port in ports:
+                conn = await _Conn.open("127.0.0.1", port)
+                async with conn.stream:
+                    answer = await conn.call({"operation": "CREATE_QUEUE"})
+                if answer.get("status") == "success":
+                    queues.setdefault(answer["queue_id"][2:-5], (port, answer["queue_id"]))
+            await trio.sleep(0.1)
+    return queues
 
 
 def settled(listed: list[dict[str, Any]]) -> bool:
