@@ -14,10 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import apsw
+import pytest
 import trio
 
 from tests.spread import wait_voting_spread
-from tests.test_shared_log import QUEUE, Broker, Group, number
+from tests.test_shared_log import QUEUE, Broker, Group, check_images, number
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._storage._shared_log import TurnCommitter
@@ -121,6 +123,41 @@ async def test_the_committer_is_idle_only_with_no_batch_gathering_running_or_tri
         vfs.unregister()
 
 
+def lone_save(
+    broker: Broker, group: Group, numbers: range, *, split: bool = False, fail: bool = False
+) -> None:
+    """One group's append as an in-step path saves it (``_proposed``,
+    ``_persist_after_frames``, ``_apply_here``): the entries' save with no stage (its row in
+    a shared-log transaction of its own, the committer idle), then the apply; acknowledged
+    after the apply returned. ``split``: as a replica's persist then apply-after-
+    acknowledgement, two lone saves with the acknowledgement between (counted at the first).
+    ``fail``: the group's transaction of the entries' save fails after the row's fsync (the
+    row is dropped, the driver saves the same Ready again)."""
+    i = broker.groups.index(group)
+    save = group.propose([Broker._append(n) for n in numbers])
+    if fail:
+        store = group.store
+        real = store._set_meta
+
+        def broken(items: dict[str, Any]) -> None:
+            raise apsw.FullError("injected: the group's file is full")
+
+        store._set_meta = broken  # type: ignore[method-assign]
+        try:
+            with pytest.raises(apsw.FullError):
+                save(stage=None)
+        finally:
+            store._set_meta = real  # type: ignore[method-assign]
+        assert store._pending_seq is None
+    save(stage=None)
+    if split:
+        broker.acked[i].extend(numbers)  # (a replica's acknowledgement: durable here)
+        group.apply()(stage=None)
+        return
+    group.apply()(stage=None)
+    broker.acked[i].extend(numbers)
+
+
 def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync_point(
     tmp_path: Path,
 ) -> None:
@@ -142,13 +179,6 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
         _images(vfs, live, dest)
         images.append((dest, [list(a) for a in broker.acked]))
 
-    def lone(group: Group, numbers: range) -> None:
-        # As _proposed / _persist_after_frames / _apply_here run them: one save at a time,
-        # no stage (the committer idle), acknowledged once the apply's save returned.
-        group.propose([Broker._append(n) for n in numbers])(stage=None)
-        group.apply()(stage=None)
-        broker.acked[broker.groups.index(group)].extend(numbers)
-
     rng = random.Random(4)
     checked = lones = 0
     try:
@@ -163,17 +193,9 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
                 g = rng.choice(broker.groups)
                 start = broker.next_value
                 broker.next_value += rng.randrange(1, 4)
-                lone(g, range(start, broker.next_value))
+                lone_save(broker, g, range(start, broker.next_value))
                 lones += 1
-            while images:
-                dest, acked = images.pop()
-                again = Broker(dest, 3, checker, random.Random(0))
-                try:
-                    again.start()
-                    again.check(acked)
-                finally:
-                    again.close()
-                checked += 1
+            checked += check_images(images, checker)
         assert checked > 10 and lones >= 2
         assert all(
             [number(m) for m in g.store.messages(QUEUE)] == sorted(broker.acked[i])

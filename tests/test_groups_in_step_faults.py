@@ -12,54 +12,21 @@ thread's batches and trims)."""
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
 import trio
 
-from tests.test_shared_log import LONG, Broker, Group, _images
+from tests.test_groups_in_step import lone_save
+from tests.test_shared_log import LONG, Broker, _images, check_images
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._storage import _shared_log
 from trio_broker._storage._store import Store
 from trio_broker.testing import open_local_cluster
 from trio_broker.testing._powerloss import PowerLossVFS
-
-
-def _lone(broker: Broker, group: Group, numbers: range, *, split: bool, fail: bool) -> None:
-    """One group's append as an in-step path saves it: the entries' save (no stage: its row
-    in a shared-log transaction of its own), then the apply; acknowledged after the apply
-    returned. ``split``: as a replica's persist then apply-after-acknowledgement, two lone
-    saves with the acknowledgement between (counted at the first). ``fail``: the group's
-    transaction of the entries' save fails after the row's fsync (the row is dropped, the
-    driver saves the same Ready again)."""
-    i = broker.groups.index(group)
-    save = group.propose([Broker._append(n) for n in numbers])
-    if fail:
-        store = group.store
-        real = store._set_meta
-
-        def broken(items: dict[str, Any]) -> None:
-            raise apsw.FullError("injected: the group's file is full")
-
-        store._set_meta = broken  # type: ignore[method-assign]
-        try:
-            with pytest.raises(apsw.FullError):
-                save(stage=None)
-        finally:
-            store._set_meta = real  # type: ignore[method-assign]
-        assert store._pending_seq is None
-    save(stage=None)
-    if split:
-        broker.acked[i].extend(numbers)  # (a replica's acknowledgement: durable here)
-        group.apply()(stage=None)
-        return
-    group.apply()(stage=None)
-    broker.acked[i].extend(numbers)
 
 
 def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
@@ -95,7 +62,7 @@ def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
                 g = rng.choice(broker.groups)
                 start = broker.next_value
                 broker.next_value += rng.randrange(1, 4)
-                _lone(
+                lone_save(
                     broker,
                     g,
                     range(start, broker.next_value),
@@ -103,19 +70,7 @@ def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
                     fail=rng.random() < 0.2,
                 )
                 lones += 1
-            while images:
-                dest, acked = images.pop()
-                again = Broker(dest, 3, checker, random.Random(0))
-                try:
-                    again.start()
-                    again.check(acked)
-                except BaseException as exc:
-                    exc.add_note(f"seed {seed}, crash image at sync point {dest.name}")
-                    raise
-                finally:
-                    again.close()
-                shutil.rmtree(dest)
-                checked += 1
+            checked += check_images(images, checker, f"seed {seed}, ")
         return checked, lones
     finally:
         vfs.on_sync = None

@@ -210,6 +210,29 @@ def _images(vfs: PowerLossVFS, live: Path, dest: Path) -> None:
             vfs.crash_image(sub, dest / sub.name)
 
 
+def check_images(
+    images: list[tuple[Path, list[list[int]]]], checker: PowerLossVFS, where: str = ""
+) -> int:
+    """Restart a broker on every crash image taken so far (each popped and deleted once
+    checked) and check it holds the appends acknowledged when its image was taken; returns
+    how many were checked. ``where`` begins the note a failure carries."""
+    checked = 0
+    while images:
+        dest, acked = images.pop()
+        again = Broker(dest, 3, checker, random.Random(0))
+        try:
+            again.start()
+            again.check(acked)
+        except BaseException as exc:
+            exc.add_note(f"{where}crash image at sync point {dest.name}")
+            raise
+        finally:
+            again.close()
+        shutil.rmtree(dest)
+        checked += 1
+    return checked
+
+
 def run_with_images(tmp_path: Path, torn: bool, steps: int) -> int:
     """Three groups, one shared log, ``steps`` steps, a crash image checked at every sync
     point; returns how many."""
@@ -233,19 +256,7 @@ def run_with_images(tmp_path: Path, torn: bool, steps: int) -> int:
         checked = 0
         for _ in range(steps):
             broker.step()
-            while images:
-                dest, acked = images.pop()
-                again = Broker(dest, 3, checker, random.Random(0))
-                try:
-                    again.start()
-                    again.check(acked)
-                except BaseException as exc:
-                    exc.add_note(f"crash image at sync point {dest.name}")
-                    raise
-                finally:
-                    again.close()
-                shutil.rmtree(dest)
-                checked += 1
+            checked += check_images(images, checker)
         assert broker.snapshots > 0
         return checked
     finally:
