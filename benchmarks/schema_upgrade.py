@@ -1,0 +1,82 @@
+"""What the upgrade to schema version 7 costs: ``python -m benchmarks.schema_upgrade [N]``.
+
+Builds a version-6 database with the version-6 definitions (``UPGRADES[0..5]``) holding
+``N`` 100-byte messages (default 1,000,000) over 10 queues, each row with its checksum, then
+opens it as a broker does (``Store``, which runs ``_schema.upgrade`` at its first start) and
+prints the CPU the upgrade took (the process's user and system time, the store's opening
+checks included), its wall time, and the file's size before and after and at its largest
+(what docs/operations.md, "Upgrade one broker at a time", tells an operator to expect).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apsw
+
+from trio_broker._storage._integrity import value_checksum
+from trio_broker._storage._schema import UPGRADES
+from trio_broker._storage._store import Store
+
+QUEUES = 10
+VALUE = b'"' + b"x" * 98 + b'"'
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def build_version_6(folder: Path, count: int) -> None:
+    db = apsw.Connection(str(folder / "broker.sqlite3"))
+    with db:
+        for version in range(6):
+            step = UPGRADES[version]
+            step(db) if callable(step) else db.execute(step)
+        db.execute("PRAGMA user_version = 6")
+        db.execute("INSERT INTO meta VALUES ('broker_id', 'B-BENCH'), ('cluster_id', 'G-BENCH')")
+        per_queue = -(-count // QUEUES)
+        for q in range(QUEUES):
+            queue_id = f"Q-BENCH{q:05d}"
+            length = min(per_queue, count - q * per_queue)
+            db.execute("INSERT INTO queues (queue_id, length) VALUES (?, ?)", (queue_id, length))
+            db.executemany(
+                "INSERT INTO queue_data (queue_id, sequence_num, appended_ms, headers, checksum,"
+                " data) VALUES (?, ?, ?, NULL, ?, ?)",
+                (
+                    (queue_id, seq, 1000 + seq, value_checksum(queue_id, seq, VALUE, None), VALUE)
+                    for seq in range(1, length + 1)
+                ),
+            )
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def main(count: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        build_version_6(folder, count)
+        before = _size(folder)
+        cpu, wall = _cpu(), time.perf_counter()
+        store = Store(folder)
+        cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+        largest = _size(folder)
+        store.close()
+        after = _size(folder)
+    print(
+        f"{count:,} messages: upgrade to version 7 took {cpu:.2f} s of CPU ({wall:.2f} s wall);"
+        f" files {before / 1e6:.0f} MB before, {largest / 1e6:.0f} MB at the upgrade's end"
+        f" (WAL included), {after / 1e6:.0f} MB after closing"
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
