@@ -24,7 +24,9 @@ None), charges it and decodes it; **decide** ``Runs.handle_many`` of the one req
 (``_handle_one``: its command proposed to a stand-in ``propose``); **settle** its
 ``Pending`` set; **answer** its answer queued (``Outbox.put``), taken by the writer before
 its outcome is known (None: the reader's kick after the receive), its ``Pending`` set (the
-settle part again), and taken by the writer.
+settle part again), and taken by the writer. Then, apart (not in "together"), the driver's
+``propose`` of its command (``Proposing.propose``: the capacity's unit, the leader's and the
+disk's checks, the ``Pending``), on a stand-in ledger that keeps nothing.
 
 What it leaves out: the socket calls, the driver and storage, the peer links (see
 ``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
