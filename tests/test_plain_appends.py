@@ -292,3 +292,50 @@ def test_a_queue_written_with_escapes_or_not_ascii_is_never_sliced_wrong(queue):
     assert type(new) is tuple or queue != "Q-A"
     if type(new) is tuple:
         assert new[1] == orjson.dumps(',"data":1')
+
+
+class _LoadsOnly:
+    """orjson for the codec, but writing nothing back (``dumps`` refused)."""
+
+    loads = staticmethod(orjson.loads)
+    JSONDecodeError = orjson.JSONDecodeError
+    JSONEncodeError = orjson.JSONEncodeError
+
+    @staticmethod
+    def dumps(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the frame was written back")
+
+
+@pytest.mark.parametrize("value", ["x" * 100, "", "Q-\x7f ~!#$%&'()*+,-./09:;<=>?@[]^_`{|}"])
+def test_a_compact_append_of_a_plain_string_is_not_written_back(monkeypatch, value):
+    """A string value (ASCII, nothing escaped) in a frame as short as its object can be
+    written: no write of the object back to prove it compact (the "leader's request path
+    (seventh round)"), and the same PlainAppend as the check gives."""
+    payload = orjson.dumps({"operation": "APPEND", "queue_name": QUEUE, "data": value})
+    expected = decode_client_request(payload)
+    monkeypatch.setattr(_codec, "orjson", _LoadsOnly)
+    assert decode_client_request(payload) == expected == (QUEUE, orjson.dumps(value), value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'"a\\/b"',  # (one character escaped: the frame is longer than its object's writing)
+        b'"\\u0041"',
+        b'"\\n"',
+        b'"\xc3\xa9"',  # (not ASCII: more bytes than characters)
+        b'"a\tb"',  # (a control character unescaped: not JSON, refused as before)
+        b'"\xff"',
+        b'"a" ',
+        b' "a"',
+        b'"a","data":"b"',  # (a key twice: the last one kept)
+        b'"a","operation":"APPEND"',
+    ],
+)
+def test_a_string_value_written_otherwise_decodes_as_decode_request_decodes_it(data):
+    payload = b'{"operation":"APPEND","queue_name":"Q-A","data":' + data + b"}"
+    old, new = _outcome(decode_request, payload), _outcome(decode_client_request, payload)
+    if type(new) is tuple and type(new[0]) is str:
+        assert old == m.Append(new[0], new[2]) and new[1] == dumps_value(old.data)
+    else:
+        assert new == old

@@ -13,6 +13,7 @@ from .._errors import ErrorCode, ProtocolError
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
+_unpack_header = _HEADER.unpack_from
 DEFAULT_MAX_FRAME = 1024 * 1024
 
 
@@ -88,23 +89,23 @@ class FrameDecoder:
 
         Raises :class:`FrameTooLarge` when the next length prefix exceeds ``max_frame``.
         """
-        avail = len(self._buf) - self._pos
-        if avail < HEADER_SIZE:
+        buf, pos = self._buf, self._pos  # (each read once: one per frame of a receive)
+        if len(buf) - pos < HEADER_SIZE:
             return None
-        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        (length,) = _unpack_header(buf, pos)
         if length > self.max_frame:
             raise FrameTooLarge(length, self.max_frame)
-        end = self._pos + HEADER_SIZE + length
-        if len(self._buf) < end:
+        start = pos + HEADER_SIZE
+        end = start + length
+        if len(buf) < end:
             return None
-        if type(self._buf) is bytes:  # (a slice of bytes is bytes: one copy)
-            payload = self._buf[self._pos + HEADER_SIZE : end]
+        if type(buf) is bytes:  # (a slice of bytes is bytes: one copy)
             self._pos = end
-            return payload
+            return buf[start:end]
         # One copy, from a view of the buffer (a slice of the bytearray, then bytes of it,
         # copied the payload twice); the view and its slice (an export of the buffer too) are
         # released here, not when collected, before ``feed`` may resize it.
-        with memoryview(self._buf) as view, view[self._pos + HEADER_SIZE : end] as part:
+        with memoryview(buf) as view, view[start:end] as part:
             payload = part.tobytes()
         self._pos = end
         return payload

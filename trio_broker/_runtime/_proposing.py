@@ -43,17 +43,26 @@ class Proposing:
             return BrokerError(
                 ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
             )
-        await acquire(self._capacity)
-        if self.node.is_leader and self.node.transfer_target is not None:
-            self._capacity.release()
-            return self.transferring_error(self.node.transfer_target)
-        if not self.node.is_leader:
-            self._capacity.release()
+        # (as propose_many: the unit taken at once when free, no coroutine to take it; the
+        # leader read once, and the disk asked only when it is not OK, as DiskSpace.refusal
+        # refuses nothing then: one lone request each, docs/performance.md, "The leader's
+        # request path (seventh round)")
+        capacity = self._capacity
+        if not capacity.take(1):
+            await capacity.acquire(1)
+        node = self.node
+        if not node.is_leader:
+            capacity.release()
             return self.not_leader_error()
-        refusal = self.disk.refusal(payload)
-        if refusal is not None:
-            self._capacity.release()
-            return refusal
+        if node.transfer_target is not None:
+            capacity.release()
+            return self.transferring_error(node.transfer_target)
+        disk = self.disk
+        if disk.state is not DiskState.OK:
+            refusal = disk.refusal(payload)
+            if refusal is not None:
+                capacity.release()
+                return refusal
         pending = Pending()
         if type(payload) in READ_CANDIDATES and self.reads.qualifies(payload):
             self.reads.submit(payload, pending)
