@@ -342,7 +342,7 @@ def abandon_save(store: Any) -> None:
 
 def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
     """A shared store's save at ``stage`` (``Store.save``): ``"journal"``, ``"abandon"``, or
-    None: both stages, the first in a shared-log transaction of its own."""
+    None: a save alone in its fsync (:func:`own_save`)."""
     if stage == "journal":
         journal_save(
             store, save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
@@ -351,16 +351,20 @@ def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
     if stage == "abandon":
         abandon_save(store)
         return []
-    with store._shared.transaction:
-        journal_save(
-            store, save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
-        )
-    try:
-        return store.save(stage="apply", **save)
-    except BaseException:
-        with contextlib.suppress(apsw.Error), store._shared.transaction:
-            abandon_save(store)
-        raise
+    return own_save(store, **save)
+
+
+def own_save(store: Any, **save: Any) -> list[Any]:
+    """A save alone in its fsync (a step's save, a batch of one): the group's own transaction
+    only, at ``FULL`` when it makes anything durable (its file's WAL fsynced, as a store of
+    its own), and no shared-log row. A row is worth its cost only when several groups' saves
+    share its fsync: alone, it is a second commit (the entries' bytes written again, the
+    shared log's pages, its fsync) before the group's own at ``NORMAL``, about 100 µs of CPU
+    more than this one commit (docs/performance.md, "Several groups' saves of one receive
+    (seventh round)"). Such a transaction also records the group's last row as the file's
+    ``shared_seq``: every row of the group is older than it, so a restart replays none over
+    it (the row of a save whose transaction failed and whose drop failed too included)."""
+    return store.save(stage="own", **save)
 
 
 def _weight(save: Callable[..., Any]) -> int:
@@ -391,6 +395,8 @@ class TurnCommitter:
         self._trim_queued = False
         self.batches = 0
         self.saves = 0
+        self.own = 0
+        """Batches of one save, run alone in its fsync (:func:`own_save`: no shared-log row)."""
         self.saves_here = 0
         """Saves a driver ran on the event loop itself while this was idle (its in-step
         paths: :meth:`note_saved_here`), each its own shared-log transaction."""
@@ -510,6 +516,14 @@ class TurnCommitter:
         that fails fails alone), then each group's own; then, with ``trim`` (on the storage
         thread only), a trim if one is due."""
         log = self._log
+        if len(batch) == 1:
+            # Alone in its fsync: the group's own transaction, no shared-log row (own_save).
+            self.own += 1
+            results = [outcome.capture(batch[0].save, stage="own")]
+            if trim:
+                with contextlib.suppress(apsw.Error):
+                    log.maybe_trim()
+            return results
         failed: dict[int, outcome.Outcome] = {}
         try:
             with log.transaction:
@@ -617,5 +631,6 @@ __all__ = [
     "attach",
     "attach_store",
     "journal_save",
+    "own_save",
     "shared_stage",
 ]
