@@ -15,6 +15,9 @@ The rules that keep it safe:
 
 - **Shared log first.** A group's transaction commits only after the shared log's commit (one
   fsync) returned, and a save returns (so its acknowledgements leave) only after both.
+- **A save alone in its fsync writes no row** (:func:`own_save`: a batch of one, a save run in
+  a driver's step): its group's transaction commits at ``FULL``, as a store of its own; the
+  row would only add a second commit. It records the group's last row as the file's mark.
 - **Redo at open.** Each group's file records, in the same transaction as what it persisted,
   the last shared-log sequence number it reflects (``shared_seq``). WAL mode keeps a prefix of
   a file's commits through a power loss, so whatever the cut took from the group's file is in
@@ -401,7 +404,7 @@ class TurnCommitter:
         """Saves a driver ran on the event loop itself while this was idle (its in-step
         paths: :meth:`note_saved_here`), each its own shared-log transaction."""
         self.synced_here = False
-        """A save run on the event loop fsynced the shared log in this loop turn (cleared at
+        """A save run on the event loop fsynced its group's file in this loop turn (cleared at
         the next: :meth:`note_saved_here`): another group's durable save of the same turn
         then goes to its driver and the next batch, as ``IN_PLACE_JOBS`` keeps a batch of
         several groups off the loop."""
@@ -410,16 +413,16 @@ class TurnCommitter:
     def idle(self) -> bool:
         """No save waits for a batch or runs in one, and no trim is queued (the storage
         thread's idleness is the worker's). Then a save run on the event loop now, as
-        :meth:`~._store.Store.save` with no stage runs it (its row in a shared-log transaction
-        of its own, then the group's transaction, the row dropped if that fails), is alone on
-        the shared log and on every group's file, and its row follows every row written
-        before it: what a batch of one short save does (``IN_PLACE_JOBS``), without the
-        batch's checkpoint. A batch that starts later runs after it."""
+        :meth:`~._store.Store.save` with no stage runs it (alone in its fsync: its group's
+        transaction at ``FULL``, no row, :func:`own_save`), is alone on the shared log and on
+        every group's file, and every row written before it is older: what a batch of one
+        short save does (``IN_PLACE_JOBS``), without the batch's checkpoint. A batch that
+        starts later runs after it."""
         return not self._leading and not self._waiting and not self._trim_queued
 
     def note_saved_here(self, saves: int = 1, *, trim: bool = True, synced: bool = False) -> None:
         """A driver ran ``saves`` on the event loop while this was :attr:`idle`: count them;
-        with ``synced`` (one fsynced the shared log), no other durable save runs on the loop
+        with ``synced`` (one fsynced its group's file), no other durable save runs on the loop
         before the next turn (:attr:`synced_here`); with ``trim`` (its step's last), queue a
         trim on the storage thread if one is due (as after a batch run in place)."""
         self.saves_here += saves
@@ -513,8 +516,9 @@ class TurnCommitter:
 
     def _commit(self, batch: list[_Job], *, trim: bool = True) -> list[outcome.Outcome]:
         """Every save's durable part in one shared-log transaction (each in a savepoint: one
-        that fails fails alone), then each group's own; then, with ``trim`` (on the storage
-        thread only), a trim if one is due."""
+        that fails fails alone), then each group's own; a batch of one save, its group's
+        transaction alone (:func:`own_save`); then, with ``trim`` (on the storage thread
+        only), a trim if one is due."""
         log = self._log
         if len(batch) == 1:
             # Alone in its fsync: the group's own transaction, no shared-log row (own_save).
