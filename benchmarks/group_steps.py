@@ -68,7 +68,7 @@ def _wrap(driver: Any, counts: collections.Counter[str]) -> None:
 
                 def done(now: bool) -> None:
                     groups = len(_RECEIVING.pop(task))
-                    counts[f"receives with REPLICATEs of {groups} group(s)"] += 1
+                    counts[f"receives, REPLICATEs of {groups} groups"] += 1
 
                 after.append(done)
             _RECEIVING[task].add(id(driver))
@@ -106,7 +106,7 @@ def _snapshot(broker: Any) -> collections.Counter[str]:
         if committer is not None:
             got["shared-log batches"] += committer.batches
             got["saves in batches"] += committer.saves
-            got["shared-log rows (saves of batches of several)"] += committer._log.rows
+            got["shared-log rows (batches of several)"] += committer._log.rows
             got["batches of one (no row)"] += getattr(committer, "own", 0)
             got["saves run in a step (shared store)"] += getattr(committer, "saves_here", 0)
     return got
