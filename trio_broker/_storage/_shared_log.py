@@ -402,7 +402,7 @@ class TurnCommitter:
         """Batches of one save, run alone in its fsync (:func:`own_save`: no shared-log row)."""
         self.saves_here = 0
         """Saves a driver ran on the event loop itself while this was idle (its in-step
-        paths: :meth:`note_saved_here`), each its own shared-log transaction."""
+        paths: :meth:`note_saved_here`), each alone in its fsync (:func:`own_save`)."""
         self.synced_here = False
         """A save run on the event loop fsynced its group's file in this loop turn (cleared at
         the next: :meth:`note_saved_here`): another group's durable save of the same turn
