@@ -9,7 +9,9 @@ all to one group's queue, then spread over the three groups' queues (each group 
 of ``C / 3`` connections: the bench's ``groups`` workload in one process). For each run it
 prints, per append and per broker (its three group replicas summed), the Readies each driver's
 task handled and those its stepping tasks took instead (proposed, persisted, applied in step),
-the wake-ups of the drivers' tasks, the storage jobs (handed to the storage thread, each two
+the wake-ups of the drivers' tasks, the peer streams' receives that held REPLICATEs, by how
+many groups' (the after-frames persist of one receive could share one transaction only for
+several), the storage jobs (handed to the storage thread, each two
 cross-thread wake-ups, or run in place on the loop), the shared log's batches and the saves
 they held, and the durable saves (each a shared-log row; a batch of them one fsync). For the
 process: trio's task steps and waits for I/O. Counts, not timings: the machine's noise does
@@ -27,6 +29,8 @@ from typing import Any
 
 import trio
 
+from trio_broker._core._raft_messages import Replicate
+from trio_broker._runtime._peers import AFTER_FRAMES
 from trio_broker.testing import open_local_cluster
 
 
@@ -48,8 +52,27 @@ def _replicas(broker: Any) -> list[Any]:
     return [b for g, b in sorted(host.groups.items()) if g != broker.cluster_id]
 
 
+_RECEIVING: dict[Any, set[int]] = {}
+"""Per task reading a peer stream: the groups whose REPLICATEs its current receive held."""
+
+
 def _wrap(driver: Any, counts: collections.Counter[str]) -> None:
-    handle, wake = driver._handle_ready, driver.wake
+    handle, wake, step = driver._handle_ready, driver.wake, driver.step
+
+    def counted_step(message: Any) -> None:
+        after = AFTER_FRAMES.get()
+        if type(message) is Replicate and after is not None and after.open:
+            task = trio.lowlevel.current_task()
+            if task not in _RECEIVING:
+                _RECEIVING[task] = set()
+
+                def done(now: bool) -> None:
+                    groups = len(_RECEIVING.pop(task))
+                    counts[f"receives, REPLICATEs of {groups} groups"] += 1
+
+                after.append(done)
+            _RECEIVING[task].add(id(driver))
+        step(message)
 
     async def handle_ready(rd: Any) -> None:
         counts["Readies by the driver's task"] += 1
@@ -62,6 +85,7 @@ def _wrap(driver: Any, counts: collections.Counter[str]) -> None:
 
     driver._handle_ready = handle_ready
     driver.wake = counted_wake
+    driver.step = counted_step
 
 
 def _snapshot(broker: Any) -> collections.Counter[str]:
@@ -82,7 +106,8 @@ def _snapshot(broker: Any) -> collections.Counter[str]:
         if committer is not None:
             got["shared-log batches"] += committer.batches
             got["saves in batches"] += committer.saves
-            got["durable saves (shared-log rows)"] += committer._log.rows
+            got["shared-log rows (batches of several)"] += committer._log.rows
+            got["batches of one (no row)"] += getattr(committer, "own", 0)
             got["saves run in a step (shared store)"] += getattr(committer, "saves_here", 0)
     return got
 
@@ -160,7 +185,7 @@ async def _measure(
         for key in sorted(rows):
             print(f"    {key:<36} {rows[key] / total:6.3f}")
         for replica in _replicas(broker):  # (the wrappers off for the next run)
-            for attr in ("_handle_ready", "wake"):
+            for attr in ("_handle_ready", "wake", "step"):
                 replica.driver.__dict__.pop(attr, None)
     print(
         f"  the process: trio task steps {steps.steps / total:.2f}, "

@@ -127,12 +127,12 @@ def lone_save(
     broker: Broker, group: Group, numbers: range, *, split: bool = False, fail: bool = False
 ) -> None:
     """One group's append as an in-step path saves it (``_proposed``,
-    ``_persist_after_frames``, ``_apply_here``): the entries' save with no stage (its row in
-    a shared-log transaction of its own, the committer idle), then the apply; acknowledged
-    after the apply returned. ``split``: as a replica's persist then apply-after-
-    acknowledgement, two lone saves with the acknowledgement between (counted at the first).
-    ``fail``: the group's transaction of the entries' save fails after the row's fsync (the
-    row is dropped, the driver saves the same Ready again)."""
+    ``_persist_after_frames``, ``_apply_here``): the entries' save with no stage (alone in
+    its fsync: the group's transaction at ``FULL``, no shared-log row; the committer idle),
+    then the apply; acknowledged after the apply returned. ``split``: as a replica's persist
+    then apply-after-acknowledgement, two lone saves with the acknowledgement between
+    (counted at the first). ``fail``: the group's transaction of the entries' save fails (it
+    rolled back; the driver saves the same Ready again)."""
     i = broker.groups.index(group)
     save = group.propose([Broker._append(n) for n in numbers])
     if fail:
@@ -161,10 +161,11 @@ def lone_save(
 def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync_point(
     tmp_path: Path,
 ) -> None:
-    """The in-step paths' save on a shared store (``Store.save`` with no stage: its row in a
-    shared-log transaction of its own, then the group's transaction at NORMAL) between the
-    committer's batches of the other groups: a crash image at every sync point restarts with
-    every acknowledged append of every group."""
+    """The in-step paths' save on a shared store (``Store.save`` with no stage: alone in its
+    fsync, the group's transaction at FULL and no shared-log row) between the committer's
+    batches of the groups (their rows in one shared-log transaction, then each group's
+    transaction at NORMAL): a crash image at every sync point restarts with every
+    acknowledged append of every group."""
     vfs = PowerLossVFS("in-step-images", rng=random.Random(5))
     checker = PowerLossVFS("in-step-checker")
     live = tmp_path / "live"
@@ -223,12 +224,14 @@ async def test_one_fsync_on_the_loop_per_turn_for_every_group(
     real = _shared_log.shared_stage
 
     def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
-        rows = store._shared.rows
+        durable = stage is None and store._is_durable(
+            save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
+        )
         try:
             return real(store, stage, **save)
         finally:
             on_loop = threading.current_thread() is threading.main_thread()
-            if watching[0] and stage is None and on_loop and store._shared.rows > rows:
+            if watching[0] and durable and on_loop:
                 counts[0] += 1
                 counts[1] = max(counts[1], counts[0])
                 counts[2] += 1

@@ -145,7 +145,7 @@ async def test_in_step_saves_never_overlap_the_storage_thread_on_a_shared_store(
         overlap.wrap(Store, name)
     overlap.wrap(_shared_log.SharedLog, "trim")
     overlap.wrap(_shared_log.SharedLog, "write")
-    monkeypatch.setattr(_shared_log, "TRIM_ROWS", 8)  # (trims often, between the saves)
+    monkeypatch.setattr(_shared_log, "TRIM_ROWS", 0)  # (a trim after every batch of rows)
     async with open_local_cluster(tmp_path, 2, groups=3, replication_factor=2) as cluster:
         from tests.spread import wait_voting_spread
 

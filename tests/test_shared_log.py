@@ -506,7 +506,12 @@ def test_a_data_directory_of_the_earlier_layout_opens_with_the_shared_log(tmp_pa
     try:
         assert [e.index for e in store.raft_state().entries] == [1, 2]
         assert [number(d) for d in store.messages(QUEUE)] == [1]
-        store.save(hard_state=HardState(2, BROKER, 2), entries=[Entry(2, 3, NoOp())])
+        save = functools.partial(
+            store.save, hard_state=HardState(2, BROKER, 2), entries=[Entry(2, 3, NoOp())]
+        )
+        with log.transaction:  # (a batch's: a save alone in its fsync writes no row)
+            save(stage="journal")
+        save(stage="apply")
         assert list(log.group_rows().values()) == [1]
     finally:
         store.close()
@@ -588,9 +593,10 @@ def test_the_shared_log_is_trimmed_once_the_groups_files_hold_its_rows(
 def test_a_trim_never_runs_on_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A save alone in its turn and judged short runs in place, on the event loop; the trim it
-    makes due (one FULL commit per group holding rows) runs on the storage thread, never
-    there, and the rows stay bounded."""
+    """A save alone in its turn and judged short runs in place, on the event loop (alone in
+    its fsync: no row); the trims that the turns of several groups make due (one FULL commit
+    per group holding rows) run on the storage thread, never there, and the rows stay
+    bounded."""
     import threading
 
     monkeypatch.setattr("trio_broker._storage._shared_log.TRIM_ROWS", 12)
@@ -612,8 +618,12 @@ def test_a_trim_never_runs_on_the_event_loop(
         most = 0
         try:
             for n in range(30):
+                async with trio.open_nursery() as nursery:  # every group in one turn: rows
+                    for g in broker.groups:
+                        save = g.propose([Broker._append(1000 + n)])
+                        nursery.start_soon(functools.partial(committer.save, save, short=True))
+                most = max(most, broker.log.rows)
                 for g in broker.groups:  # each group alone in its turn, judged short
-                    await committer.save(g.propose([Broker._append(1000 + n)]), short=True)
                     await committer.save(g.apply(), short=True)
                     most = max(most, broker.log.rows)
         finally:
@@ -659,6 +669,10 @@ def test_a_turn_is_cut_into_bounded_jobs_first_come_first_served(
 
     def make(i: int, entries: int) -> Any:
         def save(*, stage: str, entries: tuple[()] = ()) -> list[int]:
+            if stage == "own":  # (a job of one save: no journal stage)
+                jobs.append([i])
+                ran.append(i)
+                return [i]
             if stage == "journal":
                 if applied[0]:
                     jobs.append([])

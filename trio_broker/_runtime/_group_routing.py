@@ -268,22 +268,31 @@ class GroupRouting:
         """The requests of one receive, in runs of consecutive requests of one group, each run
         decided by that group's :class:`~._runs.Runs`; CLUSTER_QUERY, CREATE_QUEUE and those
         of a group not hosted here alone. Runs are decided one after the other, so answers
-        stay in request order."""
+        stay in request order. A plain append naming the same queue as the run's first joins
+        it without its group worked out again (the same queue id, the same group: nothing
+        changes the hosting while the run is gathered, nothing awaits)."""
         start = 0
-        while start < len(requests):
+        count = len(requests)
+        while start < count:
             first = requests[start]
             target = self.target(first)
             if isinstance(first, ClusterQuery | CreateQueue) or isinstance(target, BrokerError):
                 answered([await self.handle(as_request(first), session)])
                 start += 1
                 continue
+            queue = first[0] if type(first) is tuple else None
             end = start + 1
-            while (
-                end < len(requests)
-                and not isinstance(requests[end], ClusterQuery | CreateQueue)
-                and self.target(requests[end]) is target
-            ):
-                end += 1
+            while end < count:
+                request = requests[end]
+                if type(request) is tuple and request[0] == queue:
+                    end += 1  # (the pipelined appends of one connection: one queue)
+                elif (
+                    not isinstance(request, ClusterQuery | CreateQueue)
+                    and self.target(request) is target
+                ):
+                    end += 1
+                else:
+                    break
             await target.runs.handle_many(requests[start:end], session, answered)
             start = end
 

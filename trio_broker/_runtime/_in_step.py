@@ -263,11 +263,10 @@ class InStep:
         is idle (no job there, none can start before this step ends) and, on a broker whose
         groups share one storage thread and shared log (:mod:`trio_broker._storage._shared_log`),
         no other group's save waits for a batch or runs in one, and no trim is queued
-        (``TurnCommitter.idle``). The store's save then runs in the shared log's shape
-        (its durable part one row in a shared-log transaction of its own, fsynced, then the
-        group's own transaction; the row dropped if that fails), and its row follows every
+        (``TurnCommitter.idle``). The store's save then runs alone in its fsync (the group's
+        own transaction at ``FULL``, no shared-log row: ``_shared_log.own_save``), after every
         row written before: as a batch of one short save, which also runs on the loop.
-        ``syncs``: a save that fsyncs the shared log, and none did on the loop in this turn
+        ``syncs``: a save that fsyncs, and none did on the loop in this turn
         (``TurnCommitter.synced_here``): the groups' durable saves of one turn (several
         groups' REPLICATEs in one receive, several groups' lone proposals) are one batch
         and one fsync off the loop, not one fsync each on it."""

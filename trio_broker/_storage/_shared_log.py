@@ -15,6 +15,9 @@ The rules that keep it safe:
 
 - **Shared log first.** A group's transaction commits only after the shared log's commit (one
   fsync) returned, and a save returns (so its acknowledgements leave) only after both.
+- **A save alone in its fsync writes no row** (:func:`own_save`: a batch of one, a save run in
+  a driver's step): its group's transaction commits at ``FULL``, as a store of its own; the
+  row would only add a second commit. It records the group's last row as the file's mark.
 - **Redo at open.** Each group's file records, in the same transaction as what it persisted,
   the last shared-log sequence number it reflects (``shared_seq``). WAL mode keeps a prefix of
   a file's commits through a power loss, so whatever the cut took from the group's file is in
@@ -342,7 +345,7 @@ def abandon_save(store: Any) -> None:
 
 def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
     """A shared store's save at ``stage`` (``Store.save``): ``"journal"``, ``"abandon"``, or
-    None: both stages, the first in a shared-log transaction of its own."""
+    None: a save alone in its fsync (:func:`own_save`)."""
     if stage == "journal":
         journal_save(
             store, save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
@@ -351,16 +354,20 @@ def shared_stage(store: Any, stage: str | None, **save: Any) -> list[Any]:
     if stage == "abandon":
         abandon_save(store)
         return []
-    with store._shared.transaction:
-        journal_save(
-            store, save["hard_state"], save["truncate_from"], save["entries"], save["snapshot"]
-        )
-    try:
-        return store.save(stage="apply", **save)
-    except BaseException:
-        with contextlib.suppress(apsw.Error), store._shared.transaction:
-            abandon_save(store)
-        raise
+    return own_save(store, **save)
+
+
+def own_save(store: Any, **save: Any) -> list[Any]:
+    """A save alone in its fsync (a step's save, a batch of one): the group's own transaction
+    only, at ``FULL`` when it makes anything durable (its file's WAL fsynced, as a store of
+    its own), and no shared-log row. A row is worth its cost only when several groups' saves
+    share its fsync: alone, it is a second commit (the entries' bytes written again, the
+    shared log's pages, its fsync) before the group's own at ``NORMAL``, about 100 µs of CPU
+    more than this one commit (docs/performance.md, "Several groups' saves of one receive
+    (seventh round)"). Such a transaction also records the group's last row as the file's
+    ``shared_seq``: every row of the group is older than it, so a restart replays none over
+    it (the row of a save whose transaction failed and whose drop failed too included)."""
+    return store.save(stage="own", **save)
 
 
 def _weight(save: Callable[..., Any]) -> int:
@@ -391,11 +398,13 @@ class TurnCommitter:
         self._trim_queued = False
         self.batches = 0
         self.saves = 0
+        self.own = 0
+        """Batches of one save, run alone in its fsync (:func:`own_save`: no shared-log row)."""
         self.saves_here = 0
         """Saves a driver ran on the event loop itself while this was idle (its in-step
-        paths: :meth:`note_saved_here`), each its own shared-log transaction."""
+        paths: :meth:`note_saved_here`), each alone in its fsync (:func:`own_save`)."""
         self.synced_here = False
-        """A save run on the event loop fsynced the shared log in this loop turn (cleared at
+        """A save run on the event loop fsynced its group's file in this loop turn (cleared at
         the next: :meth:`note_saved_here`): another group's durable save of the same turn
         then goes to its driver and the next batch, as ``IN_PLACE_JOBS`` keeps a batch of
         several groups off the loop."""
@@ -404,16 +413,16 @@ class TurnCommitter:
     def idle(self) -> bool:
         """No save waits for a batch or runs in one, and no trim is queued (the storage
         thread's idleness is the worker's). Then a save run on the event loop now, as
-        :meth:`~._store.Store.save` with no stage runs it (its row in a shared-log transaction
-        of its own, then the group's transaction, the row dropped if that fails), is alone on
-        the shared log and on every group's file, and its row follows every row written
-        before it: what a batch of one short save does (``IN_PLACE_JOBS``), without the
-        batch's checkpoint. A batch that starts later runs after it."""
+        :meth:`~._store.Store.save` with no stage runs it (alone in its fsync: its group's
+        transaction at ``FULL``, no row, :func:`own_save`), is alone on the shared log and on
+        every group's file, and every row written before it is older: what a batch of one
+        short save does (``IN_PLACE_JOBS``), without the batch's checkpoint. A batch that
+        starts later runs after it."""
         return not self._leading and not self._waiting and not self._trim_queued
 
     def note_saved_here(self, saves: int = 1, *, trim: bool = True, synced: bool = False) -> None:
         """A driver ran ``saves`` on the event loop while this was :attr:`idle`: count them;
-        with ``synced`` (one fsynced the shared log), no other durable save runs on the loop
+        with ``synced`` (one fsynced its group's file), no other durable save runs on the loop
         before the next turn (:attr:`synced_here`); with ``trim`` (its step's last), queue a
         trim on the storage thread if one is due (as after a batch run in place)."""
         self.saves_here += saves
@@ -507,9 +516,18 @@ class TurnCommitter:
 
     def _commit(self, batch: list[_Job], *, trim: bool = True) -> list[outcome.Outcome]:
         """Every save's durable part in one shared-log transaction (each in a savepoint: one
-        that fails fails alone), then each group's own; then, with ``trim`` (on the storage
-        thread only), a trim if one is due."""
+        that fails fails alone), then each group's own; a batch of one save, its group's
+        transaction alone (:func:`own_save`); then, with ``trim`` (on the storage thread
+        only), a trim if one is due."""
         log = self._log
+        if len(batch) == 1:
+            # Alone in its fsync: the group's own transaction, no shared-log row (own_save).
+            self.own += 1
+            results = [outcome.capture(batch[0].save, stage="own")]
+            if trim:
+                with contextlib.suppress(apsw.Error):
+                    log.maybe_trim()
+            return results
         failed: dict[int, outcome.Outcome] = {}
         try:
             with log.transaction:
@@ -617,5 +635,6 @@ __all__ = [
     "attach",
     "attach_store",
     "journal_save",
+    "own_save",
     "shared_stage",
 ]

@@ -424,8 +424,9 @@ class Store:
         its durable part to the shared log (inside the transaction the caller commits for
         every group of the turn) and ``"apply"`` runs the transaction below at ``NORMAL``
         (a snapshot install at ``FULL``), recording the shared-log row it reflects; with
-        ``stage`` None, both, the first in a shared-log transaction of its own; ``"abandon"``
-        deletes the row of a journal stage whose ``"apply"`` failed.
+        ``stage`` None or ``"own"``, a save alone in its fsync: this transaction only, at
+        ``FULL`` when it makes anything durable, no shared-log row; ``"abandon"`` deletes the
+        row of a journal stage whose ``"apply"`` failed.
 
         Order inside the transaction: install ``snapshot`` (meta, path of the snapshot database
         file), truncate the log from ``truncate_from``, append ``entries``, store
@@ -456,7 +457,7 @@ class Store:
         """
         db = self._db
         written = self._written
-        if self._shared is not None and stage != "apply":
+        if self._shared is not None and stage not in ("apply", "own"):
             args = {"truncate_from": truncate_from, "entries": entries, "committed": committed}
             if before_commit is not None:
                 # (a journal stage applies nothing; anything made durable is refused before
@@ -469,7 +470,10 @@ class Store:
             return shared_stage(self, stage, hard_state=hard_state, snapshot=snapshot, **args)
         durable = self._is_durable(hard_state, truncate_from, entries, snapshot)
         mark = None
-        if self._shared is not None:
+        if self._shared is not None and stage == "own":
+            # Alone in its fsync: durable in this file, no shared-log row (_shared_log.own_save)
+            mark = self._shared_last if durable else None
+        elif self._shared is not None:
             # The shared log made it durable: this file is synced lazily (a snapshot apart).
             durable = snapshot is not None
             mark = self._shared_last if durable else self._pending_seq
