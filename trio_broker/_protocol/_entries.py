@@ -559,7 +559,7 @@ if [field.name for field in attrs.fields(cmd.AppendMessage)] != [
     "appended_ms",
 ]:
     raise ImportError("_appends_of_run sets AppendMessage's fields one by one: update it")
-_consume = deque(maxlen=0).extend
+_consume = deque[object](maxlen=0).extend
 
 
 def _appends_of_run(queue: str, stamp: int, datas: tuple[bytes, ...]) -> list[cmd.AppendMessage]:

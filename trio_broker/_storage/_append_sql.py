@@ -147,7 +147,7 @@ _set_sequence_num, _set_duplicate = (
 )
 if [field.name for field in attrs.fields(MessageAppended)] != ["sequence_num", "duplicate"]:
     raise ImportError("_appended_run sets MessageAppended's fields one by one: update it")
-_consume = deque(maxlen=0).extend
+_consume = deque[object](maxlen=0).extend
 """Runs an iterator to its end, keeping nothing: the passes of :func:`_appended_run`."""
 
 
