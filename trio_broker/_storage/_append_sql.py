@@ -159,7 +159,7 @@ def _appended_run(first: int, count: int) -> list[Result]:
     passes of ``map`` in C over the run (the objects, then each slot), not a Python call per
     result: 256 results, 0.195 -> 0.157 us each (median of thread CPU; docs/performance.md,
     "A replica's per-append path (seventh round)")."""
-    results = list(map(_new_result, repeat(MessageAppended, count)))
+    results: list[Result] = list(map(_new_result, repeat(MessageAppended, count)))
     _consume(map(_set_sequence_num, results, range(first, first + count)))
     _consume(map(_set_duplicate, results, repeat(False, count)))
     return results
