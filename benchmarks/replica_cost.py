@@ -1,11 +1,12 @@
 """A replica's work per pipelined append, piece by piece: ``python -m benchmarks.replica_cost``.
 
-What a replica does with each REPLICATE of the bench's pipelined workload (one COMMAND_GROUP
-entry of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue, a new stamp every
-``--receive`` appends as the leader stamps each receive; with ``--batch 100``, the batch
-appends' shape instead: APPEND_BATCHes of 100 values, "per append" then meaning per value),
-in the order it does it, on one thread with real SQLite in a temporary directory (fsync on, as
-in the broker):
+What a replica does with each REPLICATE of the bench's pipelined workload (one entry of a
+group of ``--appends`` APPEND_MESSAGEs of a 100-byte value to one queue, a new stamp every
+``--receive`` appends as the leader stamps each receive, in the compact ``APPEND_RUNS`` form
+brokers of this version send each other; ``--group``: as a COMMAND_GROUP; with ``--batch
+100``, the batch appends' shape instead: APPEND_BATCHes of 100 values, "per append" then
+meaning per value), in the order it does it, on one thread with real SQLite in a temporary
+directory (fsync on, as in the broker):
 
 - decode: the frame's checks and the message (``message_from_payload``, as ``_peers`` decodes);
 - save: ``Store.save`` persisting the new entry and applying the one before it, in one
@@ -77,7 +78,9 @@ def queue_store(directory: str) -> Iterator[Store]:
         store.close()
 
 
-def _frame(index: int, count: int, receive: int, batch: int = 0) -> tuple[bytes, rm.Entry]:
+def _frame(
+    index: int, count: int, receive: int, batch: int = 0, runs: bool = False
+) -> tuple[bytes, rm.Entry]:
     value = dumps_value("x" * 100)
     stamp = 1_765_000_000_000 + index * count  # (never before the last frame's)
     commands: tuple[cmd.Command, ...]
@@ -93,7 +96,7 @@ def _frame(index: int, count: int, receive: int, batch: int = 0) -> tuple[bytes,
         )
     group = cmd.CommandGroup(commands)
     entry = rm.Entry(1, index, group)
-    payload_bytes(entry)  # the leader's one encoding, embedded as it is
+    payload_bytes(entry, runs=runs)  # the leader's one encoding, embedded as it is
     message = rm.Replicate(
         src="B-AAAAA",
         dst="B-BBBBB",
@@ -104,7 +107,7 @@ def _frame(index: int, count: int, receive: int, batch: int = 0) -> tuple[bytes,
         leader_commit=index - 1,
         entries=(entry,),
     )
-    return encode_message(message), entry
+    return encode_message(message, append_runs=runs), entry
 
 
 def _timed(f: Callable[[], Any]) -> tuple[float, Any]:
@@ -147,9 +150,16 @@ def main() -> None:
         help="appends the in-memory log holds before the oldest go (compaction: 64 MiB of "
         "compact_bytes at 358 bytes per append as held_size counts it)",
     )
+    parser.add_argument(
+        "--group",
+        action="store_true",
+        help="the entries as COMMAND_GROUPs (a leader with a peer that does not read the "
+        "compact APPEND_RUNS form); by default APPEND_RUNS, as between brokers of this version",
+    )
     args = parser.parse_args()
     gc.set_threshold(args.gc_young, *GC_THRESHOLDS[1:])  # as a node sets it
     count = args.appends
+    runs = not args.group
     pieces: dict[str, list[float]] = {
         k: [] for k in ("decode", "save", "  of which the apply", "views", "ack", "walks")
     }
@@ -183,9 +193,9 @@ def main() -> None:
             previous: rm.Entry | None = None
             for round_ in range(args.rounds + 5):
                 index = 2 + 2 * round_
-                frame, _ = _frame(index, count, args.receive, args.batch)
+                frame, _ = _frame(index, count, args.receive, args.batch, runs)
                 # without the apply: the log write alone (an entry of its own, never applied)
-                _, spare = _frame(index + 1, count, args.receive, args.batch)
+                _, spare = _frame(index + 1, count, args.receive, args.batch, runs)
                 hs = rm.HardState(1, None, index - 1)
                 bare, _ = _timed(lambda: store.save(entries=[spare], hard_state=hs))  # noqa: B023
                 decode, (_, message) = _timed(lambda: message_from_payload(frame))  # noqa: B023
