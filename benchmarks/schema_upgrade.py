@@ -1,6 +1,6 @@
 """What the upgrade to schema version 7 costs: ``python -m benchmarks.schema_upgrade [N]``.
 
-Builds a version-6 database with the version-6 definitions (``UPGRADES[0..5]``) holding
+Builds a version-6 database with the version-6 definitions (``_schema.upgrade(db, to=6)``) holding
 ``N`` 100-byte messages (default 1,000,000) over 10 queues, each row with its checksum, then
 opens it as a broker does (``Store``, which runs ``_schema.upgrade`` at its first start) and
 prints the CPU the upgrade took (the process's user and system time, the store's opening
@@ -19,7 +19,7 @@ from pathlib import Path
 import apsw
 
 from trio_broker._storage._integrity import value_checksum
-from trio_broker._storage._schema import UPGRADES
+from trio_broker._storage._schema import upgrade
 from trio_broker._storage._store import Store
 
 QUEUES = 10
@@ -37,11 +37,8 @@ def _size(folder: Path) -> int:
 
 def build_version_6(folder: Path, count: int) -> None:
     db = apsw.Connection(str(folder / "broker.sqlite3"))
+    upgrade(db, to=6)
     with db:
-        for version in range(6):
-            step = UPGRADES[version]
-            step(db) if callable(step) else db.execute(step)
-        db.execute("PRAGMA user_version = 6")
         db.execute("INSERT INTO meta VALUES ('broker_id', 'B-BENCH'), ('cluster_id', 'G-BENCH')")
         per_queue = -(-count // QUEUES)
         for q in range(QUEUES):

@@ -27,7 +27,7 @@ from trio_broker._protocol._entries import encode_payload, entry_checksum, paylo
 from trio_broker._runtime._snapshots import _snapshot_intact
 from trio_broker._storage import DB_FILE, LogDamage, StorageDamaged, Store
 from trio_broker._storage._integrity import check_snapshot_file, value_checksum
-from trio_broker._storage._schema import SCHEMA_VERSION, UPGRADES
+from trio_broker._storage._schema import SCHEMA_VERSION, upgrade
 
 Q = "Q-AAAAABBBBB"
 C = "C-READER1"
@@ -290,10 +290,8 @@ def test_a_damaged_snapshot_value_is_not_installed(tmp_path):
 def test_a_version_5_database_opens_with_every_value_and_entry_checksummed(tmp_path):
     db = apsw.Connection(str(tmp_path / DB_FILE))
     entries = [Entry(1, i, AppendMessage(Q, _value(i))) for i in (1, 2, 3)]
+    upgrade(db, to=5)
     with db:
-        for version in range(5):
-            db.execute(UPGRADES[version])
-        db.execute("PRAGMA user_version = 5")
         db.execute("INSERT INTO meta VALUES ('broker_id', 'B-OLDV5'), ('cluster_id', 'G-OLDV5')")
         db.execute("INSERT INTO queues (queue_id, length) VALUES (?, 3)", (Q,))
         for i in (1, 2, 3):

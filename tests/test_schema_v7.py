@@ -34,7 +34,7 @@ from trio_broker._core._work_commands import (
 from trio_broker._runtime._snapshots import _snapshot_intact
 from trio_broker._storage import DB_FILE, StorageDamaged, Store
 from trio_broker._storage._integrity import value_checksum
-from trio_broker._storage._schema import SCHEMA_VERSION, UPGRADES, SchemaTooNew
+from trio_broker._storage._schema import SCHEMA_VERSION, SchemaTooNew, upgrade
 
 # Ids whose order is not the order they were created in (the upgrade numbers by id).
 QUEUES = ("Q-ZZZZZ00001", "Q-AAAAA00002", "Q-MMMMM00003")
@@ -50,16 +50,13 @@ def _headers(seq: int) -> str | None:
 
 
 def _version_6_file(path: Path) -> list[tuple]:
-    """A version-6 database as this release's predecessor wrote it (its DDL, ``UPGRADES[0..5]``):
+    """A version-6 database as this release's predecessor wrote it (its DDL: ``upgrade(db, to=6)``):
     three queues, the first with retention marks and a deleted head; returns its rows of
     ``queue_data`` (queue id, sequence number, stamp, headers, checksum, bytes)."""
     db = apsw.Connection(str(path))
     rows = []
+    upgrade(db, to=6)
     with db:
-        for version in range(6):
-            step = UPGRADES[version]
-            step(db) if callable(step) else db.execute(step)
-        db.execute("PRAGMA user_version = 6")
         db.execute("INSERT INTO meta VALUES ('broker_id', 'B-OLDV6'), ('cluster_id', 'G-OLDV6')")
         for q, queue_id in enumerate(QUEUES):
             deleted, length = (4, 12) if q == 0 else (0, 5 + q)

@@ -283,8 +283,10 @@ class SchemaTooNew(Exception):
     pass
 
 
-def upgrade(db: apsw.Connection) -> int:
-    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
+def upgrade(db: apsw.Connection, to: int = SCHEMA_VERSION) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before. ``to``
+    stops at an older version, as that release's brokers left their files (what the upgrade
+    tests and ``benchmarks.schema_upgrade`` start from)."""
     with db:
         (found,) = db.execute("PRAGMA user_version").fetchone()
         if found > SCHEMA_VERSION:
@@ -292,7 +294,7 @@ def upgrade(db: apsw.Connection) -> int:
                 f"database schema version {found} is newer than this trio_broker "
                 f"understands ({SCHEMA_VERSION}); upgrade trio_broker"
             )
-        for version in range(found, SCHEMA_VERSION):
+        for version in range(found, to):
             step = UPGRADES[version]
             if callable(step):
                 step(db)
