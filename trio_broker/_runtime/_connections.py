@@ -381,13 +381,7 @@ class ConnectionServer:
                             if run:
                                 await decide_run()
                             # The stream cannot be resynchronised: answer, then close.
-                            log_event(
-                                logging.WARNING,
-                                "request.rejected",
-                                peer=peer,
-                                code=exc.code,
-                                reason=exc.message,
-                            )
+                            _log_rejected(peer, exc)
                             writer.kick()
                             await outbox.wait_for_slot(max_in_flight)
                             outbox.put("INVALID", started, Answer(now=exc), 0)
@@ -419,13 +413,7 @@ class ConnectionServer:
                 try:
                     request = decode_client_request(payload)
                 except ProtocolError as exc:
-                    log_event(
-                        logging.WARNING,
-                        "request.rejected",
-                        peer=peer,
-                        code=exc.code,
-                        reason=exc.message,
-                    )
+                    _log_rejected(peer, exc)
                     if run:
                         await decide_run()
                     outbox.put("INVALID", started, Answer(now=exc), charged)
@@ -590,6 +578,11 @@ _CLIENT_REQUESTS = frozenset(
 )
 """Requests any client may send: let through at once when the connection needs no token or
 has proved one."""
+
+
+def _log_rejected(peer: str, exc: ProtocolError | FrameTooLarge) -> None:
+    """A request refused as it arrived: one WARNING with its code and reason."""
+    log_event(logging.WARNING, "request.rejected", peer=peer, code=exc.code, reason=exc.message)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
