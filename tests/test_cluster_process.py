@@ -252,20 +252,12 @@ async def append_on_leader(live: list[NodeProcess], queue_id: str, value: Any) -
 async def start_cluster(
     nodes: Nodes, base: Path, count: int = 3, extra_args: tuple[str, ...] = ()
 ) -> list[NodeProcess]:
-    """Node 1 founds the cluster, the others join it with ``--seed`` node 1, side by side (the
-    leader adds them one membership change at a time, as it would if they had come one by
-    one: each waits, ready line unprinted, until it is a learner)."""
+    """Node 1 founds the cluster, the others join it with ``--seed`` node 1, one at a time."""
     flags = [*FAST, *extra_args]
     first = await nodes.start_member(base / "b1", extra_args=flags)
-    joined: dict[int, NodeProcess] = {}
-
-    async def join(i: int) -> None:
-        joined[i] = await nodes.start_member(base / f"b{i}", seeds=[first], extra_args=flags)
-
-    async with trio.open_nursery() as nursery:
-        for i in range(2, count + 1):
-            nursery.start_soon(join, i)
-    started = [first, *(joined[i] for i in range(2, count + 1))]
+    started = [first]
+    for i in range(2, count + 1):
+        started.append(await nodes.start_member(base / f"b{i}", seeds=[first], extra_args=flags))
     await wait_formed(started, members=count, version=2 * count - 1)
     return started
 
