@@ -270,7 +270,12 @@ async def test_a_broker_with_the_wrong_secret_cannot_vote_or_replicate(
             term = leader.node.term
             await c.stop(name)
             wrong = write_secret(ram_path / "wrong.secret")
-            rogue = await c.start(name, cluster_secret_file=wrong)
+            # The rogue alone on a short election timer: it campaigns every 0.3-0.6 s rather
+            # than every 1.5-3 s, so its three tries reach the others' links sooner; the
+            # others keep the default timing, so their term still has no other reason to move.
+            rogue = await c.start(
+                name, cluster_secret_file=wrong, heartbeat_interval=0.05, failure_timeout=0.3
+            )
             # Wait until the rogue has tried to send to both peers a few times: once its
             # election timer fires, it sends (pre-)vote requests, which its links drop.
             peers = set(leader.node.config.voters) - {rogue.broker_id}
