@@ -331,8 +331,9 @@ def journal_save(
     from ._store import _hard_state_items
 
     hard = None if hard_state is None else _hard_state_items(hard_state, None)
-    seq = shared.write(store._incarnation, truncate_from, entries, hard)
-    store._pending_seq = store._shared_last = seq
+    # (the group's last row only once the shared log's commit returned: its apply stage; a
+    # commit that fails rolls the row back, and its number is handed out again)
+    store._pending_seq = shared.write(store._incarnation, truncate_from, entries, hard)
 
 
 def abandon_save(store: Any) -> None:

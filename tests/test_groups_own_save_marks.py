@@ -1,0 +1,84 @@
+"""The mark a save alone in its fsync records (``_shared_log.own_save``: the group's last
+shared-log row as the file's ``shared_seq``) must name only rows that were committed: a row
+number a failed shared commit rolled back is handed out again, and a mark over it hides the
+row that later gets it from the redo at open."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from tests.test_shared_log import Broker, _images, check_images
+from trio_broker._storage._shared_log import SharedLog, _Job
+from trio_broker.testing._powerloss import PowerLossVFS
+
+
+class _CommitFails:
+    """The shared log whose next outermost commit fails for lack of space (rolled back)."""
+
+    def __init__(self, log: SharedLog) -> None:
+        self.log = log
+        self.depth = 0
+        self.transaction = self
+
+    def __enter__(self) -> None:
+        self.depth += 1
+        self.log.transaction.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        self.depth -= 1
+        if self.depth == 0 and exc[0] is None:
+            full = apsw.FullError("database or disk is full")
+            self.log.transaction.__exit__(type(full), full, None)
+            raise full
+        return self.log.transaction.__exit__(*exc)
+
+    def maybe_trim(self) -> None:
+        pass
+
+
+def test_a_save_alone_after_a_failed_shared_commit_marks_no_rolled_back_row(
+    tmp_path: Path,
+) -> None:
+    """Two groups' batch fails at the shared log's commit (the disk full: every row rolled
+    back, their numbers free again); each driver saves its Ready again, alone in its fsync;
+    the next batch of both writes rows that get those same numbers, applied at NORMAL and
+    acknowledged. A power cut then must keep them: the lone saves' marks may not cover them
+    (before: the mark was the rolled-back row's number, so the redo skipped the new row)."""
+    vfs = PowerLossVFS("own-marks")
+    checker = PowerLossVFS("own-marks-checker")
+    live = tmp_path / "live"
+    live.mkdir()
+    broker = Broker(live, 3, vfs, random.Random(1))
+    try:
+        broker.start()
+        assert broker.log is not None
+        committer = broker.committer
+        first, second, _ = broker.groups
+        numbers = broker._appends([first, second])
+        saves = [g.propose([Broker._append(n) for n in ns]) for g, ns in numbers]
+        committer._log = _CommitFails(broker.log)  # type: ignore[assignment]
+        failed = committer._commit([_Job(s, False, None, 1) for s in saves])
+        committer._log = broker.log
+        assert all(isinstance(o.error, apsw.FullError) for o in failed)  # type: ignore[union-attr]
+        for save in saves:  # (each driver retries its Ready: a batch of one each)
+            broker.turn([save])
+        assert committer.own == 2
+        for g, _ in numbers:
+            broker.turn([g.apply()])
+        broker._applied([])
+        for g, ns in numbers:
+            broker.acked[broker.groups.index(g)].extend(ns)
+        numbers = broker._appends([first, second])
+        broker.turn([g.propose([Broker._append(n) for n in ns]) for g, ns in numbers])
+        broker._applied(numbers)  # (applied at NORMAL, in one batch: acknowledged)
+        dest = tmp_path / "image"
+        _images(vfs, live, dest)
+        assert check_images([(dest, [list(a) for a in broker.acked])], checker) == 1
+    finally:
+        broker.close()
+        vfs.unregister()
+        checker.unregister()
