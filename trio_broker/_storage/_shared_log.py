@@ -33,7 +33,9 @@ The rules that keep it safe:
   the rows that commit covers. Anything else that drops log entries (a compaction, a snapshot
   install) already commits at ``FULL`` in the group's file. Closing a store (a clean stop, or
   a replica retired) syncs its file and deletes its rows: a group removes only its own.
-- ``AUTOINCREMENT``: a sequence number is never reused, even once every row is deleted.
+- ``AUTOINCREMENT``: a committed sequence number is never reused, even once every row is
+  deleted (a number whose transaction rolled back is handed out again: a row becomes its
+  group's last only at its apply stage, after the shared commit returned).
 
 :class:`TurnCommitter` collects the saves of every group woken in the same loop turn into one
 job on the one storage thread the broker's groups share (bounded: :data:`MAX_BATCH_JOBS` jobs
