@@ -3,8 +3,8 @@ groups: ``_storage/_shared_log.py``) take the in-step paths too (``_runtime/_in_
 a lone proposal persisted by the proposing task, a replica's REPLICATEs persisted by the task
 that read them, the acknowledgement that commits applied in its own step. Only while the
 shared log's committer is idle (no other group's save waits for a batch or runs in one, no
-trim queued) and the storage thread too: the save then runs in the shared log's shape (its
-row in a shared-log transaction of its own, fsynced, then the group's own transaction).
+trim queued) and the storage thread too: the save then runs alone in its fsync (the group's
+own transaction at ``FULL``, no shared-log row: ``_shared_log.own_save``).
 Counts and outcomes, never timings."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.spread import wait_voting_spread
 from tests.test_shared_log import QUEUE, Broker, Group, check_images, number
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
+from trio_broker._runtime import _driver
 from trio_broker._storage._shared_log import TurnCommitter
 from trio_broker._storage._worker import StorageWorker
 from trio_broker.testing import open_local_cluster
@@ -42,13 +43,54 @@ def _counts(broker: Any, group_id: str) -> tuple[int, int, int, int]:
     )
 
 
-async def test_several_groups_take_the_in_step_paths(tmp_path: Path) -> None:
+def _leaders(cluster: Any) -> dict[str, Any]:
+    """Each broker's groups: (leads it, term) of its replica (printed when an append fails)."""
+    return {
+        name: {g: (r.driver.node.is_leader, r.driver.node.term) for g, r in b.host.groups.items()}
+        for name, b in sorted(cluster.brokers.items())
+    }
+
+
+async def _wait_preferred_leaders(cluster: Any, groups: int) -> dict[str, str]:
+    """Until the leaderships are spread (``wait_voting_spread``) and every data group is led by
+    its preferred leader: a spread with two groups' leaders the other way round than the map
+    prefers is spread too, and the balancer's next round (one interval after the metadata
+    group's election) hands each over, answering the appends sent meanwhile NOT_LEADER
+    ("handing its leadership")."""
+    names = {b.broker_id: n for n, b in cluster.brokers.items()}
+    with trio.fail_after(60):  # (a balancer round and a transfer take a few seconds at most)
+        while True:
+            leaders = await wait_voting_spread(cluster, groups)
+            maps = [  # (the metadata group's leader's: the balancer's)
+                b.host.meta.map
+                for b in cluster.brokers.values()
+                if b.host.primary.driver.node.is_leader
+            ]
+            cmap = maps[0] if maps else None
+            if cmap is not None and all(
+                names.get(record.preferred_leader) == leaders.get(g)
+                for g, record in cmap.groups.items()
+            ):
+                return leaders
+            await trio.sleep(0.05)
+
+
+async def test_several_groups_take_the_in_step_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before: a broker hosting several groups saved every Ready through its driver's task
     and the committer's batch (a wake-up, a checkpoint, often a hand-off to the storage
     thread). Now sequential appends on one group of two go by the in-step paths on both
-    brokers, and every broker holds exactly what was acknowledged."""
+    brokers, and every broker holds exactly what was acknowledged.
+
+    The leaderships settled first (``_wait_preferred_leaders``: else the balancer may hand
+    the group over mid-run). Every fsync counts as quick, as in
+    ``test_a_lone_proposal_is_replicated_and_persisted_by_the_proposing_task``: on a loaded
+    machine a durable save measured at ``SLOW_FSYNC`` or more sends the next ones to the
+    storage thread by design, and the counts would be a timing."""
+    monkeypatch.setattr(_driver, "SLOW_FSYNC", float("inf"))
     async with open_local_cluster(tmp_path, 2, groups=2, replication_factor=2) as cluster:
-        leaders = await wait_voting_spread(cluster, 2)
+        leaders = await _wait_preferred_leaders(cluster, 2)
         group_id, name = next(
             (g, n) for g, n in sorted(leaders.items()) if g != cluster.brokers[n].cluster_id
         )
@@ -60,10 +102,12 @@ async def test_several_groups_take_the_in_step_paths(tmp_path: Path) -> None:
         connection = await RawConnection.open(leader.port)
         append = {"operation": "APPEND", "queue_name": queue_id, "data": "x" * 100}
         for _ in range(5):  # (the links connected, the replica caught up)
-            assert (await connection.call(append)).get("status") == "success"
+            answer = await connection.call(append)
+            assert answer.get("status") == "success", (answer, _leaders(cluster))
         led_before, other_before = _counts(leader, group_id), _counts(other, group_id)
         for _ in range(APPENDS):
-            assert (await connection.call(append)).get("status") == "success"
+            answer = await connection.call(append)
+            assert answer.get("status") == "success", (answer, _leaders(cluster))
         await connection.aclose()
         led = [a - b for a, b in zip(_counts(leader, group_id), led_before, strict=True)]
         followed = [a - b for a, b in zip(_counts(other, group_id), other_before, strict=True)]

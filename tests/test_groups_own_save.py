@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
 
 from tests.test_shared_log import (
     BROKER,
@@ -58,7 +62,7 @@ def test_a_save_alone_in_its_fsync_writes_no_row_and_is_durable(tmp_path: Path) 
 
 
 def test_a_row_left_by_a_failed_save_is_never_replayed_over_a_later_save_alone(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch's row whose group transaction failed and whose drop failed too stays in the
     shared log; the group's next save, alone in its fsync, cuts the log under it and writes
@@ -78,7 +82,22 @@ def test_a_row_left_by_a_failed_save_is_never_replayed_over_a_later_save_alone(
                 entries=[Entry(1, 3, NoOp()), Entry(1, 4, NoOp())],
                 stage="journal",
             )
-        # Its apply stage failed, and so did the row's drop ("abandon", errors suppressed).
+        real = Store._set_meta
+
+        def broken(self: Store, items: dict[str, Any]) -> None:
+            if "shared_seq" in items:
+                raise apsw.IOError("the group's file failed")
+            real(self, items)
+
+        monkeypatch.setattr(Store, "_set_meta", broken)
+        with pytest.raises(apsw.IOError):  # its apply stage failed (the shared commit did not)
+            store.save(
+                hard_state=HardState(1, BROKER, 2),
+                entries=[Entry(1, 3, NoOp()), Entry(1, 4, NoOp())],
+                stage="apply",
+            )
+        monkeypatch.setattr(Store, "_set_meta", real)
+        # ... and so did the row's drop ("abandon": its number taken, errors suppressed).
         store._pending_seq = None
         assert sum(log.group_rows().values()) == 1
         store.save(

@@ -33,7 +33,9 @@ The rules that keep it safe:
   the rows that commit covers. Anything else that drops log entries (a compaction, a snapshot
   install) already commits at ``FULL`` in the group's file. Closing a store (a clean stop, or
   a replica retired) syncs its file and deletes its rows: a group removes only its own.
-- ``AUTOINCREMENT``: a sequence number is never reused, even once every row is deleted.
+- ``AUTOINCREMENT``: a committed sequence number is never reused, even once every row is
+  deleted (a number whose transaction rolled back is handed out again: a row becomes its
+  group's last only at its apply stage, after the shared commit returned).
 
 :class:`TurnCommitter` collects the saves of every group woken in the same loop turn into one
 job on the one storage thread the broker's groups share (bounded: :data:`MAX_BATCH_JOBS` jobs
@@ -331,8 +333,9 @@ def journal_save(
     from ._store import _hard_state_items
 
     hard = None if hard_state is None else _hard_state_items(hard_state, None)
-    seq = shared.write(store._incarnation, truncate_from, entries, hard)
-    store._pending_seq = store._shared_last = seq
+    # (the group's last row only once the shared log's commit returned: its apply stage; a
+    # commit that fails rolls the row back, and its number is handed out again)
+    store._pending_seq = shared.write(store._incarnation, truncate_from, entries, hard)
 
 
 def abandon_save(store: Any) -> None:

@@ -475,6 +475,10 @@ class Store:
             mark = self._shared_last if durable else None
         elif self._shared is not None:
             # The shared log made it durable: this file is synced lazily (a snapshot apart).
+            # Its row committed (an apply stage runs only then), so it is the group's last,
+            # even if this transaction fails: a later save alone marks it (own_save).
+            if self._pending_seq is not None:
+                self._shared_last = self._pending_seq
             durable = snapshot is not None
             mark = self._shared_last if durable else self._pending_seq
         if before_commit is not None and (durable or entries or truncate_from is not None):
