@@ -80,15 +80,17 @@ def fault(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def powerloss(session: nox.Session) -> None:
-    """Power cuts on real SQLite stores: the long single-broker and three-broker runs (the
-    default suite runs a short version of each)."""
+    """Power cuts on real SQLite stores: every long run marked ``powerloss`` (single brokers,
+    three-broker clusters, the shared log and its in-step saves; the default suite runs a
+    short version of each)."""
     session.install("-e", ".[test]")
     session.run(
         "python",
         "-m",
         "pytest",
-        "tests/test_power_loss.py",
-        "tests/sim/test_power_loss_cluster.py",
+        "tests",
+        "-m",
+        "powerloss",
         "-v",
         *session.posargs,
         env={"TRIO_BROKER_POWERLOSS": "1"},

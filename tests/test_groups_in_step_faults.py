@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import trio
 
+from tests.long_runs import LONG
 from tests.test_groups_in_step import lone_save
-from tests.test_shared_log import LONG, Broker, _images, check_images
+from tests.test_shared_log import Broker, _images, check_images
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._storage import _shared_log

@@ -13,8 +13,9 @@ import apsw
 import outcome
 import pytest
 
+from tests.long_runs import LONG
 from tests.test_groups_in_step import lone_save
-from tests.test_shared_log import LONG, Broker, _images, check_images
+from tests.test_shared_log import Broker, _images, check_images
 from trio_broker._storage._shared_log import SharedLog, _Job
 from trio_broker.testing._powerloss import PowerLossVFS
 

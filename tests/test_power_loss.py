@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import random
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ import apsw
 import orjson
 import pytest
 
+from tests.long_runs import LONG
 from trio_broker._core._commands import AppendMessage, CreateQueue, MessageAppended
 from trio_broker._core._raft_messages import Config, Entry, HardState, NoOp, SnapshotMeta
 from trio_broker._storage._store import Store
@@ -42,11 +42,6 @@ from trio_broker.testing._powerloss import (
 BROKER = "a"
 CONFIG = Config(frozenset({BROKER}))
 QUEUE = "q"
-
-LONG = pytest.mark.skipif(
-    not os.environ.get("TRIO_BROKER_POWERLOSS"),
-    reason="the long power-loss runs: nox -s powerloss (or TRIO_BROKER_POWERLOSS=1)",
-)
 
 
 def value(n: int) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import os
 import random
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ import orjson
 import pytest
 import trio
 
+from tests.long_runs import LONG
 from trio_broker._core._commands import AppendMessage, CreateQueue
 from trio_broker._core._raft_messages import Config, Entry, HardState, NoOp, SnapshotMeta
 from trio_broker._storage._shared_log import (
@@ -35,11 +35,6 @@ from trio_broker._storage._shared_log import (
 from trio_broker._storage._store import Store
 from trio_broker._storage._worker import StorageWorker
 from trio_broker.testing._powerloss import PowerCut, PowerLossVFS
-
-LONG = pytest.mark.skipif(
-    not os.environ.get("TRIO_BROKER_POWERLOSS"),
-    reason="the long power-loss runs: nox -s powerloss (or TRIO_BROKER_POWERLOSS=1)",
-)
 
 BROKER = "a"
 CONFIG = Config(frozenset({BROKER}))

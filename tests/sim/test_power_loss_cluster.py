@@ -4,17 +4,11 @@ emerges, every store is sound. A few seeds here; ``nox -s powerloss`` runs many 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from tests.long_runs import LONG
 from trio_broker.testing._powerloss import synchronous_off_mutant
 from trio_broker.testing._powerloss_cluster import PowerLossFailure, run_seed
-
-LONG = pytest.mark.skipif(
-    not os.environ.get("TRIO_BROKER_POWERLOSS"),
-    reason="the long power-loss runs: nox -s powerloss (or TRIO_BROKER_POWERLOSS=1)",
-)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
