@@ -21,37 +21,22 @@ import trio
 
 from tests.long_runs import LONG
 from tests.test_groups_in_step import lone_save
-from tests.test_shared_log import Broker, _images, check_images
+from tests.test_shared_log import imaged_broker
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._storage import _shared_log
 from trio_broker._storage._store import Store
 from trio_broker.testing import open_local_cluster
-from trio_broker.testing._powerloss import PowerLossVFS
 
 
 def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
     """Three groups, one shared log; ``steps`` random steps of batches, lone saves and trims;
     a crash image checked at every sync point. Returns (images checked, lone saves)."""
     rng = random.Random(seed)
-    vfs = PowerLossVFS(f"in-step-faults-{seed}", rng=random.Random(seed + 1))
-    checker = PowerLossVFS(f"in-step-faults-checker-{seed}")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(seed + 2))
-    images: list[tuple[Path, list[list[int]]]] = []
-
-    def image() -> None:
-        dest = tmp_path / f"image-{vfs.syncs}"
-        _images(vfs, live, dest)
-        images.append((dest, [list(a) for a in broker.acked]))
-
     checked = lones = 0
-    try:
-        broker.start()
+    with imaged_broker(tmp_path, "in-step-faults", seed) as (broker, check):
         for g in broker.groups:
             g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
-        vfs.on_sync = image
         for _ in range(steps):
             r = rng.random()
             if r < 0.35:
@@ -71,13 +56,8 @@ def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
                     fail=rng.random() < 0.2,
                 )
                 lones += 1
-            checked += check_images(images, checker, f"seed {seed}, ")
-        return checked, lones
-    finally:
-        vfs.on_sync = None
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
+            checked += check()
+    return checked, lones
 
 
 def test_random_interleavings_of_lone_saves_and_batches_keep_every_acknowledged_append(

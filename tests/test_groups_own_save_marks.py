@@ -15,7 +15,7 @@ import pytest
 
 from tests.long_runs import LONG
 from tests.test_groups_in_step import lone_save
-from tests.test_shared_log import Broker, _images, check_images
+from tests.test_shared_log import Broker, _images, check_images, imaged_broker
 from trio_broker._storage._shared_log import SharedLog, _Job
 from trio_broker.testing._powerloss import PowerLossVFS
 
@@ -116,22 +116,8 @@ def run_with_failed_commits(tmp_path: Path, seed: int, steps: int) -> tuple[int,
     trims, and batches whose shared commit fails then saved again; a crash image checked at
     every sync point. Returns (images checked, failed batches)."""
     rng = random.Random(seed)
-    vfs = PowerLossVFS(f"own-marks-{seed}", rng=random.Random(seed + 1))
-    checker = PowerLossVFS(f"own-marks-checker-{seed}")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(seed + 2))
-    images: list[tuple[Path, list[list[int]]]] = []
-
-    def image() -> None:
-        dest = tmp_path / f"image-{vfs.syncs}"
-        _images(vfs, live, dest)
-        images.append((dest, [list(a) for a in broker.acked]))
-
     checked = failures = 0
-    try:
-        broker.start()
-        vfs.on_sync = image
+    with imaged_broker(tmp_path, "own-marks", seed) as (broker, check):
         for _ in range(steps):
             r = rng.random()
             if r < 0.3:
@@ -147,13 +133,8 @@ def run_with_failed_commits(tmp_path: Path, seed: int, steps: int) -> tuple[int,
             else:
                 _failed_turn(broker, rng)
                 failures += 1
-            checked += check_images(images, checker, f"seed {seed}, ")
-        return checked, failures
-    finally:
-        vfs.on_sync = None
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
+            checked += check()
+    return checked, failures
 
 
 def test_random_turns_with_failed_shared_commits_keep_every_acknowledged_append(

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import random
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,37 @@ def check_images(
         shutil.rmtree(dest)
         checked += 1
     return checked
+
+
+@contextlib.contextmanager
+def imaged_broker(
+    tmp_path: Path, name: str, seed: int
+) -> Iterator[tuple[Broker, Callable[[], int]]]:
+    """Three groups on one shared log over a :class:`PowerLossVFS` drawn from ``seed``,
+    started, a crash image taken at every sync point from then on; yields the broker and a
+    call that checks every image taken so far (:func:`check_images`: how many). Everything
+    is closed and unregistered at the end."""
+    vfs = PowerLossVFS(f"{name}-{seed}", rng=random.Random(seed + 1))
+    checker = PowerLossVFS(f"{name}-checker-{seed}")
+    live = tmp_path / "live"
+    live.mkdir()
+    broker = Broker(live, 3, vfs, random.Random(seed + 2))
+    images: list[tuple[Path, list[list[int]]]] = []
+
+    def image() -> None:
+        dest = tmp_path / f"image-{vfs.syncs}"
+        _images(vfs, live, dest)
+        images.append((dest, [list(a) for a in broker.acked]))
+
+    try:
+        broker.start()
+        vfs.on_sync = image
+        yield broker, functools.partial(check_images, images, checker, f"seed {seed}, ")
+    finally:
+        vfs.on_sync = None
+        broker.close()
+        vfs.unregister()
+        checker.unregister()
 
 
 def run_with_images(tmp_path: Path, torn: bool, steps: int) -> int:
