@@ -34,7 +34,13 @@ def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
     a crash image checked at every sync point. Returns (images checked, lone saves)."""
     rng = random.Random(seed)
     checked = lones = 0
-    with imaged_broker(tmp_path, "in-step-faults", seed) as (broker, check):
+    with imaged_broker(
+        tmp_path,
+        f"in-step-faults-{seed}",
+        vfs_seed=seed + 1,
+        broker_seed=seed + 2,
+        where=f"seed {seed}, ",
+    ) as (broker, check):
         for g in broker.groups:
             g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
         for _ in range(steps):

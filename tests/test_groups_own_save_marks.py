@@ -117,7 +117,13 @@ def run_with_failed_commits(tmp_path: Path, seed: int, steps: int) -> tuple[int,
     every sync point. Returns (images checked, failed batches)."""
     rng = random.Random(seed)
     checked = failures = 0
-    with imaged_broker(tmp_path, "own-marks", seed) as (broker, check):
+    with imaged_broker(
+        tmp_path,
+        f"own-marks-{seed}",
+        vfs_seed=seed + 1,
+        broker_seed=seed + 2,
+        where=f"seed {seed}, ",
+    ) as (broker, check):
         for _ in range(steps):
             r = rng.random()
             if r < 0.3:

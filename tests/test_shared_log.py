@@ -231,17 +231,25 @@ def check_images(
 
 @contextlib.contextmanager
 def imaged_broker(
-    tmp_path: Path, name: str, seed: int
+    tmp_path: Path,
+    name: str,
+    *,
+    vfs_seed: int,
+    broker_seed: int,
+    torn: bool = False,
+    where: str = "",
 ) -> Iterator[tuple[Broker, Callable[[], int]]]:
-    """Three groups on one shared log over a :class:`PowerLossVFS` drawn from ``seed``,
-    started, a crash image taken at every sync point from then on; yields the broker and a
-    call that checks every image taken so far (:func:`check_images`: how many). Everything
-    is closed and unregistered at the end."""
-    vfs = PowerLossVFS(f"{name}-{seed}", rng=random.Random(seed + 1))
-    checker = PowerLossVFS(f"{name}-checker-{seed}")
+    """Three groups on one shared log over a :class:`PowerLossVFS` (its random choices from
+    ``vfs_seed``, the broker's from ``broker_seed``; ``torn``: writes in progress torn at a
+    cut), started, a crash image taken at every sync point from then on; yields the broker
+    and a call that checks every image taken so far (:func:`check_images`, its failures'
+    notes beginning with ``where``: how many). Everything is closed and unregistered at the
+    end."""
+    vfs = PowerLossVFS(name, torn=torn, rng=random.Random(vfs_seed))
+    checker = PowerLossVFS(f"{name}-checker")
     live = tmp_path / "live"
     live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(seed + 2))
+    broker = Broker(live, 3, vfs, random.Random(broker_seed))
     images: list[tuple[Path, list[list[int]]]] = []
 
     def image() -> None:
@@ -252,7 +260,7 @@ def imaged_broker(
     try:
         broker.start()
         vfs.on_sync = image
-        yield broker, functools.partial(check_images, images, checker, f"seed {seed}, ")
+        yield broker, functools.partial(check_images, images, checker, where)
     finally:
         vfs.on_sync = None
         broker.close()
@@ -263,34 +271,18 @@ def imaged_broker(
 def run_with_images(tmp_path: Path, torn: bool, steps: int) -> int:
     """Three groups, one shared log, ``steps`` steps, a crash image checked at every sync
     point; returns how many."""
-    vfs = PowerLossVFS(f"shared-images-{torn}", torn=torn, rng=random.Random(3))
-    checker = PowerLossVFS(f"shared-checker-{torn}")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(7))
-    images: list[tuple[Path, list[list[int]]]] = []
-
-    def image() -> None:
-        dest = tmp_path / f"image-{vfs.syncs}"
-        _images(vfs, live, dest)
-        images.append((dest, [list(a) for a in broker.acked]))
-
-    try:
-        broker.start()
+    with imaged_broker(tmp_path, f"shared-images-{torn}", vfs_seed=3, broker_seed=7, torn=torn) as (
+        broker,
+        check,
+    ):
         for g in broker.groups:
             g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
-        vfs.on_sync = image
         checked = 0
         for _ in range(steps):
             broker.step()
-            checked += check_images(images, checker)
+            checked += check()
         assert broker.snapshots > 0
-        return checked
-    finally:
-        vfs.on_sync = None
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
+    return checked
 
 
 def test_power_cut_at_every_sync_point_with_several_groups(tmp_path: Path) -> None:
