@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from tests.spread import wait_voting_spread
-from tests.test_shared_log import QUEUE, Broker, Group, check_images, number
+from tests.test_shared_log import QUEUE, Broker, Group, imaged_broker, number
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime import _driver
@@ -210,27 +210,11 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
     batches of the groups (their rows in one shared-log transaction, then each group's
     transaction at NORMAL): a crash image at every sync point restarts with every
     acknowledged append of every group."""
-    vfs = PowerLossVFS("in-step-images", rng=random.Random(5))
-    checker = PowerLossVFS("in-step-checker")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(9))
-    images: list[tuple[Path, list[list[int]]]] = []
-
-    def image() -> None:
-        from tests.test_shared_log import _images
-
-        dest = tmp_path / f"image-{vfs.syncs}"
-        _images(vfs, live, dest)
-        images.append((dest, [list(a) for a in broker.acked]))
-
     rng = random.Random(4)
     checked = lones = 0
-    try:
-        broker.start()
+    with imaged_broker(tmp_path, "in-step-images", vfs_seed=5, broker_seed=9) as (broker, check):
         for g in broker.groups:
             g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
-        vfs.on_sync = image
         for i in range(6):
             if i % 2 == 0:
                 broker.step()  # (every group's saves in the committer's batches)
@@ -240,17 +224,12 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
                 broker.next_value += rng.randrange(1, 4)
                 lone_save(broker, g, range(start, broker.next_value))
                 lones += 1
-            checked += check_images(images, checker)
+            checked += check()
         assert checked > 10 and lones >= 2
         assert all(
             [number(m) for m in g.store.messages(QUEUE)] == sorted(broker.acked[i])
             for i, g in enumerate(broker.groups)
         )
-    finally:
-        vfs.on_sync = None
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
 
 
 async def test_one_fsync_on_the_loop_per_turn_for_every_group(

@@ -18,6 +18,7 @@ from tests.test_shared_log import (
     Broker,
     _images,
     check_images,
+    imaged_broker,
     number,
 )
 from trio_broker._core._commands import CreateQueue
@@ -119,25 +120,11 @@ def test_batches_of_one_and_of_several_keep_every_acknowledged_append_at_every_s
     """Turns of one, two or three groups (a batch of one alone in its fsync, in its group's
     file; the others one shared-log transaction, then each group's at NORMAL): a crash image
     at every sync point restarts with every acknowledged append of every group."""
-    vfs = PowerLossVFS("own-images", rng=random.Random(2))
-    checker = PowerLossVFS("own-images-checker")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(3))
-    images: list[tuple[Path, list[list[int]]]] = []
-
-    def image() -> None:
-        dest = tmp_path / f"image-{vfs.syncs}"
-        _images(vfs, live, dest)
-        images.append((dest, [list(a) for a in broker.acked]))
-
     rng = random.Random(4)
     checked = 0
-    try:
-        broker.start()
+    with imaged_broker(tmp_path, "own-images", vfs_seed=2, broker_seed=3) as (broker, check):
         for g in broker.groups:
             g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
-        vfs.on_sync = image
         for _ in range(5):
             groups = rng.sample(broker.groups, rng.choice([1, 1, 2, 3]))
             numbers = broker._appends(groups)
@@ -146,14 +133,9 @@ def test_batches_of_one_and_of_several_keep_every_acknowledged_append_at_every_s
                 broker.turn([g.apply()])
             for g, ns in numbers:
                 broker.acked[broker.groups.index(g)].extend(ns)
-            checked += check_images(images, checker)
+            checked += check()
         assert checked > 10 and broker.committer.own > 4, (checked, broker.committer.own)
         assert all(
             [number(m) for m in g.store.messages(QUEUE)] == sorted(broker.acked[i])
             for i, g in enumerate(broker.groups)
         )
-    finally:
-        vfs.on_sync = None
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
