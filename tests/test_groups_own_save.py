@@ -20,12 +20,12 @@ from tests.test_shared_log import (
     check_images,
     imaged_broker,
     number,
+    vfs_broker,
 )
 from trio_broker._core._commands import CreateQueue
 from trio_broker._core._raft_messages import Entry, HardState, NoOp
 from trio_broker._storage._shared_log import SHARED_LOG_FILE, SharedLog
 from trio_broker._storage._store import Store
-from trio_broker.testing._powerloss import PowerLossVFS
 
 
 def test_a_save_alone_in_its_fsync_writes_no_row_and_is_durable(tmp_path: Path) -> None:
@@ -33,13 +33,7 @@ def test_a_save_alone_in_its_fsync_writes_no_row_and_is_durable(tmp_path: Path) 
     what they persisted survives a power cut right after they returned (their group's file
     synced); a batch of two groups writes one row each (before: a row for every save, each
     alone in a shared-log transaction and fsync of its own)."""
-    vfs = PowerLossVFS("own-save")
-    checker = PowerLossVFS("own-save-checker")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(1))
-    try:
-        broker.start()
+    with vfs_broker(tmp_path, "own-save") as (broker, vfs, checker):
         assert broker.log is not None
         rows = broker.log.group_rows()
         first, second, _ = broker.groups
@@ -49,17 +43,13 @@ def test_a_save_alone_in_its_fsync_writes_no_row_and_is_durable(tmp_path: Path) 
         broker.acked[0].extend([1, 2])  # (persisted: a replica acknowledges now)
         broker.acked[1].append(3)
         dest = tmp_path / "image"
-        _images(vfs, live, dest)
+        _images(vfs, broker.root, dest)
         assert check_images([(dest, [list(a) for a in broker.acked])], checker) == 1
         broker.turn([first.apply(), second.apply()])
         broker.turn([g.propose([Broker._append(4 + i)]) for i, g in enumerate(broker.groups)])
         grown = broker.log.group_rows()
         assert sum(grown.values()) == sum(rows.values()) + 3, (rows, grown)
         assert broker.committer.own == 1
-    finally:
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
 
 
 def test_a_row_left_by_a_failed_save_is_never_replayed_over_a_later_save_alone(

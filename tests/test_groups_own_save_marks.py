@@ -15,9 +15,8 @@ import pytest
 
 from tests.long_runs import LONG
 from tests.test_groups_in_step import lone_save
-from tests.test_shared_log import Broker, _images, check_images, imaged_broker
+from tests.test_shared_log import Broker, _images, check_images, imaged_broker, vfs_broker
 from trio_broker._storage._shared_log import SharedLog, _Job
-from trio_broker.testing._powerloss import PowerLossVFS
 
 
 class _CommitFails:
@@ -52,13 +51,7 @@ def test_a_save_alone_after_a_failed_shared_commit_marks_no_rolled_back_row(
     the next batch of both writes rows that get those same numbers, applied at NORMAL and
     acknowledged. A power cut then must keep them: the lone saves' marks may not cover them
     (before: the mark was the rolled-back row's number, so the redo skipped the new row)."""
-    vfs = PowerLossVFS("own-marks")
-    checker = PowerLossVFS("own-marks-checker")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(1))
-    try:
-        broker.start()
+    with vfs_broker(tmp_path, "own-marks") as (broker, vfs, checker):
         assert broker.log is not None
         committer = broker.committer
         first, second, _ = broker.groups
@@ -80,12 +73,8 @@ def test_a_save_alone_after_a_failed_shared_commit_marks_no_rolled_back_row(
         broker.turn([g.propose([Broker._append(n) for n in ns]) for g, ns in numbers])
         broker._applied(numbers)  # (applied at NORMAL, in one batch: acknowledged)
         dest = tmp_path / "image"
-        _images(vfs, live, dest)
+        _images(vfs, broker.root, dest)
         assert check_images([(dest, [list(a) for a in broker.acked])], checker) == 1
-    finally:
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
 
 
 def _failed_turn(broker: Broker, rng: random.Random) -> None:

@@ -230,6 +230,29 @@ def check_images(
 
 
 @contextlib.contextmanager
+def vfs_broker(
+    tmp_path: Path, name: str, *, vfs_seed: int = 0, broker_seed: int = 1, torn: bool = False
+) -> Iterator[tuple[Broker, PowerLossVFS, PowerLossVFS]]:
+    """Three groups on one shared log in ``tmp_path / "live"`` over a :class:`PowerLossVFS`
+    (its random choices from ``vfs_seed``, the broker's from ``broker_seed``; ``torn``: writes
+    in progress torn at a cut), started; yields the broker, its VFS and a second VFS to
+    restart crash images on (:func:`check_images`). Closed and unregistered at the end."""
+    vfs = PowerLossVFS(name, torn=torn, rng=random.Random(vfs_seed))
+    checker = PowerLossVFS(f"{name}-checker")
+    live = tmp_path / "live"
+    live.mkdir()
+    broker = Broker(live, 3, vfs, random.Random(broker_seed))
+    try:
+        broker.start()
+        yield broker, vfs, checker
+    finally:
+        vfs.on_sync = None
+        broker.close()
+        vfs.unregister()
+        checker.unregister()
+
+
+@contextlib.contextmanager
 def imaged_broker(
     tmp_path: Path,
     name: str,
@@ -239,33 +262,23 @@ def imaged_broker(
     torn: bool = False,
     where: str = "",
 ) -> Iterator[tuple[Broker, Callable[[], int]]]:
-    """Three groups on one shared log over a :class:`PowerLossVFS` (its random choices from
-    ``vfs_seed``, the broker's from ``broker_seed``; ``torn``: writes in progress torn at a
-    cut), started, a crash image taken at every sync point from then on; yields the broker
-    and a call that checks every image taken so far (:func:`check_images`, its failures'
-    notes beginning with ``where``: how many). Everything is closed and unregistered at the
-    end."""
-    vfs = PowerLossVFS(name, torn=torn, rng=random.Random(vfs_seed))
-    checker = PowerLossVFS(f"{name}-checker")
-    live = tmp_path / "live"
-    live.mkdir()
-    broker = Broker(live, 3, vfs, random.Random(broker_seed))
-    images: list[tuple[Path, list[list[int]]]] = []
+    """:func:`vfs_broker` with a crash image taken at every sync point from its start; yields
+    the broker and a call that checks every image taken so far (:func:`check_images`, its
+    failures' notes beginning with ``where``: how many)."""
+    with vfs_broker(tmp_path, name, vfs_seed=vfs_seed, broker_seed=broker_seed, torn=torn) as (
+        broker,
+        vfs,
+        checker,
+    ):
+        images: list[tuple[Path, list[list[int]]]] = []
 
-    def image() -> None:
-        dest = tmp_path / f"image-{vfs.syncs}"
-        _images(vfs, live, dest)
-        images.append((dest, [list(a) for a in broker.acked]))
+        def image() -> None:
+            dest = tmp_path / f"image-{vfs.syncs}"
+            _images(vfs, broker.root, dest)
+            images.append((dest, [list(a) for a in broker.acked]))
 
-    try:
-        broker.start()
         vfs.on_sync = image
         yield broker, functools.partial(check_images, images, checker, where)
-    finally:
-        vfs.on_sync = None
-        broker.close()
-        vfs.unregister()
-        checker.unregister()
 
 
 def run_with_images(tmp_path: Path, torn: bool, steps: int) -> int:
