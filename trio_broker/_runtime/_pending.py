@@ -10,6 +10,7 @@ by index as the driver settles each. Either calls back once its outcomes are kno
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
@@ -253,15 +254,19 @@ class Capacity:
     """The driver's bound on proposals not yet settled: ``total`` units, taken one per
     proposal, several at once for a group (one charge), given back one per settled proposal.
 
-    Takes what is free without yielding (as :func:`acquire` does for a semaphore);
-    waits only when short."""
+    Takes what is free without yielding (as :func:`acquire` does for a semaphore); waits only
+    when short. Waiters are served first come, first served, each with its whole charge at
+    once: :meth:`release` hands the freed units to the longest waiter while they cover its
+    charge, so a newcomer never takes units a waiter was woken for, and a group's charge is
+    not overtaken by lone proposals arriving after it (the head waits until its charge is
+    free; those behind it wait for it)."""
 
-    __slots__ = ("_lot", "total", "value")
+    __slots__ = ("_waiters", "total", "value")
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.value = total
-        self._lot = trio.lowlevel.ParkingLot()
+        self._waiters: collections.deque[tuple[int, trio.lowlevel.Task]] = collections.deque()
 
     def acquire_nowait(self, count: int = 1) -> None:
         if not self.take(count):
@@ -269,26 +274,44 @@ class Capacity:
 
     def take(self, count: int) -> bool:
         """Take ``count`` units if they are free and nobody waits; False otherwise."""
-        if count > self.value or self._lot:
+        if count > self.value or self._waiters:
             return False
         self.value -= count
         return True
 
     async def acquire(self, count: int = 1) -> None:
-        """Take ``count`` units (at most ``total``), waiting while fewer are free."""
+        """Take ``count`` units (at most ``total``), waiting in turn while fewer are free.
+
+        A cancelled wait takes nothing (its place is given up, which may let the waiters
+        behind it go); a wait that was handed its units returns with them."""
         if count > self.total:
             raise ValueError(f"{count} units asked of a capacity of {self.total}")
-        if count <= self.value and not self._lot:
+        if count <= self.value and not self._waiters:
             self.value -= count
             return
-        while count > self.value:
-            await self._lot.park()
-        self.value -= count
+        waiter = (count, trio.lowlevel.current_task())
+        self._waiters.append(waiter)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiters.remove(waiter)
+            self._hand_out()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def release(self, count: int = 1) -> None:
         self.value += count
-        if self._lot:
-            self._lot.unpark_all()  # (each takes what it needs, or waits again)
+        if self._waiters:
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Give the free units to the waiters in turn, each its whole charge, while they cover
+        the charge of the longest waiter."""
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self.value:
+            count, task = waiters.popleft()
+            self.value -= count
+            trio.lowlevel.reschedule(task)
 
 
 class Pending:
