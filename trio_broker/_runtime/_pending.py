@@ -2,7 +2,7 @@
 them submitted together) and the driver's capacity.
 
 :meth:`~._driver.RaftDriver.propose_many` takes the requests of one receive in one call
-(docs/performance.md, "Submit a receive's requests in one call"): one charge of
+(docs/performance.md, "A receive's requests in one call"): one charge of
 :class:`Capacity` for all of them, and one :class:`PendingGroup` whose outcomes are filled in
 by index as the driver settles each. Either calls back once its outcomes are known
 (``when_done``): the connection then writes the answer (:mod:`._writer`).
