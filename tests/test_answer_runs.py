@@ -1,4 +1,4 @@
-"""A receive's run of APPENDs answered as one (``GroupRun``, docs/performance.md, "The
+"""A receive's run of APPENDs answered as one (``GroupRun``, docs/performance-history.md, "The
 leader's pipelined appends (fourth round)"):
 
 - ``Runs.handle_many`` gives a run of the original contract's APPENDs as one ``GroupRun``,

@@ -39,6 +39,8 @@ HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.MULTILINE)
 BOLD_LEAD = re.compile(r"^(?:[-*]\s+|\d+\.\s+)?\*\*([^*]+?)[.:]?\*\*", re.MULTILINE)
 SHORT_END = re.compile(r": |, | \(")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+SPLIT_PATH = re.compile(r"docs/[ \t]*\n[ \t#>]*[A-Za-z0-9_-]+\.md")
+"""``docs/`` ending a line, the file's name on the next: a reference the pattern cannot read."""
 LINK = re.compile(r"\]\(([A-Za-z0-9_./-]+\.md)?(?:#([A-Za-z0-9_-]+))?\)")
 
 
@@ -103,6 +105,11 @@ def test_references_name_existing_headings() -> None:
             broken.append(f'{where}:{line}: docs/{name}.md does not exist ("{title}")')
         elif title not in titles:
             broken.append(f'{where}:{line}: docs/{name}.md has no heading "{title}"')
+    for path in _files():
+        text = path.read_text(errors="replace")
+        for match in SPLIT_PATH.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            broken.append(f"{path.relative_to(ROOT)}:{line}: a path broken over two lines")
     assert len(found) > 100, "the pattern no longer finds the repository's references"
     assert not broken, "\n".join(broken)
 
@@ -115,7 +122,7 @@ def test_links_between_documents_resolve() -> None:
             if not path.exists():
                 broken.append(f"{doc.name}: {target} does not exist")
             elif anchor and anchor not in {_anchor(t) for t in headings(path)}:
-                broken.append(f"{doc.name}: {target} has no heading for #{anchor}")
+                broken.append(f"{doc.name}: {target or doc.name} has no heading for #{anchor}")
     assert not broken, "\n".join(broken)
 
 
@@ -141,3 +148,16 @@ def test_the_forms_in_use_are_read(tmp_path: Path) -> None:
     assert "Leases run on the leader's clock" in titles
     assert _normal("Between\n> brokers") == "Between brokers"
     assert not {"Bytes on disk (issue 11)", "Bytes on", "Not a heading"} & titles
+
+
+def test_the_current_performance_document_names_sections_that_exist() -> None:
+    """docs/performance.md names the sections behind its figures by their titles alone
+    ("A replica's per-append path (seventh round)"): each is a section of it or of
+    docs/performance-history.md, where the rounds' subsections are kept."""
+    doc = DOCS / "performance.md"
+    titles = titles_of(doc) | titles_of(DOCS / "performance-history.md")
+    text = re.sub(r"`[^`]*`", "", REFERENCE.sub("", FENCE.sub("", doc.read_text())))
+    named = {_normal(q) for q in re.findall(r"\"([A-Z][^\"]{2,200})\"", text)}
+    missing = sorted(q for q in named if q not in titles and "..." not in q)
+    assert len(named) > 20
+    assert not missing, missing
