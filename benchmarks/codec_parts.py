@@ -2,9 +2,9 @@
 
     python -m benchmarks.codec_parts [--repeat 9]
 
-Each line is ``time.thread_time`` per item, best of ``--repeat`` rounds (docs/performance.md,
-"The leader's request path (seventh round)", "Several groups' saves of one receive (seventh
-round)", "A replica's per-append path (seventh round)"):
+Each line is ``time.thread_time`` per item, best of ``--repeat`` rounds
+(docs/performance-history.md, "The leader's request path (seventh round)", "Several groups' saves of
+one receive (seventh round)", "A replica's per-append path (seventh round)"):
 
 - **decode_client_request**: the bench's 150-byte APPEND of the original contract (a string
   value: the compact frame taken without orjson's write-back);

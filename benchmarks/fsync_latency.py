@@ -5,7 +5,7 @@
 the wall time's p50 and p99 and the process's CPU per call. Then the same for a SQLite
 commit of one 100-byte row in WAL mode, at ``synchronous = FULL`` (one fdatasync of the WAL,
 as every acknowledged write pays) and at ``OFF`` (the commit without its sync). docs/performance.md
-("Where each target stands") uses it for the sequential workload.
+("What bounds each target now") uses it for the sequential workload.
 """
 
 from __future__ import annotations

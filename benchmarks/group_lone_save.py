@@ -10,7 +10,7 @@ stage, as the in-step paths and a committer batch of one run it). Prints the thr
 per save, medians, and the CPU per append. Before the seventh round such a save wrote its
 row in a shared-log transaction of its own (one commit and fsync) and then the group's at
 ``NORMAL``; now it is the group's transaction at ``FULL`` alone, as on a store of its own
-(docs/performance.md, "Several groups' saves of one receive (seventh round)").
+(docs/performance-history.md, "Several groups' saves of one receive (seventh round)").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ tell the two apart, and prints the brokers' CPU per append (``/proc/PID/stat``, 
 
 (2) against (1) at the same connections is what hosting several groups costs per append, (1)
 at 8 against 24 what smaller batches cost, and (3) against (2) at 8 what three busy groups
-cost beyond one (docs/performance.md, "Several groups per append (sixth round)").
+cost beyond one (docs/performance-history.md, "Several groups per append (sixth round)").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ several), the storage jobs (handed to the storage thread, each two
 cross-thread wake-ups, or run in place on the loop), the shared log's batches and the saves
 they held, and the durable saves (each a shared-log row; a batch of them one fsync). For the
 process: trio's task steps and waits for I/O. Counts, not timings: the machine's noise does
-not change them (docs/performance.md, "Several groups per append (sixth round)").
+not change them (docs/performance-history.md, "Several groups per append (sixth round)").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ threads: the broker's own, and the one its extra groups share), user and system,
 context switches, voluntary (a thread that waits: each hand-off to a storage thread and
 back is two) and not. With one group the leader's storage runs mostly on its loop (the
 in-step paths); a broker hosting several groups hands its saves to the shared storage
-thread when they do not run in a step (docs/performance.md, "Several groups per append
+thread when they do not run in a step (docs/performance-history.md, "Several groups per append
 (sixth round)").
 """
 

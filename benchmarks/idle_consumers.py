@@ -1,5 +1,5 @@
 """Idle consumer groups: what long-polling GROUP_READs cost when there is nothing to read
-(docs/performance.md, "Work-queue reads without a log entry").
+(docs/performance-history.md, "Work-queue reads without a log entry").
 
     python benchmarks/idle_consumers.py [--consumers 50] [--seconds 5] [--wait-ms 5000]
 

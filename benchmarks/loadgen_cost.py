@@ -7,7 +7,7 @@ starts) against a trivial server in another process on 127.0.0.1, which answers 
 request frame at once with a fixed success frame. What the generator prints at its end (its
 epoll waits and ready sockets per answer, its user and system CPU per answer) is then its own
 cost with answers that arrive as fast as it can take them; the bench's rows show the same line
-with the brokers' pace (docs/performance.md, "One request in flight").
+with the brokers' pace (docs/performance-history.md, "One request in flight").
 """
 
 from __future__ import annotations

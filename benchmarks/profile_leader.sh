@@ -1,6 +1,6 @@
 #!/bin/sh
 # Profile the leader broker during one workload of `trio_broker bench` (docs/performance.md,
-# "Where each target stands"):
+# "Profiling a broker"):
 #
 #   PATH=.venv/bin:$PATH benchmarks/profile_leader.sh OUTDIR SECONDS WORKLOAD
 #   (e.g. /tmp/prof 9 reads; one workload per run: with several, a later one can be missed)

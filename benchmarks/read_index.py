@@ -1,5 +1,5 @@
 """Reads that change nothing: peeks, LIST_QUEUES and READs of an exhausted queue per second,
-and the brokers' CPU per read (ReadIndex, docs/performance.md "Reads without a log entry").
+and the brokers' CPU per read (ReadIndex, docs/performance-history.md "Reads without a log entry").
 
     python benchmarks/read_index.py [--seconds 5]
 

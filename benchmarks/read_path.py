@@ -13,7 +13,7 @@
    thread CPU per READ, best of 9, as the leader (values read and checked) and where nobody
    waits (a replica: no value read).
 
-docs/performance.md, "Single READs: the leader's request path", gives its figures.
+docs/performance-history.md, "Single READs: the leader's request path", gives its figures.
 """
 
 from __future__ import annotations

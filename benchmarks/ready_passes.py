@@ -7,7 +7,7 @@ group of ``--appends`` APPEND_MESSAGEs of a 100-byte value (the bench's pipeline
 (as the decoder builds it) and ``FrameDecoder.next_frame`` of the REPLICATE's frame
 (``--frame`` bytes). CPU time of the thread (``time.thread_time``), best of ``--rounds``, in
 nanoseconds per append. Run it with ``PYTHONPATH`` at each tree to compare two trees
-(docs/performance.md, "Per-Ready passes and the collector (this round)").
+(docs/performance-history.md, "Per-Ready passes and the collector (third round)").
 """
 
 from __future__ import annotations

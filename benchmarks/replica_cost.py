@@ -26,8 +26,8 @@ Each piece is CPU time of the thread (``time.thread_time``: the fsync's wait is 
 its system time is), median of ``--rounds`` frames after a warm-up, in microseconds per
 append. The event loop's own costs (trio's scheduling, the socket calls, the hand-off to the
 storage thread and back) are not in it: the bench's per-broker CPU less these pieces is them.
-In the bench each piece also costs about twice what it costs here (docs/performance.md, "A
-replica's CPU per append (this round)": the same code, measured inside a replica under load).
+In the bench each piece also costs about twice what it costs here (docs/performance-history.md, "A
+replica's CPU per append (third round)": the same code, measured inside a replica under load).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ log rows are still there) in READs of ``--read-batch``, each value checked (``on
 log row opened as a blob once, each value read at its offset),
 every layout in each of ``--rounds`` rounds, alternated. A prototype: it measures what the
 storage would cost, not the reads, the compaction rule or the snapshots a layout needs
-(docs/performance.md, "Batch appends per message (fifth round)").
+(docs/performance-history.md, "Batch appends per message (fifth round)").
 """
 
 from __future__ import annotations

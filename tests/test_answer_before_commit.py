@@ -1,5 +1,5 @@
 """A leader's apply in an acknowledgement's step answers before its transaction's COMMIT
-(``InStep._apply_here``, ``Store.save(before_commit=...)``; docs/performance.md, "Answers
+(``InStep._apply_here``, ``Store.save(before_commit=...)``; docs/performance-history.md, "Answers
 before the apply's COMMIT"): the answers are settled while the transaction is open, the views
 are told once it committed, and a COMMIT that fails after the answers left (rolled back whole)
 is applied again with the results already sent. Counts and outcomes, never timings."""

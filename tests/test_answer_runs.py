@@ -1,5 +1,5 @@
-"""A receive's run of APPENDs answered as one (``GroupRun``, docs/performance.md, "The
-leader's pipelined appends (this round)"):
+"""A receive's run of APPENDs answered as one (``GroupRun``, docs/performance-history.md, "The
+leader's pipelined appends (fourth round)"):
 
 - ``Runs.handle_many`` gives a run of the original contract's APPENDs as one ``GroupRun``,
   which reads as the list of ``RunAnswer`` it replaces;

@@ -1,6 +1,6 @@
 """``decode_client_request`` against the general decoder and against itself before the string
-value's shortcut (docs/performance.md, "The leader's request path (seventh round)"): a frame of
-exactly ``48 + len(queue) + len(value)`` bytes is taken as the compact one without orjson
+value's shortcut (docs/performance-history.md, "The leader's request path (seventh round)"): a frame
+of exactly ``48 + len(queue) + len(value)`` bytes is taken as the compact one without orjson
 writing it back. Seeded APPEND frames, compact and not (escapes, surrogate pairs, non-ASCII,
 spaces, key orders, duplicate and extra keys, values of every JSON type, queues about
 ``MAX_ID_LENGTH``, invalid UTF-8, and compact frames changed in place so that their length

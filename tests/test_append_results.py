@@ -1,6 +1,6 @@
 """A run's results made without ``MessageAppended``'s own ``__init__`` (``_appended_run`` in
 ``_storage/_append_sql.py``, their slots set through their descriptors in passes over the
-run: docs/performance.md, "A replica's CPU per append (third round)" and "A replica's
+run: docs/performance-history.md, "A replica's CPU per append (third round)" and "A replica's
 per-append path (seventh round)") are the objects that ``__init__`` makes: the same class,
 fields, equality, hash and representation, as frozen, each its own object and in order, and
 a run applied in SQL answers with them."""

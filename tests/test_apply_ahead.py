@@ -1,5 +1,5 @@
 """A replica acknowledges new entries before a long apply of the committed ones
-(``APPLY_AHEAD``; docs/performance.md, "Batched READs: where a request's time goes")."""
+(``APPLY_AHEAD``; docs/performance-history.md, "Batched READs: where a request's time goes")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The stored values' checksums as the store's batch loops compute them (``insert_values``,
-``read_values`` in ``_storage/_integrity.py``, docs/performance.md "Batches in and out"): the
-number the stored definition gives, so that data directories written before read the same;
+``read_values`` in ``_storage/_integrity.py``, docs/performance-history.md "Batches in and out"):
+the number the stored definition gives, so that data directories written before read the same;
 each value's checksum computed once per read; and a damaged or missing value in a batch still
 never served."""
 

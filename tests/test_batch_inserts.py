@@ -1,5 +1,5 @@
 """``insert_values`` (``_storage/_integrity.py``) stores a batch in a few statements of many
-rows each (docs/performance.md, "Batches in and out"): the rows it writes are the rows one
+rows each (docs/performance-history.md, "Batches in and out"): the rows it writes are the rows one
 ``INSERT`` per message writes, checksums included, for every batch size and mix of headers
 and stamps."""
 

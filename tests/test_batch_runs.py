@@ -3,7 +3,7 @@
 run, the values of batches of one stamp inserted together), store exactly what applying
 each batch alone stores: the same rows and checksums, lengths, stamps, producer state and
 results, over random groups that mix such runs with batches and appends of every other kind
-(docs/performance.md, "Batch appends: every broker's µs per message")."""
+(docs/performance-history.md, "Batch appends: every broker's µs per message")."""
 
 from __future__ import annotations
 

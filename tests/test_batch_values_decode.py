@@ -1,7 +1,7 @@
 """An APPEND_BATCH decoded from a log entry (a replica's REPLICATE, the log read back) keeps
 each value as the bytes the leader stored (``dumps_value``'s), written back from the parsed
 list in one ``dumps_values`` call instead of one ``orjson.dumps`` per value
-(docs/performance.md, "Batch appends: every broker's µs per message"). A group's plain
+(docs/performance-history.md, "Batch appends: every broker's µs per message"). A group's plain
 batches (no producer, a stamp or none, a non-empty list of values) are read in
 ``_group_from_obj``'s loop, without cattrs' function (the tests below make it fail), into
 what it gives; any other batch still goes through it, with its answer or its error

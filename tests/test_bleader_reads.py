@@ -3,7 +3,7 @@ columns (``_storage/_read_columns.py``): the same results, answer frames and pos
 checking path that makes an object per message, whatever the budget and the headers; a value
 missing or damaged is never served: the checking path finds it and raises it, nothing written
 GROUP_READs read the messages never delivered to their group the same way, on the leader and
-applied for nobody (docs/performance.md, "Batched READs on the leader: columns instead of
+applied for nobody (docs/performance-history.md, "Batched READs on the leader: columns instead of
 objects")."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ the values' bytes and their stamps, ``insert_plain`` / ``insert_stamped``) store
 applying each command alone stores: the same rows and checksums, queue lengths and stamps,
 producer state, positions and results, over random groups that mix those runs with every
 other kind of append (headers, producer ids, batches, no stamp, an unknown queue) and with
-reads, acknowledgements and retention (docs/performance.md, "Columnar runs of appends")."""
+reads, acknowledgements and retention (docs/performance-history.md, "Columnar runs of appends")."""
 
 from __future__ import annotations
 

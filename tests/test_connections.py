@@ -174,7 +174,7 @@ async def test_no_more_than_max_in_flight_requests_wait_for_their_answers(ram_pa
 async def test_appended_answers_of_one_receive_leave_in_one_write(ram_path):
     """A burst of APPENDs (one receive, one run, one commit) is answered in order, each
     answer with its sequence number, in one write (their frames written straight from the
-    results: docs/performance.md, "The leader's request path")."""
+    results: docs/performance-history.md, "The leader's request path")."""
     network = _CountingNetwork()
     config = BrokerConfig(data_dir=ram_path / "b", port=0)
     async with open_broker(config, network=network) as broker:

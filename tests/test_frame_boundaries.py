@@ -1,8 +1,9 @@
-"""``FrameDecoder.next_frame`` reading its buffer and position once per frame (docs/performance.md,
-"The leader's request path (seventh round)"), against a frozen copy of it before: frames cut at
-every byte boundary (one cut and every two), several frames per receive, bytes and bytearray
-receives, receives taken whole, a frame larger than the maximum after whole ones, and a
-PEER_HELLO whose receive carries the peer's first frames (handed on with the decoder)."""
+"""``FrameDecoder.next_frame`` reading its buffer and position once per frame
+(docs/performance-history.md, "The leader's request path (seventh round)"), against a frozen copy of
+it before: frames cut at every byte boundary (one cut and every two), several frames per receive,
+bytes and bytearray receives, receives taken whole, a frame larger than the maximum after whole
+ones, and a PEER_HELLO whose receive carries the peer's first frames (handed on with the
+decoder)."""
 
 from __future__ import annotations
 

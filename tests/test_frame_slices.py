@@ -1,7 +1,7 @@
-"""A receive of whole frames is cut without copying it into a buffer first (docs/performance.md,
-"The leader's pipelined appends (this round)"): its frames are sliced out of the received
-bytes, one copy each; a frame left partial gathers the next receives in a buffer, as before.
-And a stored value is a copy of orjson's bytes of its own size.
+"""A receive of whole frames is cut without copying it into a buffer first
+(docs/performance-history.md, "The leader's pipelined appends (fourth round)"): its frames are
+sliced out of the received bytes, one copy each; a frame left partial gathers the next receives in a
+buffer, as before. And a stored value is a copy of orjson's bytes of its own size.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Operators of a cluster with several replication groups: ``client status`` shows every group
 with its leader, voters and each replica's lag; ``client groups`` lists the groups with their
-leader, voters and queue count (docs/operations.md, "Sizing replication groups"). Real brokers
+leader, voters and queue count (docs/operations.md, "Size the replication groups"). Real brokers
 with real storage on 127.0.0.1."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A save alone in its fsync on a shared store (a step's save, a committer batch of one): the
 group's own transaction at ``FULL``, no shared-log row (``_shared_log.own_save``;
-docs/performance.md, "Several groups' saves of one receive (seventh round)")."""
+docs/performance-history.md, "Several groups' saves of one receive (seventh round)")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The leader's per-request shortcuts of docs/performance.md, "The leader's CPU per request
-(this round)", each decide what the path before it decided:
+"""The leader's per-request shortcuts of docs/performance-history.md, "The leader's CPU per request
+(third round)", each decide what the path before it decided:
 
 - ``decode_request`` decodes the original contract's APPEND, as clients write it, without the
   general path's calls, and anything else that starts like one through the general path;

@@ -1,7 +1,7 @@
 """Compaction counts what the in-memory log holds (``_runtime/_snapshots.py``, ``held_size``):
 a decoded entry's commands hold two to three times what ``data_size`` counts for them, so a log
 of small commands held about three times ``compact_bytes`` before compaction counted them
-(docs/performance.md, "Peak broker RSS: what holds it, and its bound")."""
+(docs/performance-history.md, "Peak broker RSS: what holds it, and its bound")."""
 
 from __future__ import annotations
 

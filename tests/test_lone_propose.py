@@ -1,4 +1,4 @@
-"""A lone proposal's checks on the driver (``Proposing.propose``, docs/performance.md, "The
+"""A lone proposal's checks on the driver (``Proposing.propose``, docs/performance-history.md, "The
 leader's request path (seventh round)"): its unit taken without a coroutine to take it, the
 disk asked only when it is not OK, and every refusal as before, its unit given back."""
 

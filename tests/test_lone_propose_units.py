@@ -1,4 +1,4 @@
-"""``Proposing.propose``'s capacity units (docs/performance.md, "The leader's request path
+"""``Proposing.propose``'s capacity units (docs/performance-history.md, "The leader's request path
 (seventh round)"): the lone proposal takes its unit without a coroutine when one is free, reads
 the leader once and asks the disk only when it is not OK. Every refusal is the one the checks
 gave before (a frozen copy of them, with the real ``DiskSpace``), and every unit taken comes

@@ -1,5 +1,5 @@
-"""The leader loop at one request in flight (docs/performance.md, "The leader loop per request
-(sixth round)"):
+"""The leader loop at one request in flight (docs/performance-history.md, "The leader loop per
+request (sixth round)"):
 
 - a receive that is exactly one whole frame is taken at once (``FrameDecoder.take_whole``):
   the frames and the errors are those ``feed`` then ``next_frame`` give, for any cut of a

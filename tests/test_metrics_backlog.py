@@ -1,4 +1,4 @@
-"""The request series counted when they are read, not at each write (docs/performance.md,
+"""The request series counted when they are read, not at each write (docs/performance-history.md,
 "The leader's request path without an object per APPEND"): the writes' tallies wait, bounded,
 and every read (the registry, a scrape's exposition, the families the status page reads)
 sees each series exactly as when each write updated them, the latency's sum to the last bit."""

@@ -12,7 +12,7 @@ from trio_broker._cli import _node
 
 def test_the_node_command_shortens_the_gil_switch_interval():
     """The node's two threads that run Python (the event loop's, the storage thread's) wait
-    for the GIL at most SWITCH_INTERVAL, not Python's 5 ms (docs/performance.md, "100
+    for the GIL at most SWITCH_INTERVAL, not Python's 5 ms (docs/performance-history.md, "100
     connections: the fsync on the loop, and the GIL's switch interval"); the collector keeps
     the node's thresholds."""
     interval, thresholds = sys.getswitchinterval(), gc.get_threshold()

@@ -1,5 +1,5 @@
-"""Answers written by whoever settles them (``_runtime/_writer.py``; docs/performance.md, "One
-request in flight: answers written as they are settled").
+"""Answers written by whoever settles them (``_runtime/_writer.py``; docs/performance-history.md,
+"One request in flight: answers written as they are settled").
 
 A :class:`ConnectionServer` on 127.0.0.1 with a stand-in ``handle``: each APPEND's answer is a
 :class:`Pending` the test (or a stand-in driver task) settles, as the driver settles a

@@ -1,4 +1,4 @@
-"""The peer links' socket calls (docs/performance.md, "The peer links' socket calls, and two
+"""The peer links' socket calls (docs/performance-history.md, "The peer links' socket calls, and two
 constructors"): on plain TCP, a link's writes and a peer stream's reads are made at once
 (``_runtime/_direct.py``), not through ``trio.SocketStream``'s own calls; on TLS they stay the
 stream's. Real sockets on 127.0.0.1: every message arrives, in order, either way."""

@@ -1,6 +1,7 @@
 """The leader's ledger without a pair per request: a run's commands and tokens queued as two
 lists, cut into groups by slices with a plain append's bound written out, and an applied
-entry's proposals settled together (docs/performance.md, "The leader's ledger by columns")."""
+entry's proposals settled together (docs/performance-history.md, "The leader's ledger by
+columns")."""
 
 from __future__ import annotations
 

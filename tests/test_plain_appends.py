@@ -1,5 +1,5 @@
 """The original contract's APPEND from its frame to its command without an ``Append`` or a
-value written again (docs/performance.md, "The leader's request path without an object per
+value written again (docs/performance-history.md, "The leader's request path without an object per
 APPEND"):
 
 - ``decode_client_request`` decodes every frame as ``decode_request`` does, but hands a

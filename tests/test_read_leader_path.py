@@ -1,5 +1,5 @@
 """A single READ's path through the leader's request handling and its log entry, by hand
-(docs/performance.md, "Single READs: the leader's request path"): each shortcut gives what
+(docs/performance-history.md, "Single READs: the leader's request path"): each shortcut gives what
 the general path gives.
 
 - ``Runs.handle_many`` takes the original contract's READ (queue and client only) to its

@@ -1,5 +1,5 @@
-"""The per-Ready passes over every command (docs/performance.md, "Per-Ready passes and the
-collector (this round)"): each cut keeps what it counts and what it refuses."""
+"""The per-Ready passes over every command (docs/performance-history.md, "Per-Ready passes and the
+collector (third round)"): each cut keeps what it counts and what it refuses."""
 
 from __future__ import annotations
 

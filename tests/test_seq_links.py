@@ -164,7 +164,7 @@ async def test_a_woken_link_is_written_by_the_caller_with_what_it_queued_first()
     loop turn), it has taken nothing: the caller writes what is queued and its own messages,
     in order, in one write, and the link's task finds nothing to write. Before: the caller
     wrote nothing and waited for the link's task (a replica's acknowledgement after a
-    heartbeat's answer in one receive, and its driver's turn: docs/performance.md, "The
+    heartbeat's answer in one receive, and its driver's turn: docs/performance-history.md, "The
     REPLICATE without waiting")."""
     answers: list[bool] = []
     writes: list[int] = []

@@ -1,4 +1,4 @@
-"""The order of a sequential append's steps on each broker (docs/performance.md, "One
+"""The order of a sequential append's steps on each broker (docs/performance-history.md, "One
 sequential append's timeline"): what another broker or the client waits for leaves first,
 the bookkeeping after, and never before what it promises is durable. Orders of calls, never
 timings."""

@@ -1,5 +1,5 @@
-"""The constructors of the two objects built per APPEND (docs/performance.md, "The peer links'
-socket calls, and two constructors"): ``AppendMessage``'s hand-written ``__init__`` takes and
+"""The constructors of the two objects built per APPEND (docs/performance-history.md, "The peer
+links' socket calls, and two constructors"): ``AppendMessage``'s hand-written ``__init__`` takes and
 sets what attrs' own would, and both classes stay frozen."""
 
 from __future__ import annotations

@@ -342,9 +342,9 @@ def test_a_restart_keeps_the_recorded_bound_on_the_lost_terms():
 
 
 def settle_vote(cluster: Cluster, i: Any) -> None:
-    """A rebooted broker first settles the vote its disk may have rolled back (docs/
-    reliability.md, "A reboot settles its vote first"): it follows no leader until, past its
-    first election timeout, a pre-vote round heard the other voters' terms."""
+    """A rebooted broker first settles the vote its disk may have rolled back
+    (docs/reliability.md, "A reboot votes only once it knows"): it follows no leader until, past
+    its first election timeout, a pre-vote round heard the other voters' terms."""
     node = cluster.node(i)
     for _ in range(3 * node.election_ticks):
         if not node.vote_lost:

@@ -1,7 +1,7 @@
 """The many-groups workload of the bench (issue 11): pipelined appends spread over a queue of
 every group of a cluster founded with ``--groups``, against the same appends on one group; and
 what one append costs a group's leader and each of its replicas (docs/performance.md,
-"Projecting several machines")."""
+"Several groups: projecting more machines")."""
 
 from __future__ import annotations
 

@@ -36,8 +36,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 """The node's cyclic garbage collector thresholds (Python's are 700, 10, 10). A broker's
 objects are freed by reference counting; at the default thresholds the collector still ran
 237 young collections per 71,680 pipelined appends on one broker, 1.28 µs per append, against
-0.18 µs at these (docs/performance.md, "Per-replica Python"). Set by the node command only: a
-program embedding the broker keeps its own."""
+0.18 µs at these (docs/performance-history.md, "Per-replica Python"). Set by the node command only:
+a program embedding the broker keeps its own."""
 
 
 SWITCH_INTERVAL = 0.0005
@@ -47,7 +47,7 @@ the storage thread's (a transaction's own Python, between its SQLite calls). Mea
 "100 connections x 1 in flight" workload, alternated with the default in 12 pairs of runs on
 a loaded machine (load average 7 to 11): appends/s higher in 7, equal in 3, lower in 2
 (median 2,454 -> 3,334/s), broker CPU per request lower in 7 (median 146.2 -> 123.1 µs);
-pipelined and sequential appends unchanged within their noise (docs/performance.md, "100
+pipelined and sequential appends unchanged within their noise (docs/performance-history.md, "100
 connections: the fsync on the loop, and the GIL's switch interval": to be measured again on
 a quiet machine). Set by the node command only, as GC_THRESHOLDS."""
 

@@ -111,8 +111,8 @@ class Client(ClusterAdmin, WorkQueues):
         """Create a queue in ``cluster_id`` (a group of the cluster, or a cluster), with a
         retention policy if any of the keywords is given (see :meth:`set_retention`); returns
         the new queue's id. By default it lands on the groups the brokers list in turn (from
-        a random start), so queues spread over the cluster's groups and their leaders (docs/
-        replication.md, "Where a new queue lands"); with one group, on it. A group the cluster
+        a random start), so queues spread over the cluster's groups and their leaders
+        (docs/replication.md, "Where a new queue lands"); with one group, on it. A group the cluster
         does not have is refused (:class:`~trio_broker.WrongClusterError`).
 
         With ``name`` (1 to 128 characters among ``A-Z a-z 0-9 . _ : -``, not starting with

@@ -252,7 +252,7 @@ def delivered_within(
 def delivery_sizes(candidates: list[tuple[int, bytes, Headers]]) -> list[int]:
     """What each message counts towards a work read's ``max_bytes``: its data's bytes, and for
     each header its name's and value's characters and 6. A message without headers skips the
-    sum (1,000 of them: 0.35 -> 0.10 µs each, docs/performance.md "Byte-bounded READs on
+    sum (1,000 of them: 0.35 -> 0.10 µs each, docs/performance-history.md "Byte-bounded READs on
     replicas")."""
     return [
         len(d) + sum([len(k) + len(v) + 6 for k, v in h]) if h else len(d) for _, d, h in candidates

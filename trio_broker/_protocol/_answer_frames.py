@@ -17,7 +17,7 @@ _APPENDED = b'{"status":"success","sequence_num":%d}'
 def appended_frame(sequence_num: int) -> bytes:
     """The whole frame of the answer to an APPEND that was not a duplicate: the bytes of
     ``encode_frame(encode_response(Appended(sequence_num)))`` (tests/test_answer_encoding.py),
-    without the response object or the general encoder (docs/performance.md, "The leader's
+    without the response object or the general encoder (docs/performance-history.md, "The leader's
     request path")."""
     body = _APPENDED % sequence_num
     return len(body).to_bytes(4, "big") + body
@@ -84,7 +84,7 @@ def messages_frame(messages: Sequence[Any]) -> bytes:
     ``headers``, pairs of strings, empty for none): the bytes ``encode_frame(encode_response(
     ...))`` writes for ``MessageBatch``, or ``HeadedMessageBatch`` when some message has headers
     (tests/test_answer_encoding_batches.py), without a response object or cattrs per message
-    (docs/performance.md, "Batches in and out"). Both write a message without headers alike
+    (docs/performance-history.md, "Batches in and out"). Both write a message without headers alike
     (``headers`` left out), so one pass decides each message's shape alone."""
     parts = [
         _HEADED_MESSAGE % (d.sequence_num, d.data, orjson.dumps(dict(d.headers)))
@@ -103,7 +103,7 @@ def columns_frame(
     numbers, their stored JSON bytes and their headers (pairs of strings, empty for none; None:
     no message has headers), the same bytes (tests/test_bleader_reads.py). Messages without
     headers are written in one pass in C (``map`` of ``bytes.__mod__``), with no object or
-    Python step per message (docs/performance.md, "Batched READs on the leader: columns
+    Python step per message (docs/performance-history.md, "Batched READs on the leader: columns
     instead of objects")."""
     if headers is None:
         parts: Any = map(_BATCH_MESSAGE.__mod__, zip(seqs, datas, strict=True))

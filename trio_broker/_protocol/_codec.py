@@ -233,7 +233,7 @@ def loads_object(payload: bytes) -> dict[str, Any]:
     bytes, the payload holds no duplicate key (orjson never writes one: the parsed object has
     each key once) and no integer beyond 64 bits (read as a float, it would be written back
     differently). One C call: for a 150-byte APPEND 1.26 -> 0.49 us, for a 25 kB REPLICATE of
-    128 appends 120-180 -> 42-44 us (docs/performance.md, "Per-replica Python").
+    128 appends 120-180 -> 42-44 us (docs/performance-history.md, "Per-replica Python").
 
     Otherwise (spaces, escapes written differently, nesting deeper than orjson writes), the
     exact checks: a payload with a long run of digits is parsed a second time, exactly, to
@@ -324,8 +324,8 @@ _READS: dict[bytes, m.Read] = {}
 """The original contract's READs (operation, queue and client only) decoded lately, by their
 frame's bytes: a reader sends the same bytes for every READ of a queue, and the request is a
 frozen object that depends on nothing but them, so one decoding serves every repeat (a hit
-costs a dictionary lookup, about a tenth of the decoding: docs/performance.md, "Single READs:
-the leader's request path"). Only frames starting as clients write a READ are looked up, so
+costs a dictionary lookup, about a tenth of the decoding: docs/performance-history.md, "Single
+READs: the leader's request path"). Only frames starting as clients write a READ are looked up, so
 other requests pay one ``startswith``."""
 MAX_READS_REMEMBERED = 1024
 """At most this many remembered READs (each frame under :data:`MAX_READ_REMEMBERED_BYTES`);
@@ -412,7 +412,7 @@ PlainAppend = tuple[str, bytes, Any]
 :func:`dumps_value` writes of the value: sliced from the compact frame orjson wrote back),
 and its value (for the depth check of a long value, :func:`nests_too_deep`, and for
 :func:`as_request`). A plain tuple: no :class:`~._messages.Append` built and no value written
-again per APPEND (docs/performance.md, "The leader's request path without an object per
+again per APPEND (docs/performance-history.md, "The leader's request path without an object per
 APPEND")."""
 
 _APPEND_QUEUE_START = b'{"operation":"APPEND","queue_name":'
@@ -439,7 +439,8 @@ def decode_client_request(payload: bytes) -> m.Request | PlainAppend:
     twice, which is how orjson writes it (it escapes only quotes, backslashes and control
     characters, which a frame can only hold escaped). A frame of that length is therefore the
     compact one, its value's bytes the quoted string before the closing brace (0.97 -> 0.78
-    us per 150-byte APPEND: docs/performance.md, "The leader's request path (seventh round)").
+    us per 150-byte APPEND: docs/performance-history.md, "The leader's request path (seventh
+    round)").
     """
     if type(payload) is bytes and payload.startswith(_APPEND_QUEUE_START):
         try:
@@ -622,7 +623,7 @@ def dumps_value(value: Any) -> bytes:
     orjson hands back bytes that keep its whole 4 KiB working buffer allocated; copied to an
     object of the exact size, a 100-byte value costs 135 bytes of memory instead of 4 KiB.
     The copy is a ``%b`` format (107 ns for a 100-byte value; a ``memoryview``'s ``tobytes``
-    took 188: docs/performance.md, "The leader's pipelined appends").
+    took 188: docs/performance-history.md, "The leader's pipelined appends").
 
     A value nested deeper than orjson writes (:data:`WRITTEN_DEPTH`) is refused with
     :class:`ProtocolError` (``BAD_REQUEST``). A client's value is taken by the stricter
@@ -716,7 +717,7 @@ def dumps_values(values: list[Any]) -> tuple[bytes, ...]:
     The commas are counted by the cut itself (``len(values)`` pieces: ``len(values) - 1``
     commas), and the list's brackets taken off its first and last pieces rather than off
     the whole text (a copy of it): 98 -> 69 ns a value for 100 values of 100 bytes
-    (docs/performance.md, "A replica's per-append path (seventh round)")."""
+    (docs/performance-history.md, "A replica's per-append path (seventh round)")."""
     first = values[0] if values else None
     kind = type(first)
     if kind is dict or kind is list or (kind is str and "," in first):  # type: ignore[operator]

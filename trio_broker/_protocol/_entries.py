@@ -163,7 +163,7 @@ converter.register_structure_hook(bytes, lambda value, _type: dumps_value(value)
 def _stored_values(value: Any, _type: Any) -> tuple[bytes, ...]:
     """An APPEND_BATCH's values as they are stored: ``dumps_values``, the client's request's
     rule (the list written once and cut at its commas when no value holds one), each value's
-    ``dumps_value`` bytes (docs/performance.md, "Batch appends: every broker's µs per
+    ``dumps_value`` bytes (docs/performance-history.md, "Batch appends: every broker's µs per
     message": 170 -> 100 ns a value on each replica, for values without a comma)."""
     if not isinstance(value, list):
         raise TypeError("data must be a list")
@@ -454,10 +454,10 @@ def _group_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     """A COMMAND_GROUP's commands. The usual ones, an APPEND_MESSAGE without a producer whose
     fields have their types, an APPEND_BATCH without a producer whose fields have their types
     and whose values are a non-empty list (its values' bytes :func:`_stored_values`', without
-    cattrs' generated function per batch: 90 -> 70 ns a value for a batch of 100; docs/
-    performance.md, "A replica's per-append path (seventh round)") and an UPDATE_POSITION (a
-    single READ) whose ids are strings, are read here in the loop (a group holds up to
-    thousands of them, each decoded on every replica); any other goes through
+    cattrs' generated function per batch: 90 -> 70 ns a value for a batch of 100;
+    docs/performance-history.md, "A replica's per-append path (seventh round)") and an
+    UPDATE_POSITION (a single READ) whose ids are strings, are read here in the loop (a group holds
+    up to thousands of them, each decoded on every replica); any other goes through
     :func:`payload_from_obj`, which decides it, or words its error, as before."""
     commands = obj["commands"]
     if not isinstance(commands, list) or not commands:
@@ -567,7 +567,7 @@ def _appends_of_run(queue: str, stamp: int, datas: tuple[bytes, ...]) -> list[cm
     of ``map`` in C over the run (the objects, then each field through its slot's descriptor,
     as ``AppendMessage.__init__`` sets it) instead of a call of ``__init__`` per append: one
     per append of every REPLICATE in this form, on each replica (a run of 16: 0.34 -> 0.30 us
-    an append, thread CPU; docs/performance.md, "A replica's per-append path (seventh
+    an append, thread CPU; docs/performance-history.md, "A replica's per-append path (seventh
     round)")."""
     count = len(datas)
     made = list(map(_new_command, repeat(cmd.AppendMessage, count)))

@@ -1,8 +1,8 @@
 """COMMAND_GROUP payloads written by hand: a group of plain appends
 (:func:`_appends_group_bytes`) and a group of single READs (:func:`_reads_group_bytes`), the
 two shapes a leader groups under load, formatted with ``%`` instead of going through the
-converter per command (docs/performance.md, "A replica's per-append cost and the leader's peer
-links" and "Single READs: the leader's request path").
+converter per command (docs/performance-history.md, "A replica's per-append cost and the leader's
+peer links" and "Single READs: the leader's request path").
 
 Byte for byte what the general encoder (``_entries.payload_to_obj`` then ``orjson.dumps``)
 writes for the same group, and None for any group they do not cover, which
@@ -38,7 +38,7 @@ def _appends_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
     load) as exactly the bytes orjson writes for its :func:`payload_to_obj` form, formatted
     by hand: one ``%`` per append, the queue's part of it written once per run of one queue,
     where the general form builds a dict and a ``Fragment`` per append (128 appends: 42 ->
-    33 us; docs/performance.md, "A replica's per-append cost and the leader's peer links").
+    33 us; docs/performance-history.md, "A replica's per-append cost and the leader's peer links").
     None for any other group, which the general form writes (and refuses as it does).
     ``tests/test_replica_codec.py`` holds both to the same bytes."""
     parts: list[bytes] = []
@@ -74,7 +74,7 @@ def _batch_bytes(command: Any) -> bytes | None:
     exactly the bytes orjson writes for its :func:`payload_to_obj` form: the values joined by
     commas in one call, where the general form makes an ``orjson.Fragment`` per value and a
     dict through the converter per batch (a group of 19 batches of 100: 72 -> 15 ns a value,
-    docs/performance.md "Batch appends per message (fifth round)"; each value's type checked
+    docs/performance-history.md "Batch appends per message (fifth round)"; each value's type checked
     adds about 13). None for any other command, which the general form writes (and refuses
     as it does)."""
     if type(command) is not cmd.AppendBatch or command.producer_id is not None:
@@ -134,7 +134,7 @@ def _append_runs_bytes(commands: tuple[Any, ...]) -> bytes | None:
     its compact form: ``{"type":"APPEND_RUNS","runs":[[queue_id, appended_ms, [value, ...]],
     ...]}``, a run per stretch of appends to one queue with one stamp, each value embedded as
     it is stored: about 103 bytes per 102-byte value where the COMMAND_GROUP takes 185 to 192
-    (docs/performance.md, "A group of appends in runs"). None for any other group. Exactly
+    (docs/performance-history.md, "A group of appends in runs"). None for any other group. Exactly
     the bytes orjson writes for that object (``tests/test_append_runs.py``)."""
     runs: list[bytes] = []
     values: list[bytes] = []
@@ -175,7 +175,7 @@ def _reads_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
     """A COMMAND_GROUP of single READs (UPDATE_POSITION: what a leader groups under a READ
     load) as exactly the bytes orjson writes for its :func:`payload_to_obj` form, each READ
     formatted by hand and written once per run of one reader, where the general form goes
-    through the converter per READ (docs/performance.md, "Single READs: the leader's request
+    through the converter per READ (docs/performance-history.md, "Single READs: the leader's request
     path"). None for any other group. ``tests/test_read_leader_path.py`` holds both to the
     same bytes."""
     parts: list[bytes] = []

@@ -72,7 +72,7 @@ class Append:
     """One APPEND. Without ``__slots__``: attrs then fills the instance's ``__dict__`` in its
     ``__init__`` (0.35 µs) where a slotted frozen class calls ``object.__setattr__`` once per
     field (0.52 µs); one is built per APPEND and lives only while it is answered
-    (docs/performance.md, "The peer links' socket calls, and two constructors")."""
+    (docs/performance-history.md, "The peer links' socket calls, and two constructors")."""
 
     queue_name: str
     data: Any

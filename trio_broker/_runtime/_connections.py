@@ -5,8 +5,8 @@ serves a handler: it knows framing, sessions, authentication (docs/security.md),
 and backpressure, and nothing of what a request means. ``handle`` decides a request into an
 :class:`~._answer.Answer`; the server writes each answer once it is known, in request order.
 Every frame of one receive is decided before the next receive, and all the answers known at
-that moment leave in one write (docs/performance.md, "Batch per receive"): on TCP made by the
-task that learns they are known, as it settles them, else by the connection's writer task
+that moment leave in one write (docs/performance-history.md, "Batch per receive"): on TCP made by
+the task that learns they are known, as it settles them, else by the connection's writer task
 (:mod:`._writer`). A TCP connection's receives and writes go through
 :class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait.
 A little past the house's ~600 lines: the read loop's cases (limits, authentication, the hand-over
@@ -359,7 +359,7 @@ class ConnectionServer:
                     )
                 return True
             # A receive that is one whole frame (one request in flight) is taken at once;
-            # any other is buffered and cut frame by frame (docs/performance.md, "The leader
+            # any other is buffered and cut frame by frame (docs/performance-history.md, "The leader
             # loop per request").
             whole = decoder.take_whole(data)
             last = whole is not None

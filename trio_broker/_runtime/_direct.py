@@ -1,6 +1,7 @@
 """A connection's socket calls without a trip through trio's scheduler when they need not wait:
-a client's connection, and the peer links (outbound writes, inbound reads). docs/performance.md,
-"The leader's request path" and "The peer links' socket calls, and two constructors".
+a client's connection, and the peer links (outbound writes, inbound reads).
+docs/performance-history.md, "The leader's request path" and "The peer links' socket calls, and two
+constructors".
 
 trio's ``SocketStream.send_all`` and ``receive_some`` yield to the scheduler after every call
 that completed (a cancel-shielded checkpoint), and a receive that finds nothing tries, waits

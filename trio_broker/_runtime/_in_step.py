@@ -204,7 +204,7 @@ class InStep:
         ledger no longer holds the answered proposals, so nobody is answered twice and the
         disk-full path's "outcome unknown" does not reach them), by a rebuilt core after a
         failure of another kind, or from the log after a restart, on this broker and on
-        whichever leads next. Each gives the results already sent (docs/performance.md,
+        whichever leads next. Each gives the results already sent (docs/performance-history.md,
         "Answers before the apply's COMMIT")."""
         rd = self.node.ready()
         if not applies_only(rd, self._saved_term_vote):

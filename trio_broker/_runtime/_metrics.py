@@ -138,7 +138,7 @@ class BrokerMetrics:
         read (:meth:`fold`: by a scrape, the status page, or any read of :attr:`requests`,
         :attr:`rejected`, :attr:`latency` or the registry), or :data:`MAX_BACKLOG` writes
         wait: the series are then updated once per series for all of them, where each
-        write's update took a lock of the client library per series (docs/performance.md,
+        write's update took a lock of the client library per series (docs/performance-history.md,
         "The leader's request path without an object per APPEND")."""
         backlog = self._backlog
         backlog.append((tally, now))

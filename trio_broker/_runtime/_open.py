@@ -70,7 +70,8 @@ async def open_broker(
         assert security.client_context is not None
         network = TlsNetwork(network, security.server_context, security.client_context)
     async with storage(config.data_dir) as (worker, store):
-        # Before the core is built from the store's state (docs/reliability.md, "A reboot").
+        # Before the core is built from the store's state (docs/reliability.md, "A reboot votes
+        # only once it knows").
         await note_boot(worker, store, data_dir=str(config.data_dir))
         listeners, port = await network.listen(config.host, config.port)
         plaintext: list[trio.abc.Listener[Any]] = []

@@ -180,7 +180,7 @@ class _Link:
         here in one write, and the writer finds nothing when it runs. Without that, a
         replica's acknowledgement that followed a heartbeat's answer in one receive waited
         for the link's task (and its driver's turn to let it run) instead of leaving with
-        it (docs/performance.md, "The REPLICATE without waiting")."""
+        it (docs/performance-history.md, "The REPLICATE without waiting")."""
         if not self._ready:
             return True
         more, sock, write_some = self._more, self._socket, self._write_some

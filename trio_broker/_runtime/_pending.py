@@ -2,7 +2,7 @@
 them submitted together) and the driver's capacity.
 
 :meth:`~._driver.RaftDriver.propose_many` takes the requests of one receive in one call
-(docs/performance.md, "Submit a receive's requests in one call"): one charge of
+(docs/performance-history.md, "A receive's requests in one call"): one charge of
 :class:`Capacity` for all of them, and one :class:`PendingGroup` whose outcomes are filled in
 by index as the driver settles each. Either calls back once its outcomes are known
 (``when_done``): the connection then writes the answer (:mod:`._writer`).
@@ -190,7 +190,7 @@ class GroupRun:
     (indexes ``start`` to ``stop``), given as one: a sequence of :class:`RunAnswer` to whoever
     reads it as a list, and one entry of the connection's :class:`~._outbox.Outbox`, whose
     writer takes the appended messages' answers together (:meth:`appended`) instead of one
-    object, one call and one frame per answer (docs/performance.md, "The leader's
+    object, one call and one frame per answer (docs/performance-history.md, "The leader's
     pipelined appends"). Its requests are of one operation (``Runs.handle_many`` makes one
     for a run of APPENDs only): the writer counts them for the metrics under the first's."""
 
@@ -319,7 +319,7 @@ class Pending:
 
     Its ``trio.Event`` is made only when a task waits for it (:meth:`wait`): a connection's
     answer is written from :meth:`when_done`'s callback, so most outcomes are never awaited
-    (one per request at one request in flight: docs/performance.md, "The leader loop per
+    (one per request at one request in flight: docs/performance-history.md, "The leader loop per
     request (sixth round)")."""
 
     __slots__ = ("_done", "_event", "_notify", "result")

@@ -45,7 +45,7 @@ class Proposing:
             )
         # (as propose_many: the unit taken at once when free, no coroutine to take it; the
         # leader read once, and the disk asked only when it is not OK, as DiskSpace.refusal
-        # refuses nothing then: one lone request each, docs/performance.md, "The leader's
+        # refuses nothing then: one lone request each, docs/performance-history.md, "The leader's
         # request path (seventh round)")
         capacity = self._capacity
         if not capacity.take(1):

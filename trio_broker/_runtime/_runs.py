@@ -1,4 +1,4 @@
-"""The requests of one receive decided together (docs/performance.md, "A receive's requests
+"""The requests of one receive decided together (docs/performance-history.md, "A receive's requests
 in one call").
 
 The connection hands :meth:`Runs.handle_many` every request of one receive it lets through.
@@ -254,7 +254,7 @@ class Runs:
 
     async def _handle_one(self, request: Request | PlainAppend, session: Session | None) -> Answer:
         """A lone request: the original contract's APPEND checked and proposed here (as a
-        run of one would be, without the run's lists: docs/performance.md, "One request in
+        run of one would be, without the run's lists: docs/performance-history.md, "One request in
         flight"), anything else decided by :attr:`handle`."""
         if type(request) is tuple:  # (a PlainAppend: its value written already)
             queue, data, value = request

@@ -3,8 +3,8 @@
 A hand-off to the storage thread and back costs two cross-thread wake-ups, more than a short
 transaction, and the loop has little to do meanwhile; a long one, or one whose fsync may be
 slow, goes to the thread so that the loop keeps serving reads and heartbeat answers
-(docs/performance.md, "Cycles per sequential append"). The driver (:mod:`._driver`) asks these
-rules for each Ready, in its one order.
+(docs/performance-history.md, "Cycles per sequential append"). The driver (:mod:`._driver`) asks
+these rules for each Ready, in its one order.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ entry of 512 appends with the apply of the one before takes 2.5-2.7 ms (median; 
 its fsync included; 256: 1.1-1.5; ``benchmarks/short_save.py``), so 640 holds the loop about
 3.5 ms on a quiet disk, one slow fsync at worst (SLOW_FSYNC), far below the heartbeat
 interval (0.2 s), and keeps the groups of a full pipeline of 512 requests (and a
-few more) off the hand-off to the storage thread (docs/performance.md, "Per-Ready passes and
+few more) off the hand-off to the storage thread (docs/performance-history.md, "Per-Ready passes and
 the collector")."""
 SHORT_WEIGHT = 4096
 """At most this many messages read or written by the commands applied (:func:`apply_weight`)
@@ -49,8 +49,8 @@ APPLY_AHEAD = 256
 write more messages than this (:func:`apply_weight`) acknowledges the new entries before it
 applies (``RaftDriver._persist_after_frames``): the leader's commit of the next entries then
 waits for the replica's fsync only, not for its apply of the entries before them (batched
-READs: 1,000 values read per READ on every broker; docs/performance.md, "Batched READs: where
-a request's time goes")."""
+READs: 1,000 values read per READ on every broker; docs/performance-history.md, "Batched READs:
+where a request's time goes")."""
 SLOW_FSYNC = 0.02
 """A durable transaction runs on the event loop's thread only while the last one took less than
 this (seconds): a slow or stalled disk never holds the loop (reads, heartbeat answers) more

@@ -63,8 +63,8 @@ class Sender(Protocol):
 HELD_PER_COMMAND = 192
 """Bytes a command held in the in-memory log costs beyond what ``data_size`` counts for it
 (the count of a group gives each command 64): a decoded APPEND of 100 bytes holds about 326
-bytes and a READ about 196 (``tracemalloc``, docs/performance.md, "Peak broker RSS"), so 64 +
-192 per command bounds both."""
+bytes and a READ about 196 (``tracemalloc``, docs/performance-history.md, "Peak broker RSS"), so
+64 + 192 per command bounds both."""
 
 
 def held_size(payload: object) -> int:

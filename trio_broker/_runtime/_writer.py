@@ -1,5 +1,5 @@
 """One connection's answers written in request order (:mod:`._connections`), and, on a TCP
-connection, written by whoever learns they are known (docs/performance.md, "One request in
+connection, written by whoever learns they are known (docs/performance-history.md, "One request in
 flight: answers written as they are settled").
 
 The connection's reader queues each answer in the :class:`~._outbox.Outbox`; every answer

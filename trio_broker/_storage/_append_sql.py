@@ -6,7 +6,7 @@ that find such runs in a group (:func:`_one_run`, :func:`_plain_append`, :func:`
 
 Used by :mod:`._queue_sql` (``_apply_one`` and ``_apply_group``), which it does not import:
 the dependency goes one way. Why a run is applied this way, and what it gave:
-docs/performance.md, "Columnar runs of appends"; ``tests/test_colrun.py`` checks that a run
+docs/performance-history.md, "Columnar runs of appends"; ``tests/test_colrun.py`` checks that a run
 stores exactly what applying each append alone stores.
 """
 
@@ -157,7 +157,7 @@ def _appended_run(first: int, count: int) -> list[Result]:
     (``object.__setattr__`` per field), its slots set through their descriptors ("A replica's
     CPU per append (third round)": 0.27 -> 0.20 us each), and since the seventh round in
     passes of ``map`` in C over the run (the objects, then each slot), not a Python call per
-    result: 256 results, 0.195 -> 0.157 us each (median of thread CPU; docs/performance.md,
+    result: 256 results, 0.195 -> 0.157 us each (median of thread CPU; docs/performance-history.md,
     "A replica's per-append path (seventh round)")."""
     results: list[Result] = list(map(_new_result, repeat(MessageAppended, count)))
     _consume(map(_set_sequence_num, results, range(first, first + count)))

@@ -71,7 +71,7 @@ def checked_sizes(db: apsw.Connection, queue_id: str, seqs: range) -> list[int] 
     None when some is not whole and intact (nothing noted: the caller takes the checking
     path). For reads nobody waits for: a ``READ_RECORDS`` (:func:`budgeted_read`) and the
     messages a ``GROUP_READ`` hands out for the first time (``_work_sql._group_read``).
-    (Sizes remembered from an earlier check were tried and removed: docs/performance.md,
+    (Sizes remembered from an earlier check were tried and removed: docs/performance-history.md,
     "Byte-bounded READs on replicas".)"""
     columns = intact_columns(db, queue_id, seqs.start, seqs.stop - 1)
     if columns is None:

@@ -156,12 +156,12 @@ _INSERT = (
 )
 _CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 """Rows per ``INSERT`` statement: one statement of many rows costs SQLite and apsw less than
-``executemany``'s step per row (100 values: 1.3 -> 0.7 µs each, docs/performance.md "Batches
+``executemany``'s step per row (100 values: 1.3 -> 0.7 µs each, docs/performance-history.md "Batches
 in and out"). Every count is cut into statements of these sizes, largest first (at most one
 of each size below 64), never ``executemany``: 4 rows left after 96 cost 1.8 µs each through
-``executemany`` and 1.3 in one statement, and one row 3.3 against 2.9 µs (docs/performance.md,
-"Batch appends: every broker's µs per message"). Seven statement texts per shape, which apsw's
-cache keeps."""
+``executemany`` and 1.3 in one statement, and one row 3.3 against 2.9 µs
+(docs/performance-history.md, "Batch appends: every broker's µs per message"). Seven statement texts
+per shape, which apsw's cache keeps."""
 
 
 def _chunk_spans(count: int) -> list[tuple[int, int]]:
@@ -310,7 +310,7 @@ _READ_VALUES = (
 index on ``(queue_number, sequence_num)`` (``EXPLAIN QUERY PLAN``: ``SEARCH queue_data USING
 INDEX sqlite_autoindex_queue_data_1``), so the rows come in sequence order without a sort,
 and the plan with ``ORDER BY`` (the same bytecode but a ``Noop``) cost 6.5 µs per execution
-of one row against 1.9 µs without (docs/performance.md, "A single READ on the leader").
+of one row against 1.9 µs without (docs/performance-history.md, "A single READ on the leader").
 Nothing depends on the order for correctness: :func:`_intact_run` takes the rows only when
 each is the next one expected, and otherwise :func:`read_values` places each row by its
 sequence number (tests/test_read_leader.py)."""
@@ -386,7 +386,8 @@ _READ_DATA = (
 def read_data(db: apsw.Connection, queue_id: str, seq: int) -> bytes:
     """The bytes of message ``seq`` of a queue (retained: it must be there), checked: what
     ``read_values(db, queue_id, seq, seq)`` gives for it, for a single READ (one row sought by
-    its key, no list or tuple per row; docs/performance.md, "A single READ on the leader")."""
+    its key, no list or tuple per row; docs/performance-history.md, "A single READ on the
+    leader")."""
     try:
         row = db.execute(_READ_DATA, (queue_id, seq)).fetchone()
     except DAMAGE_ERRORS as exc:

@@ -104,7 +104,7 @@ def apply_command(
     messages it hands out for the first time the same way (``_budget_reads.checked_sizes``).
     """
     if type(command) is ReadNext:
-        # The usual READ, its own path (docs/performance.md, "A single READ on the leader"):
+        # The usual READ, its own path (docs/performance-history.md, "A single READ on the leader"):
         # no savepoint, as below.
         try:
             return _read_next(db, command, unchecked)

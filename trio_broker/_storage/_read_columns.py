@@ -1,6 +1,6 @@
 """A range of a queue's messages read as columns, checked over the columns, and answered from
 them: what a batched read (``READ_RECORDS``, with or without a byte budget) costs per message
-on the leader and where nobody waits (docs/performance.md, "Byte-bounded READs on replicas"
+on the leader and where nobody waits (docs/performance-history.md, "Byte-bounded READs on replicas"
 and "Batched READs on the leader: columns instead of objects").
 
 :func:`intact_columns` reads and checks the values as strictly as
@@ -103,10 +103,10 @@ class Deliveries(Sequence[Delivery]):
     """A ``READ_RECORDS``' deliveries as columns: its sequence numbers, their bytes and their
     decoded headers, each :class:`Delivery` made only if looked at (building 1,000 frozen
     :class:`Delivery` objects cost 0.73 µs each, about half of the whole read before:
-    docs/performance.md, "Byte-bounded READs on replicas"). Without ``datas`` (a read applied
-    for nobody: the answer reaches nobody; on a replica the read path's views only ask whether
-    it is empty), every message has empty bytes; without ``headers``, none has headers. Equal
-    to the tuple of the same deliveries (``delivery_count`` 1: a per-client read)."""
+    docs/performance-history.md, "Byte-bounded READs on replicas"). Without ``datas`` (a read
+    applied for nobody: the answer reaches nobody; on a replica the read path's views only ask
+    whether it is empty), every message has empty bytes; without ``headers``, none has headers.
+    Equal to the tuple of the same deliveries (``delivery_count`` 1: a per-client read)."""
 
     __slots__ = ("datas", "headers", "seqs")
 

@@ -225,12 +225,12 @@ def _v6(db: apsw.Connection) -> None:
         db.create_scalar_function("trio_entry_checksum", None)
 
 
-# Version 7: the queue rows' key is the queue's number, not its id's text (docs/performance.md,
-# "The queue rows' key (sixth round)"): the unique index on `(queue_id, sequence_num)` cost
-# more per value than anything else a row holds. Each queue gets a number unique in this
-# database (`queue_number`: the largest a live queue holds plus one at CREATE_QUEUE, so the
-# number of the queue last made is taken again once that queue is deleted: DELETE_QUEUE deletes
-# its rows in the same transaction, and nothing else holds a number), which
+# Version 7: the queue rows' key is the queue's number, not its id's text
+# (docs/performance-history.md, "The queue rows' key (sixth round)"): the unique index on
+# `(queue_id, sequence_num)` cost more per value than anything else a row holds. Each queue gets a
+# number unique in this database (`queue_number`: the largest a live queue holds plus one at
+# CREATE_QUEUE, so the number of the queue last made is taken again once that queue is deleted:
+# DELETE_QUEUE deletes its rows in the same transaction, and nothing else holds a number), which
 # never goes on the wire or into a checksum: brokers upgrade at different applied indexes and
 # a snapshot installs its leader's numbers, so a queue's number differs from broker to broker.
 # The rows keep everything else, their checksums included (which cover the queue id). A row

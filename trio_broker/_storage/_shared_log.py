@@ -366,7 +366,7 @@ def own_save(store: Any, **save: Any) -> list[Any]:
     its own), and no shared-log row. A row is worth its cost only when several groups' saves
     share its fsync: alone, it is a second commit (the entries' bytes written again, the
     shared log's pages, its fsync) before the group's own at ``NORMAL``, about 100 µs of CPU
-    more than this one commit (docs/performance.md, "Several groups' saves of one receive
+    more than this one commit (docs/performance-history.md, "Several groups' saves of one receive
     (seventh round)"). Such a transaction also records the group's last row as the file's
     ``shared_seq``: every row of the group is older than it, so a restart replays none over
     it (the row of a save whose transaction failed and whose drop failed too included)."""

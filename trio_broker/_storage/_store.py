@@ -452,7 +452,7 @@ class Store:
         inside the transaction, just before its COMMIT: for a transaction that only applies
         entries already durable on a majority (never one that makes anything durable: a
         ``ValueError`` then), so that their answers leave without waiting for the COMMIT
-        (docs/performance.md, "Answers before the apply's COMMIT"). It must not raise and
+        (docs/performance-history.md, "Answers before the apply's COMMIT"). It must not raise and
         must not touch this store; whatever it does stays done if the COMMIT then fails.
         """
         db = self._db
