@@ -23,6 +23,7 @@ from tests.test_shared_log import QUEUE, Broker, Group, imaged_broker, number
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime import _driver
+from trio_broker._storage import _store
 from trio_broker._storage._shared_log import TurnCommitter
 from trio_broker._storage._worker import StorageWorker
 from trio_broker.testing import open_local_cluster
@@ -181,17 +182,17 @@ def lone_save(
     save = group.propose([Broker._append(n) for n in numbers])
     if fail:
         store = group.store
-        real = store._set_meta
+        real = _store.stored_entry
 
-        def broken(items: dict[str, Any]) -> None:
+        def broken(entry: Any) -> Any:  # (its entries' rows: inside the transaction)
             raise apsw.FullError("injected: the group's file is full")
 
-        store._set_meta = broken  # type: ignore[method-assign]
+        _store.stored_entry = broken
         try:
             with pytest.raises(apsw.FullError):
                 save(stage=None)
         finally:
-            store._set_meta = real  # type: ignore[method-assign]
+            _store.stored_entry = real
         assert store._pending_seq is None
     save(stage=None)
     if split:

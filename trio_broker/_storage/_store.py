@@ -112,6 +112,10 @@ class Store:
             self._shared_last = 0
             self._incarnation = ""
             attach_store(self, shared, vfs)
+            self._marked = self._shared_last
+            """The ``shared_seq`` this file's last committed transaction holds (the mark
+            :func:`~._shared_log.attach` found or wrote, then each save's): a save whose mark
+            equals it does not write it again."""
             sync_new_files(self.data_dir)
             self._log_damage = check_log(self._db, self.get_meta("snapshot_index", 0))
         except BaseException:
@@ -514,11 +518,15 @@ class Store:
                         results.append(None)
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
-                if mark:
+                if mark and mark != self._marked:
+                    # (unchanged, not written again: the commit that wrote it is earlier in
+                    # this file's WAL, so this one's fsync makes it durable too)
                     self._set_meta({"shared_seq": mark})
                 if before_commit is not None:
                     before_commit(results)
             self._pending_seq = None
+            if mark:
+                self._marked = mark
             if hard_state is not None:
                 self._written = hard_state
             self.unchecked_met = met
