@@ -248,18 +248,23 @@ _response_new = object.__new__
         "probe",
     )
 )
-if [field.name for field in attrs.fields(rm.ReplicateResponse)] != [
-    "src",
-    "dst",
-    "term",
-    "cluster_version",
-    "success",
-    "match_index",
-    "rejected_index",
-    "hint_index",
-    "hint_term",
-    "probe",
-] or any(field.validator or field.converter for field in attrs.fields(rm.ReplicateResponse)):
+if (
+    [field.name for field in attrs.fields(rm.ReplicateResponse)]
+    != [
+        "src",
+        "dst",
+        "term",
+        "cluster_version",
+        "success",
+        "match_index",
+        "rejected_index",
+        "hint_index",
+        "hint_term",
+        "probe",
+    ]
+    or any(field.validator or field.converter for field in attrs.fields(rm.ReplicateResponse))
+    or hasattr(rm.ReplicateResponse, "__attrs_post_init__")
+):
     raise ImportError("_replicate_response_from_obj sets ReplicateResponse's fields: update it")
 
 
@@ -293,7 +298,7 @@ def _replicate_response_from_obj(obj: dict[str, Any]) -> rm.ReplicateResponse | 
     ):
         return None
     # (Each slot through its descriptor, as attrs' frozen __init__ sets it, without the
-    # keyword call: the class has no validator or converter, checked at import.)
+    # keyword call: the class has no validator, converter or post-init, checked at import.)
     made = _response_new(rm.ReplicateResponse)
     _SET_SRC(made, src)
     _SET_DST(made, dst)
