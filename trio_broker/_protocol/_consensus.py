@@ -194,6 +194,125 @@ def _replicate_from_obj(
     )
 
 
+def _replicate_response_to_obj(m: rm.ReplicateResponse) -> dict[str, Any] | None:
+    """A REPLICATE_RESPONSE's frame object by hand, ``operation`` first: the dict the
+    converter's generated function writes (the same keys in the same order, ``probe`` left
+    out when 0), without its calls per field. Every REPLICATE is answered with one, on each
+    replica (docs/performance.md, "Pipelined appends and 100 connections (eighth round)").
+    None when a sender or receiver is not a plain ``str`` or ``success`` not a ``bool``: the
+    converter decides those, as before."""
+    src, dst, success = m.src, m.dst, m.success
+    if type(src) is not str or type(dst) is not str or type(success) is not bool:
+        return None
+    obj = {
+        "operation": "REPLICATE_RESPONSE",
+        "broker_id": src,
+        "to": dst,
+        "term": m.term,
+        "cluster_version": m.cluster_version,
+        "status": "success" if success else "rejected",
+        "match_index": m.match_index,
+        "rejected_index": m.rejected_index,
+        "hint_index": m.hint_index,
+        "hint_term": m.hint_term,
+    }
+    if m.probe != 0:
+        obj["probe"] = m.probe
+    return obj
+
+
+_response_new = object.__new__
+(
+    _SET_SRC,
+    _SET_DST,
+    _SET_TERM,
+    _SET_VERSION,
+    _SET_SUCCESS,
+    _SET_MATCH,
+    _SET_REJECTED,
+    _SET_HINT_INDEX,
+    _SET_HINT_TERM,
+    _SET_PROBE,
+) = (
+    rm.ReplicateResponse.__dict__[field].__set__
+    for field in (
+        "src",
+        "dst",
+        "term",
+        "cluster_version",
+        "success",
+        "match_index",
+        "rejected_index",
+        "hint_index",
+        "hint_term",
+        "probe",
+    )
+)
+if (
+    [field.name for field in attrs.fields(rm.ReplicateResponse)]
+    != [
+        "src",
+        "dst",
+        "term",
+        "cluster_version",
+        "success",
+        "match_index",
+        "rejected_index",
+        "hint_index",
+        "hint_term",
+        "probe",
+    ]
+    or any(field.validator or field.converter for field in attrs.fields(rm.ReplicateResponse))
+    or hasattr(rm.ReplicateResponse, "__attrs_post_init__")
+):
+    raise ImportError("_replicate_response_from_obj sets ReplicateResponse's fields: update it")
+
+
+def _replicate_response_from_obj(obj: dict[str, Any]) -> rm.ReplicateResponse | None:
+    """A REPLICATE_RESPONSE's frame object read by hand when each field the converter reads
+    is of its exact type (the senders and ``status`` strings, every number an ``int``, the
+    optional ones absent or ``int``): the message the converter's generated function makes of
+    it, without its per-field ``try`` blocks, error notes and keyword call. None for any other
+    object: the converter reads it, with its answer or its error, as before."""
+    src = obj.get("broker_id")
+    dst = obj.get("to")
+    term = obj.get("term")
+    version = obj.get("cluster_version")
+    status = obj.get("status")
+    match = obj.get("match_index", 0)
+    rejected = obj.get("rejected_index", 0)
+    hint_index = obj.get("hint_index", 0)
+    hint_term = obj.get("hint_term", 0)
+    probe = obj.get("probe", 0)
+    if (
+        type(src) is not str
+        or type(dst) is not str
+        or type(status) is not str
+        or type(term) is not int
+        or type(version) is not int
+        or type(match) is not int
+        or type(rejected) is not int
+        or type(hint_index) is not int
+        or type(hint_term) is not int
+        or type(probe) is not int
+    ):
+        return None
+    # (Each slot through its descriptor, as attrs' frozen __init__ sets it, without the
+    # keyword call: the class has no validator, converter or post-init, checked at import.)
+    made = _response_new(rm.ReplicateResponse)
+    _SET_SRC(made, src)
+    _SET_DST(made, dst)
+    _SET_TERM(made, term)
+    _SET_VERSION(made, version)
+    _SET_SUCCESS(made, status == "success")
+    _SET_MATCH(made, match)
+    _SET_REJECTED(made, rejected)
+    _SET_HINT_INDEX(made, hint_index)
+    _SET_HINT_TERM(made, hint_term)
+    _SET_PROBE(made, probe)
+    return made
+
+
 # -- the union -----------------------------------------------------------------------------------
 
 
@@ -208,6 +327,10 @@ def message_to_obj(message: rm.Message, runs: bool = False) -> dict[str, Any]:
         raise LocalProtocolError(f"cannot encode message {message!r}")
     if cls is rm.PromoteToLeader:
         return _replicate_to_obj(message, name, runs)  # type: ignore[arg-type]
+    if cls is rm.ReplicateResponse:
+        obj = _replicate_response_to_obj(message)  # type: ignore[arg-type]
+        if obj is not None:
+            return obj
     body = {"operation": name, **_unstructure[cls](message)}
     extra = _EXTRA.get(cls)
     if extra is not None:
@@ -223,7 +346,11 @@ def message_from_obj(obj: dict[str, Any], encoded: list[bytes] | None = None) ->
     if cls is None:
         raise RemoteProtocolError(f"unknown peer operation {op!r}")
     try:
-        if cls is rm.Replicate or cls is rm.PromoteToLeader:
+        if cls is rm.ReplicateResponse:
+            read = _replicate_response_from_obj(obj)
+            if read is not None:
+                return read
+        elif cls is rm.Replicate or cls is rm.PromoteToLeader:
             return _replicate_from_obj(obj, cls, encoded)
         return _structure[cls](obj, cls)
     except RemoteProtocolError:

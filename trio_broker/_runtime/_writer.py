@@ -107,13 +107,18 @@ class AnswerWriter:
         outbox = self._outbox
         answers = outbox.answers
         io = self._io
+        on_known = self._on_known
         try:
+            # A head not known yet (the reader's kick after it queued a proposal's answer:
+            # once per request at one request in flight) registers at once: ``when_known``
+            # is True only for an answer not known now, of which ``_take`` takes nothing, so
+            # its ``frame`` and ``known`` before the same registration were calls for nothing.
+            if answers and on_known is not None and answers[0][0].when_known(on_known):
+                return
             while answers:
                 taken = self._take()
                 if taken is None:  # the head is not known yet
-                    if not (
-                        self._on_known is not None and answers[0][0].when_known(self._on_known)
-                    ):
+                    if not (on_known is not None and answers[0][0].when_known(on_known)):
                         self._wake()
                     return
                 out, size, charged, count = taken
