@@ -582,16 +582,18 @@ def _appends_of_run(queue: str, stamp: int, datas: tuple[bytes, ...]) -> list[cm
 def encode_payload(payload: Any, runs: bool = False) -> bytes:
     """A log entry's payload as the bytes stored in the on-disk log; with ``runs``, a group
     of plain appends in its compact ``APPEND_RUNS`` form (for a group whose every member
-    reads it: the caller decides, ``payload_bytes``)."""
+    reads it: the caller decides, ``payload_bytes``). An object of its size: the general
+    form's bytes are copied (orjson's result keeps its 4 KiB buffer, ``dumps_value``), the
+    hand-written ones, made by a join or a ``%`` and large, are not."""
     written = _hand_written(payload, runs)
     if written is not None:
         return written
-    return orjson.dumps(payload_to_obj(payload))
+    return memoryview(orjson.dumps(payload_to_obj(payload))).tobytes()
 
 
 def _hand_written(payload: Any, runs: bool) -> bytes | None:
-    """:func:`encode_payload`'s bytes for the payloads ``_group_bytes`` writes by hand (each
-    an object of its own size, made by a join or a ``%``); None for any other."""
+    """:func:`encode_payload`'s bytes for the payloads ``_group_bytes`` writes by hand; None
+    for any other."""
     if type(payload) is cmd.CommandGroup:
         commands = payload.commands
         written = _append_runs_bytes(commands) if runs else None
@@ -639,10 +641,7 @@ def payload_bytes(entry: rm.Entry, runs: bool = False) -> bytes:
     """
     encoded = entry.encoded
     if encoded is None:
-        encoded = _hand_written(entry.payload, runs)
-        if encoded is None:  # (copied to an object of its size: orjson's result keeps its
-            # 4 KiB buffer, dumps_value; a hand-written one is of its size, and large)
-            encoded = memoryview(orjson.dumps(payload_to_obj(entry.payload))).tobytes()
+        encoded = encode_payload(entry.payload, runs)  # (an object of its size)
         entry.remember_encoded(encoded, entry_checksum(entry.term, entry.index, encoded))
     return encoded
 
