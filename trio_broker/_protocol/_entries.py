@@ -582,22 +582,31 @@ def _appends_of_run(queue: str, stamp: int, datas: tuple[bytes, ...]) -> list[cm
 def encode_payload(payload: Any, runs: bool = False) -> bytes:
     """A log entry's payload as the bytes stored in the on-disk log; with ``runs``, a group
     of plain appends in its compact ``APPEND_RUNS`` form (for a group whose every member
-    reads it: the caller decides, ``payload_bytes``)."""
+    reads it: the caller decides, ``payload_bytes``). An object of its size: the general
+    form's bytes are copied (orjson's result keeps its 4 KiB buffer, ``dumps_value``), the
+    hand-written ones, made by a join or a ``%`` and large, are not."""
+    written = _hand_written(payload, runs)
+    if written is not None:
+        return written
+    return memoryview(orjson.dumps(payload_to_obj(payload))).tobytes()
+
+
+def _hand_written(payload: Any, runs: bool) -> bytes | None:
+    """:func:`encode_payload`'s bytes for the payloads ``_group_bytes`` writes by hand; None
+    for any other."""
     if type(payload) is cmd.CommandGroup:
-        written = _append_runs_bytes(payload.commands) if runs else None
+        commands = payload.commands
+        written = _append_runs_bytes(commands) if runs else None
         if written is None:
-            written = _appends_group_bytes(payload.commands)
+            written = _appends_group_bytes(commands)
         if written is None:
-            written = _batches_group_bytes(payload.commands)
+            written = _batches_group_bytes(commands)
         if written is None:
-            written = _reads_group_bytes(payload.commands)
-        if written is not None:
-            return written
-    elif type(payload) is cmd.AppendBatch:
-        written = _batch_bytes(payload)
-        if written is not None:
-            return written
-    return orjson.dumps(payload_to_obj(payload))
+            written = _reads_group_bytes(commands)
+        return written
+    if type(payload) is cmd.AppendBatch:
+        return _batch_bytes(payload)
+    return None
 
 
 def decode_payload(raw: bytes) -> Any:
@@ -632,8 +641,7 @@ def payload_bytes(entry: rm.Entry, runs: bool = False) -> bytes:
     """
     encoded = entry.encoded
     if encoded is None:
-        # Copied to an object of its size: orjson's result keeps its 4 KiB buffer (dumps_value).
-        encoded = memoryview(encode_payload(entry.payload, runs)).tobytes()
+        encoded = encode_payload(entry.payload, runs)  # (an object of its size)
         entry.remember_encoded(encoded, entry_checksum(entry.term, entry.index, encoded))
     return encoded
 
