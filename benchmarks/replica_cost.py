@@ -13,8 +13,8 @@ directory (fsync on, as in the broker):
   transaction (what a replica's Ready does under load: the commit index rides on the next
   REPLICATE), split into the same save without the apply and the apply's difference;
 - views: the applied group told to the in-memory views (``applied_group`` over the read
-  path's and the broker's callbacks, as ``Broker`` builds them) and the snapshot's byte count
-  (``data_size``);
+  path's and the broker's callbacks, as ``Broker`` builds them; the snapshot's byte count is
+  ``held_size``, under walks);
 - ack: the REPLICATE_RESPONSE encoded;
 - walks: what the driver and the snapshot room read of every command per Ready besides
   (``apply_weight`` twice, as ``_persist_after_frames`` asks it for ``APPLY_AHEAD`` and
@@ -45,7 +45,6 @@ from typing import Any
 from trio_broker._cli._node import GC_THRESHOLDS
 from trio_broker._core import _commands as cmd
 from trio_broker._core import _raft_messages as rm
-from trio_broker._core._commands import data_size
 from trio_broker._protocol._codec import dumps_value
 from trio_broker._protocol._consensus import encode_message, message_from_payload
 from trio_broker._protocol._entries import payload_bytes
@@ -209,7 +208,6 @@ def main() -> None:
                 def views() -> None:
                     for e, result in zip(committed, results, strict=True):  # noqa: B023
                         told(e.payload.commands, result.results)
-                        data_size(e.payload)
 
                 viewed, _ = _timed(views)
                 ack = rm.ReplicateResponse(
