@@ -10,7 +10,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
 
 from tests.long_runs import LONG
