@@ -197,8 +197,10 @@ def test_a_failed_saves_row_whose_delete_failed_goes_with_the_groups_next_row(
 
 # -- the runner ----------------------------------------------------------------------------------
 
-FAST = [(3, 1), (8, 1), (11, 1)]
-"""(seed, cuts): a few seeds with every kind of fault, short enough for the default suite."""
+FAST = [(9, 1), (11, 1), (12, 1)]
+"""(seed, cuts): a few short seeds for the default suite; 9 and 12 lost acknowledged appends
+before a failed COMMIT's open transaction was rolled back (their stores' resets to FULL
+refused, the later saves savepoints never committed)."""
 
 
 @pytest.mark.parametrize(("seed", "cuts"), FAST)
