@@ -113,6 +113,16 @@ CREATE TABLE IF NOT EXISTS shared_entries (
 """
 
 
+def roll_back_open(db: Any) -> None:
+    """After a failed COMMIT: roll back the transaction if SQLite left it open (it may, after
+    ``SQLITE_BUSY`` or when apsw's own rollback fails too). Left open, every later ``with
+    db:`` would be a savepoint inside it, never committed, and ``PRAGMA synchronous`` would be
+    refused (a store left at ``NORMAL``)."""
+    open_ = getattr(db, "getautocommit", None)  # (a test's stand-in for the log may lack it)
+    if open_ is not None and not open_():
+        db.execute("ROLLBACK")
+
+
 class SharedLog:
     """The broker's shared log: synchronous, used on the storage thread only."""
 
@@ -197,8 +207,12 @@ class SharedLog:
     def forget(self, incarnation: str, through: int | None = None) -> None:
         """Delete one group's rows (those up to ``through``, or all), in their own
         transaction."""
-        with self._db:
-            self._forget(incarnation, through)
+        try:
+            with self._db:
+                self._forget(incarnation, through)
+        except BaseException:
+            roll_back_open(self._db)
+            raise
 
     def _forget(self, incarnation: str, through: int | None) -> None:
         db = self._db
@@ -234,9 +248,16 @@ class SharedLog:
             for inc, store in sorted(self.members.items())
             if inc in holding
         ]
-        with self._db:
-            for inc, mark in marks:
-                self._forget(inc, mark)
+        try:
+            with self._db:
+                for inc, mark in marks:
+                    self._forget(inc, mark)
+        except BaseException:
+            roll_back_open(self._db)
+            raise
+        for inc, mark in marks:
+            store = self.members[inc]
+            store._abandoned = {seq for seq in store._abandoned if seq > mark}
         (self.rows,) = self._db.execute("SELECT count(*) FROM shared_ops").fetchone()
         self._kept = self.rows
 
@@ -299,6 +320,7 @@ def attach_store(store: Any, shared: SharedLog | None, vfs: str | None) -> None:
     """At a store's open: with ``shared``, :func:`attach` it (and note it for trims); without,
     a group file that last ran with a shared log takes back what it lacks from it (if the
     file is there: ``python -m trio_broker data`` on a stopped broker) and then stands alone."""
+    store._abandoned = set()  # (rows of failed saves whose delete failed: abandon_save)
     if shared is not None:
         store._incarnation, store._shared_last = attach(store._db, shared, store._set_meta)
         shared.members[store._incarnation] = store
@@ -333,6 +355,11 @@ def journal_save(
     from ._store import _hard_state_items
 
     hard = None if hard_state is None else _hard_state_items(hard_state, None)
+    for seq in store._abandoned:
+        # A failed save's row whose delete failed: deleted with this row or not at all, so
+        # that a redo never replays it before this one (entries the group never committed,
+        # under a later row that does not truncate them: a log whose terms go down).
+        shared.drop(seq)
     # (the group's last row only once the shared log's commit returned: its apply stage; a
     # commit that fails rolls the row back, and its number is handed out again)
     store._pending_seq = shared.write(store._incarnation, truncate_from, entries, hard)
@@ -343,6 +370,8 @@ def abandon_save(store: Any) -> None:
     log's transaction)."""
     seq, store._pending_seq = store._pending_seq, None
     if seq is not None:
+        # (kept until a trim or a mark covers it: this delete may fail, or its commit)
+        store._abandoned.add(seq)
         store._shared.drop(seq)
 
 
@@ -541,6 +570,7 @@ class TurnCommitter:
                     except Exception as exc:
                         failed[i] = outcome.Error(exc)
         except Exception as exc:  # the commit itself failed: nothing of it is durable
+            roll_back_open(log.transaction)
             return [outcome.Error(exc) for _ in batch]  # (an Outcome is unwrapped once)
         results = [
             failed[i] if i in failed else outcome.capture(job.save, stage="apply")
@@ -555,9 +585,12 @@ class TurnCommitter:
             # A save whose own transaction failed drops its row: its driver saves again (the
             # same Ready) or restarts from the group's file, which lacks it; replayed later,
             # the row would put back entries the restarted core no longer counts on.
-            with contextlib.suppress(apsw.Error), log.transaction:
-                for job in abandoned:
-                    job.save(stage="abandon")
+            try:
+                with log.transaction:
+                    for job in abandoned:
+                        job.save(stage="abandon")
+            except apsw.Error:
+                roll_back_open(log.transaction)
         if trim:
             with contextlib.suppress(apsw.Error):  # (rows kept: the next turn trims again)
                 log.maybe_trim()

@@ -56,7 +56,7 @@ from ._integrity import (
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
 from ._schema import WORK_TABLES, upgrade
-from ._shared_log import SharedLog, attach_store, shared_stage
+from ._shared_log import SharedLog, attach_store, roll_back_open, shared_stage
 from ._work_queries import next_lease_deadline, queue_id_for_name
 
 _STATE_TABLES = ("queues", "queue_data", "client_positions", "brokers", "producers", *WORK_TABLES)
@@ -96,6 +96,9 @@ class Store:
         :meth:`save`: reads whose effect does not depend on the values' bytes are then applied
         over damage (``_queue_sql.apply_command``); :attr:`unchecked_met` lists where."""
         self.unchecked_met: list[tuple[str, int]] = []
+        self._at_normal = False
+        """A save's reset of ``synchronous`` from ``NORMAL`` to ``FULL`` failed: the next
+        commit that must be durable sets ``FULL`` first (:meth:`_full_again`)."""
         self._lock = DirLock(self.data_dir)
         path = str(self.data_dir / DB_FILE)
         try:
@@ -152,10 +155,23 @@ class Store:
     def sync_shared(self) -> int:
         """Commit at ``FULL`` (the file's WAL synced: every earlier commit durable); returns
         the last shared-log row the file now durably reflects."""
-        mark = self.get_meta("shared_seq", 0)
-        with self._db:
-            self._set_meta({"shared_synced": mark})
+        # Every row of this group up to its last is reflected here or was never committed here
+        # (its save failed, and the delete of its row perhaps too): marked, none is replayed.
+        mark = max(self.get_meta("shared_seq", 0), self._shared_last)
+        self._full_again()
+        try:
+            with self._db:
+                self._set_meta({"shared_synced": mark, "shared_seq": mark})
+        except BaseException:
+            roll_back_open(self._db)
+            raise
         return mark
+
+    def _full_again(self) -> None:
+        """Back to ``synchronous = FULL`` if a save's reset from ``NORMAL`` failed."""
+        if self._at_normal:
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._at_normal = False
 
     def _is_durable(
         self,
@@ -487,9 +503,12 @@ class Store:
             mark = self._shared_last if durable else self._pending_seq
         if before_commit is not None and (durable or entries or truncate_from is not None):
             raise ValueError("an answer before COMMIT only for an apply")
+        if durable and self._at_normal:
+            self._full_again()
         if snapshot is not None:
             db.execute("ATTACH DATABASE ? AS incoming", (snapshot[1],))
         if not durable:
+            self._at_normal = True
             db.execute("PRAGMA synchronous = NORMAL")
         try:
             with db:
@@ -536,9 +555,13 @@ class Store:
                 # restart must not cut the entries a leader gave back).
                 self._log_damage = None
             return results
+        except BaseException:
+            roll_back_open(db)  # (else SQLite refuses the PRAGMA below: left at NORMAL)
+            raise
         finally:
             if not durable:
                 db.execute("PRAGMA synchronous = FULL")
+                self._at_normal = False
             if snapshot is not None:
                 db.execute("DETACH DATABASE incoming")
 
@@ -582,17 +605,22 @@ class Store:
         A compaction that arrives after a later one (two compactions started together, or a
         snapshot from the leader installed meanwhile) does nothing: the snapshot point never
         moves back."""
-        with self._db:
-            if meta.index <= self.get_meta("snapshot_index", 0):
-                return
-            self._db.execute("DELETE FROM raft_log WHERE log_index <= ?", (meta.index,))
-            self._set_meta(
-                {
-                    "snapshot_index": meta.index,
-                    "snapshot_term": meta.term,
-                    "snapshot_config": _config_to_json(meta.config),
-                }
-            )
+        self._full_again()
+        try:
+            with self._db:
+                if meta.index <= self.get_meta("snapshot_index", 0):
+                    return
+                self._db.execute("DELETE FROM raft_log WHERE log_index <= ?", (meta.index,))
+                self._set_meta(
+                    {
+                        "snapshot_index": meta.index,
+                        "snapshot_term": meta.term,
+                        "snapshot_config": _config_to_json(meta.config),
+                    }
+                )
+        except BaseException:
+            roll_back_open(self._db)
+            raise
 
     def log_size(self) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM raft_log").fetchone()

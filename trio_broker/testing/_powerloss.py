@@ -113,6 +113,11 @@ class PowerLossVFS(apsw.VFS):
         self.on_sync: Callable[[], None] | None = None
         """Called at every sync point, before the sync takes effect (and before a cut there):
         the moment to take a :meth:`crash_image`. It must not use SQLite."""
+        self.sync_fails: Callable[[str], bool] | None = None
+        """Asked at every sync point (with the file's path) after :attr:`on_sync`: True makes
+        this ``xSync`` fail with an I/O error (an fsync error: nothing synced, the writes stay
+        unsynced, as Linux may drop them); the power stays on."""
+        self.sync_errors = 0
         self._files: dict[str, _FileState] = {}
         super().__init__(name, "")
 
@@ -204,6 +209,9 @@ class PowerLossVFS(apsw.VFS):
             self.cut()
         if self.dead:
             return False
+        if self.sync_fails is not None and self.sync_fails(state.path):
+            self.sync_errors += 1
+            raise apsw.IOError(f"injected fsync error at sync point {self.syncs}")
         state.undo.clear()
         return True
 
