@@ -165,6 +165,7 @@ class Store:
         except BaseException:
             roll_back_open(self._db)
             raise
+        self._marked = mark  # (the file's mark now: a lone save's equal mark is not rewritten)
         return mark
 
     def _full_again(self) -> None:
