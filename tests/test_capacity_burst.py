@@ -7,10 +7,13 @@ leaves its place to those behind). At the end every unit is back."""
 
 from __future__ import annotations
 
+import collections
+import random
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_broker._runtime import open_broker
 from trio_broker._runtime._config import BrokerConfig
@@ -120,3 +123,83 @@ async def test_a_charge_beyond_the_total_is_refused_and_queues_nothing():
         await capacity.acquire(3)
     assert capacity.value == 1 and not capacity._waiters
     assert capacity.take(1) and capacity.value == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_every_unit_is_accounted_for_and_grants_follow_the_queue(seed):
+    """Seeded histories of proposers of 1 to ``total`` units, some cancelled while queued
+    (alone, or several with no checkpoint between, so that one's abort hands units to
+    another about to be cancelled), holders releasing in any order. At every quiet point: the
+    free units and those held add up to the total exactly (none lost, none counted twice),
+    the queue's head is never coverable by what is free, and the grants come in the order
+    of the queue, less the waiters cancelled before theirs."""
+    rng = random.Random(seed)
+    capacity = Capacity(5)
+    held: dict[int, int] = {}
+    queued: list[int] = []
+    granted: list[int] = []
+    cancelled_waiting: set[int] = set()
+    releases: dict[int, trio.Event] = {}
+    names: dict[trio.lowlevel.Task, int] = {}
+
+    class _Handed(collections.deque):  # type: ignore[type-arg]
+        """The queue, noting whom each hand-out serves (in the order served: trio may run
+        the tasks woken by one release in either order)."""
+
+        def popleft(self) -> Any:
+            waiter = super().popleft()
+            granted.append(names[waiter[1]])
+            return waiter
+
+    capacity._waiters = _Handed()
+
+    async def proposer(n: int, count: int, scope: trio.CancelScope) -> None:
+        with scope:
+            if not capacity.take(count):
+                queued.append(n)
+                names[trio.lowlevel.current_task()] = n
+                try:
+                    await capacity.acquire(count)
+                except trio.Cancelled:
+                    cancelled_waiting.add(n)
+                    raise
+            held[n] = count
+            releases[n] = trio.Event()
+        if n not in held:  # (cancelled while queued: took nothing)
+            return
+        try:
+            await releases[n].wait()
+        finally:
+            del held[n]
+            capacity.release(count)
+
+    def check() -> None:
+        assert capacity.value >= 0
+        assert capacity.value + sum(held.values()) == capacity.total
+        if capacity._waiters:
+            assert capacity._waiters[0][0] > capacity.value
+
+    scopes: list[trio.CancelScope] = []
+    async with trio.open_nursery() as nursery:
+        for n in range(40):
+            r = rng.random()
+            if r < 0.5:
+                scope = trio.CancelScope()
+                scopes.append(scope)
+                nursery.start_soon(proposer, n, rng.randrange(1, 6), scope)
+            elif r < 0.8 and releases:
+                ready = [k for k in releases if k in held and not releases[k].is_set()]
+                if ready:
+                    releases[rng.choice(ready)].set()
+            elif scopes:
+                for scope in rng.sample(scopes, min(len(scopes), rng.choice([1, 1, 2, 3]))):
+                    scope.cancel()  # (several in one go: one's abort may hand units on)
+            await trio.testing.wait_all_tasks_blocked()
+            check()
+        while any(not e.is_set() for e in releases.values()) or capacity._waiters:
+            for e in list(releases.values()):
+                e.set()
+            await trio.testing.wait_all_tasks_blocked()
+            check()
+    assert capacity.value == capacity.total and not held
+    assert granted == [n for n in queued if n not in cancelled_waiting]
