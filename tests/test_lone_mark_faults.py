@@ -22,6 +22,7 @@ from typing import Any
 import apsw
 import pytest
 
+from tests.long_runs import LONG
 from tests.test_shared_log import Broker, Group, imaged_broker
 from trio_broker._storage._shared_log import _Job
 from trio_broker._storage._store import Store
@@ -151,11 +152,16 @@ def run(tmp_path: Path, seed: int, steps: int) -> int:
     return checked
 
 
-@pytest.mark.parametrize("seed", range(2))
 def test_the_mark_known_is_the_files_and_every_image_keeps_what_was_acknowledged(
-    tmp_path: Path, seed: int
+    tmp_path: Path,
 ) -> None:
-    assert run(tmp_path, seed, 8) > 6
+    assert run(tmp_path, 0, 8) > 6
+
+
+@LONG
+@pytest.mark.parametrize("seed", range(100, 130))
+def test_the_mark_known_is_the_files_long(tmp_path: Path, seed: int) -> None:
+    assert run(tmp_path, seed, 30) > 20
 
 
 def test_a_lone_save_after_a_failed_batch_save_marks_the_row_its_drop_left(
