@@ -68,13 +68,13 @@ def _install(trace: str) -> None:
     _probes.trace_loop()
     _probes.trace_commits()
 
-    decode = _connections.decode_request
+    decode = _connections.decode_client_request
 
     def traced_decode(payload: bytes) -> Any:
         rec((now(), "request", 0))
         return decode(payload)
 
-    _connections.decode_request = traced_decode  # type: ignore[assignment]
+    _connections.decode_client_request = traced_decode  # type: ignore[assignment]
 
     propose = _raft.RaftNode.propose
 
