@@ -273,3 +273,54 @@ async def test_a_named_queues_creation_is_answered_after_its_commit(tmp_path):
             await connection.aclose()
     assert hooks["named"] and not any(hooks["named"]), hooks
     assert any(hooks["appends"]), hooks
+
+
+def test_the_hook_runs_before_the_metadata_rows_and_their_failure_rolls_back(tmp_path):
+    """The answers leave once the apply's statements ran, before the commit and applied
+    indexes' rows (docs/performance.md, "One client, one append at a time: the critical path
+    (eighth round)"): a meta row written before the hook was on the client's wait. A failure
+    in those rows after the hook rolls the transaction back whole, as a failed COMMIT does,
+    and the same apply gives the same results."""
+    store = Store(tmp_path)
+    try:
+        create = Entry(1, 1, cmd.CreateQueue("Q-1"))
+        store.save(hard_state=HardState(1, None, 0), entries=[create, *_entries(2, 2)])
+        store.save(committed=[create])
+        trace: list[str] = []
+
+        def tracer(cursor: object, sql: str, bindings: object) -> bool:
+            trace.append(sql)
+            return True
+
+        store._db.exec_trace = tracer
+        results = store.save(
+            hard_state=HardState(1, None, 2),
+            committed=_entries(2, 1),
+            before_commit=lambda results: trace.append("ANSWERED"),
+        )
+        store._db.exec_trace = None
+        assert results == [cmd.MessageAppended(1)]
+        answered = trace.index("ANSWERED")
+        assert any("queues" in sql for sql in trace[:answered]), trace  # (the apply before)
+        assert not any("meta" in sql for sql in trace[:answered]), trace
+        assert sum("INSERT INTO meta" in sql for sql in trace[answered:]) == 2, trace
+        assert store.get_meta("raft_commit") == 2 and store.get_meta("applied_index") == 2
+
+        set_meta, answered_with = store._set_meta, []
+
+        def full(items: dict[str, object]) -> None:
+            raise apsw.FullError("database or disk is full")
+
+        store._set_meta = full  # type: ignore[method-assign]
+        with pytest.raises(apsw.FullError):
+            store.save(
+                hard_state=HardState(1, None, 3), committed=_entries(3, 1),
+                before_commit=answered_with.append,
+            )  # fmt: skip
+        store._set_meta = set_meta  # type: ignore[method-assign]
+        assert answered_with == [[cmd.MessageAppended(2)]]
+        assert store.get_meta("applied_index") == 2 and store.queue_lengths() == {"Q-1": 1}
+        again = store.save(hard_state=HardState(1, None, 3), committed=_entries(3, 1))
+        assert again == answered_with[0] and store.get_meta("applied_index") == 3
+    finally:
+        store.close()

@@ -469,12 +469,13 @@ class Store:
         only other copy was an unsynced database write: acknowledged entries lost at a power
         cut (``tests/test_power_loss.py`` cuts power at every sync point to show it).
 
-        ``before_commit``, if given, is called with the results once every statement ran,
-        inside the transaction, just before its COMMIT: for a transaction that only applies
-        entries already durable on a majority (never one that makes anything durable: a
-        ``ValueError`` then), so that their answers leave without waiting for the COMMIT
-        (docs/performance-history.md, "Answers before the apply's COMMIT"). It must not raise and
-        must not touch this store; whatever it does stays done if the COMMIT then fails.
+        ``before_commit``, if given, is called with the results once the apply's statements
+        ran, inside the transaction, before its metadata rows and its COMMIT: for a
+        transaction that only applies entries already durable on a majority (never one that
+        makes anything durable: a ``ValueError`` then), so that their answers leave without
+        waiting for the COMMIT (docs/performance-history.md, "Answers before the apply's
+        COMMIT"). It must not raise and must not touch this store; whatever it does stays done
+        if the rest of the transaction then fails.
         """
         db = self._db
         written = self._written
@@ -523,7 +524,7 @@ class Store:
                         " VALUES (?, ?, ?, ?)",
                         [(e.index, e.term, *stored_entry(e)) for e in entries],
                     )
-                if hard_state is not None and hard_state != written:
+                if hard_state is not None and hard_state != written and before_commit is None:
                     self._set_meta(_hard_state_items(hard_state, written))
                 results: list[Result | None] = []
                 met: list[tuple[str, int]] = []
@@ -536,14 +537,19 @@ class Store:
                         )
                     else:
                         results.append(None)
+                if before_commit is not None:
+                    # The answers as soon as the apply's statements ran: the rows below (the
+                    # commit and applied indexes, a mark) change nothing they say, and a
+                    # failure in them rolls back as a failed COMMIT does.
+                    before_commit(results)
+                    if hard_state is not None and hard_state != written:
+                        self._set_meta(_hard_state_items(hard_state, written))
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
                 if mark and mark != self._marked:
                     # (unchanged, not written again: the commit that wrote it is earlier in
                     # this file's WAL, so this one's fsync makes it durable too)
                     self._set_meta({"shared_seq": mark})
-                if before_commit is not None:
-                    before_commit(results)
             self._pending_seq = None
             if mark:
                 self._marked = mark
