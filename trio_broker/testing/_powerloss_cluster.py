@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -301,16 +301,7 @@ class PowerLossCluster:
                 raise PowerLossFailure(f"broker {i}: integrity_check says {integrity[:300]}")
         leader = self.settle()
         held = self.stores[leader].messages(QUEUE) if self.acked else []
-        numbers = [number(d) for d in held]
-        if numbers != sorted(set(numbers)):
-            raise PowerLossFailure(f"leader {leader}: appends reordered or duplicated")
-        if any(d != value(n) for n, d in zip(numbers, held, strict=True)):
-            raise PowerLossFailure(f"leader {leader}: a value changed")
-        lost = sorted(self.acked - set(numbers))
-        if lost:
-            raise PowerLossFailure(
-                f"leader {leader}: {len(lost)} acknowledged appends lost, first {lost[:5]}"
-            )
+        check_held(f"leader {leader}", held, self.acked)
 
     # -- a run -----------------------------------------------------------------------------------
 
@@ -334,6 +325,36 @@ class PowerLossCluster:
         self.stats.syncs = self.syncs
         self.stats.elections = len(self.leaders)
         return self.stats
+
+
+def check_held(where: str, held: list[bytes], acked: set[int]) -> None:
+    """``held`` (a queue's values, in order, on ``where``) has every acknowledged append
+    number, each once, in order, with its exact value."""
+    numbers = [number(d) for d in held]
+    if numbers != sorted(set(numbers)):
+        raise PowerLossFailure(f"{where}: appends reordered or duplicated")
+    if any(d != value(n) for n, d in zip(numbers, held, strict=True)):
+        raise PowerLossFailure(f"{where}: a value changed")
+    lost = sorted(acked - set(numbers))
+    if lost:
+        raise PowerLossFailure(f"{where}: {len(lost)} acknowledged appends lost, first {lost[:5]}")
+
+
+def run_seeds(seeds: Iterable[int], run: Callable[[int], Any]) -> int:
+    """``run(seed)`` for each seed, a line each (its stats, or its failure and the notes that
+    say how to replay it); the exit status: 1 if any failed."""
+    failed = 0
+    for seed in seeds:
+        try:
+            stats = run(seed)
+        except Exception as exc:
+            failed += 1
+            print(f"seed {seed}: FAILED: {exc!r}")
+            for note in getattr(exc, "__notes__", ()):
+                print(f"  {note}")
+        else:
+            print(f"seed {seed}: ok {attrs.asdict(stats)}")
+    return 1 if failed else 0
 
 
 def run_seed(
@@ -372,23 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autocheckpoint", type=int, default=None)
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(1, args.seeds + 1)
-    failed = 0
-    for seed in seeds:
-        try:
-            stats = run_seed(
-                seed,
-                cuts=args.cuts,
-                steps_between=args.steps_between,
-                autocheckpoint=args.autocheckpoint,
-            )
-        except Exception as exc:
-            failed += 1
-            print(f"seed {seed}: FAILED: {exc!r}")
-            for note in getattr(exc, "__notes__", ()):
-                print(f"  {note}")
-        else:
-            print(f"seed {seed}: ok {attrs.asdict(stats)}")
-    return 1 if failed else 0
+    return run_seeds(
+        seeds,
+        lambda seed: run_seed(
+            seed,
+            cuts=args.cuts,
+            steps_between=args.steps_between,
+            autocheckpoint=args.autocheckpoint,
+        ),
+    )
 
 
 if __name__ == "__main__":

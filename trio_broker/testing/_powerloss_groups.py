@@ -65,7 +65,8 @@ from ._powerloss_cluster import (
     MAX_IN_FLIGHT,
     STEPS_PER_TICK,
     PowerLossFailure,
-    number,
+    check_held,
+    run_seeds,
     value,
 )
 
@@ -496,17 +497,7 @@ class GroupsCluster:
         for g, leader in self.settle().items():
             store = self.brokers[leader].stores[g]
             held = store.messages(f"Q-{g}") if self.acked[g] else []
-            numbers = [number(d) for d in held]
-            if numbers != sorted(set(numbers)):
-                raise PowerLossFailure(f"group {g} leader {leader}: appends reordered or twice")
-            if any(d != value(n) for n, d in zip(numbers, held, strict=True)):
-                raise PowerLossFailure(f"group {g} leader {leader}: a value changed")
-            lost = sorted(self.acked[g] - set(numbers))
-            if lost:
-                raise PowerLossFailure(
-                    f"group {g} leader {leader}: {len(lost)} acknowledged appends lost,"
-                    f" first {lost[:5]}"
-                )
+            check_held(f"group {g} leader {leader}", held, self.acked[g])
 
     # -- a run -----------------------------------------------------------------------------------
 
@@ -571,23 +562,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(1, args.seeds + 1)
-    failed = 0
-    for seed in seeds:
-        try:
-            stats = run_seed(
-                seed,
-                cuts=args.cuts,
-                steps_between=args.steps_between,
-                faults=tuple(k for k in args.faults.split(",") if k),
-            )
-        except Exception as exc:
-            failed += 1
-            print(f"seed {seed}: FAILED: {exc!r}")
-            for note in getattr(exc, "__notes__", ()):
-                print(f"  {note}")
-        else:
-            print(f"seed {seed}: ok {attrs.asdict(stats)}")
-    return 1 if failed else 0
+    return run_seeds(
+        seeds,
+        lambda seed: run_seed(
+            seed,
+            cuts=args.cuts,
+            steps_between=args.steps_between,
+            faults=tuple(k for k in args.faults.split(",") if k),
+        ),
+    )
 
 
 if __name__ == "__main__":
