@@ -222,6 +222,18 @@ def _replicate_response_to_obj(m: rm.ReplicateResponse) -> dict[str, Any] | None
 
 
 _response_new = object.__new__
+_RESPONSE_FIELDS = (
+    "src",
+    "dst",
+    "term",
+    "cluster_version",
+    "success",
+    "match_index",
+    "rejected_index",
+    "hint_index",
+    "hint_term",
+    "probe",
+)
 (
     _SET_SRC,
     _SET_DST,
@@ -233,35 +245,9 @@ _response_new = object.__new__
     _SET_HINT_INDEX,
     _SET_HINT_TERM,
     _SET_PROBE,
-) = (
-    rm.ReplicateResponse.__dict__[field].__set__
-    for field in (
-        "src",
-        "dst",
-        "term",
-        "cluster_version",
-        "success",
-        "match_index",
-        "rejected_index",
-        "hint_index",
-        "hint_term",
-        "probe",
-    )
-)
+) = (rm.ReplicateResponse.__dict__[field].__set__ for field in _RESPONSE_FIELDS)
 if (
-    [field.name for field in attrs.fields(rm.ReplicateResponse)]
-    != [
-        "src",
-        "dst",
-        "term",
-        "cluster_version",
-        "success",
-        "match_index",
-        "rejected_index",
-        "hint_index",
-        "hint_term",
-        "probe",
-    ]
+    tuple(field.name for field in attrs.fields(rm.ReplicateResponse)) != _RESPONSE_FIELDS
     or any(field.validator or field.converter for field in attrs.fields(rm.ReplicateResponse))
     or hasattr(rm.ReplicateResponse, "__attrs_post_init__")
 ):
