@@ -81,8 +81,8 @@ def fault(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def powerloss(session: nox.Session) -> None:
     """Power cuts on real SQLite stores: every long run marked ``powerloss`` (single brokers,
-    three-broker clusters, the shared log and its in-step saves; the default suite runs a
-    short version of each)."""
+    three-broker clusters, the shared log and its in-step saves, several groups per broker on
+    a shared log with I/O errors; the default suite runs a short version of each)."""
     session.install("-e", ".[test]")
     session.run(
         "python",
