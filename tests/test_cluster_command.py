@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -16,7 +17,9 @@ from .wire import call
 
 
 def consecutive_free_ports(count: int) -> int:
-    for base in range(20000, 60000, 97):
+    # (bases tried in a random order: two runs of the suite at once on one machine would
+    # otherwise both find the first base free and race for it)
+    for base in random.sample(range(20000, 60000, 97), k=len(range(20000, 60000, 97))):
         sockets = []
         try:
             for port in range(base, base + count):
