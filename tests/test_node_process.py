@@ -112,6 +112,33 @@ async def test_node_starts_answers_stops_on_sigterm_and_keeps_its_identity(nodes
         assert await again.wait() == 0, again.describe()
 
 
+@pytest.mark.parametrize(
+    ("first", "second"), [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)]
+)
+async def test_a_second_signal_while_stopping_is_noted_and_the_stop_goes_on(
+    nodes: Nodes, tmp_path, first, second
+):
+    """Two signals back to back (a supervisor's SIGTERM after the terminal's SIGINT, or the
+    other way round): the stop goes on and ends with status 0, the second signal noted in the
+    log, not raised at the end as a traceback (SIGINT) or a death by signal (SIGTERM). (Two of
+    the same signal back to back are one: the kernel and trio both coalesce them.)"""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    node = await nodes.spawn(
+        ["--port", str(port), "--data-dir", str(data_dir)], port=port, data_dir=data_dir
+    )
+    await node.wait_ready()
+    node.send_signal(first)
+    node.send_signal(second)
+    with trio.fail_after(10):
+        status = await node.wait()
+    assert status == 0, node.describe()
+    stderr = node.stderr_text()
+    assert "Traceback" not in stderr, node.describe()
+    assert stderr.count("broker.signal ") == 2, node.describe()
+    assert "broker.stopped" in stderr, node.describe()
+
+
 # -- 2. durability under SIGKILL ---------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +62,33 @@ async def _run_node(config: BrokerConfig) -> None:
     from .._runtime import open_broker
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_broker(config) as broker:
-            print(
-                f"trio_broker node {broker.broker_id} of cluster {broker.cluster_id} "
-                f"listening on {config.host}:{broker.port}, data in "
-                f"{config.data_dir.resolve()}",
-                flush=True,
-            )
-            gc.freeze()  # what start-up built lives as long as the node: no collection walks it
-            async for signum in signals:
-                log_event(logging.INFO, "broker.signal", signal=signal.Signals(signum).name)
-                break
+        async with trio.open_nursery() as stopping:
+            async with open_broker(config) as broker:
+                print(
+                    f"trio_broker node {broker.broker_id} of cluster {broker.cluster_id} "
+                    f"listening on {config.host}:{broker.port}, data in "
+                    f"{config.data_dir.resolve()}",
+                    flush=True,
+                )
+                gc.freeze()  # what start-up built lives as long as the node
+                async for signum in signals:
+                    log_event(logging.INFO, "broker.signal", signal=signal.Signals(signum).name)
+                    break
+                # The broker stops as this block ends (bounded: docs/architecture.md); a signal
+                # meanwhile is noted, not left pending for the receiver to raise again once it
+                # closes (a traceback for SIGINT, a death by signal for SIGTERM).
+                stopping.start_soon(_note_signals_while_stopping, signals)
+            stopping.cancel_scope.cancel()
+
+
+async def _note_signals_while_stopping(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        log_event(
+            logging.INFO,
+            "broker.signal",
+            signal=signal.Signals(signum).name,
+            detail="already stopping: the stop goes on",
+        )
 
 
 def _node_failures() -> tuple[type[BaseException], ...]:
