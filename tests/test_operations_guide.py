@@ -1,7 +1,8 @@
 """docs/operations.md, followed as written: every ```sh block runs, in order, in one folder.
 
 Brokers are separate processes on 127.0.0.1 (each "machine" of the guide has its own port and
-data folder). Between blocks the test waits as a reader would ("wait until status shows it"):
+data folder); every port of the guide is moved by one random offset to ports nobody answers on,
+so that two suites on one machine never meet on the guide's own ports. Between blocks the test waits as a reader would ("wait until status shows it"):
 after a block starts brokers, until each of them answers and is a voter of a cluster with a
 leader. Then it checks what the guide says each block shows.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -34,6 +36,35 @@ POLL = 0.05
 
 def guide_blocks() -> list[str]:
     return BLOCK.findall(GUIDE.read_text())
+
+
+def guide_ports(blocks: list[str]) -> list[int]:
+    """The ports the guide's brokers listen on (addresses and `--port`/`--metrics-port`)."""
+    text = "".join(blocks)
+    found = re.findall(r"127\.0\.0\.1:(\d+)", text) + re.findall(
+        r"--(?:metrics-)?port[ =](\d+)", text
+    )
+    return sorted({int(p) for p in found})
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def moved_blocks(blocks: list[str], ports: list[int]) -> tuple[list[str], int]:
+    """The guide's blocks with every port moved by one offset to ports nobody answers on,
+    and the offset: another suite on the machine may run the guide's own ports at the same
+    time. The offset keeps the guide's shape (9101..9106 stay six neighbours)."""
+    rng = random.Random()
+    for _ in range(50):
+        shift = rng.randrange(10_000, 50_000)
+        if all(_free(p + shift) for p in ports):
+            break
+    else:
+        raise AssertionError("no free range of ports for the guide")
+    number = re.compile(r"(?<![\d.])(" + "|".join(str(p) for p in ports) + r")(?!\d)")
+    return [number.sub(lambda m: str(int(m.group(1)) + shift), b) for b in blocks], shift
 
 
 def _details(port: int) -> dict[str, Any] | None:
@@ -147,9 +178,9 @@ def wait_answering(port: int) -> None:
 def test_the_operations_guide_works_as_written(shell):
     blocks = guide_blocks()
     assert len(blocks) >= 8, "the guide lost its runnable steps"
-    for port in sorted({int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", "".join(blocks))}):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} of the guide is in use"
+    ports = guide_ports(blocks)
+    assert 9101 in ports and 9411 in ports, ports
+    blocks, shift = moved_blocks(blocks, ports)
     outputs = []
     for block in blocks:
         out = shell.run(block)
@@ -179,7 +210,7 @@ def test_the_operations_guide_works_as_written(shell):
     metrics = [o for b, o in outputs if "/metrics" in b]
     assert metrics and "trio_broker_role" in metrics[0]
     # The recovered cluster serves the backed-up queue.
-    last_queues = [o for b, o in outputs if "queues" in b and "9111" in b]
+    last_queues = [o for b, o in outputs if "queues" in b and str(9111 + shift) in b]
     assert last_queues and re.search(r"Q-\w{10}\s+1", last_queues[-1]), last_queues
 
 
