@@ -66,6 +66,10 @@ class _Driver:
         self.pending = Pending()
         return self.pending
 
+    def propose_now(self, command: Any) -> Pending:
+        self.pending = Pending()
+        return self.pending
+
     async def propose_many(self, commands: list[Any]) -> PendingGroup:
         self.group = PendingGroup(len(commands))
         return self.group
@@ -211,10 +215,16 @@ def _lone(repeat: int, number: int) -> None:
         account.release(account.held)
 
     given: list[Any] = []
+    lone = getattr(runs, "lone_append", None)
+    """What a connection asks first of a receive of one APPEND, since "The leader's CPU per
+    request (ninth round)" (the code before: ``handle_many``)."""
 
     def decide() -> None:
         given.clear()
-        _done(runs.handle_many([request], None, given.extend))
+        if lone is not None:
+            given.append(lone(request))
+        else:
+            _done(runs.handle_many([request], None, given.extend))
 
     def settle() -> None:
         Pending().set(outcome)
@@ -250,8 +260,13 @@ def _lone(repeat: int, number: int) -> None:
     driver = _ProposingDriver()
     command = cmd.AppendMessage("Q-AAAAABBBBB", b'"x"', None, None, 1_700_000_000_000)
 
+    now = getattr(Proposing, "propose_now", None)  # (since the ninth round: no coroutine)
+
     def propose() -> None:
-        _done(Proposing.propose(driver, command))  # type: ignore[arg-type]
+        if now is not None:
+            now(driver, command)
+        else:
+            _done(Proposing.propose(driver, command))  # type: ignore[arg-type]
         driver._capacity.release()  # (the settle's, not timed apart)
 
     print(
@@ -263,6 +278,10 @@ def _lone(repeat: int, number: int) -> None:
 class _ProposingDriver:
     """What ``Proposing.propose`` reads of the driver, the ledger a stand-in (it keeps
     nothing), for a lone APPEND on a leader with room on its disk."""
+
+    _propose_taken = getattr(Proposing, "_propose_taken", None)
+    """(Since the ninth round, what ``propose`` and ``propose_now`` call once the unit is
+    taken.)"""
 
     def __init__(self) -> None:
         from trio_broker._runtime._disk_space import DiskState
