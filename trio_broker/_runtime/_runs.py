@@ -414,11 +414,17 @@ class AppendAnswer(Answer):
         self._later = later
 
     def when_known(self, callback: Callable[[], None]) -> bool:
-        return self._later.when_done(callback)  # type: ignore[union-attr]
+        # (Pending.when_done written out: asked twice per request at one in flight, by the
+        # reader's kick and by the pump its callback runs)
+        later: Pending = self._later  # type: ignore[assignment]
+        if later._done:
+            return False
+        later._notify = callback
+        return True
 
     def frame(self) -> bytes | None:
-        later = self._later
-        if later is not None and later.done:
+        later: Pending = self._later  # type: ignore[assignment]
+        if later._done:
             result = later.result
             if type(result) is MessageAppended and not result.duplicate:
                 return appended_frame(result.sequence_num)
