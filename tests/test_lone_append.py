@@ -7,7 +7,7 @@ per request (ninth round)"):
   queue by name, a broker closing) or would wait (no unit of capacity free);
 - a connection asks ``handle_lone`` for a receive that is one whole frame of such an APPEND,
   and ``handle_many`` for anything else, or when ``handle_lone`` answers None; every answer
-  leaves in order.
+  leaves in order; a broker's connections ask its ``Runs.lone_append``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tests.test_plain_appends import FRAMES, QUEUE, _answers, _make_runs, _neste
 from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._protocol import Done
 from trio_broker._protocol._codec import decode_client_request
+from trio_broker._runtime import open_broker
 from trio_broker._runtime._answer import Answer
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._connections import ConnectionServer
@@ -30,7 +31,7 @@ from trio_broker._runtime._pending import Pending
 from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._security import Security
 
-from .wire import RawConnection
+from .wire import RawConnection, create_queue
 
 NOT_LEADER = BrokerError(ErrorCode.NOT_LEADER, "not the leader", leader_id="B-BBBBB")
 
@@ -154,3 +155,35 @@ async def test_a_connection_asks_handle_lone_for_a_receive_of_one_append(lone_an
     tail = asked[3 * len(lone) + 1 :]
     assert asked[: 3 * len(lone) + 1] == lone * 3 + [("many", 1)]
     assert tail in ([("many", 2)], lone * 2)
+
+
+async def test_a_brokers_lone_appends_are_decided_by_lone_append(ram_path):
+    """On a broker, each lone APPEND to a queue id is decided by ``Runs.lone_append`` (no
+    ``handle_many``), appended or refused as before; a queue by name goes to ``handle_many``."""
+    config = BrokerConfig(data_dir=ram_path / "b", port=0, max_frame=2048)
+    async with open_broker(config) as broker:
+        queue_id = await create_queue(broker.port)
+        runs = broker.runs
+        lone, many = runs.lone_append, runs.handle_many
+        asked: list[str] = []
+
+        def counted_lone(request: Any) -> Answer | None:
+            asked.append("lone")
+            return lone(request)
+
+        async def counted_many(requests: Any, session: Any, answered: Any) -> None:
+            asked.append("many")
+            await many(requests, session, answered)
+
+        runs.lone_append = counted_lone  # type: ignore[method-assign]
+        runs.handle_many = counted_many  # type: ignore[method-assign]
+        conn = await RawConnection.open(broker.port)
+        append = {"operation": "APPEND", "queue_name": queue_id}
+        with trio.fail_after(20):
+            answers = [await conn.call(append | {"data": i}) for i in range(3)]
+            too_large = await conn.call(append | {"data": "x" * 1900})
+            named = await conn.call(append | {"queue_name": "no-such-queue", "data": 1})
+        assert answers == [{"status": "success", "sequence_num": i + 1} for i in range(3)]
+        assert too_large["code"] == "TOO_LARGE" and named["code"] == "QUEUE_NOT_FOUND"
+        assert asked == ["lone"] * 5 + ["many"]  # (the named queue: lone, then many)
+        await conn.aclose()
