@@ -76,6 +76,10 @@ class _Driver:
 
     async def propose(self, command: Any) -> Pending:
         """A lone request's proposal (``Runs._handle_one``)."""
+        return self.propose_now(command)
+
+    def propose_now(self, command: Any) -> Pending:
+        """A lone request's proposal without waiting (``Runs.lone_append``)."""
         pending = Pending()
         self.waiting.append(pending)
         self._wake.set()
@@ -154,6 +158,7 @@ async def _run(connections: int, window: int, per_connection: int) -> float:
             await runs.handle_many([request], session, got.extend)
             return got[0]
 
+        lone = getattr(runs, "lone_append", None)  # (since the ninth round)
         server = ConnectionServer(
             config,
             Security(),
@@ -161,6 +166,7 @@ async def _run(connections: int, window: int, per_connection: int) -> float:
             cluster_id="G-AAAAA",
             handle=one,
             handle_many=runs.handle_many,
+            **({} if lone is None else {"handle_lone": lone}),
             accept_peer=lambda hello, peer: None,
             serve_peer=_no_peers,
             observe=lambda tally, now: None,

@@ -20,13 +20,18 @@ workload sends them):
 With ``--run 1`` (a receive of one frame, as at 100 connections x 1 in flight), the parts
 are the same on the lone request's path: **read** as the reader cuts a receive of one frame
 (``FrameDecoder.take_whole`` where the tree has it, else ``feed`` and ``next_frame`` until
-None), charges it and decodes it; **decide** ``Runs.handle_many`` of the one request
-(``_handle_one``: its command proposed to a stand-in ``propose``); **settle** its
+None), charges it and decodes it; **decide** ``Runs.lone_append`` of the one request where the
+tree has it (what a connection asks first since docs/performance.md, "The leader's CPU per
+request (ninth round)": no coroutine), else ``Runs.handle_many`` of it (``_handle_one``), its
+command proposed to a stand-in ``propose_now`` or ``propose``; **settle** its
 ``Pending`` set; **answer** its answer queued (``Outbox.put``), taken by the writer before
 its outcome is known (None: the reader's kick after the receive), its ``Pending`` set (the
 settle part again), and taken by the writer. Then, apart (not in "together"), the driver's
-``propose`` of its command (``Proposing.propose``: the capacity's unit, the leader's and the
-disk's checks, the ``Pending``), on a stand-in ledger that keeps nothing.
+``propose`` of its command (``Proposing.propose_now`` where the tree has it, else
+``Proposing.propose``: the capacity's unit, the leader's and the disk's checks, the
+``Pending``), on a stand-in ledger that keeps nothing. Neither part counts the connection's
+own coroutine (``decide_run``) and the broker's (``Broker._handle_many``) that the code
+before ran per lone request: ``benchmarks.connection_path --window 1`` measures the whole.
 
 What it leaves out: the socket calls, the driver and storage, the peer links (see
 ``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
@@ -63,6 +68,10 @@ class _Driver:
     pending: Pending
 
     async def propose(self, command: Any) -> Pending:
+        self.pending = Pending()
+        return self.pending
+
+    def propose_now(self, command: Any) -> Pending:
         self.pending = Pending()
         return self.pending
 
@@ -211,10 +220,16 @@ def _lone(repeat: int, number: int) -> None:
         account.release(account.held)
 
     given: list[Any] = []
+    lone = getattr(runs, "lone_append", None)
+    """What a connection asks first of a receive of one APPEND, since "The leader's CPU per
+    request (ninth round)" (the code before: ``handle_many``)."""
 
     def decide() -> None:
         given.clear()
-        _done(runs.handle_many([request], None, given.extend))
+        if lone is not None:
+            given.append(lone(request))
+        else:
+            _done(runs.handle_many([request], None, given.extend))
 
     def settle() -> None:
         Pending().set(outcome)
@@ -250,8 +265,13 @@ def _lone(repeat: int, number: int) -> None:
     driver = _ProposingDriver()
     command = cmd.AppendMessage("Q-AAAAABBBBB", b'"x"', None, None, 1_700_000_000_000)
 
+    now = getattr(Proposing, "propose_now", None)  # (since the ninth round: no coroutine)
+
     def propose() -> None:
-        _done(Proposing.propose(driver, command))  # type: ignore[arg-type]
+        if now is not None:
+            now(driver, command)
+        else:
+            _done(Proposing.propose(driver, command))  # type: ignore[arg-type]
         driver._capacity.release()  # (the settle's, not timed apart)
 
     print(
@@ -263,6 +283,10 @@ def _lone(repeat: int, number: int) -> None:
 class _ProposingDriver:
     """What ``Proposing.propose`` reads of the driver, the ledger a stand-in (it keeps
     nothing), for a lone APPEND on a leader with room on its disk."""
+
+    _propose_taken = getattr(Proposing, "_propose_taken", None)
+    """(Since the ninth round, what ``propose`` and ``propose_now`` call once the unit is
+    taken.)"""
 
     def __init__(self) -> None:
         from trio_broker._runtime._disk_space import DiskState

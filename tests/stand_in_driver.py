@@ -33,5 +33,9 @@ class StandInDriver:
 
     async def propose(self, command: Any) -> Pending:
         """A lone command (``Runs._handle_one``): a run of one."""
+        return self.propose_now(command)
+
+    def propose_now(self, command: Any) -> Pending:
+        """A lone command without waiting (``Runs.lone_append``): a run of one."""
         self.runs.append([command])
         return Pending()

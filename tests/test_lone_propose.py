@@ -47,6 +47,8 @@ class _Driver:
         self._lone = False
         self.woken = 0
 
+    _propose_taken = Proposing._propose_taken
+
     def add(self, command: Any, pending: Any) -> None:
         self.added.append((command, pending))
 

@@ -70,6 +70,8 @@ class _Driver:
         self._lone = lone
         self.events: list[Any] = []
 
+    _propose_taken = Proposing._propose_taken
+
     def add(self, command: Any, pending: Any) -> None:
         self.events.append(("added", command))
 
@@ -171,3 +173,34 @@ async def test_a_proposal_cancelled_while_waiting_for_a_unit_takes_none():
     # (and the next proposal takes a free unit at once, nobody left waiting)
     pending = _run(Proposing.propose, driver, APPEND)
     assert type(pending) is Pending and capacity.value == 1
+
+
+@pytest.mark.parametrize("lone", [False, True])
+@pytest.mark.parametrize("state", list(DiskState))
+@pytest.mark.parametrize("target", [None, "B-CCCCC"])
+@pytest.mark.parametrize("leader", [True, False])
+def test_a_proposal_without_a_coroutine_is_answered_and_charged_as_before(
+    leader, target, state, lone
+):
+    """``propose_now`` (a connection's lone APPEND, docs/performance.md, "The leader's CPU
+    per request (ninth round)") with a unit free: the outcome, the units and the driver's
+    calls of ``propose`` before, for every command, a group refused as before."""
+    for command in [*COMMANDS, CommandGroup((APPEND,))]:
+        before = _Driver(leader, target, state, lone)
+        now = _Driver(leader, target, state, lone)
+        seen = _seen(Proposing.propose_now(now, command), now)  # type: ignore[arg-type]
+        assert seen == _seen(_run(_propose_before, before, command), before)
+
+
+def test_a_proposal_without_a_coroutine_takes_nothing_when_no_unit_is_free():
+    """No unit free (or a waiter before it): None, nothing taken, nothing proposed; the
+    waiting ``propose`` then takes its turn."""
+    driver = _Driver(True, None, DiskState.OK, lone=False)
+    capacity = driver._capacity
+    capacity.acquire_nowait(2)
+    assert Proposing.propose_now(driver, APPEND) is None  # type: ignore[arg-type]
+    assert capacity.value == 0 and driver.events == []
+    capacity.release()
+    capacity._waiters.append((1, None))  # type: ignore[arg-type]  (one waits for a unit)
+    assert Proposing.propose_now(driver, APPEND) is None  # type: ignore[arg-type]
+    assert capacity.value == 1 and driver.events == []

@@ -174,6 +174,7 @@ class Broker:
             cluster_id=self.cluster_id,
             handle=self.handle,
             handle_many=self._handle_many,
+            handle_lone=self._handle_lone,
             accept_peer=self._accept_peer,
             serve_peer=self._serve_peer,
             observe=self.metrics.observe_batch,
@@ -327,6 +328,11 @@ class Broker:
             await self.host.handle_many(requests, session, answered)
         else:
             await self.runs.handle_many(requests, session, answered)
+
+    def _handle_lone(self, request: PlainAppend) -> Answer | None:
+        if self.host is not None and self.host.several:
+            return None  # (routed by the host: handle_many)
+        return self.runs.lone_append(request)
 
     async def decide(self, request: Request, session: Session | None = None) -> Answer:
         """Decide a request of this group (:meth:`handle` without the routing)."""

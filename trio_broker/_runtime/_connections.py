@@ -93,6 +93,9 @@ class Session:
 
 Handle = Callable[[Request, Session], Awaitable[Answer]]
 """Decide one request (authorized already) into its answer."""
+HandleLone = Callable[[PlainAppend], Answer | None]
+"""Decide the one request of a receive, the original contract's APPEND, at once: its answer,
+or None when ``HandleMany`` must decide it (it may wait)."""
 HandleMany = Callable[
     [list[Request | PlainAppend], Session, Callable[[list[Answer]], None]], Awaitable[None]
 ]
@@ -122,6 +125,7 @@ class ConnectionServer:
         cluster_id: str,
         handle: Handle,
         handle_many: HandleMany | None = None,
+        handle_lone: HandleLone | None = None,
         accept_peer: AcceptPeer,
         serve_peer: ServePeer,
         observe: ObserveBatch,
@@ -136,6 +140,7 @@ class ConnectionServer:
         requests naming one pass the cluster check, and ``handle`` routes them to it."""
         self._handle = handle
         self._handle_many = handle_many
+        self._handle_lone = handle_lone if handle_many is not None else None
         self._accept_peer = accept_peer
         self._serve_peer = serve_peer
         self._observe = observe
@@ -290,6 +295,7 @@ class ConnectionServer:
         account = outbox.account
         handle = self._handle
         handle_many = self._handle_many
+        handle_lone = self._handle_lone
         authorize = self._authorize
         run: list[Request | PlainAppend] = []
         """Requests of this receive let through to ``handle``, not yet decided: decided
@@ -421,6 +427,13 @@ class ConnectionServer:
                 kind = type(request)
                 if kind is tuple:  # the original contract's APPEND (PlainAppend)
                     if open_session:
+                        if last and handle_lone is not None:
+                            # The receive's one request (one in flight): decided at once,
+                            # no run and no coroutine, unless it may wait (None).
+                            answer = handle_lone(request)  # type: ignore[arg-type]
+                            if answer is not None:
+                                outbox.put("APPEND", started, answer, charged)
+                                continue
                         run.append(request)
                         run_info.append(("APPEND", started, charged))
                         continue

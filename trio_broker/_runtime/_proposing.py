@@ -50,6 +50,23 @@ class Proposing:
         capacity = self._capacity
         if not capacity.take(1):
             await capacity.acquire(1)
+        return self._propose_taken(payload)
+
+    def propose_now(self: RaftDriver, payload: Any) -> Pending | BrokerError | None:
+        """:meth:`propose` without a coroutine when its unit of capacity is free now (a lone
+        request's APPEND: ``Runs.lone_append``); None, and nothing taken, when it is not
+        (:meth:`propose` then waits for it)."""
+        if isinstance(payload, CommandGroup):
+            return BrokerError(
+                ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
+            )
+        if not self._capacity.take(1):
+            return None
+        return self._propose_taken(payload)
+
+    def _propose_taken(self: RaftDriver, payload: Any) -> Pending | BrokerError:
+        """:meth:`propose` once its unit is taken: refused (the unit given back) or queued."""
+        capacity = self._capacity
         node = self.node
         if not node.is_leader:
             capacity.release()

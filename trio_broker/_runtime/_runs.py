@@ -252,6 +252,31 @@ class Runs:
         plain = cast("list[PlainAppend]", requests)  # (each a tuple: checked just above)
         return [AppendMessage(queue, data, None, None, stamp) for queue, data, _ in plain]
 
+    def lone_append(self, request: PlainAppend) -> Answer | None:
+        """A receive's one request, the original contract's APPEND to a queue id, decided at
+        once as :meth:`handle_many` decides it (:meth:`_handle_one`), without a coroutine:
+        its answer; None when it must be decided by :meth:`handle_many` (the broker is
+        closing, a queue name, no unit of the driver's capacity free now: those may wait).
+        A connection asks this first for a receive of one frame (one request in flight:
+        docs/performance.md, "The leader's CPU per request (ninth round)")."""
+        queue, data, value = request
+        if not queue.startswith("Q-") or self._closing():
+            return None
+        if len(data) > DEEP_FROM and nests_too_deep(value, data):
+            return Answer(now=too_deep())
+        max_data = self._max_data
+        if len(data) > max_data:
+            return Answer(now=too_large(len(data), max_data, "data"))
+        driver = self._driver
+        if not driver.node.is_leader:
+            return Answer(now=driver.not_leader_error())
+        pending = driver.propose_now(AppendMessage(queue, data, None, None, self._wall_clock_ms()))
+        if pending is None:  # (no unit free: handle_many waits for one)
+            return None
+        if isinstance(pending, BrokerError):
+            return Answer(now=pending)
+        return AppendAnswer(pending)
+
     async def _handle_one(self, request: Request | PlainAppend, session: Session | None) -> Answer:
         """A lone request: the original contract's APPEND checked and proposed here (as a
         run of one would be, without the run's lists: docs/performance-history.md, "One request in
@@ -269,7 +294,9 @@ class Runs:
             driver = self._driver  # (as below, written out: no coroutine more per request)
             if not driver.node.is_leader:
                 return Answer(now=driver.not_leader_error())
-            pending = await driver.propose(appended)
+            pending = driver.propose_now(appended)  # (no coroutine when a unit is free)
+            if pending is None:
+                pending = await driver.propose(appended)
             if isinstance(pending, BrokerError):
                 return Answer(now=pending)
             return AppendAnswer(pending)
@@ -387,11 +414,17 @@ class AppendAnswer(Answer):
         self._later = later
 
     def when_known(self, callback: Callable[[], None]) -> bool:
-        return self._later.when_done(callback)  # type: ignore[union-attr]
+        # (Pending.when_done written out: asked twice per request at one in flight, by the
+        # reader's kick and by the pump its callback runs)
+        later: Pending = self._later  # type: ignore[assignment]
+        if later._done:
+            return False
+        later._notify = callback
+        return True
 
     def frame(self) -> bytes | None:
-        later = self._later
-        if later is not None and later.done:
+        later: Pending = self._later  # type: ignore[assignment]
+        if later._done:
             result = later.result
             if type(result) is MessageAppended and not result.duplicate:
                 return appended_frame(result.sequence_num)
