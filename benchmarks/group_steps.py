@@ -88,6 +88,20 @@ def _wrap(driver: Any, counts: collections.Counter[str]) -> None:
     driver.step = counted_step
 
 
+def _wrap_committer(broker: Any, counts: collections.Counter[str]) -> None:
+    """Count the broker's committer batches by how many saves each held."""
+    committers = {id(c): c for r in _replicas(broker) if (c := r._worker.committer) is not None}
+    for committer in committers.values():
+        commit = committer._commit
+
+        def counted(batch: list[Any], commit: Any = commit, **kw: Any) -> Any:
+            size = len(batch)
+            counts[f"batches of {size if size < 4 else '4+'} saves"] += 1
+            return commit(batch, **kw)
+
+        committer._commit = counted
+
+
 def _snapshot(broker: Any) -> collections.Counter[str]:
     got: collections.Counter[str] = collections.Counter()
     workers: dict[int, Any] = {}
@@ -167,6 +181,7 @@ async def _measure(
     for name, broker in brokers.items():
         for replica in _replicas(broker):
             _wrap(replica.driver, counts[name])
+        _wrap_committer(broker, counts[name])
     before = {name: _snapshot(b) for name, b in brokers.items()}
     steps = _Steps()
     trio.lowlevel.add_instrument(steps)
@@ -187,6 +202,9 @@ async def _measure(
         for replica in _replicas(broker):  # (the wrappers off for the next run)
             for attr in ("_handle_ready", "wake", "step"):
                 replica.driver.__dict__.pop(attr, None)
+            committer = getattr(replica._worker, "committer", None)
+            if committer is not None:
+                committer.__dict__.pop("_commit", None)
     print(
         f"  the process: trio task steps {steps.steps / total:.2f}, "
         f"I/O waits {steps.io_waits / total:.3f} per append"
