@@ -95,9 +95,10 @@ def _node_failures() -> tuple[type[BaseException], ...]:
     """Failures a node reports in one line and exits 1, rather than with a traceback (the
     broker's modules are imported only by the commands that run one)."""
     from .._runtime import IdentityMismatch, JoinFailed
-    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
+    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged, StorageFailed
 
     return (
+        StorageFailed,
         DataDirInUse,
         IdentityMismatch,
         SchemaTooNew,
@@ -165,12 +166,16 @@ def run_node(args: argparse.Namespace) -> int:
         if full is not None:
             print(f"error: {full}", file=sys.stderr)
             return EXIT_ERROR
-        from .._storage import StorageDamaged
+        from .._storage import StorageDamaged, StorageFailed
 
-        found = leaf(exc, _node_failures())
+        found = leaf(exc, (StorageFailed,)) or leaf(exc, _node_failures())
         if found is None:
             raise
-        if isinstance(found, StorageDamaged):  # docs/reliability.md, "Damaged data"
+        if isinstance(found, StorageFailed):  # "A failed fsync stops the broker"
+            if not found.reported:  # (a refused start: the run that failed logged it)
+                log_event(logging.CRITICAL, "storage.failed_before", error=str(found))
+            print(found.report(str(config.data_dir)), file=sys.stderr)
+        elif isinstance(found, StorageDamaged):  # docs/reliability.md, "Damaged data"
             log_event(logging.CRITICAL, "storage.damaged_at_start", error=str(found))
             print(found.report(str(config.data_dir)), file=sys.stderr)
         elif isinstance(found, OSError):

@@ -29,6 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -46,6 +47,14 @@ from .._core._raft_messages import (
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
+from .._storage._failed import (
+    UNKNOWN_FILE,
+    StorageFailed,
+    lost_writes,
+    marker_dir,
+    write_marker,
+)
+from .._storage._files import DB_FILE
 from ._applied import applied_group
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace
@@ -309,11 +318,18 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                     self.peer_mux.unregister(self.cluster_id, self.peers)
 
     async def _run_restarting(self) -> None:
+        watch = getattr(self._worker, "watch_failure", None)
+        if watch is not None:
+            watch(self._storage_failing)
         crashes: list[float] = []
         while True:
             try:
                 await self._drive()
             except Exception as exc:
+                if lost_writes(exc) or getattr(self._worker, "failed", None) is not None:
+                    # Not a crash to rebuild from: the disk may have dropped writes already
+                    # acknowledged, and a rebuild reads the same page cache (fsyncgate).
+                    raise self._stop_on_failed_storage(exc) from exc
                 now = trio.current_time()
                 crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
                 logger.exception(
@@ -344,6 +360,58 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         log_event(
             logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
         )
+
+    def _storage_failing(self) -> None:
+        """The storage thread refuses its jobs from now on (this group's save, another's, a
+        trim; called on the trio thread as it fails): report it once, and end this run at
+        its next turn, as after a failure of its own."""
+        failure = getattr(self._worker, "failed", None)
+        if failure is None:
+            return
+        self._report_failed_storage(failure)
+        if self._failed is None:
+            self._failed = failure.again()
+            self.wake()
+
+    def _report_failed_storage(self, failure: StorageFailed) -> None:
+        """One ``storage.failed`` CRITICAL line per failed storage (the first group that
+        meets it), and the marker that keeps the next start on this folder from trusting it
+        (written here, at once: not at the end of a stop that may never finish)."""
+        if failure.reported:
+            return
+        failure.reported = True
+        if failure.file == UNKNOWN_FILE:
+            failure.file = str(Path(self._store.data_dir) / DB_FILE)
+        marker = write_marker(marker_dir(self.config.data_dir), failure)
+        shared = getattr(self._store, "_shared", None)  # (its fsync covers this group's saves)
+        log_event(
+            logging.CRITICAL,
+            "storage.failed",
+            broker_id=self.broker_id,
+            group=self.cluster_id,
+            file=failure.file,
+            code=failure.code,
+            error=failure.error,
+            shared_log=str(shared.path) if shared is not None else None,
+            marker=str(marker) if marker is not None else "not written",
+            action="stopping; replace the disk, then data reset and rejoin",
+        )
+
+    def _stop_on_failed_storage(self, exc: Exception) -> StorageFailed:
+        """Fail-stop (docs/reliability.md, "A failed fsync stops the broker"): the storage
+        refuses every later job, so nothing more is saved, acknowledged, voted or trimmed
+        through it; the requests waiting here are answered "outcome unknown"."""
+        worker: Any = self._worker
+        failure = getattr(worker, "failed", None)
+        if failure is None:
+            failure = StorageFailed.from_error(exc, str(Path(self._store.data_dir) / DB_FILE))
+            if hasattr(worker, "fail"):
+                worker.fail(failure)  # (its watchers report it: _storage_failing)
+        self._report_failed_storage(failure)
+        for pending in self._ledger.take_all():
+            self._settle(pending, _outcome_unknown("this broker's storage failed"))
+        self.reads.fail_all(not_applied("this broker's storage failed"))
+        return failure.again()
 
     def _read_recovery(self) -> tuple[Any, Any]:
         return self._store.raft_state(), self._read_views()

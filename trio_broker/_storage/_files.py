@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from ._failed import FAILED_FILE
+
 DB_FILE = "broker.sqlite3"
 LOCK_FILE = "LOCK"
 DB_FILES = (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + "-journal")
@@ -63,10 +65,11 @@ def fsync_path(path: Path) -> None:
 
 
 def move_aside(data_dir: Path | str) -> tuple[Path, list[str]]:
-    """Move a stopped broker's database files into a new folder ``damaged-<UTC time>`` inside
-    ``data_dir``; returns that folder and the names moved. Nothing is deleted: the operator
-    keeps the files to examine, or to hand to someone who can. Holds the directory lock while
-    it works, so a running broker's files are never moved (:class:`DataDirInUse`)."""
+    """Move a stopped broker's database files (and the mark of a failed write, ``_failed``) into a
+    new folder ``damaged-<UTC time>`` inside ``data_dir``; returns that folder and the names
+    moved. Nothing is deleted: the operator keeps the files to examine, or to hand to someone
+    who can. Holds the directory lock while it works, so a running broker's files are never
+    moved (:class:`DataDirInUse`)."""
     directory = Path(data_dir)
     if not (directory / DB_FILE).exists():
         raise FileNotFoundError(f"no broker database in {directory} ({DB_FILE} is missing)")
@@ -80,7 +83,7 @@ def move_aside(data_dir: Path | str) -> tuple[Path, list[str]]:
             target = directory / f"damaged-{stamp}-{n}"
         target.mkdir()
         moved = []
-        for name in DB_FILES:
+        for name in (*DB_FILES, FAILED_FILE):
             if (directory / name).exists():
                 os.rename(directory / name, target / name)
                 moved.append(name)
