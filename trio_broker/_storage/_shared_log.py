@@ -63,7 +63,7 @@ import trio
 
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
-from ._failed import any_lost, suppress_unless_lost
+from ._failed import any_lost, lost_writes, suppress_unless_lost
 from ._files import fsync_path
 from ._worker import StorageWorker
 
@@ -592,8 +592,10 @@ class TurnCommitter:
                 with log.transaction:
                     for job in abandoned:
                         job.save(stage="abandon")
-            except apsw.Error:
+            except apsw.Error as exc:
                 roll_back_open(log.transaction)
+                if lost_writes(exc):  # (a failed fsync of the shared log: nothing more)
+                    raise
         if trim:
             with suppress_unless_lost():  # (rows kept: the next turn trims again)
                 log.maybe_trim()
