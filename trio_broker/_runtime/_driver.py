@@ -29,7 +29,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -47,17 +46,11 @@ from .._core._raft_messages import (
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
-from .._storage._failed import (
-    UNKNOWN_FILE,
-    StorageFailed,
-    lost_writes,
-    marker_dir,
-    write_marker,
-)
-from .._storage._files import DB_FILE
+from .._storage._failed import StorageFailed, lost_writes
 from ._applied import applied_group
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace
+from ._failed_storage import report_failed_storage
 from ._group_members import GroupMembers
 from ._in_step import InStep
 from ._leadership import Leadership
@@ -291,7 +284,10 @@ class RaftDriver(Proposing, InStep, GroupMembers):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drive the core; on a crash, rebuild it from disk (bounded restarts), as after a
-        process crash, so a bug or a failed fsync costs in-flight requests, not the broker."""
+        process crash, so a bug costs in-flight requests, not the broker. Not after a write
+        that may have lost acknowledged writes (a failed fsync): then the broker stops and
+        this raises :class:`~trio_broker._storage.StorageFailed` (docs/reliability.md, "A
+        failed fsync stops the broker")."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.peer_mux is not None:
@@ -319,8 +315,15 @@ class RaftDriver(Proposing, InStep, GroupMembers):
 
     async def _run_restarting(self) -> None:
         watch = getattr(self._worker, "watch_failure", None)
-        if watch is not None:
-            watch(self._storage_failing)
+        if watch is None:
+            return await self._restarting()
+        watch(self._storage_failing)
+        try:
+            return await self._restarting()
+        finally:
+            self._worker.unwatch_failure(self._storage_failing)
+
+    async def _restarting(self) -> None:
         crashes: list[float] = []
         while True:
             try:
@@ -368,34 +371,10 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         failure = getattr(self._worker, "failed", None)
         if failure is None:
             return
-        self._report_failed_storage(failure)
+        report_failed_storage(failure, self.broker_id, self.cluster_id, self._store, self.config)
         if self._failed is None:
             self._failed = failure.again()
             self.wake()
-
-    def _report_failed_storage(self, failure: StorageFailed) -> None:
-        """One ``storage.failed`` CRITICAL line per failed storage (the first group that
-        meets it), and the marker that keeps the next start on this folder from trusting it
-        (written here, at once: not at the end of a stop that may never finish)."""
-        if failure.reported:
-            return
-        failure.reported = True
-        if failure.file == UNKNOWN_FILE:
-            failure.file = str(Path(self._store.data_dir) / DB_FILE)
-        marker = write_marker(marker_dir(self.config.data_dir), failure)
-        shared = getattr(self._store, "_shared", None)  # (its fsync covers this group's saves)
-        log_event(
-            logging.CRITICAL,
-            "storage.failed",
-            broker_id=self.broker_id,
-            group=self.cluster_id,
-            file=failure.file,
-            code=failure.code,
-            error=failure.error,
-            shared_log=str(shared.path) if shared is not None else None,
-            marker=str(marker) if marker is not None else "not written",
-            action="stopping; replace the disk, then data reset and rejoin",
-        )
 
     def _stop_on_failed_storage(self, exc: Exception) -> StorageFailed:
         """Fail-stop (docs/reliability.md, "A failed fsync stops the broker"): the storage
@@ -404,10 +383,10 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         worker: Any = self._worker
         failure = getattr(worker, "failed", None)
         if failure is None:
-            failure = StorageFailed.from_error(exc, str(Path(self._store.data_dir) / DB_FILE))
+            failure = StorageFailed.from_error(exc)  # (the report names this group's file)
             if hasattr(worker, "fail"):
                 worker.fail(failure)  # (its watchers report it: _storage_failing)
-        self._report_failed_storage(failure)
+        report_failed_storage(failure, self.broker_id, self.cluster_id, self._store, self.config)
         for pending in self._ledger.take_all():
             self._settle(pending, _outcome_unknown("this broker's storage failed"))
         self.reads.fail_all(not_applied("this broker's storage failed"))

@@ -166,6 +166,11 @@ class StorageWorker:
         if self.failed is not None:
             watcher()
 
+    def unwatch_failure(self, watcher: Callable[[], None]) -> None:
+        """Forget ``watcher`` (its driver's run ended)."""
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(watcher)
+
     def _tell_failed(self) -> None:
         for watcher in list(self._watchers):
             watcher()

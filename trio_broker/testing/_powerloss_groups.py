@@ -21,7 +21,7 @@ Faults, all from the seed:
   or, rarely, leaving the transaction open as SQLite may after ``SQLITE_BUSY``), a failed
   delete of shared-log rows (an abandoned save's drop, a trim, a close), a failed ``PRAGMA
   synchronous``. A save that fails so restarts its group's core from its file, as the driver
-  does (``RaftDriver._run_restarting``); sometimes the group's store is closed and opened
+  does (``RaftDriver._restarting``); sometimes the group's store is closed and opened
   again (a group stopped and started on the broker).
 - **a failed fsync** (``SQLITE_IOERR_FSYNC``) in the "fsyncgate" model
   (:class:`~._powerloss.PowerLossVFS` with ``drops``): the writes it should have made
