@@ -74,7 +74,7 @@ class StorageWorker:
                 return
             fn, args, deliver = job
             if self.failed is not None:
-                result: outcome.Outcome = outcome.Error(self.failed.again())
+                result: outcome.Outcome[Any] = outcome.Error(self.failed.again())
             else:
                 result = outcome.capture(fn, *args)
                 if self._check(result):
@@ -131,12 +131,17 @@ class StorageWorker:
         if self.failed is not None:
             raise self.failed.again()
         self.ran_here += 1
-        result = outcome.capture(fn, *args)
-        if self._check(result):
+        try:
+            value = fn(*args)
+        except BaseException as exc:
+            if self._check(outcome.Error(exc)):
+                self._tell_failed()
+            raise
+        if type(value) is list and value and self._check(outcome.Value(value)):
             self._tell_failed()
-        return result.unwrap()
+        return value
 
-    def _check(self, result: outcome.Outcome) -> bool:
+    def _check(self, result: outcome.Outcome[Any]) -> bool:
         """Fail the worker if ``result`` (or an outcome it holds: a batch's) may have lost
         writes; True when it just failed."""
         if self.failed is not None:
@@ -144,6 +149,7 @@ class StorageWorker:
         if isinstance(result, outcome.Error):
             errors = [result.error]
         else:
+            assert isinstance(result, outcome.Value)
             value = result.value
             if type(value) is not list or not value or not isinstance(value[0], outcome.Outcome):
                 return False
