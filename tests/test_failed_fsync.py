@@ -307,3 +307,77 @@ async def test_after_a_failed_fsync_in_a_trim_no_trim_forgets_the_shared_logs_ro
     deleted the rows) lose acknowledged appends in the same model."""
     assert await _trim_after_a_failed_sync(tmp_path / "new", old=False) == []
     assert await _trim_after_a_failed_sync(tmp_path / "old", old=True) != []
+
+
+async def test_a_failed_fsync_on_a_group_of_a_shared_log_stops_its_whole_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two brokers, three groups each on their broker's shared log: a save of one of b2's
+    groups fails with ``SQLITE_IOERR_FSYNC``. b2 stops (``StorageFailed`` out of its run, one
+    ``storage.failed`` line naming the group's file and the shared log, the mark in b2's own
+    folder, not the group's), and from then on no save, trim, sync or close runs on any store
+    of b2's shared storage."""
+    from tests.wire import RawConnection, create_queue
+    from trio_broker._storage import _shared_log
+    from trio_broker.testing import open_local_cluster
+
+    caplog.set_level(logging.INFO, logger="trio_broker")
+    b2 = tmp_path / "b2"
+    armed = [False]
+    failed_at: list[int] = []
+    after: list[str] = []
+    calls = [0]
+
+    def watch(cls: Any, name: str) -> None:
+        real = getattr(cls, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            where = Path(getattr(self, "data_dir", None) or self.path)
+            if b2 in where.parents:
+                calls[0] += 1
+                if failed_at:
+                    after.append(name)
+                elif armed[0] and name == "save":
+                    failed_at.append(calls[0])
+                    error = apsw.IOError("disk I/O error")
+                    error.extendedresult = apsw.SQLITE_IOERR_FSYNC
+                    raise error
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    for name in ("save", "sync_shared", "close", "compact"):
+        watch(Store, name)
+    watch(_shared_log.SharedLog, "trim")
+    watch(_shared_log.SharedLog, "close")
+    with pytest.raises(BaseException) as caught:
+        async with open_local_cluster(tmp_path, 2, groups=3, replication_factor=2) as cluster:
+            from tests.spread import wait_voting_spread
+
+            await wait_voting_spread(cluster, 3)
+            broker = cluster.brokers["b1"]
+            queues = [await create_queue(broker.port) for _ in range(3)]
+            connection = await RawConnection.open(broker.port)
+            armed[0] = True
+            with trio.fail_after(20):
+                while True:  # (until b2's failure ends the cluster)
+                    for queue_id in queues:
+                        append = {"operation": "APPEND", "queue_name": queue_id, "data": "x"}
+                        await connection.call(append)
+    failures = []
+    pending = [caught.value]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif isinstance(exc, StorageFailed):
+            failures.append(exc)
+    assert failures, repr(caught.value)
+    assert failed_at and after == [], after
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "storage.failed"]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    assert fields["file"].startswith(str(b2 / "groups" / "G-"))
+    assert fields["shared_log"] == str(b2 / "groups" / "shared-log.sqlite3")
+    assert fields["marker"] == str(b2 / FAILED_FILE)
+    assert (b2 / FAILED_FILE).exists() and not (tmp_path / "b1" / FAILED_FILE).exists()
