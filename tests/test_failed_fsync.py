@@ -381,3 +381,28 @@ async def test_a_failed_fsync_on_a_group_of_a_shared_log_stops_its_whole_broker(
     assert fields["shared_log"] == str(b2 / "groups" / "shared-log.sqlite3")
     assert fields["marker"] == str(b2 / FAILED_FILE)
     assert (b2 / FAILED_FILE).exists() and not (tmp_path / "b1" / FAILED_FILE).exists()
+
+
+def test_a_write_that_fails_while_a_node_starts_is_marked_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fsync before any driver runs (the store's open here): the ``node`` command
+    marks the folder, reports it (status 1, no traceback) as a failure while it runs."""
+    from trio_broker._cli import _node
+    from trio_broker._storage import _store
+
+    for name in ("configure_logging", "_raise_fd_limit", "_tune_interpreter"):
+        monkeypatch.setattr(_node, name, lambda *args: None)
+
+    def failing_sync(data_dir: Path) -> None:
+        error = apsw.IOError("disk I/O error")
+        error.extendedresult = apsw.SQLITE_IOERR_FSYNC
+        raise error
+
+    monkeypatch.setattr(_store, "sync_new_files", failing_sync)
+    data_dir = tmp_path / "b1"
+    assert cli_main(["node", "--data-dir", str(data_dir), "--port", "0"]) == 1
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "SQLITE_IOERR_FSYNC" in stderr, stderr
+    marker = read_marker(data_dir)
+    assert marker is not None and marker.code == "SQLITE_IOERR_FSYNC"
