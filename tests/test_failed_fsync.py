@@ -23,9 +23,10 @@ import apsw
 import pytest
 import trio
 
+from trio_broker import StorageFailed
 from trio_broker._cli._main import main as cli_main
 from trio_broker._runtime import BrokerConfig, open_broker
-from trio_broker._storage import StorageFailed, Store
+from trio_broker._storage import Store
 from trio_broker._storage._failed import FAILED_FILE, lost_writes, read_marker
 from trio_broker._storage._worker import StorageWorker, open_storage_worker
 from trio_broker.testing._powerloss import PowerLossVFS
