@@ -382,6 +382,12 @@ async def test_a_failed_fsync_on_a_group_of_a_shared_log_stops_its_whole_broker(
     assert fields["shared_log"] == str(b2 / "groups" / "shared-log.sqlite3")
     assert fields["marker"] == str(b2 / FAILED_FILE)
     assert (b2 / FAILED_FILE).exists() and not (tmp_path / "b1" / FAILED_FILE).exists()
+    # The operator's reset moves the groups' folder aside too: the broker rejoins under a new
+    # id, which the groups' files do not hold.
+    assert cli_main(["data", "reset", "--data-dir", str(b2)]) == 0
+    (aside,) = b2.glob("damaged-*")
+    assert (aside / FAILED_FILE).exists() and (aside / "groups" / "shared-log.sqlite3").exists()
+    assert not (b2 / "groups").exists() and not (b2 / FAILED_FILE).exists()
 
 
 def test_a_write_that_fails_while_a_node_starts_is_marked_and_reported(

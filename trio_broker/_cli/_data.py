@@ -4,12 +4,12 @@ broker's data folder.
 ``check`` opens the data as a starting broker would (SQLite's integrity check, every log entry's
 checksum) and then reads every stored value back against its checksum; on a folder where a write
 failed (``STORAGE-FAILED``, docs/reliability.md, "A failed fsync stops the broker") it reports
-that instead. ``reset`` moves the database files, and that mark, into a ``damaged-<time>``
-folder beside them (nothing is deleted), so that the broker can rejoin its cluster empty and be
-refilled by the others (docs/reliability.md, "Damaged data"). ``trust-log`` is the operator's
-override when a cluster whose machines rebooted cannot verify a majority (docs/reliability.md,
-"A reboot votes only once it knows"): it accepts the broker's log as it is, in the folder and in
-each group's folder.
+that instead. ``reset`` moves the database files, the groups' folder and that mark, into a
+``damaged-<time>`` folder beside them (nothing is deleted), so that the broker can rejoin its
+cluster empty and be refilled by the others (docs/reliability.md, "Damaged data"). ``trust-log``
+is the operator's override when a cluster whose machines rebooted cannot verify a majority
+(docs/reliability.md, "A reboot votes only once it knows"): it accepts the broker's log as it
+is, in the folder and in each group's folder.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         "data",
         help="check a stopped broker's data, or move damaged data aside",
         description="Work on the data folder of a stopped broker. 'check' reads everything "
-        "back against its checksums; 'reset' moves the database files into a new "
+        "back against its checksums; 'reset' moves the database files (and the groups' "
+        "folder) into a new "
         "damaged-<time> folder inside --data-dir (nothing is deleted), so that the broker "
         "can rejoin its cluster empty; 'trust-log' accepts its log as it is after a reboot "
         "(it votes at once on its next start: acknowledged writes its disk lost, if no "
