@@ -168,9 +168,17 @@ async def test_answers_are_settled_before_the_commit_and_views_told_after(tmp_pa
     assert told and not any(told), told  # (views only once committed)
 
 
+def _lock_error() -> apsw.IOError:
+    """An I/O error that lost no write (a lock): a failed fsync or write stops the broker
+    instead (tests/test_failed_fsync.py)."""
+    error = apsw.IOError("disk I/O error")
+    error.extendedresult = apsw.SQLITE_IOERR_LOCK
+    return error
+
+
 @pytest.mark.parametrize(
     "failure",
-    [lambda: apsw.FullError("database or disk is full"), lambda: apsw.IOError("disk I/O error")],
+    [lambda: apsw.FullError("database or disk is full"), lambda: _lock_error()],
     ids=["disk full", "I/O error"],
 )
 async def test_a_commit_that_fails_after_the_answers_left_keeps_them_true(tmp_path, failure):

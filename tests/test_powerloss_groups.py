@@ -211,6 +211,22 @@ def test_groups_on_a_shared_log_survive_power_cuts_and_io_errors(seed: int, cuts
     assert stats.cuts == cuts and stats.acked
 
 
+@pytest.mark.parametrize("fail_stop", [True, False], ids=["fail-stop", "rebuild as before"])
+def test_a_failed_fsync_that_drops_writes_loses_acknowledged_appends_unless_the_broker_stops(
+    fail_stop: bool,
+) -> None:
+    """The "fsyncgate" model (a failed fsync drops the writes it should have made durable,
+    reads still see them): a broker that stops at its failed fsync loses nothing acknowledged;
+    one whose groups restart from their files and go on, as before, loses acknowledged
+    appends once a later trim's sync succeeds over the dropped writes and deletes their rows
+    (seed 9, fsync errors only, one cut: the mutant ``rebuild_after_failed_fsync``)."""
+    if fail_stop:
+        stats = run_seed(9, cuts=1, steps_between=60, faults=("fsync",))
+        assert stats.stopped == 1 and stats.dropped and stats.acked
+    else:
+        assert mutant_caught("rebuild_after_failed_fsync", (9,))
+
+
 @LONG
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_the_runner_catches_each_mutant(mutant: str) -> None:

@@ -843,7 +843,11 @@ def test_a_save_whose_own_transaction_fails_leaves_no_row(
 
         def broken(store: Store, items: dict[str, Any]) -> None:
             if store is failing.store and "shared_seq" in items:
-                raise apsw.IOError("the group's file failed")
+                # (a failure that lost no write: a failed fsync ends the job at once instead,
+                # tests/test_failed_fsync.py)
+                error = apsw.IOError("the group's file failed")
+                error.extendedresult = apsw.SQLITE_IOERR_LOCK
+                raise error
             real(store, items)
 
         monkeypatch.setattr(Store, "_set_meta", broken)

@@ -89,7 +89,7 @@ if TYPE_CHECKING:
         open_broker,
         serve_broker,
     )
-    from ._storage import DataDirInUse
+    from ._storage import DataDirInUse, StorageFailed
 
 _LAZY = {
     "Address": "._client",
@@ -111,6 +111,7 @@ _LAZY = {
     "open_broker": "._runtime",
     "serve_broker": "._runtime",
     "DataDirInUse": "._storage",
+    "StorageFailed": "._storage",
 }
 """The client's and the broker's names, loaded when first used (PEP 562): a client program, or
 a command-line client command, does not import the broker, its storage and its metrics; a
@@ -167,6 +168,7 @@ __all__ = [
     "Retention",
     "SequenceTooOldError",
     "SnapshotTaken",
+    "StorageFailed",
     "TooLargeError",
     "Topology",
     "UnauthorizedError",

@@ -2,12 +2,14 @@
 broker's data folder.
 
 ``check`` opens the data as a starting broker would (SQLite's integrity check, every log entry's
-checksum) and then reads every stored value back against its checksum. ``reset`` moves the
-database files into a ``damaged-<time>`` folder beside them (nothing is deleted), so that the
-broker can rejoin its cluster empty and be refilled by the others (docs/reliability.md,
-"Damaged data"). ``trust-log`` is the operator's override when a cluster whose machines
-rebooted cannot verify a majority (docs/reliability.md, "A reboot votes only once it
-knows"): it accepts the broker's log as it is, in the folder and in each group's folder.
+checksum) and then reads every stored value back against its checksum; on a folder where a write
+failed (``STORAGE-FAILED``, docs/reliability.md, "A failed fsync stops the broker") it reports
+that instead. ``reset`` moves the database files, the groups' folder and that mark, into a
+``damaged-<time>`` folder beside them (nothing is deleted), so that the broker can rejoin its
+cluster empty and be refilled by the others (docs/reliability.md, "Damaged data"). ``trust-log``
+is the operator's override when a cluster whose machines rebooted cannot verify a majority
+(docs/reliability.md, "A reboot votes only once it knows"): it accepts the broker's log as it
+is, in the folder and in each group's folder.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         "data",
         help="check a stopped broker's data, or move damaged data aside",
         description="Work on the data folder of a stopped broker. 'check' reads everything "
-        "back against its checksums; 'reset' moves the database files into a new "
+        "back against its checksums; 'reset' moves the database files (and the groups' "
+        "folder) into a new "
         "damaged-<time> folder inside --data-dir (nothing is deleted), so that the broker "
         "can rejoin its cluster empty; 'trust-log' accepts its log as it is after a reboot "
         "(it votes at once on its next start: acknowledged writes its disk lost, if no "
@@ -38,7 +41,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_data(args: argparse.Namespace) -> int:
     # The storage is imported by the commands that use it, not by every command's parser.
-    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
+    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged, StorageFailed
     from .._storage._files import move_aside
 
     try:
@@ -47,7 +50,7 @@ def run_data(args: argparse.Namespace) -> int:
         if args.action == "trust-log":
             return _trust_log(args.data_dir)
         target, moved = move_aside(args.data_dir)
-    except StorageDamaged as exc:
+    except (StorageDamaged, StorageFailed) as exc:
         print(exc.report(str(args.data_dir)), file=sys.stderr)
         return EXIT_ERROR
     except (DataDirInUse, SchemaTooNew, OSError) as exc:
@@ -66,7 +69,9 @@ def run_data(args: argparse.Namespace) -> int:
 
 def _check(data_dir: Path) -> int:
     from .._storage import StorageDamaged, Store
+    from .._storage._failed import refuse_if_failed
 
+    refuse_if_failed(data_dir)  # (a write failed here: what the files hold proves nothing)
     if not (data_dir / "broker.sqlite3").exists():
         print(f"error: no broker database in {data_dir}", file=sys.stderr)
         return EXIT_ERROR

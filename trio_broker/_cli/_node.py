@@ -95,9 +95,10 @@ def _node_failures() -> tuple[type[BaseException], ...]:
     """Failures a node reports in one line and exits 1, rather than with a traceback (the
     broker's modules are imported only by the commands that run one)."""
     from .._runtime import IdentityMismatch, JoinFailed
-    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged
+    from .._storage import DataDirInUse, SchemaTooNew, StorageDamaged, StorageFailed
 
     return (
+        StorageFailed,
         DataDirInUse,
         IdentityMismatch,
         SchemaTooNew,
@@ -139,6 +140,36 @@ def loggable(value: Any) -> Any:
     return value
 
 
+def _failed_at_start(config: BrokerConfig, exc: BaseException) -> BaseException | None:
+    """A write that may have lost writes, failed while the broker started (before its
+    driver runs: say, the replay of a shared log into a group's file): as a failure while it
+    runs, marked and reported (docs/reliability.md, "A failed fsync stops the broker")."""
+    from .._storage._failed import StorageFailed, lost_writes, write_marker
+
+    pending, failed = [exc], None
+    while pending and failed is None:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        elif lost_writes(e):
+            failed = e
+    if failed is None:
+        return None
+    failure = StorageFailed.from_error(failed, str(config.data_dir))
+    marker = write_marker(config.data_dir, failure)
+    failure.reported = True
+    log_event(
+        logging.CRITICAL,
+        "storage.failed",
+        file=failure.file,
+        code=failure.code,
+        error=failure.error,
+        marker=str(marker) if marker is not None else "not written",
+        action="not starting; replace the disk, then data reset and rejoin",
+    )
+    return failure
+
+
 def log_settings(config: BrokerConfig, node_only: dict[str, Any], sources: dict[str, str]) -> None:
     """One ``broker.settings`` event: every setting's value, and where the ones that are not
     defaults came from (``sources``: flag, env or file)."""
@@ -165,12 +196,20 @@ def run_node(args: argparse.Namespace) -> int:
         if full is not None:
             print(f"error: {full}", file=sys.stderr)
             return EXIT_ERROR
-        from .._storage import StorageDamaged
+        from .._storage import StorageDamaged, StorageFailed
 
-        found = leaf(exc, _node_failures())
+        found = (
+            leaf(exc, (StorageFailed,))
+            or _failed_at_start(config, exc)
+            or leaf(exc, _node_failures())
+        )
         if found is None:
             raise
-        if isinstance(found, StorageDamaged):  # docs/reliability.md, "Damaged data"
+        if isinstance(found, StorageFailed):  # "A failed fsync stops the broker"
+            if not found.reported:  # (a refused start: the run that failed logged it)
+                log_event(logging.CRITICAL, "storage.failed_before", error=str(found))
+            print(found.report(str(config.data_dir)), file=sys.stderr)
+        elif isinstance(found, StorageDamaged):  # docs/reliability.md, "Damaged data"
             log_event(logging.CRITICAL, "storage.damaged_at_start", error=str(found))
             print(found.report(str(config.data_dir)), file=sys.stderr)
         elif isinstance(found, OSError):

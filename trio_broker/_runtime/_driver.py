@@ -46,9 +46,11 @@ from .._core._raft_messages import (
 from .._errors import BrokerError, ErrorCode
 from .._protocol._entries import payload_bytes
 from .._storage import StorageWorker, Store
+from .._storage._failed import StorageFailed, lost_writes
 from ._applied import applied_group
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace
+from ._failed_storage import report_failed_storage
 from ._group_members import GroupMembers
 from ._in_step import InStep
 from ._leadership import Leadership
@@ -282,7 +284,10 @@ class RaftDriver(Proposing, InStep, GroupMembers):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drive the core; on a crash, rebuild it from disk (bounded restarts), as after a
-        process crash, so a bug or a failed fsync costs in-flight requests, not the broker."""
+        process crash, so a bug costs in-flight requests, not the broker. Not after a write
+        that may have lost acknowledged writes (a failed fsync): then the broker stops and
+        this raises :class:`~trio_broker._storage.StorageFailed` (docs/reliability.md, "A
+        failed fsync stops the broker")."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.peer_mux is not None:
@@ -309,11 +314,25 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                     self.peer_mux.unregister(self.cluster_id, self.peers)
 
     async def _run_restarting(self) -> None:
+        watch = getattr(self._worker, "watch_failure", None)
+        if watch is None:
+            return await self._restarting()
+        watch(self._storage_failing)
+        try:
+            return await self._restarting()
+        finally:
+            self._worker.unwatch_failure(self._storage_failing)
+
+    async def _restarting(self) -> None:
         crashes: list[float] = []
         while True:
             try:
                 await self._drive()
             except Exception as exc:
+                if lost_writes(exc) or getattr(self._worker, "failed", None) is not None:
+                    # Not a crash to rebuild from: the disk may have dropped writes already
+                    # acknowledged, and a rebuild reads the same page cache (fsyncgate).
+                    raise self._stop_on_failed_storage(exc) from exc
                 now = trio.current_time()
                 crashes = [t for t in crashes if now - t < RESTART_WINDOW] + [now]
                 logger.exception(
@@ -344,6 +363,34 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         log_event(
             logging.WARNING, "driver.restarted", term=self.node.term, applied=self.node.applied
         )
+
+    def _storage_failing(self) -> None:
+        """The storage thread refuses its jobs from now on (this group's save, another's, a
+        trim; called on the trio thread as it fails): report it once, and end this run at
+        its next turn, as after a failure of its own."""
+        failure = getattr(self._worker, "failed", None)
+        if failure is None:
+            return
+        report_failed_storage(failure, self.broker_id, self.cluster_id, self._store, self.config)
+        if self._failed is None:
+            self._failed = failure.again()
+            self.wake()
+
+    def _stop_on_failed_storage(self, exc: Exception) -> StorageFailed:
+        """Fail-stop (docs/reliability.md, "A failed fsync stops the broker"): the storage
+        refuses every later job, so nothing more is saved, acknowledged, voted or trimmed
+        through it; the requests waiting here are answered "outcome unknown"."""
+        worker: Any = self._worker
+        failure = getattr(worker, "failed", None)
+        if failure is None:
+            failure = StorageFailed.from_error(exc)  # (the report names this group's file)
+            if hasattr(worker, "fail"):
+                worker.fail(failure)  # (its watchers report it: _storage_failing)
+        report_failed_storage(failure, self.broker_id, self.cluster_id, self._store, self.config)
+        for pending in self._ledger.take_all():
+            self._settle(pending, _outcome_unknown("this broker's storage failed"))
+        self.reads.fail_all(not_applied("this broker's storage failed"))
+        return failure.again()
 
     def _read_recovery(self) -> tuple[Any, Any]:
         return self._store.raft_state(), self._read_views()

@@ -20,7 +20,7 @@ from .._core import _raft as raft
 from .._core import _raft_messages as rm
 from .._core._commands import Command, CommandGroup
 from .._storage._integrity import StorageDamaged
-from .._storage._worker import is_disk_full
+from .._storage._worker import is_disk_full, note_failure
 from ._disk_space import DiskState
 from ._pending import settling
 from ._save_place import (
@@ -142,6 +142,7 @@ class InStep:
                         # (repairs, retries).
                         self._handing_apply(rd)
                         return
+                    note_failure(self._worker, exc)  # (before _saved_here may queue a trim)
                     raise
                 finally:
                     self._saved_here()
@@ -235,6 +236,7 @@ class InStep:
                 before_commit=answer if answers_early(committed) else None,
             )
         except Exception as exc:
+            note_failure(self._worker, exc)  # (before _saved_here may queue a trim)
             self._saved_here()
             if isinstance(exc, StorageDamaged) or is_disk_full(exc):
                 # Rolled back whole: this task's path runs it again (repairs, retries). The
@@ -292,6 +294,7 @@ class InStep:
     def _fail_run(self: RaftDriver, exc: Exception) -> None:
         """What failed in a stepping task's step fails this task's run instead (raised in its
         loop: a crash of the driver, recovered as any other), never the stepping task's."""
+        note_failure(self._worker, exc)  # (a failed fsync: nothing more runs on the storage)
         self._failed = exc
         self.wake()
 

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from .._storage import Identity, StorageWorker, Store, open_sqlite_storage
+from .._storage._failed import refuse_if_failed
 from . import _membership as membership
 from ._boot import note_boot
 from ._broker import Broker
@@ -50,8 +51,10 @@ async def open_broker(
     (and becomes a voter once caught up); a restarted broker rejoins from its data directory.
 
     Raises :class:`~trio_broker._storage.DataDirInUse` if another broker holds the data
-    directory, :class:`IdentityMismatch` if the directory belongs to another identity, and
-    :class:`JoinFailed` if the seeds' cluster refuses this broker.
+    directory, :class:`IdentityMismatch` if the directory belongs to another identity,
+    :class:`JoinFailed` if the seeds' cluster refuses this broker, and
+    :class:`~trio_broker._storage.StorageFailed` if a write failed on this data folder before
+    (or fails while it runs) in a way that may have lost acknowledged writes.
 
     ``config.groups``: a founder founds a cluster of that many replication groups
     (docs/replication.md, "Several leaders"); others take the cluster's. Whatever it says, a
@@ -69,6 +72,9 @@ async def open_broker(
     if security.server_context is not None:
         assert security.client_context is not None
         network = TlsNetwork(network, security.server_context, security.client_context)
+    # A write failed here before, in a way that may have lost acknowledged writes: not a
+    # folder to trust (docs/reliability.md, "A failed fsync stops the broker").
+    refuse_if_failed(config.data_dir)
     async with storage(config.data_dir) as (worker, store):
         # Before the core is built from the store's state (docs/reliability.md, "A reboot votes
         # only once it knows").

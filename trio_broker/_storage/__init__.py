@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 if TYPE_CHECKING:
+    from ._failed import StorageFailed
     from ._schema import SCHEMA_VERSION, SchemaTooNew
     from ._store import DB_FILE, DataDirInUse, Identity, LogDamage, StorageDamaged, Store
     from ._worker import StorageWorker, open_sqlite_storage, open_storage_worker
@@ -23,6 +24,7 @@ _WHERE = {
     "Identity": "._store",
     "LogDamage": "._store",
     "StorageDamaged": "._store",
+    "StorageFailed": "._failed",
     "Store": "._store",
     "StorageWorker": "._worker",
     "open_sqlite_storage": "._worker",
@@ -37,6 +39,7 @@ __all__ = [
     "LogDamage",
     "SchemaTooNew",
     "StorageDamaged",
+    "StorageFailed",
     "StorageWorker",
     "Store",
     "open_sqlite_storage",

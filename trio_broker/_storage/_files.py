@@ -9,8 +9,14 @@ import os
 import time
 from pathlib import Path
 
+from ._failed import FAILED_FILE
+
 DB_FILE = "broker.sqlite3"
 LOCK_FILE = "LOCK"
+GROUPS_FOLDER = "groups"
+"""The replicas of the broker's extra groups and their shared log (``_runtime._groups``): a
+reset moves them aside too, since a broker that rejoins empty does so under a new id, which
+their files do not hold."""
 DB_FILES = (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + "-journal")
 """The database and the files SQLite keeps beside it: what a reset moves aside together."""
 
@@ -63,10 +69,11 @@ def fsync_path(path: Path) -> None:
 
 
 def move_aside(data_dir: Path | str) -> tuple[Path, list[str]]:
-    """Move a stopped broker's database files into a new folder ``damaged-<UTC time>`` inside
-    ``data_dir``; returns that folder and the names moved. Nothing is deleted: the operator
-    keeps the files to examine, or to hand to someone who can. Holds the directory lock while
-    it works, so a running broker's files are never moved (:class:`DataDirInUse`)."""
+    """Move a stopped broker's database files (with its groups' folder and the mark of a failed
+    write, ``_failed``) into a new folder ``damaged-<UTC time>`` inside ``data_dir``; returns
+    that folder and the names moved. Nothing is deleted: the operator keeps the files to
+    examine, or to hand to someone who can. Holds the directory lock while it works, so a
+    running broker's files are never moved (:class:`DataDirInUse`)."""
     directory = Path(data_dir)
     if not (directory / DB_FILE).exists():
         raise FileNotFoundError(f"no broker database in {directory} ({DB_FILE} is missing)")
@@ -80,7 +87,7 @@ def move_aside(data_dir: Path | str) -> tuple[Path, list[str]]:
             target = directory / f"damaged-{stamp}-{n}"
         target.mkdir()
         moved = []
-        for name in DB_FILES:
+        for name in (*DB_FILES, FAILED_FILE, GROUPS_FOLDER):
             if (directory / name).exists():
                 os.rename(directory / name, target / name)
                 moved.append(name)

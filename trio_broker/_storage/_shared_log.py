@@ -63,6 +63,7 @@ import trio
 
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
+from ._failed import any_lost, lost_writes, suppress_unless_lost
 from ._files import fsync_path
 from ._worker import StorageWorker
 
@@ -551,7 +552,7 @@ class TurnCommitter:
         self._worker.submit(self._trim, self._trimmed)
 
     def _trim(self) -> None:
-        with contextlib.suppress(apsw.Error):  # (rows kept: a later turn trims again)
+        with suppress_unless_lost():  # (rows kept: a later turn trims again)
             self._log.maybe_trim()
 
     def _trimmed(self, result: outcome.Outcome) -> None:
@@ -573,8 +574,8 @@ class TurnCommitter:
             # Alone in its fsync: the group's own transaction, no shared-log row (own_save).
             self.own += 1
             results = [outcome.capture(batch[0].save, stage="own")]
-            if trim:
-                with contextlib.suppress(apsw.Error):
+            if trim and not any_lost(results):
+                with suppress_unless_lost():
                     log.maybe_trim()
             return results
         failed: dict[int, outcome.Outcome] = {}
@@ -593,6 +594,8 @@ class TurnCommitter:
             failed[i] if i in failed else outcome.capture(job.save, stage="apply")
             for i, job in enumerate(batch)
         ]
+        if any_lost(results):  # (nothing more through this storage: _failed, _worker)
+            return results
         abandoned = [
             job
             for i, (job, result) in enumerate(zip(batch, results, strict=True))
@@ -606,10 +609,12 @@ class TurnCommitter:
                 with log.transaction:
                     for job in abandoned:
                         job.save(stage="abandon")
-            except apsw.Error:
+            except apsw.Error as exc:
                 roll_back_open(log.transaction)
+                if lost_writes(exc):  # (a failed fsync of the shared log: nothing more)
+                    raise
         if trim:
-            with contextlib.suppress(apsw.Error):  # (rows kept: the next turn trims again)
+            with suppress_unless_lost():  # (rows kept: the next turn trims again)
                 log.maybe_trim()
         return results
 

@@ -3,6 +3,13 @@
 A call cannot be abandoned halfway: if the waiting task is cancelled while its job runs, the
 cancellation is delivered when the job has finished, so the caller never walks away from a
 transaction whose outcome it does not know.
+
+A job that fails in a way that may have lost writes (a failed fsync: :func:`._failed.lost_writes`),
+or returns such a failure among its outcomes (a batch of several groups' saves), fails the
+worker: every later job is refused with :class:`._failed.StorageFailed` without touching
+SQLite, so nothing more is written, synced or trimmed through that storage
+(docs/reliability.md, "A failed fsync stops the broker"). The check runs on the storage
+thread as the job ends, before the next job starts.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any, TypeVar
 import apsw
 import outcome
 import trio
+
+from ._failed import StorageFailed, lost_writes
 
 T = TypeVar("T")
 
@@ -43,8 +52,12 @@ class StorageWorker:
     """With ``save_in_turn``, its :class:`~._shared_log.TurnCommitter`: whether a save may run
     on the event loop now, alone on the shared log (``idle``), for the driver's in-step paths."""
 
+    failed: StorageFailed | None = None
+    """Set once a job failed in a way that may have lost writes: every later job raises it."""
+
     def __init__(self, name: str = "trio-broker-storage") -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._watchers: list[Callable[[], None]] = []
         self._busy = 0
         """Jobs handed to the thread and not yet delivered back (read and written on the trio
         thread only: zero means the thread is waiting for work and touches no SQLite)."""
@@ -60,7 +73,12 @@ class StorageWorker:
             if job is _STOP:
                 return
             fn, args, deliver = job
-            result = outcome.capture(fn, *args)
+            if self.failed is not None:
+                result: outcome.Outcome[Any] = outcome.Error(self.failed.again())
+            else:
+                result = outcome.capture(fn, *args)
+                if self._check(result):
+                    self._token.run_sync_soon(self._tell_failed)
             try:
                 self._token.run_sync_soon(deliver, result)
             except trio.RunFinishedError:  # pragma: no cover - the trio run ended under us
@@ -110,20 +128,78 @@ class StorageWorker:
         if self._busy:
             return await self.run(fn, *args)
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self.failed is not None:
+            raise self.failed.again()
         self.ran_here += 1
-        return fn(*args)
+        try:
+            value = fn(*args)
+        except BaseException as exc:
+            if self._check(outcome.Error(exc)):
+                self._tell_failed()
+            raise
+        if type(value) is list and value and self._check(outcome.Value(value)):
+            self._tell_failed()
+        return value
+
+    def _check(self, result: outcome.Outcome[Any]) -> bool:
+        """Fail the worker if ``result`` (or an outcome it holds: a batch's) may have lost
+        writes; True when it just failed."""
+        if self.failed is not None:
+            return False
+        if isinstance(result, outcome.Error):
+            errors = [result.error]
+        else:
+            assert isinstance(result, outcome.Value)
+            value = result.value
+            if type(value) is not list or not value or not isinstance(value[0], outcome.Outcome):
+                return False
+            errors = [r.error for r in value if isinstance(r, outcome.Error)]
+        for error in errors:
+            if lost_writes(error):
+                self.failed = StorageFailed.from_error(error)
+                return True
+        return False
+
+    def fail(self, failure: StorageFailed) -> None:
+        """Refuse every later job (the driver found the failure in a save's outcome)."""
+        if self.failed is None:
+            self.failed = failure
+            self._tell_failed()
+
+    def watch_failure(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher()`` on the trio thread once this worker fails (at once if it has)."""
+        self._watchers.append(watcher)
+        if self.failed is not None:
+            watcher()
+
+    def unwatch_failure(self, watcher: Callable[[], None]) -> None:
+        """Forget ``watcher`` (its driver's run ended)."""
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(watcher)
+
+    def _tell_failed(self) -> None:
+        for watcher in list(self._watchers):
+            watcher()
 
     @property
     def idle(self) -> bool:
         """No job is with the storage thread (read on the trio thread): a job run here now
         is alone on the connection (:meth:`run_short`)."""
-        return not self._busy
+        return not self._busy and self.failed is None
 
     def stop(self) -> None:
         self._jobs.put(_STOP)
 
     async def wait_stopped(self) -> None:
         await trio.to_thread.run_sync(self._thread.join)
+
+
+def note_failure(worker: Any, exc: BaseException) -> None:
+    """Fail ``worker`` at once if ``exc`` (raised by a transaction run on the event loop, not
+    through the worker) may have lost writes: before anything else is queued on it."""
+    fail = getattr(worker, "fail", None)
+    if fail is not None and lost_writes(exc):
+        fail(StorageFailed.from_error(exc))
 
 
 @contextlib.asynccontextmanager
@@ -148,4 +224,5 @@ async def open_sqlite_storage(data_dir: Any) -> AsyncIterator[tuple[StorageWorke
             yield worker, store
         finally:
             with trio.CancelScope(shield=True):
-                await worker.run(store.close)
+                if worker.failed is None:  # (failed storage is not written again: _failed)
+                    await worker.run(store.close)

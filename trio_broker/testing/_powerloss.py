@@ -15,6 +15,14 @@ Sync points are counted (:attr:`PowerLossVFS.syncs`) so that a test can cut the 
 k-th one (``cut_at_sync=k``): the k-th ``xSync`` does not happen, the power goes instead, and
 SQLite gets an I/O error.
 
+A failed fsync (:attr:`PowerLossVFS.sync_fails`) comes in two models. By default the writes stay
+pending: a later sync makes them durable. With ``drops=True`` (the "fsyncgate" model, what
+Linux may do after ``EIO``: docs/reliability.md, "A failed fsync stops the broker") the failed
+sync drops them from the disk: the kernel marks the pages clean without writing them, so reads
+through the page cache still see them and a later sync succeeds without writing them. Each
+byte range written since the file's last sync is then lost at the next cut (it rolls back to
+what the disk held) unless a later write to it is synced.
+
 What is not modelled:
 
 - Directory entries. A created, deleted or renamed file is durable at once here, while a real
@@ -84,6 +92,9 @@ class _FileState:
     path: str
     undo: list[_Write | _Truncate] = attrs.field(factory=list)
     handles: int = 0
+    dropped: list[tuple[int, bytes]] = attrs.field(factory=list)
+    """Byte ranges a failed sync dropped (the fsyncgate model): (offset, what the disk holds
+    there). A cut puts them back; a later synced write over a range takes it out."""
 
 
 class PowerLossVFS(apsw.VFS):
@@ -97,6 +108,7 @@ class PowerLossVFS(apsw.VFS):
         torn: bool = False,
         rng: random.Random | None = None,
         real_sync: bool = False,
+        drops: bool = False,
     ) -> None:
         self.name = name
         self.real_sync = real_sync
@@ -115,9 +127,14 @@ class PowerLossVFS(apsw.VFS):
         the moment to take a :meth:`crash_image`. It must not use SQLite."""
         self.sync_fails: Callable[[str], bool] | None = None
         """Asked at every sync point (with the file's path) after :attr:`on_sync`: True makes
-        this ``xSync`` fail with an I/O error (an fsync error: nothing synced, the writes stay
-        unsynced, as Linux may drop them); the power stays on."""
+        this ``xSync`` fail with an I/O error (``SQLITE_IOERR_FSYNC``: nothing synced; the
+        writes stay unsynced, or with :attr:`drops` are dropped from the disk); the power
+        stays on."""
         self.sync_errors = 0
+        self.drops = drops
+        """A failed sync drops the pending writes from the disk (see the module docstring)."""
+        self.dropped_bytes = 0
+        """Bytes a failed sync dropped so far (the fsyncgate model)."""
         self._files: dict[str, _FileState] = {}
         super().__init__(name, "")
 
@@ -168,9 +185,23 @@ class PowerLossVFS(apsw.VFS):
         if os.path.exists(state.path):
             self._roll_back(state, state.path)
         state.undo.clear()
+        state.dropped.clear()
 
     def _roll_back(self, state: _FileState, target: str) -> None:
-        """Undo ``state``'s unsynced operations on ``target`` (the file or a copy of it)."""
+        """Undo ``state``'s unsynced operations on ``target`` (the file or a copy of it), then
+        put back what the disk holds where a failed sync dropped writes."""
+        self._roll_back_pending(state, target)
+        if state.dropped:
+            fd = os.open(target, os.O_RDWR)
+            try:
+                size = os.fstat(fd).st_size
+                for offset, disk in state.dropped:
+                    if offset < size:
+                        os.pwrite(fd, disk[: size - offset], offset)
+            finally:
+                os.close(fd)
+
+    def _roll_back_pending(self, state: _FileState, target: str) -> None:
         if not state.undo:
             return
         keep: tuple[int, bytes] | None = None
@@ -211,9 +242,48 @@ class PowerLossVFS(apsw.VFS):
             return False
         if self.sync_fails is not None and self.sync_fails(state.path):
             self.sync_errors += 1
-            raise apsw.IOError(f"injected fsync error at sync point {self.syncs}")
-        state.undo.clear()
+            if self.drops:
+                self._drop(state)
+            error = apsw.IOError(f"injected fsync error at sync point {self.syncs}")
+            error.extendedresult = apsw.SQLITE_IOERR_FSYNC
+            raise error
+        self._synced(state)
         return True
+
+    def _synced(self, state: _FileState) -> None:
+        """A sync succeeded: the pending writes are durable, over what a failed one dropped."""
+        if state.dropped:
+            for op in state.undo:
+                if isinstance(op, _Write):
+                    _carve(state.dropped, op.offset, op.offset + op.length)
+                else:
+                    _carve(state.dropped, op.new_size, 1 << 62)
+        state.undo.clear()
+
+    def _drop(self, state: _FileState) -> None:
+        """A failed sync in the fsyncgate model: what the disk holds under each write since the
+        last sync (the file as the undo log rebuilds it; zeros past its end) is what a cut
+        brings back there, whatever later syncs do, unless a later synced write covers it."""
+        if not state.undo:
+            return
+        with open(state.path, "rb") as f:
+            image = bytearray(f.read())
+        for op in reversed(state.undo):
+            if isinstance(op, _Write):
+                image[op.offset : op.offset + len(op.old)] = op.old
+                del image[op.old_size :]
+            else:
+                del image[op.old_size :]
+                image[op.new_size : op.new_size] = op.tail
+        for op in state.undo:
+            if not isinstance(op, _Write):
+                continue
+            start, end = op.offset, op.offset + op.length
+            disk = bytes(image[start:end]).ljust(end - start, b"\0")
+            for lo, hi in _uncovered(state.dropped, start, end):  # (earlier drops stand)
+                state.dropped.append((lo, disk[lo - start : hi - start]))
+                self.dropped_bytes += hi - lo
+        state.undo.clear()
 
     def _state(self, path: str) -> _FileState:
         state = self._files.get(path)
@@ -234,6 +304,7 @@ class PowerLossVFS(apsw.VFS):
             # A new file (perhaps under the name of one deleted behind our back): nothing of
             # an earlier file there is left to roll back. Until synced, it rolls back to empty.
             state.undo.clear()
+            state.dropped.clear()
         return _PowerLossFile(self, state, name, flags)
 
     def xDelete(self, filename: str, syncdir: bool) -> None:
@@ -243,6 +314,36 @@ class PowerLossVFS(apsw.VFS):
         state = self._files.get(filename)
         if state is not None:
             state.undo.clear()
+            state.dropped.clear()
+
+
+def _carve(dropped: list[tuple[int, bytes]], lo: int, hi: int) -> None:
+    """Take [lo, hi) out of the dropped ranges (a synced write now holds it)."""
+    kept: list[tuple[int, bytes]] = []
+    for offset, disk in dropped:
+        end = offset + len(disk)
+        if end <= lo or offset >= hi:
+            kept.append((offset, disk))
+            continue
+        if offset < lo:
+            kept.append((offset, disk[: lo - offset]))
+        if end > hi:
+            kept.append((hi, disk[hi - offset :]))
+    dropped[:] = kept
+
+
+def _uncovered(dropped: list[tuple[int, bytes]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) no dropped range covers yet."""
+    parts = [(lo, hi)]
+    for offset, disk in dropped:
+        end = offset + len(disk)
+        parts = [
+            piece
+            for a, b in parts
+            for piece in ((a, min(b, offset)), (max(a, end), b))
+            if piece[0] < piece[1]
+        ]
+    return parts
 
 
 class _PowerLossFile(apsw.VFSFile):

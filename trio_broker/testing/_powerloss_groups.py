@@ -17,16 +17,25 @@ Faults, all from the seed:
 
 - **power cuts** at random sync points counted across the three disks (mid-transaction:
   the shared log's commit, a group's, a trim's, a checkpoint's);
-- **I/O errors**: a failed commit (rolled back, or, rarely, leaving the transaction open as
-  SQLite may after ``SQLITE_BUSY``), a failed delete of shared-log rows (an abandoned save's
-  drop, a trim, a close), a failed ``PRAGMA synchronous``, an fsync error (the writes stay
-  unsynced). A save that fails restarts its group's core from its file, as the driver does
-  (``RaftDriver._run_restarting``); sometimes the group's store is closed and opened again
-  (a group stopped and started on the broker).
+- **I/O errors** that lose no write (``SQLITE_IOERR_LOCK``): a failed commit (rolled back,
+  or, rarely, leaving the transaction open as SQLite may after ``SQLITE_BUSY``), a failed
+  delete of shared-log rows (an abandoned save's drop, a trim, a close), a failed ``PRAGMA
+  synchronous``. A save that fails so restarts its group's core from its file, as the driver
+  does (``RaftDriver._restarting``); sometimes the group's store is closed and opened
+  again (a group stopped and started on the broker).
+- **a failed fsync** (``SQLITE_IOERR_FSYNC``) in the "fsyncgate" model
+  (:class:`~._powerloss.PowerLossVFS` with ``drops``): the writes it should have made
+  durable are dropped from the disk while reads still see them. The broker fail-stops, as
+  the runtime does (docs/reliability.md, "A failed fsync stops the broker"): nothing more runs
+  on its storage (no save, no trim, no acknowledgement), and it stays down for the rest of the
+  seed (its disk is not trusted again). One broker of the three at most: a minority. With
+  ``fail_stop=False`` (the behaviour before, a mutant: :mod:`._powerloss_groups_mutants`)
+  its groups restart from their files and its trims keep their errors for the next, as
+  before; that loses acknowledged appends under this model.
 
-After each restart (faults off): a leader per group emerges, every acknowledged append of
-every group is readable with its exact value from its leader's store, no value appears twice,
-and every store and shared log passes ``integrity_check``.
+After each restart (faults off): a leader per group emerges among the running brokers, every
+acknowledged append of every group is readable with its exact value from its leader's store, no
+value appears twice, and every running broker's stores and shared log pass ``integrity_check``.
 
 Usage::
 
@@ -55,6 +64,7 @@ import outcome
 from .._core._commands import AppendMessage, CreateQueue, MessageAppended
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Message, SnapshotMeta
+from .._storage._failed import lost_writes
 from .._storage._shared_log import SHARED_LOG_FILE, SharedLog, TurnCommitter, _Job, _weight
 from .._storage._store import Store
 from ._powerloss import PowerCut, PowerLossVFS
@@ -77,7 +87,10 @@ error."""
 
 
 class InjectedError(apsw.IOError):
-    """An I/O error the runner injected (not a power cut)."""
+    """An I/O error the runner injected (not a power cut, not an fsync's): one that lost no
+    write, as a lock's (a failed fsync stops the broker instead: ``_failed.lost_writes``)."""
+
+    extendedresult = apsw.SQLITE_IOERR_LOCK
 
 
 @attrs.define
@@ -92,6 +105,10 @@ class Stats:
     trims: int = 0
     reopens: int = 0
     snapshots_sent: int = 0
+    stopped: int = 0
+    """Brokers that fail-stopped after a failed fsync (and stayed down)."""
+    dropped: int = 0
+    """Bytes the failed fsyncs dropped from the disks."""
     faults: dict[str, int] = attrs.field(factory=dict)
 
 
@@ -176,8 +193,14 @@ class GroupsCluster:
         *,
         faults: tuple[str, ...] = FAULT_KINDS,
         on_open: Callable[[Store], None] | None = None,
+        fail_stop: bool = True,
     ) -> None:
         self.root = root
+        self.fail_stop = fail_stop
+        """A failed fsync stops its broker for the rest of the seed (False: the behaviour
+        before, its groups rebuilt from their files: a mutant)."""
+        self.down: set[str] = set()
+        """Brokers stopped after a failed fsync."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.on_open = on_open
@@ -195,6 +218,7 @@ class GroupsCluster:
                 f"plgroups-{seed}-{i}-{id(self)}",
                 torn=seed % 2 == 1,
                 rng=random.Random(f"{seed}{i}"),
+                drops=True,
             )
             vfs.on_sync = self._on_sync
             vfs.sync_fails = self._sync_fails
@@ -225,7 +249,28 @@ class GroupsCluster:
                 broker.vfs.cut()
 
     def _sync_fails(self, path: str) -> bool:
+        if self.fail_stop and self.down:
+            return False  # (a minority at most: one broker of three stopped)
         return self.faults.hit("fsync")
+
+    def _fail_stop(self, i: str) -> None:
+        """Broker ``i`` met a failed fsync: it stops, as the runtime's (its storage refuses
+        everything, its driver raises StorageFailed), and stays down: its stores are left
+        open, written no more, and closed with the power cut that ends the segment."""
+        self.down.add(i)
+        self.stats.stopped += 1
+        for key in [k for k in self.pending if k[0] == i]:
+            del self.pending[key]  # (never answered)
+
+    def _stops(self, i: str, exc: BaseException) -> bool:
+        """Whether ``exc`` stops broker ``i`` (a failed fsync, with fail-stop): then it did."""
+        if not self.fail_stop or not lost_writes(exc):
+            return False
+        self._fail_stop(i)
+        return True
+
+    def running(self) -> list[str]:
+        return [i for i in IDS if i not in self.down]
 
     def powered_off(self) -> bool:
         return any(b.vfs.dead for b in self.brokers.values())
@@ -261,8 +306,11 @@ class GroupsCluster:
             del self.pending[key]
 
     def start(self) -> None:
-        """Start every broker from what its disk holds: its shared log, then its groups."""
+        """Start every running broker from what its disk holds: its shared log, then its
+        groups (a stopped one stays down: its disk failed an fsync)."""
         for i, broker in self.brokers.items():
+            if i in self.down:
+                continue
             (broker.root / "groups").mkdir(parents=True, exist_ok=True)
             log = broker.log = SharedLog(
                 broker.root / "groups" / SHARED_LOG_FILE, vfs=broker.vfs.name
@@ -310,7 +358,7 @@ class GroupsCluster:
     # -- one step --------------------------------------------------------------------------------
 
     def leader(self, g: str) -> str | None:
-        leaders = [i for i in IDS if self.nodes[(i, g)].role is Role.LEADER]
+        leaders = [i for i in self.running() if self.nodes[(i, g)].role is Role.LEADER]
         return max(leaders, key=lambda i: self.nodes[(i, g)].term) if leaders else None
 
     def step(self, *, propose: float = 0.5) -> None:
@@ -318,13 +366,14 @@ class GroupsCluster:
         batches), deliver a few messages. A cut in the middle raises :class:`PowerCut`."""
         self.steps += 1
         if self.steps % STEPS_PER_TICK == 0:
-            for node in self.nodes.values():
-                node.tick()
+            for (i, _), node in self.nodes.items():
+                if i not in self.down:
+                    node.tick()
         for g in self.group_ids:
             leader = self.leader(g)
             if leader is not None and self.rng.random() < propose:
                 self._propose(leader, g)
-        for i in IDS:
+        for i in self.running():
             self._turn(i)
         if self.isolated is None and self.rng.random() < 0.002:
             self.isolated = (self.rng.choice(IDS), self.steps + self.rng.randrange(100, 400))
@@ -334,6 +383,8 @@ class GroupsCluster:
             self.in_flight.popleft()
         for _ in range(min(len(self.in_flight), self.rng.randrange(1, 12))):
             g, m = self.in_flight.popleft()
+            if m.dst in self.down:
+                continue
             if self.isolated is None or self.isolated[0] not in (m.src, m.dst):
                 self.nodes[(m.dst, g)].step(m)
 
@@ -380,7 +431,8 @@ class GroupsCluster:
         self.rng.shuffle(readies)
         saving = [r for r in readies if r[2] is not None]
         results: dict[str, outcome.Outcome] = {}
-        while saving:
+        stopping = False
+        while saving and not stopping:
             size = self.rng.choice([1, 1, 2, len(saving)])
             batch, saving = saving[:size], saving[size:]
             if len(batch) == 1 and self.rng.random() < 0.5:
@@ -390,36 +442,65 @@ class GroupsCluster:
                 self.stats.alone += 1
             else:
                 jobs = [_Job(save, False, None, _weight(save)) for _, _, save in batch]
-                for (g, _, _), result in zip(batch, committer._commit(jobs), strict=True):
+                try:
+                    done = committer._commit(jobs)
+                except apsw.Error as exc:  # (a trim in the job that failed an fsync)
+                    if self.powered_off() or not self.fail_stop or not lost_writes(exc):
+                        raise
+                    done = [outcome.Error(exc) for _ in jobs]
+                for (g, _, _), result in zip(batch, done, strict=True):
                     results[g] = result
                 self.stats.batches += 1
                 self.stats.shared_saves += len(batch) if len(batch) > 1 else 0
             if self.powered_off():
                 raise PowerCut("the power went during this turn")
-        for g, rd, _ in readies:
+            # The storage thread refuses the turn's later jobs once one may have lost writes.
+            stopping = self.fail_stop and any(
+                isinstance(r, outcome.Error) and lost_writes(r.error) for r in results.values()
+            )
+        for g, rd, save in readies:
+            if i in self.down:
+                return
             result = results.get(g)
+            if save is not None and result is None:
+                continue  # (refused: its broker stops below)
             if isinstance(result, outcome.Error):
                 if not isinstance(result.error, apsw.Error):
                     result.unwrap()
-                self._driver_failed(i, g)
+                if not self._stops(i, result.error):  # (the others' results stand: below)
+                    self._driver_failed(i, g)
                 continue
             self._handled(i, g, rd, [] if result is None else result.unwrap())
+        if stopping and i not in self.down:
+            self._fail_stop(i)
+        if i in self.down:
+            return
         if self.rng.random() < 0.02:
-            # A trim on the storage thread (TurnCommitter._trim: an error keeps the rows).
+            # A trim on the storage thread (TurnCommitter._trim: an error keeps the rows,
+            # unless it may have lost writes: then the broker stops).
             assert broker.log is not None
-            with contextlib.suppress(apsw.Error):
+            try:
                 broker.log.trim()
+            except apsw.Error as exc:
+                if not self.powered_off():
+                    self._stops(i, exc)
             self.stats.trims += 1
             if self.powered_off():
                 raise PowerCut("the power went during a trim")
 
-    def _driver_failed(self, i: str, g: str) -> None:
+    def _driver_failed(self, i: str, g: str, exc: BaseException | None = None) -> None:
         """A group's save failed: its driver restarts from its file, sometimes with the store
-        closed and opened again (the group stopped and started on this broker)."""
+        closed and opened again (the group stopped and started on this broker); after a failed
+        fsync (``exc``), with fail-stop, the broker stops instead."""
+        if exc is not None and self._stops(i, exc):
+            return
         if self.rng.random() < 0.3:
             self.stats.reopens += 1
-            with contextlib.suppress(apsw.Error):
+            try:
                 self.brokers[i].stores.pop(g).close()
+            except apsw.Error as error:
+                if not self.powered_off() and self._stops(i, error):
+                    return
             if self.powered_off():
                 raise PowerCut("the power went while a group closed")
             self._open_store(i, g)
@@ -438,25 +519,27 @@ class GroupsCluster:
         node.advance()
         for peer in rd.snapshots_to_send:
             self._send_snapshot(i, g, peer)
+        if i in self.down:
+            return
         if node.applied - node.log.snapshot_index > 40 and self.rng.random() < 0.2:
             index = node.applied - self.rng.randrange(0, 10)
             try:
                 store.compact(node.compact(index))
-            except apsw.Error:
+            except apsw.Error as exc:
                 if self.powered_off():
                     raise
-                self._driver_failed(i, g)
+                self._driver_failed(i, g, exc)
 
     def _send_snapshot(self, src: str, g: str, peer: str) -> None:
         self.snapshots += 1
         path = self.brokers[src].path(g) / f"snapshot-{self.snapshots}.sqlite3"
         try:
             index = self.brokers[src].stores[g].write_snapshot(str(path))
-        except apsw.Error:
+        except apsw.Error as exc:
             if self.powered_off():
                 raise
             path.unlink(missing_ok=True)
-            self._driver_failed(src, g)  # (the snapshot is offered again)
+            self._driver_failed(src, g, exc)  # (the snapshot is offered again)
             return
         incoming = self.brokers[peer].path(g) / f"snapshot-{self.snapshots}-in.sqlite3"
         shutil.copyfile(path, incoming)
@@ -488,6 +571,8 @@ class GroupsCluster:
         appends, each once, with its exact value."""
         self.faults.on = False
         for i, broker in self.brokers.items():
+            if i in self.down:
+                continue
             dbs = [(g, s._db) for g, s in broker.stores.items()]
             assert broker.log is not None
             for name, db in [("shared log", broker.log._db), *dbs]:
@@ -521,6 +606,7 @@ class GroupsCluster:
         self.stats.acked = sum(len(a) for a in self.acked.values())
         self.stats.syncs = self.syncs
         self.stats.faults = dict(sorted(self.faults.counts.items()))
+        self.stats.dropped = sum(b.vfs.dropped_bytes for b in self.brokers.values())
         return self.stats
 
 
@@ -531,11 +617,14 @@ def run_seed(
     steps_between: int = 200,
     faults: tuple[str, ...] = FAULT_KINDS,
     on_open: Callable[[Store], None] | None = None,
+    fail_stop: bool = True,
 ) -> Stats:
     """One seed in a fresh temporary directory (odd seeds tear the last unsynced write of each
     file at a cut). Failures say how to replay."""
     with tempfile.TemporaryDirectory(prefix="plgroups-") as root:
-        cluster = GroupsCluster(Path(root), seed, faults=faults, on_open=on_open)
+        cluster = GroupsCluster(
+            Path(root), seed, faults=faults, on_open=on_open, fail_stop=fail_stop
+        )
         try:
             return cluster.run(cuts, steps_between)
         except BaseException as exc:

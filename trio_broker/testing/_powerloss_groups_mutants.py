@@ -7,6 +7,13 @@
 - ``trim_before_commit``: a trim (or a close) forgets a group's rows without first committing
   its file at ``FULL``: rows whose group transactions ran at ``NORMAL`` are deleted before
   those transactions are durable.
+- ``rebuild_after_failed_fsync``: the behaviour before the fail-stop (docs/reliability.md,
+  "A failed fsync stops the broker"): a failed fsync restarts the group's core from its file
+  and the broker goes on; a trim keeps the error for the next, and a batch trims after it.
+  Under the "fsyncgate" model (a failed fsync drops the writes it should have made durable,
+  reads still see them) a later trim's sync succeeds over the dropped writes and deletes the
+  shared-log rows that were their only durable copy: a power cut loses acknowledged appends.
+  Run with fsync errors only (the other mutants: power cuts only).
 
 Usage::
 
@@ -15,10 +22,14 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import apsw
+
+from .._storage import _shared_log
 from .._storage._store import Store
 from ._powerloss_cluster import PowerLossFailure
 from ._powerloss_groups import run_seed
@@ -61,13 +72,40 @@ MUTANTS: dict[str, tuple[Callable[[Store], None], tuple[int, ...]]] = {
 }
 """Each mutant, and the seeds (power cuts only, short) that must catch it."""
 
+FSYNC_SEEDS: tuple[int, ...] = (8, 9)
+"""The seeds (fsync errors only, short) that must catch ``rebuild_after_failed_fsync``."""
+
+
+def rebuild_after_failed_fsync(store: Store) -> None:
+    """(Marks the run: see :func:`mutant_caught`; the stores are left as they are.)"""
+
+
+MUTANTS[rebuild_after_failed_fsync.__name__] = (rebuild_after_failed_fsync, FSYNC_SEEDS)
+
+
+@contextlib.contextmanager
+def _trims_as_before() -> Iterator[None]:
+    """The shared log's batches and trims as before the fail-stop: every ``apsw.Error`` of a
+    trim kept for the next one, a batch's trim run whatever its saves met."""
+    saved = (_shared_log.any_lost, _shared_log.suppress_unless_lost)
+    _shared_log.any_lost = lambda results: False
+    _shared_log.suppress_unless_lost = lambda: contextlib.suppress(apsw.Error)
+    try:
+        yield
+    finally:
+        _shared_log.any_lost, _shared_log.suppress_unless_lost = saved
+
 
 def mutant_caught(name: str, seeds: tuple[int, ...] | None = None) -> bool:
     """Whether a seed of ``seeds`` (the mutant's own by default) fails with the mutant."""
     mutate, own = MUTANTS[name]
     for seed in own if seeds is None else seeds:
         try:
-            run_seed(seed, cuts=3, steps_between=60, faults=(), on_open=mutate)
+            if mutate is rebuild_after_failed_fsync:
+                with _trims_as_before():
+                    run_seed(seed, cuts=3, steps_between=60, faults=("fsync",), fail_stop=False)
+            else:
+                run_seed(seed, cuts=3, steps_between=60, faults=(), on_open=mutate)
         except PowerLossFailure:
             return True
     return False
