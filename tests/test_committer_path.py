@@ -106,3 +106,43 @@ async def test_a_cancelled_lone_save_runs_and_answers(tmp_path: Path, short: boo
     committer = got["committer"]
     assert committer.own == 2 and committer.idle
     assert committer._worker.ran_here == (1 if short else 0)
+
+
+async def test_a_lone_save_run_in_place_that_fails_its_fsync_fails_the_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of one run on the event loop (the storage thread idle) whose save fails its
+    fsync fails the worker before anything else is queued: the due trim handed to the thread
+    after it is refused, never run (a trim whose sync succeeded after the failed one would
+    forget the shared log's rows that were the only durable copy: docs/reliability.md, "A
+    failed fsync stops the broker")."""
+    import apsw
+
+    from trio_broker._storage._failed import StorageFailed
+
+    trims: list[str] = []
+    monkeypatch.setattr(SharedLog, "trim_due", lambda self: True)
+    monkeypatch.setattr(SharedLog, "maybe_trim", lambda self: trims.append("trim"))
+    worker = StorageWorker(name="committer-path-storage")
+    log = await worker.run(SharedLog, tmp_path / SHARED_LOG_FILE)
+    committer = TurnCommitter(worker, log)
+
+    def save(*, stage: str | None = None) -> list[str]:
+        error = apsw.IOError("disk I/O error")
+        error.extendedresult = apsw.SQLITE_IOERR_FSYNC
+        raise error
+
+    try:
+        assert worker.idle
+        with pytest.raises(apsw.IOError):
+            await committer.save(save, short=True)
+        assert committer.own == 1 and worker.ran_here == 1  # (in place, alone)
+        assert worker.failed is not None and worker.failed.code == "SQLITE_IOERR_FSYNC"
+        with pytest.raises(StorageFailed):  # (queued behind the trim: both refused)
+            await worker.run(lambda: None)
+        assert trims == []
+    finally:
+        worker.failed = None
+        await worker.run(log.close)
+        worker.stop()
+        await worker.wait_stopped()

@@ -2,9 +2,10 @@
 
 Brokers are separate processes on 127.0.0.1 (each "machine" of the guide has its own port and
 data folder); every port of the guide is moved by one random offset to ports nobody answers on,
-so that two suites on one machine never meet on the guide's own ports. Between blocks the test waits as a reader would ("wait until status shows it"):
-after a block starts brokers, until each of them answers and is a voter of a cluster with a
-leader. Then it checks what the guide says each block shows.
+so that two suites on one machine never meet on the guide's own ports. Between blocks the test
+waits as a reader would ("wait until status shows it"): after a block starts brokers, until each
+of them answers and is a voter of a cluster with a leader. Then it checks what the guide says
+each block shows.
 """
 
 from __future__ import annotations

@@ -527,8 +527,7 @@ class TurnCommitter:
             # holding rows would hold every group's timers and heartbeats); it is handed to
             # the storage thread, and the saves that follow queue behind it.
             if worker.idle:  # (alone on the connections: StorageWorker.run_short)
-                worker.ran_here += 1
-                results = self._commit(batch, trim=False)
+                results = worker.run_here(functools.partial(self._commit, batch, trim=False))
             else:
                 results = await self._hand(functools.partial(self._commit, batch, trim=False))
             self._hand_trim()

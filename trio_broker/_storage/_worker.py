@@ -128,6 +128,12 @@ class StorageWorker:
         if self._busy:
             return await self.run(fn, *args)
         await trio.lowlevel.checkpoint_if_cancelled()
+        return self.run_here(fn, *args)
+
+    def run_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` here, on the trio thread, now: only while :attr:`idle` (no job
+        with the storage thread). No cancel point; the failure check of every job as on the
+        thread (a failed fsync, or a batch's outcome holding one, fails the worker)."""
         if self.failed is not None:
             raise self.failed.again()
         self.ran_here += 1
