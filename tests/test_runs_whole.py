@@ -1,4 +1,4 @@
-"""An ``APPEND_RUNS`` payload decoded as one group (``_entries._runs_from_obj``: every run
+"""An ``APPEND_RUNS`` payload decoded as one group (``_runs_decode._runs_from_obj``: every run
 checked, all the values written in one ``dumps_values``, the appends made in one set of passes)
 gives what decoding it run by run gives (``_runs_by_run``, the code before): the same commands,
 each of its own, for groups of many runs, queues, stamps and values of every JSON kind, and the
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from trio_broker._core import _commands as cmd
 from trio_broker._core._proposals import MAX_GROUP
 from trio_broker._errors import RemoteProtocolError
-from trio_broker._protocol import _entries
+from trio_broker._protocol import _entries, _runs_decode
 from trio_broker._protocol._entries import payload_from_obj
 
 JSON_VALUES = st.recursive(
@@ -46,9 +46,12 @@ def _payload(runs: list[Any]) -> dict[str, Any]:
 @settings(max_examples=40, deadline=None)
 @given(RUNS)
 def test_a_group_decodes_as_it_did_run_by_run(runs):
-    whole = _entries._runs_from_obj(_payload(runs))
-    by_run = _entries._runs_by_run(_payload(runs)["runs"])
+    whole = _runs_decode._runs_from_obj(_payload(runs))
+    by_run = _runs_decode._runs_by_run(_payload(runs)["runs"])
     assert whole == by_run
+    assert type(whole) is cmd.CommandGroup  # (made without its check: the same object)
+    assert hash(whole) == hash(cmd.CommandGroup(whole.commands))
+    assert repr(whole) == repr(by_run)
     assert [type(c) for c in whole.commands] == [cmd.AppendMessage] * len(whole.commands)
     assert len({id(c) for c in whole.commands}) == len(whole.commands)
     expected = [
@@ -67,7 +70,7 @@ def _error(obj: dict[str, Any]) -> str:
 
 def _error_by_run(obj: dict[str, Any]) -> str:
     try:
-        _entries._runs_by_run(obj["runs"])
+        _runs_decode._runs_by_run(obj["runs"])
     except Exception as exc:
         why = f"malformed APPEND_RUNS log entry: {_entries.describe_error(exc)}"
         return str(RemoteProtocolError(why))
@@ -117,7 +120,7 @@ def test_a_failing_group_raises_what_it_raised_run_by_run(bad, where, second):
 
 def test_runs_up_to_the_bound_are_taken_and_one_more_is_refused():
     at_bound = [["Q-a", 1, ["x"] * (MAX_GROUP - 1)], ["Q-b", 2, ["y"]]]
-    group = _entries._runs_from_obj({"type": "APPEND_RUNS", "runs": at_bound})
+    group = _runs_decode._runs_from_obj({"type": "APPEND_RUNS", "runs": at_bound})
     assert len(group.commands) == MAX_GROUP
     assert group.commands[-1] == cmd.AppendMessage("Q-b", b'"y"', None, None, 2)
     over = [*at_bound, ["Q-c", 3, ["z"]]]
@@ -130,14 +133,14 @@ def test_a_group_is_made_in_one_pass_not_run_by_run(monkeypatch):
     """Many runs take one ``dumps_values`` and no ``_appends_of_run`` (fails before: one
     each per run)."""
     calls = []
-    real = _entries.dumps_values
-    monkeypatch.setattr(_entries, "dumps_values", lambda v: calls.append(len(v)) or real(v))
+    real = _runs_decode.dumps_values
+    monkeypatch.setattr(_runs_decode, "dumps_values", lambda v: calls.append(len(v)) or real(v))
 
     def no_run_by_run(*args: Any) -> Any:
         raise AssertionError("made run by run")
 
-    monkeypatch.setattr(_entries, "_appends_of_run", no_run_by_run)
+    monkeypatch.setattr(_runs_decode, "_appends_of_run", no_run_by_run)
     runs = [["Q-a", n, [f"v{n}", n]] for n in range(40)]
-    group = _entries._runs_from_obj({"type": "APPEND_RUNS", "runs": runs})
+    group = _runs_decode._runs_from_obj({"type": "APPEND_RUNS", "runs": runs})
     assert len(group.commands) == 80
     assert calls == [80]
