@@ -130,8 +130,9 @@ def test_runs_up_to_the_bound_are_taken_and_one_more_is_refused():
 
 
 def test_a_group_is_made_in_one_pass_not_run_by_run(monkeypatch):
-    """Many runs take one ``dumps_values`` and no ``_appends_of_run`` (fails before: one
-    each per run)."""
+    """Many runs of values without commas: the group's values written as one list, no
+    ``dumps_values`` and no ``_appends_of_run`` per run (fails before: one each per run); a
+    value with a comma in one run: each run's values by ``dumps_values``, as before."""
     calls = []
     real = _runs_decode.dumps_values
     monkeypatch.setattr(_runs_decode, "dumps_values", lambda v: calls.append(len(v)) or real(v))
@@ -143,4 +144,9 @@ def test_a_group_is_made_in_one_pass_not_run_by_run(monkeypatch):
     runs = [["Q-a", n, [f"v{n}", n]] for n in range(40)]
     group = _runs_decode._runs_from_obj({"type": "APPEND_RUNS", "runs": runs})
     assert len(group.commands) == 80
-    assert calls == [80]
+    assert calls == []
+    runs[3][2][1] = "a,b"
+    group = _runs_decode._runs_from_obj({"type": "APPEND_RUNS", "runs": runs})
+    assert calls == [2] * 40
+    assert group.commands[7] == cmd.AppendMessage("Q-a", b'"a,b"', None, None, 3)
+    assert group.commands[6] == cmd.AppendMessage("Q-a", b'"v3"', None, None, 3)

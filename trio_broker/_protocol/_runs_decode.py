@@ -13,6 +13,7 @@ from itertools import chain, repeat
 from typing import Any
 
 import attrs
+import orjson
 
 from .._core import _commands as cmd
 from .._core._proposals import MAX_GROUP
@@ -61,10 +62,32 @@ def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
             queues.append(queue)
             stamps.append(stamp)
             counts.append(len(run_values))
-        datas = dumps_values(values)
+        datas = _written_values(values, runs)
     except Exception:
         return _runs_by_run(runs)
     return _appends_of_runs(queues, stamps, counts, datas)
+
+
+def _written_values(values: list[Any], runs: list[Any]) -> tuple[bytes, ...]:
+    """Each of a group's values (``values``: its runs' values, joined) written as
+    ``dumps_value`` writes it: the list written once and cut at its commas when it holds no
+    comma but the ones between its values (what ``dumps_values`` does for one list); when a
+    value holds one, each run's values by ``dumps_values`` as before (only the runs with such
+    values are then written one by one, not the whole group), and at once when the first value
+    is one that usually holds commas (an object, a list: the group's values are most often
+    alike)."""
+    first = values[0]
+    kind = type(first)
+    if not (kind is dict or kind is list or (kind is str and "," in first)):
+        try:
+            pieces = orjson.dumps(values).split(b",")
+        except orjson.JSONEncodeError:
+            pieces = []
+        if len(pieces) == len(values):
+            pieces[0] = pieces[0][1:]  # (the list's "[")
+            pieces[-1] = pieces[-1][:-1]  # (its "]"; the same piece when there is one value)
+            return tuple(pieces)
+    return tuple(_from_each(dumps_values(run[2]) for run in runs))
 
 
 def _runs_by_run(runs: list[Any]) -> cmd.CommandGroup:
