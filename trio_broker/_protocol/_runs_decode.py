@@ -30,9 +30,10 @@ def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     gets here; every other field is checked as a COMMAND_GROUP's appends' are.
 
     The group is taken whole, not run by run: every run checked, then all its values written
-    in one ``dumps_values`` and its appends made in one set of passes (:func:`_appends_of_runs`;
-    a group of 16 runs of 16, thread CPU: 482 to 491 -> 378 to 381 ns an append,
-    docs/performance.md "A replica's CPU per append (ninth round)"). A group that fails
+    as one list (:func:`_written_values`) and its appends made in one set of passes
+    (:func:`_appends_of_runs`; a group of 16 runs of 16, thread CPU: 477 to 489 -> 352 to 355
+    ns an append, runs of one 2,212 to 2,436 -> 626 to 628; docs/performance.md "A replica's
+    CPU per append (ninth round)"). A group that fails
     anywhere is decoded again run by run (:func:`_runs_by_run`, the code before), which
     raises the error it raised, in its order (a run's values written before the next run is
     checked)."""
