@@ -1,5 +1,5 @@
 """An ``APPEND_RUNS`` payload decoded as one group (``_runs_decode._runs_from_obj``: every run
-checked, all the values written in one ``dumps_values``, the appends made in one set of passes)
+checked, all the values written as one list, the appends made in one set of passes)
 gives what decoding it run by run gives (``_runs_by_run``, the code before): the same commands,
 each of its own, for groups of many runs, queues, stamps and values of every JSON kind, and the
 same error, in the same order, for any group that fails."""
