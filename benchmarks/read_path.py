@@ -13,7 +13,13 @@
    thread CPU per READ, best of 9, as the leader (values read and checked) and where nobody
    waits (a replica: no value read).
 
-docs/performance-history.md, "Single READs: the leader's request path", gives its figures.
+3. The checks (``--checks``): a run of stored values checked against their checksums as the
+   read paths check them, on one thread: ``_intact_run`` (``read_values``' check, the single
+   READs' runs and batched reads) of rows already read, and ``intact_columns`` (a batched
+   READ's read and check of 1,000 rows, SQLite included), thread CPU per row, median.
+
+docs/performance-history.md, "Single READs: the leader's request path", gives its figures;
+docs/performance.md, "A replica's CPU per append (ninth round)", the checks'.
 """
 
 from __future__ import annotations
@@ -86,12 +92,55 @@ def apply(readers: int = 32, run: int = 16) -> tuple[float, float]:
             store.close()
 
 
+def checks(rounds: int = 301) -> dict[str, float]:
+    """Part 3: thread CPU per row (ns), median of ``rounds``, of each read path's check."""
+    from trio_broker._storage._integrity import _intact_run, value_checksum
+    from trio_broker._storage._read_columns import intact_columns
+
+    def median_ns(f: Any, rows: int) -> float:
+        times = []
+        for _ in range(rounds):
+            started = time.thread_time()
+            for _ in range(max(1, 1000 // rows)):
+                f()
+            times.append(time.thread_time() - started)
+        times.sort()
+        return times[len(times) // 2] / (max(1, 1000 // rows) * rows) * 1e9
+
+    out = {}
+    for count in (1, 16, 100, 1000):
+        rows = [
+            (s, VALUE, None, value_checksum(QUEUE, s, VALUE, None))
+            for s in range(5000, 5000 + count)
+        ]
+        out[f"_intact_run of {count}"] = median_ns(lambda: _intact_run(QUEUE, 5000, rows), count)  # noqa: B023
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=base) as path:
+        store = Store(path)
+        try:
+            store.apply([cmd.CreateQueue(QUEUE)])
+            for _ in range(20):
+                store.apply([cmd.AppendBatch(QUEUE, (VALUE,) * 500)])
+            db = store._db
+            out["intact_columns of 1000 (read too)"] = median_ns(
+                lambda: intact_columns(db, QUEUE, 5000, 5999), 1000
+            )
+        finally:
+            store.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=3000, help="per connection")
+    parser.add_argument("--checks", action="store_true", help="part 3 only: the checks")
     args = parser.parse_args()
     gc.set_threshold(*GC_THRESHOLDS)
+    if args.checks:
+        for name, ns in checks().items():
+            print(f"{name:<36} {ns:7.1f} ns per row")
+        return
     runs = request_path(args.rounds, args.requests)
     print(
         f"request path, 32 connections x 16 READs in flight: {min(runs):.2f} us of server CPU "

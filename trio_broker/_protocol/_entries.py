@@ -27,8 +27,6 @@ bits, which is what flipped bits on a disk or a link look like.
 from __future__ import annotations
 
 import struct
-from collections import deque
-from itertools import repeat
 from typing import Any
 
 import attrs
@@ -51,6 +49,7 @@ from ._group_bytes import (
     _batches_group_bytes,
     _reads_group_bytes,
 )
+from ._runs_decode import _runs_from_obj
 
 ENTRY_TYPES: dict[str, type] = {
     "APPEND_MESSAGE": cmd.AppendMessage,
@@ -513,70 +512,6 @@ APPEND_RUNS = "APPEND_RUNS"
 """The compact form of a COMMAND_GROUP of plain appends (:func:`_runs_from_obj`): a type of
 log payload, not a command; it decodes to the :class:`~.._core._commands.CommandGroup` its
 COMMAND_GROUP form decodes to."""
-
-
-def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
-    """An ``APPEND_RUNS`` payload (``{"type":"APPEND_RUNS","runs":[[queue_id, appended_ms,
-    [value, ...]], ...]}``, docs/replication.md "A group of appends in runs") as the group of
-    appends it stands for. Each value's stored bytes are the values' list written once and
-    cut at its commas (``_codec.dumps_values``; one by one when a value holds a comma): no
-    dict, no key and no ``orjson.dumps`` per append, where a COMMAND_GROUP has all three.
-    The values were parsed with the frame (or the log row), so a value that is not JSON never
-    gets here; every other field is checked as a COMMAND_GROUP's appends' are."""
-    runs = obj["runs"]
-    if type(runs) is not list or not runs:
-        raise TypeError("runs must be a non-empty list")
-    if len(runs) > MAX_GROUP:
-        raise TypeError(f"a group holds at most {MAX_GROUP} appends, not {len(runs)} runs")
-    commands: list[cmd.AppendMessage] = []
-    add = commands.extend
-    for run in runs:
-        if type(run) is not list or len(run) != 3:
-            raise TypeError("a run must be a [queue_id, appended_ms, values] list")
-        queue, stamp, values = run
-        if type(queue) is not str:
-            raise TypeError(f"a run's queue_id must be a string, got {type(queue).__name__}")
-        if type(stamp) is not int:
-            raise TypeError(f"a run's appended_ms must be an integer, got {type(stamp).__name__}")
-        if type(values) is not list or not values:
-            raise TypeError("a run's values must be a non-empty list")
-        if len(commands) + len(values) > MAX_GROUP:  # (before the run's values are written)
-            raise TypeError(f"a group holds at most {MAX_GROUP} appends; its runs hold more")
-        add(_appends_of_run(queue, stamp, dumps_values(values)))
-    return cmd.CommandGroup(tuple(commands))
-
-
-_new_command = object.__new__
-_SET_QUEUE, _SET_DATA, _SET_PRODUCER, _SET_PRODUCER_SEQ, _SET_STAMP = (
-    cmd.AppendMessage.__dict__[field].__set__
-    for field in ("queue_id", "data", "producer_id", "producer_seq", "appended_ms")
-)
-if [field.name for field in attrs.fields(cmd.AppendMessage)] != [
-    "queue_id",
-    "data",
-    "producer_id",
-    "producer_seq",
-    "appended_ms",
-]:
-    raise ImportError("_appends_of_run sets AppendMessage's fields one by one: update it")
-_consume = deque[object](maxlen=0).extend
-
-
-def _appends_of_run(queue: str, stamp: int, datas: tuple[bytes, ...]) -> list[cmd.AppendMessage]:
-    """``[AppendMessage(queue, data, None, None, stamp) for data in datas]``, made in passes
-    of ``map`` in C over the run (the objects, then each field through its slot's descriptor,
-    as ``AppendMessage.__init__`` sets it) instead of a call of ``__init__`` per append: one
-    per append of every REPLICATE in this form, on each replica (a run of 16: 0.34 -> 0.30 us
-    an append, thread CPU; docs/performance-history.md, "A replica's per-append path (seventh
-    round)")."""
-    count = len(datas)
-    made = list(map(_new_command, repeat(cmd.AppendMessage, count)))
-    _consume(map(_SET_QUEUE, made, repeat(queue, count)))
-    _consume(map(_SET_DATA, made, datas))
-    _consume(map(_SET_PRODUCER, made, repeat(None, count)))
-    _consume(map(_SET_PRODUCER_SEQ, made, repeat(None, count)))
-    _consume(map(_SET_STAMP, made, repeat(stamp, count)))
-    return made
 
 
 def encode_payload(payload: Any, runs: bool = False) -> bytes:

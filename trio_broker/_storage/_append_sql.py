@@ -40,6 +40,8 @@ from ._producers_sql import save_producer
 def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result:
     batch = isinstance(command, AppendBatch)
     data = command.data if batch else (command.data,)
+    if command.producer_id is None or command.producer_seq is None:
+        return _append_plain(db, command.queue_id, data, command.appended_ms, batch)
     row = db.execute(
         "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (command.queue_id,)
     ).fetchone()
@@ -63,6 +65,34 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
     insert_plain(db, command.queue_id, first, data, stamp, number=number)
     if producer is not None:
         save_producer(db, "producers", producer, state, command.producer_seq, first, len(data))
+    return BatchAppended(first, len(data)) if batch else MessageAppended(first)
+
+
+_PLAIN_UPDATE = (
+    "UPDATE queues SET length = length + ?1,"
+    " last_appended_ms ="
+    " iif(?2 IS NULL, last_appended_ms, max(coalesce(last_appended_ms, ?2), ?2)),"
+    " undated_through = iif(?2 IS NULL AND last_appended_ms IS NULL, length + ?1, undated_through)"
+    " WHERE queue_id = ?3 RETURNING length, queue_number, last_appended_ms"
+)
+"""An append without a producer's queue update, its stamp decided in the statement by
+:func:`~.._core._queues.monotonic_stamp`'s rule (the proposed stamp, never before the queue's
+last; none proposed: the last), where a ``SELECT`` of the last stamp came first: one statement
+of two for a lone append (the right-hand sides read the row as it was, as the ``UPDATE`` of
+:func:`_append` reads it)."""
+
+
+def _append_plain(
+    db: apsw.Connection, queue_id: str, data: Sequence[bytes], proposed: int | None, batch: bool
+) -> Result:
+    """What :func:`_append` does for an APPEND or APPEND_BATCH without a producer's
+    de-duplication: one ``UPDATE ... RETURNING`` and the rows' insert."""
+    row = db.execute(_PLAIN_UPDATE, (len(data), proposed, queue_id)).fetchone()
+    if row is None:
+        return queue_not_found(queue_id)
+    length, number, stamp = row
+    first = length - len(data) + 1
+    insert_plain(db, queue_id, first, data, stamp, number=number)
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
 
 

@@ -23,6 +23,7 @@ import orjson
 from .._core._work_commands import Delivery, Headers
 from .._core._work_rules import delivery_sizes
 from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
+from ._row_sums import plain_checksums
 from ._schema import QUEUE_NUMBER
 
 
@@ -39,8 +40,9 @@ def intact_columns(
     caller then takes the checking path, which finds the damage and has it repaired (or, for
     rows that only came out of order, reads them as :func:`._integrity.read_values` does).
 
-    The checks run over the columns in C where they can (``map`` of ``bytes.__mod__`` and
-    ``_crc32c``, one comparison of the tuples) instead of a Python step per row. The rows'
+    The checks run over the columns in C where they can (the checksums of rows without
+    headers made at once by :func:`._row_sums.plain_checksums`, as the writes made them; one
+    comparison of the tuples) instead of a Python step per row. The rows'
     sequence numbers are not read: each row is checked as the one expected at its place,
     and its checksum covers its sequence number, so a row missing, moved or out of order
     fails its own or the count."""
@@ -58,8 +60,9 @@ def intact_columns(
     place = _place(queue_id)
     try:
         if headers.count(None) == count:
-            # ``%b`` refuses anything but bytes (a str, an int, None: a damaged row's type).
-            found = tuple(map(_crc32c, map(_PLAIN.__mod__, zip(repeat(place), seqs, datas))))
+            # (It refuses anything but bytes, a str, an int, None: a damaged row's type, with
+            # a TypeError, as the ``%`` did.)
+            found = tuple(plain_checksums(place, start, datas))
         else:
             found = tuple(
                 _crc32c(_PLAIN % (place, seq, data))
