@@ -150,12 +150,12 @@ APPLY_LAG = 4
 new entry alone, and four appends' apply share one transaction (docs/performance.md, "One
 client, one append at a time (ninth round)")."""
 
-_APPLIED_LATER = frozenset({cmd.AppendMessage, cmd.AppendBatch})
-
 
 def applies_later(payload: Any) -> bool:
     """Whether a committed entry's apply may wait on a replica (``RaftNode.apply_later``):
-    appends only, whose apply no request on a replica reads (its clients' requests go to the
-    leader); a command whose effect a broker reads from its own store (the cluster's map, a
-    queue's name, membership) is applied at once, as before."""
-    return type(payload) in _APPLIED_LATER
+    a lone append only, whose apply no request on a replica reads (its clients' requests go
+    to the leader). A command whose effect a broker reads from its own store (the cluster's
+    map, a queue's name, membership) is applied at once, as before; so are batches and
+    groups, which come several to a REPLICATE under load, where the apply's weight decides
+    its place (``_save_place.APPLY_AHEAD``)."""
+    return type(payload) is cmd.AppendMessage
