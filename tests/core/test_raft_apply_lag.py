@@ -1,5 +1,5 @@
 """A replica's apply of committed appends may wait (``RaftNode.apply_lag``): fewer than
-``apply_lag`` of them, until its next tick, and never a command ``apply_later`` refuses nor on
+``apply_lag`` of them, until a tick passes without entries or a heartbeat comes, and never a command ``apply_later`` refuses nor on
 a leader (docs/performance.md, "One client, one append at a time (ninth round)")."""
 
 from trio_broker._core._commands import AppendMessage, CreateQueue
@@ -37,7 +37,7 @@ def test_a_replica_applies_appends_in_threes_and_writes_their_commit_index_with_
     assert cluster.applied[2] == cluster.applied[1][: len(cluster.applied[2])]
 
 
-def test_a_tick_applies_what_waits_and_a_replica_that_leads_applies_at_once():
+def test_a_tick_without_entries_applies_what_waits_and_so_does_a_replica_that_leads():
     cluster = _cluster()
     cluster.elect(1)
     cluster.propose(CreateQueue("q"))
@@ -48,7 +48,10 @@ def test_a_tick_applies_what_waits_and_a_replica_that_leads_applies_at_once():
     cluster.stabilize()
     follower = cluster.node(2)
     assert follower.commit - follower.applied >= 1
-    cluster.tick([2])
+    cluster.tick([2])  # (entries came during this tick: the leader may still be streaming)
+    cluster.stabilize()
+    assert follower.commit - follower.applied >= 1
+    cluster.tick([2])  # (a whole tick without entries)
     cluster.stabilize()
     assert follower.applied == follower.commit
     # Waiting again, then elected: a leader applies everything it has committed.
