@@ -95,8 +95,8 @@ class ReadyHandOff(_Node):
 
     def _apply_waits(self) -> bool:
         """Whether the committed entries not yet applied wait (``RaftNode.apply_lag``): on a
-        broker that does not lead, fewer than ``apply_lag`` of them, no tick passed since
-        (``_apply_due``), no snapshot to install, and every one's payload accepted by
+        broker that does not lead, fewer than ``apply_lag`` of them, the leader not gone idle
+        since (``_apply_due``), no snapshot to install, and every one's payload accepted by
         ``apply_later``. Their commit index is then not written either: a restart relearns
         it from the leader (nothing it guards depends on it: the applied index, written with
         each apply, says what was applied; the entries are durable in the log)."""

@@ -145,7 +145,7 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
 
 
 APPLY_LAG = 4
-"""A replica applies committed appends once this many wait, or at its next tick
+"""A replica applies committed appends once this many wait, or once the leader goes idle
 (``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes the
 new entry alone, and four appends' apply share one transaction (docs/performance.md, "One
 client, one append at a time (ninth round)")."""
