@@ -74,11 +74,12 @@ class ReadyHandOff(_Node):
         if self._inflight is not None:
             return False
         hs = self._persisted_hs
+        waits = self._apply_waits()
         return bool(
             self._append_pending
             or self.term != hs.term
             or self.voted_for != hs.voted_for
-            or self.commit != hs.commit
+            or (self.commit != hs.commit and not waits)
             or (self.recovering_until or 0) != hs.recovering_until
             or (self.recovering_term if self.recovering_until else 0) != hs.recovering_term
             or (self.unverified or self.vote_floor is not None) != hs.unverified
@@ -88,9 +89,30 @@ class ReadyHandOff(_Node):
             or self._msgs
             or self._persisted_msgs
             or self._snapshots_to_send
-            or self.applied < self.commit
+            or (self.applied < self.commit and not waits)
             or (self.role is Role.LEADER and self.reads.wants_round())
         )
+
+    def _apply_waits(self) -> bool:
+        """Whether the committed entries not yet applied wait (``RaftNode.apply_lag``): on a
+        broker that does not lead, fewer than ``apply_lag`` of them, the leader not gone idle
+        since (``_apply_due``), no snapshot to install, and every one's payload accepted by
+        ``apply_later``. Their commit index is then not written either: a restart relearns
+        it from the leader (nothing it guards depends on it: the applied index, written with
+        each apply, says what was applied; the entries are durable in the log)."""
+        lag = self.commit - self.applied
+        if (
+            lag <= 0
+            or lag >= self.apply_lag
+            or self._apply_due
+            or self.role is Role.LEADER
+            or self._snapshot_to_install is not None
+            or self.apply_later is None
+        ):
+            return False
+        later = self.apply_later
+        log = self.log
+        return all(later(log.entry(i).payload) for i in range(self.applied + 1, self.commit + 1))
 
     def take_messages(self) -> list[Message]:
         """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,
@@ -111,6 +133,9 @@ class ReadyHandOff(_Node):
                 self._broadcast_append()
         self._send_read_round()
         hs = self.hard_state
+        waits = self._apply_waits()
+        if waits and attrs.evolve(hs, commit=self._persisted_hs.commit) == self._persisted_hs:
+            hs = self._persisted_hs  # (a commit index alone is not written while its apply waits)
         trunc, entries = self.log.take_unstable()
         # ``applied`` moves in advance(), once the runtime applied these (etcd's Advance): a
         # snapshot stepped in since then stands in for everything up to its index.
@@ -118,9 +143,11 @@ class ReadyHandOff(_Node):
         if self._snapshot_to_install is not None:
             applied = max(applied, self._snapshot_to_install.snapshot.index)
         committed: list[Entry] = []
-        if applied < self.commit:
+        if applied < self.commit and not waits:
             upto = min(self.commit, applied + self.max_apply)
             committed = self.log.slice(applied + 1, upto + 1)
+            if upto == self.commit:
+                self._apply_due = False
         rd = Ready(
             hard_state=hs if hs != self._persisted_hs else None,
             truncate_from=trunc,

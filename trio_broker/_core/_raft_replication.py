@@ -295,6 +295,10 @@ class Replication(_Node):
             ):
                 self._set_config(self._config_at(self.log.last_index))
             self.commit = max(self.commit, min(m.leader_commit, last))
+            if m.entries:
+                self._streaming = True
+            elif self.applied < self.commit:
+                self._apply_due = True  # (no entries streaming: what waits is applied now)
             self._check_recovered()
             self._check_verified()
             self._ack(m, last)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ class RaftState:
     failure_timeout_ticks: int
     max_batch: int
     max_apply: int
+    apply_lag: int
+    apply_later: Callable[[Any], bool] | None
+    _apply_due: bool
+    _streaming: bool
     _resend_ticks: int
     pre_vote: bool
     check_quorum: bool

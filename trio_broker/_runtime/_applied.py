@@ -142,3 +142,20 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
             on_applied(run, last)
 
     return on_group
+
+
+APPLY_LAG = 4
+"""A replica applies committed appends once this many wait, or once the leader goes idle
+(``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes the
+new entry alone, and four appends' apply share one transaction (docs/performance.md, "One
+client, one append at a time (ninth round)")."""
+
+
+def applies_later(payload: Any) -> bool:
+    """Whether a committed entry's apply may wait on a replica (``RaftNode.apply_later``):
+    a lone append only, whose apply no request on a replica reads (its clients' requests go
+    to the leader). A command whose effect a broker reads from its own store (the cluster's
+    map, a queue's name, membership) is applied at once, as before; so are batches and
+    groups, which come several to a REPLICATE under load, where the apply's weight decides
+    its place (``_save_place.APPLY_AHEAD``)."""
+    return type(payload) is cmd.AppendMessage

@@ -16,6 +16,7 @@ from .._core import _raft as raft
 from .._core._raft_messages import Config, SnapshotMeta
 from .._storage._files import DB_FILE
 from .._storage._integrity import StorageDamaged
+from ._applied import APPLY_LAG, applies_later
 from ._config import BrokerConfig
 from ._log import log_event
 
@@ -68,6 +69,8 @@ def make_node(
         heartbeat_ticks=config.heartbeat_ticks,
         failure_timeout_ticks=config.election_ticks,
         acknowledged=damage[1] if damage is not None else None,
+        apply_lag=APPLY_LAG,
+        apply_later=applies_later,
     )
     if damage is not None and node.config.voters <= {broker_id}:
         # No other voter holds a copy to repair the log from: recovering would wait for ever.

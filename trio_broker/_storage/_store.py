@@ -86,7 +86,8 @@ class Store:
         self._written: HardState | None = None
         """The hard state the last committed :meth:`save` wrote, while nothing else wrote
         those keys since (None: unknown, read from the table): a save then writes only the
-        fields that changed (usually the commit index alone)."""
+        fields that changed (usually the commit index alone, and not even that when the save
+        applies up to it: :func:`_hard_state_items`)."""
         self.hold_damage = False
         """Whether :meth:`save` lets a damaged value that a command reads fail the whole
         transaction, for the broker to repair it from a peer and save again (set by
@@ -377,16 +378,19 @@ class Store:
             config = None if config_json is None else _config_from_json(config_json)
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise damage_from(exc, self._db.filename, "meta", "snapshot_config") from None
+        snapshot_index = get("snapshot_index", 0)
+        applied = get("applied_index", snapshot_index)
         hard_state = HardState(
             term=get("raft_term", 0),
             voted_for=get("raft_voted_for"),
-            commit=get("raft_commit", 0),
+            # (a save that applies up to its commit index writes only the applied index: every
+            # applied entry was committed, and durable in this log when it was applied)
+            commit=max(get("raft_commit", 0), applied),
             recovering_until=get("raft_recovering_until", 0),
             recovering_term=get("raft_recovering_term", 0),
             unverified=bool(get("raft_unverified", 0)),
             vote_lost=bool(get("raft_vote_lost", 0)),
         )
-        snapshot_index = get("snapshot_index", 0)
         # Entries found damaged at open are not read: the core gets the log before them and
         # recovers (docs/reliability.md, "Damaged and shortened logs").
         damage = self._log_damage
@@ -398,7 +402,7 @@ class Store:
             snapshot_term=get("snapshot_term", 0),
             snapshot_config=config,
             entries=entries,
-            applied=get("applied_index", snapshot_index),
+            applied=applied,
             damage=None if damage is None else (damage.first_damaged, damage.last_index),
             hard_state_loss=self.hard_state_loss(),
         )
@@ -524,8 +528,11 @@ class Store:
                         " VALUES (?, ?, ?, ?)",
                         [(e.index, e.term, *stored_entry(e)) for e in entries],
                     )
+                # (the commit index's row only when the applied index written below does not
+                # already say it: raft_state() reads the larger of the two)
+                applied = committed[-1].index if committed else 0
                 if hard_state is not None and hard_state != written and before_commit is None:
-                    self._set_meta(_hard_state_items(hard_state, written))
+                    self._set_meta(_hard_state_items(hard_state, written, applied))
                 results: list[Result | None] = []
                 met: list[tuple[str, int]] = []
                 unchecked = met if self.hold_damage and self.unchecked_reads else None
@@ -543,7 +550,7 @@ class Store:
                     # failure in them rolls back as a failed COMMIT does.
                     before_commit(results)
                     if hard_state is not None and hard_state != written:
-                        self._set_meta(_hard_state_items(hard_state, written))
+                        self._set_meta(_hard_state_items(hard_state, written, applied))
                 if committed:
                     self._set_meta({"applied_index": committed[-1].index})
                 if mark and mark != self._marked:
@@ -695,14 +702,21 @@ _HARD_STATE_FIELDS = {
 _HARD_STATE_KEYS = frozenset(_HARD_STATE_FIELDS)
 
 
-def _hard_state_items(hard_state: HardState, written: HardState | None) -> dict[str, Any]:
+def _hard_state_items(
+    hard_state: HardState, written: HardState | None, applied: int = 0
+) -> dict[str, Any]:
     """The meta rows that store ``hard_state``: all of them, or only those that differ from
-    ``written`` (what the table is known to hold)."""
+    ``written`` (what the table is known to hold, the commit index as :meth:`Store.raft_state`
+    reads it). Not the commit index when the transaction applies up to it (``applied``): its
+    ``applied_index`` row says it, one row less in the transaction (the replica's fsynced
+    one in the sequential workload)."""
     items = {
         key: getattr(hard_state, field)
         for key, field in _HARD_STATE_FIELDS.items()
         if written is None or getattr(hard_state, field) != getattr(written, field)
     }
+    if applied and hard_state.commit <= applied:
+        items.pop("raft_commit", None)
     if "raft_term" in items or "raft_voted_for" in items:
         items["raft_term_vote_crc"] = term_vote_checksum(hard_state.term, hard_state.voted_for)
     return items

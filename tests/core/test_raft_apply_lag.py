@@ -1,0 +1,66 @@
+"""A replica's apply of committed appends may wait (``RaftNode.apply_lag``): fewer than
+``apply_lag`` of them, until a tick passes without entries or a heartbeat comes; never a
+command ``apply_later`` refuses, nor on a leader (docs/performance.md, "One client, one append
+at a time (ninth round)")."""
+
+from trio_broker._core._commands import AppendMessage, CreateQueue
+from trio_broker.testing._sim_cluster import Cluster
+
+
+def _append(n: int) -> AppendMessage:
+    return AppendMessage("q", b'"v"', None, None, n)
+
+
+def _cluster() -> Cluster:
+    return Cluster(
+        (1, 2, 3), apply_lag=3, apply_later=lambda payload: isinstance(payload, AppendMessage)
+    )
+
+
+def test_a_replica_applies_appends_in_threes_and_writes_their_commit_index_with_them():
+    cluster = _cluster()
+    leader = cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    follower = cluster.node(2)
+    assert follower.applied == follower.commit  # (the commit index rides on the next message)
+    seen = []
+    for n in range(7):
+        cluster.propose(_append(n))
+        cluster.stabilize()
+        seen.append(follower.commit - follower.applied)
+        assert not follower.has_ready()  # (nothing to do while the apply waits: no spin)
+        # The leader applies everything at once; the replica's commit index is not written
+        # while its apply waits.
+        assert leader.applied == leader.commit
+        assert follower._persisted_hs.commit == follower.applied
+    assert seen == [0, 1, 2, 0, 1, 2, 0]
+    assert cluster.applied[2] == cluster.applied[1][: len(cluster.applied[2])]
+
+
+def test_a_tick_without_entries_applies_what_waits_and_so_does_a_replica_that_leads():
+    cluster = _cluster()
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    cluster.propose(_append(1))
+    cluster.stabilize()
+    cluster.propose(_append(2))  # (its REPLICATE carries the first one's commit)
+    cluster.stabilize()
+    follower = cluster.node(2)
+    assert follower.commit - follower.applied >= 1
+    cluster.tick([2])  # (entries came during this tick: the leader may still be streaming)
+    cluster.stabilize()
+    assert follower.commit - follower.applied >= 1
+    cluster.tick([2])  # (a whole tick without entries)
+    cluster.stabilize()
+    assert follower.applied == follower.commit
+    # Waiting again, then elected: a leader applies everything it has committed.
+    cluster.propose(_append(3))
+    cluster.stabilize()
+    cluster.propose(_append(4))
+    cluster.stabilize()
+    assert follower.commit > follower.applied
+    new = cluster.elect(2)
+    cluster.stabilize()
+    assert new.applied == new.commit == new.log.last_index
