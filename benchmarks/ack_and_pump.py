@@ -7,8 +7,8 @@
 - ``AnswerWriter.pump`` with a head not known yet (the reader's kick after it queued a
   proposal's answer: once per request at one request in flight).
 
-docs/performance.md, "Pipelined appends and 100 connections (eighth round)". Runs on any tree
-of this round (PYTHONPATH pointing at an export of it)."""
+docs/performance-history.md, "Pipelined appends and 100 connections (eighth round)". Runs on
+any tree of this round (PYTHONPATH pointing at an export of it)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ transaction rolled back so that every round inserts the same rows:
 Each figure is thread CPU (``time.thread_time_ns``) per row, the median and the lowest of
 ``--rounds``, the three alternated within a round. To compare two trees, run it from outside
 both checkouts with ``PYTHONPATH`` set to an export of each, alternately
-(docs/performance.md, "Batch appends per message (eighth round)").
+(docs/performance-history.md, "Batch appends per message (eighth round)").
 """
 
 from __future__ import annotations

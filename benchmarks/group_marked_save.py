@@ -9,7 +9,7 @@ last row. Each round: 300 replica saves (APPENDS appends persisted, the previous
 applied, ``Store.save`` with no stage, as the in-step paths and a committer batch of one run
 it), median thread CPU (``time.thread_time``) and wall time per save, fsync on, after one
 batch's save (journal and apply stages) gave the group a row. Until the eighth round each of
-them wrote the unchanged mark again (docs/performance.md, "Several groups: the leader's save
+them wrote the unchanged mark again (docs/performance-history.md, "Several groups: the leader's save
 (eighth round)"); on a tree that skips it, every other save forgets the file's last mark
 first and so writes it again, and both medians are printed (the same process and file: the
 machine's drift cancels).

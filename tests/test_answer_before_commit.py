@@ -285,7 +285,7 @@ async def test_a_named_queues_creation_is_answered_after_its_commit(tmp_path):
 
 def test_the_hook_runs_before_the_metadata_rows_and_their_failure_rolls_back(tmp_path):
     """The answers leave once the apply's statements ran, before the commit and applied
-    indexes' rows (docs/performance.md, "One client, one append at a time: the critical path
+    indexes' rows (docs/performance-history.md, "One client, one append at a time: the critical path
     (eighth round)"): a meta row written before the hook was on the client's wait. A failure
     in those rows after the hook rolls the transaction back whole, as a failed COMMIT does,
     and the same apply gives the same results."""

@@ -1,5 +1,5 @@
 """A save alone in its fsync on a shared store writes its group file's mark (``shared_seq``)
-only when it changed (docs/performance.md, "Several groups: the leader's save (eighth
+only when it changed (docs/performance-history.md, "Several groups: the leader's save (eighth
 round)"): the commit that wrote it is earlier in the same WAL, so the lone save's fsync makes
 it durable too."""
 

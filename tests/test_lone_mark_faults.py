@@ -1,7 +1,8 @@
-"""The lone save's mark written only when it changed (``Store._marked``, docs/performance.md,
-"Several groups: the leader's save (eighth round)"), under faults: ``_marked`` must always be
-the ``shared_seq`` the group's file last committed (a save that skips an unchanged mark relies
-on it), and a crash image at every sync point must restart with every acknowledged append.
+"""The lone save's mark written only when it changed (``Store._marked``,
+docs/performance-history.md, "Several groups: the leader's save (eighth round)"), under
+faults: ``_marked`` must always be the ``shared_seq`` the group's file last committed (a save
+that skips an unchanged mark relies on it), and a crash image at every sync point must restart
+with every acknowledged append.
 
 Random turns of three groups on one shared log: batches (their rows, then each group's
 transaction at NORMAL marking its row; some rows truncating from their first entry, so that a

@@ -1,5 +1,5 @@
 """``AnswerWriter.pump`` with a head not known yet registers its callback without asking the
-answer for its frame or its response (docs/performance.md, "Pipelined appends and 100
+answer for its frame or its response (docs/performance-history.md, "Pipelined appends and 100
 connections (eighth round)"): at one request in flight that is the reader's kick after each
 proposal's answer is queued. What it writes, and when, is as before: the answer settled later
 is written by the settling task, in order, once; one known at once is written at once; one

@@ -1,6 +1,6 @@
 """REPLICATE_RESPONSE written and read by hand (``_consensus._replicate_response_to_obj`` and
 ``_replicate_response_from_obj``) against the converter's generated functions they stand in
-for (docs/performance.md, "Pipelined appends and 100 connections (eighth round)"): the same
+for (docs/performance-history.md, "Pipelined appends and 100 connections (eighth round)"): the same
 frame's bytes for every response, and for every object the same message or the same error,
 the objects seeded with bad inputs (booleans, floats, strings and None for numbers, numbers
 and None for strings, keys missing, extra keys, 64-bit ends and beyond)."""

@@ -198,7 +198,7 @@ def _replicate_response_to_obj(m: rm.ReplicateResponse) -> dict[str, Any] | None
     """A REPLICATE_RESPONSE's frame object by hand, ``operation`` first: the dict the
     converter's generated function writes (the same keys in the same order, ``probe`` left
     out when 0), without its calls per field. Every REPLICATE is answered with one, on each
-    replica (docs/performance.md, "Pipelined appends and 100 connections (eighth round)").
+    replica (docs/performance-history.md, "Pipelined appends and 100 connections (eighth round)").
     None when a sender or receiver is not a plain ``str`` or ``success`` not a ``bool``: the
     converter decides those, as before."""
     src, dst, success = m.src, m.dst, m.success

@@ -115,7 +115,7 @@ def _batches_group_bytes(commands: tuple[Any, ...]) -> bytes | None:
     pieces (its head, and each batch's head, values and stamp) in one join. Each batch
     written whole by :func:`_batch_bytes` and the group then joined and closed copied every
     value four times more (about 200 KB an entry, each copy a new buffer): 41 -> 30 ns a
-    value (docs/performance.md, "Batch appends per message (eighth round)"). None for any
+    value (docs/performance-history.md, "Batch appends per message (eighth round)"). None for any
     other group, as :func:`_batch_bytes` decides each batch. ``tests/test_batch_bytes.py``
     holds both forms to the same bytes."""
     pieces: list[bytes] = [_GROUP_HEAD]

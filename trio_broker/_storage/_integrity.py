@@ -257,7 +257,7 @@ def insert_plain(
     stamp): three values bound per row instead of five, and no tuple per message first. The
     checksums made at once (:func:`._row_sums.plain_checksums`) and the rows' parameters set
     by three slice assignments, no Python step per row (a run of 1,800 values: 650 to 741 ->
-    499 to 531 ns a row, docs/performance.md "Batch appends per message (eighth round)")."""
+    499 to 531 ns a row, docs/performance-history.md "Batch appends per message (eighth round)")."""
     number = _number(db, queue_id, number)
     count = len(data)
     rows: list[Any] = [None] * (3 * count)  # (each row's parameters, cut per statement)

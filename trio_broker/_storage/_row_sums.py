@@ -11,7 +11,7 @@ formatting parses its format each time and writes ``%d`` through a ``str``. Here
 joined from three pieces in one ``b"".join`` call (about 50 ns): the digits above the last three
 (one ``bytes`` for up to a thousand consecutive numbers), then the last three digits and the
 NUL from a table made once, then the value; passes of ``map`` in C over the run, no Python
-call per value (docs/performance.md, "Batch appends per message (eighth round)").
+call per value (docs/performance-history.md, "Batch appends per message (eighth round)").
 ``tests/test_row_sums.py`` holds it to the definition, across every boundary of the digits.
 """
 
