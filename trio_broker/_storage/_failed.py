@@ -23,6 +23,7 @@ which the integrity checks turn into ``StorageDamaged``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -63,10 +64,17 @@ _NO_WRITE_LOST = frozenset(
 """I/O errors that concern a read, a lock or a handle only: no write was lost by them."""
 
 
+class FsyncFailed(OSError):
+    """An ``fsync`` the broker made itself (``_files.fsync_path``: a database file and its
+    folder at each start, a new shared log) failed: the same page-cache rule as SQLite's own
+    (``SQLITE_IOERR_FSYNC``), and the first fsync after a background writeback failed is the
+    only one told of it (a later one succeeds over what the disk dropped)."""
+
+
 def lost_writes(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk may have dropped writes already made (an fsync, a write,
     a truncation that failed, or an I/O error SQLite did not tell apart)."""
-    if isinstance(exc, StorageFailed):
+    if isinstance(exc, StorageFailed | FsyncFailed):
         return True
     if not isinstance(exc, apsw.IOError):
         return False
@@ -95,6 +103,8 @@ def error_code(exc: BaseException) -> str:
     """SQLite's name for ``exc``'s extended code (``SQLITE_IOERR_FSYNC``), or its type."""
     code = getattr(exc, "extendedresult", None)
     if code is None:
+        if isinstance(exc, FsyncFailed) and exc.errno in errno.errorcode:
+            return f"fsync {errno.errorcode[exc.errno]}"
         return type(exc).__name__
     name = apsw.mapping_extended_result_codes.get(code) or apsw.mapping_result_codes.get(code)
     return str(name or code)
@@ -219,6 +229,7 @@ def marker_dir(data_dir: Path | str) -> Path:
 __all__ = [
     "FAILED_FILE",
     "UNKNOWN_FILE",
+    "FsyncFailed",
     "StorageFailed",
     "any_lost",
     "lost_writes",
