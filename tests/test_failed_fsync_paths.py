@@ -1,6 +1,6 @@
 """More paths of "a failed fsync stops the broker" (docs/reliability.md): an fsync the broker
 makes itself (not SQLite's), the storage thread's failure check of a batch's outcomes and what
-the worker refuses after it.
+the worker refuses after it, and a backup of a folder marked failed.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import trio.testing
 from trio_broker._cli._main import main as cli_main
 from trio_broker._storage import Store, _files
 from trio_broker._storage._failed import (
+    FAILED_FILE,
     StorageFailed,
     lost_writes,
     read_marker,
+    write_marker,
 )
 from trio_broker._storage._worker import StorageWorker
 
@@ -132,3 +134,27 @@ async def test_a_batch_whose_outcome_holds_a_failed_fsync_fails_the_worker() -> 
     finally:
         worker.stop()
         await worker.wait_stopped()
+
+
+def test_a_backup_of_a_folder_marked_failed_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup copies what the files appear to hold; on a folder whose disk failed a write
+    (``STORAGE-FAILED``) that proves nothing, and a restore of it would start a cluster on
+    it with no mark left (the report's advice is a backup taken *before* the failure). The
+    ``backup`` command refuses it (status 1, the report) and writes no file."""
+    data_dir = tmp_path / "b1"
+    data_dir.mkdir()
+    store = Store(data_dir)
+    store.init_identity("B-AAAAA", "C-AAAAA")
+    store.close()
+    failure = StorageFailed(str(data_dir / "broker.sqlite3"), "disk I/O error", "SQLITE_IOERR")
+    assert write_marker(data_dir, failure) is not None
+    output = tmp_path / "backup.sqlite3"
+    assert cli_main(["backup", str(output), "--data-dir", str(data_dir)]) == 1
+    stderr = capsys.readouterr().err
+    assert "SQLITE_IOERR" in stderr and FAILED_FILE in stderr and "Traceback" not in stderr
+    assert not output.exists()
+    os.unlink(data_dir / FAILED_FILE)  # (the operator's choice: the backup is taken then)
+    assert cli_main(["backup", str(output), "--data-dir", str(data_dir)]) == 0
+    assert output.exists()
