@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from trio_broker._cli._main import main as cli_main
+from trio_broker._runtime import BrokerConfig
 from trio_broker._storage import Store, _files
 from trio_broker._storage._failed import (
     FAILED_FILE,
@@ -158,3 +159,29 @@ def test_a_backup_of_a_folder_marked_failed_is_refused(
     os.unlink(data_dir / FAILED_FILE)  # (the operator's choice: the backup is taken then)
     assert cli_main(["backup", str(output), "--data-dir", str(data_dir)]) == 0
     assert output.exists()
+
+
+async def test_a_brokers_data_folder_inside_a_folder_named_groups_keeps_its_mark(
+    tmp_path: Path,
+) -> None:
+    """The mark of a group's store goes to its broker's folder (``groups/G-XXXXX``, two levels
+    up); a broker whose own data folder sits in a folder that happens to be named ``groups``
+    keeps its mark in its own folder, where its next start looks: the mark two levels up
+    let that start trust the folder whose fsync failed."""
+    from tests.test_failed_fsync import Disk, _fail_one_fsync
+    from trio_broker._runtime import open_broker
+    from trio_broker._storage._failed import marker_dir
+
+    assert marker_dir(tmp_path / "b1" / "groups" / "G-ABCDE") == tmp_path / "b1"
+    data_dir = tmp_path / "groups" / "b1"
+    data_dir.mkdir(parents=True)
+    disk = Disk("rev9-groups-parent")
+    try:
+        await _fail_one_fsync(data_dir, disk)
+    finally:
+        disk.die()
+    assert read_marker(data_dir) is not None
+    assert not (tmp_path / FAILED_FILE).exists()
+    with pytest.raises(StorageFailed):
+        async with open_broker(BrokerConfig(data_dir=data_dir, port=0)):
+            pytest.fail("started on a folder whose disk failed a fsync")

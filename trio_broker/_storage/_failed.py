@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -216,12 +217,18 @@ def refuse_if_failed(data_dir: Path | str) -> None:
         raise failure
 
 
+_GROUP_FOLDER = re.compile(r"G-[A-Z0-9]{5}")
+"""A group's store's folder name (its id: ``_runtime._groups.group_dir``)."""
+
+
 def marker_dir(data_dir: Path | str) -> Path:
     """Where a store in ``data_dir`` leaves its marker: the broker's data folder (a group's
     store lives in ``data_dir/groups/G-XXXXX``: two levels up), which every start checks and
     ``data reset`` clears."""
     path = Path(data_dir)
-    if path.parent.name == "groups":
+    if path.parent.name == "groups" and _GROUP_FOLDER.fullmatch(path.name):
+        # (a group's folder, not a broker's own data folder that sits in a folder named so:
+        # its next start looks for the mark in that folder, not two levels up)
         return path.parent.parent
     return path
 
