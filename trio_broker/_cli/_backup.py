@@ -35,7 +35,7 @@ def add_backup_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def run_backup(args: argparse.Namespace) -> int:
     from .._ids import BROKER_ID_RE, new_broker_id
-    from .._storage import DataDirInUse, SchemaTooNew
+    from .._storage import DataDirInUse, SchemaTooNew, StorageFailed
     from .._storage._backup import BackupError, backup, restore
 
     try:
@@ -51,6 +51,9 @@ def run_backup(args: argparse.Namespace) -> int:
         if not BROKER_ID_RE.fullmatch(broker_id):
             raise BackupError(f"--broker-id must look like {BROKER_ID_RE.pattern}")
         info = restore(args.backup, args.data_dir, broker_id)
+    except StorageFailed as exc:  # (a backup of a folder whose disk failed a write)
+        print(exc.report(str(args.data_dir)), file=sys.stderr)
+        return EXIT_ERROR
     except (BackupError, DataDirInUse, SchemaTooNew, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -21,6 +21,7 @@ import apsw
 import attrs
 
 from .._core._raft_messages import Config
+from ._failed import refuse_if_failed
 from ._files import DB_FILES
 from ._integrity import StorageDamaged
 from ._store import DB_FILE, Store, _config_from_json, _config_to_json
@@ -41,6 +42,10 @@ class BackupInfo:
 
 def backup(data_dir: Path | str, output: Path | str) -> BackupInfo:
     """Copy the database of the broker in ``data_dir`` (running or not) to ``output``."""
+    # A write failed there (STORAGE-FAILED): what the files hold proves nothing, and a restore
+    # would start a cluster on it with no mark left (docs/reliability.md, "A failed fsync
+    # stops the broker": a backup taken before the failure, not after).
+    refuse_if_failed(data_dir)
     source = Path(data_dir) / DB_FILE
     target = Path(output)
     if not source.is_file():

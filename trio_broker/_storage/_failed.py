@@ -23,7 +23,9 @@ which the integrity checks turn into ``StorageDamaged``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -63,10 +65,17 @@ _NO_WRITE_LOST = frozenset(
 """I/O errors that concern a read, a lock or a handle only: no write was lost by them."""
 
 
+class FsyncFailed(OSError):
+    """An ``fsync`` the broker made itself (``_files.fsync_path``: a database file and its
+    folder at each start, a new shared log) failed: the same page-cache rule as SQLite's own
+    (``SQLITE_IOERR_FSYNC``), and the first fsync after a background writeback failed is the
+    only one told of it (a later one succeeds over what the disk dropped)."""
+
+
 def lost_writes(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk may have dropped writes already made (an fsync, a write,
     a truncation that failed, or an I/O error SQLite did not tell apart)."""
-    if isinstance(exc, StorageFailed):
+    if isinstance(exc, StorageFailed | FsyncFailed):
         return True
     if not isinstance(exc, apsw.IOError):
         return False
@@ -95,6 +104,8 @@ def error_code(exc: BaseException) -> str:
     """SQLite's name for ``exc``'s extended code (``SQLITE_IOERR_FSYNC``), or its type."""
     code = getattr(exc, "extendedresult", None)
     if code is None:
+        if isinstance(exc, FsyncFailed) and exc.errno in errno.errorcode:
+            return f"fsync {errno.errorcode[exc.errno]}"
         return type(exc).__name__
     name = apsw.mapping_extended_result_codes.get(code) or apsw.mapping_result_codes.get(code)
     return str(name or code)
@@ -206,12 +217,18 @@ def refuse_if_failed(data_dir: Path | str) -> None:
         raise failure
 
 
+_GROUP_FOLDER = re.compile(r"G-[A-Z0-9]{5}")
+"""A group's store's folder name (its id: ``_runtime._groups.group_dir``)."""
+
+
 def marker_dir(data_dir: Path | str) -> Path:
     """Where a store in ``data_dir`` leaves its marker: the broker's data folder (a group's
     store lives in ``data_dir/groups/G-XXXXX``: two levels up), which every start checks and
     ``data reset`` clears."""
     path = Path(data_dir)
-    if path.parent.name == "groups":
+    if path.parent.name == "groups" and _GROUP_FOLDER.fullmatch(path.name):
+        # (a group's folder, not a broker's own data folder that sits in a folder named so:
+        # its next start looks for the mark in that folder, not two levels up)
         return path.parent.parent
     return path
 
@@ -219,6 +236,7 @@ def marker_dir(data_dir: Path | str) -> Path:
 __all__ = [
     "FAILED_FILE",
     "UNKNOWN_FILE",
+    "FsyncFailed",
     "StorageFailed",
     "any_lost",
     "lost_writes",

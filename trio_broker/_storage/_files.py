@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from ._failed import FAILED_FILE
+from ._failed import FAILED_FILE, FsyncFailed
 
 DB_FILE = "broker.sqlite3"
 LOCK_FILE = "LOCK"
@@ -63,7 +63,10 @@ def sync_new_files(data_dir: Path) -> None:
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # (a failed fsync, not a file that cannot be opened)
+            raise FsyncFailed(exc.errno, f"fsync of {path} failed: {exc.strerror}") from exc
     finally:
         os.close(fd)
 
