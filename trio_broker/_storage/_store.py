@@ -37,6 +37,7 @@ import orjson
 from .._core._commands import Command, Result, RetentionPolicy
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, stored_entry
+from ._checkpoint import checkpoint_on_commit
 from ._files import DB_FILE, DataDirInUse, DirLock, sync_new_files
 from ._integrity import (
     DAMAGE_ERRORS,
@@ -137,6 +138,9 @@ class Store:
         # FULL: the WAL is fsynced at every commit, so a commit that returned survives a crash
         # or power loss. Nothing is acknowledged before its commit returns.
         db.execute("PRAGMA synchronous = FULL")
+        # SQLite's automatic checkpoint drops its errors: ours fails the commit on a failed
+        # fsync (docs/reliability.md, "A failed fsync stops the broker")
+        checkpoint_on_commit(db)
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA cache_size = -16000")
 
