@@ -18,6 +18,13 @@ commit itself done), and the storage worker fails on it like on any failed fsync
 checkpoint error (``SQLITE_BUSY`` from another checkpointer, a full disk) is dropped as SQLite
 drops it: the commit succeeded, and the next one past the threshold tries again.
 
+:func:`close_checkpointed` does the same for the checkpoint SQLite runs as the last connection
+closes, whose errors it drops too (it then keeps the WAL): our own PASSIVE checkpoint of
+everything first, its lost-writes error raised; after one (or with ``checkpoint=False``, when
+the caller already met one) the connection closes without SQLite's checkpoint
+(``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``), so nothing more is written or synced and the WAL, the
+copy of what the database file may have dropped, stays for the next open's recovery.
+
 The hook runs after every commit: below the threshold it is one Python call and a compare
 (``benchmarks/wal_hook_cost.py``). ``PRAGMA wal_autocheckpoint = N`` on the connection
 afterwards puts SQLite's own hook back.
@@ -67,4 +74,19 @@ def checkpoint_on_commit(db: apsw.Connection, pages: int | None = None) -> None:
     db.set_wal_hook(checkpoint_hook(pages))
 
 
-__all__ = ["DEFAULT_PAGES", "checkpoint_hook", "checkpoint_on_commit"]
+def close_checkpointed(db: apsw.Connection, *, checkpoint: bool = True) -> None:
+    """Close ``db``, after a checkpoint whose lost-writes error is raised (see above)."""
+    if checkpoint:
+        try:
+            db.wal_checkpoint(None, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except apsw.Error as exc:
+            if lost_writes(exc):
+                db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+                db.close()
+                raise
+    else:
+        db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    db.close()
+
+
+__all__ = ["DEFAULT_PAGES", "checkpoint_hook", "checkpoint_on_commit", "close_checkpointed"]
