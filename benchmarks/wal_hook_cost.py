@@ -12,9 +12,9 @@ time, alternately per round (A B A B ...):
 ``--pages`` is the checkpoint threshold of both: by default far above the run's WAL, so no
 checkpoint is ever due and the difference is the hook's call alone (``--pages 1000``:
 SQLite's default, checkpoints included). Then the hook alone, called a million times from
-Python below its threshold (what SQLite's call of it adds, the C-to-Python call aside: the
-A/B difference is within the noise of a 10 µs commit). Reported per commit, per round and as the median:
-the thread's CPU (``time.thread_time``), so other work on the machine counts little.
+Python below its threshold (its body; SQLite's C-to-Python call of it comes on top). Reported
+per commit, per round and as the median: the thread's CPU (``time.thread_time``), so other
+work on the machine counts little.
 """
 
 from __future__ import annotations

@@ -139,4 +139,3 @@ def test_the_wal_stays_bounded_by_our_checkpoint(tmp_path: Path) -> None:
         assert 0 < wal.stat().st_size <= (1000 + 120) * (page + 24) + 32
     finally:
         store.close()
-

@@ -68,9 +68,8 @@ def checkpoint_on_commit(db: apsw.Connection, pages: int | None = None) -> None:
     """Replace ``db``'s automatic checkpoint with :func:`checkpoint_hook`, at ``pages`` (by
     default the connection's ``wal_autocheckpoint``, SQLite's 1,000 pages)."""
     if pages is None:
-        (pages,) = db.execute("PRAGMA wal_autocheckpoint").fetchone()
-        if not pages or pages <= 0:
-            pages = DEFAULT_PAGES
+        row = db.execute("PRAGMA wal_autocheckpoint").fetchone()
+        pages = int(row[0]) if row and row[0] > 0 else DEFAULT_PAGES
     db.set_wal_hook(checkpoint_hook(pages))
 
 
