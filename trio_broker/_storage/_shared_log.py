@@ -63,6 +63,7 @@ import trio
 
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
+from ._checkpoint import checkpoint_on_commit, close_checkpointed
 from ._failed import any_lost, lost_writes, suppress_unless_lost
 from ._files import fsync_path
 from ._worker import StorageWorker
@@ -137,6 +138,7 @@ class SharedLog:
             if mode.lower() != "wal":
                 raise RuntimeError(f"could not put the shared log in WAL mode (got {mode})")
             db.execute("PRAGMA synchronous = FULL")
+            checkpoint_on_commit(db)  # (a failed fsync in a checkpoint fails its commit)
             with db:
                 db.execute(_SCHEMA)
                 row = db.execute("SELECT value FROM shared_meta WHERE key = 'log_id'").fetchone()
@@ -273,7 +275,7 @@ class SharedLog:
             self.trim()
 
     def close(self) -> None:
-        self._db.close()
+        close_checkpointed(self._db)  # (a failed fsync in its checkpoint raises)
 
 
 def attach(

@@ -37,6 +37,8 @@ import orjson
 from .._core._commands import Command, Result, RetentionPolicy
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, stored_entry
+from ._checkpoint import checkpoint_on_commit, close_checkpointed
+from ._failed import lost_writes
 from ._files import DB_FILE, DataDirInUse, DirLock, sync_new_files
 from ._integrity import (
     DAMAGE_ERRORS,
@@ -137,19 +139,28 @@ class Store:
         # FULL: the WAL is fsynced at every commit, so a commit that returned survives a crash
         # or power loss. Nothing is acknowledged before its commit returns.
         db.execute("PRAGMA synchronous = FULL")
+        # SQLite's automatic checkpoint drops its errors: ours fails the commit on a failed
+        # fsync (docs/reliability.md, "A failed fsync stops the broker")
+        checkpoint_on_commit(db)
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA cache_size = -16000")
 
     def close(self) -> None:
         """Close the file; with a shared log, sync it first and delete this group's rows there
-        (a clean stop, or a replica retired, leaves no row behind)."""
+        (a clean stop, or a replica retired, leaves no row behind). The close-time checkpoint
+        is ours: a failed fsync in it raises, and after one nothing more is written
+        (:func:`._checkpoint.close_checkpointed`)."""
+        checkpoint = True
         try:
             if self._shared is not None:
                 self._shared.members.pop(self._incarnation, None)
                 self._shared.forget(self._incarnation, self.sync_shared())
+        except BaseException as exc:
+            checkpoint = not lost_writes(exc)
+            raise
         finally:
             try:
-                self._db.close()
+                close_checkpointed(self._db, checkpoint=checkpoint)
             finally:
                 self._lock.release()
 
