@@ -24,6 +24,7 @@ from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._runtime import _driver
 from trio_broker._storage import _store
+from trio_broker._storage._checkpoint import checkpoint_on_commit
 from trio_broker._storage._shared_log import TurnCommitter
 from trio_broker._storage._worker import StorageWorker
 from trio_broker.testing import open_local_cluster
@@ -215,7 +216,7 @@ def test_lone_saves_between_batches_keep_every_acknowledged_append_at_every_sync
     checked = lones = 0
     with imaged_broker(tmp_path, "in-step-images", vfs_seed=5, broker_seed=9) as (broker, check):
         for g in broker.groups:
-            g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
+            checkpoint_on_commit(g.store._db, 20)
         for i in range(6):
             if i % 2 == 0:
                 broker.step()  # (every group's saves in the committer's batches)

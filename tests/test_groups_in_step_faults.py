@@ -25,6 +25,7 @@ from tests.test_shared_log import imaged_broker
 from tests.wire import RawConnection, create_queue
 from trio_broker._ids import cluster_of_queue
 from trio_broker._storage import _shared_log
+from trio_broker._storage._checkpoint import checkpoint_on_commit
 from trio_broker._storage._store import Store
 from trio_broker.testing import open_local_cluster
 
@@ -42,7 +43,7 @@ def run_interleaved(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
         where=f"seed {seed}, ",
     ) as (broker, check):
         for g in broker.groups:
-            g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
+            checkpoint_on_commit(g.store._db, 20)
         for _ in range(steps):
             r = rng.random()
             if r < 0.35:

@@ -24,6 +24,7 @@ from tests.test_shared_log import (
 )
 from trio_broker._core._commands import CreateQueue
 from trio_broker._core._raft_messages import Entry, HardState, NoOp
+from trio_broker._storage._checkpoint import checkpoint_on_commit
 from trio_broker._storage._shared_log import SHARED_LOG_FILE, SharedLog
 from trio_broker._storage._store import Store
 
@@ -114,7 +115,7 @@ def test_batches_of_one_and_of_several_keep_every_acknowledged_append_at_every_s
     checked = 0
     with imaged_broker(tmp_path, "own-images", vfs_seed=2, broker_seed=3) as (broker, check):
         for g in broker.groups:
-            g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
+            checkpoint_on_commit(g.store._db, 20)
         for _ in range(5):
             groups = rng.sample(broker.groups, rng.choice([1, 1, 2, 3]))
             numbers = broker._appends(groups)

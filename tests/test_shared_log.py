@@ -27,6 +27,7 @@ import trio
 from tests.long_runs import LONG
 from trio_broker._core._commands import AppendMessage, CreateQueue
 from trio_broker._core._raft_messages import Config, Entry, HardState, NoOp, SnapshotMeta
+from trio_broker._storage._checkpoint import checkpoint_on_commit
 from trio_broker._storage._shared_log import (
     SHARED_LOG_FILE,
     SharedLog,
@@ -289,7 +290,7 @@ def run_with_images(tmp_path: Path, torn: bool, steps: int) -> int:
         check,
     ):
         for g in broker.groups:
-            g.store._db.execute("PRAGMA wal_autocheckpoint = 20")
+            checkpoint_on_commit(g.store._db, 20)
         checked = 0
         for _ in range(steps):
             broker.step()

@@ -40,6 +40,7 @@ import orjson
 from .._core._commands import AppendMessage, CreateQueue, MessageAppended
 from .._core._raft import RaftNode, Role
 from .._core._raft_messages import Config, Message, SnapshotMeta
+from .._storage._checkpoint import checkpoint_on_commit
 from .._storage._store import Store
 from ._powerloss import PowerCut, PowerLossVFS
 
@@ -139,7 +140,7 @@ class PowerLossCluster:
         for i in IDS:
             store = self.stores[i] = Store(self.root / i, vfs=self.vfs[i].name)
             if self.autocheckpoint is not None:
-                store._db.execute(f"PRAGMA wal_autocheckpoint = {self.autocheckpoint}")
+                checkpoint_on_commit(store._db, self.autocheckpoint)
             if self.on_open is not None:
                 self.on_open(store)
             state = store.raft_state()
