@@ -1,8 +1,12 @@
 """A replica's transactions in the sequential workload, its apply at once or in fours:
-``python -m benchmarks.replica_apply_lag [--rounds N] [--lag K]``.
+``python -m benchmarks.replica_apply_lag [--rounds N] [--lag K] [--group G]``.
 
 Each REPLICATE of the sequential workload carries one entry and the commit of the entry
-before. Two stores in a temporary directory (fsync on, as in a broker), fed the same appends
+before. With ``--group G``, each entry is a COMMAND_GROUP of G appends instead (100
+connections x 1 in flight: a cycle's lone APPENDs, 5 to 95 of them, median about 44), and the
+figures are per append (the save's CPU divided by G).
+
+Two stores in a temporary directory (fsync on, as in a broker), fed the same appends
 alternately:
 
 - at once: each save writes entry N, the commit index N-1 and applies N-1, one durable
@@ -25,7 +29,7 @@ import tempfile
 import time
 
 from benchmarks.apply_after_ack import _entry
-from benchmarks.replica_cost import queue_store
+from benchmarks.replica_cost import _frame, queue_store
 from trio_broker._core import _raft_messages as rm
 
 
@@ -33,7 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=800)
     parser.add_argument("--lag", type=int, default=4)
+    parser.add_argument("--group", type=int, default=0, help="appends per entry (0: lone)")
     args = parser.parse_args()
+    per = max(1, args.group)
+
+    def entry_at(index: int) -> rm.Entry:
+        return _frame(index, args.group, 0)[1] if args.group else _entry(index)
+
     cpu, wall = time.thread_time, time.perf_counter
     ways = ("at once", f"lag {args.lag}")
     seen: dict[str, list[tuple[float, float, int]]] = {way: [] for way in ways}
@@ -54,12 +64,12 @@ def main() -> None:
 
         once._db.set_wal_hook(hook_for(ways[0]))
         lagged._db.set_wal_hook(hook_for(ways[1]))
-        previous = _entry(2)
+        previous = entry_at(2)
         for store in (once, lagged):
             store.save(entries=[previous], hard_state=rm.HardState(1, None, 1))
         waiting: list[rm.Entry] = []
         for n in range(args.rounds + 20):
-            entry = _entry(3 + n)
+            entry = entry_at(3 + n)
             waiting.append(previous)
             for way in ways if n % 2 else ways[::-1]:
                 started, began = cpu(), wall()
@@ -82,15 +92,16 @@ def main() -> None:
                 now, last = frames[way]
                 frames[way][1] = now
                 if n >= 20:
-                    seen[way].append((spent, took, now - last))
+                    seen[way].append((spent / per, took / per, now - last))
             previous = entry
-    print(f"a replica's save per sequential append, {args.rounds} rounds (µs; WAL frames)")
+    shape = f"groups of {args.group}" if args.group else "sequential"
+    print(f"a replica's save per append ({shape}), {args.rounds} rounds (µs; WAL frames per save)")
     print(f"  {'':<9} {'CPU p50':>8} {'CPU mean':>9} {'wall p50':>9} {'wall p90':>9} {'frames':>7}")
     for way, rows in seen.items():
         cpus, walls, written = zip(*rows, strict=True)
         p90 = sorted(walls)[len(walls) * 9 // 10]
         print(
-            f"  {way:<9} {statistics.median(cpus) * 1e6:8.0f} {statistics.mean(cpus) * 1e6:9.0f}"
+            f"  {way:<9} {statistics.median(cpus) * 1e6:8.1f} {statistics.mean(cpus) * 1e6:9.1f}"
             f" {statistics.median(walls) * 1e6:9.0f} {p90 * 1e6:9.0f}"
             f" {statistics.mean(written):7.2f}"
         )

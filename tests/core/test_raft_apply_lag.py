@@ -3,7 +3,13 @@
 command ``apply_later`` refuses, nor on a leader (docs/performance.md, "One client, one append
 at a time (ninth round)")."""
 
-from trio_broker._core._commands import AppendMessage, CreateQueue
+from trio_broker._core._commands import AppendBatch, AppendMessage, CommandGroup, CreateQueue
+from trio_broker._runtime._applied import (
+    APPLY_LAG,
+    LAG_GROUP_APPENDS,
+    LAG_GROUP_BYTES,
+    applies_later,
+)
 from trio_broker.testing._sim_cluster import Cluster
 
 
@@ -64,3 +70,38 @@ def test_a_tick_without_entries_applies_what_waits_and_so_does_a_replica_that_le
     new = cluster.elect(2)
     cluster.stabilize()
     assert new.applied == new.commit == new.log.last_index
+
+
+def _waits(*groups: CommandGroup) -> list[int]:
+    """How many committed entries wait unapplied on a replica, as the runtime's rule
+    (``applies_later``) decides, after each group's REPLICATE (which carries the commit of
+    the entry before), then after a lone append's (which carries the last group's)."""
+    cluster = Cluster((1, 2, 3), apply_lag=APPLY_LAG, apply_later=applies_later)
+    cluster.elect(1)
+    cluster.propose(CreateQueue("q"))
+    cluster.stabilize()
+    follower = cluster.node(2)
+    waiting = []
+    for group in (*groups, _append(0)):
+        cluster.propose(group)
+        cluster.stabilize()
+        waiting.append(follower.commit - follower.applied)
+    return waiting
+
+
+def _group(count: int, data: bytes = b'"v"') -> CommandGroup:
+    return CommandGroup(tuple(AppendMessage("q", data, None, None, n) for n in range(count)))
+
+
+def test_a_replica_lets_small_groups_of_appends_wait_within_the_bounds():
+    # A cycle of 100 connections x 1 in flight: groups of at most LAG_GROUP_APPENDS appends
+    # wait like lone appends, fewer than APPLY_LAG entries at a time.
+    assert _waits(*[_group(LAG_GROUP_APPENDS)] * 5) == [0, 1, 2, 3, 0, 1]
+    # Beyond a bound (appends, bytes of values), or anything but appends: applied at once.
+    assert _waits(_group(LAG_GROUP_APPENDS + 1)) == [0, 0]
+    large = b'"' + b"x" * (LAG_GROUP_BYTES // 2) + b'"'
+    assert _waits(_group(1, large), _group(2, large)) == [0, 1, 0]
+    mixed = CommandGroup((_append(1), CreateQueue("r")))
+    assert _waits(_group(3), mixed) == [0, 1, 0]
+    batch = CommandGroup((AppendBatch("q", (b'"v"',), None, None, 1),))
+    assert _waits(batch) == [0, 0]

@@ -15,6 +15,7 @@ readers and no reader can have started waiting since (the callbacks run without 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -145,17 +146,52 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
 
 
 APPLY_LAG = 4
-"""A replica applies committed appends once this many wait, or once the leader goes idle
-(``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes the
-new entry alone, and four appends' apply share one transaction (docs/performance.md, "One
-client, one append at a time (ninth round)")."""
+"""A replica applies committed appends once this many entries wait, or once the leader goes
+idle (``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes
+the new entry alone, and four appends' apply share one transaction (docs/performance.md, "One
+client, one append at a time (ninth round)"); at 100 connections x 1 in flight, each entry a
+group of a cycle's lone appends, the same for groups (:data:`LAG_GROUP_APPENDS`)."""
+LAG_GROUP_APPENDS = 100
+"""A COMMAND_GROUP of lone appends waits unapplied on a replica only with at most this many
+(a cycle of 100 connections x 1 in flight brings 5 to 95, median about 44) ..."""
+LAG_GROUP_BYTES = 32 * 1024
+"""... and at most this many bytes of values: fewer than ``APPLY_LAG`` entries wait, so at
+most 300 appends and 96 KiB of values wait unapplied on a replica (docs/performance.md, "A
+replica's apply lag for small groups (ninth round)"). A pipelined client's groups (64 to 512
+appends, median 256) are mostly larger, and applied at once."""
+
+_data = operator.attrgetter("data")
+_judged: dict[int, tuple[Any, bool]] = {}
+""":func:`applies_later`'s answers for the last groups asked, by identity (with the group, so
+its identity is not reused): a replica asks of the same waiting entries at each Ready."""
 
 
 def applies_later(payload: Any) -> bool:
     """Whether a committed entry's apply may wait on a replica (``RaftNode.apply_later``):
-    a lone append only, whose apply no request on a replica reads (its clients' requests go
-    to the leader). A command whose effect a broker reads from its own store (the cluster's
-    map, a queue's name, membership) is applied at once, as before; so are batches and
-    groups, which come several to a REPLICATE under load, where the apply's weight decides
-    its place (``_save_place.APPLY_AHEAD``)."""
-    return type(payload) is cmd.AppendMessage
+    a lone append, or a group of lone appends within :data:`LAG_GROUP_APPENDS` and
+    :data:`LAG_GROUP_BYTES`, whose apply no request on a replica reads (its clients' requests
+    go to the leader). A command whose effect a broker reads from its own store (the
+    cluster's map, a queue's name, membership) is applied at once, as before; so are batches,
+    groups holding anything else, and larger groups (a pipelined client's), where the apply's
+    weight decides its place (``_save_place.APPLY_AHEAD``)."""
+    kind = type(payload)
+    if kind is cmd.AppendMessage:
+        return True
+    if kind is not cmd.CommandGroup:
+        return False
+    known = _judged.get(id(payload))
+    if known is not None and known[0] is payload:
+        return known[1]
+    commands = payload.commands
+    later = (
+        len(commands) <= LAG_GROUP_APPENDS
+        and set(map(type, commands)) == _LONE
+        and sum(map(len, map(_data, commands))) <= LAG_GROUP_BYTES
+    )
+    if len(_judged) >= 8:
+        _judged.clear()
+    _judged[id(payload)] = (payload, later)
+    return later
+
+
+_LONE = {cmd.AppendMessage}
