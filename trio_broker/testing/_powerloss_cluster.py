@@ -40,6 +40,7 @@ import orjson
 from .._core._commands import AppendMessage, CreateQueue, MessageAppended
 from .._core._raft import RaftNode, Role
 from .._core._raft_messages import Config, Message, SnapshotMeta
+from .._runtime._applied import APPLY_LAG, applies_later
 from .._storage._checkpoint import checkpoint_on_commit
 from .._storage._store import Store
 from ._powerloss import PowerCut, PowerLossVFS
@@ -156,6 +157,8 @@ class PowerLossCluster:
                 rng=random.Random(self.rng.random()),
                 election_ticks=ELECTION_TICKS,
                 heartbeat_ticks=HEARTBEAT_TICKS,
+                apply_lag=APPLY_LAG,  # (as ``_runtime._recovery.make_node`` builds the core)
+                apply_later=applies_later,
             )
 
     def power_cycle(self) -> None:

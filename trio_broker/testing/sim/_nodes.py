@@ -26,6 +26,7 @@ from ..._core._work_commands import (
     GroupRead,
 )
 from ..._protocol._framing import DEFAULT_MAX_FRAME
+from ..._runtime._applied import APPLY_LAG, applies_later
 from ..._runtime._reads import trial_read
 from .._sim_cluster import COMMANDS as APPLIED
 from ._clients import ClientRequest, ClientResponse
@@ -70,6 +71,8 @@ class NodesMixin:
             heartbeat_ticks=self.p.heartbeat_ticks,
             acknowledged=damage[1] if damage else None,
             max_batch=self.p.max_batch,
+            apply_lag=APPLY_LAG,  # (as ``_runtime._recovery.make_node`` builds the core)
+            apply_later=applies_later,
         )
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index
@@ -125,6 +128,8 @@ class NodesMixin:
             if node is None or self.disk[i] is not None or not node.has_ready():
                 return
             rd = node.ready()
+            if not rd.committed_entries and rd.snapshot is None and node.commit > node.applied:
+                self.stats["applies_waiting"] += 1  # (a replica's lone appends wait: APPLY_LAG)
             if self.p.wire:
                 self._encode_entries(i, rd)  # (before its messages leave, as the driver)
             for m in rd.messages:

@@ -227,6 +227,7 @@ class Simulation(
                 "partitions",
                 "leaders_cut_off",
                 "snapshots_installed",
+                "applies_waiting",
                 "groups",
                 "client_ok",
                 "client_unknown",

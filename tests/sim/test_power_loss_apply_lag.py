@@ -1,0 +1,29 @@
+"""The whole-cluster power-loss runner's cores are built as the runtime builds them
+(``_runtime._recovery.make_node``), with the replicas' apply lag: its power cuts land while a
+replica's lone appends wait to be applied and their commit index's row is left out, and
+acknowledged appends still survive (docs/performance.md, "One client, one append at a time
+(ninth round)")."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_broker._core import _raft
+from trio_broker._runtime._applied import APPLY_LAG
+from trio_broker.testing._powerloss_cluster import run_seed
+
+
+def test_power_cuts_land_while_a_replicas_appends_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits = []
+    ready = _raft.RaftNode.ready
+
+    def counted(node: _raft.RaftNode) -> _raft.Ready:
+        rd = ready(node)
+        if not rd.committed_entries and rd.snapshot is None and node.commit > node.applied:
+            waits.append(node.commit - node.applied)
+        return rd
+
+    monkeypatch.setattr(_raft.RaftNode, "ready", counted)
+    stats = run_seed(1, cuts=1, steps_between=120)
+    assert stats.cuts == 1 and stats.acked > 20, stats
+    assert waits and max(waits) < APPLY_LAG, (len(waits), max(waits, default=0))
