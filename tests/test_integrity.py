@@ -26,7 +26,8 @@ from trio_broker._protocol._consensus import encode_message, message_from_obj
 from trio_broker._protocol._entries import encode_payload, entry_checksum, payload_bytes
 from trio_broker._runtime._snapshots import _snapshot_intact
 from trio_broker._storage import DB_FILE, LogDamage, StorageDamaged, Store
-from trio_broker._storage._integrity import check_snapshot_file, value_checksum
+from trio_broker._storage._file_checks import check_snapshot_file
+from trio_broker._storage._integrity import value_checksum
 from trio_broker._storage._schema import SCHEMA_VERSION, upgrade
 
 Q = "Q-AAAAABBBBB"

@@ -30,12 +30,12 @@ from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
 from .._protocol import FetchValues, StoredValues
 from .._storage import StorageWorker, Store
-from .._storage._integrity import (
+from .._storage._file_checks import (
     UPGRADE_DAMAGE_ERRORS,
-    StorageDamaged,
     check_received_file,
     check_snapshot_file,
 )
+from .._storage._integrity import StorageDamaged
 from .._storage._schema import SCHEMA_VERSION, SchemaTooNew, upgrade_file
 from ._config import BrokerConfig
 from ._disk_space import DiskSpace, is_disk_full

@@ -39,20 +39,16 @@ from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed
 from ._failed import lost_writes
+from ._file_checks import LogDamage, check_incoming_values, check_log, check_on_open, read_log
 from ._files import DB_FILE, DataDirInUse, DirLock, sync_new_files
 from ._integrity import (
     DAMAGE_ERRORS,
-    LogDamage,
     StorageDamaged,
     StoredRow,
-    check_incoming_values,
-    check_log,
-    check_on_open,
     damage_from,
     damaged_values,
     intact_rows,
     needs_repair,
-    read_log,
     read_values,
     repair_rows,
 )

@@ -23,7 +23,7 @@ from .._core._queues import client_lag
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import decode_payload, payload_bytes
 from .._storage import DataDirInUse, Identity
-from .._storage._integrity import LogDamage
+from .._storage._file_checks import LogDamage
 from .._storage._store import QueueRow, RaftState
 
 T = TypeVar("T")
