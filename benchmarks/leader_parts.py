@@ -21,7 +21,7 @@ With ``--run 1`` (a receive of one frame, as at 100 connections x 1 in flight), 
 are the same on the lone request's path: **read** as the reader cuts a receive of one frame
 (``FrameDecoder.take_whole`` where the tree has it, else ``feed`` and ``next_frame`` until
 None), charges it and decodes it; **decide** ``Runs.lone_append`` of the one request where the
-tree has it (what a connection asks first since docs/performance.md, "The leader's CPU per
+tree has it (what a connection asks first since docs/performance-history.md, "The leader's CPU per
 request (ninth round)": no coroutine), else ``Runs.handle_many`` of it (``_handle_one``), its
 command proposed to a stand-in ``propose_now`` or ``propose``; **settle** its
 ``Pending`` set; **answer** its answer queued (``Outbox.put``), taken by the writer before

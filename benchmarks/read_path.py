@@ -19,7 +19,7 @@
    READ's read and check of 1,000 rows, SQLite included), thread CPU per row, median.
 
 docs/performance-history.md, "Single READs: the leader's request path", gives its figures;
-docs/performance.md, "A replica's CPU per append (ninth round)", the checks'.
+docs/performance-history.md, "A replica's CPU per append (ninth round)", the checks'.
 """
 
 from __future__ import annotations

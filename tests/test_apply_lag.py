@@ -1,5 +1,5 @@
 """A replica's apply of lone appends waits until several are committed, or its next tick
-(``RaftNode.apply_lag``, set by ``_runtime._recovery.make_node``; docs/performance.md, "One
+(``RaftNode.apply_lag``, set by ``_runtime._recovery.make_node``; docs/performance-history.md, "One
 client, one append at a time (ninth round)"): one append at a time, most of a replica's
 fsynced transactions write the new entry alone, and every replica still ends with every
 value the leader holds."""

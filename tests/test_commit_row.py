@@ -1,5 +1,6 @@
-"""The commit index's row left out of a save that applies up to it (docs/performance.md, "One
-client, one append at a time (ninth round)"): the applied index written in the same
+"""The commit index's row left out of a save that applies up to it
+(docs/performance-history.md, "One client, one append at a time (ninth round)"): the applied
+index written in the same
 transaction says it, and a restart reads the larger of the two, so a restarted broker
 neither applies an entry twice nor forgets one it applied."""
 

@@ -1,7 +1,7 @@
 """The committer's batch path (``TurnCommitter.save``) under a cancellation of every save at
 once, held at each point it can wait: no save is left halfway, every one queued runs its
 stages and gets its own result, the cancellation is delivered after it, and the committer is
-idle again (docs/performance.md, "Several groups: the committer's path (ninth round)")."""
+idle again (docs/performance-history.md, "Several groups: the committer's path (ninth round)")."""
 
 from __future__ import annotations
 

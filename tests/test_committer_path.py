@@ -1,6 +1,6 @@
 """The committer's path per save (``TurnCommitter.save``, ``_storage/_shared_log.py``): a batch
-is never left halfway by a cancellation, without a shielded cancel scope (docs/performance.md,
-"Several groups: the committer's path (ninth round)")."""
+is never left halfway by a cancellation, without a shielded cancel scope
+(docs/performance-history.md, "Several groups: the committer's path (ninth round)")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A receive of one APPEND decided without a coroutine (docs/performance.md, "The leader's CPU
-per request (ninth round)"):
+"""A receive of one APPEND decided without a coroutine (docs/performance-history.md, "The
+leader's CPU per request (ninth round)"):
 
 - ``Runs.lone_append`` gives, for every request ``decode_client_request`` makes of an APPEND's
   frame, the command, the refusal or the proposal that ``Runs._handle_one`` (the path before)

@@ -1,6 +1,6 @@
 """A connection's answers stay in request order when lone APPENDs (decided at once by
 ``handle_lone``) and receives of several requests (decided by ``handle_many``) interleave:
-docs/performance.md, "The leader's CPU per request (ninth round)"."""
+docs/performance-history.md, "The leader's CPU per request (ninth round)"."""
 
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ async def test_a_proposal_cancelled_while_waiting_for_a_unit_takes_none():
 def test_a_proposal_without_a_coroutine_is_answered_and_charged_as_before(
     leader, target, state, lone
 ):
-    """``propose_now`` (a connection's lone APPEND, docs/performance.md, "The leader's CPU
+    """``propose_now`` (a connection's lone APPEND, docs/performance-history.md, "The leader's CPU
     per request (ninth round)") with a unit free: the outcome, the units and the driver's
     calls of ``propose`` before, for every command, a group refused as before."""
     for command in [*COMMANDS, CommandGroup((APPEND,))]:

@@ -1,7 +1,7 @@
 """A replica's apply of committed appends may wait (``RaftNode.apply_lag``): fewer than
 ``apply_lag`` of them, until a tick passes without entries or a heartbeat comes; never a
-command ``apply_later`` refuses, nor on a leader (docs/performance.md, "One client, one append
-at a time (ninth round)")."""
+command ``apply_later`` refuses, nor on a leader (docs/performance-history.md, "One client,
+one append at a time (ninth round)")."""
 
 from trio_broker._core._commands import AppendBatch, AppendMessage, CommandGroup, CreateQueue
 from trio_broker._runtime._applied import (

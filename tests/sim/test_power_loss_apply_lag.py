@@ -1,7 +1,7 @@
 """The whole-cluster power-loss runner's cores are built as the runtime builds them
 (``_runtime._recovery.make_node``), with the replicas' apply lag: its power cuts land while a
 replica's lone appends wait to be applied and their commit index's row is left out, and
-acknowledged appends still survive (docs/performance.md, "One client, one append at a time
+acknowledged appends still survive (docs/performance-history.md, "One client, one append at a time
 (ninth round)")."""
 
 from __future__ import annotations

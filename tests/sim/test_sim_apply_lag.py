@@ -1,7 +1,7 @@
 """The simulator's cores are built as the runtime builds them (``_runtime._recovery.make_node``),
 with the replicas' apply lag (``APPLY_LAG``, ``applies_later``): lone appends committed on a
 replica wait to be applied there, through the seed's crashes, elections and snapshots, and
-the checker still finds every acknowledged append on every member (docs/performance.md, "One
+the checker still finds every acknowledged append on every member (docs/performance-history.md, "One
 client, one append at a time (ninth round)"). Before, the simulator's cores applied every
 committed entry at once: the lag ran in no seed."""
 

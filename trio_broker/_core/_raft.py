@@ -218,7 +218,8 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         (a tick without a REPLICATE of entries, a heartbeat: ``_apply_due``): each
         Ready of a replica in the sequential workload then persists its entry alone (one page
         in its fsync, not five), and the apply of several entries shares one transaction
-        (docs/performance.md, "One client, one append at a time (ninth round)"). 1: at once."""
+        (docs/performance-history.md, "One client, one append at a time (ninth round)"). 1: at
+        once."""
         self.apply_later = apply_later
         self._apply_due = False
         """Committed entries wait and the leader went idle (a tick passed without a REPLICATE

@@ -3,7 +3,7 @@
 and in docs/replication.md, "A group of appends in runs"). What every replica does with nearly
 every REPLICATE under pipelined appends: its checks, its values' bytes, and one
 :class:`~.._core._commands.AppendMessage` per append, made in passes of ``map`` in C over the
-whole group (docs/performance.md, "A replica's CPU per append (ninth round)").
+whole group (docs/performance-history.md, "A replica's CPU per append (ninth round)").
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def _runs_from_obj(obj: dict[str, Any]) -> cmd.CommandGroup:
     The group is taken whole, not run by run: every run checked, then all its values written
     as one list (:func:`_written_values`) and its appends made in one set of passes
     (:func:`_appends_of_runs`; a group of 16 runs of 16, thread CPU: 477 to 489 -> 352 to 355
-    ns an append, runs of one 2,212 to 2,436 -> 626 to 628; docs/performance.md "A replica's
-    CPU per append (ninth round)"). A group that fails
+    ns an append, runs of one 2,212 to 2,436 -> 626 to 628; docs/performance-history.md
+    "A replica's CPU per append (ninth round)"). A group that fails
     anywhere is decoded again run by run (:func:`_runs_by_run`, the code before), which
     raises the error it raised, in its order (a run's values written before the next run is
     checked)."""

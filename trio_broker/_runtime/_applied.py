@@ -148,15 +148,16 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
 APPLY_LAG = 4
 """A replica applies committed appends once this many entries wait, or once the leader goes
 idle (``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes
-the new entry alone, and four appends' apply share one transaction (docs/performance.md, "One
-client, one append at a time (ninth round)"); at 100 connections x 1 in flight, each entry a
-group of a cycle's lone appends, the same for groups (:data:`LAG_GROUP_APPENDS`)."""
+the new entry alone, and four appends' apply share one transaction
+(docs/performance-history.md, "One client, one append at a time (ninth round)"); at 100
+connections x 1 in flight, each entry a group of a cycle's lone appends, the same for groups
+(:data:`LAG_GROUP_APPENDS`)."""
 LAG_GROUP_APPENDS = 100
 """A COMMAND_GROUP of lone appends waits unapplied on a replica only with at most this many
 (a cycle of 100 connections x 1 in flight brings 5 to 95, median about 44) ..."""
 LAG_GROUP_BYTES = 32 * 1024
 """... and at most this many bytes of values: fewer than ``APPLY_LAG`` entries wait, so at
-most 300 appends and 96 KiB of values wait unapplied on a replica (docs/performance.md, "A
+most 300 appends and 96 KiB of values wait unapplied on a replica (docs/performance-history.md, "A
 replica's apply lag for small groups (ninth round)"). A pipelined client's groups (64 to 512
 appends, median 256) are mostly larger, and applied at once."""
 

@@ -258,7 +258,7 @@ class Runs:
         its answer; None when it must be decided by :meth:`handle_many` (the broker is
         closing, a queue name, no unit of the driver's capacity free now: those may wait).
         A connection asks this first for a receive of one frame (one request in flight:
-        docs/performance.md, "The leader's CPU per request (ninth round)")."""
+        docs/performance-history.md, "The leader's CPU per request (ninth round)")."""
         queue, data, value = request
         if not queue.startswith("Q-") or self._closing():
             return None

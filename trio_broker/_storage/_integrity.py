@@ -400,7 +400,7 @@ COLUMN_CHECKS = 32
 ``%`` per row costs about as much (thread CPU per row of 100 bytes, rows already read,
 ``benchmarks.read_path --checks``: 16 rows 301 to 325 ns by the loop, 305 to 309 as columns;
 100 rows 293 to 301 against 256 to 265; 1,000 rows 292 to 299 against 229 to 231;
-docs/performance.md, "A replica's CPU per append (ninth round)")."""
+docs/performance-history.md, "A replica's CPU per append (ninth round)")."""
 
 
 def _intact_columns(

@@ -37,7 +37,7 @@ SHORT_RUN = 12
 iterators, the slices and the ``zip`` of each thousand) is more than they spare below about
 12 values (thread CPU per value, 100-byte values: one value 614 ns by the ``%`` against
 1,598 by the passes, 8 values 266 against 303, 16 values 245 against 218, 256 values 222
-against 140; docs/performance.md, "A replica's CPU per append (ninth round)"). A one-append
+against 140; docs/performance-history.md, "A replica's CPU per append (ninth round)"). A one-append
 save (sequential appends, a lone APPEND) is one value on every broker."""
 
 
