@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from functools import reduce
 from itertools import accumulate, chain, repeat
 from operator import add as _add
+from operator import itemgetter
 from operator import mul as _mul
 from operator import sub as _sub
 from typing import TYPE_CHECKING, Any
@@ -178,17 +179,22 @@ class BrokerMetrics:
         if not _alike(writes):  # (a few writes' keys: several operations or outcomes)
             self._count_each(writes)
             return
-        tallies, nows = zip(*writes, strict=True)
+        # (itemgetters, not ``zip(*rows)``: an iterator per row would be as many objects
+        # for the cyclic collector to count, and to walk while the writes wait young)
+        tallies = list(map(_FIRST, writes))
+        nows: list[float] = list(map(_SECOND, writes))
         keys = list(chain.from_iterable(tallies))  # (every key of every write, in order)
-        operations, codes, starts = zip(*keys, strict=True)
+        operations = list(map(_FIRST, keys))
+        codes = list(map(_SECOND, keys))
         operation, code = operations[0], codes[0]
         if operations.count(operation) != len(keys) or codes.count(code) != len(keys):
             self._count_each(writes)
             return
+        starts = map(_THIRD, keys)
         if len(keys) == len(nows) and all(tallies):  # (one key a write: one in flight)
             counts = list(map(dict.__getitem__, tallies, keys))
         else:
-            nows = tuple(chain.from_iterable(map(repeat, nows, map(len, tallies))))
+            nows = list(chain.from_iterable(map(repeat, nows, map(len, tallies))))
             counts = list(chain.from_iterable(map(dict.values, tallies)))
         if not self._count_alike(operation, code, list(map(_sub, nows, starts)), counts):
             self._count_each(writes)
@@ -287,6 +293,7 @@ def _alike(writes: list[tuple[dict[tuple[str, Any, float], int], float]]) -> boo
 
 _SAMPLED = 8
 """Writes :func:`_alike` reads of a fold."""
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def observe_many(histogram: Any, amount: float, count: int) -> None:
