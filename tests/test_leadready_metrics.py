@@ -99,17 +99,20 @@ def _writes(
         tally: dict[tuple[str, Any, float], int] = {}
         for _ in range(rng.randrange(1, keys + 1)):
             key = (rng.choice(operations), rng.choice(codes), now - _latency(rng))
-            tally[key] = tally.get(key, 0) + rng.randrange(1, answers + 1)
+            more = -answers if answers < 0 else rng.randrange(1, answers + 1)
+            tally[key] = tally.get(key, 0) + more
         writes.append((tally, now))
     return writes
 
 
 SHAPES = {
-    # (operations, codes, keys a write, answers a key), and which way their folds of
+    # (operations, codes, keys a write, answers a key: up to so many, or exactly minus so
+    # many), and which way their folds of
     # several writes are counted
     "one in flight": ((["APPEND"], [None], 1, 1), "columns"),
     "one in flight, refused": ((["APPEND"], ["TOO_LARGE"], 1, 1), "columns"),
     "pipelined receives": ((["APPEND"], [None], 1, 16), "columns"),
+    "receives of 16": ((["APPEND"], [None], 1, -16), "columns"),
     "several receives a write": ((["APPEND"], [None], 3, 16), "columns"),
     "several operations": ((OPERATIONS, [None], 1, 1), "each"),
     "several outcomes": ((["APPEND"], CODES, 2, 4), "each"),

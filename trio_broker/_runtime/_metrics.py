@@ -245,16 +245,19 @@ class BrokerMetrics:
         ``bisect_left`` of the bounds places it), so past as many sorted latencies as
         ``bisect_right`` of each bound counts. False, and nothing counted, when a latency is
         not a number (it sorts nowhere)."""
-        ones = counts.count(1) == len(counts)
+        each = counts[0]
+        alike = counts.count(each) == len(counts)  # (as many answers in every write)
         series = self._latency_of(operation)
         total = series._sum
-        value = reduce(_add, amounts if ones else map(_mul, amounts, counts), total.get())
+        value = reduce(
+            _add, amounts if each == 1 and alike else map(_mul, amounts, counts), total.get()
+        )
         if value != value:  # (a latency not a number, or infinities of both signs)
             return False
-        if ones:
+        if alike:
             amounts.sort()
-            upto_each = None  # (the answers up to each sorted latency: its place + 1)
-            number = len(amounts)
+            upto_each = None  # (the answers up to each sorted latency: its place + 1, times each)
+            number = len(amounts) * each
         else:
             order = sorted(range(len(amounts)), key=amounts.__getitem__)
             amounts = list(map(amounts.__getitem__, order))
@@ -267,7 +270,9 @@ class BrokerMetrics:
         counted = 0
         for bound, bucket in zip(_BOUNDS, series._buckets, strict=True):
             upto = bisect.bisect_right(amounts, bound)  # (the latencies not over ``bound``)
-            if upto and upto_each is not None:
+            if upto_each is None:
+                upto *= each
+            elif upto:
                 upto = upto_each[upto - 1]
             if upto > counted:
                 bucket.inc(upto - counted)
