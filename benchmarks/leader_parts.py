@@ -42,6 +42,7 @@ that two trees can be compared part by part, alternated.
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from collections.abc import Callable
 from itertools import repeat
@@ -55,9 +56,11 @@ from trio_broker._protocol import _codec, encode_frame
 from trio_broker._protocol._framing import FrameDecoder
 from trio_broker._runtime._config import BrokerConfig
 from trio_broker._runtime._limits import BufferBudget
+from trio_broker._runtime._metrics import BrokerMetrics
 from trio_broker._runtime._outbox import Outbox
-from trio_broker._runtime._pending import Capacity, Pending, PendingGroup
+from trio_broker._runtime._pending import Capacity, Pending, PendingGroup, settling
 from trio_broker._runtime._proposing import Proposing
+from trio_broker._runtime._runs import AppendAnswer
 from trio_broker._runtime._writer import AnswerWriter
 
 
@@ -187,6 +190,7 @@ def main() -> None:
         + ", ".join(f"{name} {value:.3f}" for name, value in figures.items())
         + f"; together {sum(figures.values()):.3f}"
     )
+    _apart(count, args.repeat, args.number)
 
 
 def _lone(repeat: int, number: int) -> None:
@@ -278,6 +282,53 @@ def _lone(repeat: int, number: int) -> None:
         "the driver's propose of it (its checks and Pending, a stand-in ledger; not in "
         f"'together'): {_best(propose, 1, number * 16, repeat):.3f}"
     )
+    _apart(1, repeat, number * 16)
+    when_known = getattr(AppendAnswer, "when_known", None)
+    known = Pending()
+    known.set(outcome)
+    head = answer_type(later=known)
+    on_known = writer.pump
+    if when_known is not None:
+
+        def re_ask() -> None:
+            head.when_known(on_known)
+
+        print(
+            "the pump's second ask of a head known (when_known, False), what its callback "
+            f"costs before the write: {_best(re_ask, 1, number * 16, repeat):.3f}"
+        )
+
+
+def _apart(count: int, repeat: int, number: int) -> None:
+    """Two parts not in "together" (what the stand-ins leave out), per write of ``count``
+    answers: the metrics' ``observe_batch`` of the write on a real ``BrokerMetrics`` as the
+    writer calls it, its fold's share counted (latencies spread, 0.2 to 30 ms, as answers at
+    one in flight take; every 512 writes folded as a broker folds them), and ``settling()``
+    around one applied Ready's outcomes (one ``Pending`` whose callback is held and called)."""
+    metrics = BrokerMetrics(broker=None)  # type: ignore[arg-type]
+    rng = random.Random(7)
+    starts = [1000.0 - rng.uniform(0.0002, 0.03) for _ in range(4096)]
+    at = iter(range(1 << 62))
+    now = 1000.0
+
+    def observe() -> None:
+        metrics.observe_batch({("APPEND", None, starts[next(at) & 4095]): count}, now)
+
+    def ready() -> None:
+        pending = Pending()
+        pending.when_done(_nothing)
+        with settling():
+            pending.set(None)
+
+    print(
+        f"apart, per write of {count} (not in 'together'): the metrics' observe_batch "
+        f"{_best(observe, 1, number, repeat):.3f}; settling() around one Ready's outcome "
+        f"(a Pending, its callback) {_best(ready, 1, number, repeat):.3f} per Ready"
+    )
+
+
+def _nothing() -> None:
+    pass
 
 
 class _ProposingDriver:

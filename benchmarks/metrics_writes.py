@@ -5,25 +5,29 @@
 What a connection's writer hands the metrics at each write (``BrokerMetrics.observe_batch``:
 a tally of its answers per operation, outcome and receive start), timed on the thread's CPU
 (``time.thread_time``, best of ``--repeat``) over ``--writes`` writes, then one read of the
-series as a scrape reads them (so that counting left for the read is counted too). Two
-shapes: one answer per write (100 connections x 1 in flight) and a receive of 16 APPENDs
+series as a scrape reads them (so that counting left for the read is counted too). Three
+shapes: one answer per write (100 connections x 1 in flight), each write's latency the same
+or spread (seeded, 0.2 to 30 ms: over six buckets, in no order), and a receive of 16 APPENDs
 per write (the pipelined workload). Runs on the code before a change too.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
 from trio_broker._runtime._metrics import BrokerMetrics
 
 
-def _cost(per_write: int, writes: int, repeat: int) -> float:
+def _cost(per_write: int, writes: int, repeat: int, *, spread: bool = False) -> float:
     best = float("inf")
+    rng = random.Random(7)
+    took = [rng.uniform(0.0002, 0.03) if spread else 0.002 for _ in range(writes)]
     for _ in range(repeat):
         metrics = BrokerMetrics(broker=None)  # type: ignore[arg-type]
         tallies = [
-            ({("APPEND", None, 1000.0 + i * 0.001): per_write}, 1000.002 + i * 0.001)
+            ({("APPEND", None, 1000.0 + i * 0.001): per_write}, 1000.0 + i * 0.001 + took[i])
             for i in range(writes)
         ]
         started = time.thread_time()
@@ -41,10 +45,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     one = _cost(1, args.writes, args.repeat)
+    spread = _cost(1, args.writes, args.repeat, spread=True)
     sixteen = _cost(16, args.writes, args.repeat)
     print(
         f"request metrics per write (thread CPU, best of {args.repeat}): one answer "
-        f"{one:.3f} us; 16 answers of one receive {sixteen:.3f} us ({sixteen / 16:.3f} per answer)"
+        f"{one:.3f} us, latencies spread {spread:.3f}; 16 answers of one receive "
+        f"{sixteen:.3f} us ({sixteen / 16:.3f} per answer)"
     )
 
 

@@ -11,7 +11,6 @@ by index as the driver settles each. Either calls back once its outcomes are kno
 from __future__ import annotations
 
 import collections
-import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,25 +39,35 @@ _held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("_held", de
 several threads of one process): the callbacks of the outcomes set so far."""
 
 
-@contextlib.contextmanager
-def settling() -> Iterator[None]:
+class settling:  # (lower case: used as the function it was, ``with settling():``)
     """Hold the callbacks (``when_done``) of the outcomes set inside, and call each once on
     leaving: a connection whose answers several outcomes made known (the groups of several
     receives, settled by one Ready) writes them in one write, not one per outcome. Nothing
-    inside may wait: it is one stretch of the loop's thread, no other task runs meanwhile."""
-    outer = _held.get()
-    if outer is not None and outer.open:  # (nested: the outer one calls them)
-        yield
-        return
-    held = _Held()
-    token = _held.set(held)
-    try:
-        yield
-    finally:
+    inside may wait: it is one stretch of the loop's thread, no other task runs meanwhile.
+
+    A class, not a generator-based context manager: it is entered once or twice per applied
+    Ready, and the generator's machinery cost about 1.5 µs of the loop's thread each time
+    (docs/performance.md, "The leader's Python per write and per Ready (tenth round)")."""
+
+    __slots__ = ("_held", "_token")
+
+    def __enter__(self) -> None:
+        outer = _held.get()
+        if outer is not None and outer.open:  # (nested: the outer one calls them)
+            self._held = None
+            return
+        self._held = _Held()
+        self._token = _held.set(self._held)
+
+    def __exit__(self, *exc_info: object) -> None:
+        held = self._held
+        if held is None:
+            return
         held.open = False
-        _held.reset(token)
-        for callback in dict.fromkeys(held):  # (once each, in the order they were set)
-            callback()
+        _held.reset(self._token)
+        if held:
+            for callback in dict.fromkeys(held):  # (once each, in the order they were set)
+                callback()
 
 
 def _notify(callback: Callable[[], None]) -> None:
