@@ -89,7 +89,7 @@ def check_incoming_values(db: apsw.Connection, path: str) -> None:
         for queue_id, seq, data, headers, checksum in db.execute(
             "SELECT q.queue_id, d.sequence_num, d.data, d.headers, d.checksum"
             " FROM incoming.queue_data AS d LEFT JOIN incoming.queues AS q"
-            " ON q.queue_number = d.queue_number"
+            " ON q.queue_number = d.key >> 44"
         ):
             if (
                 not isinstance(data, bytes)

@@ -24,7 +24,6 @@ from .._core._work_commands import Delivery, Headers
 from .._core._work_rules import delivery_sizes
 from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
 from ._row_sums import plain_checksums
-from ._schema import QUEUE_NUMBER
 
 
 def intact_columns(
@@ -78,8 +77,9 @@ def intact_columns(
 
 
 _READ_COLUMNS = (
-    f"SELECT data, headers, checksum FROM queue_data WHERE queue_number = {QUEUE_NUMBER}"
-    " AND sequence_num BETWEEN ? AND ?"
+    "SELECT d.data, d.headers, d.checksum FROM queues AS q JOIN queue_data AS d"
+    " ON d.key BETWEEN (q.queue_number << 44) + ?2 AND (q.queue_number << 44) + ?3"
+    " WHERE q.queue_id = ?1"
 )
 """What :func:`intact_columns` reads: ``_integrity._READ_VALUES`` but the sequence numbers (rows
 come in their order, the index's: see there)."""
