@@ -270,9 +270,7 @@ def insert_plain(
 
 _STAMPED_STATEMENTS = {
     size: _INSERT
-    + ",".join(
-        f"(?{1 + 4 * k},?{2 + 4 * k},NULL,?{3 + 4 * k},?{4 + 4 * k})" for k in range(size)
-    )
+    + ",".join(f"(?{1 + 4 * k},?{2 + 4 * k},NULL,?{3 + 4 * k},?{4 + 4 * k})" for k in range(size))
     for size in _CHUNKS
 }
 """As :data:`_CHUNK_STATEMENTS`, for messages without headers: each row binds its key,

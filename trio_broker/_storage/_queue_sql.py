@@ -477,7 +477,13 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
                 "SELECT max(key) - ?1 FROM (SELECT key, appended_ms FROM queue_data"
                 " WHERE key > ?1 + ?2 AND key < ?1 + ?5 ORDER BY key LIMIT ?3)"
                 " WHERE appended_ms < ?4",
-                (number * QUEUE_SPAN, max(deleted, undated), budget, now_ms - max_age_ms, QUEUE_SPAN),
+                (
+                    number * QUEUE_SPAN,
+                    max(deleted, undated),
+                    budget,
+                    now_ms - max_age_ms,
+                    QUEUE_SPAN,
+                ),
             ).fetchone()
         if by_readers:
             (slowest,) = db.execute(

@@ -282,12 +282,17 @@ CREATE TABLE queue_data_v8 (
 ) STRICT;
 
 INSERT INTO queue_data_v8 (key, appended_ms, headers, checksum, data)
-    SELECT (q.queue_number << 44) + d.sequence_num, d.appended_ms, d.headers, d.checksum, d.data
-    FROM queue_data AS d JOIN queues AS q ON q.queue_number = d.queue_number
-    ORDER BY q.queue_number, d.sequence_num;
+    SELECT (n.new << 44) + d.sequence_num, d.appended_ms, d.headers, d.checksum, d.data
+    FROM queue_data AS d JOIN temp.v8_numbers AS n ON n.old = d.queue_number
+    ORDER BY d.queue_number, d.sequence_num;
 DROP TABLE queue_data;
 ALTER TABLE queue_data_v8 RENAME TO queue_data;
 """
+
+
+class SchemaTooNew(Exception):
+    pass
+
 
 SEQUENCE_BITS = 44
 """Bits of a row's key that hold its sequence number; the queue's number takes the 19 above
@@ -318,10 +323,12 @@ inside a statement on ``queue_data`` whose first parameter is the queue's id: SQ
 it once per statement (a constant subquery), one seek in ``queues``."""
 
 
-class SchemaCannotUpgrade(Exception):
+class SchemaCannotUpgrade(SchemaTooNew):
     """A database this version cannot take as it is: a sequence number past
     :data:`MAX_SEQUENCE` or more live queues than :data:`MAX_QUEUE_NUMBER` (neither reachable
-    in practice: see :data:`SEQUENCE_BITS`). Nothing is changed."""
+    in practice: see :data:`SEQUENCE_BITS`). Nothing is changed. A :class:`SchemaTooNew`, so
+    that every place that refuses a file it cannot use (the ``node`` command, a received
+    snapshot: ``snapshot.too_new``) refuses this one the same way."""
 
 
 def _v8(db: apsw.Connection) -> None:
@@ -336,19 +343,29 @@ def _v8(db: apsw.Connection) -> None:
     ).fetchone()
     if past:
         raise SchemaCannotUpgrade(
-            f"{past} messages past sequence number {MAX_SEQUENCE}, the last schema version 8"
-            " keeps"
+            f"{past} messages past sequence number {MAX_SEQUENCE}, the last schema version 8 keeps"
         )
-    if top is not None and top > MAX_QUEUE_NUMBER:
-        # (Version 7 numbered a new queue past the largest: renumber 1..count, through
-        # negative numbers so that the unique index never meets two alike.)
-        db.execute("UPDATE queues SET queue_number = -queue_number")
+    # Each queue's number in version 8 (``new``): its own, unless version 7 numbered one past
+    # the bound (it gave a new queue the largest number plus one, without a limit): then all
+    # renumbered 1..count in their order, the rows with them.
+    renumber = top is not None and top > MAX_QUEUE_NUMBER
+    db.execute("CREATE TEMP TABLE v8_numbers (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+    try:
         db.execute(
-            "UPDATE queues SET queue_number = numbered.n FROM (SELECT queue_id,"
-            " row_number() OVER (ORDER BY queue_number DESC) AS n FROM queues) AS numbered"
-            " WHERE queues.queue_id = numbered.queue_id"
+            "INSERT INTO temp.v8_numbers SELECT queue_number,"
+            " iif(?, row_number() OVER (ORDER BY queue_number), queue_number) FROM queues",
+            (renumber,),
         )
-    db.execute(_V8)
+        db.execute(_V8)
+        if renumber:
+            # (through negative numbers, so that the unique index never meets two alike)
+            db.execute("UPDATE queues SET queue_number = -queue_number")
+            db.execute(
+                "UPDATE queues SET queue_number ="
+                " (SELECT new FROM temp.v8_numbers WHERE old = -queues.queue_number)"
+            )
+    finally:
+        db.execute("DROP TABLE temp.v8_numbers")
 
 
 def next_queue_number(db: apsw.Connection) -> int | None:
@@ -400,10 +417,6 @@ UPGRADES: dict[int, str | Callable[[apsw.Connection], None]] = {
     6: _V7,
     7: _v8,
 }
-
-
-class SchemaTooNew(Exception):
-    pass
 
 
 def upgrade(db: apsw.Connection, to: int = SCHEMA_VERSION) -> int:

@@ -81,7 +81,14 @@ from ._integrity import read_values
 from ._lease_sql import append_rows, change_leases, expire_leases
 from ._producers_sql import save_producer
 from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
-from ._schema import QUEUE_KEY, QUEUE_SPAN, next_queue_number, too_many_queues
+from ._schema import (
+    MAX_SEQUENCE,
+    QUEUE_KEY,
+    QUEUE_SPAN,
+    next_queue_number,
+    past_last_sequence,
+    too_many_queues,
+)
 
 __all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
 
@@ -150,6 +157,8 @@ def apply_work(
     if isinstance(command, DeleteQueue):
         return _delete_queue(db, command)
     if isinstance(command, Publish):
+        if queue[0] + len(command.records) > MAX_SEQUENCE:
+            return bad_request(past_last_sequence(command.queue_id, queue[0], len(command.records)))
         return _publish(db, command, queue[2])
     if isinstance(command, ReadRecords):
         return _read_records(db, command, queue[0], queue[1])
