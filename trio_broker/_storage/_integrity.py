@@ -307,14 +307,17 @@ def insert_stamped(
 
 
 _READ_VALUES = (
-    "SELECT d.sequence_num, d.data, d.headers, d.checksum FROM queues AS q JOIN queue_data AS d"
-    " ON d.key BETWEEN (q.queue_number << 44) + ?2 AND (q.queue_number << 44) + ?3"
-    " WHERE q.queue_id = ?1"
+    "SELECT sequence_num, data, headers, checksum FROM queue_data"
+    f" WHERE key BETWEEN {QK} + ?2 AND {QK} + ?3"
 )
-"""The values :func:`read_values` reads: the queue's row sought once, then its rows' keys as
-one range of the table's rowid (``EXPLAIN QUERY PLAN``: ``SEARCH d USING INTEGER PRIMARY KEY
-(rowid>? AND rowid<?)``; ``sequence_num`` is computed from the key). No ``ORDER BY``: the
-rows come in key order, which is sequence order, without a sort,
+"""The values :func:`read_values` reads: the rows' keys as one range of the table's rowid
+(``EXPLAIN QUERY PLAN``: ``SEARCH queue_data USING INTEGER PRIMARY KEY (rowid>? AND
+rowid<?)``; ``sequence_num`` is computed from the key), its bounds from the queue's number,
+two constant subqueries SQLite runs once each per execution. A join with ``queues`` (one
+seek there instead of two) cost 15.0 to 15.6 µs per execution of one row against 5.2 to 5.3
+(thread CPU, 20,000 executions; docs/performance.md, "The queue rows' packed key, schema
+version 8 (tenth round)"). No ``ORDER BY``: the rows come in key order, which is sequence
+order, without a sort,
 and the plan with ``ORDER BY`` (the same bytecode but a ``Noop``) cost 6.5 µs per execution
 of one row against 1.9 µs without (docs/performance-history.md, "A single READ on the leader").
 Nothing depends on the order for correctness: :func:`_intact_run` takes the rows only when

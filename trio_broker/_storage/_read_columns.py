@@ -24,6 +24,7 @@ from .._core._work_commands import Delivery, Headers
 from .._core._work_rules import delivery_sizes
 from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
 from ._row_sums import plain_checksums
+from ._schema import QUEUE_KEY
 
 
 def intact_columns(
@@ -77,9 +78,8 @@ def intact_columns(
 
 
 _READ_COLUMNS = (
-    "SELECT d.data, d.headers, d.checksum FROM queues AS q JOIN queue_data AS d"
-    " ON d.key BETWEEN (q.queue_number << 44) + ?2 AND (q.queue_number << 44) + ?3"
-    " WHERE q.queue_id = ?1"
+    "SELECT data, headers, checksum FROM queue_data"
+    f" WHERE key BETWEEN {QUEUE_KEY} + ?2 AND {QUEUE_KEY} + ?3"
 )
 """What :func:`intact_columns` reads: ``_integrity._READ_VALUES`` but the sequence numbers (rows
 come in their order, the index's: see there)."""
