@@ -96,7 +96,8 @@ def main(count: int, version: int) -> None:
         store.close()
         after = _size(folder)
     print(
-        f"{count:,} messages: upgrade from version {version} to {SCHEMA_VERSION} took {cpu:.2f} s of CPU ({wall:.2f} s wall);"
+        f"{count:,} messages: upgrade from version {version} to {SCHEMA_VERSION} took"
+        f" {cpu:.2f} s of CPU ({wall:.2f} s wall);"
         f" files {before / 1e6:.0f} MB before, {largest / 1e6:.0f} MB at the upgrade's end"
         f" (WAL included), {after / 1e6:.0f} MB after closing"
     )
