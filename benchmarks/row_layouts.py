@@ -14,6 +14,9 @@ rows older than ``--keep`` saves are deleted (a compaction). Layouts:
   and its unique index (``UNIQUE (queue_number, sequence_num)``): no limit on either number;
 - ``packed``: the row's key packed into its rowid (a queue number times 2**40 plus the
   sequence number): no queue id text per row and no index;
+- ``v8``: ``packed`` as schema version 8 has it, with the queue's number and the sequence
+  number readable as two VIRTUAL generated columns (computed when read, never stored: what
+  they cost an insert, which should be nothing);
 - ``once``: ``packed`` without the value in the row, which points into the log row instead
   (the entry's index and the value's offset in its payload): each value written once.
 
@@ -60,6 +63,12 @@ _SCHEMAS = {
         CREATE TABLE queue_data (
             key INTEGER PRIMARY KEY, appended_ms INTEGER, headers TEXT,
             checksum INTEGER NOT NULL, data BLOB NOT NULL) STRICT;""",
+    "v8": """
+        CREATE TABLE queue_data (
+            key INTEGER PRIMARY KEY, appended_ms INTEGER, headers TEXT,
+            checksum INTEGER NOT NULL, data BLOB NOT NULL,
+            queue_number INTEGER GENERATED ALWAYS AS (key >> 44) VIRTUAL,
+            sequence_num INTEGER GENERATED ALWAYS AS (key & 17592186044415) VIRTUAL) STRICT;""",
     "once": """
         CREATE TABLE queue_data (
             key INTEGER PRIMARY KEY, appended_ms INTEGER, headers TEXT,
@@ -78,7 +87,7 @@ def _statements(layout: str) -> dict[int, str]:
         head += " data) VALUES "
         row = "(?1,?{},?2,NULL,?{},?{})"
         per = 3
-    elif layout == "packed":
+    elif layout in ("packed", "v8"):
         head = "INSERT INTO queue_data (key, appended_ms, headers, checksum, data) VALUES "
         row = "(?{},?2,NULL,?{},?{})"
         per = 3
@@ -143,7 +152,7 @@ def run(layout: str, args: argparse.Namespace) -> tuple[float, float, float]:
                             params = [1 if layout == "intkey" else QUEUE, stamp]
                             for s, v in enumerate(values[start:end], seq + 1 + start):
                                 params += (s, crc(b"%b%d\0%b" % (place, s, v)), v)
-                        elif layout == "packed":
+                        elif layout in ("packed", "v8"):
                             params = [None, stamp]
                             for s, v in enumerate(values[start:end], seq + 1 + start):
                                 params += ((1 << 40) + s, crc(b"%b%d\0%b" % (place, s, v)), v)
@@ -211,7 +220,7 @@ def _read(db: apsw.Connection, layout: str, first: int, last: int, batch: int) -
             if blob is not None:
                 blob.close()
         else:
-            if layout == "packed":
+            if layout in ("packed", "v8"):
                 rows = db.execute(
                     "SELECT key - 1099511627776, data, checksum FROM queue_data"
                     " WHERE key BETWEEN ? AND ?",

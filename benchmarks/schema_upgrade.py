@@ -1,7 +1,9 @@
-"""What the upgrade to schema version 7 costs: ``python -m benchmarks.schema_upgrade [N]``.
+"""What the upgrade to the current schema version costs: ``python -m benchmarks.schema_upgrade
+[N] [FROM]``.
 
-Builds a version-6 database with the version-6 definitions (``_schema.upgrade(db, to=6)``) holding
-``N`` 100-byte messages (default 1,000,000) over 10 queues, each row with its checksum, then
+Builds a database of version ``FROM`` (7, the default, or 6) with that version's definitions
+(``_schema.upgrade(db, to=FROM)``) holding ``N`` 100-byte messages (default 1,000,000) over 10
+queues, each row with its checksum, then
 opens it as a broker does (``Store``, which runs ``_schema.upgrade`` at its first start) and
 prints the CPU the upgrade took (the process's user and system time, the store's opening
 checks included), its wall time, and the file's size before and after and at its largest
@@ -19,7 +21,7 @@ from pathlib import Path
 import apsw
 
 from trio_broker._storage._integrity import value_checksum
-from trio_broker._storage._schema import upgrade
+from trio_broker._storage._schema import SCHEMA_VERSION, upgrade
 from trio_broker._storage._store import Store
 
 QUEUES = 10
@@ -57,10 +59,35 @@ def build_version_6(folder: Path, count: int) -> None:
     db.close()
 
 
-def main(count: int) -> None:
+def build_version_7(folder: Path, count: int) -> None:
+    db = apsw.Connection(str(folder / "broker.sqlite3"))
+    upgrade(db, to=7)
+    with db:
+        db.execute("INSERT INTO meta VALUES ('broker_id', 'B-BENCH'), ('cluster_id', 'G-BENCH')")
+        per_queue = -(-count // QUEUES)
+        for q in range(QUEUES):
+            queue_id = f"Q-BENCH{q:05d}"
+            length = min(per_queue, count - q * per_queue)
+            db.execute(
+                "INSERT INTO queues (queue_id, length, queue_number) VALUES (?, ?, ?)",
+                (queue_id, length, q + 1),
+            )
+            db.executemany(
+                "INSERT INTO queue_data (queue_number, sequence_num, appended_ms, headers,"
+                " checksum, data) VALUES (?, ?, ?, NULL, ?, ?)",
+                (
+                    (q + 1, seq, 1000 + seq, value_checksum(queue_id, seq, VALUE, None), VALUE)
+                    for seq in range(1, length + 1)
+                ),
+            )
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def main(count: int, version: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
-        build_version_6(folder, count)
+        (build_version_7 if version == 7 else build_version_6)(folder, count)
         before = _size(folder)
         cpu, wall = _cpu(), time.perf_counter()
         store = Store(folder)
@@ -69,11 +96,15 @@ def main(count: int) -> None:
         store.close()
         after = _size(folder)
     print(
-        f"{count:,} messages: upgrade to version 7 took {cpu:.2f} s of CPU ({wall:.2f} s wall);"
+        f"{count:,} messages: upgrade from version {version} to {SCHEMA_VERSION} took"
+        f" {cpu:.2f} s of CPU ({wall:.2f} s wall);"
         f" files {before / 1e6:.0f} MB before, {largest / 1e6:.0f} MB at the upgrade's end"
         f" (WAL included), {after / 1e6:.0f} MB after closing"
     )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000,
+        int(sys.argv[2]) if len(sys.argv) > 2 else 7,
+    )

@@ -26,6 +26,7 @@ from trio_broker._storage._integrity import (
     read_values,
     value_checksum,
 )
+from trio_broker._storage._schema import MAX_SEQUENCE
 
 Q = STORE_QUEUE  # (the queue the store fixtures hold: tests/conftest.py)
 
@@ -45,8 +46,8 @@ def _write_as_before(db: apsw.Connection, queue_id: str, rows: list[tuple]) -> N
     data directory written before holds them."""
     with db:
         db.executemany(
-            "INSERT INTO queue_data (queue_number, sequence_num, appended_ms, headers, checksum,"
-            " data) VALUES ((SELECT queue_number FROM queues WHERE queue_id = ?), ?, ?, ?, ?, ?)",
+            "INSERT INTO queue_data (key, appended_ms, headers, checksum, data) VALUES"
+            " ((SELECT queue_number << 44 FROM queues WHERE queue_id = ?) + ?, ?, ?, ?, ?)",
             [(queue_id, s, 1, h, original_checksum(queue_id, s, d, h), d) for s, d, h in rows],
         )
 
@@ -59,13 +60,13 @@ VALUES = st.lists(st.tuples(st.binary(max_size=64), HEADERS), min_size=1, max_si
 
 
 @settings(max_examples=100, deadline=None)
-@given(QUEUE_IDS, st.integers(1, 2**62), VALUES)
+@given(QUEUE_IDS, st.integers(1, MAX_SEQUENCE - 8), VALUES)
 def test_inserted_checksums_are_the_stored_definitions(store_db, queue_id, first, values):
     """What ``insert_values`` stores is the definition's number, whatever the queue id (any
     text), the sequence number, the bytes and the headers; and ``value_checksum`` is it too."""
     store_db.execute("BEGIN")
     try:
-        # (the queue, unless it is the fixture's own: its rows' key is its number, version 7)
+        # (the queue, unless it is the fixture's own: its rows' key holds its number, version 8)
         store_db.execute(
             "INSERT OR IGNORE INTO queues (queue_id, queue_number)"
             " VALUES (?, (SELECT max(queue_number) + 1 FROM queues))",

@@ -308,7 +308,7 @@ def test_a_version_5_database_opens_with_every_value_and_entry_checksummed(tmp_p
     db.close()
     store = Store(tmp_path)
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         assert store.log_damage() is None
         assert store.raft_state().entries == entries
         assert store.messages(Q) == [_value(i) for i in (1, 2, 3)]

@@ -105,7 +105,7 @@ def test_a_version_6_database_upgrades_with_every_row_intact_and_works_after(tmp
     store = Store(tmp_path)
     try:
         db = store._db
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         # Every row, with its stamp, headers and checksum as they were (none recomputed).
         assert _stored(db) == sorted(rows)
         # The queues keep every column; each has a number of its own.
@@ -236,7 +236,7 @@ def test_a_snapshot_of_a_newer_version_is_refused_and_nothing_changes(tmp_path, 
     try:
         replica.apply([CreateQueue(QUEUES[1]), AppendBatch(QUEUES[1], (b"mine",), None, None, 1)])
         meta = SnapshotMeta(40, 3, Config(frozenset({"B-AAAAA"})))
-        with pytest.raises(SchemaTooNew, match="schema version 8"):
+        with pytest.raises(SchemaTooNew, match=f"schema version {SCHEMA_VERSION + 1}"):
             replica.save(snapshot=(meta, str(snapshot)))
         assert replica.messages(QUEUES[1]) == [b"mine"]
         assert replica.queue_lengths() == {QUEUES[1]: 1}

@@ -764,7 +764,7 @@ def test_a_version_3_database_is_upgraded_with_messages_of_unknown_age(tmp_path,
     store = Store(tmp_path)
     try:
         (version,) = store._db.execute("PRAGMA user_version").fetchone()
-        assert version == SCHEMA_VERSION == 7
+        assert version == SCHEMA_VERSION == 8
         assert store.identity() == Identity("B-OLDV3", "G-OLDV3")
         _assert_store_matches(store, model)
         assert model.stamps[q] == [None] * 5

@@ -766,7 +766,7 @@ def test_a_version_4_database_is_upgraded_in_place(tmp_path):
     store = Store(tmp_path)
     try:
         (version,) = store._db.execute("PRAGMA user_version").fetchone()
-        assert version == SCHEMA_VERSION == 7
+        assert version == SCHEMA_VERSION == 8
         assert store.identity() == Identity("B-OLDV4", "G-OLDV4")
         _assert_work_matches(store, model)
         commands = [

@@ -26,15 +26,18 @@ from .._core._commands import (
     AppendMessage,
     BatchAppended,
     Command,
+    CommandRejected,
     MessageAppended,
     ProducerState,
     Result,
+    bad_request,
     check_producer,
     queue_not_found,
 )
 from .._core._queues import monotonic_stamp
 from ._integrity import insert_plain, insert_stamped
 from ._producers_sql import save_producer
+from ._schema import MAX_SEQUENCE, past_last_sequence
 
 
 def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result:
@@ -43,7 +46,7 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
     if command.producer_id is None or command.producer_seq is None:
         return _append_plain(db, command.queue_id, data, command.appended_ms, batch)
     row = db.execute(
-        "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (command.queue_id,)
+        "SELECT last_appended_ms, length FROM queues WHERE queue_id = ?", (command.queue_id,)
     ).fetchone()
     if row is None:
         return queue_not_found(command.queue_id)
@@ -55,6 +58,8 @@ def _append(db: apsw.Connection, command: AppendMessage | AppendBatch) -> Result
         decided = check_producer(state, command.producer_seq, batch)
         if decided is not None:
             return decided
+    if row[1] + len(data) > MAX_SEQUENCE:
+        return bad_request(past_last_sequence(command.queue_id, row[1], len(data)))
     (length, number) = db.execute(
         "UPDATE queues SET length = length + ?1, last_appended_ms = ?2,"
         " undated_through = iif(?2 IS NULL, length + ?1, undated_through)"
@@ -73,13 +78,15 @@ _PLAIN_UPDATE = (
     " last_appended_ms ="
     " iif(?2 IS NULL, last_appended_ms, max(coalesce(last_appended_ms, ?2), ?2)),"
     " undated_through = iif(?2 IS NULL AND last_appended_ms IS NULL, length + ?1, undated_through)"
-    " WHERE queue_id = ?3 RETURNING length, queue_number, last_appended_ms"
+    f" WHERE queue_id = ?3 AND length + ?1 <= {MAX_SEQUENCE}"
+    " RETURNING length, queue_number, last_appended_ms"
 )
 """An append without a producer's queue update, its stamp decided in the statement by
 :func:`~.._core._queues.monotonic_stamp`'s rule (the proposed stamp, never before the queue's
 last; none proposed: the last), where a ``SELECT`` of the last stamp came first: one statement
 of two for a lone append (the right-hand sides read the row as it was, as the ``UPDATE`` of
-:func:`_append` reads it)."""
+:func:`_append` reads it). It changes no row when the append would take the queue past
+``_schema.MAX_SEQUENCE`` (:func:`_refused` then tells why)."""
 
 
 def _append_plain(
@@ -89,11 +96,21 @@ def _append_plain(
     de-duplication: one ``UPDATE ... RETURNING`` and the rows' insert."""
     row = db.execute(_PLAIN_UPDATE, (len(data), proposed, queue_id)).fetchone()
     if row is None:
-        return queue_not_found(queue_id)
+        return _refused(db, queue_id, len(data))
     length, number, stamp = row
     first = length - len(data) + 1
     insert_plain(db, queue_id, first, data, stamp, number=number)
     return BatchAppended(first, len(data)) if batch else MessageAppended(first)
+
+
+def _refused(db: apsw.Connection, queue_id: str, count: int) -> CommandRejected:
+    """Why an append's bounded ``UPDATE`` changed no row: no such queue, or ``count`` more
+    messages would take it past ``_schema.MAX_SEQUENCE`` (the queue's length decides it,
+    alike on every broker)."""
+    row = db.execute("SELECT length FROM queues WHERE queue_id = ?", (queue_id,)).fetchone()
+    if row is None:
+        return queue_not_found(queue_id)
+    return bad_request(past_last_sequence(queue_id, row[0], count))
 
 
 _MISSING: Any = object()
@@ -106,6 +123,15 @@ def _last_appended(db: apsw.Connection, queue_id: str) -> Any:
         "SELECT last_appended_ms FROM queues WHERE queue_id = ?", (queue_id,)
     ).fetchone()
     return _MISSING if row is None else row[0]
+
+
+_RUN_UPDATE = (
+    "UPDATE queues SET length = length + ?1, last_appended_ms = ?2"
+    f" WHERE queue_id = ?3 AND length + ?1 <= {MAX_SEQUENCE} RETURNING length, queue_number"
+)
+"""A run's queue update (:func:`_append_run`, :func:`_batch_run`): none when the run would
+take the queue past ``_schema.MAX_SEQUENCE``, and the run's commands are then applied one by
+one, each refused or not as alone."""
 
 
 def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Result]:
@@ -122,11 +148,10 @@ def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Resul
     stamps = run_stamps(last, [c.appended_ms for c in run])
     stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
-    (length, number) = db.execute(
-        "UPDATE queues SET length = length + ?, last_appended_ms = ? WHERE queue_id = ?"
-        " RETURNING length, queue_number",
-        (len(run), stamp, queue_id),
-    ).fetchone()
+    row = db.execute(_RUN_UPDATE, (len(run), stamp, queue_id)).fetchone()
+    if row is None:  # (past the last sequence number: each alone, as without the run)
+        return [_append(db, c) for c in run]
+    (length, number) = row
     first = length - len(run) + 1
     if stamps[0] == stamp:  # (stamps never decrease: all alike, one receive's run)
         insert_plain(db, queue_id, first, data, stamp, number=number)
@@ -150,11 +175,10 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
     counts = [len(c.data) for c in run]
     total = sum(counts)
     # Every stamp is set, so undated_through does not move (as in _append).
-    (length, number) = db.execute(
-        "UPDATE queues SET length = length + ?, last_appended_ms = ? WHERE queue_id = ?"
-        " RETURNING length, queue_number",
-        (total, stamps[-1], queue_id),
-    ).fetchone()
+    row = db.execute(_RUN_UPDATE, (total, stamps[-1], queue_id)).fetchone()
+    if row is None:  # (past the last sequence number: each alone, as without the run)
+        return [_append(db, c) for c in run]
+    (length, number) = row
     results: list[Result] = []
     at = length - total + 1  # (the next batch's first sequence number)
     start, start_at = 0, at  # (the first batch of the current stamp, and its first number)

@@ -63,6 +63,21 @@ def check_received_file(path: str) -> None:
                     f"queue {row[0]} seq {row[1]}",
                     "a snapshot value of no queue (its queue id damaged)",
                 )
+        if version == 7:
+            # Rows keyed by their queue's number, which no checksum covers: a row whose number
+            # is no queue's is damaged (DELETE_QUEUE leaves none), and version 8's upgrade,
+            # which packs the number into the row's key through its queue, would drop it.
+            row = db.execute(
+                "SELECT queue_number, sequence_num FROM queue_data AS d WHERE NOT EXISTS"
+                " (SELECT 1 FROM queues AS q WHERE q.queue_number = d.queue_number) LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                raise StorageDamaged(
+                    path,
+                    "queue_data",
+                    f"queue number {row[0]} seq {row[1]}",
+                    "a snapshot value of no queue (its queue number damaged)",
+                )
     except DAMAGE_ERRORS as exc:
         raise damage_from(exc, path, "queue_data", None) from None
     finally:
@@ -89,7 +104,7 @@ def check_incoming_values(db: apsw.Connection, path: str) -> None:
         for queue_id, seq, data, headers, checksum in db.execute(
             "SELECT q.queue_id, d.sequence_num, d.data, d.headers, d.checksum"
             " FROM incoming.queue_data AS d LEFT JOIN incoming.queues AS q"
-            " ON q.queue_number = d.queue_number"
+            " ON q.queue_number = d.key >> 44"
         ):
             if (
                 not isinstance(data, bytes)

@@ -32,7 +32,8 @@ import google_crc32c
 
 from .._core._commands import CommandRejected
 from ._row_sums import plain_checksums
-from ._schema import QUEUE_NUMBER as QN
+from ._schema import QUEUE_KEY as QK
+from ._schema import QUEUE_SPAN
 
 _logger = logging.getLogger("trio_broker")
 
@@ -148,10 +149,9 @@ def _place(queue_id: str) -> bytes:
     return queue_id.encode() + b"\0"
 
 
-_INSERT = (
-    "INSERT INTO queue_data (queue_number, sequence_num, appended_ms, headers, checksum, data)"
-    " VALUES "
-)
+_INSERT = "INSERT INTO queue_data (key, appended_ms, headers, checksum, data) VALUES "
+"""Every row is keyed by its queue's number and its sequence number packed into the rowid
+(``_schema``, version 8): ``number * QUEUE_SPAN + seq``, the one key SQLite writes."""
 _CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 """Rows per ``INSERT`` statement: one statement of many rows costs SQLite and apsw less than
 ``executemany``'s step per row (100 values: 1.3 -> 0.7 µs each, docs/performance-history.md "Batches
@@ -178,24 +178,25 @@ def _chunk_spans(count: int) -> list[tuple[int, int]]:
 _CHUNK_STATEMENTS = {
     size: _INSERT
     + ",".join(
-        f"(?1,?{2 + 5 * k},?{3 + 5 * k},?{4 + 5 * k},?{5 + 5 * k},?{6 + 5 * k})"
-        for k in range(size)
+        f"(?{1 + 5 * k},?{2 + 5 * k},?{3 + 5 * k},?{4 + 5 * k},?{5 + 5 * k})" for k in range(size)
     )
     for size in _CHUNKS
 }
-"""A statement of ``size`` rows: the queue's number bound once (``?1``), then each row's
-sequence number, stamp, headers, checksum and bytes."""
+"""A statement of ``size`` rows: each row's key, stamp, headers, checksum and bytes."""
 
 
-def _number(db: apsw.Connection, queue_id: str, number: int | None) -> int:
-    """The queue's number (``_schema``, version 7): ``number`` when the caller has it (the
-    appends read it with the queue's length), else looked up."""
-    if number is not None:
-        return number
-    row = db.execute("SELECT queue_number FROM queues WHERE queue_id = ?", (queue_id,)).fetchone()
-    if row is None:
-        raise ValueError(f"no queue {queue_id!r} to insert into")
-    return int(row[0])
+def _base(db: apsw.Connection, queue_id: str, number: int | None) -> int:
+    """The queue's first key (its number times ``QUEUE_SPAN``, ``_schema`` version 8), from
+    ``number`` when the caller has it (the appends read it with the queue's length), else
+    looked up."""
+    if number is None:
+        row = db.execute(
+            "SELECT queue_number FROM queues WHERE queue_id = ?", (queue_id,)
+        ).fetchone()
+        if row is None:
+            raise ValueError(f"no queue {queue_id!r} to insert into")
+        number = int(row[0])
+    return number * QUEUE_SPAN
 
 
 def _row_checksum(place: bytes, seq: int, data: bytes, headers: str | None) -> int:
@@ -217,12 +218,12 @@ def insert_values(
     checksum (:func:`value_checksum`'s number), in order: runs of :data:`_CHUNKS` rows in one
     statement each. ``number``: the queue's number, if the caller has read it."""
     place = _place(queue_id)
-    number = _number(db, queue_id, number)
+    base = _base(db, queue_id, number)
     for start, end in _chunk_spans(len(rows)):
-        params: list[Any] = [number]
+        params: list[Any] = []
         for seq, (data, stamp, headers) in enumerate(rows[start:end], first + start):
             params += (
-                seq,
+                base + seq,
                 stamp,
                 headers,
                 _row_checksum(place, seq, data, headers),
@@ -233,11 +234,11 @@ def insert_values(
 
 _PLAIN_STATEMENTS = {
     size: _INSERT
-    + ",".join(f"(?1,?{3 + 3 * k},?2,NULL,?{4 + 3 * k},?{5 + 3 * k})" for k in range(size))
+    + ",".join(f"(?{2 + 3 * k},?1,NULL,?{3 + 3 * k},?{4 + 3 * k})" for k in range(size))
     for size in _CHUNKS
 }
-"""As :data:`_CHUNK_STATEMENTS`, for messages without headers sharing one stamp (``?2``):
-each row binds its sequence number, checksum and bytes."""
+"""As :data:`_CHUNK_STATEMENTS`, for messages without headers sharing one stamp (``?1``):
+each row binds its key, checksum and bytes."""
 
 
 def insert_plain(
@@ -255,27 +256,25 @@ def insert_plain(
     checksums made at once (:func:`._row_sums.plain_checksums`) and the rows' parameters set
     by three slice assignments, no Python step per row (a run of 1,800 values: 650 to 741 ->
     499 to 531 ns a row, docs/performance-history.md "Batch appends per message (eighth round)")."""
-    number = _number(db, queue_id, number)
+    base = _base(db, queue_id, number) + first
     count = len(data)
     rows: list[Any] = [None] * (3 * count)  # (each row's parameters, cut per statement)
-    rows[0::3] = range(first, first + count)
+    rows[0::3] = range(base, base + count)
     rows[1::3] = plain_checksums(_place(queue_id), first, data)
     rows[2::3] = data
     for start, end in _chunk_spans(count):
-        params: list[Any] = [number, stamp]
+        params: list[Any] = [stamp]
         params += rows[3 * start : 3 * end]
         db.execute(_PLAIN_STATEMENTS[end - start], params)
 
 
 _STAMPED_STATEMENTS = {
     size: _INSERT
-    + ",".join(
-        f"(?1,?{2 + 4 * k},?{3 + 4 * k},NULL,?{4 + 4 * k},?{5 + 4 * k})" for k in range(size)
-    )
+    + ",".join(f"(?{1 + 4 * k},?{2 + 4 * k},NULL,?{3 + 4 * k},?{4 + 4 * k})" for k in range(size))
     for size in _CHUNKS
 }
-"""As :data:`_CHUNK_STATEMENTS`, for messages without headers: each row binds its sequence
-number, stamp, checksum and bytes (the headers a ``NULL`` in the statement)."""
+"""As :data:`_CHUNK_STATEMENTS`, for messages without headers: each row binds its key,
+stamp, checksum and bytes (the headers a ``NULL`` in the statement)."""
 
 
 def insert_stamped(
@@ -296,26 +295,29 @@ def insert_stamped(
     ``chain`` with the checksums made one by one)."""
     if len(data) != len(stamps):
         raise ValueError(f"{len(data)} values with {len(stamps)} stamps")
-    number = _number(db, queue_id, number)
+    base = _base(db, queue_id, number) + first
     count = len(data)
     rows: list[Any] = [None] * (4 * count)  # (as insert_plain's)
-    rows[0::4] = range(first, first + count)
+    rows[0::4] = range(base, base + count)
     rows[1::4] = stamps
     rows[2::4] = plain_checksums(_place(queue_id), first, data)
     rows[3::4] = data
     for start, end in _chunk_spans(count):
-        params: list[Any] = [number]
-        params += rows[4 * start : 4 * end]
-        db.execute(_STAMPED_STATEMENTS[end - start], params)
+        db.execute(_STAMPED_STATEMENTS[end - start], rows[4 * start : 4 * end])
 
 
 _READ_VALUES = (
-    f"SELECT sequence_num, data, headers, checksum FROM queue_data WHERE queue_number = {QN}"
-    " AND sequence_num BETWEEN ? AND ?"
+    "SELECT sequence_num, data, headers, checksum FROM queue_data"
+    f" WHERE key BETWEEN {QK} + ?2 AND {QK} + ?3"
 )
-"""The values :func:`read_values` reads. No ``ORDER BY``: SQLite searches the table's unique
-index on ``(queue_number, sequence_num)`` (``EXPLAIN QUERY PLAN``: ``SEARCH queue_data USING
-INDEX sqlite_autoindex_queue_data_1``), so the rows come in sequence order without a sort,
+"""The values :func:`read_values` reads: the rows' keys as one range of the table's rowid
+(``EXPLAIN QUERY PLAN``: ``SEARCH queue_data USING INTEGER PRIMARY KEY (rowid>? AND
+rowid<?)``; ``sequence_num`` is computed from the key), its bounds from the queue's number,
+two constant subqueries SQLite runs once each per execution. A join with ``queues`` (one
+seek there instead of two) cost 15.0 to 15.6 µs per execution of one row against 5.2 to 5.3
+(thread CPU, 20,000 executions; docs/performance.md, "The queue rows' packed key, schema
+version 8 (tenth round)"). No ``ORDER BY``: the rows come in key order, which is sequence
+order, without a sort,
 and the plan with ``ORDER BY`` (the same bytecode but a ``Noop``) cost 6.5 µs per execution
 of one row against 1.9 µs without (docs/performance-history.md, "A single READ on the leader").
 Nothing depends on the order for correctness: :func:`_intact_run` takes the rows only when
@@ -423,9 +425,8 @@ def _intact_columns(
     return list(zip(seqs, datas, texts, strict=True))
 
 
-_READ_DATA = (
-    f"SELECT data, headers, checksum FROM queue_data WHERE queue_number = {QN} AND sequence_num = ?"
-)
+_READ_DATA = f"SELECT data, headers, checksum FROM queue_data WHERE key = {QK} + ?2"
+"""One message by its key (``_schema`` version 8): a seek in ``queues``, one in the table."""
 
 
 def read_data(db: apsw.Connection, queue_id: str, seq: int) -> bytes:
@@ -512,8 +513,8 @@ def intact_rows(
     try:
         for seq, data, headers, stamp, checksum in db.execute(
             "SELECT sequence_num, data, headers, appended_ms, checksum FROM queue_data"
-            f" WHERE queue_number = {QN} AND sequence_num >= ? ORDER BY sequence_num LIMIT ?",
-            (queue_id, first, max_rows),
+            f" WHERE key >= {QK} + ?2 AND key < {QK} + ?4 ORDER BY key LIMIT ?3",
+            (queue_id, max(first, 0), max_rows, QUEUE_SPAN),
         ):
             if not _intact(queue_id, seq, data, headers, checksum):
                 continue
@@ -550,9 +551,9 @@ def repair_rows(db: apsw.Connection, queue_id: str, rows: Sequence[StoredRow]) -
             if local is not None and _intact(queue_id, seq, *local):
                 continue
             db.execute(
-                "INSERT OR REPLACE INTO queue_data (queue_number, sequence_num, appended_ms,"
-                " headers, checksum, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (number, seq, stamp, headers, checksum, data),
+                "INSERT OR REPLACE INTO queue_data (key, appended_ms, headers, checksum, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (number * QUEUE_SPAN + seq, stamp, headers, checksum, data),
             )
             repaired.append(seq)
     return repaired
@@ -585,15 +586,16 @@ def damaged_values(
     size = 0
     at_end = True
     try:
-        # (Rows in the order of their queues' ids, through their numbers: the queue's rows after
-        # ``after`` sought in the index, which the row value ``(q.queue_id, d.sequence_num) >
-        # (?1, ?2)`` did not give: it read the queue's rows from its first at every step.)
+        # (Rows in the order of their queues' ids, through their numbers: each queue's rows a
+        # range of keys, the first queue's from after ``after``, as a row value
+        # ``(q.queue_id, d.sequence_num) > (?1, ?2)`` would not seek them: it read the queue's
+        # rows from its first at every step.)
         for queue_id, seq, data, headers, checksum in db.execute(
             "SELECT q.queue_id, d.sequence_num, d.data, d.headers, d.checksum"
-            " FROM queues AS q JOIN queue_data AS d ON d.queue_number = q.queue_number"
-            " WHERE q.queue_id >= ?1"
-            " AND d.sequence_num > iif(q.queue_id = ?1, ?2, -9223372036854775808)"
-            " ORDER BY q.queue_id, d.sequence_num LIMIT ?3",
+            " FROM queues AS q JOIN queue_data AS d"
+            " ON d.key > (q.queue_number << 44) + iif(q.queue_id = ?1, max(?2, 0), 0)"
+            " AND d.key < (q.queue_number + 1) << 44"
+            " WHERE q.queue_id >= ?1 ORDER BY q.queue_id, d.key LIMIT ?3",
             (*after, limit),
         ):
             seen.append((queue_id, seq))

@@ -23,6 +23,7 @@ from .._core._work_commands import (
 from .._core._work_rules import LEASE_EXPIRED, dead_letter_headers
 from ._integrity import UNCHECKED, insert_values, read_values
 from ._read_columns import decode_headers
+from ._schema import MAX_SEQUENCE
 
 
 def encode_headers(headers: Headers) -> str | None:
@@ -63,9 +64,12 @@ def _end_lease(
     now_ms: int,
 ) -> str:
     """The twin of ``_work._end_lease``: ``"waiting"``, ``"dead"`` (moved to the dead-letter
-    queue) or ``"gone"`` (due for the dead-letter queue, but retention had deleted it)."""
+    queue) or ``"gone"`` (due for the dead-letter queue, but retention had deleted it). A
+    message due for a dead-letter queue that holds ``_schema.MAX_SEQUENCE`` messages (the last
+    sequence number a queue can have) waits as if under its limit: kept, never lost, and
+    decided by the queue's length alike on every broker."""
     limit = settings.max_deliveries
-    if limit is None or deliveries < limit:
+    if limit is None or deliveries < limit or _dead_letter_full(db, settings):
         db.execute(
             "UPDATE group_pending SET member = NULL, until_ms = ?, last_error = ?"
             " WHERE queue_id = ? AND group_name = ? AND sequence_num = ?",
@@ -89,6 +93,13 @@ def _end_lease(
     ).fetchone()
     append_rows(db, target, [(row[0], headers)], now_ms, last_stamp)
     return "dead"
+
+
+def _dead_letter_full(db: apsw.Connection, settings: GroupSettings) -> bool:
+    row = db.execute(
+        "SELECT length FROM queues WHERE queue_id = ?", (settings.dead_letter_queue,)
+    ).fetchone()
+    return row is not None and row[0] >= MAX_SEQUENCE
 
 
 def _value_to_move(db: apsw.Connection, queue_id: str, seq: int) -> tuple[bytes, str | None] | None:

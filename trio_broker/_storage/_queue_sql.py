@@ -62,7 +62,7 @@ from ._integrity import (
     read_values,
     report_damage,
 )
-from ._schema import NEXT_QUEUE_NUMBER
+from ._schema import QUEUE_SPAN, next_queue_number, too_many_queues
 from ._work_queries import lowest_unfinished
 from ._work_sql import WORK_COMMANDS, apply_work, touch_position
 
@@ -197,9 +197,11 @@ def _apply_one(
             return queue_exists(command.queue_id)
         if (problem := policy.problem()) is not None:
             return bad_request(problem)
+        number = next_queue_number(db)
+        if number is None:
+            return bad_request(too_many_queues())
         db.execute(
-            f"INSERT INTO queues (queue_id, queue_number) VALUES (?, {NEXT_QUEUE_NUMBER})",
-            (command.queue_id,),
+            "INSERT INTO queues (queue_id, queue_number) VALUES (?, ?)", (command.queue_id, number)
         )
         _set_policy(db, command.queue_id, policy)
         return QueueCreated(command.queue_id)
@@ -472,10 +474,16 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
             # the too old ones are a prefix of the dated ones; an undated message goes with
             # the first dated message after it that is too old.
             (too_old,) = db.execute(
-                "SELECT max(sequence_num) FROM (SELECT sequence_num, appended_ms"
-                " FROM queue_data WHERE queue_number = ? AND sequence_num > ?"
-                " ORDER BY sequence_num LIMIT ?) WHERE appended_ms < ?",
-                (number, max(deleted, undated), budget, now_ms - max_age_ms),
+                "SELECT max(key) - ?1 FROM (SELECT key, appended_ms FROM queue_data"
+                " WHERE key > ?1 + ?2 AND key < ?1 + ?5 ORDER BY key LIMIT ?3)"
+                " WHERE appended_ms < ?4",
+                (
+                    number * QUEUE_SPAN,
+                    max(deleted, undated),
+                    budget,
+                    now_ms - max_age_ms,
+                    QUEUE_SPAN,
+                ),
             ).fetchone()
         if by_readers:
             (slowest,) = db.execute(
@@ -486,8 +494,8 @@ def _apply_retention(db: apsw.Connection, now_ms: int) -> RetentionApplied:
         through = retention_through(policy, deleted, length, too_old, slowest, budget, unfinished)
         if through > deleted:
             db.execute(
-                "DELETE FROM queue_data WHERE queue_number = ? AND sequence_num <= ?",
-                (number, through),
+                "DELETE FROM queue_data WHERE key > ?1 AND key <= ?1 + ?2",
+                (number * QUEUE_SPAN, through),
             )
             db.execute(
                 "UPDATE queues SET deleted_through = ? WHERE queue_id = ?", (through, queue_id)

@@ -24,7 +24,7 @@ from .._core._work_commands import Delivery, Headers
 from .._core._work_rules import delivery_sizes
 from ._integrity import _HEADED, _PLAIN, DAMAGE_ERRORS, _crc32c, _place
 from ._row_sums import plain_checksums
-from ._schema import QUEUE_NUMBER
+from ._schema import QUEUE_KEY
 
 
 def intact_columns(
@@ -78,8 +78,8 @@ def intact_columns(
 
 
 _READ_COLUMNS = (
-    f"SELECT data, headers, checksum FROM queue_data WHERE queue_number = {QUEUE_NUMBER}"
-    " AND sequence_num BETWEEN ? AND ?"
+    "SELECT data, headers, checksum FROM queue_data"
+    f" WHERE key BETWEEN {QUEUE_KEY} + ?2 AND {QUEUE_KEY} + ?3"
 )
 """What :func:`intact_columns` reads: ``_integrity._READ_VALUES`` but the sequence numbers (rows
 come in their order, the index's: see there)."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import apsw
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE meta (
@@ -260,12 +260,151 @@ DROP TABLE queue_data;
 ALTER TABLE queue_data_v7 RENAME TO queue_data;
 """
 
-QUEUE_NUMBER = "(SELECT queue_number FROM queues WHERE queue_id = ?)"
-"""A queue's number (version 7) from its id, inside a statement on ``queue_data``: SQLite
-computes it once per statement (a constant subquery), one seek in ``queues``."""
+# Version 8: the queue rows' key packed into the table's rowid (docs/performance.md, "The
+# queue rows' packed key, schema version 8 (tenth round)"): ``key`` is the queue's number times
+# :data:`QUEUE_SPAN` plus the message's sequence number, so the rows need no unique index of
+# their own (version 7's ``UNIQUE (queue_number, sequence_num)`` was, after the values, the
+# most SQLite wrote per row). ``queue_number`` and ``sequence_num`` stay readable as VIRTUAL
+# generated columns: computed when read, never stored, so an insert writes only ``key``;
+# statements that look rows up use ``key`` ranges (the rowid's b-tree), never those columns.
+# The upgrade keeps the queues' numbers (when they are all within :data:`MAX_QUEUE_NUMBER`),
+# copies each row with its checksum as it was, and drops a row whose number no queue holds,
+# as version 7's did.
+_V8 = """
+CREATE TABLE queue_data_v8 (
+    key          INTEGER PRIMARY KEY,
+    appended_ms  INTEGER,
+    headers      TEXT,
+    checksum     INTEGER NOT NULL,
+    data         BLOB    NOT NULL,
+    queue_number INTEGER GENERATED ALWAYS AS (key >> 44) VIRTUAL,
+    sequence_num INTEGER GENERATED ALWAYS AS (key & 17592186044415) VIRTUAL
+) STRICT;
 
-NEXT_QUEUE_NUMBER = "(SELECT coalesce(max(queue_number), 0) + 1 FROM queues)"
-"""The number a new queue takes (one seek in ``queues_by_number``)."""
+INSERT INTO queue_data_v8 (key, appended_ms, headers, checksum, data)
+    SELECT (n.new << 44) + d.sequence_num, d.appended_ms, d.headers, d.checksum, d.data
+    FROM queue_data AS d JOIN temp.v8_numbers AS n ON n.old = d.queue_number
+    ORDER BY d.queue_number, d.sequence_num;
+DROP TABLE queue_data;
+ALTER TABLE queue_data_v8 RENAME TO queue_data;
+"""
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+SEQUENCE_BITS = 44
+"""Bits of a row's key that hold its sequence number; the queue's number takes the 19 above
+them, up to the sign bit of SQLite's 64-bit rowid.
+
+Why 44 and 19: a queue's sequence numbers are spent once each, forever (retention deletes
+rows, never numbers), so they get most of the key. :data:`MAX_SEQUENCE` is 1.76 * 10**13
+messages in one queue: 2.8 years of 200,000 appends a second (the whole cluster's target,
+every append into that one queue), 28 years at 20,000. Queue numbers are reused (a new queue
+takes a free one, :func:`next_queue_number`), so 19 bits bound how many queues live at
+once, 524,287, not how many are ever made. Past either bound the apply refuses, on every
+broker alike (each rule reads only replicated state: a queue's length, how many queues
+there are), with a ``BAD_REQUEST`` that says which bound; nothing is stored."""
+
+QUEUE_SPAN = 1 << SEQUENCE_BITS
+"""How far apart two queues' keys are: a row's key is ``number * QUEUE_SPAN + sequence``."""
+
+MAX_SEQUENCE = QUEUE_SPAN - 1
+"""The last sequence number a queue can hold (2**44 - 1): an append past it is refused."""
+
+MAX_QUEUE_NUMBER = (1 << (63 - SEQUENCE_BITS)) - 1
+"""The largest queue number (2**19 - 1): so many queues can live at once, then CREATE_QUEUE
+and CREATE_NAMED_QUEUE are refused until one is deleted."""
+
+QUEUE_KEY = "(SELECT queue_number << 44 FROM queues WHERE queue_id = ?1)"
+"""A queue's first key (the key of its sequence number 0, which no row holds) from its id,
+inside a statement on ``queue_data`` whose first parameter is the queue's id: SQLite computes
+it once per statement (a constant subquery), one seek in ``queues``."""
+
+
+class SchemaCannotUpgrade(SchemaTooNew):
+    """A database this version cannot take as it is: a sequence number past
+    :data:`MAX_SEQUENCE` or more live queues than :data:`MAX_QUEUE_NUMBER` (neither reachable
+    in practice: see :data:`SEQUENCE_BITS`). Nothing is changed. A :class:`SchemaTooNew`, so
+    that every place that refuses a file it cannot use (the ``node`` command, a received
+    snapshot: ``snapshot.too_new``) refuses this one the same way."""
+
+
+def _v8(db: apsw.Connection) -> None:
+    count, top = db.execute("SELECT count(*), max(queue_number) FROM queues").fetchone()
+    if count > MAX_QUEUE_NUMBER:
+        raise SchemaCannotUpgrade(
+            f"{count} queues: schema version 8 keeps at most {MAX_QUEUE_NUMBER}; delete some"
+            " with the previous version of trio_broker first"
+        )
+    (past,) = db.execute(
+        "SELECT count(*) FROM queue_data WHERE sequence_num NOT BETWEEN 0 AND ?", (MAX_SEQUENCE,)
+    ).fetchone()
+    if past:
+        raise SchemaCannotUpgrade(
+            f"{past} messages past sequence number {MAX_SEQUENCE}, the last schema version 8 keeps"
+        )
+    # Each queue's number in version 8 (``new``): its own, unless version 7 numbered one past
+    # the bound (it gave a new queue the largest number plus one, without a limit): then all
+    # renumbered 1..count in their order, the rows with them.
+    renumber = top is not None and top > MAX_QUEUE_NUMBER
+    db.execute("CREATE TEMP TABLE v8_numbers (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+    try:
+        db.execute(
+            "INSERT INTO temp.v8_numbers SELECT queue_number,"
+            " iif(?, row_number() OVER (ORDER BY queue_number), queue_number) FROM queues",
+            (renumber,),
+        )
+        db.execute(_V8)
+        if renumber:
+            # (through negative numbers, so that the unique index never meets two alike)
+            db.execute("UPDATE queues SET queue_number = -queue_number")
+            db.execute(
+                "UPDATE queues SET queue_number ="
+                " (SELECT new FROM temp.v8_numbers WHERE old = -queues.queue_number)"
+            )
+    finally:
+        db.execute("DROP TABLE temp.v8_numbers")
+
+
+def next_queue_number(db: apsw.Connection) -> int | None:
+    """The number a new queue takes: the largest a live queue holds plus one (one seek in
+    ``queues_by_number``), or once that is past :data:`MAX_QUEUE_NUMBER` the lowest free one
+    (a walk of the index, only then); None when every number is taken, which is exactly when
+    :data:`MAX_QUEUE_NUMBER` queues live (every number a broker gives is within the bound), a
+    count every broker holds alike: the creation is refused on each. A queue's number is local
+    to its database (version 7: it never goes on the wire or into a checksum), so which free
+    one it takes may differ from broker to broker."""
+    (top,) = db.execute("SELECT max(queue_number) FROM queues").fetchone()
+    if top is None:
+        return 1
+    if top < MAX_QUEUE_NUMBER:
+        return int(top) + 1
+    (free,) = db.execute(
+        "SELECT min(n) FROM (SELECT 1 AS n WHERE NOT EXISTS"
+        " (SELECT 1 FROM queues WHERE queue_number = 1)"
+        " UNION ALL SELECT a.queue_number + 1 FROM queues AS a WHERE NOT EXISTS"
+        " (SELECT 1 FROM queues AS b WHERE b.queue_number = a.queue_number + 1))"
+    ).fetchone()
+    return None if free is None or free > MAX_QUEUE_NUMBER else int(free)
+
+
+def too_many_queues() -> str:
+    """The refusal's words when :func:`next_queue_number` finds none free."""
+    return (
+        f"cannot create a queue: {MAX_QUEUE_NUMBER} queues exist, the most this broker's"
+        " storage keeps (delete one first)"
+    )
+
+
+def past_last_sequence(queue_id: str, length: int, count: int) -> str:
+    """The refusal's words for an append of ``count`` messages past :data:`MAX_SEQUENCE`."""
+    return (
+        f"cannot append {count} message(s) to queue {queue_id!r}: it holds {length}, and"
+        f" {MAX_SEQUENCE} is the last sequence number a queue can have"
+    )
+
 
 # UPGRADES[n] takes a database at version n to version n + 1.
 UPGRADES: dict[int, str | Callable[[apsw.Connection], None]] = {
@@ -276,11 +415,8 @@ UPGRADES: dict[int, str | Callable[[apsw.Connection], None]] = {
     4: _V5,
     5: _v6,
     6: _V7,
+    7: _v8,
 }
-
-
-class SchemaTooNew(Exception):
-    pass
 
 
 def upgrade(db: apsw.Connection, to: int = SCHEMA_VERSION) -> int:

@@ -68,7 +68,7 @@ def dump(db: apsw.Connection) -> dict[str, Any]:
             (queue_id, seq): decode_headers(text)
             for queue_id, seq, text in db.execute(
                 "SELECT q.queue_id, d.sequence_num, d.headers FROM queue_data AS d"
-                " JOIN queues AS q ON q.queue_number = d.queue_number"
+                " JOIN queues AS q ON q.queue_number = d.key >> 44"
                 " WHERE d.headers IS NOT NULL"
             )
         },

@@ -81,7 +81,14 @@ from ._integrity import read_values
 from ._lease_sql import append_rows, change_leases, expire_leases
 from ._producers_sql import save_producer
 from ._read_columns import Deliveries, decode_headers, intact_columns, records_sizes
-from ._schema import NEXT_QUEUE_NUMBER, QUEUE_NUMBER
+from ._schema import (
+    MAX_SEQUENCE,
+    QUEUE_KEY,
+    QUEUE_SPAN,
+    next_queue_number,
+    past_last_sequence,
+    too_many_queues,
+)
 
 __all__ = ["WORK_COMMANDS", "apply_work", "decode_headers", "touch_position"]
 
@@ -150,6 +157,8 @@ def apply_work(
     if isinstance(command, DeleteQueue):
         return _delete_queue(db, command)
     if isinstance(command, Publish):
+        if queue[0] + len(command.records) > MAX_SEQUENCE:
+            return bad_request(past_last_sequence(command.queue_id, queue[0], len(command.records)))
         return _publish(db, command, queue[2])
     if isinstance(command, ReadRecords):
         return _read_records(db, command, queue[0], queue[1])
@@ -207,10 +216,19 @@ def _create_named(db: apsw.Connection, command: CreateNamedQueue) -> WorkResult 
     assert isinstance(policy, RetentionPolicy)
     if (problem := policy.problem()) is not None:
         return bad_request(problem)
+    number = next_queue_number(db)
+    if number is None:
+        return bad_request(too_many_queues())
     db.execute(
         "INSERT INTO queues (queue_id, max_messages, max_age_ms, delete_acknowledged,"
-        f" queue_number) VALUES (?, ?, ?, ?, {NEXT_QUEUE_NUMBER})",
-        (command.queue_id, policy.max_messages, policy.max_age_ms, policy.delete_acknowledged),
+        " queue_number) VALUES (?, ?, ?, ?, ?)",
+        (
+            command.queue_id,
+            policy.max_messages,
+            policy.max_age_ms,
+            policy.delete_acknowledged,
+            number,
+        ),
     )
     db.execute(
         "INSERT INTO queue_names (name, queue_id) VALUES (?, ?)", (command.name, command.queue_id)
@@ -245,7 +263,10 @@ def _delete_queue(db: apsw.Connection, command: DeleteQueue) -> WorkResult | Com
         ).fetchone()
         if row is not None:
             return in_use_by_leases("QUEUE_IN_USE", f"cannot delete queue {queue_id!r}", *row)
-    db.execute(f"DELETE FROM queue_data WHERE queue_number = {QUEUE_NUMBER}", (queue_id,))
+    db.execute(
+        f"DELETE FROM queue_data WHERE key > {QUEUE_KEY} AND key < {QUEUE_KEY} + ?2",
+        (queue_id, QUEUE_SPAN),
+    )
     for table in _QUEUE_TABLES:
         db.execute(f"DELETE FROM {table} WHERE queue_id = ?", (queue_id,))
     return QueueDeleted(queue_id)
