@@ -40,10 +40,7 @@ def test_a_replica_applies_appends_in_threes_and_writes_their_commit_index_with_
         # while its apply waits.
         assert leader.applied == leader.commit
         assert follower._persisted_hs.commit == follower.applied
-    # Broker 2 takes turn 0 of 3 (the replicas 2 and 3 share out the turns: ``_apply_turn``),
-    # so it applies at every commit index that is a multiple of 3, never more than 2 waiting.
-    assert follower._apply_turn() == 0
-    assert seen == [0, 0, 1, 2, 0, 1, 2]
+    assert seen == [0, 1, 2, 0, 1, 2, 0]
     assert cluster.applied[2] == cluster.applied[1][: len(cluster.applied[2])]
 
 
@@ -56,12 +53,12 @@ def test_a_tick_without_entries_applies_what_waits_and_so_does_a_replica_that_le
     cluster.stabilize()
     cluster.propose(_append(2))  # (its REPLICATE carries the first one's commit)
     cluster.stabilize()
-    follower = cluster.node(3)  # (turn 1 of 3: commit index 3 is not its turn to apply)
+    follower = cluster.node(2)
     assert follower.commit - follower.applied >= 1
-    cluster.tick([3])  # (entries came during this tick: the leader may still be streaming)
+    cluster.tick([2])  # (entries came during this tick: the leader may still be streaming)
     cluster.stabilize()
     assert follower.commit - follower.applied >= 1
-    cluster.tick([3])  # (a whole tick without entries)
+    cluster.tick([2])  # (a whole tick without entries)
     cluster.stabilize()
     assert follower.applied == follower.commit
     # Waiting again, then elected: a leader applies everything it has committed.
@@ -70,7 +67,7 @@ def test_a_tick_without_entries_applies_what_waits_and_so_does_a_replica_that_le
     cluster.propose(_append(4))
     cluster.stabilize()
     assert follower.commit > follower.applied
-    new = cluster.elect(3)
+    new = cluster.elect(2)
     cluster.stabilize()
     assert new.applied == new.commit == new.log.last_index
 
@@ -99,9 +96,11 @@ def _group(count: int, data: bytes = b'"v"') -> CommandGroup:
 def test_a_replica_lets_small_groups_of_appends_wait_within_the_bounds():
     # A cycle of 100 connections x 1 in flight: groups of at most LAG_GROUP_APPENDS appends
     # wait like lone appends, fewer than APPLY_LAG entries at a time.
-    # (Broker 2 takes turn 0 of APPLY_LAG: it applies at commit index 4, then lets the
-    # next three wait.)
-    assert _waits(*[_group(LAG_GROUP_APPENDS)] * 5) == [0, 1, 0, 1, 2, 3]
+    assert _waits(*[_group(LAG_GROUP_APPENDS)] * (APPLY_LAG + 1)) == [
+        *range(APPLY_LAG),
+        0,
+        1,
+    ]
     # Beyond a bound (appends, bytes of values), or anything but appends: applied at once.
     assert _waits(_group(LAG_GROUP_APPENDS + 1)) == [0, 0]
     large = b'"' + b"x" * (LAG_GROUP_BYTES // 2) + b'"'

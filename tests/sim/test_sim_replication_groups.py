@@ -69,13 +69,10 @@ def test_single_group_seeds_run_the_schedule_they_ran_before_groups_existed():
     the simulator's cores took the runtime's apply lag (``APPLY_LAG``: a replica's lone
     appends wait to be applied, one wait on 3 and on 11, 17 on 5), and for 5 when small groups
     of lone appends could wait too (18 waits on 5, five of them groups of two appends; 3 and
-    11 unchanged), and for 3 and 5 when the replicas took turns to apply (``_apply_turn``: a
-    replica also applies once its commit index passes an index of its turn; waits 1 -> 0 on
-    3, 18 -> 11 on 5; 11 unchanged). Run here without the wire, as every test of this folder
-    (conftest.py)."""
+    11 unchanged). Run here without the wire, as every test of this folder (conftest.py)."""
     recorded = {
-        3: "46cb693e654a1b761d83f80d",
-        5: "0bed0ea95dba4f0d32bd46f7",
+        3: "76f0769d5073ce768867f13a",
+        5: "ff395d60f41caf9fb508ea0b",
         11: "609a01369995af761103ccd7",
     }
     for seed, trace_hash in recorded.items():

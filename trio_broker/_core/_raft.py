@@ -55,7 +55,6 @@ from ._raft_membership import Membership
 from ._raft_messages import (
     ClusterUpdate,
     ClusterUpdateResponse,
-    Config,
     DataSync,
     DenyReason,
     ElectionRequest,
@@ -222,13 +221,6 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         (docs/performance-history.md, "One client, one append at a time (ninth round)"). 1: at
         once."""
         self.apply_later = apply_later
-        self._turn_of: tuple[Config | None, Any] = (None, None)
-        """The configuration (by identity) and the leader ``_turn`` was derived from."""
-        self._turn = 0
-        """This replica's turn to apply (``_raft_ready``'s ``_apply_turn``): it also applies
-        whenever its commit index passes an index ``i`` with ``i % apply_lag == _turn``, so
-        that the replicas of a configuration apply on different entries (docs/performance.md,
-        "Replicas take turns applying (tenth round)")."""
         self._apply_due = False
         """Committed entries wait and the leader went idle (a tick passed without a REPLICATE
         of entries, or a message without entries came): the next Ready applies them."""

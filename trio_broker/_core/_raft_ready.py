@@ -95,50 +95,24 @@ class ReadyHandOff(_Node):
 
     def _apply_waits(self) -> bool:
         """Whether the committed entries not yet applied wait (``RaftNode.apply_lag``): on a
-        broker that does not lead, fewer than ``apply_lag`` of them, none at an index of this
-        replica's turn (``_apply_turn``), the leader not gone idle since (``_apply_due``), no
-        snapshot to install, and every one's payload accepted by ``apply_later``. Their
-        commit index is then not written either: a restart relearns it from the leader
-        (nothing it guards depends on it: the applied index, written with each apply, says
-        what was applied; the entries are durable in the log)."""
+        broker that does not lead, fewer than ``apply_lag`` of them, the leader not gone idle
+        since (``_apply_due``), no snapshot to install, and every one's payload accepted by
+        ``apply_later``. Their commit index is then not written either: a restart relearns
+        it from the leader (nothing it guards depends on it: the applied index, written with
+        each apply, says what was applied; the entries are durable in the log)."""
         lag = self.commit - self.applied
-        span = self.apply_lag
         if (
             lag <= 0
-            or lag >= span
+            or lag >= self.apply_lag
             or self._apply_due
             or self.role is Role.LEADER
             or self._snapshot_to_install is not None
             or self.apply_later is None
         ):
             return False
-        turn = self._apply_turn()
-        if (self.commit - turn) // span != (self.applied - turn) // span:
-            return False  # (an index of its turn is committed: applied now, up to the commit)
         later = self.apply_later
         log = self.log
         return all(later(log.entry(i).payload) for i in range(self.applied + 1, self.commit + 1))
-
-    def _apply_turn(self) -> int:
-        """This replica's turn, in ``0 .. apply_lag - 1``: it applies what waits once its
-        commit index passes an index ``i`` with ``i % apply_lag`` equal to it (besides the
-        ``apply_lag`` bound). The voters other than the leader, in one order every broker
-        derives alike, share the turns out evenly: with three voters the two replicas take
-        turns 0 and 2 of 4, so on every entry of a sequential stream at least one of them
-        acknowledges without an apply in its transaction, and the leader needs only one
-        (with five, four replicas take the four turns). Derived again when the configuration
-        or the leader changes; a learner, or a voter that knows no leader yet (every voter is
-        then ranked), may share a turn: that costs only the overlap, never a bound."""
-        key = self._turn_of
-        if key[0] is not self.config or key[1] != self.leader_id:
-            leader = self.leader_id
-            replicas = sorted((v for v in self.config.voters if v != leader), key=repr)
-            if self.id in replicas:
-                self._turn = replicas.index(self.id) * self.apply_lag // len(replicas)
-            else:
-                self._turn = 0
-            self._turn_of = (self.config, leader)
-        return self._turn
 
     def take_messages(self) -> list[Message]:
         """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,

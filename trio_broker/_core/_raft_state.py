@@ -49,8 +49,6 @@ class RaftState:
     max_apply: int
     apply_lag: int
     apply_later: Callable[[Any], bool] | None
-    _turn_of: tuple[Config | None, Any]
-    _turn: int
     _apply_due: bool
     _streaming: bool
     _resend_ticks: int

@@ -145,20 +145,26 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
     return on_group
 
 
-APPLY_LAG = 4
+APPLY_LAG = 8
 """A replica applies committed appends once this many entries wait, or once the leader goes
 idle (``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes
-the new entry alone, and four appends' apply share one transaction
+the new entry alone, and eight appends' apply share one transaction
 (docs/performance-history.md, "One client, one append at a time (ninth round)"); at 100
 connections x 1 in flight, each entry a group of a cycle's lone appends, the same for groups
-(:data:`LAG_GROUP_APPENDS`)."""
+(:data:`LAG_GROUP_APPENDS`). Eight, not four: the two replicas' applies fall on different
+appends (a replica that falls behind steps two REPLICATEs into one Ready, and its count moves),
+and on two cores an apply on any broker slows the append it falls on, the first
+acknowledgement's or not; one in eight of each replica's saves, not one in four, leaves more
+appends with no apply anywhere (docs/performance.md, "Replicas take turns applying (tenth
+round)"). Eight entries are the most a transaction on the event loop's thread applies
+(``_save_place.SHORT_ENTRIES``): a larger lag would hand the apply to the storage thread."""
 LAG_GROUP_APPENDS = 100
 """A COMMAND_GROUP of lone appends waits unapplied on a replica only with at most this many
 (a cycle of 100 connections x 1 in flight brings 5 to 95, median about 44) ..."""
 LAG_GROUP_BYTES = 32 * 1024
 """... and at most this many bytes of values: fewer than ``APPLY_LAG`` entries wait, so at
-most 300 appends and 96 KiB of values wait unapplied on a replica (docs/performance-history.md, "A
-replica's apply lag for small groups (ninth round)"). A pipelined client's groups (64 to 512
+most 700 appends and 224 KiB of values wait unapplied on a replica (docs/performance-history.md,
+"A replica's apply lag for small groups (ninth round)"). A pipelined client's groups (64 to 512
 appends, median 256) are mostly larger, and applied at once."""
 
 _data = operator.attrgetter("data")
