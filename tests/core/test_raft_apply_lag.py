@@ -6,7 +6,6 @@ one append at a time (ninth round)")."""
 from trio_broker._core._commands import AppendBatch, AppendMessage, CommandGroup, CreateQueue
 from trio_broker._runtime._applied import (
     APPLY_LAG,
-    GROUP_LAG,
     LAG_GROUP_APPENDS,
     LAG_GROUP_BYTES,
     applies_later,
@@ -96,8 +95,8 @@ def _group(count: int, data: bytes = b'"v"') -> CommandGroup:
 
 def test_a_replica_lets_small_groups_of_appends_wait_within_the_bounds():
     # A cycle of 100 connections x 1 in flight: groups of at most LAG_GROUP_APPENDS appends
-    # wait like lone appends, fewer than GROUP_LAG entries at a time.
-    assert _waits(*[_group(LAG_GROUP_APPENDS)] * (GROUP_LAG + 1)) == [*range(GROUP_LAG), 0, 1]
+    # wait like lone appends, fewer than APPLY_LAG entries at a time.
+    assert _waits(*[_group(LAG_GROUP_APPENDS)] * 5) == [0, 1, 2, 3, 0, 1]
     # Beyond a bound (appends, bytes of values), or anything but appends: applied at once.
     assert _waits(_group(LAG_GROUP_APPENDS + 1)) == [0, 0]
     large = b'"' + b"x" * (LAG_GROUP_BYTES // 2) + b'"'

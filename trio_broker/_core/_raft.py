@@ -195,7 +195,7 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         max_batch: int = 64,
         max_apply: int = 256,
         apply_lag: int = 1,
-        apply_later: Callable[[Any], bool | int] | None = None,
+        apply_later: Callable[[Any], bool] | None = None,
         pre_vote: bool = True,
         check_quorum: bool = True,
         acknowledged: int | None = None,
@@ -214,9 +214,8 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         runtime's transaction that applies them (a replica catching up applies in steps)."""
         self.apply_lag = apply_lag
         """A broker that does not lead applies committed entries whose payloads
-        ``apply_later`` accepts once ``apply_lag`` of them wait (or fewer: the smallest
-        number ``apply_later`` answered for one of them, when not True), or once the leader
-        went idle (a tick without a REPLICATE of entries, a heartbeat: ``_apply_due``): each
+        ``apply_later`` accepts once ``apply_lag`` of them wait, or once the leader went idle
+        (a tick without a REPLICATE of entries, a heartbeat: ``_apply_due``): each
         Ready of a replica in the sequential workload then persists its entry alone (one page
         in its fsync, not five), and the apply of several entries shares one transaction
         (docs/performance-history.md, "One client, one append at a time (ninth round)"). 1: at

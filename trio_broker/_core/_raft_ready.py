@@ -97,11 +97,9 @@ class ReadyHandOff(_Node):
         """Whether the committed entries not yet applied wait (``RaftNode.apply_lag``): on a
         broker that does not lead, fewer than ``apply_lag`` of them, the leader not gone idle
         since (``_apply_due``), no snapshot to install, and every one's payload accepted by
-        ``apply_later`` (True: up to ``apply_lag``; a number: fewer than that many wait while
-        this payload is among them). Their commit index is then not written either: a restart
-        relearns it from the leader (nothing it guards depends on it: the applied index,
-        written with each apply, says what was applied; the entries are durable in the
-        log)."""
+        ``apply_later``. Their commit index is then not written either: a restart relearns
+        it from the leader (nothing it guards depends on it: the applied index, written with
+        each apply, says what was applied; the entries are durable in the log)."""
         lag = self.commit - self.applied
         if (
             lag <= 0
@@ -114,11 +112,7 @@ class ReadyHandOff(_Node):
             return False
         later = self.apply_later
         log = self.log
-        for i in range(self.applied + 1, self.commit + 1):
-            allowed = later(log.entry(i).payload)
-            if allowed is not True and lag >= allowed:  # (False: 0, applied now)
-                return False
-        return True
+        return all(later(log.entry(i).payload) for i in range(self.applied + 1, self.commit + 1))
 
     def take_messages(self) -> list[Message]:
         """Take now the messages a Ready would carry in ``messages`` (step 1: heartbeats,

@@ -48,7 +48,7 @@ class RaftState:
     max_batch: int
     max_apply: int
     apply_lag: int
-    apply_later: Callable[[Any], bool | int] | None
+    apply_later: Callable[[Any], bool] | None
     _apply_due: bool
     _streaming: bool
     _resend_ticks: int

@@ -145,45 +145,32 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
     return on_group
 
 
-APPLY_LAG = 8
-"""A replica applies committed lone appends once this many entries wait, or once the leader
-goes idle (``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then
-writes the new entry alone, and eight appends' apply share one transaction
-(docs/performance-history.md, "One client, one append at a time (ninth round)"). Eight, not
-four: the two replicas' applies fall on different appends (a replica that falls behind steps
-two REPLICATEs into one Ready, and its count moves), and on two cores an apply on any broker
-slows the append it falls on, the first acknowledgement's or not; one save in eight of each
-replica, not one in four, leaves more appends with no apply anywhere (docs/performance.md,
-"Replicas take turns applying (tenth round)"). Eight entries are the most a transaction on
-the event loop's thread applies (``_save_place.SHORT_ENTRIES``): a larger lag would hand the
-apply to the storage thread. Groups wait fewer (:data:`GROUP_LAG`)."""
-GROUP_LAG = 4
-"""At 100 connections x 1 in flight, each entry a group of a cycle's lone appends: fewer than
-this many entries wait while a group is among them (:data:`LAG_GROUP_APPENDS`). Eight groups
-(about 350 appends) would weigh above ``_save_place.APPLY_AHEAD`` and be applied in a second
-transaction: measured slower and dearer at 100 connections than four (docs/performance.md,
-"Replicas take turns applying (tenth round)")."""
+APPLY_LAG = 4
+"""A replica applies committed appends once this many entries wait, or once the leader goes
+idle (``RaftNode.apply_lag``): in the sequential workload its fsynced transaction then writes
+the new entry alone, and four appends' apply share one transaction
+(docs/performance-history.md, "One client, one append at a time (ninth round)"); at 100
+connections x 1 in flight, each entry a group of a cycle's lone appends, the same for groups
+(:data:`LAG_GROUP_APPENDS`)."""
 LAG_GROUP_APPENDS = 100
 """A COMMAND_GROUP of lone appends waits unapplied on a replica only with at most this many
 (a cycle of 100 connections x 1 in flight brings 5 to 95, median about 44) ..."""
 LAG_GROUP_BYTES = 32 * 1024
-"""... and at most this many bytes of values: fewer than :data:`GROUP_LAG` entries wait while
-one is a group, so at most 300 appends and 96 KiB of values wait unapplied on a replica
-(docs/performance-history.md, "A replica's apply lag for small groups (ninth round)"); lone
-appends alone, fewer than ``APPLY_LAG``. A pipelined client's groups (64 to 512 appends,
-median 256) are mostly larger, and applied at once."""
+"""... and at most this many bytes of values: fewer than ``APPLY_LAG`` entries wait, so at
+most 300 appends and 96 KiB of values wait unapplied on a replica (docs/performance-history.md, "A
+replica's apply lag for small groups (ninth round)"). A pipelined client's groups (64 to 512
+appends, median 256) are mostly larger, and applied at once."""
 
 _data = operator.attrgetter("data")
-_judged: dict[int, tuple[Any, int]] = {}
+_judged: dict[int, tuple[Any, bool]] = {}
 """:func:`applies_later`'s answers for the last groups asked, by identity (with the group, so
 its identity is not reused): a replica asks of the same waiting entries at each Ready."""
 
 
-def applies_later(payload: Any) -> bool | int:
+def applies_later(payload: Any) -> bool:
     """Whether a committed entry's apply may wait on a replica (``RaftNode.apply_later``):
-    a lone append (True: up to ``APPLY_LAG``), or a group of lone appends within
-    :data:`LAG_GROUP_APPENDS` and :data:`LAG_GROUP_BYTES` (:data:`GROUP_LAG`: fewer entries
-    wait while it is among them), whose apply no request on a replica reads (its clients' requests
+    a lone append, or a group of lone appends within :data:`LAG_GROUP_APPENDS` and
+    :data:`LAG_GROUP_BYTES`, whose apply no request on a replica reads (its clients' requests
     go to the leader). A command whose effect a broker reads from its own store (the
     cluster's map, a queue's name, membership) is applied at once, as before; so are batches,
     groups holding anything else, and larger groups (a pipelined client's), where the apply's
@@ -198,13 +185,9 @@ def applies_later(payload: Any) -> bool | int:
         return known[1]
     commands = payload.commands
     later = (
-        GROUP_LAG
-        if (
-            len(commands) <= LAG_GROUP_APPENDS
-            and set(map(type, commands)) == _LONE
-            and sum(map(len, map(_data, commands))) <= LAG_GROUP_BYTES
-        )
-        else 0
+        len(commands) <= LAG_GROUP_APPENDS
+        and set(map(type, commands)) == _LONE
+        and sum(map(len, map(_data, commands))) <= LAG_GROUP_BYTES
     )
     if len(_judged) >= 8:
         _judged.clear()
