@@ -18,12 +18,15 @@ Per append, median and mean over the rounds: the thread's CPU (``time.thread_tim
 fsync's system time counted, its wait not), the wall time (the fsync's wait in it: noisy on
 a shared disk), and the WAL frames written per transaction (4 KiB pages, each written and
 synced; counted with SQLite's WAL hook, which takes over automatic checkpoints here: the
-WAL only grows during the run).
+WAL only grows during the run). The lagging store's saves are then shown apart (the entry
+alone; the entry with the apply of what waited), and the first of two replicas'
+acknowledgements estimated from them, both replicas applying on one entry or taking turns.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -47,6 +50,7 @@ def main() -> None:
     cpu, wall = time.thread_time, time.perf_counter
     ways = ("at once", f"lag {args.lag}")
     seen: dict[str, list[tuple[float, float, int]]] = {way: [] for way in ways}
+    split: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
     with (
         tempfile.TemporaryDirectory() as d1,
         queue_store(d1) as once,
@@ -72,6 +76,7 @@ def main() -> None:
             entry = entry_at(3 + n)
             waiting.append(previous)
             for way in ways if n % 2 else ways[::-1]:
+                applies = False
                 started, began = cpu(), wall()
                 if way == ways[0]:
                     once.save(
@@ -80,6 +85,7 @@ def main() -> None:
                         committed=[previous],
                     )
                 elif len(waiting) >= args.lag:
+                    applies = True
                     lagged.save(
                         entries=[entry],
                         hard_state=rm.HardState(1, None, previous.index),
@@ -93,17 +99,52 @@ def main() -> None:
                 frames[way][1] = now
                 if n >= 20:
                     seen[way].append((spent / per, took / per, now - last))
+                    if way == ways[1]:
+                        split[applies].append((spent / per, took / per, now - last))
             previous = entry
     shape = f"groups of {args.group}" if args.group else "sequential"
     print(f"a replica's save per append ({shape}), {args.rounds} rounds (µs; WAL frames per save)")
-    print(f"  {'':<9} {'CPU p50':>8} {'CPU mean':>9} {'wall p50':>9} {'wall p90':>9} {'frames':>7}")
-    for way, rows in seen.items():
+    print(
+        f"  {'':<22} {'CPU p50':>8} {'CPU mean':>9} {'wall p50':>9} {'wall p90':>9} {'frames':>7}"
+    )
+    named = {f"{ways[1]}: entry alone": split[False], f"{ways[1]}: applies": split[True]}
+    for way, rows in {**seen, **named}.items():
         cpus, walls, written = zip(*rows, strict=True)
         p90 = sorted(walls)[len(walls) * 9 // 10]
         print(
-            f"  {way:<9} {statistics.median(cpus) * 1e6:8.1f} {statistics.mean(cpus) * 1e6:9.1f}"
+            f"  {way:<22} {statistics.median(cpus) * 1e6:8.1f} {statistics.mean(cpus) * 1e6:9.1f}"
             f" {statistics.median(walls) * 1e6:9.0f} {p90 * 1e6:9.0f}"
             f" {statistics.mean(written):7.2f}"
+        )
+    _turns(args.lag, [w for _, w, _ in split[False]], [w for _, w, _ in split[True]])
+
+
+def _turns(lag: int, alone: list[float], applies: list[float]) -> None:
+    """What the leader waits for, estimated from these saves' wall times: the first of two
+    replicas' saves (the other acknowledgement is not on the path), drawn independently,
+    over ``lag`` entries. Both replicas apply on the same entry (one entry in ``lag`` draws
+    two applying saves), or they take turns (two entries in ``lag`` draw one of each: turns
+    half the lag apart, as docs/performance.md's "Replicas take turns applying (tenth
+    round)" tried). The fsync's noise is shared by the two replicas of a real cluster (one
+    disk), and on two cores the CPU too: an estimate of the best case, not a figure. The
+    timeline (``benchmarks.sequential_timeline``) shows what a real cluster does."""
+    if not alone or not applies:
+        return
+    rng = random.Random(1)
+    together: list[float] = []
+    turns: list[float] = []
+    for _ in range(4000):
+        for k in range(lag):
+            a, b = rng.choice(alone), rng.choice(alone)
+            together.append(min(rng.choice(applies), rng.choice(applies)) if k == 0 else min(a, b))
+            turns.append(min(rng.choice(applies), b) if k in (0, lag // 2) else min(a, b))
+    print("the first of two replicas' saves, estimated (wall µs)")
+    print(f"  {'':<24} {'p50':>6} {'p90':>7} {'mean':>7}")
+    for name, rows in (("both apply on one entry", together), ("turns", turns)):
+        rows.sort()
+        print(
+            f"  {name:<24} {rows[len(rows) // 2] * 1e6:6.0f} {rows[len(rows) * 9 // 10] * 1e6:7.0f}"
+            f" {statistics.mean(rows) * 1e6:7.0f}"
         )
 
 

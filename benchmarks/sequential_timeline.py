@@ -13,8 +13,10 @@ The probes wrap, in the broker processes only: the event loop's waits for I/O (a
 it), the request's decode, ``RaftNode.propose``, ``RaftDriver._handle_ready``, ``step``
 (the commit index's moves are noted after each), ``_apply_here`` and
 ``_persist_after_frames``, ``Store.save`` (which thread, how many entries written and
-applied), the peer links' encode of each batch (it is written at once after it) and the
-answer's write to the client's socket.
+applied: ``R1 save applies too`` counts the appends whose first acknowledgement came from a
+save that also applied what waited), the peer links' encode of each batch (it is written
+at once after it) and the answer's write to the client's socket. The whole append is then
+shown by which replicas' saves of its entry applied (both, one, none), in the same run.
 
 For each append the events between the client's send and its receipt of the answer are
 matched by the entry's index where they carry one (the leader's proposal, the REPLICATE and
@@ -163,6 +165,8 @@ def _install(trace: str) -> None:
         where = "loop" if threading.current_thread() is main else "thread"
         kind = f"save<{where}"
         rec((now(), kind, last(entries) or -last(committed)))
+        if entries and committed:  # (a replica's save that applies what waited)
+            rec((now(), "applies", last(entries)))
         try:
             return save(self, *args, **kwargs)
         finally:
@@ -276,6 +280,7 @@ def _steps(
             rw, "save<thread", send, index
         )
         out[f"{r} save done (fsynced)"] = _first(rw, "save>", send, index)
+        out[f"{r} save applies too"] = _first(rw, "applies", send, index)
         out[f"{r} ack encoded (written)"] = _first(rw, "send A", send, index)
     # The thread's CPU time at each step (same process, same thread: the loop's).
     cpu = {"cpu " + k: cpu_of[k.split(" ", 1)[0]].get(v, 0) for k, v in out.items() if v}
@@ -360,6 +365,39 @@ def _report(rows: list[dict[str, int]], appends: int) -> None:
         print(f"  {name:<36} {median:6.0f} {p10:6.0f} {p90:6.0f} {gap:>6}  {len(values)}")
         before = name
     _segments(rows)
+    _by_applies(rows)
+
+
+def _by_applies(rows: list[dict[str, int]]) -> None:
+    """The whole append (and the first acknowledgement's save) by which replicas' saves of
+    its entry also applied what waited: both (every replica at its lag on the same entry),
+    only the second to acknowledge, only the first, none. Taken in one run, so the load
+    weighs alike on each kind."""
+    print(
+        f"  {'by the replicas applying on the entry':<40} {'appends':>7} {'p50':>6} {'p90':>6}"
+        f" {'R1 save p50':>12}"
+    )
+    kinds = {"both": (1, 1), "R2 only": (0, 1), "R1 only": (1, 0), "none": (0, 0)}
+    for label, (one, two) in kinds.items():
+        picked = [
+            r
+            for r in rows
+            if bool(r.get("R1 save applies too")) == one
+            and bool(r.get("R2 save applies too")) == two
+        ]
+        if not picked:
+            continue
+        whole = sorted(r["client has the answer"] / 1000 for r in picked)
+        saves = [
+            (r["R1 save done (fsynced)"] - r["R1 save begins"]) / 1000
+            for r in picked
+            if r.get("R1 save done (fsynced)") and r.get("R1 save begins")
+        ]
+        save = f"{statistics.median(saves):12.0f}" if saves else ""
+        print(
+            f"  {label:<40} {len(picked):7} {statistics.median(whole):6.0f}"
+            f" {whole[len(whole) * 9 // 10]:6.0f} {save:>12}"
+        )
 
 
 SEGMENTS = (
