@@ -54,7 +54,13 @@ from .._protocol import (
     encode_frame,
     encode_response,
 )
-from .._protocol._codec import OPERATION_NAMES, PlainAppend, as_request, decode_client_request
+from .._protocol._codec import (
+    _APPEND_QUEUE_START,
+    OPERATION_NAMES,
+    PlainAppend,
+    as_request,
+    decode_client_request,
+)
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._direct import AVAILABLE as DIRECT_SOCKETS
@@ -69,6 +75,8 @@ from ._log import log_event, logger
 from ._network import transport_socket
 from ._operations import wrong_cluster
 from ._outbox import Outbox
+from ._poller import AVAILABLE as POLLER_AVAILABLE
+from ._poller import PolledSocket, Poller
 from ._security import AuthThrottle, Security
 from ._writer import AnswerWriter, ObserveBatch
 
@@ -156,6 +164,8 @@ class ConnectionServer:
         self._reserve: DescriptorReserve | None = None
         self._serving = 0
         self._limit_checked = False
+        self.poller: Poller | None = None
+        """Watches the plain-TCP client sockets' receives (:mod:`._poller`), once started."""
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -176,6 +186,8 @@ class ConnectionServer:
         if not self._limit_checked and any(transport_listener_socket(x) for x in listeners):
             self._limit_checked = True  # real sockets: the host's limit applies
             check_descriptor_limit(self.config.max_connections)
+            if POLLER_AVAILABLE and self.poller is None:
+                await self.start_poller(connections)
         if self._reserve is None:
             self._reserve = DescriptorReserve()
         self._serving += 1
@@ -191,6 +203,12 @@ class ConnectionServer:
             if self._serving == 0 and self._reserve is not None:
                 self._reserve.close()
                 self._reserve = None
+
+    async def start_poller(self, nursery: trio.Nursery) -> None:
+        """Start the task that watches plain-TCP connections' receives (:mod:`._poller`) in
+        ``nursery``, the connections': it fails the broker if it fails, and stops with them."""
+        self.poller = Poller()
+        await nursery.start(self.poller.run)
 
     async def _accept(
         self, listener: trio.abc.Listener[Any], handler: Any, connections: trio.Nursery
@@ -246,8 +264,13 @@ class ConnectionServer:
         # for all connections (config.max_buffered_bytes).
         outbox = Outbox(self.budget.account())
         peer_closed = False
-        direct = DIRECT_SOCKETS and type(stream) is trio.SocketStream
-        io = DirectSocket(stream) if direct else stream  # type: ignore[arg-type]
+        io: trio.abc.Stream | DirectSocket = stream
+        if DIRECT_SOCKETS and type(stream) is trio.SocketStream:
+            poller = self.poller
+            if poller is not None and poller.running:
+                io = PolledSocket(stream, poller)
+            else:
+                io = DirectSocket(stream)
         writer = AnswerWriter(
             io,
             outbox,
@@ -267,6 +290,8 @@ class ConnectionServer:
                         finally:
                             self._readers.discard(reading)
                 finally:
+                    if type(io) is PolledSocket:
+                        io.detach()  # (before the stream closes)
                     outbox.close()  # the writer ends once what is left is written
                     writer.kick()
         finally:
@@ -331,6 +356,9 @@ class ConnectionServer:
                 assert given == len(run), "a request of the run was not answered"
             run.clear()
             run_info.clear()
+
+        if type(io) is PolledSocket and handle_lone is not None:
+            io.fast = self._fast_lone(decoder, outbox, writer, session, handle_lone)
 
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
@@ -480,7 +508,58 @@ class ConnectionServer:
                 if isinstance(accepted, BrokerError):
                     return False
                 writer.kick()
+                if type(io) is PolledSocket:
+                    io.detach()  # (the peer stream's reader waits through trio)
                 return await self._serve_peer(stream, decoder, peer, request.broker_id)
+
+    def _fast_lone(
+        self,
+        decoder: FrameDecoder,
+        outbox: Outbox,
+        writer: AnswerWriter,
+        session: Session,
+        handle_lone: HandleLone,
+    ) -> Callable[[bytes], bool]:
+        """What the poller calls with a receive while the connection's task waits for one
+        (:mod:`._poller`): a receive of one whole frame, the original contract's APPEND,
+        that ``handle_lone`` decides at once, is served as :meth:`_read_requests` would serve
+        it (True); anything else is left untouched (False) for the task to read."""
+        max_frame = decoder.max_frame
+        max_in_flight = self.config.max_in_flight
+        account = outbox.account
+        lets_through = self._lets_clients_through
+        start = _APPEND_QUEUE_START
+
+        def fast(data: bytes) -> bool:
+            size = len(data) - 4
+            if (
+                decoder.buffered
+                or size > max_frame
+                or outbox.in_flight >= max_in_flight
+                or int.from_bytes(data[:4], "big") != size
+                or not data.startswith(start, 4)
+                or not lets_through(session)
+            ):
+                return False
+            started = time.perf_counter()
+            payload = data[4:]
+            try:
+                request = decode_client_request(payload)
+            except ProtocolError:
+                return False
+            if type(request) is not tuple:
+                return False
+            if not account.take(size):
+                return False
+            answer = handle_lone(request)
+            if answer is None:
+                account.release(size)
+                return False
+            outbox.put("APPEND", started, answer, size)
+            writer.kick()
+            return True
+
+        return fast
 
     async def _slow_auth_failure(self, peer: str, failures: int) -> bool:
         """Wait before answering an AUTH failure; False: close without answering."""
