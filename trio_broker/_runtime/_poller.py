@@ -56,11 +56,13 @@ _EVENTS = select.EPOLLIN | select.EPOLLET if AVAILABLE else 0
 class Poller:
     """One broker's epoll of plain-TCP client sockets and the task that serves it."""
 
-    __slots__ = ("_epoll", "_polled", "running")
+    __slots__ = ("_epoll", "_polled", "running", "served")
 
     def __init__(self) -> None:
         self._epoll: Any = None
         self._polled: dict[int, PolledSocket] = {}
+        self.served = 0
+        """Receives served whole by the poller (its connection's task not woken)."""
         self.running = False
         """The task serves the epoll: a connection may register (else it waits through trio)."""
 
@@ -179,6 +181,7 @@ class PolledSocket(DirectSocket):
         if data and drained and fast is not None:
             try:
                 if fast(data):
+                    self._poller.served += 1  # type: ignore[union-attr]  (registered: set)
                     return
             except Exception as exc:  # (a bug: it ends this connection, as in its own task)
                 self._task = None
