@@ -8,7 +8,9 @@ Every frame of one receive is decided before the next receive, and all the answe
 that moment leave in one write (docs/performance-history.md, "Batch per receive"): on TCP made by
 the task that learns they are known, as it settles them, else by the connection's writer task
 (:mod:`._writer`). A TCP connection's receives and writes go through
-:class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait.
+:class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait; on
+Linux its waits are the broker's own poller's (:mod:`._poller`), which serves a receive of one
+lone APPEND itself (:meth:`ConnectionServer._fast_lone`) without waking the connection's task.
 A little past the house's ~600 lines: the read loop's cases (limits, authentication, the hand-over
 to a peer stream) are one state machine over its locals; split, they would pass a dozen of them.
 A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then

@@ -101,6 +101,7 @@ class Poller:
         finally:
             self.running = False
             left, self._polled = list(polled.values()), {}
+            trio.lowlevel.notify_closing(epoll)
             epoll.close()
             for connection in left:
                 connection.orphan()
