@@ -297,6 +297,8 @@ class ConnectionServer:
                     outbox.close()  # the writer ends once what is left is written
                     writer.kick()
         finally:
+            if type(io) is PolledSocket:
+                io.detach()  # (ended before its reading began: still before the stream closes)
             outbox.account.close()
         if not peer_closed:
             await _linger(stream)
