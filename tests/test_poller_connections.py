@@ -408,3 +408,29 @@ async def test_a_bug_in_a_lone_decision_ends_only_its_connection(caplog):
             for client in (victim, other):
                 await client.stream.aclose()
     assert any("connection.crashed" in record.getMessage() for record in caplog.records)
+
+
+async def test_bytes_that_arrive_while_the_task_is_busy_are_read_by_the_task():
+    """An event for a connection whose task holds its socket (deciding a request that waits)
+    is not lost: the task reads those bytes itself before it waits with the poller again."""
+    decisions = Decisions()
+    release = trio.Event()
+    decide_many = decisions.handle_many
+
+    async def waiting_many(run: list[Any], session: Any, answered: Any) -> None:
+        await release.wait()
+        await decide_many(run, session, answered)
+
+    server = _server(decisions)
+    server._handle_many = waiting_many  # type: ignore[assignment]
+    with trio.fail_after(DEADLINE):
+        async with _serving(server) as port:
+            client = await _connect(port)
+            await client.stream.send_all(_append("Q-WAIT", "first"))
+            await trio.testing.wait_all_tasks_blocked(0.01)  # its task waits in handle_many
+            await client.stream.send_all(_append("Q-LONE", "second"))
+            await trio.testing.wait_all_tasks_blocked(0.01)  # the poller saw it, busy
+            release.set()
+            assert await client.answers(2) == ["many:first", "lone:second"]
+            await client.stream.aclose()
+    assert server.poller is not None and server.poller.served == 0
