@@ -361,8 +361,9 @@ class ConnectionServer:
             run.clear()
             run_info.clear()
 
-        if type(io) is PolledSocket and handle_lone is not None:
-            io.fast = self._fast_lone(decoder, outbox, writer, session, handle_lone)
+        polled = io if type(io) is PolledSocket else None
+        if polled is not None and handle_lone is not None:
+            polled.fast = self._fast_lone(polled, decoder, outbox, writer, session, handle_lone)
 
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
@@ -461,11 +462,15 @@ class ConnectionServer:
                     if open_session:
                         if last and handle_lone is not None:
                             # The receive's one request (one in flight): decided at once,
-                            # no run and no coroutine, unless it may wait (None).
-                            answer = handle_lone(request)  # type: ignore[arg-type]
-                            if answer is not None:
-                                outbox.put("APPEND", started, answer, charged)
-                                continue
+                            # no run and no coroutine, unless it may wait (None; asked
+                            # already by the poller, which then handed the receive here).
+                            if polled is not None and polled.lone_refused:
+                                polled.lone_refused = False
+                            else:
+                                answer = handle_lone(request)  # type: ignore[arg-type]
+                                if answer is not None:
+                                    outbox.put("APPEND", started, answer, charged)
+                                    continue
                         run.append(request)
                         run_info.append(("APPEND", started, charged))
                         continue
@@ -518,6 +523,7 @@ class ConnectionServer:
 
     def _fast_lone(
         self,
+        polled: PolledSocket,
         decoder: FrameDecoder,
         outbox: Outbox,
         writer: AnswerWriter,
@@ -527,7 +533,8 @@ class ConnectionServer:
         """What the poller calls with a receive while the connection's task waits for one
         (:mod:`._poller`): a receive of one whole frame, the original contract's APPEND,
         that ``handle_lone`` decides at once, is served as :meth:`_read_requests` would serve
-        it (True); anything else is left untouched (False) for the task to read."""
+        it (True); anything else is left untouched (False) for the task to read, but for
+        ``polled.lone_refused``: ``handle_lone`` answered None, the task does not ask again."""
         max_frame = decoder.max_frame
         max_in_flight = self.config.max_in_flight
         account = outbox.account
@@ -558,6 +565,7 @@ class ConnectionServer:
             answer = handle_lone(request)
             if answer is None:
                 account.release(size)
+                polled.lone_refused = True
                 return False
             outbox.put("APPEND", started, answer, size)
             writer.kick()

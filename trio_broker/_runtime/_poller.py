@@ -110,7 +110,7 @@ class Poller:
 class PolledSocket(DirectSocket):
     """A :class:`~._direct.DirectSocket` whose waits for bytes are the :class:`Poller`'s."""
 
-    __slots__ = ("_poller", "_ready", "_task", "fast", "fd")
+    __slots__ = ("_poller", "_ready", "_task", "fast", "fd", "lone_refused")
 
     def __init__(self, stream: trio.SocketStream, poller: Poller) -> None:
         super().__init__(stream)
@@ -123,6 +123,9 @@ class PolledSocket(DirectSocket):
         self.fast: Callable[[bytes], bool] | None = None
         """Takes a receive whole at once (True), or leaves it untouched for the task (False);
         called only while the task is parked in :meth:`receive_some`."""
+        self.lone_refused = False
+        """``fast`` asked ``handle_lone`` about the receive it handed to the task, which
+        answered None: the task's read loop does not ask again (once)."""
         if not poller.register(self):
             self._poller = None
 
