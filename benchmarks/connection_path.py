@@ -147,7 +147,7 @@ class _Steps(trio.abc.Instrument):
         self.steps += 1
 
 
-async def _run(connections: int, window: int, per_connection: int) -> float:
+async def _run(connections: int, window: int, per_connection: int, poller: bool = True) -> float:
     with tempfile.TemporaryDirectory() as base:
         config = BrokerConfig(data_dir=base, port=0)
         driver = _Driver()
@@ -188,6 +188,8 @@ async def _run(connections: int, window: int, per_connection: int) -> float:
             raw.close()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(driver.run)
+            if poller and hasattr(server, "start_poller"):  # (since the tenth round)
+                await server.start_poller(nursery)
             started = time.process_time()
             async with trio.open_nursery() as served_connections:
                 for served, _ in pairs:
@@ -209,11 +211,21 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4000, help="per connection")
+    parser.add_argument(
+        "--no-poller", action="store_true", help="every connection waits through trio"
+    )
     args = parser.parse_args()
     gc.set_threshold(*GC_THRESHOLDS)
     steps = _Steps()
     runs = [
-        trio.run(_run, args.connections, args.window, args.requests, instruments=[steps])
+        trio.run(
+            _run,
+            args.connections,
+            args.window,
+            args.requests,
+            not args.no_poller,
+            instruments=[steps],
+        )
         for _ in range(args.rounds)
     ]
     print(

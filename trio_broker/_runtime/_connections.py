@@ -8,7 +8,9 @@ Every frame of one receive is decided before the next receive, and all the answe
 that moment leave in one write (docs/performance-history.md, "Batch per receive"): on TCP made by
 the task that learns they are known, as it settles them, else by the connection's writer task
 (:mod:`._writer`). A TCP connection's receives and writes go through
-:class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait.
+:class:`~._direct.DirectSocket`: the system call at once, the scheduler only to wait; on
+Linux its waits are the broker's own poller's (:mod:`._poller`), which serves a receive of one
+lone APPEND itself (:meth:`ConnectionServer._fast_lone`) without waking the connection's task.
 A little past the house's ~600 lines: the read loop's cases (limits, authentication, the hand-over
 to a peer stream) are one state machine over its locals; split, they would pass a dozen of them.
 A connection that opens with PEER_HELLO is handed, once accepted, to ``serve_peer``: from then
@@ -54,7 +56,13 @@ from .._protocol import (
     encode_frame,
     encode_response,
 )
-from .._protocol._codec import OPERATION_NAMES, PlainAppend, as_request, decode_client_request
+from .._protocol._codec import (
+    _APPEND_QUEUE_START,
+    OPERATION_NAMES,
+    PlainAppend,
+    as_request,
+    decode_client_request,
+)
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._direct import AVAILABLE as DIRECT_SOCKETS
@@ -69,6 +77,8 @@ from ._log import log_event, logger
 from ._network import transport_socket
 from ._operations import wrong_cluster
 from ._outbox import Outbox
+from ._poller import AVAILABLE as POLLER_AVAILABLE
+from ._poller import PolledSocket, Poller
 from ._security import AuthThrottle, Security
 from ._writer import AnswerWriter, ObserveBatch
 
@@ -156,6 +166,8 @@ class ConnectionServer:
         self._reserve: DescriptorReserve | None = None
         self._serving = 0
         self._limit_checked = False
+        self.poller: Poller | None = None
+        """Watches the plain-TCP client sockets' receives (:mod:`._poller`), once started."""
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -176,6 +188,8 @@ class ConnectionServer:
         if not self._limit_checked and any(transport_listener_socket(x) for x in listeners):
             self._limit_checked = True  # real sockets: the host's limit applies
             check_descriptor_limit(self.config.max_connections)
+            if POLLER_AVAILABLE and self.poller is None:
+                await self.start_poller(connections)
         if self._reserve is None:
             self._reserve = DescriptorReserve()
         self._serving += 1
@@ -191,6 +205,12 @@ class ConnectionServer:
             if self._serving == 0 and self._reserve is not None:
                 self._reserve.close()
                 self._reserve = None
+
+    async def start_poller(self, nursery: trio.Nursery) -> None:
+        """Start the task that watches plain-TCP connections' receives (:mod:`._poller`) in
+        ``nursery``, the connections': it fails the broker if it fails, and stops with them."""
+        self.poller = Poller()
+        await nursery.start(self.poller.run)
 
     async def _accept(
         self, listener: trio.abc.Listener[Any], handler: Any, connections: trio.Nursery
@@ -246,8 +266,13 @@ class ConnectionServer:
         # for all connections (config.max_buffered_bytes).
         outbox = Outbox(self.budget.account())
         peer_closed = False
-        direct = DIRECT_SOCKETS and type(stream) is trio.SocketStream
-        io = DirectSocket(stream) if direct else stream  # type: ignore[arg-type]
+        io: trio.abc.Stream | DirectSocket = stream
+        if DIRECT_SOCKETS and type(stream) is trio.SocketStream:
+            poller = self.poller
+            if poller is not None and poller.running:
+                io = PolledSocket(stream, poller)
+            else:
+                io = DirectSocket(stream)
         writer = AnswerWriter(
             io,
             outbox,
@@ -267,9 +292,13 @@ class ConnectionServer:
                         finally:
                             self._readers.discard(reading)
                 finally:
+                    if type(io) is PolledSocket:
+                        io.detach()  # (before the stream closes)
                     outbox.close()  # the writer ends once what is left is written
                     writer.kick()
         finally:
+            if type(io) is PolledSocket:
+                io.detach()  # (ended before its reading began: still before the stream closes)
             outbox.account.close()
         if not peer_closed:
             await _linger(stream)
@@ -331,6 +360,10 @@ class ConnectionServer:
                 assert given == len(run), "a request of the run was not answered"
             run.clear()
             run_info.clear()
+
+        polled = io if type(io) is PolledSocket else None
+        if polled is not None and handle_lone is not None:
+            polled.fast = self._fast_lone(polled, decoder, outbox, writer, session, handle_lone)
 
         frame_began: float | None = None
         """When the frame partly buffered began to wait for the rest (None: between frames)."""
@@ -429,11 +462,15 @@ class ConnectionServer:
                     if open_session:
                         if last and handle_lone is not None:
                             # The receive's one request (one in flight): decided at once,
-                            # no run and no coroutine, unless it may wait (None).
-                            answer = handle_lone(request)  # type: ignore[arg-type]
-                            if answer is not None:
-                                outbox.put("APPEND", started, answer, charged)
-                                continue
+                            # no run and no coroutine, unless it may wait (None; asked
+                            # already by the poller, which then handed the receive here).
+                            if polled is not None and polled.lone_refused:
+                                polled.lone_refused = False
+                            else:
+                                answer = handle_lone(request)  # type: ignore[arg-type]
+                                if answer is not None:
+                                    outbox.put("APPEND", started, answer, charged)
+                                    continue
                         run.append(request)
                         run_info.append(("APPEND", started, charged))
                         continue
@@ -480,7 +517,61 @@ class ConnectionServer:
                 if isinstance(accepted, BrokerError):
                     return False
                 writer.kick()
+                if type(io) is PolledSocket:
+                    io.detach()  # (the peer stream's reader waits through trio)
                 return await self._serve_peer(stream, decoder, peer, request.broker_id)
+
+    def _fast_lone(
+        self,
+        polled: PolledSocket,
+        decoder: FrameDecoder,
+        outbox: Outbox,
+        writer: AnswerWriter,
+        session: Session,
+        handle_lone: HandleLone,
+    ) -> Callable[[bytes], bool]:
+        """What the poller calls with a receive while the connection's task waits for one
+        (:mod:`._poller`): a receive of one whole frame, the original contract's APPEND,
+        that ``handle_lone`` decides at once, is served as :meth:`_read_requests` would serve
+        it (True); anything else is left untouched (False) for the task to read, but for
+        ``polled.lone_refused``: ``handle_lone`` answered None, the task does not ask again."""
+        max_frame = decoder.max_frame
+        max_in_flight = self.config.max_in_flight
+        account = outbox.account
+        lets_through = self._lets_clients_through
+        start = _APPEND_QUEUE_START
+
+        def fast(data: bytes) -> bool:
+            size = len(data) - 4
+            if (
+                decoder.buffered
+                or size > max_frame
+                or outbox.in_flight >= max_in_flight
+                or int.from_bytes(data[:4], "big") != size
+                or not data.startswith(start, 4)
+                or not lets_through(session)
+            ):
+                return False
+            started = time.perf_counter()
+            payload = data[4:]
+            try:
+                request = decode_client_request(payload)
+            except ProtocolError:
+                return False
+            if type(request) is not tuple:
+                return False
+            if not account.take(size):
+                return False
+            answer = handle_lone(request)
+            if answer is None:
+                account.release(size)
+                polled.lone_refused = True
+                return False
+            outbox.put("APPEND", started, answer, size)
+            writer.kick()
+            return True
+
+        return fast
 
     async def _slow_auth_failure(self, peer: str, failures: int) -> bool:
         """Wait before answering an AUTH failure; False: close without answering."""

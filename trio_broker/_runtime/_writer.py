@@ -82,7 +82,9 @@ class AnswerWriter:
         bytes held, the answers' size, how many answers), for the writer task."""
         self._failed: Exception | None = None
         """What the immediate path failed with (a bug): the writer task raises it."""
-        self._on_known: Callable[[], None] | None = self.pump if type(io) is DirectSocket else None
+        self._on_known: Callable[[], None] | None = (
+            self.pump if isinstance(io, DirectSocket) else None
+        )
         """What an answer calls once it is known (a TCP connection's): :meth:`pump`."""
 
     def kick(self) -> None:
