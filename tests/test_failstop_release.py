@@ -244,3 +244,26 @@ def test_a_backup_writes_nothing_to_a_stopped_brokers_files(tmp_path: Path) -> N
     info = backup(data_dir, tmp_path / "copy.sqlite3")
     assert info.broker_id == "B-AAAAA"
     assert _files(data_dir) == before
+
+
+def test_an_open_whose_fsync_fails_closes_writing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's open syncs its new files after creating the schema (commits in the WAL);
+    that fsync fails: the open's connection closes without SQLite's checkpoint, so the WAL
+    is kept and the database file is not written (before: a plain close, the last one, which
+    checkpointed the WAL into the file, synced it and deleted the WAL)."""
+    from trio_broker._storage import _store
+    from trio_broker._storage._failed import FsyncFailed
+
+    def failing_sync(data_dir: Path) -> None:
+        before.update(_files(data_dir))
+        raise FsyncFailed(5, f"fsync of {data_dir} failed: Input/output error")
+
+    before: dict[str, tuple[str, int]] = {}
+    monkeypatch.setattr(_store, "sync_new_files", failing_sync)
+    data_dir = tmp_path / "b1"
+    with pytest.raises(FsyncFailed):
+        Store(data_dir)
+    assert (data_dir / "broker.sqlite3-wal").stat().st_size > 0
+    assert _files(data_dir) == before

@@ -120,8 +120,10 @@ class Store:
             equals it does not write it again."""
             sync_new_files(self.data_dir)
             self._log_damage = check_log(self._db, self.get_meta("snapshot_index", 0))
-        except BaseException:
-            if hasattr(self, "_db"):
+        except BaseException as exc:
+            if hasattr(self, "_db") and lost_writes(exc):
+                close_unwritten(self._db)  # (no closing checkpoint: it would write and sync)
+            elif hasattr(self, "_db"):
                 self._db.close()
             self._lock.release()
             raise
