@@ -9,7 +9,9 @@ or returns such a failure among its outcomes (a batch of several groups' saves),
 worker: every later job is refused with :class:`._failed.StorageFailed` without touching
 SQLite, so nothing more is written, synced or trimmed through that storage
 (docs/reliability.md, "A failed fsync stops the broker"). The check runs on the storage
-thread as the job ends, before the next job starts.
+thread as the job ends, before the next job starts. One job runs on a failed worker: the
+abandon of its stores and shared log as their run ends (:func:`close_storage`), which closes
+their connections without a write and releases their folders' locks.
 """
 
 from __future__ import annotations
