@@ -318,7 +318,7 @@ async def test_a_failed_fsync_on_a_group_of_a_shared_log_stops_its_whole_broker(
     ``storage.failed`` line naming the group's file and the shared log, the mark in b2's own
     folder, not the group's), and from then on no save, trim, sync or close runs on any store
     of b2's shared storage."""
-    from tests.wire import RawConnection, create_queue
+    from tests.wire import RawConnection
     from trio_broker._storage import _shared_log
     from trio_broker.testing import open_local_cluster
 
@@ -357,7 +357,7 @@ async def test_a_failed_fsync_on_a_group_of_a_shared_log_stops_its_whole_broker(
 
             await wait_voting_spread(cluster, 3)
             broker = cluster.brokers["b1"]
-            queues = [await create_queue(broker.port) for _ in range(3)]
+            queues = [await _create_queue_settled(broker.port) for _ in range(3)]
             connection = await RawConnection.open(broker.port)
             armed[0] = True
             with trio.fail_after(20):
@@ -388,6 +388,20 @@ async def test_a_failed_fsync_on_a_group_of_a_shared_log_stops_its_whole_broker(
     (aside,) = b2.glob("damaged-*")
     assert (aside / FAILED_FILE).exists() and (aside / "groups" / "shared-log.sqlite3").exists()
     assert not (b2 / "groups").exists() and not (b2 / FAILED_FILE).exists()
+
+
+async def _create_queue_settled(port: int) -> str:
+    """CREATE_QUEUE, asked again while the metadata's leader hands its leadership over (the
+    spread the cluster keeps may still be moving one when ``wait_voting_spread`` returns)."""
+    from tests.wire import call
+
+    with trio.fail_after(10):
+        while True:
+            answer = await call(port, {"operation": "CREATE_QUEUE"})
+            if answer.get("code") != "NOT_LEADER":
+                assert answer["status"] == "success", answer
+                return str(answer["queue_id"])
+            await trio.sleep(0.05)
 
 
 def test_a_write_that_fails_while_a_node_starts_is_marked_and_reported(

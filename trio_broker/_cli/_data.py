@@ -4,9 +4,10 @@ broker's data folder.
 ``check`` opens the data as a starting broker would (SQLite's integrity check, every log entry's
 checksum) and then reads every stored value back against its checksum; on a folder where a write
 failed (``STORAGE-FAILED``, docs/reliability.md, "A failed fsync stops the broker") it reports
-that instead. ``reset`` moves the database files, the groups' folder and that mark, into a
-``damaged-<time>`` folder beside them (nothing is deleted), so that the broker can rejoin its
-cluster empty and be refilled by the others (docs/reliability.md, "Damaged data"). ``trust-log``
+that instead, as ``trust-log`` does. ``reset`` moves the database files, the groups' folder
+and that mark, into a ``damaged-<time>`` folder beside them (nothing is deleted), so that the
+broker can rejoin its cluster empty and be refilled by the others (docs/reliability.md,
+"Damaged data"). ``trust-log``
 is the operator's override when a cluster whose machines rebooted cannot verify a majority
 (docs/reliability.md, "A reboot votes only once it knows"): it accepts the broker's log as it
 is, in the folder and in each group's folder.
@@ -100,8 +101,12 @@ def _trust_log(data_dir: Path) -> int:
     from .._runtime._boot import boot_id
     from .._runtime._groups import GROUPS_DIR
     from .._storage import Store
+    from .._storage._failed import refuse_if_failed
     from .._storage._files import DB_FILE
 
+    # (a write failed here: the log its disk kept may lack acknowledged writes, and trusting
+    # it would let this broker vote on it; the mark's report says what to do instead)
+    refuse_if_failed(data_dir)
     if not (data_dir / DB_FILE).exists():
         print(f"error: no broker database in {data_dir}", file=sys.stderr)
         return EXIT_ERROR

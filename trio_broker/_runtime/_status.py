@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._applied import APPLY_LAG
+
 if TYPE_CHECKING:
     from ._broker import Broker
 
@@ -129,6 +131,9 @@ async def read_status(broker: Broker, rates: RequestRates) -> dict[str, Any]:
             "leader_id": topology.leader_id,
             "commit_index": stats.commit_index,
             "applied_index": stats.applied_index,
+            # Committed, not applied yet: on a replica, lone appends wait until APPLY_LAG of
+            # them do, or the leader goes idle (_runtime._applied), so up to APPLY_LAG - 1.
+            "applies_waiting": max(0, stats.commit_index - stats.applied_index),
             "connections": stats.connections,
             "disk": stats.disk_state,
             "disk_free_mb": None
@@ -286,7 +291,9 @@ def _summary(status: dict[str, Any]) -> str:
         f'<span data-field="term">{_cell(b["term"])}</span>; leader '
         f'<span data-field="leader_id">{_cell(leader)}</span>; commit index '
         f'<span data-field="commit_index">{_cell(b["commit_index"])}</span>, applied '
-        f'<span data-field="applied_index">{_cell(b["applied_index"])}</span>; '
+        f'<span data-field="applied_index">{_cell(b["applied_index"])}</span> ('
+        f'<span data-field="applies_waiting">{_cell(b["applies_waiting"])}</span> committed '
+        f"waiting: a replica applies lone appends {APPLY_LAG} at a time); "
         f'<span data-field="connections">{_cell(b["connections"])}</span> connections; disk '
         f'<b data-field="disk">{_cell(b["disk"])}</b> ('
         f'<span data-field="disk_free_mb">{_cell(b["disk_free_mb"])}</span> MiB free).'

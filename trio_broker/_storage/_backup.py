@@ -52,12 +52,15 @@ def backup(data_dir: Path | str, output: Path | str) -> BackupInfo:
         raise BackupError(f"no broker database at {source}")
     if target.exists():
         raise BackupError(f"{target} exists; a backup never overwrites a file")
-    # Read-write so that VACUUM INTO can read a WAL database; the connection writes nothing
-    # unless it is the last one to close the database (a stopped broker), and then only the
-    # closing checkpoint, which runs at SQLite's default synchronous=FULL and syncs both
-    # files before the WAL is removed.
-    db = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+    # Read-only: SQLite then writes neither the database file nor its WAL (it reads a WAL
+    # database read-only since 3.22, rebuilding the wal-index in the -shm if need be). A
+    # read-write connection that is the last to close the database (a stopped or crashed
+    # broker's) runs SQLite's own closing checkpoint: it writes and syncs the source, drops
+    # a failed fsync's error (our hook, _checkpoint, is not on it) and deletes the WAL.
+    # No checkpoint on close either way (a read-only one cannot run one; said, not assumed).
+    db = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
     try:
+        db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         db.setbusytimeout(5000)
         db.execute("VACUUM INTO ?", (str(target),))
     finally:

@@ -22,8 +22,10 @@ drops it: the commit succeeded, and the next one past the threshold tries again.
 closes, whose errors it drops too (it then keeps the WAL): our own PASSIVE checkpoint of
 everything first, its lost-writes error raised; after one (or with ``checkpoint=False``, when
 the caller already met one) the connection closes without SQLite's checkpoint
-(``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``), so nothing more is written or synced and the WAL, the
-copy of what the database file may have dropped, stays for the next open's recovery.
+(``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``, :func:`close_unwritten`), so nothing more is written
+or synced and the WAL, the copy of what the database file may have dropped, stays for the
+next open's recovery. A failed broker's store and shared log close that way too
+(``Store.abandon``), and ``backup`` reads through a read-only connection with it set.
 
 The hook runs after every commit: below the threshold it is one Python call and a compare
 (``benchmarks/wal_hook_cost.py``). ``PRAGMA wal_autocheckpoint = N`` on the connection
@@ -32,6 +34,7 @@ afterwards puts SQLite's own hook back.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +76,17 @@ def checkpoint_on_commit(db: apsw.Connection, pages: int | None = None) -> None:
     db.set_wal_hook(checkpoint_hook(pages))
 
 
+def close_unwritten(db: apsw.Connection) -> None:
+    """Close ``db`` writing nothing: no checkpoint (``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``), so
+    no page is copied from the WAL into the database file, nothing is synced, and the WAL and
+    its ``-shm`` stay as they are (only a closing checkpoint that succeeds deletes them; the
+    rollback of a transaction a failed commit left open writes nothing in WAL mode). For a
+    connection whose disk failed a write (``_failed``); a closed one is left closed."""
+    with contextlib.suppress(apsw.ConnectionClosedError):
+        db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    db.close(True)  # (force: cursors left open are closed too, never an error raised)
+
+
 def close_checkpointed(db: apsw.Connection, *, checkpoint: bool = True) -> None:
     """Close ``db``, after a checkpoint whose lost-writes error is raised (see above)."""
     if checkpoint:
@@ -84,8 +98,15 @@ def close_checkpointed(db: apsw.Connection, *, checkpoint: bool = True) -> None:
                 db.close()
                 raise
     else:
-        db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        close_unwritten(db)
+        return
     db.close()
 
 
-__all__ = ["DEFAULT_PAGES", "checkpoint_hook", "checkpoint_on_commit", "close_checkpointed"]
+__all__ = [
+    "DEFAULT_PAGES",
+    "checkpoint_hook",
+    "checkpoint_on_commit",
+    "close_checkpointed",
+    "close_unwritten",
+]

@@ -63,10 +63,10 @@ import trio
 
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
-from ._checkpoint import checkpoint_on_commit, close_checkpointed
+from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
 from ._failed import any_lost, lost_writes, suppress_unless_lost
 from ._files import fsync_path
-from ._worker import StorageWorker
+from ._worker import StorageWorker, close_storage
 
 _logger = logging.getLogger("trio_broker")
 
@@ -276,6 +276,10 @@ class SharedLog:
 
     def close(self) -> None:
         close_checkpointed(self._db)  # (a failed fsync in its checkpoint raises)
+
+    def abandon(self) -> None:
+        """Close writing nothing, after a failed write (``Store.abandon``)."""
+        close_unwritten(self._db)
 
 
 def attach(
@@ -643,8 +647,7 @@ class SharedGroupStorage:
             try:
                 yield worker, store
             finally:
-                with trio.CancelScope(shield=True):
-                    await worker.run(store.close)
+                await close_storage(worker, store)  # (failed: abandoned, nothing written)
         finally:
             with trio.CancelScope(shield=True):
                 await self._release()
@@ -679,7 +682,7 @@ class SharedGroupStorage:
             self._worker = self._log = self.committer = None
             try:
                 if log is not None:
-                    await worker.run(log.close)
+                    await close_storage(worker, log)
             finally:
                 worker.stop()
                 await worker.wait_stopped()

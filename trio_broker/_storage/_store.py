@@ -37,8 +37,8 @@ import orjson
 from .._core._commands import Command, Result, RetentionPolicy
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, stored_entry
-from ._checkpoint import checkpoint_on_commit, close_checkpointed
-from ._failed import lost_writes
+from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
+from ._failed import lost_writes, marker_dir, read_marker
 from ._file_checks import LogDamage, check_incoming_values, check_log, check_on_open, read_log
 from ._files import DB_FILE, DataDirInUse, DirLock, sync_new_files
 from ._integrity import (
@@ -120,8 +120,10 @@ class Store:
             equals it does not write it again."""
             sync_new_files(self.data_dir)
             self._log_damage = check_log(self._db, self.get_meta("snapshot_index", 0))
-        except BaseException:
-            if hasattr(self, "_db"):
+        except BaseException as exc:
+            if hasattr(self, "_db") and lost_writes(exc):
+                close_unwritten(self._db)  # (no closing checkpoint: it would write and sync)
+            elif hasattr(self, "_db"):
                 self._db.close()
             self._lock.release()
             raise
@@ -159,6 +161,16 @@ class Store:
                 close_checkpointed(self._db, checkpoint=checkpoint)
             finally:
                 self._lock.release()
+
+    def abandon(self) -> None:
+        """Close after a write failed that may have lost writes (:mod:`._failed`): no
+        checkpoint, nothing written or synced, the WAL kept as the failure left it
+        (:func:`._checkpoint.close_unwritten`). The folder's lock is released only once the
+        mark that refuses the folder is on disk (a failed disk may refuse it too: then the
+        process keeps the lock until it ends, so that nothing in it opens the folder again)."""
+        close_unwritten(self._db)
+        if read_marker(marker_dir(self.data_dir)) is not None:
+            self._lock.release()
 
     def sync_shared(self) -> int:
         """Commit at ``FULL`` (the file's WAL synced: every earlier commit durable); returns

@@ -9,13 +9,16 @@ or returns such a failure among its outcomes (a batch of several groups' saves),
 worker: every later job is refused with :class:`._failed.StorageFailed` without touching
 SQLite, so nothing more is written, synced or trimmed through that storage
 (docs/reliability.md, "A failed fsync stops the broker"). The check runs on the storage
-thread as the job ends, before the next job starts.
+thread as the job ends, before the next job starts. One job runs on a failed worker: the
+abandon of its stores and shared log as their run ends (:func:`close_storage`), which closes
+their connections without a write and releases their folders' locks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +43,18 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in _FULL_ERRNOS
     return isinstance(exc, apsw.FullError)
+
+
+class _WritesNothing:
+    """A job that runs even on a failed worker: one that writes nothing (an abandon)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Any:
+        return self.fn()
 
 
 class StorageWorker:
@@ -73,7 +88,7 @@ class StorageWorker:
             if job is _STOP:
                 return
             fn, args, deliver = job
-            if self.failed is not None:
+            if self.failed is not None and type(fn) is not _WritesNothing:
                 result: outcome.Outcome[Any] = outcome.Error(self.failed.again())
             else:
                 result = outcome.capture(fn, *args)
@@ -200,6 +215,30 @@ class StorageWorker:
         await trio.to_thread.run_sync(self._thread.join)
 
 
+async def close_storage(worker: StorageWorker, storage: Any) -> None:
+    """Close ``storage`` (a store, a shared log) on ``worker``'s thread, shielded: its
+    ``close()`` (the closing checkpoint syncs) while the worker is sound; once the worker
+    failed, or the close met the failure, its ``abandon()`` instead: the connection closed with
+    no checkpoint and nothing written, the folder's lock released once its mark is on disk
+    (docs/reliability.md, "A failed fsync stops the broker"). Left open, the connection would
+    close when the process ends, or when the store is collected, and SQLite's close would then
+    checkpoint: write and sync the file after the failure, and delete the WAL.
+
+    A failed worker's close raises nothing (the driver raised the failure already); a close
+    that failed raises its error, as before, after the abandon."""
+    with trio.CancelScope(shield=True):
+        if worker.failed is None:
+            try:
+                await worker.run(storage.close)
+                return
+            except BaseException:
+                if worker.failed is None:
+                    raise
+                await worker.run(_WritesNothing(storage.abandon))
+                raise
+        await worker.run(_WritesNothing(storage.abandon))
+
+
 def note_failure(worker: Any, exc: BaseException) -> None:
     """Fail ``worker`` at once if ``exc`` (raised by a transaction run on the event loop, not
     through the worker) may have lost writes: before anything else is queued on it."""
@@ -220,15 +259,18 @@ async def open_storage_worker() -> AsyncIterator[StorageWorker]:
 
 
 @contextlib.asynccontextmanager
-async def open_sqlite_storage(data_dir: Any) -> AsyncIterator[tuple[StorageWorker, Any]]:
-    """The storage thread and the broker's SQLite store on it; closed on the way out."""
+async def open_sqlite_storage(
+    data_dir: Any, *, vfs: str | None = None
+) -> AsyncIterator[tuple[StorageWorker, Any]]:
+    """The storage thread and the broker's SQLite store on it (through SQLite's VFS ``vfs``:
+    tests); closed on the way out, or, failed, abandoned (:func:`close_storage`): the data
+    folder's lock is then released as the broker's run ends, not when the process does, and
+    the folder's mark refuses it to every later open."""
     from ._store import Store
 
     async with open_storage_worker() as worker:
-        store = await worker.run(Store, data_dir)
+        store = await worker.run(functools.partial(Store, data_dir, vfs=vfs))
         try:
             yield worker, store
         finally:
-            with trio.CancelScope(shield=True):
-                if worker.failed is None:  # (failed storage is not written again: _failed)
-                    await worker.run(store.close)
+            await close_storage(worker, store)

@@ -84,6 +84,10 @@ class MemoryStore:
     def close(self) -> None:
         self._holder = None
 
+    def abandon(self) -> None:
+        """``Store.abandon`` (a failed store closed without a write): nothing here writes."""
+        self.close()
+
     def crash(self) -> None:
         """The broker holding this store died: calls from it fail from now on, and the store
         is free for the next incarnation. What :meth:`save` returned from stays."""

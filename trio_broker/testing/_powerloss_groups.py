@@ -2,7 +2,9 @@
 and injected I/O errors.
 
 The shape of :mod:`._powerloss_cluster` (one plain loop, no trio, no threads: a seed replays
-exactly), with a :class:`~trio_broker._core._raft.RaftNode` per group per broker. Each broker's
+exactly), with a :class:`~trio_broker._core._raft.RaftNode` per group per broker, built as the
+runtime builds it (``_runtime._recovery.make_node``: with the replicas' apply lag, so the cuts
+land while a replica's lone appends wait unapplied, ``Stats.applies_waiting``). Each broker's
 groups keep their stores in ``groups/<group>/`` beside one
 :class:`~trio_broker._storage._shared_log.SharedLog`, all on one
 :class:`~trio_broker.testing._powerloss.PowerLossVFS` disk, and their saves go through the
@@ -64,6 +66,7 @@ import outcome
 from .._core._commands import AppendMessage, CreateQueue, MessageAppended
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Message, SnapshotMeta
+from .._runtime._applied import APPLY_LAG, applies_later
 from .._storage._failed import lost_writes
 from .._storage._shared_log import SHARED_LOG_FILE, SharedLog, TurnCommitter, _Job, _weight
 from .._storage._store import Store
@@ -109,6 +112,12 @@ class Stats:
     """Brokers that fail-stopped after a failed fsync (and stayed down)."""
     dropped: int = 0
     """Bytes the failed fsyncs dropped from the disks."""
+    applies_waiting: int = 0
+    """Readies of a replica that left committed entries unapplied (the runtime's apply lag,
+    ``_runtime._applied.APPLY_LAG``): its saves then lack their commit index's row, as the
+    runtime's do, when the power goes."""
+    most_waiting: int = 0
+    """The most committed entries one of them left unapplied (below ``APPLY_LAG``)."""
     faults: dict[str, int] = attrs.field(factory=dict)
 
 
@@ -301,6 +310,8 @@ class GroupsCluster:
             rng=random.Random(self.rng.random()),
             election_ticks=ELECTION_TICKS,
             heartbeat_ticks=HEARTBEAT_TICKS,
+            apply_lag=APPLY_LAG,  # (as ``_runtime._recovery.make_node`` builds the core)
+            apply_later=applies_later,
         )
         for key in [k for k in self.pending if k[:2] == (i, g)]:
             del self.pending[key]
@@ -413,6 +424,10 @@ class GroupsCluster:
             if not node.has_ready():
                 continue
             rd = node.ready()
+            if not rd.committed_entries and rd.snapshot is None and node.commit > node.applied:
+                # (a replica's committed lone appends left to wait: the apply lag)
+                self.stats.applies_waiting += 1
+                self.stats.most_waiting = max(self.stats.most_waiting, node.commit - node.applied)
             self.in_flight.extend((g, m) for m in rd.messages)
             save = None
             if rd.must_sync or rd.committed_entries:
