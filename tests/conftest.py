@@ -16,9 +16,16 @@ import anyio.to_thread
 import apsw
 import pytest
 import trio
+from hypothesis import settings
 
 from trio_broker._cli._client import add_client_parser, run_client
 from trio_broker._runtime import BrokerConfig, open_broker
+
+settings.register_profile("broker", deadline=None)
+settings.load_profile("broker")
+"""No per-example deadline for property tests: Hypothesis's default (200 ms an example) is a
+timed assertion, and on a loaded two-core machine an example of tests/core/test_metadata.py
+took 330 ms and failed the suite. A test that must bound its time says so itself."""
 
 
 def _raise_fd_limit() -> None:
