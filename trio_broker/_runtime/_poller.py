@@ -189,7 +189,7 @@ class PolledSocket(DirectSocket):
         if data and drained and fast is not None:
             try:
                 if fast(data):
-                    self._poller.served += 1  # type: ignore[union-attr]  (registered: set)
+                    self._poller.served += 1  # type: ignore[union-attr]  # (registered: set)
                     return
             except Exception as exc:  # (a bug: it ends this connection, as in its own task)
                 self._task = None
