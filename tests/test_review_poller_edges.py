@@ -22,6 +22,7 @@ from tests.test_poller_connections import (
     _until,
     pytestmark,  # noqa: F401  (skipped where there is no epoll)
 )
+from trio_broker._protocol import encode_frame
 from trio_broker._runtime._security import Security
 
 
@@ -110,6 +111,29 @@ async def test_an_unauthenticated_append_is_never_decided_by_the_poller():
             await client.stream.aclose()
     assert decisions.lone == 0 and decisions.many == 0
     assert server.poller is not None and server.poller.served == 0
+
+
+async def test_after_auth_the_poller_serves_the_sessions_appends():
+    """The check is asked per receive, as the read loop asks it: refused before AUTH (the
+    task answers), served by the poller once the token is proved."""
+    decisions = Decisions()
+    server = _server(decisions)
+    server.security = Security(tokens=frozenset({"sesame"}))
+    with trio.fail_after(DEADLINE):
+        async with _serving(server) as port:
+            client = await _connect(port)
+            await client.stream.send_all(_append("Q-LONE", "before"))
+            assert "lone:" not in (await client.answers(1))[0]
+            await client.stream.send_all(
+                encode_frame(orjson.dumps({"operation": "AUTH", "token": "sesame"}))
+            )
+            while (frame := client.decoder.next_frame()) is None:
+                client.decoder.feed(await client.stream.receive_some(1 << 16))
+            assert orjson.loads(frame)["status"] == "success"
+            await client.stream.send_all(_append("Q-LONE", "after"))
+            assert await client.answers(1) == ["lone:after"]
+            await client.stream.aclose()
+    assert server.poller is not None and server.poller.served == 1
 
 
 async def test_a_lone_append_over_the_memory_budget_waits_in_the_task_and_is_answered():
