@@ -49,7 +49,7 @@ AVAILABLE = DIRECT_AVAILABLE and hasattr(select, "epoll")
 MAX_EVENTS = 64
 """Connections a turn of the poller serves at most before it yields to every other task."""
 _RECEIVE_SIZE = 64 * 1024
-"""What the poller reads at once: the connection's own receive size (``_connections``)."""
+"""What a parked task asks for, before it first parks (the connection's own receive size)."""
 _EVENTS = select.EPOLLIN | select.EPOLLET if AVAILABLE else 0
 
 
@@ -110,7 +110,7 @@ class Poller:
 class PolledSocket(DirectSocket):
     """A :class:`~._direct.DirectSocket` whose waits for bytes are the :class:`Poller`'s."""
 
-    __slots__ = ("_poller", "_ready", "_task", "fast", "fd", "lone_refused")
+    __slots__ = ("_asked", "_poller", "_ready", "_task", "fast", "fd", "lone_refused")
 
     def __init__(self, stream: trio.SocketStream, poller: Poller) -> None:
         super().__init__(stream)
@@ -118,6 +118,8 @@ class PolledSocket(DirectSocket):
         self.fd = self._socket.fileno()
         self._task: trio.lowlevel.Task | None = None
         """The connection's task, parked until the poller reads for it."""
+        self._asked = _RECEIVE_SIZE
+        """What the parked task asked for (``max_bytes``): the poller reads no more."""
         self._ready = False
         """An event came while the task held the socket: bytes may be waiting."""
         self.fast: Callable[[bytes], bool] | None = None
@@ -156,6 +158,7 @@ class PolledSocket(DirectSocket):
                 self._drained = len(data) < max_bytes
                 return data
         self._streak = 0
+        self._asked = max_bytes
         self._task = trio.lowlevel.current_task()
         data = await trio.lowlevel.wait_task_rescheduled(self._abort)
         if data is None:  # (the poller stopped: wait through trio)
@@ -172,20 +175,21 @@ class PolledSocket(DirectSocket):
         if task is None:
             self._ready = True
             return
+        asked = self._asked
         try:
-            data = os.read(self.fd, _RECEIVE_SIZE)
+            data = os.read(self.fd, asked)
         except BlockingIOError:
             return  # (an event for bytes read already)
         except OSError as exc:
             self._task = None
             trio.lowlevel.reschedule(task, outcome.Error(_stream_error(exc)))
             return
-        drained = self._drained = len(data) < _RECEIVE_SIZE
+        drained = self._drained = len(data) < asked
         fast = self.fast
         if data and drained and fast is not None:
             try:
                 if fast(data):
-                    self._poller.served += 1  # type: ignore[union-attr]  (registered: set)
+                    self._poller.served += 1  # type: ignore[union-attr]  # (registered: set)
                     return
             except Exception as exc:  # (a bug: it ends this connection, as in its own task)
                 self._task = None
