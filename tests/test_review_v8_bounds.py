@@ -15,6 +15,8 @@ import pytest
 from trio_broker._core._commands import (
     AppendBatch,
     ApplyRetention,
+    BatchAppended,
+    CommandRejected,
     CreateQueue,
     MessageRead,
     MessagesRead,
@@ -27,7 +29,10 @@ from trio_broker._core._work_commands import (
     DeleteQueue,
     GroupRead,
     JoinGroup,
+    Publish,
+    Published,
     ReadRecords,
+    Record,
 )
 from trio_broker._storage import StorageDamaged, Store
 from trio_broker._storage._schema import MAX_QUEUE_NUMBER, MAX_SEQUENCE, QUEUE_SPAN
@@ -129,5 +134,40 @@ def test_every_read_path_at_the_edges_reads_its_own_queue(tmp_path, length):
         assert top_rows == 0
         assert store.messages(MID) == [b"%s-%d" % (MID.encode(), length + 5)]
         assert store.damaged_values(("", 0), 100) == ([], None)
+    finally:
+        store.close()
+
+
+def test_a_producers_retry_into_a_full_queue_is_answered_as_the_duplicate_it_is(tmp_path):
+    """A fenced producer's PUBLISH that filled the queue to its last sequence number, sent
+    again (its answer lost): the retry is the duplicate it is, as for APPEND with a producer
+    id, not a refusal saying nothing was stored (the producer would take its messages for
+    lost, though stored). A new one past the bound is refused."""
+    store = Store(tmp_path)
+    try:
+        store.apply([CreateQueue(TOP), CreateQueue(LOW)])
+        for queue in (TOP, LOW):
+            store._db.execute(
+                "UPDATE queues SET length = ?1, deleted_through = ?1 WHERE queue_id = ?2",
+                (MAX_SEQUENCE - 2, queue),
+            )
+        publish = Publish(TOP, (Record(b"a"), Record(b"b")), "P-1", 0, 1, 100)
+        append = AppendBatch(LOW, (b"a", b"b"), "P-1", 1, 100)
+        first = store.apply([publish, append])
+        assert first == [Published(MAX_SEQUENCE - 1, 2), BatchAppended(MAX_SEQUENCE - 1, 2)]
+        again = store.apply([publish, append])
+        assert again == [
+            Published(MAX_SEQUENCE - 1, 2, duplicate=True),
+            BatchAppended(MAX_SEQUENCE - 1, 2, duplicate=True),
+        ]
+        refused = store.apply(
+            [
+                Publish(TOP, (Record(b"c"),), "P-1", 0, 2, 101),
+                AppendBatch(LOW, (b"c",), "P-1", 2, 101),
+            ]
+        )
+        for result in refused:
+            assert isinstance(result, CommandRejected) and result.code == "BAD_REQUEST"
+        assert store.messages(TOP) == [b"a", b"b"] and store.messages(LOW) == [b"a", b"b"]
     finally:
         store.close()
