@@ -32,8 +32,8 @@ import google_crc32c
 
 from .._core._commands import CommandRejected
 from ._row_sums import plain_checksums
+from ._schema import MAX_SEQUENCE, QUEUE_SPAN
 from ._schema import QUEUE_KEY as QK
-from ._schema import QUEUE_SPAN
 
 _logger = logging.getLogger("trio_broker")
 
@@ -589,12 +589,14 @@ def damaged_values(
         # (Rows in the order of their queues' ids, through their numbers: each queue's rows a
         # range of keys, the first queue's from after ``after``, as a row value
         # ``(q.queue_id, d.sequence_num) > (?1, ?2)`` would not seek them: it read the queue's
-        # rows from its first at every step.)
+        # rows from its first at every step. Its last key is its first plus MAX_SEQUENCE, not
+        # the next queue's first minus one: for the largest number that is 2**63, which
+        # ``<<`` wraps to SQLite's smallest integer, and the scrub saw none of its rows.)
         for queue_id, seq, data, headers, checksum in db.execute(
             "SELECT q.queue_id, d.sequence_num, d.data, d.headers, d.checksum"
             " FROM queues AS q JOIN queue_data AS d"
             " ON d.key > (q.queue_number << 44) + iif(q.queue_id = ?1, max(?2, 0), 0)"
-            " AND d.key < (q.queue_number + 1) << 44"
+            f" AND d.key <= (q.queue_number << 44) + {MAX_SEQUENCE}"
             " WHERE q.queue_id >= ?1 ORDER BY q.queue_id, d.key LIMIT ?3",
             (*after, limit),
         ):

@@ -440,6 +440,24 @@ def upgrade(db: apsw.Connection, to: int = SCHEMA_VERSION) -> int:
     return found
 
 
+def upgrade_opened(db: apsw.Connection, path: str) -> int:
+    """:func:`upgrade`, for a store's own file as it opens. An upgrade that copies
+    ``queue_data`` (versions 7 and 8) needs about the table's size again in free space; on a
+    full disk SQLite rolls it back whole (the file stays as it was, every row in it) and the
+    store is refused with a :class:`SchemaCannotUpgrade` that says so, which the ``node`` and
+    ``data`` commands print in one line, as a file too new: a bare ``apsw.FullError`` there
+    was a traceback that named neither the upgrade nor the remedy."""
+    try:
+        return upgrade(db)
+    except apsw.FullError as exc:
+        raise SchemaCannotUpgrade(
+            f"cannot upgrade {path} to schema version {SCHEMA_VERSION}: the disk is full"
+            f" ({exc}); the upgrade writes a second copy of the stored messages, so it needs"
+            " free space about twice the file's size: nothing was changed; free some space,"
+            " then start again"
+        ) from None
+
+
 def upgrade_file(path: str) -> int:
     """Bring a database file made elsewhere to :data:`SCHEMA_VERSION`, in one transaction (a
     snapshot from a leader not yet upgraded, during a rolling upgrade: its tables are copied

@@ -53,7 +53,7 @@ from ._integrity import (
     repair_rows,
 )
 from ._queue_sql import apply_command, policy_from_row, stored_groups, stored_map
-from ._schema import WORK_TABLES, upgrade
+from ._schema import WORK_TABLES, upgrade_opened
 from ._shared_log import SharedLog, attach_store, roll_back_open, shared_stage
 from ._work_queries import next_lease_deadline, queue_id_for_name
 
@@ -105,7 +105,7 @@ class Store:
                 self._db = apsw.Connection(path, vfs=vfs)
                 self._configure()
                 check_on_open(self._db)
-                upgrade(self._db)
+                upgrade_opened(self._db, path)
             except DAMAGE_ERRORS as exc:
                 raise damage_from(exc, path, None, None) from None
             self._shared = shared

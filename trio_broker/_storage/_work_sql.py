@@ -157,9 +157,7 @@ def apply_work(
     if isinstance(command, DeleteQueue):
         return _delete_queue(db, command)
     if isinstance(command, Publish):
-        if queue[0] + len(command.records) > MAX_SEQUENCE:
-            return bad_request(past_last_sequence(command.queue_id, queue[0], len(command.records)))
-        return _publish(db, command, queue[2])
+        return _publish(db, command, queue[0], queue[2])
     if isinstance(command, ReadRecords):
         return _read_records(db, command, queue[0], queue[1])
     if isinstance(command, ForgetPosition):
@@ -273,8 +271,13 @@ def _delete_queue(db: apsw.Connection, command: DeleteQueue) -> WorkResult | Com
 
 
 def _publish(
-    db: apsw.Connection, command: Publish, last_stamp: int | None
+    db: apsw.Connection, command: Publish, length: int, last_stamp: int | None
 ) -> WorkResult | CommandRejected:
+    """A PUBLISH: a fenced producer's decided first (a retry answered as the duplicate it
+    is, as ``_append_sql._append`` answers one, even once the queue holds its last sequence
+    number: refused there, the producer would take stored messages for lost), then refused
+    when it would take the queue past ``_schema.MAX_SEQUENCE`` (the queue's length decides,
+    alike on every broker)."""
     producer = dedup = None
     if command.producer_id is not None:
         assert command.producer_epoch is not None and command.producer_seq is not None
@@ -290,6 +293,8 @@ def _publish(
         known = None if row is None else row[0]
         if (decided := publish_decided(command, known, dedup)) is not None:
             return decided
+    if length + len(command.records) > MAX_SEQUENCE:
+        return bad_request(past_last_sequence(command.queue_id, length, len(command.records)))
     rows = [(r.data, r.headers) for r in command.records]
     first = append_rows(db, command.queue_id, rows, command.appended_ms, last_stamp)
     if producer is not None:
