@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import time
@@ -210,6 +211,27 @@ def read_marker(data_dir: Path | str) -> StorageFailed | None:
     )
 
 
+def failed_on_close(exc: BaseException, file: Path | str, data_dir: Path | str) -> StorageFailed:
+    """The failure a store's or shared log's own close met (its closing checkpoint's fsync,
+    a clean stop: no driver runs any more to report it), reported as the driver reports one
+    (``_runtime._failed_storage``): the mark written and synced into ``data_dir``'s broker
+    folder (:func:`marker_dir`) and one ``storage.failed`` CRITICAL line. The caller releases
+    its folder's lock only if the mark is on disk (:func:`read_marker`), then raises it."""
+    failure = StorageFailed.from_error(exc, str(file))
+    if failure.reported:
+        return failure
+    failure.reported = True
+    marker = write_marker(marker_dir(data_dir), failure)
+    fields = {"file": failure.file, "code": failure.code, "error": failure.error}
+    fields["marker"] = str(marker) if marker is not None else "not written"
+    fields["action"] = "stopped while closing; replace the disk, then data reset and rejoin"
+    text = "storage.failed " + " ".join(f'{k}="{v}"' for k, v in fields.items())
+    logging.getLogger("trio_broker").critical(
+        text, extra={"event": "storage.failed", "fields": fields}
+    )
+    return failure
+
+
 def refuse_if_failed(data_dir: Path | str) -> None:
     """Raise the :class:`StorageFailed` the marker in ``data_dir`` records, if there is one."""
     failure = read_marker(data_dir)
@@ -239,6 +261,7 @@ __all__ = [
     "FsyncFailed",
     "StorageFailed",
     "any_lost",
+    "failed_on_close",
     "lost_writes",
     "marker_dir",
     "read_marker",

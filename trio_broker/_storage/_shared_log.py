@@ -64,7 +64,7 @@ import trio
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
-from ._failed import any_lost, lost_writes, suppress_unless_lost
+from ._failed import any_lost, failed_on_close, lost_writes, suppress_unless_lost
 from ._files import fsync_path
 from ._worker import StorageWorker, close_storage
 
@@ -275,7 +275,16 @@ class SharedLog:
             self.trim()
 
     def close(self) -> None:
-        close_checkpointed(self._db)  # (a failed fsync in its checkpoint raises)
+        """Close after our checkpoint; a failed fsync in it is reported as any other
+        (``Store.close``): the mark in the broker's folder (this file's folder's parent),
+        :class:`~._failed.StorageFailed` raised."""
+        try:
+            close_checkpointed(self._db)
+        except BaseException as exc:
+            if not lost_writes(exc):
+                raise
+            close_unwritten(self._db)
+            raise failed_on_close(exc, self.path, self.path.parent.parent) from exc
 
     def abandon(self) -> None:
         """Close writing nothing, after a failed write (``Store.abandon``)."""

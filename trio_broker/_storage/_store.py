@@ -38,7 +38,7 @@ from .._core._commands import Command, Result, RetentionPolicy
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
-from ._failed import lost_writes, marker_dir, read_marker
+from ._failed import failed_on_close, lost_writes, marker_dir, read_marker
 from ._file_checks import LogDamage, check_incoming_values, check_log, check_on_open, read_log
 from ._files import DB_FILE, DataDirInUse, DirLock, sync_new_files
 from ._integrity import (
@@ -147,20 +147,28 @@ class Store:
         """Close the file; with a shared log, sync it first and delete this group's rows there
         (a clean stop, or a replica retired, leaves no row behind). The close-time checkpoint
         is ours: a failed fsync in it raises, and after one nothing more is written
-        (:func:`._checkpoint.close_checkpointed`)."""
+        (:func:`._checkpoint.close_checkpointed`). Such a failure is a failed fsync like any
+        other (no driver runs any more to report it): the mark written, the lock kept until
+        it is on disk (:meth:`abandon`), and :class:`StorageFailed` raised."""
         checkpoint = True
         try:
-            if self._shared is not None:
-                self._shared.members.pop(self._incarnation, None)
-                self._shared.forget(self._incarnation, self.sync_shared())
-        except BaseException as exc:
-            checkpoint = not lost_writes(exc)
-            raise
-        finally:
             try:
-                close_checkpointed(self._db, checkpoint=checkpoint)
+                if self._shared is not None:
+                    self._shared.members.pop(self._incarnation, None)
+                    self._shared.forget(self._incarnation, self.sync_shared())
+            except BaseException as exc:
+                checkpoint = not lost_writes(exc)
+                raise
             finally:
-                self._lock.release()
+                close_checkpointed(self._db, checkpoint=checkpoint)
+        except BaseException as exc:
+            if lost_writes(exc):
+                failure = failed_on_close(exc, self.data_dir / DB_FILE, self.data_dir)
+                self.abandon()
+                raise failure from exc
+            self._lock.release()
+            raise
+        self._lock.release()
 
     def abandon(self) -> None:
         """Close after a write failed that may have lost writes (:mod:`._failed`): no
