@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 from tests.test_failstop_release import _closed, _lock_free, _set
@@ -195,3 +196,76 @@ async def test_a_groups_stores_close_that_fails_marks_the_brokers_folder(tmp_pat
         assert read_marker(broker_dir) is not None
         assert _closed(log) and _closed(store)
         assert _lock_free(group_dir)
+
+
+def _fsync_fails(data_dir: Path) -> None:
+    from trio_broker._storage._failed import FsyncFailed
+
+    raise FsyncFailed(5, f"fsync of {data_dir} failed: Input/output error")
+
+
+async def test_an_embedded_brokers_open_whose_fsync_fails_marks_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's open syncs its new files; that fsync fails under ``open_broker`` (no
+    ``node`` command to mark it): the mark is written, StorageFailed raised, the lock free
+    (before: a raw FsyncFailed, no mark, the lock released: a later start trusted the folder)."""
+    from tests.test_failed_fsync import _config
+    from trio_broker._storage import _store
+
+    data_dir = tmp_path / "b1"
+    monkeypatch.setattr(_store, "sync_new_files", _fsync_fails)
+    with pytest.raises(BaseException) as caught:
+        async with open_broker(_config(data_dir)):
+            pytest.fail("started although its open failed")
+    assert any(isinstance(e, StorageFailed) for e in _leaves(caught.value)), caught.value
+    assert read_marker(data_dir) is not None
+    assert _lock_free(data_dir)
+
+
+def test_the_shared_logs_open_whose_fsync_fails_marks_the_brokers_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared log's open syncs its file; that fsync fails: the connection closes without
+    a checkpoint (before: a plain close, whose checkpoint wrote and synced the file and
+    deleted the WAL), the mark goes into the broker's folder, StorageFailed is raised."""
+    from trio_broker._storage import _shared_log
+
+    broker_dir = tmp_path / "b1"
+    (broker_dir / "groups").mkdir(parents=True)
+    monkeypatch.setattr(_shared_log, "fsync_path", _fsync_fails)
+    with pytest.raises(StorageFailed):
+        _shared_log.SharedLog(broker_dir / "groups" / SHARED_LOG_FILE)
+    assert read_marker(broker_dir) is not None
+    assert (broker_dir / "groups" / (SHARED_LOG_FILE + "-wal")).stat().st_size > 0
+
+
+def test_an_open_that_finds_damage_leaves_the_folder_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open that fails for another reason than a lost write (here the log's check finds
+    damage) closes without SQLite's closing checkpoint too (before: a plain close, whose
+    checkpoint copied the WAL into the damaged file, synced it with no hook to stop on a
+    failed fsync, and deleted the WAL the operator's ``data check``/``reset`` expects)."""
+    from tests.test_failstop_release import _files
+    from trio_broker._storage import StorageDamaged, _store
+
+    data_dir = tmp_path / "b1"
+    store = Store(data_dir)
+    store.init_identity("B-AAAAA", "C-AAAAA")
+    for n in range(5):
+        _set(store, n)
+    store._db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    store._db.close()  # (as a crash leaves it: commits in the WAL)
+    store._lock.release()
+    before = _files(data_dir)
+
+    def damaged(*args: Any) -> None:
+        raise StorageDamaged(str(data_dir / "broker.sqlite3"), "raft_log", "1", "bad sum")
+
+    monkeypatch.setattr(_store, "check_log", damaged)
+    with pytest.raises(StorageDamaged):
+        Store(data_dir)
+    assert (data_dir / "broker.sqlite3-wal").stat().st_size > 0
+    assert _files(data_dir) == before
+    assert _lock_free(data_dir)

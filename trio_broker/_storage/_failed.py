@@ -211,9 +211,10 @@ def read_marker(data_dir: Path | str) -> StorageFailed | None:
     )
 
 
-def failed_on_close(exc: BaseException, file: Path | str, data_dir: Path | str) -> StorageFailed:
-    """The failure a store's or shared log's own close met (its closing checkpoint's fsync,
-    a clean stop: no driver runs any more to report it), reported as the driver reports one
+def failed_here(exc: BaseException, file: Path | str, data_dir: Path | str) -> StorageFailed:
+    """The failure a store's or shared log's own open or close met (the open's sync of its
+    new files, the closing checkpoint's fsync in a clean stop: no driver runs to report it),
+    reported as the driver reports one
     (``_runtime._failed_storage``): the mark written and synced into ``data_dir``'s broker
     folder (:func:`marker_dir`) and one ``storage.failed`` CRITICAL line. The caller releases
     its folder's lock only if the mark is on disk (:func:`read_marker`), then raises it."""
@@ -224,7 +225,7 @@ def failed_on_close(exc: BaseException, file: Path | str, data_dir: Path | str) 
     marker = write_marker(marker_dir(data_dir), failure)
     fields = {"file": failure.file, "code": failure.code, "error": failure.error}
     fields["marker"] = str(marker) if marker is not None else "not written"
-    fields["action"] = "stopped while closing; replace the disk, then data reset and rejoin"
+    fields["action"] = "stopping; replace the disk, then data reset and rejoin"
     text = "storage.failed " + " ".join(f'{k}="{v}"' for k, v in fields.items())
     logging.getLogger("trio_broker").critical(
         text, extra={"event": "storage.failed", "fields": fields}
@@ -261,7 +262,7 @@ __all__ = [
     "FsyncFailed",
     "StorageFailed",
     "any_lost",
-    "failed_on_close",
+    "failed_here",
     "lost_writes",
     "marker_dir",
     "read_marker",

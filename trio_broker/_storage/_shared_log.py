@@ -64,7 +64,7 @@ import trio
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
-from ._failed import any_lost, failed_on_close, lost_writes, suppress_unless_lost
+from ._failed import any_lost, failed_here, lost_writes, suppress_unless_lost
 from ._files import fsync_path
 from ._worker import StorageWorker, close_storage
 
@@ -151,8 +151,10 @@ class SharedLog:
             (self.rows,) = db.execute("SELECT count(*) FROM shared_ops").fetchone()
             self._kept = self.rows
             """Rows the last trim (or the open) left: a group's not open here, until it opens."""
-        except BaseException:
-            self._db.close()
+        except BaseException as exc:
+            close_unwritten(self._db)  # (no closing checkpoint: Store.__init__ says why)
+            if lost_writes(exc):
+                raise failed_here(exc, self.path, self.path.parent.parent) from exc
             raise
         self.members: dict[str, Any] = {}
         """The open stores that write here, by incarnation (a trim syncs them)."""
@@ -284,7 +286,7 @@ class SharedLog:
             if not lost_writes(exc):
                 raise
             close_unwritten(self._db)
-            raise failed_on_close(exc, self.path, self.path.parent.parent) from exc
+            raise failed_here(exc, self.path, self.path.parent.parent) from exc
 
     def abandon(self) -> None:
         """Close writing nothing, after a failed write (``Store.abandon``)."""
