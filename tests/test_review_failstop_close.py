@@ -86,9 +86,11 @@ def test_a_stores_close_whose_checkpoint_fsync_fails_marks_the_folder(tmp_path: 
         for n in range(5):
             _set(store, n)
         disk.armed = True
-        with pytest.raises(StorageFailed) as caught:
+        with pytest.raises(apsw.IOError) as caught:  # (what callers of a store catch)
             store.close()
-        assert caught.value.code == "SQLITE_IOERR_FSYNC"
+        failure = StorageFailed.from_error(caught.value)  # (the runtime's: reported, marked)
+        assert failure.code == "SQLITE_IOERR_FSYNC" and failure.reported
+        assert failure.file == str(data_dir / "broker.sqlite3")
         _assert_failed_stop(data_dir, disk, store)
 
 
@@ -104,7 +106,7 @@ def test_a_close_that_fails_keeps_the_lock_when_the_mark_cannot_be_written(
         store = Store(data_dir, vfs=disk.vfs.name)
         store.init_identity("B-AAAAA", "C-AAAAA")
         disk.armed = True
-        with pytest.raises(StorageFailed):
+        with pytest.raises(apsw.IOError):
             store.close()
         assert disk.failed and _closed(store)
         assert not (data_dir / FAILED_FILE).exists()
@@ -159,7 +161,7 @@ async def test_the_shared_logs_close_that_fails_marks_the_brokers_folder(
     tmp_path: Path,
 ) -> None:
     """The groups' shared log closes last (its stores closed cleanly); its checkpoint's fsync
-    fails: the mark goes into the broker's folder, StorageFailed is raised."""
+    fails: the mark goes into the broker's folder, its error is raised with the failure on it."""
     broker_dir = tmp_path / "b1"
     (broker_dir / "groups").mkdir(parents=True)
     with _disk("review-close-shared", SHARED_LOG_FILE) as disk:
@@ -234,8 +236,9 @@ def test_the_shared_logs_open_whose_fsync_fails_marks_the_brokers_folder(
     broker_dir = tmp_path / "b1"
     (broker_dir / "groups").mkdir(parents=True)
     monkeypatch.setattr(_shared_log, "fsync_path", _fsync_fails)
-    with pytest.raises(StorageFailed):
+    with pytest.raises(OSError) as caught:
         _shared_log.SharedLog(broker_dir / "groups" / SHARED_LOG_FILE)
+    assert StorageFailed.from_error(caught.value).reported
     assert read_marker(broker_dir) is not None
     assert (broker_dir / "groups" / (SHARED_LOG_FILE + "-wal")).stat().st_size > 0
 

@@ -66,7 +66,7 @@ from .._protocol._entries import stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
 from ._failed import any_lost, failed_here, lost_writes, suppress_unless_lost
 from ._files import fsync_path
-from ._worker import StorageWorker, close_storage
+from ._worker import StorageWorker, close_storage, open_on
 
 _logger = logging.getLogger("trio_broker")
 
@@ -154,7 +154,7 @@ class SharedLog:
         except BaseException as exc:
             close_unwritten(self._db)  # (no closing checkpoint: Store.__init__ says why)
             if lost_writes(exc):
-                raise failed_here(exc, self.path, self.path.parent.parent) from exc
+                failed_here(exc, self.path, self.path.parent.parent)
             raise
         self.members: dict[str, Any] = {}
         """The open stores that write here, by incarnation (a trim syncs them)."""
@@ -279,14 +279,15 @@ class SharedLog:
     def close(self) -> None:
         """Close after our checkpoint; a failed fsync in it is reported as any other
         (``Store.close``): the mark in the broker's folder (this file's folder's parent),
-        :class:`~._failed.StorageFailed` raised."""
+        the error raised with its :class:`~._failed.StorageFailed` (``_failed.failed_here``)."""
         try:
             close_checkpointed(self._db)
         except BaseException as exc:
             if not lost_writes(exc):
                 raise
             close_unwritten(self._db)
-            raise failed_here(exc, self.path, self.path.parent.parent) from exc
+            failed_here(exc, self.path, self.path.parent.parent)
+            raise
 
     def abandon(self) -> None:
         """Close writing nothing, after a failed write (``Store.abandon``)."""
@@ -654,7 +655,7 @@ class SharedGroupStorage:
 
         worker, log = await self._acquire(Path(path).parent)
         try:
-            store = await worker.run(functools.partial(Store, path, vfs=self.vfs, shared=log))
+            store = await open_on(worker, functools.partial(Store, path, vfs=self.vfs, shared=log))
             try:
                 yield worker, store
             finally:
@@ -668,8 +669,8 @@ class SharedGroupStorage:
             if self._worker is None:
                 worker = StorageWorker(name="trio-broker-shared-storage")
                 try:
-                    log = await worker.run(
-                        functools.partial(SharedLog, folder / SHARED_LOG_FILE, vfs=self.vfs)
+                    log = await open_on(
+                        worker, functools.partial(SharedLog, folder / SHARED_LOG_FILE, vfs=self.vfs)
                     )
                 except BaseException:
                     worker.stop()

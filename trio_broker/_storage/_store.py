@@ -127,10 +127,10 @@ class Store:
             if hasattr(self, "_db"):
                 close_unwritten(self._db)
             if lost_writes(exc):
-                failure = failed_here(exc, self.data_dir / DB_FILE, self.data_dir)
+                failed_here(exc, self.data_dir / DB_FILE, self.data_dir)
                 if read_marker(marker_dir(self.data_dir)) is not None:
                     self._lock.release()
-                raise failure from exc
+                raise
             self._lock.release()
             raise
 
@@ -155,7 +155,8 @@ class Store:
         is ours: a failed fsync in it raises, and after one nothing more is written
         (:func:`._checkpoint.close_checkpointed`). Such a failure is a failed fsync like any
         other (no driver runs any more to report it): the mark written, the lock kept until
-        it is on disk (:meth:`abandon`), and :class:`StorageFailed` raised."""
+        it is on disk (:meth:`abandon`), the error raised with its :class:`StorageFailed`
+        (:func:`._failed.failed_here`; the runtime raises that one)."""
         checkpoint = True
         try:
             try:
@@ -169,9 +170,9 @@ class Store:
                 close_checkpointed(self._db, checkpoint=checkpoint)
         except BaseException as exc:
             if lost_writes(exc):
-                failure = failed_here(exc, self.data_dir / DB_FILE, self.data_dir)
+                failed_here(exc, self.data_dir / DB_FILE, self.data_dir)
                 self.abandon()
-                raise failure from exc
+                raise
             self._lock.release()
             raise
         self._lock.release()
