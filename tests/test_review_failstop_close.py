@@ -272,3 +272,31 @@ def test_an_open_that_finds_damage_leaves_the_folder_as_it_was(
     assert (data_dir / "broker.sqlite3-wal").stat().st_size > 0
     assert _files(data_dir) == before
     assert _lock_free(data_dir)
+
+
+async def test_a_group_opened_again_after_the_failure_is_refused(tmp_path: Path) -> None:
+    """The shared storage failed and its last group left: its folders' locks are free (the
+    mark is on disk) and the next open would start a fresh storage thread and shared log.
+    A group opened again in the process is refused by the mark (before: it opened its store
+    and wrote the failed folder), as the broker's own storage is."""
+    from tests.test_failstop_release import _failure
+    from trio_broker._storage._failed import write_marker
+
+    broker_dir = tmp_path / "b1"
+    group_dir = broker_dir / "groups" / "G-AAAAA"
+    (broker_dir / "groups").mkdir(parents=True)
+    shared = SharedGroupStorage()
+    async with shared("G-AAAAA", group_dir) as (worker, store):
+        await worker.run(store.init_identity, "B-AAAAA", "C-AAAAA")
+        assert write_marker(broker_dir, _failure(group_dir)) is not None
+        worker.fail(_failure(group_dir))
+    assert _lock_free(group_dir)
+    wal = group_dir / "broker.sqlite3-wal"
+    before = wal.read_bytes()
+    with pytest.raises(StorageFailed):
+        async with shared("G-AAAAA", group_dir):
+            pytest.fail("opened a group of a folder whose disk failed a write")
+    assert wal.read_bytes() == before
+    with pytest.raises(StorageFailed):
+        async with open_sqlite_storage(broker_dir):
+            pytest.fail("opened a folder whose disk failed a write")

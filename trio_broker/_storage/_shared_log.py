@@ -64,7 +64,14 @@ import trio
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
-from ._failed import any_lost, failed_here, lost_writes, suppress_unless_lost
+from ._failed import (
+    any_lost,
+    failed_here,
+    lost_writes,
+    marker_dir,
+    refuse_if_failed,
+    suppress_unless_lost,
+)
 from ._files import fsync_path
 from ._worker import StorageWorker, close_storage, open_on
 
@@ -653,6 +660,10 @@ class SharedGroupStorage:
     async def __call__(self, group_id: str, path: Path) -> AsyncIterator[tuple[Any, Any]]:
         from ._store import Store
 
+        # A write failed in this broker's folder (its group folders' locks are released once
+        # the mark is on disk): a group opened again in this process, on a fresh storage
+        # thread once the failed one's last group left, would write there.
+        refuse_if_failed(marker_dir(path))
         worker, log = await self._acquire(Path(path).parent)
         try:
             store = await open_on(worker, functools.partial(Store, path, vfs=self.vfs, shared=log))

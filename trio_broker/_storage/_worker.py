@@ -28,7 +28,7 @@ import apsw
 import outcome
 import trio
 
-from ._failed import StorageFailed, lost_writes
+from ._failed import StorageFailed, lost_writes, marker_dir, refuse_if_failed
 
 T = TypeVar("T")
 
@@ -288,6 +288,7 @@ async def open_sqlite_storage(
     the folder's mark refuses it to every later open."""
     from ._store import Store
 
+    refuse_if_failed(marker_dir(data_dir))  # (marked: its lock may be free, it is not)
     async with open_storage_worker() as worker:
         store = await open_on(worker, functools.partial(Store, data_dir, vfs=vfs))
         try:
