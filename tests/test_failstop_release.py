@@ -263,7 +263,9 @@ def test_an_open_whose_fsync_fails_closes_writing_nothing(
     before: dict[str, tuple[str, int]] = {}
     monkeypatch.setattr(_store, "sync_new_files", failing_sync)
     data_dir = tmp_path / "b1"
-    with pytest.raises(FsyncFailed):
+    with pytest.raises(FsyncFailed):  # (reported as any failed fsync: marked)
         Store(data_dir)
     assert (data_dir / "broker.sqlite3-wal").stat().st_size > 0
+    assert read_marker(data_dir) is not None
+    (data_dir / FAILED_FILE).unlink()
     assert _files(data_dir) == before

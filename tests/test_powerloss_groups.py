@@ -197,10 +197,12 @@ def test_a_failed_saves_row_whose_delete_failed_goes_with_the_groups_next_row(
 
 # -- the runner ----------------------------------------------------------------------------------
 
-FAST = [(9, 1), (11, 1), (12, 1)]
-"""(seed, cuts): a few short seeds for the default suite; 9 and 12 lost acknowledged appends
-before a failed COMMIT's open transaction was rolled back (their stores' resets to FULL
-refused, the later saves savepoints never committed)."""
+FAST = [(4, 1), (9, 1), (11, 1), (12, 1)]
+"""(seed, cuts): a few short seeds for the default suite. Seed 4 loses acknowledged appends
+when a failed COMMIT's open transaction is not rolled back (``roll_back_open`` a no-op: the
+stores' resets to FULL refused, the later saves savepoints never committed); of seeds 1..20
+(one cut, 40 steps) it is the only one to, with the schedule of the replicas' apply lag. 9
+and 12 caught it before the apply lag changed the schedule; they stay, as 11 does."""
 
 
 @pytest.mark.parametrize(("seed", "cuts"), FAST)

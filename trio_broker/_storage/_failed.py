@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import time
@@ -135,6 +136,9 @@ class StorageFailed(Exception):
     def from_error(cls, exc: BaseException, file: str = "") -> StorageFailed:
         if isinstance(exc, StorageFailed):
             return exc
+        marked = getattr(exc, "storage_failed", None)  # (:func:`failed_here` reported it)
+        if isinstance(marked, StorageFailed):
+            return marked
         return cls(file or UNKNOWN_FILE, str(exc), error_code(exc))
 
     def again(self) -> StorageFailed:
@@ -210,6 +214,31 @@ def read_marker(data_dir: Path | str) -> StorageFailed | None:
     )
 
 
+def failed_here(exc: BaseException, file: Path | str, data_dir: Path | str) -> None:
+    """Report the failure a store's or shared log's own open or close met (the open's sync of
+    its new files, the closing checkpoint's fsync in a clean stop: no driver runs to report
+    it) as the driver reports one (``_runtime._failed_storage``): the mark written and synced
+    into ``data_dir``'s broker folder (:func:`marker_dir`), one ``storage.failed`` CRITICAL
+    line. The caller releases its folder's lock only if the mark is on disk (:func:`read_marker`)
+    and raises ``exc`` as it was (callers of a store catch ``apsw.Error``); the failure rides
+    on it, and :meth:`StorageFailed.from_error` (the storage thread's check, the runtime's
+    seams: ``_worker.close_storage``) turns it into this one, reported already."""
+    if isinstance(exc, StorageFailed) or hasattr(exc, "storage_failed"):
+        return
+    failure = StorageFailed.from_error(exc, str(file))
+    failure.reported = True
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.storage_failed = failure  # type: ignore[attr-defined]
+    marker = write_marker(marker_dir(data_dir), failure)
+    fields = {"file": failure.file, "code": failure.code, "error": failure.error}
+    fields["marker"] = str(marker) if marker is not None else "not written"
+    fields["action"] = "stopping; replace the disk, then data reset and rejoin"
+    text = "storage.failed " + " ".join(f'{k}="{v}"' for k, v in fields.items())
+    logging.getLogger("trio_broker").critical(
+        text, extra={"event": "storage.failed", "fields": fields}
+    )
+
+
 def refuse_if_failed(data_dir: Path | str) -> None:
     """Raise the :class:`StorageFailed` the marker in ``data_dir`` records, if there is one."""
     failure = read_marker(data_dir)
@@ -239,6 +268,7 @@ __all__ = [
     "FsyncFailed",
     "StorageFailed",
     "any_lost",
+    "failed_here",
     "lost_writes",
     "marker_dir",
     "read_marker",

@@ -64,9 +64,16 @@ import trio
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
-from ._failed import any_lost, lost_writes, suppress_unless_lost
+from ._failed import (
+    any_lost,
+    failed_here,
+    lost_writes,
+    marker_dir,
+    refuse_if_failed,
+    suppress_unless_lost,
+)
 from ._files import fsync_path
-from ._worker import StorageWorker, close_storage
+from ._worker import StorageWorker, close_storage, open_on
 
 _logger = logging.getLogger("trio_broker")
 
@@ -151,8 +158,10 @@ class SharedLog:
             (self.rows,) = db.execute("SELECT count(*) FROM shared_ops").fetchone()
             self._kept = self.rows
             """Rows the last trim (or the open) left: a group's not open here, until it opens."""
-        except BaseException:
-            self._db.close()
+        except BaseException as exc:
+            close_unwritten(self._db)  # (no closing checkpoint: Store.__init__ says why)
+            if lost_writes(exc):
+                failed_here(exc, self.path, self.path.parent.parent)
             raise
         self.members: dict[str, Any] = {}
         """The open stores that write here, by incarnation (a trim syncs them)."""
@@ -275,7 +284,17 @@ class SharedLog:
             self.trim()
 
     def close(self) -> None:
-        close_checkpointed(self._db)  # (a failed fsync in its checkpoint raises)
+        """Close after our checkpoint; a failed fsync in it is reported as any other
+        (``Store.close``): the mark in the broker's folder (this file's folder's parent),
+        the error raised with its :class:`~._failed.StorageFailed` (``_failed.failed_here``)."""
+        try:
+            close_checkpointed(self._db)
+        except BaseException as exc:
+            if not lost_writes(exc):
+                raise
+            close_unwritten(self._db)
+            failed_here(exc, self.path, self.path.parent.parent)
+            raise
 
     def abandon(self) -> None:
         """Close writing nothing, after a failed write (``Store.abandon``)."""
@@ -641,9 +660,13 @@ class SharedGroupStorage:
     async def __call__(self, group_id: str, path: Path) -> AsyncIterator[tuple[Any, Any]]:
         from ._store import Store
 
+        # A write failed in this broker's folder (its group folders' locks are released once
+        # the mark is on disk): a group opened again in this process, on a fresh storage
+        # thread once the failed one's last group left, would write there.
+        refuse_if_failed(marker_dir(path))
         worker, log = await self._acquire(Path(path).parent)
         try:
-            store = await worker.run(functools.partial(Store, path, vfs=self.vfs, shared=log))
+            store = await open_on(worker, functools.partial(Store, path, vfs=self.vfs, shared=log))
             try:
                 yield worker, store
             finally:
@@ -657,8 +680,8 @@ class SharedGroupStorage:
             if self._worker is None:
                 worker = StorageWorker(name="trio-broker-shared-storage")
                 try:
-                    log = await worker.run(
-                        functools.partial(SharedLog, folder / SHARED_LOG_FILE, vfs=self.vfs)
+                    log = await open_on(
+                        worker, functools.partial(SharedLog, folder / SHARED_LOG_FILE, vfs=self.vfs)
                     )
                 except BaseException:
                     worker.stop()

@@ -38,7 +38,7 @@ from .._core._commands import Command, Result, RetentionPolicy
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
 from .._protocol._entries import config_from_obj, config_to_obj, stored_entry
 from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
-from ._failed import lost_writes, marker_dir, read_marker
+from ._failed import failed_here, lost_writes, marker_dir, read_marker
 from ._file_checks import LogDamage, check_incoming_values, check_log, check_on_open, read_log
 from ._files import DB_FILE, DataDirInUse, DirLock, sync_new_files
 from ._integrity import (
@@ -121,10 +121,16 @@ class Store:
             sync_new_files(self.data_dir)
             self._log_damage = check_log(self._db, self.get_meta("snapshot_index", 0))
         except BaseException as exc:
-            if hasattr(self, "_db") and lost_writes(exc):
-                close_unwritten(self._db)  # (no closing checkpoint: it would write and sync)
-            elif hasattr(self, "_db"):
-                self._db.close()
+            # No closing checkpoint, whatever failed: SQLite's own would write and sync the
+            # file (a damaged one too), drop a failed fsync's error and delete the WAL, whose
+            # commits are durable already. A failed write is reported as in close().
+            if hasattr(self, "_db"):
+                close_unwritten(self._db)
+            if lost_writes(exc):
+                failed_here(exc, self.data_dir / DB_FILE, self.data_dir)
+                if read_marker(marker_dir(self.data_dir)) is not None:
+                    self._lock.release()
+                raise
             self._lock.release()
             raise
 
@@ -147,20 +153,29 @@ class Store:
         """Close the file; with a shared log, sync it first and delete this group's rows there
         (a clean stop, or a replica retired, leaves no row behind). The close-time checkpoint
         is ours: a failed fsync in it raises, and after one nothing more is written
-        (:func:`._checkpoint.close_checkpointed`)."""
+        (:func:`._checkpoint.close_checkpointed`). Such a failure is a failed fsync like any
+        other (no driver runs any more to report it): the mark written, the lock kept until
+        it is on disk (:meth:`abandon`), the error raised with its :class:`StorageFailed`
+        (:func:`._failed.failed_here`; the runtime raises that one)."""
         checkpoint = True
         try:
-            if self._shared is not None:
-                self._shared.members.pop(self._incarnation, None)
-                self._shared.forget(self._incarnation, self.sync_shared())
-        except BaseException as exc:
-            checkpoint = not lost_writes(exc)
-            raise
-        finally:
             try:
-                close_checkpointed(self._db, checkpoint=checkpoint)
+                if self._shared is not None:
+                    self._shared.members.pop(self._incarnation, None)
+                    self._shared.forget(self._incarnation, self.sync_shared())
+            except BaseException as exc:
+                checkpoint = not lost_writes(exc)
+                raise
             finally:
-                self._lock.release()
+                close_checkpointed(self._db, checkpoint=checkpoint)
+        except BaseException as exc:
+            if lost_writes(exc):
+                failed_here(exc, self.data_dir / DB_FILE, self.data_dir)
+                self.abandon()
+                raise
+            self._lock.release()
+            raise
+        self._lock.release()
 
     def abandon(self) -> None:
         """Close after a write failed that may have lost writes (:mod:`._failed`): no

@@ -28,7 +28,7 @@ import apsw
 import outcome
 import trio
 
-from ._failed import StorageFailed, lost_writes
+from ._failed import StorageFailed, lost_writes, marker_dir, refuse_if_failed
 
 T = TypeVar("T")
 
@@ -225,18 +225,38 @@ async def close_storage(worker: StorageWorker, storage: Any) -> None:
     checkpoint: write and sync the file after the failure, and delete the WAL.
 
     A failed worker's close raises nothing (the driver raised the failure already); a close
-    that failed raises its error, as before, after the abandon."""
+    that failed raises its error after the abandon: the :class:`StorageFailed` the close
+    reported (its mark written: ``_failed.failed_here``), as any failed fsync's."""
     with trio.CancelScope(shield=True):
         if worker.failed is None:
             try:
                 await worker.run(storage.close)
                 return
-            except BaseException:
+            except BaseException as exc:
                 if worker.failed is None:
                     raise
                 await worker.run(_WritesNothing(storage.abandon))
+                raise_reported(exc)
                 raise
         await worker.run(_WritesNothing(storage.abandon))
+
+
+def raise_reported(exc: BaseException) -> None:
+    """Raise the :class:`StorageFailed` a store's or shared log's open or close reported on
+    ``exc`` (``_failed.failed_here``: marked, logged), if it did; else return."""
+    failure = getattr(exc, "storage_failed", None)
+    if isinstance(failure, StorageFailed) and failure is not exc:
+        raise failure.again() from exc
+
+
+async def open_on(worker: StorageWorker, opener: Callable[[], Any]) -> Any:
+    """``opener()`` (a store's, a shared log's open) on ``worker``'s thread; a failed write in
+    it raises the :class:`StorageFailed` it reported (:func:`raise_reported`)."""
+    try:
+        return await worker.run(opener)
+    except BaseException as exc:
+        raise_reported(exc)
+        raise
 
 
 def note_failure(worker: Any, exc: BaseException) -> None:
@@ -268,8 +288,9 @@ async def open_sqlite_storage(
     the folder's mark refuses it to every later open."""
     from ._store import Store
 
+    refuse_if_failed(marker_dir(data_dir))  # (marked: its lock may be free, it is not)
     async with open_storage_worker() as worker:
-        store = await worker.run(functools.partial(Store, data_dir, vfs=vfs))
+        store = await open_on(worker, functools.partial(Store, data_dir, vfs=vfs))
         try:
             yield worker, store
         finally:
