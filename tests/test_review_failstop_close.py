@@ -4,7 +4,8 @@ checkpoint syncs the database file): a failed fsync like every other (docs/relia
 by the runtime (a bare store raises the error it met, the failure riding on it: its callers
 catch ``apsw.Error``), the connection closed writing nothing, the folder's lock released only
 once the mark is on disk. The same for a failed open, and any failed open closes without
-SQLite's closing checkpoint; a folder so marked is refused by the runtime's storages. Before: ``Store.close`` released the lock in its ``finally`` and raised the raw
+SQLite's closing checkpoint; a folder so marked is refused by the runtime's storages.
+Before: ``Store.close`` released the lock in its ``finally`` and raised the raw
 ``apsw.IOError``; only the ``node`` command wrote the mark, so a library user embedding the
 broker (``open_broker``, ``open_sqlite_storage``, ``Store``) got no mark at all.
 """
