@@ -48,6 +48,14 @@ def guide_ports(blocks: list[str]) -> list[int]:
     return sorted({int(p) for p in found})
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as an outgoing connection's local end."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # (Linux's default)
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -56,10 +64,16 @@ def _free(port: int) -> bool:
 def moved_blocks(blocks: list[str], ports: list[int]) -> tuple[list[str], int]:
     """The guide's blocks with every port moved by one offset to ports nobody answers on,
     and the offset: another suite on the machine may run the guide's own ports at the same
-    time. The offset keeps the guide's shape (9101..9106 stay six neighbours)."""
+    time. The offset keeps the guide's shape (9101..9106 stay six neighbours), and every moved
+    port below the kernel's range of ephemeral ports: a port in that range may be taken, any
+    moment during the run, as the local end of an outgoing connection (a peer link, this
+    test's own queries), and the broker started on it later cannot listen ("Address already
+    in use"; a query to it is then reset by that connection's socket)."""
     rng = random.Random()
+    highest = _ephemeral_low() - 1 - max(ports)
+    assert highest > 10_000, f"no room for the guide's ports below {_ephemeral_low()}"
     for _ in range(50):
-        shift = rng.randrange(10_000, 50_000)
+        shift = rng.randrange(10_000, highest)
         if all(_free(p + shift) for p in ports):
             break
     else:
