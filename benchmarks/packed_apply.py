@@ -8,7 +8,7 @@ fsync on, as in a broker), then one retention pass every ``--retain-every`` grou
 keeps the newest ``--keep`` values (the rows' deletes). Prints the thread's CPU
 (``time.thread_time``: the fsync's wait not counted) per value after ``--warm`` groups, the
 median of ``--rounds`` rounds. No log rows, no decode: only what the rows' layout changes
-(schema version 7 against 8: docs/performance.md, "The queue rows' packed key, schema
+(schema version 7 against 8: docs/performance-history.md, "The queue rows' packed key, schema
 version 8 (tenth round)"). Runs on any tree with ``Store`` and these commands: run it with
 each tree first on ``PYTHONPATH``, alternated.
 """

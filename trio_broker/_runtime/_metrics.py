@@ -173,7 +173,7 @@ class BrokerMetrics:
         (each answer's operation, outcome, latency and count) with no line of Python per
         write, then counted: writes all of one operation and outcome (one request in flight,
         a pipelined receive's APPENDs) by :meth:`_count_alike`, others one key at a time
-        (docs/performance.md, "The leader's Python per write and per Ready (tenth round)").
+        (docs/performance-history.md, "The leader's Python per write and per Ready (tenth round)").
         Either makes the updates that each write's own made (tests/test_leadready_metrics.py
         holds them to the code before)."""
         if not _alike(writes):  # (a few writes' keys: several operations or outcomes)

@@ -47,7 +47,7 @@ class settling:  # (lower case: used as the function it was, ``with settling():`
 
     A class, not a generator-based context manager: it is entered once or twice per applied
     Ready, and the generator's machinery cost about 1.5 µs of the loop's thread each time
-    (docs/performance.md, "The leader's Python per write and per Ready (tenth round)")."""
+    (docs/performance-history.md, "The leader's Python per write and per Ready (tenth round)")."""
 
     __slots__ = ("_held", "_token")
 

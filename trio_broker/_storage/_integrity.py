@@ -315,7 +315,7 @@ _READ_VALUES = (
 rowid<?)``; ``sequence_num`` is computed from the key), its bounds from the queue's number,
 two constant subqueries SQLite runs once each per execution. A join with ``queues`` (one
 seek there instead of two) cost 15.0 to 15.6 µs per execution of one row against 5.2 to 5.3
-(thread CPU, 20,000 executions; docs/performance.md, "The queue rows' packed key, schema
+(thread CPU, 20,000 executions; docs/performance-history.md, "The queue rows' packed key, schema
 version 8 (tenth round)"). No ``ORDER BY``: the rows come in key order, which is sequence
 order, without a sort,
 and the plan with ``ORDER BY`` (the same bytecode but a ``Noop``) cost 6.5 µs per execution

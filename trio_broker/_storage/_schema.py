@@ -260,7 +260,7 @@ DROP TABLE queue_data;
 ALTER TABLE queue_data_v7 RENAME TO queue_data;
 """
 
-# Version 8: the queue rows' key packed into the table's rowid (docs/performance.md, "The
+# Version 8: the queue rows' key packed into the table's rowid (docs/performance-history.md, "The
 # queue rows' packed key, schema version 8 (tenth round)"): ``key`` is the queue's number times
 # :data:`QUEUE_SPAN` plus the message's sequence number, so the rows need no unique index of
 # their own (version 7's ``UNIQUE (queue_number, sequence_num)`` was, after the values, the
