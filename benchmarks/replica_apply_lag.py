@@ -124,8 +124,8 @@ def _turns(lag: int, alone: list[float], applies: list[float]) -> None:
     replicas' saves (the other acknowledgement is not on the path), drawn independently,
     over ``lag`` entries. Both replicas apply on the same entry (one entry in ``lag`` draws
     two applying saves), or they take turns (two entries in ``lag`` draw one of each: turns
-    half the lag apart, as docs/performance.md's "Replicas take turns applying (tenth
-    round)" tried). The fsync's noise is shared by the two replicas of a real cluster (one
+    half the lag apart, as docs/performance-history.md's "Replicas take turns applying
+    (tenth round)" tried). The fsync's noise is shared by the two replicas of a real cluster (one
     disk), and on two cores the CPU too: an estimate of the best case, not a figure. The
     timeline (``benchmarks.sequential_timeline``) shows what a real cluster does."""
     if not alone or not applies:
