@@ -831,12 +831,12 @@ _hard_states = st.builds(
 )
 @given(states=st.lists(_hard_states, min_size=1, max_size=8))
 def test_a_save_writes_the_fields_of_the_hard_state_that_changed_and_reads_back_whole(
-    ram_path_factory, states
+    new_store_dir, states
 ):
     """Store.save writes only the hard-state fields that differ from what it last committed
     (usually the commit index alone): the table must still hold every field of the last
     hard state saved, after each save and once reopened."""
-    path = ram_path_factory.mktemp("hs")
+    path = new_store_dir("hs")
     store = Store(path)
     try:
         for hard_state in states:
