@@ -109,14 +109,14 @@ def _objects_path(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[bool]:
 )
 @given(steps=st.lists(st.lists(_commands, min_size=1, max_size=6), min_size=1, max_size=6))
 def test_a_batched_read_answered_as_columns_is_the_checking_paths(
-    ram_path_factory, monkeypatch, steps
+    new_store_dir, monkeypatch, steps
 ):
     """Values of several sizes with and without headers, budgets from 0 to none, peeks, seeks
     anywhere: the leader answering as columns gives the checking path's results, the same
     answer frame to the byte, the same positions, and both the reference's."""
     model = QueueState()
-    columns = Store(ram_path_factory.mktemp("columns"))
-    objects = Store(ram_path_factory.mktemp("objects"))
+    columns = Store(new_store_dir("columns"))
+    objects = Store(new_store_dir("objects"))
     taken = _objects_path(monkeypatch, objects)
     try:
         for store in (columns, objects):
@@ -249,7 +249,7 @@ def _for_nobody(result: Any) -> Any:
     in_flight=st.integers(min_value=1, max_value=8),
 )
 def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
-    ram_path_factory, monkeypatch, steps, in_flight
+    new_store_dir, monkeypatch, steps, in_flight
 ):
     """GROUP_READs (budgets from 0 to none, headers or not, redeliveries after NACKs and
     expired leases first, a bounded number in flight) reading the new messages as columns give
@@ -257,9 +257,9 @@ def test_a_group_read_of_new_messages_as_columns_is_the_checking_paths(
     (new messages sized from checked bytes, kept per connection) the same leases without their
     bytes."""
     model = QueueState()
-    columns = Store(ram_path_factory.mktemp("columns"))
-    objects = Store(ram_path_factory.mktemp("objects"))
-    nobody = Store(ram_path_factory.mktemp("nobody"))
+    columns = Store(new_store_dir("columns"))
+    objects = Store(new_store_dir("objects"))
+    nobody = Store(new_store_dir("nobody"))
     taken = _objects_path(monkeypatch, objects)
     sized: list[bool] = []
     real_sizes = _budget_reads.checked_sizes

@@ -122,15 +122,13 @@ def _watch_value_reads(store: Store) -> list[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=st.lists(st.lists(_commands, min_size=1, max_size=8), min_size=1, max_size=10))
-def test_a_replica_moves_positions_as_the_reference_without_reading_a_value(
-    ram_path_factory, steps
-):
+def test_a_replica_moves_positions_as_the_reference_without_reading_a_value(new_store_dir, steps):
     """The replica's store holds every value damaged; it applies the same entries as the
     leader's (which reads and checks them) and ends in the reference's state, each READ's
     answer the reference's with empty bytes, no value ever read."""
     model = QueueState()
-    leader = Store(ram_path_factory.mktemp("leader"))
-    replica = Store(ram_path_factory.mktemp("replica"))
+    leader = Store(new_store_dir("leader"))
+    replica = Store(new_store_dir("replica"))
     try:
         replica.hold_damage = replica.unchecked_reads = True
         leader.hold_damage = True  # (damage would fail the leader's transaction whole)

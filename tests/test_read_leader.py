@@ -196,10 +196,10 @@ def test_a_single_read_never_serves_a_damaged_value(tmp_path, damage, found):
     ),
     damaged=st.sets(st.integers(1, 6)),
 )
-def test_read_data_checks_as_read_values_does(ram_path_factory, values, damaged):
+def test_read_data_checks_as_read_values_does(new_store_dir, values, damaged):
     """For every stored message, intact or not, :func:`read_data` gives the bytes
     :func:`read_values` gives, or refuses it with the same damage."""
-    store = Store(ram_path_factory.mktemp("store"))
+    store = Store(new_store_dir("store"))
     try:
         store.apply([CreateQueue(QUEUE), AppendBatch(QUEUE, tuple(d for d, _ in values))])
         for seq, (_, headers) in enumerate(values, 1):
@@ -283,13 +283,13 @@ _group_reads = st.lists(
     sweeping=st.booleans(),
 )
 def test_reads_in_a_group_answer_and_move_as_one_by_one(
-    ram_path_factory, groups, damaged, hold, sweeping
+    new_store_dir, groups, damaged, hold, sweeping
 ):
     """A group's READs (runs of one reader among others, SEEKs between) against the same
     commands each in an entry of its own, on a store whose values may be damaged: the same
     answers (a damaged value never served: UNAVAILABLE alone, raised with ``hold``), the same
     positions and position marks; without damage, the reference's answers."""
-    stores = [Store(ram_path_factory.mktemp(name)) for name in ("grouped", "alone")]
+    stores = [Store(new_store_dir(name)) for name in ("grouped", "alone")]
     model = QueueState()
     try:
         setup = [CreateQueue(QUEUE), AppendBatch(QUEUE, tuple(b"v%d" % n for n in range(6)))]

@@ -167,9 +167,7 @@ def _count_budgeted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=st.lists(st.lists(_commands, min_size=1, max_size=8), min_size=1, max_size=8))
-def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(
-    ram_path_factory, monkeypatch, steps
-):
+def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(new_store_dir, monkeypatch, steps):
     """Random queues (values of 0 to 40 bytes, with and without headers), budgets from 0 (a
     single message larger than it) to more than the range, empty queues, positions at or past
     the end, retention's deleted head, peeks, idle forgetting: the replica's store (nobody
@@ -179,8 +177,8 @@ def test_a_byte_bounded_read_for_nobody_moves_as_on_the_leader(
     which each read marks once idle forgetting has started, included)."""
     taken = _count_budgeted(monkeypatch)
     model = QueueState()
-    leader = Store(ram_path_factory.mktemp("leader"))
-    replica = Store(ram_path_factory.mktemp("replica"))
+    leader = Store(new_store_dir("leader"))
+    replica = Store(new_store_dir("replica"))
     try:
         leader.hold_damage = True
         replica.hold_damage = replica.unchecked_reads = True

@@ -156,7 +156,7 @@ def _assert_store_matches(store: Store, model: QueueState) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=_steps)
-def test_store_agrees_with_reference_state_machine(ram_path_factory, monkeypatch, steps):
+def test_store_agrees_with_reference_state_machine(new_store_dir, monkeypatch, steps):
     import trio_broker._core._queues as queues_module
     import trio_broker._storage._queue_sql as store_module
 
@@ -164,7 +164,7 @@ def test_store_agrees_with_reference_state_machine(ram_path_factory, monkeypatch
     monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 3)
     monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 3)
     # The factory is session-scoped: make a fresh directory for every example.
-    data_dir = ram_path_factory.mktemp("model")
+    data_dir = new_store_dir("model")
     model = QueueState()
     store = Store(data_dir)
     try:
@@ -230,13 +230,13 @@ _retention_commands = st.one_of(
         max_size=10,
     ),
 )
-def test_store_agrees_with_reference_under_retention(ram_path_factory, monkeypatch, undated, steps):
+def test_store_agrees_with_reference_under_retention(new_store_dir, monkeypatch, undated, steps):
     import trio_broker._core._queues as queues_module
     import trio_broker._storage._queue_sql as store_module
 
     monkeypatch.setattr(queues_module, "RETENTION_DELETES_PER_APPLY", 4)
     monkeypatch.setattr(store_module, "RETENTION_DELETES_PER_APPLY", 4)
-    data_dir = ram_path_factory.mktemp("retention")
+    data_dir = new_store_dir("retention")
     model = QueueState()
     store = Store(data_dir)
     try:
@@ -345,10 +345,10 @@ _plain_appends = st.builds(
         max_size=6,
     )
 )
-def test_runs_of_plain_appends_in_a_group_apply_like_one_by_one(ram_path_factory, groups):
+def test_runs_of_plain_appends_in_a_group_apply_like_one_by_one(new_store_dir, groups):
     """Pipelined appends to one queue arrive as runs inside a group, which the store writes
     with three statements per run: the results, rows and stamps are the reference's."""
-    data_dir = ram_path_factory.mktemp("runs")
+    data_dir = new_store_dir("runs")
     model = QueueState()
     store = Store(data_dir)
     try:
@@ -831,12 +831,12 @@ _hard_states = st.builds(
 )
 @given(states=st.lists(_hard_states, min_size=1, max_size=8))
 def test_a_save_writes_the_fields_of_the_hard_state_that_changed_and_reads_back_whole(
-    ram_path_factory, states
+    new_store_dir, states
 ):
     """Store.save writes only the hard-state fields that differ from what it last committed
     (usually the commit index alone): the table must still hold every field of the last
     hard state saved, after each save and once reopened."""
-    path = ram_path_factory.mktemp("hs")
+    path = new_store_dir("hs")
     store = Store(path)
     try:
         for hard_state in states:

@@ -44,6 +44,10 @@ if __name__ == "__main__":
 
 
 def run(*argv: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    """``argv`` without this environment's ``PYTHONPATH``: a checkout put on it (to test the
+    checkout's package with another environment's Python) would shadow the wheel in its venv,
+    as it never does for a user."""
+    kwargs.setdefault("env", {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     return subprocess.run(
         [str(a) for a in argv], capture_output=True, text=True, timeout=300, check=False, **kwargs
     )

@@ -686,9 +686,9 @@ def small_limits(monkeypatch):
     group=_settings,
 )
 def test_store_agrees_with_reference_on_work_queue_histories(
-    ram_path_factory, small_limits, steps, created, group
+    new_store_dir, small_limits, steps, created, group
 ):
-    data_dir = ram_path_factory.mktemp("work")
+    data_dir = new_store_dir("work")
     model = QueueState()
     store = Store(data_dir)
     try:
@@ -884,7 +884,7 @@ def _state_aware_command(rng, model: QueueState):
     return CreateQueue(rng.choice(QUEUES))
 
 
-def test_store_agrees_with_reference_on_long_state_aware_histories(ram_path_factory, small_limits):
+def test_store_agrees_with_reference_on_long_state_aware_histories(new_store_dir, small_limits):
     seen: set[str] = set()
 
     @settings(
@@ -895,7 +895,7 @@ def test_store_agrees_with_reference_on_long_state_aware_histories(ram_path_fact
     @given(seed=st.integers(min_value=0, max_value=2**32))
     def run(seed):
         rng = random.Random(seed)
-        data_dir = ram_path_factory.mktemp("long")
+        data_dir = new_store_dir("long")
         model = QueueState()
         store = Store(data_dir)
         try:
