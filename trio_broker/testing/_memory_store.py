@@ -26,6 +26,7 @@ from .._core._commands import (
     GroupApplied,
     Result,
     RetentionPolicy,
+    SingleResult,
     bad_request,
     check_producer,
 )
@@ -409,7 +410,9 @@ def apply_within_bounds(state: QueueState, command: Command) -> Result:
     (every number given is within the bound, so all are taken exactly when that many queues
     live)."""
     if isinstance(command, CommandGroup):
-        return GroupApplied(tuple(apply_within_bounds(state, c) for c in command.commands))
+        # (a group holds no group: each result is a SingleResult)
+        results = [apply_within_bounds(state, c) for c in command.commands]
+        return GroupApplied(tuple(cast("list[SingleResult]", results)))
     refused = _past_a_bound(state, command)
     if refused is not None:
         return refused
