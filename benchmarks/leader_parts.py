@@ -37,11 +37,19 @@ What it leaves out: the socket calls, the driver and storage, the peer links (se
 ``benchmarks.connection_path`` for the connection path with its socket calls, and the bench
 for the whole). Runs on the code before a change too (``PYTHONPATH`` to an export of it), so
 that two trees can be compared part by part, alternated.
+
+Every part runs under the node's garbage collector settings (``_cli._node.GC_THRESHOLDS``, and
+what the imports built frozen, as the node freezes what its start-up built), imported from
+where the node sets them, not copied: the leader runs at those, and at Python's defaults a
+young collection every 700 net allocations would charge each part with collections the
+broker does not make (docs/performance-history.md, "Per-replica Python": 1.28 -> 0.18 us of
+collections per append).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -51,6 +59,7 @@ from typing import Any
 import orjson
 
 from benchmarks.connection_path import APPEND, LeaderNode, stand_in_runs
+from trio_broker._cli._node import GC_THRESHOLDS
 from trio_broker._core import _commands as cmd
 from trio_broker._protocol import _codec, encode_frame
 from trio_broker._protocol._framing import FrameDecoder
@@ -116,6 +125,8 @@ def main() -> None:
     count = args.run
     if count < 1:
         parser.error("--run takes 1 or more")
+    gc.set_threshold(*GC_THRESHOLDS)  # (as the node runs: see the module's docstring)
+    gc.freeze()
     if count == 1:
         _lone(args.repeat, args.number)
         return

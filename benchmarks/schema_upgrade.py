@@ -37,46 +37,41 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def build_version_6(folder: Path, count: int) -> None:
+BUILT = (6, 7)
+"""The versions :func:`build` writes."""
+
+
+def build(folder: Path, count: int, version: int) -> None:
+    """A database of schema ``version`` (6 or 7, its own definitions: ``upgrade(db,
+    to=version)``) in ``folder``, ``count`` messages over :data:`QUEUES` queues, each row with
+    its checksum. The two versions differ only in how a row names its queue: version 6 by its
+    id, version 7 by the queue's number (``queues.queue_number``, 1 to 10 here)."""
+    if version not in BUILT:
+        raise ValueError(f"builds versions {BUILT}, not {version}")
+    numbered = version == 7
     db = apsw.Connection(str(folder / "broker.sqlite3"))
-    upgrade(db, to=6)
+    upgrade(db, to=version)
     with db:
         db.execute("INSERT INTO meta VALUES ('broker_id', 'B-BENCH'), ('cluster_id', 'G-BENCH')")
         per_queue = -(-count // QUEUES)
         for q in range(QUEUES):
             queue_id = f"Q-BENCH{q:05d}"
             length = min(per_queue, count - q * per_queue)
-            db.execute("INSERT INTO queues (queue_id, length) VALUES (?, ?)", (queue_id, length))
+            if numbered:
+                db.execute(
+                    "INSERT INTO queues (queue_id, length, queue_number) VALUES (?, ?, ?)",
+                    (queue_id, length, q + 1),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO queues (queue_id, length) VALUES (?, ?)", (queue_id, length)
+                )
+            key: int | str = q + 1 if numbered else queue_id
             db.executemany(
-                "INSERT INTO queue_data (queue_id, sequence_num, appended_ms, headers, checksum,"
-                " data) VALUES (?, ?, ?, NULL, ?, ?)",
+                f"INSERT INTO queue_data ({'queue_number' if numbered else 'queue_id'},"
+                " sequence_num, appended_ms, headers, checksum, data) VALUES (?, ?, ?, NULL, ?, ?)",
                 (
-                    (queue_id, seq, 1000 + seq, value_checksum(queue_id, seq, VALUE, None), VALUE)
-                    for seq in range(1, length + 1)
-                ),
-            )
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-
-
-def build_version_7(folder: Path, count: int) -> None:
-    db = apsw.Connection(str(folder / "broker.sqlite3"))
-    upgrade(db, to=7)
-    with db:
-        db.execute("INSERT INTO meta VALUES ('broker_id', 'B-BENCH'), ('cluster_id', 'G-BENCH')")
-        per_queue = -(-count // QUEUES)
-        for q in range(QUEUES):
-            queue_id = f"Q-BENCH{q:05d}"
-            length = min(per_queue, count - q * per_queue)
-            db.execute(
-                "INSERT INTO queues (queue_id, length, queue_number) VALUES (?, ?, ?)",
-                (queue_id, length, q + 1),
-            )
-            db.executemany(
-                "INSERT INTO queue_data (queue_number, sequence_num, appended_ms, headers,"
-                " checksum, data) VALUES (?, ?, ?, NULL, ?, ?)",
-                (
-                    (q + 1, seq, 1000 + seq, value_checksum(queue_id, seq, VALUE, None), VALUE)
+                    (key, seq, 1000 + seq, value_checksum(queue_id, seq, VALUE, None), VALUE)
                     for seq in range(1, length + 1)
                 ),
             )
@@ -87,7 +82,7 @@ def build_version_7(folder: Path, count: int) -> None:
 def main(count: int, version: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
-        (build_version_7 if version == 7 else build_version_6)(folder, count)
+        build(folder, count, version)
         before = _size(folder)
         cpu, wall = _cpu(), time.perf_counter()
         store = Store(folder)

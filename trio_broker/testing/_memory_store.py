@@ -10,20 +10,41 @@ from __future__ import annotations
 import contextlib
 import copy
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import trio
 
 from .._core import Command, QueueState
-from .._core._commands import RetentionPolicy
+from .._core._commands import (
+    AppendBatch,
+    AppendMessage,
+    CommandGroup,
+    CreateQueue,
+    GroupApplied,
+    Result,
+    RetentionPolicy,
+    SingleResult,
+    bad_request,
+    check_producer,
+)
 from .._core._queues import client_lag
 from .._core._raft_messages import Config, Entry, HardState, SnapshotMeta
+from .._core._work_commands import (
+    CreateNamedQueue,
+    ExpireLeases,
+    GroupNack,
+    GroupRead,
+    GroupSettings,
+    Publish,
+)
+from .._core._work_rules import command_problem, name_problem, publish_decided
 from .._protocol._entries import decode_payload, payload_bytes
-from .._storage import DataDirInUse, Identity
+from .._storage import DataDirInUse, Identity, _schema
 from .._storage._file_checks import LogDamage
+from .._storage._schema import MAX_SEQUENCE, past_last_sequence, too_many_queues
 from .._storage._store import QueueRow, RaftState
 
 T = TypeVar("T")
@@ -319,7 +340,9 @@ class MemoryStore:
         results: list[Any] = []
         for entry in committed:
             payload = entry.payload
-            results.append(self.state.apply(payload) if isinstance(payload, Command) else None)
+            results.append(
+                apply_within_bounds(self.state, payload) if isinstance(payload, Command) else None
+            )
         if committed:
             self.meta["applied_index"] = committed[-1].index
         if before_commit is not None:
@@ -362,6 +385,126 @@ class MemoryStore:
             "MemoryStore cannot write snapshots: keep compaction off under the mock clock "
             "(a large compact_threshold), or use the SQLite store"
         )
+
+
+# -- the storage's bounds (schema version 8) ----------------------------------------------------
+
+
+def apply_within_bounds(state: QueueState, command: Command) -> Result:
+    """``state.apply(command)`` refused, or a dead-letter move held back, exactly where the
+    SQLite store's packed key (``_storage/_schema.py``, version 8) makes that store do so, so
+    that this store stays the SQLite store's twin at the bounds too: an append, batch or
+    PUBLISH that would take its queue past ``MAX_SEQUENCE`` is ``BAD_REQUEST`` (a producer's
+    retry still answered as the duplicate it is, decided first as there), a CREATE_QUEUE or
+    CREATE_NAMED_QUEUE with ``_schema.MAX_QUEUE_NUMBER`` queues alive is ``BAD_REQUEST`` (after
+    the checks that come before it there), a group applies command by command (as the SQLite
+    store's runs fall back to when they would cross the bound), and a message due for a
+    dead-letter queue that holds ``MAX_SEQUENCE`` waits in its group (:func:`_dead_letters_wait`).
+
+    The core (``QueueState``) does not model these bounds: they belong to the SQLite layout,
+    and no history a test runs reaches them, except by setting a queue's length
+    (``state.deleted``, as retention would have left it) or lowering
+    ``_schema.MAX_QUEUE_NUMBER`` (read here when applied, as ``next_queue_number`` reads it),
+    the seams ``tests/test_house11_bounds.py`` drives both stores through. The SQLite store
+    gives queue numbers; here only their count is kept, which decides the refusal alike
+    (every number given is within the bound, so all are taken exactly when that many queues
+    live)."""
+    if isinstance(command, CommandGroup):
+        # (a group holds no group: each result is a SingleResult)
+        results = [apply_within_bounds(state, c) for c in command.commands]
+        return GroupApplied(tuple(cast("list[SingleResult]", results)))
+    refused = _past_a_bound(state, command)
+    if refused is not None:
+        return refused
+    if isinstance(command, GroupRead | GroupNack | ExpireLeases):
+        with _dead_letters_wait(state):
+            return state.apply(command)
+    return state.apply(command)
+
+
+def _past_a_bound(state: QueueState, command: Command) -> Result | None:
+    """The ``BAD_REQUEST`` the SQLite store answers ``command`` with at a bound, decided
+    after every check that store makes before it (None: apply it as the core does)."""
+    if isinstance(command, CreateQueue | CreateNamedQueue):
+        if isinstance(command, CreateNamedQueue) and (
+            name_problem(command.name, "queue name") is not None or command.name in state.work.names
+        ):
+            return None
+        policy = command.retention
+        if (
+            command.queue_id in state.messages
+            or (isinstance(policy, RetentionPolicy) and policy.problem() is not None)
+            or len(state.messages) < _schema.MAX_QUEUE_NUMBER
+        ):
+            return None
+        return bad_request(too_many_queues())
+    if isinstance(command, AppendMessage | AppendBatch):
+        count = len(command.data) if isinstance(command, AppendBatch) else 1
+        length = state.queue_length(command.queue_id)
+        if length is None or length + count <= MAX_SEQUENCE:
+            return None
+        if command.producer_id is not None and command.producer_seq is not None:
+            known = state.producers.get((command.producer_id, command.queue_id))
+            batch = isinstance(command, AppendBatch)
+            if check_producer(known, command.producer_seq, batch) is not None:
+                return None  # (a duplicate, out of order or too old: as decided there)
+        return bad_request(past_last_sequence(command.queue_id, length, count))
+    if isinstance(command, Publish):
+        length = state.queue_length(command.queue_id)
+        count = len(command.records)
+        if command_problem(command) is not None or length is None or length + count <= MAX_SEQUENCE:
+            return None
+        if command.producer_id is not None:
+            entry = state.work.producers.get((command.producer_id, command.queue_id))
+            epoch = None if entry is None else entry.epoch
+            dedup = entry.state if entry is not None and epoch == command.producer_epoch else None
+            if publish_decided(command, epoch, dedup) is not None:
+                return None
+        return bad_request(past_last_sequence(command.queue_id, length, count))
+    return None
+
+
+class _WaitWhenFull:
+    """A group's settings while a command that may end its leases applies: its
+    ``max_deliveries`` reads None (the message waits, as under its limit) whenever its
+    dead-letter queue holds ``MAX_SEQUENCE`` at that moment. The core reads it once per lease
+    it ends (``_work._end_lease``), so each move is decided on the queue's length then, as
+    the SQLite store's ``_lease_sql._end_lease`` decides it: a command that moves several
+    messages fills the queue and holds back the rest."""
+
+    def __init__(self, settings: GroupSettings, state: QueueState) -> None:
+        self._settings = settings
+        self._state = state
+
+    @property
+    def max_deliveries(self) -> int | None:
+        target = self._settings.dead_letter_queue
+        if target is not None and (self._state.queue_length(target) or 0) >= MAX_SEQUENCE:
+            return None
+        return self._settings.max_deliveries
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._settings, name)
+
+
+@contextlib.contextmanager
+def _dead_letters_wait(state: QueueState) -> Iterator[None]:
+    """Every group that moves messages to a dead-letter queue under :class:`_WaitWhenFull`
+    while the block runs; its own settings back after (the results never hold them: GROUP_READ,
+    GROUP_NACK and EXPIRE_LEASES answer with messages and counts)."""
+    swapped = [
+        (group, group.settings)
+        for group in state.work.groups.values()
+        if group.settings.dead_letter_queue is not None
+        and group.settings.max_deliveries is not None
+    ]
+    for group, settings in swapped:
+        group.settings = cast(GroupSettings, _WaitWhenFull(settings, state))
+    try:
+        yield
+    finally:
+        for group, settings in swapped:
+            group.settings = settings
 
 
 class InlineWorker:
@@ -420,4 +563,10 @@ def open_memory_storage(
     return storage
 
 
-__all__ = ["InlineWorker", "MemoryStore", "StorageCrashed", "open_memory_storage"]
+__all__ = [
+    "InlineWorker",
+    "MemoryStore",
+    "StorageCrashed",
+    "apply_within_bounds",
+    "open_memory_storage",
+]

@@ -42,10 +42,15 @@ Usage::
     vfs = PowerLossVFS("powerloss-1", cut_at_sync=17)
     store = Store(path, vfs=vfs.name)
     ...                             # the 17th sync raises apsw.IOError: the power is cut
-    store.close()                   # writes nothing: the disk is dead
+    close_after_cut(store)          # as the process's death: nothing written, lock gone
     vfs.power_on()                  # files now hold exactly what was synced
     store = Store(path, vfs=vfs.name)
     vfs.unregister()
+
+A store whose disk lost power is closed with :func:`close_after_cut`, the way the runtime
+closes a failed store (``Store.abandon``): no closing checkpoint. ``Store.close`` would run
+one into the dead disk (every write ignored: :attr:`PowerLossVFS.ignored` counts them), and
+then unmap and delete the ``-shm`` for real, which no machine that lost its power does.
 """
 
 from __future__ import annotations
@@ -122,6 +127,10 @@ class PowerLossVFS(apsw.VFS):
         """Sync points reached so far (the cut one included)."""
         self.dead = False
         self.cuts = 0
+        self.ignored = 0
+        """Writes, truncations, syncs and deletes asked of this disk while its power was off
+        (each did nothing), since it was made: what a process went on trying after the cut
+        (:func:`close_after_cut` asks none)."""
         self.on_sync: Callable[[], None] | None = None
         """Called at every sync point, before the sync takes effect (and before a cut there):
         the moment to take a :meth:`crash_image`. It must not use SQLite."""
@@ -309,6 +318,7 @@ class PowerLossVFS(apsw.VFS):
 
     def xDelete(self, filename: str, syncdir: bool) -> None:
         if self.dead:
+            self.ignored += 1
             return
         super().xDelete(filename, syncdir)
         state = self._files.get(filename)
@@ -357,6 +367,7 @@ class _PowerLossFile(apsw.VFSFile):
 
     def xWrite(self, data: bytes, offset: int) -> None:
         if self._vfs.dead:
+            self._vfs.ignored += 1
             return
         size = os.fstat(self._fd).st_size
         old = os.pread(self._fd, min(len(data), size - offset), offset) if offset < size else b""
@@ -365,6 +376,7 @@ class _PowerLossFile(apsw.VFSFile):
 
     def xTruncate(self, newsize: int) -> None:
         if self._vfs.dead:
+            self._vfs.ignored += 1
             return
         size = os.fstat(self._fd).st_size
         tail = os.pread(self._fd, size - newsize, newsize) if newsize < size else b""
@@ -375,6 +387,7 @@ class _PowerLossFile(apsw.VFSFile):
         if self._vfs.dead:
             # What the process does after the cut never reaches the disk; pretending it
             # succeeds lets it close its connections (whose checkpoint does nothing either).
+            self._vfs.ignored += 1
             return
         if not self._vfs._sync_point(self._state):
             raise PowerCut(f"power cut at sync point {self._vfs.syncs}")
@@ -387,6 +400,24 @@ class _PowerLossFile(apsw.VFSFile):
             self._fd = -1
             self._state.handles -= 1
         super().xClose()
+
+
+def close_after_cut(store: Any) -> None:
+    """Close ``store`` (a ``Store`` over a :class:`PowerLossVFS` whose power was cut) as the
+    runtime closes a failed store, ``Store.abandon`` (what ``_storage._worker.close_storage``
+    runs once a write failed): the connection closed with no checkpoint and nothing written,
+    synced or deleted, the WAL and its ``-shm`` left as the cut left them. That is what a
+    process that died with its machine leaves; the restart finds the files as SQLite does
+    after a real power loss, and reports nothing, since nothing failed that a broker would
+    report (the power went). Then the folder's lock is released, as the process's death
+    releases it: ``abandon`` keeps it until a failure's mark is on disk, and a cut writes none.
+
+    ``Store.close`` instead ran its closing checkpoint into the dead disk (its writes and
+    syncs ignored, so no check changes) and then unmapped and deleted the ``-shm`` for real;
+    and a close that met an error taken for lost writes would mark the folder
+    ``STORAGE-FAILED`` and log ``storage.failed`` CRITICAL, a failure no broker had."""
+    store.abandon()
+    store._lock.release()  # (the dead process's lock; releasing twice does nothing)
 
 
 class _SynchronousOff:
@@ -416,4 +447,4 @@ def synchronous_off_mutant(store: Any) -> None:
     store._db = _SynchronousOff(store._db)
 
 
-__all__ = ["PowerCut", "PowerLossVFS", "synchronous_off_mutant"]
+__all__ = ["PowerCut", "PowerLossVFS", "close_after_cut", "synchronous_off_mutant"]
