@@ -12,6 +12,7 @@ from __future__ import annotations
 import apsw
 import orjson
 
+from .._core._appended_run import AppendedRun
 from .._core._commands import (
     GROUPS_FIXED_BY_MAP,
     RETENTION_DELETES_PER_APPLY,
@@ -412,7 +413,8 @@ def _apply_group(
     run of single READs of one client on one queue (one receive's pipelined READs); a run of
     plain APPEND_BATCHes to one queue reads and updates the queue once (:func:`_batch_run`)."""
     if _one_run(commands):
-        return GroupApplied(tuple(_append_run(db, commands)))  # type: ignore[arg-type]
+        run = _append_run(db, commands)  # type: ignore[arg-type]
+        return GroupApplied(run if type(run) is AppendedRun else tuple(run))  # type: ignore[arg-type]
     results: list[Result] = []
     count = len(commands)
     i = 0
