@@ -434,6 +434,8 @@ def data_size(payload: object) -> int:
         )
     if isinstance(payload, CommandGroup):
         commands = payload.commands
+        if hasattr(commands, "data_bytes"):  # (a decoded group's columns: nothing made)
+            return 64 * len(commands) + commands.data_bytes()
         # (a single READ carries no data: a group of READs, on every broker, calls nothing)
         return 64 * len(commands) + sum(data_size(c) for c in commands if type(c) is not ReadNext)
     return 0

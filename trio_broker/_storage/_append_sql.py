@@ -140,24 +140,39 @@ def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> Sequence[R
     message, and no result object per message either: an :class:`AppendedRun`, whose
     ``MessageAppended``s are made only when read (a leader's answers; a replica's views do
     not: ``_runtime/_applied.applied_group``)."""
-    queue_id = run[0].queue_id
+    return _append_columns(
+        db, run[0].queue_id, [c.data for c in run], [c.appended_ms for c in run], run
+    )
+
+
+def _append_columns(
+    db: apsw.Connection,
+    queue_id: str,
+    data: Sequence[bytes],
+    proposed: list[int],
+    run: Sequence[AppendMessage],
+) -> Sequence[Result]:
+    """:func:`_append_run` of the run's columns as they are: the values' bytes ``data`` and
+    their stamps ``proposed`` (every one set), all to ``queue_id`` without a producer id;
+    ``run`` (the appends themselves) is read only when the run would take the queue past the
+    last sequence number (each applied alone). A replica's decoded group holds these columns
+    already (``_core/_append_columns.AppendColumns``: no ``AppendMessage`` made)."""
     last = _last_appended(db, queue_id)
     if last is _MISSING:
-        return [queue_not_found(queue_id)] * len(run)
-    data = [c.data for c in run]
-    stamps = run_stamps(last, [c.appended_ms for c in run])
+        return [queue_not_found(queue_id)] * len(data)
+    stamps = run_stamps(last, proposed)
     stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
-    row = db.execute(_RUN_UPDATE, (len(run), stamp, queue_id)).fetchone()
+    row = db.execute(_RUN_UPDATE, (len(data), stamp, queue_id)).fetchone()
     if row is None:  # (past the last sequence number: each alone, as without the run)
         return [_append(db, c) for c in run]
     (length, number) = row
-    first = length - len(run) + 1
+    first = length - len(data) + 1
     if stamps[0] == stamp:  # (stamps never decrease: all alike, one receive's run)
         insert_plain(db, queue_id, first, data, stamp, number=number)
     else:
         insert_stamped(db, queue_id, first, data, stamps, number=number)
-    return AppendedRun(first, len(run))
+    return AppendedRun(first, len(data))
 
 
 def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
