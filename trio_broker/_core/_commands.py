@@ -7,6 +7,7 @@ the same results on every broker, whichever storage holds them (SQLite through `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import get_args
 
 import attrs
@@ -384,9 +385,11 @@ class BrokerAddressSet:
 
 @attrs.frozen
 class GroupApplied:
-    """The results of a :class:`CommandGroup`, one per command, in order."""
+    """The results of a :class:`CommandGroup`, one per command, in order: a tuple, or for a
+    group applied as one run of appends an ``_appended_run.AppendedRun`` (a sequence equal to
+    the tuple of its results, made when first read)."""
 
-    results: tuple[SingleResult, ...]
+    results: Sequence[SingleResult]
 
 
 SingleResult = (
@@ -431,6 +434,8 @@ def data_size(payload: object) -> int:
         )
     if isinstance(payload, CommandGroup):
         commands = payload.commands
+        if hasattr(commands, "data_bytes"):  # (a decoded group's columns: nothing made)
+            return 64 * len(commands) + commands.data_bytes()
         # (a single READ carries no data: a group of READs, on every broker, calls nothing)
         return 64 * len(commands) + sum(data_size(c) for c in commands if type(c) is not ReadNext)
     return 0

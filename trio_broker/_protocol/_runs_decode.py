@@ -16,6 +16,7 @@ import attrs
 import orjson
 
 from .._core import _commands as cmd
+from .._core._append_columns import AppendColumns
 from .._core._proposals import MAX_GROUP
 from ._codec import dumps_values
 
@@ -157,22 +158,12 @@ def _appends_of_runs(
     queues: list[str], stamps: list[int], counts: list[int], datas: tuple[bytes, ...]
 ) -> cmd.CommandGroup:
     """The group of what :func:`_appends_of_run` gives for each run (``counts[i]`` appends
-    of ``queues[i]`` stamped ``stamps[i]``, their bytes in ``datas``, at least one): made in
-    one set of passes over the whole group, the queue's id and the stamp of each run repeated
-    in C, instead of a set per run (whose fixed cost is about a third of a run of 16's). The
-    group is made without :class:`~.._core._commands.CommandGroup`'s check of its commands'
-    types (a set of them: 23 to 46 ns an append), which holds here by construction: one or
-    more commands, each made here an ``AppendMessage``."""
-    total = len(datas)
-    made = list(map(_new_command, repeat(cmd.AppendMessage, total)))
-    if queues.count(queues[0]) == len(queues):  # (one queue: the usual case)
-        _consume(map(_SET_QUEUE, made, repeat(queues[0], total)))
-    else:
-        _consume(map(_SET_QUEUE, made, _from_each(map(repeat, queues, counts))))
-    _consume(map(_SET_DATA, made, datas))
-    _consume(map(_SET_PRODUCER, made, repeat(None, total)))
-    _consume(map(_SET_PRODUCER_SEQ, made, repeat(None, total)))
-    _consume(map(_SET_STAMP, made, _from_each(map(repeat, stamps, counts))))
+    of ``queues[i]`` stamped ``stamps[i]``, their bytes in ``datas``, at least one), its
+    commands held as these columns (:class:`~.._core._append_columns.AppendColumns`: the
+    ``AppendMessage``s are made only when read, which a replica's apply, views and walks do
+    not). The group is made without :class:`~.._core._commands.CommandGroup`'s check of its
+    commands' types (a set of them: 23 to 46 ns an append), which holds here by construction:
+    one or more commands, each an ``AppendMessage``."""
     group = _new_command(cmd.CommandGroup)
-    _SET_COMMANDS(group, tuple(made))
+    _SET_COMMANDS(group, AppendColumns(queues, stamps, counts, datas))
     return group

@@ -21,6 +21,9 @@ from typing import Any, Protocol
 
 from .._core import _commands as cmd
 from .._core import _work_commands as work
+from .._core._append_columns import AppendColumns
+from .._core._appended_run import AppendedRun
+from .._core._commands import MessageAppended
 
 
 class _Waiters(Protocol):
@@ -96,6 +99,10 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
     or a reader starts waiting, which needs this call to return first. In a group of 64
     appends to one queue that is one call instead of 64 (on every broker, for every group).
 
+    A group applied as one run of appends (its results an ``AppendedRun``: every command an
+    append to one queue, none of whose results a view reads) is told by its first alone, as
+    the walk would, without walking it or making its results (a replica never reads them).
+
     A run of single READs of one reader (one :class:`~.._core._commands.ReadNext` object,
     repeated: what the leader proposes for a reader's READs of one receive and what a replica
     decodes, ``_protocol/_entries.py``) is told twice, its first READ and its last, however
@@ -115,6 +122,15 @@ def applied_group(on_applied: OnApplied) -> OnAppliedGroup:
     def on_group(commands: Sequence[Any], results: Sequence[Any]) -> None:
         if len(commands) != len(results):
             raise ValueError(f"{len(commands)} commands applied with {len(results)} results")
+        if type(results) is AppendedRun:
+            # A group applied as one run: appends to one queue, each a MessageAppended (not
+            # of VIEWED_RESULTS), so the loop below would tell its first alone; told so
+            # without making the run's results, nor a decoded group's appends (a replica
+            # never reads the others).
+            head = commands.head() if type(commands) is AppendColumns else commands[0]
+            if type(head) is cmd.AppendMessage:
+                on_applied(head, MessageAppended(results.first))
+                return
         told = None  # the queue of the last append told, while only appends follow it
         run = None  # the ReadNext told last, while the same object follows it
         last = _UNTOLD  # the result of the run's latest READ not told yet
@@ -184,11 +200,14 @@ def applies_later(payload: Any) -> bool:
     if known is not None and known[0] is payload:
         return known[1]
     commands = payload.commands
-    later = (
-        len(commands) <= LAG_GROUP_APPENDS
-        and set(map(type, commands)) == _LONE
-        and sum(map(len, map(_data, commands))) <= LAG_GROUP_BYTES
-    )
+    if type(commands) is AppendColumns:  # (a replica's decoded group: appends, as columns)
+        later = len(commands) <= LAG_GROUP_APPENDS and commands.data_bytes() <= LAG_GROUP_BYTES
+    else:
+        later = (
+            len(commands) <= LAG_GROUP_APPENDS
+            and set(map(type, commands)) == _LONE
+            and sum(map(len, map(_data, commands))) <= LAG_GROUP_BYTES
+        )
     if len(_judged) >= 8:
         _judged.clear()
     _judged[id(payload)] = (payload, later)

@@ -19,6 +19,7 @@ from .._core import _metadata_commands as mc
 from .._core import _raft as raft
 from .._core import _raft_messages as raft_messages
 from .._core import _work_commands as wc
+from .._core._append_columns import AppendColumns
 from .._core._commands import CommandGroup
 from .._core._work_commands import MAX_IN_FLIGHT
 
@@ -156,7 +157,7 @@ def apply_weight(entries: tuple[Any, ...]) -> int:
         payload = entry.payload
         if isinstance(payload, CommandGroup):
             commands = payload.commands
-            if set(map(type, commands)) <= _ONE_EACH:  # (a group's usual commands: no loop)
+            if type(commands) is AppendColumns or set(map(type, commands)) <= _ONE_EACH:
                 weight += len(commands)
                 continue
         else:

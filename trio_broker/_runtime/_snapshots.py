@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from .._core import _raft as raft
+from .._core._append_columns import AppendColumns
 from .._core._commands import AppendMessage, CommandGroup, ReadNext, data_size
 from .._core._raft_messages import DataSync, Entry, SnapshotMeta
 from .._errors import BrokerError, ErrorCode
@@ -78,6 +79,8 @@ def held_size(payload: object) -> int:
     if type(payload) is CommandGroup:
         group = payload.commands
         size = (64 + HELD_PER_COMMAND) * len(group)
+        if type(group) is AppendColumns:  # (a replica's decoded appends: their bytes alone)
+            return size + group.data_bytes()
         for command in group:
             if type(command) is AppendMessage:
                 size += len(command.data)

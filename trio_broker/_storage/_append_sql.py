@@ -12,15 +12,13 @@ stores exactly what applying each append alone stores.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any
 
 import apsw
-import attrs
 import orjson
 
+from .._core._appended_run import AppendedRun, appended_results
 from .._core._commands import (
     AppendBatch,
     AppendMessage,
@@ -134,30 +132,47 @@ take the queue past ``_schema.MAX_SEQUENCE``, and the run's commands are then ap
 one, each refused or not as alone."""
 
 
-def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> list[Result]:
+def _append_run(db: apsw.Connection, run: Sequence[AppendMessage]) -> Sequence[Result]:
     """Consecutive stamped appends to one queue without a producer id: the same results
     and rows as applying each with :meth:`_append` (``tests/test_colrun.py`` checks it over
     random groups), taken as two columns (the values' bytes and their stamps): one
     ``SELECT``, one ``UPDATE`` and a few multi-row ``INSERT``s for the run, no tuple per
-    message."""
-    queue_id = run[0].queue_id
+    message, and no result object per message either: an :class:`AppendedRun`, whose
+    ``MessageAppended``s are made only when read (a leader's answers; a replica's views do
+    not: ``_runtime/_applied.applied_group``)."""
+    return _append_columns(
+        db, run[0].queue_id, [c.data for c in run], [c.appended_ms for c in run], run
+    )
+
+
+def _append_columns(
+    db: apsw.Connection,
+    queue_id: str,
+    data: Sequence[bytes],
+    proposed: list[int],
+    run: Sequence[AppendMessage],
+) -> Sequence[Result]:
+    """:func:`_append_run` of the run's columns as they are: the values' bytes ``data`` and
+    their stamps ``proposed`` (every one set), all to ``queue_id`` without a producer id;
+    ``run`` (the appends themselves) is read only when the run would take the queue past the
+    last sequence number (each applied alone). A replica's decoded group holds these columns
+    already (``_core/_append_columns.AppendColumns``: no ``AppendMessage`` made)."""
     last = _last_appended(db, queue_id)
     if last is _MISSING:
-        return [queue_not_found(queue_id)] * len(run)
-    data = [c.data for c in run]
-    stamps = run_stamps(last, [c.appended_ms for c in run])
+        return [queue_not_found(queue_id)] * len(data)
+    stamps = run_stamps(last, proposed)
     stamp = stamps[-1]
     # Every stamp is set, so undated_through does not move (as in _append).
-    row = db.execute(_RUN_UPDATE, (len(run), stamp, queue_id)).fetchone()
+    row = db.execute(_RUN_UPDATE, (len(data), stamp, queue_id)).fetchone()
     if row is None:  # (past the last sequence number: each alone, as without the run)
         return [_append(db, c) for c in run]
     (length, number) = row
-    first = length - len(run) + 1
+    first = length - len(data) + 1
     if stamps[0] == stamp:  # (stamps never decrease: all alike, one receive's run)
         insert_plain(db, queue_id, first, data, stamp, number=number)
     else:
         insert_stamped(db, queue_id, first, data, stamps, number=number)
-    return _appended_run(first, len(run))
+    return AppendedRun(first, len(data))
 
 
 def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
@@ -195,28 +210,8 @@ def _batch_run(db: apsw.Connection, run: Sequence[AppendBatch]) -> list[Result]:
     return results
 
 
-_new_result = object.__new__
-_set_sequence_num, _set_duplicate = (
-    MessageAppended.__dict__[field].__set__ for field in ("sequence_num", "duplicate")
-)
-if [field.name for field in attrs.fields(MessageAppended)] != ["sequence_num", "duplicate"]:
-    raise ImportError("_appended_run sets MessageAppended's fields one by one: update it")
-_consume = deque[object](maxlen=0).extend
-"""Runs an iterator to its end, keeping nothing: the passes of :func:`_appended_run`."""
-
-
-def _appended_run(first: int, count: int) -> list[Result]:
-    """``[MessageAppended(n) for n in range(first, first + count)]``, the results of a run of
-    appends, on every broker: each object made without attrs' frozen ``__init__``
-    (``object.__setattr__`` per field), its slots set through their descriptors ("A replica's
-    CPU per append (third round)": 0.27 -> 0.20 us each), and since the seventh round in
-    passes of ``map`` in C over the run (the objects, then each slot), not a Python call per
-    result: 256 results, 0.195 -> 0.157 us each (median of thread CPU; docs/performance-history.md,
-    "A replica's per-append path (seventh round)")."""
-    results: list[Result] = list(map(_new_result, repeat(MessageAppended, count)))
-    _consume(map(_set_sequence_num, results, range(first, first + count)))
-    _consume(map(_set_duplicate, results, repeat(False, count)))
-    return results
+_appended_run = appended_results
+"""The results of a run, made at once (``tests/test_append_results.py``, ``benchmarks``)."""
 
 
 def run_stamps(last: int | None, proposed: list[int]) -> list[int]:

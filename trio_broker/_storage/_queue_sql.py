@@ -12,6 +12,8 @@ from __future__ import annotations
 import apsw
 import orjson
 
+from .._core._append_columns import AppendColumns
+from .._core._appended_run import AppendedRun
 from .._core._commands import (
     GROUPS_FIXED_BY_MAP,
     RETENTION_DELETES_PER_APPLY,
@@ -53,7 +55,15 @@ from .._core._queues import (
 )
 from .._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
 from .._protocol._entries import converter
-from ._append_sql import _append, _append_run, _batch_run, _one_run, _plain_append, _plain_batch
+from ._append_sql import (
+    _append,
+    _append_columns,
+    _append_run,
+    _batch_run,
+    _one_run,
+    _plain_append,
+    _plain_batch,
+)
 from ._budget_reads import budgeted_read, checked_sizes
 from ._integrity import (
     UNCHECKED,
@@ -411,8 +421,17 @@ def _apply_group(
     under pipelined load) costs three statements in all instead of three each, and so does a
     run of single READs of one client on one queue (one receive's pipelined READs); a run of
     plain APPEND_BATCHes to one queue reads and updates the queue once (:func:`_batch_run`)."""
+    if type(commands) is AppendColumns and len(commands) > 1:
+        # (a replica's decoded group: plain stamped appends, by construction, as columns)
+        queue_id = commands.one_queue()
+        if queue_id is not None:
+            run = _append_columns(
+                db, queue_id, commands.datas, list(commands.stamp_column()), commands
+            )
+            return GroupApplied(run if type(run) is AppendedRun else tuple(run))  # type: ignore[arg-type]
     if _one_run(commands):
-        return GroupApplied(tuple(_append_run(db, commands)))  # type: ignore[arg-type]
+        run = _append_run(db, commands)  # type: ignore[arg-type]
+        return GroupApplied(run if type(run) is AppendedRun else tuple(run))  # type: ignore[arg-type]
     results: list[Result] = []
     count = len(commands)
     i = 0
