@@ -78,7 +78,7 @@ from ._network import transport_socket
 from ._operations import wrong_cluster
 from ._outbox import Outbox
 from ._poller import AVAILABLE as POLLER_AVAILABLE
-from ._poller import HANDED, PolledSocket, Poller
+from ._poller import PolledSocket, Poller
 from ._security import AuthThrottle, Security
 from ._writer import AnswerWriter, ObserveBatch
 
@@ -517,16 +517,9 @@ class ConnectionServer:
                 if isinstance(accepted, BrokerError):
                     return False
                 writer.kick()
-                # The peer stream's reader takes the socket from the poller (HANDED): its
-                # messages are stepped by the poller's task, without a wake-up of this one.
-                # It stays registered until this connection's end detaches it.
                 if type(io) is PolledSocket:
-                    io.fast = None  # (what follows is consensus frames, never an APPEND)
-                handed = HANDED.set(io if type(io) is PolledSocket else None)
-                try:
-                    return await self._serve_peer(stream, decoder, peer, request.broker_id)
-                finally:
-                    HANDED.reset(handed)
+                    io.detach()  # (the peer stream's reader waits through trio)
+                return await self._serve_peer(stream, decoder, peer, request.broker_id)
 
     def _fast_lone(
         self,

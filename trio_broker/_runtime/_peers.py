@@ -22,7 +22,6 @@ from .._protocol import FrameDecoder
 from .._protocol._consensus import message_from_payload
 from ._direct import DirectSocket, direct_io
 from ._log import log_event
-from ._poller import HANDED
 from ._peer_mux import (
     BACKOFF_MAX,
     BACKOFF_MIN,
@@ -116,29 +115,49 @@ async def read_peer_stream(
     without ``group_id`` is handed to ``step`` (the group the PEER_HELLO named); one with it,
     to ``step_of(group_id)``'s, or dropped (counted, logged) when that group is not hosted
     here. True when the peer closed the stream, False when a bad message made us stop
-    reading (the caller closes the connection).
-
-    A plain-TCP stream its connection handed over still watched by the broker's poller
-    (:data:`~._poller.HANDED`) is read by the poller's task: a receive it reads while this
-    task waits is stepped there, in this task's context (:data:`AFTER_FRAMES`), without
-    waking this task (docs/performance.md, "The peer links through the poller (eleventh
-    round)"); anything else (a full read, the end of the stream, an error) comes back here
-    as the value of the receive, as through trio."""
+    reading (the caller closes the connection)."""
     decoder.max_frame = max_frame * PEER_FRAME_FACTOR
     unknown: dict[str, int] = {}
-    handed = HANDED.get()
-    if handed is not None and handed.polled_stream is not stream:
-        handed = None
+    io = direct_io(stream)  # (plain TCP: a receive that finds data does not checkpoint)
     after = AfterFramesList()
     AFTER_FRAMES.set(after)  # (this task's own context: trio gives each task a copy)
+    try:
+        return await _read_frames(
+            io,
+            decoder,
+            step,
+            after,
+            unknown,
+            peer=peer,
+            sender=sender,
+            self_id=self_id,
+            step_of=step_of,
+        )
+    finally:
+        AFTER_FRAMES.set(None)
+        after.open = False
+        while after:
+            after.pop(0)(False)
 
-    def stepped() -> bool:
-        """Every whole frame buffered, stepped; False at a bad message (stop reading)."""
+
+async def _read_frames(
+    io: trio.abc.Stream | DirectSocket,
+    decoder: FrameDecoder,
+    step: Step,
+    after: list[AfterFrames],
+    unknown: dict[str, int],
+    *,
+    peer: str,
+    sender: str,
+    self_id: str,
+    step_of: Callable[[str], Step | None] | None,
+) -> bool:
+    while True:
         while True:
             try:
                 payload = decoder.next_frame()
                 if payload is None:
-                    return True
+                    break
                 group_id, message = message_from_payload(payload)
             except ProtocolError as exc:
                 reason = exc.message
@@ -177,63 +196,9 @@ async def read_peer_stream(
                     unknown.clear()
                 continue
             target(message)
-
-    try:
-        if handed is not None:
-            handed.fast = _polled_steps(decoder, stepped, after)
-            try:
-                return await _read_frames(handed, decoder, stepped, after)
-            finally:
-                handed.fast = None
-        return await _read_frames(direct_io(stream), decoder, stepped, after)
-    finally:
-        AFTER_FRAMES.set(None)
-        after.open = False
-        while after:
-            after.pop(0)(False)
-
-
-class _BadFrame(Exception):
-    """(The poller's steps) a bad message: the stream's task stops reading."""
-
-
-def _polled_steps(
-    decoder: FrameDecoder, stepped: Callable[[], bool], after: list[AfterFrames]
-) -> Callable[[bytes], bool]:
-    """What the poller calls with a receive while the stream's task waits for one: the same
-    work as :func:`_read_frames`' turn, in the task's own context (a step's persist joins
-    the task's :data:`AFTER_FRAMES`); a bad message wakes the task to stop (``_BadFrame``)."""
-    run = trio.lowlevel.current_task().context.run
-
-    def steps(data: bytes) -> bool:
-        decoder.feed(data)
-        if not stepped():
-            raise _BadFrame
         while after:
             after.pop(0)(True)
-        return True
-
-    def fast(data: bytes) -> bool:
-        return run(steps, data)
-
-    return fast
-
-
-async def _read_frames(
-    io: trio.abc.Stream | DirectSocket,
-    decoder: FrameDecoder,
-    stepped: Callable[[], bool],
-    after: list[AfterFrames],
-) -> bool:
-    while True:
-        if not stepped():
-            return False
-        while after:
-            after.pop(0)(True)
-        try:
-            data = await io.receive_some(_RECEIVE_SIZE)
-        except _BadFrame:  # (the poller stepped the receive that held it)
-            return False
+        data = await io.receive_some(_RECEIVE_SIZE)
         if not data:
             return True
         decoder.feed(data)

@@ -32,7 +32,6 @@ connection is woken to wait through trio instead, and no socket is registered an
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import os
 import select
@@ -52,13 +51,6 @@ MAX_EVENTS = 64
 _RECEIVE_SIZE = 64 * 1024
 """What a parked task asks for, before it first parks (the connection's own receive size)."""
 _EVENTS = select.EPOLLIN | select.EPOLLET if AVAILABLE else 0
-HANDED: contextvars.ContextVar[PolledSocket | None] = contextvars.ContextVar(
-    "HANDED", default=None
-)
-"""In a connection's task that turned into a peer stream (PEER_HELLO): its socket, still
-watched by the poller, for the peer stream's reader (:func:`~._peers.read_peer_stream`) to
-take, so that its consensus messages are read and stepped by the poller's task too. The
-connection unregisters it, as before, once the reader returns and before the stream closes."""
 
 
 class Poller:
@@ -139,11 +131,6 @@ class PolledSocket(DirectSocket):
         if not poller.register(self):
             self._poller = None
 
-    @property
-    def polled_stream(self) -> trio.SocketStream:
-        """The stream whose socket this reads."""
-        return self._stream
-
     def detach(self) -> None:
         """Leave the poller (before the socket closes, or is handed to another reader):
         receives wait through trio from now on."""
@@ -205,12 +192,9 @@ class PolledSocket(DirectSocket):
                     self._poller.served += 1  # type: ignore[union-attr]  # (registered: set)
                     return
             except Exception as exc:  # (a bug: it ends this connection, as in its own task)
-                if self._task is task:  # (else a step cancelled it meanwhile: woken already)
-                    self._task = None
-                    trio.lowlevel.reschedule(task, outcome.Error(exc))
+                self._task = None
+                trio.lowlevel.reschedule(task, outcome.Error(exc))
                 return
-            if self._task is not task:
-                return  # (woken meanwhile by a cancellation: the task reads again itself)
         self._task = None
         trio.lowlevel.reschedule(task, outcome.Value(data))
 
