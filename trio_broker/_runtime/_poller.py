@@ -9,8 +9,8 @@ life; :class:`Poller`'s task waits through trio for that epoll's own descriptor,
 ready connection at once (``epoll.poll(0)``) and reads each: a receive its connection's
 ``fast`` callable takes whole (one frame holding an APPEND ``Runs.lone_append`` decides at
 once) is done there; anything else is handed to the connection's task, which goes on as if its
-own receive had returned it (docs/performance.md, "A connection poller of our own (tenth
-round)").
+own receive had returned it (docs/performance-history.md, "A connection poller of our own
+(tenth round)").
 
 Edge-triggered: an event comes whenever bytes arrive, not while they wait unread. A
 connection's task reads by itself while it holds the socket (its last read filled the buffer,
