@@ -403,6 +403,12 @@ class ConnectionServer:
             whole = decoder.take_whole(data)
             last = whole is not None
             """The receive was one whole frame: no frame follows it."""
+            decoded = None
+            """``whole``'s request, decoded already by the poller, which handed it here."""
+            if polled is not None and polled.decoded is not None:
+                if last and polled.decoded[0] is data:
+                    decoded = polled.decoded[1]
+                polled.decoded = None
             started = time.perf_counter()  # the frames of one receive arrived together
             # A client request needs no check (``_authorize``'s first case): asked once per
             # receive, and again after every request that takes the checks (AUTH changes it).
@@ -450,7 +456,7 @@ class ConnectionServer:
                     writer.kick()  # what this connection holds must be able to leave
                     await account.acquire(charged)
                 try:
-                    request = decode_client_request(payload)
+                    request = decoded if decoded is not None else decode_client_request(payload)
                 except ProtocolError as exc:
                     _log_rejected(peer, exc)
                     if run:
@@ -534,7 +540,9 @@ class ConnectionServer:
         (:mod:`._poller`): a receive of one whole frame, the original contract's APPEND,
         that ``handle_lone`` decides at once, is served as :meth:`_read_requests` would serve
         it (True); anything else is left untouched (False) for the task to read, but for
-        ``polled.lone_refused``: ``handle_lone`` answered None, the task does not ask again."""
+        ``polled.lone_refused``: ``handle_lone`` answered None, the task does not ask again;
+        and ``polled.decoded``: a request decoded here is not decoded again by the task
+        (a lone APPEND on a broker of several groups, about 1.1 µs)."""
         max_frame = decoder.max_frame
         max_in_flight = self.config.max_in_flight
         account = outbox.account
@@ -558,14 +566,14 @@ class ConnectionServer:
                 request = decode_client_request(payload)
             except ProtocolError:
                 return False
-            if type(request) is not tuple:
-                return False
-            if not account.take(size):
+            if type(request) is not tuple or not account.take(size):
+                polled.decoded = (data, request)  # (not decoded again by the task)
                 return False
             answer = handle_lone(request)
             if answer is None:
                 account.release(size)
                 polled.lone_refused = True
+                polled.decoded = (data, request)
                 return False
             outbox.put("APPEND", started, answer, size)
             writer.kick()

@@ -110,7 +110,7 @@ class Poller:
 class PolledSocket(DirectSocket):
     """A :class:`~._direct.DirectSocket` whose waits for bytes are the :class:`Poller`'s."""
 
-    __slots__ = ("_asked", "_poller", "_ready", "_task", "fast", "fd", "lone_refused")
+    __slots__ = ("_asked", "_poller", "_ready", "_task", "decoded", "fast", "fd", "lone_refused")
 
     def __init__(self, stream: trio.SocketStream, poller: Poller) -> None:
         super().__init__(stream)
@@ -128,6 +128,9 @@ class PolledSocket(DirectSocket):
         self.lone_refused = False
         """``fast`` asked ``handle_lone`` about the receive it handed to the task, which
         answered None: the task's read loop does not ask again (once)."""
+        self.decoded: tuple[bytes, Any] | None = None
+        """(The receive handed to the task, its request): what ``fast`` decoded before it left
+        the receive to the task, which takes the request instead of decoding it again."""
         if not poller.register(self):
             self._poller = None
 
