@@ -18,7 +18,7 @@ PYTHON = "3.11"
 def tests(session: nox.Session) -> None:
     """The default suite, as CI runs it."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "-q", *session.posargs)
+    session.run("python", "-m", "pytest", "-q", "-n", "2", *session.posargs)
 
 
 LINTED = ["trio_broker", "tests", "benchmarks", "docs/examples", "noxfile.py"]
