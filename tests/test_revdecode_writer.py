@@ -1,0 +1,86 @@
+"""``AnswerWriter._known`` (what an answer's ``when_known`` calls on a TCP connection) skips
+the pump's first question, whether the head is known. It must stay right when the callback
+comes for a head that is no longer the one it was registered on: a group's callback fires
+once the whole group is known, after its first answer was written and another answer, not
+known, became the head; or after the writer task ended. And several answers known in one
+``settling`` block leave in one write, in request order, an answer known before an earlier
+one waiting for it."""
+
+from __future__ import annotations
+
+from tests.test_peerpoll_writer import _Direct
+from tests.test_pump_registers import _frame
+from trio_broker._core._commands import MessageAppended
+from trio_broker._runtime._limits import BufferBudget
+from trio_broker._runtime._outbox import Outbox
+from trio_broker._runtime._pending import GroupAnswer, Pending, PendingGroup, settling
+from trio_broker._runtime._runs import AppendAnswer
+from trio_broker._runtime._writer import AnswerWriter
+
+
+class _Woken:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def set(self) -> None:
+        self.count += 1
+
+
+def _writer() -> tuple[AnswerWriter, Outbox, _Direct, _Woken]:
+    socket = _Direct()
+    outbox = Outbox(BufferBudget(1 << 20).account())
+    writer = AnswerWriter(socket, outbox, observe=lambda tally, now: None, plaintext_hint=None)
+    woken = _Woken()
+    writer._more = woken  # type: ignore[assignment]  (the writer task waits for answers)
+    writer._idle = True
+    return writer, outbox, socket, woken
+
+
+def test_a_groups_callback_for_a_head_gone_registers_on_the_new_head_and_writes_nothing() -> None:
+    writer, outbox, socket, woken = _writer()
+    group = PendingGroup(2)
+    outbox.put("APPEND", 1.0, GroupAnswer(group, 0), 10)
+    writer.kick()  # registers on the group (its answer 0 not known)
+    assert group._notify is not None
+    group.set(0, MessageAppended(1))  # (the group not done: no callback)
+    later = Pending()
+    outbox.put("APPEND", 1.0, AppendAnswer(later), 10)
+    writer.kick()  # writes the group's answer, registers on the new head
+    assert socket.sent == [_frame(1)]
+    assert later._notify is not None
+    later._notify = None  # (so that only the group's callback can register it again)
+    group.set(1, MessageAppended(2))  # the group's callback: its head left, the new one unknown
+    assert socket.sent == [_frame(1)]  # nothing written
+    assert woken.count == 0  # and the writer task not woken: a callback will come
+    assert later._notify is not None  # registered again on the head
+    later.set(MessageAppended(3))
+    assert socket.sent == [_frame(1), _frame(3)]
+    assert not outbox.answers and outbox.in_flight == 0
+
+
+def test_a_callback_after_the_writer_task_ended_writes_nothing() -> None:
+    writer, outbox, socket, _ = _writer()
+    pending = Pending()
+    outbox.put("APPEND", 1.0, AppendAnswer(pending), 10)
+    writer.kick()
+    writer._idle = False  # (the writer task's end: ``run``'s finally)
+    writer._on_known = None
+    pending.set(MessageAppended(1))
+    assert socket.sent == []
+    assert len(outbox.answers) == 1
+
+
+def test_answers_known_in_one_block_leave_in_one_write_in_request_order() -> None:
+    writer, outbox, socket, _ = _writer()
+    first, second, third = Pending(), Pending(), Pending()
+    for pending in (first, second, third):
+        outbox.put("APPEND", 1.0, AppendAnswer(pending), 10)
+        writer.kick()
+    third.set(MessageAppended(3))  # known before the earlier ones: waits for them
+    second.set(MessageAppended(2))
+    assert socket.sent == []
+    with settling():  # the head and what follows it known together: one callback
+        first.set(MessageAppended(1))
+        assert socket.sent == []  # (called on leaving the block)
+    assert socket.sent == [_frame(1) + _frame(2) + _frame(3)]
+    assert not outbox.answers and outbox.in_flight == 0
