@@ -191,3 +191,60 @@ async def test_the_budgets_wait_takes_the_decoded_request_and_leaves_nothing_set
             await client.stream.aclose()
     assert decodes == [first[4:], second[4:]]
     assert polled[0].decoded is None and not polled[0].lone_refused
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_connections_racing_for_a_tight_budget_decode_each_request_once_in_order(
+    seed, polled, decodes
+) -> None:
+    """Several connections at once under a memory budget a few requests wide, each sending
+    a few requests one receive at a time before it reads their answers: the poller refuses
+    lone APPENDs for the budget (a connection holds an answer not known yet; another
+    connection may take the budget between the poller's refusal and the task's own try),
+    leaves some to ``handle_many``, serves others; every answer is its request's, in order,
+    from a path it may take, and every payload is decoded exactly once."""
+    rng = random.Random(seed)
+    decisions = Decisions()
+    frame_size = len(_append("Q-LATE", "c0-00-0"))
+    server = _server(decisions, max_buffered_bytes=frame_size * 3)
+    sent = 0
+
+    async def settler() -> None:
+        while True:
+            await trio.sleep(0.004)
+            decisions.settle()
+
+    async def one_connection(port: int, name: str) -> None:
+        nonlocal sent
+        client = await _connect(port)
+        async with client.stream:
+            for step in range(25):
+                expected = []
+                for index in range(rng.randrange(1, 4)):
+                    kind = rng.choice(["LONE", "LATE", "LATE", "WAIT", "HEADERS"])
+                    data = f"{name}-{step:02d}-{index}"
+                    if kind == "HEADERS":
+                        frame = _append("Q-LONE", data, headers={"k": "v"})
+                    else:
+                        frame = _append(f"Q-{kind}", data)
+                    paths = ("lone", "many") if kind in ("LONE", "LATE") else ("many",)
+                    expected.append((paths, data))
+                    sent += 1
+                    await client.stream.send_all(frame)
+                    await trio.sleep(0.001)  # (mostly a receive of its own)
+                got = await client.answers(len(expected))
+                for text, (paths, data) in zip(got, expected, strict=True):
+                    path, _, value = text.partition(":")
+                    assert path in paths and value == data, (text, paths, data)
+
+    with trio.fail_after(DEADLINE):
+        async with _serving(server) as port, trio.open_nursery() as nursery:
+            nursery.start_soon(settler)
+            async with trio.open_nursery() as clients:
+                for name in ("c0", "c1", "c2", "c3"):
+                    clients.start_soon(one_connection, port, name)
+            nursery.cancel_scope.cancel()
+    assert len(decodes) == sent
+    assert server.budget.paused > 0  # (the budget's refusal was taken)
+    assert server.budget.used == 0
+    assert all(socket.decoded is None and not socket.lone_refused for socket in polled)
