@@ -8,9 +8,24 @@ one waiting for it."""
 
 from __future__ import annotations
 
+import random
+import socket as sockets
+
+import trio
+import trio.testing
+
 from tests.test_peerpoll_writer import _Direct
+from tests.test_poller_connections import (
+    DEADLINE,
+    Decisions,
+    _append,
+    _connect,
+    _server,
+    _serving,
+)
 from tests.test_pump_registers import _frame
 from trio_broker._core._commands import MessageAppended
+from trio_broker._protocol import Appended, encode_frame, encode_response
 from trio_broker._runtime._limits import BufferBudget
 from trio_broker._runtime._outbox import Outbox
 from trio_broker._runtime._pending import GroupAnswer, Pending, PendingGroup, settling
@@ -83,4 +98,90 @@ def test_answers_known_in_one_block_leave_in_one_write_in_request_order() -> Non
         first.set(MessageAppended(1))
         assert socket.sent == []  # (called on leaving the block)
     assert socket.sent == [_frame(1) + _frame(2) + _frame(3)]
+    assert not outbox.answers and outbox.in_flight == 0
+
+
+async def test_late_answers_settled_while_a_write_is_stuck_all_arrive_in_order() -> None:
+    """Real TCP: answers of 256 KiB for a client that does not read, so a write is left to
+    the writer task (``_rest``) while lone APPENDs' outcomes, known later, keep settling and
+    calling back (``_known`` then writes nothing); others wait in ``handle_many``. Once the
+    client reads, every answer arrives, whole and in request order."""
+    rng = random.Random(3)
+    decisions = Decisions(big=256 * 1024)
+    server = _server(decisions, max_in_flight=8)
+    kinds = [rng.choice(["LATE", "LATE", "WAIT", "LONE"]) for _ in range(40)]
+
+    async def settler() -> None:
+        while True:
+            await trio.sleep(0.002)
+            decisions.settle()
+
+    with trio.fail_after(DEADLINE):
+        async with _serving(server) as port, trio.open_nursery() as nursery:
+            nursery.start_soon(settler)
+            client = await _connect(port)
+            client.stream.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 64 * 1024)
+
+            async def send() -> None:
+                for index, kind in enumerate(kinds):
+                    await client.stream.send_all(_append(f"Q-{kind}", f"m{index}"))
+                    await trio.sleep(0.001)
+
+            nursery.start_soon(send)
+            await trio.sleep(0.05)  # (not reading: the writes stick)
+            got = await client.answers(len(kinds))
+            assert [text.split(":")[1].rstrip(".") for text in got] == [
+                f"m{index}" for index in range(len(kinds))
+            ]
+            assert all(len(text) > 256 * 1024 for text in got)
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+class _Stuck(_Direct):
+    """Takes half of the first immediate write; the writer task's writes whole."""
+
+    __slots__ = ("task_sent",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_sent: list[bytes] = []
+
+    def send_now(self, data: bytes | memoryview) -> int:
+        half = len(data) // 2 if not self.sent else len(data)
+        self.sent.append(bytes(data[:half]))
+        return half
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.task_sent.append(bytes(data))
+
+
+async def test_a_groups_callback_while_the_rest_of_a_write_waits_loses_nothing() -> None:
+    """A group's head registered, its first answer written by the reader's kick, in part (the
+    rest to the writer task); the group's last outcome then calls back: nothing may be
+    written before the rest (``_known`` leaves it), and the writer task writes the rest, then
+    the group's second answer."""
+    socket = _Stuck()
+    outbox = Outbox(BufferBudget(1 << 20).account())
+    writer = AnswerWriter(socket, outbox, observe=lambda tally, now: None, plaintext_hint=None)
+    group = PendingGroup(2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.put("APPEND", 1.0, GroupAnswer(group, 0), 10)
+        outbox.put("APPEND", 1.0, GroupAnswer(group, 1), 10)
+        writer.kick()  # registers on the group
+        group.set(0, MessageAppended(1))  # (the group not done: no callback)
+        writer.kick()  # writes the first answer, half of it: the rest to the writer task
+        assert writer._rest is not None and len(socket.sent) == 1
+        group.set(1, MessageAppended(2))  # the group's callback, the rest still waiting
+        assert len(socket.sent) == 1 and writer._rest is not None
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.close()
+        writer.kick()
+    written = b"".join(socket.sent) + b"".join(socket.task_sent)
+    first = encode_frame(encode_response(Appended(1, False)))
+    second = encode_frame(encode_response(Appended(2, False)))
+    assert written == first + second
     assert not outbox.answers and outbox.in_flight == 0
