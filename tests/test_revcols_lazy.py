@@ -360,3 +360,36 @@ async def test_a_replica_elected_leader_sends_its_decoded_groups_as_they_came(tm
             assert decode_payload(bytes(payload)) == decode_payload(bytes(upto[index][2]))
     assert compared == len(upto)
     assert sum(bytes(row[2]).startswith(b'{"type":"APPEND_RUNS"') for row in kept) >= 3
+
+
+def test_groups_that_waited_unapplied_apply_together_as_the_eager_ones(tmp_path):
+    """A replica's apply lag: small decoded groups wait (``applies_later``), then four are
+    applied in one transaction, beside a lone append: the results and rows are the eager
+    groups', each group's results an ``AppendedRun`` of consecutive numbers."""
+    lazy_store, eager_store = Store(tmp_path / "lazy"), Store(tmp_path / "eager")
+    try:
+        for store in (lazy_store, eager_store):
+            store.save(committed=[Entry(1, 1, cmd.CreateQueue("Q-1"))])
+        all_runs: list[Runs] = [
+            [("Q-1", STAMP + n, [f"v{n}-{k}" for k in range(3 + n)])] for n in range(4)
+        ]
+        lone = cmd.AppendMessage("Q-1", b'"lone"', None, None, STAMP + 9)
+        lazy = [Entry(1, 2 + n, _lazy(runs)) for n, runs in enumerate(all_runs)]
+        eager = [Entry(1, 2 + n, _eager(runs)) for n, runs in enumerate(all_runs)]
+        assert all(applies_later(e.payload) for e in lazy)
+        got = lazy_store.save(committed=[*lazy, Entry(1, 6, lone)])
+        want = eager_store.save(committed=[*eager, Entry(1, 6, lone)])
+        assert got == want and want == got
+        assert [type(r.results) for r in got[:4]] == [AppendedRun] * 4
+        assert [(r.results.first, r.results.size) for r in got[:4]] == [
+            (1, 3),
+            (4, 4),
+            (8, 5),
+            (13, 6),
+        ]
+        assert got[4] == cmd.MessageAppended(19)
+        sql = "SELECT * FROM queue_data ORDER BY key"
+        assert lazy_store._db.execute(sql).fetchall() == eager_store._db.execute(sql).fetchall()
+    finally:
+        lazy_store.close()
+        eager_store.close()
