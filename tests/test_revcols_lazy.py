@@ -39,8 +39,7 @@ from trio_broker._storage import Store
 from trio_broker._storage._schema import MAX_SEQUENCE
 from trio_broker.testing import MemoryStore, open_local_cluster
 
-from .test_append_runs_cluster import _append_pipelined
-from .wire import create_queue
+from .wire import RawConnection, create_queue
 
 STAMP = 1_765_000_000_000
 QUEUES = ["Q-1", "Q-2", "Q-3"]  # (Q-3 is deleted before the groups, or near the last number)
@@ -310,11 +309,33 @@ def test_a_decoded_group_is_the_same_payload_whichever_decoder_made_it():
         assert {as_group: 1}[as_runs] == 1
 
 
+async def _appended_numbers(port: int, queue_id: str, count: int) -> list[int]:
+    """``count`` APPENDs in one write (the leader groups them): their answers' numbers."""
+    conn = await RawConnection.open(port)
+    try:
+        await conn.send(
+            *(
+                {"operation": "APPEND", "queue_name": queue_id, "data": f"v{i}"}
+                for i in range(count)
+            )
+        )
+        numbers = []
+        for _ in range(count):
+            answer = await conn.receive()
+            assert answer is not None and answer["status"] == "success", answer
+            numbers.append(answer["sequence_num"])
+        return numbers
+    finally:
+        await conn.aclose()
+
+
 async def test_a_replica_elected_leader_sends_its_decoded_groups_as_they_came(tmp_path):
     """A replica held the leader's groups as decoded columns (their bytes dropped once
     stored); the leader stops, the replica leads and catches up a member that was down while
     they were written: it sends them again from its columns, and the member stores the bytes
-    the others stored (APPEND_RUNS, same checksums) and applies every append."""
+    the others stored (APPEND_RUNS, same checksums) and applies every append. The leader's
+    answers to each pipelined write, read from the run's ``AppendedRun``, are its numbers in
+    order."""
 
     async def rows(broker: Any, sql: str) -> list[Any]:
         db = broker.driver._store._db
@@ -331,8 +352,9 @@ async def test_a_replica_elected_leader_sends_its_decoded_groups_as_they_came(tm
             victim, replica_name = names
             replica = cluster.brokers[replica_name]
             await cluster.stop(victim)
-            for _ in range(3):
-                await _append_pipelined(leader.port, queue_id, 64)
+            for n in range(3):  # (each answer its number, in order, read from an AppendedRun)
+                numbers = await _appended_numbers(leader.port, queue_id, 64)
+                assert numbers == list(range(64 * n + 1, 64 * n + 65))
             last = leader.node.log.last_index
             while replica.applied_index < last:
                 await replica.driver.wait_changed()
