@@ -359,8 +359,11 @@ async def test_a_replica_elected_leader_sends_its_decoded_groups_as_they_came(tm
             while replica.applied_index < last:
                 await replica.driver.wait_changed()
             held = [e for e in replica.node.log.entries if isinstance(e.payload, cmd.CommandGroup)]
-            assert any(type(e.payload.commands) is AppendColumns for e in held)
             assert all(e.encoded is None for e in held)  # (dropped once stored)
+            columns = [
+                e.payload.commands for e in held if type(e.payload.commands) is AppendColumns
+            ]
+            assert columns and all(c._made is None for c in columns)  # (the replica made none)
             await cluster.stop(next(n for n, b in cluster.brokers.items() if b is leader))
             back = await cluster.start(victim)
             while not replica.node.is_leader:
