@@ -11,7 +11,7 @@ log's memory and the apply lag, the first append for the views. Made as objects 
 over them (docs/performance-history.md, "A replica's CPU per append (ninth round)"). Held as
 the runs' columns, a sequence equal to the tuple of those appends makes them, all at once and
 in the same passes as before, only when something reads one (a replica elected leader that
-sends the entry again, the simulator's memory store, a test).
+sends the entry again, the mock cluster's memory store, a test).
 """
 
 from __future__ import annotations
