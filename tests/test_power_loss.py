@@ -37,6 +37,7 @@ from trio_broker.testing._powerloss import (
     SECTOR,
     PowerCut,
     PowerLossVFS,
+    close_after_cut,
     synchronous_off_mutant,
 )
 
@@ -123,6 +124,9 @@ class Leader:
     def close(self) -> None:
         if self.store is not None:
             store, self.store = self.store, None
+            if self.disk is not None and self.disk.dead:
+                close_after_cut(store)  # as the dying process: nothing asked of a dead disk
+                return
             with contextlib.suppress(apsw.Error):  # the disk died under it: nothing to say
                 store.close()
 
