@@ -17,13 +17,14 @@ sends the entry again, the mock cluster's memory store, a test).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from itertools import chain, repeat
-from typing import Any, overload
+from typing import Any
 
 import attrs
 
 from ._commands import AppendMessage
+from ._made_later import MadeLater
 
 _new_command = object.__new__
 _SET_QUEUE, _SET_DATA, _SET_PRODUCER, _SET_PRODUCER_SEQ, _SET_STAMP = (
@@ -42,7 +43,7 @@ _consume = deque[object](maxlen=0).extend
 _from_each = chain.from_iterable
 
 
-class AppendColumns(Sequence[AppendMessage]):
+class AppendColumns(MadeLater[AppendMessage]):
     """``AppendMessage(queues[i], data, None, None, stamps[i])`` for each of ``counts[i]``
     values of run ``i`` (their bytes in ``datas``, in order), as an immutable sequence: the
     objects are made, all at once, the first time an item is read (an index, an iteration, a
@@ -53,7 +54,7 @@ class AppendColumns(Sequence[AppendMessage]):
     Built by the decoder from a checked ``APPEND_RUNS`` payload (``_protocol/_runs_decode``):
     at least one run, each of at least one value, a ``str`` queue id and an ``int`` stamp."""
 
-    __slots__ = ("_made", "counts", "datas", "queues", "stamps")
+    __slots__ = ("counts", "datas", "queues", "stamps")
 
     def __init__(
         self, queues: list[str], stamps: list[int], counts: list[int], datas: tuple[bytes, ...]
@@ -64,19 +65,16 @@ class AppendColumns(Sequence[AppendMessage]):
             or not (len(queues) == len(stamps) == len(counts))
         ):
             raise ValueError("runs' columns that do not agree")
+        super().__init__()
         self.queues = queues
         self.stamps = stamps
         self.counts = counts
         self.datas = datas
-        self._made: tuple[AppendMessage, ...] | None = None
 
-    def made(self) -> tuple[AppendMessage, ...]:
-        """The appends as a tuple (made the first time, in passes of ``map`` in C: the objects,
-        then each field through its slot's descriptor, as ``AppendMessage.__init__`` sets
-        it; the queue's id and each run's stamp repeated in C)."""
-        made = self._made
-        if made is not None:
-            return made
+    def _make(self) -> tuple[AppendMessage, ...]:
+        """The appends, in passes of ``map`` in C: the objects, then each field through its
+        slot's descriptor, as ``AppendMessage.__init__`` sets it; the queue's id and each
+        run's stamp repeated in C."""
         total = len(self.datas)
         objects = list(map(_new_command, repeat(AppendMessage, total)))
         queue = self.one_queue()
@@ -88,8 +86,7 @@ class AppendColumns(Sequence[AppendMessage]):
         _consume(map(_SET_PRODUCER, objects, repeat(None, total)))
         _consume(map(_SET_PRODUCER_SEQ, objects, repeat(None, total)))
         _consume(map(_SET_STAMP, objects, self.stamp_column()))
-        made = self._made = tuple(objects)
-        return made
+        return tuple(objects)
 
     def one_queue(self) -> str | None:
         """The queue of every append, when they are all of one (the usual case); else None."""
@@ -113,31 +110,6 @@ class AppendColumns(Sequence[AppendMessage]):
 
     def __len__(self) -> int:
         return len(self.datas)
-
-    @overload
-    def __getitem__(self, index: int) -> AppendMessage: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[AppendMessage]: ...
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.made()[index]
-
-    def __iter__(self) -> Iterator[AppendMessage]:
-        return iter(self.made())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, AppendColumns):
-            return self.made() == other.made()
-        if isinstance(other, tuple):
-            return self.made() == other
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.made())  # (what the equal tuple's is)
-
-    def __repr__(self) -> str:
-        return repr(self.made())
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (AppendColumns, (self.queues, self.stamps, self.counts, self.datas))

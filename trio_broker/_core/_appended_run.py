@@ -15,13 +15,13 @@ same passes as before, when its answers first read them.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
 from itertools import repeat
-from typing import Any, overload
+from typing import Any
 
 import attrs
 
 from ._commands import MessageAppended
+from ._made_later import MadeLater
 
 _new_result = object.__new__
 _set_sequence_num, _set_duplicate = (
@@ -45,7 +45,7 @@ def appended_results(first: int, count: int) -> list[MessageAppended]:
     return results
 
 
-class AppendedRun(Sequence[MessageAppended]):
+class AppendedRun(MadeLater[MessageAppended]):
     """``MessageAppended(first)``, ..., ``MessageAppended(first + size - 1)``, the results of
     a run of ``size`` appends to one queue (never a duplicate: no producer), as an immutable
     sequence: the objects are made, all at once, the first time anything reads an item (an
@@ -53,49 +53,27 @@ class AppendedRun(Sequence[MessageAppended]):
     (or the other run) of the same results, with its hash; :attr:`first` and :attr:`size`
     read without making any."""
 
-    __slots__ = ("_made", "first", "size")
+    __slots__ = ("first", "size")
 
     def __init__(self, first: int, size: int) -> None:
         if size < 1:
             raise ValueError(f"a run holds at least one append, not {size}")
+        super().__init__()
         self.first = first
         self.size = size
-        self._made: tuple[MessageAppended, ...] | None = None
 
-    def made(self) -> tuple[MessageAppended, ...]:
-        """The results as a tuple (made the first time)."""
-        made = self._made
-        if made is None:
-            made = self._made = tuple(appended_results(self.first, self.size))
-        return made
+    def _make(self) -> tuple[MessageAppended, ...]:
+        return tuple(appended_results(self.first, self.size))
 
     def __len__(self) -> int:
         return self.size
 
-    @overload
-    def __getitem__(self, index: int) -> MessageAppended: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[MessageAppended]: ...
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.made()[index]
-
-    def __iter__(self) -> Iterator[MessageAppended]:
-        return iter(self.made())
-
     def __eq__(self, other: object) -> bool:
-        if type(other) is AppendedRun:
+        if type(other) is AppendedRun:  # (two runs: their numbers, nothing made)
             return (self.first, self.size) == (other.first, other.size)
-        if isinstance(other, tuple):
-            return self.made() == other
-        return NotImplemented
+        return super().__eq__(other)
 
-    def __hash__(self) -> int:
-        return hash(self.made())  # (what the equal tuple's is)
-
-    def __repr__(self) -> str:
-        return repr(self.made())
+    __hash__ = MadeLater.__hash__
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (AppendedRun, (self.first, self.size))
