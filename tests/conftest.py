@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -231,3 +232,21 @@ def db(store_db):
     store_db.execute("BEGIN")
     yield store_db
     store_db.execute("ROLLBACK")
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every payload the connections' read loops and poller decode, in order (for the tests
+    that count how often a request is decoded: tests/test_peerpoll_decode_once.py,
+    tests/test_revdecode_decoded.py)."""
+    from trio_broker._runtime import _connections
+
+    seen: list[bytes] = []
+    decode = _connections.decode_client_request
+
+    def counted(payload: Any) -> Any:
+        seen.append(bytes(payload))
+        return decode(payload)
+
+    monkeypatch.setattr(_connections, "decode_client_request", counted)
+    return seen

@@ -5,9 +5,6 @@ comes, in order; a receive that is not the one the poller decoded is decoded by 
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
 import trio
 
 from tests.test_poller_connections import (
@@ -19,21 +16,6 @@ from tests.test_poller_connections import (
     _serving,
     pytestmark,  # noqa: F401  (skipped where there is no epoll)
 )
-from trio_broker._runtime import _connections
-
-
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every payload the connections decode."""
-    seen: list[bytes] = []
-    decode = _connections.decode_client_request
-
-    def counted(payload: Any) -> Any:
-        seen.append(bytes(payload))
-        return decode(payload)
-
-    monkeypatch.setattr(_connections, "decode_client_request", counted)
-    return seen
 
 
 async def test_a_lone_request_left_to_the_task_is_decoded_once(decodes: list[bytes]) -> None:

@@ -26,7 +26,6 @@ from tests.test_poller_connections import (
     pytestmark,  # noqa: F401  (skipped where there is no epoll)
 )
 from trio_broker._protocol import encode_frame
-from trio_broker._runtime import _connections
 from trio_broker._runtime._connections import ConnectionServer
 from trio_broker._runtime._poller import PolledSocket
 from trio_broker._runtime._security import Security
@@ -45,20 +44,6 @@ def polled(monkeypatch: pytest.MonkeyPatch) -> list[PolledSocket]:
         return make(self, socket, *args)
 
     monkeypatch.setattr(ConnectionServer, "_fast_lone", recorded)
-    return seen
-
-
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every payload the connections' read loops and poller decode."""
-    seen: list[bytes] = []
-    decode = _connections.decode_client_request
-
-    def counted(payload: Any) -> Any:
-        seen.append(bytes(payload))
-        return decode(payload)
-
-    monkeypatch.setattr(_connections, "decode_client_request", counted)
     return seen
 
 
