@@ -25,14 +25,13 @@ import argparse
 import statistics
 import tempfile
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.replica11_results import views_told
 from benchmarks.replica_cost import _frame, queue_store
 from trio_broker._protocol._consensus import message_from_payload
-from trio_broker._runtime._applied import applied_group, applied_views, applies_later
-from trio_broker._runtime._reads import Exhausted
+from trio_broker._runtime._applied import applies_later
 from trio_broker._runtime._save_place import apply_weight
 from trio_broker._runtime._snapshots import held_size
 from trio_broker._storage._queue_sql import apply_command
@@ -46,14 +45,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4)
     args = parser.parse_args()
     count, repeat = args.appends, args.repeat
-    exhausted = Exhausted()
-    by_type = applied_views(lambda p, r: None, weakref.WeakValueDictionary(), lambda q: None)
-
-    def noted(command: object, result: object) -> None:
-        exhausted.note(command, result)
-        by_type(command, result)
-
-    told = applied_group(noted)
+    told = views_told()
     parts: dict[str, list[float]] = {k: [] for k in ("decode", "walks", "apply", "views")}
     cpu = time.thread_time
     with tempfile.TemporaryDirectory() as d, queue_store(d) as store:

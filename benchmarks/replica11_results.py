@@ -25,9 +25,22 @@ import weakref
 from benchmarks.replica_cost import QUEUE, queue_store
 from trio_broker._core import _commands as cmd
 from trio_broker._protocol._codec import dumps_value
-from trio_broker._runtime._applied import applied_group, applied_views
+from trio_broker._runtime._applied import OnAppliedGroup, applied_group, applied_views
 from trio_broker._runtime._reads import Exhausted
 from trio_broker._storage._queue_sql import apply_command
+
+
+def views_told() -> OnAppliedGroup:
+    """What a broker's apply tells of a group: ``applied_group`` over the reads' exhausted
+    tracker and the views by type, with nothing waiting (the benchmarks' views)."""
+    exhausted = Exhausted()
+    by_type = applied_views(lambda p, r: None, weakref.WeakValueDictionary(), lambda q: None)
+
+    def noted(command: object, result: object) -> None:
+        exhausted.note(command, result)
+        by_type(command, result)
+
+    return applied_group(noted)
 
 
 def main() -> None:
@@ -39,14 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     count = args.appends
     value = dumps_value("x" * 100)
-    exhausted = Exhausted()
-    by_type = applied_views(lambda p, r: None, weakref.WeakValueDictionary(), lambda q: None)
-
-    def noted(command: object, result: object) -> None:
-        exhausted.note(command, result)
-        by_type(command, result)
-
-    told = applied_group(noted)
+    told = views_told()
     figures: dict[str, list[float]] = {"replica": [], "leader": []}
     with tempfile.TemporaryDirectory() as d, queue_store(d) as store:
         db = store._db

@@ -250,3 +250,24 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(_connections, "decode_client_request", counted)
     return seen
+
+
+@pytest.fixture
+def apply_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """For each Ready a core gives while committed entries wait unapplied (the replicas'
+    apply lag holding them), how many wait: the power-loss runners' tests check their cuts
+    land in such moments (tests/sim/test_power_loss_apply_lag.py,
+    tests/test_failstop_groups_lag.py)."""
+    from trio_broker._core import _raft
+
+    waits: list[int] = []
+    ready = _raft.RaftNode.ready
+
+    def counted(node: _raft.RaftNode) -> _raft.Ready:
+        rd = ready(node)
+        if not rd.committed_entries and rd.snapshot is None and node.commit > node.applied:
+            waits.append(node.commit - node.applied)
+        return rd
+
+    monkeypatch.setattr(_raft.RaftNode, "ready", counted)
+    return waits

@@ -67,6 +67,19 @@ def _set(store: Store, n: int) -> None:
         store._set_meta({f"k{n}": n})
 
 
+def crashed_store(data_dir: Path) -> Path:
+    """``data_dir`` holding a store as a crash leaves it: five commits in its WAL, the
+    connection gone without its closing checkpoint, the lock released."""
+    store = Store(data_dir)
+    store.init_identity("B-AAAAA", "C-AAAAA")
+    for n in range(5):
+        _set(store, n)
+    store._db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    store._db.close()
+    store._lock.release()
+    return data_dir
+
+
 def _failure(folder: Path) -> StorageFailed:
     return StorageFailed(str(folder / "broker.sqlite3"), "disk I/O error", "SQLITE_IOERR_FSYNC")
 
@@ -230,15 +243,7 @@ def test_a_backup_writes_nothing_to_a_stopped_brokers_files(tmp_path: Path) -> N
     its WAL) leaves the database file and the WAL as they were (before: its read-write
     connection was the last to close the database, and SQLite's closing checkpoint wrote and
     synced the database file, with no hook to stop on a failed fsync, and deleted the WAL)."""
-    data_dir = tmp_path / "b1"
-    store = Store(data_dir)
-    store.init_identity("B-AAAAA", "C-AAAAA")
-    for n in range(5):
-        _set(store, n)
-    # (as a crash leaves it: the connection gone without its closing checkpoint)
-    store._db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-    store._db.close()
-    store._lock.release()
+    data_dir = crashed_store(tmp_path / "b1")
     before = _files(data_dir)
     assert (data_dir / "broker.sqlite3-wal").stat().st_size > 0
     info = backup(data_dir, tmp_path / "copy.sqlite3")

@@ -253,17 +253,10 @@ def test_an_open_that_finds_damage_leaves_the_folder_as_it_was(
     damage) closes without SQLite's closing checkpoint too (before: a plain close, whose
     checkpoint copied the WAL into the damaged file, synced it with no hook to stop on a
     failed fsync, and deleted the WAL the operator's ``data check``/``reset`` expects)."""
-    from tests.test_failstop_release import _files
+    from tests.test_failstop_release import _files, crashed_store
     from trio_broker._storage import StorageDamaged, _store
 
-    data_dir = tmp_path / "b1"
-    store = Store(data_dir)
-    store.init_identity("B-AAAAA", "C-AAAAA")
-    for n in range(5):
-        _set(store, n)
-    store._db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-    store._db.close()  # (as a crash leaves it: commits in the WAL)
-    store._lock.release()
+    data_dir = crashed_store(tmp_path / "b1")
     before = _files(data_dir)
 
     def damaged(*args: Any) -> None:
