@@ -83,7 +83,7 @@ def _payload(queue: str, data: Any) -> bytes:
 @pytest.mark.parametrize(
     "payloads",
     [
-        [_payload("Q-1", "x"), _payload("Q-2", "ü and \\ and \" and \n"), _payload("Q-3", "")],
+        [_payload("Q-1", "x"), _payload("Q-2", 'ü and \\ and " and \n'), _payload("Q-3", "")],
         [_payload("Q-" + "é" * 10, "v"), _payload("Q-1", "w")],
         [_payload("Q-1", "x" * 5000)] * 3,
     ],
