@@ -37,8 +37,11 @@ async def test_a_lone_request_left_to_the_task_is_decoded_once(decodes: list[byt
                 answer = (await client.answers(1))[0]
                 assert answer.endswith(f"{index}"), answer
                 assert answer.startswith("lone:" if index % 3 == 2 else "many:"), answer
-            # Several frames in one receive: the task decodes them (the poller did not).
+            # Several frames in one receive: the task decodes them (the poller did not),
+            # frame by frame when one is not a plain APPEND (plain APPENDs alone are decoded
+            # together: tests/test_leader12_receive.py).
             burst = [_append("Q-WAIT", f"b{index}") for index in range(3)]
+            burst[1] = _append("Q-WAIT", "b1", headers={"k": "v"})
             sent.extend(frame[4:] for frame in burst)
             await client.stream.send_all(b"".join(burst))
             assert await client.answers(3) == ["many:b0", "many:b1", "many:b2"]

@@ -110,6 +110,16 @@ class FrameDecoder:
         self._pos = end
         return payload
 
+    def mark(self) -> int:
+        """Where the next frame starts, for :meth:`rewind`."""
+        return self._pos
+
+    def rewind(self, mark: int) -> None:
+        """Give back the frames :meth:`next_frame` returned since :meth:`mark` gave ``mark``,
+        with no :meth:`feed` since (a reader that cut a receive's frames ahead, and then reads
+        them one by one after all)."""
+        self._pos = mark
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames (a partial frame at end of stream)."""

@@ -32,6 +32,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from typing import Any
 
 import attrs
@@ -63,6 +64,7 @@ from .._protocol._codec import (
     as_request,
     decode_client_request,
 )
+from .._protocol._receive_appends import decode_plain_appends
 from ._answer import Answer
 from ._config import BrokerConfig
 from ._direct import AVAILABLE as DIRECT_SOCKETS
@@ -413,6 +415,22 @@ class ConnectionServer:
             # A client request needs no check (``_authorize``'s first case): asked once per
             # receive, and again after every request that takes the checks (AUTH changes it).
             open_session = self._lets_clients_through(session)
+            if not last and open_session and handle_many is not None and not run:
+                # The pipelined receive: APPENDs only, decoded in one parse, charged in one
+                # take, decided as one run (what the loop below does frame by frame); any
+                # other receive is given back to the decoder, for the loop.
+                mark = decoder.mark()
+                frames = _whole_frames(decoder)
+                plain = None
+                if len(frames) > 1 and outbox.in_flight + len(frames) <= max_in_flight:
+                    plain = decode_plain_appends(frames)
+                if plain is not None and account.take(sum(map(len, frames))):
+                    frame_began = None
+                    run.extend(plain)
+                    run_info.extend(zip(repeat("APPEND"), repeat(started), map(len, frames)))
+                    await decide_run()  # (then any frame too large: next_frame raises again)
+                else:
+                    decoder.rewind(mark)
             while True:
                 if whole is not None:
                     payload: bytes | None = whole
@@ -742,3 +760,21 @@ def _peer_name(stream: trio.abc.Stream) -> str:
     except OSError:
         return "unknown"
     return f"{host}:{port}"
+
+
+def _whole_frames(decoder: FrameDecoder) -> list[bytes]:
+    """Every whole frame ``decoder`` holds now, in order, up to a frame too large (left for
+    ``next_frame`` to raise again); only the first when it is not an APPEND (the frames are
+    then given back: no receive of other requests is cut twice)."""
+    frames: list[bytes] = []
+    next_frame = decoder.next_frame
+    try:
+        frame = next_frame()
+        if frame is None or not frame.startswith(_APPEND_QUEUE_START):
+            return [] if frame is None else [frame]
+        frames.append(frame)
+        while (frame := next_frame()) is not None:
+            frames.append(frame)
+    except FrameTooLarge:
+        pass
+    return frames

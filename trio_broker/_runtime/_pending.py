@@ -13,15 +13,19 @@ from __future__ import annotations
 import collections
 import contextvars
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 import trio
 
+from .._core._appended_run import appended_results
 from .._core._commands import BatchAppended, MessageAppended
 from .._protocol._codec import appended_frame, appended_frames, batch_appended_frame
 from ._answer import Answer, response_for
 
 _UNSET: Any = object()
+_IN_RUN: Any = object()
+"""An outcome held in a :class:`PendingGroup`'s run of appended messages (its number)."""
 _APPENDED_ONLY = {MessageAppended}
 
 
@@ -81,27 +85,84 @@ def _notify(callback: Callable[[], None]) -> None:
 class PendingGroup:
     """The outcomes of a run of proposals submitted together (:meth:`RaftDriver.propose_many`),
     filled in by index; one event for the group, set once every outcome is known (and the
-    callback of :meth:`when_done` called then)."""
+    callback of :meth:`when_done` called then).
 
-    __slots__ = ("_event", "_left", "_notify", "results")
+    A stretch of appended messages (:meth:`set_appended`, an applied run of plain appends) is
+    held as its first sequence number and its count: the writer frames their answers from the
+    numbers (:meth:`GroupRun.appended`), and their ``MessageAppended`` objects are made only
+    if something reads :attr:`results` (docs/performance.md, "The leader's CPU per pipelined
+    append (twelfth round)")."""
+
+    __slots__ = ("_event", "_left", "_notify", "_results", "_runs")
 
     def __init__(self, count: int) -> None:
-        self.results: list[Any] = [_UNSET] * count
+        self._results: list[Any] = [_UNSET] * count
+        self._runs: list[tuple[int, int, int]] | None = None
+        """The stretches set by :meth:`set_appended` not yet made into objects: (start,
+        count, first sequence number), in the order set; their slots hold ``_IN_RUN``."""
         self._left = count
         self._event = trio.Event()
         self._notify: Callable[[], None] | None = None
         if not count:
             self._event.set()
 
+    @property
+    def results(self) -> list[Any]:
+        """Each proposal's outcome by index (``_UNSET`` while unknown)."""
+        if self._runs is not None:
+            self._make_runs()
+        return self._results
+
+    def _make_runs(self) -> None:
+        runs, self._runs = self._runs, None
+        results = self._results
+        for start, count, first in runs or ():
+            results[start : start + count] = appended_results(first, count)
+
     def set(self, index: int, result: Any) -> None:
-        if self.results[index] is _UNSET:
-            self.results[index] = result
+        if self._results[index] is _UNSET:
+            self._results[index] = result
             self._left -= 1
             if not self._left:
-                self._event.set()
-                notify, self._notify = self._notify, None
-                if notify is not None:
-                    _notify(notify)
+                self._done()
+
+    def set_appended(self, start: int, count: int, first: int) -> bool:
+        """Set the outcomes at ``start`` to ``start + count - 1`` to ``MessageAppended(first)``
+        and the numbers after it (not duplicates), held as numbers until read. False, and
+        nothing set, if any of them is known already (:meth:`set` then sets each)."""
+        results = self._results
+        stop = start + count
+        if count < 1 or results[start:stop].count(_UNSET) != count:
+            return False
+        results[start:stop] = repeat(_IN_RUN, count)
+        if self._runs is None:
+            self._runs = [(start, count, first)]
+        else:
+            self._runs.append((start, count, first))
+        self._left -= count
+        if not self._left:
+            self._done()
+        return True
+
+    def appended_numbers(self, start: int, stop: int) -> list[int] | None:
+        """The sequence numbers of the outcomes ``start`` to ``stop - 1`` (``start < stop``)
+        when every one was set by :meth:`set_appended`; None otherwise."""
+        numbers: list[int] = []
+        at = start
+        for run_start, count, first in self._runs or ():
+            if run_start <= at < run_start + count:
+                end = min(stop, run_start + count)
+                numbers += range(first + at - run_start, first + end - run_start)
+                at = end
+                if at == stop:
+                    return numbers
+        return None
+
+    def _done(self) -> None:
+        self._event.set()
+        notify, self._notify = self._notify, None
+        if notify is not None:
+            _notify(notify)
 
     def when_done(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` (once, in the task that settles the last outcome: at once, or on
@@ -114,7 +175,7 @@ class PendingGroup:
         return True
 
     def done_at(self, index: int) -> bool:
-        return self.results[index] is not _UNSET
+        return self._results[index] is not _UNSET
 
     async def wait(self) -> None:
         """Until every outcome of the group is known."""
@@ -230,24 +291,30 @@ class GroupRun:
         """As :meth:`Answer.when_known` for the first answer: ``callback`` once the group's
         outcomes are all known; False when the first is known now."""
         group = self.group
-        return group.results[self.start] is _UNSET and group.when_done(callback)
+        return group._results[self.start] is _UNSET and group.when_done(callback)
 
     async def response(self) -> None:
         """Until the first answer is known (the writer task's way when nothing calls back)."""
         group = self.group
-        if group.results[self.start] is _UNSET:
+        if group._results[self.start] is _UNSET:
             await group.wait()
 
     def head_known(self) -> bool:
         """The first answer's outcome is known."""
-        return self.group.results[self.start] is not _UNSET
+        return self.group._results[self.start] is not _UNSET
 
     def appended(self, limit: int) -> tuple[bytes, int] | None:
         """The frames of the answers at the head of the run, up to ``limit`` of them, when
         each is known and an appended message (not a duplicate), and how many: those taken
         leave the run. None when any of them is not (the writer takes them one by one)."""
         stop = min(self.stop, self.start + limit)
-        results = self.group.results
+        group = self.group
+        if group._runs is not None:  # (a run's numbers: no object, no pass over objects)
+            numbers = group.appended_numbers(self.start, stop)
+            if numbers is not None:
+                self.start = stop
+                return appended_frames(numbers), len(numbers)
+        results = group.results
         if self.start or stop != len(results):
             results = results[self.start : stop]
         if set(map(type, results)) != _APPENDED_ONLY:

@@ -12,6 +12,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .._core import _raft as raft
+from .._core._appended_run import AppendedRun
 from .._core._commands import CommandGroup
 from .._core._proposals import NotApplied
 from .._errors import BrokerError, ErrorCode
@@ -230,6 +231,10 @@ class Proposing:
         capacity is given back once for all of them."""
         if not tokens:
             return
+        if type(outcomes) is AppendedRun:
+            _settle_run(tokens, outcomes)
+            self._capacity.release(len(tokens))
+            return
         if isinstance(outcomes[0], NotApplied):
             for pending, outcome in zip(tokens, outcomes, strict=True):
                 self._settle(pending, outcome)
@@ -246,3 +251,39 @@ class Proposing:
         of an earlier term's entry it replaced are answered as not applied."""
         for pending, outcome in self._ledger.wait_for(index, term, pendings):
             self._settle(pending, outcome)
+
+
+def _settle_run(tokens: list[Any], run: AppendedRun) -> None:
+    """Settle ``tokens`` (an applied entry's, in its commands' order) with ``run``'s results:
+    ``MessageAppended(run.first + i)`` for the ``i``-th. Each stretch of tokens that is one
+    :class:`PendingGroup`'s, indexes ``start`` to ``start + count - 1``, is set at once as
+    numbers (:meth:`PendingGroup.set_appended`): no result object and no call per append.
+
+    A stretch is known from its two ends: a group's tokens enter the ledger in increasing
+    index order (``propose_many``: its indexes in order; a read sent on to the log later never
+    joins a run of plain appends), so ``count`` tokens whose first is ``(group, start)`` and
+    last ``(group, start + count - 1)`` hold every index between, each once. Any other token
+    (a lone :class:`Pending`, a stretch cut short) is set with its result as before."""
+    size = len(tokens)
+    if size != run.size:
+        raise ValueError(f"{run.size} results for {size} requests")
+    first = run.first
+    at = 0
+    while at < size:
+        token = tokens[at]
+        if type(token) is tuple:
+            group, start = token
+            count = min(size - at, len(group._results) - start)
+            end = tokens[at + count - 1]
+            if (
+                type(end) is tuple
+                and end[0] is group
+                and end[1] == start + count - 1
+                and group.set_appended(start, count, first + at)
+            ):
+                at += count
+                continue
+            group.set(start, run[at])
+        else:
+            token.set(run[at])
+        at += 1
