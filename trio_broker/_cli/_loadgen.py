@@ -35,6 +35,8 @@ SUCCESS = b'"status":"success"'
 SEQUENCE = b'"sequence_num"'
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
+WAIT = 0.2
+"""Seconds a wait for answers lasts at most (then the deadlines are checked)."""
 BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -91,6 +93,18 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         by_fd[sock.fileno()] = conn
         poller.register(sock.fileno(), READ)
 
+    # A lone connection needs no epoll: its receive itself waits (a kernel timeout keeps the
+    # loop bounded), one system call fewer per answer.
+    lone: list[tuple[int, int]] = []
+    if len(conns) == 1:
+        sock = conns[0].sock
+        sock.setblocking(True)
+        timeval = struct.pack("ll", 0, int(WAIT * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        lone = [(sock.fileno(), READ)]
+        lone_writing = [(sock.fileno(), READ | WRITE)]
+
     ok = errors = items = 0
     latencies: list[int] = []
     record = latencies.append
@@ -129,7 +143,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         send(conn, window)
     last_answer = start
     while in_flight and closed < len(conns):
-        events = poll(0.2)
+        if not lone:
+            events = poll(WAIT)
+        else:
+            events = lone_writing if conns[0].outbox else lone
         waits += 1
         ready += len(events)
         now = clock()
