@@ -243,3 +243,17 @@ def test_a_lone_connection_waits_in_its_receive_not_in_epoll(
         result = _run(server, connections=1, window=1)
     assert result["ok"] == server.requests[0] > 0
     assert waits == []
+
+
+def test_a_latency_runs_from_the_request_to_its_answer(connections: int) -> None:
+    # Each answer is written 5 ms after its request arrived: no latency can be shorter
+    # (a lower bound the server's sleep guarantees, whatever the machine's speed). A clock
+    # read before the wait, not after it, gave a lone connection latencies of microseconds.
+    def late(conn: int, n: int) -> bytes:
+        time.sleep(0.005)
+        return SUCCESS
+
+    with _Server(late) as server:
+        result = _run(server, connections=connections, window=1)
+    assert len(result["latencies_us"]) == result["ok"] == sum(server.requests.values()) > 0
+    assert min(result["latencies_us"]) >= 5_000

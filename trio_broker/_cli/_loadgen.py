@@ -198,6 +198,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 in_flight -= len(conn.sent)
                 conn.sent.clear()
                 continue
+            if lone:
+                now = clock()  # its wait was the receive: the answer came just now
             inbox = buffer
             sent = conn.sent
             pos, size, answered, rotate = 0, kept + received, 0, False
