@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,6 +21,11 @@ from .._protocol import FrameDecoder, encode_frame
 
 PAYLOAD = "x" * 100
 DRAIN_SECONDS = 10.0
+GENERATOR = [sys.executable, "-P", str(Path(__file__).with_name("_loadgen.py"))]
+"""The load generator's command: its file run as a script (``-P``: its folder not on the path),
+which imports the standard library and orjson only. As ``-m trio_broker._cli._loadgen`` it
+imported the package first (trio, the codec, the command line: 0.6 s, 1.1 s with the machine
+busy), longer than the second the bench gives its generators to start."""
 
 
 @attrs.frozen
@@ -191,8 +197,7 @@ async def _generate(
             spec["clients"] = [f"C-{client_prefix}{_base36(first + i, 4)}" for i in range(share)]
         first += share
         specs.append(spec)
-    generator = [sys.executable, "-m", "trio_broker._cli._loadgen"]
-    load, unanswered = await run_generators(generator, specs, pids, start_at)
+    load, unanswered = await run_generators(GENERATOR, specs, pids, start_at)
     print(
         f"  {name}: {load.items:,} items in {load.elapsed:.1f} s ({load.rate:,.0f}/s), "
         f"{load.errors} errors, {unanswered} unanswered; broker CPU "
