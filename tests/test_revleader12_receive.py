@@ -473,3 +473,57 @@ async def test_a_real_broker_answers_each_append_of_a_run_with_its_stored_number
                     mine.append(answer["sequence_num"])
             assert mine == sorted(mine)  # (a connection's appends stored in its order)
         assert numbers == list(range(1, len(numbers) + 1))
+
+
+async def test_idempotent_retries_among_plain_appends_keep_their_numbers(ram_path: Any) -> None:
+    """A receive mixing plain APPENDs with a producer's APPENDs and a retry of one (the same
+    producer sequence number), a receive of plain APPENDs with a retry among them, then one
+    of plain APPENDs only (the one parse): each plain APPEND gets the next number, each retry
+    its first append's number marked a duplicate, in request order. Would catch a run
+    settled as numbers counting a duplicate as an appended message (every later number
+    shifted), or a retry decoded as a plain APPEND."""
+    config = BrokerConfig(data_dir=ram_path / "b", port=0)
+    async with open_broker(config) as broker:
+        queue = await create_queue(broker.port)
+
+        def producer(seq: int, data: str) -> dict[str, Any]:
+            return {
+                "operation": "APPEND",
+                "queue_name": queue,
+                "data": data,
+                "producer_id": "P-1",
+                "producer_seq": seq,
+            }
+
+        def plain(data: str) -> dict[str, Any]:
+            return {"operation": "APPEND", "queue_name": queue, "data": data}
+
+        first = [plain("a"), producer(1, "i1"), producer(1, "i1"), plain("b"), producer(2, "i2")]
+        second = [plain("c"), plain("d"), producer(1, "i1"), plain("e"), plain("f")]
+        third = [plain("g"), plain("h"), plain("i")]  # (only plain: the one parse)
+        conn = await RawConnection.open(broker.port)
+        answers = []
+        with trio.fail_after(DEADLINE):
+            for receive in (first, second, third):
+                await conn.send(*receive)
+                for _ in receive:
+                    answer = await conn.receive()
+                    assert answer is not None
+                    answers.append(answer)
+        await conn.aclose()
+    numbers = [(a["status"], a["sequence_num"], a.get("duplicate", False)) for a in answers]
+    assert numbers == [
+        ("success", 1, False),
+        ("success", 2, False),
+        ("success", 2, True),
+        ("success", 3, False),
+        ("success", 4, False),
+        ("success", 5, False),
+        ("success", 6, False),
+        ("success", 2, True),
+        ("success", 7, False),
+        ("success", 8, False),
+        ("success", 9, False),
+        ("success", 10, False),
+        ("success", 11, False),
+    ]
