@@ -197,3 +197,19 @@ async def test_numbers_answered_across_a_leaders_failure_are_the_stored_ones(
         assert refused, "no run met the change of leader"
     for numbers in order.values():
         assert numbers == sorted(numbers)
+
+
+def test_a_stretch_with_a_read_between_its_appends_is_not_taken_as_one() -> None:
+    """A receive of APPEND, READ, APPEND, APPEND whose READ took the ReadIndex path (not in the
+    log): the entry holds the three appends' tokens, indexes 0, 2 and 3, whose ends span four
+    indexes. Each append gets its own number and the READ's outcome stays unknown until its
+    own path sets it. Would catch ``_settle_run`` taking a stretch from its first token and a
+    count without checking the last token's index (the READ answered as an appended message,
+    the numbers after it shifted by one)."""
+    driver = _Driver()
+    group = PendingGroup(4)
+    _settle(driver, _tokens(group, [0, 2, 3]), 30)
+    assert not group.done_at(1)
+    read = object()
+    group.set(1, read)
+    assert group.results == [MessageAppended(30), read, MessageAppended(31), MessageAppended(32)]
