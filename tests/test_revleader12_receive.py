@@ -170,7 +170,7 @@ def _mutated_receives(draw: st.DrawFn) -> list[bytes]:
     return payloads
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_mutated_receives())
 def test_mutated_receives_are_taken_only_as_each_frame_decodes_alone(
     payloads: list[bytes],
