@@ -424,7 +424,15 @@ class ConnectionServer:
                 plain = None
                 if len(frames) > 1 and outbox.in_flight + len(frames) <= max_in_flight:
                     plain = decode_plain_appends(frames)
-                if plain is not None and account.take(sum(map(len, frames))):
+                charged = sum(map(len, frames))
+                # (within the limit itself: ``take`` lets a connection that holds nothing
+                # take any amount, meant for one frame, not a whole receive)
+                budget = account.budget
+                if (
+                    plain is not None
+                    and budget.used + charged <= budget.limit
+                    and account.take(charged)
+                ):
                     frame_began = None
                     run.extend(plain)
                     run_info.extend(zip(repeat("APPEND"), repeat(started), map(len, frames)))
