@@ -6,8 +6,9 @@ pipelined APPENDs on one group's queue, then spread over the three groups' queue
 consensus messages every broker's groups queue to their peers, by type, per append and per
 broker (the three brokers' sum divided by three): each REPLICATE, and each acknowledgement,
 is paid per batch of its group, so a group that gathers a third of the requests pays them
-about three times as often (docs/performance-history.md, "Several groups: the CPU per append, counted
-and profiled (eleventh round)"). Counts, not timings: the machine's noise does not change them.
+about three times as often (docs/performance-history.md, "Several groups: the CPU per
+append, counted and profiled (eleventh round)"). Counts, not timings: the machine's noise does
+not change them.
 """
 
 from __future__ import annotations
