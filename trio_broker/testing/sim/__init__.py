@@ -44,6 +44,9 @@ The package, one module per component:
 - ``_balancer``: leadership spread: each group leader's balancer, its checks, broken balancers;
 - ``_wire``: brokers' messages as the runtime's encoded frames, decoded on arrival, with
   brokers of the version before ``APPEND_RUNS`` among them;
+- ``_entries``: entries as the brokers carry them, on every seed: a replica's decoded from
+  the leader's bytes, every log's stored as bytes and decoded at a start, a run of appends
+  answered by its lazy results;
 - ``_checker``: the invariants (:class:`Checker`, one per group);
 - ``_run``: one run (:class:`Simulation`) and a swarm of runs;
 - ``_cli``: the command line (``__main__`` runs it).

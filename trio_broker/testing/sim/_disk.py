@@ -65,6 +65,7 @@ from ..._core._commands import AppendMessage, CommandGroup, ReadBatch, ReadNext
 from ..._core._raft import Ready
 from ..._core._raft_messages import Entry
 from ..._core._work_commands import ExpireLeases, GroupNack, GroupRead, ReadRecords
+from ._entries import read_back
 from ._params import SimulationFailure, stream
 
 if TYPE_CHECKING:
@@ -392,14 +393,18 @@ class Disks:
     def recovery_read(self, i: int) -> tuple[list[Entry], tuple[int, int] | None]:
         """What broker ``i``'s start-up read finds: the readable log (cut before the first
         entry whose checksum fails) and, when there is one, ``(first_damaged, last_index)``.
-        The disk is left as it is: the core deletes the rest in its first Ready."""
+        Each entry is decoded from the bytes its record holds (``_entries.read_back``, as
+        the store's ``read_log``). The disk is left as it is: the core deletes the rest in
+        its first Ready."""
         entries = self.sim.storage[i].entries
         for pos, e in enumerate(entries):
             if isinstance(e.payload, DamagedPayload):
                 self.sim.stats["recoveries"] += 1
                 self.sim._trace(f"disk {i}: damaged from {e.index}, log had {entries[-1].index}")
-                return entries[:pos], (e.index, entries[-1].index)
-        return list(entries), None
+                self.sim.stats["log_read_back"] += pos
+                return list(map(read_back, entries[:pos])), (e.index, entries[-1].index)
+        self.sim.stats["log_read_back"] += len(entries)
+        return list(map(read_back, entries)), None
 
     def after_write(self, i: int, node: Any) -> None:
         """Broker ``i`` is repaired once its log is back where it was, trusted again."""

@@ -10,7 +10,9 @@ import heapq
 from typing import Any
 
 from ..._core._raft import Role
+from ..._core._raft_messages import PromoteToLeader, Replicate
 from ._clients import ClientRequest, ClientResponse
+from ._entries import received
 from ._replication import GroupMessage
 from ._wire import Frame
 
@@ -70,6 +72,8 @@ class NetworkMixin:
             with self.in_group(m.group):
                 if isinstance(m, GroupMessage):
                     m = m.message
+                    if type(m) is Replicate or type(m) is PromoteToLeader:
+                        m = received(m, self.reads_runs[m.dst])  # (decoded, as a replica's)
                 elif isinstance(m, Frame):
                     if self.nodes.get(m.dst) is None or self._is_blocked(m.src, m.dst):
                         self.stats["dropped"] += 1  # (never read: as _deliver drops it)

@@ -11,7 +11,9 @@ from typing import Any
 
 import attrs
 
-from ..._core._commands import AppendBatch, AppendMessage, ReadBatch
+from ..._core._append_columns import AppendColumns
+from ..._core._appended_run import AppendedRun
+from ..._core._commands import AppendBatch, AppendMessage, CommandGroup, GroupApplied, ReadBatch
 from ..._core._proposals import NotApplied, Proposals
 from ..._core._raft import NotLeader, RaftError, RaftNode
 from ..._core._raft_messages import Entry
@@ -30,6 +32,7 @@ from ..._runtime._applied import APPLY_LAG, applies_later
 from ..._runtime._reads import trial_read
 from .._sim_cluster import COMMANDS as APPLIED
 from ._clients import ClientRequest, ClientResponse
+from ._entries import store_result, stored
 from ._params import SimulationFailure
 
 TIMED = (GroupRead, GroupNack, GroupExtend, ExpireLeases, DeleteQueue, DeleteGroup)
@@ -37,9 +40,14 @@ TIMED = (GroupRead, GroupNack, GroupExtend, ExpireLeases, DeleteQueue, DeleteGro
 
 
 def apply_entry(app: Any, entry: Entry) -> Any:
-    """Apply a committed entry; the core's own entries (no-op, config) change no queue."""
-    if isinstance(entry.payload, (*APPLIED, *WORK_COMMANDS)):
-        return app.apply(entry.payload)
+    """Apply a committed entry; the core's own entries (no-op, config) change no queue. A
+    group's result comes in the form the store gives it (``_entries.store_result``: a run of
+    appends answers with an ``AppendedRun``)."""
+    payload = entry.payload
+    if type(payload) is CommandGroup:
+        return store_result(payload.commands, app.apply(payload))
+    if isinstance(payload, (*APPLIED, *WORK_COMMANDS)):
+        return app.apply(payload)
     return None
 
 
@@ -55,11 +63,11 @@ class NodesMixin:
             self._start_group(i)
 
     def _start_group(self, i: int) -> None:
-        entries, damage = self.disks.recovery_read(i)  # cut before (first damaged, last index)
+        # The log read back (decoded from its bytes, as the store's), cut before the first
+        # damaged entry: (first damaged, last index).
+        entries, damage = self.disks.recovery_read(i)
         if self.p.wire:
             self.g.sent_to.pop(i, None)
-            for e in entries:
-                e.remember_encoded(None)  # (read back from the log: not cached, as the Store's)
         st = self.storage[i]
         self.nodes[i] = self.node_cls(
             i,
@@ -130,8 +138,7 @@ class NodesMixin:
             rd = node.ready()
             if not rd.committed_entries and rd.snapshot is None and node.commit > node.applied:
                 self.stats["applies_waiting"] += 1  # (a replica's lone appends wait: APPLY_LAG)
-            if self.p.wire:
-                self._encode_entries(i, rd)  # (before its messages leave, as the driver)
+            self._encode_entries(i, rd)  # (before its messages leave, as the driver)
             for m in rd.messages:
                 self.post(m)
             delay = self.disk_rng.randint(0, slow) if (slow := self.p.disk_delays[i - 1]) else 0
@@ -156,7 +163,7 @@ class NodesMixin:
         if committed or rd.committed_entries:
             # The held transaction is done: its wish ends with it (_runtime/_repair.py).
             node.drop_snapshot_wish()
-        self.storage[i].persist(rd)
+        self._persist(i, rd)
         if self.p.wire:
             self._stored(i, rd)
         for m in rd.persisted_messages:
@@ -171,8 +178,7 @@ class NodesMixin:
             self.ledgers[i].take_through(rd.snapshot.snapshot.index)
         for e in committed:
             self._apply(i, e)
-            if self.p.wire:
-                e.remember_encoded(None)  # stored and sent: forgotten, as the driver does
+            e.remember_encoded(None)  # stored and sent: forgotten, as the driver does
         node.advance()  # (the core's applied index moves here: a snapshot is offered after)
         if node.is_leader:
             for peer in rd.snapshots_to_send:
@@ -200,6 +206,18 @@ class NodesMixin:
             elif self.crash_point_rng.random() < self.p.crash_after_sync:
                 self.crash(i)
 
+    def _persist(self, i: int, rd: Any) -> None:
+        """Write ``rd``'s step 2: the log holds each new entry as its bytes and checksum
+        (``_entries.stored``), which a start decodes (``Disks.recovery_read``)."""
+        st = self.storage[i]
+        st.persist(rd)
+        if rd.entries:
+            entries, base = st.entries, st.snapshot.index + 1
+            for e in rd.entries:
+                pos = e.index - base
+                if 0 <= pos < len(entries) and entries[pos] is e:
+                    entries[pos] = stored(e)
+
     def _complete_disks(self) -> None:
         for i in self.ids:
             job = self.disk[i]
@@ -215,6 +233,11 @@ class NodesMixin:
         workers = self.hosts_workers  # (the group workloads' queues are group 0's)
         before = self.checker.group.view(self.apps[i]) if workers else None
         result = apply_entry(self.apps[i], e)
+        if type(result) is GroupApplied:
+            if type(result.results) is AppendedRun:
+                self.stats["results_as_runs"] += 1
+            if type(e.payload.commands) is AppendColumns:
+                self.stats["replica_columns"] += 1
         self.disks.check_result(i, e, result)
         self.app_index[i] = e.index
         self.checker.on_apply(i, e, result)

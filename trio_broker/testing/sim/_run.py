@@ -269,6 +269,9 @@ class Simulation(
                 "wire_rolling_restarts",
                 "link_lost",
                 "link_unconnected",
+                "log_read_back",
+                "replica_columns",
+                "results_as_runs",
             ),
             0,
         )

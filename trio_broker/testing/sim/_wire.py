@@ -276,7 +276,11 @@ class WireMixin:
         for e in rd.entries:
             if e.encoded is None:
                 if runs is None:
-                    runs = self._group_reads_runs(i)
+                    # (without the wire, no link learns a version: runs once every broker
+                    # reads them, which none of the version before does there)
+                    runs = (
+                        self._group_reads_runs(i) if self.p.wire else all(self.reads_runs.values())
+                    )
                 payload_bytes(e, runs)
                 if (
                     runs
