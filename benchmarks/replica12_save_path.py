@@ -3,25 +3,26 @@
 
 The exact path a replica runs for each receive of its leader's stream when its store is free
 (``_peers._read_frames``, then ``InStep._persist_after_frames``): each frame decoded
-(``message_from_payload``), stepped into a real :class:`~trio_broker._runtime._driver.RaftDriver`
-(``RaftDriver.step``: the core's step, the reads' and the leadership's checks, the deferral
-to the end of the receive), then, once the receive's frames are stepped, its Ready persisted
-in one transaction (the new entry written, the entry it commits applied, at ``synchronous =
-FULL`` on a store in a temporary directory as a broker runs it; ``--sync off``: without the
-fsync, SQLite's and our Python's part alone), the acknowledgement encoded as the peer links
-encode it (handed to a link that writes nothing), the bookkeeping, the views, the core
-advanced. One REPLICATE per receive, of one group of ``--appends`` plain appends to one queue
-in the ``APPEND_RUNS`` form (a stamp every ``--receive``): the bench's pipelined shape is
-``--appends 239 --receive 85``, its 100 connections x 1 ``--appends 47 --receive 20``; at
-``--appends 1`` the path is nearly all fixed cost.
+(``message_from_payload``), stepped into a real
+:class:`~trio_broker._runtime._driver.RaftDriver` (``RaftDriver.step``: the core's step, the
+reads' and the leadership's checks, the deferral to the end of the receive), then, once the
+receive's frames are stepped, its Ready persisted in one transaction (the new entry written,
+the entry it commits applied, at ``synchronous = FULL`` on a store in a temporary directory
+as a broker runs it; ``--sync off``: without the fsync, SQLite's and our Python's part
+alone), the acknowledgement encoded as the peer links encode it (handed to a link that
+writes nothing), the bookkeeping (with a broker's histogram of the transactions), the views,
+the core advanced. One REPLICATE per receive, of one group of ``--appends`` plain appends to
+one queue in the ``APPEND_RUNS`` form (a stamp every ``--receive``): the bench's pipelined
+shape is ``--appends 239 --receive 85``, its 100 connections x 1 ``--appends 47 --receive
+20``; at ``--appends 1`` the path is nearly all fixed cost.
 
 The collector's thresholds are the node's (``GC_THRESHOLDS``), and the in-memory log is
 compacted as a broker's is (the storage's part of the compaction, a job of the storage
-thread, is left out). Thread CPU (``time.thread_time``: the fsync's system
-time counted, its wait not) per REPLICATE, split into decode, step and persist (of it
-``Store.save`` as ``save`` and the rest, the Ready's own Python, as ``rest``), the median of
-``--rounds`` rounds of ``--repeat`` frames after a warm-up. What it leaves out is the event
-loop's: the socket's receive, trio's scheduling, the link's ``send``.
+thread, is left out). Thread CPU (``time.thread_time``: the fsync's system time counted, its
+wait not) per REPLICATE, split into decode, step and persist (of it ``Store.save`` as
+``save`` and the rest, the Ready's own Python, as ``rest``), the median of ``--rounds``
+rounds of ``--repeat`` frames after a warm-up. What it leaves out is the event loop's: the
+socket's receive, trio's scheduling, the link's ``send``.
 Run it on two trees (``PYTHONPATH=A``, ``PYTHONPATH=B``) alternately to compare them.
 """
 
@@ -36,6 +37,7 @@ import time
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry, Histogram
 
 from benchmarks.replica_cost import _frame, queue_store
 from trio_broker._cli._node import GC_THRESHOLDS
@@ -45,6 +47,7 @@ from trio_broker._protocol._consensus import encode_message, message_from_payloa
 from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime._applied import APPLY_LAG, applies_later
 from trio_broker._runtime._driver import RaftDriver
+from trio_broker._runtime._metrics import _LATENCY_BUCKETS
 from trio_broker._runtime._peers import AFTER_FRAMES, AfterFramesList
 
 LEADER, REPLICA, OTHER = "B-AAAAA", "B-BBBBB", "B-CCCCC"
@@ -117,6 +120,13 @@ def replica_driver(directory: str, store: Any) -> RaftDriver:
         on_snapshot=lambda queues, retained: None,
     )
     driver.peers = _Links()  # type: ignore[assignment]
+    driver.on_transaction = Histogram(  # (as Broker sets it: its metrics' histogram)
+        "trio_broker_storage_transaction_seconds",
+        "SQLite transactions of the consensus driver",
+        ["durable"],
+        buckets=_LATENCY_BUCKETS,
+        registry=CollectorRegistry(),
+    )
     driver._nursery = _Dropped()  # type: ignore[assignment]
     driver._parked = True
     driver._linked_version = node.cluster_version
