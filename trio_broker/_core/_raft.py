@@ -224,6 +224,9 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         self._apply_due = False
         """Committed entries wait and the leader went idle (a tick passed without a REPLICATE
         of entries, or a message without entries came): the next Ready applies them."""
+        self._later_judged = (0, -1)
+        """The committed entries ``(first, last)`` whose payloads ``apply_later`` accepted
+        (none at first): each is judged once, not at every ``has_ready`` and ``ready``."""
         self._streaming = False
         """A REPLICATE of entries came since the last tick."""
         # Without any ack for this long, the leader assumes a loss and probes again.

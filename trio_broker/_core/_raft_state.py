@@ -50,6 +50,7 @@ class RaftState:
     apply_lag: int
     apply_later: Callable[[Any], bool] | None
     _apply_due: bool
+    _later_judged: tuple[int, int]
     _streaming: bool
     _resend_ticks: int
     pre_vote: bool

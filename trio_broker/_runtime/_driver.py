@@ -144,6 +144,8 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self._snapshot_requests: list[Pending] = []
         self.on_transaction: Any = None
         """A histogram (with a ``durable`` label) of transaction durations, if any."""
+        self._transaction_series: tuple[Any, Any, Any] | None = None
+        """``on_transaction`` and its series for ``durable`` false and true (``_saved``)."""
         self.transactions = 0
         self.entries_applied = 0
         self._saved_term_vote = (node.term, node.voted_for)
@@ -623,8 +625,15 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         self.transactions += 1
         if durable:
             self._fsync_fast = took < SLOW_FSYNC
-        if self.on_transaction is not None:
-            self.on_transaction.labels("true" if durable else "false").observe(took)
+        histogram = self.on_transaction
+        if histogram is not None:
+            # Its two series looked up once, not at each transaction (``labels`` takes a lock
+            # and checks its arguments: about 1.2 µs of each save's 2.2 for the count).
+            series = self._transaction_series
+            if series is None or series[0] is not histogram:
+                series = (histogram, histogram.labels("false"), histogram.labels("true"))
+                self._transaction_series = series
+            series[2 if durable else 1].observe(took)
         self.entries_applied += len(committed)
         self.snapshots.note_applied(committed)
         for entry in committed:
