@@ -13,11 +13,13 @@ from pathlib import Path
 import apsw
 import pytest
 
+from trio_broker import StorageFailed
 from trio_broker._core._commands import AppendMessage, CreateQueue
 from trio_broker._core._raft_messages import Entry, HardState, NoOp
 from trio_broker._storage import DB_FILE, Store, _checkpoint
 from trio_broker._storage._backup import backup, restore
 from trio_broker._storage._checkpoint import checkpoint_on_commit
+from trio_broker._storage._failed import read_marker
 from trio_broker._storage._shared_log import SHARED_LOG_FILE, SharedLog
 from trio_broker.testing._powerloss import PowerLossVFS, close_after_cut
 
@@ -220,3 +222,41 @@ def test_a_backup_of_a_closed_folder_with_its_kept_wal_and_a_restore_beside_a_st
         assert store.messages(QUEUE) == [b"%d" % i for i in range(30)]
     finally:
         store.close()
+
+
+def test_a_failed_fsync_of_the_closing_restart_marks_the_folder(tmp_path: Path, monkeypatch):
+    """The commit that restarts the WAL at a clean close is one more fsync of the WAL: one
+    that fails is reported as the closing checkpoint's is (the mark written, the error raised,
+    nothing more written or synced); the database file was synced by that checkpoint."""
+    failing = {"armed": False, "failed": 0, "after": 0}
+
+    def fails(path: str) -> bool:
+        if failing["armed"] and path.endswith("-wal"):
+            failing["armed"] = False
+            failing["failed"] += 1
+            return True
+        return False
+
+    def on_sync() -> None:
+        failing["after"] += bool(failing["failed"])
+
+    restart = _checkpoint._restart_wal
+
+    def armed_restart(db: apsw.Connection, frames: int, copied: int) -> None:
+        failing["armed"] = True
+        restart(db, frames, copied)
+
+    monkeypatch.setattr(_checkpoint, "_restart_wal", armed_restart)
+    vfs = PowerLossVFS("wal12-restart-fails", drops=True)
+    vfs.sync_fails, vfs.on_sync = fails, on_sync
+    try:
+        store = Store(tmp_path, vfs=vfs.name)
+        save_entries(store, 1, 10)
+        with pytest.raises(apsw.IOError) as caught:
+            store.close()
+        failure = StorageFailed.from_error(caught.value)
+        assert failure.code == "SQLITE_IOERR_FSYNC" and failure.reported
+        assert failing["failed"] == 1 and failing["after"] == 0
+        assert read_marker(tmp_path) is not None
+    finally:
+        vfs.unregister()
