@@ -40,8 +40,9 @@ checkpoint let the WAL restart. With ``SQLITE_FCNTL_PERSIST_WAL`` the closing co
 the file; :func:`close_checkpointed` then, after its checkpoint copied every frame, commits
 one page so that the WAL restarts (new salts: the previous frames no longer count), and the
 next start writes over the kept blocks from the WAL's first frame, as a running store does
-after each checkpoint. What the kept file holds was all checkpointed and synced: it is what
-any restarted WAL holds, nothing the next open must trust. ``journal_size_limit``
+after each checkpoint. What the kept file holds was all checkpointed and synced: one valid
+frame (that page, a copy of the database file's own), then frames of earlier generations that
+no longer count, as any restarted WAL holds. ``journal_size_limit``
 (:data:`WAL_SIZE_LIMIT`) bounds it: the first commit after a restart truncates a WAL that a
 large transaction grew beyond it, the closing one included.
 """
