@@ -98,6 +98,10 @@ def restore(backup_path: Path | str, data_dir: Path | str, broker_id: str) -> Ba
     if (target_dir / DB_FILE).exists():
         raise BackupError(f"{target_dir} already holds a broker database; restore into a new one")
     target_dir.mkdir(parents=True, exist_ok=True)
+    for name in DB_FILES[1:]:
+        # A WAL without its database (a clean stop keeps the WAL: _checkpoint) is of no
+        # database here: SQLite would apply its frames to the restored file.
+        (target_dir / name).unlink(missing_ok=True)
     partial = target_dir / (DB_FILE + ".restoring")
     shutil.copyfile(source, partial)
     # The copy is fsynced before it takes the database's name, and the rename before the

@@ -63,7 +63,7 @@ import trio
 
 from .._core._raft_messages import Entry, HardState
 from .._protocol._entries import stored_entry
-from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten
+from ._checkpoint import checkpoint_on_commit, close_checkpointed, close_unwritten, keep_wal
 from ._failed import (
     any_lost,
     failed_here,
@@ -146,6 +146,7 @@ class SharedLog:
                 raise RuntimeError(f"could not put the shared log in WAL mode (got {mode})")
             db.execute("PRAGMA synchronous = FULL")
             checkpoint_on_commit(db)  # (a failed fsync in a checkpoint fails its commit)
+            keep_wal(db)  # (its blocks kept across a clean close, as a store's)
             with db:
                 db.execute(_SCHEMA)
                 row = db.execute("SELECT value FROM shared_meta WHERE key = 'log_id'").fetchone()
