@@ -200,10 +200,11 @@ class _FullFile(apsw.VFSFile):
         super().xWrite(data, offset)
 
 
-def test_a_full_disk_at_the_restart_commit_loses_nothing(tmp_path: Path, monkeypatch):
+def test_a_full_disk_at_the_restart_commit_loses_nothing(tmp_path: Path, monkeypatch, caplog):
     """The restart commit needs one frame written into the WAL: on a full disk it fails.
     Catches a close that then loses or damages data (the checkpointed file is whole, the
-    failed commit rolled back), or one that leaves a WAL the next start misreads."""
+    failed commit rolled back), or one that leaves a WAL the next start misreads, or one
+    that says nothing of it."""
     vfs = _FullVFS("revwal12-full")
     restart = _checkpoint._restart_wal
 
@@ -226,6 +227,8 @@ def test_a_full_disk_at_the_restart_commit_loses_nothing(tmp_path: Path, monkeyp
         finally:
             store._lock.release()
         assert vfs.failed >= 1, "the restart commit wrote nothing into the WAL"
+        told = [r for r in caplog.records if "storage.close_checkpoint_incomplete" in r.message]
+        assert len(told) == 1 and told[0].levelname == "WARNING", caplog.text
     finally:
         vfs.unregister()
     _check(tmp_path, 70)

@@ -31,26 +31,27 @@ The hook runs after every commit: below the threshold it is one Python call and 
 (``benchmarks/wal_hook_cost.py``). ``PRAGMA wal_autocheckpoint = N`` on the connection
 afterwards puts SQLite's own hook back.
 
-**The WAL is kept across a clean close** (:func:`keep_wal`, docs/reliability.md, "What a
-closed data folder holds"). A commit whose fsync extends the WAL file costs the kernel about
-100 µs of CPU more than one that overwrites frames already written (the size's journal
-commit: 230 -> 129 µs per one-entry save, docs/performance-history.md, eleventh round), and
-SQLite deleted the WAL at every clean close, so every start paid it until its first
-checkpoint let the WAL restart. With ``SQLITE_FCNTL_PERSIST_WAL`` the closing connection keeps
-the file; :func:`close_checkpointed` then, after its checkpoint copied every frame, commits
-one page so that the WAL restarts (new salts: the previous frames no longer count), and the
-next start writes over the kept blocks from the WAL's first frame, as a running store does
-after each checkpoint. What the kept file holds was all checkpointed and synced: one valid
-frame (that page, a copy of the database file's own), then frames of earlier generations that
-no longer count, as any restarted WAL holds. ``journal_size_limit``
-(:data:`WAL_SIZE_LIMIT`) bounds it: the first commit after a restart truncates a WAL that a
-large transaction grew beyond it, the closing one included.
+**The WAL is kept across a clean close** (:func:`keep_wal`, docs/reliability.md, "What a closed
+data folder holds"). A commit whose fsync extends the WAL file costs the kernel about 100 µs of
+CPU more than one that overwrites frames already written (the size's journal commit: 230 -> 129
+µs per one-entry save, docs/performance-history.md, eleventh round), and SQLite deleted the WAL
+at every clean close, so every start paid it until its first checkpoint let the WAL restart.
+With ``SQLITE_FCNTL_PERSIST_WAL`` the closing connection keeps the file;
+:func:`close_checkpointed` then, after its checkpoint copied every frame, commits one page so
+that the WAL restarts (new salts: the previous frames no longer count), and the next start
+writes its frames after that one, over the kept blocks, starting over from the WAL's first
+frame at its own first checkpoint, as a running store does. What the kept file holds was all
+checkpointed and synced: one valid frame (that page, a copy of the database file's own), then
+frames of earlier generations that no longer count, as any restarted WAL holds.
+``journal_size_limit`` (:data:`WAL_SIZE_LIMIT`) bounds it: the first commit after a restart
+truncates a WAL that a large transaction grew beyond it, the closing one included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -107,12 +108,12 @@ def keep_wal(db: apsw.Connection) -> None:
 
 
 def _restart_wal(db: apsw.Connection, frames: int, copied: int) -> None:
-    """After a closing checkpoint that copied every frame (``frames`` of the WAL, ``copied``
-    of them): one committed page (the schema's ``user_version``, written again as it is)
-    restarts the WAL, so the kept file's earlier frames no longer count and the next start
-    writes from its first frame; a WAL larger than :data:`WAL_SIZE_LIMIT` is truncated to it
-    by that commit. Then no limit, or SQLite's own closing checkpoint would truncate the kept
-    WAL to nothing. A checkpoint that left frames (another connection reading) or a
+    """After a closing checkpoint that copied every frame (``frames`` of the WAL, ``copied`` of
+    them): one committed page (the schema's ``user_version``, written again as it is) restarts
+    the WAL, so the kept file's earlier frames no longer count and the next start writes after
+    that one frame, over the kept blocks; a WAL larger than :data:`WAL_SIZE_LIMIT` is truncated
+    to it by that commit. Then no limit, or SQLite's own closing checkpoint would truncate the
+    kept WAL to nothing. A checkpoint that left frames (another connection reading) or a
     transaction left open restarts nothing: the next start appends after the frames."""
     if frames > 0 and frames == copied and db.getautocommit():
         with db:
@@ -141,6 +142,16 @@ def close_checkpointed(db: apsw.Connection, *, checkpoint: bool = True) -> None:
                 db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
                 db.close()
                 raise
+            # Anything else (a full disk, a busy reader) loses nothing: every commit was
+            # synced, and the next open replays what the checkpoint did not copy. Told, since
+            # the folder is then left as the close did not mean to leave it.
+            fields = {"file": db.filename, "error": f"{type(exc).__name__}: {exc}"}
+            fields["action"] = "none; the next start replays the WAL"
+            logging.getLogger("trio_broker").warning(
+                "storage.close_checkpoint_incomplete "
+                + " ".join(f'{k}="{v}"' for k, v in fields.items()),
+                extra={"event": "storage.close_checkpoint_incomplete", "fields": fields},
+            )
     else:
         close_unwritten(db)
         return
