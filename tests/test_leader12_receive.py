@@ -17,6 +17,7 @@ from tests.test_poller_connections import (
     Decisions,
     _append,
     _connect,
+    _exchange,
     _server,
     _serving,
     pytestmark,  # noqa: F401  (skipped where there is no epoll)
@@ -28,20 +29,9 @@ from trio_broker._protocol._receive_appends import decode_plain_appends
 _HEAD = b'{"operation":"APPEND","queue_name":'
 
 
-async def _exchange(frames: bytes, count: int, **settings: Any) -> list[str]:
-    server = _server(Decisions(), **settings)
-    with trio.fail_after(DEADLINE):
-        async with _serving(server) as port:
-            client = await _connect(port)
-            await client.stream.send_all(frames)
-            got = await client.answers(count)
-            await client.stream.aclose()
-    return got
-
-
 async def test_a_receive_of_appends_is_decoded_in_one_parse(decodes: list[bytes]) -> None:
     values = [f"v{i}" for i in range(16)]
-    got = await _exchange(b"".join(_append("Q-WAIT", value) for value in values), 16)
+    got = await _exchange(_server(Decisions()), b"".join(_append("Q-WAIT", v) for v in values), 16)
     assert got == [f"many:{value}" for value in values]
     assert decodes == []  # (frame by frame: each of the 16 decoded alone)
     # Any other request in the receive: every frame read one by one, in order, each error
@@ -52,7 +42,7 @@ async def test_a_receive_of_appends_is_decoded_in_one_parse(decodes: list[bytes]
         encode_frame(b'{"operation":"APPEND","queue_name":"Q-WAIT","data":'),  # (cut short)
         _append("Q-WAIT", "c"),
     ]
-    got = await _exchange(b"".join(mixed), 4)
+    got = await _exchange(_server(Decisions()), b"".join(mixed), 4)
     assert got[:2] == ["many:a", "many:b"]
     assert "not valid UTF-8 JSON" in got[2]
     assert got[3] == "many:c"

@@ -145,6 +145,17 @@ async def _connect(port: int) -> Client:
     return Client(await trio.open_tcp_stream("127.0.0.1", port))
 
 
+async def _exchange(server: ConnectionServer, frames: bytes, count: int) -> list[str]:
+    """Send ``frames`` in one write to ``server`` and return its first ``count`` answers."""
+    with trio.fail_after(DEADLINE):
+        async with _serving(server) as port:
+            client = await _connect(port)
+            await client.stream.send_all(frames)
+            got = await client.answers(count)
+            await client.stream.aclose()
+    return got
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():  # noqa: ASYNC110  (a state of the server, no event: bounded by fail_after)
         await trio.sleep(0.001)

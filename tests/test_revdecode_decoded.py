@@ -20,6 +20,7 @@ from tests.test_poller_connections import (
     Decisions,
     _append,
     _connect,
+    _exchange,
     _server,
     _serving,
     _until,
@@ -61,33 +62,21 @@ def _forging(monkeypatch: pytest.MonkeyPatch, forge: Callable[[bytes], Any]) -> 
     monkeypatch.setattr(ConnectionServer, "_fast_lone", made)
 
 
-async def _one_exchange(frames: bytes, count: int) -> list[str]:
-    decisions = Decisions()
-    server = _server(decisions)
-    with trio.fail_after(DEADLINE):
-        async with _serving(server) as port:
-            client = await _connect(port)
-            await client.stream.send_all(frames)
-            got = await client.answers(count)
-            await client.stream.aclose()
-    return got
-
-
 async def test_the_very_receive_takes_the_decoded_request(monkeypatch) -> None:
     """(The control: what the task takes is what ``decoded`` says, for that receive.)"""
     _forging(monkeypatch, lambda data: (data, _FORGED))
-    assert await _one_exchange(_append("Q-WAIT", "real"), 1) == ["many:FORGED"]
+    assert await _exchange(_server(Decisions()), _append("Q-WAIT", "real"), 1) == ["many:FORGED"]
 
 
 async def test_equal_bytes_of_another_receive_do_not_take_it(monkeypatch) -> None:
     _forging(monkeypatch, lambda data: (bytes(bytearray(data)), _FORGED))
-    assert await _one_exchange(_append("Q-WAIT", "real"), 1) == ["many:real"]
+    assert await _exchange(_server(Decisions()), _append("Q-WAIT", "real"), 1) == ["many:real"]
 
 
 async def test_a_receive_of_two_frames_does_not_take_it(monkeypatch) -> None:
     _forging(monkeypatch, lambda data: (data, _FORGED))
     frames = _append("Q-WAIT", "one") + _append("Q-WAIT", "two")
-    assert await _one_exchange(frames, 2) == ["many:one", "many:two"]
+    assert await _exchange(_server(Decisions()), frames, 2) == ["many:one", "many:two"]
 
 
 async def test_decoded_never_stays_set_whichever_path_the_request_took(polled) -> None:

@@ -23,6 +23,7 @@ from tests.test_poller_connections import (
     Decisions,
     _append,
     _connect,
+    _exchange,
     _server,
     _serving,
     _until,
@@ -243,16 +244,6 @@ def _recording(decisions: Decisions) -> list[int]:
 
     decisions.handle_many = recorded  # type: ignore[method-assign]
     return sizes
-
-
-async def _exchange(server: Any, frames: bytes, count: int) -> list[str]:
-    with trio.fail_after(DEADLINE):
-        async with _serving(server) as port:
-            client = await _connect(port)
-            await client.stream.send_all(frames)
-            got = await client.answers(count)
-            await client.stream.aclose()
-    return got
 
 
 async def test_appends_before_auth_in_one_receive_are_each_refused() -> None:

@@ -17,20 +17,12 @@ from trio_broker._core._commands import MessageAppended
 from trio_broker._errors import BrokerError, ErrorCode
 from trio_broker._protocol import encode_frame
 from trio_broker._protocol._codec import appended_frames
-from trio_broker._runtime._pending import Capacity, GroupRun, PendingGroup, RunAnswer, settling
+from trio_broker._runtime._pending import GroupRun, PendingGroup, RunAnswer, settling
 from trio_broker._runtime._proposing import Proposing
 from trio_broker.testing import open_local_cluster
 
+from .test_leader12_settle import _Driver
 from .wire import RawConnection, call, create_queue
-
-
-class _Driver:
-    def __init__(self) -> None:
-        self._capacity = Capacity(1000)
-        self._capacity.value = 0
-
-    def _settle(self, pending: Any, outcome: Any) -> None:
-        raise AssertionError(f"settled as not applied: {outcome!r}")
 
 
 def _tokens(group: PendingGroup, indexes: Any) -> list[Any]:
