@@ -1,5 +1,5 @@
 """A pipelined receive's read on the leader, frame by frame against all together: thread CPU
-per APPEND (docs/performance.md, "The leader's CPU per pipelined append (twelfth round)").
+per APPEND (docs/performance-history.md, "The leader's CPU per pipelined append (twelfth round)").
 
 A receive of ``--run`` APPENDs of the bench's 100-byte value, from the bytes to the run that
 ``handle_many`` decides, as ``ConnectionServer._read_requests`` reads it:

@@ -1,5 +1,5 @@
 """The leader's settle and answer of one applied entry of pipelined appends: thread CPU per
-append (docs/performance.md, "The leader's CPU per pipelined append (twelfth round)").
+append (docs/performance-history.md, "The leader's CPU per pipelined append (twelfth round)").
 
 An entry of ``--groups`` receives of ``--run`` APPENDs each (the bench's pipelined load: 16
 in flight per connection), applied as one run of plain appends (its results an

@@ -1,7 +1,7 @@
 """A pipelined receive of APPENDs read together (``ConnectionServer._read_requests`` with
 ``decode_plain_appends``): one parse for the receive's frames, the same requests as frame by
 frame, and any receive that is not only such APPENDs read frame by frame as before, with
-its errors in place (docs/performance.md, "The leader's CPU per pipelined append (twelfth
+its errors in place (docs/performance-history.md, "The leader's CPU per pipelined append (twelfth
 round)")."""
 
 from __future__ import annotations

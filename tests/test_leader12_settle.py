@@ -1,7 +1,7 @@
 """The leader's settle of an applied run of plain appends (``Proposing._settle_applied`` with an
 ``AppendedRun``): each receive's stretch of the entry set as numbers, its answers framed from
 them, and the ``MessageAppended`` objects made only when something reads them, by the group,
-equal to the run's (docs/performance.md, "The leader's CPU per pipelined append (twelfth
+equal to the run's (docs/performance-history.md, "The leader's CPU per pipelined append (twelfth
 round)")."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Under pipelined load a client connection's receive holds many frames (16 at the bench's 16 in
 flight), each the original contract's APPEND as orjson writes it. Decoding them one by one
 (:func:`~._codec.decode_client_request`) pays a call into orjson and the calls around it per
-frame; parsing them as one JSON array pays the call once per receive (docs/performance.md,
+frame; parsing them as one JSON array pays the call once per receive (docs/performance-history.md,
 "The leader's CPU per pipelined append (twelfth round)").
 """
 

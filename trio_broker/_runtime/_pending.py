@@ -90,7 +90,7 @@ class PendingGroup:
     A stretch of appended messages (:meth:`set_appended`, an applied run of plain appends) is
     held as its first sequence number and its count: the writer frames their answers from the
     numbers (:meth:`GroupRun.appended`), and their ``MessageAppended`` objects are made only
-    if something reads :attr:`results` (docs/performance.md, "The leader's CPU per pipelined
+    if something reads :attr:`results` (docs/performance-history.md, "The leader's CPU per pipelined
     append (twelfth round)")."""
 
     __slots__ = ("_event", "_left", "_notify", "_results", "_runs")
