@@ -12,6 +12,12 @@ the 100 connections more CPU per request, for a reason not found (docs/performan
 steps"): this says what the replicas' transactions hold with each lag. The three brokers
 share one process (one core at a time): compare lags in the same setting, not with the
 bench's absolute figures.
+
+    python -m benchmarks.seq13_readies --processes [--only connections] [--seconds 4]
+
+Three broker processes instead (``benchmarks.seq13_node``: each counts its own saves), with
+the tree's own ``APPLY_LAG`` (run it with ``PYTHONPATH`` at each tree to compare): the
+leader's saves are printed too.
 """
 
 from __future__ import annotations
@@ -115,14 +121,72 @@ async def _run(base: Path, lag: int, only: str, seconds: float, group_lag: int) 
                 print("  commands per applying save:", dict(sorted(bins.items())))
 
 
+def _summary(name: str, saves: list[Any]) -> None:
+    applying = [r for r in saves if r[1]]
+    print(
+        f"{name}: {len(saves)} saves, entries persisted {sum(r[0] for r in saves)} (not a group"
+        f" {sum(r[3] for r in saves)}); applying saves {len(applying)}, of which alone"
+        f" {sum(1 for r in applying if not r[0])}, above 256 commands"
+        f" {sum(1 for r in applying if r[2] > 256)}"
+    )
+    if applying:
+        print(
+            f"  per applying save: entries mean {statistics.fmean(r[1] for r in applying):.2f},"
+            f" commands mean {statistics.fmean(r[2] for r in applying):.1f}, max"
+            f" {max(r[2] for r in applying)}"
+        )
+
+
+def _processes(base: Path, only: str, seconds: float, port: int) -> None:
+    """Three counted broker processes, the bench's workload against the first (the founder,
+    which leads), then SIGTERM and each one's counts (less the saves before the workload)."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    nodes = []
+    for i in range(3):
+        command = [sys.executable, "-m", "benchmarks.seq13_node", str(base / f"b{i + 1}.json")]
+        command += ["node", "--port", str(port + i), "--data-dir", str(base / f"d{i + 1}")]
+        command += ["--log-level", "WARNING"] + (["--seed", f"127.0.0.1:{port}"] if i else [])
+        node = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert node.stdout is not None
+        node.stdout.readline()  # (its ready line)
+        nodes.append(node)
+    try:
+        time.sleep(3)  # (the joiners become voters)
+        command = [sys.executable, "-m", "trio_broker", "bench", "--seed"]
+        command += [f"127.0.0.1:{port}", "--only", only, "--seconds", str(seconds)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        for line in done.stderr.splitlines():
+            if "items in" in line:
+                print(line.strip())
+    finally:
+        for node in nodes:
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            node.wait(30)
+    for i in range(3):
+        _summary(
+            f"b{i + 1}" + (" (leader)" if i == 0 else ""),
+            json.loads((base / f"b{i + 1}.json").read_text()),
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lag", type=int, default=4)
     parser.add_argument("--only", default="connections")
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--group-lag", type=int, default=0, help="groups wait fewer (0: lag)")
+    parser.add_argument("--processes", action="store_true", help="three broker processes")
+    parser.add_argument("--base-port", type=int, default=19620, help="with --processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:
+        if args.processes:
+            _processes(Path(base), args.only, args.seconds, args.base_port)
+            return
         trio.run(_run, Path(base), args.lag, args.only, args.seconds, args.group_lag)
 
 
