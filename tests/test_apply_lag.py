@@ -15,7 +15,9 @@ from trio_broker.testing import open_local_cluster
 async def test_a_replica_persists_lone_appends_alone_and_applies_them_in_fours(tmp_path):
     from tests.wire import RawConnection, create_queue
 
-    async with open_local_cluster(tmp_path, 3) as c:
+    # Ticks of 100 ms: the leader goes idle (and a replica applies what waits) only when a
+    # tick passes without a REPLICATE, which a loaded machine's round trip must not reach.
+    async with open_local_cluster(tmp_path, 3, heartbeat_interval=0.2, failure_timeout=2.0) as c:
         leader = await c.wait_for_leader()
         queue_id = await create_queue(leader.port)
         connection = await RawConnection.open(leader.port)
