@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 else:
     _Node = object
 
-__all__ = ["Ready", "ReadyHandOff"]
+__all__ = ["Ready", "ReadyHandOff", "hard_state_fields"]
 
 _FIELDS = tuple(f.name for f in attrs.fields(HardState))
 _HARD_STATE = operator.attrgetter(*_FIELDS)
