@@ -70,7 +70,7 @@ from ._raft_messages import (
     SnapshotMeta,
     TimeoutNow,
 )
-from ._raft_ready import Ready, ReadyHandOff
+from ._raft_ready import Ready, ReadyHandOff, hard_state_fields
 from ._raft_replication import Replication
 from ._raft_restart import RestartRules
 from ._raft_snapshots import Snapshots
@@ -346,15 +346,7 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
     @property
     def hard_state(self) -> HardState:
         """The current (possibly not yet durable) hard state."""
-        return HardState(
-            self.term,
-            self.voted_for,
-            self.commit,
-            self.recovering_until or 0,
-            self.recovering_term if self.recovering_until else 0,
-            self.unverified or self.vote_floor is not None,
-            self.vote_lost and self._vote_lost_stored,
-        )
+        return HardState(*hard_state_fields(self))
 
     @property
     def cluster_version(self) -> int:

@@ -634,6 +634,8 @@ class RaftDriver(Proposing, InStep, GroupMembers):
                 series = (histogram, histogram.labels("false"), histogram.labels("true"))
                 self._transaction_series = series
             series[2 if durable else 1].observe(took)
+        if not committed:
+            return  # (a replica's Ready whose apply waits: three of four at 100 x 1)
         self.entries_applied += len(committed)
         self.snapshots.note_applied(committed)
         for entry in committed:
@@ -642,7 +644,11 @@ class RaftDriver(Proposing, InStep, GroupMembers):
 
     def _applied(self, committed: Sequence[Any], results: Sequence[Any]) -> None:
         """Tell the views what each committed entry did, and answer its proposals (each
-        connection's answers known now leave in one write: ``settling``)."""
+        connection's answers known now leave in one write: ``settling``). Nothing to do for
+        a Ready that applies nothing (a replica's while its apply waits, ``APPLY_LAG``: three
+        Readies of four at 100 connections x 1), not even the ``settling`` block."""
+        if not committed:
+            return
         answered = 0
         with settling():
             for entry, result in zip(committed, results, strict=True):
