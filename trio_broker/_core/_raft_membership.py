@@ -172,14 +172,11 @@ class Membership(_Node):
         if other is None or self.now - other > self._view_refresh_ticks:
             self._view_held.add(member)
 
-    def _view_reheard(self, member: Any, last_heard: int) -> bool:
-        """Any answer from ``member``, silent since ``last_heard``: after a silence of
-        ``_resend_ticks`` or more it may have restarted, and a restarted broker holds no
-        view; it is sent the view again. Returns whether it was silent that long."""
-        if self.now - last_heard < self._resend_ticks:
-            return False
+    def _view_reheard(self, member: Any) -> None:
+        """The first answer from ``member`` after a silence of ``_resend_ticks`` or more: it
+        may have restarted, and a restarted broker holds no view: it is sent the view again
+        (and that answer does not count as holding it)."""
         self._view_held.discard(member)
-        return True
 
     def _config_index(self) -> int:
         found = self.log.last_config_index()

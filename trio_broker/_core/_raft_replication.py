@@ -141,7 +141,9 @@ class Replication(_Node):
         if pr is None:
             return
         pr.recent_active = True
-        after_silence = self._view_reheard(m.src, pr.last_heard)
+        after_silence = self.now - pr.last_heard >= self._resend_ticks
+        if after_silence:
+            self._view_reheard(m.src)
         pr.last_heard = self.now
         if m.src == self.transfer_target and not isinstance(m, ReplicateResponse):
             self._maybe_send_timeout_now(m.src)  # again, in case the first one was lost
