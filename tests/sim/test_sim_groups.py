@@ -28,8 +28,11 @@ def mutant_seeds():
 def test_group_workload_runs_clean_and_exercises_every_path():
     # Seeds whose members may die holding leases (``group_death`` > 0), so that every path,
     # deaths included, is on seeds that can take it (which deaths happen moves with every
-    # change of the schedules, such as crashes told apart from reboots).
+    # change of the schedules, such as crashes told apart from reboots). Deaths are rare
+    # (about one seed in 40 or 50), so seed 221 is added, one on which two members die since
+    # leaders send CLUSTER_UPDATE again until each member holds it.
     seeds = [s for s in group_seeds(80) if FaultParams.derive(s, 1, 1).group_death > 0][:40]
+    seeds.append(221)
     results = run_swarm(seeds, jobs=2)
     failures = [r for r in results if not r.ok]
     assert not failures, "\n".join(f"{r.error}\n  {r.replay_command()}" for r in failures)

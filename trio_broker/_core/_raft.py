@@ -324,6 +324,13 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         self._transfer_elapsed = 0
         self._statuses: dict[Any, str] = {}
         self._announced: tuple[MemberView, ...] = ()
+        """The leader's view last announced in CLUSTER_UPDATE (``_maybe_announce``)."""
+        self._view_held: set[Any] = set()
+        """The members known to hold that view."""
+        self._view_sent: dict[Any, int] = {}
+        """The tick of the last CLUSTER_UPDATE sent to each member."""
+        self._view_other: dict[Any, int] = {}
+        """The tick of the last CLUSTER_UPDATE of an earlier view sent to each member."""
 
         self._msgs: list[Message] = []
         self._persisted_msgs: list[Message] = []

@@ -30,7 +30,7 @@ else:
 
 class Membership(_Node):
     """Mixed into :class:`~._raft.RaftNode`: its membership (fields: ``config``,
-    ``_statuses``, ``_announced``)."""
+    ``_statuses``, ``_announced``, ``_view_held``, ``_view_sent``, ``_view_other``)."""
 
     @property
     def config_committed(self) -> bool:
@@ -111,23 +111,72 @@ class Membership(_Node):
             return "inactive"
         return "active"
 
+    @property
+    def _view_refresh_ticks(self) -> int:
+        """How often the current view is sent again to a member not known to hold it, and
+        how long after the last CLUSTER_UPDATE of another view a member's answer starts to
+        count as holding this one (see ``_maybe_announce``): two election timeouts, far
+        beyond a round trip, and a small share of the heartbeats' traffic."""
+        return 2 * self.election_ticks
+
     def _maybe_announce(self) -> None:
-        """CLUSTER_UPDATE to every member when the role/status view changed."""
+        """At each heartbeat round: CLUSTER_UPDATE to every member when the role/status view
+        changed; else the current view again to each member not known to hold it, at most
+        once per ``_view_refresh_ticks``.
+
+        A CLUSTER_UPDATE can be lost (a partition, a link down, a member restarting): a
+        member would then show the view it last got until the next change, which may never
+        come. So the leader keeps, per member, whether it is known to hold the current view
+        (``_view_held``) and sends it again until it is. Its answer carries nothing that
+        names the view it answers (the design's ``{"status": "success"}``), so an answer
+        counts only once no CLUSTER_UPDATE of another view can still be on its way to that
+        member: ``_view_refresh_ticks`` after the last one sent (``_view_other``). A
+        member silent for a while may have restarted, losing its view: it is no longer
+        known to hold it (``_view_reheard``). The traffic this adds: per member, one
+        CLUSTER_UPDATE per refresh period while it is not known to hold the view (one per
+        change when it answers, two when a change came within a refresh period of the
+        one before); nothing once every member holds it.
+        """
         view = tuple(self.member_statuses().values())
-        if view == self._announced:
-            return
-        self._announced = view
-        for m in sorted(self.config.members):
-            if m != self.id:
-                self._send(
-                    ClusterUpdate(
-                        src=self.id,
-                        dst=m,
-                        term=self.term,
-                        cluster_version=self.cluster_version,
-                        members=view,
-                    )
+        members = [m for m in sorted(self.config.members) if m != self.id]
+        if view != self._announced:
+            self._announced = view
+            self._view_held = set()
+            self._view_other = {m: self._view_sent[m] for m in members if m in self._view_sent}
+            self._view_sent = {}  # (and forget removed members)
+            due = members
+        else:
+            refresh = self._view_refresh_ticks
+            due = [
+                m
+                for m in members
+                if m not in self._view_held
+                and (m not in self._view_sent or self.now - self._view_sent[m] >= refresh)
+            ]
+        for m in due:
+            self._view_sent[m] = self.now
+            self._send(
+                ClusterUpdate(
+                    src=self.id,
+                    dst=m,
+                    term=self.term,
+                    cluster_version=self.cluster_version,
+                    members=view,
                 )
+            )
+
+    def _view_acknowledged(self, member: Any) -> None:
+        """A CLUSTER_UPDATE_RESPONSE from ``member``: it holds the current view, unless a
+        CLUSTER_UPDATE of another view sent to it may still arrive after (``_maybe_announce``)."""
+        other = self._view_other.get(member)
+        if other is None or self.now - other > self._view_refresh_ticks:
+            self._view_held.add(member)
+
+    def _view_reheard(self, member: Any) -> None:
+        """The first answer from ``member`` after a silence of ``_resend_ticks`` or more: it
+        may have restarted, and a restarted broker holds no view: it is sent the view again
+        (and that answer does not count as holding it)."""
+        self._view_held.discard(member)
 
     def _config_index(self) -> int:
         found = self.log.last_config_index()

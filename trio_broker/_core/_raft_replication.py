@@ -141,6 +141,9 @@ class Replication(_Node):
         if pr is None:
             return
         pr.recent_active = True
+        after_silence = self.now - pr.last_heard >= self._resend_ticks
+        if after_silence:
+            self._view_reheard(m.src)
         pr.last_heard = self.now
         if m.src == self.transfer_target and not isinstance(m, ReplicateResponse):
             self._maybe_send_timeout_now(m.src)  # again, in case the first one was lost
@@ -177,6 +180,8 @@ class Replication(_Node):
                 self._send_append(m.src, probe_empty=True)
             return
         if isinstance(m, ClusterUpdateResponse):
+            if not after_silence:  # (it may answer what it held before a restart)
+                self._view_acknowledged(m.src)
             return
         if pr.state is ProgressState.SNAPSHOT and not m.success:
             return

@@ -94,6 +94,9 @@ class RaftState:
     _transfer_elapsed: int
     _statuses: dict[Any, str]
     _announced: tuple[MemberView, ...]
+    _view_held: set[Any]
+    _view_sent: dict[Any, int]
+    _view_other: dict[Any, int]
 
     # the effects gathered for the next Ready
     _msgs: list[Message]
@@ -163,6 +166,10 @@ class RaftState:
     def _status_of(self, member: Any) -> str: ...
     @abstractmethod
     def _maybe_announce(self) -> None: ...
+    @abstractmethod
+    def _view_acknowledged(self, member: Any) -> None: ...
+    @abstractmethod
+    def _view_reheard(self, member: Any) -> None: ...
     @abstractmethod
     def _config_index(self) -> int: ...
     @abstractmethod

@@ -24,10 +24,38 @@ from ..._core._raft_messages import Entry
 from ..._core._work_commands import DeleteQueue
 from ._clients import QUEUES, SimClient
 from ._group_checker import GroupChecker
-from ._params import SimulationFailure
+from ._params import TICK_STEPS, SimulationFailure
 
 if TYPE_CHECKING:
     from ._run import Simulation
+
+
+VIEW_SETTLE_TIMEOUTS = 6
+"""Once the cluster converged (faults healed): within this many election timeouts every live
+member's view of the members (CLUSTER_QUERY's roles and statuses) is the leader's. The leader
+sends its view again to a member not known to hold it once per refresh period (two election
+timeouts), and counts the member's answer as holding it only once a refresh period passed
+since it sent another view (``_raft_membership._maybe_announce``): two periods, plus the round
+trips, and a slow clock's share."""
+
+
+def settle_views(sim: Simulation) -> None:
+    """After convergence: step until, in every group, every live member shows the leader's
+    view of the members (``Checker.views_disagree``), within ``VIEW_SETTLE_TIMEOUTS`` election
+    timeouts (counted on the slowest clock); a member that keeps an older view (a lost
+    CLUSTER_UPDATE never sent again) fails the run."""
+    p = sim.p
+    ticks = VIEW_SETTLE_TIMEOUTS * p.election_ticks
+    steps = int(ticks * TICK_STEPS / min(p.clock_rates)) + 4 * p.delay_max
+    for _ in range(steps):
+        if not any(sim.checker.views_disagree() for _ in sim.each_group()):
+            return
+        sim.step()
+    for group in sim.each_group():
+        problem = sim.checker.views_disagree()
+        if problem:
+            name = f"{group.id}: " if len(sim.groups) > 1 else ""
+            raise SimulationFailure(f"{name}{problem} {steps} steps after convergence")
 
 
 class Checker:
@@ -387,6 +415,24 @@ class Checker:
                 f"answered position {position}"
             )
         c.ack_known(q, position)
+
+    def views_disagree(self) -> str | None:
+        """Which live member of the current group shows a view of the members (roles and
+        statuses, CLUSTER_QUERY's) other than its one leader's, if any (None also while the
+        group has no one leader)."""
+        sim = self.sim
+        leaders = [i for i in sim.live() if sim.nodes[i].is_leader]
+        if len(leaders) != 1:
+            return None
+        leader = sim.nodes[leaders[0]]
+        view = leader.member_statuses()
+        for i in sim.live():
+            node = sim.nodes[i]
+            if i in leader.config.members and node.member_statuses() != view:
+                shown = {m: (v.role, v.status) for m, v in node.member_statuses().items()}
+                wanted = {m: (v.role, v.status) for m, v in view.items()}
+                return f"member {i} shows {shown}, leader {leaders[0]} {wanted}"
+        return None
 
     def final_check(self) -> None:
         """After convergence: every node holds every acknowledged append at its number, each

@@ -23,7 +23,7 @@ from ._balancer import (
     SpreadChecker,
     preferred,
 )
-from ._checker import Checker
+from ._checker import Checker, settle_views
 from ._clients import ClientsMixin, SimClient
 from ._disk import Disks
 from ._lifecycle import lifecycle_clients
@@ -453,6 +453,7 @@ class Simulation(
                 for _ in range(STABLE_STEPS):
                     self.step()
                     self.spread.stable()
+            settle_views(self)
             for _ in self.each_group():
                 self.checker.final_check()
         except SimulationFailure as exc:
