@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ._commands import AppendMessage
+from ._commands import AppendMessage, CommandGroup
 from ._made_later import MadeLater
 
 _new_command = object.__new__
@@ -108,6 +108,13 @@ class AppendColumns(MadeLater[AppendMessage]):
             return self._made[0]
         return AppendMessage(self.queues[0], self.datas[0], None, None, self.stamps[0])
 
+    def part(self, start: int, end: int) -> AppendColumns:
+        """Appends ``start`` to ``end - 1`` of a run of one queue and one stamp (a leader's
+        receive: ``_proposals.Proposals.add_columns``), as columns of their own."""
+        if len(self.queues) != 1 or not 0 <= start < end <= len(self.datas):
+            raise ValueError(f"no part {start}:{end} of these columns")
+        return AppendColumns(self.queues, self.stamps, [end - start], self.datas[start:end])
+
     def __len__(self) -> int:
         return len(self.datas)
 
@@ -115,4 +122,45 @@ class AppendColumns(MadeLater[AppendMessage]):
         return (AppendColumns, (self.queues, self.stamps, self.counts, self.datas))
 
 
-__all__ = ["AppendColumns"]
+def joined_columns(runs: list[AppendColumns]) -> AppendColumns:
+    """The appends of ``runs`` (columns, in order) as one :class:`AppendColumns`, two runs
+    next to each other of an equal queue and stamp joined into one (as ``APPEND_RUNS`` writes
+    them): the group a leader proposes from the receives of plain appends it queued."""
+    if len(runs) == 1:
+        return runs[0]
+    queues: list[str] = []
+    stamps: list[int] = []
+    counts: list[int] = []
+    datas: list[bytes] = []
+    queue: Any = None
+    stamp: Any = None
+    for run in runs:
+        for at, (one, at_ms) in enumerate(zip(run.queues, run.stamps, strict=True)):
+            if one == queue and at_ms == stamp:
+                counts[-1] += run.counts[at]
+            else:
+                queue, stamp = one, at_ms
+                queues.append(one)
+                stamps.append(at_ms)
+                counts.append(run.counts[at])
+        datas += run.datas
+    return AppendColumns(queues, stamps, counts, tuple(datas))
+
+
+_new_group = object.__new__
+_SET_COMMANDS = CommandGroup.__dict__["commands"].__set__
+if [field.name for field in attrs.fields(CommandGroup)] != ["commands"]:
+    raise ImportError("columns_group sets CommandGroup's field itself: update it")
+
+
+def columns_group(columns: AppendColumns) -> CommandGroup:
+    """The :class:`CommandGroup` of ``columns``'s appends, its commands held as the columns
+    (as a replica's decoder makes it, ``_protocol/_runs_decode``): without the group's check
+    of its commands' types, which would make every append to read its type and holds here by
+    construction (one or more commands, each an ``AppendMessage``)."""
+    group = _new_group(CommandGroup)
+    _SET_COMMANDS(group, columns)
+    return group
+
+
+__all__ = ["AppendColumns", "columns_group", "joined_columns"]
