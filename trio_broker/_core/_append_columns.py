@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from itertools import chain, repeat
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -41,6 +42,7 @@ if [field.name for field in attrs.fields(AppendMessage)] != [
     raise ImportError("AppendColumns sets AppendMessage's fields one by one: update it")
 _consume = deque[object](maxlen=0).extend
 _from_each = chain.from_iterable
+_datas_of = attrgetter("datas")
 
 
 class AppendColumns(MadeLater[AppendMessage]):
@@ -131,10 +133,19 @@ def joined_columns(runs: list[AppendColumns]) -> AppendColumns:
     queues: list[str] = []
     stamps: list[int] = []
     counts: list[int] = []
-    datas: list[bytes] = []
     queue: Any = None
     stamp: Any = None
     for run in runs:
+        if len(run.queues) == 1:  # (a receive's run, or a part of one: the usual piece)
+            one, at_ms = run.queues[0], run.stamps[0]
+            if one == queue and at_ms == stamp:
+                counts[-1] += len(run.datas)
+            else:
+                queue, stamp = one, at_ms
+                queues.append(one)
+                stamps.append(at_ms)
+                counts.append(len(run.datas))
+            continue
         for at, (one, at_ms) in enumerate(zip(run.queues, run.stamps, strict=True)):
             if one == queue and at_ms == stamp:
                 counts[-1] += run.counts[at]
@@ -143,8 +154,7 @@ def joined_columns(runs: list[AppendColumns]) -> AppendColumns:
                 queues.append(one)
                 stamps.append(at_ms)
                 counts.append(run.counts[at])
-        datas += run.datas
-    return AppendColumns(queues, stamps, counts, tuple(datas))
+    return AppendColumns(queues, stamps, counts, tuple(_from_each(map(_datas_of, runs))))
 
 
 _new_group = object.__new__

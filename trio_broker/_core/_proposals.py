@@ -219,13 +219,17 @@ class Proposals(Generic[T]):
         groups: list[list[Any]] = []
         group: list[Any] = []
         count = size = 0
+        queue: Any = _NO_QUEUE  # (the last run's queue, and its head: one bound per queue)
+        head = 0
         for item in items:
             if type(item) is AppendColumns:
                 datas = item.datas
                 total = len(datas)
-                head = whole = 0
+                whole = 0
                 if max_bytes is not None:
-                    head = overhead + text_bound(item.queues[0])
+                    if item.queues[0] != queue:
+                        queue = item.queues[0]
+                        head = overhead + text_bound(queue)
                     whole = total * head + sum(map(len, datas))
                 if count + total <= max_group and (max_bytes is None or size + whole <= max_bytes):
                     group.append(item)
