@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from trio_broker._core._append_columns import AppendColumns
 from trio_broker._core._commands import AppendMessage, CommandGroup
@@ -21,6 +22,7 @@ from trio_broker._protocol._codec import decode_client_request
 from trio_broker._runtime._disk_space import DiskState
 from trio_broker._runtime._in_step import answers_early
 from trio_broker._runtime._pending import Capacity, PendingGroup
+from trio_broker._runtime._poller import AVAILABLE as POLLER
 from trio_broker._runtime._proposing import Proposing
 from trio_broker._runtime._runs import Runs
 from trio_broker.testing import open_local_cluster
@@ -175,16 +177,16 @@ async def _scenario(base: Path) -> tuple[list[Any], list[Any]]:
                 (one, ["a", deep, "b", "x" * 500, "c"]),
                 (two, list(range(7))),
             ]
-            for queue, values in receives:
-                await conn.send_raw(_frames(queue, values))
             mixed = _frames(one, ["m1", "m2"]) + _frames(two, ["m3"]) + _frames(one, ["m4"])
-            await conn.send_raw(mixed)
-            for _ in range(sum(len(v) for _, v in receives) + 4):
-                answer = await conn.receive()
-                assert answer is not None
-                answers.append(
-                    {k: v for k, v in answer.items() if k not in ("message", "leader_hint")}
-                )
+            sends = [(_frames(queue, values), len(values)) for queue, values in receives]
+            for frames, count in [*sends, (mixed, 4)]:
+                await conn.send_raw(frames)  # (each receive alone: its answers read first)
+                for _ in range(count):
+                    answer = await conn.receive()
+                    assert answer is not None
+                    answers.append(
+                        {k: v for k, v in answer.items() if k not in ("message", "leader_hint")}
+                    )
             await conn.aclose()
             succeeded = sum(a["status"] == "success" for a in answers)
             while True:  # (bounded by the deadline above: every broker applies them all)
@@ -204,6 +206,7 @@ async def _scenario(base: Path) -> tuple[list[Any], list[Any]]:
     return answers, stored
 
 
+@pytest.mark.skipif(not POLLER, reason="a receive's frames are read together through the poller")
 async def test_a_cluster_answers_and_stores_as_with_appends_made_one_by_one(
     ram_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,3 +237,34 @@ async def test_a_cluster_answers_and_stores_as_with_appends_made_one_by_one(
 
 
 _: Callable[..., Any] = _scenario  # (keeps the scenario's signature checked)
+
+
+async def test_a_group_makes_its_event_only_when_waited_for() -> None:
+    """A receive's group answered through its callback (``GroupRun``: the usual run) makes no
+    ``trio.Event``; a group waited for before its outcomes are known wakes once they are, and
+    one waited for after returns at once (a checkpoint, as a set event's wait). Would catch a
+    wait that never wakes (the event made after its outcomes were set) or one on a group of
+    no proposals."""
+    answered = PendingGroup(3)
+    called: list[int] = []
+    assert answered.when_done(lambda: called.append(1))
+    assert answered.set_appended(0, 3, 10)
+    assert called == [1] and answered._event is None
+    await answered.wait()  # (known already: at once)
+    await PendingGroup(0).wait()
+    waited = PendingGroup(2)
+    woken: list[int] = []
+
+    async def waiter() -> None:
+        await waited.wait()
+        woken.append(len(waited.results))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            waited.set(0, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == []
+            waited.set(1, "b")
+    assert woken == [2]
