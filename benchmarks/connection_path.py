@@ -74,6 +74,8 @@ class _Driver:
         self._wake.set()
         return group
 
+    propose_columns = propose_many  # (a receive held as columns: only its count is read)
+
     async def propose(self, command: Any) -> Pending:
         """A lone request's proposal (``Runs._handle_one``)."""
         return self.propose_now(command)

@@ -91,6 +91,8 @@ class _Driver:
         self.group = PendingGroup(len(commands))
         return self.group
 
+    propose_columns = propose_many  # (a receive held as columns: only its count is read)
+
 
 class _Socket:
     def send_now(self, data: bytes) -> int:

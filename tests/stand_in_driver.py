@@ -31,6 +31,10 @@ class StandInDriver:
         self.groups.append(PendingGroup(len(commands)))
         return self.groups[-1]
 
+    async def propose_columns(self, columns: Any) -> PendingGroup:
+        """A receive of plain appends to one queue, held as columns: its appends, as a run."""
+        return await self.propose_many(list(columns))
+
     async def propose(self, command: Any) -> Pending:
         """A lone command (``Runs._handle_one``): a run of one."""
         return self.propose_now(command)

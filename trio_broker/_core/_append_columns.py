@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from itertools import chain, repeat
+from operator import attrgetter
 from typing import Any
 
 import attrs
 
-from ._commands import AppendMessage
+from ._commands import AppendMessage, CommandGroup
 from ._made_later import MadeLater
 
 _new_command = object.__new__
@@ -41,6 +42,7 @@ if [field.name for field in attrs.fields(AppendMessage)] != [
     raise ImportError("AppendColumns sets AppendMessage's fields one by one: update it")
 _consume = deque[object](maxlen=0).extend
 _from_each = chain.from_iterable
+_datas_of = attrgetter("datas")
 
 
 class AppendColumns(MadeLater[AppendMessage]):
@@ -108,6 +110,13 @@ class AppendColumns(MadeLater[AppendMessage]):
             return self._made[0]
         return AppendMessage(self.queues[0], self.datas[0], None, None, self.stamps[0])
 
+    def part(self, start: int, end: int) -> AppendColumns:
+        """Appends ``start`` to ``end - 1`` of a run of one queue and one stamp (a leader's
+        receive: ``_proposals.Proposals.add_columns``), as columns of their own."""
+        if len(self.queues) != 1 or not 0 <= start < end <= len(self.datas):
+            raise ValueError(f"no part {start}:{end} of these columns")
+        return AppendColumns(self.queues, self.stamps, [end - start], self.datas[start:end])
+
     def __len__(self) -> int:
         return len(self.datas)
 
@@ -115,4 +124,53 @@ class AppendColumns(MadeLater[AppendMessage]):
         return (AppendColumns, (self.queues, self.stamps, self.counts, self.datas))
 
 
-__all__ = ["AppendColumns"]
+def joined_columns(runs: list[AppendColumns]) -> AppendColumns:
+    """The appends of ``runs`` (columns, in order) as one :class:`AppendColumns`, two runs
+    next to each other of an equal queue and stamp joined into one (as ``APPEND_RUNS`` writes
+    them): the group a leader proposes from the receives of plain appends it queued."""
+    if len(runs) == 1:
+        return runs[0]
+    queues: list[str] = []
+    stamps: list[int] = []
+    counts: list[int] = []
+    queue: Any = None
+    stamp: Any = None
+    for run in runs:
+        if len(run.queues) == 1:  # (a receive's run, or a part of one: the usual piece)
+            one, at_ms = run.queues[0], run.stamps[0]
+            if one == queue and at_ms == stamp:
+                counts[-1] += len(run.datas)
+            else:
+                queue, stamp = one, at_ms
+                queues.append(one)
+                stamps.append(at_ms)
+                counts.append(len(run.datas))
+            continue
+        for at, (one, at_ms) in enumerate(zip(run.queues, run.stamps, strict=True)):
+            if one == queue and at_ms == stamp:
+                counts[-1] += run.counts[at]
+            else:
+                queue, stamp = one, at_ms
+                queues.append(one)
+                stamps.append(at_ms)
+                counts.append(run.counts[at])
+    return AppendColumns(queues, stamps, counts, tuple(_from_each(map(_datas_of, runs))))
+
+
+_new_group = object.__new__
+_SET_COMMANDS = CommandGroup.__dict__["commands"].__set__
+if [field.name for field in attrs.fields(CommandGroup)] != ["commands"]:
+    raise ImportError("columns_group sets CommandGroup's field itself: update it")
+
+
+def columns_group(columns: AppendColumns) -> CommandGroup:
+    """The :class:`CommandGroup` of ``columns``'s appends, its commands held as the columns
+    (as a replica's decoder makes it, ``_protocol/_runs_decode``): without the group's check
+    of its commands' types, which would make every append to read its type and holds here by
+    construction (one or more commands, each an ``AppendMessage``)."""
+    group = _new_group(CommandGroup)
+    _SET_COMMANDS(group, columns)
+    return group
+
+
+__all__ = ["AppendColumns", "columns_group", "joined_columns"]

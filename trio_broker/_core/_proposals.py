@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from ._append_columns import AppendColumns, columns_group, joined_columns
 from ._commands import AppendMessage, CommandGroup, GroupApplied, ReadNext, text_bound
 from ._raft import NotLeader
 
@@ -114,7 +115,12 @@ class Proposals(Generic[T]):
         self._commands: list[Any] = []
         self._tokens: list[T] = []
         """The queued requests: commands and their tokens, two lists in step (a run is added
-        and cut into groups by slices, without a pair per request)."""
+        and cut into groups by slices, without a pair per request), except where a receive's
+        plain appends were added as columns (:meth:`add_columns`): one item of
+        ``_commands`` for the tokens of all of them."""
+        self._columns = 0
+        """Items of ``_commands`` that are columns (:meth:`add_columns`): while there is none,
+        the two lists are in step and cut by :meth:`_cuts`."""
         self._waiting: dict[int, tuple[int, list[T]]] = {}
         """Log index -> (term proposed in, the tokens of that entry, in group order)."""
         self.grouped = 0
@@ -122,11 +128,11 @@ class Proposals(Generic[T]):
 
     def __len__(self) -> int:
         """Requests not yet settled: queued, or waiting for their entry."""
-        return len(self._commands) + sum(len(tokens) for _, tokens in self._waiting.values())
+        return len(self._tokens) + sum(len(tokens) for _, tokens in self._waiting.values())
 
     @property
     def queued(self) -> int:
-        return len(self._commands)
+        return len(self._tokens)
 
     def waiting(self, index: int) -> tuple[int, list[T]] | None:
         """The term and the tokens waiting on ``index``, if any."""
@@ -134,7 +140,7 @@ class Proposals(Generic[T]):
 
     def add(self, command: Any, token: T) -> None:
         """Queue one request's command until the next :meth:`propose_queued`."""
-        if isinstance(command, CommandGroup):
+        if isinstance(command, CommandGroup | AppendColumns):
             raise ValueError("groups are made by the ledger; add commands")
         self._commands.append(command)
         self._tokens.append(token)
@@ -143,10 +149,25 @@ class Proposals(Generic[T]):
         """:meth:`add` for each command with its token, in order."""
         if len(commands) != len(tokens):
             raise ValueError(f"{len(commands)} commands for {len(tokens)} tokens")
-        if any(issubclass(kind, CommandGroup) for kind in set(map(type, commands))):
+        if any(issubclass(kind, CommandGroup | AppendColumns) for kind in set(map(type, commands))):
             raise ValueError("groups are made by the ledger; add commands")
         self._commands.extend(commands)
         self._tokens.extend(tokens)
+
+    def add_columns(self, run: AppendColumns, tokens: list[T]) -> None:
+        """Queue the plain appends of one receive held as columns (one queue, one stamp: a
+        run of :class:`AppendColumns`), each with its token, in order: what :meth:`add_many`
+        of its appends queues, without an ``AppendMessage`` per append. A group cut from
+        such runs alone is proposed as the runs' columns joined (:func:`joined_columns`),
+        read back by the entry's encoding and its apply as columns; a group that mixes them
+        with other commands holds their appends, made then."""
+        if len(run.queues) != 1:
+            raise ValueError(f"a receive's columns are one run, not {len(run.queues)}")
+        if len(run) != len(tokens):
+            raise ValueError(f"{len(run)} appends for {len(tokens)} tokens")
+        self._commands.append(run)
+        self._tokens.extend(tokens)
+        self._columns += 1
 
     def _cuts(self, commands: list[Any]) -> Iterator[tuple[int, int]]:
         """``commands`` cut into groups by the bounds, in order: each group's ``(start, end)``.
@@ -187,6 +208,80 @@ class Proposals(Generic[T]):
             yield start, end
             start = end
 
+    def _pieces(self, items: list[Any]) -> list[list[Any]]:
+        """``items`` (commands and runs of columns) cut into groups by the bounds, in order:
+        each group its pieces, a run whole or a part of it. The cuts of :meth:`_cuts` of
+        the same commands one by one (a run's append is bound as :func:`encoded_bound`
+        bounds it, ``tests/test_columns13_ledger.py``): a group takes a command while it
+        holds fewer than ``max_group`` and its bound stays within ``max_bytes`` (its first
+        whatever its size); a run that fits is taken whole, with one sum of its values."""
+        max_group, max_bytes, overhead = self.max_group, self.max_bytes, COMMAND_OVERHEAD
+        groups: list[list[Any]] = []
+        group: list[Any] = []
+        count = size = 0
+        queue: Any = _NO_QUEUE  # (the last run's queue, and its head: one bound per queue)
+        head = 0
+        for item in items:
+            if type(item) is AppendColumns:
+                datas = item.datas
+                total = len(datas)
+                whole = 0
+                if max_bytes is not None:
+                    if item.queues[0] != queue:
+                        queue = item.queues[0]
+                        head = overhead + text_bound(queue)
+                    whole = total * head + sum(map(len, datas))
+                if count + total <= max_group and (max_bytes is None or size + whole <= max_bytes):
+                    group.append(item)
+                    count += total
+                    size += whole
+                    continue
+                start = 0  # (the run cut: each value by the rule below)
+                for at, data in enumerate(datas):
+                    bound = head + len(data)
+                    if count >= max_group or (
+                        count and max_bytes is not None and size + bound > max_bytes
+                    ):
+                        if at > start:
+                            group.append(item.part(start, at))
+                        groups.append(group)
+                        group, count, size, start = [], 0, 0, at
+                    count += 1
+                    size += bound
+                group.append(item.part(start, total) if start else item)
+                continue
+            bound = encoded_bound(item) if max_bytes is not None else 0
+            if count >= max_group or (count and max_bytes is not None and size + bound > max_bytes):
+                groups.append(group)
+                group, count, size = [], 0, 0
+            group.append(item)
+            count += 1
+            size += bound
+        if group:
+            groups.append(group)
+        return groups
+
+    @staticmethod
+    def _payload(pieces: list[Any], prepare: Callable[[Any], Any] | None) -> tuple[Any, int]:
+        """A group's payload from its pieces (:meth:`_pieces`) and how many commands it
+        holds: runs of columns alone, their columns joined; else its commands, a run's
+        appends made (and each passed through ``prepare`` if given), one command alone."""
+        if prepare is None and all(type(piece) is AppendColumns for piece in pieces):
+            joined = joined_columns(pieces)
+            if len(joined) > 1:
+                return columns_group(joined), len(joined)
+        commands: list[Any] = []
+        for piece in pieces:
+            if type(piece) is AppendColumns:
+                commands += piece.made()
+            else:
+                commands.append(piece)
+        if prepare is not None:
+            commands = [prepare(c) for c in commands]
+        if len(commands) == 1:
+            return commands[0], 1
+        return CommandGroup(tuple(commands)), len(commands)
+
     def propose_queued(
         self,
         propose: Callable[[Any], tuple[int, int]],
@@ -197,6 +292,8 @@ class Proposals(Generic[T]):
         Returns the tokens settled now: those of a refused group (with the core's
         :class:`~._raft.NotLeader`) and those of an earlier term's entry that a new one
         replaced (:class:`NotApplied`)."""
+        if self._columns:
+            return self._propose_pieces(propose, prepare)
         settled: list[tuple[T, Outcome]] = []
         queued, self._commands = self._commands, []
         queued_tokens, self._tokens = self._tokens, []
@@ -223,6 +320,42 @@ class Proposals(Generic[T]):
             # take_all (the driver's recovery answers them), never dropped unanswered.
             self._commands[:0] = queued[done:]
             self._tokens[:0] = queued_tokens[done:]
+            raise
+        return settled
+
+    def _propose_pieces(
+        self, propose: Callable[[Any], tuple[int, int]], prepare: Callable[[Any], Any] | None
+    ) -> list[tuple[T, Outcome]]:
+        """:meth:`propose_queued` of a queue that holds runs of columns: its groups cut by
+        :meth:`_pieces`, each token matched to its command by the group's count."""
+        settled: list[tuple[T, Outcome]] = []
+        queued, self._commands = self._commands, []
+        queued_tokens, self._tokens = self._tokens, []
+        columns, self._columns = self._columns, 0
+        groups: list[list[Any]] | None = None
+        done = at = 0  # (groups proposed, and their tokens)
+        try:
+            groups = self._pieces(queued)
+            for pieces in groups:
+                payload, count = self._payload(pieces, prepare)
+                tokens = queued_tokens[at : at + count]
+                try:
+                    term, index = propose(payload)
+                except NotLeader as exc:
+                    settled.extend((token, exc) for token in tokens)
+                    done, at = done + 1, at + count
+                    continue
+                self.grouped += count > 1
+                settled.extend(self.wait_for(index, term, tokens))
+                done, at = done + 1, at + count
+        except BaseException:
+            # (as propose_queued: the requests not yet proposed stay queued, in order)
+            rest = queued if groups is None else [p for g in groups[done:] for p in g]
+            self._commands[:0] = rest
+            self._tokens[:0] = queued_tokens[at:]
+            self._columns += (
+                columns if groups is None else sum(type(p) is AppendColumns for p in rest)
+            )
             raise
         return settled
 
@@ -277,12 +410,14 @@ class Proposals(Generic[T]):
         """Remove the tokens not yet proposed (none of them is in the log)."""
         taken, self._tokens = self._tokens, []
         self._commands = []
+        self._columns = 0
         return taken
 
     def take_all(self) -> list[T]:
         """Remove every token, queued ones first (the outcomes of all of them are unknown)."""
         taken, self._tokens = self._tokens, []
         self._commands = []
+        self._columns = 0
         for _, tokens in self._waiting.values():
             taken.extend(tokens)
         self._waiting.clear()

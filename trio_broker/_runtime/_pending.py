@@ -101,10 +101,10 @@ class PendingGroup:
         """The stretches set by :meth:`set_appended` not yet made into objects: (start,
         count, first sequence number), in the order set; their slots hold ``_IN_RUN``."""
         self._left = count
-        self._event = trio.Event()
+        self._event: trio.Event | None = None
+        """Made by the first :meth:`wait` of a group not done (as :class:`Pending`'s: a
+        receive's group is answered through :meth:`when_done`, and none is made)."""
         self._notify: Callable[[], None] | None = None
-        if not count:
-            self._event.set()
 
     @property
     def results(self) -> list[Any]:
@@ -159,7 +159,8 @@ class PendingGroup:
         return None
 
     def _done(self) -> None:
-        self._event.set()
+        if self._event is not None:
+            self._event.set()
         notify, self._notify = self._notify, None
         if notify is not None:
             _notify(notify)
@@ -179,6 +180,11 @@ class PendingGroup:
 
     async def wait(self) -> None:
         """Until every outcome of the group is known."""
+        if not self._left:
+            await trio.lowlevel.checkpoint()  # (as a set Event's wait: it checkpoints)
+            return
+        if self._event is None:
+            self._event = trio.Event()
         await self._event.wait()
 
     def member(self, index: int) -> GroupMember:

@@ -12,6 +12,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .._core import _raft as raft
+from .._core._append_columns import AppendColumns
 from .._core._appended_run import AppendedRun
 from .._core._commands import CommandGroup
 from .._core._proposals import NotApplied
@@ -126,6 +127,41 @@ class Proposing:
                     return group
             self.wake()
             return group
+        self._propose_refusing(commands, group)
+        return group
+
+    async def propose_columns(self: RaftDriver, run: AppendColumns) -> PendingGroup | BrokerError:
+        """:meth:`propose_many` of a receive's plain appends held as columns (one queue, one
+        stamp: ``Runs.handle_many``), without an ``AppendMessage`` per append: the same
+        charge, refusals and group, queued as the columns
+        (:meth:`~.._core._proposals.Proposals.add_columns`). When the disk is not OK, each
+        append is asked about, as :meth:`propose_many` asks (its appends made then)."""
+        count = len(run)
+        capacity = self._capacity
+        if not capacity.take(count):
+            await capacity.acquire(count)
+        node = self.node
+        if node.is_leader and node.transfer_target is not None:
+            capacity.release(count)
+            return self.transferring_error(node.transfer_target)
+        if not node.is_leader:
+            capacity.release(count)
+            return self.not_leader_error()
+        group = PendingGroup(count)
+        if self.disk.state is not DiskState.OK:
+            self._propose_refusing(list(run), group)
+            return group
+        self._ledger.add_columns(run, list(zip(repeat(group), range(count))))
+        if self._lone and self._may_propose_here(count):
+            self._proposed()
+            return group
+        self.wake()
+        return group
+
+    def _propose_refusing(self: RaftDriver, commands: list[Any], group: PendingGroup) -> None:
+        """The commands of a charged run queued while the disk is not OK: each one it
+        refuses gets its refusal at its index (its unit given back), the others queued."""
+        disk = self.disk
         add = self._ledger.add
         refused = 0
         for index, command in enumerate(commands):
@@ -136,9 +172,8 @@ class Proposing:
                 continue
             add(command, (group, index))
         if refused:
-            capacity.release(refused)
+            self._capacity.release(refused)
         self.wake()
-        return group
 
     def _propose_with_reads(self: RaftDriver, commands: list[Any], group: PendingGroup) -> None:
         """:meth:`propose_many`'s run that holds reads: those that qualify wait for a

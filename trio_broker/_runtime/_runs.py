@@ -12,9 +12,11 @@ proposed in one call of the driver's ``propose_many``; any other request goes to
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, cast
 
 from .._core import _work_commands as work
+from .._core._append_columns import AppendColumns
 from .._core._commands import (
     AppendMessage,
     CommandRejected,
@@ -53,6 +55,8 @@ from ._pending import GroupAnswer, GroupRun, Pending, PendingGroup, RunAnswer
 from ._work import Mapped, appended_answer, publish_command, read_answer
 
 Convert = Callable[[Any], Any]
+_data_of = itemgetter(1)
+"""A :data:`~.._protocol._codec.PlainAppend`'s value as its bytes."""
 
 
 class Runs:
@@ -231,25 +235,41 @@ class Runs:
             answers.append(None)
         await propose()
 
-    def _plain_commands(self, requests: list[Request | PlainAppend]) -> list[Any] | None:
+    def _plain_commands(
+        self, requests: list[Request | PlainAppend]
+    ) -> AppendColumns | list[Any] | None:
         """The commands of a receive that is one run of the original contract's APPENDs
         (:data:`~.._protocol._codec.PlainAppend`) to queue ids, none refused (each value
         shorter than a value nested too deep can be, and than the largest stored) and no more
         than a run holds, when the broker is not closing: one command per APPEND, as the
-        loop of :meth:`handle_many` makes them; None for any other receive."""
+        loop of :meth:`handle_many` makes them; None for any other receive.
+
+        All to one queue (the usual receive: a connection's producer), they are held as
+        columns (:class:`~.._core._append_columns.AppendColumns`: the queue, the receive's
+        stamp, the values' bytes), equal to the list of those commands, and no
+        ``AppendMessage`` is made: the ledger cuts them, the entry's encoding writes them and
+        the apply stores them from the columns (docs/performance.md, "The leader's receive
+        held as columns (thirteenth round)")."""
         limit = min(self._driver.max_group, self._config.max_in_flight)
         if len(requests) > limit or self._closing():
             return None
         longest = min(self._max_data, DEEP_FROM)
+        # (the first is a tuple: handle_many asked)
+        queue = requests[0][0]  # type: ignore[index]
+        one = True
         for request in requests:
-            if (
-                type(request) is not tuple
-                or len(request[1]) > longest
-                or not request[0].startswith("Q-")
-            ):
+            if type(request) is not tuple or len(request[1]) > longest:
                 return None
+            if request[0] != queue:
+                one = False
+                if not request[0].startswith("Q-"):
+                    return None
+        if not queue.startswith("Q-"):
+            return None
         stamp = self._wall_clock_ms()  # (one stamp for the APPENDs of one receive)
         plain = cast("list[PlainAppend]", requests)  # (each a tuple: checked just above)
+        if one:
+            return AppendColumns([queue], [stamp], [len(plain)], tuple(map(_data_of, plain)))
         return [AppendMessage(queue, data, None, None, stamp) for queue, data, _ in plain]
 
     def lone_append(self, request: PlainAppend) -> Answer | None:
@@ -346,12 +366,16 @@ class Runs:
             return position_command(request), None
         return None
 
-    async def _propose_group(self, commands: list[Any]) -> PendingGroup | BrokerError:
+    async def _propose_group(
+        self, commands: AppendColumns | list[Any]
+    ) -> PendingGroup | BrokerError:
         """Propose ``commands`` together (:meth:`_propose_run` without the answers): their
         group, or the refusal of them all. Empties nothing."""
         if not self._driver.node.is_leader:
             return self._driver.not_leader_error()
-        return await self._driver.propose_many(commands)
+        if type(commands) is AppendColumns:
+            return await self._driver.propose_columns(commands)
+        return await self._driver.propose_many(commands)  # type: ignore[arg-type]
 
     async def _propose_run(
         self,
