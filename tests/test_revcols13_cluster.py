@@ -19,6 +19,7 @@ import trio
 from trio_broker._core._append_columns import AppendColumns
 from trio_broker._protocol import encode_frame
 from trio_broker._runtime._peer_mux import GroupLinks
+from trio_broker._runtime._pending import Capacity
 from trio_broker._runtime._poller import AVAILABLE as POLLER
 from trio_broker._runtime._runs import Runs
 from trio_broker.testing import open_local_cluster
@@ -142,3 +143,77 @@ async def test_interleaved_receives_are_answered_stored_and_replayed_in_place(
     assert taken[0] >= 9  # (the path under test was taken)
     assert all(h == want for h in held.values())
     assert sum(map(len, want.values())) == 36 + 27 + 15 + 12 + 9 + 5
+
+
+@pytest.mark.skipif(not POLLER, reason="a receive's frames are read together through the poller")
+async def test_receives_waiting_for_the_in_flight_limit_are_answered_in_place(
+    ram_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six connections at once, each receive of six APPENDs to one of two queues, with room
+    for sixteen appends pending on the leader (eight in flight a connection) and a small
+    buffer budget: a receive's columns wait for their units (``Capacity.acquire``) while
+    others' are proposed. Would catch columns queued before their units are free (more
+    pending than the limit: a unit given back twice), or a waiting receive's answers given
+    to another's values."""
+    taken = [0]
+    real = Runs._plain_commands
+
+    def counted(self: Runs, requests: Any) -> Any:
+        commands = real(self, requests)
+        taken[0] += type(commands) is AppendColumns
+        return commands
+
+    monkeypatch.setattr(Runs, "_plain_commands", counted)
+    waited = [0]
+    acquire = Capacity.acquire
+
+    async def counted_acquire(self: Capacity, count: int = 1) -> None:
+        waited[0] += 1
+        await acquire(self, count)
+
+    monkeypatch.setattr(Capacity, "acquire", counted_acquire)
+    expected: dict[str, dict[int, Any]] = {}
+    async with open_local_cluster(
+        ram_path / "limit",
+        3,
+        failure_timeout=0.3,
+        max_in_flight=8,
+        max_pending=16,
+        max_buffered_bytes=64 * 1024,
+    ) as cluster:
+        with trio.fail_after(30):
+            leader = await cluster.wait_for_leader()
+            queues = [await create_queue(leader.port), await create_queue(leader.port)]
+
+            async def producer(at: int) -> None:
+                queue = queues[at % 2]
+                conn = await RawConnection.open(leader.port)
+                try:
+                    for r in range(4):
+                        values = [f"{at}-{r}-{i}-é" for i in range(6)]
+                        await conn.send_raw(_frames(queue, values))
+                        for value in values:
+                            answer = await conn.receive()
+                            assert answer is not None and answer["status"] == "success", answer
+                            numbers = expected.setdefault(queue, {})
+                            assert answer["sequence_num"] not in numbers
+                            numbers[answer["sequence_num"]] = value
+                finally:
+                    await conn.aclose()
+
+            async with trio.open_nursery() as nursery:
+                for at in range(6):
+                    nursery.start_soon(producer, at)
+            want = {q: [v for _, v in sorted(expected[q].items())] for q in queues}
+            for q in queues:  # (no gap, and each connection's values in its order)
+                assert sorted(expected[q]) == list(range(1, 73))
+                for at in range(q == queues[1], 6, 2):
+                    mine = [v for v in want[q] if v.startswith(f"{at}-")]
+                    assert mine == [f"{at}-{r}-{i}-é" for r in range(4) for i in range(6)]
+            while True:
+                held = await _stored(cluster, queues)
+                if all(h == want for h in held.values()):
+                    break
+                await trio.sleep(0.02)
+            assert leader.driver._capacity.value == 16  # (every unit back)
+    assert taken[0] >= 12 and waited[0] >= 1  # (the path under test, and its wait, taken)
