@@ -217,3 +217,60 @@ async def test_receives_waiting_for_the_in_flight_limit_are_answered_in_place(
                 await trio.sleep(0.02)
             assert leader.driver._capacity.value == 16  # (every unit back)
     assert taken[0] >= 12 and waited[0] >= 1  # (the path under test, and its wait, taken)
+
+
+@pytest.mark.skipif(not POLLER, reason="a receive's frames are read together through the poller")
+async def test_a_change_of_leader_under_columns_loses_no_answered_append(ram_path: Any) -> None:
+    """Three connections pipeline receives of eight APPENDs while the leader hands over: each
+    success's value is stored at its number on every broker, no value refused before it
+    was proposed (NOT_LEADER, a transfer) or answered as not applied is stored, and no value
+    is stored twice. Would catch a receive's columns dropped from the ledger at the change of
+    term yet answered, or requeued and proposed again by the old leader."""
+    answers: list[tuple[str, Any]] = []
+    async with open_local_cluster(ram_path / "handover", 3, failure_timeout=0.3) as cluster:
+        with trio.fail_after(30):
+            leader = await cluster.wait_for_leader()
+            queue = await create_queue(leader.port)
+            started = trio.Event()
+
+            async def producer(at: int) -> None:
+                conn = await RawConnection.open(leader.port)
+                try:
+                    for r in range(8):
+                        values = [f"{at}-{r}-{i}" for i in range(8)]
+                        await conn.send_raw(_frames(queue, values))
+                        for value in values:
+                            answer = await conn.receive()
+                            assert answer is not None
+                            answers.append((value, answer))
+                        started.set()
+                finally:
+                    await conn.aclose()
+
+            async with trio.open_nursery() as nursery:
+                for at in range(3):
+                    nursery.start_soon(producer, at)
+                await started.wait()
+                result = await leader.transfer_leadership()
+                assert isinstance(result, str), result
+            new = await cluster.wait_for_leader()
+            assert new is not leader
+            await create_queue(new.port)  # (an entry of the new term: all before it applied)
+            succeeded = {a["sequence_num"]: v for v, a in answers if a["status"] == "success"}
+            while True:
+                held = await _stored(cluster, [queue])
+                stored = [h[queue] for h in held.values()]
+                if all(s == stored[0] for s in stored) and len(stored[0]) >= len(succeeded):
+                    break
+                await trio.sleep(0.02)
+    values = stored[0]
+    assert len(set(values)) == len(values)  # (none stored twice)
+    for number, value in succeeded.items():
+        assert values[number - 1] == value
+    never = [
+        v
+        for v, a in answers
+        if a["status"] != "success" and "unknown" not in orjson.dumps(a).decode().lower()
+    ]
+    assert not set(never) & set(values), [a for v, a in answers if v in set(never) & set(values)]
+    assert len(succeeded) >= 8
