@@ -2,7 +2,7 @@
 to the replicas' apply), several connections at once so that the ledger joins receives of
 several connections and queues into one entry: each connection's answers in its order,
 each sequence number naming the value sent there on every broker, a queue that does not
-exist refused in place, the same with members that do not read ``APPEND_RUNS`` (the
+exist, a value nested too deep and one too long refused in place, the same with members that do not read ``APPEND_RUNS`` (the
 COMMAND_GROUP form), and after every broker stops at once, before a replica's apply
 (``APPLY_LAG``), each replays its saved entries to the same messages (docs/performance.md,
 "The leader's receive held as columns (thirteenth round)")."""
@@ -55,17 +55,22 @@ async def _scenario(base: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     what every broker holds, before and after all of them stop and start again."""
     expected: dict[str, dict[int, Any]] = {}
     refused: list[str] = []
-    async with open_local_cluster(base, 3, failure_timeout=0.3) as cluster:
+    async with open_local_cluster(base, 3, failure_timeout=0.3, max_frame=4096) as cluster:
         with trio.fail_after(30):
             leader = await cluster.wait_for_leader()
             one = await create_queue(leader.port)
             two = await create_queue(leader.port)
             missing = "Q-" + "0" * len(one[2:])
+            deep: Any = 1
+            for _ in range(230):  # (nested deeper than a stored value may be)
+                deep = [deep]
+            big = "x" * 3900  # (longer than a stored value may be, in a frame that fits)
             plans = [
                 (one, [[f"a{r}-{i}" for i in range(12)] for r in range(3)]),
                 (one, [[_VALUES[(r + i) % len(_VALUES)] for i in range(9)] for r in range(3)]),
                 (two, [[r * 100 + i for i in range(5)] for r in range(3)]),
                 (missing, [["lost", "lost"] for _ in range(3)]),
+                (one, [["d1", deep, "d2", big, "d3"] for _ in range(3)]),
             ]
 
             async def producer(queue: str, receives: list[list[Any]]) -> None:
@@ -76,7 +81,7 @@ async def _scenario(base: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                         for value in values:  # (each answer in its place, in order)
                             answer = await conn.receive()
                             assert answer is not None
-                            if queue == missing:
+                            if queue == missing or value is deep or value is big:
                                 assert answer["status"] == "error", answer
                                 refused.append(answer["status"])
                                 continue
@@ -94,7 +99,7 @@ async def _scenario(base: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             want = {q: [v for _, v in sorted(expected.get(q, {}).items())] for q in queues}
             for numbers in expected.values():  # (no gap: each number answered once)
                 assert sorted(numbers) == list(range(min(numbers), min(numbers) + len(numbers)))
-            assert len(refused) == 6
+            assert len(refused) == 6 + 6
             while True:  # (bounded by the deadline: every broker applies them all)
                 held = await _stored(cluster, queues)
                 if all(h == want for h in held.values()):
@@ -142,7 +147,7 @@ async def test_interleaved_receives_are_answered_stored_and_replayed_in_place(
     want, held = await _scenario(ram_path / "cluster")
     assert taken[0] >= 9  # (the path under test was taken)
     assert all(h == want for h in held.values())
-    assert sum(map(len, want.values())) == 36 + 27 + 15 + 12 + 9 + 5
+    assert sum(map(len, want.values())) == 36 + 27 + 15 + 9 + 12 + 9 + 5
 
 
 @pytest.mark.skipif(not POLLER, reason="a receive's frames are read together through the poller")
