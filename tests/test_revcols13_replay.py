@@ -15,7 +15,7 @@ from typing import Any
 import apsw
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.test_colrun import BASE_MS, MISSING, QUEUES, _state, queues_db
@@ -50,9 +50,12 @@ _other = st.tuples(
     st.sampled_from(("producer", "read", "lone")), _queue, _stamp, st.lists(_json, max_size=1)
 )
 _case = st.tuples(
-    st.lists(st.one_of(_receive, _receive, _other), min_size=1, max_size=10),
-    st.sampled_from((1, 2, 3, 7, 1024)),
-    st.sampled_from((None, 90, 200, 600, 5_000)),
+    st.one_of(  # (receives alone, as under a pipelined load, or mixed with other commands)
+        st.lists(_receive, min_size=1, max_size=10),
+        st.lists(st.one_of(_receive, _receive, _other), min_size=1, max_size=10),
+    ),
+    st.sampled_from((1, 2, 3, 7, 1024, 1024)),
+    st.sampled_from((None, None, 90, 200, 600, 5_000)),
     st.sets(st.integers(1, 12), max_size=3),  # (the groups the core refuses: not the leader)
 )
 
@@ -114,10 +117,24 @@ def _apply(db: apsw.Connection, payloads: list[Any]) -> tuple[Any, list[Any]]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(  # (receives of three queues and two stamps joined in one entry, one cut by the bound)
+    case=(
+        [
+            ("columns", QUEUES[0], BASE_MS, ["a", "é"]),
+            ("columns", QUEUES[0], BASE_MS, ["b"]),
+            ("columns", QUEUES[1], BASE_MS - 30, ['"\\', {"k": [1]}]),
+            ("columns", MISSING, BASE_MS, [1, 2]),
+            ("columns", QUEUES[0], BASE_MS + 1, ["c", "d", "e"]),
+        ],
+        9,
+        None,
+        set(),
+    )
 )
 @given(case=_case)
 def test_columns_store_answer_and_settle_as_appends_made_one_by_one(
