@@ -2,10 +2,10 @@
 to the replicas' apply), several connections at once so that the ledger joins receives of
 several connections and queues into one entry: each connection's answers in its order,
 each sequence number naming the value sent there on every broker, a queue that does not
-exist, a value nested too deep and one too long refused in place, the same with members that do not read ``APPEND_RUNS`` (the
-COMMAND_GROUP form), and after every broker stops at once, before a replica's apply
-(``APPLY_LAG``), each replays its saved entries to the same messages (docs/performance.md,
-"The leader's receive held as columns (thirteenth round)")."""
+exist, a value nested too deep and one too long refused in place, the same with members
+that do not read ``APPEND_RUNS`` (the COMMAND_GROUP form), and after every broker stops at
+once, before a replica's apply (``APPLY_LAG``), each replays its saved entries to the same
+messages (docs/performance.md, "The leader's receive held as columns (thirteenth round)")."""
 
 from __future__ import annotations
 
