@@ -96,5 +96,13 @@ async def test_bad_frames_among_plain_appends_are_answered_as_one_by_one(
     monkeypatch.setattr(Runs, "_plain_commands", one_by_one)
     expected = await _scenario(tmp_path / "appends")
     assert got == expected
+    first = [
+        v
+        for at in range(5)
+        for v in [f"h{at}-{i}-é" for i in range(3)]
+        + ([f"t{at}-{i}\\" for i in range(4)] if at % 2 else [])
+    ]
+    second = [f"t{at}-{i}\\" for at in (0, 2, 4) for i in range(4)]
+    assert got[1] == [[*first, *range(6)], second]  # (each value where it was sent)
     statuses = [a["status"] for a in got[0]]
     assert statuses.count("error") == 5 and statuses.count("success") == 5 * 7 + 6
