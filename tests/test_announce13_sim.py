@@ -2,9 +2,10 @@
 member comes to show the leader's view of the members (``sim._checker.settle_views``);
 a leader that sends CLUSTER_UPDATE only when its view changes fails it.
 
-Seed 208 (its own choice of the wire, so the links are connections: a CLUSTER_UPDATE sent
-on a link not yet connected again is dropped) loses the update that would have told a
-replica that two others are back."""
+Seed 523 (its own choice of the wire, so the links are connections: a CLUSTER_UPDATE sent
+on a link not yet connected again is dropped) loses an update that a replica's view needed
+for good. (Seed 208 did until it gained pipeliners, which changed its schedule; 523, found
+by a scan of seeds 200-599 with the leader before, has none.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from trio_broker._core._raft import RaftNode
 from trio_broker._core._raft_messages import ClusterUpdate
 from trio_broker.testing.sim import Simulation, _run, run_seed
 
-SEED = 208
+SEED = 523
 
 
 class AnnouncesOnlyChanges(RaftNode):

@@ -70,11 +70,14 @@ def test_single_group_seeds_run_the_schedule_they_ran_before_groups_existed():
     appends wait to be applied, one wait on 3 and on 11, 17 on 5), and for 5 when small groups
     of lone appends could wait too (18 waits on 5, five of them groups of two appends; 3 and
     11 unchanged), and for 3 and 5 when leaders sent CLUSTER_UPDATE again to members not known
-    to hold their view (11 unchanged). Run here without the wire, as every test of this
-    folder (conftest.py)."""
+    to hold their view (11 unchanged), and for 3 and 5 when some seeds gained pipeliners
+    (``P-<k>``: receives of several plain appends, which their leaders queue as columns;
+    three on each, standing in for two of seed 3's three appenders, and the leaders stamping
+    each request when they receive it; 11 draws none and is unchanged). Run here without the
+    wire, as every test of this folder (conftest.py)."""
     recorded = {
-        3: "8487ada0c7ee64d579436a7b",
-        5: "d3e4a9a38061f9e334a58f2f",
+        3: "43dffb923348e0946a869c2a",
+        5: "5e9cbfa7e5b7986dc1b7fd81",
         11: "609a01369995af761103ccd7",
     }
     for seed, trace_hash in recorded.items():

@@ -12,6 +12,19 @@ from ._balancer import SPREAD_MUTANTS
 from ._params import DEFAULT_LIVENESS_STEPS, DEFAULT_SAFETY_STEPS
 from ._run import Simulation, run_swarm
 
+COLUMNS_STATS = (
+    "columns_receives",
+    "columns_appends",
+    "columns_groups",
+    "columns_committed",
+    "columns_groups_refused",
+    "columns_refused_at_receive",
+    "columns_refused",
+    "columns_requeued",
+    "columns_acked",
+)
+"""The counts of the leaders' columns path the swarm's summary sums (``_nodes``)."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -77,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         first_line = (r.error or "").splitlines()[0]
         print(f"seed {r.seed} FAILED: {first_line}")
         print(f"  replay: {r.replay_command()}")
+    columns = {k: sum(r.stats.get(k, 0) for r in results) for k in COLUMNS_STATS}
+    if columns["columns_receives"]:
+        # The leaders' columns path (``_nodes._receive_columns``), over the swarm.
+        print("columns: " + ", ".join(f"{k[8:]}={v}" for k, v in columns.items()))
     print(
         f"{len(results)} seeds, {len(failures)} failed, {elapsed:.1f}s, "
         f"{len(results) / elapsed:.1f} seeds/s, {steps / elapsed:,.0f} steps/s "

@@ -34,6 +34,16 @@ class ClientRequest:
 
 
 @attrs.frozen
+class Receive:
+    """A connection's receive of several plain APPENDs to one queue (a pipeliner's, ``P-<k>``):
+    what the runtime's ``Runs._plain_commands`` holds as columns. Each value is answered on
+    its own, its request id ``(req_id, k)``."""
+
+    queue: str
+    datas: tuple[bytes, ...]
+
+
+@attrs.frozen
 class ClientResponse:
     """``kind``: "ok" (with ``result``), "not_leader" (with ``leader_id``) or "dropped" (the
     proposal's index was committed with another entry: definitely not applied)."""
@@ -90,6 +100,15 @@ class SimClient:
     """Only plain appends, one step apart (``A-<k>``, ``FaultParams.appenders``): with
     others, what a leader groups into a group of plain appends, which a group whose every
     member reads it stores as ``APPEND_RUNS`` (``_wire``)."""
+
+    pipeliner: bool = False
+    """Only receives of several plain appends to one queue (``P-<k>``,
+    ``FaultParams.pipeliners``), which a leader queues as columns: the op ``("pipe", q,
+    values)``, its values not yet answered in :attr:`pipe_left` (k -> value) and those
+    refused (not the leader, or dropped: never applied) in :attr:`pipe_refused`, sent again
+    once every value of the receive is answered."""
+    pipe_left: dict[int, bytes] = attrs.field(factory=dict)
+    pipe_refused: list[bytes] = attrs.field(factory=list)
 
     def ack_bounds(self, q: str) -> tuple[int, int]:
         """[lo, hi]: where the consumer's acknowledged position in ``q`` can be."""
@@ -191,6 +210,13 @@ class ClientsMixin:
         if c.appender:
             self.checker.on_append_sent(value)
             return ("append", q, value)
+        if c.pipeliner:
+            # A receive of 2 to max_group appends (the runtime's longest held as columns).
+            count = rng.randint(2, max(2, min(self.p.max_group, 9)))
+            values = tuple(f'"{c.id}:{c.counter}.{k}"'.encode() for k in range(count))
+            for v in values:
+                self.checker.on_append_sent(v)
+            return ("pipe", q, values)
         if rng.random() < 0.55:
             kind = rng.random()
             if kind < 0.4:
@@ -222,6 +248,13 @@ class ClientsMixin:
             command: Any = self._group_command(c)
         elif kind == "create":
             command = CreateQueue(q)
+        elif kind == "pipe":
+            datas = data
+            if self.p.wire:  # (each APPEND of the receive as the broker reads its frame)
+                datas = tuple(through_wire(AppendMessage(q, v)).data for v in data)
+            command = Receive(q, datas)
+            c.pipe_left = dict(enumerate(data))
+            c.pipe_refused = []
         elif kind == "append":
             command = AppendMessage(q, data)
         elif kind == "pappend":
@@ -237,7 +270,7 @@ class ClientsMixin:
             command = Ack(c.consumer, q, data)
         else:
             command = ReadNext(c.id, q)
-        if self.p.wire and c.id not in self.workers:
+        if self.p.wire and c.id not in self.workers and kind != "pipe":
             command = through_wire(command)  # (as the broker reads the client's frame)
         c.req_id += 1
         rng = self.client_rng[c.id]
@@ -251,6 +284,9 @@ class ClientsMixin:
 
     def _client_response(self, r: ClientResponse) -> None:
         c = next(c for c in self.clients if c.id == r.dst)
+        if type(r.req_id) is tuple:
+            self._pipe_response(c, r)
+            return
         if c.op is None or r.req_id != c.req_id:
             return  # a late answer to a request already given up on
         self._trace(f"client {c.id} {r.kind}")
@@ -272,3 +308,38 @@ class ClientsMixin:
             c.ok_after_heal += 1
         c.op, c.resend_at = None, None
         c.next_at = self.now + (1 if c.appender else self.p.client_think)
+
+    def _pipe_response(self, c: SimClient, r: ClientResponse) -> None:
+        """The answer to one value of a pipeliner's receive: acknowledged (checked as a plain
+        append's), or refused (sent again, with the others refused, once every value of the
+        receive is answered). A late answer, to a receive given up on, is ignored."""
+        req_id, k = r.req_id
+        if c.op is None or c.op[0] != "pipe" or req_id != c.req_id or k not in c.pipe_left:
+            return
+        value = c.pipe_left.pop(k)
+        q = c.op[1]
+        self._trace(f"client {c.id} {r.kind} {k}")
+        stats = self.stats
+        if r.kind == "ok":
+            c.leader_hints[r.group] = r.src
+            if self.p.wire:
+                check_answer(r.result)
+            self.checker.on_result(c, ("append", q, value), r.result, r.src)
+            stats["columns_acked"] += 1
+        else:
+            stats["columns_refused"] += 1
+            c.leader_hints[r.group] = r.leader_id if r.kind == "not_leader" else None
+            c.pipe_refused.append(value)
+        if c.pipe_left:
+            return
+        if c.pipe_refused:
+            # The refused values (never applied) as the next receive, to the leader hinted.
+            c.op = ("pipe", q, tuple(c.pipe_refused))
+            c.pipe_refused = []
+            c.resend_at = self.now + (1 if c.leader_hints.get(r.group) is not None else 20)
+            return
+        stats["client_ok"] += 1
+        if self.now >= self.heal_step and not self.faults_on:
+            c.ok_after_heal += 1
+        c.op, c.resend_at = None, None
+        c.next_at = self.now + 1

@@ -27,11 +27,10 @@ from ..._core._work_commands import (
     GroupNack,
     GroupRead,
 )
-from ..._protocol._framing import DEFAULT_MAX_FRAME
 from ..._runtime._applied import APPLY_LAG, applies_later
 from ..._runtime._reads import trial_read
 from .._sim_cluster import COMMANDS as APPLIED
-from ._clients import ClientRequest, ClientResponse
+from ._clients import ClientRequest, ClientResponse, Receive
 from ._entries import store_result, stored
 from ._params import SimulationFailure
 
@@ -85,7 +84,7 @@ class NodesMixin:
         self.apps[i] = copy.deepcopy(st.snapshot_data)
         self.app_index[i] = st.snapshot.index
         self.disks.on_start(i)  # its scrub: damaged values found, repaired from a peer
-        self.ledgers[i] = Proposals(max_bytes=DEFAULT_MAX_FRAME)
+        self.ledgers[i] = Proposals(max_group=self.p.max_group, max_bytes=self.p.max_bytes)
         if self.nodes[i].unverified:
             self.stats["starts_unverified"] += 1
         self.checker.on_start(i)
@@ -238,6 +237,10 @@ class NodesMixin:
                 self.stats["results_as_runs"] += 1
             if type(e.payload.commands) is AppendColumns:
                 self.stats["replica_columns"] += 1
+                proposed = (self.g.index, i, e.term, e.index)
+                if proposed in self.columns_proposed:  # (its leader's own: it answers them)
+                    self.columns_proposed.discard(proposed)
+                    self.stats["columns_committed"] += 1
         self.disks.check_result(i, e, result)
         self.app_index[i] = e.index
         self.checker.on_apply(i, e, result)
@@ -283,8 +286,50 @@ class NodesMixin:
                 return
             except RaftError:
                 pass  # (too many waiting: the log)
-        self.ledgers[i].add(m.command, (m.src, m.req_id))
+        if type(m.command) is Receive:
+            self._receive_columns(i, node, m)
+            return
+        self._queue(i, m.command, (m.src, m.req_id))
+
+    def _queue(self, i: int, command: Any, token: Any) -> None:
+        """Queue a request in the leader's ledger until its next proposing. On the seeds with
+        pipeliners the leader stamps it now, as the runtime stamps a request when it receives
+        it (then the ledger proposes the queue without ``prepare``, the only way it proposes
+        a group of columns as columns); on the others when it proposes it."""
+        if self.p.pipeliners:
+            command = self._stamped(i, command)
+        self.ledgers[i].add(command, token)
         self.proposals.setdefault(i, self.now)
+
+    def _receive_columns(self, i: int, node: RaftNode, m: ClientRequest) -> None:
+        """A pipeliner's receive of plain APPENDs to one queue, queued as the runtime's
+        ``Proposing.propose_columns`` queues it: refused whole while the leader transfers its
+        leadership, else one run of columns (the queue, the receive's stamp, the values'
+        bytes) and a token per append (``Proposals.add_columns``)."""
+        receive = m.command
+        count = len(receive.datas)
+        if node.transfer_target is not None:
+            for k in range(count):
+                response = ClientResponse(
+                    i, m.src, (m.req_id, k), "not_leader", None, None, self.g.index
+                )
+                self.post(response, True)
+            self.stats["columns_refused_at_receive"] += 1
+            return
+        run = AppendColumns([receive.queue], [self.wall_ms(i)], [count], receive.datas)
+        self.ledgers[i].add_columns(run, [(m.src, (m.req_id, k)) for k in range(count)])
+        self.proposals.setdefault(i, self.now)
+        self.stats["columns_receives"] += 1
+        self.stats["columns_appends"] += count
+
+    def _stamped(self, i: int, command: Any) -> Any:
+        """The leader stamps appends with its wall clock (retention), and the group commands
+        whose outcome depends on time (leases expire on its clock)."""
+        if isinstance(command, AppendMessage | AppendBatch):
+            return attrs.evolve(command, appended_ms=self.wall_ms(i))
+        if isinstance(command, TIMED):
+            return attrs.evolve(command, now_ms=self.wall_ms(i))
+        return command
 
     def _not_leader(self, i: int, src: Any, req_id: int, exc: NotLeader) -> ClientResponse:
         return ClientResponse(i, src, req_id, "not_leader", None, exc.leader_id, self.g.index)
@@ -300,13 +345,11 @@ class NodesMixin:
             if isinstance(exc, NotLeader):
                 self.post(self._not_leader(i, src, req_id, exc), True)
             else:
-                self.ledgers[i].add(command, (src, req_id))
-                self.proposals.setdefault(i, self.now)
+                self._queue(i, command, (src, req_id))
         for (src, req_id, command), _index in ready:
             result, changed = trial_read(self.apps[i], command)
             if changed:
-                self.ledgers[i].add(command, (src, req_id))
-                self.proposals.setdefault(i, self.now)
+                self._queue(i, command, (src, req_id))
             else:
                 self._answer(i, src, req_id, "ok", result)
 
@@ -316,19 +359,20 @@ class NodesMixin:
         if since is None or node is None or self.now < since + self.p.linger:
             return
         del self.proposals[i]
-
-        def stamp(command: Any) -> Any:
-            # The leader stamps appends with its wall clock when it proposes them (retention),
-            # and the group commands whose outcome depends on time (leases expire on its clock).
-            if isinstance(command, AppendMessage | AppendBatch):
-                return attrs.evolve(command, appended_ms=self.wall_ms(i))
-            if isinstance(command, TIMED):
-                return attrs.evolve(command, now_ms=self.wall_ms(i))
-            return command
-
         ledger = self.ledgers[i]
         grouped = ledger.grouped
-        settled = ledger.propose_queued(node.propose, stamp)
+        if self.p.pipeliners:
+            # Stamped when received (``_queue``): proposed as the runtime proposes its queue.
+            propose = self._columns_propose(i, node)
+            try:
+                settled = ledger.propose_queued(propose)
+            except _Interrupted:
+                # What the ledger did not propose stays queued, in order: proposed next step.
+                self.stats["columns_requeued"] += 1
+                self.proposals[i] = self.now - self.p.linger
+                settled = []
+        else:
+            settled = ledger.propose_queued(node.propose, lambda c: self._stamped(i, c))
         self.stats["groups"] += ledger.grouped - grouped
         for (client, req_id), outcome in settled:
             if isinstance(outcome, NotLeader):
@@ -341,3 +385,30 @@ class NodesMixin:
                 # An earlier term's entry at this index was replaced in this leader's log: it
                 # was never committed (leader completeness), as the runtime's driver answers.
                 self._answer(i, client, req_id, "dropped")
+
+    def _columns_propose(self, i: int, node: RaftNode) -> Any:
+        """The core's ``propose``, counting the groups of columns proposed (and refused), and
+        interrupted now and then before a group (``interrupt_rate``: an exception out of the
+        ledger's ``propose``, after which it keeps the groups not proposed)."""
+        rate = self.p.interrupt_rate
+        rng = self.columns_rng
+
+        def propose(payload: Any) -> tuple[int, int]:
+            if rate and self.faults_on and rng.random() < rate:
+                raise _Interrupted
+            columns = type(payload) is CommandGroup and type(payload.commands) is AppendColumns
+            try:
+                term, index = node.propose(payload)
+            except NotLeader:
+                self.stats["columns_groups_refused"] += columns
+                raise
+            if columns:
+                self.stats["columns_groups"] += 1
+                self.columns_proposed.add((self.g.index, i, term, index))
+            return term, index
+
+        return propose
+
+
+class _Interrupted(Exception):
+    """A leader's proposing stopped before a group (``FaultParams.interrupt_rate``)."""

@@ -7,6 +7,9 @@ from typing import Any
 
 import attrs
 
+from ..._core._proposals import MAX_GROUP
+from ..._protocol._framing import DEFAULT_MAX_FRAME
+
 TICK_STEPS = 10
 """Simulation steps per tick of a clock running at rate 1.0."""
 
@@ -149,6 +152,29 @@ def derive_wire(draw: Any, n: int) -> dict[str, Any]:
     }
 
 
+def derive_columns(draw: Any, wire: dict[str, Any]) -> dict[str, Any]:
+    """The wire's parameters (:func:`derive_wire`) and the columns', each from its own stream
+    (the seeds without pipeliners keep the bounds and the schedule they had): how many
+    pipeliners (none on half the seeds, 2 or 3), standing in for as many plain appenders
+    where the seed has them (one appender kept: the load a seed's cluster carries stays
+    what it was, its liveness goal within reach); the ledgers' bounds, small on most of
+    their seeds (a receive fills a group exactly, or is cut); how often a leader's proposing
+    is interrupted."""
+    pipeliners = draw("pipeliners").choice([0, 0, 2, 3])
+    if not pipeliners:
+        return wire
+    appenders = wire["appenders"]
+    if appenders:
+        wire["appenders"] = appenders - min(pipeliners, appenders - 1)
+    return {
+        **wire,
+        "pipeliners": pipeliners,
+        "max_group": draw("max_group").choice([MAX_GROUP, 3, 5, 8]),
+        "max_bytes": draw("max_bytes").choice([DEFAULT_MAX_FRAME, 1200, 2500]),
+        "interrupt_rate": draw("interrupt_rate").choice([0.0, 0.05, 0.2]),
+    }
+
+
 class SimulationFailure(Exception):
     """An invariant was violated (or the core raised): the seed replays it."""
 
@@ -240,6 +266,21 @@ class FaultParams:
     ``APPEND_RUNS`` entry restarts as the version before."""
     appenders: int = 0
     """Clients that only append, without a producer (``A-<k>``): groups of plain appends."""
+    pipeliners: int = 0
+    """Clients (``P-<k>``) whose appends are receives of several plain APPENDs to one queue,
+    which a leader queues as columns (``Proposals.add_columns``, as the runtime's
+    ``Proposing.propose_columns``): none on half the seeds, 2 or 3 (``derive_columns``)."""
+    max_group: int = MAX_GROUP
+    """The leaders' ledgers' bound of commands per group (``Proposals.max_group``, the
+    runtime's ``max_pending``): small on some seeds with pipeliners, so that a receive's run
+    fills a group exactly and is cut into parts."""
+    max_bytes: int = DEFAULT_MAX_FRAME
+    """The ledgers' bound of a group's bytes (``Proposals.max_bytes``, the frame's size in the
+    runtime): small on some seeds with pipeliners (a few appends per group)."""
+    interrupt_rate: float = 0.0
+    """With pipeliners: the chance that a leader's proposing of its queue stops before a group
+    (as an exception out of ``propose``): the ledger keeps what it did not propose, in order,
+    and the leader proposes it at its next step."""
     rolling_upgrade: bool = False
     """With ``wire``, on 3 in 4 of the seeds with brokers of the version before: the operator
     restarts them one at a time, each coming back upgraded (``_wire``'s
@@ -327,7 +368,7 @@ class FaultParams:
             # on a quarter, three or four on an eighth each.
             replication_groups=pick("replication_groups", [1, 1, 1, 1, 2, 2, 3, 4]),
             reboots=pick("reboots", [0.0, 0.5, 1.0, 1.0]),
-            **derive_wire(draw, n),
+            **derive_columns(draw, derive_wire(draw, n)),
             **derive_disk_faults(draw),
         )
 

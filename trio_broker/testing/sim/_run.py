@@ -272,6 +272,15 @@ class Simulation(
                 "log_read_back",
                 "replica_columns",
                 "results_as_runs",
+                "columns_receives",
+                "columns_appends",
+                "columns_groups",
+                "columns_groups_refused",
+                "columns_committed",
+                "columns_requeued",
+                "columns_refused_at_receive",
+                "columns_acked",
+                "columns_refused",
             ),
             0,
         )
@@ -296,6 +305,14 @@ class Simulation(
         self.clients += [
             SimClient(f"A-{k}", to_create=[], appender=True) for k in range(self.p.appenders)
         ]
+        # Pipeliners on some seeds (``_nodes._receive_columns``: the leader's columns path).
+        self.clients += [
+            SimClient(f"P-{k}", to_create=[], pipeliner=True) for k in range(self.p.pipeliners)
+        ]
+        self.columns_rng = stream(seed, "columns")
+        """The interruptions of a leader's proposing (``_nodes._columns_propose``)."""
+        self.columns_proposed: set[tuple[int, int, int, int]] = set()
+        """(group, leader, term, index) of each group of columns proposed, until applied."""
         self.client_rng = {c.id: stream(seed, f"client:{c.id}") for c in self.clients}
         """Each client's stream: its operations, their queues, the broker it asks first."""
         # The consumer-group workload (on some seeds): members with streams of their own.
