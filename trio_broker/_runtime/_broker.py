@@ -363,6 +363,7 @@ class Broker:
             ),
             m.ResolveQueue: lambda r, _s: self.work.resolve_queue(r),
             **{cls: self._leader(self.work.handle) for cls in _WORK_HANDLED},
+            # (the work room's, after the long polls it ends: in place of the entry above)
             m.ForgetPositionRequest: self._leader(self._forget_position),
             **admin_handlers(self),
         }
