@@ -217,6 +217,11 @@ async def test_tail_peek_follow_forgets_its_reader_when_interrupted(real_broker,
     # a timeout of 1 s can run out on a loaded machine (the position then stays until the
     # idle sweep), which is not what this test is about.
     await _follow(real_broker, cli, argv, "watched", "9", b"1\t9\n", cli_timeout="20")
+    # A message after the interruption: the reader's long poll, which was waiting when the
+    # reader was forgotten, read it (from the first message, as a new client) and set the
+    # reader's position again, when the broker still had that poll (its wait had not run out,
+    # or had and read again, setting it then). The forget ends it now.
+    assert (await cli(*seed(real_broker), "append", "watched", "10"))[0] == 0
     _, out, _ = await cli(*seed(real_broker), "--json", "queues")
     assert _holders(out, queue_id) == []
     # Nothing was moved: the message is still C-WATCH's next.

@@ -349,49 +349,62 @@ async def _tail(client: Client, args: argparse.Namespace) -> int:
     stays where it is: a reader of its own (a new client id, set to this client's position
     and forgotten at the end) does the reading."""
     wait = 1.0 if args.follow else None
-    reader = client.client_id
-    if args.peek:
-        start = None
-        while start is None:
-            first = await client.read_batch(args.queue, 1, peek=True, wait=wait)
-            if first:
-                start = first[0].sequence_num
-            elif not args.follow:
-                return EXIT_OK  # nothing after this client's position
-        reader = new_client_id()
-        await client._queue_call(
-            args.queue,
-            SeekRequest(queue_name=args.queue, client_id=reader, next_sequence_num=start),
-        )
-    read = Read(
-        queue_name=args.queue,
-        client_id=reader,
-        max_messages=TAIL_BATCH,
-        wait_ms=None if wait is None else 1000,
-    )
+    if not args.peek:
+        await _print_reads(client, args, client.client_id, wait)
+        if args.generated_client_id:
+            _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
+        return EXIT_OK
+    start = None
+    while start is None:
+        first = await client.read_batch(args.queue, 1, peek=True, wait=wait)
+        if first:
+            start = first[0].sequence_num
+        elif not args.follow:
+            return EXIT_OK  # nothing after this client's position
+    reader = new_client_id()
+    sought = False
     try:
-        while True:
-            response = await client._queue_call(args.queue, read)
-            batch = structure(response, MessageBatch).messages
-            for message in batch:
-                if args.json:
-                    _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
-                else:
-                    _out(f"{message.sequence_num}\t{_json(message.data)}")
-            if not batch and not args.follow:
-                break
+        # On a connection of its own, closed before the reader is forgotten: nothing of this
+        # command waits on the broker then (the broker also ends a long poll that a forget
+        # of its client finds waiting, so that it sets no position again).
+        async with args.reconnect() as reading:
+            sought = True  # (from here the SEEK may be applied, even if interrupted)
+            seek = SeekRequest(queue_name=args.queue, client_id=reader, next_sequence_num=start)
+            await reading._queue_call(args.queue, seek)
+            await _print_reads(reading, args, reader, wait)
     finally:
-        if reader != client.client_id:
+        if sought:
             # Even when interrupted (the reader's position would hold retention until the
-            # broker's idle sweep, if any, forgot it): on a connection of its own, as an
-            # interruption cancels the client's.
+            # broker's idle sweep, if any, forgot it): on a new connection, as an
+            # interruption cancels the others'.
             forget = ForgetPositionRequest(queue_name=args.queue, client_id=reader)
             with trio.CancelScope(shield=True), trio.move_on_after(args.timeout):
                 async with args.reconnect() as again:
                     await again._queue_call(args.queue, forget)
-    if args.generated_client_id and not args.peek:
-        _note(f"client id {client.client_id} (pass --client-id {client.client_id} to go on)")
     return EXIT_OK
+
+
+async def _print_reads(
+    client: Client, args: argparse.Namespace, reader: str, wait: float | None
+) -> None:
+    """Read as ``reader`` and print, until the queue has nothing more (for ever, with a
+    ``wait``: each READ then waits up to it for a message)."""
+    read = Read(
+        queue_name=args.queue,
+        client_id=reader,
+        max_messages=TAIL_BATCH,
+        wait_ms=None if wait is None else round(wait * 1000),
+    )
+    while True:
+        response = await client._queue_call(args.queue, read)
+        batch = structure(response, MessageBatch).messages
+        for message in batch:
+            if args.json:
+                _out(_json({"sequence_num": message.sequence_num, "data": message.data}))
+            else:
+                _out(f"{message.sequence_num}\t{_json(message.data)}")
+        if not batch and wait is None:
+            return
 
 
 STDIN_BATCH = 1000

@@ -141,6 +141,11 @@ class Broker:
         self._appended: weakref.WeakValueDictionary[str, trio.Event] = weakref.WeakValueDictionary()
         """Long-polling readers wait on these, one per queue, set when it grows; an entry goes
         when no poll holds it (a READ on a queue that is not there leaves nothing behind)."""
+        self._poll_ends: weakref.WeakValueDictionary[tuple[str, str], _PollEnds] = (
+            weakref.WeakValueDictionary()
+        )
+        """What ends the long-polling READs of a client on a queue, by (client id, queue id):
+        its FORGET_POSITION (:meth:`_forget_position`); an entry goes when no poll holds it."""
         self.addresses: dict[str, tuple[str, int]] = {}
         self.driver = RaftDriver(
             self.broker_id,
@@ -358,6 +363,8 @@ class Broker:
             ),
             m.ResolveQueue: lambda r, _s: self.work.resolve_queue(r),
             **{cls: self._leader(self.work.handle) for cls in _WORK_HANDLED},
+            # (the work room's, after the long polls it ends: in place of the entry above)
+            m.ForgetPositionRequest: self._leader(self._forget_position),
             **admin_handlers(self),
         }
 
@@ -406,15 +413,38 @@ class Broker:
         command = read_command_of(request, self.config)
         if isinstance(command, BrokerError):
             return Answer(now=command)
-        appended = self.appended_event(command.queue_id) if request.wait_ms else None
+        appended = ends = None
+        if request.wait_ms:
+            appended = self.appended_event(command.queue_id)
+            key = (command.client_id, command.queue_id)
+            ends = self._poll_ends.get(key)
+            if ends is None:
+                ends = self._poll_ends[key] = _PollEnds()
         pending = await self._propose(command)
         if isinstance(pending, BrokerError):
             return Answer(now=pending)
-        if appended is not None:
+        if appended is not None and ends is not None:
             deadline = trio.current_time() + request.wait_ms / 1000
-            poll = _LongPoll(self, command, pending, deadline, appended)
+            poll = _LongPoll(self, command, pending, deadline, appended, ends)
             return Answer(later=Mapped(poll, read_answer))
         return ReadAnswer(later=Mapped(pending, read_answer))
+
+    async def _forget_position(self, request: m.ForgetPositionRequest) -> Answer:
+        """FORGET_POSITION (the work room proposes it), after ending the long-polling READs of
+        that client on that queue waiting here: none reads again after it, from the first
+        retained message as a new client would, to set the position it forgot (their client
+        may be gone: the position would then hold retention until the idle sweep, if any).
+
+        Ended before the FORGET is proposed, with no checkpoint between (a queue id resolves
+        without one): a poll's read proposed before it is in the log before it, and a poll
+        that starts after it takes a new :class:`_PollEnds`, as its first read follows it."""
+        resolved = await self.work.resolved(request)
+        if not isinstance(resolved, BrokerError):
+            ends = self._poll_ends.pop((resolved.client_id, resolved.queue_name), None)
+            if ends is not None:
+                ends.end()
+            request = resolved
+        return await self.work.handle(request)
 
     async def _commit_position(
         self, request: AckRequest | SeekRequest, _session: Session | None
@@ -601,6 +631,22 @@ def _is_empty(result: Any) -> bool:
     return is_empty_read(result) or (isinstance(result, work.Delivered) and not result.messages)
 
 
+class _PollEnds:
+    """Ends the long-polling READs of one client on one queue (:meth:`Broker._forget_position`):
+    each wait is cancelled, and none reads again."""
+
+    __slots__ = ("__weakref__", "ended", "waits")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.waits: set[trio.CancelScope] = set()
+
+    def end(self) -> None:
+        self.ended = True
+        for scope in self.waits:
+            scope.cancel()
+
+
 class _LongPoll:
     """A READ with ``wait_ms``: when nothing was there, wait for an append and read again.
 
@@ -608,7 +654,14 @@ class _LongPoll:
     proposed meanwhile but answered after it (docs/protocol.md: use a connection of its own).
     Each read's wake-up event (``appended``) is taken before the read is proposed, as the
     group poll's (``_work.py``): an append applied before the read's answer arrives (in the
-    same Ready, say) still wakes the next read.
+    same Ready, say) still wakes the next read. So a wait that runs out without its event set
+    saw no append since its read looked: the poll answers that read's nothing without reading
+    again (a read then could only find what a position moved back left, a FORGET_POSITION's
+    first retained message, which it would read as a new client, setting a position the
+    forget had just removed).
+
+    A FORGET_POSITION of its client and queue (``ends``) ends it: it answers what it had read
+    (nothing) and reads no more (docs/protocol.md, "FORGET_POSITION").
     """
 
     done = False
@@ -621,19 +674,27 @@ class _LongPoll:
         first: Pending,
         deadline: float,
         appended: trio.Event,
+        ends: _PollEnds,
     ) -> None:
         self.broker = broker
         self.command = command
         self.first = first
         self.deadline = deadline
         self.appended = appended
+        self.ends = ends
 
     async def wait(self) -> Any:
         result = await self.first.wait()
-        appended = self.appended
-        while _is_empty(result) and trio.current_time() < self.deadline:
-            with trio.move_on_at(self.deadline):
-                await appended.wait()
+        appended, ends = self.appended, self.ends
+        while _is_empty(result) and not ends.ended and trio.current_time() < self.deadline:
+            with trio.move_on_at(self.deadline) as waiting:
+                ends.waits.add(waiting)
+                try:
+                    await appended.wait()
+                finally:
+                    ends.waits.discard(waiting)
+            if ends.ended or not appended.is_set():
+                break  # forgotten, or the wait ran out with no append since the read
             appended = self.broker.appended_event(self.command.queue_id)
             pending = await self.broker._propose(self.command)
             if isinstance(pending, BrokerError):
