@@ -130,7 +130,8 @@ class Membership(_Node):
         (``_view_held``) and sends it again until it is. Its answer carries nothing that
         names the view it answers (the design's ``{"status": "success"}``), so an answer
         counts only once no CLUSTER_UPDATE of another view can still be on its way to that
-        member: ``_view_refresh_ticks`` after the last one sent (``_view_other``). A
+        member: ``_view_refresh_ticks`` after the last one sent (``_view_other``, kept for a
+        refresh period for a removed member too, which may be added again meanwhile). A
         member silent for a while may have restarted, losing its view: it is no longer
         known to hold it (``_view_reheard``). The traffic this adds: per member, one
         CLUSTER_UPDATE per refresh period while it is not known to hold the view (one per
@@ -139,14 +140,18 @@ class Membership(_Node):
         """
         view = tuple(self.member_statuses().values())
         members = [m for m in sorted(self.config.members) if m != self.id]
+        refresh = self._view_refresh_ticks
         if view != self._announced:
             self._announced = view
             self._view_held = set()
-            self._view_other = {m: self._view_sent[m] for m in members if m in self._view_sent}
-            self._view_sent = {}  # (and forget removed members)
+            # Every member sent an update within a refresh period, a removed one too: it may
+            # be added again while that update is on its way. Older sends no longer matter
+            # (and so the removed members are forgotten).
+            sent = {**self._view_other, **self._view_sent}
+            self._view_other = {m: t for m, t in sent.items() if self.now - t <= refresh}
+            self._view_sent = {}
             due = members
         else:
-            refresh = self._view_refresh_ticks
             due = [
                 m
                 for m in members
