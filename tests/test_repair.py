@@ -34,7 +34,7 @@ from trio_broker._storage import DB_FILE, Store
 from trio_broker._storage._integrity import StorageDamaged
 from trio_broker.testing import open_local_cluster
 
-from .wire import RawConnection, call, create_queue
+from .wire import RawConnection, create_queue, transfer_leadership
 
 Q = "Q-AAAAABBBBB"
 C = "C-READER1"
@@ -420,12 +420,7 @@ async def test_damage_on_a_running_replica_is_scrubbed_and_a_leaders_read_repair
             monkeypatch.setattr(Repair, "scrub", _no_scrub)
             damaged = await cluster.start(name)
             await _caught_up(cluster, name)
-            leader = await cluster.wait_for_leader()
-            answer = await call(
-                leader.port, {"operation": "TRANSFER_LEADERSHIP", "broker_id": damaged.broker_id}
-            )
-            assert answer["status"] == "success", answer
-            assert (await cluster.wait_for_leader()) is damaged
+            await transfer_leadership(cluster, damaged)
             served = await _read_all(damaged.port, queue_id, "C-READER2", len(acked))
             assert _same(served, acked)
             assert damaged.driver.repair.statistics().repaired == 1

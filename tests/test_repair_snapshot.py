@@ -16,7 +16,7 @@ from trio_broker._runtime._repair import Repair
 from trio_broker.testing import open_local_cluster
 
 from .test_repair import _alter, _append, _caught_up, _no_scrub
-from .wire import call, create_queue
+from .wire import call, create_queue, transfer_leadership
 
 
 async def _first_retained(broker, queue_id: str) -> int:
@@ -77,10 +77,7 @@ async def test_a_broker_behind_whose_value_nobody_holds_any_more_installs_the_le
             assert len(messages) == 10 and len(acked) == 30
             assert behind.driver.repair.statistics().waiting == 0
             # It serves as the others do once it leads.
-            answer = await call(
-                leader.port, {"operation": "TRANSFER_LEADERSHIP", "broker_id": behind.broker_id}
-            )
-            assert answer["status"] == "success", answer
+            await transfer_leadership(cluster, behind)
             answer = await call(
                 behind.port,
                 {"operation": "READ", "queue_name": queue_id, "client_id": "C-BATCH"},

@@ -66,6 +66,24 @@ async def call(port: int, obj: Any) -> dict[str, Any]:
         await conn.aclose()
 
 
+async def transfer_leadership(cluster: Any, broker: Any, *, attempts: int = 5) -> None:
+    """TRANSFER_LEADERSHIP to ``broker`` (of a ``LocalCluster``) through its current leader,
+    until ``broker`` leads. On a loaded machine another broker can win an election while the
+    transfer runs (UNAVAILABLE: "... leads instead"), or just after it: asked again, at most
+    ``attempts`` times. Any other answer fails the test."""
+    for _ in range(attempts):
+        leader = await cluster.wait_for_leader()
+        if leader is broker:
+            return
+        answer = await call(
+            leader.port, {"operation": "TRANSFER_LEADERSHIP", "broker_id": broker.broker_id}
+        )
+        assert answer["status"] == "success" or answer.get("code") == "UNAVAILABLE", answer
+        if answer["status"] == "success" and await cluster.wait_for_leader() is broker:
+            return
+    raise AssertionError(f"{broker.broker_id} does not lead after {attempts} transfers")
+
+
 async def create_queue(port: int, **fields: Any) -> str:
     """CREATE_QUEUE on a connection of its own (extra ``fields`` go into the request); the new
     queue's id. The answer must be a success."""
