@@ -105,16 +105,9 @@ class Proposing:
             return BrokerError(
                 ErrorCode.BAD_REQUEST, "groups are made by the driver; propose commands"
             )
-        capacity = self._capacity
-        if not capacity.take(count):
-            await capacity.acquire(count)
-        node = self.node
-        if node.is_leader and node.transfer_target is not None:
-            capacity.release(count)
-            return self.transferring_error(node.transfer_target)
-        if not node.is_leader:
-            capacity.release(count)
-            return self.not_leader_error()
+        refused = await _charge(self, count)
+        if refused is not None:
+            return refused
         group = PendingGroup(count)
         disk = self.disk
         if disk.state is DiskState.OK:  # (no command is refused then: DiskSpace.refusal)
@@ -137,16 +130,9 @@ class Proposing:
         (:meth:`~.._core._proposals.Proposals.add_columns`). When the disk is not OK, each
         append is asked about, as :meth:`propose_many` asks (its appends made then)."""
         count = len(run)
-        capacity = self._capacity
-        if not capacity.take(count):
-            await capacity.acquire(count)
-        node = self.node
-        if node.is_leader and node.transfer_target is not None:
-            capacity.release(count)
-            return self.transferring_error(node.transfer_target)
-        if not node.is_leader:
-            capacity.release(count)
-            return self.not_leader_error()
+        refused = await _charge(self, count)
+        if refused is not None:
+            return refused
         group = PendingGroup(count)
         if self.disk.state is not DiskState.OK:
             self._propose_refusing(list(run), group)
@@ -322,3 +308,20 @@ def _settle_run(tokens: list[Any], run: AppendedRun) -> None:
         else:
             token.set(run[at])
         at += 1
+
+
+async def _charge(driver: RaftDriver, count: int) -> BrokerError | None:
+    """One capacity charge for a run of ``count`` requests (``Proposing.propose_many``,
+    ``Proposing.propose_columns``), waiting for room; given back with the refusal of them all
+    when this broker does not lead or transfers its leadership."""
+    capacity = driver._capacity
+    if not capacity.take(count):
+        await capacity.acquire(count)
+    node = driver.node
+    if node.is_leader and node.transfer_target is not None:
+        capacity.release(count)
+        return driver.transferring_error(node.transfer_target)
+    if not node.is_leader:
+        capacity.release(count)
+        return driver.not_leader_error()
+    return None
