@@ -444,7 +444,7 @@ class Simulation(
         if leader.commit != leader.log.last_index:
             return False
         members = leader.config.members
-        if not self.disks.values_intact():
+        if not self.disks.values_intact(members):
             return False  # every damaged value repaired from a peer (_disk)
         return all(self.app_index[i] == leader.commit for i in self.live() if i in members)
 
@@ -458,7 +458,7 @@ class Simulation(
             # A step is one event of the whole simulation: with several groups each group gets
             # about its share of them, so the budget to converge grows with the groups (seeds
             # 6572 and 7868, two groups each, converged after 2,500 steps, within 5,000).
-            for _ in range(self.p.liveness_steps * len(self.groups)):
+            for _ in range(self.p.liveness_budget * len(self.groups)):
                 self.step()
                 if self.converged():
                     break
@@ -503,7 +503,7 @@ class Simulation(
         )
 
     def _liveness_report(self) -> str:
-        lines = [f"liveness: no convergence {self.p.liveness_steps} steps after healing"]
+        lines = [f"liveness: no convergence {self.p.liveness_budget} steps after healing"]
         for group in self.each_group():
             for i in self.ids:
                 name = f"{group.id} " if len(self.groups) > 1 else ""
