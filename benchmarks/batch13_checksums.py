@@ -8,7 +8,7 @@ replaced (``_joined_sums``, the code before, kept for the values ``extend`` refu
 
 Thread CPU (``time.thread_time_ns``) per value, the median of ``--repeat`` calls, the two
 alternated within each of ``--rounds`` rounds; every round printed, then the medians
-(docs/performance.md, "Batch appends per value on every broker (thirteenth round)").
+(docs/performance-history.md, "Batch appends per value on every broker (thirteenth round)").
 """
 
 from __future__ import annotations

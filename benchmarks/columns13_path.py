@@ -1,5 +1,5 @@
 """A leader's pipelined appends from a receive's parsed frames to their settle: thread CPU
-per append, stage by stage (docs/performance.md, "The leader's receive held as columns
+per append, stage by stage (docs/performance-history.md, "The leader's receive held as columns
 (thirteenth round)").
 
 Each round is ``--readies`` Readies of ``--receives`` receives of ``--run`` APPENDs each (the

@@ -1,7 +1,7 @@
 """A leader's group of receives held as columns encoded for its log and its REPLICATEs
 (``_protocol/_entries._columns_runs_bytes``): byte for byte what the same appends, made one
-by one, are encoded as, in every form and for every value, queue and stamp (docs/performance.md,
-"The leader's receive held as columns (thirteenth round)")."""
+by one, are encoded as, in every form and for every value, queue and stamp
+(docs/performance-history.md, "The leader's receive held as columns (thirteenth round)")."""
 
 from __future__ import annotations
 

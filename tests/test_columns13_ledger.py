@@ -1,7 +1,7 @@
 """A leader's receive of plain appends queued as columns (``Proposals.add_columns``): the
 ledger must cut, propose, refuse, requeue and hand back exactly what it does for the same
 appends queued one command each (``add_many``), the groups made only of such receives
-proposed as their columns joined (docs/performance.md, "The leader's receive held as columns
+proposed as their columns joined (docs/performance-history.md, "The leader's receive held as columns
 (thirteenth round)")."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A leader's receive of plain APPENDs held as columns from its parse to its apply
 (``Runs._plain_commands``, ``Proposing.propose_columns``): the same commands, answers and
 stored messages as the receive's appends made one by one, every refusal in its place
-(docs/performance.md, "The leader's receive held as columns (thirteenth round)")."""
+(docs/performance-history.md, "The leader's receive held as columns (thirteenth round)")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A receive of plain APPENDs on a listener that needs ``AUTH`` (a lone broker: the leader
 proposes its receive's columns at once, ``Proposing.propose_columns``'s lone path): APPENDs
 before the AUTH refused, those after it held as columns and answered in place, only those
-stored (docs/performance.md, "The leader's receive held as columns (thirteenth round)")."""
+stored (docs/performance-history.md, "The leader's receive held as columns (thirteenth
+round)")."""
 
 from __future__ import annotations
 

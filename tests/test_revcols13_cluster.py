@@ -5,7 +5,8 @@ each sequence number naming the value sent there on every broker, a queue that d
 exist, a value nested too deep and one too long refused in place, the same with members
 that do not read ``APPEND_RUNS`` (the COMMAND_GROUP form), and after every broker stops at
 once, before a replica's apply (``APPLY_LAG``), each replays its saved entries to the same
-messages (docs/performance.md, "The leader's receive held as columns (thirteenth round)")."""
+messages (docs/performance-history.md, "The leader's receive held as columns (thirteenth
+round)")."""
 
 from __future__ import annotations
 

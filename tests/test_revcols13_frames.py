@@ -2,7 +2,7 @@
 unknown operation, a frame that is not an object), on a lone broker: the answers, each in
 its place, and the messages stored are those of the same receives with each APPEND made one
 by one (``Runs._plain_commands`` held to its per-append form), the receives' columns taken
-where the frames around the bad ones allow (docs/performance.md, "The leader's receive held
+where the frames around the bad ones allow (docs/performance-history.md, "The leader's receive held
 as columns (thirteenth round)")."""
 
 from __future__ import annotations

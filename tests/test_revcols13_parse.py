@@ -1,7 +1,7 @@
 """A receive's parse into columns (``Runs._plain_commands``) against what it gave before the
 columns (one ``AppendMessage`` per APPEND, written out below as it was): for any receive of
 the original contract's APPENDs and other requests, to queue ids and names, of values of any
-text, size and depth, the same commands or the same None (docs/performance.md, "The leader's
+text, size and depth, the same commands or the same None (docs/performance-history.md, "The leader's
 receive held as columns (thirteenth round)")."""
 
 from __future__ import annotations

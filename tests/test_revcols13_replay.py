@@ -4,7 +4,7 @@ receives queued as one ``AppendMessage`` each (``Proposals.add_columns`` against
 read the runs gets the COMMAND_GROUP form), what applying the entry in memory stores and
 answers (the leader's apply), what applying it decoded from those bytes stores and answers
 (a replica, and every broker's replay after a crash between the save and the apply), and
-each token settled exactly once with the same outcome (docs/performance.md, "The leader's
+each token settled exactly once with the same outcome (docs/performance-history.md, "The leader's
 receive held as columns (thirteenth round)")."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ receive cut into several entries, entries another leader's log replaced (a chang
 between the proposal and the commit), a disk low on space refusing some appends, the rest
 applied; every receive's results the same at
 every index, and each unit of the in-flight limit given back exactly once
-(docs/performance.md, "The leader's receive held as columns (thirteenth round)")."""
+(docs/performance-history.md, "The leader's receive held as columns (thirteenth round)")."""
 
 from __future__ import annotations
 

@@ -248,7 +248,7 @@ class Runs:
         columns (:class:`~.._core._append_columns.AppendColumns`: the queue, the receive's
         stamp, the values' bytes), equal to the list of those commands, and no
         ``AppendMessage`` is made: the ledger cuts them, the entry's encoding writes them and
-        the apply stores them from the columns (docs/performance.md, "The leader's receive
+        the apply stores them from the columns (docs/performance-history.md, "The leader's receive
         held as columns (thirteenth round)")."""
         limit = min(self._driver.max_group, self._config.max_in_flight)
         if len(requests) > limit or self._closing():

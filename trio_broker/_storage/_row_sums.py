@@ -14,7 +14,7 @@ the NUL from a table made once, then the value (docs/performance-history.md, "Ba
 per message (eighth round)"). Now no bytes are joined for numbers of 1,000 or more: each
 value's checksum is its prefix's continued over the value by one ``extend`` call, each
 prefix's checksum one XOR from a table made once (:func:`_extended_sums`; 190 -> 172 ns a
-value, docs/performance.md, "Batch appends per value on every broker (thirteenth round)").
+value, docs/performance-history.md, "Batch appends per value on every broker (thirteenth round)").
 Passes of ``map`` in C over the run either way, no Python call per value.
 ``tests/test_row_sums.py`` holds it to the definition, across every boundary of the digits.
 """
