@@ -48,7 +48,7 @@ delivered again, that the scan must find (each of them a seed where it happens, 
 over seeds where the three happen apart)."""
 
 SCAN_BOUND = 160
-"""The most such seeds the scan runs before it fails (about 4 minutes here). Deaths come on
+"""The most such seeds the scan runs before it fails (about 100 s here). Deaths come on
 about one seed in 12 of them (seeds 104, 124, 218, 232, 268, 292, 295 and 296 of the first
 100 with the schedules of the fourteenth round), so 160 holds many; running out of them says
 the workload no longer kills members, not that the draws moved."""
