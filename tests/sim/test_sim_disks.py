@@ -35,11 +35,16 @@ def test_simulator_catches_a_core_that_trusts_a_damaged_log():
 
 def test_simulator_catches_a_leader_that_trusts_a_regressed_follower():
     """A leader that never repairs a follower whose log went backwards: the group cannot
-    converge. Seed 15 is the first of the default seeds to show it (test_sim.py's mutant scan
-    finds it there too; this replay checks what it fails)."""
-    r = run_seed(15, mutant="trust_regressed_follower")
-    assert not r.ok and "liveness" in r.error
-    assert run_seed(15).ok
+    converge. Searched from seed 15, the first of the default seeds to show it (test_sim.py's
+    mutant scan finds it there too; this replay checks what it fails), on to the next seeds
+    if a change of the simulator's draws takes it from there: a bounded search."""
+    for seed in range(15, 15 + 30):
+        r = run_seed(seed, mutant="trust_regressed_follower")
+        if not r.ok:
+            break
+    assert not r.ok, "trust_regressed_follower survived seeds 15..44"
+    assert "liveness" in r.error, r.error
+    assert run_seed(r.seed).ok
 
 
 def test_simulator_catches_a_broker_that_reads_past_a_checksum_mismatch(monkeypatch):

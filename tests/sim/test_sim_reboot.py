@@ -75,13 +75,12 @@ def test_the_swarm_runs_both_kinds_of_crash():
 
 def test_simulator_catches_a_core_that_trusts_its_log_after_a_reboot():
     """A broker whose disk lost synced writes at a reboot, voting at once on what it kept: a
-    candidate without a committed entry wins. Seed 29 is the first of the default seeds to
-    show it (seed 10 until a broker that lost its vote followed no leader meanwhile, which
-    moved seed 8's schedule; seed 8 until every reboot started as a lost vote, which moved
-    the schedules of every seed with reboots; test_sim.py's mutant scan finds it too); the
-    real core, which
-    waits until it knows what it may have acknowledged, holds on the same seed and its
-    losses."""
+    candidate without a committed entry wins. The scan takes the first of the default seeds
+    to show it, not a pinned one (seed 29 in the fourteenth round; seed 10 until a broker
+    that lost its vote followed no leader meanwhile, which moved seed 8's schedule; seed 8
+    until every reboot started as a lost vote, which moved the schedules of every seed with
+    reboots; test_sim.py's mutant scan finds it too); the real core, which waits until it
+    knows what it may have acknowledged, holds on the same seed and its losses."""
     results = run_swarm(
         range(DEFAULT_SEEDS), mutant="trust_log_after_reboot", jobs=1, stop_on_failure=True
     )
@@ -89,7 +88,7 @@ def test_simulator_catches_a_core_that_trusts_its_log_after_a_reboot():
     assert failures, f"trust_log_after_reboot survived {DEFAULT_SEEDS} seeds"
     first = failures[0]
     assert "leader completeness" in first.error, first.error
-    assert first.seed == 29 and first.stats["disk_lost_writes"] > 0 and first.stats["reboots"]
+    assert first.stats["disk_lost_writes"] > 0 and first.stats["reboots"]
     fixed = run_seed(first.seed)
     # (the mutant's run stops at the violation: the whole run loses at least as much)
     assert fixed.ok and fixed.stats["disk_lost_writes"] >= first.stats["disk_lost_writes"]

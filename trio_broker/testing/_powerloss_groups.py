@@ -38,6 +38,11 @@ Faults, all from the seed:
 After each restart (faults off): a leader per group emerges among the running brokers, every
 acknowledged append of every group is readable with its exact value from its leader's store, no
 value appears twice, and every running broker's stores and shared log pass ``integrity_check``.
+Before it, the disks' files must be as the cut left them (``_powerloss.disk_image``): what the
+statement the cut met went on asking, and what the closes did, reached no disk.
+
+A seed replays exactly, in any process: the shared log's random ids are drawn from the seed
+(:class:`SeededIds`).
 
 Usage::
 
@@ -68,10 +73,11 @@ from .._core._commands import AppendMessage, CreateQueue, MessageAppended
 from .._core._raft import RaftNode, Ready, Role
 from .._core._raft_messages import Config, Message, SnapshotMeta
 from .._runtime._applied import APPLY_LAG, applies_later
+from .._storage import _shared_log
 from .._storage._failed import FAILED_FILE, lost_writes, marker_dir
 from .._storage._shared_log import SHARED_LOG_FILE, SharedLog, TurnCommitter, _Job, _weight
 from .._storage._store import Store
-from ._powerloss import PowerCut, PowerLossVFS, close_after_cut
+from ._powerloss import PowerCut, PowerLossVFS, changed_since, close_after_cut, disk_image
 from ._powerloss_cluster import (
     ELECTION_TICKS,
     HEARTBEAT_TICKS,
@@ -183,6 +189,35 @@ class FaultyConnection:
         return getattr(self._db, name)
 
 
+class SeededIds:
+    """Where the shared log draws its random ids (a log's ``log_id``, a group file's
+    incarnation: ``secrets.token_hex`` in ``_storage._shared_log``) while a cluster runs:
+    from the seed. A trim syncs the open group files in the order of their incarnations
+    (``SharedLog.trim``), so a cut counted in sync points lands in another group's file when
+    they are drawn afresh: a seed did not replay (seeds 10, 13, 21, 28 and 29 of 1-30 ran
+    other schedules from one process to the next, and one seed run after another in the same
+    process looked like state left by the first). The runner puts this in the module's
+    ``secrets`` for its lifetime (:meth:`install`, and back at ``GroupsCluster.close``)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"ids-{seed}")
+        self.drawn = 0
+
+    def token_hex(self, nbytes: int = 32) -> str:
+        self.drawn += 1
+        return self.rng.randbytes(nbytes).hex()
+
+    def install(self) -> Callable[[], None]:
+        """Put this in the shared log's ``secrets``; returns what puts the previous back."""
+        previous = _shared_log.secrets
+        _shared_log.secrets = self  # type: ignore[assignment]
+
+        def restore() -> None:
+            _shared_log.secrets = previous
+
+        return restore
+
+
 class Broker:
     """One broker: its disk, its shared log, its committer and one store per group."""
 
@@ -228,21 +263,9 @@ class GroupsCluster:
         self.config = Config(frozenset(IDS))
         self.syncs = 0
         self.cut_at: int | None = None
+        self.at_cut: dict[str, tuple[int, int]] = {}
+        """The disks' files as the last cut left them (``_powerloss.disk_image``)."""
         self.brokers: dict[str, Broker] = {}
-        for i in IDS:
-            vfs = PowerLossVFS(
-                f"plgroups-{seed}-{i}-{id(self)}",
-                torn=seed % 2 == 1,
-                rng=random.Random(f"{seed}{i}"),
-                drops=True,
-            )
-            vfs.on_sync = self._on_sync
-            vfs.sync_fails = self._sync_fails
-            broker = self.brokers[i] = Broker(root / i, vfs, self.group_ids)
-            for g in self.group_ids:
-                store = Store(broker.path(g), vfs=vfs.name)
-                store.bootstrap(self.config)
-                store.close()
         self.nodes: dict[tuple[str, str], RaftNode] = {}
         self.in_flight: deque[tuple[str, Message]] = deque()
         self.pending: dict[tuple[str, str, int], tuple[int, int]] = {}
@@ -253,7 +276,27 @@ class GroupsCluster:
         self.snapshots = 0
         self.isolated: tuple[str, int] | None = None
         self.stats = Stats(groups=len(self.group_ids))
-        self.start()
+        self.ids = SeededIds(seed)
+        self._restore_ids = self.ids.install()
+        try:
+            for i in IDS:
+                vfs = PowerLossVFS(
+                    f"plgroups-{seed}-{i}-{id(self)}",
+                    torn=seed % 2 == 1,
+                    rng=random.Random(f"{seed}{i}"),
+                    drops=True,
+                )
+                vfs.on_sync = self._on_sync
+                vfs.sync_fails = self._sync_fails
+                broker = self.brokers[i] = Broker(root / i, vfs, self.group_ids)
+                for g in self.group_ids:
+                    store = Store(broker.path(g), vfs=vfs.name)
+                    store.bootstrap(self.config)
+                    store.close()
+            self.start()
+        except BaseException:
+            self._restore_ids()
+            raise
 
     # -- power -----------------------------------------------------------------------------------
 
@@ -263,6 +306,7 @@ class GroupsCluster:
             self.cut_at = None
             for broker in self.brokers.values():
                 broker.vfs.cut()
+            self.at_cut = disk_image(self.root)
 
     def _sync_fails(self, path: str) -> bool:
         if self.fail_stop and self.down:
@@ -395,11 +439,18 @@ class GroupsCluster:
         return not self.powered_off()
 
     def power_cycle(self) -> None:
-        """After a cut: every process dies, the disks come back, every broker restarts."""
+        """After a cut: every process dies, the disks come back, every broker restarts. The
+        files must be as the cut left them: whatever the statement the cut met went on
+        asking (SQLite's own cleanup: a sync tried again, a journal deleted) and whatever the
+        runner's closes did, nothing of it reached a disk whose power was off."""
         self.faults.on = False
+        cut = self.powered_off()
         asked = sum(b.vfs.ignored for b in self.brokers.values())
         self._close_all()
         self.stats.asked_by_closes += sum(b.vfs.ignored for b in self.brokers.values()) - asked
+        changed = changed_since(self.at_cut, disk_image(self.root)) if cut else []
+        if changed:
+            raise PowerLossFailure(f"files changed after the power went: {changed}")
         self.nodes.clear()
         self.in_flight.clear()
         self.pending.clear()
@@ -413,11 +464,14 @@ class GroupsCluster:
 
     def close(self) -> None:
         self.faults.on = False
-        self._close_all()
-        for broker in self.brokers.values():
-            broker.vfs.on_sync = None
-            broker.vfs.sync_fails = None
-            broker.vfs.unregister()
+        try:
+            self._close_all()
+            for broker in self.brokers.values():
+                broker.vfs.on_sync = None
+                broker.vfs.sync_fails = None
+                broker.vfs.unregister()
+        finally:
+            self._restore_ids()
 
     # -- one step --------------------------------------------------------------------------------
 
