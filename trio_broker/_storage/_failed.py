@@ -14,7 +14,9 @@ marker and refuses to start (:func:`refuse_if_failed`), naming what happened and
 choices; ``python -m trio_broker data reset`` moves the marker aside with the database files.
 
 What counts (:func:`lost_writes`): an ``apsw.IOError`` whose extended code is not one that
-concerns a read or a lock only; an unspecified ``SQLITE_IOERR`` counts (we cannot tell).
+concerns a read or a lock only; an unspecified ``SQLITE_IOERR`` counts (we cannot tell); so
+does an apsw error raised over one of those (its ``__context__``: apsw's ``with`` can report a
+failed commit as an ``apsw.SQLError``).
 ``apsw.FullError`` (a full disk) does not: SQLite rolled the transaction back whole and the
 connection is usable (docs/reliability.md, "Full disks"); nor does damage found on a read,
 which the integrity checks turn into ``StorageDamaged``.
@@ -75,12 +77,33 @@ class FsyncFailed(OSError):
 
 def lost_writes(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk may have dropped writes already made (an fsync, a write,
-    a truncation that failed, or an I/O error SQLite did not tell apart)."""
-    if isinstance(exc, StorageFailed | FsyncFailed):
-        return True
-    if not isinstance(exc, apsw.IOError):
-        return False
-    return getattr(exc, "extendedresult", apsw.SQLITE_IOERR) not in _NO_WRITE_LOST
+    a truncation that failed, or an I/O error SQLite did not tell apart), itself or through
+    the SQLite errors it was raised over.
+
+    apsw's ``with db:`` can turn a failed commit into an ``apsw.SQLError`` ("You have done
+    transaction control ... which gives error disk I/O error"), with the commit's
+    ``apsw.IOError`` only as its ``__context__``: when its rollback after the failed
+    ``RELEASE`` finds the transaction gone (its savepoint level out of step with SQLite's
+    after an earlier commit left the transaction open and ``roll_back_open`` ended it). Read
+    alone, that error hid a failed fsync, and a shared log's trim kept going over what the
+    disk had dropped (the groups power-loss runner's seed 47)."""
+    for _ in range(_CHAIN_LIMIT):
+        if isinstance(exc, StorageFailed | FsyncFailed):
+            return True
+        if isinstance(exc, apsw.IOError):
+            return getattr(exc, "extendedresult", apsw.SQLITE_IOERR) not in _NO_WRITE_LOST
+        if not isinstance(exc, apsw.Error):
+            return False
+        below = exc.__cause__ or exc.__context__
+        if below is None:
+            return False
+        exc = below
+    return False
+
+
+_CHAIN_LIMIT = 8
+"""How many errors deep :func:`lost_writes` reads (an apsw error raised while handling
+another, itself raised over the commit's): a bound, for a chain that loops."""
 
 
 def any_lost(results: Sequence[Any]) -> bool:
