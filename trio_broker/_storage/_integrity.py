@@ -233,12 +233,15 @@ def insert_values(
 
 
 _PLAIN_STATEMENTS = {
-    size: _INSERT
-    + ",".join(f"(?{2 + 3 * k},?1,NULL,?{3 + 3 * k},?{4 + 3 * k})" for k in range(size))
+    size: _INSERT + ",".join(f"(?2+{k},?1,NULL,?{3 + 2 * k},?{4 + 2 * k})" for k in range(size))
     for size in _CHUNKS
 }
 """As :data:`_CHUNK_STATEMENTS`, for messages without headers sharing one stamp (``?1``):
-each row binds its key, checksum and bytes."""
+the statement's first key bound once (``?2``), each row's key that plus its place in the
+statement, computed by SQLite (an addition per row costs it less than a bound integer costs
+apsw and Python: 744 / 751 / 744 -> 709 / 718 / 714 ns a row of a run of 1,900, the same rows
+stored; docs/performance.md, "Batch appends per value: the save's parts, the checkpoint, the
+decode (fourteenth round)"); each row binds its checksum and bytes."""
 
 
 def insert_plain(
@@ -252,19 +255,19 @@ def insert_plain(
 ) -> None:
     """What ``insert_values(db, queue_id, first, [(d, stamp, None) for d in data])`` stores,
     for messages without headers appended together (an APPEND_BATCH, a run of APPENDs of one
-    stamp): three values bound per row instead of five, and no tuple per message first. The
-    checksums made at once (:func:`._row_sums.plain_checksums`) and the rows' parameters set
-    by three slice assignments, no Python step per row (a run of 1,800 values: 650 to 741 ->
+    stamp): two values bound per row instead of five (the key computed in the statement:
+    :data:`_PLAIN_STATEMENTS`), and no tuple per message first. The checksums made at once
+    (:func:`._row_sums.plain_checksums`) and the rows' parameters set by slice assignments, no
+    Python step per row (a run of 1,800 values: 650 to 741 ->
     499 to 531 ns a row, docs/performance-history.md "Batch appends per message (eighth round)")."""
     base = _base(db, queue_id, number) + first
     count = len(data)
-    rows: list[Any] = [None] * (3 * count)  # (each row's parameters, cut per statement)
-    rows[0::3] = range(base, base + count)
-    rows[1::3] = plain_checksums(_place(queue_id), first, data)
-    rows[2::3] = data
+    rows: list[Any] = [None] * (2 * count)  # (each row's parameters, cut per statement)
+    rows[0::2] = plain_checksums(_place(queue_id), first, data)
+    rows[1::2] = data
     for start, end in _chunk_spans(count):
-        params: list[Any] = [stamp]
-        params += rows[3 * start : 3 * end]
+        params: list[Any] = [stamp, base + start]
+        params += rows[2 * start : 2 * end]
         db.execute(_PLAIN_STATEMENTS[end - start], params)
 
 
