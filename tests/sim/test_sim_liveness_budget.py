@@ -11,10 +11,18 @@ from trio_broker.testing.sim._params import DEFAULT_LIVENESS_STEPS, LIVENESS_ROU
 def test_a_removed_broker_keeping_a_damaged_value_does_not_hold_convergence():
     """Seed 1110: broker 2 was removed, its disk damaged a value it had applied, and the
     others then deleted that message (retention), so no copy is left to repair it from and
-    nobody replicates to it. It serves nothing; liveness asks the group's members only."""
+    nobody replicates to it. It serves nothing; liveness asks the group's members only.
+
+    The seed's schedule is the one it was found with, before the links told the cores when
+    they connect (``_wire``'s ``_note_links_up``, whose extra CLUSTER_UPDATEs move every later
+    draw): a scan of the seeds below 12,000 with membership churn, disk damage and retention
+    on one group found no other that shows this scenario."""
     seen = []
 
     class Watched(Simulation):
+        def _note_links_up(self) -> None:
+            pass  # (the schedule the seed was found with; nothing here is about the view)
+
         def converged(self) -> bool:
             done = super().converged()
             if done and not seen:

@@ -123,16 +123,28 @@ class Proposals(Generic[T]):
         the two lists are in step and cut by :meth:`_cuts`."""
         self._waiting: dict[int, tuple[int, list[T]]] = {}
         """Log index -> (term proposed in, the tokens of that entry, in group order)."""
+        self._answers: list[tuple[T, Outcome]] = []
+        """Tokens a :meth:`propose_queued` settled (refused, or replaced) before something
+        else stopped it (a bug, an interruption): no longer queued nor waiting, they are
+        kept here until the next call returns them first, or ``take_queued``/``take_all``
+        takes them, so that none is dropped unanswered."""
         self.grouped = 0
         """Entries proposed that hold more than one command."""
 
     def __len__(self) -> int:
-        """Requests not yet settled: queued, or waiting for their entry."""
-        return len(self._tokens) + sum(len(tokens) for _, tokens in self._waiting.values())
+        """Requests not yet settled: queued, or waiting for their entry (or for their answer
+        to be handed out: ``_answers``)."""
+        return (
+            len(self._tokens)
+            + len(self._answers)
+            + sum(len(tokens) for _, tokens in self._waiting.values())
+        )
 
     @property
     def queued(self) -> int:
-        return len(self._tokens)
+        """Requests for the next :meth:`propose_queued`: to propose, or settled by an earlier
+        one that stopped before it could return them."""
+        return len(self._tokens) + len(self._answers)
 
     def waiting(self, index: int) -> tuple[int, list[T]] | None:
         """The term and the tokens waiting on ``index``, if any."""
@@ -291,10 +303,17 @@ class Proposals(Generic[T]):
         core's ``RaftNode.propose``), each command first passed through ``prepare`` if given.
         Returns the tokens settled now: those of a refused group (with the core's
         :class:`~._raft.NotLeader`) and those of an earlier term's entry that a new one
-        replaced (:class:`NotApplied`)."""
+        replaced (:class:`NotApplied`), after those an earlier call settled but could not
+        return.
+
+        When ``propose`` raises anything else (a bug, a cancellation, the simulator's
+        interruption), the requests not yet proposed stay queued, in order, and those
+        settled so far are kept (``_answers``): the next call returns them first (the
+        simulator proposes again), else ``take_queued``/``take_all`` take them (the
+        driver's recovery answers them). None is dropped unanswered."""
         if self._columns:
             return self._propose_pieces(propose, prepare)
-        settled: list[tuple[T, Outcome]] = []
+        settled, self._answers = self._answers, []
         queued, self._commands = self._commands, []
         queued_tokens, self._tokens = self._tokens, []
         done = 0
@@ -316,10 +335,12 @@ class Proposals(Generic[T]):
                 done = end
         except BaseException:
             # Anything else that fails (a bug, a cancellation) leaves the requests not yet
-            # proposed queued, in order, ahead of any newer one: their tokens stay for
-            # take_all (the driver's recovery answers them), never dropped unanswered.
+            # proposed queued, in order, ahead of any newer one, and those settled kept:
+            # their tokens stay for the next call or take_all (the driver's recovery answers
+            # them), never dropped unanswered.
             self._commands[:0] = queued[done:]
             self._tokens[:0] = queued_tokens[done:]
+            self._answers = settled
             raise
         return settled
 
@@ -328,7 +349,7 @@ class Proposals(Generic[T]):
     ) -> list[tuple[T, Outcome]]:
         """:meth:`propose_queued` of a queue that holds runs of columns: its groups cut by
         :meth:`_pieces`, each token matched to its command by the group's count."""
-        settled: list[tuple[T, Outcome]] = []
+        settled, self._answers = self._answers, []
         queued, self._commands = self._commands, []
         queued_tokens, self._tokens = self._tokens, []
         columns, self._columns = self._columns, 0
@@ -349,13 +370,15 @@ class Proposals(Generic[T]):
                 settled.extend(self.wait_for(index, term, tokens))
                 done, at = done + 1, at + count
         except BaseException:
-            # (as propose_queued: the requests not yet proposed stay queued, in order)
+            # (as propose_queued: the requests not yet proposed stay queued, in order, and
+            # those settled are kept)
             rest = queued if groups is None else [p for g in groups[done:] for p in g]
             self._commands[:0] = rest
             self._tokens[:0] = queued_tokens[at:]
             self._columns += (
                 columns if groups is None else sum(type(p) is AppendColumns for p in rest)
             )
+            self._answers = settled
             raise
         return settled
 
@@ -407,17 +430,19 @@ class Proposals(Generic[T]):
         return taken
 
     def take_queued(self) -> list[T]:
-        """Remove the tokens not yet proposed (none of them is in the log)."""
-        taken, self._tokens = self._tokens, []
+        """Remove the tokens not yet proposed (none of them is in the log), those settled by
+        a :meth:`propose_queued` that stopped first (refused, or their entry replaced:
+        nothing of theirs will be applied either)."""
+        taken = [token for token, _ in self._answers]
+        taken += self._tokens
+        self._answers, self._tokens = [], []
         self._commands = []
         self._columns = 0
         return taken
 
     def take_all(self) -> list[T]:
         """Remove every token, queued ones first (the outcomes of all of them are unknown)."""
-        taken, self._tokens = self._tokens, []
-        self._commands = []
-        self._columns = 0
+        taken = self.take_queued()
         for _, tokens in self._waiting.values():
             taken.extend(tokens)
         self._waiting.clear()

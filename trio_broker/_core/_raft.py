@@ -1,6 +1,6 @@
 """The consensus core: a sans-IO Raft state machine in the spirit of etcd raft's RawNode.
 
-The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
+The runtime (or the simulator) drives a :class:`RaftNode` with five calls:
 
 - ``tick()`` once per tick of its clock (time only exists as ticks here);
 - ``step(message)`` for every message received from another broker;
@@ -8,7 +8,9 @@ The runtime (or the simulator) drives a :class:`RaftNode` with four calls:
   on the leader;
 - ``ready()`` / ``advance()``: take what must be persisted, sent and applied, do it, then
   acknowledge. Only one Ready is outstanding at a time; ticks and steps may continue while the
-  runtime is persisting it, and their effects go into the next Ready.
+  runtime is persisting it, and their effects go into the next Ready;
+- ``peer_reconnected(peer)`` each time its link to another broker is established (again):
+  what it sends from then on may reach a new process of that broker.
 
 Protocol summary (see docs/replication.md): terms, one persisted vote per term, the election
 restriction, pre-vote, check-quorum, log matching with a term-skipping hint, commit of
@@ -331,6 +333,9 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         """The tick of the last CLUSTER_UPDATE sent to each member."""
         self._view_other: dict[Any, int] = {}
         """The tick of the last CLUSTER_UPDATE of an earlier view sent to each member."""
+        self._view_relinked: set[Any] = set()
+        """Members whose link came up since the last CLUSTER_UPDATE sent to them
+        (``peer_reconnected``): sent the view at the next heartbeat round."""
 
         self._msgs: list[Message] = []
         self._persisted_msgs: list[Message] = []
@@ -414,6 +419,14 @@ class RaftNode(Elections, RestartRules, Replication, Snapshots, Membership, Lead
         # runtime persists the previous Ready, typically) travels in the same REPLICATE.
         self._append_pending = True
         return entry.term, entry.index
+
+    def peer_reconnected(self, peer: Any) -> None:
+        """The runtime's link to ``peer`` was established (again): what this broker sends
+        from now on may reach a new process of that broker, restarted too quickly for the
+        leader to notice a silence, which shows no member view. A leader sends it its view
+        again (``_raft_membership``'s ``_view_reconnected``); elsewhere, nothing to do."""
+        if self.role is Role.LEADER and peer != self.id and peer in self.config.members:
+            self._view_reconnected(peer)
 
     # -- step ----------------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ else:
 
 class Membership(_Node):
     """Mixed into :class:`~._raft.RaftNode`: its membership (fields: ``config``,
-    ``_statuses``, ``_announced``, ``_view_held``, ``_view_sent``, ``_view_other``)."""
+    ``_statuses``, ``_announced``, ``_view_held``, ``_view_sent``, ``_view_other``,
+    ``_view_relinked``)."""
 
     @property
     def config_committed(self) -> bool:
@@ -133,10 +134,14 @@ class Membership(_Node):
         member: ``_view_refresh_ticks`` after the last one sent (``_view_other``, kept for a
         refresh period for a removed member too, which may be added again meanwhile). A
         member silent for a while may have restarted, losing its view: it is no longer
-        known to hold it (``_view_reheard``). The traffic this adds: per member, one
-        CLUSTER_UPDATE per refresh period while it is not known to hold the view (one per
-        change when it answers, two when a change came within a refresh period of the
-        one before); nothing once every member holds it.
+        known to hold it (``_view_reheard``). One restarted too quickly to seem silent is
+        reached again through a new connection: the runtime says so
+        (``RaftNode.peer_reconnected``), and the member gets the view at the next round,
+        whatever the refresh period (``_view_reconnected``). The traffic this adds: per
+        member, one CLUSTER_UPDATE per refresh period while it is not known to hold the
+        view (one per change when it answers, two when a change came within a refresh
+        period of the one before), and at most one per link established; nothing once every
+        member holds it.
         """
         view = tuple(self.member_statuses().values())
         members = [m for m in sorted(self.config.members) if m != self.id]
@@ -150,16 +155,23 @@ class Membership(_Node):
             sent = {**self._view_other, **self._view_sent}
             self._view_other = {m: t for m, t in sent.items() if self.now - t <= refresh}
             self._view_sent = {}
+            self._view_relinked = set()
             due = members
         else:
+            relinked = self._view_relinked
             due = [
                 m
                 for m in members
                 if m not in self._view_held
-                and (m not in self._view_sent or self.now - self._view_sent[m] >= refresh)
+                and (
+                    m not in self._view_sent
+                    or m in relinked
+                    or self.now - self._view_sent[m] >= refresh
+                )
             ]
         for m in due:
             self._view_sent[m] = self.now
+            self._view_relinked.discard(m)
             self._send(
                 ClusterUpdate(
                     src=self.id,
@@ -173,6 +185,8 @@ class Membership(_Node):
     def _view_acknowledged(self, member: Any) -> None:
         """A CLUSTER_UPDATE_RESPONSE from ``member``: it holds the current view, unless a
         CLUSTER_UPDATE of another view sent to it may still arrive after (``_maybe_announce``)."""
+        if member in self._view_relinked:
+            return  # (an answer from before its link came up again: maybe another process)
         other = self._view_other.get(member)
         if other is None or self.now - other > self._view_refresh_ticks:
             self._view_held.add(member)
@@ -182,6 +196,19 @@ class Membership(_Node):
         may have restarted, and a restarted broker holds no view: it is sent the view again
         (and that answer does not count as holding it)."""
         self._view_held.discard(member)
+
+    def _view_reconnected(self, member: Any) -> None:
+        """The link to ``member`` was established again (``RaftNode.peer_reconnected``): the
+        broker behind it may be a new process, which holds no view, restarted too quickly
+        for ``_view_reheard`` to see a silence. It is sent the current view at the next
+        heartbeat round, once: a flapping link costs one update per link established (less
+        than the connection's own handshake), at most one per heartbeat round. An answer
+        counts only after that send (one read late from the old connection says nothing of
+        the new process). Which view is in force, and when an answer may count
+        (``_view_acknowledged``), is unchanged: an older view still on its way cannot be
+        taken as held."""
+        self._view_held.discard(member)
+        self._view_relinked.add(member)
 
     def _config_index(self) -> int:
         found = self.log.last_config_index()

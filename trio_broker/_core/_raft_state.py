@@ -97,6 +97,7 @@ class RaftState:
     _view_held: set[Any]
     _view_sent: dict[Any, int]
     _view_other: dict[Any, int]
+    _view_relinked: set[Any]
 
     # the effects gathered for the next Ready
     _msgs: list[Message]
@@ -170,6 +171,8 @@ class RaftState:
     def _view_acknowledged(self, member: Any) -> None: ...
     @abstractmethod
     def _view_reheard(self, member: Any) -> None: ...
+    @abstractmethod
+    def _view_reconnected(self, member: Any) -> None: ...
     @abstractmethod
     def _config_index(self) -> int: ...
     @abstractmethod

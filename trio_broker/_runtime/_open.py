@@ -227,7 +227,17 @@ def open_peer_mux(broker: Broker, nursery: trio.Nursery) -> PeerMux:
         dead_after=max(1.0, 2 * broker.config.failure_timeout),
         secret=broker.security.secret,
         plaintext_port=driver.plaintext_port,
+        reconnected=functools.partial(_reconnected, broker),
     )
+
+
+def _reconnected(primary: Broker, group_id: str, peer: str) -> None:
+    """A link to ``peer`` carrying ``group_id``'s messages connected: that group's core here
+    is told (``RaftNode.peer_reconnected``: a leader sends its member view again)."""
+    host = primary.host
+    broker = primary if host is None else host.groups.get(group_id)
+    if broker is not None:
+        broker.driver.node.peer_reconnected(peer)
 
 
 async def serve_broker(

@@ -37,6 +37,10 @@ link's PEER_HELLO names) goes as before; any other group's carries ``group_id``.
   while every member's link said it (:meth:`GroupLinks.reads_append_runs`).
 - **Register / unregister.** A group opened at run time registers, and a group closed
   unregisters: its queued messages are dropped, and a link no group wants any more closes.
+- **Links established.** Each time a link connects (again), the groups that send on it are
+  told (:attr:`PeerMux.reconnected`, the core's ``RaftNode.peer_reconnected``): what they
+  send from then on may reach a new process of that peer, which holds no member view
+  (docs/replication.md, "Diagram 6 (heartbeats and failure detection)").
 
 A little longer than the house's ~600 lines: the link's queue, its writer and the write made
 at once share the link's state (``_more``, ``_socket``, ``_leftover``) and its order, which a
@@ -348,6 +352,7 @@ class _Link:
                     multiplexed=self.multiplexed,
                 )
             self.connected = True
+            self._tell_reconnected()
             async with trio.open_nursery() as nursery:
                 # The peer never writes on this stream after the handshake; reading tells us
                 # promptly when it goes away.
@@ -364,6 +369,17 @@ class _Link:
                 finally:
                     self._socket = self._write_some = None
                     self._more = None
+
+    def _tell_reconnected(self) -> None:
+        """This link just connected: tell the groups whose messages it carries (each group
+        here on a multiplexed link; else its home group, each other group's own link telling
+        its own), once per connection."""
+        reconnected = self.mux.reconnected
+        if reconnected is None:
+            return
+        groups = sorted(self.wanted_by) if self.multiplexed else [self.home]
+        for group_id in groups:
+            reconnected(group_id, self.peer_id)
 
     async def _write(self, stream: trio.abc.Stream | DirectSocket) -> None:
         while True:
@@ -438,6 +454,7 @@ class PeerMux:
         *,
         secret: bytes | None = None,
         plaintext_port: int | None = None,
+        reconnected: Callable[[str, str], None] | None = None,
     ) -> None:
         self.self_id = self_id
         self.home_group = home_group
@@ -449,6 +466,9 @@ class PeerMux:
         self.secret = secret
         """Proved on every link before PEER_HELLO, when set (docs/security.md)."""
         self.plaintext_port = plaintext_port
+        self.reconnected = reconnected
+        """Called ``(group_id, peer)`` each time a link to ``peer`` that carries the group's
+        messages connects (the group's ``RaftNode.peer_reconnected``); must not raise."""
         self.shutting_down = False
         """Set when this broker starts shutting down (``membership.step_down``): a link lost
         from then on is expected, its peer likely stopping too, and logged at INFO."""

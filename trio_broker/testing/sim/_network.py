@@ -58,6 +58,8 @@ class NetworkMixin:
             heapq.heappush(self.net, (self.now + delay, self.seq, m))
 
     def _deliver_due(self) -> None:
+        if self.links:
+            self._note_links_up()  # (a link connected now carries what is delivered next)
         while self.net and self.net[0][0] <= self.now:
             _, _, m = heapq.heappop(self.net)
             if isinstance(m, ClientResponse):

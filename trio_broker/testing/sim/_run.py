@@ -187,6 +187,8 @@ class Simulation(
         """Brokers down that come back as the version before (``_roll_back``)."""
         self.down_at: dict[tuple[int, int], int] = {}
         """The last step each link was down (``_wire``'s ``_links_down``)."""
+        self.links_up: set[tuple[int, int]] = set()
+        """The links connected at the last look (``_wire``'s ``_note_links_up``)."""
         self.snapshot_ids = 0
         self.clock_acc = {i: stream(seed, f"clock:{i}").uniform(0, TICK_STEPS) for i in self.ids}
         self.broker_ticks = dict.fromkeys(self.ids, 0)
@@ -269,6 +271,7 @@ class Simulation(
                 "wire_rolling_restarts",
                 "link_lost",
                 "link_unconnected",
+                "links_established",
                 "log_read_back",
                 "replica_columns",
                 "results_as_runs",

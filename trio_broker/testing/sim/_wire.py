@@ -36,6 +36,8 @@ what it cannot send; one in flight when its link goes down (a cut, a flapping li
 phase, its receiver restarted, its sender's machine rebooted) is lost
 (:meth:`WireMixin._lost`), as a connection that dies loses what it had not delivered. The
 receiver checks what it steps came on a live connection (:meth:`WireMixin._check_connection`).
+A link that connects tells its sender's core (:meth:`WireMixin._note_links_up`), as the
+runtime's does.
 """
 
 from __future__ import annotations
@@ -241,6 +243,28 @@ class WireMixin:
             a, b, until, period = flap
             if now < until and (now // period) % 2 == 0:
                 down[(a, b)] = down[(b, a)] = now
+
+    def _note_links_up(self) -> None:
+        """Each link that connected since the last look tells its sender's core, in every
+        group, as the runtime's link does when it connects (``_peer_mux``'s
+        ``PeerMux.reconnected``: ``RaftNode.peer_reconnected``): what it sends from now on
+        may reach a new start of its peer."""
+        up = self.links_up
+        for src in self.ids:
+            live = self.nodes.get(src) is not None
+            for dst in self.ids:
+                if dst == src:
+                    continue
+                link = (src, dst)
+                if not (live and self._connected(src, dst)):
+                    up.discard(link)
+                elif link not in up:
+                    up.add(link)
+                    self.stats["links_established"] += 1
+                    for _ in self.each_group():
+                        node = self.nodes[src]
+                        if node is not None:
+                            node.peer_reconnected(dst)
 
     def _reboot_links(self, i: int) -> None:
         """Broker ``i``'s machine rebooted: what its kernel had not yet delivered of its
