@@ -240,8 +240,9 @@ def main(seconds: str) -> None:
         Path(site, "sitecustomize.py").write_text(_SITE)
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, LEADER14_TRACE=out)
+        # (the tree on PYTHONPATH first, if any: its package is the one measured)
         env["PYTHONPATH"] = os.pathsep.join(
-            [site, root, *filter(None, [os.environ.get("PYTHONPATH")])]
+            [site, *filter(None, [os.environ.get("PYTHONPATH")]), root]
         )
         bench = subprocess.run(
             [
