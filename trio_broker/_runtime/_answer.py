@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
+
 from .._core import _commands as cmd
 from .._errors import BrokerError
 from .._protocol import _messages as m
 from .._protocol import stored_value
+from .._protocol._codec import appended_frame, appended_frames
 
 
 class Waitable(Protocol):
@@ -126,3 +129,45 @@ def response_for(result: Any) -> m.Response | BrokerError:
 
 def retention_wire(policy: cmd.RetentionPolicy) -> m.Retention:
     return m.Retention(policy.max_messages, policy.max_age_ms, policy.delete_acknowledged)
+
+
+def _heads_and_joins() -> tuple[list[bytes], list[bytes]]:
+    """For each count of digits (1 to 20), what an appended answer's frame holds before its
+    number (cut from :func:`~.._protocol._codec.appended_frame`'s own bytes), and what stands
+    between one such number and the next in a run of frames: ``}`` and the head."""
+    heads = []
+    for digits in range(1, 21):
+        number = 10 ** (digits - 1)
+        heads.append(appended_frame(number)[: -(digits + 1)])
+    return heads, [b"}" + head for head in heads]
+
+
+_HEADS, _JOINS = _heads_and_joins()
+_dumps = orjson.dumps
+
+
+def appended_run_frames(first: int, count: int) -> bytes:
+    """The frames of the answers to ``count`` APPENDs (``count >= 1``) that were not duplicates
+    and got the numbers ``first`` to ``first + count - 1``: the bytes of
+    ``appended_frames(list(range(first, first + count)))``.
+
+    A run's numbers are consecutive: orjson writes them all in one call, as the JSON array
+    ``[first,first+1,...]``, whose commas become each frame's end and the next one's head when
+    every number has as many digits (the first and the last do: the numbers only grow); a run
+    that crosses a power of ten, or a number orjson does not write (none a log makes), takes
+    ``appended_frames``'s way. About 1.6 µs for 16 answers against 3.5 for their numbers'
+    list and ``appended_frames`` (docs/performance.md, "Where the pipelined cycle waits
+    (fourteenth round)")."""
+    numbers = list(range(first, first + count))
+    if first >= 0:
+        try:
+            array = _dumps(numbers)
+        except orjson.JSONEncodeError:  # (beyond 64 bits)
+            return appended_frames(numbers)
+        comma = array.find(b",")
+        if comma == -1:  # (one number: ``[n]``)
+            return _HEADS[len(array) - 3] + array[1:-1] + b"}"
+        width = comma - 1
+        if width == len(array) - 2 - array.rfind(b","):  # (the last has as many digits)
+            return _HEADS[width - 1] + array[1:-1].replace(b",", _JOINS[width - 1]) + b"}"
+    return appended_frames(numbers)

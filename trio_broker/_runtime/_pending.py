@@ -21,7 +21,7 @@ import trio
 from .._core._appended_run import appended_results
 from .._core._commands import BatchAppended, MessageAppended
 from .._protocol._codec import appended_frame, appended_frames, batch_appended_frame
-from ._answer import Answer, response_for
+from ._answer import Answer, appended_run_frames, response_for
 
 _UNSET: Any = object()
 _IN_RUN: Any = object()
@@ -144,18 +144,20 @@ class PendingGroup:
             self._done()
         return True
 
-    def appended_numbers(self, start: int, stop: int) -> list[int] | None:
-        """The sequence numbers of the outcomes ``start`` to ``stop - 1`` (``start < stop``)
-        when every one was set by :meth:`set_appended`; None otherwise."""
-        numbers: list[int] = []
+    def appended_frames(self, start: int, stop: int) -> bytes | None:
+        """The answers' frames of the outcomes ``start`` to ``stop - 1`` (``start < stop``)
+        when every one was set by :meth:`set_appended`; None otherwise. Each stretch's frames
+        are written from its first number and its count (:func:`~._answer.appended_run_frames`:
+        its numbers are consecutive), without a list of its numbers to frame one by one."""
+        pieces: list[bytes] = []
         at = start
         for run_start, count, first in self._runs or ():
             if run_start <= at < run_start + count:
                 end = min(stop, run_start + count)
-                numbers += range(first + at - run_start, first + end - run_start)
+                pieces.append(appended_run_frames(first + at - run_start, end - at))
                 at = end
                 if at == stop:
-                    return numbers
+                    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return None
 
     def _done(self) -> None:
@@ -316,10 +318,11 @@ class GroupRun:
         stop = min(self.stop, self.start + limit)
         group = self.group
         if group._runs is not None:  # (a run's numbers: no object, no pass over objects)
-            numbers = group.appended_numbers(self.start, stop)
-            if numbers is not None:
+            frames = group.appended_frames(self.start, stop)
+            if frames is not None:
+                count = stop - self.start
                 self.start = stop
-                return appended_frames(numbers), len(numbers)
+                return frames, count
         results = group.results
         if self.start or stop != len(results):
             results = results[self.start : stop]
