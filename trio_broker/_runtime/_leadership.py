@@ -232,7 +232,8 @@ class Leadership:
         a leader, two to three per REPLICATE on a replica), nearly always with nothing to
         say: one guard first, read as the three notes below read it (no transfer seen or
         ending, not recovering and no loss unlogged, not unverified, the same role, term and
-        leader), so that the common case costs one comparison instead of three calls."""
+        leader), so that the common case costs one comparison instead of three calls
+        (:meth:`_note_all`, what it stands for)."""
         node = self._host.node
         if (
             node.transfer_target is None
@@ -246,9 +247,14 @@ class Leadership:
             and self._last_role == (node.role.value, node.term, node.leader_id)
         ):
             return
+        self._note_all()
+
+    def _note_all(self) -> None:
+        """:meth:`note_role` without its guard: each note asks for itself."""
         self._note_transfer()
         self._note_recovering()
         self._note_unverified()
+        node = self._host.node
         state = (node.role.value, node.term, node.leader_id)
         if state == self._last_role:
             return
