@@ -13,8 +13,8 @@ elected. On the leader, the median of five rounds of ``--calls`` calls each (µs
 
 Warm figures: in a broker each call runs colder, after a system call or an fsync (three to
 five times these here). Run it on two trees (``PYTHONPATH=A``, ``PYTHONPATH=B``) in
-alternation to compare them (docs/performance.md, "The fixed cost per replication cycle
-(fourteenth round)").
+alternation to compare them (docs/performance.md, "The fixed cost per replication cycle,
+and the driver's bookkeeping (fourteenth round)").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The driver's bookkeeping per replication cycle asks less when nothing changed
-(docs/performance.md, "The fixed cost per replication cycle (fourteenth round)"):
+(docs/performance.md, "The fixed cost per replication cycle, and the driver's bookkeeping
+(fourteenth round)"):
 
 - ``Leadership.note_role`` (after every step and every advance) skips its three notes behind
   one guard, and still says everything the notes said, in the same order, over random
