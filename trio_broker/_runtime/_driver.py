@@ -137,6 +137,8 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         """Damaged stored values, repaired from the other members (:mod:`._repair`)."""
         self.leadership = Leadership(self)
         self._changed = trio.Event()
+        self._changed_waiters = 0
+        """Tasks in :meth:`wait_changed` (nearly always none: see :meth:`signal_changed`)."""
         self._changing_membership = False
         self.may_promote: Callable[[str], bool] = lambda _learner: True
         """Whether a caught-up learner may become a voter (the metadata group caps its voters)."""
@@ -229,8 +231,16 @@ class RaftDriver(Proposing, InStep, GroupMembers):
             return  # (the persist after this receive's frames decides: _persist_after_frames)
         if not self._parked or self._taken is not None or self._failed is not None:
             self.wake()
-        elif type(message) is ReplicateResponse and self._may_apply():
-            self._apply_here()
+        elif type(message) is ReplicateResponse:
+            # (the core asked once: an acknowledgement that commits nothing new, a leader's
+            # second of each entry with three voters, has no Ready and no reads waiting)
+            if self.node.has_ready():
+                if self._may_apply():
+                    self._apply_here()
+                else:
+                    self.wake()
+            elif self.reads.waiting:
+                self.wake()
         elif (
             type(message) is Replicate
             and (after := AFTER_FRAMES.get()) is not None
@@ -256,7 +266,11 @@ class RaftDriver(Proposing, InStep, GroupMembers):
 
     async def wait_changed(self) -> None:
         """Wait until the core has handled one more Ready (its state may have changed)."""
-        await self._changed.wait()
+        self._changed_waiters += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._changed_waiters -= 1
 
     async def wait_leading(self) -> None:
         while not self.node.is_leader:
@@ -742,9 +756,13 @@ class RaftDriver(Proposing, InStep, GroupMembers):
         )
 
     def signal_changed(self) -> None:
-        """Wake the tasks in :meth:`wait_changed`."""
-        self._changed.set()
-        self._changed = trio.Event()
+        """Wake the tasks in :meth:`wait_changed`. With none waiting (a broker at work: this
+        runs after every Ready and every change of role), nothing to do: a waiter that comes
+        later waits for the next change whichever event it finds, so the event is set and
+        replaced only for tasks already waiting."""
+        if self._changed_waiters:
+            self._changed.set()
+            self._changed = trio.Event()
 
     def _after_advance(self) -> None:
         self.signal_changed()

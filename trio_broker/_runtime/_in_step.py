@@ -173,13 +173,14 @@ class InStep:
         A leader's core makes new entries only from proposals, which wait in the driver's
         ledger: a Ready taken here holds what the acknowledgement gave (committed entries,
         perhaps messages), never entries that a later message would have joined (a
-        replica's REPLICATEs of one receive share a Ready: they are never taken here)."""
+        replica's REPLICATEs of one receive share a Ready: they are never taken here).
+        Asked once the caller saw the core's ``has_ready`` true (``RaftDriver.step``, which
+        asks it once per acknowledgement)."""
         node = self.node
         config = node.config
         return (
             node.is_leader
             and not self._ledger.queued
-            and node.has_ready()
             and self._store_free()
             and self.disk.state is DiskState.OK
             and bool((config.voters | config.learners) - {self.broker_id})
