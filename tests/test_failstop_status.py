@@ -41,7 +41,7 @@ async def test_status_json_counts_the_committed_entries_not_applied(tmp_path: Pa
     async with open_broker(config) as broker:
         with trio.fail_after(10):
             while (stats := broker.statistics()).applied_index < max(1, stats.commit_index):
-                await trio.sleep(0.01)
+                await broker.driver.wait_changed()  # (the next Ready handled)
         status = await read_status(broker, RequestRates(broker))
         stats = broker.statistics()  # (read in the same step as the status's own)
         assert status["broker"]["applies_waiting"] == stats.commit_index - stats.applied_index
