@@ -1,5 +1,5 @@
 """Attempts to break an applied run of plain appends settled as numbers
-(``_proposing._settle_run``, ``_pending.PendingGroup.set_appended``/``appended_numbers``,
+(``_proposing._settle_run``, ``_pending.PendingGroup.set_appended``/``appended_frames``,
 ``GroupRun.appended``): stretches of one group from several entries, a refusal between
 them, the results read as objects after the numbers, and over a real cluster the numbers
 answered across a leader's failure against the values stored."""
@@ -66,7 +66,7 @@ def test_a_refusal_between_two_entries_of_one_group_keeps_every_number_in_place(
 def test_stretches_of_two_entries_are_read_as_one_run_of_numbers() -> None:
     """A group cut across two entries whose numbers are not consecutive (another group's in
     between): the writer's one take over the whole group gives each its own entry's number,
-    and the objects made afterwards agree. Would catch ``appended_numbers`` joining two
+    and the objects made afterwards agree. Would catch ``appended_frames`` joining two
     stretches as if consecutive, or leaving the second out."""
     driver = _Driver()
     group, other = PendingGroup(5), PendingGroup(3)
