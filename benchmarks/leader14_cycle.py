@@ -16,11 +16,12 @@ cores are accounted for. ``perf`` must be allowed to read tracepoints (root here
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks import group_threads
 
 TICK = os.sysconf("SC_CLK_TCK")
 CALLS = ("fdatasync", "read", "write", "writev", "sendto", "recvfrom", "epoll_wait", "futex")
@@ -34,20 +35,12 @@ def _children(parent: int, pattern: str) -> list[int]:
 
 
 def _threads(pid: int) -> dict[str, tuple[float, int, int]]:
-    """Thread id -> (CPU seconds, voluntary, involuntary context switches)."""
-    got = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            status = (task / "status").read_text()
-        except OSError:
-            continue
-        switches = []
-        for kind in ("voluntary", "nonvoluntary"):
-            found = re.search(rf"^{kind}_ctxt_switches:\s+(\d+)", status, re.M)
-            switches.append(int(found.group(1)) if found else 0)
-        got[task.name] = ((int(fields[11]) + int(fields[12])) / TICK, *switches)
-    return got  # type: ignore[return-value]
+    """Thread id -> (CPU seconds, voluntary, involuntary context switches): ``group_threads``'s
+    reading of ``/proc/PID/task``, user and system together."""
+    return {
+        tid: (user + system, vol, invol)
+        for tid, (user, system, vol, invol) in group_threads._threads(pid).items()
+    }
 
 
 def _cpu(pid: int) -> float:

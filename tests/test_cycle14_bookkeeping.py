@@ -18,13 +18,10 @@ from typing import Any
 
 import trio
 
+from tests.lone_driver import lone_driver
 from trio_broker._core import _raft as raft
-from trio_broker._core import _raft_messages as rm
-from trio_broker._core._raft import RaftNode
 from trio_broker._core._raft_messages import ReplicateResponse
-from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime import _leadership as leadership_module
-from trio_broker._runtime._driver import RaftDriver
 from trio_broker._runtime._leadership import Leadership
 from trio_broker.testing import open_local_cluster
 
@@ -148,30 +145,8 @@ def test_note_role_says_what_its_three_notes_say_and_skips_them_when_nothing_cha
         assert notes == 0, seed
 
 
-def _driver(tmp_path: Any) -> RaftDriver:
-    node = RaftNode(
-        "B-AAAAA",
-        hard_state=rm.HardState(0, None, 0),
-        snapshot=rm.SnapshotMeta(0, 0, rm.Config(voters=frozenset({"B-AAAAA"}))),
-        rng=random.Random(1),
-    )
-    return RaftDriver(
-        "B-AAAAA",
-        "G-AAAAA",
-        ("127.0.0.1", 1),
-        BrokerConfig(data_dir=tmp_path),
-        network=None,  # type: ignore[arg-type]
-        store=None,  # type: ignore[arg-type]
-        worker=None,  # type: ignore[arg-type]
-        node=node,
-        addresses={},
-        on_applied=lambda payload, result: None,
-        on_snapshot=lambda queues, retained: None,
-    )
-
-
 async def test_signal_changed_replaces_its_event_only_for_tasks_waiting(tmp_path):
-    driver = _driver(tmp_path)
+    driver = lone_driver(tmp_path)
     event = driver._changed
     for _ in range(20):
         driver.signal_changed()

@@ -11,11 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from trio_broker._core import _raft_messages as rm
-from trio_broker._core._raft import RaftNode
+from tests.lone_driver import lone_driver
 from trio_broker._core._raft_ready import Ready
-from trio_broker._runtime import BrokerConfig
-from trio_broker._runtime._driver import RaftDriver
 
 
 class _Counted:
@@ -43,30 +40,8 @@ class _Counted:
 _READY = Ready(None, None, (), None, (), (), (), ())
 
 
-def _driver(tmp_path: Any) -> RaftDriver:
-    node = RaftNode(
-        "B-AAAAA",
-        hard_state=rm.HardState(0, None, 0),
-        snapshot=rm.SnapshotMeta(0, 0, rm.Config(voters=frozenset({"B-AAAAA"}))),
-        rng=random.Random(1),
-    )
-    return RaftDriver(
-        "B-AAAAA",
-        "G-AAAAA",
-        ("127.0.0.1", 1),
-        BrokerConfig(data_dir=tmp_path),
-        network=None,  # type: ignore[arg-type]
-        store=None,  # type: ignore[arg-type]
-        worker=None,  # type: ignore[arg-type]
-        node=node,
-        addresses={},
-        on_applied=lambda payload, result: None,
-        on_snapshot=lambda queues, retained: None,
-    )
-
-
 def test_each_save_lands_in_its_series_and_the_series_are_looked_up_once(tmp_path):
-    driver = _driver(tmp_path)
+    driver = lone_driver(tmp_path)
     first = _Counted()
     driver.on_transaction = first
     rng = random.Random(7)

@@ -6,14 +6,12 @@ entries still does all of it."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
+from tests.lone_driver import lone_driver
 from trio_broker._core import _raft_messages as rm
 from trio_broker._core._commands import AppendMessage
-from trio_broker._core._raft import RaftNode
 from trio_broker._core._raft_ready import Ready
-from trio_broker._runtime import BrokerConfig
 from trio_broker._runtime import _driver as driver_module
 from trio_broker._runtime._driver import RaftDriver
 
@@ -33,25 +31,7 @@ class _CountedSettling:
 
 
 def _driver(tmp_path: Any, applied: list[Any]) -> RaftDriver:
-    node = RaftNode(
-        "B-AAAAA",
-        hard_state=rm.HardState(0, None, 0),
-        snapshot=rm.SnapshotMeta(0, 0, rm.Config(voters=frozenset({"B-AAAAA"}))),
-        rng=random.Random(1),
-    )
-    return RaftDriver(
-        "B-AAAAA",
-        "G-AAAAA",
-        ("127.0.0.1", 1),
-        BrokerConfig(data_dir=tmp_path),
-        network=None,  # type: ignore[arg-type]
-        store=None,  # type: ignore[arg-type]
-        worker=None,  # type: ignore[arg-type]
-        node=node,
-        addresses={},
-        on_applied=lambda payload, result: applied.append((payload, result)),
-        on_snapshot=lambda queues, retained: None,
-    )
+    return lone_driver(tmp_path, lambda payload, result: applied.append((payload, result)))
 
 
 def test_a_ready_that_applies_nothing_enters_no_settling_and_tells_no_snapshot(
